@@ -1,0 +1,374 @@
+//! Typed Kuma Universal resources, as `kumactl apply -f` accepts them.
+//!
+//! Field names follow Kuma's JSON (camelCase). Unknown fields are rejected so that a typo is an
+//! error rather than a silently ignored setting; Kuma fields that Bearing does not act on yet are
+//! accepted as opaque values (documented on each field) so real Kuma stores still load.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Kuma tags: `kuma.io/service`, `kuma.io/protocol`, `version`, …
+pub type Tags = BTreeMap<String, String>;
+
+/// The tag naming the service an inbound belongs to.
+pub const SERVICE_TAG: &str = "kuma.io/service";
+/// The tag naming the protocol of an inbound (`tcp`, `http`, `http2`, `grpc`, `kafka`).
+pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
+/// The tag naming the zone a dataplane runs in.
+pub const ZONE_TAG: &str = "kuma.io/zone";
+
+/// Metadata every resource carries besides its spec.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    /// Resource name, unique per type (and mesh).
+    pub name: String,
+    /// Labels, as Kuma 2.x stores them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Set by the control plane; accepted and ignored.
+    #[serde(default, skip_serializing)]
+    pub creation_time: Option<Value>,
+    /// Set by the control plane; accepted and ignored.
+    #[serde(default, skip_serializing)]
+    pub modification_time: Option<Value>,
+}
+
+/// `type: Mesh`: mesh-wide settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mesh {
+    /// `mtls`: certificate authority backends (acted on from issue #5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<Value>,
+    /// `logging` backends: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Value>,
+    /// `tracing` backends: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Value>,
+    /// `metrics` backends: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Value>,
+    /// Networking options.
+    #[serde(default)]
+    pub networking: MeshNetworking,
+    /// Routing options.
+    #[serde(default)]
+    pub routing: MeshRouting,
+    /// `constraints`: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<Value>,
+    /// `meshServices` mode (acted on from issue #4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_services: Option<Value>,
+    /// Control-plane behaviour; accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_creating_initial_policies: Option<Value>,
+}
+
+/// `Mesh.networking`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshNetworking {
+    /// `outbound.passthrough`: whether traffic to non-mesh destinations may leave (default true).
+    #[serde(default)]
+    pub outbound: MeshOutbound,
+}
+
+/// `Mesh.networking.outbound`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshOutbound {
+    /// Allow traffic to destinations outside the mesh (Kuma's default: true).
+    #[serde(default)]
+    pub passthrough: Option<bool>,
+}
+
+/// `Mesh.routing`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshRouting {
+    /// Prefer endpoints of the local zone.
+    #[serde(default)]
+    pub locality_aware_load_balancing: bool,
+    /// Send cross-zone and external traffic through a zone egress.
+    #[serde(default)]
+    pub zone_egress: bool,
+    /// Forbid access to MeshExternalServices by default.
+    #[serde(default)]
+    pub default_forbid_mesh_external_service_access: bool,
+}
+
+/// `type: Dataplane`: one proxy and the workload next to it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Dataplane {
+    /// Addresses, inbounds, outbounds, gateway and transparent proxying.
+    pub networking: DataplaneNetworking,
+    /// Per-dataplane metrics backend: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Value>,
+    /// Virtual probes: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Value>,
+}
+
+/// `Dataplane.networking`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataplaneNetworking {
+    /// The address other dataplanes reach this one at (and inbound listeners bind to).
+    #[serde(default)]
+    pub address: String,
+    /// Address advertised to other dataplanes instead of `address` (e.g. behind NAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised_address: Option<String>,
+    /// Services this dataplane offers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inbound: Vec<Inbound>,
+    /// Services this dataplane consumes on local ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbound: Vec<Outbound>,
+    /// Present when this dataplane is a gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Gateway>,
+    /// Transparent proxy settings (acted on from issue #3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparent_proxying: Option<Value>,
+    /// Admin port of this dataplane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<DataplaneAdmin>,
+}
+
+/// One `networking.inbound[]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Inbound {
+    /// Port the proxy listens on for this inbound.
+    #[serde(default)]
+    pub port: u32,
+    /// Port the application listens on (defaults to `port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_port: Option<u32>,
+    /// Address the application listens on (defaults to 127.0.0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_address: Option<String>,
+    /// Address the inbound listener binds (defaults to `networking.address`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Optional name, referenced by MeshService target ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Tags; `kuma.io/service` is required.
+    #[serde(default)]
+    pub tags: Tags,
+    /// Health reported by the control plane: `ready: false` removes it from load balancing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Active health probe: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_probe: Option<Value>,
+    /// `Ready`, `NotReady` or `Ignored` (Kuma 2.x).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// `inbound[].health`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Health {
+    /// Whether the inbound takes traffic.
+    #[serde(default)]
+    pub ready: bool,
+}
+
+/// One `networking.outbound[]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Outbound {
+    /// Local port the proxy listens on.
+    #[serde(default)]
+    pub port: u32,
+    /// Local address (defaults to 127.0.0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Tags the destination inbounds must carry; `kuma.io/service` is required.
+    #[serde(default)]
+    pub tags: Tags,
+    /// MeshService reference (acted on from issue #4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_ref: Option<Value>,
+}
+
+/// `networking.gateway`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Gateway {
+    /// `DELEGATED` (default) or `BUILTIN`.
+    #[serde(default = "default_gateway_type", rename = "type")]
+    pub kind: String,
+    /// Tags; `kuma.io/service` is required.
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+fn default_gateway_type() -> String {
+    "DELEGATED".into()
+}
+
+/// `networking.admin`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataplaneAdmin {
+    /// Admin port.
+    #[serde(default)]
+    pub port: u32,
+}
+
+/// `type: ZoneIngress`: the entry point of a zone for cross-zone traffic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneIngress {
+    /// Zone this ingress belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Listener and advertised addresses.
+    pub networking: ZoneProxyNetworking,
+    /// Services reachable through this ingress (filled by the control plane).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub available_services: Vec<Value>,
+}
+
+/// `type: ZoneEgress`: the exit point of a zone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneEgress {
+    /// Zone this egress belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Listener address.
+    pub networking: ZoneProxyNetworking,
+}
+
+/// `networking` of a ZoneIngress or ZoneEgress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneProxyNetworking {
+    /// Address the listener binds.
+    #[serde(default)]
+    pub address: String,
+    /// Port the listener binds.
+    #[serde(default)]
+    pub port: u32,
+    /// Address other zones use (ingress only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised_address: Option<String>,
+    /// Port other zones use (ingress only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised_port: Option<u32>,
+    /// Admin port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<DataplaneAdmin>,
+}
+
+/// `type: ExternalService`: a service outside the mesh reached through it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalService {
+    /// Where the service is and how to talk to it.
+    pub networking: ExternalNetworking,
+    /// Tags; `kuma.io/service` is required.
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+/// `ExternalService.networking`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalNetworking {
+    /// `host:port` of the external service.
+    #[serde(default)]
+    pub address: String,
+    /// TLS towards the external service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ExternalTls>,
+    /// Skip the IP-address check on `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_host_dns_lookup: Option<bool>,
+}
+
+/// `ExternalService.networking.tls`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalTls {
+    /// Originate TLS.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Allow TLS renegotiation.
+    #[serde(default)]
+    pub allow_renegotiation: bool,
+    /// SNI to send (defaults to the host of `address`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// CA bundle (DataSource: `inline`, `inlineString` or `secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<Value>,
+    /// Client certificate (DataSource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<Value>,
+    /// Client key (DataSource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<Value>,
+    /// Server verification options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Value>,
+}
+
+/// `type: Secret`: base64 data referenced by other resources.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Secret {
+    /// Base64-encoded content.
+    #[serde(default)]
+    pub data: String,
+}
+
+/// A typed resource of a kind Bearing understands.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type")]
+pub enum Spec {
+    /// `Mesh`
+    Mesh(Mesh),
+    /// `Dataplane`
+    Dataplane(Dataplane),
+    /// `ZoneIngress`
+    ZoneIngress(ZoneIngress),
+    /// `ZoneEgress`
+    ZoneEgress(ZoneEgress),
+    /// `ExternalService`
+    ExternalService(ExternalService),
+    /// `Secret`
+    Secret(Secret),
+}
+
+impl Spec {
+    /// The Kuma type name (`Dataplane`, …).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Spec::Mesh(_) => "Mesh",
+            Spec::Dataplane(_) => "Dataplane",
+            Spec::ZoneIngress(_) => "ZoneIngress",
+            Spec::ZoneEgress(_) => "ZoneEgress",
+            Spec::ExternalService(_) => "ExternalService",
+            Spec::Secret(_) => "Secret",
+        }
+    }
+
+    /// Whether resources of this type live in a mesh (and so need `mesh:`).
+    pub fn is_mesh_scoped(type_name: &str) -> bool {
+        !matches!(type_name, "Mesh" | "ZoneIngress" | "ZoneEgress")
+    }
+}

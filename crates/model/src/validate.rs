@@ -1,0 +1,292 @@
+//! Semantic validation of resources, reporting each problem against a field path.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use crate::resources::*;
+
+/// A problem found in one field of a resource: `(field path, message)`.
+pub type FieldProblem = (String, String);
+
+/// Checks one resource's spec; an empty result means it is valid.
+pub fn validate(spec: &Spec) -> Vec<FieldProblem> {
+    let mut p = Vec::new();
+    match spec {
+        Spec::Mesh(_) => {}
+        Spec::Dataplane(dp) => dataplane(dp, &mut p),
+        Spec::ZoneIngress(zi) => zone_proxy(&zi.networking, &mut p),
+        Spec::ZoneEgress(ze) => zone_proxy(&ze.networking, &mut p),
+        Spec::ExternalService(es) => external_service(es, &mut p),
+        Spec::Secret(s) => secret(s, &mut p),
+    }
+    p
+}
+
+/// Checks a resource name as Kuma does for Universal resources.
+pub fn validate_name(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if name.len() > 253 {
+        return Some("must be at most 253 characters".into());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Some(format!(
+            "{name:?} may only contain lowercase letters, digits, '-', '.' and '_'"
+        ));
+    }
+    None
+}
+
+fn port(value: u32, path: &str, p: &mut Vec<FieldProblem>) {
+    if !(1..=65535).contains(&value) {
+        p.push((path.into(), format!("port {value} must be in the range 1-65535")));
+    }
+}
+
+fn ip(value: &str, path: &str, p: &mut Vec<FieldProblem>) {
+    if value.parse::<IpAddr>().is_err() {
+        p.push((path.into(), format!("{value:?} is not an IP address")));
+    }
+}
+
+fn address(value: &str, path: &str, p: &mut Vec<FieldProblem>) {
+    if value.is_empty() {
+        p.push((path.into(), "must not be empty".into()));
+    } else if value.parse::<IpAddr>().is_err() && !is_hostname(value) {
+        p.push((path.into(), format!("{value:?} is neither an IP address nor a hostname")));
+    }
+}
+
+fn is_hostname(value: &str) -> bool {
+    value.len() <= 253
+        && value.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn tags(tags: &Tags, path: &str, require_service: bool, p: &mut Vec<FieldProblem>) {
+    if require_service && tags.get(SERVICE_TAG).is_none_or(|s| s.is_empty()) {
+        p.push((
+            format!("{path}.{SERVICE_TAG}"),
+            format!("tag {SERVICE_TAG:?} is required"),
+        ));
+    }
+    for (k, v) in tags {
+        if k.is_empty() {
+            p.push((path.into(), "tag names must not be empty".into()));
+        }
+        if v.is_empty() {
+            p.push((format!("{path}.{k}"), "tag value must not be empty".into()));
+        }
+    }
+    if let Some(proto) = tags.get(PROTOCOL_TAG) {
+        if !matches!(proto.as_str(), "tcp" | "http" | "http2" | "grpc" | "kafka") {
+            p.push((
+                format!("{path}.{PROTOCOL_TAG}"),
+                format!("protocol {proto:?} is not one of tcp, http, http2, grpc, kafka"),
+            ));
+        }
+    }
+}
+
+fn dataplane(dp: &Dataplane, p: &mut Vec<FieldProblem>) {
+    let net = &dp.networking;
+    address(&net.address, "networking.address", p);
+    if let Some(adv) = &net.advertised_address {
+        address(adv, "networking.advertisedAddress", p);
+    }
+    if net.inbound.is_empty() && net.gateway.is_none() {
+        p.push((
+            "networking".into(),
+            "has to contain at least one inbound or a gateway".into(),
+        ));
+    }
+    if let Some(gw) = &net.gateway {
+        if gw.kind != "DELEGATED" && gw.kind != "BUILTIN" {
+            p.push((
+                "networking.gateway.type".into(),
+                format!("{:?} is not DELEGATED or BUILTIN", gw.kind),
+            ));
+        }
+        tags(&gw.tags, "networking.gateway.tags", true, p);
+        if gw.kind == "BUILTIN" && !net.inbound.is_empty() {
+            p.push((
+                "networking.inbound".into(),
+                "a BUILTIN gateway cannot have inbounds".into(),
+            ));
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, inbound) in net.inbound.iter().enumerate() {
+        let at = format!("networking.inbound[{i}]");
+        port(inbound.port, &format!("{at}.port"), p);
+        if let Some(sp) = inbound.service_port {
+            port(sp, &format!("{at}.servicePort"), p);
+        }
+        if let Some(a) = &inbound.service_address {
+            ip(a, &format!("{at}.serviceAddress"), p);
+        }
+        if let Some(a) = &inbound.address {
+            ip(a, &format!("{at}.address"), p);
+        }
+        tags(&inbound.tags, &format!("{at}.tags"), true, p);
+        if let Some(state) = &inbound.state {
+            if !matches!(state.as_str(), "Ready" | "NotReady" | "Ignored") {
+                p.push((
+                    format!("{at}.state"),
+                    format!("{state:?} is not Ready, NotReady or Ignored"),
+                ));
+            }
+        }
+        let bind = inbound.address.as_deref().unwrap_or(&net.address);
+        if !seen.insert((bind.to_string(), inbound.port)) {
+            p.push((
+                format!("{at}.port"),
+                format!("{bind}:{} is used by an earlier inbound", inbound.port),
+            ));
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, outbound) in net.outbound.iter().enumerate() {
+        let at = format!("networking.outbound[{i}]");
+        port(outbound.port, &format!("{at}.port"), p);
+        if let Some(a) = &outbound.address {
+            ip(a, &format!("{at}.address"), p);
+        }
+        tags(
+            &outbound.tags,
+            &format!("{at}.tags"),
+            outbound.backend_ref.is_none(),
+            p,
+        );
+        let bind = outbound.address.as_deref().unwrap_or("127.0.0.1");
+        if !seen.insert((bind.to_string(), outbound.port)) {
+            p.push((
+                format!("{at}.port"),
+                format!("{bind}:{} is used by an earlier outbound", outbound.port),
+            ));
+        }
+    }
+    if let Some(admin) = &net.admin {
+        port(admin.port, "networking.admin.port", p);
+    }
+}
+
+fn zone_proxy(net: &ZoneProxyNetworking, p: &mut Vec<FieldProblem>) {
+    address(&net.address, "networking.address", p);
+    port(net.port, "networking.port", p);
+    if let Some(adv) = &net.advertised_address {
+        address(adv, "networking.advertisedAddress", p);
+    }
+    if let Some(adv) = net.advertised_port {
+        port(adv, "networking.advertisedPort", p);
+    }
+}
+
+fn external_service(es: &ExternalService, p: &mut Vec<FieldProblem>) {
+    tags(&es.tags, "tags", true, p);
+    let addr = &es.networking.address;
+    match addr.rsplit_once(':') {
+        Some((host, port_text)) if !host.is_empty() => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.parse::<IpAddr>().is_err() && !is_hostname(host) {
+                p.push((
+                    "networking.address".into(),
+                    format!("host {host:?} is neither an IP address nor a hostname"),
+                ));
+            }
+            match port_text.parse::<u32>() {
+                Ok(n) => port(n, "networking.address", p),
+                Err(_) => p.push((
+                    "networking.address".into(),
+                    format!("port {port_text:?} is not a number"),
+                )),
+            }
+        }
+        _ => p.push((
+            "networking.address".into(),
+            format!("{addr:?} must be host:port"),
+        )),
+    }
+}
+
+fn secret(s: &Secret, p: &mut Vec<FieldProblem>) {
+    if s.data.is_empty() {
+        p.push(("data".into(), "must not be empty".into()));
+    } else if !is_base64(&s.data) {
+        p.push(("data".into(), "is not valid base64".into()));
+    }
+}
+
+fn is_base64(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    s.len() % 4 == 0
+        && s.len() - body.len() <= 2
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dp(inbound: Vec<Inbound>) -> Spec {
+        Spec::Dataplane(Dataplane {
+            networking: DataplaneNetworking {
+                address: "10.0.0.1".into(),
+                inbound,
+                ..Default::default()
+            },
+            metrics: None,
+            probes: None,
+        })
+    }
+
+    #[test]
+    fn reports_bad_ports_tags_and_duplicates() {
+        let mut tags = Tags::new();
+        tags.insert(PROTOCOL_TAG.into(), "smtp".into());
+        let spec = dp(vec![
+            Inbound {
+                port: 0,
+                tags: tags.clone(),
+                ..Default::default()
+            },
+            Inbound {
+                port: 0,
+                tags,
+                ..Default::default()
+            },
+        ]);
+        let problems = validate(&spec);
+        let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
+        assert!(paths.contains(&"networking.inbound[0].port"));
+        assert!(paths.contains(&"networking.inbound[0].tags.kuma.io/service"));
+        assert!(paths.contains(&"networking.inbound[0].tags.kuma.io/protocol"));
+        assert!(problems
+            .iter()
+            .any(|(p, m)| p == "networking.inbound[1].port" && m.contains("earlier inbound")));
+    }
+
+    #[test]
+    fn requires_an_inbound_or_gateway() {
+        assert_eq!(validate(&dp(vec![]))[0].0, "networking");
+    }
+
+    #[test]
+    fn names_and_base64() {
+        assert!(validate_name("web-1.a_b").is_none());
+        assert!(validate_name("Web").is_some());
+        assert!(is_base64("aGVsbG8="));
+        assert!(!is_base64("aGVsbG8"));
+    }
+}
