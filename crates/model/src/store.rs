@@ -387,12 +387,16 @@ mod tests {
         let s = load("type: Dataplane\nname: web\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: eighty\n    tags: {kuma.io/service: web}\n---\ntype: Secret\nname: s\ndata: aGk=\n---\ntype: Mesh\nname: m\n---\ntype: Mesh\nname: m\n");
         let texts: Vec<String> = s.problems.iter().map(|p| p.to_string()).collect();
         assert!(
-            texts[0].starts_with("store/a.yaml:7: Dataplane/web: networking.inbound[0].port: invalid type"),
+            texts[0].starts_with(
+                "store/a.yaml:7: Dataplane/web: networking.inbound[0].port: invalid type"
+            ),
             "{texts:?}"
         );
         assert!(texts[1].contains("Secret/s: mesh is required"), "{texts:?}");
         assert!(
-            texts[2].contains("store/a.yaml:17: Mesh/m: defined again; first defined at store/a.yaml:14"),
+            texts[2].contains(
+                "store/a.yaml:17: Mesh/m: defined again; first defined at store/a.yaml:14"
+            ),
             "{texts:?}"
         );
     }
@@ -414,6 +418,8 @@ mod tests {
         assert!(s.problems.is_empty(), "{:?}", s.problems);
         assert_eq!(s.resources.len(), 1);
         let missing = Store::load_dir(&dir.path().join("nope"));
-        assert!(missing.problems[0].message.contains("cannot read store directory"));
+        assert!(missing.problems[0]
+            .message
+            .contains("cannot read store directory"));
     }
 }

@@ -43,7 +43,10 @@ pub fn validate_name(name: &str) -> Option<String> {
 
 fn port(value: u32, path: &str, p: &mut Vec<FieldProblem>) {
     if !(1..=65535).contains(&value) {
-        p.push((path.into(), format!("port {value} must be in the range 1-65535")));
+        p.push((
+            path.into(),
+            format!("port {value} must be in the range 1-65535"),
+        ));
     }
 }
 
@@ -57,7 +60,10 @@ fn address(value: &str, path: &str, p: &mut Vec<FieldProblem>) {
     if value.is_empty() {
         p.push((path.into(), "must not be empty".into()));
     } else if value.parse::<IpAddr>().is_err() && !is_hostname(value) {
-        p.push((path.into(), format!("{value:?} is neither an IP address nor a hostname")));
+        p.push((
+            path.into(),
+            format!("{value:?} is neither an IP address nor a hostname"),
+        ));
     }
 }
 
@@ -68,7 +74,9 @@ fn is_hostname(value: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 

@@ -97,7 +97,9 @@ impl Builder {
         match self.stack.last() {
             None => (String::new(), false),
             Some(Frame::Seq { items, path, .. }) => (format!("{path}[{}]", items.len()), false),
-            Some(Frame::Map { key: None, path, .. }) => (path.clone(), true),
+            Some(Frame::Map {
+                key: None, path, ..
+            }) => (path.clone(), true),
             Some(Frame::Map {
                 key: Some(k), path, ..
             }) => (join(path, k), false),
@@ -275,7 +277,8 @@ mod tests {
 
     #[test]
     fn resolves_scalars_by_core_schema() {
-        let docs = parse_documents("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: 1.2.3\ng: !!str 7\n").unwrap();
+        let docs =
+            parse_documents("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: 1.2.3\ng: !!str 7\n").unwrap();
         let v = &docs[0].value;
         assert_eq!(v["a"], 1);
         assert_eq!(v["b"], "1");

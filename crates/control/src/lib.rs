@@ -1,0 +1,7 @@
+//! Config sources for Bearing and the compiler from Kuma resources to `ProxyConfig`.
+
+pub mod compile;
+pub mod directory;
+pub mod template;
+
+pub use directory::{ConfigStatus, DataplaneSource, DirectorySource, Loaded, Rejected};
