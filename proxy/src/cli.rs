@@ -1,0 +1,288 @@
+//! The command line: `bearing run`, `bearing validate`, `bearing version`.
+//!
+//! Flags follow `kuma-dp run` where it has them, and read the same `KUMA_…` environment
+//! variables; Bearing's own flags read `BEARING_…`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bearing_control::{template, ConfigStatus, DataplaneSource, DirectorySource};
+use bearing_model::{Spec, Store};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Notify};
+
+use crate::admin::{self, Admin};
+use crate::runtime::Proxy;
+
+/// Bearing: a service-mesh data-plane proxy for Kuma, without Envoy.
+#[derive(Debug, Parser)]
+#[command(name = "bearing", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Run(RunArgs),
+    /// Check a directory store; print `file:line: problem` for each problem and exit 1 if any.
+    Validate {
+        /// The store folder.
+        dir: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// The kind of proxy to run.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProxyType {
+    /// A sidecar (or gateway) described by a Dataplane resource.
+    Dataplane,
+}
+
+/// `bearing run` flags.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Kind of proxy.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "dataplane",
+        env = "KUMA_DATAPLANE_PROXY_TYPE"
+    )]
+    pub proxy_type: ProxyType,
+    /// Directory store: folder of Kuma resources (*.yaml, *.yml), watched for changes.
+    #[arg(long, env = "BEARING_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// File holding this proxy's Dataplane resource (a template for --dataplane-var).
+    #[arg(
+        long,
+        env = "KUMA_DATAPLANE_RUNTIME_RESOURCE_PATH",
+        conflicts_with = "dataplane"
+    )]
+    pub dataplane_file: Option<PathBuf>,
+    /// This proxy's Dataplane resource as inline YAML.
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_RESOURCE")]
+    pub dataplane: Option<String>,
+    /// key=value substituted for {{ key }} in the Dataplane template (repeatable).
+    #[arg(long = "dataplane-var", value_name = "KEY=VALUE")]
+    pub dataplane_var: Vec<String>,
+    /// Dataplane name (overrides the resource's; alone, selects the Dataplane in the store).
+    #[arg(long, env = "KUMA_DATAPLANE_NAME")]
+    pub name: Option<String>,
+    /// Mesh of the Dataplane (overrides the resource's).
+    #[arg(long, env = "KUMA_DATAPLANE_MESH")]
+    pub mesh: Option<String>,
+    /// Admin API address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:9901", env = "BEARING_ADMIN_ADDRESS")]
+    pub admin_address: SocketAddr,
+    /// Worker threads of the data path.
+    #[arg(long, default_value_t = 2, env = "KUMA_DATAPLANE_RUNTIME_CONCURRENCY")]
+    pub concurrency: usize,
+    /// Longest wait for in-flight requests on shutdown, e.g. 30s, 500ms.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "KUMA_DATAPLANE_DRAIN_TIME")]
+    pub drain_time: Duration,
+    /// Log level filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, default_value = "info", env = "KUMA_DATAPLANE_RUNTIME_LOG_LEVEL")]
+    pub log_level: String,
+}
+
+/// Parses `30s`, `500ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((t, "s"), |i| t.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 500ms or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{text:?}: unit must be ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("bearing {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Command::Validate { dir } => validate(&dir),
+        Command::Run(args) => match run(args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("bearing: {e:#}");
+                1
+            }
+        },
+    }
+}
+
+/// `bearing validate DIR`: every store problem, and every Dataplane that fails to compile.
+fn validate(dir: &std::path::Path) -> i32 {
+    let store = Store::load_dir(dir);
+    let mut problems: Vec<String> = store.problems.iter().map(ToString::to_string).collect();
+    for r in store
+        .resources
+        .iter()
+        .filter(|r| matches!(r.spec, Spec::Dataplane(_)))
+    {
+        if let Err(ps) = bearing_control::compile::compile(&store, r, "validate") {
+            problems.extend(ps.iter().map(ToString::to_string));
+        }
+    }
+    problems.dedup();
+    for p in &problems {
+        println!("{p}");
+    }
+    i32::from(!problems.is_empty())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("--log-level {:?}", args.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    if !args.config_dir.is_dir() {
+        bail!(
+            "--config-dir {}: not a directory",
+            args.config_dir.display()
+        );
+    }
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let ProxyType::Dataplane = args.proxy_type;
+    let dataplane = match (&args.dataplane_file, &args.dataplane) {
+        (Some(f), _) => DataplaneSource::File(f.clone()),
+        (None, Some(text)) => DataplaneSource::Inline(text.clone()),
+        (None, None) => DataplaneSource::Named,
+    };
+    let source = DirectorySource {
+        dir: args.config_dir.clone(),
+        dataplane,
+        vars: template::parse_vars(&args.dataplane_var).map_err(anyhow::Error::msg)?,
+        name: args.name.clone(),
+        mesh: args.mesh.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.concurrency)
+        .thread_name("bearing-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args, source))
+}
+
+async fn serve(args: RunArgs, source: DirectorySource) -> anyhow::Result<()> {
+    let admin_listener = admin::bind(args.admin_address).await?;
+    let proxy = Arc::new(Proxy::new());
+    let (status_tx, status_rx) = watch::channel(ConfigStatus::default());
+    source.reload_into(&status_tx);
+    if status_tx.borrow().applied.is_none() {
+        tracing::error!(
+            "no valid config yet in {}; not ready until the problems above are fixed",
+            args.config_dir.display()
+        );
+    }
+    source
+        .watch(status_tx)
+        .context("cannot start the config watcher")?;
+    let quit = Arc::new(Notify::new());
+    tokio::spawn(
+        Admin {
+            proxy: proxy.clone(),
+            status: status_rx.clone(),
+            quit: quit.clone(),
+        }
+        .serve(admin_listener),
+    );
+    tracing::info!(admin = %args.admin_address, "admin API listening");
+    tokio::spawn(apply_changes(proxy.clone(), status_rx));
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let graceful = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM received"); true }
+        _ = sigint.recv() => { tracing::info!("SIGINT received"); true }
+        _ = quit.notified() => { tracing::info!("quit requested on the admin API"); false }
+    };
+    proxy.start_drain();
+    if graceful {
+        if proxy.wait_connections(args.drain_time).await {
+            tracing::info!("drained; exiting");
+        } else {
+            tracing::warn!(drain_time = ?args.drain_time, "drain time over; closing remaining connections");
+        }
+    }
+    Ok(())
+}
+
+/// Applies every new config the source publishes, and counts rejections.
+async fn apply_changes(proxy: Arc<Proxy>, mut status: watch::Receiver<ConfigStatus>) {
+    let mut version = None;
+    let mut rejected_at = None;
+    loop {
+        let (config, rejected) = {
+            let s = status.borrow_and_update();
+            (
+                s.applied.as_ref().map(|a| a.config.clone()),
+                s.last_rejected
+                    .as_ref()
+                    .map(|r| (r.at_unix_seconds, r.problems.clone())),
+            )
+        };
+        if let Some(config) = config {
+            if version.as_ref() != Some(&config.version) {
+                version = Some(config.version.clone());
+                proxy.apply(config);
+            }
+        }
+        if rejected.is_some() && rejected != rejected_at {
+            proxy.stats.config.rejected.inc();
+            rejected_at = rejected;
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

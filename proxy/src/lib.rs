@@ -1,0 +1,13 @@
+//! Bearing: a service-mesh data-plane proxy for Kuma written natively in Rust.
+//!
+//! The binary (`src/main.rs`) parses the command line; this library holds the runtime:
+//! listeners and connection handling ([`runtime`]), the L4 and L7 paths ([`http_proxy`],
+//! [`upstream`]), metrics ([`stats`]) and the admin API ([`admin`]).
+
+pub mod admin;
+pub mod cli;
+pub mod http_proxy;
+pub mod io;
+pub mod runtime;
+pub mod stats;
+pub mod upstream;

@@ -1,0 +1,5 @@
+//! The `bearing` binary.
+
+fn main() {
+    std::process::exit(bearing::cli::main());
+}

@@ -1,0 +1,346 @@
+//! The proxy at run time: the applied snapshot, bound listeners, connection tasks and drain.
+//!
+//! Applying a config builds a new [`Snapshot`] off the hot path and swaps it in with one atomic
+//! pointer store. Listeners whose address is unchanged keep their socket; new ones are bound,
+//! vanished ones stop accepting. A TCP connection keeps the listener and cluster it was accepted
+//! with; an HTTP connection picks up the newest routes for each request, falling back to its
+//! own when its listener is gone. Nothing in flight is dropped by a reload.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bearing_proxy_config::{Listener, ProxyConfig};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::http_proxy;
+use crate::io::Counted;
+use crate::stats::{ListenerStats, Stats};
+use crate::upstream::{ClusterRuntime, EndpointPool};
+
+/// A listener of the applied config with its cluster and metrics.
+pub struct ListenerRuntime {
+    /// The listener as compiled.
+    pub config: Listener,
+    /// Where its traffic goes.
+    pub cluster: Arc<ClusterRuntime>,
+    /// Its metrics.
+    pub stats: ListenerStats,
+}
+
+/// One applied config, ready for the hot path.
+pub struct Snapshot {
+    /// The config it was built from (None before the first config).
+    pub config: Option<Arc<ProxyConfig>>,
+    listeners: HashMap<String, Arc<ListenerRuntime>>,
+}
+
+impl Snapshot {
+    fn empty() -> Self {
+        Snapshot {
+            config: None,
+            listeners: HashMap::new(),
+        }
+    }
+
+    /// The listener named `name`, if this snapshot has it.
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {
+        self.listeners.get(name)
+    }
+
+    /// Every cluster's endpoint pools by (cluster, endpoint), for reuse by the next snapshot.
+    fn pools(&self) -> HashMap<(String, SocketAddr), Arc<EndpointPool>> {
+        let mut pools = HashMap::new();
+        for l in self.listeners.values() {
+            for p in l.cluster.pools() {
+                pools.insert((l.cluster.config.name.clone(), p.address()), p.clone());
+            }
+        }
+        pools
+    }
+}
+
+struct BoundListener {
+    address: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// State shared by listeners, connections, the admin API and the config applier.
+pub struct Proxy {
+    /// Metrics.
+    pub stats: Stats,
+    snapshot: ArcSwap<Snapshot>,
+    bound: Mutex<HashMap<String, BoundListener>>,
+    bind_errors: Mutex<BTreeMap<String, String>>,
+    draining: AtomicBool,
+    drain: CancellationToken,
+    connections: TaskTracker,
+    http: auto::Builder<TokioExecutor>,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Proxy {
+    /// A proxy with no config yet.
+    pub fn new() -> Self {
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1().timer(TokioTimer::new());
+        http.http2().timer(TokioTimer::new());
+        Proxy {
+            stats: Stats::new(),
+            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            bound: Mutex::new(HashMap::new()),
+            bind_errors: Mutex::new(BTreeMap::new()),
+            draining: AtomicBool::new(false),
+            drain: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            http,
+        }
+    }
+
+    /// The snapshot in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Listeners that could not be bound, with the reason.
+    pub fn bind_errors(&self) -> BTreeMap<String, String> {
+        lock(&self.bind_errors).clone()
+    }
+
+    /// Whether draining has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Ready: a config is applied, every listener is bound, and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.snapshot.load().config.is_some()
+            && lock(&self.bind_errors).is_empty()
+            && !self.is_draining()
+    }
+
+    /// Applies `config`: builds a snapshot, swaps it in, then binds and unbinds listeners.
+    pub fn apply(self: &Arc<Self>, config: Arc<ProxyConfig>) {
+        let mut pools = self.snapshot.load().pools();
+        let mut clusters = HashMap::new();
+        for (name, c) in &config.clusters {
+            let endpoint_pools = c
+                .endpoints
+                .iter()
+                .map(|e| {
+                    pools
+                        .remove(&(name.clone(), e.address))
+                        .unwrap_or_else(|| EndpointPool::new(e.address))
+                })
+                .collect();
+            let runtime = ClusterRuntime::new(c.clone(), self.stats.cluster(name), endpoint_pools);
+            clusters.insert(name.clone(), Arc::new(runtime));
+        }
+        let mut listeners = HashMap::new();
+        for l in &config.listeners {
+            let Some(cluster) = clusters.get(&l.cluster) else {
+                tracing::error!(listener = %l.name, cluster = %l.cluster, "listener names a missing cluster; not served");
+                continue;
+            };
+            listeners.insert(
+                l.name.clone(),
+                Arc::new(ListenerRuntime {
+                    config: l.clone(),
+                    cluster: cluster.clone(),
+                    stats: self.stats.listener(&l.name),
+                }),
+            );
+        }
+        self.snapshot.store(Arc::new(Snapshot {
+            config: Some(config.clone()),
+            listeners,
+        }));
+        self.stats.config.applied.inc();
+        if !self.is_draining() {
+            self.reconcile_listeners(&config);
+        }
+    }
+
+    fn reconcile_listeners(self: &Arc<Self>, config: &ProxyConfig) {
+        let mut bound = lock(&self.bound);
+        let mut errors = lock(&self.bind_errors);
+        errors.clear();
+        bound.retain(|name, b| {
+            let keep = config
+                .listeners
+                .iter()
+                .any(|l| &l.name == name && l.address == b.address);
+            if !keep {
+                tracing::info!(listener = %name, "listener removed; open connections continue");
+                b.stop.cancel();
+            }
+            keep
+        });
+        for l in &config.listeners {
+            if bound.contains_key(&l.name) {
+                continue;
+            }
+            match bind(l.address) {
+                Ok(socket) => {
+                    tracing::info!(listener = %l.name, protocol = ?l.protocol, cluster = %l.cluster, "listening");
+                    let stop = CancellationToken::new();
+                    tokio::spawn(
+                        self.clone()
+                            .accept_loop(l.name.clone(), socket, stop.clone()),
+                    );
+                    bound.insert(
+                        l.name.clone(),
+                        BoundListener {
+                            address: l.address,
+                            stop,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let message = format!("cannot bind {}: {e}", l.address);
+                    tracing::error!(listener = %l.name, "{message}; other listeners keep serving");
+                    self.stats.config.listener_bind_failures.inc();
+                    errors.insert(l.name.clone(), message);
+                }
+            }
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        name: String,
+        socket: TcpListener,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = socket.accept() => r,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::error!(listener = %name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(listener) = self.snapshot.load().listener(&name).cloned() else {
+                continue;
+            };
+            let proxy = self.clone();
+            self.connections.spawn(async move {
+                listener.stats.connections.inc();
+                listener.stats.active.inc();
+                let _ = stream.set_nodelay(true);
+                let stream = Counted::new(
+                    stream,
+                    listener.stats.rx_bytes.clone(),
+                    listener.stats.tx_bytes.clone(),
+                );
+                if listener.config.protocol.is_http() {
+                    proxy.serve_http(stream, listener.clone(), peer).await;
+                } else {
+                    serve_tcp(stream, &listener, peer).await;
+                }
+                listener.stats.active.dec();
+            });
+        }
+    }
+
+    async fn serve_http(
+        self: Arc<Self>,
+        stream: Counted<TcpStream>,
+        listener: Arc<ListenerRuntime>,
+        peer: SocketAddr,
+    ) {
+        let proxy = self.clone();
+        let own = listener.clone();
+        let service = service_fn(move |req| {
+            let current = proxy.snapshot.load().listener(&own.config.name).cloned();
+            let l = current.unwrap_or_else(|| own.clone());
+            async move { Ok::<_, std::convert::Infallible>(http_proxy::forward(req, &l).await) }
+        });
+        let conn = self.http.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = self.drain.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            listener.stats.errors.inc();
+            tracing::debug!(listener = %listener.config.name, %peer, "connection error: {e}");
+        }
+    }
+
+    /// Stops accepting on every listener and asks HTTP connections to finish their requests
+    /// and close. Idempotent.
+    pub fn start_drain(&self) {
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!("draining: listeners closed, finishing in-flight requests");
+        for (_, b) in lock(&self.bound).drain() {
+            b.stop.cancel();
+        }
+        self.drain.cancel();
+        self.connections.close();
+    }
+
+    /// Waits until every connection has finished, or `limit` has passed; true if all finished.
+    pub async fn wait_connections(&self, limit: Duration) -> bool {
+        self.connections.close();
+        tokio::time::timeout(limit, self.connections.wait())
+            .await
+            .is_ok()
+    }
+}
+
+async fn serve_tcp(mut down: Counted<TcpStream>, listener: &ListenerRuntime, peer: SocketAddr) {
+    let cluster = &listener.cluster;
+    match cluster.connect_tcp().await {
+        Ok(mut up) => {
+            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                listener.stats.errors.inc();
+                tracing::debug!(listener = %listener.config.name, %peer, "connection ended: {e}");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(listener = %listener.config.name, cluster = %cluster.config.name, %peer, "{e}; resetting connection");
+            // Zero linger makes close send RST, the TCP way of saying "no upstream".
+            let _ = socket2::SockRef::from(down.get_ref()).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+/// Binds a listening socket with SO_REUSEADDR (restarts do not wait for TIME_WAIT).
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,389 @@
+//! Clusters at run time: endpoint selection, TCP connects with fail-over, and pooled HTTP
+//! connections per endpoint.
+//!
+//! The HTTP pool is written here rather than taken from `hyper_util`'s legacy client because
+//! the proxy needs two things that client hides: choosing the endpoint per request (round
+//! robin across a cluster, not per URI authority) and moving on to the next endpoint when a
+//! connect fails *before* the request body is consumed, so a refused endpoint never costs the
+//! request. Idle HTTP/1 connections go back to the pool when their response body ends; HTTP/2
+//! keeps one multiplexed connection per endpoint.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bearing_proxy_config::{Cluster, Protocol};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::io::Counted;
+use crate::stats::ClusterStats;
+
+/// Idle HTTP/1 connections kept per endpoint; more are closed when released.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// Why a cluster could not serve a connection or request.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// The cluster has no endpoints.
+    NoEndpoints,
+    /// Every endpoint refused or timed out; the last error is kept.
+    ConnectFailed(SocketAddr, io::Error),
+    /// The request failed after connecting (reset, protocol error).
+    Request(SocketAddr, hyper::Error),
+    /// No response headers within the cluster's request timeout.
+    Timeout(SocketAddr),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::NoEndpoints => f.write_str("no healthy upstream"),
+            UpstreamError::ConnectFailed(a, e) => {
+                write!(
+                    f,
+                    "upstream connect error: every endpoint failed, last {a}: {e}"
+                )
+            }
+            UpstreamError::Request(a, e) => {
+                write!(f, "upstream {a} reset before response headers: {e}")
+            }
+            UpstreamError::Timeout(a) => write!(f, "upstream {a} request timeout"),
+        }
+    }
+}
+
+/// The upstream connection type: counted TCP in hyper's I/O adapter.
+type UpstreamIo = TokioIo<Counted<TcpStream>>;
+
+/// Pooled connections to one endpoint of one cluster.
+pub struct EndpointPool {
+    address: SocketAddr,
+    idle_h1: Mutex<Vec<http1::SendRequest<Incoming>>>,
+    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+}
+
+impl EndpointPool {
+    /// An empty pool for `address`.
+    pub fn new(address: SocketAddr) -> Arc<Self> {
+        Arc::new(EndpointPool {
+            address,
+            idle_h1: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        })
+    }
+
+    /// The endpoint this pool connects to.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    fn take_idle_h1(&self) -> Option<http1::SendRequest<Incoming>> {
+        let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(sender) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn release_h1(&self, sender: http1::SendRequest<Incoming>) {
+        let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_ENDPOINT && !sender.is_closed() {
+            idle.push(sender);
+        }
+    }
+
+    fn shared_h2(&self) -> Option<http2::SendRequest<Incoming>> {
+        let guard = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    fn store_h2(&self, sender: http2::SendRequest<Incoming>) {
+        *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+    }
+}
+
+/// A cluster of the applied config, with its pools and metrics.
+pub struct ClusterRuntime {
+    /// The cluster as compiled.
+    pub config: Cluster,
+    /// Its metrics.
+    pub stats: ClusterStats,
+    pools: Vec<Arc<EndpointPool>>,
+    next: AtomicUsize,
+}
+
+/// An HTTP connection checked out of a pool for one request.
+enum Checkout {
+    H1(http1::SendRequest<Incoming>, bool),
+    H2(http2::SendRequest<Incoming>),
+}
+
+impl ClusterRuntime {
+    /// A runtime cluster over `pools` (one per endpoint, in endpoint order).
+    pub fn new(config: Cluster, stats: ClusterStats, pools: Vec<Arc<EndpointPool>>) -> Self {
+        ClusterRuntime {
+            config,
+            stats,
+            pools,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The endpoint pools, for reuse by the next config.
+    pub fn pools(&self) -> &[Arc<EndpointPool>] {
+        &self.pools
+    }
+
+    /// Endpoints in the order to try them for one connection: round robin start, then the rest.
+    fn rotation(&self) -> impl Iterator<Item = &Arc<EndpointPool>> {
+        let n = self.pools.len();
+        let start = if n == 0 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        };
+        (0..n).map(move |i| &self.pools[(start + i) % n])
+    }
+
+    async fn connect(&self, address: SocketAddr) -> io::Result<Counted<TcpStream>> {
+        let stream =
+            match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(address))
+                .await
+            {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connect timeout after {:?}", self.config.connect_timeout),
+                    ))
+                }
+            };
+        stream.set_nodelay(true)?;
+        self.stats.connections.inc();
+        Ok(Counted::new(
+            stream,
+            self.stats.rx_bytes.clone(),
+            self.stats.tx_bytes.clone(),
+        ))
+    }
+
+    /// Opens a TCP connection to the first endpoint that accepts, starting round robin.
+    pub async fn connect_tcp(&self) -> Result<Counted<TcpStream>, UpstreamError> {
+        let mut last = None;
+        for pool in self.rotation() {
+            match self.connect(pool.address).await {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    self.stats.connect_failures.inc();
+                    tracing::debug!(cluster = %self.config.name, endpoint = %pool.address, "connect failed: {e}");
+                    last = Some((pool.address, e));
+                }
+            }
+        }
+        Err(self.no_upstream(last))
+    }
+
+    fn no_upstream(&self, last: Option<(SocketAddr, io::Error)>) -> UpstreamError {
+        self.stats.no_healthy_upstream.inc();
+        match last {
+            Some((a, e)) => UpstreamError::ConnectFailed(a, e),
+            None => UpstreamError::NoEndpoints,
+        }
+    }
+
+    /// Gets a ready connection to `pool`'s endpoint: an idle one or a new one.
+    async fn checkout(&self, pool: &EndpointPool) -> io::Result<Checkout> {
+        let h2 = matches!(self.config.protocol, Protocol::Http2 | Protocol::Grpc);
+        if h2 {
+            if let Some(s) = pool.shared_h2() {
+                return Ok(Checkout::H2(s));
+            }
+        } else if let Some(s) = pool.take_idle_h1() {
+            return Ok(Checkout::H1(s, true));
+        }
+        let io = TokioIo::new(self.connect(pool.address).await?);
+        let address = pool.address;
+        if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake::<UpstreamIo, Incoming>(io)
+                .await
+                .map_err(io::Error::other)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(endpoint = %address, "upstream h2 connection ended: {e}");
+                }
+            });
+            pool.store_h2(sender.clone());
+            Ok(Checkout::H2(sender))
+        } else {
+            let (sender, conn) = http1::Builder::new()
+                .handshake::<UpstreamIo, Incoming>(io)
+                .await
+                .map_err(io::Error::other)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(endpoint = %address, "upstream connection ended: {e}");
+                }
+            });
+            Ok(Checkout::H1(sender, false))
+        }
+    }
+
+    /// Sends `req` to the next endpoint that accepts a connection.
+    ///
+    /// A connect failure moves on to the next endpoint; an idle pooled connection that turns
+    /// out closed before the request was written is replaced by a fresh one. Once a request
+    /// has been written, its failure is final (the body is gone).
+    pub async fn send_http(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let mut last = None;
+        for pool in self.rotation() {
+            loop {
+                let checkout = match self.checkout(pool).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.stats.connect_failures.inc();
+                        tracing::debug!(cluster = %self.config.name, endpoint = %pool.address, "connect failed: {e}");
+                        last = Some((pool.address, e));
+                        break;
+                    }
+                };
+                match self.send_on(checkout, pool, req).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(Retry::Again(r)) => req = r,
+                    Err(Retry::Fail(e)) => {
+                        self.stats.request_errors.inc();
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(self.no_upstream(last))
+    }
+
+    async fn send_on(
+        &self,
+        checkout: Checkout,
+        pool: &Arc<EndpointPool>,
+        req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, Retry> {
+        let timeout = self.config.request_timeout;
+        let address = pool.address;
+        match checkout {
+            Checkout::H1(mut sender, reused) => {
+                if reused && sender.ready().await.is_err() {
+                    return Err(Retry::Again(req));
+                }
+                let fut = sender.try_send_request(req);
+                let resp = match with_timeout(timeout, fut).await {
+                    None => return Err(Retry::Fail(UpstreamError::Timeout(address))),
+                    Some(Ok(resp)) => resp,
+                    Some(Err(mut e)) => match e.take_message() {
+                        Some(req) if reused => return Err(Retry::Again(req)),
+                        _ => {
+                            return Err(Retry::Fail(UpstreamError::Request(
+                                address,
+                                e.into_error(),
+                            )))
+                        }
+                    },
+                };
+                let release = Some((sender, pool.clone()));
+                Ok(resp.map(|body| UpstreamBody::new(body, release)))
+            }
+            Checkout::H2(mut sender) => {
+                let fut = sender.send_request(req);
+                match with_timeout(timeout, fut).await {
+                    None => Err(Retry::Fail(UpstreamError::Timeout(address))),
+                    Some(Ok(resp)) => Ok(resp.map(|body| UpstreamBody::new(body, None))),
+                    Some(Err(e)) => Err(Retry::Fail(UpstreamError::Request(address, e))),
+                }
+            }
+        }
+    }
+}
+
+/// What to do after a failed send: retry with the request given back, or give up.
+// Boxing the request would cost an allocation per request for a size that never hurts here.
+#[allow(clippy::large_enum_variant)]
+enum Retry {
+    Again(Request<Incoming>),
+    Fail(UpstreamError),
+}
+
+async fn with_timeout<F: std::future::Future>(
+    limit: Option<Duration>,
+    fut: F,
+) -> Option<F::Output> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
+/// An upstream response body that returns its HTTP/1 connection to the pool once it has been
+/// read to the end (a body dropped early closes the connection instead).
+pub struct UpstreamBody {
+    body: Incoming,
+    release: Option<(http1::SendRequest<Incoming>, Arc<EndpointPool>)>,
+}
+
+impl UpstreamBody {
+    fn new(
+        body: Incoming,
+        release: Option<(http1::SendRequest<Incoming>, Arc<EndpointPool>)>,
+    ) -> Self {
+        let mut b = UpstreamBody { body, release };
+        if b.body.is_end_stream() {
+            b.release_connection();
+        }
+        b
+    }
+
+    fn release_connection(&mut self) {
+        if let Some((sender, pool)) = self.release.take() {
+            pool.release_h1(sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let res = Pin::new(&mut self.body).poll_frame(cx);
+        match &res {
+            Poll::Ready(None) => self.release_connection(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release_connection(),
+            Poll::Ready(Some(Err(_))) => self.release = None,
+            _ => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
