@@ -1,0 +1,138 @@
+//! Running the real `bearing` binary inside a test host, and reading its admin API.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{curl_output, wait_until_ok, Host, Process};
+
+/// Kuma's data-plane uid, which transparent proxying excludes from redirection.
+pub const KUMA_DP_UID: u32 = 5678;
+
+/// How long a proxy may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The `bearing` binary: `$BEARING_BIN`, or built once per test process with cargo.
+pub fn bearing_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("BEARING_BIN") {
+            return Ok(PathBuf::from(p));
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or("tests/ has no parent")?
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "-p", "bearing"])
+            .current_dir(&root)
+            .status()
+            .map_err(|e| format!("cannot run cargo build: {e}"))?;
+        if !status.success() {
+            return Err(format!("cargo build -p bearing failed: {status}"));
+        }
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        Ok(target.join("debug").join("bearing"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// A `bearing run` process in a test host, with its admin address on that host's loopback.
+pub struct Bearing<'h> {
+    host: &'h Host,
+    process: Process,
+    admin_port: u16,
+}
+
+impl<'h> Bearing<'h> {
+    /// Starts `bearing run --config-dir <store> <extra args>` in `host` as uid 5678 (Kuma's
+    /// data-plane uid) and waits until `/ready` answers 200.
+    pub fn start(host: &'h Host, store: &Path, extra: &[&str]) -> Result<Self> {
+        let b = Self::spawn(host, store, extra)?;
+        b.wait_ready()?;
+        Ok(b)
+    }
+
+    /// Starts the proxy without waiting for readiness.
+    pub fn spawn(host: &'h Host, store: &Path, extra: &[&str]) -> Result<Self> {
+        let admin_port = 9901;
+        let bin = bearing_bin()?;
+        let process = host
+            .command(&bin)
+            .args(["run", "--config-dir"])
+            .arg(store)
+            .args(["--admin-address", &format!("127.0.0.1:{admin_port}")])
+            .args(["--drain-time", "10s", "--log-level", "info,bearing=debug"])
+            .args(extra)
+            .uid(KUMA_DP_UID)
+            .log_name("bearing")
+            .spawn()?;
+        Ok(Bearing {
+            host,
+            process,
+            admin_port,
+        })
+    }
+
+    /// The process handle.
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    /// Polls `/ready` until it answers 200.
+    pub fn wait_ready(&self) -> Result<()> {
+        wait_until_ok(READY_TIMEOUT, || {
+            if !self.process.is_running() {
+                bail!("bearing exited:\n{}", self.process.describe_log());
+            }
+            let (code, body) = self.admin("GET", "/ready")?;
+            if code == 200 {
+                Ok(())
+            } else {
+                bail!("/ready answered {code}: {body}")
+            }
+        })
+    }
+
+    /// Sends `method path` to the admin API; returns status and body.
+    pub fn admin(&self, method: &str, path: &str) -> Result<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        let out = curl_output(self.host, ["-X", method, url.as_str(), "-m", "3"])?;
+        if out.exit_code != Some(0) {
+            bail!(
+                "admin {method} {path}: curl exit {:?}: {}",
+                out.exit_code,
+                out.stderr
+            );
+        }
+        Ok((out.http_code, out.body))
+    }
+
+    /// `/config_dump` as JSON.
+    pub fn config_dump(&self) -> Result<serde_json::Value> {
+        let (code, body) = self.admin("GET", "/config_dump")?;
+        if code != 200 {
+            bail!("/config_dump answered {code}");
+        }
+        serde_json::from_str(&body).context("/config_dump is not JSON")
+    }
+
+    /// The value of one Prometheus sample, e.g.
+    /// `bearing_listener_http_requests_total{listener="outbound:127.0.0.1:10001",class="2xx"}`;
+    /// 0 when the series does not exist.
+    pub fn metric(&self, series: &str) -> Result<f64> {
+        let (_, text) = self.admin("GET", "/stats/prometheus")?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix(series))
+            .filter_map(|rest| rest.strip_prefix(' '))
+            .filter_map(|v| v.trim().parse().ok())
+            .next()
+            .unwrap_or(0.0))
+    }
+}

@@ -1,0 +1,169 @@
+//! HTTP client helpers: `curl` run inside a host namespace, URL formatting.
+
+use std::ffi::{OsStr, OsString};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::topology::Host;
+use crate::util;
+
+/// `--max-time` (seconds) passed to curl unless the caller passes its own
+/// `-m`/`--max-time`.
+pub const DEFAULT_CURL_MAX_TIME_SECS: u64 = 10;
+
+/// Separates the body from the `-w` trailer in curl's stdout.
+const CODE_MARKER: &str = "__bearing_e2e_http_code=";
+
+/// Formats `http://<ip>:<port><path>`, bracketing IPv6 addresses.
+///
+/// `path` should start with `/` (it is appended verbatim).
+pub fn http_url(ip: impl Into<IpAddr>, port: u16, path: &str) -> String {
+    format!("http://{}{}", SocketAddr::new(ip.into(), port), path)
+}
+
+/// Everything a curl invocation produced; see [`curl_output`].
+#[derive(Debug, Clone)]
+pub struct CurlOutput {
+    /// curl's exit code (0 = success, 7 = connection refused, 28 = timeout,
+    /// 52 = empty reply, 56 = receive failure/reset, ...); `None` if killed.
+    pub exit_code: Option<i32>,
+    /// The HTTP status code, `0` if no response was received.
+    pub http_code: u16,
+    /// The response body (with `-i`, headers too) as lossy UTF-8.
+    pub body: String,
+    /// curl's stderr (error messages; `-v` output).
+    pub stderr: String,
+}
+
+impl CurlOutput {
+    /// Whether curl exited with code 0 (any HTTP status).
+    pub fn ok(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+/// Runs curl inside `host`'s namespace and returns `(status code, body)`.
+///
+/// curl is invoked as `curl -sS -g -o - -w <trailer> --max-time 10 <args...>`;
+/// caller arguments come last, so e.g. `-m 3` overrides the time limit. Do
+/// not pass `-w`/`-o`. Fails if curl exits non-zero (connection refused,
+/// timeout, reset, ...), with curl's message; use [`curl_output`] to inspect
+/// such failures. Any HTTP status, including 5xx, is a success here.
+pub fn curl<I, S>(host: &Host, args: I) -> Result<(u16, String)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
+    let out = curl_output(host, &args)?;
+    if !out.ok() {
+        bail!(
+            "curl on host {} ({}) failed with exit code {:?}: {}",
+            host.name(),
+            util::display_cmdline(OsStr::new("curl"), &args),
+            out.exit_code,
+            out.stderr.trim()
+        );
+    }
+    Ok((out.http_code, out.body))
+}
+
+/// Like [`curl`], but a failing curl is not an error: returns exit code, HTTP
+/// code, body and stderr. Errors only if curl could not be run at all.
+pub fn curl_output<I, S>(host: &Host, args: I) -> Result<CurlOutput>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
+    let max_time = user_max_time(&args).unwrap_or(DEFAULT_CURL_MAX_TIME_SECS as f64);
+    let trailer = format!("{CODE_MARKER}%{{http_code}}");
+    let out = host
+        .command("curl")
+        .args(["-sS", "-g", "-o", "-", "-w", &trailer])
+        .args(["--max-time", &DEFAULT_CURL_MAX_TIME_SECS.to_string()])
+        .args(&args)
+        .timeout(Duration::from_secs_f64(max_time.max(0.0) + 10.0))
+        .output()?;
+    let (body, http_code) = split_trailer(&out.stdout_bytes);
+    Ok(CurlOutput {
+        exit_code: out.code(),
+        http_code,
+        body,
+        stderr: out.stderr,
+    })
+}
+
+/// Splits curl's stdout into body and HTTP code.
+fn split_trailer(stdout: &[u8]) -> (String, u16) {
+    let marker = CODE_MARKER.as_bytes();
+    let pos = stdout.windows(marker.len()).rposition(|w| w == marker);
+    match pos {
+        Some(pos) => {
+            let body = String::from_utf8_lossy(&stdout[..pos]).into_owned();
+            let code = String::from_utf8_lossy(&stdout[pos + marker.len()..])
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            (body, code)
+        }
+        None => (String::from_utf8_lossy(stdout).into_owned(), 0),
+    }
+}
+
+/// The value of the last `-m N` / `--max-time N` / `--max-time=N` in `args`.
+fn user_max_time(args: &[OsString]) -> Option<f64> {
+    let mut found = None;
+    let mut iter = args.iter().map(|a| a.to_string_lossy());
+    while let Some(a) = iter.next() {
+        if a == "-m" || a == "--max-time" {
+            found = iter.next().and_then(|v| v.parse().ok()).or(found);
+        } else if let Some(v) = a.strip_prefix("--max-time=") {
+            found = v.parse().ok().or(found);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            http_url(Ipv4Addr::new(10, 200, 1, 2), 80, "/x"),
+            "http://10.200.1.2:80/x"
+        );
+        assert_eq!(
+            http_url("fd00:beef:1::2".parse::<Ipv6Addr>().unwrap(), 8080, "/"),
+            "http://[fd00:beef:1::2]:8080/"
+        );
+    }
+
+    #[test]
+    fn trailer() {
+        let out = format!("hello\n{CODE_MARKER}200");
+        assert_eq!(split_trailer(out.as_bytes()), ("hello\n".to_string(), 200));
+        let out = format!("{CODE_MARKER}000");
+        assert_eq!(split_trailer(out.as_bytes()), (String::new(), 0));
+        assert_eq!(split_trailer(b"garbage"), ("garbage".to_string(), 0));
+    }
+
+    #[test]
+    fn max_time() {
+        let a = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(user_max_time(&a(&["http://x"])), None);
+        assert_eq!(user_max_time(&a(&["-m", "3", "http://x"])), Some(3.0));
+        assert_eq!(user_max_time(&a(&["--max-time=0.5"])), Some(0.5));
+    }
+}

@@ -1,0 +1,449 @@
+//! End-to-end: two (or three) hosts in network namespaces, a real `bearing` sidecar in each,
+//! real nginx / redis / python peers, curl and redis-cli as clients.
+//!
+//! Host `a` runs the client and the `web` sidecar, whose outbounds are:
+//! 127.0.0.1:10001 → backend (http, nginx), 10002 → redis (tcp), 10003 → slow (http, python
+//! server answering after a delay). Host `b` runs the `backend-1` sidecar in front of them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use bearing_e2e::*;
+
+const MESH: &str = "type: Mesh\nname: default\n";
+
+fn web(a: &Host) -> String {
+    format!(
+        r#"type: Dataplane
+name: web
+mesh: default
+networking:
+  address: {ip}
+  inbound:
+  - port: 18080
+    servicePort: 8080
+    tags: {{kuma.io/service: web, kuma.io/protocol: http}}
+  outbound:
+  - port: 10001
+    tags: {{kuma.io/service: backend}}
+  - port: 10002
+    tags: {{kuma.io/service: redis}}
+  - port: 10003
+    tags: {{kuma.io/service: slow}}
+"#,
+        ip = a.ip4()
+    )
+}
+
+fn backend(name: &str, host: &Host) -> String {
+    format!(
+        r#"type: Dataplane
+name: {name}
+mesh: default
+networking:
+  address: {ip}
+  inbound:
+  - port: 18080
+    servicePort: 80
+    tags: {{kuma.io/service: backend, kuma.io/protocol: http}}
+  - port: 16379
+    servicePort: 6379
+    tags: {{kuma.io/service: redis, kuma.io/protocol: tcp}}
+  - port: 18081
+    servicePort: 8081
+    tags: {{kuma.io/service: slow, kuma.io/protocol: http}}
+"#,
+        ip = host.ip4()
+    )
+}
+
+/// A store folder in the topology's dir (readable by the proxy's uid).
+fn store(topo: &Topology, files: &[(&str, String)]) -> Result<PathBuf> {
+    let dir = topo.dir().join("store");
+    std::fs::create_dir_all(&dir)?;
+    for (name, text) in files {
+        write(&dir, name, text)?;
+    }
+    Ok(dir)
+}
+
+/// Writes atomically (temp file + rename), as a config management tool would.
+fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(name)).context("rename into store")
+}
+
+const OUT_HTTP: &str = "http://127.0.0.1:10001/";
+
+fn listener_2xx(b: &Bearing, listener: &str) -> Result<f64> {
+    b.metric(&format!(
+        "bearing_listener_http_requests_total{{listener=\"{listener}\",class=\"2xx\"}}"
+    ))
+}
+
+/// Topology a+b with nginx (80), redis (6379) and a 1.5 s slow server (8081) on b, and
+/// a store with web (a) and backend-1 (b).
+fn two_hosts() -> Result<(Topology, PathBuf)> {
+    require_root_and_tools()?;
+    let topo = Topology::new(&["a", "b"])?;
+    let (a, b) = (topo.host("a"), topo.host("b"));
+    start_nginx(b, 80)?;
+    start_redis(b, 6379)?;
+    start_slow_server(b, 8081, Duration::from_millis(1500))?;
+    let dir = store(
+        &topo,
+        &[
+            ("mesh.yaml", MESH.into()),
+            ("web.yaml", web(a)),
+            ("backend-1.yaml", backend("backend-1", b)),
+        ],
+    )?;
+    Ok((topo, dir))
+}
+
+#[test]
+fn http_and_tcp_cross_outbound_and_inbound() -> Result<()> {
+    let (topo, dir) = two_hosts()?;
+    let (a, b) = (topo.host("a"), topo.host("b"));
+    let pa = Bearing::start(a, &dir, &["--name", "web"])?;
+    let pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+
+    let (code, body) = curl(a, [OUT_HTTP])?;
+    ensure!(code == 200, "status {code}: {body}");
+    ensure!(
+        body.contains(&format!("hello from {}", b.name())),
+        "body: {body}"
+    );
+    // Keep-alive: several requests on one client connection all succeed.
+    let out = curl_output(a, [OUT_HTTP, OUT_HTTP, OUT_HTTP])?;
+    ensure!(out.exit_code == Some(0), "curl: {}", out.stderr);
+
+    ensure!(listener_2xx(&pa, "outbound:127.0.0.1:10001")? >= 4.0);
+    let inbound = format!("inbound:{}:18080", b.ip4());
+    ensure!(
+        listener_2xx(&pb, &inbound)? >= 4.0,
+        "the request crossed b's inbound"
+    );
+
+    // TCP: redis through outbound 10002 → b's inbound 16379 → redis-server.
+    let pong = redis_cli(a, [127, 0, 0, 1], 10002, ["PING"])?;
+    ensure!(pong == "PONG", "redis answered {pong:?}");
+    redis_cli(a, [127, 0, 0, 1], 10002, ["SET", "bearing", "works"])?;
+    let got = redis_cli(a, [127, 0, 0, 1], 10002, ["GET", "bearing"])?;
+    ensure!(got == "works", "GET answered {got:?}");
+    let tcp_conns = pb.metric(&format!(
+        "bearing_listener_downstream_connections_total{{listener=\"inbound:{}:16379\"}}",
+        b.ip4()
+    ))?;
+    ensure!(
+        tcp_conns >= 3.0,
+        "b's tcp inbound saw {tcp_conns} connections"
+    );
+    Ok(())
+}
+
+#[test]
+fn http2_prior_knowledge_through_the_sidecars() -> Result<()> {
+    let (topo, dir) = two_hosts()?;
+    let (a, b) = (topo.host("a"), topo.host("b"));
+    let _pa = Bearing::start(a, &dir, &["--name", "web"])?;
+    let _pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+    let out = a.run(
+        "curl",
+        [
+            "-sS",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            OUT_HTTP,
+        ],
+    )?;
+    ensure!(
+        out.stdout.trim() == "200 2",
+        "curl said {:?} {}",
+        out.stdout,
+        out.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn store_change_applies_live_without_failed_requests() -> Result<()> {
+    require_root_and_tools()?;
+    let topo = Topology::new(&["a", "b", "c"])?;
+    let (a, b, c) = (topo.host("a"), topo.host("b"), topo.host("c"));
+    start_nginx(b, 80)?;
+    start_nginx(c, 80)?;
+    let dir = store(
+        &topo,
+        &[
+            ("mesh.yaml", MESH.into()),
+            ("web.yaml", web(a)),
+            ("backend-1.yaml", backend("backend-1", b)),
+        ],
+    )?;
+    let pa = Bearing::start(a, &dir, &["--name", "web"])?;
+    let _pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+    let _pc = Bearing::start(
+        c,
+        &dir,
+        &[
+            "--name",
+            "backend-2",
+            "--dataplane",
+            &backend("backend-2", c),
+        ],
+    )?;
+    let before = pa.config_dump()?["version"].clone();
+
+    // 300 requests over ~6 s on fresh connections, while the store changes under them.
+    let client = a.spawn(
+        "bash",
+        [
+            "-c",
+            "for i in $(seq 1 300); do curl -s -o /dev/null -w '%{http_code}\\n' --max-time 5 http://127.0.0.1:10001/; sleep 0.02; done",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(1500));
+    write(&dir, "backend-2.yaml", &backend("backend-2", c))?;
+    wait_until(Duration::from_secs(10), || {
+        pa.config_dump().is_ok_and(|d| d["version"] != before)
+    })?;
+    client
+        .wait_exit(Duration::from_secs(60))
+        .context("client loop did not finish")?;
+    let codes = client.log_contents();
+    let total = codes.lines().count();
+    let failed: Vec<&str> = codes.lines().filter(|l| l.trim() != "200").collect();
+    ensure!(total == 300, "client made {total} requests");
+    ensure!(
+        failed.is_empty(),
+        "{} failed requests: {failed:?}",
+        failed.len()
+    );
+
+    // The new endpoint really took traffic after the change.
+    let c_inbound = format!("inbound:{}:18080", c.ip4());
+    ensure!(
+        listener_2xx(&_pc, &c_inbound)? > 0.0,
+        "backend-2 got no requests"
+    );
+    let endpoints = pa.config_dump()?["config"]["clusters"]["backend"]["endpoints"]
+        .as_array()
+        .map_or(0, Vec::len);
+    ensure!(endpoints == 2, "backend has {endpoints} endpoints");
+    Ok(())
+}
+
+#[test]
+fn invalid_store_change_is_rejected_and_old_config_serves() -> Result<()> {
+    let (topo, dir) = two_hosts()?;
+    let (a, b) = (topo.host("a"), topo.host("b"));
+    let pa = Bearing::start(a, &dir, &["--name", "web"])?;
+    let _pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+    let good = pa.config_dump()?["version"].clone();
+
+    // A port out of range on line 7 of a new file, and an unknown field elsewhere.
+    write(
+        &dir,
+        "broken.yaml",
+        "type: Dataplane\nname: broken\nmesh: default\nnetworking:\n  address: 10.9.9.9\n  inbound:\n  - port: 70000\n    tags: {kuma.io/service: broken}\n",
+    )?;
+    let dump = wait_until_ok(Duration::from_secs(10), || {
+        let d = pa.config_dump()?;
+        ensure!(!d["last_rejected"].is_null(), "not rejected yet");
+        Ok(d)
+    })?;
+    let problems = dump["last_rejected"]["problems"].to_string();
+    ensure!(
+        problems.contains("broken.yaml:7: Dataplane/broken: networking.inbound[0].port: port 70000 must be in the range 1-65535"),
+        "{problems}"
+    );
+    ensure!(
+        dump["version"] == good,
+        "version moved to {}",
+        dump["version"]
+    );
+    let (code, _) = curl(a, [OUT_HTTP])?;
+    ensure!(code == 200, "old config stopped serving: {code}");
+    ensure!(pa.metric("bearing_config_rejected_total")? >= 1.0);
+    ensure!(
+        pa.process().log_contents().contains("broken.yaml:7"),
+        "rejection not logged"
+    );
+
+    // `bearing validate` names the same problem and exits 1.
+    let out = a.run(bearing_bin()?, [Path::new("validate"), dir.as_path()])?;
+    ensure!(out.code() == Some(1), "validate exit {:?}", out.code());
+    ensure!(
+        out.stdout.contains("broken.yaml:7: Dataplane/broken"),
+        "{}",
+        out.stdout
+    );
+
+    // Fixing the file applies again.
+    std::fs::remove_file(dir.join("broken.yaml"))?;
+    write(
+        &dir,
+        "unknown-kind.yaml",
+        "type: MeshTimeout\nname: t\nmesh: default\nspec: {}\n",
+    )?;
+    wait_until(Duration::from_secs(10), || {
+        pa.config_dump()
+            .is_ok_and(|d| d["ignored"].to_string().contains("MeshTimeout"))
+    })?;
+    let (code, _) = curl(a, [OUT_HTTP])?;
+    ensure!(code == 200);
+    Ok(())
+}
+
+#[test]
+fn sigterm_drains_an_in_flight_slow_response() -> Result<()> {
+    let (topo, dir) = two_hosts()?;
+    let (a, b) = (topo.host("a"), topo.host("b"));
+    let pa = Bearing::start(a, &dir, &["--name", "web"])?;
+    let _pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+
+    let slow = a.spawn(
+        "curl",
+        [
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "http://127.0.0.1:10003/",
+        ],
+    )?;
+    // Let the request reach the slow server (it answers after 1.5 s), then stop the sidecar.
+    wait_until(Duration::from_secs(5), || {
+        pa.metric(
+            "bearing_listener_downstream_connections_active{listener=\"outbound:127.0.0.1:10003\"}",
+        )
+        .is_ok_and(|n| n >= 1.0)
+    })?;
+    std::thread::sleep(Duration::from_millis(200));
+    pa.process().signal(Signal::Term)?;
+    wait_until(Duration::from_secs(2), || {
+        pa.admin("GET", "/ready").is_ok_and(|(code, _)| code == 503)
+    })
+    .context("/ready did not turn 503 while draining")?;
+    wait_until(Duration::from_secs(2), || {
+        !a.tcp_listening(10001).unwrap_or(true)
+    })
+    .context("listeners still accept while draining")?;
+
+    let status = slow
+        .wait_exit(Duration::from_secs(10))
+        .context("curl hung")?;
+    ensure!(status.success(), "curl failed: {}", slow.log_contents());
+    ensure!(
+        slow.log_contents().trim() == "200",
+        "in-flight request got {}",
+        slow.log_contents()
+    );
+    let exit = pa
+        .process()
+        .wait_exit(Duration::from_secs(10))
+        .context("bearing did not exit")?;
+    ensure!(exit.success(), "bearing exited with {exit}");
+    Ok(())
+}
+
+#[test]
+fn unreachable_endpoints_fail_over_then_fail_clearly() -> Result<()> {
+    require_root_and_tools()?;
+    let topo = Topology::new(&["a", "b"])?;
+    let (a, b) = (topo.host("a"), topo.host("b"));
+    start_nginx(b, 80)?;
+    // backend-1 on b is up; backend-dead claims an address in the subnet where no one listens.
+    let dead_ip = {
+        let o = a.ip4().octets();
+        format!("{}.{}.{}.{}", o[0], o[1], o[2], 200)
+    };
+    let dead = backend("backend-dead", b).replace(&b.ip4().to_string(), &dead_ip);
+    let dir = store(
+        &topo,
+        &[
+            ("mesh.yaml", MESH.into()),
+            ("web.yaml", web(a)),
+            ("backend-1.yaml", backend("backend-1", b)),
+            ("backend-dead.yaml", dead),
+        ],
+    )?;
+    let pa = Bearing::start(a, &dir, &["--name", "web"])?;
+    let _pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+
+    // Round robin hits the dead endpoint half the time; every request must still succeed.
+    for _ in 0..10 {
+        let (code, body) = curl(a, [OUT_HTTP])?;
+        ensure!(code == 200, "status {code}: {body}");
+    }
+    ensure!(
+        pa.metric("bearing_cluster_upstream_connect_failures_total{cluster=\"backend\"}")? >= 1.0
+    );
+
+    // With backend-1 gone too, HTTP gets a 503 naming the cause and TCP gets a reset.
+    std::fs::remove_file(dir.join("backend-1.yaml"))?;
+    wait_until(Duration::from_secs(10), || {
+        pa.config_dump().is_ok_and(|d| {
+            d["config"]["clusters"]["backend"]["endpoints"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == 1
+        })
+    })?;
+    let (code, body) = curl(a, [OUT_HTTP])?;
+    ensure!(code == 503, "status {code}");
+    ensure!(body.contains("upstream connect error"), "body: {body}");
+    ensure!(pa.metric("bearing_cluster_no_healthy_upstream_total{cluster=\"backend\"}")? >= 1.0);
+    ensure!(
+        pa.metric("bearing_listener_http_requests_total{listener=\"outbound:127.0.0.1:10001\",class=\"5xx\"}")? >= 1.0
+    );
+    let out = a.run("redis-cli", ["-h", "127.0.0.1", "-p", "10002", "PING"])?;
+    ensure!(
+        !out.stdout.contains("PONG"),
+        "redis reached through a dead cluster?"
+    );
+    ensure!(
+        out.stderr.contains("reset") || out.stdout.contains("reset") || !out.success(),
+        "expected a reset, got {out:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn port_in_use_is_reported_and_other_listeners_serve() -> Result<()> {
+    let (topo, dir) = two_hosts()?;
+    let (a, b) = (topo.host("a"), topo.host("b"));
+    // Something else already listens on the `slow` outbound's port.
+    let squatter = a.spawn(
+        "python3",
+        ["-m", "http.server", "10003", "--bind", "127.0.0.1"],
+    )?;
+    a.wait_for_tcp_listener(10003, Duration::from_secs(10), Some(&squatter))?;
+    let pa = Bearing::spawn(a, &dir, &["--name", "web"])?;
+    let _pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+
+    let dump = wait_until_ok(Duration::from_secs(10), || {
+        let d = pa.config_dump()?;
+        ensure!(!d["config"].is_null(), "no config yet");
+        Ok(d)
+    })?;
+    let errors = dump["listener_errors"].to_string();
+    ensure!(
+        errors.contains("outbound:127.0.0.1:10003") && errors.contains("in use"),
+        "{errors}"
+    );
+    let (code, _) = pa.admin("GET", "/ready")?;
+    ensure!(code == 503, "/ready {code} with a listener unbound");
+    let (code, _) = curl(a, [OUT_HTTP])?;
+    ensure!(code == 200, "other listeners must keep serving, got {code}");
+    Ok(())
+}
