@@ -36,7 +36,9 @@ impl Admin {
             let (stream, _) = match listener.accept().await {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
                     tracing::warn!("admin accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             };

@@ -226,6 +226,10 @@ async fn serve(args: RunArgs, source: DirectorySource) -> anyhow::Result<()> {
         _ = quit.notified() => { tracing::info!("quit requested on the admin API"); false }
     };
     proxy.start_drain();
+    if !graceful {
+        // Let the admin API finish answering the quit request before the runtime stops.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     if graceful {
         if proxy.wait_connections(args.drain_time).await {
             tracing::info!("drained; exiting");
@@ -260,8 +264,11 @@ async fn apply_changes(proxy: Arc<Proxy>, mut status: watch::Receiver<ConfigStat
             proxy.stats.config.rejected.inc();
             rejected_at = rejected;
         }
-        if status.changed().await.is_err() {
-            return;
+        // A listener that could not bind (port in use) is retried every second.
+        let retry = tokio::time::sleep(Duration::from_secs(1));
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            _ = retry, if proxy.has_bind_errors() => proxy.reconcile_listeners(),
         }
     }
 }

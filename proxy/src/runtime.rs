@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bearing_proxy_config::{Listener, ProxyConfig};
+use bearing_proxy_config::{Listener, Protocol, ProxyConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -40,7 +40,7 @@ pub struct ListenerRuntime {
 pub struct Snapshot {
     /// The config it was built from (None before the first config).
     pub config: Option<Arc<ProxyConfig>>,
-    listeners: HashMap<String, Arc<ListenerRuntime>>,
+    listeners: HashMap<SocketAddr, Arc<ListenerRuntime>>,
 }
 
 impl Snapshot {
@@ -51,25 +51,30 @@ impl Snapshot {
         }
     }
 
-    /// The listener named `name`, if this snapshot has it.
-    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {
-        self.listeners.get(name)
+    /// The listener bound to `address`, if this snapshot has one.
+    pub fn listener(&self, address: &SocketAddr) -> Option<&Arc<ListenerRuntime>> {
+        self.listeners.get(address)
     }
 
-    /// Every cluster's endpoint pools by (cluster, endpoint), for reuse by the next snapshot.
-    fn pools(&self) -> HashMap<(String, SocketAddr), Arc<EndpointPool>> {
+    /// Every cluster's endpoint pools by (cluster, protocol, endpoint), for reuse by the next
+    /// snapshot.
+    fn pools(&self) -> HashMap<PoolKey, Arc<EndpointPool>> {
         let mut pools = HashMap::new();
         for l in self.listeners.values() {
+            let c = &l.cluster.config;
             for p in l.cluster.pools() {
-                pools.insert((l.cluster.config.name.clone(), p.address()), p.clone());
+                pools.insert((c.name.clone(), c.protocol, p.address()), p.clone());
             }
         }
         pools
     }
 }
 
+/// Pools are reused only for the same cluster, protocol and endpoint.
+type PoolKey = (String, Protocol, SocketAddr);
+
+/// A bound socket's accept loop, stopped by cancelling `stop`.
 struct BoundListener {
-    address: SocketAddr,
     stop: CancellationToken,
 }
 
@@ -78,7 +83,8 @@ pub struct Proxy {
     /// Metrics.
     pub stats: Stats,
     snapshot: ArcSwap<Snapshot>,
-    bound: Mutex<HashMap<String, BoundListener>>,
+    /// Accept loops by address: a listener renamed but kept on its address keeps its socket.
+    bound: Mutex<HashMap<SocketAddr, BoundListener>>,
     bind_errors: Mutex<BTreeMap<String, String>>,
     draining: AtomicBool,
     drain: CancellationToken,
@@ -142,7 +148,7 @@ impl Proxy {
                 .iter()
                 .map(|e| {
                     pools
-                        .remove(&(name.clone(), e.address))
+                        .remove(&(name.clone(), c.protocol, e.address))
                         .unwrap_or_else(|| EndpointPool::new(e.address))
                 })
                 .collect();
@@ -156,7 +162,7 @@ impl Proxy {
                 continue;
             };
             listeners.insert(
-                l.name.clone(),
+                l.address,
                 Arc::new(ListenerRuntime {
                     config: l.clone(),
                     cluster: cluster.clone(),
@@ -169,45 +175,40 @@ impl Proxy {
             listeners,
         }));
         self.stats.config.applied.inc();
-        if !self.is_draining() {
-            self.reconcile_listeners(&config);
-        }
+        self.reconcile_listeners();
     }
 
-    fn reconcile_listeners(self: &Arc<Self>, config: &ProxyConfig) {
+    /// Binds the applied config's listeners that are not bound yet (after a failure, too)
+    /// and stops those it no longer has. Does nothing once draining.
+    pub fn reconcile_listeners(self: &Arc<Self>) {
+        let Some(config) = self.snapshot.load().config.clone() else {
+            return;
+        };
         let mut bound = lock(&self.bound);
+        // Checked under the lock `start_drain` takes, so a drain can't be undone by a reload.
+        if self.is_draining() {
+            return;
+        }
         let mut errors = lock(&self.bind_errors);
         errors.clear();
-        bound.retain(|name, b| {
-            let keep = config
-                .listeners
-                .iter()
-                .any(|l| &l.name == name && l.address == b.address);
+        bound.retain(|address, b| {
+            let keep = config.listeners.iter().any(|l| &l.address == address);
             if !keep {
-                tracing::info!(listener = %name, "listener removed; open connections continue");
+                tracing::info!(%address, "listener removed; open connections continue");
                 b.stop.cancel();
             }
             keep
         });
         for l in &config.listeners {
-            if bound.contains_key(&l.name) {
+            if bound.contains_key(&l.address) {
                 continue;
             }
             match bind(l.address) {
                 Ok(socket) => {
                     tracing::info!(listener = %l.name, protocol = ?l.protocol, cluster = %l.cluster, "listening");
                     let stop = CancellationToken::new();
-                    tokio::spawn(
-                        self.clone()
-                            .accept_loop(l.name.clone(), socket, stop.clone()),
-                    );
-                    bound.insert(
-                        l.name.clone(),
-                        BoundListener {
-                            address: l.address,
-                            stop,
-                        },
-                    );
+                    tokio::spawn(self.clone().accept_loop(l.address, socket, stop.clone()));
+                    bound.insert(l.address, BoundListener { stop });
                 }
                 Err(e) => {
                     let message = format!("cannot bind {}: {e}", l.address);
@@ -219,9 +220,14 @@ impl Proxy {
         }
     }
 
+    /// Whether some listener failed to bind (the applier retries then).
+    pub fn has_bind_errors(&self) -> bool {
+        !lock(&self.bind_errors).is_empty()
+    }
+
     async fn accept_loop(
         self: Arc<Self>,
-        name: String,
+        address: SocketAddr,
         socket: TcpListener,
         stop: CancellationToken,
     ) {
@@ -234,12 +240,12 @@ impl Proxy {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors or similar: back off instead of spinning.
-                    tracing::error!(listener = %name, "accept failed: {e}");
+                    tracing::error!(%address, "accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
-            let Some(listener) = self.snapshot.load().listener(&name).cloned() else {
+            let Some(listener) = self.snapshot.load().listener(&address).cloned() else {
                 continue;
             };
             let proxy = self.clone();
@@ -271,7 +277,7 @@ impl Proxy {
         let proxy = self.clone();
         let own = listener.clone();
         let service = service_fn(move |req| {
-            let current = proxy.snapshot.load().listener(&own.config.name).cloned();
+            let current = proxy.snapshot.load().listener(&own.config.address).cloned();
             let l = current.unwrap_or_else(|| own.clone());
             async move { Ok::<_, std::convert::Infallible>(http_proxy::forward(req, &l).await) }
         });
@@ -293,13 +299,15 @@ impl Proxy {
     /// Stops accepting on every listener and asks HTTP connections to finish their requests
     /// and close. Idempotent.
     pub fn start_drain(&self) {
+        let mut bound = lock(&self.bound);
         if self.draining.swap(true, Ordering::AcqRel) {
             return;
         }
         tracing::info!("draining: listeners closed, finishing in-flight requests");
-        for (_, b) in lock(&self.bound).drain() {
+        for (_, b) in bound.drain() {
             b.stop.cancel();
         }
+        drop(bound);
         self.drain.cancel();
         self.connections.close();
     }

@@ -87,14 +87,13 @@ impl EndpointPool {
         self.address
     }
 
+    /// An idle connection ready for a request now. Connections still finishing a previous
+    /// exchange (an upload the upstream answered early) stay pooled for later.
     fn take_idle_h1(&self) -> Option<http1::SendRequest<Incoming>> {
         let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
+        idle.retain(|s| !s.is_closed());
+        let i = idle.iter().rposition(|s| s.is_ready())?;
+        Some(idle.swap_remove(i))
     }
 
     fn release_h1(&self, sender: http1::SendRequest<Incoming>) {
@@ -109,8 +108,8 @@ impl EndpointPool {
         guard.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    fn store_h2(&self, sender: http2::SendRequest<Incoming>) {
-        *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+    fn store_h2(&self, sender: Option<http2::SendRequest<Incoming>>) {
+        *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = sender;
     }
 }
 
@@ -124,10 +123,10 @@ pub struct ClusterRuntime {
     next: AtomicUsize,
 }
 
-/// An HTTP connection checked out of a pool for one request.
+/// An HTTP connection checked out of a pool for one request; `true` when it was reused.
 enum Checkout {
     H1(http1::SendRequest<Incoming>, bool),
-    H2(http2::SendRequest<Incoming>),
+    H2(http2::SendRequest<Incoming>, bool),
 }
 
 impl ClusterRuntime {
@@ -208,7 +207,7 @@ impl ClusterRuntime {
         let h2 = matches!(self.config.protocol, Protocol::Http2 | Protocol::Grpc);
         if h2 {
             if let Some(s) = pool.shared_h2() {
-                return Ok(Checkout::H2(s));
+                return Ok(Checkout::H2(s, true));
             }
         } else if let Some(s) = pool.take_idle_h1() {
             return Ok(Checkout::H1(s, true));
@@ -225,8 +224,8 @@ impl ClusterRuntime {
                     tracing::debug!(endpoint = %address, "upstream h2 connection ended: {e}");
                 }
             });
-            pool.store_h2(sender.clone());
-            Ok(Checkout::H2(sender))
+            pool.store_h2(Some(sender.clone()));
+            Ok(Checkout::H2(sender, false))
         } else {
             let (sender, conn) = http1::Builder::new()
                 .handshake::<UpstreamIo, Incoming>(io)
@@ -243,9 +242,10 @@ impl ClusterRuntime {
 
     /// Sends `req` to the next endpoint that accepts a connection.
     ///
-    /// A connect failure moves on to the next endpoint; an idle pooled connection that turns
-    /// out closed before the request was written is replaced by a fresh one. Once a request
-    /// has been written, its failure is final (the body is gone).
+    /// A connect failure, or a fresh connection closed before the request was written, moves
+    /// on to the next endpoint; a reused connection found closed (or, for HTTP/2, going away)
+    /// before the request was written is replaced by a fresh one to the same endpoint. Once a
+    /// request has been written its failure is final: the body is gone.
     pub async fn send_http(
         &self,
         mut req: Request<Incoming>,
@@ -262,9 +262,19 @@ impl ClusterRuntime {
                         break;
                     }
                 };
+                let reused = matches!(checkout, Checkout::H1(_, true) | Checkout::H2(_, true));
                 match self.send_on(checkout, pool, req).await {
                     Ok(resp) => return Ok(resp),
-                    Err(Retry::Again(r)) => req = r,
+                    Err(Retry::Again(r)) => {
+                        req = r;
+                        if !reused {
+                            self.stats.connect_failures.inc();
+                            let e =
+                                io::Error::other("connection closed before the request was sent");
+                            last = Some((pool.address, e));
+                            break;
+                        }
+                    }
                     Err(Retry::Fail(e)) => {
                         self.stats.request_errors.inc();
                         return Err(e);
@@ -283,34 +293,34 @@ impl ClusterRuntime {
     ) -> Result<Response<UpstreamBody>, Retry> {
         let timeout = self.config.request_timeout;
         let address = pool.address;
+        let fail = |e: hyper::Error| Retry::Fail(UpstreamError::Request(address, e));
         match checkout {
-            Checkout::H1(mut sender, reused) => {
-                if reused && sender.ready().await.is_err() {
-                    return Err(Retry::Again(req));
-                }
+            Checkout::H1(mut sender, _) => {
                 let fut = sender.try_send_request(req);
-                let resp = match with_timeout(timeout, fut).await {
-                    None => return Err(Retry::Fail(UpstreamError::Timeout(address))),
-                    Some(Ok(resp)) => resp,
+                match with_timeout(timeout, fut).await {
+                    None => Err(Retry::Fail(UpstreamError::Timeout(address))),
+                    Some(Ok(resp)) => {
+                        let release = Some((sender, pool.clone()));
+                        Ok(resp.map(|body| UpstreamBody::new(body, release)))
+                    }
                     Some(Err(mut e)) => match e.take_message() {
-                        Some(req) if reused => return Err(Retry::Again(req)),
-                        _ => {
-                            return Err(Retry::Fail(UpstreamError::Request(
-                                address,
-                                e.into_error(),
-                            )))
-                        }
+                        Some(req) => Err(Retry::Again(req)),
+                        None => Err(fail(e.into_error())),
                     },
-                };
-                let release = Some((sender, pool.clone()));
-                Ok(resp.map(|body| UpstreamBody::new(body, release)))
+                }
             }
-            Checkout::H2(mut sender) => {
-                let fut = sender.send_request(req);
+            Checkout::H2(mut sender, _) => {
+                let fut = sender.try_send_request(req);
                 match with_timeout(timeout, fut).await {
                     None => Err(Retry::Fail(UpstreamError::Timeout(address))),
                     Some(Ok(resp)) => Ok(resp.map(|body| UpstreamBody::new(body, None))),
-                    Some(Err(e)) => Err(Retry::Fail(UpstreamError::Request(address, e))),
+                    Some(Err(mut e)) => match e.take_message() {
+                        Some(req) => {
+                            pool.store_h2(None);
+                            Err(Retry::Again(req))
+                        }
+                        None => Err(fail(e.into_error())),
+                    },
                 }
             }
         }

@@ -445,5 +445,12 @@ fn port_in_use_is_reported_and_other_listeners_serve() -> Result<()> {
     ensure!(code == 503, "/ready {code} with a listener unbound");
     let (code, _) = curl(a, [OUT_HTTP])?;
     ensure!(code == 200, "other listeners must keep serving, got {code}");
+
+    // Once the port is free the listener binds without any config change.
+    squatter.kill();
+    pa.wait_ready()
+        .context("listener not bound after the port was freed")?;
+    let (code, _) = curl(a, ["http://127.0.0.1:10003/"])?;
+    ensure!(code == 200, "slow outbound answered {code}");
     Ok(())
 }

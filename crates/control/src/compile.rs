@@ -68,7 +68,26 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
         };
         let service_port = port16(inbound.service_port.unwrap_or(inbound.port));
         let protocol = Protocol::from_tag(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));
-        let cluster_name = format!("localhost:{service_port}");
+        let app = SocketAddr::new(app_ip, service_port);
+        // Kuma's name for the local application; another application address is spelled out.
+        let cluster_name = if app_ip == IpAddr::V4(Ipv4Addr::LOCALHOST) {
+            format!("localhost:{service_port}")
+        } else {
+            app.to_string()
+        };
+        if clusters
+            .get(&cluster_name)
+            .is_some_and(|c: &Cluster| c.protocol != protocol)
+        {
+            problems.push(problem(
+                me,
+                Some(&format!("{field}.tags.{PROTOCOL_TAG}")),
+                format!(
+                    "another inbound sends to the application at {app} with a different protocol"
+                ),
+            ));
+            continue;
+        }
         let address = SocketAddr::new(bind_ip, port16(inbound.port));
         listeners.push(Listener {
             name: format!("inbound:{address}"),
@@ -84,7 +103,7 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
                 cluster_name,
                 protocol,
                 vec![Endpoint {
-                    address: SocketAddr::new(app_ip, service_port),
+                    address: app,
                     origin: "local application".into(),
                 }],
             ),
@@ -391,6 +410,21 @@ networking:
         assert_eq!(a.version, b.version);
         let c = compile(&s, find(&s, "backend-1"), "test").unwrap();
         assert_ne!(a.version, c.version);
+    }
+
+    #[test]
+    fn inbounds_to_distinct_applications_get_distinct_clusters() {
+        let s = store("type: Dataplane\nname: a\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    servicePort: 8080\n    tags: {kuma.io/service: a}\n  - port: 81\n    servicePort: 8080\n    serviceAddress: 10.0.0.9\n    tags: {kuma.io/service: b}\n  - port: 82\n    servicePort: 8080\n    tags: {kuma.io/service: c, kuma.io/protocol: http}\n");
+        let errs = compile(&s, find(&s, "a"), "test").unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            errs[0].field.as_deref(),
+            Some("networking.inbound[2].tags.kuma.io/protocol")
+        );
+        let s = store("type: Dataplane\nname: a\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    servicePort: 8080\n    tags: {kuma.io/service: a}\n  - port: 81\n    servicePort: 8080\n    serviceAddress: 10.0.0.9\n    tags: {kuma.io/service: b}\n");
+        let cfg = compile(&s, find(&s, "a"), "test").unwrap();
+        assert_eq!(cfg.listeners[0].cluster, "localhost:8080");
+        assert_eq!(cfg.listeners[1].cluster, "10.0.0.9:8080");
     }
 
     #[test]

@@ -184,13 +184,17 @@ impl DirectorySource {
     fn watch_loop(self, status: watch::Sender<ConfigStatus>) {
         use notify::Watcher;
         let (events_tx, events) = std::sync::mpsc::channel();
-        let mut watcher = notify::recommended_watcher(move |_res| {
-            let _ = events_tx.send(());
+        // Only changes count: reading the store (our own reloads included) must not trigger one.
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+                let _ = events_tx.send(());
+            }
         })
         .map_err(|e| tracing::warn!("inotify unavailable, polling only: {e}"))
         .ok();
         let mut watching = false;
         let mut last = self.fingerprint();
+        let mut first = true;
         loop {
             if !watching {
                 if let Some(w) = watcher.as_mut() {
@@ -199,6 +203,10 @@ impl DirectorySource {
                         .iter()
                         .all(|p| w.watch(p, notify::RecursiveMode::NonRecursive).is_ok());
                 }
+            }
+            if std::mem::take(&mut first) {
+                // Catches a change made between the caller's first load and the watch above.
+                self.reload_into(&status);
             }
             let notified = match events.recv_timeout(Duration::from_secs(1)) {
                 Ok(()) => {
