@@ -52,19 +52,12 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
             ));
             continue;
         };
-        let app_ip = match inbound.service_address.as_deref() {
-            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            Some(a) => match a.parse() {
-                Ok(ip) => ip,
-                Err(_) => {
-                    problems.push(problem(
-                        me,
-                        Some(&format!("{field}.serviceAddress")),
-                        format!("{a:?} is not an IP address"),
-                    ));
-                    continue;
-                }
-            },
+        let app_ip = match ip_or_localhost(inbound.service_address.as_deref()) {
+            Ok(ip) => ip,
+            Err(m) => {
+                problems.push(problem(me, Some(&format!("{field}.serviceAddress")), m));
+                continue;
+            }
         };
         let service_port = port16(inbound.service_port.unwrap_or(inbound.port));
         let protocol = Protocol::from_tag(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));
@@ -112,19 +105,12 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
 
     for (i, outbound) in dp.networking.outbound.iter().enumerate() {
         let field = format!("networking.outbound[{i}]");
-        let ip = match outbound.address.as_deref() {
-            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            Some(a) => match a.parse() {
-                Ok(ip) => ip,
-                Err(_) => {
-                    problems.push(problem(
-                        me,
-                        Some(&format!("{field}.address")),
-                        format!("{a:?} is not an IP address"),
-                    ));
-                    continue;
-                }
-            },
+        let ip = match ip_or_localhost(outbound.address.as_deref()) {
+            Ok(ip) => ip,
+            Err(m) => {
+                problems.push(problem(me, Some(&format!("{field}.address")), m));
+                continue;
+            }
         };
         if outbound.tags.is_empty() {
             problems.push(problem(
@@ -188,6 +174,14 @@ fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>) -> Cluste
         endpoints,
         connect_timeout: CONNECT_TIMEOUT,
         request_timeout: (protocol != Protocol::Grpc).then_some(REQUEST_TIMEOUT),
+    }
+}
+
+/// An optional address field: 127.0.0.1 when absent, an error message when not an IP.
+fn ip_or_localhost(value: Option<&str>) -> Result<IpAddr, String> {
+    match value {
+        None => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        Some(a) => a.parse().map_err(|_| format!("{a:?} is not an IP address")),
     }
 }
 
