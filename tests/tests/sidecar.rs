@@ -75,6 +75,13 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
     std::fs::rename(&tmp, dir.join(name)).context("rename into store")
 }
 
+/// Starts the `web` sidecar on `a` and the `backend-1` sidecar on `b`, both ready.
+fn sidecars<'t>(a: &'t Host, b: &'t Host, dir: &Path) -> Result<(Bearing<'t>, Bearing<'t>)> {
+    let web = Bearing::start(a, dir, &["--name", "web"])?;
+    let backend = Bearing::start(b, dir, &["--name", "backend-1"])?;
+    Ok((web, backend))
+}
+
 const OUT_HTTP: &str = "http://127.0.0.1:10001/";
 
 fn listener_2xx(b: &Bearing, listener: &str) -> Result<f64> {
@@ -107,8 +114,7 @@ fn two_hosts() -> Result<(Topology, PathBuf)> {
 fn http_and_tcp_cross_outbound_and_inbound() -> Result<()> {
     let (topo, dir) = two_hosts()?;
     let (a, b) = (topo.host("a"), topo.host("b"));
-    let pa = Bearing::start(a, &dir, &["--name", "web"])?;
-    let pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+    let (pa, pb) = sidecars(a, b, &dir)?;
 
     let (code, body) = curl(a, [OUT_HTTP])?;
     ensure!(code == 200, "status {code}: {body}");
@@ -148,8 +154,7 @@ fn http_and_tcp_cross_outbound_and_inbound() -> Result<()> {
 fn http2_prior_knowledge_through_the_sidecars() -> Result<()> {
     let (topo, dir) = two_hosts()?;
     let (a, b) = (topo.host("a"), topo.host("b"));
-    let _pa = Bearing::start(a, &dir, &["--name", "web"])?;
-    let _pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+    let (_pa, _pb) = sidecars(a, b, &dir)?;
     let out = a.run(
         "curl",
         [
@@ -186,8 +191,7 @@ fn store_change_applies_live_without_failed_requests() -> Result<()> {
             ("backend-1.yaml", backend("backend-1", b)),
         ],
     )?;
-    let pa = Bearing::start(a, &dir, &["--name", "web"])?;
-    let _pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+    let (pa, _pb) = sidecars(a, b, &dir)?;
     let _pc = Bearing::start(
         c,
         &dir,
@@ -243,8 +247,7 @@ fn store_change_applies_live_without_failed_requests() -> Result<()> {
 fn invalid_store_change_is_rejected_and_old_config_serves() -> Result<()> {
     let (topo, dir) = two_hosts()?;
     let (a, b) = (topo.host("a"), topo.host("b"));
-    let pa = Bearing::start(a, &dir, &["--name", "web"])?;
-    let _pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+    let (pa, _pb) = sidecars(a, b, &dir)?;
     let good = pa.config_dump()?["version"].clone();
 
     // A port out of range on line 7 of a new file, and an unknown field elsewhere.
@@ -305,8 +308,7 @@ fn invalid_store_change_is_rejected_and_old_config_serves() -> Result<()> {
 fn sigterm_drains_an_in_flight_slow_response() -> Result<()> {
     let (topo, dir) = two_hosts()?;
     let (a, b) = (topo.host("a"), topo.host("b"));
-    let pa = Bearing::start(a, &dir, &["--name", "web"])?;
-    let _pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+    let (pa, _pb) = sidecars(a, b, &dir)?;
 
     let slow = a.spawn(
         "curl",
@@ -377,8 +379,7 @@ fn unreachable_endpoints_fail_over_then_fail_clearly() -> Result<()> {
             ("backend-dead.yaml", dead),
         ],
     )?;
-    let pa = Bearing::start(a, &dir, &["--name", "web"])?;
-    let _pb = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+    let (pa, _pb) = sidecars(a, b, &dir)?;
 
     // Round robin hits the dead endpoint half the time; every request must still succeed.
     for _ in 0..10 {
