@@ -1,10 +1,12 @@
 //! Bearing: a service-mesh data-plane proxy for Kuma written natively in Rust.
 //!
 //! The binary (`src/main.rs`) parses the command line; this library holds the runtime:
-//! listeners and connection handling ([`runtime`]), the L4 and L7 paths ([`http_proxy`],
+//! listeners and connection handling ([`runtime`]), transparent-proxy capture ([`capture`]),
+//! the L4 and L7 paths ([`http_proxy`],
 //! [`upstream`]), metrics ([`stats`]) and the admin API ([`admin`]).
 
 pub mod admin;
+pub mod capture;
 pub mod cli;
 pub mod http_proxy;
 pub mod io;

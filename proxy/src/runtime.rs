@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bearing_proxy_config::{Listener, Protocol, ProxyConfig};
+use bearing_proxy_config::{Direction, Listener, Protocol, ProxyConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::capture::{self, CapturePort, Route};
 use crate::http_proxy;
 use crate::io::Counted;
 use crate::stats::{ListenerStats, Stats};
@@ -40,7 +41,12 @@ pub struct ListenerRuntime {
 pub struct Snapshot {
     /// The config it was built from (None before the first config).
     pub config: Option<Arc<ProxyConfig>>,
+    /// Every listener by address, whether it has a socket or is reached through capture.
     listeners: HashMap<SocketAddr, Arc<ListenerRuntime>>,
+    /// Inbound listeners by port, for captured inbound connections to another local address.
+    inbound_ports: HashMap<u16, Arc<ListenerRuntime>>,
+    /// Transparent-proxy capture sockets by address.
+    captures: HashMap<SocketAddr, Arc<CapturePort>>,
 }
 
 impl Snapshot {
@@ -48,12 +54,62 @@ impl Snapshot {
         Snapshot {
             config: None,
             listeners: HashMap::new(),
+            inbound_ports: HashMap::new(),
+            captures: HashMap::new(),
         }
     }
 
-    /// The listener bound to `address`, if this snapshot has one.
+    /// The listener at `address`, if this snapshot has one.
     pub fn listener(&self, address: &SocketAddr) -> Option<&Arc<ListenerRuntime>> {
         self.listeners.get(address)
+    }
+
+    /// The sockets this snapshot needs bound: `(address, name, optional)`. An optional
+    /// socket (IPv6 capture) that cannot be bound because the host lacks IPv6 is skipped.
+    fn sockets(&self) -> Vec<(SocketAddr, &str, bool)> {
+        let listeners = self.listeners.values().map(|l| &l.config);
+        let own = listeners
+            .filter(|l| l.bind)
+            .map(|l| (l.address, l.name.as_str(), false));
+        let captures = self
+            .captures
+            .iter()
+            .map(|(a, c)| (*a, c.name.as_str(), a.is_ipv6()));
+        own.chain(captures).collect()
+    }
+
+    /// Where a connection captured on `port` with original destination `target` goes: the
+    /// listener at that address (inbound: else the inbound listener on that port, whatever
+    /// the local address, so IPv6 reaches the same inbound as IPv4), else passthrough when
+    /// allowed.
+    fn route_captured(&self, port: &CapturePort, capture: SocketAddr, target: SocketAddr) -> Route {
+        if target.port() == capture.port() {
+            return Route::Refuse(format!(
+                "{target} is the capture port itself; passing it through would loop"
+            ));
+        }
+        let exact = self.listeners.get(&target);
+        let found = exact
+            .filter(|l| l.config.direction == port.direction)
+            .or_else(|| match port.direction {
+                Direction::Inbound => self.inbound_ports.get(&target.port()),
+                Direction::Outbound => None,
+            });
+        match (found, port.direction) {
+            (Some(l), _) => Route::Listener(l.clone()),
+            (None, _) if !port.passthrough => Route::Refuse(format!(
+                "{target} is not a mesh destination and the mesh does not allow passthrough \
+                 (Mesh networking.outbound.passthrough: false)"
+            )),
+            (None, Direction::Outbound) => Route::Passthrough {
+                target,
+                source: None,
+            },
+            (None, Direction::Inbound) => Route::Passthrough {
+                target,
+                source: Some(capture::inbound_passthrough_source(&target)),
+            },
+        }
     }
 
     /// Every cluster's endpoint pools by (cluster, protocol, endpoint), for reuse by the next
@@ -156,23 +212,37 @@ impl Proxy {
             clusters.insert(name.clone(), Arc::new(runtime));
         }
         let mut listeners = HashMap::new();
+        let mut inbound_ports = HashMap::new();
         for l in &config.listeners {
             let Some(cluster) = clusters.get(&l.cluster) else {
                 tracing::error!(listener = %l.name, cluster = %l.cluster, "listener names a missing cluster; not served");
                 continue;
             };
-            listeners.insert(
-                l.address,
-                Arc::new(ListenerRuntime {
-                    config: l.clone(),
-                    cluster: cluster.clone(),
-                    stats: self.stats.listener(&l.name),
-                }),
-            );
+            let runtime = Arc::new(ListenerRuntime {
+                config: l.clone(),
+                cluster: cluster.clone(),
+                stats: self.stats.listener(&l.name),
+            });
+            if l.direction == Direction::Inbound {
+                inbound_ports
+                    .entry(l.address.port())
+                    .or_insert_with(|| runtime.clone());
+            }
+            listeners.insert(l.address, runtime);
         }
+        let captures = config
+            .transparent_proxy
+            .as_ref()
+            .map(|tp| CapturePort::for_config(tp, &self.stats))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(address, port)| (address, Arc::new(port)))
+            .collect();
         self.snapshot.store(Arc::new(Snapshot {
             config: Some(config.clone()),
             listeners,
+            inbound_ports,
+            captures,
         }));
         self.stats.config.applied.inc();
         self.reconcile_listeners();
@@ -181,9 +251,11 @@ impl Proxy {
     /// Binds the applied config's listeners that are not bound yet (after a failure, too)
     /// and stops those it no longer has. Does nothing once draining.
     pub fn reconcile_listeners(self: &Arc<Self>) {
-        let Some(config) = self.snapshot.load().config.clone() else {
+        let snapshot = self.snapshot.load_full();
+        if snapshot.config.is_none() {
             return;
-        };
+        }
+        let sockets = snapshot.sockets();
         let mut bound = lock(&self.bound);
         // Checked under the lock `start_drain` takes, so a drain can't be undone by a reload.
         if self.is_draining() {
@@ -192,29 +264,32 @@ impl Proxy {
         let mut errors = lock(&self.bind_errors);
         errors.clear();
         bound.retain(|address, b| {
-            let keep = config.listeners.iter().any(|l| &l.address == address);
+            let keep = sockets.iter().any(|(a, _, _)| a == address);
             if !keep {
                 tracing::info!(%address, "listener removed; open connections continue");
                 b.stop.cancel();
             }
             keep
         });
-        for l in &config.listeners {
-            if bound.contains_key(&l.address) {
+        for (address, name, optional) in sockets {
+            if bound.contains_key(&address) {
                 continue;
             }
-            match bind(l.address) {
+            match bind(address) {
                 Ok(socket) => {
-                    tracing::info!(listener = %l.name, protocol = ?l.protocol, cluster = %l.cluster, "listening");
+                    tracing::info!(listener = %name, %address, "listening");
                     let stop = CancellationToken::new();
-                    tokio::spawn(self.clone().accept_loop(l.address, socket, stop.clone()));
-                    bound.insert(l.address, BoundListener { stop });
+                    tokio::spawn(self.clone().accept_loop(address, socket, stop.clone()));
+                    bound.insert(address, BoundListener { stop });
+                }
+                Err(e) if optional && is_family_unavailable(&e) => {
+                    tracing::warn!(listener = %name, "IPv6 is not available here ({e}); capturing IPv4 only");
                 }
                 Err(e) => {
-                    let message = format!("cannot bind {}: {e}", l.address);
-                    tracing::error!(listener = %l.name, "{message}; other listeners keep serving");
+                    let message = format!("cannot bind {address}: {e}");
+                    tracing::error!(listener = %name, "{message}; other listeners keep serving");
                     self.stats.config.listener_bind_failures.inc();
-                    errors.insert(l.name.clone(), message);
+                    errors.insert(name.to_string(), message);
                 }
             }
         }
@@ -245,26 +320,79 @@ impl Proxy {
                     continue;
                 }
             };
-            let Some(listener) = self.snapshot.load().listener(&address).cloned() else {
-                continue;
-            };
+            let snapshot = self.snapshot.load_full();
             let proxy = self.clone();
-            self.connections.spawn(async move {
-                listener.stats.connections.inc();
-                listener.stats.active.inc();
+            if let Some(port) = snapshot.captures.get(&address).cloned() {
+                self.connections.spawn(async move {
+                    proxy
+                        .serve_captured(&snapshot, &port, address, stream, peer)
+                        .await;
+                });
+            } else if let Some(listener) = snapshot.listener(&address).cloned() {
+                self.connections
+                    .spawn(async move { proxy.serve(listener, stream, peer).await });
+            }
+        }
+    }
+
+    /// Serves one connection accepted for (or captured for) `listener`.
+    async fn serve(
+        self: Arc<Self>,
+        listener: Arc<ListenerRuntime>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        listener.stats.connections.inc();
+        listener.stats.active.inc();
+        let _ = stream.set_nodelay(true);
+        let stream = Counted::new(
+            stream,
+            listener.stats.rx_bytes.clone(),
+            listener.stats.tx_bytes.clone(),
+        );
+        if listener.config.protocol.is_http() {
+            self.serve_http(stream, listener.clone(), peer).await;
+        } else {
+            serve_tcp(stream, &listener, peer).await;
+        }
+        listener.stats.active.dec();
+    }
+
+    /// Serves a connection iptables redirected to a capture port.
+    async fn serve_captured(
+        self: Arc<Self>,
+        snapshot: &Snapshot,
+        port: &CapturePort,
+        capture: SocketAddr,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        let route = match capture::original_destination(&stream) {
+            Ok(target) => snapshot.route_captured(port, capture, target),
+            Err(e) => Route::Refuse(format!(
+                "no original destination ({e}): not redirected by iptables"
+            )),
+        };
+        match route {
+            Route::Listener(listener) => self.serve(listener, stream, peer).await,
+            Route::Passthrough { target, source } => {
+                port.stats.connections.inc();
+                port.stats.active.inc();
                 let _ = stream.set_nodelay(true);
                 let stream = Counted::new(
                     stream,
-                    listener.stats.rx_bytes.clone(),
-                    listener.stats.tx_bytes.clone(),
+                    port.stats.rx_bytes.clone(),
+                    port.stats.tx_bytes.clone(),
                 );
-                if listener.config.protocol.is_http() {
-                    proxy.serve_http(stream, listener.clone(), peer).await;
-                } else {
-                    serve_tcp(stream, &listener, peer).await;
-                }
-                listener.stats.active.dec();
-            });
+                capture::serve_passthrough(stream, port, target, source, peer).await;
+                port.stats.active.dec();
+            }
+            Route::Refuse(reason) => {
+                port.stats.connections.inc();
+                port.stats.errors.inc();
+                tracing::warn!(listener = %port.name, %peer, "refused: {reason}");
+                capture::reset(&stream);
+            }
         }
     }
 
@@ -332,8 +460,7 @@ async fn serve_tcp(mut down: Counted<TcpStream>, listener: &ListenerRuntime, pee
         }
         Err(e) => {
             tracing::warn!(listener = %listener.config.name, cluster = %cluster.config.name, %peer, "{e}; resetting connection");
-            // Zero linger makes close send RST, the TCP way of saying "no upstream".
-            let _ = socket2::SockRef::from(down.get_ref()).set_linger(Some(Duration::ZERO));
+            capture::reset(down.get_ref());
         }
     }
 }
@@ -343,10 +470,19 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(address);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if address.is_ipv6() {
+        // `[::]:15001` must not also claim IPv4, which `0.0.0.0:15001` serves.
+        socket.set_only_v6(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
+}
+
+/// The host has no IPv6 (disabled kernel module or sysctl).
+fn is_family_unavailable(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(97)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

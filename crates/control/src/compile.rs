@@ -9,7 +9,7 @@ use std::time::Duration;
 use bearing_model::{Dataplane, Inbound, Problem, Resource, Spec, Store, Tags};
 use bearing_model::{PROTOCOL_TAG, SERVICE_TAG};
 use bearing_proxy_config::{
-    Cluster, Direction, Endpoint, Listener, Protocol, ProxyConfig, ProxyIdentity,
+    Cluster, Direction, Endpoint, Listener, Protocol, ProxyConfig, ProxyIdentity, TransparentProxy,
 };
 
 /// Kuma's default upstream connect timeout.
@@ -24,12 +24,11 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
     };
     let mesh = me.mesh.clone().unwrap_or_else(|| "default".into());
     let mut problems = Vec::new();
-    let mesh_exists = mesh == "default"
-        || store
-            .resources
-            .iter()
-            .any(|r| matches!(r.spec, Spec::Mesh(_)) && r.meta.name == mesh);
-    if !mesh_exists {
+    let mesh_spec = store.resources.iter().find_map(|r| match &r.spec {
+        Spec::Mesh(m) if r.meta.name == mesh => Some(m),
+        _ => None,
+    });
+    if mesh_spec.is_none() && mesh != "default" {
         problems.push(problem(
             me,
             Some("mesh"),
@@ -40,6 +39,19 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
     let mut listeners = Vec::new();
     let mut clusters = BTreeMap::new();
     let node_ip = dp.networking.address.parse::<IpAddr>().ok();
+    let transparent = dp
+        .networking
+        .transparent_proxying
+        .as_ref()
+        .filter(|tp| tp.enabled());
+    let transparent_proxy = transparent.map(|tp| TransparentProxy {
+        outbound_port: port16(tp.redirect_port_outbound),
+        inbound_port: port16(tp.redirect_port_inbound),
+        ipv6: tp.ipv6(),
+        outbound_passthrough: mesh_spec
+            .and_then(|m| m.networking.outbound.passthrough)
+            .unwrap_or(true),
+    });
 
     for (i, inbound) in dp.networking.inbound.iter().enumerate() {
         let field = format!("networking.inbound[{i}]");
@@ -89,6 +101,7 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
             protocol,
             cluster: cluster_name.clone(),
             service: service_of(&inbound.tags),
+            bind: transparent.is_none(),
         });
         clusters.insert(
             cluster_name.clone(),
@@ -131,10 +144,23 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
             protocol,
             cluster: cluster_name.clone(),
             service: service_of(&outbound.tags),
+            // iptables never captures loopback destinations, so those keep their socket.
+            bind: transparent.is_none() || ip.is_loopback(),
         });
         clusters.insert(
             cluster_name.clone(),
             cluster(cluster_name, protocol, endpoints),
+        );
+    }
+
+    if let Some(tp) = transparent {
+        direct_access(
+            store,
+            me,
+            &mesh,
+            &tp.direct_access_services,
+            &mut listeners,
+            &mut clusters,
         );
     }
 
@@ -162,9 +188,66 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
         },
         listeners,
         clusters,
+        transparent_proxy,
     };
     config.version = version_of(&config);
     Ok(config)
+}
+
+/// Kuma's direct access: for `directAccessServices` (`*` for all), a TCP listener at every
+/// other dataplane's inbound address that no outbound already claims, passing connections
+/// straight to that address. Such traffic is forwarded even when the mesh forbids passthrough.
+fn direct_access(
+    store: &Store,
+    me: &Resource,
+    mesh: &str,
+    services: &[String],
+    listeners: &mut Vec<Listener>,
+    clusters: &mut BTreeMap<String, Cluster>,
+) {
+    if services.is_empty() {
+        return;
+    }
+    let all = services.iter().any(|s| s == "*");
+    let mut taken: std::collections::HashSet<SocketAddr> =
+        listeners.iter().map(|l| l.address).collect();
+    let others = store.resources.iter().filter(|r| {
+        r.mesh.as_deref().unwrap_or("default") == mesh
+            && !(r.meta.name == me.meta.name && r.mesh == me.mesh)
+    });
+    for r in others {
+        let Spec::Dataplane(dp) = &r.spec else {
+            continue;
+        };
+        for inbound in &dp.networking.inbound {
+            let service = service_of(&inbound.tags);
+            if !(all || services.contains(&service)) {
+                continue;
+            }
+            let Some(ip) = endpoint_ip(dp, inbound) else {
+                continue;
+            };
+            let address = SocketAddr::new(ip, port16(inbound.port));
+            if !taken.insert(address) {
+                continue;
+            }
+            let name = format!("direct_access_{address}");
+            listeners.push(Listener {
+                name: name.clone(),
+                address,
+                direction: Direction::Outbound,
+                protocol: Protocol::Tcp,
+                cluster: name.clone(),
+                service,
+                bind: false,
+            });
+            let endpoint = Endpoint {
+                address,
+                origin: format!("Dataplane/{}", r.meta.name),
+            };
+            clusters.insert(name.clone(), cluster(name, Protocol::Tcp, vec![endpoint]));
+        }
+    }
 }
 
 fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>) -> Cluster {
@@ -286,8 +369,13 @@ fn problem(me: &Resource, field: Option<&str>, message: String) -> Problem {
 /// FNV-1a over the serialized config: stable across runs and processes, so every proxy that
 /// compiles the same view reports the same version.
 fn version_of(config: &ProxyConfig) -> String {
-    let text = serde_json::to_string(&(&config.identity, &config.listeners, &config.clusters))
-        .unwrap_or_default();
+    let text = serde_json::to_string(&(
+        &config.identity,
+        &config.listeners,
+        &config.clusters,
+        &config.transparent_proxy,
+    ))
+    .unwrap_or_default();
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -431,5 +519,47 @@ networking:
             "{text:?}"
         );
         assert!(text[1].contains("use the same address"), "{text:?}");
+    }
+
+    #[test]
+    fn transparent_proxying_makes_listeners_virtual() {
+        let text = format!(
+            "type: Mesh\nname: default\nnetworking:\n  outbound:\n    passthrough: false\n---\n{}",
+            MESH.replace(
+                "  address: 10.0.0.1\n",
+                "  address: 10.0.0.1\n  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n    ipFamilyMode: IPv4\n    directAccessServices: [backend]\n",
+            )
+        );
+        let s = store(&text);
+        let cfg = compile(&s, find(&s, "web"), "test").unwrap();
+        let tp = cfg.transparent_proxy.as_ref().unwrap();
+        assert_eq!((tp.outbound_port, tp.inbound_port), (15001, 15006));
+        assert!(!tp.ipv6 && !tp.outbound_passthrough);
+        let bind: Vec<(&str, bool)> = cfg
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.bind))
+            .collect();
+        assert_eq!(
+            bind,
+            [
+                ("direct_access_10.0.0.2:8080", false),
+                ("direct_access_192.0.2.3:8080", false),
+                ("direct_access_192.0.2.3:9090", false),
+                ("inbound:10.0.0.1:8080", false),
+                ("outbound:127.0.0.1:10001", true),
+                ("outbound:127.0.0.1:10002", true),
+                ("outbound:127.0.0.1:10003", true),
+            ],
+            "inbounds are virtual, loopback outbounds keep sockets, other meshes get no direct access"
+        );
+        let direct = &cfg.clusters["direct_access_10.0.0.2:8080"];
+        assert_eq!(direct.protocol, Protocol::Tcp);
+        assert_eq!(direct.endpoints[0].address.to_string(), "10.0.0.2:8080");
+
+        let plain = store(MESH);
+        let cfg = compile(&plain, find(&plain, "web"), "test").unwrap();
+        assert!(cfg.transparent_proxy.is_none());
+        assert!(cfg.listeners.iter().all(|l| l.bind));
     }
 }

@@ -135,12 +135,49 @@ pub struct DataplaneNetworking {
     /// Present when this dataplane is a gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Gateway>,
-    /// Transparent proxy settings (acted on from issue #3).
+    /// Transparent proxy settings: present (with both redirect ports) when iptables
+    /// redirects this workload's traffic to the proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transparent_proxying: Option<Value>,
+    pub transparent_proxying: Option<TransparentProxying>,
     /// Admin port of this dataplane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<DataplaneAdmin>,
+}
+
+/// `Dataplane.networking.transparentProxying`, as `kumactl install transparent-proxy` sets it up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransparentProxying {
+    /// Port iptables redirects inbound traffic to (Kuma: 15006); 0 means off.
+    #[serde(default)]
+    pub redirect_port_inbound: u32,
+    /// Port iptables redirects outbound traffic to (Kuma: 15001); 0 means off.
+    #[serde(default)]
+    pub redirect_port_outbound: u32,
+    /// Services whose endpoints are reachable directly at their IP:port, `*` for all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub direct_access_services: Vec<String>,
+    /// `DualStack` (default), `IPv4` or `IPv6`: which families are captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family_mode: Option<String>,
+    /// MeshService-based reachable backends: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable_backends: Option<Value>,
+}
+
+impl TransparentProxying {
+    /// Kuma treats transparent proxying as on when both redirect ports are set.
+    pub fn enabled(&self) -> bool {
+        self.redirect_port_inbound != 0 && self.redirect_port_outbound != 0
+    }
+
+    /// Whether IPv6 traffic is captured too (every mode but `IPv4`).
+    pub fn ipv6(&self) -> bool {
+        !self
+            .ip_family_mode
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case("ipv4"))
+    }
 }
 
 /// One `networking.inbound[]` entry.

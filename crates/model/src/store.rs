@@ -232,7 +232,7 @@ impl Store {
                 self.problems.push(problem(field, Some(label), message));
                 return;
             }
-            Decoded::Spec(spec) => spec,
+            Decoded::Spec(spec) => *spec,
         };
         let mut problems = Vec::new();
         if let Some(m) = validate_name(&meta.name) {
@@ -304,7 +304,7 @@ fn split_meta(obj: &mut Map<String, Value>) -> Map<String, Value> {
 }
 
 enum Decoded {
-    Spec(Spec),
+    Spec(Box<Spec>),
     Ignored,
     Invalid(String, String),
 }
@@ -312,7 +312,7 @@ enum Decoded {
 fn decode_spec(kind: &str, value: Value) -> Decoded {
     fn de<T: serde::de::DeserializeOwned>(value: Value, wrap: fn(T) -> Spec) -> Decoded {
         match serde_path_to_error::deserialize(value) {
-            Ok(v) => Decoded::Spec(wrap(v)),
+            Ok(v) => Decoded::Spec(Box::new(wrap(v))),
             Err(e) => Decoded::Invalid(e.path().to_string(), e.into_inner().to_string()),
         }
     }

@@ -186,6 +186,49 @@ fn dataplane(dp: &Dataplane, p: &mut Vec<FieldProblem>) {
     if let Some(admin) = &net.admin {
         port(admin.port, "networking.admin.port", p);
     }
+    if let Some(tp) = &net.transparent_proxying {
+        transparent_proxying(tp, p);
+    }
+}
+
+fn transparent_proxying(tp: &TransparentProxying, p: &mut Vec<FieldProblem>) {
+    let at = "networking.transparentProxying";
+    let ports = [
+        (tp.redirect_port_inbound, "redirectPortInbound"),
+        (tp.redirect_port_outbound, "redirectPortOutbound"),
+    ];
+    for (value, name) in ports {
+        if value > 65535 {
+            p.push((
+                format!("{at}.{name}"),
+                format!("port {value} must be in the range 0-65535"),
+            ));
+        }
+    }
+    if (tp.redirect_port_inbound == 0) != (tp.redirect_port_outbound == 0) {
+        p.push((
+            at.into(),
+            "redirectPortInbound and redirectPortOutbound must both be set, or both be 0".into(),
+        ));
+    }
+    if tp.enabled() && tp.redirect_port_inbound == tp.redirect_port_outbound {
+        p.push((
+            format!("{at}.redirectPortInbound"),
+            format!(
+                "must differ from redirectPortOutbound ({})",
+                tp.redirect_port_outbound
+            ),
+        ));
+    }
+    if let Some(mode) = &tp.ip_family_mode {
+        let known = ["UnSpecified", "DualStack", "IPv4", "IPv6"];
+        if !known.iter().any(|k| k.eq_ignore_ascii_case(mode)) {
+            p.push((
+                format!("{at}.ipFamilyMode"),
+                format!("{mode:?} is not one of {}", known.join(", ")),
+            ));
+        }
+    }
 }
 
 fn zone_proxy(net: &ZoneProxyNetworking, p: &mut Vec<FieldProblem>) {
@@ -283,6 +326,39 @@ mod tests {
         assert!(problems
             .iter()
             .any(|(p, m)| p == "networking.inbound[1].port" && m.contains("earlier inbound")));
+    }
+
+    #[test]
+    fn checks_transparent_proxying() {
+        let Spec::Dataplane(mut d) = dp(vec![Inbound {
+            port: 80,
+            tags: [(SERVICE_TAG.to_string(), "a".to_string())].into(),
+            ..Default::default()
+        }]) else {
+            unreachable!()
+        };
+        d.networking.transparent_proxying = Some(TransparentProxying {
+            redirect_port_inbound: 15001,
+            redirect_port_outbound: 15001,
+            ip_family_mode: Some("ipv5".into()),
+            ..Default::default()
+        });
+        let problems = validate(&Spec::Dataplane(d.clone()));
+        let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "networking.transparentProxying.redirectPortInbound",
+                "networking.transparentProxying.ipFamilyMode"
+            ],
+            "{problems:?}"
+        );
+        d.networking.transparent_proxying = Some(TransparentProxying {
+            redirect_port_inbound: 15006,
+            ..Default::default()
+        });
+        let problems = validate(&Spec::Dataplane(d));
+        assert!(problems[0].1.contains("must both be set"), "{problems:?}");
     }
 
     #[test]

@@ -23,6 +23,23 @@ pub struct ProxyConfig {
     pub listeners: Vec<Listener>,
     /// Clusters by name.
     pub clusters: BTreeMap<String, Cluster>,
+    /// Present when iptables redirects the workload's traffic to this proxy.
+    pub transparent_proxy: Option<TransparentProxy>,
+}
+
+/// Transparent proxying: the capture ports iptables redirects to, and what happens to
+/// captured traffic that no listener claims.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TransparentProxy {
+    /// Port receiving redirected outbound connections (Kuma: 15001), on every address.
+    pub outbound_port: u16,
+    /// Port receiving redirected inbound connections (Kuma: 15006), on every address.
+    pub inbound_port: u16,
+    /// Whether IPv6 is captured too (the capture ports are also bound on `[::]`).
+    pub ipv6: bool,
+    /// Outbound connections no listener claims go to their original destination (Mesh
+    /// `networking.outbound.passthrough`, true by default); when false they are refused.
+    pub outbound_passthrough: bool,
 }
 
 impl ProxyConfig {
@@ -110,6 +127,10 @@ pub struct Listener {
     pub cluster: String,
     /// Service this listener belongs to (`kuma.io/service`).
     pub service: String,
+    /// Whether the listener has a socket of its own. With transparent proxying, listeners
+    /// are virtual as in Kuma (`bind_to_port: false`): connections reach them through the
+    /// capture ports by their original destination.
+    pub bind: bool,
 }
 
 /// A set of interchangeable endpoints.

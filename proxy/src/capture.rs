@@ -1,0 +1,172 @@
+//! Transparent proxying: connections iptables redirected to the capture ports (15001 outbound,
+//! 15006 inbound) are handed to the listener their original destination names, or passed
+//! through to that destination when no listener claims it.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bearing_proxy_config::{Direction, TransparentProxy};
+use nix::sys::socket::{getsockopt, sockopt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::io::Counted;
+use crate::runtime::ListenerRuntime;
+use crate::stats::{ListenerStats, Stats};
+
+/// Source address of inbound passthrough connections, as in Kuma: the iptables rules return
+/// loopback traffic from it early, so the application's reply is not captured again.
+pub const INBOUND_PASSTHROUGH_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+/// IPv6 counterpart of [`INBOUND_PASSTHROUGH_SOURCE_V4`] (`transparent-proxy install` puts
+/// `::6/128` on the loopback interface).
+pub const INBOUND_PASSTHROUGH_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+
+/// Time allowed to connect to a passthrough destination.
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One bound capture socket: which side it captures and what happens to connections no
+/// listener claims. Named as Kuma names its capture listeners (`outbound:passthrough:ipv4`).
+pub struct CapturePort {
+    /// `outbound:passthrough:ipv4`, `inbound:passthrough:ipv6`, …
+    pub name: String,
+    /// Outbound (15001) or inbound (15006).
+    pub direction: Direction,
+    /// Whether unclaimed connections go to their original destination.
+    pub passthrough: bool,
+    /// Metrics of unclaimed connections.
+    pub stats: ListenerStats,
+}
+
+impl CapturePort {
+    /// The capture sockets a transparent proxy config asks for, by address.
+    pub fn for_config(tp: &TransparentProxy, stats: &Stats) -> Vec<(SocketAddr, CapturePort)> {
+        let mut families = vec![(IpAddr::V4(Ipv4Addr::UNSPECIFIED), "ipv4")];
+        if tp.ipv6 {
+            families.push((IpAddr::V6(Ipv6Addr::UNSPECIFIED), "ipv6"));
+        }
+        let sides = [
+            (
+                Direction::Outbound,
+                tp.outbound_port,
+                tp.outbound_passthrough,
+            ),
+            (Direction::Inbound, tp.inbound_port, true),
+        ];
+        let mut ports = Vec::new();
+        for (ip, family) in families {
+            for (direction, port, passthrough) in sides {
+                let side = match direction {
+                    Direction::Outbound => "outbound",
+                    Direction::Inbound => "inbound",
+                };
+                let name = format!("{side}:passthrough:{family}");
+                let stats = stats.listener(&name);
+                ports.push((
+                    SocketAddr::new(ip, port),
+                    CapturePort {
+                        name,
+                        direction,
+                        passthrough,
+                        stats,
+                    },
+                ));
+            }
+        }
+        ports
+    }
+}
+
+/// Where a captured connection goes.
+pub enum Route {
+    /// To a listener of the config (explicit outbound, direct access, inbound).
+    Listener(Arc<ListenerRuntime>),
+    /// To its original destination, from `source` when set.
+    Passthrough {
+        /// The original destination.
+        target: SocketAddr,
+        /// Local address to connect from (127.0.0.6 for inbound passthrough).
+        source: Option<IpAddr>,
+    },
+    /// Refused, with the reason for the log.
+    Refuse(String),
+}
+
+/// The destination a redirected connection had before iptables rewrote it.
+pub fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let local = stream.local_addr()?;
+    if local.is_ipv4() {
+        let a = getsockopt(stream, sockopt::OriginalDst)?;
+        let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+        Ok(SocketAddr::V4(SocketAddrV4::new(
+            ip,
+            u16::from_be(a.sin_port),
+        )))
+    } else {
+        let a = getsockopt(stream, sockopt::Ip6tOriginalDst)?;
+        let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+        Ok(SocketAddr::V6(SocketAddrV6::new(
+            ip,
+            u16::from_be(a.sin6_port),
+            0,
+            0,
+        )))
+    }
+}
+
+/// Connects to a passthrough destination, binding `source` first when given.
+pub async fn connect_passthrough(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+) -> io::Result<TcpStream> {
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = tokio::time::timeout(PASSTHROUGH_CONNECT_TIMEOUT, socket.connect(target))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Copies a passthrough connection both ways, resetting the client if the destination
+/// cannot be reached.
+pub async fn serve_passthrough(
+    mut down: Counted<TcpStream>,
+    port: &CapturePort,
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    peer: SocketAddr,
+) {
+    match connect_passthrough(target, source).await {
+        Ok(mut up) => {
+            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                port.stats.errors.inc();
+                tracing::debug!(listener = %port.name, %peer, %target, "connection ended: {e}");
+            }
+        }
+        Err(e) => {
+            port.stats.errors.inc();
+            tracing::warn!(listener = %port.name, %peer, %target, "passthrough connect failed: {e}; resetting connection");
+            reset(down.get_ref());
+        }
+    }
+}
+
+/// Makes closing `stream` send an RST, the TCP way of saying "nobody serves this".
+pub fn reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// The inbound passthrough source address of `target`'s family.
+pub fn inbound_passthrough_source(target: &SocketAddr) -> IpAddr {
+    match target {
+        SocketAddr::V4(_) => IpAddr::V4(INBOUND_PASSTHROUGH_SOURCE_V4),
+        SocketAddr::V6(_) => IpAddr::V6(INBOUND_PASSTHROUGH_SOURCE_V6),
+    }
+}
