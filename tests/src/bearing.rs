@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{curl_output, wait_until_ok, Host, Process};
+use crate::{curl_output, wait_until_ok, Host, Process, Topology};
 
 /// Kuma's data-plane uid, which transparent proxying excludes from redirection.
 pub const KUMA_DP_UID: u32 = 5678;
@@ -40,6 +40,25 @@ pub fn bearing_bin() -> Result<PathBuf> {
     })
     .clone()
     .map_err(anyhow::Error::msg)
+}
+
+/// Writes a directory store `<topology dir>/store` holding `files` (name, YAML text); the
+/// topology dir is readable by the proxy's uid.
+pub fn write_store(topo: &Topology, files: &[(&str, String)]) -> Result<PathBuf> {
+    let dir = topo.dir().join("store");
+    std::fs::create_dir_all(&dir)?;
+    for (name, text) in files {
+        write_store_file(&dir, name, text)?;
+    }
+    Ok(dir)
+}
+
+/// Writes one store file atomically (temp file + rename), as config management tools do, so
+/// the proxy's watcher never reads half a file.
+pub fn write_store_file(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(name)).context("rename into store")
 }
 
 /// A `bearing run` process in a test host, with its admin address on that host's loopback.

@@ -40,7 +40,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-pub use bearing::{bearing_bin, Bearing, READY_TIMEOUT};
+pub use bearing::{
+    bearing_bin, write_store, write_store_file, Bearing, KUMA_DP_UID, READY_TIMEOUT,
+};
 pub use http::{curl, curl_output, http_url, CurlOutput, DEFAULT_CURL_MAX_TIME_SECS};
 pub use peers::{
     redis_cli, start_http_server, start_nginx, start_redis, start_slow_server, HttpServer,

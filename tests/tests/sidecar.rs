@@ -58,23 +58,6 @@ networking:
     )
 }
 
-/// A store folder in the topology's dir (readable by the proxy's uid).
-fn store(topo: &Topology, files: &[(&str, String)]) -> Result<PathBuf> {
-    let dir = topo.dir().join("store");
-    std::fs::create_dir_all(&dir)?;
-    for (name, text) in files {
-        write(&dir, name, text)?;
-    }
-    Ok(dir)
-}
-
-/// Writes atomically (temp file + rename), as a config management tool would.
-fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, dir.join(name)).context("rename into store")
-}
-
 /// Starts the `web` sidecar on `a` and the `backend-1` sidecar on `b`, both ready.
 fn sidecars<'t>(a: &'t Host, b: &'t Host, dir: &Path) -> Result<(Bearing<'t>, Bearing<'t>)> {
     let web = Bearing::start(a, dir, &["--name", "web"])?;
@@ -99,7 +82,7 @@ fn two_hosts() -> Result<(Topology, PathBuf)> {
     start_nginx(b, 80)?;
     start_redis(b, 6379)?;
     start_slow_server(b, 8081, Duration::from_millis(1500))?;
-    let dir = store(
+    let dir = write_store(
         &topo,
         &[
             ("mesh.yaml", MESH.into()),
@@ -183,7 +166,7 @@ fn store_change_applies_live_without_failed_requests() -> Result<()> {
     let (a, b, c) = (topo.host("a"), topo.host("b"), topo.host("c"));
     start_nginx(b, 80)?;
     start_nginx(c, 80)?;
-    let dir = store(
+    let dir = write_store(
         &topo,
         &[
             ("mesh.yaml", MESH.into()),
@@ -213,7 +196,7 @@ fn store_change_applies_live_without_failed_requests() -> Result<()> {
         ],
     )?;
     std::thread::sleep(Duration::from_millis(1500));
-    write(&dir, "backend-2.yaml", &backend("backend-2", c))?;
+    write_store_file(&dir, "backend-2.yaml", &backend("backend-2", c))?;
     wait_until(Duration::from_secs(10), || {
         pa.config_dump().is_ok_and(|d| d["version"] != before)
     })?;
@@ -251,7 +234,7 @@ fn invalid_store_change_is_rejected_and_old_config_serves() -> Result<()> {
     let good = pa.config_dump()?["version"].clone();
 
     // A port out of range on line 7 of a new file, and an unknown field elsewhere.
-    write(
+    write_store_file(
         &dir,
         "broken.yaml",
         "type: Dataplane\nname: broken\nmesh: default\nnetworking:\n  address: 10.9.9.9\n  inbound:\n  - port: 70000\n    tags: {kuma.io/service: broken}\n",
@@ -290,7 +273,7 @@ fn invalid_store_change_is_rejected_and_old_config_serves() -> Result<()> {
 
     // Fixing the file applies again.
     std::fs::remove_file(dir.join("broken.yaml"))?;
-    write(
+    write_store_file(
         &dir,
         "unknown-kind.yaml",
         "type: MeshTimeout\nname: t\nmesh: default\nspec: {}\n",
@@ -370,7 +353,7 @@ fn unreachable_endpoints_fail_over_then_fail_clearly() -> Result<()> {
         format!("{}.{}.{}.{}", o[0], o[1], o[2], 200)
     };
     let dead = backend("backend-dead", b).replace(&b.ip4().to_string(), &dead_ip);
-    let dir = store(
+    let dir = write_store(
         &topo,
         &[
             ("mesh.yaml", MESH.into()),
