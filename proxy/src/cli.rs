@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bearing_control::{template, ConfigStatus, DataplaneSource, DirectorySource};
+use bearing_control::{template, ConfigStatus, DataplaneSource, DirectorySource, VipOptions};
 use bearing_model::{Spec, Store};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check a directory store; print `file:line: problem` for each problem and exit 1 if any.
     Validate {
         /// The store folder.
@@ -93,6 +93,13 @@ pub struct RunArgs {
     /// Log level filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, default_value = "info", env = "KUMA_DATAPLANE_RUNTIME_LOG_LEVEL")]
     pub log_level: String,
+    /// Network mesh hostnames get virtual IPs from (kuma-cp's `dns_server.CIDR`); every
+    /// proxy of a mesh must use the same.
+    #[arg(long, default_value = "240.0.0.0/4", value_parser = VipOptions::parse_cidr, env = "KUMA_DNS_SERVER_CIDR")]
+    pub vip_cidr: (std::net::Ipv4Addr, u8),
+    /// Mesh DNS domain (kuma-cp's `dns_server.domain`).
+    #[arg(long, default_value = "mesh", env = "KUMA_DNS_SERVER_DOMAIN")]
+    pub dns_domain: String,
 }
 
 /// Parses `30s`, `500ms`, `2m` or a bare number of seconds.
@@ -123,7 +130,7 @@ pub fn main() -> i32 {
             0
         }
         Command::Validate { dir } => validate(&dir),
-        Command::Run(args) => match run(args) {
+        Command::Run(args) => match run(*args) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("bearing: {e:#}");
@@ -142,7 +149,9 @@ fn validate(dir: &std::path::Path) -> i32 {
         .iter()
         .filter(|r| matches!(r.spec, Spec::Dataplane(_)))
     {
-        if let Err(ps) = bearing_control::compile::compile(&store, r, "validate") {
+        if let Err(ps) =
+            bearing_control::compile::compile(&store, r, "validate", &VipOptions::default())
+        {
             problems.extend(ps.iter().map(ToString::to_string));
         }
     }
@@ -182,6 +191,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         vars: template::parse_vars(&args.dataplane_var).map_err(anyhow::Error::msg)?,
         name: args.name.clone(),
         mesh: args.mesh.clone(),
+        vips: VipOptions {
+            cidr: args.vip_cidr,
+            domain: args.dns_domain.trim_matches('.').to_ascii_lowercase(),
+            ..VipOptions::default()
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.concurrency)

@@ -2,23 +2,32 @@
 //! that proxy's view: its inbounds become listeners to the local application, its outbounds
 //! become listeners load balancing over the inbounds of every Dataplane whose tags match.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bearing_model::{Dataplane, Inbound, Problem, Resource, Spec, Store, Tags};
 use bearing_model::{PROTOCOL_TAG, SERVICE_TAG};
 use bearing_proxy_config::{
-    Cluster, Direction, Endpoint, Listener, Protocol, ProxyConfig, ProxyIdentity, TransparentProxy,
+    Cluster, Direction, DnsRecord, Endpoint, Listener, Protocol, ProxyConfig, ProxyIdentity,
+    TransparentProxy,
 };
+
+use crate::virtual_ips::{virtual_hosts, VipOptions};
 
 /// Kuma's default upstream connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Kuma's default HTTP request timeout (time to response headers here; none for gRPC).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Builds the config of the proxy described by `me` (a Dataplane) from `store`.
-pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig, Vec<Problem>> {
+/// Builds the config of the proxy described by `me` (a Dataplane) from `store`; `vips` are
+/// the mesh-wide hostname settings (the same for every proxy).
+pub fn compile(
+    store: &Store,
+    me: &Resource,
+    source: &str,
+    vips: &VipOptions,
+) -> Result<ProxyConfig, Vec<Problem>> {
     let Spec::Dataplane(dp) = &me.spec else {
         return Err(vec![problem(me, None, "is not a Dataplane".into())]);
     };
@@ -38,6 +47,7 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
 
     let mut listeners = Vec::new();
     let mut clusters = BTreeMap::new();
+    let index = EndpointIndex::new(store, me, &mesh);
     let node_ip = dp.networking.address.parse::<IpAddr>().ok();
     let transparent = dp
         .networking
@@ -133,24 +143,40 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
             ));
             continue;
         }
-        let (endpoints, protocols) = endpoints_matching(store, me, &mesh, &outbound.tags);
-        let protocol = Protocol::common(protocols).unwrap_or(Protocol::Tcp);
-        let cluster_name = cluster_name_for(&outbound.tags);
         let address = SocketAddr::new(ip, port16(outbound.port));
-        listeners.push(Listener {
-            name: format!("outbound:{address}"),
-            address,
-            direction: Direction::Outbound,
-            protocol,
-            cluster: cluster_name.clone(),
-            service: service_of(&outbound.tags),
-            // iptables never captures loopback destinations, so those keep their socket.
-            bind: transparent.is_none() || ip.is_loopback(),
-        });
-        clusters.insert(
-            cluster_name.clone(),
-            cluster(cluster_name, protocol, endpoints),
-        );
+        // iptables never captures loopback destinations, so those keep their socket.
+        let bind = transparent.is_none() || ip.is_loopback();
+        let (listener, c) = outbound_to(&index, address, &outbound.tags, bind);
+        listeners.push(listener);
+        clusters.insert(c.name.clone(), c);
+    }
+
+    let mut dns = Vec::new();
+    if let Some(tp) = transparent {
+        let mut taken: HashSet<SocketAddr> = listeners.iter().map(|l| l.address).collect();
+        for host in virtual_hosts(store, &mesh, vips) {
+            for (port, target) in &host.ports {
+                let address = SocketAddr::new(IpAddr::V4(host.vip), *port);
+                // An explicit outbound on the same address wins.
+                if taken.insert(address) {
+                    let (listener, c) = outbound_to(&index, address, &target.tags, false);
+                    listeners.push(listener);
+                    clusters.insert(c.name.clone(), c);
+                }
+            }
+            let mut ips = vec![IpAddr::V4(host.vip)];
+            if tp.ipv6() {
+                ips.push(IpAddr::V6(host.vip.to_ipv6_mapped()));
+            }
+            for name in host.names {
+                dns.push(DnsRecord {
+                    name,
+                    ips: ips.clone(),
+                });
+            }
+        }
+        dns.sort_by(|a, b| a.name.cmp(&b.name));
+        dns.dedup_by(|a, b| a.name == b.name);
     }
 
     if let Some(tp) = transparent {
@@ -189,6 +215,7 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
         listeners,
         clusters,
         transparent_proxy,
+        dns,
     };
     config.version = version_of(&config);
     Ok(config)
@@ -292,50 +319,91 @@ fn cluster_name_for(tags: &Tags) -> String {
     }
 }
 
-/// Every ready inbound in the mesh carrying all of `selector`'s tags, and their protocols.
-fn endpoints_matching(
-    store: &Store,
-    me: &Resource,
-    mesh: &str,
-    selector: &Tags,
-) -> (Vec<Endpoint>, Vec<Protocol>) {
-    let mut endpoints = Vec::new();
-    let mut protocols = Vec::new();
-    let others = store
-        .resources
-        .iter()
-        .filter(|r| r.meta.name != me.meta.name || r.mesh != me.mesh);
-    for r in std::iter::once(me).chain(others) {
-        let Spec::Dataplane(dp) = &r.spec else {
-            continue;
-        };
-        if r.mesh.as_deref().unwrap_or("default") != mesh {
-            continue;
-        }
-        for inbound in dp.networking.inbound.iter().filter(|i| is_ready(i)) {
-            if !selector.iter().all(|(k, v)| inbound.tags.get(k) == Some(v)) {
+/// An outbound listener at `address` and its cluster: the inbounds carrying all of `tags`.
+fn outbound_to(
+    index: &EndpointIndex,
+    address: SocketAddr,
+    tags: &Tags,
+    bind: bool,
+) -> (Listener, Cluster) {
+    let (endpoints, protocols) = index.matching(tags);
+    let protocol = Protocol::common(protocols).unwrap_or(Protocol::Tcp);
+    let cluster_name = cluster_name_for(tags);
+    let listener = Listener {
+        name: format!("outbound:{address}"),
+        address,
+        direction: Direction::Outbound,
+        protocol,
+        cluster: cluster_name.clone(),
+        service: service_of(tags),
+        bind,
+    };
+    (listener, cluster(cluster_name, protocol, endpoints))
+}
+
+/// The ready inbounds of a mesh by service, built once per compile so that thousands of
+/// outbounds do not each scan the whole store.
+struct EndpointIndex<'s> {
+    by_service: HashMap<&'s str, Vec<(&'s Tags, Endpoint, Protocol)>>,
+}
+
+impl<'s> EndpointIndex<'s> {
+    fn new(store: &'s Store, me: &'s Resource, mesh: &str) -> Self {
+        let mut by_service: HashMap<&str, Vec<_>> = HashMap::new();
+        let others = store
+            .resources
+            .iter()
+            .filter(|r| r.meta.name != me.meta.name || r.mesh != me.mesh);
+        for r in std::iter::once(me).chain(others) {
+            let Spec::Dataplane(dp) = &r.spec else {
+                continue;
+            };
+            if r.mesh.as_deref().unwrap_or("default") != mesh {
                 continue;
             }
-            match endpoint_ip(dp, inbound) {
-                Some(ip) => {
-                    endpoints.push(Endpoint {
-                        address: SocketAddr::new(ip, port16(inbound.port)),
-                        origin: format!("Dataplane/{}", r.meta.name),
-                    });
-                    protocols.push(Protocol::from_tag(
-                        inbound.tags.get(PROTOCOL_TAG).map(String::as_str),
-                    ));
-                }
-                None => tracing::warn!(
-                    dataplane = %r.meta.name,
-                    "skipping endpoint: its address is not an IP address"
-                ),
+            for inbound in dp.networking.inbound.iter().filter(|i| is_ready(i)) {
+                let Some(service) = inbound.tags.get(SERVICE_TAG) else {
+                    continue;
+                };
+                let Some(ip) = endpoint_ip(dp, inbound) else {
+                    tracing::warn!(dataplane = %r.meta.name, "skipping endpoint: its address is not an IP address");
+                    continue;
+                };
+                let endpoint = Endpoint {
+                    address: SocketAddr::new(ip, port16(inbound.port)),
+                    origin: format!("Dataplane/{}", r.meta.name),
+                };
+                let protocol =
+                    Protocol::from_tag(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));
+                by_service.entry(service.as_str()).or_default().push((
+                    &inbound.tags,
+                    endpoint,
+                    protocol,
+                ));
             }
         }
+        EndpointIndex { by_service }
     }
-    endpoints.sort_by_key(|e| e.address);
-    endpoints.dedup_by_key(|e| e.address);
-    (endpoints, protocols)
+
+    /// Every indexed inbound carrying all of `selector`'s tags, and their protocols.
+    fn matching(&self, selector: &Tags) -> (Vec<Endpoint>, Vec<Protocol>) {
+        let candidates = selector
+            .get(SERVICE_TAG)
+            .and_then(|s| self.by_service.get(s.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut endpoints = Vec::new();
+        let mut protocols = Vec::new();
+        for (tags, endpoint, protocol) in candidates {
+            if selector.iter().all(|(k, v)| tags.get(k) == Some(v)) {
+                endpoints.push(endpoint.clone());
+                protocols.push(*protocol);
+            }
+        }
+        endpoints.sort_by_key(|e| e.address);
+        endpoints.dedup_by_key(|e| e.address);
+        (endpoints, protocols)
+    }
 }
 
 fn is_ready(inbound: &Inbound) -> bool {
@@ -374,6 +442,7 @@ fn version_of(config: &ProxyConfig) -> String {
         &config.listeners,
         &config.clusters,
         &config.transparent_proxy,
+        &config.dns,
     ))
     .unwrap_or_default();
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -451,7 +520,7 @@ networking:
     #[test]
     fn compiles_inbounds_and_outbounds() {
         let s = store(MESH);
-        let cfg = compile(&s, find(&s, "web"), "test").unwrap();
+        let cfg = compile(&s, find(&s, "web"), "test", &VipOptions::default()).unwrap();
         let names: Vec<&str> = cfg.listeners.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(
             names,
@@ -487,24 +556,24 @@ networking:
     #[test]
     fn version_is_stable_and_tracks_content() {
         let s = store(MESH);
-        let a = compile(&s, find(&s, "web"), "test").unwrap();
-        let b = compile(&s, find(&s, "web"), "test").unwrap();
+        let a = compile(&s, find(&s, "web"), "test", &VipOptions::default()).unwrap();
+        let b = compile(&s, find(&s, "web"), "test", &VipOptions::default()).unwrap();
         assert_eq!(a.version, b.version);
-        let c = compile(&s, find(&s, "backend-1"), "test").unwrap();
+        let c = compile(&s, find(&s, "backend-1"), "test", &VipOptions::default()).unwrap();
         assert_ne!(a.version, c.version);
     }
 
     #[test]
     fn inbounds_to_distinct_applications_get_distinct_clusters() {
         let s = store("type: Dataplane\nname: a\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    servicePort: 8080\n    tags: {kuma.io/service: a}\n  - port: 81\n    servicePort: 8080\n    serviceAddress: 10.0.0.9\n    tags: {kuma.io/service: b}\n  - port: 82\n    servicePort: 8080\n    tags: {kuma.io/service: c, kuma.io/protocol: http}\n");
-        let errs = compile(&s, find(&s, "a"), "test").unwrap_err();
+        let errs = compile(&s, find(&s, "a"), "test", &VipOptions::default()).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(
             errs[0].field.as_deref(),
             Some("networking.inbound[2].tags.kuma.io/protocol")
         );
         let s = store("type: Dataplane\nname: a\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    servicePort: 8080\n    tags: {kuma.io/service: a}\n  - port: 81\n    servicePort: 8080\n    serviceAddress: 10.0.0.9\n    tags: {kuma.io/service: b}\n");
-        let cfg = compile(&s, find(&s, "a"), "test").unwrap();
+        let cfg = compile(&s, find(&s, "a"), "test", &VipOptions::default()).unwrap();
         assert_eq!(cfg.listeners[0].cluster, "localhost:8080");
         assert_eq!(cfg.listeners[1].cluster, "10.0.0.9:8080");
     }
@@ -512,7 +581,7 @@ networking:
     #[test]
     fn missing_mesh_and_clashing_listeners_are_problems() {
         let s = store("type: Dataplane\nname: a\nmesh: nope\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 80\n    tags: {kuma.io/service: a}\n  outbound:\n  - port: 80\n    tags: {kuma.io/service: a}\n");
-        let errs = compile(&s, find(&s, "a"), "test").unwrap_err();
+        let errs = compile(&s, find(&s, "a"), "test", &VipOptions::default()).unwrap_err();
         let text: Vec<String> = errs.iter().map(|p| p.to_string()).collect();
         assert!(
             text[0].contains("Dataplane/a: mesh: mesh \"nope\" does not exist"),
@@ -531,13 +600,33 @@ networking:
             )
         );
         let s = store(&text);
-        let cfg = compile(&s, find(&s, "web"), "test").unwrap();
+        let cfg = compile(&s, find(&s, "web"), "test", &VipOptions::default()).unwrap();
         let tp = cfg.transparent_proxy.as_ref().unwrap();
         assert_eq!((tp.outbound_port, tp.inbound_port), (15001, 15006));
         assert!(!tp.ipv6 && !tp.outbound_passthrough);
+        let vip_of = |name: &str| {
+            let r = cfg.dns.iter().find(|r| r.name == name).unwrap();
+            assert_eq!(r.ips.len(), 1, "IPv4 mode: no mapped IPv6 address");
+            r.ips[0]
+        };
+        let backend_vip = vip_of("backend.mesh");
+        let vip_listener = cfg
+            .listeners
+            .iter()
+            .find(|l| l.address == SocketAddr::new(backend_vip, 80))
+            .unwrap();
+        assert_eq!(vip_listener.cluster, "backend");
+        assert!(!vip_listener.bind);
+        let names: Vec<&str> = cfg.dns.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["backend.mesh", "web.mesh"],
+            "db has no inbound anywhere"
+        );
         let bind: Vec<(&str, bool)> = cfg
             .listeners
             .iter()
+            .filter(|l| !l.address.ip().to_string().starts_with("24"))
             .map(|l| (l.name.as_str(), l.bind))
             .collect();
         assert_eq!(
@@ -558,7 +647,7 @@ networking:
         assert_eq!(direct.endpoints[0].address.to_string(), "10.0.0.2:8080");
 
         let plain = store(MESH);
-        let cfg = compile(&plain, find(&plain, "web"), "test").unwrap();
+        let cfg = compile(&plain, find(&plain, "web"), "test", &VipOptions::default()).unwrap();
         assert!(cfg.transparent_proxy.is_none());
         assert!(cfg.listeners.iter().all(|l| l.bind));
     }

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::compile::compile;
 use crate::template;
+use crate::virtual_ips::VipOptions;
 
 /// Where this proxy's own Dataplane comes from.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct DirectorySource {
     pub name: Option<String>,
     /// `--mesh`: overrides (or, with `Named`, selects) the Dataplane mesh.
     pub mesh: Option<String>,
+    /// Mesh hostname settings (VIP range, DNS domain).
+    pub vips: VipOptions,
 }
 
 /// A config that compiled, with what the store held that Bearing does not act on.
@@ -78,7 +81,7 @@ impl DirectorySource {
             return Err(store.problems);
         }
         let source = format!("directory store {}", self.dir.display());
-        let config = compile(&store, &me, &source)?;
+        let config = compile(&store, &me, &source, &self.vips)?;
         Ok(Loaded {
             config: Arc::new(config),
             ignored: store.ignored,
@@ -320,6 +323,7 @@ mod tests {
             vars: template::parse_vars(&["name=web-1".into()]).unwrap(),
             name: None,
             mesh: None,
+            vips: VipOptions::default(),
         }
     }
 

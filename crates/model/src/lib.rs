@@ -1,6 +1,7 @@
 //! Kuma Universal resources for Bearing: typed structs, YAML loading that remembers source
 //! lines, and validation whose every problem reads `file:line: Type/name: field: problem`.
 
+pub mod gotemplate;
 pub mod resources;
 pub mod store;
 pub mod validate;

@@ -335,6 +335,91 @@ pub struct ExternalNetworking {
     /// Skip the IP-address check on `address`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disable_host_dns_lookup: Option<bool>,
+    /// Do not generate a DNS entry (and VIP) for the host of `address`.
+    #[serde(default, rename = "disableHostDNSEntry")]
+    pub disable_host_dns_entry: bool,
+}
+
+/// `type: VirtualOutbound`: hostnames and ports, rendered from the tags of the inbounds its
+/// selectors match, each given a virtual IP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualOutbound {
+    /// Which inbounds get a hostname (tag match, `*` matches any value).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selectors: Vec<Selector>,
+    /// Host and port templates and their parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<VirtualOutboundConf>,
+    /// The same two fields nested under `spec`, as one example in Kuma's docs writes them;
+    /// accepted so that example loads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Box<VirtualOutbound>>,
+}
+
+impl VirtualOutbound {
+    /// The selectors and conf in force, wherever they were written.
+    pub fn effective(&self) -> &VirtualOutbound {
+        self.spec.as_deref().unwrap_or(self)
+    }
+}
+
+/// A tag selector of a (legacy) Kuma policy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selector {
+    /// Tags to match; the value `*` matches any value of a present tag.
+    #[serde(rename = "match", default)]
+    pub match_tags: Tags,
+}
+
+impl Selector {
+    /// Whether `tags` satisfy every tag of this selector.
+    pub fn matches(&self, tags: &Tags) -> bool {
+        self.match_tags
+            .iter()
+            .all(|(k, v)| tags.get(k).is_some_and(|t| v == "*" || t == v))
+    }
+
+    /// Kuma's selector rank: exact tag values count first, then wildcards.
+    pub fn rank(&self) -> (usize, usize) {
+        let wildcards = self.match_tags.values().filter(|v| *v == "*").count();
+        (self.match_tags.len() - wildcards, wildcards)
+    }
+}
+
+/// `VirtualOutbound.conf`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualOutboundConf {
+    /// Go template for the hostname.
+    #[serde(default)]
+    pub host: String,
+    /// Go template for the port.
+    #[serde(default)]
+    pub port: String,
+    /// Template keys and the tags they take their values from.
+    #[serde(default)]
+    pub parameters: Vec<TemplateParameter>,
+}
+
+/// One `conf.parameters[]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateParameter {
+    /// Template key (alphanumeric).
+    #[serde(default)]
+    pub name: String,
+    /// Tag the value comes from; defaults to `name`.
+    #[serde(default, alias = "tag_key", skip_serializing_if = "Option::is_none")]
+    pub tag_key: Option<String>,
+}
+
+impl TemplateParameter {
+    /// The tag this parameter reads (`tagKey`, else `name`).
+    pub fn tag(&self) -> &str {
+        self.tag_key.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// `ExternalService.networking.tls`.
@@ -389,6 +474,8 @@ pub enum Spec {
     ExternalService(ExternalService),
     /// `Secret`
     Secret(Secret),
+    /// `VirtualOutbound`
+    VirtualOutbound(VirtualOutbound),
 }
 
 impl Spec {
@@ -401,6 +488,7 @@ impl Spec {
             Spec::ZoneEgress(_) => "ZoneEgress",
             Spec::ExternalService(_) => "ExternalService",
             Spec::Secret(_) => "Secret",
+            Spec::VirtualOutbound(_) => "VirtualOutbound",
         }
     }
 

@@ -323,6 +323,7 @@ fn decode_spec(kind: &str, value: Value) -> Decoded {
         "ZoneEgress" => de(value, Spec::ZoneEgress),
         "ExternalService" => de(value, Spec::ExternalService),
         "Secret" => de(value, Spec::Secret),
+        "VirtualOutbound" => de(value, Spec::VirtualOutbound),
         _ => Decoded::Ignored,
     }
 }

@@ -18,6 +18,7 @@ pub fn validate(spec: &Spec) -> Vec<FieldProblem> {
         Spec::ZoneEgress(ze) => zone_proxy(&ze.networking, &mut p),
         Spec::ExternalService(es) => external_service(es, &mut p),
         Spec::Secret(s) => secret(s, &mut p),
+        Spec::VirtualOutbound(vo) => virtual_outbound(vo, &mut p),
     }
     p
 }
@@ -267,6 +268,120 @@ fn external_service(es: &ExternalService, p: &mut Vec<FieldProblem>) {
             format!("{addr:?} must be host:port"),
         )),
     }
+}
+
+/// Kuma's VirtualOutbound rules: at least one selector with at least one tag; parameter names
+/// alphanumeric and unique, tag keys valid, one parameter with tagKey `kuma.io/service`; host
+/// and port templates that render (with every parameter set) to a DNS name and a port 1-65535.
+fn virtual_outbound(vo: &VirtualOutbound, p: &mut Vec<FieldProblem>) {
+    if vo.spec.is_some() && (vo.conf.is_some() || !vo.selectors.is_empty()) {
+        p.push((
+            "spec".into(),
+            "selectors and conf go either at the top level or under spec, not both".into(),
+        ));
+    }
+    let (vo, root) = match &vo.spec {
+        Some(inner) => (inner.as_ref(), "spec."),
+        None => (vo, ""),
+    };
+    if vo.selectors.is_empty() {
+        p.push((
+            format!("{root}selectors"),
+            "must have at least one element".into(),
+        ));
+    }
+    for (i, s) in vo.selectors.iter().enumerate() {
+        let at = format!("{root}selectors[{i}].match");
+        if s.match_tags.is_empty() {
+            p.push((at.clone(), "must have at least one tag".into()));
+        }
+        tags(&s.match_tags, &at, false, p);
+    }
+    let Some(conf) = &vo.conf else {
+        p.push((format!("{root}conf"), "has to be defined".into()));
+        return;
+    };
+    let at = format!("{root}conf.parameters");
+    let mut names = HashSet::new();
+    for (i, param) in conf.parameters.iter().enumerate() {
+        if !names.insert(param.name.as_str()) {
+            p.push((format!("{at}[{i}].name"), "name is already used".into()));
+        }
+        if param.name.is_empty() || !param.name.chars().all(|c| c.is_ascii_alphanumeric()) {
+            p.push((
+                format!("{at}[{i}].name"),
+                "must consist of alphanumeric characters to be used as a gotemplate key".into(),
+            ));
+        }
+        if !is_tag_name(param.tag()) {
+            let field = if param.tag_key.is_some() {
+                "tagKey"
+            } else {
+                "name"
+            };
+            p.push((
+                format!("{at}[{i}].{field}"),
+                "must be a valid tag name".into(),
+            ));
+        }
+    }
+    if !conf
+        .parameters
+        .iter()
+        .any(|x| x.tag_key.as_deref() == Some(SERVICE_TAG))
+    {
+        p.push((
+            at,
+            format!("must contain a parameter with {SERVICE_TAG} as a tagKey"),
+        ));
+    }
+    let render = |text: &str, field: &str, dummy: &str, p: &mut Vec<FieldProblem>| {
+        let path = format!("{root}conf.{field}");
+        if text.is_empty() {
+            p.push((path, "has to be defined".into()));
+            return None;
+        }
+        match crate::gotemplate::Template::parse(text) {
+            Ok(t) => {
+                let values = conf
+                    .parameters
+                    .iter()
+                    .map(|x| (x.name.as_str(), dummy))
+                    .collect();
+                Some((t.render(&values), path))
+            }
+            Err(e) => {
+                p.push((path, format!("template does not parse: {e}")));
+                None
+            }
+        }
+    };
+    if let Some((host, path)) = render(&conf.host, "host", "dummy", p) {
+        if !crate::gotemplate::is_dns_name(&host) {
+            p.push((
+                path,
+                format!("template renders {host:?}, which is not a valid DNS name"),
+            ));
+        }
+    }
+    if let Some((port_text, path)) = render(&conf.port, "port", "1", p) {
+        if !port_text
+            .parse::<u32>()
+            .is_ok_and(|n| (1..=65535).contains(&n))
+        {
+            p.push((
+                path,
+                format!("template renders {port_text:?}, which is not a port 1-65535"),
+            ));
+        }
+    }
+}
+
+/// Kuma's tag name character set.
+fn is_tag_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '_' | '-' | ':'))
 }
 
 fn secret(s: &Secret, p: &mut Vec<FieldProblem>) {

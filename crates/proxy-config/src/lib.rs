@@ -5,7 +5,7 @@
 //! swaps one pointer and connections keep the snapshot they started with.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -25,6 +25,17 @@ pub struct ProxyConfig {
     pub clusters: BTreeMap<String, Cluster>,
     /// Present when iptables redirects the workload's traffic to this proxy.
     pub transparent_proxy: Option<TransparentProxy>,
+    /// Mesh hostnames the proxy's DNS server answers, sorted by name.
+    pub dns: Vec<DnsRecord>,
+}
+
+/// One mesh hostname and the addresses its A and AAAA queries answer with.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DnsRecord {
+    /// Lowercase DNS name without the trailing dot, e.g. `backend.mesh`.
+    pub name: String,
+    /// Its virtual IP, plus the IPv4-mapped IPv6 form when IPv6 is captured (as Kuma does).
+    pub ips: Vec<IpAddr>,
 }
 
 /// Transparent proxying: the capture ports iptables redirects to, and what happens to
