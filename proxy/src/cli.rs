@@ -51,7 +51,7 @@ pub enum Command {
 pub enum TransparentProxy {
     /// Redirect this host's (network namespace's) traffic to the proxy; needs root unless
     /// --dry-run. Running it again replaces the rules.
-    Install(bearing_iptables::InstallFlags),
+    Install(Box<bearing_iptables::InstallFlags>),
     /// Remove every transparent-proxy chain and rule, leaving other rules untouched.
     Uninstall {
         /// Print the iptables-restore input that would be applied; change nothing.
