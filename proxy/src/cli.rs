@@ -1,4 +1,5 @@
-//! The command line: `bearing run`, `bearing validate`, `bearing version`.
+//! The command line: `bearing run`, `bearing validate`, `bearing transparent-proxy`,
+//! `bearing version`.
 //!
 //! Flags follow `kuma-dp run` where it has them, and read the same `KUMA_…` environment
 //! variables; Bearing's own flags read `BEARING_…`.
@@ -37,8 +38,29 @@ pub enum Command {
         /// The store folder.
         dir: PathBuf,
     },
+    /// Install or remove the iptables rules of transparent proxying (as `kumactl install
+    /// transparent-proxy` / `kumactl uninstall transparent-proxy`).
+    #[command(subcommand)]
+    TransparentProxy(TransparentProxy),
     /// Print the version.
     Version,
+}
+
+/// `bearing transparent-proxy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TransparentProxy {
+    /// Redirect this host's (network namespace's) traffic to the proxy; needs root unless
+    /// --dry-run. Running it again replaces the rules.
+    Install(Box<bearing_iptables::InstallFlags>),
+    /// Remove every transparent-proxy chain and rule, leaving other rules untouched.
+    Uninstall {
+        /// Print the iptables-restore input that would be applied; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also print the iptables-restore input applied.
+        #[arg(long)]
+        verbose: bool,
+    },
 }
 
 /// The kind of proxy to run.
@@ -130,6 +152,7 @@ pub fn main() -> i32 {
             0
         }
         Command::Validate { dir } => validate(&dir),
+        Command::TransparentProxy(command) => transparent_proxy(command),
         Command::Run(args) => match run(*args) {
             Ok(()) => 0,
             Err(e) => {
@@ -137,6 +160,50 @@ pub fn main() -> i32 {
                 1
             }
         },
+    }
+}
+
+/// `bearing transparent-proxy install|uninstall`: exit 0 on success, 1 with the error.
+fn transparent_proxy(command: TransparentProxy) -> i32 {
+    let result = match command {
+        TransparentProxy::Install(flags) => install_transparent_proxy(&flags),
+        TransparentProxy::Uninstall { dry_run, verbose } => {
+            bearing_iptables::uninstall(dry_run, verbose)
+                .map(|report| print_report(&report))
+                .map_err(anyhow::Error::from)
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bearing: transparent-proxy: {e:#}");
+            1
+        }
+    }
+}
+
+fn install_transparent_proxy(flags: &bearing_iptables::InstallFlags) -> anyhow::Result<()> {
+    let (config, warnings) = flags.resolve()?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    if config.dry_run {
+        let (text, warnings) = bearing_iptables::dry_run(&config)?;
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        print!("{text}");
+        return Ok(());
+    }
+    let report = bearing_iptables::install(&config)?;
+    print_report(&report);
+    println!("transparent proxy installed: run bearing as uid {} with redirect ports {} (outbound) and {} (inbound)", config.kuma_dp_uid, config.outbound.port, config.inbound.port);
+    Ok(())
+}
+
+fn print_report(report: &bearing_iptables::Report) {
+    for line in &report.lines {
+        println!("{line}");
     }
 }
 
