@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 mod bearing;
+mod firewall;
 mod http;
 mod peers;
 mod process;
@@ -43,6 +44,7 @@ use anyhow::{bail, Result};
 pub use bearing::{
     bearing_bin, write_store, write_store_file, Bearing, KUMA_DP_UID, READY_TIMEOUT,
 };
+pub use firewall::firewall_rules;
 pub use http::{curl, curl_output, http_url, CurlOutput, DEFAULT_CURL_MAX_TIME_SECS};
 pub use peers::{
     redis_cli, start_http_server, start_nginx, start_redis, start_slow_server, HttpServer,

@@ -55,25 +55,6 @@ networking:
     )
 }
 
-/// `iptables-save` and `ip6tables-save` of a host, without comments and counters, so two
-/// snapshots compare equal when the rules are the same.
-fn rules(host: &Host) -> Result<String> {
-    let mut all = String::new();
-    for tool in ["iptables-save", "ip6tables-save"] {
-        let out = host.run(tool, Vec::<&str>::new())?.check()?;
-        for line in out.stdout.lines().filter(|l| !l.starts_with('#')) {
-            // `:CHAIN POLICY [packets:bytes]`: the counters change with traffic.
-            let line = match line.split_once(" [") {
-                Some((head, _)) if line.starts_with(':') => head,
-                _ => line,
-            };
-            all.push_str(line);
-            all.push('\n');
-        }
-    }
-    Ok(all)
-}
-
 fn transparent_proxy(host: &Host, action: &str) -> Result<Output> {
     let bin = bearing_bin()?;
     host.run(&bin, ["transparent-proxy", action])?.check()
@@ -107,7 +88,7 @@ fn mesh_setup(passthrough: bool) -> Result<Mesh> {
         .server_snippet("location /whoami { return 200 \"$remote_addr\\n\"; }")
         .start(b)?;
     NginxConfig::new(80).start(c)?;
-    let before = vec![rules(a)?, rules(b)?];
+    let before = vec![firewall_rules(a)?, firewall_rules(b)?];
     transparent_proxy(a, "install")?;
     transparent_proxy(b, "install")?;
     let dir = write_store(
@@ -179,10 +160,10 @@ fn captured_traffic_crosses_both_sidecars_and_uninstall_restores_rules() -> Resu
     transparent_proxy(a, "uninstall")?;
     transparent_proxy(b, "uninstall")?;
     ensure!(
-        rules(a)? == m.before[0] && rules(b)? == m.before[1],
+        firewall_rules(a)? == m.before[0] && firewall_rules(b)? == m.before[1],
         "uninstall left the rules as they were:\nbefore:\n{}\nafter:\n{}",
         m.before[0],
-        rules(a)?
+        firewall_rules(a)?
     );
     Ok(())
 }

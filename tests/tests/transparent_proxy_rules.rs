@@ -2,51 +2,12 @@
 //! network namespace: rules for IPv4 and IPv6, idempotent install, DNS conntrack rules,
 //! clean uninstall, errors that change nothing, and unrelated rules left alone.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use bearing_e2e::*;
 
 /// `<save>` output without comments and counters, and without empty tables: iptables-nft
 /// cannot delete a table, so a table created by install stays behind empty after
 /// uninstall (no chain, no rule, every policy ACCEPT), which filters nothing.
-fn snapshot(host: &Host, save: &str) -> Result<String> {
-    let out = host.run(save, Vec::<&str>::new())?.check()?;
-    let mut tables: Vec<Vec<String>> = Vec::new();
-    for line in out.stdout.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        if line.starts_with('*') {
-            tables.push(Vec::new());
-        }
-        let line = match line.rfind(" [") {
-            Some(i) if line.starts_with(':') => &line[..i],
-            _ => line,
-        };
-        if let Some(t) = tables.last_mut() {
-            t.push(line.to_string());
-        }
-    }
-    let empty = |t: &Vec<String>| {
-        t.iter().all(|l| {
-            l.starts_with('*') || l == "COMMIT" || (l.starts_with(':') && l.ends_with(" ACCEPT"))
-        })
-    };
-    Ok(tables
-        .into_iter()
-        .filter(|t| !empty(t))
-        .map(|t| t.join("\n"))
-        .collect::<Vec<_>>()
-        .join("\n"))
-}
-
-fn both(host: &Host) -> Result<String> {
-    Ok(format!(
-        "{}\n--- v6 ---\n{}",
-        snapshot(host, "iptables-save")?,
-        snapshot(host, "ip6tables-save")?
-    ))
-}
-
 fn bearing(host: &Host, args: &[&str]) -> Result<Output> {
     let mut all = vec!["transparent-proxy"];
     all.extend_from_slice(args);
@@ -61,7 +22,7 @@ fn install_reinstall_uninstall_round_trip() -> Result<()> {
     let a = topo.host("a");
     // An unrelated rule that must survive install and uninstall.
     a.sh("iptables -t nat -A OUTPUT -d 10.9.9.9/32 -p tcp -j RETURN")?;
-    let before = both(a)?;
+    let before = firewall_rules(a)?;
     ensure!(
         before.contains("-A OUTPUT -d 10.9.9.9/32 -p tcp -j RETURN"),
         "{before}"
@@ -69,9 +30,11 @@ fn install_reinstall_uninstall_round_trip() -> Result<()> {
 
     let out = bearing(a, &["install"])?;
     ensure!(out.success(), "install: {}{}", out.stdout, out.stderr);
-    let v4 = snapshot(a, "iptables-save")?;
-    let v6 = snapshot(a, "ip6tables-save")?;
-    for (family, text) in [("v4", &v4), ("v6", &v6)] {
+    let installed = firewall_rules(a)?;
+    let (v4, v6) = installed
+        .split_once("--- v6 ---")
+        .context("snapshot has both families")?;
+    for (family, text) in [("v4", v4), ("v6", v6)] {
         ensure!(text.contains(":KUMA_MESH_OUTBOUND -"), "{family}: {text}");
         ensure!(text.contains("-A KUMA_MESH_OUTBOUND_REDIRECT -p tcp -m comment --comment \"kuma/mesh/transparent/proxy/redirect TCP traffic to envoy (port 15001)\" -j REDIRECT --to-ports 15001"), "{family}: {text}");
         ensure!(
@@ -90,12 +53,8 @@ fn install_reinstall_uninstall_round_trip() -> Result<()> {
     let out = bearing(a, &["install"])?;
     ensure!(out.success(), "reinstall: {}{}", out.stdout, out.stderr);
     ensure!(
-        snapshot(a, "iptables-save")? == v4,
-        "reinstall changed IPv4 rules"
-    );
-    ensure!(
-        snapshot(a, "ip6tables-save")? == v6,
-        "reinstall changed IPv6 rules"
+        firewall_rules(a)? == installed,
+        "reinstall changed the rules"
     );
     let jumps = v4.matches("-j KUMA_MESH_OUTBOUND\n").count();
     ensure!(jumps == 1, "{jumps} jumps to KUMA_MESH_OUTBOUND:\n{v4}");
@@ -103,7 +62,7 @@ fn install_reinstall_uninstall_round_trip() -> Result<()> {
     // Redirecting all DNS adds the raw table's conntrack zones (the kernel accepts CT).
     let out = bearing(a, &["install", "--redirect-all-dns-traffic"])?;
     ensure!(out.success(), "dns install: {}{}", out.stdout, out.stderr);
-    let dns = both(a)?;
+    let dns = firewall_rules(a)?;
     ensure!(
         dns.contains("-j CT --zone 1") && dns.contains("-j CT --zone 2"),
         "{dns}"
@@ -138,7 +97,10 @@ fn install_reinstall_uninstall_round_trip() -> Result<()> {
         "{}",
         out.stderr
     );
-    ensure!(both(a)? == dns, "a rejected install changed the rules");
+    ensure!(
+        firewall_rules(a)? == dns,
+        "a rejected install changed the rules"
+    );
 
     // Dry run prints both families and changes nothing.
     let out = bearing(
@@ -156,11 +118,11 @@ fn install_reinstall_uninstall_round_trip() -> Result<()> {
         "{}",
         out.stdout
     );
-    ensure!(both(a)? == dns, "dry run changed the rules");
+    ensure!(firewall_rules(a)? == dns, "dry run changed the rules");
 
     let out = bearing(a, &["uninstall"])?;
     ensure!(out.success(), "uninstall: {}{}", out.stdout, out.stderr);
-    let after = both(a)?;
+    let after = firewall_rules(a)?;
     ensure!(
         after == before,
         "after uninstall:\n{after}\nbefore install:\n{before}"
