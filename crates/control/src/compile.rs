@@ -626,7 +626,7 @@ networking:
         let bind: Vec<(&str, bool)> = cfg
             .listeners
             .iter()
-            .filter(|l| !l.address.ip().to_string().starts_with("24"))
+            .filter(|l| !matches!(l.address.ip(), IpAddr::V4(v) if v.octets()[0] >= 240))
             .map(|l| (l.name.as_str(), l.bind))
             .collect();
         assert_eq!(

@@ -315,3 +315,240 @@ fn fnv1a(text: &str) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Loads `text` (plus a Mesh) and returns `(hostname, port, tags)` for every entry.
+    fn entries(text: &str) -> Vec<(String, u16, Tags)> {
+        let mut s = Store::default();
+        s.add_text(
+            &format!("type: Mesh\nname: default\n---\n{text}"),
+            Path::new("t.yaml"),
+        );
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let mut out = Vec::new();
+        for h in virtual_hosts(&s, "default", &VipOptions::default()) {
+            for (port, t) in h.ports {
+                out.push((h.names[0].clone(), port, t.tags));
+            }
+        }
+        out
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        let mut s = Store::default();
+        s.add_text(text, Path::new("vo.yaml"));
+        s.problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The seed's backend-1 (its `inbound` block nested under `networking`, and the `port`
+    /// tag quoted: Kuma tags are strings, the seed's layout and bare number would not load in
+    /// Kuma either).
+    const BACKEND_1: &str = r#"type: Dataplane
+mesh: default
+name: backend-1
+networking:
+  address: 192.168.0.2
+  inbound:
+  - port: 9000
+    servicePort: 6379
+    tags:
+      kuma.io/service: backend
+      version: v1
+      port: "1800"
+      kuma.io/version: v1
+      kuma.io/instance: "1"
+"#;
+
+    #[test]
+    fn seed_examples_render_as_documented() {
+        // "produce the hostname: v1.backend.mesh with port: 1800".
+        let test = r#"type: VirtualOutbound
+mesh: default
+name: test
+selectors:
+  - match:
+      kuma.io/service: "*"
+conf:
+  host: "{{.v}}.{{.service}}.mesh"
+  port: "{{.port}}"
+  parameters:
+    - name: service
+      tagKey: "kuma.io/service"
+    - name: port
+      tagKey: port
+    - name: v
+      tagKey: version
+"#;
+        let e = entries(&format!("{BACKEND_1}---\n{test}"));
+        assert!(e.contains(&(
+            "v1.backend.mesh".into(),
+            1800,
+            tags(&[
+                ("kuma.io/service", "backend"),
+                ("port", "1800"),
+                ("version", "v1")
+            ])
+        )));
+        // The default entry is always there.
+        assert!(e.contains(&(
+            "backend.mesh".into(),
+            80,
+            tags(&[("kuma.io/service", "backend")])
+        )));
+
+        // "Same as the default DNS": the same entry, merged.
+        let same = "type: VirtualOutbound\nmesh: default\nname: default\nselectors:\n  - match:\n      kuma.io/service: \"*\"\nconf:\n  host: \"{{.service}}.mesh\"\n  port: \"80\"\n  parameters:\n    - name: service\n      tagKey: \"kuma.io/service\"\n";
+        let e = entries(&format!("{BACKEND_1}---\n{same}"));
+        assert_eq!(
+            e,
+            [(
+                "backend.mesh".into(),
+                80,
+                tags(&[("kuma.io/service", "backend")])
+            )]
+        );
+
+        // "One hostname per version" (written under `spec:` in the seed).
+        let versioned = "type: VirtualOutbound\nmesh: default\nname: versioned\nspec:\n    selectors:\n      - match:\n          kuma.io/service: \"*\"\n    conf:\n      host: \"{{.service}}.{{.version}}.mesh\"\n      port: \"80\"\n      parameters:\n        - name: service\n          tagKey: \"kuma.io/service\"\n        - name: version\n          tagKey: \"kuma.io/version\"\n";
+        let e = entries(&format!("{BACKEND_1}---\n{versioned}"));
+        assert!(e.contains(&(
+            "backend.v1.mesh".into(),
+            80,
+            tags(&[("kuma.io/service", "backend"), ("kuma.io/version", "v1")])
+        )));
+
+        // "One hostname per instance".
+        let instance = "type: VirtualOutbound\nmesh: default\nname: default\nselectors:\n  - match:\n      kuma.io/service: \"*\"\n      kuma.io/instance: \"*\"\nconf:\n  host: \"inst-{{.instance}}.{{.service}}.mesh\"\n  port: \"8080\"\n  parameters:\n    - name: service\n      tagKey: \"kuma.io/service\"\n    - name: instance\n      tagKey: \"kuma.io/instance\"\n";
+        let e = entries(&format!("{BACKEND_1}---\n{instance}"));
+        assert!(e.contains(&(
+            "inst-1.backend.mesh".into(),
+            8080,
+            tags(&[("kuma.io/instance", "1"), ("kuma.io/service", "backend")])
+        )));
+
+        // "Custom tag to define the hostname and port": its `service` parameter reads tag
+        // `service`, so no parameter has tagKey kuma.io/service; Kuma rejects it, and so do we.
+        let host_port = "type: VirtualOutbound\nmesh: default\nname: host-port\nselectors:\n  - match:\n      kuma.io/service: \"*\"\nconf:\n  host: \"{{.hostname}}\"\n  port: \"{{.port}}\"\n  parameters:\n    - name: hostname\n      tagKey: \"my.mesh/hostname\"\n    - name: port\n      tagKey: \"my.mesh/port\"\n    - name: service\n";
+        assert_eq!(
+            problems(host_port),
+            ["vo.yaml:10: VirtualOutbound/host-port: conf.parameters: must contain a parameter with kuma.io/service as a tagKey"]
+        );
+    }
+
+    #[test]
+    fn validation_is_precise() {
+        let bad = "type: VirtualOutbound\nmesh: default\nname: bad\nselectors: []\nconf:\n  host: \"{{.a}}.{{.b}} x\"\n  port: \"{{.a}}00000\"\n  parameters:\n    - name: a\n      tagKey: kuma.io/service\n    - name: a-b\n      tagKey: x\n    - name: a\n";
+        let p = problems(bad);
+        let expected = [
+            "selectors: must have at least one element",
+            "conf.parameters[1].name: must consist of alphanumeric characters",
+            "conf.parameters[2].name: name is already used",
+            "conf.host: template renders \"dummy.<no value> x\", which is not a valid DNS name",
+            "conf.port: template renders \"100000\"",
+        ];
+        for e in expected {
+            assert!(p.iter().any(|x| x.contains(e)), "missing {e:?} in {p:#?}");
+        }
+    }
+
+    #[test]
+    fn duplicates_keep_the_higher_priority_and_vips_are_stable() {
+        let two = |order: &str| format!("{BACKEND_1}---\n{order}");
+        // Two VirtualOutbounds render the same host and port with different tags: the one
+        // whose selector has more exact values wins, whatever its name.
+        let vo = |name: &str, selector: &str, param: &str| {
+            format!("type: VirtualOutbound\nmesh: default\nname: {name}\nselectors:\n  - match:\n{selector}conf:\n  host: \"x.{{{{.service}}}}.mesh\"\n  port: \"80\"\n  parameters:\n    - name: service\n      tagKey: kuma.io/service\n    - name: p\n      tagKey: {param}\n---\n")
+        };
+        let a = vo("a-wildcard", "      kuma.io/service: \"*\"\n", "version");
+        let z = vo(
+            "z-exact",
+            "      kuma.io/service: backend\n",
+            "kuma.io/version",
+        );
+        let e = entries(&two(&format!("{a}{z}")));
+        let x = e.iter().find(|(h, _, _)| h == "x.backend.mesh").unwrap();
+        assert_eq!(
+            x.2.get("kuma.io/version").map(String::as_str),
+            Some("v1"),
+            "{e:?}"
+        );
+
+        // VIPs depend only on the hostname.
+        let vip = |text: &str, host: &str| {
+            let mut s = Store::default();
+            s.add_text(text, Path::new("t.yaml"));
+            virtual_hosts(&s, "default", &VipOptions::default())
+                .into_iter()
+                .find(|h| h.names[0] == host)
+                .map(|h| h.vip)
+                .unwrap()
+        };
+        let alone = vip(BACKEND_1, "backend.mesh");
+        let with_more = vip(
+            &format!(
+                "{BACKEND_1}---\n{}",
+                BACKEND_1
+                    .replace("backend", "other")
+                    .replace("192.168.0.2", "192.168.0.3")
+            ),
+            "backend.mesh",
+        );
+        assert_eq!(alone, with_more);
+        let (base, prefix) = VipOptions::default().cidr;
+        assert_eq!(
+            u32::from(alone) >> (32 - prefix),
+            u32::from(base) >> (32 - prefix)
+        );
+    }
+
+    #[test]
+    fn external_service_hosts_and_dotted_service_names() {
+        let text = "type: ExternalService\nmesh: default\nname: httpbin\ntags:\n  kuma.io/service: httpbin\nnetworking:\n  address: httpbin.org:443\n---\ntype: Dataplane\nmesh: default\nname: r\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 6379\n    tags: {kuma.io/service: redis_kuma-demo_svc_6379}\n";
+        let mut s = Store::default();
+        s.add_text(text, Path::new("t.yaml"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let hosts = virtual_hosts(&s, "default", &VipOptions::default());
+        let find = |n: &str| {
+            hosts
+                .iter()
+                .find(|h| h.names.iter().any(|x| x == n))
+                .unwrap()
+        };
+        let es = find("httpbin.org");
+        assert_eq!(es.ports.keys().copied().collect::<Vec<_>>(), [80, 443]);
+        assert_eq!(
+            find("httpbin.mesh")
+                .ports
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            [80, 443]
+        );
+        let redis = find("redis_kuma-demo_svc_6379.mesh");
+        assert_eq!(
+            redis.names[1], "redis.kuma-demo.svc.6379.mesh",
+            "the _ → . alias"
+        );
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!(
+            VipOptions::parse_cidr("241.1.2.3/8").unwrap(),
+            (Ipv4Addr::new(241, 0, 0, 0), 8)
+        );
+        assert!(VipOptions::parse_cidr("240.0.0.0").is_err());
+        assert!(VipOptions::parse_cidr("240.0.0.0/30").is_err());
+    }
+}
