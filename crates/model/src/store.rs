@@ -354,11 +354,11 @@ mod tests {
     #[test]
     fn loads_known_and_lists_ignored() {
         let s = load(
-            "type: Mesh\nname: default\n---\ntype: VirtualOutbound\nname: vo\nmesh: default\nspec: {}\n",
+            "type: Mesh\nname: default\n---\ntype: MeshTrafficPermission\nname: mtp\nmesh: default\nspec: {}\n",
         );
         assert!(s.problems.is_empty(), "{:?}", s.problems);
         assert_eq!(s.resources[0].key(), "Mesh/default");
-        assert_eq!(s.ignored[0].kind, "VirtualOutbound");
+        assert_eq!(s.ignored[0].kind, "MeshTrafficPermission");
         assert_eq!(s.ignored[0].origin, "store/a.yaml:4");
     }
 
