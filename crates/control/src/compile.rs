@@ -13,7 +13,7 @@ use bearing_proxy_config::{
     TransparentProxy,
 };
 
-use crate::virtual_ips::{virtual_hosts, VipOptions};
+use crate::virtual_ips::{virtual_hosts, TargetPort, VipOptions};
 
 /// Kuma's default upstream connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -159,7 +159,14 @@ pub fn compile(
                 let address = SocketAddr::new(IpAddr::V4(host.vip), *port);
                 // An explicit outbound on the same address wins.
                 if taken.insert(address) {
-                    let (listener, c) = outbound_to(&index, address, &target.tags, false);
+                    let (listener, c) = match &target.mesh_service_port {
+                        None => outbound_to(&index, address, &target.tags, false),
+                        Some((port, protocol)) => {
+                            let name = format!("{}:{}", target.origin, address.port());
+                            let protocol = protocol.as_deref();
+                            mesh_service_to(&index, address, name, &target.tags, port, protocol)
+                        }
+                    };
                     listeners.push(listener);
                     clusters.insert(c.name.clone(), c);
                 }
@@ -326,7 +333,7 @@ fn outbound_to(
     tags: &Tags,
     bind: bool,
 ) -> (Listener, Cluster) {
-    let (endpoints, protocols) = index.matching(tags);
+    let (endpoints, protocols) = index.matching(tags, None);
     let protocol = Protocol::common(protocols).unwrap_or(Protocol::Tcp);
     let cluster_name = cluster_name_for(tags);
     let listener = Listener {
@@ -341,10 +348,44 @@ fn outbound_to(
     (listener, cluster(cluster_name, protocol, endpoints))
 }
 
+/// A MeshService port's listener at `address` and its cluster `name`: the inbounds of the
+/// Dataplanes matching `selector` that `target` names (by port or inbound name).
+fn mesh_service_to(
+    index: &EndpointIndex,
+    address: SocketAddr,
+    name: String,
+    selector: &Tags,
+    target: &TargetPort,
+    app_protocol: Option<&str>,
+) -> (Listener, Cluster) {
+    let (endpoints, protocols) = index.matching(selector, Some(target));
+    let protocol = match app_protocol {
+        Some(p) => Protocol::from_tag(Some(p)),
+        None => Protocol::common(protocols).unwrap_or(Protocol::Tcp),
+    };
+    let listener = Listener {
+        name: format!("outbound:{address}"),
+        address,
+        direction: Direction::Outbound,
+        protocol,
+        cluster: name.clone(),
+        service: name.clone(),
+        bind: false,
+    };
+    (listener, cluster(name, protocol, endpoints))
+}
+
 /// The ready inbounds of a mesh by service, built once per compile so that thousands of
 /// outbounds do not each scan the whole store.
 struct EndpointIndex<'s> {
-    by_service: HashMap<&'s str, Vec<(&'s Tags, Endpoint, Protocol)>>,
+    by_service: HashMap<&'s str, Vec<IndexedInbound<'s>>>,
+}
+
+/// One ready inbound in the [`EndpointIndex`].
+struct IndexedInbound<'s> {
+    inbound: &'s Inbound,
+    endpoint: Endpoint,
+    protocol: Protocol,
 }
 
 impl<'s> EndpointIndex<'s> {
@@ -375,29 +416,46 @@ impl<'s> EndpointIndex<'s> {
                 };
                 let protocol =
                     Protocol::from_tag(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));
-                by_service.entry(service.as_str()).or_default().push((
-                    &inbound.tags,
-                    endpoint,
-                    protocol,
-                ));
+                by_service
+                    .entry(service.as_str())
+                    .or_default()
+                    .push(IndexedInbound {
+                        inbound,
+                        endpoint,
+                        protocol,
+                    });
             }
         }
         EndpointIndex { by_service }
     }
 
-    /// Every indexed inbound carrying all of `selector`'s tags, and their protocols.
-    fn matching(&self, selector: &Tags) -> (Vec<Endpoint>, Vec<Protocol>) {
-        let candidates = selector
-            .get(SERVICE_TAG)
-            .and_then(|s| self.by_service.get(s.as_str()))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+    /// Every indexed inbound carrying all of `selector`'s tags (and, when given, the MeshService
+    /// target port or name), and their protocols.
+    fn matching(
+        &self,
+        selector: &Tags,
+        target: Option<&TargetPort>,
+    ) -> (Vec<Endpoint>, Vec<Protocol>) {
+        let candidates: Box<dyn Iterator<Item = &IndexedInbound>> = match selector.get(SERVICE_TAG)
+        {
+            Some(s) => Box::new(self.by_service.get(s.as_str()).into_iter().flatten()),
+            // A MeshService may select by other tags: look at every inbound.
+            None => Box::new(self.by_service.values().flatten()),
+        };
         let mut endpoints = Vec::new();
         let mut protocols = Vec::new();
-        for (tags, endpoint, protocol) in candidates {
-            if selector.iter().all(|(k, v)| tags.get(k) == Some(v)) {
-                endpoints.push(endpoint.clone());
-                protocols.push(*protocol);
+        for c in candidates {
+            let tags_match = selector
+                .iter()
+                .all(|(k, v)| c.inbound.tags.get(k) == Some(v));
+            let port_match = match target {
+                None => true,
+                Some(TargetPort::Number(p)) => c.inbound.port == u32::from(*p),
+                Some(TargetPort::Name(n)) => c.inbound.name.as_deref() == Some(n.as_str()),
+            };
+            if tags_match && port_match {
+                endpoints.push(c.endpoint.clone());
+                protocols.push(c.protocol);
             }
         }
         endpoints.sort_by_key(|e| e.address);

@@ -83,8 +83,21 @@ pub struct VirtualHost {
 pub struct VirtualTarget {
     /// Endpoints are the inbounds carrying all these tags.
     pub tags: Tags,
-    /// `service`, `virtual-outbound:<name>` or `external-service:<name>`.
+    /// `service`, `virtual-outbound:<name>`, `external-service:<name>` or
+    /// `meshservice:<name>`.
     pub origin: String,
+    /// For a MeshService port: which inbound of the selected Dataplanes serves it, and the
+    /// port's `appProtocol`.
+    pub mesh_service_port: Option<(TargetPort, Option<String>)>,
+}
+
+/// A MeshService `targetPort`: an inbound port number or an inbound name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    /// The inbound with this port.
+    Number(u16),
+    /// The inbound with this name.
+    Name(String),
 }
 
 /// Builds the hostname table of `mesh` from `store`.
@@ -98,7 +111,7 @@ pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<Virtua
         .filter(|r| matches!(r.spec, Spec::Dataplane(_)))
         .collect();
     dataplanes.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
-    let inbound_tags: Vec<(&str, &Tags)> = dataplanes
+    let inbound_list: Vec<(&str, &bearing_model::Inbound)> = dataplanes
         .iter()
         .flat_map(|r| match &r.spec {
             Spec::Dataplane(dp) => dp
@@ -106,11 +119,13 @@ pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<Virtua
                 .inbound
                 .iter()
                 .filter(|i| i.state.as_deref() != Some("Ignored"))
-                .map(|i| (r.meta.name.as_str(), &i.tags))
+                .map(|i| (r.meta.name.as_str(), i))
                 .collect::<Vec<_>>(),
             _ => Vec::new(),
         })
         .collect();
+    let inbound_tags: Vec<(&str, &Tags)> =
+        inbound_list.iter().map(|(d, i)| (*d, &i.tags)).collect();
 
     // 1. Defaults: every local service and every remote zone's available service.
     let mut services: Vec<&str> = inbound_tags
@@ -211,7 +226,215 @@ pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<Virtua
             table.add(&host, Vec::new(), opts.default_port, tags, origin);
         }
     }
+    // 4. MeshServices: from the store, and generated from kuma.io/service when the mesh asks.
+    for ms in mesh_services(store, mesh, &inbound_list) {
+        let names = hostnames(store, &ms);
+        if names.is_empty() {
+            continue;
+        }
+        let ports = ms
+            .ports
+            .iter()
+            .map(|(port, target, protocol)| {
+                let target = VirtualTarget {
+                    tags: ms.selector.clone(),
+                    origin: format!("meshservice:{}", ms.name),
+                    mesh_service_port: Some((target.clone(), protocol.clone())),
+                };
+                (*port, target)
+            })
+            .collect();
+        table
+            .hosts
+            .insert(format!("{MESH_SERVICE_KEY}{}", ms.name), (names, ports));
+    }
     table.allocate(opts.cidr)
+}
+
+/// A Dataplane's inbound ports for one service, with their `kuma.io/protocol`.
+type InboundPorts = BTreeMap<u16, Option<String>>;
+
+/// Table key prefix of MeshServices: they get one VIP for all their hostnames.
+const MESH_SERVICE_KEY: &str = "meshservice/";
+
+/// A MeshService as Bearing uses it: name, labels, selector and ports.
+struct MeshServiceView {
+    name: String,
+    labels: Tags,
+    selector: Tags,
+    ports: Vec<(u16, TargetPort, Option<String>)>,
+}
+
+/// The mesh's MeshServices: those in the store, plus (when the Mesh's `meshServices.mode` is
+/// not Disabled) one per `kuma.io/service` not already defined, as kuma-cp generates them in
+/// Universal zones. A service whose Dataplanes disagree on the inbound ports gets none, with a
+/// warning naming both, since no single MeshService can describe it.
+fn mesh_services(
+    store: &Store,
+    mesh: &str,
+    inbounds: &[(&str, &bearing_model::Inbound)],
+) -> Vec<MeshServiceView> {
+    let mut out = Vec::new();
+    for r in store.resources.iter() {
+        let Spec::MeshService(ms) = &r.spec else {
+            continue;
+        };
+        if r.mesh.as_deref().unwrap_or("default") != mesh {
+            continue;
+        }
+        let ports = ms
+            .spec
+            .ports
+            .iter()
+            .map(|p| {
+                let port = u16::try_from(p.port).unwrap_or(0);
+                let target = match &p.target_port {
+                    Some(serde_json::Value::String(name)) => TargetPort::Name(name.clone()),
+                    Some(v) => TargetPort::Number(
+                        v.as_u64()
+                            .and_then(|n| u16::try_from(n).ok())
+                            .unwrap_or(port),
+                    ),
+                    None => TargetPort::Number(port),
+                };
+                (port, target, p.app_protocol.clone())
+            })
+            .collect();
+        let mut labels = r.meta.labels.clone();
+        labels
+            .entry("kuma.io/display-name".into())
+            .or_insert_with(|| r.meta.name.clone());
+        out.push(MeshServiceView {
+            name: r.meta.name.clone(),
+            labels,
+            selector: ms.spec.selector.dataplane_tags.clone().unwrap_or_default(),
+            ports,
+        });
+    }
+    let generate = store.resources.iter().any(
+        |r| matches!(&r.spec, Spec::Mesh(m) if r.meta.name == mesh && m.generates_mesh_services()),
+    );
+    if !generate {
+        return out;
+    }
+    // Per service: the first Dataplane's inbound ports, checked against every other's.
+    let mut by_service: BTreeMap<&str, (&str, InboundPorts)> = BTreeMap::new();
+    let mut per_dataplane: BTreeMap<(&str, &str), InboundPorts> = BTreeMap::new();
+    for (dp, inbound) in inbounds {
+        let Some(service) = inbound.tags.get(SERVICE_TAG) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(inbound.port) else {
+            continue;
+        };
+        let protocol = inbound.tags.get(bearing_model::PROTOCOL_TAG).cloned();
+        per_dataplane
+            .entry((service.as_str(), dp))
+            .or_default()
+            .insert(port, protocol);
+    }
+    let mut conflicted = HashSet::new();
+    for ((service, dp), ports) in &per_dataplane {
+        match by_service.get(service) {
+            None => {
+                by_service.insert(service, (dp, ports.clone()));
+            }
+            Some((first, first_ports)) => {
+                let a: Vec<u16> = first_ports.keys().copied().collect();
+                let b: Vec<u16> = ports.keys().copied().collect();
+                if a != b && conflicted.insert(*service) {
+                    tracing::warn!(service, dataplane = %first, ports = ?a, other = %dp, other_ports = ?b,
+                        "no MeshService generated: Dataplanes of this service expose different inbound ports");
+                }
+            }
+        }
+    }
+    for (service, (_, ports)) in by_service {
+        if conflicted.contains(service) || out.iter().any(|m| m.name == service) {
+            continue;
+        }
+        out.push(MeshServiceView {
+            name: service.to_string(),
+            labels: [
+                ("kuma.io/display-name".to_string(), service.to_string()),
+                ("kuma.io/origin".to_string(), "zone".to_string()),
+                ("kuma.io/env".to_string(), "universal".to_string()),
+                ("kuma.io/mesh".to_string(), mesh.to_string()),
+            ]
+            .into(),
+            selector: [(SERVICE_TAG.to_string(), service.to_string())].into(),
+            ports: ports
+                .into_iter()
+                .map(|(port, protocol)| (port, TargetPort::Number(port), protocol))
+                .collect(),
+        });
+    }
+    out
+}
+
+/// Kuma's default hostname generator for local Universal MeshServices, used when the store
+/// has no HostnameGenerator at all (kuma-cp creates it at start).
+const DEFAULT_HOSTNAME_TEMPLATE: &str = "{{ .DisplayName }}.svc.mesh.local";
+
+/// The hostnames the HostnameGenerators give `ms`.
+fn hostnames(store: &Store, ms: &MeshServiceView) -> Vec<String> {
+    let mut generators: Vec<(&str, Option<&Tags>, &str)> = store
+        .resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::HostnameGenerator(g) => Some((
+                r.meta.name.as_str(),
+                g.spec
+                    .selector
+                    .as_ref()
+                    .and_then(|s| s.mesh_service.as_ref())
+                    .map(|s| &s.match_labels),
+                g.spec.template.as_str(),
+            )),
+            _ => None,
+        })
+        .collect();
+    if generators.is_empty() {
+        generators.push(("default", None, DEFAULT_HOSTNAME_TEMPLATE));
+    }
+    let display = ms.labels.get("kuma.io/display-name").unwrap_or(&ms.name);
+    let values: BTreeMap<&str, &str> = [
+        ("DisplayName", display.as_str()),
+        ("Name", ms.name.as_str()),
+        (
+            "Mesh",
+            ms.labels
+                .get("kuma.io/mesh")
+                .map_or("default", String::as_str),
+        ),
+        (
+            "Zone",
+            ms.labels.get("kuma.io/zone").map_or("", String::as_str),
+        ),
+        (
+            "Namespace",
+            ms.labels
+                .get("k8s.kuma.io/namespace")
+                .map_or("", String::as_str),
+        ),
+    ]
+    .into();
+    let mut names = Vec::new();
+    for (generator, labels, template) in generators {
+        if labels.is_some_and(|l| !l.iter().all(|(k, v)| ms.labels.get(k) == Some(v))) {
+            continue;
+        }
+        let Ok(t) = Template::parse(template) else {
+            continue;
+        };
+        let host = t.render(&values).to_ascii_lowercase();
+        if is_dns_name(&host) {
+            names.push(host);
+        } else {
+            tracing::info!(generator, meshservice = %ms.name, %host, "generated hostname is not a DNS name; skipped");
+        }
+    }
+    names
 }
 
 /// Services remote zones offer through their ZoneIngress (`availableServices`).
@@ -263,7 +486,15 @@ impl Table {
         }
         match ports.get(&port) {
             None => {
-                ports.insert(port, VirtualTarget { tags, origin });
+                let mesh_service_port = None;
+                ports.insert(
+                    port,
+                    VirtualTarget {
+                        tags,
+                        origin,
+                        mesh_service_port,
+                    },
+                );
             }
             Some(existing) if existing.tags == tags => {}
             Some(existing) => tracing::warn!(
@@ -301,7 +532,11 @@ impl Table {
             .into_iter()
             .filter_map(|(host, (aliases, ports))| {
                 let vip = *vips.get(&host)?;
-                let mut names = vec![host];
+                // A MeshService's key is not a hostname; its generated hostnames are.
+                let mut names = Vec::new();
+                if !host.starts_with(MESH_SERVICE_KEY) {
+                    names.push(host);
+                }
                 names.extend(aliases);
                 Some(VirtualHost { names, vip, ports })
             })
@@ -550,5 +785,63 @@ conf:
         );
         assert!(VipOptions::parse_cidr("240.0.0.0").is_err());
         assert!(VipOptions::parse_cidr("240.0.0.0/30").is_err());
+    }
+
+    #[test]
+    fn mesh_services_generated_and_from_the_store() {
+        let mesh = "type: Mesh\nname: default\nmeshServices:\n  mode: Everywhere\n---\n";
+        let dp = |name: &str, ip: &str, port: u16| {
+            format!("type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {ip}\n  inbound:\n  - name: main\n    port: {port}\n    tags:\n      kuma.io/service: test-server\n---\n")
+        };
+        let load = |text: &str| {
+            let mut s = Store::default();
+            s.add_text(text, Path::new("t.yaml"));
+            assert!(s.problems.is_empty(), "{:?}", s.problems);
+            virtual_hosts(&s, "default", &VipOptions::default())
+        };
+        // The seed's example: one MeshService test-server with port 80, named by the default
+        // hostname generator.
+        let hosts = load(&format!("{mesh}{}", dp("a", "10.0.0.1", 80)));
+        let ms = hosts
+            .iter()
+            .find(|h| h.names == ["test-server.svc.mesh.local"])
+            .expect("generated MeshService hostname");
+        let target = &ms.ports[&80];
+        assert_eq!(target.origin, "meshservice:test-server");
+        assert_eq!(
+            target.mesh_service_port,
+            Some((TargetPort::Number(80), None))
+        );
+
+        // The seed's conflicting case: another Dataplane of the service on 8080.
+        let hosts = load(&format!(
+            "{mesh}{}{}",
+            dp("a", "10.0.0.1", 80),
+            dp("b", "10.0.0.2", 8080)
+        ));
+        assert!(!hosts
+            .iter()
+            .any(|h| h.names.iter().any(|n| n.ends_with(".svc.mesh.local"))));
+
+        // Disabled (the default): no MeshService.
+        let hosts = load(&format!(
+            "type: Mesh\nname: default\n---\n{}",
+            dp("a", "10.0.0.1", 80)
+        ));
+        assert!(!hosts
+            .iter()
+            .any(|h| h.names.iter().any(|n| n.ends_with(".svc.mesh.local"))));
+
+        // From the store, with a generator and a target port by inbound name.
+        let text = format!("type: Mesh\nname: default\n---\n{}type: MeshService\nname: redis\nmesh: default\nlabels:\n  team: db\nspec:\n  selector:\n    dataplaneTags:\n      kuma.io/service: test-server\n  ports:\n  - name: some-port\n    port: 16739\n    targetPort: main\n    appProtocol: tcp\n---\ntype: HostnameGenerator\nname: team\nspec:\n  selector:\n    meshService:\n      matchLabels:\n        team: db\n  template: \"{{{{ .DisplayName }}}}.{{{{ .Mesh }}}}.team.local\"\n", dp("a", "10.0.0.1", 80));
+        let hosts = load(&text);
+        let redis = hosts
+            .iter()
+            .find(|h| h.names == ["redis.default.team.local"])
+            .unwrap();
+        assert_eq!(
+            redis.ports[&16739].mesh_service_port,
+            Some((TargetPort::Name("main".into()), Some("tcp".into())))
+        );
     }
 }

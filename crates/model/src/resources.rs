@@ -61,12 +61,31 @@ pub struct Mesh {
     /// `constraints`: accepted, not acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub constraints: Option<Value>,
-    /// `meshServices` mode (acted on from issue #4).
+    /// `meshServices.mode`: whether MeshServices are generated from `kuma.io/service`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mesh_services: Option<Value>,
+    pub mesh_services: Option<MeshServicesMode>,
     /// Control-plane behaviour; accepted and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_creating_initial_policies: Option<Value>,
+}
+
+/// `Mesh.meshServices`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshServicesMode {
+    /// `Disabled` (default), `Everywhere`, `ReachableBackends` or `Exclusive`.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+impl Mesh {
+    /// Whether kuma-cp would generate MeshServices for this mesh's `kuma.io/service`s.
+    pub fn generates_mesh_services(&self) -> bool {
+        self.mesh_services
+            .as_ref()
+            .and_then(|m| m.mode.as_deref())
+            .is_some_and(|m| m != "Disabled")
+    }
 }
 
 /// `Mesh.networking`.
@@ -458,6 +477,115 @@ pub struct Secret {
     pub data: String,
 }
 
+/// `type: MeshService`: a destination (selected Dataplanes and their ports) with its own
+/// hostnames and VIP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshService {
+    /// Selector and ports.
+    #[serde(default)]
+    pub spec: MeshServiceSpec,
+    /// Filled by the control plane (addresses, VIPs); accepted, recomputed by Bearing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Value>,
+}
+
+/// `MeshService.spec`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshServiceSpec {
+    /// Which Dataplanes serve it.
+    #[serde(default)]
+    pub selector: MeshServiceSelector,
+    /// Ports it exposes.
+    #[serde(default)]
+    pub ports: Vec<MeshServicePort>,
+    /// `identities`: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identities: Option<Value>,
+    /// `state`: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
+}
+
+/// `MeshService.spec.selector`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshServiceSelector {
+    /// Inbound tags a Dataplane inbound must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane_tags: Option<Tags>,
+    /// A single Dataplane by name: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane_ref: Option<Value>,
+}
+
+/// `MeshService.spec.ports[]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshServicePort {
+    /// Optional name (what `sectionName` refers to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Port clients connect to.
+    #[serde(default)]
+    pub port: u32,
+    /// The inbound port by number, or by the inbound's name; defaults to `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<Value>,
+    /// `tcp`, `http`, `http2`, `grpc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+/// `type: HostnameGenerator`: a template giving selected MeshServices a hostname.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostnameGenerator {
+    /// Selector and template.
+    #[serde(default)]
+    pub spec: HostnameGeneratorSpec,
+}
+
+/// `HostnameGenerator.spec`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostnameGeneratorSpec {
+    /// `meshService.matchLabels`: labels a MeshService must carry (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<HostnameGeneratorSelector>,
+    /// Go template over `.DisplayName`, `.Name`, `.Mesh`, `.Zone`, `.Namespace`.
+    #[serde(default)]
+    pub template: String,
+    /// `extension`: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<Value>,
+}
+
+/// `HostnameGenerator.spec.selector`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostnameGeneratorSelector {
+    /// Which MeshServices, by labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_service: Option<LabelSelector>,
+    /// MeshExternalServices: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_external_service: Option<Value>,
+    /// MeshMultiZoneServices: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_multi_zone_service: Option<Value>,
+}
+
+/// `matchLabels`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    /// Labels that must all be present with these values.
+    #[serde(default)]
+    pub match_labels: Tags,
+}
+
 /// A typed resource of a kind Bearing understands.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type")]
@@ -476,6 +604,10 @@ pub enum Spec {
     Secret(Secret),
     /// `VirtualOutbound`
     VirtualOutbound(VirtualOutbound),
+    /// `MeshService`
+    MeshService(MeshService),
+    /// `HostnameGenerator`
+    HostnameGenerator(HostnameGenerator),
 }
 
 impl Spec {
@@ -489,11 +621,16 @@ impl Spec {
             Spec::ExternalService(_) => "ExternalService",
             Spec::Secret(_) => "Secret",
             Spec::VirtualOutbound(_) => "VirtualOutbound",
+            Spec::MeshService(_) => "MeshService",
+            Spec::HostnameGenerator(_) => "HostnameGenerator",
         }
     }
 
     /// Whether resources of this type live in a mesh (and so need `mesh:`).
     pub fn is_mesh_scoped(type_name: &str) -> bool {
-        !matches!(type_name, "Mesh" | "ZoneIngress" | "ZoneEgress")
+        !matches!(
+            type_name,
+            "Mesh" | "ZoneIngress" | "ZoneEgress" | "HostnameGenerator"
+        )
     }
 }

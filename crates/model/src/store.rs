@@ -324,6 +324,8 @@ fn decode_spec(kind: &str, value: Value) -> Decoded {
         "ExternalService" => de(value, Spec::ExternalService),
         "Secret" => de(value, Spec::Secret),
         "VirtualOutbound" => de(value, Spec::VirtualOutbound),
+        "MeshService" => de(value, Spec::MeshService),
+        "HostnameGenerator" => de(value, Spec::HostnameGenerator),
         _ => Decoded::Ignored,
     }
 }

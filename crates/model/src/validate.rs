@@ -19,6 +19,17 @@ pub fn validate(spec: &Spec) -> Vec<FieldProblem> {
         Spec::ExternalService(es) => external_service(es, &mut p),
         Spec::Secret(s) => secret(s, &mut p),
         Spec::VirtualOutbound(vo) => virtual_outbound(vo, &mut p),
+        Spec::MeshService(ms) => mesh_service(ms, &mut p),
+        Spec::HostnameGenerator(hg) => {
+            if let Err(e) = crate::gotemplate::Template::parse(&hg.spec.template) {
+                p.push((
+                    "spec.template".into(),
+                    format!("template does not parse: {e}"),
+                ));
+            } else if hg.spec.template.is_empty() {
+                p.push(("spec.template".into(), "has to be defined".into()));
+            }
+        }
     }
     p
 }
@@ -373,6 +384,34 @@ fn virtual_outbound(vo: &VirtualOutbound, p: &mut Vec<FieldProblem>) {
                 path,
                 format!("template renders {port_text:?}, which is not a port 1-65535"),
             ));
+        }
+    }
+}
+
+fn mesh_service(ms: &MeshService, p: &mut Vec<FieldProblem>) {
+    let mut seen = HashSet::new();
+    for (i, port_spec) in ms.spec.ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        port(port_spec.port, &format!("{at}.port"), p);
+        if !seen.insert(port_spec.port) {
+            p.push((
+                format!("{at}.port"),
+                format!("port {} is listed twice", port_spec.port),
+            ));
+        }
+        match &port_spec.target_port {
+            None | Some(serde_json::Value::String(_)) => {}
+            Some(serde_json::Value::Number(n)) => match n.as_u64() {
+                Some(n) if (1..=65535).contains(&n) => {}
+                _ => p.push((
+                    format!("{at}.targetPort"),
+                    format!("port {n} must be in the range 1-65535"),
+                )),
+            },
+            Some(other) => p.push((
+                format!("{at}.targetPort"),
+                format!("{other} is neither a port number nor an inbound name"),
+            )),
         }
     }
 }
