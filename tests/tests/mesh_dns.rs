@@ -1,0 +1,238 @@
+//! End-to-end mesh DNS and virtual outbounds: host `a` has the transparent proxy installed
+//! with all DNS redirected to the sidecar's DNS server (15053). Its resolv.conf names a real
+//! upstream resolver (dnsmasq on host `d`), so `dig` and `curl` are unmodified clients.
+//!
+//! `backend-1` (host `b`, version v1, instance 1) and `backend-2` (host `c`, version v2,
+//! instance 2) serve nginx behind plain (non-transparent) sidecars.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use bearing_e2e::*;
+
+const VIRTUAL_OUTBOUNDS: &str = r#"type: VirtualOutbound
+mesh: default
+name: versioned
+selectors:
+  - match:
+      kuma.io/service: "*"
+conf:
+  host: "{{.service}}.{{.version}}.mesh"
+  port: "80"
+  parameters:
+    - name: service
+      tagKey: "kuma.io/service"
+    - name: version
+      tagKey: "kuma.io/version"
+---
+type: VirtualOutbound
+mesh: default
+name: instance
+selectors:
+  - match:
+      kuma.io/service: "*"
+      kuma.io/instance: "*"
+conf:
+  host: "inst-{{.instance}}.{{.service}}.mesh"
+  port: "8080"
+  parameters:
+    - name: service
+      tagKey: "kuma.io/service"
+    - name: instance
+      tagKey: "kuma.io/instance"
+"#;
+
+fn web(a: &Host) -> String {
+    format!(
+        r#"type: Dataplane
+name: web
+mesh: default
+networking:
+  address: {ip}
+  transparentProxying: {{redirectPortInbound: 15006, redirectPortOutbound: 15001}}
+  inbound:
+  - port: 9999
+    tags: {{kuma.io/service: web, kuma.io/protocol: http}}
+"#,
+        ip = a.ip4()
+    )
+}
+
+fn backend(n: u8, host: &Host) -> String {
+    format!(
+        r#"type: Dataplane
+name: backend-{n}
+mesh: default
+networking:
+  address: {ip}
+  inbound:
+  - port: 8080
+    servicePort: 80
+    tags:
+      kuma.io/service: backend
+      kuma.io/protocol: http
+      kuma.io/version: v{n}
+      kuma.io/instance: "{n}"
+"#,
+        ip = host.ip4()
+    )
+}
+
+fn mesh(mesh_services: &str) -> String {
+    format!("type: Mesh\nname: default\nmeshServices:\n  mode: {mesh_services}\n")
+}
+
+/// `dig +short` from `host` through its resolv.conf (and so through the redirection).
+fn dig(host: &Host, args: &[&str]) -> Result<String> {
+    let mut all = vec!["+short", "+tries=1", "+time=3"];
+    all.extend_from_slice(args);
+    let out = host.run("dig", all)?.check()?;
+    Ok(out.stdout.trim().to_string())
+}
+
+/// The `status:` of a full `dig` answer (NOERROR, NXDOMAIN, SERVFAIL).
+fn dig_status(host: &Host, name: &str) -> Result<String> {
+    let out = host.run("dig", ["+tries=1", "+time=5", name])?;
+    let status = out
+        .stdout
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .with_context(|| format!("no status in dig output: {}{}", out.stdout, out.stderr))?;
+    Ok(status.to_string())
+}
+
+/// The VIP the sidecar's config gives `name`.
+fn vip_of(proxy: &Bearing, name: &str) -> Result<Option<String>> {
+    let dump = proxy.config_dump()?;
+    let records = dump["config"]["dns"].as_array().cloned().unwrap_or_default();
+    Ok(records
+        .iter()
+        .find(|r| r["name"] == name)
+        .and_then(|r| r["ips"][0].as_str())
+        .map(str::to_string))
+}
+
+/// Bodies of `n` requests to `url` from `host`.
+fn bodies(host: &Host, url: &str, n: usize) -> Result<Vec<String>> {
+    (0..n)
+        .map(|_| {
+            let (code, body) = curl(host, [url])?;
+            ensure!(code == 200, "{url}: status {code}: {body}");
+            Ok(body)
+        })
+        .collect()
+}
+
+#[test]
+fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["dig", "dnsmasq"])?;
+    let topo = Topology::new(&["a", "b", "c", "d"])?;
+    let (a, b, c, d) = (
+        topo.host("a"),
+        topo.host("b"),
+        topo.host("c"),
+        topo.host("d"),
+    );
+    start_nginx(b, 80)?;
+    start_nginx(c, 80)?;
+    // The upstream resolver for names outside the mesh.
+    let dnsmasq = d.spawn(
+        "dnsmasq",
+        [
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &format!("--listen-address={}", d.ip4()),
+            &format!("--address=/outside.test/{}", c.ip4()),
+        ],
+    )?;
+    wait_until(Duration::from_secs(10), || d.udp_listening(53).unwrap_or(false))?;
+    a.set_etc_file("resolv.conf", &format!("nameserver {}\n", d.ip4()))?;
+    let bin = bearing_bin()?;
+    a.run(&bin, ["transparent-proxy", "install", "--redirect-all-dns-traffic"])?
+        .check()?;
+
+    let dir = write_store(
+        &topo,
+        &[
+            ("mesh.yaml", mesh("Everywhere")),
+            ("vo.yaml", VIRTUAL_OUTBOUNDS.into()),
+            ("web.yaml", web(a)),
+            ("backend-1.yaml", backend(1, b)),
+            ("backend-2.yaml", backend(2, c)),
+        ],
+    )?;
+    let sidecar = Bearing::start(a, &dir, &["--name", "web"])?;
+    let _b = Bearing::start(b, &dir, &["--name", "backend-1"])?;
+    let _c = Bearing::start(c, &dir, &["--name", "backend-2"])?;
+    wait_until(Duration::from_secs(10), || a.udp_listening(15053).unwrap_or(false))?;
+
+    // dig answers every mesh name with the VIP of the sidecar's table.
+    for name in [
+        "backend.mesh",
+        "backend.v1.mesh",
+        "inst-2.backend.mesh",
+        "backend.svc.mesh.local",
+    ] {
+        let vip = vip_of(&sidecar, name)?.with_context(|| format!("{name} has no VIP"))?;
+        ensure!(dig(a, &[name])? == vip, "dig {name} returned the VIP {vip}");
+        ensure!(vip.starts_with("24"), "{name}: {vip} is in 240.0.0.0/4");
+    }
+    ensure!(
+        dig(a, &["AAAA", "backend.mesh"])?.starts_with("::ffff:"),
+        "AAAA is the IPv4-mapped VIP"
+    );
+
+    // Each hostname reaches exactly the instances its virtual outbound selected.
+    let from_b = "hello from b";
+    let from_c = "hello from c";
+    let v1 = bodies(a, "http://backend.v1.mesh/", 6)?;
+    ensure!(v1.iter().all(|b| b.contains(from_b)), "v1 only: {v1:?}");
+    let v2 = bodies(a, "http://backend.v2.mesh/", 6)?;
+    ensure!(v2.iter().all(|b| b.contains(from_c)), "v2 only: {v2:?}");
+    let inst = bodies(a, "http://inst-1.backend.mesh:8080/", 4)?;
+    ensure!(inst.iter().all(|b| b.contains(from_b)), "instance 1: {inst:?}");
+    let all = bodies(a, "http://backend.mesh/", 6)?;
+    ensure!(
+        all.iter().any(|b| b.contains(from_b)) && all.iter().any(|b| b.contains(from_c)),
+        "the whole service: {all:?}"
+    );
+    // The MeshService generated from kuma.io/service, on its port.
+    let ms = bodies(a, "http://backend.svc.mesh.local:8080/", 6)?;
+    ensure!(
+        ms.iter().any(|b| b.contains(from_b)) && ms.iter().any(|b| b.contains(from_c)),
+        "MeshService: {ms:?}"
+    );
+
+    // A name outside the mesh is answered by the real upstream (dnsmasq on d).
+    ensure!(dig(a, &["outside.test"])? == c.ip4().to_string());
+    // An unknown mesh name does not exist.
+    ensure!(dig_status(a, "nope.mesh")? == "NXDOMAIN");
+
+    // The table follows the store: a v3 instance appears, then goes.
+    ensure!(dig_status(a, "backend.v3.mesh")? == "NXDOMAIN");
+    write_store_file(&dir, "backend-3.yaml", &backend(3, d))?;
+    wait_until(Duration::from_secs(10), || {
+        dig(a, &["backend.v3.mesh"]).is_ok_and(|ip| ip.starts_with("24"))
+    })?;
+    let v1_vip = dig(a, &["backend.v1.mesh"])?;
+    ensure!(
+        Some(v1_vip) == vip_of(&sidecar, "backend.v1.mesh")?,
+        "existing VIPs do not move when hostnames are added"
+    );
+    std::fs::remove_file(dir.join("backend-3.yaml"))?;
+    wait_until(Duration::from_secs(10), || {
+        dig_status(a, "backend.v3.mesh").is_ok_and(|s| s == "NXDOMAIN")
+    })?;
+
+    // The upstream gone: a clear SERVFAIL, not a hang.
+    dnsmasq.stop(Duration::from_secs(2));
+    ensure!(dig_status(a, "outside.test")? == "SERVFAIL");
+
+    drop(sidecar);
+    a.run(&bin, ["transparent-proxy", "uninstall"])?.check()?;
+    Ok(())
+}
