@@ -5,7 +5,7 @@
 //! swaps one pointer and connections keep the snapshot they started with.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -157,6 +157,17 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// Dataplane (or `local application`) serving it, for logs and `/config_dump`.
     pub origin: String,
+}
+
+/// One hostname the mesh DNS server answers for, as Kuma's DNS table lists it: a service
+/// (`backend.mesh`) or virtual-outbound host with its virtual IPs.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DnsRecord {
+    /// Hostname without trailing dot, e.g. `backend.mesh`; matched case-insensitively.
+    pub name: String,
+    /// Addresses answered for it: IPv4 virtual IPs (`A`) and, when the dataplane has IPv6,
+    /// their IPv4-mapped IPv6 forms such as `::ffff:240.0.0.1` (`AAAA`).
+    pub ips: Vec<IpAddr>,
 }
 
 mod millis {
