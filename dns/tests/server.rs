@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bearing_dns::{DnsRecord, DnsServer, DnsServerConfig, DnsTable};
-use hickory_server::proto::op::{Edns, Message, MessageType, Query, ResponseCode};
+use hickory_server::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_server::proto::rr::rdata::A;
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -494,4 +494,24 @@ async fn bind_error_names_the_address() {
         text.contains(&address.to_string()) && text.contains("UDP"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn edns_version_and_opcode_checks() {
+    let dns = start(Vec::new(), Duration::from_millis(200)).await;
+
+    let mut query = query_message("httpbin.mesh.", RecordType::A, true);
+    if let Some(edns) = query.edns.as_mut() {
+        edns.set_version(1);
+    }
+    let reply = ask_with(dns.address, query, false).await;
+    // 16 is BADVERS in a reply's EDNS (hickory decodes it under its other name, BADSIG).
+    assert_eq!(u16::from(reply.metadata.response_code), 16);
+    assert!(reply.edns.is_some());
+    assert!(reply.answers.is_empty());
+
+    let mut query = query_message("httpbin.mesh.", RecordType::A, false);
+    query.metadata.op_code = OpCode::Status;
+    let reply = ask_with(dns.address, query, false).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
 }
