@@ -23,6 +23,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::{Exchange, Question};
@@ -31,6 +32,11 @@ use crate::{DnsMetrics, DnsServerConfig, Error};
 
 /// Size of a name in the lookup buffer (253 characters, no trailing dot).
 const NAME_BUF: usize = 253;
+
+/// Forwarded queries in flight at once. Each holds a socket for up to `upstream_timeout` per
+/// upstream; past this, queries get SERVFAIL at once, so a flood towards a dead upstream cannot
+/// exhaust the file descriptors the proxy's data path shares.
+const MAX_FORWARDS_IN_FLIGHT: usize = 256;
 
 /// Responses queued per TCP connection.
 const TCP_RESPONSE_BUFFER: usize = 32;
@@ -57,21 +63,7 @@ impl DnsServer {
         let mut tcp = Vec::new();
         let mut local = Vec::new();
         for &address in &config.listen {
-            let udp_socket = bind_udp(address).map_err(|source| Error::Bind {
-                protocol: "UDP",
-                address,
-                source,
-            })?;
-            let bound = udp_socket.local_addr().map_err(|source| Error::Bind {
-                protocol: "UDP",
-                address,
-                source,
-            })?;
-            let tcp_listener = bind_tcp(bound).map_err(|source| Error::Bind {
-                protocol: "TCP",
-                address: bound,
-                source,
-            })?;
+            let (udp_socket, tcp_listener, bound) = bind_pair(address)?;
             udp.push(udp_socket);
             tcp.push(tcp_listener);
             local.push(bound);
@@ -98,6 +90,7 @@ impl DnsServer {
                 upstreams: config.upstreams,
                 upstream_timeout: config.upstream_timeout,
                 metrics: DnsMetrics::default(),
+                forwards: Semaphore::new(MAX_FORWARDS_IN_FLIGHT),
             },
         })
     }
@@ -134,6 +127,28 @@ impl DnsServer {
     }
 }
 
+/// Binds UDP, then TCP on the address UDP got. With port 0 the kernel's UDP port may be
+/// taken for TCP: a few other ports are tried before giving up.
+fn bind_pair(address: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr), Error> {
+    let tries = if address.port() == 0 { 16 } else { 1 };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let error = |protocol, address, source| Error::Bind {
+            protocol,
+            address,
+            source,
+        };
+        let udp = bind_udp(address).map_err(|e| error("UDP", address, e))?;
+        let bound = udp.local_addr().map_err(|e| error("UDP", address, e))?;
+        match bind_tcp(bound) {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < tries => continue,
+            Err(e) => return Err(error("TCP", bound, e)),
+        }
+    }
+}
+
 fn bind_udp(address: SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(address), Type::DGRAM, None)?;
     if address.is_ipv6() {
@@ -163,6 +178,7 @@ struct Handler {
     upstreams: Vec<SocketAddr>,
     upstream_timeout: Duration,
     metrics: DnsMetrics,
+    forwards: Semaphore,
 }
 
 #[async_trait::async_trait]
@@ -238,8 +254,17 @@ impl Handler {
                 .await;
         }
 
-        self.metrics.forwarded.inc();
-        match self.forward(request, query.original()).await {
+        let reply = match self.forwards.try_acquire() {
+            Ok(_permit) => {
+                self.metrics.forwarded.inc();
+                self.forward(request, query.original()).await
+            }
+            Err(_) => {
+                tracing::debug!(name = %query.name(), "DNS: too many queries forwarded, SERVFAIL");
+                None
+            }
+        };
+        match reply {
             Some(reply) => {
                 // The upstream's flags and code, our client's id and RD; its EDNS only if the
                 // client sent one, sized to the client's buffer.

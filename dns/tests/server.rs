@@ -50,9 +50,14 @@ struct FakeUpstream {
 
 impl FakeUpstream {
     async fn start() -> FakeUpstream {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let address = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(address).await.unwrap();
+        // UDP and TCP on one port: retry while the UDP port is taken for TCP.
+        let (udp, tcp, address) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let address = udp.local_addr().unwrap();
+            if let Ok(tcp) = TcpListener::bind(address).await {
+                break (udp, tcp, address);
+            }
+        };
         let last_query = Arc::new(Mutex::new(None));
         let last = last_query.clone();
         tokio::spawn(async move {
@@ -514,4 +519,36 @@ async fn edns_version_and_opcode_checks() {
     query.metadata.op_code = OpCode::Status;
     let reply = ask_with(dns.address, query, false).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+}
+
+#[tokio::test]
+async fn forwards_in_flight_are_bounded() {
+    // 300 queries towards a silent upstream: 256 wait for it, the rest get SERVFAIL at once.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dns = start(vec![silent.local_addr().unwrap()], Duration::from_secs(3)).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for id in 0..300u16 {
+        let mut query = query_message("example.com.", RecordType::A, false);
+        query.metadata.id = id;
+        client
+            .send_to(&query.to_vec().unwrap(), dns.address)
+            .await
+            .unwrap();
+        if id % 50 == 49 {
+            // Let the server drain its socket buffer: no datagram may be dropped.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut servfails = 0;
+    let mut buf = [0u8; 512];
+    while let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_secs(1), client.recv_from(&mut buf)).await
+    {
+        let reply = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+        servfails += 1;
+    }
+    assert_eq!(servfails, 300 - 256);
+    assert_eq!(dns.server_metrics.forwarded.get(), 256);
+    assert_eq!(dns.server_metrics.queries.get(), 300);
 }
