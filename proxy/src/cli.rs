@@ -122,6 +122,20 @@ pub struct RunArgs {
     /// Mesh DNS domain (kuma-cp's `dns_server.domain`).
     #[arg(long, default_value = "mesh", env = "KUMA_DNS_SERVER_DOMAIN")]
     pub dns_domain: String,
+    /// Serve mesh DNS on --dns-port (when the Dataplane uses transparent proxying, the only
+    /// way DNS reaches it); `--dns-enabled=false` turns it off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KUMA_DNS_ENABLED")]
+    pub dns_enabled: bool,
+    /// Port of the mesh DNS server on 127.0.0.1 (and ::1 with IPv6), UDP and TCP.
+    #[arg(long, default_value_t = bearing_dns::DEFAULT_PORT, env = "KUMA_DNS_CORE_DNS_PORT")]
+    pub dns_port: u16,
+    /// Where the upstream resolvers for names outside the mesh are listed.
+    #[arg(
+        long,
+        default_value = "/etc/resolv.conf",
+        env = "BEARING_DNS_RESOLV_CONF"
+    )]
+    pub dns_resolv_conf: PathBuf,
 }
 
 /// Parses `30s`, `500ms`, `2m` or a bare number of seconds.
@@ -230,8 +244,10 @@ fn validate(dir: &std::path::Path) -> i32 {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
-        .with_context(|| format!("--log-level {:?}", args.log_level))?;
+    // hickory logs every query at info; only its warnings belong in a proxy's log.
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("{},hickory_server=warn", args.log_level))
+            .with_context(|| format!("--log-level {:?}", args.log_level))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -277,6 +293,7 @@ async fn serve(args: RunArgs, source: DirectorySource) -> anyhow::Result<()> {
     let admin_listener = admin::bind(args.admin_address).await?;
     let proxy = Arc::new(Proxy::new());
     let (status_tx, status_rx) = watch::channel(ConfigStatus::default());
+    let dns_domain = source.vips.domain.clone();
     source.reload_into(&status_tx);
     if status_tx.borrow().applied.is_none() {
         tracing::error!(
@@ -297,7 +314,15 @@ async fn serve(args: RunArgs, source: DirectorySource) -> anyhow::Result<()> {
         .serve(admin_listener),
     );
     tracing::info!(admin = %args.admin_address, "admin API listening");
-    tokio::spawn(apply_changes(proxy.clone(), status_rx));
+    tokio::spawn(apply_changes(proxy.clone(), status_rx.clone()));
+    if args.dns_enabled {
+        let settings = MeshDns {
+            port: args.dns_port,
+            resolv_conf: args.dns_resolv_conf.clone(),
+            domain: dns_domain,
+        };
+        tokio::spawn(settings.serve(proxy.clone(), status_rx));
+    }
 
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -319,6 +344,77 @@ async fn serve(args: RunArgs, source: DirectorySource) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The mesh DNS server's settings.
+struct MeshDns {
+    port: u16,
+    resolv_conf: PathBuf,
+    domain: String,
+}
+
+impl MeshDns {
+    /// Starts the DNS server once a config with transparent proxying is applied, then swaps
+    /// its table on every config change. A bind failure is logged and leaves DNS off.
+    async fn serve(self, proxy: Arc<Proxy>, mut status: watch::Receiver<ConfigStatus>) {
+        let applied = |s: &ConfigStatus| s.applied.as_ref().map(|l| l.config.clone());
+        let config = loop {
+            if let Some(c) = applied(&status.borrow_and_update()) {
+                if c.transparent_proxy.is_some() {
+                    break c;
+                }
+            }
+            if status.changed().await.is_err() {
+                return;
+            }
+        };
+        let mut listen = vec![SocketAddr::from(([127, 0, 0, 1], self.port))];
+        if config.transparent_proxy.as_ref().is_some_and(|tp| tp.ipv6) {
+            listen.push(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.port)));
+        }
+        let upstreams = match bearing_dns::upstreams_from_resolv_conf(&self.resolv_conf, &listen) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!("mesh DNS: {e}; names outside the mesh will get SERVFAIL");
+                Vec::new()
+            }
+        };
+        let table = Arc::new(arc_swap::ArcSwap::from_pointee(bearing_dns::DnsTable::new(
+            &self.domain,
+            config.dns.clone(),
+        )));
+        let dns_config = bearing_dns::DnsServerConfig {
+            listen,
+            upstreams,
+            ..Default::default()
+        };
+        let server = match bearing_dns::DnsServer::bind(dns_config, table.clone()).await {
+            Ok(s) => s.count_into(proxy.stats.dns.clone()),
+            Err(e) => {
+                tracing::error!("mesh DNS not started: {e}");
+                return;
+            }
+        };
+        tracing::info!(addresses = ?server.local_addrs(), names = config.dns.len(), "mesh DNS listening");
+        tokio::spawn(async move {
+            if let Err(e) = server.run(tokio_util::sync::CancellationToken::new()).await {
+                tracing::error!("mesh DNS stopped: {e}");
+            }
+        });
+        let mut version = config.version.clone();
+        while status.changed().await.is_ok() {
+            let Some(c) = applied(&status.borrow_and_update()) else {
+                continue;
+            };
+            if c.version != version {
+                version = c.version.clone();
+                table.store(Arc::new(bearing_dns::DnsTable::new(
+                    &self.domain,
+                    c.dns.clone(),
+                )));
+            }
+        }
+    }
 }
 
 /// Applies every new config the source publishes, and counts rejections.

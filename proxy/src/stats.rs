@@ -137,6 +137,8 @@ pub struct Stats {
     c_rx: Family<ClusterLabel, Counter>,
     c_tx: Family<ClusterLabel, Counter>,
     c_req: Family<ClusterClassLabel, Counter>,
+    /// Mesh DNS server counters (`bearing_dns_*`).
+    pub dns: bearing_dns::DnsMetrics,
     /// Config source metrics.
     pub config: ConfigStats,
 }
@@ -165,8 +167,10 @@ impl Stats {
             c_rx: Family::default(),
             c_tx: Family::default(),
             c_req: Family::default(),
+            dns: bearing_dns::DnsMetrics::default(),
             config: ConfigStats::default(),
         };
+        s.dns.register(&mut s.registry);
         let r = &mut s.registry;
         r.register(
             "listener_downstream_connections",

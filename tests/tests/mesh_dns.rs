@@ -105,7 +105,10 @@ fn dig_status(host: &Host, name: &str) -> Result<String> {
 /// The VIP the sidecar's config gives `name`.
 fn vip_of(proxy: &Bearing, name: &str) -> Result<Option<String>> {
     let dump = proxy.config_dump()?;
-    let records = dump["config"]["dns"].as_array().cloned().unwrap_or_default();
+    let records = dump["config"]["dns"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     Ok(records
         .iter()
         .find(|r| r["name"] == name)
@@ -149,11 +152,16 @@ fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> 
             &format!("--address=/outside.test/{}", c.ip4()),
         ],
     )?;
-    wait_until(Duration::from_secs(10), || d.udp_listening(53).unwrap_or(false))?;
+    wait_until(Duration::from_secs(10), || {
+        d.udp_listening(53).unwrap_or(false)
+    })?;
     a.set_etc_file("resolv.conf", &format!("nameserver {}\n", d.ip4()))?;
     let bin = bearing_bin()?;
-    a.run(&bin, ["transparent-proxy", "install", "--redirect-all-dns-traffic"])?
-        .check()?;
+    a.run(
+        &bin,
+        ["transparent-proxy", "install", "--redirect-all-dns-traffic"],
+    )?
+    .check()?;
 
     let dir = write_store(
         &topo,
@@ -168,7 +176,9 @@ fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> 
     let sidecar = Bearing::start(a, &dir, &["--name", "web"])?;
     let _b = Bearing::start(b, &dir, &["--name", "backend-1"])?;
     let _c = Bearing::start(c, &dir, &["--name", "backend-2"])?;
-    wait_until(Duration::from_secs(10), || a.udp_listening(15053).unwrap_or(false))?;
+    wait_until(Duration::from_secs(10), || {
+        a.udp_listening(15053).unwrap_or(false)
+    })?;
 
     // dig answers every mesh name with the VIP of the sidecar's table.
     for name in [
@@ -194,7 +204,10 @@ fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> 
     let v2 = bodies(a, "http://backend.v2.mesh/", 6)?;
     ensure!(v2.iter().all(|b| b.contains(from_c)), "v2 only: {v2:?}");
     let inst = bodies(a, "http://inst-1.backend.mesh:8080/", 4)?;
-    ensure!(inst.iter().all(|b| b.contains(from_b)), "instance 1: {inst:?}");
+    ensure!(
+        inst.iter().all(|b| b.contains(from_b)),
+        "instance 1: {inst:?}"
+    );
     let all = bodies(a, "http://backend.mesh/", 6)?;
     ensure!(
         all.iter().any(|b| b.contains(from_b)) && all.iter().any(|b| b.contains(from_c)),
