@@ -109,7 +109,9 @@ fn captured_traffic_crosses_both_sidecars_and_uninstall_restores_rules() -> Resu
     let web = Bearing::start(a, &m.dir, &["--name", "web"])?;
     let backend = Bearing::start(b, &m.dir, &["--name", "backend-1"])?;
     let inbound = format!("inbound:{}:80", b.ip4());
-    wait_until(Duration::from_secs(5), || a.udp_listening(15053).unwrap_or(false))?;
+    wait_until(Duration::from_secs(5), || {
+        a.udp_listening(15053).unwrap_or(false)
+    })?;
 
     // The explicit outbound on a virtual IP: no socket is bound there, iptables brings it.
     let (code, body) = curl(a, [format!("http://{BACKEND_VIP}/")])?;
@@ -174,7 +176,10 @@ fn mesh_without_passthrough_refuses_outside_destinations() -> Result<()> {
     let m = mesh_setup(false)?;
     let (a, b, c) = (m.topo.host("a"), m.topo.host("b"), m.topo.host("c"));
     let web = Bearing::start(a, &m.dir, &["--name", "web", "--dns-enabled=false"])?;
-    ensure!(!a.udp_listening(15053)?, "--dns-enabled=false: no DNS server");
+    ensure!(
+        !a.udp_listening(15053)?,
+        "--dns-enabled=false: no DNS server"
+    );
     let _backend = Bearing::start(b, &m.dir, &["--name", "backend-1"])?;
 
     let out = curl_output(a, [http_url(c.ip4(), 80, "/")])?;

@@ -844,4 +844,46 @@ conf:
             Some((TargetPort::Name("main".into()), Some("tcp".into())))
         );
     }
+
+    /// Kuma's DNS tables (`xds-generator/dns/N-envoy-config.golden.yaml`) list, for the
+    /// services of the input's outbounds, exactly the names our default entries give them.
+    #[test]
+    fn default_names_match_kumas_dns_goldens() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/kuma-corpus/xds-generator/dns");
+        let mut compared = 0;
+        for i in 1..=6 {
+            let input = std::fs::read_to_string(dir.join(format!("{i}-dataplane.input.yaml")))
+                .unwrap_or_else(|e| panic!("kuma-corpus missing at {}: {e}", dir.display()));
+            let golden =
+                std::fs::read_to_string(dir.join(format!("{i}-envoy-config.golden.yaml"))).unwrap();
+            let golden_names: Vec<&str> = golden
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("name: "))
+                .filter(|n| n.ends_with(".mesh"))
+                .collect();
+            if golden_names.is_empty() {
+                continue; // DNS is off in this case (no dns listener in the golden).
+            }
+            let services: Vec<&str> = input
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("kuma.io/service: "))
+                .collect();
+            let mut table = Table::default();
+            for s in &services {
+                table.add_service(s, "mesh", 80, None);
+            }
+            let mut ours: Vec<String> = table
+                .allocate(VipOptions::default().cidr)
+                .into_iter()
+                .flat_map(|h| h.names)
+                .collect();
+            ours.sort();
+            let mut theirs: Vec<String> = golden_names.iter().map(|n| n.to_string()).collect();
+            theirs.sort();
+            assert_eq!(ours, theirs, "case {i}");
+            compared += 1;
+        }
+        assert!(compared >= 3, "only {compared} golden DNS tables compared");
+    }
 }
