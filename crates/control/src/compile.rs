@@ -146,7 +146,7 @@ pub fn compile(
         let address = SocketAddr::new(ip, port16(outbound.port));
         // iptables never captures loopback destinations, so those keep their socket.
         let bind = transparent.is_none() || ip.is_loopback();
-        let (listener, c) = outbound_to(&index, address, &outbound.tags, bind);
+        let (listener, c) = outbound_to(&index, address, Destination::tagged(&outbound.tags), bind);
         listeners.push(listener);
         clusters.insert(c.name.clone(), c);
     }
@@ -159,14 +159,20 @@ pub fn compile(
                 let address = SocketAddr::new(IpAddr::V4(host.vip), *port);
                 // An explicit outbound on the same address wins.
                 if taken.insert(address) {
-                    let (listener, c) = match &target.mesh_service_port {
-                        None => outbound_to(&index, address, &target.tags, false),
+                    let to = match &target.mesh_service_port {
+                        None => Destination::tagged(&target.tags),
                         Some((port, protocol)) => {
                             let name = format!("{}:{}", target.origin, address.port());
-                            let protocol = protocol.as_deref();
-                            mesh_service_to(&index, address, name, &target.tags, port, protocol)
+                            Destination {
+                                tags: &target.tags,
+                                target_port: Some(port),
+                                app_protocol: protocol.as_deref(),
+                                cluster: name.clone(),
+                                service: name,
+                            }
                         }
                     };
+                    let (listener, c) = outbound_to(&index, address, to, false);
                     listeners.push(listener);
                     clusters.insert(c.name.clone(), c);
                 }
@@ -326,40 +332,40 @@ fn cluster_name_for(tags: &Tags) -> String {
     }
 }
 
-/// An outbound listener at `address` and its cluster: the inbounds carrying all of `tags`.
+/// Which inbounds an outbound listener sends to, and the names its cluster and service go by.
+struct Destination<'a> {
+    /// Endpoints are the inbounds carrying all these tags…
+    tags: &'a Tags,
+    /// …and, for a MeshService port, this inbound port or name.
+    target_port: Option<&'a TargetPort>,
+    /// A MeshService port's `appProtocol` (else the endpoints' common protocol).
+    app_protocol: Option<&'a str>,
+    cluster: String,
+    service: String,
+}
+
+impl<'a> Destination<'a> {
+    /// The inbounds carrying `tags`, named after their service (`backend{version=v1}`).
+    fn tagged(tags: &'a Tags) -> Self {
+        Destination {
+            tags,
+            target_port: None,
+            app_protocol: None,
+            cluster: cluster_name_for(tags),
+            service: service_of(tags),
+        }
+    }
+}
+
+/// An outbound listener at `address` and its cluster, sending to `to`.
 fn outbound_to(
     index: &EndpointIndex,
     address: SocketAddr,
-    tags: &Tags,
+    to: Destination,
     bind: bool,
 ) -> (Listener, Cluster) {
-    let (endpoints, protocols) = index.matching(tags, None);
-    let protocol = Protocol::common(protocols).unwrap_or(Protocol::Tcp);
-    let cluster_name = cluster_name_for(tags);
-    let listener = Listener {
-        name: format!("outbound:{address}"),
-        address,
-        direction: Direction::Outbound,
-        protocol,
-        cluster: cluster_name.clone(),
-        service: service_of(tags),
-        bind,
-    };
-    (listener, cluster(cluster_name, protocol, endpoints))
-}
-
-/// A MeshService port's listener at `address` and its cluster `name`: the inbounds of the
-/// Dataplanes matching `selector` that `target` names (by port or inbound name).
-fn mesh_service_to(
-    index: &EndpointIndex,
-    address: SocketAddr,
-    name: String,
-    selector: &Tags,
-    target: &TargetPort,
-    app_protocol: Option<&str>,
-) -> (Listener, Cluster) {
-    let (endpoints, protocols) = index.matching(selector, Some(target));
-    let protocol = match app_protocol {
+    let (endpoints, protocols) = index.matching(to.tags, to.target_port);
+    let protocol = match to.app_protocol {
         Some(p) => Protocol::from_tag(Some(p)),
         None => Protocol::common(protocols).unwrap_or(Protocol::Tcp),
     };
@@ -368,11 +374,11 @@ fn mesh_service_to(
         address,
         direction: Direction::Outbound,
         protocol,
-        cluster: name.clone(),
-        service: name.clone(),
-        bind: false,
+        cluster: to.cluster.clone(),
+        service: to.service,
+        bind,
     };
-    (listener, cluster(name, protocol, endpoints))
+    (listener, cluster(to.cluster, protocol, endpoints))
 }
 
 /// The ready inbounds of a mesh by service, built once per compile so that thousands of
