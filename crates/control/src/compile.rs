@@ -103,6 +103,7 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
         );
     }
 
+    let inbounds = MeshInbounds::new(store, me, &mesh);
     for (i, outbound) in dp.networking.outbound.iter().enumerate() {
         let field = format!("networking.outbound[{i}]");
         let ip = match ip_or_localhost(outbound.address.as_deref()) {
@@ -120,7 +121,7 @@ pub fn compile(store: &Store, me: &Resource, source: &str) -> Result<ProxyConfig
             ));
             continue;
         }
-        let (endpoints, protocols) = endpoints_matching(store, me, &mesh, &outbound.tags);
+        let (endpoints, protocols) = inbounds.matching(&outbound.tags);
         let protocol = Protocol::common(protocols).unwrap_or(Protocol::Tcp);
         let cluster_name = cluster_name_for(&outbound.tags);
         let address = SocketAddr::new(ip, port16(outbound.port));
@@ -209,27 +210,55 @@ fn cluster_name_for(tags: &Tags) -> String {
     }
 }
 
-/// Every ready inbound in the mesh carrying all of `selector`'s tags, and their protocols.
-fn endpoints_matching(
-    store: &Store,
-    me: &Resource,
-    mesh: &str,
-    selector: &Tags,
-) -> (Vec<Endpoint>, Vec<Protocol>) {
-    let mut endpoints = Vec::new();
-    let mut protocols = Vec::new();
-    let others = store
-        .resources
-        .iter()
-        .filter(|r| r.meta.name != me.meta.name || r.mesh != me.mesh);
-    for r in std::iter::once(me).chain(others) {
-        let Spec::Dataplane(dp) = &r.spec else {
-            continue;
-        };
-        if r.mesh.as_deref().unwrap_or("default") != mesh {
-            continue;
+/// The ready inbounds of the mesh's Dataplanes, in store order with this proxy's own Dataplane
+/// first, indexed by their service tag: an outbound looks only at its service's inbounds, so
+/// compiling N outbounds over N services is linear, not quadratic.
+struct MeshInbounds<'a> {
+    all: Vec<(&'a Resource, &'a Dataplane, &'a Inbound)>,
+    by_service: HashMap<&'a str, Vec<usize>>,
+}
+
+impl<'a> MeshInbounds<'a> {
+    fn new(store: &'a Store, me: &'a Resource, mesh: &str) -> Self {
+        let others = store
+            .resources
+            .iter()
+            .filter(|r| r.meta.name != me.meta.name || r.mesh != me.mesh);
+        let mut all = Vec::new();
+        let mut by_service: HashMap<&str, Vec<usize>> = HashMap::new();
+        for r in std::iter::once(me).chain(others) {
+            let Spec::Dataplane(dp) = &r.spec else {
+                continue;
+            };
+            if r.mesh.as_deref().unwrap_or("default") != mesh {
+                continue;
+            }
+            for inbound in dp.networking.inbound.iter().filter(|i| is_ready(i)) {
+                if let Some(service) = inbound.tags.get(SERVICE_TAG) {
+                    by_service.entry(service).or_default().push(all.len());
+                }
+                all.push((r, dp, inbound));
+            }
         }
-        for inbound in dp.networking.inbound.iter().filter(|i| is_ready(i)) {
+        MeshInbounds { all, by_service }
+    }
+
+    /// Every ready inbound carrying all of `selector`'s tags, and their protocols.
+    fn matching(&self, selector: &Tags) -> (Vec<Endpoint>, Vec<Protocol>) {
+        let candidates: Box<dyn Iterator<Item = usize> + '_> = match selector.get(SERVICE_TAG) {
+            Some(service) => Box::new(
+                self.by_service
+                    .get(service.as_str())
+                    .into_iter()
+                    .flatten()
+                    .copied(),
+            ),
+            None => Box::new(0..self.all.len()),
+        };
+        let mut endpoints = Vec::new();
+        let mut protocols = Vec::new();
+        for i in candidates {
+            let (r, dp, inbound) = self.all[i];
             if !selector.iter().all(|(k, v)| inbound.tags.get(k) == Some(v)) {
                 continue;
             }
@@ -249,10 +278,10 @@ fn endpoints_matching(
                 ),
             }
         }
+        endpoints.sort_by_key(|e| e.address);
+        endpoints.dedup_by_key(|e| e.address);
+        (endpoints, protocols)
     }
-    endpoints.sort_by_key(|e| e.address);
-    endpoints.dedup_by_key(|e| e.address);
-    (endpoints, protocols)
 }
 
 fn is_ready(inbound: &Inbound) -> bool {
