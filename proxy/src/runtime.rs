@@ -6,7 +6,7 @@
 //! with; an HTTP connection picks up the newest routes for each request, falling back to its
 //! own when its listener is gone. Nothing in flight is dropped by a reload.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -191,8 +191,9 @@ impl Proxy {
         }
         let mut errors = lock(&self.bind_errors);
         errors.clear();
+        let wanted: HashSet<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
         bound.retain(|address, b| {
-            let keep = config.listeners.iter().any(|l| &l.address == address);
+            let keep = wanted.contains(address);
             if !keep {
                 tracing::info!(%address, "listener removed; open connections continue");
                 b.stop.cancel();
