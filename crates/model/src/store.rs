@@ -159,7 +159,9 @@ impl Store {
         }
     }
 
-    fn add_document(&mut self, doc: YamlDocument, file: &Path) {
+    fn add_document(&mut self, mut doc: YamlDocument, file: &Path) {
+        // Taken, not cloned: the document's line map is all the problems below need.
+        let value = std::mem::take(&mut doc.value);
         let problem = |field: Option<&str>, resource: Option<String>, message: String| Problem {
             file: file.to_path_buf(),
             line: field.map_or(doc.line, |f| doc.line_of(f)),
@@ -167,7 +169,7 @@ impl Store {
             field: field.map(str::to_string),
             message,
         };
-        let Value::Object(mut obj) = doc.value.clone() else {
+        let Value::Object(mut obj) = value else {
             self.problems.push(problem(
                 None,
                 None,

@@ -1,0 +1,1073 @@
+#!/usr/bin/env python3
+"""Bearing benchmark harness (issue #7): direct, Bearing, Envoy, HAProxy and nginx in one run.
+
+Started by benches/run.sh, which installs the peers first. Python 3.11, standard library only.
+Every contender runs with the same worker count (1, then 2); contenders alternate within each
+scenario (A B C D E, then E D C B A, ...); the median of the runs is reported. Results go to
+benches/results/results.{md,json} and benches/results/*.svg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benches" / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Origin (a separate nginx) and the TCP sink/source.
+ORIGIN_H1 = 18100
+ORIGIN_H2 = 18101
+ORIGIN_TCP = 18102  # iperf3 -s
+
+CONTENDERS = ["direct", "bearing", "envoy", "haproxy", "nginx"]
+PROXIES = CONTENDERS[1:]
+SMALL_BODY = "hello from the origin\n"
+
+
+def base_port(name: str) -> int:
+    """Each proxy gets 20 ports: +0 HTTP/1.1, +1 HTTP/2, +2 TCP, +3 pair outbound,
+    +4 pair inbound, +5 pair client inbound (Bearing only), +10..+12 admin ports."""
+    return 18200 + 20 * PROXIES.index(name)
+
+
+def die(msg: str) -> None:
+    print(f"harness: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# processes: CPU seconds and RSS from /proc
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and its descendants (nginx workers)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / CLK_TCK
+
+
+def status_kb(pids: list[int], key: str) -> int:
+    total = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def reset_peak(pids: list[int]) -> None:
+    for p in pids:
+        try:
+            Path(f"/proc/{p}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass
+
+
+@dataclass
+class Proc:
+    """A started server process, with the processes it forked."""
+
+    name: str
+    popen: subprocess.Popen
+
+    def pids(self) -> list[int]:
+        return tree_pids(self.popen.pid)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+STARTED: list[Proc] = []
+
+
+def start(name: str, argv: list[str], logfile: Path) -> Proc:
+    """Starts a server process; every one started is stopped when the harness ends."""
+    with open(logfile, "ab") as out:
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = Proc(name, p)
+    STARTED.append(proc)
+    return proc
+
+
+def http_status(url: str, timeout: float = 1.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def wait_tcp(port: int, proc: Proc, limit: float = 20.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            die(f"{proc.name} exited with {proc.popen.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    die(f"{proc.name} did not listen on {port} within {limit}s")
+
+
+def wait_ready(url: str, proc: Proc, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            die(f"{proc.name} exited with {proc.popen.returncode} before {url} answered 200")
+        if http_status(url, 0.5) == 200:
+            return
+        time.sleep(0.02)
+    die(f"{proc.name}: {url} not 200 within {limit}s")
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration of the origin and of each contender
+
+
+def origin_conf(work: Path) -> str:
+    return f"""
+worker_processes 1;
+daemon off;
+pid {work}/origin.pid;
+error_log {work}/origin-error.log warn;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {work}/origin-tmp;
+    server {{
+        listen 127.0.0.1:{ORIGIN_H1} reuseport backlog=4096;
+        listen 127.0.0.1:{ORIGIN_H2} http2 reuseport backlog=4096;
+        root {work}/www;
+        location = /small {{ default_type text/plain; return 200 "{SMALL_BODY.strip()}\\n"; }}
+    }}
+}}
+"""
+
+
+def bearing_single_store(d: Path, b: int) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "mesh.yaml").write_text("type: Mesh\nname: default\n")
+    (d / "proxy.yaml").write_text(f"""type: Dataplane
+name: bench-proxy
+mesh: default
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: {b}
+    servicePort: {ORIGIN_H1}
+    tags:
+      kuma.io/service: bench-http
+      kuma.io/protocol: http
+  - port: {b + 1}
+    servicePort: {ORIGIN_H2}
+    tags:
+      kuma.io/service: bench-h2
+      kuma.io/protocol: http2
+  - port: {b + 2}
+    servicePort: {ORIGIN_TCP}
+    tags:
+      kuma.io/service: bench-tcp
+      kuma.io/protocol: tcp
+""")
+
+
+def bearing_pair_store(d: Path, b: int) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "mesh.yaml").write_text("type: Mesh\nname: default\n")
+    (d / "web.yaml").write_text(f"""type: Dataplane
+name: bench-web
+mesh: default
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: {b + 5}
+    servicePort: {ORIGIN_H1}
+    tags:
+      kuma.io/service: bench-web
+      kuma.io/protocol: http
+  outbound:
+  - port: {b + 3}
+    tags:
+      kuma.io/service: bench-backend
+""")
+    (d / "backend.yaml").write_text(f"""type: Dataplane
+name: bench-backend
+mesh: default
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: {b + 4}
+    servicePort: {ORIGIN_H1}
+    tags:
+      kuma.io/service: bench-backend
+      kuma.io/protocol: http
+""")
+
+
+def envoy_cluster(name: str, port: int, h2: bool = False) -> dict:
+    c = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "5s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+    if h2:
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return c
+
+
+def envoy_http_listener(name: str, port: int, cluster: str, address: str = "127.0.0.1") -> dict:
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": address, "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                         "http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "codec_type": "AUTO",
+                "route_config": {"virtual_hosts": [{
+                    "name": "all", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+                }]},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }],
+            },
+        }]}],
+    }
+
+
+def envoy_tcp_listener(name: str, port: int, cluster: str) -> dict:
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": name, "cluster": cluster,
+            },
+        }]}],
+    }
+
+
+def envoy_bootstrap(admin: int, listeners: list, clusters: list) -> str:
+    return json.dumps({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    })
+
+
+def haproxy_conf(w: int, frontends: str) -> str:
+    return f"""global
+    nbthread {w}
+    maxconn 12000
+    no strict-limits
+defaults
+    mode http
+    maxconn 12000
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+{frontends}"""
+
+
+def nginx_conf(work: Path, tag: str, w: int, http: str, stream: str = "") -> str:
+    stream_block = f"stream {{\n{stream}\n}}" if stream else ""
+    return f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes {w};
+daemon off;
+pid {work}/{tag}.pid;
+error_log {work}/{tag}-error.log warn;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 19000; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_max_temp_file_size 0;
+    client_body_temp_path {work}/{tag}-tmp;
+    proxy_temp_path {work}/{tag}-tmp;
+{http}
+}}
+{stream_block}
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# contenders
+
+
+@dataclass
+class Contender:
+    """A running contender: its processes and the ports of each scenario."""
+
+    name: str
+    single: list[Proc] = field(default_factory=list)
+    pair: list[Proc] = field(default_factory=list)
+    http1: int = 0
+    h2: int = 0
+    tcp: int = 0
+    pair_port: int = 0
+    idle_rss_kb: int = 0
+
+    def procs(self, scenario: str) -> list[Proc]:
+        return self.pair if scenario == "sidecar-pair" else self.single
+
+    def stop(self) -> None:
+        for p in self.single + self.pair:
+            p.stop()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="bearing-bench-"))
+        self.work.chmod(0o755)  # nginx workers (user nobody) read the origin's files
+        self.origin: Proc | None = None
+        self.iperf: Proc | None = None
+        self.results: dict = {"load": [], "memory": [], "startup": [], "apply": []}
+
+    # -- origin ------------------------------------------------------------------------------
+
+    def start_origin(self) -> None:
+        www = self.work / "www"
+        www.mkdir()
+        (www / "100k").write_bytes(os.urandom(100 * 1024))
+        (self.work / "origin-tmp").mkdir()
+        conf = self.work / "origin.conf"
+        conf.write_text(origin_conf(self.work))
+        self.origin = start("origin", ["nginx", "-c", str(conf), "-p", str(self.work)],
+                            self.work / "origin.log")
+        wait_tcp(ORIGIN_H1, self.origin)
+        self.iperf = start("iperf3", ["iperf3", "-s", "-p", str(ORIGIN_TCP)], self.work / "iperf3.log")
+        wait_tcp(ORIGIN_TCP, self.iperf)
+        # The connect above counts as a test for iperf3 -s; give it a moment to reset.
+        time.sleep(0.3)
+
+    # -- contenders --------------------------------------------------------------------------
+
+    def start_contender(self, name: str, w: int) -> Contender:
+        if name == "direct":
+            return Contender(name, http1=ORIGIN_H1, h2=ORIGIN_H2, tcp=ORIGIN_TCP, pair_port=ORIGIN_H1)
+        b = base_port(name)
+        c = Contender(name, http1=b, h2=b + 1, tcp=b + 2, pair_port=b + 3)
+        d = self.work / f"{name}-w{w}"
+        d.mkdir()
+        logf = d / "log"
+        if name == "bearing":
+            bearing_single_store(d / "single", b)
+            bearing_pair_store(d / "pair", b)
+            run = [self.args.bearing, "run", "--log-level", "warn", "--concurrency", str(w)]
+            c.single.append(start("bearing", run + ["--config-dir", str(d / "single"), "--name",
+                                                    "bench-proxy", "--admin-address",
+                                                    f"127.0.0.1:{b + 10}"], logf))
+            c.pair.append(start("bearing-out", run + ["--config-dir", str(d / "pair"), "--name",
+                                                      "bench-web", "--admin-address",
+                                                      f"127.0.0.1:{b + 11}"], logf))
+            c.pair.append(start("bearing-in", run + ["--config-dir", str(d / "pair"), "--name",
+                                                     "bench-backend", "--admin-address",
+                                                     f"127.0.0.1:{b + 12}"], logf))
+            for i, p in enumerate(c.single + c.pair):
+                wait_ready(f"http://127.0.0.1:{b + 10 + i}/ready", p)
+        elif name == "envoy":
+            files = {
+                "single": envoy_bootstrap(b + 10, [
+                    envoy_http_listener("h1", b, "origin_h1"),
+                    envoy_http_listener("h2", b + 1, "origin_h2"),
+                    envoy_tcp_listener("tcp", b + 2, "origin_tcp"),
+                ], [envoy_cluster("origin_h1", ORIGIN_H1), envoy_cluster("origin_h2", ORIGIN_H2, True),
+                    envoy_cluster("origin_tcp", ORIGIN_TCP)]),
+                "out": envoy_bootstrap(b + 11, [envoy_http_listener("out", b + 3, "backend")],
+                                       [envoy_cluster("backend", b + 4)]),
+                "in": envoy_bootstrap(b + 12, [envoy_http_listener("in", b + 4, "local")],
+                                      [envoy_cluster("local", ORIGIN_H1)]),
+            }
+            for i, (tag, text) in enumerate(files.items()):
+                f = d / f"{tag}.json"
+                f.write_text(text)
+                p = start(f"envoy-{tag}", [self.args.envoy, "-c", str(f), "--concurrency", str(w),
+                                           "--disable-hot-restart", "--log-level", "warn"], logf)
+                (c.single if tag == "single" else c.pair).append(p)
+                wait_ready(f"http://127.0.0.1:{b + 10 + i}/ready", p)
+        elif name == "haproxy":
+            confs = {
+                "single": f"""frontend h1
+    bind 127.0.0.1:{b}
+    default_backend origin_h1
+backend origin_h1
+    server o 127.0.0.1:{ORIGIN_H1}
+frontend h2
+    bind 127.0.0.1:{b + 1} proto h2
+    default_backend origin_h2
+backend origin_h2
+    server o 127.0.0.1:{ORIGIN_H2} proto h2
+listen tcp
+    mode tcp
+    bind 127.0.0.1:{b + 2}
+    server o 127.0.0.1:{ORIGIN_TCP}
+""",
+                "out": f"listen out\n    bind 127.0.0.1:{b + 3}\n    server in 127.0.0.1:{b + 4}\n",
+                "in": f"listen in\n    bind 127.0.0.1:{b + 4}\n    server o 127.0.0.1:{ORIGIN_H1}\n",
+            }
+            for tag, text in confs.items():
+                f = d / f"{tag}.cfg"
+                f.write_text(haproxy_conf(w, text))
+                p = start(f"haproxy-{tag}", ["haproxy", "-f", str(f), "-db"], logf)
+                (c.single if tag == "single" else c.pair).append(p)
+                wait_tcp({"single": b, "out": b + 3, "in": b + 4}[tag], p)
+        elif name == "nginx":
+            loc = "        location / { proxy_pass http://%s; }"
+            confs = {
+                "single": (f"""    upstream o1 {{ server 127.0.0.1:{ORIGIN_H1}; keepalive 64; keepalive_requests 1000000; }}
+    server {{ listen 127.0.0.1:{b}; {loc % 'o1'} }}
+    server {{ listen 127.0.0.1:{b + 1} http2; {loc % 'o1'} }}""",
+                           f"    server {{ listen 127.0.0.1:{b + 2}; proxy_pass 127.0.0.1:{ORIGIN_TCP}; }}"),
+                "out": (f"""    upstream in {{ server 127.0.0.1:{b + 4}; keepalive 64; keepalive_requests 1000000; }}
+    server {{ listen 127.0.0.1:{b + 3}; {loc % 'in'} }}""", ""),
+                "in": (f"""    upstream o1 {{ server 127.0.0.1:{ORIGIN_H1}; keepalive 64; keepalive_requests 1000000; }}
+    server {{ listen 127.0.0.1:{b + 4}; {loc % 'o1'} }}""", ""),
+            }
+            for tag, (http, stream) in confs.items():
+                f = d / f"{tag}.conf"
+                f.write_text(nginx_conf(d, tag, w, http, stream))
+                (d / f"{tag}-tmp").mkdir()
+                p = start(f"nginx-{tag}", ["nginx", "-c", str(f), "-p", str(d)], logf)
+                (c.single if tag == "single" else c.pair).append(p)
+                wait_tcp({"single": b, "out": b + 3, "in": b + 4}[tag], p)
+        time.sleep(0.5)
+        c.idle_rss_kb = status_kb(c.single[0].pids(), "VmRSS")
+        return c
+
+    # -- load generators ---------------------------------------------------------------------
+
+    def wrk(self, port: int, path: str, extra: list[str]) -> dict:
+        script = ROOT / "benches" / "wrk-report.lua"
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{self.args.connections}", f"-d{self.args.duration}s", "--latency",
+             "-s", str(script), *extra, f"http://127.0.0.1:{port}{path}"],
+            capture_output=True, text=True, check=False)
+        m = re.search(r"^JSON (.*)$", out.stdout, re.M)
+        if out.returncode != 0 or not m:
+            die(f"wrk failed on port {port}: {out.stdout}{out.stderr}")
+        r = json.loads(m.group(1))
+        secs = r["duration_us"] / 1e6
+        return {"rps": r["requests"] / secs, "p50_ms": r["p50"] / 1000, "p99_ms": r["p99"] / 1000,
+                "p999_ms": r["p999"] / 1000, "errors": r["errors"] + r["non2xx"],
+                "mbps": r["bytes"] * 8 / secs / 1e6}
+
+    def h2load(self, port: int) -> dict:
+        logf = self.work / "h2load.log"
+        logf.unlink(missing_ok=True)
+        out = subprocess.run(
+            ["h2load", "-c", "10", "-m", "10", "-t", "1", "-D", str(self.args.duration),
+             "--log-file", str(logf), f"http://127.0.0.1:{port}/small"],
+            capture_output=True, text=True, check=False)
+        m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out.stdout)
+        fail = re.search(r"(\d+) failed, (\d+) errored", out.stdout)
+        if out.returncode != 0 or not m or not fail:
+            die(f"h2load failed on port {port}: {out.stdout}{out.stderr}")
+        lat = sorted(int(line.split()[2]) for line in logf.read_text().splitlines() if line.strip())
+        if not lat:
+            die(f"h2load on port {port}: no request completed")
+
+        def pct(p: float) -> float:
+            return lat[min(len(lat) - 1, int(len(lat) * p / 100))] / 1000
+
+        return {"rps": float(m.group(1)), "p50_ms": pct(50), "p99_ms": pct(99), "p999_ms": pct(99.9),
+                "errors": int(fail.group(1)) + int(fail.group(2))}
+
+    def iperf3(self, port: int) -> dict:
+        for attempt in range(3):
+            out = subprocess.run(
+                ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(self.args.duration), "-J"],
+                capture_output=True, text=True, check=False)
+            try:
+                r = json.loads(out.stdout)
+                bps = r["end"]["sum_received"]["bits_per_second"]
+                return {"gbps": bps / 1e9}
+            except (ValueError, KeyError):
+                time.sleep(1)  # the iperf3 server is still busy with the previous test
+        die(f"iperf3 failed on port {port}: {out.stdout[-500:]}{out.stderr}")
+        return {}
+
+    def run_load(self, c: Contender, scenario: str) -> dict:
+        procs = c.procs(scenario)
+        pids = [p for proc in procs for p in proc.pids()]
+        for proc in procs:
+            if proc.popen.poll() is not None:
+                die(f"{proc.name} exited with {proc.popen.returncode}")
+        reset_peak(pids)
+        cpu0 = cpu_seconds(pids)
+        if scenario == "http1-small":
+            r = self.wrk(c.http1, "/small", [])
+        elif scenario == "http1-100k":
+            r = self.wrk(c.http1, "/100k", [])
+        elif scenario == "http2-multiplexed":
+            r = self.h2load(c.h2)
+        elif scenario == "conn-per-request":
+            r = self.wrk(c.http1, "/small", ["-H", "Connection: close"])
+        elif scenario == "tcp-bulk":
+            r = self.iperf3(c.tcp)
+        elif scenario == "sidecar-pair":
+            r = self.wrk(c.pair_port, "/small", [])
+        else:
+            raise ValueError(scenario)
+        if pids:
+            r["cpu_s"] = cpu_seconds(pids) - cpu0
+            r["peak_rss_mb"] = status_kb(pids, "VmHWM") / 1024
+        return r
+
+    # -- idle connections --------------------------------------------------------------------
+
+    def idle_connections(self, c: Contender, n: int) -> float:
+        """RSS (MB) of the single-proxy process(es) with `n` idle connections open."""
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", c.http1))
+                socks.append(s)
+                if i % 500 == 499:
+                    time.sleep(0.05)
+            time.sleep(2.0)
+            return status_kb(c.single[0].pids(), "VmRSS") / 1024
+        finally:
+            for s in socks:
+                s.close()
+
+    # -- start-up and apply ------------------------------------------------------------------
+
+    def services_store(self, n: int) -> Path:
+        d = self.work / f"store-{n}"
+        d.mkdir()
+        (d / "mesh.yaml").write_text("type: Mesh\nname: default\n")
+        outs = []
+        for i in range(n):
+            outs.append(f"""  - port: 8080
+    address: 127.2.{i // 250}.{i % 250 + 1}
+    tags:
+      kuma.io/service: svc-{i}
+""")
+        (d / "client.yaml").write_text(
+            "type: Dataplane\nname: bench-client\nmesh: default\nnetworking:\n  address: 127.0.0.1\n"
+            "  inbound:\n  - port: 18199\n    servicePort: 18100\n    tags:\n"
+            "      kuma.io/service: bench-client\n      kuma.io/protocol: http\n"
+            "  outbound:\n" + "".join(outs))
+        docs = [self.service_dp(i, 8080) for i in range(1, n)]
+        (d / "services.yaml").write_text("---\n".join(docs))
+        (d / "svc-0.yaml").write_text(self.service_dp(0, 8080))
+        return d
+
+    @staticmethod
+    def service_dp(i: int, port: int) -> str:
+        return f"""type: Dataplane
+name: svc-{i}
+mesh: default
+networking:
+  address: 10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}
+  inbound:
+  - port: {port}
+    tags:
+      kuma.io/service: svc-{i}
+      kuma.io/protocol: http
+"""
+
+    def bearing_startup(self, store: Path) -> tuple[float, Proc]:
+        admin = 18190
+        t0 = time.monotonic()
+        p = start("bearing-startup", [self.args.bearing, "run", "--log-level", "warn", "--config-dir",
+                                      str(store), "--name", "bench-client", "--admin-address",
+                                      f"127.0.0.1:{admin}"], self.work / "startup.log")
+        deadline = t0 + 60
+        while time.monotonic() < deadline:
+            if p.popen.poll() is not None:
+                die(f"bearing exited with {p.popen.returncode} during start-up; see {self.work}/startup.log")
+            try:
+                with socket.create_connection(("127.0.0.1", admin), timeout=1) as s:
+                    s.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if s.recv(64).startswith(b"HTTP/1.1 200"):
+                        return (time.monotonic() - t0) * 1000, p
+            except OSError:
+                pass
+            time.sleep(0.001)
+        die("bearing not ready within 60 s")
+        raise AssertionError
+
+    def envoy_startup(self, n: int) -> float:
+        listeners, clusters = [], []
+        for i in range(n):
+            listeners.append(envoy_http_listener(f"out-{i}", 8080, f"svc-{i}",
+                                                 f"127.2.{i // 250}.{i % 250 + 1}"))
+            clusters.append(envoy_cluster(f"svc-{i}", 8080))
+        listeners.append(envoy_http_listener("in", 18199, "local"))
+        clusters.append(envoy_cluster("local", ORIGIN_H1))
+        f = self.work / f"envoy-startup-{n}.json"
+        f.write_text(envoy_bootstrap(18191, listeners, clusters))
+        t0 = time.monotonic()
+        p = start("envoy-startup", [self.args.envoy, "-c", str(f), "--concurrency", "1",
+                                    "--disable-hot-restart", "--log-level", "warn"],
+                  self.work / "envoy-startup.log")
+        try:
+            while time.monotonic() < t0 + 300:
+                if p.popen.poll() is not None:
+                    die(f"envoy exited with {p.popen.returncode} during start-up")
+                if http_status("http://127.0.0.1:18191/ready", 1) == 200:
+                    return (time.monotonic() - t0) * 1000
+                time.sleep(0.002)
+            die("envoy not ready within 300 s")
+        finally:
+            p.stop()
+        raise AssertionError
+
+    def config_version(self, admin: int) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config_dump", timeout=60) as r:
+                return json.loads(r.read()).get("version")
+        except (OSError, ValueError):
+            return None
+
+    def startup_and_apply(self) -> None:
+        runs = self.args.runs
+        for n in (1000, 10000):
+            log(f"start-up with {n} services")
+            store = self.services_store(n)
+            times, rss = [], []
+            for _ in range(runs):
+                ms, p = self.bearing_startup(store)
+                times.append(ms)
+                rss.append(status_kb(p.pids(), "VmRSS") / 1024)
+                p.stop()
+            self.results["startup"].append({"contender": "bearing", "services": n,
+                                            "ready_ms": statistics.median(times), "runs": times,
+                                            "rss_mb": statistics.median(rss)})
+            envoy_ms = [self.envoy_startup(n) for _ in range(1 if n == 10000 else runs)]
+            self.results["startup"].append({"contender": "envoy", "services": n,
+                                            "ready_ms": statistics.median(envoy_ms), "runs": envoy_ms})
+            log(f"ready with {n} services: bearing {statistics.median(times):.1f} ms, "
+                f"envoy {statistics.median(envoy_ms):.1f} ms")
+            if n == 10000:
+                self.apply_change(store)
+
+    def apply_change(self, store: Path) -> None:
+        """Time from rewriting one Dataplane file of the store to the new version being
+        published: the `config applied version=...` log line, written when /config_dump's
+        version changes (checked against /config_dump after each change). Watching the log
+        instead of polling /config_dump keeps a 5 MB JSON dump per poll out of the figure."""
+        admin = 18190
+        logf = self.work / "apply.log"
+        p = start("bearing-apply", [self.args.bearing, "run", "--log-level", "info", "--config-dir",
+                                    str(store), "--name", "bench-client", "--admin-address",
+                                    f"127.0.0.1:{admin}"], logf)
+        wait_ready(f"http://127.0.0.1:{admin}/ready", p, 120)
+        time.sleep(2.0)  # the watcher's start-up reload
+        times = []
+        try:
+            for k in range(max(3, self.args.runs)):
+                before = self.config_version(admin)
+                if before is None:
+                    die("bearing /config_dump unreadable")
+                offset = logf.stat().st_size
+                t0 = time.monotonic()
+                (store / "svc-0.yaml").write_text(self.service_dp(0, 8081 + k))
+                version = None
+                while version is None and time.monotonic() < t0 + 120:
+                    with open(logf, "rb") as f:
+                        f.seek(offset)
+                        m = re.search(rb"config applied version=(\w+)", f.read())
+                    if m and m.group(1).decode() != before:
+                        version = m.group(1).decode()
+                        times.append((time.monotonic() - t0) * 1000)
+                    else:
+                        time.sleep(0.002)
+                if version is None:
+                    die("store change not applied within 120 s")
+                if self.config_version(admin) != version:
+                    die(f"/config_dump does not show version {version} after the change")
+                time.sleep(1.5)  # let the once-a-second fallback check see the change too
+        finally:
+            p.stop()
+        self.results["apply"].append({"contender": "bearing", "services": 10000,
+                                      "apply_ms": statistics.median(times), "runs": times})
+
+    # -- the whole run -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        scenarios = ["http1-small", "http1-100k", "http2-multiplexed", "conn-per-request",
+                     "tcp-bulk", "sidecar-pair"]
+        if self.args.only:
+            scenarios = [s for s in scenarios if s in self.args.only.split(",")]
+        self.start_origin()
+        for w in self.args.workers:
+            log(f"== {w} worker(s): starting contenders")
+            cs = {name: self.start_contender(name, w) for name in CONTENDERS}
+            try:
+                for name in PROXIES:
+                    self.results["memory"].append({"contender": name, "workers": w,
+                                                   "idle_rss_mb": cs[name].idle_rss_kb / 1024})
+                raw: dict[tuple, list] = {}
+                for run in range(self.args.runs):
+                    order = CONTENDERS if run % 2 == 0 else CONTENDERS[::-1]
+                    for s in scenarios:
+                        for name in order:
+                            r = self.run_load(cs[name], s)
+                            raw.setdefault((s, name), []).append(r)
+                            log(f"w={w} run {run + 1} {s:18} {name:8} " +
+                                " ".join(f"{k}={v:.2f}" for k, v in r.items()))
+                for (s, name), rs in raw.items():
+                    med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+                    self.results["load"].append({"scenario": s, "contender": name, "workers": w,
+                                                 "runs": len(rs), **med})
+                if not self.args.only:
+                    for name in PROXIES:
+                        mb = self.idle_connections(cs[name], self.args.idle_connections)
+                        log(f"w={w} {name}: {mb:.1f} MB with {self.args.idle_connections} idle connections")
+                        for m in self.results["memory"]:
+                            if m["contender"] == name and m["workers"] == w:
+                                m["idle_conns_rss_mb"] = mb
+            finally:
+                for c in cs.values():
+                    c.stop()
+        if not self.args.only:
+            self.startup_and_apply()
+
+    def stop(self) -> None:
+        for p in STARTED:
+            p.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def find(rows: list, **kw) -> dict | None:
+    for r in rows:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def targets(res: dict) -> list[dict]:
+    out = []
+
+    def add(name: str, value: float | None, ref: float | None, goal: str, ok) -> None:
+        if value is None or ref is None or ref == 0:
+            out.append({"target": name, "status": "not measured", "ratio": None, "goal": goal})
+            return
+        ratio = value / ref
+        out.append({"target": name, "status": "met" if ok(ratio) else "missed", "ratio": ratio,
+                    "goal": goal, "value": value, "reference": ref})
+
+    load = res["load"]
+
+    def get(s, c, k, w=1):
+        r = find(load, scenario=s, contender=c, workers=w)
+        return r[k] if r else None
+
+    add("HTTP/1.1 small, 1 worker: rps vs HAProxy", get("http1-small", "bearing", "rps"),
+        get("http1-small", "haproxy", "rps"), ">= 1.0x", lambda x: x >= 1.0)
+    add("HTTP/1.1 small, 1 worker: rps vs Envoy", get("http1-small", "bearing", "rps"),
+        get("http1-small", "envoy", "rps"), ">= 3.0x", lambda x: x >= 3.0)
+    add("HTTP/1.1 small, 1 worker: p99 vs HAProxy", get("http1-small", "bearing", "p99_ms"),
+        get("http1-small", "haproxy", "p99_ms"), "<= 1.0x", lambda x: x <= 1.0)
+    add("TCP bulk, 1 worker: throughput vs direct", get("tcp-bulk", "bearing", "gbps"),
+        get("tcp-bulk", "direct", "gbps"), ">= 0.9x", lambda x: x >= 0.9)
+    m = find(res["memory"], contender="bearing", workers=1)
+    add("idle RSS (MB, 1 worker) vs 10 MB", m and m["idle_rss_mb"], 10.0, "<= 1.0x", lambda x: x <= 1.0)
+    s = find(res["startup"], contender="bearing", services=1000)
+    add("ready with 1k services (ms) vs 50 ms", s and s["ready_ms"], 50.0, "< 1.0x", lambda x: x < 1.0)
+    return out
+
+
+def fmt(v, spec=".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+UNITS = {"tcp-bulk": ("gbps", "Gbit/s")}
+
+
+def markdown(res: dict) -> str:
+    meta = res["meta"]
+    lines = [
+        "# Bearing benchmark results",
+        "",
+        f"Run {meta['date']} on `{meta['host']}` ({meta['cpus']} CPUs, {meta['kernel']}), mode "
+        f"`{meta['mode']}`: {meta['runs']} run(s) per contender and scenario, {meta['duration']} s each, "
+        f"median reported; wrk -t1 -c{meta['connections']}, h2load -c10 -m10 -t1. "
+        "**A shared 2-core VM**: the load generator, the origin (nginx, 1 worker) and the proxy share the "
+        "same two cores and other engineers were compiling; nothing is pinned. Compare ratios within a "
+        "run, not absolute figures across machines.",
+        "",
+        f"Versions: {meta['versions']}.",
+        "",
+        "## Targets",
+        "",
+        "| target | goal | ratio | status |",
+        "|---|---|---|---|",
+    ]
+    for t in res["targets"]:
+        lines.append(f"| {t['target']} | {t['goal']} | {fmt(t['ratio'], '.2f')}x | **{t['status']}** |")
+    lines += ["", "## Load scenarios", "",
+              "CPU s: user+system seconds of the proxy process(es) during the run (both proxies for the "
+              "sidecar pair); peak RSS: VmHWM, reset before each run. Latencies from wrk's (or h2load's) "
+              "per-request timings, not corrected for coordinated omission.", ""]
+    scen = []
+    for r in res["load"]:
+        if r["scenario"] not in scen:
+            scen.append(r["scenario"])
+    for s in scen:
+        unit_key, unit = UNITS.get(s, ("rps", "req/s"))
+        lines += [f"### {s}", "", f"![{s}]({s}.svg)", "",
+                  f"| workers | contender | {unit} | p50 ms | p99 ms | p99.9 ms | CPU s | peak RSS MB | errors |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in res["load"]:
+            if r["scenario"] != s:
+                continue
+            lines.append(
+                f"| {r['workers']} | {r['contender']} | {fmt(r.get(unit_key), '.2f' if unit_key == 'gbps' else '.0f')} "
+                f"| {fmt(r.get('p50_ms'), '.2f')} | {fmt(r.get('p99_ms'), '.2f')} | {fmt(r.get('p999_ms'), '.2f')} "
+                f"| {fmt(r.get('cpu_s'), '.2f')} | {fmt(r.get('peak_rss_mb'))} | {fmt(r.get('errors'), '.0f')} |")
+        lines.append("")
+    if res["memory"]:
+        lines += ["## Memory", "", "![memory](memory.svg)", "",
+                  f"RSS of the single-proxy process(es) (nginx: master + workers) right after start, and "
+                  f"with {meta['idle_connections']} idle TCP connections open to the HTTP/1.1 listener "
+                  "(no request sent).", "",
+                  "| workers | contender | idle RSS MB | RSS MB with idle connections |", "|---|---|---|---|"]
+        for m in res["memory"]:
+            lines.append(f"| {m['workers']} | {m['contender']} | {fmt(m['idle_rss_mb'])} | "
+                         f"{fmt(m.get('idle_conns_rss_mb'))} |")
+        lines.append("")
+    if res["startup"]:
+        lines += ["## Start-up and config change", "", "![startup](startup.svg)", "",
+                  "From exec to the first 200 on /ready (polled every 1-2 ms). Bearing: a store with a "
+                  "Dataplane of N outbounds (N listeners on 127.2.x.y:8080), each to a service with one "
+                  "other Dataplane. Envoy: a static bootstrap with the same N HTTP listeners and N clusters "
+                  "(one run at 10k). Time to apply a store change: one Dataplane file rewritten (endpoint "
+                  "port changes) until /config_dump shows a new version; it includes the watcher's 100 ms "
+                  "settle time and is read from the `config applied` log line, which Bearing writes when "
+                  "/config_dump's version changes (checked against /config_dump). Envoy has no store, "
+                  "so no Envoy figure for that.", "",
+                  "| contender | services | ready ms | runs |", "|---|---|---|---|"]
+        for s in res["startup"]:
+            lines.append(f"| {s['contender']} | {s['services']} | {fmt(s['ready_ms'])} | "
+                         f"{', '.join(fmt(x) for x in s['runs'])} |")
+        for a in res["apply"]:
+            lines.append("")
+            lines.append(f"Store change with {a['services']} services applied in **{fmt(a['apply_ms'])} ms** "
+                         f"(median; runs {', '.join(fmt(x) for x in a['runs'])}).")
+        lines.append("")
+    lines += ["## Not measured yet", "",
+              "- Sidecar pair with mTLS: needs mTLS (#5).",
+              "- DNS queries per second (dnsperf is installed): needs the DNS server (#4).",
+              ""]
+    return "\n".join(lines)
+
+
+COLORS = {"direct": "#888888", "bearing": "#d9480f", "envoy": "#1c7ed6", "haproxy": "#37b24d",
+          "nginx": "#7048e8"}
+
+
+def bar_chart(title: str, unit: str, groups: list[tuple[str, list[tuple[str, float]]]]) -> str:
+    """A grouped bar chart: one group per label, one bar per contender."""
+    width, height, left, top, bottom = 720, 320, 70, 40, 60
+    plot_w, plot_h = width - left - 20, height - top - bottom
+    vmax = max((v for _, bars in groups for _, v in bars if v is not None), default=1) or 1
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>']
+    for i in range(5):
+        y = top + plot_h - plot_h * i / 4
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 20}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 5}" y="{y + 4:.1f}" text-anchor="end">{vmax * i / 4:.3g}</text>')
+    out.append(f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" '
+               f'text-anchor="middle">{unit}</text>')
+    gw = plot_w / max(1, len(groups))
+    for gi, (label, bars) in enumerate(groups):
+        bw = gw * 0.8 / max(1, len(bars))
+        x0 = left + gi * gw + gw * 0.1
+        for bi, (name, v) in enumerate(bars):
+            if v is None:
+                continue
+            h = plot_h * v / vmax
+            x = x0 + bi * bw
+            out.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bw - 2:.1f}" '
+                       f'height="{h:.1f}" fill="{COLORS.get(name, "#333")}"><title>{name}: {v:.4g}</title></rect>')
+            out.append(f'<text x="{x + bw / 2 - 1:.1f}" y="{top + plot_h - h - 3:.1f}" text-anchor="middle" '
+                       f'font-size="9">{v:.3g}</text>')
+        out.append(f'<text x="{left + gi * gw + gw / 2:.1f}" y="{top + plot_h + 16}" '
+                   f'text-anchor="middle">{label}</text>')
+    names = list(dict.fromkeys(n for _, bars in groups for n, _ in bars))
+    for i, name in enumerate(names):
+        x = left + i * 110
+        out.append(f'<rect x="{x}" y="{height - 22}" width="10" height="10" fill="{COLORS.get(name, "#333")}"/>')
+        out.append(f'<text x="{x + 14}" y="{height - 13}">{name}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def charts(res: dict) -> dict[str, str]:
+    out = {}
+    scen = list(dict.fromkeys(r["scenario"] for r in res["load"]))
+    for s in scen:
+        key, unit = UNITS.get(s, ("rps", "requests per second"))
+        groups = []
+        for w in sorted({r["workers"] for r in res["load"]}):
+            bars = [(r["contender"], r.get(key)) for r in res["load"] if r["scenario"] == s and r["workers"] == w]
+            groups.append((f"{w} worker(s)", bars))
+        out[f"{s}.svg"] = bar_chart(f"{s} (median, higher is better)", unit, groups)
+    if res["memory"]:
+        groups = []
+        for w in sorted({m["workers"] for m in res["memory"]}):
+            ms = [m for m in res["memory"] if m["workers"] == w]
+            groups.append((f"idle, {w}w", [(m["contender"], m["idle_rss_mb"]) for m in ms]))
+            groups.append((f"idle conns, {w}w", [(m["contender"], m.get("idle_conns_rss_mb")) for m in ms]))
+        out["memory.svg"] = bar_chart("RSS (lower is better)", "MB", groups)
+    if res["startup"]:
+        groups = [(f"{n} services", [(s["contender"], s["ready_ms"]) for s in res["startup"] if s["services"] == n])
+                  for n in sorted({s["services"] for s in res["startup"]})]
+        out["startup.svg"] = bar_chart("time to /ready (lower is better)", "ms", groups)
+    return out
+
+
+def versions(args: argparse.Namespace) -> str:
+    def first_line(argv: list[str]) -> str:
+        p = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return (p.stdout + p.stderr).strip().splitlines()[0] if (p.stdout + p.stderr).strip() else "?"
+
+    envoy = first_line([args.envoy, "--version"]).split("version:")[-1].strip()
+    return "; ".join([
+        "bearing " + first_line([args.bearing, "version"]),
+        "envoy " + envoy,
+        first_line(["haproxy", "-v"]).split(" - ")[0],
+        first_line(["nginx", "-v"]),
+        first_line(["wrk", "-v"]).split(" [")[0],
+        first_line(["h2load", "--version"]),
+        first_line(["iperf3", "--version"]).split(" (")[0],
+    ])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--envoy", required=True)
+    ap.add_argument("--bearing", required=True)
+    ap.add_argument("--quick", action="store_true", help="1 run each, 2 s per run")
+    ap.add_argument("--only", help="comma-separated load scenarios (skips memory and start-up)")
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+    args.workers = [int(w) for w in args.workers.split(",")]
+    args.runs = 1 if args.quick else 3
+    args.duration = 2 if args.quick else 5
+    args.connections = 50
+    args.idle_connections = 10000
+    for tool in ("nginx", "haproxy", "wrk", "h2load", "iperf3", "dnsperf", args.envoy, args.bearing):
+        if not shutil.which(tool):
+            die(f"{tool} not found: benches/run.sh installs it; a contender is never skipped")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 15000:
+        die(f"open-file limit {soft} is too low for 10k idle connections; run through benches/run.sh")
+    bench = Bench(args)
+    try:
+        bench.run()
+    finally:
+        bench.stop()
+    res = bench.results
+    res["meta"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "cpus": os.cpu_count(),
+        "kernel": platform.release(), "mode": "quick" if args.quick else "full", "runs": args.runs,
+        "duration": args.duration, "connections": args.connections,
+        "idle_connections": args.idle_connections, "versions": versions(args),
+    }
+    res["targets"] = targets(res)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.svg"):
+        old.unlink()
+    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(res))
+    for name, svg in charts(res).items():
+        (out / name).write_text(svg + "\n")
+    print("\nTargets:")
+    for t in res["targets"]:
+        print(f"  {t['status']:>12}  {t['target']}: {fmt(t['ratio'], '.2f')}x (goal {t['goal']})")
+    print(f"\nResults in {out}/results.md; work files in {bench.work}")
+
+
+if __name__ == "__main__":
+    main()
