@@ -145,7 +145,9 @@ pub async fn serve_passthrough(
 ) {
     match connect_passthrough(target, source).await {
         Ok(mut up) => {
-            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            let size = crate::runtime::TCP_COPY_BUFFER;
+            let copied = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, size, size);
+            if let Err(e) = copied.await {
                 port.stats.errors.inc();
                 tracing::debug!(listener = %port.name, %peer, %target, "connection ended: {e}");
             }

@@ -453,7 +453,7 @@ impl Proxy {
 /// Bytes read per system call in each direction of a TCP connection. tokio's default (8 KiB)
 /// made bulk transfers cost four times the system calls; 64 KiB is what one loopback read
 /// returns under load.
-const TCP_COPY_BUFFER: usize = 64 * 1024;
+pub(crate) const TCP_COPY_BUFFER: usize = 64 * 1024;
 
 async fn serve_tcp(mut down: Counted<TcpStream>, listener: &ListenerRuntime, peer: SocketAddr) {
     let cluster = &listener.cluster;
