@@ -325,9 +325,15 @@ impl Proxy {
             let proxy = self.clone();
             if let Some(port) = snapshot.captures.get(&address).cloned() {
                 self.connections.spawn(async move {
-                    proxy
-                        .serve_captured(&snapshot, &port, address, stream, peer)
-                        .await;
+                    let route = match capture::original_destination(&stream) {
+                        Ok(target) => snapshot.route_captured(&port, address, target),
+                        Err(e) => Route::Refuse(format!(
+                            "no original destination ({e}): not redirected by iptables"
+                        )),
+                    };
+                    // A long connection keeps only its listener, not the whole snapshot.
+                    drop(snapshot);
+                    proxy.serve_captured(route, &port, stream, peer).await;
                 });
             } else if let Some(listener) = snapshot.listener(&address).cloned() {
                 self.connections
@@ -362,18 +368,11 @@ impl Proxy {
     /// Serves a connection iptables redirected to a capture port.
     async fn serve_captured(
         self: Arc<Self>,
-        snapshot: &Snapshot,
+        route: Route,
         port: &CapturePort,
-        capture: SocketAddr,
         stream: TcpStream,
         peer: SocketAddr,
     ) {
-        let route = match capture::original_destination(&stream) {
-            Ok(target) => snapshot.route_captured(port, capture, target),
-            Err(e) => Route::Refuse(format!(
-                "no original destination ({e}): not redirected by iptables"
-            )),
-        };
         match route {
             Route::Listener(listener) => self.serve(listener, stream, peer).await,
             Route::Passthrough { target, source } => {
