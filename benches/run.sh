@@ -42,4 +42,11 @@ fi
 cargo build --release -q -p bearing
 
 ulimit -n "$(ulimit -Hn)"
-exec python3 benches/harness.py --envoy "$ENVOY" --bearing target/release/bearing "$@"
+python3 benches/harness.py --envoy "$ENVOY" --bearing target/release/bearing "$@"
+# Mesh DNS (dnsperf against Bearing and dnsmasq) and the 10k-service hostname table.
+command -v dnsmasq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsmasq-base
+if [[ " $* " == *" --quick "* ]]; then
+    python3 benches/mesh_dns.py --services 1000 --runs 1 --seconds 3
+else
+    python3 benches/mesh_dns.py
+fi
