@@ -42,6 +42,15 @@ pub fn bearing_bin() -> Result<PathBuf> {
     .map_err(anyhow::Error::msg)
 }
 
+/// A Dataplane resource `name` in mesh `default` at `host`'s IPv4 address; `networking` is the
+/// rest of its `networking:` block, each line indented by two spaces.
+pub fn dataplane_yaml(name: &str, host: &Host, networking: &str) -> String {
+    format!(
+        "type: Dataplane\nname: {name}\nmesh: default\nnetworking:\n  address: {}\n{networking}",
+        host.ip4()
+    )
+}
+
 /// Writes a directory store `<topology dir>/store` holding `files` (name, YAML text); the
 /// topology dir is readable by the proxy's uid.
 pub fn write_store(topo: &Topology, files: &[(&str, String)]) -> Result<PathBuf> {

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 pub use bearing::{
-    bearing_bin, write_store, write_store_file, Bearing, KUMA_DP_UID, READY_TIMEOUT,
+    bearing_bin, dataplane_yaml, write_store, write_store_file, Bearing, KUMA_DP_UID, READY_TIMEOUT,
 };
 pub use firewall::firewall_rules;
 pub use http::{curl, curl_output, http_url, CurlOutput, DEFAULT_CURL_MAX_TIME_SECS};

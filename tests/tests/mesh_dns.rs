@@ -43,29 +43,17 @@ conf:
 "#;
 
 fn web(a: &Host) -> String {
-    format!(
-        r#"type: Dataplane
-name: web
-mesh: default
-networking:
-  address: {ip}
-  transparentProxying: {{redirectPortInbound: 15006, redirectPortOutbound: 15001}}
+    let networking = r#"  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}
   inbound:
   - port: 9999
-    tags: {{kuma.io/service: web, kuma.io/protocol: http}}
-"#,
-        ip = a.ip4()
-    )
+    tags: {kuma.io/service: web, kuma.io/protocol: http}
+"#;
+    dataplane_yaml("web", a, networking)
 }
 
 fn backend(n: u8, host: &Host) -> String {
-    format!(
-        r#"type: Dataplane
-name: backend-{n}
-mesh: default
-networking:
-  address: {ip}
-  inbound:
+    let networking = format!(
+        r#"  inbound:
   - port: 8080
     servicePort: 80
     tags:
@@ -73,9 +61,9 @@ networking:
       kuma.io/protocol: http
       kuma.io/version: v{n}
       kuma.io/instance: "{n}"
-"#,
-        ip = host.ip4()
-    )
+"#
+    );
+    dataplane_yaml(&format!("backend-{n}"), host, &networking)
 }
 
 fn mesh(mesh_services: &str) -> String {

@@ -14,48 +14,34 @@ use bearing_e2e::*;
 const MESH: &str = "type: Mesh\nname: default\n";
 
 fn web(a: &Host) -> String {
-    format!(
-        r#"type: Dataplane
-name: web
-mesh: default
-networking:
-  address: {ip}
-  inbound:
+    let networking = r#"  inbound:
   - port: 18080
     servicePort: 8080
-    tags: {{kuma.io/service: web, kuma.io/protocol: http}}
+    tags: {kuma.io/service: web, kuma.io/protocol: http}
   outbound:
   - port: 10001
-    tags: {{kuma.io/service: backend}}
+    tags: {kuma.io/service: backend}
   - port: 10002
-    tags: {{kuma.io/service: redis}}
+    tags: {kuma.io/service: redis}
   - port: 10003
-    tags: {{kuma.io/service: slow}}
-"#,
-        ip = a.ip4()
-    )
+    tags: {kuma.io/service: slow}
+"#;
+    dataplane_yaml("web", a, networking)
 }
 
 fn backend(name: &str, host: &Host) -> String {
-    format!(
-        r#"type: Dataplane
-name: {name}
-mesh: default
-networking:
-  address: {ip}
-  inbound:
+    let networking = r#"  inbound:
   - port: 18080
     servicePort: 80
-    tags: {{kuma.io/service: backend, kuma.io/protocol: http}}
+    tags: {kuma.io/service: backend, kuma.io/protocol: http}
   - port: 16379
     servicePort: 6379
-    tags: {{kuma.io/service: redis, kuma.io/protocol: tcp}}
+    tags: {kuma.io/service: redis, kuma.io/protocol: tcp}
   - port: 18081
     servicePort: 8081
-    tags: {{kuma.io/service: slow, kuma.io/protocol: http}}
-"#,
-        ip = host.ip4()
-    )
+    tags: {kuma.io/service: slow, kuma.io/protocol: http}
+"#;
+    dataplane_yaml(name, host, networking)
 }
 
 /// Starts the `web` sidecar on `a` and the `backend-1` sidecar on `b`, both ready.

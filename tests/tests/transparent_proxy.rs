@@ -19,40 +19,22 @@ fn mesh(passthrough: bool) -> String {
     format!("type: Mesh\nname: default\nnetworking:\n  outbound:\n    passthrough: {passthrough}\n")
 }
 
+/// The `transparentProxying` line of a captured Dataplane.
+const TRANSPARENT: &str =
+    "  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n";
+
 fn web(a: &Host) -> String {
-    format!(
-        r#"type: Dataplane
-name: web
-mesh: default
-networking:
-  address: {ip}
-  transparentProxying: {{redirectPortInbound: 15006, redirectPortOutbound: 15001}}
-  inbound:
-  - port: 8080
-    tags: {{kuma.io/service: web, kuma.io/protocol: http}}
-  outbound:
-  - address: {BACKEND_VIP}
-    port: 80
-    tags: {{kuma.io/service: backend}}
-"#,
-        ip = a.ip4()
-    )
+    let networking = format!(
+        "{TRANSPARENT}  inbound:\n  - port: 8080\n    tags: {{kuma.io/service: web, kuma.io/protocol: http}}\n  outbound:\n  - address: {BACKEND_VIP}\n    port: 80\n    tags: {{kuma.io/service: backend}}\n"
+    );
+    dataplane_yaml("web", a, &networking)
 }
 
 fn backend(b: &Host) -> String {
-    format!(
-        r#"type: Dataplane
-name: backend-1
-mesh: default
-networking:
-  address: {ip}
-  transparentProxying: {{redirectPortInbound: 15006, redirectPortOutbound: 15001}}
-  inbound:
-  - port: 80
-    tags: {{kuma.io/service: backend, kuma.io/protocol: http}}
-"#,
-        ip = b.ip4()
-    )
+    let networking = format!(
+        "{TRANSPARENT}  inbound:\n  - port: 80\n    tags: {{kuma.io/service: backend, kuma.io/protocol: http}}\n"
+    );
+    dataplane_yaml("backend-1", b, &networking)
 }
 
 fn transparent_proxy(host: &Host, action: &str) -> Result<Output> {
