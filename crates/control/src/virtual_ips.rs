@@ -24,7 +24,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
-use bearing_model::gotemplate::{is_dns_name, Template};
+use bearing_model::gotemplate::Template;
+use bearing_model::validate::is_dns_name;
 use bearing_model::{Resource, Spec, Store, Tags, VirtualOutbound, SERVICE_TAG};
 
 /// Mesh-wide settings of the hostname table, the same for every proxy of a mesh.

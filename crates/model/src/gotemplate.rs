@@ -4,7 +4,7 @@
 //! Anything else (pipelines, functions, conditionals) is a parse error naming the action, so a
 //! template that would behave differently from Kuma's is rejected rather than misrendered. As in
 //! Go, a key missing from the map renders as `<no value>`, which then fails the DNS-name or
-//! port check that follows, exactly as in kuma-cp.
+//! port check that follows (`validate::is_dns_name`), exactly as in kuma-cp.
 
 use std::collections::BTreeMap;
 
@@ -85,25 +85,6 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Whether `s` is a DNS name as Kuma checks it (govalidator's IsDNSName): labels of letters,
-/// digits, `-` and `_`, not starting or ending with `-`, at most 63 bytes each and 255 in all;
-/// an optional trailing dot.
-pub fn is_dns_name(s: &str) -> bool {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    if s.is_empty() || s.len() > 255 {
-        return false;
-    }
-    s.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,14 +114,5 @@ mod tests {
             .unwrap_err()
             .contains("unsupported action"));
         assert!(render("{{.a.b}}", &[]).is_err());
-    }
-
-    #[test]
-    fn dns_names() {
-        assert!(is_dns_name("v1.backend.mesh"));
-        assert!(is_dns_name("backend_kuma-demo_svc_8080.mesh."));
-        assert!(!is_dns_name("<no value>.mesh"));
-        assert!(!is_dns_name("a..b"));
-        assert!(!is_dns_name("-a.mesh"));
     }
 }

@@ -79,17 +79,29 @@ fn address(value: &str, path: &str, p: &mut Vec<FieldProblem>) {
     }
 }
 
+/// A plain hostname (ExternalService hosts, addresses): a DNS name without `_` or a
+/// trailing dot, at most 253 bytes.
 fn is_hostname(value: &str) -> bool {
-    value.len() <= 253
-        && value.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+    value.len() <= 253 && !value.ends_with('.') && !value.contains('_') && is_dns_name(value)
+}
+
+/// Whether `s` is a DNS name as Kuma checks it (govalidator's IsDNSName): labels of letters,
+/// digits, `-` and `_`, not starting or ending with `-`, at most 63 bytes each and 255 in all;
+/// an optional trailing dot.
+pub fn is_dns_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    if s.is_empty() || s.len() > 255 {
+        return false;
+    }
+    s.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    })
 }
 
 fn tags(tags: &Tags, path: &str, require_service: bool, p: &mut Vec<FieldProblem>) {
@@ -368,7 +380,7 @@ fn virtual_outbound(vo: &VirtualOutbound, p: &mut Vec<FieldProblem>) {
         }
     };
     if let Some((host, path)) = render(&conf.host, "host", "dummy", p) {
-        if !crate::gotemplate::is_dns_name(&host) {
+        if !is_dns_name(&host) {
             p.push((
                 path,
                 format!("template renders {host:?}, which is not a valid DNS name"),
@@ -518,6 +530,15 @@ mod tests {
     #[test]
     fn requires_an_inbound_or_gateway() {
         assert_eq!(validate(&dp(vec![]))[0].0, "networking");
+    }
+
+    #[test]
+    fn dns_names() {
+        assert!(is_dns_name("v1.backend.mesh"));
+        assert!(is_dns_name("backend_kuma-demo_svc_8080.mesh."));
+        assert!(!is_dns_name("<no value>.mesh"));
+        assert!(!is_dns_name("a..b"));
+        assert!(!is_dns_name("-a.mesh"));
     }
 
     #[test]
