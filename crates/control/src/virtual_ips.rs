@@ -228,8 +228,9 @@ pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<Virtua
         }
     }
     // 4. MeshServices: from the store, and generated from kuma.io/service when the mesh asks.
+    let generators = hostname_generators(store);
     for ms in mesh_services(store, mesh, &inbound_list) {
-        let names = hostnames(store, &ms);
+        let names = hostnames(&generators, &ms);
         if names.is_empty() {
             continue;
         }
@@ -377,9 +378,13 @@ fn mesh_services(
 /// has no HostnameGenerator at all (kuma-cp creates it at start).
 const DEFAULT_HOSTNAME_TEMPLATE: &str = "{{ .DisplayName }}.svc.mesh.local";
 
-/// The hostnames the HostnameGenerators give `ms`.
-fn hostnames(store: &Store, ms: &MeshServiceView) -> Vec<String> {
-    let mut generators: Vec<(&str, Option<&Tags>, &str)> = store
+/// A HostnameGenerator: name, `matchLabels` (all MeshServices when absent), parsed template.
+type HostnameGeneratorView<'s> = (&'s str, Option<&'s Tags>, Template);
+
+/// The store's HostnameGenerators with their templates parsed once, or Kuma's default when
+/// the store has none. Templates that do not parse were rejected by validation.
+fn hostname_generators(store: &Store) -> Vec<HostnameGeneratorView<'_>> {
+    let mut generators: Vec<HostnameGeneratorView> = store
         .resources
         .iter()
         .filter_map(|r| match &r.spec {
@@ -390,14 +395,21 @@ fn hostnames(store: &Store, ms: &MeshServiceView) -> Vec<String> {
                     .as_ref()
                     .and_then(|s| s.mesh_service.as_ref())
                     .map(|s| &s.match_labels),
-                g.spec.template.as_str(),
+                Template::parse(&g.spec.template).ok()?,
             )),
             _ => None,
         })
         .collect();
     if generators.is_empty() {
-        generators.push(("default", None, DEFAULT_HOSTNAME_TEMPLATE));
+        if let Ok(t) = Template::parse(DEFAULT_HOSTNAME_TEMPLATE) {
+            generators.push(("default", None, t));
+        }
     }
+    generators
+}
+
+/// The hostnames the HostnameGenerators give `ms`.
+fn hostnames(generators: &[HostnameGeneratorView], ms: &MeshServiceView) -> Vec<String> {
     let display = ms.labels.get("kuma.io/display-name").unwrap_or(&ms.name);
     let values: BTreeMap<&str, &str> = [
         ("DisplayName", display.as_str()),
@@ -425,10 +437,7 @@ fn hostnames(store: &Store, ms: &MeshServiceView) -> Vec<String> {
         if labels.is_some_and(|l| !l.iter().all(|(k, v)| ms.labels.get(k) == Some(v))) {
             continue;
         }
-        let Ok(t) = Template::parse(template) else {
-            continue;
-        };
-        let host = t.render(&values).to_ascii_lowercase();
+        let host = template.render(&values).to_ascii_lowercase();
         if is_dns_name(&host) {
             names.push(host);
         } else {
@@ -487,13 +496,12 @@ impl Table {
         }
         match ports.get(&port) {
             None => {
-                let mesh_service_port = None;
                 ports.insert(
                     port,
                     VirtualTarget {
                         tags,
                         origin,
-                        mesh_service_port,
+                        mesh_service_port: None,
                     },
                 );
             }
