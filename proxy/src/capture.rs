@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bearing_proxy_config::{Direction, TransparentProxy};
 use nix::sys::socket::{getsockopt, sockopt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::io::Counted;
 use crate::runtime::ListenerRuntime;
@@ -114,26 +114,6 @@ pub fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
     }
 }
 
-/// Connects to a passthrough destination, binding `source` first when given.
-pub async fn connect_passthrough(
-    target: SocketAddr,
-    source: Option<IpAddr>,
-) -> io::Result<TcpStream> {
-    let socket = if target.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(ip) = source {
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    let stream = tokio::time::timeout(PASSTHROUGH_CONNECT_TIMEOUT, socket.connect(target))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
 /// Copies a passthrough connection both ways, resetting the client if the destination
 /// cannot be reached.
 pub async fn serve_passthrough(
@@ -143,7 +123,7 @@ pub async fn serve_passthrough(
     source: Option<IpAddr>,
     peer: SocketAddr,
 ) {
-    match connect_passthrough(target, source).await {
+    match crate::io::connect(target, source, PASSTHROUGH_CONNECT_TIMEOUT).await {
         Ok(mut up) => {
             let size = crate::runtime::TCP_COPY_BUFFER;
             let copied = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, size, size);

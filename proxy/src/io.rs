@@ -1,11 +1,41 @@
-//! A stream wrapper that counts bytes into metrics as they pass.
+//! Upstream TCP connects, and a stream wrapper that counts bytes into metrics as they pass.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Connects to `target` within `timeout`, from `source` when given (inbound passthrough uses
+/// 127.0.0.6), with TCP_NODELAY set: the one way the proxy opens upstream connections.
+pub async fn connect(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = tokio::time::timeout(timeout, socket.connect(target))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timeout after {timeout:?}"),
+            )
+        })??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
 
 /// Counts bytes read into `rx` and bytes written into `tx`: one relaxed atomic add per I/O
 /// call, which keeps long-lived connections visible in the stats while they run.

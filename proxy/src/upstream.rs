@@ -157,19 +157,7 @@ impl ClusterRuntime {
     }
 
     async fn connect(&self, address: SocketAddr) -> io::Result<Counted<TcpStream>> {
-        let stream =
-            match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(address))
-                .await
-            {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connect timeout after {:?}", self.config.connect_timeout),
-                    ))
-                }
-            };
-        stream.set_nodelay(true)?;
+        let stream = crate::io::connect(address, None, self.config.connect_timeout).await?;
         self.stats.connections.inc();
         Ok(Counted::new(
             stream,
