@@ -30,10 +30,12 @@
 #![warn(missing_docs)]
 
 mod bearing;
+mod capture;
 mod firewall;
 mod http;
 mod peers;
 mod process;
+mod tls;
 mod topology;
 mod util;
 
@@ -42,8 +44,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 pub use bearing::{
-    bearing_bin, dataplane_yaml, write_store, write_store_file, Bearing, KUMA_DP_UID, READY_TIMEOUT,
+    bearing_bin, bearing_ca_generate, dataplane_yaml, write_store, write_store_file, Bearing,
+    KUMA_DP_UID, READY_TIMEOUT,
 };
+pub use capture::{Capture, Pcap};
 pub use firewall::firewall_rules;
 pub use http::{curl, curl_output, http_url, CurlOutput, DEFAULT_CURL_MAX_TIME_SECS};
 pub use peers::{
@@ -51,6 +55,7 @@ pub use peers::{
     HttpServerConfig, Nginx, NginxConfig, Redis, PEER_STARTUP_TIMEOUT,
 };
 pub use process::{HostCommand, Output, Process, Signal, DEFAULT_RUN_TIMEOUT};
+pub use tls::{CertFiles, TestCa, TlsClient, TlsOutcome};
 pub use topology::{Host, Topology, TopologyBuilder, ENV_DUMP_LOGS, ENV_KEEP_DIR, NETNS_PREFIX};
 
 /// Interval between evaluations in [`wait_until`] / [`wait_until_ok`].
