@@ -263,17 +263,23 @@ impl OpensslCmd {
     }
 }
 
-/// The decoded `data` of the Secret named `name` in a multi-document YAML text.
+/// The decoded `data` of the Secret named `name` in a multi-document YAML text. Reads the
+/// top-level `type`, `name` and `data` scalars of each document (plain or quoted), which is
+/// all a Secret written by `bearing ca generate` holds.
 fn secret_data(text: &str, name: &str) -> Result<Vec<u8>> {
-    let docs = yaml_rust2::YamlLoader::load_from_str(text).context("not YAML")?;
-    let doc = docs
-        .iter()
-        .find(|d| d["type"].as_str() == Some("Secret") && d["name"].as_str() == Some(name))
-        .with_context(|| format!("no Secret named {name}"))?;
-    let data = doc["data"]
-        .as_str()
-        .with_context(|| format!("Secret {name} has no string `data`"))?;
-    base64_decode(data).with_context(|| format!("Secret {name}: data is not base64"))
+    let unquote = |v: &str| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string();
+    for doc in text.split("\n---") {
+        let field = |key: &str| {
+            doc.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(unquote))
+        };
+        if field("type").as_deref() == Some("Secret") && field("name").as_deref() == Some(name) {
+            let data = field("data").with_context(|| format!("Secret {name} has no `data`"))?;
+            return base64_decode(&data)
+                .with_context(|| format!("Secret {name}: data is not base64"));
+        }
+    }
+    bail!("no Secret named {name}")
 }
 
 /// Standard base64 (padding optional, whitespace ignored).
