@@ -75,28 +75,7 @@ impl TestCa {
     /// `<dir>/<name>-ca.pem` and `<dir>/<name>-ca.key` (`dir` is created if missing).
     pub fn new(dir: &Path, name: &str) -> Result<TestCa> {
         let ca = TestCa::at(dir, name)?;
-        openssl([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-extensions",
-            "ca",
-            "-subj",
-        ])
-        .arg(format!("/CN={name}"))
-        .arg("-config")
-        .arg(ca.conf_path()?)
-        .arg("-keyout")
-        .arg(&ca.files.key)
-        .arg("-out")
-        .arg(&ca.files.cert)
-        .run()?;
+        new_key_req(&ca.conf_path()?, name, &ca.files, None)?;
         ca.make_readable()?;
         Ok(ca)
     }
@@ -191,24 +170,7 @@ impl TestCa {
             format!("{OPENSSL_CONF}subjectAltName = {}\n", sans.join(", ")),
         )
         .context("writing extensions file")?;
-        openssl([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-        ])
-        .arg(format!("/CN={name}"))
-        .arg("-config")
-        .arg(self.conf_path()?)
-        .arg("-keyout")
-        .arg(&leaf.key)
-        .arg("-out")
-        .arg(&csr)
-        .run()?;
+        new_key_req(&self.conf_path()?, name, &leaf, Some(&csr))?;
         let serial = SERIAL.fetch_add(1, Ordering::SeqCst).to_string();
         openssl([
             "x509",
@@ -236,6 +198,32 @@ impl TestCa {
     }
 }
 
+/// `openssl req` with a new P-256 key (to `files.key`) and subject `CN=<cn>`: a CSR written
+/// to `csr`, or with `csr` `None` a self-signed CA certificate written to `files.cert`.
+fn new_key_req(conf: &Path, cn: &str, files: &CertFiles, csr: Option<&Path>) -> Result<()> {
+    let mut cmd = openssl([
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ]);
+    cmd = match csr {
+        Some(csr) => cmd.arg("-new").arg("-out").arg(csr),
+        None => cmd
+            .args(["-x509", "-days", "2", "-extensions", "ca", "-out"])
+            .arg(&files.cert),
+    };
+    cmd.arg("-subj")
+        .arg(format!("/CN={cn}"))
+        .arg("-config")
+        .arg(conf)
+        .arg("-keyout")
+        .arg(&files.key)
+        .run()
+}
+
 fn make_world_readable(paths: &[&Path]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for p in paths {
@@ -255,6 +243,11 @@ fn openssl<const N: usize>(args: [&str; N]) -> OpensslCmd {
 impl OpensslCmd {
     fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Self {
         self.0.push(a.as_ref().to_os_string());
+        self
+    }
+
+    fn args<const N: usize>(mut self, args: [&str; N]) -> Self {
+        self.0.extend(args.iter().map(Into::into));
         self
     }
 

@@ -184,6 +184,11 @@ impl Zones {
         )
     }
 
+    /// Starts `web` (a) and `local-1` (b2), the two zone-a sidecars.
+    fn web_and_local(&self) -> Result<(Bearing<'_>, Bearing<'_>)> {
+        Ok((self.sidecar("a", "web")?, self.sidecar("b2", "local-1")?))
+    }
+
     /// A leaf of the mesh CA for `spiffe://default/<service>`, as a mesh sidecar has.
     fn mesh_leaf(&self, service: &str) -> Result<CertFiles> {
         self.mesh_ca
@@ -252,8 +257,7 @@ fn plaintext_reaches(client: &Host, server: &Host, body: &str) -> Result<bool> {
 fn mtls_strict_between_sidecars_in_one_zone() -> Result<()> {
     let z = Zones::new("STRICT", false)?;
     let (a, b2) = (z.host("a"), z.host("b2"));
-    let _web = z.sidecar("a", "web")?;
-    let local = z.sidecar("b2", "local-1")?;
+    let (_web, local) = z.web_and_local()?;
 
     // web → local-1 is TLS on the wire: the SNI is visible, the body and request are not.
     let capture = Capture::start(b2, &format!("tcp port {INBOUND}"))?;
@@ -323,8 +327,7 @@ fn mtls_strict_between_sidecars_in_one_zone() -> Result<()> {
 fn permissive_accepts_plaintext_and_mtls_on_the_same_port() -> Result<()> {
     let z = Zones::new("STRICT", false)?;
     let (a, b2) = (z.host("a"), z.host("b2"));
-    let web = z.sidecar("a", "web")?;
-    let _local = z.sidecar("b2", "local-1")?;
+    let (web, _local) = z.web_and_local()?;
     ensure!(
         !plaintext_reaches(a, b2, LOCAL_BODY)?,
         "STRICT inbound served plaintext HTTP"
@@ -489,8 +492,13 @@ fn zone_egress_carries_cross_zone_and_external_traffic_and_fails_over() -> Resul
     }
 
     // Both gone: requests fail clearly, and web's stats say why.
-    let failures_before = metric_sum(&web, "bearing_cluster_upstream_connect_failures_total")?
-        + metric_sum(&web, "bearing_cluster_no_healthy_upstream_total")?;
+    let failures = || -> Result<f64> {
+        Ok(
+            metric_sum(&web, "bearing_cluster_upstream_connect_failures_total")?
+                + metric_sum(&web, "bearing_cluster_no_healthy_upstream_total")?,
+        )
+    };
+    let failures_before = failures()?;
     egress2.process().kill();
     for url in [OUT_BACKEND, OUT_EXT] {
         let out = curl_output(a, ["-m", "5", url])?;
@@ -503,8 +511,7 @@ fn zone_egress_carries_cross_zone_and_external_traffic_and_fails_over() -> Resul
             out.body
         );
     }
-    let failures_after = metric_sum(&web, "bearing_cluster_upstream_connect_failures_total")?
-        + metric_sum(&web, "bearing_cluster_no_healthy_upstream_total")?;
+    let failures_after = failures()?;
     ensure!(
         failures_after >= failures_before + 2.0,
         "web's connect-failure/no-healthy-upstream counters went {failures_before} → {failures_after}"
