@@ -7,7 +7,9 @@
 //! redis-cli). Everything is torn down when the [`Topology`] is dropped,
 //! including after a panic, in which case all logs are printed to stderr.
 //!
-//! Requires root and the tools checked by [`require_root_and_tools`].
+//! Requires root and the tools checked by [`require_root_and_tools`]; the TLS helpers
+//! ([`TestCa`], [`TlsClient`]) also need `openssl`, packet captures ([`Capture`]) `tcpdump`
+//! (check with [`require_tools`]).
 //!
 //! ```no_run
 //! use bearing_e2e::*;
