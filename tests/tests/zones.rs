@@ -264,8 +264,8 @@ fn mtls_strict_between_sidecars_in_one_zone() -> Result<()> {
     get_body(a, OUT_LOCAL, LOCAL_BODY)?;
     let pcap = capture.stop(a)?;
     ensure!(
-        pcap.contains(LOCAL_SNI),
-        "no ClientHello with SNI {LOCAL_SNI} in {} packets",
+        pcap.contains(bearing_tls::to_dns_sni(LOCAL_SNI)),
+        "no ClientHello with SNI {LOCAL_SNI} (DNS form) in {} packets",
         pcap.packets()
     );
     ensure!(
@@ -291,7 +291,7 @@ fn mtls_strict_between_sidecars_in_one_zone() -> Result<()> {
     );
 
     let to_local = TlsClient::new(b2.sock4(INBOUND))
-        .servername(LOCAL_SNI)
+        .servername(bearing_tls::to_dns_sni(LOCAL_SNI))
         .alpn("kuma");
     let no_cert = to_local.clone().run(a)?;
     ensure!(
@@ -343,7 +343,10 @@ fn permissive_accepts_plaintext_and_mtls_on_the_same_port() -> Result<()> {
     let capture = Capture::start(b2, &format!("tcp port {INBOUND}"))?;
     get_body(a, OUT_LOCAL, LOCAL_BODY)?;
     let pcap = capture.stop(a)?;
-    ensure!(pcap.contains(LOCAL_SNI), "web no longer sends TLS");
+    ensure!(
+        pcap.contains(bearing_tls::to_dns_sni(LOCAL_SNI)),
+        "web no longer sends TLS"
+    );
     ensure!(
         !pcap.contains(LOCAL_BODY.trim()),
         "web's request went in plaintext"
@@ -427,15 +430,31 @@ fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
         "no SNI got through: {no_sni:?}"
     );
 
-    // The ingress does not terminate TLS: a known SNI reaches backend-1's inbound, which
-    // presents the mesh certificate and answers.
+    // The ingress does not terminate TLS: a known SNI, in the DNS form Bearing sidecars send,
+    // reaches backend-1's inbound, which presents the mesh certificate and answers.
     let known = to_ingress
-        .servername(BACKEND_SNI)
+        .clone()
+        .servername(bearing_tls::to_dns_sni(BACKEND_SNI))
         .verify_ca(&z.mesh_ca.files().cert)
         .run(a)?;
     ensure!(
         known.accepted() && known.verified && known.response.contains(BACKEND_BODY.trim()),
         "known SNI through the ingress: {known:?}"
+    );
+
+    // Kuma's raw tags form (what Envoy sidecars send) is routed by the ingress too: it reaches
+    // backend-1, whose TLS stack (rustls) refuses an SNI that is not a DNS name.
+    let routed = |b: &Bearing| {
+        b.metric(&format!(
+            "bearing_cluster_upstream_connections_total{{cluster=\"{BACKEND_SNI}\"}}"
+        ))
+    };
+    let before = routed(&ingress)?;
+    let raw = to_ingress.servername(BACKEND_SNI).run(a)?;
+    ensure!(!raw.accepted(), "raw tags-form SNI accepted by rustls: {raw:?}");
+    ensure!(
+        routed(&ingress)? > before,
+        "the ingress did not route Kuma's tags-form SNI"
     );
     Ok(())
 }
