@@ -15,6 +15,7 @@ mod ca;
 mod config;
 mod error;
 mod identity;
+mod sni;
 
 pub use ca::{builtin_secret_names, builtin_secrets_yaml, MeshCa};
 pub use config::{
@@ -23,3 +24,4 @@ pub use config::{
 };
 pub use error::TlsError;
 pub use identity::{issue_leaf, spawn_renewal, Identity};
+pub use sni::{is_tls_record_start, parse_client_hello, ClientHello};
