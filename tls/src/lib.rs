@@ -15,6 +15,7 @@ mod ca;
 mod config;
 mod error;
 mod identity;
+mod kuma_sni;
 mod sni;
 
 pub use ca::{builtin_secret_names, builtin_secrets_yaml, MeshCa};
@@ -24,4 +25,7 @@ pub use config::{
 };
 pub use error::TlsError;
 pub use identity::{issue_leaf, spawn_renewal, Identity};
+pub use kuma_sni::{
+    parse_resource_sni, parse_tags_sni, resource_sni, tags_sni, ResourceKind, ResourceSni, TagsSni,
+};
 pub use sni::{is_tls_record_start, parse_client_hello, ClientHello};
