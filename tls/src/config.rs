@@ -246,6 +246,29 @@ fn external_roots(ca_pem: Option<&str>) -> Result<Arc<RootCertStore>, TlsError> 
     Ok(Arc::new(roots))
 }
 
+/// Carries a [`TlsError`] through rustls, whose error text shows the `Debug` of a custom
+/// certificate error: this `Debug` is the readable `Display` of the wrapped error, which stays
+/// reachable through `source()`.
+struct Readable(TlsError);
+
+impl std::fmt::Debug for Readable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for Readable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Readable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 /// What [`MeshVerifier`] checks of the server certificate.
 #[derive(Debug)]
 enum Check {
@@ -295,10 +318,10 @@ impl ServerCertVerifier for MeshVerifier {
             return Ok(ServerCertVerified::assertion());
         }
         Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            rustls::OtherError(Arc::new(TlsError::IdentityMismatch {
+            rustls::OtherError(Arc::new(Readable(TlsError::IdentityMismatch {
                 expected: expected.clone(),
                 presented,
-            })),
+            }))),
         )))
     }
 
@@ -334,5 +357,269 @@ impl ServerCertVerifier for MeshVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+    use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn identity(ca: &Arc<MeshCa>, service: &str) -> Arc<Identity> {
+        Identity::new(ca.clone(), "default", &[service.to_string()], HOUR).unwrap()
+    }
+
+    /// Runs both sides of a handshake over an in-memory pipe; SNI is `sni`.
+    async fn handshake(
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+        sni: &str,
+    ) -> (
+        std::io::Result<server::TlsStream<DuplexStream>>,
+        std::io::Result<client::TlsStream<DuplexStream>>,
+    ) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::try_from(sni.to_owned()).unwrap();
+        tokio::join!(
+            TlsAcceptor::from(server).accept(a),
+            TlsConnector::from(client).connect(name, b)
+        )
+    }
+
+    async fn ping(
+        server: &mut server::TlsStream<DuplexStream>,
+        client: &mut client::TlsStream<DuplexStream>,
+    ) {
+        client.write_all(b"ping").await.unwrap();
+        client.flush().await.unwrap();
+        let mut buf = [0; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        server.write_all(b"pong").await.unwrap();
+        server.flush().await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+    }
+
+    fn serial(cert: &CertificateDer<'_>) -> Vec<u8> {
+        let (_, cert) = x509_parser::parse_x509_certificate(cert).unwrap();
+        cert.raw_serial().to_vec()
+    }
+
+    #[tokio::test]
+    async fn mesh_mtls_checks_spiffe_identity_both_ways() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let server = mesh_server_config(&ca, identity(&ca, "backend")).unwrap();
+        let web = identity(&ca, "web");
+        let client = mesh_client_config(&ca, web.clone(), "spiffe://default/backend").unwrap();
+        // The SNI is a Kuma-style name that matches no DNS SAN: only the SPIFFE id counts.
+        let (s, c) = handshake(
+            server.clone(),
+            client,
+            "a601e0c00295a9fbe.backend.80.default.ms",
+        )
+        .await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        let conn = s.get_ref().1;
+        assert_eq!(conn.alpn_protocol(), Some(KUMA_ALPN));
+        assert_eq!(
+            conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        assert_eq!(
+            peer_spiffe_ids(conn.peer_certificates().unwrap()),
+            ["spiffe://default/web"]
+        );
+        ping(&mut s, &mut c).await;
+
+        let wrong = mesh_client_config(&ca, web, "spiffe://default/other").unwrap();
+        let (_, c) = handshake(server, wrong, "backend.mesh").await;
+        let err = c.unwrap_err().to_string();
+        assert!(
+            err.contains("expected URI SAN spiffe://default/other")
+                && err.contains("[\"spiffe://default/backend\"]"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn server_accepts_clients_without_alpn() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let server = mesh_server_config(&ca, identity(&ca, "backend")).unwrap();
+        let client =
+            mesh_client_config(&ca, identity(&ca, "web"), "spiffe://default/backend").unwrap();
+        let mut client = Arc::unwrap_or_clone(client);
+        client.alpn_protocols.clear();
+        let (s, c) = handshake(server, Arc::new(client), "backend").await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        assert_eq!(s.get_ref().1.alpn_protocol(), None);
+        ping(&mut s, &mut c).await;
+    }
+
+    #[tokio::test]
+    async fn server_refuses_client_without_certificate() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let server = mesh_server_config(&ca, identity(&ca, "backend")).unwrap();
+        let client = external_client_config(
+            Some(ca.cert_pem()),
+            None,
+            ServerVerification::SkipSan,
+            vec![KUMA_ALPN.to_vec()],
+        )
+        .unwrap();
+        let (s, _) = handshake(server, client, "backend").await;
+        let err = s.unwrap_err().to_string();
+        assert!(err.contains("peer sent no certificates"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn server_refuses_client_certificate_from_another_ca() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let other_ca = Arc::new(MeshCa::generate("default").unwrap());
+        let server = mesh_server_config(&ca, identity(&ca, "backend")).unwrap();
+        let client =
+            mesh_client_config(&ca, identity(&other_ca, "web"), "spiffe://default/backend")
+                .unwrap();
+        let (s, _) = handshake(server, client, "backend").await;
+        let err = s.unwrap_err().to_string();
+        // Both CAs are named `O=Kuma, OU=Mesh, CN=default`, so webpki finds the wrong CA as
+        // issuer by name and the signature check fails.
+        assert!(err.contains("BadSignature"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn renewal_reaches_new_handshakes_and_keeps_old_sessions() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let backend = identity(&ca, "backend");
+        let server = mesh_server_config(&ca, backend.clone()).unwrap();
+        let client =
+            mesh_client_config(&ca, identity(&ca, "web"), "spiffe://default/backend").unwrap();
+        let (s, c) = handshake(server.clone(), client.clone(), "backend").await;
+        let (mut s1, mut c1) = (s.unwrap(), c.unwrap());
+        let first = serial(&c1.get_ref().1.peer_certificates().unwrap()[0]);
+
+        backend.renew().unwrap();
+        ping(&mut s1, &mut c1).await;
+        // A fresh client config, so the handshake is a full one rather than a resumption.
+        let client =
+            mesh_client_config(&ca, identity(&ca, "web"), "spiffe://default/backend").unwrap();
+        let (s, c) = handshake(server, client, "backend").await;
+        let (mut s2, mut c2) = (s.unwrap(), c.unwrap());
+        let second = serial(&c2.get_ref().1.peer_certificates().unwrap()[0]);
+        assert_ne!(first, second);
+        assert_eq!(second, serial(&backend.current().cert[0]));
+        ping(&mut s2, &mut c2).await;
+        ping(&mut s1, &mut c1).await;
+    }
+
+    /// A server with a certificate for `other.example` from a CA that is not a mesh CA.
+    fn external_server() -> (String, Arc<ServerConfig>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["other.example".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        (ca_cert.pem(), Arc::new(server))
+    }
+
+    #[tokio::test]
+    async fn external_secured_checks_the_name_skip_san_does_not() {
+        let (ca_pem, server) = external_server();
+        let alpn = || vec![b"h2".to_vec()];
+        let secured =
+            external_client_config(Some(&ca_pem), None, ServerVerification::Secured, alpn())
+                .unwrap();
+        let (_, c) = handshake(server.clone(), secured.clone(), "service.example").await;
+        let err = c.unwrap_err().to_string();
+        assert!(err.contains("not valid for name"), "{err}");
+        let (s, c) = handshake(server.clone(), secured, "other.example").await;
+        assert!(s.is_ok() && c.is_ok());
+
+        let skip_san =
+            external_client_config(Some(&ca_pem), None, ServerVerification::SkipSan, alpn())
+                .unwrap();
+        let (s, c) = handshake(server.clone(), skip_san, "service.example").await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        ping(&mut s, &mut c).await;
+
+        // SkipSan still checks the chain: the mesh CA does not vouch for this server.
+        let mesh_ca = MeshCa::generate("default").unwrap();
+        let wrong_ca = external_client_config(
+            Some(mesh_ca.cert_pem()),
+            None,
+            ServerVerification::SkipSan,
+            alpn(),
+        )
+        .unwrap();
+        let (_, c) = handshake(server.clone(), wrong_ca, "other.example").await;
+        assert!(c.unwrap_err().to_string().contains("UnknownIssuer"));
+
+        let skip_all =
+            external_client_config(None, None, ServerVerification::SkipAll, alpn()).unwrap();
+        let (s, c) = handshake(server, skip_all, "service.example").await;
+        assert!(s.is_ok() && c.is_ok());
+    }
+
+    #[test]
+    fn external_config_names_bad_pem_and_rejects_bad_expected_id() {
+        let err = external_client_config(Some("nope"), None, ServerVerification::Secured, vec![])
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("external service CA PEM:"),
+            "{err}"
+        );
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let err = mesh_client_config(&ca, identity(&ca, "web"), "backend").unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid expected SPIFFE id:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn external_client_certificate_is_loaded_and_bad_pems_are_named() {
+        // Any certificate with its key will do for loading; use a generated CA's.
+        let ca = MeshCa::generate("default").unwrap();
+        let pair = Some((ca.cert_pem(), ca.key_pem()));
+        let config = external_client_config(
+            Some(ca.cert_pem()),
+            pair,
+            ServerVerification::Secured,
+            vec![],
+        )
+        .unwrap();
+        assert!(config.client_auth_cert_resolver.has_certs());
+        let bad_key = Some((ca.cert_pem(), ca.cert_pem()));
+        let err =
+            external_client_config(None, bad_key, ServerVerification::SkipAll, vec![]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("client private key PEM:"),
+            "{err}"
+        );
+        let no_cert = Some(("", ca.key_pem()));
+        let err =
+            external_client_config(None, no_cert, ServerVerification::SkipAll, vec![]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("client certificate PEM:"),
+            "{err}"
+        );
     }
 }
