@@ -451,7 +451,10 @@ fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
     };
     let before = routed(&ingress)?;
     let raw = to_ingress.servername(BACKEND_SNI).run(a)?;
-    ensure!(!raw.accepted(), "raw tags-form SNI accepted by rustls: {raw:?}");
+    ensure!(
+        !raw.accepted(),
+        "raw tags-form SNI accepted by rustls: {raw:?}"
+    );
     ensure!(
         routed(&ingress)? > before,
         "the ingress did not route Kuma's tags-form SNI"

@@ -441,4 +441,30 @@ networking:
             errs
         );
     }
+
+    /// The zone-egress seed: its ZoneEgress `zoneegress-1` and its Mesh (`routing.zoneEgress`,
+    /// with the `[...]` of `mtls` filled by a builtin backend) send a sidecar's cross-zone and
+    /// external traffic to 192.168.0.1:10002, where the egress listens.
+    #[test]
+    fn seed_zone_egress_example() {
+        let mut s = two_zones(false);
+        s.resources
+            .retain(|r| !matches!(r.spec, Spec::Mesh(_) | Spec::ZoneEgress(_)));
+        let seed = "type: ZoneEgress\nname: zoneegress-1\nnetworking:\n  address: 192.168.0.1\n  port: 10002\n---\ntype: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\nrouting:\n  zoneEgress: true\n";
+        s.add_text(seed, Path::new("seed.yaml"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let options = CompileOptions {
+            zone: Some("zone-a".into()),
+            ..CompileOptions::default()
+        };
+        let web = compile_any(&s, find(&s, "web"), "t", &options).unwrap();
+        assert_eq!(
+            addresses(&web.clusters["backend{version=v1}"]),
+            ["192.168.0.1:10002"]
+        );
+        assert_eq!(addresses(&web.clusters["httpbin"]), ["192.168.0.1:10002"]);
+        let egress = compile_any(&s, find(&s, "zoneegress-1"), "t", &options).unwrap();
+        assert_eq!(egress.listeners[0].name, "inbound:192.168.0.1:10002");
+        assert_eq!(egress.listeners[0].sni_routes.len(), 2);
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! A directory store may hold several zones (a global view). A Dataplane's zone is the
 //! `kuma.io/zone` tag of its inbounds; one without it belongs to every zone (single-zone
-//! stores). A proxy with no zone of its own treats every endpoint as local.
+//! stores), and so does a ZoneEgress without `zone` (kuma-cp fills it in; the seed's example
+//! has none). A proxy with no zone of its own treats every endpoint as local.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -44,7 +45,9 @@ impl<'s> ZoneView<'s> {
                         available.extend(zi.available_services.iter().map(|s| (z, s)));
                     }
                 }
-                Spec::ZoneEgress(ze) if zone.is_none() || ze.zone.as_deref() == zone => {
+                Spec::ZoneEgress(ze)
+                    if zone.is_none() || ze.zone.is_none() || ze.zone.as_deref() == zone =>
+                {
                     egresses.extend(zone_proxy_endpoint(r, &ze.networking, false));
                 }
                 _ => {}
