@@ -168,6 +168,7 @@ pub fn compile(
                 mesh: m.mesh.clone(),
             }),
             sni_routes: Vec::new(),
+            gateway: None,
         });
         clusters.insert(
             cluster_name.clone(),
@@ -340,6 +341,7 @@ fn direct_access(
                 bind: false,
                 tls: None,
                 sni_routes: Vec::new(),
+                gateway: None,
             });
             let endpoint = Endpoint {
                 address,
@@ -520,6 +522,7 @@ impl Outbounds<'_> {
             bind,
             tls: None,
             sni_routes: Vec::new(),
+            gateway: None,
         };
         let mut c = cluster(to.cluster, protocol, endpoints);
         c.tls = tls;

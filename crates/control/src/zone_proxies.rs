@@ -96,6 +96,7 @@ pub fn compile(
         bind: true,
         tls: None,
         sni_routes: routes,
+        gateway: None,
     };
     let mut config = ProxyConfig {
         version: String::new(),

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+mod gateway;
+pub use gateway::*;
+
 /// Everything one proxy serves, as compiled from its config source.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ProxyConfig {
@@ -257,6 +260,10 @@ pub struct Listener {
     /// these is refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sni_routes: Vec<SniRoute>,
+    /// Builtin gateway listener: hosts and routes decide where each request or connection
+    /// goes (`cluster` is unused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayListener>,
 }
 
 /// A set of interchangeable endpoints.
