@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bearing_control::{template, ConfigStatus, DataplaneSource, DirectorySource, VipOptions};
+use bearing_control::{
+    template, ConfigStatus, DataplaneSource, DirectorySource, ProxyKind, VipOptions,
+};
 use bearing_model::{Spec, Store};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
@@ -68,6 +70,20 @@ pub enum TransparentProxy {
 pub enum ProxyType {
     /// A sidecar (or gateway) described by a Dataplane resource.
     Dataplane,
+    /// A zone ingress described by a ZoneIngress resource (SNI routing into the zone).
+    Ingress,
+    /// A zone egress described by a ZoneEgress resource (cross-zone and external traffic).
+    Egress,
+}
+
+impl ProxyType {
+    fn kind(self) -> ProxyKind {
+        match self {
+            ProxyType::Dataplane => ProxyKind::Dataplane,
+            ProxyType::Ingress => ProxyKind::Ingress,
+            ProxyType::Egress => ProxyKind::Egress,
+        }
+    }
 }
 
 /// `bearing run` flags.
@@ -97,6 +113,10 @@ pub struct RunArgs {
     /// key=value substituted for {{ key }} in the Dataplane template (repeatable).
     #[arg(long = "dataplane-var", value_name = "KEY=VALUE")]
     pub dataplane_var: Vec<String>,
+    /// This proxy's zone (default: its Dataplane's `kuma.io/zone` tag, or the zone proxy's
+    /// `zone`); endpoints of other zones are reached through zone proxies.
+    #[arg(long, env = "KUMA_MULTIZONE_ZONE")]
+    pub zone: Option<String>,
     /// Dataplane name (overrides the resource's; alone, selects the Dataplane in the store).
     #[arg(long, env = "KUMA_DATAPLANE_NAME")]
     pub name: Option<String>,
@@ -225,14 +245,15 @@ fn print_report(report: &bearing_iptables::Report) {
 fn validate(dir: &std::path::Path) -> i32 {
     let store = Store::load_dir(dir);
     let mut problems: Vec<String> = store.problems.iter().map(ToString::to_string).collect();
-    for r in store
-        .resources
-        .iter()
-        .filter(|r| matches!(r.spec, Spec::Dataplane(_)))
-    {
-        if let Err(ps) =
-            bearing_control::compile::compile(&store, r, "validate", &VipOptions::default())
-        {
+    let proxies = store.resources.iter().filter(|r| {
+        matches!(
+            r.spec,
+            Spec::Dataplane(_) | Spec::ZoneIngress(_) | Spec::ZoneEgress(_)
+        )
+    });
+    for r in proxies {
+        let options = bearing_control::compile::CompileOptions::default();
+        if let Err(ps) = bearing_control::compile::compile(&store, r, "validate", &options) {
             problems.extend(ps.iter().map(ToString::to_string));
         }
     }
@@ -262,7 +283,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let ProxyType::Dataplane = args.proxy_type;
     let dataplane = match (&args.dataplane_file, &args.dataplane) {
         (Some(f), _) => DataplaneSource::File(f.clone()),
         (None, Some(text)) => DataplaneSource::Inline(text.clone()),
@@ -279,6 +299,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             domain: args.dns_domain.trim_matches('.').to_ascii_lowercase(),
             ..VipOptions::default()
         },
+        kind: args.proxy_type.kind(),
+        zone: args.zone.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.concurrency)

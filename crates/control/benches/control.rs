@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::Path;
 
-use bearing_control::{compile::compile, template, VipOptions};
+use bearing_control::{compile::compile, compile::CompileOptions, template};
 use bearing_model::{Resource, Store};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -80,12 +80,12 @@ fn benches(c: &mut Criterion) {
                 black_box(&store),
                 black_box(&me),
                 "bench",
-                &VipOptions::default(),
+                &CompileOptions::default(),
             )
         })
     });
 
-    let config = compile(&store, &me, "bench", &VipOptions::default())
+    let config = compile(&store, &me, "bench", &CompileOptions::default())
         .expect("the generated store compiles");
     let names: Vec<String> = (0..SERVICES).map(|i| format!("svc-{i}")).collect();
     let mut i = 0;

@@ -6,48 +6,100 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use bearing_model::{Dataplane, Inbound, Problem, Resource, Spec, Store, Tags};
+use bearing_model::{Dataplane, ExternalService, Inbound, Problem, Resource, Spec, Store, Tags};
 use bearing_model::{PROTOCOL_TAG, SERVICE_TAG};
 use bearing_proxy_config::{
-    Cluster, Direction, DnsRecord, Endpoint, Listener, Protocol, ProxyConfig, ProxyIdentity,
-    TransparentProxy,
+    Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, Listener, Protocol, ProxyConfig,
+    ProxyIdentity, TransparentProxy, UpstreamTls, Verification,
 };
 
+use crate::mtls::{mesh_of, mesh_tls, meshes, resolve, spiffe_id};
 use crate::virtual_ips::{virtual_hosts, TargetPort, VipOptions};
+use crate::zones::{dataplane_zone, ZoneView};
 
 /// Kuma's default upstream connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Kuma's default HTTP request timeout (time to response headers here; none for gRPC).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Builds the config of the proxy described by `me` (a Dataplane) from `store`; `vips` are
-/// the mesh-wide hostname settings (the same for every proxy).
+/// What the proxy is told besides the store: its zone (`--zone`) and the mesh hostname
+/// settings (the same for every proxy).
+#[derive(Debug, Clone, Default)]
+pub struct CompileOptions {
+    /// `--zone`: this proxy's zone; by default its Dataplane's `kuma.io/zone` tag (zone
+    /// proxies: their `zone` field).
+    pub zone: Option<String>,
+    /// VIP range and DNS domain.
+    pub vips: VipOptions,
+}
+
+/// Builds the config of the proxy described by `me` (a Dataplane, ZoneIngress or ZoneEgress)
+/// from `store`.
 pub fn compile(
     store: &Store,
     me: &Resource,
     source: &str,
-    vips: &VipOptions,
+    options: &CompileOptions,
 ) -> Result<ProxyConfig, Vec<Problem>> {
-    let Spec::Dataplane(dp) = &me.spec else {
-        return Err(vec![problem(me, None, "is not a Dataplane".into())]);
+    let dp = match &me.spec {
+        Spec::Dataplane(dp) => dp,
+        Spec::ZoneIngress(_) | Spec::ZoneEgress(_) => {
+            return crate::zone_proxies::compile(store, me, source, options.zone.as_deref())
+        }
+        _ => {
+            return Err(vec![problem(
+                me,
+                None,
+                "is not a Dataplane, ZoneIngress or ZoneEgress".into(),
+            )])
+        }
     };
+    let vips = &options.vips;
     let mesh = me.mesh.clone().unwrap_or_else(|| "default".into());
     let mut problems = Vec::new();
-    let mesh_spec = store.resources.iter().find_map(|r| match &r.spec {
-        Spec::Mesh(m) if r.meta.name == mesh => Some(m),
-        _ => None,
-    });
-    if mesh_spec.is_none() && mesh != "default" {
+    let all_meshes = meshes(store);
+    let mesh_spec = all_meshes.get(mesh.as_str()).copied();
+    if mesh_spec.is_none() {
         problems.push(problem(
             me,
             Some("mesh"),
             format!("mesh {mesh:?} does not exist in the store"),
         ));
     }
+    let mut services: Vec<String> = dp
+        .networking
+        .inbound
+        .iter()
+        .map(|i| service_of(&i.tags))
+        .filter(|s| !s.is_empty())
+        .collect();
+    services.sort();
+    services.dedup();
+    let mtls = match mesh_spec.map(|m| mesh_tls(store, &mesh, m, services)) {
+        Some(Ok(m)) => m,
+        Some(Err((field, message))) => {
+            let at = mesh_resource(store, &mesh).unwrap_or(me);
+            problems.push(problem(at, Some(&field), message));
+            None
+        }
+        None => None,
+    };
+    let zone = options
+        .zone
+        .clone()
+        .or_else(|| dataplane_zone(dp).map(str::to_string));
 
     let mut listeners = Vec::new();
     let mut clusters = BTreeMap::new();
-    let index = EndpointIndex::new(store, me, &mesh);
+    let routes = Outbounds {
+        index: EndpointIndex::new(store, me, &mesh),
+        zones: ZoneView::new(store, zone.as_deref()),
+        externals: external_services(store, &mesh),
+        store,
+        mesh: &mesh,
+        mtls: mtls.is_some(),
+        zone_egress: mesh_spec.is_some_and(|m| m.routing.zone_egress),
+    };
     let node_ip = dp.networking.address.parse::<IpAddr>().ok();
     let transparent = dp
         .networking
@@ -112,6 +164,10 @@ pub fn compile(
             cluster: cluster_name.clone(),
             service: service_of(&inbound.tags),
             bind: transparent.is_none(),
+            tls: mtls.as_ref().map(|m| DownstreamTls {
+                mesh: m.mesh.clone(),
+            }),
+            sni_routes: Vec::new(),
         });
         clusters.insert(
             cluster_name.clone(),
@@ -121,6 +177,7 @@ pub fn compile(
                 vec![Endpoint {
                     address: app,
                     origin: "local application".into(),
+                    tags: Tags::new(),
                 }],
             ),
         );
@@ -146,7 +203,7 @@ pub fn compile(
         let address = SocketAddr::new(ip, port16(outbound.port));
         // iptables never captures loopback destinations, so those keep their socket.
         let bind = transparent.is_none() || ip.is_loopback();
-        let (listener, c) = outbound_to(&index, address, Destination::tagged(&outbound.tags), bind);
+        let (listener, c) = routes.outbound_to(address, Destination::tagged(&outbound.tags), bind);
         listeners.push(listener);
         clusters.insert(c.name.clone(), c);
     }
@@ -172,7 +229,7 @@ pub fn compile(
                             }
                         }
                     };
-                    let (listener, c) = outbound_to(&index, address, to, false);
+                    let (listener, c) = routes.outbound_to(address, to, false);
                     listeners.push(listener);
                     clusters.insert(c.name.clone(), c);
                 }
@@ -229,6 +286,7 @@ pub fn compile(
         clusters,
         transparent_proxy,
         dns,
+        mtls: mtls.into_iter().map(|m| (m.mesh.clone(), m)).collect(),
     };
     config.version = version_of(&config);
     Ok(config)
@@ -280,24 +338,56 @@ fn direct_access(
                 cluster: name.clone(),
                 service,
                 bind: false,
+                tls: None,
+                sni_routes: Vec::new(),
             });
             let endpoint = Endpoint {
                 address,
                 origin: format!("Dataplane/{}", r.meta.name),
+                tags: Tags::new(),
             };
             clusters.insert(name.clone(), cluster(name, Protocol::Tcp, vec![endpoint]));
         }
     }
 }
 
-fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>) -> Cluster {
+/// A plain cluster with Kuma's default timeouts.
+pub(crate) fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>) -> Cluster {
     Cluster {
         name,
         protocol,
         endpoints,
         connect_timeout: CONNECT_TIMEOUT,
         request_timeout: (protocol != Protocol::Grpc).then_some(REQUEST_TIMEOUT),
+        tls: None,
     }
+}
+
+/// The Mesh resource named `mesh`, for reporting problems at its line.
+fn mesh_resource<'s>(store: &'s Store, mesh: &str) -> Option<&'s Resource> {
+    store
+        .resources
+        .iter()
+        .find(|r| matches!(r.spec, Spec::Mesh(_)) && r.meta.name == mesh)
+}
+
+/// The ExternalServices of `mesh` by their `kuma.io/service`.
+pub(crate) fn external_services<'s>(
+    store: &'s Store,
+    mesh: &str,
+) -> HashMap<&'s str, (&'s Resource, &'s ExternalService)> {
+    store
+        .resources
+        .iter()
+        .filter(|r| mesh_of(r) == mesh)
+        .filter_map(|r| match &r.spec {
+            Spec::ExternalService(es) => {
+                let service = es.tags.get(SERVICE_TAG)?;
+                Some((service.as_str(), (r, es)))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// An optional address field: 127.0.0.1 when absent, an error message when not an IP.
@@ -309,7 +399,7 @@ fn ip_or_localhost(value: Option<&str>) -> Result<IpAddr, String> {
 }
 
 /// Ports were validated to 1..=65535 by the model.
-fn port16(port: u32) -> u16 {
+pub(crate) fn port16(port: u32) -> u16 {
     u16::try_from(port).unwrap_or(0)
 }
 
@@ -357,28 +447,164 @@ impl<'a> Destination<'a> {
     }
 }
 
-/// An outbound listener at `address` and its cluster, sending to `to`.
-fn outbound_to(
-    index: &EndpointIndex,
-    address: SocketAddr,
-    to: Destination,
-    bind: bool,
-) -> (Listener, Cluster) {
-    let (endpoints, protocols) = index.matching(to.tags, to.target_port);
-    let protocol = match to.app_protocol {
-        Some(p) => Protocol::from_tag(Some(p)),
-        None => Protocol::common(protocols).unwrap_or(Protocol::Tcp),
+/// How a sidecar reaches its destinations: the mesh's endpoints, zones and external services.
+struct Outbounds<'s> {
+    index: EndpointIndex<'s>,
+    zones: ZoneView<'s>,
+    externals: HashMap<&'s str, (&'s Resource, &'s ExternalService)>,
+    store: &'s Store,
+    mesh: &'s str,
+    /// The mesh has mTLS: mesh clusters originate it, and zone proxies can be used.
+    mtls: bool,
+    /// Mesh `routing.zoneEgress`: cross-zone and external traffic goes through the egress.
+    zone_egress: bool,
+}
+
+impl Outbounds<'_> {
+    /// An outbound listener at `address` and its cluster, sending to `to`.
+    fn outbound_to(&self, address: SocketAddr, to: Destination, bind: bool) -> (Listener, Cluster) {
+        let (mut endpoints, mut protocols, remote) =
+            self.index.matching(to.tags, to.target_port, &self.zones);
+        let mut remote: std::collections::BTreeSet<&str> = remote.into_iter().collect();
+        for (zone, announced) in self.zones.announced(self.mesh, to.tags) {
+            remote.insert(zone);
+            let protocol = announced.tags.get(PROTOCOL_TAG).map(String::as_str);
+            protocols.push(Protocol::from_tag(protocol));
+        }
+        let external = match self.externals.get(to.service.as_str()) {
+            Some(es) if endpoints.is_empty() && remote.is_empty() => Some(*es),
+            _ => None,
+        };
+        if let Some((_, es)) = external {
+            protocols.push(Protocol::from_tag(
+                es.tags.get(PROTOCOL_TAG).map(String::as_str),
+            ));
+        }
+        let protocol = match to.app_protocol {
+            Some(p) => Protocol::from_tag(Some(p)),
+            None => Protocol::common(protocols).unwrap_or(Protocol::Tcp),
+        };
+        let mut tls = None;
+        if let Some((r, es)) = external {
+            if self.mtls && self.zone_egress {
+                endpoints = self.zones.egresses().to_vec();
+                tls = Some(self.mesh_tls(to.tags, &to.service));
+            } else {
+                let (e, t) = external_endpoint(r, es, self.store, self.mesh);
+                endpoints = e;
+                tls = t;
+            }
+        } else {
+            if !remote.is_empty() && !self.mtls {
+                tracing::warn!(cluster = %to.cluster, "endpoints in other zones skipped: cross-zone traffic needs mesh mTLS");
+            } else if !remote.is_empty() && self.zone_egress {
+                endpoints.extend(self.zones.egresses().iter().cloned());
+            } else {
+                for zone in remote {
+                    endpoints.extend(self.zones.ingresses(zone).iter().cloned());
+                }
+            }
+            if self.mtls {
+                tls = Some(self.mesh_tls(to.tags, &to.service));
+            }
+        }
+        endpoints.sort_by_key(|e| e.address);
+        endpoints.dedup_by_key(|e| e.address);
+        let listener = Listener {
+            name: format!("outbound:{address}"),
+            address,
+            direction: Direction::Outbound,
+            protocol,
+            cluster: to.cluster.clone(),
+            service: to.service,
+            bind,
+            tls: None,
+            sni_routes: Vec::new(),
+        };
+        let mut c = cluster(to.cluster, protocol, endpoints);
+        c.tls = tls;
+        (listener, c)
+    }
+
+    /// Mesh mTLS towards the service `tags` select: Kuma's tags-form SNI and the service's
+    /// SPIFFE id.
+    fn mesh_tls(&self, tags: &Tags, service: &str) -> UpstreamTls {
+        let service = tags.get(SERVICE_TAG).map_or(service, String::as_str);
+        let extra: BTreeMap<String, String> = tags
+            .iter()
+            .filter(|(k, _)| k.as_str() != SERVICE_TAG)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        UpstreamTls::Mesh {
+            mesh: self.mesh.to_string(),
+            sni: crate::mtls::tags_sni(service, self.mesh, &extra),
+            identity: spiffe_id(self.mesh, service),
+        }
+    }
+}
+
+/// An ExternalService's address as endpoints (a host name is resolved now, at compile time)
+/// and the TLS its `networking.tls` asks for.
+pub(crate) fn external_endpoint(
+    r: &Resource,
+    es: &ExternalService,
+    store: &Store,
+    mesh: &str,
+) -> (Vec<Endpoint>, Option<UpstreamTls>) {
+    use std::net::ToSocketAddrs;
+    let address = &es.networking.address;
+    let host = address
+        .rsplit_once(':')
+        .map_or(address.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let endpoints = match address.to_socket_addrs() {
+        Ok(addrs) => addrs
+            .map(|a| Endpoint {
+                address: a,
+                origin: r.key(),
+                tags: Tags::new(),
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(resource = %r.key(), "cannot resolve {address}: {e}; no endpoints");
+            Vec::new()
+        }
     };
-    let listener = Listener {
-        name: format!("outbound:{address}"),
-        address,
-        direction: Direction::Outbound,
-        protocol,
-        cluster: to.cluster.clone(),
-        service: to.service,
-        bind,
-    };
-    (listener, cluster(to.cluster, protocol, endpoints))
+    let tls = es.networking.tls.as_ref().filter(|t| t.enabled).map(|t| {
+        let read = |ds: &Option<bearing_model::DataSource>, what: &str| {
+            let ds = ds.as_ref()?;
+            match resolve(ds, store, mesh).map(String::from_utf8) {
+                Ok(Ok(text)) => Some(text),
+                Ok(Err(_)) => {
+                    tracing::warn!(resource = %r.key(), "networking.tls.{what} is not PEM text; ignored");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(resource = %r.key(), "networking.tls.{what}: {e}; ignored");
+                    None
+                }
+            }
+        };
+        let verification = t.verification.as_ref();
+        let server_name = verification
+            .and_then(|v| v.server_name.clone())
+            .or_else(|| t.server_name.clone())
+            .unwrap_or_else(|| host.to_string());
+        UpstreamTls::External {
+            server_name,
+            ca_pem: read(&t.ca_cert, "caCert"),
+            client_cert_pem: read(&t.client_cert, "clientCert"),
+            client_key_pem: read(&t.client_key, "clientKey"),
+            verification: match verification.and_then(|v| v.mode.as_deref()) {
+                Some("SkipSAN") => Verification::SkipSan,
+                // A name check without a chain check cannot stand on its own.
+                Some("SkipCA") | Some("SkipAll") => Verification::SkipAll,
+                _ => Verification::Secured,
+            },
+        }
+    });
+    (endpoints, tls)
 }
 
 /// The ready inbounds of a mesh by service, built once per compile so that thousands of
@@ -392,6 +618,8 @@ struct IndexedInbound<'s> {
     inbound: &'s Inbound,
     endpoint: Endpoint,
     protocol: Protocol,
+    /// Its Dataplane's zone.
+    zone: Option<&'s str>,
 }
 
 impl<'s> EndpointIndex<'s> {
@@ -419,6 +647,7 @@ impl<'s> EndpointIndex<'s> {
                 let endpoint = Endpoint {
                     address: SocketAddr::new(ip, port16(inbound.port)),
                     origin: format!("Dataplane/{}", r.meta.name),
+                    tags: Tags::new(),
                 };
                 let protocol =
                     Protocol::from_tag(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));
@@ -429,6 +658,7 @@ impl<'s> EndpointIndex<'s> {
                         inbound,
                         endpoint,
                         protocol,
+                        zone: dataplane_zone(dp),
                     });
             }
         }
@@ -436,12 +666,14 @@ impl<'s> EndpointIndex<'s> {
     }
 
     /// Every indexed inbound carrying all of `selector`'s tags (and, when given, the MeshService
-    /// target port or name), and their protocols.
+    /// target port or name): the local ones as endpoints, the protocols of all, and the
+    /// zones of the remote ones (reached through zone proxies).
     fn matching(
         &self,
         selector: &Tags,
         target: Option<&TargetPort>,
-    ) -> (Vec<Endpoint>, Vec<Protocol>) {
+        zones: &ZoneView,
+    ) -> (Vec<Endpoint>, Vec<Protocol>, Vec<&'s str>) {
         let candidates: Box<dyn Iterator<Item = &IndexedInbound>> = match selector.get(SERVICE_TAG)
         {
             Some(s) => Box::new(self.by_service.get(s.as_str()).into_iter().flatten()),
@@ -450,27 +682,28 @@ impl<'s> EndpointIndex<'s> {
         };
         let mut endpoints = Vec::new();
         let mut protocols = Vec::new();
+        let mut remote = Vec::new();
         for c in candidates {
             let tags_match = selector
                 .iter()
                 .all(|(k, v)| c.inbound.tags.get(k) == Some(v));
-            let port_match = match target {
-                None => true,
-                Some(TargetPort::Number(p)) => c.inbound.port == u32::from(*p),
-                Some(TargetPort::Name(n)) => c.inbound.name.as_deref() == Some(n.as_str()),
-            };
-            if tags_match && port_match {
-                endpoints.push(c.endpoint.clone());
-                protocols.push(c.protocol);
+            let port_match = target.is_none_or(|t| t.selects(c.inbound));
+            if !(tags_match && port_match) {
+                continue;
+            }
+            protocols.push(c.protocol);
+            match c.zone {
+                Some(z) if !zones.is_local(Some(z)) => remote.push(z),
+                _ => endpoints.push(c.endpoint.clone()),
             }
         }
         endpoints.sort_by_key(|e| e.address);
         endpoints.dedup_by_key(|e| e.address);
-        (endpoints, protocols)
+        (endpoints, protocols, remote)
     }
 }
 
-fn is_ready(inbound: &Inbound) -> bool {
+pub(crate) fn is_ready(inbound: &Inbound) -> bool {
     let health_ok = inbound.health.as_ref().is_none_or(|h| h.ready);
     let state_ok = inbound.state.as_deref().is_none_or(|s| s == "Ready");
     health_ok && state_ok
@@ -478,7 +711,7 @@ fn is_ready(inbound: &Inbound) -> bool {
 
 /// The address other proxies use for an inbound: its own address, else the advertised or
 /// node address of its dataplane.
-fn endpoint_ip(dp: &Dataplane, inbound: &Inbound) -> Option<IpAddr> {
+pub(crate) fn endpoint_ip(dp: &Dataplane, inbound: &Inbound) -> Option<IpAddr> {
     inbound
         .address
         .as_deref()
@@ -488,7 +721,7 @@ fn endpoint_ip(dp: &Dataplane, inbound: &Inbound) -> Option<IpAddr> {
         .ok()
 }
 
-fn problem(me: &Resource, field: Option<&str>, message: String) -> Problem {
+pub(crate) fn problem(me: &Resource, field: Option<&str>, message: String) -> Problem {
     Problem {
         file: me.origin.file.clone(),
         line: me.origin.line,
@@ -500,13 +733,19 @@ fn problem(me: &Resource, field: Option<&str>, message: String) -> Problem {
 
 /// FNV-1a over the serialized config: stable across runs and processes, so every proxy that
 /// compiles the same view reports the same version.
-fn version_of(config: &ProxyConfig) -> String {
+pub(crate) fn version_of(config: &ProxyConfig) -> String {
     let text = serde_json::to_string(&(
         &config.identity,
         &config.listeners,
         &config.clusters,
         &config.transparent_proxy,
         &config.dns,
+        &config.mtls,
+        config
+            .mtls
+            .values()
+            .map(|m| &m.ca_key_pem)
+            .collect::<Vec<_>>(),
     ))
     .unwrap_or_default();
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -584,7 +823,7 @@ networking:
     #[test]
     fn compiles_inbounds_and_outbounds() {
         let s = store(MESH);
-        let cfg = compile(&s, find(&s, "web"), "test", &VipOptions::default()).unwrap();
+        let cfg = compile(&s, find(&s, "web"), "test", &CompileOptions::default()).unwrap();
         let names: Vec<&str> = cfg.listeners.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(
             names,
@@ -620,24 +859,30 @@ networking:
     #[test]
     fn version_is_stable_and_tracks_content() {
         let s = store(MESH);
-        let a = compile(&s, find(&s, "web"), "test", &VipOptions::default()).unwrap();
-        let b = compile(&s, find(&s, "web"), "test", &VipOptions::default()).unwrap();
+        let a = compile(&s, find(&s, "web"), "test", &CompileOptions::default()).unwrap();
+        let b = compile(&s, find(&s, "web"), "test", &CompileOptions::default()).unwrap();
         assert_eq!(a.version, b.version);
-        let c = compile(&s, find(&s, "backend-1"), "test", &VipOptions::default()).unwrap();
+        let c = compile(
+            &s,
+            find(&s, "backend-1"),
+            "test",
+            &CompileOptions::default(),
+        )
+        .unwrap();
         assert_ne!(a.version, c.version);
     }
 
     #[test]
     fn inbounds_to_distinct_applications_get_distinct_clusters() {
         let s = store("type: Dataplane\nname: a\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    servicePort: 8080\n    tags: {kuma.io/service: a}\n  - port: 81\n    servicePort: 8080\n    serviceAddress: 10.0.0.9\n    tags: {kuma.io/service: b}\n  - port: 82\n    servicePort: 8080\n    tags: {kuma.io/service: c, kuma.io/protocol: http}\n");
-        let errs = compile(&s, find(&s, "a"), "test", &VipOptions::default()).unwrap_err();
+        let errs = compile(&s, find(&s, "a"), "test", &CompileOptions::default()).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(
             errs[0].field.as_deref(),
             Some("networking.inbound[2].tags.kuma.io/protocol")
         );
         let s = store("type: Dataplane\nname: a\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    servicePort: 8080\n    tags: {kuma.io/service: a}\n  - port: 81\n    servicePort: 8080\n    serviceAddress: 10.0.0.9\n    tags: {kuma.io/service: b}\n");
-        let cfg = compile(&s, find(&s, "a"), "test", &VipOptions::default()).unwrap();
+        let cfg = compile(&s, find(&s, "a"), "test", &CompileOptions::default()).unwrap();
         assert_eq!(cfg.listeners[0].cluster, "localhost:8080");
         assert_eq!(cfg.listeners[1].cluster, "10.0.0.9:8080");
     }
@@ -645,7 +890,7 @@ networking:
     #[test]
     fn missing_mesh_and_clashing_listeners_are_problems() {
         let s = store("type: Dataplane\nname: a\nmesh: nope\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 80\n    tags: {kuma.io/service: a}\n  outbound:\n  - port: 80\n    tags: {kuma.io/service: a}\n");
-        let errs = compile(&s, find(&s, "a"), "test", &VipOptions::default()).unwrap_err();
+        let errs = compile(&s, find(&s, "a"), "test", &CompileOptions::default()).unwrap_err();
         let text: Vec<String> = errs.iter().map(|p| p.to_string()).collect();
         assert!(
             text[0].contains("Dataplane/a: mesh: mesh \"nope\" does not exist"),
@@ -664,7 +909,7 @@ networking:
             )
         );
         let s = store(&text);
-        let cfg = compile(&s, find(&s, "web"), "test", &VipOptions::default()).unwrap();
+        let cfg = compile(&s, find(&s, "web"), "test", &CompileOptions::default()).unwrap();
         let tp = cfg.transparent_proxy.as_ref().unwrap();
         assert_eq!((tp.outbound_port, tp.inbound_port), (15001, 15006));
         assert!(!tp.ipv6 && !tp.outbound_passthrough);
@@ -711,7 +956,13 @@ networking:
         assert_eq!(direct.endpoints[0].address.to_string(), "10.0.0.2:8080");
 
         let plain = store(MESH);
-        let cfg = compile(&plain, find(&plain, "web"), "test", &VipOptions::default()).unwrap();
+        let cfg = compile(
+            &plain,
+            find(&plain, "web"),
+            "test",
+            &CompileOptions::default(),
+        )
+        .unwrap();
         assert!(cfg.transparent_proxy.is_none());
         assert!(cfg.listeners.iter().all(|l| l.bind));
     }

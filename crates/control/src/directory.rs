@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bearing_model::{IgnoredResource, Problem, Resource, Spec, Store};
+use bearing_model::{IgnoredResource, Problem, Resource, Store};
 use bearing_proxy_config::ProxyConfig;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::compile::compile;
+use crate::compile::{compile, CompileOptions};
 use crate::template;
 use crate::virtual_ips::VipOptions;
 
@@ -26,6 +26,34 @@ pub enum DataplaneSource {
     Inline(String),
     /// `--name`/`--mesh` only: the Dataplane of that name in the store.
     Named,
+}
+
+/// Which resource type describes this proxy (`--proxy-type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// A sidecar or gateway: a Dataplane.
+    #[default]
+    Dataplane,
+    /// A zone ingress: a ZoneIngress.
+    Ingress,
+    /// A zone egress: a ZoneEgress.
+    Egress,
+}
+
+impl ProxyKind {
+    /// The Kuma resource type of this kind of proxy.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            ProxyKind::Dataplane => "Dataplane",
+            ProxyKind::Ingress => "ZoneIngress",
+            ProxyKind::Egress => "ZoneEgress",
+        }
+    }
+
+    /// Zone proxies are not scoped to a mesh.
+    fn mesh_scoped(self) -> bool {
+        self == ProxyKind::Dataplane
+    }
 }
 
 /// A directory store plus how to find this proxy in it.
@@ -43,6 +71,10 @@ pub struct DirectorySource {
     pub mesh: Option<String>,
     /// Mesh hostname settings (VIP range, DNS domain).
     pub vips: VipOptions,
+    /// `--proxy-type`: which resource type describes this proxy.
+    pub kind: ProxyKind,
+    /// `--zone`: this proxy's zone, overriding the one its resource gives.
+    pub zone: Option<String>,
 }
 
 /// A config that compiled, with what the store held that Bearing does not act on.
@@ -81,7 +113,11 @@ impl DirectorySource {
             return Err(store.problems);
         }
         let source = format!("directory store {}", self.dir.display());
-        let config = compile(&store, &me, &source, &self.vips)?;
+        let options = CompileOptions {
+            zone: self.zone.clone(),
+            vips: self.vips.clone(),
+        };
+        let config = compile(&store, &me, &source, &options)?;
         Ok(Loaded {
             config: Arc::new(config),
             ignored: store.ignored,
@@ -122,25 +158,26 @@ impl DirectorySource {
         if !own.problems.is_empty() {
             return Err(own.problems);
         }
+        let type_name = self.kind.type_name();
         let mut dataplanes = own
             .resources
             .into_iter()
-            .filter(|r| matches!(r.spec, Spec::Dataplane(_)));
+            .filter(|r| r.spec.type_name() == type_name);
         let (Some(mut me), None) = (dataplanes.next(), dataplanes.next()) else {
             return Err(vec![plain_problem(
                 &file,
-                "must hold exactly one Dataplane resource".into(),
+                format!("must hold exactly one {type_name} resource"),
             )]);
         };
         if let Some(name) = &self.name {
             me.meta.name = name.clone();
         }
-        if let Some(mesh) = &self.mesh {
+        if let (Some(mesh), true) = (&self.mesh, self.kind.mesh_scoped()) {
             me.mesh = Some(mesh.clone());
         }
         // The proxy's own definition wins over a copy of it in the store.
         store.resources.retain(|r| {
-            !(r.spec.type_name() == "Dataplane" && r.meta.name == me.meta.name && r.mesh == me.mesh)
+            !(r.spec.type_name() == type_name && r.meta.name == me.meta.name && r.mesh == me.mesh)
         });
         store.resources.push(me.clone());
         Ok(me)
@@ -155,19 +192,26 @@ impl DirectorySource {
                     .into(),
             )]);
         };
+        let type_name = self.kind.type_name();
+        let scoped = self.kind.mesh_scoped();
         store
             .resources
             .iter()
             .find(|r| {
-                matches!(r.spec, Spec::Dataplane(_))
+                r.spec.type_name() == type_name
                     && &r.meta.name == name
-                    && r.mesh.as_deref() == Some(mesh.as_str())
+                    && (!scoped || r.mesh.as_deref() == Some(mesh.as_str()))
             })
             .cloned()
             .ok_or_else(|| {
+                let place = if scoped {
+                    format!(" in mesh {mesh:?}")
+                } else {
+                    String::new()
+                };
                 vec![plain_problem(
                     &self.dir,
-                    format!("no Dataplane {name:?} in mesh {mesh:?} in the store"),
+                    format!("no {type_name} {name:?}{place} in the store"),
                 )]
             })
     }
@@ -324,6 +368,8 @@ mod tests {
             name: None,
             mesh: None,
             vips: VipOptions::default(),
+            kind: ProxyKind::Dataplane,
+            zone: None,
         }
     }
 

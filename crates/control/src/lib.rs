@@ -2,8 +2,11 @@
 
 pub mod compile;
 pub mod directory;
+pub mod mtls;
 pub mod template;
 pub mod virtual_ips;
+pub mod zone_proxies;
+pub mod zones;
 
-pub use directory::{ConfigStatus, DataplaneSource, DirectorySource, Loaded, Rejected};
+pub use directory::{ConfigStatus, DataplaneSource, DirectorySource, Loaded, ProxyKind, Rejected};
 pub use virtual_ips::VipOptions;

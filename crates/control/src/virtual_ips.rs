@@ -101,6 +101,30 @@ pub enum TargetPort {
     Name(String),
 }
 
+impl TargetPort {
+    /// A MeshService port's `targetPort` (a number or an inbound name), `port` when absent.
+    pub fn of(p: &bearing_model::MeshServicePort) -> TargetPort {
+        let port = u16::try_from(p.port).unwrap_or(0);
+        match &p.target_port {
+            Some(serde_json::Value::String(name)) => TargetPort::Name(name.clone()),
+            Some(v) => TargetPort::Number(
+                v.as_u64()
+                    .and_then(|n| u16::try_from(n).ok())
+                    .unwrap_or(port),
+            ),
+            None => TargetPort::Number(port),
+        }
+    }
+
+    /// Whether `inbound` is the one this target names.
+    pub fn selects(&self, inbound: &bearing_model::Inbound) -> bool {
+        match self {
+            TargetPort::Number(p) => inbound.port == u32::from(*p),
+            TargetPort::Name(n) => inbound.name.as_deref() == Some(n.as_str()),
+        }
+    }
+}
+
 /// Builds the hostname table of `mesh` from `store`.
 pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<VirtualHost> {
     let mut table = Table::default();
@@ -290,16 +314,7 @@ fn mesh_services(
             .iter()
             .map(|p| {
                 let port = u16::try_from(p.port).unwrap_or(0);
-                let target = match &p.target_port {
-                    Some(serde_json::Value::String(name)) => TargetPort::Name(name.clone()),
-                    Some(v) => TargetPort::Number(
-                        v.as_u64()
-                            .and_then(|n| u16::try_from(n).ok())
-                            .unwrap_or(port),
-                    ),
-                    None => TargetPort::Number(port),
-                };
-                (port, target, p.app_protocol.clone())
+                (port, TargetPort::of(p), p.app_protocol.clone())
             })
             .collect();
         let mut labels = r.meta.labels.clone();
@@ -453,8 +468,8 @@ fn remote_services<'s>(store: &'s Store, mesh: &'s str) -> impl Iterator<Item = 
         Spec::ZoneIngress(zi) => zi
             .available_services
             .iter()
-            .filter(|s| s.get("mesh").and_then(|m| m.as_str()).unwrap_or("default") == mesh)
-            .filter_map(|s| s.get("tags")?.get(SERVICE_TAG)?.as_str())
+            .filter(|s| s.mesh == mesh || (s.mesh.is_empty() && mesh == "default"))
+            .filter_map(|s| s.tags.get(SERVICE_TAG).map(String::as_str))
             .collect::<Vec<_>>(),
         _ => Vec::new(),
     })

@@ -40,9 +40,9 @@ pub struct Meta {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Mesh {
-    /// `mtls`: certificate authority backends (acted on from issue #5).
+    /// `mtls`: the certificate authority backends and which one is in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtls: Option<Value>,
+    pub mtls: Option<MeshMtls>,
     /// `logging` backends: accepted, not acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<Value>,
@@ -67,6 +67,112 @@ pub struct Mesh {
     /// Control-plane behaviour; accepted and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_creating_initial_policies: Option<Value>,
+}
+
+/// `Mesh.mtls`: mutual TLS between the mesh's proxies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshMtls {
+    /// Name of the backend in force; mTLS is off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled_backend: Option<String>,
+    /// Certificate authority backends.
+    #[serde(default)]
+    pub backends: Vec<MtlsBackend>,
+    /// Control-plane behaviour; accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_validation: Option<Value>,
+}
+
+impl MeshMtls {
+    /// The enabled backend, if mTLS is on and it names an existing backend.
+    pub fn enabled(&self) -> Option<&MtlsBackend> {
+        let name = self.enabled_backend.as_deref().filter(|n| !n.is_empty())?;
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
+
+/// One `Mesh.mtls.backends[]` entry: a certificate authority.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MtlsBackend {
+    /// Backend name, referenced by `enabledBackend`.
+    #[serde(default)]
+    pub name: String,
+    /// `builtin` (CA from Secrets `<mesh>.ca-builtin-cert|key-<name>`) or `provided`.
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    /// `STRICT` (default: mTLS only) or `PERMISSIVE` (mTLS and plaintext on one port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Leaf certificate settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp_cert: Option<DpCert>,
+    /// Backend settings: `provided` takes `cert` and `key` DataSources; `builtin`'s
+    /// `caCert` (key size, lifetime) is accepted, the CA itself comes from its Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<Value>,
+    /// `rootChain`: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_chain: Option<Value>,
+}
+
+impl MtlsBackend {
+    /// Whether plaintext is accepted next to mTLS.
+    pub fn permissive(&self) -> bool {
+        self.mode.as_deref() == Some("PERMISSIVE")
+    }
+}
+
+/// `dpCert` of an mTLS backend.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DpCert {
+    /// `rotation.expiration`: leaf lifetime (Kuma's default 24h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<DpCertRotation>,
+    /// `requestTimeout`: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<Value>,
+}
+
+/// `dpCert.rotation`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DpCertRotation {
+    /// Lifetime of a leaf certificate, a Go duration (`24h`, `1h30m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<String>,
+}
+
+/// Kuma's DataSource: bytes from a Secret, a file, base64 inline or an inline string.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataSource {
+    /// Name of a Secret of the same mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Path of a file on the proxy's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Base64-encoded bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+    /// The bytes as a string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_string: Option<String>,
+}
+
+/// `conf` of a `provided` mTLS backend.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProvidedCaConf {
+    /// CA certificate (PEM).
+    #[serde(default)]
+    pub cert: DataSource,
+    /// CA private key (PEM).
+    #[serde(default)]
+    pub key: DataSource,
 }
 
 /// `Mesh.meshServices`.
@@ -295,7 +401,25 @@ pub struct ZoneIngress {
     pub networking: ZoneProxyNetworking,
     /// Services reachable through this ingress (filled by the control plane).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub available_services: Vec<Value>,
+    pub available_services: Vec<AvailableService>,
+}
+
+/// One `ZoneIngress.availableServices[]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AvailableService {
+    /// Tags of the service's inbounds (`kuma.io/service` and more).
+    #[serde(default)]
+    pub tags: Tags,
+    /// How many instances serve it.
+    #[serde(default)]
+    pub instances: u32,
+    /// Mesh of the service.
+    #[serde(default)]
+    pub mesh: String,
+    /// Whether it is an ExternalService of that zone.
+    #[serde(default)]
+    pub external_service: bool,
 }
 
 /// `type: ZoneEgress`: the exit point of a zone.
@@ -451,21 +575,37 @@ pub struct ExternalTls {
     /// Allow TLS renegotiation.
     #[serde(default)]
     pub allow_renegotiation: bool,
-    /// SNI to send (defaults to the host of `address`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// SNI to send (defaults to the host of `address`); `sni` is accepted as its alias, as
+    /// in Kuma's own test inputs.
+    #[serde(default, alias = "sni", skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
-    /// CA bundle (DataSource: `inline`, `inlineString` or `secret`).
+    /// CA bundle that must have signed the server's certificate (system roots when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_cert: Option<Value>,
-    /// Client certificate (DataSource).
+    pub ca_cert: Option<DataSource>,
+    /// Client certificate to present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_cert: Option<Value>,
-    /// Client key (DataSource).
+    pub client_cert: Option<DataSource>,
+    /// Key of the client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_key: Option<Value>,
+    pub client_key: Option<DataSource>,
     /// Server verification options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verification: Option<Value>,
+    pub verification: Option<TlsVerification>,
+}
+
+/// `ExternalService.networking.tls.verification`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsVerification {
+    /// `Secured` (default), `SkipSAN`, `SkipCA` or `SkipAll`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Name checked against the certificate instead of `serverName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// `subjectAltNames`: accepted, not acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_alt_names: Option<Value>,
 }
 
 /// `type: Secret`: base64 data referenced by other resources.

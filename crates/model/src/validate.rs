@@ -12,7 +12,7 @@ pub type FieldProblem = (String, String);
 pub fn validate(spec: &Spec) -> Vec<FieldProblem> {
     let mut p = Vec::new();
     match spec {
-        Spec::Mesh(_) => {}
+        Spec::Mesh(m) => mesh(m, &mut p),
         Spec::Dataplane(dp) => dataplane(dp, &mut p),
         Spec::ZoneIngress(zi) => zone_proxy(&zi.networking, &mut p),
         Spec::ZoneEgress(ze) => zone_proxy(&ze.networking, &mut p),
@@ -255,6 +255,127 @@ fn transparent_proxying(tp: &TransparentProxying, p: &mut Vec<FieldProblem>) {
     }
 }
 
+/// Kuma's mTLS backend rules, limited to the CA types Bearing can run (`builtin`, `provided`).
+fn mesh(m: &Mesh, p: &mut Vec<FieldProblem>) {
+    let Some(mtls) = &m.mtls else {
+        return;
+    };
+    let mut names = HashSet::new();
+    for (i, b) in mtls.backends.iter().enumerate() {
+        let path = format!("mtls.backends[{i}]");
+        if b.name.is_empty() {
+            p.push((format!("{path}.name"), "must not be empty".into()));
+        } else if !names.insert(b.name.as_str()) {
+            p.push((
+                format!("{path}.name"),
+                format!("{:?} is used twice", b.name),
+            ));
+        }
+        match b.kind.as_str() {
+            "builtin" => {}
+            "provided" => provided_ca(b.conf.as_ref(), &format!("{path}.conf"), p),
+            "" => p.push((format!("{path}.type"), "must not be empty".into())),
+            other => p.push((
+                format!("{path}.type"),
+                format!("{other:?} is not supported by Bearing (builtin, provided)"),
+            )),
+        }
+        if let Some(mode) = b
+            .mode
+            .as_deref()
+            .filter(|m| !matches!(*m, "STRICT" | "PERMISSIVE"))
+        {
+            p.push((
+                format!("{path}.mode"),
+                format!("{mode:?} must be STRICT or PERMISSIVE"),
+            ));
+        }
+        let expiration = b.dp_cert.as_ref().and_then(|d| d.rotation.as_ref());
+        if let Some(e) = expiration.and_then(|r| r.expiration.as_deref()) {
+            match parse_go_duration(e) {
+                Ok(d) if d >= std::time::Duration::from_secs(60) => {}
+                Ok(_) => p.push((
+                    format!("{path}.dpCert.rotation.expiration"),
+                    format!("{e:?} is shorter than a minute"),
+                )),
+                Err(m) => p.push((format!("{path}.dpCert.rotation.expiration"), m)),
+            }
+        }
+    }
+    if let Some(enabled) = mtls.enabled_backend.as_deref().filter(|e| !e.is_empty()) {
+        if !names.contains(enabled) {
+            p.push((
+                "mtls.enabledBackend".into(),
+                format!("has to be set to one of the backends in the mesh, {enabled:?} is not"),
+            ));
+        }
+    }
+}
+
+/// A `provided` CA's `conf`: `cert` and `key`, each one DataSource.
+fn provided_ca(conf: Option<&serde_json::Value>, path: &str, p: &mut Vec<FieldProblem>) {
+    let parsed = conf
+        .cloned()
+        .map(serde_json::from_value::<ProvidedCaConf>)
+        .transpose();
+    match parsed {
+        Ok(Some(c)) => {
+            data_source(&c.cert, &format!("{path}.cert"), p);
+            data_source(&c.key, &format!("{path}.key"), p);
+        }
+        Ok(None) => p.push((path.into(), "a provided CA needs cert and key".into())),
+        Err(e) => p.push((path.into(), e.to_string())),
+    }
+}
+
+/// Exactly one of a DataSource's fields, and valid base64 for `inline`.
+fn data_source(ds: &DataSource, path: &str, p: &mut Vec<FieldProblem>) {
+    let set = [&ds.secret, &ds.file, &ds.inline, &ds.inline_string]
+        .iter()
+        .filter(|f| f.is_some())
+        .count();
+    if set != 1 {
+        p.push((
+            path.into(),
+            "must have exactly one of secret, file, inline, inlineString".into(),
+        ));
+    }
+    if ds.inline.as_deref().is_some_and(|v| !is_base64(v)) {
+        p.push((format!("{path}.inline"), "is not valid base64".into()));
+    }
+}
+
+/// Parses a Go duration such as `24h`, `1h30m`, `90s` or `500ms`.
+pub fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration like 24h, 1h30m or 90s");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit_end = rest[digits..]
+            .find(|c: char| c.is_ascii_digit())
+            .map_or(rest.len(), |i| digits + i);
+        let scale = match &rest[digits..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[unit_end..];
+    }
+    std::time::Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
 fn zone_proxy(net: &ZoneProxyNetworking, p: &mut Vec<FieldProblem>) {
     address(&net.address, "networking.address", p);
     port(net.port, "networking.port", p);
@@ -268,6 +389,33 @@ fn zone_proxy(net: &ZoneProxyNetworking, p: &mut Vec<FieldProblem>) {
 
 fn external_service(es: &ExternalService, p: &mut Vec<FieldProblem>) {
     tags(&es.tags, "tags", true, p);
+    if let Some(tls) = &es.networking.tls {
+        let sources = [
+            (&tls.ca_cert, "caCert"),
+            (&tls.client_cert, "clientCert"),
+            (&tls.client_key, "clientKey"),
+        ];
+        for (ds, name) in sources {
+            if let Some(ds) = ds {
+                data_source(ds, &format!("networking.tls.{name}"), p);
+            }
+        }
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            p.push((
+                "networking.tls.clientKey".into(),
+                "clientCert and clientKey go together".into(),
+            ));
+        }
+        let mode = tls.verification.as_ref().and_then(|v| v.mode.as_deref());
+        if let Some(m) =
+            mode.filter(|m| !matches!(*m, "Secured" | "SkipSAN" | "SkipCA" | "SkipAll"))
+        {
+            p.push((
+                "networking.tls.verification.mode".into(),
+                format!("{m:?} must be Secured, SkipSAN, SkipCA or SkipAll"),
+            ));
+        }
+    }
     let addr = &es.networking.address;
     match addr.rsplit_once(':') {
         Some((host, port_text)) if !host.is_empty() => {
@@ -539,6 +687,35 @@ mod tests {
         assert!(!is_dns_name("<no value>.mesh"));
         assert!(!is_dns_name("a..b"));
         assert!(!is_dns_name("-a.mesh"));
+    }
+
+    #[test]
+    fn mesh_mtls_backends() {
+        let mesh: Mesh = serde_json::from_value(serde_json::json!({
+            "mtls": {"enabledBackend": "ca-9", "backends": [
+                {"name": "ca-1", "type": "builtin", "mode": "LAX",
+                 "dpCert": {"rotation": {"expiration": "1h30x"}}},
+                {"name": "ca-2", "type": "vault"},
+                {"name": "ca-3", "type": "provided", "conf": {"cert": {"file": "a", "secret": "b"}, "key": {"inline": "!!"}}}
+            ]}
+        }))
+        .unwrap();
+        let problems = validate(&Spec::Mesh(mesh));
+        let text = format!("{problems:?}");
+        for needle in [
+            "mtls.backends[0].mode",
+            "mtls.backends[0].dpCert.rotation.expiration",
+            "is not supported by Bearing",
+            "mtls.backends[2].conf.cert",
+            "mtls.backends[2].conf.key.inline",
+            "mtls.enabledBackend",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+        assert_eq!(problems.len(), 6, "{text}");
+        assert_eq!(parse_go_duration("1h30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse_go_duration("24h").unwrap().as_secs(), 86400);
+        assert!(parse_go_duration("5").is_err());
     }
 
     #[test]

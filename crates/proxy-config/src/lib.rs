@@ -27,6 +27,113 @@ pub struct ProxyConfig {
     pub transparent_proxy: Option<TransparentProxy>,
     /// Mesh hostnames the proxy's DNS server answers, sorted by name.
     pub dns: Vec<DnsRecord>,
+    /// Mesh mTLS material by mesh: every mesh whose certificates this proxy presents.
+    pub mtls: BTreeMap<String, MeshTls>,
+}
+
+/// One mesh's certificate authority and the identities this proxy holds in it. The proxy
+/// issues its own leaf certificate from the CA and renews it before it expires.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MeshTls {
+    /// Mesh name (the SPIFFE trust domain: `spiffe://<mesh>/<service>`).
+    pub mesh: String,
+    /// The enabled mTLS backend it came from.
+    pub backend: String,
+    /// CA certificate (PEM): the only root trusted for mesh traffic.
+    pub ca_cert_pem: String,
+    /// CA private key (PEM), for issuing this proxy's leaf; never shown in `/config_dump`.
+    #[serde(skip_serializing)]
+    pub ca_key_pem: String,
+    /// Services this proxy is (`spiffe://<mesh>/<service>` URI SANs of its leaf).
+    pub services: Vec<String>,
+    /// Plaintext is accepted next to mTLS on inbound listeners (Kuma's PERMISSIVE mode).
+    pub permissive: bool,
+    /// Lifetime of a leaf certificate (renewed when 80% of it has passed).
+    #[serde(serialize_with = "millis::serialize")]
+    pub leaf_lifetime: Duration,
+}
+
+/// TLS a listener terminates: mesh mTLS with this proxy's identity in `mesh`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DownstreamTls {
+    /// Mesh whose CA the client certificate must chain to (a key of `ProxyConfig::mtls`).
+    pub mesh: String,
+}
+
+/// How a listener that routes by SNI (zone ingress, zone egress) recognises a destination.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case", tag = "form")]
+pub enum SniTarget {
+    /// Kuma's tags form `service{k=v,mesh=m}`: a service of a mesh; the remaining tags
+    /// narrow the endpoints (by `Endpoint::tags`).
+    Service {
+        /// Mesh name.
+        mesh: String,
+        /// `kuma.io/service` value.
+        service: String,
+    },
+    /// Kuma's hashed resource form `<hash>.<name>.<port>.<mesh>.ms`: a MeshService port.
+    MeshService {
+        /// Mesh name.
+        mesh: String,
+        /// MeshService name.
+        name: String,
+        /// Its port.
+        port: u16,
+    },
+}
+
+/// One destination of an SNI-routing listener.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SniRoute {
+    /// What the ClientHello's SNI must name.
+    pub target: SniTarget,
+    /// Where the connection goes.
+    pub cluster: String,
+    /// Terminate mesh mTLS first (zone egress to an ExternalService); otherwise the TLS bytes
+    /// pass through untouched.
+    pub terminate: Option<DownstreamTls>,
+}
+
+/// TLS a cluster originates towards its endpoints.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum UpstreamTls {
+    /// Mesh mTLS: this proxy's certificate in `mesh`, SNI `sni`, and the server must present
+    /// exactly the SPIFFE id `identity`.
+    Mesh {
+        /// Mesh name (a key of `ProxyConfig::mtls`).
+        mesh: String,
+        /// SNI sent, Kuma's tags form (`backend{mesh=default}`), which zone proxies route by.
+        sni: String,
+        /// Expected server identity, `spiffe://<mesh>/<service>`.
+        identity: String,
+    },
+    /// TLS to a service outside the mesh (ExternalService `networking.tls`).
+    External {
+        /// SNI sent, and the name checked in `Secured` mode.
+        server_name: String,
+        /// CA bundle (PEM); the system roots when absent.
+        ca_pem: Option<String>,
+        /// Client certificate (PEM) to present, if any.
+        client_cert_pem: Option<String>,
+        /// Key of the client certificate; never shown in `/config_dump`.
+        #[serde(skip_serializing)]
+        client_key_pem: Option<String>,
+        /// How much of the server certificate is checked.
+        verification: Verification,
+    },
+}
+
+/// Server certificate checks for external TLS (Kuma's `verification.mode`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub enum Verification {
+    /// Chain to the CA and the server name.
+    Secured,
+    /// Chain only.
+    SkipSan,
+    /// Nothing (handshake signatures still checked).
+    SkipAll,
 }
 
 /// One mesh hostname and the addresses its A and AAAA queries answer with.
@@ -142,6 +249,14 @@ pub struct Listener {
     /// are virtual as in Kuma (`bind_to_port: false`): connections reach them through the
     /// capture ports by their original destination.
     pub bind: bool,
+    /// Mesh mTLS terminated on this listener (sidecar inbounds of an mTLS mesh).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DownstreamTls>,
+    /// Zone ingress and egress: destinations by the SNI of the client's TLS ClientHello, read
+    /// without terminating TLS. When not empty, `cluster` is unused and an SNI naming none of
+    /// these is refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sni_routes: Vec<SniRoute>,
 }
 
 /// A set of interchangeable endpoints.
@@ -159,6 +274,9 @@ pub struct Cluster {
     /// Limit for receiving the response headers of an HTTP request (`None`: no limit).
     #[serde(serialize_with = "opt_millis::serialize")]
     pub request_timeout: Option<Duration>,
+    /// TLS originated towards the endpoints, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
 }
 
 /// One upstream address.
@@ -168,6 +286,10 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// Dataplane (or `local application`) serving it, for logs and `/config_dump`.
     pub origin: String,
+    /// Tags of the inbound it serves; kept only where an SNI's tags select among endpoints
+    /// (zone ingress).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 mod millis {
