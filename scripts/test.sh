@@ -14,7 +14,7 @@ fi
 declare -A need=(
   [ip]=iproute2 [iptables]=iptables [curl]=curl [nginx]=nginx [dig]=dnsutils
   [redis-server]=redis-server [redis-cli]=redis-tools [socat]=socat [python3]=python3
-  [setpriv]=util-linux [dnsmasq]=dnsmasq-base
+  [setpriv]=util-linux [dnsmasq]=dnsmasq-base [tcpdump]=tcpdump [openssl]=openssl
 )
 missing=()
 for cmd in "${!need[@]}"; do

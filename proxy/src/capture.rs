@@ -135,14 +135,14 @@ pub async fn serve_passthrough(
         Err(e) => {
             port.stats.errors.inc();
             tracing::warn!(listener = %port.name, %peer, %target, "passthrough connect failed: {e}; resetting connection");
-            reset(down.get_ref());
+            reset(&down);
         }
     }
 }
 
 /// Makes closing `stream` send an RST, the TCP way of saying "nobody serves this".
-pub fn reset(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+pub fn reset(stream: &impl crate::io::TcpBacked) {
+    let _ = socket2::SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
 }
 
 /// The inbound passthrough source address of `target`'s family.

@@ -44,8 +44,32 @@ pub enum Command {
     /// transparent-proxy` / `kumactl uninstall transparent-proxy`).
     #[command(subcommand)]
     TransparentProxy(TransparentProxy),
+    /// Certificate authority tools for mesh mTLS.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Print the version.
     Version,
+}
+
+/// `bearing ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a mesh's builtin CA and write it into a directory store as the two Secrets
+    /// kuma-cp would create (`<mesh>.ca-builtin-cert-<backend>`, `<mesh>.ca-builtin-key-<backend>`).
+    Generate {
+        /// Mesh the CA signs certificates for.
+        #[arg(long)]
+        mesh: String,
+        /// Name of the Mesh's `builtin` mTLS backend.
+        #[arg(long, default_value = "ca-1")]
+        backend: String,
+        /// Directory store to write `ca-<mesh>-<backend>.yaml` into.
+        #[arg(long)]
+        store: PathBuf,
+        /// Replace an existing file (every proxy then needs new certificates).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `bearing transparent-proxy` subcommands.
@@ -187,6 +211,16 @@ pub fn main() -> i32 {
         }
         Command::Validate { dir } => validate(&dir),
         Command::TransparentProxy(command) => transparent_proxy(command),
+        Command::Ca(command) => match ca(command) {
+            Ok(path) => {
+                println!("{}", path.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("bearing: ca: {e:#}");
+                1
+            }
+        },
         Command::Run(args) => match run(*args) {
             Ok(()) => 0,
             Err(e) => {
@@ -195,6 +229,51 @@ pub fn main() -> i32 {
             }
         },
     }
+}
+
+/// `bearing ca generate`: writes the CA Secrets; returns the file written.
+fn ca(command: CaCommand) -> anyhow::Result<PathBuf> {
+    let CaCommand::Generate {
+        mesh,
+        backend,
+        store,
+        force,
+    } = command;
+    for (flag, value) in [("--mesh", &mesh), ("--backend", &backend)] {
+        if let Some(problem) = bearing_model::validate::validate_name(value) {
+            bail!("{flag} {value:?}: {problem}");
+        }
+    }
+    if !store.is_dir() {
+        bail!("--store {}: not a directory", store.display());
+    }
+    let path = store.join(format!("ca-{mesh}-{backend}.yaml"));
+    if path.exists() && !force {
+        bail!(
+            "{} exists; pass --force to replace the CA (every proxy of the mesh then gets new certificates)",
+            path.display()
+        );
+    }
+    let ca = bearing_tls::MeshCa::generate(&mesh)?;
+    let text = bearing_tls::builtin_secrets_yaml(&mesh, &backend, &ca);
+    // Written aside and renamed, so the store watcher never reads half a key.
+    let partial = store.join(format!(".ca-{mesh}-{backend}.yaml.partial"));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // The file holds the CA's private key: readable by its owner only.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+    }
+    std::fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
 }
 
 /// `bearing transparent-proxy install|uninstall`: exit 0 on success, 1 with the error.

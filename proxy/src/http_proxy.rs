@@ -60,7 +60,10 @@ pub async fn forward(
     mut req: Request<Incoming>,
     listener: &ListenerRuntime,
 ) -> Response<ProxyBody> {
-    let cluster = &listener.cluster;
+    let Some(cluster) = &listener.cluster else {
+        let message = format!("listener {} has no cluster", listener.config.name);
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, message);
+    };
     let upstream_h2 = matches!(cluster.config.protocol, Protocol::Http2 | Protocol::Grpc);
     prepare_request(&mut req, upstream_h2);
     let resp = match cluster.send_http(req).await {

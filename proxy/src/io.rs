@@ -110,3 +110,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// A stream running over one TCP connection, which can be reached to reset it.
+pub trait TcpBacked {
+    /// The TCP connection underneath.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl TcpBacked for Counted<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.inner
+    }
+}
+
+impl<S: TcpBacked> TcpBacked for tokio_rustls::server::TlsStream<S> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0.tcp()
+    }
+}
+
+impl<S: TcpBacked> TcpBacked for tokio_rustls::client::TlsStream<S> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0.tcp()
+    }
+}
+
+impl<L: TcpBacked, R: TcpBacked> TcpBacked for tokio_util::either::Either<L, R> {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            tokio_util::either::Either::Left(l) => l.tcp(),
+            tokio_util::either::Either::Right(r) => r.tcp(),
+        }
+    }
+}
+
+impl TcpBacked for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}

@@ -10,6 +10,8 @@ pub mod capture;
 pub mod cli;
 pub mod http_proxy;
 pub mod io;
+pub mod mesh_tls;
 pub mod runtime;
+pub mod sni;
 pub mod stats;
 pub mod upstream;

@@ -23,7 +23,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::capture::{self, CapturePort, Route};
 use crate::http_proxy;
-use crate::io::Counted;
+use crate::io::{Counted, TcpBacked};
+use crate::mesh_tls::MeshTlsSet;
+use crate::sni::{SniRouteRuntime, SniTable};
 use crate::stats::{ListenerStats, Stats};
 use crate::upstream::{ClusterRuntime, EndpointPool};
 
@@ -31,11 +33,50 @@ use crate::upstream::{ClusterRuntime, EndpointPool};
 pub struct ListenerRuntime {
     /// The listener as compiled.
     pub config: Listener,
-    /// Where its traffic goes.
-    pub cluster: Arc<ClusterRuntime>,
+    /// Where its traffic goes (none for SNI-routing listeners, which have `sni`).
+    pub cluster: Option<Arc<ClusterRuntime>>,
+    /// Mesh mTLS this listener terminates.
+    pub tls: Option<DownstreamTlsRuntime>,
+    /// Zone ingress / egress: destinations by SNI.
+    pub sni: Option<SniTable>,
     /// Its metrics.
     pub stats: ListenerStats,
 }
+
+/// How a listener terminates mesh mTLS.
+#[derive(Clone)]
+pub enum DownstreamTlsRuntime {
+    /// With this server config; plaintext is accepted too when `permissive`.
+    Ready {
+        /// rustls acceptor (the mesh's server config).
+        acceptor: tokio_rustls::TlsAcceptor,
+        /// Kuma's PERMISSIVE mode: connections not starting with a TLS record are plaintext.
+        permissive: bool,
+    },
+    /// The mesh's certificate could not be issued: connections are refused.
+    Unavailable(String),
+}
+
+impl DownstreamTlsRuntime {
+    /// The termination settings of `mesh` in `tls`.
+    pub fn for_mesh(tls: &MeshTlsSet, mesh: &str) -> Self {
+        match tls.get(mesh) {
+            Some(rt) => DownstreamTlsRuntime::Ready {
+                acceptor: tokio_rustls::TlsAcceptor::from(rt.server.clone()),
+                permissive: rt.config.permissive,
+            },
+            None => DownstreamTlsRuntime::Unavailable(format!(
+                "mesh {mesh:?} has no usable mTLS certificate"
+            )),
+        }
+    }
+}
+
+/// Time a client has to send its TLS ClientHello and finish the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// PERMISSIVE mode: how long to wait for a client's first byte before treating the
+/// connection as plaintext (protocols where the server speaks first send nothing).
+const PERMISSIVE_SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One applied config, ready for the hot path.
 pub struct Snapshot {
@@ -47,6 +88,8 @@ pub struct Snapshot {
     inbound_ports: HashMap<u16, Arc<ListenerRuntime>>,
     /// Transparent-proxy capture sockets by address.
     captures: HashMap<SocketAddr, Arc<CapturePort>>,
+    /// Mesh mTLS state by mesh.
+    tls: MeshTlsSet,
 }
 
 impl Snapshot {
@@ -56,6 +99,7 @@ impl Snapshot {
             listeners: HashMap::new(),
             inbound_ports: HashMap::new(),
             captures: HashMap::new(),
+            tls: MeshTlsSet::default(),
         }
     }
 
@@ -116,9 +160,13 @@ impl Snapshot {
     /// snapshot.
     fn pools(&self) -> HashMap<PoolKey, Arc<EndpointPool>> {
         let mut pools = HashMap::new();
-        for l in self.listeners.values() {
-            let c = &l.cluster.config;
-            for p in l.cluster.pools() {
+        let clusters = self.listeners.values().flat_map(|l| {
+            let routes = l.sni.iter().flat_map(SniTable::clusters);
+            l.cluster.iter().chain(routes)
+        });
+        for cluster in clusters {
+            let c = &cluster.config;
+            for p in cluster.pools() {
                 pools.insert((c.name.clone(), c.protocol, p.address()), p.clone());
             }
         }
@@ -196,7 +244,10 @@ impl Proxy {
 
     /// Applies `config`: builds a snapshot, swaps it in, then binds and unbinds listeners.
     pub fn apply(self: &Arc<Self>, config: Arc<ProxyConfig>) {
-        let mut pools = self.snapshot.load().pools();
+        let previous = self.snapshot.load_full();
+        let mut pools = previous.pools();
+        let tls = previous.tls.update(config.mtls.values());
+        drop(previous);
         let mut clusters = HashMap::new();
         for (name, c) in &config.clusters {
             let endpoint_pools = c
@@ -208,19 +259,54 @@ impl Proxy {
                         .unwrap_or_else(|| EndpointPool::new(e.address))
                 })
                 .collect();
-            let runtime = ClusterRuntime::new(c.clone(), self.stats.cluster(name), endpoint_pools);
+            let connector = c.tls.as_ref().map(|t| {
+                tls.upstream(t, upstream_alpn(c.protocol)).map_err(|e| {
+                    tracing::error!(cluster = %name, "TLS unavailable: {e}; connections will fail");
+                    e
+                })
+            });
+            let runtime = ClusterRuntime::new(
+                c.clone(),
+                self.stats.cluster(name),
+                endpoint_pools,
+                connector,
+            );
             clusters.insert(name.clone(), Arc::new(runtime));
         }
         let mut listeners = HashMap::new();
         let mut inbound_ports = HashMap::new();
         for l in &config.listeners {
-            let Some(cluster) = clusters.get(&l.cluster) else {
+            let cluster = clusters.get(&l.cluster).cloned();
+            if cluster.is_none() && l.sni_routes.is_empty() {
                 tracing::error!(listener = %l.name, cluster = %l.cluster, "listener names a missing cluster; not served");
                 continue;
-            };
+            }
+            let sni = (!l.sni_routes.is_empty()).then(|| {
+                SniTable::new(l.sni_routes.iter().filter_map(|r| {
+                    let Some(cluster) = clusters.get(&r.cluster) else {
+                        tracing::error!(listener = %l.name, cluster = %r.cluster, "SNI route names a missing cluster; not served");
+                        return None;
+                    };
+                    Some((
+                        r.target.clone(),
+                        SniRouteRuntime {
+                            cluster: cluster.clone(),
+                            terminate: r
+                                .terminate
+                                .as_ref()
+                                .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh)),
+                        },
+                    ))
+                }))
+            });
             let runtime = Arc::new(ListenerRuntime {
                 config: l.clone(),
-                cluster: cluster.clone(),
+                cluster,
+                tls: l
+                    .tls
+                    .as_ref()
+                    .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh)),
+                sni,
                 stats: self.stats.listener(&l.name),
             });
             if l.direction == Direction::Inbound {
@@ -243,6 +329,7 @@ impl Proxy {
             listeners,
             inbound_ports,
             captures,
+            tls,
         }));
         self.stats.config.applied.inc();
         self.reconcile_listeners();
@@ -357,12 +444,82 @@ impl Proxy {
             listener.stats.rx_bytes.clone(),
             listener.stats.tx_bytes.clone(),
         );
-        if listener.config.protocol.is_http() {
-            self.serve_http(stream, listener.clone(), peer).await;
+        if let Some(table) = &listener.sni {
+            crate::sni::serve(&self.stats, stream, &listener, table, peer).await;
         } else {
-            serve_tcp(stream, &listener, peer).await;
+            match &listener.tls {
+                None => self.serve_stream(stream, &listener, peer).await,
+                Some(tls) => self.serve_mesh_tls(stream, &listener, tls, peer).await,
+            }
         }
         listener.stats.active.dec();
+    }
+
+    /// Terminates mesh mTLS (or, in PERMISSIVE mode, takes plaintext) and serves the stream.
+    async fn serve_mesh_tls(
+        self: &Arc<Self>,
+        stream: Counted<TcpStream>,
+        listener: &Arc<ListenerRuntime>,
+        tls: &DownstreamTlsRuntime,
+        peer: SocketAddr,
+    ) {
+        let (acceptor, permissive) = match tls {
+            DownstreamTlsRuntime::Ready {
+                acceptor,
+                permissive,
+            } => (acceptor, *permissive),
+            DownstreamTlsRuntime::Unavailable(reason) => {
+                self.stats.count_tls_handshake_error(&listener.config.name);
+                tracing::warn!(listener = %listener.config.name, %peer, "refused: {reason}");
+                capture::reset(&stream);
+                return;
+            }
+        };
+        if permissive
+            && !crate::sni::starts_with_tls_record(stream.get_ref(), PERMISSIVE_SNIFF_TIMEOUT).await
+        {
+            return self.serve_stream(stream, listener, peer).await;
+        }
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => self.serve_stream(tls_stream, listener, peer).await,
+            Ok(Err(e)) => {
+                self.stats.count_tls_handshake_error(&listener.config.name);
+                tracing::info!(listener = %listener.config.name, %peer, "mTLS handshake failed: {e}");
+            }
+            Err(_) => {
+                self.stats.count_tls_handshake_error(&listener.config.name);
+                tracing::info!(listener = %listener.config.name, %peer, "mTLS handshake timed out");
+            }
+        }
+    }
+
+    /// Serves a (possibly decrypted) downstream stream as the listener's protocol says.
+    async fn serve_stream<S>(
+        self: &Arc<Self>,
+        stream: S,
+        listener: &Arc<ListenerRuntime>,
+        peer: SocketAddr,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin + Send + 'static,
+    {
+        let Some(cluster) = &listener.cluster else {
+            return;
+        };
+        if listener.config.protocol.is_http() {
+            self.clone()
+                .serve_http(stream, listener.clone(), peer)
+                .await;
+        } else {
+            serve_tcp(
+                stream,
+                cluster,
+                &listener.stats,
+                &listener.config.name,
+                peer,
+                |_| true,
+            )
+            .await;
+        }
     }
 
     /// Serves a connection iptables redirected to a capture port.
@@ -396,12 +553,14 @@ impl Proxy {
         }
     }
 
-    async fn serve_http(
+    async fn serve_http<S>(
         self: Arc<Self>,
-        stream: Counted<TcpStream>,
+        stream: S,
         listener: Arc<ListenerRuntime>,
         peer: SocketAddr,
-    ) {
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let proxy = self.clone();
         let own = listener.clone();
         let service = service_fn(move |req| {
@@ -454,22 +613,41 @@ impl Proxy {
 /// returns under load.
 pub(crate) const TCP_COPY_BUFFER: usize = 64 * 1024;
 
-async fn serve_tcp(mut down: Counted<TcpStream>, listener: &ListenerRuntime, peer: SocketAddr) {
-    let cluster = &listener.cluster;
-    match cluster.connect_tcp().await {
+/// Connects to `cluster` (an endpoint `wanted` accepts) and copies bytes both ways; with
+/// no endpoint the downstream connection is reset.
+pub(crate) async fn serve_tcp<S>(
+    mut down: S,
+    cluster: &ClusterRuntime,
+    stats: &ListenerStats,
+    listener: &str,
+    peer: SocketAddr,
+    wanted: impl Fn(&bearing_proxy_config::Endpoint) -> bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin,
+{
+    match cluster.connect_tcp_where(wanted).await {
         Ok(mut up) => {
             let (b, b2) = (TCP_COPY_BUFFER, TCP_COPY_BUFFER);
             if let Err(e) =
                 tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, b, b2).await
             {
-                listener.stats.errors.inc();
-                tracing::debug!(listener = %listener.config.name, %peer, "connection ended: {e}");
+                stats.errors.inc();
+                tracing::debug!(%listener, %peer, "connection ended: {e}");
             }
         }
         Err(e) => {
-            tracing::warn!(listener = %listener.config.name, cluster = %cluster.config.name, %peer, "{e}; resetting connection");
-            capture::reset(down.get_ref());
+            tracing::warn!(%listener, cluster = %cluster.config.name, %peer, "{e}; resetting connection");
+            capture::reset(&down);
         }
+    }
+}
+
+/// ALPN offered to TLS upstreams of a cluster speaking `protocol`.
+fn upstream_alpn(protocol: Protocol) -> &'static [&'static [u8]] {
+    match protocol {
+        Protocol::Http => &[b"http/1.1"],
+        Protocol::Http2 | Protocol::Grpc => &[b"h2"],
+        Protocol::Tcp => &[],
     }
 }
 

@@ -130,6 +130,8 @@ pub struct Stats {
     l_tx: Family<ListenerLabel, Counter>,
     l_err: Family<ListenerLabel, Counter>,
     l_req: Family<ListenerClassLabel, Counter>,
+    l_tls_err: Family<ListenerLabel, Counter>,
+    l_sni_unknown: Family<ListenerLabel, Counter>,
     c_conn: Family<ClusterLabel, Counter>,
     c_fail: Family<ClusterLabel, Counter>,
     c_none: Family<ClusterLabel, Counter>,
@@ -160,6 +162,8 @@ impl Stats {
             l_tx: Family::default(),
             l_err: Family::default(),
             l_req: Family::default(),
+            l_tls_err: Family::default(),
+            l_sni_unknown: Family::default(),
             c_conn: Family::default(),
             c_fail: Family::default(),
             c_none: Family::default(),
@@ -201,6 +205,16 @@ impl Stats {
             "listener_http_requests",
             "HTTP responses sent, by status class",
             s.l_req.clone(),
+        );
+        r.register(
+            "tls_handshake_errors",
+            "Downstream TLS handshakes that failed or were refused",
+            s.l_tls_err.clone(),
+        );
+        r.register(
+            "sni_unknown",
+            "Connections refused because their SNI named no destination",
+            s.l_sni_unknown.clone(),
         );
         r.register(
             "cluster_upstream_connections",
@@ -253,6 +267,23 @@ impl Stats {
             s.config.listener_bind_failures.clone(),
         );
         s
+    }
+
+    /// Counts a failed downstream TLS handshake. Created on first use: failures are rare, and
+    /// every listener carrying one more series would cost memory at 10k listeners.
+    pub fn count_tls_handshake_error(&self, listener: &str) {
+        let label = ListenerLabel {
+            listener: listener.to_string(),
+        };
+        self.l_tls_err.get_or_create(&label).inc();
+    }
+
+    /// Counts a connection refused for its SNI (missing or naming no destination).
+    pub fn count_sni_unknown(&self, listener: &str) {
+        let label = ListenerLabel {
+            listener: listener.to_string(),
+        };
+        self.l_sni_unknown.get_or_create(&label).inc();
     }
 
     /// The handles of one listener's metrics.

@@ -26,7 +26,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::io::Counted;
+use crate::mesh_tls::UpstreamConnector;
 use crate::stats::ClusterStats;
+use tokio_util::either::Either;
 
 /// Idle HTTP/1 connections kept per endpoint; more are closed when released.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -62,8 +64,12 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
-/// The upstream connection type: counted TCP in hyper's I/O adapter.
-type UpstreamIo = TokioIo<Counted<TcpStream>>;
+/// An upstream connection: counted TCP, wrapped in TLS when the cluster originates it.
+pub type UpstreamStream =
+    Either<Counted<TcpStream>, tokio_rustls::client::TlsStream<Counted<TcpStream>>>;
+
+/// The upstream connection type in hyper's I/O adapter.
+type UpstreamIo = TokioIo<UpstreamStream>;
 
 /// Pooled connections to one endpoint of one cluster.
 pub struct EndpointPool {
@@ -121,6 +127,8 @@ pub struct ClusterRuntime {
     pub stats: ClusterStats,
     pools: Vec<Arc<EndpointPool>>,
     next: AtomicUsize,
+    /// TLS originated upstream; an error when the cluster needs TLS that cannot be set up.
+    tls: Option<Result<UpstreamConnector, String>>,
 }
 
 /// An HTTP connection checked out of a pool for one request; `true` when it was reused.
@@ -130,13 +138,20 @@ enum Checkout {
 }
 
 impl ClusterRuntime {
-    /// A runtime cluster over `pools` (one per endpoint, in endpoint order).
-    pub fn new(config: Cluster, stats: ClusterStats, pools: Vec<Arc<EndpointPool>>) -> Self {
+    /// A runtime cluster over `pools` (one per endpoint, in endpoint order), originating TLS
+    /// with `tls` when given.
+    pub fn new(
+        config: Cluster,
+        stats: ClusterStats,
+        pools: Vec<Arc<EndpointPool>>,
+        tls: Option<Result<UpstreamConnector, String>>,
+    ) -> Self {
         ClusterRuntime {
             config,
             stats,
             pools,
             next: AtomicUsize::new(0),
+            tls,
         }
     }
 
@@ -147,29 +162,63 @@ impl ClusterRuntime {
 
     /// Endpoints in the order to try them for one connection: round robin start, then the rest.
     fn rotation(&self) -> impl Iterator<Item = &Arc<EndpointPool>> {
+        self.rotation_indices().map(move |i| &self.pools[i])
+    }
+
+    fn rotation_indices(&self) -> impl Iterator<Item = usize> {
         let n = self.pools.len();
         let start = if n == 0 {
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed) % n
         };
-        (0..n).map(move |i| &self.pools[(start + i) % n])
+        (0..n).map(move |i| (start + i) % n)
     }
 
-    async fn connect(&self, address: SocketAddr) -> io::Result<Counted<TcpStream>> {
-        let stream = crate::io::connect(address, None, self.config.connect_timeout).await?;
+    /// Connects to `address`, and completes the TLS handshake when the cluster originates
+    /// TLS, both within the connect timeout.
+    async fn connect(&self, address: SocketAddr) -> io::Result<UpstreamStream> {
+        let limit = self.config.connect_timeout;
+        let stream = crate::io::connect(address, None, limit).await?;
         self.stats.connections.inc();
-        Ok(Counted::new(
+        let counted = Counted::new(
             stream,
             self.stats.rx_bytes.clone(),
             self.stats.tx_bytes.clone(),
-        ))
+        );
+        let tls = match &self.tls {
+            None => return Ok(Either::Left(counted)),
+            Some(Ok(tls)) => tls,
+            Some(Err(reason)) => return Err(io::Error::other(reason.clone())),
+        };
+        let handshake = tls.connector.connect(tls.server_name.clone(), counted);
+        match tokio::time::timeout(limit, handshake).await {
+            Ok(Ok(s)) => Ok(Either::Right(s)),
+            Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS handshake: {e}"))),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
+        }
     }
 
-    /// Opens a TCP connection to the first endpoint that accepts, starting round robin.
-    pub async fn connect_tcp(&self) -> Result<Counted<TcpStream>, UpstreamError> {
+    /// Opens a connection to the first endpoint that accepts, starting round robin.
+    pub async fn connect_tcp(&self) -> Result<UpstreamStream, UpstreamError> {
+        self.connect_tcp_where(|_| true).await
+    }
+
+    /// Opens a connection to the first endpoint `wanted` accepts that accepts the connection
+    /// (zone ingress: the endpoints carrying an SNI's tags).
+    pub async fn connect_tcp_where(
+        &self,
+        wanted: impl Fn(&bearing_proxy_config::Endpoint) -> bool,
+    ) -> Result<UpstreamStream, UpstreamError> {
         let mut last = None;
-        for pool in self.rotation() {
+        let endpoints = &self.config.endpoints;
+        let chosen = self
+            .rotation_indices()
+            .filter(|i| endpoints.get(*i).is_some_and(&wanted));
+        for pool in chosen.map(|i| &self.pools[i]) {
             match self.connect(pool.address).await {
                 Ok(s) => return Ok(s),
                 Err(e) => {

@@ -70,6 +70,37 @@ pub fn write_store_file(dir: &Path, name: &str, text: &str) -> Result<()> {
     std::fs::rename(&tmp, dir.join(name)).context("rename into store")
 }
 
+/// Runs `bearing ca generate --mesh <mesh> --store <store>` (outside the namespaces; the
+/// command only writes files) and returns the file it wrote, `<store>/ca-<mesh>-ca-1.yaml`,
+/// which holds the mesh's builtin CA as Kuma Secrets. The file is handed to Kuma's
+/// data-plane uid so that proxies started by [`Bearing`] can read the key.
+pub fn bearing_ca_generate(store: &Path, mesh: &str) -> Result<PathBuf> {
+    let bin = bearing_bin()?;
+    let out = std::process::Command::new(&bin)
+        .args(["ca", "generate", "--mesh", mesh, "--store"])
+        .arg(store)
+        .output()
+        .with_context(|| format!("running {} ca generate", bin.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "bearing ca generate failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let file = store.join(format!("ca-{mesh}-ca-1.yaml"));
+    if !stdout.contains(&file.display().to_string()) {
+        bail!(
+            "bearing ca generate printed {stdout:?}, not the path {}",
+            file.display()
+        );
+    }
+    std::os::unix::fs::chown(&file, Some(KUMA_DP_UID), Some(KUMA_DP_UID))
+        .with_context(|| format!("chown {}", file.display()))?;
+    Ok(file)
+}
+
 /// A `bearing run` process in a test host, with its admin address on that host's loopback.
 pub struct Bearing<'h> {
     host: &'h Host,

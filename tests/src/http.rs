@@ -20,7 +20,12 @@ const CODE_MARKER: &str = "__bearing_e2e_http_code=";
 ///
 /// `path` should start with `/` (it is appended verbatim).
 pub fn http_url(ip: impl Into<IpAddr>, port: u16, path: &str) -> String {
-    format!("http://{}{}", SocketAddr::new(ip.into(), port), path)
+    url("http", ip, port, path)
+}
+
+/// Formats `<scheme>://<ip>:<port><path>`, bracketing IPv6 addresses.
+pub(crate) fn url(scheme: &str, ip: impl Into<IpAddr>, port: u16, path: &str) -> String {
+    format!("{scheme}://{}{}", SocketAddr::new(ip.into(), port), path)
 }
 
 /// Everything a curl invocation produced; see [`curl_output`].

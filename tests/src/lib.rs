@@ -7,7 +7,9 @@
 //! redis-cli). Everything is torn down when the [`Topology`] is dropped,
 //! including after a panic, in which case all logs are printed to stderr.
 //!
-//! Requires root and the tools checked by [`require_root_and_tools`].
+//! Requires root and the tools checked by [`require_root_and_tools`]; the TLS helpers
+//! ([`TestCa`], [`TlsClient`]) also need `openssl`, packet captures ([`Capture`]) `tcpdump`
+//! (check with [`require_tools`]).
 //!
 //! ```no_run
 //! use bearing_e2e::*;
@@ -30,10 +32,12 @@
 #![warn(missing_docs)]
 
 mod bearing;
+mod capture;
 mod firewall;
 mod http;
 mod peers;
 mod process;
+mod tls;
 mod topology;
 mod util;
 
@@ -42,8 +46,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 pub use bearing::{
-    bearing_bin, dataplane_yaml, write_store, write_store_file, Bearing, KUMA_DP_UID, READY_TIMEOUT,
+    bearing_bin, bearing_ca_generate, dataplane_yaml, write_store, write_store_file, Bearing,
+    KUMA_DP_UID, READY_TIMEOUT,
 };
+pub use capture::{Capture, Pcap};
 pub use firewall::firewall_rules;
 pub use http::{curl, curl_output, http_url, CurlOutput, DEFAULT_CURL_MAX_TIME_SECS};
 pub use peers::{
@@ -51,6 +57,7 @@ pub use peers::{
     HttpServerConfig, Nginx, NginxConfig, Redis, PEER_STARTUP_TIMEOUT,
 };
 pub use process::{HostCommand, Output, Process, Signal, DEFAULT_RUN_TIMEOUT};
+pub use tls::{CertFiles, TestCa, TlsClient, TlsOutcome};
 pub use topology::{Host, Topology, TopologyBuilder, ENV_DUMP_LOGS, ENV_KEEP_DIR, NETNS_PREFIX};
 
 /// Interval between evaluations in [`wait_until`] / [`wait_until_ok`].

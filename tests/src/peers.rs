@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::http::http_url;
+use crate::http::{http_url, url};
 use crate::process::Process;
 use crate::topology::Host;
 
@@ -60,6 +60,7 @@ pub struct NginxConfig {
     server_snippet: String,
     http_snippet: String,
     ipv6: bool,
+    tls: Option<(String, String)>,
 }
 
 impl NginxConfig {
@@ -72,6 +73,7 @@ impl NginxConfig {
             server_snippet: String::new(),
             http_snippet: String::new(),
             ipv6: true,
+            tls: None,
         }
     }
 
@@ -111,6 +113,13 @@ impl NginxConfig {
         self
     }
 
+    /// Serve HTTPS instead of HTTP: `listen PORT ssl` with this certificate (PEM, may hold
+    /// the chain) and private key (PEM). [`Nginx::url4`] then gives `https://` URLs.
+    pub fn tls(mut self, cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        self.tls = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     /// Writes the configuration and document root into the topology dir,
     /// starts nginx (`daemon off`) on `host` and waits until it listens.
     pub fn start(self, host: &Host) -> Result<Nginx> {
@@ -136,8 +145,21 @@ impl NginxConfig {
         let error_log = extra_log(host, &format!("nginx{port}-error"));
         let access_log = extra_log(host, &format!("nginx{port}-access"));
         let d = dir.display();
+        let mut ssl = "";
+        let mut tls_conf = String::new();
+        if let Some((cert, key)) = &self.tls {
+            let (cert_path, key_path) = (dir.join("tls.pem"), dir.join("tls.key"));
+            std::fs::write(&cert_path, cert).context("writing nginx TLS certificate")?;
+            std::fs::write(&key_path, key).context("writing nginx TLS key")?;
+            ssl = " ssl";
+            tls_conf = format!(
+                "ssl_certificate {};\n        ssl_certificate_key {};",
+                cert_path.display(),
+                key_path.display()
+            );
+        }
         let listen6 = if self.ipv6 {
-            format!("listen [::]:{port} ipv6only=on;")
+            format!("listen [::]:{port}{ssl} ipv6only=on;")
         } else {
             String::new()
         };
@@ -168,8 +190,9 @@ http {{
 
 {http_snippet}
     server {{
-        listen 0.0.0.0:{port};
+        listen 0.0.0.0:{port}{ssl};
         {listen6}
+        {tls_conf}
         server_name _;
         root {www};
         add_header X-Served-By "{host}:{port}" always;
@@ -218,6 +241,7 @@ http {{
         Ok(Nginx {
             process,
             port,
+            scheme: if self.tls.is_some() { "https" } else { "http" },
             body,
             root: www,
             conf_path,
@@ -246,6 +270,7 @@ pub fn start_nginx(host: &Host, port: u16) -> Result<Nginx> {
 pub struct Nginx {
     process: Process,
     port: u16,
+    scheme: &'static str,
     body: String,
     root: PathBuf,
     conf_path: PathBuf,
@@ -279,14 +304,14 @@ impl Nginx {
         &self.conf_path
     }
 
-    /// `http://<host ip4>:<port><path>`.
+    /// `http://<host ip4>:<port><path>` (`https://` with [`NginxConfig::tls`]).
     pub fn url4(&self, path: &str) -> String {
-        http_url(self.ip4, self.port, path)
+        url(self.scheme, self.ip4, self.port, path)
     }
 
-    /// `http://[<host ip6>]:<port><path>`.
+    /// `http://[<host ip6>]:<port><path>` (`https://` with [`NginxConfig::tls`]).
     pub fn url6(&self, path: &str) -> String {
-        http_url(self.ip6, self.port, path)
+        url(self.scheme, self.ip6, self.port, path)
     }
 }
 

@@ -267,3 +267,137 @@ fn panicking_test_still_cleans_up() -> Result<()> {
     ensure!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     Ok(())
 }
+
+/// A CA from the openssl helper, an HTTPS nginx with a leaf of it, curl trusting (or not)
+/// that CA, and `openssl s_client` against a TLS 1.3 server that requires client
+/// certificates of that CA (`openssl s_server -Verify`): the rejections arrive as alerts
+/// after the client's handshake completed, and the helper must still call them rejections.
+#[test]
+fn tls_ca_nginx_and_s_client() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl"])?;
+    let topo = Topology::new(&["a", "b"])?;
+    let (a, b) = (topo.host("a"), topo.host("b"));
+    let pki = topo.dir().join("pki");
+    let ca = TestCa::new(&pki, "test-ca")?;
+    let other = TestCa::new(&pki, "other-ca")?;
+    let server = ca.issue("server", &["DNS:external.test"])?;
+    let nginx = NginxConfig::new(8443)
+        .body("over https\n")
+        .tls(server.cert_pem()?, server.key_pem()?)
+        .start(b)?;
+    ensure!(
+        nginx.url4("/").starts_with("https://"),
+        "{}",
+        nginx.url4("/")
+    );
+
+    let resolve = format!("external.test:8443:{}", b.ip4());
+    let cacert = ca.files().cert.display().to_string();
+    let url = "https://external.test:8443/";
+    let (code, body) = curl(a, ["--cacert", &cacert, "--resolve", &resolve, url])?;
+    ensure!(code == 200 && body == "over https\n", "{code} {body:?}");
+    let untrusted = curl_output(a, ["--resolve", &resolve, url])?;
+    ensure!(
+        untrusted.exit_code == Some(60),
+        "curl without the CA: {untrusted:?}"
+    );
+
+    let s_server = b
+        .command("openssl")
+        .args(["s_server", "-accept", "9443", "-www", "-Verify", "1"])
+        .args(["-verify_return_error", "-alpn", "kuma", "-CAfile"])
+        .arg(&ca.files().cert)
+        .arg("-cert")
+        .arg(&server.cert)
+        .arg("-key")
+        .arg(&server.key)
+        .log_name("s_server")
+        .spawn()?;
+    b.wait_for_tcp_listener(9443, PEER_STARTUP_TIMEOUT, Some(&s_server))?;
+    let to = TlsClient::new(b.sock4(9443)).alpn("kuma");
+
+    let no_cert = to.clone().run(a)?;
+    ensure!(
+        no_cert.handshake && !no_cert.accepted() && no_cert.alert.is_some(),
+        "no client cert: {no_cert:?}"
+    );
+    let foreign = other.issue("client", &["URI:spiffe://default/web"])?;
+    let wrong_ca = to.clone().client_cert(&foreign).run(a)?;
+    ensure!(
+        !wrong_ca.accepted() && wrong_ca.alert.as_deref() == Some("tlsv1 alert unknown ca"),
+        "client cert of another CA: {wrong_ca:?}"
+    );
+    let client = ca.issue("client", &["URI:spiffe://default/web"])?;
+    let good = to
+        .clone()
+        .client_cert(&client)
+        .verify_ca(&ca.files().cert)
+        .run(a)?;
+    ensure!(
+        good.accepted() && good.verified && good.response.starts_with("HTTP/1.0 200"),
+        "valid client cert: {good:?}"
+    );
+    ensure!(good.protocol.as_deref() == Some("TLSv1.3"), "{good:?}");
+    // Verifying the server against the wrong CA fails the handshake itself.
+    let unverified = to
+        .client_cert(&client)
+        .verify_ca(&other.files().cert)
+        .run(a)?;
+    ensure!(
+        !unverified.handshake && !unverified.accepted(),
+        "{unverified:?}"
+    );
+    // Nothing listening: no handshake, no alert.
+    let refused = TlsClient::new(b.sock4(9444)).run(a)?;
+    ensure!(!refused.handshake && refused.alert.is_none(), "{refused:?}");
+    Ok(())
+}
+
+/// tcpdump on the server's host records a plaintext body, but not the same body served
+/// over TLS (whose SNI is visible in the ClientHello).
+#[test]
+fn capture_sees_plaintext_and_not_inside_tls() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "tcpdump"])?;
+    let topo = Topology::new(&["a", "b"])?;
+    let (a, b) = (topo.host("a"), topo.host("b"));
+    let marker = "capture-marker-7f3a9c";
+    let plain = NginxConfig::new(80).body(marker).start(b)?;
+    let ca = TestCa::new(&topo.dir().join("pki"), "test-ca")?;
+    let cert = ca.issue("server", &["DNS:external.test"])?;
+    NginxConfig::new(443)
+        .body(marker)
+        .tls(cert.cert_pem()?, cert.key_pem()?)
+        .start(b)?;
+
+    let capture = Capture::start(b, "tcp port 80")?;
+    let (code, body) = curl(a, [plain.url4("/")])?;
+    ensure!(code == 200 && body == marker, "{code} {body:?}");
+    let pcap = capture.stop(a)?;
+    ensure!(pcap.contains(marker), "plaintext body not captured");
+    ensure!(pcap.packets() >= 6, "{} packets", pcap.packets());
+
+    let capture = Capture::start(b, "tcp port 443")?;
+    let resolve = format!("external.test:443:{}", b.ip4());
+    let cacert = ca.files().cert.display().to_string();
+    let (code, body) = curl(
+        a,
+        [
+            "--cacert",
+            &cacert,
+            "--resolve",
+            &resolve,
+            "https://external.test/",
+        ],
+    )?;
+    ensure!(code == 200 && body == marker, "{code} {body:?}");
+    let pcap = capture.stop(a)?;
+    ensure!(pcap.contains("external.test"), "no SNI in the capture");
+    ensure!(
+        !pcap.contains(marker),
+        "the TLS body is readable on the wire"
+    );
+    ensure!(pcap.packets() >= 6, "{} packets", pcap.packets());
+    Ok(())
+}

@@ -537,7 +537,7 @@ impl Outbounds<'_> {
             .collect();
         UpstreamTls::Mesh {
             mesh: self.mesh.to_string(),
-            sni: crate::mtls::tags_sni(service, self.mesh, &extra),
+            sni: bearing_tls::tags_sni(service, self.mesh, &extra),
             identity: spiffe_id(self.mesh, service),
         }
     }

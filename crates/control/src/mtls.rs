@@ -13,28 +13,6 @@ use bearing_proxy_config::MeshTls;
 /// Kuma's default leaf certificate lifetime (`dpCert.rotation.expiration`).
 pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// The names of the two Secrets holding a builtin CA, as kuma-cp names them.
-pub fn builtin_secret_names(mesh: &str, backend: &str) -> (String, String) {
-    (
-        format!("{mesh}.ca-builtin-cert-{backend}"),
-        format!("{mesh}.ca-builtin-key-{backend}"),
-    )
-}
-
-/// Kuma's tags-form SNI: `service{k=v,...,mesh=m}`, every key but `kuma.io/service` plus
-/// `mesh`, sorted. TEMPORARY until bearing-tls lands.
-pub fn tags_sni(service: &str, mesh: &str, extra: &BTreeMap<String, String>) -> String {
-    let mut tags: Vec<(&str, &str)> = extra
-        .iter()
-        .filter(|(k, _)| k.as_str() != bearing_model::SERVICE_TAG && k.as_str() != "mesh")
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    tags.push(("mesh", mesh));
-    tags.sort();
-    let inner: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{service}{{{}}}", inner.join(","))
-}
-
 /// The SPIFFE id of a service: `spiffe://<mesh>/<service>`.
 pub fn spiffe_id(mesh: &str, service: &str) -> String {
     format!("spiffe://{mesh}/{service}")
@@ -62,7 +40,7 @@ pub fn mesh_tls(
     let field = format!("mtls.backends[{index}]");
     let (cert, key) = match backend.kind.as_str() {
         "builtin" => {
-            let (cert_name, key_name) = builtin_secret_names(mesh_name, &backend.name);
+            let (cert_name, key_name) = bearing_tls::builtin_secret_names(mesh_name, &backend.name);
             let hint = format!(
                 "create it with `bearing ca generate --mesh {mesh_name} --backend {} --store <store dir>`",
                 backend.name
@@ -92,6 +70,10 @@ pub fn mesh_tls(
         String::from_utf8(bytes)
             .map_err(|_| (field.clone(), format!("the CA {what} is not PEM text")))
     };
+    let (ca_cert_pem, ca_key_pem) = (text(cert, "certificate")?, text(key, "key")?);
+    // Checked here so that a bad CA rejects the config and the last good one keeps serving.
+    bearing_tls::MeshCa::from_pem(&ca_cert_pem, &ca_key_pem)
+        .map_err(|e| (field.clone(), format!("unusable CA: {e}")))?;
     let leaf_lifetime = backend
         .dp_cert
         .as_ref()
@@ -102,8 +84,8 @@ pub fn mesh_tls(
     Ok(Some(MeshTls {
         mesh: mesh_name.to_string(),
         backend: backend.name.clone(),
-        ca_cert_pem: text(cert, "certificate")?,
-        ca_key_pem: text(key, "key")?,
+        ca_cert_pem,
+        ca_key_pem,
         services,
         permissive: backend.permissive(),
         leaf_lifetime,
@@ -174,15 +156,15 @@ mod tests {
         s
     }
 
+    const MESH: &str = "type: Mesh\nname: m1\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    mode: PERMISSIVE\n    dpCert: {rotation: {expiration: 1h}}\n";
+
     #[test]
     fn builtin_ca_comes_from_kumas_secrets() {
-        let cert = base64::engine::general_purpose::STANDARD.encode("CERT PEM");
-        let key = base64::engine::general_purpose::STANDARD.encode("KEY PEM");
-        let s = store(&format!(
-            "type: Mesh\nname: m1\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    mode: PERMISSIVE\n    dpCert: {{rotation: {{expiration: 1h}}}}\n---\ntype: Secret\nname: m1.ca-builtin-cert-ca-1\nmesh: m1\ndata: {cert}\n"
-        ));
-        let mesh = meshes(&s)["m1"];
-        let err = mesh_tls(&s, "m1", mesh, vec![]).unwrap_err();
+        let ca = bearing_tls::MeshCa::generate("m1").unwrap();
+        let secrets = bearing_tls::builtin_secrets_yaml("m1", "ca-1", &ca);
+        let cert_only = secrets.split("---").next().unwrap();
+        let s = store(&format!("{MESH}---\n{cert_only}"));
+        let err = mesh_tls(&s, "m1", meshes(&s)["m1"], vec![]).unwrap_err();
         assert_eq!(err.0, "mtls.backends[0]");
         assert!(err.1.contains("m1.ca-builtin-key-ca-1"), "{}", err.1);
         assert!(
@@ -192,14 +174,12 @@ mod tests {
             err.1
         );
 
-        let s = store(&format!(
-            "type: Mesh\nname: m1\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    mode: PERMISSIVE\n    dpCert: {{rotation: {{expiration: 1h}}}}\n---\ntype: Secret\nname: m1.ca-builtin-cert-ca-1\nmesh: m1\ndata: {cert}\n---\ntype: Secret\nname: m1.ca-builtin-key-ca-1\nmesh: m1\ndata: {key}\n"
-        ));
+        let s = store(&format!("{MESH}---\n{secrets}"));
         let tls = mesh_tls(&s, "m1", meshes(&s)["m1"], vec!["web".into()])
             .unwrap()
             .unwrap();
-        assert_eq!(tls.ca_cert_pem, "CERT PEM");
-        assert_eq!(tls.ca_key_pem, "KEY PEM");
+        assert_eq!(tls.ca_cert_pem, ca.cert_pem());
+        assert_eq!(tls.ca_key_pem, ca.key_pem());
         assert!(tls.permissive);
         assert_eq!(tls.leaf_lifetime, Duration::from_secs(3600));
         assert!(mesh_tls(&s, "default", meshes(&s)["default"], vec![])
@@ -208,21 +188,25 @@ mod tests {
     }
 
     #[test]
-    fn provided_ca_reads_data_sources() {
+    fn provided_ca_reads_data_sources_and_is_checked() {
+        let ca = bearing_tls::MeshCa::generate("default").unwrap();
+        let other = bearing_tls::MeshCa::generate("default").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let key_path = dir.path().join("ca.key");
-        std::fs::write(&key_path, "KEY").unwrap();
+        let (cert_path, key_path) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+        std::fs::write(&cert_path, ca.cert_pem()).unwrap();
+        std::fs::write(&key_path, ca.key_pem()).unwrap();
         let s = store(&format!(
-            "type: Mesh\nname: default\nmtls:\n  enabledBackend: p\n  backends:\n  - name: p\n    type: provided\n    conf:\n      cert: {{inlineString: CERT}}\n      key: {{file: {}}}\n",
+            "type: Mesh\nname: default\nmtls:\n  enabledBackend: p\n  backends:\n  - name: p\n    type: provided\n    conf:\n      cert: {{file: {}}}\n      key: {{file: {}}}\n",
+            cert_path.display(),
             key_path.display()
         ));
         let tls = mesh_tls(&s, "default", meshes(&s)["default"], vec![])
             .unwrap()
             .unwrap();
-        assert_eq!(
-            (tls.ca_cert_pem.as_str(), tls.ca_key_pem.as_str()),
-            ("CERT", "KEY")
-        );
+        assert_eq!(tls.ca_key_pem, ca.key_pem());
+        std::fs::write(&key_path, other.key_pem()).unwrap();
+        let err = mesh_tls(&s, "default", meshes(&s)["default"], vec![]).unwrap_err();
+        assert!(err.1.contains("unusable CA"), "{}", err.1);
         std::fs::remove_file(&key_path).unwrap();
         let err = mesh_tls(&s, "default", meshes(&s)["default"], vec![]).unwrap_err();
         assert_eq!(err.0, "mtls.backends[0].conf.key");

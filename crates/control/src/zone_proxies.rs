@@ -13,12 +13,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use crate::mtls::tags_sni;
 use bearing_model::{Problem, Resource, Spec, Store, Tags, ZoneProxyNetworking, SERVICE_TAG};
 use bearing_proxy_config::{
     Cluster, Direction, DownstreamTls, Endpoint, Listener, Protocol, ProxyConfig, ProxyIdentity,
     SniRoute, SniTarget,
 };
+use bearing_tls::tags_sni;
 
 use crate::compile::{
     cluster, endpoint_ip, external_endpoint, external_services, is_ready, port16, problem,
@@ -260,5 +260,185 @@ fn egress_routes(
             cluster: name,
             terminate: None,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{compile as compile_any, CompileOptions};
+    use bearing_proxy_config::UpstreamTls;
+    use std::path::Path;
+
+    /// A two-zone mesh with a builtin CA, an ExternalService, zone proxies, and `web` in
+    /// zone-a calling `backend`, which runs only in zone-b.
+    fn two_zones(zone_egress: bool) -> Store {
+        let ca = bearing_tls::MeshCa::generate("default").unwrap();
+        let secrets = bearing_tls::builtin_secrets_yaml("default", "ca-1", &ca);
+        let text = format!(
+            r#"type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
+routing:
+  zoneEgress: {zone_egress}
+---
+{secrets}
+---
+type: ZoneIngress
+name: zi-b
+zone: zone-b
+networking: {{address: 10.0.2.1, port: 10001, advertisedAddress: 192.0.2.1, advertisedPort: 20001}}
+---
+type: ZoneEgress
+name: ze-a
+zone: zone-a
+networking: {{address: 10.0.1.9, port: 10002}}
+---
+type: ExternalService
+name: httpbin
+mesh: default
+tags: {{kuma.io/service: httpbin, kuma.io/protocol: http}}
+networking:
+  address: 10.9.9.9:443
+  tls: {{enabled: true, serverName: httpbin.test}}
+---
+type: Dataplane
+name: web
+mesh: default
+networking:
+  address: 10.0.1.1
+  inbound:
+  - port: 8080
+    tags: {{kuma.io/service: web, kuma.io/zone: zone-a}}
+  outbound:
+  - port: 10001
+    tags: {{kuma.io/service: backend, version: v1}}
+  - port: 10002
+    tags: {{kuma.io/service: httpbin}}
+---
+type: Dataplane
+name: backend-1
+mesh: default
+networking:
+  address: 10.0.2.2
+  inbound:
+  - port: 8080
+    tags: {{kuma.io/service: backend, kuma.io/zone: zone-b, version: v1}}
+"#
+        );
+        let mut s = Store::default();
+        s.add_text(&text, Path::new("mesh.yaml"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        s
+    }
+
+    fn find<'a>(s: &'a Store, name: &str) -> &'a Resource {
+        s.resources.iter().find(|r| r.meta.name == name).unwrap()
+    }
+
+    fn addresses(c: &Cluster) -> Vec<String> {
+        c.endpoints.iter().map(|e| e.address.to_string()).collect()
+    }
+
+    #[test]
+    fn sidecar_reaches_other_zones_through_their_ingress_or_the_egress() {
+        let s = two_zones(false);
+        let cfg = compile_any(&s, find(&s, "web"), "t", &CompileOptions::default()).unwrap();
+        let backend = &cfg.clusters["backend{version=v1}"];
+        assert_eq!(addresses(backend), ["192.0.2.1:20001"]);
+        let Some(UpstreamTls::Mesh { sni, identity, .. }) = &backend.tls else {
+            panic!("{:?}", backend.tls)
+        };
+        assert_eq!(sni, "backend{mesh=default,version=v1}");
+        assert_eq!(identity, "spiffe://default/backend");
+        let ext = &cfg.clusters["httpbin"];
+        assert_eq!(addresses(ext), ["10.9.9.9:443"]);
+        assert!(
+            matches!(&ext.tls, Some(UpstreamTls::External { server_name, .. }) if server_name == "httpbin.test")
+        );
+        assert_eq!(cfg.mtls["default"].services, ["web"]);
+        assert!(cfg.listeners.iter().any(|l| l.tls.is_some()));
+
+        let s = two_zones(true);
+        let cfg = compile_any(&s, find(&s, "web"), "t", &CompileOptions::default()).unwrap();
+        assert_eq!(
+            addresses(&cfg.clusters["backend{version=v1}"]),
+            ["10.0.1.9:10002"]
+        );
+        let ext = &cfg.clusters["httpbin"];
+        assert_eq!(addresses(ext), ["10.0.1.9:10002"]);
+        assert!(
+            matches!(&ext.tls, Some(UpstreamTls::Mesh { sni, .. }) if sni == "httpbin{mesh=default}")
+        );
+    }
+
+    #[test]
+    fn ingress_routes_local_services_and_egress_remote_and_external_ones() {
+        let s = two_zones(true);
+        let ingress = compile_any(&s, find(&s, "zi-b"), "t", &CompileOptions::default()).unwrap();
+        let l = &ingress.listeners[0];
+        assert_eq!(l.address.to_string(), "10.0.2.1:10001");
+        assert_eq!(l.name, "inbound:10.0.2.1:10001");
+        let targets: Vec<_> = l.sni_routes.iter().map(|r| &r.target).collect();
+        assert_eq!(
+            targets,
+            [&service_target("default", "backend")],
+            "web is in zone-a"
+        );
+        let c = &ingress.clusters[&l.sni_routes[0].cluster];
+        assert_eq!(addresses(c), ["10.0.2.2:8080"]);
+        assert_eq!(c.endpoints[0].tags["version"], "v1");
+        assert!(ingress.mtls.is_empty(), "the ingress never terminates TLS");
+
+        let egress = compile_any(&s, find(&s, "ze-a"), "t", &CompileOptions::default()).unwrap();
+        let routes = &egress.listeners[0].sni_routes;
+        let backend = routes
+            .iter()
+            .find(|r| r.target == service_target("default", "backend"))
+            .unwrap();
+        assert!(backend.terminate.is_none());
+        assert_eq!(
+            addresses(&egress.clusters[&backend.cluster]),
+            ["192.0.2.1:20001"]
+        );
+        let ext = routes
+            .iter()
+            .find(|r| r.target == service_target("default", "httpbin"))
+            .unwrap();
+        assert_eq!(
+            ext.terminate.as_ref().map(|t| t.mesh.as_str()),
+            Some("default")
+        );
+        assert_eq!(addresses(&egress.clusters[&ext.cluster]), ["10.9.9.9:443"]);
+        assert_eq!(egress.mtls["default"].services, ["httpbin"]);
+        assert!(
+            routes
+                .iter()
+                .all(|r| r.target != service_target("default", "web")),
+            "web is local to the egress"
+        );
+    }
+
+    #[test]
+    fn missing_builtin_ca_is_a_problem_at_the_mesh() {
+        let mut s = two_zones(false);
+        s.resources.retain(|r| !matches!(r.spec, Spec::Secret(_)));
+        let errs = compile_any(&s, find(&s, "web"), "t", &CompileOptions::default()).unwrap_err();
+        let text = errs[0].to_string();
+        assert!(text.contains("Mesh/default: mtls.backends[0]"), "{text}");
+        assert!(
+            text.contains("bearing ca generate --mesh default --backend ca-1"),
+            "{text}"
+        );
+        let errs = compile_any(&s, find(&s, "ze-a"), "t", &CompileOptions::default()).unwrap_err();
+        assert!(
+            errs[0].to_string().contains("default.ca-builtin-cert-ca-1"),
+            "{:?}",
+            errs
+        );
     }
 }

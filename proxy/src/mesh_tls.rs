@@ -1,0 +1,162 @@
+//! Mesh mTLS at run time: per mesh, the CA, this proxy's renewing leaf certificate, the
+//! rustls server config inbound listeners terminate with, and client configs per expected
+//! destination identity. Kept across reloads while the mesh's settings are unchanged, so a
+//! reload neither re-issues certificates nor disturbs open connections.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bearing_proxy_config::{MeshTls, UpstreamTls, Verification};
+use bearing_tls::{Identity, MeshCa, ServerVerification, TlsError};
+use rustls::pki_types::ServerName;
+use tokio::task::JoinHandle;
+
+/// One mesh's TLS state.
+pub struct MeshTlsRuntime {
+    /// The settings it was built from (a change rebuilds it).
+    pub config: MeshTls,
+    ca: Arc<MeshCa>,
+    identity: Arc<Identity>,
+    /// What inbound listeners of this mesh terminate mTLS with.
+    pub server: Arc<rustls::ServerConfig>,
+    clients: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
+    renewal: JoinHandle<()>,
+}
+
+impl Drop for MeshTlsRuntime {
+    fn drop(&mut self) {
+        self.renewal.abort();
+    }
+}
+
+impl MeshTlsRuntime {
+    /// Loads the CA, issues this proxy's leaf and starts renewing it.
+    pub fn build(config: &MeshTls) -> Result<MeshTlsRuntime, TlsError> {
+        let ca = Arc::new(MeshCa::from_pem(&config.ca_cert_pem, &config.ca_key_pem)?);
+        let identity = Identity::new(
+            ca.clone(),
+            &config.mesh,
+            &config.services,
+            config.leaf_lifetime,
+        )?;
+        let server = bearing_tls::mesh_server_config(&ca, identity.clone())?;
+        let renewal = bearing_tls::spawn_renewal(identity.clone());
+        Ok(MeshTlsRuntime {
+            config: config.clone(),
+            ca,
+            identity,
+            server,
+            clients: Mutex::new(HashMap::new()),
+            renewal,
+        })
+    }
+
+    /// The client config that presents this proxy's certificate and accepts only a server
+    /// presenting `expected` (a SPIFFE id); built once per identity.
+    pub fn client(&self, expected: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(expected) {
+            return Ok(c.clone());
+        }
+        let c = bearing_tls::mesh_client_config(&self.ca, self.identity.clone(), expected)?;
+        clients.insert(expected.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+/// The TLS state of every mesh the applied config names, rebuilt only where it changed.
+#[derive(Default)]
+pub struct MeshTlsSet {
+    meshes: HashMap<String, Arc<MeshTlsRuntime>>,
+}
+
+impl MeshTlsSet {
+    /// The state for `configs`, reusing entries of `self` whose settings are unchanged. A mesh
+    /// whose CA cannot be used is logged and left out (its TLS listeners refuse connections,
+    /// its TLS clusters fail to connect).
+    pub fn update<'c>(&self, configs: impl IntoIterator<Item = &'c MeshTls>) -> MeshTlsSet {
+        let mut meshes = HashMap::new();
+        for c in configs {
+            match self.meshes.get(&c.mesh).filter(|old| old.config == *c) {
+                Some(old) => {
+                    meshes.insert(c.mesh.clone(), old.clone());
+                }
+                None => match MeshTlsRuntime::build(c) {
+                    Ok(rt) => {
+                        tracing::info!(mesh = %c.mesh, backend = %c.backend, services = ?c.services, "mesh mTLS certificate issued");
+                        meshes.insert(c.mesh.clone(), Arc::new(rt));
+                    }
+                    Err(e) => {
+                        tracing::error!(mesh = %c.mesh, backend = %c.backend, "mesh mTLS unavailable: {e}");
+                    }
+                },
+            }
+        }
+        MeshTlsSet { meshes }
+    }
+
+    /// The state of `mesh`, if it could be built.
+    pub fn get(&self, mesh: &str) -> Option<&Arc<MeshTlsRuntime>> {
+        self.meshes.get(mesh)
+    }
+
+    /// The connector and SNI a cluster's TLS settings call for.
+    pub fn upstream(&self, tls: &UpstreamTls, alpn: &[&[u8]]) -> Result<UpstreamConnector, String> {
+        match tls {
+            UpstreamTls::Mesh {
+                mesh,
+                sni,
+                identity,
+            } => {
+                let rt = self
+                    .get(mesh)
+                    .ok_or_else(|| format!("mesh {mesh:?} has no usable mTLS certificate"))?;
+                let config = rt.client(identity).map_err(|e| e.to_string())?;
+                let wire = bearing_tls::to_dns_sni(sni);
+                let server_name = ServerName::try_from(wire.clone())
+                    .map_err(|e| format!("SNI {wire:?} for {sni:?}: {e}"))?;
+                Ok(UpstreamConnector {
+                    connector: tokio_rustls::TlsConnector::from(config),
+                    server_name,
+                })
+            }
+            UpstreamTls::External {
+                server_name,
+                ca_pem,
+                client_cert_pem,
+                client_key_pem,
+                verification,
+            } => {
+                let client = client_cert_pem.as_deref().zip(client_key_pem.as_deref());
+                let verification = match verification {
+                    Verification::Secured => ServerVerification::Secured,
+                    Verification::SkipSan => ServerVerification::SkipSan,
+                    Verification::SkipAll => ServerVerification::SkipAll,
+                };
+                let alpn = alpn.iter().map(|p| p.to_vec()).collect();
+                let config = bearing_tls::external_client_config(
+                    ca_pem.as_deref(),
+                    client,
+                    verification,
+                    alpn,
+                )
+                .map_err(|e| e.to_string())?;
+                let name = ServerName::try_from(server_name.clone())
+                    .map_err(|e| format!("server name {server_name:?}: {e}"))?;
+                Ok(UpstreamConnector {
+                    connector: tokio_rustls::TlsConnector::from(config),
+                    server_name: name,
+                })
+            }
+        }
+    }
+}
+
+/// How a cluster wraps its upstream connections in TLS.
+#[derive(Clone)]
+pub struct UpstreamConnector {
+    /// rustls client.
+    pub connector: tokio_rustls::TlsConnector,
+    /// SNI sent (and, for external TLS, the name checked).
+    pub server_name: ServerName<'static>,
+}

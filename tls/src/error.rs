@@ -1,0 +1,84 @@
+//! The one error type of this crate.
+
+/// Everything that can go wrong building the mesh CA, an identity or a TLS config.
+///
+/// Each variant names the input at fault (which PEM, which field) so that an operator reading
+/// a log line knows what to fix without reading code.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM input holds no usable block of the expected kind.
+    #[error("{what}: {reason}")]
+    Pem {
+        /// Which PEM input, e.g. "CA certificate PEM".
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A certificate could not be parsed as X.509.
+    #[error("{what}: not a valid X.509 certificate: {reason}")]
+    Certificate {
+        /// Which certificate.
+        what: &'static str,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// The mesh CA certificate lacks what a CA needs.
+    #[error("CA certificate is not a CA: {0}")]
+    NotCa(&'static str),
+    /// The mesh CA private key does not belong to the CA certificate.
+    #[error("CA private key does not match the public key of the CA certificate")]
+    KeyMismatch,
+    /// A private key could not be loaded.
+    #[error("{what}: {reason}")]
+    Key {
+        /// Which key, e.g. "CA private key PEM".
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An argument is unusable (empty service list, a name that cannot go into a URI SAN...).
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The argument at fault.
+        field: &'static str,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// rcgen failed to generate a key or sign a certificate.
+    #[error("{what}: {source}")]
+    Generate {
+        /// What was being generated.
+        what: &'static str,
+        /// rcgen's error.
+        source: rcgen::Error,
+    },
+    /// rustls refused a configuration (bad key, unusable root...).
+    #[error("{what}: {source}")]
+    Rustls {
+        /// What was being configured.
+        what: &'static str,
+        /// rustls' error.
+        source: rustls::Error,
+    },
+    /// rustls could not build a certificate verifier.
+    #[error("{what}: {source}")]
+    Verifier {
+        /// Which verifier.
+        what: &'static str,
+        /// rustls' error.
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// No trust anchors could be loaded from the system store.
+    #[error("system root certificates: {0}")]
+    NativeRoots(String),
+    /// The peer presented a valid certificate for a different mesh identity.
+    #[error(
+        "peer identity mismatch: expected URI SAN {expected}, certificate presents {presented:?}"
+    )]
+    IdentityMismatch {
+        /// The SPIFFE id the connection was made for.
+        expected: String,
+        /// The URI SANs of the peer's leaf certificate.
+        presented: Vec<String>,
+    },
+}

@@ -1,0 +1,375 @@
+//! A data-plane proxy's mesh identity: a leaf certificate with one SPIFFE URI SAN per service,
+//! renewed in place before it expires.
+//!
+//! [`Identity`] is the certificate resolver of both the server and the client rustls configs,
+//! so a renewal (an atomic swap) reaches every new handshake without rebuilding any config;
+//! connections already established keep the keys they negotiated.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose,
+};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::OffsetDateTime;
+
+use crate::ca::{spiffe_uri, CLOCK_SKEW};
+use crate::{MeshCa, TlsError};
+
+/// Share of a leaf's lifetime after which it is renewed (Kuma/Envoy renew before expiry).
+const RENEW_AT_PERCENT: u32 = 80;
+/// Wait before retrying a failed renewal.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Longest single sleep of the renewal task, so a wall-clock jump or a suspend is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Issues a leaf certificate for a data-plane proxy: a fresh ECDSA P-256 key, URI SANs
+/// `spiffe://<mesh>/<service>` for each service (sorted, deduplicated), subject CN = the first
+/// of those, valid from one minute ago (clock skew) for `validity`, keyUsage digitalSignature +
+/// keyEncipherment, extendedKeyUsage serverAuth + clientAuth, chain `[leaf, CA]`.
+pub fn issue_leaf(
+    ca: &MeshCa,
+    mesh: &str,
+    services: &[String],
+    validity: Duration,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let services = normalized_services(services)?;
+    issue(ca, mesh, &services, validity, SystemTime::now())
+}
+
+/// Sorts and deduplicates the service list, refusing an empty one.
+fn normalized_services(services: &[String]) -> Result<Vec<String>, TlsError> {
+    let mut services = services.to_vec();
+    services.sort();
+    services.dedup();
+    if services.is_empty() {
+        return Err(TlsError::Invalid {
+            field: "services",
+            reason: "a data-plane identity needs at least one service".into(),
+        });
+    }
+    Ok(services)
+}
+
+/// Issues a leaf valid from `now - CLOCK_SKEW` to `now + validity`; `services` is normalized.
+fn issue(
+    ca: &MeshCa,
+    mesh: &str,
+    services: &[String],
+    validity: Duration,
+    now: SystemTime,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let lifetime = time::Duration::try_from(validity)
+        .ok()
+        .filter(|d| d.is_positive())
+        .ok_or_else(|| TlsError::Invalid {
+            field: "validity",
+            reason: format!("{validity:?} is not a usable certificate lifetime"),
+        })?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = services
+        .iter()
+        .map(|service| spiffe_uri("mesh", mesh, Some(service)))
+        .collect::<Result<_, _>>()?;
+    let mut subject = DistinguishedName::new();
+    if let Some(first) = services.first() {
+        subject.push(DnType::CommonName, first.as_str());
+    }
+    params.distinguished_name = subject;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let now = OffsetDateTime::from(now);
+    params.not_before = now - CLOCK_SKEW;
+    params.not_after = now.checked_add(lifetime).ok_or_else(|| TlsError::Invalid {
+        field: "validity",
+        reason: format!("{validity:?} ends past the year 9999"),
+    })?;
+    // No explicit serial: rcgen derives it from the hash of the (fresh, random) leaf key, so
+    // every issued leaf has its own serial.
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| {
+        TlsError::Generate {
+            what: "leaf private key",
+            source,
+        }
+    })?;
+    let cert = params
+        .signed_by(&key, ca.issuer())
+        .map_err(|source| TlsError::Generate {
+            what: "leaf certificate",
+            source,
+        })?;
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(
+        vec![cert.der().clone(), ca.cert_der().clone()],
+        key_der,
+        &provider,
+    )
+    .map_err(|source| TlsError::Rustls {
+        what: "leaf certificate and key",
+        source,
+    })?;
+    Ok(Arc::new(certified))
+}
+
+/// One issued leaf and when it was issued, swapped as a unit.
+struct Leaf {
+    key: Arc<CertifiedKey>,
+    issued_at: SystemTime,
+}
+
+/// The current mesh identity of a data-plane proxy, renewable in place.
+///
+/// It is the rustls certificate resolver for mesh server and client configs, so handshakes
+/// always present the newest leaf.
+pub struct Identity {
+    ca: Arc<MeshCa>,
+    mesh: String,
+    services: Vec<String>,
+    validity: Duration,
+    leaf: ArcSwap<Leaf>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("mesh", &self.mesh)
+            .field("services", &self.services)
+            .field("validity", &self.validity)
+            .field("expires_at", &self.expires_at())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Issues the first leaf for `services` of `mesh`, signed by `ca` and valid for `validity`.
+    pub fn new(
+        ca: Arc<MeshCa>,
+        mesh: &str,
+        services: &[String],
+        validity: Duration,
+    ) -> Result<Arc<Identity>, TlsError> {
+        let services = normalized_services(services)?;
+        let issued_at = SystemTime::now();
+        let key = issue(&ca, mesh, &services, validity, issued_at)?;
+        Ok(Arc::new(Identity {
+            ca,
+            mesh: mesh.to_owned(),
+            services,
+            validity,
+            leaf: ArcSwap::from_pointee(Leaf { key, issued_at }),
+        }))
+    }
+
+    /// The leaf certificate chain and key that new handshakes present.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.leaf.load().key.clone()
+    }
+
+    /// The mesh this identity belongs to.
+    pub fn mesh(&self) -> &str {
+        &self.mesh
+    }
+
+    /// The services (sorted, deduplicated) the leaf carries a SPIFFE id for.
+    pub fn services(&self) -> &[String] {
+        &self.services
+    }
+
+    /// The lifetime each issued leaf gets.
+    pub fn validity(&self) -> Duration {
+        self.validity
+    }
+
+    /// When the current leaf expires.
+    pub fn expires_at(&self) -> SystemTime {
+        self.leaf.load().issued_at + self.validity
+    }
+
+    /// When the current leaf is due for renewal: after 80% of its lifetime.
+    pub fn renew_at(&self) -> SystemTime {
+        self.leaf.load().issued_at + self.validity * RENEW_AT_PERCENT / 100
+    }
+
+    /// Whether the current leaf has used up 80% of its lifetime at `now` and should be renewed.
+    pub fn renew_due(&self, now: SystemTime) -> bool {
+        now >= self.renew_at()
+    }
+
+    /// Issues a new leaf (new key, new serial) and swaps it in: new handshakes present it,
+    /// established connections are unaffected. On error the current leaf stays.
+    pub fn renew(&self) -> Result<(), TlsError> {
+        let issued_at = SystemTime::now();
+        let key = issue(
+            &self.ca,
+            &self.mesh,
+            &self.services,
+            self.validity,
+            issued_at,
+        )?;
+        self.leaf.store(Arc::new(Leaf { key, issued_at }));
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Identity {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Identity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Runs the renewal loop of `identity`: sleeps until renewal is due, renews, logs the outcome,
+/// and retries a failed renewal after 10 s. Runs until the handle is aborted.
+pub fn spawn_renewal(identity: Arc<Identity>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let now = SystemTime::now();
+            if !identity.renew_due(now) {
+                let wait = identity
+                    .renew_at()
+                    .duration_since(now)
+                    .unwrap_or_default()
+                    .min(MAX_SLEEP);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            match identity.renew() {
+                Ok(()) => tracing::info!(
+                    mesh = %identity.mesh,
+                    services = ?identity.services,
+                    expires_at = ?identity.expires_at(),
+                    "renewed mesh identity certificate"
+                ),
+                Err(error) => {
+                    tracing::warn!(
+                        mesh = %identity.mesh,
+                        services = ?identity.services,
+                        %error,
+                        retry_in = ?RETRY_AFTER,
+                        "renewing mesh identity certificate failed"
+                    );
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::prelude::*;
+
+    fn services(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn leaf_has_sorted_spiffe_sans_and_chain() {
+        let ca = MeshCa::generate("default").unwrap();
+        let key = issue_leaf(
+            &ca,
+            "default",
+            &services(&["web", "backend", "web"]),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert_eq!(key.cert.len(), 2);
+        assert_eq!(&key.cert[1], ca.cert_der());
+        let (_, leaf) = parse_x509_certificate(&key.cert[0]).unwrap();
+        assert_eq!(leaf.subject().to_string(), "CN=backend");
+        assert_eq!(
+            crate::peer_spiffe_ids(&key.cert),
+            ["spiffe://default/backend", "spiffe://default/web"]
+        );
+        let ku = leaf.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && ku.key_encipherment() && !ku.key_cert_sign());
+        let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let v = leaf.validity();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!((now - 60 - v.not_before.timestamp()).abs() <= 5);
+        assert!((v.not_after.timestamp() - now - 3600).abs() <= 5);
+        assert!(!leaf.is_ca());
+    }
+
+    #[test]
+    fn leaf_from_rsa_ca_loaded_from_pem() {
+        let key = KeyPair::from_pem(include_str!("../testdata/rsa2048.pkcs8.pem")).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let cert = params.self_signed(&key).unwrap();
+        let ca =
+            MeshCa::from_pem(&cert.pem(), include_str!("../testdata/rsa2048.pkcs1.pem")).unwrap();
+        let leaf = issue_leaf(&ca, "m", &services(&["s"]), Duration::from_secs(60)).unwrap();
+        let (_, parsed) = parse_x509_certificate(&leaf.cert[0]).unwrap();
+        let (_, ca_parsed) = parse_x509_certificate(ca.cert_der()).unwrap();
+        parsed
+            .verify_signature(Some(ca_parsed.public_key()))
+            .unwrap();
+    }
+
+    #[test]
+    fn rejects_empty_services_and_zero_validity() {
+        let ca = MeshCa::generate("default").unwrap();
+        let err = issue_leaf(&ca, "default", &[], Duration::from_secs(60)).unwrap_err();
+        assert!(err.to_string().starts_with("invalid services:"), "{err}");
+        let err = issue_leaf(&ca, "default", &services(&["a"]), Duration::ZERO).unwrap_err();
+        assert!(err.to_string().starts_with("invalid validity:"), "{err}");
+    }
+
+    #[test]
+    fn renewal_is_due_after_80_percent_and_swaps_the_leaf() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let id =
+            Identity::new(ca, "default", &services(&["web"]), Duration::from_secs(100)).unwrap();
+        let issued = id.expires_at() - Duration::from_secs(100);
+        assert!(!id.renew_due(issued + Duration::from_secs(79)));
+        assert!(id.renew_due(issued + Duration::from_secs(80)));
+        let before = id.current();
+        id.renew().unwrap();
+        let after = id.current();
+        assert_ne!(before.cert[0], after.cert[0]);
+        let serial =
+            |k: &CertifiedKey| parse_x509_certificate(&k.cert[0]).unwrap().1.serial.clone();
+        assert_ne!(serial(&before), serial(&after));
+    }
+
+    #[tokio::test]
+    async fn renewal_task_renews_when_due() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        // A 1 s lifetime is due for renewal after 0.8 s.
+        let id = Identity::new(ca, "default", &services(&["web"]), Duration::from_secs(1)).unwrap();
+        let first = id.current();
+        let task = spawn_renewal(id.clone());
+        while Arc::ptr_eq(&first, &id.current()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        task.abort();
+    }
+}
