@@ -4,12 +4,14 @@
 Started by benches/run.sh, which installs the peers first. Python 3.11, standard library only.
 Every contender runs with the same worker count (1, then 2); contenders alternate within each
 scenario (A B C D E, then E D C B A, ...); the median of the runs is reported. Results go to
-benches/results/results.{md,json} and benches/results/*.svg.
+benches/results/results.{md,json} and benches/results/*.svg; `--only mtls` (the mesh mTLS
+scenarios of issue #5, Bearing and Envoy) to benches/results/mtls.{md,json} and mtls-*.svg.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -18,6 +20,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -40,10 +43,48 @@ CONTENDERS = ["direct", "bearing", "envoy", "haproxy", "nginx"]
 PROXIES = CONTENDERS[1:]
 SMALL_BODY = "hello from the origin\n"
 
+# Load scenarios and who runs them. Mesh mTLS (#5) is Bearing against Envoy with the same CA.
+MTLS_SCENARIOS = ["sidecar-pair-mtls", "mtls-handshakes"]
+SCENARIOS = {s: CONTENDERS for s in ["http1-small", "http1-100k", "http2-multiplexed",
+                                      "conn-per-request", "tcp-bulk", "sidecar-pair"]}
+SCENARIOS.update({s: ["bearing", "envoy"] for s in MTLS_SCENARIOS})
+# --only accepts these names for groups of scenarios; `mtls` also writes its own report.
+GROUPS = {"mtls": ["sidecar-pair", *MTLS_SCENARIOS]}
+
+# The mesh of the sidecar pairs: its services, their SPIFFE ids and Kuma's SNI for the backend.
+MESH = "default"
+WEB, BACKEND = "bench-web", "bench-backend"
+MTLS_BACKEND = "ca-1"
+MTLS_MESH = f"""type: Mesh
+name: {MESH}
+mtls:
+  enabledBackend: {MTLS_BACKEND}
+  backends:
+  - name: {MTLS_BACKEND}
+    type: builtin
+    mode: STRICT
+"""
+
+
+def spiffe(service: str) -> str:
+    return f"spiffe://{MESH}/{service}"
+
+
+def kuma_sni(service: str) -> str:
+    return f"{service}{{mesh={MESH}}}"
+
+
+def dns_sni(service: str) -> str:
+    """Kuma's tags-form SNI as Bearing sidecars send it (a TLS stack that only takes DNS names
+    needs it so): base32, lowercase, unpadded, labels of 60, under `.kuma-sni`."""
+    digits = base64.b32encode(kuma_sni(service).encode()).decode().rstrip("=").lower()
+    return ".".join(digits[i:i + 60] for i in range(0, len(digits), 60)) + ".kuma-sni"
+
 
 def base_port(name: str) -> int:
     """Each proxy gets 20 ports: +0 HTTP/1.1, +1 HTTP/2, +2 TCP, +3 pair outbound,
-    +4 pair inbound, +5 pair client inbound (Bearing only), +10..+12 admin ports."""
+    +4 pair inbound, +5 pair client inbound (Bearing only), +6..+8 the same for the mTLS pair,
+    +10..+14 admin ports (single, pair out/in, mTLS pair out/in)."""
     return 18200 + 20 * PROXIES.index(name)
 
 
@@ -231,40 +272,88 @@ networking:
 """)
 
 
-def bearing_pair_store(d: Path, b: int) -> None:
+def bearing_pair_store(d: Path, b: int, mesh: str = f"type: Mesh\nname: {MESH}\n") -> None:
+    """The sidecar pair's store: web (outbound on b+3, inbound b+5) and backend (inbound b+4)."""
     d.mkdir(parents=True, exist_ok=True)
-    (d / "mesh.yaml").write_text("type: Mesh\nname: default\n")
+    (d / "mesh.yaml").write_text(mesh)
     (d / "web.yaml").write_text(f"""type: Dataplane
-name: bench-web
-mesh: default
+name: {WEB}
+mesh: {MESH}
 networking:
   address: 127.0.0.1
   inbound:
   - port: {b + 5}
     servicePort: {ORIGIN_H1}
     tags:
-      kuma.io/service: bench-web
+      kuma.io/service: {WEB}
       kuma.io/protocol: http
   outbound:
   - port: {b + 3}
     tags:
-      kuma.io/service: bench-backend
+      kuma.io/service: {BACKEND}
 """)
     (d / "backend.yaml").write_text(f"""type: Dataplane
-name: bench-backend
-mesh: default
+name: {BACKEND}
+mesh: {MESH}
 networking:
   address: 127.0.0.1
   inbound:
   - port: {b + 4}
     servicePort: {ORIGIN_H1}
     tags:
-      kuma.io/service: bench-backend
+      kuma.io/service: {BACKEND}
       kuma.io/protocol: http
 """)
 
 
-def envoy_cluster(name: str, port: int, h2: bool = False) -> dict:
+# ---------------------------------------------------------------------------------------------
+# mesh PKI: the CA of `bearing ca generate`, and leaves issued from it with openssl for Envoy
+
+
+def openssl(*argv: str) -> str:
+    out = subprocess.run(["openssl", *argv], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        die(f"openssl {' '.join(argv)}: {out.stderr.strip()}")
+    return out.stdout
+
+
+def read_secrets(path: Path) -> dict[str, bytes]:
+    """The decoded `data` of each Kuma Secret (`type: Secret`, `name`, base64 `data`) in a
+    multi-document YAML file, by name; enough YAML for the files `bearing ca generate` writes."""
+    secrets = {}
+    for doc in re.split(r"^---\s*$", path.read_text(), flags=re.M):
+        fields = dict(re.findall(r"^(type|name|data):\s*['\"]?([^'\"\s]+)", doc, re.M))
+        if fields.get("type") == "Secret" and "name" in fields and "data" in fields:
+            secrets[fields["name"]] = base64.b64decode(fields["data"])
+    return secrets
+
+
+@dataclass
+class MeshPki:
+    """The mesh CA as PEM files, a leaf (cert, key) per pair service, and the Secrets' YAML."""
+
+    secrets_yaml: Path
+    ca: Path
+    leaves: dict[str, tuple[Path, Path]]
+
+
+def issue_leaf(d: Path, ca: Path, ca_key: Path, service: str) -> tuple[Path, Path]:
+    """An ECDSA P-256 leaf for `service` like the one a Kuma sidecar gets: URI SAN = its SPIFFE
+    id, server and client auth, 1 day."""
+    cert, key, csr, ext = (d / f"{service}{x}" for x in (".pem", ".key", ".csr", ".ext"))
+    ext.write_text(f"subjectAltName = URI:{spiffe(service)}\n"
+                   "basicConstraints = critical, CA:FALSE\n"
+                   "keyUsage = critical, digitalSignature, keyEncipherment\n"
+                   "extendedKeyUsage = serverAuth, clientAuth\n")
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", str(key), "-subj", f"/O={MESH}/CN={service}", "-out", str(csr))
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-set_serial",
+            str(int.from_bytes(os.urandom(8), "big")), "-days", "1", "-sha256", "-extfile", str(ext),
+            "-out", str(cert))
+    return cert, key
+
+
+def envoy_cluster(name: str, port: int, h2: bool = False, tls: dict | None = None) -> dict:
     c = {
         "name": name,
         "type": "STATIC",
@@ -282,14 +371,17 @@ def envoy_cluster(name: str, port: int, h2: bool = False) -> dict:
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         }
+    if tls:
+        c["transport_socket"] = tls
     return c
 
 
-def envoy_http_listener(name: str, port: int, cluster: str, address: str = "127.0.0.1") -> dict:
+def envoy_http_listener(name: str, port: int, cluster: str, address: str = "127.0.0.1",
+                        tls: dict | None = None) -> dict:
     return {
         "name": name,
         "address": {"socket_address": {"address": address, "port_value": port}},
-        "filter_chains": [{"filters": [{
+        "filter_chains": [{**({"transport_socket": tls} if tls else {}), "filters": [{
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network."
@@ -307,6 +399,31 @@ def envoy_http_listener(name: str, port: int, cluster: str, address: str = "127.
             },
         }]}],
     }
+
+
+def envoy_mtls(pki: MeshPki, service: str, peer: str | None = None) -> dict:
+    """Envoy's transport socket for mesh mTLS as `service`, configured as Kuma configures it:
+    TLS 1.3 only, the mesh CA as the only trust. With `peer`: upstream, verifying the exact
+    SPIFFE id of `peer`, Kuma's SNI for it and ALPN `kuma`; without: downstream, a client
+    certificate of the mesh required."""
+    cert, key = pki.leaves[service]
+    common = {
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_3",
+                       "tls_maximum_protocol_version": "TLSv1_3"},
+        "tls_certificates": [{"certificate_chain": {"filename": str(cert)},
+                              "private_key": {"filename": str(key)}}],
+        "validation_context": {"trusted_ca": {"filename": str(pki.ca)}},
+    }
+    tls = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+    if peer:
+        common["alpn_protocols"] = ["kuma"]
+        common["validation_context"]["match_typed_subject_alt_names"] = [
+            {"san_type": "URI", "matcher": {"exact": spiffe(peer)}}]
+        ctx = {"@type": tls + "UpstreamTlsContext", "common_tls_context": common, "sni": kuma_sni(peer)}
+    else:
+        ctx = {"@type": tls + "DownstreamTlsContext", "common_tls_context": common,
+               "require_client_certificate": True}
+    return {"name": "envoy.transport_sockets.tls", "typed_config": ctx}
 
 
 def envoy_tcp_listener(name: str, port: int, cluster: str) -> dict:
@@ -378,6 +495,7 @@ class Contender:
     name: str
     single: list[Proc] = field(default_factory=list)
     pair: list[Proc] = field(default_factory=list)
+    mtls: list[Proc] = field(default_factory=list)  # outbound, inbound
     http1: int = 0
     h2: int = 0
     tcp: int = 0
@@ -385,11 +503,23 @@ class Contender:
     idle_rss_kb: int = 0
 
     def procs(self, scenario: str) -> list[Proc]:
-        return self.pair if scenario == "sidecar-pair" else self.single
+        return {"sidecar-pair": self.pair, "sidecar-pair-mtls": self.mtls,
+                "mtls-handshakes": self.mtls[1:]}.get(scenario, self.single)
 
     def stop(self) -> None:
-        for p in self.single + self.pair:
+        for p in self.single + self.pair + self.mtls:
             p.stop()
+
+
+def selected(only: str | None) -> list[str]:
+    """The load scenarios --only names (scenarios or GROUPS), in SCENARIOS order; all without."""
+    if not only:
+        return list(SCENARIOS)
+    wanted = {s for name in only.split(",") for s in GROUPS.get(name, [name])}
+    if unknown := wanted - set(SCENARIOS):
+        die(f"--only: unknown scenario(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join([*SCENARIOS, *GROUPS])}")
+    return [s for s in SCENARIOS if s in wanted]
 
 
 class Bench:
@@ -400,6 +530,8 @@ class Bench:
         self.origin: Proc | None = None
         self.iperf: Proc | None = None
         self.results: dict = {"load": [], "memory": [], "startup": [], "apply": []}
+        self.scenarios = list(SCENARIOS)
+        self.pki: MeshPki | None = None
 
     # -- origin ------------------------------------------------------------------------------
 
@@ -431,17 +563,23 @@ class Bench:
         if name == "bearing":
             bearing_single_store(d / "single", b)
             bearing_pair_store(d / "pair", b)
+            pairs = [("", d / "pair", c.pair)]
+            if self.wants_mtls():
+                # Mesh mTLS, builtin CA: each Bearing issues its own leaf from the mesh CA.
+                bearing_pair_store(d / "mtls", b + 3, MTLS_MESH)
+                shutil.copy(self.mesh_pki().secrets_yaml, d / "mtls")
+                pairs.append(("-mtls", d / "mtls", c.mtls))
             run = [self.args.bearing, "run", "--log-level", "warn", "--concurrency", str(w)]
             c.single.append(start("bearing", run + ["--config-dir", str(d / "single"), "--name",
                                                     "bench-proxy", "--admin-address",
                                                     f"127.0.0.1:{b + 10}"], logf))
-            c.pair.append(start("bearing-out", run + ["--config-dir", str(d / "pair"), "--name",
-                                                      "bench-web", "--admin-address",
-                                                      f"127.0.0.1:{b + 11}"], logf))
-            c.pair.append(start("bearing-in", run + ["--config-dir", str(d / "pair"), "--name",
-                                                     "bench-backend", "--admin-address",
-                                                     f"127.0.0.1:{b + 12}"], logf))
-            for i, p in enumerate(c.single + c.pair):
+            for suffix, store, procs in pairs:
+                for role, dataplane in (("out", WEB), ("in", BACKEND)):
+                    admin = b + 11 + len(c.pair) + len(c.mtls)
+                    procs.append(start(f"bearing-{role}{suffix}", run + [
+                        "--config-dir", str(store), "--name", dataplane,
+                        "--admin-address", f"127.0.0.1:{admin}"], logf))
+            for i, p in enumerate(c.single + c.pair + c.mtls):
                 wait_ready(f"http://127.0.0.1:{b + 10 + i}/ready", p)
         elif name == "envoy":
             files = {
@@ -456,12 +594,20 @@ class Bench:
                 "in": envoy_bootstrap(b + 12, [envoy_http_listener("in", b + 4, "local")],
                                       [envoy_cluster("local", ORIGIN_H1)]),
             }
+            if self.wants_mtls():
+                pki = self.mesh_pki()
+                files["out-mtls"] = envoy_bootstrap(
+                    b + 13, [envoy_http_listener("out", b + 6, "backend")],
+                    [envoy_cluster("backend", b + 7, tls=envoy_mtls(pki, WEB, BACKEND))])
+                files["in-mtls"] = envoy_bootstrap(
+                    b + 14, [envoy_http_listener("in", b + 7, "local", tls=envoy_mtls(pki, BACKEND))],
+                    [envoy_cluster("local", ORIGIN_H1)])
             for i, (tag, text) in enumerate(files.items()):
                 f = d / f"{tag}.json"
                 f.write_text(text)
                 p = start(f"envoy-{tag}", [self.args.envoy, "-c", str(f), "--concurrency", str(w),
                                            "--disable-hot-restart", "--log-level", "warn"], logf)
-                (c.single if tag == "single" else c.pair).append(p)
+                {"single": c.single, "out": c.pair, "in": c.pair}.get(tag, c.mtls).append(p)
                 wait_ready(f"http://127.0.0.1:{b + 10 + i}/ready", p)
         elif name == "haproxy":
             confs = {
@@ -508,9 +654,90 @@ listen tcp
                 p = start(f"nginx-{tag}", ["nginx", "-c", str(f), "-p", str(d)], logf)
                 (c.single if tag == "single" else c.pair).append(p)
                 wait_tcp({"single": b, "out": b + 3, "in": b + 4}[tag], p)
+        if c.mtls:
+            self.check_mtls(c, b)
         time.sleep(0.5)
         c.idle_rss_kb = status_kb(c.single[0].pids(), "VmRSS")
         return c
+
+    # -- mesh mTLS ---------------------------------------------------------------------------
+
+    def wants_mtls(self) -> bool:
+        return any(s in MTLS_SCENARIOS for s in self.scenarios)
+
+    def mesh_pki(self) -> MeshPki:
+        """The mesh CA, made once by `bearing ca generate` (every Bearing mTLS store gets a copy
+        of its Secrets), decoded to PEM for Envoy and openssl, and an openssl leaf per service."""
+        if self.pki:
+            return self.pki
+        d = self.work / "mesh-ca"
+        d.mkdir()
+        out = subprocess.run([self.args.bearing, "ca", "generate", "--mesh", MESH, "--backend",
+                              MTLS_BACKEND, "--store", str(d)], capture_output=True, text=True, check=False)
+        yaml = d / f"ca-{MESH}-{MTLS_BACKEND}.yaml"
+        if out.returncode != 0 or not yaml.exists():
+            die(f"`bearing ca generate` failed (exit {out.returncode}; mesh mTLS, #5, not in this "
+                f"binary?): {(out.stdout + out.stderr).strip()}")
+        secrets = read_secrets(yaml)
+        pki = d / "pki"  # outside the store: Bearing reads only the Secrets
+        pki.mkdir()
+        for kind in ("cert", "key"):
+            name = f"{MESH}.ca-builtin-{kind}-{MTLS_BACKEND}"
+            if name not in secrets:
+                die(f"{yaml}: no Secret {name} (has {', '.join(secrets) or 'none'})")
+            (pki / f"ca.{kind}").write_bytes(secrets[name])
+        (pki / "ca.key").chmod(0o600)
+        ca, ca_key = pki / "ca.cert", pki / "ca.key"
+        self.pki = MeshPki(yaml, ca, {s: issue_leaf(pki, ca, ca_key, s) for s in (WEB, BACKEND)})
+        return self.pki
+
+    def mtls_client(self, service: str | None = WEB) -> ssl.SSLContext:
+        """A mesh client: TLS 1.3, ALPN kuma, trusting only the mesh CA, presenting the leaf of
+        `service` (none: no client certificate)."""
+        pki = self.mesh_pki()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.check_hostname = False  # the identity is the URI SAN, checked by the caller
+        ctx.load_verify_locations(pki.ca)
+        ctx.set_alpn_protocols(["kuma"])
+        if service:
+            ctx.load_cert_chain(*pki.leaves[service])
+        return ctx
+
+    @staticmethod
+    def mesh_get(port: int, ctx: ssl.SSLContext | None) -> tuple[str, bytes]:
+        """GET /small with `Connection: close` (as the handshake client sends it) over mesh
+        mTLS, or plaintext without `ctx`: the server's URI SAN(s) and the status line."""
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                (ctx.wrap_socket(raw, server_hostname=dns_sni(BACKEND)) if ctx else raw) as s:
+            sans = [v for k, v in s.getpeercert().get("subjectAltName", ()) if k == "URI"] if ctx else []
+            s.sendall(b"GET /small HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+            resp = b""
+            while chunk := s.recv(4096):
+                resp += chunk
+            return ",".join(sans), resp.split(b"\r\n", 1)[0]
+
+    def check_mtls(self, c: Contender, b: int) -> None:
+        """Fails loudly unless the mTLS pair really is one: the inbound accepts a mesh client
+        with the backend's SPIFFE id, refuses plaintext and clients without a certificate, and
+        a request through the outbound reaches the origin."""
+        port, who = b + 7, f"{c.name} mTLS inbound 127.0.0.1:{b + 7}"
+        try:
+            san, status = self.mesh_get(port, self.mtls_client())
+        except OSError as e:  # ssl.SSLError is one
+            die(f"{who}: no mesh mTLS exchange ({e}); see {self.work}/{c.name}-w*/log")
+        if san != spiffe(BACKEND) or not status.startswith(b"HTTP/1.1 200 "):
+            die(f"{who}: SAN {san!r} (want {spiffe(BACKEND)}), response {status!r}")
+        for ctx, what in ((self.mtls_client(None), "a TLS client without a mesh certificate"),
+                          (None, "plaintext HTTP (STRICT mTLS expected)")):
+            try:
+                answered = self.mesh_get(port, ctx)[1].startswith(b"HTTP/")
+            except OSError:
+                answered = False
+            if answered:
+                die(f"{who} answered {what}")
+        if (st := http_status(f"http://127.0.0.1:{b + 6}/small", 5)) != 200:
+            die(f"{c.name} mTLS pair: GET through the outbound answered {st}, not 200")
 
     # -- load generators ---------------------------------------------------------------------
 
@@ -564,6 +791,27 @@ listen tcp
         die(f"iperf3 failed on port {port}: {out.stdout[-500:]}{out.stderr}")
         return {}
 
+    def handshakes(self, port: int) -> dict:
+        """New mesh mTLS connections per second: benches/tls-handshakes, one full TLS 1.3
+        handshake with the web leaf plus GET /small and close per connection, from
+        --handshake-clients threads. Its own CPU seconds are reported next to the server's."""
+        cert, key = self.mesh_pki().leaves[WEB]
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = subprocess.run(
+            [self.args.tls_client, f"127.0.0.1:{port}", str(self.args.duration),
+             str(self.args.handshake_clients), str(cert), str(key), "/small"],
+            capture_output=True, text=True, check=False)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        m = re.search(r"^JSON (.*)$", out.stdout, re.M)
+        if out.returncode != 0 or not m:
+            die(f"tls-handshakes failed on port {port}: {out.stdout}{out.stderr}")
+        r = json.loads(m.group(1))
+        if not r["connections"]:
+            die(f"tls-handshakes on port {port}: no connection got a 200 ({r['errors']} errors)")
+        return {"hps": r["connections"] / r["seconds"], "p50_ms": r["p50"] / 1000,
+                "p99_ms": r["p99"] / 1000, "p999_ms": r["p999"] / 1000, "errors": r["errors"],
+                "client_cpu_s": ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime}
+
     def run_load(self, c: Contender, scenario: str) -> dict:
         procs = c.procs(scenario)
         pids = [p for proc in procs for p in proc.pids()]
@@ -584,6 +832,10 @@ listen tcp
             r = self.iperf3(c.tcp)
         elif scenario == "sidecar-pair":
             r = self.wrk(c.pair_port, "/small", [])
+        elif scenario == "sidecar-pair-mtls":  # ports: see base_port
+            r = self.wrk(c.pair_port + 3, "/small", [])
+        elif scenario == "mtls-handshakes":
+            r = self.handshakes(c.pair_port + 4)
         else:
             raise ValueError(scenario)
         if pids:
@@ -767,23 +1019,21 @@ networking:
     # -- the whole run -----------------------------------------------------------------------
 
     def run(self) -> None:
-        scenarios = ["http1-small", "http1-100k", "http2-multiplexed", "conn-per-request",
-                     "tcp-bulk", "sidecar-pair"]
-        if self.args.only:
-            scenarios = [s for s in scenarios if s in self.args.only.split(",")]
+        scenarios = self.scenarios = selected(self.args.only)
+        contenders = [n for n in CONTENDERS if any(n in SCENARIOS[s] for s in scenarios)]
         self.start_origin()
         for w in self.args.workers:
             log(f"== {w} worker(s): starting contenders")
-            cs = {name: self.start_contender(name, w) for name in CONTENDERS}
+            cs = {name: self.start_contender(name, w) for name in contenders}
             try:
-                for name in PROXIES:
+                for name in (n for n in contenders if n in PROXIES):
                     self.results["memory"].append({"contender": name, "workers": w,
                                                    "idle_rss_mb": cs[name].idle_rss_kb / 1024})
                 raw: dict[tuple, list] = {}
                 for run in range(self.args.runs):
-                    order = CONTENDERS if run % 2 == 0 else CONTENDERS[::-1]
+                    order = contenders if run % 2 == 0 else contenders[::-1]
                     for s in scenarios:
-                        for name in order:
+                        for name in (n for n in order if n in SCENARIOS[s]):
                             r = self.run_load(cs[name], s)
                             raw.setdefault((s, name), []).append(r)
                             log(f"w={w} run {run + 1} {s:18} {name:8} " +
@@ -857,41 +1107,83 @@ def fmt(v, spec=".1f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-UNITS = {"tcp-bulk": ("gbps", "Gbit/s")}
+UNITS = {"tcp-bulk": ("gbps", "Gbit/s"), "mtls-handshakes": ("hps", "handshakes/s")}
 
 
-def markdown(res: dict) -> str:
+def mtls_ratios(res: dict) -> list[dict]:
+    """mTLS against plaintext for each proxy, and Bearing against Envoy with mTLS, per worker
+    count; CPU per operation is the proxies' CPU seconds over the operations of the run."""
+    out = []
+    for w in sorted({r["workers"] for r in res["load"]}):
+        def row(s: str, c: str) -> dict:
+            return find(res["load"], scenario=s, contender=c, workers=w) or {}
+
+        def cpu_us(r: dict) -> float | None:
+            key = UNITS.get(r.get("scenario"), ("rps",))[0]
+            if r.get("cpu_s") is None or not r.get(key):
+                return None
+            return r["cpu_s"] / (r[key] * res["meta"]["duration"]) * 1e6
+
+        def add(name: str, value: float | None, ref: float | None) -> None:
+            out.append({"workers": w, "ratio": name, "value": value, "reference": ref,
+                        "x": value / ref if value is not None and ref else None})
+
+        for c in ("bearing", "envoy"):
+            plain, mtls = row("sidecar-pair", c), row("sidecar-pair-mtls", c)
+            add(f"{c} pair, mTLS / plain: req/s", mtls.get("rps"), plain.get("rps"))
+            add(f"{c} pair, mTLS / plain: CPU µs per request", cpu_us(mtls), cpu_us(plain))
+        for s, label in (("sidecar-pair-mtls", "mTLS pair"), ("mtls-handshakes", "mTLS handshakes")):
+            b, e = row(s, "bearing"), row(s, "envoy")
+            key, unit = UNITS.get(s, ("rps", "req/s"))
+            add(f"{label}, bearing / envoy: {unit}", b.get(key), e.get(key))
+            add(f"{label}, bearing / envoy: p99 ms", b.get("p99_ms"), e.get("p99_ms"))
+            add(f"{label}, bearing / envoy: CPU µs per {'handshake' if key == 'hps' else 'request'}",
+                cpu_us(b), cpu_us(e))
+    return [r for r in out if r["value"] is not None or r["reference"] is not None]
+
+
+def markdown(res: dict, charts_dir: str = "") -> str:
+    """The report: `charts_dir` is where its SVGs are, relative to it."""
     meta = res["meta"]
+    scen = list(dict.fromkeys(r["scenario"] for r in res["load"]))
+    handshake_client = (f", benches/tls-handshakes with {meta['handshake_clients']} threads"
+                        if "mtls-handshakes" in scen else "")
     lines = [
-        "# Bearing benchmark results",
+        "# Bearing benchmark results" + (f": {meta['report']}" if meta["report"] != "results" else ""),
         "",
         f"Run {meta['date']} on `{meta['host']}` ({meta['cpus']} CPUs, {meta['kernel']}), mode "
         f"`{meta['mode']}`: {meta['runs']} run(s) per contender and scenario, {meta['duration']} s each, "
-        f"median reported; wrk -t1 -c{meta['connections']}, h2load -c10 -m10 -t1. "
+        f"median reported; wrk -t1 -c{meta['connections']}, h2load -c10 -m10 -t1{handshake_client}. "
         "**A shared 2-core VM**: the load generator, the origin (nginx, 1 worker) and the proxy share the "
         "same two cores and other engineers were compiling; nothing is pinned. Compare ratios within a "
         "run, not absolute figures across machines.",
         "",
         f"Versions: {meta['versions']}.",
         "",
-        "## Targets",
-        "",
-        "| target | goal | ratio | status |",
-        "|---|---|---|---|",
     ]
-    for t in res["targets"]:
-        lines.append(f"| {t['target']} | {t['goal']} | {fmt(t['ratio'], '.2f')}x | **{t['status']}** |")
-    lines += ["", "## Load scenarios", "",
+    if res.get("targets"):
+        lines += ["## Targets", "", "| target | goal | ratio | status |", "|---|---|---|---|"]
+        for t in res["targets"]:
+            lines.append(f"| {t['target']} | {t['goal']} | {fmt(t['ratio'], '.2f')}x | **{t['status']}** |")
+        lines.append("")
+    lines += ["## Load scenarios", "",
               "CPU s: user+system seconds of the proxy process(es) during the run (both proxies for the "
-              "sidecar pair); peak RSS: VmHWM, reset before each run. Latencies from wrk's (or h2load's) "
-              "per-request timings, not corrected for coordinated omission.", ""]
-    scen = []
-    for r in res["load"]:
-        if r["scenario"] not in scen:
-            scen.append(r["scenario"])
+              "sidecar pairs, the inbound proxy for mTLS handshakes); peak RSS: VmHWM, reset before each "
+              "run. Latencies from wrk's (or h2load's) per-request timings, not corrected for coordinated "
+              "omission; for handshakes, from connect to the end of the response.", ""]
+    if any(s in MTLS_SCENARIOS for s in scen):
+        lines += [
+            "Mesh mTLS (`sidecar-pair-mtls`, `mtls-handshakes`): Bearing and Envoy with the same CA, made by "
+            "`bearing ca generate`. Each Bearing issues its own leaf (Mesh `mtls.enabledBackend`, builtin, "
+            "STRICT); Envoy gets openssl-issued ECDSA P-256 leaves with the same SPIFFE ids and Kuma's "
+            "settings (TLS 1.3 only, client certificate required on the inbound, the outbound verifying "
+            f"`{spiffe(BACKEND)}` exactly, SNI `{kuma_sni(BACKEND)}` (Bearing: its DNS-safe form), ALPN `kuma`). `mtls-handshakes`: "
+            "a fresh connection per request against the inbound proxy (full TLS 1.3 handshake with the "
+            "web leaf, no resumption, `GET /small`, `Connection: close`); the client skips verifying the "
+            "server to stay cheaper than it, and its own CPU seconds are in the ratios below.", ""]
     for s in scen:
         unit_key, unit = UNITS.get(s, ("rps", "req/s"))
-        lines += [f"### {s}", "", f"![{s}]({s}.svg)", "",
+        lines += [f"### {s}", "", f"![{s}]({charts_dir}{s}.svg)", "",
                   f"| workers | contender | {unit} | p50 ms | p99 ms | p99.9 ms | CPU s | peak RSS MB | errors |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in res["load"]:
@@ -902,7 +1194,17 @@ def markdown(res: dict) -> str:
                 f"| {fmt(r.get('p50_ms'), '.2f')} | {fmt(r.get('p99_ms'), '.2f')} | {fmt(r.get('p999_ms'), '.2f')} "
                 f"| {fmt(r.get('cpu_s'), '.2f')} | {fmt(r.get('peak_rss_mb'))} | {fmt(r.get('errors'), '.0f')} |")
         lines.append("")
-    if res["memory"]:
+    if ratios := mtls_ratios(res):
+        lines += ["## mTLS ratios", "", "| workers | ratio | value | reference | x |", "|---|---|---|---|---|"]
+        for r in ratios:
+            lines.append(f"| {r['workers']} | {r['ratio']} | {fmt(r['value'], '.2f')} | "
+                         f"{fmt(r['reference'], '.2f')} | {fmt(r['x'], '.2f')}x |")
+        for r in res["load"]:
+            if r.get("client_cpu_s") is not None:
+                lines.append(f"\nHandshake client, {r['workers']} worker(s), {r['contender']}: "
+                             f"{r['client_cpu_s']:.2f} CPU s (the server: {fmt(r.get('cpu_s'), '.2f')}).")
+        lines.append("")
+    if res["memory"] and meta["report"] == "results":
         lines += ["## Memory", "", "![memory](memory.svg)", "",
                   f"RSS of the single-proxy process(es) (nginx: master + workers) right after start, and "
                   f"with {meta['idle_connections']} idle TCP connections open to the HTTP/1.1 listener "
@@ -912,6 +1214,8 @@ def markdown(res: dict) -> str:
             lines.append(f"| {m['workers']} | {m['contender']} | {fmt(m['idle_rss_mb'])} | "
                          f"{fmt(m.get('idle_conns_rss_mb'))} |")
         lines.append("")
+    if meta["report"] != "results":
+        return "\n".join(lines)
     if res["startup"]:
         lines += ["## Start-up and config change", "", "![startup](startup.svg)", "",
                   "From exec to the first 200 on /ready (polled every 1-2 ms). Bearing: a store with a "
@@ -932,7 +1236,6 @@ def markdown(res: dict) -> str:
                          f"(median; runs {', '.join(fmt(x) for x in a['runs'])}).")
         lines.append("")
     lines += ["## Not measured yet", "",
-              "- Sidecar pair with mTLS: needs mTLS (#5).",
               "- DNS queries per second (dnsperf is installed): needs the DNS server (#4).",
               ""]
     return "\n".join(lines)
@@ -991,7 +1294,7 @@ def charts(res: dict) -> dict[str, str]:
             bars = [(r["contender"], r.get(key)) for r in res["load"] if r["scenario"] == s and r["workers"] == w]
             groups.append((f"{w} worker(s)", bars))
         out[f"{s}.svg"] = bar_chart(f"{s} (median, higher is better)", unit, groups)
-    if res["memory"]:
+    if res["memory"] and res["meta"]["report"] == "results":
         groups = []
         for w in sorted({m["workers"] for m in res["memory"]}):
             ms = [m for m in res["memory"] if m["workers"] == w]
@@ -1013,6 +1316,7 @@ def versions(args: argparse.Namespace) -> str:
     envoy = first_line([args.envoy, "--version"]).split("version:")[-1].strip()
     return "; ".join([
         "bearing " + first_line([args.bearing, "version"]),
+        first_line(["openssl", "version"]),
         "envoy " + envoy,
         first_line(["haproxy", "-v"]).split(" - ")[0],
         first_line(["nginx", "-v"]),
@@ -1027,16 +1331,25 @@ def main() -> None:
     ap.add_argument("--envoy", required=True)
     ap.add_argument("--bearing", required=True)
     ap.add_argument("--quick", action="store_true", help="1 run each, 2 s per run")
-    ap.add_argument("--only", help="comma-separated load scenarios (skips memory and start-up)")
+    ap.add_argument("--only", help="comma-separated load scenarios, or `mtls` for the mesh mTLS ones "
+                    "and the plaintext pair (skips memory and start-up)")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--report", help="name of the report: OUT/NAME.{md,json}, its charts in OUT/NAME/ "
+                    "(default: `mtls` for --only mtls, else `results` with its charts in OUT)")
+    ap.add_argument("--tls-client", default=str(ROOT / "benches/tls-handshakes/target/release/tls-handshakes"),
+                    help="the mTLS handshake client (built by run.sh)")
+    ap.add_argument("--handshake-clients", type=int, default=4, help="threads of the handshake client")
     args = ap.parse_args()
+    args.report = args.report or ("mtls" if args.only == "mtls" else "results")
     args.workers = [int(w) for w in args.workers.split(",")]
     args.runs = 1 if args.quick else 3
     args.duration = 2 if args.quick else 5
     args.connections = 50
     args.idle_connections = 10000
-    for tool in ("nginx", "haproxy", "wrk", "h2load", "iperf3", "dnsperf", args.envoy, args.bearing):
+    mtls = any(s in MTLS_SCENARIOS for s in selected(args.only))
+    for tool in ("nginx", "haproxy", "wrk", "h2load", "iperf3", "dnsperf", "openssl", args.envoy,
+                 args.bearing, *([args.tls_client] if mtls else [])):
         if not shutil.which(tool):
             die(f"{tool} not found: benches/run.sh installs it; a contender is never skipped")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1053,20 +1366,27 @@ def main() -> None:
         "kernel": platform.release(), "mode": "quick" if args.quick else "full", "runs": args.runs,
         "duration": args.duration, "connections": args.connections,
         "idle_connections": args.idle_connections, "versions": versions(args),
+        "report": args.report, "handshake_clients": args.handshake_clients,
     }
-    res["targets"] = targets(res)
+    res["targets"] = targets(res) if args.report == "results" else []
+    res["mtls_ratios"] = mtls_ratios(res)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.svg"):
+    sub = "" if args.report == "results" else f"{args.report}/"
+    (out / sub).mkdir(parents=True, exist_ok=True)
+    for old in (out / sub).glob("*.svg"):
         old.unlink()
-    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(res))
+    (out / f"{args.report}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / f"{args.report}.md").write_text(markdown(res, sub))
     for name, svg in charts(res).items():
-        (out / name).write_text(svg + "\n")
-    print("\nTargets:")
+        (out / sub / name).write_text(svg + "\n")
+    if res["targets"]:
+        print("\nTargets:")
     for t in res["targets"]:
         print(f"  {t['status']:>12}  {t['target']}: {fmt(t['ratio'], '.2f')}x (goal {t['goal']})")
-    print(f"\nResults in {out}/results.md; work files in {bench.work}")
+    for r in res["mtls_ratios"]:
+        print(f"  w={r['workers']} {r['ratio']}: {fmt(r['value'], '.2f')} / {fmt(r['reference'], '.2f')} "
+              f"= {fmt(r['x'], '.2f')}x")
+    print(f"\nResults in {out}/{args.report}.md; work files in {bench.work}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 #
 #   sudo bash benches/run.sh            # full: 3 runs each, 1 then 2 workers (~20 min on 2 cores)
 #   sudo bash benches/run.sh --quick    # 1 run each, short durations (development)
+#   sudo bash benches/run.sh --only mtls  # mesh mTLS (#5) only: results/mtls.md, no DNS bench
 #
 # Needs root (apt-get, pip, raising the open-file limit). Fails loudly when a peer cannot be
 # installed: a contender is never skipped.
@@ -19,7 +20,7 @@ fi
 
 need_apt=()
 for pair in haproxy:haproxy nginx:nginx wrk:wrk h2load:nghttp2-client dnsperf:dnsperf \
-            iperf3:iperf3 perf:linux-perf ps:procps; do
+            iperf3:iperf3 perf:linux-perf ps:procps openssl:openssl; do
     command -v "${pair%%:*}" >/dev/null || need_apt+=("${pair#*:}")
 done
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need_apt+=(libnginx-mod-stream)
@@ -40,9 +41,13 @@ fi
 "$ENVOY" --version | grep -q "/$ENVOY_VERSION/" || { echo "benches/run.sh: envoy $ENVOY_VERSION not installed" >&2; exit 1; }
 
 cargo build --release -q -p bearing
+# The mTLS handshake client (rustls; a workspace of its own).
+cargo build --release -q --manifest-path benches/tls-handshakes/Cargo.toml
 
 ulimit -n "$(ulimit -Hn)"
 python3 benches/harness.py --envoy "$ENVOY" --bearing target/release/bearing "$@"
+# --only runs the selected load scenarios and nothing else.
+case " $* " in *" --only"*) exit 0 ;; esac
 # Mesh DNS (dnsperf against Bearing and dnsmasq) and the 10k-service hostname table.
 command -v dnsmasq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsmasq-base
 if [[ " $* " == *" --quick "* ]]; then
