@@ -127,7 +127,7 @@ pub async fn serve(
 }
 
 /// The SNI of the ClientHello waiting in `stream`, read without consuming it.
-async fn read_sni(stream: &TcpStream) -> Result<String, String> {
+pub(crate) async fn read_sni(stream: &TcpStream) -> Result<String, String> {
     let deadline = Instant::now() + CLIENT_HELLO_TIMEOUT;
     let mut buf = vec![0u8; MAX_CLIENT_HELLO];
     let mut seen = 0;

@@ -20,6 +20,7 @@ use bearing_proxy_config::{Cluster, Protocol};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -74,8 +75,8 @@ type UpstreamIo = TokioIo<UpstreamStream>;
 /// Pooled connections to one endpoint of one cluster.
 pub struct EndpointPool {
     address: SocketAddr,
-    idle_h1: Mutex<Vec<http1::SendRequest<Incoming>>>,
-    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    idle_h1: Mutex<Vec<http1::SendRequest<RequestBody>>>,
+    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
 impl EndpointPool {
@@ -95,26 +96,26 @@ impl EndpointPool {
 
     /// An idle connection ready for a request now. Connections still finishing a previous
     /// exchange (an upload the upstream answered early) stay pooled for later.
-    fn take_idle_h1(&self) -> Option<http1::SendRequest<Incoming>> {
+    fn take_idle_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|s| !s.is_closed());
         let i = idle.iter().rposition(|s| s.is_ready())?;
         Some(idle.swap_remove(i))
     }
 
-    fn release_h1(&self, sender: http1::SendRequest<Incoming>) {
+    fn release_h1(&self, sender: http1::SendRequest<RequestBody>) {
         let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_PER_ENDPOINT && !sender.is_closed() {
             idle.push(sender);
         }
     }
 
-    fn shared_h2(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
         let guard = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         guard.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    fn store_h2(&self, sender: Option<http2::SendRequest<Incoming>>) {
+    fn store_h2(&self, sender: Option<http2::SendRequest<RequestBody>>) {
         *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = sender;
     }
 }
@@ -133,8 +134,8 @@ pub struct ClusterRuntime {
 
 /// An HTTP connection checked out of a pool for one request; `true` when it was reused.
 enum Checkout {
-    H1(http1::SendRequest<Incoming>, bool),
-    H2(http2::SendRequest<Incoming>, bool),
+    H1(http1::SendRequest<RequestBody>, bool),
+    H2(http2::SendRequest<RequestBody>, bool),
 }
 
 impl ClusterRuntime {
@@ -253,7 +254,7 @@ impl ClusterRuntime {
         let address = pool.address;
         if h2 {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .handshake::<UpstreamIo, Incoming>(io)
+                .handshake::<UpstreamIo, RequestBody>(io)
                 .await
                 .map_err(io::Error::other)?;
             tokio::spawn(async move {
@@ -265,7 +266,7 @@ impl ClusterRuntime {
             Ok(Checkout::H2(sender, false))
         } else {
             let (sender, conn) = http1::Builder::new()
-                .handshake::<UpstreamIo, Incoming>(io)
+                .handshake::<UpstreamIo, RequestBody>(io)
                 .await
                 .map_err(io::Error::other)?;
             tokio::spawn(async move {
@@ -285,7 +286,7 @@ impl ClusterRuntime {
     /// request has been written its failure is final: the body is gone.
     pub async fn send_http(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let mut last = None;
         for pool in self.rotation() {
@@ -326,7 +327,7 @@ impl ClusterRuntime {
         &self,
         checkout: Checkout,
         pool: &Arc<EndpointPool>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, Retry> {
         let timeout = self.config.request_timeout;
         let address = pool.address;
@@ -364,11 +365,54 @@ impl ClusterRuntime {
     }
 }
 
+/// A request body sent upstream: the downstream request's own, streamed through, or bytes
+/// the proxy holds (a mirrored copy of a request).
+pub enum RequestBody {
+    /// Streamed from downstream as it arrives.
+    Streamed(Incoming),
+    /// Held in memory.
+    Buffered(Full<Bytes>),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Streamed(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Buffered(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streamed(b) => b.is_end_stream(),
+            RequestBody::Buffered(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streamed(b) => b.size_hint(),
+            RequestBody::Buffered(b) => b.size_hint(),
+        }
+    }
+}
+
 /// What to do after a failed send: retry with the request given back, or give up.
 // Boxing the request would cost an allocation per request for a size that never hurts here.
 #[allow(clippy::large_enum_variant)]
 enum Retry {
-    Again(Request<Incoming>),
+    Again(Request<RequestBody>),
     Fail(UpstreamError),
 }
 
@@ -386,13 +430,13 @@ async fn with_timeout<F: std::future::Future>(
 /// read to the end (a body dropped early closes the connection instead).
 pub struct UpstreamBody {
     body: Incoming,
-    release: Option<(http1::SendRequest<Incoming>, Arc<EndpointPool>)>,
+    release: Option<(http1::SendRequest<RequestBody>, Arc<EndpointPool>)>,
 }
 
 impl UpstreamBody {
     fn new(
         body: Incoming,
-        release: Option<(http1::SendRequest<Incoming>, Arc<EndpointPool>)>,
+        release: Option<(http1::SendRequest<RequestBody>, Arc<EndpointPool>)>,
     ) -> Self {
         let mut b = UpstreamBody { body, release };
         if b.body.is_end_stream() {

@@ -22,7 +22,7 @@ use crate::{Identity, MeshCa, TlsError};
 /// The ALPN protocol id of Kuma mesh traffic.
 pub const KUMA_ALPN: &[u8] = b"kuma";
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -6,6 +6,7 @@
 //! - [`mesh_server_config`] / [`mesh_client_config`]: rustls configs for inbound and outbound
 //!   mesh traffic (TLS 1.3, ALPN `kuma`, exact SPIFFE identity check), and
 //!   [`external_client_config`] for TLS to external services.
+//! - [`certified_key`] / [`gateway_server_config`]: TLS a builtin gateway terminates.
 //! - [`parse_client_hello`]: allocation-free SNI/ALPN peek for routing and PERMISSIVE mode.
 //! - [`tags_sni`] / [`resource_sni`] and their parsers: Kuma's SNI forms.
 //!
@@ -14,6 +15,7 @@
 mod ca;
 mod config;
 mod error;
+mod gateway;
 mod identity;
 mod kuma_sni;
 mod sni;
@@ -25,6 +27,7 @@ pub use config::{
     ServerVerification, KUMA_ALPN,
 };
 pub use error::TlsError;
+pub use gateway::{certified_key, gateway_server_config};
 pub use identity::{issue_leaf, spawn_renewal, Identity};
 pub use kuma_sni::{
     parse_resource_sni, parse_tags_sni, resource_sni, tags_sni, ResourceKind, ResourceSni, TagsSni,
