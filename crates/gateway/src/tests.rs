@@ -1,0 +1,399 @@
+use super::*;
+use bearing_proxy_config::{
+    GatewayHost, HeaderMatch, Mirror, QueryMatch, Rewrite, RouteAction, WeightedCluster,
+};
+use std::collections::BTreeMap;
+
+fn backend(cluster: &str, weight: u32) -> WeightedCluster {
+    WeightedCluster {
+        cluster: cluster.into(),
+        weight,
+        hostname: None,
+    }
+}
+
+fn route(origin: &str, matches: HttpMatch, cluster: &str) -> HttpRoute {
+    HttpRoute {
+        origin: origin.into(),
+        matches,
+        request_headers: HeaderFilter::default(),
+        response_headers: HeaderFilter::default(),
+        action: RouteAction::Forward {
+            backends: vec![backend(cluster, 1)],
+            rewrite: None,
+        },
+        mirror: None,
+    }
+}
+
+fn path(p: PathMatch) -> HttpMatch {
+    HttpMatch {
+        path: Some(p),
+        ..HttpMatch::default()
+    }
+}
+
+fn host(hostname: &str, routes: Vec<HttpRoute>) -> GatewayHost {
+    GatewayHost {
+        hostname: hostname.into(),
+        certificate: None,
+        http_routes: routes,
+        tcp_backends: Vec::new(),
+    }
+}
+
+fn listener(protocol: GatewayProtocol, hosts: Vec<GatewayHost>) -> GatewayListener {
+    GatewayListener {
+        protocol,
+        hosts,
+        tags: BTreeMap::new(),
+        connection_limit: None,
+        cross_mesh: None,
+    }
+}
+
+fn request(host: &str, target: &str) -> http::request::Parts {
+    http::Request::builder()
+        .uri(target)
+        .header("host", host)
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+/// The cluster a request goes to, or the status it is answered with.
+fn outcome(router: &GatewayRouter, parts: &mut http::request::Parts) -> String {
+    match router.route(parts) {
+        Decision::Forward { cluster, .. } => cluster.to_string(),
+        Decision::Respond { status, location } => match location {
+            Some(l) => format!("{} {}", status.as_u16(), l.to_str().unwrap()),
+            None => status.as_u16().to_string(),
+        },
+    }
+}
+
+fn go(router: &GatewayRouter, host: &str, target: &str) -> String {
+    outcome(router, &mut request(host, target))
+}
+
+#[test]
+fn hosts_exact_then_longest_wildcard_then_any() {
+    let l = listener(
+        GatewayProtocol::Http,
+        vec![
+            host("*", vec![route("any", HttpMatch::default(), "any")]),
+            host(
+                "*.example.com",
+                vec![route("w", HttpMatch::default(), "wild")],
+            ),
+            host(
+                "*.a.example.com",
+                vec![route("wa", HttpMatch::default(), "wild-a")],
+            ),
+            host(
+                "foo.example.com",
+                vec![route("f", HttpMatch::default(), "foo")],
+            ),
+        ],
+    );
+    let r = GatewayRouter::new(&l).unwrap();
+    assert_eq!(go(&r, "FOO.example.com:8080", "/"), "foo");
+    assert_eq!(go(&r, "x.a.example.com", "/"), "wild-a");
+    assert_eq!(go(&r, "bar.example.com", "/"), "wild");
+    assert_eq!(go(&r, "example.com", "/"), "any");
+    assert_eq!(
+        r.host_for("foo.example.com"),
+        Some(3),
+        "listener order index"
+    );
+    let only = GatewayRouter::new(&listener(
+        GatewayProtocol::Http,
+        vec![host(
+            "foo.example.com",
+            vec![route("f", HttpMatch::default(), "foo")],
+        )],
+    ))
+    .unwrap();
+    assert_eq!(go(&only, "other.example.com", "/"), "404");
+}
+
+#[test]
+fn paths_exact_prefix_regex_in_route_order() {
+    let l = listener(
+        GatewayProtocol::Http,
+        vec![host(
+            "*",
+            vec![
+                route("e", path(PathMatch::Exact("/api".into())), "exact"),
+                route("p", path(PathMatch::Prefix("/api/".into())), "prefix"),
+                route("r", path(PathMatch::Regex("/v[0-9]+/.*".into())), "regex"),
+            ],
+        )],
+    );
+    let r = GatewayRouter::new(&l).unwrap();
+    assert_eq!(go(&r, "h", "/api"), "exact");
+    assert_eq!(go(&r, "h", "/api/x?q=1"), "prefix");
+    assert_eq!(go(&r, "h", "/apix"), "404");
+    assert_eq!(go(&r, "h", "/v2/x"), "regex");
+    assert_eq!(go(&r, "h", "/xv2/x"), "404", "regex matches the whole path");
+}
+
+#[test]
+fn method_headers_and_query() {
+    let m = HttpMatch {
+        method: Some("POST".into()),
+        headers: vec![
+            HeaderMatch {
+                name: "x-env".into(),
+                value: ValueMatch::Regex("stag(e|ing)".into()),
+            },
+            HeaderMatch {
+                name: "x-debug".into(),
+                value: ValueMatch::Absent,
+            },
+        ],
+        query: vec![QueryMatch {
+            name: "user".into(),
+            value: ValueMatch::Exact("a b".into()),
+        }],
+        ..HttpMatch::default()
+    };
+    let present = HttpMatch {
+        headers: vec![HeaderMatch {
+            name: "x-debug".into(),
+            value: ValueMatch::Present,
+        }],
+        ..HttpMatch::default()
+    };
+    let l = listener(
+        GatewayProtocol::Http,
+        vec![host(
+            "*",
+            vec![route("m", m, "matched"), route("d", present, "debug")],
+        )],
+    );
+    let r = GatewayRouter::new(&l).unwrap();
+    let req = |method: &str, headers: &[(&str, &str)], target: &str| {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(target)
+            .header("host", "h");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        outcome(&r, &mut b.body(()).unwrap().into_parts().0)
+    };
+    assert_eq!(
+        req("POST", &[("x-env", "staging")], "/?user=a%20b"),
+        "matched"
+    );
+    assert_eq!(req("GET", &[("x-env", "staging")], "/?user=a%20b"), "404");
+    assert_eq!(req("POST", &[("x-env", "prod")], "/?user=a%20b"), "404");
+    assert_eq!(req("POST", &[("x-env", "staging")], "/?user=ab"), "404");
+    assert_eq!(
+        req(
+            "POST",
+            &[("x-env", "prod"), ("x-env", "stage")],
+            "/?x=1&user=a%20b"
+        ),
+        "matched",
+        "any value of a repeated header"
+    );
+    assert_eq!(
+        req(
+            "POST",
+            &[("x-env", "stage"), ("x-debug", "1")],
+            "/?user=a%20b"
+        ),
+        "debug"
+    );
+}
+
+#[test]
+fn hygiene_before_matching() {
+    let l = listener(
+        GatewayProtocol::Http,
+        vec![host(
+            "*",
+            vec![route("b", path(PathMatch::Exact("/b".into())), "b")],
+        )],
+    );
+    let r = GatewayRouter::new(&l).unwrap();
+    let mut parts = request("h", "//a/../b?x=1");
+    parts.headers.insert(
+        "x-kuma-tags",
+        HeaderValue::from_static("&kuma.io/service=evil&"),
+    );
+    assert_eq!(outcome(&r, &mut parts), "b");
+    assert_eq!(parts.uri.path_and_query().unwrap().as_str(), "/b?x=1");
+    assert!(parts.headers.get("x-kuma-tags").is_none());
+    let mut bad = request("h", "/b");
+    bad.headers
+        .insert("x_forbidden", HeaderValue::from_static("1"));
+    assert_eq!(outcome(&r, &mut bad), "400");
+    assert_eq!(go(&r, "h", "/a%2Fb?q"), "307 /a/b?q");
+}
+
+#[test]
+fn filters_and_prefix_rewrite() {
+    let mut rt = route("rw", path(PathMatch::Prefix("/api".into())), "svc");
+    rt.request_headers = HeaderFilter {
+        set: vec![("x-set".into(), "new".into())],
+        add: vec![("x-add".into(), "two".into())],
+        remove: vec!["x-gone".into()],
+    };
+    rt.response_headers = HeaderFilter {
+        set: vec![("x-resp".into(), "yes".into())],
+        ..HeaderFilter::default()
+    };
+    rt.action = RouteAction::Forward {
+        backends: vec![WeightedCluster {
+            cluster: "svc".into(),
+            weight: 1,
+            hostname: Some("api.internal".into()),
+        }],
+        rewrite: Some(Rewrite {
+            path: Some(PathRewrite::ReplacePrefixMatch("/".into())),
+            host_to_backend_hostname: true,
+        }),
+    };
+    let r =
+        GatewayRouter::new(&listener(GatewayProtocol::Http, vec![host("*", vec![rt])])).unwrap();
+    let mut parts = request("h", "/api/x?q=1");
+    parts
+        .headers
+        .insert("x-set", HeaderValue::from_static("old"));
+    parts
+        .headers
+        .insert("x-add", HeaderValue::from_static("one"));
+    parts
+        .headers
+        .insert("x-gone", HeaderValue::from_static("1"));
+    let Decision::Forward {
+        response_headers, ..
+    } = r.route(&mut parts)
+    else {
+        panic!("not forwarded")
+    };
+    assert_eq!(parts.uri.path_and_query().unwrap().as_str(), "/x?q=1");
+    assert_eq!(parts.headers["x-set"], "new");
+    let added: Vec<_> = parts.headers.get_all("x-add").iter().collect();
+    assert_eq!(added, ["one", "two"]);
+    assert!(parts.headers.get("x-gone").is_none());
+    assert_eq!(parts.headers["host"], "api.internal");
+    let mut resp = HeaderMap::new();
+    response_headers.apply(&mut resp);
+    assert_eq!(resp["x-resp"], "yes");
+}
+
+#[test]
+fn redirects_build_the_location_from_the_request() {
+    let redirect = |r: Redirect| {
+        let mut rt = route("re", path(PathMatch::Prefix("/old".into())), "unused");
+        rt.action = RouteAction::Redirect(r);
+        rt
+    };
+    let to_https = redirect(Redirect {
+        scheme: Some("https".into()),
+        hostname: None,
+        port: None,
+        status: 301,
+        path: None,
+    });
+    let moved = redirect(Redirect {
+        scheme: None,
+        hostname: Some("new.example.com".into()),
+        port: Some(8443),
+        status: 302,
+        path: Some(PathRewrite::ReplacePrefixMatch("/new".into())),
+    });
+    let r = GatewayRouter::new(&listener(
+        GatewayProtocol::Http,
+        vec![
+            host("a.example.com", vec![to_https]),
+            host("*", vec![moved]),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        go(&r, "a.example.com:8080", "/old/x?q=1"),
+        "301 https://a.example.com/old/x?q=1",
+        "the port is dropped when the scheme changes"
+    );
+    assert_eq!(
+        go(&r, "b.example.com:8080", "/old/x"),
+        "302 http://new.example.com:8443/new/x"
+    );
+    let tls = GatewayRouter::new(&listener(
+        GatewayProtocol::Https,
+        vec![host(
+            "*",
+            vec![redirect(Redirect {
+                scheme: None,
+                hostname: None,
+                port: Some(443),
+                status: 308,
+                path: Some(PathRewrite::ReplaceFull("/".into())),
+            })],
+        )],
+    ))
+    .unwrap();
+    assert_eq!(
+        go(&tls, "c.example.com", "/old"),
+        "308 https://c.example.com/"
+    );
+}
+
+#[test]
+fn weights_mirrors_and_tcp_backends() {
+    let mut rt = route("w", HttpMatch::default(), "unused");
+    rt.action = RouteAction::Forward {
+        backends: vec![backend("v1", 1), backend("v2", 3)],
+        rewrite: None,
+    };
+    rt.mirror = Some(Mirror {
+        cluster: "shadow".into(),
+        percentage: 50.0,
+    });
+    let mut tcp = host("*", Vec::new());
+    tcp.tcp_backends = vec![backend("redis-a", 2), backend("redis-b", 0)];
+    let r =
+        GatewayRouter::new(&listener(GatewayProtocol::Http, vec![host("*", vec![rt])])).unwrap();
+    let (mut v2, mut mirrored) = (0, 0);
+    for _ in 0..1000 {
+        match r.route(&mut request("h", "/")) {
+            Decision::Forward {
+                cluster, mirror, ..
+            } => {
+                v2 += usize::from(cluster == "v2");
+                mirrored += usize::from(mirror == Some("shadow"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((v2, mirrored), (750, 500));
+    let t = GatewayRouter::new(&listener(GatewayProtocol::Tcp, vec![tcp])).unwrap();
+    assert!((0..10).all(|_| t.tcp_backend(0).unwrap().cluster == "redis-a"));
+    assert!(t.tcp_backend(1).is_none());
+}
+
+#[test]
+fn invalid_regex_names_its_route() {
+    let l = listener(
+        GatewayProtocol::Http,
+        vec![host(
+            "*",
+            vec![route(
+                "MeshGatewayRoute/r: conf.http.rules[0]",
+                path(PathMatch::Regex("(".into())),
+                "x",
+            )],
+        )],
+    );
+    let err = GatewayRouter::new(&l).unwrap_err();
+    assert!(
+        err.starts_with("MeshGatewayRoute/r: conf.http.rules[0]: invalid regular expression"),
+        "{err}"
+    );
+}
