@@ -2,12 +2,13 @@
 //!
 //! The binary (`src/main.rs`) parses the command line; this library holds the runtime:
 //! listeners and connection handling ([`runtime`]), transparent-proxy capture ([`capture`]),
-//! the L4 and L7 paths ([`http_proxy`],
-//! [`upstream`]), metrics ([`stats`]) and the admin API ([`admin`]).
+//! the L4 and L7 paths ([`http_proxy`], [`upstream`]), builtin gateway listeners
+//! ([`gateway`]), metrics ([`stats`]) and the admin API ([`admin`]).
 
 pub mod admin;
 pub mod capture;
 pub mod cli;
+pub mod gateway;
 pub mod http_proxy;
 pub mod io;
 pub mod mesh_tls;

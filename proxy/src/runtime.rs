@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::{self, CapturePort, Route};
+use crate::gateway::{self, GatewayRuntime};
 use crate::http_proxy;
 use crate::io::{Counted, TcpBacked};
 use crate::mesh_tls::MeshTlsSet;
@@ -39,6 +40,8 @@ pub struct ListenerRuntime {
     pub tls: Option<DownstreamTlsRuntime>,
     /// Zone ingress / egress: destinations by SNI.
     pub sni: Option<SniTable>,
+    /// Builtin gateway listener: routes and backends.
+    pub gateway: Option<GatewayRuntime>,
     /// Its metrics.
     pub stats: ListenerStats,
 }
@@ -162,7 +165,8 @@ impl Snapshot {
         let mut pools = HashMap::new();
         let clusters = self.listeners.values().flat_map(|l| {
             let routes = l.sni.iter().flat_map(SniTable::clusters);
-            l.cluster.iter().chain(routes)
+            let gateway = l.gateway.iter().flat_map(GatewayRuntime::clusters);
+            l.cluster.iter().chain(routes).chain(gateway)
         });
         for cluster in clusters {
             let c = &cluster.config;
@@ -194,6 +198,8 @@ pub struct Proxy {
     drain: CancellationToken,
     connections: TaskTracker,
     http: auto::Builder<TokioExecutor>,
+    /// Gateway listeners' HTTP settings (Kuma's gateway header timeout).
+    gateway_http: auto::Builder<TokioExecutor>,
 }
 
 impl Default for Proxy {
@@ -208,6 +214,10 @@ impl Proxy {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1().timer(TokioTimer::new());
         http.http2().timer(TokioTimer::new());
+        let mut gateway_http = http.clone();
+        gateway_http
+            .http1()
+            .header_read_timeout(gateway::HEADER_READ_TIMEOUT);
         Proxy {
             stats: Stats::new(),
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
@@ -217,6 +227,7 @@ impl Proxy {
             drain: CancellationToken::new(),
             connections: TaskTracker::new(),
             http,
+            gateway_http,
         }
     }
 
@@ -277,7 +288,19 @@ impl Proxy {
         let mut inbound_ports = HashMap::new();
         for l in &config.listeners {
             let cluster = clusters.get(&l.cluster).cloned();
-            if cluster.is_none() && l.sni_routes.is_empty() {
+            let gateway = match l
+                .gateway
+                .as_ref()
+                .map(|g| GatewayRuntime::build(g, &clusters))
+            {
+                Some(Err(e)) => {
+                    tracing::error!(listener = %l.name, "gateway listener not served: {e}");
+                    continue;
+                }
+                Some(Ok(g)) => Some(g),
+                None => None,
+            };
+            if cluster.is_none() && l.sni_routes.is_empty() && gateway.is_none() {
                 tracing::error!(listener = %l.name, cluster = %l.cluster, "listener names a missing cluster; not served");
                 continue;
             }
@@ -307,6 +330,7 @@ impl Proxy {
                     .as_ref()
                     .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh)),
                 sni,
+                gateway,
                 stats: self.stats.listener(&l.name),
             });
             if l.direction == Direction::Inbound {
@@ -446,6 +470,8 @@ impl Proxy {
         );
         if let Some(table) = &listener.sni {
             crate::sni::serve(&self.stats, stream, &listener, table, peer).await;
+        } else if let Some(gw) = &listener.gateway {
+            gateway::serve(&self, stream, &listener, gw, peer).await;
         } else {
             match &listener.tls {
                 None => self.serve_stream(stream, &listener, peer).await,
@@ -553,7 +579,9 @@ impl Proxy {
         }
     }
 
-    async fn serve_http<S>(
+    /// Serves HTTP/1.1 and HTTP/2 requests on `stream`, each with the newest version of
+    /// `listener` (its own when a reload removed it).
+    pub(crate) async fn serve_http<S>(
         self: Arc<Self>,
         stream: S,
         listener: Arc<ListenerRuntime>,
@@ -566,9 +594,19 @@ impl Proxy {
         let service = service_fn(move |req| {
             let current = proxy.snapshot.load().listener(&own.config.address).cloned();
             let l = current.unwrap_or_else(|| own.clone());
-            async move { Ok::<_, std::convert::Infallible>(http_proxy::forward(req, &l).await) }
+            async move {
+                let resp = match &l.gateway {
+                    Some(gw) => gateway::handle(req, &l, gw, peer).await,
+                    None => http_proxy::forward(req, &l).await,
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         });
-        let conn = self.http.serve_connection(TokioIo::new(stream), service);
+        let builder = match listener.gateway {
+            Some(_) => &self.gateway_http,
+            None => &self.http,
+        };
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,

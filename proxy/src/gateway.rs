@@ -1,0 +1,423 @@
+//! Builtin gateway listeners at run time: TLS termination with a certificate per hostname
+//! (SNI), HTTP requests routed by `bearing-gateway`'s router, TCP and TLS connections spread
+//! over weighted backends, and the listener's connection limit.
+//!
+//! Kuma's gateway HTTP defaults (its Envoy config for builtin gateways) that apply here: the
+//! `server` response header is `Kuma Gateway`; the client's address is appended to
+//! `x-forwarded-for`; paths are normalised, header names with `_` are refused and
+//! `x-kuma-tags` is removed (in the router); requests get 15 s for response headers (the
+//! clusters' request timeout) and a client has 5 s to send a request's headers (hyper measures
+//! that from the moment a connection waits for a request, so it also closes keep-alive
+//! connections idle that long, where Envoy would wait 300 s).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bearing_gateway::{Decision, GatewayRouter};
+use bearing_proxy_config::{GatewayListener, GatewayProtocol, RouteAction};
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::http_proxy::{local_reply, send, ProxyBody};
+use crate::io::Counted;
+use crate::runtime::{serve_tcp, ListenerRuntime, Proxy};
+use crate::upstream::{ClusterRuntime, RequestBody};
+
+/// Value of the `server` header on every gateway response (Kuma's gateway `serverName`).
+const SERVER_NAME: HeaderValue = HeaderValue::from_static("Kuma Gateway");
+/// Largest request body copied for a mirror; bigger requests are forwarded but not mirrored
+/// (the body streams through once and is not held).
+const MAX_MIRRORED_BODY: u64 = 64 * 1024;
+/// Time a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request's headers (Kuma's gateway stream idle timeout).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One gateway listener of the applied config, ready to serve.
+pub struct GatewayRuntime {
+    router: Arc<GatewayRouter>,
+    clusters: HashMap<String, Arc<ClusterRuntime>>,
+    /// HTTPS and TLS terminate: the acceptor choosing a certificate by SNI.
+    tls: Option<TlsAcceptor>,
+    protocol: GatewayProtocol,
+    limit: Option<u32>,
+    open: AtomicU32,
+}
+
+impl GatewayRuntime {
+    /// Builds the router and TLS of `listener`, keeping the clusters its routes name.
+    pub fn build(
+        listener: &GatewayListener,
+        clusters: &HashMap<String, Arc<ClusterRuntime>>,
+    ) -> Result<GatewayRuntime, String> {
+        let router = Arc::new(GatewayRouter::new(listener)?);
+        let mut own = HashMap::new();
+        for name in referenced_clusters(listener) {
+            match clusters.get(name) {
+                Some(c) => {
+                    own.insert(name.to_string(), c.clone());
+                }
+                None => {
+                    tracing::error!(cluster = %name, "gateway route names a missing cluster; its requests get 503")
+                }
+            }
+        }
+        let tls = match listener.protocol {
+            GatewayProtocol::Https => {
+                Some(acceptor(listener, router.clone(), &[b"h2", b"http/1.1"])?)
+            }
+            GatewayProtocol::TlsTerminate => Some(acceptor(listener, router.clone(), &[])?),
+            _ => None,
+        };
+        Ok(GatewayRuntime {
+            router,
+            clusters: own,
+            tls,
+            protocol: listener.protocol,
+            limit: listener.connection_limit,
+            open: AtomicU32::new(0),
+        })
+    }
+
+    /// Every cluster the listener sends to.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<ClusterRuntime>> {
+        self.clusters.values()
+    }
+
+    /// Takes a connection slot; `None` when the connection limit is reached.
+    fn admit(&self) -> Option<Slot<'_>> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        let slot = Slot(&self.open);
+        match self.limit {
+            Some(limit) if open > limit => None,
+            _ => Some(slot),
+        }
+    }
+
+    /// The backend cluster of the TCP or TLS host `host`.
+    fn tcp_cluster(&self, host: usize) -> Option<&Arc<ClusterRuntime>> {
+        let backend = self.router.tcp_backend(host)?;
+        self.clusters.get(&backend.cluster)
+    }
+}
+
+/// An open connection counted against the listener's limit; released on drop.
+struct Slot<'a>(&'a AtomicU32);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Names of the clusters a listener's routes and backends use.
+fn referenced_clusters(listener: &GatewayListener) -> impl Iterator<Item = &str> {
+    listener.hosts.iter().flat_map(|h| {
+        let tcp = h.tcp_backends.iter().map(|b| b.cluster.as_str());
+        let http = h.http_routes.iter().flat_map(|r| {
+            let backends = match &r.action {
+                RouteAction::Forward { backends, .. } => backends.as_slice(),
+                RouteAction::Redirect(_) => &[],
+            };
+            let mirror = r.mirror.iter().map(|m| m.cluster.as_str());
+            backends.iter().map(|b| b.cluster.as_str()).chain(mirror)
+        });
+        tcp.chain(http)
+    })
+}
+
+/// The TLS acceptor of a terminating listener: each host's certificate, chosen by SNI.
+fn acceptor(
+    listener: &GatewayListener,
+    router: Arc<GatewayRouter>,
+    alpn: &[&[u8]],
+) -> Result<TlsAcceptor, String> {
+    let keys = listener
+        .hosts
+        .iter()
+        .map(|h| {
+            h.certificate
+                .as_ref()
+                .map(|c| {
+                    bearing_tls::certified_key(&c.cert_chain_pem, &c.key_pem)
+                        .map_err(|e| format!("host {}: {}: {e}", h.hostname, c.origin))
+                })
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fallback = listener
+        .hosts
+        .iter()
+        .position(|h| h.hostname == "*")
+        .and_then(|i| keys.get(i).cloned().flatten())
+        .or_else(|| keys.iter().flatten().next().cloned());
+    let resolver = Arc::new(SniCertificates {
+        router,
+        keys,
+        fallback,
+    });
+    let config = bearing_tls::gateway_server_config(resolver, alpn).map_err(|e| e.to_string())?;
+    Ok(TlsAcceptor::from(config))
+}
+
+/// Picks the certificate of the host the SNI names; without SNI, the `*` host's (or the
+/// first one).
+#[derive(Debug)]
+struct SniCertificates {
+    router: Arc<GatewayRouter>,
+    keys: Vec<Option<Arc<CertifiedKey>>>,
+    fallback: Option<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniCertificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match hello.server_name() {
+            Some(name) => {
+                let host = self.router.host_for(name)?;
+                self.keys.get(host).cloned().flatten()
+            }
+            None => self.fallback.clone(),
+        }
+    }
+}
+
+/// Serves one connection of a gateway listener.
+pub async fn serve(
+    proxy: &Arc<Proxy>,
+    stream: Counted<TcpStream>,
+    listener: &Arc<ListenerRuntime>,
+    gateway: &GatewayRuntime,
+    peer: SocketAddr,
+) {
+    let name = &listener.config.name;
+    let Some(_slot) = gateway.admit() else {
+        listener.stats.errors.inc();
+        tracing::warn!(listener = %name, %peer, "refused: connection limit reached");
+        crate::capture::reset(&stream);
+        return;
+    };
+    match gateway.protocol {
+        GatewayProtocol::Http => {
+            proxy
+                .clone()
+                .serve_http(stream, listener.clone(), peer)
+                .await
+        }
+        GatewayProtocol::Tcp => match gateway.tcp_cluster(0) {
+            Some(cluster) => {
+                serve_tcp(stream, cluster, &listener.stats, name, peer, |_| true).await
+            }
+            None => refuse(&stream, listener, peer, "no TCP route"),
+        },
+        GatewayProtocol::TlsPassthrough => {
+            let sni = match crate::sni::read_sni(stream.get_ref()).await {
+                Ok(sni) => sni,
+                Err(reason) => return refuse(&stream, listener, peer, &reason),
+            };
+            let cluster = gateway
+                .router
+                .host_for(&sni)
+                .and_then(|h| gateway.tcp_cluster(h));
+            match cluster {
+                Some(c) => serve_tcp(stream, c, &listener.stats, name, peer, |_| true).await,
+                None => refuse(
+                    &stream,
+                    listener,
+                    peer,
+                    &format!("no route for SNI {sni:?}"),
+                ),
+            }
+        }
+        GatewayProtocol::Https | GatewayProtocol::TlsTerminate => {
+            let Some(acceptor) = &gateway.tls else {
+                return refuse(&stream, listener, peer, "no TLS configuration");
+            };
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    proxy.stats.count_tls_handshake_error(name);
+                    tracing::info!(listener = %name, %peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    proxy.stats.count_tls_handshake_error(name);
+                    tracing::info!(listener = %name, %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            if gateway.protocol == GatewayProtocol::Https {
+                return proxy.clone().serve_http(tls, listener.clone(), peer).await;
+            }
+            let sni = tls.get_ref().1.server_name().unwrap_or("*").to_string();
+            match gateway
+                .router
+                .host_for(&sni)
+                .and_then(|h| gateway.tcp_cluster(h))
+            {
+                Some(c) => serve_tcp(tls, c, &listener.stats, name, peer, |_| true).await,
+                None => {
+                    tracing::info!(listener = %name, %peer, %sni, "closed: no route for this SNI")
+                }
+            }
+        }
+    }
+}
+
+fn refuse(stream: &Counted<TcpStream>, listener: &ListenerRuntime, peer: SocketAddr, why: &str) {
+    listener.stats.errors.inc();
+    tracing::info!(listener = %listener.config.name, %peer, "refused: {why}");
+    crate::capture::reset(stream);
+}
+
+/// Routes and forwards one HTTP request of a gateway listener.
+pub async fn handle(
+    req: Request<Incoming>,
+    listener: &ListenerRuntime,
+    gateway: &GatewayRuntime,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    let mut resp = match gateway.router.route(&mut parts) {
+        Decision::Respond { status, location } => {
+            let text = status.canonical_reason().unwrap_or("").to_string();
+            let mut resp = local_reply(status, text);
+            if let Some(location) = location {
+                resp.headers_mut().insert(header::LOCATION, location);
+            }
+            resp
+        }
+        Decision::Forward {
+            cluster,
+            response_headers,
+            mirror,
+            origin,
+        } => match gateway.clusters.get(cluster) {
+            None => local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{origin}: backend cluster {cluster} is not available"),
+            ),
+            Some(target) => {
+                append_forwarded_for(&mut parts.headers, peer);
+                let mirror = mirror.and_then(|m| gateway.clusters.get(m));
+                let body = match mirror {
+                    Some(m) => mirror_request(&parts, body, m, &listener.config.name).await,
+                    None => RequestBody::Streamed(body),
+                };
+                let req = Request::from_parts(parts, body);
+                let mut resp = send(req, target, &listener.config.name).await;
+                response_headers.apply(resp.headers_mut());
+                resp
+            }
+        },
+    };
+    resp.headers_mut().insert(header::SERVER, SERVER_NAME);
+    listener.stats.requests.count(resp.status().as_u16());
+    resp
+}
+
+/// Sends a copy of the request to `mirror` in the background (its response is dropped) and
+/// gives back the body for the real request. Bodies up to [`MAX_MIRRORED_BODY`] are read once
+/// and sent to both; larger or unknown-length bodies are not mirrored. As Envoy does, the
+/// copy's Host gets a `-shadow` suffix so the mirror can tell copies apart.
+async fn mirror_request(
+    parts: &http::request::Parts,
+    body: Incoming,
+    mirror: &Arc<ClusterRuntime>,
+    listener: &str,
+) -> RequestBody {
+    let small = body.is_end_stream()
+        || body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MAX_MIRRORED_BODY);
+    if !small {
+        tracing::debug!(%listener, cluster = %mirror.config.name, "request body too large to mirror");
+        return RequestBody::Streamed(body);
+    }
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            tracing::debug!(%listener, "request body failed before mirroring: {e}");
+            Bytes::new()
+        }
+    };
+    let mut copy = Request::new(RequestBody::Buffered(Full::new(bytes.clone())));
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = parts.uri.clone();
+    *copy.version_mut() = parts.version;
+    *copy.headers_mut() = parts.headers.clone();
+    shadow_host(copy.headers_mut());
+    let (cluster, listener) = (mirror.clone(), listener.to_string());
+    tokio::spawn(async move {
+        let resp = send(copy, &cluster, &listener).await;
+        // Read the response to its end so the upstream connection goes back to the pool.
+        let _ = resp.into_body().collect().await;
+    });
+    RequestBody::Buffered(Full::new(bytes))
+}
+
+/// `host` → `host-shadow` (before any port), as Envoy marks mirrored requests.
+fn shadow_host(headers: &mut http::HeaderMap) {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return;
+    };
+    let shadow = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{name}-shadow:{port}")
+        }
+        _ => format!("{host}-shadow"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&shadow) {
+        headers.insert(header::HOST, v);
+    }
+}
+
+/// Appends the client's address to `x-forwarded-for` (Envoy's `use_remote_address`).
+fn append_forwarded_for(headers: &mut http::HeaderMap, peer: SocketAddr) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let ip = peer.ip().to_string();
+    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(XFF, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_host_keeps_the_port() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a.example.com:8080"));
+        shadow_host(&mut h);
+        assert_eq!(h[header::HOST], "a.example.com-shadow:8080");
+        h.insert(header::HOST, HeaderValue::from_static("a.example.com"));
+        shadow_host(&mut h);
+        assert_eq!(h[header::HOST], "a.example.com-shadow");
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer() {
+        let mut h = http::HeaderMap::new();
+        let peer: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9, 10.0.0.9");
+    }
+}
