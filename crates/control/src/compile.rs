@@ -73,6 +73,13 @@ pub fn compile(
         .map(|i| service_of(&i.tags))
         .filter(|s| !s.is_empty())
         .collect();
+    let builtin_gateway = dp
+        .networking
+        .gateway
+        .as_ref()
+        .filter(|g| g.kind == "BUILTIN");
+    // A builtin gateway presents its own service's identity to the backends it calls.
+    services.extend(builtin_gateway.map(|g| service_of(&g.tags)));
     services.sort();
     services.dedup();
     let mtls = match mesh_spec.map(|m| mesh_tls(store, &mesh, m, services)) {
@@ -207,6 +214,16 @@ pub fn compile(
         let (listener, c) = routes.outbound_to(address, Destination::tagged(&outbound.tags), bind);
         listeners.push(listener);
         clusters.insert(c.name.clone(), c);
+    }
+
+    if builtin_gateway.is_some() {
+        match crate::gateway::compile(store, me, dp, &mesh, &routes) {
+            Ok(parts) => {
+                listeners.extend(parts.listeners);
+                clusters.extend(parts.clusters.into_iter().map(|c| (c.name.clone(), c)));
+            }
+            Err(p) => problems.extend(p),
+        }
     }
 
     let mut dns = Vec::new();
@@ -425,7 +442,7 @@ fn cluster_name_for(tags: &Tags) -> String {
 }
 
 /// Which inbounds an outbound listener sends to, and the names its cluster and service go by.
-struct Destination<'a> {
+pub(crate) struct Destination<'a> {
     /// Endpoints are the inbounds carrying all these tags…
     tags: &'a Tags,
     /// …and, for a MeshService port, this inbound port or name.
@@ -438,7 +455,7 @@ struct Destination<'a> {
 
 impl<'a> Destination<'a> {
     /// The inbounds carrying `tags`, named after their service (`backend{version=v1}`).
-    fn tagged(tags: &'a Tags) -> Self {
+    pub(crate) fn tagged(tags: &'a Tags) -> Self {
         Destination {
             tags,
             target_port: None,
@@ -450,7 +467,7 @@ impl<'a> Destination<'a> {
 }
 
 /// How a sidecar reaches its destinations: the mesh's endpoints, zones and external services.
-struct Outbounds<'s> {
+pub(crate) struct Outbounds<'s> {
     index: EndpointIndex<'s>,
     zones: ZoneView<'s>,
     externals: HashMap<&'s str, (&'s Resource, &'s ExternalService)>,
@@ -465,6 +482,27 @@ struct Outbounds<'s> {
 impl Outbounds<'_> {
     /// An outbound listener at `address` and its cluster, sending to `to`.
     fn outbound_to(&self, address: SocketAddr, to: Destination, bind: bool) -> (Listener, Cluster) {
+        let service = to.service.clone();
+        let c = self.cluster_for(to);
+        let listener = Listener {
+            name: format!("outbound:{address}"),
+            address,
+            direction: Direction::Outbound,
+            protocol: c.protocol,
+            cluster: c.name.clone(),
+            service,
+            bind,
+            tls: None,
+            sni_routes: Vec::new(),
+            gateway: None,
+        };
+        (listener, c)
+    }
+
+    /// The cluster sending to `to`: the matching endpoints of this zone, other zones through
+    /// their ingress (or the egress), an ExternalService directly or through the egress, with
+    /// mesh mTLS when the mesh has it.
+    pub(crate) fn cluster_for(&self, to: Destination) -> Cluster {
         let (mut endpoints, mut protocols, remote) =
             self.index.matching(to.tags, to.target_port, &self.zones);
         let mut remote: std::collections::BTreeSet<&str> = remote.into_iter().collect();
@@ -512,21 +550,16 @@ impl Outbounds<'_> {
         }
         endpoints.sort_by_key(|e| e.address);
         endpoints.dedup_by_key(|e| e.address);
-        let listener = Listener {
-            name: format!("outbound:{address}"),
-            address,
-            direction: Direction::Outbound,
-            protocol,
-            cluster: to.cluster.clone(),
-            service: to.service,
-            bind,
-            tls: None,
-            sni_routes: Vec::new(),
-            gateway: None,
-        };
         let mut c = cluster(to.cluster, protocol, endpoints);
         c.tls = tls;
-        (listener, c)
+        c
+    }
+
+    /// The host of the ExternalService named `service`, if it is one.
+    pub(crate) fn external_host(&self, service: &str) -> Option<&str> {
+        let (_, es) = self.externals.get(service)?;
+        let address = es.networking.address.as_str();
+        Some(address.rsplit_once(':').map_or(address, |(h, _)| h))
     }
 
     /// Mesh mTLS towards the service `tags` select: Kuma's tags-form SNI and the service's

@@ -2,6 +2,7 @@
 
 pub mod compile;
 pub mod directory;
+mod gateway;
 pub mod mtls;
 pub mod template;
 pub mod virtual_ips;

@@ -748,6 +748,10 @@ pub enum Spec {
     MeshService(MeshService),
     /// `HostnameGenerator`
     HostnameGenerator(HostnameGenerator),
+    /// `MeshGateway`
+    MeshGateway(crate::gateway::MeshGateway),
+    /// `MeshGatewayRoute`
+    MeshGatewayRoute(crate::gateway::MeshGatewayRoute),
 }
 
 impl Spec {
@@ -763,6 +767,8 @@ impl Spec {
             Spec::VirtualOutbound(_) => "VirtualOutbound",
             Spec::MeshService(_) => "MeshService",
             Spec::HostnameGenerator(_) => "HostnameGenerator",
+            Spec::MeshGateway(_) => "MeshGateway",
+            Spec::MeshGatewayRoute(_) => "MeshGatewayRoute",
         }
     }
 

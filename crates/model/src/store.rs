@@ -328,6 +328,8 @@ fn decode_spec(kind: &str, value: Value) -> Decoded {
         "VirtualOutbound" => de(value, Spec::VirtualOutbound),
         "MeshService" => de(value, Spec::MeshService),
         "HostnameGenerator" => de(value, Spec::HostnameGenerator),
+        "MeshGateway" => de(value, Spec::MeshGateway),
+        "MeshGatewayRoute" => de(value, Spec::MeshGatewayRoute),
         _ => Decoded::Ignored,
     }
 }

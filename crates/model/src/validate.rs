@@ -20,6 +20,8 @@ pub fn validate(spec: &Spec) -> Vec<FieldProblem> {
         Spec::Secret(s) => secret(s, &mut p),
         Spec::VirtualOutbound(vo) => virtual_outbound(vo, &mut p),
         Spec::MeshService(ms) => mesh_service(ms, &mut p),
+        Spec::MeshGateway(gw) => crate::gateway::validate_mesh_gateway(gw, &mut p),
+        Spec::MeshGatewayRoute(r) => crate::gateway::validate_mesh_gateway_route(r, &mut p),
         Spec::HostnameGenerator(hg) => {
             if let Err(e) = crate::gotemplate::Template::parse(&hg.spec.template) {
                 p.push((
@@ -53,7 +55,7 @@ pub fn validate_name(name: &str) -> Option<String> {
     None
 }
 
-fn port(value: u32, path: &str, p: &mut Vec<FieldProblem>) {
+pub(crate) fn port(value: u32, path: &str, p: &mut Vec<FieldProblem>) {
     if !(1..=65535).contains(&value) {
         p.push((
             path.into(),
@@ -104,7 +106,7 @@ pub fn is_dns_name(s: &str) -> bool {
     })
 }
 
-fn tags(tags: &Tags, path: &str, require_service: bool, p: &mut Vec<FieldProblem>) {
+pub(crate) fn tags(tags: &Tags, path: &str, require_service: bool, p: &mut Vec<FieldProblem>) {
     if require_service && tags.get(SERVICE_TAG).is_none_or(|s| s.is_empty()) {
         p.push((
             format!("{path}.{SERVICE_TAG}"),
@@ -329,7 +331,7 @@ fn provided_ca(conf: Option<&serde_json::Value>, path: &str, p: &mut Vec<FieldPr
 }
 
 /// Exactly one of a DataSource's fields, and valid base64 for `inline`.
-fn data_source(ds: &DataSource, path: &str, p: &mut Vec<FieldProblem>) {
+pub(crate) fn data_source(ds: &DataSource, path: &str, p: &mut Vec<FieldProblem>) {
     let set = [&ds.secret, &ds.file, &ds.inline, &ds.inline_string]
         .iter()
         .filter(|f| f.is_some())

@@ -1,0 +1,499 @@
+//! Builtin gateways: a Dataplane with `networking.gateway.type: BUILTIN` gets the listeners of
+//! the MeshGateway its gateway tags select, with the MeshGatewayRoutes that select each
+//! listener's tags.
+//!
+//! - The MeshGateway whose selector matches with the highest rank (exact tags, then
+//!   wildcards) wins; a tie goes to the first by name.
+//! - Listeners on one port form one listener named `<service>:<PROTOCOL>:<port>` with one host
+//!   per hostname (default `*`); their protocols must agree.
+//! - A route without `hostnames` serves every host of the listeners it selects; a route with
+//!   hostnames serves those of its names that fall under a listener's hostname, each as a host
+//!   of its own (inheriting that listener's certificate), where the listener's own routes
+//!   without hostnames apply too.
+//! - Route precedence within a host (Kuma sorts by specificity): exact paths, then prefixes
+//!   (longest first), then regexes, then rules without a path; among equals, the rule with
+//!   more conditions (method, headers, query parameters) first; then resource name and rule
+//!   order. One rule with several matches gives one route per match.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use bearing_model::{
+    Dataplane, HeaderChanges, HttpRule, HttpRuleMatch, MeshGateway, MeshGatewayListener,
+    MeshGatewayRoute, Problem, Resource, RouteBackend, Spec, Store, Tags, SERVICE_TAG,
+};
+use bearing_proxy_config::{
+    Cluster, Direction, GatewayCertificate, GatewayHost, GatewayListener, GatewayProtocol,
+    HeaderFilter, HeaderMatch, HttpMatch, HttpRoute, Listener, Mirror, PathMatch, PathRewrite,
+    Protocol, QueryMatch, Redirect, Rewrite, RouteAction, ValueMatch, WeightedCluster,
+};
+
+use crate::compile::{problem, Destination, Outbounds};
+use crate::mtls::{mesh_of, resolve};
+
+/// Listeners and clusters of a builtin gateway Dataplane.
+pub(crate) struct GatewayParts {
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Cluster>,
+}
+
+/// Compiles the listeners of the builtin gateway `me` (`dp`) in `mesh`.
+pub(crate) fn compile(
+    store: &Store,
+    me: &Resource,
+    dp: &Dataplane,
+    mesh: &str,
+    outbounds: &Outbounds,
+) -> Result<GatewayParts, Vec<Problem>> {
+    let mut parts = GatewayParts {
+        listeners: Vec::new(),
+        clusters: Vec::new(),
+    };
+    let Some(gw_tags) = dp.networking.gateway.as_ref().map(|g| &g.tags) else {
+        return Ok(parts);
+    };
+    let Some((gw_resource, gw)) = select_gateway(store, mesh, gw_tags) else {
+        tracing::warn!(dataplane = %me.meta.name, "no MeshGateway selects this builtin gateway; it has no listeners");
+        return Ok(parts);
+    };
+    let ip = dp.networking.address.parse().map_err(|_| {
+        vec![problem(
+            me,
+            Some("networking.address"),
+            format!(
+                "{:?} must be an IP address to bind gateway listeners",
+                dp.networking.address
+            ),
+        )]
+    })?;
+    let service = gw_tags.get(SERVICE_TAG).cloned().unwrap_or_default();
+    let routes: Vec<(&Resource, &MeshGatewayRoute)> = store
+        .resources
+        .iter()
+        .filter(|r| mesh_of(r) == mesh)
+        .filter_map(|r| match &r.spec {
+            Spec::MeshGatewayRoute(route) => Some((r, route)),
+            _ => None,
+        })
+        .collect();
+    let mut problems = Vec::new();
+    let mut by_port: BTreeMap<u32, Vec<(usize, &MeshGatewayListener)>> = BTreeMap::new();
+    for (i, l) in gw.conf.listeners.iter().enumerate() {
+        by_port.entry(l.port).or_default().push((i, l));
+    }
+    for (port, specs) in by_port {
+        let protocol = protocol_of(specs[0].1);
+        if let Some((i, other)) = specs.iter().find(|(_, l)| protocol_of(l) != protocol) {
+            problems.push(problem(
+                gw_resource,
+                Some(&format!("conf.listeners[{i}].protocol")),
+                format!(
+                    "port {port} already has a listener of another protocol than {}",
+                    other.protocol
+                ),
+            ));
+            continue;
+        }
+        let http = matches!(protocol, GatewayProtocol::Http | GatewayProtocol::Https);
+        let mut hosts: Vec<GatewayHost> = Vec::new();
+        let mut listener_tags = Tags::new();
+        let mut limit = None;
+        for (i, spec) in &specs {
+            let mut tags = gw_tags.clone();
+            tags.extend(gw.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+            tags.extend(spec.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let hostname = spec
+                .hostname
+                .clone()
+                .unwrap_or_else(|| "*".into())
+                .to_ascii_lowercase();
+            let certificate = match certificate(store, mesh, spec) {
+                Ok(c) => c,
+                Err((field, message)) => {
+                    problems.push(problem(
+                        gw_resource,
+                        Some(&format!("conf.listeners[{i}].{field}")),
+                        message,
+                    ));
+                    continue;
+                }
+            };
+            limit = limit.or(spec.resources.as_ref().and_then(|r| r.connection_limit));
+            let attached: Vec<&(&Resource, &MeshGatewayRoute)> = routes
+                .iter()
+                .filter(|(_, r)| r.selectors.iter().any(|s| s.matches(&tags)))
+                .collect();
+            let mut own = host(&hostname, certificate.clone());
+            let mut named: BTreeMap<String, GatewayHost> = BTreeMap::new();
+            for (r, route) in &attached {
+                if http {
+                    let Some(conf) = &route.conf.http else {
+                        continue;
+                    };
+                    let compiled = http_routes(r, &conf.rules, outbounds, &mut parts.clusters);
+                    if conf.hostnames.is_empty() {
+                        own.http_routes.extend(compiled.iter().cloned());
+                        for h in named.values_mut() {
+                            h.http_routes.extend(compiled.iter().cloned());
+                        }
+                        continue;
+                    }
+                    for name in conf.hostnames.iter().map(|h| h.to_ascii_lowercase()) {
+                        if name == hostname {
+                            own.http_routes.extend(compiled.iter().cloned());
+                        } else if covers(&hostname, &name) {
+                            let h = named.entry(name.clone()).or_insert_with(|| {
+                                let mut h = host(&name, certificate.clone());
+                                h.http_routes = own.http_routes.clone();
+                                h
+                            });
+                            h.http_routes.extend(compiled.iter().cloned());
+                        }
+                    }
+                } else if let Some(tcp) = &route.conf.tcp {
+                    for rule in &tcp.rules {
+                        own.tcp_backends.extend(backends(
+                            &rule.backends,
+                            outbounds,
+                            &mut parts.clusters,
+                        ));
+                    }
+                }
+            }
+            listener_tags.extend(tags);
+            hosts.extend(named.into_values());
+            hosts.push(own);
+        }
+        for h in &mut hosts {
+            h.http_routes.sort_by_key(precedence);
+        }
+        hosts.sort_by_key(|h| host_rank(&h.hostname));
+        let address = SocketAddr::new(ip, crate::compile::port16(port));
+        parts.listeners.push(Listener {
+            name: format!("{service}:{}:{port}", specs[0].1.protocol),
+            address,
+            direction: Direction::Inbound,
+            protocol: if http { Protocol::Http } else { Protocol::Tcp },
+            cluster: String::new(),
+            service: service.clone(),
+            bind: true,
+            tls: None,
+            sni_routes: Vec::new(),
+            gateway: Some(GatewayListener {
+                protocol,
+                hosts,
+                tags: listener_tags,
+                connection_limit: limit,
+                cross_mesh: None,
+            }),
+        });
+    }
+    if problems.is_empty() {
+        Ok(parts)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The MeshGateway of `mesh` whose best selector matching `tags` ranks highest.
+fn select_gateway<'s>(
+    store: &'s Store,
+    mesh: &str,
+    tags: &Tags,
+) -> Option<(&'s Resource, &'s MeshGateway)> {
+    let mut best: Option<((usize, usize), &Resource, &MeshGateway)> = None;
+    let mut candidates: Vec<(&Resource, &MeshGateway)> = store
+        .resources
+        .iter()
+        .filter(|r| mesh_of(r) == mesh)
+        .filter_map(|r| match &r.spec {
+            Spec::MeshGateway(gw) => Some((r, gw)),
+            _ => None,
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.0.meta.name.cmp(&b.0.meta.name));
+    for (r, gw) in candidates {
+        let rank = gw
+            .selectors
+            .iter()
+            .filter(|s| s.matches(tags))
+            .map(|s| s.rank())
+            .max();
+        if let Some(rank) = rank {
+            if best.as_ref().is_none_or(|(b, _, _)| rank > *b) {
+                best = Some((rank, r, gw));
+            }
+        }
+    }
+    best.map(|(_, r, gw)| (r, gw))
+}
+
+fn protocol_of(l: &MeshGatewayListener) -> GatewayProtocol {
+    match l.protocol.as_str() {
+        "HTTPS" => GatewayProtocol::Https,
+        "TCP" => GatewayProtocol::Tcp,
+        "TLS" if l.tls.as_ref().is_some_and(|t| t.passthrough()) => GatewayProtocol::TlsPassthrough,
+        "TLS" => GatewayProtocol::TlsTerminate,
+        _ => GatewayProtocol::Http,
+    }
+}
+
+fn host(hostname: &str, certificate: Option<GatewayCertificate>) -> GatewayHost {
+    GatewayHost {
+        hostname: hostname.to_string(),
+        certificate,
+        http_routes: Vec::new(),
+        tcp_backends: Vec::new(),
+    }
+}
+
+/// Whether the listener hostname `pattern` covers the route hostname `name`.
+fn covers(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some("") => true,
+        Some(suffix) => name.len() > suffix.len() && name.ends_with(suffix),
+        None => pattern == name,
+    }
+}
+
+/// Exact names first, then wildcards (longest first), then `*`.
+fn host_rank(hostname: &str) -> (u8, std::cmp::Reverse<usize>) {
+    match hostname {
+        "*" => (2, std::cmp::Reverse(0)),
+        h if h.starts_with('*') => (1, std::cmp::Reverse(h.len())),
+        _ => (0, std::cmp::Reverse(0)),
+    }
+}
+
+/// Sort key of Kuma's specificity order (see the module doc); the sort is stable, so equal
+/// keys keep resource-name and rule order.
+fn precedence(r: &HttpRoute) -> (u8, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>) {
+    let (kind, len) = match &r.matches.path {
+        Some(PathMatch::Exact(p)) => (0, p.len()),
+        Some(PathMatch::Prefix(p)) => (1, p.trim_end_matches('/').len()),
+        Some(PathMatch::Regex(p)) => (2, p.len()),
+        None => (3, 0),
+    };
+    let conditions =
+        usize::from(r.matches.method.is_some()) + r.matches.headers.len() + r.matches.query.len();
+    (kind, std::cmp::Reverse(len), std::cmp::Reverse(conditions))
+}
+
+/// The listener's certificate: the first DataSource, a PEM with the key and the chain.
+fn certificate(
+    store: &Store,
+    mesh: &str,
+    spec: &MeshGatewayListener,
+) -> Result<Option<GatewayCertificate>, (String, String)> {
+    let Some(tls) = spec.tls.as_ref().filter(|t| !t.passthrough()) else {
+        return Ok(None);
+    };
+    let Some(source) = tls.certificates.first() else {
+        return Ok(None);
+    };
+    let field = "tls.certificates[0]".to_string();
+    let bytes = resolve(source, store, mesh).map_err(|m| (field.clone(), m))?;
+    let pem = String::from_utf8(bytes).map_err(|_| (field.clone(), "is not PEM text".into()))?;
+    let (key_pem, cert_chain_pem) = split_pem(&pem);
+    if key_pem.is_empty() {
+        return Err((
+            field,
+            "holds no PRIVATE KEY block (Kuma's format: key and certificate chain in one PEM)"
+                .into(),
+        ));
+    }
+    bearing_tls::certified_key(&cert_chain_pem, &key_pem)
+        .map_err(|e| (field.clone(), e.to_string()))?;
+    let origin = match (&source.secret, &source.file) {
+        (Some(s), _) => format!("Secret/{s}"),
+        (None, Some(f)) => format!("file {f}"),
+        _ => "inline".into(),
+    };
+    Ok(Some(GatewayCertificate {
+        origin,
+        cert_chain_pem,
+        key_pem,
+    }))
+}
+
+/// Splits one PEM text into its private key block and its other (certificate) blocks.
+fn split_pem(pem: &str) -> (String, String) {
+    let (mut key, mut certs) = (String::new(), String::new());
+    let mut current = String::new();
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN ") {
+            current.clear();
+        }
+        current.push_str(line);
+        current.push('\n');
+        if line.starts_with("-----END ") {
+            if line.contains("PRIVATE KEY") {
+                key.push_str(&current);
+            } else {
+                certs.push_str(&current);
+            }
+            current.clear();
+        }
+    }
+    (key, certs)
+}
+
+/// One route per match of every rule of a MeshGatewayRoute.
+fn http_routes(
+    r: &Resource,
+    rules: &[HttpRule],
+    outbounds: &Outbounds,
+    clusters: &mut Vec<Cluster>,
+) -> Vec<HttpRoute> {
+    let mut out = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let mut request_headers = HeaderFilter::default();
+        let mut response_headers = HeaderFilter::default();
+        let mut redirect = None;
+        let mut rewrite = None;
+        let mut mirror = None;
+        for f in &rule.filters {
+            if let Some(c) = &f.request_header {
+                merge(&mut request_headers, c);
+            }
+            if let Some(c) = &f.response_header {
+                merge(&mut response_headers, c);
+            }
+            if let Some(rd) = &f.redirect {
+                redirect = Some(Redirect {
+                    scheme: rd.scheme.clone(),
+                    hostname: rd.hostname.clone(),
+                    port: rd.port.and_then(|p| u16::try_from(p).ok()),
+                    status: rd
+                        .status_code
+                        .and_then(|c| u16::try_from(c).ok())
+                        .unwrap_or(302),
+                    path: rd
+                        .path
+                        .as_ref()
+                        .and_then(|p| path_rewrite(&p.replace_full, &p.replace_prefix_match)),
+                });
+            }
+            if let Some(rw) = &f.rewrite {
+                rewrite = Some(Rewrite {
+                    path: path_rewrite(&rw.replace_full, &rw.replace_prefix_match),
+                    host_to_backend_hostname: rw.host_to_backend_hostname,
+                });
+            }
+            if let Some(m) = &f.mirror {
+                let c = outbounds.cluster_for(Destination::tagged(&m.backend.destination));
+                mirror = Some(Mirror {
+                    cluster: c.name.clone(),
+                    percentage: m.percentage.unwrap_or(100.0),
+                });
+                clusters.push(c);
+            }
+        }
+        let action = match redirect {
+            Some(rd) => RouteAction::Redirect(rd),
+            None => RouteAction::Forward {
+                backends: backends(&rule.backends, outbounds, clusters),
+                rewrite,
+            },
+        };
+        for (j, m) in rule.matches.iter().enumerate() {
+            out.push(HttpRoute {
+                origin: format!("{}: conf.http.rules[{i}].matches[{j}]", r.key()),
+                matches: http_match(m),
+                request_headers: request_headers.clone(),
+                response_headers: response_headers.clone(),
+                action: action.clone(),
+                mirror: mirror.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn merge(filter: &mut HeaderFilter, c: &HeaderChanges) {
+    filter.set.extend(
+        c.set
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.clone())),
+    );
+    filter.add.extend(
+        c.add
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.clone())),
+    );
+    filter
+        .remove
+        .extend(c.remove.iter().map(|n| n.to_ascii_lowercase()));
+}
+
+fn path_rewrite(full: &Option<String>, prefix: &Option<String>) -> Option<PathRewrite> {
+    match (full, prefix) {
+        (Some(f), _) => Some(PathRewrite::ReplaceFull(f.clone())),
+        (None, Some(p)) => Some(PathRewrite::ReplacePrefixMatch(p.clone())),
+        (None, None) => None,
+    }
+}
+
+fn http_match(m: &HttpRuleMatch) -> HttpMatch {
+    let value = |kind: Option<&str>, value: &Option<String>| {
+        let v = value.clone().unwrap_or_default();
+        match kind.unwrap_or("EXACT") {
+            "REGEX" => ValueMatch::Regex(v),
+            "ABSENT" => ValueMatch::Absent,
+            "PRESENT" => ValueMatch::Present,
+            _ => ValueMatch::Exact(v),
+        }
+    };
+    HttpMatch {
+        path: m
+            .path
+            .as_ref()
+            .map(|p| match p.kind.as_deref().unwrap_or("EXACT") {
+                "PREFIX" => PathMatch::Prefix(p.value.clone()),
+                "REGEX" => PathMatch::Regex(p.value.clone()),
+                _ => PathMatch::Exact(p.value.clone()),
+            }),
+        method: m.method.clone(),
+        headers: m
+            .headers
+            .iter()
+            .map(|h| HeaderMatch {
+                name: h.name.to_ascii_lowercase(),
+                value: value(h.kind.as_deref(), &h.value),
+            })
+            .collect(),
+        query: m
+            .query_parameters
+            .iter()
+            .map(|q| QueryMatch {
+                name: q.name.clone(),
+                value: value(q.kind.as_deref(), &q.value),
+            })
+            .collect(),
+    }
+}
+
+/// Weighted clusters for route backends, built like outbound clusters.
+fn backends(
+    list: &[RouteBackend],
+    outbounds: &Outbounds,
+    clusters: &mut Vec<Cluster>,
+) -> Vec<WeightedCluster> {
+    list.iter()
+        .map(|b| {
+            let c = outbounds.cluster_for(Destination::tagged(&b.destination));
+            let hostname = b
+                .destination
+                .get(SERVICE_TAG)
+                .and_then(|s| outbounds.external_host(s))
+                .map(str::to_string);
+            let w = WeightedCluster {
+                cluster: c.name.clone(),
+                weight: b.weight.unwrap_or(1),
+                hostname,
+            };
+            clusters.push(c);
+            w
+        })
+        .collect()
+}
