@@ -497,3 +497,162 @@ fn backends(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{compile as compile_any, CompileOptions};
+    use bearing_proxy_config::ProxyConfig;
+    use std::path::Path;
+
+    /// The seed's gateway Dataplane, its backends and `extra` resources.
+    fn compile_with(extra: &str) -> Result<ProxyConfig, Vec<Problem>> {
+        let text = format!(
+            "type: Dataplane\nmesh: default\nname: gateway-instance-1\nnetworking:\n  address: 127.0.0.1\n  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: edge-gateway\n---\ntype: Dataplane\nmesh: default\nname: demo-1\nnetworking:\n  address: 10.0.0.2\n  inbound:\n  - port: 5000\n    tags: {{kuma.io/service: demo-app_kuma-demo_svc_5000, kuma.io/protocol: http, version: v1}}\n---\ntype: Dataplane\nmesh: default\nname: redis-1\nnetworking:\n  address: 10.0.0.3\n  inbound:\n  - port: 6379\n    tags: {{kuma.io/service: redis_kuma-demo_svc_6379}}\n---\n{extra}"
+        );
+        let mut s = Store::default();
+        s.add_text(&text, Path::new("gw.yaml"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let me = s
+            .resources
+            .iter()
+            .find(|r| r.meta.name == "gateway-instance-1")
+            .unwrap()
+            .clone();
+        compile_any(&s, &me, "t", &CompileOptions::default())
+    }
+
+    fn gateway(cfg: &ProxyConfig, name: &str) -> GatewayListener {
+        let l = cfg.listeners.iter().find(|l| l.name == name);
+        l.and_then(|l| l.gateway.clone())
+            .unwrap_or_else(|| panic!("no {name}: {:?}", cfg.listeners))
+    }
+
+    const SEED_GATEWAY: &str = "type: MeshGateway\nmesh: default\nname: edge-gateway\nselectors:\n  - match:\n      kuma.io/service: edge-gateway\nconf:\n  listeners:\n    - port: 8080\n      protocol: HTTP\n      hostname: foo.example.com\n      tags:\n        port: http-8080\n";
+
+    #[test]
+    fn seed_http_example() {
+        let route = "---\ntype: MeshGatewayRoute\nmesh: default\nname: edge-gateway-route\nselectors:\n  - match:\n      kuma.io/service: edge-gateway\n      port: http-8080\nconf:\n  http:\n    rules:\n      - matches:\n          - path:\n              match: PREFIX\n              value: /\n        backends:\n          - destination:\n              kuma.io/service: demo-app_kuma-demo_svc_5000\n";
+        let cfg = compile_with(&format!("{SEED_GATEWAY}{route}")).unwrap();
+        let l = cfg
+            .listeners
+            .iter()
+            .find(|l| l.name == "edge-gateway:HTTP:8080")
+            .unwrap();
+        assert_eq!(l.address.to_string(), "127.0.0.1:8080");
+        let gw = l.gateway.as_ref().unwrap();
+        assert_eq!(gw.hosts.len(), 1);
+        assert_eq!(gw.hosts[0].hostname, "foo.example.com");
+        assert_eq!(gw.tags["port"], "http-8080");
+        let r = &gw.hosts[0].http_routes[0];
+        assert_eq!(r.matches.path, Some(PathMatch::Prefix("/".into())));
+        let RouteAction::Forward { backends, .. } = &r.action else {
+            panic!()
+        };
+        assert_eq!(backends[0].cluster, "demo-app_kuma-demo_svc_5000");
+        let c = &cfg.clusters["demo-app_kuma-demo_svc_5000"];
+        assert_eq!(c.endpoints[0].address.to_string(), "10.0.0.2:5000");
+        assert_eq!(c.protocol, Protocol::Http);
+    }
+
+    #[test]
+    fn seed_tcp_example() {
+        let text = "type: MeshGateway\nmesh: default\nname: edge-gateway\nselectors:\n  - match:\n      kuma.io/service: edge-gateway\nconf:\n  listeners:\n    - port: 8080\n      protocol: TCP\n      tags:\n        port: tcp/8080\n---\ntype: MeshGatewayRoute\nmesh: default\nname: edge-gateway-route\nselectors:\n  - match:\n      kuma.io/service: edge-gateway\n      port: tcp/8080\nconf:\n  tcp:\n    rules:\n      - backends:\n          - destination:\n              kuma.io/service: redis_kuma-demo_svc_6379\n";
+        let cfg = compile_with(text).unwrap();
+        let gw = gateway(&cfg, "edge-gateway:TCP:8080");
+        assert_eq!(gw.protocol, GatewayProtocol::Tcp);
+        assert_eq!(gw.hosts[0].hostname, "*");
+        assert_eq!(
+            gw.hosts[0].tcp_backends[0].cluster,
+            "redis_kuma-demo_svc_6379"
+        );
+        assert_eq!(
+            cfg.clusters["redis_kuma-demo_svc_6379"].endpoints[0]
+                .address
+                .to_string(),
+            "10.0.0.3:6379"
+        );
+    }
+
+    #[test]
+    fn precedence_hostnames_and_filters() {
+        let routes = "---\ntype: MeshGatewayRoute\nmesh: default\nname: a-general\nselectors: [{match: {port: http-8080}}]\nconf:\n  http:\n    rules:\n      - matches: [{path: {match: PREFIX, value: /}}]\n        backends: [{destination: {kuma.io/service: demo-app_kuma-demo_svc_5000}}]\n      - matches: [{path: {match: PREFIX, value: /api}}]\n        filters: [{requestHeader: {set: [{name: X-Api, value: '1'}]}}]\n        backends:\n          - {weight: 1, destination: {kuma.io/service: demo-app_kuma-demo_svc_5000, version: v1}}\n          - {weight: 3, destination: {kuma.io/service: redis_kuma-demo_svc_6379}}\n---\ntype: MeshGatewayRoute\nmesh: default\nname: b-specific\nselectors: [{match: {port: http-8080}}]\nconf:\n  http:\n    hostnames: [foo.example.com, other.example.com]\n    rules:\n      - matches: [{path: {match: PREFIX, value: /api}, headers: [{name: x-v, value: '2'}]}]\n        backends: [{destination: {kuma.io/service: demo-app_kuma-demo_svc_5000}}]\n      - matches: [{path: {match: EXACT, value: /api}}, {path: {match: REGEX, value: '/r.*'}}]\n        filters: [{redirect: {hostname: bar.example.com}}]\n";
+        let cfg = compile_with(&format!("{SEED_GATEWAY}{routes}")).unwrap();
+        let gw = gateway(&cfg, "edge-gateway:HTTP:8080");
+        assert_eq!(
+            gw.hosts.len(),
+            1,
+            "other.example.com is outside the listener's hostname"
+        );
+        let order: Vec<&str> = gw.hosts[0]
+            .http_routes
+            .iter()
+            .map(|r| r.origin.as_str())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "MeshGatewayRoute/b-specific: conf.http.rules[1].matches[0]",
+                "MeshGatewayRoute/b-specific: conf.http.rules[0].matches[0]",
+                "MeshGatewayRoute/a-general: conf.http.rules[1].matches[0]",
+                "MeshGatewayRoute/a-general: conf.http.rules[0].matches[0]",
+                "MeshGatewayRoute/b-specific: conf.http.rules[1].matches[1]",
+            ]
+        );
+        let routes = &gw.hosts[0].http_routes;
+        let RouteAction::Redirect(r) = &routes[0].action else {
+            panic!()
+        };
+        assert_eq!(
+            (r.status, r.hostname.as_deref()),
+            (302, Some("bar.example.com"))
+        );
+        assert_eq!(
+            routes[2].request_headers.set,
+            [("x-api".to_string(), "1".to_string())]
+        );
+        let RouteAction::Forward { backends, .. } = &routes[2].action else {
+            panic!()
+        };
+        let weights: Vec<_> = backends
+            .iter()
+            .map(|b| (b.cluster.as_str(), b.weight))
+            .collect();
+        assert_eq!(
+            weights,
+            [
+                ("demo-app_kuma-demo_svc_5000{version=v1}", 1),
+                ("redis_kuma-demo_svc_6379", 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn wildcard_listener_gets_route_hosts_and_certificates_are_checked() {
+        let listener = |tls: &str| {
+            format!("type: MeshGateway\nmesh: default\nname: edge-gateway\nselectors: [{{match: {{kuma.io/service: edge-gateway}}}}]\nconf:\n  listeners:\n    - port: 8443\n      protocol: HTTPS\n      hostname: '*.example.com'\n      tags: {{port: https}}\n      tls: {tls}\n---\ntype: MeshGatewayRoute\nmesh: default\nname: r\nselectors: [{{match: {{port: https}}}}]\nconf:\n  http:\n    hostnames: [api.example.com]\n    rules:\n      - matches: [{{path: {{match: PREFIX, value: /}}}}]\n        backends: [{{destination: {{kuma.io/service: demo-app_kuma-demo_svc_5000}}}}]\n")
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["*.example.com".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let pem = format!("{}{}", key.serialize_pem(), cert.pem());
+        let inline = format!("{{certificates: [{{inlineString: {pem:?}}}]}}");
+        let cfg = compile_with(&listener(&inline)).unwrap();
+        let gw = gateway(&cfg, "edge-gateway:HTTPS:8443");
+        let names: Vec<&str> = gw.hosts.iter().map(|h| h.hostname.as_str()).collect();
+        assert_eq!(names, ["api.example.com", "*.example.com"]);
+        assert!(gw.hosts.iter().all(|h| h.certificate.is_some()));
+        assert_eq!(gw.hosts[0].http_routes.len(), 1);
+        assert!(gw.hosts[1].http_routes.is_empty());
+
+        let only_cert = format!("{{certificates: [{{inlineString: {:?}}}]}}", cert.pem());
+        let errs = compile_with(&listener(&only_cert)).unwrap_err();
+        let text = errs[0].to_string();
+        assert!(
+            text.contains("MeshGateway/edge-gateway: conf.listeners[0].tls.certificates[0]: holds no PRIVATE KEY"),
+            "{text}"
+        );
+    }
+}

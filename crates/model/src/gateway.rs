@@ -721,3 +721,55 @@ fn backends(list: &[RouteBackend], at: &str, required: bool, p: &mut Vec<FieldPr
         tags(&b.destination, &format!("{bat}.destination"), false, p);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Store;
+    use std::path::Path;
+
+    fn problems(text: &str) -> Vec<String> {
+        let mut s = Store::default();
+        s.add_text(text, Path::new("gw.yaml"));
+        s.problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn listener_problems_name_file_line_and_field() {
+        let p = problems("type: MeshGateway\nmesh: default\nname: gw\nselectors: [{match: {kuma.io/service: gw}}]\nconf:\n  listeners:\n  - {port: 0, protocol: HTTP}\n  - {port: 443, protocol: HTTPS}\n  - {port: 80, protocol: UDP, hostname: 'bad name'}\n  - {port: 81, protocol: HTTP, tls: {mode: PASSTHROUGH}}\n");
+        let want = [
+            "gw.yaml:7: MeshGateway/gw: conf.listeners[0].port: port 0 must be in the range 1-65535",
+            "gw.yaml:6: MeshGateway/gw: conf.listeners[1].tls: has to be defined",
+            "gw.yaml:9: MeshGateway/gw: conf.listeners[2].protocol: \"UDP\" must be one of HTTP, HTTPS, TCP, TLS",
+            "gw.yaml:9: MeshGateway/gw: conf.listeners[2].hostname: \"bad name\" is not a hostname (name, *.name or *)",
+            "gw.yaml:10: MeshGateway/gw: conf.listeners[3].tls: is not allowed with protocol HTTP",
+        ];
+        for w in want {
+            assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+        }
+    }
+
+    #[test]
+    fn route_problems_name_file_line_and_field() {
+        let p = problems("type: MeshGatewayRoute\nmesh: default\nname: r\nselectors: [{match: {port: http}}]\nconf:\n  http:\n    rules:\n    - matches: [{path: {match: EXACT, value: api}, headers: [{match: REGEX, name: x, value: '('}]}]\n      filters:\n      - redirect: {statusCode: 200}\n      - rewrite: {replacePrefixMatch: /x}\n      backends: [{destination: {version: v1}}]\n");
+        let want = [
+            "8: MeshGatewayRoute/r: conf.http.rules[0].matches[0].path.value: \"api\" must start with '/'",
+            "8: MeshGatewayRoute/r: conf.http.rules[0].matches[0].headers[0].value: invalid regular expression",
+            "10: MeshGatewayRoute/r: conf.http.rules[0].filters[0].redirect.statusCode: 200 must be one of 301, 302, 303, 307, 308",
+            "11: MeshGatewayRoute/r: conf.http.rules[0].filters[1].rewrite.replacePrefixMatch: needs every match of the rule to be a PREFIX path match",
+            "12: MeshGatewayRoute/r: conf.http.rules[0].backends: must be empty with a redirect filter",
+        ];
+        for w in want {
+            assert!(
+                p.iter().any(|x| x.starts_with("gw.yaml:") && x.contains(w)),
+                "missing {w:?} in {p:#?}"
+            );
+        }
+        let tcp = problems("type: MeshGatewayRoute\nmesh: default\nname: t\nselectors: [{match: {port: tcp}}]\nconf:\n  tcp:\n    rules:\n    - backends: [{destination: {version: v1}}]\n");
+        assert!(
+            tcp.iter().any(|x| x.contains(
+                "conf.tcp.rules[0].backends[0].destination: must have the tag kuma.io/service"
+            )),
+            "{tcp:#?}"
+        );
+    }
+}
