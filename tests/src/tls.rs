@@ -54,6 +54,16 @@ impl CertFiles {
     pub fn key_pem(&self) -> Result<String> {
         read_text(&self.key)
     }
+
+    /// A Kuma `Secret` resource `name` in `mesh` holding the key and then the certificate PEM
+    /// in one base64 `data`: the format of a gateway's `tls.certificates[].secret`.
+    pub fn kuma_secret(&self, name: &str, mesh: &str) -> Result<String> {
+        let pem = format!("{}{}", self.key_pem()?, self.cert_pem()?);
+        Ok(format!(
+            "type: Secret\nname: {name}\nmesh: {mesh}\ndata: {}\n",
+            base64_encode(pem.as_bytes())
+        ))
+    }
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -275,6 +285,26 @@ fn secret_data(text: &str, name: &str) -> Result<Vec<u8>> {
     bail!("no Secret named {name}")
 }
 
+/// Standard base64 with padding.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Standard base64 (padding optional, whitespace ignored).
 fn base64_decode(text: &str) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
@@ -324,6 +354,9 @@ pub struct TlsOutcome {
     pub handshake: bool,
     /// Negotiated protocol version, e.g. `TLSv1.3`.
     pub protocol: Option<String>,
+    /// The subject of the certificate the server presented, as s_client prints it
+    /// (`CN = a.example.com`).
+    pub peer_certificate: Option<String>,
     /// Whether the server's certificate chain verified against the CA given to
     /// [`TlsClient::verify_ca`].
     pub verified: bool,
@@ -445,6 +478,7 @@ fn parse_s_client(stdout: String, stderr: String, exit_code: Option<i32>) -> Tls
     TlsOutcome {
         handshake: stderr.lines().any(|l| l == "CONNECTION ESTABLISHED"),
         protocol: field("Protocol version:"),
+        peer_certificate: field("Peer certificate:"),
         verified: field("Verification:").is_some_and(|v| v == "OK"),
         alert,
         response: stdout,
@@ -463,6 +497,12 @@ mod tests {
         assert_eq!(base64_decode("aGVs\nbG8").unwrap(), b"hello");
         assert_eq!(base64_decode("").unwrap(), b"");
         assert!(base64_decode("a*b").is_err());
+        for text in ["", "h", "he", "hel", "hello", "hello!"] {
+            let encoded = base64_encode(text.as_bytes());
+            assert_eq!(encoded.len() % 4, 0);
+            assert_eq!(base64_decode(&encoded).unwrap(), text.as_bytes());
+        }
+        assert_eq!(base64_encode(b"hello"), "aGVsbG8=");
     }
 
     #[test]
@@ -490,9 +530,10 @@ mod tests {
             Some("tlsv13 alert certificate required")
         );
 
-        let ok = "CONNECTION ESTABLISHED\nProtocol version: TLSv1.3\n";
+        let ok = "CONNECTION ESTABLISHED\nProtocol version: TLSv1.3\nPeer certificate: CN = a.example.com\n";
         let o = parse_s_client("HTTP/1.1 200 OK\r\n".into(), ok.into(), Some(0));
         assert!(o.accepted() && !o.verified && o.alert.is_none());
+        assert_eq!(o.peer_certificate.as_deref(), Some("CN = a.example.com"));
 
         let refused = "40D7:error:8000006F:system library:BIO_connect:Connection refused:../crypto/bio/bio_sock2.c:117:calling connect()\nconnect:errno=111\n";
         let o = parse_s_client(String::new(), refused.into(), Some(1));
