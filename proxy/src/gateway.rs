@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bearing_gateway::{Decision, GatewayRouter};
-use bearing_proxy_config::{GatewayListener, GatewayProtocol, RouteAction};
+use bearing_proxy_config::{CrossMesh, GatewayListener, GatewayProtocol, RouteAction};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -31,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::http_proxy::{local_reply, send, ProxyBody};
 use crate::io::Counted;
+use crate::mesh_tls::MeshTlsSet;
 use crate::runtime::{serve_tcp, ListenerRuntime, Proxy};
 use crate::upstream::{ClusterRuntime, RequestBody};
 
@@ -60,6 +61,7 @@ impl GatewayRuntime {
     pub fn build(
         listener: &GatewayListener,
         clusters: &HashMap<String, Arc<ClusterRuntime>>,
+        mesh_tls: &MeshTlsSet,
     ) -> Result<GatewayRuntime, String> {
         let router = Arc::new(GatewayRouter::new(listener)?);
         let mut own = HashMap::new();
@@ -73,12 +75,13 @@ impl GatewayRuntime {
                 }
             }
         }
-        let tls = match listener.protocol {
-            GatewayProtocol::Https => {
+        let tls = match (&listener.cross_mesh, listener.protocol) {
+            (Some(cross), _) => Some(cross_mesh_acceptor(cross, mesh_tls)?),
+            (None, GatewayProtocol::Https) => {
                 Some(acceptor(listener, router.clone(), &[b"h2", b"http/1.1"])?)
             }
-            GatewayProtocol::TlsTerminate => Some(acceptor(listener, router.clone(), &[])?),
-            _ => None,
+            (None, GatewayProtocol::TlsTerminate) => Some(acceptor(listener, router.clone(), &[])?),
+            (None, _) => None,
         };
         Ok(GatewayRuntime {
             router,
@@ -171,6 +174,21 @@ fn acceptor(
     Ok(TlsAcceptor::from(config))
 }
 
+/// The mesh mTLS acceptor of a cross-mesh listener: the gateway's identity in its mesh, and
+/// clients of every mesh's CA.
+fn cross_mesh_acceptor(cross: &CrossMesh, mesh_tls: &MeshTlsSet) -> Result<TlsAcceptor, String> {
+    let rt = mesh_tls.get(&cross.identity_mesh).ok_or_else(|| {
+        format!(
+            "mesh {:?} has no usable mTLS certificate",
+            cross.identity_mesh
+        )
+    })?;
+    let pems: Vec<&str> = cross.client_ca_pems.iter().map(String::as_str).collect();
+    let config =
+        bearing_tls::cross_mesh_server_config(&pems, rt.identity()).map_err(|e| e.to_string())?;
+    Ok(TlsAcceptor::from(config))
+}
+
 /// Picks the certificate of the host the SNI names; without SNI, the `*` host's (or the
 /// first one).
 #[derive(Debug)]
@@ -208,7 +226,7 @@ pub async fn serve(
         return;
     };
     match gateway.protocol {
-        GatewayProtocol::Http => {
+        GatewayProtocol::Http if gateway.tls.is_none() => {
             proxy
                 .clone()
                 .serve_http(stream, listener.clone(), peer)
@@ -239,7 +257,7 @@ pub async fn serve(
                 ),
             }
         }
-        GatewayProtocol::Https | GatewayProtocol::TlsTerminate => {
+        GatewayProtocol::Http | GatewayProtocol::Https | GatewayProtocol::TlsTerminate => {
             let Some(acceptor) = &gateway.tls else {
                 return refuse(&stream, listener, peer, "no TLS configuration");
             };
@@ -256,7 +274,7 @@ pub async fn serve(
                     return;
                 }
             };
-            if gateway.protocol == GatewayProtocol::Https {
+            if gateway.protocol != GatewayProtocol::TlsTerminate {
                 return proxy.clone().serve_http(tls, listener.clone(), peer).await;
             }
             let sni = tls.get_ref().1.server_name().unwrap_or("*").to_string();

@@ -51,6 +51,11 @@ impl MeshTlsRuntime {
         })
     }
 
+    /// This proxy's renewing identity in the mesh.
+    pub fn identity(&self) -> Arc<Identity> {
+        self.identity.clone()
+    }
+
     /// The client config that presents this proxy's certificate and accepts only a server
     /// presenting `expected` (a SPIFFE id); built once per identity.
     pub fn client(&self, expected: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
@@ -107,11 +112,16 @@ impl MeshTlsSet {
                 mesh,
                 sni,
                 identity,
+                server_ca_pem,
             } => {
                 let rt = self
                     .get(mesh)
                     .ok_or_else(|| format!("mesh {mesh:?} has no usable mTLS certificate"))?;
-                let config = rt.client(identity).map_err(|e| e.to_string())?;
+                let config = match server_ca_pem {
+                    None => rt.client(identity),
+                    Some(ca) => bearing_tls::cross_mesh_client_config(ca, rt.identity(), identity),
+                }
+                .map_err(|e| e.to_string())?;
                 let wire = bearing_tls::to_dns_sni(sni);
                 let server_name = ServerName::try_from(wire.clone())
                     .map_err(|e| format!("SNI {wire:?} for {sni:?}: {e}"))?;

@@ -291,7 +291,7 @@ impl Proxy {
             let gateway = match l
                 .gateway
                 .as_ref()
-                .map(|g| GatewayRuntime::build(g, &clusters))
+                .map(|g| GatewayRuntime::build(g, &clusters, &tls))
             {
                 Some(Err(e)) => {
                     tracing::error!(listener = %l.name, "gateway listener not served: {e}");

@@ -27,14 +27,34 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 }
 
 fn mesh_roots(ca: &MeshCa) -> Result<Arc<RootCertStore>, TlsError> {
+    roots_of([ca.cert_der().clone()])
+}
+
+/// Trust anchors from CA certificates.
+fn roots_of(
+    certs: impl IntoIterator<Item = CertificateDer<'static>>,
+) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(ca.cert_der().clone())
-        .map_err(|source| TlsError::Rustls {
+    for cert in certs {
+        roots.add(cert).map_err(|source| TlsError::Rustls {
             what: "mesh CA as trust anchor",
             source,
         })?;
+    }
     Ok(Arc::new(roots))
+}
+
+/// The certificates of CA PEM texts (other meshes' CAs: no key needed to trust them).
+fn ca_certs(pems: &[&str]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let mut certs = Vec::new();
+    for pem in pems {
+        let cert = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem {
+            what: "mesh CA certificate PEM",
+            reason: e.to_string(),
+        })?;
+        certs.push(cert);
+    }
+    Ok(certs)
 }
 
 fn rustls_err(what: &'static str) -> impl FnOnce(rustls::Error) -> TlsError {
@@ -48,8 +68,24 @@ pub fn mesh_server_config(
     ca: &MeshCa,
     identity: Arc<Identity>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config(mesh_roots(ca)?, identity)
+}
+
+/// The server side of a cross-mesh gateway listener: as [`mesh_server_config`], but a client
+/// certificate chaining to any of `client_ca_pems` (every mesh's CA) is accepted.
+pub fn cross_mesh_server_config(
+    client_ca_pems: &[&str],
+    identity: Arc<Identity>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config(roots_of(ca_certs(client_ca_pems)?)?, identity)
+}
+
+fn server_config(
+    roots: Arc<RootCertStore>,
+    identity: Arc<Identity>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(mesh_roots(ca)?, provider.clone())
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|source| TlsError::Verifier {
             what: "mesh client certificate verifier",
@@ -73,6 +109,25 @@ pub fn mesh_client_config(
     identity: Arc<Identity>,
     expected: &str,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config(mesh_roots(ca)?, identity, expected)
+}
+
+/// The client side of mesh mTLS towards a cross-mesh gateway of another mesh: this proxy's
+/// identity as client certificate, and the server accepted only if it chains to that mesh's
+/// CA (`server_ca_pem`) and carries exactly `expected`.
+pub fn cross_mesh_client_config(
+    server_ca_pem: &str,
+    identity: Arc<Identity>,
+    expected: &str,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config(roots_of(ca_certs(&[server_ca_pem])?)?, identity, expected)
+}
+
+fn client_config(
+    roots: Arc<RootCertStore>,
+    identity: Arc<Identity>,
+    expected: &str,
+) -> Result<Arc<ClientConfig>, TlsError> {
     if !expected.starts_with("spiffe://") {
         return Err(TlsError::Invalid {
             field: "expected SPIFFE id",
@@ -82,7 +137,7 @@ pub fn mesh_client_config(
     let provider = provider();
     let verifier = MeshVerifier {
         check: Check::Chain {
-            roots: mesh_roots(ca)?,
+            roots,
             spiffe_id: Some(expected.to_owned()),
         },
         provider: provider.clone(),
@@ -444,6 +499,33 @@ mod tests {
                 && err.contains("[\"spiffe://default/backend\"]"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn cross_mesh_gateway_trusts_other_meshes_and_is_checked_by_its_own_ca() {
+        let gw_ca = Arc::new(MeshCa::generate("default").unwrap());
+        let other_ca = Arc::new(MeshCa::generate("other").unwrap());
+        let stranger_ca = Arc::new(MeshCa::generate("stranger").unwrap());
+        let gateway = identity(&gw_ca, "cross-mesh-gateway");
+        let server =
+            cross_mesh_server_config(&[gw_ca.cert_pem(), other_ca.cert_pem()], gateway).unwrap();
+        let expected = "spiffe://default/cross-mesh-gateway";
+        let client = |ca: &Arc<MeshCa>| {
+            let id = Identity::new(ca.clone(), "other", &["web".to_string()], HOUR).unwrap();
+            cross_mesh_client_config(gw_ca.cert_pem(), id, expected).unwrap()
+        };
+        let (s, c) = handshake(server.clone(), client(&other_ca), "gw").await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        ping(&mut s, &mut c).await;
+        // A mesh the gateway does not know is refused.
+        let (s, _) = handshake(server.clone(), client(&stranger_ca), "gw").await;
+        assert!(s.is_err());
+        // The client insists on the gateway mesh's CA and identity.
+        let wrong =
+            cross_mesh_client_config(other_ca.cert_pem(), identity(&other_ca, "web"), expected)
+                .unwrap();
+        let (_, c) = handshake(server, wrong, "gw").await;
+        assert!(c.is_err());
     }
 
     #[tokio::test]

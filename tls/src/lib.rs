@@ -23,8 +23,8 @@ mod wire_sni;
 
 pub use ca::{builtin_secret_names, builtin_secrets_yaml, MeshCa};
 pub use config::{
-    external_client_config, mesh_client_config, mesh_server_config, peer_spiffe_ids,
-    ServerVerification, KUMA_ALPN,
+    cross_mesh_client_config, cross_mesh_server_config, external_client_config, mesh_client_config,
+    mesh_server_config, peer_spiffe_ids, ServerVerification, KUMA_ALPN,
 };
 pub use error::TlsError;
 pub use gateway::{certified_key, gateway_server_config};

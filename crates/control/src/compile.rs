@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bearing_model::{Dataplane, ExternalService, Inbound, Problem, Resource, Spec, Store, Tags};
-use bearing_model::{PROTOCOL_TAG, SERVICE_TAG};
+use bearing_model::{MESH_TAG, PROTOCOL_TAG, SERVICE_TAG};
 use bearing_proxy_config::{
     Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, Listener, Protocol, ProxyConfig,
     ProxyIdentity, TransparentProxy, UpstreamTls, Verification,
@@ -444,12 +444,12 @@ fn cluster_name_for(tags: &Tags) -> String {
 /// Which inbounds an outbound listener sends to, and the names its cluster and service go by.
 pub(crate) struct Destination<'a> {
     /// Endpoints are the inbounds carrying all these tags…
-    tags: &'a Tags,
+    pub(crate) tags: &'a Tags,
     /// …and, for a MeshService port, this inbound port or name.
     target_port: Option<&'a TargetPort>,
     /// A MeshService port's `appProtocol` (else the endpoints' common protocol).
     app_protocol: Option<&'a str>,
-    cluster: String,
+    pub(crate) cluster: String,
     service: String,
 }
 
@@ -471,10 +471,10 @@ pub(crate) struct Outbounds<'s> {
     index: EndpointIndex<'s>,
     zones: ZoneView<'s>,
     externals: HashMap<&'s str, (&'s Resource, &'s ExternalService)>,
-    store: &'s Store,
-    mesh: &'s str,
+    pub(crate) store: &'s Store,
+    pub(crate) mesh: &'s str,
     /// The mesh has mTLS: mesh clusters originate it, and zone proxies can be used.
-    mtls: bool,
+    pub(crate) mtls: bool,
     /// Mesh `routing.zoneEgress`: cross-zone and external traffic goes through the egress.
     zone_egress: bool,
 }
@@ -483,7 +483,10 @@ impl Outbounds<'_> {
     /// An outbound listener at `address` and its cluster, sending to `to`.
     fn outbound_to(&self, address: SocketAddr, to: Destination, bind: bool) -> (Listener, Cluster) {
         let service = to.service.clone();
-        let c = self.cluster_for(to);
+        let c = match to.tags.get(MESH_TAG) {
+            Some(mesh) => crate::gateway::cross_mesh_cluster(self, mesh, to, address.port()),
+            None => self.cluster_for(to),
+        };
         let listener = Listener {
             name: format!("outbound:{address}"),
             address,
@@ -575,6 +578,7 @@ impl Outbounds<'_> {
             mesh: self.mesh.to_string(),
             sni: bearing_tls::tags_sni(service, self.mesh, &extra),
             identity: spiffe_id(self.mesh, service),
+            server_ca_pem: None,
         }
     }
 }

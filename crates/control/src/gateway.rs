@@ -4,15 +4,17 @@
 //!
 //! - The MeshGateway whose selector matches with the highest rank (exact tags, then
 //!   wildcards) wins; a tie goes to the first by name.
-//! - Listeners on one port form one listener named `<service>:<PROTOCOL>:<port>` with one host
-//!   per hostname (default `*`); their protocols must agree.
+//! - Listeners on one port form one listener named `<MeshGateway>:<PROTOCOL>:<port>` (Kuma's
+//!   listener name, e.g. `edge-gateway:HTTP:8080`) with one host per hostname (default `*`);
+//!   their protocols must agree.
 //! - A route without `hostnames` serves every host of the listeners it selects; a route with
 //!   hostnames serves those of its names that fall under a listener's hostname, each as a host
 //!   of its own (inheriting that listener's certificate), where the listener's own routes
 //!   without hostnames apply too.
-//! - Route precedence within a host (Kuma sorts by specificity): exact paths, then prefixes
-//!   (longest first), then regexes, then rules without a path; among equals, the rule with
-//!   more conditions (method, headers, query parameters) first; then resource name and rule
+//! - Route precedence within a host, as Kuma's route sorter orders by specificity: exact paths
+//!   (longer first), then prefixes (longer first; a rule without a path counts as prefix `/`),
+//!   then regexes (longer first); then a method before none, more header matches first, more
+//!   query matches first; then the path text; remaining ties keep resource-name and rule
 //!   order. One rule with several matches gives one route per match.
 
 use std::collections::BTreeMap;
@@ -23,13 +25,14 @@ use bearing_model::{
     MeshGatewayRoute, Problem, Resource, RouteBackend, Spec, Store, Tags, SERVICE_TAG,
 };
 use bearing_proxy_config::{
-    Cluster, Direction, GatewayCertificate, GatewayHost, GatewayListener, GatewayProtocol,
-    HeaderFilter, HeaderMatch, HttpMatch, HttpRoute, Listener, Mirror, PathMatch, PathRewrite,
-    Protocol, QueryMatch, Redirect, Rewrite, RouteAction, ValueMatch, WeightedCluster,
+    Cluster, CrossMesh, Direction, Endpoint, GatewayCertificate, GatewayHost, GatewayListener,
+    GatewayProtocol, HeaderFilter, HeaderMatch, HttpMatch, HttpRoute, Listener, Mirror, PathMatch,
+    PathRewrite, Protocol, QueryMatch, Redirect, Rewrite, RouteAction, UpstreamTls, ValueMatch,
+    WeightedCluster,
 };
 
 use crate::compile::{problem, Destination, Outbounds};
-use crate::mtls::{mesh_of, resolve};
+use crate::mtls::{mesh_of, mesh_tls, meshes, resolve, spiffe_id};
 
 /// Listeners and clusters of a builtin gateway Dataplane.
 pub(crate) struct GatewayParts {
@@ -95,6 +98,15 @@ pub(crate) fn compile(
             continue;
         }
         let http = matches!(protocol, GatewayProtocol::Http | GatewayProtocol::Https);
+        let cross_mesh = specs.iter().any(|(_, l)| l.cross_mesh);
+        if cross_mesh && !outbounds.mtls {
+            problems.push(problem(
+                gw_resource,
+                Some("conf.listeners"),
+                format!("a crossMesh listener needs mesh mTLS, and mesh {mesh:?} has none"),
+            ));
+            continue;
+        }
         let mut hosts: Vec<GatewayHost> = Vec::new();
         let mut listener_tags = Tags::new();
         let mut limit = None;
@@ -165,12 +177,13 @@ pub(crate) fn compile(
             hosts.push(own);
         }
         for h in &mut hosts {
-            h.http_routes.sort_by_key(precedence);
+            h.http_routes
+                .sort_by(|a, b| precedence(a).cmp(&precedence(b)));
         }
         hosts.sort_by_key(|h| host_rank(&h.hostname));
         let address = SocketAddr::new(ip, crate::compile::port16(port));
         parts.listeners.push(Listener {
-            name: format!("{service}:{}:{port}", specs[0].1.protocol),
+            name: format!("{}:{}:{port}", gw_resource.meta.name, specs[0].1.protocol),
             address,
             direction: Direction::Inbound,
             protocol: if http { Protocol::Http } else { Protocol::Tcp },
@@ -184,7 +197,10 @@ pub(crate) fn compile(
                 hosts,
                 tags: listener_tags,
                 connection_limit: limit,
-                cross_mesh: None,
+                cross_mesh: cross_mesh.then(|| CrossMesh {
+                    identity_mesh: mesh.to_string(),
+                    client_ca_pems: mesh_ca_pems(store),
+                }),
             }),
         });
     }
@@ -265,18 +281,23 @@ fn host_rank(hostname: &str) -> (u8, std::cmp::Reverse<usize>) {
     }
 }
 
-/// Sort key of Kuma's specificity order (see the module doc); the sort is stable, so equal
-/// keys keep resource-name and rule order.
-fn precedence(r: &HttpRoute) -> (u8, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>) {
-    let (kind, len) = match &r.matches.path {
-        Some(PathMatch::Exact(p)) => (0, p.len()),
-        Some(PathMatch::Prefix(p)) => (1, p.trim_end_matches('/').len()),
-        Some(PathMatch::Regex(p)) => (2, p.len()),
-        None => (3, 0),
+/// Sort key of Kuma's specificity order (see the module doc); the sort is stable.
+fn precedence(r: &HttpRoute) -> impl Ord + '_ {
+    use std::cmp::Reverse;
+    let (kind, path) = match &r.matches.path {
+        Some(PathMatch::Exact(p)) => (0, p.as_str()),
+        Some(PathMatch::Prefix(p)) => (1, p.trim_end_matches('/')),
+        Some(PathMatch::Regex(p)) => (2, p.as_str()),
+        None => (1, ""),
     };
-    let conditions =
-        usize::from(r.matches.method.is_some()) + r.matches.headers.len() + r.matches.query.len();
-    (kind, std::cmp::Reverse(len), std::cmp::Reverse(conditions))
+    (
+        kind,
+        Reverse(path.len()),
+        Reverse(r.matches.method.is_some()),
+        Reverse(r.matches.headers.len()),
+        Reverse(r.matches.query.len()),
+        path,
+    )
 }
 
 /// The listener's certificate: the first DataSource, a PEM with the key and the chain.
@@ -496,6 +517,113 @@ fn backends(
             w
         })
         .collect()
+}
+
+/// The CA certificate of every mesh with mTLS.
+fn mesh_ca_pems(store: &Store) -> Vec<String> {
+    meshes(store)
+        .into_iter()
+        .filter_map(|(name, m)| mesh_tls(store, name, m, Vec::new()).ok().flatten())
+        .map(|t| t.ca_cert_pem)
+        .collect()
+}
+
+/// The cross-mesh listeners of the builtin gateway Dataplanes of `mesh` carrying the
+/// service `service`: `(MeshGateway name, listener hostname, port, address)`.
+pub(crate) fn cross_mesh_listeners<'s>(
+    store: &'s Store,
+    mesh: &str,
+) -> Vec<(&'s str, String, Option<&'s str>, u16, std::net::IpAddr)> {
+    let mut out = Vec::new();
+    for r in store.resources.iter().filter(|r| mesh_of(r) == mesh) {
+        let Spec::Dataplane(dp) = &r.spec else {
+            continue;
+        };
+        let Some(g) = dp
+            .networking
+            .gateway
+            .as_ref()
+            .filter(|g| g.kind == "BUILTIN")
+        else {
+            continue;
+        };
+        let Ok(ip) = dp.networking.address.parse() else {
+            continue;
+        };
+        let Some((gw_resource, gw)) = select_gateway(store, mesh, &g.tags) else {
+            continue;
+        };
+        let service = g.tags.get(SERVICE_TAG).cloned().unwrap_or_default();
+        for l in gw.conf.listeners.iter().filter(|l| l.cross_mesh) {
+            out.push((
+                gw_resource.meta.name.as_str(),
+                service.clone(),
+                l.hostname.as_deref().filter(|h| !h.starts_with('*')),
+                crate::compile::port16(l.port),
+                ip,
+            ));
+        }
+    }
+    out
+}
+
+/// The cluster of an outbound to a cross-mesh gateway (`to` carries `kuma.io/mesh`): the
+/// gateway Dataplanes of that mesh serving `kuma.io/service`, on their cross-mesh listener
+/// (the one on `port` if several), over mTLS with this proxy's identity, checking the
+/// gateway's identity against its own mesh's CA.
+pub(crate) fn cross_mesh_cluster(
+    outbounds: &Outbounds,
+    target_mesh: &str,
+    to: Destination,
+    port: u16,
+) -> Cluster {
+    let store = outbounds.store;
+    let service = to.tags.get(SERVICE_TAG).cloned().unwrap_or_default();
+    let listeners: Vec<_> = cross_mesh_listeners(store, target_mesh)
+        .into_iter()
+        .filter(|(_, s, _, _, _)| *s == service)
+        .collect();
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    let mut ips: Vec<_> = listeners.iter().map(|(_, _, _, _, ip)| *ip).collect();
+    ips.sort();
+    ips.dedup();
+    for ip in ips {
+        let ports: Vec<u16> = listeners
+            .iter()
+            .filter(|l| l.4 == ip)
+            .map(|l| l.3)
+            .collect();
+        let chosen = ports
+            .iter()
+            .copied()
+            .find(|p| *p == port)
+            .or(ports.first().copied());
+        if let Some(p) = chosen {
+            endpoints.push(Endpoint {
+                address: SocketAddr::new(ip, p),
+                origin: format!("cross-mesh gateway {service} of mesh {target_mesh}"),
+                tags: Tags::new(),
+            });
+        }
+    }
+    let target_ca = meshes(store)
+        .get(target_mesh)
+        .and_then(|m| mesh_tls(store, target_mesh, m, Vec::new()).ok().flatten())
+        .map(|t| t.ca_cert_pem);
+    let mut c = crate::compile::cluster(to.cluster, Protocol::Http, Vec::new());
+    match (outbounds.mtls, target_ca) {
+        (true, Some(ca)) => {
+            c.endpoints = endpoints;
+            c.tls = Some(UpstreamTls::Mesh {
+                mesh: outbounds.mesh.to_string(),
+                sni: bearing_tls::tags_sni(&service, target_mesh, &BTreeMap::new()),
+                identity: spiffe_id(target_mesh, &service),
+                server_ca_pem: (target_mesh != outbounds.mesh).then_some(ca),
+            });
+        }
+        _ => tracing::warn!(cluster = %c.name, "cross-mesh gateway skipped: both meshes need mTLS"),
+    }
+    c
 }
 
 #[cfg(test)]

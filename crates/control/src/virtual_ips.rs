@@ -274,6 +274,30 @@ pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<Virtua
             .hosts
             .insert(format!("{MESH_SERVICE_KEY}{}", ms.name), (names, ports));
     }
+    // 5. Cross-mesh gateway listeners of every mesh: their hostname, or
+    // `internal.<gateway>.<mesh>.<domain>`.
+    for (name, _) in crate::mtls::meshes(store) {
+        for (gateway, service, hostname, port, _) in
+            crate::gateway::cross_mesh_listeners(store, name)
+        {
+            let host = hostname.map_or_else(
+                || format!("internal.{gateway}.{name}.{}", opts.domain),
+                str::to_ascii_lowercase,
+            );
+            let tags: Tags = [
+                (SERVICE_TAG.to_string(), service),
+                (bearing_model::MESH_TAG.to_string(), name.to_string()),
+            ]
+            .into();
+            table.add(
+                &host,
+                Vec::new(),
+                port,
+                tags,
+                format!("cross-mesh-gateway:{name}/{gateway}"),
+            );
+        }
+    }
     table.allocate(opts.cidr)
 }
 
@@ -376,7 +400,7 @@ fn mesh_services(
                 ("kuma.io/display-name".to_string(), service.to_string()),
                 ("kuma.io/origin".to_string(), "zone".to_string()),
                 ("kuma.io/env".to_string(), "universal".to_string()),
-                ("kuma.io/mesh".to_string(), mesh.to_string()),
+                (bearing_model::MESH_TAG.to_string(), mesh.to_string()),
             ]
             .into(),
             selector: [(SERVICE_TAG.to_string(), service.to_string())].into(),
@@ -432,7 +456,7 @@ fn hostnames(generators: &[HostnameGeneratorView], ms: &MeshServiceView) -> Vec<
         (
             "Mesh",
             ms.labels
-                .get("kuma.io/mesh")
+                .get(bearing_model::MESH_TAG)
                 .map_or("default", String::as_str),
         ),
         (

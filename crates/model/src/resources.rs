@@ -16,6 +16,8 @@ pub type Tags = BTreeMap<String, String>;
 pub const SERVICE_TAG: &str = "kuma.io/service";
 /// The tag naming the protocol of an inbound (`tcp`, `http`, `http2`, `grpc`, `kafka`).
 pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
+/// The tag naming a destination's mesh (cross-mesh gateways).
+pub const MESH_TAG: &str = "kuma.io/mesh";
 /// The tag naming the zone a dataplane runs in.
 pub const ZONE_TAG: &str = "kuma.io/zone";
 

@@ -40,18 +40,19 @@ pub struct GatewayListener {
     /// are closed at accept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_limit: Option<u32>,
-    /// Cross-mesh listener: requires mesh mTLS from clients of any mesh this proxy knows
-    /// (every key of `ProxyConfig::mtls` is trusted) and presents the gateway's identity in
-    /// `identity_mesh`.
+    /// Cross-mesh listener (HTTP only): requires mesh mTLS from proxies of any mesh and
+    /// presents the gateway's identity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cross_mesh: Option<CrossMesh>,
 }
 
-/// The mesh identity a cross-mesh listener presents.
+/// Mesh mTLS of a cross-mesh listener.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CrossMesh {
-    /// The gateway's mesh (a key of `ProxyConfig::mtls`).
+    /// The gateway's mesh (a key of `ProxyConfig::mtls`), whose identity it presents.
     pub identity_mesh: String,
+    /// CA certificates (PEM) of every mesh with mTLS: their proxies may call.
+    pub client_ca_pems: Vec<String>,
 }
 
 /// A virtual host of a gateway listener.

@@ -111,6 +111,10 @@ pub enum UpstreamTls {
         sni: String,
         /// Expected server identity, `spiffe://<mesh>/<service>`.
         identity: String,
+        /// The CA the server chains to when it is another mesh's (a cross-mesh gateway);
+        /// `None`: the CA of `mesh`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        server_ca_pem: Option<String>,
     },
     /// TLS to a service outside the mesh (ExternalService `networking.tls`).
     External {
