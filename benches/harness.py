@@ -5,7 +5,9 @@ Started by benches/run.sh, which installs the peers first. Python 3.11, standard
 Every contender runs with the same worker count (1, then 2); contenders alternate within each
 scenario (A B C D E, then E D C B A, ...); the median of the runs is reported. Results go to
 benches/results/results.{md,json} and benches/results/*.svg; `--only mtls` (the mesh mTLS
-scenarios of issue #5, Bearing and Envoy) to benches/results/mtls.{md,json} and mtls-*.svg.
+scenarios of issue #5, Bearing and Envoy) to benches/results/mtls.{md,json} and mtls/*.svg;
+`--only gateway` (the builtin gateway of issue #6 with 50 routes, plain and HTTPS, against
+Envoy, HAProxy and nginx with the same routes) to benches/results/gateway.{md,json}.
 """
 
 from __future__ import annotations
@@ -48,8 +50,15 @@ MTLS_SCENARIOS = ["sidecar-pair-mtls", "mtls-handshakes"]
 SCENARIOS = {s: CONTENDERS for s in ["http1-small", "http1-100k", "http2-multiplexed",
                                       "conn-per-request", "tcp-bulk", "sidecar-pair"]}
 SCENARIOS.update({s: ["bearing", "envoy"] for s in MTLS_SCENARIOS})
-# --only accepts these names for groups of scenarios; `mtls` also writes its own report.
-GROUPS = {"mtls": ["sidecar-pair", *MTLS_SCENARIOS]}
+# The builtin gateway (#6): GATEWAY_ROUTES PREFIX routes /r0../r49 to the origin, the request
+# hits a middle one; the same routes in every proxy, plain HTTP and HTTPS (one certificate).
+GATEWAY_SCENARIOS = ["gateway-http", "gateway-https"]
+SCENARIOS.update({s: PROXIES for s in GATEWAY_SCENARIOS})
+GATEWAY_ROUTES = 50
+GATEWAY_PATH = f"/r{GATEWAY_ROUTES // 2}/small"
+GATEWAY_HOSTNAME = "gateway.bench"
+# --only accepts these names for groups of scenarios; each also writes its own report.
+GROUPS = {"mtls": ["sidecar-pair", *MTLS_SCENARIOS], "gateway": GATEWAY_SCENARIOS}
 
 # The mesh of the sidecar pairs: its services, their SPIFFE ids and Kuma's SNI for the backend.
 MESH = "default"
@@ -84,7 +93,8 @@ def dns_sni(service: str) -> str:
 def base_port(name: str) -> int:
     """Each proxy gets 20 ports: +0 HTTP/1.1, +1 HTTP/2, +2 TCP, +3 pair outbound,
     +4 pair inbound, +5 pair client inbound (Bearing only), +6..+8 the same for the mTLS pair,
-    +10..+14 admin ports (single, pair out/in, mTLS pair out/in)."""
+    +10..+14 admin ports (single, pair out/in, mTLS pair out/in), +15 gateway HTTP, +16 gateway
+    HTTPS, +17 gateway admin."""
     return 18200 + 20 * PROXIES.index(name)
 
 
@@ -240,6 +250,7 @@ http {{
         listen 127.0.0.1:{ORIGIN_H2} http2 reuseport backlog=4096;
         root {work}/www;
         location = /small {{ default_type text/plain; return 200 "{SMALL_BODY.strip()}\\n"; }}
+        location ~ ^/r[0-9]+/small$ {{ default_type text/plain; return 200 "{SMALL_BODY.strip()}\\n"; }}
     }}
 }}
 """
@@ -377,7 +388,9 @@ def envoy_cluster(name: str, port: int, h2: bool = False, tls: dict | None = Non
 
 
 def envoy_http_listener(name: str, port: int, cluster: str, address: str = "127.0.0.1",
-                        tls: dict | None = None) -> dict:
+                        tls: dict | None = None, routes: list | None = None) -> dict:
+    """An HTTP listener: every request to `cluster`, or the given route list."""
+    routes = routes or [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]
     return {
         "name": name,
         "address": {"socket_address": {"address": address, "port_value": port}},
@@ -390,7 +403,7 @@ def envoy_http_listener(name: str, port: int, cluster: str, address: str = "127.
                 "codec_type": "AUTO",
                 "route_config": {"virtual_hosts": [{
                     "name": "all", "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+                    "routes": routes,
                 }]},
                 "http_filters": [{
                     "name": "envoy.filters.http.router",
@@ -485,6 +498,142 @@ http {{
 
 
 # ---------------------------------------------------------------------------------------------
+# the builtin gateway (#6) and the same routes in Envoy, HAProxy and nginx
+
+
+def gateway_cert(d: Path) -> tuple[Path, Path]:
+    """One self-signed ECDSA P-256 certificate for every HTTPS listener (clients do not verify)."""
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key = d / "gateway.pem", d / "gateway.key"
+    if not cert.exists():
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj",
+                f"/CN={GATEWAY_HOSTNAME}", "-addext", f"subjectAltName = DNS:{GATEWAY_HOSTNAME}")
+    return cert, key
+
+
+def bearing_gateway_store(d: Path, b: int, cert: Path, key: Path) -> None:
+    """A builtin gateway Dataplane, a MeshGateway with an HTTP (b+15) and an HTTPS (b+16)
+    listener, one MeshGatewayRoute of GATEWAY_ROUTES PREFIX rules to the origin's Dataplane
+    (no sidecar: the gateway connects to the origin directly), and the certificate as a Kuma
+    Secret (key and chain PEM in one base64 `data`)."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "mesh.yaml").write_text(f"type: Mesh\nname: {MESH}\n")
+    (d / "gateway.yaml").write_text(f"""type: Dataplane
+name: bench-gateway
+mesh: {MESH}
+networking:
+  address: 127.0.0.1
+  gateway:
+    type: BUILTIN
+    tags:
+      kuma.io/service: bench-gateway
+""")
+    (d / "origin.yaml").write_text(f"""type: Dataplane
+name: bench-origin
+mesh: {MESH}
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: {ORIGIN_H1}
+    tags:
+      kuma.io/service: bench-origin
+      kuma.io/protocol: http
+""")
+    pem = key.read_bytes() + cert.read_bytes()
+    (d / "secret.yaml").write_text(f"type: Secret\nname: bench-gateway-cert\nmesh: {MESH}\n"
+                                   f"data: {base64.b64encode(pem).decode()}\n")
+    (d / "mesh-gateway.yaml").write_text(f"""type: MeshGateway
+mesh: {MESH}
+name: bench-gateway
+selectors:
+- match:
+    kuma.io/service: bench-gateway
+conf:
+  listeners:
+  - port: {b + 15}
+    protocol: HTTP
+    tags:
+      port: http
+  - port: {b + 16}
+    protocol: HTTPS
+    tags:
+      port: https
+    tls:
+      mode: TERMINATE
+      certificates:
+      - secret: bench-gateway-cert
+""")
+    rules = "".join(f"""    - matches:
+      - path:
+          match: PREFIX
+          value: /r{i}
+      backends:
+      - destination:
+          kuma.io/service: bench-origin
+""" for i in range(GATEWAY_ROUTES))
+    (d / "routes.yaml").write_text(f"""type: MeshGatewayRoute
+mesh: {MESH}
+name: bench-gateway-routes
+selectors:
+- match:
+    kuma.io/service: bench-gateway
+conf:
+  http:
+    rules:
+{rules}""")
+
+
+def envoy_gateway(b: int, cert: Path, key: Path) -> str:
+    """Envoy with GATEWAY_ROUTES `path_separated_prefix` routes (Kuma's PREFIX: /r2 matches /r2
+    and /r2/x, not /r25) in one virtual host, on b+15 and, with a DownstreamTlsContext, b+16."""
+    routes = [{"match": {"path_separated_prefix": f"/r{i}"}, "route": {"cluster": "origin"}}
+              for i in range(GATEWAY_ROUTES)]
+    tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [{"certificate_chain": {"filename": str(cert)},
+                                  "private_key": {"filename": str(key)}}]}}}
+    return envoy_bootstrap(b + 17, [
+        envoy_http_listener("gw-http", b + 15, "origin", routes=routes),
+        envoy_http_listener("gw-https", b + 16, "origin", tls=tls, routes=routes),
+    ], [envoy_cluster("origin", ORIGIN_H1)])
+
+
+def haproxy_gateway(b: int, pem: Path) -> str:
+    """HAProxy: one frontend with GATEWAY_ROUTES acls (path or path_beg path/), plain and ssl
+    binds, use_backend per route; no match is a 404."""
+    acls = "".join(f"    acl r{i} path /r{i}\n    acl r{i} path_beg /r{i}/\n"
+                   f"    use_backend origin if r{i}\n" for i in range(GATEWAY_ROUTES))
+    return f"""frontend gateway
+    bind 127.0.0.1:{b + 15}
+    bind 127.0.0.1:{b + 16} ssl crt {pem} alpn h2,http/1.1
+{acls}    default_backend notfound
+backend origin
+    server o 127.0.0.1:{ORIGIN_H1}
+backend notfound
+    http-request return status 404
+"""
+
+
+def nginx_gateway(b: int, cert: Path, key: Path) -> str:
+    """nginx: GATEWAY_ROUTES `location = /rN` + `location /rN/` blocks in a plain and an ssl
+    server; no match is a 404."""
+    locs = "".join(f"        location = /r{i} {{ proxy_pass http://gw_origin; }}\n"
+                   f"        location /r{i}/ {{ proxy_pass http://gw_origin; }}\n"
+                   for i in range(GATEWAY_ROUTES))
+    return f"""    upstream gw_origin {{ server 127.0.0.1:{ORIGIN_H1}; keepalive 64; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{b + 15};
+        listen 127.0.0.1:{b + 16} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{ return 404; }}
+{locs}    }}"""
+
+
+# ---------------------------------------------------------------------------------------------
 # contenders
 
 
@@ -496,6 +645,7 @@ class Contender:
     single: list[Proc] = field(default_factory=list)
     pair: list[Proc] = field(default_factory=list)
     mtls: list[Proc] = field(default_factory=list)  # outbound, inbound
+    gateway: list[Proc] = field(default_factory=list)
     http1: int = 0
     h2: int = 0
     tcp: int = 0
@@ -503,11 +653,13 @@ class Contender:
     idle_rss_kb: int = 0
 
     def procs(self, scenario: str) -> list[Proc]:
+        if scenario in GATEWAY_SCENARIOS:
+            return self.gateway
         return {"sidecar-pair": self.pair, "sidecar-pair-mtls": self.mtls,
                 "mtls-handshakes": self.mtls[1:]}.get(scenario, self.single)
 
     def stop(self) -> None:
-        for p in self.single + self.pair + self.mtls:
+        for p in self.single + self.pair + self.mtls + self.gateway:
             p.stop()
 
 
@@ -656,9 +808,75 @@ listen tcp
                 wait_tcp({"single": b, "out": b + 3, "in": b + 4}[tag], p)
         if c.mtls:
             self.check_mtls(c, b)
+        if self.wants_gateway():
+            self.start_gateway(c, w, d, b)
         time.sleep(0.5)
         c.idle_rss_kb = status_kb(c.single[0].pids(), "VmRSS")
         return c
+
+    # -- builtin gateway (#6) ----------------------------------------------------------------
+
+    def wants_gateway(self) -> bool:
+        return any(s in GATEWAY_SCENARIOS for s in self.scenarios)
+
+    def start_gateway(self, c: Contender, w: int, d: Path, b: int) -> None:
+        """The contender's gateway process (same worker count), then check_gateway."""
+        cert, key = gateway_cert(self.work / "gateway-cert")
+        logf = d / "gateway.log"
+        if c.name == "bearing":
+            bearing_gateway_store(d / "gateway", b, cert, key)
+            p = start("bearing-gateway", [self.args.bearing, "run", "--log-level", "warn",
+                                          "--concurrency", str(w), "--config-dir", str(d / "gateway"),
+                                          "--name", "bench-gateway", "--admin-address",
+                                          f"127.0.0.1:{b + 17}"], logf)
+            c.gateway.append(p)
+            wait_ready(f"http://127.0.0.1:{b + 17}/ready", p)
+        elif c.name == "envoy":
+            f = d / "gateway.json"
+            f.write_text(envoy_gateway(b, cert, key))
+            p = start("envoy-gateway", [self.args.envoy, "-c", str(f), "--concurrency", str(w),
+                                        "--disable-hot-restart", "--log-level", "warn"], logf)
+            c.gateway.append(p)
+            wait_ready(f"http://127.0.0.1:{b + 17}/ready", p)
+        elif c.name == "haproxy":
+            pem = d / "gateway-crt.pem"
+            pem.write_bytes(cert.read_bytes() + key.read_bytes())
+            f = d / "gateway.cfg"
+            f.write_text(haproxy_conf(w, haproxy_gateway(b, pem)))
+            p = start("haproxy-gateway", ["haproxy", "-f", str(f), "-db"], logf)
+            c.gateway.append(p)
+            wait_tcp(b + 16, p)
+        elif c.name == "nginx":
+            f = d / "gateway.conf"
+            f.write_text(nginx_conf(d, "gateway", w, nginx_gateway(b, cert, key)))
+            (d / "gateway-tmp").mkdir()
+            p = start("nginx-gateway", ["nginx", "-c", str(f), "-p", str(d)], logf)
+            c.gateway.append(p)
+            wait_tcp(b + 16, p)
+        self.check_gateway(c, b)
+
+    def check_gateway(self, c: Contender, b: int) -> None:
+        """Fails loudly (never skips) unless both gateway listeners route: GATEWAY_PATH answers
+        200 with the origin's body over HTTP and HTTPS, and a path no route matches is a 404 (the
+        routes are really there, not a catch-all)."""
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        for scheme, port, ctx in (("http", b + 15, None), ("https", b + 16, insecure)):
+            for path, want in ((GATEWAY_PATH, 200), (f"/r{GATEWAY_ROUTES}/small", 404)):
+                url = f"{scheme}://127.0.0.1:{port}{path}"
+                try:
+                    with urllib.request.urlopen(url, timeout=5, context=ctx) as r:
+                        status, body = r.status, r.read().decode(errors="replace")
+                except urllib.error.HTTPError as e:
+                    status, body = e.code, ""
+                except OSError as e:
+                    status, body = None, str(e)
+                if status != want or (want == 200 and body != SMALL_BODY):
+                    hint = (" (the builtin gateway, issue #6, is not in this binary?)"
+                            if c.name == "bearing" else "")
+                    die(f"{c.name} gateway: GET {url} gave {status} {body[:200]!r}, want {want}{hint}; "
+                        f"see {self.work}/{c.name}-w*/gateway.log")
 
     # -- mesh mTLS ---------------------------------------------------------------------------
 
@@ -741,11 +959,11 @@ listen tcp
 
     # -- load generators ---------------------------------------------------------------------
 
-    def wrk(self, port: int, path: str, extra: list[str]) -> dict:
+    def wrk(self, port: int, path: str, extra: list[str], scheme: str = "http") -> dict:
         script = ROOT / "benches" / "wrk-report.lua"
         out = subprocess.run(
             ["wrk", "-t1", f"-c{self.args.connections}", f"-d{self.args.duration}s", "--latency",
-             "-s", str(script), *extra, f"http://127.0.0.1:{port}{path}"],
+             "-s", str(script), *extra, f"{scheme}://127.0.0.1:{port}{path}"],
             capture_output=True, text=True, check=False)
         m = re.search(r"^JSON (.*)$", out.stdout, re.M)
         if out.returncode != 0 or not m:
@@ -836,6 +1054,10 @@ listen tcp
             r = self.wrk(c.pair_port + 3, "/small", [])
         elif scenario == "mtls-handshakes":
             r = self.handshakes(c.pair_port + 4)
+        elif scenario == "gateway-http":  # ports: see base_port
+            r = self.wrk(c.http1 + 15, GATEWAY_PATH, [])
+        elif scenario == "gateway-https":
+            r = self.wrk(c.http1 + 16, GATEWAY_PATH, [], scheme="https")
         else:
             raise ValueError(scenario)
         if pids:
@@ -1020,7 +1242,8 @@ networking:
 
     def run(self) -> None:
         scenarios = self.scenarios = selected(self.args.only)
-        contenders = [n for n in CONTENDERS if any(n in SCENARIOS[s] for s in scenarios)]
+        contenders = [n for n in CONTENDERS if any(n in SCENARIOS[s] for s in scenarios)
+                      and (not self.args.contenders or n in self.args.contenders)]
         self.start_origin()
         for w in self.args.workers:
             log(f"== {w} worker(s): starting contenders")
@@ -1142,6 +1365,28 @@ def mtls_ratios(res: dict) -> list[dict]:
     return [r for r in out if r["value"] is not None or r["reference"] is not None]
 
 
+def gateway_ratios(res: dict) -> list[dict]:
+    """Bearing's gateway against each peer's, per scenario and worker count: requests per
+    second (higher is better), p99 and CPU µs per request (lower is better)."""
+    out = []
+    for r in res["load"]:
+        if r["scenario"] not in GATEWAY_SCENARIOS or r["contender"] == "bearing":
+            continue
+        b = find(res["load"], scenario=r["scenario"], contender="bearing", workers=r["workers"]) or {}
+
+        def cpu_us(x: dict) -> float | None:
+            return x["cpu_s"] / (x["rps"] * res["meta"]["duration"]) * 1e6 \
+                if x.get("cpu_s") is not None and x.get("rps") else None
+
+        for what, value, ref in (("req/s", b.get("rps"), r.get("rps")),
+                                 ("p99 ms", b.get("p99_ms"), r.get("p99_ms")),
+                                 ("CPU µs per request", cpu_us(b), cpu_us(r))):
+            out.append({"workers": r["workers"], "ratio": f"{r['scenario']}, bearing / {r['contender']}: {what}",
+                        "value": value, "reference": ref,
+                        "x": value / ref if value is not None and ref else None})
+    return out
+
+
 def markdown(res: dict, charts_dir: str = "") -> str:
     """The report: `charts_dir` is where its SVGs are, relative to it."""
     meta = res["meta"]
@@ -1159,6 +1404,8 @@ def markdown(res: dict, charts_dir: str = "") -> str:
         "run, not absolute figures across machines.",
         "",
         f"Versions: {meta['versions']}.",
+        "",
+        f"Contenders: {', '.join(meta.get('contenders', CONTENDERS))}.",
         "",
     ]
     if res.get("targets"):
@@ -1181,6 +1428,17 @@ def markdown(res: dict, charts_dir: str = "") -> str:
             "a fresh connection per request against the inbound proxy (full TLS 1.3 handshake with the "
             "web leaf, no resumption, `GET /small`, `Connection: close`); the client skips verifying the "
             "server to stay cheaper than it, and its own CPU seconds are in the ratios below.", ""]
+    if any(s in GATEWAY_SCENARIOS for s in scen):
+        lines += [
+            f"Builtin gateway (`gateway-http`, `gateway-https`): {GATEWAY_ROUTES} PREFIX routes `/r0` .. "
+            f"`/r{GATEWAY_ROUTES - 1}` (segment-bounded, as Kuma's PREFIX) to the origin, wrk asking for "
+            f"`{GATEWAY_PATH}` (a middle route); HTTPS with one self-signed ECDSA P-256 certificate, "
+            "handshakes only when wrk opens its connections. Bearing: a store with the gateway Dataplane, a "
+            "MeshGateway (an HTTP and an HTTPS listener, the certificate as a Kuma Secret) and one "
+            "MeshGatewayRoute; Envoy: the routes as `path_separated_prefix` matches in one virtual host, "
+            "DownstreamTlsContext; HAProxy: `path`/`path_beg` acls with `use_backend`, `ssl crt`; nginx: "
+            "`location = /rN` and `location /rN/` blocks, `ssl`. Each answers 404 when no route matches "
+            "(checked before the run, with the 200 on both listeners).", ""]
     for s in scen:
         unit_key, unit = UNITS.get(s, ("rps", "req/s"))
         lines += [f"### {s}", "", f"![{s}]({charts_dir}{s}.svg)", "",
@@ -1203,6 +1461,12 @@ def markdown(res: dict, charts_dir: str = "") -> str:
             if r.get("client_cpu_s") is not None:
                 lines.append(f"\nHandshake client, {r['workers']} worker(s), {r['contender']}: "
                              f"{r['client_cpu_s']:.2f} CPU s (the server: {fmt(r.get('cpu_s'), '.2f')}).")
+        lines.append("")
+    if ratios := gateway_ratios(res):
+        lines += ["## Gateway ratios", "", "| workers | ratio | bearing | peer | x |", "|---|---|---|---|---|"]
+        for r in ratios:
+            lines.append(f"| {r['workers']} | {r['ratio']} | {fmt(r['value'], '.2f')} | "
+                         f"{fmt(r['reference'], '.2f')} | {fmt(r['x'], '.2f')}x |")
         lines.append("")
     if res["memory"] and meta["report"] == "results":
         lines += ["## Memory", "", "![memory](memory.svg)", "",
@@ -1332,17 +1596,26 @@ def main() -> None:
     ap.add_argument("--bearing", required=True)
     ap.add_argument("--quick", action="store_true", help="1 run each, 2 s per run")
     ap.add_argument("--only", help="comma-separated load scenarios, or `mtls` for the mesh mTLS ones "
-                    "and the plaintext pair (skips memory and start-up)")
+                    "and the plaintext pair, or `gateway` for the builtin gateway ones (skips memory "
+                    "and start-up)")
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--contenders", help="comma-separated subset of the contenders (development: e.g. "
+                    "checking the peers' configuration of a scenario Bearing cannot run yet); the "
+                    "report names who ran")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--report", help="name of the report: OUT/NAME.{md,json}, its charts in OUT/NAME/ "
-                    "(default: `mtls` for --only mtls, else `results` with its charts in OUT)")
+                    "(default: the group's name for --only mtls or --only gateway, else `results` with "
+                    "its charts in OUT)")
     ap.add_argument("--tls-client", default=str(ROOT / "benches/tls-handshakes/target/release/tls-handshakes"),
                     help="the mTLS handshake client (built by run.sh)")
     ap.add_argument("--handshake-clients", type=int, default=4, help="threads of the handshake client")
     args = ap.parse_args()
-    args.report = args.report or ("mtls" if args.only == "mtls" else "results")
+    args.report = args.report or (args.only if args.only in GROUPS else "results")
     args.workers = [int(w) for w in args.workers.split(",")]
+    if args.contenders:
+        args.contenders = args.contenders.split(",")
+        if unknown := set(args.contenders) - set(CONTENDERS):
+            die(f"--contenders: unknown {', '.join(sorted(unknown))}; known: {', '.join(CONTENDERS)}")
     args.runs = 1 if args.quick else 3
     args.duration = 2 if args.quick else 5
     args.connections = 50
@@ -1367,9 +1640,11 @@ def main() -> None:
         "duration": args.duration, "connections": args.connections,
         "idle_connections": args.idle_connections, "versions": versions(args),
         "report": args.report, "handshake_clients": args.handshake_clients,
+        "contenders": sorted({r["contender"] for r in res["load"]}, key=CONTENDERS.index),
     }
     res["targets"] = targets(res) if args.report == "results" else []
     res["mtls_ratios"] = mtls_ratios(res)
+    res["gateway_ratios"] = gateway_ratios(res)
     out = Path(args.out)
     sub = "" if args.report == "results" else f"{args.report}/"
     (out / sub).mkdir(parents=True, exist_ok=True)
@@ -1383,7 +1658,7 @@ def main() -> None:
         print("\nTargets:")
     for t in res["targets"]:
         print(f"  {t['status']:>12}  {t['target']}: {fmt(t['ratio'], '.2f')}x (goal {t['goal']})")
-    for r in res["mtls_ratios"]:
+    for r in res["mtls_ratios"] + res["gateway_ratios"]:
         print(f"  w={r['workers']} {r['ratio']}: {fmt(r['value'], '.2f')} / {fmt(r['reference'], '.2f')} "
               f"= {fmt(r['x'], '.2f')}x")
     print(f"\nResults in {out}/{args.report}.md; work files in {bench.work}")

@@ -169,12 +169,14 @@ impl TestCa {
             bail!("a leaf certificate needs at least one subjectAltName");
         }
         let base = self.dir.join(format!("{}-{name}", self.name));
+        // Appended, not `with_extension`: names like `a.example.com` hold dots.
+        let file = |ext: &str| PathBuf::from(format!("{}.{ext}", base.display()));
         let leaf = CertFiles {
-            cert: base.with_extension("pem"),
-            key: base.with_extension("key"),
+            cert: file("pem"),
+            key: file("key"),
         };
-        let csr = base.with_extension("csr");
-        let ext = base.with_extension("ext");
+        let csr = file("csr");
+        let ext = file("ext");
         std::fs::write(
             &ext,
             format!("{OPENSSL_CONF}subjectAltName = {}\n", sans.join(", ")),

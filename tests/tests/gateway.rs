@@ -1061,3 +1061,15 @@ fn backends_are_reached_over_mesh_mtls() -> Result<()> {
     );
     Ok(())
 }
+
+/// The live-change verdict itself (no topology needed).
+#[test]
+fn check_switch_accepts_only_one_clean_switch() {
+    let ok = |s: &str| Ok::<String, String>(s.to_string());
+    let good = [ok("o"), ok("o"), ok("n"), ok("n")];
+    assert!(check_switch("c", &good, "o", "n").is_ok());
+    assert!(check_switch("c", &[ok("o"), ok("n"), ok("o")], "o", "n").is_err());
+    assert!(check_switch("c", &[ok("n"), ok("n")], "o", "n").is_err());
+    assert!(check_switch("c", &[ok("o"), ok("o")], "o", "n").is_err());
+    assert!(check_switch("c", &[ok("o"), Err("reset".into()), ok("n")], "o", "n").is_err());
+}
