@@ -1073,3 +1073,76 @@ fn check_switch_accepts_only_one_clean_switch() {
     assert!(check_switch("c", &[ok("o"), ok("o")], "o", "n").is_err());
     assert!(check_switch("c", &[ok("o"), Err("reset".into()), ok("n")], "o", "n").is_err());
 }
+
+#[test]
+fn cross_mesh_listener_serves_sidecars_of_another_mesh_over_mtls() -> Result<()> {
+    const BODY: &str = "default mesh backend seen from mesh other 7c1d\n";
+    let topo = topology(&["gw", "b", "web"])?;
+    let (gw, b, web) = (topo.host("gw"), topo.host("b"), topo.host("web"));
+    NginxConfig::new(80).body(BODY).start(b)?;
+    let mtls = |mesh: &str| {
+        format!("type: Mesh\nname: {mesh}\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n")
+    };
+    // web lives in mesh `other` and calls the gateway of mesh `default` through an outbound
+    // naming the gateway's service and mesh, as Kuma documents without transparent proxying.
+    let web_dp = format!(
+        "type: Dataplane\nname: web-1\nmesh: other\nnetworking:\n  address: {}\n  inbound:\n  - port: 9000\n    tags: {{kuma.io/service: web, kuma.io/protocol: http}}\n  outbound:\n  - port: 8080\n    tags: {{kuma.io/service: {GW_SERVICE}, kuma.io/mesh: default}}\n",
+        web.ip4()
+    );
+    let store = write_store(
+        &topo,
+        &[
+            ("mesh-default.yaml", mtls("default")),
+            ("mesh-other.yaml", mtls("other")),
+            ("gateway.yaml", gateway_dp(gw)),
+            (
+                "mesh-gateway.yaml",
+                mesh_gateway("  - {port: 8080, protocol: HTTP, crossMesh: true, tags: {port: http-8080}}\n"),
+            ),
+            (
+                "backend-1.yaml",
+                dataplane_yaml(
+                    "backend-1",
+                    b,
+                    "  inbound:\n  - port: 18080\n    servicePort: 80\n    tags: {kuma.io/service: backend, kuma.io/protocol: http}\n",
+                ),
+            ),
+            (
+                "route.yaml",
+                gateway_route(
+                    "to-backend",
+                    "http-8080",
+                    &format!(
+                        "  http:\n    rules:\n    - matches: [{{path: {{match: PREFIX, value: /}}}}]\n{}",
+                        backend("      ", "backend")
+                    ),
+                ),
+            ),
+            ("web.yaml", web_dp),
+        ],
+    )?;
+    bearing_ca_generate(&store, "default")?;
+    bearing_ca_generate(&store, "other")?;
+    let _backend = Bearing::start(b, &store, &["--name", "backend-1"])?;
+    let _gateway = start_gateway(gw, &store, &[HTTP_LISTENER])?;
+    let sidecar = Bearing::start(web, &store, &["--name", "web-1", "--mesh", "other"])?;
+
+    // Through web's outbound: web's mesh leaf (CA `other`) is accepted by the cross-mesh
+    // listener, which proves it is the gateway of mesh `default`.
+    let (code, body) = curl(web, [http_url(std::net::Ipv4Addr::LOCALHOST, 8080, "/")])?;
+    ensure!(
+        code == 200 && body == BODY,
+        "cross-mesh request: {code} {body:?}"
+    );
+    ensure!(
+        sidecar.metric("bearing_cluster_upstream_requests_total{cluster=\"edge-gateway{kuma.io/mesh=default}\",class=\"2xx\"}")? >= 1.0,
+        "web's cross-mesh cluster served nothing"
+    );
+    // Without a mesh certificate the listener answers nothing.
+    let plain = curl_output(web, ["-m", "3", &http_url(gw.ip4(), HTTP_PORT, "/")])?;
+    ensure!(
+        !plain.ok(),
+        "the cross-mesh listener served plaintext: {plain:?}"
+    );
+    Ok(())
+}
