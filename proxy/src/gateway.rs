@@ -419,6 +419,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connection_limit_frees_a_slot_when_a_connection_ends() {
+        let listener = GatewayListener {
+            protocol: GatewayProtocol::Tcp,
+            hosts: Vec::new(),
+            tags: Default::default(),
+            connection_limit: Some(2),
+            cross_mesh: None,
+        };
+        let gw = GatewayRuntime::build(&listener, &HashMap::new(), &MeshTlsSet::default()).unwrap();
+        let first = gw.admit();
+        let second = gw.admit();
+        assert!(first.is_some() && second.is_some());
+        assert!(gw.admit().is_none(), "a third connection is over the limit");
+        drop(first);
+        assert!(gw.admit().is_some());
+    }
+
+    #[test]
     fn shadow_host_keeps_the_port() {
         let mut h = http::HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("a.example.com:8080"));

@@ -684,6 +684,75 @@ mod tests {
     }
 
     #[test]
+    fn cross_mesh_listener_gets_a_hostname_in_every_mesh() {
+        let ca = |mesh: &str| {
+            let ca = bearing_tls::MeshCa::generate(mesh).unwrap();
+            bearing_tls::builtin_secrets_yaml(mesh, "ca-1", &ca)
+        };
+        let mesh = |name: &str| {
+            format!("type: Mesh\nname: {name}\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n")
+        };
+        let text = format!(
+            "{}---\n{}---\n{}---\n{}---\ntype: MeshGateway\nmesh: default\nname: edge-gateway\nselectors: [{{match: {{kuma.io/service: edge-gateway}}}}]\nconf:\n  listeners:\n  - {{port: 8080, protocol: HTTP, crossMesh: true}}\n---\ntype: Dataplane\nmesh: default\nname: gw-1\nnetworking:\n  address: 10.0.0.9\n  gateway: {{type: BUILTIN, tags: {{kuma.io/service: edge-gateway}}}}\n---\ntype: Dataplane\nmesh: other\nname: web-1\nnetworking:\n  address: 10.0.1.1\n  transparentProxying: {{redirectPortInbound: 15006, redirectPortOutbound: 15001}}\n  inbound:\n  - port: 8080\n    tags: {{kuma.io/service: web}}\n",
+            mesh("default"),
+            ca("default"),
+            mesh("other"),
+            ca("other"),
+        );
+        let mut s = Store::default();
+        s.add_text(&text, Path::new("x.yaml"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let me = s
+            .resources
+            .iter()
+            .find(|r| r.meta.name == "web-1")
+            .unwrap()
+            .clone();
+        let cfg = compile_any(&s, &me, "t", &CompileOptions::default()).unwrap();
+        let record = cfg
+            .dns
+            .iter()
+            .find(|d| d.name == "internal.edge-gateway.default.mesh")
+            .expect("cross-mesh hostname");
+        let vip = record.ips[0];
+        let l = cfg
+            .listeners
+            .iter()
+            .find(|l| l.address == SocketAddr::new(vip, 8080))
+            .unwrap();
+        let c = &cfg.clusters[&l.cluster];
+        assert_eq!(c.endpoints[0].address.to_string(), "10.0.0.9:8080");
+        let Some(UpstreamTls::Mesh {
+            mesh,
+            identity,
+            server_ca_pem,
+            ..
+        }) = &c.tls
+        else {
+            panic!("{:?}", c.tls)
+        };
+        assert_eq!(
+            (mesh.as_str(), identity.as_str()),
+            ("other", "spiffe://default/edge-gateway")
+        );
+        assert!(
+            server_ca_pem.is_some(),
+            "the gateway is checked against mesh default's CA"
+        );
+
+        let gw = s
+            .resources
+            .iter()
+            .find(|r| r.meta.name == "gw-1")
+            .unwrap()
+            .clone();
+        let cfg = compile_any(&s, &gw, "t", &CompileOptions::default()).unwrap();
+        let cross = gateway(&cfg, "edge-gateway:HTTP:8080").cross_mesh.unwrap();
+        assert_eq!(cross.identity_mesh, "default");
+        assert_eq!(cross.client_ca_pems.len(), 2);
+    }
+
+    #[test]
     fn seed_tcp_example() {
         let text = "type: MeshGateway\nmesh: default\nname: edge-gateway\nselectors:\n  - match:\n      kuma.io/service: edge-gateway\nconf:\n  listeners:\n    - port: 8080\n      protocol: TCP\n      tags:\n        port: tcp/8080\n---\ntype: MeshGatewayRoute\nmesh: default\nname: edge-gateway-route\nselectors:\n  - match:\n      kuma.io/service: edge-gateway\n      port: tcp/8080\nconf:\n  tcp:\n    rules:\n      - backends:\n          - destination:\n              kuma.io/service: redis_kuma-demo_svc_6379\n";
         let cfg = compile_with(text).unwrap();
