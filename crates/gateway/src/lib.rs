@@ -195,16 +195,16 @@ impl HeaderEdits {
         })
     }
 
-    /// Applies the changes to `headers`.
+    /// Applies the changes to `headers`, in Envoy's order: remove, then set, then add.
     pub fn apply(&self, headers: &mut HeaderMap) {
+        for n in &self.remove {
+            headers.remove(n);
+        }
         for (n, v) in &self.set {
             headers.insert(n.clone(), v.clone());
         }
         for (n, v) in &self.add {
             headers.append(n.clone(), v.clone());
-        }
-        for n in &self.remove {
-            headers.remove(n);
         }
     }
 }
@@ -437,7 +437,8 @@ impl GatewayRouter {
         }
     }
 
-    /// The redirect response: the request's URL with the redirect's parts replaced.
+    /// The redirect response: the request's URL with the redirect's parts replaced and, as
+    /// Kuma configures Envoy (`stripQuery: true`), without the query.
     fn redirect<'r>(
         &self,
         parts: &http::request::Parts,
@@ -466,10 +467,6 @@ impl GatewayRouter {
             location.push_str(&format!(":{p}"));
         }
         location.push_str(&path);
-        if let Some(q) = parts.uri.query() {
-            location.push('?');
-            location.push_str(q);
-        }
         match (
             StatusCode::from_u16(redirect.status),
             HeaderValue::from_str(&location),
