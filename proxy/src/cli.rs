@@ -395,6 +395,7 @@ async fn serve(args: RunArgs, source: DirectorySource) -> anyhow::Result<()> {
     let proxy = Arc::new(Proxy::new());
     let (status_tx, status_rx) = watch::channel(ConfigStatus::default());
     let dns_domain = source.vips.domain.clone();
+    let loaded = source.fingerprint();
     source.reload_into(&status_tx);
     if status_tx.borrow().applied.is_none() {
         tracing::error!(
@@ -403,7 +404,7 @@ async fn serve(args: RunArgs, source: DirectorySource) -> anyhow::Result<()> {
         );
     }
     source
-        .watch(status_tx)
+        .watch(status_tx, loaded)
         .context("cannot start the config watcher")?;
     let quit = Arc::new(Notify::new());
     tokio::spawn(

@@ -55,6 +55,16 @@ impl<S> Counted<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// Counts `n` bytes read past this wrapper (zero-copy relaying).
+    pub(crate) fn count_read(&self, n: usize) {
+        self.rx.inc_by(n as u64);
+    }
+
+    /// Counts `n` bytes written past this wrapper (zero-copy relaying).
+    pub(crate) fn count_written(&self, n: usize) {
+        self.tx.inc_by(n as u64);
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -115,11 +125,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 pub trait TcpBacked {
     /// The TCP connection underneath.
     fn tcp(&self) -> &TcpStream;
+
+    /// The counted plain TCP connection, when no TLS wraps it (bytes can then be relayed
+    /// with splice).
+    fn plain(&self) -> Option<&Counted<TcpStream>> {
+        None
+    }
 }
 
 impl TcpBacked for Counted<TcpStream> {
     fn tcp(&self) -> &TcpStream {
         &self.inner
+    }
+
+    fn plain(&self) -> Option<&Counted<TcpStream>> {
+        Some(self)
     }
 }
 
@@ -140,6 +160,13 @@ impl<L: TcpBacked, R: TcpBacked> TcpBacked for tokio_util::either::Either<L, R> 
         match self {
             tokio_util::either::Either::Left(l) => l.tcp(),
             tokio_util::either::Either::Right(r) => r.tcp(),
+        }
+    }
+
+    fn plain(&self) -> Option<&Counted<TcpStream>> {
+        match self {
+            tokio_util::either::Either::Left(l) => l.plain(),
+            tokio_util::either::Either::Right(r) => r.plain(),
         }
     }
 }

@@ -14,5 +14,6 @@ pub mod io;
 pub mod mesh_tls;
 pub mod runtime;
 pub mod sni;
+pub mod splice;
 pub mod stats;
 pub mod upstream;

@@ -665,10 +665,14 @@ pub(crate) async fn serve_tcp<S>(
 {
     match cluster.connect_tcp_where(wanted).await {
         Ok(mut up) => {
-            let (b, b2) = (TCP_COPY_BUFFER, TCP_COPY_BUFFER);
-            if let Err(e) =
-                tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, b, b2).await
-            {
+            let copied = match (down.plain(), up.plain()) {
+                (Some(d), Some(u)) => crate::splice::copy_bidirectional(d, u).await,
+                _ => {
+                    let (b, b2) = (TCP_COPY_BUFFER, TCP_COPY_BUFFER);
+                    tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, b, b2).await
+                }
+            };
+            if let Err(e) = copied {
                 stats.errors.inc();
                 tracing::debug!(%listener, %peer, "connection ended: {e}");
             }

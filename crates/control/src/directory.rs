@@ -77,6 +77,9 @@ pub struct DirectorySource {
     pub zone: Option<String>,
 }
 
+/// What [`DirectorySource::fingerprint`] compares: each file with its size and time.
+pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
 /// A config that compiled, with what the store held that Bearing does not act on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Loaded {
@@ -221,14 +224,22 @@ impl DirectorySource {
     /// Changes are noticed through inotify and, as a fallback for folders that are replaced
     /// or remounted, by comparing file sizes and times every second. The thread ends when
     /// every receiver of `status` is gone.
-    pub fn watch(self, status: watch::Sender<ConfigStatus>) -> std::io::Result<()> {
+    /// Watches for changes on a thread of its own, publishing each reload on `status`.
+    /// `loaded` is the [`fingerprint`](Self::fingerprint) taken just before the caller's first
+    /// load: a change made between that load and the watch being set up is caught by it,
+    /// without reloading an unchanged store a second time.
+    pub fn watch(
+        self,
+        status: watch::Sender<ConfigStatus>,
+        loaded: Fingerprint,
+    ) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name("config-watch".into())
-            .spawn(move || self.watch_loop(status))
+            .spawn(move || self.watch_loop(status, loaded))
             .map(|_| ())
     }
 
-    fn watch_loop(self, status: watch::Sender<ConfigStatus>) {
+    fn watch_loop(self, status: watch::Sender<ConfigStatus>, loaded: Fingerprint) {
         use notify::Watcher;
         let (events_tx, events) = std::sync::mpsc::channel();
         // Only changes count: reading the store (our own reloads included) must not trigger one.
@@ -240,7 +251,7 @@ impl DirectorySource {
         .map_err(|e| tracing::warn!("inotify unavailable, polling only: {e}"))
         .ok();
         let mut watching = false;
-        let mut last = self.fingerprint();
+        let mut last = loaded;
         let mut first = true;
         loop {
             if !watching {
@@ -251,11 +262,12 @@ impl DirectorySource {
                         .all(|p| w.watch(p, notify::RecursiveMode::NonRecursive).is_ok());
                 }
             }
-            if std::mem::take(&mut first) {
-                // Catches a change made between the caller's first load and the watch above.
-                self.reload_into(&status);
-            }
-            let notified = match events.recv_timeout(Duration::from_secs(1)) {
+            // The first round compares with the caller's load at once (no wait).
+            let notified = match events.recv_timeout(if std::mem::take(&mut first) {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(1)
+            }) {
                 Ok(()) => {
                     // Let an editor or `cp` finish writing, then take every queued event at once.
                     std::thread::sleep(Duration::from_millis(100));
@@ -325,7 +337,9 @@ impl DirectorySource {
     }
 
     /// Size and modification time of every file that feeds the config.
-    fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    /// Names, sizes and modification times of the store's files (and the Dataplane file):
+    /// equal fingerprints mean nothing to reload.
+    pub fn fingerprint(&self) -> Fingerprint {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();

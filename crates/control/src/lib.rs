@@ -9,5 +9,7 @@ pub mod virtual_ips;
 pub mod zone_proxies;
 pub mod zones;
 
-pub use directory::{ConfigStatus, DataplaneSource, DirectorySource, Loaded, ProxyKind, Rejected};
+pub use directory::{
+    ConfigStatus, DataplaneSource, DirectorySource, Fingerprint, Loaded, ProxyKind, Rejected,
+};
 pub use virtual_ips::VipOptions;
