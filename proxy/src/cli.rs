@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::descriptors;
 use anyhow::{bail, Context};
 use bearing_control::{
     template, ConfigStatus, DataplaneSource, DirectorySource, ProxyKind, VipOptions,
@@ -381,6 +382,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         kind: args.proxy_type.kind(),
         zone: args.zone.clone(),
     };
+    // Before the runtime starts its threads (see `descriptors`).
+    match descriptors::prepare() {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!("{e}; continuing with the current limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.concurrency)
         .thread_name("bearing-worker")

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod capture;
 pub mod cli;
+pub mod descriptors;
 pub mod gateway;
 pub mod http_proxy;
 pub mod io;

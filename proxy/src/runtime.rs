@@ -194,6 +194,8 @@ pub struct Proxy {
     /// Accept loops by address: a listener renamed but kept on its address keeps its socket.
     bound: Mutex<HashMap<SocketAddr, BoundListener>>,
     bind_errors: Mutex<BTreeMap<String, String>>,
+    /// Every listener of the applied snapshot has its socket (false while binding).
+    listeners_bound: AtomicBool,
     draining: AtomicBool,
     drain: CancellationToken,
     connections: TaskTracker,
@@ -223,6 +225,7 @@ impl Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             bound: Mutex::new(HashMap::new()),
             bind_errors: Mutex::new(BTreeMap::new()),
+            listeners_bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             drain: CancellationToken::new(),
             connections: TaskTracker::new(),
@@ -249,7 +252,7 @@ impl Proxy {
     /// Ready: a config is applied, every listener is bound, and not draining.
     pub fn is_ready(&self) -> bool {
         self.snapshot.load().config.is_some()
-            && lock(&self.bind_errors).is_empty()
+            && self.listeners_bound.load(Ordering::Acquire)
             && !self.is_draining()
     }
 
@@ -348,6 +351,8 @@ impl Proxy {
             .into_iter()
             .map(|(address, port)| (address, Arc::new(port)))
             .collect();
+        // Not ready until the new snapshot's sockets exist (reconcile_listeners below).
+        self.listeners_bound.store(false, Ordering::Release);
         self.snapshot.store(Arc::new(Snapshot {
             config: Some(config.clone()),
             listeners,
@@ -383,11 +388,14 @@ impl Proxy {
             }
             keep
         });
-        for (address, name, optional) in sockets {
-            if bound.contains_key(&address) {
-                continue;
-            }
-            match bind(address) {
+        let new: Vec<_> = sockets
+            .into_iter()
+            .filter(|(address, _, _)| !bound.contains_key(address))
+            .collect();
+        let addresses: Vec<SocketAddr> = new.iter().map(|(a, _, _)| *a).collect();
+        let sockets = bind_all(&addresses);
+        for ((address, name, optional), socket) in new.into_iter().zip(sockets) {
+            match socket.and_then(TcpListener::from_std) {
                 Ok(socket) => {
                     tracing::info!(listener = %name, %address, "listening");
                     let stop = CancellationToken::new();
@@ -405,6 +413,8 @@ impl Proxy {
                 }
             }
         }
+        self.listeners_bound
+            .store(errors.is_empty(), Ordering::Release);
     }
 
     /// Whether some listener failed to bind (the applier retries then).
@@ -693,8 +703,39 @@ fn upstream_alpn(protocol: Protocol) -> &'static [&'static [u8]] {
     }
 }
 
+/// Binds `addresses`, in order. Many sockets (a sidecar with a thousand outbounds) are bound
+/// on as many threads as there are cores: the socket system calls are most of start-up.
+fn bind_all(addresses: &[SocketAddr]) -> Vec<std::io::Result<std::net::TcpListener>> {
+    const PER_THREAD: usize = 64;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(addresses.len() / PER_THREAD);
+    if threads <= 1 {
+        return addresses.iter().map(|a| bind(*a)).collect();
+    }
+    let per = addresses.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = addresses
+            .chunks(per)
+            .map(|chunk| scope.spawn(move || chunk.iter().map(|a| bind(*a)).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .zip(addresses.chunks(per))
+            .flat_map(|(part, chunk)| {
+                part.join().unwrap_or_else(|_| {
+                    chunk
+                        .iter()
+                        .map(|_| Err(std::io::Error::other("binding thread panicked")))
+                        .collect()
+                })
+            })
+            .collect()
+    })
+}
+
 /// Binds a listening socket with SO_REUSEADDR (restarts do not wait for TIME_WAIT).
-fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(address);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -705,7 +746,7 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// The host has no IPv6 (disabled kernel module or sysctl).

@@ -120,20 +120,27 @@ impl Store {
             .filter(|p| is_store_file(p))
             .collect();
         files.sort();
-        for file in files {
-            match std::fs::read_to_string(&file) {
-                Ok(text) => store.add_text(&text, &file),
-                Err(e) => store.problems.push(Problem {
-                    file: file.clone(),
-                    line: 0,
-                    resource: None,
-                    field: None,
-                    message: format!("cannot read file: {e}"),
-                }),
-            }
+        for part in parse_files(&files) {
+            store.resources.extend(part.resources);
+            store.ignored.extend(part.ignored);
+            store.problems.extend(part.problems);
         }
         store.check_duplicates();
         store
+    }
+
+    /// Reads and parses one file into this store.
+    fn add_file(&mut self, file: &Path) {
+        match std::fs::read_to_string(file) {
+            Ok(text) => self.add_text(&text, file),
+            Err(e) => self.problems.push(Problem {
+                file: file.to_path_buf(),
+                line: 0,
+                resource: None,
+                field: None,
+                message: format!("cannot read file: {e}"),
+            }),
+        }
     }
 
     /// Parses YAML text (one or more documents) read from `file` into this store.
@@ -302,6 +309,46 @@ fn split_meta(obj: &mut Map<String, Value>) -> Map<String, Value> {
         .collect();
     keys.into_iter()
         .filter_map(|k| obj.remove(&k).map(|v| (k, v)))
+        .collect()
+}
+
+/// Each file parsed into a store of its own, in the order of `files`. Files are parsed on
+/// as many threads as there are cores: YAML parsing is most of a large store's load time
+/// (and of start-up), and files are independent.
+fn parse_files(files: &[PathBuf]) -> Vec<Store> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    if workers <= 1 {
+        return files
+            .iter()
+            .map(|f| {
+                let mut s = Store::default();
+                s.add_file(f);
+                s
+            })
+            .collect();
+    }
+    let parsed: Vec<Mutex<Store>> = files.iter().map(|_| Mutex::default()).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let (Some(file), Some(slot)) = (files.get(i), parsed.get(i)) else {
+                    return;
+                };
+                let mut store = Store::default();
+                store.add_file(file);
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = store;
+            });
+        }
+    });
+    parsed
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
         .collect()
 }
 
