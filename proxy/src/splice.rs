@@ -9,7 +9,8 @@
 
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
 
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use tokio::io::Interest;
@@ -17,9 +18,54 @@ use tokio::net::TcpStream;
 
 use crate::io::Counted;
 
-/// Bytes asked of one splice call; the pipe is grown to hold as much (the kernel default is
-/// 64 KiB; a larger pipe halves the calls on bulk transfers).
-const CHUNK: usize = 1024 * 1024;
+/// Capacity asked for each pipe (the kernel default is 64 KiB): a larger pipe means fewer
+/// splice calls on bulk transfers. 256 KiB moved as much per second as 1 MiB here, and
+/// keeps within the 64 MiB of pipe buffers an unprivileged user gets by default
+/// (`/proc/sys/fs/pipe-user-pages-soft`) with 256 transfers under way at once.
+const PIPE_SIZE: usize = 256 * 1024;
+
+/// Empty pipes kept for reuse. Past this many, a returned pipe is closed.
+const POOL_LIMIT: usize = 64;
+
+/// Empty pipes, ready for the next transfer. A connection holds a pipe only while bytes are
+/// moving, so idle connections cost no descriptors or pipe buffers, and short ones no
+/// pipe2/fcntl/close calls.
+static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+/// A kernel pipe used as the buffer between two sockets.
+struct Pipe {
+    read_end: OwnedFd,
+    write_end: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    /// A pooled empty pipe, or a new one.
+    fn take() -> io::Result<Pipe> {
+        if let Some(pipe) = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(pipe);
+        }
+        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        // A smaller pipe still works (the size may be capped by the pipe limits).
+        let capacity = fcntl(&write_end, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32))
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(64 * 1024);
+        Ok(Pipe {
+            read_end,
+            write_end,
+            capacity,
+        })
+    }
+
+    /// Returns this pipe, which must be empty, to the pool.
+    fn recycle(self) {
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_LIMIT {
+            pool.push(self);
+        }
+    }
+}
 
 /// Copies both ways between `a` and `b` until both directions end (each end of stream is
 /// passed on as a half-close); returns the bytes moved a→b and b→a.
@@ -31,48 +77,52 @@ pub async fn copy_bidirectional(
 }
 
 async fn one_way(from: &Counted<TcpStream>, to: &Counted<TcpStream>) -> io::Result<u64> {
-    let (pipe_out, pipe_in) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-    // A smaller pipe still works (the limit may be lowered by /proc/sys/fs/pipe-max-size).
-    let capacity = fcntl(&pipe_in, FcntlArg::F_SETPIPE_SZ(CHUNK as i32))
-        .ok()
-        .and_then(|n| usize::try_from(n).ok())
-        .unwrap_or(64 * 1024);
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let (source, sink) = (from.get_ref(), to.get_ref());
     let mut total = 0u64;
     loop {
-        let n = source
-            .async_io(Interest::READABLE, || {
-                move_bytes(source.as_fd(), &pipe_in, capacity, flags)
-            })
-            .await?;
-        if n == 0 {
-            socket2::SockRef::from(sink).shutdown(Shutdown::Write)?;
-            return Ok(total);
-        }
-        from.count_read(n);
-        let mut queued = n;
-        while queued > 0 {
-            let m = sink
-                .async_io(Interest::WRITABLE, || {
-                    move_bytes(pipe_out.as_fd(), sink.as_fd(), queued, flags)
-                })
-                .await?;
-            if m == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "the destination accepted no bytes",
-                ));
+        source.readable().await?;
+        // Dropped, not recycled, if this fails or is cancelled with bytes still inside.
+        let pipe = Pipe::take()?;
+        loop {
+            let moved = source.try_io(Interest::READABLE, || {
+                move_bytes(source.as_fd(), &pipe.write_end, pipe.capacity, flags)
+            });
+            let n = match moved {
+                Ok(0) => {
+                    pipe.recycle();
+                    socket2::SockRef::from(sink).shutdown(Shutdown::Write)?;
+                    return Ok(total);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            from.count_read(n);
+            let mut queued = n;
+            while queued > 0 {
+                let m = sink
+                    .async_io(Interest::WRITABLE, || {
+                        move_bytes(&pipe.read_end, sink.as_fd(), queued, flags)
+                    })
+                    .await?;
+                if m == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the destination accepted no bytes",
+                    ));
+                }
+                queued -= m;
+                to.count_written(m);
+                total += m as u64;
             }
-            queued -= m;
-            to.count_written(m);
-            total += m as u64;
         }
+        pipe.recycle();
     }
 }
 
-/// One splice call; EAGAIN comes back as `WouldBlock`, which makes `async_io` wait for
-/// readiness and call again.
+/// One splice call; EAGAIN comes back as `WouldBlock` (`async_io` then waits for readiness
+/// and calls again; `try_io` clears the readiness).
 fn move_bytes(
     from: impl AsFd,
     to: impl AsFd,
@@ -124,5 +174,7 @@ mod tests {
         let (ab, ba) = relay.await.unwrap().unwrap();
         assert_eq!((ab, ba), (3_000_000, 22));
         assert_eq!((rx.get(), tx.get()), (3_000_000, 22));
+        let pooled = POOL.lock().unwrap().len();
+        assert!(pooled >= 1, "the emptied pipes go back to the pool");
     }
 }
