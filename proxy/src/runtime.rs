@@ -478,14 +478,24 @@ impl Proxy {
             listener.stats.rx_bytes.clone(),
             listener.stats.tx_bytes.clone(),
         );
+        // Every kind of connection but plain HTTP is served in a boxed future: a task is as
+        // large as the largest future it may run, and with all of them inline each idle
+        // connection held 9 KB (10k idle connections: 95 MB).
         if let Some(table) = &listener.sni {
-            crate::sni::serve(&self.stats, stream, &listener, table, peer).await;
+            Box::pin(crate::sni::serve(
+                &self.stats,
+                stream,
+                &listener,
+                table,
+                peer,
+            ))
+            .await;
         } else if let Some(gw) = &listener.gateway {
-            gateway::serve(&self, stream, &listener, gw, peer).await;
+            Box::pin(gateway::serve(&self, stream, &listener, gw, peer)).await;
         } else {
             match &listener.tls {
                 None => self.serve_stream(stream, &listener, peer).await,
-                Some(tls) => self.serve_mesh_tls(stream, &listener, tls, peer).await,
+                Some(tls) => Box::pin(self.serve_mesh_tls(stream, &listener, tls, peer)).await,
             }
         }
         listener.stats.active.dec();
@@ -546,14 +556,14 @@ impl Proxy {
                 .serve_http(stream, listener.clone(), peer)
                 .await;
         } else {
-            serve_tcp(
+            Box::pin(serve_tcp(
                 stream,
                 cluster,
                 &listener.stats,
                 &listener.config.name,
                 peer,
                 |_| true,
-            )
+            ))
             .await;
         }
     }
