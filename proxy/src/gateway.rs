@@ -370,7 +370,7 @@ async fn mirror_request(
             Bytes::new()
         }
     };
-    let mut copy = Request::new(RequestBody::Buffered(Full::new(bytes.clone())));
+    let mut copy = Request::new(RequestBody::Held(Full::new(bytes.clone())));
     *copy.method_mut() = parts.method.clone();
     *copy.uri_mut() = parts.uri.clone();
     *copy.version_mut() = parts.version;
@@ -382,7 +382,7 @@ async fn mirror_request(
         // Read the response to its end so the upstream connection goes back to the pool.
         let _ = resp.into_body().collect().await;
     });
-    RequestBody::Buffered(Full::new(bytes))
+    RequestBody::Held(Full::new(bytes))
 }
 
 /// `host` → `host-shadow` (before any port), as Envoy marks mirrored requests.

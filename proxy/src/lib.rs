@@ -6,6 +6,7 @@
 //! ([`gateway`]), metrics ([`stats`]) and the admin API ([`admin`]).
 
 pub mod admin;
+pub mod body;
 pub mod capture;
 pub mod cli;
 pub mod descriptors;

@@ -20,12 +20,12 @@ use bearing_proxy_config::{Cluster, Protocol};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use crate::body::MessageBody;
 use crate::io::Counted;
 use crate::mesh_tls::UpstreamConnector;
 use crate::stats::ClusterStats;
@@ -383,46 +383,7 @@ impl ClusterRuntime {
 
 /// A request body sent upstream: the downstream request's own, streamed through, or bytes
 /// the proxy holds (a mirrored copy of a request).
-pub enum RequestBody {
-    /// Streamed from downstream as it arrives.
-    Streamed(Incoming),
-    /// Held in memory.
-    Buffered(Full<Bytes>),
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RequestBody::Streamed(b) => Pin::new(b).poll_frame(cx),
-            RequestBody::Buffered(b) => match Pin::new(b).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(Some(Err(never))) => match never {},
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Streamed(b) => b.is_end_stream(),
-            RequestBody::Buffered(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Streamed(b) => b.size_hint(),
-            RequestBody::Buffered(b) => b.size_hint(),
-        }
-    }
-}
+pub type RequestBody = MessageBody<Incoming>;
 
 /// What to do after a failed send: retry with the request given back, or give up.
 // Boxing the request would cost an allocation per request for a size that never hurts here.

@@ -1,0 +1,54 @@
+//! The one body type the proxy sends, upstream and downstream: a peer's body passed through
+//! as it arrives, or bytes the proxy holds itself.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+
+/// A message body: streamed from a peer, or held in memory (a local reply, a mirrored copy).
+pub enum MessageBody<B> {
+    /// Passed through from the peer as it arrives.
+    Streamed(B),
+    /// Held by the proxy.
+    Held(Full<Bytes>),
+}
+
+impl<B> Body for MessageBody<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            MessageBody::Streamed(b) => Pin::new(b).poll_frame(cx),
+            MessageBody::Held(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            MessageBody::Streamed(b) => b.is_end_stream(),
+            MessageBody::Held(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            MessageBody::Streamed(b) => b.size_hint(),
+            MessageBody::Held(b) => b.size_hint(),
+        }
+    }
+}
