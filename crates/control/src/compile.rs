@@ -795,11 +795,12 @@ pub(crate) fn version_of(config: &ProxyConfig) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::Path;
 
-    fn store(text: &str) -> Store {
+    /// A store of `text` (as the file `mesh.yaml`), which must have no problem.
+    pub(crate) fn store(text: &str) -> Store {
         let mut s = Store::default();
         s.add_text(text, Path::new("mesh.yaml"));
         assert!(s.problems.is_empty(), "{:?}", s.problems);

@@ -147,14 +147,7 @@ pub fn meshes(store: &Store) -> BTreeMap<&str, &Mesh> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
-
-    fn store(text: &str) -> Store {
-        let mut s = Store::default();
-        s.add_text(text, Path::new("mesh.yaml"));
-        assert!(s.problems.is_empty(), "{:?}", s.problems);
-        s
-    }
+    use crate::compile::tests::store;
 
     const MESH: &str = "type: Mesh\nname: m1\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    mode: PERMISSIVE\n    dpCert: {rotation: {expiration: 1h}}\n";
 

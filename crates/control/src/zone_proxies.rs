@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use bearing_model::{Problem, Resource, Spec, Store, Tags, ZoneProxyNetworking, SERVICE_TAG};
 use bearing_proxy_config::{
     Cluster, Direction, DownstreamTls, Endpoint, Listener, Protocol, ProxyConfig, ProxyIdentity,
-    SniRoute, SniTarget,
+    SniRoute, SniTarget, UpstreamTls,
 };
 use bearing_tls::tags_sni;
 
@@ -55,17 +55,16 @@ pub fn compile(
                     egress_routes(store, &view, mesh_name, &mut routes, &mut clusters);
                     for (service, (r, es)) in externals {
                         let (endpoints, tls) = external_endpoint(r, es, store, mesh_name);
-                        let name = tags_sni(service, mesh_name, &BTreeMap::new());
-                        let mut c = cluster(name.clone(), Protocol::Tcp, endpoints);
-                        c.tls = tls;
-                        clusters.insert(name.clone(), c);
-                        routes.push(SniRoute {
-                            target: service_target(mesh_name, service),
-                            cluster: name,
-                            terminate: Some(DownstreamTls {
-                                mesh: mesh_name.to_string(),
-                            }),
+                        let terminate = Some(DownstreamTls {
+                            mesh: mesh_name.to_string(),
                         });
+                        let route = ServiceRoute {
+                            mesh: mesh_name,
+                            service,
+                            tls,
+                            terminate,
+                        };
+                        route.add(endpoints, &mut routes, &mut clusters);
                     }
                     mtls.insert(mesh_name.to_string(), tls);
                 }
@@ -127,6 +126,47 @@ fn listen_address(me: &Resource, net: &ZoneProxyNetworking) -> Result<SocketAddr
     Ok(SocketAddr::new(ip, port16(net.port)))
 }
 
+/// The SNI route of one service of a mesh, to a TCP cluster named after the service's SNI:
+/// what the ingress and the egress add for every service they serve.
+struct ServiceRoute<'a> {
+    mesh: &'a str,
+    service: &'a str,
+    /// TLS towards the endpoints (an external service's own).
+    tls: Option<UpstreamTls>,
+    /// Mesh TLS ended here rather than passed through.
+    terminate: Option<DownstreamTls>,
+}
+
+impl<'a> ServiceRoute<'a> {
+    /// A route whose TLS passes through untouched, to endpoints that end it.
+    fn passthrough(mesh: &'a str, service: &'a str) -> Self {
+        ServiceRoute {
+            mesh,
+            service,
+            tls: None,
+            terminate: None,
+        }
+    }
+
+    /// Adds the route and its cluster of `endpoints`.
+    fn add(
+        self,
+        endpoints: Vec<Endpoint>,
+        routes: &mut Vec<SniRoute>,
+        clusters: &mut BTreeMap<String, Cluster>,
+    ) {
+        let name = tags_sni(self.service, self.mesh, &BTreeMap::new());
+        let mut c = cluster(name.clone(), Protocol::Tcp, endpoints);
+        c.tls = self.tls;
+        clusters.insert(name.clone(), c);
+        routes.push(SniRoute {
+            target: service_target(self.mesh, self.service),
+            cluster: name,
+            terminate: self.terminate,
+        });
+    }
+}
+
 fn service_target(mesh: &str, service: &str) -> SniTarget {
     SniTarget::Service {
         mesh: mesh.to_string(),
@@ -164,16 +204,7 @@ fn ingress_routes(
             .push(endpoint(r, inbound, *ip));
     }
     for ((mesh, service), endpoints) in services {
-        let name = tags_sni(service, mesh, &BTreeMap::new());
-        clusters.insert(
-            name.clone(),
-            cluster(name.clone(), Protocol::Tcp, endpoints),
-        );
-        routes.push(SniRoute {
-            target: service_target(mesh, service),
-            cluster: name,
-            terminate: None,
-        });
+        ServiceRoute::passthrough(mesh, service).add(endpoints, routes, clusters);
     }
     for r in &store.resources {
         let Spec::MeshService(ms) = &r.spec else {
@@ -251,16 +282,7 @@ fn egress_routes(
             .iter()
             .flat_map(|z| view.ingresses(z).iter().cloned())
             .collect();
-        let name = tags_sni(service, mesh, &BTreeMap::new());
-        clusters.insert(
-            name.clone(),
-            cluster(name.clone(), Protocol::Tcp, endpoints),
-        );
-        routes.push(SniRoute {
-            target: service_target(mesh, service),
-            cluster: name,
-            terminate: None,
-        });
+        ServiceRoute::passthrough(mesh, service).add(endpoints, routes, clusters);
     }
 }
 

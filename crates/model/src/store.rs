@@ -318,19 +318,18 @@ fn split_meta(obj: &mut Map<String, Value>) -> Map<String, Value> {
 fn parse_files(files: &[PathBuf]) -> Vec<Store> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
+    let parse = |file: &PathBuf| {
+        let mut store = Store::default();
+        store.add_file(file);
+        store
+    };
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(files.len());
     if workers <= 1 {
-        return files
-            .iter()
-            .map(|f| {
-                let mut s = Store::default();
-                s.add_file(f);
-                s
-            })
-            .collect();
+        return files.iter().map(parse).collect();
     }
+    // Each thread takes the next unparsed file, so one large file does not hold up the rest.
     let parsed: Vec<Mutex<Store>> = files.iter().map(|_| Mutex::default()).collect();
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
@@ -340,9 +339,7 @@ fn parse_files(files: &[PathBuf]) -> Vec<Store> {
                 let (Some(file), Some(slot)) = (files.get(i), parsed.get(i)) else {
                     return;
                 };
-                let mut store = Store::default();
-                store.add_file(file);
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = store;
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = parse(file);
             });
         }
     });
