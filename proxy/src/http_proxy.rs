@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use crate::body::MessageBody;
 use crate::runtime::ListenerRuntime;
-use crate::upstream::{ClusterRuntime, RequestBody, UpstreamBody, UpstreamError};
+use crate::upstream::{ClusterRuntime, RequestBody, UpstreamBody};
 
 /// A response body: streamed from upstream, or a short local reply.
 pub type ProxyBody = MessageBody<UpstreamBody>;
@@ -51,11 +51,7 @@ pub async fn send(
         }
         Err(e) => {
             tracing::warn!(%listener, cluster = %cluster.config.name, "{e}");
-            let status = match e {
-                UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            local_reply(status, e.to_string())
+            local_reply(e.status(), e.to_string())
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod body;
 pub mod capture;
 pub mod cli;
 pub mod descriptors;
+pub mod forward_h1;
 pub mod gateway;
 pub mod http_proxy;
 pub mod io;

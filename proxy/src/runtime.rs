@@ -23,12 +23,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::capture::{self, CapturePort, Route};
 use crate::gateway::{self, GatewayRuntime};
-use crate::http_proxy;
 use crate::io::{Counted, TcpBacked};
 use crate::mesh_tls::MeshTlsSet;
 use crate::sni::{SniRouteRuntime, SniTable};
 use crate::stats::{ListenerStats, Stats};
 use crate::upstream::{ClusterRuntime, EndpointPool};
+use crate::{forward_h1, http_proxy};
 
 /// A listener of the applied config with its cluster and metrics.
 pub struct ListenerRuntime {
@@ -607,10 +607,21 @@ impl Proxy {
         listener: Arc<ListenerRuntime>,
         peer: SocketAddr,
     ) where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin + Send + 'static,
     {
-        let proxy = self.clone();
         let own = listener.clone();
+        let newest = || {
+            let current = self.snapshot.load().listener(&own.config.address).cloned();
+            current.unwrap_or_else(|| own.clone())
+        };
+        let (stream, prefix) = match listener.gateway {
+            Some(_) => (stream, Vec::new()),
+            None => match forward_h1::serve(stream, newest, &self.drain, peer).await {
+                forward_h1::Outcome::Closed => return,
+                forward_h1::Outcome::Handoff(stream, prefix) => (stream, prefix),
+            },
+        };
+        let proxy = self.clone();
         let service = service_fn(move |req| {
             let current = proxy.snapshot.load().listener(&own.config.address).cloned();
             let l = current.unwrap_or_else(|| own.clone());
@@ -626,6 +637,7 @@ impl Proxy {
             Some(_) => &self.gateway_http,
             None => &self.http,
         };
+        let stream = forward_h1::Prefixed::new(prefix, stream);
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
         let result = tokio::select! {

@@ -42,7 +42,7 @@ pub enum UpstreamError {
     /// Every endpoint refused or timed out; the last error is kept.
     ConnectFailed(SocketAddr, io::Error),
     /// The request failed after connecting (reset, protocol error).
-    Request(SocketAddr, hyper::Error),
+    Request(SocketAddr, Box<dyn std::error::Error + Send + Sync>),
     /// No response headers within the cluster's request timeout.
     Timeout(SocketAddr),
 }
@@ -65,6 +65,17 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
+impl UpstreamError {
+    /// The status of the local reply that reports this failure downstream: 504 for the
+    /// response timeout, 503 for the rest (as Envoy answers).
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            UpstreamError::Timeout(_) => http::StatusCode::GATEWAY_TIMEOUT,
+            _ => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
 /// An upstream connection: counted TCP, wrapped in TLS when the cluster originates it.
 pub type UpstreamStream =
     Either<Counted<TcpStream>, tokio_rustls::client::TlsStream<Counted<TcpStream>>>;
@@ -77,6 +88,8 @@ pub struct EndpointPool {
     address: SocketAddr,
     idle_h1: Mutex<Vec<http1::SendRequest<RequestBody>>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// Idle HTTP/1.1 connections of the byte path (`forward_h1`), owned by no task.
+    idle_raw: Mutex<Vec<UpstreamStream>>,
 }
 
 impl EndpointPool {
@@ -86,6 +99,7 @@ impl EndpointPool {
             address,
             idle_h1: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            idle_raw: Mutex::new(Vec::new()),
         })
     }
 
@@ -107,6 +121,26 @@ impl EndpointPool {
         let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_PER_ENDPOINT && !sender.is_closed() {
             idle.push(sender);
+        }
+    }
+
+    /// An idle byte-path connection that has neither closed nor sent anything since its last
+    /// response; the others are dropped.
+    fn take_idle_raw(&self) -> Option<UpstreamStream> {
+        let mut idle = self.idle_raw.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(mut stream) = idle.pop() {
+            if is_quiet(&mut stream) {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    /// Returns a byte-path connection whose last response was read to its end.
+    pub(crate) fn release_raw(&self, stream: UpstreamStream) {
+        let mut idle = self.idle_raw.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(stream);
         }
     }
 
@@ -162,7 +196,7 @@ impl ClusterRuntime {
     }
 
     /// Endpoints in the order to try them for one connection: round robin start, then the rest.
-    fn rotation(&self) -> impl Iterator<Item = &Arc<EndpointPool>> {
+    pub(crate) fn rotation(&self) -> impl Iterator<Item = &Arc<EndpointPool>> {
         self.rotation_indices().map(move |i| &self.pools[i])
     }
 
@@ -232,7 +266,8 @@ impl ClusterRuntime {
         Err(self.no_upstream(last))
     }
 
-    fn no_upstream(&self, last: Option<(SocketAddr, io::Error)>) -> UpstreamError {
+    /// Counts and names the failure of a request no endpoint could take.
+    pub(crate) fn no_upstream(&self, last: Option<(SocketAddr, io::Error)>) -> UpstreamError {
         self.stats.no_healthy_upstream.inc();
         match last {
             Some((a, e)) => UpstreamError::ConnectFailed(a, e),
@@ -259,8 +294,23 @@ impl ClusterRuntime {
         }
     }
 
-    fn is_h2(&self) -> bool {
+    /// Whether requests go upstream over HTTP/2 (the cluster's protocol says so).
+    pub(crate) fn is_h2(&self) -> bool {
         matches!(self.config.protocol, Protocol::Http2 | Protocol::Grpc)
+    }
+
+    /// A connection to `pool`'s endpoint for the byte path: an idle one (`true`) or a new
+    /// one (`false`).
+    pub(crate) async fn checkout_raw(
+        &self,
+        pool: &EndpointPool,
+    ) -> io::Result<(UpstreamStream, bool)> {
+        if let Some(stream) = pool.take_idle_raw() {
+            return Ok((stream, true));
+        }
+        // Boxed for the same reason as in `checkout`.
+        let stream = Box::pin(self.connect(pool.address)).await?;
+        Ok((stream, false))
     }
 
     /// A new connection to `pool`'s endpoint, handshaken for the cluster's protocol.
@@ -347,7 +397,7 @@ impl ClusterRuntime {
     ) -> Result<Response<UpstreamBody>, Retry> {
         let timeout = self.config.request_timeout;
         let address = pool.address;
-        let fail = |e: hyper::Error| Retry::Fail(UpstreamError::Request(address, e));
+        let fail = |e: hyper::Error| Retry::Fail(UpstreamError::Request(address, e.into()));
         match checkout {
             Checkout::H1(mut sender, _) => {
                 let fut = sender.try_send_request(req);
@@ -379,6 +429,16 @@ impl ClusterRuntime {
             }
         }
     }
+}
+
+/// Whether an idle connection is still quiet: a read now would wait. Readiness comes from
+/// the reactor, so a quiet plain TCP connection costs no system call here; a close, a reset
+/// or stray bytes from the peer make it unusable.
+fn is_quiet(stream: &mut UpstreamStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    tokio::io::AsyncRead::poll_read(Pin::new(stream), &mut cx, &mut buf).is_pending()
 }
 
 /// A request body sent upstream: the downstream request's own, streamed through, or bytes

@@ -1,0 +1,722 @@
+//! HTTP/1.1 message framing for a proxy that forwards messages as bytes.
+//!
+//! Bearing's plain HTTP/1.1 listeners forward most requests without building an
+//! `http::Request`: the head is parsed in place (httparse, the parser hyper uses), written again
+//! for the next hop without its hop-by-hop headers, and the body is relayed unchanged while
+//! [`BodyProgress`] finds where it ends (RFC 9112 §6). This crate is that pure part: no I/O, so
+//! every framing rule is tested here on bytes.
+//!
+//! A request head the pass-through path should not carry (HTTP/1.0, a chunked or expecting
+//! body, an upgrade, a target that is not origin-form, anything malformed) is [`Refused`]; the
+//! proxy then hands the connection to hyper, which serves or rejects it in full.
+
+use std::fmt;
+
+use httparse::{Header, Status};
+
+/// Most header fields a head may carry (hyper's default as well).
+pub const MAX_HEADERS: usize = 100;
+
+/// Most options a `Connection` header may list besides `close` and `keep-alive`.
+const MAX_CONNECTION_OPTIONS: usize = 8;
+
+/// Why a head cannot be forwarded as bytes, for the log: the request goes to the full HTTP
+/// stack instead, or (for a response) the exchange fails with a 502.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused(pub &'static str);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// How a message body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    /// No body at all (bodyless request, HEAD response, 1xx, 204, 304).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, up to the last chunk and trailers.
+    Chunked,
+    /// Everything until the sender closes the connection.
+    UntilClose,
+}
+
+/// A request head the pass-through path can forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes of the head in the input, request line through the empty line.
+    pub head_len: usize,
+    /// The body after the head: `Empty` or `Length` (other framings are refused).
+    pub body: BodyLength,
+    /// The client keeps the connection open after the response (no `Connection: close`).
+    pub keep_alive: bool,
+    /// A HEAD request: its response has no body whatever its headers say.
+    pub is_head: bool,
+    /// An idempotent method (RFC 9110 §9.2.2): safe to send again when a reused upstream
+    /// connection closes before answering.
+    pub idempotent: bool,
+}
+
+/// A response head read from upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Bytes of the head in the input, status line through the empty line.
+    pub head_len: usize,
+    /// The status code.
+    pub status: u16,
+    /// An interim (1xx) response: relay it, then read the final one.
+    pub interim: bool,
+    /// How the body after the head ends.
+    pub body: BodyLength,
+    /// The upstream connection can carry another request once this body has been read.
+    pub reusable: bool,
+}
+
+/// Parses a request head at the start of `buf` and writes the head to send upstream into
+/// `out` (cleared first): HTTP/1.1, hop-by-hop headers and the ones `Connection` lists
+/// removed. `Ok(None)` when `buf` does not hold the whole head yet.
+pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead>, Refused> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(Status::Complete(n)) => n,
+        Ok(Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refused("too many header fields")),
+        Err(_) => return Err(Refused("malformed request head")),
+    };
+    if req.version != Some(1) {
+        return Err(Refused("HTTP/1.0 request"));
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Err(Refused("malformed request head"));
+    };
+    if !path.starts_with('/') {
+        return Err(Refused("request target not in origin form"));
+    }
+    let connection = ConnectionOptions::of(req.headers)?;
+    let mut content_length = None;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(merge_content_length(content_length, h.value)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(Refused("request body with transfer-encoding"));
+        } else if name.eq_ignore_ascii_case("expect") {
+            return Err(Refused("request with expect"));
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            return Err(Refused("upgrade request"));
+        }
+    }
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter().filter(|h| !connection.drops(h)) {
+        push_header(out, h.name.as_bytes(), h.value);
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(RequestHead {
+        head_len,
+        body: match content_length {
+            None | Some(0) => BodyLength::Empty,
+            Some(n) => BodyLength::Length(n),
+        },
+        keep_alive: !connection.close,
+        is_head: method == "HEAD",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
+    }))
+}
+
+/// Parses a response head at the start of `buf` and writes the head to send downstream into
+/// `out` (cleared first): HTTP/1.1, hop-by-hop headers removed but `Transfer-Encoding` kept
+/// (the body passes through unchanged), and `Connection: close` added when `close_downstream`
+/// or when only closing the connection can end the body. `request_is_head` tells a HEAD's
+/// bodyless response from the others. `Ok(None)` when the head is not complete yet.
+pub fn parse_response(
+    buf: &[u8],
+    request_is_head: bool,
+    close_downstream: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, Refused> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(Status::Complete(n)) => n,
+        Ok(Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refused("too many header fields in the response"))
+        }
+        Err(_) => return Err(Refused("malformed response head")),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err(Refused("malformed response head"));
+    };
+    if status == 101 {
+        return Err(Refused(
+            "101 Switching Protocols to a request without upgrade",
+        ));
+    }
+    let interim = (100..200).contains(&status);
+    let connection = ConnectionOptions::of(resp.headers)?;
+    let mut content_length = None;
+    let mut chunked = None;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(merge_content_length(content_length, h.value)?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding of the last field is the one that frames the message.
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    let body = if request_is_head || interim || status == 204 || status == 304 {
+        BodyLength::Empty
+    } else {
+        match (chunked, content_length) {
+            (Some(true), _) => BodyLength::Chunked,
+            (Some(false), _) => BodyLength::UntilClose,
+            (None, Some(n)) => BodyLength::Length(n),
+            (None, None) => BodyLength::UntilClose,
+        }
+    };
+    let keeps_alive = if version == 1 {
+        !connection.close
+    } else {
+        connection.keep_alive && !connection.close
+    };
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(status).as_slice());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter().filter(|h| !connection.drops(h)) {
+        // With both, Transfer-Encoding frames the message and Content-Length must go
+        // (RFC 9112 §6.3).
+        if chunked.is_some() && h.name.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
+        push_header(out, h.name.as_bytes(), h.value);
+    }
+    if !interim && (close_downstream || body == BodyLength::UntilClose) {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(ResponseHead {
+        head_len,
+        status,
+        interim,
+        body,
+        reusable: keeps_alive && body != BodyLength::UntilClose,
+    }))
+}
+
+/// The three digits of a status code (httparse only accepts three-digit codes).
+fn itoa3(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A `Content-Length` value merged with an earlier one: equal repeats are one length,
+/// anything else is refused (RFC 9112 §6.3, a smuggling guard).
+fn merge_content_length(earlier: Option<u64>, value: &[u8]) -> Result<u64, Refused> {
+    let mut length = None;
+    for part in value.split(|b| *b == b',') {
+        let digits = part.trim_ascii();
+        if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(Refused("invalid content-length"));
+        }
+        let n = digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return Err(Refused("conflicting content-length values"));
+        }
+        length = Some(n);
+    }
+    match (earlier, length) {
+        (_, None) => Err(Refused("invalid content-length")),
+        (Some(e), Some(n)) if e != n => Err(Refused("conflicting content-length values")),
+        (_, Some(n)) => Ok(n),
+    }
+}
+
+/// What the `Connection` fields of a head say, and which fields are hop-by-hop.
+struct ConnectionOptions<'a> {
+    close: bool,
+    keep_alive: bool,
+    listed: [&'a [u8]; MAX_CONNECTION_OPTIONS],
+    count: usize,
+}
+
+impl<'a> ConnectionOptions<'a> {
+    fn of(headers: &[Header<'a>]) -> Result<Self, Refused> {
+        let mut options = ConnectionOptions {
+            close: false,
+            keep_alive: false,
+            listed: [&[]; MAX_CONNECTION_OPTIONS],
+            count: 0,
+        };
+        for h in headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    options.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    options.keep_alive = true;
+                } else if !token.is_empty() {
+                    if options.count == MAX_CONNECTION_OPTIONS {
+                        return Err(Refused("too many connection options"));
+                    }
+                    options.listed[options.count] = token;
+                    options.count += 1;
+                }
+            }
+        }
+        Ok(options)
+    }
+
+    /// Whether `h` describes the connection rather than the message (RFC 9110 §7.6.1):
+    /// the hop-by-hop fields, but `TE: trailers` (gRPC needs it end to end) and
+    /// `Transfer-Encoding` (bodies pass through in their framing).
+    fn drops(&self, h: &Header<'_>) -> bool {
+        let name = h.name.as_bytes();
+        let hop_by_hop = ["connection", "keep-alive", "proxy-connection", "upgrade"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
+        hop_by_hop
+            || (name.eq_ignore_ascii_case(b"te") && !h.value.eq_ignore_ascii_case(b"trailers"))
+            || self.listed[..self.count]
+                .iter()
+                .any(|l| name.eq_ignore_ascii_case(l))
+    }
+}
+
+/// Where a body being relayed stands: how much of the next bytes belong to it, and whether it
+/// has ended. The bytes themselves are never changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyProgress(Progress);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Progress {
+    Done,
+    Remaining(u64),
+    Chunked(Chunk),
+    UntilClose,
+}
+
+/// The position inside a chunked body (RFC 9112 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Reading the hex size; `digits` read so far.
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// Inside chunk extensions, up to the CR.
+    Extension {
+        size: u64,
+    },
+    /// After the size line's CR.
+    SizeLf {
+        size: u64,
+    },
+    /// Chunk data still to come.
+    Data(u64),
+    /// After the data: its CR, then its LF.
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the final empty line).
+    TrailerStart,
+    /// Inside a trailer line, then after its CR.
+    Trailer,
+    TrailerLf,
+    /// After the final empty line's CR.
+    FinalLf,
+}
+
+impl BodyProgress {
+    /// The start of a body framed as `length` says.
+    pub fn new(length: BodyLength) -> Self {
+        BodyProgress(match length {
+            BodyLength::Empty | BodyLength::Length(0) => Progress::Done,
+            BodyLength::Length(n) => Progress::Remaining(n),
+            BodyLength::Chunked => Progress::Chunked(Chunk::Size { size: 0, digits: 0 }),
+            BodyLength::UntilClose => Progress::UntilClose,
+        })
+    }
+
+    /// Whether the body has ended (a body until close never ends here: the peer's close
+    /// ends it).
+    pub fn is_done(&self) -> bool {
+        self.0 == Progress::Done
+    }
+
+    /// How many of `bytes` (the next bytes after what was seen so far) belong to the body;
+    /// fewer than `bytes.len()` only once it has ended. An error for a malformed chunk.
+    pub fn advance(&mut self, bytes: &[u8]) -> Result<usize, Refused> {
+        match &mut self.0 {
+            Progress::Done => Ok(0),
+            Progress::UntilClose => Ok(bytes.len()),
+            Progress::Remaining(left) => {
+                let n = (*left).min(bytes.len() as u64);
+                *left -= n;
+                if *left == 0 {
+                    self.0 = Progress::Done;
+                }
+                Ok(n as usize)
+            }
+            Progress::Chunked(chunk) => {
+                let (n, done) = advance_chunked(chunk, bytes)?;
+                if done {
+                    self.0 = Progress::Done;
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// Moves `state` over `bytes`; returns the bytes consumed and whether the body ended.
+fn advance_chunked(state: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), Refused> {
+    const BAD: Refused = Refused("malformed chunked body");
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Chunk::Data(left) = *state {
+            let n = left.min((bytes.len() - i) as u64);
+            i += n as usize;
+            *state = if left == n {
+                Chunk::DataCr
+            } else {
+                Chunk::Data(left - n)
+            };
+            continue;
+        }
+        let b = bytes[i];
+        i += 1;
+        *state = match (*state, b) {
+            (Chunk::Size { size, digits }, _) if b.is_ascii_hexdigit() => {
+                if digits == 15 {
+                    return Err(Refused("chunk size too large"));
+                }
+                let d = (b as char).to_digit(16).unwrap_or_default();
+                Chunk::Size {
+                    size: size * 16 + u64::from(d),
+                    digits: digits + 1,
+                }
+            }
+            (Chunk::Size { size, digits }, b';' | b' ' | b'\t') if digits > 0 => {
+                Chunk::Extension { size }
+            }
+            (Chunk::Size { size, digits }, b'\r') if digits > 0 => Chunk::SizeLf { size },
+            (Chunk::Extension { size }, b'\r') => Chunk::SizeLf { size },
+            (Chunk::Extension { .. }, b'\n') => return Err(BAD),
+            (Chunk::Extension { size }, _) => Chunk::Extension { size },
+            (Chunk::SizeLf { size: 0 }, b'\n') => Chunk::TrailerStart,
+            (Chunk::SizeLf { size }, b'\n') => Chunk::Data(size),
+            (Chunk::DataCr, b'\r') => Chunk::DataLf,
+            (Chunk::DataLf, b'\n') => Chunk::Size { size: 0, digits: 0 },
+            (Chunk::TrailerStart, b'\r') => Chunk::FinalLf,
+            (Chunk::TrailerStart | Chunk::Trailer, b'\n') => return Err(BAD),
+            (Chunk::Trailer, b'\r') => Chunk::TrailerLf,
+            (Chunk::TrailerStart | Chunk::Trailer, _) => Chunk::Trailer,
+            (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
+            (Chunk::FinalLf, b'\n') => return Ok((i, true)),
+            _ => return Err(BAD),
+        };
+    }
+    Ok((i, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(raw: &str) -> Result<Option<(RequestHead, String)>, Refused> {
+        let mut out = Vec::new();
+        let head = parse_request(raw.as_bytes(), &mut out)?;
+        Ok(head.map(|h| (h, String::from_utf8(out).unwrap())))
+    }
+
+    fn response(raw: &str, head: bool, close: bool) -> Result<(ResponseHead, String), Refused> {
+        let mut out = Vec::new();
+        let parsed = parse_response(raw.as_bytes(), head, close, &mut out)?;
+        Ok((
+            parsed.expect("complete head"),
+            String::from_utf8(out).unwrap(),
+        ))
+    }
+
+    #[test]
+    fn request_head_passes_with_hop_by_hop_fields_removed() {
+        let raw = "GET /a?b=1 HTTP/1.1\r\nHost: web\r\nConnection: keep-alive, X-Private\r\n\
+                   X-Private: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nAccept: */*\r\n\r\nrest";
+        let (head, out) = request(raw).unwrap().unwrap();
+        assert_eq!(head.head_len, raw.len() - 4);
+        assert_eq!(head.body, BodyLength::Empty);
+        assert!(head.keep_alive && head.idempotent && !head.is_head);
+        assert_eq!(
+            out,
+            "GET /a?b=1 HTTP/1.1\r\nHost: web\r\nTE: trailers\r\nAccept: */*\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_framing_and_options() {
+        let (head, _) =
+            request("POST /p HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(head.body, BodyLength::Length(5));
+        assert!(!head.keep_alive && !head.idempotent);
+        let (head, _) = request("HEAD / HTTP/1.1\r\nContent-Length: 0, 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(head.is_head);
+        assert_eq!(head.body, BodyLength::Empty);
+        assert_eq!(request("GET / HTTP/1.1\r\nHost: a\r\n").unwrap(), None);
+    }
+
+    #[test]
+    fn requests_the_byte_path_does_not_carry_are_refused() {
+        for (raw, why) in [
+            ("GET / HTTP/1.0\r\n\r\n", "HTTP/1.0 request"),
+            (
+                "GET http://a/ HTTP/1.1\r\n\r\n",
+                "request target not in origin form",
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "request body with transfer-encoding",
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "conflicting content-length values",
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n",
+                "conflicting content-length values",
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                "invalid content-length",
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
+                "request with expect",
+            ),
+            (
+                "GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+                "upgrade request",
+            ),
+            ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "malformed request head"),
+            (
+                "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+                "malformed request head",
+            ),
+        ] {
+            assert_eq!(request(raw), Err(Refused(why)), "{raw:?}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        assert_eq!(
+            request(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Err(Refused("too many header fields"))
+        );
+    }
+
+    #[test]
+    fn response_framing() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+                false,
+                BodyLength::Length(3),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+                true,
+                BodyLength::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n",
+                false,
+                BodyLength::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\n\r\n",
+                false,
+                BodyLength::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                false,
+                BodyLength::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                false,
+                BodyLength::UntilClose,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\n\r\n",
+                false,
+                BodyLength::UntilClose,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                false,
+                BodyLength::Length(0),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+                false,
+                BodyLength::Length(0),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n",
+                false,
+                BodyLength::Length(0),
+                true,
+            ),
+        ];
+        for (raw, head, body, reusable) in cases {
+            let (parsed, _) = response(raw, head, false).unwrap();
+            assert_eq!((parsed.body, parsed.reusable), (body, reusable), "{raw:?}");
+            assert_eq!(parsed.head_len, raw.len());
+        }
+    }
+
+    #[test]
+    fn response_head_is_rewritten_for_downstream() {
+        let raw = "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                   Content-Length: 9\r\nTransfer-Encoding: chunked\r\nServer: origin\r\n\r\n";
+        let (parsed, out) = response(raw, false, false).unwrap();
+        assert_eq!(parsed.body, BodyLength::Chunked);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nServer: origin\r\n\r\n"
+        );
+        let (_, out) = response("HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n", false, true).unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 404 \r\nContent-Length: 0\r\nconnection: close\r\n\r\n"
+        );
+        let (_, out) = response("HTTP/1.1 200 OK\r\nServer: x\r\n\r\n", false, false).unwrap();
+        assert!(
+            out.ends_with("connection: close\r\n\r\n"),
+            "a body until close closes downstream too"
+        );
+        let (parsed, out) = response(
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+            false,
+            true,
+        )
+        .unwrap();
+        assert!(parsed.interim);
+        assert_eq!(out, "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n");
+    }
+
+    #[test]
+    fn bad_responses_are_refused() {
+        for raw in [
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(response(raw, false, false).is_err(), "{raw:?}");
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\n", false, false, &mut out),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn content_length_bodies_end_after_their_length() {
+        let mut body = BodyProgress::new(BodyLength::Length(5));
+        assert_eq!(body.advance(b"abc"), Ok(3));
+        assert!(!body.is_done());
+        assert_eq!(body.advance(b"deNEXT"), Ok(2));
+        assert!(body.is_done());
+        assert_eq!(body.advance(b"more"), Ok(0));
+        assert!(BodyProgress::new(BodyLength::Empty).is_done());
+        let mut until_close = BodyProgress::new(BodyLength::UntilClose);
+        assert_eq!(until_close.advance(b"anything"), Ok(8));
+        assert!(!until_close.is_done());
+    }
+
+    #[test]
+    fn chunked_bodies_end_after_the_last_chunk_and_trailers() {
+        let body = b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        let mut whole = BodyProgress::new(BodyLength::Chunked);
+        assert_eq!(whole.advance(body), Ok(end));
+        assert!(whole.is_done());
+        // Split anywhere, the end is found at the same byte.
+        for split in 1..end {
+            let mut p = BodyProgress::new(BodyLength::Chunked);
+            let first = p.advance(&body[..split]).unwrap();
+            assert_eq!(first, split);
+            assert!(!p.is_done(), "split {split}");
+            assert_eq!(p.advance(&body[split..]), Ok(end - split), "split {split}");
+            assert!(p.is_done());
+        }
+        let mut bytewise = BodyProgress::new(BodyLength::Chunked);
+        let consumed: usize = body.iter().map(|b| bytewise.advance(&[*b]).unwrap()).sum();
+        assert_eq!(consumed, end);
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"5\r\nhelloX",
+            b"5\nhello",
+            b"0\r\n\n",
+            b"10000000000000000\r\n",
+            b"0\r\nTrailer\n",
+        ] {
+            let mut p = BodyProgress::new(BodyLength::Chunked);
+            assert!(
+                p.advance(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,630 @@
+//! The byte path for plain HTTP/1.1 listeners: requests forwarded as bytes, one task per
+//! downstream connection.
+//!
+//! Written here rather than going through hyper because the hot path needs it: hyper's server
+//! and client run each exchange across two tasks (the downstream connection and the pooled
+//! upstream one, joined by channels), build a `HeaderMap` on each side and arm timers per
+//! request, and that was most of the user-space CPU of a proxied small request. Here the head
+//! is parsed in place and written again without its hop-by-hop fields ([`bearing_http1`]), the
+//! body passes through unchanged, and the task that read the request reads the response.
+//!
+//! The path carries HTTP/1.1 requests in origin form, with no body or a `Content-Length` body
+//! small enough to hold ([`HELD_LIMIT`]), to clusters spoken to over HTTP/1.1. Anything else
+//! (HTTP/2, HTTP/1.0, chunked uploads, `Expect`, upgrades, malformed heads) hands the
+//! connection, with the bytes already read, to hyper for the rest of its life.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bearing_http1::{parse_request, parse_response, BodyLength, BodyProgress, Refused};
+use bearing_http1::{RequestHead, ResponseHead};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::io::TcpBacked;
+use crate::runtime::ListenerRuntime;
+use crate::upstream::{ClusterRuntime, EndpointPool, UpstreamError, UpstreamStream};
+
+/// Largest request (head and held body) or response head this path carries; a larger
+/// request goes to hyper, a larger response head fails the exchange.
+const HELD_LIMIT: usize = 64 * 1024;
+/// Bytes asked for per read at first.
+const READ_SIZE: usize = 16 * 1024;
+/// Bytes asked for per read once a response body filled a whole read.
+const RELAY_READ_SIZE: usize = 64 * 1024;
+/// How long a client may take to finish a request head it has started (hyper's default).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may wait idle for its next request (Kuma's default idle timeout).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Buffer sets kept per thread for connections between requests.
+const SPARE_BUFFERS: usize = 32;
+
+/// How a downstream connection left the byte path.
+pub(crate) enum Outcome<S> {
+    /// It is over: the client went away or asked to close, it idled out, or the proxy drains.
+    Closed,
+    /// A request this path does not carry: serve the rest of the connection with the full
+    /// HTTP stack, starting with these bytes already read from it.
+    Handoff(S, Vec<u8>),
+}
+
+/// The buffers of one exchange. Taken from a per-thread spare list when a request starts to
+/// arrive and put back when the connection waits again, so idle connections hold none.
+#[derive(Default)]
+struct Buffers {
+    /// Bytes read from the client not yet forwarded.
+    request: Vec<u8>,
+    /// The request head to send upstream.
+    request_head: Vec<u8>,
+    /// Bytes read from upstream.
+    response: Vec<u8>,
+    /// The response head to send downstream.
+    response_head: Vec<u8>,
+}
+
+thread_local! {
+    static SPARE: RefCell<Vec<Buffers>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Buffers {
+    fn take() -> Self {
+        SPARE
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| Buffers {
+                request: Vec::with_capacity(READ_SIZE),
+                request_head: Vec::with_capacity(1024),
+                response: Vec::with_capacity(READ_SIZE),
+                response_head: Vec::with_capacity(1024),
+            })
+    }
+
+    /// Puts the buffers back for another connection; a buffer grown for a large message is
+    /// freed instead of kept.
+    fn give_back(mut self) {
+        if self.response.capacity() > READ_SIZE || self.request.capacity() > READ_SIZE {
+            return;
+        }
+        self.request.clear();
+        self.response.clear();
+        SPARE.with(|s| {
+            let mut spare = s.borrow_mut();
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(self);
+            }
+        });
+    }
+}
+
+/// Serves HTTP/1.1 requests on `down` as bytes, each through the cluster of the newest version
+/// of its listener (`current`), until the connection ends or needs the full HTTP stack.
+pub(crate) async fn serve<S>(
+    mut down: S,
+    current: impl Fn() -> Arc<ListenerRuntime>,
+    drain: &CancellationToken,
+    peer: SocketAddr,
+) -> Outcome<S>
+where
+    S: AsyncRead + AsyncWrite + TcpBacked + Unpin,
+{
+    let draining = drain.cancelled();
+    tokio::pin!(draining);
+    let head_timer = tokio::time::sleep(IDLE_TIMEOUT);
+    tokio::pin!(head_timer);
+    let response_timer = tokio::time::sleep(IDLE_TIMEOUT);
+    tokio::pin!(response_timer);
+    let mut held: Option<Buffers> = None;
+    loop {
+        // Wait for a whole request head. Between requests no buffer is held: a plain
+        // connection waits for readiness first.
+        head_timer.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
+        let mut started = false;
+        let head = loop {
+            if let Some(bufs) = held.as_mut().filter(|b| !b.request.is_empty()) {
+                match parse_request(&bufs.request, &mut bufs.request_head) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) if bufs.request.len() >= HELD_LIMIT => {
+                        return handoff(down, held, "request head too large", peer);
+                    }
+                    Ok(None) if !started => {
+                        started = true;
+                        head_timer
+                            .as_mut()
+                            .reset(Instant::now() + HEADER_READ_TIMEOUT);
+                    }
+                    Ok(None) => {}
+                    Err(Refused(why)) => return handoff(down, held, why, peer),
+                }
+            }
+            let idle = held.as_ref().is_none_or(|b| b.request.is_empty());
+            let read = tokio::select! {
+                biased;
+                r = read_request(&mut down, &mut held) => r,
+                _ = &mut head_timer => {
+                    tracing::debug!(%peer, "no request head in time: closing");
+                    return Outcome::Closed;
+                }
+                _ = &mut draining, if idle => return Outcome::Closed,
+            };
+            if !matches!(read, Ok(n) if n > 0) {
+                return Outcome::Closed;
+            }
+        };
+        let Some(mut bufs) = held.take() else {
+            return Outcome::Closed;
+        };
+
+        let listener = current();
+        let cluster = match &listener.cluster {
+            Some(c) if !c.is_h2() => c,
+            _ => {
+                return handoff(
+                    down,
+                    Some(bufs),
+                    "cluster not spoken to over HTTP/1.1",
+                    peer,
+                )
+            }
+        };
+        let message_len = match head.body {
+            BodyLength::Length(n) if head.head_len as u64 + n <= HELD_LIMIT as u64 => {
+                head.head_len + n as usize
+            }
+            BodyLength::Empty => head.head_len,
+            _ => return handoff(down, Some(bufs), "request body too large to hold", peer),
+        };
+        while bufs.request.len() < message_len {
+            let read = tokio::select! {
+                biased;
+                r = read_more(&mut down, &mut bufs.request, READ_SIZE) => r,
+                _ = &mut head_timer => Ok(0),
+            };
+            if !matches!(read, Ok(n) if n > 0) {
+                return Outcome::Closed;
+            }
+        }
+
+        let request = Request {
+            head: &head,
+            body: &bufs.request[head.head_len..message_len],
+            close_downstream: !head.keep_alive || drain.is_cancelled(),
+        };
+        let answer = exchange(
+            &mut down,
+            cluster,
+            &request,
+            &bufs.request_head,
+            Response {
+                buf: &mut bufs.response,
+                head: &mut bufs.response_head,
+                timer: response_timer.as_mut(),
+            },
+        )
+        .await;
+        let close = request.close_downstream;
+        listener.stats.requests.count(answer.status);
+        if close || !answer.downstream_open {
+            return Outcome::Closed;
+        }
+        bufs.request.drain(..message_len);
+        if bufs.request.is_empty() {
+            bufs.give_back();
+        } else {
+            held = Some(bufs);
+        }
+    }
+}
+
+/// Hands the connection to the full HTTP stack with the bytes read so far.
+fn handoff<S>(down: S, held: Option<Buffers>, why: &str, peer: SocketAddr) -> Outcome<S> {
+    tracing::trace!(%peer, "served by the HTTP stack: {why}");
+    Outcome::Handoff(down, held.map(|b| b.request).unwrap_or_default())
+}
+
+/// Reads request bytes into the held buffers, taking buffers once bytes are there.
+async fn read_request<S>(down: &mut S, held: &mut Option<Buffers>) -> io::Result<usize>
+where
+    S: AsyncRead + TcpBacked + Unpin,
+{
+    if held.is_none() {
+        if let Some(tcp) = down.plain() {
+            tcp.get_ref().readable().await?;
+        }
+    }
+    let bufs = held.get_or_insert_with(Buffers::take);
+    read_more(down, &mut bufs.request, READ_SIZE).await
+}
+
+/// Reads once into `buf`'s spare capacity, making room for `size` bytes first.
+async fn read_more<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    size: usize,
+) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < size / 4 {
+        buf.reserve(size);
+    }
+    r.read_buf(buf).await
+}
+
+/// A request head ready to send.
+struct Request<'a> {
+    head: &'a RequestHead,
+    /// The body, held whole.
+    body: &'a [u8],
+    /// The client asked to close after this response, or the proxy drains.
+    close_downstream: bool,
+}
+
+/// Where a response is read and its head rewritten, and the response timer.
+struct Response<'a> {
+    buf: &'a mut Vec<u8>,
+    head: &'a mut Vec<u8>,
+    timer: Pin<&'a mut Sleep>,
+}
+
+/// What an exchange ended with.
+struct Answer {
+    /// The status sent downstream (upstream's or a local reply's).
+    status: u16,
+    /// The downstream connection can take another request.
+    downstream_open: bool,
+}
+
+/// How sending a request on one upstream connection went.
+enum Sent {
+    /// A response head arrived.
+    Answered(ResponseHead),
+    /// Writing the request failed: it was not (wholly) delivered.
+    NotDelivered(io::Error),
+    /// The connection closed or reset before any response byte.
+    NoAnswer(io::Error),
+    /// No response head within the cluster's request timeout.
+    Timeout,
+    /// The response could not be read as HTTP/1.1.
+    Invalid(Refused),
+}
+
+/// Sends `request` to the cluster (the next endpoint that takes it) and relays the response.
+///
+/// A stale pooled connection (closed before answering) is replaced by a fresh one to the
+/// same endpoint, for a request not delivered or safe to repeat; a fresh connection refused or
+/// closed before the request was written moves on to the next endpoint; any other failure
+/// before the response is answered with a local 503 (504 on the request timeout).
+async fn exchange<S>(
+    down: &mut S,
+    cluster: &ClusterRuntime,
+    request: &Request<'_>,
+    request_head: &[u8],
+    mut response: Response<'_>,
+) -> Answer
+where
+    S: AsyncWrite + Unpin,
+{
+    let mut last = None;
+    for pool in cluster.rotation() {
+        let address = pool.address();
+        loop {
+            let (mut up, reused) = match cluster.checkout_raw(pool).await {
+                Ok(c) => c,
+                Err(e) => {
+                    cluster.stats.connect_failures.inc();
+                    tracing::debug!(cluster = %cluster.config.name, endpoint = %address, "connect failed: {e}");
+                    last = Some((address, e));
+                    break;
+                }
+            };
+            let limit = cluster.config.request_timeout;
+            let failure = match send(&mut up, request, request_head, limit, &mut response).await {
+                Sent::Answered(head) => {
+                    return relay(down, up, pool, head, request, cluster, response).await;
+                }
+                Sent::NotDelivered(_) if reused => continue,
+                Sent::NoAnswer(_) if reused && request.head.idempotent => continue,
+                Sent::NotDelivered(e) => {
+                    cluster.stats.connect_failures.inc();
+                    last = Some((address, e));
+                    break;
+                }
+                Sent::NoAnswer(e) => UpstreamError::Request(address, e.into()),
+                Sent::Invalid(refused) => UpstreamError::Request(address, refused.into()),
+                Sent::Timeout => UpstreamError::Timeout(address),
+            };
+            cluster.stats.request_errors.inc();
+            return local_reply(down, cluster, failure, request).await;
+        }
+    }
+    let failure = cluster.no_upstream(last);
+    local_reply(down, cluster, failure, request).await
+}
+
+/// Writes the request to `up` and reads the response head, within `limit`.
+async fn send(
+    up: &mut UpstreamStream,
+    request: &Request<'_>,
+    head: &[u8],
+    limit: Option<Duration>,
+    response: &mut Response<'_>,
+) -> Sent {
+    if let Err(e) = write_two(up, head, request.body).await {
+        return Sent::NotDelivered(e);
+    }
+    response.buf.clear();
+    let Some(limit) = limit else {
+        return read_response_head(up, request, response.buf, response.head).await;
+    };
+    response.timer.as_mut().reset(Instant::now() + limit);
+    tokio::select! {
+        biased;
+        sent = read_response_head(up, request, response.buf, response.head) => sent,
+        _ = response.timer.as_mut() => Sent::Timeout,
+    }
+}
+
+/// Reads until `buf` starts with a whole response head (parsing what is there first).
+async fn read_response_head(
+    up: &mut UpstreamStream,
+    request: &Request<'_>,
+    buf: &mut Vec<u8>,
+    head: &mut Vec<u8>,
+) -> Sent {
+    loop {
+        if !buf.is_empty() {
+            match parse_response(buf, request.head.is_head, request.close_downstream, head) {
+                Ok(Some(parsed)) => return Sent::Answered(parsed),
+                Ok(None) if buf.len() >= HELD_LIMIT => {
+                    return Sent::Invalid(Refused("response head too large"))
+                }
+                Ok(None) => {}
+                Err(refused) => return Sent::Invalid(refused),
+            }
+        }
+        match read_more(up, buf, READ_SIZE).await {
+            Ok(n) if n > 0 => {}
+            Ok(_) if buf.is_empty() => {
+                return Sent::NoAnswer(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ))
+            }
+            Err(e) if buf.is_empty() => return Sent::NoAnswer(e),
+            _ => return Sent::Invalid(Refused("connection closed inside the response head")),
+        }
+    }
+}
+
+/// Relays the response whose head is at the start of `response.buf` (after any interim
+/// responses), then pools `up` if it can carry another request.
+async fn relay<S>(
+    down: &mut S,
+    mut up: UpstreamStream,
+    pool: &EndpointPool,
+    mut head: ResponseHead,
+    request: &Request<'_>,
+    cluster: &ClusterRuntime,
+    response: Response<'_>,
+) -> Answer
+where
+    S: AsyncWrite + Unpin,
+{
+    let Response { buf, head: out, .. } = response;
+    let gone = |status| Answer {
+        status,
+        downstream_open: false,
+    };
+    while head.interim {
+        if down.write_all(out).await.is_err() {
+            return gone(head.status);
+        }
+        buf.drain(..head.head_len);
+        head = match read_response_head(&mut up, request, buf, out).await {
+            Sent::Answered(h) => h,
+            _ => {
+                cluster.stats.request_errors.inc();
+                return gone(head.status);
+            }
+        };
+    }
+    cluster.stats.requests.count(head.status);
+    let mut body = BodyProgress::new(head.body);
+    let after_head = &buf[head.head_len..];
+    let Ok(n) = body.advance(after_head) else {
+        cluster.stats.request_errors.inc();
+        return gone(head.status);
+    };
+    let mut reusable = head.reusable && n == after_head.len();
+    if write_two(down, out, &after_head[..n]).await.is_err() {
+        return gone(head.status);
+    }
+    let mut size = READ_SIZE;
+    while !body.is_done() {
+        buf.clear();
+        let read = read_more(&mut up, buf, size).await;
+        match read {
+            Ok(0) if head.body == BodyLength::UntilClose => return gone(head.status),
+            Ok(0) | Err(_) => {
+                // Closing downstream tells the client its body was cut short.
+                tracing::debug!(cluster = %cluster.config.name, "upstream closed inside a response body");
+                cluster.stats.request_errors.inc();
+                return gone(head.status);
+            }
+            Ok(n) if n == buf.capacity() => size = RELAY_READ_SIZE,
+            Ok(_) => {}
+        }
+        let Ok(k) = body.advance(buf) else {
+            tracing::debug!(cluster = %cluster.config.name, "malformed chunked response body");
+            cluster.stats.request_errors.inc();
+            return gone(head.status);
+        };
+        reusable &= k == buf.len();
+        if down.write_all(&buf[..k]).await.is_err() {
+            return gone(head.status);
+        }
+    }
+    if reusable {
+        pool.release_raw(up);
+    }
+    Answer {
+        status: head.status,
+        downstream_open: true,
+    }
+}
+
+/// Answers the request with a plain-text reply naming `failure`.
+async fn local_reply<S: AsyncWrite + Unpin>(
+    down: &mut S,
+    cluster: &ClusterRuntime,
+    failure: UpstreamError,
+    request: &Request<'_>,
+) -> Answer {
+    tracing::warn!(cluster = %cluster.config.name, "{failure}");
+    let status = failure.status();
+    let message = failure.to_string();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default(),
+        message.len(),
+        if request.close_downstream {
+            "connection: close\r\n"
+        } else {
+            ""
+        },
+    );
+    let body = if request.head.is_head {
+        &[][..]
+    } else {
+        message.as_bytes()
+    };
+    Answer {
+        status: status.as_u16(),
+        downstream_open: write_two(down, head.as_bytes(), body).await.is_ok(),
+    }
+}
+
+/// Writes `first` then `second` with as few system calls as the socket allows (one, for
+/// anything that fits its buffer).
+async fn write_two<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut first: &[u8],
+    mut second: &[u8],
+) -> io::Result<()> {
+    while !first.is_empty() {
+        let n = w
+            .write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < first.len() {
+            first = &first[n..];
+        } else {
+            second = &second[n - first.len()..];
+            first = &[];
+        }
+    }
+    w.write_all(second).await
+}
+
+/// A stream whose first reads return bytes already read from it: how a connection the byte
+/// path started is handed to hyper.
+pub(crate) struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `inner`, read from after `prefix`.
+    pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Prefixed {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn prefixed_stream_reads_its_prefix_first() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let mut s = Prefixed::new(b"hello".to_vec(), server);
+        let mut all = String::new();
+        s.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "hello world");
+    }
+
+    #[tokio::test]
+    async fn write_two_writes_both_parts_in_order() {
+        let (mut a, mut b) = tokio::io::duplex(3);
+        let writer = tokio::spawn(async move {
+            write_two(&mut a, b"head:", b"body").await.unwrap();
+        });
+        let mut got = String::new();
+        b.read_to_string(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(got, "head:body");
+    }
+}
