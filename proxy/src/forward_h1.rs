@@ -105,7 +105,7 @@ impl Buffers {
 /// of its listener (`current`), until the connection ends or needs the full HTTP stack.
 pub(crate) async fn serve<S>(
     mut down: S,
-    current: impl Fn() -> Arc<ListenerRuntime>,
+    mut current: impl FnMut() -> Arc<ListenerRuntime>,
     drain: &CancellationToken,
     peer: SocketAddr,
 ) -> Outcome<S>

@@ -155,6 +155,16 @@ impl<S: TcpBacked> TcpBacked for tokio_rustls::client::TlsStream<S> {
     }
 }
 
+impl<S: TcpBacked> TcpBacked for Box<S> {
+    fn tcp(&self) -> &TcpStream {
+        (**self).tcp()
+    }
+
+    fn plain(&self) -> Option<&Counted<TcpStream>> {
+        (**self).plain()
+    }
+}
+
 impl<L: TcpBacked, R: TcpBacked> TcpBacked for tokio_util::either::Either<L, R> {
     fn tcp(&self) -> &TcpStream {
         match self {

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -191,6 +191,8 @@ pub struct Proxy {
     /// Metrics.
     pub stats: Stats,
     snapshot: ArcSwap<Snapshot>,
+    /// Snapshots stored so far: a connection looks its listener up again only when this moved.
+    generation: AtomicU64,
     /// Accept loops by address: a listener renamed but kept on its address keeps its socket.
     bound: Mutex<HashMap<SocketAddr, BoundListener>>,
     bind_errors: Mutex<BTreeMap<String, String>>,
@@ -223,6 +225,7 @@ impl Proxy {
         Proxy {
             stats: Stats::new(),
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            generation: AtomicU64::new(0),
             bound: Mutex::new(HashMap::new()),
             bind_errors: Mutex::new(BTreeMap::new()),
             listeners_bound: AtomicBool::new(false),
@@ -360,6 +363,7 @@ impl Proxy {
             captures,
             tls,
         }));
+        self.generation.fetch_add(1, Ordering::Release);
         self.stats.config.applied.inc();
         self.reconcile_listeners();
     }
@@ -610,9 +614,16 @@ impl Proxy {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin + Send + 'static,
     {
         let own = listener.clone();
+        // The listener as of the snapshot last seen; looked up again after a reload (and at
+        // the first request: a reload may have come since the accept).
+        let mut seen = (u64::MAX, listener.clone());
         let newest = || {
-            let current = self.snapshot.load().listener(&own.config.address).cloned();
-            current.unwrap_or_else(|| own.clone())
+            let generation = self.generation.load(Ordering::Acquire);
+            if generation != seen.0 {
+                let current = self.snapshot.load().listener(&own.config.address).cloned();
+                seen = (generation, current.unwrap_or_else(|| own.clone()));
+            }
+            seen.1.clone()
         };
         let (stream, prefix) = match listener.gateway {
             Some(_) => (stream, Vec::new()),

@@ -76,9 +76,11 @@ impl UpstreamError {
     }
 }
 
-/// An upstream connection: counted TCP, wrapped in TLS when the cluster originates it.
+/// An upstream connection: counted TCP, wrapped in TLS when the cluster originates it. The
+/// TLS stream is boxed: inline it made every connection a kilobyte, copied on each move
+/// (into and out of the pool, per request).
 pub type UpstreamStream =
-    Either<Counted<TcpStream>, tokio_rustls::client::TlsStream<Counted<TcpStream>>>;
+    Either<Counted<TcpStream>, Box<tokio_rustls::client::TlsStream<Counted<TcpStream>>>>;
 
 /// The upstream connection type in hyper's I/O adapter.
 type UpstreamIo = TokioIo<UpstreamStream>;
@@ -228,7 +230,7 @@ impl ClusterRuntime {
         };
         let handshake = tls.connector.connect(tls.server_name.clone(), counted);
         match tokio::time::timeout(limit, handshake).await {
-            Ok(Ok(s)) => Ok(Either::Right(s)),
+            Ok(Ok(s)) => Ok(Either::Right(Box::new(s))),
             Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS handshake: {e}"))),
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

@@ -98,18 +98,18 @@ pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead
     if !path.starts_with('/') {
         return Err(Refused("request target not in origin form"));
     }
-    let connection = ConnectionOptions::of(req.headers)?;
+    let mut connection = ConnectionOptions::default();
     let mut content_length = None;
     for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(merge_content_length(content_length, h.value)?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(Refused("request body with transfer-encoding"));
-        } else if name.eq_ignore_ascii_case("expect") {
-            return Err(Refused("request with expect"));
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            return Err(Refused("upgrade request"));
+        match Field::of(h.name) {
+            Field::Connection => connection.add(h.value)?,
+            Field::ContentLength => {
+                content_length = Some(merge_content_length(content_length, h.value)?)
+            }
+            Field::TransferEncoding => return Err(Refused("request body with transfer-encoding")),
+            Field::Expect => return Err(Refused("request with expect")),
+            Field::Upgrade => return Err(Refused("upgrade request")),
+            _ => {}
         }
     }
     out.clear();
@@ -117,8 +117,10 @@ pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in req.headers.iter().filter(|h| !connection.drops(h)) {
-        push_header(out, h.name.as_bytes(), h.value);
+    for h in req.headers.iter() {
+        if !connection.drops(h, Field::of(h.name)) {
+            push_header(out, h.name.as_bytes(), h.value);
+        }
     }
     out.extend_from_slice(b"\r\n");
     Ok(Some(RequestHead {
@@ -166,16 +168,21 @@ pub fn parse_response(
         ));
     }
     let interim = (100..200).contains(&status);
-    let connection = ConnectionOptions::of(resp.headers)?;
+    let mut connection = ConnectionOptions::default();
     let mut content_length = None;
     let mut chunked = None;
     for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(merge_content_length(content_length, h.value)?);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // The last coding of the last field is the one that frames the message.
-            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        match Field::of(h.name) {
+            Field::Connection => connection.add(h.value)?,
+            Field::ContentLength => {
+                content_length = Some(merge_content_length(content_length, h.value)?)
+            }
+            Field::TransferEncoding => {
+                // The last coding of the last field is the one that frames the message.
+                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            _ => {}
         }
     }
     let body = if request_is_head || interim || status == 204 || status == 304 {
@@ -199,13 +206,14 @@ pub fn parse_response(
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter().filter(|h| !connection.drops(h)) {
+    for h in resp.headers.iter() {
+        let field = Field::of(h.name);
         // With both, Transfer-Encoding frames the message and Content-Length must go
         // (RFC 9112 §6.3).
-        if chunked.is_some() && h.name.eq_ignore_ascii_case("content-length") {
-            continue;
+        let superseded = chunked.is_some() && field == Field::ContentLength;
+        if !superseded && !connection.drops(h, field) {
+            push_header(out, h.name.as_bytes(), h.value);
         }
-        push_header(out, h.name.as_bytes(), h.value);
     }
     if !interim && (close_downstream || body == BodyLength::UntilClose) {
         out.extend_from_slice(b"connection: close\r\n");
@@ -261,7 +269,41 @@ fn merge_content_length(earlier: Option<u64>, value: &[u8]) -> Result<u64, Refus
     }
 }
 
+/// The header fields this crate acts on, found by one length-and-name check per field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    Expect,
+    Upgrade,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    Host,
+    Other,
+}
+
+impl Field {
+    fn of(name: &str) -> Field {
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            2 if is("te") => Field::Te,
+            4 if is("host") => Field::Host,
+            6 if is("expect") => Field::Expect,
+            7 if is("upgrade") => Field::Upgrade,
+            10 if is("connection") => Field::Connection,
+            10 if is("keep-alive") => Field::KeepAlive,
+            14 if is("content-length") => Field::ContentLength,
+            16 if is("proxy-connection") => Field::ProxyConnection,
+            17 if is("transfer-encoding") => Field::TransferEncoding,
+            _ => Field::Other,
+        }
+    }
+}
+
 /// What the `Connection` fields of a head say, and which fields are hop-by-hop.
+#[derive(Default)]
 struct ConnectionOptions<'a> {
     close: bool,
     keep_alive: bool,
@@ -270,47 +312,38 @@ struct ConnectionOptions<'a> {
 }
 
 impl<'a> ConnectionOptions<'a> {
-    fn of(headers: &[Header<'a>]) -> Result<Self, Refused> {
-        let mut options = ConnectionOptions {
-            close: false,
-            keep_alive: false,
-            listed: [&[]; MAX_CONNECTION_OPTIONS],
-            count: 0,
-        };
-        for h in headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        {
-            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    options.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    options.keep_alive = true;
-                } else if !token.is_empty() {
-                    if options.count == MAX_CONNECTION_OPTIONS {
-                        return Err(Refused("too many connection options"));
-                    }
-                    options.listed[options.count] = token;
-                    options.count += 1;
+    /// Adds the options of one `Connection` field.
+    fn add(&mut self, value: &'a [u8]) -> Result<(), Refused> {
+        for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() {
+                if self.count == MAX_CONNECTION_OPTIONS {
+                    return Err(Refused("too many connection options"));
                 }
+                self.listed[self.count] = token;
+                self.count += 1;
             }
         }
-        Ok(options)
+        Ok(())
     }
 
-    /// Whether `h` describes the connection rather than the message (RFC 9110 §7.6.1):
-    /// the hop-by-hop fields, but `TE: trailers` (gRPC needs it end to end) and
-    /// `Transfer-Encoding` (bodies pass through in their framing).
-    fn drops(&self, h: &Header<'_>) -> bool {
-        let name = h.name.as_bytes();
-        let hop_by_hop = ["connection", "keep-alive", "proxy-connection", "upgrade"]
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()));
-        hop_by_hop
-            || (name.eq_ignore_ascii_case(b"te") && !h.value.eq_ignore_ascii_case(b"trailers"))
-            || self.listed[..self.count]
+    /// Whether `h` (a `field`) describes the connection rather than the message (RFC 9110
+    /// §7.6.1): the hop-by-hop fields, but `TE: trailers` (gRPC needs it end to end) and
+    /// `Transfer-Encoding` (bodies pass through in their framing), and the fields `Connection`
+    /// lists. Listing never removes a field that frames the message or names its host: that
+    /// would let a peer desynchronise the next hop.
+    fn drops(&self, h: &Header<'_>, field: Field) -> bool {
+        match field {
+            Field::Connection | Field::KeepAlive | Field::ProxyConnection | Field::Upgrade => true,
+            Field::Te => !h.value.eq_ignore_ascii_case(b"trailers"),
+            Field::Other => self.listed[..self.count]
                 .iter()
-                .any(|l| name.eq_ignore_ascii_case(l))
+                .any(|l| h.name.as_bytes().eq_ignore_ascii_case(l)),
+            Field::ContentLength | Field::TransferEncoding | Field::Expect | Field::Host => false,
+        }
     }
 }
 
@@ -481,6 +514,25 @@ mod tests {
             out,
             "GET /a?b=1 HTTP/1.1\r\nHost: web\r\nTE: trailers\r\nAccept: */*\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn connection_cannot_list_away_framing_or_host() {
+        let raw = "POST /p HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\
+                   Connection: content-length, host, x-a\r\nX-A: 1\r\n\r\nok";
+        let (head, out) = request(raw).unwrap().unwrap();
+        assert_eq!(head.body, BodyLength::Length(2));
+        assert_eq!(
+            out,
+            "POST /p HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\r\n"
+        );
+        let (_, out) = response(
+            "HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\n",
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
     }
 
     #[test]
