@@ -38,6 +38,9 @@ const HELD_LIMIT: usize = 64 * 1024;
 const READ_SIZE: usize = 16 * 1024;
 /// Bytes asked for per read once a response body filled a whole read.
 const RELAY_READ_SIZE: usize = 64 * 1024;
+/// Bodies (or first parts of them) up to this size are copied after the head and written with
+/// it.
+const SMALL_BODY: usize = 4096;
 /// How long a client may take to finish a request head it has started (hyper's default).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection may wait idle for its next request (Kuma's default idle timeout).
@@ -438,7 +441,14 @@ where
         return gone(head.status);
     };
     let mut reusable = head.reusable && n == after_head.len();
-    if write_two(down, out, &after_head[..n]).await.is_err() {
+    // A small first part of the body joins the head: one plain write instead of a vectored one.
+    let first_part = if n <= SMALL_BODY {
+        out.extend_from_slice(&after_head[..n]);
+        &[][..]
+    } else {
+        &after_head[..n]
+    };
+    if write_two(down, out, first_part).await.is_err() {
         return gone(head.status);
     }
     let mut size = READ_SIZE;
@@ -508,12 +518,16 @@ async fn local_reply<S: AsyncWrite + Unpin>(
 }
 
 /// Writes `first` then `second` with as few system calls as the socket allows (one, for
-/// anything that fits its buffer).
+/// anything that fits its buffer): a plain write when `second` is empty (cheaper in the
+/// kernel than a vectored one), else a vectored write.
 async fn write_two<W: AsyncWrite + Unpin>(
     w: &mut W,
     mut first: &[u8],
     mut second: &[u8],
 ) -> io::Result<()> {
+    if second.is_empty() {
+        return w.write_all(first).await;
+    }
     while !first.is_empty() {
         let n = w
             .write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
