@@ -197,7 +197,9 @@ where
             body: &bufs.request[head.head_len..message_len],
             close_downstream: !head.keep_alive || drain.is_cancelled(),
         };
-        let answer = exchange(
+        // Boxed: inline, the exchange's future (upstream checkout, send, relay) made every
+        // connection's task kilobytes larger, idle ones included.
+        let answer = Box::pin(exchange(
             &mut down,
             cluster,
             &request,
@@ -207,7 +209,7 @@ where
                 head: &mut bufs.response_head,
                 timer: response_timer.as_mut(),
             },
-        )
+        ))
         .await;
         let close = request.close_downstream;
         listener.stats.requests.count(answer.status);
@@ -230,13 +232,35 @@ fn handoff<S>(down: S, held: Option<Buffers>, why: &str, peer: SocketAddr) -> Ou
 }
 
 /// Reads request bytes into the held buffers, taking buffers once bytes are there.
+///
+/// A plain connection with no buffers waits for readiness, then takes buffers only for the
+/// read: tokio reports a fresh socket readable once before anything arrived, and buffers
+/// taken then would stay with every idle connection.
 async fn read_request<S>(down: &mut S, held: &mut Option<Buffers>) -> io::Result<usize>
 where
     S: AsyncRead + TcpBacked + Unpin,
 {
-    if held.is_none() {
-        if let Some(tcp) = down.plain() {
+    if let (None, Some(tcp)) = (held.as_ref(), down.plain()) {
+        loop {
             tcp.get_ref().readable().await?;
+            // Not live across an await: between reads the buffers are back in the spare list.
+            let mut bufs = Buffers::take();
+            match tcp.get_ref().try_read_buf(&mut bufs.request) {
+                Ok(n) if n > 0 => {
+                    tcp.count_read(n);
+                    *held = Some(bufs);
+                    return Ok(n);
+                }
+                Ok(n) => {
+                    bufs.give_back();
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => bufs.give_back(),
+                Err(e) => {
+                    bufs.give_back();
+                    return Err(e);
+                }
+            }
         }
     }
     let bufs = held.get_or_insert_with(Buffers::take);

@@ -22,13 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::{self, CapturePort, Route};
+use crate::forward_h1::{self, Prefixed};
 use crate::gateway::{self, GatewayRuntime};
+use crate::http_proxy;
 use crate::io::{Counted, TcpBacked};
 use crate::mesh_tls::MeshTlsSet;
 use crate::sni::{SniRouteRuntime, SniTable};
 use crate::stats::{ListenerStats, Stats};
 use crate::upstream::{ClusterRuntime, EndpointPool};
-use crate::{forward_h1, http_proxy};
 
 /// A listener of the applied config with its cluster and metrics.
 pub struct ListenerRuntime {
@@ -632,6 +633,22 @@ impl Proxy {
                 forward_h1::Outcome::Handoff(stream, prefix) => (stream, prefix),
             },
         };
+        // Boxed: hyper's connection future is kilobytes, and inline it would make every
+        // connection's task that large, byte-path ones included.
+        Box::pin(self.serve_hyper(Prefixed::new(prefix, stream), listener, peer)).await;
+    }
+
+    /// Serves `stream` with hyper (HTTP/1.1 and HTTP/2), each request with the newest version
+    /// of `listener`.
+    async fn serve_hyper<S>(
+        self: Arc<Self>,
+        stream: S,
+        listener: Arc<ListenerRuntime>,
+        peer: SocketAddr,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let own = listener.clone();
         let proxy = self.clone();
         let service = service_fn(move |req| {
             let current = proxy.snapshot.load().listener(&own.config.address).cloned();
@@ -648,7 +665,6 @@ impl Proxy {
             Some(_) => &self.gateway_http,
             None => &self.http,
         };
-        let stream = forward_h1::Prefixed::new(prefix, stream);
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
         let result = tokio::select! {
