@@ -340,9 +340,7 @@ where
             let (mut up, reused) = match cluster.checkout_raw(pool).await {
                 Ok(c) => c,
                 Err(e) => {
-                    cluster.stats.connect_failures.inc();
-                    tracing::debug!(cluster = %cluster.config.name, endpoint = %address, "connect failed: {e}");
-                    last = Some((address, e));
+                    last = Some(cluster.connect_failed(address, e));
                     break;
                 }
             };
@@ -354,8 +352,7 @@ where
                 Sent::NotDelivered(_) if reused => continue,
                 Sent::NoAnswer(_) if reused && request.head.idempotent => continue,
                 Sent::NotDelivered(e) => {
-                    cluster.stats.connect_failures.inc();
-                    last = Some((address, e));
+                    last = Some(cluster.connect_failed(address, e));
                     break;
                 }
                 Sent::NoAnswer(e) => UpstreamError::Request(address, e.into()),

@@ -258,14 +258,22 @@ impl ClusterRuntime {
         for pool in chosen.map(|i| &self.pools[i]) {
             match self.connect(pool.address).await {
                 Ok(s) => return Ok(s),
-                Err(e) => {
-                    self.stats.connect_failures.inc();
-                    tracing::debug!(cluster = %self.config.name, endpoint = %pool.address, "connect failed: {e}");
-                    last = Some((pool.address, e));
-                }
+                Err(e) => last = Some(self.connect_failed(pool.address, e)),
             }
         }
         Err(self.no_upstream(last))
+    }
+
+    /// Counts and logs a failed connect to `address` (or a fresh connection closed before a
+    /// request was written), and returns it as the last failure seen.
+    pub(crate) fn connect_failed(
+        &self,
+        address: SocketAddr,
+        e: io::Error,
+    ) -> (SocketAddr, io::Error) {
+        self.stats.connect_failures.inc();
+        tracing::debug!(cluster = %self.config.name, endpoint = %address, "connect failed: {e}");
+        (address, e)
     }
 
     /// Counts and names the failure of a request no endpoint could take.
@@ -362,9 +370,7 @@ impl ClusterRuntime {
                 let checkout = match self.checkout(pool).await {
                     Ok(c) => c,
                     Err(e) => {
-                        self.stats.connect_failures.inc();
-                        tracing::debug!(cluster = %self.config.name, endpoint = %pool.address, "connect failed: {e}");
-                        last = Some((pool.address, e));
+                        last = Some(self.connect_failed(pool.address, e));
                         break;
                     }
                 };
@@ -374,10 +380,9 @@ impl ClusterRuntime {
                     Err(Retry::Again(r)) => {
                         req = r;
                         if !reused {
-                            self.stats.connect_failures.inc();
                             let e =
                                 io::Error::other("connection closed before the request was sent");
-                            last = Some((pool.address, e));
+                            last = Some(self.connect_failed(pool.address, e));
                             break;
                         }
                     }
