@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::descriptors;
+use crate::{descriptors, startup_heap};
 use anyhow::{bail, Context};
 use bearing_control::{
     template, ConfigStatus, DataplaneSource, DirectorySource, ProxyKind, VipOptions,
@@ -402,7 +402,9 @@ async fn serve(args: RunArgs, source: DirectorySource) -> anyhow::Result<()> {
     let (status_tx, status_rx) = watch::channel(ConfigStatus::default());
     let dns_domain = source.vips.domain.clone();
     let loaded = source.fingerprint();
+    startup_heap::widen();
     source.reload_into(&status_tx);
+    startup_heap::settle();
     if status_tx.borrow().applied.is_none() {
         tracing::error!(
             "no valid config yet in {}; not ready until the problems above are fixed",

@@ -18,5 +18,6 @@ pub mod mesh_tls;
 pub mod runtime;
 pub mod sni;
 pub mod splice;
+pub mod startup_heap;
 pub mod stats;
 pub mod upstream;
