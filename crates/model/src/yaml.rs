@@ -166,10 +166,17 @@ impl MarkedEventReceiver for Builder {
                 });
             }
             Event::Scalar(text, style, anchor, tag) => {
-                let (path, is_key) = self.next_path();
-                if is_key {
-                    self.lines.insert(join(&path, &text), mark.line());
-                } else if self.stack.is_empty() && self.root.is_none() {
+                // Only a key's path is kept; a value's would be built and dropped.
+                let is_key = match self.stack.last() {
+                    Some(Frame::Map {
+                        key: None, path, ..
+                    }) => {
+                        self.lines.insert(join(path, &text), mark.line());
+                        true
+                    }
+                    _ => false,
+                };
+                if !is_key && self.stack.is_empty() && self.root.is_none() {
                     self.doc_line = mark.line();
                 }
                 let quoted = style != TScalarStyle::Plain;
