@@ -176,7 +176,7 @@ impl MarkedEventReceiver for Builder {
                     }
                     _ => false,
                 };
-                if !is_key && self.stack.is_empty() && self.root.is_none() {
+                if self.stack.is_empty() && self.root.is_none() {
                     self.doc_line = mark.line();
                 }
                 let quoted = style != TScalarStyle::Plain;
