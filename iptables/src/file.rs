@@ -76,7 +76,7 @@ pub fn apply_file(config: &mut Config, name: &str, text: &str) -> Result<Vec<Str
     let err = |field: &str, value: &str, message: String| {
         ConfigError::new(format!("{name}: {field}"), value, message)
     };
-    let docs = bearing_model::yaml::parse_documents(text)
+    let docs = bearing_model::yaml::parse_documents(text, 1)
         .map_err(|e| err("", "", format!("invalid YAML or JSON: {e}")))?;
     let mut warnings = Vec::new();
     for doc in docs {

@@ -1,9 +1,10 @@
 //! YAML to JSON-value conversion that remembers where every field came from.
 //!
 //! Kuma itself turns YAML into JSON before decoding resources; we do the same, so a resource
-//! decodes exactly as `kumactl apply` would read it. Alongside the value we keep the source line
-//! of every field path (`networking.inbound[0].port`), so that decode and validation errors can
-//! name `file:line`.
+//! decodes exactly as `kumactl apply` would read it. Decode and validation errors name the
+//! `file:line` of a field path (`networking.inbound[0].port`); those lines are found by a second
+//! parse of the text, and only when there is an error ([`field_lines`]): recording every field's
+//! path and line on every load was a fifth of the parse.
 
 use std::collections::HashMap;
 
@@ -11,18 +12,25 @@ use serde_json::{Map, Number, Value};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-/// One YAML document of a file, as a JSON value plus the line of each field path.
+/// One YAML document of a file, as a JSON value.
 #[derive(Debug, Clone)]
 pub struct YamlDocument {
     /// The document content converted to JSON (null for an empty document).
     pub value: Value,
     /// 1-based line where the document's content starts.
     pub line: usize,
+}
+
+/// The line of every field path of one YAML document, for naming where an error is.
+#[derive(Debug, Clone, Default)]
+pub struct FieldLines {
+    /// 1-based line where the document's content starts.
+    pub line: usize,
     /// 1-based line of every field path, in `serde_path_to_error` notation (`a.b[0].c`).
     pub lines: HashMap<String, usize>,
 }
 
-impl YamlDocument {
+impl FieldLines {
     /// Line of `path`, or of its closest ancestor that has one, or the document's first line.
     pub fn line_of(&self, path: &str) -> usize {
         let mut p = path;
@@ -50,19 +58,64 @@ pub struct YamlError {
     pub message: String,
 }
 
-/// Parses every document of a multi-document YAML text (`---` separated).
-pub fn parse_documents(text: &str) -> Result<Vec<YamlDocument>, YamlError> {
-    let mut builder = Builder::default();
+/// Parses every document of a multi-document YAML text (`---` separated) whose first line is
+/// line `first_line` of its file (1 for a whole file).
+pub fn parse_documents(text: &str, first_line: usize) -> Result<Vec<YamlDocument>, YamlError> {
+    let builder = build(text, first_line, false)?;
+    Ok(builder.documents)
+}
+
+/// The field lines of every document of `text`, in the order [`parse_documents`] returns the
+/// documents. Parses the text again: meant for the rare load that reports a field.
+pub fn field_lines(text: &str, first_line: usize) -> Result<Vec<FieldLines>, YamlError> {
+    let builder = build(text, first_line, true)?;
+    Ok(builder.field_lines)
+}
+
+fn build(text: &str, first_line: usize, record_lines: bool) -> Result<Builder, YamlError> {
+    let mut builder = Builder {
+        line_offset: first_line.saturating_sub(1),
+        record_lines,
+        ..Builder::default()
+    };
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut builder, true).map_err(|e| YamlError {
-        line: e.marker().line(),
+        line: e.marker().line() + builder.line_offset,
         column: e.marker().col(),
         message: e.info().to_string(),
     })?;
-    match builder.error {
+    match builder.error.take() {
         Some(e) => Err(e),
-        None => Ok(builder.documents),
+        None => Ok(builder),
     }
+}
+
+/// Cuts a YAML text into pieces of whole documents of about `size` bytes or more, each with
+/// the 1-based line it starts on, so that the pieces of one large file can be parsed on
+/// separate threads. A piece starts at a `---` line: YAML forbids that line inside any
+/// content, so it always starts a document. A text with directives (`%YAML`) is not cut,
+/// since a directive belongs to the document after it.
+pub fn split_documents(text: &str, size: usize) -> Vec<(&str, usize)> {
+    let mut pieces = Vec::new();
+    if text.len() <= size || text.lines().any(|l| l.starts_with('%')) {
+        pieces.push((text, 1));
+        return pieces;
+    }
+    let (mut start, mut start_line) = (0, 1);
+    let (mut offset, mut line) = (0, 1);
+    for l in text.split_inclusive('\n') {
+        let marker = l
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']));
+        if marker && offset - start >= size {
+            pieces.push((&text[start..offset], start_line));
+            (start, start_line) = (offset, line);
+        }
+        offset += l.len();
+        line += 1;
+    }
+    pieces.push((&text[start..], start_line));
+    pieces
 }
 
 /// A container being built: a mapping waiting for a key or a value, or a sequence.
@@ -83,6 +136,11 @@ enum Frame {
 #[derive(Default)]
 struct Builder {
     documents: Vec<YamlDocument>,
+    /// Filled only when `record_lines`: each document's field lines.
+    field_lines: Vec<FieldLines>,
+    record_lines: bool,
+    /// Lines of the file before the parsed text.
+    line_offset: usize,
     stack: Vec<Frame>,
     anchors: HashMap<usize, Value>,
     lines: HashMap<String, usize>,
@@ -92,14 +150,14 @@ struct Builder {
 }
 
 impl Builder {
-    /// The path of the node about to be added, and whether it is a mapping key.
+    /// The path of the node about to be added (empty unless recording lines), and whether it
+    /// is a mapping key.
     fn next_path(&self) -> (String, bool) {
         match self.stack.last() {
             None => (String::new(), false),
+            Some(Frame::Map { key: None, .. }) => (String::new(), true),
+            Some(_) if !self.record_lines => (String::new(), false),
             Some(Frame::Seq { items, path, .. }) => (format!("{path}[{}]", items.len()), false),
-            Some(Frame::Map {
-                key: None, path, ..
-            }) => (path.clone(), true),
             Some(Frame::Map {
                 key: Some(k), path, ..
             }) => (join(path, k), false),
@@ -129,10 +187,15 @@ impl Builder {
         }
     }
 
+    /// The file line of a parser mark.
+    fn line(&self, mark: Marker) -> usize {
+        mark.line() + self.line_offset
+    }
+
     fn fail(&mut self, mark: Marker, message: String) {
         if self.error.is_none() {
             self.error = Some(YamlError {
-                line: mark.line(),
+                line: self.line(mark),
                 column: mark.col(),
                 message,
             });
@@ -152,17 +215,21 @@ impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
             Event::DocumentStart => {
-                self.doc_line = mark.line();
-                self.lines.clear();
+                self.doc_line = self.line(mark);
                 self.anchors.clear();
                 self.root = None;
             }
             Event::DocumentEnd => {
                 let value = self.root.take().unwrap_or(Value::Null);
+                if self.record_lines {
+                    self.field_lines.push(FieldLines {
+                        line: self.doc_line,
+                        lines: std::mem::take(&mut self.lines),
+                    });
+                }
                 self.documents.push(YamlDocument {
                     value,
                     line: self.doc_line,
-                    lines: std::mem::take(&mut self.lines),
                 });
             }
             Event::Scalar(text, style, anchor, tag) => {
@@ -171,13 +238,16 @@ impl MarkedEventReceiver for Builder {
                     Some(Frame::Map {
                         key: None, path, ..
                     }) => {
-                        self.lines.insert(join(path, &text), mark.line());
+                        if self.record_lines {
+                            let line = self.line(mark);
+                            self.lines.insert(join(path, &text), line);
+                        }
                         true
                     }
                     _ => false,
                 };
                 if self.stack.is_empty() && self.root.is_none() {
-                    self.doc_line = mark.line();
+                    self.doc_line = self.line(mark);
                 }
                 let quoted = style != TScalarStyle::Plain;
                 let tagged_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
@@ -191,8 +261,9 @@ impl MarkedEventReceiver for Builder {
             Event::Alias(id) => match self.anchors.get(&id).cloned() {
                 Some(v) => {
                     let (path, is_key) = self.next_path();
-                    if !is_key {
-                        self.lines.insert(path, mark.line());
+                    if self.record_lines && !is_key {
+                        let line = self.line(mark);
+                        self.lines.insert(path, line);
                     }
                     self.add(v, 0);
                 }
@@ -204,7 +275,7 @@ impl MarkedEventReceiver for Builder {
                     self.fail(mark, "complex mapping keys are not supported".into());
                 }
                 if self.stack.is_empty() {
-                    self.doc_line = mark.line();
+                    self.doc_line = self.line(mark);
                 }
                 let frame = if matches!(ev, Event::MappingStart(..)) {
                     Frame::Map {
@@ -270,22 +341,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn converts_documents_and_records_lines() {
+    fn converts_documents_and_finds_field_lines() {
         let text = "type: Mesh\nname: default\n---\n# comment\ntype: Dataplane\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 8080\n    tags:\n      kuma.io/service: \"web\"\n";
-        let docs = parse_documents(text).unwrap();
+        let docs = parse_documents(text, 1).unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].value["name"], "default");
         assert_eq!(docs[1].line, 5);
         assert_eq!(docs[1].value["networking"]["inbound"][0]["port"], 8080);
-        assert_eq!(docs[1].lines["networking.inbound[0].port"], 9);
-        assert_eq!(docs[1].line_of("networking.inbound[0].tags.missing"), 10);
-        assert_eq!(docs[1].line_of("nothing.here"), 5);
+        let lines = field_lines(text, 1).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].line, 5);
+        assert_eq!(lines[1].lines["networking.inbound[0].port"], 9);
+        assert_eq!(lines[1].line_of("networking.inbound[0].tags.missing"), 10);
+        assert_eq!(lines[1].line_of("nothing.here"), 5);
+        // A piece starting at line 21 of its file counts from there.
+        let piece = field_lines(text, 21).unwrap();
+        assert_eq!(piece[1].lines["networking.inbound[0].port"], 29);
+        assert_eq!(parse_documents(text, 21).unwrap()[1].line, 25);
+        assert_eq!(parse_documents("a: b\n  c: d\n", 21).unwrap_err().line, 22);
+    }
+
+    #[test]
+    fn splits_at_document_markers_only() {
+        let doc = "---\na: |\n  --- not a marker\nb: 1\n";
+        let text = doc.repeat(4);
+        let pieces = split_documents(&text, 2 * doc.len());
+        assert_eq!(
+            pieces,
+            vec![(&text[..2 * doc.len()], 1), (&text[2 * doc.len()..], 9)]
+        );
+        let whole: Vec<Value> = parse_documents(&text, 1)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.value)
+            .collect();
+        let cut: Vec<Value> = pieces
+            .iter()
+            .flat_map(|(t, line)| parse_documents(t, *line).unwrap())
+            .map(|d| d.value)
+            .collect();
+        assert_eq!(whole, cut);
+        assert_eq!(split_documents(&text, text.len()).len(), 1);
+        assert_eq!(split_documents(&text, 1).len(), 4);
+        // `---x` is content, not a marker; directives keep the text whole.
+        assert_eq!(split_documents("a: 1\n---x: 2\n", 1).len(), 1);
+        let directive = format!("%YAML 1.2\n{text}");
+        assert_eq!(split_documents(&directive, 1).len(), 1);
     }
 
     #[test]
     fn resolves_scalars_by_core_schema() {
-        let docs =
-            parse_documents("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: 1.2.3\ng: !!str 7\n").unwrap();
+        let docs = parse_documents(
+            "a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: 1.2.3\ng: !!str 7\n",
+            1,
+        )
+        .unwrap();
         let v = &docs[0].value;
         assert_eq!(v["a"], 1);
         assert_eq!(v["b"], "1");
@@ -298,13 +408,13 @@ mod tests {
 
     #[test]
     fn anchors_and_aliases_are_expanded() {
-        let docs = parse_documents("a: &x {k: v}\nb: *x\n").unwrap();
+        let docs = parse_documents("a: &x {k: v}\nb: *x\n", 1).unwrap();
         assert_eq!(docs[0].value["b"]["k"], "v");
     }
 
     #[test]
     fn syntax_errors_carry_position() {
-        let err = parse_documents("a: b\n  c: d\n").unwrap_err();
+        let err = parse_documents("a: b\n  c: d\n", 1).unwrap_err();
         assert_eq!(err.line, 2);
     }
 }
