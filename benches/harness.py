@@ -142,6 +142,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def read_text(path: str) -> str:
+    """A one-line /proc or /sys value, or `?` when it cannot be read."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return "?"
+
+
 def status_kb(pids: list[int], key: str) -> int:
     total = 0
     for p in pids:
@@ -1003,7 +1011,7 @@ listen tcp
             try:
                 r = json.loads(out.stdout)
                 bps = r["end"]["sum_received"]["bits_per_second"]
-                return {"gbps": bps / 1e9}
+                return {"gbps": bps / 1e9, "retransmits": r["end"]["sum_sent"].get("retransmits", 0)}
             except (ValueError, KeyError):
                 time.sleep(1)  # the iperf3 server is still busy with the previous test
         die(f"iperf3 failed on port {port}: {out.stdout[-500:]}{out.stderr}")
@@ -1451,6 +1459,12 @@ def markdown(res: dict, charts_dir: str = "") -> str:
                 f"| {r['workers']} | {r['contender']} | {fmt(r.get(unit_key), '.2f' if unit_key == 'gbps' else '.0f')} "
                 f"| {fmt(r.get('p50_ms'), '.2f')} | {fmt(r.get('p99_ms'), '.2f')} | {fmt(r.get('p999_ms'), '.2f')} "
                 f"| {fmt(r.get('cpu_s'), '.2f')} | {fmt(r.get('peak_rss_mb'))} | {fmt(r.get('errors'), '.0f')} |")
+        if s == "tcp-bulk":
+            retrans = ", ".join(f"{r['contender']} {fmt(r.get('retransmits'), '.0f')}"
+                                for r in res["load"] if r["scenario"] == s and r["workers"] == 1)
+            lines += ["", f"TCP congestion control on this host: `{meta.get('tcp_congestion', '?')}`. "
+                      f"Sender retransmits per run (median, 1 worker): {retrans}. On loopback these are "
+                      "spurious, from segments delivered out of order (see benches/README.md)."]
         lines.append("")
     if ratios := mtls_ratios(res):
         lines += ["## mTLS ratios", "", "| workers | ratio | value | reference | x |", "|---|---|---|---|---|"]
@@ -1637,6 +1651,7 @@ def main() -> None:
     res["meta"] = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "cpus": os.cpu_count(),
         "kernel": platform.release(), "mode": "quick" if args.quick else "full", "runs": args.runs,
+        "tcp_congestion": read_text("/proc/sys/net/ipv4/tcp_congestion_control"),
         "duration": args.duration, "connections": args.connections,
         "idle_connections": args.idle_connections, "versions": versions(args),
         "report": args.report, "handshake_clients": args.handshake_clients,
