@@ -183,7 +183,7 @@ impl Store {
     }
 
     /// Adds one document's resource to this store, or returns what is wrong with it. A
-    /// problem naming a field is put on the document's first line; `add_text` moves it to
+    /// problem naming a field is put on the document's first line; `add_text_at` moves it to
     /// the field's line.
     fn add_document(&mut self, doc: YamlDocument, file: &Path) -> Vec<Problem> {
         let YamlDocument { value, line } = doc;
