@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::admin::{self, Admin};
 use crate::runtime::Proxy;
+use crate::workers::Workers;
 
 /// Bearing: a service-mesh data-plane proxy for Kuma, without Envoy.
 #[derive(Debug, Parser)]
@@ -387,18 +388,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(e) => tracing::warn!("{e}; continuing with the current limit"),
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.concurrency)
-        .thread_name("bearing-worker")
+    let workers = Workers::start(args.concurrency).context("cannot start the worker threads")?;
+    // The control side (admin API, config changes, mesh DNS, signals) runs on this thread;
+    // connections run on the workers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args, source))
+    runtime.block_on(serve(args, source, workers))
 }
 
-async fn serve(args: RunArgs, source: DirectorySource) -> anyhow::Result<()> {
+async fn serve(args: RunArgs, source: DirectorySource, workers: Workers) -> anyhow::Result<()> {
     let admin_listener = admin::bind(args.admin_address).await?;
-    let proxy = Arc::new(Proxy::new());
+    let proxy = Arc::new(Proxy::new(workers));
     let (status_tx, status_rx) = watch::channel(ConfigStatus::default());
     let dns_domain = source.vips.domain.clone();
     let loaded = source.fingerprint();

@@ -3,7 +3,8 @@
 //! The binary (`src/main.rs`) parses the command line; this library holds the runtime:
 //! listeners and connection handling ([`runtime`]), transparent-proxy capture ([`capture`]),
 //! the L4 and L7 paths ([`http_proxy`], [`upstream`]), builtin gateway listeners
-//! ([`gateway`]), metrics ([`stats`]) and the admin API ([`admin`]).
+//! ([`gateway`]), metrics ([`stats`]), the admin API ([`admin`]) and the worker threads
+//! ([`workers`]).
 
 pub mod admin;
 pub mod body;
@@ -21,3 +22,4 @@ pub mod splice;
 pub mod startup_heap;
 pub mod stats;
 pub mod upstream;
+pub mod workers;

@@ -30,6 +30,7 @@ use crate::mesh_tls::MeshTlsSet;
 use crate::sni::{SniRouteRuntime, SniTable};
 use crate::stats::{ListenerStats, Stats};
 use crate::upstream::{ClusterRuntime, EndpointPool};
+use crate::workers::Workers;
 
 /// A listener of the applied config with its cluster and metrics.
 pub struct ListenerRuntime {
@@ -205,17 +206,13 @@ pub struct Proxy {
     http: auto::Builder<TokioExecutor>,
     /// Gateway listeners' HTTP settings (Kuma's gateway header timeout).
     gateway_http: auto::Builder<TokioExecutor>,
-}
-
-impl Default for Proxy {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Where connections run: each worker accepts on its own socket of every listener.
+    workers: Workers,
 }
 
 impl Proxy {
-    /// A proxy with no config yet.
-    pub fn new() -> Self {
+    /// A proxy with no config yet whose connections run on `workers`.
+    pub fn new(workers: Workers) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1().timer(TokioTimer::new());
         http.http2().timer(TokioTimer::new());
@@ -235,6 +232,7 @@ impl Proxy {
             connections: TaskTracker::new(),
             http,
             gateway_http,
+            workers,
         }
     }
 
@@ -398,13 +396,20 @@ impl Proxy {
             .filter(|(address, _, _)| !bound.contains_key(address))
             .collect();
         let addresses: Vec<SocketAddr> = new.iter().map(|(a, _, _)| *a).collect();
-        let sockets = bind_all(&addresses);
-        for ((address, name, optional), socket) in new.into_iter().zip(sockets) {
-            match socket.and_then(TcpListener::from_std) {
-                Ok(socket) => {
+        let handles = self.workers.handles();
+        let sockets = bind_all(&addresses, handles.len());
+        // What each worker starts accepting on: one batch per worker, so the sockets are
+        // registered with the workers' epolls on the workers, in parallel, and their accept
+        // tasks spawned there without a wake-up per task.
+        let mut batches: Vec<Vec<_>> = handles.iter().map(|_| Vec::new()).collect();
+        for ((address, name, optional), sockets) in new.into_iter().zip(sockets) {
+            match sockets {
+                Ok(sockets) => {
                     tracing::info!(listener = %name, %address, "listening");
                     let stop = CancellationToken::new();
-                    tokio::spawn(self.clone().accept_loop(address, socket, stop.clone()));
+                    for (socket, batch) in sockets.into_iter().zip(&mut batches) {
+                        batch.push((address, socket, stop.clone()));
+                    }
                     bound.insert(address, BoundListener { stop });
                 }
                 Err(e) if optional && is_family_unavailable(&e) => {
@@ -418,6 +423,11 @@ impl Proxy {
                 }
             }
         }
+        for (batch, handle) in batches.into_iter().zip(handles) {
+            if !batch.is_empty() {
+                handle.spawn(self.clone().start_accepting(batch));
+            }
+        }
         self.listeners_bound
             .store(errors.is_empty(), Ordering::Release);
     }
@@ -425,6 +435,23 @@ impl Proxy {
     /// Whether some listener failed to bind (the applier retries then).
     pub fn has_bind_errors(&self) -> bool {
         !lock(&self.bind_errors).is_empty()
+    }
+
+    /// Registers `sockets` with this worker's epoll and accepts on each. A socket that cannot
+    /// be registered is closed, which takes it out of its SO_REUSEPORT group: the other
+    /// workers get its connections.
+    async fn start_accepting(
+        self: Arc<Self>,
+        sockets: Vec<(SocketAddr, std::net::TcpListener, CancellationToken)>,
+    ) {
+        for (address, socket, stop) in sockets {
+            match TcpListener::from_std(socket) {
+                Ok(socket) => drop(tokio::spawn(
+                    self.clone().accept_loop(address, socket, stop),
+                )),
+                Err(e) => tracing::error!(%address, "a worker cannot accept on this listener: {e}"),
+            }
+        }
     }
 
     async fn accept_loop(
@@ -450,7 +477,7 @@ impl Proxy {
             let snapshot = self.snapshot.load_full();
             let proxy = self.clone();
             if let Some(port) = snapshot.captures.get(&address).cloned() {
-                self.connections.spawn(async move {
+                self.spawn_connection(stream, peer, move |stream| async move {
                     let route = match capture::original_destination(&stream) {
                         Ok(target) => snapshot.route_captured(&port, address, target),
                         Err(e) => Route::Refuse(format!(
@@ -462,10 +489,47 @@ impl Proxy {
                     proxy.serve_captured(route, &port, stream, peer).await;
                 });
             } else if let Some(listener) = snapshot.listener(&address).cloned() {
-                self.connections
-                    .spawn(async move { proxy.serve(listener, stream, peer).await });
+                self.spawn_connection(stream, peer, move |stream| {
+                    proxy.serve(listener, stream, peer)
+                });
             }
         }
+    }
+
+    /// Runs `serve` for a connection just accepted, on this worker or, when that keeps the
+    /// workers' connection counts even, on the one with the fewest (the kernel's SO_REUSEPORT
+    /// hash alone left 50 connections split up to 31/19; the busier worker's share set the
+    /// tail latency).
+    fn spawn_connection<F>(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        serve: impl FnOnce(TcpStream) -> F + Send + 'static,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (open, elsewhere) = self.workers.place();
+        let Some(handle) = elsewhere else {
+            self.connections.spawn(async move {
+                let _open = open;
+                serve(stream).await
+            });
+            return;
+        };
+        // Moved by its descriptor: the stream leaves this worker's epoll for that one's.
+        let moved = stream.into_std();
+        self.connections.spawn_on(
+            async move {
+                let _open = open;
+                match moved.and_then(TcpStream::from_std) {
+                    Ok(stream) => serve(stream).await,
+                    Err(e) => {
+                        tracing::warn!(%peer, "cannot move a connection to another worker: {e}")
+                    }
+                }
+            },
+            handle,
+        );
     }
 
     /// Serves one connection accepted for (or captured for) `listener`.
@@ -752,21 +816,26 @@ fn upstream_alpn(protocol: Protocol) -> &'static [&'static [u8]] {
     }
 }
 
-/// Binds `addresses`, in order. Many sockets (a sidecar with a thousand outbounds) are bound
-/// on as many threads as there are cores: 1000 listeners took 6 ms on one thread, 4 on two.
-fn bind_all(addresses: &[SocketAddr]) -> Vec<std::io::Result<std::net::TcpListener>> {
+/// Binds `addresses`, in order, each with one socket per worker (`per_address`). Many sockets
+/// (a sidecar with a thousand outbounds) are bound on as many threads as there are cores: 1000
+/// listeners took 6 ms on one thread, 4 on two.
+fn bind_all(
+    addresses: &[SocketAddr],
+    per_address: usize,
+) -> Vec<std::io::Result<Vec<std::net::TcpListener>>> {
     const PER_THREAD: usize = 64;
+    let bind = |address: &SocketAddr| bind_for_workers(*address, per_address);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(addresses.len() / PER_THREAD);
     if threads <= 1 {
-        return addresses.iter().map(|a| bind(*a)).collect();
+        return addresses.iter().map(bind).collect();
     }
     let per = addresses.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let parts: Vec<_> = addresses
             .chunks(per)
-            .map(|chunk| scope.spawn(move || chunk.iter().map(|a| bind(*a)).collect::<Vec<_>>()))
+            .map(|chunk| scope.spawn(move || chunk.iter().map(bind).collect::<Vec<_>>()))
             .collect();
         parts
             .into_iter()
@@ -783,11 +852,25 @@ fn bind_all(addresses: &[SocketAddr]) -> Vec<std::io::Result<std::net::TcpListen
     })
 }
 
-/// Binds a listening socket with SO_REUSEADDR (restarts do not wait for TIME_WAIT).
-fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Binds `workers` listening sockets on `address`: one, or a SO_REUSEPORT group the kernel
+/// spreads new connections over (by their addresses' hash). Either way a port another socket
+/// holds without SO_REUSEPORT fails to bind.
+fn bind_for_workers(
+    address: SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    (0..workers).map(|_| bind(address, workers > 1)).collect()
+}
+
+/// Binds a listening socket with SO_REUSEADDR (restarts do not wait for TIME_WAIT), and
+/// SO_REUSEPORT when `shared` by several workers.
+fn bind(address: SocketAddr, shared: bool) -> std::io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(address);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
     if address.is_ipv6() {
         // `[::]:15001` must not also claim IPv4, which `0.0.0.0:15001` serves.
         socket.set_only_v6(true)?;

@@ -29,6 +29,7 @@ use crate::body::MessageBody;
 use crate::io::Counted;
 use crate::mesh_tls::UpstreamConnector;
 use crate::stats::ClusterStats;
+use crate::workers;
 use tokio_util::either::Either;
 
 /// Idle HTTP/1 connections kept per endpoint; more are closed when released.
@@ -88,10 +89,55 @@ type UpstreamIo = TokioIo<UpstreamStream>;
 /// Pooled connections to one endpoint of one cluster.
 pub struct EndpointPool {
     address: SocketAddr,
-    idle_h1: Mutex<Vec<http1::SendRequest<RequestBody>>>,
+    idle_h1: Idle<http1::SendRequest<RequestBody>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// Idle HTTP/1.1 connections of the byte path (`forward_h1`), owned by no task.
-    idle_raw: Mutex<Vec<UpstreamStream>>,
+    idle_raw: Idle<UpstreamStream>,
+}
+
+/// Idle connections of one endpoint, each kept for the worker that opened it: its socket is
+/// registered with that worker's epoll, and a request from another worker would be woken
+/// across threads for every response (as Envoy, each worker pools its own).
+struct Idle<T>(Mutex<Vec<(usize, T)>>);
+
+/// What to do with an idle connection found while looking for one to use.
+enum Found {
+    Use,
+    Keep,
+    Drop,
+}
+
+impl<T> Idle<T> {
+    fn new() -> Self {
+        Idle(Mutex::new(Vec::new()))
+    }
+
+    /// The newest of this worker's connections `judge` says to use; on the way, the ones it
+    /// says to drop are dropped.
+    fn take(&self, mut judge: impl FnMut(&mut T) -> Found) -> Option<T> {
+        let worker = workers::current();
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for i in (0..idle.len()).rev() {
+            if idle[i].0 != worker {
+                continue;
+            }
+            match judge(&mut idle[i].1) {
+                Found::Use => return Some(idle.swap_remove(i).1),
+                Found::Keep => {}
+                // Moves the last one, already looked at, into `i`.
+                Found::Drop => drop(idle.swap_remove(i)),
+            }
+        }
+        None
+    }
+
+    /// Keeps `connection` for this worker unless the endpoint has enough idle ones.
+    fn put(&self, connection: T) {
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push((workers::current(), connection));
+        }
+    }
 }
 
 impl EndpointPool {
@@ -99,9 +145,9 @@ impl EndpointPool {
     pub fn new(address: SocketAddr) -> Arc<Self> {
         Arc::new(EndpointPool {
             address,
-            idle_h1: Mutex::new(Vec::new()),
+            idle_h1: Idle::new(),
             h2: Mutex::new(None),
-            idle_raw: Mutex::new(Vec::new()),
+            idle_raw: Idle::new(),
         })
     }
 
@@ -113,37 +159,34 @@ impl EndpointPool {
     /// An idle connection ready for a request now. Connections still finishing a previous
     /// exchange (an upload the upstream answered early) stay pooled for later.
     fn take_idle_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
-        let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|s| !s.is_closed());
-        let i = idle.iter().rposition(|s| s.is_ready())?;
-        Some(idle.swap_remove(i))
+        self.idle_h1.take(|s| match (s.is_closed(), s.is_ready()) {
+            (true, _) => Found::Drop,
+            (false, true) => Found::Use,
+            (false, false) => Found::Keep,
+        })
     }
 
     fn release_h1(&self, sender: http1::SendRequest<RequestBody>) {
-        let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_PER_ENDPOINT && !sender.is_closed() {
-            idle.push(sender);
+        if !sender.is_closed() {
+            self.idle_h1.put(sender);
         }
     }
 
     /// An idle byte-path connection that has neither closed nor sent anything since its last
     /// response; the others are dropped.
     fn take_idle_raw(&self) -> Option<UpstreamStream> {
-        let mut idle = self.idle_raw.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(mut stream) = idle.pop() {
-            if is_quiet(&mut stream) {
-                return Some(stream);
+        self.idle_raw.take(|stream| {
+            if is_quiet(stream) {
+                Found::Use
+            } else {
+                Found::Drop
             }
-        }
-        None
+        })
     }
 
     /// Returns a byte-path connection whose last response was read to its end.
     pub(crate) fn release_raw(&self, stream: UpstreamStream) {
-        let mut idle = self.idle_raw.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(stream);
-        }
+        self.idle_raw.put(stream);
     }
 
     fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
