@@ -397,17 +397,20 @@ impl Proxy {
             .collect();
         let addresses: Vec<SocketAddr> = new.iter().map(|(a, _, _)| *a).collect();
         let handles = self.workers.handles();
-        let sockets = bind_all(&addresses, handles.len());
+        let per_address = sockets_per_listener(handles.len(), bound.len() + addresses.len());
+        let sockets = bind_all(&addresses, per_address);
         // What each worker starts accepting on: one batch per worker, so the sockets are
         // registered with the workers' epolls on the workers, in parallel, and their accept
         // tasks spawned there without a wake-up per task.
         let mut batches: Vec<Vec<_>> = handles.iter().map(|_| Vec::new()).collect();
-        for ((address, name, optional), sockets) in new.into_iter().zip(sockets) {
+        for (i, ((address, name, optional), sockets)) in new.into_iter().zip(sockets).enumerate() {
             match sockets {
                 Ok(sockets) => {
                     tracing::info!(listener = %name, %address, "listening");
                     let stop = CancellationToken::new();
-                    for (socket, batch) in sockets.into_iter().zip(&mut batches) {
+                    // One socket per worker, or a lone one on the workers in turn.
+                    for (k, socket) in sockets.into_iter().enumerate() {
+                        let batch = &mut batches[(i + k) % handles.len()];
                         batch.push((address, socket, stop.clone()));
                     }
                     bound.insert(address, BoundListener { stop });
@@ -852,6 +855,21 @@ fn bind_all(
     })
 }
 
+/// How many sockets each listener gets: one per worker (a SO_REUSEPORT group), unless the
+/// listeners' sockets would then take more than half the descriptor limit, which is kept for
+/// connections (two descriptors per proxied one). Then one, accepted on by one worker, which
+/// hands connections to the others as `Workers::place` balances them (10k outbounds with 2
+/// workers took all of a 20000 limit).
+fn sockets_per_listener(workers: usize, listeners: usize) -> usize {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |(soft, _)| soft);
+    if workers > 1 && (listeners as u64).saturating_mul(workers as u64) > limit / 2 {
+        1
+    } else {
+        workers
+    }
+}
+
 /// Binds `workers` listening sockets on `address`: one, or a SO_REUSEPORT group the kernel
 /// spreads new connections over (by their addresses' hash). Either way a port another socket
 /// holds without SO_REUSEPORT fails to bind.
@@ -888,4 +906,17 @@ fn is_family_unavailable(e: &std::io::Error) -> bool {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_get_a_socket_per_worker_while_descriptors_allow() {
+        assert_eq!(sockets_per_listener(1, 5), 1);
+        assert_eq!(sockets_per_listener(2, 5), 2);
+        // Listeners whose sockets would take more than half the limit: one socket each.
+        assert_eq!(sockets_per_listener(2, usize::MAX / 4), 1);
+    }
 }
