@@ -720,13 +720,16 @@ impl Proxy {
         let service = service_fn(move |req| {
             let current = proxy.snapshot.load().listener(&own.config.address).cloned();
             let l = current.unwrap_or_else(|| own.clone());
-            async move {
+            // Boxed: hyper keeps a request's future inline (in its HTTP/1 dispatcher, in the
+            // task of each HTTP/2 stream) and moves it there; inline it is 3 KB copied
+            // several times per request.
+            Box::pin(async move {
                 let resp = match &l.gateway {
                     Some(gw) => gateway::handle(req, &l, gw, peer).await,
                     None => http_proxy::forward(req, &l).await,
                 };
                 Ok::<_, std::convert::Infallible>(resp)
-            }
+            })
         });
         let builder = match listener.gateway {
             Some(_) => &self.gateway_http,
