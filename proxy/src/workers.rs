@@ -1,8 +1,8 @@
-//! The data path's worker threads: one single-threaded tokio runtime per worker, each with its
+//! The data path's worker threads: a tokio runtime of its own per worker, with one thread, its
 //! own epoll instance, timers and run queue, and its own socket of every listener (thread per
 //! core, as Envoy, HAProxy and nginx run their workers).
 //!
-//! Why not one multi-thread runtime: its workers share one I/O driver, so the worker polling
+//! Why not one multi-thread runtime for all workers: its threads share one I/O driver, so the worker polling
 //! epoll schedules every woken connection and the others steal from it; on a 2-core host
 //! shared with the load generator and the origin, a preempted worker held the connections it
 //! had taken while the other one could not help. With 2 workers, HTTP/1.1 small responses had
