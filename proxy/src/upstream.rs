@@ -89,16 +89,18 @@ type UpstreamIo = TokioIo<UpstreamStream>;
 /// Pooled connections to one endpoint of one cluster.
 pub struct EndpointPool {
     address: SocketAddr,
-    idle_h1: Idle<http1::SendRequest<RequestBody>>,
-    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    idle_h1: PerWorker<http1::SendRequest<RequestBody>>,
+    /// Each worker's multiplexed connection, shared by that worker's requests.
+    h2: PerWorker<http2::SendRequest<RequestBody>>,
     /// Idle HTTP/1.1 connections of the byte path (`forward_h1`), owned by no task.
-    idle_raw: Idle<UpstreamStream>,
+    idle_raw: PerWorker<UpstreamStream>,
 }
 
-/// Idle connections of one endpoint, each kept for the worker that opened it: its socket is
-/// registered with that worker's epoll, and a request from another worker would be woken
-/// across threads for every response (as Envoy, each worker pools its own).
-struct Idle<T>(Mutex<Vec<(usize, T)>>);
+/// Connections of one endpoint, each kept for the worker that opened it: its socket is
+/// registered with that worker's epoll and its task runs there, so a request from another
+/// worker would be woken across threads for every response (as Envoy, each worker pools
+/// its own). HTTP/1 connections are taken out for one request; an HTTP/2 one is shared.
+struct PerWorker<T>(Mutex<Vec<(usize, T)>>);
 
 /// What to do with an idle connection found while looking for one to use.
 enum Found {
@@ -107,9 +109,9 @@ enum Found {
     Drop,
 }
 
-impl<T> Idle<T> {
+impl<T> PerWorker<T> {
     fn new() -> Self {
-        Idle(Mutex::new(Vec::new()))
+        PerWorker(Mutex::new(Vec::new()))
     }
 
     /// The newest of this worker's connections `judge` says to use; on the way, the ones it
@@ -138,6 +140,26 @@ impl<T> Idle<T> {
             idle.push((workers::current(), connection));
         }
     }
+
+    /// This worker's shared connection, when `usable` says it still is.
+    fn shared(&self, usable: impl Fn(&T) -> bool) -> Option<T>
+    where
+        T: Clone,
+    {
+        let worker = workers::current();
+        let idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        idle.iter()
+            .find(|(w, c)| *w == worker && usable(c))
+            .map(|(_, c)| c.clone())
+    }
+
+    /// Makes `connection` this worker's shared one, or forgets it with `None`.
+    fn set_shared(&self, connection: Option<T>) {
+        let worker = workers::current();
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(w, _)| *w != worker);
+        idle.extend(connection.map(|c| (worker, c)));
+    }
 }
 
 impl EndpointPool {
@@ -145,9 +167,9 @@ impl EndpointPool {
     pub fn new(address: SocketAddr) -> Arc<Self> {
         Arc::new(EndpointPool {
             address,
-            idle_h1: Idle::new(),
-            h2: Mutex::new(None),
-            idle_raw: Idle::new(),
+            idle_h1: PerWorker::new(),
+            h2: PerWorker::new(),
+            idle_raw: PerWorker::new(),
         })
     }
 
@@ -189,13 +211,13 @@ impl EndpointPool {
         self.idle_raw.put(stream);
     }
 
+    /// This worker's HTTP/2 connection, unless it has closed.
     fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
-        let guard = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+        self.h2.shared(|s| !s.is_closed())
     }
 
     fn store_h2(&self, sender: Option<http2::SendRequest<RequestBody>>) {
-        *self.h2.lock().unwrap_or_else(|p| p.into_inner()) = sender;
+        self.h2.set_shared(sender);
     }
 }
 
@@ -338,7 +360,7 @@ impl ClusterRuntime {
         Box::pin(self.open(pool)).await
     }
 
-    /// An idle HTTP/1 connection, or the shared HTTP/2 one, to `pool`'s endpoint.
+    /// An idle HTTP/1 connection, or this worker's HTTP/2 one, to `pool`'s endpoint.
     fn reusable(&self, pool: &EndpointPool) -> Option<Checkout> {
         if self.is_h2() {
             pool.shared_h2().map(|s| Checkout::H2(s, true))
@@ -563,5 +585,71 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workers::Workers;
+
+    /// Runs `f` on worker `index` of `workers` and returns what it returns.
+    fn on_worker<R: Send + 'static>(
+        workers: &Workers,
+        index: usize,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> R {
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers.handles()[index].spawn(async move {
+            let _ = tx.send(f());
+        });
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn each_worker_sees_only_its_own_connections() {
+        let workers = Workers::start(2).unwrap();
+        let conns = Arc::new(PerWorker::<u32>::new());
+
+        let c = conns.clone();
+        on_worker(&workers, 0, move || c.set_shared(Some(7)));
+        let c = conns.clone();
+        assert_eq!(on_worker(&workers, 1, move || c.shared(|_| true)), None);
+        let c = conns.clone();
+        assert_eq!(on_worker(&workers, 0, move || c.shared(|_| true)), Some(7));
+        let c = conns.clone();
+        assert_eq!(on_worker(&workers, 0, move || c.shared(|&n| n != 7)), None);
+
+        // A replacement takes the old one's place on that worker only.
+        let c = conns.clone();
+        on_worker(&workers, 1, move || c.set_shared(Some(9)));
+        let c = conns.clone();
+        on_worker(&workers, 0, move || c.set_shared(Some(8)));
+        let c = conns.clone();
+        assert_eq!(on_worker(&workers, 0, move || c.shared(|_| true)), Some(8));
+        let c = conns.clone();
+        on_worker(&workers, 1, move || c.set_shared(None));
+        let c = conns.clone();
+        assert_eq!(on_worker(&workers, 1, move || c.shared(|_| true)), None);
+        let c = conns.clone();
+        assert_eq!(on_worker(&workers, 0, move || c.shared(|_| true)), Some(8));
+
+        // Pooled ones are taken by the worker that put them.
+        let c = conns.clone();
+        on_worker(&workers, 1, move || c.put(3));
+        let c = conns.clone();
+        assert_eq!(
+            on_worker(&workers, 0, move || c.take(|&mut n| if n == 3 {
+                Found::Use
+            } else {
+                Found::Keep
+            })),
+            None
+        );
+        let c = conns.clone();
+        assert_eq!(
+            on_worker(&workers, 1, move || c.take(|_| Found::Use)),
+            Some(3)
+        );
     }
 }
