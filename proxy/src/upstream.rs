@@ -32,7 +32,7 @@ use crate::stats::ClusterStats;
 use crate::workers;
 use tokio_util::either::Either;
 
-/// Idle HTTP/1 connections kept per endpoint; more are closed when released.
+/// Idle HTTP/1 connections each worker keeps per endpoint; more are closed when released.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// Why a cluster could not serve a connection or request.
@@ -100,7 +100,8 @@ pub struct EndpointPool {
 /// registered with that worker's epoll and its task runs there, so a request from another
 /// worker would be woken across threads for every response (as Envoy, each worker pools
 /// its own). HTTP/1 connections are taken out for one request; an HTTP/2 one is shared.
-struct PerWorker<T>(Mutex<Vec<(usize, T)>>);
+/// One list per worker (and one for the control thread), found by a scan of a few entries.
+struct PerWorker<T>(Mutex<Vec<(usize, Vec<T>)>>);
 
 /// What to do with an idle connection found while looking for one to use.
 enum Found {
@@ -114,31 +115,43 @@ impl<T> PerWorker<T> {
         PerWorker(Mutex::new(Vec::new()))
     }
 
+    /// Runs `f` on this worker's connections, under the lock.
+    fn mine<R>(&self, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
+        let worker = workers::current();
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let i = match all.iter().position(|(w, _)| *w == worker) {
+            Some(i) => i,
+            None => {
+                all.push((worker, Vec::new()));
+                all.len() - 1
+            }
+        };
+        f(&mut all[i].1)
+    }
+
     /// The newest of this worker's connections `judge` says to use; on the way, the ones it
     /// says to drop are dropped.
     fn take(&self, mut judge: impl FnMut(&mut T) -> Found) -> Option<T> {
-        let worker = workers::current();
-        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        for i in (0..idle.len()).rev() {
-            if idle[i].0 != worker {
-                continue;
+        self.mine(|idle| {
+            for i in (0..idle.len()).rev() {
+                match judge(&mut idle[i]) {
+                    Found::Use => return Some(idle.swap_remove(i)),
+                    Found::Keep => {}
+                    // Moves the last one, already looked at, into `i`.
+                    Found::Drop => drop(idle.swap_remove(i)),
+                }
             }
-            match judge(&mut idle[i].1) {
-                Found::Use => return Some(idle.swap_remove(i).1),
-                Found::Keep => {}
-                // Moves the last one, already looked at, into `i`.
-                Found::Drop => drop(idle.swap_remove(i)),
-            }
-        }
-        None
+            None
+        })
     }
 
-    /// Keeps `connection` for this worker unless the endpoint has enough idle ones.
+    /// Keeps `connection` for this worker unless it has enough idle ones to this endpoint.
     fn put(&self, connection: T) {
-        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push((workers::current(), connection));
-        }
+        self.mine(|idle| {
+            if idle.len() < MAX_IDLE_PER_ENDPOINT {
+                idle.push(connection);
+            }
+        })
     }
 
     /// This worker's shared connection, when `usable` says it still is.
@@ -146,19 +159,15 @@ impl<T> PerWorker<T> {
     where
         T: Clone,
     {
-        let worker = workers::current();
-        let idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        idle.iter()
-            .find(|(w, c)| *w == worker && usable(c))
-            .map(|(_, c)| c.clone())
+        self.mine(|conns| conns.iter().find(|c| usable(c)).cloned())
     }
 
     /// Makes `connection` this worker's shared one, or forgets it with `None`.
     fn set_shared(&self, connection: Option<T>) {
-        let worker = workers::current();
-        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|(w, _)| *w != worker);
-        idle.extend(connection.map(|c| (worker, c)));
+        self.mine(|conns| {
+            conns.clear();
+            conns.extend(connection);
+        })
     }
 }
 
@@ -608,7 +617,7 @@ mod tests {
 
     #[test]
     fn each_worker_sees_only_its_own_connections() {
-        let workers = Workers::start(2).unwrap();
+        let workers = Workers::start(2, false).unwrap();
         let conns = Arc::new(PerWorker::<u32>::new());
 
         let c = conns.clone();
@@ -651,5 +660,27 @@ mod tests {
             on_worker(&workers, 1, move || c.take(|_| Found::Use)),
             Some(3)
         );
+    }
+
+    #[test]
+    fn the_idle_limit_counts_each_worker_alone() {
+        let workers = Workers::start(2, false).unwrap();
+        let conns = Arc::new(PerWorker::<usize>::new());
+        let c = conns.clone();
+        on_worker(&workers, 1, move || {
+            (0..MAX_IDLE_PER_ENDPOINT + 5).for_each(|n| c.put(n))
+        });
+        let c = conns.clone();
+        on_worker(&workers, 0, move || c.put(1000));
+        let c = conns.clone();
+        assert_eq!(
+            on_worker(&workers, 0, move || c.take(|_| Found::Use)),
+            Some(1000)
+        );
+        let c = conns.clone();
+        let kept = on_worker(&workers, 1, move || {
+            std::iter::from_fn(|| c.take(|_| Found::Use)).count()
+        });
+        assert_eq!(kept, MAX_IDLE_PER_ENDPOINT);
     }
 }
