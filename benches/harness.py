@@ -472,9 +472,10 @@ def envoy_bootstrap(admin: int, listeners: list, clusters: list) -> str:
     })
 
 
-def haproxy_conf(w: int, frontends: str) -> str:
+def haproxy_conf(w: int, frontends: str, pin: bool) -> str:
+    cpu_map = f"\n    cpu-map auto:1/1-{w} 0-{w - 1}" if pin else ""
     return f"""global
-    nbthread {w}
+    nbthread {w}{cpu_map}
     maxconn 12000
     no strict-limits
 defaults
@@ -486,10 +487,11 @@ defaults
 {frontends}"""
 
 
-def nginx_conf(work: Path, tag: str, w: int, http: str, stream: str = "") -> str:
+def nginx_conf(work: Path, tag: str, w: int, pin: bool, http: str, stream: str = "") -> str:
     stream_block = f"stream {{\n{stream}\n}}" if stream else ""
+    affinity = "\nworker_cpu_affinity auto;" if pin else ""
     return f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes {w};
+worker_processes {w};{affinity}
 daemon off;
 pid {work}/{tag}.pid;
 error_log {work}/{tag}-error.log warn;
@@ -716,6 +718,11 @@ class Bench:
 
     # -- contenders --------------------------------------------------------------------------
 
+    def bearing_pin(self) -> list[str]:
+        """Bearing's flag for --pin: each worker on its own CPU, as cpu-map and
+        worker_cpu_affinity do for HAProxy and nginx."""
+        return ["--pin-workers"] if self.args.pin else []
+
     def start_contender(self, name: str, w: int) -> Contender:
         if name == "direct":
             return Contender(name, http1=ORIGIN_H1, h2=ORIGIN_H2, tcp=ORIGIN_TCP, pair_port=ORIGIN_H1)
@@ -733,7 +740,8 @@ class Bench:
                 bearing_pair_store(d / "mtls", b + 3, MTLS_MESH)
                 shutil.copy(self.mesh_pki().secrets_yaml, d / "mtls")
                 pairs.append(("-mtls", d / "mtls", c.mtls))
-            run = [self.args.bearing, "run", "--log-level", "warn", "--concurrency", str(w)]
+            run = [self.args.bearing, "run", "--log-level", "warn", "--concurrency", str(w),
+                   *self.bearing_pin()]
             c.single.append(start("bearing", run + ["--config-dir", str(d / "single"), "--name",
                                                     "bench-proxy", "--admin-address",
                                                     f"127.0.0.1:{b + 10}"], logf))
@@ -795,7 +803,7 @@ listen tcp
             }
             for tag, text in confs.items():
                 f = d / f"{tag}.cfg"
-                f.write_text(haproxy_conf(w, text))
+                f.write_text(haproxy_conf(w, text, self.args.pin))
                 p = start(f"haproxy-{tag}", ["haproxy", "-f", str(f), "-db"], logf)
                 (c.single if tag == "single" else c.pair).append(p)
                 wait_tcp({"single": b, "out": b + 3, "in": b + 4}[tag], p)
@@ -813,7 +821,7 @@ listen tcp
             }
             for tag, (http, stream) in confs.items():
                 f = d / f"{tag}.conf"
-                f.write_text(nginx_conf(d, tag, w, http, stream))
+                f.write_text(nginx_conf(d, tag, w, self.args.pin, http, stream))
                 (d / f"{tag}-tmp").mkdir()
                 p = start(f"nginx-{tag}", ["nginx", "-c", str(f), "-p", str(d)], logf)
                 (c.single if tag == "single" else c.pair).append(p)
@@ -838,6 +846,7 @@ listen tcp
         if c.name == "bearing":
             bearing_gateway_store(d / "gateway", b, cert, key)
             p = start("bearing-gateway", [self.args.bearing, "run", "--log-level", "warn",
+                                          *self.bearing_pin(),
                                           "--concurrency", str(w), "--config-dir", str(d / "gateway"),
                                           "--name", "bench-gateway", "--admin-address",
                                           f"127.0.0.1:{b + 17}"], logf)
@@ -854,13 +863,13 @@ listen tcp
             pem = d / "gateway-crt.pem"
             pem.write_bytes(cert.read_bytes() + key.read_bytes())
             f = d / "gateway.cfg"
-            f.write_text(haproxy_conf(w, haproxy_gateway(b, pem)))
+            f.write_text(haproxy_conf(w, haproxy_gateway(b, pem), self.args.pin))
             p = start("haproxy-gateway", ["haproxy", "-f", str(f), "-db"], logf)
             c.gateway.append(p)
             wait_tcp(b + 16, p)
         elif c.name == "nginx":
             f = d / "gateway.conf"
-            f.write_text(nginx_conf(d, "gateway", w, nginx_gateway(b, cert, key)))
+            f.write_text(nginx_conf(d, "gateway", w, self.args.pin, nginx_gateway(b, cert, key)))
             (d / "gateway-tmp").mkdir()
             p = start("nginx-gateway", ["nginx", "-c", str(f), "-p", str(d)], logf)
             c.gateway.append(p)
@@ -1415,8 +1424,12 @@ def markdown(res: dict, charts_dir: str = "") -> str:
         f"{' and '.join(TARGET_SCENARIOS)} with 1 worker, which the targets are judged on), "
         f"{meta['duration']} s each, median reported; wrk -t1 -c{meta['connections']}, h2load -c10 -m10 -t1{handshake_client}. "
         "**A shared 2-core VM**: the load generator, the origin (nginx, 1 worker) and the proxy share the "
-        "same two cores and other engineers were compiling; nothing is pinned. Compare ratios within a "
-        "run, not absolute figures across machines.",
+        "same two cores and other engineers were compiling. "
+        + ("**Pinned** (`--pin`): each worker thread of Bearing (`--pin-workers`), HAProxy (`cpu-map`) and "
+           "nginx (`worker_cpu_affinity auto`) runs on its own CPU; Envoy has no such setting and is not "
+           "pinned; the load generator and the origin are not. " if meta.get("pin") else
+           "Nothing is pinned. ")
+        + "Compare ratios within a run, not absolute figures across machines.",
         "",
         f"Versions: {meta['versions']}.",
         "",
@@ -1620,6 +1633,9 @@ def main() -> None:
                     "and the plaintext pair, or `gateway` for the builtin gateway ones (skips memory "
                     "and start-up)")
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin each worker thread of Bearing, HAProxy and nginx to its own CPU (Envoy "
+                         "has no such setting); for a host the proxy owns, not the default")
     ap.add_argument("--contenders", help="comma-separated subset of the contenders (development: e.g. "
                     "checking the peers' configuration of a scenario Bearing cannot run yet); the "
                     "report names who ran")
@@ -1659,7 +1675,7 @@ def main() -> None:
     res["meta"] = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "cpus": os.cpu_count(),
         "kernel": platform.release(), "mode": "quick" if args.quick else "full", "runs": args.runs,
-        "target_runs": args.target_runs,
+        "target_runs": args.target_runs, "pin": args.pin,
         "tcp_congestion": read_text("/proc/sys/net/ipv4/tcp_congestion_control"),
         "duration": args.duration, "connections": args.connections,
         "idle_connections": args.idle_connections, "versions": versions(args),

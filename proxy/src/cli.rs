@@ -155,6 +155,11 @@ pub struct RunArgs {
     /// Worker threads of the data path.
     #[arg(long, default_value_t = 2, env = "KUMA_DATAPLANE_RUNTIME_CONCURRENCY")]
     pub concurrency: usize,
+    /// Pin worker i to the i-th CPU the process may use (as nginx's `worker_cpu_affinity
+    /// auto` or HAProxy's `cpu-map`). Only where the proxy owns those CPUs (a cpuset,
+    /// a dedicated host): pinned workers of several processes would share CPUs.
+    #[arg(long, env = "BEARING_PIN_WORKERS")]
+    pub pin_workers: bool,
     /// Longest wait for in-flight requests on shutdown, e.g. 30s, 500ms.
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "KUMA_DATAPLANE_DRAIN_TIME")]
     pub drain_time: Duration,
@@ -388,7 +393,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(e) => tracing::warn!("{e}; continuing with the current limit"),
     }
-    let workers = Workers::start(args.concurrency).context("cannot start the worker threads")?;
+    let workers = Workers::start(args.concurrency, args.pin_workers)
+        .context("cannot start the worker threads")?;
     // The control side (admin API, config changes, mesh DNS, signals) runs on this thread;
     // connections run on the workers.
     let runtime = tokio::runtime::Builder::new_current_thread()

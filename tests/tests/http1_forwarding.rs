@@ -100,8 +100,8 @@ while True:
 sys.stdout.buffer.write(out)
 "#;
 
-/// `a` with the origin running and `bearing` ready with `workers` worker threads.
-fn setup<'t>(topo: &'t Topology, workers: &str) -> Result<(Process, Bearing<'t>)> {
+/// `a` with the origin running and `bearing` ready, run with `flags` (its worker threads).
+fn setup<'t>(topo: &'t Topology, flags: &[&str]) -> Result<(Process, Bearing<'t>)> {
     let a = topo.host("a");
     let origin = a
         .command("python3")
@@ -127,7 +127,8 @@ fn setup<'t>(topo: &'t Topology, workers: &str) -> Result<(Process, Bearing<'t>)
             ("origin.yaml", origin_dp),
         ],
     )?;
-    let bearing = Bearing::start(a, &dir, &["--name", "web", "--concurrency", workers])?;
+    let args: Vec<&str> = ["--name", "web"].iter().chain(flags).copied().collect();
+    let bearing = Bearing::start(a, &dir, &args)?;
     Ok((origin, bearing))
 }
 
@@ -147,7 +148,7 @@ fn exchange(host: &Host, requests: &str) -> Result<String> {
 fn framings_pass_through_unchanged_on_one_pipelined_connection() -> Result<()> {
     require_root_and_tools()?;
     let topo = Topology::new(&["a"])?;
-    let (_origin, _bearing) = setup(&topo, "2")?;
+    let (_origin, _bearing) = setup(&topo, &["--concurrency", "2"])?;
     let a = topo.host("a");
     let requests = "GET /echo HTTP/1.1\r\nHost: origin\r\nConnection: keep-alive, X-Hop\r\n\
                     X-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\n\
@@ -188,7 +189,7 @@ fn pooled_connections_are_reused_and_bad_upstreams_answered_clearly() -> Result<
     let topo = Topology::new(&["a"])?;
     // One worker: idle upstream connections are pooled per worker, and the kernel may give
     // two client connections in turn to different workers.
-    let (_origin, bearing) = setup(&topo, "1")?;
+    let (_origin, bearing) = setup(&topo, &["--concurrency", "1"])?;
     let a = topo.host("a");
     let get = |path: &str, close: bool| {
         let close = if close { "Connection: close\r\n" } else { "" };
@@ -233,8 +234,9 @@ fn pooled_connections_are_reused_and_bad_upstreams_answered_clearly() -> Result<
 fn requests_the_byte_path_does_not_carry_go_to_the_http_stack() -> Result<()> {
     require_root_and_tools()?;
     let topo = Topology::new(&["a"])?;
-    let (_origin, _bearing) = setup(&topo, "2")?;
+    let (_origin, _bearing) = setup(&topo, &["--concurrency", "2", "--pin-workers"])?;
     let a = topo.host("a");
+    // (Workers pinned to CPUs, which must not change what they serve.)
     // A byte-path request, then a chunked upload on the same connection: the stack that
     // takes over reads the bytes the byte path had already read.
     let requests = "GET /connection HTTP/1.1\r\nHost: origin\r\n\r\n\
