@@ -15,6 +15,7 @@ declare -A need=(
   [ip]=iproute2 [iptables]=iptables [curl]=curl [nginx]=nginx [dig]=dnsutils
   [redis-server]=redis-server [redis-cli]=redis-tools [socat]=socat [python3]=python3
   [setpriv]=util-linux [dnsmasq]=dnsmasq-base [tcpdump]=tcpdump [openssl]=openssl
+  [h2load]=nghttp2-client
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::body::MessageBody;
 use crate::io::Counted;
@@ -90,8 +91,8 @@ type UpstreamIo = TokioIo<UpstreamStream>;
 pub struct EndpointPool {
     address: SocketAddr,
     idle_h1: PerWorker<http1::SendRequest<RequestBody>>,
-    /// Each worker's multiplexed connection, shared by that worker's requests.
-    h2: PerWorker<http2::SendRequest<RequestBody>>,
+    /// Each worker's multiplexed connection (at most one), shared by that worker's requests.
+    h2: PerWorker<H2Slot>,
     /// Idle HTTP/1.1 connections of the byte path (`forward_h1`), owned by no task.
     idle_raw: PerWorker<UpstreamStream>,
 }
@@ -153,22 +154,25 @@ impl<T> PerWorker<T> {
             }
         })
     }
+}
 
-    /// This worker's shared connection, when `usable` says it still is.
-    fn shared(&self, usable: impl Fn(&T) -> bool) -> Option<T>
-    where
-        T: Clone,
-    {
-        self.mine(|conns| conns.iter().find(|c| usable(c)).cloned())
-    }
+/// The outcome of opening an HTTP/2 connection, as the requests that waited for it see it
+/// (`None` until it is known).
+type H2Opened = Option<Result<http2::SendRequest<RequestBody>, Arc<io::Error>>>;
 
-    /// Makes `connection` this worker's shared one, or forgets it with `None`.
-    fn set_shared(&self, connection: Option<T>) {
-        self.mine(|conns| {
-            conns.clear();
-            conns.extend(connection);
-        })
-    }
+/// A worker's HTTP/2 connection to an endpoint: in use, or being opened by one request while
+/// the worker's other requests wait for it (as Envoy queues requests on a connecting HTTP/2
+/// pool) instead of each opening a connection of its own.
+enum H2Slot {
+    Ready(http2::SendRequest<RequestBody>),
+    Opening(watch::Receiver<H2Opened>),
+}
+
+/// What a request does about its worker's HTTP/2 connection.
+enum H2Turn {
+    Use(http2::SendRequest<RequestBody>),
+    Wait(watch::Receiver<H2Opened>),
+    Open(watch::Sender<H2Opened>),
 }
 
 impl EndpointPool {
@@ -220,13 +224,39 @@ impl EndpointPool {
         self.idle_raw.put(stream);
     }
 
-    /// This worker's HTTP/2 connection, unless it has closed.
-    fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
-        self.h2.shared(|s| !s.is_closed())
+    /// This worker's HTTP/2 connection to use, the attempt under way to wait for, or the
+    /// turn to open one: when there is none, it closed, or the request opening it went away.
+    fn h2_turn(&self) -> H2Turn {
+        self.h2.mine(|slot| {
+            match slot.first() {
+                Some(H2Slot::Ready(sender)) if !sender.is_closed() => {
+                    return H2Turn::Use(sender.clone())
+                }
+                Some(H2Slot::Opening(opening)) if opening.has_changed().is_ok() => {
+                    return H2Turn::Wait(opening.clone())
+                }
+                _ => {}
+            }
+            let (outcome, opening) = watch::channel(None);
+            slot.clear();
+            slot.push(H2Slot::Opening(opening));
+            H2Turn::Open(outcome)
+        })
     }
 
-    fn store_h2(&self, sender: Option<http2::SendRequest<RequestBody>>) {
-        self.h2.set_shared(sender);
+    /// Records how this worker's attempt to open an HTTP/2 connection ended.
+    fn h2_opened(&self, sender: Option<&http2::SendRequest<RequestBody>>) {
+        self.h2.mine(|slot| {
+            slot.clear();
+            slot.extend(sender.cloned().map(H2Slot::Ready));
+        })
+    }
+
+    /// Forgets this worker's HTTP/2 connection once it refuses new streams (GOAWAY); an
+    /// attempt already under way to replace it stays.
+    fn forget_h2(&self) {
+        self.h2
+            .mine(|slot| slot.retain(|s| matches!(s, H2Slot::Opening(_))))
     }
 }
 
@@ -359,22 +389,49 @@ impl ClusterRuntime {
         }
     }
 
-    /// Gets a ready connection to `pool`'s endpoint: an idle one or a new one.
+    /// Gets a ready connection to `pool`'s endpoint: an idle one or a new one for HTTP/1,
+    /// this worker's for HTTP/2.
     async fn checkout(&self, pool: &EndpointPool) -> io::Result<Checkout> {
-        if let Some(reused) = self.reusable(pool) {
-            return Ok(reused);
+        if self.is_h2() {
+            return self.checkout_h2(pool).await;
+        }
+        if let Some(sender) = pool.take_idle_h1() {
+            return Ok(Checkout::H1(sender, true));
         }
         // Boxed: the future of a new connection (TCP and TLS connect, HTTP/2 handshake) is
         // kilobytes, and inline it made every request's future 7 KB, copied on each move.
-        Box::pin(self.open(pool)).await
+        let sender = Box::pin(self.open_h1(pool.address)).await?;
+        Ok(Checkout::H1(sender, false))
     }
 
-    /// An idle HTTP/1 connection, or this worker's HTTP/2 one, to `pool`'s endpoint.
-    fn reusable(&self, pool: &EndpointPool) -> Option<Checkout> {
-        if self.is_h2() {
-            pool.shared_h2().map(|s| Checkout::H2(s, true))
-        } else {
-            pool.take_idle_h1().map(|s| Checkout::H1(s, true))
+    /// This worker's HTTP/2 connection to `pool`'s endpoint, opened by the first request
+    /// that needs it; requests arriving meanwhile share that attempt's outcome, failure
+    /// included (without this, 100 concurrent first requests opened up to 100 connections).
+    async fn checkout_h2(&self, pool: &EndpointPool) -> io::Result<Checkout> {
+        loop {
+            match pool.h2_turn() {
+                H2Turn::Use(sender) => return Ok(Checkout::H2(sender, true)),
+                H2Turn::Wait(mut opening) => {
+                    // An error: the request opening it went away first; take the turn.
+                    if let Ok(outcome) = opening.wait_for(Option::is_some).await {
+                        match &*outcome {
+                            Some(Ok(sender)) => return Ok(Checkout::H2(sender.clone(), false)),
+                            Some(Err(e)) => return Err(io::Error::new(e.kind(), e.to_string())),
+                            None => {}
+                        }
+                    }
+                }
+                H2Turn::Open(outcome) => {
+                    // Boxed for the same reason as in `checkout`.
+                    let opened = Box::pin(self.open_h2(pool.address)).await;
+                    pool.h2_opened(opened.as_ref().ok());
+                    outcome.send_replace(Some(match &opened {
+                        Ok(sender) => Ok(sender.clone()),
+                        Err(e) => Err(Arc::new(io::Error::new(e.kind(), e.to_string()))),
+                    }));
+                    return opened.map(|sender| Checkout::H2(sender, false));
+                }
+            }
         }
     }
 
@@ -397,35 +454,26 @@ impl ClusterRuntime {
         Ok((stream, false))
     }
 
-    /// A new connection to `pool`'s endpoint, handshaken for the cluster's protocol.
-    async fn open(&self, pool: &EndpointPool) -> io::Result<Checkout> {
-        let h2 = self.is_h2();
-        let io = TokioIo::new(self.connect(pool.address).await?);
-        let address = pool.address;
-        if h2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .handshake::<UpstreamIo, RequestBody>(io)
-                .await
-                .map_err(io::Error::other)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(endpoint = %address, "upstream h2 connection ended: {e}");
-                }
-            });
-            pool.store_h2(Some(sender.clone()));
-            Ok(Checkout::H2(sender, false))
-        } else {
-            let (sender, conn) = http1::Builder::new()
-                .handshake::<UpstreamIo, RequestBody>(io)
-                .await
-                .map_err(io::Error::other)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(endpoint = %address, "upstream connection ended: {e}");
-                }
-            });
-            Ok(Checkout::H1(sender, false))
-        }
+    /// A new HTTP/1.1 connection to `address`.
+    async fn open_h1(&self, address: SocketAddr) -> io::Result<http1::SendRequest<RequestBody>> {
+        let io = TokioIo::new(self.connect(address).await?);
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<UpstreamIo, RequestBody>(io)
+            .await
+            .map_err(io::Error::other)?;
+        drive(conn, address);
+        Ok(sender)
+    }
+
+    /// A new HTTP/2 connection to `address`.
+    async fn open_h2(&self, address: SocketAddr) -> io::Result<http2::SendRequest<RequestBody>> {
+        let io = TokioIo::new(self.connect(address).await?);
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake::<UpstreamIo, RequestBody>(io)
+            .await
+            .map_err(io::Error::other)?;
+        drive(conn, address);
+        Ok(sender)
     }
 
     /// Sends `req` to the next endpoint that accepts a connection.
@@ -501,7 +549,7 @@ impl ClusterRuntime {
                     Some(Ok(resp)) => Ok(resp.map(|body| UpstreamBody::new(body, None))),
                     Some(Err(mut e)) => match e.take_message() {
                         Some(req) => {
-                            pool.store_h2(None);
+                            pool.forget_h2();
                             Err(Retry::Again(req))
                         }
                         None => Err(fail(e.into_error())),
@@ -510,6 +558,18 @@ impl ClusterRuntime {
             }
         }
     }
+}
+
+/// Runs an upstream connection's I/O as a task of this worker until it closes.
+fn drive<C>(conn: C, address: SocketAddr)
+where
+    C: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(endpoint = %address, "upstream connection ended: {e}");
+        }
+    });
 }
 
 /// Whether an idle connection is still quiet: a read now would wait. Readiness comes from
@@ -616,50 +676,32 @@ mod tests {
     }
 
     #[test]
-    fn each_worker_sees_only_its_own_connections() {
+    fn each_worker_takes_only_its_own_connections() {
         let workers = Workers::start(2, false).unwrap();
         let conns = Arc::new(PerWorker::<u32>::new());
-
-        let c = conns.clone();
-        on_worker(&workers, 0, move || c.set_shared(Some(7)));
-        let c = conns.clone();
-        assert_eq!(on_worker(&workers, 1, move || c.shared(|_| true)), None);
-        let c = conns.clone();
-        assert_eq!(on_worker(&workers, 0, move || c.shared(|_| true)), Some(7));
-        let c = conns.clone();
-        assert_eq!(on_worker(&workers, 0, move || c.shared(|&n| n != 7)), None);
-
-        // A replacement takes the old one's place on that worker only.
-        let c = conns.clone();
-        on_worker(&workers, 1, move || c.set_shared(Some(9)));
-        let c = conns.clone();
-        on_worker(&workers, 0, move || c.set_shared(Some(8)));
-        let c = conns.clone();
-        assert_eq!(on_worker(&workers, 0, move || c.shared(|_| true)), Some(8));
-        let c = conns.clone();
-        on_worker(&workers, 1, move || c.set_shared(None));
-        let c = conns.clone();
-        assert_eq!(on_worker(&workers, 1, move || c.shared(|_| true)), None);
-        let c = conns.clone();
-        assert_eq!(on_worker(&workers, 0, move || c.shared(|_| true)), Some(8));
-
-        // Pooled ones are taken by the worker that put them.
         let c = conns.clone();
         on_worker(&workers, 1, move || c.put(3));
         let c = conns.clone();
-        assert_eq!(
-            on_worker(&workers, 0, move || c.take(|&mut n| if n == 3 {
-                Found::Use
-            } else {
-                Found::Keep
-            })),
-            None
-        );
+        on_worker(&workers, 0, move || c.put(7));
+        let c = conns.clone();
+        let taken = on_worker(&workers, 0, move || {
+            std::iter::from_fn(|| c.take(|_| Found::Use)).collect::<Vec<_>>()
+        });
+        assert_eq!(taken, vec![7]);
+        // Kept, and dropped, only among the worker's own.
+        let c = conns.clone();
+        let none = on_worker(&workers, 1, move || {
+            c.put(4);
+            c.take(|&mut n| if n == 4 { Found::Drop } else { Found::Keep })
+        });
+        assert_eq!(none, None);
         let c = conns.clone();
         assert_eq!(
             on_worker(&workers, 1, move || c.take(|_| Found::Use)),
             Some(3)
         );
+        let c = conns.clone();
+        assert_eq!(on_worker(&workers, 1, move || c.take(|_| Found::Use)), None);
     }
 
     #[test]

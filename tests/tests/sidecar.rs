@@ -424,3 +424,52 @@ fn port_in_use_is_reported_and_other_listeners_serve() -> Result<()> {
     ensure!(code == 200, "slow outbound answered {code}");
     Ok(())
 }
+
+#[test]
+fn concurrent_http2_requests_share_one_upstream_connection_per_worker() -> Result<()> {
+    require_root_and_tools()?;
+    let topo = Topology::new(&["a"])?;
+    let a = topo.host("a");
+    let _origin = NginxConfig::new(80)
+        .http_snippet(
+            "server { listen 0.0.0.0:8082 http2; location / { return 200 \"h2 origin\\n\"; } }",
+        )
+        .start(a)?;
+    a.wait_for_tcp_listener(8082, Duration::from_secs(10), None)?;
+    // 8083: nothing listens there.
+    let networking = "  inbound:\n  - port: 18082\n    servicePort: 8082\n    tags: {kuma.io/service: h2, kuma.io/protocol: http2}\n  - port: 18083\n    servicePort: 8083\n    tags: {kuma.io/service: h2-down, kuma.io/protocol: http2}\n";
+    let dir = write_store(
+        &topo,
+        &[
+            ("mesh.yaml", MESH.into()),
+            ("h2.yaml", dataplane_yaml("h2", a, networking)),
+        ],
+    )?;
+    let proxy = Bearing::start(a, &dir, &["--name", "h2", "--concurrency", "1"])?;
+    // 20 streams at once on one client connection: they reach the worker together, before
+    // any upstream connection exists.
+    let url = format!("http://{}:18082/", a.ip4());
+    let out = a.run("h2load", ["-n", "20", "-c", "1", "-m", "20", &url])?;
+    ensure!(
+        out.stdout.contains("20 succeeded, 0 failed"),
+        "h2load said {} {}",
+        out.stdout,
+        out.stderr
+    );
+    let opened =
+        proxy.metric("bearing_cluster_upstream_connections_total{cluster=\"localhost:8082\"}")?;
+    ensure!(
+        opened == 1.0,
+        "20 concurrent requests opened {opened} upstream HTTP/2 connections, not 1"
+    );
+    // Requests waiting for a connection that cannot be opened all get the failure, at once.
+    let url = format!("http://{}:18083/", a.ip4());
+    let out = a.run("h2load", ["-n", "20", "-c", "1", "-m", "20", &url])?;
+    ensure!(
+        out.stdout.contains("0 2xx, 0 3xx, 0 4xx, 20 5xx"),
+        "h2load said {} {}",
+        out.stdout,
+        out.stderr
+    );
+    Ok(())
+}
