@@ -6,7 +6,8 @@
 //! robin across a cluster, not per URI authority) and moving on to the next endpoint when a
 //! connect fails *before* the request body is consumed, so a refused endpoint never costs the
 //! request. Idle HTTP/1 connections go back to the pool when their response body ends; HTTP/2
-//! keeps one multiplexed connection per endpoint.
+//! keeps one multiplexed connection per endpoint and worker, opened once for the requests
+//! that wait for it. Each worker pools its own (`PerWorker`).
 
 use std::io;
 use std::net::SocketAddr;
