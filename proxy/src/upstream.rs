@@ -273,6 +273,13 @@ pub struct ClusterRuntime {
     tls: Option<Result<UpstreamConnector, String>>,
 }
 
+/// Why a request got no connection: its own attempt failed (counted as a failed connect),
+/// or the attempt of another request it waited for did.
+enum NoConnection {
+    Failed(io::Error),
+    Shared(io::Error),
+}
+
 /// An HTTP connection checked out of a pool for one request; `true` when it was reused.
 enum Checkout {
     H1(http1::SendRequest<RequestBody>, bool),
@@ -392,7 +399,7 @@ impl ClusterRuntime {
 
     /// Gets a ready connection to `pool`'s endpoint: an idle one or a new one for HTTP/1,
     /// this worker's for HTTP/2.
-    async fn checkout(&self, pool: &EndpointPool) -> io::Result<Checkout> {
+    async fn checkout(&self, pool: &EndpointPool) -> Result<Checkout, NoConnection> {
         if self.is_h2() {
             return self.checkout_h2(pool).await;
         }
@@ -401,14 +408,16 @@ impl ClusterRuntime {
         }
         // Boxed: the future of a new connection (TCP and TLS connect, HTTP/2 handshake) is
         // kilobytes, and inline it made every request's future 7 KB, copied on each move.
-        let sender = Box::pin(self.open_h1(pool.address)).await?;
+        let sender = Box::pin(self.open_h1(pool.address))
+            .await
+            .map_err(NoConnection::Failed)?;
         Ok(Checkout::H1(sender, false))
     }
 
     /// This worker's HTTP/2 connection to `pool`'s endpoint, opened by the first request
     /// that needs it; requests arriving meanwhile share that attempt's outcome, failure
     /// included (without this, 100 concurrent first requests opened up to 100 connections).
-    async fn checkout_h2(&self, pool: &EndpointPool) -> io::Result<Checkout> {
+    async fn checkout_h2(&self, pool: &EndpointPool) -> Result<Checkout, NoConnection> {
         loop {
             match pool.h2_turn() {
                 H2Turn::Use(sender) => return Ok(Checkout::H2(sender, true)),
@@ -417,7 +426,10 @@ impl ClusterRuntime {
                     if let Ok(outcome) = opening.wait_for(Option::is_some).await {
                         match &*outcome {
                             Some(Ok(sender)) => return Ok(Checkout::H2(sender.clone(), false)),
-                            Some(Err(e)) => return Err(io::Error::new(e.kind(), e.to_string())),
+                            Some(Err(e)) => {
+                                let e = io::Error::new(e.kind(), e.to_string());
+                                return Err(NoConnection::Shared(e));
+                            }
                             None => {}
                         }
                     }
@@ -430,7 +442,9 @@ impl ClusterRuntime {
                         Ok(sender) => Ok(sender.clone()),
                         Err(e) => Err(Arc::new(io::Error::new(e.kind(), e.to_string()))),
                     }));
-                    return opened.map(|sender| Checkout::H2(sender, false));
+                    return opened
+                        .map(|sender| Checkout::H2(sender, false))
+                        .map_err(NoConnection::Failed);
                 }
             }
         }
@@ -492,8 +506,12 @@ impl ClusterRuntime {
             loop {
                 let checkout = match self.checkout(pool).await {
                     Ok(c) => c,
-                    Err(e) => {
+                    Err(NoConnection::Failed(e)) => {
                         last = Some(self.connect_failed(pool.address, e));
+                        break;
+                    }
+                    Err(NoConnection::Shared(e)) => {
+                        last = Some((pool.address, e));
                         break;
                     }
                 };

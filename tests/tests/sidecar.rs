@@ -471,5 +471,13 @@ fn concurrent_http2_requests_share_one_upstream_connection_per_worker() -> Resul
         out.stdout,
         out.stderr
     );
+    // Counted per attempt, not per waiting request (one attempt, or two if the streams
+    // arrived in two reads on either side of the first failure).
+    let failed = proxy
+        .metric("bearing_cluster_upstream_connect_failures_total{cluster=\"localhost:8083\"}")?;
+    ensure!(
+        (1.0..=2.0).contains(&failed),
+        "{failed} failed connection attempts counted for 20 requests"
+    );
     Ok(())
 }
