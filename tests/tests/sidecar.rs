@@ -447,15 +447,19 @@ fn concurrent_http2_requests_share_one_upstream_connection_per_worker() -> Resul
     )?;
     let proxy = Bearing::start(a, &dir, &["--name", "h2", "--concurrency", "1"])?;
     // 20 streams at once on one client connection: they reach the worker together, before
-    // any upstream connection exists.
-    let url = format!("http://{}:18082/", a.ip4());
-    let out = a.run("h2load", ["-n", "20", "-c", "1", "-m", "20", &url])?;
-    ensure!(
-        out.stdout.contains("20 succeeded, 0 failed"),
-        "h2load said {} {}",
-        out.stdout,
-        out.stderr
-    );
+    // any upstream connection exists. `expect` is in h2load's summary.
+    let burst = |port: u16, expect: &str| -> Result<()> {
+        let url = format!("http://{}:{port}/", a.ip4());
+        let out = a.run("h2load", ["-n", "20", "-c", "1", "-m", "20", &url])?;
+        ensure!(
+            out.stdout.contains(expect),
+            "h2load said {} {}",
+            out.stdout,
+            out.stderr
+        );
+        Ok(())
+    };
+    burst(18082, "20 succeeded, 0 failed")?;
     let opened =
         proxy.metric("bearing_cluster_upstream_connections_total{cluster=\"localhost:8082\"}")?;
     ensure!(
@@ -463,14 +467,7 @@ fn concurrent_http2_requests_share_one_upstream_connection_per_worker() -> Resul
         "20 concurrent requests opened {opened} upstream HTTP/2 connections, not 1"
     );
     // Requests waiting for a connection that cannot be opened all get the failure, at once.
-    let url = format!("http://{}:18083/", a.ip4());
-    let out = a.run("h2load", ["-n", "20", "-c", "1", "-m", "20", &url])?;
-    ensure!(
-        out.stdout.contains("0 2xx, 0 3xx, 0 4xx, 20 5xx"),
-        "h2load said {} {}",
-        out.stdout,
-        out.stderr
-    );
+    burst(18083, "0 2xx, 0 3xx, 0 4xx, 20 5xx")?;
     // Counted per attempt, not per waiting request (one attempt, or two if the streams
     // arrived in two reads on either side of the first failure).
     let failed = proxy
