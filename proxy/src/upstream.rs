@@ -159,7 +159,7 @@ impl<T> PerWorker<T> {
 
 /// The outcome of opening an HTTP/2 connection, as the requests that waited for it see it
 /// (`None` until it is known).
-type H2Opened = Option<Result<http2::SendRequest<RequestBody>, Arc<io::Error>>>;
+type H2Opened = Option<Result<http2::SendRequest<RequestBody>, io::Error>>;
 
 /// A worker's HTTP/2 connection to an endpoint: in use, or being opened by one request while
 /// the worker's other requests wait for it (as Envoy queues requests on a connecting HTTP/2
@@ -426,10 +426,7 @@ impl ClusterRuntime {
                     if let Ok(outcome) = opening.wait_for(Option::is_some).await {
                         match &*outcome {
                             Some(Ok(sender)) => return Ok(Checkout::H2(sender.clone(), false)),
-                            Some(Err(e)) => {
-                                let e = io::Error::new(e.kind(), e.to_string());
-                                return Err(NoConnection::Shared(e));
-                            }
+                            Some(Err(e)) => return Err(NoConnection::Shared(copy_error(e))),
                             None => {}
                         }
                     }
@@ -440,7 +437,7 @@ impl ClusterRuntime {
                     pool.h2_opened(opened.as_ref().ok());
                     outcome.send_replace(Some(match &opened {
                         Ok(sender) => Ok(sender.clone()),
-                        Err(e) => Err(Arc::new(io::Error::new(e.kind(), e.to_string()))),
+                        Err(e) => Err(copy_error(e)),
                     }));
                     return opened
                         .map(|sender| Checkout::H2(sender, false))
@@ -577,6 +574,12 @@ impl ClusterRuntime {
             }
         }
     }
+}
+
+/// An error with the kind and message of `e`, for each request that shares it (`io::Error`
+/// is not `Clone`).
+fn copy_error(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
 }
 
 /// Runs an upstream connection's I/O as a task of this worker until it closes.
