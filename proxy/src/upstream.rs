@@ -684,46 +684,30 @@ mod tests {
     use super::*;
     use crate::workers::Workers;
 
-    /// Runs `f` on worker `index` of `workers` and returns what it returns.
-    fn on_worker<R: Send + 'static>(
-        workers: &Workers,
-        index: usize,
-        f: impl FnOnce() -> R + Send + 'static,
-    ) -> R {
-        let (tx, rx) = std::sync::mpsc::channel();
-        workers.handles()[index].spawn(async move {
-            let _ = tx.send(f());
-        });
-        rx.recv().unwrap()
-    }
-
     #[test]
     fn each_worker_takes_only_its_own_connections() {
         let workers = Workers::start(2, false).unwrap();
         let conns = Arc::new(PerWorker::<u32>::new());
         let c = conns.clone();
-        on_worker(&workers, 1, move || c.put(3));
+        workers.run_on(1, move || c.put(3));
         let c = conns.clone();
-        on_worker(&workers, 0, move || c.put(7));
+        workers.run_on(0, move || c.put(7));
         let c = conns.clone();
-        let taken = on_worker(&workers, 0, move || {
+        let taken = workers.run_on(0, move || {
             std::iter::from_fn(|| c.take(|_| Found::Use)).collect::<Vec<_>>()
         });
         assert_eq!(taken, vec![7]);
         // Kept, and dropped, only among the worker's own.
         let c = conns.clone();
-        let none = on_worker(&workers, 1, move || {
+        let none = workers.run_on(1, move || {
             c.put(4);
             c.take(|&mut n| if n == 4 { Found::Drop } else { Found::Keep })
         });
         assert_eq!(none, None);
         let c = conns.clone();
-        assert_eq!(
-            on_worker(&workers, 1, move || c.take(|_| Found::Use)),
-            Some(3)
-        );
+        assert_eq!(workers.run_on(1, move || c.take(|_| Found::Use)), Some(3));
         let c = conns.clone();
-        assert_eq!(on_worker(&workers, 1, move || c.take(|_| Found::Use)), None);
+        assert_eq!(workers.run_on(1, move || c.take(|_| Found::Use)), None);
     }
 
     #[test]
@@ -731,18 +715,18 @@ mod tests {
         let workers = Workers::start(2, false).unwrap();
         let conns = Arc::new(PerWorker::<usize>::new());
         let c = conns.clone();
-        on_worker(&workers, 1, move || {
+        workers.run_on(1, move || {
             (0..MAX_IDLE_PER_ENDPOINT + 5).for_each(|n| c.put(n))
         });
         let c = conns.clone();
-        on_worker(&workers, 0, move || c.put(1000));
+        workers.run_on(0, move || c.put(1000));
         let c = conns.clone();
         assert_eq!(
-            on_worker(&workers, 0, move || c.take(|_| Found::Use)),
+            workers.run_on(0, move || c.take(|_| Found::Use)),
             Some(1000)
         );
         let c = conns.clone();
-        let kept = on_worker(&workers, 1, move || {
+        let kept = workers.run_on(1, move || {
             std::iter::from_fn(|| c.take(|_| Found::Use)).count()
         });
         assert_eq!(kept, MAX_IDLE_PER_ENDPOINT);

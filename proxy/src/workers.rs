@@ -103,6 +103,20 @@ impl Workers {
     pub fn handles(&self) -> &[Handle] {
         &self.handles
     }
+
+    /// Runs `f` on worker `index` and returns what it returns (tests of per-worker state).
+    #[cfg(test)]
+    pub(crate) fn run_on<R: Send + 'static>(
+        &self,
+        index: usize,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> R {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handles[index].spawn(async move {
+            let _ = tx.send(f());
+        });
+        rx.recv().unwrap()
+    }
 }
 
 /// The CPUs this process may run on (its affinity mask, as a cpuset or `taskset` left it).
@@ -141,13 +155,10 @@ mod tests {
     fn tasks_run_on_their_own_worker_thread() {
         let workers = Workers::start(2, false).unwrap();
         assert_eq!(current(), usize::MAX);
-        for (index, handle) in workers.handles().iter().enumerate() {
-            let (tx, rx) = std::sync::mpsc::channel();
-            handle.spawn(async move {
-                let name = std::thread::current().name().map(str::to_owned);
-                let _ = tx.send((current(), name));
+        for index in 0..2 {
+            let (seen, name) = workers.run_on(index, || {
+                (current(), std::thread::current().name().map(str::to_owned))
             });
-            let (seen, name) = rx.recv().unwrap();
             assert_eq!(seen, index);
             assert_eq!(
                 name.as_deref(),
@@ -160,12 +171,9 @@ mod tests {
     fn pinned_workers_each_run_on_one_allowed_cpu_in_turn() {
         let allowed = allowed_cpus().unwrap();
         let workers = Workers::start(allowed.len() + 1, true).unwrap();
-        for (index, handle) in workers.handles().iter().enumerate() {
-            let (tx, rx) = std::sync::mpsc::channel();
-            handle.spawn(async move {
-                let _ = tx.send(allowed_cpus().unwrap());
-            });
-            assert_eq!(rx.recv().unwrap(), vec![allowed[index % allowed.len()]]);
+        for index in 0..workers.handles().len() {
+            let pinned_to = workers.run_on(index, || allowed_cpus().unwrap());
+            assert_eq!(pinned_to, vec![allowed[index % allowed.len()]]);
         }
     }
 
@@ -173,8 +181,7 @@ mod tests {
     fn connections_stay_where_accepted_until_another_worker_has_two_fewer() {
         let workers = Workers::start(2, false).unwrap();
         let placing = workers.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        workers.handles()[0].spawn(async move {
+        let (placed, loads) = workers.run_on(0, move || {
             let mut held = Vec::new();
             let mut placed = Vec::new();
             for _ in 0..5 {
@@ -188,9 +195,8 @@ mod tests {
                 .map(|l| l.load(Ordering::Relaxed))
                 .collect();
             drop(held);
-            let _ = tx.send((placed, loads));
+            (placed, loads)
         });
-        let (placed, loads) = rx.recv().unwrap();
         assert_eq!(
             placed,
             [(0, false), (0, false), (1, true), (0, false), (1, true)]
