@@ -9,8 +9,11 @@
 //! body passes through unchanged, and the task that read the request reads the response.
 //!
 //! The path carries HTTP/1.1 requests in origin form, with no body or a `Content-Length` body
-//! small enough to hold ([`HELD_LIMIT`]), to clusters spoken to over HTTP/1.1. Anything else
-//! (HTTP/2, HTTP/1.0, chunked uploads, `Expect`, upgrades, malformed heads) hands the
+//! small enough to hold ([`HELD_LIMIT`]), to clusters spoken to over HTTP/1.1: a sidecar
+//! listener's cluster, or the backend a gateway listener's routes choose (the gateway reads
+//! the head as an `http` request for its router and writes the routed head back, see
+//! [`crate::gateway::GatewayRuntime::route_head`]). Anything else (HTTP/2, HTTP/1.0, chunked
+//! uploads, `Expect`, upgrades, malformed heads, a gateway with an HTTP/2 backend) hands the
 //! connection, with the bytes already read, to hyper for the rest of its life.
 
 use std::cell::RefCell;
@@ -23,10 +26,12 @@ use std::time::Duration;
 
 use bearing_http1::{parse_request, parse_response, BodyLength, BodyProgress, Refused};
 use bearing_http1::{RequestHead, ResponseHead};
+use http::{HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use crate::gateway::ResponseEdits;
 use crate::io::TcpBacked;
 use crate::runtime::ListenerRuntime;
 use crate::upstream::{ClusterRuntime, EndpointPool, UpstreamError, UpstreamStream};
@@ -41,12 +46,45 @@ const RELAY_READ_SIZE: usize = 64 * 1024;
 /// Bodies (or first parts of them) up to this size are copied after the head and written with
 /// it.
 const SMALL_BODY: usize = 4096;
-/// How long a client may take to finish a request head it has started (hyper's default).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a connection may wait idle for its next request (Kuma's default idle timeout).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Buffer sets kept per thread for connections between requests.
 const SPARE_BUFFERS: usize = 32;
+
+/// How long a client may take on the byte path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// To finish a request head it has started.
+    pub head: Duration,
+    /// Idle between requests.
+    pub idle: Duration,
+}
+
+impl Timeouts {
+    /// A sidecar's listeners: hyper's default for a head, Kuma's default idle timeout.
+    pub(crate) const SIDECAR: Timeouts = Timeouts {
+        head: Duration::from_secs(30),
+        idle: Duration::from_secs(3600),
+    };
+}
+
+/// Where the byte path sends one request.
+pub(crate) enum Routed<'l> {
+    /// To `cluster`, each response head sent downstream changed by `edits` (a gateway's).
+    Forward {
+        cluster: &'l ClusterRuntime,
+        edits: Option<ResponseEdits<'l>>,
+    },
+    /// Answered by the proxy (a gateway's 404, redirect or refusal).
+    Reply(Reply, Option<ResponseEdits<'l>>),
+    /// Not carried by the byte path: the connection goes to hyper.
+    Unsupported(&'static str),
+}
+
+/// A response the proxy writes itself: plain text, and a `location` for a redirect.
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub location: Option<HeaderValue>,
+    pub message: String,
+}
 
 /// How a downstream connection left the byte path.
 pub(crate) enum Outcome<S> {
@@ -104,28 +142,29 @@ impl Buffers {
     }
 }
 
-/// Serves HTTP/1.1 requests on `down` as bytes, each through the cluster of the newest version
-/// of its listener (`current`), until the connection ends or needs the full HTTP stack.
+/// Serves HTTP/1.1 requests on `down` as bytes, each routed by the newest version of its
+/// listener (`current`), until the connection ends or needs the full HTTP stack.
 pub(crate) async fn serve<S>(
     mut down: S,
     mut current: impl FnMut() -> Arc<ListenerRuntime>,
     drain: &CancellationToken,
     peer: SocketAddr,
+    timeouts: Timeouts,
 ) -> Outcome<S>
 where
     S: AsyncRead + AsyncWrite + TcpBacked + Unpin,
 {
     let draining = drain.cancelled();
     tokio::pin!(draining);
-    let head_timer = tokio::time::sleep(IDLE_TIMEOUT);
+    let head_timer = tokio::time::sleep(timeouts.idle);
     tokio::pin!(head_timer);
-    let response_timer = tokio::time::sleep(IDLE_TIMEOUT);
+    let response_timer = tokio::time::sleep(timeouts.idle);
     tokio::pin!(response_timer);
     let mut held: Option<Buffers> = None;
     loop {
         // Wait for a whole request head. Between requests no buffer is held: a plain
         // connection waits for readiness first.
-        head_timer.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
+        head_timer.as_mut().reset(Instant::now() + timeouts.idle);
         let mut started = false;
         let head = loop {
             if let Some(bufs) = held.as_mut().filter(|b| !b.request.is_empty()) {
@@ -136,9 +175,7 @@ where
                     }
                     Ok(None) if !started => {
                         started = true;
-                        head_timer
-                            .as_mut()
-                            .reset(Instant::now() + HEADER_READ_TIMEOUT);
+                        head_timer.as_mut().reset(Instant::now() + timeouts.head);
                     }
                     Ok(None) => {}
                     Err(Refused(why)) => return handoff(down, held, why, peer),
@@ -162,18 +199,6 @@ where
             return Outcome::Closed;
         };
 
-        let listener = current();
-        let cluster = match &listener.cluster {
-            Some(c) if !c.is_h2() => c,
-            _ => {
-                return handoff(
-                    down,
-                    Some(bufs),
-                    "cluster not spoken to over HTTP/1.1",
-                    peer,
-                )
-            }
-        };
         let message_len = match head.body {
             BodyLength::Length(n) if head.head_len as u64 + n <= HELD_LIMIT as u64 => {
                 head.head_len + n as usize
@@ -192,25 +217,51 @@ where
             }
         }
 
+        let listener = current();
         let request = Request {
             head: &head,
             body: &bufs.request[head.head_len..message_len],
             close_downstream: !head.keep_alive || drain.is_cancelled(),
         };
-        // Boxed: inline, the exchange's future (upstream checkout, send, relay) made every
-        // connection's task kilobytes larger, idle ones included.
-        let answer = Box::pin(exchange(
-            &mut down,
-            cluster,
-            &request,
-            &bufs.request_head,
-            Response {
-                buf: &mut bufs.response,
-                head: &mut bufs.response_head,
-                timer: response_timer.as_mut(),
+        let routed = match &listener.gateway {
+            Some(gateway) => gateway.route_head(
+                &mut bufs.request_head,
+                head.body,
+                request.body,
+                peer,
+                &listener.config.name,
+            ),
+            None => match &listener.cluster {
+                Some(c) if !c.is_h2() => Routed::Forward {
+                    cluster: c,
+                    edits: None,
+                },
+                _ => Routed::Unsupported("cluster not spoken to over HTTP/1.1"),
             },
-        ))
-        .await;
+        };
+        let answer = match routed {
+            // Boxed: inline, the exchange's future (upstream checkout, send, relay) made
+            // every connection's task kilobytes larger, idle ones included.
+            Routed::Forward { cluster, edits } => {
+                Box::pin(exchange(
+                    &mut down,
+                    cluster,
+                    &request,
+                    &bufs.request_head,
+                    Response {
+                        buf: &mut bufs.response,
+                        head: &mut bufs.response_head,
+                        timer: response_timer.as_mut(),
+                        edits,
+                    },
+                ))
+                .await
+            }
+            Routed::Reply(reply, edits) => {
+                Box::pin(write_reply(&mut down, &reply, &request, edits)).await
+            }
+            Routed::Unsupported(why) => return handoff(down, Some(bufs), why, peer),
+        };
         let close = request.close_downstream;
         listener.stats.requests.count(answer.status);
         if close || !answer.downstream_open {
@@ -288,11 +339,13 @@ struct Request<'a> {
     close_downstream: bool,
 }
 
-/// Where a response is read and its head rewritten, and the response timer.
+/// Where a response is read and its head rewritten, the response timer, and the changes to
+/// make to the head sent downstream.
 struct Response<'a> {
     buf: &'a mut Vec<u8>,
     head: &'a mut Vec<u8>,
     timer: Pin<&'a mut Sleep>,
+    edits: Option<ResponseEdits<'a>>,
 }
 
 /// What an exchange ended with.
@@ -360,11 +413,11 @@ where
                 Sent::Timeout => UpstreamError::Timeout(address),
             };
             cluster.stats.request_errors.inc();
-            return local_reply(down, cluster, failure, request).await;
+            return local_reply(down, cluster, failure, request, response.edits).await;
         }
     }
     let failure = cluster.no_upstream(last);
-    local_reply(down, cluster, failure, request).await
+    local_reply(down, cluster, failure, request, response.edits).await
 }
 
 /// Writes the request to `up` and reads the response head, within `limit`.
@@ -436,7 +489,12 @@ async fn relay<S>(
 where
     S: AsyncWrite + Unpin,
 {
-    let Response { buf, head: out, .. } = response;
+    let Response {
+        buf,
+        head: out,
+        edits,
+        ..
+    } = response;
     let gone = |status| Answer {
         status,
         downstream_open: false,
@@ -455,6 +513,9 @@ where
         };
     }
     cluster.stats.requests.count(head.status);
+    if let Some(edits) = edits {
+        edits.apply(out);
+    }
     let mut body = BodyProgress::new(head.body);
     let after_head = &buf[head.head_len..];
     let Ok(n) = body.advance(after_head) else {
@@ -512,29 +573,53 @@ async fn local_reply<S: AsyncWrite + Unpin>(
     cluster: &ClusterRuntime,
     failure: UpstreamError,
     request: &Request<'_>,
+    edits: Option<ResponseEdits<'_>>,
 ) -> Answer {
     tracing::warn!(cluster = %cluster.config.name, "{failure}");
-    let status = failure.status();
-    let message = failure.to_string();
-    let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n",
+    let reply = Reply {
+        status: failure.status(),
+        location: None,
+        message: failure.to_string(),
+    };
+    write_reply(down, &reply, request, edits).await
+}
+
+/// Writes a response the proxy makes itself.
+async fn write_reply<S: AsyncWrite + Unpin>(
+    down: &mut S,
+    reply: &Reply,
+    request: &Request<'_>,
+    edits: Option<ResponseEdits<'_>>,
+) -> Answer {
+    use std::io::Write as _;
+    let status = reply.status;
+    let mut head = Vec::with_capacity(256);
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        head,
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or_default(),
-        message.len(),
-        if request.close_downstream {
-            "connection: close\r\n"
-        } else {
-            ""
-        },
+        reply.message.len(),
     );
+    if let Some(location) = &reply.location {
+        bearing_http1::push_header(&mut head, b"location", location.as_bytes());
+    }
+    if request.close_downstream {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    if let Some(edits) = edits {
+        edits.apply(&mut head);
+    }
     let body = if request.head.is_head {
         &[][..]
     } else {
-        message.as_bytes()
+        reply.message.as_bytes()
     };
     Answer {
         status: status.as_u16(),
-        downstream_open: write_two(down, head.as_bytes(), body).await.is_ok(),
+        downstream_open: write_two(down, &head, body).await.is_ok(),
     }
 }
 

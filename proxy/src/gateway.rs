@@ -6,9 +6,15 @@
 //! `server` response header is `Kuma Gateway`; the client's address is appended to
 //! `x-forwarded-for`; paths are normalised, header names with `_` are refused and
 //! `x-kuma-tags` is removed (in the router); requests get 15 s for response headers (the
-//! clusters' request timeout) and a client has 5 s to send a request's headers (hyper measures
-//! that from the moment a connection waits for a request, so it also closes keep-alive
-//! connections idle that long, where Envoy would wait 300 s).
+//! clusters' request timeout) and a client has 5 s to send a request's headers.
+//!
+//! HTTP/1.1 requests go over the byte path ([`crate::forward_h1`]) when every backend speaks
+//! HTTP/1.1: the head is read into an `http` request for the router and the routed request
+//! is written back as bytes, so the rest of the exchange costs what a sidecar's does. There a
+//! keep-alive connection may idle 300 s between requests (Kuma's gateway `idleTimeout`).
+//! HTTP/2 and whatever else the byte path does not carry go to hyper, which measures the 5 s
+//! from the moment a connection waits for a request, so it also closes keep-alive connections
+//! idle that long.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,11 +22,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bearing_gateway::{Decision, GatewayRouter};
+use bearing_gateway::{Decision, GatewayRouter, HeaderEdits};
+use bearing_http1::BodyLength;
 use bearing_proxy_config::{CrossMesh, GatewayListener, GatewayProtocol, RouteAction};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -29,14 +36,16 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::http_proxy::{local_reply, send, ProxyBody};
+use crate::forward_h1::{Reply, Routed, Timeouts};
+use crate::http_proxy::{local_reply, send, strip_hop_by_hop, ProxyBody};
 use crate::io::Counted;
 use crate::mesh_tls::MeshTlsSet;
 use crate::runtime::{serve_tcp, ListenerRuntime, Proxy};
 use crate::upstream::{ClusterRuntime, RequestBody};
 
 /// Value of the `server` header on every gateway response (Kuma's gateway `serverName`).
-const SERVER_NAME: HeaderValue = HeaderValue::from_static("Kuma Gateway");
+const SERVER: &str = "Kuma Gateway";
+const SERVER_NAME: HeaderValue = HeaderValue::from_static(SERVER);
 /// Largest request body copied for a mirror; bigger requests are forwarded but not mirrored
 /// (the body streams through once and is not held).
 const MAX_MIRRORED_BODY: u64 = 64 * 1024;
@@ -44,6 +53,12 @@ const MAX_MIRRORED_BODY: u64 = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send a request's headers (Kuma's gateway stream idle timeout).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A gateway's connections on the byte path: 5 s for a head, 300 s idle between requests
+/// (Kuma's gateway `idleTimeout`).
+pub(crate) const BYTE_PATH_TIMEOUTS: Timeouts = Timeouts {
+    head: HEADER_READ_TIMEOUT,
+    idle: Duration::from_secs(300),
+};
 
 /// One gateway listener of the applied config, ready to serve.
 pub struct GatewayRuntime {
@@ -54,6 +69,9 @@ pub struct GatewayRuntime {
     protocol: GatewayProtocol,
     limit: Option<u32>,
     open: AtomicU32,
+    /// Every cluster the routes name is spoken to over HTTP/1.1, so HTTP/1.1 requests can
+    /// take the byte path.
+    http1_backends: bool,
 }
 
 impl GatewayRuntime {
@@ -83,7 +101,9 @@ impl GatewayRuntime {
             (None, GatewayProtocol::TlsTerminate) => Some(acceptor(listener, router.clone(), &[])?),
             (None, _) => None,
         };
+        let http1_backends = own.values().all(|c| !c.is_h2());
         Ok(GatewayRuntime {
+            http1_backends,
             router,
             clusters: own,
             tls,
@@ -108,11 +128,134 @@ impl GatewayRuntime {
         }
     }
 
+    /// Routes an HTTP/1.1 request the byte path read: `head` (as [`bearing_http1`] wrote it,
+    /// hop-by-hop fields removed) is read into an `http` request for the router and, when
+    /// the request is forwarded, written again as routed, with `x-forwarded-for` and the
+    /// original framing (`length`, `body`). A mirrored request's copy is sent from here.
+    pub(crate) fn route_head(
+        &self,
+        head: &mut Vec<u8>,
+        length: BodyLength,
+        body: &[u8],
+        peer: SocketAddr,
+        listener: &str,
+    ) -> Routed<'_> {
+        if !self.http1_backends {
+            return Routed::Unsupported("a backend cluster is spoken to over HTTP/2");
+        }
+        let Some(mut parts) = request_parts(head) else {
+            return Routed::Unsupported("request head the router cannot read");
+        };
+        let gateway_reply = |status: StatusCode, location, message| {
+            Routed::Reply(
+                Reply {
+                    status,
+                    location,
+                    message,
+                },
+                Some(ResponseEdits(None)),
+            )
+        };
+        match self.router.route(&mut parts) {
+            Decision::Respond { status, location } => {
+                let text = status.canonical_reason().unwrap_or("").to_string();
+                gateway_reply(status, location, text)
+            }
+            Decision::Forward {
+                cluster,
+                response_headers,
+                mirror,
+                origin,
+            } => match self.clusters.get(cluster) {
+                None => gateway_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    None,
+                    format!("{origin}: backend cluster {cluster} is not available"),
+                ),
+                Some(target) => {
+                    append_forwarded_for(&mut parts.headers, peer);
+                    if let Some(m) = mirror.and_then(|m| self.clusters.get(m)) {
+                        spawn_mirror(&parts, Bytes::copy_from_slice(body), m, listener);
+                    }
+                    strip_hop_by_hop(&mut parts.headers);
+                    write_request_head(&parts, length, head);
+                    Routed::Forward {
+                        cluster: target,
+                        edits: Some(ResponseEdits(Some(response_headers))),
+                    }
+                }
+            },
+        }
+    }
+
     /// The backend cluster of the TCP or TLS host `host`.
     fn tcp_cluster(&self, host: usize) -> Option<&Arc<ClusterRuntime>> {
         let backend = self.router.tcp_backend(host)?;
         self.clusters.get(&backend.cluster)
     }
+}
+
+/// What a gateway changes in a response head it relays as bytes: its route's response header
+/// filter, if the request was routed, then `server`.
+#[derive(Clone, Copy)]
+pub(crate) struct ResponseEdits<'r>(Option<&'r HeaderEdits>);
+
+impl ResponseEdits<'_> {
+    /// Edits `head`, written by [`bearing_http1`], as [`handle`] edits a response's headers.
+    pub(crate) fn apply(self, head: &mut Vec<u8>) {
+        let route = self.0;
+        let appended = route
+            .into_iter()
+            .flat_map(HeaderEdits::appended)
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        bearing_http1::edit_fields(
+            head,
+            |name| name.eq_ignore_ascii_case(b"server") || route.is_some_and(|r| r.replaces(name)),
+            appended.chain([(&b"server"[..], SERVER.as_bytes())]),
+        );
+    }
+}
+
+/// `head` (written by [`bearing_http1::parse_request`]) as an `http` request's parts; `None`
+/// when the `http` crate refuses something in it.
+fn request_parts(head: &[u8]) -> Option<http::request::Parts> {
+    let (line, fields) = bearing_http1::written_head(head)?;
+    // `METHOD SP target SP HTTP/1.1`; the target has no spaces.
+    let (method, rest) = line.split_at(line.iter().position(|b| *b == b' ')?);
+    let rest = rest.get(1..)?;
+    let target = &rest[..rest.iter().rposition(|b| *b == b' ')?];
+    let mut req = Request::new(());
+    *req.method_mut() = Method::from_bytes(method).ok()?;
+    *req.uri_mut() = Uri::from_maybe_shared(Bytes::copy_from_slice(target)).ok()?;
+    let headers = req.headers_mut();
+    for (name, value) in fields {
+        headers.append(
+            HeaderName::from_bytes(name).ok()?,
+            HeaderValue::from_bytes(value).ok()?,
+        );
+    }
+    Some(req.into_parts().0)
+}
+
+/// Writes the routed request's head for an HTTP/1.1 upstream into `out`: the (rewritten)
+/// target, the headers, and the framing the request was read with (a route's header filter
+/// cannot change how the body that follows is delimited).
+fn write_request_head(parts: &http::request::Parts, length: BodyLength, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_LENGTH {
+            bearing_http1::push_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if let BodyLength::Length(n) = length {
+        bearing_http1::push_header(out, b"content-length", n.to_string().as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// An open connection counted against the listener's limit; released on drop.
@@ -370,7 +513,19 @@ async fn mirror_request(
             Bytes::new()
         }
     };
-    let mut copy = Request::new(RequestBody::Held(Full::new(bytes.clone())));
+    spawn_mirror(parts, bytes.clone(), mirror, listener);
+    RequestBody::Held(Full::new(bytes))
+}
+
+/// Sends a copy of the request (`parts` with `body`) to `mirror` in the background; its
+/// response is read and dropped.
+fn spawn_mirror(
+    parts: &http::request::Parts,
+    body: Bytes,
+    mirror: &Arc<ClusterRuntime>,
+    listener: &str,
+) {
+    let mut copy = Request::new(RequestBody::Held(Full::new(body)));
     *copy.method_mut() = parts.method.clone();
     *copy.uri_mut() = parts.uri.clone();
     *copy.version_mut() = parts.version;
@@ -382,7 +537,6 @@ async fn mirror_request(
         // Read the response to its end so the upstream connection goes back to the pool.
         let _ = resp.into_body().collect().await;
     });
-    RequestBody::Held(Full::new(bytes))
 }
 
 /// `host` → `host-shadow` (before any port), as Envoy marks mirrored requests.

@@ -120,7 +120,7 @@ static HOP_BY_HOP: [HeaderName; 5] = [
 /// One pass over the names finds which are present, and only those are removed: this runs
 /// twice per proxied request, and removing absent names (each a hash and a probe) cost a
 /// tenth of a small request's CPU time.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; HOP_BY_HOP.len()];
     let mut te = false;
     for name in headers.keys() {

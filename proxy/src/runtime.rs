@@ -693,13 +693,15 @@ impl Proxy {
             }
             seen.1.clone()
         };
-        let (stream, prefix) = match listener.gateway {
-            Some(_) => (stream, Vec::new()),
-            None => match forward_h1::serve(stream, newest, &self.drain, peer).await {
+        let timeouts = match listener.gateway {
+            Some(_) => gateway::BYTE_PATH_TIMEOUTS,
+            None => forward_h1::Timeouts::SIDECAR,
+        };
+        let (stream, prefix) =
+            match forward_h1::serve(stream, newest, &self.drain, peer, timeouts).await {
                 forward_h1::Outcome::Closed => return,
                 forward_h1::Outcome::Handoff(stream, prefix) => (stream, prefix),
-            },
-        };
+            };
         // Boxed: hyper's connection future is kilobytes, and inline it would make every
         // connection's task that large, byte-path ones included.
         Box::pin(self.serve_hyper(Prefixed::new(prefix, stream), listener, peer)).await;

@@ -72,8 +72,8 @@ fn backend(indent: &str, service: &str) -> String {
 
 /// nginx on `host:port` answering every path (but `/health`) with 200 and one line:
 /// `service=<service> method=... uri=<request URI with query> host=<Host> x-set=... x-added=...
-/// x-removed=...` (the request headers the filter tests change), plus a response header
-/// `X-Drop-Me: yes` for the response filter to remove.
+/// x-removed=... xff=<X-Forwarded-For>` (the request headers the gateway and the filter tests
+/// change), plus a response header `X-Drop-Me: yes` for the response filter to remove.
 fn echo_backend(host: &Host, port: u16, service: &str) -> Result<Nginx> {
     NginxConfig::new(port)
         .ipv6(false)
@@ -81,7 +81,7 @@ fn echo_backend(host: &Host, port: u16, service: &str) -> Result<Nginx> {
             r#"location ~ ^/ {{
             default_type text/plain;
             add_header X-Drop-Me yes always;
-            return 200 "service={service} method=$request_method uri=$request_uri host=$host x-set=$http_x_set x-added=$http_x_added x-removed=$http_x_removed\n";
+            return 200 "service={service} method=$request_method uri=$request_uri host=$host x-set=$http_x_set x-added=$http_x_added x-removed=$http_x_removed xff=$http_x_forwarded_for\n";
         }}"#
         ))
         .start(host)
@@ -620,6 +620,136 @@ fn weighted_backends_share_1000_requests_1_to_3() -> Result<()> {
     ensure!(
         light + heavy == 1000 && (200..=300).contains(&light),
         "weights 1:3 over 1000 requests gave {light}:{heavy}"
+    );
+    Ok(())
+}
+
+/// Sends each request of argv[3:] on one connection to
+/// argv[1]:argv[2], reading each response whole (they all have a `Content-Length`) before the
+/// next; `SLEEP n` instead of a request waits n seconds. Prints the responses.
+const KEEP_ALIVE_CLIENT_PY: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+buf = b""
+for step in sys.argv[3:]:
+    if step.startswith("SLEEP "):
+        time.sleep(float(step[6:]))
+        continue
+    s.sendall(step.encode())
+    while b"\r\n\r\n" not in buf:
+        data = s.recv(65536)
+        if not data:
+            sys.exit("connection closed before a response to " + repr(step))
+        buf += data
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(buf) < length:
+        data = s.recv(65536)
+        if not data:
+            sys.exit("connection closed inside a response body")
+        buf += data
+    body, buf = buf[:length], buf[length:]
+    sys.stdout.write((head + b"\r\n\r\n" + body).decode() + "\n----\n")
+"#;
+
+#[test]
+fn keep_alive_connection_routes_each_request_and_outlives_five_idle_seconds() -> Result<()> {
+    let topo = topology(&["gw", "b", "client"])?;
+    let (gw, b, client) = (topo.host("gw"), topo.host("b"), topo.host("client"));
+    echo_backend(b, 9001, "svc-a")?;
+    echo_backend(b, 9002, "svc-b")?;
+    echo_backend(b, 9003, "svc-mirror")?;
+    let rules = format!(
+        "    - matches: [{{path: {{match: PREFIX, value: /a}}}}]\n      filters:\n      - mirror: {{backend: {{destination: {{kuma.io/service: svc-mirror}}}}, percentage: 100}}\n{}    - matches: [{{path: {{match: PREFIX, value: /b}}}}]\n{}",
+        backend("      ", "svc-a"),
+        backend("      ", "svc-b"),
+    );
+    let store = write_store(
+        &topo,
+        &[
+            ("gateway.yaml", gateway_dp(gw)),
+            (
+                "mesh-gateway.yaml",
+                mesh_gateway("  - {port: 8080, protocol: HTTP, tags: {port: http-8080}}\n"),
+            ),
+            ("svc-a.yaml", backend_dp("svc-a", b, 9001, "http")),
+            ("svc-b.yaml", backend_dp("svc-b", b, 9002, "http")),
+            ("svc-mirror.yaml", backend_dp("svc-mirror", b, 9003, "http")),
+            (
+                "route.yaml",
+                gateway_route(
+                    "keep-alive",
+                    "http-8080",
+                    &format!("  http:\n    rules:\n{rules}"),
+                ),
+            ),
+        ],
+    )?;
+    let proxy = start_gateway(gw, &store, &[HTTP_LISTENER])?;
+
+    // One connection: a mirrored GET, a POST with a body, a request no route takes, then
+    // (after more than the 5 s a client has for a request's headers) one more request.
+    let host = "Host: ka.example.com\r\n";
+    let out = client
+        .command("python3")
+        .args(["-c", KEEP_ALIVE_CLIENT_PY, &gw.ip4().to_string(), "8080"])
+        .arg(format!("GET /a/1?q=1 HTTP/1.1\r\n{host}\r\n"))
+        .arg(format!(
+            "POST /b/2 HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhello"
+        ))
+        .arg(format!("GET /nothing HTTP/1.1\r\n{host}\r\n"))
+        .arg("SLEEP 6")
+        .arg(format!("GET /b/3 HTTP/1.1\r\n{host}\r\n"))
+        .timeout(Duration::from_secs(30))
+        .output()?
+        .check()?;
+    let responses: Vec<&str> = out
+        .stdout
+        .split("\n----\n")
+        .filter(|r| !r.is_empty())
+        .collect();
+    ensure!(
+        responses.len() == 4,
+        "want 4 responses on one connection, got {responses:?}"
+    );
+    let client_ip = client.ip4().to_string();
+    for (response, service, uri) in [
+        (responses[0], "svc-a", "/a/1?q=1"),
+        (responses[1], "svc-b", "/b/2"),
+        (responses[3], "svc-b", "/b/3"),
+    ] {
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let fields = echo_fields(body);
+        ensure!(
+            response.starts_with("HTTP/1.1 200")
+                && served_by(body) == Some(service)
+                && fields.get("uri") == Some(&uri)
+                && fields.get("xff") == Some(&client_ip.as_str())
+                && header_values(response, "server") == ["Kuma Gateway"],
+            "want {service} to answer {uri} for {client_ip} with the gateway's server header: {response:?}"
+        );
+    }
+    ensure!(
+        responses[2].starts_with("HTTP/1.1 404")
+            && header_values(responses[2], "server") == ["Kuma Gateway"],
+        "no route: want the gateway's 404, got {:?}",
+        responses[2]
+    );
+    // The mirror got its copy of the one /a request; its answer went nowhere.
+    wait_until(Duration::from_secs(5), || {
+        proxy
+            .metric("bearing_cluster_upstream_requests_total{cluster=\"svc-mirror\",class=\"2xx\"}")
+            .is_ok_and(|n| n == 1.0)
+    })
+    .context("the mirror backend's cluster did not count exactly one 2xx")?;
+    ensure!(
+        listener_requests(&proxy, HTTP_LISTENER, "2xx")? == 3.0
+            && listener_requests(&proxy, HTTP_LISTENER, "4xx")? == 1.0,
+        "listener counts: 3 answered by backends and 1 by the gateway"
     );
     Ok(())
 }

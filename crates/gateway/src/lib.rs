@@ -195,6 +195,19 @@ impl HeaderEdits {
         })
     }
 
+    /// Whether the changes remove or replace the field `name` (any case): what a head edited
+    /// as bytes drops before [`HeaderEdits::appended`] adds.
+    pub fn replaces(&self, name: &[u8]) -> bool {
+        let named = |n: &HeaderName| n.as_str().as_bytes().eq_ignore_ascii_case(name);
+        self.remove.iter().any(named) || self.set.iter().any(|(n, _)| named(n))
+    }
+
+    /// The fields the changes put in a head, set ones first (in Envoy's order, as
+    /// [`HeaderEdits::apply`]).
+    pub fn appended(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.set.iter().chain(&self.add).map(|(n, v)| (n, v))
+    }
+
     /// Applies the changes to `headers`, in Envoy's order: remove, then set, then add.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for n in &self.remove {

@@ -245,7 +245,8 @@ fn filters_and_prefix_rewrite() {
     };
     rt.response_headers = HeaderFilter {
         set: vec![("x-resp".into(), "yes".into())],
-        ..HeaderFilter::default()
+        add: vec![("x-more".into(), "1".into())],
+        remove: vec!["x-origin".into()],
     };
     rt.action = RouteAction::Forward {
         backends: vec![WeightedCluster {
@@ -285,6 +286,14 @@ fn filters_and_prefix_rewrite() {
     let mut resp = HeaderMap::new();
     response_headers.apply(&mut resp);
     assert_eq!(resp["x-resp"], "yes");
+    // The same changes, for a head edited as bytes.
+    assert!(response_headers.replaces(b"X-Resp") && response_headers.replaces(b"x-origin"));
+    assert!(!response_headers.replaces(b"x-more"));
+    let appended: Vec<_> = response_headers
+        .appended()
+        .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+        .collect();
+    assert_eq!(appended, [("x-resp", "yes"), ("x-more", "1")]);
 }
 
 #[test]

@@ -238,11 +238,89 @@ fn itoa3(status: u16) -> [u8; 3] {
     ]
 }
 
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends one `name: value` field line to a head being written.
+pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The start line (without its CRLF) and the fields of a head written by [`parse_request`] or
+/// [`parse_response`]: what a caller that rewrites the head (a gateway's routing) reads.
+/// `None` for bytes that are not such a head.
+pub fn written_head(head: &[u8]) -> Option<(&[u8], Fields<'_>)> {
+    let end = head.iter().position(|b| *b == b'\n')?;
+    let line = head.get(..end)?.strip_suffix(b"\r")?;
+    let rest = head.get(end + 1..)?;
+    Some((line, Fields(rest)))
+}
+
+/// The field lines of a written head, in order, as (name, value); see [`written_head`].
+#[derive(Debug, Clone)]
+pub struct Fields<'a>(&'a [u8]);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let end = self.0.iter().position(|b| *b == b'\n')?;
+        let line = self.0[..end].strip_suffix(b"\r")?;
+        self.0 = &self.0[end + 1..];
+        let colon = line.iter().position(|b| *b == b':')?;
+        // Written as `name: value`.
+        Some((&line[..colon], line[colon + 1..].trim_ascii_start()))
+    }
+}
+
+/// Edits the fields of a head written by [`parse_response`] (or [`parse_request`]): drops the
+/// fields `remove` names, then appends `add`, keeping the start line and the final empty line.
+///
+/// The fields that frame the message or manage the connection (`Content-Length`,
+/// `Transfer-Encoding`, `Connection`) are neither removed nor added here: the body is relayed
+/// in the framing the head was parsed with, and a configured header change must not make the
+/// next hop read it differently.
+pub fn edit_fields<'a>(
+    head: &mut Vec<u8>,
+    mut remove: impl FnMut(&[u8]) -> bool,
+    add: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) {
+    let frames = |name: &[u8]| {
+        let name = std::str::from_utf8(name).unwrap_or_default();
+        matches!(
+            Field::of(name),
+            Field::ContentLength | Field::TransferEncoding | Field::Connection
+        )
+    };
+    let Some(first) = head.iter().position(|b| *b == b'\n') else {
+        return;
+    };
+    let (mut read, mut write) = (first + 1, first + 1);
+    loop {
+        let Some(len) = head[read..].iter().position(|b| *b == b'\n').map(|p| p + 1) else {
+            return; // not a head written by this crate: left as it is
+        };
+        if len <= 2 {
+            break; // the final empty line
+        }
+        let name_len = head[read..read + len]
+            .iter()
+            .position(|b| *b == b':')
+            .unwrap_or(len);
+        let name = &head[read..read + name_len];
+        if frames(name) || !remove(name) {
+            head.copy_within(read..read + len, write);
+            write += len;
+        }
+        read += len;
+    }
+    head.truncate(write);
+    for (name, value) in add {
+        if !frames(name) {
+            push_header(head, name, value);
+        }
+    }
+    head.extend_from_slice(b"\r\n");
 }
 
 /// A `Content-Length` value merged with an earlier one: equal repeats are one length,
@@ -697,6 +775,55 @@ mod tests {
         .unwrap();
         assert!(parsed.interim);
         assert_eq!(out, "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n");
+    }
+
+    #[test]
+    fn written_heads_read_back_as_start_line_and_fields() {
+        let (_, out) =
+            request("GET /a?b=1 HTTP/1.1\r\nHost: web\r\nX-Empty:\r\nAccept: */*\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        let (line, fields) = written_head(out.as_bytes()).unwrap();
+        assert_eq!(line, b"GET /a?b=1 HTTP/1.1");
+        let fields: Vec<(&[u8], &[u8])> = fields.collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"Host"[..], &b"web"[..]),
+                (b"X-Empty", b""),
+                (b"Accept", b"*/*")
+            ]
+        );
+        assert!(written_head(b"no line end").is_none());
+    }
+
+    #[test]
+    fn edited_fields_keep_the_framing() {
+        let (_, out) = response(
+            "HTTP/1.1 200 OK\r\nServer: origin\r\nContent-Length: 2\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
+            false,
+            true,
+        )
+        .unwrap();
+        let mut head = out.into_bytes();
+        edit_fields(
+            &mut head,
+            |n| {
+                n.eq_ignore_ascii_case(b"server")
+                    || n.eq_ignore_ascii_case(b"x-a")
+                    || n.eq_ignore_ascii_case(b"content-length")
+                    || n.eq_ignore_ascii_case(b"connection")
+            },
+            [
+                (&b"x-b"[..], &b"3"[..]),
+                (b"server", b"Kuma Gateway"),
+                (b"content-length", b"7"),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\nx-b: 3\r\nserver: Kuma Gateway\r\n\r\n"
+        );
     }
 
     #[test]
