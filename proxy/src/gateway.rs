@@ -602,6 +602,39 @@ mod tests {
     }
 
     #[test]
+    fn routed_head_is_written_with_the_framing_it_was_read_with() {
+        let raw = b"POST /a%2Fb/../c?q=1 HTTP/1.1\r\nHost: web\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 5\r\nX-Two: 1\r\nx-two: 2\r\n\r\nhello";
+        let mut head = Vec::new();
+        let parsed = bearing_http1::parse_request(raw, &mut head)
+            .unwrap()
+            .unwrap();
+        let mut parts = request_parts(&head).unwrap();
+        assert_eq!(parts.method, Method::POST);
+        assert_eq!(parts.uri, "/a%2Fb/../c?q=1");
+        assert_eq!(parts.headers.get_all("x-two").iter().count(), 2);
+        assert!(parts.headers.get("x-hop").is_none(), "listed by Connection");
+        // A route filter removing the length does not change how the body is delimited.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.uri = Uri::from_static("/c?q=1");
+        write_request_head(&parts, parsed.body, &mut head);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "POST /c?q=1 HTTP/1.1\r\nhost: web\r\nx-two: 1\r\nx-two: 2\r\ncontent-length: 5\r\n\r\n"
+        );
+        assert!(request_parts(b"GET / HTTP/1.1\r\nbad name: 1\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn response_edits_set_the_server_after_the_route_filter() {
+        let mut head = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n\r\n".to_vec();
+        ResponseEdits(None).apply(&mut head);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nserver: Kuma Gateway\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn forwarded_for_appends_the_peer() {
         let mut h = http::HeaderMap::new();
         let peer: SocketAddr = "10.0.0.9:5000".parse().unwrap();
