@@ -77,21 +77,60 @@ pub async fn copy_bidirectional(
 }
 
 async fn one_way(from: &Counted<TcpStream>, to: &Counted<TcpStream>) -> io::Result<u64> {
+    let total = pump(from, to, None).await?;
+    socket2::SockRef::from(to.get_ref()).shutdown(Shutdown::Write)?;
+    Ok(total)
+}
+
+/// Moves exactly `len` bytes from `from` to `to` (an HTTP body of known length, on the byte
+/// path): none beyond them is read, so `from` can carry another message afterwards. An
+/// `UnexpectedEof` error when `from` ends first.
+pub async fn copy_exact(
+    from: &Counted<TcpStream>,
+    to: &Counted<TcpStream>,
+    len: u64,
+) -> io::Result<()> {
+    let moved = pump(from, to, Some(len)).await?;
+    if moved < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the source closed after {moved} of {len} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Moves bytes from `from` to `to` until `from` ends or `limit` bytes have moved; returns how
+/// many moved.
+async fn pump(
+    from: &Counted<TcpStream>,
+    to: &Counted<TcpStream>,
+    limit: Option<u64>,
+) -> io::Result<u64> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let (source, sink) = (from.get_ref(), to.get_ref());
     let mut total = 0u64;
     loop {
+        if limit == Some(total) {
+            return Ok(total);
+        }
         source.readable().await?;
         // Dropped, not recycled, if this fails or is cancelled with bytes still inside.
         let pipe = Pipe::take()?;
         loop {
+            let want = limit.map_or(pipe.capacity, |l| {
+                usize::try_from(l - total).map_or(pipe.capacity, |left| left.min(pipe.capacity))
+            });
+            if want == 0 {
+                pipe.recycle();
+                return Ok(total);
+            }
             let moved = source.try_io(Interest::READABLE, || {
-                move_bytes(source.as_fd(), &pipe.write_end, pipe.capacity, flags)
+                move_bytes(source.as_fd(), &pipe.write_end, want, flags)
             });
             let n = match moved {
                 Ok(0) => {
                     pipe.recycle();
-                    socket2::SockRef::from(sink).shutdown(Shutdown::Write)?;
                     return Ok(total);
                 }
                 Ok(n) => n,
@@ -176,5 +215,30 @@ mod tests {
         assert_eq!((rx.get(), tx.get()), (3_000_000, 22));
         let pooled = POOL.lock().unwrap().len();
         assert!(pooled >= 1, "the emptied pipes go back to the pool");
+    }
+
+    #[tokio::test]
+    async fn copies_exactly_the_length_and_leaves_the_rest() {
+        let (mut origin, up) = pair().await;
+        let (down, mut client) = pair().await;
+        let up = Counted::new(up, Counter::default(), Counter::default());
+        let down = Counted::new(down, Counter::default(), Counter::default());
+        let body: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        let mut sent = body.clone();
+        sent.extend_from_slice(b"NEXT");
+        origin.write_all(&sent).await.unwrap();
+        copy_exact(&up, &down, body.len() as u64).await.unwrap();
+        let mut got = vec![0; body.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got == body, "the body arrived changed");
+        // What follows the body stays in the source for the next message.
+        let mut next = [0; 4];
+        up.get_ref().try_read(&mut next).unwrap();
+        assert_eq!(&next, b"NEXT");
+
+        origin.write_all(b"short").await.unwrap();
+        drop(origin);
+        let err = copy_exact(&up, &down, 10).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

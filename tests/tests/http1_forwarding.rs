@@ -3,7 +3,8 @@
 //! Host `a` runs `bearing` (Dataplane `web`, outbound 127.0.0.1:10001 → service `origin`) and
 //! a scripted origin at `a`'s address, port 18080, that answers each path with fixed bytes:
 //! chunked with an extension and trailers, a body until close, 204, 103 then 200, garbage,
-//! an echo of the request head and body it received, and its connection number. A raw socket
+//! a 1 MiB body (and one cut short), an echo of the request head and body it received, and
+//! its connection number. A raw socket
 //! client sends requests (several at once, pipelined) and the test reads back exactly the
 //! bytes the proxy wrote.
 
@@ -16,6 +17,7 @@ const ORIGIN_PY: &str = r#"
 import socket, sys, threading
 connections = 0
 lock = threading.Lock()
+LARGE = b"0123456789abcdef" * 65536
 RESPONSES = {
     "/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Origin: raw\r\n\r\n"
                 b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n",
@@ -24,6 +26,7 @@ RESPONSES = {
               b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     "/head-length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
     "/garbage": b"NOT HTTP AT ALL\r\n\r\n",
+    "/large": b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n" + LARGE,
 }
 
 def serve(conn, number):
@@ -66,6 +69,10 @@ def serve(conn, number):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(out) + out)
         elif path == "/until-close":
             conn.sendall(b"HTTP/1.1 200 OK\r\nX-Origin: raw\r\n\r\nuntil close")
+            return conn.close()
+        elif path == "/large-cut":
+            # A length the origin does not keep to: 100 KB of 1 MB, then it closes.
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n" + LARGE[:100000])
             return conn.close()
         elif path == "/stale":
             # Keep-alive by the headers, closed anyway: the pooled connection goes stale.
@@ -227,6 +234,46 @@ fn pooled_connections_are_reused_and_bad_upstreams_answered_clearly() -> Result<
     let errors =
         bearing.metric("bearing_cluster_upstream_request_errors_total{cluster=\"origin\"}")?;
     ensure!(errors >= 1.0, "request errors counted: {errors}");
+    Ok(())
+}
+
+#[test]
+fn large_bodies_are_relayed_exactly_and_a_short_one_closes_the_client() -> Result<()> {
+    require_root_and_tools()?;
+    let topo = Topology::new(&["a"])?;
+    let (_origin, bearing) = setup(&topo, &["--concurrency", "1"])?;
+    let a = topo.host("a");
+    // 1 MiB (spliced socket to socket after the first read), then a request on the same
+    // upstream connection: had one byte too many or too few been taken, it would fail.
+    let got = exchange(
+        a,
+        "GET /large HTTP/1.1\r\nHost: origin\r\n\r\n\
+         GET /connection HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n",
+    )?;
+    let large = "0123456789abcdef".repeat(65536);
+    let want = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n{large}\
+         HTTP/1.1 200 OK\r\nContent-Length: 12\r\nconnection: close\r\n\r\nconnection 1"
+    );
+    ensure!(
+        got == want,
+        "got {} bytes, want {}; the end: {:?}",
+        got.len(),
+        want.len(),
+        &got[got.len().saturating_sub(80)..]
+    );
+    // The origin closes 100 KB into a 1 MiB body: the client gets what there was, then the
+    // close, which is how it learns the body was cut.
+    let cut = exchange(a, "GET /large-cut HTTP/1.1\r\nHost: origin\r\n\r\n")?;
+    let head = "HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n";
+    ensure!(
+        cut.len() == head.len() + 100_000 && cut.starts_with(head),
+        "cut body: {} bytes",
+        cut.len()
+    );
+    let errors =
+        bearing.metric("bearing_cluster_upstream_request_errors_total{cluster=\"origin\"}")?;
+    ensure!(errors == 1.0, "the cut body is one request error: {errors}");
     Ok(())
 }
 

@@ -485,6 +485,27 @@ impl BodyProgress {
         self.0 == Progress::Done
     }
 
+    /// The bytes still to come of a body of known length (`None` for the other framings,
+    /// whose end only the bytes themselves tell).
+    pub fn remaining(&self) -> Option<u64> {
+        match self.0 {
+            Progress::Done => Some(0),
+            Progress::Remaining(n) => Some(n),
+            Progress::Chunked(_) | Progress::UntilClose => None,
+        }
+    }
+
+    /// Records that `n` more bytes of a body of known length were relayed without being
+    /// looked at (spliced); at most [`BodyProgress::remaining`].
+    pub fn skip(&mut self, n: u64) {
+        if let Progress::Remaining(left) = &mut self.0 {
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                self.0 = Progress::Done;
+            }
+        }
+    }
+
     /// How many of `bytes` (the next bytes after what was seen so far) belong to the body;
     /// fewer than `bytes.len()` only once it has ended. An error for a malformed chunk.
     pub fn advance(&mut self, bytes: &[u8]) -> Result<usize, Refused> {
@@ -856,6 +877,18 @@ mod tests {
         let mut until_close = BodyProgress::new(BodyLength::UntilClose);
         assert_eq!(until_close.advance(b"anything"), Ok(8));
         assert!(!until_close.is_done());
+    }
+
+    #[test]
+    fn bodies_of_known_length_can_be_skipped() {
+        let mut body = BodyProgress::new(BodyLength::Length(10));
+        assert_eq!(body.advance(b"abc"), Ok(3));
+        assert_eq!(body.remaining(), Some(7));
+        body.skip(7);
+        assert!(body.is_done());
+        assert_eq!(body.remaining(), Some(0));
+        assert_eq!(BodyProgress::new(BodyLength::Chunked).remaining(), None);
+        assert_eq!(BodyProgress::new(BodyLength::UntilClose).remaining(), None);
     }
 
     #[test]
