@@ -540,7 +540,9 @@ where
     if let (Some(left @ SPLICE_BODY..), Some(from), Some(to)) =
         (body.remaining(), up.plain(), down.plain())
     {
-        if let Err(e) = crate::splice::copy_exact(from, to, left).await {
+        // Boxed: inline, the splice loop's future would make every exchange's future larger,
+        // small responses' included.
+        if let Err(e) = Box::pin(crate::splice::copy_exact(from, to, left)).await {
             tracing::debug!(cluster = %cluster.config.name, "response body not relayed whole: {e}");
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 cluster.stats.request_errors.inc();
