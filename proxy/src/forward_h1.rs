@@ -302,6 +302,9 @@ where
             let mut bufs = Buffers::take();
             match tcp.get_ref().try_read_buf(&mut bufs.request) {
                 Ok(n) if n > 0 => {
+                    if bufs.request.len() < bufs.request.capacity() {
+                        crate::io::forget_readable(tcp.get_ref());
+                    }
                     tcp.count_read(n);
                     *held = Some(bufs);
                     return Ok(n);
@@ -537,9 +540,11 @@ where
     if write_two(down, out, first_part).await.is_err() {
         return gone(head.status);
     }
+    let mut spliced = false;
     if let (Some(left @ SPLICE_BODY..), Some(from), Some(to)) =
         (body.remaining(), up.plain(), down.plain())
     {
+        spliced = true;
         // Boxed: inline, the splice loop's future would make every exchange's future larger,
         // small responses' included.
         if let Err(e) = Box::pin(crate::splice::copy_exact(from, to, left)).await {
@@ -577,6 +582,10 @@ where
         }
     }
     if reusable {
+        // The last read stopped short of the buffer's end: the socket had nothing more.
+        if let (false, true, Some(tcp)) = (spliced, buf.len() < buf.capacity(), up.plain()) {
+            crate::io::forget_readable(tcp.get_ref());
+        }
         pool.release_raw(up);
     }
     Answer {

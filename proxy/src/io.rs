@@ -121,6 +121,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
+/// Forgets tokio's readable readiness of `tcp` after a read that left its receive queue
+/// empty, unless the peer's close was seen. Without this the next read of the socket first
+/// fails with EAGAIN (the reactor learns of emptiness only from a failed read), and so does a
+/// pooled connection's quiet check; with it both wait for epoll's next edge, as HAProxy
+/// skips that read after a short one. Edge-triggered epoll reports bytes or a close that
+/// arrive later, so nothing is missed.
+pub fn forget_readable(tcp: &TcpStream) {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let ready = std::pin::pin!(tcp.ready(tokio::io::Interest::READABLE));
+    if let Poll::Ready(Ok(r)) = std::future::Future::poll(ready, &mut cx) {
+        if !r.is_read_closed() {
+            let _ = tcp.try_io(tokio::io::Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+        }
+    }
+}
+
 /// A stream running over one TCP connection, which can be reached to reset it.
 pub trait TcpBacked {
     /// The TCP connection underneath.
