@@ -204,3 +204,53 @@ impl TcpBacked for TcpStream {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (c.unwrap(), s.unwrap().0)
+    }
+
+    /// Whether tokio reports `tcp` readable right now, without waiting.
+    fn readable_now(tcp: &TcpStream) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        tcp.poll_read_ready(&mut cx).is_ready()
+    }
+
+    #[tokio::test]
+    async fn forgotten_readiness_comes_back_with_new_bytes_and_survives_a_close() {
+        let (mut peer, tcp) = pair().await;
+        peer.write_all(b"one").await.unwrap();
+        tcp.readable().await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(tcp.try_read(&mut buf).unwrap(), 3);
+        assert!(readable_now(&tcp), "tokio still thinks there may be more");
+        forget_readable(&tcp);
+        assert!(!readable_now(&tcp), "forgotten without a syscall");
+        peer.write_all(b"two").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), tcp.readable())
+            .await
+            .expect("new bytes make it readable again")
+            .unwrap();
+        assert_eq!(tcp.try_read(&mut buf).unwrap(), 3);
+
+        // A close seen together with the last bytes is kept: the next read must find it.
+        peer.write_all(b"end").await.unwrap();
+        peer.shutdown().await.unwrap();
+        drop(peer);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tcp.readable().await.unwrap();
+        assert_eq!(tcp.try_read(&mut buf).unwrap(), 3);
+        forget_readable(&tcp);
+        assert!(readable_now(&tcp), "the close is not forgotten");
+        assert_eq!(tcp.try_read(&mut buf).unwrap(), 0);
+    }
+}
