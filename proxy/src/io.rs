@@ -206,13 +206,13 @@ impl TcpBacked for TcpStream {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
-    /// A connected pair of loopback sockets.
-    async fn pair() -> (TcpStream, TcpStream) {
+    /// A connected pair of loopback sockets (also for other modules' tests).
+    pub(crate) async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());

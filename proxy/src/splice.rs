@@ -174,17 +174,9 @@ fn move_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::tests::pair;
     use prometheus_client::metrics::counter::Counter;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    /// A connected pair of loopback sockets.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
-        (c.unwrap(), s.unwrap().0)
-    }
 
     #[tokio::test]
     async fn relays_both_ways_with_half_close_and_counts() {
