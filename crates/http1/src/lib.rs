@@ -250,10 +250,16 @@ pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// [`parse_response`]: what a caller that rewrites the head (a gateway's routing) reads.
 /// `None` for bytes that are not such a head.
 pub fn written_head(head: &[u8]) -> Option<(&[u8], Fields<'_>)> {
-    let end = head.iter().position(|b| *b == b'\n')?;
-    let line = head.get(..end)?.strip_suffix(b"\r")?;
-    let rest = head.get(end + 1..)?;
-    Some((line, Fields(rest)))
+    let (len, _) = next_line(head)?;
+    let line = head[..len].strip_suffix(b"\r\n")?;
+    Some((line, Fields(&head[len..])))
+}
+
+/// The next line of a written head at the start of `rest`: its length with the line end, and
+/// the length of its field name (the bytes before `:`, if any). `None` without a line end.
+fn next_line(rest: &[u8]) -> Option<(usize, Option<usize>)> {
+    let len = rest.iter().position(|b| *b == b'\n')? + 1;
+    Some((len, rest[..len].iter().position(|b| *b == b':')))
 }
 
 /// The field lines of a written head, in order, as (name, value); see [`written_head`].
@@ -264,10 +270,10 @@ impl<'a> Iterator for Fields<'a> {
     type Item = (&'a [u8], &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let end = self.0.iter().position(|b| *b == b'\n')?;
-        let line = self.0[..end].strip_suffix(b"\r")?;
-        self.0 = &self.0[end + 1..];
-        let colon = line.iter().position(|b| *b == b':')?;
+        let (len, name_len) = next_line(self.0)?;
+        let line = self.0[..len].strip_suffix(b"\r\n")?;
+        self.0 = &self.0[len..];
+        let colon = name_len?;
         // Written as `name: value`.
         Some((&line[..colon], line[colon + 1..].trim_ascii_start()))
     }
@@ -292,22 +298,18 @@ pub fn edit_fields<'a>(
             Field::ContentLength | Field::TransferEncoding | Field::Connection
         )
     };
-    let Some(first) = head.iter().position(|b| *b == b'\n') else {
+    let Some((first, _)) = next_line(head) else {
         return;
     };
-    let (mut read, mut write) = (first + 1, first + 1);
+    let (mut read, mut write) = (first, first);
     loop {
-        let Some(len) = head[read..].iter().position(|b| *b == b'\n').map(|p| p + 1) else {
+        let Some((len, name_len)) = next_line(&head[read..]) else {
             return; // not a head written by this crate: left as it is
         };
         if len <= 2 {
             break; // the final empty line
         }
-        let name_len = head[read..read + len]
-            .iter()
-            .position(|b| *b == b':')
-            .unwrap_or(len);
-        let name = &head[read..read + name_len];
+        let name = &head[read..read + name_len.unwrap_or(len)];
         if frames(name) || !remove(name) {
             head.copy_within(read..read + len, write);
             write += len;
