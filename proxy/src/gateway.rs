@@ -146,42 +146,52 @@ impl GatewayRuntime {
         let Some(mut parts) = request_parts(head) else {
             return Routed::Unsupported("request head the router cannot read");
         };
-        let gateway_reply = |status: StatusCode, location, message| {
-            Routed::Reply(
-                Reply {
-                    status,
-                    location,
-                    message,
-                },
-                Some(ResponseEdits(None)),
-            )
-        };
-        match self.router.route(&mut parts) {
-            Decision::Respond { status, location } => {
-                let text = status.canonical_reason().unwrap_or("").to_string();
-                gateway_reply(status, location, text)
+        match self.decide(&mut parts, peer) {
+            Routing::Reply(reply) => Routed::Reply(reply, Some(ResponseEdits(None))),
+            Routing::Forward {
+                target,
+                response_headers,
+                mirror,
+            } => {
+                if let Some(m) = mirror {
+                    spawn_mirror(&parts, Bytes::copy_from_slice(body), m, listener);
+                }
+                strip_hop_by_hop(&mut parts.headers);
+                write_request_head(&parts, length, head);
+                Routed::Forward {
+                    cluster: target,
+                    edits: Some(ResponseEdits(Some(response_headers))),
+                }
             }
+        }
+    }
+
+    /// Routes a request for either path: the router's decision with its clusters looked up,
+    /// and, for a forwarded request, the client's address appended to `x-forwarded-for`.
+    fn decide(&self, parts: &mut http::request::Parts, peer: SocketAddr) -> Routing<'_> {
+        match self.router.route(parts) {
+            Decision::Respond { status, location } => Routing::Reply(Reply {
+                status,
+                location,
+                message: status.canonical_reason().unwrap_or("").to_string(),
+            }),
             Decision::Forward {
                 cluster,
                 response_headers,
                 mirror,
                 origin,
             } => match self.clusters.get(cluster) {
-                None => gateway_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    None,
-                    format!("{origin}: backend cluster {cluster} is not available"),
-                ),
+                None => Routing::Reply(Reply {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    location: None,
+                    message: format!("{origin}: backend cluster {cluster} is not available"),
+                }),
                 Some(target) => {
                     append_forwarded_for(&mut parts.headers, peer);
-                    if let Some(m) = mirror.and_then(|m| self.clusters.get(m)) {
-                        spawn_mirror(&parts, Bytes::copy_from_slice(body), m, listener);
-                    }
-                    strip_hop_by_hop(&mut parts.headers);
-                    write_request_head(&parts, length, head);
-                    Routed::Forward {
-                        cluster: target,
-                        edits: Some(ResponseEdits(Some(response_headers))),
+                    Routing::Forward {
+                        target,
+                        response_headers,
+                        mirror: mirror.and_then(|m| self.clusters.get(m)),
                     }
                 }
             },
@@ -256,6 +266,19 @@ fn write_request_head(parts: &http::request::Parts, length: BodyLength, out: &mu
         bearing_http1::push_header(out, b"content-length", n.to_string().as_bytes());
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// What a gateway does with one request, on the byte path or through hyper.
+enum Routing<'g> {
+    /// Answer it: a 404, redirect or refusal of the router, or a 503 for a backend cluster
+    /// that is not available.
+    Reply(Reply),
+    /// Send it to `target`, a copy to `mirror`, and change the response's headers.
+    Forward {
+        target: &'g Arc<ClusterRuntime>,
+        response_headers: &'g HeaderEdits,
+        mirror: Option<&'g Arc<ClusterRuntime>>,
+    },
 }
 
 /// An open connection counted against the listener's limit; released on drop.
@@ -449,38 +472,28 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
-    let mut resp = match gateway.router.route(&mut parts) {
-        Decision::Respond { status, location } => {
-            let text = status.canonical_reason().unwrap_or("").to_string();
-            let mut resp = local_reply(status, text);
-            if let Some(location) = location {
+    let mut resp = match gateway.decide(&mut parts, peer) {
+        Routing::Reply(reply) => {
+            let mut resp = local_reply(reply.status, reply.message);
+            if let Some(location) = reply.location {
                 resp.headers_mut().insert(header::LOCATION, location);
             }
             resp
         }
-        Decision::Forward {
-            cluster,
+        Routing::Forward {
+            target,
             response_headers,
             mirror,
-            origin,
-        } => match gateway.clusters.get(cluster) {
-            None => local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{origin}: backend cluster {cluster} is not available"),
-            ),
-            Some(target) => {
-                append_forwarded_for(&mut parts.headers, peer);
-                let mirror = mirror.and_then(|m| gateway.clusters.get(m));
-                let body = match mirror {
-                    Some(m) => mirror_request(&parts, body, m, &listener.config.name).await,
-                    None => RequestBody::Streamed(body),
-                };
-                let req = Request::from_parts(parts, body);
-                let mut resp = send(req, target, &listener.config.name).await;
-                response_headers.apply(resp.headers_mut());
-                resp
-            }
-        },
+        } => {
+            let body = match mirror {
+                Some(m) => mirror_request(&parts, body, m, &listener.config.name).await,
+                None => RequestBody::Streamed(body),
+            };
+            let req = Request::from_parts(parts, body);
+            let mut resp = send(req, target, &listener.config.name).await;
+            response_headers.apply(resp.headers_mut());
+            resp
+        }
     };
     resp.headers_mut().insert(header::SERVER, SERVER_NAME);
     listener.stats.requests.count(resp.status().as_u16());
