@@ -1033,14 +1033,13 @@ listen tcp
     def handshakes(self, port: int) -> dict:
         """New mesh mTLS connections per second: benches/tls-handshakes, one full TLS 1.3
         handshake with the web leaf plus GET /small and close per connection, from
-        --handshake-clients threads. Its own CPU seconds are reported next to the server's."""
+        --handshake-clients threads. Its CPU seconds (run_load's `client_cpu_s`) are reported
+        next to the server's."""
         cert, key = self.mesh_pki().leaves[WEB]
-        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run(
             [self.args.tls_client, f"127.0.0.1:{port}", str(self.args.duration),
              str(self.args.handshake_clients), str(cert), str(key), "/small"],
             capture_output=True, text=True, check=False)
-        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         m = re.search(r"^JSON (.*)$", out.stdout, re.M)
         if out.returncode != 0 or not m:
             die(f"tls-handshakes failed on port {port}: {out.stdout}{out.stderr}")
@@ -1048,8 +1047,7 @@ listen tcp
         if not r["connections"]:
             die(f"tls-handshakes on port {port}: no connection got a 200 ({r['errors']} errors)")
         return {"hps": r["connections"] / r["seconds"], "p50_ms": r["p50"] / 1000,
-                "p99_ms": r["p99"] / 1000, "p999_ms": r["p999"] / 1000, "errors": r["errors"],
-                "client_cpu_s": ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime}
+                "p99_ms": r["p99"] / 1000, "p999_ms": r["p999"] / 1000, "errors": r["errors"]}
 
     def run_load(self, c: Contender, scenario: str) -> dict:
         procs = c.procs(scenario)
@@ -1058,6 +1056,11 @@ listen tcp
             if proc.popen.poll() is not None:
                 die(f"{proc.name} exited with {proc.popen.returncode}")
         reset_peak(pids)
+        # The load generator's and the origin's CPU too: with all of them on the same cores,
+        # what they take per request bounds what any proxy can reach (the host budget).
+        origin_pids = [p for proc in (self.origin, self.iperf) if proc for p in proc.pids()]
+        client0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        origin0 = cpu_seconds(origin_pids)
         cpu0 = cpu_seconds(pids)
         if scenario == "http1-small":
             r = self.wrk(c.http1, "/small", [])
@@ -1081,6 +1084,10 @@ listen tcp
             r = self.wrk(c.http1 + 16, GATEWAY_PATH, [], scheme="https")
         else:
             raise ValueError(scenario)
+        client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        r["client_cpu_s"] = (client1.ru_utime + client1.ru_stime
+                             - client0.ru_utime - client0.ru_stime)
+        r["origin_cpu_s"] = cpu_seconds(origin_pids) - origin0
         if pids:
             r["cpu_s"] = cpu_seconds(pids) - cpu0
             r["peak_rss_mb"] = status_kb(pids, "VmHWM") / 1024
@@ -1349,6 +1356,37 @@ def targets(res: dict) -> list[dict]:
     return out
 
 
+def host_budget(res: dict) -> str | None:
+    """What the 3x-Envoy target leaves a proxy on this host: the load generator, the origin and
+    the proxy share the same CPUs, so at 3x Envoy's rate the CPU that wrk and the origin take
+    per request (measured in Bearing's runs) is spent before the proxy's, and the rest bounds
+    the proxy's CPU per request with every CPU busy."""
+    load, dur, cpus = res["load"], res["meta"]["duration"], res["meta"]["cpus"]
+
+    def row(c: str) -> dict:
+        return find(load, scenario="http1-small", contender=c, workers=1) or {}
+
+    def per_request(r: dict, *keys: str) -> float | None:
+        if not r.get("rps") or any(r.get(k) is None for k in keys):
+            return None
+        return sum(r[k] for k in keys) / (r["rps"] * dur) * 1e6
+
+    b, h, e = row("bearing"), row("haproxy"), row("envoy")
+    others = per_request(b, "client_cpu_s", "origin_cpu_s")
+    if others is None or not e.get("rps"):
+        return None
+    goal = 3 * e["rps"]
+    budget = cpus * 1e6 / goal - others
+    busy = sum(b[k] for k in ("cpu_s", "client_cpu_s", "origin_cpu_s")) / (dur * cpus) * 100
+    return (f"Host budget for 3x Envoy (HTTP/1.1 small, 1 worker): 3 x {e['rps']:.0f} = {goal:.0f} req/s. "
+            f"wrk and the origin took {others:.1f} µs of CPU per request in Bearing's runs "
+            f"({fmt(per_request(h, 'client_cpu_s', 'origin_cpu_s'))} in HAProxy's), so at that rate "
+            f"the {cpus} CPUs leave at most {budget:.1f} µs per request for the proxy, with no CPU idle. "
+            f"Proxy CPU per request: Bearing {fmt(per_request(b, 'cpu_s'))} µs, HAProxy "
+            f"{fmt(per_request(h, 'cpu_s'))}, Envoy {fmt(per_request(e, 'cpu_s'))}. All CPUs were "
+            f"{busy:.0f}% busy in Bearing's runs.")
+
+
 def fmt(v, spec=".1f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -1441,6 +1479,8 @@ def markdown(res: dict, charts_dir: str = "") -> str:
         for t in res["targets"]:
             lines.append(f"| {t['target']} | {t['goal']} | {fmt(t['ratio'], '.2f')}x | **{t['status']}** |")
         lines.append("")
+        if budget := host_budget(res):
+            lines += [budget, ""]
     lines += ["## Load scenarios", "",
               "CPU s: user+system seconds of the proxy process(es) during the run (both proxies for the "
               "sidecar pairs, the inbound proxy for mTLS handshakes); peak RSS: VmHWM, reset before each "
@@ -1492,7 +1532,7 @@ def markdown(res: dict, charts_dir: str = "") -> str:
             lines.append(f"| {r['workers']} | {r['ratio']} | {fmt(r['value'], '.2f')} | "
                          f"{fmt(r['reference'], '.2f')} | {fmt(r['x'], '.2f')}x |")
         for r in res["load"]:
-            if r.get("client_cpu_s") is not None:
+            if r["scenario"] == "mtls-handshakes" and r.get("client_cpu_s") is not None:
                 lines.append(f"\nHandshake client, {r['workers']} worker(s), {r['contender']}: "
                              f"{r['client_cpu_s']:.2f} CPU s (the server: {fmt(r.get('cpu_s'), '.2f')}).")
         lines.append("")
