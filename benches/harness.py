@@ -1524,7 +1524,9 @@ def markdown(res: dict, charts_dir: str = "") -> str:
                                 for r in res["load"] if r["scenario"] == s and r["workers"] == 1)
             lines += ["", f"TCP congestion control on this host: `{meta.get('tcp_congestion', '?')}`. "
                       f"Sender retransmits per run (median, 1 worker): {retrans}. On loopback these are "
-                      "spurious, from segments delivered out of order (see benches/README.md)."]
+                      "spurious, from segments delivered out of order; they are not what limits a proxy "
+                      "under BBR: each paced sender on loopback tops out near direct's figure, and a proxy "
+                      "adds a second one (see benches/README.md)."]
         lines.append("")
     if ratios := mtls_ratios(res):
         lines += ["## mTLS ratios", "", "| workers | ratio | value | reference | x |", "|---|---|---|---|---|"]
