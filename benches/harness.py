@@ -1366,13 +1366,8 @@ def host_budget(res: dict) -> str | None:
     def row(c: str) -> dict:
         return find(load, scenario="http1-small", contender=c, workers=1) or {}
 
-    def per_request(r: dict, *keys: str) -> float | None:
-        if not r.get("rps") or any(r.get(k) is None for k in keys):
-            return None
-        return sum(r[k] for k in keys) / (r["rps"] * dur) * 1e6
-
     b, h, e = row("bearing"), row("haproxy"), row("envoy")
-    others = per_request(b, "client_cpu_s", "origin_cpu_s")
+    others = cpu_us_per_op(b, dur, "client_cpu_s", "origin_cpu_s")
     if others is None or not e.get("rps"):
         return None
     goal = 3 * e["rps"]
@@ -1380,15 +1375,25 @@ def host_budget(res: dict) -> str | None:
     busy = sum(b[k] for k in ("cpu_s", "client_cpu_s", "origin_cpu_s")) / (dur * cpus) * 100
     return (f"Host budget for 3x Envoy (HTTP/1.1 small, 1 worker): 3 x {e['rps']:.0f} = {goal:.0f} req/s. "
             f"wrk and the origin took {others:.1f} µs of CPU per request in Bearing's runs "
-            f"({fmt(per_request(h, 'client_cpu_s', 'origin_cpu_s'))} in HAProxy's), so at that rate "
+            f"({fmt(cpu_us_per_op(h, dur, 'client_cpu_s', 'origin_cpu_s'))} in HAProxy's), so at that rate "
             f"the {cpus} CPUs leave at most {budget:.1f} µs per request for the proxy, with no CPU idle. "
-            f"Proxy CPU per request: Bearing {fmt(per_request(b, 'cpu_s'))} µs, HAProxy "
-            f"{fmt(per_request(h, 'cpu_s'))}, Envoy {fmt(per_request(e, 'cpu_s'))}. All CPUs were "
+            f"Proxy CPU per request: Bearing {fmt(cpu_us_per_op(b, dur, 'cpu_s'))} µs, HAProxy "
+            f"{fmt(cpu_us_per_op(h, dur, 'cpu_s'))}, Envoy {fmt(cpu_us_per_op(e, dur, 'cpu_s'))}. All CPUs were "
             f"{busy:.0f}% busy in Bearing's runs.")
 
 
 def fmt(v, spec=".1f") -> str:
     return "-" if v is None else format(v, spec)
+
+
+def cpu_us_per_op(r: dict, duration: float, *keys: str) -> float | None:
+    """CPU µs per operation of the run `r` (per request, or per handshake): the CPU seconds
+    under `keys` (the proxy's `cpu_s` unless named) over the operations of the run."""
+    keys = keys or ("cpu_s",)
+    unit = UNITS.get(r.get("scenario"), ("rps",))[0]
+    if not r.get(unit) or any(r.get(k) is None for k in keys):
+        return None
+    return sum(r[k] for k in keys) / (r[unit] * duration) * 1e6
 
 
 UNITS = {"tcp-bulk": ("gbps", "Gbit/s"), "mtls-handshakes": ("hps", "handshakes/s")}
@@ -1403,10 +1408,7 @@ def mtls_ratios(res: dict) -> list[dict]:
             return find(res["load"], scenario=s, contender=c, workers=w) or {}
 
         def cpu_us(r: dict) -> float | None:
-            key = UNITS.get(r.get("scenario"), ("rps",))[0]
-            if r.get("cpu_s") is None or not r.get(key):
-                return None
-            return r["cpu_s"] / (r[key] * res["meta"]["duration"]) * 1e6
+            return cpu_us_per_op(r, res["meta"]["duration"])
 
         def add(name: str, value: float | None, ref: float | None) -> None:
             out.append({"workers": w, "ratio": name, "value": value, "reference": ref,
@@ -1436,8 +1438,7 @@ def gateway_ratios(res: dict) -> list[dict]:
         b = find(res["load"], scenario=r["scenario"], contender="bearing", workers=r["workers"]) or {}
 
         def cpu_us(x: dict) -> float | None:
-            return x["cpu_s"] / (x["rps"] * res["meta"]["duration"]) * 1e6 \
-                if x.get("cpu_s") is not None and x.get("rps") else None
+            return cpu_us_per_op(x, res["meta"]["duration"])
 
         for what, value, ref in (("req/s", b.get("rps"), r.get("rps")),
                                  ("p99 ms", b.get("p99_ms"), r.get("p99_ms")),
