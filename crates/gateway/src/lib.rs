@@ -4,8 +4,10 @@
 //! header names and values, weight tables); [`GatewayRouter::route`] then decides per request,
 //! with no lock and no allocation unless the request is rewritten. Before matching, requests
 //! get Kuma's gateway hygiene (its Envoy config for builtin gateways): header names with `_`
-//! are refused (400), a path with an encoded slash is redirected to the decoded path, paths
-//! are normalised (merged slashes, no dot segments) and `x-kuma-tags` is removed.
+//! are refused (400), paths are normalised ([`normalize_path`]: unreserved characters
+//! decoded, dot segments, encoded ones included, removed, slashes merged; an invalid escape is
+//! a 400, an encoded slash a redirect to the normal path) and `x-kuma-tags` is removed. Routes
+//! match the normal path, and it is what the backend gets.
 
 mod path;
 mod pick;
@@ -22,6 +24,8 @@ use http::StatusCode;
 use regex::Regex;
 
 use crate::pick::{Share, Weighted};
+
+pub use crate::path::{normalize as normalize_path, InvalidPath, NormalPath};
 
 /// Kuma's internal header carrying source tags; never forwarded by a gateway.
 const KUMA_TAGS: HeaderName = HeaderName::from_static("x-kuma-tags");
@@ -397,16 +401,24 @@ impl GatewayRouter {
         if parts.headers.keys().any(|k| k.as_str().contains('_')) {
             return respond(StatusCode::BAD_REQUEST);
         }
-        let raw_path = parts.uri.path();
-        if path::has_escaped_slash(raw_path) {
-            let location = with_path(&parts.uri, &path::unescape_slashes(raw_path));
+        let normal = match path::normalize(parts.uri.path()) {
+            Ok(normal) => normal,
+            Err(_) => return respond(StatusCode::BAD_REQUEST),
+        };
+        if normal.escaped_slash {
+            // A path-only Location (as Envoy sends): the normal path never starts with `//`
+            // or holds a backslash, so the redirect stays on the request's origin.
+            let location = with_path(&parts.uri, &normal.path);
             return Decision::Respond {
                 status: StatusCode::TEMPORARY_REDIRECT,
                 location: HeaderValue::from_str(&location).ok(),
             };
         }
-        if let Cow::Owned(normal) = path::normalize(raw_path) {
-            set_path(&mut parts.uri, &normal);
+        if let Cow::Owned(normal) = normal.path {
+            // Routes match, and the backend gets, the normal path or nothing.
+            if !set_path(&mut parts.uri, &normal) {
+                return respond(StatusCode::BAD_REQUEST);
+            }
         }
         parts.headers.remove(&KUMA_TAGS);
         let Some(host) = request_host(parts).and_then(|h| self.host_for(h)) else {
@@ -431,7 +443,9 @@ impl GatewayRouter {
                 };
                 if let Some(rw) = rewrite {
                     let new = rewritten_path(route, rw, parts.uri.path());
-                    set_path(&mut parts.uri, &new);
+                    if !set_path(&mut parts.uri, &new) {
+                        return respond(StatusCode::INTERNAL_SERVER_ERROR);
+                    }
                 }
                 if let (true, Some(hostname)) = (host_to_backend_hostname, &backend.hostname) {
                     set_host(parts, hostname);
@@ -547,15 +561,20 @@ fn with_path(uri: &Uri, path: &str) -> String {
     }
 }
 
-/// Replaces the path of `uri`, keeping its scheme, authority and query.
-fn set_path(uri: &mut Uri, path: &str) {
+/// Replaces the path of `uri`, keeping its scheme, authority and query; false (`uri`
+/// unchanged) when the result is not a valid URI.
+fn set_path(uri: &mut Uri, path: &str) -> bool {
     let Ok(pq) = PathAndQuery::try_from(with_path(uri, path)) else {
-        return;
+        return false;
     };
-    let mut parts = std::mem::take(uri).into_parts();
+    let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(pq);
-    if let Ok(new) = Uri::from_parts(parts) {
-        *uri = new;
+    match Uri::from_parts(parts) {
+        Ok(new) => {
+            *uri = new;
+            true
+        }
+        Err(_) => false,
     }
 }
 

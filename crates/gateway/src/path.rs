@@ -1,96 +1,194 @@
-//! Paths as Kuma's gateway treats them: normalised before matching (merged slashes, no dot
-//! segments), matched by prefix at a segment boundary, rewritten by prefix.
+//! Paths as Kuma's gateway treats them: normalised before matching (as Envoy's
+//! `normalize_path`, `merge_slashes` and `path_with_escaped_slashes_action:
+//! UNESCAPE_AND_REDIRECT` do), matched by prefix at a segment boundary, rewritten by prefix.
 
 use std::borrow::Cow;
 
-/// The path with repeated slashes merged and `.` / `..` segments removed (RFC 3986 §5.2.4),
-/// as Envoy's `merge_slashes` and `normalize_path` do; borrowed when already normal.
-pub fn normalize(path: &str) -> Cow<'_, str> {
-    // `*` (OPTIONS) and other non-path targets are left alone.
-    if !path.starts_with('/') || is_normal(path) {
-        return Cow::Borrowed(path);
-    }
-    let mut segments: Vec<&str> = Vec::new();
-    let mut rest = &path[1..];
-    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
-    loop {
-        let (segment, next) = match rest.split_once('/') {
-            Some((s, n)) => (s, Some(n)),
-            None => (rest, None),
-        };
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
+/// A request path in the one form routes match and backends receive.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NormalPath<'a> {
+    /// The normal path; borrowed when the request's path already was one.
+    pub path: Cow<'a, str>,
+    /// Whether the request spelled a slash or backslash as `%2F` / `%5C`: Kuma's gateway
+    /// (`UNESCAPE_AND_REDIRECT`) answers with a redirect to `path` instead of forwarding.
+    pub escaped_slash: bool,
+}
+
+/// Why a request path is refused with 400 before routing; `at` is the byte offset in the path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InvalidPath {
+    /// A `%` not followed by two hex digits (`%zz`, `%4`, a `%` at the end).
+    BadEscape { at: usize },
+    /// A NUL byte, raw or as `%00`.
+    Nul { at: usize },
+}
+
+impl std::fmt::Display for InvalidPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InvalidPath::BadEscape { at } => {
+                write!(
+                    f,
+                    "byte {at} of the path: `%` not followed by two hex digits"
+                )
             }
-            s => segments.push(s),
-        }
-        match next {
-            Some(n) => rest = n,
-            None => break,
+            InvalidPath::Nul { at } => write!(f, "byte {at} of the path: NUL"),
         }
     }
-    let mut out = String::with_capacity(path.len());
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
-    }
-    if trailing || out.is_empty() {
-        out.push('/');
-    }
-    Cow::Owned(out)
 }
 
-/// Whether `path` (starting with `/`) has no empty, `.` or `..` segment: the common case,
-/// checked without allocating.
-fn is_normal(path: &str) -> bool {
-    let inner = &path[1..];
-    if inner.is_empty() {
-        return true;
+/// Normalises a request path (without its query) the way Envoy does for Kuma's gateway, so
+/// that what routes match is what the backend gets, however the client spelled it:
+/// - `%XX` of an unreserved character (`A-Z a-z 0-9 - . _ ~`) is decoded, so `%2e` is a dot
+///   and `/%61dmin` is `/admin`; other escapes are kept, with uppercase hex;
+/// - `%2F` and `%5C` are decoded to a slash, and [`NormalPath::escaped_slash`] says so;
+/// - a backslash, raw or decoded, is a slash (as browsers and Chromium's canonicaliser, which
+///   Envoy uses, read it);
+/// - characters RFC 3986 does not allow in a path (`"`, `{`, `}`, `|`, `^`, non-ASCII bytes,
+///   ...) are percent-encoded with uppercase hex;
+/// - repeated slashes are merged, and `.` and `..` segments removed (RFC 3986 §5.2.4; `..`
+///   stops at the root), after decoding: `/a/%2e%2E/b` and `/a/.%2e/b` are `/b`;
+/// - an invalid escape or a NUL is refused ([`InvalidPath`]).
+///
+/// The result starts with one `/` never followed by another or by a backslash, so a redirect
+/// to it stays on the request's origin; normalising it again changes nothing. A path that
+/// needs none of this (the common case) is checked in one pass and borrowed. Targets that are
+/// not paths (`*`) are left alone.
+pub fn normalize(path: &str) -> Result<NormalPath<'_>, InvalidPath> {
+    let unchanged = NormalPath {
+        path: Cow::Borrowed(path),
+        escaped_slash: false,
+    };
+    if !path.starts_with('/') || is_normal(path.as_bytes()) {
+        return Ok(unchanged);
     }
-    let body = inner.strip_suffix('/').unwrap_or(inner);
-    !body.is_empty()
-        && body
-            .split('/')
-            .all(|s| !s.is_empty() && s != "." && s != "..")
-}
-
-/// Whether the path holds an encoded slash or backslash (`%2F`, `%5C`), which Kuma's gateway
-/// answers with a redirect to the decoded path.
-pub fn has_escaped_slash(path: &str) -> bool {
-    path.as_bytes().windows(3).any(|w| {
-        w[0] == b'%'
-            && matches!(
-                (w[1], w[2].to_ascii_uppercase()),
-                (b'2', b'F') | (b'5', b'C')
-            )
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    out.push('/');
+    // Where the segment being written starts in `out`, just after its `/`.
+    let mut segment = out.len();
+    let mut escaped_slash = false;
+    let mut i = 1;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        let at = i;
+        let (byte, escaped) = if byte == b'%' {
+            let decoded = bytes
+                .get(i + 1..i + 3)
+                .and_then(|hex| Some((hex_value(hex[0])? << 4) | hex_value(hex[1])?))
+                .ok_or(InvalidPath::BadEscape { at })?;
+            i += 2;
+            (decoded, true)
+        } else {
+            (byte, false)
+        };
+        match byte {
+            0 => return Err(InvalidPath::Nul { at }),
+            b'/' | b'\\' => {
+                escaped_slash |= escaped;
+                segment = close_segment(&mut out, segment, false);
+            }
+            b if is_unreserved(b) || (!escaped && is_plain(b)) => out.push(char::from(b)),
+            b => push_escaped(&mut out, b),
+        }
+        i += 1;
+    }
+    close_segment(&mut out, segment, true);
+    if out == path {
+        return Ok(unchanged);
+    }
+    Ok(NormalPath {
+        path: Cow::Owned(out),
+        escaped_slash,
     })
 }
 
-/// The path with `%2F` and `%5C` decoded to `/` and `\`.
-pub fn unescape_slashes(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut rest = path;
-    while let Some(i) = rest.find('%') {
-        out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 3).map(str::to_ascii_uppercase);
-        match code.as_deref() {
-            Some("2F") => {
-                out.push('/');
-                rest = &rest[i + 3..];
+/// Ends the segment of `out` that starts at `start` (`out[start - 1]` is its `/`): an empty
+/// one is dropped (merged slashes), `.` removed, `..` removed with the segment before it.
+/// Unless `last`, a kept segment gets its closing `/`. Returns where the next segment starts.
+fn close_segment(out: &mut String, start: usize, last: bool) -> usize {
+    match &out[start..] {
+        "" => {}
+        "." => out.truncate(start),
+        ".." => {
+            // `out[..start - 1]` is everything before this segment's slash; the previous
+            // segment starts after the last slash there. At the root there is none to remove.
+            let previous = out[..start - 1].rfind('/').map_or(start, |slash| slash + 1);
+            out.truncate(previous);
+        }
+        _ if last => {}
+        _ => out.push('/'),
+    }
+    out.len()
+}
+
+/// Whether `path` (starting with `/`) is already normal: only characters kept as they are,
+/// no empty segment (`//`) and no `.` or `..` segment. One pass, no allocation.
+fn is_normal(path: &[u8]) -> bool {
+    let mut segment_start = true;
+    for (i, &b) in path.iter().enumerate().skip(1) {
+        if !is_plain(b) {
+            return false;
+        }
+        if b == b'/' {
+            if segment_start {
+                return false;
             }
-            Some("5C") => {
-                out.push('\\');
-                rest = &rest[i + 3..];
+            segment_start = true;
+        } else {
+            if segment_start && b == b'.' {
+                let rest = &path[i..];
+                let dots = if rest.starts_with(b"..") { 2 } else { 1 };
+                if rest.get(dots).is_none_or(|b| *b == b'/') {
+                    return false;
+                }
             }
-            _ => {
-                out.push('%');
-                rest = &rest[i + 1..];
-            }
+            segment_start = false;
         }
     }
-    out.push_str(rest);
-    out
+    true
+}
+
+/// RFC 3986 unreserved characters: decoded wherever they appear escaped.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Characters a normal path holds as they are: unreserved, sub-delims, `:`, `@`, `/`, and
+/// `[` `]` (which Chromium's canonicaliser, hence Envoy, keeps too). Everything else is
+/// escaped, decoded or refused by [`normalize`].
+fn is_plain(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'['
+                | b']'
+        )
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    char::from(digit).to_digit(16).map(|v| v as u8)
+}
+
+/// Appends `%XX` for `byte`, uppercase hex (RFC 3986 §2.1).
+fn push_escaped(out: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(byte >> 4)]));
+    out.push(char::from(HEX[usize::from(byte & 0xF)]));
 }
 
 /// A prefix as matched: without its trailing slash, except for `/` itself.
@@ -161,33 +259,179 @@ pub fn decode_component(value: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn normalizes_like_envoy() {
-        for (input, want) in [
-            ("/", "/"),
-            ("/a/b", "/a/b"),
-            ("/a/b/", "/a/b/"),
-            ("//a/../b", "/b"),
-            ("/a//b", "/a/b"),
-            ("/a/./b", "/a/b"),
-            ("/a/b/..", "/a/"),
-            ("/..", "/"),
-            ("/../../x", "/x"),
-            ("/a/.", "/a/"),
-            ("//", "/"),
-        ] {
-            assert_eq!(normalize(input), want, "{input}");
+    /// `normalize` as the router sees it: the path, with ` (redirect)` when it came with an
+    /// escaped slash, or the error.
+    fn normal(input: &str) -> String {
+        match normalize(input) {
+            Ok(NormalPath {
+                path,
+                escaped_slash: false,
+            }) => path.into_owned(),
+            Ok(NormalPath {
+                path,
+                escaped_slash: true,
+            }) => format!("{path} (redirect)"),
+            Err(e) => format!("400: {e}"),
         }
-        assert!(matches!(normalize("/a/b"), Cow::Borrowed(_)));
-        assert!(matches!(normalize("/"), Cow::Borrowed(_)));
     }
 
     #[test]
-    fn escaped_slashes() {
-        assert!(has_escaped_slash("/a%2Fb"));
-        assert!(has_escaped_slash("/a%5cb"));
-        assert!(!has_escaped_slash("/a%20b"));
-        assert_eq!(unescape_slashes("/a%2fb%5Cc%20%"), "/a/b\\c%20%");
+    fn normalizes_like_envoy() {
+        for (input, want) in [
+            // Already normal: unchanged.
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("/a.b/.c/..d/...", "/a.b/.c/..d/..."),
+            ("/a;b=c/@:!$&'()*+,[]", "/a;b=c/@:!$&'()*+,[]"),
+            // Dot segments and merged slashes (RFC 3986 §5.2.4, `..` stops at the root).
+            ("//a/../b", "/b"),
+            ("/a//b", "/a/b"),
+            ("/a///b//", "/a/b/"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/../", "/a/"),
+            ("/..", "/"),
+            ("/../../x", "/x"),
+            ("/a/.", "/a/"),
+            ("/.", "/"),
+            ("//", "/"),
+            ("/a/b/c/../../d", "/a/d"),
+            ("/public/../secret.txt", "/secret.txt"),
+            // Encoded dots, in any case and mixed with plain ones, are dots.
+            ("/public/%2e%2e/secret.txt", "/secret.txt"),
+            ("/public/%2E%2E/secret.txt", "/secret.txt"),
+            ("/public/%2e%2E/secret.txt", "/secret.txt"),
+            ("/public/.%2e/secret.txt", "/secret.txt"),
+            ("/public/%2e./secret.txt", "/secret.txt"),
+            ("/public/%2e/x", "/public/x"),
+            ("/public/%2e%2e", "/"),
+            ("/public/x%2e%2e/y", "/public/x../y"),
+            ("/%2e%2e/%2e%2e/etc/passwd", "/etc/passwd"),
+            // Unreserved characters are decoded; reserved ones stay escaped, uppercase.
+            ("/%61dmin", "/admin"),
+            ("/%41%5a%30%39%2d%5f%7e", "/AZ09-_~"),
+            ("/a%20b", "/a%20b"),
+            ("/a%3fb%23c%3Bd%25e", "/a%3Fb%23c%3Bd%25e"),
+            (
+                "/a%2x",
+                "400: byte 2 of the path: `%` not followed by two hex digits",
+            ),
+            ("/%252e%252e/x", "/%252e%252e/x"),
+            // Encoded slashes and backslashes: decoded, merged, and a redirect.
+            ("/a%2Fb", "/a/b (redirect)"),
+            ("/a%2fb%5Cc", "/a/b/c (redirect)"),
+            ("/%2Fevil.example/x", "/evil.example/x (redirect)"),
+            ("/%2F%2Fevil.example", "/evil.example (redirect)"),
+            ("/%5Cevil.example", "/evil.example (redirect)"),
+            ("/%5c%5cevil.example", "/evil.example (redirect)"),
+            ("/%2F/evil.example", "/evil.example (redirect)"),
+            ("/a/%2e%2e%2F%2e%2e%2Fb", "/b (redirect)"),
+            // Raw backslashes are slashes, as browsers read them.
+            ("/\\evil.example", "/evil.example"),
+            ("/\\\\evil.example/x", "/evil.example/x"),
+            ("/a\\..\\b", "/b"),
+            // Characters a path may not hold are escaped; non-ASCII byte by byte.
+            (
+                "/a\"b{c}d|e^f`g<h>i j",
+                "/a%22b%7Bc%7Dd%7Ce%5Ef%60g%3Ch%3Ei%20j",
+            ),
+            ("/caf\u{e9}/\u{65e5}", "/caf%C3%A9/%E6%97%A5"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            // Invalid escapes and NUL are refused.
+            (
+                "/a%zz",
+                "400: byte 2 of the path: `%` not followed by two hex digits",
+            ),
+            (
+                "/a%4",
+                "400: byte 2 of the path: `%` not followed by two hex digits",
+            ),
+            (
+                "/a%",
+                "400: byte 2 of the path: `%` not followed by two hex digits",
+            ),
+            (
+                "/%%32%65%%32%65/x",
+                "400: byte 1 of the path: `%` not followed by two hex digits",
+            ),
+            ("/a%00b", "400: byte 2 of the path: NUL"),
+            ("/a\0b", "400: byte 2 of the path: NUL"),
+            // Not a path: left alone.
+            ("*", "*"),
+        ] {
+            assert_eq!(normal(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed() {
+        for input in [
+            "/", "/a/b", "/a/b/", "/a.b/..c", "/x;y=1/@", "/a%20b", "/a%2Cb",
+        ] {
+            let n = normalize(input).unwrap();
+            assert!(matches!(n.path, Cow::Borrowed(_)), "{input}");
+            assert!(!n.escaped_slash);
+        }
+    }
+
+    /// Every result is normal (normalising again changes nothing), starts with exactly one
+    /// slash and has no backslash: a redirect to it can never leave the origin.
+    #[test]
+    fn results_are_stable_and_stay_on_the_origin() {
+        const PIECES: [&str; 16] = [
+            "/",
+            "\\",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            "%2F",
+            "%2f",
+            "%5C",
+            "%5c",
+            "a",
+            "%61",
+            "%20",
+            "evil.example",
+            "\u{e9}",
+            "%3b",
+        ];
+        // Every sequence of up to four pieces after a leading slash: 16^4 paths.
+        let mut checked = 0;
+        for n in 0..=4u32 {
+            for mut code in 0..PIECES.len().pow(n) {
+                let mut input = String::from("/");
+                for _ in 0..n {
+                    input.push_str(PIECES[code % PIECES.len()]);
+                    code /= PIECES.len();
+                }
+                let once = normalize(&input).unwrap().path.into_owned();
+                assert!(once.starts_with('/'), "{input:?} -> {once:?}");
+                assert!(!once.starts_with("//"), "{input:?} -> {once:?}");
+                assert!(!once.contains('\\'), "{input:?} -> {once:?}");
+                let again = normalize(&once).unwrap();
+                assert_eq!(again.path, once, "{input:?}");
+                assert!(matches!(again.path, Cow::Borrowed(_)), "{input:?}");
+                assert!(!again.escaped_slash, "{input:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 60_000);
+    }
+
+    #[test]
+    fn long_paths_take_linear_time() {
+        // 64 KiB of `..` segments after 64 KiB of plain ones, the longest target the `http`
+        // crate takes: all removed.
+        let up = "/a".repeat(10_000) + &"/..".repeat(10_000);
+        assert_eq!(normal(&up), "/");
+        let dots = "/%2e%2e".repeat(9_000) + "/x";
+        assert_eq!(normal(&dots), "/x");
+        let slashes = "/".repeat(65_000) + "x";
+        assert_eq!(normal(&slashes), "/x");
+        let plain = "/abcdefgh".repeat(7_000);
+        assert!(matches!(normalize(&plain).unwrap().path, Cow::Borrowed(_)));
     }
 
     #[test]

@@ -235,6 +235,63 @@ fn hygiene_before_matching() {
     assert_eq!(go(&r, "h", "/a%2Fb?q"), "307 /a/b?q");
 }
 
+/// Routes see, and backends get, the normal path however the client encoded it; a redirect
+/// made by normalisation is path-only and stays on the origin.
+#[test]
+fn routes_match_and_forward_the_normal_path() {
+    let l = listener(
+        GatewayProtocol::Http,
+        vec![host(
+            "*",
+            vec![
+                route(
+                    "public",
+                    path(PathMatch::Prefix("/public".into())),
+                    "public",
+                ),
+                route("admin", path(PathMatch::Exact("/admin".into())), "admin"),
+            ],
+        )],
+    );
+    let r = GatewayRouter::new(&l).unwrap();
+    let forwarded = |target: &str| {
+        let mut parts = request("h", target);
+        let outcome = outcome(&r, &mut parts);
+        format!("{outcome} {}", parts.uri)
+    };
+    for (target, want) in [
+        ("/public/a", "public /public/a"),
+        ("/public/%2e/a?x=%2e%2e", "public /public/a?x=%2e%2e"),
+        ("/public/a/%2E%2e/b", "public /public/b"),
+        ("/public//a", "public /public/a"),
+        ("/%70ublic/a%3bb", "public /public/a%3Bb"),
+        ("/%61dmin", "admin /admin"),
+        ("/public/../admin", "admin /admin"),
+        ("/public/.%2e/admin", "admin /admin"),
+        ("/public/%2e%2e/secret.txt", "404 /secret.txt"),
+        ("/public/.%2E/secret.txt", "404 /secret.txt"),
+        ("/public/%zz", "400 /public/%zz"),
+        ("/public/%", "400 /public/%"),
+        (
+            "http://h/public/x/%2e%2e/%2e%2e/admin",
+            "admin http://h/admin",
+        ),
+    ] {
+        assert_eq!(forwarded(target), want, "{target}");
+    }
+    for (target, location) in [
+        ("/%2Fevil.example/x", "/evil.example/x"),
+        ("/%2F%2Fevil.example/x?q=1", "/evil.example/x?q=1"),
+        ("/%5Cevil.example", "/evil.example"),
+        ("/%5c/evil.example", "/evil.example"),
+        ("/\\%5Cevil.example", "/evil.example"),
+        ("/public/a%2Fb", "/public/a/b"),
+        ("/public/%2e%2e%2Fadmin", "/admin"),
+    ] {
+        assert_eq!(go(&r, "h", target), format!("307 {location}"), "{target}");
+    }
+}
+
 #[test]
 fn filters_and_prefix_rewrite() {
     let mut rt = route("rw", path(PathMatch::Prefix("/api".into())), "svc");
