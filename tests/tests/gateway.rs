@@ -355,6 +355,121 @@ fn routes_by_host_path_method_header_and_query() -> Result<()> {
     Ok(())
 }
 
+/// Percent-encoded paths (issue 23): with a `PREFIX /public` route, `/public/%2e%2e/x` is
+/// `/x` (no route, 404) and never reaches the backend; `/%61dmin` is `/admin`; routes match,
+/// and backends get, the normal path; an encoded slash or backslash is a 307 whose Location
+/// stays on the gateway's origin. Over HTTP/1.1 (the byte path) and h2c (hyper).
+#[test]
+fn encoded_paths_are_routed_and_forwarded_normalised_over_http1_and_h2c() -> Result<()> {
+    let topo = topology(&["gw", "b", "client"])?;
+    let (gw, b, client) = (topo.host("gw"), topo.host("b"), topo.host("client"));
+    let _public = echo_backend(b, 9001, "svc-public")?;
+    let _admin = echo_backend(b, 9002, "svc-admin")?;
+    let rules = format!(
+        "    - matches: [{{path: {{match: PREFIX, value: /public}}}}]\n{}    - matches: [{{path: {{match: EXACT, value: /admin}}}}]\n{}",
+        backend("      ", "svc-public"),
+        backend("      ", "svc-admin")
+    );
+    let store = write_store(
+        &topo,
+        &[
+            ("gateway.yaml", gateway_dp(gw)),
+            (
+                "mesh-gateway.yaml",
+                mesh_gateway("  - {port: 8080, protocol: HTTP, tags: {port: http-8080}}\n"),
+            ),
+            ("svc-public.yaml", backend_dp("svc-public", b, 9001, "http")),
+            ("svc-admin.yaml", backend_dp("svc-admin", b, 9002, "http")),
+            (
+                "route.yaml",
+                gateway_route(
+                    "paths",
+                    "http-8080",
+                    &format!("  http:\n    rules:\n{rules}"),
+                ),
+            ),
+        ],
+    )?;
+    let _proxy = start_gateway(gw, &store, &[HTTP_LISTENER])?;
+
+    for (protocol, status_line) in [
+        ("--http1.1", "HTTP/1.1 "),
+        ("--http2-prior-knowledge", "HTTP/2 "),
+    ] {
+        // Status, response head and body of `path` sent as is (curl leaves dots alone).
+        let get = |path: &str| -> Result<(u16, String, String)> {
+            let (code, response) = curl(
+                client,
+                [
+                    "-i",
+                    "--path-as-is",
+                    protocol,
+                    "-H",
+                    "Host: paths.example.com",
+                    &http_url(gw.ip4(), HTTP_PORT, path),
+                ],
+            )?;
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+            ensure!(
+                head.starts_with(status_line),
+                "{protocol} {path}: not answered over {status_line}: {head:?}"
+            );
+            Ok((code, head.to_string(), body.to_string()))
+        };
+        for (path, service, uri) in [
+            ("/public/a", "svc-public", "/public/a"),
+            (
+                "/public/%2e/a/%2E%2e/b?x=%2e%2e",
+                "svc-public",
+                "/public/b?x=%2e%2e",
+            ),
+            ("/public//x/./y", "svc-public", "/public/x/y"),
+            ("/%70ublic/caf%c3%a9", "svc-public", "/public/caf%C3%A9"),
+            ("/%61dmin", "svc-admin", "/admin"),
+            ("/public/%2e%2e/admin", "svc-admin", "/admin"),
+            ("/public/.%2E/admin", "svc-admin", "/admin"),
+        ] {
+            let (code, _, body) = get(path)?;
+            ensure!(
+                code == 200
+                    && served_by(&body) == Some(service)
+                    && echo_fields(&body).get("uri") == Some(&uri),
+                "{protocol} {path}: want {service} to get {uri}, got {code} {body:?}"
+            );
+        }
+        for (path, want) in [
+            ("/public/%2e%2e/secret.txt", 404),
+            ("/public/%2E%2E/secret.txt", 404),
+            ("/public/.%2e/secret.txt", 404),
+            ("/public/a/%2e%2e/%2e%2e/secret.txt", 404),
+            ("/public/%zz", 400),
+            ("/public/a%", 400),
+        ] {
+            let (code, _, body) = get(path)?;
+            ensure!(
+                code == want && served_by(&body).is_none(),
+                "{protocol} {path}: want the gateway's {want}, got {code} {body:?}"
+            );
+        }
+        for (path, location) in [
+            ("/%2Fevil.example/x", "/evil.example/x"),
+            ("/%2F%2Fevil.example/x?q=1", "/evil.example/x?q=1"),
+            ("/%5Cevil.example", "/evil.example"),
+            ("/%5c%5Cevil.example/x", "/evil.example/x"),
+            ("/%5C/evil.example", "/evil.example"),
+            ("/public/a%2Fb", "/public/a/b"),
+        ] {
+            let (code, head, _) = get(path)?;
+            let got = header_values(&head, "location");
+            ensure!(
+                code == 307 && got == [location],
+                "{protocol} {path}: want 307 to {location}, got {code} {got:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn header_filters_redirects_and_rewrites_are_visible_to_curl() -> Result<()> {
     let topo = topology(&["gw", "b", "client"])?;
