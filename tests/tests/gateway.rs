@@ -105,6 +105,37 @@ fn write_owned_store(topo: &Topology, files: &[(String, String)]) -> Result<Path
     write_store(topo, &refs)
 }
 
+/// Starts an echo backend on `b` for each of `services` (name, port) and writes a store for
+/// the gateway on `gw`: one HTTP listener on 8080, the backends' Dataplanes, and a
+/// MeshGatewayRoute `route` whose `conf.http.rules` are `rules` (YAML indented by four).
+fn echo_gateway_store(
+    topo: &Topology,
+    (gw, b): (&Host, &Host),
+    services: &[(&str, u16)],
+    route: &str,
+    rules: &str,
+) -> Result<PathBuf> {
+    let mut files = vec![
+        ("gateway.yaml".to_string(), gateway_dp(gw)),
+        (
+            "mesh-gateway.yaml".to_string(),
+            mesh_gateway("  - {port: 8080, protocol: HTTP, tags: {port: http-8080}}\n"),
+        ),
+        (
+            "route.yaml".to_string(),
+            gateway_route(route, "http-8080", &format!("  http:\n    rules:\n{rules}")),
+        ),
+    ];
+    for (service, port) in services {
+        echo_backend(b, *port, service)?;
+        files.push((
+            format!("{service}.yaml"),
+            backend_dp(service, b, *port, "http"),
+        ));
+    }
+    write_owned_store(topo, &files)
+}
+
 /// A topology with `hosts` after checking root and tools.
 fn topology(hosts: &[&str]) -> Result<Topology> {
     require_root_and_tools()?;
@@ -363,32 +394,17 @@ fn routes_by_host_path_method_header_and_query() -> Result<()> {
 fn encoded_paths_are_routed_and_forwarded_normalised_over_http1_and_h2c() -> Result<()> {
     let topo = topology(&["gw", "b", "client"])?;
     let (gw, b, client) = (topo.host("gw"), topo.host("b"), topo.host("client"));
-    let _public = echo_backend(b, 9001, "svc-public")?;
-    let _admin = echo_backend(b, 9002, "svc-admin")?;
     let rules = format!(
         "    - matches: [{{path: {{match: PREFIX, value: /public}}}}]\n{}    - matches: [{{path: {{match: EXACT, value: /admin}}}}]\n{}",
         backend("      ", "svc-public"),
         backend("      ", "svc-admin")
     );
-    let store = write_store(
+    let store = echo_gateway_store(
         &topo,
-        &[
-            ("gateway.yaml", gateway_dp(gw)),
-            (
-                "mesh-gateway.yaml",
-                mesh_gateway("  - {port: 8080, protocol: HTTP, tags: {port: http-8080}}\n"),
-            ),
-            ("svc-public.yaml", backend_dp("svc-public", b, 9001, "http")),
-            ("svc-admin.yaml", backend_dp("svc-admin", b, 9002, "http")),
-            (
-                "route.yaml",
-                gateway_route(
-                    "paths",
-                    "http-8080",
-                    &format!("  http:\n    rules:\n{rules}"),
-                ),
-            ),
-        ],
+        (gw, b),
+        &[("svc-public", 9001), ("svc-admin", 9002)],
+        "paths",
+        &rules,
     )?;
     let _proxy = start_gateway(gw, &store, &[HTTP_LISTENER])?;
 
@@ -676,27 +692,12 @@ fn https_serves_each_hostname_with_its_own_certificate() -> Result<()> {
 fn weighted_backends_share_1000_requests_1_to_3() -> Result<()> {
     let topo = topology(&["gw", "b", "client"])?;
     let (gw, b, client) = (topo.host("gw"), topo.host("b"), topo.host("client"));
-    echo_backend(b, 9001, "svc-light")?;
-    echo_backend(b, 9002, "svc-heavy")?;
-    let store = write_store(
+    let store = echo_gateway_store(
         &topo,
-        &[
-            ("gateway.yaml", gateway_dp(gw)),
-            (
-                "mesh-gateway.yaml",
-                mesh_gateway("  - {port: 8080, protocol: HTTP, tags: {port: http-8080}}\n"),
-            ),
-            ("svc-light.yaml", backend_dp("svc-light", b, 9001, "http")),
-            ("svc-heavy.yaml", backend_dp("svc-heavy", b, 9002, "http")),
-            (
-                "route.yaml",
-                gateway_route(
-                    "weighted",
-                    "http-8080",
-                    "  http:\n    rules:\n    - matches: [{path: {match: PREFIX, value: /}}]\n      backends:\n      - {weight: 1, destination: {kuma.io/service: svc-light}}\n      - {weight: 3, destination: {kuma.io/service: svc-heavy}}\n",
-                ),
-            ),
-        ],
+        (gw, b),
+        &[("svc-light", 9001), ("svc-heavy", 9002)],
+        "weighted",
+        "    - matches: [{path: {match: PREFIX, value: /}}]\n      backends:\n      - {weight: 1, destination: {kuma.io/service: svc-light}}\n      - {weight: 3, destination: {kuma.io/service: svc-heavy}}\n",
     )?;
     let _proxy = start_gateway(gw, &store, &[HTTP_LISTENER])?;
 
