@@ -444,6 +444,8 @@ fn encoded_paths_are_routed_and_forwarded_normalised_over_http1_and_h2c() -> Res
             ("/%61dmin", "svc-admin", "/admin"),
             ("/public/%2e%2e/admin", "svc-admin", "/admin"),
             ("/public/.%2E/admin", "svc-admin", "/admin"),
+            // A raw backslash is a slash, as browsers read it.
+            ("/public\\..\\admin", "svc-admin", "/admin"),
         ] {
             let (code, _, body) = get(path)?;
             ensure!(
@@ -458,6 +460,9 @@ fn encoded_paths_are_routed_and_forwarded_normalised_over_http1_and_h2c() -> Res
             ("/public/%2E%2E/secret.txt", 404),
             ("/public/.%2e/secret.txt", 404),
             ("/public/a/%2e%2e/%2e%2e/secret.txt", 404),
+            // Forwarded (no redirect: nothing was escaped) as `/evil.example/x`: no route.
+            ("/\\evil.example/x", 404),
+            ("/\\\\evil.example/x", 404),
             ("/public/%zz", 400),
             ("/public/a%", 400),
         ] {
