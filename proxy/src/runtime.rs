@@ -311,7 +311,13 @@ impl Proxy {
         let mut not_built = |listener: &str, reason: String| {
             tracing::error!(%listener, "listener not served: {reason}");
             self.stats.config.listener_build_failures.inc();
-            build_errors.insert(listener.to_string(), reason);
+            build_errors
+                .entry(listener.to_string())
+                .and_modify(|all: &mut String| {
+                    all.push_str("; ");
+                    all.push_str(&reason);
+                })
+                .or_insert(reason);
         };
         for l in &config.listeners {
             let cluster = clusters.get(&l.cluster).cloned();
@@ -345,17 +351,27 @@ impl Proxy {
             let sni = (!l.sni_routes.is_empty()).then(|| {
                 SniTable::new(l.sni_routes.iter().filter_map(|r| {
                     let Some(cluster) = clusters.get(&r.cluster) else {
-                        tracing::error!(listener = %l.name, cluster = %r.cluster, "SNI route names a missing cluster; not served");
+                        let reason =
+                            format!("an SNI route names a missing cluster {:?}", r.cluster);
+                        not_built(&l.name, reason);
                         return None;
                     };
+                    let terminate = r
+                        .terminate
+                        .as_ref()
+                        .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
+                    if let Some(DownstreamTlsRuntime::Unavailable(reason)) = &terminate {
+                        let route = &r.cluster;
+                        not_built(
+                            &l.name,
+                            format!("SNI route to {route:?}: {reason}; refused"),
+                        );
+                    }
                     Some((
                         r.target.clone(),
                         SniRouteRuntime {
                             cluster: cluster.clone(),
-                            terminate: r
-                                .terminate
-                                .as_ref()
-                                .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh)),
+                            terminate,
                         },
                     ))
                 }))
@@ -483,7 +499,10 @@ impl Proxy {
                 Ok(socket) => drop(tokio::spawn(
                     self.clone().accept_loop(address, socket, stop),
                 )),
-                Err(e) => tracing::error!(%address, "a worker cannot accept on this listener: {e}"),
+                Err(e) => {
+                    tracing::error!(%address, "a worker cannot accept on this listener: {e}");
+                    self.stats.config.listener_bind_failures.inc();
+                }
             }
         }
     }
