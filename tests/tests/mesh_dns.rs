@@ -4,6 +4,9 @@
 //!
 //! `backend-1` (host `b`, version v1, instance 1) and `backend-2` (host `c`, version v2,
 //! instance 2) serve nginx behind plain (non-transparent) sidecars.
+//!
+//! The DNS limits test asks the sidecar's DNS server on 127.0.0.1:15053 directly (no
+//! redirection), with a python resolver on host `d` that answers beyond the client's size.
 
 use std::time::Duration;
 
