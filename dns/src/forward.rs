@@ -28,9 +28,15 @@ pub(crate) struct Exchange<'a> {
     framed: Vec<u8>,
     id: u16,
     question: Question<'a>,
-    /// Largest UDP reply the client accepts (its EDNS payload size, at least 512).
-    udp_buffer: usize,
+    /// Size of the buffer a UDP reply is read into: one byte more than the largest reply
+    /// read whole, so a datagram that fills it is known to be cut.
+    udp_receive: usize,
 }
+
+/// UDP replies up to this size are read whole whatever the client's own size, so one larger
+/// than the client accepts is still relayed truncated (TC, as many records as fit) rather than
+/// failing to parse. Larger ones become a header-only TC reply.
+const MIN_UDP_RECEIVE: usize = 4096;
 
 impl<'a> Exchange<'a> {
     /// Prepares `query` (the client's message bytes) for forwarding with a random id.
@@ -47,7 +53,7 @@ impl<'a> Exchange<'a> {
             framed,
             id,
             question,
-            udp_buffer: usize::from(udp_buffer.max(512)),
+            udp_receive: usize::from(udp_buffer).max(MIN_UDP_RECEIVE) + 1,
         })
     }
 
@@ -60,11 +66,12 @@ impl<'a> Exchange<'a> {
         let socket = UdpSocket::bind(local).await?;
         socket.connect(upstream).await?;
         socket.send(&self.framed[2..]).await?;
-        let mut buf = vec![0u8; self.udp_buffer];
+        let mut buf = vec![0u8; self.udp_receive];
         loop {
             let n = socket.recv(&mut buf).await?;
+            let cut = n == buf.len();
             // A stray or spoofed datagram does not end the wait; the caller's timeout does.
-            match self.accept(&buf[..n], true) {
+            match self.accept(&buf[..n], true, cut) {
                 Ok(reply) => return Ok(reply),
                 Err(error) => tracing::debug!(%upstream, %error, "DNS reply ignored"),
             }
@@ -79,26 +86,31 @@ impl<'a> Exchange<'a> {
         let len = stream.read_u16().await?;
         let mut buf = vec![0u8; usize::from(len)];
         stream.read_exact(&mut buf).await?;
-        self.accept(&buf, false)
+        self.accept(&buf, false, false)
     }
 
-    /// Decodes a reply and checks that it answers our query.
-    fn accept(&self, bytes: &[u8], udp: bool) -> io::Result<Message> {
+    /// Decodes a reply and checks that it answers our query. `cut`: a UDP datagram larger than
+    /// the buffer, of which `bytes` is the start.
+    fn accept(&self, bytes: &[u8], udp: bool, cut: bool) -> io::Result<Message> {
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
         let header = Header::read(&mut BinDecoder::new(bytes))
             .map_err(|e| invalid(&format!("reply header: {e}")))?;
         if header.id != self.id || header.message_type != MessageType::Response {
             return Err(invalid("not a reply to our query"));
         }
+        // Only the header counts when the datagram was larger than we read, or when the
+        // upstream set TC and cut it mid-record.
+        let header_only = cut || (udp && header.truncation);
         let reply = match Message::from_vec(bytes) {
-            Ok(reply) => reply,
-            // A truncated UDP reply cut mid-record still tells the client to retry over TCP.
-            Err(_) if udp && header.truncation => {
+            Ok(reply) if !cut => reply,
+            Err(e) if !header_only => return Err(invalid(&format!("reply: {e}"))),
+            // The header alone, with TC, still tells the client to retry over TCP.
+            _ => {
                 let mut reply = Message::new(header.id, MessageType::Response, header.op_code);
                 reply.metadata = header.metadata;
+                reply.metadata.truncation = true;
                 return Ok(reply);
             }
-            Err(e) => return Err(invalid(&format!("reply: {e}"))),
         };
         // Error replies (FORMERR, NOTIMP) may omit the question; any other must echo ours.
         let echoes = |q: &hickory_server::proto::op::Query| {

@@ -33,6 +33,7 @@ mod forward;
 mod metrics;
 mod server;
 mod table;
+mod tcp;
 
 pub use bearing_proxy_config::DnsRecord;
 pub use config::{upstreams_from_resolv_conf, DnsServerConfig, DEFAULT_PORT};

@@ -15,12 +15,15 @@ pub struct DnsMetrics {
     /// Upstream attempts that failed: timeout, I/O error, unusable reply, SERVFAIL or REFUSED.
     /// A query is answered SERVFAIL when every upstream failed.
     pub upstream_failures: Counter,
+    /// TCP connections closed as soon as accepted because the most the server serves at once
+    /// were open.
+    pub tcp_refused: Counter,
 }
 
 impl DnsMetrics {
     /// Registers the counters as `dns_queries_total`, `dns_answered_locally_total`,
-    /// `dns_forwarded_total` and `dns_upstream_failures_total` (the proxy's registry adds
-    /// the `bearing_` prefix).
+    /// `dns_forwarded_total`, `dns_upstream_failures_total` and `dns_tcp_refused_total` (the
+    /// proxy's registry adds the `bearing_` prefix).
     pub fn register(&self, registry: &mut Registry) {
         registry.register("dns_queries", "DNS queries handled", self.queries.clone());
         registry.register(
@@ -37,6 +40,11 @@ impl DnsMetrics {
             "dns_upstream_failures",
             "Failed attempts to get an answer from an upstream resolver",
             self.upstream_failures.clone(),
+        );
+        registry.register(
+            "dns_tcp_refused",
+            "DNS TCP connections closed at accept because the connection limit was reached",
+            self.tcp_refused.clone(),
         );
     }
 }

@@ -1,9 +1,11 @@
-//! The server: hickory-server's `Server` owns the sockets, and [`Handler`] answers.
+//! The server: hickory-server's `Server` owns the UDP sockets, `tcp.rs` the TCP listeners,
+//! and [`Handler`] answers both.
 //!
-//! From hickory: UDP receive loop (a task per datagram), TCP accept and length framing, idle
-//! timeouts, parsing, FORMERR for a message whose header parses but body does not, dropping of
-//! datagrams shorter than a header and of responses, encoding (with truncation to the client's
-//! UDP size). Hand-written: the table lookup and the upstream relay (see `forward.rs`).
+//! From hickory: UDP receive loop (a task per datagram), parsing, FORMERR for a message whose
+//! header parses but body does not, dropping of datagrams shorter than a header and of
+//! responses, encoding (with truncation to the client's UDP size). Hand-written: TCP accept and
+//! framing with bounded connections and memory (`tcp.rs`), the table lookup and the upstream
+//! relay (`forward.rs`).
 
 use std::iter;
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode,
 };
 use hickory_server::proto::rr::rdata::{A, AAAA};
-use hickory_server::proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
+use hickory_server::proto::rr::{DNSClass, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
@@ -28,25 +30,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::forward::{Exchange, Question};
 use crate::table::{DnsTable, Lookup};
+use crate::tcp;
 use crate::{DnsMetrics, DnsServerConfig, Error};
-
-/// Size of a name in the lookup buffer (253 characters, no trailing dot).
-const NAME_BUF: usize = 253;
 
 /// Forwarded queries in flight at once. Each holds a socket for up to `upstream_timeout` per
 /// upstream; past this, queries get SERVFAIL at once, so a flood towards a dead upstream cannot
 /// exhaust the file descriptors the proxy's data path shares.
 const MAX_FORWARDS_IN_FLIGHT: usize = 256;
 
-/// Responses queued per TCP connection.
-const TCP_RESPONSE_BUFFER: usize = 32;
-
 /// The mesh DNS server, bound and ready to [`run`](DnsServer::run).
 pub struct DnsServer {
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
     local: Vec<SocketAddr>,
-    tcp_idle_timeout: Duration,
     handler: Handler,
 }
 
@@ -71,26 +67,18 @@ impl DnsServer {
         if config.upstreams.is_empty() {
             tracing::warn!("DNS: no upstream resolver; names outside the mesh get SERVFAIL");
         }
-        // A TCP connection's idle timer runs while its query is forwarded: leave room for
-        // every upstream to time out before the connection is closed.
-        let attempts = u32::try_from(config.upstreams.len()).unwrap_or(u32::MAX);
-        let tcp_idle_timeout = config
-            .upstream_timeout
-            .saturating_mul(attempts)
-            .saturating_add(Duration::from_secs(5));
         let ttl = u32::try_from(config.ttl.as_secs()).unwrap_or(u32::MAX);
         Ok(DnsServer {
             udp,
             tcp,
             local,
-            tcp_idle_timeout,
             handler: Handler {
                 table,
                 ttl,
-                upstreams: config.upstreams,
+                upstreams: config.upstreams.into(),
                 upstream_timeout: config.upstream_timeout,
                 metrics: DnsMetrics::default(),
-                forwards: Semaphore::new(MAX_FORWARDS_IN_FLIGHT),
+                forwards: Arc::new(Semaphore::new(MAX_FORWARDS_IN_FLIGHT)),
             },
         })
     }
@@ -114,17 +102,26 @@ impl DnsServer {
     /// Serves until `shutdown` is cancelled, then stops accepting and returns. An error means
     /// a socket failed for good.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let tcp_slots = Arc::new(Semaphore::new(tcp::MAX_CONNECTIONS));
+        let mut tcp = tokio::task::JoinSet::new();
+        for listener in self.tcp {
+            tcp.spawn(tcp::serve(
+                listener,
+                self.handler.clone(),
+                tcp_slots.clone(),
+                shutdown.clone(),
+            ));
+        }
         let mut server = Server::new(self.handler);
         for socket in self.udp {
             server.register_socket(socket);
-        }
-        for listener in self.tcp {
-            server.register_listener(listener, self.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
         }
         let finished = tokio::select! {
             result = server.block_until_done() => Some(result),
             () = shutdown.cancelled() => None,
         };
+        // The TCP loops end with `shutdown`; their connections with them.
+        tcp.abort_all();
         let result = match finished {
             Some(result) => result,
             None => server.shutdown_gracefully().await,
@@ -177,14 +174,16 @@ fn bind_tcp(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Answers one query: from the table, or from an upstream.
-struct Handler {
+/// Answers one query: from the table, or from an upstream. Cloning shares the table, the
+/// counters and the in-flight limit.
+#[derive(Clone)]
+pub(crate) struct Handler {
     table: Arc<ArcSwap<DnsTable>>,
     ttl: u32,
-    upstreams: Vec<SocketAddr>,
+    upstreams: Arc<[SocketAddr]>,
     upstream_timeout: Duration,
-    metrics: DnsMetrics,
-    forwards: Semaphore,
+    pub(crate) metrics: DnsMetrics,
+    forwards: Arc<Semaphore>,
 }
 
 #[async_trait::async_trait]
@@ -229,10 +228,9 @@ impl Handler {
         };
 
         // The table part: no allocation unless there are records to answer.
-        let mut name_buf = [0u8; NAME_BUF];
-        let local = lowercase_name(query.name(), &mut name_buf).and_then(|name| {
+        let local = {
             let table = self.table.load();
-            match table.lookup_lower(name) {
+            match table.lookup_labels(query.name().iter()) {
                 Lookup::Outside => None,
                 Lookup::NotFound => Some((ResponseCode::NXDomain, Vec::new())),
                 Lookup::Found { a, aaaa } => {
@@ -251,7 +249,7 @@ impl Handler {
                     Some((ResponseCode::NoError, records))
                 }
             }
-        });
+        };
 
         if let Some((response_code, records)) = local {
             self.metrics.answered_locally.inc();
@@ -363,7 +361,7 @@ impl Handler {
         let exchange = Exchange::new(request.as_slice(), question, udp_buffer)?;
         let tcp = request.protocol() == Protocol::Tcp;
         let mut refused = None;
-        for &upstream in &self.upstreams {
+        for &upstream in self.upstreams.iter() {
             let attempt = async {
                 if tcp {
                     exchange.tcp(upstream).await
@@ -393,45 +391,5 @@ impl Handler {
             tracing::debug!(name = %query.name, "DNS: every upstream failed, SERVFAIL");
         }
         refused
-    }
-}
-
-/// Writes `name` (already lowercase) as `a.b.c` into `buf`. `None` for the root, for a name
-/// too long, or for a label holding a dot (it could not be told apart from two labels, and no
-/// table name has one): such names are never the table's and go upstream.
-fn lowercase_name<'b>(name: &LowerName, buf: &'b mut [u8; NAME_BUF]) -> Option<&'b [u8]> {
-    let mut len = 0;
-    for label in name.iter() {
-        if label.contains(&b'.') {
-            return None;
-        }
-        if len > 0 {
-            *buf.get_mut(len)? = b'.';
-            len += 1;
-        }
-        buf.get_mut(len..len + label.len())?.copy_from_slice(label);
-        len += label.len();
-    }
-    if len == 0 {
-        return None;
-    }
-    buf.get(..len)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use hickory_server::proto::rr::Name;
-    use std::str::FromStr;
-
-    #[test]
-    fn lowercase_name_joins_labels() {
-        let mut buf = [0u8; NAME_BUF];
-        let name = LowerName::from_str("HttpBin.Mesh.").unwrap();
-        assert_eq!(lowercase_name(&name, &mut buf), Some(&b"httpbin.mesh"[..]));
-        let root = LowerName::from(Name::root());
-        assert_eq!(lowercase_name(&root, &mut buf), None);
-        let dotted = LowerName::from(Name::from_labels([&b"a.b"[..], b"mesh"]).unwrap());
-        assert_eq!(lowercase_name(&dotted, &mut buf), None);
     }
 }

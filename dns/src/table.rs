@@ -110,6 +110,41 @@ impl DnsTable {
         }
     }
 
+    /// Looks up a name given as its wire labels, lowercase, root excluded. Compared label by
+    /// label: a label holding a dot (`a\.b`) is one label, never the two of `a.b`. No table
+    /// name has such a label, so the name is never found; it is [`Lookup::NotFound`] when the
+    /// labels after the last dotted one are the domain or under it, else [`Lookup::Outside`].
+    /// Writes into a stack buffer: no allocation.
+    pub(crate) fn lookup_labels<'l>(&self, labels: impl Iterator<Item = &'l [u8]>) -> Lookup<'_> {
+        let mut buf = [0u8; MAX_NAME];
+        let mut len = 0;
+        let mut dotted = false;
+        for label in labels {
+            if label.contains(&b'.') {
+                // Only what follows can match the domain's labels.
+                dotted = true;
+                len = 0;
+                continue;
+            }
+            let start = if len > 0 { len + 1 } else { 0 };
+            let Some(slot) = buf.get_mut(start..start + label.len()) else {
+                return Lookup::Outside;
+            };
+            slot.copy_from_slice(label);
+            if len > 0 {
+                buf[len] = b'.';
+            }
+            len = start + label.len();
+        }
+        let name = &buf[..len];
+        match (dotted, len) {
+            (_, 0) => Lookup::Outside,
+            (true, _) if self.in_domain(name) => Lookup::NotFound,
+            (true, _) => Lookup::Outside,
+            (false, _) => self.lookup_lower(name),
+        }
+    }
+
     /// Number of names with at least one address.
     pub fn len(&self) -> usize {
         self.names
@@ -281,6 +316,29 @@ mod tests {
                 "240.0.0.2".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn labels_are_compared_one_by_one() {
+        let table = kuma_table();
+        let lookup = |labels: &[&[u8]]| table.lookup_labels(labels.iter().copied());
+        assert!(matches!(
+            lookup(&[b"httpbin", b"mesh"]),
+            Lookup::Found { .. }
+        ));
+        // `httpbin\.mesh` as one label is a top-level name of its own, not the mesh's.
+        assert_eq!(lookup(&[b"httpbin.mesh"]), Lookup::Outside);
+        // A dotted label under the domain: a name the table cannot have.
+        assert_eq!(lookup(&[b"httpbin.x", b"mesh"]), Lookup::NotFound);
+        assert_eq!(
+            lookup(&[b"backend.test-ns", b"svc", b"8080", b"mesh"]),
+            Lookup::NotFound
+        );
+        // The domain's own labels must match whole: `x\.mesh` is not `mesh`.
+        assert_eq!(lookup(&[b"httpbin", b"x.mesh"]), Lookup::Outside);
+        assert_eq!(lookup(&[]), Lookup::Outside);
+        let long = [&b"a"[..]; 200];
+        assert_eq!(lookup(&long), Lookup::Outside);
     }
 
     #[test]

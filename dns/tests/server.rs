@@ -42,7 +42,8 @@ fn kuma_table() -> DnsTable {
 }
 
 /// A resolver on loopback (UDP and TCP on one port) answering `A 192.0.2.1` with TTL 60 for
-/// every name, with TC over UDP for `big.example.`; remembers the last query it got.
+/// every name, with TC over UDP for `big.example.`; `many-<n>.example.` gets `n` addresses
+/// whatever size the client asked for (an upstream ignoring it). Remembers the last query.
 struct FakeUpstream {
     address: SocketAddr,
     last_query: Arc<Mutex<Option<Message>>>,
@@ -93,8 +94,18 @@ impl FakeUpstream {
         reply.metadata.recursion_available = true;
         reply.queries = query.queries.clone();
         let name = query.queries[0].name.clone();
+        let many = name
+            .to_ascii()
+            .strip_prefix("many-")
+            .and_then(|rest| rest.strip_suffix(".example."))
+            .and_then(|n| n.parse::<u32>().ok());
         if udp && name == Name::from_str("big.example.").unwrap() {
             reply.metadata.truncation = true;
+        } else if let Some(n) = many {
+            for i in 0..n {
+                let ip = Ipv4Addr::from(u32::from(UPSTREAM_IP) + i);
+                reply.add_answer(Record::from_rdata(name.clone(), 60, RData::A(A(ip))));
+            }
         } else {
             reply.add_answer(Record::from_rdata(name, 60, RData::A(A(UPSTREAM_IP))));
         }
@@ -551,4 +562,117 @@ async fn forwards_in_flight_are_bounded() {
     assert_eq!(servfails, 300 - 256);
     assert_eq!(dns.server_metrics.forwarded.get(), 256);
     assert_eq!(dns.server_metrics.queries.get(), 300);
+}
+
+#[tokio::test]
+async fn an_oversized_udp_answer_is_relayed_truncated() {
+    let upstream = FakeUpstream::start().await;
+    let dns = start(vec![upstream.address], Duration::from_secs(2)).await;
+
+    // 60 addresses (about 1 KB) for a client without EDNS: as many as fit in 512 bytes, TC.
+    let reply = ask(dns.address, "many-60.example.", RecordType::A).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        reply.metadata.truncation,
+        "TC tells the client to retry over TCP"
+    );
+    let fitted = a_addresses(&reply).len();
+    assert!(fitted > 0 && fitted < 60, "{fitted} addresses in 512 bytes");
+    let reply = ask_with(
+        dns.address,
+        query_message("many-60.example.", RecordType::A, false),
+        true,
+    )
+    .await;
+    assert!(!reply.metadata.truncation);
+    assert_eq!(a_addresses(&reply).len(), 60, "the TCP retry gets them all");
+
+    // With EDNS (1232 bytes) the same 60 fit whole.
+    let reply = ask_with(
+        dns.address,
+        query_message("many-60.example.", RecordType::A, true),
+        false,
+    )
+    .await;
+    assert!(!reply.metadata.truncation);
+    assert_eq!(a_addresses(&reply).len(), 60);
+
+    // Larger than the server reads (300 addresses, about 5 KB): the header alone, with TC.
+    let reply = ask(dns.address, "many-300.example.", RecordType::A).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert!(reply.metadata.truncation);
+    assert!(reply.answers.is_empty());
+    assert_eq!(dns.server_metrics.upstream_failures.get(), 0);
+}
+
+#[tokio::test]
+async fn a_label_holding_a_dot_is_one_label() {
+    let upstream = FakeUpstream::start().await;
+    let dns = start(vec![upstream.address], Duration::from_secs(2)).await;
+    let one_label = |labels: &[&[u8]]| {
+        let mut query = Message::query();
+        let name = Name::from_labels(labels.iter().copied()).unwrap();
+        query.add_query(Query::query(name, RecordType::A));
+        query
+    };
+
+    // `httpbin\.mesh.` is a top-level name of its own: not the table's `httpbin.mesh`.
+    let reply = ask_with(dns.address, one_label(&[b"httpbin.mesh"]), false).await;
+    assert!(!reply.metadata.authoritative);
+    assert_eq!(a_addresses(&reply), [UPSTREAM_IP], "forwarded");
+    // `backend\.x.mesh.` lies under the domain but no table name has such a label.
+    let reply = ask_with(dns.address, one_label(&[b"httpbin.x", b"mesh"]), true).await;
+    assert!(reply.metadata.authoritative);
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(dns.server_metrics.forwarded.get(), 1);
+}
+
+#[tokio::test]
+async fn tcp_connections_and_their_memory_are_bounded() {
+    let dns = start(Vec::new(), Duration::from_millis(200)).await;
+
+    // 300 connections, each announcing a 65,535-byte query and sending two bytes of it.
+    let started = Instant::now();
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        let mut stream = TcpStream::connect(dns.address).await.unwrap();
+        stream.write_all(&[0xff, 0xff, 1, 2]).await.unwrap();
+        flood.push(stream);
+    }
+    // Past the connection limit, connections are closed at once and counted.
+    let deadline = Instant::now() + REPLY_WAIT;
+    while dns.server_metrics.tcp_refused.get() < 300 - 256 {
+        assert!(Instant::now() < deadline, "excess connections not refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // UDP is answered meanwhile.
+    let reply = ask(dns.address, "httpbin.mesh.", RecordType::A).await;
+    assert_eq!(a_addresses(&reply), [Ipv4Addr::new(240, 0, 0, 1)]);
+
+    // The incomplete queries are cut within the message timeout (2 s).
+    for mut stream in flood {
+        let mut byte = [0u8; 1];
+        let end = tokio::time::timeout(REPLY_WAIT, stream.read(&mut byte)).await;
+        assert!(
+            matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+            "a flood connection was closed"
+        );
+    }
+    let held = started.elapsed();
+    assert!(held < Duration::from_secs(4), "flood held {held:?}");
+
+    // Then TCP answers again, several queries on one connection.
+    let mut stream = TcpStream::connect(dns.address).await.unwrap();
+    for _ in 0..3 {
+        let query = query_message("httpbin.mesh.", RecordType::A, false)
+            .to_vec()
+            .unwrap();
+        stream.write_u16(query.len() as u16).await.unwrap();
+        stream.write_all(&query).await.unwrap();
+        let len = stream.read_u16().await.unwrap();
+        let mut buf = vec![0u8; usize::from(len)];
+        stream.read_exact(&mut buf).await.unwrap();
+        let reply = Message::from_vec(&buf).unwrap();
+        assert_eq!(a_addresses(&reply), [Ipv4Addr::new(240, 0, 0, 1)]);
+    }
 }

@@ -1,20 +1,35 @@
 //! The admin API on loopback: readiness, config dump, Prometheus stats, drain and quit.
+//!
+//! Loopback is not a boundary for a browser on the host: a page can POST to
+//! `127.0.0.1:9901` (CSRF) or reach it under its own name after DNS rebinding. So, as Envoy's
+//! admin guidance and the Docker/Kubernetes local APIs do, every request must be addressed to
+//! a loopback name (`Host`: `localhost`, a loopback IP, or `--admin-allowed-host`), and the
+//! endpoints that change state take only POST, and never from a browser (no `Origin`).
+//! Connections are HTTP/1.1 with a head timeout that also bounds keep-alive idling, and at
+//! most [`MAX_CONNECTIONS`] are served at once.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bearing_control::ConfigStatus;
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
+
+/// Time a client has to send a request's head, counted from when the connection waits for
+/// one: a keep-alive connection idle that long is closed too.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections served at once; one more is closed when accepted.
+pub const MAX_CONNECTIONS: usize = 64;
 
 use crate::runtime::Proxy;
 
@@ -27,13 +42,19 @@ pub struct Admin {
     pub status: watch::Receiver<ConfigStatus>,
     /// Notified by `POST /quitquitquit`.
     pub quit: Arc<Notify>,
+    /// A `Host` name accepted besides `localhost` and loopback IPs (`--admin-allowed-host`).
+    pub allowed_host: Option<String>,
 }
 
 impl Admin {
     /// Serves the admin API on `listener` until the process ends.
     pub async fn serve(self, listener: TcpListener) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
         loop {
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors or similar: back off instead of spinning.
@@ -42,24 +63,30 @@ impl Admin {
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "admin connection refused: {MAX_CONNECTIONS} open");
+                continue;
+            };
             let admin = self.clone();
+            let http = http.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = service_fn(move |req| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.route(req)) }
                 });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!("admin connection: {e}");
+                if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+                    tracing::debug!(%peer, "admin connection: {e}");
                 }
             });
         }
     }
 
     fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Err(refusal) = check_request(&req, self.allowed_host.as_deref()) {
+            tracing::warn!(method = %req.method(), path = %req.uri().path(), "admin request refused: {refusal}");
+            return refusal.response();
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/ready") => {
                 if self.proxy.is_ready() {
@@ -88,11 +115,12 @@ impl Admin {
                 text(StatusCode::OK, "OK\n")
             }
             (_, "/ready" | "/config_dump" | "/stats/prometheus") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+                method_not_allowed("GET", "use GET\n")
             }
-            (_, "/drain_listeners" | "/quitquitquit") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
-            }
+            (_, "/drain_listeners" | "/quitquitquit") => method_not_allowed(
+                "POST",
+                "use POST: this endpoint changes the proxy's state\n",
+            ),
             _ => text(
                 StatusCode::NOT_FOUND,
                 "endpoints: GET /ready /config_dump /stats/prometheus, POST /drain_listeners /quitquitquit\n",
@@ -109,7 +137,7 @@ impl Admin {
             "config": applied.map(|a| a.config.clone()),
             "ignored": applied.map(|a| a.ignored.clone()).unwrap_or_default(),
             "last_rejected": status.last_rejected,
-            "listener_errors": self.proxy.bind_errors(),
+            "listener_errors": self.proxy.listener_errors(),
             "ready": self.proxy.is_ready(),
             "draining": self.proxy.is_draining(),
         });
@@ -130,6 +158,110 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
+/// 405 naming the method to use in `Allow`.
+fn method_not_allowed(allow: &'static str, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, body);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// Why a request to the admin API is refused before routing (403).
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Addressed to a name that is not loopback (DNS rebinding).
+    ForeignHost(String),
+    /// More than one `Host`.
+    SeveralHosts,
+    /// A state-changing request carrying a browser's `Origin` (CSRF).
+    BrowserOrigin(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::ForeignHost(host) => write!(
+                f,
+                "Host {host:?} is not a loopback name: the admin API answers only requests \
+                 addressed to localhost, a loopback IP or --admin-allowed-host"
+            ),
+            Refusal::SeveralHosts => write!(f, "more than one Host header"),
+            Refusal::BrowserOrigin(origin) => write!(
+                f,
+                "a POST with Origin {origin:?} comes from a browser page; the admin API's \
+                 state-changing endpoints refuse browser requests"
+            ),
+        }
+    }
+}
+
+impl Refusal {
+    fn response(&self) -> Response<Full<Bytes>> {
+        let mut r = Response::new(Full::new(Bytes::from(format!("forbidden: {self}\n"))));
+        *r.status_mut() = StatusCode::FORBIDDEN;
+        r
+    }
+}
+
+/// The `Host` (or absolute-form target) must be a loopback name or `allowed_host`; a POST
+/// must carry no `Origin`. A request with no host at all (HTTP/1.0) is not a browser's.
+fn check_request<B>(req: &Request<B>, allowed_host: Option<&str>) -> Result<(), Refusal> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::SeveralHosts);
+    }
+    // RFC 9112 §3.2.2: an absolute-form target's authority wins over the Host field.
+    let host = match (req.uri().authority(), header) {
+        (Some(authority), _) => Some(authority.host().to_string()),
+        (None, Some(value)) => Some(host_of(value)),
+        (None, None) => None,
+    };
+    if let Some(host) = host {
+        if !is_local_host(&host, allowed_host) {
+            return Err(Refusal::ForeignHost(host));
+        }
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            return Err(Refusal::BrowserOrigin(
+                String::from_utf8_lossy(origin.as_bytes()).into_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The host part of a `Host` value (port removed); the raw text when it does not parse.
+fn host_of(value: &HeaderValue) -> String {
+    let text = String::from_utf8_lossy(value.as_bytes());
+    match text.parse::<http::uri::Authority>() {
+        Ok(authority) if authority.as_str().len() == text.len() => authority.host().to_string(),
+        _ => text.into_owned(),
+    }
+}
+
+/// `localhost`, a loopback IP (bracketed when IPv6), or `allowed_host`; any case, a
+/// trailing dot ignored.
+fn is_local_host(host: &str, allowed_host: Option<&str>) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.eq_ignore_ascii_case("localhost")
+        || allowed_host.is_some_and(|allowed| host.eq_ignore_ascii_case(allowed))
+    {
+        return true;
+    }
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    literal.parse::<IpAddr>().is_ok_and(|ip| match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    })
+}
+
 /// Binds the admin listener, refusing anything but a loopback address.
 pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     if !address.ip().is_loopback() {
@@ -138,4 +270,99 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind admin API on {address}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_loopback_names_are_served() {
+        for host in [
+            "localhost",
+            "LocalHost.",
+            "localhost:9901",
+            "127.0.0.1:9901",
+            "127.1.2.3",
+            "[::1]:9901",
+            "[::ffff:127.0.0.1]",
+        ] {
+            let req = request("POST", "/drain_listeners", &[("host", host)]);
+            assert_eq!(check_request(&req, None), Ok(()), "{host}");
+        }
+        for host in [
+            "attacker.example",
+            "attacker.example:9901",
+            "10.0.0.1:9901",
+            "[::2]",
+            "localhost.attacker.example",
+            "127.0.0.1.attacker.example",
+            "localhost@evil",
+        ] {
+            let req = request("POST", "/drain_listeners", &[("host", host)]);
+            assert!(
+                matches!(check_request(&req, None), Err(Refusal::ForeignHost(_))),
+                "{host}"
+            );
+        }
+        // A configured name, any case.
+        let req = request("GET", "/ready", &[("host", "Bearing-Admin:9901")]);
+        assert_eq!(check_request(&req, Some("bearing-admin")), Ok(()));
+        assert!(check_request(&req, None).is_err());
+        // The absolute-form target wins over Host.
+        let req = request(
+            "GET",
+            "http://attacker.example/ready",
+            &[("host", "localhost")],
+        );
+        assert!(matches!(
+            check_request(&req, None),
+            Err(Refusal::ForeignHost(h)) if h == "attacker.example"
+        ));
+        // Two Hosts; none at all (HTTP/1.0 tools) is not a browser.
+        let req = request(
+            "GET",
+            "/ready",
+            &[("host", "localhost"), ("host", "attacker.example")],
+        );
+        assert_eq!(check_request(&req, None), Err(Refusal::SeveralHosts));
+        assert_eq!(check_request(&request("GET", "/ready", &[]), None), Ok(()));
+    }
+
+    #[test]
+    fn state_changes_refuse_a_browser_origin() {
+        let origin = [
+            ("host", "127.0.0.1:9901"),
+            ("origin", "http://attacker.example"),
+        ];
+        let req = request("POST", "/quitquitquit", &origin);
+        assert!(matches!(
+            check_request(&req, None),
+            Err(Refusal::BrowserOrigin(_))
+        ));
+        let req = request("POST", "/drain_listeners", &[("origin", "null")]);
+        assert!(check_request(&req, None).is_err());
+        // Reads are not state changes; the Host check still applies to them.
+        let req = request("GET", "/config_dump", &origin);
+        assert_eq!(check_request(&req, None), Ok(()));
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        let response = Refusal::ForeignHost("attacker.example".into()).response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let text = Refusal::ForeignHost("attacker.example".into()).to_string();
+        assert!(text.contains("attacker.example") && text.contains("loopback"));
+        let allowed = method_not_allowed("POST", "use POST\n");
+        assert_eq!(allowed.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(allowed.headers()[header::ALLOW], "POST");
+    }
 }

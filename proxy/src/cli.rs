@@ -152,6 +152,10 @@ pub struct RunArgs {
     /// Admin API address (loopback only).
     #[arg(long, default_value = "127.0.0.1:9901", env = "BEARING_ADMIN_ADDRESS")]
     pub admin_address: SocketAddr,
+    /// A name besides `localhost` and loopback IPs under which the admin API may be addressed
+    /// (its `Host`); any other is refused (403), against DNS rebinding.
+    #[arg(long, env = "BEARING_ADMIN_ALLOWED_HOST")]
+    pub admin_allowed_host: Option<String>,
     /// Worker threads of the data path.
     #[arg(long, default_value_t = 2, env = "KUMA_DATAPLANE_RUNTIME_CONCURRENCY")]
     pub concurrency: usize,
@@ -428,6 +432,7 @@ async fn serve(args: RunArgs, source: DirectorySource, workers: Workers) -> anyh
             proxy: proxy.clone(),
             status: status_rx.clone(),
             quit: quit.clone(),
+            allowed_host: args.admin_allowed_host.clone(),
         }
         .serve(admin_listener),
     );

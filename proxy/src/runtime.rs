@@ -95,6 +95,8 @@ pub struct Snapshot {
     captures: HashMap<SocketAddr, Arc<CapturePort>>,
     /// Mesh mTLS state by mesh.
     tls: MeshTlsSet,
+    /// Listeners of the config that could not be built, by name, with the reason: not ready.
+    build_errors: BTreeMap<String, String>,
 }
 
 impl Snapshot {
@@ -105,12 +107,21 @@ impl Snapshot {
             inbound_ports: HashMap::new(),
             captures: HashMap::new(),
             tls: MeshTlsSet::default(),
+            build_errors: BTreeMap::new(),
         }
     }
 
     /// The listener at `address`, if this snapshot has one.
     pub fn listener(&self, address: &SocketAddr) -> Option<&Arc<ListenerRuntime>> {
         self.listeners.get(address)
+    }
+
+    /// The metrics of the listener or capture port whose socket is at `address`.
+    fn socket_stats(&self, address: &SocketAddr) -> Option<&ListenerStats> {
+        match self.captures.get(address) {
+            Some(port) => Some(&port.stats),
+            None => self.listeners.get(address).map(|l| &l.stats),
+        }
     }
 
     /// The sockets this snapshot needs bound: `(address, name, optional)`. An optional
@@ -241,9 +252,12 @@ impl Proxy {
         self.snapshot.load_full()
     }
 
-    /// Listeners that could not be bound, with the reason.
-    pub fn bind_errors(&self) -> BTreeMap<String, String> {
-        lock(&self.bind_errors).clone()
+    /// Listeners of the applied config that are not served, with the reason: those that
+    /// could not be built and those that could not be bound.
+    pub fn listener_errors(&self) -> BTreeMap<String, String> {
+        let mut errors = self.snapshot.load().build_errors.clone();
+        errors.extend(lock(&self.bind_errors).clone());
+        errors
     }
 
     /// Whether draining has begun.
@@ -251,9 +265,11 @@ impl Proxy {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Ready: a config is applied, every listener is bound, and not draining.
+    /// Ready: a config is applied, every listener of it is built and bound, and not draining.
     pub fn is_ready(&self) -> bool {
-        self.snapshot.load().config.is_some()
+        let snapshot = self.snapshot.load();
+        snapshot.config.is_some()
+            && snapshot.build_errors.is_empty()
             && self.listeners_bound.load(Ordering::Acquire)
             && !self.is_draining()
     }
@@ -291,6 +307,18 @@ impl Proxy {
         }
         let mut listeners = HashMap::new();
         let mut inbound_ports = HashMap::new();
+        let mut build_errors = BTreeMap::new();
+        let mut not_built = |listener: &str, reason: String| {
+            tracing::error!(%listener, "listener not served: {reason}");
+            self.stats.config.listener_build_failures.inc();
+            build_errors
+                .entry(listener.to_string())
+                .and_modify(|all: &mut String| {
+                    all.push_str("; ");
+                    all.push_str(&reason);
+                })
+                .or_insert(reason);
+        };
         for l in &config.listeners {
             let cluster = clusters.get(&l.cluster).cloned();
             let gateway = match l
@@ -299,30 +327,51 @@ impl Proxy {
                 .map(|g| GatewayRuntime::build(g, &clusters, &tls))
             {
                 Some(Err(e)) => {
-                    tracing::error!(listener = %l.name, "gateway listener not served: {e}");
+                    not_built(&l.name, format!("gateway listener: {e}"));
                     continue;
                 }
                 Some(Ok(g)) => Some(g),
                 None => None,
             };
             if cluster.is_none() && l.sni_routes.is_empty() && gateway.is_none() {
-                tracing::error!(listener = %l.name, cluster = %l.cluster, "listener names a missing cluster; not served");
+                not_built(&l.name, format!("names a missing cluster {:?}", l.cluster));
                 continue;
+            }
+            let downstream_tls = l
+                .tls
+                .as_ref()
+                .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
+            if let Some(DownstreamTlsRuntime::Unavailable(reason)) = &downstream_tls {
+                // Bound all the same: its connections are refused, each with this reason.
+                not_built(
+                    &l.name,
+                    format!("mesh mTLS: {reason}; connections are refused"),
+                );
             }
             let sni = (!l.sni_routes.is_empty()).then(|| {
                 SniTable::new(l.sni_routes.iter().filter_map(|r| {
                     let Some(cluster) = clusters.get(&r.cluster) else {
-                        tracing::error!(listener = %l.name, cluster = %r.cluster, "SNI route names a missing cluster; not served");
+                        let reason =
+                            format!("an SNI route names a missing cluster {:?}", r.cluster);
+                        not_built(&l.name, reason);
                         return None;
                     };
+                    let terminate = r
+                        .terminate
+                        .as_ref()
+                        .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
+                    if let Some(DownstreamTlsRuntime::Unavailable(reason)) = &terminate {
+                        let route = &r.cluster;
+                        not_built(
+                            &l.name,
+                            format!("SNI route to {route:?}: {reason}; refused"),
+                        );
+                    }
                     Some((
                         r.target.clone(),
                         SniRouteRuntime {
                             cluster: cluster.clone(),
-                            terminate: r
-                                .terminate
-                                .as_ref()
-                                .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh)),
+                            terminate,
                         },
                     ))
                 }))
@@ -330,10 +379,7 @@ impl Proxy {
             let runtime = Arc::new(ListenerRuntime {
                 config: l.clone(),
                 cluster,
-                tls: l
-                    .tls
-                    .as_ref()
-                    .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh)),
+                tls: downstream_tls,
                 sni,
                 gateway,
                 stats: self.stats.listener(&l.name),
@@ -361,6 +407,7 @@ impl Proxy {
             inbound_ports,
             captures,
             tls,
+            build_errors,
         }));
         self.generation.fetch_add(1, Ordering::Release);
         self.stats.config.applied.inc();
@@ -452,7 +499,10 @@ impl Proxy {
                 Ok(socket) => drop(tokio::spawn(
                     self.clone().accept_loop(address, socket, stop),
                 )),
-                Err(e) => tracing::error!(%address, "a worker cannot accept on this listener: {e}"),
+                Err(e) => {
+                    tracing::error!(%address, "a worker cannot accept on this listener: {e}");
+                    self.stats.config.listener_bind_failures.inc();
+                }
             }
         }
     }
@@ -473,6 +523,9 @@ impl Proxy {
                 Err(e) => {
                     // Out of file descriptors or similar: back off instead of spinning.
                     tracing::error!(%address, "accept failed: {e}");
+                    if let Some(stats) = self.snapshot.load().socket_stats(&address) {
+                        stats.errors.inc();
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -79,6 +79,9 @@ pub struct ConfigStats {
     pub rejected: Counter,
     /// Listeners that failed to bind.
     pub listener_bind_failures: Counter,
+    /// Listeners of an applied config that could not be built (gateway router or TLS, missing
+    /// cluster, mesh certificate unavailable), so are not served.
+    pub listener_build_failures: Counter,
 }
 
 /// One metric of every listener or cluster: its name, help and type, and how to find it in one
@@ -303,6 +306,11 @@ impl Stats {
             "listener_bind_failures",
             "Listeners that failed to bind",
             s.config.listener_bind_failures.clone(),
+        );
+        r.register(
+            "listener_build_failures",
+            "Listeners of an applied config that could not be built, so are not served",
+            s.config.listener_build_failures.clone(),
         );
         s
     }

@@ -4,6 +4,9 @@
 //!
 //! `backend-1` (host `b`, version v1, instance 1) and `backend-2` (host `c`, version v2,
 //! instance 2) serve nginx behind plain (non-transparent) sidecars.
+//!
+//! The DNS limits test asks the sidecar's DNS server on 127.0.0.1:15053 directly (no
+//! redirection), with a python resolver on host `d` that answers beyond the client's size.
 
 use std::time::Duration;
 
@@ -241,5 +244,194 @@ fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> 
 
     drop(sidecar);
     a.run(&bin, ["transparent-proxy", "uninstall"])?.check()?;
+    Ok(())
+}
+
+/// A resolver on `argv[1]:53` (UDP and TCP) answering every A query with 60 addresses,
+/// about 1 KB, whatever the client's buffer: over UDP it ignores the 512-byte limit, as a
+/// misbehaving upstream would.
+const BIG_ANSWER_RESOLVER_PY: &str = r#"
+import socket, struct, sys, threading
+ip = sys.argv[1]
+def answer(query):
+    qend = 12
+    while query[qend] != 0:
+        qend += query[qend] + 1
+    question = query[12:qend + 5]
+    header = query[:2] + struct.pack(">HHHHH", 0x8180, 1, 60, 0, 0)
+    records = b"".join(struct.pack(">HHHIH", 0xC00C, 1, 1, 60, 4) + bytes([198, 51, 100, i]) for i in range(60))
+    return header + question + records
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((ip, 53))
+    while True:
+        data, peer = s.recvfrom(4096)
+        s.sendto(answer(data), peer)
+def tcp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((ip, 53))
+    s.listen(16)
+    while True:
+        c, _ = s.accept()
+        n = struct.unpack(">H", c.recv(2))[0]
+        data = b""
+        while len(data) < n:
+            data += c.recv(n - len(data))
+        reply = answer(data)
+        c.sendall(struct.pack(">H", len(reply)) + reply)
+        c.close()
+threading.Thread(target=udp, daemon=True).start()
+tcp()
+"#;
+
+/// Opens `argv[2]` TCP connections to `argv[1]:15053`, each announcing a 65,535-byte query
+/// and sending two bytes of it, holds them, and prints the RSS of pid `argv[3]` (kB) once
+/// all are open, then how many the server had closed after `argv[4]` seconds.
+const TCP_FLOOD_PY: &str = r#"
+import resource, socket, sys, time
+host, count, pid, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+resource.setrlimit(resource.RLIMIT_NOFILE, (count + 100, count + 100))
+def rss():
+    for line in open("/proc/%s/status" % pid):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+conns = []
+for _ in range(count):
+    s = socket.socket()
+    try:
+        s.connect((host, 15053))
+        s.send(b"\xff\xff\x01\x02")
+    except OSError:
+        pass
+    conns.append(s)
+print("peak_rss_kb", rss())
+time.sleep(hold)
+closed = 0
+for s in conns:
+    s.setblocking(False)
+    try:
+        if s.recv(1) == b"":
+            closed += 1
+    except BlockingIOError:
+        pass
+    except OSError:
+        closed += 1
+print("closed", closed)
+"#;
+
+/// The resident set of process `pid`, in kB.
+fn rss_kb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+#[test]
+fn dns_over_tcp_flood_is_bounded_and_big_answers_are_truncated() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["dig", "python3"])?;
+    let topo = Topology::new(&["a", "d"])?;
+    let (a, d) = (topo.host("a"), topo.host("d"));
+    let _resolver = d.spawn(
+        "python3",
+        ["-c", BIG_ANSWER_RESOLVER_PY, &d.ip4().to_string()],
+    )?;
+    wait_until(Duration::from_secs(10), || {
+        d.udp_listening(53).unwrap_or(false) && d.tcp_listening(53).unwrap_or(false)
+    })?;
+    // dig asks the sidecar's DNS server directly: no redirection is needed here.
+    a.set_etc_file("resolv.conf", &format!("nameserver {}\n", d.ip4()))?;
+    let at = ["@127.0.0.1", "-p", "15053", "+tries=1", "+time=5"];
+    let dig_at = |args: &[&str]| -> Result<String> {
+        let out = a.run("dig", at.iter().chain(args))?.check()?;
+        Ok(out.stdout)
+    };
+    let dir = write_store(
+        &topo,
+        &[("mesh.yaml", mesh("Disabled")), ("web.yaml", web(a))],
+    )?;
+    let sidecar = Bearing::start(a, &dir, &["--name", "web"])?;
+    wait_until(Duration::from_secs(10), || {
+        a.tcp_listening(15053).unwrap_or(false)
+    })?;
+
+    // About 1 KB over UDP to a client without EDNS: relayed truncated with TC, not SERVFAIL.
+    let udp = dig_at(&["+noedns", "+ignore", "big.test"])?;
+    ensure!(
+        udp.contains("status: NOERROR") && udp.contains(" tc"),
+        "UDP answer not truncated with TC:\n{udp}"
+    );
+    // dig's own retry over TCP gets all 60 addresses.
+    let retried = dig_at(&["+short", "+noedns", "big.test"])?;
+    ensure!(
+        retried.lines().count() == 60,
+        "TCP retry: {} addresses:\n{retried}",
+        retried.lines().count()
+    );
+
+    // 8,000 connections announcing 0xFFFF bytes.
+    let pid = sidecar.process().pid();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
+    ensure!(comm.trim() == "bearing", "pid {pid} is {comm:?}");
+    let before = rss_kb(pid)?;
+    let flood = a
+        .command("python3")
+        .args([
+            "-c",
+            TCP_FLOOD_PY,
+            "127.0.0.1",
+            "8000",
+            &pid.to_string(),
+            "3",
+        ])
+        .timeout(Duration::from_secs(120))
+        .output()?
+        .check()?;
+    let field = |name: &str| -> Result<u64> {
+        flood
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {name} in {:?}", flood.stdout))
+    };
+    let peak = field("peak_rss_kb")?;
+    let closed = field("closed")?;
+    // Mesh names are still answered, over UDP and TCP.
+    let udp = dig_at(&["nothing.mesh"])?;
+    ensure!(
+        udp.contains("status: NXDOMAIN"),
+        "UDP query after the flood:\n{udp}"
+    );
+    let tcp = dig_at(&["+tcp", "nothing.mesh"])?;
+    ensure!(
+        tcp.contains("status: NXDOMAIN"),
+        "TCP query after the flood:\n{tcp}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kb(pid)?;
+    let refused = sidecar.metric("bearing_dns_tcp_refused_total")?;
+    eprintln!(
+        "DNS TCP flood of 8000 connections: RSS {before} kB before, {peak} kB with all open, \
+         {after} kB after; {closed} closed by the server within 3 s, {refused} refused at accept"
+    );
+    ensure!(
+        closed == 8000,
+        "{closed} of 8000 flood connections closed within 3 s"
+    );
+    ensure!(refused >= 7000.0, "{refused} connections refused at accept");
+    ensure!(
+        peak < before + 20 * 1024,
+        "RSS grew from {before} to {peak} kB during the flood"
+    );
+    ensure!(
+        after < before + 10 * 1024,
+        "RSS {after} kB after the flood, {before} before"
+    );
     Ok(())
 }

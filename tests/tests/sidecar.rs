@@ -478,3 +478,94 @@ fn concurrent_http2_requests_share_one_upstream_connection_per_worker() -> Resul
     );
     Ok(())
 }
+
+/// Sends `head` to the admin API one byte every 500 ms and prints the seconds until the
+/// connection was closed (or `open` after 40 s).
+const SLOWLORIS_PY: &str = r#"
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", 9901))
+s.settimeout(0.5)
+start = time.time()
+head = sys.argv[1].encode()
+i = 0
+while time.time() - start < 40:
+    try:
+        if i < len(head):
+            s.send(head[i:i + 1])
+            i += 1
+        if s.recv(1) == b"":
+            print("%.1f" % (time.time() - start)); sys.exit(0)
+    except socket.timeout:
+        continue
+    except OSError:
+        print("%.1f" % (time.time() - start)); sys.exit(0)
+print("open")
+"#;
+
+#[test]
+fn admin_api_refuses_foreign_hosts_browsers_and_slow_heads() -> Result<()> {
+    let (topo, dir) = two_hosts()?;
+    let a = topo.host("a");
+    let web = Bearing::start(a, &dir, &["--name", "web"])?;
+    let admin = |args: &[&str]| -> Result<(u16, String)> {
+        let mut all = vec!["-m", "5"];
+        all.extend_from_slice(args);
+        curl(a, all)
+    };
+    let drain = "http://127.0.0.1:9901/drain_listeners";
+
+    // DNS rebinding: the browser addresses the attacker's name.
+    let (code, body) = admin(&["-X", "POST", "-H", "Host: attacker.example", drain])?;
+    ensure!(
+        code == 403 && body.contains("attacker.example") && body.contains("loopback"),
+        "foreign Host: {code} {body:?}"
+    );
+    let (code, _) = admin(&[
+        "-H",
+        "Host: attacker.example:9901",
+        "http://127.0.0.1:9901/config_dump",
+    ])?;
+    ensure!(code == 403, "foreign Host on a read: {code}");
+    // CSRF: a page's POST carries its Origin.
+    let (code, body) = admin(&["-X", "POST", "-H", "Origin: http://attacker.example", drain])?;
+    ensure!(
+        code == 403 && body.contains("browser"),
+        "Origin: {code} {body:?}"
+    );
+    // State changes take POST only.
+    let (code, body) = admin(&[drain])?;
+    ensure!(
+        code == 405 && body.contains("POST"),
+        "GET drain: {code} {body:?}"
+    );
+    ensure!(
+        web.config_dump()?["draining"] == false,
+        "drained by a refused request"
+    );
+    let (code, _) = web.admin("GET", "/ready")?;
+    ensure!(code == 200, "/ready after refused requests: {code}");
+
+    // A head sent a byte at a time is cut at the head timeout (10 s), not held.
+    let out = a
+        .command("python3")
+        .args(["-c", SLOWLORIS_PY, "GET /ready HTTP/1.1\r\nHost: localhost\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n"])
+        .timeout(Duration::from_secs(60))
+        .output()?
+        .check()?;
+    let held: f64 = out
+        .stdout
+        .trim()
+        .parse()
+        .with_context(|| format!("slow head not closed: {:?}", out.stdout))?;
+    ensure!((9.0..15.0).contains(&held), "slow head held {held} s");
+
+    // The loopback name, with its port: accepted, and the proxy drains.
+    let (code, _) = admin(&["-X", "POST", "-H", "Host: localhost:9901", drain])?;
+    ensure!(code == 200, "loopback drain: {code}");
+    let (code, body) = web.admin("GET", "/ready")?;
+    ensure!(
+        code == 503 && body.contains("DRAINING"),
+        "/ready: {code} {body:?}"
+    );
+    Ok(())
+}
