@@ -330,7 +330,10 @@ fn print_report(report: &bearing_iptables::Report) {
 /// `bearing validate DIR`: every store problem, and every Dataplane that fails to compile.
 fn validate(dir: &std::path::Path) -> i32 {
     let store = Store::load_dir(dir);
-    let mut problems: Vec<String> = store.problems.iter().map(ToString::to_string).collect();
+    let mut problems: Vec<String> = (store.io_errors.iter())
+        .chain(&store.problems)
+        .map(ToString::to_string)
+        .collect();
     let proxies = store.resources.iter().filter(|r| {
         matches!(
             r.spec,

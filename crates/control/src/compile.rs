@@ -765,6 +765,7 @@ pub(crate) fn problem(me: &Resource, field: Option<&str>, message: String) -> Pr
     Problem {
         file: me.origin.file.clone(),
         line: me.origin.line,
+        column: None,
         resource: Some(me.key()),
         field: field.map(str::to_string),
         message,

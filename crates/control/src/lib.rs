@@ -10,6 +10,7 @@ pub mod zone_proxies;
 pub mod zones;
 
 pub use directory::{
-    ConfigStatus, DataplaneSource, DirectorySource, Fingerprint, Loaded, ProxyKind, Rejected,
+    ConfigStatus, DataplaneSource, DirectorySource, Fingerprint, LoadError, Loaded, ProxyKind,
+    Rejected,
 };
 pub use virtual_ips::VipOptions;
