@@ -87,6 +87,9 @@ pub struct Loaded {
     pub config: Arc<ProxyConfig>,
     /// Resources of types not acted on.
     pub ignored: Vec<IgnoredResource>,
+    /// What the store asks for that Bearing does not enforce, one line per resource and field
+    /// (`file:line: Type/name: field: not enforced by Bearing: …`); logged once per change.
+    pub not_enforced: Vec<String>,
 }
 
 /// A config that did not compile, and why.
@@ -155,6 +158,7 @@ impl DirectorySource {
         Ok(Loaded {
             config: Arc::new(config),
             ignored: store.ignored,
+            not_enforced: store.warnings.iter().map(ToString::to_string).collect(),
         })
     }
 
@@ -211,6 +215,7 @@ impl DirectorySource {
         if !own.problems.is_empty() {
             return Err(own.problems);
         }
+        store.warnings.append(&mut own.warnings);
         let type_name = self.kind.type_name();
         let mut dataplanes = own
             .resources
@@ -380,9 +385,14 @@ impl DirectorySource {
             Ok(loaded) => {
                 status.send_if_modified(|s| {
                     let same = s.applied.as_ref().is_some_and(|a| {
-                        a.config.version == loaded.config.version && a.ignored == loaded.ignored
+                        a.config.version == loaded.config.version
+                            && a.ignored == loaded.ignored
+                            && a.not_enforced == loaded.not_enforced
                     });
                     if !same {
+                        for w in &loaded.not_enforced {
+                            tracing::warn!("{w}");
+                        }
                         tracing::info!(version = %loaded.config.version, "config applied");
                         s.applied = Some(loaded);
                     }

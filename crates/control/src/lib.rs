@@ -4,6 +4,7 @@ pub mod compile;
 pub mod directory;
 mod gateway;
 pub mod mtls;
+mod permissions;
 pub mod template;
 pub mod virtual_ips;
 pub mod zone_proxies;

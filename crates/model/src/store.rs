@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::policies;
 use crate::resources::{Meta, Spec};
 use crate::validate::{validate, validate_name};
 use crate::yaml::{
@@ -59,6 +60,10 @@ pub struct IgnoredResource {
     pub mesh: Option<String>,
     /// `file:line` it was read from.
     pub origin: String,
+    /// Everything in it but `type`, `name` and `mesh` (`spec`, `labels`, …), for the policies
+    /// the compiler must still act on (a denying MeshTrafficPermission fails closed).
+    #[serde(skip)]
+    pub fields: Value,
 }
 
 /// One problem in the store: `file:line: Type/name: field: message`.
@@ -105,6 +110,9 @@ pub struct Store {
     pub ignored: Vec<IgnoredResource>,
     /// Every problem found; a store with problems must not be applied.
     pub problems: Vec<Problem>,
+    /// What the store asks for that Bearing does not enforce (see [`crate::policies`]):
+    /// reported loudly, never a reason to refuse the store.
+    pub warnings: Vec<Problem>,
     /// Files (or the folder) that could not be read (`EMFILE`, `EACCES`, `EIO`, a file gone
     /// between listing and reading), each naming its file and the error. Not a problem of the
     /// config: what was read is incomplete, so nothing may be concluded from it; the caller
@@ -149,6 +157,7 @@ impl Store {
             store.resources.extend(part.resources);
             store.ignored.extend(part.ignored);
             store.problems.extend(part.problems);
+            store.warnings.extend(part.warnings);
             store.io_errors.extend(part.io_errors);
         }
         store.check_duplicates();
@@ -169,17 +178,24 @@ impl Store {
                 return;
             }
         };
-        // (index into problems, index of its document) of each problem naming a field.
+        // (is a warning, index into problems or warnings, index of its document) of each
+        // problem or warning naming a field.
         let mut on_fields = Vec::new();
         for (index, doc) in docs.into_iter().enumerate() {
             if doc.value.is_null() {
                 continue;
             }
+            let warned = self.warnings.len();
             for problem in self.add_document(doc, file) {
                 if problem.field.is_some() {
-                    on_fields.push((self.problems.len(), index));
+                    on_fields.push((false, self.problems.len(), index));
                 }
                 self.problems.push(problem);
+            }
+            for (i, warning) in self.warnings.iter().enumerate().skip(warned) {
+                if warning.field.is_some() {
+                    on_fields.push((true, i, index));
+                }
             }
         }
         if !on_fields.is_empty() {
@@ -187,14 +203,24 @@ impl Store {
         }
     }
 
-    /// Moves each problem of `on_fields` from its document's line to its field's line (or
-    /// the closest ancestor's), parsing the text again to find them.
-    fn place_on_fields(&mut self, text: &str, first_line: usize, on_fields: &[(usize, usize)]) {
+    /// Moves each problem or warning of `on_fields` from its document's line to its field's
+    /// line (or the closest ancestor's), parsing the text again to find them.
+    fn place_on_fields(
+        &mut self,
+        text: &str,
+        first_line: usize,
+        on_fields: &[(bool, usize, usize)],
+    ) {
         let Ok(docs) = field_lines(text, first_line) else {
             return;
         };
-        for &(problem, doc) in on_fields {
-            if let (Some(problem), Some(lines)) = (self.problems.get_mut(problem), docs.get(doc)) {
+        for &(warning, at, doc) in on_fields {
+            let list = if warning {
+                &mut self.warnings
+            } else {
+                &mut self.problems
+            };
+            if let (Some(problem), Some(lines)) = (list.get_mut(at), docs.get(doc)) {
                 if let Some(field) = &problem.field {
                     problem.line = lines.line_of(field);
                 }
@@ -248,7 +274,7 @@ impl Store {
             file: file.to_path_buf(),
             line,
         };
-        let spec_fields = split_meta(&mut obj);
+        let spec_fields = Value::Object(split_meta(&mut obj));
         let meta: Meta = match serde_path_to_error::deserialize(Value::Object(obj)) {
             Ok(m) => m,
             Err(e) => {
@@ -260,13 +286,19 @@ impl Store {
                 )];
             }
         };
-        let spec = match decode_spec(&kind, Value::Object(spec_fields)) {
+        let spec = match decode_spec(&kind, spec_fields.clone()) {
             Decoded::Ignored => {
+                for (field, message) in policies::ignored_warnings(&kind, &spec_fields) {
+                    let field = (!field.is_empty()).then_some(field.as_str());
+                    self.warnings
+                        .push(problem(field, Some(label.clone()), message));
+                }
                 self.ignored.push(IgnoredResource {
                     kind,
                     name,
                     mesh,
                     origin: format!("{}:{}", file.display(), line),
+                    fields: spec_fields,
                 });
                 return Vec::new();
             }
@@ -297,6 +329,10 @@ impl Store {
             problems.push(problem(Some(&field), Some(label.clone()), message));
         }
         if problems.is_empty() {
+            for (field, message) in policies::spec_warnings(&spec) {
+                self.warnings
+                    .push(problem(Some(&field), Some(label.clone()), message));
+            }
             self.resources.push(Resource {
                 meta,
                 mesh,
@@ -529,6 +565,22 @@ mod tests {
         assert_eq!(s.resources[0].key(), "Mesh/default");
         assert_eq!(s.ignored[0].kind, "MeshTrafficPermission");
         assert_eq!(s.ignored[0].origin, "store/a.yaml:4");
+    }
+
+    #[test]
+    fn what_is_not_enforced_is_warned_on_its_line_without_a_problem() {
+        let s = load("type: Mesh\nname: default\nlogging:\n  backends: []\n---\ntype: MeshTrafficPermission\nname: deny-web\nmesh: default\nspec:\n  targetRef: {kind: MeshService, name: web}\n  from:\n  - targetRef: {kind: Mesh}\n    default:\n      action: Deny\n---\ntype: MeshTimeout\nname: t\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n");
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let texts: Vec<String> = s.warnings.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            texts,
+            [
+                "store/a.yaml:3: Mesh/default: logging: not enforced by Bearing: no access log is written",
+                "store/a.yaml:14: MeshTrafficPermission/deny-web: spec.from[0].default.action: Deny is not enforced per source by Bearing: it fails closed, the inbounds this policy targets refuse every connection",
+                "store/a.yaml:19: MeshTimeout/t: spec: not enforced by Bearing: Bearing's built-in timeouts apply",
+            ]
+        );
+        assert_eq!(s.ignored[0].fields["spec"]["targetRef"]["name"], "web");
     }
 
     #[test]
