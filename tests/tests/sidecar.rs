@@ -502,9 +502,13 @@ fn rejected_and_still_serving(
     Ok(())
 }
 
-/// Peak resident memory of a process, in kB (`VmHWM`).
+/// Peak resident memory of a `bearing` process, in kB (`VmHWM`).
 fn peak_rss_kb(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    ensure!(
+        status.starts_with("Name:\tbearing"),
+        "pid {pid} is not bearing"
+    );
     let line = status
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
@@ -593,6 +597,69 @@ fn alias_bomb_nul_file_and_unreadable_file_leave_the_running_proxy_serving() -> 
         );
         Ok(())
     })?;
+
+    // Descriptors exhausted (the proxy's limit set to what it has open) while the store
+    // changes: the directory read fails as that I/O error, never as "no Dataplane"; once
+    // descriptors are back the next tick reads the store again.
+    let pid = web.process().pid();
+    // The lowest free descriptor: a limit at it makes the next open fail (EMFILE).
+    let open: std::collections::HashSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|fd| !open.contains(fd)).unwrap_or(0);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let soft: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no open file limit in {limits}"))?;
+    // Run as the proxy's user (root here lacks CAP_SYS_RESOURCE over another user's
+    // process), and the soft limit only: a lowered hard limit could not be raised again.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let id_of = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("0")
+            .to_string()
+    };
+    let (uid, gid) = (id_of("Uid:"), id_of("Gid:"));
+    let prlimit = |limit: usize| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                &uid,
+                "--regid",
+                &gid,
+                "--clear-groups",
+                "prlimit",
+            ])
+            .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])
+            .status()
+    };
+    ensure!(prlimit(lowest_free)?.success(), "prlimit failed");
+    write_store_file(&dir, "mesh.yaml", MESH)?;
+    let waited = web.process().wait_for_log(
+        "cannot read store directory: Too many open files",
+        Duration::from_secs(15),
+    );
+    ensure!(prlimit(soft)?.success(), "prlimit failed");
+    waited?;
+    wait_until_ok(Duration::from_secs(15), || {
+        let dump = web.config_dump()?;
+        ensure!(dump["read_error"].is_null(), "read error not cleared");
+        ensure!(dump["version"] == good, "the version moved");
+        let rejected = dump["last_rejected"].to_string();
+        ensure!(!rejected.contains("no Dataplane"), "{rejected}");
+        Ok(())
+    })?;
+    let (code, _) = curl(a, [OUT_HTTP])?;
+    ensure!(
+        code == 200,
+        "not serving after descriptors came back: {code}"
+    );
     Ok(())
 }
 
