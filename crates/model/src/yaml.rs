@@ -119,12 +119,24 @@ fn build(text: &str, first_line: usize, record_lines: bool) -> Result<Builder, Y
 /// at the very start. Surrogates and invalid UTF-8 never reach a `&str`; [`check_utf8`] names
 /// where invalid bytes are. The error has the 1-based line and column (in characters).
 pub fn check_characters(text: &str, first_line: usize) -> Result<(), YamlError> {
-    let bad = text.char_indices().find(|&(at, c)| match c {
-        '\t' | '\n' | '\r' | '\u{85}' => false,
-        '\u{feff}' => at != 0 || first_line != 1,
-        c => c < ' ' || ('\u{7f}'..='\u{9f}').contains(&c) || c == '\u{fffe}' || c == '\u{ffff}',
+    // Byte by byte, as fast as the text can be read: a forbidden character is a control byte,
+    // or one of the UTF-8 sequences C2 80-9F (C1, but C2 85), EF BB BF (BOM), EF BF BE/BF.
+    // C2 and EF only ever start a character, so the position found is a character's start.
+    let bytes = text.as_bytes();
+    let bad = bytes.iter().enumerate().position(|(at, &b)| match b {
+        b'\t' | b'\n' | b'\r' => false,
+        0..0x20 | 0x7f => true,
+        0xc2 => bytes
+            .get(at + 1)
+            .is_some_and(|&n| (0x80..=0x9f).contains(&n) && n != 0x85),
+        0xef => match (bytes.get(at + 1), bytes.get(at + 2)) {
+            (Some(0xbb), Some(0xbf)) => at != 0 || first_line != 1,
+            (Some(0xbf), Some(0xbe | 0xbf)) => true,
+            _ => false,
+        },
+        _ => false,
     });
-    let Some((at, c)) = bad else {
+    let Some((at, c)) = bad.and_then(|at| Some((at, text.get(at..)?.chars().next()?))) else {
         return Ok(());
     };
     let name = match c {
@@ -616,7 +628,7 @@ mod tests {
         // A zero-filled file is refused, not read as empty.
         assert_eq!(parse_documents("\0\0\0\0", 1).unwrap_err().line, 1);
         // Allowed: TAB, CR LF, NEL, other Unicode, and a byte order mark that starts the file.
-        let ok = "\u{feff}type: Mesh\r\nname: \"d\tx\u{85}é€😀\"\n";
+        let ok = "\u{feff}type: Mesh\r\nname: \"d\tx\u{85}\u{a0}é€😀\u{fefe}\u{fffd}\u{d7ff}\u{e000}\u{10ffff}\"\n";
         assert_eq!(parse_documents(ok, 1).unwrap()[0].value["type"], "Mesh");
         assert!(
             parse_documents(ok, 5).is_err(),
