@@ -331,10 +331,15 @@ fn print_report(report: &bearing_iptables::Report) {
     }
 }
 
-/// `bearing validate DIR`: every store problem, and every Dataplane that fails to compile.
+/// `bearing validate DIR`: every store problem, every Dataplane that fails to compile, and
+/// every resource or field Bearing does not enforce. Exit status 1 when there is a problem (or
+/// a file cannot be read), 0 when there are only warnings.
 fn validate(dir: &std::path::Path) -> i32 {
     let store = Store::load_dir(dir);
-    let mut problems: Vec<String> = store.problems.iter().map(ToString::to_string).collect();
+    let mut problems: Vec<String> = (store.io_errors.iter())
+        .chain(&store.problems)
+        .map(ToString::to_string)
+        .collect();
     let proxies = store.resources.iter().filter(|r| {
         matches!(
             r.spec,
@@ -348,6 +353,9 @@ fn validate(dir: &std::path::Path) -> i32 {
         }
     }
     problems.dedup();
+    for w in store.warnings.iter().map(ToString::to_string) {
+        println!("{w}");
+    }
     for p in &problems {
         println!("{p}");
     }

@@ -222,6 +222,11 @@ where
         }
 
         let listener = current();
+        // A policy denying this inbound came with a reload: no further request passes.
+        if let Some(denied) = &listener.denied {
+            denied.inc();
+            return Outcome::Closed;
+        }
         let request = Request {
             head: &head,
             body: &bufs.request[head.head_len..message_len],

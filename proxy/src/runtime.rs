@@ -17,6 +17,7 @@ use bearing_proxy_config::{Direction, Listener, Protocol, ProxyConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,6 +47,9 @@ pub struct ListenerRuntime {
     pub gateway: Option<GatewayRuntime>,
     /// Its metrics.
     pub stats: ListenerStats,
+    /// Present when the listener refuses everything (`Listener::deny_all`): counts what it
+    /// refuses (`bearing_rbac_denied_total`).
+    pub denied: Option<Counter>,
 }
 
 /// How a listener terminates mesh mTLS.
@@ -383,6 +387,15 @@ impl Proxy {
                 sni,
                 gateway,
                 stats: self.stats.listener(&l.name),
+                denied: l.deny_all.as_ref().map(|policy| {
+                    tracing::warn!(
+                        listener = %l.name,
+                        %policy,
+                        "refusing every connection: the policy denies traffic that Bearing cannot \
+                         enforce per source yet, so this inbound fails closed"
+                    );
+                    self.stats.rbac_denied(&l.name)
+                }),
             });
             if l.direction == Direction::Inbound {
                 inbound_ports
@@ -596,6 +609,11 @@ impl Proxy {
         peer: SocketAddr,
     ) {
         listener.stats.connections.inc();
+        if let Some(denied) = &listener.denied {
+            denied.inc();
+            capture::reset(&stream);
+            return;
+        }
         listener.stats.active.inc();
         let _ = stream.set_nodelay(true);
         let stream = Counted::new(
@@ -779,9 +797,17 @@ impl Proxy {
             // stream (and into its HTTP/1 dispatcher's slot); unboxed, that is 3 KB copied
             // on each move.
             Box::pin(async move {
-                let resp = match &l.gateway {
-                    Some(gw) => gateway::handle(req, &l, gw, peer).await,
-                    None => http_proxy::forward(req, &l).await,
+                let resp = match (&l.denied, &l.gateway) {
+                    // A policy denying this inbound came with a reload (Envoy's RBAC answer).
+                    (Some(denied), _) => {
+                        denied.inc();
+                        http_proxy::local_reply(
+                            http::StatusCode::FORBIDDEN,
+                            "RBAC: access denied".into(),
+                        )
+                    }
+                    (None, Some(gw)) => gateway::handle(req, &l, gw, peer).await,
+                    (None, None) => http_proxy::forward(req, &l).await,
                 };
                 Ok::<_, std::convert::Infallible>(resp)
             })

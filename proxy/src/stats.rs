@@ -236,6 +236,7 @@ pub struct Stats {
     clusters: Arc<ByName<ClusterStats>>,
     l_tls_err: Family<ListenerLabel, Counter>,
     l_sni_unknown: Family<ListenerLabel, Counter>,
+    l_rbac_denied: Family<ListenerLabel, Counter>,
     /// Mesh DNS server counters (`bearing_dns_*`).
     pub dns: bearing_dns::DnsMetrics,
     /// Config source metrics.
@@ -275,6 +276,7 @@ impl Stats {
             }),
             l_tls_err: Family::default(),
             l_sni_unknown: Family::default(),
+            l_rbac_denied: Family::default(),
             dns: bearing_dns::DnsMetrics::default(),
             config: ConfigStats::default(),
         };
@@ -291,6 +293,12 @@ impl Stats {
             "sni_unknown",
             "Connections refused because their SNI named no destination",
             s.l_sni_unknown.clone(),
+        );
+        r.register(
+            "rbac_denied",
+            "Connections and requests refused because a policy denies traffic Bearing cannot \
+             enforce per source (MeshTrafficPermission Deny, failing closed)",
+            s.l_rbac_denied.clone(),
         );
         r.register(
             "config_applied",
@@ -322,6 +330,15 @@ impl Stats {
             listener: listener.to_string(),
         };
         self.l_tls_err.get_or_create(&label).inc();
+    }
+
+    /// The counter of connections and requests `listener` refuses because a policy denies
+    /// them (`Listener::deny_all`); created only for such listeners.
+    pub fn rbac_denied(&self, listener: &str) -> Counter {
+        let label = ListenerLabel {
+            listener: listener.to_string(),
+        };
+        self.l_rbac_denied.get_or_create(&label).clone()
     }
 
     /// Counts a connection refused for its SNI (missing or naming no destination).

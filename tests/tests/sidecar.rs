@@ -569,3 +569,261 @@ fn admin_api_refuses_foreign_hosts_browsers_and_slow_heads() -> Result<()> {
     );
     Ok(())
 }
+
+/// Waits until the proxy's `last_rejected` names `needle`, then checks that the version did not
+/// move, the proxy still runs and still serves `url` from `client`.
+fn rejected_and_still_serving(
+    proxy: &Bearing,
+    client: &Host,
+    good: &serde_json::Value,
+    needle: &str,
+) -> Result<()> {
+    wait_until_ok(Duration::from_secs(15), || {
+        let problems = proxy.config_dump()?["last_rejected"]["problems"].to_string();
+        ensure!(problems.contains(needle), "not rejected yet: {problems}");
+        Ok(())
+    })?;
+    ensure!(proxy.process().is_running(), "the proxy died");
+    ensure!(
+        proxy.config_dump()?["version"] == *good,
+        "the version moved"
+    );
+    let (code, _) = curl(client, [OUT_HTTP])?;
+    ensure!(code == 200, "the old config stopped serving: {code}");
+    Ok(())
+}
+
+/// Peak resident memory of a `bearing` process, in kB (`VmHWM`).
+fn peak_rss_kb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    ensure!(
+        status.starts_with("Name:\tbearing"),
+        "pid {pid} is not bearing"
+    );
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+#[test]
+fn alias_bomb_nul_file_and_unreadable_file_leave_the_running_proxy_serving() -> Result<()> {
+    let (topo, dir) = two_hosts()?;
+    let (a, b) = (topo.host("a"), topo.host("b"));
+    let (web, _backend) = sidecars(a, b, &dir)?;
+    let good = web.config_dump()?["version"].clone();
+    let (code, _) = curl(a, [OUT_HTTP])?;
+    ensure!(code == 200, "no baseline: {code}");
+
+    // A 400-byte "billion laughs" (9^9 nodes): refused at its line, memory stays small.
+    let mut bomb = String::from(
+        "type: Mesh\nname: bomb\nx0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    );
+    for i in 1..9 {
+        let p = format!("*x{}", i - 1);
+        bomb.push_str(&format!("x{i}: &x{i} [{}]\n", vec![p; 9].join(", ")));
+    }
+    write_store_file(&dir, "bomb.yaml", &bomb)?;
+    rejected_and_still_serving(
+        &web,
+        a,
+        &good,
+        "bomb.yaml:8:10: invalid YAML: aliases repeat more than 100000 nodes",
+    )?;
+    let peak = peak_rss_kb(web.process().pid())?;
+    ensure!(peak < 200_000, "peak RSS {peak} kB after the alias bomb");
+    std::fs::remove_file(dir.join("bomb.yaml"))?;
+
+    // The backend's Dataplane file zero-filled: refused, its endpoint stays.
+    let size = std::fs::metadata(dir.join("backend-1.yaml"))?.len() as usize;
+    write_store_file(&dir, "backend-1.yaml", &"\0".repeat(size))?;
+    rejected_and_still_serving(
+        &web,
+        a,
+        &good,
+        "backend-1.yaml:1:1: invalid YAML: character U+0000 (NUL) is not allowed in YAML",
+    )?;
+    let endpoints = &web.config_dump()?["config"]["clusters"]["backend"]["endpoints"];
+    ensure!(
+        endpoints.as_array().map_or(0, Vec::len) == 1,
+        "endpoints: {endpoints}"
+    );
+    write_store_file(&dir, "backend-1.yaml", &backend("backend-1", b))?;
+
+    // A file that cannot be read (EIO): a read error naming it, no rejection, no change;
+    // once it is gone the read error clears.
+    let eio = dir.join("eio.yaml");
+    std::os::unix::fs::symlink("/proc/self/mem", &eio)?;
+    wait_until_ok(Duration::from_secs(15), || {
+        let dump = web.config_dump()?;
+        let errors = dump["read_error"]["problems"].to_string();
+        ensure!(
+            errors.contains(&format!(
+                "{}:0: cannot read file: Input/output error",
+                eio.display()
+            )),
+            "no read error yet: {errors}"
+        );
+        ensure!(dump["version"] == good, "the version moved");
+        Ok(())
+    })?;
+    let (code, _) = curl(a, [OUT_HTTP])?;
+    ensure!(code == 200, "stopped serving on a read error: {code}");
+    ensure!(
+        web.process()
+            .log_contents()
+            .contains("cannot read the store"),
+        "read error not logged"
+    );
+    std::fs::remove_file(&eio)?;
+    wait_until_ok(Duration::from_secs(15), || {
+        ensure!(
+            web.config_dump()?["read_error"].is_null(),
+            "read error not cleared"
+        );
+        Ok(())
+    })?;
+
+    // Descriptors exhausted (the proxy's limit set to what it has open) while the store
+    // changes: the directory read fails as that I/O error, never as "no Dataplane"; once
+    // descriptors are back the next tick reads the store again.
+    let pid = web.process().pid();
+    // The lowest free descriptor: a limit at it makes the next open fail (EMFILE).
+    let open: std::collections::HashSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|fd| !open.contains(fd)).unwrap_or(0);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let soft: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no open file limit in {limits}"))?;
+    // Run as the proxy's user (root here lacks CAP_SYS_RESOURCE over another user's
+    // process), and the soft limit only: a lowered hard limit could not be raised again.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let id_of = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("0")
+            .to_string()
+    };
+    let (uid, gid) = (id_of("Uid:"), id_of("Gid:"));
+    let prlimit = |limit: usize| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                &uid,
+                "--regid",
+                &gid,
+                "--clear-groups",
+                "prlimit",
+            ])
+            .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])
+            .status()
+    };
+    ensure!(prlimit(lowest_free)?.success(), "prlimit failed");
+    write_store_file(&dir, "mesh.yaml", MESH)?;
+    let waited = web.process().wait_for_log(
+        "cannot read store directory: Too many open files",
+        Duration::from_secs(15),
+    );
+    ensure!(prlimit(soft)?.success(), "prlimit failed");
+    waited?;
+    wait_until_ok(Duration::from_secs(15), || {
+        let dump = web.config_dump()?;
+        ensure!(dump["read_error"].is_null(), "read error not cleared");
+        ensure!(dump["version"] == good, "the version moved");
+        let rejected = dump["last_rejected"].to_string();
+        ensure!(!rejected.contains("no Dataplane"), "{rejected}");
+        Ok(())
+    })?;
+    let (code, _) = curl(a, [OUT_HTTP])?;
+    ensure!(
+        code == 200,
+        "not serving after descriptors came back: {code}"
+    );
+    Ok(())
+}
+
+#[test]
+fn mesh_traffic_permission_deny_fails_closed_on_the_inbound_it_targets() -> Result<()> {
+    let (topo, dir) = two_hosts()?;
+    let (a, b) = (topo.host("a"), topo.host("b"));
+    let (_web, backend) = sidecars(a, b, &dir)?;
+    let (code, _) = curl(a, [OUT_HTTP])?;
+    ensure!(code == 200, "no baseline: {code}");
+
+    let policy = "type: MeshTrafficPermission\nname: deny-backend\nmesh: default\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  from:\n  - targetRef: {kind: Mesh}\n    default:\n      action: Deny\n";
+    write_store_file(&dir, "mtp.yaml", policy)?;
+    let http_inbound = format!("inbound:{}:18080", b.ip4());
+    wait_until_ok(Duration::from_secs(15), || {
+        let dump = backend.config_dump()?;
+        let listeners = dump["config"]["listeners"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let denied = listeners
+            .iter()
+            .find(|l| l["name"] == http_inbound.as_str())
+            .map(|l| l["deny_all"].clone());
+        ensure!(
+            denied == Some("MeshTrafficPermission/deny-backend".into()),
+            "not applied yet: {denied:?}"
+        );
+        Ok(())
+    })?;
+    // The targeted inbound refuses; the other inbound of the same proxy keeps serving.
+    let (code, _) = curl(a, [OUT_HTTP])?;
+    ensure!(code == 503, "denied inbound answered {code}");
+    let pong = redis_cli(a, [127, 0, 0, 1], 10002, ["PING"])?;
+    ensure!(pong == "PONG", "the other inbound stopped: {pong:?}");
+    let refused = backend.metric(&format!(
+        "bearing_rbac_denied_total{{listener=\"{http_inbound}\"}}"
+    ))?;
+    ensure!(refused >= 1.0, "refusals not counted: {refused}");
+    let dump = backend.config_dump()?;
+    let not_enforced = dump["not_enforced"].to_string();
+    ensure!(
+        not_enforced.contains("mtp.yaml:9: MeshTrafficPermission/deny-backend: spec.from[0].default.action: Deny is not enforced per source by Bearing"),
+        "{not_enforced}"
+    );
+    let log = backend.process().log_contents();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("refusing every connection") && l.contains("deny-backend"))
+        .count();
+    ensure!(logged == 1, "logged {logged} times:\n{log}");
+
+    // `bearing validate` prints the warning and exits 0: a warning is not an error.
+    let out = a.run(bearing_bin()?, [Path::new("validate"), dir.as_path()])?;
+    ensure!(
+        out.code() == Some(0),
+        "validate exit {:?}: {}",
+        out.code(),
+        out.stdout
+    );
+    ensure!(
+        out.stdout
+            .contains("MeshTrafficPermission/deny-backend: spec.from[0].default.action"),
+        "{}",
+        out.stdout
+    );
+
+    // Removing the policy restores the inbound.
+    std::fs::remove_file(dir.join("mtp.yaml"))?;
+    wait_until_ok(Duration::from_secs(15), || {
+        let (code, _) = curl(a, [OUT_HTTP])?;
+        ensure!(code == 200, "still refused: {code}");
+        Ok(())
+    })?;
+    Ok(())
+}

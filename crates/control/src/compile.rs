@@ -122,6 +122,7 @@ pub fn compile(
             .unwrap_or(true),
     });
 
+    let denies = crate::permissions::Denies::of(store, &mesh);
     for (i, inbound) in dp.networking.inbound.iter().enumerate() {
         let field = format!("networking.inbound[{i}]");
         let bind_text = inbound.address.as_deref().unwrap_or(&dp.networking.address);
@@ -176,6 +177,7 @@ pub fn compile(
             }),
             sni_routes: Vec::new(),
             gateway: None,
+            deny_all: denies.targeting(me, inbound),
         });
         clusters.insert(
             cluster_name.clone(),
@@ -359,6 +361,7 @@ fn direct_access(
                 tls: None,
                 sni_routes: Vec::new(),
                 gateway: None,
+                deny_all: None,
             });
             let endpoint = Endpoint {
                 address,
@@ -498,6 +501,7 @@ impl Outbounds<'_> {
             tls: None,
             sni_routes: Vec::new(),
             gateway: None,
+            deny_all: None,
         };
         (listener, c)
     }
@@ -765,6 +769,7 @@ pub(crate) fn problem(me: &Resource, field: Option<&str>, message: String) -> Pr
     Problem {
         file: me.origin.file.clone(),
         line: me.origin.line,
+        column: None,
         resource: Some(me.key()),
         field: field.map(str::to_string),
         message,

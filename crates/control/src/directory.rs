@@ -87,6 +87,9 @@ pub struct Loaded {
     pub config: Arc<ProxyConfig>,
     /// Resources of types not acted on.
     pub ignored: Vec<IgnoredResource>,
+    /// What the store asks for that Bearing does not enforce, one line per resource and field
+    /// (`file:line: Type/name: field: not enforced by Bearing: …`); logged once per change.
+    pub not_enforced: Vec<String>,
 }
 
 /// A config that did not compile, and why.
@@ -105,25 +108,57 @@ pub struct ConfigStatus {
     pub applied: Option<Loaded>,
     /// The most recent rejected config, if any since start.
     pub last_rejected: Option<Rejected>,
+    /// The store could not be read on the last attempt (each I/O error naming its file):
+    /// nothing changed, and the watcher reads again every second until a read is whole.
+    /// Cleared by the next whole read.
+    pub read_error: Option<Rejected>,
+}
+
+/// Why a load produced no config.
+#[derive(Debug, Clone)]
+pub enum LoadError {
+    /// Files or the folder could not be read (descriptors exhausted, permissions, an I/O
+    /// error, a file gone mid-read): the store is not known, so this is no config change.
+    Io(Vec<Problem>),
+    /// The store was read and is wrong: the config is rejected.
+    Rejected(Vec<Problem>),
+}
+
+impl LoadError {
+    /// Every problem or I/O error, as `file:line: …`.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            LoadError::Io(p) | LoadError::Rejected(p) => p,
+        }
+    }
 }
 
 impl DirectorySource {
-    /// Reads the store and this proxy's Dataplane and compiles its config.
-    pub fn load(&self) -> Result<Loaded, Vec<Problem>> {
+    /// Reads the store and this proxy's Dataplane and compiles its config. A read that fails
+    /// anywhere is [`LoadError::Io`], before anything is concluded from what was read (a
+    /// Dataplane in an unreadable file is not "missing").
+    pub fn load(&self) -> Result<Loaded, LoadError> {
         let mut store = Store::load_dir(&self.dir);
-        let me = self.own_dataplane(&mut store)?;
+        let own = self.own_text()?;
+        if !store.io_errors.is_empty() {
+            return Err(LoadError::Io(store.io_errors));
+        }
+        let me = self
+            .own_dataplane(own, &mut store)
+            .map_err(LoadError::Rejected)?;
         if !store.problems.is_empty() {
-            return Err(store.problems);
+            return Err(LoadError::Rejected(store.problems));
         }
         let source = format!("directory store {}", self.dir.display());
         let options = CompileOptions {
             zone: self.zone.clone(),
             vips: self.vips.clone(),
         };
-        let config = compile(&store, &me, &source, &options)?;
+        let config = compile(&store, &me, &source, &options).map_err(LoadError::Rejected)?;
         Ok(Loaded {
             config: Arc::new(config),
             ignored: store.ignored,
+            not_enforced: store.warnings.iter().map(ToString::to_string).collect(),
         })
     }
 
@@ -140,19 +175,38 @@ impl DirectorySource {
         paths
     }
 
-    fn own_dataplane(&self, store: &mut Store) -> Result<Resource, Vec<Problem>> {
-        let (text, file) = match &self.dataplane {
-            DataplaneSource::Named => return self.named_dataplane(store),
-            DataplaneSource::Inline(text) => (text.clone(), PathBuf::from("--dataplane")),
-            DataplaneSource::File(path) => match std::fs::read_to_string(path) {
-                Ok(t) => (t, path.clone()),
-                Err(e) => {
-                    return Err(vec![plain_problem(
+    /// This proxy's own Dataplane text and the file it names, unless it is found by name in
+    /// the store; failing to read `--dataplane-file` is an I/O error.
+    fn own_text(&self) -> Result<Option<(String, PathBuf)>, LoadError> {
+        match &self.dataplane {
+            DataplaneSource::Named => Ok(None),
+            DataplaneSource::Inline(text) => Ok(Some((text.clone(), PathBuf::from("--dataplane")))),
+            DataplaneSource::File(path) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    LoadError::Io(vec![plain_problem(
                         path,
                         format!("cannot read dataplane file: {e}"),
                     )])
-                }
-            },
+                })?;
+                let text = bearing_model::yaml::check_utf8(&bytes).map_err(|e| {
+                    LoadError::Rejected(vec![Problem {
+                        line: e.line,
+                        column: Some(e.column),
+                        ..plain_problem(path, format!("invalid YAML: {}", e.message))
+                    }])
+                })?;
+                Ok(Some((text.to_string(), path.clone())))
+            }
+        }
+    }
+
+    fn own_dataplane(
+        &self,
+        own: Option<(String, PathBuf)>,
+        store: &mut Store,
+    ) -> Result<Resource, Vec<Problem>> {
+        let Some((text, file)) = own else {
+            return self.named_dataplane(store);
         };
         let rendered =
             template::render(&text, &self.vars).map_err(|m| vec![plain_problem(&file, m)])?;
@@ -161,6 +215,7 @@ impl DirectorySource {
         if !own.problems.is_empty() {
             return Err(own.problems);
         }
+        store.warnings.append(&mut own.warnings);
         let type_name = self.kind.type_name();
         let mut dataplanes = own
             .resources
@@ -284,7 +339,9 @@ impl DirectorySource {
                 return;
             }
             let now = self.fingerprint();
-            if !notified && now == last {
+            // A read that failed is tried again every second, changed or not.
+            let unread = status.borrow().read_error.is_some();
+            if !notified && now == last && !unread {
                 continue;
             }
             if now.is_empty() {
@@ -295,22 +352,54 @@ impl DirectorySource {
         }
     }
 
-    /// Loads once and publishes the result: applied when it compiles (and differs), else rejected.
+    /// Loads once and publishes the result: applied when it compiles (and differs), rejected
+    /// when the store is wrong, a read error (logged when it differs from the last one) when
+    /// the store could not be read.
     pub fn reload_into(&self, status: &watch::Sender<ConfigStatus>) {
-        match self.load() {
+        let result = self.load();
+        if !matches!(result, Err(LoadError::Io(_))) {
+            status.send_if_modified(|s| s.read_error.take().is_some());
+        }
+        match result {
+            Err(LoadError::Io(errors)) => {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                status.send_if_modified(|s| {
+                    let same = s.read_error.as_ref().is_some_and(|r| r.problems == errors);
+                    if !same {
+                        for e in &errors {
+                            tracing::error!("cannot read the store: {e}");
+                        }
+                        let kept = s.applied.as_ref().map(|a| a.config.version.as_str());
+                        tracing::error!(
+                            "store not read; nothing changed, still serving version {}; reading again every second",
+                            kept.unwrap_or("(none yet)")
+                        );
+                        s.read_error = Some(Rejected {
+                            at_unix_seconds: unix_now(),
+                            problems: errors,
+                        });
+                    }
+                    !same
+                });
+            }
             Ok(loaded) => {
                 status.send_if_modified(|s| {
                     let same = s.applied.as_ref().is_some_and(|a| {
-                        a.config.version == loaded.config.version && a.ignored == loaded.ignored
+                        a.config.version == loaded.config.version
+                            && a.ignored == loaded.ignored
+                            && a.not_enforced == loaded.not_enforced
                     });
                     if !same {
+                        for w in &loaded.not_enforced {
+                            tracing::warn!("{w}");
+                        }
                         tracing::info!(version = %loaded.config.version, "config applied");
                         s.applied = Some(loaded);
                     }
                     !same
                 });
             }
-            Err(problems) => {
+            Err(LoadError::Rejected(problems)) => {
                 for p in &problems {
                     tracing::error!("config rejected: {p}");
                 }
@@ -326,9 +415,7 @@ impl DirectorySource {
                 );
                 status.send_modify(|s| {
                     s.last_rejected = Some(Rejected {
-                        at_unix_seconds: SystemTime::now()
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs()),
+                        at_unix_seconds: unix_now(),
                         problems: problems.iter().map(ToString::to_string).collect(),
                     })
                 });
@@ -357,10 +444,17 @@ impl DirectorySource {
     }
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn plain_problem(file: &Path, message: String) -> Problem {
     Problem {
         file: file.to_path_buf(),
         line: 0,
+        column: None,
         resource: None,
         field: None,
         message,
@@ -421,26 +515,81 @@ mod tests {
     }
 
     #[test]
+    fn io_errors_stay_io_errors_and_keep_the_applied_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("backend.yaml"), STORE).unwrap();
+        let mut src = source(dir.path(), DataplaneSource::Named);
+        src.name = Some("backend-1".into());
+        let (tx, rx) = watch::channel(ConfigStatus::default());
+        src.reload_into(&tx);
+        let good = rx.borrow().applied.as_ref().unwrap().config.version.clone();
+        // EIO on read (the file is listed and stat-able, its content cannot be read), and the
+        // Dataplane's own file unreadable (ELOOP): read errors naming the file, never "no
+        // Dataplane", never a rejection.
+        let eio = dir.path().join("eio.yaml");
+        std::os::unix::fs::symlink("/proc/self/mem", &eio).unwrap();
+        std::fs::remove_file(dir.path().join("backend.yaml")).unwrap();
+        let looped = dir.path().join("backend.yaml");
+        std::os::unix::fs::symlink(&looped, &looped).unwrap();
+        let err = src.load().unwrap_err();
+        let LoadError::Io(errors) = &err else {
+            panic!("not an I/O error: {err:?}");
+        };
+        let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert!(
+            texts.iter().any(|t| t
+                .starts_with(&format!("{}:0: cannot read file:", looped.display()))
+                && t.contains("symbolic links")),
+            "{texts:?}"
+        );
+        assert!(
+            texts.iter().any(
+                |t| t.starts_with(&format!("{}:0: cannot read file:", eio.display()))
+                    && t.contains("Input/output error")
+            ),
+            "{texts:?}"
+        );
+        src.reload_into(&tx);
+        {
+            let s = rx.borrow();
+            assert_eq!(s.applied.as_ref().unwrap().config.version, good);
+            assert!(s.last_rejected.is_none());
+            assert_eq!(s.read_error.as_ref().unwrap().problems, texts);
+        }
+        // Readable again: the read error clears and the same config stays.
+        std::fs::remove_file(&eio).unwrap();
+        std::fs::remove_file(&looped).unwrap();
+        std::fs::write(dir.path().join("backend.yaml"), STORE).unwrap();
+        src.reload_into(&tx);
+        let s = rx.borrow();
+        assert!(s.read_error.is_none());
+        assert_eq!(s.applied.as_ref().unwrap().config.version, good);
+    }
+
+    #[test]
     fn missing_dataplane_file_and_unknown_name_are_clear() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.yaml");
         let err = source(dir.path(), DataplaneSource::File(missing))
             .load()
             .unwrap_err();
+        assert!(matches!(err, LoadError::Io(_)), "{err:?}");
         assert!(
-            err[0]
+            err.problems()[0]
                 .to_string()
                 .contains("nope.yaml:0: cannot read dataplane file"),
-            "{}",
-            err[0]
+            "{:?}",
+            err
         );
         let mut named = source(dir.path(), DataplaneSource::Named);
         named.name = Some("ghost".into());
         let err = named.load().unwrap_err();
+        assert!(matches!(err, LoadError::Rejected(_)), "{err:?}");
         assert!(
-            err[0].message.contains("no Dataplane \"ghost\""),
-            "{}",
-            err[0]
+            err.problems()[0].message.contains("no Dataplane \"ghost\""),
+            "{:?}",
+            err
         );
     }
 }

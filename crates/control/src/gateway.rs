@@ -202,6 +202,7 @@ pub(crate) fn compile(
                     client_ca_pems: mesh_ca_pems(store),
                 }),
             }),
+            deny_all: None,
         });
     }
     if problems.is_empty() {

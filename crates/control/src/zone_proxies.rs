@@ -96,6 +96,7 @@ pub fn compile(
         tls: None,
         sni_routes: routes,
         gateway: None,
+        deny_all: None,
     };
     let mut config = ProxyConfig {
         version: String::new(),

@@ -3,6 +3,7 @@
 
 pub mod gateway;
 pub mod gotemplate;
+pub mod policies;
 pub mod resources;
 pub mod store;
 pub mod validate;

@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::policies;
 use crate::resources::{Meta, Spec};
 use crate::validate::{validate, validate_name};
-use crate::yaml::{field_lines, parse_documents, split_documents, YamlDocument};
+use crate::yaml::{
+    check_utf8, field_lines, parse_documents, split_documents, YamlDocument, YamlError,
+};
 
 /// Where a resource was read from.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -57,6 +60,10 @@ pub struct IgnoredResource {
     pub mesh: Option<String>,
     /// `file:line` it was read from.
     pub origin: String,
+    /// Everything in it but `type`, `name` and `mesh` (`spec`, `labels`, …), for the policies
+    /// the compiler must still act on (a denying MeshTrafficPermission fails closed).
+    #[serde(skip)]
+    pub fields: Value,
 }
 
 /// One problem in the store: `file:line: Type/name: field: message`.
@@ -66,6 +73,9 @@ pub struct Problem {
     pub file: PathBuf,
     /// 1-based line at fault.
     pub line: usize,
+    /// 1-based column at fault, when known (YAML syntax and character errors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
     /// `Type/name` of the resource at fault, when known.
     pub resource: Option<String>,
     /// Field path at fault, when known.
@@ -76,7 +86,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: ", self.file.display(), self.line)?;
+        write!(f, "{}:{}", self.file.display(), self.line)?;
+        if let Some(column) = self.column {
+            write!(f, ":{column}")?;
+        }
+        f.write_str(": ")?;
         if let Some(r) = &self.resource {
             write!(f, "{r}: ")?;
         }
@@ -96,6 +110,14 @@ pub struct Store {
     pub ignored: Vec<IgnoredResource>,
     /// Every problem found; a store with problems must not be applied.
     pub problems: Vec<Problem>,
+    /// What the store asks for that Bearing does not enforce (see [`crate::policies`]):
+    /// reported loudly, never a reason to refuse the store.
+    pub warnings: Vec<Problem>,
+    /// Files (or the folder) that could not be read (`EMFILE`, `EACCES`, `EIO`, a file gone
+    /// between listing and reading), each naming its file and the error. Not a problem of the
+    /// config: what was read is incomplete, so nothing may be concluded from it; the caller
+    /// keeps what it has and reads again later.
+    pub io_errors: Vec<Problem>,
 }
 
 impl Store {
@@ -105,25 +127,38 @@ impl Store {
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) => {
-                store.problems.push(Problem {
-                    file: dir.to_path_buf(),
-                    line: 0,
-                    resource: None,
-                    field: None,
-                    message: format!("cannot read store directory: {e}"),
-                });
+                store
+                    .io_errors
+                    .push(io_error(dir, "cannot read store directory", &e));
                 return store;
             }
         };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_store_file(p))
-            .collect();
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) => {
+                    store
+                        .io_errors
+                        .push(io_error(dir, "cannot list store directory", &e));
+                    continue;
+                }
+            };
+            match is_store_file(&path) {
+                Ok(true) => files.push(path),
+                Ok(false) => {}
+                Err(e) => store
+                    .io_errors
+                    .push(io_error(&path, "cannot read file", &e)),
+            }
+        }
         files.sort();
         for part in parse_files(&files) {
             store.resources.extend(part.resources);
             store.ignored.extend(part.ignored);
             store.problems.extend(part.problems);
+            store.warnings.extend(part.warnings);
+            store.io_errors.extend(part.io_errors);
         }
         store.check_duplicates();
         store
@@ -139,27 +174,28 @@ impl Store {
         let docs = match parse_documents(text, first_line) {
             Ok(d) => d,
             Err(e) => {
-                self.problems.push(Problem {
-                    file: file.to_path_buf(),
-                    line: e.line,
-                    resource: None,
-                    field: None,
-                    message: format!("invalid YAML (column {}): {}", e.column, e.message),
-                });
+                self.problems.push(yaml_problem(file, &e));
                 return;
             }
         };
-        // (index into problems, index of its document) of each problem naming a field.
+        // (is a warning, index into problems or warnings, index of its document) of each
+        // problem or warning naming a field.
         let mut on_fields = Vec::new();
         for (index, doc) in docs.into_iter().enumerate() {
             if doc.value.is_null() {
                 continue;
             }
+            let warned = self.warnings.len();
             for problem in self.add_document(doc, file) {
                 if problem.field.is_some() {
-                    on_fields.push((self.problems.len(), index));
+                    on_fields.push((false, self.problems.len(), index));
                 }
                 self.problems.push(problem);
+            }
+            for (i, warning) in self.warnings.iter().enumerate().skip(warned) {
+                if warning.field.is_some() {
+                    on_fields.push((true, i, index));
+                }
             }
         }
         if !on_fields.is_empty() {
@@ -167,14 +203,24 @@ impl Store {
         }
     }
 
-    /// Moves each problem of `on_fields` from its document's line to its field's line (or
-    /// the closest ancestor's), parsing the text again to find them.
-    fn place_on_fields(&mut self, text: &str, first_line: usize, on_fields: &[(usize, usize)]) {
+    /// Moves each problem or warning of `on_fields` from its document's line to its field's
+    /// line (or the closest ancestor's), parsing the text again to find them.
+    fn place_on_fields(
+        &mut self,
+        text: &str,
+        first_line: usize,
+        on_fields: &[(bool, usize, usize)],
+    ) {
         let Ok(docs) = field_lines(text, first_line) else {
             return;
         };
-        for &(problem, doc) in on_fields {
-            if let (Some(problem), Some(lines)) = (self.problems.get_mut(problem), docs.get(doc)) {
+        for &(warning, at, doc) in on_fields {
+            let list = if warning {
+                &mut self.warnings
+            } else {
+                &mut self.problems
+            };
+            if let (Some(problem), Some(lines)) = (list.get_mut(at), docs.get(doc)) {
                 if let Some(field) = &problem.field {
                     problem.line = lines.line_of(field);
                 }
@@ -190,6 +236,7 @@ impl Store {
         let problem = |field: Option<&str>, resource: Option<String>, message: String| Problem {
             file: file.to_path_buf(),
             line,
+            column: None,
             resource,
             field: field.map(str::to_string),
             message,
@@ -227,7 +274,7 @@ impl Store {
             file: file.to_path_buf(),
             line,
         };
-        let spec_fields = split_meta(&mut obj);
+        let spec_fields = Value::Object(split_meta(&mut obj));
         let meta: Meta = match serde_path_to_error::deserialize(Value::Object(obj)) {
             Ok(m) => m,
             Err(e) => {
@@ -239,13 +286,19 @@ impl Store {
                 )];
             }
         };
-        let spec = match decode_spec(&kind, Value::Object(spec_fields)) {
+        let spec = match decode_spec(&kind, spec_fields.clone()) {
             Decoded::Ignored => {
+                for (field, message) in policies::ignored_warnings(&kind, &spec_fields) {
+                    let field = (!field.is_empty()).then_some(field.as_str());
+                    self.warnings
+                        .push(problem(field, Some(label.clone()), message));
+                }
                 self.ignored.push(IgnoredResource {
                     kind,
                     name,
                     mesh,
                     origin: format!("{}:{}", file.display(), line),
+                    fields: spec_fields,
                 });
                 return Vec::new();
             }
@@ -276,6 +329,10 @@ impl Store {
             problems.push(problem(Some(&field), Some(label.clone()), message));
         }
         if problems.is_empty() {
+            for (field, message) in policies::spec_warnings(&spec) {
+                self.warnings
+                    .push(problem(Some(&field), Some(label.clone()), message));
+            }
             self.resources.push(Resource {
                 meta,
                 mesh,
@@ -296,6 +353,7 @@ impl Store {
                 problems.push(Problem {
                     file: r.origin.file.clone(),
                     line: r.origin.line,
+                    column: None,
                     resource: Some(r.key()),
                     field: None,
                     message: format!(
@@ -333,32 +391,34 @@ fn parse_files(files: &[PathBuf]) -> Vec<Store> {
     use std::sync::Mutex;
     /// Pieces of about this size keep two threads evenly busy without many hand-offs.
     const PIECE_BYTES: usize = 32 * 1024;
-    let texts: Vec<std::io::Result<String>> = files.iter().map(std::fs::read_to_string).collect();
+    let texts: Vec<std::io::Result<Vec<u8>>> = files.iter().map(std::fs::read).collect();
     let pieces: Vec<Piece> = files
         .iter()
         .zip(&texts)
-        .flat_map(|(file, text)| {
-            let parts: Vec<_> = match text {
-                Ok(text) => split_documents(text, PIECE_BYTES)
-                    .into_iter()
-                    .map(Ok)
-                    .collect(),
-                Err(e) => vec![Err(e)],
+        .flat_map(|(file, bytes)| {
+            let parts: Vec<_> = match bytes {
+                Ok(bytes) => match check_utf8(bytes) {
+                    Ok(text) => split_documents(text, PIECE_BYTES)
+                        .into_iter()
+                        .map(Part::Text)
+                        .collect(),
+                    Err(e) => vec![Part::NotUtf8(e)],
+                },
+                Err(e) => vec![Part::Unreadable(e)],
             };
             parts.into_iter().map(move |part| Piece { file, part })
         })
         .collect();
     let parse = |piece: &Piece| {
         let mut store = Store::default();
-        match piece.part {
-            Ok((text, first_line)) => store.add_text_at(text, piece.file, first_line),
-            Err(e) => store.problems.push(Problem {
-                file: piece.file.to_path_buf(),
-                line: 0,
-                resource: None,
-                field: None,
-                message: format!("cannot read file: {e}"),
-            }),
+        match &piece.part {
+            Part::Text((text, first_line)) => store.add_text_at(text, piece.file, *first_line),
+            Part::NotUtf8(e) => store.problems.push(yaml_problem(piece.file, e)),
+            Part::Unreadable(e) => {
+                store
+                    .io_errors
+                    .push(io_error(piece.file, "cannot read file", e))
+            }
         }
         store
     };
@@ -370,7 +430,10 @@ fn parse_files(files: &[PathBuf]) -> Vec<Store> {
     }
     // Each thread takes the largest piece left, so a large one does not come last.
     let mut order: Vec<usize> = (0..pieces.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(pieces[i].part.map_or(0, |(text, _)| text.len())));
+    order.sort_by_key(|&i| match pieces[i].part {
+        Part::Text((text, _)) => std::cmp::Reverse(text.len()),
+        _ => std::cmp::Reverse(0),
+    });
     let parsed: Vec<Mutex<Store>> = pieces.iter().map(|_| Mutex::default()).collect();
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
@@ -395,7 +458,41 @@ fn parse_files(files: &[PathBuf]) -> Vec<Store> {
 /// Whole documents of one store file and the line they start on, or why the file is unreadable.
 struct Piece<'a> {
     file: &'a Path,
-    part: Result<(&'a str, usize), &'a std::io::Error>,
+    part: Part<'a>,
+}
+
+/// What was read of a store file.
+enum Part<'a> {
+    /// Whole documents and the line they start on.
+    Text((&'a str, usize)),
+    /// Bytes that are not UTF-8: a problem of the file's content.
+    NotUtf8(YamlError),
+    /// Not read at all.
+    Unreadable(&'a std::io::Error),
+}
+
+/// A YAML error of `file` (syntax, character or encoding) as a problem at its line and column.
+fn yaml_problem(file: &Path, e: &YamlError) -> Problem {
+    Problem {
+        file: file.to_path_buf(),
+        line: e.line,
+        column: Some(e.column),
+        resource: None,
+        field: None,
+        message: format!("invalid YAML: {}", e.message),
+    }
+}
+
+/// An I/O error reading `path`, as a [`Store::io_errors`] entry.
+fn io_error(path: &Path, what: &str, e: &std::io::Error) -> Problem {
+    Problem {
+        file: path.to_path_buf(),
+        line: 0,
+        column: None,
+        resource: None,
+        field: None,
+        message: format!("{what}: {e}"),
+    }
 }
 
 enum Decoded {
@@ -427,7 +524,9 @@ fn decode_spec(kind: &str, value: Value) -> Decoded {
     }
 }
 
-fn is_store_file(path: &Path) -> bool {
+/// Whether `path` is a store file: a visible `*.yaml`/`*.yml` regular file (or a link to one).
+/// A file gone since the folder was listed is not; any other failure to look at it is an error.
+fn is_store_file(path: &Path) -> std::io::Result<bool> {
     let hidden = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -436,7 +535,14 @@ fn is_store_file(path: &Path) -> bool {
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml")
     );
-    !hidden && yaml && path.is_file()
+    if hidden || !yaml {
+        return Ok(false);
+    }
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.is_file()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -459,6 +565,22 @@ mod tests {
         assert_eq!(s.resources[0].key(), "Mesh/default");
         assert_eq!(s.ignored[0].kind, "MeshTrafficPermission");
         assert_eq!(s.ignored[0].origin, "store/a.yaml:4");
+    }
+
+    #[test]
+    fn what_is_not_enforced_is_warned_on_its_line_without_a_problem() {
+        let s = load("type: Mesh\nname: default\nlogging:\n  backends: []\n---\ntype: MeshTrafficPermission\nname: deny-web\nmesh: default\nspec:\n  targetRef: {kind: MeshService, name: web}\n  from:\n  - targetRef: {kind: Mesh}\n    default:\n      action: Deny\n---\ntype: MeshTimeout\nname: t\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n");
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let texts: Vec<String> = s.warnings.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            texts,
+            [
+                "store/a.yaml:3: Mesh/default: logging: not enforced by Bearing: no access log is written",
+                "store/a.yaml:14: MeshTrafficPermission/deny-web: spec.from[0].default.action: Deny is not enforced per source by Bearing: it fails closed, the inbounds this policy targets refuse every connection",
+                "store/a.yaml:19: MeshTimeout/t: spec: not enforced by Bearing: Bearing's built-in timeouts apply",
+            ]
+        );
+        assert_eq!(s.ignored[0].fields["spec"]["targetRef"]["name"], "web");
     }
 
     #[test]
@@ -543,6 +665,51 @@ mod tests {
     }
 
     #[test]
+    fn forbidden_characters_alias_bombs_and_bad_utf8_are_problems_with_position() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), "type: Mesh\nname: default\n").unwrap();
+        std::fs::write(dir.path().join("zeros.yaml"), [0u8; 64]).unwrap();
+        std::fs::write(
+            dir.path().join("latin1.yaml"),
+            b"type: Mesh\nname: caf\xe9\n",
+        )
+        .unwrap();
+        let mut bomb = String::from("type: Mesh\nname: b\nx0: &x0 [a, a, a, a, a, a, a, a, a]\n");
+        for i in 1..9 {
+            let p = format!("*x{}", i - 1);
+            bomb.push_str(&format!("x{i}: &x{i} [{}]\n", vec![p; 9].join(", ")));
+        }
+        std::fs::write(dir.path().join("bomb.yaml"), bomb).unwrap();
+        let s = Store::load_dir(dir.path());
+        let texts: Vec<String> = s.problems.iter().map(|p| p.to_string()).collect();
+        let at = |f: &str| dir.path().join(f).display().to_string();
+        assert_eq!(texts.len(), 3, "{texts:?}");
+        assert!(
+            texts[0].starts_with(&format!(
+                "{}:8:10: invalid YAML: aliases repeat more than 100000 nodes",
+                at("bomb.yaml")
+            )),
+            "{texts:?}"
+        );
+        assert_eq!(
+            texts[1],
+            format!(
+                "{}:2:10: invalid YAML: byte 0xE9 is not valid UTF-8 (YAML text must be UTF-8)",
+                at("latin1.yaml")
+            )
+        );
+        assert_eq!(
+            texts[2],
+            format!(
+                "{}:1:1: invalid YAML: character U+0000 (NUL) is not allowed in YAML",
+                at("zeros.yaml")
+            )
+        );
+        assert_eq!(s.resources.len(), 1);
+        assert!(s.io_errors.is_empty());
+    }
+
+    #[test]
     fn load_dir_reads_yaml_files_only_and_reports_missing_dir() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("mesh.yaml"), "type: Mesh\nname: default\n").unwrap();
@@ -552,7 +719,8 @@ mod tests {
         assert!(s.problems.is_empty(), "{:?}", s.problems);
         assert_eq!(s.resources.len(), 1);
         let missing = Store::load_dir(&dir.path().join("nope"));
-        assert!(missing.problems[0]
+        assert!(missing.problems.is_empty());
+        assert!(missing.io_errors[0]
             .message
             .contains("cannot read store directory"));
     }

@@ -58,6 +58,21 @@ pub struct YamlError {
     pub message: String,
 }
 
+/// How many nodes aliases may repeat in one parsed text, in all: one per byte of the text, and
+/// at least this many. Each alias costs the nodes of what it repeats (mappings, sequences and
+/// scalars count one, plus one per [`ALIAS_SCALAR_BYTES_PER_NODE`] bytes of a scalar; a node
+/// is some 64-100 bytes of memory), so a few hundred bytes of nested anchors (a "billion
+/// laughs") cannot become gigabytes: like go-yaml's alias ratio, a budget that grows with the
+/// text's size, here at most ~10 MB for a small file and ~100 bytes per byte of a large one.
+pub const ALIAS_NODES_MIN: usize = 100_000;
+/// See [`ALIAS_NODES_MIN`].
+pub const ALIAS_SCALAR_BYTES_PER_NODE: usize = 64;
+
+/// The alias budget of a text of `len` bytes (see [`ALIAS_NODES_MIN`]).
+fn alias_budget(len: usize) -> usize {
+    len.max(ALIAS_NODES_MIN)
+}
+
 /// Parses every document of a multi-document YAML text (`---` separated) whose first line is
 /// line `first_line` of its file (1 for a whole file).
 pub fn parse_documents(text: &str, first_line: usize) -> Result<Vec<YamlDocument>, YamlError> {
@@ -73,20 +88,98 @@ pub fn field_lines(text: &str, first_line: usize) -> Result<Vec<FieldLines>, Yam
 }
 
 fn build(text: &str, first_line: usize, record_lines: bool) -> Result<Builder, YamlError> {
+    check_characters(text, first_line)?;
+    // The parser would read a byte order mark as content of the first key.
+    let text = match first_line {
+        1 => text.strip_prefix('\u{feff}').unwrap_or(text),
+        _ => text,
+    };
     let mut builder = Builder {
         line_offset: first_line.saturating_sub(1),
         record_lines,
+        alias_budget: alias_budget(text.len()),
+        text_len: text.len(),
         ..Builder::default()
     };
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut builder, true).map_err(|e| YamlError {
         line: e.marker().line() + builder.line_offset,
-        column: e.marker().col(),
+        column: e.marker().col() + 1,
         message: e.info().to_string(),
     })?;
     match builder.error.take() {
         Some(e) => Err(e),
         None => Ok(builder),
+    }
+}
+
+/// Refuses a character YAML 1.2 does not allow in a stream (its `c-printable` set): C0 controls
+/// but TAB, LF and CR (NUL included: a parser that stops there would read a zero-filled file
+/// as empty), DEL, C1 controls but NEL, U+FFFE and U+FFFF, and a byte order mark anywhere but
+/// at the very start. Surrogates and invalid UTF-8 never reach a `&str`; [`check_utf8`] names
+/// where invalid bytes are. The error has the 1-based line and column (in characters).
+pub fn check_characters(text: &str, first_line: usize) -> Result<(), YamlError> {
+    // Byte by byte, as fast as the text can be read: a forbidden character is a control byte,
+    // or one of the UTF-8 sequences C2 80-9F (C1, but C2 85), EF BB BF (BOM), EF BF BE/BF.
+    // C2 and EF only ever start a character, so the position found is a character's start.
+    let bytes = text.as_bytes();
+    let bad = bytes.iter().enumerate().position(|(at, &b)| match b {
+        b'\t' | b'\n' | b'\r' => false,
+        0..0x20 | 0x7f => true,
+        0xc2 => bytes
+            .get(at + 1)
+            .is_some_and(|&n| (0x80..=0x9f).contains(&n) && n != 0x85),
+        0xef => match (bytes.get(at + 1), bytes.get(at + 2)) {
+            (Some(0xbb), Some(0xbf)) => at != 0 || first_line != 1,
+            (Some(0xbf), Some(0xbe | 0xbf)) => true,
+            _ => false,
+        },
+        _ => false,
+    });
+    let Some((at, c)) = bad.and_then(|at| Some((at, text.get(at..)?.chars().next()?))) else {
+        return Ok(());
+    };
+    let name = match c {
+        '\0' => " (NUL)",
+        '\u{7f}' => " (DEL)",
+        '\u{feff}' => " (byte order mark, allowed only at the start of a file)",
+        c if c < ' ' => " (control character)",
+        c if ('\u{80}'..='\u{9f}').contains(&c) => " (C1 control character)",
+        _ => " (noncharacter)",
+    };
+    Err(position_error(
+        &text[..at],
+        first_line,
+        format!(
+            "character U+{:04X}{name} is not allowed in YAML",
+            u32::from(c)
+        ),
+    ))
+}
+
+/// `bytes` as UTF-8 text, or an error at the first byte that is not UTF-8 (line and column of
+/// that byte, the column counting the characters before it).
+pub fn check_utf8(bytes: &[u8]) -> Result<&str, YamlError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let valid = &bytes[..e.valid_up_to()];
+        // The prefix is valid UTF-8 by construction; lossy conversion cannot change it.
+        let before = String::from_utf8_lossy(valid);
+        let byte = bytes.get(e.valid_up_to()).copied().unwrap_or(0);
+        position_error(
+            &before,
+            1,
+            format!("byte 0x{byte:02X} is not valid UTF-8 (YAML text must be UTF-8)"),
+        )
+    })
+}
+
+/// An error at the end of `before`, the text preceding the fault.
+fn position_error(before: &str, first_line: usize, message: String) -> YamlError {
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    YamlError {
+        line: first_line + before.matches('\n').count(),
+        column: before[line_start..].chars().count() + 1,
+        message,
     }
 }
 
@@ -125,11 +218,15 @@ enum Frame {
         path: String,
         key: Option<String>,
         anchor: usize,
+        /// Nodes in it so far, itself included (what an alias of it would repeat).
+        nodes: usize,
     },
     Seq {
         items: Vec<Value>,
         path: String,
         anchor: usize,
+        /// Nodes in it so far, itself included.
+        nodes: usize,
     },
 }
 
@@ -142,7 +239,12 @@ struct Builder {
     /// Lines of the file before the parsed text.
     line_offset: usize,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Value>,
+    /// Anchored values of the current document with their node counts.
+    anchors: HashMap<usize, (Value, usize)>,
+    /// Nodes aliases may still repeat in this text (see [`ALIAS_NODES_MIN`]).
+    alias_budget: usize,
+    /// The parsed text's length, for the alias budget's error message.
+    text_len: usize,
     lines: HashMap<String, usize>,
     doc_line: usize,
     root: Option<Value>,
@@ -164,26 +266,36 @@ impl Builder {
         }
     }
 
-    /// Adds a finished node to its parent (or makes it the document root).
-    fn add(&mut self, value: Value, anchor: usize) {
+    /// Adds a finished node of `nodes` nodes to its parent (or makes it the document root).
+    fn add(&mut self, value: Value, anchor: usize, nodes: usize) {
         if anchor > 0 {
-            self.anchors.insert(anchor, value.clone());
+            self.anchors.insert(anchor, (value.clone(), nodes));
         }
         match self.stack.last_mut() {
             None => self.root = Some(value),
-            Some(Frame::Seq { items, .. }) => items.push(value),
-            Some(Frame::Map { map, key, .. }) => match key.take() {
-                Some(k) => {
-                    map.insert(k, value);
+            Some(Frame::Seq {
+                items, nodes: n, ..
+            }) => {
+                items.push(value);
+                *n = n.saturating_add(nodes);
+            }
+            Some(Frame::Map {
+                map, key, nodes: n, ..
+            }) => {
+                *n = n.saturating_add(nodes);
+                match key.take() {
+                    Some(k) => {
+                        map.insert(k, value);
+                    }
+                    None => {
+                        let k = match value {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        };
+                        *key = Some(k);
+                    }
                 }
-                None => {
-                    let k = match value {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    *key = Some(k);
-                }
-            },
+            }
         }
     }
 
@@ -196,7 +308,7 @@ impl Builder {
         if self.error.is_none() {
             self.error = Some(YamlError {
                 line: self.line(mark),
-                column: mark.col(),
+                column: mark.col() + 1,
                 message,
             });
         }
@@ -213,6 +325,10 @@ fn join(path: &str, key: &str) -> String {
 
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        // After an error the rest is only scanned (an alias bomb must not expand further).
+        if self.error.is_some() {
+            return;
+        }
         match ev {
             Event::DocumentStart => {
                 self.doc_line = self.line(mark);
@@ -251,21 +367,36 @@ impl MarkedEventReceiver for Builder {
                 }
                 let quoted = style != TScalarStyle::Plain;
                 let tagged_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
+                let nodes = 1 + text.len() / ALIAS_SCALAR_BYTES_PER_NODE;
                 let value = if quoted || tagged_str || is_key {
                     Value::String(text)
                 } else {
                     resolve_plain(text)
                 };
-                self.add(value, anchor);
+                self.add(value, anchor, nodes);
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(v) => {
+            Event::Alias(id) => match self.anchors.get(&id) {
+                Some(&(_, nodes)) if nodes > self.alias_budget => {
+                    let limit = alias_budget(self.text_len);
+                    self.fail(
+                        mark,
+                        format!(
+                            "aliases repeat more than {limit} nodes in all: too much alias \
+                             expansion (the limit is one node per byte of the file, at least \
+                             {ALIAS_NODES_MIN}; an alias counts every node it repeats, a \
+                             scalar one per {ALIAS_SCALAR_BYTES_PER_NODE} bytes)"
+                        ),
+                    );
+                }
+                Some((v, nodes)) => {
+                    let (v, nodes) = (v.clone(), *nodes);
+                    self.alias_budget -= nodes;
                     let (path, is_key) = self.next_path();
                     if self.record_lines && !is_key {
                         let line = self.line(mark);
                         self.lines.insert(path, line);
                     }
-                    self.add(v, 0);
+                    self.add(v, 0, nodes);
                 }
                 None => self.fail(mark, format!("unknown alias {id}")),
             },
@@ -283,19 +414,28 @@ impl MarkedEventReceiver for Builder {
                         path,
                         key: None,
                         anchor,
+                        nodes: 1,
                     }
                 } else {
                     Frame::Seq {
                         items: Vec::new(),
                         path,
                         anchor,
+                        nodes: 1,
                     }
                 };
                 self.stack.push(frame);
             }
             Event::MappingEnd | Event::SequenceEnd => match self.stack.pop() {
-                Some(Frame::Map { map, anchor, .. }) => self.add(Value::Object(map), anchor),
-                Some(Frame::Seq { items, anchor, .. }) => self.add(Value::Array(items), anchor),
+                Some(Frame::Map {
+                    map, anchor, nodes, ..
+                }) => self.add(Value::Object(map), anchor, nodes),
+                Some(Frame::Seq {
+                    items,
+                    anchor,
+                    nodes,
+                    ..
+                }) => self.add(Value::Array(items), anchor, nodes),
                 None => self.fail(mark, "unbalanced collection end".into()),
             },
             Event::Nothing | Event::StreamStart | Event::StreamEnd => {}
@@ -410,6 +550,113 @@ mod tests {
     fn anchors_and_aliases_are_expanded() {
         let docs = parse_documents("a: &x {k: v}\nb: *x\n", 1).unwrap();
         assert_eq!(docs[0].value["b"]["k"], "v");
+    }
+
+    /// A "billion laughs": each level repeats the one before nine times.
+    fn alias_bomb(levels: usize) -> String {
+        let mut text = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..levels {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded_and_named() {
+        // Nine levels would be 9^9 (387 million) nodes; refused at the level that crosses
+        // the budget, fast, with its line and the rule.
+        let text = alias_bomb(9);
+        let started = std::time::Instant::now();
+        let err = parse_documents(&text, 1).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!((err.line, err.column), (6, 10), "{err}");
+        assert!(
+            err.message
+                .contains("aliases repeat more than 100000 nodes in all")
+                && err
+                    .message
+                    .contains("one node per byte of the file, at least 100000"),
+            "{err}"
+        );
+        assert!(field_lines(&text, 1).is_err());
+        // Ordinary use of anchors, and a small bomb within the budget, still load.
+        assert_eq!(
+            parse_documents(&alias_bomb(4), 1).unwrap()[0].value["a3"][8][8][8][8],
+            "lol"
+        );
+        // A large scalar repeated counts by its size, not as one node.
+        let big = |n| {
+            format!(
+                "s: &s {}\nt: [{}]\n",
+                "x".repeat(64 * 1024),
+                vec!["*s"; n].join(", ")
+            )
+        };
+        assert!(parse_documents(&big(90), 1).is_ok());
+        assert!(parse_documents(&big(100), 1).is_err());
+        // Anchors are per document: a later document cannot use an earlier one's.
+        assert!(parse_documents("a: &x 1\n---\nb: *x\n", 1).is_err());
+    }
+
+    #[test]
+    fn characters_yaml_forbids_are_refused_with_their_position() {
+        for (c, name) in [
+            ('\0', "NUL"),
+            ('\u{1}', "control character"),
+            ('\u{1b}', "control character"),
+            ('\u{7f}', "DEL"),
+            ('\u{80}', "C1 control character"),
+            ('\u{9f}', "C1 control character"),
+            ('\u{feff}', "byte order mark"),
+            ('\u{fffe}', "noncharacter"),
+            ('\u{ffff}', "noncharacter"),
+        ] {
+            let text = format!("type: Mesh\nname: d{c}x\n");
+            let err = parse_documents(&text, 1).unwrap_err();
+            assert_eq!((err.line, err.column), (2, 8), "{c:?}: {err}");
+            assert!(
+                err.message.contains(&format!("U+{:04X}", u32::from(c)))
+                    && err.message.contains(name),
+                "{err}"
+            );
+            // A piece starting further into its file counts its lines from there.
+            assert_eq!(parse_documents(&text, 10).unwrap_err().line, 11);
+        }
+        // A zero-filled file is refused, not read as empty.
+        assert_eq!(parse_documents("\0\0\0\0", 1).unwrap_err().line, 1);
+        // Allowed: TAB, CR LF, NEL, other Unicode, and a byte order mark that starts the file.
+        let ok = "\u{feff}type: Mesh\r\nname: \"d\tx\u{85}\u{a0}é€😀\u{fefe}\u{fffd}\u{d7ff}\u{e000}\u{10ffff}\"\n";
+        assert_eq!(parse_documents(ok, 1).unwrap()[0].value["type"], "Mesh");
+        assert!(
+            parse_documents(ok, 5).is_err(),
+            "a piece's first byte is not the file's"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_with_its_position() {
+        let err = check_utf8(b"type: Mesh\nname: d\xc3\x28\n").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 8), "{err}");
+        assert!(
+            err.message.contains("byte 0xC3 is not valid UTF-8"),
+            "{err}"
+        );
+        // An encoded surrogate (U+D800) is invalid UTF-8 too.
+        let err = check_utf8(
+            "é\n"
+                .as_bytes()
+                .iter()
+                .chain(b"ab\xed\xa0\x80")
+                .copied()
+                .collect::<Vec<_>>()
+                .as_slice(),
+        )
+        .unwrap_err();
+        assert_eq!((err.line, err.column), (2, 3), "{err}");
+        assert_eq!(check_utf8("é€".as_bytes()).unwrap(), "é€");
     }
 
     #[test]

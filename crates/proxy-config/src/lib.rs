@@ -268,6 +268,11 @@ pub struct Listener {
     /// goes (`cluster` is unused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayListener>,
+    /// Fail closed: a policy denies traffic to this inbound that Bearing cannot enforce per
+    /// source (a MeshTrafficPermission `Deny`), so every connection is refused. Names the
+    /// policy (`MeshTrafficPermission/<name>`) for logs and `/config_dump`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny_all: Option<String>,
 }
 
 /// A set of interchangeable endpoints.
