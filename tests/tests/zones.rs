@@ -408,6 +408,16 @@ fn cross_zone_goes_through_the_remote_ingress() -> Result<()> {
 fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
     let z = Zones::new("STRICT", false)?;
     let (a, ib) = (z.host("a"), z.host("ib"));
+    // A mesh without mTLS with a service in zone-b: no sidecar would reach it through the
+    // ingress, so the ingress has no route to it.
+    let plain_dp = service_dp("redis-1", z.host("b"), "redis", "zone-b")
+        .replace("mesh: default", "mesh: plain")
+        .replace(&format!("port: {INBOUND}"), "port: 16379");
+    write_store_file(
+        &z.dir,
+        "plain.yaml",
+        &format!("type: Mesh\nname: plain\n---\n{plain_dp}"),
+    )?;
     let ingress = z.zone_proxy("ib", "ingress", "zi-b")?;
     let _backend = z.sidecar("b", "backend-1")?;
     let leaf = z.mesh_leaf("web")?;
@@ -423,6 +433,18 @@ fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
     ensure!(
         inbound_counter(&ingress, "bearing_sni_unknown_total", ib, INGRESS_PORT)? >= 1.0,
         "unknown SNI not counted"
+    );
+    let plain = to_ingress
+        .clone()
+        .servername(bearing_tls::to_dns_sni("redis{mesh=plain}"))
+        .run(a)?;
+    ensure!(
+        !plain.handshake && !plain.accepted(),
+        "a mesh without mTLS was routed: {plain:?}"
+    );
+    ensure!(
+        inbound_counter(&ingress, "bearing_sni_unknown_total", ib, INGRESS_PORT)? >= 2.0,
+        "the SNI of a mesh without mTLS was not counted as unknown"
     );
     let no_sni = to_ingress.clone().run(a)?;
     ensure!(
