@@ -568,3 +568,139 @@ fn zone_egress_carries_cross_zone_and_external_traffic_and_fails_over() -> Resul
     get_body(a, OUT_EXT, EXT_BODY)?;
     Ok(())
 }
+
+/// Holds a plaintext HTTP keep-alive connection and a TCP connection (redis) to an inbound,
+/// each used once; once the flag file exists, says whether each is still served.
+/// Arguments: host, HTTP port, TCP port, flag file, a marker of the HTTP body.
+const HOLD_CONNECTIONS: &str = r#"
+import os, socket, sys, time
+host, http_port, tcp_port, flag, marker = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5].encode()
+request = b"GET / HTTP/1.1\r\nHost: local\r\n\r\n"
+def served(s, whole):
+    try:
+        s.settimeout(5)
+        s.sendall(request)
+        data = b""
+        while whole and marker not in data or not data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data.startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+def pong(s):
+    try:
+        s.settimeout(5)
+        s.sendall(b"PING\r\n")
+        return s.recv(100).startswith(b"+PONG")
+    except OSError:
+        return False
+http = socket.create_connection((host, http_port))
+print("http before:", "served" if served(http, True) else "refused", flush=True)
+tcp = socket.create_connection((host, tcp_port))
+print("tcp before:", "open" if pong(tcp) else "closed", flush=True)
+while not os.path.exists(flag):
+    time.sleep(0.05)
+print("tcp after:", "open" if pong(tcp) else "closed", flush=True)
+print("http after:", "served" if served(http, False) else "refused", flush=True)
+"#;
+
+/// PERMISSIVE, then STRICT: a plaintext keep-alive HTTP connection accepted before is not
+/// served again (closed while idle), a plaintext TCP connection is closed, and mTLS goes on.
+#[test]
+fn plaintext_connections_close_when_the_mesh_turns_strict() -> Result<()> {
+    const REDIS_INBOUND: u16 = 18081;
+    let z = Zones::new("PERMISSIVE", false)?;
+    let (a, b2) = (z.host("a"), z.host("b2"));
+    let _redis = start_redis(b2, 6379)?;
+    let networking = format!(
+        "  inbound:\n  - port: {INBOUND}\n    servicePort: 80\n    tags: {{kuma.io/service: local, kuma.io/protocol: http, kuma.io/zone: zone-a}}\n  - port: {REDIS_INBOUND}\n    servicePort: 6379\n    tags: {{kuma.io/service: local-redis, kuma.io/protocol: tcp, kuma.io/zone: zone-a}}\n"
+    );
+    write_store_file(
+        &z.dir,
+        "local-1.yaml",
+        &dataplane_yaml("local-1", b2, &networking),
+    )?;
+    let (_web, local) = z.web_and_local()?;
+    let flag = z.topo.dir().join("strict-applied");
+    let holder = a
+        .command("python3")
+        .args(["-c", HOLD_CONNECTIONS, &b2.ip4().to_string()])
+        .args([INBOUND.to_string(), REDIS_INBOUND.to_string()])
+        .arg(&flag)
+        .arg(LOCAL_BODY.trim())
+        .log_name("hold-connections")
+        .spawn()?;
+    holder.wait_for_log("tcp before:", Duration::from_secs(15))?;
+
+    write_store_file(&z.dir, "mesh.yaml", &mesh("STRICT", false))?;
+    wait_until(Duration::from_secs(10), || {
+        local
+            .config_dump()
+            .is_ok_and(|d| d["config"]["mtls"]["default"]["permissive"] == false)
+    })
+    .context("local-1 never applied STRICT")?;
+    std::fs::write(&flag, "")?;
+    holder.wait_for_log("http after:", Duration::from_secs(30))?;
+    let log = holder.log_contents();
+    ensure!(
+        log.contains("http before: served") && log.contains("tcp before: open"),
+        "the PERMISSIVE inbound did not serve plaintext first:\n{log}"
+    );
+    ensure!(
+        log.contains("tcp after: closed"),
+        "a plaintext TCP connection outlived STRICT:\n{log}"
+    );
+    ensure!(
+        log.contains("http after: refused"),
+        "a plaintext HTTP request was served after STRICT on a kept-alive connection:\n{log}"
+    );
+    // The sidecar's own traffic is mTLS and goes on.
+    get_body(a, OUT_LOCAL, LOCAL_BODY)?;
+    Ok(())
+}
+
+/// A warm plaintext upstream connection is never reused once the mesh turns mTLS on: the
+/// origin is a bare nginx on local-1's inbound address, so the wire shows what web sends.
+#[test]
+fn pooled_plaintext_connections_are_not_reused_after_mtls_is_turned_on() -> Result<()> {
+    let z = Zones::new("STRICT", false)?;
+    let (a, b2) = (z.host("a"), z.host("b2"));
+    let _origin = NginxConfig::new(INBOUND).body(LOCAL_BODY).start(b2)?;
+    write_store_file(&z.dir, "mesh.yaml", "type: Mesh\nname: default\n")?;
+    let web = z.sidecar("a", "web")?;
+    let opened = || web.metric("bearing_cluster_upstream_connections_total{cluster=\"local\"}");
+    for _ in 0..6 {
+        get_body(a, OUT_LOCAL, LOCAL_BODY)?;
+    }
+    let warm = opened()?;
+    ensure!(
+        (1.0..=2.0).contains(&warm),
+        "{warm} upstream connections for 6 requests: not pooled"
+    );
+
+    write_store_file(&z.dir, "mesh.yaml", &mesh("STRICT", false))?;
+    wait_until(Duration::from_secs(10), || {
+        web.config_dump()
+            .is_ok_and(|d| d["config"]["clusters"]["local"]["tls"].is_object())
+    })
+    .context("web never applied mesh mTLS to cluster local")?;
+    let capture = Capture::start(b2, &format!("tcp port {INBOUND}"))?;
+    for _ in 0..4 {
+        // The bare origin cannot finish the handshake: these fail, which is fine.
+        curl_output(a, ["-m", "3", OUT_LOCAL])?;
+    }
+    let pcap = capture.stop(a)?;
+    ensure!(
+        !pcap.contains("GET / HTTP"),
+        "a request went upstream in plaintext after mTLS was turned on"
+    );
+    ensure!(
+        pcap.contains(bearing_tls::to_dns_sni(LOCAL_SNI)),
+        "no mTLS ClientHello after mTLS was turned on ({} packets)",
+        pcap.packets()
+    );
+    ensure!(opened()? > warm, "no new upstream connection was opened");
+    Ok(())
+}
