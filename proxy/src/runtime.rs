@@ -1082,15 +1082,7 @@ mod tests {
         let address: SocketAddr = "10.0.0.1:8080".parse().unwrap();
         let mtls: BTreeMap<String, MeshTls> = ca
             .map(|(ca, permissive)| {
-                let tls = MeshTls {
-                    mesh: "default".into(),
-                    backend: "ca-1".into(),
-                    ca_cert_pem: ca.cert_pem().into(),
-                    ca_key_pem: ca.key_pem().into(),
-                    services: vec!["web".into()],
-                    permissive,
-                    leaf_lifetime: Duration::from_secs(3600),
-                };
+                let tls = crate::mesh_tls::test_config(ca, permissive);
                 ("default".to_string(), tls)
             })
             .into_iter()

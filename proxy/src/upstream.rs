@@ -847,18 +847,6 @@ mod tests {
         assert_eq!(conns.take(|_| Found::Use), None);
     }
 
-    fn mesh_config(ca: &bearing_tls::MeshCa) -> bearing_proxy_config::MeshTls {
-        bearing_proxy_config::MeshTls {
-            mesh: "default".into(),
-            backend: "ca-1".into(),
-            ca_cert_pem: ca.cert_pem().into(),
-            ca_key_pem: ca.key_pem().into(),
-            services: vec!["web".into()],
-            permissive: false,
-            leaf_lifetime: Duration::from_secs(3600),
-        }
-    }
-
     fn is_retired(pool: &EndpointPool) -> bool {
         let state = pool.idle_raw.0.lock().unwrap();
         state.retired
@@ -869,7 +857,7 @@ mod tests {
     #[tokio::test]
     async fn pools_are_taken_over_only_with_the_same_transport_security() {
         let ca = bearing_tls::MeshCa::generate("default").unwrap();
-        let meshes = MeshTlsSet::default().update([&mesh_config(&ca)]);
+        let meshes = MeshTlsSet::default().update([&crate::mesh_tls::test_config(&ca, false)]);
         let address: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let cluster = Cluster {
             name: "backend".into(),
@@ -923,8 +911,8 @@ mod tests {
 
         // A rotated CA rebuilds the mesh state: a fresh pool again.
         let other = bearing_tls::MeshCa::generate("default").unwrap();
-        let rotated = meshes.update([&mesh_config(&other)]);
-        let kept = meshes.update([&mesh_config(&ca)]);
+        let rotated = meshes.update([&crate::mesh_tls::test_config(&other, false)]);
+        let kept = meshes.update([&crate::mesh_tls::test_config(&ca, false)]);
         assert!(UpstreamSecurity::new(Some(&mesh_tls), &kept) == mtls);
         let after = UpstreamSecurity::new(Some(&mesh_tls), &rotated);
         let pool = EndpointPool::new(address);

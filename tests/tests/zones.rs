@@ -704,3 +704,88 @@ fn pooled_plaintext_connections_are_not_reused_after_mtls_is_turned_on() -> Resu
     ensure!(opened()? > warm, "no new upstream connection was opened");
     Ok(())
 }
+
+/// The recommended production setup: each sidecar's store holds the CA certificate and its
+/// own identity Secret issued ahead of time by `bearing ca issue`, never the CA key; the two
+/// sidecars talk mTLS. A store with neither key nor identity is refused, naming both ways.
+#[test]
+fn sidecars_with_identities_issued_ahead_of_time_talk_mtls_without_the_ca_key() -> Result<()> {
+    let z = Zones::new("STRICT", false)?;
+    let (a, b2) = (z.host("a"), z.host("b2"));
+    let proxy_store = |name: &str, dataplane: Option<&str>| -> Result<PathBuf> {
+        let dir = z.topo.dir().join(name);
+        std::fs::create_dir_all(&dir)?;
+        for file in ["mesh.yaml", "web.yaml", "local-1.yaml"] {
+            std::fs::copy(z.dir.join(file), dir.join(file))?;
+        }
+        if let Some(dataplane) = dataplane {
+            bearing_ca_issue(&z.dir, "default", dataplane, &dir)?;
+        }
+        Ok(dir)
+    };
+    let (web_store, local_store) = (
+        proxy_store("store-web", Some("web"))?,
+        proxy_store("store-local-1", Some("local-1"))?,
+    );
+    for dir in [&web_store, &local_store] {
+        for entry in std::fs::read_dir(dir)? {
+            let text = std::fs::read_to_string(entry?.path())?;
+            ensure!(
+                !text.contains("ca-builtin-key"),
+                "a proxy store holds the CA key"
+            );
+        }
+    }
+    let _web = Bearing::start(a, &web_store, &["--name", "web"])?;
+    let local = Bearing::start(b2, &local_store, &["--name", "local-1"])?;
+    ensure!(
+        local
+            .process()
+            .log_contents()
+            .contains("issued ahead of time loaded"),
+        "local-1 did not load its pre-issued identity:\n{}",
+        local.process().describe_log()
+    );
+    get_body(a, OUT_LOCAL, LOCAL_BODY)?;
+    // local-1 presents a certificate of the mesh CA and requires one.
+    let good = TlsClient::new(b2.sock4(INBOUND))
+        .servername(bearing_tls::to_dns_sni(LOCAL_SNI))
+        .alpn("kuma")
+        .client_cert(&z.mesh_leaf("web")?)
+        .verify_ca(&z.mesh_ca.files().cert)
+        .run(a)?;
+    ensure!(
+        good.accepted() && good.verified && good.response.contains(LOCAL_BODY.trim()),
+        "{good:?}"
+    );
+    ensure!(
+        !plaintext_reaches(a, b2, LOCAL_BODY)?,
+        "STRICT inbound served plaintext HTTP"
+    );
+
+    // Neither the CA key nor an identity: refused, naming both ways.
+    let bare = proxy_store("store-bare", None)?;
+    std::fs::copy(
+        web_store.join("ca-cert-default-ca-1.yaml"),
+        bare.join("ca-cert-default-ca-1.yaml"),
+    )?;
+    let out = std::process::Command::new(bearing_bin()?)
+        .arg("validate")
+        .arg(&bare)
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "validate accepted a store without key or identity"
+    );
+    for part in [
+        "Mesh/default: mtls.backends[0]",
+        "default.identity-web",
+        "bearing ca issue --mesh default --backend ca-1",
+        "bearing ca generate --mesh default --backend ca-1",
+    ] {
+        ensure!(text.contains(part), "{part:?} not in:\n{text}");
+    }
+    Ok(())
+}

@@ -52,7 +52,7 @@ pub fn compile(
         for (mesh_name, mesh) in meshes(store) {
             let externals = external_services(store, mesh_name);
             let identities = externals.keys().map(|s| s.to_string()).collect();
-            match mesh_tls(store, mesh_name, mesh, identities) {
+            match mesh_tls(store, mesh_name, mesh, identities, &me.meta.name) {
                 Ok(Some(tls)) => {
                     egress_routes(store, &view, mesh_name, &mut routes, &mut clusters);
                     for (service, (r, es)) in externals {
