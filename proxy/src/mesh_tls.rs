@@ -118,6 +118,11 @@ impl MeshTlsSet {
         MeshTlsSet { meshes }
     }
 
+    /// Every mesh identity this proxy presents.
+    pub fn identities(&self) -> Vec<Arc<Identity>> {
+        self.meshes.values().map(|rt| rt.identity()).collect()
+    }
+
     /// The state of `mesh`, if it could be built.
     pub fn get(&self, mesh: &str) -> Option<&Arc<MeshTlsRuntime>> {
         self.meshes.get(mesh)

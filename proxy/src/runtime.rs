@@ -319,6 +319,7 @@ impl Proxy {
         let previous = self.snapshot.load_full();
         let mut pools = previous.pools();
         let tls = previous.tls.update(config.mtls.values());
+        self.stats.identities.set(tls.identities());
         // Epochs of listeners whose terms this config changes: cancelled once it is in force.
         let mut revoked = Vec::new();
         let mut clusters = HashMap::new();

@@ -746,6 +746,13 @@ fn sidecars_with_identities_issued_ahead_of_time_talk_mtls_without_the_ca_key() 
         "local-1 did not load its pre-issued identity:\n{}",
         local.process().describe_log()
     );
+    // It cannot renew the leaf, and says how long it has (`ca issue` default: 720 h).
+    let left = local
+        .metric("bearing_tls_identity_expiry_seconds{mesh=\"default\",renewable=\"false\"}")?;
+    ensure!(
+        (719.0 * 3600.0..=720.0 * 3600.0).contains(&left),
+        "identity expiry metric: {left}"
+    );
     get_body(a, OUT_LOCAL, LOCAL_BODY)?;
     // local-1 presents a certificate of the mesh CA and requires one.
     let good = TlsClient::new(b2.sock4(INBOUND))
