@@ -59,19 +59,53 @@ pub enum CaCommand {
     /// Create a mesh's builtin CA and write it into a directory store as the two Secrets
     /// kuma-cp would create (`<mesh>.ca-builtin-cert-<backend>`, `<mesh>.ca-builtin-key-<backend>`).
     Generate {
-        /// Mesh the CA signs certificates for.
-        #[arg(long)]
-        mesh: String,
-        /// Name of the Mesh's `builtin` mTLS backend.
-        #[arg(long, default_value = "ca-1")]
-        backend: String,
-        /// Directory store to write `ca-<mesh>-<backend>.yaml` into.
-        #[arg(long)]
-        store: PathBuf,
+        /// The CA: `--store` is where `ca-<mesh>-<backend>.yaml` is written.
+        #[command(flatten)]
+        ca: CaTarget,
         /// Replace an existing file (every proxy then needs new certificates).
         #[arg(long)]
         force: bool,
     },
+    /// Issue one proxy's mesh identity ahead of time, so that its store never holds the CA
+    /// key: a leaf signed by the mesh CA of `--store` (the operator's admin store), written as
+    /// the Secret `<mesh>.identity-<dataplane>` into `--out-store` (that proxy's store), with
+    /// the CA certificate Secret it verifies peers with (builtin CA). The proxy cannot renew
+    /// it: run this again (with `--force`) before it expires.
+    Issue {
+        /// The CA: `--store` holds the Mesh, its CA with the key, and the Dataplane.
+        #[command(flatten)]
+        ca: CaTarget,
+        /// Dataplane (or zone proxy) the identity is for.
+        #[arg(long)]
+        dataplane: String,
+        /// Services the identity carries (comma-separated); default: the Dataplane's inbound
+        /// services in `--store`.
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<String>,
+        /// Directory store of that proxy to write into (default: `--store`).
+        #[arg(long)]
+        out_store: Option<PathBuf>,
+        /// Lifetime of the certificate (Go duration).
+        #[arg(long, default_value = "720h")]
+        validity: String,
+        /// Replace an existing identity Secret file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The mesh CA a `bearing ca` command works on.
+#[derive(Debug, clap::Args)]
+pub struct CaTarget {
+    /// Mesh of the CA.
+    #[arg(long)]
+    pub mesh: String,
+    /// Name of the Mesh's mTLS backend.
+    #[arg(long, default_value = "ca-1")]
+    pub backend: String,
+    /// Directory store of the CA.
+    #[arg(long)]
+    pub store: PathBuf,
 }
 
 /// `bearing transparent-proxy` subcommands.
@@ -242,33 +276,106 @@ pub fn main() -> i32 {
     }
 }
 
-/// `bearing ca generate`: writes the CA Secrets; returns the file written.
+/// `bearing ca generate` / `bearing ca issue`: writes the Secrets; returns the file written.
 fn ca(command: CaCommand) -> anyhow::Result<PathBuf> {
-    let CaCommand::Generate {
-        mesh,
-        backend,
-        store,
-        force,
-    } = command;
-    for (flag, value) in [("--mesh", &mesh), ("--backend", &backend)] {
+    match command {
+        CaCommand::Generate {
+            ca:
+                CaTarget {
+                    mesh,
+                    backend,
+                    store,
+                },
+            force,
+        } => {
+            check_names(&[("--mesh", &mesh), ("--backend", &backend)])?;
+            check_store("--store", &store)?;
+            let path = store.join(format!("ca-{mesh}-{backend}.yaml"));
+            if path.exists() && !force {
+                bail!(
+                    "{} exists; pass --force to replace the CA (every proxy of the mesh then gets new certificates)",
+                    path.display()
+                );
+            }
+            let ca = bearing_tls::MeshCa::generate(&mesh)?;
+            write_private(
+                &path,
+                &bearing_tls::builtin_secrets_yaml(&mesh, &backend, &ca),
+            )?;
+            Ok(path)
+        }
+        CaCommand::Issue {
+            ca:
+                CaTarget {
+                    mesh,
+                    backend,
+                    store,
+                },
+            dataplane,
+            services,
+            out_store,
+            validity,
+            force,
+        } => {
+            let names = [
+                ("--mesh", &mesh),
+                ("--backend", &backend),
+                ("--dataplane", &dataplane),
+            ];
+            check_names(&names)?;
+            check_store("--store", &store)?;
+            let out = out_store.unwrap_or_else(|| store.clone());
+            check_store("--out-store", &out)?;
+            let validity = bearing_model::validate::parse_go_duration(&validity)
+                .map_err(|e| anyhow::anyhow!("--validity {validity:?}: {e}"))?;
+            let admin = Store::load_dir(&store);
+            let issued = bearing_control::mtls::issue_identity(
+                &admin, &mesh, &backend, &dataplane, services, validity,
+            )
+            .map_err(|e| anyhow::anyhow!("--store {}: {e}", store.display()))?;
+            let path = out.join(format!("identity-{mesh}-{dataplane}.yaml"));
+            if path.exists() && !force {
+                bail!(
+                    "{} exists; pass --force to replace it (the proxy then presents the new certificate)",
+                    path.display()
+                );
+            }
+            if let Some(cert_secret) = &issued.ca_cert_secret {
+                let ca_path = out.join(format!("ca-cert-{mesh}-{backend}.yaml"));
+                write_private(&ca_path, cert_secret)?;
+            }
+            write_private(&path, &issued.identity_secret)?;
+            Ok(path)
+        }
+    }
+}
+
+/// Refuses a name flag that is not a valid resource name.
+fn check_names(flags: &[(&str, &String)]) -> anyhow::Result<()> {
+    for (flag, value) in flags {
         if let Some(problem) = bearing_model::validate::validate_name(value) {
             bail!("{flag} {value:?}: {problem}");
         }
     }
+    Ok(())
+}
+
+/// Refuses a store flag that is not a directory.
+fn check_store(flag: &str, store: &std::path::Path) -> anyhow::Result<()> {
     if !store.is_dir() {
-        bail!("--store {}: not a directory", store.display());
+        bail!("{flag} {}: not a directory", store.display());
     }
-    let path = store.join(format!("ca-{mesh}-{backend}.yaml"));
-    if path.exists() && !force {
-        bail!(
-            "{} exists; pass --force to replace the CA (every proxy of the mesh then gets new certificates)",
-            path.display()
-        );
-    }
-    let ca = bearing_tls::MeshCa::generate(&mesh)?;
-    let text = bearing_tls::builtin_secrets_yaml(&mesh, &backend, &ca);
-    // Written aside and renamed, so the store watcher never reads half a key.
-    let partial = store.join(format!(".ca-{mesh}-{backend}.yaml.partial"));
+    Ok(())
+}
+
+/// Writes `text` to `path` readable by its owner only (it holds a private key), aside first
+/// and then renamed, so the store watcher never reads half a key.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let partial = path.with_file_name(format!(".{name}.partial"));
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -283,8 +390,7 @@ fn ca(command: CaCommand) -> anyhow::Result<PathBuf> {
         file.write_all(text.as_bytes())
             .with_context(|| format!("cannot write {}", partial.display()))?;
     }
-    std::fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
+    std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// `bearing transparent-proxy install|uninstall`: exit 0 on success, 1 with the error.

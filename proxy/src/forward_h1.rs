@@ -29,6 +29,7 @@ use bearing_http1::{RequestHead, ResponseHead};
 use http::{HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::ResponseEdits;
@@ -146,20 +147,33 @@ impl Buffers {
     }
 }
 
+/// What wakes a connection waiting for its next request.
+pub(crate) struct Wake<'a> {
+    /// The epoch of the listener the connection was accepted on: cancelled when a config
+    /// changes what the listener admits, and at drain.
+    pub epoch: &'a CancellationToken,
+    /// The proxy's drain.
+    pub drain: &'a CancellationToken,
+}
+
 /// Serves HTTP/1.1 requests on `down` as bytes, each routed by the newest version of its
-/// listener (`current`), until the connection ends or needs the full HTTP stack.
+/// listener (`current`), until the connection ends, needs the full HTTP stack, or is no longer
+/// admitted (`current` gives `None`: the request waiting is not served).
 pub(crate) async fn serve<S>(
     mut down: S,
-    mut current: impl FnMut() -> Arc<ListenerRuntime>,
-    drain: &CancellationToken,
+    mut current: impl FnMut() -> Option<Arc<ListenerRuntime>>,
+    wake: Wake<'_>,
     peer: SocketAddr,
     timeouts: Timeouts,
 ) -> Outcome<S>
 where
     S: AsyncRead + AsyncWrite + TcpBacked + Unpin,
 {
-    let draining = drain.cancelled();
-    tokio::pin!(draining);
+    let drain = wake.drain;
+    // Borrowed at first (no token clone per connection); after a change the connection
+    // still passes, the newest listener's epoch.
+    let woken = Either::Left(wake.epoch.cancelled());
+    tokio::pin!(woken);
     let head_timer = tokio::time::sleep(timeouts.idle);
     tokio::pin!(head_timer);
     let response_timer = tokio::time::sleep(timeouts.idle);
@@ -193,7 +207,22 @@ where
                     tracing::debug!(%peer, "no request head in time: closing");
                     return Outcome::Closed;
                 }
-                _ = &mut draining, if idle => return Outcome::Closed,
+                _ = &mut woken, if idle => {
+                    // Drain, or a change of the listener's terms: close unless the newest
+                    // listener still admits the connection.
+                    match current().filter(|_| !drain.is_cancelled()) {
+                        Some(now) => {
+                            let watched = match now.epoch.is_cancelled() {
+                                // Removed after a change: only drain is left to wait for.
+                                true => drain.clone(),
+                                false => now.epoch.clone(),
+                            };
+                            woken.set(Either::Right(watched.cancelled_owned()));
+                            continue;
+                        }
+                        None => return Outcome::Closed,
+                    }
+                }
             };
             if !matches!(read, Ok(n) if n > 0) {
                 return Outcome::Closed;
@@ -221,7 +250,9 @@ where
             }
         }
 
-        let listener = current();
+        let Some(listener) = current() else {
+            return Outcome::Closed;
+        };
         // A policy denying this inbound came with a reload: no further request passes.
         if let Some(denied) = &listener.denied {
             denied.inc();

@@ -40,7 +40,7 @@ use crate::forward_h1::{Reply, Routed, Timeouts};
 use crate::http_proxy::{local_reply, send, strip_hop_by_hop, ProxyBody};
 use crate::io::Counted;
 use crate::mesh_tls::MeshTlsSet;
-use crate::runtime::{serve_tcp, ListenerRuntime, Proxy};
+use crate::runtime::{serve_tcp, Admission, ListenerRuntime, Proxy};
 use crate::upstream::{ClusterRuntime, RequestBody};
 
 /// Value of the `server` header on every gateway response (Kuma's gateway `serverName`).
@@ -395,7 +395,7 @@ pub async fn serve(
         GatewayProtocol::Http if gateway.tls.is_none() => {
             proxy
                 .clone()
-                .serve_http(stream, listener.clone(), peer)
+                .serve_http(stream, listener.clone(), peer, Admission::Plaintext)
                 .await
         }
         GatewayProtocol::Tcp => match gateway.tcp_cluster(0) {
@@ -441,7 +441,11 @@ pub async fn serve(
                 }
             };
             if gateway.protocol != GatewayProtocol::TlsTerminate {
-                return proxy.clone().serve_http(tls, listener.clone(), peer).await;
+                let admission = Admission::Plaintext;
+                return proxy
+                    .clone()
+                    .serve_http(tls, listener.clone(), peer, admission)
+                    .await;
             }
             let sni = tls.get_ref().1.server_name().unwrap_or("*").to_string();
             match gateway

@@ -30,15 +30,24 @@ impl Drop for MeshTlsRuntime {
 }
 
 impl MeshTlsRuntime {
-    /// Loads the CA, issues this proxy's leaf and starts renewing it.
+    /// Loads the CA and this proxy's leaf: the one issued ahead of time, or one it issues
+    /// itself with the CA key; starts renewing it (or, for a leaf issued ahead of time,
+    /// warning before it expires).
     pub fn build(config: &MeshTls) -> Result<MeshTlsRuntime, TlsError> {
-        let ca = Arc::new(MeshCa::from_pem(&config.ca_cert_pem, &config.ca_key_pem)?);
-        let identity = Identity::new(
-            ca.clone(),
-            &config.mesh,
-            &config.services,
-            config.leaf_lifetime,
-        )?;
+        let (ca, identity) = match (&config.identity_pem, &config.ca_key_pem) {
+            (Some(pem), _) => {
+                let ca = Arc::new(MeshCa::from_cert_pem(&config.ca_cert_pem)?);
+                let id = Identity::pre_issued(ca.clone(), &config.mesh, &config.services, pem)?;
+                (ca, id)
+            }
+            (None, Some(key)) => {
+                let ca = Arc::new(MeshCa::from_pem(&config.ca_cert_pem, key)?);
+                let lifetime = config.leaf_lifetime;
+                let id = Identity::new(ca.clone(), &config.mesh, &config.services, lifetime)?;
+                (ca, id)
+            }
+            (None, None) => return Err(TlsError::NoCaKey),
+        };
         let server = bearing_tls::mesh_server_config(&ca, identity.clone())?;
         let renewal = bearing_tls::spawn_renewal(identity.clone());
         Ok(MeshTlsRuntime {
@@ -87,6 +96,15 @@ impl MeshTlsSet {
                     meshes.insert(c.mesh.clone(), old.clone());
                 }
                 None => match MeshTlsRuntime::build(c) {
+                    Ok(rt) if c.identity_pem.is_some() => {
+                        let expires_in_secs = rt
+                            .identity
+                            .expires_at()
+                            .duration_since(std::time::SystemTime::now())
+                            .map_or(0, |left| left.as_secs());
+                        tracing::info!(mesh = %c.mesh, backend = %c.backend, services = ?c.services, expires_in_secs, "mesh mTLS certificate issued ahead of time loaded; this proxy cannot renew it");
+                        meshes.insert(c.mesh.clone(), Arc::new(rt));
+                    }
                     Ok(rt) => {
                         tracing::info!(mesh = %c.mesh, backend = %c.backend, services = ?c.services, "mesh mTLS certificate issued");
                         meshes.insert(c.mesh.clone(), Arc::new(rt));
@@ -98,6 +116,11 @@ impl MeshTlsSet {
             }
         }
         MeshTlsSet { meshes }
+    }
+
+    /// Every mesh identity this proxy presents.
+    pub fn identities(&self) -> Vec<Arc<Identity>> {
+        self.meshes.values().map(|rt| rt.identity()).collect()
     }
 
     /// The state of `mesh`, if it could be built.
@@ -159,6 +182,21 @@ impl MeshTlsSet {
                 })
             }
         }
+    }
+}
+
+/// Mesh `default`'s settings with CA `ca` (key included) for a proxy of service `web`.
+#[cfg(test)]
+pub(crate) fn test_config(ca: &bearing_tls::MeshCa, permissive: bool) -> MeshTls {
+    MeshTls {
+        mesh: "default".into(),
+        backend: "ca-1".into(),
+        ca_cert_pem: ca.cert_pem().into(),
+        ca_key_pem: ca.key_pem().map(str::to_string),
+        identity_pem: None,
+        services: vec!["web".into()],
+        permissive,
+        leaf_lifetime: std::time::Duration::from_secs(3600),
     }
 }
 

@@ -4,7 +4,9 @@
 //! pointer store. Listeners whose address is unchanged keep their socket; new ones are bound,
 //! vanished ones stop accepting. A TCP connection keeps the listener and cluster it was accepted
 //! with; an HTTP connection picks up the newest routes for each request, falling back to its
-//! own when its listener is gone. Nothing in flight is dropped by a reload.
+//! own when its listener is gone. Nothing in flight is dropped by a reload, except what the
+//! new config's transport security forbids: a connection its listener no longer admits
+//! (plaintext after STRICT, mTLS verified with a replaced CA) is closed between requests.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -27,10 +29,10 @@ use crate::forward_h1::{self, Prefixed};
 use crate::gateway::{self, GatewayRuntime};
 use crate::http_proxy;
 use crate::io::{Counted, TcpBacked};
-use crate::mesh_tls::MeshTlsSet;
+use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
 use crate::sni::{SniRouteRuntime, SniTable};
 use crate::stats::{ListenerStats, Stats};
-use crate::upstream::{ClusterRuntime, EndpointPool};
+use crate::upstream::{ClusterRuntime, PreviousPools, UpstreamSecurity};
 use crate::workers::Workers;
 
 /// A listener of the applied config with its cluster and metrics.
@@ -50,6 +52,72 @@ pub struct ListenerRuntime {
     /// Present when the listener refuses everything (`Listener::deny_all`): counts what it
     /// refuses (`bearing_rbac_denied_total`).
     pub denied: Option<Counter>,
+    /// Cancelled when a later config changes what this listener admits (mesh mTLS turned on
+    /// or off, PERMISSIVE to STRICT, another CA), and at drain (a child of the drain token):
+    /// its connections then check, between requests, that they may go on. Shared with the
+    /// listeners at its address that the following configs build with the same terms.
+    pub(crate) epoch: CancellationToken,
+}
+
+/// How a downstream connection of a sidecar listener was admitted, for checking it against
+/// the listener's terms after a config change.
+#[derive(Clone)]
+pub(crate) enum Admission {
+    /// Without mesh mTLS: plaintext, or a listener that does not terminate it (gateway, zone
+    /// proxy).
+    Plaintext,
+    /// Mesh mTLS, the client certificate verified with this mesh state's CA.
+    MeshTls(Arc<MeshTlsRuntime>),
+}
+
+impl ListenerRuntime {
+    /// Whether this listener, as configured now, still admits a connection admitted as
+    /// `admission`: no mesh mTLS admits everything; mTLS admits plaintext only when
+    /// PERMISSIVE, and an mTLS connection only if its client certificate was verified with
+    /// the same CA certificate (after a CA change it must handshake again); a listener that
+    /// fails closed (`denied`) admits nothing. Gateway and zone proxy listeners are not
+    /// checked otherwise.
+    pub(crate) fn admits(&self, admission: &Admission) -> bool {
+        if self.denied.is_some() {
+            return false;
+        }
+        if self.gateway.is_some() || self.sni.is_some() {
+            return true;
+        }
+        match (&self.tls, admission) {
+            (None, _) => true,
+            (Some(DownstreamTlsRuntime::Unavailable(_)), _) => false,
+            (Some(DownstreamTlsRuntime::Ready { permissive, .. }), Admission::Plaintext) => {
+                *permissive
+            }
+            (Some(DownstreamTlsRuntime::Ready { mesh, .. }), Admission::MeshTls(verified)) => {
+                Arc::ptr_eq(mesh, verified)
+                    || mesh.config.ca_cert_pem == verified.config.ca_cert_pem
+            }
+        }
+    }
+}
+
+/// Whether a listener terminating `next` admits exactly what one terminating `old` admitted,
+/// so that it keeps the old one's epoch.
+fn same_terms(old: &Option<DownstreamTlsRuntime>, next: &Option<DownstreamTlsRuntime>) -> bool {
+    use DownstreamTlsRuntime::{Ready, Unavailable};
+    match (old, next) {
+        (None, None) | (Some(Unavailable(_)), Some(Unavailable(_))) => true,
+        (
+            Some(Ready {
+                mesh: a,
+                permissive: pa,
+                ..
+            }),
+            Some(Ready {
+                mesh: b,
+                permissive: pb,
+                ..
+            }),
+        ) => Arc::ptr_eq(a, b) && pa == pb,
+        _ => false,
+    }
 }
 
 /// How a listener terminates mesh mTLS.
@@ -61,6 +129,8 @@ pub enum DownstreamTlsRuntime {
         acceptor: tokio_rustls::TlsAcceptor,
         /// Kuma's PERMISSIVE mode: connections not starting with a TLS record are plaintext.
         permissive: bool,
+        /// The mesh state the acceptor comes from (its CA verifies client certificates).
+        mesh: Arc<MeshTlsRuntime>,
     },
     /// The mesh's certificate could not be issued: connections are refused.
     Unavailable(String),
@@ -73,6 +143,7 @@ impl DownstreamTlsRuntime {
             Some(rt) => DownstreamTlsRuntime::Ready {
                 acceptor: tokio_rustls::TlsAcceptor::from(rt.server.clone()),
                 permissive: rt.config.permissive,
+                mesh: rt.clone(),
             },
             None => DownstreamTlsRuntime::Unavailable(format!(
                 "mesh {mesh:?} has no usable mTLS certificate"
@@ -176,27 +247,16 @@ impl Snapshot {
         }
     }
 
-    /// Every cluster's endpoint pools by (cluster, protocol, endpoint), for reuse by the next
-    /// snapshot.
-    fn pools(&self) -> HashMap<PoolKey, Arc<EndpointPool>> {
-        let mut pools = HashMap::new();
-        let clusters = self.listeners.values().flat_map(|l| {
+    /// Every cluster's endpoint pools, for the next snapshot to take over or retire.
+    fn pools(&self) -> PreviousPools {
+        PreviousPools::of(self.listeners.values().flat_map(|l| {
             let routes = l.sni.iter().flat_map(SniTable::clusters);
             let gateway = l.gateway.iter().flat_map(GatewayRuntime::clusters);
-            l.cluster.iter().chain(routes).chain(gateway)
-        });
-        for cluster in clusters {
-            let c = &cluster.config;
-            for p in cluster.pools() {
-                pools.insert((c.name.clone(), c.protocol, p.address()), p.clone());
-            }
-        }
-        pools
+            let all = l.cluster.iter().chain(routes).chain(gateway);
+            all.map(Arc::as_ref)
+        }))
     }
 }
-
-/// Pools are reused only for the same cluster, protocol and endpoint.
-type PoolKey = (String, Protocol, SocketAddr);
 
 /// A bound socket's accept loop, stopped by cancelling `stop`.
 struct BoundListener {
@@ -283,17 +343,16 @@ impl Proxy {
         let previous = self.snapshot.load_full();
         let mut pools = previous.pools();
         let tls = previous.tls.update(config.mtls.values());
-        drop(previous);
+        self.stats.identities.set(tls.identities());
+        // Epochs of listeners whose terms this config changes: cancelled once it is in force.
+        let mut revoked = Vec::new();
         let mut clusters = HashMap::new();
         for (name, c) in &config.clusters {
+            let security = UpstreamSecurity::new(c.tls.as_ref(), &tls);
             let endpoint_pools = c
                 .endpoints
                 .iter()
-                .map(|e| {
-                    pools
-                        .remove(&(name.clone(), c.protocol, e.address))
-                        .unwrap_or_else(|| EndpointPool::new(e.address))
-                })
+                .map(|e| pools.take(c, e.address, &security))
                 .collect();
             let connector = c.tls.as_ref().map(|t| {
                 tls.upstream(t, upstream_alpn(c.protocol)).map_err(|e| {
@@ -306,6 +365,7 @@ impl Proxy {
                 self.stats.cluster(name),
                 endpoint_pools,
                 connector,
+                security,
             );
             clusters.insert(name.clone(), Arc::new(runtime));
         }
@@ -380,6 +440,24 @@ impl Proxy {
                     ))
                 }))
             });
+            let downstream_tls = l
+                .tls
+                .as_ref()
+                .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
+            let epoch = match previous.listeners.get(&l.address) {
+                Some(old)
+                    if same_terms(&old.tls, &downstream_tls)
+                        && old.config.deny_all == l.deny_all
+                        && !old.epoch.is_cancelled() =>
+                {
+                    old.epoch.clone()
+                }
+                Some(old) => {
+                    revoked.push(old.epoch.clone());
+                    self.drain.child_token()
+                }
+                None => self.drain.child_token(),
+            };
             let runtime = Arc::new(ListenerRuntime {
                 config: l.clone(),
                 cluster,
@@ -396,6 +474,7 @@ impl Proxy {
                     );
                     self.stats.rbac_denied(&l.name)
                 }),
+                epoch,
             });
             if l.direction == Direction::Inbound {
                 inbound_ports
@@ -423,6 +502,12 @@ impl Proxy {
             build_errors,
         }));
         self.generation.fetch_add(1, Ordering::Release);
+        drop(previous);
+        pools.retire_rest();
+        // After the store: a woken connection finds the new terms.
+        for epoch in revoked {
+            epoch.cancel();
+        }
         self.stats.config.applied.inc();
         self.reconcile_listeners();
     }
@@ -637,7 +722,10 @@ impl Proxy {
             Box::pin(gateway::serve(&self, stream, &listener, gw, peer)).await;
         } else {
             match &listener.tls {
-                None => self.serve_stream(stream, &listener, peer).await,
+                None => {
+                    self.serve_stream(stream, &listener, peer, Admission::Plaintext)
+                        .await
+                }
                 Some(tls) => Box::pin(self.serve_mesh_tls(stream, &listener, tls, peer)).await,
             }
         }
@@ -652,11 +740,12 @@ impl Proxy {
         tls: &DownstreamTlsRuntime,
         peer: SocketAddr,
     ) {
-        let (acceptor, permissive) = match tls {
+        let (acceptor, permissive, mesh) = match tls {
             DownstreamTlsRuntime::Ready {
                 acceptor,
                 permissive,
-            } => (acceptor, *permissive),
+                mesh,
+            } => (acceptor, *permissive, mesh),
             DownstreamTlsRuntime::Unavailable(reason) => {
                 self.stats.count_tls_handshake_error(&listener.config.name);
                 tracing::warn!(listener = %listener.config.name, %peer, "refused: {reason}");
@@ -667,10 +756,16 @@ impl Proxy {
         if permissive
             && !crate::sni::starts_with_tls_record(stream.get_ref(), PERMISSIVE_SNIFF_TIMEOUT).await
         {
-            return self.serve_stream(stream, listener, peer).await;
+            return self
+                .serve_stream(stream, listener, peer, Admission::Plaintext)
+                .await;
         }
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => self.serve_stream(tls_stream, listener, peer).await,
+            Ok(Ok(tls_stream)) => {
+                let admission = Admission::MeshTls(mesh.clone());
+                self.serve_stream(tls_stream, listener, peer, admission)
+                    .await
+            }
             Ok(Err(e)) => {
                 self.stats.count_tls_handshake_error(&listener.config.name);
                 tracing::info!(listener = %listener.config.name, %peer, "mTLS handshake failed: {e}");
@@ -682,12 +777,14 @@ impl Proxy {
         }
     }
 
-    /// Serves a (possibly decrypted) downstream stream as the listener's protocol says.
+    /// Serves a (possibly decrypted) downstream stream, admitted as `admission`, as the
+    /// listener's protocol says.
     async fn serve_stream<S>(
         self: &Arc<Self>,
         stream: S,
         listener: &Arc<ListenerRuntime>,
         peer: SocketAddr,
+        admission: Admission,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin + Send + 'static,
     {
@@ -696,19 +793,65 @@ impl Proxy {
         };
         if listener.config.protocol.is_http() {
             self.clone()
-                .serve_http(stream, listener.clone(), peer)
+                .serve_http(stream, listener.clone(), peer, admission)
                 .await;
         } else {
-            Box::pin(serve_tcp(
+            let relay = serve_tcp(
                 stream,
                 cluster,
                 &listener.stats,
                 &listener.config.name,
                 peer,
                 |_| true,
-            ))
-            .await;
+            );
+            Box::pin(self.while_admitted(relay, listener, &admission, peer)).await;
         }
+    }
+
+    /// Runs `relay` (a TCP connection's copying) to its end, unless a config change leaves
+    /// the connection outside what its listener admits: then it is dropped, which closes
+    /// both sides. Draining does not cut TCP connections.
+    async fn while_admitted(
+        &self,
+        relay: impl std::future::Future<Output = ()>,
+        own: &Arc<ListenerRuntime>,
+        admission: &Admission,
+        peer: SocketAddr,
+    ) {
+        tokio::pin!(relay);
+        let mut watched = own.clone();
+        loop {
+            tokio::select! {
+                () = &mut relay => return,
+                () = watched.epoch.cancelled() => {}
+            }
+            if self.is_draining() {
+                return relay.await;
+            }
+            match self.recheck(own, admission, peer) {
+                // Gone after a change: nothing newer to watch.
+                Some(now) if now.epoch.is_cancelled() => return relay.await,
+                Some(now) => watched = now,
+                None => return,
+            }
+        }
+    }
+
+    /// The newest version of `own`'s listener (`own` itself once removed) if it still admits
+    /// a connection admitted as `admission`; `None` (logged) when the connection must close.
+    fn recheck(
+        &self,
+        own: &Arc<ListenerRuntime>,
+        admission: &Admission,
+        peer: SocketAddr,
+    ) -> Option<Arc<ListenerRuntime>> {
+        let current = self.snapshot.load().listener(&own.config.address).cloned();
+        let current = current.unwrap_or_else(|| own.clone());
+        if current.admits(admission) {
+            return Some(current);
+        }
+        tracing::info!(listener = %own.config.name, %peer, "closing a connection its listener no longer admits (its mesh mTLS terms changed)");
+        None
     }
 
     /// Serves a connection iptables redirected to a capture port.
@@ -742,25 +885,27 @@ impl Proxy {
         }
     }
 
-    /// Serves HTTP/1.1 and HTTP/2 requests on `stream`, each with the newest version of
-    /// `listener` (its own when a reload removed it).
+    /// Serves HTTP/1.1 and HTTP/2 requests on `stream`, admitted as `admission`, each with
+    /// the newest version of `listener` (its own when a reload removed it), while that
+    /// version admits the connection.
     pub(crate) async fn serve_http<S>(
         self: Arc<Self>,
         stream: S,
         listener: Arc<ListenerRuntime>,
         peer: SocketAddr,
+        admission: Admission,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin + Send + 'static,
     {
         let own = listener.clone();
-        // The listener as of the snapshot last seen; looked up again after a reload (and at
-        // the first request: a reload may have come since the accept).
-        let mut seen = (u64::MAX, listener.clone());
+        // The listener as of the snapshot last seen, `None` once it no longer admits the
+        // connection; looked up again after a reload (and at the first request: a reload
+        // may have come since the accept).
+        let mut seen = (u64::MAX, Some(listener.clone()));
         let newest = || {
             let generation = self.generation.load(Ordering::Acquire);
             if generation != seen.0 {
-                let current = self.snapshot.load().listener(&own.config.address).cloned();
-                seen = (generation, current.unwrap_or_else(|| own.clone()));
+                seen = (generation, self.recheck(&own, &admission, peer));
             }
             seen.1.clone()
         };
@@ -768,35 +913,48 @@ impl Proxy {
             Some(_) => gateway::BYTE_PATH_TIMEOUTS,
             None => forward_h1::Timeouts::SIDECAR,
         };
-        let (stream, prefix) =
-            match forward_h1::serve(stream, newest, &self.drain, peer, timeouts).await {
-                forward_h1::Outcome::Closed => return,
-                forward_h1::Outcome::Handoff(stream, prefix) => (stream, prefix),
-            };
+        let wake = forward_h1::Wake {
+            epoch: &listener.epoch,
+            drain: &self.drain,
+        };
+        let (stream, prefix) = match forward_h1::serve(stream, newest, wake, peer, timeouts).await {
+            forward_h1::Outcome::Closed => return,
+            forward_h1::Outcome::Handoff(stream, prefix) => (stream, prefix),
+        };
         // Boxed: hyper's connection future is kilobytes, and inline it would make every
         // connection's task that large, byte-path ones included.
-        Box::pin(self.serve_hyper(Prefixed::new(prefix, stream), listener, peer)).await;
+        let stream = Prefixed::new(prefix, stream);
+        Box::pin(self.serve_hyper(stream, listener, peer, admission)).await;
     }
 
     /// Serves `stream` with hyper (HTTP/1.1 and HTTP/2), each request with the newest version
-    /// of `listener`.
+    /// of `listener`; a request arriving once that version no longer admits the connection
+    /// (admitted as `admission`) is refused by closing it (HTTP/2: resetting the stream).
     async fn serve_hyper<S>(
         self: Arc<Self>,
         stream: S,
         listener: Arc<ListenerRuntime>,
         peer: SocketAddr,
+        admission: Admission,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let own = listener.clone();
         let proxy = self.clone();
+        let admitted = admission.clone();
         let service = service_fn(move |req| {
             let current = proxy.snapshot.load().listener(&own.config.address).cloned();
             let l = current.unwrap_or_else(|| own.clone());
+            let allowed = l.admits(&admitted);
             // Boxed: hyper moves a request's future into the task it spawns for each HTTP/2
             // stream (and into its HTTP/1 dispatcher's slot); unboxed, that is 3 KB copied
             // on each move.
             Box::pin(async move {
+                if !allowed {
+                    return Err(std::io::Error::other(
+                        "the listener no longer admits this connection",
+                    ));
+                }
                 let resp = match (&l.denied, &l.gateway) {
                     // A policy denying this inbound came with a reload (Envoy's RBAC answer).
                     (Some(denied), _) => {
@@ -809,7 +967,7 @@ impl Proxy {
                     (None, Some(gw)) => gateway::handle(req, &l, gw, peer).await,
                     (None, None) => http_proxy::forward(req, &l).await,
                 };
-                Ok::<_, std::convert::Infallible>(resp)
+                Ok(resp)
             })
         });
         let builder = match listener.gateway {
@@ -818,11 +976,24 @@ impl Proxy {
         };
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = self.drain.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        // Woken by drain or by a change of the listener's terms: finish what is in flight and
+        // close (HTTP/2: GOAWAY) unless the newest listener still admits the connection.
+        let mut watched = listener.clone();
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                () = watched.epoch.cancelled() => {}
+            }
+            let now = match self.is_draining() {
+                true => None,
+                false => self.recheck(&listener, &admission, peer),
+            };
+            match now.filter(|l| !l.epoch.is_cancelled()) {
+                Some(l) => watched = l,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
             }
         };
         if let Err(e) = result {
@@ -995,6 +1166,99 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sidecar config of one virtual inbound listener, with mesh mTLS from `ca` when given.
+    fn inbound_config(ca: Option<(&bearing_tls::MeshCa, bool)>) -> Arc<ProxyConfig> {
+        use bearing_proxy_config::{Cluster, DownstreamTls, MeshTls, ProxyIdentity};
+        let address: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let mtls: BTreeMap<String, MeshTls> = ca
+            .map(|(ca, permissive)| {
+                let tls = crate::mesh_tls::test_config(ca, permissive);
+                ("default".to_string(), tls)
+            })
+            .into_iter()
+            .collect();
+        let cluster = Cluster {
+            name: "localhost:80".into(),
+            protocol: Protocol::Http,
+            endpoints: Vec::new(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: None,
+            tls: None,
+        };
+        Arc::new(ProxyConfig {
+            version: format!("{}", mtls.len()),
+            source: "test".into(),
+            identity: ProxyIdentity {
+                name: "web".into(),
+                mesh: "default".into(),
+                proxy_type: "dataplane".into(),
+            },
+            listeners: vec![Listener {
+                name: format!("inbound:{address}"),
+                address,
+                direction: Direction::Inbound,
+                protocol: Protocol::Http,
+                cluster: cluster.name.clone(),
+                service: "web".into(),
+                bind: false,
+                tls: ca.map(|_| DownstreamTls {
+                    mesh: "default".into(),
+                }),
+                sni_routes: Vec::new(),
+                gateway: None,
+                deny_all: None,
+            }],
+            clusters: [(cluster.name.clone(), cluster)].into(),
+            transparent_proxy: None,
+            dns: Vec::new(),
+            mtls,
+        })
+    }
+
+    /// Each change of what the inbound admits cancels the epoch its connections watch, and
+    /// the newest listener admits a connection only on terms it allows now.
+    #[tokio::test]
+    async fn a_change_of_mesh_tls_terms_revokes_the_connections_admitted_before() {
+        let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+        let address: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let listener = |p: &Proxy| p.snapshot().listener(&address).cloned().unwrap();
+        let (ca, other) = (
+            bearing_tls::MeshCa::generate("default").unwrap(),
+            bearing_tls::MeshCa::generate("default").unwrap(),
+        );
+
+        proxy.apply(inbound_config(None));
+        let plain = listener(&proxy);
+        assert!(plain.admits(&Admission::Plaintext));
+        proxy.apply(inbound_config(None));
+        assert!(!plain.epoch.is_cancelled(), "same terms: same epoch");
+
+        // Mesh mTLS turned on, STRICT: plaintext connections are revoked.
+        proxy.apply(inbound_config(Some((&ca, false))));
+        assert!(plain.epoch.is_cancelled());
+        let strict = listener(&proxy);
+        assert!(!strict.admits(&Admission::Plaintext));
+        let Some(DownstreamTlsRuntime::Ready { mesh, .. }) = &strict.tls else {
+            panic!("no mesh TLS on the inbound");
+        };
+        let verified = Admission::MeshTls(mesh.clone());
+        assert!(strict.admits(&verified));
+
+        // PERMISSIVE with the same CA: plaintext admitted again, mTLS connections kept.
+        proxy.apply(inbound_config(Some((&ca, true))));
+        assert!(strict.epoch.is_cancelled());
+        let permissive = listener(&proxy);
+        assert!(permissive.admits(&Admission::Plaintext));
+        assert!(permissive.admits(&verified));
+
+        // Another CA: the connections verified with the old one must handshake again.
+        proxy.apply(inbound_config(Some((&other, true))));
+        assert!(permissive.epoch.is_cancelled());
+        let rotated = listener(&proxy);
+        assert!(!rotated.admits(&verified));
+        assert!(rotated.admits(&Admission::Plaintext));
+    }
 
     #[test]
     fn listeners_get_a_socket_per_worker_while_descriptors_allow() {

@@ -10,7 +10,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -241,6 +241,45 @@ pub struct Stats {
     pub dns: bearing_dns::DnsMetrics,
     /// Config source metrics.
     pub config: ConfigStats,
+    /// This proxy's mesh identities, for `bearing_tls_identity_expiry_seconds`.
+    pub identities: Arc<IdentityExpiry>,
+}
+
+/// This proxy's mesh identities, whose time left is computed at scrape time:
+/// `bearing_tls_identity_expiry_seconds{mesh, renewable}`, seconds until the leaf in use
+/// expires (negative once it has). `renewable="false"`: issued ahead of time, this proxy
+/// cannot renew it. Replaced at each applied config.
+#[derive(Debug, Default)]
+pub struct IdentityExpiry(RwLock<Vec<Arc<bearing_tls::Identity>>>);
+
+impl IdentityExpiry {
+    /// The identities the applied config uses.
+    pub fn set(&self, identities: Vec<Arc<bearing_tls::Identity>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = identities;
+    }
+}
+
+impl Collector for IdentityExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let identities = read(&self.0);
+        let mut family = encoder.encode_descriptor(
+            "tls_identity_expiry_seconds",
+            "Seconds until this proxy's mesh identity certificate expires (negative once expired); renewable=\"false\": issued ahead of time, renew it with bearing ca issue.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let now = std::time::SystemTime::now();
+        for id in identities.iter() {
+            let left = match id.expires_at().duration_since(now) {
+                Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
+            };
+            let renewable = if id.renewable() { "true" } else { "false" };
+            let labels = [("mesh", id.mesh()), ("renewable", renewable)];
+            ConstGauge::new(left).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Stats {
@@ -279,11 +318,13 @@ impl Stats {
             l_rbac_denied: Family::default(),
             dns: bearing_dns::DnsMetrics::default(),
             config: ConfigStats::default(),
+            identities: Arc::default(),
         };
         s.dns.register(&mut s.registry);
         let r = &mut s.registry;
         r.register_collector(Box::new(s.listeners.clone()));
         r.register_collector(Box::new(s.clusters.clone()));
+        r.register_collector(Box::new(s.identities.clone()));
         r.register(
             "tls_handshake_errors",
             "Downstream TLS handshakes that failed or were refused",

@@ -8,7 +8,14 @@
 //! request. Idle HTTP/1 connections go back to the pool when their response body ends; HTTP/2
 //! keeps one multiplexed connection per endpoint and worker, opened once for the requests
 //! that wait for it. Each worker pools its own (`PerWorker`).
+//!
+//! A new config takes over a pool only for the same cluster, protocol, endpoint and transport
+//! security ([`UpstreamSecurity`]: the cluster's TLS settings and the mesh CA and identity
+//! they were made with); every other pool of the old config is retired ([`PreviousPools`]):
+//! its idle connections close at once and the ones still in use close after their exchange,
+//! so no request travels on terms the new config no longer uses.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bearing_proxy_config::{Cluster, Protocol};
+use bearing_proxy_config::{Cluster, Protocol, UpstreamTls};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -29,7 +36,7 @@ use tokio::sync::watch;
 
 use crate::body::MessageBody;
 use crate::io::Counted;
-use crate::mesh_tls::UpstreamConnector;
+use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet, UpstreamConnector};
 use crate::stats::ClusterStats;
 use crate::workers;
 use tokio_util::either::Either;
@@ -91,6 +98,7 @@ type UpstreamIo = TokioIo<UpstreamStream>;
 /// Pooled connections to one endpoint of one cluster.
 pub struct EndpointPool {
     address: SocketAddr,
+
     idle_h1: PerWorker<http1::SendRequest<RequestBody>>,
     /// Each worker's multiplexed connection (at most one), shared by that worker's requests.
     h2: PerWorker<H2Slot>,
@@ -103,7 +111,15 @@ pub struct EndpointPool {
 /// worker would be woken across threads for every response (as Envoy, each worker pools
 /// its own). HTTP/1 connections are taken out for one request; an HTTP/2 one is shared.
 /// One list per worker (and one for the control thread), found by a scan of a few entries.
-struct PerWorker<T>(Mutex<Vec<(usize, Vec<T>)>>);
+/// Once retired, it keeps nothing.
+struct PerWorker<T>(Mutex<WorkerLists<T>>);
+
+/// The lists of a [`PerWorker`], and whether its pool was retired (checked under the same
+/// lock as every insertion, so nothing is kept after [`PerWorker::retire`]).
+struct WorkerLists<T> {
+    retired: bool,
+    lists: Vec<(usize, Vec<T>)>,
+}
 
 /// What to do with an idle connection found while looking for one to use.
 enum Found {
@@ -114,13 +130,18 @@ enum Found {
 
 impl<T> PerWorker<T> {
     fn new() -> Self {
-        PerWorker(Mutex::new(Vec::new()))
+        PerWorker(Mutex::new(WorkerLists {
+            retired: false,
+            lists: Vec::new(),
+        }))
     }
 
     /// Runs `f` on this worker's connections, under the lock.
     fn mine<R>(&self, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
         let worker = workers::current();
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let retired = state.retired;
+        let all = &mut state.lists;
         let i = match all.iter().position(|(w, _)| *w == worker) {
             Some(i) => i,
             None => {
@@ -128,7 +149,19 @@ impl<T> PerWorker<T> {
                 all.len() - 1
             }
         };
-        f(&mut all[i].1)
+        let mine = &mut all[i].1;
+        let out = f(mine);
+        if retired {
+            mine.clear();
+        }
+        out
+    }
+
+    /// Keeps nothing from now on, and gives back (to drop outside the lock) what it held.
+    fn retire(&self) -> Vec<(usize, Vec<T>)> {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.retired = true;
+        std::mem::take(&mut state.lists)
     }
 
     /// The newest of this worker's connections `judge` says to use; on the way, the ones it
@@ -190,6 +223,18 @@ impl EndpointPool {
     /// The endpoint this pool connects to.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Takes the pool out of service: its idle connections close now, and connections in
+    /// use close when their exchange ends instead of coming back.
+    fn retire(&self) {
+        // Dropped here, outside the locks: a closed HTTP/1 sender or HTTP/2 handle ends its
+        // connection (HTTP/2: once its open streams finish), a raw stream closes.
+        drop((
+            self.idle_h1.retire(),
+            self.h2.retire(),
+            self.idle_raw.retire(),
+        ));
     }
 
     /// An idle connection ready for a request now. Connections still finishing a previous
@@ -261,6 +306,90 @@ impl EndpointPool {
     }
 }
 
+/// The transport security a cluster's upstream connections are made with: its TLS settings
+/// and, for mesh mTLS, the mesh TLS state (CA, this proxy's identity) they come from. Equal
+/// only when both are the same: a rebuilt mesh state (another CA, other services) is a change.
+#[derive(Clone, Default)]
+pub struct UpstreamSecurity {
+    tls: Option<UpstreamTls>,
+    mesh: Option<Arc<MeshTlsRuntime>>,
+}
+
+impl UpstreamSecurity {
+    /// The security of a cluster originating `tls`, with the mesh states of `meshes`.
+    pub fn new(tls: Option<&UpstreamTls>, meshes: &MeshTlsSet) -> Self {
+        let mesh = match tls {
+            Some(UpstreamTls::Mesh { mesh, .. }) => meshes.get(mesh).cloned(),
+            _ => None,
+        };
+        UpstreamSecurity {
+            tls: tls.cloned(),
+            mesh,
+        }
+    }
+}
+
+impl PartialEq for UpstreamSecurity {
+    fn eq(&self, other: &Self) -> bool {
+        let same_mesh = match (&self.mesh, &other.mesh) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        same_mesh && self.tls == other.tls
+    }
+}
+
+/// The endpoint pools of the config being replaced, by cluster, protocol and endpoint, with
+/// the security their connections were made with. The new config takes over a pool only
+/// where all four are unchanged; [`PreviousPools::retire_rest`] retires the others.
+#[derive(Default)]
+pub struct PreviousPools(
+    HashMap<(String, Protocol, SocketAddr), (Arc<EndpointPool>, UpstreamSecurity)>,
+);
+
+impl PreviousPools {
+    /// The pools of `clusters` (a cluster listed twice counts once).
+    pub fn of<'c>(clusters: impl IntoIterator<Item = &'c ClusterRuntime>) -> Self {
+        let mut pools = HashMap::new();
+        for cluster in clusters {
+            let c = &cluster.config;
+            for p in &cluster.pools {
+                let key = (c.name.clone(), c.protocol, p.address);
+                pools.insert(key, (p.clone(), cluster.security.clone()));
+            }
+        }
+        PreviousPools(pools)
+    }
+
+    /// The pool for `address` of `cluster` made with `security`: the previous one when the
+    /// cluster, protocol and security are unchanged, else a new one (the previous one, if
+    /// any, is retired).
+    pub fn take(
+        &mut self,
+        cluster: &Cluster,
+        address: SocketAddr,
+        security: &UpstreamSecurity,
+    ) -> Arc<EndpointPool> {
+        let key = (cluster.name.clone(), cluster.protocol, address);
+        match self.0.remove(&key) {
+            Some((pool, old)) if old == *security => pool,
+            Some((pool, _)) => {
+                pool.retire();
+                EndpointPool::new(address)
+            }
+            None => EndpointPool::new(address),
+        }
+    }
+
+    /// Retires every pool no cluster took over: called once the new config is in force, so
+    /// no request of the old one opens a connection into them afterwards.
+    pub fn retire_rest(self) {
+        for (pool, _) in self.0.into_values() {
+            pool.retire();
+        }
+    }
+}
+
 /// A cluster of the applied config, with its pools and metrics.
 pub struct ClusterRuntime {
     /// The cluster as compiled.
@@ -271,6 +400,8 @@ pub struct ClusterRuntime {
     next: AtomicUsize,
     /// TLS originated upstream; an error when the cluster needs TLS that cannot be set up.
     tls: Option<Result<UpstreamConnector, String>>,
+    /// What `tls` was made from, for the next config's [`PreviousPools`].
+    security: UpstreamSecurity,
 }
 
 /// Why a request got no connection: its own attempt failed (counted as a failed connect),
@@ -288,12 +419,13 @@ enum Checkout {
 
 impl ClusterRuntime {
     /// A runtime cluster over `pools` (one per endpoint, in endpoint order), originating TLS
-    /// with `tls` when given.
+    /// with `tls` when given, made from `security`.
     pub fn new(
         config: Cluster,
         stats: ClusterStats,
         pools: Vec<Arc<EndpointPool>>,
         tls: Option<Result<UpstreamConnector, String>>,
+        security: UpstreamSecurity,
     ) -> Self {
         ClusterRuntime {
             config,
@@ -301,12 +433,8 @@ impl ClusterRuntime {
             pools,
             next: AtomicUsize::new(0),
             tls,
+            security,
         }
-    }
-
-    /// The endpoint pools, for reuse by the next config.
-    pub fn pools(&self) -> &[Arc<EndpointPool>] {
-        &self.pools
     }
 
     /// Endpoints in the order to try them for one connection: round robin start, then the rest.
@@ -708,6 +836,89 @@ mod tests {
         assert_eq!(workers.run_on(1, move || c.take(|_| Found::Use)), Some(3));
         let c = conns.clone();
         assert_eq!(workers.run_on(1, move || c.take(|_| Found::Use)), None);
+    }
+
+    #[test]
+    fn a_retired_list_keeps_nothing() {
+        let conns = PerWorker::<u32>::new();
+        conns.put(1);
+        assert_eq!(conns.retire(), vec![(workers::current(), vec![1])]);
+        conns.put(2);
+        assert_eq!(conns.take(|_| Found::Use), None);
+    }
+
+    fn is_retired(pool: &EndpointPool) -> bool {
+        let state = pool.idle_raw.0.lock().unwrap();
+        state.retired
+    }
+
+    /// Turning mesh mTLS on, or a new CA, gives a cluster fresh pools and retires the old
+    /// ones; the same security takes the old pool over.
+    #[tokio::test]
+    async fn pools_are_taken_over_only_with_the_same_transport_security() {
+        let ca = bearing_tls::MeshCa::generate("default").unwrap();
+        let meshes = MeshTlsSet::default().update([&crate::mesh_tls::test_config(&ca, false)]);
+        let address: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let cluster = Cluster {
+            name: "backend".into(),
+            protocol: Protocol::Http,
+            endpoints: Vec::new(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: None,
+            tls: None,
+        };
+        let mesh_tls = UpstreamTls::Mesh {
+            mesh: "default".into(),
+            sni: "backend{mesh=default}".into(),
+            identity: "spiffe://default/backend".into(),
+            server_ca_pem: None,
+        };
+        let stats = crate::stats::Stats::new();
+        let runtime = |pool: &Arc<EndpointPool>, security: UpstreamSecurity| {
+            let pools = vec![pool.clone()];
+            let stats = stats.cluster("backend");
+            ClusterRuntime::new(cluster.clone(), stats, pools, None, security)
+        };
+        let previous = |pool: &Arc<EndpointPool>, security: UpstreamSecurity| {
+            PreviousPools::of([&runtime(pool, security)])
+        };
+
+        let plain = UpstreamSecurity::new(None, &meshes);
+        let pool = EndpointPool::new(address);
+        let mut old = previous(&pool, plain.clone());
+        assert!(Arc::ptr_eq(&old.take(&cluster, address, &plain), &pool));
+        assert!(!is_retired(&pool));
+
+        // Plaintext, then mesh mTLS: a fresh pool, the old one retired.
+        let mtls = UpstreamSecurity::new(Some(&mesh_tls), &meshes);
+        let mut old = previous(&pool, plain.clone());
+        let fresh = old.take(&cluster, address, &mtls);
+        assert!(!Arc::ptr_eq(&fresh, &pool));
+        assert!(is_retired(&pool));
+
+        // The same mesh state: taken over. Another protocol or endpoint: not.
+        let same = UpstreamSecurity::new(Some(&mesh_tls), &meshes);
+        let mut old = previous(&fresh, mtls.clone());
+        assert!(Arc::ptr_eq(&old.take(&cluster, address, &same), &fresh));
+        let h2 = Cluster {
+            protocol: Protocol::Http2,
+            ..cluster.clone()
+        };
+        let mut old = previous(&fresh, mtls.clone());
+        assert!(!Arc::ptr_eq(&old.take(&h2, address, &mtls), &fresh));
+        old.retire_rest();
+        assert!(is_retired(&fresh));
+
+        // A rotated CA rebuilds the mesh state: a fresh pool again.
+        let other = bearing_tls::MeshCa::generate("default").unwrap();
+        let rotated = meshes.update([&crate::mesh_tls::test_config(&other, false)]);
+        let kept = meshes.update([&crate::mesh_tls::test_config(&ca, false)]);
+        assert!(UpstreamSecurity::new(Some(&mesh_tls), &kept) == mtls);
+        let after = UpstreamSecurity::new(Some(&mesh_tls), &rotated);
+        let pool = EndpointPool::new(address);
+        let mut old = previous(&pool, mtls);
+        assert!(!Arc::ptr_eq(&old.take(&cluster, address, &after), &pool));
+        assert!(is_retired(&pool));
     }
 
     #[test]

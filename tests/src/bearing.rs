@@ -1,5 +1,6 @@
 //! Running the real `bearing` binary inside a test host, and reading its admin API.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -75,30 +76,65 @@ pub fn write_store_file(dir: &Path, name: &str, text: &str) -> Result<()> {
 /// which holds the mesh's builtin CA as Kuma Secrets. The file is handed to Kuma's
 /// data-plane uid so that proxies started by [`Bearing`] can read the key.
 pub fn bearing_ca_generate(store: &Path, mesh: &str) -> Result<PathBuf> {
+    let file = store.join(format!("ca-{mesh}-ca-1.yaml"));
+    let args = ["generate", "--mesh", mesh, "--store"];
+    bearing_ca(
+        args.iter().map(OsStr::new).chain([store.as_os_str()]),
+        &file,
+    )?;
+    std::os::unix::fs::chown(&file, Some(KUMA_DP_UID), Some(KUMA_DP_UID))
+        .with_context(|| format!("chown {}", file.display()))?;
+    Ok(file)
+}
+
+/// Runs `bearing ca issue --mesh <mesh> --store <admin> --dataplane <dataplane> --out-store
+/// <out>` (outside the namespaces) and hands the files of `out` (the identity Secret and the
+/// CA certificate Secret among them) to Kuma's data-plane uid; returns the identity file.
+pub fn bearing_ca_issue(admin: &Path, mesh: &str, dataplane: &str, out: &Path) -> Result<PathBuf> {
+    let file = out.join(format!("identity-{mesh}-{dataplane}.yaml"));
+    let args = [
+        OsStr::new("issue"),
+        OsStr::new("--mesh"),
+        OsStr::new(mesh),
+        OsStr::new("--dataplane"),
+        OsStr::new(dataplane),
+        OsStr::new("--store"),
+        admin.as_os_str(),
+        OsStr::new("--out-store"),
+        out.as_os_str(),
+    ];
+    bearing_ca(args, &file)?;
+    for entry in std::fs::read_dir(out)? {
+        let path = entry?.path();
+        std::os::unix::fs::chown(&path, Some(KUMA_DP_UID), Some(KUMA_DP_UID))
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(file)
+}
+
+/// Runs `bearing ca <args>` and requires success and `file` as the path it prints.
+fn bearing_ca<'a>(args: impl IntoIterator<Item = &'a OsStr>, file: &Path) -> Result<()> {
     let bin = bearing_bin()?;
     let out = std::process::Command::new(&bin)
-        .args(["ca", "generate", "--mesh", mesh, "--store"])
-        .arg(store)
+        .arg("ca")
+        .args(args)
         .output()
-        .with_context(|| format!("running {} ca generate", bin.display()))?;
+        .with_context(|| format!("running {} ca", bin.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
-            "bearing ca generate failed ({}): {stdout}{}",
+            "bearing ca failed ({}): {stdout}{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let file = store.join(format!("ca-{mesh}-ca-1.yaml"));
     if !stdout.contains(&file.display().to_string()) {
         bail!(
-            "bearing ca generate printed {stdout:?}, not the path {}",
+            "bearing ca printed {stdout:?}, not the path {}",
             file.display()
         );
     }
-    std::os::unix::fs::chown(&file, Some(KUMA_DP_UID), Some(KUMA_DP_UID))
-        .with_context(|| format!("chown {}", file.display()))?;
-    Ok(file)
+    Ok(())
 }
 
 /// A `bearing run` process in a test host, with its admin address on that host's loopback.

@@ -46,8 +46,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 pub use bearing::{
-    bearing_bin, bearing_ca_generate, dataplane_yaml, write_store, write_store_file, Bearing,
-    KUMA_DP_UID, READY_TIMEOUT,
+    bearing_bin, bearing_ca_generate, bearing_ca_issue, dataplane_yaml, write_store,
+    write_store_file, Bearing, KUMA_DP_UID, READY_TIMEOUT,
 };
 pub use capture::{Capture, Pcap};
 pub use firewall::firewall_rules;

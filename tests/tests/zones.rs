@@ -408,6 +408,16 @@ fn cross_zone_goes_through_the_remote_ingress() -> Result<()> {
 fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
     let z = Zones::new("STRICT", false)?;
     let (a, ib) = (z.host("a"), z.host("ib"));
+    // A mesh without mTLS with a service in zone-b: no sidecar would reach it through the
+    // ingress, so the ingress has no route to it.
+    let plain_dp = service_dp("redis-1", z.host("b"), "redis", "zone-b")
+        .replace("mesh: default", "mesh: plain")
+        .replace(&format!("port: {INBOUND}"), "port: 16379");
+    write_store_file(
+        &z.dir,
+        "plain.yaml",
+        &format!("type: Mesh\nname: plain\n---\n{plain_dp}"),
+    )?;
     let ingress = z.zone_proxy("ib", "ingress", "zi-b")?;
     let _backend = z.sidecar("b", "backend-1")?;
     let leaf = z.mesh_leaf("web")?;
@@ -423,6 +433,18 @@ fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
     ensure!(
         inbound_counter(&ingress, "bearing_sni_unknown_total", ib, INGRESS_PORT)? >= 1.0,
         "unknown SNI not counted"
+    );
+    let plain = to_ingress
+        .clone()
+        .servername(bearing_tls::to_dns_sni("redis{mesh=plain}"))
+        .run(a)?;
+    ensure!(
+        !plain.handshake && !plain.accepted(),
+        "a mesh without mTLS was routed: {plain:?}"
+    );
+    ensure!(
+        inbound_counter(&ingress, "bearing_sni_unknown_total", ib, INGRESS_PORT)? >= 2.0,
+        "the SNI of a mesh without mTLS was not counted as unknown"
     );
     let no_sni = to_ingress.clone().run(a)?;
     ensure!(
@@ -544,5 +566,233 @@ fn zone_egress_carries_cross_zone_and_external_traffic_and_fails_over() -> Resul
         get_body(a, OUT_BACKEND, BACKEND_BODY)
     })?;
     get_body(a, OUT_EXT, EXT_BODY)?;
+    Ok(())
+}
+
+/// Holds a plaintext HTTP keep-alive connection and a TCP connection (redis) to an inbound,
+/// each used once; once the flag file exists, says whether each is still served.
+/// Arguments: host, HTTP port, TCP port, flag file, a marker of the HTTP body.
+const HOLD_CONNECTIONS: &str = r#"
+import os, socket, sys, time
+host, http_port, tcp_port, flag, marker = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5].encode()
+request = b"GET / HTTP/1.1\r\nHost: local\r\n\r\n"
+def served(s, whole):
+    try:
+        s.settimeout(5)
+        s.sendall(request)
+        data = b""
+        while whole and marker not in data or not data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data.startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+def pong(s):
+    try:
+        s.settimeout(5)
+        s.sendall(b"PING\r\n")
+        return s.recv(100).startswith(b"+PONG")
+    except OSError:
+        return False
+http = socket.create_connection((host, http_port))
+print("http before:", "served" if served(http, True) else "refused", flush=True)
+tcp = socket.create_connection((host, tcp_port))
+print("tcp before:", "open" if pong(tcp) else "closed", flush=True)
+while not os.path.exists(flag):
+    time.sleep(0.05)
+print("tcp after:", "open" if pong(tcp) else "closed", flush=True)
+print("http after:", "served" if served(http, False) else "refused", flush=True)
+"#;
+
+/// PERMISSIVE, then STRICT: a plaintext keep-alive HTTP connection accepted before is not
+/// served again (closed while idle), a plaintext TCP connection is closed, and mTLS goes on.
+#[test]
+fn plaintext_connections_close_when_the_mesh_turns_strict() -> Result<()> {
+    const REDIS_INBOUND: u16 = 18081;
+    let z = Zones::new("PERMISSIVE", false)?;
+    let (a, b2) = (z.host("a"), z.host("b2"));
+    let _redis = start_redis(b2, 6379)?;
+    let networking = format!(
+        "  inbound:\n  - port: {INBOUND}\n    servicePort: 80\n    tags: {{kuma.io/service: local, kuma.io/protocol: http, kuma.io/zone: zone-a}}\n  - port: {REDIS_INBOUND}\n    servicePort: 6379\n    tags: {{kuma.io/service: local-redis, kuma.io/protocol: tcp, kuma.io/zone: zone-a}}\n"
+    );
+    write_store_file(
+        &z.dir,
+        "local-1.yaml",
+        &dataplane_yaml("local-1", b2, &networking),
+    )?;
+    let (_web, local) = z.web_and_local()?;
+    let flag = z.topo.dir().join("strict-applied");
+    let holder = a
+        .command("python3")
+        .args(["-c", HOLD_CONNECTIONS, &b2.ip4().to_string()])
+        .args([INBOUND.to_string(), REDIS_INBOUND.to_string()])
+        .arg(&flag)
+        .arg(LOCAL_BODY.trim())
+        .log_name("hold-connections")
+        .spawn()?;
+    holder.wait_for_log("tcp before:", Duration::from_secs(15))?;
+
+    write_store_file(&z.dir, "mesh.yaml", &mesh("STRICT", false))?;
+    wait_until(Duration::from_secs(10), || {
+        local
+            .config_dump()
+            .is_ok_and(|d| d["config"]["mtls"]["default"]["permissive"] == false)
+    })
+    .context("local-1 never applied STRICT")?;
+    std::fs::write(&flag, "")?;
+    holder.wait_for_log("http after:", Duration::from_secs(30))?;
+    let log = holder.log_contents();
+    ensure!(
+        log.contains("http before: served") && log.contains("tcp before: open"),
+        "the PERMISSIVE inbound did not serve plaintext first:\n{log}"
+    );
+    ensure!(
+        log.contains("tcp after: closed"),
+        "a plaintext TCP connection outlived STRICT:\n{log}"
+    );
+    ensure!(
+        log.contains("http after: refused"),
+        "a plaintext HTTP request was served after STRICT on a kept-alive connection:\n{log}"
+    );
+    // The sidecar's own traffic is mTLS and goes on.
+    get_body(a, OUT_LOCAL, LOCAL_BODY)?;
+    Ok(())
+}
+
+/// A warm plaintext upstream connection is never reused once the mesh turns mTLS on: the
+/// origin is a bare nginx on local-1's inbound address, so the wire shows what web sends.
+#[test]
+fn pooled_plaintext_connections_are_not_reused_after_mtls_is_turned_on() -> Result<()> {
+    let z = Zones::new("STRICT", false)?;
+    let (a, b2) = (z.host("a"), z.host("b2"));
+    let _origin = NginxConfig::new(INBOUND).body(LOCAL_BODY).start(b2)?;
+    write_store_file(&z.dir, "mesh.yaml", "type: Mesh\nname: default\n")?;
+    let web = z.sidecar("a", "web")?;
+    let opened = || web.metric("bearing_cluster_upstream_connections_total{cluster=\"local\"}");
+    for _ in 0..6 {
+        get_body(a, OUT_LOCAL, LOCAL_BODY)?;
+    }
+    let warm = opened()?;
+    ensure!(
+        (1.0..=2.0).contains(&warm),
+        "{warm} upstream connections for 6 requests: not pooled"
+    );
+
+    write_store_file(&z.dir, "mesh.yaml", &mesh("STRICT", false))?;
+    wait_until(Duration::from_secs(10), || {
+        web.config_dump()
+            .is_ok_and(|d| d["config"]["clusters"]["local"]["tls"].is_object())
+    })
+    .context("web never applied mesh mTLS to cluster local")?;
+    let capture = Capture::start(b2, &format!("tcp port {INBOUND}"))?;
+    for _ in 0..4 {
+        // The bare origin cannot finish the handshake: these fail, which is fine.
+        curl_output(a, ["-m", "3", OUT_LOCAL])?;
+    }
+    let pcap = capture.stop(a)?;
+    ensure!(
+        !pcap.contains("GET / HTTP"),
+        "a request went upstream in plaintext after mTLS was turned on"
+    );
+    ensure!(
+        pcap.contains(bearing_tls::to_dns_sni(LOCAL_SNI)),
+        "no mTLS ClientHello after mTLS was turned on ({} packets)",
+        pcap.packets()
+    );
+    ensure!(opened()? > warm, "no new upstream connection was opened");
+    Ok(())
+}
+
+/// The recommended production setup: each sidecar's store holds the CA certificate and its
+/// own identity Secret issued ahead of time by `bearing ca issue`, never the CA key; the two
+/// sidecars talk mTLS. A store with neither key nor identity is refused, naming both ways.
+#[test]
+fn sidecars_with_identities_issued_ahead_of_time_talk_mtls_without_the_ca_key() -> Result<()> {
+    let z = Zones::new("STRICT", false)?;
+    let (a, b2) = (z.host("a"), z.host("b2"));
+    let proxy_store = |name: &str, dataplane: Option<&str>| -> Result<PathBuf> {
+        let dir = z.topo.dir().join(name);
+        std::fs::create_dir_all(&dir)?;
+        for file in ["mesh.yaml", "web.yaml", "local-1.yaml"] {
+            std::fs::copy(z.dir.join(file), dir.join(file))?;
+        }
+        if let Some(dataplane) = dataplane {
+            bearing_ca_issue(&z.dir, "default", dataplane, &dir)?;
+        }
+        Ok(dir)
+    };
+    let (web_store, local_store) = (
+        proxy_store("store-web", Some("web"))?,
+        proxy_store("store-local-1", Some("local-1"))?,
+    );
+    for dir in [&web_store, &local_store] {
+        for entry in std::fs::read_dir(dir)? {
+            let text = std::fs::read_to_string(entry?.path())?;
+            ensure!(
+                !text.contains("ca-builtin-key"),
+                "a proxy store holds the CA key"
+            );
+        }
+    }
+    let _web = Bearing::start(a, &web_store, &["--name", "web"])?;
+    let local = Bearing::start(b2, &local_store, &["--name", "local-1"])?;
+    ensure!(
+        local
+            .process()
+            .log_contents()
+            .contains("issued ahead of time loaded"),
+        "local-1 did not load its pre-issued identity:\n{}",
+        local.process().describe_log()
+    );
+    // It cannot renew the leaf, and says how long it has (`ca issue` default: 720 h).
+    let left = local
+        .metric("bearing_tls_identity_expiry_seconds{mesh=\"default\",renewable=\"false\"}")?;
+    ensure!(
+        (719.0 * 3600.0..=720.0 * 3600.0).contains(&left),
+        "identity expiry metric: {left}"
+    );
+    get_body(a, OUT_LOCAL, LOCAL_BODY)?;
+    // local-1 presents a certificate of the mesh CA and requires one.
+    let good = TlsClient::new(b2.sock4(INBOUND))
+        .servername(bearing_tls::to_dns_sni(LOCAL_SNI))
+        .alpn("kuma")
+        .client_cert(&z.mesh_leaf("web")?)
+        .verify_ca(&z.mesh_ca.files().cert)
+        .run(a)?;
+    ensure!(
+        good.accepted() && good.verified && good.response.contains(LOCAL_BODY.trim()),
+        "{good:?}"
+    );
+    ensure!(
+        !plaintext_reaches(a, b2, LOCAL_BODY)?,
+        "STRICT inbound served plaintext HTTP"
+    );
+
+    // Neither the CA key nor an identity: refused, naming both ways.
+    let bare = proxy_store("store-bare", None)?;
+    std::fs::copy(
+        web_store.join("ca-cert-default-ca-1.yaml"),
+        bare.join("ca-cert-default-ca-1.yaml"),
+    )?;
+    let out = std::process::Command::new(bearing_bin()?)
+        .arg("validate")
+        .arg(&bare)
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "validate accepted a store without key or identity"
+    );
+    for part in [
+        "Mesh/default: mtls.backends[0]",
+        "default.identity-web",
+        "bearing ca issue --mesh default --backend ca-1",
+        "bearing ca generate --mesh default --backend ca-1",
+    ] {
+        ensure!(text.contains(part), "{part:?} not in:\n{text}");
+    }
     Ok(())
 }

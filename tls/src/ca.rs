@@ -26,9 +26,9 @@ pub(crate) const CLOCK_SKEW: time::Duration = time::Duration::minutes(1);
 /// Holds the PEM texts (to store or hand out) and the parsed signer (to issue leaves).
 pub struct MeshCa {
     cert_pem: String,
-    key_pem: String,
+    key_pem: Option<String>,
     cert_der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Option<Issuer<'static, KeyPair>>,
 }
 
 impl std::fmt::Debug for MeshCa {
@@ -76,9 +76,9 @@ impl MeshCa {
             })?;
         Ok(MeshCa {
             cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            key_pem: Some(key.serialize_pem()),
             cert_der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
+            issuer: Some(Issuer::new(params, key)),
         })
     }
 
@@ -86,31 +86,9 @@ impl MeshCa {
     /// writes it). Checks that the certificate parses, is a CA (basicConstraints CA, and
     /// keyCertSign if keyUsage is present) and that the key is the certificate's key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<MeshCa, TlsError> {
-        let cert_der =
-            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| TlsError::Pem {
-                what: "CA certificate PEM",
-                reason: e.to_string(),
-            })?;
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(&cert_der).map_err(|e| TlsError::Certificate {
-                what: "CA certificate",
-                reason: e.to_string(),
-            })?;
-        match cert.basic_constraints() {
-            Ok(Some(bc)) if bc.value.ca => {}
-            Ok(Some(_)) => return Err(TlsError::NotCa("basicConstraints has CA:FALSE")),
-            Ok(None) => return Err(TlsError::NotCa("no basicConstraints extension")),
-            Err(_) => return Err(TlsError::NotCa("basicConstraints extension is malformed")),
-        }
-        match cert.key_usage() {
-            Ok(Some(ku)) if !ku.value.key_cert_sign() => {
-                return Err(TlsError::NotCa("keyUsage lacks keyCertSign"))
-            }
-            Ok(_) => {}
-            Err(_) => return Err(TlsError::NotCa("keyUsage extension is malformed")),
-        }
+        let (cert_der, public_key) = parse_ca_cert(cert_pem)?;
         let key = load_key(key_pem)?;
-        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        if public_key != key.public_key_raw() {
             return Err(TlsError::KeyMismatch);
         }
         let issuer =
@@ -120,9 +98,21 @@ impl MeshCa {
             })?;
         Ok(MeshCa {
             cert_pem: cert_pem.to_owned(),
-            key_pem: key_pem.to_owned(),
-            cert_der: cert_der.into_owned(),
-            issuer,
+            key_pem: Some(key_pem.to_owned()),
+            cert_der,
+            issuer: Some(issuer),
+        })
+    }
+
+    /// Loads a mesh CA from its certificate alone, checked as [`MeshCa::from_pem`] does: it
+    /// verifies peers but cannot issue (a proxy whose leaf was issued ahead of time).
+    pub fn from_cert_pem(cert_pem: &str) -> Result<MeshCa, TlsError> {
+        let (cert_der, _) = parse_ca_cert(cert_pem)?;
+        Ok(MeshCa {
+            cert_pem: cert_pem.to_owned(),
+            key_pem: None,
+            cert_der,
+            issuer: None,
         })
     }
 
@@ -131,9 +121,10 @@ impl MeshCa {
         &self.cert_pem
     }
 
-    /// The CA private key in PEM, as written to the store.
-    pub fn key_pem(&self) -> &str {
-        &self.key_pem
+    /// The CA private key in PEM, as written to the store; `None` for a CA loaded from its
+    /// certificate alone.
+    pub fn key_pem(&self) -> Option<&str> {
+        self.key_pem.as_deref()
     }
 
     /// The CA certificate in DER: the trust anchor of mesh TLS and the tail of every leaf chain.
@@ -141,10 +132,40 @@ impl MeshCa {
         &self.cert_der
     }
 
-    /// The signer leaf certificates are issued with.
-    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
-        &self.issuer
+    /// The signer leaf certificates are issued with; an error for a CA without its key.
+    pub(crate) fn issuer(&self) -> Result<&Issuer<'static, KeyPair>, TlsError> {
+        self.issuer.as_ref().ok_or(TlsError::NoCaKey)
     }
+}
+
+/// Parses a CA certificate PEM and checks that it is a CA (basicConstraints CA, and
+/// keyCertSign if keyUsage is present); gives its DER and its public key.
+fn parse_ca_cert(cert_pem: &str) -> Result<(CertificateDer<'static>, Vec<u8>), TlsError> {
+    let cert_der =
+        CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| TlsError::Pem {
+            what: "CA certificate PEM",
+            reason: e.to_string(),
+        })?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&cert_der).map_err(|e| TlsError::Certificate {
+            what: "CA certificate",
+            reason: e.to_string(),
+        })?;
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => {}
+        Ok(Some(_)) => return Err(TlsError::NotCa("basicConstraints has CA:FALSE")),
+        Ok(None) => return Err(TlsError::NotCa("no basicConstraints extension")),
+        Err(_) => return Err(TlsError::NotCa("basicConstraints extension is malformed")),
+    }
+    match cert.key_usage() {
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => {
+            return Err(TlsError::NotCa("keyUsage lacks keyCertSign"))
+        }
+        Ok(_) => {}
+        Err(_) => return Err(TlsError::NotCa("keyUsage extension is malformed")),
+    }
+    let public_key = cert.public_key().subject_public_key.data.to_vec();
+    Ok((cert_der.into_owned(), public_key))
 }
 
 /// Loads a private key PEM into rcgen, accepting PKCS#8 and PKCS#1 RSA.
@@ -256,24 +277,32 @@ pub fn builtin_secret_names(mesh: &str, backend: &str) -> (String, String) {
     )
 }
 
-/// Two Kuma Universal YAML documents (`type: Secret`, `name`, `mesh`, `data` = base64 of the
-/// PEM) for the CA certificate and key, separated by `---`, for `bearing ca generate` to write
-/// into a store directory.
+/// Kuma Universal YAML documents (`type: Secret`, `name`, `mesh`, `data` = base64 of the
+/// PEM) for the CA certificate and, when `ca` has it, the key, separated by `---`, for
+/// `bearing ca generate` (and, certificate only, `bearing ca issue`) to write into a store.
 pub fn builtin_secrets_yaml(mesh: &str, backend: &str, ca: &MeshCa) -> String {
     let (cert_name, key_name) = builtin_secret_names(mesh, backend);
+    let cert = secret_yaml(mesh, &cert_name, ca.cert_pem());
+    match ca.key_pem() {
+        Some(key) => format!("{cert}---\n{}", secret_yaml(mesh, &key_name, key)),
+        None => cert,
+    }
+}
+
+/// The Secret holding the identity issued ahead of time for one Dataplane (or zone proxy):
+/// `<mesh>.identity-<dataplane>`, read by that proxy only, instead of the CA key.
+pub fn identity_secret_name(mesh: &str, dataplane: &str) -> String {
+    format!("{mesh}.identity-{dataplane}")
+}
+
+/// A Kuma Universal Secret `name` of `mesh` whose `data` is the base64 of `pem`.
+pub fn secret_yaml(mesh: &str, name: &str, pem: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let doc = |name: &str, pem: &str| {
-        format!(
-            "type: Secret\nname: {}\nmesh: {}\ndata: {}\n",
-            yaml_quote(name),
-            yaml_quote(mesh),
-            b64.encode(pem)
-        )
-    };
     format!(
-        "{}---\n{}",
-        doc(&cert_name, ca.cert_pem()),
-        doc(&key_name, ca.key_pem())
+        "type: Secret\nname: {}\nmesh: {}\ndata: {}\n",
+        yaml_quote(name),
+        yaml_quote(mesh),
+        b64.encode(pem)
     )
 }
 
@@ -327,7 +356,7 @@ mod tests {
             - cert.validity().not_before.timestamp())
             / (365 * 24 * 3600);
         assert_eq!(years, 10);
-        let again = MeshCa::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
+        let again = MeshCa::from_pem(ca.cert_pem(), ca.key_pem().unwrap()).unwrap();
         assert_eq!(again.cert_der(), ca.cert_der());
     }
 
@@ -335,7 +364,7 @@ mod tests {
     fn from_pem_rejects_mismatched_key() {
         let a = MeshCa::generate("default").unwrap();
         let b = MeshCa::generate("default").unwrap();
-        let err = MeshCa::from_pem(a.cert_pem(), b.key_pem()).unwrap_err();
+        let err = MeshCa::from_pem(a.cert_pem(), b.key_pem().unwrap()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "CA private key does not match the public key of the CA certificate"
@@ -359,7 +388,7 @@ mod tests {
     #[test]
     fn from_pem_names_the_bad_pem() {
         let ca = MeshCa::generate("default").unwrap();
-        let err = MeshCa::from_pem("garbage", ca.key_pem()).unwrap_err();
+        let err = MeshCa::from_pem("garbage", ca.key_pem().unwrap()).unwrap_err();
         assert!(err.to_string().starts_with("CA certificate PEM:"), "{err}");
         let err = MeshCa::from_pem(ca.cert_pem(), ca.cert_pem()).unwrap_err();
         assert!(err.to_string().starts_with("CA private key PEM:"), "{err}");
@@ -384,7 +413,7 @@ mod tests {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
         let cert = params.self_signed(&key).unwrap();
         let ca = MeshCa::from_pem(&cert.pem(), pkcs1_pem).unwrap();
-        assert_eq!(ca.key_pem(), pkcs1_pem);
+        assert_eq!(ca.key_pem(), Some(pkcs1_pem));
     }
 
     #[test]
@@ -412,7 +441,7 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD;
         for (doc, (name, pem)) in docs.iter().zip([
             ("default.ca-builtin-cert-ca-1", ca.cert_pem()),
-            ("default.ca-builtin-key-ca-1", ca.key_pem()),
+            ("default.ca-builtin-key-ca-1", ca.key_pem().unwrap()),
         ]) {
             assert_eq!(doc["type"].as_str(), Some("Secret"));
             assert_eq!(doc["name"].as_str(), Some(name));

@@ -160,8 +160,32 @@ pub fn peer_spiffe_ids(certs: &[CertificateDer<'_>]) -> Vec<String> {
     ids
 }
 
+/// Checks that `certs` (leaf first, then intermediates) chain to `ca` and are valid now, as a
+/// mesh server checks a client certificate.
+pub(crate) fn verify_leaf(ca: &MeshCa, certs: &[CertificateDer<'static>]) -> Result<(), TlsError> {
+    let Some((leaf, intermediates)) = certs.split_first() else {
+        return Err(TlsError::Invalid {
+            field: "identity",
+            reason: "no certificate".into(),
+        });
+    };
+    let verifier = WebPkiClientVerifier::builder_with_provider(mesh_roots(ca)?, provider())
+        .build()
+        .map_err(|source| TlsError::Verifier {
+            what: "identity check",
+            source,
+        })?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|source| TlsError::Rustls {
+            what: "identity certificate against the mesh CA",
+            source,
+        })?;
+    Ok(())
+}
+
 /// All URI SANs of the first certificate.
-fn uri_sans(certs: &[CertificateDer<'_>]) -> Vec<String> {
+pub(crate) fn uri_sans(certs: &[CertificateDer<'_>]) -> Vec<String> {
     let Some(Ok((_, cert))) = certs
         .first()
         .map(|der| x509_parser::parse_x509_certificate(der))
@@ -680,7 +704,7 @@ mod tests {
     fn external_client_certificate_is_loaded_and_bad_pems_are_named() {
         // Any certificate with its key will do for loading; use a generated CA's.
         let ca = MeshCa::generate("default").unwrap();
-        let pair = Some((ca.cert_pem(), ca.key_pem()));
+        let pair = Some((ca.cert_pem(), ca.key_pem().unwrap()));
         let config = external_client_config(
             Some(ca.cert_pem()),
             pair,
@@ -696,7 +720,7 @@ mod tests {
             err.to_string().starts_with("client private key PEM:"),
             "{err}"
         );
-        let no_cert = Some(("", ca.key_pem()));
+        let no_cert = Some(("", ca.key_pem().unwrap()));
         let err =
             external_client_config(None, no_cert, ServerVerification::SkipAll, vec![]).unwrap_err();
         assert!(

@@ -68,6 +68,9 @@ pub enum TlsError {
         /// rustls' error.
         source: rustls::server::VerifierBuilderError,
     },
+    /// A certificate was to be issued by a CA loaded without its private key.
+    #[error("the mesh CA's private key is not available here, so no certificate can be issued")]
+    NoCaKey,
     /// No trust anchors could be loaded from the system store.
     #[error("system root certificates: {0}")]
     NativeRoots(String),

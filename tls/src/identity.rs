@@ -40,6 +40,25 @@ pub fn issue_leaf(
     issue(ca, mesh, &services, validity, SystemTime::now())
 }
 
+/// Issues a leaf ahead of time (`bearing ca issue`), for a proxy that holds no CA key: one
+/// PEM text with the leaf, the CA certificate and the leaf's private key, as
+/// [`Identity::pre_issued`] reads it back.
+pub fn issue_leaf_pem(
+    ca: &MeshCa,
+    mesh: &str,
+    services: &[String],
+    validity: Duration,
+) -> Result<String, TlsError> {
+    let services = normalized_services(services)?;
+    let (cert, key) = sign_leaf(ca, mesh, &services, validity, SystemTime::now())?;
+    Ok(format!(
+        "{}{}{}",
+        cert.pem(),
+        ca.cert_pem(),
+        key.serialize_pem()
+    ))
+}
+
 /// Sorts and deduplicates the service list, refusing an empty one.
 fn normalized_services(services: &[String]) -> Result<Vec<String>, TlsError> {
     let mut services = services.to_vec();
@@ -55,13 +74,13 @@ fn normalized_services(services: &[String]) -> Result<Vec<String>, TlsError> {
 }
 
 /// Issues a leaf valid from `now - CLOCK_SKEW` to `now + validity`; `services` is normalized.
-fn issue(
+fn sign_leaf(
     ca: &MeshCa,
     mesh: &str,
     services: &[String],
     validity: Duration,
     now: SystemTime,
-) -> Result<Arc<CertifiedKey>, TlsError> {
+) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
     let lifetime = time::Duration::try_from(validity)
         .ok()
         .filter(|d| d.is_positive())
@@ -103,11 +122,23 @@ fn issue(
         }
     })?;
     let cert = params
-        .signed_by(&key, ca.issuer())
+        .signed_by(&key, ca.issuer()?)
         .map_err(|source| TlsError::Generate {
             what: "leaf certificate",
             source,
         })?;
+    Ok((cert, key))
+}
+
+/// A new leaf signed by `ca` for `services` of `mesh`, valid for `validity` from `now`.
+fn issue(
+    ca: &MeshCa,
+    mesh: &str,
+    services: &[String],
+    validity: Duration,
+    now: SystemTime,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let (cert, key) = sign_leaf(ca, mesh, services, validity, now)?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let provider = rustls::crypto::ring::default_provider();
     let certified = CertifiedKey::from_der(
@@ -169,6 +200,84 @@ impl Identity {
             validity,
             leaf: ArcSwap::from_pointee(Leaf { key, issued_at }),
         }))
+    }
+
+    /// An identity issued ahead of time: `pem` holds the certificate chain (leaf first) and
+    /// the leaf's private key. The leaf must chain to `ca`, be valid now and carry
+    /// `spiffe://<mesh>/<service>` for each of `services`. It cannot be renewed here (`ca`
+    /// has no key): [`spawn_renewal`] warns as its end nears.
+    pub fn pre_issued(
+        ca: Arc<MeshCa>,
+        mesh: &str,
+        services: &[String],
+        pem: &str,
+    ) -> Result<Arc<Identity>, TlsError> {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::CertificateDer;
+        let services = normalized_services(services)?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Pem {
+                what: "identity certificate chain PEM",
+                reason: e.to_string(),
+            })?;
+        let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Key {
+            what: "identity private key PEM",
+            reason: e.to_string(),
+        })?;
+        let Some(leaf) = certs.first() else {
+            return Err(TlsError::Invalid {
+                field: "identity",
+                reason: "no certificate in the PEM".into(),
+            });
+        };
+        crate::config::verify_leaf(&ca, &certs)?;
+        let presented = crate::config::uri_sans(&certs);
+        if let Some(missing) = services
+            .iter()
+            .map(|service| format!("spiffe://{mesh}/{service}"))
+            .find(|id| !presented.contains(id))
+        {
+            return Err(TlsError::Invalid {
+                field: "identity",
+                reason: format!(
+                    "the certificate lacks {missing} (it has {presented:?}); issue one for every service of this proxy"
+                ),
+            });
+        }
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::Certificate {
+                what: "identity certificate",
+                reason: e.to_string(),
+            })?;
+        let validity = parsed.validity();
+        let at =
+            |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+        let (from, until) = (
+            at(validity.not_before.timestamp()),
+            at(validity.not_after.timestamp()),
+        );
+        let provider = rustls::crypto::ring::default_provider();
+        let key =
+            CertifiedKey::from_der(certs, key, &provider).map_err(|source| TlsError::Rustls {
+                what: "identity certificate and key",
+                source,
+            })?;
+        Ok(Arc::new(Identity {
+            ca,
+            mesh: mesh.to_owned(),
+            services,
+            validity: until.duration_since(from).unwrap_or_default(),
+            leaf: ArcSwap::from_pointee(Leaf {
+                key: Arc::new(key),
+                issued_at: from,
+            }),
+        }))
+    }
+
+    /// Whether this proxy can renew the identity itself (it holds the CA key).
+    pub fn renewable(&self) -> bool {
+        self.ca.key_pem().is_some()
     }
 
     /// The leaf certificate chain and key that new handshakes present.
@@ -242,12 +351,40 @@ impl rustls::client::ResolvesClientCert for Identity {
     }
 }
 
+/// Says, loudly, that a pre-issued identity nears its end (or is past it) and that only a
+/// new one from `bearing ca issue` helps.
+fn warn_unrenewable(identity: &Identity, now: SystemTime) {
+    let expires_at = OffsetDateTime::from(identity.expires_at());
+    let hint = "this proxy holds no CA key and cannot renew it: write a new identity Secret with `bearing ca issue`";
+    match identity.expires_at().duration_since(now) {
+        Ok(left) => tracing::warn!(
+            mesh = %identity.mesh,
+            services = ?identity.services,
+            %expires_at,
+            left_secs = left.as_secs(),
+            "mesh identity certificate expires soon; {hint}"
+        ),
+        Err(_) => tracing::error!(
+            mesh = %identity.mesh,
+            services = ?identity.services,
+            %expires_at,
+            "mesh identity certificate has EXPIRED: peers refuse this proxy; {hint}"
+        ),
+    }
+}
+
 /// Runs the renewal loop of `identity`: sleeps until renewal is due, renews, logs the outcome,
-/// and retries a failed renewal after 10 s. Runs until the handle is aborted.
+/// and retries a failed renewal after 10 s. An identity it cannot renew (pre-issued, no CA
+/// key) gets a warning every hour from then on instead. Runs until the handle is aborted.
 pub fn spawn_renewal(identity: Arc<Identity>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let now = SystemTime::now();
+            if !identity.renewable() && identity.renew_due(now) {
+                warn_unrenewable(&identity, now);
+                tokio::time::sleep(MAX_SLEEP).await;
+                continue;
+            }
             if !identity.renew_due(now) {
                 let wait = identity
                     .renew_at()
@@ -286,6 +423,53 @@ mod tests {
 
     fn services(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A leaf issued ahead of time loads without the CA key, carries what it was issued for,
+    /// and cannot be renewed; one for other services or from another CA is refused.
+    #[test]
+    fn pre_issued_identity_needs_no_ca_key_and_is_checked() {
+        let ca = MeshCa::generate("default").unwrap();
+        let pem = issue_leaf_pem(
+            &ca,
+            "default",
+            &services(&["web", "api"]),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let trust = Arc::new(MeshCa::from_cert_pem(ca.cert_pem()).unwrap());
+        assert_eq!(trust.key_pem(), None);
+        let id = Identity::pre_issued(trust.clone(), "default", &services(&["web"]), &pem).unwrap();
+        assert!(!id.renewable());
+        assert!(matches!(id.renew(), Err(TlsError::NoCaKey)));
+        let left = id.expires_at().duration_since(SystemTime::now()).unwrap();
+        assert!(
+            left > Duration::from_secs(3500) && left <= Duration::from_secs(3600),
+            "{left:?}"
+        );
+
+        let err =
+            Identity::pre_issued(trust.clone(), "default", &services(&["db"]), &pem).unwrap_err();
+        assert!(err.to_string().contains("spiffe://default/db"), "{err}");
+        let other = MeshCa::generate("default").unwrap();
+        let foreign = issue_leaf_pem(
+            &other,
+            "default",
+            &services(&["web"]),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert!(Identity::pre_issued(trust, "default", &services(&["web"]), &foreign).is_err());
+        let leaf_only = pem
+            .split("-----END CERTIFICATE-----")
+            .next()
+            .unwrap()
+            .to_string()
+            + "-----END CERTIFICATE-----\n";
+        assert!(
+            MeshCa::from_cert_pem(&leaf_only).is_err(),
+            "a leaf is not a CA"
+        );
     }
 
     #[test]

@@ -21,14 +21,16 @@ mod kuma_sni;
 mod sni;
 mod wire_sni;
 
-pub use ca::{builtin_secret_names, builtin_secrets_yaml, MeshCa};
+pub use ca::{
+    builtin_secret_names, builtin_secrets_yaml, identity_secret_name, secret_yaml, MeshCa,
+};
 pub use config::{
     cross_mesh_client_config, cross_mesh_server_config, external_client_config, mesh_client_config,
     mesh_server_config, peer_spiffe_ids, ServerVerification, KUMA_ALPN,
 };
 pub use error::TlsError;
 pub use gateway::{certified_key, gateway_server_config};
-pub use identity::{issue_leaf, spawn_renewal, Identity};
+pub use identity::{issue_leaf, issue_leaf_pem, spawn_renewal, Identity};
 pub use kuma_sni::{
     parse_resource_sni, parse_tags_sni, resource_sni, tags_sni, ResourceKind, ResourceSni, TagsSni,
 };

@@ -33,6 +33,23 @@ pub struct CompileOptions {
     pub vips: VipOptions,
 }
 
+/// The services a Dataplane's mesh identity carries (`spiffe://<mesh>/<service>` each): its
+/// inbounds' and, for a builtin gateway, the gateway's own, which it presents to the
+/// backends it calls. Sorted, without duplicates.
+pub(crate) fn identity_services(dp: &Dataplane) -> Vec<String> {
+    let inbounds = dp.networking.inbound.iter().map(|i| service_of(&i.tags));
+    let gateway = dp
+        .networking
+        .gateway
+        .iter()
+        .filter(|g| g.kind == "BUILTIN")
+        .map(|g| service_of(&g.tags));
+    let mut services: Vec<String> = inbounds.chain(gateway).filter(|s| !s.is_empty()).collect();
+    services.sort();
+    services.dedup();
+    services
+}
+
 /// Builds the config of the proxy described by `me` (a Dataplane, ZoneIngress or ZoneEgress)
 /// from `store`.
 pub fn compile(
@@ -66,23 +83,13 @@ pub fn compile(
             format!("mesh {mesh:?} does not exist in the store"),
         ));
     }
-    let mut services: Vec<String> = dp
-        .networking
-        .inbound
-        .iter()
-        .map(|i| service_of(&i.tags))
-        .filter(|s| !s.is_empty())
-        .collect();
+    let services = identity_services(dp);
     let builtin_gateway = dp
         .networking
         .gateway
         .as_ref()
         .filter(|g| g.kind == "BUILTIN");
-    // A builtin gateway presents its own service's identity to the backends it calls.
-    services.extend(builtin_gateway.map(|g| service_of(&g.tags)));
-    services.sort();
-    services.dedup();
-    let mtls = match mesh_spec.map(|m| mesh_tls(store, &mesh, m, services)) {
+    let mtls = match mesh_spec.map(|m| mesh_tls(store, &mesh, m, services, &me.meta.name)) {
         Some(Ok(m)) => m,
         Some(Err((field, message))) => {
             let at = mesh_resource(store, &mesh).unwrap_or(me);
@@ -789,7 +796,7 @@ pub(crate) fn version_of(config: &ProxyConfig) -> String {
         config
             .mtls
             .values()
-            .map(|m| &m.ca_key_pem)
+            .map(|m| (&m.ca_key_pem, &m.identity_pem))
             .collect::<Vec<_>>(),
     ))
     .unwrap_or_default();

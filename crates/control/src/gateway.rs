@@ -32,7 +32,7 @@ use bearing_proxy_config::{
 };
 
 use crate::compile::{problem, Destination, Outbounds};
-use crate::mtls::{mesh_of, mesh_tls, meshes, resolve, spiffe_id};
+use crate::mtls::{mesh_ca_cert, mesh_of, meshes, resolve, spiffe_id};
 
 /// Listeners and clusters of a builtin gateway Dataplane.
 pub(crate) struct GatewayParts {
@@ -524,8 +524,7 @@ fn backends(
 fn mesh_ca_pems(store: &Store) -> Vec<String> {
     meshes(store)
         .into_iter()
-        .filter_map(|(name, m)| mesh_tls(store, name, m, Vec::new()).ok().flatten())
-        .map(|t| t.ca_cert_pem)
+        .filter_map(|(name, m)| mesh_ca_cert(store, name, m))
         .collect()
 }
 
@@ -609,8 +608,7 @@ pub(crate) fn cross_mesh_cluster(
     }
     let target_ca = meshes(store)
         .get(target_mesh)
-        .and_then(|m| mesh_tls(store, target_mesh, m, Vec::new()).ok().flatten())
-        .map(|t| t.ca_cert_pem);
+        .and_then(|m| mesh_ca_cert(store, target_mesh, m));
     let mut c = crate::compile::cluster(to.cluster, Protocol::Http, Vec::new());
     match (outbounds.mtls, target_ca) {
         (true, Some(ca)) => {

@@ -1,10 +1,12 @@
 //! Zone ingress and zone egress configs: one TCP listener that routes by the SNI of the
 //! client's TLS ClientHello.
 //!
-//! - Ingress (ZoneIngress, port 10001): for every mesh, each service of its zone's ready
-//!   Dataplanes (Kuma's tags-form SNI, the other tags narrowing the endpoints) and each stored
-//!   MeshService port (hashed form) goes to those local endpoints. TLS passes through: the
-//!   destination sidecar terminates it.
+//! - Ingress (ZoneIngress, port 10001): for every mesh with mTLS, each service of its zone's
+//!   ready Dataplanes (Kuma's tags-form SNI, the other tags narrowing the endpoints) and each
+//!   stored MeshService port (hashed form) goes to those local endpoints. TLS passes through:
+//!   the destination sidecar terminates it. A mesh without mTLS gets no route: sidecars only
+//!   cross zones with mTLS (Kuma's endpoint builder skips remote ingresses of such a mesh),
+//!   so a route to its plaintext inbounds would serve only outsiders.
 //! - Egress (ZoneEgress, port 10002), for every mesh with mTLS: services running only in other
 //!   zones pass through to those zones' ingresses; ExternalServices terminate mesh mTLS with
 //!   the external service's identity, require a client certificate of that mesh, and connect
@@ -50,7 +52,7 @@ pub fn compile(
         for (mesh_name, mesh) in meshes(store) {
             let externals = external_services(store, mesh_name);
             let identities = externals.keys().map(|s| s.to_string()).collect();
-            match mesh_tls(store, mesh_name, mesh, identities) {
+            match mesh_tls(store, mesh_name, mesh, identities, &me.meta.name) {
                 Ok(Some(tls)) => {
                     egress_routes(store, &view, mesh_name, &mut routes, &mut clusters);
                     for (service, (r, es)) in externals {
@@ -175,8 +177,8 @@ fn service_target(mesh: &str, service: &str) -> SniTarget {
     }
 }
 
-/// Ingress: each local service of every mesh, with its endpoints' tags so that an SNI's tags
-/// select among them, and each stored MeshService port.
+/// Ingress: each local service of every mesh with mTLS, with its endpoints' tags so that an
+/// SNI's tags select among them, and each stored MeshService port.
 fn ingress_routes(
     store: &Store,
     view: &ZoneView,
@@ -184,8 +186,14 @@ fn ingress_routes(
     clusters: &mut BTreeMap<String, Cluster>,
 ) {
     let mut services: BTreeMap<(&str, &str), Vec<Endpoint>> = BTreeMap::new();
+    let all_meshes = meshes(store);
+    let has_mtls = |r: &Resource| {
+        all_meshes
+            .get(mesh_of(r))
+            .is_some_and(|m| m.mtls.as_ref().and_then(|t| t.enabled()).is_some())
+    };
     let local_inbounds = store.resources.iter().flat_map(|r| match &r.spec {
-        Spec::Dataplane(dp) if view.is_local(dataplane_zone(dp)) => dp
+        Spec::Dataplane(dp) if view.is_local(dataplane_zone(dp)) && has_mtls(r) => dp
             .networking
             .inbound
             .iter()
@@ -211,6 +219,9 @@ fn ingress_routes(
         let Spec::MeshService(ms) = &r.spec else {
             continue;
         };
+        if !has_mtls(r) {
+            continue;
+        }
         let selector = ms.spec.selector.dataplane_tags.clone().unwrap_or_default();
         for p in &ms.spec.ports {
             let target = TargetPort::of(p);
@@ -445,6 +456,48 @@ networking:
                 .all(|r| r.target != service_target("default", "web")),
             "web is local to the egress"
         );
+    }
+
+    /// Sidecars never cross zones without mTLS, so the ingress routes no mesh that lacks it:
+    /// neither its services nor its MeshServices (an outsider could otherwise reach their
+    /// plaintext inbounds through the ingress).
+    #[test]
+    fn ingress_routes_only_meshes_with_mtls() {
+        let mut s = two_zones(false);
+        let plain = r#"type: Mesh
+name: plain
+---
+type: Dataplane
+name: redis-1
+mesh: plain
+networking:
+  address: 10.0.2.3
+  inbound:
+  - port: 6379
+    tags: {kuma.io/service: redis, kuma.io/zone: zone-b}
+---
+type: MeshService
+name: redis
+mesh: plain
+spec:
+  selector: {dataplaneTags: {kuma.io/service: redis}}
+  ports:
+  - port: 6379
+"#;
+        s.add_text(plain, Path::new("plain.yaml"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let ingress = compile_any(&s, find(&s, "zi-b"), "t", &CompileOptions::default()).unwrap();
+        let routes = &ingress.listeners[0].sni_routes;
+        let meshes: Vec<_> = routes
+            .iter()
+            .map(|r| match &r.target {
+                SniTarget::Service { mesh, .. } | SniTarget::MeshService { mesh, .. } => {
+                    mesh.as_str()
+                }
+            })
+            .collect();
+        assert_eq!(meshes, ["default"], "{routes:?}");
+        assert!(ingress.clusters.keys().all(|c| !c.contains("plain")));
     }
 
     #[test]

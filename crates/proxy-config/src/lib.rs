@@ -35,7 +35,8 @@ pub struct ProxyConfig {
 }
 
 /// One mesh's certificate authority and the identities this proxy holds in it. The proxy
-/// issues its own leaf certificate from the CA and renews it before it expires.
+/// either issues its own leaf certificate from the CA and renews it before it expires (it has
+/// the CA key), or presents a leaf issued ahead of time (`identity_pem`, no CA key here).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MeshTls {
     /// Mesh name (the SPIFFE trust domain: `spiffe://<mesh>/<service>`).
@@ -45,8 +46,13 @@ pub struct MeshTls {
     /// CA certificate (PEM): the only root trusted for mesh traffic.
     pub ca_cert_pem: String,
     /// CA private key (PEM), for issuing this proxy's leaf; never shown in `/config_dump`.
+    /// `None` when the proxy uses a leaf issued ahead of time.
     #[serde(skip_serializing)]
-    pub ca_key_pem: String,
+    pub ca_key_pem: Option<String>,
+    /// This proxy's leaf issued ahead of time (`bearing ca issue`): certificate chain and
+    /// private key (PEM); never shown in `/config_dump`. It cannot be renewed here.
+    #[serde(skip_serializing)]
+    pub identity_pem: Option<String>,
     /// Services this proxy is (`spiffe://<mesh>/<service>` URI SANs of its leaf).
     pub services: Vec<String>,
     /// Plaintext is accepted next to mTLS on inbound listeners (Kuma's PERMISSIVE mode).
