@@ -583,16 +583,24 @@ impl ClusterRuntime {
         let timeout = self.config.request_timeout;
         let address = pool.address;
         let fail = |e: hyper::Error| Retry::Fail(UpstreamError::of_exchange(address, e));
-        // hyper takes any three digits from 100 up; a status beyond 599 is not HTTP's either.
-        let invalid_status = |resp: &Response<Incoming>| match resp.status().as_u16() {
-            ..=599 => None,
-            status => {
-                let why = format!("status {status} outside 100-599");
-                Some(Retry::Fail(UpstreamError::InvalidResponse(
-                    address,
-                    why.into(),
-                )))
-            }
+        // hyper takes any three digits from 100 up (a status beyond 599 is not HTTP's either),
+        // and an HTTP/1 head up to one read over its buffer limit.
+        let invalid = |resp: &Response<Incoming>, h1: bool| {
+            let status = resp.status().as_u16();
+            let why = if status > 599 {
+                format!("status {status} outside 100-599")
+            } else if h1
+                && crate::http_proxy::head_size("HTTP/1.1 200 OK\r\n".len(), resp.headers())
+                    > bearing_http1::MAX_HEAD
+            {
+                "response head larger than 60 KiB".to_string()
+            } else {
+                return None;
+            };
+            Some(Retry::Fail(UpstreamError::InvalidResponse(
+                address,
+                why.into(),
+            )))
         };
         match checkout {
             Checkout::H1(mut sender, _) => {
@@ -600,7 +608,7 @@ impl ClusterRuntime {
                 match with_timeout(timeout, fut).await {
                     None => Err(Retry::Fail(UpstreamError::Timeout(address))),
                     Some(Ok(resp)) => {
-                        if let Some(invalid) = invalid_status(&resp) {
+                        if let Some(invalid) = invalid(&resp, true) {
                             return Err(invalid);
                         }
                         let release = Some((sender, pool.clone()));
@@ -616,7 +624,7 @@ impl ClusterRuntime {
                 let fut = sender.try_send_request(req);
                 match with_timeout(timeout, fut).await {
                     None => Err(Retry::Fail(UpstreamError::Timeout(address))),
-                    Some(Ok(resp)) => match invalid_status(&resp) {
+                    Some(Ok(resp)) => match invalid(&resp, false) {
                         Some(invalid) => Err(invalid),
                         None => Ok(resp.map(|body| UpstreamBody::new(body, None))),
                     },

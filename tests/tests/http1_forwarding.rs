@@ -582,7 +582,12 @@ fn malformed_bodies_bad_statuses_and_connect_are_refused_clearly() -> Result<()>
     ensure!(got.ends_with("connection 6"), "{got:?}");
     // The same through hyper (HTTP/1.0 requests); there a response head goes downstream before
     // its body is read, as with Envoy, so a malformed chunk can only cut the response short.
-    for path in ["/status-099", "/status-600", "/http10-chunked"] {
+    for path in [
+        "/status-099",
+        "/status-600",
+        "/http10-chunked",
+        "/large-head",
+    ] {
         let got = exchange(a, &format!("GET {path} HTTP/1.0\r\nHost: origin\r\n\r\n"))?;
         ensure!(
             got.starts_with("HTTP/1.0 502 Bad Gateway\r\n"),
