@@ -14,7 +14,9 @@
 //! the head as an `http` request for its router and writes the routed head back, see
 //! [`crate::gateway::GatewayRuntime::route_head`]). Anything else (HTTP/2, HTTP/1.0, chunked
 //! uploads, `Expect`, upgrades, malformed heads, a gateway with an HTTP/2 backend) hands the
-//! connection, with the bytes already read, to hyper for the rest of its life.
+//! connection, with the bytes already read, to hyper for the rest of its life. A request no
+//! path forwards (over the head limits, a bad `Host` or length, `CONNECT`) is answered here
+//! and the connection closed.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
