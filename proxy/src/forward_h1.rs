@@ -14,7 +14,9 @@
 //! the head as an `http` request for its router and writes the routed head back, see
 //! [`crate::gateway::GatewayRuntime::route_head`]). Anything else (HTTP/2, HTTP/1.0, chunked
 //! uploads, `Expect`, upgrades, malformed heads, a gateway with an HTTP/2 backend) hands the
-//! connection, with the bytes already read, to hyper for the rest of its life.
+//! connection, with the bytes already read, to hyper for the rest of its life. A request no
+//! path forwards (over the head limits, a bad `Host` or length, `CONNECT`) is answered here
+//! and the connection closed.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
@@ -24,8 +26,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bearing_http1::{parse_request, parse_response, BodyLength, BodyProgress, Refused};
-use bearing_http1::{RequestHead, ResponseHead};
+use bearing_http1::{parse_request, parse_response, BodyLength, BodyProgress, NotForwarded};
+use bearing_http1::{Refused, RequestHead, ResponseHead};
 use http::{HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -37,8 +39,8 @@ use crate::io::TcpBacked;
 use crate::runtime::ListenerRuntime;
 use crate::upstream::{ClusterRuntime, EndpointPool, UpstreamError, UpstreamStream};
 
-/// Largest request (head and held body) or response head this path carries; a larger
-/// request goes to hyper, a larger response head fails the exchange.
+/// Largest request (head and held body) this path carries; a larger one goes to hyper. Heads
+/// alone are limited to [`bearing_http1::MAX_HEAD`] on every path.
 const HELD_LIMIT: usize = 64 * 1024;
 /// Bytes asked for per read at first.
 const READ_SIZE: usize = 16 * 1024;
@@ -53,6 +55,10 @@ const SMALL_BODY: usize = 4096;
 const SPLICE_BODY: u64 = 32 * 1024;
 /// Buffer sets kept per thread for connections between requests.
 const SPARE_BUFFERS: usize = 32;
+/// How long, at most, a refused client's further bytes are read and dropped before the close.
+const LINGER: Duration = Duration::from_secs(2);
+/// How many of those bytes, at most.
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// How long a client may take on the byte path.
 #[derive(Debug, Clone, Copy)]
@@ -188,15 +194,21 @@ where
             if let Some(bufs) = held.as_mut().filter(|b| !b.request.is_empty()) {
                 match parse_request(&bufs.request, &mut bufs.request_head) {
                     Ok(Some(head)) => break head,
-                    Ok(None) if bufs.request.len() >= HELD_LIMIT => {
-                        return handoff(down, held, "request head too large", peer);
-                    }
                     Ok(None) if !started => {
                         started = true;
                         head_timer.as_mut().reset(Instant::now() + timeouts.head);
                     }
                     Ok(None) => {}
-                    Err(Refused(why)) => return handoff(down, held, why, peer),
+                    Err(NotForwarded::Handoff(Refused(why))) => {
+                        return handoff(down, held, why, peer)
+                    }
+                    Err(NotForwarded::Reject { status, why }) => {
+                        if let Some(listener) = current() {
+                            listener.stats.requests.count(status);
+                        }
+                        reject(&mut down, status, why, peer, &mut bufs.request).await;
+                        return Outcome::Closed;
+                    }
                 }
             }
             let idle = held.as_ref().is_none_or(|b| b.request.is_empty());
@@ -298,7 +310,8 @@ where
                 .await
             }
             Routed::Reply(reply, edits) => {
-                Box::pin(write_reply(&mut down, &reply, &request, edits)).await
+                let (is_head, close) = (head.is_head, request.close_downstream);
+                Box::pin(write_reply(&mut down, &reply, is_head, close, edits)).await
             }
             Routed::Unsupported(why) => return handoff(down, Some(bufs), why, peer),
         };
@@ -312,6 +325,39 @@ where
             bufs.give_back();
         } else {
             held = Some(bufs);
+        }
+    }
+}
+
+/// Answers a request no path forwards with `status` and `why`, and closes: the answer goes
+/// out, the write side is shut, and what the client still sends is read into `scratch` and
+/// dropped for a while (at most [`LINGER`] and [`LINGER_BYTES`]), as nginx's lingering close
+/// does, so that closing with unread bytes does not reset the connection before the client
+/// has read the answer.
+async fn reject<S>(down: &mut S, status: u16, why: &str, peer: SocketAddr, scratch: &mut Vec<u8>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tracing::debug!(%peer, "request refused with {status}: {why}");
+    let reply = Reply {
+        status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        location: None,
+        message: why.to_string(),
+    };
+    if !write_reply(down, &reply, false, true, None)
+        .await
+        .downstream_open
+    {
+        return;
+    }
+    let _ = down.shutdown().await;
+    let deadline = Instant::now() + LINGER;
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        scratch.clear();
+        match tokio::time::timeout_at(deadline, read_more(down, scratch, READ_SIZE)).await {
+            Ok(Ok(n)) if n > 0 => dropped += n,
+            _ => return,
         }
     }
 }
@@ -452,7 +498,7 @@ where
                     break;
                 }
                 Sent::NoAnswer(e) => UpstreamError::Request(address, e.into()),
-                Sent::Invalid(refused) => UpstreamError::Request(address, refused.into()),
+                Sent::Invalid(refused) => UpstreamError::InvalidResponse(address, refused.into()),
                 Sent::Timeout => UpstreamError::Timeout(address),
             };
             cluster.stats.request_errors.inc();
@@ -497,9 +543,6 @@ async fn read_response_head(
         if !buf.is_empty() {
             match parse_response(buf, request.head.is_head, request.close_downstream, head) {
                 Ok(Some(parsed)) => return Sent::Answered(parsed),
-                Ok(None) if buf.len() >= HELD_LIMIT => {
-                    return Sent::Invalid(Refused("response head too large"))
-                }
                 Ok(None) => {}
                 Err(refused) => return Sent::Invalid(refused),
             }
@@ -555,16 +598,21 @@ where
             }
         };
     }
+    let mut body = BodyProgress::new(head.body);
+    let after_head = &buf[head.head_len..];
+    let n = match body.advance(after_head) {
+        Ok(n) => n,
+        // Nothing of this response has gone downstream yet: the client gets a 502.
+        Err(refused) => {
+            cluster.stats.request_errors.inc();
+            let failure = UpstreamError::InvalidResponse(pool.address(), refused.into());
+            return local_reply(down, cluster, failure, request, edits).await;
+        }
+    };
     cluster.stats.requests.count(head.status);
     if let Some(edits) = edits {
         edits.apply(out);
     }
-    let mut body = BodyProgress::new(head.body);
-    let after_head = &buf[head.head_len..];
-    let Ok(n) = body.advance(after_head) else {
-        cluster.stats.request_errors.inc();
-        return gone(head.status);
-    };
     let mut reusable = head.reusable && n == after_head.len();
     // A small first part of the body joins the head: one plain write instead of a vectored one.
     let first_part = if n <= SMALL_BODY {
@@ -644,14 +692,17 @@ async fn local_reply<S: AsyncWrite + Unpin>(
         location: None,
         message: failure.to_string(),
     };
-    write_reply(down, &reply, request, edits).await
+    let (is_head, close) = (request.head.is_head, request.close_downstream);
+    write_reply(down, &reply, is_head, close, edits).await
 }
 
-/// Writes a response the proxy makes itself.
+/// Writes a response the proxy makes itself, to a HEAD request (`is_head`: no body) or not,
+/// with `connection: close` when `close`.
 async fn write_reply<S: AsyncWrite + Unpin>(
     down: &mut S,
     reply: &Reply,
-    request: &Request<'_>,
+    is_head: bool,
+    close: bool,
     edits: Option<ResponseEdits<'_>>,
 ) -> Answer {
     use std::io::Write as _;
@@ -668,14 +719,14 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     if let Some(location) = &reply.location {
         bearing_http1::push_header(&mut head, b"location", location.as_bytes());
     }
-    if request.close_downstream {
+    if close {
         head.extend_from_slice(b"connection: close\r\n");
     }
     head.extend_from_slice(b"\r\n");
     if let Some(edits) = edits {
         edits.apply(&mut head);
     }
-    let body = if request.head.is_head {
+    let body = if is_head {
         &[][..]
     } else {
         reply.message.as_bytes()

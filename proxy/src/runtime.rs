@@ -289,8 +289,17 @@ impl Proxy {
     /// A proxy with no config yet whose connections run on `workers`.
     pub fn new(workers: Workers) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1().timer(TokioTimer::new());
-        http.http2().timer(TokioTimer::new());
+        // Heads as the byte path bounds them: hyper's HTTP/1 buffer (400 KB by default) ends
+        // at the head limit, a larger head is answered 431, and so is an HTTP/2 header list
+        // over it (16 KiB by default; Envoy's limit is the same 60 KiB on both). hyper's
+        // default of 100 HTTP/1 fields is already the limit (setting it would allocate the
+        // field array per request).
+        http.http1()
+            .timer(TokioTimer::new())
+            .max_buf_size(bearing_http1::MAX_HEAD);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(bearing_http1::MAX_HEAD as u32);
         let mut gateway_http = http.clone();
         gateway_http
             .http1()
@@ -850,7 +859,7 @@ impl Proxy {
         if current.admits(admission) {
             return Some(current);
         }
-        tracing::info!(listener = %own.config.name, %peer, "closing a connection its listener no longer admits (its mesh mTLS terms changed)");
+        tracing::info!(listener = %own.config.name, %peer, "closing a connection its listener no longer admits (its mesh mTLS terms changed, or a policy denies it)");
         None
     }
 
@@ -950,22 +959,29 @@ impl Proxy {
             // stream (and into its HTTP/1 dispatcher's slot); unboxed, that is 3 KB copied
             // on each move.
             Box::pin(async move {
+                if let Some(denied) = &l.denied {
+                    // A policy denying this inbound came with a reload (Envoy's RBAC answer).
+                    denied.inc();
+                    return Ok(http_proxy::local_reply(
+                        http::StatusCode::FORBIDDEN,
+                        "RBAC: access denied".into(),
+                    ));
+                }
                 if !allowed {
                     return Err(std::io::Error::other(
                         "the listener no longer admits this connection",
                     ));
                 }
-                let resp = match (&l.denied, &l.gateway) {
-                    // A policy denying this inbound came with a reload (Envoy's RBAC answer).
-                    (Some(denied), _) => {
-                        denied.inc();
-                        http_proxy::local_reply(
-                            http::StatusCode::FORBIDDEN,
-                            "RBAC: access denied".into(),
-                        )
+                let mut req = req;
+                let resp = match http_proxy::screen_request(&mut req) {
+                    Some(refused) => {
+                        l.stats.requests.count(refused.status().as_u16());
+                        refused
                     }
-                    (None, Some(gw)) => gateway::handle(req, &l, gw, peer).await,
-                    (None, None) => http_proxy::forward(req, &l).await,
+                    None => match &l.gateway {
+                        Some(gw) => gateway::handle(req, &l, gw, peer).await,
+                        None => http_proxy::forward(req, &l).await,
+                    },
                 };
                 Ok(resp)
             })

@@ -53,6 +53,12 @@ pub enum UpstreamError {
     ConnectFailed(SocketAddr, io::Error),
     /// The request failed after connecting (reset, protocol error).
     Request(SocketAddr, Box<dyn std::error::Error + Send + Sync>),
+    /// The upstream's response is not valid HTTP/1.1 (malformed or oversized head, a status
+    /// outside 100-599, faulty framing).
+    InvalidResponse(SocketAddr, Box<dyn std::error::Error + Send + Sync>),
+    /// The downstream request's body could not be read (a malformed chunk): the client's
+    /// fault, not the upstream's.
+    RequestBody(hyper::Error),
     /// No response headers within the cluster's request timeout.
     Timeout(SocketAddr),
 }
@@ -70,6 +76,17 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Request(a, e) => {
                 write!(f, "upstream {a} reset before response headers: {e}")
             }
+            UpstreamError::InvalidResponse(a, e) => {
+                write!(f, "upstream {a} sent an invalid response: {e}")
+            }
+            UpstreamError::RequestBody(e) => {
+                // The innermost cause names what was wrong (an invalid chunk size line).
+                let mut cause: &dyn std::error::Error = e;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                write!(f, "invalid request body: {cause}")
+            }
             UpstreamError::Timeout(a) => write!(f, "upstream {a} request timeout"),
         }
     }
@@ -77,11 +94,30 @@ impl std::fmt::Display for UpstreamError {
 
 impl UpstreamError {
     /// The status of the local reply that reports this failure downstream: 504 for the
-    /// response timeout, 503 for the rest (as Envoy answers).
+    /// response timeout, 502 for an invalid response (RFC 9112 §6.3, as nginx and HAProxy
+    /// answer), 400 for a request body that could not be read, 503 for the rest (as Envoy
+    /// answers).
     pub fn status(&self) -> http::StatusCode {
         match self {
             UpstreamError::Timeout(_) => http::StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::InvalidResponse(..) => http::StatusCode::BAD_GATEWAY,
+            UpstreamError::RequestBody(_) => http::StatusCode::BAD_REQUEST,
             _ => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The failure of a request hyper reports once it was sent to `address`: the downstream
+    /// body failing (hyper's error from reading it is the cause), an unparsable response, or
+    /// any other failure of the exchange.
+    fn of_exchange(address: SocketAddr, e: hyper::Error) -> Self {
+        let body_failed = e.is_user()
+            && std::error::Error::source(&e).is_some_and(|cause| cause.is::<hyper::Error>());
+        if body_failed {
+            UpstreamError::RequestBody(e)
+        } else if e.is_parse() || e.is_parse_status() {
+            UpstreamError::InvalidResponse(address, e.into())
+        } else {
+            UpstreamError::Request(address, e.into())
         }
     }
 }
@@ -598,6 +634,7 @@ impl ClusterRuntime {
     async fn open_h1(&self, address: SocketAddr) -> io::Result<http1::SendRequest<RequestBody>> {
         let io = TokioIo::new(self.connect(address).await?);
         let (sender, conn) = http1::Builder::new()
+            .max_buf_size(bearing_http1::MAX_HEAD)
             .handshake::<UpstreamIo, RequestBody>(io)
             .await
             .map_err(io::Error::other)?;
@@ -609,6 +646,7 @@ impl ClusterRuntime {
     async fn open_h2(&self, address: SocketAddr) -> io::Result<http2::SendRequest<RequestBody>> {
         let io = TokioIo::new(self.connect(address).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(bearing_http1::MAX_HEAD as u32)
             .handshake::<UpstreamIo, RequestBody>(io)
             .await
             .map_err(io::Error::other)?;
@@ -653,7 +691,9 @@ impl ClusterRuntime {
                         }
                     }
                     Err(Retry::Fail(e)) => {
-                        self.stats.request_errors.inc();
+                        if !matches!(e, UpstreamError::RequestBody(_)) {
+                            self.stats.request_errors.inc();
+                        }
                         return Err(e);
                     }
                 }
@@ -670,13 +710,35 @@ impl ClusterRuntime {
     ) -> Result<Response<UpstreamBody>, Retry> {
         let timeout = self.config.request_timeout;
         let address = pool.address;
-        let fail = |e: hyper::Error| Retry::Fail(UpstreamError::Request(address, e.into()));
+        let fail = |e: hyper::Error| Retry::Fail(UpstreamError::of_exchange(address, e));
+        // hyper takes any three digits from 100 up (a status beyond 599 is not HTTP's either),
+        // and an HTTP/1 head up to one read over its buffer limit.
+        let invalid = |resp: &Response<Incoming>, h1: bool| {
+            let status = resp.status().as_u16();
+            let why = if status > 599 {
+                format!("status {status} outside 100-599")
+            } else if h1
+                && crate::http_proxy::head_size("HTTP/1.1 200 OK\r\n".len(), resp.headers())
+                    > bearing_http1::MAX_HEAD
+            {
+                "response head larger than 60 KiB".to_string()
+            } else {
+                return None;
+            };
+            Some(Retry::Fail(UpstreamError::InvalidResponse(
+                address,
+                why.into(),
+            )))
+        };
         match checkout {
             Checkout::H1(mut sender, _) => {
                 let fut = sender.try_send_request(req);
                 match with_timeout(timeout, fut).await {
                     None => Err(Retry::Fail(UpstreamError::Timeout(address))),
                     Some(Ok(resp)) => {
+                        if let Some(invalid) = invalid(&resp, true) {
+                            return Err(invalid);
+                        }
                         let release = Some((sender, pool.clone()));
                         Ok(resp.map(|body| UpstreamBody::new(body, release)))
                     }
@@ -690,7 +752,10 @@ impl ClusterRuntime {
                 let fut = sender.try_send_request(req);
                 match with_timeout(timeout, fut).await {
                     None => Err(Retry::Fail(UpstreamError::Timeout(address))),
-                    Some(Ok(resp)) => Ok(resp.map(|body| UpstreamBody::new(body, None))),
+                    Some(Ok(resp)) => match invalid(&resp, false) {
+                        Some(invalid) => Err(invalid),
+                        None => Ok(resp.map(|body| UpstreamBody::new(body, None))),
+                    },
                     Some(Err(mut e)) => match e.take_message() {
                         Some(req) => {
                             pool.forget_h2();

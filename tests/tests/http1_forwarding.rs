@@ -27,6 +27,13 @@ RESPONSES = {
     "/head-length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
     "/garbage": b"NOT HTTP AT ALL\r\n\r\n",
     "/large": b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n" + LARGE,
+    "/length-list": b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nok",
+    "/status-099": b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n",
+    "/status-600": b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n",
+    "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    "/http10-chunked": b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"5\r\nhello\r\n0\r\n\r\n",
+    "/large-head": b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 70000 + b"\r\nContent-Length: 0\r\n\r\n",
 }
 
 def serve(conn, number):
@@ -48,7 +55,10 @@ def serve(conn, number):
         if chunked:
             # Enough for the tests: the whole body arrives before the origin answers.
             while not buf.endswith(b"0\r\n\r\n"):
-                buf += conn.recv(65536)
+                data = conn.recv(65536)
+                if not data:
+                    return conn.close()
+                buf += data
             body, rest = b"", buf
             while True:
                 size, _, rest = rest.partition(b"\r\n")
@@ -58,7 +68,10 @@ def serve(conn, number):
             buf = b""
         else:
             while len(buf) < length:
-                buf += conn.recv(65536)
+                data = conn.recv(65536)
+                if not data:
+                    return conn.close()
+                buf += data
             body, buf = buf[:length], buf[length:]
         path = head.split(b" ")[1].decode()
         if path == "/echo":
@@ -100,11 +113,35 @@ s = socket.create_connection(("127.0.0.1", 10001), timeout=5)
 s.sendall(sys.stdin.buffer.read())
 out = b""
 while True:
-    data = s.recv(65536)
+    try:
+        data = s.recv(65536)
+    except ConnectionResetError:
+        sys.stderr.write("reset\n")
+        break
     if not data:
         break
     out += data
 sys.stdout.buffer.write(out)
+"#;
+
+/// Opens 200 connections that each send a 59 KiB request head slowly, never finishing it, and
+/// prints the proxy's resident memory (`/proc/<pid>/status`, argv[1]) before and while they
+/// wait, in KiB.
+const SLOW_HEADS_PY: &str = r#"
+import socket, sys, time
+def rss():
+    for line in open("/proc/%s/status" % sys.argv[1]):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+before = rss()
+head = b"GET /echo HTTP/1.1\r\nHost: origin\r\nX-Pad: " + b"p" * (59 * 1024)
+conns = [socket.create_connection(("127.0.0.1", 10001)) for _ in range(200)]
+for start in range(0, len(head), 8192):
+    for c in conns:
+        c.sendall(head[start:start + 8192])
+    time.sleep(0.05)
+time.sleep(1)
+print(before, rss())
 "#;
 
 /// `a` with the origin running and `bearing` ready, run with `flags` (its worker threads).
@@ -220,13 +257,13 @@ fn pooled_connections_are_reused_and_bad_upstreams_answered_clearly() -> Result<
         "{stale:?}"
     );
 
-    // A response that is not HTTP: a 503 naming it, and the client connection goes on.
+    // A response that is not HTTP: a 502 naming it, and the client connection goes on.
     let garbage = exchange(
         a,
         &[get("/garbage", false), get("/connection", true)].concat(),
     )?;
     ensure!(
-        garbage.starts_with("HTTP/1.1 503 Service Unavailable\r\n")
+        garbage.starts_with("HTTP/1.1 502 Bad Gateway\r\n")
             && garbage.contains("malformed response head")
             && garbage.ends_with("connection 3"),
         "{garbage:?}"
@@ -305,6 +342,286 @@ fn requests_the_byte_path_does_not_carry_go_to_the_http_stack() -> Result<()> {
     ensure!(
         old.starts_with("HTTP/1.0 200 OK\r\n") && old.contains("connection "),
         "{old:?}"
+    );
+    Ok(())
+}
+
+/// The status line of the first response in `got`.
+fn status_line(got: &str) -> &str {
+    got.split("\r\n").next().unwrap_or_default()
+}
+
+#[test]
+fn heads_over_60_kib_are_431_on_every_path_and_memory_stays_bounded() -> Result<()> {
+    require_root_and_tools()?;
+    let topo = Topology::new(&["a"])?;
+    let (_origin, bearing) = setup(&topo, &["--concurrency", "1"])?;
+    let a = topo.host("a");
+    let padded = |size: usize| format!("X-Pad: {}\r\n", "p".repeat(size));
+    // The byte path: a 70 KiB head is refused, a 59 KiB one goes through.
+    let big = format!(
+        "GET /echo HTTP/1.1\r\nHost: origin\r\n{}\r\n",
+        padded(70 * 1024)
+    );
+    let got = exchange(a, &big)?;
+    ensure!(
+        got.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{}",
+        status_line(&got)
+    );
+    let fits = format!(
+        "GET /echo HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n{}\r\n",
+        padded(59 * 1024)
+    );
+    let got = exchange(a, &fits)?;
+    ensure!(
+        got.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        status_line(&got)
+    );
+    // hyper, serving a connection the byte path handed over (a chunked upload first).
+    let upload = "POST /echo HTTP/1.1\r\nHost: origin\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  4\r\nbody\r\n0\r\n\r\n";
+    let got = exchange(a, &format!("{upload}{big}"))?;
+    ensure!(
+        got.starts_with("HTTP/1.1 200 OK\r\n")
+            && got.contains("bodyHTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{got:.300}"
+    );
+    // HTTP/2: the header list is bounded the same way (hyper's default was 16 KiB): 50 KiB
+    // passes, 70 KiB is refused (431, or the stream refused before its headers were read).
+    let h2 = |pad: usize| {
+        let header = format!("X-Pad: {}", "p".repeat(pad));
+        curl_output(
+            a,
+            [
+                "--http2-prior-knowledge",
+                "-H",
+                &header,
+                "http://127.0.0.1:10001/echo",
+            ],
+        )
+    };
+    let fits = h2(50 * 1024)?;
+    ensure!(fits.http_code == 200, "HTTP/2, 50 KiB: {}", fits.http_code);
+    let over = h2(70 * 1024)?;
+    ensure!(
+        over.http_code == 431 || (!over.ok() && over.http_code == 0),
+        "HTTP/2, 70 KiB: {} {:.200}",
+        over.http_code,
+        over.stderr
+    );
+    // A response head over the limit is a 502.
+    let got = exchange(
+        a,
+        "GET /large-head HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n",
+    )?;
+    ensure!(
+        got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+        "{}",
+        status_line(&got)
+    );
+
+    // 200 clients each holding a 59 KiB head unfinished: each costs the proxy one head
+    // buffer (64 KiB at most), where hyper's default buffer went to 400 KB.
+    let out = a
+        .command("python3")
+        .args(["-c", SLOW_HEADS_PY, &bearing.process().pid().to_string()])
+        .timeout(Duration::from_secs(60))
+        .output()?
+        .check()?;
+    let kib: Vec<u64> = out
+        .stdout
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [before, during] = kib[..] else {
+        anyhow::bail!("unexpected output: {:?}", out.stdout);
+    };
+    let growth = during.saturating_sub(before);
+    eprintln!("RSS {before} KiB before, {during} KiB with 200 slow 59 KiB heads: +{growth} KiB");
+    ensure!(
+        growth < 200 * 150,
+        "RSS grew {growth} KiB for 200 slow heads ({before} -> {during} KiB)"
+    );
+    Ok(())
+}
+
+/// What the origin's `/echo` received, from the proxy's response to it.
+fn echoed(got: &str) -> &str {
+    got.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+#[test]
+fn lengths_go_on_as_one_value_and_hosts_are_checked_on_every_path() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["nghttp"])?;
+    let topo = Topology::new(&["a"])?;
+    let (_origin, _bearing) = setup(&topo, &["--concurrency", "1"])?;
+    let a = topo.host("a");
+    // Served by hyper from the first request on: the byte path hands HTTP/1.0 over, and a
+    // chunked upload takes the rest of its connection there.
+    let upload = "POST /echo HTTP/1.1\r\nHost: origin\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  0\r\n\r\n";
+    for (path, prefix) in [("byte path", ""), ("hyper", upload)] {
+        let send = |request: &str| -> Result<String> {
+            let got = exchange(a, &format!("{prefix}{request}"))?;
+            // The answer to `request`: the last response on the connection.
+            let last = got.rfind("HTTP/1.1 ").unwrap_or(0);
+            Ok(got[last..].to_string())
+        };
+        // Repeated equal lengths reach the origin as one field.
+        let request = "POST /echo HTTP/1.1\r\nHost: origin\r\nContent-Length: 5\r\n\
+                       content-length: 5\r\nConnection: close\r\n\r\nhello";
+        let got = send(request)?;
+        let received = echoed(&got).to_ascii_lowercase();
+        ensure!(
+            received.matches("content-length").count() == 1
+                && received.contains("content-length: 5\r\n")
+                && received.ends_with("hello"),
+            "{path}: {request:?} reached the origin as {received:?}"
+        );
+        let got = send("GET /length-list HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n")?;
+        ensure!(
+            got.to_ascii_lowercase().matches("content-length").count() == 1
+                && got.ends_with("\r\n\r\nok"),
+            "{path}: {got:?}"
+        );
+        for (request, why) in [
+            (
+                "GET /echo HTTP/1.1\r\nHost: origin\r\nHost: origin\r\n\r\n",
+                "more than one host",
+            ),
+            ("GET /echo HTTP/1.1\r\nAccept: */*\r\n\r\n", "missing host"),
+            (
+                "GET /echo HTTP/1.1\r\nHost: a.example/evil\r\n\r\n",
+                "invalid host",
+            ),
+            (
+                "GET /echo HTTP/1.1\r\nHost: user@a.example\r\n\r\n",
+                "invalid host",
+            ),
+            (
+                "POST /echo HTTP/1.1\r\nHost: origin\r\nContent-Length: 5, 5\r\n\r\nhello",
+                "",
+            ),
+            (
+                "POST /echo HTTP/1.1\r\nHost: origin\r\nContent-Length: 5, 6\r\n\r\nhello",
+                "",
+            ),
+        ] {
+            let got = send(request)?;
+            ensure!(
+                got.starts_with("HTTP/1.1 400 Bad Request\r\n") && got.contains(why),
+                "{path}: {request:?} answered {got:?}"
+            );
+        }
+        // Absolute form: the target's authority is the host, whatever the Host field says.
+        let got = send("GET http://origin.target/echo HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")?;
+        let received = echoed(&got).to_ascii_lowercase();
+        ensure!(
+            received.contains("host: origin.target\r\n") && !received.contains("evil"),
+            "{path}: absolute form reached the origin as {received:?}"
+        );
+    }
+    // HTTP/1.0 may leave Host out.
+    let got = exchange(a, "GET /echo HTTP/1.0\r\n\r\n")?;
+    ensure!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got:?}");
+    // HTTP/2: host and :authority must agree (curl sends Host as :authority, nghttp both).
+    let h2 = |host: &str| -> Result<String> {
+        let out = a
+            .command("nghttp")
+            .args([
+                "-v",
+                "-H",
+                &format!("host: {host}"),
+                "http://127.0.0.1:10001/echo",
+            ])
+            .timeout(Duration::from_secs(10))
+            .output()?;
+        Ok(out.stdout)
+    };
+    let same = h2("127.0.0.1:10001")?;
+    ensure!(
+        same.contains(":status: 200"),
+        "HTTP/2 with host = :authority: {same:.600}"
+    );
+    let differs = h2("other.example")?;
+    ensure!(
+        differs.contains(":status: 400"),
+        "HTTP/2 host differing from :authority: {differs:.600}"
+    );
+    Ok(())
+}
+
+#[test]
+fn malformed_bodies_bad_statuses_and_connect_are_refused_clearly() -> Result<()> {
+    require_root_and_tools()?;
+    let topo = Topology::new(&["a"])?;
+    let (_origin, _bearing) = setup(&topo, &["--concurrency", "1"])?;
+    let a = topo.host("a");
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: origin\r\n\r\n");
+    let last = "GET /connection HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n";
+    // Invalid responses are 502s on the byte path and the client connection goes on.
+    for path in [
+        "/bad-chunk",
+        "/status-099",
+        "/status-600",
+        "/http10-chunked",
+        "/garbage",
+    ] {
+        let got = exchange(a, &[&get(path), last].concat())?;
+        ensure!(
+            got.starts_with("HTTP/1.1 502 Bad Gateway\r\n") && got.contains("connection "),
+            "{path}: {got:?}"
+        );
+    }
+    // None of those upstream connections went back to the pool: each was a new one, and so
+    // is the next.
+    let got = exchange(a, last)?;
+    ensure!(got.ends_with("connection 6"), "{got:?}");
+    // The same through hyper (HTTP/1.0 requests); there a response head goes downstream before
+    // its body is read, as with Envoy, so a malformed chunk can only cut the response short.
+    for path in [
+        "/status-099",
+        "/status-600",
+        "/http10-chunked",
+        "/large-head",
+    ] {
+        let got = exchange(a, &format!("GET {path} HTTP/1.0\r\nHost: origin\r\n\r\n"))?;
+        ensure!(
+            got.starts_with("HTTP/1.0 502 Bad Gateway\r\n"),
+            "hyper {path}: {got:?}"
+        );
+    }
+    // A malformed chunk in an upload is the client's fault: 400, not an upstream failure.
+    let bad_upload = "POST /echo HTTP/1.1\r\nHost: origin\r\nTransfer-Encoding: chunked\r\n\r\n\
+                      zz\r\nhello\r\n0\r\n\r\n";
+    let got = exchange(a, bad_upload)?;
+    ensure!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got:?}");
+    // CONNECT is refused as Envoy refuses it by default, on both paths.
+    let connect = "CONNECT origin:80 HTTP/1.1\r\nHost: origin:80\r\n\r\n";
+    let got = exchange(a, connect)?;
+    ensure!(got.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{got:?}");
+    let got = exchange(a, "CONNECT origin:80 HTTP/1.0\r\nHost: origin:80\r\n\r\n")?;
+    ensure!(
+        got.starts_with("HTTP/1.0 403 Forbidden\r\n"),
+        "hyper: {got:?}"
+    );
+    // An HTTP/2 GET with a body of unknown length: the origin gets the body.
+    let out = a
+        .command("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-X", "GET", "-T", "-"])
+        .arg("http://127.0.0.1:10001/echo")
+        .stdin(b"get body".to_vec())
+        .timeout(Duration::from_secs(10))
+        .output()?
+        .check()?;
+    ensure!(
+        out.stdout.starts_with("GET /echo HTTP/1.1\r\n")
+            && out.stdout.ends_with("\r\n\r\nget body"),
+        "{:?}",
+        out.stdout
     );
     Ok(())
 }

@@ -7,15 +7,23 @@
 //! every framing rule is tested here on bytes.
 //!
 //! A request head the pass-through path should not carry (HTTP/1.0, a chunked or expecting
-//! body, an upgrade, a target that is not origin-form, anything malformed) is [`Refused`]; the
-//! proxy then hands the connection to hyper, which serves or rejects it in full.
+//! body, an upgrade, a target that is not origin-form, anything malformed) is handed to hyper
+//! ([`NotForwarded::Handoff`]), which serves or rejects it in full. A request no path may
+//! forward (a head over [`MAX_HEAD`] or with more than [`MAX_HEADERS`] fields, a missing,
+//! repeated or invalid `Host`, conflicting `Content-Length`s, `CONNECT`) is
+//! [`NotForwarded::Reject`]ed with the status to answer, as Envoy, nginx and HAProxy answer it.
 
 use std::fmt;
 
 use httparse::{Header, Status};
 
-/// Most header fields a head may carry (hyper's default as well).
+/// Most header fields a head may carry (Envoy's `max_headers_count` and hyper's default).
 pub const MAX_HEADERS: usize = 100;
+
+/// Most bytes a head may take, start line through the empty line: Envoy's default
+/// `max_request_headers_kb` (60). A larger request head is answered 431, a larger response
+/// head fails the exchange (502); either way no connection buffers more than this for a head.
+pub const MAX_HEAD: usize = 60 * 1024;
 
 /// Most options a `Connection` header may list besides `close` and `keep-alive`.
 const MAX_CONNECTION_OPTIONS: usize = 8;
@@ -32,6 +40,27 @@ impl fmt::Display for Refused {
 }
 
 impl std::error::Error for Refused {}
+
+/// Why [`parse_request`] gives no head to forward as bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotForwarded {
+    /// A request the full HTTP stack serves instead (HTTP/1.0, a chunked upload, an upgrade,
+    /// a target not in origin form, a head httparse refuses).
+    Handoff(Refused),
+    /// A request no path forwards: answer `status` (`why` as the text) and close.
+    Reject { status: u16, why: &'static str },
+}
+
+impl From<Refused> for NotForwarded {
+    fn from(refused: Refused) -> Self {
+        NotForwarded::Handoff(refused)
+    }
+}
+
+/// A 400 naming what is wrong with the request.
+const fn bad_request(why: &'static str) -> NotForwarded {
+    NotForwarded::Reject { status: 400, why }
+}
 
 /// How a message body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,49 +108,87 @@ pub struct ResponseHead {
 
 /// Parses a request head at the start of `buf` and writes the head to send upstream into
 /// `out` (cleared first): HTTP/1.1, hop-by-hop headers and the ones `Connection` lists
-/// removed. `Ok(None)` when `buf` does not hold the whole head yet.
-pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead>, Refused> {
+/// removed, `Content-Length` as one field with one value. `Ok(None)` when `buf` does not hold
+/// the whole head yet (and is no longer than [`MAX_HEAD`]).
+///
+/// The checks every path makes are made here, in the one pass over the fields: one valid
+/// `Host` (RFC 9112 §3.2: 400 when missing or repeated, [`valid_host`]), `Content-Length`
+/// fields that agree, each with one value (RFC 9110 §8.6; 400 otherwise), the head size and
+/// field count (431), and no `CONNECT`
+/// (403: Bearing does not tunnel, and Envoy's connection manager answers CONNECT with an
+/// internal 403 unless CONNECT upgrades are configured).
+pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead>, NotForwarded> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
-        Ok(Status::Complete(n)) => n,
-        Ok(Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Refused("too many header fields")),
-        Err(_) => return Err(Refused("malformed request head")),
+        Ok(Status::Complete(n)) if n <= MAX_HEAD => n,
+        Ok(Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
+        Ok(_) => {
+            return Err(NotForwarded::Reject {
+                status: 431,
+                why: "request head larger than 60 KiB",
+            })
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(NotForwarded::Reject {
+                status: 431,
+                why: "more than 100 header fields",
+            })
+        }
+        Err(_) => return Err(Refused("malformed request head").into()),
     };
     if req.version != Some(1) {
-        return Err(Refused("HTTP/1.0 request"));
+        return Err(Refused("HTTP/1.0 request").into());
     }
     let (Some(method), Some(path)) = (req.method, req.path) else {
-        return Err(Refused("malformed request head"));
+        return Err(Refused("malformed request head").into());
     };
+    if method == "CONNECT" {
+        return Err(NotForwarded::Reject {
+            status: 403,
+            why: "CONNECT is not supported",
+        });
+    }
     if !path.starts_with('/') {
-        return Err(Refused("request target not in origin form"));
+        return Err(Refused("request target not in origin form").into());
     }
     let mut connection = ConnectionOptions::default();
     let mut content_length = None;
+    let mut host = None;
     for h in req.headers.iter() {
         match Field::of(h.name) {
             Field::Connection => connection.add(h.value)?,
-            Field::ContentLength => {
-                content_length = Some(merge_content_length(content_length, h.value)?)
+            // A list in one field is refused as hyper refuses it, so that a request is judged
+            // alike whichever path carries it; repeated equal fields are one length.
+            Field::ContentLength if h.value.contains(&b',') => {
+                return Err(bad_request("content-length with a list of values"))
             }
-            Field::TransferEncoding => return Err(Refused("request body with transfer-encoding")),
-            Field::Expect => return Err(Refused("request with expect")),
-            Field::Upgrade => return Err(Refused("upgrade request")),
+            Field::ContentLength => {
+                let merged = merge_content_length(content_length, h.value);
+                content_length = Some(merged.map_err(|Refused(why)| bad_request(why))?);
+            }
+            Field::Host if host.replace(h.value).is_some() => {
+                return Err(bad_request("more than one host header"))
+            }
+            Field::TransferEncoding => {
+                return Err(Refused("request body with transfer-encoding").into())
+            }
+            Field::Expect => return Err(Refused("request with expect").into()),
+            Field::Upgrade => return Err(Refused("upgrade request").into()),
             _ => {}
         }
+    }
+    match host {
+        None => return Err(bad_request("missing host header")),
+        Some(value) if !valid_host(value) => return Err(bad_request("invalid host header")),
+        Some(_) => {}
     }
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in req.headers.iter() {
-        if !connection.drops(h, Field::of(h.name)) {
-            push_header(out, h.name.as_bytes(), h.value);
-        }
-    }
+    push_fields(out, req.headers, &connection, false);
     out.extend_from_slice(b"\r\n");
     Ok(Some(RequestHead {
         head_len,
@@ -138,11 +205,97 @@ pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead
     }))
 }
 
+/// Writes the fields of a parsed head for the next hop: those `connection` does not drop,
+/// with the `Content-Length` fields (equal values, checked when parsed; a response's may be
+/// lists) written as one field with one value (RFC 9110 §8.6), or none when `drop_length` (a
+/// `Transfer-Encoding` frames the message).
+fn push_fields(
+    out: &mut Vec<u8>,
+    headers: &[Header<'_>],
+    connection: &ConnectionOptions<'_>,
+    drop_length: bool,
+) {
+    let mut length_written = drop_length;
+    for h in headers {
+        let field = Field::of(h.name);
+        if field == Field::ContentLength {
+            if !length_written {
+                let first = h.value.split(|b| *b == b',').next().unwrap_or_default();
+                push_header(out, h.name.as_bytes(), first.trim_ascii());
+                length_written = true;
+            }
+        } else if !connection.drops(h, field) {
+            push_header(out, h.name.as_bytes(), h.value);
+        }
+    }
+}
+
+/// Whether `value` is a valid `Host` field value (RFC 9110 §7.2): an RFC 3986 authority
+/// without userinfo, that is a reg-name, IPv4 address or bracketed IPv6 literal, then
+/// optionally `:` and a port of digits. An empty value is refused too (as nginx does): a
+/// proxy routes on it. `/`, `@`, `\`, spaces and controls make it invalid, as they do for
+/// nginx and HAProxy.
+pub fn valid_host(value: &[u8]) -> bool {
+    let (host_ok, port) = if let Some(literal) = value.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let address = &literal[..end];
+        let ok = !address.is_empty()
+            && address
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+        (ok, &literal[end + 1..])
+    } else {
+        let end = value.iter().position(|b| *b == b':').unwrap_or(value.len());
+        (
+            !value[..end].is_empty() && reg_name(&value[..end]),
+            &value[end..],
+        )
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    host_ok && port_ok
+}
+
+/// Whether `name` is an RFC 3986 reg-name: unreserved characters, sub-delims and
+/// percent-encoded octets (an IPv4 address is one too).
+fn reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let hex = name.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() => {}
+            b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Parses a response head at the start of `buf` and writes the head to send downstream into
 /// `out` (cleared first): HTTP/1.1, hop-by-hop headers removed but `Transfer-Encoding` kept
-/// (the body passes through unchanged), and `Connection: close` added when `close_downstream`
-/// or when only closing the connection can end the body. `request_is_head` tells a HEAD's
-/// bodyless response from the others. `Ok(None)` when the head is not complete yet.
+/// (the body passes through unchanged), `Content-Length` as one field with one value, and
+/// `Connection: close` added when `close_downstream` or when only closing the connection can
+/// end the body. `request_is_head` tells a HEAD's bodyless response from the others.
+/// `Ok(None)` when the head is not complete yet (and is no longer than [`MAX_HEAD`]).
+///
+/// Refused, so that the client gets a 502 (RFC 9112 §6.3): a head over [`MAX_HEAD`] or with
+/// more than [`MAX_HEADERS`] fields, a status outside 100-599, conflicting lengths, and
+/// `Transfer-Encoding` in an HTTP/1.0 response (framing RFC 9112 §6.1 says to treat as faulty;
+/// hyper refuses it as well).
 pub fn parse_response(
     buf: &[u8],
     request_is_head: bool,
@@ -152,10 +305,11 @@ pub fn parse_response(
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
-        Ok(Status::Complete(n)) => n,
-        Ok(Status::Partial) => return Ok(None),
+        Ok(Status::Complete(n)) if n <= MAX_HEAD => n,
+        Ok(Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
+        Ok(_) => return Err(Refused("response head larger than 60 KiB")),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(Refused("too many header fields in the response"))
+            return Err(Refused("more than 100 header fields in the response"))
         }
         Err(_) => return Err(Refused("malformed response head")),
     };
@@ -166,6 +320,9 @@ pub fn parse_response(
         return Err(Refused(
             "101 Switching Protocols to a request without upgrade",
         ));
+    }
+    if !(100..=599).contains(&status) {
+        return Err(Refused("status code outside 100-599"));
     }
     let interim = (100..200).contains(&status);
     let mut connection = ConnectionOptions::default();
@@ -184,6 +341,9 @@ pub fn parse_response(
             }
             _ => {}
         }
+    }
+    if version == 0 && chunked.is_some() {
+        return Err(Refused("transfer-encoding in an HTTP/1.0 response"));
     }
     let body = if request_is_head || interim || status == 204 || status == 304 {
         BodyLength::Empty
@@ -206,15 +366,9 @@ pub fn parse_response(
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        let field = Field::of(h.name);
-        // With both, Transfer-Encoding frames the message and Content-Length must go
-        // (RFC 9112 §6.3).
-        let superseded = chunked.is_some() && field == Field::ContentLength;
-        if !superseded && !connection.drops(h, field) {
-            push_header(out, h.name.as_bytes(), h.value);
-        }
-    }
+    // With both, Transfer-Encoding frames the message and Content-Length must go
+    // (RFC 9112 §6.3).
+    push_fields(out, resp.headers, &connection, chunked.is_some());
     if !interim && (close_downstream || body == BodyLength::UntilClose) {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -588,7 +742,7 @@ fn advance_chunked(state: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), Ref
 mod tests {
     use super::*;
 
-    fn request(raw: &str) -> Result<Option<(RequestHead, String)>, Refused> {
+    fn request(raw: &str) -> Result<Option<(RequestHead, String)>, NotForwarded> {
         let mut out = Vec::new();
         let head = parse_request(raw.as_bytes(), &mut out)?;
         Ok(head.map(|h| (h, String::from_utf8(out).unwrap())))
@@ -638,13 +792,14 @@ mod tests {
 
     #[test]
     fn request_framing_and_options() {
-        let (head, _) =
-            request("POST /p HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
-                .unwrap()
-                .unwrap();
+        let (head, _) = request(
+            "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(head.body, BodyLength::Length(5));
         assert!(!head.keep_alive && !head.idempotent);
-        let (head, _) = request("HEAD / HTTP/1.1\r\nContent-Length: 0, 0\r\n\r\n")
+        let (head, _) = request("HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(head.is_head);
@@ -653,35 +808,23 @@ mod tests {
     }
 
     #[test]
-    fn requests_the_byte_path_does_not_carry_are_refused() {
+    fn requests_the_byte_path_does_not_carry_are_handed_off() {
         for (raw, why) in [
             ("GET / HTTP/1.0\r\n\r\n", "HTTP/1.0 request"),
             (
-                "GET http://a/ HTTP/1.1\r\n\r\n",
+                "GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n",
                 "request target not in origin form",
             ),
             (
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
                 "request body with transfer-encoding",
             ),
             (
-                "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-                "conflicting content-length values",
-            ),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n",
-                "conflicting content-length values",
-            ),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-                "invalid content-length",
-            ),
-            (
-                "POST / HTTP/1.1\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
                 "request with expect",
             ),
             (
-                "GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
                 "upgrade request",
             ),
             ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "malformed request head"),
@@ -690,12 +833,141 @@ mod tests {
                 "malformed request head",
             ),
         ] {
-            assert_eq!(request(raw), Err(Refused(why)), "{raw:?}");
+            assert_eq!(
+                request(raw),
+                Err(NotForwarded::Handoff(Refused(why))),
+                "{raw:?}"
+            );
         }
-        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
+    }
+
+    /// The status a request no path forwards is answered with.
+    fn rejected(raw: &str) -> Option<u16> {
+        match request(raw) {
+            Err(NotForwarded::Reject { status, .. }) => Some(status),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn conflicting_or_invalid_lengths_are_bad_requests() {
+        for raw in [
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5,5\r\n\r\n",
+        ] {
+            assert_eq!(rejected(raw), Some(400), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn repeated_lengths_are_forwarded_as_one_field() {
+        for raw in [
+            "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\ncontent-length:5 \r\n\r\nhello",
+            "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length:  5\r\nContent-Length: 5\r\n\r\nhello",
+        ] {
+            let (head, out) = request(raw).unwrap().unwrap();
+            assert_eq!(head.body, BodyLength::Length(5));
+            assert_eq!(
+                out, "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+                "{raw:?}"
+            );
+        }
+        let (_, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nok",
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+    }
+
+    #[test]
+    fn heads_over_the_limit_or_with_too_many_fields_are_431() {
+        let head = |size: usize| {
+            let start = "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: ";
+            format!("{start}{}\r\n\r\n", "p".repeat(size - start.len() - 4))
+        };
+        let (parsed, _) = request(&head(MAX_HEAD)).unwrap().unwrap();
+        assert_eq!(parsed.head_len, MAX_HEAD);
+        assert_eq!(rejected(&head(MAX_HEAD + 1)), Some(431));
+        // Still arriving: waited for up to the limit, refused beyond it.
+        let partial = head(MAX_HEAD + 1);
+        assert_eq!(request(&partial[..MAX_HEAD]), Ok(None));
+        assert_eq!(rejected(&partial[..MAX_HEAD + 1]), Some(431));
+        // A body after a head within the limit does not count.
+        let with_body = format!("{}{}", head(1000), "b".repeat(2 * MAX_HEAD));
+        assert!(request(&with_body).unwrap().is_some());
+        let many: String = (0..MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
         assert_eq!(
-            request(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
-            Err(Refused("too many header fields"))
+            rejected(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),
+            Some(431)
+        );
+        let mut out = Vec::new();
+        let big = format!("HTTP/1.1 200 OK\r\nX-Pad: {}\r\n\r\n", "p".repeat(MAX_HEAD));
+        assert!(parse_response(big.as_bytes(), false, false, &mut out).is_err());
+        assert!(parse_response(&big.as_bytes()[..MAX_HEAD + 1], false, false, &mut out).is_err());
+        assert_eq!(
+            parse_response(&big.as_bytes()[..MAX_HEAD], false, false, &mut out),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn host_must_be_one_valid_authority() {
+        for raw in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\nhost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a.example/evil\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost:\r\n\r\n",
+        ] {
+            assert_eq!(rejected(raw), Some(400), "{raw:?}");
+        }
+        for good in [
+            "web",
+            "web.mesh:80",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[fe80::1]:443",
+            "a-b_c~d.example",
+            "%41.example",
+            "a!$&'()*+,;=b",
+            "a:",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "a.example/evil",
+            "user@a.example",
+            "a b",
+            "a\\b",
+            "a\tb",
+            "a:80x",
+            "a:8:0",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[::g]",
+            "a%4",
+            "a%zz",
+            "a\"b",
+            "\u{e9}.example",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn connect_is_refused() {
+        assert_eq!(
+            rejected("CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n"),
+            Some(403)
         );
     }
 
@@ -772,7 +1044,7 @@ mod tests {
 
     #[test]
     fn response_head_is_rewritten_for_downstream() {
-        let raw = "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
                    Content-Length: 9\r\nTransfer-Encoding: chunked\r\nServer: origin\r\n\r\n";
         let (parsed, out) = response(raw, false, false).unwrap();
         assert_eq!(parsed.body, BodyLength::Chunked);
@@ -856,6 +1128,9 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             "SSH-2.0-OpenSSH\r\n\r\n",
         ] {
             assert!(response(raw, false, false).is_err(), "{raw:?}");
