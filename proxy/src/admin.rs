@@ -110,6 +110,7 @@ impl Admin {
             "ignored": applied.map(|a| a.ignored.clone()).unwrap_or_default(),
             "last_rejected": status.last_rejected,
             "listener_errors": self.proxy.bind_errors(),
+            "serve_errors": self.proxy.serve_errors(),
             "ready": self.proxy.is_ready(),
             "draining": self.proxy.is_draining(),
         });

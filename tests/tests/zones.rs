@@ -404,6 +404,40 @@ fn cross_zone_goes_through_the_remote_ingress() -> Result<()> {
     Ok(())
 }
 
+/// The gateway seed's builtin gateway, deployed in zone-a the way kuma-cp records it (the
+/// zone in `networking.gateway.tags`, no `--zone`): zone-b's `backend` is reached through
+/// zone-b's ingress, never dialled directly.
+#[test]
+fn builtin_gateway_in_a_zone_reaches_other_zones_through_their_ingress() -> Result<()> {
+    let z = Zones::new("STRICT", false)?;
+    let (a, gw, ib) = (z.host("a"), z.host("ea2"), z.host("ib"));
+    let gateway = format!(
+        "type: Dataplane\nmesh: default\nname: gateway-instance-1\nnetworking:\n  address: {}\n  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: edge-gateway\n      kuma.io/zone: zone-a\n",
+        gw.ip4()
+    );
+    let mesh_gateway = "type: MeshGateway\nmesh: default\nname: edge-gateway\nselectors:\n- match:\n    kuma.io/service: edge-gateway\nconf:\n  listeners:\n  - port: 8080\n    protocol: HTTP\n    tags:\n      port: http-8080\n";
+    let route = "type: MeshGatewayRoute\nmesh: default\nname: to-backend\nselectors:\n- match:\n    kuma.io/service: edge-gateway\nconf:\n  http:\n    rules:\n    - matches:\n      - path: {match: PREFIX, value: /}\n      backends:\n      - destination: {kuma.io/service: backend}\n";
+    write_store_file(&z.dir, "gateway.yaml", &gateway)?;
+    write_store_file(&z.dir, "mesh-gateway.yaml", mesh_gateway)?;
+    write_store_file(&z.dir, "route.yaml", route)?;
+    let ingress = z.zone_proxy("ib", "ingress", "zi-b")?;
+    let _backend = z.sidecar("b", "backend-1")?;
+    let proxy = z.sidecar("ea2", "gateway-instance-1")?;
+    ensure!(
+        endpoints(&proxy, "backend")? == [ib.sock4(INGRESS_PORT).to_string()],
+        "the gateway's endpoints for backend: {:?}",
+        endpoints(&proxy, "backend")?
+    );
+    for _ in 0..3 {
+        get_body(a, &http_url(gw.ip4(), 8080, "/"), BACKEND_BODY)?;
+    }
+    ensure!(
+        inbound_connections(&ingress, ib, INGRESS_PORT)? >= 1.0,
+        "the gateway did not go through zone-b's ingress"
+    );
+    Ok(())
+}
+
 #[test]
 fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
     let z = Zones::new("STRICT", false)?;
@@ -458,6 +492,56 @@ fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
     ensure!(
         routed(&ingress)? > before,
         "the ingress did not route Kuma's tags-form SNI"
+    );
+    Ok(())
+}
+
+/// The zone-egress seed without any ExternalService: the egress serves cross-zone traffic
+/// from the start (port 10002 open, a route for zone-b's `backend`), and its admin API is on
+/// the ZoneEgress's `networking.admin.port`, as kuma-dp puts Envoy's.
+#[test]
+fn zone_egress_without_external_services_serves_cross_zone_traffic_from_the_start() -> Result<()> {
+    let z = Zones::new("STRICT", true)?;
+    let (a, ea) = (z.host("a"), z.host("ea"));
+    std::fs::remove_file(z.dir.join("ext-https.yaml"))?;
+    let ze = zone_proxy_yaml("ZoneEgress", "ze-a", "zone-a", ea, EGRESS_PORT)
+        .replace("}\n", ", admin: {port: 9902}}\n");
+    write_store_file(&z.dir, "ze-a.yaml", &ze)?;
+    std::fs::remove_file(z.dir.join("ze-a2.yaml"))?;
+    let egress = Bearing::start_with_own_admin_port(
+        ea,
+        &z.dir,
+        &["--proxy-type", "egress", "--name", "ze-a"],
+        9902,
+    )?;
+    ensure!(
+        !ea.can_connect("127.0.0.1:9901".parse()?),
+        "the admin API is still on 9901"
+    );
+    ensure!(
+        ea.can_connect(ea.sock4(EGRESS_PORT)),
+        "the egress does not listen on {EGRESS_PORT}"
+    );
+    let dump = egress.config_dump()?;
+    ensure!(
+        dump["config"]["mtls"] == serde_json::json!({}),
+        "an egress without ExternalServices needs no certificate: {}",
+        dump["config"]["mtls"]
+    );
+    let web = z.sidecar("a", "web")?;
+    let _ingress = z.zone_proxy("ib", "ingress", "zi-b")?;
+    let _backend = z.sidecar("b", "backend-1")?;
+    ensure!(
+        endpoints(&web, "backend")? == [ea.sock4(EGRESS_PORT).to_string()],
+        "backend's endpoints: {:?}",
+        endpoints(&web, "backend")?
+    );
+    for _ in 0..3 {
+        get_body(a, OUT_BACKEND, BACKEND_BODY)?;
+    }
+    ensure!(
+        inbound_connections(&egress, ea, EGRESS_PORT)? >= 1.0,
+        "the egress saw no connection"
     );
     Ok(())
 }

@@ -73,13 +73,15 @@ pub fn compile(
         .map(|i| service_of(&i.tags))
         .filter(|s| !s.is_empty())
         .collect();
-    let builtin_gateway = dp
-        .networking
-        .gateway
-        .as_ref()
-        .filter(|g| g.kind == "BUILTIN");
-    // A builtin gateway presents its own service's identity to the backends it calls.
-    services.extend(builtin_gateway.map(|g| service_of(&g.tags)));
+    let gateway = dp.networking.gateway.as_ref();
+    let builtin_gateway = gateway.filter(|g| g.kind == "BUILTIN");
+    // A gateway, builtin or delegated, has no inbound of its own: as kuma-cp does, its
+    // identity is the `kuma.io/service` of `networking.gateway.tags`.
+    services.extend(
+        gateway
+            .map(|g| service_of(&g.tags))
+            .filter(|s| !s.is_empty()),
+    );
     services.sort();
     services.dedup();
     let mtls = match mesh_spec.map(|m| mesh_tls(store, &mesh, m, services)) {
@@ -174,7 +176,7 @@ pub fn compile(
             tls: mtls.as_ref().map(|m| DownstreamTls {
                 mesh: m.mesh.clone(),
             }),
-            sni_routes: Vec::new(),
+            sni_routes: None,
             gateway: None,
         });
         clusters.insert(
@@ -299,6 +301,7 @@ pub fn compile(
             name: me.meta.name.clone(),
             mesh,
             proxy_type: "dataplane".into(),
+            admin_port: admin_port(dp.networking.admin.as_ref()),
         },
         listeners,
         clusters,
@@ -357,7 +360,7 @@ fn direct_access(
                 service,
                 bind: false,
                 tls: None,
-                sni_routes: Vec::new(),
+                sni_routes: None,
                 gateway: None,
             });
             let endpoint = Endpoint {
@@ -415,6 +418,11 @@ fn ip_or_localhost(value: Option<&str>) -> Result<IpAddr, String> {
         None => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         Some(a) => a.parse().map_err(|_| format!("{a:?} is not an IP address")),
     }
+}
+
+/// The admin API port a proxy resource asks for (`networking.admin.port`; 0 or absent: none).
+pub(crate) fn admin_port(admin: Option<&bearing_model::DataplaneAdmin>) -> Option<u16> {
+    admin.map(|a| port16(a.port)).filter(|p| *p != 0)
 }
 
 /// Ports were validated to 1..=65535 by the model.
@@ -496,7 +504,7 @@ impl Outbounds<'_> {
             service,
             bind,
             tls: None,
-            sni_routes: Vec::new(),
+            sni_routes: None,
             gateway: None,
         };
         (listener, c)

@@ -191,7 +191,7 @@ pub(crate) fn compile(
             service: service.clone(),
             bind: true,
             tls: None,
-            sni_routes: Vec::new(),
+            sni_routes: None,
             gateway: Some(GatewayListener {
                 protocol,
                 hosts,

@@ -21,8 +21,8 @@ use bearing_proxy_config::{
 use bearing_tls::tags_sni;
 
 use crate::compile::{
-    cluster, endpoint_ip, external_endpoint, external_services, is_ready, port16, problem,
-    version_of,
+    admin_port, cluster, endpoint_ip, external_endpoint, external_services, is_ready, port16,
+    problem, version_of,
 };
 use crate::mtls::{mesh_of, mesh_tls, meshes};
 use crate::virtual_ips::TargetPort;
@@ -66,7 +66,11 @@ pub fn compile(
                         };
                         route.add(endpoints, &mut routes, &mut clusters);
                     }
-                    mtls.insert(mesh_name.to_string(), tls);
+                    // Only ExternalServices need the egress's own certificate; without any,
+                    // it passes cross-zone TLS through and needs none.
+                    if !tls.services.is_empty() {
+                        mtls.insert(mesh_name.to_string(), tls);
+                    }
                 }
                 Ok(None) => {}
                 Err((field, message)) => {
@@ -94,7 +98,7 @@ pub fn compile(
         service: me.meta.name.clone(),
         bind: true,
         tls: None,
-        sni_routes: routes,
+        sni_routes: Some(routes),
         gateway: None,
     };
     let mut config = ProxyConfig {
@@ -104,6 +108,7 @@ pub fn compile(
             name: me.meta.name.clone(),
             mesh: String::new(),
             proxy_type: if egress { "egress" } else { "ingress" }.into(),
+            admin_port: admin_port(networking.admin.as_ref()),
         },
         listeners: vec![listener],
         clusters,
@@ -363,6 +368,13 @@ networking:
         s.resources.iter().find(|r| r.meta.name == name).unwrap()
     }
 
+    /// The SNI routes of a zone proxy's listener (which always has them).
+    fn sni_routes(l: &Listener) -> &[SniRoute] {
+        l.sni_routes
+            .as_deref()
+            .expect("a zone proxy listener routes by SNI")
+    }
+
     fn addresses(c: &Cluster) -> Vec<String> {
         c.endpoints.iter().map(|e| e.address.to_string()).collect()
     }
@@ -406,19 +418,19 @@ networking:
         let l = &ingress.listeners[0];
         assert_eq!(l.address.to_string(), "10.0.2.1:10001");
         assert_eq!(l.name, "inbound:10.0.2.1:10001");
-        let targets: Vec<_> = l.sni_routes.iter().map(|r| &r.target).collect();
+        let targets: Vec<_> = sni_routes(l).iter().map(|r| &r.target).collect();
         assert_eq!(
             targets,
             [&service_target("default", "backend")],
             "web is in zone-a"
         );
-        let c = &ingress.clusters[&l.sni_routes[0].cluster];
+        let c = &ingress.clusters[&sni_routes(l)[0].cluster];
         assert_eq!(addresses(c), ["10.0.2.2:8080"]);
         assert_eq!(c.endpoints[0].tags["version"], "v1");
         assert!(ingress.mtls.is_empty(), "the ingress never terminates TLS");
 
         let egress = compile_any(&s, find(&s, "ze-a"), "t", &CompileOptions::default()).unwrap();
-        let routes = &egress.listeners[0].sni_routes;
+        let routes = sni_routes(&egress.listeners[0]);
         let backend = routes
             .iter()
             .find(|r| r.target == service_target("default", "backend"))
@@ -465,6 +477,60 @@ networking:
         );
     }
 
+    /// The gateway seed's `kong-01` (delegated: no inbounds) in an mTLS mesh and in zone-a by
+    /// its gateway tags: its identity is its gateway service, and zone-b's backend is reached
+    /// through zone-b's ingress, as for any zone-a sidecar.
+    #[test]
+    fn gateways_take_identity_and_zone_from_gateway_tags() {
+        let mut s = two_zones(false);
+        let kong = "type: Dataplane\nname: kong-01\nmesh: default\nnetworking:\n  address: 10.0.1.5\n  gateway:\n    type: DELEGATED\n    tags: {kuma.io/service: kong, kuma.io/zone: zone-a}\n  outbound:\n  - port: 33033\n    tags: {kuma.io/service: backend}\n";
+        s.add_text(kong, Path::new("kong.yaml"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let cfg = compile_any(&s, find(&s, "kong-01"), "t", &CompileOptions::default()).unwrap();
+        assert_eq!(cfg.mtls["default"].services, ["kong"]);
+        assert_eq!(addresses(&cfg.clusters["backend"]), ["192.0.2.1:20001"]);
+        // zone-b's ingress does not route to kong: it is in zone-a.
+        let gw = find(&s, "kong-01");
+        let Spec::Dataplane(dp) = &gw.spec else {
+            panic!()
+        };
+        assert_eq!(crate::zones::dataplane_zone(dp), Some("zone-a"));
+    }
+
+    /// An egress with no ExternalService needs no certificate of its own and still listens,
+    /// with routes for the other zones' services (or none at all, refusing every SNI).
+    #[test]
+    fn egress_without_external_services_serves_cross_zone_traffic() {
+        let mut s = two_zones(true);
+        s.resources
+            .retain(|r| !matches!(r.spec, Spec::ExternalService(_)));
+        let egress = compile_any(&s, find(&s, "ze-a"), "t", &CompileOptions::default()).unwrap();
+        assert!(egress.mtls.is_empty(), "{:?}", egress.mtls.keys());
+        let targets: Vec<_> = sni_routes(&egress.listeners[0])
+            .iter()
+            .map(|r| &r.target)
+            .collect();
+        assert_eq!(targets, [&service_target("default", "backend")]);
+
+        s.resources.retain(|r| r.meta.name != "backend-1");
+        let egress = compile_any(&s, find(&s, "ze-a"), "t", &CompileOptions::default()).unwrap();
+        assert_eq!(egress.listeners[0].sni_routes, Some(Vec::new()));
+    }
+
+    #[test]
+    fn admin_port_of_zone_proxies_and_dataplanes_is_carried() {
+        let mut s = two_zones(false);
+        s.add_text(
+            "type: ZoneEgress\nname: ze-admin\nzone: zone-a\nnetworking: {address: 10.0.1.8, port: 10002, admin: {port: 9902}}\n",
+            Path::new("ze.yaml"),
+        );
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let ze = compile_any(&s, find(&s, "ze-admin"), "t", &CompileOptions::default()).unwrap();
+        assert_eq!(ze.identity.admin_port, Some(9902));
+        let web = compile_any(&s, find(&s, "web"), "t", &CompileOptions::default()).unwrap();
+        assert_eq!(web.identity.admin_port, None);
+    }
+
     /// The zone-egress seed: its ZoneEgress `zoneegress-1` and its Mesh (`routing.zoneEgress`,
     /// with the `[...]` of `mtls` filled by a builtin backend) send a sidecar's cross-zone and
     /// external traffic to 192.168.0.1:10002, where the egress listens.
@@ -488,6 +554,6 @@ networking:
         assert_eq!(addresses(&web.clusters["httpbin"]), ["192.168.0.1:10002"]);
         let egress = compile_any(&s, find(&s, "zoneegress-1"), "t", &options).unwrap();
         assert_eq!(egress.listeners[0].name, "inbound:192.168.0.1:10002");
-        assert_eq!(egress.listeners[0].sni_routes.len(), 2);
+        assert_eq!(sni_routes(&egress.listeners[0]).len(), 2);
     }
 }
