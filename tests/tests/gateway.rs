@@ -355,6 +355,62 @@ fn routes_by_host_path_method_header_and_query() -> Result<()> {
     Ok(())
 }
 
+/// Kuma's hostname rule on a `*` listener: with a hostname-less route `PREFIX /` → svc-a and
+/// a route for `special.example.com` `PREFIX /` → svc-c, `special.example.com` is served by
+/// svc-c alone (even `/other`, which only svc-a's route would otherwise match first), every
+/// other host by svc-a.
+#[test]
+fn a_host_named_by_a_route_gets_only_that_routes_rules() -> Result<()> {
+    let topo = topology(&["gw", "b", "client"])?;
+    let (gw, b, client) = (topo.host("gw"), topo.host("b"), topo.host("client"));
+    let mut files = vec![
+        ("gateway.yaml".to_string(), gateway_dp(gw)),
+        (
+            "mesh-gateway.yaml".into(),
+            mesh_gateway("  - {port: 8080, protocol: HTTP, tags: {port: http-8080}}\n"),
+        ),
+    ];
+    for (i, service) in ["svc-a", "svc-c"].iter().enumerate() {
+        let port = 9001 + i as u16;
+        echo_backend(b, port, service)?;
+        files.push((
+            format!("{service}.yaml"),
+            backend_dp(service, b, port, "http"),
+        ));
+    }
+    let prefix = |hostnames: &str, path: &str, service: &str| {
+        format!(
+            "  http:\n{hostnames}    rules:\n    - matches: [{{path: {{match: PREFIX, value: {path}}}}}]\n{}",
+            backend("      ", service)
+        )
+    };
+    files.push((
+        "route-a.yaml".into(),
+        gateway_route("route-a", "http-8080", &prefix("", "/other", "svc-a")),
+    ));
+    files.push((
+        "route-a-root.yaml".into(),
+        gateway_route("route-a-root", "http-8080", &prefix("", "/", "svc-a")),
+    ));
+    files.push((
+        "route-c.yaml".into(),
+        gateway_route(
+            "route-c",
+            "http-8080",
+            &prefix("    hostnames: [special.example.com]\n", "/", "svc-c"),
+        ),
+    ));
+    let store = write_owned_store(&topo, &files)?;
+    let _proxy = start_gateway(gw, &store, &[HTTP_LISTENER])?;
+    for path in ["/", "/other"] {
+        Req::new("special.example.com", path).expect(client, gw, "svc-c")?;
+        Req::new("SPECIAL.example.com:8080", path).expect(client, gw, "svc-c")?;
+        Req::new("www.example.com", path).expect(client, gw, "svc-a")?;
+        Req::new("10.1.2.3", path).expect(client, gw, "svc-a")?;
+    }
+    Ok(())
+}
+
 #[test]
 fn header_filters_redirects_and_rewrites_are_visible_to_curl() -> Result<()> {
     let topo = topology(&["gw", "b", "client"])?;
