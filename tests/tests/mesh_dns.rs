@@ -214,6 +214,26 @@ fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> 
         "MeshService: {ms:?}"
     );
 
+    // A custom HostnameGenerator adds its name; kuma-cp's default one keeps its own.
+    write_store_file(
+        &dir,
+        "hostname-generator.yaml",
+        "type: HostnameGenerator\nname: team\nspec:\n  selector:\n    meshService:\n      matchLabels:\n        kuma.io/origin: zone\n  template: \"{{ .DisplayName }}.team.local\"\n",
+    )?;
+    wait_until(Duration::from_secs(10), || {
+        dig(a, &["backend.team.local"]).is_ok_and(|ip| is_vip(&ip))
+    })?;
+    for url in [
+        "http://backend.team.local:8080/",
+        "http://backend.svc.mesh.local:8080/",
+    ] {
+        let got = bodies(a, url, 4)?;
+        ensure!(
+            got.iter().all(|b| b.contains(from_b) || b.contains(from_c)),
+            "{url} beside a custom HostnameGenerator: {got:?}"
+        );
+    }
+
     // A name outside the mesh is answered by the real upstream (dnsmasq on d).
     ensure!(dig(a, &["outside.test"])? == c.ip4().to_string());
     // An unknown mesh name does not exist.

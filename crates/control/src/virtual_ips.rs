@@ -345,6 +345,13 @@ fn mesh_services(
         labels
             .entry("kuma.io/display-name".into())
             .or_insert_with(|| r.meta.name.clone());
+        // kuma-cp labels a MeshService applied in a Universal zone as local to it; one synced
+        // from another zone carries `kuma.io/origin: global` and that zone's `kuma.io/zone`.
+        for (label, value) in [("kuma.io/origin", "zone"), ("kuma.io/env", "universal")] {
+            labels
+                .entry(label.into())
+                .or_insert_with(|| value.to_string());
+        }
         out.push(MeshServiceView {
             name: r.meta.name.clone(),
             labels,
@@ -413,38 +420,74 @@ fn mesh_services(
     out
 }
 
-/// Kuma's default hostname generator for local Universal MeshServices, used when the store
-/// has no HostnameGenerator at all (kuma-cp creates it at start).
-const DEFAULT_HOSTNAME_TEMPLATE: &str = "{{ .DisplayName }}.svc.mesh.local";
+/// The default HostnameGenerators kuma-cp creates at start (`EnsureHostnameGeneratorExists`)
+/// that name MeshServices of Universal and synced zones: name, `meshService.matchLabels`,
+/// template. A store generator of the same name replaces one, as kuma-cp creates a default
+/// only where none of its name exists; other store generators add to them.
+const DEFAULT_GENERATORS: [DefaultGenerator; 3] = [
+    (
+        "local-universal-mesh-service",
+        &[("kuma.io/origin", "zone")],
+        "{{ .DisplayName }}.svc.mesh.local",
+    ),
+    (
+        "synced-universal-mesh-service",
+        &[("kuma.io/origin", "global"), ("kuma.io/env", "universal")],
+        "{{ .DisplayName }}.svc.{{ .Zone }}.mesh.local",
+    ),
+    (
+        "synced-kube-mesh-service",
+        &[
+            ("kuma.io/origin", "global"),
+            ("k8s.kuma.io/is-headless-service", "false"),
+            ("kuma.io/env", "kubernetes"),
+        ],
+        "{{ .DisplayName }}.{{ .Namespace }}.svc.{{ .Zone }}.mesh.local",
+    ),
+];
 
-/// A HostnameGenerator: name, `matchLabels` (all MeshServices when absent), parsed template.
-type HostnameGeneratorView<'s> = (&'s str, Option<&'s Tags>, Template);
+/// One of [`DEFAULT_GENERATORS`]: name, `meshService.matchLabels`, template.
+type DefaultGenerator = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
 
-/// The store's HostnameGenerators with their templates parsed once, or Kuma's default when
-/// the store has none. Templates that do not parse were rejected by validation.
+/// A HostnameGenerator that names MeshServices: name, `meshService.matchLabels`, template.
+type HostnameGeneratorView<'s> = (&'s str, Tags, Template);
+
+/// Kuma's default HostnameGenerators and the store's, templates parsed once (templates that
+/// do not parse were rejected by validation). A generator without a `meshService` selector
+/// names no MeshService.
 fn hostname_generators(store: &Store) -> Vec<HostnameGeneratorView<'_>> {
-    let mut generators: Vec<HostnameGeneratorView> = store
+    let stored: Vec<(&Resource, &bearing_model::HostnameGenerator)> = store
         .resources
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::HostnameGenerator(g) => Some((
-                r.meta.name.as_str(),
-                g.spec
-                    .selector
-                    .as_ref()
-                    .and_then(|s| s.mesh_service.as_ref())
-                    .map(|s| &s.match_labels),
-                Template::parse(&g.spec.template).ok()?,
-            )),
+            Spec::HostnameGenerator(g) => Some((r, g)),
             _ => None,
         })
         .collect();
-    if generators.is_empty() {
-        if let Ok(t) = Template::parse(DEFAULT_HOSTNAME_TEMPLATE) {
-            generators.push(("default", None, t));
-        }
-    }
-    generators
+    let defaults = DEFAULT_GENERATORS
+        .iter()
+        .filter(|(name, _, _)| stored.iter().all(|(r, _)| r.meta.name != *name))
+        .filter_map(|(name, labels, template)| {
+            let labels = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Some((*name, labels, Template::parse(template).ok()?))
+        });
+    let custom = stored.iter().filter_map(|(r, g)| {
+        let selector = g.spec.selector.as_ref()?.mesh_service.as_ref()?;
+        let template = Template::parse(&g.spec.template).ok()?;
+        Some((
+            r.meta.name.as_str(),
+            selector.match_labels.clone(),
+            template,
+        ))
+    });
+    defaults.chain(custom).collect()
 }
 
 /// The hostnames the HostnameGenerators give `ms`.
@@ -473,7 +516,7 @@ fn hostnames(generators: &[HostnameGeneratorView], ms: &MeshServiceView) -> Vec<
     .into();
     let mut names = Vec::new();
     for (generator, labels, template) in generators {
-        if labels.is_some_and(|l| !l.iter().all(|(k, v)| ms.labels.get(k) == Some(v))) {
+        if !labels.iter().all(|(k, v)| ms.labels.get(k) == Some(v)) {
             continue;
         }
         let host = template.render(&values).to_ascii_lowercase();
@@ -885,11 +928,47 @@ conf:
         let hosts = load(&text);
         let redis = hosts
             .iter()
-            .find(|h| h.names == ["redis.default.team.local"])
-            .unwrap();
+            .find(|h| h.names == ["redis.svc.mesh.local", "redis.default.team.local"])
+            .expect("the custom generator's name beside the default one");
         assert_eq!(
             redis.ports[&16739].mesh_service_port,
             Some((TargetPort::Name("main".into()), Some("tcp".into())))
+        );
+    }
+
+    /// kuma-cp keeps its default generators beside custom ones: local MeshServices keep
+    /// `<name>.svc.mesh.local`, one synced from zone-2 gets `<name>.svc.zone-2.mesh.local`; a
+    /// store generator of a default's name replaces that default; a generator without a
+    /// `meshService` selector names no MeshService.
+    #[test]
+    fn default_hostname_generators_stay_beside_custom_ones() {
+        let store = |extra: &str| {
+            let text = format!("type: Mesh\nname: default\nmeshServices:\n  mode: Everywhere\n---\ntype: Dataplane\nmesh: default\nname: a\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: web\n---\ntype: MeshService\nname: backend-zone-2-hash\nmesh: default\nlabels:\n  kuma.io/display-name: backend\n  kuma.io/origin: global\n  kuma.io/zone: zone-2\n  kuma.io/env: universal\nspec:\n  selector:\n    dataplaneTags:\n      kuma.io/service: backend\n  ports:\n  - port: 8080\n    targetPort: 8080\n---\ntype: HostnameGenerator\nname: external-only\nspec:\n  selector:\n    meshExternalService:\n      matchLabels: {{}}\n  template: \"{{{{ .DisplayName }}}}.ext.local\"\n{extra}");
+            let mut s = Store::default();
+            s.add_text(&text, Path::new("t.yaml"));
+            assert!(s.problems.is_empty(), "{:?}", s.problems);
+            let mut names: Vec<String> = virtual_hosts(&s, "default", &VipOptions::default())
+                .into_iter()
+                .flat_map(|h| h.names)
+                .filter(|n| n.ends_with(".local"))
+                .collect();
+            names.sort();
+            names
+        };
+        let custom = "---\ntype: HostnameGenerator\nname: all\nspec:\n  selector:\n    meshService:\n      matchLabels: {}\n  template: \"{{ .DisplayName }}.all.local\"\n";
+        assert_eq!(
+            store(custom),
+            [
+                "backend.all.local",
+                "backend.svc.zone-2.mesh.local",
+                "web.all.local",
+                "web.svc.mesh.local"
+            ]
+        );
+        let replaced = "---\ntype: HostnameGenerator\nname: local-universal-mesh-service\nspec:\n  selector:\n    meshService:\n      matchLabels: {kuma.io/origin: zone}\n  template: \"{{ .DisplayName }}.local\"\n";
+        assert_eq!(
+            store(replaced),
+            ["backend.svc.zone-2.mesh.local", "web.local"]
         );
     }
 
