@@ -546,6 +546,49 @@ fn zone_egress_without_external_services_serves_cross_zone_traffic_from_the_star
     Ok(())
 }
 
+/// The zone-egress seed's "external services through egress" with transparent proxying: an
+/// unmodified client calls the ExternalService at its own address (`ext:443`, plain HTTP; the
+/// mesh originates its TLS), the sidecar captures it and sends it through the egress; with no
+/// egress up, the call fails ("if no egress is available the communication will fail").
+#[test]
+fn external_service_by_ip_goes_through_the_egress_and_fails_without_it() -> Result<()> {
+    let z = Zones::new("STRICT", true)?;
+    let (a, ea, ext) = (z.host("a"), z.host("ea"), z.host("ext"));
+    std::fs::remove_file(z.dir.join("ze-a2.yaml"))?;
+    let transparent = web(a).replace(
+        "  inbound:\n",
+        "  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n  inbound:\n",
+    );
+    write_store_file(&z.dir, "web.yaml", &transparent)?;
+    a.run(bearing_bin()?, ["transparent-proxy", "install"])?
+        .check()?;
+    let web = z.sidecar("a", "web")?;
+    let egress = z.zone_proxy("ea", "egress", "ze-a")?;
+    let direct = format!("http://{}:443/whoami", ext.ip4());
+    let (code, who) = curl(a, [direct.as_str()])?;
+    ensure!(
+        code == 200 && who.trim() == ea.ip4().to_string(),
+        "ext saw the request from {who:?} ({code}), not from the egress"
+    );
+    ensure!(
+        web.metric(&format!(
+            "bearing_listener_http_requests_total{{listener=\"outbound:{}:443\",class=\"2xx\"}}",
+            ext.ip4()
+        ))? >= 1.0,
+        "the ExternalService's own address was not served by its outbound"
+    );
+    egress.process().kill();
+    let out = curl_output(a, ["-m", "5", direct.as_str()])?;
+    ensure!(
+        out.http_code == 503 || matches!(out.exit_code, Some(52 | 56)),
+        "without an egress: exit {:?}, status {}, body {:?}",
+        out.exit_code,
+        out.http_code,
+        out.body
+    );
+    Ok(())
+}
+
 #[test]
 fn zone_egress_carries_cross_zone_and_external_traffic_and_fails_over() -> Result<()> {
     let z = Zones::new("STRICT", true)?;

@@ -267,6 +267,23 @@ pub fn compile(
         }
         dns.sort_by(|a, b| a.name.cmp(&b.name));
         dns.dedup_by(|a, b| a.name == b.name);
+        // An ExternalService addressed by IP is captured at that address, as Kuma gives it
+        // an outbound there: its traffic goes where the mesh sends it (the zone egress with
+        // `routing.zoneEgress`), never around the proxy.
+        let mut externals: Vec<(&&str, &(&Resource, &ExternalService))> =
+            routes.externals.iter().collect();
+        externals.sort_by_key(|(service, _)| **service);
+        for (service, (_, es)) in externals {
+            let Ok(address) = es.networking.address.parse::<SocketAddr>() else {
+                continue;
+            };
+            if taken.insert(address) {
+                let tags: Tags = [(SERVICE_TAG.to_string(), service.to_string())].into();
+                let (listener, c) = routes.outbound_to(address, Destination::tagged(&tags), false);
+                listeners.push(listener);
+                clusters.insert(c.name.clone(), c);
+            }
+        }
     }
 
     if let Some(tp) = transparent {

@@ -497,6 +497,33 @@ networking:
         assert_eq!(crate::zones::dataplane_zone(dp), Some("zone-a"));
     }
 
+    /// With transparent proxying, an ExternalService addressed by IP gets an outbound at that
+    /// address: through the egress with `routing.zoneEgress`, else straight to it.
+    #[test]
+    fn external_service_ip_address_is_an_outbound() {
+        for (zone_egress, endpoint) in [(true, "10.0.1.9:10002"), (false, "10.9.9.9:443")] {
+            let mut s = two_zones(zone_egress);
+            for r in &mut s.resources {
+                if let Spec::Dataplane(dp) = &mut r.spec {
+                    dp.networking.transparent_proxying = Some(bearing_model::TransparentProxying {
+                        redirect_port_inbound: 15006,
+                        redirect_port_outbound: 15001,
+                        ..Default::default()
+                    });
+                }
+            }
+            let web = compile_any(&s, find(&s, "web"), "t", &CompileOptions::default()).unwrap();
+            let l = web
+                .listeners
+                .iter()
+                .find(|l| l.address.to_string() == "10.9.9.9:443")
+                .expect("an outbound at the ExternalService's address");
+            assert_eq!(l.name, "outbound:10.9.9.9:443");
+            assert!(!l.bind, "reached through the capture port");
+            assert_eq!(addresses(&web.clusters[&l.cluster]), [endpoint]);
+        }
+    }
+
     /// An egress with no ExternalService needs no certificate of its own and still listens,
     /// with routes for the other zones' services (or none at all, refusing every SNI).
     #[test]
