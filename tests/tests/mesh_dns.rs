@@ -255,6 +255,43 @@ fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> 
         dig_status(a, "backend.v3.mesh").is_ok_and(|s| s == "NXDOMAIN")
     })?;
 
+    // The seed's migration: `reachableBackends` leaves web only the MeshServices it lists (here
+    // none of backend's), the kuma.io/service names stay.
+    let only_web = web(a).replace(
+        "redirectPortOutbound: 15001}",
+        "redirectPortOutbound: 15001, reachableBackends: {refs: [{kind: MeshService, name: web}]}}",
+    );
+    write_store_file(&dir, "web.yaml", &only_web)?;
+    wait_until(Duration::from_secs(10), || {
+        vip_of(&sidecar, "backend.svc.mesh.local").is_ok_and(|v| v.is_none())
+    })
+    .context("backend's MeshService is still reachable without being listed")?;
+    ensure!(
+        !dig(a, &["backend.svc.mesh.local"]).is_ok_and(|ip| is_vip(&ip)),
+        "an unlisted MeshService still resolves to a VIP"
+    );
+    ensure!(
+        bodies(a, "http://backend.mesh/", 2).is_ok(),
+        "the kuma.io/service name went with the MeshService"
+    );
+    // `Exclusive`: MeshService names only, no kuma.io/service ones.
+    write_store_file(&dir, "web.yaml", &web(a))?;
+    write_store_file(&dir, "mesh.yaml", &mesh("Exclusive"))?;
+    wait_until(Duration::from_secs(10), || {
+        vip_of(&sidecar, "backend.mesh").is_ok_and(|v| v.is_none())
+    })
+    .context("Exclusive mode still serves backend.mesh")?;
+    // backend.v1.mesh (a VirtualOutbound name) is below it: NODATA, not NXDOMAIN.
+    ensure!(
+        !dig(a, &["backend.mesh"]).is_ok_and(|ip| is_vip(&ip)),
+        "Exclusive: backend.mesh still resolves to a VIP"
+    );
+    let ms = bodies(a, "http://backend.svc.mesh.local:8080/", 2)?;
+    ensure!(
+        ms.iter().all(|b| b.contains(from_b) || b.contains(from_c)),
+        "Exclusive: {ms:?}"
+    );
+
     // The upstream gone: a clear SERVFAIL, not a hang.
     dnsmasq.stop(Duration::from_secs(2));
     ensure!(dig_status(a, "outside.test")? == "SERVFAIL");

@@ -231,7 +231,7 @@ pub fn compile(
     let mut dns = Vec::new();
     if let Some(tp) = transparent {
         let mut taken: HashSet<SocketAddr> = listeners.iter().map(|l| l.address).collect();
-        for host in virtual_hosts(store, &mesh, vips) {
+        for host in virtual_hosts(store, &mesh, vips, tp.reachable_backends.as_ref()) {
             for (port, target) in &host.ports {
                 let address = SocketAddr::new(IpAddr::V4(host.vip), *port);
                 // An explicit outbound on the same address wins.

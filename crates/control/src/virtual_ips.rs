@@ -26,7 +26,10 @@ use std::net::Ipv4Addr;
 
 use bearing_model::gotemplate::Template;
 use bearing_model::validate::is_dns_name;
-use bearing_model::{Resource, Spec, Store, Tags, VirtualOutbound, SERVICE_TAG};
+use bearing_model::{
+    ReachableBackendRef, ReachableBackends, Resource, Spec, Store, Tags, VirtualOutbound,
+    SERVICE_TAG,
+};
 
 /// Mesh-wide settings of the hostname table, the same for every proxy of a mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,9 +128,19 @@ impl TargetPort {
     }
 }
 
-/// Builds the hostname table of `mesh` from `store`.
-pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<VirtualHost> {
+/// Builds the hostname table of `mesh` from `store` for a proxy that may reach the
+/// MeshServices `reachable` lists (all when absent, unless the Mesh's `meshServices.mode` is
+/// `ReachableBackends`).
+pub fn virtual_hosts(
+    store: &Store,
+    mesh: &str,
+    opts: &VipOptions,
+    reachable: Option<&ReachableBackends>,
+) -> Vec<VirtualHost> {
     let mut table = Table::default();
+    let mode = crate::mtls::meshes(store)
+        .get(mesh)
+        .map_or("Disabled", |m| m.mesh_services_mode());
     let in_mesh = |r: &&Resource| r.mesh.as_deref().unwrap_or("default") == mesh;
     let mut dataplanes: Vec<&Resource> = store
         .resources
@@ -152,12 +165,16 @@ pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<Virtua
     let inbound_tags: Vec<(&str, &Tags)> =
         inbound_list.iter().map(|(d, i)| (*d, &i.tags)).collect();
 
-    // 1. Defaults: every local service and every remote zone's available service.
+    // 1. Defaults: every local service and every remote zone's available service; none in
+    // `Exclusive` mode, where destinations are MeshServices only.
     let mut services: Vec<&str> = inbound_tags
         .iter()
         .filter_map(|(_, t)| t.get(SERVICE_TAG).map(String::as_str))
         .collect();
     services.extend(remote_services(store, mesh));
+    if mode == "Exclusive" {
+        services.clear();
+    }
     for service in services {
         table.add_service(service, &opts.domain, opts.default_port, None);
     }
@@ -255,12 +272,19 @@ pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<Virtua
     let generators = hostname_generators(store);
     for ms in mesh_services(store, mesh, &inbound_list) {
         let names = hostnames(&generators, &ms);
-        if names.is_empty() {
-            continue;
-        }
-        let ports = ms
+        let reachable_ports: Vec<&(u16, TargetPort, Option<String>)> = ms
             .ports
             .iter()
+            .filter(|(port, _, _)| match reachable {
+                Some(r) => r.refs.iter().any(|r| reaches(r, &ms, *port)),
+                None => mode != "ReachableBackends",
+            })
+            .collect();
+        if names.is_empty() || reachable_ports.is_empty() {
+            continue;
+        }
+        let ports = reachable_ports
+            .into_iter()
             .map(|(port, target, protocol)| {
                 let target = VirtualTarget {
                     tags: ms.selector.clone(),
@@ -299,6 +323,26 @@ pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<Virtua
         }
     }
     table.allocate(opts.cidr)
+}
+
+/// Whether the `reachableBackends` entry `r` lets a proxy reach `port` of `ms`: a MeshService
+/// entry naming it (by name or display name) or whose labels it carries, on that port or all.
+fn reaches(r: &ReachableBackendRef, ms: &MeshServiceView, port: u16) -> bool {
+    let named = r
+        .name
+        .as_ref()
+        .is_none_or(|n| *n == ms.name || ms.labels.get("kuma.io/display-name") == Some(n));
+    let labelled = r
+        .labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| ms.labels.get(k) == Some(v));
+    let port_ok = r.port.is_none_or(|p| p == u32::from(port));
+    r.kind == "MeshService"
+        && (r.name.is_some() || r.labels.is_some())
+        && named
+        && labelled
+        && port_ok
 }
 
 /// A Dataplane's inbound ports for one service, with their `kuma.io/protocol`.
@@ -656,7 +700,7 @@ mod tests {
         );
         assert!(s.problems.is_empty(), "{:?}", s.problems);
         let mut out = Vec::new();
-        for h in virtual_hosts(&s, "default", &VipOptions::default()) {
+        for h in virtual_hosts(&s, "default", &VipOptions::default(), None) {
             for (port, t) in h.ports {
                 out.push((h.names[0].clone(), port, t.tags));
             }
@@ -814,7 +858,7 @@ conf:
         let vip = |text: &str, host: &str| {
             let mut s = Store::default();
             s.add_text(text, Path::new("t.yaml"));
-            virtual_hosts(&s, "default", &VipOptions::default())
+            virtual_hosts(&s, "default", &VipOptions::default(), None)
                 .into_iter()
                 .find(|h| h.names[0] == host)
                 .map(|h| h.vip)
@@ -844,7 +888,7 @@ conf:
         let mut s = Store::default();
         s.add_text(text, Path::new("t.yaml"));
         assert!(s.problems.is_empty(), "{:?}", s.problems);
-        let hosts = virtual_hosts(&s, "default", &VipOptions::default());
+        let hosts = virtual_hosts(&s, "default", &VipOptions::default(), None);
         let find = |n: &str| {
             hosts
                 .iter()
@@ -888,7 +932,7 @@ conf:
             let mut s = Store::default();
             s.add_text(text, Path::new("t.yaml"));
             assert!(s.problems.is_empty(), "{:?}", s.problems);
-            virtual_hosts(&s, "default", &VipOptions::default())
+            virtual_hosts(&s, "default", &VipOptions::default(), None)
         };
         // The seed's example: one MeshService test-server with port 80, named by the default
         // hostname generator.
@@ -936,6 +980,52 @@ conf:
         );
     }
 
+    /// The seed's migration modes: `reachableBackends` limits the MeshServices a proxy gets
+    /// (by name or labels, optionally one port; none without it in `ReachableBackends` mode),
+    /// and `Exclusive` drops the `kuma.io/service` names.
+    #[test]
+    fn reachable_backends_and_exclusive_mode() {
+        let names = |mode: &str, reachable: Option<&str>| {
+            let text = format!("type: Mesh\nname: default\nmeshServices:\n  mode: {mode}\n---\ntype: Dataplane\nmesh: default\nname: a\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: backend\n---\ntype: Dataplane\nmesh: default\nname: b\nnetworking:\n  address: 10.0.0.2\n  inbound:\n  - port: 81\n    tags:\n      kuma.io/service: other\n");
+            let mut s = Store::default();
+            s.add_text(&text, Path::new("t.yaml"));
+            assert!(s.problems.is_empty(), "{:?}", s.problems);
+            let reachable: Option<ReachableBackends> =
+                reachable.map(|r| serde_json::from_str(r).unwrap());
+            let mut names: Vec<String> =
+                virtual_hosts(&s, "default", &VipOptions::default(), reachable.as_ref())
+                    .into_iter()
+                    .flat_map(|h| h.names)
+                    .filter(|n| !n.contains('_'))
+                    .collect();
+            names.sort();
+            names
+        };
+        let by_name = r#"{"refs": [{"kind": "MeshService", "name": "backend"}]}"#;
+        assert_eq!(
+            names("Everywhere", Some(by_name)),
+            ["backend.mesh", "backend.svc.mesh.local", "other.mesh"]
+        );
+        let by_label = r#"{"refs": [{"kind": "MeshService", "labels": {"kuma.io/display-name": "other"}, "port": 81}]}"#;
+        assert_eq!(
+            names("Everywhere", Some(by_label)),
+            ["backend.mesh", "other.mesh", "other.svc.mesh.local"]
+        );
+        let wrong_port = r#"{"refs": [{"kind": "MeshService", "name": "other", "port": 80}]}"#;
+        assert_eq!(
+            names("Everywhere", Some(wrong_port)),
+            ["backend.mesh", "other.mesh"]
+        );
+        assert_eq!(
+            names("ReachableBackends", None),
+            ["backend.mesh", "other.mesh"]
+        );
+        assert_eq!(
+            names("Exclusive", None),
+            ["backend.svc.mesh.local", "other.svc.mesh.local"]
+        );
+    }
+
     /// kuma-cp keeps its default generators beside custom ones: local MeshServices keep
     /// `<name>.svc.mesh.local`, one synced from zone-2 gets `<name>.svc.zone-2.mesh.local`; a
     /// store generator of a default's name replaces that default; a generator without a
@@ -947,7 +1037,7 @@ conf:
             let mut s = Store::default();
             s.add_text(&text, Path::new("t.yaml"));
             assert!(s.problems.is_empty(), "{:?}", s.problems);
-            let mut names: Vec<String> = virtual_hosts(&s, "default", &VipOptions::default())
+            let mut names: Vec<String> = virtual_hosts(&s, "default", &VipOptions::default(), None)
                 .into_iter()
                 .flat_map(|h| h.names)
                 .filter(|n| n.ends_with(".local"))
