@@ -104,6 +104,19 @@ fn vip_of(proxy: &Bearing, name: &str) -> Result<Option<String>> {
         .map(str::to_string))
 }
 
+/// Waits until the sidecar's config has no record for `name`, then requires that `dig` from
+/// `host` gets no VIP for it either.
+fn wait_until_no_vip(host: &Host, proxy: &Bearing, name: &str) -> Result<()> {
+    wait_until(Duration::from_secs(10), || {
+        vip_of(proxy, name).is_ok_and(|v| v.is_none())
+    })?;
+    ensure!(
+        !dig(host, &[name]).is_ok_and(|ip| is_vip(&ip)),
+        "{name} still resolves to a VIP"
+    );
+    Ok(())
+}
+
 /// Whether `ip` is in the default VIP range 240.0.0.0/4.
 fn is_vip(ip: &str) -> bool {
     ip.parse::<std::net::Ipv4Addr>()
@@ -262,14 +275,8 @@ fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> 
         "redirectPortOutbound: 15001, reachableBackends: {refs: [{kind: MeshService, name: web}]}}",
     );
     write_store_file(&dir, "web.yaml", &only_web)?;
-    wait_until(Duration::from_secs(10), || {
-        vip_of(&sidecar, "backend.svc.mesh.local").is_ok_and(|v| v.is_none())
-    })
-    .context("backend's MeshService is still reachable without being listed")?;
-    ensure!(
-        !dig(a, &["backend.svc.mesh.local"]).is_ok_and(|ip| is_vip(&ip)),
-        "an unlisted MeshService still resolves to a VIP"
-    );
+    wait_until_no_vip(a, &sidecar, "backend.svc.mesh.local")
+        .context("backend's MeshService is still reachable without being listed")?;
     ensure!(
         bodies(a, "http://backend.mesh/", 2).is_ok(),
         "the kuma.io/service name went with the MeshService"
@@ -277,15 +284,9 @@ fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> 
     // `Exclusive`: MeshService names only, no kuma.io/service ones.
     write_store_file(&dir, "web.yaml", &web(a))?;
     write_store_file(&dir, "mesh.yaml", &mesh("Exclusive"))?;
-    wait_until(Duration::from_secs(10), || {
-        vip_of(&sidecar, "backend.mesh").is_ok_and(|v| v.is_none())
-    })
-    .context("Exclusive mode still serves backend.mesh")?;
-    // backend.v1.mesh (a VirtualOutbound name) is below it: NODATA, not NXDOMAIN.
-    ensure!(
-        !dig(a, &["backend.mesh"]).is_ok_and(|ip| is_vip(&ip)),
-        "Exclusive: backend.mesh still resolves to a VIP"
-    );
+    // (backend.v1.mesh, a VirtualOutbound name, is below it: NODATA, not NXDOMAIN.)
+    wait_until_no_vip(a, &sidecar, "backend.mesh")
+        .context("Exclusive mode still serves backend.mesh")?;
     let ms = bodies(a, "http://backend.svc.mesh.local:8080/", 2)?;
     ensure!(
         ms.iter().all(|b| b.contains(from_b) || b.contains(from_c)),
