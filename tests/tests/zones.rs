@@ -546,6 +546,76 @@ fn zone_egress_without_external_services_serves_cross_zone_traffic_from_the_star
     Ok(())
 }
 
+/// The MeshService seed's "Multizone": traffic to a MeshService only ever goes to one zone.
+/// `backend` runs in zone-a (host ea2) and zone-b (b). From web (zone-a, transparent
+/// proxying): the local MeshService `backend.svc.mesh.local` reaches only zone-a's instance,
+/// the one synced from zone-b (`backend.svc.zone-b.mesh.local`) only zone-b's, through zone-b's
+/// ingress; the `kuma.io/service` outbound still spans both zones.
+#[test]
+fn mesh_service_traffic_goes_to_one_zone_only() -> Result<()> {
+    const ZONE_A_BODY: &str = "zone-a backend-a body 5d02c7\n";
+    const SYNCED: &str = "type: MeshService\nname: backend-zone-b\nmesh: default\nlabels: {kuma.io/display-name: backend, kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/env: universal}\nspec:\n  selector:\n    dataplaneTags: {kuma.io/service: backend}\n  ports:\n  - port: 18080\n    targetPort: 18080\n    appProtocol: http\n";
+    let z = Zones::new("STRICT", false)?;
+    let (a, ea2) = (z.host("a"), z.host("ea2"));
+    NginxConfig::new(80).body(ZONE_A_BODY).start(ea2)?;
+    let files = [
+        (
+            "backend-a.yaml",
+            service_dp("backend-a", ea2, "backend", "zone-a"),
+        ),
+        (
+            "mesh.yaml",
+            format!("{}meshServices:\n  mode: Everywhere\n", mesh("STRICT", false)),
+        ),
+        ("backend-zone-b.yaml", SYNCED.to_string()),
+        (
+            "web.yaml",
+            web(a).replace(
+                "  inbound:\n",
+                "  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n  inbound:\n",
+            ),
+        ),
+    ];
+    for (name, text) in &files {
+        write_store_file(&z.dir, name, text)?;
+    }
+    a.run(bearing_bin()?, ["transparent-proxy", "install"])?
+        .check()?;
+    let web = z.sidecar("a", "web")?;
+    let _ingress = z.zone_proxy("ib", "ingress", "zi-b")?;
+    let _backend = z.sidecar("b", "backend-1")?;
+    let _backend_a = z.sidecar("ea2", "backend-a")?;
+    let dump = web.config_dump()?;
+    let vip = |name: &str| -> Result<String> {
+        dump["config"]["dns"]
+            .as_array()
+            .and_then(|records| records.iter().find(|r| r["name"] == name))
+            .and_then(|r| r["ips"][0].as_str())
+            .map(str::to_string)
+            .with_context(|| format!("no VIP for {name}"))
+    };
+    let local = format!("http://{}:{INBOUND}/", vip("backend.svc.mesh.local")?);
+    let synced = format!(
+        "http://{}:{INBOUND}/",
+        vip("backend.svc.zone-b.mesh.local")?
+    );
+    for _ in 0..4 {
+        get_body(a, &local, ZONE_A_BODY)?;
+        get_body(a, &synced, BACKEND_BODY)?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (code, body) = curl(a, [OUT_BACKEND])?;
+        ensure!(code == 200, "{OUT_BACKEND}: {code} {body:?}");
+        seen.insert(body);
+    }
+    ensure!(
+        seen.len() == 2,
+        "the kuma.io/service outbound spans both zones: {seen:?}"
+    );
+    Ok(())
+}
+
 /// The zone-egress seed's "external services through egress" with transparent proxying: an
 /// unmodified client calls the ExternalService at its own address (`ext:443`, plain HTTP; the
 /// mesh originates its TLS), the sidecar captures it and sends it through the egress; with no

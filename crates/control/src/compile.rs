@@ -244,6 +244,10 @@ pub fn compile(
                                 tags: &target.tags,
                                 target_port: Some(port),
                                 app_protocol: protocol.as_deref(),
+                                zones: match &target.mesh_service_zone {
+                                    Some(zone) => EndpointZones::Only(zone),
+                                    None => EndpointZones::Own,
+                                },
                                 cluster: name.clone(),
                                 service: name,
                             }
@@ -474,8 +478,22 @@ pub(crate) struct Destination<'a> {
     target_port: Option<&'a TargetPort>,
     /// A MeshService port's `appProtocol` (else the endpoints' common protocol).
     app_protocol: Option<&'a str>,
+    /// Which zones the endpoints may be in.
+    zones: EndpointZones<'a>,
     pub(crate) cluster: String,
     service: String,
+}
+
+/// Which zones a destination's endpoints may be in: a `kuma.io/service` spans every zone, a
+/// MeshService's traffic only ever goes to one (its own, or the one it was synced from).
+#[derive(Clone, Copy)]
+pub(crate) enum EndpointZones<'a> {
+    /// Every zone (`kuma.io/service` destinations).
+    All,
+    /// The proxy's own zone (a local MeshService).
+    Own,
+    /// This zone only (a MeshService synced from it).
+    Only(&'a str),
 }
 
 impl<'a> Destination<'a> {
@@ -485,6 +503,7 @@ impl<'a> Destination<'a> {
             tags,
             target_port: None,
             app_protocol: None,
+            zones: EndpointZones::All,
             cluster: cluster_name_for(tags),
             service: service_of(tags),
         }
@@ -538,6 +557,14 @@ impl Outbounds<'_> {
             remote.insert(zone);
             let protocol = announced.tags.get(PROTOCOL_TAG).map(String::as_str);
             protocols.push(Protocol::from_tag(protocol));
+        }
+        match to.zones {
+            EndpointZones::All => {}
+            EndpointZones::Only(zone) if !self.zones.is_local(Some(zone)) => {
+                endpoints.clear();
+                remote.retain(|z| *z == zone);
+            }
+            EndpointZones::Own | EndpointZones::Only(_) => remote.clear(),
         }
         let external = match self.externals.get(to.service.as_str()) {
             Some(es) if endpoints.is_empty() && remote.is_empty() => Some(*es),

@@ -93,6 +93,10 @@ pub struct VirtualTarget {
     /// For a MeshService port: which inbound of the selected Dataplanes serves it, and the
     /// port's `appProtocol`.
     pub mesh_service_port: Option<(TargetPort, Option<String>)>,
+    /// For a MeshService synced from another zone (`kuma.io/origin: global`): that zone
+    /// (`kuma.io/zone`), the only one its traffic goes to; a local MeshService's traffic
+    /// stays in the proxy's zone.
+    pub mesh_service_zone: Option<String>,
 }
 
 /// A MeshService `targetPort`: an inbound port number or an inbound name.
@@ -286,10 +290,12 @@ pub fn virtual_hosts(
         let ports = reachable_ports
             .into_iter()
             .map(|(port, target, protocol)| {
+                let synced = ms.labels.get("kuma.io/origin").map(String::as_str) == Some("global");
                 let target = VirtualTarget {
                     tags: ms.selector.clone(),
                     origin: format!("meshservice:{}", ms.name),
                     mesh_service_port: Some((target.clone(), protocol.clone())),
+                    mesh_service_zone: ms.labels.get("kuma.io/zone").filter(|_| synced).cloned(),
                 };
                 (*port, target)
             })
@@ -628,6 +634,7 @@ impl Table {
                         tags,
                         origin,
                         mesh_service_port: None,
+                        mesh_service_zone: None,
                     },
                 );
             }

@@ -524,6 +524,44 @@ networking:
         }
     }
 
+    /// The MeshService seed's "Multizone": a local MeshService's traffic stays in the proxy's
+    /// zone; one synced from zone-b (`kuma.io/origin: global`) goes only to zone-b, through
+    /// its ingress; the `kuma.io/service` name still spans both zones.
+    #[test]
+    fn mesh_service_traffic_stays_in_one_zone() {
+        let mut s = two_zones(false);
+        s.add_text(
+            "type: Dataplane\nname: backend-a\nmesh: default\nnetworking:\n  address: 10.0.1.7\n  inbound:\n  - port: 8080\n    tags: {kuma.io/service: backend, kuma.io/zone: zone-a, version: v1}\n---\ntype: MeshService\nname: backend-zone-b\nmesh: default\nlabels: {kuma.io/display-name: backend, kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/env: universal}\nspec:\n  selector:\n    dataplaneTags: {kuma.io/service: backend}\n  ports:\n  - port: 8080\n    targetPort: 8080\n    appProtocol: http\n",
+            Path::new("ms.yaml"),
+        );
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        for r in &mut s.resources {
+            match &mut r.spec {
+                Spec::Mesh(m) => {
+                    m.mesh_services = Some(bearing_model::MeshServicesMode {
+                        mode: Some("Everywhere".into()),
+                    })
+                }
+                Spec::Dataplane(dp) if r.meta.name == "web" => {
+                    dp.networking.transparent_proxying = Some(bearing_model::TransparentProxying {
+                        redirect_port_inbound: 15006,
+                        redirect_port_outbound: 15001,
+                        ..Default::default()
+                    })
+                }
+                _ => {}
+            }
+        }
+        let web = compile_any(&s, find(&s, "web"), "t", &CompileOptions::default()).unwrap();
+        let cluster = |name: &str| addresses(&web.clusters[name]);
+        assert_eq!(cluster("meshservice:backend:8080"), ["10.0.1.7:8080"]);
+        assert_eq!(
+            cluster("meshservice:backend-zone-b:8080"),
+            ["192.0.2.1:20001"]
+        );
+        assert_eq!(cluster("backend"), ["10.0.1.7:8080", "192.0.2.1:20001"]);
+    }
+
     /// An egress with no ExternalService needs no certificate of its own and still listens,
     /// with routes for the other zones' services (or none at all, refusing every SNI).
     #[test]
