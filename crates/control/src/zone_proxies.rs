@@ -364,6 +364,12 @@ networking:
         s
     }
 
+    /// Adds `text` to the store `s`, which must then have no problem.
+    fn add(s: &mut Store, text: &str) {
+        s.add_text(text, Path::new("added.yaml"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+    }
+
     fn find<'a>(s: &'a Store, name: &str) -> &'a Resource {
         s.resources.iter().find(|r| r.meta.name == name).unwrap()
     }
@@ -484,8 +490,7 @@ networking:
     fn gateways_take_identity_and_zone_from_gateway_tags() {
         let mut s = two_zones(false);
         let kong = "type: Dataplane\nname: kong-01\nmesh: default\nnetworking:\n  address: 10.0.1.5\n  gateway:\n    type: DELEGATED\n    tags: {kuma.io/service: kong, kuma.io/zone: zone-a}\n  outbound:\n  - port: 33033\n    tags: {kuma.io/service: backend}\n";
-        s.add_text(kong, Path::new("kong.yaml"));
-        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        add(&mut s, kong);
         let cfg = compile_any(&s, find(&s, "kong-01"), "t", &CompileOptions::default()).unwrap();
         assert_eq!(cfg.mtls["default"].services, ["kong"]);
         assert_eq!(addresses(&cfg.clusters["backend"]), ["192.0.2.1:20001"]);
@@ -530,11 +535,7 @@ networking:
     #[test]
     fn mesh_service_traffic_stays_in_one_zone() {
         let mut s = two_zones(false);
-        s.add_text(
-            "type: Dataplane\nname: backend-a\nmesh: default\nnetworking:\n  address: 10.0.1.7\n  inbound:\n  - port: 8080\n    tags: {kuma.io/service: backend, kuma.io/zone: zone-a, version: v1}\n---\ntype: MeshService\nname: backend-zone-b\nmesh: default\nlabels: {kuma.io/display-name: backend, kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/env: universal}\nspec:\n  selector:\n    dataplaneTags: {kuma.io/service: backend}\n  ports:\n  - port: 8080\n    targetPort: 8080\n    appProtocol: http\n",
-            Path::new("ms.yaml"),
-        );
-        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        add(&mut s, "type: Dataplane\nname: backend-a\nmesh: default\nnetworking:\n  address: 10.0.1.7\n  inbound:\n  - port: 8080\n    tags: {kuma.io/service: backend, kuma.io/zone: zone-a, version: v1}\n---\ntype: MeshService\nname: backend-zone-b\nmesh: default\nlabels: {kuma.io/display-name: backend, kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/env: universal}\nspec:\n  selector:\n    dataplaneTags: {kuma.io/service: backend}\n  ports:\n  - port: 8080\n    targetPort: 8080\n    appProtocol: http\n");
         for r in &mut s.resources {
             match &mut r.spec {
                 Spec::Mesh(m) => {
@@ -585,11 +586,7 @@ networking:
     #[test]
     fn admin_port_of_zone_proxies_and_dataplanes_is_carried() {
         let mut s = two_zones(false);
-        s.add_text(
-            "type: ZoneEgress\nname: ze-admin\nzone: zone-a\nnetworking: {address: 10.0.1.8, port: 10002, admin: {port: 9902}}\n",
-            Path::new("ze.yaml"),
-        );
-        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        add(&mut s, "type: ZoneEgress\nname: ze-admin\nzone: zone-a\nnetworking: {address: 10.0.1.8, port: 10002, admin: {port: 9902}}\n");
         let ze = compile_any(&s, find(&s, "ze-admin"), "t", &CompileOptions::default()).unwrap();
         assert_eq!(ze.identity.admin_port, Some(9902));
         let web = compile_any(&s, find(&s, "web"), "t", &CompileOptions::default()).unwrap();
