@@ -140,6 +140,7 @@ impl Admin {
             "last_rejected": status.last_rejected,
             "read_error": status.read_error,
             "listener_errors": self.proxy.listener_errors(),
+            "serve_errors": self.proxy.serve_errors(),
             "ready": self.proxy.is_ready(),
             "draining": self.proxy.is_draining(),
         });

@@ -183,9 +183,15 @@ pub struct RunArgs {
     /// Mesh of the Dataplane (overrides the resource's).
     #[arg(long, env = "KUMA_DATAPLANE_MESH")]
     pub mesh: Option<String>,
-    /// Admin API address (loopback only).
-    #[arg(long, default_value = "127.0.0.1:9901", env = "BEARING_ADMIN_ADDRESS")]
-    pub admin_address: SocketAddr,
+    /// Admin API address (loopback only). Given, it wins over everything; else the API is
+    /// on 127.0.0.1 at the proxy resource's `networking.admin.port`, else --admin-port, else
+    /// 9901.
+    #[arg(long, env = "BEARING_ADMIN_ADDRESS")]
+    pub admin_address: Option<SocketAddr>,
+    /// Admin API port on 127.0.0.1 when the proxy resource names none (kuma-dp's deprecated
+    /// flag: as in Kuma, the resource's `networking.admin.port` wins).
+    #[arg(long, env = "KUMA_DATAPLANE_ADMIN_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub admin_port: Option<u16>,
     /// A name besides `localhost` and loopback IPs under which the admin API may be addressed
     /// (its `Host`); any other is refused (403), against DNS rebinding.
     #[arg(long, env = "BEARING_ADMIN_ALLOWED_HOST")]
@@ -522,8 +528,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(args, source, workers))
 }
 
+/// Where the admin API listens. kuma-cp puts Envoy's admin on the resource's
+/// `networking.admin.port`, else on kuma-dp's `--admin-port`, else on its default (9901),
+/// always on loopback; Bearing's own `--admin-address` overrides all of them.
+fn admin_address(
+    flag_address: Option<SocketAddr>,
+    flag_port: Option<u16>,
+    resource_port: Option<u16>,
+) -> SocketAddr {
+    const DEFAULT_ADMIN_PORT: u16 = 9901;
+    flag_address.unwrap_or_else(|| {
+        let port = resource_port.or(flag_port).unwrap_or(DEFAULT_ADMIN_PORT);
+        SocketAddr::from(([127, 0, 0, 1], port))
+    })
+}
+
 async fn serve(args: RunArgs, source: DirectorySource, workers: Workers) -> anyhow::Result<()> {
-    let admin_listener = admin::bind(args.admin_address).await?;
     let proxy = Arc::new(Proxy::new(workers));
     let (status_tx, status_rx) = watch::channel(ConfigStatus::default());
     let dns_domain = source.vips.domain.clone();
@@ -531,6 +551,20 @@ async fn serve(args: RunArgs, source: DirectorySource, workers: Workers) -> anyh
     startup_heap::widen();
     source.reload_into(&status_tx);
     startup_heap::settle();
+    // The resource's admin port is read once, as kuma-dp's bootstrap is: the admin API is
+    // bound after the first load.
+    let resource_admin_port = status_tx
+        .borrow()
+        .applied
+        .as_ref()
+        .and_then(|a| a.config.identity.admin_port);
+    let admin_at = admin_address(args.admin_address, args.admin_port, resource_admin_port);
+    if let (Some(given), Some(port)) = (args.admin_address, resource_admin_port) {
+        if given.port() != port {
+            tracing::info!(%given, resource_port = port, "--admin-address overrides the resource's networking.admin.port");
+        }
+    }
+    let admin_listener = admin::bind(admin_at).await?;
     if status_tx.borrow().applied.is_none() {
         tracing::error!(
             "no valid config yet in {}; not ready until the problems above are fixed",
@@ -550,7 +584,7 @@ async fn serve(args: RunArgs, source: DirectorySource, workers: Workers) -> anyh
         }
         .serve(admin_listener),
     );
-    tracing::info!(admin = %args.admin_address, "admin API listening");
+    tracing::info!(admin = %admin_at, "admin API listening");
     tokio::spawn(apply_changes(proxy.clone(), status_rx.clone()));
     if args.dns_enabled {
         let settings = MeshDns {
@@ -699,6 +733,20 @@ mod tests {
         assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn admin_address_follows_kumas_precedence() {
+        let given: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let at = |a, p, r| admin_address(a, p, r).to_string();
+        assert_eq!(at(None, None, None), "127.0.0.1:9901");
+        assert_eq!(at(None, Some(9100), None), "127.0.0.1:9100");
+        assert_eq!(
+            at(None, Some(9100), Some(9200)),
+            "127.0.0.1:9200",
+            "the resource wins over kuma-dp's --admin-port"
+        );
+        assert_eq!(at(Some(given), Some(9100), Some(9200)), "127.0.0.1:9000");
     }
 
     #[test]

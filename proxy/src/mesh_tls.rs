@@ -3,7 +3,7 @@
 //! destination identity. Kept across reloads while the mesh's settings are unchanged, so a
 //! reload neither re-issues certificates nor disturbs open connections.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bearing_proxy_config::{MeshTls, UpstreamTls, Verification};
@@ -86,9 +86,14 @@ pub struct MeshTlsSet {
 
 impl MeshTlsSet {
     /// The state for `configs`, reusing entries of `self` whose settings are unchanged. A mesh
-    /// whose CA cannot be used is logged and left out (its TLS listeners refuse connections,
-    /// its TLS clusters fail to connect).
-    pub fn update<'c>(&self, configs: impl IntoIterator<Item = &'c MeshTls>) -> MeshTlsSet {
+    /// whose certificate cannot be issued is logged, left out (its TLS listeners refuse
+    /// connections, its TLS clusters fail to connect) and reported in `failures` under
+    /// `mesh <name>`, which keeps the proxy not ready.
+    pub fn update<'c>(
+        &self,
+        configs: impl IntoIterator<Item = &'c MeshTls>,
+        failures: &mut BTreeMap<String, String>,
+    ) -> MeshTlsSet {
         let mut meshes = HashMap::new();
         for c in configs {
             match self.meshes.get(&c.mesh).filter(|old| old.config == *c) {
@@ -110,7 +115,12 @@ impl MeshTlsSet {
                         meshes.insert(c.mesh.clone(), Arc::new(rt));
                     }
                     Err(e) => {
-                        tracing::error!(mesh = %c.mesh, backend = %c.backend, "mesh mTLS unavailable: {e}");
+                        let message = format!(
+                            "mTLS backend {:?}: no certificate for services {:?}: {e}",
+                            c.backend, c.services
+                        );
+                        tracing::error!(mesh = %c.mesh, "mesh mTLS unavailable: {message}");
+                        failures.insert(format!("mesh {}", c.mesh), message);
                     }
                 },
             }

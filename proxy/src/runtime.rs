@@ -273,6 +273,10 @@ pub struct Proxy {
     /// Accept loops by address: a listener renamed but kept on its address keeps its socket.
     bound: Mutex<HashMap<SocketAddr, BoundListener>>,
     bind_errors: Mutex<BTreeMap<String, String>>,
+    /// Parts of the applied config that cannot be served (a mesh certificate that cannot be
+    /// issued, a cluster without its TLS, a listener left out), by `mesh|cluster|listener
+    /// <name>`: any keeps the proxy not ready.
+    serve_errors: Mutex<BTreeMap<String, String>>,
     /// Every listener of the applied snapshot has its socket (false while binding).
     listeners_bound: AtomicBool,
     draining: AtomicBool,
@@ -310,6 +314,7 @@ impl Proxy {
             generation: AtomicU64::new(0),
             bound: Mutex::new(HashMap::new()),
             bind_errors: Mutex::new(BTreeMap::new()),
+            serve_errors: Mutex::new(BTreeMap::new()),
             listeners_bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             drain: CancellationToken::new(),
@@ -333,17 +338,24 @@ impl Proxy {
         errors
     }
 
+    /// Parts of the applied config that cannot be served, with the reason.
+    pub fn serve_errors(&self) -> BTreeMap<String, String> {
+        lock(&self.serve_errors).clone()
+    }
+
     /// Whether draining has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Ready: a config is applied, every listener of it is built and bound, and not draining.
+    /// Ready: a config is applied, all of it can be served, every listener of it is built
+    /// and bound, and not draining.
     pub fn is_ready(&self) -> bool {
         let snapshot = self.snapshot.load();
         snapshot.config.is_some()
             && snapshot.build_errors.is_empty()
             && self.listeners_bound.load(Ordering::Acquire)
+            && lock(&self.serve_errors).is_empty()
             && !self.is_draining()
     }
 
@@ -351,7 +363,8 @@ impl Proxy {
     pub fn apply(self: &Arc<Self>, config: Arc<ProxyConfig>) {
         let previous = self.snapshot.load_full();
         let mut pools = previous.pools();
-        let tls = previous.tls.update(config.mtls.values());
+        let mut unserved = BTreeMap::new();
+        let tls = previous.tls.update(config.mtls.values(), &mut unserved);
         self.stats.identities.set(tls.identities());
         // Epochs of listeners whose terms this config changes: cancelled once it is in force.
         let mut revoked = Vec::new();
@@ -366,6 +379,7 @@ impl Proxy {
             let connector = c.tls.as_ref().map(|t| {
                 tls.upstream(t, upstream_alpn(c.protocol)).map_err(|e| {
                     tracing::error!(cluster = %name, "TLS unavailable: {e}; connections will fail");
+                    unserved.insert(format!("cluster {name}"), format!("TLS unavailable: {e}"));
                     e
                 })
             });
@@ -406,7 +420,7 @@ impl Proxy {
                 Some(Ok(g)) => Some(g),
                 None => None,
             };
-            if cluster.is_none() && l.sni_routes.is_empty() && gateway.is_none() {
+            if cluster.is_none() && l.sni_routes.is_none() && gateway.is_none() {
                 not_built(&l.name, format!("names a missing cluster {:?}", l.cluster));
                 continue;
             }
@@ -421,8 +435,8 @@ impl Proxy {
                     format!("mesh mTLS: {reason}; connections are refused"),
                 );
             }
-            let sni = (!l.sni_routes.is_empty()).then(|| {
-                SniTable::new(l.sni_routes.iter().filter_map(|r| {
+            let sni = l.sni_routes.as_ref().map(|routes| {
+                SniTable::new(routes.iter().filter_map(|r| {
                     let Some(cluster) = clusters.get(&r.cluster) else {
                         let reason =
                             format!("an SNI route names a missing cluster {:?}", r.cluster);
@@ -502,6 +516,7 @@ impl Proxy {
             .collect();
         // Not ready until the new snapshot's sockets exist (reconcile_listeners below).
         self.listeners_bound.store(false, Ordering::Release);
+        *lock(&self.serve_errors) = unserved;
         self.snapshot.store(Arc::new(Snapshot {
             config: Some(config.clone()),
             listeners,
@@ -1209,6 +1224,7 @@ mod tests {
                 name: "web".into(),
                 mesh: "default".into(),
                 proxy_type: "dataplane".into(),
+                admin_port: None,
             },
             listeners: vec![Listener {
                 name: format!("inbound:{address}"),
@@ -1221,7 +1237,7 @@ mod tests {
                 tls: ca.map(|_| DownstreamTls {
                     mesh: "default".into(),
                 }),
-                sni_routes: Vec::new(),
+                sni_routes: None,
                 gateway: None,
                 deny_all: None,
             }],
@@ -1282,5 +1298,45 @@ mod tests {
         assert_eq!(sockets_per_listener(2, 5), 2);
         // Listeners whose sockets would take more than half the limit: one socket each.
         assert_eq!(sockets_per_listener(2, usize::MAX / 4), 1);
+    }
+
+    /// A mesh whose certificate cannot be issued (here: an identity without a service) keeps
+    /// the proxy not ready and says why; a config that can be served makes it ready.
+    #[tokio::test]
+    async fn a_config_that_cannot_be_served_is_not_ready() {
+        let ca = bearing_tls::MeshCa::generate("default").unwrap();
+        let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+        let config = |services: Vec<String>| ProxyConfig {
+            version: format!("{services:?}"),
+            source: "test".into(),
+            identity: bearing_proxy_config::ProxyIdentity {
+                name: "kong-01".into(),
+                mesh: "default".into(),
+                proxy_type: "dataplane".into(),
+                admin_port: None,
+            },
+            listeners: Vec::new(),
+            clusters: BTreeMap::new(),
+            transparent_proxy: None,
+            dns: Vec::new(),
+            mtls: [(
+                "default".to_string(),
+                bearing_proxy_config::MeshTls {
+                    services,
+                    ..crate::mesh_tls::test_config(&ca, false)
+                },
+            )]
+            .into(),
+        };
+        proxy.apply(Arc::new(config(Vec::new())));
+        assert!(!proxy.is_ready());
+        let errors = proxy.serve_errors();
+        assert!(
+            errors["mesh default"].contains("needs at least one service"),
+            "{errors:?}"
+        );
+        proxy.apply(Arc::new(config(vec!["kong".into()])));
+        assert!(proxy.serve_errors().is_empty());
+        assert!(proxy.is_ready());
     }
 }

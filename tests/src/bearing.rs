@@ -156,12 +156,38 @@ impl<'h> Bearing<'h> {
     /// Starts the proxy without waiting for readiness.
     pub fn spawn(host: &'h Host, store: &Path, extra: &[&str]) -> Result<Self> {
         let admin_port = 9901;
+        let admin = [
+            "--admin-address".to_string(),
+            format!("127.0.0.1:{admin_port}"),
+        ];
+        let args: Vec<&str> = admin
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect();
+        Self::launch(host, store, &args, admin_port)
+    }
+
+    /// Starts the proxy without `--admin-address`, so that it chooses its admin port itself
+    /// (the resource's `networking.admin.port`, else `--admin-port`, else 9901), and waits
+    /// until `/ready` answers 200 on 127.0.0.1:`admin_port`.
+    pub fn start_with_own_admin_port(
+        host: &'h Host,
+        store: &Path,
+        extra: &[&str],
+        admin_port: u16,
+    ) -> Result<Self> {
+        let b = Self::launch(host, store, extra, admin_port)?;
+        b.wait_ready()?;
+        Ok(b)
+    }
+
+    fn launch(host: &'h Host, store: &Path, extra: &[&str], admin_port: u16) -> Result<Self> {
         let bin = bearing_bin()?;
         let process = host
             .command(&bin)
             .args(["run", "--config-dir"])
             .arg(store)
-            .args(["--admin-address", &format!("127.0.0.1:{admin_port}")])
             .args(["--drain-time", "10s", "--log-level", "info,bearing=debug"])
             .args(extra)
             .uid(KUMA_DP_UID)

@@ -491,6 +491,62 @@ fn encoded_paths_are_routed_and_forwarded_normalised_over_http1_and_h2c() -> Res
     Ok(())
 }
 
+/// Kuma's hostname rule on a `*` listener: with a hostname-less route `PREFIX /` → svc-a and
+/// a route for `special.example.com` `PREFIX /` → svc-c, `special.example.com` is served by
+/// svc-c alone (even `/other`, which only svc-a's route would otherwise match first), every
+/// other host by svc-a.
+#[test]
+fn a_host_named_by_a_route_gets_only_that_routes_rules() -> Result<()> {
+    let topo = topology(&["gw", "b", "client"])?;
+    let (gw, b, client) = (topo.host("gw"), topo.host("b"), topo.host("client"));
+    let mut files = vec![
+        ("gateway.yaml".to_string(), gateway_dp(gw)),
+        (
+            "mesh-gateway.yaml".into(),
+            mesh_gateway("  - {port: 8080, protocol: HTTP, tags: {port: http-8080}}\n"),
+        ),
+    ];
+    for (i, service) in ["svc-a", "svc-c"].iter().enumerate() {
+        let port = 9001 + i as u16;
+        echo_backend(b, port, service)?;
+        files.push((
+            format!("{service}.yaml"),
+            backend_dp(service, b, port, "http"),
+        ));
+    }
+    let prefix = |hostnames: &str, path: &str, service: &str| {
+        format!(
+            "  http:\n{hostnames}    rules:\n    - matches: [{{path: {{match: PREFIX, value: {path}}}}}]\n{}",
+            backend("      ", service)
+        )
+    };
+    files.push((
+        "route-a.yaml".into(),
+        gateway_route("route-a", "http-8080", &prefix("", "/other", "svc-a")),
+    ));
+    files.push((
+        "route-a-root.yaml".into(),
+        gateway_route("route-a-root", "http-8080", &prefix("", "/", "svc-a")),
+    ));
+    files.push((
+        "route-c.yaml".into(),
+        gateway_route(
+            "route-c",
+            "http-8080",
+            &prefix("    hostnames: [special.example.com]\n", "/", "svc-c"),
+        ),
+    ));
+    let store = write_owned_store(&topo, &files)?;
+    let _proxy = start_gateway(gw, &store, &[HTTP_LISTENER])?;
+    for path in ["/", "/other"] {
+        Req::new("special.example.com", path).expect(client, gw, "svc-c")?;
+        Req::new("SPECIAL.example.com:8080", path).expect(client, gw, "svc-c")?;
+        Req::new("www.example.com", path).expect(client, gw, "svc-a")?;
+        Req::new("10.1.2.3", path).expect(client, gw, "svc-a")?;
+    }
+    Ok(())
+}
+
 #[test]
 fn header_filters_redirects_and_rewrites_are_visible_to_curl() -> Result<()> {
     let topo = topology(&["gw", "b", "client"])?;
@@ -1127,6 +1183,87 @@ fn delegated_gateway_serves_outbounds_on_localhost_for_an_api_gateway() -> Resul
         )? >= 2.0,
         "the outbound did not serve both requests"
     );
+    Ok(())
+}
+
+/// The gateway seed's "Delegated" example in a STRICT mTLS mesh: `kong-01` has no inbound,
+/// so its identity comes from its gateway tags (`spiffe://default/kong`, as kuma-cp issues
+/// it) and `http://localhost:33033` reaches `backend` behind its sidecar over mesh mTLS. A
+/// part of the config that cannot be served (an ExternalService whose CA is no certificate)
+/// turns `/ready` to 503 with the reason in `/config_dump`, while the rest keeps serving.
+#[test]
+fn delegated_gateway_in_an_mtls_mesh_uses_its_gateway_identity() -> Result<()> {
+    const BODY: &str = "backend behind a STRICT sidecar 51c9a2\n";
+    const INBOUND: u16 = 18080;
+    let topo = topology(&["gw", "b"])?;
+    let (gw, b) = (topo.host("gw"), topo.host("b"));
+    NginxConfig::new(80).body(BODY).start(b)?;
+    let mesh = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    mode: STRICT\n";
+    let kong = |extra_outbound: &str| {
+        dataplane_yaml(
+            "kong-01",
+            gw,
+            &format!("  gateway:\n    type: DELEGATED\n    tags:\n      kuma.io/service: kong\n  outbound:\n    - port: 33033\n      tags:\n        kuma.io/service: backend\n{extra_outbound}"),
+        )
+    };
+    let store = write_store(
+        &topo,
+        &[
+            ("mesh.yaml", mesh.to_string()),
+            ("kong-01.yaml", kong("")),
+            (
+                "backend-1.yaml",
+                dataplane_yaml(
+                    "backend-1",
+                    b,
+                    &format!("  inbound:\n  - port: {INBOUND}\n    servicePort: 80\n    tags: {{kuma.io/service: backend, kuma.io/protocol: http}}\n"),
+                ),
+            ),
+        ],
+    )?;
+    bearing_ca_generate(&store, "default")?;
+    let _sidecar = Bearing::start(b, &store, &["--name", "backend-1"])?;
+    let proxy = Bearing::start(gw, &store, &["--name", "kong-01"])?;
+    let dump = proxy.config_dump()?;
+    ensure!(
+        dump["config"]["mtls"]["default"]["services"] == serde_json::json!(["kong"]),
+        "kong-01's identity: {}",
+        dump["config"]["mtls"]
+    );
+    let (code, body) = curl(gw, ["http://localhost:33033/"])?;
+    ensure!(
+        code == 200 && body == BODY,
+        "http://localhost:33033 → backend over mTLS: {code} {body:?}"
+    );
+
+    // A cluster whose TLS cannot be built: not ready, and /config_dump says which and why.
+    let bad_ca = "type: ExternalService\nname: ext\nmesh: default\ntags: {kuma.io/service: ext, kuma.io/protocol: http}\nnetworking:\n  address: 192.0.2.10:443\n  tls:\n    enabled: true\n    caCert: {inlineString: not a certificate}\n";
+    write_store_file(&store, "ext.yaml", bad_ca)?;
+    write_store_file(
+        &store,
+        "kong-01.yaml",
+        &kong("    - port: 33034\n      tags:\n        kuma.io/service: ext\n"),
+    )?;
+    wait_until_ok(APPLY_TIMEOUT, || {
+        let (code, _) = proxy.admin("GET", "/ready")?;
+        ensure!(code == 503, "/ready answered {code}");
+        Ok(())
+    })
+    .context("a config that cannot be served left the proxy ready")?;
+    let reason = proxy.config_dump()?["serve_errors"]["cluster ext"].clone();
+    ensure!(
+        reason
+            .as_str()
+            .is_some_and(|r| r.contains("external service CA PEM")),
+        "/config_dump serve_errors: {reason}"
+    );
+    let (code, body) = curl(gw, ["http://localhost:33033/"])?;
+    ensure!(
+        code == 200 && body == BODY,
+        "the rest keeps serving: {code} {body:?}"
+    );
+    write_store_file(&store, "kong-01.yaml", &kong(""))?;
+    proxy.wait_ready()?;
     Ok(())
 }
 

@@ -107,6 +107,19 @@ fn vip_of(proxy: &Bearing, name: &str) -> Result<Option<String>> {
         .map(str::to_string))
 }
 
+/// Waits until the sidecar's config has no record for `name`, then requires that `dig` from
+/// `host` gets no VIP for it either.
+fn wait_until_no_vip(host: &Host, proxy: &Bearing, name: &str) -> Result<()> {
+    wait_until(Duration::from_secs(10), || {
+        vip_of(proxy, name).is_ok_and(|v| v.is_none())
+    })?;
+    ensure!(
+        !dig(host, &[name]).is_ok_and(|ip| is_vip(&ip)),
+        "{name} still resolves to a VIP"
+    );
+    Ok(())
+}
+
 /// Whether `ip` is in the default VIP range 240.0.0.0/4.
 fn is_vip(ip: &str) -> bool {
     ip.parse::<std::net::Ipv4Addr>()
@@ -217,6 +230,26 @@ fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> 
         "MeshService: {ms:?}"
     );
 
+    // A custom HostnameGenerator adds its name; kuma-cp's default one keeps its own.
+    write_store_file(
+        &dir,
+        "hostname-generator.yaml",
+        "type: HostnameGenerator\nname: team\nspec:\n  selector:\n    meshService:\n      matchLabels:\n        kuma.io/origin: zone\n  template: \"{{ .DisplayName }}.team.local\"\n",
+    )?;
+    wait_until(Duration::from_secs(10), || {
+        dig(a, &["backend.team.local"]).is_ok_and(|ip| is_vip(&ip))
+    })?;
+    for url in [
+        "http://backend.team.local:8080/",
+        "http://backend.svc.mesh.local:8080/",
+    ] {
+        let got = bodies(a, url, 4)?;
+        ensure!(
+            got.iter().all(|b| b.contains(from_b) || b.contains(from_c)),
+            "{url} beside a custom HostnameGenerator: {got:?}"
+        );
+    }
+
     // A name outside the mesh is answered by the real upstream (dnsmasq on d).
     ensure!(dig(a, &["outside.test"])? == c.ip4().to_string());
     // An unknown mesh name does not exist.
@@ -237,6 +270,31 @@ fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> 
     wait_until(Duration::from_secs(10), || {
         dig_status(a, "backend.v3.mesh").is_ok_and(|s| s == "NXDOMAIN")
     })?;
+
+    // The seed's migration: `reachableBackends` leaves web only the MeshServices it lists (here
+    // none of backend's), the kuma.io/service names stay.
+    let only_web = web(a).replace(
+        "redirectPortOutbound: 15001}",
+        "redirectPortOutbound: 15001, reachableBackends: {refs: [{kind: MeshService, name: web}]}}",
+    );
+    write_store_file(&dir, "web.yaml", &only_web)?;
+    wait_until_no_vip(a, &sidecar, "backend.svc.mesh.local")
+        .context("backend's MeshService is still reachable without being listed")?;
+    ensure!(
+        bodies(a, "http://backend.mesh/", 2).is_ok(),
+        "the kuma.io/service name went with the MeshService"
+    );
+    // `Exclusive`: MeshService names only, no kuma.io/service ones.
+    write_store_file(&dir, "web.yaml", &web(a))?;
+    write_store_file(&dir, "mesh.yaml", &mesh("Exclusive"))?;
+    // (backend.v1.mesh, a VirtualOutbound name, is below it: NODATA, not NXDOMAIN.)
+    wait_until_no_vip(a, &sidecar, "backend.mesh")
+        .context("Exclusive mode still serves backend.mesh")?;
+    let ms = bodies(a, "http://backend.svc.mesh.local:8080/", 2)?;
+    ensure!(
+        ms.iter().all(|b| b.contains(from_b) || b.contains(from_c)),
+        "Exclusive: {ms:?}"
+    );
 
     // The upstream gone: a clear SERVFAIL, not a hang.
     dnsmasq.stop(Duration::from_secs(2));

@@ -404,6 +404,40 @@ fn cross_zone_goes_through_the_remote_ingress() -> Result<()> {
     Ok(())
 }
 
+/// The gateway seed's builtin gateway, deployed in zone-a the way kuma-cp records it (the
+/// zone in `networking.gateway.tags`, no `--zone`): zone-b's `backend` is reached through
+/// zone-b's ingress, never dialled directly.
+#[test]
+fn builtin_gateway_in_a_zone_reaches_other_zones_through_their_ingress() -> Result<()> {
+    let z = Zones::new("STRICT", false)?;
+    let (a, gw, ib) = (z.host("a"), z.host("ea2"), z.host("ib"));
+    let gateway = format!(
+        "type: Dataplane\nmesh: default\nname: gateway-instance-1\nnetworking:\n  address: {}\n  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: edge-gateway\n      kuma.io/zone: zone-a\n",
+        gw.ip4()
+    );
+    let mesh_gateway = "type: MeshGateway\nmesh: default\nname: edge-gateway\nselectors:\n- match:\n    kuma.io/service: edge-gateway\nconf:\n  listeners:\n  - port: 8080\n    protocol: HTTP\n    tags:\n      port: http-8080\n";
+    let route = "type: MeshGatewayRoute\nmesh: default\nname: to-backend\nselectors:\n- match:\n    kuma.io/service: edge-gateway\nconf:\n  http:\n    rules:\n    - matches:\n      - path: {match: PREFIX, value: /}\n      backends:\n      - destination: {kuma.io/service: backend}\n";
+    write_store_file(&z.dir, "gateway.yaml", &gateway)?;
+    write_store_file(&z.dir, "mesh-gateway.yaml", mesh_gateway)?;
+    write_store_file(&z.dir, "route.yaml", route)?;
+    let ingress = z.zone_proxy("ib", "ingress", "zi-b")?;
+    let _backend = z.sidecar("b", "backend-1")?;
+    let proxy = z.sidecar("ea2", "gateway-instance-1")?;
+    ensure!(
+        endpoints(&proxy, "backend")? == [ib.sock4(INGRESS_PORT).to_string()],
+        "the gateway's endpoints for backend: {:?}",
+        endpoints(&proxy, "backend")?
+    );
+    for _ in 0..3 {
+        get_body(a, &http_url(gw.ip4(), 8080, "/"), BACKEND_BODY)?;
+    }
+    ensure!(
+        inbound_connections(&ingress, ib, INGRESS_PORT)? >= 1.0,
+        "the gateway did not go through zone-b's ingress"
+    );
+    Ok(())
+}
+
 #[test]
 fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
     let z = Zones::new("STRICT", false)?;
@@ -480,6 +514,169 @@ fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
     ensure!(
         routed(&ingress)? > before,
         "the ingress did not route Kuma's tags-form SNI"
+    );
+    Ok(())
+}
+
+/// The zone-egress seed without any ExternalService: the egress serves cross-zone traffic
+/// from the start (port 10002 open, a route for zone-b's `backend`), and its admin API is on
+/// the ZoneEgress's `networking.admin.port`, as kuma-dp puts Envoy's.
+#[test]
+fn zone_egress_without_external_services_serves_cross_zone_traffic_from_the_start() -> Result<()> {
+    let z = Zones::new("STRICT", true)?;
+    let (a, ea) = (z.host("a"), z.host("ea"));
+    std::fs::remove_file(z.dir.join("ext-https.yaml"))?;
+    let ze = zone_proxy_yaml("ZoneEgress", "ze-a", "zone-a", ea, EGRESS_PORT)
+        .replace("}\n", ", admin: {port: 9902}}\n");
+    write_store_file(&z.dir, "ze-a.yaml", &ze)?;
+    std::fs::remove_file(z.dir.join("ze-a2.yaml"))?;
+    let egress = Bearing::start_with_own_admin_port(
+        ea,
+        &z.dir,
+        &["--proxy-type", "egress", "--name", "ze-a"],
+        9902,
+    )?;
+    ensure!(
+        !ea.can_connect("127.0.0.1:9901".parse()?),
+        "the admin API is still on 9901"
+    );
+    ensure!(
+        ea.can_connect(ea.sock4(EGRESS_PORT)),
+        "the egress does not listen on {EGRESS_PORT}"
+    );
+    let dump = egress.config_dump()?;
+    ensure!(
+        dump["config"]["mtls"] == serde_json::json!({}),
+        "an egress without ExternalServices needs no certificate: {}",
+        dump["config"]["mtls"]
+    );
+    let web = z.sidecar("a", "web")?;
+    let _ingress = z.zone_proxy("ib", "ingress", "zi-b")?;
+    let _backend = z.sidecar("b", "backend-1")?;
+    ensure!(
+        endpoints(&web, "backend")? == [ea.sock4(EGRESS_PORT).to_string()],
+        "backend's endpoints: {:?}",
+        endpoints(&web, "backend")?
+    );
+    for _ in 0..3 {
+        get_body(a, OUT_BACKEND, BACKEND_BODY)?;
+    }
+    ensure!(
+        inbound_connections(&egress, ea, EGRESS_PORT)? >= 1.0,
+        "the egress saw no connection"
+    );
+    Ok(())
+}
+
+/// The MeshService seed's "Multizone": traffic to a MeshService only ever goes to one zone.
+/// `backend` runs in zone-a (host ea2) and zone-b (b). From web (zone-a, transparent
+/// proxying): the local MeshService `backend.svc.mesh.local` reaches only zone-a's instance,
+/// the one synced from zone-b (`backend.svc.zone-b.mesh.local`) only zone-b's, through zone-b's
+/// ingress; the `kuma.io/service` outbound still spans both zones.
+#[test]
+fn mesh_service_traffic_goes_to_one_zone_only() -> Result<()> {
+    const ZONE_A_BODY: &str = "zone-a backend-a body 5d02c7\n";
+    const SYNCED: &str = "type: MeshService\nname: backend-zone-b\nmesh: default\nlabels: {kuma.io/display-name: backend, kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/env: universal}\nspec:\n  selector:\n    dataplaneTags: {kuma.io/service: backend}\n  ports:\n  - port: 18080\n    targetPort: 18080\n    appProtocol: http\n";
+    let z = Zones::new("STRICT", false)?;
+    let (a, ea2) = (z.host("a"), z.host("ea2"));
+    NginxConfig::new(80).body(ZONE_A_BODY).start(ea2)?;
+    let files = [
+        (
+            "backend-a.yaml",
+            service_dp("backend-a", ea2, "backend", "zone-a"),
+        ),
+        (
+            "mesh.yaml",
+            format!("{}meshServices:\n  mode: Everywhere\n", mesh("STRICT", false)),
+        ),
+        ("backend-zone-b.yaml", SYNCED.to_string()),
+        (
+            "web.yaml",
+            web(a).replace(
+                "  inbound:\n",
+                "  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n  inbound:\n",
+            ),
+        ),
+    ];
+    for (name, text) in &files {
+        write_store_file(&z.dir, name, text)?;
+    }
+    a.run(bearing_bin()?, ["transparent-proxy", "install"])?
+        .check()?;
+    let web = z.sidecar("a", "web")?;
+    let _ingress = z.zone_proxy("ib", "ingress", "zi-b")?;
+    let _backend = z.sidecar("b", "backend-1")?;
+    let _backend_a = z.sidecar("ea2", "backend-a")?;
+    let dump = web.config_dump()?;
+    let vip = |name: &str| -> Result<String> {
+        dump["config"]["dns"]
+            .as_array()
+            .and_then(|records| records.iter().find(|r| r["name"] == name))
+            .and_then(|r| r["ips"][0].as_str())
+            .map(str::to_string)
+            .with_context(|| format!("no VIP for {name}"))
+    };
+    let local = format!("http://{}:{INBOUND}/", vip("backend.svc.mesh.local")?);
+    let synced = format!(
+        "http://{}:{INBOUND}/",
+        vip("backend.svc.zone-b.mesh.local")?
+    );
+    for _ in 0..4 {
+        get_body(a, &local, ZONE_A_BODY)?;
+        get_body(a, &synced, BACKEND_BODY)?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (code, body) = curl(a, [OUT_BACKEND])?;
+        ensure!(code == 200, "{OUT_BACKEND}: {code} {body:?}");
+        seen.insert(body);
+    }
+    ensure!(
+        seen.len() == 2,
+        "the kuma.io/service outbound spans both zones: {seen:?}"
+    );
+    Ok(())
+}
+
+/// The zone-egress seed's "external services through egress" with transparent proxying: an
+/// unmodified client calls the ExternalService at its own address (`ext:443`, plain HTTP; the
+/// mesh originates its TLS), the sidecar captures it and sends it through the egress; with no
+/// egress up, the call fails ("if no egress is available the communication will fail").
+#[test]
+fn external_service_by_ip_goes_through_the_egress_and_fails_without_it() -> Result<()> {
+    let z = Zones::new("STRICT", true)?;
+    let (a, ea, ext) = (z.host("a"), z.host("ea"), z.host("ext"));
+    std::fs::remove_file(z.dir.join("ze-a2.yaml"))?;
+    let transparent = web(a).replace(
+        "  inbound:\n",
+        "  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n  inbound:\n",
+    );
+    write_store_file(&z.dir, "web.yaml", &transparent)?;
+    a.run(bearing_bin()?, ["transparent-proxy", "install"])?
+        .check()?;
+    let web = z.sidecar("a", "web")?;
+    let egress = z.zone_proxy("ea", "egress", "ze-a")?;
+    let direct = format!("http://{}:443/whoami", ext.ip4());
+    let (code, who) = curl(a, [direct.as_str()])?;
+    ensure!(
+        code == 200 && who.trim() == ea.ip4().to_string(),
+        "ext saw the request from {who:?} ({code}), not from the egress"
+    );
+    ensure!(
+        web.metric(&format!(
+            "bearing_listener_http_requests_total{{listener=\"outbound:{}:443\",class=\"2xx\"}}",
+            ext.ip4()
+        ))? >= 1.0,
+        "the ExternalService's own address was not served by its outbound"
+    );
+    egress.process().kill();
+    let out = curl_output(a, ["-m", "5", direct.as_str()])?;
+    ensure!(
+        out.http_code == 503 || matches!(out.exit_code, Some(52 | 56)),
+        "without an egress: exit {:?}, status {}, body {:?}",
+        out.exit_code,
+        out.http_code,
+        out.body
     );
     Ok(())
 }

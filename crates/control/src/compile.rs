@@ -37,12 +37,13 @@ pub struct CompileOptions {
 /// inbounds' and, for a builtin gateway, the gateway's own, which it presents to the
 /// backends it calls. Sorted, without duplicates.
 pub(crate) fn identity_services(dp: &Dataplane) -> Vec<String> {
+    // A gateway, builtin or delegated, has no inbound of its own: as kuma-cp does, its
+    // identity is the `kuma.io/service` of `networking.gateway.tags`.
     let inbounds = dp.networking.inbound.iter().map(|i| service_of(&i.tags));
     let gateway = dp
         .networking
         .gateway
         .iter()
-        .filter(|g| g.kind == "BUILTIN")
         .map(|g| service_of(&g.tags));
     let mut services: Vec<String> = inbounds.chain(gateway).filter(|s| !s.is_empty()).collect();
     services.sort();
@@ -182,7 +183,7 @@ pub fn compile(
             tls: mtls.as_ref().map(|m| DownstreamTls {
                 mesh: m.mesh.clone(),
             }),
-            sni_routes: Vec::new(),
+            sni_routes: None,
             gateway: None,
             deny_all: denies.targeting(me, inbound),
         });
@@ -238,7 +239,7 @@ pub fn compile(
     let mut dns = Vec::new();
     if let Some(tp) = transparent {
         let mut taken: HashSet<SocketAddr> = listeners.iter().map(|l| l.address).collect();
-        for host in virtual_hosts(store, &mesh, vips) {
+        for host in virtual_hosts(store, &mesh, vips, tp.reachable_backends.as_ref()) {
             for (port, target) in &host.ports {
                 let address = SocketAddr::new(IpAddr::V4(host.vip), *port);
                 // An explicit outbound on the same address wins.
@@ -251,6 +252,10 @@ pub fn compile(
                                 tags: &target.tags,
                                 target_port: Some(port),
                                 app_protocol: protocol.as_deref(),
+                                zones: match &target.mesh_service_zone {
+                                    Some(zone) => EndpointZones::Only(zone),
+                                    None => EndpointZones::Own,
+                                },
                                 cluster: name.clone(),
                                 service: name,
                             }
@@ -274,6 +279,23 @@ pub fn compile(
         }
         dns.sort_by(|a, b| a.name.cmp(&b.name));
         dns.dedup_by(|a, b| a.name == b.name);
+        // An ExternalService addressed by IP is captured at that address, as Kuma gives it
+        // an outbound there: its traffic goes where the mesh sends it (the zone egress with
+        // `routing.zoneEgress`), never around the proxy.
+        let mut externals: Vec<(&&str, &(&Resource, &ExternalService))> =
+            routes.externals.iter().collect();
+        externals.sort_by_key(|(service, _)| **service);
+        for (service, (_, es)) in externals {
+            let Ok(address) = es.networking.address.parse::<SocketAddr>() else {
+                continue;
+            };
+            if taken.insert(address) {
+                let tags: Tags = [(SERVICE_TAG.to_string(), service.to_string())].into();
+                let (listener, c) = routes.outbound_to(address, Destination::tagged(&tags), false);
+                listeners.push(listener);
+                clusters.insert(c.name.clone(), c);
+            }
+        }
     }
 
     if let Some(tp) = transparent {
@@ -308,6 +330,7 @@ pub fn compile(
             name: me.meta.name.clone(),
             mesh,
             proxy_type: "dataplane".into(),
+            admin_port: admin_port(dp.networking.admin.as_ref()),
         },
         listeners,
         clusters,
@@ -366,7 +389,7 @@ fn direct_access(
                 service,
                 bind: false,
                 tls: None,
-                sni_routes: Vec::new(),
+                sni_routes: None,
                 gateway: None,
                 deny_all: None,
             });
@@ -427,6 +450,11 @@ fn ip_or_localhost(value: Option<&str>) -> Result<IpAddr, String> {
     }
 }
 
+/// The admin API port a proxy resource asks for (`networking.admin.port`; 0 or absent: none).
+pub(crate) fn admin_port(admin: Option<&bearing_model::DataplaneAdmin>) -> Option<u16> {
+    admin.map(|a| port16(a.port)).filter(|p| *p != 0)
+}
+
 /// Ports were validated to 1..=65535 by the model.
 pub(crate) fn port16(port: u32) -> u16 {
     u16::try_from(port).unwrap_or(0)
@@ -459,8 +487,22 @@ pub(crate) struct Destination<'a> {
     target_port: Option<&'a TargetPort>,
     /// A MeshService port's `appProtocol` (else the endpoints' common protocol).
     app_protocol: Option<&'a str>,
+    /// Which zones the endpoints may be in.
+    zones: EndpointZones<'a>,
     pub(crate) cluster: String,
     service: String,
+}
+
+/// Which zones a destination's endpoints may be in: a `kuma.io/service` spans every zone, a
+/// MeshService's traffic only ever goes to one (its own, or the one it was synced from).
+#[derive(Clone, Copy)]
+pub(crate) enum EndpointZones<'a> {
+    /// Every zone (`kuma.io/service` destinations).
+    All,
+    /// The proxy's own zone (a local MeshService).
+    Own,
+    /// This zone only (a MeshService synced from it).
+    Only(&'a str),
 }
 
 impl<'a> Destination<'a> {
@@ -470,6 +512,7 @@ impl<'a> Destination<'a> {
             tags,
             target_port: None,
             app_protocol: None,
+            zones: EndpointZones::All,
             cluster: cluster_name_for(tags),
             service: service_of(tags),
         }
@@ -506,7 +549,7 @@ impl Outbounds<'_> {
             service,
             bind,
             tls: None,
-            sni_routes: Vec::new(),
+            sni_routes: None,
             gateway: None,
             deny_all: None,
         };
@@ -524,6 +567,14 @@ impl Outbounds<'_> {
             remote.insert(zone);
             let protocol = announced.tags.get(PROTOCOL_TAG).map(String::as_str);
             protocols.push(Protocol::from_tag(protocol));
+        }
+        match to.zones {
+            EndpointZones::All => {}
+            EndpointZones::Only(zone) if !self.zones.is_local(Some(zone)) => {
+                endpoints.clear();
+                remote.retain(|z| *z == zone);
+            }
+            EndpointZones::Own | EndpointZones::Only(_) => remote.clear(),
         }
         let external = match self.externals.get(to.service.as_str()) {
             Some(es) if endpoints.is_empty() && remote.is_empty() => Some(*es),

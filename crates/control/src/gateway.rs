@@ -7,10 +7,19 @@
 //! - Listeners on one port form one listener named `<MeshGateway>:<PROTOCOL>:<port>` (Kuma's
 //!   listener name, e.g. `edge-gateway:HTTP:8080`) with one host per hostname (default `*`);
 //!   their protocols must agree.
-//! - A route without `hostnames` serves every host of the listeners it selects; a route with
-//!   hostnames serves those of its names that fall under a listener's hostname, each as a host
-//!   of its own (inheriting that listener's certificate), where the listener's own routes
-//!   without hostnames apply too.
+//! - Hosts and their routes follow Kuma (`MakeGatewayListener`, `RedistributeWildcardRoutes`,
+//!   `GenerateEnvoyRouteEntries`): each listener gives a host named by its hostname (default
+//!   `*`) holding the routes that select it. HTTP listeners of a port form one group, HTTPS and
+//!   TLS ones one group per hostname. In a group with a `*` host, a route that names
+//!   hostnames leaves `*`: each name gets it, on the group's host of that name or on a new
+//!   host (with `*`'s certificate) that holds only such routes; a `*.suffix` name also gives it
+//!   to every host of the group under that suffix (all of them: Kuma gives it to those that
+//!   exist when it meets the route, which depends on route order). Routes without hostnames stay on `*`. So a
+//!   host named by a route serves only the routes for that name, and hostname-less routes
+//!   serve the other names. A host other than `*` serves its routes without hostnames and
+//!   those with a name matching its own (equal, or one a wildcard domain holding the other).
+//!   Kuma matches a `*.suffix` name against host names by bare string suffix; here the
+//!   suffix must start at a label (`*.example.com` is not given to `myexample.com`).
 //! - Route precedence within a host, as Kuma's route sorter orders by specificity: exact paths
 //!   (longer first), then prefixes (longer first; a rule without a path counts as prefix `/`),
 //!   then regexes (longer first); then a method before none, more header matches first, more
@@ -107,9 +116,9 @@ pub(crate) fn compile(
             ));
             continue;
         }
-        let mut hosts: Vec<GatewayHost> = Vec::new();
         let mut listener_tags = Tags::new();
         let mut limit = None;
+        let mut groups: BTreeMap<String, Vec<PendingHost>> = BTreeMap::new();
         for (i, spec) in &specs {
             let mut tags = gw_tags.clone();
             tags.extend(gw.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -131,40 +140,44 @@ pub(crate) fn compile(
                 }
             };
             limit = limit.or(spec.resources.as_ref().and_then(|r| r.connection_limit));
-            let attached: Vec<&(&Resource, &MeshGatewayRoute)> = routes
+            let attached = routes
                 .iter()
-                .filter(|(_, r)| r.selectors.iter().any(|s| s.matches(&tags)))
-                .collect();
-            let mut own = host(&hostname, certificate.clone());
-            let mut named: BTreeMap<String, GatewayHost> = BTreeMap::new();
-            for (r, route) in &attached {
+                .filter(|(_, r)| r.selectors.iter().any(|s| s.matches(&tags)));
+            listener_tags.extend(tags.clone());
+            let group_key = match protocol {
+                GatewayProtocol::Http | GatewayProtocol::Tcp => "*".to_string(),
+                _ => hostname.clone(),
+            };
+            let group = groups.entry(group_key).or_default();
+            match group.iter_mut().find(|h| h.hostname == hostname) {
+                Some(h) => h.routes.extend(attached),
+                None => group.push(PendingHost {
+                    hostname,
+                    certificate,
+                    routes: attached.collect(),
+                }),
+            }
+        }
+        // Each route is compiled once, whatever the number of hosts it serves.
+        let mut compiled: BTreeMap<&str, Vec<HttpRoute>> = BTreeMap::new();
+        let mut hosts: Vec<GatewayHost> = Vec::new();
+        for pending in groups.into_values().flat_map(redistribute_wildcard_routes) {
+            let mut h = host(&pending.hostname, pending.certificate);
+            for (r, route) in pending.routes {
                 if http {
                     let Some(conf) = &route.conf.http else {
                         continue;
                     };
-                    let compiled = http_routes(r, &conf.rules, outbounds, &mut parts.clusters);
-                    if conf.hostnames.is_empty() {
-                        own.http_routes.extend(compiled.iter().cloned());
-                        for h in named.values_mut() {
-                            h.http_routes.extend(compiled.iter().cloned());
-                        }
+                    if !serves_host(&h.hostname, &conf.hostnames) {
                         continue;
                     }
-                    for name in conf.hostnames.iter().map(|h| h.to_ascii_lowercase()) {
-                        if name == hostname {
-                            own.http_routes.extend(compiled.iter().cloned());
-                        } else if covers(&hostname, &name) {
-                            let h = named.entry(name.clone()).or_insert_with(|| {
-                                let mut h = host(&name, certificate.clone());
-                                h.http_routes = own.http_routes.clone();
-                                h
-                            });
-                            h.http_routes.extend(compiled.iter().cloned());
-                        }
-                    }
+                    let routes = compiled.entry(r.meta.name.as_str()).or_insert_with(|| {
+                        http_routes(r, &conf.rules, outbounds, &mut parts.clusters)
+                    });
+                    h.http_routes.extend(routes.iter().cloned());
                 } else if let Some(tcp) = &route.conf.tcp {
                     for rule in &tcp.rules {
-                        own.tcp_backends.extend(backends(
+                        h.tcp_backends.extend(backends(
                             &rule.backends,
                             outbounds,
                             &mut parts.clusters,
@@ -172,9 +185,7 @@ pub(crate) fn compile(
                     }
                 }
             }
-            listener_tags.extend(tags);
-            hosts.extend(named.into_values());
-            hosts.push(own);
+            hosts.push(h);
         }
         for h in &mut hosts {
             h.http_routes
@@ -191,7 +202,7 @@ pub(crate) fn compile(
             service: service.clone(),
             bind: true,
             tls: None,
-            sni_routes: Vec::new(),
+            sni_routes: None,
             gateway: Some(GatewayListener {
                 protocol,
                 hosts,
@@ -264,12 +275,80 @@ fn host(hostname: &str, certificate: Option<GatewayCertificate>) -> GatewayHost 
     }
 }
 
-/// Whether the listener hostname `pattern` covers the route hostname `name`.
-fn covers(pattern: &str, name: &str) -> bool {
+/// A gateway host before its routes are compiled: its name, certificate, and the routes
+/// that select its listener (or were given to it by [`redistribute_wildcard_routes`]).
+struct PendingHost<'s> {
+    hostname: String,
+    certificate: Option<GatewayCertificate>,
+    routes: Vec<&'s (&'s Resource, &'s MeshGatewayRoute)>,
+}
+
+/// Kuma's `RedistributeWildcardRoutes` over one group of hosts (see the module doc): the `*`
+/// host keeps its routes without hostnames; each hostname a route names gets the route, on
+/// the host of that name or a new one with `*`'s certificate; a `*.suffix` name also gives it
+/// to the hosts under that suffix. Every host's routes end in resource-name order.
+fn redistribute_wildcard_routes(mut hosts: Vec<PendingHost<'_>>) -> Vec<PendingHost<'_>> {
+    if let Some(wild) = hosts.iter().position(|h| h.hostname == "*") {
+        // `*.suffix` names, given to the hosts under them once every host exists.
+        let mut spread = Vec::new();
+        for entry in std::mem::take(&mut hosts[wild].routes) {
+            let names = entry.1.conf.http.as_ref().map_or(&[][..], |c| &c.hostnames);
+            if names.is_empty() {
+                hosts[wild].routes.push(entry);
+                continue;
+            }
+            for name in names.iter().map(|n| n.to_ascii_lowercase()) {
+                match hosts.iter_mut().find(|h| h.hostname == name) {
+                    Some(h) => h.routes.push(entry),
+                    None => {
+                        let certificate = hosts[wild].certificate.clone();
+                        hosts.push(PendingHost {
+                            hostname: name.clone(),
+                            certificate,
+                            routes: vec![entry],
+                        });
+                    }
+                }
+                if name.starts_with("*.") {
+                    spread.push((entry, name));
+                }
+            }
+        }
+        for (entry, name) in spread {
+            let domain = &name[1..];
+            let under = hosts
+                .iter_mut()
+                .filter(|h| h.hostname != name && h.hostname.ends_with(domain));
+            for h in under {
+                h.routes.push(entry);
+            }
+        }
+    }
+    for h in &mut hosts {
+        h.routes.sort_by(|a, b| a.0.meta.name.cmp(&b.0.meta.name));
+        h.routes.dedup_by(|a, b| std::ptr::eq(a.0, b.0));
+    }
+    hosts
+}
+
+/// Kuma's `GenerateEnvoyRouteEntries` filter: the `*` host serves all its routes, another
+/// host those without hostnames and those naming a hostname that matches its own.
+fn serves_host(host: &str, route_hostnames: &[String]) -> bool {
+    host == "*"
+        || route_hostnames.is_empty()
+        || route_hostnames.iter().any(|n| {
+            let n = n.to_ascii_lowercase();
+            n == host || wildcard_holds(host, &n) || wildcard_holds(&n, host)
+        })
+}
+
+/// Whether the hostname `pattern` is `*`, or a `*.domain` wildcard holding `name` (a name,
+/// or a narrower wildcard, with more labels under that domain).
+fn wildcard_holds(pattern: &str, name: &str) -> bool {
     match pattern.strip_prefix('*') {
         Some("") => true,
-        Some(suffix) => name.len() > suffix.len() && name.ends_with(suffix),
-        None => pattern == name,
+        Some(domain) => name.len() > domain.len() && name.ends_with(domain),
+        None => false,
     }
 }
 
@@ -823,6 +902,49 @@ mod tests {
         );
     }
 
+    /// The case and Kuma's redistribution: on a `*` listener a host named by a route
+    /// serves only the routes naming it; a `*.example.com` route also joins the hosts under
+    /// it (another HTTP listener's host on the same port, a route's host), never `*`.
+    #[test]
+    fn routes_naming_a_host_take_it_from_the_hostname_less_routes() {
+        let route = |name: &str, hostnames: &str, service: &str| {
+            format!("---\ntype: MeshGatewayRoute\nmesh: default\nname: {name}\nselectors: [{{match: {{kuma.io/service: edge-gateway}}}}]\nconf:\n  http:\n    hostnames: [{hostnames}]\n    rules:\n      - matches: [{{path: {{match: PREFIX, value: /}}}}]\n        backends: [{{destination: {{kuma.io/service: {service}}}}}]\n")
+        };
+        let mesh_gateway = "type: MeshGateway\nmesh: default\nname: edge-gateway\nselectors: [{match: {kuma.io/service: edge-gateway}}]\nconf:\n  listeners:\n    - {port: 8080, protocol: HTTP}\n    - {port: 8080, protocol: HTTP, hostname: foo.example.com}\n";
+        let cfg = compile_with(&format!(
+            "{mesh_gateway}{}{}{}",
+            route("a", "", "svc-a"),
+            route("c", "special.example.com", "svc-c"),
+            route("w", "'*.example.com'", "svc-w"),
+        ))
+        .unwrap();
+        let gw = gateway(&cfg, "edge-gateway:HTTP:8080");
+        let hosts: Vec<(&str, Vec<&str>)> = gw
+            .hosts
+            .iter()
+            .map(|h| {
+                let services = h
+                    .http_routes
+                    .iter()
+                    .map(|r| match &r.action {
+                        RouteAction::Forward { backends, .. } => backends[0].cluster.as_str(),
+                        _ => "",
+                    })
+                    .collect();
+                (h.hostname.as_str(), services)
+            })
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("foo.example.com", vec!["svc-a", "svc-w"]),
+                ("special.example.com", vec!["svc-c", "svc-w"]),
+                ("*.example.com", vec!["svc-w"]),
+                ("*", vec!["svc-a"]),
+            ]
+        );
+    }
+
     #[test]
     fn wildcard_listener_gets_route_hosts_and_certificates_are_checked() {
         let listener = |tls: &str| {
@@ -838,10 +960,11 @@ mod tests {
         let cfg = compile_with(&listener(&inline)).unwrap();
         let gw = gateway(&cfg, "edge-gateway:HTTPS:8443");
         let names: Vec<&str> = gw.hosts.iter().map(|h| h.hostname.as_str()).collect();
-        assert_eq!(names, ["api.example.com", "*.example.com"]);
-        assert!(gw.hosts.iter().all(|h| h.certificate.is_some()));
+        // Kuma: an HTTPS listener is its own group, and only a `*` host gives routes hosts of
+        // their own; `*.example.com` serves the route, whose hostname it holds.
+        assert_eq!(names, ["*.example.com"]);
+        assert!(gw.hosts[0].certificate.is_some());
         assert_eq!(gw.hosts[0].http_routes.len(), 1);
-        assert!(gw.hosts[1].http_routes.is_empty());
 
         let only_cert = format!("{{certificates: [{{inlineString: {:?}}}]}}", cert.pem());
         let errs = compile_with(&listener(&only_cert)).unwrap_err();

@@ -26,7 +26,10 @@ use std::net::Ipv4Addr;
 
 use bearing_model::gotemplate::Template;
 use bearing_model::validate::is_dns_name;
-use bearing_model::{Resource, Spec, Store, Tags, VirtualOutbound, SERVICE_TAG};
+use bearing_model::{
+    ReachableBackendRef, ReachableBackends, Resource, Spec, Store, Tags, VirtualOutbound,
+    SERVICE_TAG,
+};
 
 /// Mesh-wide settings of the hostname table, the same for every proxy of a mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +93,10 @@ pub struct VirtualTarget {
     /// For a MeshService port: which inbound of the selected Dataplanes serves it, and the
     /// port's `appProtocol`.
     pub mesh_service_port: Option<(TargetPort, Option<String>)>,
+    /// For a MeshService synced from another zone (`kuma.io/origin: global`): that zone
+    /// (`kuma.io/zone`), the only one its traffic goes to; a local MeshService's traffic
+    /// stays in the proxy's zone.
+    pub mesh_service_zone: Option<String>,
 }
 
 /// A MeshService `targetPort`: an inbound port number or an inbound name.
@@ -125,9 +132,19 @@ impl TargetPort {
     }
 }
 
-/// Builds the hostname table of `mesh` from `store`.
-pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<VirtualHost> {
+/// Builds the hostname table of `mesh` from `store` for a proxy that may reach the
+/// MeshServices `reachable` lists (all when absent, unless the Mesh's `meshServices.mode` is
+/// `ReachableBackends`).
+pub fn virtual_hosts(
+    store: &Store,
+    mesh: &str,
+    opts: &VipOptions,
+    reachable: Option<&ReachableBackends>,
+) -> Vec<VirtualHost> {
     let mut table = Table::default();
+    let mode = crate::mtls::meshes(store)
+        .get(mesh)
+        .map_or("Disabled", |m| m.mesh_services_mode());
     let in_mesh = |r: &&Resource| r.mesh.as_deref().unwrap_or("default") == mesh;
     let mut dataplanes: Vec<&Resource> = store
         .resources
@@ -152,12 +169,16 @@ pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<Virtua
     let inbound_tags: Vec<(&str, &Tags)> =
         inbound_list.iter().map(|(d, i)| (*d, &i.tags)).collect();
 
-    // 1. Defaults: every local service and every remote zone's available service.
+    // 1. Defaults: every local service and every remote zone's available service; none in
+    // `Exclusive` mode, where destinations are MeshServices only.
     let mut services: Vec<&str> = inbound_tags
         .iter()
         .filter_map(|(_, t)| t.get(SERVICE_TAG).map(String::as_str))
         .collect();
     services.extend(remote_services(store, mesh));
+    if mode == "Exclusive" {
+        services.clear();
+    }
     for service in services {
         table.add_service(service, &opts.domain, opts.default_port, None);
     }
@@ -255,17 +276,26 @@ pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<Virtua
     let generators = hostname_generators(store);
     for ms in mesh_services(store, mesh, &inbound_list) {
         let names = hostnames(&generators, &ms);
-        if names.is_empty() {
-            continue;
-        }
-        let ports = ms
+        let reachable_ports: Vec<&(u16, TargetPort, Option<String>)> = ms
             .ports
             .iter()
+            .filter(|(port, _, _)| match reachable {
+                Some(r) => r.refs.iter().any(|r| reaches(r, &ms, *port)),
+                None => mode != "ReachableBackends",
+            })
+            .collect();
+        if names.is_empty() || reachable_ports.is_empty() {
+            continue;
+        }
+        let ports = reachable_ports
+            .into_iter()
             .map(|(port, target, protocol)| {
+                let synced = ms.labels.get("kuma.io/origin").map(String::as_str) == Some("global");
                 let target = VirtualTarget {
                     tags: ms.selector.clone(),
                     origin: format!("meshservice:{}", ms.name),
                     mesh_service_port: Some((target.clone(), protocol.clone())),
+                    mesh_service_zone: ms.labels.get("kuma.io/zone").filter(|_| synced).cloned(),
                 };
                 (*port, target)
             })
@@ -299,6 +329,26 @@ pub fn virtual_hosts(store: &Store, mesh: &str, opts: &VipOptions) -> Vec<Virtua
         }
     }
     table.allocate(opts.cidr)
+}
+
+/// Whether the `reachableBackends` entry `r` lets a proxy reach `port` of `ms`: a MeshService
+/// entry naming it (by name or display name) or whose labels it carries, on that port or all.
+fn reaches(r: &ReachableBackendRef, ms: &MeshServiceView, port: u16) -> bool {
+    let named = r
+        .name
+        .as_ref()
+        .is_none_or(|n| *n == ms.name || ms.labels.get("kuma.io/display-name") == Some(n));
+    let labelled = r
+        .labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| ms.labels.get(k) == Some(v));
+    let port_ok = r.port.is_none_or(|p| p == u32::from(port));
+    r.kind == "MeshService"
+        && (r.name.is_some() || r.labels.is_some())
+        && named
+        && labelled
+        && port_ok
 }
 
 /// A Dataplane's inbound ports for one service, with their `kuma.io/protocol`.
@@ -345,6 +395,13 @@ fn mesh_services(
         labels
             .entry("kuma.io/display-name".into())
             .or_insert_with(|| r.meta.name.clone());
+        // kuma-cp labels a MeshService applied in a Universal zone as local to it; one synced
+        // from another zone carries `kuma.io/origin: global` and that zone's `kuma.io/zone`.
+        for (label, value) in [("kuma.io/origin", "zone"), ("kuma.io/env", "universal")] {
+            labels
+                .entry(label.into())
+                .or_insert_with(|| value.to_string());
+        }
         out.push(MeshServiceView {
             name: r.meta.name.clone(),
             labels,
@@ -413,38 +470,74 @@ fn mesh_services(
     out
 }
 
-/// Kuma's default hostname generator for local Universal MeshServices, used when the store
-/// has no HostnameGenerator at all (kuma-cp creates it at start).
-const DEFAULT_HOSTNAME_TEMPLATE: &str = "{{ .DisplayName }}.svc.mesh.local";
+/// The default HostnameGenerators kuma-cp creates at start (`EnsureHostnameGeneratorExists`)
+/// that name MeshServices of Universal and synced zones: name, `meshService.matchLabels`,
+/// template. A store generator of the same name replaces one, as kuma-cp creates a default
+/// only where none of its name exists; other store generators add to them.
+const DEFAULT_GENERATORS: [DefaultGenerator; 3] = [
+    (
+        "local-universal-mesh-service",
+        &[("kuma.io/origin", "zone")],
+        "{{ .DisplayName }}.svc.mesh.local",
+    ),
+    (
+        "synced-universal-mesh-service",
+        &[("kuma.io/origin", "global"), ("kuma.io/env", "universal")],
+        "{{ .DisplayName }}.svc.{{ .Zone }}.mesh.local",
+    ),
+    (
+        "synced-kube-mesh-service",
+        &[
+            ("kuma.io/origin", "global"),
+            ("k8s.kuma.io/is-headless-service", "false"),
+            ("kuma.io/env", "kubernetes"),
+        ],
+        "{{ .DisplayName }}.{{ .Namespace }}.svc.{{ .Zone }}.mesh.local",
+    ),
+];
 
-/// A HostnameGenerator: name, `matchLabels` (all MeshServices when absent), parsed template.
-type HostnameGeneratorView<'s> = (&'s str, Option<&'s Tags>, Template);
+/// One of [`DEFAULT_GENERATORS`]: name, `meshService.matchLabels`, template.
+type DefaultGenerator = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
 
-/// The store's HostnameGenerators with their templates parsed once, or Kuma's default when
-/// the store has none. Templates that do not parse were rejected by validation.
+/// A HostnameGenerator that names MeshServices: name, `meshService.matchLabels`, template.
+type HostnameGeneratorView<'s> = (&'s str, Tags, Template);
+
+/// Kuma's default HostnameGenerators and the store's, templates parsed once (templates that
+/// do not parse were rejected by validation). A generator without a `meshService` selector
+/// names no MeshService.
 fn hostname_generators(store: &Store) -> Vec<HostnameGeneratorView<'_>> {
-    let mut generators: Vec<HostnameGeneratorView> = store
+    let stored: Vec<(&Resource, &bearing_model::HostnameGenerator)> = store
         .resources
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::HostnameGenerator(g) => Some((
-                r.meta.name.as_str(),
-                g.spec
-                    .selector
-                    .as_ref()
-                    .and_then(|s| s.mesh_service.as_ref())
-                    .map(|s| &s.match_labels),
-                Template::parse(&g.spec.template).ok()?,
-            )),
+            Spec::HostnameGenerator(g) => Some((r, g)),
             _ => None,
         })
         .collect();
-    if generators.is_empty() {
-        if let Ok(t) = Template::parse(DEFAULT_HOSTNAME_TEMPLATE) {
-            generators.push(("default", None, t));
-        }
-    }
-    generators
+    let defaults = DEFAULT_GENERATORS
+        .iter()
+        .filter(|(name, _, _)| stored.iter().all(|(r, _)| r.meta.name != *name))
+        .filter_map(|(name, labels, template)| {
+            let labels = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Some((*name, labels, Template::parse(template).ok()?))
+        });
+    let custom = stored.iter().filter_map(|(r, g)| {
+        let selector = g.spec.selector.as_ref()?.mesh_service.as_ref()?;
+        let template = Template::parse(&g.spec.template).ok()?;
+        Some((
+            r.meta.name.as_str(),
+            selector.match_labels.clone(),
+            template,
+        ))
+    });
+    defaults.chain(custom).collect()
 }
 
 /// The hostnames the HostnameGenerators give `ms`.
@@ -473,7 +566,7 @@ fn hostnames(generators: &[HostnameGeneratorView], ms: &MeshServiceView) -> Vec<
     .into();
     let mut names = Vec::new();
     for (generator, labels, template) in generators {
-        if labels.is_some_and(|l| !l.iter().all(|(k, v)| ms.labels.get(k) == Some(v))) {
+        if !labels.iter().all(|(k, v)| ms.labels.get(k) == Some(v)) {
             continue;
         }
         let host = template.render(&values).to_ascii_lowercase();
@@ -541,6 +634,7 @@ impl Table {
                         tags,
                         origin,
                         mesh_service_port: None,
+                        mesh_service_zone: None,
                     },
                 );
             }
@@ -613,7 +707,7 @@ mod tests {
         );
         assert!(s.problems.is_empty(), "{:?}", s.problems);
         let mut out = Vec::new();
-        for h in virtual_hosts(&s, "default", &VipOptions::default()) {
+        for h in virtual_hosts(&s, "default", &VipOptions::default(), None) {
             for (port, t) in h.ports {
                 out.push((h.names[0].clone(), port, t.tags));
             }
@@ -771,7 +865,7 @@ conf:
         let vip = |text: &str, host: &str| {
             let mut s = Store::default();
             s.add_text(text, Path::new("t.yaml"));
-            virtual_hosts(&s, "default", &VipOptions::default())
+            virtual_hosts(&s, "default", &VipOptions::default(), None)
                 .into_iter()
                 .find(|h| h.names[0] == host)
                 .map(|h| h.vip)
@@ -801,7 +895,7 @@ conf:
         let mut s = Store::default();
         s.add_text(text, Path::new("t.yaml"));
         assert!(s.problems.is_empty(), "{:?}", s.problems);
-        let hosts = virtual_hosts(&s, "default", &VipOptions::default());
+        let hosts = virtual_hosts(&s, "default", &VipOptions::default(), None);
         let find = |n: &str| {
             hosts
                 .iter()
@@ -845,7 +939,7 @@ conf:
             let mut s = Store::default();
             s.add_text(text, Path::new("t.yaml"));
             assert!(s.problems.is_empty(), "{:?}", s.problems);
-            virtual_hosts(&s, "default", &VipOptions::default())
+            virtual_hosts(&s, "default", &VipOptions::default(), None)
         };
         // The seed's example: one MeshService test-server with port 80, named by the default
         // hostname generator.
@@ -885,11 +979,93 @@ conf:
         let hosts = load(&text);
         let redis = hosts
             .iter()
-            .find(|h| h.names == ["redis.default.team.local"])
-            .unwrap();
+            .find(|h| h.names == ["redis.svc.mesh.local", "redis.default.team.local"])
+            .expect("the custom generator's name beside the default one");
         assert_eq!(
             redis.ports[&16739].mesh_service_port,
             Some((TargetPort::Name("main".into()), Some("tcp".into())))
+        );
+    }
+
+    /// The seed's migration modes: `reachableBackends` limits the MeshServices a proxy gets
+    /// (by name or labels, optionally one port; none without it in `ReachableBackends` mode),
+    /// and `Exclusive` drops the `kuma.io/service` names.
+    #[test]
+    fn reachable_backends_and_exclusive_mode() {
+        let names = |mode: &str, reachable: Option<&str>| {
+            let text = format!("type: Mesh\nname: default\nmeshServices:\n  mode: {mode}\n---\ntype: Dataplane\nmesh: default\nname: a\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: backend\n---\ntype: Dataplane\nmesh: default\nname: b\nnetworking:\n  address: 10.0.0.2\n  inbound:\n  - port: 81\n    tags:\n      kuma.io/service: other\n");
+            let mut s = Store::default();
+            s.add_text(&text, Path::new("t.yaml"));
+            assert!(s.problems.is_empty(), "{:?}", s.problems);
+            let reachable: Option<ReachableBackends> =
+                reachable.map(|r| serde_json::from_str(r).unwrap());
+            let mut names: Vec<String> =
+                virtual_hosts(&s, "default", &VipOptions::default(), reachable.as_ref())
+                    .into_iter()
+                    .flat_map(|h| h.names)
+                    .filter(|n| !n.contains('_'))
+                    .collect();
+            names.sort();
+            names
+        };
+        let by_name = r#"{"refs": [{"kind": "MeshService", "name": "backend"}]}"#;
+        assert_eq!(
+            names("Everywhere", Some(by_name)),
+            ["backend.mesh", "backend.svc.mesh.local", "other.mesh"]
+        );
+        let by_label = r#"{"refs": [{"kind": "MeshService", "labels": {"kuma.io/display-name": "other"}, "port": 81}]}"#;
+        assert_eq!(
+            names("Everywhere", Some(by_label)),
+            ["backend.mesh", "other.mesh", "other.svc.mesh.local"]
+        );
+        let wrong_port = r#"{"refs": [{"kind": "MeshService", "name": "other", "port": 80}]}"#;
+        assert_eq!(
+            names("Everywhere", Some(wrong_port)),
+            ["backend.mesh", "other.mesh"]
+        );
+        assert_eq!(
+            names("ReachableBackends", None),
+            ["backend.mesh", "other.mesh"]
+        );
+        assert_eq!(
+            names("Exclusive", None),
+            ["backend.svc.mesh.local", "other.svc.mesh.local"]
+        );
+    }
+
+    /// kuma-cp keeps its default generators beside custom ones: local MeshServices keep
+    /// `<name>.svc.mesh.local`, one synced from zone-2 gets `<name>.svc.zone-2.mesh.local`; a
+    /// store generator of a default's name replaces that default; a generator without a
+    /// `meshService` selector names no MeshService.
+    #[test]
+    fn default_hostname_generators_stay_beside_custom_ones() {
+        let store = |extra: &str| {
+            let text = format!("type: Mesh\nname: default\nmeshServices:\n  mode: Everywhere\n---\ntype: Dataplane\nmesh: default\nname: a\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: web\n---\ntype: MeshService\nname: backend-zone-2-hash\nmesh: default\nlabels:\n  kuma.io/display-name: backend\n  kuma.io/origin: global\n  kuma.io/zone: zone-2\n  kuma.io/env: universal\nspec:\n  selector:\n    dataplaneTags:\n      kuma.io/service: backend\n  ports:\n  - port: 8080\n    targetPort: 8080\n---\ntype: HostnameGenerator\nname: external-only\nspec:\n  selector:\n    meshExternalService:\n      matchLabels: {{}}\n  template: \"{{{{ .DisplayName }}}}.ext.local\"\n{extra}");
+            let mut s = Store::default();
+            s.add_text(&text, Path::new("t.yaml"));
+            assert!(s.problems.is_empty(), "{:?}", s.problems);
+            let mut names: Vec<String> = virtual_hosts(&s, "default", &VipOptions::default(), None)
+                .into_iter()
+                .flat_map(|h| h.names)
+                .filter(|n| n.ends_with(".local"))
+                .collect();
+            names.sort();
+            names
+        };
+        let custom = "---\ntype: HostnameGenerator\nname: all\nspec:\n  selector:\n    meshService:\n      matchLabels: {}\n  template: \"{{ .DisplayName }}.all.local\"\n";
+        assert_eq!(
+            store(custom),
+            [
+                "backend.all.local",
+                "backend.svc.zone-2.mesh.local",
+                "web.all.local",
+                "web.svc.mesh.local"
+            ]
+        );
+        let replaced = "---\ntype: HostnameGenerator\nname: local-universal-mesh-service\nspec:\n  selector:\n    meshService:\n      matchLabels: {kuma.io/origin: zone}\n  template: \"{{ .DisplayName }}.local\"\n";
+        assert_eq!(
+            store(replaced),
+            ["backend.svc.zone-2.mesh.local", "web.local"]
         );
     }
 

@@ -23,8 +23,8 @@ use bearing_proxy_config::{
 use bearing_tls::tags_sni;
 
 use crate::compile::{
-    cluster, endpoint_ip, external_endpoint, external_services, is_ready, port16, problem,
-    version_of,
+    admin_port, cluster, endpoint_ip, external_endpoint, external_services, is_ready, port16,
+    problem, version_of,
 };
 use crate::mtls::{mesh_of, mesh_tls, meshes};
 use crate::virtual_ips::TargetPort;
@@ -68,7 +68,11 @@ pub fn compile(
                         };
                         route.add(endpoints, &mut routes, &mut clusters);
                     }
-                    mtls.insert(mesh_name.to_string(), tls);
+                    // Only ExternalServices need the egress's own certificate; without any,
+                    // it passes cross-zone TLS through and needs none.
+                    if !tls.services.is_empty() {
+                        mtls.insert(mesh_name.to_string(), tls);
+                    }
                 }
                 Ok(None) => {}
                 Err((field, message)) => {
@@ -96,7 +100,7 @@ pub fn compile(
         service: me.meta.name.clone(),
         bind: true,
         tls: None,
-        sni_routes: routes,
+        sni_routes: Some(routes),
         gateway: None,
         deny_all: None,
     };
@@ -107,6 +111,7 @@ pub fn compile(
             name: me.meta.name.clone(),
             mesh: String::new(),
             proxy_type: if egress { "egress" } else { "ingress" }.into(),
+            admin_port: admin_port(networking.admin.as_ref()),
         },
         listeners: vec![listener],
         clusters,
@@ -371,8 +376,21 @@ networking:
         s
     }
 
+    /// Adds `text` to the store `s`, which must then have no problem.
+    fn add(s: &mut Store, text: &str) {
+        s.add_text(text, Path::new("added.yaml"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+    }
+
     fn find<'a>(s: &'a Store, name: &str) -> &'a Resource {
         s.resources.iter().find(|r| r.meta.name == name).unwrap()
+    }
+
+    /// The SNI routes of a zone proxy's listener (which always has them).
+    fn sni_routes(l: &Listener) -> &[SniRoute] {
+        l.sni_routes
+            .as_deref()
+            .expect("a zone proxy listener routes by SNI")
     }
 
     fn addresses(c: &Cluster) -> Vec<String> {
@@ -418,19 +436,19 @@ networking:
         let l = &ingress.listeners[0];
         assert_eq!(l.address.to_string(), "10.0.2.1:10001");
         assert_eq!(l.name, "inbound:10.0.2.1:10001");
-        let targets: Vec<_> = l.sni_routes.iter().map(|r| &r.target).collect();
+        let targets: Vec<_> = sni_routes(l).iter().map(|r| &r.target).collect();
         assert_eq!(
             targets,
             [&service_target("default", "backend")],
             "web is in zone-a"
         );
-        let c = &ingress.clusters[&l.sni_routes[0].cluster];
+        let c = &ingress.clusters[&sni_routes(l)[0].cluster];
         assert_eq!(addresses(c), ["10.0.2.2:8080"]);
         assert_eq!(c.endpoints[0].tags["version"], "v1");
         assert!(ingress.mtls.is_empty(), "the ingress never terminates TLS");
 
         let egress = compile_any(&s, find(&s, "ze-a"), "t", &CompileOptions::default()).unwrap();
-        let routes = &egress.listeners[0].sni_routes;
+        let routes = sni_routes(&egress.listeners[0]);
         let backend = routes
             .iter()
             .find(|r| r.target == service_target("default", "backend"))
@@ -487,7 +505,7 @@ spec:
         s.add_text(plain, Path::new("plain.yaml"));
         assert!(s.problems.is_empty(), "{:?}", s.problems);
         let ingress = compile_any(&s, find(&s, "zi-b"), "t", &CompileOptions::default()).unwrap();
-        let routes = &ingress.listeners[0].sni_routes;
+        let routes = sni_routes(&ingress.listeners[0]);
         let meshes: Vec<_> = routes
             .iter()
             .map(|r| match &r.target {
@@ -519,6 +537,116 @@ spec:
         );
     }
 
+    /// The gateway seed's `kong-01` (delegated: no inbounds) in an mTLS mesh and in zone-a by
+    /// its gateway tags: its identity is its gateway service, and zone-b's backend is reached
+    /// through zone-b's ingress, as for any zone-a sidecar.
+    #[test]
+    fn gateways_take_identity_and_zone_from_gateway_tags() {
+        let mut s = two_zones(false);
+        let kong = "type: Dataplane\nname: kong-01\nmesh: default\nnetworking:\n  address: 10.0.1.5\n  gateway:\n    type: DELEGATED\n    tags: {kuma.io/service: kong, kuma.io/zone: zone-a}\n  outbound:\n  - port: 33033\n    tags: {kuma.io/service: backend}\n";
+        add(&mut s, kong);
+        let cfg = compile_any(&s, find(&s, "kong-01"), "t", &CompileOptions::default()).unwrap();
+        assert_eq!(cfg.mtls["default"].services, ["kong"]);
+        assert_eq!(addresses(&cfg.clusters["backend"]), ["192.0.2.1:20001"]);
+        // zone-b's ingress does not route to kong: it is in zone-a.
+        let gw = find(&s, "kong-01");
+        let Spec::Dataplane(dp) = &gw.spec else {
+            panic!()
+        };
+        assert_eq!(crate::zones::dataplane_zone(dp), Some("zone-a"));
+    }
+
+    /// With transparent proxying, an ExternalService addressed by IP gets an outbound at that
+    /// address: through the egress with `routing.zoneEgress`, else straight to it.
+    #[test]
+    fn external_service_ip_address_is_an_outbound() {
+        for (zone_egress, endpoint) in [(true, "10.0.1.9:10002"), (false, "10.9.9.9:443")] {
+            let mut s = two_zones(zone_egress);
+            for r in &mut s.resources {
+                if let Spec::Dataplane(dp) = &mut r.spec {
+                    dp.networking.transparent_proxying = Some(bearing_model::TransparentProxying {
+                        redirect_port_inbound: 15006,
+                        redirect_port_outbound: 15001,
+                        ..Default::default()
+                    });
+                }
+            }
+            let web = compile_any(&s, find(&s, "web"), "t", &CompileOptions::default()).unwrap();
+            let l = web
+                .listeners
+                .iter()
+                .find(|l| l.address.to_string() == "10.9.9.9:443")
+                .expect("an outbound at the ExternalService's address");
+            assert_eq!(l.name, "outbound:10.9.9.9:443");
+            assert!(!l.bind, "reached through the capture port");
+            assert_eq!(addresses(&web.clusters[&l.cluster]), [endpoint]);
+        }
+    }
+
+    /// The MeshService seed's "Multizone": a local MeshService's traffic stays in the proxy's
+    /// zone; one synced from zone-b (`kuma.io/origin: global`) goes only to zone-b, through
+    /// its ingress; the `kuma.io/service` name still spans both zones.
+    #[test]
+    fn mesh_service_traffic_stays_in_one_zone() {
+        let mut s = two_zones(false);
+        add(&mut s, "type: Dataplane\nname: backend-a\nmesh: default\nnetworking:\n  address: 10.0.1.7\n  inbound:\n  - port: 8080\n    tags: {kuma.io/service: backend, kuma.io/zone: zone-a, version: v1}\n---\ntype: MeshService\nname: backend-zone-b\nmesh: default\nlabels: {kuma.io/display-name: backend, kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/env: universal}\nspec:\n  selector:\n    dataplaneTags: {kuma.io/service: backend}\n  ports:\n  - port: 8080\n    targetPort: 8080\n    appProtocol: http\n");
+        for r in &mut s.resources {
+            match &mut r.spec {
+                Spec::Mesh(m) => {
+                    m.mesh_services = Some(bearing_model::MeshServicesMode {
+                        mode: Some("Everywhere".into()),
+                    })
+                }
+                Spec::Dataplane(dp) if r.meta.name == "web" => {
+                    dp.networking.transparent_proxying = Some(bearing_model::TransparentProxying {
+                        redirect_port_inbound: 15006,
+                        redirect_port_outbound: 15001,
+                        ..Default::default()
+                    })
+                }
+                _ => {}
+            }
+        }
+        let web = compile_any(&s, find(&s, "web"), "t", &CompileOptions::default()).unwrap();
+        let cluster = |name: &str| addresses(&web.clusters[name]);
+        assert_eq!(cluster("meshservice:backend:8080"), ["10.0.1.7:8080"]);
+        assert_eq!(
+            cluster("meshservice:backend-zone-b:8080"),
+            ["192.0.2.1:20001"]
+        );
+        assert_eq!(cluster("backend"), ["10.0.1.7:8080", "192.0.2.1:20001"]);
+    }
+
+    /// An egress with no ExternalService needs no certificate of its own and still listens,
+    /// with routes for the other zones' services (or none at all, refusing every SNI).
+    #[test]
+    fn egress_without_external_services_serves_cross_zone_traffic() {
+        let mut s = two_zones(true);
+        s.resources
+            .retain(|r| !matches!(r.spec, Spec::ExternalService(_)));
+        let egress = compile_any(&s, find(&s, "ze-a"), "t", &CompileOptions::default()).unwrap();
+        assert!(egress.mtls.is_empty(), "{:?}", egress.mtls.keys());
+        let targets: Vec<_> = sni_routes(&egress.listeners[0])
+            .iter()
+            .map(|r| &r.target)
+            .collect();
+        assert_eq!(targets, [&service_target("default", "backend")]);
+
+        s.resources.retain(|r| r.meta.name != "backend-1");
+        let egress = compile_any(&s, find(&s, "ze-a"), "t", &CompileOptions::default()).unwrap();
+        assert_eq!(egress.listeners[0].sni_routes, Some(Vec::new()));
+    }
+
+    #[test]
+    fn admin_port_of_zone_proxies_and_dataplanes_is_carried() {
+        let mut s = two_zones(false);
+        add(&mut s, "type: ZoneEgress\nname: ze-admin\nzone: zone-a\nnetworking: {address: 10.0.1.8, port: 10002, admin: {port: 9902}}\n");
+        let ze = compile_any(&s, find(&s, "ze-admin"), "t", &CompileOptions::default()).unwrap();
+        assert_eq!(ze.identity.admin_port, Some(9902));
+        let web = compile_any(&s, find(&s, "web"), "t", &CompileOptions::default()).unwrap();
+        assert_eq!(web.identity.admin_port, None);
+    }
+
     /// The zone-egress seed: its ZoneEgress `zoneegress-1` and its Mesh (`routing.zoneEgress`,
     /// with the `[...]` of `mtls` filled by a builtin backend) send a sidecar's cross-zone and
     /// external traffic to 192.168.0.1:10002, where the egress listens.
@@ -542,6 +670,6 @@ spec:
         assert_eq!(addresses(&web.clusters["httpbin"]), ["192.168.0.1:10002"]);
         let egress = compile_any(&s, find(&s, "zoneegress-1"), "t", &options).unwrap();
         assert_eq!(egress.listeners[0].name, "inbound:192.168.0.1:10002");
-        assert_eq!(egress.listeners[0].sni_routes.len(), 2);
+        assert_eq!(sni_routes(&egress.listeners[0]).len(), 2);
     }
 }

@@ -2,7 +2,7 @@
 //! reached through, and the zone egresses of its own zone.
 //!
 //! A directory store may hold several zones (a global view). A Dataplane's zone is the
-//! `kuma.io/zone` tag of its inbounds; one without it belongs to every zone (single-zone
+//! `kuma.io/zone` tag of its inbounds (a gateway's: of its gateway tags); one without it belongs to every zone (single-zone
 //! stores), and so does a ZoneEgress without `zone` (kuma-cp fills it in; the seed's example
 //! has none). A proxy with no zone of its own treats every endpoint as local.
 
@@ -94,12 +94,16 @@ impl<'s> ZoneView<'s> {
     }
 }
 
-/// A Dataplane's zone: the `kuma.io/zone` tag of its first inbound that has one.
+/// A Dataplane's zone: the `kuma.io/zone` tag of its first inbound that has one, else of
+/// its `networking.gateway.tags` (a gateway has no inbounds; kuma-cp writes its zone there).
 pub fn dataplane_zone(dp: &Dataplane) -> Option<&str> {
+    let gateway = dp.networking.gateway.iter().map(|g| &g.tags);
     dp.networking
         .inbound
         .iter()
-        .find_map(|i| i.tags.get(ZONE_TAG))
+        .map(|i| &i.tags)
+        .chain(gateway)
+        .find_map(|tags| tags.get(ZONE_TAG))
         .map(String::as_str)
 }
 

@@ -187,12 +187,17 @@ pub struct MeshServicesMode {
 }
 
 impl Mesh {
-    /// Whether kuma-cp would generate MeshServices for this mesh's `kuma.io/service`s.
-    pub fn generates_mesh_services(&self) -> bool {
+    /// `meshServices.mode` (`Disabled` when unset).
+    pub fn mesh_services_mode(&self) -> &str {
         self.mesh_services
             .as_ref()
             .and_then(|m| m.mode.as_deref())
-            .is_some_and(|m| m != "Disabled")
+            .unwrap_or("Disabled")
+    }
+
+    /// Whether kuma-cp would generate MeshServices for this mesh's `kuma.io/service`s.
+    pub fn generates_mesh_services(&self) -> bool {
+        self.mesh_services_mode() != "Disabled"
     }
 }
 
@@ -287,9 +292,39 @@ pub struct TransparentProxying {
     /// `DualStack` (default), `IPv4` or `IPv6`: which families are captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_family_mode: Option<String>,
-    /// MeshService-based reachable backends: accepted, not acted on.
+    /// The MeshServices this proxy may reach (the others get no outbound); with the Mesh's
+    /// `meshServices.mode: ReachableBackends`, a proxy without it reaches none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reachable_backends: Option<Value>,
+    pub reachable_backends: Option<ReachableBackends>,
+}
+
+/// `transparentProxying.reachableBackends`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReachableBackends {
+    /// The backends, each by name or labels.
+    #[serde(default)]
+    pub refs: Vec<ReachableBackendRef>,
+}
+
+/// One `reachableBackends.refs` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReachableBackendRef {
+    /// `MeshService` (other kinds name resources Bearing does not serve).
+    pub kind: String,
+    /// The resource's name (or `kuma.io/display-name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Kubernetes namespace: accepted, not acted on in a Universal store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels the resource must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Tags>,
+    /// Only this port of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
 }
 
 impl TransparentProxying {

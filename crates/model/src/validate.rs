@@ -387,6 +387,9 @@ fn zone_proxy(net: &ZoneProxyNetworking, p: &mut Vec<FieldProblem>) {
     if let Some(adv) = net.advertised_port {
         port(adv, "networking.advertisedPort", p);
     }
+    if let Some(admin) = &net.admin {
+        port(admin.port, "networking.admin.port", p);
+    }
 }
 
 fn external_service(es: &ExternalService, p: &mut Vec<FieldProblem>) {

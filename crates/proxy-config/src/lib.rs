@@ -189,6 +189,10 @@ pub struct ProxyIdentity {
     pub mesh: String,
     /// `dataplane`, `ingress` or `egress`.
     pub proxy_type: String,
+    /// The resource's `networking.admin.port`: where kuma-dp would put the admin API (read
+    /// once, at start-up, as Envoy's bootstrap is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_port: Option<u16>,
 }
 
 /// Which side of the workload a listener serves.
@@ -266,10 +270,10 @@ pub struct Listener {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<DownstreamTls>,
     /// Zone ingress and egress: destinations by the SNI of the client's TLS ClientHello, read
-    /// without terminating TLS. When not empty, `cluster` is unused and an SNI naming none of
-    /// these is refused.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub sni_routes: Vec<SniRoute>,
+    /// without terminating TLS. When present, `cluster` is unused and an SNI naming none of
+    /// these is refused (so a zone proxy with no routes yet still listens and refuses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni_routes: Option<Vec<SniRoute>>,
     /// Builtin gateway listener: hosts and routes decide where each request or connection
     /// goes (`cluster` is unused).
     #[serde(skip_serializing_if = "Option::is_none")]
