@@ -922,7 +922,10 @@ mod tests {
     #[tokio::test]
     async fn pools_are_taken_over_only_with_the_same_transport_security() {
         let ca = bearing_tls::MeshCa::generate("default").unwrap();
-        let meshes = MeshTlsSet::default().update([&crate::mesh_tls::test_config(&ca, false)], &mut Default::default());
+        let meshes = MeshTlsSet::default().update(
+            [&crate::mesh_tls::test_config(&ca, false)],
+            &mut Default::default(),
+        );
         let address: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let cluster = Cluster {
             name: "backend".into(),
@@ -976,8 +979,14 @@ mod tests {
 
         // A rotated CA rebuilds the mesh state: a fresh pool again.
         let other = bearing_tls::MeshCa::generate("default").unwrap();
-        let rotated = meshes.update([&crate::mesh_tls::test_config(&other, false)], &mut Default::default());
-        let kept = meshes.update([&crate::mesh_tls::test_config(&ca, false)], &mut Default::default());
+        let rotated = meshes.update(
+            [&crate::mesh_tls::test_config(&other, false)],
+            &mut Default::default(),
+        );
+        let kept = meshes.update(
+            [&crate::mesh_tls::test_config(&ca, false)],
+            &mut Default::default(),
+        );
         assert!(UpstreamSecurity::new(Some(&mesh_tls), &kept) == mtls);
         let after = UpstreamSecurity::new(Some(&mesh_tls), &rotated);
         let pool = EndpointPool::new(address);

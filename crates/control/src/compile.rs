@@ -34,17 +34,12 @@ pub struct CompileOptions {
 }
 
 /// The services a Dataplane's mesh identity carries (`spiffe://<mesh>/<service>` each): its
-/// inbounds' and, for a builtin gateway, the gateway's own, which it presents to the
-/// backends it calls. Sorted, without duplicates.
+/// inbounds' and, for a gateway (builtin or delegated, which have no inbounds of their own),
+/// the `kuma.io/service` of `networking.gateway.tags`, as kuma-cp does: it presents that to
+/// the backends it calls. Sorted, without duplicates.
 pub(crate) fn identity_services(dp: &Dataplane) -> Vec<String> {
-    // A gateway, builtin or delegated, has no inbound of its own: as kuma-cp does, its
-    // identity is the `kuma.io/service` of `networking.gateway.tags`.
     let inbounds = dp.networking.inbound.iter().map(|i| service_of(&i.tags));
-    let gateway = dp
-        .networking
-        .gateway
-        .iter()
-        .map(|g| service_of(&g.tags));
+    let gateway = dp.networking.gateway.iter().map(|g| service_of(&g.tags));
     let mut services: Vec<String> = inbounds.chain(gateway).filter(|s| !s.is_empty()).collect();
     services.sort();
     services.dedup();
