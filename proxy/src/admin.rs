@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
+use crate::descriptors;
 use crate::runtime::Proxy;
 
 /// What the admin API reads and triggers.
@@ -30,11 +31,17 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Serves the admin API on `listener` until the process ends.
+    /// Serves the admin API on `listener` until the process ends. When the process is out of
+    /// descriptors, one of the [`descriptors::ADMIN`] reserve is closed to accept each admin
+    /// connection, and parked again once that connection ends.
     pub async fn serve(self, listener: TcpListener) {
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(a) => a,
+                Err(e) if descriptors::is_exhausted(&e) && descriptors::ADMIN.release_one() => {
+                    tracing::debug!("admin accept failed: {e}; using a reserved descriptor");
+                    continue;
+                }
                 Err(e) => {
                     // Out of file descriptors or similar: back off instead of spinning.
                     tracing::warn!("admin accept failed: {e}");
@@ -55,6 +62,7 @@ impl Admin {
                 {
                     tracing::debug!("admin connection: {e}");
                 }
+                descriptors::ADMIN.refill();
             });
         }
     }

@@ -29,7 +29,7 @@ use crate::io::{Counted, TcpBacked};
 use crate::mesh_tls::MeshTlsSet;
 use crate::sni::{SniRouteRuntime, SniTable};
 use crate::stats::{ListenerStats, Stats};
-use crate::upstream::{ClusterRuntime, EndpointPool};
+use crate::upstream::{ClusterRuntime, EndpointPool, UpstreamError};
 use crate::workers::Workers;
 
 /// A listener of the applied config with its cluster and metrics.
@@ -471,8 +471,14 @@ impl Proxy {
             let (stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tracing::error!(%address, "accept failed: {e}");
+                    // Out of descriptors: the waiting connection is closed rather than left in
+                    // the backlog. Either way, back off instead of spinning.
+                    if crate::descriptors::is_exhausted(&e) && crate::descriptors::shed_one(&socket)
+                    {
+                        tracing::warn!(%address, "accept failed: {e}; a connection was closed unserved");
+                    } else {
+                        tracing::error!(%address, "accept failed: {e}");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -807,6 +813,11 @@ pub(crate) async fn serve_tcp<S>(
                 stats.errors.inc();
                 tracing::debug!(%listener, %peer, "connection ended: {e}");
             }
+        }
+        Err(UpstreamError::Overflow(why)) => {
+            // Counted (`upstream_cx_overflow`); as Envoy's tcp_proxy, the client is closed.
+            tracing::debug!(%listener, cluster = %cluster.config.name, %peer, "circuit breaker: {why}; resetting connection");
+            capture::reset(&down);
         }
         Err(e) => {
             tracing::warn!(%listener, cluster = %cluster.config.name, %peer, "{e}; resetting connection");
