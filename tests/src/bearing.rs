@@ -119,10 +119,40 @@ impl<'h> Bearing<'h> {
 
     /// Starts the proxy without waiting for readiness.
     pub fn spawn(host: &'h Host, store: &Path, extra: &[&str]) -> Result<Self> {
+        Self::spawn_with_nofile(host, store, extra, None)
+    }
+
+    /// [`Bearing::start`] with the process's descriptor limit (soft and hard) lowered to
+    /// `nofile`, as `ulimit -n` in a wrapper would.
+    pub fn start_with_nofile(
+        host: &'h Host,
+        store: &Path,
+        extra: &[&str],
+        nofile: u32,
+    ) -> Result<Self> {
+        let b = Self::spawn_with_nofile(host, store, extra, Some(nofile))?;
+        b.wait_ready()?;
+        Ok(b)
+    }
+
+    fn spawn_with_nofile(
+        host: &'h Host,
+        store: &Path,
+        extra: &[&str],
+        nofile: Option<u32>,
+    ) -> Result<Self> {
         let admin_port = 9901;
         let bin = bearing_bin()?;
-        let process = host
-            .command(&bin)
+        let command = match nofile {
+            // `exec` keeps the pid: the process handle is the proxy's.
+            Some(n) => host
+                .command("bash")
+                .arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(&bin),
+            None => host.command(&bin),
+        };
+        let process = command
             .args(["run", "--config-dir"])
             .arg(store)
             .args(["--admin-address", &format!("127.0.0.1:{admin_port}")])
