@@ -31,6 +31,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Admin connections served at once; one more is closed when accepted.
 pub const MAX_CONNECTIONS: usize = 64;
 
+use crate::descriptors;
 use crate::runtime::Proxy;
 
 /// What the admin API reads and triggers.
@@ -47,7 +48,9 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Serves the admin API on `listener` until the process ends.
+    /// Serves the admin API on `listener` until the process ends. When the process is out of
+    /// descriptors, one of the [`descriptors::ADMIN`] reserve is closed to accept each admin
+    /// connection, and parked again once that connection ends.
     pub async fn serve(self, listener: TcpListener) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut http = http1::Builder::new();
@@ -56,6 +59,10 @@ impl Admin {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(a) => a,
+                Err(e) if descriptors::is_exhausted(&e) && descriptors::ADMIN.release_one() => {
+                    tracing::debug!("admin accept failed: {e}; using a reserved descriptor");
+                    continue;
+                }
                 Err(e) => {
                     // Out of file descriptors or similar: back off instead of spinning.
                     tracing::warn!("admin accept failed: {e}");
@@ -78,6 +85,7 @@ impl Admin {
                 if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
                     tracing::debug!(%peer, "admin connection: {e}");
                 }
+                descriptors::ADMIN.refill();
             });
         }
     }

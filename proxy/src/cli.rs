@@ -517,6 +517,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(e) => tracing::warn!("{e}; continuing with the current limit"),
     }
+    // Parked for when a flood of connections exhausts the limit (see `descriptors`).
+    descriptors::ADMIN.refill();
+    descriptors::ACCEPT.refill();
     let workers = Workers::start(args.concurrency, args.pin_workers)
         .context("cannot start the worker threads")?;
     // The control side (admin API, config changes, mesh DNS, signals) runs on this thread;

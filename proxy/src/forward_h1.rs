@@ -34,6 +34,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
+use crate::circuit::Overflow;
 use crate::gateway::ResponseEdits;
 use crate::io::TcpBacked;
 use crate::runtime::ListenerRuntime;
@@ -90,11 +91,13 @@ pub(crate) enum Routed<'l> {
     Unsupported(&'static str),
 }
 
-/// A response the proxy writes itself: plain text, and a `location` for a redirect.
+/// A response the proxy writes itself: plain text, a `location` for a redirect, and Envoy's
+/// `x-envoy-overloaded: true` when a circuit breaker refused the request.
 pub(crate) struct Reply {
     pub status: StatusCode,
     pub location: Option<HeaderValue>,
     pub message: String,
+    pub overloaded: bool,
 }
 
 /// How a downstream connection left the byte path.
@@ -343,6 +346,7 @@ where
         status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
         location: None,
         message: why.to_string(),
+        overloaded: false,
     };
     if !write_reply(down, &reply, false, true, None)
         .await
@@ -476,14 +480,32 @@ where
     S: AsyncWrite + TcpBacked + Unpin,
 {
     let mut last = None;
-    for pool in cluster.rotation() {
+    let mut retry = None;
+    for (attempt, pool) in cluster.rotation().enumerate() {
+        if attempt > 0 && !cluster.may_retry(&mut retry) {
+            break;
+        }
         let address = pool.address();
         loop {
             let (mut up, reused) = match cluster.checkout_raw(pool).await {
                 Ok(c) => c,
-                Err(e) => {
-                    last = Some(cluster.connect_failed(address, e));
-                    break;
+                Err(e) => match Overflow::of(&e) {
+                    Some(o) => {
+                        let failure = UpstreamError::Overflow(o);
+                        return local_reply(down, cluster, failure, request, response.edits).await;
+                    }
+                    None => {
+                        last = Some(cluster.connect_failed(address, e));
+                        break;
+                    }
+                },
+            };
+            // Held until the response has been relayed.
+            let _request_unit = match cluster.request_unit(&*cluster.stats.occupancy) {
+                Ok(unit) => unit,
+                Err(failure) => {
+                    pool.release_raw(up, &cluster.stats.occupancy);
+                    return local_reply(down, cluster, failure, request, response.edits).await;
                 }
             };
             let limit = cluster.config.request_timeout;
@@ -492,7 +514,11 @@ where
                     return relay(down, up, pool, head, request, cluster, response).await;
                 }
                 Sent::NotDelivered(_) if reused => continue,
-                Sent::NoAnswer(_) if reused && request.head.idempotent => continue,
+                Sent::NoAnswer(_)
+                    if reused && request.head.idempotent && cluster.may_retry(&mut retry) =>
+                {
+                    continue
+                }
                 Sent::NotDelivered(e) => {
                     last = Some(cluster.connect_failed(address, e));
                     break;
@@ -670,7 +696,7 @@ where
         if let (false, true, Some(tcp)) = (spliced, buf.len() < buf.capacity(), up.plain()) {
             crate::io::forget_readable(tcp.get_ref());
         }
-        pool.release_raw(up);
+        pool.release_raw(up, &cluster.stats.occupancy);
     }
     Answer {
         status: head.status,
@@ -686,11 +712,17 @@ async fn local_reply<S: AsyncWrite + Unpin>(
     request: &Request<'_>,
     edits: Option<ResponseEdits<'_>>,
 ) -> Answer {
-    tracing::warn!(cluster = %cluster.config.name, "{failure}");
+    if let UpstreamError::Overflow(why) = &failure {
+        // Counted per cluster; a warning each would flood the log exactly when overloaded.
+        tracing::debug!(cluster = %cluster.config.name, "circuit breaker: {why}");
+    } else {
+        tracing::warn!(cluster = %cluster.config.name, "{failure}");
+    }
     let reply = Reply {
         status: failure.status(),
         location: None,
         message: failure.to_string(),
+        overloaded: failure.is_overflow(),
     };
     let (is_head, close) = (request.head.is_head, request.close_downstream);
     write_reply(down, &reply, is_head, close, edits).await
@@ -718,6 +750,9 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     );
     if let Some(location) = &reply.location {
         bearing_http1::push_header(&mut head, b"location", location.as_bytes());
+    }
+    if reply.overloaded {
+        bearing_http1::push_header(&mut head, b"x-envoy-overloaded", b"true");
     }
     if close {
         head.extend_from_slice(b"connection: close\r\n");

@@ -49,6 +49,9 @@ const SERVER_NAME: HeaderValue = HeaderValue::from_static(SERVER);
 /// Largest request body copied for a mirror; bigger requests are forwarded but not mirrored
 /// (the body streams through once and is not held).
 const MAX_MIRRORED_BODY: u64 = 64 * 1024;
+/// How long a mirrored request's response may take, to its end, when the mirror cluster has
+/// no request timeout (gRPC): Kuma's default route timeout.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send a request's headers (Kuma's gateway stream idle timeout).
@@ -174,6 +177,7 @@ impl GatewayRuntime {
                 status,
                 location,
                 message: status.canonical_reason().unwrap_or("").to_string(),
+                overloaded: false,
             }),
             Decision::Forward {
                 cluster,
@@ -185,6 +189,7 @@ impl GatewayRuntime {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     location: None,
                     message: format!("{origin}: backend cluster {cluster} is not available"),
+                    overloaded: false,
                 }),
                 Some(target) => {
                     append_forwarded_for(&mut parts.headers, peer);
@@ -535,7 +540,10 @@ async fn mirror_request(
 }
 
 /// Sends a copy of the request (`parts` with `body`) to `mirror` in the background; its
-/// response is read and dropped.
+/// response body is read frame by frame and each frame dropped as it arrives, so a mirror
+/// holds no more than one frame whatever it answers. The whole exchange has the mirror
+/// cluster's request timeout (as Envoy gives a shadow the route's timeout), or
+/// [`MIRROR_TIMEOUT`]; the primary request never waits for any of it.
 fn spawn_mirror(
     parts: &http::request::Parts,
     body: Bytes,
@@ -550,9 +558,20 @@ fn spawn_mirror(
     shadow_host(copy.headers_mut());
     let (cluster, listener) = (mirror.clone(), listener.to_string());
     tokio::spawn(async move {
-        let resp = send(copy, &cluster, &listener).await;
-        // Read the response to its end so the upstream connection goes back to the pool.
-        let _ = resp.into_body().collect().await;
+        let limit = cluster.config.request_timeout.unwrap_or(MIRROR_TIMEOUT);
+        let exchange = async {
+            let mut body = send(copy, &cluster, &listener).await.into_body();
+            // Read to its end so the upstream connection goes back to the pool.
+            while let Some(frame) = body.frame().await {
+                if let Err(e) = frame {
+                    tracing::debug!(%listener, cluster = %cluster.config.name, "mirror response failed: {e}");
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(limit, exchange).await.is_err() {
+            tracing::debug!(%listener, cluster = %cluster.config.name, "mirror response not done within {limit:?}: dropped");
+        }
     });
 }
 

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 
 use crate::body::MessageBody;
 use crate::runtime::ListenerRuntime;
-use crate::upstream::{ClusterRuntime, RequestBody, UpstreamBody};
+use crate::upstream::{ClusterRuntime, RequestBody, UpstreamBody, UpstreamError};
 
 /// A response body: streamed from upstream, or a short local reply.
 pub type ProxyBody = MessageBody<UpstreamBody>;
@@ -52,8 +52,18 @@ pub async fn send(
             resp.map(ProxyBody::Streamed)
         }
         Err(e) => {
-            tracing::warn!(%listener, cluster = %cluster.config.name, "{e}");
-            local_reply(e.status(), e.to_string())
+            if let UpstreamError::Overflow(why) = &e {
+                // Counted per cluster; a warning each would flood the log when overloaded.
+                tracing::debug!(%listener, cluster = %cluster.config.name, "circuit breaker: {why}");
+            } else {
+                tracing::warn!(%listener, cluster = %cluster.config.name, "{e}");
+            }
+            let mut resp = local_reply(e.status(), e.to_string());
+            if e.is_overflow() {
+                resp.headers_mut()
+                    .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+            }
+            resp
         }
     }
 }

@@ -3,12 +3,15 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::circuit::{Held, Occupancy};
 
 /// Connects to `target` within `timeout`, from `source` when given (inbound passthrough uses
 /// 127.0.0.6), with TCP_NODELAY set: the one way the proxy opens upstream connections.
@@ -38,17 +41,31 @@ pub async fn connect(
 }
 
 /// Counts bytes read into `rx` and bytes written into `tx`: one relaxed atomic add per I/O
-/// call, which keeps long-lived connections visible in the stats while they run.
+/// call, which keeps long-lived connections visible in the stats while they run. An upstream
+/// connection also holds its cluster's connection unit (circuit breaking) until it closes.
 pub struct Counted<S> {
     inner: S,
     rx: Counter,
     tx: Counter,
+    /// Given back when the connection closes (held, never read).
+    _unit: Option<Held<Arc<Occupancy>>>,
 }
 
 impl<S> Counted<S> {
     /// Wraps `inner`, counting into `rx` (read) and `tx` (written).
     pub fn new(inner: S, rx: Counter, tx: Counter) -> Self {
-        Counted { inner, rx, tx }
+        Counted {
+            inner,
+            rx,
+            tx,
+            _unit: None,
+        }
+    }
+
+    /// This connection, holding `unit` of its cluster's `max_connections` until it closes.
+    pub fn holding(mut self, unit: Held<Arc<Occupancy>>) -> Self {
+        self._unit = Some(unit);
+        self
     }
 
     /// The wrapped stream.

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod body;
 pub mod capture;
+pub mod circuit;
 pub mod cli;
 pub mod descriptors;
 pub mod forward_h1;

@@ -32,7 +32,7 @@ use crate::io::{Counted, TcpBacked};
 use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
 use crate::sni::{SniRouteRuntime, SniTable};
 use crate::stats::{ListenerStats, Stats};
-use crate::upstream::{ClusterRuntime, PreviousPools, UpstreamSecurity};
+use crate::upstream::{ClusterRuntime, PreviousPools, UpstreamError, UpstreamSecurity};
 use crate::workers::Workers;
 
 /// A listener of the applied config with its cluster and metrics.
@@ -643,8 +643,14 @@ impl Proxy {
             let (stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tracing::error!(%address, "accept failed: {e}");
+                    // Out of descriptors: the waiting connection is closed rather than left in
+                    // the backlog. Either way, back off instead of spinning.
+                    if crate::descriptors::is_exhausted(&e) && crate::descriptors::shed_one(&socket)
+                    {
+                        tracing::warn!(%address, "accept failed: {e}; a connection was closed unserved");
+                    } else {
+                        tracing::error!(%address, "accept failed: {e}");
+                    }
                     if let Some(stats) = self.snapshot.load().socket_stats(&address) {
                         stats.errors.inc();
                     }
@@ -1089,6 +1095,11 @@ pub(crate) async fn serve_tcp<S>(
                 tracing::debug!(%listener, %peer, "connection ended: {e}");
             }
         }
+        Err(UpstreamError::Overflow(why)) => {
+            // Counted (`upstream_cx_overflow`); as Envoy's tcp_proxy, the client is closed.
+            tracing::debug!(%listener, cluster = %cluster.config.name, %peer, "circuit breaker: {why}; resetting connection");
+            capture::reset(&down);
+        }
         Err(e) => {
             tracing::warn!(%listener, cluster = %cluster.config.name, %peer, "{e}; resetting connection");
             capture::reset(&down);
@@ -1216,6 +1227,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             request_timeout: None,
             tls: None,
+            circuit_breakers: Default::default(),
         };
         Arc::new(ProxyConfig {
             version: format!("{}", mtls.len()),

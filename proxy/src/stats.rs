@@ -14,6 +14,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::circuit::Occupancy;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
     listener: String,
@@ -68,6 +70,16 @@ pub struct ClusterStats {
     pub tx_bytes: Counter,
     /// Bytes read from upstream.
     pub rx_bytes: Counter,
+    /// Connections, requests and retries held now, checked against the circuit breakers;
+    /// shared by every version of the cluster.
+    pub occupancy: Arc<Occupancy>,
+    /// Times a connection was needed past `max_connections` (Envoy's `upstream_cx_overflow`).
+    pub cx_overflow: Counter,
+    /// Requests refused past `max_pending_requests` or `max_requests`
+    /// (Envoy's `upstream_rq_pending_overflow`).
+    pub rq_pending_overflow: Counter,
+    /// Further attempts not made past `max_retries` (Envoy's `upstream_rq_retry_overflow`).
+    pub rq_retry_overflow: Counter,
 }
 
 /// Config source metrics.
@@ -226,6 +238,48 @@ const CLUSTER_SERIES: &[Series<ClusterStats>] = &[
         help: "Bytes written to upstream.",
         kind: MetricType::Counter,
         metric: |h| &h.tx_bytes,
+    },
+    Series {
+        name: "cluster_upstream_connections_active",
+        help: "Upstream connections open.",
+        kind: MetricType::Gauge,
+        metric: |h| &h.occupancy.connections,
+    },
+    Series {
+        name: "cluster_upstream_requests_active",
+        help: "Requests in flight upstream.",
+        kind: MetricType::Gauge,
+        metric: |h| &h.occupancy.requests,
+    },
+    Series {
+        name: "cluster_upstream_requests_pending",
+        help: "Requests waiting for an upstream connection.",
+        kind: MetricType::Gauge,
+        metric: |h| &h.occupancy.pending,
+    },
+    Series {
+        name: "cluster_upstream_retries_active",
+        help: "Further attempts of requests under way.",
+        kind: MetricType::Gauge,
+        metric: |h| &h.occupancy.retries,
+    },
+    Series {
+        name: "cluster_upstream_cx_overflow",
+        help: "Times a connection was needed past the max_connections circuit breaker.",
+        kind: MetricType::Counter,
+        metric: |h| &h.cx_overflow,
+    },
+    Series {
+        name: "cluster_upstream_rq_pending_overflow",
+        help: "Requests refused by the max_pending_requests or max_requests circuit breaker.",
+        kind: MetricType::Counter,
+        metric: |h| &h.rq_pending_overflow,
+    },
+    Series {
+        name: "cluster_upstream_rq_retry_overflow",
+        help: "Attempts not made past the max_retries circuit breaker.",
+        kind: MetricType::Counter,
+        metric: |h| &h.rq_retry_overflow,
     },
 ];
 

@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::body::MessageBody;
+use crate::circuit::{Held, Occupancy, Overflow, Resource};
 use crate::io::Counted;
 use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet, UpstreamConnector};
 use crate::stats::ClusterStats;
@@ -61,6 +62,8 @@ pub enum UpstreamError {
     RequestBody(hyper::Error),
     /// No response headers within the cluster's request timeout.
     Timeout(SocketAddr),
+    /// A circuit breaker of the cluster refused it.
+    Overflow(Overflow),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -88,6 +91,10 @@ impl std::fmt::Display for UpstreamError {
                 write!(f, "invalid request body: {cause}")
             }
             UpstreamError::Timeout(a) => write!(f, "upstream {a} request timeout"),
+            // Envoy's text for a request its circuit breakers refused.
+            UpstreamError::Overflow(_) => f.write_str(
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ),
         }
     }
 }
@@ -119,6 +126,12 @@ impl UpstreamError {
         } else {
             UpstreamError::Request(address, e.into())
         }
+    }
+
+    /// Whether a circuit breaker refused it: the reply then carries Envoy's
+    /// `x-envoy-overloaded: true`.
+    pub fn is_overflow(&self) -> bool {
+        matches!(self, UpstreamError::Overflow(_))
     }
 }
 
@@ -216,6 +229,12 @@ impl<T> PerWorker<T> {
         })
     }
 
+    /// Takes one connection kept by any worker (the newest of the first worker with one).
+    fn take_any(&self) -> Option<T> {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.lists.iter_mut().find_map(|(_, idle)| idle.pop())
+    }
+
     /// Keeps `connection` for this worker unless it has enough idle ones to this endpoint.
     fn put(&self, connection: T) {
         self.mine(|idle| {
@@ -283,8 +302,11 @@ impl EndpointPool {
         })
     }
 
-    fn release_h1(&self, sender: http1::SendRequest<RequestBody>) {
-        if !sender.is_closed() {
+    /// Keeps a connection whose response ended for the next request, unless requests wait
+    /// for a connection of the cluster: then it closes, so that one of them, on any worker,
+    /// can open its own.
+    fn release_h1(&self, sender: http1::SendRequest<RequestBody>, occupancy: &Occupancy) {
+        if !sender.is_closed() && !occupancy.has_waiters() {
             self.idle_h1.put(sender);
         }
     }
@@ -301,9 +323,17 @@ impl EndpointPool {
         })
     }
 
-    /// Returns a byte-path connection whose last response was read to its end.
-    pub(crate) fn release_raw(&self, stream: UpstreamStream) {
-        self.idle_raw.put(stream);
+    /// Returns a byte-path connection whose last response was read to its end; it closes
+    /// instead when requests wait for a connection of the cluster (as in `release_h1`).
+    pub(crate) fn release_raw(&self, stream: UpstreamStream, occupancy: &Occupancy) {
+        if !occupancy.has_waiters() {
+            self.idle_raw.put(stream);
+        }
+    }
+
+    /// Closes one idle connection of any worker; whether there was one.
+    fn close_one_idle(&self) -> bool {
+        self.idle_raw.take_any().is_some() || self.idle_h1.take_any().is_some()
     }
 
     /// This worker's HTTP/2 connection to use, the attempt under way to wait for, or the
@@ -441,10 +471,23 @@ pub struct ClusterRuntime {
 }
 
 /// Why a request got no connection: its own attempt failed (counted as a failed connect),
-/// or the attempt of another request it waited for did.
+/// the attempt of another request it waited for did, or a circuit breaker refused it.
 enum NoConnection {
     Failed(io::Error),
     Shared(io::Error),
+    Overflow(Overflow),
+}
+
+impl NoConnection {
+    /// The request's own attempt failed with `e`.
+    fn failed(e: io::Error) -> Self {
+        Overflow::of(&e).map_or(NoConnection::Failed(e), NoConnection::Overflow)
+    }
+
+    /// The attempt of the request it waited for failed with `e`.
+    fn shared(e: io::Error) -> Self {
+        Overflow::of(&e).map_or(NoConnection::Shared(e), NoConnection::Overflow)
+    }
 }
 
 /// An HTTP connection checked out of a pool for one request; `true` when it was reused.
@@ -488,9 +531,71 @@ impl ClusterRuntime {
         (0..n).map(move |i| (start + i) % n)
     }
 
+    /// A unit of the cluster's `max_connections` for a new connection. Past the threshold an
+    /// HTTP request (`wait`) waits for a connection to close, as one of at most
+    /// `max_pending_requests`, for up to the request timeout (the connect timeout without
+    /// one); a TCP connection is refused at once.
+    async fn connection_unit(&self, wait: bool) -> io::Result<Held<Arc<Occupancy>>> {
+        let limits = self.config.circuit_breakers;
+        let occupancy = &self.stats.occupancy;
+        let max = limits.max_connections;
+        if let Some(unit) = Occupancy::take(occupancy.clone(), Resource::Connection, max) {
+            return Ok(unit);
+        }
+        self.stats.cx_overflow.inc();
+        if !wait {
+            return Err(Overflow::Connections.into());
+        }
+        let limit = self
+            .config
+            .request_timeout
+            .unwrap_or(self.config.connect_timeout);
+        let make_room = || {
+            self.pools.iter().any(|p| p.close_one_idle());
+        };
+        match occupancy
+            .wait_for_connection(max, limits.max_pending_requests, limit, make_room)
+            .await
+        {
+            Ok(unit) => Ok(unit),
+            Err(overflow) => {
+                self.stats.rq_pending_overflow.inc();
+                Err(overflow.into())
+            }
+        }
+    }
+
+    /// A unit of the cluster's `max_requests` for one request on a connection; past the
+    /// threshold the request is refused (counted as Envoy's `upstream_rq_pending_overflow`).
+    pub(crate) fn request_unit<O: std::borrow::Borrow<Occupancy>>(
+        &self,
+        occupancy: O,
+    ) -> Result<Held<O>, UpstreamError> {
+        let max = self.config.circuit_breakers.max_requests;
+        Occupancy::take(occupancy, Resource::Request, max).ok_or_else(|| {
+            self.stats.rq_pending_overflow.inc();
+            UpstreamError::Overflow(Overflow::Requests)
+        })
+    }
+
+    /// Whether a request may make a further attempt (another endpoint, a repeat): it takes a
+    /// unit of `max_retries` for the rest of the request, once (`retry` keeps it).
+    pub(crate) fn may_retry<'a>(&'a self, retry: &mut Option<Held<&'a Occupancy>>) -> bool {
+        if retry.is_none() {
+            let max = self.config.circuit_breakers.max_retries;
+            *retry = Occupancy::take(&*self.stats.occupancy, Resource::Retry, max);
+            if retry.is_none() {
+                self.stats.rq_retry_overflow.inc();
+            }
+        }
+        retry.is_some()
+    }
+
     /// Connects to `address`, and completes the TLS handshake when the cluster originates
-    /// TLS, both within the connect timeout.
-    async fn connect(&self, address: SocketAddr) -> io::Result<UpstreamStream> {
+    /// TLS, both within the connect timeout; the connection holds a unit of
+    /// `max_connections` (waited for when `wait`, see `connection_unit`).
+    async fn connect(&self, address: SocketAddr, wait: bool) -> io::Result<UpstreamStream> {
+        let unit = self.connection_unit(wait).await?;
         let limit = self.config.connect_timeout;
         let stream = crate::io::connect(address, None, limit).await?;
         self.stats.connections.inc();
@@ -498,7 +603,8 @@ impl ClusterRuntime {
             stream,
             self.stats.rx_bytes.clone(),
             self.stats.tx_bytes.clone(),
-        );
+        )
+        .holding(unit);
         let tls = match &self.tls {
             None => return Ok(Either::Left(counted)),
             Some(Ok(tls)) => tls,
@@ -532,9 +638,12 @@ impl ClusterRuntime {
             .rotation_indices()
             .filter(|i| endpoints.get(*i).is_some_and(&wanted));
         for pool in chosen.map(|i| &self.pools[i]) {
-            match self.connect(pool.address).await {
+            match self.connect(pool.address, false).await {
                 Ok(s) => return Ok(s),
-                Err(e) => last = Some(self.connect_failed(pool.address, e)),
+                Err(e) => match Overflow::of(&e) {
+                    Some(o) => return Err(UpstreamError::Overflow(o)),
+                    None => last = Some(self.connect_failed(pool.address, e)),
+                },
             }
         }
         Err(self.no_upstream(last))
@@ -574,7 +683,7 @@ impl ClusterRuntime {
         // kilobytes, and inline it made every request's future 7 KB, copied on each move.
         let sender = Box::pin(self.open_h1(pool.address))
             .await
-            .map_err(NoConnection::Failed)?;
+            .map_err(NoConnection::failed)?;
         Ok(Checkout::H1(sender, false))
     }
 
@@ -590,7 +699,7 @@ impl ClusterRuntime {
                     if let Ok(outcome) = opening.wait_for(Option::is_some).await {
                         match &*outcome {
                             Some(Ok(sender)) => return Ok(Checkout::H2(sender.clone(), false)),
-                            Some(Err(e)) => return Err(NoConnection::Shared(copy_error(e))),
+                            Some(Err(e)) => return Err(NoConnection::shared(copy_error(e))),
                             None => {}
                         }
                     }
@@ -605,7 +714,7 @@ impl ClusterRuntime {
                     }));
                     return opened
                         .map(|sender| Checkout::H2(sender, false))
-                        .map_err(NoConnection::Failed);
+                        .map_err(NoConnection::failed);
                 }
             }
         }
@@ -626,13 +735,13 @@ impl ClusterRuntime {
             return Ok((stream, true));
         }
         // Boxed for the same reason as in `checkout`.
-        let stream = Box::pin(self.connect(pool.address)).await?;
+        let stream = Box::pin(self.connect(pool.address, true)).await?;
         Ok((stream, false))
     }
 
     /// A new HTTP/1.1 connection to `address`.
     async fn open_h1(&self, address: SocketAddr) -> io::Result<http1::SendRequest<RequestBody>> {
-        let io = TokioIo::new(self.connect(address).await?);
+        let io = TokioIo::new(self.connect(address, true).await?);
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(bearing_http1::MAX_HEAD)
             .handshake::<UpstreamIo, RequestBody>(io)
@@ -644,7 +753,7 @@ impl ClusterRuntime {
 
     /// A new HTTP/2 connection to `address`.
     async fn open_h2(&self, address: SocketAddr) -> io::Result<http2::SendRequest<RequestBody>> {
-        let io = TokioIo::new(self.connect(address).await?);
+        let io = TokioIo::new(self.connect(address, true).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .max_header_list_size(bearing_http1::MAX_HEAD as u32)
             .handshake::<UpstreamIo, RequestBody>(io)
@@ -665,10 +774,15 @@ impl ClusterRuntime {
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let mut last = None;
-        for pool in self.rotation() {
+        let mut retry = None;
+        for (attempt, pool) in self.rotation().enumerate() {
+            if attempt > 0 && !self.may_retry(&mut retry) {
+                break;
+            }
             loop {
                 let checkout = match self.checkout(pool).await {
                     Ok(c) => c,
+                    Err(NoConnection::Overflow(o)) => return Err(UpstreamError::Overflow(o)),
                     Err(NoConnection::Failed(e)) => {
                         last = Some(self.connect_failed(pool.address, e));
                         break;
@@ -678,8 +792,17 @@ impl ClusterRuntime {
                         break;
                     }
                 };
+                let unit = match self.request_unit(self.stats.occupancy.clone()) {
+                    Ok(unit) => unit,
+                    Err(overflow) => {
+                        if let Checkout::H1(sender, _) = checkout {
+                            pool.release_h1(sender, &self.stats.occupancy);
+                        }
+                        return Err(overflow);
+                    }
+                };
                 let reused = matches!(checkout, Checkout::H1(_, true) | Checkout::H2(_, true));
-                match self.send_on(checkout, pool, req).await {
+                match self.send_on(checkout, pool, req, unit).await {
                     Ok(resp) => return Ok(resp),
                     Err(Retry::Again(r)) => {
                         req = r;
@@ -702,11 +825,14 @@ impl ClusterRuntime {
         Err(self.no_upstream(last))
     }
 
+    /// Sends `req` on `checkout`; the response body holds `unit` (of `max_requests`) until
+    /// it ends.
     async fn send_on(
         &self,
         checkout: Checkout,
         pool: &Arc<EndpointPool>,
         req: Request<RequestBody>,
+        unit: Held<Arc<Occupancy>>,
     ) -> Result<Response<UpstreamBody>, Retry> {
         let timeout = self.config.request_timeout;
         let address = pool.address;
@@ -740,7 +866,7 @@ impl ClusterRuntime {
                             return Err(invalid);
                         }
                         let release = Some((sender, pool.clone()));
-                        Ok(resp.map(|body| UpstreamBody::new(body, release)))
+                        Ok(resp.map(|body| UpstreamBody::new(body, release, unit)))
                     }
                     Some(Err(mut e)) => match e.take_message() {
                         Some(req) => Err(Retry::Again(req)),
@@ -754,7 +880,7 @@ impl ClusterRuntime {
                     None => Err(Retry::Fail(UpstreamError::Timeout(address))),
                     Some(Ok(resp)) => match invalid(&resp, false) {
                         Some(invalid) => Err(invalid),
-                        None => Ok(resp.map(|body| UpstreamBody::new(body, None))),
+                        None => Ok(resp.map(|body| UpstreamBody::new(body, None, unit))),
                     },
                     Some(Err(mut e)) => match e.take_message() {
                         Some(req) => {
@@ -769,10 +895,13 @@ impl ClusterRuntime {
     }
 }
 
-/// An error with the kind and message of `e`, for each request that shares it (`io::Error`
-/// is not `Clone`).
+/// An error with the kind and message of `e` (or its overflow), for each request that
+/// shares it (`io::Error` is not `Clone`).
 fn copy_error(e: &io::Error) -> io::Error {
-    io::Error::new(e.kind(), e.to_string())
+    match Overflow::of(e) {
+        Some(o) => o.into(),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
 }
 
 /// Runs an upstream connection's I/O as a task of this worker until it closes.
@@ -820,18 +949,25 @@ async fn with_timeout<F: std::future::Future>(
 }
 
 /// An upstream response body that returns its HTTP/1 connection to the pool once it has been
-/// read to the end (a body dropped early closes the connection instead).
+/// read to the end (a body dropped early closes the connection instead). The request counts
+/// against the cluster's `max_requests` until the body is dropped.
 pub struct UpstreamBody {
     body: Incoming,
     release: Option<(http1::SendRequest<RequestBody>, Arc<EndpointPool>)>,
+    request: Held<Arc<Occupancy>>,
 }
 
 impl UpstreamBody {
     fn new(
         body: Incoming,
         release: Option<(http1::SendRequest<RequestBody>, Arc<EndpointPool>)>,
+        request: Held<Arc<Occupancy>>,
     ) -> Self {
-        let mut b = UpstreamBody { body, release };
+        let mut b = UpstreamBody {
+            body,
+            release,
+            request,
+        };
         if b.body.is_end_stream() {
             b.release_connection();
         }
@@ -840,7 +976,7 @@ impl UpstreamBody {
 
     fn release_connection(&mut self) {
         if let Some((sender, pool)) = self.release.take() {
-            pool.release_h1(sender);
+            pool.release_h1(sender, self.request.occupancy());
         }
     }
 }
@@ -903,6 +1039,97 @@ mod tests {
         assert_eq!(workers.run_on(1, move || c.take(|_| Found::Use)), None);
     }
 
+    /// A cluster of one endpoint at `address` with `breakers`.
+    fn cluster_at(
+        address: SocketAddr,
+        breakers: bearing_proxy_config::CircuitBreakers,
+    ) -> Arc<ClusterRuntime> {
+        let config = Cluster {
+            name: "backend".into(),
+            protocol: Protocol::Http,
+            endpoints: vec![bearing_proxy_config::Endpoint {
+                address,
+                origin: "test".into(),
+                tags: Default::default(),
+            }],
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Some(Duration::from_secs(5)),
+            tls: None,
+            circuit_breakers: breakers,
+        };
+        let pools = vec![EndpointPool::new(address)];
+        let security = UpstreamSecurity::new(None, &MeshTlsSet::default());
+        Arc::new(ClusterRuntime::new(
+            config,
+            ClusterStats::default(),
+            pools,
+            None,
+            security,
+        ))
+    }
+
+    #[tokio::test]
+    async fn tcp_connections_past_max_connections_are_refused_and_counted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let breakers = bearing_proxy_config::CircuitBreakers {
+            max_connections: 1,
+            ..Default::default()
+        };
+        let cluster = cluster_at(listener.local_addr().unwrap(), breakers);
+        let first = cluster.connect_tcp().await.unwrap();
+        let refused = cluster.connect_tcp().await;
+        assert!(matches!(
+            refused,
+            Err(UpstreamError::Overflow(Overflow::Connections))
+        ));
+        assert_eq!(cluster.stats.cx_overflow.get(), 1);
+        assert_eq!(
+            cluster.stats.connect_failures.get(),
+            0,
+            "not a failed connect"
+        );
+        assert_eq!(cluster.stats.occupancy.connections.get(), 1);
+        drop(first);
+        assert_eq!(
+            cluster.stats.occupancy.connections.get(),
+            0,
+            "closing gives it back"
+        );
+        assert!(cluster.connect_tcp().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_http_request_past_max_connections_waits_for_one_to_be_released() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let breakers = bearing_proxy_config::CircuitBreakers {
+            max_connections: 1,
+            max_pending_requests: 1,
+            ..Default::default()
+        };
+        let cluster = cluster_at(listener.local_addr().unwrap(), breakers);
+        let pool = cluster.pools[0].clone();
+        let (first, _) = cluster.checkout_raw(&pool).await.unwrap();
+        let waiting = {
+            let (cluster, pool) = (cluster.clone(), pool.clone());
+            tokio::spawn(async move { cluster.checkout_raw(&pool).await.map(|(_, reused)| reused) })
+        };
+        while cluster.stats.occupancy.pending.get() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // A third is past max_pending_requests: refused at once.
+        let refused = cluster.checkout_raw(&pool).await.err();
+        assert_eq!(
+            refused.as_ref().and_then(Overflow::of),
+            Some(Overflow::Pending)
+        );
+        assert_eq!(cluster.stats.rq_pending_overflow.get(), 1);
+        // Released while a request waits: closed, and the waiting request opens its own.
+        pool.release_raw(first, &cluster.stats.occupancy);
+        assert!(!waiting.await.unwrap().unwrap(), "a new connection");
+        assert_eq!(cluster.stats.cx_overflow.get(), 2);
+        assert_eq!(cluster.stats.occupancy.pending.get(), 0);
+    }
+
     #[test]
     fn a_retired_list_keeps_nothing() {
         let conns = PerWorker::<u32>::new();
@@ -934,6 +1161,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             request_timeout: None,
             tls: None,
+            circuit_breakers: Default::default(),
         };
         let mesh_tls = UpstreamTls::Mesh {
             mesh: "default".into(),

@@ -155,6 +155,28 @@ impl<'h> Bearing<'h> {
 
     /// Starts the proxy without waiting for readiness.
     pub fn spawn(host: &'h Host, store: &Path, extra: &[&str]) -> Result<Self> {
+        Self::spawn_with_nofile(host, store, extra, None)
+    }
+
+    /// [`Bearing::start`] with the process's descriptor limit (soft and hard) lowered to
+    /// `nofile`, as `ulimit -n` in a wrapper would.
+    pub fn start_with_nofile(
+        host: &'h Host,
+        store: &Path,
+        extra: &[&str],
+        nofile: u32,
+    ) -> Result<Self> {
+        let b = Self::spawn_with_nofile(host, store, extra, Some(nofile))?;
+        b.wait_ready()?;
+        Ok(b)
+    }
+
+    fn spawn_with_nofile(
+        host: &'h Host,
+        store: &Path,
+        extra: &[&str],
+        nofile: Option<u32>,
+    ) -> Result<Self> {
         let admin_port = 9901;
         let admin = [
             "--admin-address".to_string(),
@@ -165,7 +187,7 @@ impl<'h> Bearing<'h> {
             .map(String::as_str)
             .chain(extra.iter().copied())
             .collect();
-        Self::launch(host, store, &args, admin_port)
+        Self::launch(host, store, &args, admin_port, nofile)
     }
 
     /// Starts the proxy without `--admin-address`, so that it chooses its admin port itself
@@ -177,15 +199,31 @@ impl<'h> Bearing<'h> {
         extra: &[&str],
         admin_port: u16,
     ) -> Result<Self> {
-        let b = Self::launch(host, store, extra, admin_port)?;
+        let b = Self::launch(host, store, extra, admin_port, None)?;
         b.wait_ready()?;
         Ok(b)
     }
 
-    fn launch(host: &'h Host, store: &Path, extra: &[&str], admin_port: u16) -> Result<Self> {
+    /// Spawns `bearing run` with `extra` arguments, under a descriptor limit of `nofile` if
+    /// given; its admin API is expected on 127.0.0.1:`admin_port`.
+    fn launch(
+        host: &'h Host,
+        store: &Path,
+        extra: &[&str],
+        admin_port: u16,
+        nofile: Option<u32>,
+    ) -> Result<Self> {
         let bin = bearing_bin()?;
-        let process = host
-            .command(&bin)
+        let command = match nofile {
+            // `exec` keeps the pid: the process handle is the proxy's.
+            Some(n) => host
+                .command("bash")
+                .arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(&bin),
+            None => host.command(&bin),
+        };
+        let process = command
             .args(["run", "--config-dir"])
             .arg(store)
             .args(["--drain-time", "10s", "--log-level", "info,bearing=debug"])

@@ -398,7 +398,7 @@ fn direct_access(
     }
 }
 
-/// A plain cluster with Kuma's default timeouts.
+/// A plain cluster with Kuma's default timeouts and Envoy's default circuit breakers.
 pub(crate) fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>) -> Cluster {
     Cluster {
         name,
@@ -407,6 +407,7 @@ pub(crate) fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>
         connect_timeout: CONNECT_TIMEOUT,
         request_timeout: (protocol != Protocol::Grpc).then_some(REQUEST_TIMEOUT),
         tls: None,
+        circuit_breakers: Default::default(),
     }
 }
 

@@ -303,6 +303,37 @@ pub struct Cluster {
     /// TLS originated towards the endpoints, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// How much of the upstream one cluster may hold at once (Envoy's defaults until Kuma's
+    /// policies set them).
+    pub circuit_breakers: CircuitBreakers,
+}
+
+/// A cluster's circuit-breaking thresholds, counted across every worker, as Envoy's
+/// `circuit_breakers.thresholds` of the default priority. Beyond them a request gets a 503
+/// (`x-envoy-overloaded: true`) and a TCP connection is closed, instead of the proxy opening
+/// ever more upstream connections.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct CircuitBreakers {
+    /// Upstream connections open at once.
+    pub max_connections: u32,
+    /// Requests waiting for a connection at once (HTTP/1: while `max_connections` are open).
+    pub max_pending_requests: u32,
+    /// Requests in flight at once on the cluster's connections (mostly HTTP/2 streams).
+    pub max_requests: u32,
+    /// Further attempts (another endpoint, a repeated request) under way at once.
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreakers {
+    /// Envoy's defaults, which Kuma leaves in place unless a policy sets them.
+    fn default() -> Self {
+        CircuitBreakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
 }
 
 /// One upstream address.

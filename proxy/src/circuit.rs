@@ -1,0 +1,247 @@
+//! Circuit breaking: how much of its upstream one cluster may hold at once, counted across
+//! every worker, as Envoy's per-cluster thresholds (`bearing_proxy_config::CircuitBreakers`).
+//!
+//! What a cluster holds is four gauges ([`Occupancy`]), shared by every version of the cluster
+//! (kept by name with its metrics, so a reload neither resets nor doubles them). Taking a unit
+//! is one atomic add checked against the threshold, giving it back one atomic subtract, both
+//! done by guards ([`Held`]) so no path can leak a unit: a connection's guard lives in the
+//! connection and is dropped when it closes, a request's for the exchange. No lock is taken
+//! unless requests wait for a connection (only then is [`Occupancy::freed`] notified).
+//!
+//! Beyond a threshold, as Envoy: a request that would need a connection past
+//! `max_connections` waits for one to close (`upstream_cx_overflow`), if fewer than
+//! `max_pending_requests` already wait, else it gets a 503 (`upstream_rq_pending_overflow`);
+//! a request past `max_requests` gets a 503 at once (the same counter); an attempt past
+//! `max_retries` is not made (`upstream_rq_retry_overflow`) and the request fails with what
+//! the last attempt got. A TCP connection past `max_connections` is closed.
+
+use std::borrow::Borrow;
+use std::io;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
+
+/// What one cluster holds now; also its `*_active` / `*_pending` metrics.
+#[derive(Debug, Default)]
+pub struct Occupancy {
+    /// Upstream connections open.
+    pub connections: Gauge,
+    /// Requests waiting for a connection.
+    pub pending: Gauge,
+    /// Requests in flight on a connection.
+    pub requests: Gauge,
+    /// Further attempts of requests under way.
+    pub retries: Gauge,
+    /// Notified when a connection closes while requests wait for one.
+    freed: Notify,
+}
+
+/// Which gauge a [`Held`] unit counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// An open upstream connection.
+    Connection,
+    /// A request waiting for a connection.
+    Pending,
+    /// A request in flight.
+    Request,
+    /// A further attempt of a request.
+    Retry,
+}
+
+/// One unit of a cluster's [`Occupancy`], given back when dropped. `O` is `&Occupancy` for a
+/// unit held within one task (no reference count touched), `Arc<Occupancy>` for one that
+/// outlives it (a pooled connection, a streamed response body).
+#[derive(Debug)]
+pub struct Held<O: Borrow<Occupancy>> {
+    occupancy: O,
+    resource: Resource,
+}
+
+impl Occupancy {
+    fn gauge(&self, resource: Resource) -> &Gauge {
+        match resource {
+            Resource::Connection => &self.connections,
+            Resource::Pending => &self.pending,
+            Resource::Request => &self.requests,
+            Resource::Retry => &self.retries,
+        }
+    }
+
+    /// Takes one unit of `resource` if fewer than `max` are held; `None` at the threshold.
+    pub fn take<O: Borrow<Occupancy>>(
+        occupancy: O,
+        resource: Resource,
+        max: u32,
+    ) -> Option<Held<O>> {
+        let gauge = occupancy.borrow().gauge(resource);
+        if gauge.inc() >= i64::from(max) {
+            gauge.dec();
+            return None;
+        }
+        Some(Held {
+            occupancy,
+            resource,
+        })
+    }
+
+    /// Waits until a connection unit can be taken (below `max`), at most `limit`, as one of
+    /// the requests waiting for a connection, or `None` when `max_pending` already wait or
+    /// the time is up. `make_room` runs before each wait: it may close an idle connection,
+    /// which frees a unit (one kept idle on another worker would otherwise never be used).
+    pub async fn wait_for_connection(
+        self: &Arc<Self>,
+        max: u32,
+        max_pending: u32,
+        limit: Duration,
+        mut make_room: impl FnMut(),
+    ) -> Result<Held<Arc<Occupancy>>, Overflow> {
+        let _pending =
+            Occupancy::take(&**self, Resource::Pending, max_pending).ok_or(Overflow::Pending)?;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            // Pairs with the fence in `Drop`: either this take sees the connection closed,
+            // or the closing side sees this request pending and notifies.
+            fence(Ordering::SeqCst);
+            if let Some(held) = Occupancy::take(self.clone(), Resource::Connection, max) {
+                return Ok(held);
+            }
+            make_room();
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(Overflow::Waited(limit));
+            }
+        }
+    }
+
+    /// Whether requests wait for a connection now (one relaxed load): a connection that
+    /// finished its request is then closed instead of kept idle, so a waiting request on any
+    /// worker can open one.
+    pub fn has_waiters(&self) -> bool {
+        self.pending.get() > 0
+    }
+}
+
+impl<O: Borrow<Occupancy>> Held<O> {
+    /// The occupancy this unit counts in.
+    pub fn occupancy(&self) -> &Occupancy {
+        self.occupancy.borrow()
+    }
+}
+
+impl<O: Borrow<Occupancy>> Drop for Held<O> {
+    fn drop(&mut self) {
+        let occupancy = self.occupancy.borrow();
+        occupancy.gauge(self.resource).dec();
+        if self.resource == Resource::Connection {
+            fence(Ordering::SeqCst);
+            if occupancy.has_waiters() {
+                occupancy.freed.notify_one();
+            }
+        }
+    }
+}
+
+/// A request or connection refused by a circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// `max_connections` open (TCP: no waiting).
+    Connections,
+    /// `max_pending_requests` already wait for a connection.
+    Pending,
+    /// No connection freed within the time a request may wait for one.
+    Waited(Duration),
+    /// `max_requests` in flight.
+    Requests,
+}
+
+impl std::fmt::Display for Overflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Overflow::Connections => f.write_str("max_connections upstream connections open"),
+            Overflow::Pending => f.write_str("max_pending_requests requests wait for a connection"),
+            Overflow::Waited(d) => write!(f, "no upstream connection freed within {d:?}"),
+            Overflow::Requests => f.write_str("max_requests requests in flight"),
+        }
+    }
+}
+
+impl std::error::Error for Overflow {}
+
+impl From<Overflow> for io::Error {
+    fn from(o: Overflow) -> io::Error {
+        io::Error::other(o)
+    }
+}
+
+impl Overflow {
+    /// The overflow `e` carries, if it is one (connects return `io::Error`).
+    pub fn of(e: &io::Error) -> Option<Overflow> {
+        e.get_ref()?.downcast_ref::<Overflow>().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_refused_at_the_threshold_and_given_back_on_drop() {
+        let o = Occupancy::default();
+        let first = Occupancy::take(&o, Resource::Request, 2);
+        let second = Occupancy::take(&o, Resource::Request, 2);
+        assert!(first.is_some() && second.is_some());
+        assert!(Occupancy::take(&o, Resource::Request, 2).is_none());
+        assert_eq!(o.requests.get(), 2, "a refused unit is not kept");
+        drop(first);
+        assert!(Occupancy::take(&o, Resource::Request, 2).is_some());
+        drop(second);
+        assert_eq!(o.requests.get(), 0);
+        assert!(Occupancy::take(&o, Resource::Retry, 0).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_gets_the_connection_that_closes() {
+        let o = Arc::new(Occupancy::default());
+        let open = Occupancy::take(o.clone(), Resource::Connection, 1);
+        assert!(open.is_some());
+        let waiter = {
+            let o = o.clone();
+            tokio::spawn(async move {
+                o.wait_for_connection(1, 1, Duration::from_secs(5), || {})
+                    .await
+                    .map(|_| ())
+            })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(o.pending.get(), 1);
+        // A second waiter is over max_pending_requests.
+        let refused = o
+            .wait_for_connection(1, 1, Duration::from_secs(5), || {})
+            .await;
+        assert_eq!(refused.err(), Some(Overflow::Pending));
+        drop(open);
+        assert_eq!(waiter.await.ok(), Some(Ok(())));
+        assert_eq!((o.pending.get(), o.connections.get()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_gives_up_after_its_limit_and_may_make_room() {
+        let o = Arc::new(Occupancy::default());
+        let _open = Occupancy::take(o.clone(), Resource::Connection, 1);
+        let mut asked = 0;
+        let limit = Duration::from_millis(30);
+        let waited = o.wait_for_connection(1, 8, limit, || asked += 1).await;
+        assert_eq!(waited.err(), Some(Overflow::Waited(limit)));
+        assert_eq!(asked, 1);
+        assert_eq!(o.pending.get(), 0);
+        let e: io::Error = Overflow::Requests.into();
+        assert_eq!(Overflow::of(&e), Some(Overflow::Requests));
+        assert_eq!(Overflow::of(&io::Error::other("x")), None);
+    }
+}
