@@ -1211,7 +1211,7 @@ mod tests {
 
     /// A sidecar config of one virtual inbound listener, with mesh mTLS from `ca` when given.
     fn inbound_config(ca: Option<(&bearing_tls::MeshCa, bool)>) -> Arc<ProxyConfig> {
-        use bearing_proxy_config::{Cluster, DownstreamTls, MeshTls, ProxyIdentity};
+        use bearing_proxy_config::{DownstreamTls, MeshTls, ProxyIdentity};
         let address: SocketAddr = "10.0.0.1:8080".parse().unwrap();
         let mtls: BTreeMap<String, MeshTls> = ca
             .map(|(ca, permissive)| {
@@ -1220,15 +1220,7 @@ mod tests {
             })
             .into_iter()
             .collect();
-        let cluster = Cluster {
-            name: "localhost:80".into(),
-            protocol: Protocol::Http,
-            endpoints: Vec::new(),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: None,
-            tls: None,
-            circuit_breakers: Default::default(),
-        };
+        let cluster = crate::upstream::test_cluster("localhost:80");
         Arc::new(ProxyConfig {
             version: format!("{}", mtls.len()),
             source: "test".into(),

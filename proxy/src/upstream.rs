@@ -1008,6 +1008,21 @@ impl Body for UpstreamBody {
     }
 }
 
+/// A plaintext HTTP cluster named `name` with no endpoints, Envoy's default thresholds and a
+/// 1 s connect timeout, for tests to adjust.
+#[cfg(test)]
+pub(crate) fn test_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.into(),
+        protocol: Protocol::Http,
+        endpoints: Vec::new(),
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: None,
+        tls: None,
+        circuit_breakers: Default::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1045,8 +1060,6 @@ mod tests {
         breakers: bearing_proxy_config::CircuitBreakers,
     ) -> Arc<ClusterRuntime> {
         let config = Cluster {
-            name: "backend".into(),
-            protocol: Protocol::Http,
             endpoints: vec![bearing_proxy_config::Endpoint {
                 address,
                 origin: "test".into(),
@@ -1054,8 +1067,8 @@ mod tests {
             }],
             connect_timeout: Duration::from_secs(5),
             request_timeout: Some(Duration::from_secs(5)),
-            tls: None,
             circuit_breakers: breakers,
+            ..test_cluster("backend")
         };
         let pools = vec![EndpointPool::new(address)];
         let security = UpstreamSecurity::new(None, &MeshTlsSet::default());
@@ -1154,15 +1167,7 @@ mod tests {
             &mut Default::default(),
         );
         let address: SocketAddr = "10.0.0.1:80".parse().unwrap();
-        let cluster = Cluster {
-            name: "backend".into(),
-            protocol: Protocol::Http,
-            endpoints: Vec::new(),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: None,
-            tls: None,
-            circuit_breakers: Default::default(),
-        };
+        let cluster = test_cluster("backend");
         let mesh_tls = UpstreamTls::Mesh {
             mesh: "default".into(),
             sni: "backend{mesh=default}".into(),
