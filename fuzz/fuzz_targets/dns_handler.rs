@@ -1,0 +1,177 @@
+//! The mesh DNS server (`bearing_dns::DnsServer`), driven end to end over UDP on loopback: the
+//! fuzzer's bytes are the client's datagram, and a fake upstream resolver answers forwarded
+//! queries with fuzzer-chosen bytes (then with a well-formed reply, so every query ends).
+//!
+//! Input: `[query length (2 bytes)][query][upstream reply]`.
+//!
+//! Properties: a datagram with a full header that is not itself a response gets exactly one
+//! reply, with the client's id, QR set, that parses as DNS; a table name asked for `A` is
+//! answered with the table's address; the server keeps answering (checked after every input).
+#![no_main]
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bearing_dns::{DnsRecord, DnsServer, DnsServerConfig, DnsTable};
+use hickory_server::proto::op::{Message, MessageType, ResponseCode};
+use hickory_server::proto::rr::{RData, RecordType};
+use libfuzzer_sys::fuzz_target;
+
+/// The table's one name and its address.
+const NAME: &str = "backend.mesh";
+const ADDRESS: Ipv4Addr = Ipv4Addr::new(240, 0, 0, 1);
+/// Long enough for a loaded machine; only waited for when a reply is missing (a finding).
+const REPLY_WAIT: Duration = Duration::from_secs(10);
+
+struct Harness {
+    server: SocketAddr,
+    /// What the fake upstream sends first for the next forwarded query.
+    upstream_reply: Arc<Mutex<Vec<u8>>>,
+}
+
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let upstream = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("fake upstream socket");
+        let upstream_addr = upstream.local_addr().expect("fake upstream address");
+        let upstream_reply = Arc::new(Mutex::new(Vec::new()));
+        let reply = upstream_reply.clone();
+        std::thread::spawn(move || fake_upstream(&upstream, &reply));
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let config = DnsServerConfig {
+                    listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 0))],
+                    upstreams: vec![upstream_addr],
+                    ttl: Duration::from_secs(30),
+                    upstream_timeout: Duration::from_secs(2),
+                };
+                let records = [DnsRecord {
+                    name: NAME.into(),
+                    ips: vec![ADDRESS.into()],
+                }];
+                let table = Arc::new(ArcSwap::from_pointee(DnsTable::new("mesh", records)));
+                let server = DnsServer::bind(config, table)
+                    .await
+                    .expect("bind DNS server");
+                tx.send(server.local_addrs()[0]).expect("send address");
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let _ = server.run(shutdown).await;
+            });
+        });
+        let server = rx.recv().expect("DNS server address");
+        Harness {
+            server,
+            upstream_reply,
+        }
+    })
+}
+
+/// Answers each forwarded query with the fuzzer's reply (id patched to the query's, QR set),
+/// then with the query echoed back as a NOERROR reply: a reply the server accepts, so the
+/// client's query never waits for the upstream timeout.
+fn fake_upstream(socket: &UdpSocket, reply: &Mutex<Vec<u8>>) {
+    let mut buf = [0u8; 65536];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let query = &buf[..n];
+        let mut first = reply.lock().map(|r| r.clone()).unwrap_or_default();
+        if first.len() >= 3 {
+            first[..2].copy_from_slice(&query[..2]);
+            first[2] |= 0x80;
+            let _ = socket.send_to(&first, from);
+        }
+        let mut echo = query.to_vec();
+        if echo.len() >= 4 {
+            echo[2] |= 0x80;
+            echo[3] &= 0xf0;
+            let _ = socket.send_to(&echo, from);
+        }
+    }
+}
+
+/// The reply to `datagram`, if one comes within `wait`.
+fn ask(server: SocketAddr, datagram: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("client socket");
+    client.set_read_timeout(Some(wait)).expect("read timeout");
+    client.send_to(datagram, server).ok()?;
+    let mut buf = vec![0u8; 65536];
+    let n = client.recv(&mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// A well-formed `A` query for `name` with id `id`.
+fn a_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// The addresses of the `A` records answering a reply.
+fn a_answers(reply: &Message) -> Vec<Ipv4Addr> {
+    reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((len, rest)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let len = usize::from(u16::from_be_bytes(*len))
+        .min(rest.len())
+        .min(4096);
+    let (query, upstream) = rest.split_at(len);
+    let harness = harness();
+    if let Ok(mut reply) = harness.upstream_reply.lock() {
+        reply.clear();
+        reply.extend_from_slice(upstream);
+    }
+
+    // hickory drops datagrams shorter than a header and responses; everything else is answered.
+    let answered = query.len() >= 12 && query[2] & 0x80 == 0;
+    let wait = if answered {
+        REPLY_WAIT
+    } else {
+        Duration::from_millis(5)
+    };
+    match ask(harness.server, query, wait) {
+        Some(reply) => {
+            assert!(answered, "reply to a datagram the server should drop");
+            assert_eq!(reply[..2], query[..2], "reply with another id");
+            assert!(reply[2] & 0x80 != 0, "reply without QR");
+            let message =
+                Message::from_vec(&reply).unwrap_or_else(|e| panic!("reply does not parse: {e}"));
+            assert_eq!(message.metadata.message_type, MessageType::Response);
+        }
+        None => assert!(!answered, "no reply within {REPLY_WAIT:?}"),
+    }
+
+    // Still serving, and the table still answers.
+    let probe =
+        ask(harness.server, &a_query(0x5a5a, NAME), REPLY_WAIT).expect("server stopped answering");
+    let probe = Message::from_vec(&probe).expect("probe reply parses");
+    assert_eq!(probe.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_answers(&probe), [ADDRESS]);
+    assert!(probe.queries.iter().all(|q| q.query_type == RecordType::A));
+});
