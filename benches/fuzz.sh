@@ -6,6 +6,7 @@
 #   bash benches/fuzz.sh 60 http1_request dns_handler
 #   JOBS=2 NICE=19 bash benches/fuzz.sh 1260   # two targets at once, at low priority
 #   BEARING_FUZZ_SKIP=cl-list,host bash benches/fuzz.sh   # see benches/README.md, "Fuzzing"
+#   bash benches/fuzz.sh 0                     # only the summary of the last runs
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). Each target runs in
 # libFuzzer's fork mode, so a crash, timeout or OOM is saved under fuzz/artifacts/<target>/ and
@@ -23,7 +24,7 @@ JOBS=${JOBS:-1}
 NICE=${NICE:-0}
 
 command -v cargo-fuzz >/dev/null || { echo "fuzz.sh: cargo install cargo-fuzz" >&2; exit 1; }
-cargo +nightly fuzz build --release >&2
+[ "$SECONDS_EACH" -eq 0 ] || cargo +nightly fuzz build --release >&2
 BIN=target/x86_64-unknown-linux-gnu/release
 
 run() {
@@ -39,6 +40,7 @@ run() {
 }
 
 for target in "${TARGETS[@]}"; do
+    [ "$SECONDS_EACH" -gt 0 ] || break
     [ -x "$BIN/$target" ] || { echo "fuzz.sh: no target $target" >&2; exit 1; }
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
     echo "$(date -u +%H:%M:%S) $target: ${SECONDS_EACH}s" >&2

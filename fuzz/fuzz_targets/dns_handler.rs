@@ -4,8 +4,9 @@
 //!
 //! Input: `[query length (2 bytes)][query][upstream reply]`.
 //!
-//! Properties: a datagram with a full header that is not itself a response gets exactly one
-//! reply, with the client's id, QR set, that parses as DNS; a table name asked for `A` is
+//! Properties: a datagram with a full header that is not itself a response gets a reply with
+//! the client's id and QR set that parses as DNS (a response gets none, or a bare FORMERR when
+//! its body does not parse: no reflection); a table name asked for `A` is
 //! answered with the table's address; the server keeps answering (checked after every input).
 #![no_main]
 
@@ -148,8 +149,10 @@ fuzz_target!(|data: &[u8]| {
         reply.extend_from_slice(upstream);
     }
 
-    // hickory drops datagrams shorter than a header and responses; everything else is answered.
-    let answered = query.len() >= 12 && query[2] & 0x80 == 0;
+    // hickory drops datagrams shorter than a header and well-formed responses; a response
+    // whose body does not parse gets a header-only FORMERR; everything else is answered.
+    let is_response = query.get(2).is_some_and(|flags| flags & 0x80 != 0);
+    let answered = query.len() >= 12 && !is_response;
     let wait = if answered {
         REPLY_WAIT
     } else {
@@ -157,12 +160,22 @@ fuzz_target!(|data: &[u8]| {
     };
     match ask(harness.server, query, wait) {
         Some(reply) => {
-            assert!(answered, "reply to a datagram the server should drop");
+            assert!(
+                query.len() >= 12,
+                "reply to a datagram shorter than a header"
+            );
             assert_eq!(reply[..2], query[..2], "reply with another id");
             assert!(reply[2] & 0x80 != 0, "reply without QR");
             let message =
                 Message::from_vec(&reply).unwrap_or_else(|e| panic!("reply does not parse: {e}"));
             assert_eq!(message.metadata.message_type, MessageType::Response);
+            if is_response {
+                assert_eq!(message.metadata.response_code, ResponseCode::FormErr);
+                assert!(
+                    message.answers.is_empty(),
+                    "a response reflected with answers"
+                );
+            }
         }
         None => assert!(!answered, "no reply within {REPLY_WAIT:?}"),
     }

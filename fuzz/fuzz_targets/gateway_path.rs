@@ -6,7 +6,8 @@
 //! Properties: a forwarded path starts with `/` and has no empty, `.` or `..` segment; routing
 //! it again forwards to the same cluster with the same path (normalisation is idempotent); an
 //! `EXACT /admin` route only ever sees `/admin` and a `PREFIX /public` route only paths under
-//! it. Pending (skippable): no forwarded segment decodes to a dot segment (`pct`, issue 23
+//! it. Pending (skippable): a target that is not origin-form (`+`, `a.example:443`) is not
+//! forwarded as a path (`authority`, the class of issue 23 item 12's `CONNECT /`); no forwarded segment decodes to a dot segment (`pct`, issue 23
 //! item 1); a redirect made by normalisation stays on the same origin and is itself normal
 //! (`redirect`, item 2).
 #![no_main]
@@ -118,6 +119,14 @@ fuzz_target!(|data: &[u8]| {
             if path == "*" {
                 return; // `OPTIONS *`: not a path
             }
+            if !path.starts_with('/') {
+                assert!(
+                    skipped("authority"),
+                    "target {:?} forwarded with path {path:?}",
+                    parts.uri
+                );
+                return;
+            }
             check_normal(&path);
             match cluster {
                 "admin" => assert_eq!(path, "/admin"),
@@ -128,11 +137,10 @@ fuzz_target!(|data: &[u8]| {
                 "api" => return, // rewritten: routing it again is another request
                 _ => {}
             }
-            let target = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_default();
+            let target = match parts.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.clone(),
+            };
             let Some(mut again) = request(target.as_bytes()) else {
                 panic!("forwarded target {target:?} is not a valid URI");
             };
