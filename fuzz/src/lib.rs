@@ -28,7 +28,7 @@ pub struct Splits(u32);
 impl Splits {
     /// The sequence for `seed` (any value).
     pub fn new(seed: u8) -> Splits {
-        Splits(u32::from(seed) * 0x9e37_79b9 | 1)
+        Splits(u32::from(seed).wrapping_mul(0x9e37_79b9) | 1)
     }
 
     /// The next read size (at least 1).
