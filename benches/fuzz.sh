@@ -56,7 +56,7 @@ for target in "${TARGETS[@]}"; do
     line=$(grep -E '^#[0-9]+: cov:' "logs/$target.log" | tail -1 || true)
     wall=$(cat "logs/$target.wall" 2>/dev/null || echo '?')
     execs=$(sed -E 's/^#([0-9]+):.*/\1/' <<<"$line")
-    field() { sed -nE "s/.* $1: ([^ ]+).*/\1/p" <<<"$line"; }
+    field() { sed -nE "s|.* $1: ([^ ]+).*|\1|p" <<<"$line"; }
     artifacts=$(find "artifacts/$target" -type f | wc -l)
     rate='?'
     [ -n "$execs" ] && [ "$wall" != '?' ] && [ "$wall" -gt 0 ] && rate=$((execs / wall))
