@@ -12,7 +12,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bearing_dns::{DnsRecord, DnsServer, DnsServerConfig, DnsTable};
@@ -28,6 +28,10 @@ const REPLY_WAIT: Duration = Duration::from_secs(10);
 
 struct Harness {
     server: SocketAddr,
+    /// The client's socket and the probe's, kept for the whole run: a socket bound per query
+    /// could get the port of the last one, and with it a late reply to an earlier input.
+    client: UdpSocket,
+    prober: UdpSocket,
     /// What the fake upstream sends first for the next forwarded query.
     upstream_reply: Arc<Mutex<Vec<u8>>>,
 }
@@ -68,8 +72,11 @@ fn harness() -> &'static Harness {
             });
         });
         let server = rx.recv().expect("DNS server address");
+        let socket = || UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("client socket");
         Harness {
             server,
+            client: socket(),
+            prober: socket(),
             upstream_reply,
         }
     })
@@ -100,15 +107,27 @@ fn fake_upstream(socket: &UdpSocket, reply: &Mutex<Vec<u8>>) {
     }
 }
 
-/// The reply to `datagram`, if one comes within `wait`.
-fn ask(server: SocketAddr, datagram: &[u8], wait: Duration) -> Option<Vec<u8>> {
-    let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("client socket");
-    client.set_read_timeout(Some(wait)).expect("read timeout");
-    client.send_to(datagram, server).ok()?;
+/// The reply to `datagram` (the first datagram back with its id), if one comes within `wait`.
+/// Replies still queued from earlier inputs (answers to dropped datagrams come late, if at
+/// all) are discarded first and skipped after.
+fn ask(socket: &UdpSocket, server: SocketAddr, datagram: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 65536];
-    let n = client.recv(&mut buf).ok()?;
-    buf.truncate(n);
-    Some(buf)
+    socket.set_nonblocking(true).expect("non-blocking");
+    while socket.recv(&mut buf).is_ok() {}
+    socket.set_nonblocking(false).expect("blocking");
+    socket.send_to(datagram, server).ok()?;
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        socket
+            .set_read_timeout(Some(left.max(Duration::from_micros(1))))
+            .expect("read timeout");
+        let n = socket.recv(&mut buf).ok()?;
+        if buf.get(..2) == datagram.get(..2) {
+            buf.truncate(n);
+            return Some(buf);
+        }
+    }
 }
 
 /// A well-formed `A` query for `name` with id `id`.
@@ -158,7 +177,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         Duration::from_millis(5)
     };
-    match ask(harness.server, query, wait) {
+    match ask(&harness.client, harness.server, query, wait) {
         Some(reply) => {
             assert!(
                 query.len() >= 12,
@@ -181,8 +200,13 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // Still serving, and the table still answers.
-    let probe =
-        ask(harness.server, &a_query(0x5a5a, NAME), REPLY_WAIT).expect("server stopped answering");
+    let probe = ask(
+        &harness.prober,
+        harness.server,
+        &a_query(0x5a5a, NAME),
+        REPLY_WAIT,
+    )
+    .expect("server stopped answering");
     let probe = Message::from_vec(&probe).expect("probe reply parses");
     assert_eq!(probe.metadata.response_code, ResponseCode::NoError);
     assert_eq!(a_answers(&probe), [ADDRESS]);
