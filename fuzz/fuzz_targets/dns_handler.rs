@@ -115,14 +115,23 @@ fn ask(socket: &UdpSocket, server: SocketAddr, datagram: &[u8], wait: Duration) 
     socket.set_nonblocking(true).expect("non-blocking");
     while socket.recv(&mut buf).is_ok() {}
     socket.set_nonblocking(false).expect("blocking");
-    socket.send_to(datagram, server).ok()?;
+    while let Err(e) = socket.send_to(datagram, server) {
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
         socket
             .set_read_timeout(Some(left.max(Duration::from_micros(1))))
             .expect("read timeout");
-        let n = socket.recv(&mut buf).ok()?;
+        let n = match socket.recv(&mut buf) {
+            Ok(n) => n,
+            // libFuzzer's SIGALRM (its `-timeout` check) interrupts a blocked read.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        };
         if buf.get(..2) == datagram.get(..2) {
             buf.truncate(n);
             return Some(buf);
