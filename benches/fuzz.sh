@@ -53,11 +53,15 @@ wait
 printf '| target | wall s | execs | exec/s | cov | ft | corpus | oom/timeout/crash | artifacts |\n'
 printf '|---|---|---|---|---|---|---|---|---|\n'
 for target in "${TARGETS[@]}"; do
+    if [ ! -f "logs/$target.log" ]; then
+        printf '| %s | not run |\n' "$target"
+        continue
+    fi
     line=$(grep -E '^#[0-9]+: cov:' "logs/$target.log" | tail -1 || true)
     wall=$(cat "logs/$target.wall" 2>/dev/null || echo '?')
     execs=$(sed -E 's/^#([0-9]+):.*/\1/' <<<"$line")
     field() { sed -nE "s|.* $1: ([^ ]+).*|\1|p" <<<"$line"; }
-    artifacts=$(find "artifacts/$target" -type f | wc -l)
+    artifacts=$(find "artifacts/$target" -type f 2>/dev/null | wc -l)
     rate='?'
     [ -n "$execs" ] && [ "$wall" != '?' ] && [ "$wall" -gt 0 ] && rate=$((execs / wall))
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$target" "$wall" "${execs:-?}" \

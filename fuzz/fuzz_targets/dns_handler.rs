@@ -10,14 +10,14 @@
 //! answered with the table's address; the server keeps answering (checked after every input).
 #![no_main]
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bearing_dns::{DnsRecord, DnsServer, DnsServerConfig, DnsTable};
 use hickory_server::proto::op::{Message, MessageType, ResponseCode};
-use hickory_server::proto::rr::{RData, RecordType};
+use hickory_server::proto::rr::RecordType;
 use libfuzzer_sys::fuzz_target;
 
 /// The table's one name and its address.
@@ -151,18 +151,6 @@ fn a_query(id: u16, name: &str) -> Vec<u8> {
     q
 }
 
-/// The addresses of the `A` records answering a reply.
-fn a_answers(reply: &Message) -> Vec<Ipv4Addr> {
-    reply
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect()
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((len, rest)) = data.split_first_chunk::<2>() else {
         return;
@@ -218,6 +206,11 @@ fuzz_target!(|data: &[u8]| {
     .expect("server stopped answering");
     let probe = Message::from_vec(&probe).expect("probe reply parses");
     assert_eq!(probe.metadata.response_code, ResponseCode::NoError);
-    assert_eq!(a_answers(&probe), [ADDRESS]);
+    let addresses: Vec<IpAddr> = probe
+        .answers
+        .iter()
+        .filter_map(|r| r.data.ip_addr())
+        .collect();
+    assert_eq!(addresses, [IpAddr::V4(ADDRESS)]);
     assert!(probe.queries.iter().all(|q| q.query_type == RecordType::A));
 });
