@@ -96,17 +96,19 @@ fn build(text: &str, first_line: usize, record_lines: bool) -> Result<Builder, Y
     };
     let mut builder = Builder {
         line_offset: first_line.saturating_sub(1),
+        end: (
+            first_line.saturating_sub(1) + text.split('\n').count(),
+            text.rsplit('\n').next().unwrap_or_default().chars().count() + 1,
+        ),
         record_lines,
         alias_budget: alias_budget(text.len()),
         text_len: text.len(),
         ..Builder::default()
     };
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut builder, true).map_err(|e| YamlError {
-        line: e.marker().line() + builder.line_offset,
-        column: e.marker().col() + 1,
-        message: e.info().to_string(),
-    })?;
+    parser
+        .load(&mut builder, true)
+        .map_err(|e| builder.error_at(*e.marker(), e.info().to_string()))?;
     match builder.error.take() {
         Some(e) => Err(e),
         None => Ok(builder),
@@ -238,6 +240,8 @@ struct Builder {
     record_lines: bool,
     /// Lines of the file before the parsed text.
     line_offset: usize,
+    /// File line and 1-based column just past the end of the parsed text.
+    end: (usize, usize),
     stack: Vec<Frame>,
     /// Anchored values of the current document with their node counts.
     anchors: HashMap<usize, (Value, usize)>,
@@ -299,18 +303,36 @@ impl Builder {
         }
     }
 
+    /// The file line and 1-based column of a parser mark (whose column counts from 0). At the
+    /// end of a text without a final newline the parser counts a line more than there is:
+    /// such a mark is at the end of the last line.
+    fn position(&self, mark: Marker) -> (usize, usize) {
+        let line = mark.line() + self.line_offset;
+        if line > self.end.0 {
+            self.end
+        } else {
+            (line, mark.col() + 1)
+        }
+    }
+
     /// The file line of a parser mark.
     fn line(&self, mark: Marker) -> usize {
-        mark.line() + self.line_offset
+        self.position(mark).0
+    }
+
+    /// An error at `mark`.
+    fn error_at(&self, mark: Marker, message: String) -> YamlError {
+        let (line, column) = self.position(mark);
+        YamlError {
+            line,
+            column,
+            message,
+        }
     }
 
     fn fail(&mut self, mark: Marker, message: String) {
         if self.error.is_none() {
-            self.error = Some(YamlError {
-                line: self.line(mark),
-                column: mark.col() + 1,
-                message,
-            });
+            self.error = Some(self.error_at(mark, message));
         }
     }
 }
@@ -544,6 +566,23 @@ mod tests {
         assert_eq!(v["e"], 1.5);
         assert_eq!(v["f"], "1.2.3");
         assert_eq!(v["g"], "7");
+    }
+
+    /// Found by the `store_yaml` fuzz target: an error at the end of a text without a final
+    /// newline was reported one line past the end, and columns counted from 0.
+    #[test]
+    fn errors_point_at_lines_and_columns_of_the_text() {
+        for (text, first_line, line, column) in [
+            ("a: [", 1, 1, 5),
+            ("a: [\0\0", 1, 1, 5),
+            ("x: 1\na: [", 1, 2, 5),
+            ("a: [", 10, 10, 5),
+            ("a: [\n", 1, 2, 1),
+            ("a: b\n c: d\n", 1, 2, 3),
+        ] {
+            let e = parse_documents(text, first_line).unwrap_err();
+            assert_eq!((e.line, e.column), (line, column), "{text:?}: {e}");
+        }
     }
 
     #[test]
