@@ -401,14 +401,23 @@ impl GatewayRouter {
         if parts.headers.keys().any(|k| k.as_str().contains('_')) {
             return respond(StatusCode::BAD_REQUEST);
         }
-        let normal = match path::normalize(parts.uri.path()) {
+        // Only an origin-form path (or `OPTIONS *`) is routed: an authority-form or other
+        // target has no path to match or forward (hyper hands them over with an empty one).
+        let target = parts.uri.path();
+        let asterisk = target == "*" && parts.method == http::Method::OPTIONS;
+        if !(target.starts_with('/') || asterisk) {
+            return respond(StatusCode::BAD_REQUEST);
+        }
+        let normal = match path::normalize(target) {
             Ok(normal) => normal,
             Err(_) => return respond(StatusCode::BAD_REQUEST),
         };
         if normal.escaped_slash {
             // A path-only Location (as Envoy sends): the normal path never starts with `//`
-            // or holds a backslash, so the redirect stays on the request's origin.
+            // or holds a backslash, so the redirect stays on the request's origin; bytes of
+            // the query outside visible ASCII are percent-encoded, as a Location must be.
             let location = with_path(&parts.uri, &normal.path);
+            let location = escape_non_ascii(&location);
             return Decision::Respond {
                 status: StatusCode::TEMPORARY_REDIRECT,
                 location: HeaderValue::from_str(&location).ok(),
@@ -559,6 +568,22 @@ fn with_path(uri: &Uri, path: &str) -> String {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     }
+}
+
+/// `text` with every byte outside visible ASCII percent-encoded (uppercase hex).
+fn escape_non_ascii(text: &str) -> Cow<'_, str> {
+    if text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for b in text.bytes() {
+        if b.is_ascii_graphic() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Replaces the path of `uri`, keeping its scheme, authority and query; false (`uri`

@@ -276,6 +276,9 @@ fn routes_match_and_forward_the_normal_path() {
             "http://h/public/x/%2e%2e/%2e%2e/admin",
             "admin http://h/admin",
         ),
+        // Found by the gateway_path fuzz target: no origin-form path, nothing to route.
+        ("a.example:443", "400 a.example:443"),
+        ("*", "400 *"),
     ] {
         assert_eq!(forwarded(target), want, "{target}");
     }
@@ -287,6 +290,8 @@ fn routes_match_and_forward_the_normal_path() {
         ("/\\%5Cevil.example", "/evil.example"),
         ("/public/a%2Fb", "/public/a/b"),
         ("/public/%2e%2e%2Fadmin", "/admin"),
+        // Found by the gateway_path fuzz target: a raw non-ASCII query byte is escaped.
+        ("/%2Fa?q=\u{e9}", "/a?q=%C3%A9"),
     ] {
         assert_eq!(go(&r, "h", target), format!("307 {location}"), "{target}");
     }
