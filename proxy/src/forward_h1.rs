@@ -492,7 +492,7 @@ where
                 Err(e) => match Overflow::of(&e) {
                     Some(o) => {
                         let failure = UpstreamError::Overflow(o);
-                        return local_reply(down, cluster, failure, request, response.edits).await;
+                        return Box::pin(local_reply(down, cluster, failure, request, response.edits)).await;
                     }
                     None => {
                         last = Some(cluster.connect_failed(address, e));
@@ -505,7 +505,7 @@ where
                 Ok(unit) => unit,
                 Err(failure) => {
                     pool.release_raw(up, &cluster.stats.occupancy);
-                    return local_reply(down, cluster, failure, request, response.edits).await;
+                    return Box::pin(local_reply(down, cluster, failure, request, response.edits)).await;
                 }
             };
             let limit = cluster.config.request_timeout;
@@ -528,11 +528,11 @@ where
                 Sent::Timeout => UpstreamError::Timeout(address),
             };
             cluster.stats.request_errors.inc();
-            return local_reply(down, cluster, failure, request, response.edits).await;
+            return Box::pin(local_reply(down, cluster, failure, request, response.edits)).await;
         }
     }
     let failure = cluster.no_upstream(last);
-    local_reply(down, cluster, failure, request, response.edits).await
+    Box::pin(local_reply(down, cluster, failure, request, response.edits)).await
 }
 
 /// Writes the request to `up` and reads the response head, within `limit`.
@@ -632,7 +632,7 @@ where
         Err(refused) => {
             cluster.stats.request_errors.inc();
             let failure = UpstreamError::InvalidResponse(pool.address(), refused.into());
-            return local_reply(down, cluster, failure, request, edits).await;
+            return Box::pin(local_reply(down, cluster, failure, request, edits)).await;
         }
     };
     cluster.stats.requests.count(head.status);
