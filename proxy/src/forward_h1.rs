@@ -492,7 +492,14 @@ where
                 Err(e) => match Overflow::of(&e) {
                     Some(o) => {
                         let failure = UpstreamError::Overflow(o);
-                        return Box::pin(local_reply(down, cluster, failure, request, response.edits)).await;
+                        return Box::pin(local_reply(
+                            down,
+                            cluster,
+                            failure,
+                            request,
+                            response.edits,
+                        ))
+                        .await;
                     }
                     None => {
                         last = Some(cluster.connect_failed(address, e));
@@ -505,7 +512,8 @@ where
                 Ok(unit) => unit,
                 Err(failure) => {
                     pool.release_raw(up, &cluster.stats.occupancy);
-                    return Box::pin(local_reply(down, cluster, failure, request, response.edits)).await;
+                    return Box::pin(local_reply(down, cluster, failure, request, response.edits))
+                        .await;
                 }
             };
             let limit = cluster.config.request_timeout;
