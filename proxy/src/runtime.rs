@@ -1294,6 +1294,16 @@ mod tests {
         let rotated = listener(&proxy);
         assert!(!rotated.admits(&verified));
         assert!(rotated.admits(&Admission::Plaintext));
+
+        // A MeshTrafficPermission that fails closed: nothing admitted before stays, TCP
+        // relays included (they wait on the epoch too).
+        let mut denied = (*inbound_config(Some((&other, true)))).clone();
+        denied.listeners[0].deny_all = Some("MeshTrafficPermission/deny".into());
+        proxy.apply(Arc::new(denied));
+        assert!(rotated.epoch.is_cancelled());
+        let refusing = listener(&proxy);
+        assert!(!refusing.admits(&Admission::Plaintext));
+        assert!(!refusing.admits(&verified));
     }
 
     #[test]
