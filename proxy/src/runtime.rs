@@ -172,6 +172,9 @@ pub struct Snapshot {
     tls: MeshTlsSet,
     /// Listeners of the config that could not be built, by name, with the reason: not ready.
     build_errors: BTreeMap<String, String>,
+    /// Other parts of the config that cannot be served (a mesh certificate that cannot be
+    /// issued, a cluster without its TLS), by `mesh|cluster <name>`: not ready either.
+    serve_errors: BTreeMap<String, String>,
 }
 
 impl Snapshot {
@@ -183,6 +186,7 @@ impl Snapshot {
             captures: HashMap::new(),
             tls: MeshTlsSet::default(),
             build_errors: BTreeMap::new(),
+            serve_errors: BTreeMap::new(),
         }
     }
 
@@ -273,10 +277,6 @@ pub struct Proxy {
     /// Accept loops by address: a listener renamed but kept on its address keeps its socket.
     bound: Mutex<HashMap<SocketAddr, BoundListener>>,
     bind_errors: Mutex<BTreeMap<String, String>>,
-    /// Parts of the applied config that cannot be served (a mesh certificate that cannot be
-    /// issued, a cluster without its TLS, a listener left out), by `mesh|cluster|listener
-    /// <name>`: any keeps the proxy not ready.
-    serve_errors: Mutex<BTreeMap<String, String>>,
     /// Every listener of the applied snapshot has its socket (false while binding).
     listeners_bound: AtomicBool,
     draining: AtomicBool,
@@ -314,7 +314,6 @@ impl Proxy {
             generation: AtomicU64::new(0),
             bound: Mutex::new(HashMap::new()),
             bind_errors: Mutex::new(BTreeMap::new()),
-            serve_errors: Mutex::new(BTreeMap::new()),
             listeners_bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             drain: CancellationToken::new(),
@@ -340,7 +339,7 @@ impl Proxy {
 
     /// Parts of the applied config that cannot be served, with the reason.
     pub fn serve_errors(&self) -> BTreeMap<String, String> {
-        lock(&self.serve_errors).clone()
+        self.snapshot.load().serve_errors.clone()
     }
 
     /// Whether draining has begun.
@@ -354,8 +353,8 @@ impl Proxy {
         let snapshot = self.snapshot.load();
         snapshot.config.is_some()
             && snapshot.build_errors.is_empty()
+            && snapshot.serve_errors.is_empty()
             && self.listeners_bound.load(Ordering::Acquire)
-            && lock(&self.serve_errors).is_empty()
             && !self.is_draining()
     }
 
@@ -516,7 +515,6 @@ impl Proxy {
             .collect();
         // Not ready until the new snapshot's sockets exist (reconcile_listeners below).
         self.listeners_bound.store(false, Ordering::Release);
-        *lock(&self.serve_errors) = unserved;
         self.snapshot.store(Arc::new(Snapshot {
             config: Some(config.clone()),
             listeners,
@@ -524,6 +522,7 @@ impl Proxy {
             captures,
             tls,
             build_errors,
+            serve_errors: unserved,
         }));
         self.generation.fetch_add(1, Ordering::Release);
         drop(previous);
