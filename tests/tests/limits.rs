@@ -190,9 +190,16 @@ fn a_cluster_holds_at_most_1024_connections_and_refuses_the_overflow() -> Result
                 .timeout(Duration::from_secs(120))
                 .output()
         });
-        // While the queue is full, a request gets Envoy's overflow reply.
+        // While the queue is full, a request gets Envoy's overflow reply. Probe only when the
+        // proxy reports a full queue: a probe sent while a slot is free waits in it for the
+        // slow origin, and the load may run out of requests meanwhile.
+        let pending = "bearing_cluster_upstream_requests_pending{cluster=\"origin\"}";
         let deadline = Instant::now() + Duration::from_secs(20);
         while overflow_reply.is_none() && Instant::now() < deadline && !load.is_finished() {
+            if !matches!(proxy.metric(pending), Ok(n) if n >= 1024.0) {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
             let out = curl_output(a, ["-si", "-m", "5", "http://127.0.0.1:10001/"])?;
             if out.body.starts_with("HTTP/1.1 503") {
                 overflow_reply = Some(out.body);
