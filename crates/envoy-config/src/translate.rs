@@ -40,6 +40,16 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Envoy's default route timeout, used when a route sets none.
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// TCP idle timeouts Kuma sets without a MeshTimeout (outbound 1h, inbound 2h). Accepted, not
+/// enforced: Bearing closes no idle connection on its own (ARCHITECTURE.md).
+const KUMA_TCP_IDLE_TIMEOUTS: [Duration; 2] =
+    [Duration::from_secs(3600), Duration::from_secs(7200)];
+/// HTTP stream idle timeouts Kuma sets without a MeshTimeout (none, outbound 30m, inbound 1h).
+const KUMA_STREAM_IDLE_TIMEOUTS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_secs(1800),
+    Duration::from_secs(3600),
+];
 /// Listeners that are Kuma's plumbing, served by Bearing itself rather than configured.
 const PLUMBING_LISTENERS: [&str; 2] = ["kuma:envoy:admin", "kuma:metrics:prometheus"];
 /// Clusters that are Kuma's plumbing behind those listeners.
@@ -55,6 +65,8 @@ const CAPTURE_INBOUND: [&str; 2] = ["inbound:passthrough:ipv4", "inbound:passthr
 const NO_DESTINATION_CLUSTER: &str = "self_transparentproxy_no_destination_inbound";
 /// The SDS secret naming the system's CA roots (kuma-dp's `systemCaPath`).
 const SYSTEM_TRUST_BUNDLE: &str = "system_trust_bundle";
+/// The reason resources in Kuma's unified naming (`self_...`, `system_...`) are NACKed with.
+pub const UNIFIED_NAMING: &str = "Kuma's unified resource naming: kuma-cp sends it only to proxies advertising feature-unified-resource-naming, which Bearing does not";
 /// The reason every gateway listener is NACKed with.
 pub const GATEWAY_NOT_YET: &str = "gateway listeners over xDS: not yet";
 
@@ -150,6 +162,7 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         listeners: Vec::new(),
         clusters: BTreeMap::new(),
         routed: BTreeMap::new(),
+        direct: Vec::new(),
         meshes: BTreeSet::new(),
         permissive: BTreeSet::new(),
         dns: Vec::new(),
@@ -160,11 +173,22 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
     for (name, listener) in &resources.listeners {
         t.listener(name, listener);
     }
+    let direct = std::mem::take(&mut t.direct);
+    for (listener, address, original) in &direct {
+        if let Some(cluster) = resources.clusters.get(original) {
+            t.cluster(listener, &direct_cluster(cluster, listener, *address));
+        }
+    }
+    let direct_sources: BTreeSet<&str> = direct.iter().map(|d| d.2.as_str()).collect();
     for (name, cluster) in &resources.clusters {
         if name.starts_with("_kuma:metrics:") {
             let reason = format!("metrics: {POLICY_NOT_ENFORCED} (a MeshMetric backend cluster)");
             t.nack(CLUSTER, name, cluster_path(name), reason);
-        } else if !consumed_clusters.contains(name.as_str()) {
+        } else if is_unified_name(name) {
+            t.nack(CLUSTER, name, cluster_path(name), UNIFIED_NAMING);
+        } else if !consumed_clusters.contains(name.as_str())
+            && !direct_sources.contains(name.as_str())
+        {
             t.cluster(name, cluster);
         }
     }
@@ -214,6 +238,9 @@ struct Translator<'a> {
     clusters: BTreeMap<String, Cluster>,
     /// Per cluster: the protocol and request timeout of the routes that reach it.
     routed: BTreeMap<String, (Protocol, Option<Duration>, String)>,
+    /// Listeners sending to an ORIGINAL_DST cluster (Kuma's direct access): the listener, its
+    /// address and the cluster, which becomes a cluster of that one address.
+    direct: Vec<(String, SocketAddr, String)>,
     /// Meshes whose identity a listener or cluster presents.
     meshes: BTreeSet<String>,
     /// Meshes with an inbound that accepts plaintext beside mTLS.
@@ -439,6 +466,9 @@ impl Translator<'_> {
                 format!("metrics: {POLICY_NOT_ENFORCED} (a MeshMetric backend listener)"),
             );
         }
+        if is_unified_name(name) {
+            return self.nack(LISTENER, name, path, UNIFIED_NAMING);
+        }
         if name == "probe:listener" {
             return self.nack(LISTENER, name, path, "Kuma's application probe proxy (virtual probes) is not implemented: kubelet must probe the application directly");
         }
@@ -609,7 +639,17 @@ impl Translator<'_> {
             self.meshes.insert(mesh.clone());
             out.tls = Some(DownstreamTls { mesh });
         }
-        if let Some(r) = route {
+        if let Some(mut r) = route {
+            let original_dst = self.set.clusters.get(&r.cluster).is_some_and(|c| {
+                cluster_type(c) == cluster_pb::cluster::DiscoveryType::OriginalDst as i32
+            });
+            if original_dst {
+                // The original destination of a connection this listener claims by address
+                // is the listener's own address.
+                self.direct
+                    .push((name.to_string(), out.address, r.cluster.clone()));
+                r.cluster = name.to_string();
+            }
             out.protocol = r.protocol;
             out.cluster = r.cluster.clone();
             if out.service.is_empty() && out.direction == Direction::Outbound {
@@ -653,8 +693,8 @@ impl Translator<'_> {
                     _ => None,
                 };
                 if let Some(idle) = &tcp.idle_timeout {
-                    if duration(idle) != Duration::from_secs(3600) {
-                        self.nack(LISTENER, name, format!("{fpath}.idle_timeout"), format!("timeouts: {POLICY_NOT_ENFORCED} (a TCP idle timeout other than Kuma's default, 1h)"));
+                    if !KUMA_TCP_IDLE_TIMEOUTS.contains(&duration(idle)) {
+                        self.nack(LISTENER, name, format!("{fpath}.idle_timeout"), format!("timeouts: {POLICY_NOT_ENFORCED} (a TCP idle timeout other than Kuma's defaults, 1h outbound and 2h inbound)"));
                     }
                 }
             } else if let Some(hcm) = typed::<hcm_pb::HttpConnectionManager>(any)
@@ -714,8 +754,8 @@ impl Translator<'_> {
             }
         }
         if let Some(idle) = hcm.stream_idle_timeout.as_ref().map(duration) {
-            if idle != Duration::ZERO && idle != Duration::from_secs(1800) {
-                self.nack(LISTENER, name, format!("{at}.stream_idle_timeout"), format!("timeouts: {POLICY_NOT_ENFORCED} (a stream idle timeout other than Kuma's defaults)"));
+            if !KUMA_STREAM_IDLE_TIMEOUTS.contains(&idle) {
+                self.nack(LISTENER, name, format!("{at}.stream_idle_timeout"), format!("timeouts: {POLICY_NOT_ENFORCED} (a stream idle timeout other than Kuma's defaults, 30m outbound and 1h inbound)"));
             }
         }
         let Some(hcm_pb::http_connection_manager::RouteSpecifier::RouteConfig(rc)) =
@@ -1010,13 +1050,19 @@ impl Translator<'_> {
         use cluster_pb::cluster::DiscoveryType;
         let path = cluster_path(name);
         let before = self.nacks.len();
-        let found = fields::unhandled_in(
+        let kind = cluster_type(cluster);
+        let mut found = fields::unhandled_in(
             "envoy.config.cluster.v3.Cluster",
             &cluster.encode_to_vec(),
             &path,
         );
+        if kind == DiscoveryType::OriginalDst as i32
+            && cluster.lb_policy == cluster_pb::cluster::LbPolicy::ClusterProvided as i32
+        {
+            // The only load balancing an original-destination cluster has.
+            found.retain(|u| !u.path.ends_with(".lb_policy"));
+        }
         self.unhandled(CLUSTER, name, found);
-        let kind = cluster_type(cluster);
         let assignment = if kind == DiscoveryType::Eds as i32 {
             let service = cluster
                 .eds_cluster_config
@@ -1029,7 +1075,7 @@ impl Translator<'_> {
             cluster.load_assignment.as_ref()
         } else {
             let what = if kind == DiscoveryType::OriginalDst as i32 {
-                "ORIGINAL_DST clusters are served only behind Kuma's capture listeners"
+                "ORIGINAL_DST clusters are served only behind Kuma's capture listeners or a listener's own address"
             } else {
                 "this cluster type is not implemented"
             };
@@ -1573,6 +1619,53 @@ impl Translator<'_> {
     }
 }
 
+/// An ORIGINAL_DST cluster as seen from a listener that claims connections by its own
+/// address: a static cluster of that address, named after the listener.
+fn direct_cluster(
+    original: &cluster_pb::Cluster,
+    listener: &str,
+    address: SocketAddr,
+) -> cluster_pb::Cluster {
+    use core_pb::socket_address::PortSpecifier;
+    let endpoint = endpoint_pb::LbEndpoint {
+        host_identifier: Some(endpoint_pb::lb_endpoint::HostIdentifier::Endpoint(
+            endpoint_pb::Endpoint {
+                address: Some(core_pb::Address {
+                    address: Some(core_pb::address::Address::SocketAddress(
+                        core_pb::SocketAddress {
+                            address: address.ip().to_string(),
+                            port_specifier: Some(PortSpecifier::PortValue(address.port().into())),
+                            ..Default::default()
+                        },
+                    )),
+                }),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let mut cluster = original.clone();
+    cluster.name = listener.to_string();
+    cluster.cluster_discovery_type = Some(cluster_pb::cluster::ClusterDiscoveryType::Type(
+        cluster_pb::cluster::DiscoveryType::Static as i32,
+    ));
+    cluster.lb_policy = cluster_pb::cluster::LbPolicy::RoundRobin as i32;
+    cluster.load_assignment = Some(endpoint_pb::ClusterLoadAssignment {
+        cluster_name: listener.to_string(),
+        endpoints: vec![endpoint_pb::LocalityLbEndpoints {
+            lb_endpoints: vec![endpoint],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    cluster
+}
+
+/// Names in Kuma's unified resource naming (`self_<...>`, `system_<...>`).
+fn is_unified_name(name: &str) -> bool {
+    name.starts_with("self_") || name.starts_with("system_")
+}
+
 fn cluster_type(cluster: &cluster_pb::Cluster) -> i32 {
     match cluster.cluster_discovery_type {
         Some(cluster_pb::cluster::ClusterDiscoveryType::Type(t)) => t,
@@ -1691,4 +1784,399 @@ fn sni_target(sni: &str) -> Result<(SniTarget, BTreeMap<String, String>), String
     Err(format!(
         "SNI {sni:?} is not a Kuma SNI form Bearing routes by"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{decode_raw, parse_golden};
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";
+
+    fn set(yaml: &str) -> ResourceSet {
+        let mut set = ResourceSet::default();
+        for raw in parse_golden(yaml, "test.yaml").unwrap() {
+            let r = decode_raw(&raw, "test.yaml").unwrap();
+            set.insert(&r.name, &r.resource).unwrap();
+        }
+        set
+    }
+
+    fn node() -> NodeInfo {
+        NodeInfo {
+            name: "web-1".into(),
+            mesh: "default".into(),
+            proxy_type: "dataplane".into(),
+            source: "test".into(),
+        }
+    }
+
+    fn secrets() -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        format!(
+            r#"
+- name: identity_cert:secret:default
+  resource:
+    '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: identity_cert:secret:default
+    tlsCertificate:
+      certificateChain: {{inlineBytes: {c}}}
+      privateKey: {{inlineBytes: {c}}}
+- name: mesh_ca:secret:default
+  resource:
+    '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: mesh_ca:secret:default
+    validationContext:
+      trustedCa: {{inlineBytes: {c}}}
+"#,
+            c = b64(PEM)
+        )
+    }
+
+    const MTLS: &str = r#"
+        transportSocket:
+          name: envoy.transport_sockets.tls
+          typedConfig:
+            '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+            requireClientCertificate: true
+            commonTlsContext:
+              alpnProtocols: [kuma]
+              tlsCertificateSdsSecretConfigs:
+              - name: identity_cert:secret:default
+                sdsConfig: {ads: {}, resourceApiVersion: V3}
+              combinedValidationContext:
+                defaultValidationContext:
+                  matchTypedSubjectAltNames:
+                  - sanType: URI
+                    matcher: {prefix: 'spiffe://default/'}
+                validationContextSdsSecretConfig:
+                  name: mesh_ca:secret:default
+                  sdsConfig: {ads: {}, resourceApiVersion: V3}"#;
+
+    fn inbound(rbac: &str) -> String {
+        let tcp = r#"
+          - name: envoy.filters.network.tcp_proxy
+            typedConfig:
+              '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+              cluster: localhost:8080
+              idleTimeout: 7200s
+              statPrefix: localhost_8080"#;
+        format!(
+            r#"resources:
+- name: localhost:8080
+  resource:
+    '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+    name: localhost:8080
+    type: STATIC
+    connectTimeout: 10s
+    loadAssignment:
+      clusterName: localhost:8080
+      endpoints:
+      - lbEndpoints:
+        - endpoint: {{address: {{socketAddress: {{address: 127.0.0.1, portValue: 8080}}}}}}
+- name: inbound:10.0.0.1:80
+  resource:
+    '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+    name: inbound:10.0.0.1:80
+    address: {{socketAddress: {{address: 10.0.0.1, portValue: 80}}}}
+    trafficDirection: INBOUND
+    metadata: {{filterMetadata: {{io.kuma.tags: {{kuma.io/service: web}}}}}}
+    listenerFilters:
+    - name: envoy.filters.listener.tls_inspector
+      typedConfig: {{'@type': type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
+    filterChains:
+    - filterChainMatch: {{transportProtocol: raw_buffer}}
+      filters:{tcp}
+    - filterChainMatch: {{transportProtocol: tls}}
+      filters:{tcp}
+    - filterChainMatch: {{transportProtocol: tls, applicationProtocols: [kuma]}}
+      filters:
+          - name: envoy.filters.network.rbac
+            typedConfig:
+              '@type': type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+              statPrefix: x
+              rules: {rbac}{tcp}{mtls}
+{secrets}"#,
+            secrets = secrets(),
+            mtls = MTLS.replace("\n  ", "\n"),
+        )
+    }
+
+    const ALLOW_ALL: &str =
+        "{policies: {allow: {permissions: [{any: true}], principals: [{any: true}]}}}";
+
+    #[test]
+    fn permissive_mtls_inbound_translates_with_sds_identity() {
+        let config = translate(&set(&inbound(ALLOW_ALL)), &node()).unwrap();
+        let [listener] = config.listeners.as_slice() else {
+            panic!("{:?}", config.listeners)
+        };
+        assert_eq!(listener.name, "inbound:10.0.0.1:80");
+        assert_eq!(listener.address, "10.0.0.1:80".parse().unwrap());
+        assert_eq!(listener.direction, Direction::Inbound);
+        assert_eq!(
+            (listener.protocol, listener.cluster.as_str()),
+            (Protocol::Tcp, "localhost:8080")
+        );
+        assert_eq!(listener.service, "web");
+        assert!(listener.bind);
+        assert_eq!(
+            listener.tls,
+            Some(DownstreamTls {
+                mesh: "default".into()
+            })
+        );
+        let tls = &config.mtls["default"];
+        assert!(tls.permissive);
+        assert_eq!(tls.services, ["web"]);
+        assert_eq!(tls.ca_cert_pem, PEM);
+        assert!(tls
+            .identity_pem
+            .as_deref()
+            .is_some_and(|p| p.starts_with(PEM)));
+        let cluster = &config.clusters["localhost:8080"];
+        assert_eq!(cluster.connect_timeout, Duration::from_secs(10));
+        assert_eq!(
+            cluster.endpoints[0].address,
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(config.version, config.content_version());
+    }
+
+    #[test]
+    fn policy_filter_is_nacked_by_its_path() {
+        let deny = "{policies: {only-web: {permissions: [{any: true}], principals: [{authenticated: {principalName: {exact: 'spiffe://default/web'}}}]}}}";
+        let nacks = translate(&set(&inbound(deny)), &node()).unwrap_err();
+        assert_eq!(nacks.len(), 1, "{nacks:?}");
+        assert_eq!(nacks[0].resource, "inbound:10.0.0.1:80");
+        assert_eq!(
+            nacks[0].field,
+            "listeners[\"inbound:10.0.0.1:80\"].filter_chains[2].filters[0].typed_config(envoy.extensions.filters.network.rbac.v3.RBAC)"
+        );
+        assert!(nacks[0].reason.starts_with("RBAC: "), "{}", nacks[0].reason);
+        assert!(nacks[0].reason.contains(POLICY_NOT_ENFORCED));
+    }
+
+    const OUTBOUND: &str = r#"resources:
+- name: backend
+  resource:
+    '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+    name: backend
+    type: EDS
+    edsClusterConfig: {edsConfig: {ads: {}, resourceApiVersion: V3}}
+    circuitBreakers: {thresholds: [{maxConnections: 7, maxRequests: 9}]}
+    typedExtensionProtocolOptions:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicitHttpConfig: {http2ProtocolOptions: {}}
+    transportSocket:
+      name: envoy.transport_sockets.tls
+      typedConfig:
+        '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: backend{mesh=default}
+        commonTlsContext:
+          tlsCertificateSdsSecretConfigs: [{name: 'identity_cert:secret:default'}]
+          combinedValidationContext:
+            defaultValidationContext:
+              matchTypedSubjectAltNames: [{sanType: URI, matcher: {exact: 'spiffe://default/backend'}}]
+            validationContextSdsSecretConfig: {name: 'mesh_ca:secret:default'}
+- name: backend
+  resource:
+    '@type': type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+    clusterName: backend
+    endpoints:
+    - lbEndpoints:
+      - endpoint: {address: {socketAddress: {address: 10.0.0.2, portValue: 80}}}
+        metadata: {filterMetadata: {envoy.lb: {version: v1}}}
+- name: outbound:127.0.0.1:10001
+  resource:
+    '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+    name: outbound:127.0.0.1:10001
+    address: {socketAddress: {address: 127.0.0.1, portValue: 10001}}
+    trafficDirection: OUTBOUND
+    filterChains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          statPrefix: backend
+          httpFilters:
+          - name: envoy.filters.http.router
+            typedConfig: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+          routeConfig:
+            name: outbound:backend
+            virtualHosts:
+            - name: backend
+              domains: ['*']
+              routes:
+              - match: {prefix: /}
+                route: {cluster: backend, timeout: 0s}
+"#;
+
+    #[test]
+    fn http_outbound_to_eds_cluster_with_mesh_tls() {
+        let text = format!("{OUTBOUND}{}", secrets());
+        let config = translate(&set(&text), &node()).unwrap();
+        let listener = &config.listeners[0];
+        assert_eq!(
+            (listener.protocol, listener.cluster.as_str()),
+            (Protocol::Http, "backend")
+        );
+        assert_eq!(listener.direction, Direction::Outbound);
+        let cluster = &config.clusters["backend"];
+        assert_eq!(cluster.protocol, Protocol::Http2);
+        assert_eq!(cluster.request_timeout, None);
+        assert_eq!(cluster.circuit_breakers.max_connections, 7);
+        assert_eq!(cluster.circuit_breakers.max_requests, 9);
+        assert_eq!(cluster.circuit_breakers.max_pending_requests, 1024);
+        assert_eq!(cluster.endpoints[0].tags["version"], "v1");
+        assert_eq!(
+            cluster.tls,
+            Some(UpstreamTls::Mesh {
+                mesh: "default".into(),
+                sni: "backend{mesh=default}".into(),
+                identity: "spiffe://default/backend".into(),
+                server_ca_pem: None,
+            })
+        );
+    }
+
+    #[test]
+    fn weighted_routes_and_unknown_fields_are_nacked() {
+        let text = OUTBOUND
+            .replace(
+                "route: {cluster: backend, timeout: 0s}",
+                "route: {weightedClusters: {clusters: [{name: backend, weight: 1}]}}",
+            )
+            .replace(
+                "statPrefix: backend",
+                "statPrefix: backend\n          generateRequestId: true",
+            );
+        let nacks = translate(&set(&format!("{text}{}", secrets())), &node()).unwrap_err();
+        let fields: Vec<&str> = nacks.iter().map(|n| n.field.as_str()).collect();
+        let hcm = "listeners[\"outbound:127.0.0.1:10001\"].filter_chains[0].filters[0].typed_config(envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager)";
+        assert!(
+            fields.contains(&&*format!(
+                "{hcm}.route_config.virtual_hosts[0].routes[0].route.weighted_clusters"
+            )),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&&*format!("{hcm}.generate_request_id")),
+            "{fields:?}"
+        );
+    }
+
+    #[test]
+    fn capture_listeners_give_the_transparent_proxy() {
+        let capture = |name: &str, ip: &str, port: u16, cluster: &str| {
+            format!(
+                r#"
+- name: {name}
+  resource:
+    '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+    name: {name}
+    address: {{socketAddress: {{address: '{ip}', portValue: {port}}}}}
+    useOriginalDst: true
+    filterChains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          cluster: {cluster}
+          statPrefix: x
+- name: {cluster}
+  resource:
+    '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+    name: {cluster}
+    type: ORIGINAL_DST
+    lbPolicy: CLUSTER_PROVIDED"#
+            )
+        };
+        let text = format!(
+            "resources:{}{}",
+            capture(
+                "outbound:passthrough:ipv4",
+                "0.0.0.0",
+                15001,
+                "outbound:passthrough:ipv4"
+            ),
+            capture(
+                "inbound:passthrough:ipv4",
+                "0.0.0.0",
+                15006,
+                "inbound:passthrough:ipv4"
+            )
+        );
+        let config = translate(&set(&text), &node()).unwrap();
+        assert!(config.listeners.is_empty());
+        assert!(config.clusters.is_empty());
+        let tp = config.transparent_proxy.unwrap();
+        assert_eq!(
+            (
+                tp.outbound_port,
+                tp.inbound_port,
+                tp.ipv6,
+                tp.outbound_passthrough
+            ),
+            (15001, 15006, false, true)
+        );
+    }
+
+    #[test]
+    fn dns_table_comes_from_the_dynamic_config_listener() {
+        let text = r#"resources:
+- name: _kuma:dynamicconfig
+  resource:
+    '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+    name: _kuma:dynamicconfig
+    address: {pipe: {path: dynconf.sock}}
+    filterChains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          statPrefix: x
+          routeConfig:
+            virtualHosts:
+            - name: x
+              domains: ['*']
+              routes:
+              - match: {path: /dns}
+                directResponse:
+                  status: 200
+                  body: {inlineString: '{"records":[{"name":"Backend.mesh.","ips":["240.0.0.1","::ffff:f000:1"]}],"ttl":30}'}
+"#;
+        let config = translate(&set(text), &node()).unwrap();
+        assert_eq!(config.dns.len(), 1);
+        assert_eq!(config.dns[0].name, "backend.mesh");
+        assert_eq!(config.dns[0].ips.len(), 2);
+    }
+
+    #[test]
+    fn sni_forms_parse_or_are_named() {
+        let (target, tags) = sni_target("backend{mesh=default,version=v2}").unwrap();
+        assert_eq!(
+            target,
+            SniTarget::Service {
+                mesh: "default".into(),
+                service: "backend".into()
+            }
+        );
+        assert_eq!(tags["version"], "v2");
+        let (target, _) = sni_target("a1b2c3d4e5f607182.backend.8080.default.ms").unwrap();
+        assert_eq!(
+            target,
+            SniTarget::MeshService {
+                mesh: "default".into(),
+                name: "backend".into(),
+                port: 8080
+            }
+        );
+        assert!(sni_target("sni.msvc.default.east.backend.80")
+            .unwrap_err()
+            .contains("KRI"));
+        assert!(sni_target("example.com").is_err());
+    }
 }

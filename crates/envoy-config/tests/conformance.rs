@@ -15,9 +15,6 @@ use std::path::Path;
 
 /// Goldens without a policy that Bearing cannot translate yet, and why.
 const NOT_YET: &[(&str, &str)] = &[
-    ("xds-generator/admin/07.envoy-config.golden.yaml", "unified resource naming (system_envoy_admin): a feature Bearing does not advertise"),
-    ("xds-generator/admin/09.envoy-config.golden.yaml", "unified resource naming (system_envoy_admin): a feature Bearing does not advertise"),
-    ("xds-generator/dns/5-envoy-config.golden.yaml", "unified resource naming (system_dynamicconfig): a feature Bearing does not advertise"),
     ("xds-generator/probe/01.envoy.golden.yaml", "application probe proxy (probe:listener) not implemented"),
     ("xds-generator/probe/03.envoy.golden.yaml", "application probe proxy (probe:listener) not implemented"),
     ("xds-generator/probe/04.envoy.golden.yaml", "application probe proxy (probe:listener) not implemented"),
@@ -32,7 +29,7 @@ const NOT_YET: &[(&str, &str)] = &[
 /// Classes of NACK (a part of the reason) that a golden without a policy may get, and why.
 /// Each must still occur in the corpus.
 const NOT_YET_REASONS: &[(&str, &str)] = &[
-    ("is Kuma's KRI form", "KRI SNIs (sni.msvc.<mesh>.<zone>.<name>.<port>) are not parsed by bearing-tls yet"),
+    ("unified resource naming", "resources named self_*/system_* come only to proxies advertising the feature"),
     ("custom_validator_config", "MeshIdentity's SPIFFE certificate validator is not implemented"),
     ("is not an IP address (hostnames need DNS)", "STRICT_DNS clusters with hostnames: ProxyConfig holds resolved addresses only"),
     ("HTTP routing behind an SNI chain", "a zone egress routing HTTP of external services: ProxyConfig's SNI routes forward bytes"),

@@ -1,6 +1,9 @@
 //! Kuma's Envoy goldens (`../shared/kuma-corpus`) for the tests of this crate: where they are,
 //! and their placeholders replaced with valid test values.
 
+// Shared by several test binaries, each using a part.
+#![allow(dead_code)]
+
 use bearing_envoy_config::decode::SECRET;
 use bearing_envoy_config::{decode_raw, read_golden, GoldenResource, RawResource};
 use serde_json::Value;
@@ -114,16 +117,7 @@ fn replaced(s: &str) -> String {
 /// hold (xds-generator goldens hold one generator's output; kuma-cp sends the secrets beside
 /// them) and decodes every resource.
 pub fn load(file: &Path) -> Result<Vec<GoldenResource>, String> {
-    let shown = file.display().to_string();
-    let mut raws = read_golden(file).map_err(|e| e.to_string())?;
-    raws.iter_mut().for_each(|raw| {
-        raw.name = replaced(&raw.name);
-        replace_placeholders(&mut raw.json);
-    });
-    add_missing_secrets(&mut raws);
-    raws.iter()
-        .map(|raw| decode_raw(raw, &shown).map_err(|e| e.to_string()))
-        .collect()
+    load_edited(file, |_| {})
 }
 
 /// The file's path inside the corpus, for tables.
@@ -174,4 +168,19 @@ fn collect_secret_names(value: &Value, out: &mut BTreeSet<String>) {
         Value::Object(map) => map.values().for_each(|v| collect_secret_names(v, out)),
         _ => {}
     }
+}
+
+/// Like [`load`], after `edit` has changed each resource's JSON (placeholders replaced).
+pub fn load_edited(file: &Path, edit: fn(&mut Value)) -> Result<Vec<GoldenResource>, String> {
+    let shown = file.display().to_string();
+    let mut raws = read_golden(file).map_err(|e| e.to_string())?;
+    raws.iter_mut().for_each(|raw| {
+        raw.name = replaced(&raw.name);
+        replace_placeholders(&mut raw.json);
+        edit(&mut raw.json);
+    });
+    add_missing_secrets(&mut raws);
+    raws.iter()
+        .map(|raw| decode_raw(raw, &shown).map_err(|e| e.to_string()))
+        .collect()
 }
