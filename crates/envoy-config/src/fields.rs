@@ -12,6 +12,7 @@ use crate::decode::{descriptor_pool, TYPE_URL_PREFIX};
 use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
 use std::collections::HashSet;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// Fields Bearing translates or documents as without effect on what it serves, by message.
 /// Messages absent here have no field accepted.
@@ -286,6 +287,11 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("TcpProxy.access_log", "access logs"),
     ("HttpConnectionManager.tracing", "tracing"),
     ("Cluster.health_checks", "health checks"),
+    ("Thresholds.max_connection_pools", "circuit breakers"),
+    (
+        "CommonTlsContext.tls_params",
+        "TLS versions and ciphers (MeshTLS)",
+    ),
     ("Cluster.outlier_detection", "outlier detection"),
     ("Cluster.lb_policy", "load balancing"),
     ("Cluster.least_request_lb_config", "load balancing"),
@@ -326,8 +332,23 @@ const POLICY_EXTENSIONS: &[(&str, &str)] = &[
         "access logs",
     ),
     ("envoy.extensions.filters.http.lua.v3.Lua", "access logs"),
+    // Kuma wraps per-source MeshFaultInjection and MeshRateLimit filters in a matcher.
+    (
+        "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+        "per-source filters (MeshFaultInjection, MeshRateLimit)",
+    ),
 ];
 
+/// TCP idle timeouts Kuma sets without a MeshTimeout (outbound 1h, inbound 2h). Accepted, not
+/// enforced: Bearing closes no idle connection on its own (ARCHITECTURE.md).
+pub(crate) const KUMA_TCP_IDLE_TIMEOUTS: [Duration; 2] =
+    [Duration::from_secs(3600), Duration::from_secs(7200)];
+/// HTTP stream idle timeouts Kuma sets without a MeshTimeout (none, outbound 30m, inbound 1h).
+pub(crate) const KUMA_STREAM_IDLE_TIMEOUTS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_secs(1800),
+    Duration::from_secs(3600),
+];
 /// The end of the reason of every NACK that is a Kuma policy (`<policy>: ...`).
 pub const POLICY_NOT_ENFORCED: &str = "a Kuma policy Bearing does not enforce over xDS yet";
 
@@ -363,6 +384,9 @@ pub(crate) fn unhandled(message: &DynamicMessage, path: &str, out: &mut Vec<Unha
     for (field, value) in message.fields() {
         let at = format!("{path}.{}", field.name());
         if let Some(policy) = policy_of(&name, field.name()) {
+            if policy == "timeouts" && is_kuma_default_timeout(field.name(), value) {
+                continue;
+            }
             out.push(Unhandled {
                 path: at,
                 reason: format!("{policy}: {POLICY_NOT_ENFORCED}"),
@@ -442,6 +466,24 @@ fn walk_any(any: &DynamicMessage, path: &str, out: &mut Vec<Unhandled>) {
             reason: format!("{type_name} does not decode"),
         }),
     }
+}
+
+/// Whether a timeout a policy could set has the value Kuma gives it without one: zero
+/// (disabled, as when absent) or, for a route's idle timeout, Kuma's stream idle defaults.
+/// Accepted, not enforced: Bearing closes no idle stream on its own (ARCHITECTURE.md).
+fn is_kuma_default_timeout(field: &str, value: &Value) -> bool {
+    let Value::Message(d) = value else {
+        return false;
+    };
+    let part = |name: &str| {
+        d.get_field_by_name(name)
+            .and_then(|v| v.as_i64().or(v.as_i32().map(i64::from)))
+    };
+    let (Some(seconds), Some(nanos)) = (part("seconds"), part("nanos")) else {
+        return false;
+    };
+    let duration = Duration::new(seconds.max(0) as u64, nanos.max(0) as u32);
+    duration.is_zero() || (field == "idle_timeout" && KUMA_STREAM_IDLE_TIMEOUTS.contains(&duration))
 }
 
 /// Whether an RBAC filter allows every connection or request: Kuma's default

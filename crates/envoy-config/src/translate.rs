@@ -12,7 +12,9 @@
 use crate::decode::{
     CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION, RUNTIME, SECRET,
 };
-use crate::fields::{self, Unhandled, POLICY_NOT_ENFORCED};
+use crate::fields::{
+    self, Unhandled, KUMA_STREAM_IDLE_TIMEOUTS, KUMA_TCP_IDLE_TIMEOUTS, POLICY_NOT_ENFORCED,
+};
 use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, Listener, MeshTls,
     Protocol, ProxyConfig, ProxyIdentity, SniRoute, SniTarget, TransparentProxy, UpstreamTls,
@@ -40,16 +42,6 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Envoy's default route timeout, used when a route sets none.
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// TCP idle timeouts Kuma sets without a MeshTimeout (outbound 1h, inbound 2h). Accepted, not
-/// enforced: Bearing closes no idle connection on its own (ARCHITECTURE.md).
-const KUMA_TCP_IDLE_TIMEOUTS: [Duration; 2] =
-    [Duration::from_secs(3600), Duration::from_secs(7200)];
-/// HTTP stream idle timeouts Kuma sets without a MeshTimeout (none, outbound 30m, inbound 1h).
-const KUMA_STREAM_IDLE_TIMEOUTS: [Duration; 3] = [
-    Duration::ZERO,
-    Duration::from_secs(1800),
-    Duration::from_secs(3600),
-];
 /// Listeners that are Kuma's plumbing, served by Bearing itself rather than configured.
 const PLUMBING_LISTENERS: [&str; 2] = ["kuma:envoy:admin", "kuma:metrics:prometheus"];
 /// Clusters that are Kuma's plumbing behind those listeners.
@@ -65,7 +57,8 @@ const CAPTURE_INBOUND: [&str; 2] = ["inbound:passthrough:ipv4", "inbound:passthr
 const NO_DESTINATION_CLUSTER: &str = "self_transparentproxy_no_destination_inbound";
 /// The SDS secret naming the system's CA roots (kuma-dp's `systemCaPath`).
 const SYSTEM_TRUST_BUNDLE: &str = "system_trust_bundle";
-/// The reason resources in Kuma's unified naming (`self_...`, `system_...`) are NACKed with.
+/// The reason resources in Kuma's unified naming (`self_...`, `system_...`, `kri_...`) are
+/// NACKed with.
 pub const UNIFIED_NAMING: &str = "Kuma's unified resource naming: kuma-cp sends it only to proxies advertising feature-unified-resource-naming, which Bearing does not";
 /// The reason every gateway listener is NACKed with.
 pub const GATEWAY_NOT_YET: &str = "gateway listeners over xDS: not yet";
@@ -184,11 +177,13 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         if name.starts_with("_kuma:metrics:") {
             let reason = format!("metrics: {POLICY_NOT_ENFORCED} (a MeshMetric backend cluster)");
             t.nack(CLUSTER, name, cluster_path(name), reason);
+        } else if consumed_clusters.contains(name.as_str())
+            || direct_sources.contains(name.as_str())
+        {
+            continue;
         } else if is_unified_name(name) {
             t.nack(CLUSTER, name, cluster_path(name), UNIFIED_NAMING);
-        } else if !consumed_clusters.contains(name.as_str())
-            && !direct_sources.contains(name.as_str())
-        {
+        } else {
             t.cluster(name, cluster);
         }
     }
@@ -1161,22 +1156,6 @@ impl Translator<'_> {
         let mut weights = BTreeSet::new();
         for (i, locality) in assignment.endpoints.iter().enumerate() {
             let at = format!("{path}.load_assignment.endpoints[{i}]");
-            if locality.priority != 0 {
-                self.nack(
-                    CLUSTER,
-                    name,
-                    format!("{at}.priority"),
-                    "locality priorities (fail-over) are not implemented",
-                );
-            }
-            if locality.load_balancing_weight.is_some() {
-                self.nack(
-                    CLUSTER,
-                    name,
-                    format!("{at}.load_balancing_weight"),
-                    "locality weights are not implemented",
-                );
-            }
             for (j, lb) in locality.lb_endpoints.iter().enumerate() {
                 let at = format!("{at}.lb_endpoints[{j}]");
                 weights.insert(lb.load_balancing_weight.as_ref().map_or(1, |w| w.value));
@@ -1661,9 +1640,11 @@ fn direct_cluster(
     cluster
 }
 
-/// Names in Kuma's unified resource naming (`self_<...>`, `system_<...>`).
+/// Names in Kuma's unified resource naming (`self_<...>`, `system_<...>`, `kri_<...>`).
 fn is_unified_name(name: &str) -> bool {
-    name.starts_with("self_") || name.starts_with("system_")
+    ["self_", "system_", "kri_"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 fn cluster_type(cluster: &cluster_pb::Cluster) -> i32 {
