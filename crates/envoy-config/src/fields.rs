@@ -490,8 +490,6 @@ fn is_kuma_default_timeout(field: &str, value: &Value) -> bool {
 /// MeshTrafficPermission (allow all) in an mTLS mesh, which changes nothing Bearing serves.
 fn rbac_allows_all(type_name: &str, bytes: &[u8]) -> bool {
     use envoy_types::pb::envoy::config::rbac::v3 as rbac;
-    use envoy_types::pb::envoy::extensions::filters::{http, network};
-    use prost::Message;
     let allows_all = |rules: Option<&rbac::Rbac>| {
         rules.is_some_and(|r| {
             r.action == rbac::rbac::Action::Allow as i32
@@ -508,23 +506,24 @@ fn rbac_allows_all(type_name: &str, bytes: &[u8]) -> bool {
                 })
         })
     };
-    match type_name {
-        "envoy.extensions.filters.network.rbac.v3.RBAC" => network::rbac::v3::Rbac::decode(bytes)
-            .is_ok_and(|f| {
-                f.matcher.is_none()
-                    && f.shadow_rules.is_none()
-                    && f.shadow_matcher.is_none()
-                    && allows_all(f.rules.as_ref())
-            }),
-        "envoy.extensions.filters.http.rbac.v3.RBAC" => http::rbac::v3::Rbac::decode(bytes)
-            .is_ok_and(|f| {
-                f.matcher.is_none()
-                    && f.shadow_rules.is_none()
-                    && f.shadow_matcher.is_none()
-                    && allows_all(f.rules.as_ref())
-            }),
-        _ => false,
-    }
+    // The network and HTTP filters share these field names.
+    let Some(filter) = descriptor_pool()
+        .ok()
+        .and_then(|pool| pool.get_message_by_name(type_name))
+        .and_then(|d| DynamicMessage::decode(d, bytes).ok())
+    else {
+        return false;
+    };
+    let rules = match filter.get_field_by_name("rules").as_deref() {
+        Some(Value::Message(m)) if filter.has_field_by_name("rules") => {
+            m.transcode_to::<rbac::Rbac>().ok()
+        }
+        _ => None,
+    };
+    ["matcher", "shadow_rules", "shadow_matcher"]
+        .iter()
+        .all(|f| !filter.has_field_by_name(f))
+        && allows_all(rules.as_ref())
 }
 
 /// Walks a resource given as its message bytes.

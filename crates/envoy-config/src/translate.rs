@@ -187,7 +187,7 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
             t.cluster(name, cluster);
         }
     }
-    t.check_unused_resources();
+    t.check_other_resources();
     t.apply_routes();
     let mtls = t.mesh_tls();
     t.dns.sort_by(|a, b| a.name.cmp(&b.name));
@@ -765,24 +765,17 @@ impl Translator<'_> {
             return None;
         };
         let rpath = format!("{at}.route_config");
-        for (k, h) in rc.request_headers_to_add.iter().enumerate() {
-            if h.header.as_ref().is_none_or(|h| h.key != "x-kuma-tags") {
-                self.nack(
-                    LISTENER,
-                    name,
-                    format!("{rpath}.request_headers_to_add[{k}]"),
-                    "header edits are not implemented (only Kuma's x-kuma-tags is understood)",
-                );
-            }
-        }
-        for (k, h) in rc.request_headers_to_remove.iter().enumerate() {
-            if h != "x-kuma-tags" {
-                self.nack(
-                    LISTENER,
-                    name,
-                    format!("{rpath}.request_headers_to_remove[{k}]"),
-                    "header edits are not implemented (only Kuma's x-kuma-tags is understood)",
-                );
+        let added = rc.request_headers_to_add.iter().enumerate().map(|(k, h)| {
+            let key = h.header.as_ref().map_or("", |h| h.key.as_str());
+            (format!("request_headers_to_add[{k}]"), key)
+        });
+        let removed = rc.request_headers_to_remove.iter().enumerate();
+        let removed = removed.map(|(k, h)| (format!("request_headers_to_remove[{k}]"), h.as_str()));
+        for (field, key) in added.chain(removed) {
+            if key != "x-kuma-tags" {
+                let reason =
+                    "header edits are not implemented (only Kuma's x-kuma-tags is understood)";
+                self.nack(LISTENER, name, format!("{rpath}.{field}"), reason);
             }
         }
         let [vhost] = rc.virtual_hosts.as_slice() else {
@@ -850,6 +843,24 @@ impl Translator<'_> {
         })
     }
 
+    /// A transport socket's typed config; a socket without one is NACKed.
+    fn socket_config<'s>(
+        &mut self,
+        type_url: &str,
+        name: &str,
+        at: &str,
+        socket: &'s core_pb::TransportSocket,
+    ) -> Option<&'s Any> {
+        match &socket.config_type {
+            Some(core_pb::transport_socket::ConfigType::TypedConfig(any)) => Some(any),
+            _ => {
+                let reason = "a transport socket without typed_config is not implemented";
+                self.nack(type_url, name, at.to_string(), reason);
+                None
+            }
+        }
+    }
+
     /// Downstream mesh mTLS: the mesh whose identity the chain presents.
     fn downstream_tls(
         &mut self,
@@ -857,16 +868,7 @@ impl Translator<'_> {
         at: &str,
         socket: &core_pb::TransportSocket,
     ) -> Option<String> {
-        let Some(core_pb::transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type
-        else {
-            self.nack(
-                LISTENER,
-                name,
-                at.to_string(),
-                "a transport socket without typed_config is not implemented",
-            );
-            return None;
-        };
+        let any = self.socket_config(LISTENER, name, at, socket)?;
         let Some(ctx) = typed::<tls_pb::DownstreamTlsContext>(any)
             .filter(|_| type_name(any).ends_with("DownstreamTlsContext"))
         else {
@@ -1221,22 +1223,14 @@ impl Translator<'_> {
         protocol
     }
 
+    /// Upstream TLS: mesh mTLS by the SDS identity it presents, else TLS to an external service.
     fn upstream_tls(
         &mut self,
         name: &str,
         at: &str,
         socket: &core_pb::TransportSocket,
     ) -> Option<UpstreamTls> {
-        let Some(core_pb::transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type
-        else {
-            self.nack(
-                CLUSTER,
-                name,
-                at.to_string(),
-                "a transport socket without typed_config is not implemented",
-            );
-            return None;
-        };
+        let any = self.socket_config(CLUSTER, name, at, socket)?;
         let ctx = typed::<tls_pb::UpstreamTlsContext>(any)
             .filter(|_| type_name(any).ends_with("UpstreamTlsContext"))?;
         let at = format!("{at}.typed_config({})", type_name(any));
@@ -1464,8 +1458,9 @@ impl Translator<'_> {
         }
     }
 
-    /// Route configurations only come with gateways (sidecars carry routes inline).
-    fn check_unused_resources(&mut self) {
+    /// Route configurations (only gateways use them: sidecars carry routes inline) are NACKed;
+    /// secrets and endpoint assignments get the field guard.
+    fn check_other_resources(&mut self) {
         let names: Vec<String> = self.set.routes.keys().cloned().collect();
         for name in names {
             self.nack(
@@ -1475,33 +1470,30 @@ impl Translator<'_> {
                 GATEWAY_NOT_YET,
             );
         }
-        let secrets: Vec<(String, Vec<u8>)> = self
-            .set
-            .secrets
-            .iter()
-            .map(|(n, s)| (n.clone(), s.encode_to_vec()))
-            .collect();
-        for (name, bytes) in secrets {
-            let found = fields::unhandled_in(
-                "envoy.extensions.transport_sockets.tls.v3.Secret",
-                &bytes,
-                &format!("secrets[{name:?}]"),
-            );
-            self.unhandled(SECRET, &name, found);
-        }
-        let assignments: Vec<(String, Vec<u8>)> = self
-            .set
-            .endpoints
-            .iter()
-            .map(|(n, s)| (n.clone(), s.encode_to_vec()))
-            .collect();
-        for (name, bytes) in assignments {
-            let found = fields::unhandled_in(
-                "envoy.config.endpoint.v3.ClusterLoadAssignment",
-                &bytes,
-                &format!("endpoints[{name:?}]"),
-            );
-            self.unhandled(CLUSTER_LOAD_ASSIGNMENT, &name, found);
+        let set = self.set;
+        let secret = "envoy.extensions.transport_sockets.tls.v3.Secret";
+        self.walk_resources(SECRET, secret, "secrets", &set.secrets);
+        let assignment = "envoy.config.endpoint.v3.ClusterLoadAssignment";
+        self.walk_resources(
+            CLUSTER_LOAD_ASSIGNMENT,
+            assignment,
+            "endpoints",
+            &set.endpoints,
+        );
+    }
+
+    /// Walks every resource of one type with the field guard.
+    fn walk_resources<M: Message>(
+        &mut self,
+        type_url: &str,
+        message: &str,
+        kind: &str,
+        resources: &BTreeMap<String, M>,
+    ) {
+        for (name, resource) in resources {
+            let path = format!("{kind}[{name:?}]");
+            let found = fields::unhandled_in(message, &resource.encode_to_vec(), &path);
+            self.unhandled(type_url, name, found);
         }
     }
 
