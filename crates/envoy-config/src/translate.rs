@@ -443,7 +443,8 @@ impl Translator<'_> {
             if name == "kuma:envoy:admin" {
                 self.admin_port = socket_address(listener.address.as_ref())
                     .ok()
-                    .map(|a| a.port());
+                    .map(|a| a.port())
+                    .filter(|p| *p != 0);
             }
             return;
         }
@@ -650,8 +651,7 @@ impl Translator<'_> {
             if out.service.is_empty() && out.direction == Direction::Outbound {
                 out.service = r.cluster.clone();
             }
-            self.routed
-                .insert(r.cluster, (r.protocol, r.timeout, name.to_string()));
+            self.route_to(r.cluster, r.protocol, r.timeout, name);
         }
     }
 
@@ -993,10 +993,7 @@ impl Translator<'_> {
                     Err(reason) => self.nack(LISTENER, name, at, reason),
                 }
             }
-            self.routed.insert(
-                route.cluster.clone(),
-                (Protocol::Tcp, None, name.to_string()),
-            );
+            self.route_to(route.cluster.clone(), Protocol::Tcp, None, name);
         }
         routes
     }
@@ -1497,6 +1494,26 @@ impl Translator<'_> {
         }
     }
 
+    /// Records that `listener` reaches `cluster` with `protocol`; an HTTP route's protocol and
+    /// timeout win over a TCP proxy's (which ignores the cluster's HTTP options, as Envoy's).
+    fn route_to(
+        &mut self,
+        cluster: String,
+        protocol: Protocol,
+        timeout: Option<Duration>,
+        listener: &str,
+    ) {
+        let route = (protocol, timeout, listener.to_string());
+        self.routed
+            .entry(cluster)
+            .and_modify(|r| {
+                if protocol.is_http() {
+                    *r = route.clone();
+                }
+            })
+            .or_insert(route);
+    }
+
     /// Gives each cluster the protocol and request timeout of the routes that reach it.
     fn apply_routes(&mut self) {
         for (cluster_name, (protocol, timeout, listener)) in std::mem::take(&mut self.routed) {
@@ -1518,6 +1535,8 @@ impl Translator<'_> {
                     (p, _) => p,
                 };
                 cluster.request_timeout = timeout;
+            } else {
+                cluster.protocol = Protocol::Tcp;
             }
         }
     }
@@ -2013,6 +2032,26 @@ mod tests {
                 server_ca_pem: None,
             })
         );
+    }
+
+    #[test]
+    fn tcp_proxy_ignores_the_clusters_http_options() {
+        let hcm = OUTBOUND
+            .find("      - name: envoy.filters.network.http_connection_manager")
+            .unwrap();
+        let text = format!(
+            "{}      - name: envoy.filters.network.tcp_proxy
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          cluster: backend
+          statPrefix: backend
+{}",
+            &OUTBOUND[..hcm],
+            secrets()
+        );
+        let config = translate(&set(&text), &node()).unwrap();
+        assert_eq!(config.listeners[0].protocol, Protocol::Tcp);
+        assert_eq!(config.clusters["backend"].protocol, Protocol::Tcp);
     }
 
     #[test]
