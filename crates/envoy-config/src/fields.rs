@@ -71,7 +71,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "stat_prefix",
             "http_filters",
             "route_config",
-            // Kuma's defaults only; see the translation.
+            // Idle timeouts: Kuma's defaults only (`is_kuma_default_timeout`, translation).
             "common_http_protocol_options",
             "stream_idle_timeout",
             // Which peers count as internal for x-forwarded-for: Bearing adds none.
@@ -103,7 +103,6 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
         &["name", "typed_config"],
     ),
-    ("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout"]),
     (
         "envoy.config.route.v3.RouteConfiguration",
         &[
@@ -305,6 +304,7 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("HttpConnectionManager.request_timeout", "timeouts"),
     ("HttpConnectionManager.request_headers_timeout", "timeouts"),
     ("HttpProtocolOptions.max_stream_duration", "timeouts"),
+    ("HttpProtocolOptions.idle_timeout", "timeouts"),
     ("HttpProtocolOptions.max_connection_duration", "timeouts"),
     ("RouteAction.weighted_clusters", "weighted clusters"),
     ("TcpProxy.weighted_clusters", "weighted clusters"),
@@ -469,7 +469,8 @@ fn walk_any(any: &DynamicMessage, path: &str, out: &mut Vec<Unhandled>) {
 }
 
 /// Whether a timeout a policy could set has the value Kuma gives it without one: zero
-/// (disabled, as when absent) or, for a route's idle timeout, Kuma's stream idle defaults.
+/// (disabled, as when absent) or, for an idle timeout (route, connection), one of Kuma's
+/// idle defaults (30 min, 1 h, 2 h).
 /// Accepted, not enforced: Bearing closes no idle stream on its own (ARCHITECTURE.md).
 fn is_kuma_default_timeout(field: &str, value: &Value) -> bool {
     let Value::Message(d) = value else {
@@ -483,7 +484,10 @@ fn is_kuma_default_timeout(field: &str, value: &Value) -> bool {
         return false;
     };
     let duration = Duration::new(seconds.max(0) as u64, nanos.max(0) as u32);
-    duration.is_zero() || (field == "idle_timeout" && KUMA_STREAM_IDLE_TIMEOUTS.contains(&duration))
+    let idle_defaults = KUMA_STREAM_IDLE_TIMEOUTS
+        .iter()
+        .chain(&KUMA_TCP_IDLE_TIMEOUTS);
+    duration.is_zero() || (field == "idle_timeout" && idle_defaults.clone().any(|d| *d == duration))
 }
 
 /// Whether an RBAC filter allows every connection or request: Kuma's default
