@@ -1,0 +1,544 @@
+//! The ADS client (bearing-xds) against the test control plane, in-process: initial sync,
+//! NACK and ACK, control-plane restarts, garbage, token handling, and `/bootstrap`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bearing_e2e::test_cp::{Event, Resources, TestCp, TestCpConfig};
+use bearing_xds::envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use bearing_xds::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use bearing_xds::envoy_types::pb::envoy::config::listener::v3::Listener;
+use bearing_xds::envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use bearing_xds::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use bearing_xds::envoy_types::pb::envoy::service::runtime::v3::Runtime;
+use bearing_xds::envoy_types::pb::google::protobuf::{Any, Struct};
+use bearing_xds::{
+    cp_endpoint, kuma_node, AdsClient, ConfigSink, Rejection, ResourceState, ResourceType,
+    TokenSource,
+};
+use prost::{Message, Name};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+
+/// How long a test waits for the control plane or the client to do something.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn any<M: Message + Name>(message: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+fn cluster(name: &str) -> Any {
+    any(&Cluster {
+        name: name.into(),
+        ..Default::default()
+    })
+}
+
+/// One resource of every type; clusters named by `clusters`.
+fn resources(clusters: &[&str]) -> Resources {
+    let mut resources: Resources = BTreeMap::new();
+    resources.insert(
+        Cluster::type_url(),
+        clusters.iter().map(|name| cluster(name)).collect(),
+    );
+    resources.insert(
+        ClusterLoadAssignment::type_url(),
+        vec![any(&ClusterLoadAssignment {
+            cluster_name: "backend".into(),
+            ..Default::default()
+        })],
+    );
+    resources.insert(
+        Listener::type_url(),
+        vec![any(&Listener {
+            name: "inbound:10.0.0.1:80".into(),
+            ..Default::default()
+        })],
+    );
+    resources.insert(
+        RouteConfiguration::type_url(),
+        vec![any(&RouteConfiguration {
+            name: "gateway:80".into(),
+            ..Default::default()
+        })],
+    );
+    resources.insert(
+        Secret::type_url(),
+        vec![any(&Secret {
+            name: "identity_cert:secret:default".into(),
+            ..Default::default()
+        })],
+    );
+    resources.insert(
+        Runtime::type_url(),
+        vec![any(&Runtime {
+            name: "gateway.listeners".into(),
+            ..Default::default()
+        })],
+    );
+    resources
+}
+
+/// Keeps what it is offered unless a cluster's name starts with `unsupported-`; every offer
+/// and its outcome goes to the test.
+struct RecordingSink {
+    offers: mpsc::UnboundedSender<(ResourceState, ResourceType, bool)>,
+}
+
+impl ConfigSink for RecordingSink {
+    fn offer(&mut self, state: &ResourceState, changed: ResourceType) -> Result<(), Rejection> {
+        let refused = state
+            .get(ResourceType::Cluster)
+            .resources
+            .keys()
+            .find(|name| name.starts_with("unsupported-"))
+            .map(|name| {
+                Rejection::new(
+                    format!("Cluster {name}"),
+                    "cluster_discovery_type",
+                    "not supported",
+                )
+            });
+        let _ = self
+            .offers
+            .send((state.clone(), changed, refused.is_none()));
+        refused.map_or(Ok(()), Err)
+    }
+}
+
+/// A running client; the task is aborted on drop.
+struct Client {
+    task: tokio::task::JoinHandle<()>,
+    offers: mpsc::UnboundedReceiver<(ResourceState, ResourceType, bool)>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn start_client(addr: SocketAddr, token: TokenSource) -> Result<Client> {
+    let channel = cp_endpoint(&format!("http://{addr}"))?.connect_lazy();
+    let mut client = AdsClient::new(
+        channel,
+        kuma_node("default", "dp-1", Struct::default()),
+        token,
+    );
+    let (offers_tx, offers) = mpsc::unbounded_channel();
+    let mut sink = RecordingSink { offers: offers_tx };
+    let task = tokio::spawn(async move { client.run(&mut sink).await });
+    Ok(Client { task, offers })
+}
+
+impl Client {
+    /// Waits until an offer of a state satisfying `done` is kept; returns that state.
+    async fn wait_kept(&mut self, done: impl Fn(&ResourceState) -> bool) -> Result<ResourceState> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let offer = tokio::time::timeout_at(deadline, self.offers.recv())
+                .await
+                .context("no kept offer in time")?;
+            let Some((state, _, kept)) = offer else {
+                bail!("the client stopped");
+            };
+            if kept && done(&state) {
+                return Ok(state);
+            }
+        }
+    }
+}
+
+async fn start_cp(addr: &str, config: TestCpConfig, resources: Resources) -> Result<TestCp> {
+    // The address may have just been freed by a stopped CP: retry the bind briefly.
+    let mut last = None;
+    for _ in 0..50 {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return TestCp::start(listener, config, resources),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("bind {addr}: {last:?}")
+}
+
+/// Waits for the first event `matches` accepts, returning it.
+async fn wait_event(
+    events: &mut broadcast::Receiver<Event>,
+    matches: impl Fn(&Event) -> bool,
+) -> Result<Event> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .context("no matching control-plane event in time")?
+            .context("event channel")?;
+        if matches(&event) {
+            return Ok(event);
+        }
+    }
+}
+
+/// Waits for the ACK of every type at `version`.
+async fn wait_all_acked(events: &mut broadcast::Receiver<Event>, version: &str) -> Result<()> {
+    let mut acked = Vec::new();
+    while acked.len() < ResourceType::ALL.len() {
+        let event = wait_event(
+            events,
+            |e| matches!(e, Event::Ack { version: v, .. } if v == version),
+        )
+        .await?;
+        if let Event::Ack { type_url, .. } = event {
+            if !acked.contains(&type_url) {
+                acked.push(type_url);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn names(state: &ResourceState, resource_type: ResourceType) -> Vec<String> {
+    state.get(resource_type).resources.keys().cloned().collect()
+}
+
+#[tokio::test]
+async fn initial_sync_of_every_type_in_envoys_order() -> Result<()> {
+    let cp = start_cp(
+        "127.0.0.1:0",
+        TestCpConfig::default(),
+        resources(&["backend"]),
+    )
+    .await?;
+    let mut events = cp.events();
+    let version = cp.snapshot().version.clone();
+    let mut client = start_client(cp.addr(), TokenSource::None)?;
+
+    // Subscriptions (so the first responses) come in Envoy's order, to the named node.
+    let mut pushed = Vec::new();
+    while pushed.len() < ResourceType::ALL.len() {
+        if let Event::Push { type_url, node, .. } =
+            wait_event(&mut events, |e| matches!(e, Event::Push { .. })).await?
+        {
+            assert_eq!(node, "default.dp-1");
+            pushed.push(type_url);
+        }
+    }
+    let expected: Vec<String> = ResourceType::ALL
+        .iter()
+        .map(|t| t.type_url().to_string())
+        .collect();
+    assert_eq!(pushed, expected);
+
+    let state = client
+        .wait_kept(|s| ResourceType::ALL.iter().all(|t| s.version(*t) == version))
+        .await?;
+    wait_all_acked(&mut events, &version).await?;
+    assert_eq!(names(&state, ResourceType::Cluster), ["backend"]);
+    assert_eq!(
+        names(&state, ResourceType::ClusterLoadAssignment),
+        ["backend"]
+    );
+    assert_eq!(
+        names(&state, ResourceType::Listener),
+        ["inbound:10.0.0.1:80"]
+    );
+    assert_eq!(
+        names(&state, ResourceType::RouteConfiguration),
+        ["gateway:80"]
+    );
+    assert_eq!(
+        names(&state, ResourceType::Secret),
+        ["identity_cert:secret:default"]
+    );
+    assert_eq!(names(&state, ResourceType::Runtime), ["gateway.listeners"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn refused_config_is_nacked_with_detail_and_the_previous_kept_then_a_fix_is_acked(
+) -> Result<()> {
+    let cp = start_cp(
+        "127.0.0.1:0",
+        TestCpConfig::default(),
+        resources(&["backend"]),
+    )
+    .await?;
+    let mut events = cp.events();
+    let good = cp.snapshot().version.clone();
+    let mut client = start_client(cp.addr(), TokenSource::None)?;
+    wait_all_acked(&mut events, &good).await?;
+
+    let bad = cp.set_resources(resources(&["backend", "unsupported-x"]));
+    let nack = wait_event(&mut events, |e| matches!(e, Event::Nack { .. })).await?;
+    let Event::Nack {
+        type_url,
+        version,
+        kept,
+        node,
+        detail,
+    } = nack
+    else {
+        unreachable!()
+    };
+    assert_eq!(type_url, Cluster::type_url());
+    assert_eq!(
+        (version.as_str(), kept.as_str(), node.as_str()),
+        (bad.as_str(), good.as_str(), "default.dp-1")
+    );
+    assert_eq!(
+        detail,
+        "Cluster unsupported-x: cluster_discovery_type: not supported"
+    );
+    // The other types of the bad snapshot carry the same resources and are accepted; the
+    // client keeps the good clusters.
+    let kept_state = client
+        .wait_kept(|s| s.version(ResourceType::Listener) == bad)
+        .await?;
+    assert_eq!(kept_state.version(ResourceType::Cluster), good);
+    assert_eq!(names(&kept_state, ResourceType::Cluster), ["backend"]);
+    // The NACK line as bearing-test-cp prints it.
+    let line = Event::Nack {
+        type_url,
+        version,
+        kept,
+        node,
+        detail,
+    }
+    .to_string();
+    assert_eq!(line, format!("NACK type=Cluster version={bad} kept={good} node=default.dp-1 detail=Cluster unsupported-x: cluster_discovery_type: not supported"));
+
+    let fixed = cp.set_resources(resources(&["backend", "web"]));
+    let ack = wait_event(
+        &mut events,
+        |e| matches!(e, Event::Ack { type_url, .. } if *type_url == Cluster::type_url()),
+    )
+    .await?;
+    assert_eq!(
+        ack,
+        Event::Ack {
+            type_url: Cluster::type_url(),
+            version: fixed.clone(),
+            node: "default.dp-1".into()
+        }
+    );
+    assert_eq!(
+        ack.to_string(),
+        format!("ACK type=Cluster version={fixed} node=default.dp-1")
+    );
+    let state = client
+        .wait_kept(|s| s.version(ResourceType::Cluster) == fixed)
+        .await?;
+    assert_eq!(names(&state, ResourceType::Cluster), ["backend", "web"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn control_plane_restart_reconnects_and_resyncs() -> Result<()> {
+    let cp = start_cp(
+        "127.0.0.1:0",
+        TestCpConfig::default(),
+        resources(&["backend"]),
+    )
+    .await?;
+    let addr = cp.addr();
+    let mut events = cp.events();
+    let first = cp.snapshot().version.clone();
+    let mut client = start_client(addr, TokenSource::None)?;
+    wait_all_acked(&mut events, &first).await?;
+
+    // Restarted with the same resources: the client subscribes again with the versions it
+    // has, so (as go-control-plane) nothing is sent until something changes.
+    drop(cp);
+    let cp = start_cp(
+        &addr.to_string(),
+        TestCpConfig::default(),
+        resources(&["backend"]),
+    )
+    .await?;
+    let mut events = cp.events();
+    wait_event(&mut events, |e| matches!(e, Event::Connect { .. })).await?;
+    let changed = cp.set_resources(resources(&["backend", "web"]));
+    let push = wait_event(&mut events, |e| matches!(e, Event::Push { .. })).await?;
+    assert!(
+        matches!(push, Event::Push { ref version, .. } if *version == changed),
+        "{push}"
+    );
+    wait_all_acked(&mut events, &changed).await?;
+    let state = client
+        .wait_kept(|s| s.version(ResourceType::Cluster) == changed)
+        .await?;
+    assert_eq!(names(&state, ResourceType::Cluster), ["backend", "web"]);
+
+    // Restarted with other resources: offered again in full and applied.
+    drop(cp);
+    let cp = start_cp(
+        &addr.to_string(),
+        TestCpConfig::default(),
+        resources(&["api"]),
+    )
+    .await?;
+    let mut events = cp.events();
+    let third = cp.snapshot().version.clone();
+    wait_all_acked(&mut events, &third).await?;
+    let state = client
+        .wait_kept(|s| ResourceType::ALL.iter().all(|t| s.version(*t) == third))
+        .await?;
+    assert_eq!(names(&state, ResourceType::Cluster), ["api"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn garbage_from_the_control_plane_is_nacked_without_panic() -> Result<()> {
+    let cp = start_cp(
+        "127.0.0.1:0",
+        TestCpConfig::default(),
+        resources(&["backend"]),
+    )
+    .await?;
+    let mut events = cp.events();
+    let good = cp.snapshot().version.clone();
+    let mut client = start_client(cp.addr(), TokenSource::None)?;
+    wait_all_acked(&mut events, &good).await?;
+
+    let listener_as_cluster = any(&Listener {
+        name: "l".into(),
+        ..Default::default()
+    });
+    let mut truncated = cluster("a-cluster-with-a-long-name");
+    truncated.value.truncate(7);
+    let garbage = [
+        (vec![cluster("backend"), listener_as_cluster], "Cluster #1: type_url: \"type.googleapis.com/envoy.config.listener.v3.Listener\" differs from the response's type"),
+        (vec![truncated], "Cluster #0: value: does not decode as Cluster"),
+        (vec![cluster("backend"), cluster("backend")], "Cluster backend: name: duplicated in the response"),
+        (vec![cluster("")], "Cluster #0: name: empty"),
+    ];
+    for (clusters, expected) in garbage {
+        let mut bad = resources(&[]);
+        bad.insert(Cluster::type_url(), clusters);
+        let version = cp.set_resources(bad);
+        let nack = wait_event(
+            &mut events,
+            |e| matches!(e, Event::Nack { version: v, .. } if *v == version),
+        )
+        .await?;
+        let Event::Nack { detail, kept, .. } = nack else {
+            unreachable!()
+        };
+        assert!(
+            detail.starts_with(expected),
+            "{detail:?} does not start with {expected:?}"
+        );
+        assert_eq!(kept, good);
+    }
+    let fixed = cp.set_resources(resources(&["web"]));
+    let state = client
+        .wait_kept(|s| s.version(ResourceType::Cluster) == fixed)
+        .await?;
+    assert_eq!(names(&state, ResourceType::Cluster), ["web"]);
+    assert!(!client.task.is_finished(), "the client task ended");
+    Ok(())
+}
+
+/// Writes `token` to `path` (as kubelet rotates a projected token file).
+fn write_token(path: &Path, token: &str) -> Result<()> {
+    std::fs::write(path, format!("{token}\n")).with_context(|| format!("write {}", path.display()))
+}
+
+#[tokio::test]
+async fn token_is_sent_as_metadata_and_read_again_for_each_stream() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let client_token = dir.path().join("client-token");
+    let cp_token = dir.path().join("cp-token");
+    write_token(&client_token, "token-1")?;
+    write_token(&cp_token, "token-1")?;
+    let config = TestCpConfig {
+        require_token: Some(cp_token.clone()),
+        ..Default::default()
+    };
+    let cp = start_cp("127.0.0.1:0", config.clone(), resources(&["backend"])).await?;
+    let addr = cp.addr();
+    let mut events = cp.events();
+    let _client = start_client(addr, TokenSource::File(client_token.clone()))?;
+    let connect = wait_event(&mut events, |e| matches!(e, Event::Connect { .. })).await?;
+    assert_eq!(
+        connect,
+        Event::Connect {
+            node: "default.dp-1".into(),
+            token: Some("token-1".into())
+        }
+    );
+    assert_eq!(connect.to_string(), "CONNECT node=default.dp-1 token=yes");
+
+    // Rotated on both sides, then the CP restarts: the new stream carries the new token.
+    write_token(&client_token, "token-2")?;
+    write_token(&cp_token, "token-2")?;
+    drop(cp);
+    let cp = start_cp(&addr.to_string(), config.clone(), resources(&["backend"])).await?;
+    let mut events = cp.events();
+    let connect = wait_event(&mut events, |e| matches!(e, Event::Connect { .. })).await?;
+    assert_eq!(
+        connect,
+        Event::Connect {
+            node: "default.dp-1".into(),
+            token: Some("token-2".into())
+        }
+    );
+
+    // A token the CP does not accept: refused (UNAUTHENTICATED), the client keeps retrying and
+    // gets in once its file holds the right token again.
+    write_token(&client_token, "stolen")?;
+    drop(cp);
+    let cp = start_cp(&addr.to_string(), config, resources(&["backend"])).await?;
+    let mut events = cp.events();
+    let refused = wait_event(&mut events, |e| matches!(e, Event::Refused { .. })).await?;
+    assert_eq!(
+        refused.to_string(),
+        "REFUSED the authorization metadata is not the dataplane token"
+    );
+    write_token(&client_token, "token-2")?;
+    let connect = wait_event(&mut events, |e| matches!(e, Event::Connect { .. })).await?;
+    assert_eq!(
+        connect,
+        Event::Connect {
+            node: "default.dp-1".into(),
+            token: Some("token-2".into())
+        }
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn fixed_token_and_no_token() -> Result<()> {
+    let cp = start_cp(
+        "127.0.0.1:0",
+        TestCpConfig::default(),
+        resources(&["backend"]),
+    )
+    .await?;
+    let mut events = cp.events();
+    let _with = start_client(cp.addr(), TokenSource::Fixed("fixed".into()))?;
+    let connect = wait_event(&mut events, |e| matches!(e, Event::Connect { .. })).await?;
+    assert_eq!(
+        connect,
+        Event::Connect {
+            node: "default.dp-1".into(),
+            token: Some("fixed".into())
+        }
+    );
+    let _without = start_client(cp.addr(), TokenSource::None)?;
+    let connect = wait_event(&mut events, |e| matches!(e, Event::Connect { .. })).await?;
+    assert_eq!(
+        connect,
+        Event::Connect {
+            node: "default.dp-1".into(),
+            token: None
+        }
+    );
+    Ok(())
+}
