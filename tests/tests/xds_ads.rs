@@ -542,3 +542,195 @@ async fn fixed_token_and_no_token() -> Result<()> {
     );
     Ok(())
 }
+
+/// Resources in the xds-generator golden format: a Listener and the given clusters.
+fn golden_yaml(clusters: &[&str]) -> String {
+    let mut text = String::from(
+        "resources:\n- name: inbound:127.0.0.1:8080\n  resource:\n    '@type': type.googleapis.com/envoy.config.listener.v3.Listener\n    name: inbound:127.0.0.1:8080\n    address:\n      socketAddress:\n        address: 127.0.0.1\n        portValue: 8080\n",
+    );
+    for name in clusters {
+        text.push_str(&format!(
+            "- name: {name}\n  resource:\n    '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster\n    name: {name}\n    type: EDS\n    connectTimeout: 5s\n"
+        ));
+    }
+    text
+}
+
+/// A `bearing-test-cp` process whose stdout lines arrive on a channel; killed on drop.
+struct TestCpProcess {
+    child: std::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Drop for TestCpProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestCpProcess {
+    fn start(args: &[&str]) -> Result<TestCpProcess> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bearing-test-cp"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("start bearing-test-cp")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Ok(TestCpProcess { child, lines })
+    }
+
+    /// The next line starting with `prefix` (earlier lines are skipped).
+    async fn line(&mut self, prefix: &str) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .with_context(|| format!("no line starting with {prefix:?} in time"))?
+                .context("bearing-test-cp exited")?;
+            if line.starts_with(prefix) {
+                return Ok(line);
+            }
+        }
+    }
+}
+
+/// POSTs `body` to `url` with curl; status and body.
+fn post(url: &str, body: &str, extra: &[&str]) -> Result<(u16, String)> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            "accept: application/json",
+            "--data-binary",
+            body,
+        ])
+        .args(["-w", "\n%{http_code}", url])
+        .args(extra)
+        .output()
+        .context("curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+    Ok((code.trim().parse().context("status")?, body.to_string()))
+}
+
+/// The bootstrap document of a 200 answer.
+fn bootstrap_document(body: &str) -> Result<serde_json::Value> {
+    use base64::Engine;
+    let answer: serde_json::Value = serde_json::from_str(body)?;
+    let yaml = base64::engine::general_purpose::STANDARD
+        .decode(answer["bootstrap"].as_str().context("bootstrap")?)?;
+    Ok(serde_json::from_slice(&yaml)?)
+}
+
+#[tokio::test]
+async fn test_cp_binary_serves_bootstrap_and_ads_from_golden_files_and_prints_events() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let resources = dir.path().join("resources.yaml");
+    std::fs::write(&resources, golden_yaml(&["backend"]))?;
+    let token = dir.path().join("token");
+    write_token(&token, "token")?;
+    let mut cp = TestCpProcess::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--require-token",
+        token.to_str().context("path")?,
+        "--resources",
+        resources.to_str().context("path")?,
+    ])?;
+    let listen = cp.line("LISTEN addr=").await?;
+    let addr: SocketAddr = listen.trim_start_matches("LISTEN addr=").parse()?;
+    let first = cp.line("SNAPSHOT ").await?;
+    let version = first
+        .strip_prefix("SNAPSHOT version=")
+        .and_then(|rest| rest.strip_suffix(" resources=2"))
+        .with_context(|| format!("{first:?}"))?
+        .to_string();
+
+    // kuma-dp's request (the golden body): the bootstrap points ADS back at this CP.
+    let request = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/kuma-corpus/kuma-dp-bootstrap-request/bootstrap-request-metrics-metadata.golden.json"
+    ))
+    .context("golden bootstrap request")?;
+    let url = format!("http://{addr}/bootstrap");
+    let (status, body) = post(&url, &request, &[])?;
+    assert_eq!(status, 200, "{body}");
+    let document = bootstrap_document(&body)?;
+    assert_eq!(document["node"]["id"], "demo.sample");
+    assert_eq!(
+        document["dynamicResources"]["adsConfig"]["setNodeOnFirstMessageOnly"],
+        true
+    );
+    let endpoint = &document["staticResources"]["clusters"][0]["loadAssignment"]["endpoints"][0]
+        ["lbEndpoints"][0]["endpoint"]["address"]["socketAddress"];
+    assert_eq!(
+        (endpoint["address"].as_str(), endpoint["portValue"].as_u64()),
+        (Some("127.0.0.1"), Some(u64::from(addr.port())))
+    );
+    assert_eq!(
+        cp.line("BOOTSTRAP ").await?,
+        "BOOTSTRAP node=demo.sample status=200"
+    );
+
+    // No token while one is required: kuma-cp's 422.
+    let mut no_token: serde_json::Value = serde_json::from_str(&request)?;
+    no_token["dataplaneToken"] = "".into();
+    let (status, body) = post(&url, &no_token.to_string(), &[])?;
+    assert_eq!(status, 422);
+    assert!(body.starts_with("Dataplane Token is required."), "{body}");
+    assert_eq!(
+        cp.line("BOOTSTRAP ").await?,
+        "BOOTSTRAP node=demo.sample status=422"
+    );
+    // Not /bootstrap: kuma-cp's 404 (what kuma-dp reports as a wrong port).
+    let (status, body) = post(&format!("http://{addr}/other"), "{}", &[])?;
+    assert_eq!((status, body.as_str()), (404, "404: Page Not Found"));
+
+    // ADS on the same port: every line of the exchange.
+    let mut client = start_client(addr, TokenSource::File(token.clone()))?;
+    assert_eq!(
+        cp.line("CONNECT ").await?,
+        "CONNECT node=default.dp-1 token=yes"
+    );
+    let push = cp.line("PUSH type=Cluster ").await?;
+    assert!(
+        push.starts_with(&format!("PUSH type=Cluster version={version} nonce="))
+            && push.ends_with(" node=default.dp-1 resources=1"),
+        "{push}"
+    );
+    assert_eq!(
+        cp.line("ACK type=Cluster ").await?,
+        format!("ACK type=Cluster version={version} node=default.dp-1")
+    );
+    client
+        .wait_kept(|s| s.version(ResourceType::Listener) == version)
+        .await?;
+
+    // A changed file is served again; the client refuses it and the NACK's detail is printed.
+    std::fs::write(&resources, golden_yaml(&["backend", "unsupported-x"]))?;
+    let snapshot = cp.line("SNAPSHOT ").await?;
+    let bad = snapshot
+        .strip_prefix("SNAPSHOT version=")
+        .and_then(|rest| rest.strip_suffix(" resources=3"))
+        .with_context(|| format!("{snapshot:?}"))?
+        .to_string();
+    assert_eq!(
+        cp.line("NACK ").await?,
+        format!("NACK type=Cluster version={bad} kept={version} node=default.dp-1 detail=Cluster unsupported-x: cluster_discovery_type: not supported")
+    );
+    Ok(())
+}

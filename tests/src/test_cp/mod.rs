@@ -10,6 +10,9 @@
 
 mod ads;
 mod bootstrap;
+mod files;
+
+pub use files::{load_files, tls_config, watch_files, POLL_INTERVAL};
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
