@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -570,11 +571,12 @@ impl Drop for TestCpProcess {
 }
 
 impl TestCpProcess {
-    fn start(args: &[&str]) -> Result<TestCpProcess> {
+    fn start(args: &[&str], stderr: &Path) -> Result<TestCpProcess> {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bearing-test-cp"))
             .args(args)
             .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(stderr)?)
             .spawn()
             .context("start bearing-test-cp")?;
         let stdout = child.stdout.take().context("stdout")?;
@@ -603,6 +605,14 @@ impl TestCpProcess {
             }
         }
     }
+}
+
+/// The version of a `SNAPSHOT version=V resources=N` line, checking N.
+fn snapshot_version(line: &str, resources: usize) -> Result<String> {
+    line.strip_prefix("SNAPSHOT version=")
+        .and_then(|rest| rest.strip_suffix(&format!(" resources={resources}")))
+        .map(str::to_string)
+        .with_context(|| format!("{line:?} is not a snapshot of {resources} resources"))
 }
 
 /// POSTs `body` to `url` with curl; status and body.
@@ -643,22 +653,20 @@ async fn test_cp_binary_serves_bootstrap_and_ads_from_golden_files_and_prints_ev
     std::fs::write(&resources, golden_yaml(&["backend"]))?;
     let token = dir.path().join("token");
     write_token(&token, "token")?;
-    let mut cp = TestCpProcess::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--require-token",
-        token.to_str().context("path")?,
-        "--resources",
-        resources.to_str().context("path")?,
-    ])?;
+    let mut cp = TestCpProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--require-token",
+            token.to_str().context("path")?,
+            "--resources",
+            resources.to_str().context("path")?,
+        ],
+        &dir.path().join("stderr"),
+    )?;
     let listen = cp.line("LISTEN addr=").await?;
     let addr: SocketAddr = listen.trim_start_matches("LISTEN addr=").parse()?;
-    let first = cp.line("SNAPSHOT ").await?;
-    let version = first
-        .strip_prefix("SNAPSHOT version=")
-        .and_then(|rest| rest.strip_suffix(" resources=2"))
-        .with_context(|| format!("{first:?}"))?
-        .to_string();
+    let version = snapshot_version(&cp.line("SNAPSHOT ").await?, 2)?;
 
     // kuma-dp's request (the golden body): the bootstrap points ADS back at this CP.
     let request = std::fs::read_to_string(concat!(
@@ -722,15 +730,157 @@ async fn test_cp_binary_serves_bootstrap_and_ads_from_golden_files_and_prints_ev
 
     // A changed file is served again; the client refuses it and the NACK's detail is printed.
     std::fs::write(&resources, golden_yaml(&["backend", "unsupported-x"]))?;
-    let snapshot = cp.line("SNAPSHOT ").await?;
-    let bad = snapshot
-        .strip_prefix("SNAPSHOT version=")
-        .and_then(|rest| rest.strip_suffix(" resources=3"))
-        .with_context(|| format!("{snapshot:?}"))?
-        .to_string();
+    let bad = snapshot_version(&cp.line("SNAPSHOT ").await?, 3)?;
     assert_eq!(
         cp.line("NACK ").await?,
         format!("NACK type=Cluster version={bad} kept={version} node=default.dp-1 detail=Cluster unsupported-x: cluster_discovery_type: not supported")
+    );
+
+    // A file that does not decode is reported on stderr and not served; the next good one is.
+    std::fs::write(
+        &resources,
+        golden_yaml(&["backend"]).replace("connectTimeout: 5s", "connectTimeout: soon"),
+    )?;
+    let stderr = dir.path().join("stderr");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !std::fs::read_to_string(&stderr)?.contains(&format!("still serving version {bad}")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no load error on stderr"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = std::fs::read_to_string(&stderr)?;
+    assert!(
+        report.contains(&format!(
+            "{}: type.googleapis.com/envoy.config.cluster.v3.Cluster backend: connectTimeout",
+            resources.display()
+        )),
+        "{report}"
+    );
+    std::fs::write(&resources, golden_yaml(&["web"]))?;
+    let good = snapshot_version(&cp.line("SNAPSHOT ").await?, 2)?;
+    assert_eq!(
+        cp.line("ACK type=Cluster ").await?,
+        format!("ACK type=Cluster version={good} node=default.dp-1")
+    );
+    Ok(())
+}
+
+/// A test TLS connector for the ADS channel (what the CP TLS connector of the bootstrap crate
+/// plugs into): TCP to the URI's host and port, then TLS verified against `roots`, ALPN h2.
+#[derive(Clone)]
+struct TestTlsConnector(Arc<rustls::ClientConfig>);
+
+impl TestTlsConnector {
+    fn trusting(ca_pem: &str) -> Result<TestTlsConnector> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(TestTlsConnector(Arc::new(config)))
+    }
+}
+
+type Connecting = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = std::io::Result<
+                    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+                >,
+            > + Send,
+    >,
+>;
+
+impl tower_service::Service<http::Uri> for TestTlsConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Connecting {
+        let config = self.0.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| std::io::Error::other(format!("{uri}: no host")))?
+                .trim_matches(['[', ']'])
+                .to_string();
+            let tcp =
+                tokio::net::TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(443)))
+                    .await?;
+            let name =
+                rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+#[tokio::test]
+async fn ads_and_bootstrap_over_tls_with_a_plugged_in_connector() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = bearing_e2e::TestCa::new(dir.path(), "cp-ca")?;
+    let leaf = ca.issue("cp", &["DNS:localhost", "IP:127.0.0.1"])?;
+    let config = TestCpConfig {
+        tls: Some(bearing_e2e::test_cp::tls_config(&leaf.cert, &leaf.key)?),
+        ..Default::default()
+    };
+    let cp = start_cp("127.0.0.1:0", config, resources(&["backend"])).await?;
+    let addr = cp.addr();
+    let mut events = cp.events();
+    let version = cp.snapshot().version.clone();
+
+    let connector = TestTlsConnector::trusting(&ca.cert_pem()?)?;
+    let channel = cp_endpoint(&format!("https://127.0.0.1:{}", addr.port()))?
+        .connect_with_connector_lazy(connector);
+    let mut client = AdsClient::new(
+        channel,
+        kuma_node("default", "dp-1", Struct::default()),
+        TokenSource::None,
+    );
+    let (offers_tx, offers) = mpsc::unbounded_channel();
+    let task =
+        tokio::spawn(async move { client.run(&mut RecordingSink { offers: offers_tx }).await });
+    let mut client = Client { task, offers };
+    wait_all_acked(&mut events, &version).await?;
+    client
+        .wait_kept(|s| ResourceType::ALL.iter().all(|t| s.version(*t) == version))
+        .await?;
+
+    // /bootstrap on the same TLS port; the bootstrap trusts the CP's certificate by SNI.
+    let ca_file = ca.files().cert.to_str().context("path")?.to_string();
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        post(
+            &format!("https://localhost:{}/bootstrap", addr.port()),
+            r#"{"mesh":"default","name":"dp-1"}"#,
+            &["--cacert", &ca_file],
+        )
+    })
+    .await??;
+    assert_eq!(status, 200, "{body}");
+    let document = bootstrap_document(&body)?;
+    let tls = &document["staticResources"]["clusters"][0]["transportSocket"]["typedConfig"];
+    assert_eq!(tls["sni"], "localhost");
+    assert_eq!(
+        document["staticResources"]["secrets"][0]["name"],
+        "cp_validation_ctx"
     );
     Ok(())
 }
