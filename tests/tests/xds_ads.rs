@@ -1,7 +1,6 @@
 //! The ADS client (bearing-xds) against the test control plane, in-process: initial sync,
 //! NACK and ACK, control-plane restarts, garbage, token handling, and `/bootstrap`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,73 +16,62 @@ use bearing_xds::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3:
 use bearing_xds::envoy_types::pb::envoy::service::runtime::v3::Runtime;
 use bearing_xds::envoy_types::pb::google::protobuf::{Any, Struct};
 use bearing_xds::{
-    cp_endpoint, kuma_node, AdsClient, ConfigSink, Rejection, ResourceState, ResourceType,
+    cp_endpoint, kuma_node, to_any, AdsClient, ConfigSink, Rejection, ResourceState, ResourceType,
     TokenSource,
 };
-use prost::{Message, Name};
+use prost::Name;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 
 /// How long a test waits for the control plane or the client to do something.
 const WAIT: Duration = Duration::from_secs(20);
 
-fn any<M: Message + Name>(message: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: message.encode_to_vec(),
-    }
+/// A message of type `M` whose name (the field `name_field` gives) is `name`, as an Any.
+fn named<M: prost::Message + Name + Default>(
+    name: &str,
+    name_field: fn(&mut M) -> &mut String,
+) -> Any {
+    let mut message = M::default();
+    *name_field(&mut message) = name.into();
+    to_any(&message)
 }
 
 fn cluster(name: &str) -> Any {
-    any(&Cluster {
-        name: name.into(),
-        ..Default::default()
-    })
+    named::<Cluster>(name, |c| &mut c.name)
 }
 
 /// One resource of every type; clusters named by `clusters`.
 fn resources(clusters: &[&str]) -> Resources {
-    let mut resources: Resources = BTreeMap::new();
-    resources.insert(
-        Cluster::type_url(),
-        clusters.iter().map(|name| cluster(name)).collect(),
-    );
-    resources.insert(
-        ClusterLoadAssignment::type_url(),
-        vec![any(&ClusterLoadAssignment {
-            cluster_name: "backend".into(),
-            ..Default::default()
-        })],
-    );
-    resources.insert(
-        Listener::type_url(),
-        vec![any(&Listener {
-            name: "inbound:10.0.0.1:80".into(),
-            ..Default::default()
-        })],
-    );
-    resources.insert(
-        RouteConfiguration::type_url(),
-        vec![any(&RouteConfiguration {
-            name: "gateway:80".into(),
-            ..Default::default()
-        })],
-    );
-    resources.insert(
-        Secret::type_url(),
-        vec![any(&Secret {
-            name: "identity_cert:secret:default".into(),
-            ..Default::default()
-        })],
-    );
-    resources.insert(
-        Runtime::type_url(),
-        vec![any(&Runtime {
-            name: "gateway.listeners".into(),
-            ..Default::default()
-        })],
-    );
-    resources
+    Resources::from([
+        (
+            Cluster::type_url(),
+            clusters.iter().map(|n| cluster(n)).collect(),
+        ),
+        (
+            ClusterLoadAssignment::type_url(),
+            vec![named::<ClusterLoadAssignment>("backend", |c| {
+                &mut c.cluster_name
+            })],
+        ),
+        (
+            Listener::type_url(),
+            vec![named::<Listener>("inbound:10.0.0.1:80", |l| &mut l.name)],
+        ),
+        (
+            RouteConfiguration::type_url(),
+            vec![named::<RouteConfiguration>("gateway:80", |r| &mut r.name)],
+        ),
+        (
+            Secret::type_url(),
+            vec![named::<Secret>("identity_cert:secret:default", |s| {
+                &mut s.name
+            })],
+        ),
+        (
+            Runtime::type_url(),
+            vec![named::<Runtime>("gateway.listeners", |r| &mut r.name)],
+        ),
+    ])
 }
 
 /// Keeps what it is offered unless a cluster's name starts with `unsupported-`; every offer
@@ -169,6 +157,28 @@ async fn start_cp(addr: &str, config: TestCpConfig, resources: Resources) -> Res
     bail!("bind {addr}: {last:?}")
 }
 
+/// A plaintext CP on a free loopback port serving `resources(&["backend"])`, its events from
+/// the start and its version.
+async fn backend_cp() -> Result<(TestCp, broadcast::Receiver<Event>, String)> {
+    let cp = start_cp(
+        "127.0.0.1:0",
+        TestCpConfig::default(),
+        resources(&["backend"]),
+    )
+    .await?;
+    let events = cp.events();
+    let version = cp.snapshot().version.clone();
+    Ok((cp, events, version))
+}
+
+/// The CONNECT event of node `default.dp-1` with `token`.
+fn connect_of(token: Option<&str>) -> Event {
+    Event::Connect {
+        node: "default.dp-1".into(),
+        token: token.map(str::to_string),
+    }
+}
+
 /// Waits for the first event `matches` accepts, returning it.
 async fn wait_event(
     events: &mut broadcast::Receiver<Event>,
@@ -210,14 +220,7 @@ fn names(state: &ResourceState, resource_type: ResourceType) -> Vec<String> {
 
 #[tokio::test]
 async fn initial_sync_of_every_type_in_envoys_order() -> Result<()> {
-    let cp = start_cp(
-        "127.0.0.1:0",
-        TestCpConfig::default(),
-        resources(&["backend"]),
-    )
-    .await?;
-    let mut events = cp.events();
-    let version = cp.snapshot().version.clone();
+    let (cp, mut events, version) = backend_cp().await?;
     let mut client = start_client(cp.addr(), TokenSource::None)?;
 
     // Subscriptions (so the first responses) come in Envoy's order, to the named node.
@@ -264,14 +267,7 @@ async fn initial_sync_of_every_type_in_envoys_order() -> Result<()> {
 #[tokio::test]
 async fn refused_config_is_nacked_with_detail_and_the_previous_kept_then_a_fix_is_acked(
 ) -> Result<()> {
-    let cp = start_cp(
-        "127.0.0.1:0",
-        TestCpConfig::default(),
-        resources(&["backend"]),
-    )
-    .await?;
-    let mut events = cp.events();
-    let good = cp.snapshot().version.clone();
+    let (cp, mut events, good) = backend_cp().await?;
     let mut client = start_client(cp.addr(), TokenSource::None)?;
     wait_all_acked(&mut events, &good).await?;
 
@@ -396,18 +392,11 @@ async fn control_plane_restart_reconnects_and_resyncs() -> Result<()> {
 
 #[tokio::test]
 async fn garbage_from_the_control_plane_is_nacked_without_panic() -> Result<()> {
-    let cp = start_cp(
-        "127.0.0.1:0",
-        TestCpConfig::default(),
-        resources(&["backend"]),
-    )
-    .await?;
-    let mut events = cp.events();
-    let good = cp.snapshot().version.clone();
+    let (cp, mut events, good) = backend_cp().await?;
     let mut client = start_client(cp.addr(), TokenSource::None)?;
     wait_all_acked(&mut events, &good).await?;
 
-    let listener_as_cluster = any(&Listener {
+    let listener_as_cluster = to_any(&Listener {
         name: "l".into(),
         ..Default::default()
     });
@@ -467,13 +456,7 @@ async fn token_is_sent_as_metadata_and_read_again_for_each_stream() -> Result<()
     let mut events = cp.events();
     let _client = start_client(addr, TokenSource::File(client_token.clone()))?;
     let connect = wait_event(&mut events, |e| matches!(e, Event::Connect { .. })).await?;
-    assert_eq!(
-        connect,
-        Event::Connect {
-            node: "default.dp-1".into(),
-            token: Some("token-1".into())
-        }
-    );
+    assert_eq!(connect, connect_of(Some("token-1")));
     assert_eq!(connect.to_string(), "CONNECT node=default.dp-1 token=yes");
 
     // Rotated on both sides, then the CP restarts: the new stream carries the new token.
@@ -483,13 +466,7 @@ async fn token_is_sent_as_metadata_and_read_again_for_each_stream() -> Result<()
     let cp = start_cp(&addr.to_string(), config.clone(), resources(&["backend"])).await?;
     let mut events = cp.events();
     let connect = wait_event(&mut events, |e| matches!(e, Event::Connect { .. })).await?;
-    assert_eq!(
-        connect,
-        Event::Connect {
-            node: "default.dp-1".into(),
-            token: Some("token-2".into())
-        }
-    );
+    assert_eq!(connect, connect_of(Some("token-2")));
 
     // A token the CP does not accept: refused (UNAUTHENTICATED), the client keeps retrying and
     // gets in once its file holds the right token again.
@@ -504,43 +481,19 @@ async fn token_is_sent_as_metadata_and_read_again_for_each_stream() -> Result<()
     );
     write_token(&client_token, "token-2")?;
     let connect = wait_event(&mut events, |e| matches!(e, Event::Connect { .. })).await?;
-    assert_eq!(
-        connect,
-        Event::Connect {
-            node: "default.dp-1".into(),
-            token: Some("token-2".into())
-        }
-    );
+    assert_eq!(connect, connect_of(Some("token-2")));
     Ok(())
 }
 
 #[tokio::test]
 async fn fixed_token_and_no_token() -> Result<()> {
-    let cp = start_cp(
-        "127.0.0.1:0",
-        TestCpConfig::default(),
-        resources(&["backend"]),
-    )
-    .await?;
-    let mut events = cp.events();
+    let (cp, mut events, _) = backend_cp().await?;
     let _with = start_client(cp.addr(), TokenSource::Fixed("fixed".into()))?;
     let connect = wait_event(&mut events, |e| matches!(e, Event::Connect { .. })).await?;
-    assert_eq!(
-        connect,
-        Event::Connect {
-            node: "default.dp-1".into(),
-            token: Some("fixed".into())
-        }
-    );
+    assert_eq!(connect, connect_of(Some("fixed")));
     let _without = start_client(cp.addr(), TokenSource::None)?;
     let connect = wait_event(&mut events, |e| matches!(e, Event::Connect { .. })).await?;
-    assert_eq!(
-        connect,
-        Event::Connect {
-            node: "default.dp-1".into(),
-            token: None
-        }
-    );
+    assert_eq!(connect, connect_of(None));
     Ok(())
 }
 

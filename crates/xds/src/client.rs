@@ -310,9 +310,9 @@ impl AdsClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::to_any;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-    use envoy_types::pb::google::protobuf::Any;
-    use prost::{Message, Name};
+    use prost::Name;
 
     /// Accepts everything but a cluster named `bad`.
     struct RefuseBad;
@@ -333,13 +333,11 @@ mod tests {
             type_url: Cluster::type_url(),
             resources: names
                 .iter()
-                .map(|name| Any {
-                    type_url: Cluster::type_url(),
-                    value: Cluster {
+                .map(|name| {
+                    to_any(&Cluster {
                         name: name.to_string(),
                         ..Default::default()
-                    }
-                    .encode_to_vec(),
+                    })
                 })
                 .collect(),
             ..Default::default()

@@ -17,4 +17,6 @@ pub use client::{
     cp_endpoint, kuma_node, struct_from_json, AdsClient, ConfigSink, TokenSource, MAX_MESSAGE_SIZE,
 };
 pub use envoy_types;
-pub use resources::{decode_response, Rejection, ResourceState, ResourceType, TypeResources};
+pub use resources::{
+    decode_response, to_any, Rejection, ResourceState, ResourceType, TypeResources,
+};

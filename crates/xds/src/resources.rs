@@ -198,6 +198,14 @@ impl ResourceState {
     }
 }
 
+/// `message` packed as an Any with its type URL, as a control plane sends it.
+pub fn to_any<M: Message + Name>(message: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
 /// Decodes a response's resources into a by-name set, checking each one: the Any's type is the
 /// response's (after unwrapping Envoy's `Resource` wrapper), it decodes, and its name is
 /// non-empty and unique. The first problem is returned as a [`Rejection`].
@@ -285,15 +293,8 @@ fn unwrap_resource(any: &Any, position: &str) -> Result<(Option<String>, Any), R
 mod tests {
     use super::*;
 
-    fn any<M: Message + Name>(message: &M) -> Any {
-        Any {
-            type_url: M::type_url(),
-            value: message.encode_to_vec(),
-        }
-    }
-
     fn cluster(name: &str) -> Any {
-        any(&Cluster {
+        to_any(&Cluster {
             name: name.into(),
             ..Default::default()
         })
@@ -343,7 +344,7 @@ mod tests {
 
     #[test]
     fn unwraps_envoy_resource_wrapper() {
-        let wrapped = any(&Resource {
+        let wrapped = to_any(&Resource {
             name: "a".into(),
             resource: Some(cluster("a")),
             ..Default::default()
@@ -354,7 +355,7 @@ mod tests {
 
     #[test]
     fn rejects_every_malformed_response_with_a_named_field() {
-        let listener = any(&Listener {
+        let listener = to_any(&Listener {
             name: "l".into(),
             ..Default::default()
         });
@@ -362,7 +363,7 @@ mod tests {
         truncated.value.truncate(5);
         let mut no_nonce = response(vec![cluster("a")]);
         no_nonce.nonce.clear();
-        let bad_wrapper = any(&Resource {
+        let bad_wrapper = to_any(&Resource {
             name: "x".into(),
             resource: Some(cluster("a")),
             ..Default::default()

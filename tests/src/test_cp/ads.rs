@@ -114,7 +114,8 @@ impl AdsStream {
                 _ = stop.cancelled() => false,
                 request = requests.message() => match request {
                     Ok(Some(request)) => {
-                        let snapshot = snapshots.borrow_and_update().clone();
+                        // Not marked seen: a change still reaches the types sent earlier.
+                        let snapshot = snapshots.borrow().clone();
                         self.request(request, &snapshot).await
                     }
                     Ok(None) | Err(_) => false,
