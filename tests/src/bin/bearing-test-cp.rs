@@ -38,8 +38,15 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
+async fn main() {
+    if let Err(e) = run(Args::parse()).await {
+        eprintln!("bearing-test-cp: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+/// Serves until Ctrl-C; an error before serving (bad files, TLS, address) ends it.
+async fn run(args: Args) -> Result<()> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
         (None, None) => None,
