@@ -969,3 +969,60 @@ async fn real_envoy_bootstraps_from_the_test_cp_and_its_acks_and_nacks_are_print
     );
     Ok(())
 }
+
+/// A gRPC server that answers every ADS stream with a broken message: bytes that are not a
+/// DiscoveryResponse, then a frame cut off mid-message, in turn. Returns how many streams it
+/// answered.
+async fn broken_grpc_server(listener: TcpListener) -> Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let streams = Arc::new(AtomicUsize::new(0));
+    let counter = streams.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |_: http::Request<hyper::body::Incoming>| {
+                        let n = counter.fetch_add(1, Ordering::SeqCst);
+                        // gRPC framing: flag byte, 4-byte big-endian length, message.
+                        let frame: Vec<u8> = if n % 2 == 0 {
+                            [&[0u8, 0, 0, 0, 4][..], &[0xff, 0xff, 0xff, 0xff]].concat()
+                        } else {
+                            [&[0u8, 0, 0, 3, 0xe8][..], &[0x0a, 0x01, b'1']].concat()
+                        };
+                        let response = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(frame)));
+                        async move { response }
+                    });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+            });
+        }
+    });
+    streams
+}
+
+#[tokio::test]
+async fn undecodable_or_cut_off_messages_end_the_stream_and_the_client_reconnects() -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let streams = broken_grpc_server(listener).await;
+    let mut client = start_client(addr, TokenSource::None)?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while streams.load(std::sync::atomic::Ordering::SeqCst) < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!client.task.is_finished(), "the client task ended");
+    assert!(
+        client.offers.try_recv().is_err(),
+        "a broken message was offered"
+    );
+    Ok(())
+}
