@@ -985,7 +985,7 @@ async fn broken_grpc_server(listener: TcpListener) -> Arc<std::sync::atomic::Ato
                     hyper::service::service_fn(move |_: http::Request<hyper::body::Incoming>| {
                         let n = counter.fetch_add(1, Ordering::SeqCst);
                         // gRPC framing: flag byte, 4-byte big-endian length, message.
-                        let frame: Vec<u8> = if n % 2 == 0 {
+                        let frame: Vec<u8> = if n.is_multiple_of(2) {
                             [&[0u8, 0, 0, 0, 4][..], &[0xff, 0xff, 0xff, 0xff]].concat()
                         } else {
                             [&[0u8, 0, 0, 3, 0xe8][..], &[0x0a, 0x01, b'1']].concat()
