@@ -1026,3 +1026,45 @@ async fn undecodable_or_cut_off_messages_end_the_stream_and_the_client_reconnect
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_push_over_tonics_default_4_mib_is_accepted() -> Result<()> {
+    use bearing_xds::envoy_types::pb::envoy::config::core::v3::{
+        transport_socket, TransportSocket,
+    };
+    // 12,000 clusters of ~450 bytes each: one Cluster response of about 5.5 MB.
+    let clusters: Vec<Any> = (0..12_000)
+        .map(|i| {
+            to_any(&Cluster {
+                name: format!("backend-{i}_default_svc_80"),
+                transport_socket: Some(TransportSocket {
+                    name: "envoy.transport_sockets.tls".into(),
+                    config_type: Some(transport_socket::ConfigType::TypedConfig(Any {
+                        type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext".into(),
+                        value: vec![0; 350],
+                    })),
+                }),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let size: usize = clusters.iter().map(|c| c.value.len()).sum();
+    assert!(size > 5 << 20, "{size} bytes");
+    let mut big = resources(&[]);
+    big.insert(Cluster::type_url(), clusters);
+    let cp = start_cp("127.0.0.1:0", TestCpConfig::default(), big).await?;
+    let mut events = cp.events();
+    let version = cp.snapshot().version.clone();
+    let started = std::time::Instant::now();
+    let mut client = start_client(cp.addr(), TokenSource::None)?;
+    wait_all_acked(&mut events, &version).await?;
+    let state = client
+        .wait_kept(|s| s.version(ResourceType::Cluster) == version)
+        .await?;
+    assert_eq!(state.get(ResourceType::Cluster).resources.len(), 12_000);
+    eprintln!(
+        "12,000 clusters ({size} bytes) pushed, checked and ACKed in {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
