@@ -153,6 +153,29 @@ pub fn struct_from_json(value: &serde_json::Value) -> Struct {
     }
 }
 
+/// Which stream problems are logged: one only when it differs from the last one logged, so a
+/// control plane that stays down makes one line, not one per retry.
+#[derive(Debug, Default)]
+struct ProblemLog {
+    last: Option<String>,
+}
+
+impl ProblemLog {
+    /// Records `problem`; true when it differs from the last one (log it).
+    fn is_new(&mut self, problem: &str) -> bool {
+        if self.last.as_deref() == Some(problem) {
+            return false;
+        }
+        self.last = Some(problem.to_string());
+        true
+    }
+
+    /// The control plane answered; true when a problem had been logged (log the recovery).
+    fn recovered(&mut self) -> bool {
+        self.last.take().is_some()
+    }
+}
+
 /// A State-of-the-World ADS client: one stream at a time, wildcard subscriptions to every
 /// [`ResourceType`], the accepted resources kept across streams.
 #[derive(Debug)]
@@ -185,16 +208,15 @@ impl AdsClient {
     /// is logged when it differs from the previous one, not on every retry.
     pub async fn run<S: ConfigSink>(&mut self, sink: &mut S) {
         let mut backoff = Backoff::default();
-        let mut last_problem: Option<String> = None;
+        let mut problems = ProblemLog::default();
         loop {
             let problem = self
-                .stream(sink, &mut backoff, &mut last_problem)
+                .stream(sink, &mut backoff, &mut problems)
                 .await
                 .to_string();
             let delay = backoff.next_delay();
-            if last_problem.as_deref() != Some(problem.as_str()) {
+            if problems.is_new(&problem) {
                 tracing::warn!("ADS stream to the control plane ended: {problem}; reconnecting with back-off (next in {delay:?})");
-                last_problem = Some(problem);
             } else {
                 tracing::debug!("ADS stream ended again: {problem}; next try in {delay:?}");
             }
@@ -207,7 +229,7 @@ impl AdsClient {
         &mut self,
         sink: &mut S,
         backoff: &mut Backoff,
-        last_problem: &mut Option<String>,
+        problems: &mut ProblemLog,
     ) -> StreamError {
         let token = match self.token.metadata() {
             Ok(token) => token,
@@ -243,7 +265,7 @@ impl AdsClient {
                 Err(status) => return StreamError::Rpc(status),
             };
             backoff.reset();
-            if last_problem.take().is_some() {
+            if problems.recovered() {
                 tracing::info!("ADS stream to the control plane re-established");
             }
             let Some(reply) = self.respond(response, sink) else {
@@ -269,30 +291,29 @@ impl AdsClient {
             );
             return None;
         };
-        let outcome = decode_response(resource_type, &response).and_then(|resources| {
+        let mut reply = DiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        };
+        let version = response.version_info.clone();
+        let outcome = decode_response(resource_type, response).and_then(|resources| {
             let count = resources.resources.len();
             let candidate = self.state.with(resource_type, resources);
             sink.offer(&candidate, resource_type)?;
             Ok((candidate, count))
         });
-        let mut reply = DiscoveryRequest {
-            type_url: response.type_url,
-            response_nonce: response.nonce,
-            ..Default::default()
-        };
         match outcome {
             Ok((candidate, count)) => {
                 tracing::info!(
-                    "ADS: accepted {resource_type} version {:?} ({count} resources)",
-                    response.version_info
+                    "ADS: accepted {resource_type} version {version:?} ({count} resources)"
                 );
                 self.state = candidate;
-                reply.version_info = response.version_info;
+                reply.version_info = version;
             }
             Err(rejection) => {
                 tracing::warn!(
-                    "ADS: rejected {resource_type} version {:?}, keeping version {:?}: {rejection}",
-                    response.version_info,
+                    "ADS: rejected {resource_type} version {version:?}, keeping version {:?}: {rejection}",
                     self.state.version(resource_type)
                 );
                 reply.version_info = self.state.version(resource_type).to_string();
@@ -395,6 +416,17 @@ mod tests {
         let mut response = clusters("1", "n1", &[]);
         response.type_url = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig".into();
         assert!(client().respond(response, &mut RefuseBad).is_none());
+    }
+
+    #[test]
+    fn a_problem_is_logged_once_until_it_changes_or_the_cp_answers() {
+        let mut problems = ProblemLog::default();
+        assert!(problems.is_new("connection refused"));
+        assert!(!problems.is_new("connection refused"));
+        assert!(problems.is_new("UNAUTHENTICATED"));
+        assert!(problems.recovered());
+        assert!(!problems.recovered());
+        assert!(problems.is_new("UNAUTHENTICATED"));
     }
 
     #[test]

@@ -208,10 +208,11 @@ pub fn to_any<M: Message + Name>(message: &M) -> Any {
 
 /// Decodes a response's resources into a by-name set, checking each one: the Any's type is the
 /// response's (after unwrapping Envoy's `Resource` wrapper), it decodes, and its name is
-/// non-empty and unique. The first problem is returned as a [`Rejection`].
+/// non-empty and unique. The first problem is returned as a [`Rejection`]. The response is
+/// taken by value so that its resources move into the set without a copy.
 pub fn decode_response(
     resource_type: ResourceType,
-    response: &DiscoveryResponse,
+    response: DiscoveryResponse,
 ) -> Result<TypeResources, Rejection> {
     let type_name = resource_type.short_name();
     if response.nonce.is_empty() {
@@ -222,7 +223,7 @@ pub fn decode_response(
         ));
     }
     let mut resources = BTreeMap::new();
-    for (index, any) in response.resources.iter().enumerate() {
+    for (index, any) in response.resources.into_iter().enumerate() {
         let position = format!("{type_name} #{index}");
         let (wrapper_name, any) = unwrap_resource(any, &position)?;
         if any.type_url != response.type_url {
@@ -266,15 +267,15 @@ pub fn decode_response(
         resources.insert(name, any);
     }
     Ok(TypeResources {
-        version: response.version_info.clone(),
+        version: response.version_info,
         resources,
     })
 }
 
 /// Unwraps Envoy's `Resource` wrapper if `any` is one: the wrapper's name and the inner Any.
-fn unwrap_resource(any: &Any, position: &str) -> Result<(Option<String>, Any), Rejection> {
+fn unwrap_resource(any: Any, position: &str) -> Result<(Option<String>, Any), Rejection> {
     if any.type_url != RESOURCE_WRAPPER_TYPE_URL {
-        return Ok((None, any.clone()));
+        return Ok((None, any));
     }
     let wrapper = Resource::decode(any.value.as_slice()).map_err(|e| {
         Rejection::new(
@@ -334,7 +335,7 @@ mod tests {
     fn decodes_resources_by_name() {
         let set = decode_response(
             ResourceType::Cluster,
-            &response(vec![cluster("b"), cluster("a")]),
+            response(vec![cluster("b"), cluster("a")]),
         )
         .unwrap();
         assert_eq!(set.version, "v1");
@@ -349,7 +350,7 @@ mod tests {
             resource: Some(cluster("a")),
             ..Default::default()
         });
-        let set = decode_response(ResourceType::Cluster, &response(vec![wrapped])).unwrap();
+        let set = decode_response(ResourceType::Cluster, response(vec![wrapped])).unwrap();
         assert_eq!(set.resources["a"], cluster("a"));
     }
 
@@ -389,7 +390,7 @@ mod tests {
             ),
         ];
         for (response, expected) in cases {
-            let rejection = decode_response(ResourceType::Cluster, &response).unwrap_err();
+            let rejection = decode_response(ResourceType::Cluster, response).unwrap_err();
             assert!(
                 rejection.to_string().starts_with(expected),
                 "{rejection} does not start with {expected}"
