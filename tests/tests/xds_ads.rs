@@ -557,14 +557,18 @@ impl LineProcess {
     /// The next line starting with `prefix` (earlier lines are skipped).
     async fn line(&mut self, prefix: &str) -> Result<String> {
         let deadline = tokio::time::Instant::now() + WAIT;
+        let mut skipped = Vec::new();
         loop {
             let line = tokio::time::timeout_at(deadline, self.lines.recv())
                 .await
-                .with_context(|| format!("no line starting with {prefix:?} in time"))?
+                .with_context(|| {
+                    format!("no line starting with {prefix:?} in time after {skipped:#?}")
+                })?
                 .context("the process exited")?;
             if line.starts_with(prefix) {
                 return Ok(line);
             }
+            skipped.push(line);
         }
     }
 }
@@ -1066,5 +1070,42 @@ async fn a_push_over_tonics_default_4_mib_is_accepted() -> Result<()> {
         "12,000 clusters ({size} bytes) pushed, checked and ACKed in {:?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_snapshot_is_announced_before_it_is_pushed() -> Result<()> {
+    let (cp, mut events, first) = backend_cp().await?;
+    let mut client = start_client(cp.addr(), TokenSource::None)?;
+    wait_all_acked(&mut events, &first).await?;
+    let cp = Arc::new(cp);
+    let pusher = cp.clone();
+    // Pushed from another thread while the stream runs, as the file watcher does.
+    let versions = tokio::task::spawn_blocking(move || {
+        (0..20)
+            .map(|i| pusher.set_resources(resources(&[&format!("backend-{i}")])))
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    let last = versions.last().context("versions")?.clone();
+    client
+        .wait_kept(|s| ResourceType::ALL.iter().all(|t| s.version(*t) == last))
+        .await?;
+    let mut announced = std::collections::BTreeSet::new();
+    while let Ok(event) = events.try_recv() {
+        match event {
+            Event::Snapshot { version, .. } => {
+                announced.insert(version);
+            }
+            Event::Push { version, .. } | Event::Ack { version, .. } => {
+                assert!(
+                    announced.contains(&version),
+                    "{version} pushed or acked before announced"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(announced.contains(&last));
     Ok(())
 }
