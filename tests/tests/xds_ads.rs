@@ -117,7 +117,7 @@ fn start_client(addr: SocketAddr, token: TokenSource) -> Result<Client> {
     let channel = cp_endpoint(&format!("http://{addr}"))?.connect_lazy();
     let mut client = AdsClient::new(
         channel,
-        kuma_node("default", "dp-1", Struct::default()),
+        kuma_node("default.dp-1", "backend", Struct::default()),
         token,
     );
     let (offers_tx, offers) = mpsc::unbounded_channel();
@@ -818,7 +818,7 @@ async fn ads_and_bootstrap_over_tls_with_a_plugged_in_connector() -> Result<()> 
         .connect_with_connector_lazy(connector);
     let mut client = AdsClient::new(
         channel,
-        kuma_node("default", "dp-1", Struct::default()),
+        kuma_node("default.dp-1", "backend", Struct::default()),
         TokenSource::None,
     );
     let (offers_tx, offers) = mpsc::unbounded_channel();
