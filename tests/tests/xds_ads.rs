@@ -1109,3 +1109,38 @@ async fn every_snapshot_is_announced_before_it_is_pushed() -> Result<()> {
     assert!(announced.contains(&last));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_control_plane_that_goes_silent_is_left_after_the_keepalive_and_reconnected() -> Result<()>
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    // Accepts TCP and reads everything, never writing a byte (a peer behind a dead network
+    // path): no HTTP/2 SETTINGS, no PING answer.
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut sink = [0u8; 4096];
+                while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let client = start_client(addr, TokenSource::None)?;
+    // HTTP/2 keepalive: a PING after 15 s without traffic, the connection dropped when no
+    // answer came 15 s later; then a new connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while connections.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client stayed on a silent control plane"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!client.task.is_finished());
+    Ok(())
+}
