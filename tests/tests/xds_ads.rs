@@ -1144,3 +1144,77 @@ async fn a_control_plane_that_goes_silent_is_left_after_the_keepalive_and_reconn
     assert!(!client.task.is_finished());
     Ok(())
 }
+
+/// The next response of a raw ADS stream.
+async fn next_response<T>(responses: &mut tonic::Streaming<T>) -> Result<T> {
+    tokio::time::timeout(WAIT, responses.message())
+        .await?
+        .map_err(anyhow::Error::from)?
+        .context("the stream ended")
+}
+
+#[tokio::test]
+async fn named_subscriptions_get_their_resources_and_an_answer_when_the_names_change() -> Result<()>
+{
+    use bearing_xds::envoy_types::pb::envoy::config::core::v3::Node;
+    use bearing_xds::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use bearing_xds::envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+    let mut snapshot = resources(&["a", "b"]);
+    snapshot.insert(
+        ClusterLoadAssignment::type_url(),
+        ["a", "b"]
+            .iter()
+            .map(|n| named::<ClusterLoadAssignment>(n, |c| &mut c.cluster_name))
+            .collect(),
+    );
+    let cp = start_cp("127.0.0.1:0", TestCpConfig::default(), snapshot).await?;
+    let mut ads = AggregatedDiscoveryServiceClient::new(
+        cp_endpoint(&format!("http://{}", cp.addr()))?.connect_lazy(),
+    );
+    let (requests, outbound) = mpsc::channel(8);
+    let eds = |names: &[&str], answered: Option<&DiscoveryResponse>| DiscoveryRequest {
+        type_url: ClusterLoadAssignment::type_url(),
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
+        version_info: answered.map(|r| r.version_info.clone()).unwrap_or_default(),
+        response_nonce: answered.map(|r| r.nonce.clone()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut first_request = eds(&["a"], None);
+    first_request.node = Some(Node {
+        id: "default.dp-1".into(),
+        ..Default::default()
+    });
+    requests.send(first_request).await?;
+    let mut responses = ads
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await?
+        .into_inner();
+    let names_of = |response: &DiscoveryResponse| -> Vec<String> {
+        response
+            .resources
+            .iter()
+            .filter_map(|any| {
+                ResourceType::ClusterLoadAssignment
+                    .decode_name(&any.value)
+                    .ok()
+            })
+            .collect()
+    };
+    let first = next_response(&mut responses).await?;
+    assert_eq!(names_of(&first), ["a"]);
+    // The ACK that also asks for `b` (Envoy after a new EDS cluster): answered with both.
+    requests.send(eds(&["a", "b"], Some(&first))).await?;
+    let second = next_response(&mut responses).await?;
+    assert_eq!(
+        (names_of(&second), &second.version_info),
+        (vec!["a".to_string(), "b".to_string()], &first.version_info)
+    );
+    // An ACK with the same names is not answered.
+    requests.send(eds(&["a", "b"], Some(&second))).await?;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), responses.message())
+            .await
+            .is_err()
+    );
+    Ok(())
+}
