@@ -971,7 +971,61 @@ async fn real_envoy_bootstraps_from_the_test_cp_and_its_acks_and_nacks_are_print
         cp.line("ACK type=Listener ").await?,
         format!("ACK type=Listener version={fixed} node=default.dp-1")
     );
+
+    // EDS clusters: Envoy asks for their endpoints by name, and again with the new name when a
+    // second one comes; each time it gets and acknowledges exactly what it asked for.
+    let base = envoy_golden("statPrefix: fixed, cluster: backend");
+    std::fs::write(&resources, format!("{base}{}", eds_cluster("web")))?;
+    let one = snapshot_version(&cp.line("SNAPSHOT ").await?, 4)?;
+    let push = cp.line("PUSH type=ClusterLoadAssignment ").await?;
+    assert!(
+        push.starts_with(&format!("PUSH type=ClusterLoadAssignment version={one} "))
+            && push.ends_with(" resources=1"),
+        "{push}"
+    );
+    assert_eq!(
+        cp.line("ACK type=ClusterLoadAssignment ").await?,
+        format!("ACK type=ClusterLoadAssignment version={one} node=default.dp-1")
+    );
+    std::fs::write(
+        &resources,
+        format!("{base}{}{}", eds_cluster("web"), eds_cluster("api")),
+    )?;
+    let two = snapshot_version(&cp.line("SNAPSHOT ").await?, 6)?;
+    let mut push = cp.line("PUSH type=ClusterLoadAssignment ").await?;
+    if push.ends_with(" resources=1") {
+        // Sent for the new version before Envoy asked for `api` too; its request follows.
+        push = cp.line("PUSH type=ClusterLoadAssignment ").await?;
+    }
+    assert!(
+        push.starts_with(&format!("PUSH type=ClusterLoadAssignment version={two} "))
+            && push.ends_with(" resources=2"),
+        "{push}"
+    );
+    assert_eq!(
+        cp.line("ACK type=ClusterLoadAssignment ").await?,
+        format!("ACK type=ClusterLoadAssignment version={two} node=default.dp-1")
+    );
     Ok(())
+}
+
+/// An EDS cluster `name` over ADS and its ClusterLoadAssignment, as golden resources.
+fn eds_cluster(name: &str) -> String {
+    format!(
+        "- name: {name}
+  resource:
+    '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+    name: {name}
+    type: EDS
+    connectTimeout: 1s
+    edsClusterConfig: {{edsConfig: {{ads: {{}}, resourceApiVersion: V3}}}}
+- name: {name}
+  resource:
+    '@type': type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+    clusterName: {name}
+    endpoints: [{{lbEndpoints: [{{endpoint: {{address: {{socketAddress: {{address: 127.0.0.1, portValue: 9}}}}}}}}]}}]
+"
+    )
 }
 
 /// A gRPC server that answers every ADS stream with a broken message: bytes that are not a
