@@ -197,3 +197,40 @@ pub(crate) fn test_config(ca: &bearing_tls::MeshCa, permissive: bool) -> MeshTls
         leaf_lifetime: std::time::Duration::from_secs(3600),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bearing_tls::{parse_client_hello, ClientHello};
+
+    /// A mesh cluster's connector sends the SNI the cluster names byte for byte, as Kuma's
+    /// Envoy does (the `sni` of its UpstreamTlsContext: tags form for `kuma.io/service`
+    /// outbounds, hashed form for MeshServices), with ALPN `kuma`.
+    #[tokio::test]
+    async fn mesh_clusters_send_kumas_sni_byte_for_byte() {
+        let ca = MeshCa::generate("default").unwrap();
+        let set = MeshTlsSet::default().update([&test_config(&ca, false)], &mut BTreeMap::new());
+        for sni in [
+            "backend{mesh=default}",
+            "db{mesh=default,role=replica}",
+            "a601e0c00295a9fbe.backend.80.default.ms",
+        ] {
+            let tls = UpstreamTls::Mesh {
+                mesh: "default".into(),
+                sni: sni.into(),
+                identity: "spiffe://default/backend".into(),
+                server_ca_pem: None,
+            };
+            let connector = set.upstream(&tls, &[]).unwrap();
+            let hello = connector.first_flight().unwrap();
+            assert_eq!(
+                parse_client_hello(&hello),
+                ClientHello::Parsed {
+                    sni: Some(sni),
+                    alpn_kuma: true
+                },
+                "{sni}"
+            );
+        }
+    }
+}
