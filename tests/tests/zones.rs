@@ -619,6 +619,15 @@ fn mesh_service_traffic_goes_to_one_zone_only() -> Result<()> {
             .map(str::to_string)
             .with_context(|| format!("no VIP for {name}"))
     };
+    // The synced MeshService is reached with the SNI Kuma's Envoy sends for it: the hashed
+    // form over its display name, which zone-b's ingress routes.
+    let sni =
+        &dump["config"]["clusters"][format!("meshservice:backend-zone-b:{INBOUND}")]["tls"]["sni"];
+    ensure!(
+        sni.as_str()
+            .is_some_and(|s| s.ends_with(&format!(".backend.{INBOUND}.default.ms"))),
+        "SNI of the synced MeshService's cluster: {sni}"
+    );
     let local = format!("http://{}:{INBOUND}/", vip("backend.svc.mesh.local")?);
     let synced = format!(
         "http://{}:{INBOUND}/",
