@@ -922,13 +922,18 @@ conf:
         );
     }
 
-    #[test]
-    fn external_service_hosts_and_dotted_service_names() {
-        let text = "type: ExternalService\nmesh: default\nname: httpbin\ntags:\n  kuma.io/service: httpbin\nnetworking:\n  address: httpbin.org:443\n---\ntype: Dataplane\nmesh: default\nname: r\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 6379\n    tags: {kuma.io/service: redis_kuma-demo_svc_6379}\n";
+    /// The virtual hosts of `mesh` in a store of the resources in `text`.
+    fn hosts_of(text: &str, mesh: &str) -> Vec<VirtualHost> {
         let mut s = Store::default();
         s.add_text(text, Path::new("t.yaml"));
         assert!(s.problems.is_empty(), "{:?}", s.problems);
-        let hosts = virtual_hosts(&s, "default", &VipOptions::default(), None);
+        virtual_hosts(&s, mesh, &VipOptions::default(), None)
+    }
+
+    #[test]
+    fn external_service_hosts_and_dotted_service_names() {
+        let text = "type: ExternalService\nmesh: default\nname: httpbin\ntags:\n  kuma.io/service: httpbin\nnetworking:\n  address: httpbin.org:443\n---\ntype: Dataplane\nmesh: default\nname: r\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 6379\n    tags: {kuma.io/service: redis_kuma-demo_svc_6379}\n";
+        let hosts = hosts_of(text, "default");
         let find = |n: &str| {
             hosts
                 .iter()
@@ -968,10 +973,7 @@ conf:
     #[test]
     fn mesh_service_targets_carry_kumas_hashed_sni() {
         let text = "type: Mesh\nname: envoyconfig\nmeshServices:\n  mode: Everywhere\n---\ntype: Dataplane\nmesh: envoyconfig\nname: a\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: test-server\n---\ntype: MeshService\nname: backend-zone-2-hash\nmesh: envoyconfig\nlabels:\n  kuma.io/display-name: backend\n  kuma.io/origin: global\n  kuma.io/zone: zone-2\nspec:\n  selector:\n    dataplaneTags:\n      kuma.io/service: backend\n  ports:\n  - port: 8080\n";
-        let mut s = Store::default();
-        s.add_text(text, Path::new("t.yaml"));
-        assert!(s.problems.is_empty(), "{:?}", s.problems);
-        let hosts = virtual_hosts(&s, "envoyconfig", &VipOptions::default(), None);
+        let hosts = hosts_of(text, "envoyconfig");
         let sni = |origin: &str, port: u16| {
             hosts
                 .iter()
