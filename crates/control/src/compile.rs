@@ -253,6 +253,7 @@ pub fn compile(
                                 },
                                 cluster: name.clone(),
                                 service: name,
+                                sni: target.mesh_service_sni.as_deref(),
                             }
                         }
                     };
@@ -487,6 +488,8 @@ pub(crate) struct Destination<'a> {
     zones: EndpointZones<'a>,
     pub(crate) cluster: String,
     service: String,
+    /// The SNI mesh mTLS sends, when not the tags form (a MeshService's hashed form).
+    sni: Option<&'a str>,
 }
 
 /// Which zones a destination's endpoints may be in: a `kuma.io/service` spans every zone, a
@@ -511,6 +514,7 @@ impl<'a> Destination<'a> {
             zones: EndpointZones::All,
             cluster: cluster_name_for(tags),
             service: service_of(tags),
+            sni: None,
         }
     }
 }
@@ -589,7 +593,7 @@ impl Outbounds<'_> {
         if let Some((r, es)) = external {
             if self.mtls && self.zone_egress {
                 endpoints = self.zones.egresses().to_vec();
-                tls = Some(self.mesh_tls(to.tags, &to.service));
+                tls = Some(self.mesh_tls(to.tags, &to.service, None));
             } else {
                 let (e, t) = external_endpoint(r, es, self.store, self.mesh);
                 endpoints = e;
@@ -606,7 +610,7 @@ impl Outbounds<'_> {
                 }
             }
             if self.mtls {
-                tls = Some(self.mesh_tls(to.tags, &to.service));
+                tls = Some(self.mesh_tls(to.tags, &to.service, to.sni));
             }
         }
         endpoints.sort_by_key(|e| e.address);
@@ -623,9 +627,9 @@ impl Outbounds<'_> {
         Some(address.rsplit_once(':').map_or(address, |(h, _)| h))
     }
 
-    /// Mesh mTLS towards the service `tags` select: Kuma's tags-form SNI and the service's
-    /// SPIFFE id.
-    fn mesh_tls(&self, tags: &Tags, service: &str) -> UpstreamTls {
+    /// Mesh mTLS towards the service `tags` select: `sni`, else Kuma's tags-form SNI, and the
+    /// service's SPIFFE id.
+    fn mesh_tls(&self, tags: &Tags, service: &str, sni: Option<&str>) -> UpstreamTls {
         let service = tags.get(SERVICE_TAG).map_or(service, String::as_str);
         let extra: BTreeMap<String, String> = tags
             .iter()
@@ -634,7 +638,10 @@ impl Outbounds<'_> {
             .collect();
         UpstreamTls::Mesh {
             mesh: self.mesh.to_string(),
-            sni: bearing_tls::tags_sni(service, self.mesh, &extra),
+            sni: sni.map_or_else(
+                || bearing_tls::tags_sni(service, self.mesh, &extra),
+                str::to_owned,
+            ),
             identity: spiffe_id(self.mesh, service),
             server_ca_pem: None,
         }

@@ -97,6 +97,31 @@ pub struct VirtualTarget {
     /// (`kuma.io/zone`), the only one its traffic goes to; a local MeshService's traffic
     /// stays in the proxy's zone.
     pub mesh_service_zone: Option<String>,
+    /// For a MeshService port: the SNI Kuma's sidecars send to it, the hashed resource form
+    /// `a<hash>.<SNI name>.<port>.<mesh>.ms` (see [`mesh_service_sni_name`]).
+    pub mesh_service_sni: Option<String>,
+}
+
+/// The name Kuma hashes into a MeshService's SNI (kuma-cp's `SNIName` on a Universal control
+/// plane): for one synced from another zone its display name, plus `.<namespace>` when it
+/// came from Kubernetes; for a local one its name, plus `.<namespace>` when it carries a
+/// namespace label.
+pub(crate) fn mesh_service_sni_name(name: &str, labels: &Tags) -> String {
+    let label = |key: &str| {
+        labels
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    let namespace = label("k8s.kuma.io/namespace");
+    let base = match label("kuma.io/origin") {
+        Some("global") => label("kuma.io/display-name").unwrap_or(name),
+        _ => name,
+    };
+    match namespace {
+        Some(ns) => format!("{base}.{ns}"),
+        None => base.to_string(),
+    }
 }
 
 /// A MeshService `targetPort`: an inbound port number or an inbound name.
@@ -296,6 +321,13 @@ pub fn virtual_hosts(
                     origin: format!("meshservice:{}", ms.name),
                     mesh_service_port: Some((target.clone(), protocol.clone())),
                     mesh_service_zone: ms.labels.get("kuma.io/zone").filter(|_| synced).cloned(),
+                    mesh_service_sni: Some(bearing_tls::resource_sni(
+                        &mesh_service_sni_name(&ms.name, &ms.labels),
+                        mesh,
+                        bearing_tls::ResourceKind::MeshService,
+                        *port,
+                        &BTreeMap::new(),
+                    )),
                 };
                 (*port, target)
             })
@@ -635,6 +667,7 @@ impl Table {
                         origin,
                         mesh_service_port: None,
                         mesh_service_zone: None,
+                        mesh_service_sni: None,
                     },
                 );
             }
@@ -889,13 +922,18 @@ conf:
         );
     }
 
-    #[test]
-    fn external_service_hosts_and_dotted_service_names() {
-        let text = "type: ExternalService\nmesh: default\nname: httpbin\ntags:\n  kuma.io/service: httpbin\nnetworking:\n  address: httpbin.org:443\n---\ntype: Dataplane\nmesh: default\nname: r\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 6379\n    tags: {kuma.io/service: redis_kuma-demo_svc_6379}\n";
+    /// The virtual hosts of `mesh` in a store of the resources in `text`.
+    fn hosts_of(text: &str, mesh: &str) -> Vec<VirtualHost> {
         let mut s = Store::default();
         s.add_text(text, Path::new("t.yaml"));
         assert!(s.problems.is_empty(), "{:?}", s.problems);
-        let hosts = virtual_hosts(&s, "default", &VipOptions::default(), None);
+        virtual_hosts(&s, mesh, &VipOptions::default(), None)
+    }
+
+    #[test]
+    fn external_service_hosts_and_dotted_service_names() {
+        let text = "type: ExternalService\nmesh: default\nname: httpbin\ntags:\n  kuma.io/service: httpbin\nnetworking:\n  address: httpbin.org:443\n---\ntype: Dataplane\nmesh: default\nname: r\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 6379\n    tags: {kuma.io/service: redis_kuma-demo_svc_6379}\n";
+        let hosts = hosts_of(text, "default");
         let find = |n: &str| {
             hosts
                 .iter()
@@ -927,6 +965,55 @@ conf:
         );
         assert!(VipOptions::parse_cidr("240.0.0.0").is_err());
         assert!(VipOptions::parse_cidr("240.0.0.0/30").is_err());
+    }
+
+    /// A MeshService port's clusters send the hashed SNI Kuma's sidecars send (the corpus'
+    /// `a029781856823048e.test-server.80.envoyconfig.ms` for MeshService test-server:80 of mesh
+    /// envoyconfig); one synced from another zone hashes its display name (and namespace).
+    #[test]
+    fn mesh_service_targets_carry_kumas_hashed_sni() {
+        let text = "type: Mesh\nname: envoyconfig\nmeshServices:\n  mode: Everywhere\n---\ntype: Dataplane\nmesh: envoyconfig\nname: a\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: test-server\n---\ntype: MeshService\nname: backend-zone-2-hash\nmesh: envoyconfig\nlabels:\n  kuma.io/display-name: backend\n  kuma.io/origin: global\n  kuma.io/zone: zone-2\nspec:\n  selector:\n    dataplaneTags:\n      kuma.io/service: backend\n  ports:\n  - port: 8080\n";
+        let hosts = hosts_of(text, "envoyconfig");
+        let sni = |origin: &str, port: u16| {
+            hosts
+                .iter()
+                .filter_map(|h| h.ports.get(&port))
+                .find(|t| t.origin == origin)
+                .and_then(|t| t.mesh_service_sni.clone())
+        };
+        assert_eq!(
+            sni("meshservice:test-server", 80).as_deref(),
+            Some("a029781856823048e.test-server.80.envoyconfig.ms")
+        );
+        let synced = sni("meshservice:backend-zone-2-hash", 8080).unwrap();
+        assert!(synced.ends_with(".backend.8080.envoyconfig.ms"), "{synced}");
+        assert_eq!(
+            bearing_tls::parse_resource_sni(&synced).unwrap().name,
+            "backend"
+        );
+
+        let labels = |pairs: &[(&str, &str)]| -> Tags {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(mesh_service_sni_name("backend", &labels(&[])), "backend");
+        assert_eq!(
+            mesh_service_sni_name(
+                "backend-x",
+                &labels(&[
+                    ("kuma.io/origin", "global"),
+                    ("kuma.io/display-name", "backend"),
+                    ("k8s.kuma.io/namespace", "demo")
+                ])
+            ),
+            "backend.demo"
+        );
+        assert_eq!(
+            mesh_service_sni_name("backend", &labels(&[("k8s.kuma.io/namespace", "demo")])),
+            "backend.demo"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::compile::{
     problem,
 };
 use crate::mtls::{mesh_of, mesh_tls, meshes};
-use crate::virtual_ips::TargetPort;
+use crate::virtual_ips::{mesh_service_sni_name, TargetPort};
 use crate::zones::{dataplane_zone, ZoneView};
 
 /// Builds the config of the zone proxy `me` (ZoneIngress or ZoneEgress); `zone` is `--zone`.
@@ -227,6 +227,18 @@ fn ingress_routes(
         if !has_mtls(r) {
             continue;
         }
+        // A copy synced from another zone is served by that zone's ingress, not this one; a
+        // copy of one of this zone's MeshServices (a shared store) is served here.
+        let labels = &r.meta.labels;
+        let origin_zone = match labels.get("kuma.io/origin").map(String::as_str) {
+            Some("global") => labels.get("kuma.io/zone").map(String::as_str),
+            _ => view.zone.as_deref(),
+        };
+        if !view.is_local(origin_zone) {
+            continue;
+        }
+        let sni_name = mesh_service_sni_name(&r.meta.name, labels);
+        let display = labels.get("kuma.io/display-name").unwrap_or(&r.meta.name);
         let selector = ms.spec.selector.dataplane_tags.clone().unwrap_or_default();
         for p in &ms.spec.ports {
             let target = TargetPort::of(p);
@@ -244,15 +256,27 @@ fn ingress_routes(
                 name.clone(),
                 cluster(name.clone(), Protocol::Tcp, endpoints),
             );
-            routes.push(SniRoute {
-                target: SniTarget::MeshService {
+            // Kuma's sidecars name it by the hashed form, newer ones by the KRI form.
+            let section = p.name.clone().unwrap_or_else(|| p.port.to_string());
+            let kri = bearing_tls::mesh_service_kri_sni(mesh_of(r), origin_zone, display, &section);
+            let targets = [
+                SniTarget::MeshService {
                     mesh: mesh_of(r).to_string(),
-                    name: r.meta.name.clone(),
+                    name: sni_name.clone(),
                     port: port16(p.port),
                 },
-                cluster: name,
-                terminate: None,
-            });
+                SniTarget::Kri {
+                    mesh: mesh_of(r).to_string(),
+                    sni: kri,
+                },
+            ];
+            for target in targets {
+                routes.push(SniRoute {
+                    target,
+                    cluster: name.clone(),
+                    terminate: None,
+                });
+            }
         }
     }
 }
@@ -300,6 +324,39 @@ fn egress_routes(
             .flat_map(|z| view.ingresses(z).iter().cloned())
             .collect();
         ServiceRoute::passthrough(mesh, service).add(endpoints, routes, clusters);
+    }
+    // MeshServices synced from other zones, by the hashed SNI sidecars send them: passed
+    // through to that zone's ingresses.
+    for r in store.resources.iter().filter(|r| mesh_of(r) == mesh) {
+        let Spec::MeshService(ms) = &r.spec else {
+            continue;
+        };
+        let labels = &r.meta.labels;
+        let synced = labels.get("kuma.io/origin").map(String::as_str) == Some("global");
+        let Some(zone) = labels
+            .get("kuma.io/zone")
+            .filter(|z| synced && !view.is_local(Some(z.as_str())))
+        else {
+            continue;
+        };
+        let sni_name = mesh_service_sni_name(&r.meta.name, labels);
+        for p in &ms.spec.ports {
+            let name = format!("meshservice:{mesh}/{sni_name}:{}", p.port);
+            let endpoints = view.ingresses(zone).to_vec();
+            clusters.insert(
+                name.clone(),
+                cluster(name.clone(), Protocol::Tcp, endpoints),
+            );
+            routes.push(SniRoute {
+                target: SniTarget::MeshService {
+                    mesh: mesh.to_string(),
+                    name: sni_name.clone(),
+                    port: port16(p.port),
+                },
+                cluster: name,
+                terminate: None,
+            });
+        }
     }
 }
 
@@ -397,6 +454,14 @@ networking:
         c.endpoints.iter().map(|e| e.address.to_string()).collect()
     }
 
+    /// The config of the Dataplane or zone proxy `proxy`, compiled from `s` plus the resources
+    /// of `yaml`.
+    fn compiled_with(mut s: Store, yaml: &str, proxy: &str) -> ProxyConfig {
+        s.add_text(yaml, Path::new("extra.yaml"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        compile_any(&s, find(&s, proxy), "t", &CompileOptions::default()).unwrap()
+    }
+
     #[test]
     fn sidecar_reaches_other_zones_through_their_ingress_or_the_egress() {
         let s = two_zones(false);
@@ -476,12 +541,117 @@ networking:
         );
     }
 
+    /// A MeshService created in the ingress's zone is routed by its hashed SNI and by Kuma's
+    /// KRI form (section: the port's name, else its number), both to the same cluster; a copy
+    /// synced back from this zone is routed by its display name; one synced from another zone
+    /// is not routed here.
+    #[test]
+    fn ingress_routes_local_mesh_services_by_kri_sni_too() {
+        let extra = r#"type: MeshService
+name: backend
+mesh: default
+spec:
+  selector: {dataplaneTags: {kuma.io/service: backend}}
+  ports:
+  - port: 8080
+  - port: 9090
+    name: admin
+---
+type: MeshService
+name: backend-synced
+mesh: default
+labels: {kuma.io/origin: global, kuma.io/zone: zone-c}
+spec:
+  selector: {dataplaneTags: {kuma.io/service: backend}}
+  ports:
+  - port: 8080
+---
+type: MeshService
+name: api-zone-b-hash
+mesh: default
+labels: {kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/display-name: api}
+spec:
+  selector: {dataplaneTags: {kuma.io/service: backend}}
+  ports:
+  - port: 7070
+"#;
+        let ingress = compiled_with(two_zones(true), extra, "zi-b");
+        let routes = sni_routes(&ingress.listeners[0]);
+        let kri: Vec<_> = routes
+            .iter()
+            .filter_map(|r| match &r.target {
+                SniTarget::Kri { mesh, sni } => Some((mesh.as_str(), sni.as_str(), &r.cluster)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            kri,
+            [
+                (
+                    "default",
+                    "sni.msvc.default.zone-b.api.7070",
+                    &"meshservice:default/api-zone-b-hash:7070".to_string()
+                ),
+                (
+                    "default",
+                    "sni.msvc.default.zone-b.backend.8080",
+                    &"meshservice:default/backend:8080".to_string()
+                ),
+                (
+                    "default",
+                    "sni.msvc.default.zone-b.backend.admin",
+                    &"meshservice:default/backend:9090".to_string()
+                ),
+            ]
+        );
+        let hashed = |name: &str, port: u16| SniTarget::MeshService {
+            mesh: "default".into(),
+            name: name.into(),
+            port,
+        };
+        assert!(routes.iter().any(|r| r.target == hashed("api", 7070)));
+        assert!(routes
+            .iter()
+            .all(|r| r.target != hashed("backend-synced", 8080)));
+        assert!(kri
+            .iter()
+            .all(|(_, sni, _)| bearing_tls::parse_kri_sni(sni).is_some()));
+        assert_eq!(addresses(&ingress.clusters[kri[1].2]), ["10.0.2.2:8080"]);
+    }
+
+    /// The egress routes a MeshService synced from another zone by the hashed SNI sidecars
+    /// send for it (its display name) to that zone's ingress.
+    #[test]
+    fn egress_routes_remote_mesh_services_by_their_hashed_sni() {
+        let synced = r#"type: MeshService
+name: backend-zone-b-hash
+mesh: default
+labels: {kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/display-name: backend}
+spec:
+  selector: {dataplaneTags: {kuma.io/service: backend}}
+  ports:
+  - port: 8080
+"#;
+        let egress = compiled_with(two_zones(true), synced, "ze-a");
+        let routes = sni_routes(&egress.listeners[0]);
+        let target = SniTarget::MeshService {
+            mesh: "default".into(),
+            name: "backend".into(),
+            port: 8080,
+        };
+        let route = routes.iter().find(|r| r.target == target).unwrap();
+        assert!(route.terminate.is_none());
+        assert_eq!(
+            addresses(&egress.clusters[&route.cluster]),
+            ["192.0.2.1:20001"]
+        );
+    }
+
     /// Sidecars never cross zones without mTLS, so the ingress routes no mesh that lacks it:
     /// neither its services nor its MeshServices (an outsider could otherwise reach their
     /// plaintext inbounds through the ingress).
     #[test]
     fn ingress_routes_only_meshes_with_mtls() {
-        let mut s = two_zones(false);
         let plain = r#"type: Mesh
 name: plain
 ---
@@ -502,16 +672,14 @@ spec:
   ports:
   - port: 6379
 "#;
-        s.add_text(plain, Path::new("plain.yaml"));
-        assert!(s.problems.is_empty(), "{:?}", s.problems);
-        let ingress = compile_any(&s, find(&s, "zi-b"), "t", &CompileOptions::default()).unwrap();
+        let ingress = compiled_with(two_zones(false), plain, "zi-b");
         let routes = sni_routes(&ingress.listeners[0]);
         let meshes: Vec<_> = routes
             .iter()
             .map(|r| match &r.target {
-                SniTarget::Service { mesh, .. } | SniTarget::MeshService { mesh, .. } => {
-                    mesh.as_str()
-                }
+                SniTarget::Service { mesh, .. }
+                | SniTarget::MeshService { mesh, .. }
+                | SniTarget::Kri { mesh, .. } => mesh.as_str(),
             })
             .collect();
         assert_eq!(meshes, ["default"], "{routes:?}");
