@@ -791,7 +791,7 @@ async fn apply_changes(proxy: Arc<Proxy>, mut status: watch::Receiver<ConfigStat
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -818,7 +818,8 @@ mod tests {
         assert_eq!(at(Some(given), Some(9100), Some(9200)), "127.0.0.1:9000");
     }
 
-    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+    /// `bearing run ARGS` parsed.
+    pub(crate) fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
         let cli = Cli::try_parse_from(["bearing", "run"].iter().chain(args).copied())?;
         match cli.command {
             Command::Run(args) => Ok(*args),

@@ -253,15 +253,19 @@ fn resource_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
+    /// `bearing run --cp-address https://cp:5678 ARGS` parsed.
     fn run_args(args: &[&str]) -> RunArgs {
-        let cli = crate::cli::Cli::try_parse_from(["bearing", "run"].iter().chain(args).copied())
-            .unwrap();
-        match cli.command {
-            crate::cli::Command::Run(args) => *args,
-            _ => unreachable!(),
-        }
+        let mut all = vec!["--cp-address", "https://cp:5678"];
+        all.extend_from_slice(args);
+        crate::cli::tests::run_args(&all).unwrap()
+    }
+
+    /// The error of [`identity`] for these flags.
+    fn identity_error(args: &[&str]) -> String {
+        identity(&run_args(args), &CpTrust::System)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -274,14 +278,7 @@ mod tests {
         )
         .unwrap();
         let path = file.display().to_string();
-        let args = run_args(&[
-            "--cp-address",
-            "https://cp:5678",
-            "-d",
-            &path,
-            "-v",
-            "name=dp-1,address=10.0.0.2",
-        ]);
+        let args = run_args(&["-d", &path, "-v", "name=dp-1,address=10.0.0.2"]);
         let id = identity(&args, &CpTrust::System).unwrap();
         assert_eq!(
             (id.mesh.as_str(), id.name.as_str(), id.proxy_type.as_str()),
@@ -293,9 +290,7 @@ mod tests {
         assert_eq!(id.dns_port, 15054);
         assert_eq!(id.readiness_port, 9902);
 
-        let args = run_args(&[
-            "--cp-address",
-            "https://cp:5678",
+        let err = identity_error(&[
             "-d",
             &path,
             "-v",
@@ -305,12 +300,8 @@ mod tests {
             "--name",
             "x",
         ]);
-        let err = identity(&args, &CpTrust::System).unwrap_err().to_string();
         assert!(err.contains("--name and --mesh cannot be given"), "{err}");
-
-        let args = run_args(&[
-            "--cp-address",
-            "https://cp:5678",
+        let err = identity_error(&[
             "-d",
             &path,
             "-v",
@@ -318,21 +309,17 @@ mod tests {
             "--proxy-type",
             "egress",
         ]);
-        let err = identity(&args, &CpTrust::System).unwrap_err().to_string();
         assert!(err.contains("expected ZoneEgress"), "{err}");
         assert!(err.contains(&path), "{err}");
+        let err = identity_error(&["-d", &path]);
+        assert!(err.contains("--dataplane-var name="), "{err}");
+        let err = identity_error(&[]);
+        assert!(err.contains("needs this proxy's resource"), "{err}");
     }
 
     #[test]
     fn name_and_mesh_without_a_resource() {
-        let args = run_args(&[
-            "--cp-address",
-            "https://cp:5678",
-            "--name",
-            "dp-1",
-            "--mesh",
-            "m",
-        ]);
+        let args = run_args(&["--name", "dp-1", "--mesh", "m"]);
         let id = identity(&args, &CpTrust::System).unwrap();
         assert_eq!((id.mesh.as_str(), id.name.as_str()), ("m", "dp-1"));
         assert!(id.resource.is_none());
@@ -342,7 +329,7 @@ mod tests {
     fn ca_pem_is_sent_to_the_cp() {
         let cert = rcgen::generate_simple_self_signed(vec!["cp".to_string()]).unwrap();
         let trust = CpTrust::from_pem(&cert.cert.pem(), "test").unwrap();
-        let args = run_args(&["--cp-address", "https://cp:5678", "--name", "dp-1"]);
+        let args = run_args(&["--name", "dp-1"]);
         let id = identity(&args, &trust).unwrap();
         assert!(
             id.ca_cert.starts_with("-----BEGIN CERTIFICATE-----"),

@@ -488,6 +488,22 @@ mod tests {
         }
     }
 
+    /// One attempt only: the first retry would start after the max duration.
+    fn one_attempt() -> RetryPolicy {
+        RetryPolicy {
+            max: Duration::from_millis(10),
+            ..fast()
+        }
+    }
+
+    /// The error of a client's fetch.
+    async fn error_of(client: BootstrapClient) -> String {
+        match client.fetch(|_, _| {}).await {
+            Ok(_) => panic!("the bootstrap succeeded"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     fn client(cert: &TestCert, port: u16, host: &str, retry: RetryPolicy) -> BootstrapClient {
         let cp = CpAddress::parse(&format!("https://{host}:{port}/some/path")).unwrap();
         let trust = CpTrust::from_pem(&cert.cert_pem, "--ca-cert-file ca.pem").unwrap();
@@ -499,11 +515,7 @@ mod tests {
     }
 
     fn ok_answer() -> Vec<u8> {
-        let yaml = std::fs::read_to_string(format!(
-            "{}/../../../shared/kuma-corpus/bootstrap/generator.default-config.golden.yaml",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
+        let yaml = crate::tests::corpus("bootstrap/generator.default-config.golden.yaml");
         serde_json::json!({
             "bootstrap": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, yaml),
             "kumaSidecarConfiguration": {"networking": {"address": "10.0.0.1"}, "metrics": {"aggregate": []}}
@@ -517,11 +529,7 @@ mod tests {
         let body = body.to_vec();
         let (port, _) = server(&cert, Arc::new(move |_| (status, body.clone()))).await;
         let mut retries = 0;
-        let retry = RetryPolicy {
-            max: Duration::from_millis(10),
-            ..fast()
-        };
-        let err = client(&cert, port, "localhost", retry)
+        let err = client(&cert, port, "localhost", one_attempt())
             .fetch(|_, _| retries += 1)
             .await
             .unwrap_err();
@@ -649,15 +657,7 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let cert = kuma_cp_default_cert(&["localhost"]);
-        let retry = RetryPolicy {
-            max: Duration::from_millis(10),
-            ..fast()
-        };
-        let err = client(&cert, port, "127.0.0.1", retry)
-            .fetch(|_, _| {})
-            .await
-            .unwrap_err();
-        let text = err.to_string();
+        let text = error_of(client(&cert, port, "127.0.0.1", one_attempt())).await;
         assert!(
             text.contains(&format!("cannot connect to 127.0.0.1:{port}")),
             "{text}"
@@ -672,15 +672,7 @@ mod tests {
         let cert = kuma_cp_default_cert(&["localhost"]);
         let (port, seen) = server(&cert, Arc::new(|_| (200, ok_answer()))).await;
         let other = kuma_cp_default_cert(&["localhost"]);
-        let retry = RetryPolicy {
-            max: Duration::from_millis(10),
-            ..fast()
-        };
-        let err = client(&other, port, "localhost", retry)
-            .fetch(|_, _| {})
-            .await
-            .unwrap_err();
-        let text = err.to_string();
+        let text = error_of(client(&other, port, "localhost", one_attempt())).await;
         assert!(text.contains("TLS with localhost:"), "{text}");
         assert!(text.contains("not trusted"), "{text}");
         assert!(text.contains("--ca-cert-file ca.pem"), "{text}");

@@ -16,3 +16,15 @@ pub use client::{BootstrapClient, BootstrapError, Bootstrapped, CpAddress, Retry
 pub use request::{ProxyIdentity, TokenSource, FEATURES};
 pub use response::{AdsApi, AdsConfig, Authorization, CpBootstrap, Node};
 pub use tls::{ConnectError, CpTls, CpTrust};
+
+#[cfg(test)]
+mod tests {
+    /// A file of Kuma's test vectors (`../shared/kuma-corpus` beside the workspace).
+    pub(crate) fn corpus(path: &str) -> String {
+        let full = format!(
+            "{}/../../../shared/kuma-corpus/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+    }
+}

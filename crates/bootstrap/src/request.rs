@@ -312,11 +312,8 @@ pub fn system_ca_path() -> String {
 mod tests {
     use super::*;
 
-    const CORPUS: &str = "../../../shared/kuma-corpus/kuma-dp-bootstrap-request";
-
     fn golden(name: &str) -> String {
-        let path = format!("{}/{CORPUS}/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        crate::tests::corpus(&format!("kuma-dp-bootstrap-request/{name}"))
     }
 
     /// The request of Kuma's golden tests, with the golden's version and features (the two

@@ -263,6 +263,23 @@ pub(crate) mod tests {
         port
     }
 
+    /// A client trusting only `cert`, named `origin` in errors.
+    fn trusting(cert: &TestCert, origin: &str) -> CpTls {
+        CpTls::new(
+            CpTrust::from_pem(&cert.cert_pem, origin).unwrap(),
+            b"\x08http/1.1",
+        )
+        .unwrap()
+    }
+
+    /// Why `tls` cannot make a round trip to `localhost:port`.
+    async fn refusal(tls: &CpTls, port: u16) -> String {
+        match roundtrip(tls, "localhost", port).await {
+            Ok(()) => panic!("the connection was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     async fn roundtrip(tls: &CpTls, host: &str, port: u16) -> Result<(), ConnectError> {
         let mut s = tls.connect(host, port).await?;
         s.write_all(b"hello").await.unwrap();
@@ -278,17 +295,12 @@ pub(crate) mod tests {
     async fn kuma_cp_default_self_signed_ca_cert_is_pinned() {
         let cert = kuma_cp_default_cert(&["localhost"]);
         let port = echo_server(&cert).await;
-        let trust = CpTrust::from_pem(&cert.cert_pem, "--ca-cert-file ca.pem").unwrap();
-        let tls = CpTls::new(trust, b"\x08http/1.1").unwrap();
+        let tls = trusting(&cert, "--ca-cert-file ca.pem");
         roundtrip(&tls, "localhost", port).await.unwrap();
 
         let other = kuma_cp_default_cert(&["localhost"]);
-        let trust = CpTrust::from_pem(&other.cert_pem, "--ca-cert-file other.pem").unwrap();
-        let tls = CpTls::new(trust, b"").unwrap();
-        let err = roundtrip(&tls, "localhost", port)
-            .await
-            .unwrap_err()
-            .to_string();
+        let tls = trusting(&other, "--ca-cert-file other.pem");
+        let err = refusal(&tls, port).await;
         assert!(err.contains("not trusted"), "{err}");
         assert!(err.contains("--ca-cert-file other.pem"), "{err}");
     }
@@ -298,12 +310,8 @@ pub(crate) mod tests {
     async fn name_mismatch_is_refused() {
         let cert = kuma_cp_default_cert(&["kuma-cp.example"]);
         let port = echo_server(&cert).await;
-        let trust = CpTrust::from_pem(&cert.cert_pem, "--ca-cert-file ca.pem").unwrap();
-        let tls = CpTls::new(trust, b"").unwrap();
-        let err = roundtrip(&tls, "localhost", port)
-            .await
-            .unwrap_err()
-            .to_string();
+        let tls = trusting(&cert, "--ca-cert-file ca.pem");
+        let err = refusal(&tls, port).await;
         assert!(err.contains("hostname mismatch"), "{err}");
         assert!(err.contains("for the name localhost"), "{err}");
     }
@@ -314,10 +322,7 @@ pub(crate) mod tests {
         let cert = kuma_cp_default_cert(&["localhost"]);
         let port = echo_server(&cert).await;
         let tls = CpTls::new(CpTrust::System, b"").unwrap();
-        let err = roundtrip(&tls, "localhost", port)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = refusal(&tls, port).await;
         assert!(
             err.contains("self-signed") || err.contains("self signed"),
             "{err}"
