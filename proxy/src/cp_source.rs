@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bearing_bootstrap::request::{system_ca_path, MetricsResources};
@@ -15,7 +16,7 @@ use bearing_bootstrap::{
 };
 use bearing_control::template;
 
-use crate::cli::{ProxyType, RunArgs};
+use crate::cli::{parse_duration, ProxyType, RunArgs};
 
 /// kuma-dp's flags and environment for the control-plane path.
 #[derive(Debug, Default, clap::Args)]
@@ -59,6 +60,26 @@ pub struct CpArgs {
     /// Port of the `kuma:dns` listener the control plane generates (kuma-dp's Envoy DNS port).
     #[arg(long, default_value_t = 15054, env = "KUMA_DNS_ENVOY_DNS_PORT")]
     pub dns_envoy_port: u16,
+    /// Wait between bootstrap attempts (kuma-dp: `KUMA_CONTROL_PLANE_RETRY_BACKOFF` only).
+    #[arg(long = "cp-retry-backoff", default_value = "3s", value_parser = parse_duration, env = "KUMA_CONTROL_PLANE_RETRY_BACKOFF", hide = true)]
+    pub retry_backoff: Duration,
+    /// Time after which no bootstrap attempt starts (kuma-dp:
+    /// `KUMA_CONTROL_PLANE_RETRY_MAX_DURATION` only).
+    #[arg(long = "cp-retry-max-duration", default_value = "5m", value_parser = parse_duration, env = "KUMA_CONTROL_PLANE_RETRY_MAX_DURATION", hide = true)]
+    pub retry_max_duration: Duration,
+    /// Port of the readiness reporter the CP routes `/ready` to (kuma-dp:
+    /// `KUMA_READINESS_PORT` only).
+    #[arg(
+        long = "readiness-port",
+        default_value_t = 9902,
+        env = "KUMA_READINESS_PORT",
+        hide = true
+    )]
+    pub readiness_port: u16,
+    /// `false`: tell the CP IPv6 is off even where the host has it (kuma-dp:
+    /// `KUMA_DATAPLANE_RUNTIME_IPV6_ENABLED` only).
+    #[arg(long = "ipv6-enabled", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, env = "KUMA_DATAPLANE_RUNTIME_IPV6_ENABLED", hide = true)]
+    pub ipv6_enabled: bool,
 }
 
 /// Parses a boolean as Go's `strconv.ParseBool` (kuma-dp's flags and variables): 1, t, T,
@@ -70,10 +91,6 @@ pub fn parse_go_bool(text: &str) -> Result<bool, String> {
         _ => Err(format!("{text:?} is not a boolean (true or false)")),
     }
 }
-
-/// Port of the readiness reporter kuma-cp routes `/ready` to (kuma-dp's `KUMA_READINESS_PORT`
-/// default).
-const READINESS_PORT: u32 = 9902;
 
 /// Performs kuma-dp's bootstrap with kuma-cp: builds the request from the flags, POSTs it to
 /// `<cp>/bootstrap` (retried every 3 s for up to 5 minutes, each retry's reason logged) and
@@ -91,8 +108,13 @@ pub async fn bootstrap(args: &RunArgs) -> anyhow::Result<Bootstrapped> {
         tracing::warn!("--skip-verify: the control plane's certificate is not verified");
     }
     tracing::info!(cp = %cp.url, mesh = %identity.mesh, name = %identity.name, proxy_type = %identity.proxy_type, trust = %trust.describe(), "fetching the bootstrap from the control plane");
-    let client = BootstrapClient::new(cp, trust, identity, tokens, RetryPolicy::default())
-        .map_err(anyhow::Error::msg)?;
+    let retry = RetryPolicy {
+        interval: args.cp.retry_backoff,
+        max: args.cp.retry_max_duration,
+        ..RetryPolicy::default()
+    };
+    let client =
+        BootstrapClient::new(cp, trust, identity, tokens, retry).map_err(anyhow::Error::msg)?;
     let done = client
         .fetch(
             |error, wait| tracing::info!(retry_in = ?wait, "bootstrap not done, retrying: {error}"),
@@ -181,7 +203,7 @@ pub fn identity(args: &RunArgs, trust: &CpTrust) -> anyhow::Result<ProxyIdentity
         ca_cert,
         dynamic_metadata,
         dns_port: u32::from(args.cp.dns_envoy_port),
-        readiness_port: READINESS_PORT,
+        readiness_port: u32::from(args.cp.readiness_port),
         workdir: args
             .cp
             .work_dir
@@ -194,7 +216,8 @@ pub fn identity(args: &RunArgs, trust: &CpTrust) -> anyhow::Result<ProxyIdentity
             key_path: args.cp.metrics_key_path.clone().unwrap_or_default(),
         },
         system_ca_path: system_ca_path(),
-        ipv6_enabled: std::net::UdpSocket::bind("[::1]:0").is_ok(),
+        // As kuma-dp: on unless turned off, and off where the host has no IPv6.
+        ipv6_enabled: args.cp.ipv6_enabled && std::net::UdpSocket::bind("[::1]:0").is_ok(),
     })
 }
 
@@ -289,6 +312,20 @@ mod tests {
         assert_eq!(json["networking"]["address"], "10.0.0.2");
         assert_eq!(id.dns_port, 15054);
         assert_eq!(id.readiness_port, 9902);
+        let args = run_args(&[
+            "--name",
+            "n",
+            "--cp-retry-backoff",
+            "1m30s",
+            "--readiness-port",
+            "19902",
+        ]);
+        assert_eq!(args.cp.retry_backoff, Duration::from_secs(90));
+        assert_eq!(args.cp.retry_max_duration, Duration::from_secs(300));
+        let id = identity(&args, &CpTrust::System).unwrap();
+        assert_eq!(id.readiness_port, 19902);
+        let args = run_args(&["--name", "n", "--ipv6-enabled=false"]);
+        assert!(!identity(&args, &CpTrust::System).unwrap().ipv6_enabled);
 
         let err = identity_error(&[
             "-d",

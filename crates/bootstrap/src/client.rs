@@ -207,7 +207,10 @@ pub struct Bootstrapped {
 
 impl Bootstrapped {
     /// The TLS client for the ADS stream (ALPN h2, the same trust as the bootstrap); `None`
-    /// when the bootstrap's ADS server is plaintext.
+    /// when the bootstrap's ADS server is plaintext. Connect with
+    /// `tls.connect(&config.ads.host, config.ads.port)`; for tonic, wrap that stream in
+    /// `hyper_util::rt::TokioIo` inside the `tower::service_fn` given to
+    /// `Endpoint::connect_with_connector`.
     pub fn ads_tls(&self) -> Result<Option<CpTls>, String> {
         match self.config.ads.tls {
             None => Ok(None),
