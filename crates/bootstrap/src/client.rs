@@ -411,9 +411,10 @@ mod tests {
     /// The requests a test server saw: (method, path, accept, content-type, body).
     type Seen = Arc<Mutex<Vec<(String, String, String, String, serde_json::Value)>>>;
 
-    /// A hyper + OpenSSL server on 127.0.0.1 answering by `script`.
-    async fn server(cert: &TestCert, script: Script) -> (u16, Seen) {
-        let acceptor = acceptor(cert);
+    /// A hyper server on 127.0.0.1 (over OpenSSL with `cert`, else plaintext) answering by
+    /// `script`.
+    async fn server(cert: Option<&TestCert>, script: Script) -> (u16, Seen) {
+        let acceptor = cert.map(acceptor);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Seen = Arc::default();
@@ -421,49 +422,57 @@ mod tests {
         let seen2 = seen.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                let (script, seen, count) = (script.clone(), seen2.clone(), count.clone());
+                let Some(acceptor) = &acceptor else {
+                    tokio::spawn(answer(tcp, script, seen, count));
+                    continue;
+                };
                 let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
                 let mut stream = SslStream::new(ssl, tcp).unwrap();
-                let (script, seen, count) = (script.clone(), seen2.clone(), count.clone());
                 tokio::spawn(async move {
-                    if Pin::new(&mut stream).accept().await.is_err() {
-                        return;
+                    if Pin::new(&mut stream).accept().await.is_ok() {
+                        answer(stream, script, seen, count).await;
                     }
-                    let service =
-                        hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                            let (script, seen, count) =
-                                (script.clone(), seen.clone(), count.clone());
-                            async move {
-                                let header = |n: &str| {
-                                    req.headers()
-                                        .get(n)
-                                        .and_then(|v| v.to_str().ok())
-                                        .unwrap_or("")
-                                        .to_string()
-                                };
-                                let (method, path) =
-                                    (req.method().to_string(), req.uri().path().to_string());
-                                let (accept, ctype) = (header("accept"), header("content-type"));
-                                let body = req.into_body().collect().await.unwrap().to_bytes();
-                                let json = serde_json::from_slice(&body).unwrap_or_default();
-                                seen.lock()
-                                    .unwrap()
-                                    .push((method, path, accept, ctype, json));
-                                let (status, body) = script(count.fetch_add(1, Ordering::SeqCst));
-                                Ok::<_, std::convert::Infallible>(
-                                    http::Response::builder()
-                                        .status(status)
-                                        .body(Full::new(Bytes::from(body)))
-                                        .unwrap(),
-                                )
-                            }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
                 });
             }
         });
         (port, seen)
+    }
+
+    /// Serves HTTP/1.1 on `io`, recording each request and answering by `script`.
+    async fn answer<S>(io: S, script: Script, seen: Seen, count: Arc<AtomicUsize>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let (script, seen, count) = (script.clone(), seen.clone(), count.clone());
+            async move {
+                let header = |n: &str| {
+                    req.headers()
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+                let (accept, ctype) = (header("accept"), header("content-type"));
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let json = serde_json::from_slice(&body).unwrap_or_default();
+                seen.lock()
+                    .unwrap()
+                    .push((method, path, accept, ctype, json));
+                let (status, body) = script(count.fetch_add(1, Ordering::SeqCst));
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(status)
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap(),
+                )
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), service)
+            .await;
     }
 
     fn identity() -> ProxyIdentity {
@@ -530,7 +539,7 @@ mod tests {
     async fn fetch_once(status: u16, body: &[u8]) -> (BootstrapError, usize) {
         let cert = kuma_cp_default_cert(&["localhost"]);
         let body = body.to_vec();
-        let (port, _) = server(&cert, Arc::new(move |_| (status, body.clone()))).await;
+        let (port, _) = server(Some(&cert), Arc::new(move |_| (status, body.clone()))).await;
         let mut retries = 0;
         let err = client(&cert, port, "localhost", one_attempt())
             .fetch(|_, _| retries += 1)
@@ -544,7 +553,7 @@ mod tests {
     #[tokio::test]
     async fn bootstraps_over_tls_with_the_pinned_kuma_cp_cert() {
         let cert = kuma_cp_default_cert(&["localhost"]);
-        let (port, seen) = server(&cert, Arc::new(|_| (200, ok_answer()))).await;
+        let (port, seen) = server(Some(&cert), Arc::new(|_| (200, ok_answer()))).await;
         let done = client(&cert, port, "localhost", fast())
             .fetch(|_, _| {})
             .await
@@ -578,7 +587,7 @@ mod tests {
                 (200, ok_answer())
             }
         });
-        let (port, seen) = server(&cert, script).await;
+        let (port, seen) = server(Some(&cert), script).await;
         let mut reasons = Vec::new();
         let done = client(&cert, port, "localhost", fast())
             .fetch(|e, wait| reasons.push((e.to_string(), wait)))
@@ -673,7 +682,7 @@ mod tests {
     #[tokio::test]
     async fn untrusted_ca_is_a_tls_error() {
         let cert = kuma_cp_default_cert(&["localhost"]);
-        let (port, seen) = server(&cert, Arc::new(|_| (200, ok_answer()))).await;
+        let (port, seen) = server(Some(&cert), Arc::new(|_| (200, ok_answer()))).await;
         let other = kuma_cp_default_cert(&["localhost"]);
         let text = error_of(client(&other, port, "localhost", one_attempt())).await;
         assert!(text.contains("TLS with localhost:"), "{text}");
@@ -688,6 +697,24 @@ mod tests {
         assert!(matches!(err, BootstrapError::Answer { .. }), "{err}");
         assert!(err.to_string().contains("bootstrap:"), "{err}");
         assert_eq!(retries, 0);
+    }
+
+    /// `http://`: the same exchange in plaintext.
+    #[tokio::test]
+    async fn bootstraps_over_plain_http() {
+        let (port, seen) = server(None, Arc::new(|_| (200, ok_answer()))).await;
+        let cp = CpAddress::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let client = BootstrapClient::new(
+            cp,
+            CpTrust::System,
+            identity(),
+            TokenSource::default(),
+            fast(),
+        )
+        .unwrap();
+        let done = client.fetch(|_, _| {}).await.unwrap();
+        assert_eq!(done.config.node.id, "mesh.name.namespace");
+        assert_eq!(seen.lock().unwrap()[0].1, "/bootstrap");
     }
 
     #[test]
