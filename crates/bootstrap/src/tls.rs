@@ -333,6 +333,19 @@ pub(crate) mod tests {
         roundtrip(&tls, "localhost", port).await.unwrap();
     }
 
+    /// The stream [`CpTls::connect`] yields is what a tonic/hyper connector needs (through
+    /// `hyper_util::rt::TokioIo`): Tokio I/O, `Unpin`, `Send`, `'static`.
+    #[test]
+    fn stream_fits_tonic_connectors() {
+        fn connector_io<
+            T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        >() {
+        }
+        connector_io::<SslStream<TcpStream>>();
+        fn shared<T: Clone + Send + Sync + 'static>() {}
+        shared::<CpTls>();
+    }
+
     #[test]
     fn bad_pem_names_its_origin() {
         let err = CpTrust::from_pem("not a cert", "KUMA_CONTROL_PLANE_CA_CERT").unwrap_err();
