@@ -20,6 +20,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
 
 use crate::admin::{self, Admin};
+use crate::cp_source::{self, parse_go_bool, CpArgs};
+use crate::kuma_dp_flags::NoEffectFlags;
 use crate::runtime::Proxy;
 use crate::workers::Workers;
 
@@ -157,11 +159,19 @@ pub struct RunArgs {
         env = "KUMA_DATAPLANE_PROXY_TYPE"
     )]
     pub proxy_type: ProxyType,
-    /// Directory store: folder of Kuma resources (*.yaml, *.yml), watched for changes.
+    /// Directory store: folder of Kuma resources (*.yaml, *.yml), watched for changes. The
+    /// config comes from it or from kuma-cp (--cp-address), not both.
     #[arg(long, env = "BEARING_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+    /// kuma-dp's flags for taking the config from kuma-cp.
+    #[command(flatten)]
+    pub cp: CpArgs,
+    /// kuma-dp's flags that steer only Envoy, CoreDNS or kuma-dp's helpers: accepted, no effect.
+    #[command(flatten)]
+    pub no_effect: NoEffectFlags,
     /// File holding this proxy's Dataplane resource (a template for --dataplane-var).
     #[arg(
+        short = 'd',
         long,
         env = "KUMA_DATAPLANE_RUNTIME_RESOURCE_PATH",
         conflicts_with = "dataplane"
@@ -170,8 +180,14 @@ pub struct RunArgs {
     /// This proxy's Dataplane resource as inline YAML.
     #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_RESOURCE")]
     pub dataplane: Option<String>,
-    /// key=value substituted for {{ key }} in the Dataplane template (repeatable).
-    #[arg(long = "dataplane-var", value_name = "KEY=VALUE")]
+    /// key=value substituted for {{ key }} in the Dataplane template (repeatable; also
+    /// `name=a,address=b`).
+    #[arg(
+        short = 'v',
+        long = "dataplane-var",
+        value_name = "KEY=VALUE",
+        env = "KUMA_DATAPLANE_RUNTIME_RESOURCE_VARS"
+    )]
     pub dataplane_var: Vec<String>,
     /// This proxy's zone (default: its Dataplane's `kuma.io/zone` tag, or the zone proxy's
     /// `zone`); endpoints of other zones are reached through zone proxies.
@@ -204,7 +220,7 @@ pub struct RunArgs {
     /// a dedicated host): pinned workers of several processes would share CPUs.
     #[arg(long, env = "BEARING_PIN_WORKERS")]
     pub pin_workers: bool,
-    /// Longest wait for in-flight requests on shutdown, e.g. 30s, 500ms.
+    /// Longest wait for in-flight requests on shutdown, e.g. 30s, 500ms, 1m30s.
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "KUMA_DATAPLANE_DRAIN_TIME")]
     pub drain_time: Duration,
     /// Log level filter (error, warn, info, debug, trace, or a tracing filter).
@@ -219,10 +235,11 @@ pub struct RunArgs {
     pub dns_domain: String,
     /// Serve mesh DNS on --dns-port (when the Dataplane uses transparent proxying, the only
     /// way DNS reaches it); `--dns-enabled=false` turns it off.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "KUMA_DNS_ENABLED")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, env = "KUMA_DNS_ENABLED")]
     pub dns_enabled: bool,
-    /// Port of the mesh DNS server on 127.0.0.1 (and ::1 with IPv6), UDP and TCP.
-    #[arg(long, default_value_t = bearing_dns::DEFAULT_PORT, env = "KUMA_DNS_CORE_DNS_PORT")]
+    /// Port of the mesh DNS server on 127.0.0.1 (and ::1 with IPv6), UDP and TCP; kuma-dp's
+    /// `--dns-coredns-port`, the port iptables redirects DNS to, which Bearing serves itself.
+    #[arg(long, alias = "dns-coredns-port", default_value_t = bearing_dns::DEFAULT_PORT, env = "KUMA_DNS_CORE_DNS_PORT")]
     pub dns_port: u16,
     /// Where the upstream resolvers for names outside the mesh are listed.
     #[arg(
@@ -233,8 +250,15 @@ pub struct RunArgs {
     pub dns_resolv_conf: PathBuf,
 }
 
-/// Parses `30s`, `500ms`, `2m` or a bare number of seconds.
+/// Parses `30s`, `500ms`, `2m`, a bare number of seconds, or a Go duration (`1m30s`, as
+/// kuma-dp's `--drain-time` takes).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    simple_duration(text)
+        .or_else(|e| bearing_model::validate::parse_go_duration(text).map_err(|_| e))
+}
+
+/// `30s`, `500ms`, `2m` or a bare number of seconds.
+fn simple_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let (num, unit) = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -484,14 +508,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    if !args.config_dir.is_dir() {
-        bail!(
-            "--config-dir {}: not a directory",
-            args.config_dir.display()
-        );
-    }
+    args.no_effect.log_given();
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
+    }
+    let config_dir = match config_source(&args)? {
+        ConfigSource::ControlPlane => return run_from_cp(&args),
+        ConfigSource::Directory(dir) => dir,
+    };
+    if !config_dir.is_dir() {
+        bail!("--config-dir {}: not a directory", config_dir.display());
     }
     let dataplane = match (&args.dataplane_file, &args.dataplane) {
         (Some(f), _) => DataplaneSource::File(f.clone()),
@@ -499,7 +525,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         (None, None) => DataplaneSource::Named,
     };
     let source = DirectorySource {
-        dir: args.config_dir.clone(),
+        dir: config_dir,
         dataplane,
         vars: template::parse_vars(&args.dataplane_var).map_err(anyhow::Error::msg)?,
         name: args.name.clone(),
@@ -529,6 +555,46 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(args, source, workers))
+}
+
+/// Where `bearing run` takes its config from.
+#[derive(Debug, PartialEq)]
+enum ConfigSource {
+    /// A directory store (`--config-dir`).
+    Directory(PathBuf),
+    /// kuma-cp (`--cp-address`).
+    ControlPlane,
+}
+
+/// `--config-dir` or `--cp-address`: exactly one.
+fn config_source(args: &RunArgs) -> anyhow::Result<ConfigSource> {
+    match (&args.config_dir, &args.cp.cp_address) {
+        (Some(dir), Some(cp)) => bail!(
+            "--cp-address {cp} and --config-dir {} are exclusive: the config comes either from kuma-cp or from a directory store (check KUMA_CONTROL_PLANE_URL and BEARING_CONFIG_DIR)",
+            dir.display()
+        ),
+        (None, Some(_)) => Ok(ConfigSource::ControlPlane),
+        (None, None) => bail!("give --config-dir (a directory store) or --cp-address (kuma-cp)"),
+        (Some(dir), None) => Ok(ConfigSource::Directory(dir.clone())),
+    }
+}
+
+/// `bearing run --cp-address`: the bootstrap with kuma-cp, then the ADS stage.
+fn run_from_cp(args: &RunArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let done = runtime.block_on(cp_source::bootstrap(args))?;
+    // The ADS client takes `done` from here once it is merged; until then, say so rather than
+    // serve nothing.
+    bail!(
+        "config from the control plane over ADS: not built yet in this build (bootstrap with {} done: node {}, ADS server {}:{})",
+        done.cp.url,
+        done.config.node.id,
+        done.config.ads.host,
+        done.config.ads.port
+    )
 }
 
 /// Where the admin API listens. kuma-cp puts Envoy's admin on the resource's
@@ -571,7 +637,7 @@ async fn serve(args: RunArgs, source: DirectorySource, workers: Workers) -> anyh
     if status_tx.borrow().applied.is_none() {
         tracing::error!(
             "no valid config yet in {}; not ready until the problems above are fixed",
-            args.config_dir.display()
+            source.dir.display()
         );
     }
     source
@@ -725,7 +791,7 @@ async fn apply_changes(proxy: Arc<Proxy>, mut status: watch::Receiver<ConfigStat
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -750,6 +816,81 @@ mod tests {
             "the resource wins over kuma-dp's --admin-port"
         );
         assert_eq!(at(Some(given), Some(9100), Some(9200)), "127.0.0.1:9000");
+    }
+
+    /// `bearing run ARGS` parsed.
+    pub(crate) fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["bearing", "run"].iter().chain(args).copied())?;
+        match cli.command {
+            Command::Run(args) => Ok(*args),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_comes_from_the_store_or_the_cp_not_both() {
+        let both = run_args(&["--config-dir", "/s", "--cp-address", "https://cp:5678"]).unwrap();
+        let err = config_source(&both).unwrap_err().to_string();
+        assert!(
+            err.contains("--cp-address https://cp:5678 and --config-dir /s are exclusive"),
+            "{err}"
+        );
+        let none = run_args(&[]).unwrap();
+        assert!(config_source(&none)
+            .unwrap_err()
+            .to_string()
+            .contains("give --config-dir"));
+        let cp = run_args(&["--cp-address", "https://cp:5678"]).unwrap();
+        assert_eq!(config_source(&cp).unwrap(), ConfigSource::ControlPlane);
+        let dir = run_args(&["--config-dir", "/s"]).unwrap();
+        assert_eq!(
+            config_source(&dir).unwrap(),
+            ConfigSource::Directory("/s".into())
+        );
+    }
+
+    /// kuma-dp's pflag forms: a bare boolean, `=false`, short flags, Go durations, the
+    /// CoreDNS port as Bearing's DNS port; an unknown flag is an error naming it.
+    #[test]
+    fn kuma_dp_flag_forms() {
+        let a = run_args(&[
+            "--dns-enabled",
+            "-d",
+            "dp.yaml",
+            "-v",
+            "name=a,address=b",
+            "--drain-time",
+            "1m30s",
+            "--dns-coredns-port",
+            "25053",
+            "--skip-verify",
+        ])
+        .unwrap();
+        assert!(a.dns_enabled);
+        assert!(a.cp.skip_verify);
+        assert_eq!(a.dataplane_file, Some(PathBuf::from("dp.yaml")));
+        assert_eq!(a.dataplane_var, vec!["name=a,address=b".to_string()]);
+        assert_eq!(a.drain_time, Duration::from_secs(90));
+        assert_eq!(a.dns_port, 25053);
+        assert!(!run_args(&["--dns-enabled=false"]).unwrap().dns_enabled);
+        assert!(run_args(&[]).unwrap().dns_enabled);
+        let flags = [
+            "--binary-path",
+            "envoy",
+            "--envoy-log-level",
+            "debug",
+            "--dns-coredns-path",
+            "/c",
+            "--dns-prometheus-port",
+            "1",
+            "--dns-enable-logging",
+            "--transparent-proxy",
+            "--log-output-path",
+            "/l",
+        ];
+        run_args(&flags).unwrap();
+        let err = run_args(&["--no-such-flag"]).unwrap_err().to_string();
+        assert!(err.contains("--no-such-flag"), "{err}");
     }
 
     #[test]

@@ -31,15 +31,30 @@ pub fn render(text: &str, vars: &BTreeMap<String, String>) -> Result<String, Str
     Ok(out)
 }
 
-/// Parses `key=value` pairs given with `--dataplane-var`.
-pub fn parse_vars(pairs: &[String]) -> Result<BTreeMap<String, String>, String> {
-    pairs
-        .iter()
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-            _ => Err(format!("--dataplane-var {p:?} must be key=value")),
-        })
-        .collect()
+/// Parses the `key=value` pairs given with `--dataplane-var` / `-v` (or
+/// `KUMA_DATAPLANE_RUNTIME_RESOURCE_VARS`), as kuma-dp's flag reads them (pflag's
+/// `StringToString`): a value with one `=` is one pair, commas included
+/// (`-v tags=a,b`); a value with several is a comma-separated list of pairs
+/// (`-v name=dp-1,address=10.0.0.2`), each optionally in double quotes.
+pub fn parse_vars(values: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut vars = BTreeMap::new();
+    for value in values {
+        let pairs: Vec<&str> = if value.matches('=').count() > 1 {
+            value.split(',').collect()
+        } else {
+            vec![value.as_str()]
+        };
+        for pair in pairs {
+            let pair = pair.trim_matches('"');
+            match pair.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    vars.insert(k.trim().to_string(), v.to_string());
+                }
+                _ => return Err(format!("--dataplane-var {pair:?} must be key=value")),
+            }
+        }
+    }
+    Ok(vars)
 }
 
 #[cfg(test)]
@@ -57,5 +72,18 @@ mod tests {
         assert!(err.contains("--dataplane-var port="), "{err}");
         assert!(render("x: {{ name", &vars).is_err());
         assert!(parse_vars(&["novalue".into()]).is_err());
+    }
+
+    #[test]
+    fn vars_take_kuma_dps_comma_form() {
+        let vars = parse_vars(&["name=dp-1,address=10.0.0.2".into(), "tags=a,b".into()]).unwrap();
+        assert_eq!(vars["name"], "dp-1");
+        assert_eq!(vars["address"], "10.0.0.2");
+        assert_eq!(
+            vars["tags"], "a,b",
+            "one '=': the commas belong to the value"
+        );
+        let err = parse_vars(&["name=dp-1,oops,port=1".into()]).unwrap_err();
+        assert!(err.contains("\"oops\""), "{err}");
     }
 }

@@ -1,0 +1,384 @@
+//! Config from kuma-cp (`bearing run --cp-address`): kuma-dp's flags for the control-plane
+//! path, and the bootstrap handshake that yields where and how to open the ADS stream.
+//!
+//! [`bootstrap`] is the stage before ADS: it builds kuma-dp's `/bootstrap` request from the
+//! flags, performs it (retrying and logging as kuma-dp does) and returns the CP's answer with
+//! the TLS trust the ADS client reuses.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bearing_bootstrap::request::{system_ca_path, MetricsResources};
+use bearing_bootstrap::{
+    BootstrapClient, Bootstrapped, CpAddress, CpTrust, ProxyIdentity, RetryPolicy, TokenSource,
+};
+use bearing_control::template;
+
+use crate::cli::{parse_duration, ProxyType, RunArgs};
+
+/// kuma-dp's flags and environment for the control-plane path.
+#[derive(Debug, Default, clap::Args)]
+pub struct CpArgs {
+    /// URL of kuma-cp's DP server, e.g. https://kuma-cp:5678: take the config from it
+    /// (bootstrap, then ADS) instead of a directory store (--config-dir).
+    #[arg(long, env = "KUMA_CONTROL_PLANE_URL", value_name = "URL")]
+    pub cp_address: Option<String>,
+    /// File holding the dataplane token (re-read for every request).
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_TOKEN_PATH")]
+    pub dataplane_token_file: Option<PathBuf>,
+    /// The dataplane token itself (wins over --dataplane-token-file).
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_TOKEN", hide_env_values = true)]
+    pub dataplane_token: Option<String>,
+    /// CA certificate(s) (PEM file) the control plane is verified with; default: the system
+    /// CA certificates. kuma-cp's own self-signed certificate may be given as its CA.
+    #[arg(long, env = "KUMA_CONTROL_PLANE_CA_CERT_FILE")]
+    pub ca_cert_file: Option<PathBuf>,
+    /// The CA certificate as PEM text (kuma-dp reads it from KUMA_CONTROL_PLANE_CA_CERT only);
+    /// wins over --ca-cert-file, as in kuma-dp.
+    #[arg(
+        long = "ca-cert",
+        env = "KUMA_CONTROL_PLANE_CA_CERT",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub ca_cert: Option<String>,
+    /// Do not verify the control plane's certificate (insecure; development only).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_go_bool, action = clap::ArgAction::Set, env = "KUMA_CONTROL_PLANE_TLS_SKIP_VERIFY")]
+    pub skip_verify: bool,
+    /// Directory the control plane names the proxy's Unix sockets in (kuma-dp's work dir);
+    /// default: the system temporary directory.
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Certificate file of the metrics listener, sent to the control plane.
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_METRICS_CERT_PATH")]
+    pub metrics_cert_path: Option<String>,
+    /// Key file of the metrics listener, sent to the control plane.
+    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_METRICS_KEY_PATH")]
+    pub metrics_key_path: Option<String>,
+    /// Port of the `kuma:dns` listener the control plane generates (kuma-dp's Envoy DNS port).
+    #[arg(long, default_value_t = 15054, env = "KUMA_DNS_ENVOY_DNS_PORT")]
+    pub dns_envoy_port: u16,
+    /// Wait between bootstrap attempts (kuma-dp: `KUMA_CONTROL_PLANE_RETRY_BACKOFF` only).
+    #[arg(long = "cp-retry-backoff", default_value = "3s", value_parser = parse_duration, env = "KUMA_CONTROL_PLANE_RETRY_BACKOFF", hide = true)]
+    pub retry_backoff: Duration,
+    /// Time after which no bootstrap attempt starts (kuma-dp:
+    /// `KUMA_CONTROL_PLANE_RETRY_MAX_DURATION` only).
+    #[arg(long = "cp-retry-max-duration", default_value = "5m", value_parser = parse_duration, env = "KUMA_CONTROL_PLANE_RETRY_MAX_DURATION", hide = true)]
+    pub retry_max_duration: Duration,
+    /// Port of the readiness reporter the CP routes `/ready` to (kuma-dp:
+    /// `KUMA_READINESS_PORT` only).
+    #[arg(
+        long = "readiness-port",
+        default_value_t = 9902,
+        env = "KUMA_READINESS_PORT",
+        hide = true
+    )]
+    pub readiness_port: u16,
+    /// `false`: tell the CP IPv6 is off even where the host has it (kuma-dp:
+    /// `KUMA_DATAPLANE_RUNTIME_IPV6_ENABLED` only).
+    #[arg(long = "ipv6-enabled", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, env = "KUMA_DATAPLANE_RUNTIME_IPV6_ENABLED", hide = true)]
+    pub ipv6_enabled: bool,
+}
+
+/// Parses a boolean as Go's `strconv.ParseBool` (kuma-dp's flags and variables): 1, t, T,
+/// TRUE, true, True, 0, f, F, FALSE, false, False.
+pub fn parse_go_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("{text:?} is not a boolean (true or false)")),
+    }
+}
+
+/// Performs kuma-dp's bootstrap with kuma-cp: builds the request from the flags, POSTs it to
+/// `<cp>/bootstrap` (retried every 3 s for up to 5 minutes, each retry's reason logged) and
+/// returns the CP's answer: the node, the ADS server and the trust to reach it with.
+pub async fn bootstrap(args: &RunArgs) -> anyhow::Result<Bootstrapped> {
+    let cp_text = args.cp.cp_address.as_deref().unwrap_or_default();
+    let cp = CpAddress::parse(cp_text).map_err(anyhow::Error::msg)?;
+    let trust = trust(&args.cp)?;
+    let identity = identity(args, &trust)?;
+    let tokens = TokenSource {
+        file: args.cp.dataplane_token_file.clone(),
+        inline: args.cp.dataplane_token.clone(),
+    };
+    if matches!(trust, CpTrust::SkipVerify) {
+        tracing::warn!("--skip-verify: the control plane's certificate is not verified");
+    }
+    tracing::info!(cp = %cp.url, mesh = %identity.mesh, name = %identity.name, proxy_type = %identity.proxy_type, trust = %trust.describe(), "fetching the bootstrap from the control plane");
+    let retry = RetryPolicy {
+        interval: args.cp.retry_backoff,
+        max: args.cp.retry_max_duration,
+        ..RetryPolicy::default()
+    };
+    let client =
+        BootstrapClient::new(cp, trust, identity, tokens, retry).map_err(anyhow::Error::msg)?;
+    let done = client
+        .fetch(
+            |error, wait| tracing::info!(retry_in = ?wait, "bootstrap not done, retrying: {error}"),
+        )
+        .await?;
+    tracing::info!(
+        node = %done.config.node.id,
+        ads = %format!("{}:{}", done.config.ads.host, done.config.ads.port),
+        api = ?done.config.ads.api,
+        tls = done.config.ads.tls.is_some(),
+        "bootstrap received from the control plane"
+    );
+    Ok(done)
+}
+
+/// How the CP's certificate is verified: `KUMA_CONTROL_PLANE_CA_CERT` (PEM) wins over
+/// `--ca-cert-file`, as in kuma-dp; neither: the system roots.
+fn trust(cp: &CpArgs) -> anyhow::Result<CpTrust> {
+    if cp.skip_verify {
+        return Ok(CpTrust::SkipVerify);
+    }
+    if let Some(pem) = cp.ca_cert.as_deref().filter(|p| !p.trim().is_empty()) {
+        return CpTrust::from_pem(pem, "KUMA_CONTROL_PLANE_CA_CERT").map_err(anyhow::Error::msg);
+    }
+    if let Some(path) = &cp.ca_cert_file {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("--ca-cert-file {}: cannot read", path.display()))?;
+        return CpTrust::from_pem(&pem, &format!("--ca-cert-file {}", path.display()))
+            .map_err(anyhow::Error::msg);
+    }
+    Ok(CpTrust::System)
+}
+
+/// What the request tells the CP about this proxy, from the flags as kuma-dp reads them: the
+/// resource (rendered with --dataplane-var) gives mesh and name, and then --name/--mesh may
+/// not be given; without a resource, --name (else `POD_NAME.POD_NAMESPACE` on Kubernetes) and
+/// --mesh name a proxy the CP already has.
+pub fn identity(args: &RunArgs, trust: &CpTrust) -> anyhow::Result<ProxyIdentity> {
+    let vars = template::parse_vars(&args.dataplane_var).map_err(anyhow::Error::msg)?;
+    let text = match (&args.dataplane_file, &args.dataplane) {
+        (Some(path), _) => Some((
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--dataplane-file {}: cannot read", path.display()))?,
+            format!("--dataplane-file {}", path.display()),
+        )),
+        (None, Some(inline)) => Some((inline.clone(), "--dataplane".to_string())),
+        (None, None) => None,
+    };
+    let (mesh, name, resource) = match text {
+        Some((text, origin)) => {
+            let (mesh, name, json) = resource_json(&text, &vars, args.proxy_type)
+                .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+            if args.name.is_some() || args.mesh.is_some() {
+                bail!("--name and --mesh cannot be given with a dataplane definition ({origin}): mesh and name are read from it");
+            }
+            (mesh, name, Some(json))
+        }
+        None => {
+            let name = match (&args.name, std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) {
+                (Some(n), _, _) if !n.is_empty() => n.clone(),
+                (_, Ok(pod), Ok(namespace)) => format!("{pod}.{namespace}"),
+                _ => bail!("--cp-address needs this proxy's resource (--dataplane-file, --dataplane) or its --name"),
+            };
+            (args.mesh.clone().unwrap_or_default(), name, None)
+        }
+    };
+    let mut dynamic_metadata = BTreeMap::new();
+    if let Ok(host_ip) = std::env::var("HOST_IP") {
+        if !host_ip.is_empty() {
+            dynamic_metadata.insert("HOST_IP".to_string(), host_ip);
+        }
+    }
+    let ca_cert = match trust {
+        CpTrust::Roots { certs, .. } => certs
+            .iter()
+            .filter_map(|c| c.to_pem().ok())
+            .map(|pem| String::from_utf8_lossy(&pem).into_owned())
+            .collect(),
+        _ => String::new(),
+    };
+    Ok(ProxyIdentity {
+        mesh,
+        name,
+        proxy_type: proxy_type_name(args.proxy_type).to_string(),
+        resource,
+        ca_cert,
+        dynamic_metadata,
+        dns_port: u32::from(args.cp.dns_envoy_port),
+        readiness_port: u32::from(args.cp.readiness_port),
+        workdir: args
+            .cp
+            .work_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+            .display()
+            .to_string(),
+        metrics: MetricsResources {
+            cert_path: args.cp.metrics_cert_path.clone().unwrap_or_default(),
+            key_path: args.cp.metrics_key_path.clone().unwrap_or_default(),
+        },
+        system_ca_path: system_ca_path(),
+        // As kuma-dp: on unless turned off, and off where the host has no IPv6.
+        ipv6_enabled: args.cp.ipv6_enabled && std::net::UdpSocket::bind("[::1]:0").is_ok(),
+    })
+}
+
+/// kuma-dp's `--proxy-type` value.
+fn proxy_type_name(kind: ProxyType) -> &'static str {
+    match kind {
+        ProxyType::Dataplane => "dataplane",
+        ProxyType::Ingress => "ingress",
+        ProxyType::Egress => "egress",
+    }
+}
+
+/// The resource type `--proxy-type` expects.
+fn resource_type(kind: ProxyType) -> &'static str {
+    match kind {
+        ProxyType::Dataplane => "Dataplane",
+        ProxyType::Ingress => "ZoneIngress",
+        ProxyType::Egress => "ZoneEgress",
+    }
+}
+
+/// The proxy's resource (a template, YAML or JSON) rendered with `vars`, checked against
+/// `--proxy-type`: (mesh, name, the resource as JSON text).
+fn resource_json(
+    text: &str,
+    vars: &BTreeMap<String, String>,
+    kind: ProxyType,
+) -> Result<(String, String, String), String> {
+    let rendered = template::render(text, vars)?;
+    let docs = bearing_model::yaml::parse_documents(&rendered, 1).map_err(|e| e.to_string())?;
+    let mut docs = docs.into_iter().filter(|d| !d.value.is_null());
+    let (Some(doc), None) = (docs.next(), docs.next()) else {
+        return Err("must hold exactly one resource".into());
+    };
+    let field = |key: &str| {
+        doc.value
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let expected = resource_type(kind);
+    if field("type") != expected {
+        return Err(format!(
+            "invalid proxy resource type {:?}, expected {expected} (--proxy-type {})",
+            field("type"),
+            proxy_type_name(kind)
+        ));
+    }
+    if field("name").is_empty() {
+        return Err("the resource has no name".into());
+    }
+    Ok((field("mesh"), field("name"), doc.value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bearing run --cp-address https://cp:5678 ARGS` parsed.
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut all = vec!["--cp-address", "https://cp:5678"];
+        all.extend_from_slice(args);
+        crate::cli::tests::run_args(&all).unwrap()
+    }
+
+    /// The error of [`identity`] for these flags.
+    fn identity_error(args: &[&str]) -> String {
+        identity(&run_args(args), &CpTrust::System)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn resource_gives_mesh_and_name_and_is_sent_as_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dp.yaml");
+        std::fs::write(
+            &file,
+            "type: Dataplane\nmesh: default\nname: {{ name }}\nnetworking:\n  address: {{ address }}\n",
+        )
+        .unwrap();
+        let path = file.display().to_string();
+        let args = run_args(&["-d", &path, "-v", "name=dp-1,address=10.0.0.2"]);
+        let id = identity(&args, &CpTrust::System).unwrap();
+        assert_eq!(
+            (id.mesh.as_str(), id.name.as_str(), id.proxy_type.as_str()),
+            ("default", "dp-1", "dataplane")
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(id.resource.as_deref().unwrap()).unwrap();
+        assert_eq!(json["networking"]["address"], "10.0.0.2");
+        assert_eq!(id.dns_port, 15054);
+        assert_eq!(id.readiness_port, 9902);
+        let args = run_args(&[
+            "--name",
+            "n",
+            "--cp-retry-backoff",
+            "1m30s",
+            "--readiness-port",
+            "19902",
+        ]);
+        assert_eq!(args.cp.retry_backoff, Duration::from_secs(90));
+        assert_eq!(args.cp.retry_max_duration, Duration::from_secs(300));
+        let id = identity(&args, &CpTrust::System).unwrap();
+        assert_eq!(id.readiness_port, 19902);
+        let args = run_args(&["--name", "n", "--ipv6-enabled=false"]);
+        assert!(!identity(&args, &CpTrust::System).unwrap().ipv6_enabled);
+
+        let err = identity_error(&[
+            "-d",
+            &path,
+            "-v",
+            "name=dp-1",
+            "-v",
+            "address=a",
+            "--name",
+            "x",
+        ]);
+        assert!(err.contains("--name and --mesh cannot be given"), "{err}");
+        let err = identity_error(&[
+            "-d",
+            &path,
+            "-v",
+            "name=dp-1,address=a",
+            "--proxy-type",
+            "egress",
+        ]);
+        assert!(err.contains("expected ZoneEgress"), "{err}");
+        assert!(err.contains(&path), "{err}");
+        let err = identity_error(&["-d", &path]);
+        assert!(err.contains("--dataplane-var name="), "{err}");
+        let err = identity_error(&[]);
+        assert!(err.contains("needs this proxy's resource"), "{err}");
+    }
+
+    #[test]
+    fn name_and_mesh_without_a_resource() {
+        let args = run_args(&["--name", "dp-1", "--mesh", "m"]);
+        let id = identity(&args, &CpTrust::System).unwrap();
+        assert_eq!((id.mesh.as_str(), id.name.as_str()), ("m", "dp-1"));
+        assert!(id.resource.is_none());
+    }
+
+    #[test]
+    fn ca_pem_is_sent_to_the_cp() {
+        let cert = rcgen::generate_simple_self_signed(vec!["cp".to_string()]).unwrap();
+        let trust = CpTrust::from_pem(&cert.cert.pem(), "test").unwrap();
+        let args = run_args(&["--name", "dp-1"]);
+        let id = identity(&args, &trust).unwrap();
+        assert!(
+            id.ca_cert.starts_with("-----BEGIN CERTIFICATE-----"),
+            "{}",
+            id.ca_cert
+        );
+    }
+
+    #[test]
+    fn go_booleans() {
+        assert_eq!(parse_go_bool("True"), Ok(true));
+        assert_eq!(parse_go_bool("0"), Ok(false));
+        assert!(parse_go_bool("yes").is_err());
+    }
+}
