@@ -87,13 +87,6 @@ def kuma_sni(service: str) -> str:
     return f"{service}{{mesh={MESH}}}"
 
 
-def dns_sni(service: str) -> str:
-    """Kuma's tags-form SNI as Bearing sidecars send it (a TLS stack that only takes DNS names
-    needs it so): base32, lowercase, unpadded, labels of 60, under `.kuma-sni`."""
-    digits = base64.b32encode(kuma_sni(service).encode()).decode().rstrip("=").lower()
-    return ".".join(digits[i:i + 60] for i in range(0, len(digits), 60)) + ".kuma-sni"
-
-
 def base_port(name: str) -> int:
     """Each proxy gets 20 ports: +0 HTTP/1.1, +1 HTTP/2, +2 TCP, +3 pair outbound,
     +4 pair inbound, +5 pair client inbound (Bearing only), +6..+8 the same for the mTLS pair,
@@ -948,7 +941,7 @@ listen tcp
         """GET /small with `Connection: close` (as the handshake client sends it) over mesh
         mTLS, or plaintext without `ctx`: the server's URI SAN(s) and the status line."""
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-                (ctx.wrap_socket(raw, server_hostname=dns_sni(BACKEND)) if ctx else raw) as s:
+                (ctx.wrap_socket(raw, server_hostname=kuma_sni(BACKEND)) if ctx else raw) as s:
             sans = [v for k, v in s.getpeercert().get("subjectAltName", ()) if k == "URI"] if ctx else []
             s.sendall(b"GET /small HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
             resp = b""

@@ -25,16 +25,14 @@ use std::time::Duration;
 use bearing_gateway::{Decision, GatewayRouter, HeaderEdits};
 use bearing_http1::BodyLength;
 use bearing_proxy_config::{CrossMesh, GatewayListener, GatewayProtocol, RouteAction};
+use bearing_tls::{Negotiated as _, TlsAcceptor};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::forward_h1::{Reply, Routed, Timeouts};
 use crate::http_proxy::{local_reply, send, strip_hop_by_hop, ProxyBody};
@@ -52,8 +50,6 @@ const MAX_MIRRORED_BODY: u64 = 64 * 1024;
 /// How long a mirrored request's response may take, to its end, when the mirror cluster has
 /// no request timeout (gRPC): Kuma's default route timeout.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
-/// Time a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send a request's headers (Kuma's gateway stream idle timeout).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// A gateway's connections on the byte path: 5 s for a head, 300 s idle between requests
@@ -317,32 +313,35 @@ fn acceptor(
     router: Arc<GatewayRouter>,
     alpn: &[&[u8]],
 ) -> Result<TlsAcceptor, String> {
-    let keys = listener
-        .hosts
-        .iter()
-        .map(|h| {
-            h.certificate
-                .as_ref()
-                .map(|c| {
-                    bearing_tls::certified_key(&c.cert_chain_pem, &c.key_pem)
-                        .map_err(|e| format!("host {}: {}: {e}", h.hostname, c.origin))
-                })
-                .transpose()
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    // Each host's certificate, by host index: an index into `keys`.
+    let mut keys = Vec::new();
+    let mut key_of_host = Vec::with_capacity(listener.hosts.len());
+    for h in &listener.hosts {
+        let key = match &h.certificate {
+            Some(c) => {
+                let key = bearing_tls::certified_key(&c.cert_chain_pem, &c.key_pem)
+                    .map_err(|e| format!("host {}: {}: {e}", h.hostname, c.origin))?;
+                keys.push(key);
+                Some(keys.len() - 1)
+            }
+            None => None,
+        };
+        key_of_host.push(key);
+    }
+    // Without SNI: the `*` host's certificate, or the first one.
     let fallback = listener
         .hosts
         .iter()
         .position(|h| h.hostname == "*")
-        .and_then(|i| keys.get(i).cloned().flatten())
-        .or_else(|| keys.iter().flatten().next().cloned());
-    let resolver = Arc::new(SniCertificates {
-        router,
-        keys,
-        fallback,
-    });
-    let config = bearing_tls::gateway_server_config(resolver, alpn).map_err(|e| e.to_string())?;
-    Ok(TlsAcceptor::from(config))
+        .and_then(|i| key_of_host.get(i).copied().flatten())
+        .or_else(|| key_of_host.iter().flatten().next().copied());
+    let select = move |sni: Option<&str>| match sni {
+        Some(name) => router
+            .host_for(name)
+            .and_then(|host| key_of_host.get(host).copied().flatten()),
+        None => fallback,
+    };
+    bearing_tls::gateway_acceptor(&keys, select, alpn).map_err(|e| e.to_string())
 }
 
 /// The mesh mTLS acceptor of a cross-mesh listener: the gateway's identity in its mesh, and
@@ -355,30 +354,7 @@ fn cross_mesh_acceptor(cross: &CrossMesh, mesh_tls: &MeshTlsSet) -> Result<TlsAc
         )
     })?;
     let pems: Vec<&str> = cross.client_ca_pems.iter().map(String::as_str).collect();
-    let config =
-        bearing_tls::cross_mesh_server_config(&pems, rt.identity()).map_err(|e| e.to_string())?;
-    Ok(TlsAcceptor::from(config))
-}
-
-/// Picks the certificate of the host the SNI names; without SNI, the `*` host's (or the
-/// first one).
-#[derive(Debug)]
-struct SniCertificates {
-    router: Arc<GatewayRouter>,
-    keys: Vec<Option<Arc<CertifiedKey>>>,
-    fallback: Option<Arc<CertifiedKey>>,
-}
-
-impl ResolvesServerCert for SniCertificates {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        match hello.server_name() {
-            Some(name) => {
-                let host = self.router.host_for(name)?;
-                self.keys.get(host).cloned().flatten()
-            }
-            None => self.fallback.clone(),
-        }
-    }
+    bearing_tls::cross_mesh_acceptor(&pems, rt.identity()).map_err(|e| e.to_string())
 }
 
 /// Serves one connection of a gateway listener.
@@ -432,16 +408,11 @@ pub async fn serve(
             let Some(acceptor) = &gateway.tls else {
                 return refuse(&stream, listener, peer, "no TLS configuration");
             };
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
+            let tls = match acceptor.accept(stream, name, peer).await {
+                Ok(tls) => tls,
+                Err(e) => {
                     proxy.stats.count_tls_handshake_error(name);
-                    tracing::info!(listener = %name, %peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    proxy.stats.count_tls_handshake_error(name);
-                    tracing::info!(listener = %name, %peer, "TLS handshake timed out");
+                    tracing::info!(listener = %name, %peer, "TLS refused: {e}");
                     return;
                 }
             };
@@ -452,7 +423,7 @@ pub async fn serve(
                     .serve_http(tls, listener.clone(), peer, admission)
                     .await;
             }
-            let sni = tls.get_ref().1.server_name().unwrap_or("*").to_string();
+            let sni = tls.server_name().unwrap_or("*").to_string();
             match gateway
                 .router
                 .host_for(&sni)

@@ -178,15 +178,9 @@ impl TcpBacked for Counted<TcpStream> {
     }
 }
 
-impl<S: TcpBacked> TcpBacked for tokio_rustls::server::TlsStream<S> {
+impl<S: TcpBacked> TcpBacked for bearing_tls::TlsStream<S> {
     fn tcp(&self) -> &TcpStream {
-        self.get_ref().0.tcp()
-    }
-}
-
-impl<S: TcpBacked> TcpBacked for tokio_rustls::client::TlsStream<S> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref().0.tcp()
+        self.get_ref().tcp()
     }
 }
 

@@ -1,14 +1,13 @@
 //! Mesh mTLS at run time: per mesh, the CA, this proxy's renewing leaf certificate, the
-//! rustls server config inbound listeners terminate with, and client configs per expected
-//! destination identity. Kept across reloads while the mesh's settings are unchanged, so a
+//! acceptor inbound listeners terminate with, and connectors per expected destination
+//! identity. Kept across reloads while the mesh's settings are unchanged, so a
 //! reload neither re-issues certificates nor disturbs open connections.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bearing_proxy_config::{MeshTls, UpstreamTls, Verification};
-use bearing_tls::{Identity, MeshCa, ServerVerification, TlsError};
-use rustls::pki_types::ServerName;
+use bearing_tls::{Identity, MeshCa, ServerVerification, TlsAcceptor, TlsConnector, TlsError};
 use tokio::task::JoinHandle;
 
 /// One mesh's TLS state.
@@ -18,8 +17,8 @@ pub struct MeshTlsRuntime {
     ca: Arc<MeshCa>,
     identity: Arc<Identity>,
     /// What inbound listeners of this mesh terminate mTLS with.
-    pub server: Arc<rustls::ServerConfig>,
-    clients: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
+    pub server: TlsAcceptor,
+    clients: Mutex<HashMap<String, TlsConnector>>,
     renewal: JoinHandle<()>,
 }
 
@@ -48,7 +47,7 @@ impl MeshTlsRuntime {
             }
             (None, None) => return Err(TlsError::NoCaKey),
         };
-        let server = bearing_tls::mesh_server_config(&ca, identity.clone())?;
+        let server = bearing_tls::mesh_acceptor(&ca, identity.clone())?;
         let renewal = bearing_tls::spawn_renewal(identity.clone());
         Ok(MeshTlsRuntime {
             config: config.clone(),
@@ -65,14 +64,14 @@ impl MeshTlsRuntime {
         self.identity.clone()
     }
 
-    /// The client config that presents this proxy's certificate and accepts only a server
-    /// presenting `expected` (a SPIFFE id); built once per identity.
-    pub fn client(&self, expected: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    /// The connector (no SNI yet) that presents this proxy's certificate and accepts only a
+    /// server presenting `expected` (a SPIFFE id); built once per identity.
+    pub fn client(&self, expected: &str) -> Result<TlsConnector, TlsError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(expected) {
             return Ok(c.clone());
         }
-        let c = bearing_tls::mesh_client_config(&self.ca, self.identity.clone(), expected)?;
+        let c = bearing_tls::mesh_connector(&self.ca, self.identity.clone(), expected)?;
         clients.insert(expected.to_string(), c.clone());
         Ok(c)
     }
@@ -138,8 +137,9 @@ impl MeshTlsSet {
         self.meshes.get(mesh)
     }
 
-    /// The connector and SNI a cluster's TLS settings call for.
-    pub fn upstream(&self, tls: &UpstreamTls, alpn: &[&[u8]]) -> Result<UpstreamConnector, String> {
+    /// The connector a cluster's TLS settings call for, sending the SNI they name byte for
+    /// byte (Kuma's tags or hashed form, as Kuma's Envoy sends it).
+    pub fn upstream(&self, tls: &UpstreamTls, alpn: &[&[u8]]) -> Result<TlsConnector, String> {
         match tls {
             UpstreamTls::Mesh {
                 mesh,
@@ -150,18 +150,12 @@ impl MeshTlsSet {
                 let rt = self
                     .get(mesh)
                     .ok_or_else(|| format!("mesh {mesh:?} has no usable mTLS certificate"))?;
-                let config = match server_ca_pem {
+                match server_ca_pem {
                     None => rt.client(identity),
-                    Some(ca) => bearing_tls::cross_mesh_client_config(ca, rt.identity(), identity),
+                    Some(ca) => bearing_tls::cross_mesh_connector(ca, rt.identity(), identity),
                 }
-                .map_err(|e| e.to_string())?;
-                let wire = bearing_tls::to_dns_sni(sni);
-                let server_name = ServerName::try_from(wire.clone())
-                    .map_err(|e| format!("SNI {wire:?} for {sni:?}: {e}"))?;
-                Ok(UpstreamConnector {
-                    connector: tokio_rustls::TlsConnector::from(config),
-                    server_name,
-                })
+                .and_then(|c| c.with_sni(sni))
+                .map_err(|e| e.to_string())
             }
             UpstreamTls::External {
                 server_name,
@@ -176,20 +170,14 @@ impl MeshTlsSet {
                     Verification::SkipSan => ServerVerification::SkipSan,
                     Verification::SkipAll => ServerVerification::SkipAll,
                 };
-                let alpn = alpn.iter().map(|p| p.to_vec()).collect();
-                let config = bearing_tls::external_client_config(
+                bearing_tls::external_connector(
+                    server_name,
                     ca_pem.as_deref(),
                     client,
                     verification,
                     alpn,
                 )
-                .map_err(|e| e.to_string())?;
-                let name = ServerName::try_from(server_name.clone())
-                    .map_err(|e| format!("server name {server_name:?}: {e}"))?;
-                Ok(UpstreamConnector {
-                    connector: tokio_rustls::TlsConnector::from(config),
-                    server_name: name,
-                })
+                .map_err(|e| e.to_string())
             }
         }
     }
@@ -210,11 +198,39 @@ pub(crate) fn test_config(ca: &bearing_tls::MeshCa, permissive: bool) -> MeshTls
     }
 }
 
-/// How a cluster wraps its upstream connections in TLS.
-#[derive(Clone)]
-pub struct UpstreamConnector {
-    /// rustls client.
-    pub connector: tokio_rustls::TlsConnector,
-    /// SNI sent (and, for external TLS, the name checked).
-    pub server_name: ServerName<'static>,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bearing_tls::{parse_client_hello, ClientHello};
+
+    /// A mesh cluster's connector sends the SNI the cluster names byte for byte, as Kuma's
+    /// Envoy does (the `sni` of its UpstreamTlsContext: tags form for `kuma.io/service`
+    /// outbounds, hashed form for MeshServices), with ALPN `kuma`.
+    #[tokio::test]
+    async fn mesh_clusters_send_kumas_sni_byte_for_byte() {
+        let ca = MeshCa::generate("default").unwrap();
+        let set = MeshTlsSet::default().update([&test_config(&ca, false)], &mut BTreeMap::new());
+        for sni in [
+            "backend{mesh=default}",
+            "db{mesh=default,role=replica}",
+            "a601e0c00295a9fbe.backend.80.default.ms",
+        ] {
+            let tls = UpstreamTls::Mesh {
+                mesh: "default".into(),
+                sni: sni.into(),
+                identity: "spiffe://default/backend".into(),
+                server_ca_pem: None,
+            };
+            let connector = set.upstream(&tls, &[]).unwrap();
+            let hello = connector.first_flight().unwrap();
+            assert_eq!(
+                parse_client_hello(&hello),
+                ClientHello::Parsed {
+                    sni: Some(sni),
+                    alpn_kuma: true
+                },
+                "{sni}"
+            );
+        }
+    }
 }

@@ -125,8 +125,8 @@ fn same_terms(old: &Option<DownstreamTlsRuntime>, next: &Option<DownstreamTlsRun
 pub enum DownstreamTlsRuntime {
     /// With this server config; plaintext is accepted too when `permissive`.
     Ready {
-        /// rustls acceptor (the mesh's server config).
-        acceptor: tokio_rustls::TlsAcceptor,
+        /// The mesh's acceptor.
+        acceptor: bearing_tls::TlsAcceptor,
         /// Kuma's PERMISSIVE mode: connections not starting with a TLS record are plaintext.
         permissive: bool,
         /// The mesh state the acceptor comes from (its CA verifies client certificates).
@@ -141,7 +141,7 @@ impl DownstreamTlsRuntime {
     pub fn for_mesh(tls: &MeshTlsSet, mesh: &str) -> Self {
         match tls.get(mesh) {
             Some(rt) => DownstreamTlsRuntime::Ready {
-                acceptor: tokio_rustls::TlsAcceptor::from(rt.server.clone()),
+                acceptor: rt.server.clone(),
                 permissive: rt.config.permissive,
                 mesh: rt.clone(),
             },
@@ -152,8 +152,6 @@ impl DownstreamTlsRuntime {
     }
 }
 
-/// Time a client has to send its TLS ClientHello and finish the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// PERMISSIVE mode: how long to wait for a client's first byte before treating the
 /// connection as plaintext (protocols where the server speaks first send nothing).
 const PERMISSIVE_SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
@@ -789,19 +787,15 @@ impl Proxy {
                 .serve_stream(stream, listener, peer, Admission::Plaintext)
                 .await;
         }
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => {
+        match acceptor.accept(stream, &listener.config.name, peer).await {
+            Ok(tls_stream) => {
                 let admission = Admission::MeshTls(mesh.clone());
                 self.serve_stream(tls_stream, listener, peer, admission)
                     .await
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 self.stats.count_tls_handshake_error(&listener.config.name);
-                tracing::info!(listener = %listener.config.name, %peer, "mTLS handshake failed: {e}");
-            }
-            Err(_) => {
-                self.stats.count_tls_handshake_error(&listener.config.name);
-                tracing::info!(listener = %listener.config.name, %peer, "mTLS handshake timed out");
+                tracing::info!(listener = %listener.config.name, %peer, "mTLS refused: {e}");
             }
         }
     }

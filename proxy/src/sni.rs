@@ -50,8 +50,7 @@ impl SniTable {
 
     /// The route an SNI names, with the tags the endpoints must carry (tags form).
     fn route(&self, sni: &str) -> Option<(&SniRouteRuntime, Vec<(String, String)>)> {
-        let name = bearing_tls::from_dns_sni(sni).unwrap_or_else(|| sni.to_string());
-        if let Some(tags) = bearing_tls::parse_tags_sni(&name) {
+        if let Some(tags) = bearing_tls::parse_tags_sni(sni) {
             let target = SniTarget::Service {
                 mesh: tags.mesh.to_string(),
                 service: tags.service.to_string(),
@@ -63,7 +62,7 @@ impl SniTable {
                 .collect();
             return self.routes.get(&target).map(|r| (r, wanted));
         }
-        let resource = bearing_tls::parse_resource_sni(&name)?;
+        let resource = bearing_tls::parse_resource_sni(sni)?;
         let target = SniTarget::MeshService {
             mesh: resource.mesh.to_string(),
             name: resource.name.to_string(),
@@ -105,16 +104,11 @@ pub async fn serve(
     match &route.terminate {
         None => serve_tcp(down, cluster, &listener.stats, name, peer, carries_tags).await,
         Some(DownstreamTlsRuntime::Ready { acceptor, .. }) => {
-            let accepted = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, acceptor.accept(down)).await;
-            match accepted {
-                Ok(Ok(tls)) => serve_tcp(tls, cluster, &listener.stats, name, peer, |_| true).await,
-                Ok(Err(e)) => {
+            match acceptor.accept(down, name, peer).await {
+                Ok(tls) => serve_tcp(tls, cluster, &listener.stats, name, peer, |_| true).await,
+                Err(e) => {
                     stats.count_tls_handshake_error(name);
-                    tracing::info!(listener = %name, %peer, %sni, "mTLS handshake failed: {e}");
-                }
-                Err(_) => {
-                    stats.count_tls_handshake_error(name);
-                    tracing::info!(listener = %name, %peer, %sni, "mTLS handshake timed out");
+                    tracing::info!(listener = %name, %peer, %sni, "mTLS refused: {e}");
                 }
             }
         }

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use crate::body::MessageBody;
 use crate::circuit::{Held, Occupancy, Overflow, Resource};
 use crate::io::Counted;
-use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet, UpstreamConnector};
+use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
 use crate::stats::ClusterStats;
 use crate::workers;
 use tokio_util::either::Either;
@@ -139,7 +139,7 @@ impl UpstreamError {
 /// TLS stream is boxed: inline it made every connection a kilobyte, copied on each move
 /// (into and out of the pool, per request).
 pub type UpstreamStream =
-    Either<Counted<TcpStream>, Box<tokio_rustls::client::TlsStream<Counted<TcpStream>>>>;
+    Either<Counted<TcpStream>, Box<bearing_tls::TlsStream<Counted<TcpStream>>>>;
 
 /// The upstream connection type in hyper's I/O adapter.
 type UpstreamIo = TokioIo<UpstreamStream>;
@@ -465,7 +465,7 @@ pub struct ClusterRuntime {
     pools: Vec<Arc<EndpointPool>>,
     next: AtomicUsize,
     /// TLS originated upstream; an error when the cluster needs TLS that cannot be set up.
-    tls: Option<Result<UpstreamConnector, String>>,
+    tls: Option<Result<bearing_tls::TlsConnector, String>>,
     /// What `tls` was made from, for the next config's [`PreviousPools`].
     security: UpstreamSecurity,
 }
@@ -503,7 +503,7 @@ impl ClusterRuntime {
         config: Cluster,
         stats: ClusterStats,
         pools: Vec<Arc<EndpointPool>>,
-        tls: Option<Result<UpstreamConnector, String>>,
+        tls: Option<Result<bearing_tls::TlsConnector, String>>,
         security: UpstreamSecurity,
     ) -> Self {
         ClusterRuntime {
@@ -610,10 +610,10 @@ impl ClusterRuntime {
             Some(Ok(tls)) => tls,
             Some(Err(reason)) => return Err(io::Error::other(reason.clone())),
         };
-        let handshake = tls.connector.connect(tls.server_name.clone(), counted);
+        let handshake = tls.connect(counted, &self.config.name, address);
         match tokio::time::timeout(limit, handshake).await {
             Ok(Ok(s)) => Ok(Either::Right(Box::new(s))),
-            Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS handshake: {e}"))),
+            Ok(Err(e)) => Err(io::Error::other(e)),
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "TLS handshake timed out",

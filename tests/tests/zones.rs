@@ -214,8 +214,8 @@ fn mtls_strict_between_sidecars_in_one_zone() -> Result<()> {
     get_body(a, OUT_LOCAL, LOCAL_BODY)?;
     let pcap = capture.stop(a)?;
     ensure!(
-        pcap.contains(bearing_tls::to_dns_sni(LOCAL_SNI)),
-        "no ClientHello with SNI {LOCAL_SNI} (DNS form) in {} packets",
+        pcap.contains(LOCAL_SNI),
+        "no ClientHello with SNI {LOCAL_SNI} in {} packets",
         pcap.packets()
     );
     ensure!(
@@ -241,7 +241,7 @@ fn mtls_strict_between_sidecars_in_one_zone() -> Result<()> {
     );
 
     let to_local = TlsClient::new(b2.sock4(INBOUND))
-        .servername(bearing_tls::to_dns_sni(LOCAL_SNI))
+        .servername(LOCAL_SNI)
         .alpn("kuma");
     let no_cert = to_local.clone().run(a)?;
     ensure!(
@@ -293,10 +293,7 @@ fn permissive_accepts_plaintext_and_mtls_on_the_same_port() -> Result<()> {
     let capture = Capture::start(b2, &format!("tcp port {INBOUND}"))?;
     get_body(a, OUT_LOCAL, LOCAL_BODY)?;
     let pcap = capture.stop(a)?;
-    ensure!(
-        pcap.contains(bearing_tls::to_dns_sni(LOCAL_SNI)),
-        "web no longer sends TLS"
-    );
+    ensure!(pcap.contains(LOCAL_SNI), "web no longer sends TLS");
     ensure!(
         !pcap.contains(LOCAL_BODY.trim()),
         "web's request went in plaintext"
@@ -418,10 +415,7 @@ fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
         inbound_counter(&ingress, "bearing_sni_unknown_total", ib, INGRESS_PORT)? >= 1.0,
         "unknown SNI not counted"
     );
-    let plain = to_ingress
-        .clone()
-        .servername(bearing_tls::to_dns_sni("redis{mesh=plain}"))
-        .run(a)?;
+    let plain = to_ingress.clone().servername("redis{mesh=plain}").run(a)?;
     ensure!(
         !plain.handshake && !plain.accepted(),
         "a mesh without mTLS was routed: {plain:?}"
@@ -436,30 +430,22 @@ fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
         "no SNI got through: {no_sni:?}"
     );
 
-    // The ingress does not terminate TLS: a known SNI, in the DNS form Bearing sidecars send,
-    // reaches backend-1's inbound, which presents the mesh certificate and answers.
-    let known = to_ingress
-        .clone()
-        .servername(bearing_tls::to_dns_sni(BACKEND_SNI))
-        .verify_ca(&z.mesh_ca.files().cert)
-        .run(a)?;
-    ensure!(
-        known.accepted() && known.verified && known.response.contains(BACKEND_BODY.trim()),
-        "known SNI through the ingress: {known:?}"
-    );
-
-    // Kuma's raw tags form (what Envoy sidecars send) is routed by the ingress too: it reaches
-    // backend-1, whose TLS stack (rustls) refuses an SNI that is not a DNS name.
+    // The ingress does not terminate TLS: a known SNI, in Kuma's tags form (what Bearing and
+    // Envoy sidecars send), is routed byte for byte and reaches backend-1's inbound, which
+    // accepts that SNI, presents the mesh certificate and answers.
     let routed = |b: &Bearing| {
         b.metric(&format!(
             "bearing_cluster_upstream_connections_total{{cluster=\"{BACKEND_SNI}\"}}"
         ))
     };
     let before = routed(&ingress)?;
-    let raw = to_ingress.servername(BACKEND_SNI).run(a)?;
+    let known = to_ingress
+        .servername(BACKEND_SNI)
+        .verify_ca(&z.mesh_ca.files().cert)
+        .run(a)?;
     ensure!(
-        !raw.accepted(),
-        "raw tags-form SNI accepted by rustls: {raw:?}"
+        known.accepted() && known.verified && known.response.contains(BACKEND_BODY.trim()),
+        "known SNI through the ingress: {known:?}"
     );
     ensure!(
         routed(&ingress)? > before,
@@ -844,7 +830,7 @@ fn pooled_plaintext_connections_are_not_reused_after_mtls_is_turned_on() -> Resu
         "a request went upstream in plaintext after mTLS was turned on"
     );
     ensure!(
-        pcap.contains(bearing_tls::to_dns_sni(LOCAL_SNI)),
+        pcap.contains(LOCAL_SNI),
         "no mTLS ClientHello after mTLS was turned on ({} packets)",
         pcap.packets()
     );
@@ -903,7 +889,7 @@ fn sidecars_with_identities_issued_ahead_of_time_talk_mtls_without_the_ca_key() 
     get_body(a, OUT_LOCAL, LOCAL_BODY)?;
     // local-1 presents a certificate of the mesh CA and requires one.
     let good = TlsClient::new(b2.sock4(INBOUND))
-        .servername(bearing_tls::to_dns_sni(LOCAL_SNI))
+        .servername(LOCAL_SNI)
         .alpn("kuma")
         .client_cert(&z.mesh_leaf("web")?)
         .verify_ca(&z.mesh_ca.files().cert)

@@ -1,35 +1,26 @@
-//! Cost of peeking SNI and ALPN from a realistic mesh ClientHello (a rustls client's first
-//! flight carrying the Kuma tags SNI `backend{mesh=default}` and ALPN `kuma`).
+//! Cost of peeking SNI and ALPN from a realistic mesh ClientHello (Bearing's own mesh client's
+//! first flight, OpenSSL, carrying the Kuma tags SNI `backend{mesh=default}` and ALPN `kuma`).
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
-/// A rustls client's ClientHello with SNI `backend{mesh=default}`: rustls only sends DNS names,
-/// so it is made for a same-length DNS name that is then overwritten (lengths stay right).
+/// The ClientHello Bearing's mesh client sends to `backend{mesh=default}`.
 fn client_hello() -> Vec<u8> {
-    const STAND_IN: &str = "backend-mesh-default1";
-    const SNI: &str = "backend{mesh=default}";
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"kuma".to_vec()];
-    let name = rustls_pki_types::ServerName::try_from(STAND_IN).expect("valid DNS name");
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
-    let mut out = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut out).expect("write to Vec");
-    }
-    let at = out
-        .windows(STAND_IN.len())
-        .position(|w| w == STAND_IN.as_bytes())
-        .expect("SNI in the ClientHello");
-    out[at..at + SNI.len()].copy_from_slice(SNI.as_bytes());
-    out
+    let ca = Arc::new(bearing_tls::MeshCa::generate("default").expect("CA"));
+    let web = bearing_tls::Identity::new(
+        ca.clone(),
+        "default",
+        &["web".to_string()],
+        Duration::from_secs(3600),
+    )
+    .expect("identity");
+    bearing_tls::mesh_connector(&ca, web, "spiffe://default/backend")
+        .and_then(|c| c.with_sni("backend{mesh=default}"))
+        .and_then(|c| c.first_flight())
+        .expect("first flight")
 }
 
 fn bench(c: &mut Criterion) {

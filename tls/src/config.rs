@@ -1,187 +1,247 @@
-//! rustls configurations: mesh mTLS (server and client) and TLS to external services.
+//! TLS contexts: mesh mTLS (server and client) and TLS to external services.
 //!
 //! Mesh traffic is TLS 1.3 with ALPN `kuma`. The server requires a client certificate that
 //! chains to the mesh CA. The client checks the server's chain to the mesh CA and then its
-//! identity: one URI SAN must equal the expected SPIFFE id. The name given to `connect` is
-//! only sent as SNI (Kuma puts service tags or a hashed resource name there), never matched
-//! against DNS SANs. Every config uses the ring provider, including for handshake signatures.
+//! identity: one URI SAN must equal the expected SPIFFE id. The SNI a client sends is Kuma's
+//! name for the destination (service tags or a hashed resource name), sent byte for byte and
+//! never matched against DNS SANs. Contexts are built here once per config and identity
+//! renewal; [`TlsAcceptor`] and [`TlsConnector`] run the handshakes.
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use openssl::ssl::{
+    AlpnError, SslContext, SslContextBuilder, SslMethod, SslSessionCacheMode, SslVerifyMode,
+    SslVersion,
+};
+use openssl::x509::store::{X509Store, X509StoreBuilder};
+use openssl::x509::{X509StoreContext, X509VerifyResult, X509};
+use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
-use crate::{Identity, MeshCa, TlsError};
+use crate::stack::{check_sni, openssl_err, uri_sans_of, CertifiedKey, ServerCheck};
+use crate::{Identity, MeshCa, TlsAcceptor, TlsConnector, TlsError};
 
 /// The ALPN protocol id of Kuma mesh traffic.
 pub const KUMA_ALPN: &[u8] = b"kuma";
 
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn mesh_roots(ca: &MeshCa) -> Result<Arc<RootCertStore>, TlsError> {
-    roots_of([ca.cert_der().clone()])
-}
-
-/// Trust anchors from CA certificates.
-fn roots_of(
-    certs: impl IntoIterator<Item = CertificateDer<'static>>,
-) -> Result<Arc<RootCertStore>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in certs {
-        roots.add(cert).map_err(|source| TlsError::Rustls {
-            what: "mesh CA as trust anchor",
-            source,
-        })?;
+/// A list of ALPN protocols in wire format (each prefixed by its length).
+pub(crate) fn alpn_wire(protocols: &[&[u8]]) -> Result<Vec<u8>, TlsError> {
+    let mut wire = Vec::new();
+    for p in protocols {
+        let len = u8::try_from(p.len())
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| TlsError::Invalid {
+                field: "ALPN protocol",
+                reason: format!("{:?} is empty or longer than 255 bytes", p),
+            })?;
+        wire.push(len);
+        wire.extend_from_slice(p);
     }
-    Ok(Arc::new(roots))
+    Ok(wire)
+}
+
+/// Answers a ClientHello's ALPN offer with the first of `ours` (wire format) it contains;
+/// a client offering none of them is served without ALPN.
+pub(crate) fn select_alpn(builder: &mut SslContextBuilder, ours: Vec<u8>) {
+    builder.set_alpn_select_callback(move |_, offered| {
+        protocols(&ours)
+            .find_map(|p| protocols(offered).find(|o| *o == p))
+            .ok_or(AlpnError::NOACK)
+    });
+}
+
+/// The protocols of an ALPN list in wire format; a malformed tail is ignored.
+fn protocols(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = wire;
+    std::iter::from_fn(move || {
+        let (len, tail) = rest.split_first()?;
+        let (protocol, tail) = tail.split_at_checked(usize::from(*len))?;
+        rest = tail;
+        Some(protocol)
+    })
 }
 
 /// The certificates of CA PEM texts (other meshes' CAs: no key needed to trust them).
-fn ca_certs(pems: &[&str]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn ca_certs(pems: &[&str], what: &'static str) -> Result<Vec<X509>, TlsError> {
     let mut certs = Vec::new();
     for pem in pems {
-        let cert = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem {
-            what: "mesh CA certificate PEM",
+        let found = X509::stack_from_pem(pem.as_bytes()).map_err(|e| TlsError::Pem {
+            what,
             reason: e.to_string(),
         })?;
-        certs.push(cert);
+        if found.is_empty() {
+            return Err(TlsError::Pem {
+                what,
+                reason: "no CERTIFICATE block".into(),
+            });
+        }
+        certs.extend(found);
     }
     Ok(certs)
 }
 
-fn rustls_err(what: &'static str) -> impl FnOnce(rustls::Error) -> TlsError {
-    move |source| TlsError::Rustls { what, source }
+fn mesh_roots(ca: &MeshCa) -> Result<Vec<X509>, TlsError> {
+    Ok(vec![
+        X509::from_der(ca.cert_der()).map_err(openssl_err("mesh CA certificate"))?
+    ])
+}
+
+/// A trust store of `roots`.
+fn store_of(roots: &[X509]) -> Result<X509Store, TlsError> {
+    let what = "trust anchors";
+    let mut store = X509StoreBuilder::new().map_err(openssl_err(what))?;
+    for root in roots {
+        store.add_cert(root.clone()).map_err(openssl_err(what))?;
+    }
+    Ok(store.build())
 }
 
 /// The server side of mesh mTLS (inbound): TLS 1.3 only, ALPN `kuma` (clients sending no ALPN
-/// are accepted too), a client certificate chaining to the mesh CA is required, and the
-/// presented certificate is always the identity's current one.
-pub fn mesh_server_config(
-    ca: &MeshCa,
-    identity: Arc<Identity>,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    server_config(mesh_roots(ca)?, identity)
+/// are accepted too), a client certificate chaining to the mesh CA is required, any SNI Kuma
+/// sends is accepted, and the certificate presented is always the identity's current one.
+pub fn mesh_acceptor(ca: &MeshCa, identity: Arc<Identity>) -> Result<TlsAcceptor, TlsError> {
+    server_acceptor(mesh_roots(ca)?, identity)
 }
 
-/// The server side of a cross-mesh gateway listener: as [`mesh_server_config`], but a client
+/// The server side of a cross-mesh gateway listener: as [`mesh_acceptor`], but a client
 /// certificate chaining to any of `client_ca_pems` (every mesh's CA) is accepted.
-pub fn cross_mesh_server_config(
+pub fn cross_mesh_acceptor(
     client_ca_pems: &[&str],
     identity: Arc<Identity>,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    server_config(roots_of(ca_certs(client_ca_pems)?)?, identity)
+) -> Result<TlsAcceptor, TlsError> {
+    server_acceptor(
+        ca_certs(client_ca_pems, "mesh CA certificate PEM")?,
+        identity,
+    )
 }
 
-fn server_config(
-    roots: Arc<RootCertStore>,
-    identity: Arc<Identity>,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|source| TlsError::Verifier {
-            what: "mesh client certificate verifier",
-            source,
-        })?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(rustls_err("mesh server protocol versions"))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(identity);
-    config.alpn_protocols = vec![KUMA_ALPN.to_vec()];
-    Ok(Arc::new(config))
+fn server_acceptor(roots: Vec<X509>, identity: Arc<Identity>) -> Result<TlsAcceptor, TlsError> {
+    let build = move |leaf: &CertifiedKey| -> Result<SslContext, TlsError> {
+        let what = "mesh server TLS context";
+        let err = openssl_err(what);
+        let mut b = SslContextBuilder::new(SslMethod::tls_server()).map_err(err)?;
+        tls13_only(&mut b, what)?;
+        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        b.set_cert_store(store_of(&roots)?);
+        leaf.install(&mut b).map_err(openssl_err(what))?;
+        select_alpn(&mut b, alpn_wire(&[KUMA_ALPN])?);
+        b.set_servername_callback(check_sni);
+        // Mesh clients do not resume sessions: no tickets, no cache (a renewed identity or CA
+        // is then never bypassed by a resumption).
+        b.set_num_tickets(0).map_err(openssl_err(what))?;
+        b.set_session_cache_mode(SslSessionCacheMode::OFF);
+        Ok(b.build())
+    };
+    TlsAcceptor::for_identity(identity, Box::new(build))
+}
+
+fn tls13_only(b: &mut SslContextBuilder, what: &'static str) -> Result<(), TlsError> {
+    b.set_min_proto_version(Some(SslVersion::TLS1_3))
+        .and_then(|()| b.set_max_proto_version(Some(SslVersion::TLS1_3)))
+        .map_err(openssl_err(what))
+}
+
+/// TLS 1.2 and 1.3, for TLS with peers outside the mesh.
+pub(crate) fn tls12_and_13(b: &mut SslContextBuilder, what: &'static str) -> Result<(), TlsError> {
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))
+        .and_then(|()| b.set_max_proto_version(Some(SslVersion::TLS1_3)))
+        .map_err(openssl_err(what))
 }
 
 /// The client side of mesh mTLS (outbound) towards one destination whose SPIFFE id is
 /// `expected` (e.g. `spiffe://default/backend`): TLS 1.3, ALPN `kuma`, the identity's current
 /// certificate as client certificate, and the server accepted only if its chain leads to the
-/// mesh CA and one of its URI SANs equals `expected`.
-pub fn mesh_client_config(
+/// mesh CA and one of its URI SANs equals `expected`. Give it the SNI with
+/// [`TlsConnector::with_sni`].
+pub fn mesh_connector(
     ca: &MeshCa,
     identity: Arc<Identity>,
     expected: &str,
-) -> Result<Arc<ClientConfig>, TlsError> {
-    client_config(mesh_roots(ca)?, identity, expected)
+) -> Result<TlsConnector, TlsError> {
+    client_connector(mesh_roots(ca)?, identity, expected)
 }
 
 /// The client side of mesh mTLS towards a cross-mesh gateway of another mesh: this proxy's
 /// identity as client certificate, and the server accepted only if it chains to that mesh's
 /// CA (`server_ca_pem`) and carries exactly `expected`.
-pub fn cross_mesh_client_config(
+pub fn cross_mesh_connector(
     server_ca_pem: &str,
     identity: Arc<Identity>,
     expected: &str,
-) -> Result<Arc<ClientConfig>, TlsError> {
-    client_config(roots_of(ca_certs(&[server_ca_pem])?)?, identity, expected)
+) -> Result<TlsConnector, TlsError> {
+    let roots = ca_certs(&[server_ca_pem], "mesh CA certificate PEM")?;
+    client_connector(roots, identity, expected)
 }
 
-fn client_config(
-    roots: Arc<RootCertStore>,
+fn client_connector(
+    roots: Vec<X509>,
     identity: Arc<Identity>,
     expected: &str,
-) -> Result<Arc<ClientConfig>, TlsError> {
+) -> Result<TlsConnector, TlsError> {
     if !expected.starts_with("spiffe://") {
         return Err(TlsError::Invalid {
             field: "expected SPIFFE id",
             reason: format!("{expected:?} does not start with spiffe://"),
         });
     }
-    let provider = provider();
-    let verifier = MeshVerifier {
-        check: Check::Chain {
-            roots,
-            spiffe_id: Some(expected.to_owned()),
-        },
-        provider: provider.clone(),
+    let expected: Arc<str> = expected.into();
+    let wanted = expected.clone();
+    let build = move |leaf: &CertifiedKey| -> Result<SslContext, TlsError> {
+        let what = "mesh client TLS context";
+        let mut b = SslContextBuilder::new(SslMethod::tls_client()).map_err(openssl_err(what))?;
+        tls13_only(&mut b, what)?;
+        b.set_cert_store(store_of(&roots)?);
+        let wanted = wanted.clone();
+        // After the chain check, the leaf (depth 0) must carry the expected SPIFFE id.
+        b.set_verify_callback(SslVerifyMode::PEER, move |chain_ok, ctx| {
+            if !chain_ok || ctx.error_depth() != 0 {
+                return chain_ok;
+            }
+            let carries = ctx
+                .current_cert()
+                .is_some_and(|leaf| uri_sans_of(leaf).iter().any(|uri| **uri == *wanted));
+            if !carries {
+                ctx.set_error(X509VerifyResult::APPLICATION_VERIFICATION);
+            }
+            carries
+        });
+        leaf.install(&mut b).map_err(openssl_err(what))?;
+        b.set_alpn_protos(&alpn_wire(&[KUMA_ALPN])?)
+            .map_err(openssl_err(what))?;
+        Ok(b.build())
     };
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(rustls_err("mesh client protocol versions"))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(identity);
-    config.alpn_protocols = vec![KUMA_ALPN.to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// The SPIFFE ids (`spiffe://` URI SANs) of a peer's leaf certificate, the first of `certs`;
-/// empty when there is none or it does not parse. Used to log or authorize the peer.
-pub fn peer_spiffe_ids(certs: &[CertificateDer<'_>]) -> Vec<String> {
-    let mut ids = uri_sans(certs);
-    ids.retain(|uri| uri.starts_with("spiffe://"));
-    ids
+    TlsConnector::for_identity(identity, Box::new(build), ServerCheck::Spiffe(expected))
 }
 
 /// Checks that `certs` (leaf first, then intermediates) chain to `ca` and are valid now, as a
 /// mesh server checks a client certificate.
 pub(crate) fn verify_leaf(ca: &MeshCa, certs: &[CertificateDer<'static>]) -> Result<(), TlsError> {
+    let what = "identity certificate against the mesh CA";
     let Some((leaf, intermediates)) = certs.split_first() else {
         return Err(TlsError::Invalid {
             field: "identity",
             reason: "no certificate".into(),
         });
     };
-    let verifier = WebPkiClientVerifier::builder_with_provider(mesh_roots(ca)?, provider())
-        .build()
-        .map_err(|source| TlsError::Verifier {
-            what: "identity check",
-            source,
-        })?;
-    verifier
-        .verify_client_cert(leaf, intermediates, UnixTime::now())
-        .map_err(|source| TlsError::Rustls {
-            what: "identity certificate against the mesh CA",
-            source,
-        })?;
-    Ok(())
+    let leaf = X509::from_der(leaf).map_err(openssl_err(what))?;
+    let mut chain = openssl::stack::Stack::new().map_err(openssl_err(what))?;
+    for cert in intermediates {
+        chain
+            .push(X509::from_der(cert).map_err(openssl_err(what))?)
+            .map_err(openssl_err(what))?;
+    }
+    let store = store_of(&mesh_roots(ca)?)?;
+    let mut ctx = X509StoreContext::new().map_err(openssl_err(what))?;
+    let verdict = ctx
+        .init(&store, &leaf, &chain, |c| {
+            Ok(c.verify_cert()?.then_some(()).ok_or(c.error()))
+        })
+        .map_err(openssl_err(what))?;
+    verdict.map_err(|error| TlsError::Certificate {
+        what,
+        reason: error.error_string().to_string(),
+    })
 }
 
 /// All URI SANs of the first certificate.
@@ -217,261 +277,90 @@ pub enum ServerVerification {
     SkipAll,
 }
 
-/// A client config for TLS to an external service: trusts `ca_pem` (all certificates in it),
-/// or the system roots when none is given; presents `client_cert_and_key_pem` (chain PEM, key
-/// PEM) if given; checks the server as `verification` says; TLS 1.2 and 1.3; offers `alpn`.
-pub fn external_client_config(
+/// The client side of TLS to an external service named `server_name` (sent as SNI unless it
+/// is an IP address): trusts `ca_pem` (all certificates in it), or the system roots when none
+/// is given; presents `client_cert_and_key_pem` (chain PEM, key PEM) if given; checks the
+/// server as `verification` says; TLS 1.2 and 1.3; offers `alpn`.
+pub fn external_connector(
+    server_name: &str,
     ca_pem: Option<&str>,
     client_cert_and_key_pem: Option<(&str, &str)>,
     verification: ServerVerification,
-    alpn: Vec<Vec<u8>>,
-) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
-        .map_err(rustls_err("external client protocol versions"))?;
-    let builder = match verification {
-        ServerVerification::Secured => {
-            let verifier =
-                WebPkiServerVerifier::builder_with_provider(external_roots(ca_pem)?, provider)
-                    .build()
-                    .map_err(|source| TlsError::Verifier {
-                        what: "external server certificate verifier",
-                        source,
-                    })?;
-            builder.with_webpki_verifier(verifier)
-        }
-        ServerVerification::SkipSan => {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(MeshVerifier {
-                    check: Check::Chain {
-                        roots: external_roots(ca_pem)?,
-                        spiffe_id: None,
-                    },
-                    provider,
-                }))
-        }
-        ServerVerification::SkipAll => {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(MeshVerifier {
-                    check: Check::Nothing,
-                    provider,
-                }))
-        }
+    alpn: &[&[u8]],
+) -> Result<TlsConnector, TlsError> {
+    let what = "external TLS context";
+    let mut b = SslContextBuilder::new(SslMethod::tls_client()).map_err(openssl_err(what))?;
+    tls12_and_13(&mut b, what)?;
+    let check = match verification {
+        ServerVerification::Secured => ServerCheck::Name(server_name.into()),
+        ServerVerification::SkipSan | ServerVerification::SkipAll => ServerCheck::None,
     };
-    let mut config = match client_cert_and_key_pem {
-        Some((cert_pem, key_pem)) => {
-            let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| TlsError::Pem {
-                    what: "client certificate PEM",
-                    reason: e.to_string(),
-                })?;
-            if chain.is_empty() {
-                return Err(TlsError::Pem {
-                    what: "client certificate PEM",
-                    reason: "no CERTIFICATE block".into(),
-                });
-            }
-            let key =
-                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Key {
-                    what: "client private key PEM",
-                    reason: e.to_string(),
-                })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(rustls_err("client certificate and key"))?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn;
-    Ok(Arc::new(config))
-}
-
-/// The trust anchors for an external service: every certificate of `ca_pem`, or the system's.
-fn external_roots(ca_pem: Option<&str>) -> Result<Arc<RootCertStore>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    match ca_pem {
-        Some(pem) => {
-            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert = cert.map_err(|e| TlsError::Pem {
-                    what: "external service CA PEM",
-                    reason: e.to_string(),
-                })?;
-                roots.add(cert).map_err(rustls_err("external service CA"))?;
-            }
-            if roots.is_empty() {
-                return Err(TlsError::Pem {
-                    what: "external service CA PEM",
-                    reason: "no CERTIFICATE block".into(),
-                });
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-            if added == 0 {
-                let errors: Vec<String> = native.errors.iter().map(|e| e.to_string()).collect();
-                return Err(TlsError::NativeRoots(if errors.is_empty() {
-                    "none found".into()
-                } else {
-                    errors.join("; ")
-                }));
+    match verification {
+        ServerVerification::SkipAll => b.set_verify(SslVerifyMode::NONE),
+        ServerVerification::Secured | ServerVerification::SkipSan => {
+            b.set_verify(SslVerifyMode::PEER);
+            match ca_pem {
+                Some(pem) => {
+                    b.set_cert_store(store_of(&ca_certs(&[pem], "external service CA PEM")?)?)
+                }
+                None => b
+                    .set_default_verify_paths()
+                    .map_err(openssl_err("system root certificates"))?,
             }
         }
     }
-    Ok(Arc::new(roots))
-}
-
-/// Carries a [`TlsError`] through rustls, whose error text shows the `Debug` of a custom
-/// certificate error: this `Debug` is the readable `Display` of the wrapped error, which stays
-/// reachable through `source()`.
-struct Readable(TlsError);
-
-impl std::fmt::Debug for Readable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl std::fmt::Display for Readable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl std::error::Error for Readable {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
-    }
-}
-
-/// What [`MeshVerifier`] checks of the server certificate.
-#[derive(Debug)]
-enum Check {
-    /// The chain leads to `roots`; and, when given, one URI SAN equals `spiffe_id`.
-    Chain {
-        roots: Arc<RootCertStore>,
-        spiffe_id: Option<String>,
-    },
-    /// Nothing (external `SkipAll`).
-    Nothing,
-}
-
-/// A server certificate verifier that never looks at DNS names: mesh identity (chain + exact
-/// SPIFFE id), chain only, or nothing. Handshake signatures are always verified with the
-/// provider's algorithms, so the peer must hold the key of the certificate it presents.
-#[derive(Debug)]
-struct MeshVerifier {
-    check: Check,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for MeshVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Check::Chain { roots, spiffe_id } = &self.check else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
+    if let Some((cert_pem, key_pem)) = client_cert_and_key_pem {
+        let pair = CertifiedKey::from_pem(
+            cert_pem,
+            key_pem,
+            "client certificate PEM",
+            "client private key PEM",
+            "client certificate and key",
         )?;
-        let Some(expected) = spiffe_id else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        let presented = uri_sans(std::slice::from_ref(end_entity));
-        if presented.iter().any(|uri| uri == expected) {
-            return Ok(ServerCertVerified::assertion());
-        }
-        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            rustls::OtherError(Arc::new(Readable(TlsError::IdentityMismatch {
-                expected: expected.clone(),
-                presented,
-            }))),
-        )))
+        pair.install(&mut b)
+            .map_err(openssl_err("client certificate and key"))?;
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+    if !alpn.is_empty() {
+        b.set_alpn_protos(&alpn_wire(alpn)?)
+            .map_err(openssl_err(what))?;
     }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    TlsConnector::fixed(b.build(), check).with_sni(server_name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stack::HANDSHAKE_TIMEOUT;
+    use crate::{Negotiated as _, TlsStream};
+    use std::net::SocketAddr;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
-    use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
     const HOUR: Duration = Duration::from_secs(3600);
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
+    type Outcome = Result<TlsStream<DuplexStream>, TlsError>;
 
     fn identity(ca: &Arc<MeshCa>, service: &str) -> Arc<Identity> {
         Identity::new(ca.clone(), "default", &[service.to_string()], HOUR).unwrap()
     }
 
-    /// Runs both sides of a handshake over an in-memory pipe; SNI is `sni`.
-    async fn handshake(
-        server: Arc<ServerConfig>,
-        client: Arc<ClientConfig>,
-        sni: &str,
-    ) -> (
-        std::io::Result<server::TlsStream<DuplexStream>>,
-        std::io::Result<client::TlsStream<DuplexStream>>,
-    ) {
+    /// Runs both sides of a handshake over an in-memory pipe.
+    pub(crate) async fn handshake(
+        server: &TlsAcceptor,
+        client: &TlsConnector,
+    ) -> (Outcome, Outcome) {
         let (a, b) = tokio::io::duplex(64 * 1024);
-        let name = ServerName::try_from(sni.to_owned()).unwrap();
         tokio::join!(
-            TlsAcceptor::from(server).accept(a),
-            TlsConnector::from(client).connect(name, b)
+            server.accept(a, "inbound", PEER),
+            client.connect(b, "backend", PEER)
         )
     }
 
-    async fn ping(
-        server: &mut server::TlsStream<DuplexStream>,
-        client: &mut client::TlsStream<DuplexStream>,
+    pub(crate) async fn ping(
+        server: &mut TlsStream<DuplexStream>,
+        client: &mut TlsStream<DuplexStream>,
     ) {
         client.write_all(b"ping").await.unwrap();
         client.flush().await.unwrap();
@@ -484,43 +373,42 @@ mod tests {
         assert_eq!(&buf, b"pong");
     }
 
-    fn serial(cert: &CertificateDer<'_>) -> Vec<u8> {
-        let (_, cert) = x509_parser::parse_x509_certificate(cert).unwrap();
-        cert.raw_serial().to_vec()
+    fn peer_serial(stream: &TlsStream<DuplexStream>) -> Vec<u8> {
+        let cert = stream.ssl().peer_certificate().unwrap();
+        cert.serial_number().to_bn().unwrap().to_vec()
+    }
+
+    fn serial(der: &CertificateDer<'_>) -> Vec<u8> {
+        let cert = X509::from_der(der).unwrap();
+        cert.serial_number().to_bn().unwrap().to_vec()
     }
 
     #[tokio::test]
     async fn mesh_mtls_checks_spiffe_identity_both_ways() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_server_config(&ca, identity(&ca, "backend")).unwrap();
+        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
         let web = identity(&ca, "web");
-        let client = mesh_client_config(&ca, web.clone(), "spiffe://default/backend").unwrap();
         // The SNI is a Kuma-style name that matches no DNS SAN: only the SPIFFE id counts.
-        let (s, c) = handshake(
-            server.clone(),
-            client,
-            "a601e0c00295a9fbe.backend.80.default.ms",
-        )
-        .await;
+        let client = mesh_connector(&ca, web.clone(), "spiffe://default/backend")
+            .unwrap()
+            .with_sni("a601e0c00295a9fbe.backend.80.default.ms")
+            .unwrap();
+        let (s, c) = handshake(&server, &client).await;
         let (mut s, mut c) = (s.unwrap(), c.unwrap());
-        let conn = s.get_ref().1;
-        assert_eq!(conn.alpn_protocol(), Some(KUMA_ALPN));
-        assert_eq!(
-            conn.protocol_version(),
-            Some(rustls::ProtocolVersion::TLSv1_3)
-        );
-        assert_eq!(
-            peer_spiffe_ids(conn.peer_certificates().unwrap()),
-            ["spiffe://default/web"]
-        );
+        assert_eq!(s.alpn_protocol(), Some(KUMA_ALPN));
+        assert_eq!(s.protocol_version(), "TLSv1.3");
+        assert_eq!(s.peer_spiffe_ids(), ["spiffe://default/web"]);
+        assert_eq!(c.peer_spiffe_ids(), ["spiffe://default/backend"]);
         ping(&mut s, &mut c).await;
 
-        let wrong = mesh_client_config(&ca, web, "spiffe://default/other").unwrap();
-        let (_, c) = handshake(server, wrong, "backend.mesh").await;
+        let wrong = mesh_connector(&ca, web, "spiffe://default/other").unwrap();
+        let (_, c) = handshake(&server, &wrong).await;
         let err = c.unwrap_err().to_string();
         assert!(
             err.contains("expected URI SAN spiffe://default/other")
-                && err.contains("[\"spiffe://default/backend\"]"),
+                && err.contains("[\"spiffe://default/backend\"]")
+                && err.contains("cluster backend")
+                && err.contains("127.0.0.1:1"),
             "{err}"
         );
     }
@@ -532,90 +420,102 @@ mod tests {
         let stranger_ca = Arc::new(MeshCa::generate("stranger").unwrap());
         let gateway = identity(&gw_ca, "cross-mesh-gateway");
         let server =
-            cross_mesh_server_config(&[gw_ca.cert_pem(), other_ca.cert_pem()], gateway).unwrap();
+            cross_mesh_acceptor(&[gw_ca.cert_pem(), other_ca.cert_pem()], gateway).unwrap();
         let expected = "spiffe://default/cross-mesh-gateway";
         let client = |ca: &Arc<MeshCa>| {
             let id = Identity::new(ca.clone(), "other", &["web".to_string()], HOUR).unwrap();
-            cross_mesh_client_config(gw_ca.cert_pem(), id, expected).unwrap()
+            cross_mesh_connector(gw_ca.cert_pem(), id, expected).unwrap()
         };
-        let (s, c) = handshake(server.clone(), client(&other_ca), "gw").await;
+        let (s, c) = handshake(&server, &client(&other_ca)).await;
         let (mut s, mut c) = (s.unwrap(), c.unwrap());
         ping(&mut s, &mut c).await;
         // A mesh the gateway does not know is refused.
-        let (s, _) = handshake(server.clone(), client(&stranger_ca), "gw").await;
+        let (s, _) = handshake(&server, &client(&stranger_ca)).await;
         assert!(s.is_err());
         // The client insists on the gateway mesh's CA and identity.
-        let wrong =
-            cross_mesh_client_config(other_ca.cert_pem(), identity(&other_ca, "web"), expected)
-                .unwrap();
-        let (_, c) = handshake(server, wrong, "gw").await;
+        let wrong = cross_mesh_connector(other_ca.cert_pem(), identity(&other_ca, "web"), expected)
+            .unwrap();
+        let (_, c) = handshake(&server, &wrong).await;
         assert!(c.is_err());
     }
 
     #[tokio::test]
     async fn server_accepts_clients_without_alpn() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_server_config(&ca, identity(&ca, "backend")).unwrap();
-        let client =
-            mesh_client_config(&ca, identity(&ca, "web"), "spiffe://default/backend").unwrap();
-        let mut client = Arc::unwrap_or_clone(client);
-        client.alpn_protocols.clear();
-        let (s, c) = handshake(server, Arc::new(client), "backend").await;
+        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
+        let pair = issue_leaf_pem_pair(&ca, "web");
+        let client = external_connector(
+            "backend",
+            Some(ca.cert_pem()),
+            Some((&pair.0, &pair.1)),
+            ServerVerification::SkipSan,
+            &[],
+        )
+        .unwrap();
+        let (s, c) = handshake(&server, &client).await;
         let (mut s, mut c) = (s.unwrap(), c.unwrap());
-        assert_eq!(s.get_ref().1.alpn_protocol(), None);
+        assert_eq!(s.alpn_protocol(), None);
         ping(&mut s, &mut c).await;
+    }
+
+    /// A leaf for `service` as (certificate chain PEM, key PEM).
+    fn issue_leaf_pem_pair(ca: &MeshCa, service: &str) -> (String, String) {
+        let pem = crate::issue_leaf_pem(ca, "default", &[service.to_string()], HOUR).unwrap();
+        let key_at = pem.find("-----BEGIN PRIVATE KEY-----").unwrap();
+        (pem[..key_at].to_string(), pem[key_at..].to_string())
     }
 
     #[tokio::test]
     async fn server_refuses_client_without_certificate() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_server_config(&ca, identity(&ca, "backend")).unwrap();
-        let client = external_client_config(
+        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
+        let client = external_connector(
+            "backend",
             Some(ca.cert_pem()),
             None,
             ServerVerification::SkipSan,
-            vec![KUMA_ALPN.to_vec()],
+            &[KUMA_ALPN],
         )
         .unwrap();
-        let (s, _) = handshake(server, client, "backend").await;
+        let (s, _) = handshake(&server, &client).await;
         let err = s.unwrap_err().to_string();
-        assert!(err.contains("peer sent no certificates"), "{err}");
+        assert!(
+            err.contains("peer did not return a certificate") && err.contains("listener inbound"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn server_refuses_client_certificate_from_another_ca() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
         let other_ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_server_config(&ca, identity(&ca, "backend")).unwrap();
+        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
         let client =
-            mesh_client_config(&ca, identity(&other_ca, "web"), "spiffe://default/backend")
-                .unwrap();
-        let (s, _) = handshake(server, client, "backend").await;
+            mesh_connector(&ca, identity(&other_ca, "web"), "spiffe://default/backend").unwrap();
+        let (s, _) = handshake(&server, &client).await;
         let err = s.unwrap_err().to_string();
-        // Both CAs are named `O=Kuma, OU=Mesh, CN=default`, so webpki finds the wrong CA as
-        // issuer by name and the signature check fails.
-        assert!(err.contains("BadSignature"), "{err}");
+        // The client's chain ends in its own CA, which the mesh does not trust.
+        assert!(
+            err.contains("certificate verify failed: self-signed certificate in certificate chain"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn renewal_reaches_new_handshakes_and_keeps_old_sessions() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
         let backend = identity(&ca, "backend");
-        let server = mesh_server_config(&ca, backend.clone()).unwrap();
-        let client =
-            mesh_client_config(&ca, identity(&ca, "web"), "spiffe://default/backend").unwrap();
-        let (s, c) = handshake(server.clone(), client.clone(), "backend").await;
+        let server = mesh_acceptor(&ca, backend.clone()).unwrap();
+        let client = mesh_connector(&ca, identity(&ca, "web"), "spiffe://default/backend").unwrap();
+        let (s, c) = handshake(&server, &client).await;
         let (mut s1, mut c1) = (s.unwrap(), c.unwrap());
-        let first = serial(&c1.get_ref().1.peer_certificates().unwrap()[0]);
+        let first = peer_serial(&c1);
 
         backend.renew().unwrap();
         ping(&mut s1, &mut c1).await;
-        // A fresh client config, so the handshake is a full one rather than a resumption.
-        let client =
-            mesh_client_config(&ca, identity(&ca, "web"), "spiffe://default/backend").unwrap();
-        let (s, c) = handshake(server, client, "backend").await;
+        let (s, c) = handshake(&server, &client).await;
         let (mut s2, mut c2) = (s.unwrap(), c.unwrap());
-        let second = serial(&c2.get_ref().1.peer_certificates().unwrap()[0]);
+        let second = peer_serial(&c2);
         assert_ne!(first, second);
         assert_eq!(second, serial(&backend.current().cert[0]));
         ping(&mut s2, &mut c2).await;
@@ -623,77 +523,83 @@ mod tests {
     }
 
     /// A server with a certificate for `other.example` from a CA that is not a mesh CA.
-    fn external_server() -> (String, Arc<ServerConfig>) {
+    fn external_server() -> (String, TlsAcceptor) {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "external CA");
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["other.example".to_string()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let server = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-        (ca_cert.pem(), Arc::new(server))
+        let mut leaf = rcgen::CertificateParams::new(vec!["other.example".to_string()]).unwrap();
+        leaf.distinguished_name
+            .push(rcgen::DnType::CommonName, "other.example");
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let key = crate::certified_key(&cert.pem(), &key.serialize_pem()).unwrap();
+        let server = crate::gateway_acceptor(&[key], |_| Some(0), &[b"h2"]).unwrap();
+        (ca_cert.pem(), server)
     }
 
     #[tokio::test]
     async fn external_secured_checks_the_name_skip_san_does_not() {
         let (ca_pem, server) = external_server();
-        let alpn = || vec![b"h2".to_vec()];
-        let secured =
-            external_client_config(Some(&ca_pem), None, ServerVerification::Secured, alpn())
-                .unwrap();
-        let (_, c) = handshake(server.clone(), secured.clone(), "service.example").await;
+        let connector = |name: &str, ca: Option<&str>, verification| {
+            external_connector(name, ca, None, verification, &[b"h2"]).unwrap()
+        };
+        let secured = connector(
+            "service.example",
+            Some(&ca_pem),
+            ServerVerification::Secured,
+        );
+        let (_, c) = handshake(&server, &secured).await;
         let err = c.unwrap_err().to_string();
-        assert!(err.contains("not valid for name"), "{err}");
-        let (s, c) = handshake(server.clone(), secured, "other.example").await;
-        assert!(s.is_ok() && c.is_ok());
+        assert!(err.contains("hostname mismatch"), "{err}");
+        let secured = connector("other.example", Some(&ca_pem), ServerVerification::Secured);
+        let (s, c) = handshake(&server, &secured).await;
+        let (s, c) = (s.unwrap(), c.unwrap());
+        assert_eq!(s.server_name(), Some("other.example"));
+        assert_eq!(c.alpn_protocol(), Some(&b"h2"[..]));
 
-        let skip_san =
-            external_client_config(Some(&ca_pem), None, ServerVerification::SkipSan, alpn())
-                .unwrap();
-        let (s, c) = handshake(server.clone(), skip_san, "service.example").await;
+        let skip_san = connector(
+            "service.example",
+            Some(&ca_pem),
+            ServerVerification::SkipSan,
+        );
+        let (s, c) = handshake(&server, &skip_san).await;
         let (mut s, mut c) = (s.unwrap(), c.unwrap());
         ping(&mut s, &mut c).await;
 
         // SkipSan still checks the chain: the mesh CA does not vouch for this server.
         let mesh_ca = MeshCa::generate("default").unwrap();
-        let wrong_ca = external_client_config(
+        let wrong_ca = connector(
+            "other.example",
             Some(mesh_ca.cert_pem()),
-            None,
             ServerVerification::SkipSan,
-            alpn(),
-        )
-        .unwrap();
-        let (_, c) = handshake(server.clone(), wrong_ca, "other.example").await;
-        assert!(c.unwrap_err().to_string().contains("UnknownIssuer"));
+        );
+        let (_, c) = handshake(&server, &wrong_ca).await;
+        let err = c.unwrap_err().to_string();
+        assert!(err.contains("certificate verify failed"), "{err}");
 
-        let skip_all =
-            external_client_config(None, None, ServerVerification::SkipAll, alpn()).unwrap();
-        let (s, c) = handshake(server, skip_all, "service.example").await;
+        let skip_all = connector("service.example", None, ServerVerification::SkipAll);
+        let (s, c) = handshake(&server, &skip_all).await;
         assert!(s.is_ok() && c.is_ok());
     }
 
     #[test]
     fn external_config_names_bad_pem_and_rejects_bad_expected_id() {
-        let err = external_client_config(Some("nope"), None, ServerVerification::Secured, vec![])
-            .unwrap_err();
+        let err = external_connector("x", Some("nope"), None, ServerVerification::Secured, &[])
+            .err()
+            .unwrap();
         assert!(
             err.to_string().starts_with("external service CA PEM:"),
             "{err}"
         );
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let err = mesh_client_config(&ca, identity(&ca, "web"), "backend").unwrap_err();
+        let err = mesh_connector(&ca, identity(&ca, "web"), "backend")
+            .err()
+            .unwrap();
         assert!(
             err.to_string().starts_with("invalid expected SPIFFE id:"),
             "{err}"
@@ -705,26 +611,44 @@ mod tests {
         // Any certificate with its key will do for loading; use a generated CA's.
         let ca = MeshCa::generate("default").unwrap();
         let pair = Some((ca.cert_pem(), ca.key_pem().unwrap()));
-        let config = external_client_config(
+        assert!(external_connector(
+            "x",
             Some(ca.cert_pem()),
             pair,
             ServerVerification::Secured,
-            vec![],
+            &[]
         )
-        .unwrap();
-        assert!(config.client_auth_cert_resolver.has_certs());
+        .is_ok());
         let bad_key = Some((ca.cert_pem(), ca.cert_pem()));
-        let err =
-            external_client_config(None, bad_key, ServerVerification::SkipAll, vec![]).unwrap_err();
+        let err = external_connector("x", None, bad_key, ServerVerification::SkipAll, &[])
+            .err()
+            .unwrap();
         assert!(
             err.to_string().starts_with("client private key PEM:"),
             "{err}"
         );
         let no_cert = Some(("", ca.key_pem().unwrap()));
-        let err =
-            external_client_config(None, no_cert, ServerVerification::SkipAll, vec![]).unwrap_err();
+        let err = external_connector("x", None, no_cert, ServerVerification::SkipAll, &[])
+            .err()
+            .unwrap();
         assert!(
             err.to_string().starts_with("client certificate PEM:"),
+            "{err}"
+        );
+    }
+
+    /// The handshake timeout bounds a peer that never speaks.
+    #[tokio::test]
+    async fn a_silent_client_times_out() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let server = mesh_acceptor(&ca, identity(&ca, "backend"))
+            .unwrap()
+            .with_timeout(Duration::from_millis(50));
+        assert!(HANDSHAKE_TIMEOUT > Duration::from_millis(50));
+        let (a, _b) = tokio::io::duplex(1024);
+        let err = server.accept(a, "inbound", PEER).await.err().unwrap();
+        assert!(
+            err.to_string().contains("not completed within 50ms"),
             "{err}"
         );
     }

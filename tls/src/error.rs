@@ -52,28 +52,27 @@ pub enum TlsError {
         /// rcgen's error.
         source: rcgen::Error,
     },
-    /// rustls refused a configuration (bad key, unusable root...).
+    /// OpenSSL refused to build a context or parse an input.
     #[error("{what}: {source}")]
-    Rustls {
-        /// What was being configured.
+    OpenSsl {
+        /// What was being built or parsed.
         what: &'static str,
-        /// rustls' error.
-        source: rustls::Error,
+        /// OpenSSL's error queue.
+        source: openssl::error::ErrorStack,
     },
-    /// rustls could not build a certificate verifier.
-    #[error("{what}: {source}")]
-    Verifier {
-        /// Which verifier.
-        what: &'static str,
-        /// rustls' error.
-        source: rustls::server::VerifierBuilderError,
+    /// A TLS handshake failed, was refused or timed out.
+    #[error("TLS handshake with {peer} on {at}: {reason}")]
+    Handshake {
+        /// The peer's address.
+        peer: std::net::SocketAddr,
+        /// Where: `listener <name>` (server side) or `cluster <name>` (client side).
+        at: String,
+        /// What went wrong, in OpenSSL's words or as a certificate verdict.
+        reason: String,
     },
     /// A certificate was to be issued by a CA loaded without its private key.
     #[error("the mesh CA's private key is not available here, so no certificate can be issued")]
     NoCaKey,
-    /// No trust anchors could be loaded from the system store.
-    #[error("system root certificates: {0}")]
-    NativeRoots(String),
     /// The peer presented a valid certificate for a different mesh identity.
     #[error(
         "peer identity mismatch: expected URI SAN {expected}, certificate presents {presented:?}"

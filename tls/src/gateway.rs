@@ -3,59 +3,68 @@
 
 use std::sync::Arc;
 
-use rustls::server::ResolvesServerCert;
-use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use openssl::ssl::{NameType, SniError, SslAlert, SslContext, SslContextBuilder, SslMethod};
 
-use crate::config::provider;
-use crate::TlsError;
+use crate::config::{alpn_wire, select_alpn, tls12_and_13};
+use crate::stack::{check_sni, openssl_err, CertifiedKey};
+use crate::{TlsAcceptor, TlsError};
 
-/// A certificate chain (leaf first) and its private key, both PEM, ready to serve: the
-/// signer is built once and the key is checked to belong to the leaf.
+/// A certificate chain (leaf first) and its private key, both PEM, ready to serve: the key is
+/// checked to belong to the leaf.
 pub fn certified_key(cert_chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, TlsError> {
-    let chain = CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
-            what: "gateway certificate PEM",
-            reason: e.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::Pem {
-            what: "gateway certificate PEM",
-            reason: "no CERTIFICATE block".into(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Key {
-        what: "gateway private key PEM",
-        reason: e.to_string(),
-    })?;
-    let key =
-        CertifiedKey::from_der(chain, key, &provider()).map_err(|source| TlsError::Rustls {
-            what: "gateway certificate and key",
-            source,
-        })?;
-    Ok(Arc::new(key))
+    CertifiedKey::from_pem(
+        cert_chain_pem,
+        key_pem,
+        "gateway certificate PEM",
+        "gateway private key PEM",
+        "gateway certificate and key",
+    )
+    .map(Arc::new)
 }
 
 /// The server side of a gateway's TLS listener: TLS 1.2 and 1.3, no client certificate,
-/// the certificate `resolver` picks for the SNI, and `alpn` offered (`h2`, `http/1.1` for
-/// HTTPS; none for TLS listeners carrying TCP).
-pub fn gateway_server_config(
-    resolver: Arc<dyn ResolvesServerCert>,
+/// `alpn` offered (`h2`, `http/1.1` for HTTPS; none for TLS listeners carrying TCP), and the
+/// certificate of `keys` that `select` picks for the ClientHello's SNI (`None`: no SNI). One
+/// context per certificate, built here once; a ClientHello whose SNI is not a host name or
+/// for which `select` has no certificate is refused.
+pub fn gateway_acceptor(
+    keys: &[Arc<CertifiedKey>],
+    select: impl Fn(Option<&str>) -> Option<usize> + Send + Sync + 'static,
     alpn: &[&[u8]],
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|source| TlsError::Rustls {
-            what: "gateway server protocol versions",
-            source,
-        })?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+) -> Result<TlsAcceptor, TlsError> {
+    let alpn = alpn_wire(alpn)?;
+    let context = |key: Option<&CertifiedKey>| -> Result<SslContextBuilder, TlsError> {
+        let what = "gateway TLS context";
+        let mut b = SslContextBuilder::new(SslMethod::tls_server()).map_err(openssl_err(what))?;
+        tls12_and_13(&mut b, what)?;
+        if let Some(key) = key {
+            key.install(&mut b)
+                .map_err(openssl_err("gateway certificate and key"))?;
+        }
+        if !alpn.is_empty() {
+            select_alpn(&mut b, alpn.clone());
+        }
+        b.set_session_id_context(b"bearing-gateway")
+            .map_err(openssl_err(what))?;
+        Ok(b)
+    };
+    let per_key: Vec<SslContext> = keys
+        .iter()
+        .map(|k| context(Some(k)).map(SslContextBuilder::build))
+        .collect::<Result<_, _>>()?;
+    let mut main = context(None)?;
+    main.set_servername_callback(move |ssl, alert| {
+        check_sni(ssl, alert)?;
+        let chosen = select(ssl.servername(NameType::HOST_NAME)).and_then(|i| per_key.get(i));
+        match chosen.map(|c| ssl.set_ssl_context(c)) {
+            Some(Ok(())) => Ok(()),
+            _ => {
+                *alert = SslAlert::HANDSHAKE_FAILURE;
+                Err(SniError::ALERT_FATAL)
+            }
+        }
+    });
+    Ok(TlsAcceptor::fixed(main.build()))
 }
 
 #[cfg(test)]

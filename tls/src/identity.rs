@@ -1,9 +1,9 @@
 //! A data-plane proxy's mesh identity: a leaf certificate with one SPIFFE URI SAN per service,
 //! renewed in place before it expires.
 //!
-//! [`Identity`] is the certificate resolver of both the server and the client rustls configs,
-//! so a renewal (an atomic swap) reaches every new handshake without rebuilding any config;
-//! connections already established keep the keys they negotiated.
+//! [`Identity`] is what mesh acceptors and connectors present: a renewal (an atomic swap)
+//! reaches every new handshake, whose context is rebuilt once for the new leaf; connections
+//! already established keep the keys they negotiated.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,12 +12,11 @@ use arc_swap::ArcSwap;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose,
 };
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::PrivateKeyDer;
 use time::OffsetDateTime;
 
 use crate::ca::{spiffe_uri, CLOCK_SKEW};
-use crate::{MeshCa, TlsError};
+use crate::{CertifiedKey, MeshCa, TlsError};
 
 /// Share of a leaf's lifetime after which it is renewed (Kuma/Envoy renew before expiry).
 const RENEW_AT_PERCENT: u32 = 80;
@@ -139,17 +138,11 @@ fn issue(
     now: SystemTime,
 ) -> Result<Arc<CertifiedKey>, TlsError> {
     let (cert, key) = sign_leaf(ca, mesh, services, validity, now)?;
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let provider = rustls::crypto::ring::default_provider();
     let certified = CertifiedKey::from_der(
         vec![cert.der().clone(), ca.cert_der().clone()],
-        key_der,
-        &provider,
-    )
-    .map_err(|source| TlsError::Rustls {
-        what: "leaf certificate and key",
-        source,
-    })?;
+        &key.serialize_der(),
+        "leaf certificate and key",
+    )?;
     Ok(Arc::new(certified))
 }
 
@@ -161,8 +154,7 @@ struct Leaf {
 
 /// The current mesh identity of a data-plane proxy, renewable in place.
 ///
-/// It is the rustls certificate resolver for mesh server and client configs, so handshakes
-/// always present the newest leaf.
+/// Mesh acceptors and connectors present its newest leaf on every new handshake.
 pub struct Identity {
     ca: Arc<MeshCa>,
     mesh: String,
@@ -257,12 +249,7 @@ impl Identity {
             at(validity.not_before.timestamp()),
             at(validity.not_after.timestamp()),
         );
-        let provider = rustls::crypto::ring::default_provider();
-        let key =
-            CertifiedKey::from_der(certs, key, &provider).map_err(|source| TlsError::Rustls {
-                what: "identity certificate and key",
-                source,
-            })?;
+        let key = CertifiedKey::from_der(certs, key.secret_der(), "identity certificate and key")?;
         Ok(Arc::new(Identity {
             ca,
             mesh: mesh.to_owned(),
@@ -328,26 +315,6 @@ impl Identity {
         )?;
         self.leaf.store(Arc::new(Leaf { key, issued_at }));
         Ok(())
-    }
-}
-
-impl rustls::server::ResolvesServerCert for Identity {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
-    }
-}
-
-impl rustls::client::ResolvesClientCert for Identity {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[rustls::SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
     }
 }
 
@@ -487,7 +454,7 @@ mod tests {
         let (_, leaf) = parse_x509_certificate(&key.cert[0]).unwrap();
         assert_eq!(leaf.subject().to_string(), "CN=backend");
         assert_eq!(
-            crate::peer_spiffe_ids(&key.cert),
+            crate::config::uri_sans(&key.cert),
             ["spiffe://default/backend", "spiffe://default/web"]
         );
         let ku = leaf.key_usage().unwrap().unwrap().value;

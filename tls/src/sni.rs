@@ -33,7 +33,8 @@ pub enum ClientHello<'a> {
     Invalid(&'static str),
     /// A complete ClientHello.
     Parsed {
-        /// The `server_name` host name, if the client sent one (printable ASCII).
+        /// The `server_name` host name, if the client sent one (printable ASCII, at most 255
+        /// bytes, as every TLS-terminating listener also requires).
         sni: Option<&'a str>,
         /// Whether the client offered ALPN protocol `kuma` (mesh traffic).
         alpn_kuma: bool,
@@ -127,8 +128,8 @@ fn parse_server_name(data: &[u8]) -> Result<Option<&str>, &'static str> {
         let kind = names.u8().ok_or("truncated server_name entry")?;
         let name = names.vec16().ok_or("truncated server_name entry")?;
         if kind == 0 && host.is_none() {
-            if name.is_empty() || !name.iter().all(|b| (0x21..=0x7e).contains(b)) {
-                return Err("server_name host_name is not printable ASCII");
+            if let Some(problem) = crate::sni_problem(name) {
+                return Err(problem);
             }
             host = Some(std::str::from_utf8(name).map_err(|_| "server_name is not UTF-8")?);
         }
@@ -198,29 +199,17 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
-    /// The first flight of a real rustls client (TLS 1.2 + 1.3, ALPN as given) to `server`.
-    pub(crate) fn rustls_client_hello(server: &str, alpn: &[&[u8]]) -> Vec<u8> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = rustls::RootCertStore::empty();
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+    /// The first flight of a real OpenSSL client (TLS 1.2 + 1.3, ALPN as given) to `server`.
+    pub(crate) fn openssl_client_hello(server: &str, alpn: &[&[u8]]) -> Vec<u8> {
+        crate::external_connector(server, None, None, crate::ServerVerification::SkipAll, alpn)
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let name = rustls_pki_types::ServerName::try_from(server.to_owned()).unwrap();
-        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-        let mut out = Vec::new();
-        while conn.wants_write() {
-            conn.write_tls(&mut out).unwrap();
-        }
-        out
+            .first_flight()
+            .unwrap()
     }
 
-    /// Replaces the equal-length `from` with `to` in `bytes` (rustls only sends DNS names, Kuma
-    /// SNIs hold `{`, `=` and `,`; same length keeps every length field right).
+    /// Replaces the equal-length `from` with `to` in `bytes` (to put a name no client sends
+    /// into a real ClientHello; same length keeps every length field right).
     fn replace_same_len(bytes: &mut [u8], from: &str, to: &str) {
         assert_eq!(from.len(), to.len());
         let at = bytes
@@ -231,8 +220,8 @@ mod tests {
     }
 
     #[test]
-    fn parses_rustls_client_hello() {
-        let hello = rustls_client_hello("backend.mesh", &[b"h2", b"kuma"]);
+    fn parses_openssl_client_hello() {
+        let hello = openssl_client_hello("backend.mesh", &[b"h2", b"kuma"]);
         assert_eq!(
             parse_client_hello(&hello),
             ClientHello::Parsed {
@@ -240,7 +229,7 @@ mod tests {
                 alpn_kuma: true
             }
         );
-        let hello = rustls_client_hello("example.com", &[b"h2"]);
+        let hello = openssl_client_hello("example.com", &[b"h2"]);
         assert_eq!(
             parse_client_hello(&hello),
             ClientHello::Parsed {
@@ -249,7 +238,7 @@ mod tests {
             }
         );
         // An IP address is never sent as SNI.
-        let hello = rustls_client_hello("10.0.0.1", &[]);
+        let hello = openssl_client_hello("10.0.0.1", &[]);
         assert_eq!(
             parse_client_hello(&hello),
             ClientHello::Parsed {
@@ -261,8 +250,7 @@ mod tests {
 
     #[test]
     fn parses_kuma_tags_sni() {
-        let mut hello = rustls_client_hello("backend-mesh-default1", &[b"kuma"]);
-        replace_same_len(&mut hello, "backend-mesh-default1", "backend{mesh=default}");
+        let hello = openssl_client_hello("backend{mesh=default}", &[b"kuma"]);
         assert_eq!(
             parse_client_hello(&hello),
             ClientHello::Parsed {
@@ -274,7 +262,7 @@ mod tests {
 
     #[test]
     fn every_proper_prefix_is_incomplete() {
-        let hello = rustls_client_hello("backend.mesh", &[b"kuma"]);
+        let hello = openssl_client_hello("backend.mesh", &[b"kuma"]);
         for end in 0..hello.len() {
             assert_eq!(
                 parse_client_hello(&hello[..end]),
@@ -310,11 +298,54 @@ mod tests {
             parse_client_hello(&[0x16, 3, 1, 0, 4, 1, 0, 1, 0]),
             ClientHello::Invalid("ClientHello spans several records (not supported)")
         );
-        let mut hello = rustls_client_hello("backend-mesh", &[]);
+        let mut hello = openssl_client_hello("backend-mesh", &[]);
         replace_same_len(&mut hello, "backend-mesh", "backend mesh");
         assert_eq!(
             parse_client_hello(&hello),
             ClientHello::Invalid("server_name host_name is not printable ASCII")
+        );
+    }
+
+    /// A peeking listener refuses what a terminating one refuses: an SNI over 255 bytes, and
+    /// (its documented scope) a ClientHello spread over several records.
+    #[test]
+    fn long_sni_and_fragmented_hello_are_invalid() {
+        let mut hello = openssl_client_hello(&"a".repeat(255), &[]);
+        assert!(matches!(
+            parse_client_hello(&hello),
+            ClientHello::Parsed { sni: Some(s), .. } if s.len() == 255
+        ));
+        // One more byte in the name: every enclosing length grows by one.
+        let at = hello.windows(255).position(|w| w == [b'a'; 255]).unwrap();
+        hello.insert(at, b'a');
+        for len_at in [3, at - 2, at - 5, at - 7] {
+            let n = u16::from_be_bytes([hello[len_at], hello[len_at + 1]]) + 1;
+            hello[len_at..len_at + 2].copy_from_slice(&n.to_be_bytes());
+        }
+        let hs_len = u32::from_be_bytes([0, hello[6], hello[7], hello[8]]) + 1;
+        hello[6..9].copy_from_slice(&hs_len.to_be_bytes()[1..]);
+        // The extensions block length sits after the fixed ClientHello fields.
+        let mut r = Reader(&hello[9..]);
+        r.take(34).unwrap();
+        r.vec8().unwrap();
+        r.vec16().unwrap();
+        r.vec8().unwrap();
+        let ext_at = hello.len() - r.0.len();
+        let n = u16::from_be_bytes([hello[ext_at], hello[ext_at + 1]]) + 1;
+        hello[ext_at..ext_at + 2].copy_from_slice(&n.to_be_bytes());
+        assert_eq!(
+            parse_client_hello(&hello),
+            ClientHello::Invalid("server_name host_name is longer than 255 bytes")
+        );
+
+        let hello = openssl_client_hello("backend{mesh=default}", &[]);
+        let (header, message) = hello.split_at(5);
+        let mut fragmented = header[..3].to_vec();
+        fragmented.extend([0, 10]);
+        fragmented.extend(&message[..10]);
+        assert_eq!(
+            parse_client_hello(&fragmented),
+            ClientHello::Invalid("ClientHello spans several records (not supported)")
         );
     }
 
@@ -328,7 +359,7 @@ mod tests {
 
     #[test]
     fn random_mutations_never_panic() {
-        let hello = rustls_client_hello("backend.mesh", &[b"h2", b"kuma"]);
+        let hello = openssl_client_hello("backend.mesh", &[b"h2", b"kuma"]);
         let mut state = 0x9e37_79b9_7f4a_7c15;
         let mut parsed = 0;
         for _ in 0..5000 {

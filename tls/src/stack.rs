@@ -1,0 +1,774 @@
+//! The TLS stack behind Bearing's own types: OpenSSL (the system's libssl 3) through the
+//! `openssl` and `tokio-openssl` crates.
+//!
+//! Why OpenSSL: Kuma's SNI forms (`backend{mesh=default}`, `sni.msvc.default.east.backend.80`)
+//! are not DNS names, and Bearing must both send them byte for byte and accept them; OpenSSL
+//! does both (it refuses only what RFC 6066 and its own limits refuse: a NUL byte, more than
+//! 255 bytes). Every OpenSSL type stays inside this crate (this module and the context
+//! builders of `config.rs`/`gateway.rs`): the rest of Bearing sees [`TlsAcceptor`],
+//! [`TlsConnector`], [`TlsStream`] and [`Negotiated`], so moving to BoringSSL (`boring`, a
+//! fork of the same bindings) touches only this crate.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use openssl::error::ErrorStack;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{NameType, SniError, Ssl, SslAlert, SslContext, SslContextBuilder, SslRef};
+use openssl::x509::{X509Ref, X509VerifyResult, X509};
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{Identity, TlsError};
+
+/// A TLS connection over `S`, server or client side.
+pub type TlsStream<S> = tokio_openssl::SslStream<S>;
+
+/// Time a peer has to complete a handshake a [`TlsAcceptor`] runs.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest SNI host name accepted or sent (RFC 6066 bounds it by DNS; OpenSSL and BoringSSL
+/// refuse longer ones too).
+pub const MAX_SNI_LEN: usize = 255;
+
+/// Why `sni` cannot be a `server_name` host name, if it cannot: empty, longer than 255 bytes,
+/// or holding a byte outside printable ASCII (control characters, spaces, non-ASCII). Every
+/// Kuma form passes: tags `svc{k=v,mesh=m}`, hashed `a<hash>.<name>.<port>.<mesh>.ms`, KRI
+/// `sni.msvc.<mesh>.<zone>.<name>.<port>`.
+pub fn sni_problem(sni: &[u8]) -> Option<&'static str> {
+    if sni.is_empty() {
+        Some("server_name host_name is empty")
+    } else if sni.len() > MAX_SNI_LEN {
+        Some("server_name host_name is longer than 255 bytes")
+    } else if !sni.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        Some("server_name host_name is not printable ASCII")
+    } else {
+        None
+    }
+}
+
+/// A certificate chain (leaf first) and its private key, ready to present.
+pub struct CertifiedKey {
+    /// The chain in DER, leaf first.
+    pub cert: Vec<CertificateDer<'static>>,
+    chain: Vec<X509>,
+    key: PKey<Private>,
+}
+
+impl std::fmt::Debug for CertifiedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertifiedKey")
+            .field("certs", &self.cert.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertifiedKey {
+    /// `chain` (DER, leaf first) with `key` (DER: PKCS#8, PKCS#1 or SEC1); the key must
+    /// belong to the leaf. `what` names the pair in errors.
+    pub(crate) fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key_der: &[u8],
+        what: &'static str,
+    ) -> Result<CertifiedKey, TlsError> {
+        let key = PKey::private_key_from_der(key_der).map_err(openssl_err(what))?;
+        let parsed = chain
+            .iter()
+            .map(|der| X509::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(openssl_err(what))?;
+        CertifiedKey::new(chain, parsed, key, what)
+    }
+
+    /// A chain and key from PEM texts; `what` names the pair, `cert_what`/`key_what` each PEM.
+    pub(crate) fn from_pem(
+        chain_pem: &str,
+        key_pem: &str,
+        cert_what: &'static str,
+        key_what: &'static str,
+        what: &'static str,
+    ) -> Result<CertifiedKey, TlsError> {
+        let parsed = X509::stack_from_pem(chain_pem.as_bytes()).map_err(|e| TlsError::Pem {
+            what: cert_what,
+            reason: e.to_string(),
+        })?;
+        if parsed.is_empty() {
+            return Err(TlsError::Pem {
+                what: cert_what,
+                reason: "no CERTIFICATE block".into(),
+            });
+        }
+        let key = PKey::private_key_from_pem(key_pem.as_bytes()).map_err(|e| TlsError::Key {
+            what: key_what,
+            reason: e.to_string(),
+        })?;
+        let der = parsed
+            .iter()
+            .map(|c| c.to_der().map(CertificateDer::from))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(openssl_err(cert_what))?;
+        CertifiedKey::new(der, parsed, key, what)
+    }
+
+    fn new(
+        cert: Vec<CertificateDer<'static>>,
+        chain: Vec<X509>,
+        key: PKey<Private>,
+        what: &'static str,
+    ) -> Result<CertifiedKey, TlsError> {
+        let leaf = chain.first().ok_or(TlsError::Invalid {
+            field: what,
+            reason: "no certificate".into(),
+        })?;
+        let public = leaf.public_key().map_err(openssl_err(what))?;
+        if !public.public_eq(&key) {
+            return Err(TlsError::Invalid {
+                field: what,
+                reason: "the private key does not belong to the leaf certificate".into(),
+            });
+        }
+        Ok(CertifiedKey { cert, chain, key })
+    }
+
+    /// Makes `builder` present this chain and key.
+    pub(crate) fn install(&self, builder: &mut SslContextBuilder) -> Result<(), ErrorStack> {
+        let Some((leaf, rest)) = self.chain.split_first() else {
+            return Ok(());
+        };
+        builder.set_certificate(leaf)?;
+        builder.set_private_key(&self.key)?;
+        for cert in rest {
+            builder.add_extra_chain_cert(cert.clone())?;
+        }
+        builder.check_private_key()
+    }
+}
+
+/// An error of `what` from OpenSSL, as this crate's error.
+pub(crate) fn openssl_err(what: &'static str) -> impl FnOnce(ErrorStack) -> TlsError {
+    move |source| TlsError::OpenSsl { what, source }
+}
+
+/// Builds an SSL context for a leaf (for contexts that present a renewing identity).
+pub(crate) type BuildFor = dyn Fn(&CertifiedKey) -> Result<SslContext, TlsError> + Send + Sync;
+
+/// Where a handshake's SSL context comes from.
+enum Contexts {
+    /// Built once for the config.
+    Fixed(SslContext),
+    /// Presents an identity's current leaf: rebuilt by the first handshake after a renewal,
+    /// so contexts are built once per leaf, never per connection.
+    Identity {
+        identity: Arc<Identity>,
+        build: Box<BuildFor>,
+        built: ArcSwap<BuiltFor>,
+    },
+}
+
+/// A context and the leaf it presents.
+struct BuiltFor {
+    leaf: Arc<CertifiedKey>,
+    context: SslContext,
+}
+
+impl Contexts {
+    fn fixed(context: SslContext) -> Arc<Contexts> {
+        Arc::new(Contexts::Fixed(context))
+    }
+
+    fn for_identity(
+        identity: Arc<Identity>,
+        build: Box<BuildFor>,
+    ) -> Result<Arc<Contexts>, TlsError> {
+        let leaf = identity.current();
+        let context = build(&leaf)?;
+        Ok(Arc::new(Contexts::Identity {
+            identity,
+            build,
+            built: ArcSwap::from_pointee(BuiltFor { leaf, context }),
+        }))
+    }
+
+    /// A new SSL object from the current context.
+    fn new_ssl(&self) -> Result<Ssl, ErrorStack> {
+        let (identity, build, built) = match self {
+            Contexts::Fixed(context) => return Ssl::new(context),
+            Contexts::Identity {
+                identity,
+                build,
+                built,
+            } => (identity, build, built),
+        };
+        let leaf = identity.current();
+        let current = built.load();
+        if Arc::ptr_eq(&current.leaf, &leaf) {
+            return Ssl::new(&current.context);
+        }
+        match build(&leaf) {
+            Ok(context) => {
+                let ssl = Ssl::new(&context);
+                built.store(Arc::new(BuiltFor { leaf, context }));
+                ssl
+            }
+            Err(error) => {
+                // The previous leaf is still valid for a while: keep presenting it.
+                tracing::warn!(%error, "TLS context for the renewed mesh identity not built; the previous certificate stays in use");
+                Ssl::new(&current.context)
+            }
+        }
+    }
+}
+
+/// Refuses a ClientHello whose SNI is not a host name (see [`sni_problem`]); every Kuma form
+/// passes, byte for byte. Installed on every context that terminates TLS.
+pub(crate) fn check_sni(ssl: &mut SslRef, alert: &mut SslAlert) -> Result<(), SniError> {
+    match ssl
+        .servername_raw(NameType::HOST_NAME)
+        .and_then(sni_problem)
+    {
+        None => Ok(()),
+        Some(_) => {
+            *alert = SslAlert::UNRECOGNIZED_NAME;
+            Err(SniError::ALERT_FATAL)
+        }
+    }
+}
+
+/// The server side of TLS: terminates connections with a context built once per config (and
+/// per identity renewal), within [`HANDSHAKE_TIMEOUT`].
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    contexts: Arc<Contexts>,
+    timeout: Duration,
+}
+
+impl TlsAcceptor {
+    pub(crate) fn fixed(context: SslContext) -> TlsAcceptor {
+        TlsAcceptor {
+            contexts: Contexts::fixed(context),
+            timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// This acceptor giving peers `timeout` instead of [`HANDSHAKE_TIMEOUT`].
+    pub fn with_timeout(mut self, timeout: Duration) -> TlsAcceptor {
+        self.timeout = timeout;
+        self
+    }
+
+    pub(crate) fn for_identity(
+        identity: Arc<Identity>,
+        build: Box<BuildFor>,
+    ) -> Result<TlsAcceptor, TlsError> {
+        Ok(TlsAcceptor {
+            contexts: Contexts::for_identity(identity, build)?,
+            timeout: HANDSHAKE_TIMEOUT,
+        })
+    }
+
+    /// Runs the server handshake on `stream` from `peer`, accepted by `listener` (both named
+    /// in the error). A peer that does not finish in time ([`HANDSHAKE_TIMEOUT`]) is refused.
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+        listener: &str,
+        peer: SocketAddr,
+    ) -> Result<TlsStream<S>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let at = || format!("listener {listener}");
+        let ssl = self
+            .contexts
+            .new_ssl()
+            .map_err(|e| handshake_err(peer, at(), e.to_string()))?;
+        let mut tls =
+            TlsStream::new(ssl, stream).map_err(|e| handshake_err(peer, at(), e.to_string()))?;
+        match tokio::time::timeout(self.timeout, Pin::new(&mut tls).accept()).await {
+            Ok(Ok(())) => Ok(tls),
+            Ok(Err(e)) => Err(handshake_err(peer, at(), failure(tls.ssl(), &e, None))),
+            Err(_) => Err(handshake_err(
+                peer,
+                at(),
+                format!("not completed within {:?}", self.timeout),
+            )),
+        }
+    }
+}
+
+/// How a [`TlsConnector`] checks the server, beyond the chain its context verifies.
+#[derive(Clone)]
+pub(crate) enum ServerCheck {
+    /// Nothing more (mesh: the SPIFFE id is checked by the context; SkipSan, SkipAll).
+    None,
+    /// The certificate must be valid for this DNS name or IP address (external, Secured).
+    Name(Arc<str>),
+    /// The certificate must carry this SPIFFE id (already enforced by the context; named in
+    /// the error when it does not).
+    Spiffe(Arc<str>),
+}
+
+/// The client side of TLS towards one destination: the SNI it sends (any byte string a
+/// ClientHello can carry, Kuma's forms included, sent as is) and how the server is checked.
+#[derive(Clone)]
+pub struct TlsConnector {
+    contexts: Arc<Contexts>,
+    sni: Option<Arc<str>>,
+    check: ServerCheck,
+}
+
+impl TlsConnector {
+    pub(crate) fn fixed(context: SslContext, check: ServerCheck) -> TlsConnector {
+        TlsConnector {
+            contexts: Contexts::fixed(context),
+            sni: None,
+            check,
+        }
+    }
+
+    pub(crate) fn for_identity(
+        identity: Arc<Identity>,
+        build: Box<BuildFor>,
+        check: ServerCheck,
+    ) -> Result<TlsConnector, TlsError> {
+        Ok(TlsConnector {
+            contexts: Contexts::for_identity(identity, build)?,
+            sni: None,
+            check,
+        })
+    }
+
+    /// This connector sending `sni` as the ClientHello's server name, byte for byte (an IP
+    /// address is not sent, as RFC 6066 says). Refused when it cannot be a host name.
+    pub fn with_sni(mut self, sni: &str) -> Result<TlsConnector, TlsError> {
+        if sni.parse::<IpAddr>().is_ok() {
+            self.sni = None;
+            return Ok(self);
+        }
+        if let Some(reason) = sni_problem(sni.as_bytes()) {
+            return Err(TlsError::Invalid {
+                field: "SNI",
+                reason: format!("{sni:?}: {reason}"),
+            });
+        }
+        self.sni = Some(sni.into());
+        Ok(self)
+    }
+
+    /// The SNI this connector sends, if any.
+    pub fn sni(&self) -> Option<&str> {
+        self.sni.as_deref()
+    }
+
+    /// Runs the client handshake on `stream` to `peer` for `cluster` (both named in the
+    /// error). The caller bounds it in time (its connect timeout).
+    pub async fn connect<S>(
+        &self,
+        stream: S,
+        cluster: &str,
+        peer: SocketAddr,
+    ) -> Result<TlsStream<S>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let at = || format!("cluster {cluster}");
+        let mut ssl = self
+            .contexts
+            .new_ssl()
+            .map_err(|e| handshake_err(peer, at(), e.to_string()))?;
+        self.prepare(&mut ssl)
+            .map_err(|e| handshake_err(peer, at(), e.to_string()))?;
+        let mut tls =
+            TlsStream::new(ssl, stream).map_err(|e| handshake_err(peer, at(), e.to_string()))?;
+        match Pin::new(&mut tls).connect().await {
+            Ok(()) => Ok(tls),
+            Err(e) => Err(handshake_err(
+                peer,
+                at(),
+                failure(tls.ssl(), &e, Some(&self.check)),
+            )),
+        }
+    }
+
+    /// The first flight this connector sends (its ClientHello records), produced without a
+    /// peer: what goes on the wire, for tests and benchmarks that check or replay it.
+    pub fn first_flight(&self) -> Result<Vec<u8>, TlsError> {
+        let what = "TLS client first flight";
+        let mut ssl = self.contexts.new_ssl().map_err(openssl_err(what))?;
+        self.prepare(&mut ssl).map_err(openssl_err(what))?;
+        match ssl.connect(FirstFlight(Vec::new())) {
+            Err(openssl::ssl::HandshakeError::WouldBlock(mid)) => Ok(mid.get_ref().0.clone()),
+            Ok(_) => Err(TlsError::Invalid {
+                field: what,
+                reason: "handshake completed without a peer".into(),
+            }),
+            Err(e) => Err(TlsError::Invalid {
+                field: what,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Sets the SNI and the name check on one connection.
+    fn prepare(&self, ssl: &mut SslRef) -> Result<(), ErrorStack> {
+        if let Some(sni) = &self.sni {
+            // Checked by `with_sni`: no NUL byte, so this cannot fail on the name itself.
+            ssl.set_hostname(sni)?;
+        }
+        if let ServerCheck::Name(name) = &self.check {
+            match name.parse::<IpAddr>() {
+                Ok(ip) => ssl.param_mut().set_ip(ip)?,
+                Err(_) => ssl.param_mut().set_host(name)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A sink that keeps what is written and has nothing to read yet.
+#[derive(Debug)]
+struct FirstFlight(Vec<u8>);
+
+impl std::io::Read for FirstFlight {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl std::io::Write for FirstFlight {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn handshake_err(peer: SocketAddr, at: String, reason: String) -> TlsError {
+    TlsError::Handshake { peer, at, reason }
+}
+
+/// What went wrong in a failed handshake: the certificate check's verdict when it failed (the
+/// SPIFFE id mismatch spelled out), else OpenSSL's error.
+fn failure(ssl: &SslRef, error: &openssl::ssl::Error, check: Option<&ServerCheck>) -> String {
+    let verdict = ssl.verify_result();
+    if verdict == X509VerifyResult::OK {
+        return error.to_string();
+    }
+    if verdict == X509VerifyResult::APPLICATION_VERIFICATION {
+        if let Some(ServerCheck::Spiffe(expected)) = check {
+            let presented = ssl
+                .peer_cert_chain()
+                .and_then(|chain| chain.iter().next())
+                .map(uri_sans_of)
+                .unwrap_or_default();
+            return TlsError::IdentityMismatch {
+                expected: expected.to_string(),
+                presented,
+            }
+            .to_string();
+        }
+    }
+    format!(
+        "certificate verify failed: {} ({error})",
+        verdict.error_string()
+    )
+}
+
+/// The URI SANs of a certificate.
+pub(crate) fn uri_sans_of(cert: &X509Ref) -> Vec<String> {
+    cert.subject_alt_names()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.uri().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a completed handshake negotiated, read from a [`TlsStream`].
+pub trait Negotiated {
+    /// The SNI the client sent (server side) or this side sent (client side).
+    fn server_name(&self) -> Option<&str>;
+    /// The ALPN protocol agreed on.
+    fn alpn_protocol(&self) -> Option<&[u8]>;
+    /// The protocol version, e.g. `TLSv1.3`.
+    fn protocol_version(&self) -> &'static str;
+    /// The SPIFFE ids (`spiffe://` URI SANs) of the peer's certificate.
+    fn peer_spiffe_ids(&self) -> Vec<String>;
+}
+
+impl<S> Negotiated for TlsStream<S> {
+    fn server_name(&self) -> Option<&str> {
+        self.ssl().servername(NameType::HOST_NAME)
+    }
+
+    fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.ssl().selected_alpn_protocol()
+    }
+
+    fn protocol_version(&self) -> &'static str {
+        self.ssl().version_str()
+    }
+
+    fn peer_spiffe_ids(&self) -> Vec<String> {
+        let mut ids = self
+            .ssl()
+            .peer_certificate()
+            .map(|c| uri_sans_of(&c))
+            .unwrap_or_default();
+        ids.retain(|uri| uri.starts_with("spiffe://"));
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{mesh_acceptor, mesh_connector, MeshCa};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Kuma's SNI forms: tags, hashed MeshService, KRI.
+    const KUMA_SNIS: [&str; 4] = [
+        "backend{mesh=default}",
+        "backend{kuma.io/zone=east,mesh=default,version=v1}",
+        "a601e0c00295a9fbe.backend.80.default.ms",
+        "sni.msvc.default.east.backend.80",
+    ];
+
+    fn mesh(ca: &Arc<MeshCa>, service: &str) -> Arc<Identity> {
+        Identity::new(ca.clone(), "default", &[service.to_string()], HOUR).unwrap()
+    }
+
+    fn u16_be(n: usize) -> [u8; 2] {
+        u16::try_from(n).unwrap().to_be_bytes()
+    }
+
+    /// A TLS 1.3 ClientHello handshake message (no record header) carrying `sni` as is.
+    fn client_hello(sni: &[u8]) -> Vec<u8> {
+        let mut ext = Vec::new();
+        let mut names = vec![0u8];
+        names.extend(u16_be(sni.len()));
+        names.extend(sni);
+        ext.extend([0, 0]);
+        ext.extend(u16_be(names.len() + 2));
+        ext.extend(u16_be(names.len()));
+        ext.extend(names);
+        ext.extend([0, 0x2b, 0, 3, 2, 3, 4]); // supported_versions: TLS 1.3
+        ext.extend([0, 0x0a, 0, 4, 0, 2, 0, 0x1d]); // supported_groups: x25519
+        ext.extend([0, 0x0d, 0, 6, 0, 4, 4, 3, 8, 4]); // signature_algorithms
+        ext.extend([0, 0x33, 0, 38, 0, 36, 0, 0x1d, 0, 32]); // key_share: x25519
+        ext.extend([9u8; 32]);
+        let mut body = vec![3, 3];
+        body.extend([7u8; 32]); // random
+        body.extend([0, 0, 2, 0x13, 0x01, 1, 0]); // session id, TLS_AES_128_GCM_SHA256, null
+        body.extend(u16_be(ext.len()));
+        body.extend(ext);
+        let len = u32::try_from(body.len()).unwrap().to_be_bytes();
+        let mut message = vec![1, len[1], len[2], len[3]];
+        message.extend(body);
+        message
+    }
+
+    /// `message` in handshake records of at most `size` bytes each.
+    fn records(message: &[u8], size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in message.chunks(size) {
+            out.extend([22, 3, 1]);
+            out.extend(u16_be(chunk.len()));
+            out.extend(chunk);
+        }
+        out
+    }
+
+    /// What `acceptor` makes of `bytes` sent by a client that then stays silent (`linger`) or
+    /// closes, how long it took to decide, and the first bytes the server sent back.
+    async fn feed(
+        acceptor: &TlsAcceptor,
+        bytes: Vec<u8>,
+        linger: bool,
+    ) -> (Result<(), TlsError>, Duration, Vec<u8>) {
+        let (server_end, mut client_end) = tokio::io::duplex(256 * 1024);
+        let client = async move {
+            client_end.write_all(&bytes).await.unwrap();
+            let mut reply = vec![0u8; 5];
+            let got = client_end.read(&mut reply).await.unwrap_or(0);
+            reply.truncate(got);
+            if linger {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            reply
+        };
+        let server = async {
+            let started = std::time::Instant::now();
+            let outcome = acceptor.accept(server_end, "test", PEER).await.map(drop);
+            (outcome, started.elapsed())
+        };
+        let ((outcome, took), reply) = tokio::join!(server, client);
+        (outcome, took, reply)
+    }
+
+    /// A Bearing mesh listener accepts every Kuma SNI form (and none) from an OpenSSL client,
+    /// and sees the name byte for byte; the client sends exactly the name it was given.
+    #[tokio::test]
+    async fn every_kuma_sni_form_is_sent_and_accepted_byte_for_byte() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let server = mesh_acceptor(&ca, mesh(&ca, "backend")).unwrap();
+        let client = mesh_connector(&ca, mesh(&ca, "web"), "spiffe://default/backend").unwrap();
+        for sni in KUMA_SNIS.into_iter().map(Some).chain([None]) {
+            let client = match sni {
+                Some(name) => client.clone().with_sni(name).unwrap(),
+                None => client.clone(),
+            };
+            let hello = client.first_flight().unwrap();
+            let peeked = crate::parse_client_hello(&hello);
+            assert_eq!(
+                peeked,
+                crate::ClientHello::Parsed {
+                    sni,
+                    alpn_kuma: true
+                },
+                "{sni:?}"
+            );
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let (s, c) = tokio::join!(
+                server.accept(a, "test", PEER),
+                client.connect(b, "backend", PEER)
+            );
+            let (s, c) = (s.unwrap(), c.unwrap());
+            assert_eq!(s.server_name(), sni, "{sni:?}");
+            assert_eq!(c.peer_spiffe_ids(), ["spiffe://default/backend"]);
+        }
+    }
+
+    /// The gateway picks a certificate by the exact SNI, Kuma forms included.
+    #[tokio::test]
+    async fn gateway_listener_selects_by_any_sni_form() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let key = mesh(&ca, "gateway").current();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let server = crate::gateway_acceptor(
+            &[key],
+            move |sni| {
+                record.lock().unwrap().push(sni.map(str::to_owned));
+                Some(0)
+            },
+            &[b"h2"],
+        )
+        .unwrap();
+        for sni in KUMA_SNIS {
+            let client = crate::external_connector(
+                sni,
+                None,
+                None,
+                crate::ServerVerification::SkipAll,
+                &[b"h2"],
+            )
+            .unwrap();
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let (s, c) = tokio::join!(
+                server.accept(a, "gw", PEER),
+                client.connect(b, "external", PEER)
+            );
+            assert_eq!(s.unwrap().server_name(), Some(sni));
+            assert_eq!(c.unwrap().alpn_protocol(), Some(&b"h2"[..]));
+        }
+        let seen = seen.lock().unwrap().clone();
+        let expected: Vec<_> = KUMA_SNIS.iter().map(|s| Some(s.to_string())).collect();
+        assert_eq!(seen, expected);
+    }
+
+    /// Truncated, oversized, fragmented and badly named ClientHellos end in a refusal that
+    /// names the listener and the peer, promptly (never a hang past the timeout, never a
+    /// panic); a valid ClientHello split into one-byte records is reassembled and answered.
+    #[tokio::test]
+    async fn bad_client_hellos_are_refused_cleanly() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let server = mesh_acceptor(&ca, mesh(&ca, "backend"))
+            .unwrap()
+            .with_timeout(Duration::from_millis(300));
+        let good = client_hello(b"backend{mesh=default}");
+        let long = client_hello(&[b'a'; 256]);
+        let control = client_hello(b"backend\x01{mesh=default}");
+        let mut oversized = vec![22, 3, 1, 0, 4, 1];
+        oversized.extend((200_000u32).to_be_bytes()[1..].iter());
+        let cases: [(&str, Vec<u8>, bool); 7] = [
+            ("SNI longer than 255 bytes", records(&long, 16384), false),
+            (
+                "SNI with a control character",
+                records(&control, 16384),
+                false,
+            ),
+            (
+                "fragmented, SNI with a control character",
+                records(&control, 1),
+                false,
+            ),
+            (
+                "truncated, then closed",
+                records(&good, 16384)[..60].to_vec(),
+                false,
+            ),
+            (
+                "truncated, then silent",
+                records(&good, 16384)[..60].to_vec(),
+                true,
+            ),
+            (
+                "record longer than TLS allows",
+                vec![22, 3, 1, 0xff, 0xff, 1, 0, 0],
+                false,
+            ),
+            ("ClientHello longer than OpenSSL allows", oversized, false),
+        ];
+        for (case, bytes, linger) in cases {
+            let (outcome, took, _) = feed(&server, bytes, linger).await;
+            let err = outcome
+                .err()
+                .unwrap_or_else(|| panic!("{case}: accepted"))
+                .to_string();
+            assert!(
+                err.contains("listener test") && err.contains("127.0.0.1:1"),
+                "{case}: {err}"
+            );
+            assert!(took < Duration::from_millis(900), "{case}: took {took:?}");
+        }
+        let (outcome, _, reply) = feed(&server, records(&good, 1), true).await;
+        assert!(outcome
+            .unwrap_err()
+            .to_string()
+            .contains("not completed within"));
+        assert_eq!(
+            reply.get(..3),
+            Some(&[22, 3, 3][..]),
+            "no ServerHello: {reply:?}"
+        );
+    }
+
+    #[test]
+    fn sni_problems_are_named_and_kuma_forms_pass() {
+        for sni in KUMA_SNIS {
+            assert_eq!(sni_problem(sni.as_bytes()), None, "{sni}");
+        }
+        assert_eq!(sni_problem(&[b'a'; 255]), None);
+        assert!(sni_problem(&[b'a'; 256]).unwrap().contains("255"));
+        assert!(sni_problem(b"a\x00b").unwrap().contains("printable"));
+        assert!(sni_problem(b"a b").unwrap().contains("printable"));
+        assert!(sni_problem(b"").unwrap().contains("empty"));
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let client = mesh_connector(&ca, mesh(&ca, "web"), "spiffe://default/backend").unwrap();
+        let err = client.with_sni("back\nend").err().unwrap().to_string();
+        assert!(err.starts_with("invalid SNI:"), "{err}");
+    }
+}
