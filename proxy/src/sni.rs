@@ -62,6 +62,13 @@ impl SniTable {
                 .collect();
             return self.routes.get(&target).map(|r| (r, wanted));
         }
+        if let Some(kri) = bearing_tls::parse_kri_sni(sni) {
+            let target = SniTarget::Kri {
+                mesh: kri.mesh.to_string(),
+                sni: sni.to_string(),
+            };
+            return self.routes.get(&target).map(|r| (r, Vec::new()));
+        }
         let resource = bearing_tls::parse_resource_sni(sni)?;
         let target = SniTarget::MeshService {
             mesh: resource.mesh.to_string(),

@@ -399,6 +399,12 @@ fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
         "plain.yaml",
         &format!("type: Mesh\nname: plain\n---\n{plain_dp}"),
     )?;
+    // A MeshService created in zone-b: newer Kuma sidecars name it in the KRI form.
+    write_store_file(
+        &z.dir,
+        "meshservice.yaml",
+        &format!("type: MeshService\nname: backend\nmesh: default\nspec:\n  selector:\n    dataplaneTags: {{kuma.io/service: backend}}\n  ports:\n  - port: {INBOUND}\n"),
+    )?;
     let ingress = z.zone_proxy("ib", "ingress", "zi-b")?;
     let _backend = z.sidecar("b", "backend-1")?;
     let leaf = z.mesh_leaf("web")?;
@@ -440,12 +446,23 @@ fn ingress_refuses_unknown_sni_and_passes_known_sni_through() -> Result<()> {
     };
     let before = routed(&ingress)?;
     let known = to_ingress
+        .clone()
         .servername(BACKEND_SNI)
         .verify_ca(&z.mesh_ca.files().cert)
         .run(a)?;
     ensure!(
         known.accepted() && known.verified && known.response.contains(BACKEND_BODY.trim()),
         "known SNI through the ingress: {known:?}"
+    );
+    // The KRI form of the MeshService is routed byte for byte too, and accepted by backend-1.
+    let kri = format!("sni.msvc.default.zone-b.backend.{INBOUND}");
+    let by_kri = to_ingress
+        .servername(&kri)
+        .verify_ca(&z.mesh_ca.files().cert)
+        .run(a)?;
+    ensure!(
+        by_kri.accepted() && by_kri.verified && by_kri.response.contains(BACKEND_BODY.trim()),
+        "KRI SNI {kri} through the ingress: {by_kri:?}"
     );
     ensure!(
         routed(&ingress)? > before,

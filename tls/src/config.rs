@@ -1,6 +1,9 @@
 //! TLS contexts: mesh mTLS (server and client) and TLS to external services.
 //!
-//! Mesh traffic is TLS 1.3 with ALPN `kuma`. The server requires a client certificate that
+//! Mesh traffic uses ALPN `kuma`; Bearing's client speaks TLS 1.3, its server TLS 1.2 and 1.3
+//! (Envoy's downstream defaults: Kuma sets no TLS parameters on mesh traffic, and Envoy's
+//! upstream default is TLS 1.2 at most, so Kuma's Envoy sidecars call with TLS 1.2). The
+//! server requires a client certificate that
 //! chains to the mesh CA. The client checks the server's chain to the mesh CA and then its
 //! identity: one URI SAN must equal the expected SPIFFE id. The SNI a client sends is Kuma's
 //! name for the destination (service tags or a hashed resource name), sent byte for byte and
@@ -10,15 +13,17 @@
 use std::sync::Arc;
 
 use openssl::ssl::{
-    AlpnError, SslContext, SslContextBuilder, SslMethod, SslSessionCacheMode, SslVerifyMode,
-    SslVersion,
+    AlpnError, SslContext, SslContextBuilder, SslMethod, SslOptions, SslSessionCacheMode,
+    SslVerifyMode, SslVersion,
 };
 use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::{X509StoreContext, X509VerifyResult, X509};
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
-use crate::stack::{check_sni, openssl_err, uri_sans_of, CertifiedKey, ServerCheck};
+use crate::stack::{
+    check_sni, context_builder, openssl_err, uri_sans_of, CertifiedKey, ServerCheck,
+};
 use crate::{Identity, MeshCa, TlsAcceptor, TlsConnector, TlsError};
 
 /// The ALPN protocol id of Kuma mesh traffic.
@@ -97,8 +102,8 @@ fn store_of(roots: &[X509]) -> Result<X509Store, TlsError> {
     Ok(store.build())
 }
 
-/// The server side of mesh mTLS (inbound): TLS 1.3 only, ALPN `kuma` (clients sending no ALPN
-/// are accepted too), a client certificate chaining to the mesh CA is required, any SNI Kuma
+/// The server side of mesh mTLS (inbound): TLS 1.2 and 1.3 (an Envoy sidecar's client
+/// offers TLS 1.2 at most), ALPN `kuma` (clients sending no ALPN are accepted too), a client certificate chaining to the mesh CA is required, any SNI Kuma
 /// sends is accepted, and the certificate presented is always the identity's current one.
 pub fn mesh_acceptor(ca: &MeshCa, identity: Arc<Identity>) -> Result<TlsAcceptor, TlsError> {
     server_acceptor(mesh_roots(ca)?, identity)
@@ -119,17 +124,17 @@ pub fn cross_mesh_acceptor(
 fn server_acceptor(roots: Vec<X509>, identity: Arc<Identity>) -> Result<TlsAcceptor, TlsError> {
     let build = move |leaf: &CertifiedKey| -> Result<SslContext, TlsError> {
         let what = "mesh server TLS context";
-        let err = openssl_err(what);
-        let mut b = SslContextBuilder::new(SslMethod::tls_server()).map_err(err)?;
-        tls13_only(&mut b, what)?;
+        let mut b = context_builder(SslMethod::tls_server(), what)?;
+        tls12_and_13(&mut b, what)?;
         b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
         b.set_cert_store(store_of(&roots)?);
         leaf.install(&mut b).map_err(openssl_err(what))?;
         select_alpn(&mut b, alpn_wire(&[KUMA_ALPN])?);
         b.set_servername_callback(check_sni);
-        // Mesh clients do not resume sessions: no tickets, no cache (a renewed identity or CA
-        // is then never bypassed by a resumption).
+        // No resumption (no TLS 1.3 or 1.2 tickets, no cache): a renewed identity or a new CA
+        // is then never bypassed by a resumed session.
         b.set_num_tickets(0).map_err(openssl_err(what))?;
+        b.set_options(SslOptions::NO_TICKET);
         b.set_session_cache_mode(SslSessionCacheMode::OFF);
         Ok(b.build())
     };
@@ -189,7 +194,7 @@ fn client_connector(
     let wanted = expected.clone();
     let build = move |leaf: &CertifiedKey| -> Result<SslContext, TlsError> {
         let what = "mesh client TLS context";
-        let mut b = SslContextBuilder::new(SslMethod::tls_client()).map_err(openssl_err(what))?;
+        let mut b = context_builder(SslMethod::tls_client(), what)?;
         tls13_only(&mut b, what)?;
         b.set_cert_store(store_of(&roots)?);
         let wanted = wanted.clone();
@@ -289,7 +294,7 @@ pub fn external_connector(
     alpn: &[&[u8]],
 ) -> Result<TlsConnector, TlsError> {
     let what = "external TLS context";
-    let mut b = SslContextBuilder::new(SslMethod::tls_client()).map_err(openssl_err(what))?;
+    let mut b = context_builder(SslMethod::tls_client(), what)?;
     tls12_and_13(&mut b, what)?;
     let check = match verification {
         ServerVerification::Secured => ServerCheck::Name(server_name.into()),
@@ -635,6 +640,35 @@ mod tests {
             err.to_string().starts_with("client certificate PEM:"),
             "{err}"
         );
+    }
+
+    /// A client offering TLS 1.2 at most (an Envoy sidecar's upstream default, which Kuma does
+    /// not change) is served TLS 1.2 with the same checks; Bearing's own client gets TLS 1.3.
+    #[tokio::test]
+    async fn mesh_server_serves_tls12_clients_as_envoy_sidecars_call() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
+        let tls12_client = |with_cert: bool| {
+            let mut b = SslContextBuilder::new(SslMethod::tls_client()).unwrap();
+            b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
+            b.set_verify(SslVerifyMode::NONE);
+            b.set_alpn_protos(b"\x04kuma").unwrap();
+            if with_cert {
+                identity(&ca, "web").current().install(&mut b).unwrap();
+            }
+            TlsConnector::fixed(b.build(), ServerCheck::None)
+                .with_sni("backend{mesh=default}")
+                .unwrap()
+        };
+        let (s, c) = handshake(&server, &tls12_client(true)).await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        assert_eq!(s.protocol_version(), "TLSv1.2");
+        assert_eq!(s.alpn_protocol(), Some(KUMA_ALPN));
+        assert_eq!(s.server_name(), Some("backend{mesh=default}"));
+        assert_eq!(s.peer_spiffe_ids(), ["spiffe://default/web"]);
+        ping(&mut s, &mut c).await;
+        let (s, _) = handshake(&server, &tls12_client(false)).await;
+        assert!(s.is_err(), "TLS 1.2 without a client certificate");
     }
 
     /// The handshake timeout bounds a peer that never speaks.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use openssl::ssl::{NameType, SniError, SslAlert, SslContext, SslContextBuilder, SslMethod};
 
 use crate::config::{alpn_wire, select_alpn, tls12_and_13};
-use crate::stack::{check_sni, openssl_err, CertifiedKey};
+use crate::stack::{check_sni, context_builder, openssl_err, CertifiedKey};
 use crate::{TlsAcceptor, TlsError};
 
 /// A certificate chain (leaf first) and its private key, both PEM, ready to serve: the key is
@@ -35,7 +35,7 @@ pub fn gateway_acceptor(
     let alpn = alpn_wire(alpn)?;
     let context = |key: Option<&CertifiedKey>| -> Result<SslContextBuilder, TlsError> {
         let what = "gateway TLS context";
-        let mut b = SslContextBuilder::new(SslMethod::tls_server()).map_err(openssl_err(what))?;
+        let mut b = context_builder(SslMethod::tls_server(), what)?;
         tls12_and_13(&mut b, what)?;
         if let Some(key) = key {
             key.install(&mut b)

@@ -194,6 +194,60 @@ pub fn resource_sni(
     )
 }
 
+/// Kuma's KRI-derived SNI (MADR 101) for port `section` (the port's name, else its number)
+/// of the MeshService `name` in `mesh`, created in `zone` (`None`: on the global control
+/// plane): `sni.msvc.<mesh>[.<zone>].<name>.<section>`, e.g. `sni.msvc.default.east.backend.80`.
+/// Universal resources only (no namespace segment).
+pub fn mesh_service_kri_sni(mesh: &str, zone: Option<&str>, name: &str, section: &str) -> String {
+    match zone {
+        Some(zone) => format!("sni.msvc.{mesh}.{zone}.{name}.{section}"),
+        None => format!("sni.msvc.{mesh}.{name}.{section}"),
+    }
+}
+
+/// A parsed KRI-form SNI (`sni.<kind>.<mesh>[.<zone>[.<namespace>]].<name>.<section>`),
+/// borrowing from the SNI string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KriSni<'a> {
+    /// The resource type's short name: `msvc`, `mzsvc`, `extsvc`.
+    pub kind: &'a str,
+    /// Mesh name.
+    pub mesh: &'a str,
+    /// Zone the resource was created in (none: created on the global control plane).
+    pub zone: Option<&'a str>,
+    /// Kubernetes namespace (only with a zone).
+    pub namespace: Option<&'a str>,
+    /// Resource name.
+    pub name: &'a str,
+    /// Port name or number.
+    pub section: &'a str,
+}
+
+/// Parses a KRI-form SNI; `None` for anything else (5 to 7 non-empty labels, the first `sni`).
+pub fn parse_kri_sni(sni: &str) -> Option<KriSni<'_>> {
+    let rest = sni.strip_prefix("sni.")?;
+    let labels: Vec<&str> = rest.split('.').collect();
+    if labels.iter().any(|l| l.is_empty()) {
+        return None;
+    }
+    let (kind, mesh, zone, namespace, name, section) = match labels.as_slice() {
+        [kind, mesh, name, section] => (kind, mesh, None, None, name, section),
+        [kind, mesh, zone, name, section] => (kind, mesh, Some(*zone), None, name, section),
+        [kind, mesh, zone, ns, name, section] => {
+            (kind, mesh, Some(*zone), Some(*ns), name, section)
+        }
+        _ => return None,
+    };
+    Some(KriSni {
+        kind,
+        mesh,
+        zone,
+        namespace,
+        name,
+        section,
+    })
+}
+
 /// A parsed resource-form SNI, borrowing from the SNI string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResourceSni<'a> {
@@ -266,6 +320,54 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The KRI form matches the MeshService SNIs of Kuma's zone proxy goldens and parses back.
+    #[test]
+    fn kri_sni_matches_kuma_goldens_and_parses() {
+        let goldens = golden_snis(&["xds-generator/zone-proxy-listener"], |v| {
+            v.starts_with("sni.msvc.")
+        });
+        let sni = mesh_service_kri_sni("default", Some("east"), "backend", "80");
+        assert!(goldens.contains(&sni), "{sni} not in {goldens:?}");
+        let envoy =
+            std::fs::read_to_string(Path::new(CORPUS).join(
+                "envoyconfig-e2e/zoneproxies/meshratelimit/sni.zone-proxy-ingress.golden.json",
+            ))
+            .unwrap();
+        let sni = mesh_service_kri_sni(
+            "envoyconfig-zoneproxies",
+            Some("kuma-3"),
+            "zone-proxy-demo-client",
+            "3000",
+        );
+        assert!(envoy.contains(&format!("\"{sni}\"")), "{sni}");
+        assert_eq!(
+            parse_kri_sni("sni.msvc.default.east.backend.80"),
+            Some(KriSni {
+                kind: "msvc",
+                mesh: "default",
+                zone: Some("east"),
+                namespace: None,
+                name: "backend",
+                section: "80"
+            })
+        );
+        let global = parse_kri_sni("sni.mzsvc.default.global-svc.80").unwrap();
+        assert_eq!(
+            (global.kind, global.zone, global.name),
+            ("mzsvc", None, "global-svc")
+        );
+        let k8s = parse_kri_sni("sni.msvc.m.z.ns.backend.http").unwrap();
+        assert_eq!((k8s.namespace, k8s.section), (Some("ns"), "http"));
+        for bad in [
+            "sni.msvc.m.x",
+            "sni.msvc..z.b.80",
+            "msvc.m.z.b.80",
+            "sni.a.b.c.d.e.f.g",
+        ] {
+            assert_eq!(parse_kri_sni(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - [`TlsAcceptor`], [`TlsConnector`], [`TlsStream`], [`Negotiated`]: the handshakes and
 //!   their outcome, the only face of the TLS stack (OpenSSL) the rest of Bearing sees.
 //! - [`parse_client_hello`]: allocation-free SNI/ALPN peek for routing and PERMISSIVE mode.
-//! - [`tags_sni`] / [`resource_sni`] and their parsers: Kuma's SNI forms.
+//! - [`tags_sni`] / [`resource_sni`] / [`mesh_service_kri_sni`] and their parsers: Kuma's SNI
+//!   forms (tags, hashed resource, KRI).
 //!
 //! TLS runs on the system's OpenSSL 3 (libssl); certificates are issued with rcgen (ring).
 
@@ -34,7 +35,8 @@ pub use error::TlsError;
 pub use gateway::{certified_key, gateway_acceptor};
 pub use identity::{issue_leaf, issue_leaf_pem, spawn_renewal, Identity};
 pub use kuma_sni::{
-    parse_resource_sni, parse_tags_sni, resource_sni, tags_sni, ResourceKind, ResourceSni, TagsSni,
+    mesh_service_kri_sni, parse_kri_sni, parse_resource_sni, parse_tags_sni, resource_sni,
+    tags_sni, KriSni, ResourceKind, ResourceSni, TagsSni,
 };
 pub use sni::{is_tls_record_start, parse_client_hello, ClientHello};
 pub use stack::{

@@ -250,9 +250,28 @@ fn ingress_routes(
                     name: r.meta.name.clone(),
                     port: port16(p.port),
                 },
-                cluster: name,
+                cluster: name.clone(),
                 terminate: None,
             });
+            // Newer Kuma sidecars name a MeshService created in this zone in the KRI form.
+            let synced = r.meta.labels.get("kuma.io/origin").map(String::as_str) == Some("global");
+            if !synced {
+                let section = p.name.clone().unwrap_or_else(|| p.port.to_string());
+                let sni = bearing_tls::mesh_service_kri_sni(
+                    mesh_of(r),
+                    view.zone.as_deref(),
+                    &r.meta.name,
+                    &section,
+                );
+                routes.push(SniRoute {
+                    target: SniTarget::Kri {
+                        mesh: mesh_of(r).to_string(),
+                        sni,
+                    },
+                    cluster: name,
+                    terminate: None,
+                });
+            }
         }
     }
 }
@@ -476,6 +495,63 @@ networking:
         );
     }
 
+    /// A MeshService created in the ingress's zone is routed by its hashed SNI and by Kuma's
+    /// KRI form (section: the port's name, else its number), both to the same cluster; one
+    /// synced from another zone gets no KRI route.
+    #[test]
+    fn ingress_routes_local_mesh_services_by_kri_sni_too() {
+        let mut s = two_zones(true);
+        let extra = r#"type: MeshService
+name: backend
+mesh: default
+spec:
+  selector: {dataplaneTags: {kuma.io/service: backend}}
+  ports:
+  - port: 8080
+  - port: 9090
+    name: admin
+---
+type: MeshService
+name: backend-synced
+mesh: default
+labels: {kuma.io/origin: global, kuma.io/zone: zone-c}
+spec:
+  selector: {dataplaneTags: {kuma.io/service: backend}}
+  ports:
+  - port: 8080
+"#;
+        s.add_text(extra, Path::new("ms.yaml"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let ingress = compile_any(&s, find(&s, "zi-b"), "t", &CompileOptions::default()).unwrap();
+        let routes = sni_routes(&ingress.listeners[0]);
+        let kri: Vec<_> = routes
+            .iter()
+            .filter_map(|r| match &r.target {
+                SniTarget::Kri { mesh, sni } => Some((mesh.as_str(), sni.as_str(), &r.cluster)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            kri,
+            [
+                (
+                    "default",
+                    "sni.msvc.default.zone-b.backend.8080",
+                    &"meshservice:default/backend:8080".to_string()
+                ),
+                (
+                    "default",
+                    "sni.msvc.default.zone-b.backend.admin",
+                    &"meshservice:default/backend:9090".to_string()
+                ),
+            ]
+        );
+        assert!(kri
+            .iter()
+            .all(|(_, sni, _)| bearing_tls::parse_kri_sni(sni).is_some()));
+        assert_eq!(addresses(&ingress.clusters[kri[0].2]), ["10.0.2.2:8080"]);
+    }
+
     /// Sidecars never cross zones without mTLS, so the ingress routes no mesh that lacks it:
     /// neither its services nor its MeshServices (an outsider could otherwise reach their
     /// plaintext inbounds through the ingress).
@@ -509,9 +585,9 @@ spec:
         let meshes: Vec<_> = routes
             .iter()
             .map(|r| match &r.target {
-                SniTarget::Service { mesh, .. } | SniTarget::MeshService { mesh, .. } => {
-                    mesh.as_str()
-                }
+                SniTarget::Service { mesh, .. }
+                | SniTarget::MeshService { mesh, .. }
+                | SniTarget::Kri { mesh, .. } => mesh.as_str(),
             })
             .collect();
         assert_eq!(meshes, ["default"], "{routes:?}");

@@ -90,6 +90,14 @@ pub enum SniTarget {
         /// Its port.
         port: u16,
     },
+    /// Kuma's KRI form `sni.msvc.<mesh>.<zone>.<name>.<section>` (MADR 101), matched byte for
+    /// byte: a MeshService port created in this zone.
+    Kri {
+        /// Mesh name.
+        mesh: String,
+        /// The whole SNI.
+        sni: String,
+    },
 }
 
 /// One destination of an SNI-routing listener.
