@@ -534,27 +534,20 @@ fn envoy_ingress(
     Ok(config.listener(listener, addr))
 }
 
-/// Cases 3 and 4 of issue #22: zone proxies of one kind between sidecars of the other, in a
-/// mesh spanning three zones (zone separation is configuration only; one bridge).
-///
-/// * zone-a: `a`, Bearing sidecar `web` (transparent proxying, outbound 10001 → `backend`);
-///   `ec`, Envoy sidecar `envoy-web` (outbound 40001 → `envoy-backend`).
-/// * zone-b: `ie`, Envoy zone ingress `zi-b`; `b`, Bearing sidecar `backend-1` (nginx), also
-///   the MeshService `backend` synced from zone-b.
-/// * zone-c: `ic`, Bearing zone ingress `zi-c`; `es`, Envoy sidecar `envoy-backend-1` (nginx).
+/// Case 3 of issue #22: a Bearing sidecar in zone-a (`a`, `web`, transparent proxying)
+/// reaches `backend-1` (a Bearing sidecar in zone-b, host `b`) through zone-b's Envoy zone
+/// ingress (`ie`), by its `kuma.io/service` outbound (tags-form SNI) and by the MeshService
+/// `backend` synced from zone-b (hashed-form SNI).
 #[test]
-fn zone_ingresses_route_the_other_kind_of_sidecar() -> Result<()> {
+fn bearing_sidecar_reaches_bearing_through_envoy_ingress() -> Result<()> {
     const BACKEND_BODY: &str = "zone-b bearing backend-1 body 0d9e42\n";
-    const ENVOY_BODY: &str = "zone-c envoy-backend-1 body c37a15\n";
     const SYNCED: &str = "type: MeshService\nname: backend-zone-b\nmesh: default\nlabels: {kuma.io/display-name: backend, kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/env: universal}\nspec:\n  selector:\n    dataplaneTags: {kuma.io/service: backend}\n  ports:\n  - port: 18080\n    targetPort: 18080\n    appProtocol: http\n";
     require_root_and_tools()?;
     require_tools(&["openssl", "tcpdump", "iptables"])?;
     envoy_bin()?;
-    let topo = Topology::new(&["a", "ec", "ie", "b", "ic", "es"])?;
-    let h = |n: &str| topo.host(n);
-    let (a, ec, ie, b, ic, es) = (h("a"), h("ec"), h("ie"), h("b"), h("ic"), h("es"));
+    let topo = Topology::new(&["a", "ie", "b"])?;
+    let (a, ie, b) = (topo.host("a"), topo.host("ie"), topo.host("b"));
     NginxConfig::new(80).body(BACKEND_BODY).start(b)?;
-    NginxConfig::new(80).body(ENVOY_BODY).start(es)?;
     let web = dataplane(
         "web",
         a,
@@ -589,22 +582,8 @@ fn zone_ingresses_route_the_other_kind_of_sidecar() -> Result<()> {
             ),
             ("backend-zone-b.yaml", SYNCED.to_string()),
             (
-                "envoy-backend-1.yaml",
-                dataplane(
-                    "envoy-backend-1",
-                    es,
-                    "zone-c",
-                    &[(INBOUND, 80, "envoy-backend", "http")],
-                    &[],
-                ),
-            ),
-            (
                 "zi-b.yaml",
                 zone_proxy_yaml("ZoneIngress", "zi-b", "zone-b", ie, INGRESS_PORT),
-            ),
-            (
-                "zi-c.yaml",
-                zone_proxy_yaml("ZoneIngress", "zi-c", "zone-c", ic, INGRESS_PORT),
             ),
         ],
     )?;
@@ -618,30 +597,11 @@ fn zone_ingresses_route_the_other_kind_of_sidecar() -> Result<()> {
         &[(&hashed, b.sock4(INBOUND))],
     )?;
     let _zi_b = Envoy::start(ie, "default.zi-b", &ingress)?;
-    let client = tags_outbound(
-        pki.envoy_config("envoy-web")?,
-        true,
-        "envoy-backend",
-        40001,
-        &[ic.sock4(INGRESS_PORT)],
-    )?;
-    let _envoy_web = Envoy::start(ec, "default.envoy-web", &client)?;
-    let server = envoy_inbound(
-        pki.envoy_config("envoy-backend")?,
-        "envoy-backend",
-        es.sock4(INBOUND),
-    )?;
-    let _envoy_backend = Envoy::start(es, "default.envoy-backend-1", &server)?;
-
     a.run(bearing_bin()?, ["transparent-proxy", "install"])?
         .check()?;
     let web = Bearing::start(a, &store, &["--name", "web"])?;
     let _backend = Bearing::start(b, &store, &["--name", "backend-1"])?;
-    let zi_c = Bearing::start(ic, &store, &["--proxy-type", "ingress", "--name", "zi-c"])?;
 
-    // 3. Bearing (zone-a) → Envoy ingress (zone-b) → Bearing: the kuma.io/service outbound
-    //    sends the tags form, the MeshService VIP the hashed form; Envoy routes both by its
-    //    serverNames, and nothing crosses in plaintext.
     let dump = web.config_dump()?;
     let vip = dump["config"]["dns"]
         .as_array()
@@ -656,23 +616,93 @@ fn zone_ingresses_route_the_other_kind_of_sidecar() -> Result<()> {
     let capture = Capture::start(ie, &format!("tcp port {INGRESS_PORT}"))?;
     expect_body(a, "http://127.0.0.1:10001/", BACKEND_BODY)
         .context("Bearing → Envoy ingress, tags-form SNI")?;
-    expect_body(a, &format!("http://{vip}:{INBOUND}/"), BACKEND_BODY)
-        .context("Bearing → Envoy ingress, hashed-form SNI")?;
     let pcap = capture.stop(a)?;
     expect_no_plaintext(&pcap, BACKEND_BODY, "through Envoy's ingress")?;
-    for sni in ["backend{mesh=default}", hashed.as_str()] {
-        ensure!(
-            pcap.contains(sni),
-            "no ClientHello with SNI {sni} reached Envoy's ingress"
-        );
-    }
+    ensure!(
+        pcap.contains("backend{mesh=default}"),
+        "no ClientHello with SNI backend{{mesh=default}} reached Envoy's ingress"
+    );
+    let capture = Capture::start(ie, &format!("tcp port {INGRESS_PORT}"))?;
+    expect_body(a, &format!("http://{vip}:{INBOUND}/"), BACKEND_BODY)
+        .context("Bearing → Envoy ingress, MeshService")?;
+    let pcap = capture.stop(a)?;
+    expect_no_plaintext(&pcap, BACKEND_BODY, "through Envoy's ingress")?;
+    ensure!(
+        pcap.contains(&hashed),
+        "the MeshService call did not send Kuma's hashed SNI {hashed}"
+    );
 
-    // 4. Envoy (zone-a) → Bearing ingress (zone-c) → Envoy.
+    // The ingress only passes TLS through: Bearing's sidecar behind it still refuses intruders.
+    expect_only_mesh_clients(
+        &pki,
+        a,
+        ie.sock4(INGRESS_PORT),
+        "backend{mesh=default}",
+        &pki.leaf("client-web", "default", "web")?,
+        BACKEND_BODY,
+        "Bearing's sidecar behind Envoy's ingress",
+    )?;
+    Ok(())
+}
+
+/// Case 4 of issue #22: an Envoy sidecar in zone-a (`ec`, `envoy-web`) reaches an Envoy sidecar
+/// in zone-c (`es`, `envoy-backend-1`) through zone-c's Bearing zone ingress (`ic`), which
+/// routes Envoy's tags-form SNI without terminating TLS.
+#[test]
+fn envoy_sidecar_reaches_envoy_through_bearing_ingress() -> Result<()> {
+    const ENVOY_BODY: &str = "zone-c envoy-backend-1 body c37a15\n";
+    require_root_and_tools()?;
+    require_tools(&["openssl", "tcpdump"])?;
+    envoy_bin()?;
+    let topo = Topology::new(&["ec", "ic", "es"])?;
+    let (ec, ic, es) = (topo.host("ec"), topo.host("ic"), topo.host("es"));
+    NginxConfig::new(80).body(ENVOY_BODY).start(es)?;
+    let store = write_store(
+        &topo,
+        &[
+            ("mesh.yaml", mesh_yaml("STRICT", false)),
+            (
+                "envoy-backend-1.yaml",
+                dataplane(
+                    "envoy-backend-1",
+                    es,
+                    "zone-c",
+                    &[(INBOUND, 80, "envoy-backend", "http")],
+                    &[],
+                ),
+            ),
+            (
+                "zi-c.yaml",
+                zone_proxy_yaml("ZoneIngress", "zi-c", "zone-c", ic, INGRESS_PORT),
+            ),
+        ],
+    )?;
+    let pki = MeshPki::new(&topo, &store)?;
+    let client = tags_outbound(
+        pki.envoy_config("envoy-web")?,
+        true,
+        "envoy-backend",
+        40001,
+        &[ic.sock4(INGRESS_PORT)],
+    )?;
+    let _envoy_web = Envoy::start(ec, "default.envoy-web", &client)?;
+    let server = envoy_inbound(
+        pki.envoy_config("envoy-backend")?,
+        "envoy-backend",
+        es.sock4(INBOUND),
+    )?;
+    let _envoy_backend = Envoy::start(es, "default.envoy-backend-1", &server)?;
+    let zi_c = Bearing::start(ic, &store, &["--proxy-type", "ingress", "--name", "zi-c"])?;
+
     let capture = Capture::start(ic, &format!("tcp port {INGRESS_PORT}"))?;
     expect_body(ec, "http://127.0.0.1:40001/", ENVOY_BODY)
         .context("Envoy → Bearing ingress → Envoy")?;
     let pcap = capture.stop(ec)?;
     expect_no_plaintext(&pcap, ENVOY_BODY, "through Bearing's ingress")?;
+    ensure!(
+        pcap.contains("envoy-backend{mesh=default}"),
+        "Envoy sent no ClientHello with SNI envoy-backend{{mesh=default}}"
+    );
     ensure!(
         zi_c.metric(&format!(
             "bearing_listener_downstream_connections_total{{listener=\"inbound:{}:{INGRESS_PORT}\"}}",
@@ -680,26 +710,15 @@ fn zone_ingresses_route_the_other_kind_of_sidecar() -> Result<()> {
         ))? >= 1.0,
         "Bearing's ingress saw no connection"
     );
-
-    // The ingresses only pass TLS through: the sidecar behind each still refuses intruders.
-    let web_leaf = pki.leaf("client-web", "default", "web")?;
+    // The ingress only passes TLS through: Envoy's sidecar behind it still refuses intruders.
     expect_only_mesh_clients(
         &pki,
         ec,
         ic.sock4(INGRESS_PORT),
         "envoy-backend{mesh=default}",
-        &web_leaf,
+        &pki.leaf("client-web", "default", "web")?,
         ENVOY_BODY,
         "Envoy's sidecar behind Bearing's ingress",
-    )?;
-    expect_only_mesh_clients(
-        &pki,
-        ec,
-        ie.sock4(INGRESS_PORT),
-        "backend{mesh=default}",
-        &web_leaf,
-        BACKEND_BODY,
-        "Bearing's sidecar behind Envoy's ingress",
     )?;
     Ok(())
 }
