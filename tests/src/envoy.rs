@@ -218,13 +218,22 @@ impl EnvoyConfig {
     }
 
     /// Adds `listener` (from a golden, its `@type` dropped: a bootstrap's listeners are typed)
-    /// listening on `addr`. A golden sidecar listener has `bindToPort: false` (traffic reaches
+    /// listening on `addr` and named after it as kuma-cp does. A golden sidecar listener has `bindToPort: false` (traffic reaches
     /// it through the transparent proxy's redirect); here it binds, and `IP_REDACTED`
     /// placeholders become `addr`'s IP.
     pub fn listener(mut self, mut listener: Value, addr: SocketAddr) -> Self {
         replace_in_strings(&mut listener, "IP_REDACTED", &addr.ip().to_string());
         if let Some(obj) = listener.as_object_mut() {
             obj.remove("@type");
+            // kuma-cp names listeners `<direction>:<address>:<port>`.
+            let direction = obj
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(|n| n.split_once(':'))
+                .map(|(direction, _)| direction.to_string());
+            if let Some(direction) = direction {
+                obj.insert("name".into(), json!(format!("{direction}:{addr}")));
+            }
             obj.insert("address".into(), socket_address(addr));
             obj.remove("bindToPort");
             obj.remove("upstreamBindConfig");
@@ -273,12 +282,23 @@ impl EnvoyConfig {
     }
 
     /// The bootstrap for node `node_id` with its admin API on 127.0.0.1:`admin_port`; fails
-    /// when a listener or cluster refers to a secret no [`EnvoyConfig::mesh_identity`] gave.
+    /// when two listeners or two clusters share a name, or when one refers to a secret no
+    /// [`EnvoyConfig::mesh_identity`] gave.
     pub fn bootstrap(&self, node_id: &str, admin_port: u16) -> Result<Value> {
         let mut resources = json!({
             "listeners": self.listeners,
             "clusters": self.clusters,
         });
+        for (kind, list) in [("listener", &self.listeners), ("cluster", &self.clusters)] {
+            let mut names: Vec<&str> = list.iter().filter_map(|r| r["name"].as_str()).collect();
+            names.sort_unstable();
+            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                bail!(
+                    "two {kind}s are named {:?}: Envoy would keep only one",
+                    w[0]
+                );
+            }
+        }
         let mut referenced = Vec::new();
         sds_to_static(&mut resources, &mut referenced);
         let missing: Vec<&String> = referenced
@@ -447,6 +467,14 @@ mod tests {
             secrets[0]["tlsCertificate"]["privateKey"]["filename"],
             "/pki/leaf.key"
         );
+        // Two clusters of one name would leave Envoy with one of them.
+        let twice = config.cluster(cluster.clone(), &[endpoint]);
+        let err = twice.bootstrap("default.web", 9901).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("two clusters are named \"api-http\""),
+            "{err}"
+        );
         // The golden itself is untouched by the builder.
         assert!(cluster.get("edsClusterConfig").is_some());
     }
@@ -462,6 +490,7 @@ mod tests {
         let config = EnvoyConfig::new().listener(listener, addr);
         let l = &config.listeners[0];
         assert_eq!(l["address"]["socketAddress"]["address"], "10.0.0.9");
+        assert_eq!(l["name"], "inbound:10.0.0.9:18080");
         assert!(l.get("bindToPort").is_none() && l.get("@type").is_none());
         assert!(!l.to_string().contains("IP_REDACTED"));
         assert!(golden.listener("nope").is_err());

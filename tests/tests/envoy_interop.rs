@@ -156,11 +156,6 @@ fn tags_outbound(
     let renames = [(cluster, service), ("mesh1", "default")];
     let mut listener = renamed(golden.listener(listener)?, &renames);
     remove_fields(&mut listener, "accessLog");
-    set_field(
-        &mut listener,
-        "/name",
-        json!(format!("outbound:127.0.0.1:{port}")),
-    )?;
     let cluster = renamed(golden.cluster(cluster)?, &renames);
     Ok(config
         .listener(listener, SocketAddr::from(([127, 0, 0, 1], port)))
@@ -183,12 +178,7 @@ fn mesh_service_outbound(
         ("test-server", service),
         ("envoyconfig", "default"),
     ];
-    let mut listener = renamed(golden.listener("outbound:IP_REDACTED:80")?, &renames);
-    set_field(
-        &mut listener,
-        "/name",
-        json!(format!("outbound:127.0.0.1:{port}")),
-    )?;
+    let listener = renamed(golden.listener("outbound:IP_REDACTED:80")?, &renames);
     let mut cluster = renamed(
         golden.cluster("envoyconfig_test-server__kuma-3_msvc_80")?,
         &renames,
@@ -208,8 +198,7 @@ fn envoy_inbound(config: EnvoyConfig, service: &str, addr: SocketAddr) -> Result
         ("test-server", service),
         ("envoyconfig", "default"),
     ];
-    let mut listener = renamed(golden.listener("inbound:IP_REDACTED:80")?, &renames);
-    set_field(&mut listener, "/name", json!(format!("inbound:{addr}")))?;
+    let listener = renamed(golden.listener("inbound:IP_REDACTED:80")?, &renames);
     let cluster = renamed(golden.cluster("localhost:8080")?, &renames);
     Ok(config
         .listener(listener, addr)
@@ -455,16 +444,6 @@ fn envoy_and_bearing_sidecars_talk_mtls_both_ways() -> Result<()> {
         "Envoy accepted Bearing's backend as another identity (status {code})"
     );
 
-    // Intruders are refused by Bearing's inbound too.
-    expect_only_mesh_clients(
-        &pki,
-        x,
-        bs.sock4(INBOUND),
-        "backend{mesh=default}",
-        &web_leaf,
-        BACKEND_BODY,
-        "Bearing's STRICT inbound",
-    )?;
     // 1. again with the mesh PERMISSIVE: Envoy's mTLS still lands on Bearing's inbound, and
     //    plaintext is served there too.
     write_store_file(&store, "mesh.yaml", &mesh_yaml("PERMISSIVE", false))?;
@@ -487,7 +466,79 @@ fn envoy_and_bearing_sidecars_talk_mtls_both_ways() -> Result<()> {
         code == 200 && body == BACKEND_BODY,
         "PERMISSIVE inbound did not serve plaintext: {code} {body:?}"
     );
+
+    // Back to STRICT: intruders are refused by Bearing's inbound as by Envoy's.
+    write_store_file(&store, "mesh.yaml", &mesh_yaml("STRICT", false))?;
+    wait_until(Duration::from_secs(10), || {
+        bearing_backend
+            .config_dump()
+            .is_ok_and(|d| d["config"]["mtls"]["default"]["permissive"] == false)
+    })
+    .context("backend-1 never applied STRICT again")?;
+    expect_only_mesh_clients(
+        &pki,
+        x,
+        bs.sock4(INBOUND),
+        "backend{mesh=default}",
+        &web_leaf,
+        BACKEND_BODY,
+        "Bearing's STRICT inbound",
+    )?;
     Ok(())
+}
+
+/// A Kuma 2.14 sidecar whose outbound reaches an external service through the zone egress.
+const EXTERNAL_GOLDEN: &str =
+    "envoyconfig-e2e/zoneproxies/meshtrafficpermission/sni.zone-proxy-demo-client.golden.json";
+
+/// An Envoy sidecar's HTTP outbound on 127.0.0.1:`port` to ExternalService `service` through
+/// the zone egress at `egress`, as kuma-cp generates it: the external-service cluster of the
+/// golden (HTTP/1.1 upstream, mTLS to the egress, which terminates it) with the mesh's
+/// secrets, the tags-form SNI `<service>{mesh=default}` the egress routes by, and the
+/// ExternalService's SPIFFE id checked (the egress presents it).
+fn external_outbound(
+    config: EnvoyConfig,
+    service: &str,
+    port: u16,
+    egress: SocketAddr,
+) -> Result<EnvoyConfig> {
+    let golden = KumaGolden::load(EXTERNAL_GOLDEN)?;
+    let renames = [
+        ("mes-zone-proxy", service),
+        ("envoyconfig-zoneproxies", "default"),
+    ];
+    let listener = renamed(golden.listener("outbound:IP_REDACTED:80")?, &renames);
+    let mut cluster = renamed(
+        golden.cluster("envoyconfig-zoneproxies_mes-zone-proxy__kuma-3_extsvc_80")?,
+        &renames,
+    );
+    let tls = "/transportSocket/typedConfig";
+    let common = format!("{tls}/commonTlsContext");
+    set_field(
+        &mut cluster,
+        &format!("{tls}/sni"),
+        json!(format!("{service}{{mesh=default}}")),
+    )?;
+    set_field(
+        &mut cluster,
+        &format!(
+            "{common}/combinedValidationContext/defaultValidationContext/matchTypedSubjectAltNames"
+        ),
+        json!([{"sanType": "URI", "matcher": {"exact": format!("spiffe://default/{service}")}}]),
+    )?;
+    set_field(
+        &mut cluster,
+        &format!("{common}/combinedValidationContext/validationContextSdsSecretConfig/name"),
+        json!("mesh_ca:secret:default"),
+    )?;
+    set_field(
+        &mut cluster,
+        &format!("{common}/tlsCertificateSdsSecretConfigs/0/name"),
+        json!("identity_cert:secret:default"),
+    )?;
+    Ok(config
+        .listener(listener, SocketAddr::from(([127, 0, 0, 1], port)))
+        .cluster(cluster, &[egress]))
 }
 
 /// An Envoy zone ingress listening on `addr`, as kuma-cp generates it: TLS passed through,
@@ -759,14 +810,11 @@ fn envoy_sidecar_reaches_an_external_service_through_bearing_egress() -> Result<
         ],
     )?;
     let pki = MeshPki::new(&topo, &store)?;
-    // kuma-cp gives a sidecar an ExternalService behind an egress as a mesh cluster: the
-    // egress as endpoint, SNI `ext-https{mesh=default}`, `spiffe://default/ext-https` checked.
-    let client = tags_outbound(
+    let client = external_outbound(
         pki.envoy_config("envoy-web")?,
-        true,
         "ext-https",
         40001,
-        &[ea.sock4(EGRESS_PORT)],
+        ea.sock4(EGRESS_PORT),
     )?;
     let _envoy_web = Envoy::start(ec, "default.envoy-web", &client)?;
     let egress = Bearing::start(ea, &store, &["--proxy-type", "egress", "--name", "ze-a"])?;
