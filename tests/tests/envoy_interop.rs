@@ -475,6 +475,13 @@ fn envoy_and_bearing_sidecars_talk_mtls_both_ways() -> Result<()> {
             .is_ok_and(|d| d["config"]["mtls"]["default"]["permissive"] == false)
     })
     .context("backend-1 never applied STRICT again")?;
+    expect_body(ec, "http://127.0.0.1:40001/", BACKEND_BODY)
+        .context("Envoy → Bearing after switching back to STRICT")?;
+    let out = curl_output(x, ["-m", "3", &http_url(bs.ip4(), INBOUND, "/")])?;
+    ensure!(
+        !out.body.contains(BACKEND_BODY.trim()),
+        "STRICT inbound served plaintext again: {out:?}"
+    );
     expect_only_mesh_clients(
         &pki,
         x,
