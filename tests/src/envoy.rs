@@ -13,8 +13,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
+use crate::http::admin_request;
 use crate::peers::extra_log;
-use crate::{curl_output, wait_until_ok, CertFiles, Host, Process};
+use crate::{wait_until_ok, CertFiles, Host, Process};
 
 /// How long Envoy may take to report `LIVE` on its admin `/ready`.
 pub const ENVOY_READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -398,28 +399,7 @@ impl<'h> Envoy<'h> {
 
     /// GETs `path` from the admin API; returns status and body.
     pub fn admin(&self, path: &str) -> Result<(u16, String)> {
-        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
-        let out = curl_output(self.host, [url.as_str(), "-m", "3"])?;
-        if out.exit_code != Some(0) {
-            bail!(
-                "envoy admin {path}: curl exit {:?}: {}",
-                out.exit_code,
-                out.stderr
-            );
-        }
-        Ok((out.http_code, out.body))
-    }
-
-    /// The value of counter or gauge `name` (e.g.
-    /// `cluster.backend.ssl.handshake`); 0 when Envoy has no such stat.
-    pub fn stat(&self, name: &str) -> Result<u64> {
-        let (_, text) = self.admin(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))?;
-        Ok(text
-            .lines()
-            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
-            .filter_map(|v| v.trim().parse().ok())
-            .next()
-            .unwrap_or(0))
+        admin_request(self.host, self.admin_port, "GET", path)
     }
 }
 

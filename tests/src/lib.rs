@@ -58,7 +58,10 @@ pub use envoy::{
 };
 pub use firewall::firewall_rules;
 pub use http::{curl, curl_output, http_url, CurlOutput, DEFAULT_CURL_MAX_TIME_SECS};
-pub use mesh::{external_service_yaml, get_body, mesh_yaml, zone_proxy_yaml};
+pub use mesh::{
+    external_service_yaml, get_body, mesh_yaml, with_transparent_proxying, zone_proxy_yaml,
+    BACKEND_SYNCED_FROM_ZONE_B,
+};
 pub use peers::{
     redis_cli, start_http_server, start_nginx, start_redis, start_slow_server, HttpServer,
     HttpServerConfig, Nginx, NginxConfig, Redis, PEER_STARTUP_TIMEOUT,

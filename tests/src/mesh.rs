@@ -27,6 +27,21 @@ routing:
     )
 }
 
+/// MeshService `backend` as kuma-cp syncs it from zone-b to the other zones (`kuma.io/origin:
+/// global`), selecting the `kuma.io/service: backend` inbounds on port 18080; a sidecar in
+/// another zone reaches it at `backend.svc.zone-b.mesh.local`, through zone-b's ingress.
+pub const BACKEND_SYNCED_FROM_ZONE_B: &str = "type: MeshService\nname: backend-zone-b\nmesh: default\nlabels: {kuma.io/display-name: backend, kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/env: universal}\nspec:\n  selector:\n    dataplaneTags: {kuma.io/service: backend}\n  ports:\n  - port: 18080\n    targetPort: 18080\n    appProtocol: http\n";
+
+/// A Dataplane YAML (with an `inbound:` list) with Kuma's transparent-proxying ports
+/// (15006 inbound, 15001 outbound) added, as `kumactl install transparent-proxy` expects.
+pub fn with_transparent_proxying(dataplane: &str) -> String {
+    dataplane.replacen(
+        "  inbound:\n",
+        "  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n  inbound:\n",
+        1,
+    )
+}
+
 /// A ZoneIngress or ZoneEgress (`kind`) named `name` in `zone` at `host`'s IPv4 address.
 pub fn zone_proxy_yaml(kind: &str, name: &str, zone: &str, host: &Host, port: u16) -> String {
     format!(

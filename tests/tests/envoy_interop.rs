@@ -599,24 +599,19 @@ fn envoy_ingress(
 #[test]
 fn bearing_sidecar_reaches_bearing_through_envoy_ingress() -> Result<()> {
     const BACKEND_BODY: &str = "zone-b bearing backend-1 body 0d9e42\n";
-    const SYNCED: &str = "type: MeshService\nname: backend-zone-b\nmesh: default\nlabels: {kuma.io/display-name: backend, kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/env: universal}\nspec:\n  selector:\n    dataplaneTags: {kuma.io/service: backend}\n  ports:\n  - port: 18080\n    targetPort: 18080\n    appProtocol: http\n";
     require_root_and_tools()?;
     require_tools(&["openssl", "tcpdump", "iptables"])?;
     envoy_bin()?;
     let topo = Topology::new(&["a", "ie", "b"])?;
     let (a, ie, b) = (topo.host("a"), topo.host("ie"), topo.host("b"));
     NginxConfig::new(80).body(BACKEND_BODY).start(b)?;
-    let web = dataplane(
+    let web = with_transparent_proxying(&dataplane(
         "web",
         a,
         "zone-a",
         &[(INBOUND, 8080, "web", "http")],
         &[(10001, "backend")],
-    )
-    .replace(
-        "  inbound:\n",
-        "  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n  inbound:\n",
-    );
+    ));
     let store = write_store(
         &topo,
         &[
@@ -638,7 +633,10 @@ fn bearing_sidecar_reaches_bearing_through_envoy_ingress() -> Result<()> {
                     &[],
                 ),
             ),
-            ("backend-zone-b.yaml", SYNCED.to_string()),
+            (
+                "backend-zone-b.yaml",
+                BACKEND_SYNCED_FROM_ZONE_B.to_string(),
+            ),
             (
                 "zi-b.yaml",
                 zone_proxy_yaml("ZoneIngress", "zi-b", "zone-b", ie, INGRESS_PORT),
@@ -660,16 +658,8 @@ fn bearing_sidecar_reaches_bearing_through_envoy_ingress() -> Result<()> {
     let web = Bearing::start(a, &store, &["--name", "web"])?;
     let _backend = Bearing::start(b, &store, &["--name", "backend-1"])?;
 
-    let dump = web.config_dump()?;
-    let vip = dump["config"]["dns"]
-        .as_array()
-        .and_then(|records| {
-            records
-                .iter()
-                .find(|r| r["name"] == "backend.svc.zone-b.mesh.local")
-        })
-        .and_then(|r| r["ips"][0].as_str())
-        .map(str::to_string)
+    let vip = web
+        .dns_vip("backend.svc.zone-b.mesh.local")?
         .context("no VIP for backend.svc.zone-b.mesh.local")?;
     let capture = Capture::start(ie, &format!("tcp port {INGRESS_PORT}"))?;
     expect_body(a, "http://127.0.0.1:10001/", BACKEND_BODY)

@@ -529,7 +529,6 @@ fn zone_egress_without_external_services_serves_cross_zone_traffic_from_the_star
 #[test]
 fn mesh_service_traffic_goes_to_one_zone_only() -> Result<()> {
     const ZONE_A_BODY: &str = "zone-a backend-a body 5d02c7\n";
-    const SYNCED: &str = "type: MeshService\nname: backend-zone-b\nmesh: default\nlabels: {kuma.io/display-name: backend, kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/env: universal}\nspec:\n  selector:\n    dataplaneTags: {kuma.io/service: backend}\n  ports:\n  - port: 18080\n    targetPort: 18080\n    appProtocol: http\n";
     let z = Zones::new("STRICT", false)?;
     let (a, ea2) = (z.host("a"), z.host("ea2"));
     NginxConfig::new(80).body(ZONE_A_BODY).start(ea2)?;
@@ -540,16 +539,16 @@ fn mesh_service_traffic_goes_to_one_zone_only() -> Result<()> {
         ),
         (
             "mesh.yaml",
-            format!("{}meshServices:\n  mode: Everywhere\n", mesh_yaml("STRICT", false)),
-        ),
-        ("backend-zone-b.yaml", SYNCED.to_string()),
-        (
-            "web.yaml",
-            web(a).replace(
-                "  inbound:\n",
-                "  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n  inbound:\n",
+            format!(
+                "{}meshServices:\n  mode: Everywhere\n",
+                mesh_yaml("STRICT", false)
             ),
         ),
+        (
+            "backend-zone-b.yaml",
+            BACKEND_SYNCED_FROM_ZONE_B.to_string(),
+        ),
+        ("web.yaml", with_transparent_proxying(&web(a))),
     ];
     for (name, text) in &files {
         write_store_file(&z.dir, name, text)?;
@@ -560,13 +559,8 @@ fn mesh_service_traffic_goes_to_one_zone_only() -> Result<()> {
     let _ingress = z.zone_proxy("ib", "ingress", "zi-b")?;
     let _backend = z.sidecar("b", "backend-1")?;
     let _backend_a = z.sidecar("ea2", "backend-a")?;
-    let dump = web.config_dump()?;
     let vip = |name: &str| -> Result<String> {
-        dump["config"]["dns"]
-            .as_array()
-            .and_then(|records| records.iter().find(|r| r["name"] == name))
-            .and_then(|r| r["ips"][0].as_str())
-            .map(str::to_string)
+        web.dns_vip(name)?
             .with_context(|| format!("no VIP for {name}"))
     };
     let local = format!("http://{}:{INBOUND}/", vip("backend.svc.mesh.local")?);
@@ -600,10 +594,7 @@ fn external_service_by_ip_goes_through_the_egress_and_fails_without_it() -> Resu
     let z = Zones::new("STRICT", true)?;
     let (a, ea, ext) = (z.host("a"), z.host("ea"), z.host("ext"));
     std::fs::remove_file(z.dir.join("ze-a2.yaml"))?;
-    let transparent = web(a).replace(
-        "  inbound:\n",
-        "  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n  inbound:\n",
-    );
+    let transparent = with_transparent_proxying(&web(a));
     write_store_file(&z.dir, "web.yaml", &transparent)?;
     a.run(bearing_bin()?, ["transparent-proxy", "install"])?
         .check()?;
