@@ -102,6 +102,16 @@ impl MeshPki {
     }
 }
 
+/// A topology of `hosts` once every tool a test here needs is present: the harness's, openssl
+/// and tcpdump, `extra_tools`, and Envoy (the error names how to install what is missing).
+fn envoy_topology(hosts: &[&str], extra_tools: &[&str]) -> Result<Topology> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "tcpdump"])?;
+    require_tools(extra_tools)?;
+    envoy_bin()?;
+    Topology::new(hosts)
+}
+
 /// A Dataplane `name` at `host` with `inbounds` (port, servicePort, service, protocol) in
 /// `zone` and `outbounds` (port, service).
 fn dataplane(
@@ -296,10 +306,7 @@ fn expect_only_mesh_clients(
 fn envoy_and_bearing_sidecars_talk_mtls_both_ways() -> Result<()> {
     const BACKEND_BODY: &str = "bearing backend-1 body 2b7d10\n";
     const ENVOY_BODY: &str = "envoy-backend-1 body 61c8ae\n";
-    require_root_and_tools()?;
-    require_tools(&["openssl", "tcpdump"])?;
-    envoy_bin()?;
-    let topo = Topology::new(&["ec", "bs", "es", "bc", "x"])?;
+    let topo = envoy_topology(&["ec", "bs", "es", "bc", "x"], &[])?;
     let h = |n: &str| topo.host(n);
     let (ec, bs, es, bc, x) = (h("ec"), h("bs"), h("es"), h("bc"), h("x"));
     NginxConfig::new(80).body(BACKEND_BODY).start(bs)?;
@@ -599,10 +606,7 @@ fn envoy_ingress(
 #[test]
 fn bearing_sidecar_reaches_bearing_through_envoy_ingress() -> Result<()> {
     const BACKEND_BODY: &str = "zone-b bearing backend-1 body 0d9e42\n";
-    require_root_and_tools()?;
-    require_tools(&["openssl", "tcpdump", "iptables"])?;
-    envoy_bin()?;
-    let topo = Topology::new(&["a", "ie", "b"])?;
+    let topo = envoy_topology(&["a", "ie", "b"], &["iptables"])?;
     let (a, ie, b) = (topo.host("a"), topo.host("ie"), topo.host("b"));
     NginxConfig::new(80).body(BACKEND_BODY).start(b)?;
     let web = with_transparent_proxying(&dataplane(
@@ -699,10 +703,7 @@ fn bearing_sidecar_reaches_bearing_through_envoy_ingress() -> Result<()> {
 #[test]
 fn envoy_sidecar_reaches_envoy_through_bearing_ingress() -> Result<()> {
     const ENVOY_BODY: &str = "zone-c envoy-backend-1 body c37a15\n";
-    require_root_and_tools()?;
-    require_tools(&["openssl", "tcpdump"])?;
-    envoy_bin()?;
-    let topo = Topology::new(&["ec", "ic", "es"])?;
+    let topo = envoy_topology(&["ec", "ic", "es"], &[])?;
     let (ec, ic, es) = (topo.host("ec"), topo.host("ic"), topo.host("es"));
     NginxConfig::new(80).body(ENVOY_BODY).start(es)?;
     let store = write_store(
@@ -778,10 +779,7 @@ fn envoy_sidecar_reaches_envoy_through_bearing_ingress() -> Result<()> {
 fn envoy_sidecar_reaches_an_external_service_through_bearing_egress() -> Result<()> {
     const EXT_BODY: &str = "external https body 93be0d\n";
     const EXT_NAME: &str = "external.test";
-    require_root_and_tools()?;
-    require_tools(&["openssl", "tcpdump"])?;
-    envoy_bin()?;
-    let topo = Topology::new(&["ec", "ea", "ext", "x"])?;
+    let topo = envoy_topology(&["ec", "ea", "ext", "x"], &[])?;
     let h = |n: &str| topo.host(n);
     let (ec, ea, ext, x) = (h("ec"), h("ea"), h("ext"), h("x"));
     let pki_dir = topo.dir().join("pki");
