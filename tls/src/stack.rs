@@ -206,6 +206,24 @@ impl Contexts {
         }))
     }
 
+    /// A TLS stream over `stream` with a new SSL object from the current context, set up by
+    /// `prepare`; errors name `peer` and `at()`.
+    fn stream<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        at: impl Fn() -> String,
+        prepare: impl FnOnce(&mut SslRef) -> Result<(), ErrorStack>,
+    ) -> Result<TlsStream<S>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite,
+    {
+        let fail = |e: ErrorStack| handshake_err(peer, at(), e.to_string());
+        let mut ssl = self.new_ssl().map_err(fail)?;
+        prepare(&mut ssl).map_err(fail)?;
+        TlsStream::new(ssl, stream).map_err(fail)
+    }
+
     /// A new SSL object from the current context.
     fn new_ssl(&self) -> Result<Ssl, ErrorStack> {
         let (identity, build, built) = match self {
@@ -295,12 +313,7 @@ impl TlsAcceptor {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let at = || format!("listener {listener}");
-        let ssl = self
-            .contexts
-            .new_ssl()
-            .map_err(|e| handshake_err(peer, at(), e.to_string()))?;
-        let mut tls =
-            TlsStream::new(ssl, stream).map_err(|e| handshake_err(peer, at(), e.to_string()))?;
+        let mut tls = self.contexts.stream(stream, peer, at, |_| Ok(()))?;
         match tokio::time::timeout(self.timeout, Pin::new(&mut tls).accept()).await {
             Ok(Ok(())) => Ok(tls),
             Ok(Err(e)) => Err(handshake_err(peer, at(), failure(tls.ssl(), &e, None))),
@@ -389,14 +402,9 @@ impl TlsConnector {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let at = || format!("cluster {cluster}");
-        let mut ssl = self
+        let mut tls = self
             .contexts
-            .new_ssl()
-            .map_err(|e| handshake_err(peer, at(), e.to_string()))?;
-        self.prepare(&mut ssl)
-            .map_err(|e| handshake_err(peer, at(), e.to_string()))?;
-        let mut tls =
-            TlsStream::new(ssl, stream).map_err(|e| handshake_err(peer, at(), e.to_string()))?;
+            .stream(stream, peer, at, |ssl| self.prepare(ssl))?;
         match Pin::new(&mut tls).connect().await {
             Ok(()) => Ok(tls),
             Err(e) => Err(handshake_err(
@@ -717,7 +725,7 @@ mod tests {
         let control = client_hello(b"backend\x01{mesh=default}");
         let mut oversized = vec![22, 3, 1, 0, 4, 1];
         oversized.extend((200_000u32).to_be_bytes()[1..].iter());
-        let cases: [(&str, Vec<u8>, bool); 7] = [
+        let cases: [(&str, Vec<u8>, bool); 8] = [
             ("SNI longer than 255 bytes", records(&long, 16384), false),
             (
                 "SNI with a control character",
@@ -739,6 +747,7 @@ mod tests {
                 records(&good, 16384)[..60].to_vec(),
                 true,
             ),
+            ("silent from the start", Vec::new(), true),
             (
                 "record longer than TLS allows",
                 vec![22, 3, 1, 0xff, 0xff, 1, 0, 0],

@@ -416,6 +416,13 @@ networking:
         c.endpoints.iter().map(|e| e.address.to_string()).collect()
     }
 
+    /// zone-b's ingress compiled from `s` plus the resources of `yaml`.
+    fn ingress_with(mut s: Store, yaml: &str) -> ProxyConfig {
+        s.add_text(yaml, Path::new("extra.yaml"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        compile_any(&s, find(&s, "zi-b"), "t", &CompileOptions::default()).unwrap()
+    }
+
     #[test]
     fn sidecar_reaches_other_zones_through_their_ingress_or_the_egress() {
         let s = two_zones(false);
@@ -500,7 +507,6 @@ networking:
     /// synced from another zone gets no KRI route.
     #[test]
     fn ingress_routes_local_mesh_services_by_kri_sni_too() {
-        let mut s = two_zones(true);
         let extra = r#"type: MeshService
 name: backend
 mesh: default
@@ -520,9 +526,7 @@ spec:
   ports:
   - port: 8080
 "#;
-        s.add_text(extra, Path::new("ms.yaml"));
-        assert!(s.problems.is_empty(), "{:?}", s.problems);
-        let ingress = compile_any(&s, find(&s, "zi-b"), "t", &CompileOptions::default()).unwrap();
+        let ingress = ingress_with(two_zones(true), extra);
         let routes = sni_routes(&ingress.listeners[0]);
         let kri: Vec<_> = routes
             .iter()
@@ -557,7 +561,6 @@ spec:
     /// plaintext inbounds through the ingress).
     #[test]
     fn ingress_routes_only_meshes_with_mtls() {
-        let mut s = two_zones(false);
         let plain = r#"type: Mesh
 name: plain
 ---
@@ -578,9 +581,7 @@ spec:
   ports:
   - port: 6379
 "#;
-        s.add_text(plain, Path::new("plain.yaml"));
-        assert!(s.problems.is_empty(), "{:?}", s.problems);
-        let ingress = compile_any(&s, find(&s, "zi-b"), "t", &CompileOptions::default()).unwrap();
+        let ingress = ingress_with(two_zones(false), plain);
         let routes = sni_routes(&ingress.listeners[0]);
         let meshes: Vec<_> = routes
             .iter()
