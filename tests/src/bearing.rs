@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{curl_output, wait_until_ok, Host, Process, Topology};
+use crate::http::admin_request;
+use crate::{wait_until_ok, Host, Process, Topology};
 
 /// Kuma's data-plane uid, which transparent proxying excludes from redirection.
 pub const KUMA_DP_UID: u32 = 5678;
@@ -260,16 +261,7 @@ impl<'h> Bearing<'h> {
 
     /// Sends `method path` to the admin API; returns status and body.
     pub fn admin(&self, method: &str, path: &str) -> Result<(u16, String)> {
-        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
-        let out = curl_output(self.host, ["-X", method, url.as_str(), "-m", "3"])?;
-        if out.exit_code != Some(0) {
-            bail!(
-                "admin {method} {path}: curl exit {:?}: {}",
-                out.exit_code,
-                out.stderr
-            );
-        }
-        Ok((out.http_code, out.body))
+        admin_request(self.host, self.admin_port, method, path)
     }
 
     /// `/config_dump` as JSON.
@@ -279,6 +271,18 @@ impl<'h> Bearing<'h> {
             bail!("/config_dump answered {code}");
         }
         serde_json::from_str(&body).context("/config_dump is not JSON")
+    }
+
+    /// The VIP the proxy's mesh DNS table gives `name` (`/config_dump`'s `config.dns`), if any.
+    pub fn dns_vip(&self, name: &str) -> Result<Option<String>> {
+        let dump = self.config_dump()?;
+        Ok(dump["config"]["dns"].as_array().and_then(|records| {
+            records
+                .iter()
+                .find(|r| r["name"] == name)
+                .and_then(|r| r["ips"][0].as_str())
+                .map(str::to_string)
+        }))
     }
 
     /// The value of one Prometheus sample, e.g.

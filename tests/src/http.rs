@@ -138,6 +138,27 @@ fn user_max_time(args: &[OsString]) -> Option<f64> {
     found
 }
 
+/// Sends `method path` to the admin API on 127.0.0.1:`port` of `host` (Bearing's or Envoy's)
+/// with curl (3 s); returns status and body, fails when curl gets no answer.
+pub(crate) fn admin_request(
+    host: &Host,
+    port: u16,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String)> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let out = curl_output(host, ["-X", method, url.as_str(), "-m", "3"])?;
+    if out.exit_code != Some(0) {
+        bail!(
+            "admin {method} {path} on host {}: curl exit {:?}: {}",
+            host.name(),
+            out.exit_code,
+            out.stderr
+        );
+    }
+    Ok((out.http_code, out.body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,8 +33,10 @@
 
 mod bearing;
 mod capture;
+mod envoy;
 mod firewall;
 mod http;
+mod mesh;
 mod peers;
 mod process;
 pub mod test_cp;
@@ -51,8 +53,16 @@ pub use bearing::{
     write_store_file, Bearing, KUMA_DP_UID, READY_TIMEOUT,
 };
 pub use capture::{Capture, Pcap};
+pub use envoy::{
+    envoy_bin, kuma_corpus_dir, remove_fields, replace_in_strings, set_field, Envoy, EnvoyConfig,
+    KumaGolden, ENVOY_READY_TIMEOUT,
+};
 pub use firewall::firewall_rules;
 pub use http::{curl, curl_output, http_url, CurlOutput, DEFAULT_CURL_MAX_TIME_SECS};
+pub use mesh::{
+    external_service_yaml, get_body, mesh_yaml, with_transparent_proxying, zone_proxy_yaml,
+    BACKEND_SYNCED_FROM_ZONE_B,
+};
 pub use peers::{
     redis_cli, start_http_server, start_nginx, start_redis, start_slow_server, HttpServer,
     HttpServerConfig, Nginx, NginxConfig, Redis, PEER_STARTUP_TIMEOUT,

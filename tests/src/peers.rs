@@ -34,7 +34,7 @@ fn instance_dir(host: &Host, name: &str) -> Result<PathBuf> {
 }
 
 /// Path of an extra log file (not a process's stdout) in the logs directory.
-fn extra_log(host: &Host, what: &str) -> PathBuf {
+pub(crate) fn extra_log(host: &Host, what: &str) -> PathBuf {
     let shared = host.shared();
     let seq = shared.next_seq();
     shared

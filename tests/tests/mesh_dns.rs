@@ -93,25 +93,11 @@ fn dig_status(host: &Host, name: &str) -> Result<String> {
     Ok(status.to_string())
 }
 
-/// The VIP the sidecar's config gives `name`.
-fn vip_of(proxy: &Bearing, name: &str) -> Result<Option<String>> {
-    let dump = proxy.config_dump()?;
-    let records = dump["config"]["dns"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    Ok(records
-        .iter()
-        .find(|r| r["name"] == name)
-        .and_then(|r| r["ips"][0].as_str())
-        .map(str::to_string))
-}
-
 /// Waits until the sidecar's config has no record for `name`, then requires that `dig` from
 /// `host` gets no VIP for it either.
 fn wait_until_no_vip(host: &Host, proxy: &Bearing, name: &str) -> Result<()> {
     wait_until(Duration::from_secs(10), || {
-        vip_of(proxy, name).is_ok_and(|v| v.is_none())
+        proxy.dns_vip(name).is_ok_and(|v| v.is_none())
     })?;
     ensure!(
         !dig(host, &[name]).is_ok_and(|ip| is_vip(&ip)),
@@ -197,7 +183,9 @@ fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> 
         "inst-2.backend.mesh",
         "backend.svc.mesh.local",
     ] {
-        let vip = vip_of(&sidecar, name)?.with_context(|| format!("{name} has no VIP"))?;
+        let vip = sidecar
+            .dns_vip(name)?
+            .with_context(|| format!("{name} has no VIP"))?;
         ensure!(dig(a, &[name])? == vip, "dig {name} returned the VIP {vip}");
         ensure!(is_vip(&vip), "{name}: {vip} is in 240.0.0.0/4");
     }
@@ -263,7 +251,7 @@ fn mesh_names_resolve_to_vips_that_reach_the_selected_instances() -> Result<()> 
     })?;
     let v1_vip = dig(a, &["backend.v1.mesh"])?;
     ensure!(
-        Some(v1_vip) == vip_of(&sidecar, "backend.v1.mesh")?,
+        Some(v1_vip) == sidecar.dns_vip("backend.v1.mesh")?,
         "existing VIPs do not move when hostnames are added"
     );
     std::fs::remove_file(dir.join("backend-3.yaml"))?;

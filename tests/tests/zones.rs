@@ -37,23 +37,6 @@ const LOCAL_SNI: &str = "local{mesh=default}";
 const BACKEND_SNI: &str = "backend{mesh=default}";
 const EXT_NAME: &str = "external.test";
 
-fn mesh(mode: &str, zone_egress: bool) -> String {
-    format!(
-        r#"type: Mesh
-name: default
-mtls:
-  enabledBackend: ca-1
-  backends:
-  - name: ca-1
-    type: builtin
-    mode: {mode}
-    dpCert: {{rotation: {{expiration: 24h}}}}
-routing:
-  zoneEgress: {zone_egress}
-"#
-    )
-}
-
 /// A Dataplane in `zone` whose one inbound (18080 → nginx on 80) serves `service`.
 fn service_dp(name: &str, host: &Host, service: &str, zone: &str) -> String {
     let networking = format!(
@@ -76,34 +59,6 @@ fn web(a: &Host) -> String {
     tags: {kuma.io/service: ext-https}
 "#;
     dataplane_yaml("web", a, networking)
-}
-
-/// A ZoneIngress or ZoneEgress resource.
-fn zone_proxy_yaml(kind: &str, name: &str, zone: &str, host: &Host, port: u16) -> String {
-    format!(
-        "type: {kind}\nname: {name}\nzone: {zone}\nnetworking: {{address: {}, port: {port}}}\n",
-        host.ip4()
-    )
-}
-
-fn external_service(ext: &Host, ca_pem: &str) -> String {
-    let pem: String = ca_pem.lines().map(|l| format!("        {l}\n")).collect();
-    format!(
-        r#"type: ExternalService
-name: ext-https
-mesh: default
-tags: {{kuma.io/service: ext-https, kuma.io/protocol: http}}
-networking:
-  address: {}:443
-  tls:
-    enabled: true
-    serverName: {EXT_NAME}
-    caCert:
-      inlineString: |
-{pem}    verification: {{mode: Secured}}
-"#,
-        ext.ip4()
-    )
 }
 
 /// The topology with all peers running and the store written; no proxy started yet.
@@ -133,7 +88,7 @@ impl Zones {
         let dir = write_store(
             &topo,
             &[
-                ("mesh.yaml", mesh(mode, zone_egress)),
+                ("mesh.yaml", mesh_yaml(mode, zone_egress)),
                 ("web.yaml", web(h("a"))),
                 (
                     "local-1.yaml",
@@ -157,7 +112,12 @@ impl Zones {
                 ),
                 (
                     "ext-https.yaml",
-                    external_service(h("ext"), &ext_ca.cert_pem()?),
+                    external_service_yaml(
+                        "ext-https",
+                        h("ext").sock4(443),
+                        EXT_NAME,
+                        &ext_ca.cert_pem()?,
+                    ),
                 ),
             ],
         )?;
@@ -235,16 +195,6 @@ fn endpoints(proxy: &Bearing, cluster: &str) -> Result<Vec<String>> {
         .collect();
     out.sort();
     Ok(out)
-}
-
-/// GETs `url` from `host` and requires a 200 with exactly `body`.
-fn get_body(host: &Host, url: &str, body: &str) -> Result<()> {
-    let (code, got) = curl(host, [url])?;
-    ensure!(
-        code == 200 && got == body,
-        "{url}: status {code}, body {got:?}"
-    );
-    Ok(())
 }
 
 /// Plain HTTP straight to a sidecar's inbound port (no TLS): whether the body came back.
@@ -333,7 +283,7 @@ fn permissive_accepts_plaintext_and_mtls_on_the_same_port() -> Result<()> {
         "STRICT inbound served plaintext HTTP"
     );
 
-    write_store_file(&z.dir, "mesh.yaml", &mesh("PERMISSIVE", false))?;
+    write_store_file(&z.dir, "mesh.yaml", &mesh_yaml("PERMISSIVE", false))?;
     wait_until(Duration::from_secs(10), || {
         plaintext_reaches(a, b2, LOCAL_BODY).unwrap_or(false)
     })
@@ -353,7 +303,7 @@ fn permissive_accepts_plaintext_and_mtls_on_the_same_port() -> Result<()> {
     );
 
     // Back to STRICT: plaintext is refused again, mTLS keeps working.
-    write_store_file(&z.dir, "mesh.yaml", &mesh("STRICT", false))?;
+    write_store_file(&z.dir, "mesh.yaml", &mesh_yaml("STRICT", false))?;
     wait_until(Duration::from_secs(10), || {
         plaintext_reaches(a, b2, LOCAL_BODY).is_ok_and(|ok| !ok)
     })
@@ -579,7 +529,6 @@ fn zone_egress_without_external_services_serves_cross_zone_traffic_from_the_star
 #[test]
 fn mesh_service_traffic_goes_to_one_zone_only() -> Result<()> {
     const ZONE_A_BODY: &str = "zone-a backend-a body 5d02c7\n";
-    const SYNCED: &str = "type: MeshService\nname: backend-zone-b\nmesh: default\nlabels: {kuma.io/display-name: backend, kuma.io/origin: global, kuma.io/zone: zone-b, kuma.io/env: universal}\nspec:\n  selector:\n    dataplaneTags: {kuma.io/service: backend}\n  ports:\n  - port: 18080\n    targetPort: 18080\n    appProtocol: http\n";
     let z = Zones::new("STRICT", false)?;
     let (a, ea2) = (z.host("a"), z.host("ea2"));
     NginxConfig::new(80).body(ZONE_A_BODY).start(ea2)?;
@@ -590,16 +539,16 @@ fn mesh_service_traffic_goes_to_one_zone_only() -> Result<()> {
         ),
         (
             "mesh.yaml",
-            format!("{}meshServices:\n  mode: Everywhere\n", mesh("STRICT", false)),
-        ),
-        ("backend-zone-b.yaml", SYNCED.to_string()),
-        (
-            "web.yaml",
-            web(a).replace(
-                "  inbound:\n",
-                "  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n  inbound:\n",
+            format!(
+                "{}meshServices:\n  mode: Everywhere\n",
+                mesh_yaml("STRICT", false)
             ),
         ),
+        (
+            "backend-zone-b.yaml",
+            BACKEND_SYNCED_FROM_ZONE_B.to_string(),
+        ),
+        ("web.yaml", with_transparent_proxying(&web(a))),
     ];
     for (name, text) in &files {
         write_store_file(&z.dir, name, text)?;
@@ -610,13 +559,8 @@ fn mesh_service_traffic_goes_to_one_zone_only() -> Result<()> {
     let _ingress = z.zone_proxy("ib", "ingress", "zi-b")?;
     let _backend = z.sidecar("b", "backend-1")?;
     let _backend_a = z.sidecar("ea2", "backend-a")?;
-    let dump = web.config_dump()?;
     let vip = |name: &str| -> Result<String> {
-        dump["config"]["dns"]
-            .as_array()
-            .and_then(|records| records.iter().find(|r| r["name"] == name))
-            .and_then(|r| r["ips"][0].as_str())
-            .map(str::to_string)
+        web.dns_vip(name)?
             .with_context(|| format!("no VIP for {name}"))
     };
     // The synced MeshService is reached with the SNI Kuma's Envoy sends for it: the hashed
@@ -659,10 +603,7 @@ fn external_service_by_ip_goes_through_the_egress_and_fails_without_it() -> Resu
     let z = Zones::new("STRICT", true)?;
     let (a, ea, ext) = (z.host("a"), z.host("ea"), z.host("ext"));
     std::fs::remove_file(z.dir.join("ze-a2.yaml"))?;
-    let transparent = web(a).replace(
-        "  inbound:\n",
-        "  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n  inbound:\n",
-    );
+    let transparent = with_transparent_proxying(&web(a));
     write_store_file(&z.dir, "web.yaml", &transparent)?;
     a.run(bearing_bin()?, ["transparent-proxy", "install"])?
         .check()?;
@@ -843,7 +784,7 @@ fn plaintext_connections_close_when_the_mesh_turns_strict() -> Result<()> {
         .spawn()?;
     holder.wait_for_log("tcp before:", Duration::from_secs(15))?;
 
-    write_store_file(&z.dir, "mesh.yaml", &mesh("STRICT", false))?;
+    write_store_file(&z.dir, "mesh.yaml", &mesh_yaml("STRICT", false))?;
     wait_until(Duration::from_secs(10), || {
         local
             .config_dump()
@@ -889,7 +830,7 @@ fn pooled_plaintext_connections_are_not_reused_after_mtls_is_turned_on() -> Resu
         "{warm} upstream connections for 6 requests: not pooled"
     );
 
-    write_store_file(&z.dir, "mesh.yaml", &mesh("STRICT", false))?;
+    write_store_file(&z.dir, "mesh.yaml", &mesh_yaml("STRICT", false))?;
     wait_until(Duration::from_secs(10), || {
         web.config_dump()
             .is_ok_and(|d| d["config"]["clusters"]["local"]["tls"].is_object())
