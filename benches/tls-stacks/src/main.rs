@@ -74,8 +74,17 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-/// Runs one stack binary and returns its `key=value` line, or stops the run.
+/// Runs one stack binary and returns its `key=value` line parsed, or stops the run.
 fn run(bin: &Path, args: &[&str]) -> BTreeMap<String, String> {
+    let line = run_line(bin, args);
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Runs one stack binary and returns the last line it printed, or stops the run.
+fn run_line(bin: &Path, args: &[&str]) -> String {
     let out = Command::new(bin)
         .args(args)
         .output()
@@ -90,10 +99,7 @@ fn run(bin: &Path, args: &[&str]) -> BTreeMap<String, String> {
     }
     let line = stdout.lines().last().unwrap_or_default();
     println!("  {line}");
-    line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    line.to_owned()
 }
 
 /// CPU seconds of the waited-for children (and theirs), from getrusage.
@@ -205,8 +211,8 @@ fn main() {
     ));
     println!("checks:");
     for stack in &s.stacks {
-        let line = run(&bin(stack), &["check"]);
-        report.push_str(&format!("- {stack}: {line:?}\n"));
+        let line = run_line(&bin(stack), &["check"]);
+        report.push_str(&format!("- `{line}`\n"));
     }
 
     // metric -> stack -> values over the rounds
@@ -299,7 +305,8 @@ fn main() {
         "\n## Medians\n\n| stack | handshakes/s | p99 ms | CPU µs/handshake server + client | exchanges/s | CPU µs/exchange server + client | RSS idle MB | RSS 10k conns MB | KiB/conn server, client | clean build s (CPU s) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for stack in &s.stacks {
-        report.push_str(&format!(
+        // A figure not measured in this run (no memory, no build) is a median of nothing: NaN.
+        let row = format!(
             "| {stack} | {:.0} | {:.2} | {:.0} + {:.0} | {:.0} | {:.2} + {:.2} | {:.1} | {:.1} | {:.1}, {:.1} | {:.0} ({:.0}) |\n",
             get(stack, "hs_rate"),
             get(stack, "hs_p99_ms"),
@@ -314,7 +321,8 @@ fn main() {
             get(stack, "client_kib_per_conn"),
             get(stack, "build_wall_s"),
             get(stack, "build_cpu_s"),
-        ));
+        );
+        report.push_str(&row.replace("NaN", "-"));
     }
     report.push_str(&format!("\nload average at the end: {}\n", loadavg()));
     report.push_str(&raw);

@@ -11,8 +11,17 @@ use boring::ssl::{
 };
 use boring::x509::{X509Ref, X509};
 use common::{error, Negotiated, Pem, Pki, Stack, KUMA_TAGS_SNI};
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_boring::{SslStream, SslStreamBuilder};
+
+/// BoringSSL reads a TLS record in two reads (its 5-byte header, then the rest) and has no
+/// read-ahead for TLS; a small read buffer under it takes one read(2) per burst instead (reads
+/// of at least its size bypass it). Envoy does the same with its own buffer under BoringSSL.
+const READ_BUFFER: usize = 4096;
+
+/// The socket under BoringSSL.
+type Socket = BufReader<TcpStream>;
 
 struct Boring;
 
@@ -54,8 +63,8 @@ impl Stack for Boring {
     const SNI: &'static str = KUMA_TAGS_SNI;
     type Acceptor = SslContext;
     type Connector = SslContext;
-    type ServerStream = SslStream<TcpStream>;
-    type ClientStream = SslStream<TcpStream>;
+    type ServerStream = SslStream<Socket>;
+    type ClientStream = SslStream<Socket>;
 
     fn library() -> String {
         format!("{} (boring-sys 5)", boring::version::version())
@@ -79,14 +88,14 @@ impl Stack for Boring {
                 && (store.error_depth() != 0
                     || store
                         .current_cert()
-                        .is_some_and(|leaf| uris(leaf).iter().any(|u| *u == expected)))
+                        .is_some_and(|leaf| uris(leaf).contains(&expected)))
         });
         ctx.set_alpn_protos(b"\x04kuma")?;
         Ok(ctx.build())
     }
 
     async fn accept(acceptor: &SslContext, tcp: TcpStream) -> io::Result<Self::ServerStream> {
-        SslStreamBuilder::new(Ssl::new(acceptor)?, tcp)
+        SslStreamBuilder::new(Ssl::new(acceptor)?, Socket::with_capacity(READ_BUFFER, tcp))
             .accept()
             .await
             .map_err(error)
@@ -95,7 +104,7 @@ impl Stack for Boring {
     async fn connect(connector: &SslContext, tcp: TcpStream) -> io::Result<Self::ClientStream> {
         let mut ssl = Ssl::new(connector)?;
         ssl.set_hostname(KUMA_TAGS_SNI)?;
-        SslStreamBuilder::new(ssl, tcp)
+        SslStreamBuilder::new(ssl, Socket::with_capacity(READ_BUFFER, tcp))
             .connect()
             .await
             .map_err(error)

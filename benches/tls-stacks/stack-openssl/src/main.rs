@@ -26,6 +26,8 @@ fn context(method: SslMethod, pki: &Pki, leaf: Option<&Pem>) -> io::Result<SslCo
     ctx.set_options(SslOptions::NO_TICKET);
     ctx.set_num_tickets(0)?;
     ctx.set_mode(SslMode::RELEASE_BUFFERS);
+    // Read whole records (and what follows) per read(2), not the 5-byte header first.
+    ctx.set_read_ahead(true);
     let ca = X509::from_pem(pki.ca_cert.as_bytes())?;
     ctx.cert_store_mut().add_cert(ca.clone())?;
     if let Some(leaf) = leaf {
@@ -80,7 +82,7 @@ impl Stack for OpenSsl {
                 && (store.error_depth() != 0
                     || store
                         .current_cert()
-                        .is_some_and(|leaf| uris(leaf).iter().any(|u| *u == expected)))
+                        .is_some_and(|leaf| uris(leaf).contains(&expected)))
         });
         ctx.set_alpn_protos(b"\x04kuma")?;
         Ok(ctx.build())

@@ -89,7 +89,7 @@ impl ServerCertVerifier for MeshVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        if uri_sans(end_entity).iter().any(|uri| *uri == self.expected) {
+        if uri_sans(end_entity).contains(&self.expected) {
             return Ok(ServerCertVerified::assertion());
         }
         Err(rustls::Error::InvalidCertificate(
