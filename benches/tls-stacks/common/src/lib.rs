@@ -767,3 +767,93 @@ pub fn main<S: Stack>() {
         }
     }
 }
+
+/// The parts of a stack on the OpenSSL API that OpenSSL and BoringSSL share: the `openssl` and
+/// `boring` crates have the same API but distinct types, and the two libraries cannot be linked
+/// into one binary, so this expands in each stack's binary with its crate (`$ssl`).
+///
+/// It defines `add_identity` (the mesh CA as the only trust anchor; the chain `[leaf, CA]` and
+/// its key), `mesh_server` (client certificate required, ALPN `kuma` selected), `mesh_client`
+/// (the server's leaf must carry `expected`, checked at depth 0 after its chain verified; ALPN
+/// `kuma` offered), `peer_uris_of`, `negotiated_of` and `alpn_of`.
+#[macro_export]
+macro_rules! openssl_api {
+    ($ssl:ident) => {
+        fn uris(cert: &$ssl::x509::X509Ref) -> Vec<String> {
+            cert.subject_alt_names()
+                .map(|names| {
+                    names
+                        .iter()
+                        .filter_map(|n| n.uri().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+
+        fn add_identity(
+            ctx: &mut $ssl::ssl::SslContextBuilder,
+            pki: &$crate::Pki,
+            leaf: Option<&$crate::Pem>,
+        ) -> std::io::Result<()> {
+            let ca = $ssl::x509::X509::from_pem(pki.ca_cert.as_bytes())?;
+            ctx.cert_store_mut().add_cert(ca.clone())?;
+            if let Some(leaf) = leaf {
+                let cert = $ssl::x509::X509::from_pem(leaf.cert.as_bytes())?;
+                ctx.set_certificate(&cert)?;
+                ctx.add_extra_chain_cert(ca)?;
+                let key = $ssl::pkey::PKey::private_key_from_pem(leaf.key.as_bytes())?;
+                ctx.set_private_key(&key)?;
+                ctx.check_private_key()?;
+            }
+            Ok(())
+        }
+
+        fn mesh_server(mut ctx: $ssl::ssl::SslContextBuilder) -> $ssl::ssl::SslContext {
+            use $ssl::ssl::SslVerifyMode;
+            ctx.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+            ctx.set_alpn_select_callback(|_, offered| {
+                $ssl::ssl::select_next_proto(b"\x04kuma", offered)
+                    .ok_or($ssl::ssl::AlpnError::NOACK)
+            });
+            ctx.build()
+        }
+
+        fn mesh_client(
+            mut ctx: $ssl::ssl::SslContextBuilder,
+            expected: &str,
+        ) -> std::io::Result<$ssl::ssl::SslContext> {
+            let expected = expected.to_owned();
+            ctx.set_verify_callback($ssl::ssl::SslVerifyMode::PEER, move |chain_ok, store| {
+                chain_ok
+                    && (store.error_depth() != 0
+                        || store
+                            .current_cert()
+                            .is_some_and(|leaf| uris(leaf).contains(&expected)))
+            });
+            ctx.set_alpn_protos(b"\x04kuma")?;
+            Ok(ctx.build())
+        }
+
+        fn peer_uris_of(ssl: &$ssl::ssl::SslRef) -> Vec<String> {
+            ssl.peer_certificate().map(|c| uris(&c)).unwrap_or_default()
+        }
+
+        fn negotiated_of(ssl: &$ssl::ssl::SslRef) -> $crate::Negotiated {
+            $crate::Negotiated {
+                version: ssl.version_str().to_owned(),
+                cipher: ssl
+                    .current_cipher()
+                    .map(|c| c.name().to_owned())
+                    .unwrap_or_default(),
+                alpn: ssl.selected_alpn_protocol().map(<[u8]>::to_vec),
+                sni: ssl
+                    .servername($ssl::ssl::NameType::HOST_NAME)
+                    .map(str::to_owned),
+            }
+        }
+
+        fn alpn_of(ssl: &$ssl::ssl::SslRef) -> Option<Vec<u8>> {
+            ssl.selected_alpn_protocol().map(<[u8]>::to_vec)
+        }
+    };
+}

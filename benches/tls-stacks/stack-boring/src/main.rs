@@ -4,12 +4,10 @@
 
 use std::io;
 
-use boring::pkey::PKey;
 use boring::ssl::{
-    select_next_proto, AlpnError, NameType, Ssl, SslContext, SslContextBuilder, SslMethod, SslMode,
-    SslOptions, SslSessionCacheMode, SslVerifyMode, SslVersion,
+    Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslSessionCacheMode,
+    SslVersion,
 };
-use boring::x509::{X509Ref, X509};
 use common::{error, Negotiated, Pem, Pki, Stack, KUMA_TAGS_SNI};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
@@ -34,29 +32,11 @@ fn context(pki: &Pki, leaf: Option<&Pem>) -> io::Result<SslContextBuilder> {
     ctx.set_session_cache_mode(SslSessionCacheMode::OFF);
     ctx.set_options(SslOptions::NO_TICKET);
     ctx.set_mode(SslMode::RELEASE_BUFFERS);
-    let ca = X509::from_pem(pki.ca_cert.as_bytes())?;
-    ctx.cert_store_mut().add_cert(ca.clone())?;
-    if let Some(leaf) = leaf {
-        let cert = X509::from_pem(leaf.cert.as_bytes())?;
-        ctx.set_certificate(&cert)?;
-        ctx.add_extra_chain_cert(ca)?;
-        let key = PKey::private_key_from_pem(leaf.key.as_bytes())?;
-        ctx.set_private_key(&key)?;
-        ctx.check_private_key()?;
-    }
+    add_identity(&mut ctx, pki, leaf)?;
     Ok(ctx)
 }
 
-fn uris(cert: &X509Ref) -> Vec<String> {
-    cert.subject_alt_names()
-        .map(|names| {
-            names
-                .iter()
-                .filter_map(|n| n.uri().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+common::openssl_api!(boring);
 
 impl Stack for Boring {
     const NAME: &'static str = "boring";
@@ -71,27 +51,11 @@ impl Stack for Boring {
     }
 
     fn acceptor(pki: &Pki, leaf: &Pem) -> io::Result<SslContext> {
-        let mut ctx = context(pki, Some(leaf))?;
-        ctx.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
-        ctx.set_alpn_select_callback(|_, offered| {
-            select_next_proto(b"\x04kuma", offered).ok_or(AlpnError::NOACK)
-        });
-        Ok(ctx.build())
+        Ok(mesh_server(context(pki, Some(leaf))?))
     }
 
     fn connector(pki: &Pki, leaf: Option<&Pem>, expected: &str) -> io::Result<SslContext> {
-        let mut ctx = context(pki, leaf)?;
-        let expected = expected.to_owned();
-        ctx.set_verify_callback(SslVerifyMode::PEER, move |chain_ok, store| {
-            // Depth 0 is the leaf, reached after its chain verified.
-            chain_ok
-                && (store.error_depth() != 0
-                    || store
-                        .current_cert()
-                        .is_some_and(|leaf| uris(leaf).contains(&expected)))
-        });
-        ctx.set_alpn_protos(b"\x04kuma")?;
-        Ok(ctx.build())
+        mesh_client(context(pki, leaf)?, expected)
     }
 
     async fn accept(acceptor: &SslContext, tcp: TcpStream) -> io::Result<Self::ServerStream> {
@@ -111,28 +75,15 @@ impl Stack for Boring {
     }
 
     fn peer_uris(stream: &Self::ServerStream) -> Vec<String> {
-        stream
-            .ssl()
-            .peer_certificate()
-            .map(|c| uris(&c))
-            .unwrap_or_default()
+        peer_uris_of(stream.ssl())
     }
 
     fn negotiated(stream: &Self::ServerStream) -> Negotiated {
-        let ssl = stream.ssl();
-        Negotiated {
-            version: ssl.version_str().to_owned(),
-            cipher: ssl
-                .current_cipher()
-                .map(|c| c.name().to_owned())
-                .unwrap_or_default(),
-            alpn: ssl.selected_alpn_protocol().map(<[u8]>::to_vec),
-            sni: ssl.servername(NameType::HOST_NAME).map(str::to_owned),
-        }
+        negotiated_of(stream.ssl())
     }
 
     fn client_alpn(stream: &Self::ClientStream) -> Option<Vec<u8>> {
-        stream.ssl().selected_alpn_protocol().map(<[u8]>::to_vec)
+        alpn_of(stream.ssl())
     }
 }
 
