@@ -565,6 +565,7 @@ fn mesh_service_traffic_goes_to_one_zone_only() -> Result<()> {
     };
     // The synced MeshService is reached with the SNI Kuma's Envoy sends for it: the hashed
     // form over its display name, which zone-b's ingress routes.
+    let dump = web.config_dump()?;
     let sni =
         &dump["config"]["clusters"][format!("meshservice:backend-zone-b:{INBOUND}")]["tls"]["sni"];
     ensure!(
