@@ -292,6 +292,35 @@ fn expect_only_mesh_clients(
     Ok(())
 }
 
+/// Bearing's handshake error counter for the listener `inbound:<host ip>:<port>`.
+fn handshake_errors(proxy: &Bearing, host: &Host, port: u16) -> Result<f64> {
+    proxy.metric(&format!(
+        "bearing_tls_handshake_errors_total{{listener=\"inbound:{}:{port}\"}}",
+        host.ip4()
+    ))
+}
+
+/// After [`expect_only_mesh_clients`] against Bearing's listener `inbound:<host ip>:<port>`:
+/// every intruder's refusal was counted (`before`: the counter ahead of them), and the client
+/// of another mesh was logged with the listener, the SPIFFE id it presented and the mesh it
+/// lacks.
+fn expect_refusals_reported(proxy: &Bearing, host: &Host, port: u16, before: f64) -> Result<()> {
+    let listener = format!("inbound:{}:{port}", host.ip4());
+    let counted = handshake_errors(proxy, host, port)? - before;
+    ensure!(
+        counted >= 3.0,
+        "{listener} counted {counted} handshake errors for 3 intruders"
+    );
+    let log = proxy.process().log_contents();
+    ensure!(
+        log.lines().any(|l| l.contains(&listener)
+            && l.contains("spiffe://other/web")
+            && l.contains("not of mesh default")),
+        "no log line of {listener} names the refused spiffe://other/web"
+    );
+    Ok(())
+}
+
 /// Cases 1 and 2 of issue #22 in one mesh, one zone:
 ///
 /// * `ec`: Envoy sidecar of `envoy-web` with kuma-cp's outbounds to Bearing's `backend`
@@ -489,6 +518,7 @@ fn envoy_and_bearing_sidecars_talk_mtls_both_ways() -> Result<()> {
         !out.body.contains(BACKEND_BODY.trim()),
         "STRICT inbound served plaintext again: {out:?}"
     );
+    let before = handshake_errors(&bearing_backend, bs, INBOUND)?;
     expect_only_mesh_clients(
         &pki,
         x,
@@ -498,6 +528,7 @@ fn envoy_and_bearing_sidecars_talk_mtls_both_ways() -> Result<()> {
         BACKEND_BODY,
         "Bearing's STRICT inbound",
     )?;
+    expect_refusals_reported(&bearing_backend, bs, INBOUND, before)?;
     Ok(())
 }
 
@@ -660,7 +691,7 @@ fn bearing_sidecar_reaches_bearing_through_envoy_ingress() -> Result<()> {
     a.run(bearing_bin()?, ["transparent-proxy", "install"])?
         .check()?;
     let web = Bearing::start(a, &store, &["--name", "web"])?;
-    let _backend = Bearing::start(b, &store, &["--name", "backend-1"])?;
+    let backend = Bearing::start(b, &store, &["--name", "backend-1"])?;
 
     let vip = web
         .dns_vip("backend.svc.zone-b.mesh.local")?
@@ -685,6 +716,7 @@ fn bearing_sidecar_reaches_bearing_through_envoy_ingress() -> Result<()> {
     );
 
     // The ingress only passes TLS through: Bearing's sidecar behind it still refuses intruders.
+    let before = handshake_errors(&backend, b, INBOUND)?;
     expect_only_mesh_clients(
         &pki,
         a,
@@ -694,6 +726,7 @@ fn bearing_sidecar_reaches_bearing_through_envoy_ingress() -> Result<()> {
         BACKEND_BODY,
         "Bearing's sidecar behind Envoy's ingress",
     )?;
+    expect_refusals_reported(&backend, b, INBOUND, before)?;
     Ok(())
 }
 
@@ -836,6 +869,7 @@ fn envoy_sidecar_reaches_an_external_service_through_bearing_egress() -> Result<
     );
     // The egress terminates mesh mTLS: it refuses intruders and serves a mesh client.
     let web_leaf = pki.leaf("client-web", "default", "web")?;
+    let before = handshake_errors(&egress, ea, EGRESS_PORT)?;
     expect_only_mesh_clients(
         &pki,
         x,
@@ -845,5 +879,6 @@ fn envoy_sidecar_reaches_an_external_service_through_bearing_egress() -> Result<
         EXT_BODY,
         "Bearing's egress",
     )?;
+    expect_refusals_reported(&egress, ea, EGRESS_PORT, before)?;
     Ok(())
 }

@@ -22,7 +22,8 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
 use crate::stack::{
-    check_sni, context_builder, openssl_err, uri_sans_of, CertifiedKey, ServerCheck,
+    check_sni, context_builder, openssl_err, verified_leaf_uris, CertifiedKey, ClientMesh,
+    ServerCheck,
 };
 use crate::{Identity, MeshCa, TlsAcceptor, TlsConnector, TlsError};
 
@@ -102,15 +103,20 @@ fn store_of(roots: &[X509]) -> Result<X509Store, TlsError> {
     Ok(store.build())
 }
 
-/// The server side of mesh mTLS (inbound): TLS 1.2 and 1.3 (an Envoy sidecar's client
-/// offers TLS 1.2 at most), ALPN `kuma` (clients sending no ALPN are accepted too), a client certificate chaining to the mesh CA is required, any SNI Kuma
-/// sends is accepted, and the certificate presented is always the identity's current one.
+/// The server side of mesh mTLS (sidecar inbound, zone egress terminating a mesh's traffic):
+/// TLS 1.2 and 1.3 (an Envoy sidecar's client offers TLS 1.2 at most), ALPN `kuma` (clients
+/// sending no ALPN are accepted too), a client certificate required that chains to the mesh CA
+/// and carries a SPIFFE id of the identity's mesh (a URI SAN starting with
+/// `spiffe://<mesh>/`, Kuma's check), any SNI Kuma sends accepted, and the certificate
+/// presented always the identity's current one.
 pub fn mesh_acceptor(ca: &MeshCa, identity: Arc<Identity>) -> Result<TlsAcceptor, TlsError> {
-    server_acceptor(mesh_roots(ca)?, identity)
+    let client_mesh = ClientMesh::new(identity.mesh())?;
+    server_acceptor(mesh_roots(ca)?, identity, Some(client_mesh))
 }
 
 /// The server side of a cross-mesh gateway listener: as [`mesh_acceptor`], but a client
-/// certificate chaining to any of `client_ca_pems` (every mesh's CA) is accepted.
+/// certificate chaining to any of `client_ca_pems` (every mesh's CA) is accepted whatever
+/// its SPIFFE id, as Kuma's cross-mesh listener (`mesh_ca:secret:all`, no SAN matcher).
 pub fn cross_mesh_acceptor(
     client_ca_pems: &[&str],
     identity: Arc<Identity>,
@@ -118,15 +124,25 @@ pub fn cross_mesh_acceptor(
     server_acceptor(
         ca_certs(client_ca_pems, "mesh CA certificate PEM")?,
         identity,
+        None,
     )
 }
 
-fn server_acceptor(roots: Vec<X509>, identity: Arc<Identity>) -> Result<TlsAcceptor, TlsError> {
+fn server_acceptor(
+    roots: Vec<X509>,
+    identity: Arc<Identity>,
+    client_mesh: Option<ClientMesh>,
+) -> Result<TlsAcceptor, TlsError> {
+    let verify_mesh = client_mesh.clone();
     let build = move |leaf: &CertifiedKey| -> Result<SslContext, TlsError> {
         let what = "mesh server TLS context";
         let mut b = context_builder(SslMethod::tls_server(), what)?;
         tls12_and_13(&mut b, what)?;
-        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        let mode = SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT;
+        match verify_mesh.clone() {
+            Some(mesh) => b.set_verify_callback(mode, move |ok, ctx| mesh.admits(ok, ctx)),
+            None => b.set_verify(mode),
+        }
         b.set_cert_store(store_of(&roots)?);
         leaf.install(&mut b).map_err(openssl_err(what))?;
         select_alpn(&mut b, alpn_wire(&[KUMA_ALPN])?);
@@ -138,7 +154,7 @@ fn server_acceptor(roots: Vec<X509>, identity: Arc<Identity>) -> Result<TlsAccep
         b.set_session_cache_mode(SslSessionCacheMode::OFF);
         Ok(b.build())
     };
-    TlsAcceptor::for_identity(identity, Box::new(build))
+    TlsAcceptor::for_identity(identity, Box::new(build), client_mesh)
 }
 
 fn tls13_only(b: &mut SslContextBuilder, what: &'static str) -> Result<(), TlsError> {
@@ -200,12 +216,10 @@ fn client_connector(
         let wanted = wanted.clone();
         // After the chain check, the leaf (depth 0) must carry the expected SPIFFE id.
         b.set_verify_callback(SslVerifyMode::PEER, move |chain_ok, ctx| {
-            if !chain_ok || ctx.error_depth() != 0 {
+            let Some(uris) = verified_leaf_uris(chain_ok, ctx) else {
                 return chain_ok;
-            }
-            let carries = ctx
-                .current_cert()
-                .is_some_and(|leaf| uri_sans_of(leaf).iter().any(|uri| **uri == *wanted));
+            };
+            let carries = uris.iter().any(|uri| **uri == *wanted);
             if !carries {
                 ctx.set_error(X509VerifyResult::APPLICATION_VERIFICATION);
             }
@@ -415,6 +429,46 @@ mod tests {
                 && err.contains("127.0.0.1:1"),
             "{err}"
         );
+    }
+
+    /// A mesh server admits a client of its CA only with a SPIFFE id of its own mesh (Kuma's
+    /// `prefix: spiffe://<mesh>/`): another mesh sharing the CA is refused in the handshake,
+    /// with the ids it presented named, and the prefix stops at the mesh name's end.
+    #[tokio::test]
+    async fn mesh_server_refuses_clients_of_another_mesh_sharing_its_ca() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
+        let client = |mesh: &str| {
+            let id = Identity::new(ca.clone(), mesh, &["web".to_string()], HOUR).unwrap();
+            mesh_connector(&ca, id, "spiffe://default/backend").unwrap()
+        };
+        for mesh in ["other", "default-2", "defaul"] {
+            let (s, c) = handshake(&server, &client(mesh)).await;
+            let err = s
+                .err()
+                .unwrap_or_else(|| panic!("{mesh}: admitted"))
+                .to_string();
+            let presented = format!("[\"spiffe://{mesh}/web\"]");
+            assert!(
+                err.contains("listener inbound")
+                    && err.contains("127.0.0.1:1")
+                    && err.contains("not of mesh default")
+                    && err.contains(&presented),
+                "{mesh}: {err}"
+            );
+            // TLS 1.3: the client learns it from the server's alert on its first read.
+            if let Ok(mut c) = c {
+                let mut buf = [0; 1];
+                assert!(
+                    !matches!(c.read(&mut buf).await, Ok(1..)),
+                    "{mesh}: data after refusal"
+                );
+            }
+        }
+        let (s, c) = handshake(&server, &client("default")).await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        assert_eq!(s.peer_spiffe_ids(), ["spiffe://default/web"]);
+        ping(&mut s, &mut c).await;
     }
 
     #[tokio::test]

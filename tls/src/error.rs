@@ -83,4 +83,15 @@ pub enum TlsError {
         /// The URI SANs of the peer's leaf certificate.
         presented: Vec<String>,
     },
+    /// A client certificate chains to the mesh CA but names no identity of the server's mesh
+    /// (a CA shared by several meshes).
+    #[error(
+        "client certificate is not of mesh {mesh}: no URI SAN starts with spiffe://{mesh}/, it presents {presented:?}"
+    )]
+    ClientOfAnotherMesh {
+        /// The mesh of the listener.
+        mesh: String,
+        /// The URI SANs of the client's leaf certificate.
+        presented: Vec<String>,
+    },
 }

@@ -11,16 +11,17 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use openssl::error::ErrorStack;
+use openssl::ex_data::Index;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
     NameType, SniError, Ssl, SslAlert, SslContext, SslContextBuilder, SslMethod, SslMode, SslRef,
 };
-use openssl::x509::{X509Ref, X509VerifyResult, X509};
+use openssl::x509::{X509Ref, X509StoreContext, X509StoreContextRef, X509VerifyResult, X509};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -269,12 +270,97 @@ pub(crate) fn check_sni(ssl: &mut SslRef, alert: &mut SslAlert) -> Result<(), Sn
     }
 }
 
+/// The mesh a mesh server admits clients of: one URI SAN of the client's leaf must start with
+/// `spiffe://<mesh>/`, as Kuma's inbound and zone egress DownstreamTlsContext require
+/// (`matchTypedSubjectAltNames: prefix: spiffe://<mesh>/`). A chain to the mesh CA alone is
+/// not enough: a CA shared by several meshes would let another mesh's proxies in.
+#[derive(Clone)]
+pub(crate) struct ClientMesh {
+    mesh: Arc<str>,
+    prefix: Arc<str>,
+    /// Where a connection keeps the URI SANs of a client refused for its mesh, so that the
+    /// handshake error names them (OpenSSL drops a refused client's certificate).
+    refused: Index<Ssl, OnceLock<Vec<String>>>,
+}
+
+impl ClientMesh {
+    /// The rule for clients of `mesh`.
+    pub(crate) fn new(mesh: &str) -> Result<ClientMesh, TlsError> {
+        // One slot index for the whole process (OpenSSL never frees an index).
+        static REFUSED: OnceLock<Index<Ssl, OnceLock<Vec<String>>>> = OnceLock::new();
+        let refused = match REFUSED.get() {
+            Some(index) => *index,
+            None => {
+                let index = Ssl::new_ex_index().map_err(openssl_err("mesh server TLS context"))?;
+                *REFUSED.get_or_init(|| index)
+            }
+        };
+        Ok(ClientMesh {
+            mesh: mesh.into(),
+            prefix: format!("spiffe://{mesh}/").into(),
+            refused,
+        })
+    }
+
+    /// The verify callback of a mesh server: a valid chain whose leaf (depth 0) carries a URI
+    /// SAN of the mesh is admitted; another leaf fails verification
+    /// (`X509_V_ERR_APPLICATION_VERIFICATION`, so the handshake ends with an alert) and its
+    /// URI SANs are kept on the connection for [`ClientMesh::refusal`].
+    pub(crate) fn admits(&self, chain_ok: bool, ctx: &mut X509StoreContextRef) -> bool {
+        let Some(uris) = verified_leaf_uris(chain_ok, ctx) else {
+            return chain_ok;
+        };
+        if uris.iter().any(|uri| uri.starts_with(&*self.prefix)) {
+            return true;
+        }
+        let slot = X509StoreContext::ssl_idx()
+            .ok()
+            .and_then(|index| ctx.ex_data(index))
+            .and_then(|ssl| ssl.ex_data(self.refused));
+        if let Some(slot) = slot {
+            // Set at most once: a second call for the same leaf refuses the same SANs.
+            let _ = slot.set(uris);
+        }
+        ctx.set_error(X509VerifyResult::APPLICATION_VERIFICATION);
+        false
+    }
+
+    /// Gives a new server connection its slot for a refused client's URI SANs.
+    fn prepare(&self, ssl: &mut SslRef) {
+        ssl.set_ex_data(self.refused, OnceLock::new());
+    }
+
+    /// Why the client of `ssl` was refused, when it was refused for its mesh: its URI SANs
+    /// and the prefix they lack.
+    fn refusal(&self, ssl: &SslRef) -> Option<String> {
+        let presented = ssl.ex_data(self.refused)?.get()?.clone();
+        Some(
+            TlsError::ClientOfAnotherMesh {
+                mesh: self.mesh.to_string(),
+                presented,
+            }
+            .to_string(),
+        )
+    }
+}
+
+/// The URI SANs of the certificate a verify callback is at when it is the leaf (depth 0) of a
+/// chain verified so far; `None` for issuers and for chains that already failed.
+pub(crate) fn verified_leaf_uris(chain_ok: bool, ctx: &X509StoreContextRef) -> Option<Vec<String>> {
+    if !chain_ok || ctx.error_depth() != 0 {
+        return None;
+    }
+    Some(ctx.current_cert().map(uri_sans_of).unwrap_or_default())
+}
+
 /// The server side of TLS: terminates connections with a context built once per config (and
 /// per identity renewal), within [`HANDSHAKE_TIMEOUT`].
 #[derive(Clone)]
 pub struct TlsAcceptor {
     contexts: Arc<Contexts>,
     timeout: Duration,
+    /// The mesh whose clients a mesh server admits (none: any client its context verifies).
+    client_mesh: Option<ClientMesh>,
 }
 
 impl TlsAcceptor {
@@ -282,6 +368,7 @@ impl TlsAcceptor {
         TlsAcceptor {
             contexts: Contexts::fixed(context),
             timeout: HANDSHAKE_TIMEOUT,
+            client_mesh: None,
         }
     }
 
@@ -291,13 +378,17 @@ impl TlsAcceptor {
         self
     }
 
+    /// Presents `identity` with contexts from `build`; `client_mesh` (which those contexts'
+    /// verify callback applies) names the client refused for its mesh in the error.
     pub(crate) fn for_identity(
         identity: Arc<Identity>,
         build: Box<BuildFor>,
+        client_mesh: Option<ClientMesh>,
     ) -> Result<TlsAcceptor, TlsError> {
         Ok(TlsAcceptor {
             contexts: Contexts::for_identity(identity, build)?,
             timeout: HANDSHAKE_TIMEOUT,
+            client_mesh,
         })
     }
 
@@ -313,10 +404,22 @@ impl TlsAcceptor {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let at = || format!("listener {listener}");
-        let mut tls = self.contexts.stream(stream, peer, at, |_| Ok(()))?;
+        let mut tls = self.contexts.stream(stream, peer, at, |ssl| {
+            if let Some(mesh) = &self.client_mesh {
+                mesh.prepare(ssl);
+            }
+            Ok(())
+        })?;
         match tokio::time::timeout(self.timeout, Pin::new(&mut tls).accept()).await {
             Ok(Ok(())) => Ok(tls),
-            Ok(Err(e)) => Err(handshake_err(peer, at(), failure(tls.ssl(), &e, None))),
+            Ok(Err(e)) => {
+                let reason = self
+                    .client_mesh
+                    .as_ref()
+                    .and_then(|mesh| mesh.refusal(tls.ssl()))
+                    .unwrap_or_else(|| failure(tls.ssl(), &e, None));
+                Err(handshake_err(peer, at(), reason))
+            }
             Err(_) => Err(handshake_err(
                 peer,
                 at(),
