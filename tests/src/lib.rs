@@ -37,6 +37,7 @@ mod firewall;
 mod http;
 mod peers;
 mod process;
+pub mod test_cp;
 mod tls;
 mod topology;
 mod util;
