@@ -10,17 +10,31 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
-        .args([
+    let target = std::env::var("TARGET").unwrap_or_default();
+    // Offline first (every package this build uses is downloaded by now); a machine that has
+    // not downloaded the other platforms' packages metadata reads may need the registry.
+    let run = |offline: bool| {
+        let mut command = Command::new(&cargo);
+        command.args([
             "metadata",
             "--format-version",
             "1",
-            "--offline",
-            "--manifest-path",
-        ])
-        .arg(PathBuf::from(&manifest_dir).join("Cargo.toml"))
-        .output()
-        .expect("running cargo metadata to find envoy-types");
+            "--filter-platform",
+            &target,
+        ]);
+        if offline {
+            command.arg("--offline");
+        }
+        command
+            .arg("--manifest-path")
+            .arg(PathBuf::from(&manifest_dir).join("Cargo.toml"))
+            .output()
+            .expect("running cargo metadata to find envoy-types")
+    };
+    let mut output = run(true);
+    if !output.status.success() {
+        output = run(false);
+    }
     assert!(
         output.status.success(),
         "cargo metadata failed: {}",

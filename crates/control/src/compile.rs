@@ -333,7 +333,7 @@ pub fn compile(
         dns,
         mtls: mtls.into_iter().map(|m| (m.mesh.clone(), m)).collect(),
     };
-    config.version = version_of(&config);
+    config.version = config.content_version();
     Ok(config)
 }
 
@@ -828,29 +828,6 @@ pub(crate) fn problem(me: &Resource, field: Option<&str>, message: String) -> Pr
         field: field.map(str::to_string),
         message,
     }
-}
-
-/// FNV-1a over the serialized config: stable across runs and processes, so every proxy that
-/// compiles the same view reports the same version.
-pub(crate) fn version_of(config: &ProxyConfig) -> String {
-    let text = serde_json::to_string(&(
-        &config.identity,
-        &config.listeners,
-        &config.clusters,
-        &config.transparent_proxy,
-        &config.dns,
-        &config.mtls,
-        config
-            .mtls
-            .values()
-            .map(|m| (&m.ca_key_pem, &m.identity_pem))
-            .collect::<Vec<_>>(),
-    ))
-    .unwrap_or_default();
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{hash:016x}")
 }
 
 #[cfg(test)]

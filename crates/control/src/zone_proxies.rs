@@ -24,7 +24,7 @@ use bearing_tls::tags_sni;
 
 use crate::compile::{
     admin_port, cluster, endpoint_ip, external_endpoint, external_services, is_ready, port16,
-    problem, version_of,
+    problem,
 };
 use crate::mtls::{mesh_of, mesh_tls, meshes};
 use crate::virtual_ips::TargetPort;
@@ -119,7 +119,7 @@ pub fn compile(
         dns: Vec::new(),
         mtls,
     };
-    config.version = version_of(&config);
+    config.version = config.content_version();
     Ok(config)
 }
 

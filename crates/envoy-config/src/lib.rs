@@ -1,9 +1,14 @@
 //! Envoy's xDS resources as Bearing reads them: decoding from Kuma's golden formats (and any
-//! protobuf JSON) into `Any`s, for the test control plane and the conformance tests.
+//! protobuf JSON) into `Any`s, and their translation into `ProxyConfig`, with a NACK naming
+//! the field for everything Bearing does not implement.
 
 pub mod decode;
+mod fields;
+pub use fields::POLICY_NOT_ENFORCED;
+pub mod translate;
 
 pub use decode::{
     decode_json_resource, decode_raw, load_golden, parse_golden, read_golden, DecodeError,
     GoldenResource, RawResource,
 };
+pub use translate::{translate, Nack, NodeInfo, ResourceSet, GATEWAY_NOT_YET, UNIFIED_NAMING};

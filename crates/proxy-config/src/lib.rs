@@ -178,6 +178,29 @@ impl ProxyConfig {
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.get(name)
     }
+
+    /// FNV-1a over the serialized config (the version itself and the source left out):
+    /// stable across runs and processes, so every proxy given the same config, from any
+    /// source, reports the same version.
+    pub fn content_version(&self) -> String {
+        let text = serde_json::to_string(&(
+            &self.identity,
+            &self.listeners,
+            &self.clusters,
+            &self.transparent_proxy,
+            &self.dns,
+            &self.mtls,
+            self.mtls
+                .values()
+                .map(|m| (&m.ca_key_pem, &m.identity_pem))
+                .collect::<Vec<_>>(),
+        ))
+        .unwrap_or_default();
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
 }
 
 /// The proxy's own identity in the mesh.

@@ -1,8 +1,13 @@
 //! Kuma's Envoy goldens (`../shared/kuma-corpus`) for the tests of this crate: where they are,
 //! and their placeholders replaced with valid test values.
 
-use bearing_envoy_config::{decode_raw, read_golden, GoldenResource};
+// Shared by several test binaries, each using a part.
+#![allow(dead_code)]
+
+use bearing_envoy_config::decode::SECRET;
+use bearing_envoy_config::{decode_raw, read_golden, GoldenResource, RawResource};
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -56,19 +61,35 @@ fn is_envoy_golden(root: &Path, file: &Path) -> bool {
     name.ends_with(".golden.yaml") || name.ends_with(".golden.json")
 }
 
-/// A CA certificate (PEM) standing for `CERT_REDACTED`.
-pub fn test_cert_pem() -> &'static str {
-    static PEM: OnceLock<String> = OnceLock::new();
+/// A CA certificate (PEM) standing for `CERT_REDACTED`, and its key.
+fn test_ca() -> &'static (String, String) {
+    static PEM: OnceLock<(String, String)> = OnceLock::new();
     PEM.get_or_init(|| {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let key = rcgen::KeyPair::generate().unwrap();
-        params.self_signed(&key).unwrap().pem()
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
     })
 }
 
-/// Replaces the corpus placeholders in keys and string values.
+/// The test certificate (PEM).
+pub fn test_cert_pem() -> &'static str {
+    &test_ca().0
+}
+
+/// The test certificate's private key (PEM).
+pub fn test_key_pem() -> &'static str {
+    &test_ca().1
+}
+
+/// Replaces the corpus placeholders in keys and string values. The redacted source address
+/// of `upstreamBindConfig` is Kuma's passthrough address, 127.0.0.6.
 pub fn replace_placeholders(value: &mut Value) {
+    if let Some(address) = value.pointer_mut("/upstreamBindConfig/sourceAddress/address") {
+        if address == "IP_REDACTED" {
+            *address = Value::String("127.0.0.6".into());
+        }
+    }
     match value {
         Value::String(s) => *s = replaced(s),
         Value::Array(items) => items.iter_mut().for_each(replace_placeholders),
@@ -92,14 +113,73 @@ fn replaced(s: &str) -> String {
         .replace("ADMIN_REDACTED", "127.0.0.1")
 }
 
-/// Reads a golden, replaces its placeholders and decodes every resource.
+/// Reads a golden, replaces its placeholders, adds the mesh secrets it refers to but does not
+/// hold (xds-generator goldens hold one generator's output; kuma-cp sends the secrets beside
+/// them) and decodes every resource.
 pub fn load(file: &Path) -> Result<Vec<GoldenResource>, String> {
+    load_edited(file, |_| {})
+}
+
+/// The file's path inside the corpus, for tables.
+pub fn short(file: &Path) -> String {
+    file.strip_prefix(corpus())
+        .unwrap_or(file)
+        .display()
+        .to_string()
+}
+
+/// Kuma's mesh secrets (`identity_cert:secret:<mesh>`, `mesh_ca:secret:<mesh>`) a golden's
+/// resources name, as test values, for those the golden does not hold.
+fn add_missing_secrets(raws: &mut Vec<RawResource>) {
+    let mut named = BTreeSet::new();
+    for raw in raws.iter() {
+        collect_secret_names(&raw.json, &mut named);
+    }
+    for raw in raws.iter().filter(|r| r.type_url == SECRET) {
+        named.remove(&raw.name);
+    }
+    use base64::Engine;
+    let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    for name in named {
+        let json = if name.starts_with("identity_cert:secret:") {
+            serde_json::json!({"name": name, "tlsCertificate": {
+                "certificateChain": {"inlineBytes": b64(test_cert_pem())},
+                "privateKey": {"inlineBytes": b64(test_key_pem())}}})
+        } else {
+            serde_json::json!({"name": name, "validationContext": {
+                "trustedCa": {"inlineBytes": b64(test_cert_pem())}}})
+        };
+        raws.push(RawResource {
+            type_url: SECRET.to_string(),
+            name,
+            json,
+        });
+    }
+}
+
+fn collect_secret_names(value: &Value, out: &mut BTreeSet<String>) {
+    match value {
+        Value::String(s)
+            if s.starts_with("identity_cert:secret:") || s.starts_with("mesh_ca:secret:") =>
+        {
+            out.insert(s.clone());
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_secret_names(v, out)),
+        Value::Object(map) => map.values().for_each(|v| collect_secret_names(v, out)),
+        _ => {}
+    }
+}
+
+/// Like [`load`], after `edit` has changed each resource's JSON (placeholders replaced).
+pub fn load_edited(file: &Path, edit: fn(&mut Value)) -> Result<Vec<GoldenResource>, String> {
     let shown = file.display().to_string();
     let mut raws = read_golden(file).map_err(|e| e.to_string())?;
     raws.iter_mut().for_each(|raw| {
         raw.name = replaced(&raw.name);
         replace_placeholders(&mut raw.json);
+        edit(&mut raw.json);
     });
+    add_missing_secrets(&mut raws);
     raws.iter()
         .map(|raw| decode_raw(raw, &shown).map_err(|e| e.to_string()))
         .collect()

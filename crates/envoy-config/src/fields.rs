@@ -1,0 +1,604 @@
+//! The guard that no field of an Envoy resource is ignored silently.
+//!
+//! Every set field of a resource is walked by reflection (nested messages, lists, maps and
+//! `Any`s by their type URL). A field is either in [`ACCEPTED`] (the translation reads it, or
+//! it is documented as having no effect on what Bearing serves: stats names, Kuma's own
+//! metadata), or it is NACKed by its path, with the policy it belongs to when it is one
+//! ([`POLICY_FIELDS`], [`POLICY_EXTENSIONS`]). Values of accepted fields that Bearing cannot
+//! honour (a route that is not `prefix: /`, weights that differ, ...) are checked by the
+//! translation itself.
+
+use crate::decode::{descriptor_pool, TYPE_URL_PREFIX};
+use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
+use std::collections::HashSet;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Fields Bearing translates or documents as without effect on what it serves, by message.
+/// Messages absent here have no field accepted.
+const ACCEPTED: &[(&str, &[&str])] = &[
+    (
+        "envoy.config.listener.v3.Listener",
+        &[
+            "name",
+            "address",
+            "bind_to_port",
+            // Bearing opens one socket per worker itself.
+            "enable_reuse_port",
+            "filter_chains",
+            "listener_filters",
+            // Kuma's tags (`io.kuma.tags`): the listener's service.
+            "metadata",
+            // Statistics naming only.
+            "stat_prefix",
+            "traffic_direction",
+            "use_original_dst",
+        ],
+    ),
+    ("envoy.config.core.v3.Address", &["socket_address", "pipe"]),
+    ("envoy.config.core.v3.Pipe", &["path"]),
+    (
+        "envoy.config.core.v3.SocketAddress",
+        &["address", "port_value", "protocol"],
+    ),
+    (
+        "envoy.config.listener.v3.FilterChain",
+        &["name", "filter_chain_match", "filters", "transport_socket"],
+    ),
+    (
+        "envoy.config.listener.v3.FilterChainMatch",
+        &[
+            "transport_protocol",
+            "server_names",
+            "application_protocols",
+            "destination_port",
+        ],
+    ),
+    ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
+    (
+        "envoy.config.listener.v3.ListenerFilter",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        // idle_timeout: Kuma's default (1 h) only; see the translation.
+        // metadata_match: only as the tags of a zone proxy's SNI; see the translation.
+        &["cluster", "stat_prefix", "idle_timeout", "metadata_match"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        &[
+            "stat_prefix",
+            "http_filters",
+            "route_config",
+            // Idle timeouts: Kuma's defaults only (`is_kuma_default_timeout`, translation).
+            "common_http_protocol_options",
+            "stream_idle_timeout",
+            // Which peers count as internal for x-forwarded-for: Bearing adds none.
+            "internal_address_config",
+            // x-forwarded-client-cert on mTLS inbounds: documented gap (ARCHITECTURE.md).
+            "forward_client_cert_details",
+            "set_current_client_cert_details",
+            "codec_type",
+            // Path normalization: documented gap (ARCHITECTURE.md), Bearing forwards the
+            // path as received.
+            "normalize_path",
+            "merge_slashes",
+            "path_with_escaped_slashes_action",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
+        &["cidr_ranges"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails",
+        &["uri"],
+    ),
+    (
+        "envoy.config.core.v3.CidrRange",
+        &["address_prefix", "prefix_len"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.config.route.v3.RouteConfiguration",
+        &[
+            "name",
+            "virtual_hosts",
+            "validate_clusters",
+            // Kuma's x-kuma-tags plumbing only; see the translation.
+            "request_headers_to_add",
+            "request_headers_to_remove",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.VirtualHost",
+        &["name", "domains", "routes"],
+    ),
+    ("envoy.config.route.v3.Route", &["name", "match", "route"]),
+    ("envoy.config.route.v3.RouteMatch", &["prefix"]),
+    ("envoy.config.route.v3.RouteAction", &["cluster", "timeout"]),
+    (
+        "envoy.config.core.v3.HeaderValueOption",
+        &["header", "append_action"],
+    ),
+    ("envoy.config.core.v3.HeaderValue", &["key", "value"]),
+    (
+        "envoy.config.cluster.v3.Cluster",
+        &[
+            "name",
+            "type",
+            "connect_timeout",
+            "eds_cluster_config",
+            "load_assignment",
+            "circuit_breakers",
+            "typed_extension_protocol_options",
+            "transport_socket",
+            // Statistics naming only.
+            "alt_stat_name",
+            // 127.0.0.6 / ::6 for inbound passthrough, as Bearing's capture does itself.
+            "upstream_bind_config",
+            "dns_lookup_family",
+            // Endpoint subsets: only selected by a zone proxy's SNI tags.
+            "lb_subset_config",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.LbSubsetConfig",
+        &["fallback_policy", "subset_selectors"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.LbSubsetConfig.LbSubsetSelector",
+        &["keys", "fallback_policy"],
+    ),
+    ("envoy.config.core.v3.BindConfig", &["source_address"]),
+    (
+        "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
+        &["eds_config", "service_name"],
+    ),
+    (
+        "envoy.config.core.v3.ConfigSource",
+        &["ads", "resource_api_version"],
+    ),
+    ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
+    (
+        "envoy.config.cluster.v3.CircuitBreakers.Thresholds",
+        &[
+            "max_connections",
+            "max_pending_requests",
+            "max_requests",
+            "max_retries",
+            // Statistics only.
+            "track_remaining",
+        ],
+    ),
+    (
+        "envoy.config.endpoint.v3.ClusterLoadAssignment",
+        &["cluster_name", "endpoints"],
+    ),
+    (
+        "envoy.config.endpoint.v3.LocalityLbEndpoints",
+        // The locality has no effect without locality-aware load balancing (a policy).
+        &["lb_endpoints", "locality"],
+    ),
+    (
+        "envoy.config.core.v3.Locality",
+        &["region", "zone", "sub_zone"],
+    ),
+    (
+        "envoy.config.endpoint.v3.LbEndpoint",
+        // Weights: equal weights only; see the translation.
+        &["endpoint", "metadata", "load_balancing_weight"],
+    ),
+    ("envoy.config.endpoint.v3.Endpoint", &["address"]),
+    // `envoy.lb` tags select endpoints; the rest is Kuma's bookkeeping.
+    ("envoy.config.core.v3.Metadata", &["filter_metadata"]),
+    (
+        "envoy.config.core.v3.TransportSocket",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        &["common_tls_context", "sni"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        &["common_tls_context", "require_client_certificate"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+        &[
+            "tls_certificate_sds_secret_configs",
+            "tls_certificates",
+            "combined_validation_context",
+            "validation_context",
+            "alpn_protocols",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext",
+        &[
+            "default_validation_context",
+            "validation_context_sds_secret_config",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+        &["trusted_ca", "match_typed_subject_alt_names"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
+        &["san_type", "matcher"],
+    ),
+    ("envoy.type.matcher.v3.StringMatcher", &["exact", "prefix"]),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",
+        &["name", "sds_config"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
+        &["name", "tls_certificate", "validation_context"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsCertificate",
+        &["certificate_chain", "private_key"],
+    ),
+    (
+        "envoy.config.core.v3.DataSource",
+        &["inline_bytes", "inline_string"],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        &["explicit_http_config", "common_http_protocol_options"],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
+        &["http_protocol_options", "http2_protocol_options"],
+    ),
+    // Kuma's gRPC statistics filter: Bearing counts its own metrics.
+    (
+        "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+        &["emit_filter_state", "stats_for_all_methods"],
+    ),
+];
+
+/// Extensions (`typed_config` types) whose configuration is walked; any other is NACKed.
+const EXTENSIONS: &[&str] = &[
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "envoy.extensions.filters.http.router.v3.Router",
+    "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "envoy.config.core.v3.Http1ProtocolOptions",
+    "envoy.config.core.v3.Http2ProtocolOptions",
+];
+
+/// Fields that carry a Kuma policy Bearing does not enforce over xDS yet, with the policy.
+pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
+    ("HttpConnectionManager.access_log", "access logs"),
+    ("TcpProxy.access_log", "access logs"),
+    ("HttpConnectionManager.tracing", "tracing"),
+    ("Cluster.health_checks", "health checks"),
+    ("Thresholds.max_connection_pools", "circuit breakers"),
+    (
+        "CommonTlsContext.tls_params",
+        "TLS versions and ciphers (MeshTLS)",
+    ),
+    ("Cluster.outlier_detection", "outlier detection"),
+    ("Cluster.lb_policy", "load balancing"),
+    ("Cluster.least_request_lb_config", "load balancing"),
+    ("Cluster.ring_hash_lb_config", "load balancing"),
+    ("Cluster.maglev_lb_config", "load balancing"),
+    ("Cluster.common_lb_config", "load balancing"),
+    ("RouteAction.retry_policy", "retries"),
+    ("RouteAction.hash_policy", "load balancing"),
+    ("RouteAction.idle_timeout", "timeouts"),
+    ("RouteAction.max_stream_duration", "timeouts"),
+    ("HttpConnectionManager.request_timeout", "timeouts"),
+    ("HttpConnectionManager.request_headers_timeout", "timeouts"),
+    ("HttpProtocolOptions.max_stream_duration", "timeouts"),
+    ("HttpProtocolOptions.idle_timeout", "timeouts"),
+    ("HttpProtocolOptions.max_connection_duration", "timeouts"),
+    ("RouteAction.weighted_clusters", "weighted clusters"),
+    ("TcpProxy.weighted_clusters", "weighted clusters"),
+    ("Route.typed_per_filter_config", "per-route filters"),
+];
+
+/// Extensions that are Kuma policies, with the policy.
+const POLICY_EXTENSIONS: &[(&str, &str)] = &[
+    ("envoy.extensions.filters.network.rbac.v3.RBAC", "RBAC"),
+    ("envoy.extensions.filters.http.rbac.v3.RBAC", "RBAC"),
+    (
+        "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "rate limits",
+    ),
+    (
+        "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
+        "rate limits",
+    ),
+    (
+        "envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "fault injection",
+    ),
+    (
+        "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "access logs",
+    ),
+    ("envoy.extensions.filters.http.lua.v3.Lua", "access logs"),
+    // Kuma wraps per-source MeshFaultInjection and MeshRateLimit filters in a matcher.
+    (
+        "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+        "per-source filters (MeshFaultInjection, MeshRateLimit)",
+    ),
+];
+
+/// TCP idle timeouts Kuma sets without a MeshTimeout (outbound 1h, inbound 2h). Accepted, not
+/// enforced: Bearing closes no idle connection on its own (ARCHITECTURE.md).
+pub(crate) const KUMA_TCP_IDLE_TIMEOUTS: [Duration; 2] =
+    [Duration::from_secs(3600), Duration::from_secs(7200)];
+/// HTTP stream idle timeouts Kuma sets without a MeshTimeout (none, outbound 30m, inbound 1h).
+pub(crate) const KUMA_STREAM_IDLE_TIMEOUTS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_secs(1800),
+    Duration::from_secs(3600),
+];
+/// The end of the reason of every NACK that is a Kuma policy (`<policy>: ...`).
+pub const POLICY_NOT_ENFORCED: &str = "a Kuma policy Bearing does not enforce over xDS yet";
+
+/// A field that is not translated: its path and why.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Unhandled {
+    pub path: String,
+    pub reason: String,
+}
+
+fn accepted() -> &'static HashSet<String> {
+    static SET: OnceLock<HashSet<String>> = OnceLock::new();
+    SET.get_or_init(|| {
+        ACCEPTED
+            .iter()
+            .flat_map(|(message, fields)| fields.iter().map(move |f| format!("{message}.{f}")))
+            .collect()
+    })
+}
+
+/// The policy a field or extension belongs to, if any.
+pub(crate) fn policy_of(message: &str, field: &str) -> Option<&'static str> {
+    let short = message.rsplit('.').next().unwrap_or(message);
+    POLICY_FIELDS
+        .iter()
+        .find(|(f, _)| f.split_once('.') == Some((short, field)))
+        .map(|(_, p)| *p)
+}
+
+/// Walks every set field of `message` (at `path`) and reports those not accepted.
+pub(crate) fn unhandled(message: &DynamicMessage, path: &str, out: &mut Vec<Unhandled>) {
+    let name = message.descriptor().full_name().to_string();
+    for (field, value) in message.fields() {
+        let at = format!("{path}.{}", field.name());
+        if let Some(policy) = policy_of(&name, field.name()) {
+            if policy == "timeouts" && is_kuma_default_timeout(field.name(), value) {
+                continue;
+            }
+            out.push(Unhandled {
+                path: at,
+                reason: format!("{policy}: {POLICY_NOT_ENFORCED}"),
+            });
+        } else if !accepted().contains(&format!("{name}.{}", field.name())) {
+            out.push(Unhandled {
+                path: at,
+                reason: format!("{name}.{} is not implemented by Bearing", field.name()),
+            });
+        } else {
+            walk_value(value, &at, out);
+        }
+    }
+}
+
+fn walk_value(value: &Value, path: &str, out: &mut Vec<Unhandled>) {
+    match value {
+        Value::Message(m) if m.descriptor().full_name() == "google.protobuf.Any" => {
+            walk_any(m, path, out)
+        }
+        Value::Message(m) if m.descriptor().full_name().starts_with("google.protobuf.") => {}
+        Value::Message(m) => unhandled(m, path, out),
+        Value::List(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk_value(item, &format!("{path}[{i}]"), out);
+            }
+        }
+        Value::Map(entries) => {
+            for (key, item) in entries {
+                let key = match key {
+                    MapKey::String(s) => format!("{s:?}"),
+                    other => format!("{other:?}"),
+                };
+                walk_value(item, &format!("{path}[{key}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn walk_any(any: &DynamicMessage, path: &str, out: &mut Vec<Unhandled>) {
+    let type_url = any
+        .get_field_by_name("type_url")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let type_name = type_url.strip_prefix(TYPE_URL_PREFIX).unwrap_or(&type_url);
+    let at = format!("{path}({type_name})");
+    let bytes = any
+        .get_field_by_name("value")
+        .and_then(|v| v.as_bytes().cloned())
+        .unwrap_or_default();
+    if let Some((_, policy)) = POLICY_EXTENSIONS.iter().find(|(t, _)| *t == type_name) {
+        if rbac_allows_all(type_name, &bytes) {
+            return;
+        }
+        out.push(Unhandled {
+            path: at,
+            reason: format!("{policy}: {POLICY_NOT_ENFORCED}"),
+        });
+        return;
+    }
+    if !EXTENSIONS.contains(&type_name) {
+        out.push(Unhandled {
+            path: at,
+            reason: format!("extension {type_name} is not implemented by Bearing"),
+        });
+        return;
+    }
+    let decoded = descriptor_pool()
+        .ok()
+        .and_then(|pool| pool.get_message_by_name(type_name))
+        .map(|d| DynamicMessage::decode(d, bytes));
+    match decoded {
+        Some(Ok(message)) => unhandled(&message, &at, out),
+        _ => out.push(Unhandled {
+            path: at,
+            reason: format!("{type_name} does not decode"),
+        }),
+    }
+}
+
+/// Whether a timeout a policy could set has the value Kuma gives it without one: zero
+/// (disabled, as when absent) or, for an idle timeout (route, connection), one of Kuma's
+/// idle defaults (30 min, 1 h, 2 h).
+/// Accepted, not enforced: Bearing closes no idle stream on its own (ARCHITECTURE.md).
+fn is_kuma_default_timeout(field: &str, value: &Value) -> bool {
+    let Value::Message(d) = value else {
+        return false;
+    };
+    let part = |name: &str| {
+        d.get_field_by_name(name)
+            .and_then(|v| v.as_i64().or(v.as_i32().map(i64::from)))
+    };
+    let (Some(seconds), Some(nanos)) = (part("seconds"), part("nanos")) else {
+        return false;
+    };
+    let duration = Duration::new(seconds.max(0) as u64, nanos.max(0) as u32);
+    let idle_defaults = KUMA_STREAM_IDLE_TIMEOUTS
+        .iter()
+        .chain(&KUMA_TCP_IDLE_TIMEOUTS);
+    duration.is_zero() || (field == "idle_timeout" && idle_defaults.clone().any(|d| *d == duration))
+}
+
+/// Whether an RBAC filter allows every connection or request: Kuma's default
+/// MeshTrafficPermission (allow all) in an mTLS mesh, which changes nothing Bearing serves.
+fn rbac_allows_all(type_name: &str, bytes: &[u8]) -> bool {
+    use envoy_types::pb::envoy::config::rbac::v3 as rbac;
+    let allows_all = |rules: Option<&rbac::Rbac>| {
+        rules.is_some_and(|r| {
+            r.action == rbac::rbac::Action::Allow as i32
+                && r.audit_logging_options.is_none()
+                && r.policies.values().any(|p| {
+                    p.condition.is_none()
+                        && p.checked_condition.is_none()
+                        && p.permissions
+                            .iter()
+                            .any(|x| matches!(x.rule, Some(rbac::permission::Rule::Any(true))))
+                        && p.principals.iter().any(|x| {
+                            matches!(x.identifier, Some(rbac::principal::Identifier::Any(true)))
+                        })
+                })
+        })
+    };
+    // The network and HTTP filters share these field names.
+    let Some(filter) = descriptor_pool()
+        .ok()
+        .and_then(|pool| pool.get_message_by_name(type_name))
+        .and_then(|d| DynamicMessage::decode(d, bytes).ok())
+    else {
+        return false;
+    };
+    let rules = match filter.get_field_by_name("rules").as_deref() {
+        Some(Value::Message(m)) if filter.has_field_by_name("rules") => {
+            m.transcode_to::<rbac::Rbac>().ok()
+        }
+        _ => None,
+    };
+    ["matcher", "shadow_rules", "shadow_matcher"]
+        .iter()
+        .all(|f| !filter.has_field_by_name(f))
+        && allows_all(rules.as_ref())
+}
+
+/// Walks a resource given as its message bytes.
+pub(crate) fn unhandled_in(type_name: &str, bytes: &[u8], path: &str) -> Vec<Unhandled> {
+    let mut out = Vec::new();
+    let decoded = descriptor_pool()
+        .ok()
+        .and_then(|pool| pool.get_message_by_name(type_name))
+        .map(|d| DynamicMessage::decode(d, bytes));
+    match decoded {
+        Some(Ok(message)) => unhandled(&message, path, &mut out),
+        _ => out.push(Unhandled {
+            path: path.to_string(),
+            reason: format!("{type_name} does not decode"),
+        }),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{decode_json_resource, CLUSTER};
+
+    fn walk(json: serde_json::Value) -> Vec<Unhandled> {
+        let any = decode_json_resource(CLUSTER, &json).unwrap();
+        unhandled_in(
+            "envoy.config.cluster.v3.Cluster",
+            &any.value,
+            "clusters[\"c\"]",
+        )
+    }
+
+    #[test]
+    fn accepted_fields_pass_and_others_are_named() {
+        let ok = walk(serde_json::json!({"name": "c", "connectTimeout": "5s", "type": "EDS"}));
+        assert_eq!(ok, vec![]);
+        let bad = walk(serde_json::json!({"name": "c", "respectDnsTtl": true}));
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].path, "clusters[\"c\"].respect_dns_ttl");
+        assert!(bad[0].reason.contains("not implemented"));
+    }
+
+    #[test]
+    fn policies_are_named_as_policies() {
+        let bad =
+            walk(serde_json::json!({"name": "c", "outlierDetection": {}, "lbPolicy": "RING_HASH"}));
+        let reasons: Vec<_> = bad
+            .iter()
+            .map(|u| (u.path.as_str(), u.reason.as_str()))
+            .collect();
+        assert!(
+            reasons.iter().any(
+                |(p, r)| p.ends_with("outlier_detection") && r.starts_with("outlier detection")
+            ),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|(p, r)| p.ends_with("lb_policy") && r.starts_with("load balancing")),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_extension_is_named_with_its_type() {
+        let bad = walk(
+            serde_json::json!({"name": "c", "transportSocket": {"name": "x", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}}),
+        );
+        assert_eq!(bad[0].path, "clusters[\"c\"].transport_socket.typed_config(envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer)");
+    }
+}
