@@ -101,6 +101,16 @@ pub struct Rejected {
     pub problems: Vec<String>,
 }
 
+impl Rejected {
+    /// A rejection with these problems, stamped now.
+    pub fn now(problems: Vec<String>) -> Rejected {
+        Rejected {
+            at_unix_seconds: unix_now(),
+            problems,
+        }
+    }
+}
+
 /// What the config source has produced so far; published on a `watch` channel.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConfigStatus {
@@ -374,10 +384,7 @@ impl DirectorySource {
                             "store not read; nothing changed, still serving version {}; reading again every second",
                             kept.unwrap_or("(none yet)")
                         );
-                        s.read_error = Some(Rejected {
-                            at_unix_seconds: unix_now(),
-                            problems: errors,
-                        });
+                        s.read_error = Some(Rejected::now(errors));
                     }
                     !same
                 });
@@ -414,10 +421,9 @@ impl DirectorySource {
                     kept.as_deref().unwrap_or("(none yet)")
                 );
                 status.send_modify(|s| {
-                    s.last_rejected = Some(Rejected {
-                        at_unix_seconds: unix_now(),
-                        problems: problems.iter().map(ToString::to_string).collect(),
-                    })
+                    s.last_rejected = Some(Rejected::now(
+                        problems.iter().map(ToString::to_string).collect(),
+                    ))
                 });
             }
         }
