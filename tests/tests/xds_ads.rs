@@ -117,7 +117,7 @@ fn start_client(addr: SocketAddr, token: TokenSource) -> Result<Client> {
     let channel = cp_endpoint(&format!("http://{addr}"))?.connect_lazy();
     let mut client = AdsClient::new(
         channel,
-        kuma_node("default", "dp-1", Struct::default()),
+        kuma_node("default.dp-1", "backend", Struct::default()),
         token,
     );
     let (offers_tx, offers) = mpsc::unbounded_channel();
@@ -557,14 +557,18 @@ impl LineProcess {
     /// The next line starting with `prefix` (earlier lines are skipped).
     async fn line(&mut self, prefix: &str) -> Result<String> {
         let deadline = tokio::time::Instant::now() + WAIT;
+        let mut skipped = Vec::new();
         loop {
             let line = tokio::time::timeout_at(deadline, self.lines.recv())
                 .await
-                .with_context(|| format!("no line starting with {prefix:?} in time"))?
+                .with_context(|| {
+                    format!("no line starting with {prefix:?} in time after {skipped:#?}")
+                })?
                 .context("the process exited")?;
             if line.starts_with(prefix) {
                 return Ok(line);
             }
+            skipped.push(line);
         }
     }
 }
@@ -814,7 +818,7 @@ async fn ads_and_bootstrap_over_tls_with_a_plugged_in_connector() -> Result<()> 
         .connect_with_connector_lazy(connector);
     let mut client = AdsClient::new(
         channel,
-        kuma_node("default", "dp-1", Struct::default()),
+        kuma_node("default.dp-1", "backend", Struct::default()),
         TokenSource::None,
     );
     let (offers_tx, offers) = mpsc::unbounded_channel();
@@ -967,7 +971,61 @@ async fn real_envoy_bootstraps_from_the_test_cp_and_its_acks_and_nacks_are_print
         cp.line("ACK type=Listener ").await?,
         format!("ACK type=Listener version={fixed} node=default.dp-1")
     );
+
+    // EDS clusters: Envoy asks for their endpoints by name, and again with the new name when a
+    // second one comes; each time it gets and acknowledges exactly what it asked for.
+    let base = envoy_golden("statPrefix: fixed, cluster: backend");
+    std::fs::write(&resources, format!("{base}{}", eds_cluster("web")))?;
+    let one = snapshot_version(&cp.line("SNAPSHOT ").await?, 4)?;
+    let push = cp.line("PUSH type=ClusterLoadAssignment ").await?;
+    assert!(
+        push.starts_with(&format!("PUSH type=ClusterLoadAssignment version={one} "))
+            && push.ends_with(" resources=1"),
+        "{push}"
+    );
+    assert_eq!(
+        cp.line("ACK type=ClusterLoadAssignment ").await?,
+        format!("ACK type=ClusterLoadAssignment version={one} node=default.dp-1")
+    );
+    std::fs::write(
+        &resources,
+        format!("{base}{}{}", eds_cluster("web"), eds_cluster("api")),
+    )?;
+    let two = snapshot_version(&cp.line("SNAPSHOT ").await?, 6)?;
+    let mut push = cp.line("PUSH type=ClusterLoadAssignment ").await?;
+    if push.ends_with(" resources=1") {
+        // Sent for the new version before Envoy asked for `api` too; its request follows.
+        push = cp.line("PUSH type=ClusterLoadAssignment ").await?;
+    }
+    assert!(
+        push.starts_with(&format!("PUSH type=ClusterLoadAssignment version={two} "))
+            && push.ends_with(" resources=2"),
+        "{push}"
+    );
+    assert_eq!(
+        cp.line("ACK type=ClusterLoadAssignment ").await?,
+        format!("ACK type=ClusterLoadAssignment version={two} node=default.dp-1")
+    );
     Ok(())
+}
+
+/// An EDS cluster `name` over ADS and its ClusterLoadAssignment, as golden resources.
+fn eds_cluster(name: &str) -> String {
+    format!(
+        "- name: {name}
+  resource:
+    '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+    name: {name}
+    type: EDS
+    connectTimeout: 1s
+    edsClusterConfig: {{edsConfig: {{ads: {{}}, resourceApiVersion: V3}}}}
+- name: {name}
+  resource:
+    '@type': type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+    clusterName: {name}
+    endpoints: [{{lbEndpoints: [{{endpoint: {{address: {{socketAddress: {{address: 127.0.0.1, portValue: 9}}}}}}}}]}}]
+"
+    )
 }
 
 /// A gRPC server that answers every ADS stream with a broken message: bytes that are not a
@@ -1065,6 +1123,152 @@ async fn a_push_over_tonics_default_4_mib_is_accepted() -> Result<()> {
     eprintln!(
         "12,000 clusters ({size} bytes) pushed, checked and ACKed in {:?}",
         started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_snapshot_is_announced_before_it_is_pushed() -> Result<()> {
+    let (cp, mut events, first) = backend_cp().await?;
+    let mut client = start_client(cp.addr(), TokenSource::None)?;
+    wait_all_acked(&mut events, &first).await?;
+    let cp = Arc::new(cp);
+    let pusher = cp.clone();
+    // Pushed from another thread while the stream runs, as the file watcher does.
+    let versions = tokio::task::spawn_blocking(move || {
+        (0..20)
+            .map(|i| pusher.set_resources(resources(&[&format!("backend-{i}")])))
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    let last = versions.last().context("versions")?.clone();
+    client
+        .wait_kept(|s| ResourceType::ALL.iter().all(|t| s.version(*t) == last))
+        .await?;
+    let mut announced = std::collections::BTreeSet::new();
+    while let Ok(event) = events.try_recv() {
+        match event {
+            Event::Snapshot { version, .. } => {
+                announced.insert(version);
+            }
+            Event::Push { version, .. } | Event::Ack { version, .. } => {
+                assert!(
+                    announced.contains(&version),
+                    "{version} pushed or acked before announced"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(announced.contains(&last));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_control_plane_that_goes_silent_is_left_after_the_keepalive_and_reconnected() -> Result<()>
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    // Accepts TCP and reads everything, never writing a byte (a peer behind a dead network
+    // path): no HTTP/2 SETTINGS, no PING answer.
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut sink = [0u8; 4096];
+                while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let client = start_client(addr, TokenSource::None)?;
+    // HTTP/2 keepalive: a PING after 15 s without traffic, the connection dropped when no
+    // answer came 15 s later; then a new connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while connections.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client stayed on a silent control plane"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!client.task.is_finished());
+    Ok(())
+}
+
+/// The next response of a raw ADS stream.
+async fn next_response<T>(responses: &mut tonic::Streaming<T>) -> Result<T> {
+    tokio::time::timeout(WAIT, responses.message())
+        .await?
+        .map_err(anyhow::Error::from)?
+        .context("the stream ended")
+}
+
+#[tokio::test]
+async fn named_subscriptions_get_their_resources_and_an_answer_when_the_names_change() -> Result<()>
+{
+    use bearing_xds::envoy_types::pb::envoy::config::core::v3::Node;
+    use bearing_xds::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use bearing_xds::envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+    let mut snapshot = resources(&["a", "b"]);
+    snapshot.insert(
+        ClusterLoadAssignment::type_url(),
+        ["a", "b"]
+            .iter()
+            .map(|n| named::<ClusterLoadAssignment>(n, |c| &mut c.cluster_name))
+            .collect(),
+    );
+    let cp = start_cp("127.0.0.1:0", TestCpConfig::default(), snapshot).await?;
+    let mut ads = AggregatedDiscoveryServiceClient::new(
+        cp_endpoint(&format!("http://{}", cp.addr()))?.connect_lazy(),
+    );
+    let (requests, outbound) = mpsc::channel(8);
+    let eds = |names: &[&str], answered: Option<&DiscoveryResponse>| DiscoveryRequest {
+        type_url: ClusterLoadAssignment::type_url(),
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
+        version_info: answered.map(|r| r.version_info.clone()).unwrap_or_default(),
+        response_nonce: answered.map(|r| r.nonce.clone()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut first_request = eds(&["a"], None);
+    first_request.node = Some(Node {
+        id: "default.dp-1".into(),
+        ..Default::default()
+    });
+    requests.send(first_request).await?;
+    let mut responses = ads
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await?
+        .into_inner();
+    let names_of = |response: &DiscoveryResponse| -> Vec<String> {
+        response
+            .resources
+            .iter()
+            .filter_map(|any| {
+                ResourceType::ClusterLoadAssignment
+                    .decode_name(&any.value)
+                    .ok()
+            })
+            .collect()
+    };
+    let first = next_response(&mut responses).await?;
+    assert_eq!(names_of(&first), ["a"]);
+    // The ACK that also asks for `b` (Envoy after a new EDS cluster): answered with both.
+    requests.send(eds(&["a", "b"], Some(&first))).await?;
+    let second = next_response(&mut responses).await?;
+    assert_eq!(
+        (names_of(&second), &second.version_info),
+        (vec!["a".to_string(), "b".to_string()], &first.version_info)
+    );
+    // An ACK with the same names is not answered.
+    requests.send(eds(&["a", "b"], Some(&second))).await?;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), responses.message())
+            .await
+            .is_err()
     );
     Ok(())
 }

@@ -110,11 +110,13 @@ pub fn cp_endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
-/// The node Bearing presents: id `<mesh>.<name>` as kuma-dp's bootstrap sets it, the metadata
-/// the bootstrap gives, and Bearing as the user agent.
-pub fn kuma_node(mesh: &str, name: &str, metadata: Struct) -> Node {
+/// The node Bearing presents, as the bootstrap gives it: id (`<mesh>.<name>`, see
+/// [`kuma_node_id`]), cluster (the service) and metadata (see [`struct_from_json`]), with
+/// Bearing as the user agent.
+pub fn kuma_node(id: &str, cluster: &str, metadata: Struct) -> Node {
     Node {
-        id: format!("{mesh}.{name}"),
+        id: id.into(),
+        cluster: cluster.into(),
         metadata: Some(metadata),
         user_agent_name: "bearing".into(),
         user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
@@ -122,6 +124,11 @@ pub fn kuma_node(mesh: &str, name: &str, metadata: Struct) -> Node {
         )),
         ..Default::default()
     }
+}
+
+/// The node id kuma-cp's bootstrap gives a proxy: `<mesh>.<name>`.
+pub fn kuma_node_id(mesh: &str, name: &str) -> String {
+    format!("{mesh}.{name}")
 }
 
 /// A JSON object as a protobuf `Struct` (for node metadata read from the bootstrap). Numbers
@@ -451,8 +458,15 @@ mod tests {
     #[test]
     fn node_metadata_from_json() {
         let json = serde_json::json!({"dataplane.proxyType": "dataplane", "features": ["a"], "n": 1, "o": {"b": true}});
-        let node = kuma_node("default", "dp-1", struct_from_json(&json));
-        assert_eq!(node.id, "default.dp-1");
+        let node = kuma_node(
+            &kuma_node_id("default", "dp-1"),
+            "backend",
+            struct_from_json(&json),
+        );
+        assert_eq!(
+            (node.id.as_str(), node.cluster.as_str()),
+            ("default.dp-1", "backend")
+        );
         let fields = node.metadata.unwrap().fields;
         assert_eq!(
             fields["dataplane.proxyType"].kind,

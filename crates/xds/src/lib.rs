@@ -14,7 +14,8 @@ mod resources;
 
 pub use backoff::{Backoff, BASE_INTERVAL, MAX_INTERVAL};
 pub use client::{
-    cp_endpoint, kuma_node, struct_from_json, AdsClient, ConfigSink, TokenSource, MAX_MESSAGE_SIZE,
+    cp_endpoint, kuma_node, kuma_node_id, struct_from_json, AdsClient, ConfigSink, TokenSource,
+    MAX_MESSAGE_SIZE,
 };
 pub use envoy_types;
 pub use resources::{

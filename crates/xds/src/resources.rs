@@ -89,7 +89,7 @@ impl ResourceType {
 
     /// Decodes `bytes` as this type and returns the resource's name (`cluster_name` for a
     /// ClusterLoadAssignment), which keys it in the SotW set.
-    fn decode_name(self, bytes: &[u8]) -> Result<String, prost::DecodeError> {
+    pub fn decode_name(self, bytes: &[u8]) -> Result<String, prost::DecodeError> {
         Ok(match self {
             ResourceType::Cluster => Cluster::decode(bytes)?.name,
             ResourceType::ClusterLoadAssignment => {

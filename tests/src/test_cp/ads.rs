@@ -2,9 +2,11 @@
 //! snapshot's version differs from what the stream last got, a fresh nonce per response, a
 //! request carrying the current nonce is an ACK (no `error_detail`) or a NACK, a request with
 //! an older nonce is stale and ignored. A NACKed version is not sent again; the next snapshot
-//! is.
+//! is. A type first requested without names (or with `*`) is a wildcard subscription; one
+//! requested by name (Envoy's EDS and RDS) gets those resources only, and is answered again
+//! when its names change (Envoy adding an EDS cluster asks again with the last nonce).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,6 +17,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+
+use bearing_xds::ResourceType;
 
 use super::{Event, Shared, Snapshot};
 
@@ -87,11 +91,31 @@ impl AggregatedDiscoveryService for Ads {
     }
 }
 
-/// What a stream last got of one type.
+/// What a stream subscribed to and last got of one type.
 #[derive(Default)]
 struct Sent {
     version: Option<String>,
     nonce: Option<String>,
+    /// The names subscribed to; `None` for a wildcard subscription.
+    names: Option<BTreeSet<String>>,
+}
+
+impl Sent {
+    /// Takes the names of a request; true when they differ from the subscription's.
+    fn subscribe(&mut self, names: &[String]) -> bool {
+        // Legacy wildcard: no names on the first request (or `*`) subscribes to everything,
+        // and a wildcard subscription stays one while requests name nothing.
+        // (A new subscription starts as a wildcard one.)
+        let wildcard = names.iter().any(|n| n == "*") || (names.is_empty() && self.names.is_none());
+        let names = if wildcard {
+            None
+        } else {
+            Some(names.iter().cloned().collect())
+        };
+        let changed = self.names != names;
+        self.names = names;
+        changed
+    }
 }
 
 /// One ADS stream's state.
@@ -151,28 +175,31 @@ impl AdsStream {
             if sent.nonce.as_deref() != Some(request.response_nonce.as_str()) {
                 return true; // stale: answers an older response
             }
+            let names_changed = sent.subscribe(&request.resource_names);
             let event = match request.error_detail {
                 Some(detail) => Event::Nack {
-                    type_url,
+                    type_url: type_url.clone(),
                     version: sent.version.clone().unwrap_or_default(),
                     kept: request.version_info,
                     node: self.node.clone(),
                     detail: detail.message,
                 },
                 None => Event::Ack {
-                    type_url,
+                    type_url: type_url.clone(),
                     version: request.version_info,
                     node: self.node.clone(),
                 },
             };
             self.shared.emit(event);
-            return true;
+            return !names_changed || self.push(&type_url, snapshot).await;
         }
-        // A subscription: answered unless the client already has this version.
-        if sent.version.is_none() && request.version_info != snapshot.version {
-            return self.push(&type_url, snapshot).await;
-        }
-        true
+        // A subscription: answered unless the client already has this version (and names).
+        let names_changed = sent.subscribe(&request.resource_names);
+        let answer = match sent.version {
+            None => request.version_info != snapshot.version,
+            Some(_) => names_changed,
+        };
+        !answer || self.push(&type_url, snapshot).await
     }
 
     /// Sends every subscribed type whose last response had another version.
@@ -191,15 +218,27 @@ impl AdsStream {
         true
     }
 
-    /// Sends the snapshot's resources of `type_url` (none is an empty list); false when the
-    /// stream is gone.
+    /// Sends the snapshot's resources of `type_url` (those subscribed by name, or all; none is
+    /// an empty list); false when the stream is gone.
     async fn push(&mut self, type_url: &str, snapshot: &Snapshot) -> bool {
         let nonce = (self.shared.nonces.fetch_add(1, Ordering::Relaxed) + 1).to_string();
-        let resources = snapshot
+        let all = snapshot
             .resources
             .get(type_url)
-            .cloned()
-            .unwrap_or_default();
+            .map_or(&[][..], Vec::as_slice);
+        let sent = self.sent.entry(type_url.to_string()).or_default();
+        let resources: Vec<_> = match (&sent.names, ResourceType::from_type_url(type_url)) {
+            (Some(names), Some(resource_type)) => all
+                .iter()
+                .filter(|any| {
+                    resource_type
+                        .decode_name(&any.value)
+                        .is_ok_and(|name| names.contains(&name))
+                })
+                .cloned()
+                .collect(),
+            _ => all.to_vec(),
+        };
         let count = resources.len();
         let response = DiscoveryResponse {
             version_info: snapshot.version.clone(),
@@ -208,13 +247,8 @@ impl AdsStream {
             nonce: nonce.clone(),
             ..Default::default()
         };
-        self.sent.insert(
-            type_url.to_string(),
-            Sent {
-                version: Some(snapshot.version.clone()),
-                nonce: Some(nonce.clone()),
-            },
-        );
+        sent.version = Some(snapshot.version.clone());
+        sent.nonce = Some(nonce.clone());
         if self.responses.send(Ok(response)).await.is_err() {
             return false;
         }

@@ -50,17 +50,21 @@ fn stamps(paths: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
         .collect()
 }
 
-/// Polls `paths` every [`POLL_INTERVAL`] and serves them again when one changed; a set that
-/// does not load is reported through `report` and the previous snapshot keeps being served.
+/// Polls `paths` every [`POLL_INTERVAL`] and serves them again when one changed and then held
+/// still for one more poll (so a file caught half-written is not served); a set that does not
+/// load is reported through `report` and the previous snapshot keeps being served.
 pub async fn watch_files(cp: &TestCp, paths: &[PathBuf], report: impl Fn(&str)) {
-    let mut seen = stamps(paths);
+    let mut served = stamps(paths);
+    let mut last = served.clone();
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
         let now = stamps(paths);
-        if now == seen {
+        let settled = now == last;
+        last = now;
+        if !settled || last == served {
             continue;
         }
-        seen = now;
+        served = last.clone();
         match load_files(paths) {
             Ok(resources) => {
                 cp.set_resources(resources);

@@ -280,24 +280,19 @@ impl TestCp {
     }
 
     /// Serves `resources` from now on; streams get every type again when the version changed.
-    /// Returns the new version.
+    /// Returns the new version. Called from one task at a time (the file watcher, or a test).
     pub fn set_resources(&self, resources: Resources) -> String {
         let snapshot = Snapshot::new(resources);
         let version = snapshot.version.clone();
-        let resources = snapshot.len();
-        let changed = self.shared.snapshot.send_if_modified(|current| {
-            let changed = current.version != snapshot.version;
-            if changed {
-                *current = Arc::new(snapshot);
-            }
-            changed
-        });
-        if changed {
-            self.shared.emit(Event::Snapshot {
-                version: version.clone(),
-                resources,
-            });
+        if self.shared.snapshot.borrow().version == version {
+            return version;
         }
+        // Announced before streams can see it, so its line precedes every PUSH/ACK of it.
+        self.shared.emit(Event::Snapshot {
+            version: version.clone(),
+            resources: snapshot.len(),
+        });
+        self.shared.snapshot.send_replace(Arc::new(snapshot));
         version
     }
 }
