@@ -304,13 +304,11 @@ pub fn start_ads(
         None => endpoint.connect_lazy(),
     };
     let metadata = serde_json::Value::Object(done.config.node.metadata.clone());
-    let mut node = bearing_xds::kuma_node(
-        &identity.mesh,
-        &identity.name,
+    let node = bearing_xds::kuma_node(
+        &done.config.node.id,
+        &done.config.node.cluster,
         bearing_xds::struct_from_json(&metadata),
     );
-    node.id = done.config.node.id.clone();
-    node.cluster = done.config.node.cluster.clone();
     let tokens = ads_token(done);
     let mut sink = CpSink {
         node: NodeInfo {
