@@ -214,16 +214,10 @@ impl CpSink {
         for problem in &problems {
             tracing::error!(%changed, "config from the control plane rejected: {problem}");
         }
-        let kept = self
-            .status
-            .borrow()
-            .applied
-            .as_ref()
-            .map(|a| a.config.version.clone());
         tracing::error!(
             "config from the control plane rejected with {} problem(s) (NACK {changed}); still serving version {}",
             problems.len(),
-            kept.as_deref().unwrap_or("(none yet)")
+            self.status.borrow().serving_version()
         );
         self.status
             .send_modify(|s| s.last_rejected = Some(Rejected::now(problems.clone())));

@@ -124,6 +124,15 @@ pub struct ConfigStatus {
     pub read_error: Option<Rejected>,
 }
 
+impl ConfigStatus {
+    /// The version in force, for the "still serving" lines of a rejection.
+    pub fn serving_version(&self) -> String {
+        self.applied
+            .as_ref()
+            .map_or_else(|| "(none yet)".to_string(), |a| a.config.version.clone())
+    }
+}
+
 /// Why a load produced no config.
 #[derive(Debug, Clone)]
 pub enum LoadError {
@@ -379,10 +388,9 @@ impl DirectorySource {
                         for e in &errors {
                             tracing::error!("cannot read the store: {e}");
                         }
-                        let kept = s.applied.as_ref().map(|a| a.config.version.as_str());
                         tracing::error!(
                             "store not read; nothing changed, still serving version {}; reading again every second",
-                            kept.unwrap_or("(none yet)")
+                            s.serving_version()
                         );
                         s.read_error = Some(Rejected::now(errors));
                     }
@@ -410,15 +418,10 @@ impl DirectorySource {
                 for p in &problems {
                     tracing::error!("config rejected: {p}");
                 }
-                let kept = status
-                    .borrow()
-                    .applied
-                    .as_ref()
-                    .map(|a| a.config.version.clone());
                 tracing::error!(
                     "config rejected with {} problem(s); still serving version {}",
                     problems.len(),
-                    kept.as_deref().unwrap_or("(none yet)")
+                    status.borrow().serving_version()
                 );
                 status.send_modify(|s| {
                     s.last_rejected = Some(Rejected::now(
