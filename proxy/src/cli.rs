@@ -512,31 +512,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let config_dir = match config_source(&args)? {
-        ConfigSource::ControlPlane => return run_from_cp(&args),
-        ConfigSource::Directory(dir) => dir,
-    };
-    if !config_dir.is_dir() {
-        bail!("--config-dir {}: not a directory", config_dir.display());
-    }
-    let dataplane = match (&args.dataplane_file, &args.dataplane) {
-        (Some(f), _) => DataplaneSource::File(f.clone()),
-        (None, Some(text)) => DataplaneSource::Inline(text.clone()),
-        (None, None) => DataplaneSource::Named,
-    };
-    let source = DirectorySource {
-        dir: config_dir,
-        dataplane,
-        vars: template::parse_vars(&args.dataplane_var).map_err(anyhow::Error::msg)?,
-        name: args.name.clone(),
-        mesh: args.mesh.clone(),
-        vips: VipOptions {
-            cidr: args.vip_cidr,
-            domain: args.dns_domain.trim_matches('.').to_ascii_lowercase(),
-            ..VipOptions::default()
-        },
-        kind: args.proxy_type.kind(),
-        zone: args.zone.clone(),
+    let source = match config_source(&args)? {
+        ConfigSource::ControlPlane => Source::ControlPlane,
+        ConfigSource::Directory(dir) => Source::Directory(directory_source(&args, dir)?),
     };
     // Before the runtime starts its threads (see `descriptors`).
     match descriptors::prepare() {
@@ -555,6 +533,82 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(args, source, workers))
+}
+
+/// The directory store `--config-dir DIR` and the proxy flags describe.
+fn directory_source(args: &RunArgs, dir: PathBuf) -> anyhow::Result<DirectorySource> {
+    if !dir.is_dir() {
+        bail!("--config-dir {}: not a directory", dir.display());
+    }
+    let dataplane = match (&args.dataplane_file, &args.dataplane) {
+        (Some(f), _) => DataplaneSource::File(f.clone()),
+        (None, Some(text)) => DataplaneSource::Inline(text.clone()),
+        (None, None) => DataplaneSource::Named,
+    };
+    Ok(DirectorySource {
+        dir,
+        dataplane,
+        vars: template::parse_vars(&args.dataplane_var).map_err(anyhow::Error::msg)?,
+        name: args.name.clone(),
+        mesh: args.mesh.clone(),
+        vips: VipOptions {
+            cidr: args.vip_cidr,
+            domain: dns_domain(args),
+            ..VipOptions::default()
+        },
+        kind: args.proxy_type.kind(),
+        zone: args.zone.clone(),
+    })
+}
+
+/// The mesh DNS domain of `--dns-domain`, without dots around it, lower case.
+fn dns_domain(args: &RunArgs) -> String {
+    args.dns_domain.trim_matches('.').to_ascii_lowercase()
+}
+
+/// The config source `bearing run` follows.
+enum Source {
+    /// A directory store, watched.
+    Directory(DirectorySource),
+    /// kuma-cp: bootstrap, then ADS.
+    ControlPlane,
+}
+
+impl Source {
+    /// Starts publishing configs on `status`; returns the admin port the proxy's resource (or
+    /// the control plane's bootstrap) gives, read once as kuma-dp's bootstrap is. The store
+    /// is loaded once before this returns; the control plane's first config comes later
+    /// (until then the proxy is not ready).
+    async fn start(
+        self,
+        args: &RunArgs,
+        status: &watch::Sender<ConfigStatus>,
+    ) -> anyhow::Result<Option<u16>> {
+        match self {
+            Source::Directory(source) => {
+                let loaded = source.fingerprint();
+                startup_heap::widen();
+                source.reload_into(status);
+                startup_heap::settle();
+                let applied = status.borrow().applied.clone();
+                if applied.is_none() {
+                    tracing::error!(
+                        "no valid config yet in {}; not ready until the problems above are fixed",
+                        source.dir.display()
+                    );
+                }
+                source
+                    .watch(status.clone(), loaded)
+                    .context("cannot start the config watcher")?;
+                Ok(applied.and_then(|a| a.config.identity.admin_port))
+            }
+            Source::ControlPlane => {
+                let (done, identity) = cp_source::bootstrap(args).await?;
+                cp_source::start_ads(&done, &identity, status.clone())?;
+                Ok(done.config.admin.as_ref().map(|(_, port)| *port))
+            }
+        }
+    }
 }
 
 /// Where `bearing run` takes its config from.
@@ -579,24 +633,6 @@ fn config_source(args: &RunArgs) -> anyhow::Result<ConfigSource> {
     }
 }
 
-/// `bearing run --cp-address`: the bootstrap with kuma-cp, then the ADS stage.
-fn run_from_cp(args: &RunArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let done = runtime.block_on(cp_source::bootstrap(args))?;
-    // The ADS client takes `done` from here once it is merged; until then, say so rather than
-    // serve nothing.
-    bail!(
-        "config from the control plane over ADS: not built yet in this build (bootstrap with {} done: node {}, ADS server {}:{})",
-        done.cp.url,
-        done.config.node.id,
-        done.config.ads.host,
-        done.config.ads.port
-    )
-}
-
 /// Where the admin API listens. kuma-cp puts Envoy's admin on the resource's
 /// `networking.admin.port`, else on kuma-dp's `--admin-port`, else on its default (9901),
 /// always on loopback; Bearing's own `--admin-address` overrides all of them.
@@ -612,21 +648,10 @@ fn admin_address(
     })
 }
 
-async fn serve(args: RunArgs, source: DirectorySource, workers: Workers) -> anyhow::Result<()> {
+async fn serve(args: RunArgs, source: Source, workers: Workers) -> anyhow::Result<()> {
     let proxy = Arc::new(Proxy::new(workers));
     let (status_tx, status_rx) = watch::channel(ConfigStatus::default());
-    let dns_domain = source.vips.domain.clone();
-    let loaded = source.fingerprint();
-    startup_heap::widen();
-    source.reload_into(&status_tx);
-    startup_heap::settle();
-    // The resource's admin port is read once, as kuma-dp's bootstrap is: the admin API is
-    // bound after the first load.
-    let resource_admin_port = status_tx
-        .borrow()
-        .applied
-        .as_ref()
-        .and_then(|a| a.config.identity.admin_port);
+    let resource_admin_port = source.start(&args, &status_tx).await?;
     let admin_at = admin_address(args.admin_address, args.admin_port, resource_admin_port);
     if let (Some(given), Some(port)) = (args.admin_address, resource_admin_port) {
         if given.port() != port {
@@ -634,15 +659,6 @@ async fn serve(args: RunArgs, source: DirectorySource, workers: Workers) -> anyh
         }
     }
     let admin_listener = admin::bind(admin_at).await?;
-    if status_tx.borrow().applied.is_none() {
-        tracing::error!(
-            "no valid config yet in {}; not ready until the problems above are fixed",
-            source.dir.display()
-        );
-    }
-    source
-        .watch(status_tx, loaded)
-        .context("cannot start the config watcher")?;
     let quit = Arc::new(Notify::new());
     tokio::spawn(
         Admin {
@@ -659,7 +675,7 @@ async fn serve(args: RunArgs, source: DirectorySource, workers: Workers) -> anyh
         let settings = MeshDns {
             port: args.dns_port,
             resolv_conf: args.dns_resolv_conf.clone(),
-            domain: dns_domain,
+            domain: dns_domain(&args),
         };
         tokio::spawn(settings.serve(proxy.clone(), status_rx));
     }

@@ -3,18 +3,29 @@
 //!
 //! [`bootstrap`] is the stage before ADS: it builds kuma-dp's `/bootstrap` request from the
 //! flags, performs it (retrying and logging as kuma-dp does) and returns the CP's answer with
-//! the TLS trust the ADS client reuses.
+//! the TLS trust the ADS client reuses. [`start_ads`] then runs the ADS client for good: every
+//! pushed state is translated into a `ProxyConfig` and published on the same `ConfigStatus`
+//! channel the directory store uses ([`CpSink`]), so the runtime, admin API and DNS do not
+//! know which source they serve.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bearing_bootstrap::request::{system_ca_path, MetricsResources};
 use bearing_bootstrap::{
-    BootstrapClient, Bootstrapped, CpAddress, CpTrust, ProxyIdentity, RetryPolicy, TokenSource,
+    Authorization, BootstrapClient, Bootstrapped, CpAddress, CpTls, CpTrust, ProxyIdentity,
+    RetryPolicy, TokenSource,
 };
-use bearing_control::template;
+use bearing_control::{template, ConfigStatus, Loaded, Rejected};
+use bearing_envoy_config::{translate, Nack, NodeInfo, ResourceSet};
+use bearing_xds::{ConfigSink, Rejection, ResourceState, ResourceType};
+use tokio::sync::watch;
 
 use crate::cli::{parse_duration, ProxyType, RunArgs};
 
@@ -94,8 +105,9 @@ pub fn parse_go_bool(text: &str) -> Result<bool, String> {
 
 /// Performs kuma-dp's bootstrap with kuma-cp: builds the request from the flags, POSTs it to
 /// `<cp>/bootstrap` (retried every 3 s for up to 5 minutes, each retry's reason logged) and
-/// returns the CP's answer: the node, the ADS server and the trust to reach it with.
-pub async fn bootstrap(args: &RunArgs) -> anyhow::Result<Bootstrapped> {
+/// returns the CP's answer (the node, the ADS server and the trust to reach it with) with the
+/// identity the request gave.
+pub async fn bootstrap(args: &RunArgs) -> anyhow::Result<(Bootstrapped, ProxyIdentity)> {
     let cp_text = args.cp.cp_address.as_deref().unwrap_or_default();
     let cp = CpAddress::parse(cp_text).map_err(anyhow::Error::msg)?;
     let trust = trust(&args.cp)?;
@@ -113,8 +125,8 @@ pub async fn bootstrap(args: &RunArgs) -> anyhow::Result<Bootstrapped> {
         max: args.cp.retry_max_duration,
         ..RetryPolicy::default()
     };
-    let client =
-        BootstrapClient::new(cp, trust, identity, tokens, retry).map_err(anyhow::Error::msg)?;
+    let client = BootstrapClient::new(cp, trust, identity.clone(), tokens, retry)
+        .map_err(anyhow::Error::msg)?;
     let done = client
         .fetch(
             |error, wait| tracing::info!(retry_in = ?wait, "bootstrap not done, retrying: {error}"),
@@ -127,7 +139,244 @@ pub async fn bootstrap(args: &RunArgs) -> anyhow::Result<Bootstrapped> {
         tls = done.config.ads.tls.is_some(),
         "bootstrap received from the control plane"
     );
-    Ok(done)
+    Ok((done, identity))
+}
+
+/// Types a config is not translated without: until each has come once, a push is ACKed and
+/// kept but nothing is applied (Envoy's initial fetch: clusters with their endpoints, then
+/// listeners with their secrets). kuma-cp answers every type of its snapshot, empty or not.
+const INITIAL_TYPES: [ResourceType; 4] = [
+    ResourceType::Cluster,
+    ResourceType::ClusterLoadAssignment,
+    ResourceType::Listener,
+    ResourceType::Secret,
+];
+
+/// The ADS consumer of `bearing run --cp-address`: decodes the full resource state into
+/// envoy-config's [`ResourceSet`], translates it and publishes the `ProxyConfig` on the
+/// config status channel (→ ACK); a state that does not translate is logged (one line per
+/// NACK), recorded as `last_rejected` and refused (→ NACK), the last good config serving on.
+pub struct CpSink {
+    /// Which proxy the resources are for.
+    pub node: NodeInfo,
+    /// The channel the runtime, admin API and DNS follow.
+    pub status: watch::Sender<ConfigStatus>,
+}
+
+impl ConfigSink for CpSink {
+    fn offer(&mut self, state: &ResourceState, changed: ResourceType) -> Result<(), Rejection> {
+        let received: Vec<ResourceType> = state.iter().map(|(t, _)| t).collect();
+        if let Some(missing) = INITIAL_TYPES.iter().find(|t| !received.contains(t)) {
+            tracing::debug!(%changed, %missing, "initial fetch: kept, not applied before every type came");
+            return Ok(());
+        }
+        match translate_state(state).and_then(|set| translate(&set, &self.node)) {
+            Ok(config) => {
+                self.publish(config, state);
+                Ok(())
+            }
+            Err(nacks) => Err(self.reject(&nacks, changed)),
+        }
+    }
+}
+
+impl CpSink {
+    /// Publishes a translated config (when it differs from the applied one).
+    fn publish(&self, config: bearing_proxy_config::ProxyConfig, state: &ResourceState) {
+        let versions = ResourceType::ALL
+            .iter()
+            .filter(|t| !state.version(**t).is_empty())
+            .map(|t| format!("{t}={}", state.version(*t)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.status.send_if_modified(|s| {
+            let same = s
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.config.version == config.version);
+            if !same {
+                tracing::info!(version = %config.version, cp_versions = %versions, "config applied");
+                s.applied = Some(Loaded {
+                    config: Arc::new(config),
+                    ignored: Vec::new(),
+                    not_enforced: Vec::new(),
+                });
+            }
+            !same
+        });
+    }
+
+    /// Logs each NACK, records them as the last rejected config and returns the rejection the
+    /// client NACKs `changed` with: the first NACK's resource and field, and every NACK in the
+    /// reason, so `error_detail` names them all.
+    fn reject(&self, nacks: &[Nack], changed: ResourceType) -> Rejection {
+        let problems: Vec<String> = nacks.iter().map(describe_nack).collect();
+        for problem in &problems {
+            tracing::error!(%changed, "config from the control plane rejected: {problem}");
+        }
+        tracing::error!(
+            "config from the control plane rejected with {} problem(s) (NACK {changed}); still serving version {}",
+            problems.len(),
+            self.status.borrow().serving_version()
+        );
+        self.status
+            .send_modify(|s| s.last_rejected = Some(Rejected::now(problems.clone())));
+        let (first, rest) = match nacks.split_first() {
+            Some(split) => split,
+            None => {
+                return Rejection::new(changed.to_string(), "", "refused without a reason");
+            }
+        };
+        let mut reason = first.reason.clone();
+        for more in rest.iter().map(describe_nack) {
+            reason.push_str("; ");
+            reason.push_str(&more);
+        }
+        Rejection::new(resource_label(first), first.field.clone(), reason)
+    }
+}
+
+/// `Listener inbound:10.0.0.1:80`: a NACK's resource as its type's short name and its name.
+fn resource_label(nack: &Nack) -> String {
+    let short = nack.type_url.rsplit('.').next().unwrap_or(&nack.type_url);
+    format!("{short} {}", nack.resource)
+}
+
+/// One NACK as one line: `<Type> <name>: <field>: <reason>`.
+fn describe_nack(nack: &Nack) -> String {
+    format!("{}: {}: {}", resource_label(nack), nack.field, nack.reason)
+}
+
+/// Every resource of `state` decoded into a [`ResourceSet`]; those that do not decode (or are
+/// of a type Bearing does not use) are NACKs.
+fn translate_state(state: &ResourceState) -> Result<ResourceSet, Vec<Nack>> {
+    let mut set = ResourceSet::default();
+    let mut nacks = Vec::new();
+    for (_, resources) in state.iter() {
+        for (name, any) in &resources.resources {
+            let any = prost_types::Any {
+                type_url: any.type_url.clone(),
+                value: any.value.clone(),
+            };
+            if let Err(nack) = set.insert(name, &any) {
+                nacks.push(nack);
+            }
+        }
+    }
+    if nacks.is_empty() {
+        Ok(set)
+    } else {
+        Err(nacks)
+    }
+}
+
+/// Starts the ADS client on this runtime for the bootstrap's ADS server (TLS with the
+/// bootstrap's trust when the bootstrap says so, else plaintext HTTP/2); it runs for the life
+/// of the process, reconnecting with back-off, and publishes every translated config on
+/// `status`.
+pub fn start_ads(
+    done: &Bootstrapped,
+    identity: &ProxyIdentity,
+    status: watch::Sender<ConfigStatus>,
+) -> anyhow::Result<()> {
+    let ads = &done.config.ads;
+    let scheme = if ads.tls.is_some() { "https" } else { "http" };
+    let host = if ads.host.contains(':') && !ads.host.starts_with('[') {
+        format!("[{}]", ads.host)
+    } else {
+        ads.host.clone()
+    };
+    let url = format!("{scheme}://{host}:{}", ads.port);
+    let endpoint = bearing_xds::cp_endpoint(&url)
+        .with_context(|| format!("ADS server {url} from the bootstrap"))?;
+    let channel = match done.ads_tls().map_err(anyhow::Error::msg)? {
+        Some(tls) => endpoint.connect_with_connector_lazy(CpConnector {
+            tls,
+            host: ads.host.clone(),
+            port: ads.port,
+        }),
+        None => endpoint.connect_lazy(),
+    };
+    let metadata = serde_json::Value::Object(done.config.node.metadata.clone());
+    let node = bearing_xds::kuma_node(
+        &done.config.node.id,
+        &done.config.node.cluster,
+        bearing_xds::struct_from_json(&metadata),
+    );
+    let tokens = ads_token(done);
+    let mut sink = CpSink {
+        node: NodeInfo {
+            name: identity.name.clone(),
+            mesh: identity.mesh.clone(),
+            proxy_type: identity.proxy_type.clone(),
+            source: format!("control plane {} (ADS {url})", done.cp.url),
+        },
+        status,
+    };
+    tracing::info!(ads = %url, node = %node.id, "subscribing to the control plane over ADS");
+    let mut client = bearing_xds::AdsClient::new(channel, node, tokens);
+    tokio::spawn(async move { client.run(&mut sink).await });
+    Ok(())
+}
+
+/// The token of the ADS stream: the one given to Bearing (the file re-read per stream, so a
+/// rotated token is used on reconnect), else what the bootstrap's ADS cluster carries.
+fn ads_token(done: &Bootstrapped) -> bearing_xds::TokenSource {
+    match (
+        &done.tokens.inline,
+        &done.tokens.file,
+        &done.config.ads.authorization,
+    ) {
+        (Some(token), _, _) if !token.trim().is_empty() => {
+            bearing_xds::TokenSource::Fixed(token.clone())
+        }
+        (_, Some(file), _) => bearing_xds::TokenSource::File(file.clone()),
+        (_, None, Authorization::Token(token)) => bearing_xds::TokenSource::Fixed(token.clone()),
+        (_, None, Authorization::File(file)) => bearing_xds::TokenSource::File(file.clone()),
+        _ => bearing_xds::TokenSource::None,
+    }
+}
+
+/// The ADS channel's connector: TCP and TLS to the bootstrap's ADS server through
+/// [`CpTls`] (the CP's certificate verified as for the bootstrap, ALPN h2).
+#[derive(Clone)]
+struct CpConnector {
+    tls: CpTls,
+    host: String,
+    port: u16,
+}
+
+/// A connection [`CpConnector`] is making.
+type Connecting = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    hyper_util::rt::TokioIo<tokio_openssl::SslStream<tokio::net::TcpStream>>,
+                    bearing_bootstrap::ConnectError,
+                >,
+            > + Send,
+    >,
+>;
+
+impl tower_service::Service<http::Uri> for CpConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_openssl::SslStream<tokio::net::TcpStream>>;
+    type Error = bearing_bootstrap::ConnectError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Connecting {
+        let connector = self.clone();
+        Box::pin(async move {
+            let stream = connector
+                .tls
+                .connect(&connector.host, connector.port)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
 }
 
 /// How the CP's certificate is verified: `KUMA_CONTROL_PLANE_CA_CERT` (PEM) wins over
@@ -276,6 +525,91 @@ fn resource_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink for node `default.dp-1` and the status channel it publishes on.
+    fn sink() -> (CpSink, watch::Receiver<ConfigStatus>) {
+        let (status, rx) = watch::channel(ConfigStatus::default());
+        let node = NodeInfo {
+            name: "dp-1".into(),
+            mesh: "default".into(),
+            proxy_type: "dataplane".into(),
+            source: "test".into(),
+        };
+        (CpSink { node, status }, rx)
+    }
+
+    /// `state` with `resource_type` set to `resources` (name → Any) at version `v1`.
+    fn with(
+        state: &ResourceState,
+        resource_type: ResourceType,
+        resources: &[(&str, &str)],
+    ) -> ResourceState {
+        let resources = resources
+            .iter()
+            .map(|(name, type_url)| {
+                let any = bearing_xds::envoy_types::pb::google::protobuf::Any {
+                    type_url: type_url.to_string(),
+                    value: Vec::new(),
+                };
+                (name.to_string(), any)
+            })
+            .collect();
+        state.with(
+            resource_type,
+            bearing_xds::TypeResources {
+                version: "v1".into(),
+                resources,
+            },
+        )
+    }
+
+    #[test]
+    fn nothing_applies_before_every_initial_type_then_a_config_does() {
+        let (mut sink, rx) = sink();
+        let mut state = ResourceState::default();
+        for resource_type in &INITIAL_TYPES[..3] {
+            state = with(&state, *resource_type, &[]);
+            assert_eq!(sink.offer(&state, *resource_type), Ok(()));
+            assert!(rx.borrow().applied.is_none(), "applied before Secret came");
+        }
+        state = with(&state, ResourceType::Secret, &[]);
+        assert_eq!(sink.offer(&state, ResourceType::Secret), Ok(()));
+        let applied = rx.borrow().applied.clone().expect("applied");
+        assert_eq!(applied.config.identity.name, "dp-1");
+        assert_eq!(applied.config.source, "test");
+    }
+
+    #[test]
+    fn untranslatable_state_is_refused_recorded_and_the_last_config_kept() {
+        let (mut sink, rx) = sink();
+        let mut state = ResourceState::default();
+        for resource_type in INITIAL_TYPES {
+            state = with(&state, resource_type, &[]);
+        }
+        assert_eq!(sink.offer(&state, ResourceType::Secret), Ok(()));
+        let good = rx.borrow().applied.clone().expect("applied").config;
+        let runtime = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
+        let bad = with(
+            &state,
+            ResourceType::Runtime,
+            &[("rtds-a", runtime), ("rtds-b", runtime)],
+        );
+        let rejection = sink.offer(&bad, ResourceType::Runtime).unwrap_err();
+        assert_eq!(rejection.resource, "Runtime rtds-a");
+        assert!(rejection.field.contains("rtds-a"), "{rejection}");
+        assert!(
+            rejection.reason.contains("Runtime rtds-b: ")
+                && rejection
+                    .reason
+                    .contains(bearing_envoy_config::GATEWAY_NOT_YET),
+            "every NACK is in the detail: {rejection}"
+        );
+        let status = rx.borrow().clone();
+        let problems = status.last_rejected.expect("recorded").problems;
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("Runtime rtds-a: "), "{problems:?}");
+        assert_eq!(status.applied.expect("kept").config, good);
+    }
 
     /// `bearing run --cp-address https://cp:5678 ARGS` parsed.
     fn run_args(args: &[&str]) -> RunArgs {

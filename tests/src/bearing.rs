@@ -138,6 +138,11 @@ fn bearing_ca<'a>(args: impl IntoIterator<Item = &'a OsStr>, file: &Path) -> Res
     Ok(())
 }
 
+/// `--config-dir <store>`.
+fn store_args(store: &Path) -> [&OsStr; 2] {
+    [OsStr::new("--config-dir"), store.as_os_str()]
+}
+
 /// A `bearing run` process in a test host, with its admin address on that host's loopback.
 pub struct Bearing<'h> {
     host: &'h Host,
@@ -188,7 +193,21 @@ impl<'h> Bearing<'h> {
             .map(String::as_str)
             .chain(extra.iter().copied())
             .collect();
-        Self::launch(host, store, &args, admin_port, nofile)
+        Self::launch(host, &store_args(store), &args, admin_port, nofile)
+    }
+
+    /// Spawns `bearing run <source_args>` (e.g. `--cp-address URL --ca-cert-file F ...`) in
+    /// `host` with its admin API on 127.0.0.1:9901, without waiting for readiness.
+    pub fn spawn_with_source(host: &'h Host, source_args: &[&OsStr]) -> Result<Self> {
+        let admin_port = 9901;
+        let admin = format!("127.0.0.1:{admin_port}");
+        Self::launch(
+            host,
+            source_args,
+            &["--admin-address", &admin],
+            admin_port,
+            None,
+        )
     }
 
     /// Starts the proxy without `--admin-address`, so that it chooses its admin port itself
@@ -200,16 +219,16 @@ impl<'h> Bearing<'h> {
         extra: &[&str],
         admin_port: u16,
     ) -> Result<Self> {
-        let b = Self::launch(host, store, extra, admin_port, None)?;
+        let b = Self::launch(host, &store_args(store), extra, admin_port, None)?;
         b.wait_ready()?;
         Ok(b)
     }
 
-    /// Spawns `bearing run` with `extra` arguments, under a descriptor limit of `nofile` if
-    /// given; its admin API is expected on 127.0.0.1:`admin_port`.
+    /// Spawns `bearing run <source_args>` with `extra` arguments, under a descriptor limit of
+    /// `nofile` if given; its admin API is expected on 127.0.0.1:`admin_port`.
     fn launch(
         host: &'h Host,
-        store: &Path,
+        source_args: &[&OsStr],
         extra: &[&str],
         admin_port: u16,
         nofile: Option<u32>,
@@ -225,8 +244,8 @@ impl<'h> Bearing<'h> {
             None => host.command(&bin),
         };
         let process = command
-            .args(["run", "--config-dir"])
-            .arg(store)
+            .arg("run")
+            .args(source_args)
             .args(["--drain-time", "10s", "--log-level", "info,bearing=debug"])
             .args(extra)
             .uid(KUMA_DP_UID)

@@ -101,6 +101,16 @@ pub struct Rejected {
     pub problems: Vec<String>,
 }
 
+impl Rejected {
+    /// A rejection with these problems, stamped now.
+    pub fn now(problems: Vec<String>) -> Rejected {
+        Rejected {
+            at_unix_seconds: unix_now(),
+            problems,
+        }
+    }
+}
+
 /// What the config source has produced so far; published on a `watch` channel.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConfigStatus {
@@ -112,6 +122,15 @@ pub struct ConfigStatus {
     /// nothing changed, and the watcher reads again every second until a read is whole.
     /// Cleared by the next whole read.
     pub read_error: Option<Rejected>,
+}
+
+impl ConfigStatus {
+    /// The version in force, for the "still serving" lines of a rejection.
+    pub fn serving_version(&self) -> String {
+        self.applied
+            .as_ref()
+            .map_or_else(|| "(none yet)".to_string(), |a| a.config.version.clone())
+    }
 }
 
 /// Why a load produced no config.
@@ -369,15 +388,11 @@ impl DirectorySource {
                         for e in &errors {
                             tracing::error!("cannot read the store: {e}");
                         }
-                        let kept = s.applied.as_ref().map(|a| a.config.version.as_str());
                         tracing::error!(
                             "store not read; nothing changed, still serving version {}; reading again every second",
-                            kept.unwrap_or("(none yet)")
+                            s.serving_version()
                         );
-                        s.read_error = Some(Rejected {
-                            at_unix_seconds: unix_now(),
-                            problems: errors,
-                        });
+                        s.read_error = Some(Rejected::now(errors));
                     }
                     !same
                 });
@@ -403,21 +418,15 @@ impl DirectorySource {
                 for p in &problems {
                     tracing::error!("config rejected: {p}");
                 }
-                let kept = status
-                    .borrow()
-                    .applied
-                    .as_ref()
-                    .map(|a| a.config.version.clone());
                 tracing::error!(
                     "config rejected with {} problem(s); still serving version {}",
                     problems.len(),
-                    kept.as_deref().unwrap_or("(none yet)")
+                    status.borrow().serving_version()
                 );
                 status.send_modify(|s| {
-                    s.last_rejected = Some(Rejected {
-                        at_unix_seconds: unix_now(),
-                        problems: problems.iter().map(ToString::to_string).collect(),
-                    })
+                    s.last_rejected = Some(Rejected::now(
+                        problems.iter().map(ToString::to_string).collect(),
+                    ))
                 });
             }
         }

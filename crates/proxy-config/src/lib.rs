@@ -1,6 +1,6 @@
 //! `ProxyConfig`, the one internal model of what a Bearing proxy serves.
 //!
-//! Every config source (directory store today, xDS later) produces exactly this; the runtime
+//! Every config source (the directory store, kuma-cp over xDS) produces exactly this; the runtime
 //! reads nothing else. It is immutable once built and shared as `Arc<ProxyConfig>`, so a reload
 //! swaps one pointer and connections keep the snapshot they started with.
 
