@@ -143,14 +143,11 @@ pub async fn bootstrap(args: &RunArgs) -> anyhow::Result<(Bootstrapped, ProxyIde
 }
 
 /// Types a config is not translated without: until each has come once, a push is ACKed and
-/// kept but nothing is applied (Envoy's initial fetch: clusters with their endpoints, then
-/// listeners with their secrets). kuma-cp answers every type of its snapshot, empty or not.
-const INITIAL_TYPES: [ResourceType; 4] = [
-    ResourceType::Cluster,
-    ResourceType::ClusterLoadAssignment,
-    ResourceType::Listener,
-    ResourceType::Secret,
-];
+/// kept but nothing is applied (Envoy's initial fetch starts with clusters, then listeners).
+/// Endpoints and Secrets are not on the list: kuma-cp sends no Secret at all for a mesh
+/// without mTLS (seen with kuma-cp 2.14), and a listener or cluster naming a Secret that has
+/// not come waits for it instead (see `bearing_envoy_config::Nack::awaiting`).
+const INITIAL_TYPES: [ResourceType; 2] = [ResourceType::Cluster, ResourceType::Listener];
 
 /// The ADS consumer of `bearing run --cp-address`: decodes the full resource state into
 /// envoy-config's [`ResourceSet`], translates it and publishes the `ProxyConfig` on the
@@ -173,6 +170,12 @@ impl ConfigSink for CpSink {
         match translate_state(state).and_then(|set| translate(&set, &self.node)) {
             Ok(config) => {
                 self.publish(config, state);
+                Ok(())
+            }
+            // Envoy keeps such listeners and clusters warming; kuma-cp pushes Secrets last.
+            Err(nacks) if nacks.iter().all(|n| n.awaiting) => {
+                let waiting: Vec<&str> = nacks.iter().map(|n| n.reason.as_str()).collect();
+                tracing::info!(%changed, ?waiting, "kept, not applied until the secrets it names come");
                 Ok(())
             }
             Err(nacks) => Err(self.reject(&nacks, changed)),
@@ -564,16 +567,27 @@ mod tests {
     }
 
     #[test]
-    fn nothing_applies_before_every_initial_type_then_a_config_does() {
+    fn nothing_applies_before_clusters_and_listeners_then_a_config_does() {
         let (mut sink, rx) = sink();
         let mut state = ResourceState::default();
-        for resource_type in &INITIAL_TYPES[..3] {
-            state = with(&state, *resource_type, &[]);
-            assert_eq!(sink.offer(&state, *resource_type), Ok(()));
-            assert!(rx.borrow().applied.is_none(), "applied before Secret came");
-        }
-        state = with(&state, ResourceType::Secret, &[]);
-        assert_eq!(sink.offer(&state, ResourceType::Secret), Ok(()));
+        state = with(&state, ResourceType::Cluster, &[]);
+        assert_eq!(sink.offer(&state, ResourceType::Cluster), Ok(()));
+        assert!(
+            rx.borrow().applied.is_none(),
+            "applied before Listener came"
+        );
+        state = with(&state, ResourceType::ClusterLoadAssignment, &[]);
+        assert_eq!(
+            sink.offer(&state, ResourceType::ClusterLoadAssignment),
+            Ok(())
+        );
+        assert!(
+            rx.borrow().applied.is_none(),
+            "applied before Listener came"
+        );
+        // kuma-cp sends no Secret for a mesh without mTLS: the listeners are enough.
+        state = with(&state, ResourceType::Listener, &[]);
+        assert_eq!(sink.offer(&state, ResourceType::Listener), Ok(()));
         let applied = rx.borrow().applied.clone().expect("applied");
         assert_eq!(applied.config.identity.name, "dp-1");
         assert_eq!(applied.config.source, "test");
@@ -586,7 +600,7 @@ mod tests {
         for resource_type in INITIAL_TYPES {
             state = with(&state, resource_type, &[]);
         }
-        assert_eq!(sink.offer(&state, ResourceType::Secret), Ok(()));
+        assert_eq!(sink.offer(&state, ResourceType::Listener), Ok(()));
         let good = rx.borrow().applied.clone().expect("applied").config;
         let runtime = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
         let bad = with(

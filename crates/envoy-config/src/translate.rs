@@ -75,6 +75,10 @@ pub struct Nack {
     pub field: String,
     /// Why it is refused.
     pub reason: String,
+    /// The resource names a Secret that has not arrived (yet). Envoy keeps such a listener or
+    /// cluster warming rather than refusing it, and kuma-cp pushes Secrets after Listeners, so
+    /// a state whose every Nack is awaiting is waited on, not NACKed.
+    pub awaiting: bool,
 }
 
 impl fmt::Display for Nack {
@@ -121,6 +125,7 @@ impl ResourceSet {
             resource: name.to_string(),
             field: format!("{short}[{name:?}]"),
             reason,
+            awaiting: false,
         };
         let bytes = any.value.as_slice();
         let decoded = match any.type_url.as_str() {
@@ -324,6 +329,19 @@ impl Translator<'_> {
             resource: resource.to_string(),
             field,
             reason: reason.into(),
+            awaiting: false,
+        });
+    }
+
+    /// `resource` names the Secret `secret`, which is not among the Secret resources: a Nack
+    /// that only waits for it (see [`Nack::awaiting`]).
+    fn await_secret(&mut self, type_url: &str, resource: &str, field: String, secret: &str) {
+        self.nacks.push(Nack {
+            type_url: type_url.to_string(),
+            resource: resource.to_string(),
+            field,
+            reason: format!("secret {secret} is not among the Secret resources"),
+            awaiting: true,
         });
     }
 
@@ -570,6 +588,9 @@ impl Translator<'_> {
         let path = listener_path(name);
         let mut route: Option<Route> = None;
         let (mut tls_mesh, mut plaintext, mut tls_passthrough) = (None, false, None);
+        // A TLS chain that did not translate has its own Nack; the passthrough rule below
+        // then has nothing to add.
+        let mut tls_refused = false;
         for (i, chain) in listener.filter_chains.iter().enumerate() {
             let at = format!("{path}.filter_chains[{i}]");
             if let Some(m) = &chain.filter_chain_match {
@@ -593,7 +614,7 @@ impl Translator<'_> {
                             "chains of one listener in different meshes",
                         ),
                         Some(mesh) => tls_mesh = Some(mesh),
-                        None => {}
+                        None => tls_refused = true,
                     }
                 }
                 // PERMISSIVE: TLS that is not the mesh's (no ALPN `kuma`) passes through.
@@ -625,7 +646,7 @@ impl Translator<'_> {
                 None => route = Some(this),
             }
         }
-        if let (Some(at), None) = (&tls_passthrough, &tls_mesh) {
+        if let (Some(at), None, false) = (&tls_passthrough, &tls_mesh, tls_refused) {
             self.nack(LISTENER, name, format!("{at}.filter_chain_match.transport_protocol"), "TLS passed through on a sidecar listener is implemented only beside mesh mTLS (PERMISSIVE)");
         }
         if let Some(mesh) = tls_mesh {
@@ -922,11 +943,11 @@ impl Translator<'_> {
         match sds.name.strip_prefix("identity_cert:secret:") {
             Some(mesh) if self.set.secrets.contains_key(&sds.name) => Some(mesh.to_string()),
             Some(_) => {
-                self.nack(
+                self.await_secret(
                     type_url,
                     name,
                     format!("{at}.tls_certificate_sds_secret_configs[0].name"),
-                    format!("secret {} is not among the Secret resources", sds.name),
+                    &sds.name,
                 );
                 None
             }
@@ -1256,7 +1277,18 @@ impl Translator<'_> {
                 Some(ca_mesh) => match self.secret_ca(&format!("mesh_ca:secret:{ca_mesh}")) {
                     Some(pem) => Some(pem),
                     None => {
-                        self.nack(CLUSTER, name, format!("{common_at}.combined_validation_context.validation_context_sds_secret_config"), format!("secret mesh_ca:secret:{ca_mesh} is not among the Secret resources"));
+                        let secret = format!("mesh_ca:secret:{ca_mesh}");
+                        let field = format!("{common_at}.combined_validation_context.validation_context_sds_secret_config");
+                        if self.set.secrets.contains_key(&secret) {
+                            self.nack(
+                                CLUSTER,
+                                name,
+                                field,
+                                format!("secret {secret} has no inline trusted CA"),
+                            );
+                        } else {
+                            self.await_secret(CLUSTER, name, field, &secret);
+                        }
                         return None;
                     }
                 },
@@ -1572,6 +1604,16 @@ impl Translator<'_> {
                 }
                 _ => None,
             };
+            if !self.set.secrets.contains_key(&identity_name) {
+                let field = format!("secrets[{identity_name:?}]");
+                self.await_secret(SECRET, &identity_name, field, &identity_name);
+                continue;
+            }
+            if !self.set.secrets.contains_key(&ca_name) {
+                let field = format!("secrets[{ca_name:?}]");
+                self.await_secret(SECRET, &ca_name, field, &ca_name);
+                continue;
+            }
             let Some(identity_pem) = identity else {
                 self.nack(
                     SECRET,
@@ -1934,6 +1976,27 @@ mod tests {
             "127.0.0.1:8080".parse().unwrap()
         );
         assert_eq!(config.version, config.content_version());
+    }
+
+    #[test]
+    fn a_listener_whose_secrets_have_not_come_awaits_them() {
+        let mut set = set(&inbound(ALLOW_ALL));
+        let secrets = std::mem::take(&mut set.secrets);
+        let nacks = translate(&set, &node()).unwrap_err();
+        assert!(
+            !nacks.is_empty() && nacks.iter().all(|n| n.awaiting),
+            "only awaiting: {nacks:?}"
+        );
+        assert!(nacks
+            .iter()
+            .any(|n| n.reason.contains("identity_cert:secret:default")));
+        // A Secret that came but holds no certificate is a real refusal.
+        set.secrets = secrets;
+        if let Some(secret) = set.secrets.get_mut("identity_cert:secret:default") {
+            secret.r#type = None;
+        }
+        let nacks = translate(&set, &node()).unwrap_err();
+        assert!(nacks.iter().any(|n| !n.awaiting), "{nacks:?}");
     }
 
     #[test]
