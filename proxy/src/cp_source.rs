@@ -257,11 +257,7 @@ fn translate_state(state: &ResourceState) -> Result<ResourceSet, Vec<Nack>> {
     let mut nacks = Vec::new();
     for (_, resources) in state.iter() {
         for (name, any) in &resources.resources {
-            let any = prost_types::Any {
-                type_url: any.type_url.clone(),
-                value: any.value.clone(),
-            };
-            if let Err(nack) = set.insert(name, &any) {
+            if let Err(nack) = set.insert(name, &any.type_url, &any.value) {
                 nacks.push(nack);
             }
         }

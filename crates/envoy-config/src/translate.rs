@@ -116,19 +116,19 @@ pub struct ResourceSet {
 }
 
 impl ResourceSet {
-    /// Adds one resource as xDS carries it; a type Bearing does not subscribe to or bytes
-    /// that do not decode are a NACK.
-    pub fn insert(&mut self, name: &str, any: &prost_types::Any) -> Result<(), Nack> {
-        let short = any.type_url.rsplit('.').next().unwrap_or(&any.type_url);
+    /// Adds one resource as xDS carries it (an `Any`'s type URL and bytes, borrowed so that
+    /// neither protobuf crate's `Any` is copied); a type Bearing does not subscribe to or
+    /// bytes that do not decode are a NACK.
+    pub fn insert(&mut self, name: &str, type_url: &str, bytes: &[u8]) -> Result<(), Nack> {
+        let short = type_url.rsplit('.').next().unwrap_or(type_url);
         let nack = |reason: String| Nack {
-            type_url: any.type_url.clone(),
+            type_url: type_url.to_string(),
             resource: name.to_string(),
             field: format!("{short}[{name:?}]"),
             reason,
             awaiting: false,
         };
-        let bytes = any.value.as_slice();
-        let decoded = match any.type_url.as_str() {
+        let decoded = match type_url {
             LISTENER => listener_pb::Listener::decode(bytes)
                 .map(|r| self.listeners.insert(name.to_string(), r).map(drop)),
             CLUSTER => cluster_pb::Cluster::decode(bytes)
@@ -1587,6 +1587,13 @@ impl Translator<'_> {
         for mesh in std::mem::take(&mut self.meshes) {
             let identity_name = format!("identity_cert:secret:{mesh}");
             let ca_name = format!("mesh_ca:secret:{mesh}");
+            let absent = [&identity_name, &ca_name]
+                .into_iter()
+                .find(|n| !self.set.secrets.contains_key(*n));
+            if let Some(secret) = absent {
+                self.await_secret(SECRET, secret, format!("secrets[{secret:?}]"), secret);
+                continue;
+            }
             let identity = match self
                 .set
                 .secrets
@@ -1604,16 +1611,6 @@ impl Translator<'_> {
                 }
                 _ => None,
             };
-            if !self.set.secrets.contains_key(&identity_name) {
-                let field = format!("secrets[{identity_name:?}]");
-                self.await_secret(SECRET, &identity_name, field, &identity_name);
-                continue;
-            }
-            if !self.set.secrets.contains_key(&ca_name) {
-                let field = format!("secrets[{ca_name:?}]");
-                self.await_secret(SECRET, &ca_name, field, &ca_name);
-                continue;
-            }
             let Some(identity_pem) = identity else {
                 self.nack(
                     SECRET,
@@ -1628,7 +1625,7 @@ impl Translator<'_> {
                     SECRET,
                     &ca_name,
                     format!("secrets[{ca_name:?}].validation_context.trusted_ca"),
-                    "the mesh CA secret is missing or has no inline trusted CA",
+                    "the mesh CA secret has no inline trusted CA",
                 );
                 continue;
             };
@@ -1831,7 +1828,8 @@ mod tests {
         let mut set = ResourceSet::default();
         for raw in parse_golden(yaml, "test.yaml").unwrap() {
             let r = decode_raw(&raw, "test.yaml").unwrap();
-            set.insert(&r.name, &r.resource).unwrap();
+            set.insert(&r.name, &r.resource.type_url, &r.resource.value)
+                .unwrap();
         }
         set
     }

@@ -171,7 +171,7 @@ fn compiled(case: &Case) -> Result<ProxyConfig, String> {
 fn translated(case: &Case) -> Result<ProxyConfig, String> {
     let mut set = ResourceSet::default();
     for r in corpus::load_edited(&case.golden, strip_policies)? {
-        set.insert(&r.name, &r.resource)
+        set.insert(&r.name, &r.resource.type_url, &r.resource.value)
             .map_err(|n| n.to_string())?;
     }
     let node = NodeInfo {

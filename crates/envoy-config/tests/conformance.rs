@@ -62,7 +62,7 @@ fn outcome(file: &Path) -> Result<String, Vec<Nack>> {
     let mut set = ResourceSet::default();
     let mut nacks = Vec::new();
     for r in corpus::load(file).unwrap_or_else(|e| panic!("{e}")) {
-        if let Err(n) = set.insert(&r.name, &r.resource) {
+        if let Err(n) = set.insert(&r.name, &r.resource.type_url, &r.resource.value) {
             nacks.push(n);
         }
     }
