@@ -1105,6 +1105,34 @@ listen tcp
             for s in socks:
                 s.close()
 
+    def idle_mtls_connections(self, c: Contender, n: int) -> dict:
+        """RSS (MB) of the mTLS pair's inbound process before and with `n` mesh mTLS connections
+        open and idle: each one a full handshake (client certificate of `web`, SNI, ALPN kuma),
+        then no request. Also how many were still open when RSS was read."""
+        inbound, port = c.mtls[1], base_port(c.name) + 7
+        before = status_kb(inbound.pids(), "VmRSS") / 1024
+        ctx, socks = self.mtls_client(), []
+        try:
+            for _ in range(n):
+                raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+                socks.append(ctx.wrap_socket(raw, server_hostname=kuma_sni(BACKEND)))
+            time.sleep(2.0)
+            rss = status_kb(inbound.pids(), "VmRSS") / 1024
+            open_ = 0
+            for s in socks:
+                s.setblocking(False)
+                try:
+                    open_ += s.recv(1) != b""
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    open_ += 1
+                except OSError:
+                    pass
+            return {"mtls_rss_before_mb": before, "mtls_conns": n, "mtls_conns_open": open_,
+                    "mtls_conns_rss_mb": rss}
+        finally:
+            for s in socks:
+                s.close()
+
     # -- start-up and apply ------------------------------------------------------------------
 
     def services_store(self, n: int) -> Path:
@@ -1288,6 +1316,14 @@ networking:
                     med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                     self.results["load"].append({"scenario": s, "contender": name, "workers": w,
                                                  "runs": len(rs), **med})
+                if self.args.mtls_idle and any(s in MTLS_SCENARIOS for s in scenarios):
+                    for name in (n for n in contenders if n in SCENARIOS[MTLS_SCENARIOS[0]]):
+                        m = self.idle_mtls_connections(cs[name], self.args.mtls_idle)
+                        log(f"w={w} {name}: mTLS inbound {m['mtls_rss_before_mb']:.1f} MB, "
+                            f"{m['mtls_conns_rss_mb']:.1f} MB with {m['mtls_conns_open']} of "
+                            f"{m['mtls_conns']} idle mTLS connections open")
+                        self.results.setdefault("mtls_memory", []).append(
+                            {"contender": name, "workers": w, **m})
                 if not self.args.only:
                     for name in PROXIES:
                         mb = self.idle_connections(cs[name], self.args.idle_connections)
@@ -1532,6 +1568,19 @@ def markdown(res: dict, charts_dir: str = "") -> str:
                 lines.append(f"\nHandshake client, {r['workers']} worker(s), {r['contender']}: "
                              f"{r['client_cpu_s']:.2f} CPU s (the server: {fmt(r.get('cpu_s'), '.2f')}).")
         lines.append("")
+    if res.get("mtls_memory"):
+        lines += ["## Idle mTLS connections", "",
+                  "RSS of the mTLS pair's inbound process before and with N mesh mTLS connections open "
+                  "and idle (each a full handshake with a client certificate, then no request), read "
+                  "2 s after the last was opened; `open` counts those still open then.", "",
+                  "| workers | contender | RSS MB before | N (open) | RSS MB with N | KiB per connection |",
+                  "|---|---|---|---|---|---|"]
+        for m in res["mtls_memory"]:
+            per = (m["mtls_conns_rss_mb"] - m["mtls_rss_before_mb"]) * 1024 / m["mtls_conns"]
+            lines.append(f"| {m['workers']} | {m['contender']} | {fmt(m['mtls_rss_before_mb'])} | "
+                         f"{m['mtls_conns']} ({m['mtls_conns_open']}) | {fmt(m['mtls_conns_rss_mb'])} | "
+                         f"{per:.1f} |")
+        lines.append("")
     if ratios := gateway_ratios(res):
         lines += ["## Gateway ratios", "", "| workers | ratio | bearing | peer | x |", "|---|---|---|---|---|"]
         for r in ratios:
@@ -1682,6 +1731,8 @@ def main() -> None:
     ap.add_argument("--tls-client", default=str(ROOT / "benches/tls-handshakes/target/release/tls-handshakes"),
                     help="the mTLS handshake client (built by run.sh)")
     ap.add_argument("--handshake-clients", type=int, default=4, help="threads of the handshake client")
+    ap.add_argument("--mtls-idle", type=int, default=10000,
+                    help="mesh mTLS connections held idle to each mTLS inbound to read its RSS (0: skip)")
     args = ap.parse_args()
     args.report = args.report or (args.only if args.only in GROUPS else "results")
     args.workers = [int(w) for w in args.workers.split(",")]

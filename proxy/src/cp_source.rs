@@ -350,7 +350,7 @@ type Connecting = Pin<
     Box<
         dyn Future<
                 Output = Result<
-                    hyper_util::rt::TokioIo<tokio_openssl::SslStream<tokio::net::TcpStream>>,
+                    hyper_util::rt::TokioIo<bearing_bootstrap::CpStream>,
                     bearing_bootstrap::ConnectError,
                 >,
             > + Send,
@@ -358,7 +358,7 @@ type Connecting = Pin<
 >;
 
 impl tower_service::Service<http::Uri> for CpConnector {
-    type Response = hyper_util::rt::TokioIo<tokio_openssl::SslStream<tokio::net::TcpStream>>;
+    type Response = hyper_util::rt::TokioIo<bearing_bootstrap::CpStream>;
     type Error = bearing_bootstrap::ConnectError;
     type Future = Connecting;
 

@@ -12,18 +12,17 @@
 
 use std::sync::Arc;
 
-use openssl::ssl::{
-    AlpnError, SslContext, SslContextBuilder, SslMethod, SslOptions, SslSessionCacheMode,
-    SslVerifyMode, SslVersion,
+use boring::ssl::{
+    AlpnError, SslContext, SslContextBuilder, SslOptions, SslSessionCacheMode, SslVerifyMode,
+    SslVersion,
 };
-use openssl::x509::store::{X509Store, X509StoreBuilder};
-use openssl::x509::{X509StoreContext, X509VerifyResult, X509};
+use boring::x509::store::{X509Store, X509StoreBuilder};
+use boring::x509::{X509StoreContext, X509VerifyError, X509};
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
 use crate::stack::{
-    check_sni, context_builder, openssl_err, verified_leaf_uris, CertifiedKey, ClientMesh,
-    ServerCheck,
+    check_sni, context_builder, ssl_err, verified_leaf_uris, CertifiedKey, ClientMesh, ServerCheck,
 };
 use crate::{Identity, MeshCa, TlsAcceptor, TlsConnector, TlsError};
 
@@ -89,16 +88,16 @@ fn ca_certs(pems: &[&str], what: &'static str) -> Result<Vec<X509>, TlsError> {
 
 fn mesh_roots(ca: &MeshCa) -> Result<Vec<X509>, TlsError> {
     Ok(vec![
-        X509::from_der(ca.cert_der()).map_err(openssl_err("mesh CA certificate"))?
+        X509::from_der(ca.cert_der()).map_err(ssl_err("mesh CA certificate"))?
     ])
 }
 
 /// A trust store of `roots`.
 fn store_of(roots: &[X509]) -> Result<X509Store, TlsError> {
     let what = "trust anchors";
-    let mut store = X509StoreBuilder::new().map_err(openssl_err(what))?;
+    let mut store = X509StoreBuilder::new().map_err(ssl_err(what))?;
     for root in roots {
-        store.add_cert(root.clone()).map_err(openssl_err(what))?;
+        store.add_cert(root.clone()).map_err(ssl_err(what))?;
     }
     Ok(store.build())
 }
@@ -136,7 +135,7 @@ fn server_acceptor(
     let verify_mesh = client_mesh.clone();
     let build = move |leaf: &CertifiedKey| -> Result<SslContext, TlsError> {
         let what = "mesh server TLS context";
-        let mut b = context_builder(SslMethod::tls_server(), what)?;
+        let mut b = context_builder(what)?;
         tls12_and_13(&mut b, what)?;
         let mode = SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT;
         match verify_mesh.clone() {
@@ -144,12 +143,11 @@ fn server_acceptor(
             None => b.set_verify(mode),
         }
         b.set_cert_store(store_of(&roots)?);
-        leaf.install(&mut b).map_err(openssl_err(what))?;
+        leaf.install(&mut b).map_err(ssl_err(what))?;
         select_alpn(&mut b, alpn_wire(&[KUMA_ALPN])?);
         b.set_servername_callback(check_sni);
-        // No resumption (no TLS 1.3 or 1.2 tickets, no cache): a renewed identity or a new CA
-        // is then never bypassed by a resumed session.
-        b.set_num_tickets(0).map_err(openssl_err(what))?;
+        // No resumption (no TLS 1.3 or 1.2 tickets: BoringSSL's NO_TICKET covers both; no
+        // cache): a renewed identity or a new CA is then never bypassed by a resumed session.
         b.set_options(SslOptions::NO_TICKET);
         b.set_session_cache_mode(SslSessionCacheMode::OFF);
         Ok(b.build())
@@ -160,14 +158,14 @@ fn server_acceptor(
 fn tls13_only(b: &mut SslContextBuilder, what: &'static str) -> Result<(), TlsError> {
     b.set_min_proto_version(Some(SslVersion::TLS1_3))
         .and_then(|()| b.set_max_proto_version(Some(SslVersion::TLS1_3)))
-        .map_err(openssl_err(what))
+        .map_err(ssl_err(what))
 }
 
 /// TLS 1.2 and 1.3, for TLS with peers outside the mesh.
 pub(crate) fn tls12_and_13(b: &mut SslContextBuilder, what: &'static str) -> Result<(), TlsError> {
     b.set_min_proto_version(Some(SslVersion::TLS1_2))
         .and_then(|()| b.set_max_proto_version(Some(SslVersion::TLS1_3)))
-        .map_err(openssl_err(what))
+        .map_err(ssl_err(what))
 }
 
 /// The client side of mesh mTLS (outbound) towards one destination whose SPIFFE id is
@@ -210,7 +208,7 @@ fn client_connector(
     let wanted = expected.clone();
     let build = move |leaf: &CertifiedKey| -> Result<SslContext, TlsError> {
         let what = "mesh client TLS context";
-        let mut b = context_builder(SslMethod::tls_client(), what)?;
+        let mut b = context_builder(what)?;
         tls13_only(&mut b, what)?;
         b.set_cert_store(store_of(&roots)?);
         let wanted = wanted.clone();
@@ -221,13 +219,13 @@ fn client_connector(
             };
             let carries = uris.iter().any(|uri| **uri == *wanted);
             if !carries {
-                ctx.set_error(X509VerifyResult::APPLICATION_VERIFICATION);
+                ctx.set_error(Err(X509VerifyError::APPLICATION_VERIFICATION));
             }
             carries
         });
-        leaf.install(&mut b).map_err(openssl_err(what))?;
+        leaf.install(&mut b).map_err(ssl_err(what))?;
         b.set_alpn_protos(&alpn_wire(&[KUMA_ALPN])?)
-            .map_err(openssl_err(what))?;
+            .map_err(ssl_err(what))?;
         Ok(b.build())
     };
     TlsConnector::for_identity(identity, Box::new(build), ServerCheck::Spiffe(expected))
@@ -243,20 +241,22 @@ pub(crate) fn verify_leaf(ca: &MeshCa, certs: &[CertificateDer<'static>]) -> Res
             reason: "no certificate".into(),
         });
     };
-    let leaf = X509::from_der(leaf).map_err(openssl_err(what))?;
-    let mut chain = openssl::stack::Stack::new().map_err(openssl_err(what))?;
+    let leaf = X509::from_der(leaf).map_err(ssl_err(what))?;
+    let mut chain = boring::stack::Stack::new().map_err(ssl_err(what))?;
     for cert in intermediates {
         chain
-            .push(X509::from_der(cert).map_err(openssl_err(what))?)
-            .map_err(openssl_err(what))?;
+            .push(X509::from_der(cert).map_err(ssl_err(what))?)
+            .map_err(ssl_err(what))?;
     }
     let store = store_of(&mesh_roots(ca)?)?;
-    let mut ctx = X509StoreContext::new().map_err(openssl_err(what))?;
+    let mut ctx = X509StoreContext::new().map_err(ssl_err(what))?;
     let verdict = ctx
         .init(&store, &leaf, &chain, |c| {
-            Ok(c.verify_cert()?.then_some(()).ok_or(c.error()))
+            let verified = c.verify_cert()?;
+            Ok(c.verify_result()
+                .and_then(|()| verified.then_some(()).ok_or(X509VerifyError::UNSPECIFIED)))
         })
-        .map_err(openssl_err(what))?;
+        .map_err(ssl_err(what))?;
     verdict.map_err(|error| TlsError::Certificate {
         what,
         reason: error.error_string().to_string(),
@@ -308,7 +308,7 @@ pub fn external_connector(
     alpn: &[&[u8]],
 ) -> Result<TlsConnector, TlsError> {
     let what = "external TLS context";
-    let mut b = context_builder(SslMethod::tls_client(), what)?;
+    let mut b = context_builder(what)?;
     tls12_and_13(&mut b, what)?;
     let check = match verification {
         ServerVerification::Secured => ServerCheck::Name(server_name.into()),
@@ -324,7 +324,7 @@ pub fn external_connector(
                 }
                 None => b
                     .set_default_verify_paths()
-                    .map_err(openssl_err("system root certificates"))?,
+                    .map_err(ssl_err("system root certificates"))?,
             }
         }
     }
@@ -337,11 +337,11 @@ pub fn external_connector(
             "client certificate and key",
         )?;
         pair.install(&mut b)
-            .map_err(openssl_err("client certificate and key"))?;
+            .map_err(ssl_err("client certificate and key"))?;
     }
     if !alpn.is_empty() {
         b.set_alpn_protos(&alpn_wire(alpn)?)
-            .map_err(openssl_err(what))?;
+            .map_err(ssl_err(what))?;
     }
     TlsConnector::fixed(b.build(), check).with_sni(server_name)
 }
@@ -538,7 +538,10 @@ mod tests {
         let (s, _) = handshake(&server, &client).await;
         let err = s.unwrap_err().to_string();
         assert!(
-            err.contains("peer did not return a certificate") && err.contains("listener inbound"),
+            err.to_lowercase()
+                .replace('_', " ")
+                .contains("peer did not return a certificate")
+                && err.contains("listener inbound"),
             "{err}"
         );
     }
@@ -554,7 +557,9 @@ mod tests {
         let err = s.unwrap_err().to_string();
         // The client's chain ends in its own CA, which the mesh does not trust.
         assert!(
-            err.contains("certificate verify failed: self-signed certificate in certificate chain"),
+            err.replace('-', " ").contains(
+                "certificate verify failed: self signed certificate in certificate chain"
+            ),
             "{err}"
         );
     }
@@ -613,7 +618,7 @@ mod tests {
         );
         let (_, c) = handshake(&server, &secured).await;
         let err = c.unwrap_err().to_string();
-        assert!(err.contains("hostname mismatch"), "{err}");
+        assert!(err.to_lowercase().contains("hostname mismatch"), "{err}");
         let secured = connector("other.example", Some(&ca_pem), ServerVerification::Secured);
         let (s, c) = handshake(&server, &secured).await;
         let (s, c) = (s.unwrap(), c.unwrap());
@@ -702,7 +707,7 @@ mod tests {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
         let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
         let tls12_client = |with_cert: bool| {
-            let mut b = SslContextBuilder::new(SslMethod::tls_client()).unwrap();
+            let mut b = SslContextBuilder::new(boring::ssl::SslMethod::tls()).unwrap();
             b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
             b.set_verify(SslVerifyMode::NONE);
             b.set_alpn_protos(b"\x04kuma").unwrap();

@@ -52,13 +52,13 @@ pub enum TlsError {
         /// rcgen's error.
         source: rcgen::Error,
     },
-    /// OpenSSL refused to build a context or parse an input.
+    /// BoringSSL refused to build a context or parse an input.
     #[error("{what}: {source}")]
-    OpenSsl {
+    Ssl {
         /// What was being built or parsed.
         what: &'static str,
-        /// OpenSSL's error queue.
-        source: openssl::error::ErrorStack,
+        /// BoringSSL's error queue.
+        source: boring::error::ErrorStack,
     },
     /// A TLS handshake failed, was refused or timed out.
     #[error("TLS handshake with {peer} on {at}: {reason}")]
@@ -67,7 +67,7 @@ pub enum TlsError {
         peer: std::net::SocketAddr,
         /// Where: `listener <name>` (server side) or `cluster <name>` (client side).
         at: String,
-        /// What went wrong, in OpenSSL's words or as a certificate verdict.
+        /// What went wrong, in BoringSSL's words or as a certificate verdict.
         reason: String,
     },
     /// A certificate was to be issued by a CA loaded without its private key.

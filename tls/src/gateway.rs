@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use openssl::ssl::{NameType, SniError, SslAlert, SslContext, SslContextBuilder, SslMethod};
+use boring::ssl::{NameType, SniError, SslAlert, SslContext, SslContextBuilder};
 
 use crate::config::{alpn_wire, select_alpn, tls12_and_13};
-use crate::stack::{check_sni, context_builder, openssl_err, CertifiedKey};
+use crate::stack::{check_sni, context_builder, ssl_err, CertifiedKey};
 use crate::{TlsAcceptor, TlsError};
 
 /// A certificate chain (leaf first) and its private key, both PEM, ready to serve: the key is
@@ -35,17 +35,17 @@ pub fn gateway_acceptor(
     let alpn = alpn_wire(alpn)?;
     let context = |key: Option<&CertifiedKey>| -> Result<SslContextBuilder, TlsError> {
         let what = "gateway TLS context";
-        let mut b = context_builder(SslMethod::tls_server(), what)?;
+        let mut b = context_builder(what)?;
         tls12_and_13(&mut b, what)?;
         if let Some(key) = key {
             key.install(&mut b)
-                .map_err(openssl_err("gateway certificate and key"))?;
+                .map_err(ssl_err("gateway certificate and key"))?;
         }
         if !alpn.is_empty() {
             select_alpn(&mut b, alpn.clone());
         }
         b.set_session_id_context(b"bearing-gateway")
-            .map_err(openssl_err(what))?;
+            .map_err(ssl_err(what))?;
         Ok(b)
     };
     let per_key: Vec<SslContext> = keys

@@ -8,12 +8,13 @@
 //!   [`external_connector`] for TLS to external services.
 //! - [`certified_key`] / [`gateway_acceptor`]: TLS a builtin gateway terminates.
 //! - [`TlsAcceptor`], [`TlsConnector`], [`TlsStream`], [`Negotiated`]: the handshakes and
-//!   their outcome, the only face of the TLS stack (OpenSSL) the rest of Bearing sees.
+//!   their outcome, the only face of the TLS stack (BoringSSL) the rest of Bearing sees.
 //! - [`parse_client_hello`]: allocation-free SNI/ALPN peek for routing and PERMISSIVE mode.
 //! - [`tags_sni`] / [`resource_sni`] / [`mesh_service_kri_sni`] and their parsers: Kuma's SNI
 //!   forms (tags, hashed resource, KRI).
 //!
-//! TLS runs on the system's OpenSSL 3 (libssl); certificates are issued with rcgen (ring).
+//! TLS runs on BoringSSL (Envoy's stack, built from the sources `boring-sys` vendors);
+//! certificates are issued with rcgen (ring).
 
 mod ca;
 mod config;

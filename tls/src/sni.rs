@@ -200,8 +200,8 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    /// The first flight of a real OpenSSL client (TLS 1.2 + 1.3, ALPN as given) to `server`.
-    pub(crate) fn openssl_client_hello(server: &str, alpn: &[&[u8]]) -> Vec<u8> {
+    /// The first flight of a real BoringSSL client (TLS 1.2 + 1.3, ALPN as given) to `server`.
+    pub(crate) fn stack_client_hello(server: &str, alpn: &[&[u8]]) -> Vec<u8> {
         crate::external_connector(server, None, None, crate::ServerVerification::SkipAll, alpn)
             .unwrap()
             .first_flight()
@@ -220,8 +220,8 @@ mod tests {
     }
 
     #[test]
-    fn parses_openssl_client_hello() {
-        let hello = openssl_client_hello("backend.mesh", &[b"h2", b"kuma"]);
+    fn parses_stack_client_hello() {
+        let hello = stack_client_hello("backend.mesh", &[b"h2", b"kuma"]);
         assert_eq!(
             parse_client_hello(&hello),
             ClientHello::Parsed {
@@ -229,7 +229,7 @@ mod tests {
                 alpn_kuma: true
             }
         );
-        let hello = openssl_client_hello("example.com", &[b"h2"]);
+        let hello = stack_client_hello("example.com", &[b"h2"]);
         assert_eq!(
             parse_client_hello(&hello),
             ClientHello::Parsed {
@@ -238,7 +238,7 @@ mod tests {
             }
         );
         // An IP address is never sent as SNI.
-        let hello = openssl_client_hello("10.0.0.1", &[]);
+        let hello = stack_client_hello("10.0.0.1", &[]);
         assert_eq!(
             parse_client_hello(&hello),
             ClientHello::Parsed {
@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn parses_kuma_tags_sni() {
-        let hello = openssl_client_hello("backend{mesh=default}", &[b"kuma"]);
+        let hello = stack_client_hello("backend{mesh=default}", &[b"kuma"]);
         assert_eq!(
             parse_client_hello(&hello),
             ClientHello::Parsed {
@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn every_proper_prefix_is_incomplete() {
-        let hello = openssl_client_hello("backend.mesh", &[b"kuma"]);
+        let hello = stack_client_hello("backend.mesh", &[b"kuma"]);
         for end in 0..hello.len() {
             assert_eq!(
                 parse_client_hello(&hello[..end]),
@@ -298,7 +298,7 @@ mod tests {
             parse_client_hello(&[0x16, 3, 1, 0, 4, 1, 0, 1, 0]),
             ClientHello::Invalid("ClientHello spans several records (not supported)")
         );
-        let mut hello = openssl_client_hello("backend-mesh", &[]);
+        let mut hello = stack_client_hello("backend-mesh", &[]);
         replace_same_len(&mut hello, "backend-mesh", "backend mesh");
         assert_eq!(
             parse_client_hello(&hello),
@@ -310,7 +310,7 @@ mod tests {
     /// (its documented scope) a ClientHello spread over several records.
     #[test]
     fn long_sni_and_fragmented_hello_are_invalid() {
-        let mut hello = openssl_client_hello(&"a".repeat(255), &[]);
+        let mut hello = stack_client_hello(&"a".repeat(255), &[]);
         assert!(matches!(
             parse_client_hello(&hello),
             ClientHello::Parsed { sni: Some(s), .. } if s.len() == 255
@@ -338,7 +338,7 @@ mod tests {
             ClientHello::Invalid("server_name host_name is longer than 255 bytes")
         );
 
-        let hello = openssl_client_hello("backend{mesh=default}", &[]);
+        let hello = stack_client_hello("backend{mesh=default}", &[]);
         let (header, message) = hello.split_at(5);
         let mut fragmented = header[..3].to_vec();
         fragmented.extend([0, 10]);
@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn random_mutations_never_panic() {
-        let hello = openssl_client_hello("backend.mesh", &[b"h2", b"kuma"]);
+        let hello = stack_client_hello("backend.mesh", &[b"h2", b"kuma"]);
         let mut state = 0x9e37_79b9_7f4a_7c15;
         let mut parsed = 0;
         for _ in 0..5000 {

@@ -399,11 +399,9 @@ mod tests {
     use super::*;
     use crate::tls::tests::{acceptor, kuma_cp_default_cert, TestCert};
     use std::collections::BTreeMap;
-    use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use tokio::net::TcpListener;
-    use tokio_openssl::SslStream;
 
     /// What the test server answers to the n-th request: (status, body).
     type Script = Arc<dyn Fn(usize) -> (u16, Vec<u8>) + Send + Sync>;
@@ -411,7 +409,7 @@ mod tests {
     /// The requests a test server saw: (method, path, accept, content-type, body).
     type Seen = Arc<Mutex<Vec<(String, String, String, String, serde_json::Value)>>>;
 
-    /// A hyper server on 127.0.0.1 (over OpenSSL with `cert`, else plaintext) answering by
+    /// A hyper server on 127.0.0.1 (over BoringSSL with `cert`, else plaintext) answering by
     /// `script`.
     async fn server(cert: Option<&TestCert>, script: Script) -> (u16, Seen) {
         let acceptor = cert.map(acceptor);
@@ -427,10 +425,9 @@ mod tests {
                     tokio::spawn(answer(tcp, script, seen, count));
                     continue;
                 };
-                let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
-                let mut stream = SslStream::new(ssl, tcp).unwrap();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    if Pin::new(&mut stream).accept().await.is_ok() {
+                    if let Ok(stream) = tokio_boring::accept(&acceptor, tcp).await {
                         answer(stream, script, seen, count).await;
                     }
                 });

@@ -15,7 +15,7 @@ pub mod tls;
 pub use client::{BootstrapClient, BootstrapError, Bootstrapped, CpAddress, RetryPolicy, H2_ALPN};
 pub use request::{ProxyIdentity, TokenSource, FEATURES};
 pub use response::{AdsApi, AdsConfig, Authorization, CpBootstrap, Node};
-pub use tls::{ConnectError, CpTls, CpTrust};
+pub use tls::{ConnectError, CpStream, CpTls, CpTrust};
 
 #[cfg(test)]
 mod tests {

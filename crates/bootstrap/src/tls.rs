@@ -1,23 +1,25 @@
 //! The verified TLS connection to the control plane, shared by the bootstrap request and the
-//! ADS client (OpenSSL, the stack the rest of Bearing moves to).
+//! ADS client (BoringSSL, the stack of the rest of Bearing).
 //!
 //! Verification follows kuma-dp: TLS 1.2 or newer; the CA certificates given
 //! (`--ca-cert-file`, `KUMA_CONTROL_PLANE_CA_CERT`) as the only roots, else the system roots;
 //! the CP's name (or IP) checked against its certificate. kuma-cp's default auto-generated
-//! certificate is a self-signed leaf with `CA:TRUE`, handed to the proxies as their CA: OpenSSL
-//! (like Go's verifier, unlike webpki) accepts a peer certificate that is itself one of the
+//! certificate is a self-signed leaf with `CA:TRUE`, handed to the proxies as their CA: BoringSSL
+//! (like OpenSSL and Go's verifier, unlike webpki) accepts a peer certificate that is itself one of the
 //! trusted roots, i.e. exactly that certificate (same subject, same key, its own signature), so
 //! it is pinned with no special case. `--skip-verify` turns verification off, as kuma-dp's.
 
 use std::fmt;
 use std::net::IpAddr;
-use std::pin::Pin;
 
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
-use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::X509;
+use boring::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use boring::x509::store::X509StoreBuilder;
+use boring::x509::X509;
 use tokio::net::TcpStream;
-use tokio_openssl::SslStream;
+use tokio_boring::SslStreamBuilder;
+
+/// A verified TLS connection to the control plane.
+pub type CpStream = tokio_boring::SslStream<TcpStream>;
 
 /// How the CP's certificate is verified.
 #[derive(Clone, Default)]
@@ -106,9 +108,9 @@ impl CpTls {
     /// `b"\x02h2"` for gRPC: kuma-cp serves both on one port and picks by ALPN).
     pub fn new(trust: CpTrust, alpn: &[u8]) -> Result<CpTls, String> {
         let tls_error =
-            |e: openssl::error::ErrorStack| format!("cannot set up TLS to the control plane: {e}");
+            |e: boring::error::ErrorStack| format!("cannot set up TLS to the control plane: {e}");
         // `SslConnector::builder` loads the system roots and verifies the peer.
-        let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls_error)?;
+        let mut builder = SslConnector::builder(SslMethod::tls()).map_err(tls_error)?;
         builder
             .set_min_proto_version(Some(SslVersion::TLS1_2))
             .map_err(tls_error)?;
@@ -147,11 +149,7 @@ impl CpTls {
 
     /// Connects to `host:port` and completes a TLS handshake verifying the CP's certificate for
     /// `host` (SNI = `host` unless it is an IP address).
-    pub async fn connect(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> Result<SslStream<TcpStream>, ConnectError> {
+    pub async fn connect(&self, host: &str, port: u16) -> Result<CpStream, ConnectError> {
         let address = format!("{host}:{port}");
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
         let tcp = TcpStream::connect((bare_host, port))
@@ -176,28 +174,26 @@ impl CpTls {
         let ssl = config
             .into_ssl(bare_host)
             .map_err(|e| tls_failed(e.to_string()))?;
-        let mut stream = SslStream::new(ssl, tcp).map_err(|e| tls_failed(e.to_string()))?;
-        if let Err(e) = Pin::new(&mut stream).connect().await {
-            let verify = stream.ssl().verify_result();
-            let detail = if verify.as_raw() != 0 {
-                format!(
-                    "the control plane's certificate is not trusted: {} (verified against {}, for the name {bare_host})",
-                    verify.error_string(),
-                    self.trust.describe()
-                )
-            } else {
-                format!("handshake failed: {e}")
-            };
-            return Err(tls_failed(detail));
-        }
-        Ok(stream)
+        SslStreamBuilder::new(ssl, tcp)
+            .connect()
+            .await
+            .map_err(|e| {
+                tls_failed(match e.ssl().map(|ssl| ssl.verify_result()) {
+                    Some(Err(verdict)) => format!(
+                        "the control plane's certificate is not trusted: {} (verified against {}, for the name {bare_host})",
+                        verdict.error_string(),
+                        self.trust.describe()
+                    ),
+                    _ => format!("handshake failed: {e}"),
+                })
+            })
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use openssl::ssl::{SslAcceptor, SslFiletype};
+    use boring::ssl::{SslAcceptor, SslFiletype};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -234,7 +230,7 @@ pub(crate) mod tests {
         let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
         std::fs::write(&c, &cert.cert_pem).unwrap();
         std::fs::write(&k, &cert.key_pem).unwrap();
-        let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+        let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
         b.set_certificate_chain_file(&c).unwrap();
         b.set_private_key_file(&k, SslFiletype::PEM).unwrap();
         b.check_private_key().unwrap();
@@ -248,10 +244,9 @@ pub(crate) mod tests {
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
-                let mut s = SslStream::new(ssl, tcp).unwrap();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    if Pin::new(&mut s).accept().await.is_ok() {
+                    if let Ok(mut s) = tokio_boring::accept(&acceptor, tcp).await {
                         let mut buf = [0u8; 5];
                         if s.read_exact(&mut buf).await.is_ok() {
                             let _ = s.write_all(&buf).await;
@@ -312,7 +307,7 @@ pub(crate) mod tests {
         let port = echo_server(&cert).await;
         let tls = trusting(&cert, "--ca-cert-file ca.pem");
         let err = refusal(&tls, port).await;
-        assert!(err.contains("hostname mismatch"), "{err}");
+        assert!(err.to_lowercase().contains("hostname mismatch"), "{err}");
         assert!(err.contains("for the name localhost"), "{err}");
     }
 
@@ -341,7 +336,7 @@ pub(crate) mod tests {
             T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         >() {
         }
-        connector_io::<SslStream<TcpStream>>();
+        connector_io::<CpStream>();
         fn shared<T: Clone + Send + Sync + 'static>() {}
         shared::<CpTls>();
     }
