@@ -55,6 +55,11 @@ for svc in nginx redis-server; do
   if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
 done
 
+# Every cargo command below selects the whole workspace (the e2e tests' own `cargo build -p
+# bearing` resolves the same build-dependency features), so BoringSSL is compiled once, in the
+# dev profile: ~17 min wall on a loaded 2-core machine (~5 min of CPU), then cached in target/.
+# (A single-crate selection such as `cargo test -p bearing-tls` unifies bindgen's dependencies
+# differently and compiles its own BoringSSL once.)
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
