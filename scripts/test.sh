@@ -55,11 +55,11 @@ for svc in nginx redis-server; do
   if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
 done
 
-# Every cargo command below selects the whole workspace (the e2e tests' own `cargo build -p
-# bearing` resolves the same build-dependency features), so BoringSSL is compiled once, in the
-# dev profile: ~17 min wall on a loaded 2-core machine (~5 min of CPU), then cached in target/.
-# (A single-crate selection such as `cargo test -p bearing-tls` unifies bindgen's dependencies
-# differently and compiles its own BoringSSL once.)
+# BoringSSL is compiled from source by boring-sys: ~17 min wall on a loaded 2-core machine
+# (~5 min of CPU) per set of build-dependency features, then cached in target/. Different
+# package selections can resolve bindgen's dependencies differently and compile their own
+# (seen: -p bearing-tls, -p bearing-bootstrap, -p bearing-e2e each did once); clippy reuses the
+# build's. Not yet checked: whether --workspace and the e2e tests' `cargo build -p bearing` share one.
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
