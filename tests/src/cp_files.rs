@@ -336,3 +336,59 @@ impl CpEnvoy<'_> {
         admin_request(self.host, 9901, "GET", path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KumaGolden;
+
+    #[test]
+    fn golden_resources_rewritten_load_as_the_test_cp_serves_them() {
+        let golden = KumaGolden::load(
+            "envoyconfig-e2e/sidecars/meshtrafficpermission/no-policies.demo-client.golden.json",
+        )
+        .expect("corpus golden");
+        let cluster = "envoyconfig_test-server__kuma-3_msvc_80";
+        let at: SocketAddr = "10.0.0.9:18080".parse().expect("addr");
+        let listener = golden
+            .listener("outbound:IP_REDACTED:80")
+            .expect("outbound");
+        let mut xds = XdsFile::new();
+        xds.cluster(golden.cluster(cluster).expect("cluster"))
+            .expect("named")
+            .endpoints(golden.endpoints(cluster).expect("cla"), &[at, at])
+            .expect("named")
+            .listener(bound_listener(
+                listener,
+                "127.0.0.1:10001".parse().expect("addr"),
+            ))
+            .expect("named");
+        let doc = xds.to_json();
+        let cla = &doc["xds"][ENDPOINTS][cluster];
+        let endpoints = cla["endpoints"][0]["lbEndpoints"].as_array().expect("list");
+        assert_eq!(endpoints.len(), 2);
+        assert_eq!(
+            endpoints[1]["endpoint"]["address"]["socketAddress"]["portValue"],
+            18080
+        );
+        // The golden endpoint's tags are kept for each new address.
+        assert_eq!(
+            endpoints[1]["metadata"]["filterMetadata"]["envoy.lb"]["version"],
+            "v1"
+        );
+        let l = &doc["xds"][LISTENER]["outbound:127.0.0.1:10001"];
+        assert!(l.get("bindToPort").is_none() && l.get("@type").is_none());
+        assert!(xds.get_mut(LISTENER, "outbound:IP_REDACTED:80").is_err());
+
+        // What is written loads through the test CP's own loader.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("xds.json");
+        xds.write(&path).expect("write");
+        let loaded = crate::test_cp::load_files(&[path]).expect("loads");
+        let count = |ty: &str| loaded.get(ty).map_or(0, Vec::len);
+        assert_eq!(
+            (count(CLUSTER), count(ENDPOINTS), count(LISTENER)),
+            (1, 1, 1)
+        );
+    }
+}
