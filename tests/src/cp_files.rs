@@ -199,6 +199,28 @@ pub fn start_test_cp(
     Ok(process)
 }
 
+/// A test's files for its test CPs and their proxies: the directory `<topology>/<name>`, a CA,
+/// and a TLS certificate for the CP host's address issued by it (as kuma-cp's DP server has).
+pub struct CpPki {
+    /// Where tokens, resources and certificates go.
+    pub dir: PathBuf,
+    /// The CA the proxies trust the CP by.
+    pub ca: TestCa,
+    /// The CP's certificate and key.
+    pub tls: CertFiles,
+}
+
+impl CpPki {
+    /// Creates `<topology_dir>/<name>` and the CA and certificate for `cp`.
+    pub fn new(topology_dir: &Path, name: &str, cp: &Host) -> Result<CpPki> {
+        let dir = topology_dir.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ca = TestCa::new(&dir, "cp-ca")?;
+        let tls = ca.issue("kuma-cp", &[&format!("IP:{}", cp.ip4())])?;
+        Ok(CpPki { dir, ca, tls })
+    }
+}
+
 /// How a proxy reaches its test CP: the CP's URL and the CA its certificate is checked with.
 #[derive(Debug, Clone)]
 pub struct CpAccess {
@@ -211,12 +233,12 @@ pub struct CpAccess {
 }
 
 impl CpAccess {
-    /// The CP on `cp`'s address and `port`, trusted by `ca_cert`; files under `dir`.
-    pub fn new(cp: &Host, port: u16, ca_cert: &Path, dir: &Path) -> CpAccess {
+    /// The CP on `cp`'s address and `port`, with `pki`'s certificate.
+    pub fn new(cp: &Host, port: u16, pki: &CpPki) -> CpAccess {
         CpAccess {
             url: format!("https://{}:{port}", cp.ip4()),
-            ca_cert: ca_cert.to_path_buf(),
-            dir: dir.to_path_buf(),
+            ca_cert: pki.ca.files().cert.clone(),
+            dir: pki.dir.clone(),
         }
     }
 

@@ -55,7 +55,7 @@ pub use bearing::{
 };
 pub use capture::{Capture, Pcap};
 pub use cp_files::{
-    bound_listener, local_app_cluster, start_test_cp, CpAccess, CpEnvoy, XdsFile, CLUSTER,
+    bound_listener, local_app_cluster, start_test_cp, CpAccess, CpEnvoy, CpPki, XdsFile, CLUSTER,
     ENDPOINTS, LISTENER, SECRET,
 };
 pub use envoy::{

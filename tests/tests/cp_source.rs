@@ -123,11 +123,9 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
     require_tools(&["openssl", "nginx"])?;
     let topo = Topology::new(&["cp", "web", "backend"])?;
     let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
-    let dir = topo.dir().join("cp-source");
-    std::fs::create_dir_all(&dir)?;
-    let cp_ca = TestCa::new(&dir, "cp-ca")?;
-    let cp_tls = cp_ca.issue("kuma-cp", &[&format!("IP:{}", cp.ip4())])?;
-    let mesh_ca = TestCa::new(&dir, "mesh-ca")?;
+    let pki = CpPki::new(topo.dir(), "cp-source", cp)?;
+    let (dir, cp_tls) = (&pki.dir, &pki.tls);
+    let mesh_ca = TestCa::new(dir, "mesh-ca")?;
     let client_leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
     let server_leaf = mesh_ca.issue("test-server", &["URI:spiffe://envoyconfig/test-server"])?;
 
@@ -137,16 +135,15 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
     let to_server = backend.sock4(INBOUND_PORT);
     client_resources(web, to_server, &client_leaf, &mesh_ca, &[10001])?.write(&web_file)?;
     server_resources(backend, &server_leaf, &mesh_ca)?.write(&backend_file)?;
-    let cp_web = start_test_cp(TEST_CP, cp, 5678, &cp_tls, &web_file, "cp-web")?;
-    let cp_backend = start_test_cp(TEST_CP, cp, 5679, &cp_tls, &backend_file, "cp-backend")?;
-    let ca = &cp_ca.files().cert;
-    let server = CpAccess::new(cp, 5679, ca, &dir).bearing(
+    let cp_web = start_test_cp(TEST_CP, cp, 5678, cp_tls, &web_file, "cp-web")?;
+    let cp_backend = start_test_cp(TEST_CP, cp, 5679, cp_tls, &backend_file, "cp-backend")?;
+    let server = CpAccess::new(cp, 5679, &pki).bearing(
         backend,
         "test-server",
         "dataplane",
         &dataplane(backend, "test-server"),
     )?;
-    let client = CpAccess::new(cp, 5678, ca, &dir).bearing(
+    let client = CpAccess::new(cp, 5678, &pki).bearing(
         web,
         "demo-client",
         "dataplane",
@@ -189,8 +186,8 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
     }
 
     // The CP back: both proxies reconnect and ACK again.
-    let cp_web = start_test_cp(TEST_CP, cp, 5678, &cp_tls, &web_file, "cp-web-2")?;
-    let cp_backend = start_test_cp(TEST_CP, cp, 5679, &cp_tls, &backend_file, "cp-backend-2")?;
+    let cp_web = start_test_cp(TEST_CP, cp, 5678, cp_tls, &web_file, "cp-web-2")?;
+    let cp_backend = start_test_cp(TEST_CP, cp, 5679, cp_tls, &backend_file, "cp-backend-2")?;
     cp_web.wait_for_log("ACK type=Listener", Duration::from_secs(60))?;
     cp_backend.wait_for_log("ACK type=Listener", Duration::from_secs(60))?;
     ensure!(get(web, 10001)? == 200);
@@ -327,11 +324,9 @@ fn sidecar_to_sidecar_through_a_zone_ingress_all_from_the_test_cp() -> Result<()
         topo.host("ib"),
         topo.host("b"),
     );
-    let dir = topo.dir().join("cp-zones");
-    std::fs::create_dir_all(&dir)?;
-    let cp_ca = TestCa::new(&dir, "cp-ca")?;
-    let cp_tls = cp_ca.issue("kuma-cp", &[&format!("IP:{}", cp.ip4())])?;
-    let mesh_ca = TestCa::new(&dir, "mesh-ca")?;
+    let pki = CpPki::new(topo.dir(), "cp-zones", cp)?;
+    let (dir, cp_tls) = (&pki.dir, &pki.tls);
+    let mesh_ca = TestCa::new(dir, "mesh-ca")?;
     let a_leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
     let b_leaf = mesh_ca.issue(
         "zone-b",
@@ -372,25 +367,23 @@ fn sidecar_to_sidecar_through_a_zone_ingress_all_from_the_test_cp() -> Result<()
             TEST_CP,
             cp,
             port,
-            &cp_tls,
+            cp_tls,
             &file,
             &format!("cp-{name}"),
         )?);
     }
-    let ca = &cp_ca.files().cert;
     let zone_ingress = format!(
         "type: ZoneIngress\nname: zi-b\nzone: zone-b\nnetworking:\n  address: {}\n  port: {INGRESS_PORT}\n",
         ib.ip4()
     );
-    let ingress =
-        CpAccess::new(cp, 5680, ca, &dir).bearing(ib, "zi-b", "ingress", &zone_ingress)?;
-    let sidecar_b = CpAccess::new(cp, 5679, ca, &dir).bearing(
+    let ingress = CpAccess::new(cp, 5680, &pki).bearing(ib, "zi-b", "ingress", &zone_ingress)?;
+    let sidecar_b = CpAccess::new(cp, 5679, &pki).bearing(
         b,
         "test-server",
         "dataplane",
         &dataplane(b, "test-server"),
     )?;
-    let sidecar_a = CpAccess::new(cp, 5678, ca, &dir).bearing(
+    let sidecar_a = CpAccess::new(cp, 5678, &pki).bearing(
         a,
         "demo-client",
         "dataplane",

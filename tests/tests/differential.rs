@@ -230,26 +230,23 @@ fn envoy_and_bearing_fed_by_one_test_cp_answer_alike() -> Result<()> {
         topo.host("bearing"),
         topo.host("origin"),
     );
-    let dir = topo.dir().join("differential");
-    std::fs::create_dir_all(&dir)?;
-    let cp_ca = TestCa::new(&dir, "cp-ca")?;
-    let cp_tls = cp_ca.issue("kuma-cp", &[&format!("IP:{}", cp.ip4())])?;
+    let pki = CpPki::new(topo.dir(), "differential", cp)?;
     let _http = HttpServerConfig::new(ORIGIN_HTTP)
         .body("origin body\n")
         .start(origin)?;
     let _redis = start_redis(origin, ORIGIN_REDIS)?;
 
-    let file = dir.join("resources.json");
+    let file = pki.dir.join("resources.json");
     resources(origin, false)?.write(&file)?;
     let test_cp = start_test_cp(
         env!("CARGO_BIN_EXE_bearing-test-cp"),
         cp,
         5678,
-        &cp_tls,
+        &pki.tls,
         &file,
         "cp",
     )?;
-    let access = CpAccess::new(cp, 5678, &cp_ca.files().cert, &dir);
+    let access = CpAccess::new(cp, 5678, &pki);
     let _envoy = access.envoy(envoy_host, "envoyconfig", "envoy-client")?;
     let bearing = access.bearing(
         bearing_host,
