@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::circuit::Overflow;
 use crate::gateway::ResponseEdits;
+use crate::http_proxy::LOCAL_REPLY_CONTENT_TYPE;
 use crate::io::TcpBacked;
 use crate::runtime::ListenerRuntime;
 use crate::upstream::{ClusterRuntime, EndpointPool, UpstreamError, UpstreamStream};
@@ -751,7 +752,7 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     // Writing into a Vec cannot fail.
     let _ = write!(
         head,
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: {LOCAL_REPLY_CONTENT_TYPE}\r\ncontent-length: {}\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or_default(),
         reply.message.len(),
@@ -910,5 +911,31 @@ mod tests {
         b.read_to_string(&mut got).await.unwrap();
         writer.await.unwrap();
         assert_eq!(got, "head:body");
+    }
+
+    /// Both codecs' local replies (here and hyper's) carry Envoy's `content-type:
+    /// text/plain` (the differential test against Envoy found `; charset=utf-8` here).
+    #[tokio::test]
+    async fn local_replies_of_both_codecs_say_text_plain_as_envoy() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let reply = Reply {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            location: None,
+            message: "no healthy upstream".into(),
+            overloaded: false,
+        };
+        let _ = write_reply(&mut a, &reply, false, true, None).await;
+        drop(a);
+        let mut got = String::new();
+        b.read_to_string(&mut got).await.unwrap();
+        assert!(
+            got.starts_with("HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"),
+            "{got}"
+        );
+        let hyper = crate::http_proxy::local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream".into(),
+        );
+        assert_eq!(hyper.headers()[http::header::CONTENT_TYPE], "text/plain");
     }
 }
