@@ -1807,10 +1807,14 @@ fn sni_target(sni: &str) -> Result<(SniTarget, BTreeMap<String, String>), String
             r.kind
         ));
     }
-    if sni.starts_with("sni.") {
-        return Err(format!(
-            "SNI {sni:?} is Kuma's KRI form, which Bearing does not parse yet"
-        ));
+    if let Some(kri) = bearing_tls::parse_kri_sni(sni) {
+        // Matched byte for byte, as the zone ingress routes it (MADR 101: the SNI is derived
+        // from the resource's KRI, so equal resources give equal bytes).
+        let target = SniTarget::Kri {
+            mesh: kri.mesh.to_string(),
+            sni: sni.to_string(),
+        };
+        return Ok((target, BTreeMap::new()));
     }
     Err(format!(
         "SNI {sni:?} is not a Kuma SNI form Bearing routes by"
@@ -2247,9 +2251,86 @@ mod tests {
                 port: 8080
             }
         );
-        assert!(sni_target("sni.msvc.default.east.backend.80")
-            .unwrap_err()
-            .contains("KRI"));
+        for kri in [
+            "sni.msvc.default.east.backend.80",
+            "sni.extsvc.default.example.9000",
+            "sni.mzsvc.default.global-svc.80",
+        ] {
+            let (target, tags) = sni_target(kri).unwrap();
+            let want = SniTarget::Kri {
+                mesh: "default".into(),
+                sni: kri.into(),
+            };
+            assert_eq!((target, tags), (want, BTreeMap::new()), "{kri}");
+        }
+        assert!(sni_target("sni.msvc.default").is_err());
         assert!(sni_target("example.com").is_err());
+    }
+
+    /// A zone egress chain whose server names are Kuma's KRI form (MeshService and
+    /// MeshExternalService of MADR 101) becomes KRI SNI routes, byte for byte, as the zone
+    /// ingress compiled by bearing-control has them.
+    #[test]
+    fn egress_routes_kri_snis() {
+        let text = r#"
+resources:
+- name: external
+  resource:
+    '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+    connectTimeout: 5s
+    loadAssignment:
+      clusterName: external
+      endpoints:
+      - lbEndpoints:
+        - endpoint:
+            address:
+              socketAddress: {address: 10.0.0.254, portValue: 9000}
+    name: external
+    type: STATIC
+- name: inbound:192.168.0.1:10002
+  resource:
+    '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+    address:
+      socketAddress: {address: 192.168.0.1, portValue: 10002}
+    filterChains:
+    - filterChainMatch:
+        serverNames:
+        - sni.extsvc.default.zone-1.example.9000
+        - sni.msvc.default.zone-1.backend.80
+        transportProtocol: tls
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          cluster: external
+          statPrefix: external
+    listenerFilters:
+    - name: envoy.filters.listener.tls_inspector
+      typedConfig:
+        '@type': type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector
+    name: inbound:192.168.0.1:10002
+    trafficDirection: INBOUND
+"#;
+        let node = NodeInfo {
+            proxy_type: "egress".into(),
+            ..node()
+        };
+        let config = translate(&set(text), &node).unwrap();
+        let routes = config.listeners[0].sni_routes.as_ref().unwrap();
+        let targets: Vec<_> = routes
+            .iter()
+            .map(|r| (&r.target, r.cluster.as_str()))
+            .collect();
+        let kri = |sni: &str| SniTarget::Kri {
+            mesh: "default".into(),
+            sni: sni.into(),
+        };
+        assert_eq!(
+            targets,
+            [
+                (&kri("sni.extsvc.default.zone-1.example.9000"), "external"),
+                (&kri("sni.msvc.default.zone-1.backend.80"), "external"),
+            ]
+        );
     }
 }
