@@ -5,7 +5,7 @@
 //! reconnect (ACK lines); a new outbound pushed applies with no failed request on the old one;
 //! a restricting RBAC filter is NACKed with its detail while the old config serves.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -182,28 +182,43 @@ fn start_sidecar<'h>(
     ca: &Path,
     dir: &Path,
 ) -> Result<Bearing<'h>> {
+    let args = sidecar_args(host, cp, port, name, ca, dir, "")?;
+    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+    Bearing::spawn_with_source(host, &args)
+}
+
+/// The source arguments of `bearing run --cp-address https://<cp>:<port>` for Dataplane
+/// `name` of `host`, whose `networking` gets `networking_extra` (YAML lines) too.
+fn sidecar_args(
+    host: &Host,
+    cp: &Host,
+    port: u16,
+    name: &str,
+    ca: &Path,
+    dir: &Path,
+    networking_extra: &str,
+) -> Result<Vec<OsString>> {
     let token = dir.join(format!("{name}.token"));
     std::fs::write(&token, format!("token-of-{name}\n"))?;
     let dataplane = dir.join(format!("{name}.yaml"));
     std::fs::write(
         &dataplane,
         format!(
-            "type: Dataplane\nmesh: envoyconfig\nname: {name}\nnetworking:\n  address: {}\n  inbound:\n  - port: {INBOUND_PORT}\n    tags:\n      kuma.io/service: {name}\n",
+            "type: Dataplane\nmesh: envoyconfig\nname: {name}\nnetworking:\n  address: {}\n  inbound:\n  - port: {INBOUND_PORT}\n    tags:\n      kuma.io/service: {name}\n{networking_extra}",
             host.ip4()
         ),
     )?;
     let url = format!("https://{}:{port}", cp.ip4());
-    let args: Vec<&OsStr> = vec![
-        OsStr::new("--cp-address"),
-        OsStr::new(&url),
-        OsStr::new("--ca-cert-file"),
-        ca.as_os_str(),
-        OsStr::new("--dataplane-token-file"),
-        token.as_os_str(),
-        OsStr::new("-d"),
-        dataplane.as_os_str(),
-    ];
-    Bearing::spawn_with_source(host, &args)
+    Ok(vec![
+        "--cp-address".into(),
+        url.into(),
+        "--ca-cert-file".into(),
+        ca.into(),
+        "--dataplane-token-file".into(),
+        token.into(),
+        "-d".into(),
+        dataplane.into(),
+    ])
 }
 
 /// `GET http://127.0.0.1:<port>/` from `host`: the status (0 when curl failed).
@@ -363,5 +378,159 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
         dump["last_rejected"]
     );
     ensure!(get(web, 10001)? == 200 && get(web, 10002)? == 200);
+    Ok(())
+}
+
+/// Kuma's plumbing for `host` as kuma-cp sends it: `kuma:envoy:admin` (from the server's
+/// golden) on the Dataplane's address:9901 routing `/ready` to `kuma:readiness`
+/// (127.0.0.1:9902), and `kuma:metrics:prometheus` on its address:5670 under `metrics_path`
+/// (the shape of Kuma's prometheus-endpoint golden) to the metrics hijacker.
+fn plumbing(host: &Host, admin_port: u16, metrics_path: &str) -> Result<Value> {
+    let golden = golden("test-server")?;
+    let placeholders = |v: Value, address: &str, port: u16| -> Result<Value> {
+        let text = v
+            .to_string()
+            .replace("ADMIN_REDACTED", address)
+            .replace("IP_REDACTED", "127.0.0.1")
+            .replace("\"portValue\":0", &format!("\"portValue\":{port}"));
+        Ok(serde_json::from_str(&text)?)
+    };
+    let ip = host.ip4().to_string();
+    let admin_listener = placeholders(resource(&golden, LISTENER, "kuma:envoy:admin")?, &ip, 9901)?;
+    let admin = placeholders(
+        resource(&golden, CLUSTER, "kuma:envoy:admin")?,
+        "127.0.0.1",
+        admin_port,
+    )?;
+    let readiness = placeholders(
+        resource(&golden, CLUSTER, "kuma:readiness")?,
+        "127.0.0.1",
+        9902,
+    )?;
+    let prometheus = json!({
+        "name": "kuma:metrics:prometheus",
+        "address": {"socketAddress": {"address": ip, "portValue": 5670}},
+        "enableReusePort": false,
+        "trafficDirection": "INBOUND",
+        "filterChains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "statPrefix": "kuma_metrics_prometheus",
+            "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "routeConfig": {"validateClusters": false, "virtualHosts": [{"name": "kuma:metrics:prometheus", "domains": ["*"],
+                "routes": [{"match": {"prefix": metrics_path}, "route": {"cluster": "kuma:metrics:hijacker", "prefixRewrite": "/"}}]}]},
+        }}]}],
+    });
+    let hijacker = json!({
+        "name": "kuma:metrics:hijacker", "type": "STATIC", "connectTimeout": "5s",
+        "loadAssignment": {"clusterName": "kuma:metrics:hijacker", "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"pipe": {"path": "/tmp/kuma-mh-test-server-envoyconfig.sock"}}}}]}]},
+    });
+    Ok(json!({
+        CLUSTER: {"kuma:envoy:admin": admin, "kuma:readiness": readiness, "kuma:metrics:hijacker": hijacker},
+        LISTENER: {"kuma:envoy:admin": admin_listener, "kuma:metrics:prometheus": prometheus},
+    }))
+}
+
+/// test-server's resources with Kuma's plumbing merged in.
+fn server_with_plumbing(
+    server: &Host,
+    leaf: &CertFiles,
+    ca: &TestCa,
+    admin_port: u16,
+    metrics_path: &str,
+) -> Result<Value> {
+    let mut resources = server_resources(server, leaf, ca)?;
+    let extra = plumbing(server, admin_port, metrics_path)?;
+    for type_url in [CLUSTER, LISTENER] {
+        let into = resources["xds"][type_url]
+            .as_object_mut()
+            .context("resources by type")?;
+        for (name, resource) in extra[type_url].as_object().context("plumbing")? {
+            into.insert(name.clone(), resource.clone());
+        }
+    }
+    Ok(resources)
+}
+
+/// kuma-cp's readiness and Prometheus listeners served by Bearing as kuma-dp + Envoy answer
+/// them: a real curl in another namespace scrapes the Dataplane's address:5670 under the
+/// listener's path (Prometheus' text format) and probes address:9901/ready (`READY`, and no
+/// other admin path); kuma-dp's reporter port 127.0.0.1:9902 answers too; the admin API is
+/// on the bootstrap's port (the Dataplane's `networking.admin.port`), which wins over
+/// `--admin-port`; a pushed change of the scrape path applies.
+#[test]
+fn cp_plumbing_answers_scrapes_and_probes() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl"])?;
+    let topo = Topology::new(&["cp", "backend"])?;
+    let (cp, backend) = (topo.host("cp"), topo.host("backend"));
+    let dir = topo.dir().join("cp-plumbing");
+    std::fs::create_dir_all(&dir)?;
+    let cp_ca = TestCa::new(&dir, "cp-ca")?;
+    let cp_tls = cp_ca.issue("kuma-cp", &[&format!("IP:{}", cp.ip4())])?;
+    let mesh_ca = TestCa::new(&dir, "mesh-ca")?;
+    let leaf = mesh_ca.issue("test-server", &["URI:spiffe://envoyconfig/test-server"])?;
+    const ADMIN_PORT: u16 = 19901;
+
+    let file = dir.join("backend.json");
+    write_json(
+        &file,
+        &server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/metrics")?,
+    )?;
+    let _cp = start_cp(cp, 5678, &cp_tls, &file, "cp")?;
+    let ca = cp_ca.files().cert.clone();
+    let args = sidecar_args(
+        backend,
+        cp,
+        5678,
+        "test-server",
+        &ca,
+        &dir,
+        &format!("  admin:\n    port: {ADMIN_PORT}\n"),
+    )?;
+    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+    // The bootstrap's admin port (the resource's) wins over kuma-dp's --admin-port.
+    let server = Bearing::spawn_with_source_admin_port(
+        backend,
+        &args,
+        &["--admin-port", "9999"],
+        ADMIN_PORT,
+    )?;
+    server.wait_ready()?;
+
+    let at = |port: u16, path: &str| format!("http://{}:{port}{path}", backend.ip4());
+    let scrape = curl_output(cp, ["-i".to_string(), at(5670, "/metrics")])?;
+    ensure!(scrape.ok() && scrape.http_code == 200, "scrape: {scrape:?}");
+    let (head, body) = scrape.body.split_once("\r\n\r\n").context("headers")?;
+    ensure!(
+        head.lines()
+            .any(|l| l
+                .eq_ignore_ascii_case("content-type: text/plain; version=0.0.4; charset=utf-8")),
+        "{head}"
+    );
+    ensure!(
+        body.contains("# TYPE bearing_listener_downstream_connections") && !body.contains("# EOF"),
+        "{body}"
+    );
+    ensure!(curl(cp, [at(5670, "/stats")])?.0 == 404);
+
+    ensure!(curl(cp, [at(9901, "/ready")])? == (200, "READY".to_string()));
+    for path in ["/config_dump", "/stats/prometheus", "/quitquitquit"] {
+        ensure!(
+            curl(cp, [at(9901, path)])?.0 == 404,
+            "{path} is exposed on the pod address"
+        );
+    }
+    ensure!(curl(backend, ["http://127.0.0.1:9902/ready"])? == (200, "READY".to_string()));
+
+    // A new scrape path pushed: it answers, the old one no longer does.
+    write_json(
+        &file,
+        &server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/stats/prometheus")?,
+    )?;
+    wait_until(Duration::from_secs(30), || {
+        curl(cp, [at(5670, "/stats/prometheus")]).is_ok_and(|r| r.0 == 200)
+    })
+    .context("the new scrape path never answered")?;
+    ensure!(curl(cp, [at(5670, "/metrics")])?.0 == 404);
     Ok(())
 }
