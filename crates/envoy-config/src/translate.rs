@@ -1423,12 +1423,17 @@ impl Translator<'_> {
                 Some(endpoint_pb::lb_endpoint::HostIdentifier::Endpoint(e)) => Some(e),
                 _ => None,
             })
-            .map(|e| socket_address(e.address.as_ref()));
+            .map(|e| match &e.address {
+                // kuma-cp with Envoy's admin on a Unix socket: kuma-dp's reporter is
+                // reached there; Bearing answers `/ready` on the admin listener itself.
+                Some(core_pb::Address {
+                    address: Some(core_pb::address::Address::Pipe(_)),
+                }) => Ok(None),
+                address => socket_address(address.as_ref()).map(Some),
+            });
         let path = cluster_path(READINESS_CLUSTER);
         match address {
-            Some(Ok(a)) => {
-                self.kuma_endpoints.readiness_reporter = Some(a).filter(|a| a.port() != 0)
-            }
+            Some(Ok(a)) => self.kuma_endpoints.readiness_reporter = a.filter(|a| a.port() != 0),
             Some(Err(e)) => self.nack(
                 CLUSTER,
                 READINESS_CLUSTER,
