@@ -456,7 +456,8 @@ fn server_with_plumbing(
 /// listener's path (Prometheus' text format) and probes address:9901/ready (`READY`, and no
 /// other admin path); kuma-dp's reporter port 127.0.0.1:9902 answers too; the admin API is
 /// on the bootstrap's port (the Dataplane's `networking.admin.port`), which wins over
-/// `--admin-port`; a pushed change of the scrape path applies.
+/// `--admin-port`; the SDS identity's expiry is in the scrape; a pushed change of the scrape
+/// path applies.
 #[test]
 fn cp_plumbing_answers_scrapes_and_probes() -> Result<()> {
     require_root_and_tools()?;
@@ -512,6 +513,16 @@ fn cp_plumbing_answers_scrapes_and_probes() -> Result<()> {
         "{body}"
     );
     ensure!(curl(cp, [at(5670, "/stats")])?.0 == 404);
+    // The SDS leaf's notAfter gives the expiry gauge (the test CA issues for a year or more).
+    let expiry = body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "bearing_tls_identity_expiry_seconds{mesh=\"envoyconfig\",renewable=\"false\"} ",
+            )
+        })
+        .context("no identity expiry gauge for the SDS identity")?;
+    ensure!(expiry.parse::<i64>()? > 86_400, "expiry {expiry}");
 
     ensure!(curl(cp, [at(9901, "/ready")])? == (200, "READY".to_string()));
     for path in ["/config_dump", "/stats/prometheus", "/quitquitquit"] {

@@ -1730,6 +1730,18 @@ impl Translator<'_> {
                 );
                 continue;
             };
+            let leaf_lifetime = match bearing_tls::leaf_validity(&identity_pem) {
+                Ok((from, until)) => until.duration_since(from).unwrap_or_default(),
+                Err(e) => {
+                    self.nack(
+                        SECRET,
+                        &identity_name,
+                        format!("secrets[{identity_name:?}].tls_certificate.certificate_chain"),
+                        format!("the mesh identity certificate does not parse: {e}"),
+                    );
+                    continue;
+                }
+            };
             let Some(ca_cert_pem) = self.secret_ca(&ca_name) else {
                 self.nack(
                     SECRET,
@@ -1749,8 +1761,10 @@ impl Translator<'_> {
                     ca_key_pem: None,
                     identity_pem: Some(identity_pem),
                     services: services.clone(),
-                    // Not renewed here: kuma-cp pushes the renewed secret.
-                    leaf_lifetime: Duration::ZERO,
+                    // The SDS leaf's own lifetime; not renewed here: kuma-cp pushes the
+                    // renewed secret.
+                    leaf_lifetime,
+                    renewed_by_control_plane: true,
                 },
             );
         }
@@ -1973,7 +1987,17 @@ mod tests {
     use super::*;
     use crate::decode::{decode_raw, parse_golden};
 
-    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";
+    /// A certificate valid for one day from 2026-01-01 (its key is not needed here).
+    fn pem() -> &'static str {
+        static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PEM.get_or_init(|| {
+            let mut params = rcgen::CertificateParams::new(vec!["web".to_string()]).unwrap();
+            params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2026, 1, 2);
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().pem()
+        })
+    }
 
     fn set(yaml: &str) -> ResourceSet {
         let mut set = ResourceSet::default();
@@ -2013,7 +2037,7 @@ mod tests {
     validationContext:
       trustedCa: {{inlineBytes: {c}}}
 "#,
-            c = b64(PEM)
+            c = b64(pem())
         )
     }
 
@@ -2113,11 +2137,14 @@ mod tests {
         let tls = &config.mtls["default"];
         assert!(tls.permissive);
         assert_eq!(tls.services, ["web"]);
-        assert_eq!(tls.ca_cert_pem, PEM);
+        assert_eq!(tls.ca_cert_pem, pem());
         assert!(tls
             .identity_pem
             .as_deref()
-            .is_some_and(|p| p.starts_with(PEM)));
+            .is_some_and(|p| p.starts_with(pem())));
+        // The lifetime is the SDS leaf's own (notBefore to notAfter), renewed by kuma-cp.
+        assert_eq!(tls.leaf_lifetime, Duration::from_secs(24 * 3600));
+        assert!(tls.renewed_by_control_plane);
         let cluster = &config.clusters["localhost:8080"];
         assert_eq!(cluster.connect_timeout, Duration::from_secs(10));
         assert_eq!(

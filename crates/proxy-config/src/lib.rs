@@ -95,9 +95,14 @@ pub struct MeshTls {
     pub services: Vec<String>,
     /// Plaintext is accepted next to mTLS on inbound listeners (Kuma's PERMISSIVE mode).
     pub permissive: bool,
-    /// Lifetime of a leaf certificate (renewed when 80% of it has passed).
+    /// Lifetime of a leaf certificate (renewed when 80% of it has passed); for a leaf issued
+    /// ahead of time, its own (notBefore to notAfter).
     #[serde(serialize_with = "millis::serialize")]
     pub leaf_lifetime: Duration,
+    /// `identity_pem` comes from the control plane (SDS), which renews it: the expiry
+    /// warnings name kuma-cp rather than `bearing ca issue`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub renewed_by_control_plane: bool,
 }
 
 /// TLS a listener terminates: mesh mTLS with this proxy's identity in `mesh`.
