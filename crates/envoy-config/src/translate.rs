@@ -1730,18 +1730,11 @@ impl Translator<'_> {
                 );
                 continue;
             };
-            let leaf_lifetime = match bearing_tls::leaf_validity(&identity_pem) {
-                Ok((from, until)) => until.duration_since(from).unwrap_or_default(),
-                Err(e) => {
-                    self.nack(
-                        SECRET,
-                        &identity_name,
-                        format!("secrets[{identity_name:?}].tls_certificate.certificate_chain"),
-                        format!("the mesh identity certificate does not parse: {e}"),
-                    );
-                    continue;
-                }
-            };
+            // A leaf that does not parse gives no lifetime here; loading it fails at apply,
+            // which reports it (`serve_errors`, not ready) while the last good TLS serves.
+            let leaf_lifetime = bearing_tls::leaf_validity(&identity_pem)
+                .map(|(from, until)| until.duration_since(from).unwrap_or_default())
+                .unwrap_or_default();
             let Some(ca_cert_pem) = self.secret_ca(&ca_name) else {
                 self.nack(
                     SECRET,
