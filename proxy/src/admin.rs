@@ -48,46 +48,9 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Serves the admin API on `listener` until the process ends. When the process is out of
-    /// descriptors, one of the [`descriptors::ADMIN`] reserve is closed to accept each admin
-    /// connection, and parked again once that connection ends.
+    /// Serves the admin API on `listener` until the process ends (see [`serve_http`]).
     pub async fn serve(self, listener: TcpListener) {
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT);
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(a) => a,
-                Err(e) if descriptors::is_exhausted(&e) && descriptors::ADMIN.release_one() => {
-                    tracing::debug!("admin accept failed: {e}; using a reserved descriptor");
-                    continue;
-                }
-                Err(e) => {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tracing::warn!("admin accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "admin connection refused: {MAX_CONNECTIONS} open");
-                continue;
-            };
-            let admin = self.clone();
-            let http = http.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                let service = service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.route(req)) }
-                });
-                if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
-                    tracing::debug!(%peer, "admin connection: {e}");
-                }
-                descriptors::ADMIN.refill();
-            });
-        }
+        serve_http(listener, "admin", move |req| self.route(req)).await
     }
 
     fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -160,6 +123,53 @@ impl Admin {
             header::HeaderValue::from_static("application/json"),
         );
         r
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` with `route` until the process ends: at most
+/// [`MAX_CONNECTIONS`] connections at once, each with a [`HEADER_TIMEOUT`]. When the process
+/// is out of descriptors, one of the [`descriptors::ADMIN`] reserve is closed to accept each
+/// connection, and parked again once that connection ends, so the admin API, readiness and
+/// metrics keep answering. `what` names the server in logs.
+pub async fn serve_http<R>(listener: TcpListener, what: &'static str, route: R)
+where
+    R: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) if descriptors::is_exhausted(&e) && descriptors::ADMIN.release_one() => {
+                tracing::debug!("{what} accept failed: {e}; using a reserved descriptor");
+                continue;
+            }
+            Err(e) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tracing::warn!("{what} accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "{what} connection refused: {MAX_CONNECTIONS} open");
+            continue;
+        };
+        let route = route.clone();
+        let http = http.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = service_fn(move |req| {
+                let response = route(req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(%peer, "{what} connection: {e}");
+            }
+            descriptors::ADMIN.refill();
+        });
     }
 }
 

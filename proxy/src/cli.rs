@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{descriptors, startup_heap};
+use crate::{descriptors, kuma_endpoints, startup_heap};
 use anyhow::{bail, Context};
 use bearing_control::{
     template, ConfigStatus, DataplaneSource, DirectorySource, ProxyKind, VipOptions,
@@ -671,6 +671,7 @@ async fn serve(args: RunArgs, source: Source, workers: Workers) -> anyhow::Resul
     );
     tracing::info!(admin = %admin_at, "admin API listening");
     tokio::spawn(apply_changes(proxy.clone(), status_rx.clone()));
+    tokio::spawn(kuma_endpoints::serve(proxy.clone(), status_rx.clone()));
     if args.dns_enabled {
         let settings = MeshDns {
             port: args.dns_port,

@@ -1242,6 +1242,7 @@ mod tests {
             transparent_proxy: None,
             dns: Vec::new(),
             mtls,
+            kuma_endpoints: Default::default(),
         })
     }
 
@@ -1334,6 +1335,7 @@ mod tests {
                 },
             )]
             .into(),
+            kuma_endpoints: Default::default(),
         };
         proxy.apply(Arc::new(config(Vec::new())));
         assert!(!proxy.is_ready());

@@ -4,7 +4,7 @@
 //! Bearing or Envoy fed by it.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -242,9 +242,36 @@ impl CpAccess {
         }
     }
 
-    /// Starts `bearing run --cp-address <url> -d <resource>` in `host` (kuma-dp's flags:
-    /// token file, CA file, `--proxy-type` when `proxy_type` is not `dataplane`) for the
-    /// Dataplane / ZoneIngress YAML `resource` named `name`; not yet waited for.
+    /// The source arguments of `bearing run --cp-address <url> -d <resource>` (kuma-dp's
+    /// flags: token file, CA file, `--proxy-type` when `proxy_type` is not `dataplane`) for
+    /// the Dataplane / ZoneIngress YAML `resource` named `name`, its files written.
+    pub fn source_args(
+        &self,
+        name: &str,
+        proxy_type: &str,
+        resource: &str,
+    ) -> Result<Vec<OsString>> {
+        let token = self.dir.join(format!("{name}.token"));
+        std::fs::write(&token, format!("token-of-{name}\n"))?;
+        let dataplane = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&dataplane, resource)?;
+        let mut args: Vec<OsString> = vec![
+            "--cp-address".into(),
+            self.url.clone().into(),
+            "--ca-cert-file".into(),
+            self.ca_cert.clone().into(),
+            "--dataplane-token-file".into(),
+            token.into(),
+            "-d".into(),
+            dataplane.into(),
+        ];
+        if proxy_type != "dataplane" {
+            args.extend(["--proxy-type".into(), proxy_type.into()]);
+        }
+        Ok(args)
+    }
+
+    /// Starts `bearing run` with [`CpAccess::source_args`] in `host`; not yet waited for.
     pub fn bearing<'h>(
         &self,
         host: &'h Host,
@@ -252,23 +279,8 @@ impl CpAccess {
         proxy_type: &str,
         resource: &str,
     ) -> Result<Bearing<'h>> {
-        let token = self.dir.join(format!("{name}.token"));
-        std::fs::write(&token, format!("token-of-{name}\n"))?;
-        let dataplane = self.dir.join(format!("{name}.yaml"));
-        std::fs::write(&dataplane, resource)?;
-        let mut args: Vec<&OsStr> = vec![
-            OsStr::new("--cp-address"),
-            OsStr::new(&self.url),
-            OsStr::new("--ca-cert-file"),
-            self.ca_cert.as_os_str(),
-            OsStr::new("--dataplane-token-file"),
-            token.as_os_str(),
-            OsStr::new("-d"),
-            dataplane.as_os_str(),
-        ];
-        if proxy_type != "dataplane" {
-            args.extend([OsStr::new("--proxy-type"), OsStr::new(proxy_type)]);
-        }
+        let args = self.source_args(name, proxy_type, resource)?;
+        let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
         Bearing::spawn_with_source(host, &args)
     }
 

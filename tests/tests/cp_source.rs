@@ -5,13 +5,14 @@
 //! reconnect (ACK lines); a new outbound pushed applies with no failed request on the old one;
 //! a restricting RBAC filter is NACKed with its detail while the old config serves.
 
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use bearing_e2e::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const GOLDENS: &str = "envoyconfig-e2e/sidecars/meshtrafficpermission";
 /// The mesh of the goldens.
@@ -460,5 +461,151 @@ fn sidecar_to_sidecar_through_a_zone_ingress_all_from_the_test_cp() -> Result<()
         plain.http_code,
         plain.body
     );
+    Ok(())
+}
+
+/// Kuma's plumbing for `host` as kuma-cp sends it: `kuma:envoy:admin` (from the server's
+/// golden) on the Dataplane's address:9901 routing `/ready` to `kuma:readiness`
+/// (127.0.0.1:9902), and `kuma:metrics:prometheus` on its address:5670 under `metrics_path`
+/// (the shape of Kuma's prometheus-endpoint golden) to the metrics hijacker.
+fn add_plumbing(xds: &mut XdsFile, host: &Host, admin_port: u16, metrics_path: &str) -> Result<()> {
+    let golden = golden("test-server")?;
+    let placeholders = |v: Value, address: &str, port: u16| -> Result<Value> {
+        let text = v
+            .to_string()
+            .replace("ADMIN_REDACTED", address)
+            .replace("IP_REDACTED", "127.0.0.1")
+            .replace("\"portValue\":0", &format!("\"portValue\":{port}"));
+        Ok(serde_json::from_str(&text)?)
+    };
+    let ip = host.ip4().to_string();
+    xds.listener(placeholders(
+        golden.listener("kuma:envoy:admin")?,
+        &ip,
+        9901,
+    )?)?
+    .cluster(placeholders(
+        golden.cluster("kuma:envoy:admin")?,
+        "127.0.0.1",
+        admin_port,
+    )?)?
+    .cluster(placeholders(
+        golden.cluster("kuma:readiness")?,
+        "127.0.0.1",
+        9902,
+    )?)?;
+    xds.listener(json!({
+        "name": "kuma:metrics:prometheus",
+        "address": {"socketAddress": {"address": ip, "portValue": 5670}},
+        "enableReusePort": false,
+        "trafficDirection": "INBOUND",
+        "filterChains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "statPrefix": "kuma_metrics_prometheus",
+            "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "routeConfig": {"validateClusters": false, "virtualHosts": [{"name": "kuma:metrics:prometheus", "domains": ["*"],
+                "routes": [{"match": {"prefix": metrics_path}, "route": {"cluster": "kuma:metrics:hijacker", "prefixRewrite": "/"}}]}]},
+        }}]}],
+    }))?
+    .cluster(json!({
+        "name": "kuma:metrics:hijacker", "type": "STATIC", "connectTimeout": "5s",
+        "loadAssignment": {"clusterName": "kuma:metrics:hijacker", "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"pipe": {"path": "/tmp/kuma-mh-test-server-envoyconfig.sock"}}}}]}]},
+    }))?;
+    Ok(())
+}
+
+/// test-server's resources with Kuma's plumbing merged in.
+fn server_with_plumbing(
+    server: &Host,
+    leaf: &CertFiles,
+    ca: &TestCa,
+    admin_port: u16,
+    metrics_path: &str,
+) -> Result<XdsFile> {
+    let mut xds = server_resources(server, leaf, ca)?;
+    add_plumbing(&mut xds, server, admin_port, metrics_path)?;
+    Ok(xds)
+}
+
+/// kuma-cp's readiness and Prometheus listeners served by Bearing as kuma-dp + Envoy answer
+/// them: a real curl in another namespace scrapes the Dataplane's address:5670 under the
+/// listener's path (Prometheus' text format) and probes address:9901/ready (`READY`, and no
+/// other admin path); kuma-dp's reporter port 127.0.0.1:9902 answers too; the admin API is
+/// on the bootstrap's port (the Dataplane's `networking.admin.port`), which wins over
+/// `--admin-port`; the SDS identity's expiry is in the scrape; a pushed change of the scrape
+/// path applies.
+#[test]
+fn cp_plumbing_answers_scrapes_and_probes() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl"])?;
+    let topo = Topology::new(&["cp", "backend"])?;
+    let (cp, backend) = (topo.host("cp"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), "cp-plumbing", cp)?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    let leaf = mesh_ca.issue("test-server", &["URI:spiffe://envoyconfig/test-server"])?;
+    const ADMIN_PORT: u16 = 19901;
+
+    let file = pki.dir.join("backend.json");
+    server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/metrics")?.write(&file)?;
+    let _cp = start_test_cp(TEST_CP, cp, 5678, &pki.tls, &file, "cp")?;
+    let access = CpAccess::new(cp, 5678, &pki);
+    let resource = format!(
+        "{}  admin:\n    port: {ADMIN_PORT}\n",
+        dataplane(backend, "test-server")
+    );
+    let args = access.source_args("test-server", "dataplane", &resource)?;
+    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+    // The bootstrap's admin port (the resource's) wins over kuma-dp's --admin-port.
+    let server = Bearing::spawn_with_source_admin_port(
+        backend,
+        &args,
+        &["--admin-port", "9999"],
+        ADMIN_PORT,
+    )?;
+    server.wait_ready()?;
+
+    let at = |port: u16, path: &str| format!("http://{}:{port}{path}", backend.ip4());
+    let scrape = curl_output(cp, ["-i".to_string(), at(5670, "/metrics")])?;
+    ensure!(scrape.ok() && scrape.http_code == 200, "scrape: {scrape:?}");
+    let (head, body) = scrape.body.split_once("\r\n\r\n").context("headers")?;
+    ensure!(
+        head.lines()
+            .any(|l| l
+                .eq_ignore_ascii_case("content-type: text/plain; version=0.0.4; charset=utf-8")),
+        "{head}"
+    );
+    ensure!(
+        body.contains("# TYPE bearing_listener_downstream_connections") && !body.contains("# EOF"),
+        "{body}"
+    );
+    ensure!(curl(cp, [at(5670, "/stats")])?.0 == 404);
+    // The SDS leaf's notAfter gives the expiry gauge (the test CA issues for a year or more).
+    let expiry = body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "bearing_tls_identity_expiry_seconds{mesh=\"envoyconfig\",renewable=\"false\"} ",
+            )
+        })
+        .context("no identity expiry gauge for the SDS identity")?;
+    ensure!(expiry.parse::<i64>()? > 86_400, "expiry {expiry}");
+
+    ensure!(curl(cp, [at(9901, "/ready")])? == (200, "READY".to_string()));
+    for path in ["/config_dump", "/stats/prometheus", "/quitquitquit"] {
+        ensure!(
+            curl(cp, [at(9901, path)])?.0 == 404,
+            "{path} is exposed on the pod address"
+        );
+    }
+    ensure!(curl(backend, ["http://127.0.0.1:9902/ready"])? == (200, "READY".to_string()));
+
+    // A new scrape path pushed: it answers, the old one no longer does.
+    server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/stats/prometheus")?
+        .write(&file)?;
+    wait_until(Duration::from_secs(30), || {
+        curl(cp, [at(5670, "/stats/prometheus")]).is_ok_and(|r| r.0 == 200)
+    })
+    .context("the new scrape path never answered")?;
+    ensure!(curl(cp, [at(5670, "/metrics")])?.0 == 404);
     Ok(())
 }

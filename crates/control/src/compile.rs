@@ -333,6 +333,7 @@ pub fn compile(
         transparent_proxy,
         dns,
         mtls: mtls.into_iter().map(|m| (m.mesh.clone(), m)).collect(),
+        kuma_endpoints: Default::default(),
     };
     config.version = config.content_version();
     Ok(config)

@@ -118,6 +118,7 @@ pub fn compile(
         transparent_proxy: None,
         dns: Vec::new(),
         mtls,
+        kuma_endpoints: Default::default(),
     };
     config.version = config.content_version();
     Ok(config)

@@ -16,9 +16,9 @@ use crate::fields::{
     self, Unhandled, KUMA_STREAM_IDLE_TIMEOUTS, KUMA_TCP_IDLE_TIMEOUTS, POLICY_NOT_ENFORCED,
 };
 use bearing_proxy_config::{
-    CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, Listener, MeshTls,
-    Protocol, ProxyConfig, ProxyIdentity, SniRoute, SniTarget, TransparentProxy, UpstreamTls,
-    Verification,
+    CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, KumaEndpoints,
+    Listener, MeshTls, PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity, SniRoute,
+    SniTarget, TransparentProxy, UpstreamTls, Verification,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -42,14 +42,19 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Envoy's default route timeout, used when a route sets none.
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Listeners that are Kuma's plumbing, served by Bearing itself rather than configured.
-const PLUMBING_LISTENERS: [&str; 2] = ["kuma:envoy:admin", "kuma:metrics:prometheus"];
-/// Clusters that are Kuma's plumbing behind those listeners.
-const PLUMBING_CLUSTERS: [&str; 3] = [
-    "kuma:envoy:admin",
-    "kuma:readiness",
-    "kuma:metrics:hijacker",
-];
+/// Kuma's listener on the Dataplane's address whose plain chain routes `/ready` to kuma-dp's
+/// readiness reporter (its TLS chain is kuma-cp's own access to Envoy's admin API).
+const ADMIN_LISTENER: &str = "kuma:envoy:admin";
+/// Kuma's cluster of kuma-dp's readiness reporter.
+const READINESS_CLUSTER: &str = "kuma:readiness";
+/// Kuma's Prometheus scrape listener, routed to kuma-dp's metrics hijacker.
+const PROMETHEUS_LISTENER: &str = "kuma:metrics:prometheus";
+/// The cluster of kuma-dp's metrics hijacker (a Unix socket kuma-dp serves).
+const HIJACKER_CLUSTER: &str = "kuma:metrics:hijacker";
+/// Clusters behind Kuma's plumbing listeners, which Bearing answers itself: Envoy's admin
+/// API (kuma-cp's TLS chain, not served), the readiness reporter (its address is read) and
+/// the metrics hijacker.
+const PLUMBING_CLUSTERS: [&str; 3] = ["kuma:envoy:admin", READINESS_CLUSTER, HIJACKER_CLUSTER];
 /// The transparent proxy's capture listeners and clusters (IPv4, IPv6).
 const CAPTURE_OUTBOUND: [&str; 2] = ["outbound:passthrough:ipv4", "outbound:passthrough:ipv6"];
 const CAPTURE_INBOUND: [&str; 2] = ["inbound:passthrough:ipv4", "inbound:passthrough:ipv6"];
@@ -164,7 +169,7 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         meshes: BTreeSet::new(),
         permissive: BTreeSet::new(),
         dns: Vec::new(),
-        admin_port: None,
+        kuma_endpoints: KumaEndpoints::default(),
     };
     let transparent_proxy = t.capture();
     let consumed_clusters = t.consumed_clusters(transparent_proxy.is_some());
@@ -178,6 +183,9 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         }
     }
     let direct_sources: BTreeSet<&str> = direct.iter().map(|d| d.2.as_str()).collect();
+    if let Some(cluster) = resources.clusters.get(READINESS_CLUSTER) {
+        t.readiness_reporter(cluster);
+    }
     for (name, cluster) in &resources.clusters {
         if name.starts_with("_kuma:metrics:") {
             let reason = format!("metrics: {POLICY_NOT_ENFORCED} (a MeshMetric backend cluster)");
@@ -210,13 +218,15 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
             name: node.name.clone(),
             mesh: node.mesh.clone(),
             proxy_type: node.proxy_type.clone(),
-            admin_port: t.admin_port,
+            // kuma-dp takes the admin port from the bootstrap, not from xDS.
+            admin_port: None,
         },
         listeners: t.listeners,
         clusters: t.clusters,
         transparent_proxy,
         dns: t.dns,
         mtls,
+        kuma_endpoints: t.kuma_endpoints,
     };
     config.version = config.content_version();
     Ok(config)
@@ -246,7 +256,7 @@ struct Translator<'a> {
     /// Meshes with an inbound that accepts plaintext beside mTLS.
     permissive: BTreeSet<String>,
     dns: Vec<DnsRecord>,
-    admin_port: Option<u16>,
+    kuma_endpoints: KumaEndpoints,
 }
 
 fn listener_path(name: &str) -> String {
@@ -457,14 +467,11 @@ impl Translator<'_> {
         if CAPTURE_OUTBOUND.contains(&name) || CAPTURE_INBOUND.contains(&name) {
             return;
         }
-        if PLUMBING_LISTENERS.contains(&name) {
-            if name == "kuma:envoy:admin" {
-                self.admin_port = socket_address(listener.address.as_ref())
-                    .ok()
-                    .map(|a| a.port())
-                    .filter(|p| *p != 0);
-            }
-            return;
+        if name == ADMIN_LISTENER {
+            return self.ready_listener(name, listener);
+        }
+        if name == PROMETHEUS_LISTENER {
+            return self.prometheus_listener(name, listener);
         }
         if name == "_kuma:dynamicconfig" {
             return self.dynamic_config(name, listener);
@@ -1381,6 +1388,109 @@ impl Translator<'_> {
     }
 
     /// `_kuma:dynamicconfig`: the `/dns` direct response holds the DNS table.
+    /// `kuma:envoy:admin`: `/ready` on the Dataplane's address, for kubelet probes. Its
+    /// TLS chain (kuma-cp reading Envoy's admin API) is not served: Bearing exposes nothing
+    /// else of its admin API off loopback.
+    fn ready_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
+        let path = listener_path(name);
+        let address = match socket_address(listener.address.as_ref()) {
+            Ok(a) if a.port() == 0 => return, // no admin port: nothing to answer on
+            Ok(a) => a,
+            Err(e) => return self.nack(LISTENER, name, format!("{path}.address"), e),
+        };
+        let ready = plain_prefix_routes(listener)
+            .any(|(prefix, cluster)| prefix == "/ready" && cluster == READINESS_CLUSTER);
+        if !ready {
+            return self.nack(
+                LISTENER,
+                name,
+                format!("{path}.filter_chains"),
+                format!("no plaintext chain routes /ready to {READINESS_CLUSTER}, as Kuma's admin listener does"),
+            );
+        }
+        self.kuma_endpoints.ready = Some(address);
+    }
+
+    /// `kuma:readiness`: where kuma-dp's readiness reporter listens (loopback and
+    /// `--readiness-port`, as the bootstrap request told kuma-cp).
+    fn readiness_reporter(&mut self, cluster: &cluster_pb::Cluster) {
+        let address = cluster
+            .load_assignment
+            .iter()
+            .flat_map(|a| &a.endpoints)
+            .flat_map(|l| &l.lb_endpoints)
+            .find_map(|e| match &e.host_identifier {
+                Some(endpoint_pb::lb_endpoint::HostIdentifier::Endpoint(e)) => Some(e),
+                _ => None,
+            })
+            .map(|e| match &e.address {
+                // kuma-cp with Envoy's admin on a Unix socket: kuma-dp's reporter is
+                // reached there; Bearing answers `/ready` on the admin listener itself.
+                Some(core_pb::Address {
+                    address: Some(core_pb::address::Address::Pipe(_)),
+                }) => Ok(None),
+                address => socket_address(address.as_ref()).map(Some),
+            });
+        let path = cluster_path(READINESS_CLUSTER);
+        match address {
+            Some(Ok(a)) => self.kuma_endpoints.readiness_reporter = a.filter(|a| a.port() != 0),
+            Some(Err(e)) => self.nack(
+                CLUSTER,
+                READINESS_CLUSTER,
+                format!("{path}.load_assignment"),
+                e,
+            ),
+            None => self.nack(
+                CLUSTER,
+                READINESS_CLUSTER,
+                format!("{path}.load_assignment"),
+                "the readiness reporter's cluster has no endpoint",
+            ),
+        }
+    }
+
+    /// `kuma:metrics:prometheus`: the Mesh's Prometheus backend, answered with Bearing's
+    /// metrics where kuma-dp's hijacker would merge Envoy's. The route's rewrite carries
+    /// Envoy's stats filter for the hijacker (`?filter=...&usedonly`), which has no effect
+    /// on Bearing's own metrics.
+    fn prometheus_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
+        let path = listener_path(name);
+        let mut found = fields::unhandled_in(
+            "envoy.config.listener.v3.Listener",
+            &listener.encode_to_vec(),
+            &path,
+        );
+        found.retain(|u| !u.path.ends_with(".prefix_rewrite"));
+        let before = self.nacks.len();
+        self.unhandled(LISTENER, name, found);
+        let address = match socket_address(listener.address.as_ref()) {
+            Ok(a) => a,
+            Err(e) => return self.nack(LISTENER, name, format!("{path}.address"), e),
+        };
+        for (i, chain) in listener.filter_chains.iter().enumerate() {
+            if chain.transport_socket.is_some() {
+                self.nack(LISTENER, name, format!("{path}.filter_chains[{i}].transport_socket"), "metrics over TLS (the Prometheus backend's tls mode, or mesh mTLS without skipMTLS) is not implemented: Bearing serves its metrics in plaintext");
+            }
+        }
+        let routes: Vec<_> = plain_prefix_routes(listener).collect();
+        match routes.as_slice() {
+            [(prefix, cluster)] if cluster == HIJACKER_CLUSTER => {
+                if self.nacks.len() == before {
+                    self.kuma_endpoints.prometheus = Some(PrometheusEndpoint {
+                        address,
+                        path: prefix.clone(),
+                    });
+                }
+            }
+            _ => self.nack(
+                LISTENER,
+                name,
+                format!("{path}.filter_chains"),
+                format!("expected one plaintext chain with one prefix route to {HIJACKER_CLUSTER}, as Kuma's Prometheus listener has"),
+            ),
+        }
+    }
+
     fn dynamic_config(&mut self, name: &str, listener: &listener_pb::Listener) {
         let path = listener_path(name);
         for (i, chain) in listener.filter_chains.iter().enumerate() {
@@ -1620,6 +1730,11 @@ impl Translator<'_> {
                 );
                 continue;
             };
+            // A leaf that does not parse gives no lifetime here; loading it fails at apply,
+            // which reports it (`serve_errors`, not ready) while the last good TLS serves.
+            let leaf_lifetime = bearing_tls::leaf_validity(&identity_pem)
+                .map(|(from, until)| until.duration_since(from).unwrap_or_default())
+                .unwrap_or_default();
             let Some(ca_cert_pem) = self.secret_ca(&ca_name) else {
                 self.nack(
                     SECRET,
@@ -1639,13 +1754,52 @@ impl Translator<'_> {
                     ca_key_pem: None,
                     identity_pem: Some(identity_pem),
                     services: services.clone(),
-                    // Not renewed here: kuma-cp pushes the renewed secret.
-                    leaf_lifetime: Duration::ZERO,
+                    // The SDS leaf's own lifetime; not renewed here: kuma-cp pushes the
+                    // renewed secret.
+                    leaf_lifetime,
+                    renewed_by_control_plane: true,
                 },
             );
         }
         out
     }
+}
+
+/// The prefix routes to a cluster of a listener's plaintext chains' inline HTTP routes:
+/// (prefix, cluster).
+fn plain_prefix_routes(
+    listener: &listener_pb::Listener,
+) -> impl Iterator<Item = (String, String)> + '_ {
+    listener
+        .filter_chains
+        .iter()
+        .filter(|chain| chain.transport_socket.is_none())
+        .flat_map(|chain| &chain.filters)
+        .filter_map(|filter| match &filter.config_type {
+            Some(listener_pb::filter::ConfigType::TypedConfig(any)) => {
+                typed::<hcm_pb::HttpConnectionManager>(any)
+            }
+            _ => None,
+        })
+        .filter_map(|hcm| match hcm.route_specifier {
+            Some(hcm_pb::http_connection_manager::RouteSpecifier::RouteConfig(rc)) => Some(rc),
+            _ => None,
+        })
+        .flat_map(|rc| rc.virtual_hosts.into_iter().flat_map(|v| v.routes))
+        .filter_map(|route| {
+            let prefix = match route.r#match?.path_specifier? {
+                route_pb::route_match::PathSpecifier::Prefix(p) => p,
+                _ => return None,
+            };
+            let cluster = match route.action? {
+                route_pb::route::Action::Route(action) => match action.cluster_specifier? {
+                    route_pb::route_action::ClusterSpecifier::Cluster(c) => c,
+                    _ => return None,
+                },
+                _ => return None,
+            };
+            Some((prefix, cluster))
+        })
 }
 
 /// An ORIGINAL_DST cluster as seen from a listener that claims connections by its own
@@ -1807,10 +1961,14 @@ fn sni_target(sni: &str) -> Result<(SniTarget, BTreeMap<String, String>), String
             r.kind
         ));
     }
-    if sni.starts_with("sni.") {
-        return Err(format!(
-            "SNI {sni:?} is Kuma's KRI form, which Bearing does not parse yet"
-        ));
+    if let Some(kri) = bearing_tls::parse_kri_sni(sni) {
+        // Matched byte for byte, as the zone ingress routes it (MADR 101: the SNI is derived
+        // from the resource's KRI, so equal resources give equal bytes).
+        let target = SniTarget::Kri {
+            mesh: kri.mesh.to_string(),
+            sni: sni.to_string(),
+        };
+        return Ok((target, BTreeMap::new()));
     }
     Err(format!(
         "SNI {sni:?} is not a Kuma SNI form Bearing routes by"
@@ -1822,7 +1980,17 @@ mod tests {
     use super::*;
     use crate::decode::{decode_raw, parse_golden};
 
-    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";
+    /// A certificate valid for one day from 2026-01-01 (its key is not needed here).
+    fn pem() -> &'static str {
+        static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PEM.get_or_init(|| {
+            let mut params = rcgen::CertificateParams::new(vec!["web".to_string()]).unwrap();
+            params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2026, 1, 2);
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().pem()
+        })
+    }
 
     fn set(yaml: &str) -> ResourceSet {
         let mut set = ResourceSet::default();
@@ -1862,7 +2030,7 @@ mod tests {
     validationContext:
       trustedCa: {{inlineBytes: {c}}}
 "#,
-            c = b64(PEM)
+            c = b64(pem())
         )
     }
 
@@ -1962,11 +2130,14 @@ mod tests {
         let tls = &config.mtls["default"];
         assert!(tls.permissive);
         assert_eq!(tls.services, ["web"]);
-        assert_eq!(tls.ca_cert_pem, PEM);
+        assert_eq!(tls.ca_cert_pem, pem());
         assert!(tls
             .identity_pem
             .as_deref()
-            .is_some_and(|p| p.starts_with(PEM)));
+            .is_some_and(|p| p.starts_with(pem())));
+        // The lifetime is the SDS leaf's own (notBefore to notAfter), renewed by kuma-cp.
+        assert_eq!(tls.leaf_lifetime, Duration::from_secs(24 * 3600));
+        assert!(tls.renewed_by_control_plane);
         let cluster = &config.clusters["localhost:8080"];
         assert_eq!(cluster.connect_timeout, Duration::from_secs(10));
         assert_eq!(
@@ -2227,6 +2398,82 @@ mod tests {
         assert_eq!(config.dns[0].ips.len(), 2);
     }
 
+    /// A golden of Kuma's corpus (`../shared/kuma-corpus` beside the workspace).
+    fn golden(path: &str) -> ResourceSet {
+        let file = format!(
+            "{}/../../../shared/kuma-corpus/xds-generator/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        set(&std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}")))
+    }
+
+    /// `kuma:envoy:admin` gives where `/ready` answers on the Dataplane's address and
+    /// `kuma:readiness` where kuma-dp's reporter listens; the admin port itself is the
+    /// bootstrap's, not read from xDS.
+    #[test]
+    fn admin_listener_and_readiness_cluster_give_the_ready_endpoints() {
+        for (file, ready) in [
+            ("admin/01.envoy-config.golden.yaml", "192.168.0.1:9901"),
+            ("admin/10.zone-ingress.envoy-config.golden.yaml", ""),
+            ("admin/11.zone-egress.envoy-config.golden.yaml", ""),
+        ] {
+            let config = translate(&golden(file), &node()).unwrap();
+            let endpoints = &config.kuma_endpoints;
+            if !ready.is_empty() {
+                assert_eq!(endpoints.ready, Some(ready.parse().unwrap()), "{file}");
+            }
+            assert!(endpoints.ready.is_some(), "{file}");
+            assert_eq!(
+                endpoints.readiness_reporter,
+                Some("127.0.0.1:9902".parse().unwrap()),
+                "{file}"
+            );
+            assert_eq!(config.identity.admin_port, None, "{file}");
+        }
+    }
+
+    /// `kuma:metrics:prometheus` gives the scrape address and path (the rewrite's Envoy stats
+    /// filter has no effect); a TLS chain is NACKed by its path.
+    #[test]
+    fn prometheus_listener_gives_the_scrape_endpoint() {
+        for (file, address, path) in [
+            (
+                "prometheus-endpoint/default.envoy-config.golden.yaml",
+                "192.168.0.1:1234",
+                "/non-standard-path",
+            ),
+            (
+                "prometheus-endpoint/custom.envoy-config.golden.yaml",
+                "192.168.0.1:8765",
+                "/even-more-non-standard-path",
+            ),
+            (
+                "prometheus-endpoint/delegated-tls-fallback.envoy-config.golden.yaml",
+                "192.168.0.1:1234",
+                "/non-standard-path",
+            ),
+        ] {
+            let config = translate(&golden(file), &node()).unwrap();
+            let want = PrometheusEndpoint {
+                address: address.parse().unwrap(),
+                path: path.into(),
+            };
+            assert_eq!(config.kuma_endpoints.prometheus, Some(want), "{file}");
+        }
+        for file in [
+            "prometheus-endpoint/default-mtls.envoy-config.golden.yaml",
+            "prometheus-endpoint/delegated-tls.envoy-config.golden.yaml",
+        ] {
+            let nacks = translate(&golden(file), &node()).unwrap_err();
+            assert!(
+                nacks.iter().any(|n| n.resource == PROMETHEUS_LISTENER
+                    && n.field.ends_with(".transport_socket")
+                    && n.reason.contains("metrics over TLS")),
+                "{file}: {nacks:?}"
+            );
+        }
+    }
+
     #[test]
     fn sni_forms_parse_or_are_named() {
         let (target, tags) = sni_target("backend{mesh=default,version=v2}").unwrap();
@@ -2247,9 +2494,86 @@ mod tests {
                 port: 8080
             }
         );
-        assert!(sni_target("sni.msvc.default.east.backend.80")
-            .unwrap_err()
-            .contains("KRI"));
+        for kri in [
+            "sni.msvc.default.east.backend.80",
+            "sni.extsvc.default.example.9000",
+            "sni.mzsvc.default.global-svc.80",
+        ] {
+            let (target, tags) = sni_target(kri).unwrap();
+            let want = SniTarget::Kri {
+                mesh: "default".into(),
+                sni: kri.into(),
+            };
+            assert_eq!((target, tags), (want, BTreeMap::new()), "{kri}");
+        }
+        assert!(sni_target("sni.msvc.default").is_err());
         assert!(sni_target("example.com").is_err());
+    }
+
+    /// A zone egress chain whose server names are Kuma's KRI form (MeshService and
+    /// MeshExternalService of MADR 101) becomes KRI SNI routes, byte for byte, as the zone
+    /// ingress compiled by bearing-control has them.
+    #[test]
+    fn egress_routes_kri_snis() {
+        let text = r#"
+resources:
+- name: external
+  resource:
+    '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+    connectTimeout: 5s
+    loadAssignment:
+      clusterName: external
+      endpoints:
+      - lbEndpoints:
+        - endpoint:
+            address:
+              socketAddress: {address: 10.0.0.254, portValue: 9000}
+    name: external
+    type: STATIC
+- name: inbound:192.168.0.1:10002
+  resource:
+    '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+    address:
+      socketAddress: {address: 192.168.0.1, portValue: 10002}
+    filterChains:
+    - filterChainMatch:
+        serverNames:
+        - sni.extsvc.default.zone-1.example.9000
+        - sni.msvc.default.zone-1.backend.80
+        transportProtocol: tls
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          cluster: external
+          statPrefix: external
+    listenerFilters:
+    - name: envoy.filters.listener.tls_inspector
+      typedConfig:
+        '@type': type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector
+    name: inbound:192.168.0.1:10002
+    trafficDirection: INBOUND
+"#;
+        let node = NodeInfo {
+            proxy_type: "egress".into(),
+            ..node()
+        };
+        let config = translate(&set(text), &node).unwrap();
+        let routes = config.listeners[0].sni_routes.as_ref().unwrap();
+        let targets: Vec<_> = routes
+            .iter()
+            .map(|r| (&r.target, r.cluster.as_str()))
+            .collect();
+        let kri = |sni: &str| SniTarget::Kri {
+            mesh: "default".into(),
+            sni: sni.into(),
+        };
+        assert_eq!(
+            targets,
+            [
+                (&kri("sni.extsvc.default.zone-1.example.9000"), "external"),
+                (&kri("sni.msvc.default.zone-1.backend.80"), "external"),
+            ]
+        );
     }
 }
