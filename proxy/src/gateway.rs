@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bearing_gateway::{Decision, GatewayRouter, HeaderEdits};
+use bearing_gateway::{Decision, HeaderEdits, Router};
 use bearing_http1::BodyLength;
 use bearing_proxy_config::{CrossMesh, GatewayListener, GatewayProtocol, RouteAction};
 use bearing_tls::{Negotiated as _, TlsAcceptor};
@@ -61,7 +61,7 @@ pub(crate) const BYTE_PATH_TIMEOUTS: Timeouts = Timeouts {
 
 /// One gateway listener of the applied config, ready to serve.
 pub struct GatewayRuntime {
-    router: Arc<GatewayRouter>,
+    router: Arc<Router>,
     clusters: HashMap<String, Arc<ClusterRuntime>>,
     /// HTTPS and TLS terminate: the acceptor choosing a certificate by SNI.
     tls: Option<TlsAcceptor>,
@@ -80,7 +80,7 @@ impl GatewayRuntime {
         clusters: &HashMap<String, Arc<ClusterRuntime>>,
         mesh_tls: &MeshTlsSet,
     ) -> Result<GatewayRuntime, String> {
-        let router = Arc::new(GatewayRouter::new(listener)?);
+        let router = Arc::new(Router::gateway(listener)?);
         let mut own = HashMap::new();
         for name in referenced_clusters(listener) {
             match clusters.get(name) {
@@ -169,7 +169,9 @@ impl GatewayRuntime {
     /// and, for a forwarded request, the client's address appended to `x-forwarded-for`.
     fn decide(&self, parts: &mut http::request::Parts, peer: SocketAddr) -> Routing<'_> {
         match self.router.route(parts) {
-            Decision::Respond { status, location } => Routing::Reply(Reply {
+            Decision::Respond {
+                status, location, ..
+            } => Routing::Reply(Reply {
                 status,
                 location,
                 message: status.canonical_reason().unwrap_or("").to_string(),
@@ -298,7 +300,7 @@ fn referenced_clusters(listener: &GatewayListener) -> impl Iterator<Item = &str>
         let http = h.http_routes.iter().flat_map(|r| {
             let backends = match &r.action {
                 RouteAction::Forward { backends, .. } => backends.as_slice(),
-                RouteAction::Redirect(_) => &[],
+                RouteAction::Redirect(_) | RouteAction::DirectResponse { .. } => &[],
             };
             let mirror = r.mirror.iter().map(|m| m.cluster.as_str());
             backends.iter().map(|b| b.cluster.as_str()).chain(mirror)
@@ -310,7 +312,7 @@ fn referenced_clusters(listener: &GatewayListener) -> impl Iterator<Item = &str>
 /// The TLS acceptor of a terminating listener: each host's certificate, chosen by SNI.
 fn acceptor(
     listener: &GatewayListener,
-    router: Arc<GatewayRouter>,
+    router: Arc<Router>,
     alpn: &[&[u8]],
 ) -> Result<TlsAcceptor, String> {
     // Each host's certificate, by host index: an index into `keys`.

@@ -1235,6 +1235,8 @@ mod tests {
                     mesh: "default".into(),
                 }),
                 sni_routes: None,
+                routes: None,
+                tcp_backends: Vec::new(),
                 gateway: None,
                 deny_all: None,
             }],
