@@ -210,6 +210,39 @@ impl<'h> Bearing<'h> {
         )
     }
 
+    /// Spawns `bearing run --cp-address <url>` (trusting `ca`, a token file written in `dir`)
+    /// in `host` for the Dataplane `name` of `mesh` with one inbound on `inbound_port`, without
+    /// waiting for readiness.
+    pub fn spawn_from_cp(
+        host: &'h Host,
+        url: &str,
+        ca: &Path,
+        dir: &Path,
+        (mesh, name, inbound_port): (&str, &str, u16),
+    ) -> Result<Self> {
+        let token = dir.join(format!("{name}.token"));
+        std::fs::write(&token, format!("token-of-{name}\n"))?;
+        let dataplane = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &dataplane,
+            format!(
+                "type: Dataplane\nmesh: {mesh}\nname: {name}\nnetworking:\n  address: {}\n  inbound:\n  - port: {inbound_port}\n    tags:\n      kuma.io/service: {name}\n",
+                host.ip4()
+            ),
+        )?;
+        let args: Vec<&OsStr> = vec![
+            OsStr::new("--cp-address"),
+            OsStr::new(url),
+            OsStr::new("--ca-cert-file"),
+            ca.as_os_str(),
+            OsStr::new("--dataplane-token-file"),
+            token.as_os_str(),
+            OsStr::new("-d"),
+            dataplane.as_os_str(),
+        ];
+        Self::spawn_with_source(host, &args)
+    }
+
     /// Starts the proxy without `--admin-address`, so that it chooses its admin port itself
     /// (the resource's `networking.admin.port`, else `--admin-port`, else 9901), and waits
     /// until `/ready` answers 200 on 127.0.0.1:`admin_port`.

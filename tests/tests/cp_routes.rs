@@ -4,7 +4,6 @@
 //! MeshTCPRoute-shaped TCP split, in front of two origins; curl sees each request reach the
 //! origin its route names.
 
-use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -194,26 +193,6 @@ fn a_sidecar_routes_by_the_route_table_the_cp_sends() -> Result<()> {
 
 /// `bearing run --cp-address https://<cp>:5678` for Dataplane `web` in `host`.
 fn start_sidecar<'h>(host: &'h Host, cp: &Host, ca: &Path, dir: &Path) -> Result<Bearing<'h>> {
-    let token = dir.join("web.token");
-    std::fs::write(&token, "token-of-web\n")?;
-    let dataplane = dir.join("web.yaml");
-    std::fs::write(
-        &dataplane,
-        format!(
-            "type: Dataplane\nmesh: default\nname: web\nnetworking:\n  address: {}\n  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
-            host.ip4()
-        ),
-    )?;
     let url = format!("https://{}:5678", cp.ip4());
-    let args: Vec<&OsStr> = vec![
-        OsStr::new("--cp-address"),
-        OsStr::new(&url),
-        OsStr::new("--ca-cert-file"),
-        ca.as_os_str(),
-        OsStr::new("--dataplane-token-file"),
-        token.as_os_str(),
-        OsStr::new("-d"),
-        dataplane.as_os_str(),
-    ];
-    Bearing::spawn_with_source(host, &args)
+    Bearing::spawn_from_cp(host, &url, ca, dir, ("default", "web", 18080))
 }

@@ -5,7 +5,6 @@
 //! reconnect (ACK lines); a new outbound pushed applies with no failed request on the old one;
 //! a restricting RBAC filter is NACKed with its detail while the old config serves.
 
-use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -182,28 +181,8 @@ fn start_sidecar<'h>(
     ca: &Path,
     dir: &Path,
 ) -> Result<Bearing<'h>> {
-    let token = dir.join(format!("{name}.token"));
-    std::fs::write(&token, format!("token-of-{name}\n"))?;
-    let dataplane = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &dataplane,
-        format!(
-            "type: Dataplane\nmesh: envoyconfig\nname: {name}\nnetworking:\n  address: {}\n  inbound:\n  - port: {INBOUND_PORT}\n    tags:\n      kuma.io/service: {name}\n",
-            host.ip4()
-        ),
-    )?;
     let url = format!("https://{}:{port}", cp.ip4());
-    let args: Vec<&OsStr> = vec![
-        OsStr::new("--cp-address"),
-        OsStr::new(&url),
-        OsStr::new("--ca-cert-file"),
-        ca.as_os_str(),
-        OsStr::new("--dataplane-token-file"),
-        token.as_os_str(),
-        OsStr::new("-d"),
-        dataplane.as_os_str(),
-    ];
-    Bearing::spawn_with_source(host, &args)
+    Bearing::spawn_from_cp(host, &url, ca, dir, ("envoyconfig", name, INBOUND_PORT))
 }
 
 /// `GET http://127.0.0.1:<port>/` from `host`: the status (0 when curl failed).

@@ -43,6 +43,27 @@ pub(crate) enum HttpRouting {
 /// routes that reach it (`None`: none), mirrors included.
 pub(crate) type Reached = Vec<(String, Option<Duration>, String)>;
 
+/// The request and response header edits of one level (a route configuration, virtual host
+/// or route: the same four fields) at `$at`.
+macro_rules! level_edits {
+    ($level:expr, $at:expr, $problems:expr) => {
+        (
+            edits(
+                &$level.request_headers_to_add,
+                &$level.request_headers_to_remove,
+                &format!("{}.request_headers", $at),
+                $problems,
+            ),
+            edits(
+                &$level.response_headers_to_add,
+                &$level.response_headers_to_remove,
+                &format!("{}.response_headers", $at),
+                $problems,
+            ),
+        )
+    };
+}
+
 /// Translates an inline route configuration at `at`; problems are pushed to `problems`.
 pub(crate) fn route_config(
     rc: &route_pb::RouteConfiguration,
@@ -51,35 +72,11 @@ pub(crate) fn route_config(
     reached: &mut Reached,
 ) -> Option<HttpRouting> {
     let before = problems.len();
-    let (config_request, config_response) = (
-        edits(
-            &rc.request_headers_to_add,
-            &rc.request_headers_to_remove,
-            &format!("{at}.request_headers"),
-            problems,
-        ),
-        edits(
-            &rc.response_headers_to_add,
-            &rc.response_headers_to_remove,
-            &format!("{at}.response_headers"),
-            problems,
-        ),
-    );
+    let (config_request, config_response) = level_edits!(rc, at, problems);
     let mut virtual_hosts = Vec::new();
     for (k, vh) in rc.virtual_hosts.iter().enumerate() {
         let vat = format!("{at}.virtual_hosts[{k}]");
-        let request = edits(
-            &vh.request_headers_to_add,
-            &vh.request_headers_to_remove,
-            &format!("{vat}.request_headers"),
-            problems,
-        );
-        let response = edits(
-            &vh.response_headers_to_add,
-            &vh.response_headers_to_remove,
-            &format!("{vat}.response_headers"),
-            problems,
-        );
+        let (request, response) = level_edits!(vh, vat, problems);
         let mut routes = Vec::new();
         for (r, route) in vh.routes.iter().enumerate() {
             let rat = format!("{vat}.routes[{r}]");
@@ -194,21 +191,12 @@ fn http_route(
         "" => at.to_string(),
         name => format!("route {name}"),
     };
+    let (request_headers, response_headers) = level_edits!(route, at, problems);
     let mut out = HttpRoute {
         origin,
         matches,
-        request_headers: edits(
-            &route.request_headers_to_add,
-            &route.request_headers_to_remove,
-            &format!("{at}.request_headers"),
-            problems,
-        ),
-        response_headers: edits(
-            &route.response_headers_to_add,
-            &route.response_headers_to_remove,
-            &format!("{at}.response_headers"),
-            problems,
-        ),
+        request_headers,
+        response_headers,
         action: RouteAction::DirectResponse {
             status: 404,
             body: String::new(),

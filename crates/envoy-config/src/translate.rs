@@ -2146,21 +2146,26 @@ mod tests {
         );
     }
 
-    #[test]
-    fn tcp_proxy_ignores_the_clusters_http_options() {
+    /// OUTBOUND with a TCP proxy configured by `config` (YAML lines at its indentation) in
+    /// place of the HTTP connection manager.
+    fn outbound_tcp_proxy(config: &str) -> String {
         let hcm = OUTBOUND
             .find("      - name: envoy.filters.network.http_connection_manager")
             .unwrap();
-        let text = format!(
+        format!(
             "{}      - name: envoy.filters.network.tcp_proxy
         typedConfig:
           '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          cluster: backend
           statPrefix: backend
-{}",
+{config}{}",
             &OUTBOUND[..hcm],
             secrets()
-        );
+        )
+    }
+
+    #[test]
+    fn tcp_proxy_ignores_the_clusters_http_options() {
+        let text = outbound_tcp_proxy("          cluster: backend\n");
         let config = translate(&set(&text), &node()).unwrap();
         assert_eq!(config.listeners[0].protocol, Protocol::Tcp);
         assert_eq!(config.clusters["backend"].protocol, Protocol::Tcp);
@@ -2341,18 +2346,8 @@ mod tests {
     /// MeshTCPRoute's split: a TCP proxy's weighted clusters.
     #[test]
     fn tcp_weighted_clusters_split_a_listener() {
-        let hcm = OUTBOUND
-            .find("      - name: envoy.filters.network.http_connection_manager")
-            .unwrap();
-        let text = format!(
-            "{}      - name: envoy.filters.network.tcp_proxy
-        typedConfig:
-          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          statPrefix: backend
-          weightedClusters: {{clusters: [{{name: backend, weight: 40}}, {{name: backend, weight: 60}}]}}
-{}",
-            &OUTBOUND[..hcm],
-            secrets()
+        let text = outbound_tcp_proxy(
+            "          weightedClusters: {clusters: [{name: backend, weight: 40}, {name: backend, weight: 60}]}\n",
         );
         let config = translate(&set(&text), &node()).unwrap_or_else(|n| panic!("{n:#?}"));
         let l = &config.listeners[0];
