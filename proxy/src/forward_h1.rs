@@ -10,9 +10,9 @@
 //!
 //! The path carries HTTP/1.1 requests in origin form, with no body or a `Content-Length` body
 //! small enough to hold ([`HELD_LIMIT`]), to clusters spoken to over HTTP/1.1: a sidecar
-//! listener's cluster, or the backend a gateway listener's routes choose (the gateway reads
-//! the head as an `http` request for its router and writes the routed head back, see
-//! [`crate::gateway::GatewayRuntime::route_head`]). Anything else (HTTP/2, HTTP/1.0, chunked
+//! listener's cluster, or the backend the routes of a gateway listener or of a sidecar route
+//! table choose (the head is read as an `http` request for the router and the routed head
+//! written back, see [`crate::gateway::HttpRoutes::route_head`]). Anything else (HTTP/2, HTTP/1.0, chunked
 //! uploads, `Expect`, upgrades, malformed heads, a gateway with an HTTP/2 backend) hands the
 //! connection, with the bytes already read, to hyper for the rest of its life. A request no
 //! path forwards (over the head limits, a bad `Host` or length, `CONNECT`) is answered here
@@ -81,12 +81,12 @@ impl Timeouts {
 
 /// Where the byte path sends one request.
 pub(crate) enum Routed<'l> {
-    /// To `cluster`, each response head sent downstream changed by `edits` (a gateway's).
+    /// To `cluster`, each response head sent downstream changed by `edits` (a route's).
     Forward {
         cluster: &'l ClusterRuntime,
         edits: Option<ResponseEdits<'l>>,
     },
-    /// Answered by the proxy (a gateway's 404, redirect or refusal).
+    /// Answered by the proxy (a router's 404, redirect, direct response or refusal).
     Reply(Reply, Option<ResponseEdits<'l>>),
     /// Not carried by the byte path: the connection goes to hyper.
     Unsupported(&'static str),
@@ -279,8 +279,8 @@ where
             body: &bufs.request[head.head_len..message_len],
             close_downstream: !head.keep_alive || drain.is_cancelled(),
         };
-        let routed = match &listener.gateway {
-            Some(gateway) => gateway.route_head(
+        let routed = match &listener.routes {
+            Some(routes) => routes.route_head(
                 &mut bufs.request_head,
                 head.body,
                 request.body,

@@ -179,6 +179,8 @@ pub fn compile(
                 mesh: m.mesh.clone(),
             }),
             sni_routes: None,
+            routes: None,
+            tcp_backends: Vec::new(),
             gateway: None,
             deny_all: denies.targeting(me, inbound),
         });
@@ -387,6 +389,8 @@ fn direct_access(
                 bind: false,
                 tls: None,
                 sni_routes: None,
+                routes: None,
+                tcp_backends: Vec::new(),
                 gateway: None,
                 deny_all: None,
             });
@@ -551,6 +555,8 @@ impl Outbounds<'_> {
             bind,
             tls: None,
             sni_routes: None,
+            routes: None,
+            tcp_backends: Vec::new(),
             gateway: None,
             deny_all: None,
         };

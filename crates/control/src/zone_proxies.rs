@@ -102,6 +102,8 @@ pub fn compile(
         tls: None,
         sni_routes: Some(routes),
         gateway: None,
+        routes: None,
+        tcp_backends: Vec::new(),
         deny_all: None,
     };
     let mut config = ProxyConfig {

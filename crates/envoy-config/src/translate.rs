@@ -1,8 +1,8 @@
 //! Envoy resources (as kuma-cp sends them) translated into Bearing's `ProxyConfig`.
 //!
 //! What today's model expresses is translated faithfully: sidecar inbound and outbound
-//! listeners (TCP proxy, or an HTTP connection manager whose one route sends everything to one
-//! cluster), mesh mTLS from SDS secrets, the transparent-proxy capture listeners, clusters
+//! listeners (TCP proxy to a cluster or weighted clusters, or an HTTP connection manager with
+//! its inline route table, `routes.rs`), mesh mTLS from SDS secrets, the transparent-proxy capture listeners, clusters
 //! (STATIC, EDS, STRICT_DNS with IP addresses) with their endpoints, timeouts, circuit breakers
 //! and upstream TLS, zone ingress/egress SNI routes and Kuma's DNS table. Kuma's plumbing that
 //! Bearing serves itself (admin `/ready`, readiness, Prometheus metrics) is recognised by name
@@ -15,10 +15,11 @@ use crate::decode::{
 use crate::fields::{
     self, Unhandled, KUMA_STREAM_IDLE_TIMEOUTS, KUMA_TCP_IDLE_TIMEOUTS, POLICY_NOT_ENFORCED,
 };
+use crate::routes::{self, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, KumaEndpoints,
-    Listener, MeshTls, PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity, SniRoute,
-    SniTarget, TransparentProxy, UpstreamTls, Verification,
+    Listener, MeshTls, PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity, RouteTable,
+    SniRoute, SniTarget, TransparentProxy, UpstreamTls, Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -39,8 +40,6 @@ use std::time::Duration;
 
 /// Envoy's default connect timeout, used when a cluster sets none.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Envoy's default route timeout, used when a route sets none.
-const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Kuma's listener on the Dataplane's address whose plain chain routes `/ready` to kuma-dp's
 /// readiness reporter (its TLS chain is kuma-cp's own access to Envoy's admin API).
@@ -232,11 +231,19 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
     Ok(config)
 }
 
-/// How a listener's HTTP connection manager or TCP proxy reaches its cluster.
+/// How a listener's HTTP connection manager or TCP proxy reaches its clusters.
+#[derive(PartialEq)]
 struct Route {
+    /// The one cluster of a plain listener (empty when `table` or `tcp_backends` decide).
     cluster: String,
     protocol: Protocol,
-    timeout: Option<Duration>,
+    /// An HTTP connection manager's route table, when it routes.
+    table: Option<RouteTable>,
+    /// A TCP proxy's weighted clusters, when it splits.
+    tcp_backends: Vec<WeightedCluster>,
+    /// Every cluster reached, with the response timeout of the routes reaching it and
+    /// where (a TCP proxy's: none).
+    reached: Reached,
     /// A TCP proxy's `metadata_match` (`envoy.lb` tags the endpoints must carry).
     subset: BTreeMap<String, String>,
 }
@@ -267,7 +274,7 @@ fn cluster_path(name: &str) -> String {
     format!("clusters[{name:?}]")
 }
 
-fn duration(d: &PbDuration) -> Duration {
+pub(crate) fn duration(d: &PbDuration) -> Duration {
     Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
 }
 
@@ -558,6 +565,8 @@ impl Translator<'_> {
             bind,
             tls: None,
             sni_routes: None,
+            routes: None,
+            tcp_backends: Vec::new(),
             gateway: None,
             deny_all: None,
         };
@@ -643,12 +652,19 @@ impl Translator<'_> {
                 self.nack(LISTENER, name, format!("{at}.filters"), "metadata_match: endpoint subsets are implemented only by a zone proxy's SNI tags");
             }
             match &route {
-                Some(r) if r.cluster != this.cluster || r.protocol != this.protocol => self.nack(
+                Some(r)
+                    if r.cluster != this.cluster
+                        || r.protocol != this.protocol
+                        || r.table != this.table
+                        || r.tcp_backends != this.tcp_backends =>
+                {
+                    self.nack(
                     LISTENER,
                     name,
                     format!("{at}.filters"),
                     "chains that lead to different clusters or protocols: ProxyConfig holds one destination per listener",
-                ),
+                )
+                }
                 Some(_) => {}
                 None => route = Some(this),
             }
@@ -664,22 +680,37 @@ impl Translator<'_> {
             out.tls = Some(DownstreamTls { mesh });
         }
         if let Some(mut r) = route {
-            let original_dst = self.set.clusters.get(&r.cluster).is_some_and(|c| {
-                cluster_type(c) == cluster_pb::cluster::DiscoveryType::OriginalDst as i32
-            });
-            if original_dst {
+            let original_dst = |c: &str| {
+                self.set.clusters.get(c).is_some_and(|c| {
+                    cluster_type(c) == cluster_pb::cluster::DiscoveryType::OriginalDst as i32
+                })
+            };
+            if let Some((c, _, at)) = r.reached.iter().find(|(c, ..)| original_dst(c)) {
+                if r.cluster.is_empty() {
+                    let reason = format!("cluster {c:?} (ORIGINAL_DST) in a route table or among weighted clusters: only a listener's one cluster can be its original destination");
+                    return self.nack(LISTENER, name, at.clone(), reason);
+                }
+            }
+            if original_dst(&r.cluster) {
                 // The original destination of a connection this listener claims by address
                 // is the listener's own address.
                 self.direct
                     .push((name.to_string(), out.address, r.cluster.clone()));
                 r.cluster = name.to_string();
+                for reached in &mut r.reached {
+                    reached.0 = name.to_string();
+                }
             }
             out.protocol = r.protocol;
             out.cluster = r.cluster.clone();
+            out.routes = r.table;
+            out.tcp_backends = r.tcp_backends;
             if out.service.is_empty() && out.direction == Direction::Outbound {
                 out.service = r.cluster.clone();
             }
-            self.route_to(r.cluster, r.protocol, r.timeout, name);
+            for (cluster, timeout, at) in r.reached {
+                self.route_to(cluster, r.protocol, timeout, name, at);
+            }
         }
     }
 
@@ -690,7 +721,7 @@ impl Translator<'_> {
         at: &str,
         chain: &listener_pb::FilterChain,
     ) -> Option<Route> {
-        let mut found = None;
+        let (mut found, mut http) = (None, false);
         for (j, filter) in chain.filters.iter().enumerate() {
             let Some(listener_pb::filter::ConfigType::TypedConfig(any)) = &filter.config_type
             else {
@@ -706,14 +737,32 @@ impl Translator<'_> {
             if let Some(tcp) =
                 typed::<tcp_pb::TcpProxy>(any).filter(|_| type_name(any).ends_with("TcpProxy"))
             {
+                let subset = struct_strings(tcp.metadata_match.as_ref(), "envoy.lb");
                 found = match tcp.cluster_specifier {
                     Some(tcp_pb::tcp_proxy::ClusterSpecifier::Cluster(c)) => Some(Route {
+                        reached: vec![(c.clone(), None, fpath.clone())],
                         cluster: c,
                         protocol: Protocol::Tcp,
-                        timeout: None,
-                        subset: struct_strings(tcp.metadata_match.as_ref(), "envoy.lb"),
+                        table: None,
+                        tcp_backends: Vec::new(),
+                        subset,
                     }),
-                    _ => None,
+                    Some(tcp_pb::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+                        let backends = routes::tcp_weighted(&w);
+                        let at = format!("{fpath}.weighted_clusters");
+                        Some(Route {
+                            reached: backends
+                                .iter()
+                                .map(|b| (b.cluster.clone(), None, at.clone()))
+                                .collect(),
+                            cluster: String::new(),
+                            protocol: Protocol::Tcp,
+                            table: None,
+                            tcp_backends: backends,
+                            subset,
+                        })
+                    }
+                    None => None,
                 };
                 if let Some(idle) = &tcp.idle_timeout {
                     if !KUMA_TCP_IDLE_TIMEOUTS.contains(&duration(idle)) {
@@ -723,10 +772,12 @@ impl Translator<'_> {
             } else if let Some(hcm) = typed::<hcm_pb::HttpConnectionManager>(any)
                 .filter(|_| type_name(any).ends_with("HttpConnectionManager"))
             {
+                // A route configuration that does not translate has its own NACKs.
+                http = true;
                 found = self.http_route(name, &fpath, &hcm);
             }
         }
-        if found.is_none() {
+        if found.is_none() && !http {
             self.nack(
                 LISTENER,
                 name,
@@ -793,80 +844,21 @@ impl Translator<'_> {
             return None;
         };
         let rpath = format!("{at}.route_config");
-        let added = rc.request_headers_to_add.iter().enumerate().map(|(k, h)| {
-            let key = h.header.as_ref().map_or("", |h| h.key.as_str());
-            (format!("request_headers_to_add[{k}]"), key)
-        });
-        let removed = rc.request_headers_to_remove.iter().enumerate();
-        let removed = removed.map(|(k, h)| (format!("request_headers_to_remove[{k}]"), h.as_str()));
-        for (field, key) in added.chain(removed) {
-            if key != "x-kuma-tags" {
-                let reason =
-                    "header edits are not implemented (only Kuma's x-kuma-tags is understood)";
-                self.nack(LISTENER, name, format!("{rpath}.{field}"), reason);
-            }
+        let (mut problems, mut reached) = (Vec::new(), Vec::new());
+        let routing = routes::route_config(rc, &rpath, &mut problems, &mut reached);
+        for (field, reason) in problems {
+            self.nack(LISTENER, name, field, reason);
         }
-        let [vhost] = rc.virtual_hosts.as_slice() else {
-            self.nack(LISTENER, name, format!("{rpath}.virtual_hosts"), "ProxyConfig routes a sidecar listener to one cluster: exactly one virtual host is implemented");
-            return None;
-        };
-        if vhost.domains != ["*"] {
-            self.nack(
-                LISTENER,
-                name,
-                format!("{rpath}.virtual_hosts[0].domains"),
-                "only the domain `*` is implemented on sidecar listeners",
-            );
-        }
-        let [route] = vhost.routes.as_slice() else {
-            self.nack(LISTENER, name, format!("{rpath}.virtual_hosts[0].routes"), "ProxyConfig routes a sidecar listener to one cluster: exactly one route is implemented");
-            return None;
-        };
-        let route_at = format!("{rpath}.virtual_hosts[0].routes[0]");
-        let prefix = route
-            .r#match
-            .as_ref()
-            .and_then(|m| match &m.path_specifier {
-                Some(route_pb::route_match::PathSpecifier::Prefix(p)) => Some(p.as_str()),
-                _ => None,
-            });
-        if prefix != Some("/") {
-            self.nack(
-                LISTENER,
-                name,
-                format!("{route_at}.match"),
-                "only `prefix: /` is implemented on sidecar listeners",
-            );
-        }
-        let Some(route_pb::route::Action::Route(action)) = &route.action else {
-            self.nack(
-                LISTENER,
-                name,
-                format!("{route_at}.action"),
-                "only a route to a cluster is implemented",
-            );
-            return None;
-        };
-        let Some(route_pb::route_action::ClusterSpecifier::Cluster(cluster)) =
-            &action.cluster_specifier
-        else {
-            self.nack(
-                LISTENER,
-                name,
-                format!("{route_at}.route.cluster_specifier"),
-                "only a route to one cluster is implemented",
-            );
-            return None;
-        };
-        let timeout = match action.timeout.as_ref().map(duration) {
-            None => Some(DEFAULT_ROUTE_TIMEOUT),
-            Some(Duration::ZERO) => None,
-            Some(d) => Some(d),
+        let (cluster, table) = match routing? {
+            HttpRouting::One(cluster) => (cluster, None),
+            HttpRouting::Table(table) => (String::new(), Some(table)),
         };
         Some(Route {
-            cluster: cluster.clone(),
+            cluster,
             protocol,
-            timeout,
+            table,
+            tcp_backends: Vec::new(),
+            reached,
             subset: BTreeMap::new(),
         })
     }
@@ -916,6 +908,11 @@ impl Translator<'_> {
             );
         }
         let common = ctx.common_tls_context.unwrap_or_default();
+        if let Some(i) = san_kinds(&common) {
+            let field = format!("{at}.common_tls_context.validation_context.match_typed_subject_alt_names[{i}].matcher");
+            let reason = "clients are verified by their mesh's SPIFFE prefix only";
+            self.nack(LISTENER, name, field, reason);
+        }
         let mesh =
             self.identity_mesh(LISTENER, name, &format!("{at}.common_tls_context"), &common)?;
         let ca = validation_sds(&common);
@@ -1021,7 +1018,13 @@ impl Translator<'_> {
                     Err(reason) => self.nack(LISTENER, name, at, reason),
                 }
             }
-            self.route_to(route.cluster.clone(), Protocol::Tcp, None, name);
+            self.route_to(
+                route.cluster.clone(),
+                Protocol::Tcp,
+                None,
+                name,
+                path.clone(),
+            );
         }
         routes
     }
@@ -1262,6 +1265,18 @@ impl Translator<'_> {
         let common = ctx.common_tls_context.clone().unwrap_or_default();
         let sans = subject_alt_names(&common);
         let common_at = format!("{at}.common_tls_context");
+        if let Some(i) = san_kinds(&common) {
+            let field = format!(
+                "{common_at}.validation_context.match_typed_subject_alt_names[{i}].matcher"
+            );
+            self.nack(
+                CLUSTER,
+                name,
+                field,
+                "subject alt names are verified by exact value only",
+            );
+            return None;
+        }
         if common
             .tls_certificate_sds_secret_configs
             .iter()
@@ -1636,15 +1651,26 @@ impl Translator<'_> {
         }
     }
 
-    /// Records that `listener` reaches `cluster` with `protocol`; an HTTP route's protocol and
-    /// timeout win over a TCP proxy's (which ignores the cluster's HTTP options, as Envoy's).
+    /// Records that `listener` reaches `cluster` with `protocol` (by the route at `at`); an
+    /// HTTP route's protocol and timeout win over a TCP proxy's (which ignores the cluster's
+    /// HTTP options, as Envoy's). HTTP routes reaching one cluster with different timeouts
+    /// are NACKed: ProxyConfig holds a response timeout per cluster.
     fn route_to(
         &mut self,
         cluster: String,
         protocol: Protocol,
         timeout: Option<Duration>,
         listener: &str,
+        at: String,
     ) {
+        let conflict = self.routed.get(&cluster).and_then(|(p, t, _)| {
+            (p.is_http() && protocol.is_http() && *t != timeout).then_some(*t)
+        });
+        if let Some(other) = conflict {
+            // Kuma's routes differ in timeout only by a MeshTimeout.
+            let reason = format!("timeouts: {POLICY_NOT_ENFORCED} (routes to cluster {cluster:?} with different timeouts, {other:?} and {timeout:?}: ProxyConfig holds one per cluster)");
+            return self.nack(LISTENER, listener, at, reason);
+        }
         let route = (protocol, timeout, listener.to_string());
         self.routed
             .entry(cluster)
@@ -1872,6 +1898,28 @@ fn validation_sds(common: &tls_pb::CommonTlsContext) -> Option<String> {
 }
 
 /// The exact subject alternative names a TLS context verifies (type, value).
+/// The index of the first subject alt name matcher of a kind no TLS context verifies
+/// (suffix, contains, regex: the string matcher kinds accepted for routes).
+fn san_kinds(common: &tls_pb::CommonTlsContext) -> Option<usize> {
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern as M;
+    use tls_pb::common_tls_context::ValidationContextType as V;
+    let validation = match &common.validation_context_type {
+        Some(V::ValidationContext(v)) => Some(v),
+        Some(V::CombinedValidationContext(c)) => c.default_validation_context.as_ref(),
+        _ => None,
+    };
+    validation?
+        .match_typed_subject_alt_names
+        .iter()
+        .position(|m| {
+            let pattern = m.matcher.as_ref().and_then(|m| m.match_pattern.as_ref());
+            matches!(
+                pattern,
+                Some(M::Suffix(_) | M::Contains(_) | M::SafeRegex(_))
+            )
+        })
+}
+
 fn subject_alt_names(common: &tls_pb::CommonTlsContext) -> Vec<(i32, String)> {
     use tls_pb::common_tls_context::ValidationContextType as V;
     let validation = match &common.validation_context_type {
@@ -1891,7 +1939,7 @@ fn subject_alt_names(common: &tls_pb::CommonTlsContext) -> Vec<(i32, String)> {
         .collect()
 }
 
-fn data_text(source: Option<&core_pb::DataSource>) -> Option<String> {
+pub(crate) fn data_text(source: Option<&core_pb::DataSource>) -> Option<String> {
     use core_pb::data_source::Specifier;
     match source?.specifier.as_ref()? {
         Specifier::InlineBytes(b) => String::from_utf8(b.clone()).ok(),
@@ -1979,6 +2027,9 @@ fn sni_target(sni: &str) -> Result<(SniTarget, BTreeMap<String, String>), String
 mod tests {
     use super::*;
     use crate::decode::{decode_raw, parse_golden};
+    use bearing_proxy_config::{
+        HeaderMatch, PathMatch, PathRewrite, Redirect, RouteAction, ValueMatch,
+    };
 
     /// A certificate valid for one day from 2026-01-01 (its key is not needed here).
     fn pem() -> &'static str {
@@ -2266,50 +2317,220 @@ mod tests {
         );
     }
 
-    #[test]
-    fn tcp_proxy_ignores_the_clusters_http_options() {
+    /// OUTBOUND with a TCP proxy configured by `config` (YAML lines at its indentation) in
+    /// place of the HTTP connection manager.
+    fn outbound_tcp_proxy(config: &str) -> String {
         let hcm = OUTBOUND
             .find("      - name: envoy.filters.network.http_connection_manager")
             .unwrap();
-        let text = format!(
+        format!(
             "{}      - name: envoy.filters.network.tcp_proxy
         typedConfig:
           '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          cluster: backend
           statPrefix: backend
-{}",
+{config}{}",
             &OUTBOUND[..hcm],
             secrets()
-        );
+        )
+    }
+
+    #[test]
+    fn tcp_proxy_ignores_the_clusters_http_options() {
+        let text = outbound_tcp_proxy("          cluster: backend\n");
         let config = translate(&set(&text), &node()).unwrap();
         assert_eq!(config.listeners[0].protocol, Protocol::Tcp);
         assert_eq!(config.clusters["backend"].protocol, Protocol::Tcp);
     }
 
+    /// OUTBOUND with its one route replaced by `routes` (YAML list items at the routes'
+    /// indentation).
+    fn outbound_with_routes(routes: &str) -> String {
+        let one = "              - match: {prefix: /}\n                route: {cluster: backend, timeout: 0s}\n";
+        format!("{}{}", OUTBOUND.replace(one, routes), secrets())
+    }
+
+    const HCM: &str = "listeners[\"outbound:127.0.0.1:10001\"].filter_chains[0].filters[0].typed_config(envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager)";
+
+    /// kuma-cp's MeshHTTPRoute as its sidecar goldens render it (path + prefix pairs,
+    /// `:method` and header matches, query matches, header edits, redirects, direct
+    /// responses, rewrites, mirrors, weighted backends) becomes a route table; the single
+    /// default route stays a plain listener.
     #[test]
-    fn weighted_routes_and_unknown_fields_are_nacked() {
-        let text = OUTBOUND
-            .replace(
-                "route: {cluster: backend, timeout: 0s}",
-                "route: {weightedClusters: {clusters: [{name: backend, weight: 1}]}}",
+    fn mesh_http_route_shapes_become_a_route_table() {
+        let plain = translate(&set(&format!("{OUTBOUND}{}", secrets())), &node()).unwrap();
+        assert_eq!(
+            plain.listeners[0].routes, None,
+            "one default route: no table"
+        );
+        let text = outbound_with_routes(
+            r#"              - match: {path: /v1}
+                name: rule-0
+                requestHeadersToAdd:
+                - {appendAction: OVERWRITE_IF_EXISTS_OR_ADD, header: {key: X-Set, value: s}}
+                - {header: {key: x-add, value: a}}
+                - {header: {key: x-kuma-tags, value: '&kuma.io/service=web&'}}
+                requestHeadersToRemove: [x-drop]
+                responseHeadersToAdd:
+                - {header: {key: x-resp, value: r}}
+                route:
+                  weightedClusters: {clusters: [{name: backend, weight: 90}, {name: backend, weight: 10}]}
+                  timeout: 0s
+                  regexRewrite: {pattern: {regex: '.*'}, substitution: /v2}
+                  hostRewriteLiteral: other.internal
+                  requestMirrorPolicies:
+                  - cluster: backend
+                    runtimeFraction: {defaultValue: {numerator: 9990, denominator: TEN_THOUSAND}}
+              - match:
+                  prefix: /v1/
+                  headers:
+                  - {name: ':method', stringMatch: {exact: GET}}
+                  - {name: X-Env, stringMatch: {safeRegex: {regex: 'stag(e|ing)'}}}
+                  - {name: x-absent, presentMatch: false}
+                  queryParameters:
+                  - {name: v, stringMatch: {prefix: '1'}}
+                route: {cluster: backend, timeout: 0s, prefixRewrite: /v2/}
+              - match: {pathSeparatedPrefix: /old}
+                redirect: {responseCode: PERMANENT_REDIRECT, httpsRedirect: true, hostRedirect: new.example.com, portRedirect: 8443, prefixRewrite: /new, stripQuery: true}
+              - match: {safeRegex: {regex: '/gone/.*'}}
+                directResponse: {status: 410, body: {inlineString: gone}}
+              - match: {prefix: /}
+                route: {cluster: backend, timeout: 0s}
+"#,
+        );
+        let config = translate(&set(&text), &node()).unwrap_or_else(|n| panic!("{n:#?}"));
+        let l = &config.listeners[0];
+        let table = l.routes.as_ref().expect("a route table");
+        assert_eq!(table.name, "outbound:backend");
+        let [vh] = table.virtual_hosts.as_slice() else {
+            panic!("{table:?}")
+        };
+        assert_eq!(vh.domains, ["*"]);
+        let r = &vh.routes;
+        assert_eq!(r.len(), 5);
+        assert_eq!(r[0].origin, "route rule-0");
+        assert_eq!(r[0].matches.path, Some(PathMatch::Exact("/v1".into())));
+        assert_eq!(r[0].request_headers.set, [("x-set".into(), "s".into())]);
+        assert_eq!(r[0].request_headers.add, [("x-add".into(), "a".into())]);
+        assert_eq!(r[0].request_headers.remove, ["x-drop"]);
+        assert_eq!(r[0].response_headers.add, [("x-resp".into(), "r".into())]);
+        let RouteAction::Forward { backends, rewrite } = &r[0].action else {
+            panic!("{:?}", r[0].action)
+        };
+        assert_eq!(
+            backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+            [90, 10]
+        );
+        let rewrite = rewrite.as_ref().unwrap();
+        assert_eq!(rewrite.host.as_deref(), Some("other.internal"));
+        assert_eq!(
+            rewrite.path,
+            Some(PathRewrite::Regex {
+                pattern: ".*".into(),
+                substitution: "/v2".into()
+            })
+        );
+        let mirror = r[0].mirror.as_ref().unwrap();
+        assert_eq!(
+            (mirror.cluster.as_str(), mirror.percentage),
+            ("backend", 99.9)
+        );
+        let m = &r[1].matches;
+        assert_eq!(m.path, Some(PathMatch::StringPrefix("/v1/".into())));
+        assert_eq!(m.method.as_deref(), Some("GET"));
+        assert_eq!(
+            m.headers,
+            [
+                HeaderMatch {
+                    name: "x-env".into(),
+                    value: ValueMatch::Regex("stag(e|ing)".into())
+                },
+                HeaderMatch {
+                    name: "x-absent".into(),
+                    value: ValueMatch::Absent
+                }
+            ]
+        );
+        assert_eq!(m.query[0].value, ValueMatch::Prefix("1".into()));
+        assert_eq!(
+            r[2].action,
+            RouteAction::Redirect(Redirect {
+                scheme: Some("https".into()),
+                hostname: Some("new.example.com".into()),
+                port: Some(8443),
+                status: 308,
+                path: Some(PathRewrite::ReplacePrefixMatch("/new".into())),
+                strip_query: true,
+            })
+        );
+        assert_eq!(r[2].matches.path, Some(PathMatch::Prefix("/old".into())));
+        assert_eq!(
+            r[3].action,
+            RouteAction::DirectResponse {
+                status: 410,
+                body: "gone".into()
+            }
+        );
+        assert_eq!(config.clusters["backend"].request_timeout, None);
+    }
+
+    /// What the route model cannot express, and the policies of issue #25, are NACKed by
+    /// their field path.
+    #[test]
+    fn route_fields_beyond_the_model_and_policies_are_nacked_by_path() {
+        let text = outbound_with_routes(
+            r#"              - match: {prefix: /a, caseSensitive: false}
+                route: {cluster: backend, timeout: 0s}
+              - match: {prefix: /b}
+                route: {cluster: backend, timeout: 0s, retryPolicy: {retryOn: 5xx}, hashPolicy: [{header: {headerName: x}}]}
+              - match: {prefix: /c}
+                route: {cluster: backend, timeout: 5s}
+              - match: {prefix: /}
+                route: {cluster: backend, timeout: 0s}
+"#,
+        )
+        .replace(
+            "statPrefix: backend\n          httpFilters",
+            "statPrefix: backend\n          generateRequestId: true\n          httpFilters",
+        );
+        let nacks = translate(&set(&text), &node()).unwrap_err();
+        let found: Vec<(&str, &str)> = nacks
+            .iter()
+            .map(|n| (n.field.as_str(), n.reason.as_str()))
+            .collect();
+        let routes = format!("{HCM}.route_config.virtual_hosts[0].routes");
+        let has = |field: String, reason: &str| {
+            assert!(
+                found.iter().any(|(f, r)| *f == field && r.contains(reason)),
+                "{field} / {reason} not in {found:#?}"
             )
-            .replace(
-                "statPrefix: backend",
-                "statPrefix: backend\n          generateRequestId: true",
-            );
-        let nacks = translate(&set(&format!("{text}{}", secrets())), &node()).unwrap_err();
-        let fields: Vec<&str> = nacks.iter().map(|n| n.field.as_str()).collect();
-        let hcm = "listeners[\"outbound:127.0.0.1:10001\"].filter_chains[0].filters[0].typed_config(envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager)";
-        assert!(
-            fields.contains(&&*format!(
-                "{hcm}.route_config.virtual_hosts[0].routes[0].route.weighted_clusters"
-            )),
-            "{fields:?}"
+        };
+        has(
+            format!("{routes}[0].match.case_sensitive"),
+            "not implemented",
         );
-        assert!(
-            fields.contains(&&*format!("{hcm}.generate_request_id")),
-            "{fields:?}"
+        has(format!("{routes}[1].route.retry_policy"), "retries");
+        has(format!("{routes}[1].route.hash_policy"), "load balancing");
+        has(format!("{routes}[2].route"), "timeouts: ");
+        has(format!("{HCM}.generate_request_id"), "not implemented");
+    }
+
+    /// MeshTCPRoute's split: a TCP proxy's weighted clusters.
+    #[test]
+    fn tcp_weighted_clusters_split_a_listener() {
+        let text = outbound_tcp_proxy(
+            "          weightedClusters: {clusters: [{name: backend, weight: 40}, {name: backend, weight: 60}]}\n",
         );
+        let config = translate(&set(&text), &node()).unwrap_or_else(|n| panic!("{n:#?}"));
+        let l = &config.listeners[0];
+        assert_eq!(l.protocol, Protocol::Tcp);
+        assert_eq!(
+            l.tcp_backends
+                .iter()
+                .map(|b| (b.cluster.as_str(), b.weight))
+                .collect::<Vec<_>>(),
+            [("backend", 40), ("backend", 60)]
+        );
+        assert_eq!(config.clusters["backend"].protocol, Protocol::Tcp);
     }
 
     #[test]

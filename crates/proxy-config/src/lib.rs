@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 mod gateway;
+mod routes;
 pub use gateway::*;
+pub use routes::*;
 
 /// Everything one proxy serves, as compiled from its config source.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -360,6 +362,16 @@ pub struct Listener {
     /// goes (`cluster` is unused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayListener>,
+    /// Sidecar HTTP listener whose requests are routed (kuma-cp's MeshHTTPRoute): the route
+    /// table decides where each request goes (`cluster` is unused). `None`: every request
+    /// goes to `cluster`, with no routing cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<RouteTable>,
+    /// Sidecar TCP listener splitting connections over several clusters by weight
+    /// (kuma-cp's MeshTCPRoute, Envoy's `tcp_proxy.weighted_clusters`; `cluster` is unused).
+    /// Empty: every connection goes to `cluster`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tcp_backends: Vec<WeightedCluster>,
     /// Fail closed: a policy denies traffic to this inbound that Bearing cannot enforce per
     /// source (a MeshTrafficPermission `Deny`), so every connection is refused. Names the
     /// policy (`MeshTrafficPermission/<name>`) for logs and `/config_dump`.
