@@ -1620,6 +1620,18 @@ impl Translator<'_> {
                 );
                 continue;
             };
+            // Loaded as the runtime loads them, so a Secret that cannot serve is NACKed (the
+            // last good config serving on, as Envoy refuses an SDS update that fails to
+            // load) instead of being applied and then refusing every mTLS connection.
+            if let Err(e) = bearing_tls::load_identity_pem(&identity_pem, &identity_pem) {
+                self.nack(
+                    SECRET,
+                    &identity_name,
+                    format!("secrets[{identity_name:?}].tls_certificate"),
+                    format!("the mesh identity does not load: {e}"),
+                );
+                continue;
+            }
             let Some(ca_cert_pem) = self.secret_ca(&ca_name) else {
                 self.nack(
                     SECRET,
@@ -1629,6 +1641,15 @@ impl Translator<'_> {
                 );
                 continue;
             };
+            if let Err(e) = bearing_tls::MeshCa::from_cert_pem(&ca_cert_pem) {
+                self.nack(
+                    SECRET,
+                    &ca_name,
+                    format!("secrets[{ca_name:?}].validation_context.trusted_ca"),
+                    format!("the mesh CA does not load: {e}"),
+                );
+                continue;
+            }
             out.insert(
                 mesh.clone(),
                 MeshTls {
@@ -1822,7 +1843,16 @@ mod tests {
     use super::*;
     use crate::decode::{decode_raw, parse_golden};
 
-    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";
+    /// A CA certificate and its key (PEM), standing for both mesh Secrets.
+    fn test_ca() -> &'static (String, String) {
+        static PEM: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+        PEM.get_or_init(|| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let key = rcgen::KeyPair::generate().unwrap();
+            (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+        })
+    }
 
     fn set(yaml: &str) -> ResourceSet {
         let mut set = ResourceSet::default();
@@ -1854,7 +1884,7 @@ mod tests {
     name: identity_cert:secret:default
     tlsCertificate:
       certificateChain: {{inlineBytes: {c}}}
-      privateKey: {{inlineBytes: {c}}}
+      privateKey: {{inlineBytes: {k}}}
 - name: mesh_ca:secret:default
   resource:
     '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
@@ -1862,7 +1892,8 @@ mod tests {
     validationContext:
       trustedCa: {{inlineBytes: {c}}}
 "#,
-            c = b64(PEM)
+            c = b64(&test_ca().0),
+            k = b64(&test_ca().1),
         )
     }
 
@@ -1962,11 +1993,11 @@ mod tests {
         let tls = &config.mtls["default"];
         assert!(tls.permissive);
         assert_eq!(tls.services, ["web"]);
-        assert_eq!(tls.ca_cert_pem, PEM);
+        assert_eq!(tls.ca_cert_pem, test_ca().0);
         assert!(tls
             .identity_pem
             .as_deref()
-            .is_some_and(|p| p.starts_with(PEM)));
+            .is_some_and(|p| p.starts_with(&test_ca().0)));
         let cluster = &config.clusters["localhost:8080"];
         assert_eq!(cluster.connect_timeout, Duration::from_secs(10));
         assert_eq!(
@@ -1995,6 +2026,62 @@ mod tests {
         }
         let nacks = translate(&set, &node()).unwrap_err();
         assert!(nacks.iter().any(|n| !n.awaiting), "{nacks:?}");
+    }
+
+    #[test]
+    fn mesh_secrets_that_do_not_load_are_nacked_by_field() {
+        use core_pb::data_source::Specifier;
+        let good = set(&inbound(ALLOW_ALL));
+        assert!(translate(&good, &node()).is_ok());
+        let identity = "identity_cert:secret:default";
+        let ca = "mesh_ca:secret:default";
+        let garbage = |pem: &str| Specifier::InlineBytes(pem.replace('M', "#").into_bytes());
+        let (cert, key) = test_ca();
+        let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        // (secret, what is broken, the PEM it holds instead, the NACKed field's end)
+        let cases: [(&str, &str, Specifier, &str); 5] = [
+            (identity, "chain", garbage(cert), "tls_certificate"),
+            (identity, "key", garbage(key), "tls_certificate"),
+            (
+                identity,
+                "key",
+                Specifier::InlineString(other_key),
+                "tls_certificate",
+            ),
+            (
+                identity,
+                "key",
+                Specifier::InlineString(cert.clone()),
+                "tls_certificate",
+            ),
+            (ca, "ca", garbage(cert), "validation_context.trusted_ca"),
+        ];
+        for (secret, part, pem, field) in cases {
+            let mut set = good.clone();
+            let source = match set.secrets.get_mut(secret).and_then(|s| s.r#type.as_mut()) {
+                Some(tls_pb::secret::Type::TlsCertificate(c)) if part == "chain" => {
+                    &mut c.certificate_chain
+                }
+                Some(tls_pb::secret::Type::TlsCertificate(c)) => &mut c.private_key,
+                Some(tls_pb::secret::Type::ValidationContext(v)) => &mut v.trusted_ca,
+                other => panic!("{secret}: {other:?}"),
+            };
+            *source = Some(core_pb::DataSource {
+                specifier: Some(pem),
+                ..Default::default()
+            });
+            let nacks = translate(&set, &node()).unwrap_err();
+            let [nack] = nacks.as_slice() else {
+                panic!("{secret} {part}: {nacks:?}")
+            };
+            assert_eq!(
+                (nack.type_url.as_str(), nack.resource.as_str()),
+                (SECRET, secret)
+            );
+            assert_eq!(nack.field, format!("secrets[{secret:?}].{field}"));
+            assert!(nack.reason.contains("does not load"), "{}", nack.reason);
+            assert!(!nack.awaiting);
+        }
     }
 
     #[test]
