@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose,
 };
-use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
 use crate::ca::{spiffe_uri, CLOCK_SKEW};
@@ -24,6 +24,40 @@ const RENEW_AT_PERCENT: u32 = 80;
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Longest single sleep of the renewal task, so a wall-clock jump or a suspend is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Loads a mesh identity's certificate chain (leaf first) and private key from PEM the way
+/// [`Identity::pre_issued`] does (`chain_pem` and `key_pem` may be one text holding both):
+/// at least one certificate, each one DER, and a private key that belongs to the leaf. What
+/// `pre_issued` checks beyond (the chain to the CA, the services, the validity) is not checked
+/// here; a control plane's Secret is refused with this before it reaches the runtime.
+pub fn load_identity_pem(
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<(Vec<CertificateDer<'static>>, CertifiedKey), TlsError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem {
+            what: "identity certificate chain PEM",
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid {
+            field: "identity",
+            reason: "no certificate in the PEM".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Key {
+        what: "identity private key PEM",
+        reason: e.to_string(),
+    })?;
+    let certified = CertifiedKey::from_der(
+        certs.clone(),
+        key.secret_der(),
+        "identity certificate and key",
+    )?;
+    Ok((certs, certified))
+}
 
 /// Issues a leaf certificate for a data-plane proxy: a fresh ECDSA P-256 key, URI SANs
 /// `spiffe://<mesh>/<service>` for each service (sorted, deduplicated), subject CN = the first
@@ -251,19 +285,8 @@ impl Identity {
         pem: &str,
         renewer: Renewer,
     ) -> Result<Arc<Identity>, TlsError> {
-        use rustls_pki_types::pem::PemObject as _;
-        use rustls_pki_types::CertificateDer;
         let services = normalized_services(services)?;
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Pem {
-                what: "identity certificate chain PEM",
-                reason: e.to_string(),
-            })?;
-        let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Key {
-            what: "identity private key PEM",
-            reason: e.to_string(),
-        })?;
+        let (certs, key) = load_identity_pem(pem, pem)?;
         let Some(leaf) = certs.first() else {
             return Err(TlsError::Invalid {
                 field: "identity",
@@ -285,7 +308,6 @@ impl Identity {
             });
         }
         let (from, until) = der_validity(leaf)?;
-        let key = CertifiedKey::from_der(certs, key.secret_der(), "identity certificate and key")?;
         Ok(Arc::new(Identity {
             ca,
             mesh: mesh.to_owned(),

@@ -1756,8 +1756,18 @@ impl Translator<'_> {
                 );
                 continue;
             };
-            // A leaf that does not parse gives no lifetime here; loading it fails at apply,
-            // which reports it (`serve_errors`, not ready) while the last good TLS serves.
+            // Loaded as the runtime loads them, so a Secret that cannot serve is NACKed (the
+            // last good config serving on, as Envoy refuses an SDS update that fails to
+            // load) instead of being applied and then refusing every mTLS connection.
+            if let Err(e) = bearing_tls::load_identity_pem(&identity_pem, &identity_pem) {
+                self.nack(
+                    SECRET,
+                    &identity_name,
+                    format!("secrets[{identity_name:?}].tls_certificate"),
+                    format!("the mesh identity does not load: {e}"),
+                );
+                continue;
+            }
             let leaf_lifetime = bearing_tls::leaf_validity(&identity_pem)
                 .map(|(from, until)| until.duration_since(from).unwrap_or_default())
                 .unwrap_or_default();
@@ -1770,6 +1780,15 @@ impl Translator<'_> {
                 );
                 continue;
             };
+            if let Err(e) = bearing_tls::MeshCa::from_cert_pem(&ca_cert_pem) {
+                self.nack(
+                    SECRET,
+                    &ca_name,
+                    format!("secrets[{ca_name:?}].validation_context.trusted_ca"),
+                    format!("the mesh CA does not load: {e}"),
+                );
+                continue;
+            }
             out.insert(
                 mesh.clone(),
                 MeshTls {
@@ -2031,15 +2050,17 @@ mod tests {
         HeaderMatch, PathMatch, PathRewrite, Redirect, RouteAction, ValueMatch,
     };
 
-    /// A certificate valid for one day from 2026-01-01 (its key is not needed here).
-    fn pem() -> &'static str {
-        static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    /// A CA certificate valid for one day from 2026-01-01 and its key (PEM), standing for
+    /// both mesh Secrets.
+    fn test_ca() -> &'static (String, String) {
+        static PEM: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
         PEM.get_or_init(|| {
-            let mut params = rcgen::CertificateParams::new(vec!["web".to_string()]).unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             params.not_before = rcgen::date_time_ymd(2026, 1, 1);
             params.not_after = rcgen::date_time_ymd(2026, 1, 2);
             let key = rcgen::KeyPair::generate().unwrap();
-            params.self_signed(&key).unwrap().pem()
+            (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
         })
     }
 
@@ -2073,7 +2094,7 @@ mod tests {
     name: identity_cert:secret:default
     tlsCertificate:
       certificateChain: {{inlineBytes: {c}}}
-      privateKey: {{inlineBytes: {c}}}
+      privateKey: {{inlineBytes: {k}}}
 - name: mesh_ca:secret:default
   resource:
     '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
@@ -2081,7 +2102,8 @@ mod tests {
     validationContext:
       trustedCa: {{inlineBytes: {c}}}
 "#,
-            c = b64(pem())
+            c = b64(&test_ca().0),
+            k = b64(&test_ca().1),
         )
     }
 
@@ -2181,11 +2203,11 @@ mod tests {
         let tls = &config.mtls["default"];
         assert!(tls.permissive);
         assert_eq!(tls.services, ["web"]);
-        assert_eq!(tls.ca_cert_pem, pem());
+        assert_eq!(tls.ca_cert_pem, test_ca().0);
         assert!(tls
             .identity_pem
             .as_deref()
-            .is_some_and(|p| p.starts_with(pem())));
+            .is_some_and(|p| p.starts_with(&test_ca().0)));
         // The lifetime is the SDS leaf's own (notBefore to notAfter), renewed by kuma-cp.
         assert_eq!(tls.leaf_lifetime, Duration::from_secs(24 * 3600));
         assert!(tls.renewed_by_control_plane);
@@ -2217,6 +2239,62 @@ mod tests {
         }
         let nacks = translate(&set, &node()).unwrap_err();
         assert!(nacks.iter().any(|n| !n.awaiting), "{nacks:?}");
+    }
+
+    #[test]
+    fn mesh_secrets_that_do_not_load_are_nacked_by_field() {
+        use core_pb::data_source::Specifier;
+        let good = set(&inbound(ALLOW_ALL));
+        assert!(translate(&good, &node()).is_ok());
+        let identity = "identity_cert:secret:default";
+        let ca = "mesh_ca:secret:default";
+        let garbage = |pem: &str| Specifier::InlineBytes(pem.replace('M', "#").into_bytes());
+        let (cert, key) = test_ca();
+        let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        // (secret, what is broken, the PEM it holds instead, the NACKed field's end)
+        let cases: [(&str, &str, Specifier, &str); 5] = [
+            (identity, "chain", garbage(cert), "tls_certificate"),
+            (identity, "key", garbage(key), "tls_certificate"),
+            (
+                identity,
+                "key",
+                Specifier::InlineString(other_key),
+                "tls_certificate",
+            ),
+            (
+                identity,
+                "key",
+                Specifier::InlineString(cert.clone()),
+                "tls_certificate",
+            ),
+            (ca, "ca", garbage(cert), "validation_context.trusted_ca"),
+        ];
+        for (secret, part, pem, field) in cases {
+            let mut set = good.clone();
+            let source = match set.secrets.get_mut(secret).and_then(|s| s.r#type.as_mut()) {
+                Some(tls_pb::secret::Type::TlsCertificate(c)) if part == "chain" => {
+                    &mut c.certificate_chain
+                }
+                Some(tls_pb::secret::Type::TlsCertificate(c)) => &mut c.private_key,
+                Some(tls_pb::secret::Type::ValidationContext(v)) => &mut v.trusted_ca,
+                other => panic!("{secret}: {other:?}"),
+            };
+            *source = Some(core_pb::DataSource {
+                specifier: Some(pem),
+                ..Default::default()
+            });
+            let nacks = translate(&set, &node()).unwrap_err();
+            let [nack] = nacks.as_slice() else {
+                panic!("{secret} {part}: {nacks:?}")
+            };
+            assert_eq!(
+                (nack.type_url.as_str(), nack.resource.as_str()),
+                (SECRET, secret)
+            );
+            assert_eq!(nack.field, format!("secrets[{secret:?}].{field}"));
+            assert!(nack.reason.contains("does not load"), "{}", nack.reason);
+            assert!(!nack.awaiting);
+        }
     }
 
     #[test]
