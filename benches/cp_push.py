@@ -311,7 +311,7 @@ def one_run(name: str, args: argparse.Namespace, golden: dict, pki: dict, d: Pat
         contender = start_contender(name, args, d)
         pushed, _ = cp.wait_line(lambda l: l.startswith("PUSH ") and field(l, "node") == NODE,
                                  120)
-        applied = wait_applied(cp, first, 300)
+        applied = wait_applied(cp, first, 900)
         full_ms = (applied - pushed) * 1000
         exec_ms = (applied - contender.started) * 1000
         time.sleep(3)
@@ -320,7 +320,7 @@ def one_run(name: str, args: argparse.Namespace, golden: dict, pki: dict, d: Pat
         write_resources(resources, golden, pki, args.services, extra_cluster=True)
         at, line = cp.wait_line(lambda l: l.startswith("SNAPSHOT "), 60)
         second = field(line, "version")
-        applied2 = wait_applied(cp, second, 300)
+        applied2 = wait_applied(cp, second, 900)
         inc_ms = (applied2 - at) * 1000
         time.sleep(2)
         rss2 = contender.status_kb("VmRSS")
