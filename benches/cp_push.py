@@ -43,6 +43,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import harness  # benches/harness.py: openssl and the mesh leaves it issues for Envoy
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benches" / "results"
 GOLDEN = (ROOT.parent / "shared" / "kuma-corpus" / "envoyconfig-e2e" / "sidecars" /
@@ -74,30 +76,17 @@ def log(msg: str) -> None:
     print(f"[cp_push] {msg}", file=sys.stderr, flush=True)
 
 
-def openssl(*argv: str) -> None:
-    out = subprocess.run(["openssl", *argv], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        die(f"openssl {' '.join(argv)}: {out.stderr.strip()}")
-
-
 def mesh_pki(d: Path) -> dict[str, bytes]:
-    """A mesh CA and demo-client's leaf (ECDSA P-256, URI SAN its SPIFFE id), as PEM bytes."""
+    """A mesh CA and demo-client's leaf (ECDSA P-256, URI SAN its SPIFFE id, issued as the
+    harness issues Envoy's), as PEM bytes."""
     ca, ca_key = d / "ca.pem", d / "ca.key"
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", str(ca_key), "-out", str(ca), "-days", "1", "-subj", f"/O={MESH}/CN=ca",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-addext", f"subjectAltName=URI:spiffe://{MESH}")
-    leaf, key, csr, ext = (d / f"leaf{x}" for x in (".pem", ".key", ".csr", ".ext"))
-    ext.write_text(f"subjectAltName = URI:spiffe://{MESH}/demo-client\n"
-                   "basicConstraints = critical, CA:FALSE\n"
-                   "keyUsage = critical, digitalSignature, keyEncipherment\n"
-                   "extendedKeyUsage = serverAuth, clientAuth\n")
-    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", str(key), "-subj", f"/O={MESH}/CN=demo-client", "-out", str(csr))
-    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-            "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "1", "-sha256",
-            "-extfile", str(ext), "-out", str(leaf))
+    harness.openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "1", "-subj",
+                    f"/O={MESH}/CN=ca", "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                    "-addext", f"subjectAltName=URI:spiffe://{MESH}")
+    harness.MESH = MESH  # the leaf's SPIFFE id is spiffe://<harness.MESH>/<service>
+    leaf, key = harness.issue_leaf(d, ca, ca_key, "demo-client")
     return {"ca": ca.read_bytes(), "leaf": leaf.read_bytes(), "key": key.read_bytes()}
 
 
