@@ -79,9 +79,11 @@ pub struct Nack {
     pub field: String,
     /// Why it is refused.
     pub reason: String,
-    /// The resource names a Secret that has not arrived (yet). Envoy keeps such a listener or
-    /// cluster warming rather than refusing it, and kuma-cp pushes Secrets after Listeners, so
-    /// a state whose every Nack is awaiting is waited on, not NACKed.
+    /// The resource names a Secret or a Cluster that has not arrived (yet), or no longer is
+    /// there. Envoy keeps such a listener or cluster warming (Secrets) or serves it failing
+    /// (Clusters) rather than refusing the update, and kuma-cp pushes Secrets after Listeners,
+    /// a new Cluster before the Listener using it and a Listener's removal after its Cluster's,
+    /// so a state whose every Nack is awaiting is waited on, not NACKed.
     pub awaiting: bool,
 }
 
@@ -153,6 +155,28 @@ impl ResourceSet {
         decoded
             .map(drop)
             .map_err(|e| nack(format!("does not decode: {e}")))
+    }
+
+    /// Replaces every resource of `type_url` with `resources` (name, bytes), as a
+    /// State-of-the-World response replaces its type's set; the others are kept. Returns a
+    /// NACK per resource that does not decode (see [`ResourceSet::insert`]).
+    pub fn replace_type<'a>(
+        &mut self,
+        type_url: &str,
+        resources: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Vec<Nack> {
+        match type_url {
+            LISTENER => self.listeners.clear(),
+            CLUSTER => self.clusters.clear(),
+            CLUSTER_LOAD_ASSIGNMENT => self.endpoints.clear(),
+            SECRET => self.secrets.clear(),
+            ROUTE_CONFIGURATION => self.routes.clear(),
+            _ => {}
+        }
+        resources
+            .into_iter()
+            .filter_map(|(name, bytes)| self.insert(name, type_url, bytes).err())
+            .collect()
     }
 }
 
@@ -353,11 +377,18 @@ impl Translator<'_> {
     /// `resource` names the Secret `secret`, which is not among the Secret resources: a Nack
     /// that only waits for it (see [`Nack::awaiting`]).
     fn await_secret(&mut self, type_url: &str, resource: &str, field: String, secret: &str) {
+        let reason = format!("secret {secret} is not among the Secret resources");
+        self.awaits(type_url, resource, field, reason);
+    }
+
+    /// A Nack of `resource` that only waits for another resource to come or go (see
+    /// [`Nack::awaiting`]).
+    fn awaits(&mut self, type_url: &str, resource: &str, field: String, reason: String) {
         self.nacks.push(Nack {
             type_url: type_url.to_string(),
             resource: resource.to_string(),
             field,
-            reason: format!("secret {secret} is not among the Secret resources"),
+            reason,
             awaiting: true,
         });
     }
@@ -1687,7 +1718,7 @@ impl Translator<'_> {
         for (cluster_name, (protocol, timeout, listener)) in std::mem::take(&mut self.routed) {
             let Some(cluster) = self.clusters.get_mut(&cluster_name) else {
                 if !self.nacks.iter().any(|n| n.resource == cluster_name) {
-                    self.nack(
+                    self.awaits(
                         LISTENER,
                         &listener,
                         listener_path(&listener),
@@ -2180,6 +2211,33 @@ mod tests {
         "{policies: {allow: {permissions: [{any: true}], principals: [{any: true}]}}}";
 
     #[test]
+    fn replace_type_replaces_one_type_and_names_what_does_not_decode() {
+        let mut set = set(&inbound(ALLOW_ALL));
+        let listeners = set.listeners.len();
+        let cluster = cluster_pb::Cluster {
+            name: "b".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let nacks = set.replace_type(
+            CLUSTER,
+            [("b", cluster.as_slice()), ("bad", &b"\xff\xff"[..])],
+        );
+        assert_eq!(set.clusters.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(set.listeners.len(), listeners, "other types kept");
+        let [nack] = nacks.as_slice() else {
+            panic!("{nacks:?}")
+        };
+        assert_eq!(
+            (nack.resource.as_str(), nack.type_url.as_str()),
+            ("bad", CLUSTER)
+        );
+        assert!(nack.reason.starts_with("does not decode"), "{nack}");
+        assert!(set.replace_type(CLUSTER, []).is_empty());
+        assert!(set.clusters.is_empty());
+    }
+
+    #[test]
     fn permissive_mtls_inbound_translates_with_sds_identity() {
         let config = translate(&set(&inbound(ALLOW_ALL)), &node()).unwrap();
         let [listener] = config.listeners.as_slice() else {
@@ -2295,6 +2353,23 @@ mod tests {
             assert!(nack.reason.contains("does not load"), "{}", nack.reason);
             assert!(!nack.awaiting);
         }
+    }
+
+    #[test]
+    fn a_listener_whose_cluster_is_not_there_awaits_it() {
+        let mut set = set(&inbound(ALLOW_ALL));
+        set.clusters.clear();
+        let nacks = translate(&set, &node()).unwrap_err();
+        let [nack] = nacks.as_slice() else {
+            panic!("{nacks:?}")
+        };
+        assert!(nack.awaiting, "{nack:?}");
+        assert_eq!(nack.resource, "inbound:10.0.0.1:80");
+        assert!(
+            nack.reason
+                .contains("\"localhost:8080\" is not among the Cluster"),
+            "{nack}"
+        );
     }
 
     #[test]
