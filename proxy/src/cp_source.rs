@@ -59,8 +59,9 @@ pub struct CpArgs {
     /// Do not verify the control plane's certificate (insecure; development only).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_go_bool, action = clap::ArgAction::Set, env = "KUMA_CONTROL_PLANE_TLS_SKIP_VERIFY")]
     pub skip_verify: bool,
-    /// Directory the control plane names the proxy's Unix sockets in (kuma-dp's work dir);
-    /// default: the system temporary directory.
+    /// Directory the control plane names the proxy's Unix sockets in (kuma-dp's work dir,
+    /// e.g. kuma-cp 2.14's admin socket); default: a directory `kuma-dp-<pid>` made in the
+    /// system temporary directory and removed at exit, as kuma-dp makes one per process.
     #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
     /// Certificate file of the metrics listener, sent to the control plane.
@@ -491,6 +492,34 @@ fn trust(cp: &CpArgs) -> anyhow::Result<CpTrust> {
     Ok(CpTrust::System)
 }
 
+/// The proxy's work dir (see [`CpArgs::work_dir`]), made if missing, mode 0711 as kuma-dp
+/// makes it: others may reach the sockets inside but not list them.
+pub fn work_dir(args: &RunArgs) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = args.cp.work_dir.clone().unwrap_or_else(own_work_dir);
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)))
+        .with_context(|| format!("cannot make the work dir {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The work dir made for this process when none is given.
+fn own_work_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("kuma-dp-{}", std::process::id()))
+}
+
+/// Removes the work dir made for this process (none when `--work-dir` was given), at exit.
+pub fn remove_own_work_dir(args: &RunArgs) {
+    if args.cp.cp_address.is_some() && args.cp.work_dir.is_none() {
+        let dir = own_work_dir();
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), "cannot remove the work dir: {e}");
+            }
+        }
+    }
+}
+
 /// What the request tells the CP about this proxy, from the flags as kuma-dp reads them: the
 /// resource (rendered with --dataplane-var) gives mesh and name, and then --name/--mesh may
 /// not be given; without a resource, --name (else `POD_NAME.POD_NAMESPACE` on Kubernetes) and
@@ -547,13 +576,7 @@ pub fn identity(args: &RunArgs, trust: &CpTrust) -> anyhow::Result<ProxyIdentity
         dynamic_metadata,
         dns_port: u32::from(args.cp.dns_envoy_port),
         readiness_port: u32::from(args.cp.readiness_port),
-        workdir: args
-            .cp
-            .work_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir)
-            .display()
-            .to_string(),
+        workdir: work_dir(args)?.display().to_string(),
         metrics: MetricsResources {
             cert_path: args.cp.metrics_cert_path.clone().unwrap_or_default(),
             key_path: args.cp.metrics_key_path.clone().unwrap_or_default(),
