@@ -492,15 +492,32 @@ fn trust(cp: &CpArgs) -> anyhow::Result<CpTrust> {
     Ok(CpTrust::System)
 }
 
-/// The proxy's work dir (see [`CpArgs::work_dir`]), made if missing, mode 0711 as kuma-dp
-/// makes it: others may reach the sockets inside but not list them.
+/// The proxy's work dir (see [`CpArgs::work_dir`]), made if missing with mode 0711 as
+/// kuma-dp makes it (others may reach the sockets inside but not list them); a given dir
+/// that exists is used as it is.
 pub fn work_dir(args: &RunArgs) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = args.cp.work_dir.clone().unwrap_or_else(own_work_dir);
-    std::fs::create_dir_all(&dir)
-        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)))
-        .with_context(|| format!("cannot make the work dir {}", dir.display()))?;
-    Ok(dir)
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let made = |dir: &PathBuf| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(dir)
+            .with_context(|| format!("cannot make the work dir {}", dir.display()))
+    };
+    match &args.cp.work_dir {
+        Some(dir) => {
+            made(dir)?;
+            Ok(dir.clone())
+        }
+        None => {
+            let dir = own_work_dir();
+            made(&dir)?;
+            // Ours: 0711 whatever the umask.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+                .with_context(|| format!("cannot make the work dir {}", dir.display()))?;
+            Ok(dir)
+        }
+    }
 }
 
 /// The work dir made for this process when none is given.

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use crate::envoy::{envoy_bin, socket_address, ENVOY_READY_TIMEOUT};
 use crate::http::{admin_request, curl_output};
 use crate::peers::extra_log;
-use crate::{wait_until_ok, Bearing, CertFiles, Host, Process, TestCa};
+use crate::{wait_until_ok, Bearing, CertFiles, Host, Process, TestCa, KUMA_DP_UID};
 
 /// Type URL of Envoy's Cluster.
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -255,6 +255,12 @@ impl CpAccess {
         std::fs::write(&token, format!("token-of-{name}\n"))?;
         let dataplane = self.dir.join(format!("{name}.yaml"));
         std::fs::write(&dataplane, resource)?;
+        // The work dir (kuma-cp's sockets) inside the test's directory, owned by the proxy's
+        // uid, so a proxy killed outright leaves nothing behind in the host's /tmp.
+        let work_dir = self.dir.join(format!("{name}-work"));
+        std::fs::create_dir_all(&work_dir)?;
+        std::os::unix::fs::chown(&work_dir, Some(KUMA_DP_UID), Some(KUMA_DP_UID))
+            .with_context(|| format!("chown {}", work_dir.display()))?;
         let mut args: Vec<OsString> = vec![
             "--cp-address".into(),
             self.url.clone().into(),
@@ -264,6 +270,8 @@ impl CpAccess {
             token.into(),
             "-d".into(),
             dataplane.into(),
+            "--work-dir".into(),
+            work_dir.into(),
         ];
         if proxy_type != "dataplane" {
             args.extend(["--proxy-type".into(), proxy_type.into()]);
