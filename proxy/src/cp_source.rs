@@ -114,6 +114,7 @@ pub async fn bootstrap(args: &RunArgs) -> anyhow::Result<(Bootstrapped, ProxyIde
     let cp = CpAddress::parse(cp_text).map_err(anyhow::Error::msg)?;
     let trust = trust(&args.cp)?;
     let identity = identity(args, &trust)?;
+    make_work_dir(args)?;
     let tokens = TokenSource {
         file: args.cp.dataplane_token_file.clone(),
         inline: args.cp.dataplane_token.clone(),
@@ -492,32 +493,28 @@ fn trust(cp: &CpArgs) -> anyhow::Result<CpTrust> {
     Ok(CpTrust::System)
 }
 
-/// The proxy's work dir (see [`CpArgs::work_dir`]), made if missing with mode 0711 as
-/// kuma-dp makes it (others may reach the sockets inside but not list them); a given dir
-/// that exists is used as it is.
-pub fn work_dir(args: &RunArgs) -> anyhow::Result<PathBuf> {
+/// The proxy's work dir (see [`CpArgs::work_dir`]): the given one, else this process's own.
+fn work_dir(args: &RunArgs) -> PathBuf {
+    args.cp.work_dir.clone().unwrap_or_else(own_work_dir)
+}
+
+/// Makes the work dir if missing, with mode 0711 as kuma-dp makes it (others may reach the
+/// sockets inside but not list them); a given dir that exists is used as it is.
+fn make_work_dir(args: &RunArgs) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let made = |dir: &PathBuf| {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(dir)
-            .with_context(|| format!("cannot make the work dir {}", dir.display()))
-    };
-    match &args.cp.work_dir {
-        Some(dir) => {
-            made(dir)?;
-            Ok(dir.clone())
-        }
-        None => {
-            let dir = own_work_dir();
-            made(&dir)?;
-            // Ours: 0711 whatever the umask.
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
-                .with_context(|| format!("cannot make the work dir {}", dir.display()))?;
-            Ok(dir)
-        }
+    let dir = work_dir(args);
+    let context = || format!("cannot make the work dir {}", dir.display());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(&dir)
+        .with_context(context)?;
+    if args.cp.work_dir.is_none() {
+        // Ours: 0711 whatever the umask.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            .with_context(context)?;
     }
+    Ok(())
 }
 
 /// The work dir made for this process when none is given.
@@ -593,7 +590,7 @@ pub fn identity(args: &RunArgs, trust: &CpTrust) -> anyhow::Result<ProxyIdentity
         dynamic_metadata,
         dns_port: u32::from(args.cp.dns_envoy_port),
         readiness_port: u32::from(args.cp.readiness_port),
-        workdir: work_dir(args)?.display().to_string(),
+        workdir: work_dir(args).display().to_string(),
         metrics: MetricsResources {
             cert_path: args.cp.metrics_cert_path.clone().unwrap_or_default(),
             key_path: args.cp.metrics_key_path.clone().unwrap_or_default(),
