@@ -10,8 +10,6 @@ use anyhow::{ensure, Context, Result};
 use bearing_e2e::*;
 use serde_json::{json, Value};
 
-const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const HCM: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str =
@@ -121,9 +119,10 @@ fn a_sidecar_routes_by_the_route_table_the_cp_sends() -> Result<()> {
         &file,
         "cp",
     )?;
-    let dataplane = format!(
-        "type: Dataplane\nmesh: default\nname: web\nnetworking:\n  address: {}\n  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
-        web.ip4()
+    let dataplane = dataplane_yaml(
+        "web",
+        web,
+        "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
     );
     let sidecar = CpAccess::new(cp, 5678, &pki).bearing(web, "web", "dataplane", &dataplane)?;
     sidecar.wait_ready()?;
