@@ -1,4 +1,4 @@
-//! Request paths as a builtin gateway listener treats them: `bearing_gateway::GatewayRouter::
+//! Request paths as a builtin gateway listener treats them: `bearing_gateway::Router::
 //! route`, which applies Kuma's gateway hygiene (escaped slashes, path normalisation) before
 //! matching routes. Written against the routing API so it keeps working when the normaliser
 //! behind it changes.
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use bearing_fuzz::skipped;
-use bearing_gateway::{Decision, GatewayRouter};
+use bearing_gateway::{Decision, Router};
 use bearing_proxy_config::{
     GatewayHost, GatewayListener, GatewayProtocol, HeaderFilter, HttpMatch, HttpRoute, PathMatch,
     PathRewrite, Rewrite, RouteAction, WeightedCluster,
@@ -47,8 +47,8 @@ fn route(path: PathMatch, cluster: &str, rewrite: Option<PathRewrite>) -> HttpRo
     }
 }
 
-fn router() -> &'static GatewayRouter {
-    static ROUTER: OnceLock<GatewayRouter> = OnceLock::new();
+fn router() -> &'static Router {
+    static ROUTER: OnceLock<Router> = OnceLock::new();
     ROUTER.get_or_init(|| {
         let routes = vec![
             route(PathMatch::Exact("/admin".into()), "admin", None),
@@ -73,7 +73,7 @@ fn router() -> &'static GatewayRouter {
             connection_limit: None,
             cross_mesh: None,
         };
-        GatewayRouter::new(&listener).unwrap_or_else(|e| panic!("fuzz router: {e}"))
+        Router::gateway(&listener).unwrap_or_else(|e| panic!("fuzz router: {e}"))
     })
 }
 
@@ -159,7 +159,9 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        Decision::Respond { status, location } => {
+        Decision::Respond {
+            status, location, ..
+        } => {
             let Some(location) = location else {
                 return;
             };

@@ -10,6 +10,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Notify, Semaphore};
 
 /// Time a client has to send a request's head, counted from when the connection waits for
@@ -48,46 +49,9 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Serves the admin API on `listener` until the process ends. When the process is out of
-    /// descriptors, one of the [`descriptors::ADMIN`] reserve is closed to accept each admin
-    /// connection, and parked again once that connection ends.
-    pub async fn serve(self, listener: TcpListener) {
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT);
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(a) => a,
-                Err(e) if descriptors::is_exhausted(&e) && descriptors::ADMIN.release_one() => {
-                    tracing::debug!("admin accept failed: {e}; using a reserved descriptor");
-                    continue;
-                }
-                Err(e) => {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tracing::warn!("admin accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "admin connection refused: {MAX_CONNECTIONS} open");
-                continue;
-            };
-            let admin = self.clone();
-            let http = http.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                let service = service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.route(req)) }
-                });
-                if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
-                    tracing::debug!(%peer, "admin connection: {e}");
-                }
-                descriptors::ADMIN.refill();
-            });
-        }
+    /// Serves the admin API on `listener` until the process ends (see [`serve_http`]).
+    pub async fn serve(self, listener: impl Into<HttpListener>) {
+        serve_http(listener, "admin", move |req| self.route(req)).await
     }
 
     fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -160,6 +124,54 @@ impl Admin {
             header::HeaderValue::from_static("application/json"),
         );
         r
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` with `route` until the process ends: at most
+/// [`MAX_CONNECTIONS`] connections at once, each with a [`HEADER_TIMEOUT`]. When the process
+/// is out of descriptors, one of the [`descriptors::ADMIN`] reserve is closed to accept each
+/// connection, and parked again once that connection ends, so the admin API, readiness and
+/// metrics keep answering. `what` names the server in logs.
+pub async fn serve_http<R>(listener: impl Into<HttpListener>, what: &'static str, route: R)
+where
+    R: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
+    let listener = listener.into();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) if descriptors::is_exhausted(&e) && descriptors::ADMIN.release_one() => {
+                tracing::debug!("{what} accept failed: {e}; using a reserved descriptor");
+                continue;
+            }
+            Err(e) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tracing::warn!("{what} accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "{what} connection refused: {MAX_CONNECTIONS} open");
+            continue;
+        };
+        let route = route.clone();
+        let http = http.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = service_fn(move |req| {
+                let response = route(req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(%peer, "{what} connection: {e}");
+            }
+            descriptors::ADMIN.refill();
+        });
     }
 }
 
@@ -273,6 +285,94 @@ fn is_local_host(host: &str, allowed_host: Option<&str>) -> bool {
     })
 }
 
+/// Where [`serve_http`] accepts: loopback TCP, or the Unix socket kuma-cp names for Envoy's
+/// admin (`<workdir>/kuma-envoy-admin.sock`), which only the proxy's user can reach.
+#[derive(Debug)]
+pub enum HttpListener {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A Unix stream socket listener.
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for HttpListener {
+    fn from(listener: TcpListener) -> Self {
+        HttpListener::Tcp(listener)
+    }
+}
+
+impl HttpListener {
+    /// The next connection and a name for its peer in logs.
+    async fn accept(
+        &self,
+    ) -> std::io::Result<(
+        tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>,
+        String,
+    )> {
+        use tokio_util::either::Either;
+        match self {
+            HttpListener::Tcp(l) => l
+                .accept()
+                .await
+                .map(|(s, peer)| (Either::Left(s), peer.to_string())),
+            HttpListener::Unix(l) => l
+                .accept()
+                .await
+                .map(|(s, _)| (Either::Right(s), "unix socket peer".to_string())),
+        }
+    }
+}
+
+/// Binds the admin API on the Unix socket `path` (kuma-cp's admin socket), replacing a socket
+/// file left by an earlier run (one still served by another process is refused), readable
+/// and writable by this user only (mode 0600, as Envoy creates it for kuma-cp's `mode: 384`).
+pub fn bind_unix(path: &Path) -> anyhow::Result<HttpListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "cannot bind admin API on {}: a file that is not a socket is there",
+                path.display()
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "cannot bind admin API on {}: another process serves it (give each proxy its own --work-dir)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot replace the old admin socket {}: {e}",
+                path.display()
+            )
+        })?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot bind admin API on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| anyhow::anyhow!("cannot restrict the admin socket {}: {e}", path.display()))?;
+    Ok(HttpListener::Unix(listener))
+}
+
+/// Where the admin API listens: a loopback TCP address or a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAt {
+    /// `127.0.0.1:<port>` or the given `--admin-address`.
+    Tcp(SocketAddr),
+    /// The socket kuma-cp's bootstrap names.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for AdminAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminAt::Tcp(a) => a.fmt(f),
+            AdminAt::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 /// Binds the admin listener, refusing anything but a loopback address.
 pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     if !address.ip().is_loopback() {
@@ -286,6 +386,42 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// kuma-cp's admin socket: a stale socket from an earlier run is replaced, the new one is
+    /// 0600 and answers HTTP; a regular file in its place is refused, not removed.
+    #[tokio::test]
+    async fn admin_socket_replaces_a_stale_one_and_answers() {
+        use std::os::unix::fs::PermissionsExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kuma-envoy-admin.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let listener = bind_unix(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        tokio::spawn(serve_http(listener, "test", |_req| {
+            text(StatusCode::OK, "LIVE")
+        }));
+        let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+        stream
+            .write_all(b"GET /ready HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("LIVE"), "{answer}");
+
+        // Now served: a second proxy given the same socket is refused.
+        let err = bind_unix(&path).unwrap_err().to_string();
+        assert!(err.contains("another process serves it"), "{err}");
+
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, "keep me").unwrap();
+        let err = bind_unix(&file).unwrap_err().to_string();
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
 
     fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut builder = Request::builder().method(method).uri(uri);

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{descriptors, startup_heap};
+use crate::{descriptors, kuma_endpoints, startup_heap};
 use anyhow::{bail, Context};
 use bearing_control::{
     template, ConfigStatus, DataplaneSource, DirectorySource, ProxyKind, VipOptions,
@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
 
-use crate::admin::{self, Admin};
+use crate::admin::{self, Admin, AdminAt};
 use crate::cp_source::{self, parse_go_bool, CpArgs};
 use crate::kuma_dp_flags::NoEffectFlags;
 use crate::runtime::Proxy;
@@ -575,15 +575,15 @@ enum Source {
 }
 
 impl Source {
-    /// Starts publishing configs on `status`; returns the admin port the proxy's resource (or
-    /// the control plane's bootstrap) gives, read once as kuma-dp's bootstrap is. The store
+    /// Starts publishing configs on `status`; returns where the proxy's resource (or the
+    /// control plane's bootstrap) puts the admin API, read once as kuma-dp's bootstrap is. The store
     /// is loaded once before this returns; the control plane's first config comes later
     /// (until then the proxy is not ready).
     async fn start(
         self,
         args: &RunArgs,
         status: &watch::Sender<ConfigStatus>,
-    ) -> anyhow::Result<Option<u16>> {
+    ) -> anyhow::Result<ResourceAdmin> {
         match self {
             Source::Directory(source) => {
                 let loaded = source.fingerprint();
@@ -600,12 +600,18 @@ impl Source {
                 source
                     .watch(status.clone(), loaded)
                     .context("cannot start the config watcher")?;
-                Ok(applied.and_then(|a| a.config.identity.admin_port))
+                Ok(ResourceAdmin {
+                    port: applied.and_then(|a| a.config.identity.admin_port),
+                    socket: None,
+                })
             }
             Source::ControlPlane => {
                 let (done, identity) = cp_source::bootstrap(args).await?;
                 cp_source::start_ads(&done, &identity, status.clone())?;
-                Ok(done.config.admin.as_ref().map(|(_, port)| *port))
+                Ok(ResourceAdmin {
+                    port: done.config.admin.as_ref().map(|(_, port)| *port),
+                    socket: done.config.admin_socket.clone(),
+                })
             }
         }
     }
@@ -633,32 +639,49 @@ fn config_source(args: &RunArgs) -> anyhow::Result<ConfigSource> {
     }
 }
 
-/// Where the admin API listens. kuma-cp puts Envoy's admin on the resource's
-/// `networking.admin.port`, else on kuma-dp's `--admin-port`, else on its default (9901),
-/// always on loopback; Bearing's own `--admin-address` overrides all of them.
+/// Where the proxy's resource or the control plane's bootstrap puts the admin API.
+#[derive(Debug, Default)]
+struct ResourceAdmin {
+    /// The resource's `networking.admin.port` (kuma-cp's bootstrap: the admin port it chose).
+    port: Option<u16>,
+    /// The Unix socket kuma-cp's bootstrap puts Envoy's admin on instead of TCP.
+    socket: Option<PathBuf>,
+}
+
+/// Where the admin API listens. kuma-cp puts Envoy's admin on a Unix socket when it names
+/// one (2.14, given the proxy's workdir), else on the resource's `networking.admin.port`,
+/// else on kuma-dp's `--admin-port`, else on its default (9901), always on loopback;
+/// Bearing's own `--admin-address` overrides all of them.
 fn admin_address(
     flag_address: Option<SocketAddr>,
     flag_port: Option<u16>,
-    resource_port: Option<u16>,
-) -> SocketAddr {
+    resource: &ResourceAdmin,
+) -> AdminAt {
     const DEFAULT_ADMIN_PORT: u16 = 9901;
-    flag_address.unwrap_or_else(|| {
-        let port = resource_port.or(flag_port).unwrap_or(DEFAULT_ADMIN_PORT);
-        SocketAddr::from(([127, 0, 0, 1], port))
-    })
+    match (flag_address, &resource.socket) {
+        (Some(given), _) => AdminAt::Tcp(given),
+        (None, Some(socket)) => AdminAt::Unix(socket.clone()),
+        (None, None) => {
+            let port = resource.port.or(flag_port).unwrap_or(DEFAULT_ADMIN_PORT);
+            AdminAt::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
+        }
+    }
 }
 
 async fn serve(args: RunArgs, source: Source, workers: Workers) -> anyhow::Result<()> {
     let proxy = Arc::new(Proxy::new(workers));
     let (status_tx, status_rx) = watch::channel(ConfigStatus::default());
-    let resource_admin_port = source.start(&args, &status_tx).await?;
-    let admin_at = admin_address(args.admin_address, args.admin_port, resource_admin_port);
-    if let (Some(given), Some(port)) = (args.admin_address, resource_admin_port) {
+    let resource_admin = source.start(&args, &status_tx).await?;
+    let admin_at = admin_address(args.admin_address, args.admin_port, &resource_admin);
+    if let (Some(given), Some(port)) = (args.admin_address, resource_admin.port) {
         if given.port() != port {
             tracing::info!(%given, resource_port = port, "--admin-address overrides the resource's networking.admin.port");
         }
     }
-    let admin_listener = admin::bind(admin_at).await?;
+    let admin_listener = match &admin_at {
+        AdminAt::Tcp(address) => admin::bind(*address).await?.into(),
+        AdminAt::Unix(path) => admin::bind_unix(path)?,
+    };
     let quit = Arc::new(Notify::new());
     tokio::spawn(
         Admin {
@@ -671,6 +694,7 @@ async fn serve(args: RunArgs, source: Source, workers: Workers) -> anyhow::Resul
     );
     tracing::info!(admin = %admin_at, "admin API listening");
     tokio::spawn(apply_changes(proxy.clone(), status_rx.clone()));
+    tokio::spawn(kuma_endpoints::serve(proxy.clone(), status_rx.clone()));
     if args.dns_enabled {
         let settings = MeshDns {
             port: args.dns_port,
@@ -699,6 +723,7 @@ async fn serve(args: RunArgs, source: Source, workers: Workers) -> anyhow::Resul
             tracing::warn!(drain_time = ?args.drain_time, "drain time over; closing remaining connections");
         }
     }
+    cp_source::remove_own_work_dir(&args);
     Ok(())
 }
 
@@ -823,15 +848,35 @@ pub(crate) mod tests {
     #[test]
     fn admin_address_follows_kumas_precedence() {
         let given: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-        let at = |a, p, r| admin_address(a, p, r).to_string();
-        assert_eq!(at(None, None, None), "127.0.0.1:9901");
-        assert_eq!(at(None, Some(9100), None), "127.0.0.1:9100");
+        let resource = |port, socket: Option<&str>| ResourceAdmin {
+            port,
+            socket: socket.map(PathBuf::from),
+        };
+        let at = |a, p, r: ResourceAdmin| admin_address(a, p, &r).to_string();
+        assert_eq!(at(None, None, resource(None, None)), "127.0.0.1:9901");
+        assert_eq!(at(None, Some(9100), resource(None, None)), "127.0.0.1:9100");
         assert_eq!(
-            at(None, Some(9100), Some(9200)),
+            at(None, Some(9100), resource(Some(9200), None)),
             "127.0.0.1:9200",
             "the resource wins over kuma-dp's --admin-port"
         );
-        assert_eq!(at(Some(given), Some(9100), Some(9200)), "127.0.0.1:9000");
+        assert_eq!(
+            at(
+                None,
+                Some(9100),
+                resource(Some(9200), Some("/w/kuma-envoy-admin.sock"))
+            ),
+            "unix:/w/kuma-envoy-admin.sock",
+            "kuma-cp's admin socket wins over ports"
+        );
+        assert_eq!(
+            at(
+                Some(given),
+                Some(9100),
+                resource(Some(9200), Some("/w/a.sock"))
+            ),
+            "127.0.0.1:9000"
+        );
     }
 
     /// `bearing run ARGS` parsed.

@@ -24,7 +24,8 @@ use bearing_bootstrap::{
 };
 use bearing_control::{template, ConfigStatus, Loaded, Rejected};
 use bearing_envoy_config::{translate, Nack, NodeInfo, ResourceSet};
-use bearing_xds::{ConfigSink, Rejection, ResourceState, ResourceType};
+use bearing_proxy_config::ProxyConfig;
+use bearing_xds::{ConfigSink, Rejection, ResourceState, ResourceType, TypeResources};
 use tokio::sync::watch;
 
 use crate::cli::{parse_duration, ProxyType, RunArgs};
@@ -58,8 +59,9 @@ pub struct CpArgs {
     /// Do not verify the control plane's certificate (insecure; development only).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_go_bool, action = clap::ArgAction::Set, env = "KUMA_CONTROL_PLANE_TLS_SKIP_VERIFY")]
     pub skip_verify: bool,
-    /// Directory the control plane names the proxy's Unix sockets in (kuma-dp's work dir);
-    /// default: the system temporary directory.
+    /// Directory the control plane names the proxy's Unix sockets in (kuma-dp's work dir,
+    /// e.g. kuma-cp 2.14's admin socket); default: a directory `kuma-dp-<pid>` made in the
+    /// system temporary directory and removed at exit, as kuma-dp makes one per process.
     #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
     /// Certificate file of the metrics listener, sent to the control plane.
@@ -112,6 +114,7 @@ pub async fn bootstrap(args: &RunArgs) -> anyhow::Result<(Bootstrapped, ProxyIde
     let cp = CpAddress::parse(cp_text).map_err(anyhow::Error::msg)?;
     let trust = trust(&args.cp)?;
     let identity = identity(args, &trust)?;
+    make_work_dir(args)?;
     let tokens = TokenSource {
         file: args.cp.dataplane_token_file.clone(),
         inline: args.cp.dataplane_token.clone(),
@@ -146,46 +149,66 @@ pub async fn bootstrap(args: &RunArgs) -> anyhow::Result<(Bootstrapped, ProxyIde
 /// kept but nothing is applied (Envoy's initial fetch starts with clusters, then listeners).
 /// Endpoints and Secrets are not on the list: kuma-cp sends no Secret at all for a mesh
 /// without mTLS (seen with kuma-cp 2.14), and a listener or cluster naming a Secret that has
-/// not come waits for it instead (see `bearing_envoy_config::Nack::awaiting`).
+/// not come waits for it instead, as does a listener naming a Cluster that is not there (see
+/// `bearing_envoy_config::Nack::awaiting`).
 const INITIAL_TYPES: [ResourceType; 2] = [ResourceType::Cluster, ResourceType::Listener];
 
-/// The ADS consumer of `bearing run --cp-address`: decodes the full resource state into
-/// envoy-config's [`ResourceSet`], translates it and publishes the `ProxyConfig` on the
-/// config status channel (→ ACK); a state that does not translate is logged (one line per
-/// NACK), recorded as `last_rejected` and refused (→ NACK), the last good config serving on.
+/// The ADS consumer of `bearing run --cp-address`: keeps the state's resources decoded per
+/// type ([`DecodedState`]), translates them and publishes the `ProxyConfig` on the config
+/// status channel (→ ACK); a state that does not translate is logged (one line per NACK),
+/// recorded as `last_rejected` and refused (→ NACK), the last good config serving on.
 pub struct CpSink {
     /// Which proxy the resources are for.
     pub node: NodeInfo,
     /// The channel the runtime, admin API and DNS follow.
     pub status: watch::Sender<ConfigStatus>,
+    /// The resources of the last offered state, decoded, and what their translation gave.
+    decoded: DecodedState,
 }
 
 impl ConfigSink for CpSink {
     fn offer(&mut self, state: &ResourceState, changed: ResourceType) -> Result<(), Rejection> {
+        self.decoded.update(state);
         let received: Vec<ResourceType> = state.iter().map(|(t, _)| t).collect();
         if let Some(missing) = INITIAL_TYPES.iter().find(|t| !received.contains(t)) {
+            // What came is checked all the same: an undecodable Cluster is NACKed now, not
+            // ACKed and kept (Envoy validates each type as it comes).
+            let nacks = self.decoded.decode_nacks();
+            if !nacks.is_empty() {
+                return Err(self.reject(&nacks, changed));
+            }
             tracing::debug!(%changed, %missing, "initial fetch: kept, not applied before every type came");
             return Ok(());
         }
-        match translate_state(state).and_then(|set| translate(&set, &self.node)) {
-            Ok(config) => {
-                self.publish(config, state);
+        match self.decoded.translate(&self.node) {
+            Translated::Config(config) => {
+                self.publish(*config, state);
                 Ok(())
             }
-            // Envoy keeps such listeners and clusters warming; kuma-cp pushes Secrets last.
-            Err(nacks) if nacks.iter().all(|n| n.awaiting) => {
-                let waiting: Vec<&str> = nacks.iter().map(|n| n.reason.as_str()).collect();
-                tracing::info!(%changed, ?waiting, "kept, not applied until the secrets it names come");
+            Translated::Unchanged => Ok(()),
+            // Envoy keeps such listeners and clusters warming; kuma-cp pushes Secrets last, and
+            // removes a Cluster (CDS) before the Listener using it (LDS).
+            Translated::Waiting(waiting) => {
+                tracing::info!(%changed, ?waiting, "kept, not applied until the resources it names come (or the listeners naming them go)");
                 Ok(())
             }
-            Err(nacks) => Err(self.reject(&nacks, changed)),
+            Translated::Rejected(nacks) => Err(self.reject(&nacks, changed)),
         }
     }
 }
 
 impl CpSink {
+    /// A sink for `node` publishing on `status`.
+    pub fn new(node: NodeInfo, status: watch::Sender<ConfigStatus>) -> CpSink {
+        CpSink {
+            node,
+            status,
+            decoded: DecodedState::default(),
+        }
+    }
+
     /// Publishes a translated config (when it differs from the applied one).
-    fn publish(&self, config: bearing_proxy_config::ProxyConfig, state: &ResourceState) {
+    fn publish(&self, config: ProxyConfig, state: &ResourceState) {
         let versions = ResourceType::ALL
             .iter()
             .filter(|t| !state.version(**t).is_empty())
@@ -250,22 +273,98 @@ fn describe_nack(nack: &Nack) -> String {
     format!("{}: {}: {}", resource_label(nack), nack.field, nack.reason)
 }
 
-/// Every resource of `state` decoded into a [`ResourceSet`]; those that do not decode (or are
-/// of a type Bearing does not use) are NACKs.
-fn translate_state(state: &ResourceState) -> Result<ResourceSet, Vec<Nack>> {
-    let mut set = ResourceSet::default();
-    let mut nacks = Vec::new();
-    for (_, resources) in state.iter() {
-        for (name, any) in &resources.resources {
-            if let Err(nack) = set.insert(name, &any.type_url, &any.value) {
-                nacks.push(nack);
+/// What translating a decoded state gave.
+#[derive(Clone, Debug)]
+enum Translated {
+    /// A config, new since the resources last changed (publish it).
+    Config(Box<ProxyConfig>),
+    /// The same resources as the config translated before (already published).
+    Unchanged,
+    /// Only Secrets not come yet are missing (ACK, keep, do not apply): their reasons.
+    Waiting(Vec<String>),
+    /// NACKs: what does not decode or translate.
+    Rejected(Vec<Nack>),
+}
+
+/// The resources of the state last offered, decoded per type, so that a push of one type
+/// decodes that type only, and a push that changes no resource (kuma-cp, as go-control-plane,
+/// pushes every type again with the new version on any change) is not translated again. Each
+/// type is checked against the state offered, not against what was offered before: after a
+/// NACK the ADS client offers its last ACKed set of that type again, which is decoded again,
+/// so nothing of a refused push outlives it.
+#[derive(Default)]
+struct DecodedState {
+    /// Every type's resources, decoded, as `sources` holds them.
+    set: ResourceSet,
+    /// Per type: the resources `set` holds decoded (shared with the ADS client's state), and
+    /// a NACK for each that did not decode.
+    sources: BTreeMap<ResourceType, (Arc<TypeResources>, Vec<Nack>)>,
+    /// What translating `set` gave, until a type's resources change.
+    last: Option<Translated>,
+}
+
+impl DecodedState {
+    /// Brings the decoded resources to `state`'s: a type whose set is another (by pointer,
+    /// then by content) is decoded again; a type whose resources are the same keeps them.
+    fn update(&mut self, state: &ResourceState) {
+        for resource_type in ResourceType::ALL {
+            let offered = state.shared(resource_type);
+            let cached = self.sources.get_mut(&resource_type);
+            match (offered, cached) {
+                (None, None) => continue,
+                (Some(new), Some((old, _))) if Arc::ptr_eq(new, old) => continue,
+                (Some(new), Some((old, _))) if new.resources == old.resources => {
+                    *old = new.clone();
+                    continue;
+                }
+                _ => {}
             }
+            let resources = offered.into_iter().flat_map(|r| {
+                r.resources
+                    .iter()
+                    .map(|(name, any)| (name.as_str(), any.value.as_slice()))
+            });
+            let nacks = self.set.replace_type(resource_type.type_url(), resources);
+            match offered {
+                Some(new) => self.sources.insert(resource_type, (new.clone(), nacks)),
+                None => self.sources.remove(&resource_type),
+            };
+            self.last = None;
         }
     }
-    if nacks.is_empty() {
-        Ok(set)
-    } else {
-        Err(nacks)
+
+    /// Every resource of the state that did not decode (or is of a type Bearing does not
+    /// use), as NACKs.
+    fn decode_nacks(&self) -> Vec<Nack> {
+        self.sources
+            .values()
+            .flat_map(|(_, nacks)| nacks.iter().cloned())
+            .collect()
+    }
+
+    /// Translates the decoded resources for `node`, or gives what the last translation gave
+    /// when no type changed since.
+    fn translate(&mut self, node: &NodeInfo) -> Translated {
+        if let Some(last) = &self.last {
+            return last.clone();
+        }
+        let nacks = self.decode_nacks();
+        let result = match nacks.is_empty() {
+            true => translate(&self.set, node),
+            false => Err(nacks),
+        };
+        let translated = match result {
+            Ok(config) => Translated::Config(Box::new(config)),
+            Err(nacks) if nacks.iter().all(|n| n.awaiting) => {
+                Translated::Waiting(nacks.into_iter().map(|n| n.reason).collect())
+            }
+            Err(nacks) => Translated::Rejected(nacks),
+        };
+        self.last = Some(match &translated {
+            Translated::Config(_) => Translated::Unchanged,
+            other => other.clone(),
+        });
+        translated
     }
 }
 
@@ -303,15 +402,13 @@ pub fn start_ads(
         bearing_xds::struct_from_json(&metadata),
     );
     let tokens = ads_token(done);
-    let mut sink = CpSink {
-        node: NodeInfo {
-            name: identity.name.clone(),
-            mesh: identity.mesh.clone(),
-            proxy_type: identity.proxy_type.clone(),
-            source: format!("control plane {} (ADS {url})", done.cp.url),
-        },
-        status,
+    let node_info = NodeInfo {
+        name: identity.name.clone(),
+        mesh: identity.mesh.clone(),
+        proxy_type: identity.proxy_type.clone(),
+        source: format!("control plane {} (ADS {url})", done.cp.url),
     };
+    let mut sink = CpSink::new(node_info, status);
     tracing::info!(ads = %url, node = %node.id, "subscribing to the control plane over ADS");
     let mut client = bearing_xds::AdsClient::new(channel, node, tokens);
     tokio::spawn(async move { client.run(&mut sink).await });
@@ -396,6 +493,47 @@ fn trust(cp: &CpArgs) -> anyhow::Result<CpTrust> {
     Ok(CpTrust::System)
 }
 
+/// The proxy's work dir (see [`CpArgs::work_dir`]): the given one, else this process's own.
+fn work_dir(args: &RunArgs) -> PathBuf {
+    args.cp.work_dir.clone().unwrap_or_else(own_work_dir)
+}
+
+/// Makes the work dir if missing, with mode 0711 as kuma-dp makes it (others may reach the
+/// sockets inside but not list them); a given dir that exists is used as it is.
+fn make_work_dir(args: &RunArgs) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = work_dir(args);
+    let context = || format!("cannot make the work dir {}", dir.display());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(&dir)
+        .with_context(context)?;
+    if args.cp.work_dir.is_none() {
+        // Ours: 0711 whatever the umask.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            .with_context(context)?;
+    }
+    Ok(())
+}
+
+/// The work dir made for this process when none is given.
+fn own_work_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("kuma-dp-{}", std::process::id()))
+}
+
+/// Removes the work dir made for this process (none when `--work-dir` was given), at exit.
+pub fn remove_own_work_dir(args: &RunArgs) {
+    if args.cp.cp_address.is_some() && args.cp.work_dir.is_none() {
+        let dir = own_work_dir();
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), "cannot remove the work dir: {e}");
+            }
+        }
+    }
+}
+
 /// What the request tells the CP about this proxy, from the flags as kuma-dp reads them: the
 /// resource (rendered with --dataplane-var) gives mesh and name, and then --name/--mesh may
 /// not be given; without a resource, --name (else `POD_NAME.POD_NAMESPACE` on Kubernetes) and
@@ -452,13 +590,7 @@ pub fn identity(args: &RunArgs, trust: &CpTrust) -> anyhow::Result<ProxyIdentity
         dynamic_metadata,
         dns_port: u32::from(args.cp.dns_envoy_port),
         readiness_port: u32::from(args.cp.readiness_port),
-        workdir: args
-            .cp
-            .work_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir)
-            .display()
-            .to_string(),
+        workdir: work_dir(args).display().to_string(),
         metrics: MetricsResources {
             cert_path: args.cp.metrics_cert_path.clone().unwrap_or_default(),
             key_path: args.cp.metrics_key_path.clone().unwrap_or_default(),
@@ -534,7 +666,7 @@ mod tests {
             proxy_type: "dataplane".into(),
             source: "test".into(),
         };
-        (CpSink { node, status }, rx)
+        (CpSink::new(node, status), rx)
     }
 
     /// `state` with `resource_type` set to `resources` (name → Any) at version `v1`.
@@ -619,6 +751,206 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].starts_with("Runtime rtds-a: "), "{problems:?}");
         assert_eq!(status.applied.expect("kept").config, good);
+    }
+
+    /// A STATIC cluster `name` with one endpoint on 127.0.0.1:`port`, as a golden resource.
+    fn cluster_yaml(name: &str, port: u16) -> String {
+        format!(
+            "- name: {name}\n  resource:\n    '@type': {}\n    name: {name}\n    type: STATIC\n    connectTimeout: 5s\n    loadAssignment:\n      clusterName: {name}\n      endpoints:\n      - lbEndpoints:\n        - endpoint: {{address: {{socketAddress: {{address: 127.0.0.1, portValue: {port}}}}}}}\n",
+            ResourceType::Cluster.type_url()
+        )
+    }
+
+    /// An outbound listener on 127.0.0.1:`port` proxying TCP to `cluster`.
+    fn listener_yaml(cluster: &str, port: u16) -> String {
+        format!(
+            "- name: outbound:127.0.0.1:{port}\n  resource:\n    '@type': {}\n    name: outbound:127.0.0.1:{port}\n    address: {{socketAddress: {{address: 127.0.0.1, portValue: {port}}}}}\n    trafficDirection: OUTBOUND\n    filterChains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typedConfig: {{'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, cluster: {cluster}, statPrefix: {cluster}}}\n",
+            ResourceType::Listener.type_url()
+        )
+    }
+
+    /// `state` with `resource_type` set to the golden resources `yaml` at `version`.
+    fn pushed(
+        state: &ResourceState,
+        resource_type: ResourceType,
+        version: &str,
+        yaml: &str,
+    ) -> ResourceState {
+        let text = match yaml.is_empty() {
+            true => "resources: []".to_string(),
+            false => format!("resources:\n{yaml}"),
+        };
+        let resources = bearing_envoy_config::parse_golden(&text, "t")
+            .unwrap()
+            .iter()
+            .map(|raw| {
+                let r = bearing_envoy_config::decode_raw(raw, "t").unwrap();
+                let any = bearing_xds::envoy_types::pb::google::protobuf::Any {
+                    type_url: r.type_url,
+                    value: r.resource.value,
+                };
+                (r.name, any)
+            })
+            .collect();
+        let version = version.to_string();
+        state.with(resource_type, TypeResources { version, resources })
+    }
+
+    /// What a sink without a cache would make of `state`: every resource decoded, translated.
+    fn translated_whole(state: &ResourceState) -> Result<ProxyConfig, Vec<Nack>> {
+        let mut set = ResourceSet::default();
+        let mut nacks = Vec::new();
+        for (resource_type, resources) in state.iter() {
+            for (name, any) in &resources.resources {
+                if let Err(nack) = set.insert(name, resource_type.type_url(), &any.value) {
+                    nacks.push(nack);
+                }
+            }
+        }
+        match nacks.is_empty() {
+            true => translate(&set, &sink().0.node),
+            false => Err(nacks),
+        }
+    }
+
+    #[test]
+    fn each_push_decodes_its_type_and_translates_as_the_whole_state_would() {
+        let (mut sink, rx) = sink();
+        let (c, l, e) = (
+            ResourceType::Cluster,
+            ResourceType::Listener,
+            ResourceType::ClusterLoadAssignment,
+        );
+        let both = format!("{}{}", cluster_yaml("a", 8001), cluster_yaml("b", 8002));
+        let mut state = pushed(&ResourceState::default(), c, "1", &both);
+        let pushes = [
+            (e, "1", String::new()),
+            (l, "1", listener_yaml("a", 10001)),
+            // kuma-cp pushes every type again on any change: same resources, new version.
+            (c, "2", both.clone()),
+            (e, "2", String::new()),
+            (c, "3", format!("{both}{}", cluster_yaml("c", 8003))),
+            (
+                l,
+                "3",
+                listener_yaml("a", 10001) + &listener_yaml("c", 10003),
+            ),
+            (l, "4", listener_yaml("c", 10003)),
+            (c, "5", cluster_yaml("c", 8004)),
+        ];
+        assert_eq!(sink.offer(&state, c), Ok(()));
+        for (resource_type, version, yaml) in pushes {
+            state = pushed(&state, resource_type, version, &yaml);
+            let offered = sink
+                .offer(&state, resource_type)
+                .map(|()| rx.borrow().applied.as_ref().map(|a| (*a.config).clone()));
+            let whole = translated_whole(&state);
+            match (&offered, &whole) {
+                (Ok(Some(applied)), Ok(config)) => assert_eq!(applied, config, "{version}"),
+                (Ok(None), _) => assert_eq!((resource_type, version), (e, "1"), "not applied"),
+                _ => panic!("{resource_type} {version}: {offered:?} / {whole:?}"),
+            }
+            // Every type the push did not change is still the set the state shares.
+            for (t, (source, _)) in &sink.decoded.sources {
+                assert!(Arc::ptr_eq(source, state.shared(*t).unwrap()), "{t}");
+            }
+        }
+        let applied = rx.borrow().applied.clone().unwrap().config;
+        assert_eq!(applied.clusters.keys().collect::<Vec<_>>(), ["c"]);
+        assert_eq!(applied.clusters["c"].endpoints[0].address.port(), 8004);
+    }
+
+    #[test]
+    fn a_nacked_push_leaves_nothing_behind_for_the_next_push_of_another_type() {
+        let (mut sink, rx) = sink();
+        let (c, l) = (ResourceType::Cluster, ResourceType::Listener);
+        let mut acked = pushed(&ResourceState::default(), c, "1", &cluster_yaml("a", 8001));
+        acked = pushed(&acked, l, "1", &listener_yaml("a", 10001));
+        assert_eq!(sink.offer(&acked, l), Ok(()));
+        // Clusters v2: `a` moved and `b` added, but `b`'s endpoint is no IP address, which
+        // does not translate: NACKed, and the ADS client keeps v1.
+        let bad = cluster_yaml("b", 8002).replace("address: 127.0.0.1", "address: not-an-ip");
+        let refused = pushed(&acked, c, "2", &(cluster_yaml("a", 9001) + &bad));
+        let rejection = sink.offer(&refused, c).unwrap_err();
+        assert!(rejection.resource.contains('b'), "{rejection}");
+        // A Listener push then comes in the state of the last ACKed Clusters.
+        let next = pushed(
+            &acked,
+            l,
+            "2",
+            &(listener_yaml("a", 10001) + &listener_yaml("a", 10002)),
+        );
+        assert_eq!(sink.offer(&next, l), Ok(()));
+        let applied = rx.borrow().applied.clone().unwrap().config;
+        assert_eq!(*applied, translated_whole(&next).unwrap());
+        assert_eq!(applied.clusters.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(applied.clusters["a"].endpoints[0].address.port(), 8001);
+        assert_eq!(applied.listeners.len(), 2);
+    }
+
+    #[test]
+    fn an_undecodable_cluster_is_nacked_before_the_listeners_came() {
+        let (mut sink, rx) = sink();
+        let state = with(
+            &ResourceState::default(),
+            ResourceType::Cluster,
+            &[("a", ResourceType::Cluster.type_url())],
+        );
+        let mut broken = state
+            .shared(ResourceType::Cluster)
+            .unwrap()
+            .as_ref()
+            .clone();
+        if let Some(any) = broken.resources.get_mut("a") {
+            any.value = vec![0xff, 0xff];
+        }
+        let state = state.with(ResourceType::Cluster, broken);
+        let rejection = sink.offer(&state, ResourceType::Cluster).unwrap_err();
+        assert_eq!(rejection.resource, "Cluster a", "{rejection}");
+        assert!(rejection.reason.contains("does not decode"), "{rejection}");
+        assert!(rx.borrow().applied.is_none());
+        // The ADS client keeps no Clusters; with valid ones and the listeners it applies.
+        let state = pushed(
+            &ResourceState::default(),
+            ResourceType::Cluster,
+            "2",
+            &cluster_yaml("a", 8001),
+        );
+        assert_eq!(sink.offer(&state, ResourceType::Cluster), Ok(()));
+        let state = pushed(
+            &state,
+            ResourceType::Listener,
+            "1",
+            &listener_yaml("a", 10001),
+        );
+        assert_eq!(sink.offer(&state, ResourceType::Listener), Ok(()));
+        assert!(rx.borrow().applied.is_some());
+    }
+
+    #[test]
+    fn a_cluster_removed_before_its_listener_is_acked_and_applied_with_the_listeners() {
+        let (mut sink, rx) = sink();
+        let (c, l) = (ResourceType::Cluster, ResourceType::Listener);
+        let both = cluster_yaml("a", 8001) + &cluster_yaml("b", 8002);
+        let mut state = pushed(&ResourceState::default(), c, "1", &both);
+        let listeners = listener_yaml("a", 10001) + &listener_yaml("b", 10002);
+        state = pushed(&state, l, "1", &listeners);
+        assert_eq!(sink.offer(&state, l), Ok(()));
+        let served = rx.borrow().serving_version();
+        // kuma-cp removes service b: Clusters first, while listener b still names it.
+        state = pushed(&state, c, "2", &cluster_yaml("a", 8001));
+        assert_eq!(sink.offer(&state, c), Ok(()), "ACKed, not NACKed");
+        assert_eq!(
+            rx.borrow().serving_version(),
+            served,
+            "applied only with the listeners"
+        );
+        state = pushed(&state, l, "2", &listener_yaml("a", 10001));
+        assert_eq!(sink.offer(&state, l), Ok(()));
+        let applied = rx.borrow().applied.clone().unwrap().config;
+        assert_eq!(applied.clusters.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(applied.listeners.len(), 1);
+        assert!(rx.borrow().last_rejected.is_none());
     }
 
     /// `bearing run --cp-address https://cp:5678 ARGS` parsed.

@@ -10,9 +10,9 @@
 //!
 //! The path carries HTTP/1.1 requests in origin form, with no body or a `Content-Length` body
 //! small enough to hold ([`HELD_LIMIT`]), to clusters spoken to over HTTP/1.1: a sidecar
-//! listener's cluster, or the backend a gateway listener's routes choose (the gateway reads
-//! the head as an `http` request for its router and writes the routed head back, see
-//! [`crate::gateway::GatewayRuntime::route_head`]). Anything else (HTTP/2, HTTP/1.0, chunked
+//! listener's cluster, or the backend the routes of a gateway listener or of a sidecar route
+//! table choose (the head is read as an `http` request for the router and the routed head
+//! written back, see [`crate::gateway::HttpRoutes::route_head`]). Anything else (HTTP/2, HTTP/1.0, chunked
 //! uploads, `Expect`, upgrades, malformed heads, a gateway with an HTTP/2 backend) hands the
 //! connection, with the bytes already read, to hyper for the rest of its life. A request no
 //! path forwards (over the head limits, a bad `Host` or length, `CONNECT`) is answered here
@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::circuit::Overflow;
 use crate::gateway::ResponseEdits;
+use crate::http_proxy::LOCAL_REPLY_CONTENT_TYPE;
 use crate::io::TcpBacked;
 use crate::runtime::ListenerRuntime;
 use crate::upstream::{ClusterRuntime, EndpointPool, UpstreamError, UpstreamStream};
@@ -80,12 +81,12 @@ impl Timeouts {
 
 /// Where the byte path sends one request.
 pub(crate) enum Routed<'l> {
-    /// To `cluster`, each response head sent downstream changed by `edits` (a gateway's).
+    /// To `cluster`, each response head sent downstream changed by `edits` (a route's).
     Forward {
         cluster: &'l ClusterRuntime,
         edits: Option<ResponseEdits<'l>>,
     },
-    /// Answered by the proxy (a gateway's 404, redirect or refusal).
+    /// Answered by the proxy (a router's 404, redirect, direct response or refusal).
     Reply(Reply, Option<ResponseEdits<'l>>),
     /// Not carried by the byte path: the connection goes to hyper.
     Unsupported(&'static str),
@@ -278,8 +279,8 @@ where
             body: &bufs.request[head.head_len..message_len],
             close_downstream: !head.keep_alive || drain.is_cancelled(),
         };
-        let routed = match &listener.gateway {
-            Some(gateway) => gateway.route_head(
+        let routed = match &listener.routes {
+            Some(routes) => routes.route_head(
                 &mut bufs.request_head,
                 head.body,
                 request.body,
@@ -751,7 +752,7 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     // Writing into a Vec cannot fail.
     let _ = write!(
         head,
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: {LOCAL_REPLY_CONTENT_TYPE}\r\ncontent-length: {}\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or_default(),
         reply.message.len(),
@@ -910,5 +911,31 @@ mod tests {
         b.read_to_string(&mut got).await.unwrap();
         writer.await.unwrap();
         assert_eq!(got, "head:body");
+    }
+
+    /// Both codecs' local replies (here and hyper's) carry Envoy's `content-type:
+    /// text/plain` (the differential test against Envoy found `; charset=utf-8` here).
+    #[tokio::test]
+    async fn local_replies_of_both_codecs_say_text_plain_as_envoy() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let reply = Reply {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            location: None,
+            message: "no healthy upstream".into(),
+            overloaded: false,
+        };
+        let _ = write_reply(&mut a, &reply, false, true, None).await;
+        drop(a);
+        let mut got = String::new();
+        b.read_to_string(&mut got).await.unwrap();
+        assert!(
+            got.starts_with("HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"),
+            "{got}"
+        );
+        let hyper = crate::http_proxy::local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream".into(),
+        );
+        assert_eq!(hyper.headers()[http::header::CONTENT_TYPE], "text/plain");
     }
 }

@@ -1,6 +1,8 @@
-//! Builtin gateway listeners at run time: TLS termination with a certificate per hostname
-//! (SNI), HTTP requests routed by `bearing-gateway`'s router, TCP and TLS connections spread
-//! over weighted backends, and the listener's connection limit.
+//! Routed HTTP at run time, and builtin gateway listeners: [`HttpRoutes`] routes the requests
+//! of a gateway listener or of a sidecar listener with a route table (kuma-cp's MeshHTTPRoute)
+//! by `bearing-gateway`'s router, on the byte path and through hyper; [`GatewayRuntime`] adds
+//! a gateway's TLS termination with a certificate per hostname (SNI), TCP and TLS connections
+//! spread over weighted backends, and the listener's connection limit.
 //!
 //! Kuma's gateway HTTP defaults (its Envoy config for builtin gateways) that apply here: the
 //! `server` response header is `Kuma Gateway`; the client's address is appended to
@@ -22,9 +24,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bearing_gateway::{Decision, GatewayRouter, HeaderEdits};
+use bearing_gateway::{Decision, HeaderEdits, Router};
 use bearing_http1::BodyLength;
-use bearing_proxy_config::{CrossMesh, GatewayListener, GatewayProtocol, RouteAction};
+use bearing_proxy_config::{
+    CrossMesh, GatewayListener, GatewayProtocol, HttpRoute, RouteAction, RouteTable,
+};
 use bearing_tls::{Negotiated as _, TlsAcceptor};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -59,18 +63,99 @@ pub(crate) const BYTE_PATH_TIMEOUTS: Timeouts = Timeouts {
     idle: Duration::from_secs(300),
 };
 
+/// The routes of a listener whose HTTP requests are routed (a gateway listener, or a sidecar
+/// listener with a route table), with the clusters they name.
+pub struct HttpRoutes {
+    router: Arc<Router>,
+    clusters: HashMap<String, Arc<ClusterRuntime>>,
+    /// Every cluster the routes name is spoken to over HTTP/1.1, so HTTP/1.1 requests can
+    /// take the byte path.
+    http1_backends: bool,
+    /// A gateway's defaults (Kuma's gateway Envoy config): `server: Kuma Gateway` on every
+    /// response, the client's address appended to `x-forwarded-for`.
+    gateway: bool,
+}
+
+impl HttpRoutes {
+    /// A sidecar listener's route table, with the clusters it names.
+    pub fn table(
+        table: &RouteTable,
+        clusters: &HashMap<String, Arc<ClusterRuntime>>,
+    ) -> Result<HttpRoutes, String> {
+        let router = Router::table(table)?;
+        let routes = table.virtual_hosts.iter().flat_map(|v| &v.routes);
+        Ok(HttpRoutes::new(
+            router,
+            route_clusters(routes),
+            clusters,
+            false,
+        ))
+    }
+
+    /// A gateway listener's routes and TCP backends, with the clusters they name.
+    fn gateway(
+        listener: &GatewayListener,
+        clusters: &HashMap<String, Arc<ClusterRuntime>>,
+    ) -> Result<HttpRoutes, String> {
+        let router = Router::gateway(listener)?;
+        let tcp = listener
+            .hosts
+            .iter()
+            .flat_map(|h| &h.tcp_backends)
+            .map(|b| b.cluster.as_str());
+        let http = route_clusters(listener.hosts.iter().flat_map(|h| &h.http_routes));
+        Ok(HttpRoutes::new(router, tcp.chain(http), clusters, true))
+    }
+
+    fn new<'a>(
+        router: Router,
+        referenced: impl Iterator<Item = &'a str>,
+        clusters: &HashMap<String, Arc<ClusterRuntime>>,
+        gateway: bool,
+    ) -> HttpRoutes {
+        let mut own: HashMap<String, Arc<ClusterRuntime>> = HashMap::new();
+        for name in referenced {
+            match clusters.get(name) {
+                Some(c) => {
+                    own.insert(name.to_string(), c.clone());
+                }
+                None => {
+                    tracing::error!(cluster = %name, "a route names a missing cluster; its requests get 503")
+                }
+            }
+        }
+        HttpRoutes {
+            http1_backends: own.values().all(|c| !c.is_h2()),
+            router: Arc::new(router),
+            clusters: own,
+            gateway,
+        }
+    }
+
+    /// Every cluster the routes send to.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<ClusterRuntime>> {
+        self.clusters.values()
+    }
+
+    /// What a response head relayed as bytes gets: the route's edits, and a gateway's
+    /// `server`.
+    fn edits<'r>(&self, route: Option<&'r HeaderEdits>) -> ResponseEdits<'r> {
+        ResponseEdits {
+            route,
+            server: self.gateway,
+        }
+    }
+}
+
 /// One gateway listener of the applied config, ready to serve.
 pub struct GatewayRuntime {
-    router: Arc<GatewayRouter>,
-    clusters: HashMap<String, Arc<ClusterRuntime>>,
+    /// Its hosts' routes and backends (also the listener's [`HttpRoutes`]).
+    routes: Arc<HttpRoutes>,
     /// HTTPS and TLS terminate: the acceptor choosing a certificate by SNI.
     tls: Option<TlsAcceptor>,
     protocol: GatewayProtocol,
     limit: Option<u32>,
     open: AtomicU32,
-    /// Every cluster the routes name is spoken to over HTTP/1.1, so HTTP/1.1 requests can
-    /// take the byte path.
-    http1_backends: bool,
 }
 
 impl GatewayRuntime {
@@ -80,31 +165,18 @@ impl GatewayRuntime {
         clusters: &HashMap<String, Arc<ClusterRuntime>>,
         mesh_tls: &MeshTlsSet,
     ) -> Result<GatewayRuntime, String> {
-        let router = Arc::new(GatewayRouter::new(listener)?);
-        let mut own = HashMap::new();
-        for name in referenced_clusters(listener) {
-            match clusters.get(name) {
-                Some(c) => {
-                    own.insert(name.to_string(), c.clone());
-                }
-                None => {
-                    tracing::error!(cluster = %name, "gateway route names a missing cluster; its requests get 503")
-                }
-            }
-        }
+        let routes = Arc::new(HttpRoutes::gateway(listener, clusters)?);
+        let router = routes.router.clone();
         let tls = match (&listener.cross_mesh, listener.protocol) {
             (Some(cross), _) => Some(cross_mesh_acceptor(cross, mesh_tls)?),
             (None, GatewayProtocol::Https) => {
-                Some(acceptor(listener, router.clone(), &[b"h2", b"http/1.1"])?)
+                Some(acceptor(listener, router, &[b"h2", b"http/1.1"])?)
             }
-            (None, GatewayProtocol::TlsTerminate) => Some(acceptor(listener, router.clone(), &[])?),
+            (None, GatewayProtocol::TlsTerminate) => Some(acceptor(listener, router, &[])?),
             (None, _) => None,
         };
-        let http1_backends = own.values().all(|c| !c.is_h2());
         Ok(GatewayRuntime {
-            http1_backends,
-            router,
-            clusters: own,
+            routes,
             tls,
             protocol: listener.protocol,
             limit: listener.connection_limit,
@@ -112,9 +184,9 @@ impl GatewayRuntime {
         })
     }
 
-    /// Every cluster the listener sends to.
-    pub fn clusters(&self) -> impl Iterator<Item = &Arc<ClusterRuntime>> {
-        self.clusters.values()
+    /// Its routes, which the listener's HTTP requests take.
+    pub fn routes(&self) -> &Arc<HttpRoutes> {
+        &self.routes
     }
 
     /// Takes a connection slot; `None` when the connection limit is reached.
@@ -127,6 +199,14 @@ impl GatewayRuntime {
         }
     }
 
+    /// The backend cluster of the TCP or TLS host `host`.
+    fn tcp_cluster(&self, host: usize) -> Option<&Arc<ClusterRuntime>> {
+        let backend = self.routes.router.tcp_backend(host)?;
+        self.routes.clusters.get(&backend.cluster)
+    }
+}
+
+impl HttpRoutes {
     /// Routes an HTTP/1.1 request the byte path read: `head` (as [`bearing_http1`] wrote it,
     /// hop-by-hop fields removed) is read into an `http` request for the router and, when
     /// the request is forwarded, written again as routed, with `x-forwarded-for` and the
@@ -146,7 +226,7 @@ impl GatewayRuntime {
             return Routed::Unsupported("request head the router cannot read");
         };
         match self.decide(&mut parts, peer) {
-            Routing::Reply(reply) => Routed::Reply(reply, Some(ResponseEdits(None))),
+            Routing::Reply(reply, route) => Routed::Reply(reply, Some(self.edits(route))),
             Routing::Forward {
                 target,
                 response_headers,
@@ -159,36 +239,52 @@ impl GatewayRuntime {
                 write_request_head(&parts, length, head);
                 Routed::Forward {
                     cluster: target,
-                    edits: Some(ResponseEdits(Some(response_headers))),
+                    edits: Some(self.edits(Some(response_headers))),
                 }
             }
         }
     }
 
     /// Routes a request for either path: the router's decision with its clusters looked up,
-    /// and, for a forwarded request, the client's address appended to `x-forwarded-for`.
+    /// and, for a request a gateway forwards, the client's address appended to
+    /// `x-forwarded-for`.
     fn decide(&self, parts: &mut http::request::Parts, peer: SocketAddr) -> Routing<'_> {
         match self.router.route(parts) {
-            Decision::Respond { status, location } => Routing::Reply(Reply {
+            Decision::Respond {
                 status,
                 location,
-                message: status.canonical_reason().unwrap_or("").to_string(),
-                overloaded: false,
-            }),
+                body,
+                response_headers,
+            } => Routing::Reply(
+                Reply {
+                    status,
+                    location,
+                    message: body
+                        .unwrap_or_else(|| status.canonical_reason().unwrap_or(""))
+                        .to_string(),
+                    overloaded: false,
+                },
+                response_headers,
+            ),
             Decision::Forward {
                 cluster,
                 response_headers,
                 mirror,
                 origin,
             } => match self.clusters.get(cluster) {
-                None => Routing::Reply(Reply {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    location: None,
-                    message: format!("{origin}: backend cluster {cluster} is not available"),
-                    overloaded: false,
-                }),
+                None => Routing::Reply(
+                    Reply {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        location: None,
+                        message: format!("{origin}: backend cluster {cluster} is not available"),
+                        overloaded: false,
+                    },
+                    None,
+                ),
                 Some(target) => {
-                    append_forwarded_for(&mut parts.headers, peer);
+                    if self.gateway {
+                        append_forwarded_for(&mut parts.headers, peer);
+                    }
                     Routing::Forward {
                         target,
                         response_headers,
@@ -198,31 +294,32 @@ impl GatewayRuntime {
             },
         }
     }
-
-    /// The backend cluster of the TCP or TLS host `host`.
-    fn tcp_cluster(&self, host: usize) -> Option<&Arc<ClusterRuntime>> {
-        let backend = self.router.tcp_backend(host)?;
-        self.clusters.get(&backend.cluster)
-    }
 }
 
-/// What a gateway changes in a response head it relays as bytes: its route's response header
-/// filter, if the request was routed, then `server`.
+/// What routed HTTP changes in a response head it relays as bytes: the route's response
+/// header filter, if a route answered, then a gateway's `server`.
 #[derive(Clone, Copy)]
-pub(crate) struct ResponseEdits<'r>(Option<&'r HeaderEdits>);
+pub(crate) struct ResponseEdits<'r> {
+    route: Option<&'r HeaderEdits>,
+    server: bool,
+}
 
 impl ResponseEdits<'_> {
     /// Edits `head`, written by [`bearing_http1`], as [`handle`] edits a response's headers.
     pub(crate) fn apply(self, head: &mut Vec<u8>) {
-        let route = self.0;
+        let (route, server) = (self.route, self.server);
         let appended = route
             .into_iter()
             .flat_map(HeaderEdits::appended)
             .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        let server_field = server.then_some((&b"server"[..], SERVER.as_bytes()));
         bearing_http1::edit_fields(
             head,
-            |name| name.eq_ignore_ascii_case(b"server") || route.is_some_and(|r| r.replaces(name)),
-            appended.chain([(&b"server"[..], SERVER.as_bytes())]),
+            |name| {
+                (server && name.eq_ignore_ascii_case(b"server"))
+                    || route.is_some_and(|r| r.replaces(name))
+            },
+            appended.chain(server_field),
         );
     }
 }
@@ -269,11 +366,12 @@ fn write_request_head(parts: &http::request::Parts, length: BodyLength, out: &mu
     out.extend_from_slice(b"\r\n");
 }
 
-/// What a gateway does with one request, on the byte path or through hyper.
+/// What routed HTTP does with one request, on the byte path or through hyper.
 enum Routing<'g> {
-    /// Answer it: a 404, redirect or refusal of the router, or a 503 for a backend cluster
-    /// that is not available.
-    Reply(Reply),
+    /// Answer it: a 404, redirect, direct response or refusal of the router (with the
+    /// answering route's response edits), or a 503 for a backend cluster that is not
+    /// available.
+    Reply(Reply, Option<&'g HeaderEdits>),
     /// Send it to `target`, a copy to `mirror`, and change the response's headers.
     Forward {
         target: &'g Arc<ClusterRuntime>,
@@ -291,26 +389,24 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// Names of the clusters a listener's routes and backends use.
-fn referenced_clusters(listener: &GatewayListener) -> impl Iterator<Item = &str> {
-    listener.hosts.iter().flat_map(|h| {
-        let tcp = h.tcp_backends.iter().map(|b| b.cluster.as_str());
-        let http = h.http_routes.iter().flat_map(|r| {
-            let backends = match &r.action {
-                RouteAction::Forward { backends, .. } => backends.as_slice(),
-                RouteAction::Redirect(_) => &[],
-            };
-            let mirror = r.mirror.iter().map(|m| m.cluster.as_str());
-            backends.iter().map(|b| b.cluster.as_str()).chain(mirror)
-        });
-        tcp.chain(http)
+/// Names of the clusters `routes` send to, mirrors included.
+fn route_clusters<'a>(
+    routes: impl Iterator<Item = &'a HttpRoute>,
+) -> impl Iterator<Item = &'a str> {
+    routes.flat_map(|r| {
+        let backends = match &r.action {
+            RouteAction::Forward { backends, .. } => backends.as_slice(),
+            RouteAction::Redirect(_) | RouteAction::DirectResponse { .. } => &[],
+        };
+        let mirror = r.mirror.iter().map(|m| m.cluster.as_str());
+        backends.iter().map(|b| b.cluster.as_str()).chain(mirror)
     })
 }
 
 /// The TLS acceptor of a terminating listener: each host's certificate, chosen by SNI.
 fn acceptor(
     listener: &GatewayListener,
-    router: Arc<GatewayRouter>,
+    router: Arc<Router>,
     alpn: &[&[u8]],
 ) -> Result<TlsAcceptor, String> {
     // Each host's certificate, by host index: an index into `keys`.
@@ -391,6 +487,7 @@ pub async fn serve(
                 Err(reason) => return refuse(&stream, listener, peer, &reason),
             };
             let cluster = gateway
+                .routes
                 .router
                 .host_for(&sni)
                 .and_then(|h| gateway.tcp_cluster(h));
@@ -425,6 +522,7 @@ pub async fn serve(
             }
             let sni = tls.server_name().unwrap_or("*").to_string();
             match gateway
+                .routes
                 .router
                 .host_for(&sni)
                 .and_then(|h| gateway.tcp_cluster(h))
@@ -444,19 +542,22 @@ fn refuse(stream: &Counted<TcpStream>, listener: &ListenerRuntime, peer: SocketA
     crate::capture::reset(stream);
 }
 
-/// Routes and forwards one HTTP request of a gateway listener.
+/// Routes and forwards one HTTP request of a listener with routes (gateway or route table).
 pub async fn handle(
     req: Request<Incoming>,
     listener: &ListenerRuntime,
-    gateway: &GatewayRuntime,
+    routes: &HttpRoutes,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
-    let mut resp = match gateway.decide(&mut parts, peer) {
-        Routing::Reply(reply) => {
+    let mut resp = match routes.decide(&mut parts, peer) {
+        Routing::Reply(reply, edits) => {
             let mut resp = local_reply(reply.status, reply.message);
             if let Some(location) = reply.location {
                 resp.headers_mut().insert(header::LOCATION, location);
+            }
+            if let Some(edits) = edits {
+                edits.apply(resp.headers_mut());
             }
             resp
         }
@@ -475,7 +576,9 @@ pub async fn handle(
             resp
         }
     };
-    resp.headers_mut().insert(header::SERVER, SERVER_NAME);
+    if routes.gateway {
+        resp.headers_mut().insert(header::SERVER, SERVER_NAME);
+    }
     listener.stats.requests.count(resp.status().as_u16());
     resp
 }
@@ -634,7 +737,11 @@ mod tests {
     #[test]
     fn response_edits_set_the_server_after_the_route_filter() {
         let mut head = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n\r\n".to_vec();
-        ResponseEdits(None).apply(&mut head);
+        let edits = ResponseEdits {
+            route: None,
+            server: true,
+        };
+        edits.apply(&mut head);
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nserver: Kuma Gateway\r\n\r\n"

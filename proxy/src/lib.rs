@@ -3,8 +3,8 @@
 //! The binary (`src/main.rs`) parses the command line; this library holds the runtime:
 //! listeners and connection handling ([`runtime`]), transparent-proxy capture ([`capture`]),
 //! the L4 and L7 paths ([`http_proxy`], [`upstream`]), builtin gateway listeners
-//! ([`gateway`]), metrics ([`stats`]), the admin API ([`admin`]) and the worker threads
-//! ([`workers`]).
+//! ([`gateway`]), metrics ([`stats`]), the admin API ([`admin`]), Kuma's readiness and
+//! Prometheus endpoints ([`kuma_endpoints`]) and the worker threads ([`workers`]).
 
 pub mod admin;
 pub mod body;
@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod http_proxy;
 pub mod io;
 pub mod kuma_dp_flags;
+pub mod kuma_endpoints;
 pub mod mesh_tls;
 pub mod runtime;
 pub mod sni;

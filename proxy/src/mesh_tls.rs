@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bearing_proxy_config::{MeshTls, UpstreamTls, Verification};
-use bearing_tls::{Identity, MeshCa, ServerVerification, TlsAcceptor, TlsConnector, TlsError};
+use bearing_tls::{
+    Identity, MeshCa, Renewer, ServerVerification, TlsAcceptor, TlsConnector, TlsError,
+};
 use tokio::task::JoinHandle;
 
 /// One mesh's TLS state.
@@ -36,7 +38,12 @@ impl MeshTlsRuntime {
         let (ca, identity) = match (&config.identity_pem, &config.ca_key_pem) {
             (Some(pem), _) => {
                 let ca = Arc::new(MeshCa::from_cert_pem(&config.ca_cert_pem)?);
-                let id = Identity::pre_issued(ca.clone(), &config.mesh, &config.services, pem)?;
+                let renewer = match config.renewed_by_control_plane {
+                    true => Renewer::ControlPlane,
+                    false => Renewer::Operator,
+                };
+                let id =
+                    Identity::pre_issued(ca.clone(), &config.mesh, &config.services, pem, renewer)?;
                 (ca, id)
             }
             (None, Some(key)) => {
@@ -106,7 +113,11 @@ impl MeshTlsSet {
                             .expires_at()
                             .duration_since(std::time::SystemTime::now())
                             .map_or(0, |left| left.as_secs());
-                        tracing::info!(mesh = %c.mesh, backend = %c.backend, services = ?c.services, expires_in_secs, "mesh mTLS certificate issued ahead of time loaded; this proxy cannot renew it");
+                        let renewed_by = match c.renewed_by_control_plane {
+                            true => "the control plane",
+                            false => "bearing ca issue",
+                        };
+                        tracing::info!(mesh = %c.mesh, backend = %c.backend, services = ?c.services, expires_in_secs, renewed_by, "mesh mTLS certificate loaded; this proxy cannot renew it");
                         meshes.insert(c.mesh.clone(), Arc::new(rt));
                     }
                     Ok(rt) => {
@@ -195,6 +206,7 @@ pub(crate) fn test_config(ca: &bearing_tls::MeshCa, permissive: bool) -> MeshTls
         services: vec!["web".into()],
         permissive,
         leaf_lifetime: std::time::Duration::from_secs(3600),
+        renewed_by_control_plane: false,
     }
 }
 

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::capture::{self, CapturePort, Route};
 use crate::forward_h1::{self, Prefixed};
-use crate::gateway::{self, GatewayRuntime};
+use crate::gateway::{self, GatewayRuntime, HttpRoutes};
 use crate::http_proxy;
 use crate::io::{Counted, TcpBacked};
 use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
@@ -47,6 +47,11 @@ pub struct ListenerRuntime {
     pub sni: Option<SniTable>,
     /// Builtin gateway listener: routes and backends.
     pub gateway: Option<GatewayRuntime>,
+    /// Routes of its HTTP requests (a gateway's, or a sidecar's route table); `None`: every
+    /// request goes to `cluster`.
+    pub routes: Option<Arc<HttpRoutes>>,
+    /// A TCP listener splitting connections over several clusters by weight.
+    pub tcp_split: Option<TcpSplit>,
     /// Its metrics.
     pub stats: ListenerStats,
     /// Present when the listener refuses everything (`Listener::deny_all`): counts what it
@@ -57,6 +62,48 @@ pub struct ListenerRuntime {
     /// its connections then check, between requests, that they may go on. Shared with the
     /// listeners at its address that the following configs build with the same terms.
     pub(crate) epoch: CancellationToken,
+}
+
+/// The clusters a TCP listener spreads its connections over, by weight (MeshTCPRoute).
+pub struct TcpSplit {
+    pick: bearing_gateway::Weighted,
+    /// By the index of `Listener::tcp_backends`.
+    clusters: Vec<Arc<ClusterRuntime>>,
+}
+
+impl TcpSplit {
+    /// The split of `backends`; an error names a cluster that is missing.
+    fn new(
+        backends: &[bearing_proxy_config::WeightedCluster],
+        clusters: &HashMap<String, Arc<ClusterRuntime>>,
+    ) -> Result<TcpSplit, String> {
+        let clusters = backends
+            .iter()
+            .map(|b| {
+                clusters.get(&b.cluster).cloned().ok_or_else(|| {
+                    format!(
+                        "a weighted TCP backend names a missing cluster {:?}",
+                        b.cluster
+                    )
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(TcpSplit {
+            pick: bearing_gateway::Weighted::new(backends.iter().map(|b| b.weight)),
+            clusters,
+        })
+    }
+}
+
+impl ListenerRuntime {
+    /// The cluster a new TCP connection goes to: the next of a split by weight, else the
+    /// listener's cluster.
+    fn tcp_cluster(&self) -> Option<&Arc<ClusterRuntime>> {
+        match &self.tcp_split {
+            Some(split) => split.pick.pick().and_then(|i| split.clusters.get(i)),
+            None => self.cluster.as_ref(),
+        }
+    }
 }
 
 /// How a downstream connection of a sidecar listener was admitted, for checking it against
@@ -253,8 +300,9 @@ impl Snapshot {
     fn pools(&self) -> PreviousPools {
         PreviousPools::of(self.listeners.values().flat_map(|l| {
             let routes = l.sni.iter().flat_map(SniTable::clusters);
-            let gateway = l.gateway.iter().flat_map(GatewayRuntime::clusters);
-            let all = l.cluster.iter().chain(routes).chain(gateway);
+            let routed = l.routes.iter().flat_map(|r| r.clusters());
+            let split = l.tcp_split.iter().flat_map(|s| &s.clusters);
+            let all = l.cluster.iter().chain(routes).chain(routed).chain(split);
             all.map(Arc::as_ref)
         }))
     }
@@ -417,7 +465,27 @@ impl Proxy {
                 Some(Ok(g)) => Some(g),
                 None => None,
             };
-            if cluster.is_none() && l.sni_routes.is_none() && gateway.is_none() {
+            let table = match l.routes.as_ref().map(|t| HttpRoutes::table(t, &clusters)) {
+                Some(Err(e)) => {
+                    not_built(&l.name, format!("route table: {e}"));
+                    continue;
+                }
+                Some(Ok(t)) => Some(Arc::new(t)),
+                None => None,
+            };
+            let routes = table.or_else(|| gateway.as_ref().map(|g| g.routes().clone()));
+            let tcp_split = match (!l.tcp_backends.is_empty())
+                .then(|| TcpSplit::new(&l.tcp_backends, &clusters))
+            {
+                Some(Err(e)) => {
+                    not_built(&l.name, e);
+                    continue;
+                }
+                Some(Ok(s)) => Some(s),
+                None => None,
+            };
+            let routed = routes.is_some() || tcp_split.is_some();
+            if cluster.is_none() && l.sni_routes.is_none() && gateway.is_none() && !routed {
                 not_built(&l.name, format!("names a missing cluster {:?}", l.cluster));
                 continue;
             }
@@ -484,6 +552,8 @@ impl Proxy {
                 tls: downstream_tls,
                 sni,
                 gateway,
+                routes,
+                tcp_split,
                 stats: self.stats.listener(&l.name),
                 denied: l.deny_all.as_ref().map(|policy| {
                     tracing::warn!(
@@ -811,14 +881,14 @@ impl Proxy {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin + Send + 'static,
     {
-        let Some(cluster) = &listener.cluster else {
-            return;
-        };
         if listener.config.protocol.is_http() {
             self.clone()
                 .serve_http(stream, listener.clone(), peer, admission)
                 .await;
         } else {
+            let Some(cluster) = listener.tcp_cluster() else {
+                return;
+            };
             let relay = serve_tcp(
                 stream,
                 cluster,
@@ -992,8 +1062,8 @@ impl Proxy {
                         l.stats.requests.count(refused.status().as_u16());
                         refused
                     }
-                    None => match &l.gateway {
-                        Some(gw) => gateway::handle(req, &l, gw, peer).await,
+                    None => match &l.routes {
+                        Some(routes) => gateway::handle(req, &l, routes, peer).await,
                         None => http_proxy::forward(req, &l).await,
                     },
                 };
@@ -1235,6 +1305,8 @@ mod tests {
                     mesh: "default".into(),
                 }),
                 sni_routes: None,
+                routes: None,
+                tcp_backends: Vec::new(),
                 gateway: None,
                 deny_all: None,
             }],
@@ -1242,6 +1314,7 @@ mod tests {
             transparent_proxy: None,
             dns: Vec::new(),
             mtls,
+            kuma_endpoints: Default::default(),
         })
     }
 
@@ -1334,6 +1407,7 @@ mod tests {
                 },
             )]
             .into(),
+            kuma_endpoints: Default::default(),
         };
         proxy.apply(Arc::new(config(Vec::new())));
         assert!(!proxy.is_ready());

@@ -210,6 +210,18 @@ impl<'h> Bearing<'h> {
         )
     }
 
+    /// Spawns `bearing run <source_args> <extra>` without `--admin-address`, its admin API
+    /// expected on 127.0.0.1:`admin_port` (the one the control plane's bootstrap gives),
+    /// without waiting for readiness.
+    pub fn spawn_with_source_admin_port(
+        host: &'h Host,
+        source_args: &[&OsStr],
+        extra: &[&str],
+        admin_port: u16,
+    ) -> Result<Self> {
+        Self::launch(host, source_args, extra, admin_port, None)
+    }
+
     /// Starts the proxy without `--admin-address`, so that it chooses its admin port itself
     /// (the resource's `networking.admin.port`, else `--admin-port`, else 9901), and waits
     /// until `/ready` answers 200 on 127.0.0.1:`admin_port`.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
+use crate::cp_files::bound_listener;
 use crate::http::admin_request;
 use crate::peers::extra_log;
 use crate::{wait_until_ok, CertFiles, Host, Process};
@@ -136,6 +137,11 @@ impl KumaGolden {
     pub fn cluster(&self, name: &str) -> Result<Value> {
         self.resource("Cluster", name)
     }
+
+    /// The ClusterLoadAssignment of cluster `name`.
+    pub fn endpoints(&self, name: &str) -> Result<Value> {
+        self.resource("ClusterLoadAssignment", name)
+    }
 }
 
 /// Replaces `from` by `to` inside every string of `value` (not in object keys): renames a
@@ -180,7 +186,7 @@ pub fn set_field(value: &mut Value, pointer: &str, new: Value) -> Result<()> {
 }
 
 /// `{socketAddress: {address, portValue}}`.
-fn socket_address(addr: SocketAddr) -> Value {
+pub(crate) fn socket_address(addr: SocketAddr) -> Value {
     json!({"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}})
 }
 
@@ -224,19 +230,8 @@ impl EnvoyConfig {
     /// placeholders become `addr`'s IP.
     pub fn listener(mut self, mut listener: Value, addr: SocketAddr) -> Self {
         replace_in_strings(&mut listener, "IP_REDACTED", &addr.ip().to_string());
+        let mut listener = bound_listener(listener, addr);
         if let Some(obj) = listener.as_object_mut() {
-            obj.remove("@type");
-            // kuma-cp names listeners `<direction>:<address>:<port>`.
-            let direction = obj
-                .get("name")
-                .and_then(Value::as_str)
-                .and_then(|n| n.split_once(':'))
-                .map(|(direction, _)| direction.to_string());
-            if let Some(direction) = direction {
-                obj.insert("name".into(), json!(format!("{direction}:{addr}")));
-            }
-            obj.insert("address".into(), socket_address(addr));
-            obj.remove("bindToPort");
             obj.remove("upstreamBindConfig");
         }
         self.listeners.push(listener);

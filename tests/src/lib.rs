@@ -33,6 +33,7 @@
 
 mod bearing;
 mod capture;
+mod cp_files;
 mod envoy;
 mod firewall;
 mod http;
@@ -53,6 +54,10 @@ pub use bearing::{
     write_store_file, Bearing, KUMA_DP_UID, READY_TIMEOUT,
 };
 pub use capture::{Capture, Pcap};
+pub use cp_files::{
+    bound_listener, local_app_cluster, start_test_cp, CpAccess, CpEnvoy, CpPki, XdsFile, CLUSTER,
+    ENDPOINTS, LISTENER, SECRET,
+};
 pub use envoy::{
     envoy_bin, kuma_corpus_dir, remove_fields, replace_in_strings, set_field, Envoy, EnvoyConfig,
     KumaGolden, ENVOY_READY_TIMEOUT,

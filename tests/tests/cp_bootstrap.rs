@@ -100,6 +100,8 @@ fn bootstrap_with_a_stand_in_kuma_cp() -> Result<()> {
             .arg(&token)
             .arg("-d")
             .arg(&dataplane)
+            .arg("--work-dir")
+            .arg(dir.path().join("work"))
             .args([
                 "-v",
                 "name=web-1,address=10.0.0.1",

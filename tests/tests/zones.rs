@@ -893,7 +893,7 @@ fn sidecars_with_identities_issued_ahead_of_time_talk_mtls_without_the_ca_key() 
         local
             .process()
             .log_contents()
-            .contains("issued ahead of time loaded"),
+            .contains("this proxy cannot renew it mesh=default backend=ca-1 services=[\"local\"]"),
         "local-1 did not load its pre-issued identity:\n{}",
         local.process().describe_log()
     );

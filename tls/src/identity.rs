@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose,
 };
-use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
 use crate::ca::{spiffe_uri, CLOCK_SKEW};
@@ -24,6 +24,40 @@ const RENEW_AT_PERCENT: u32 = 80;
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Longest single sleep of the renewal task, so a wall-clock jump or a suspend is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Loads a mesh identity's certificate chain (leaf first) and private key from PEM the way
+/// [`Identity::pre_issued`] does (`chain_pem` and `key_pem` may be one text holding both):
+/// at least one certificate, each one DER, and a private key that belongs to the leaf. What
+/// `pre_issued` checks beyond (the chain to the CA, the services, the validity) is not checked
+/// here; a control plane's Secret is refused with this before it reaches the runtime.
+pub fn load_identity_pem(
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<(Vec<CertificateDer<'static>>, CertifiedKey), TlsError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem {
+            what: "identity certificate chain PEM",
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid {
+            field: "identity",
+            reason: "no certificate in the PEM".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Key {
+        what: "identity private key PEM",
+        reason: e.to_string(),
+    })?;
+    let certified = CertifiedKey::from_der(
+        certs.clone(),
+        key.secret_der(),
+        "identity certificate and key",
+    )?;
+    Ok((certs, certified))
+}
 
 /// Issues a leaf certificate for a data-plane proxy: a fresh ECDSA P-256 key, URI SANs
 /// `spiffe://<mesh>/<service>` for each service (sorted, deduplicated), subject CN = the first
@@ -146,6 +180,49 @@ fn issue(
     Ok(Arc::new(certified))
 }
 
+/// Who renews an identity this proxy cannot renew itself (no CA key), named in the warnings
+/// as its end nears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewer {
+    /// An operator, with `bearing ca issue` (an identity issued ahead of time): warned from
+    /// 80% of its lifetime.
+    Operator,
+    /// The control plane, which pushes a renewed certificate over SDS (kuma-cp renews at 80%
+    /// of the lifetime): warned from 90%, when that renewal is late.
+    ControlPlane,
+}
+
+/// The validity period (notBefore, notAfter) of the first certificate of a PEM chain.
+pub fn leaf_validity(pem: &str) -> Result<(SystemTime, SystemTime), TlsError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| TlsError::Invalid {
+            field: "identity",
+            reason: "no certificate in the PEM".into(),
+        })?
+        .map_err(|e| TlsError::Pem {
+            what: "identity certificate chain PEM",
+            reason: e.to_string(),
+        })?;
+    der_validity(&leaf)
+}
+
+/// The validity period of a DER certificate.
+fn der_validity(der: &[u8]) -> Result<(SystemTime, SystemTime), TlsError> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::Certificate {
+            what: "identity certificate",
+            reason: e.to_string(),
+        })?;
+    let validity = parsed.validity();
+    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    Ok((
+        at(validity.not_before.timestamp()),
+        at(validity.not_after.timestamp()),
+    ))
+}
+
 /// One issued leaf and when it was issued, swapped as a unit.
 struct Leaf {
     key: Arc<CertifiedKey>,
@@ -161,6 +238,8 @@ pub struct Identity {
     services: Vec<String>,
     validity: Duration,
     leaf: ArcSwap<Leaf>,
+    /// Who renews it when this proxy cannot.
+    renewer: Renewer,
 }
 
 impl std::fmt::Debug for Identity {
@@ -191,32 +270,23 @@ impl Identity {
             services,
             validity,
             leaf: ArcSwap::from_pointee(Leaf { key, issued_at }),
+            renewer: Renewer::Operator,
         }))
     }
 
     /// An identity issued ahead of time: `pem` holds the certificate chain (leaf first) and
     /// the leaf's private key. The leaf must chain to `ca`, be valid now and carry
     /// `spiffe://<mesh>/<service>` for each of `services`. It cannot be renewed here (`ca`
-    /// has no key): [`spawn_renewal`] warns as its end nears.
+    /// has no key): [`spawn_renewal`] warns as its end nears, naming `renewer`.
     pub fn pre_issued(
         ca: Arc<MeshCa>,
         mesh: &str,
         services: &[String],
         pem: &str,
+        renewer: Renewer,
     ) -> Result<Arc<Identity>, TlsError> {
-        use rustls_pki_types::pem::PemObject as _;
-        use rustls_pki_types::CertificateDer;
         let services = normalized_services(services)?;
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Pem {
-                what: "identity certificate chain PEM",
-                reason: e.to_string(),
-            })?;
-        let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Key {
-            what: "identity private key PEM",
-            reason: e.to_string(),
-        })?;
+        let (certs, key) = load_identity_pem(pem, pem)?;
         let Some(leaf) = certs.first() else {
             return Err(TlsError::Invalid {
                 field: "identity",
@@ -237,19 +307,7 @@ impl Identity {
                 ),
             });
         }
-        let (_, parsed) =
-            x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::Certificate {
-                what: "identity certificate",
-                reason: e.to_string(),
-            })?;
-        let validity = parsed.validity();
-        let at =
-            |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
-        let (from, until) = (
-            at(validity.not_before.timestamp()),
-            at(validity.not_after.timestamp()),
-        );
-        let key = CertifiedKey::from_der(certs, key.secret_der(), "identity certificate and key")?;
+        let (from, until) = der_validity(leaf)?;
         Ok(Arc::new(Identity {
             ca,
             mesh: mesh.to_owned(),
@@ -259,6 +317,7 @@ impl Identity {
                 key: Arc::new(key),
                 issued_at: from,
             }),
+            renewer,
         }))
     }
 
@@ -297,6 +356,17 @@ impl Identity {
         self.leaf.load().issued_at + self.validity * RENEW_AT_PERCENT / 100
     }
 
+    /// When an identity this proxy cannot renew is late enough to warn about: from 80% of
+    /// its lifetime when an operator renews it, from 90% when the control plane
+    /// does (its renewal at 80% is then overdue).
+    fn warn_at(&self) -> SystemTime {
+        let percent = match self.renewer {
+            Renewer::Operator => RENEW_AT_PERCENT,
+            Renewer::ControlPlane => 90,
+        };
+        self.leaf.load().issued_at + self.validity * percent / 100
+    }
+
     /// Whether the current leaf has used up 80% of its lifetime at `now` and should be renewed.
     pub fn renew_due(&self, now: SystemTime) -> bool {
         now >= self.renew_at()
@@ -322,7 +392,10 @@ impl Identity {
 /// new one from `bearing ca issue` helps.
 fn warn_unrenewable(identity: &Identity, now: SystemTime) {
     let expires_at = OffsetDateTime::from(identity.expires_at());
-    let hint = "this proxy holds no CA key and cannot renew it: write a new identity Secret with `bearing ca issue`";
+    let hint = match identity.renewer {
+        Renewer::Operator => "this proxy holds no CA key and cannot renew it: write a new identity Secret with `bearing ca issue`",
+        Renewer::ControlPlane => "the control plane renews it and has not pushed a new certificate: check this proxy's connection to kuma-cp and kuma-cp's log",
+    };
     match identity.expires_at().duration_since(now) {
         Ok(left) => tracing::warn!(
             mesh = %identity.mesh,
@@ -347,18 +420,18 @@ pub fn spawn_renewal(identity: Arc<Identity>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let now = SystemTime::now();
-            if !identity.renewable() && identity.renew_due(now) {
-                warn_unrenewable(&identity, now);
-                tokio::time::sleep(MAX_SLEEP).await;
+            let due = match identity.renewable() {
+                true => identity.renew_at(),
+                false => identity.warn_at(),
+            };
+            if now < due {
+                let wait = due.duration_since(now).unwrap_or_default().min(MAX_SLEEP);
+                tokio::time::sleep(wait).await;
                 continue;
             }
-            if !identity.renew_due(now) {
-                let wait = identity
-                    .renew_at()
-                    .duration_since(now)
-                    .unwrap_or_default()
-                    .min(MAX_SLEEP);
-                tokio::time::sleep(wait).await;
+            if !identity.renewable() {
+                warn_unrenewable(&identity, now);
+                tokio::time::sleep(MAX_SLEEP).await;
                 continue;
             }
             match identity.renew() {
@@ -392,6 +465,33 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
+    /// `leaf_validity` reads the leaf's own period; an identity kuma-cp renews (at 80%) is
+    /// warned about from 90% of it, one an operator renews from 80%.
+    #[test]
+    fn control_plane_identities_are_warned_once_their_renewal_is_late() {
+        let ca = MeshCa::generate("default").unwrap();
+        let pem = issue_leaf_pem(
+            &ca,
+            "default",
+            &services(&["web"]),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let (from, until) = leaf_validity(&pem).unwrap();
+        let lifetime = until.duration_since(from).unwrap();
+        assert!(lifetime >= Duration::from_secs(3600), "{lifetime:?}");
+        let trust = Arc::new(MeshCa::from_cert_pem(ca.cert_pem()).unwrap());
+        let web = services(&["web"]);
+        let at = |renewer| {
+            let id = Identity::pre_issued(trust.clone(), "default", &web, &pem, renewer).unwrap();
+            assert_eq!(id.expires_at(), until);
+            id.warn_at()
+        };
+        assert_eq!(at(Renewer::Operator), from + lifetime * 80 / 100);
+        assert_eq!(at(Renewer::ControlPlane), from + lifetime * 90 / 100);
+        assert!(leaf_validity("no certificate").is_err());
+    }
+
     /// A leaf issued ahead of time loads without the CA key, carries what it was issued for,
     /// and cannot be renewed; one for other services or from another CA is refused.
     #[test]
@@ -406,7 +506,14 @@ mod tests {
         .unwrap();
         let trust = Arc::new(MeshCa::from_cert_pem(ca.cert_pem()).unwrap());
         assert_eq!(trust.key_pem(), None);
-        let id = Identity::pre_issued(trust.clone(), "default", &services(&["web"]), &pem).unwrap();
+        let id = Identity::pre_issued(
+            trust.clone(),
+            "default",
+            &services(&["web"]),
+            &pem,
+            Renewer::Operator,
+        )
+        .unwrap();
         assert!(!id.renewable());
         assert!(matches!(id.renew(), Err(TlsError::NoCaKey)));
         let left = id.expires_at().duration_since(SystemTime::now()).unwrap();
@@ -415,8 +522,14 @@ mod tests {
             "{left:?}"
         );
 
-        let err =
-            Identity::pre_issued(trust.clone(), "default", &services(&["db"]), &pem).unwrap_err();
+        let err = Identity::pre_issued(
+            trust.clone(),
+            "default",
+            &services(&["db"]),
+            &pem,
+            Renewer::Operator,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("spiffe://default/db"), "{err}");
         let other = MeshCa::generate("default").unwrap();
         let foreign = issue_leaf_pem(
@@ -426,7 +539,14 @@ mod tests {
             Duration::from_secs(3600),
         )
         .unwrap();
-        assert!(Identity::pre_issued(trust, "default", &services(&["web"]), &foreign).is_err());
+        assert!(Identity::pre_issued(
+            trust,
+            "default",
+            &services(&["web"]),
+            &foreign,
+            Renewer::Operator
+        )
+        .is_err());
         let leaf_only = pem
             .split("-----END CERTIFICATE-----")
             .next()

@@ -16,6 +16,10 @@ pub struct CpBootstrap {
     pub ads: AdsConfig,
     /// Envoy's admin address the CP chose (`address`, `port`), when TCP.
     pub admin: Option<(String, u16)>,
+    /// The Unix socket kuma-cp puts Envoy's admin on instead (`admin.address.pipe.path`:
+    /// `<workdir>/kuma-envoy-admin.sock` when the proxy sends a workdir and kuma-cp's admin
+    /// over a Unix socket is on, as in 2.14 by default).
+    pub admin_socket: Option<PathBuf>,
     /// Whether the CP asks for health discovery (HDS) on the ADS cluster.
     pub hds: bool,
     /// `kumaSidecarConfiguration`.
@@ -192,10 +196,17 @@ pub fn parse_envoy_bootstrap(yaml: &str) -> Result<CpBootstrap, String> {
         .and_then(|a| a.optional("socketAddress"))
         .map(|s| socket_address(&s))
         .transpose()?;
+    let admin_socket = at
+        .optional("admin")
+        .and_then(|a| a.optional("address"))
+        .and_then(|a| a.optional("pipe"))
+        .map(|p| p.get("path")?.string().map(PathBuf::from))
+        .transpose()?;
     Ok(CpBootstrap {
         node,
         ads,
         admin,
+        admin_socket,
         hds: at.optional("hdsConfig").is_some(),
         sidecar: SidecarConfiguration::default(),
     })
@@ -513,6 +524,26 @@ mod tests {
             count += 1;
         }
         assert_eq!(count, 17, "the corpus has 17 bootstrap documents");
+    }
+
+    /// kuma-cp 2.14 puts Envoy's admin on `<workdir>/kuma-envoy-admin.sock` when the proxy
+    /// sends a workdir (seen against a real kuma-cp): the socket is read, no TCP admin given.
+    #[test]
+    fn admin_on_a_unix_socket_is_read() {
+        let text = golden("generator.default-config.golden.yaml");
+        let tcp =
+            "  address:\n    socketAddress:\n      address: 127.0.0.1\n      portValue: 1234\n";
+        assert!(text.contains(tcp), "the golden's admin changed shape");
+        let pipe =
+            "  address:\n    pipe:\n      mode: 384\n      path: /tmp/kuma-envoy-admin.sock\n";
+        let b = parse_envoy_bootstrap(&text.replacen(tcp, pipe, 1)).unwrap();
+        assert_eq!(b.admin, None);
+        assert_eq!(
+            b.admin_socket.as_deref(),
+            Some(std::path::Path::new("/tmp/kuma-envoy-admin.sock"))
+        );
+        let b = parse_envoy_bootstrap(&text).unwrap();
+        assert_eq!(b.admin_socket, None);
     }
 
     #[test]

@@ -179,6 +179,8 @@ pub fn compile(
                 mesh: m.mesh.clone(),
             }),
             sni_routes: None,
+            routes: None,
+            tcp_backends: Vec::new(),
             gateway: None,
             deny_all: denies.targeting(me, inbound),
         });
@@ -333,6 +335,7 @@ pub fn compile(
         transparent_proxy,
         dns,
         mtls: mtls.into_iter().map(|m| (m.mesh.clone(), m)).collect(),
+        kuma_endpoints: Default::default(),
     };
     config.version = config.content_version();
     Ok(config)
@@ -386,6 +389,8 @@ fn direct_access(
                 bind: false,
                 tls: None,
                 sni_routes: None,
+                routes: None,
+                tcp_backends: Vec::new(),
                 gateway: None,
                 deny_all: None,
             });
@@ -550,6 +555,8 @@ impl Outbounds<'_> {
             bind,
             tls: None,
             sni_routes: None,
+            routes: None,
+            tcp_backends: Vec::new(),
             gateway: None,
             deny_all: None,
         };

@@ -203,6 +203,8 @@ pub(crate) fn compile(
             bind: true,
             tls: None,
             sni_routes: None,
+            routes: None,
+            tcp_backends: Vec::new(),
             gateway: Some(GatewayListener {
                 protocol,
                 hosts,
@@ -367,6 +369,7 @@ fn precedence(r: &HttpRoute) -> impl Ord + '_ {
     let (kind, path) = match &r.matches.path {
         Some(PathMatch::Exact(p)) => (0, p.as_str()),
         Some(PathMatch::Prefix(p)) => (1, p.trim_end_matches('/')),
+        Some(PathMatch::StringPrefix(p)) => (1, p.as_str()),
         Some(PathMatch::Regex(p)) => (2, p.as_str()),
         None => (1, ""),
     };
@@ -473,12 +476,15 @@ fn http_routes(
                         .path
                         .as_ref()
                         .and_then(|p| path_rewrite(&p.replace_full, &p.replace_prefix_match)),
+                    // Kuma's gateway redirects drop the query (`stripQuery: true`).
+                    strip_query: true,
                 });
             }
             if let Some(rw) = &f.rewrite {
                 rewrite = Some(Rewrite {
                     path: path_rewrite(&rw.replace_full, &rw.replace_prefix_match),
                     host_to_backend_hostname: rw.host_to_backend_hostname,
+                    host: None,
                 });
             }
             if let Some(m) = &f.mirror {

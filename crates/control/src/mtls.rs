@@ -146,7 +146,13 @@ pub fn mesh_tls(
     let ca_key_pem = match (&identity_pem, ca.key_pem) {
         (Some(pem), _) => {
             let trust = bearing_tls::MeshCa::from_cert_pem(&ca.cert_pem).map_err(unusable)?;
-            bearing_tls::Identity::pre_issued(std::sync::Arc::new(trust), mesh_name, &services, pem)
+            bearing_tls::Identity::pre_issued(
+                std::sync::Arc::new(trust),
+                mesh_name,
+                &services,
+                pem,
+                bearing_tls::Renewer::Operator,
+            )
                 .map_err(|e| (field.clone(), format!("identity Secret {identity_name:?}: {e}")))?;
             None
         }
@@ -177,6 +183,7 @@ pub fn mesh_tls(
         services,
         permissive: ca.permissive,
         leaf_lifetime: ca.leaf_lifetime,
+        renewed_by_control_plane: false,
     }))
 }
 

@@ -102,6 +102,8 @@ pub fn compile(
         tls: None,
         sni_routes: Some(routes),
         gateway: None,
+        routes: None,
+        tcp_backends: Vec::new(),
         deny_all: None,
     };
     let mut config = ProxyConfig {
@@ -118,6 +120,7 @@ pub fn compile(
         transparent_proxy: None,
         dns: Vec::new(),
         mtls,
+        kuma_endpoints: Default::default(),
     };
     config.version = config.content_version();
     Ok(config)

@@ -5,8 +5,8 @@
 //! it is documented as having no effect on what Bearing serves: stats names, Kuma's own
 //! metadata), or it is NACKed by its path, with the policy it belongs to when it is one
 //! ([`POLICY_FIELDS`], [`POLICY_EXTENSIONS`]). Values of accepted fields that Bearing cannot
-//! honour (a route that is not `prefix: /`, weights that differ, ...) are checked by the
-//! translation itself.
+//! honour (a path template, two mirrors on one route, ...) are checked by the translation
+//! itself.
 
 use crate::decode::{descriptor_pool, TYPE_URL_PREFIX};
 use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
@@ -63,7 +63,21 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
         // idle_timeout: Kuma's default (1 h) only; see the translation.
         // metadata_match: only as the tags of a zone proxy's SNI; see the translation.
-        &["cluster", "stat_prefix", "idle_timeout", "metadata_match"],
+        &[
+            "cluster",
+            "weighted_clusters",
+            "stat_prefix",
+            "idle_timeout",
+            "metadata_match",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
+        &["clusters"],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
+        &["name", "weight"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -109,18 +123,122 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "name",
             "virtual_hosts",
             "validate_clusters",
-            // Kuma's x-kuma-tags plumbing only; see the translation.
             "request_headers_to_add",
             "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
         ],
     ),
     (
         "envoy.config.route.v3.VirtualHost",
-        &["name", "domains", "routes"],
+        &[
+            "name",
+            "domains",
+            "routes",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
     ),
-    ("envoy.config.route.v3.Route", &["name", "match", "route"]),
-    ("envoy.config.route.v3.RouteMatch", &["prefix"]),
-    ("envoy.config.route.v3.RouteAction", &["cluster", "timeout"]),
+    (
+        "envoy.config.route.v3.Route",
+        &[
+            "name",
+            "match",
+            "route",
+            "redirect",
+            "direct_response",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+            // Per-filter data (Kuma's `envoy.filters.http.lua` route name for MeshAccessLog),
+            // read only by filters that are NACKed themselves.
+            "metadata",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteMatch",
+        &[
+            "prefix",
+            "path",
+            "safe_regex",
+            "path_separated_prefix",
+            "headers",
+            "query_parameters",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.HeaderMatcher",
+        &[
+            "name",
+            "string_match",
+            "present_match",
+            "exact_match",
+            "safe_regex_match",
+            "prefix_match",
+            "suffix_match",
+            "contains_match",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.QueryParameterMatcher",
+        &["name", "string_match", "present_match"],
+    ),
+    // The engine is RE2 syntax, matched by the `regex` crate.
+    ("envoy.type.matcher.v3.RegexMatcher", &["regex", "google_re2"]),
+    (
+        "envoy.type.matcher.v3.RegexMatchAndSubstitute",
+        &["pattern", "substitution"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction",
+        &[
+            "cluster",
+            "weighted_clusters",
+            "timeout",
+            "prefix_rewrite",
+            "regex_rewrite",
+            "host_rewrite_literal",
+            "request_mirror_policies",
+        ],
+    ),
+    ("envoy.config.route.v3.WeightedCluster", &["clusters"]),
+    (
+        "envoy.config.route.v3.WeightedCluster.ClusterWeight",
+        &["name", "weight"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
+        &["cluster", "runtime_fraction"],
+    ),
+    (
+        "envoy.config.core.v3.RuntimeFractionalPercent",
+        &["default_value"],
+    ),
+    (
+        "envoy.type.v3.FractionalPercent",
+        &["numerator", "denominator"],
+    ),
+    (
+        "envoy.config.route.v3.RedirectAction",
+        &[
+            "scheme_redirect",
+            "https_redirect",
+            "host_redirect",
+            "port_redirect",
+            "path_redirect",
+            "prefix_rewrite",
+            "regex_rewrite",
+            "response_code",
+            "strip_query",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.DirectResponseAction",
+        &["status", "body"],
+    ),
     (
         "envoy.config.core.v3.HeaderValueOption",
         &["header", "append_action"],
@@ -233,7 +351,12 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
         &["san_type", "matcher"],
     ),
-    ("envoy.type.matcher.v3.StringMatcher", &["exact", "prefix"]),
+    // Subject alt names are verified by exact value only: the translation NACKs the other
+    // kinds there (`san_kinds`).
+    (
+        "envoy.type.matcher.v3.StringMatcher",
+        &["exact", "prefix", "suffix", "contains", "safe_regex"],
+    ),
     (
         "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",
         &["name", "sds_config"],
@@ -306,8 +429,6 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("HttpProtocolOptions.max_stream_duration", "timeouts"),
     ("HttpProtocolOptions.idle_timeout", "timeouts"),
     ("HttpProtocolOptions.max_connection_duration", "timeouts"),
-    ("RouteAction.weighted_clusters", "weighted clusters"),
-    ("TcpProxy.weighted_clusters", "weighted clusters"),
     ("Route.typed_per_filter_config", "per-route filters"),
 ];
 

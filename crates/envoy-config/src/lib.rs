@@ -4,6 +4,7 @@
 
 pub mod decode;
 mod fields;
+mod routes;
 pub use fields::POLICY_NOT_ENFORCED;
 pub mod translate;
 

@@ -1,8 +1,8 @@
 //! Envoy resources (as kuma-cp sends them) translated into Bearing's `ProxyConfig`.
 //!
 //! What today's model expresses is translated faithfully: sidecar inbound and outbound
-//! listeners (TCP proxy, or an HTTP connection manager whose one route sends everything to one
-//! cluster), mesh mTLS from SDS secrets, the transparent-proxy capture listeners, clusters
+//! listeners (TCP proxy to a cluster or weighted clusters, or an HTTP connection manager with
+//! its inline route table, `routes.rs`), mesh mTLS from SDS secrets, the transparent-proxy capture listeners, clusters
 //! (STATIC, EDS, STRICT_DNS with IP addresses) with their endpoints, timeouts, circuit breakers
 //! and upstream TLS, zone ingress/egress SNI routes and Kuma's DNS table. Kuma's plumbing that
 //! Bearing serves itself (admin `/ready`, readiness, Prometheus metrics) is recognised by name
@@ -15,10 +15,11 @@ use crate::decode::{
 use crate::fields::{
     self, Unhandled, KUMA_STREAM_IDLE_TIMEOUTS, KUMA_TCP_IDLE_TIMEOUTS, POLICY_NOT_ENFORCED,
 };
+use crate::routes::{self, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
-    CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, Listener, MeshTls,
-    Protocol, ProxyConfig, ProxyIdentity, SniRoute, SniTarget, TransparentProxy, UpstreamTls,
-    Verification,
+    CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, KumaEndpoints,
+    Listener, MeshTls, PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity, RouteTable,
+    SniRoute, SniTarget, TransparentProxy, UpstreamTls, Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -39,17 +40,20 @@ use std::time::Duration;
 
 /// Envoy's default connect timeout, used when a cluster sets none.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Envoy's default route timeout, used when a route sets none.
-const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Listeners that are Kuma's plumbing, served by Bearing itself rather than configured.
-const PLUMBING_LISTENERS: [&str; 2] = ["kuma:envoy:admin", "kuma:metrics:prometheus"];
-/// Clusters that are Kuma's plumbing behind those listeners.
-const PLUMBING_CLUSTERS: [&str; 3] = [
-    "kuma:envoy:admin",
-    "kuma:readiness",
-    "kuma:metrics:hijacker",
-];
+/// Kuma's listener on the Dataplane's address whose plain chain routes `/ready` to kuma-dp's
+/// readiness reporter (its TLS chain is kuma-cp's own access to Envoy's admin API).
+const ADMIN_LISTENER: &str = "kuma:envoy:admin";
+/// Kuma's cluster of kuma-dp's readiness reporter.
+const READINESS_CLUSTER: &str = "kuma:readiness";
+/// Kuma's Prometheus scrape listener, routed to kuma-dp's metrics hijacker.
+const PROMETHEUS_LISTENER: &str = "kuma:metrics:prometheus";
+/// The cluster of kuma-dp's metrics hijacker (a Unix socket kuma-dp serves).
+const HIJACKER_CLUSTER: &str = "kuma:metrics:hijacker";
+/// Clusters behind Kuma's plumbing listeners, which Bearing answers itself: Envoy's admin
+/// API (kuma-cp's TLS chain, not served), the readiness reporter (its address is read) and
+/// the metrics hijacker.
+const PLUMBING_CLUSTERS: [&str; 3] = ["kuma:envoy:admin", READINESS_CLUSTER, HIJACKER_CLUSTER];
 /// The transparent proxy's capture listeners and clusters (IPv4, IPv6).
 const CAPTURE_OUTBOUND: [&str; 2] = ["outbound:passthrough:ipv4", "outbound:passthrough:ipv6"];
 const CAPTURE_INBOUND: [&str; 2] = ["inbound:passthrough:ipv4", "inbound:passthrough:ipv6"];
@@ -75,9 +79,11 @@ pub struct Nack {
     pub field: String,
     /// Why it is refused.
     pub reason: String,
-    /// The resource names a Secret that has not arrived (yet). Envoy keeps such a listener or
-    /// cluster warming rather than refusing it, and kuma-cp pushes Secrets after Listeners, so
-    /// a state whose every Nack is awaiting is waited on, not NACKed.
+    /// The resource names a Secret or a Cluster that has not arrived (yet), or no longer is
+    /// there. Envoy keeps such a listener or cluster warming (Secrets) or serves it failing
+    /// (Clusters) rather than refusing the update, and kuma-cp pushes Secrets after Listeners,
+    /// a new Cluster before the Listener using it and a Listener's removal after its Cluster's,
+    /// so a state whose every Nack is awaiting is waited on, not NACKed.
     pub awaiting: bool,
 }
 
@@ -150,6 +156,28 @@ impl ResourceSet {
             .map(drop)
             .map_err(|e| nack(format!("does not decode: {e}")))
     }
+
+    /// Replaces every resource of `type_url` with `resources` (name, bytes), as a
+    /// State-of-the-World response replaces its type's set; the others are kept. Returns a
+    /// NACK per resource that does not decode (see [`ResourceSet::insert`]).
+    pub fn replace_type<'a>(
+        &mut self,
+        type_url: &str,
+        resources: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Vec<Nack> {
+        match type_url {
+            LISTENER => self.listeners.clear(),
+            CLUSTER => self.clusters.clear(),
+            CLUSTER_LOAD_ASSIGNMENT => self.endpoints.clear(),
+            SECRET => self.secrets.clear(),
+            ROUTE_CONFIGURATION => self.routes.clear(),
+            _ => {}
+        }
+        resources
+            .into_iter()
+            .filter_map(|(name, bytes)| self.insert(name, type_url, bytes).err())
+            .collect()
+    }
 }
 
 /// Translates a proxy's Envoy resources into its `ProxyConfig`, or every reason it cannot.
@@ -164,7 +192,7 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         meshes: BTreeSet::new(),
         permissive: BTreeSet::new(),
         dns: Vec::new(),
-        admin_port: None,
+        kuma_endpoints: KumaEndpoints::default(),
     };
     let transparent_proxy = t.capture();
     let consumed_clusters = t.consumed_clusters(transparent_proxy.is_some());
@@ -178,6 +206,9 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         }
     }
     let direct_sources: BTreeSet<&str> = direct.iter().map(|d| d.2.as_str()).collect();
+    if let Some(cluster) = resources.clusters.get(READINESS_CLUSTER) {
+        t.readiness_reporter(cluster);
+    }
     for (name, cluster) in &resources.clusters {
         if name.starts_with("_kuma:metrics:") {
             let reason = format!("metrics: {POLICY_NOT_ENFORCED} (a MeshMetric backend cluster)");
@@ -210,23 +241,33 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
             name: node.name.clone(),
             mesh: node.mesh.clone(),
             proxy_type: node.proxy_type.clone(),
-            admin_port: t.admin_port,
+            // kuma-dp takes the admin port from the bootstrap, not from xDS.
+            admin_port: None,
         },
         listeners: t.listeners,
         clusters: t.clusters,
         transparent_proxy,
         dns: t.dns,
         mtls,
+        kuma_endpoints: t.kuma_endpoints,
     };
     config.version = config.content_version();
     Ok(config)
 }
 
-/// How a listener's HTTP connection manager or TCP proxy reaches its cluster.
+/// How a listener's HTTP connection manager or TCP proxy reaches its clusters.
+#[derive(PartialEq)]
 struct Route {
+    /// The one cluster of a plain listener (empty when `table` or `tcp_backends` decide).
     cluster: String,
     protocol: Protocol,
-    timeout: Option<Duration>,
+    /// An HTTP connection manager's route table, when it routes.
+    table: Option<RouteTable>,
+    /// A TCP proxy's weighted clusters, when it splits.
+    tcp_backends: Vec<WeightedCluster>,
+    /// Every cluster reached, with the response timeout of the routes reaching it and
+    /// where (a TCP proxy's: none).
+    reached: Reached,
     /// A TCP proxy's `metadata_match` (`envoy.lb` tags the endpoints must carry).
     subset: BTreeMap<String, String>,
 }
@@ -246,7 +287,7 @@ struct Translator<'a> {
     /// Meshes with an inbound that accepts plaintext beside mTLS.
     permissive: BTreeSet<String>,
     dns: Vec<DnsRecord>,
-    admin_port: Option<u16>,
+    kuma_endpoints: KumaEndpoints,
 }
 
 fn listener_path(name: &str) -> String {
@@ -257,7 +298,7 @@ fn cluster_path(name: &str) -> String {
     format!("clusters[{name:?}]")
 }
 
-fn duration(d: &PbDuration) -> Duration {
+pub(crate) fn duration(d: &PbDuration) -> Duration {
     Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
 }
 
@@ -336,11 +377,18 @@ impl Translator<'_> {
     /// `resource` names the Secret `secret`, which is not among the Secret resources: a Nack
     /// that only waits for it (see [`Nack::awaiting`]).
     fn await_secret(&mut self, type_url: &str, resource: &str, field: String, secret: &str) {
+        let reason = format!("secret {secret} is not among the Secret resources");
+        self.awaits(type_url, resource, field, reason);
+    }
+
+    /// A Nack of `resource` that only waits for another resource to come or go (see
+    /// [`Nack::awaiting`]).
+    fn awaits(&mut self, type_url: &str, resource: &str, field: String, reason: String) {
         self.nacks.push(Nack {
             type_url: type_url.to_string(),
             resource: resource.to_string(),
             field,
-            reason: format!("secret {secret} is not among the Secret resources"),
+            reason,
             awaiting: true,
         });
     }
@@ -457,14 +505,11 @@ impl Translator<'_> {
         if CAPTURE_OUTBOUND.contains(&name) || CAPTURE_INBOUND.contains(&name) {
             return;
         }
-        if PLUMBING_LISTENERS.contains(&name) {
-            if name == "kuma:envoy:admin" {
-                self.admin_port = socket_address(listener.address.as_ref())
-                    .ok()
-                    .map(|a| a.port())
-                    .filter(|p| *p != 0);
-            }
-            return;
+        if name == ADMIN_LISTENER {
+            return self.ready_listener(name, listener);
+        }
+        if name == PROMETHEUS_LISTENER {
+            return self.prometheus_listener(name, listener);
         }
         if name == "_kuma:dynamicconfig" {
             return self.dynamic_config(name, listener);
@@ -551,6 +596,8 @@ impl Translator<'_> {
             bind,
             tls: None,
             sni_routes: None,
+            routes: None,
+            tcp_backends: Vec::new(),
             gateway: None,
             deny_all: None,
         };
@@ -636,12 +683,19 @@ impl Translator<'_> {
                 self.nack(LISTENER, name, format!("{at}.filters"), "metadata_match: endpoint subsets are implemented only by a zone proxy's SNI tags");
             }
             match &route {
-                Some(r) if r.cluster != this.cluster || r.protocol != this.protocol => self.nack(
+                Some(r)
+                    if r.cluster != this.cluster
+                        || r.protocol != this.protocol
+                        || r.table != this.table
+                        || r.tcp_backends != this.tcp_backends =>
+                {
+                    self.nack(
                     LISTENER,
                     name,
                     format!("{at}.filters"),
                     "chains that lead to different clusters or protocols: ProxyConfig holds one destination per listener",
-                ),
+                )
+                }
                 Some(_) => {}
                 None => route = Some(this),
             }
@@ -657,22 +711,37 @@ impl Translator<'_> {
             out.tls = Some(DownstreamTls { mesh });
         }
         if let Some(mut r) = route {
-            let original_dst = self.set.clusters.get(&r.cluster).is_some_and(|c| {
-                cluster_type(c) == cluster_pb::cluster::DiscoveryType::OriginalDst as i32
-            });
-            if original_dst {
+            let original_dst = |c: &str| {
+                self.set.clusters.get(c).is_some_and(|c| {
+                    cluster_type(c) == cluster_pb::cluster::DiscoveryType::OriginalDst as i32
+                })
+            };
+            if let Some((c, _, at)) = r.reached.iter().find(|(c, ..)| original_dst(c)) {
+                if r.cluster.is_empty() {
+                    let reason = format!("cluster {c:?} (ORIGINAL_DST) in a route table or among weighted clusters: only a listener's one cluster can be its original destination");
+                    return self.nack(LISTENER, name, at.clone(), reason);
+                }
+            }
+            if original_dst(&r.cluster) {
                 // The original destination of a connection this listener claims by address
                 // is the listener's own address.
                 self.direct
                     .push((name.to_string(), out.address, r.cluster.clone()));
                 r.cluster = name.to_string();
+                for reached in &mut r.reached {
+                    reached.0 = name.to_string();
+                }
             }
             out.protocol = r.protocol;
             out.cluster = r.cluster.clone();
+            out.routes = r.table;
+            out.tcp_backends = r.tcp_backends;
             if out.service.is_empty() && out.direction == Direction::Outbound {
                 out.service = r.cluster.clone();
             }
-            self.route_to(r.cluster, r.protocol, r.timeout, name);
+            for (cluster, timeout, at) in r.reached {
+                self.route_to(cluster, r.protocol, timeout, name, at);
+            }
         }
     }
 
@@ -683,7 +752,7 @@ impl Translator<'_> {
         at: &str,
         chain: &listener_pb::FilterChain,
     ) -> Option<Route> {
-        let mut found = None;
+        let (mut found, mut http) = (None, false);
         for (j, filter) in chain.filters.iter().enumerate() {
             let Some(listener_pb::filter::ConfigType::TypedConfig(any)) = &filter.config_type
             else {
@@ -699,14 +768,32 @@ impl Translator<'_> {
             if let Some(tcp) =
                 typed::<tcp_pb::TcpProxy>(any).filter(|_| type_name(any).ends_with("TcpProxy"))
             {
+                let subset = struct_strings(tcp.metadata_match.as_ref(), "envoy.lb");
                 found = match tcp.cluster_specifier {
                     Some(tcp_pb::tcp_proxy::ClusterSpecifier::Cluster(c)) => Some(Route {
+                        reached: vec![(c.clone(), None, fpath.clone())],
                         cluster: c,
                         protocol: Protocol::Tcp,
-                        timeout: None,
-                        subset: struct_strings(tcp.metadata_match.as_ref(), "envoy.lb"),
+                        table: None,
+                        tcp_backends: Vec::new(),
+                        subset,
                     }),
-                    _ => None,
+                    Some(tcp_pb::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+                        let backends = routes::tcp_weighted(&w);
+                        let at = format!("{fpath}.weighted_clusters");
+                        Some(Route {
+                            reached: backends
+                                .iter()
+                                .map(|b| (b.cluster.clone(), None, at.clone()))
+                                .collect(),
+                            cluster: String::new(),
+                            protocol: Protocol::Tcp,
+                            table: None,
+                            tcp_backends: backends,
+                            subset,
+                        })
+                    }
+                    None => None,
                 };
                 if let Some(idle) = &tcp.idle_timeout {
                     if !KUMA_TCP_IDLE_TIMEOUTS.contains(&duration(idle)) {
@@ -716,10 +803,12 @@ impl Translator<'_> {
             } else if let Some(hcm) = typed::<hcm_pb::HttpConnectionManager>(any)
                 .filter(|_| type_name(any).ends_with("HttpConnectionManager"))
             {
+                // A route configuration that does not translate has its own NACKs.
+                http = true;
                 found = self.http_route(name, &fpath, &hcm);
             }
         }
-        if found.is_none() {
+        if found.is_none() && !http {
             self.nack(
                 LISTENER,
                 name,
@@ -786,80 +875,21 @@ impl Translator<'_> {
             return None;
         };
         let rpath = format!("{at}.route_config");
-        let added = rc.request_headers_to_add.iter().enumerate().map(|(k, h)| {
-            let key = h.header.as_ref().map_or("", |h| h.key.as_str());
-            (format!("request_headers_to_add[{k}]"), key)
-        });
-        let removed = rc.request_headers_to_remove.iter().enumerate();
-        let removed = removed.map(|(k, h)| (format!("request_headers_to_remove[{k}]"), h.as_str()));
-        for (field, key) in added.chain(removed) {
-            if key != "x-kuma-tags" {
-                let reason =
-                    "header edits are not implemented (only Kuma's x-kuma-tags is understood)";
-                self.nack(LISTENER, name, format!("{rpath}.{field}"), reason);
-            }
+        let (mut problems, mut reached) = (Vec::new(), Vec::new());
+        let routing = routes::route_config(rc, &rpath, &mut problems, &mut reached);
+        for (field, reason) in problems {
+            self.nack(LISTENER, name, field, reason);
         }
-        let [vhost] = rc.virtual_hosts.as_slice() else {
-            self.nack(LISTENER, name, format!("{rpath}.virtual_hosts"), "ProxyConfig routes a sidecar listener to one cluster: exactly one virtual host is implemented");
-            return None;
-        };
-        if vhost.domains != ["*"] {
-            self.nack(
-                LISTENER,
-                name,
-                format!("{rpath}.virtual_hosts[0].domains"),
-                "only the domain `*` is implemented on sidecar listeners",
-            );
-        }
-        let [route] = vhost.routes.as_slice() else {
-            self.nack(LISTENER, name, format!("{rpath}.virtual_hosts[0].routes"), "ProxyConfig routes a sidecar listener to one cluster: exactly one route is implemented");
-            return None;
-        };
-        let route_at = format!("{rpath}.virtual_hosts[0].routes[0]");
-        let prefix = route
-            .r#match
-            .as_ref()
-            .and_then(|m| match &m.path_specifier {
-                Some(route_pb::route_match::PathSpecifier::Prefix(p)) => Some(p.as_str()),
-                _ => None,
-            });
-        if prefix != Some("/") {
-            self.nack(
-                LISTENER,
-                name,
-                format!("{route_at}.match"),
-                "only `prefix: /` is implemented on sidecar listeners",
-            );
-        }
-        let Some(route_pb::route::Action::Route(action)) = &route.action else {
-            self.nack(
-                LISTENER,
-                name,
-                format!("{route_at}.action"),
-                "only a route to a cluster is implemented",
-            );
-            return None;
-        };
-        let Some(route_pb::route_action::ClusterSpecifier::Cluster(cluster)) =
-            &action.cluster_specifier
-        else {
-            self.nack(
-                LISTENER,
-                name,
-                format!("{route_at}.route.cluster_specifier"),
-                "only a route to one cluster is implemented",
-            );
-            return None;
-        };
-        let timeout = match action.timeout.as_ref().map(duration) {
-            None => Some(DEFAULT_ROUTE_TIMEOUT),
-            Some(Duration::ZERO) => None,
-            Some(d) => Some(d),
+        let (cluster, table) = match routing? {
+            HttpRouting::One(cluster) => (cluster, None),
+            HttpRouting::Table(table) => (String::new(), Some(table)),
         };
         Some(Route {
-            cluster: cluster.clone(),
+            cluster,
             protocol,
-            timeout,
+            table,
+            tcp_backends: Vec::new(),
+            reached,
             subset: BTreeMap::new(),
         })
     }
@@ -909,6 +939,11 @@ impl Translator<'_> {
             );
         }
         let common = ctx.common_tls_context.unwrap_or_default();
+        if let Some(i) = san_kinds(&common) {
+            let field = format!("{at}.common_tls_context.validation_context.match_typed_subject_alt_names[{i}].matcher");
+            let reason = "clients are verified by their mesh's SPIFFE prefix only";
+            self.nack(LISTENER, name, field, reason);
+        }
         let mesh =
             self.identity_mesh(LISTENER, name, &format!("{at}.common_tls_context"), &common)?;
         let ca = validation_sds(&common);
@@ -1014,7 +1049,13 @@ impl Translator<'_> {
                     Err(reason) => self.nack(LISTENER, name, at, reason),
                 }
             }
-            self.route_to(route.cluster.clone(), Protocol::Tcp, None, name);
+            self.route_to(
+                route.cluster.clone(),
+                Protocol::Tcp,
+                None,
+                name,
+                path.clone(),
+            );
         }
         routes
     }
@@ -1255,6 +1296,18 @@ impl Translator<'_> {
         let common = ctx.common_tls_context.clone().unwrap_or_default();
         let sans = subject_alt_names(&common);
         let common_at = format!("{at}.common_tls_context");
+        if let Some(i) = san_kinds(&common) {
+            let field = format!(
+                "{common_at}.validation_context.match_typed_subject_alt_names[{i}].matcher"
+            );
+            self.nack(
+                CLUSTER,
+                name,
+                field,
+                "subject alt names are verified by exact value only",
+            );
+            return None;
+        }
         if common
             .tls_certificate_sds_secret_configs
             .iter()
@@ -1381,6 +1434,109 @@ impl Translator<'_> {
     }
 
     /// `_kuma:dynamicconfig`: the `/dns` direct response holds the DNS table.
+    /// `kuma:envoy:admin`: `/ready` on the Dataplane's address, for kubelet probes. Its
+    /// TLS chain (kuma-cp reading Envoy's admin API) is not served: Bearing exposes nothing
+    /// else of its admin API off loopback.
+    fn ready_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
+        let path = listener_path(name);
+        let address = match socket_address(listener.address.as_ref()) {
+            Ok(a) if a.port() == 0 => return, // no admin port: nothing to answer on
+            Ok(a) => a,
+            Err(e) => return self.nack(LISTENER, name, format!("{path}.address"), e),
+        };
+        let ready = plain_prefix_routes(listener)
+            .any(|(prefix, cluster)| prefix == "/ready" && cluster == READINESS_CLUSTER);
+        if !ready {
+            return self.nack(
+                LISTENER,
+                name,
+                format!("{path}.filter_chains"),
+                format!("no plaintext chain routes /ready to {READINESS_CLUSTER}, as Kuma's admin listener does"),
+            );
+        }
+        self.kuma_endpoints.ready = Some(address);
+    }
+
+    /// `kuma:readiness`: where kuma-dp's readiness reporter listens (loopback and
+    /// `--readiness-port`, as the bootstrap request told kuma-cp).
+    fn readiness_reporter(&mut self, cluster: &cluster_pb::Cluster) {
+        let address = cluster
+            .load_assignment
+            .iter()
+            .flat_map(|a| &a.endpoints)
+            .flat_map(|l| &l.lb_endpoints)
+            .find_map(|e| match &e.host_identifier {
+                Some(endpoint_pb::lb_endpoint::HostIdentifier::Endpoint(e)) => Some(e),
+                _ => None,
+            })
+            .map(|e| match &e.address {
+                // kuma-cp with Envoy's admin on a Unix socket: kuma-dp's reporter is
+                // reached there; Bearing answers `/ready` on the admin listener itself.
+                Some(core_pb::Address {
+                    address: Some(core_pb::address::Address::Pipe(_)),
+                }) => Ok(None),
+                address => socket_address(address.as_ref()).map(Some),
+            });
+        let path = cluster_path(READINESS_CLUSTER);
+        match address {
+            Some(Ok(a)) => self.kuma_endpoints.readiness_reporter = a.filter(|a| a.port() != 0),
+            Some(Err(e)) => self.nack(
+                CLUSTER,
+                READINESS_CLUSTER,
+                format!("{path}.load_assignment"),
+                e,
+            ),
+            None => self.nack(
+                CLUSTER,
+                READINESS_CLUSTER,
+                format!("{path}.load_assignment"),
+                "the readiness reporter's cluster has no endpoint",
+            ),
+        }
+    }
+
+    /// `kuma:metrics:prometheus`: the Mesh's Prometheus backend, answered with Bearing's
+    /// metrics where kuma-dp's hijacker would merge Envoy's. The route's rewrite carries
+    /// Envoy's stats filter for the hijacker (`?filter=...&usedonly`), which has no effect
+    /// on Bearing's own metrics.
+    fn prometheus_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
+        let path = listener_path(name);
+        let mut found = fields::unhandled_in(
+            "envoy.config.listener.v3.Listener",
+            &listener.encode_to_vec(),
+            &path,
+        );
+        found.retain(|u| !u.path.ends_with(".prefix_rewrite"));
+        let before = self.nacks.len();
+        self.unhandled(LISTENER, name, found);
+        let address = match socket_address(listener.address.as_ref()) {
+            Ok(a) => a,
+            Err(e) => return self.nack(LISTENER, name, format!("{path}.address"), e),
+        };
+        for (i, chain) in listener.filter_chains.iter().enumerate() {
+            if chain.transport_socket.is_some() {
+                self.nack(LISTENER, name, format!("{path}.filter_chains[{i}].transport_socket"), "metrics over TLS (the Prometheus backend's tls mode, or mesh mTLS without skipMTLS) is not implemented: Bearing serves its metrics in plaintext");
+            }
+        }
+        let routes: Vec<_> = plain_prefix_routes(listener).collect();
+        match routes.as_slice() {
+            [(prefix, cluster)] if cluster == HIJACKER_CLUSTER => {
+                if self.nacks.len() == before {
+                    self.kuma_endpoints.prometheus = Some(PrometheusEndpoint {
+                        address,
+                        path: prefix.clone(),
+                    });
+                }
+            }
+            _ => self.nack(
+                LISTENER,
+                name,
+                format!("{path}.filter_chains"),
+                format!("expected one plaintext chain with one prefix route to {HIJACKER_CLUSTER}, as Kuma's Prometheus listener has"),
+            ),
+        }
+    }
+
     fn dynamic_config(&mut self, name: &str, listener: &listener_pb::Listener) {
         let path = listener_path(name);
         for (i, chain) in listener.filter_chains.iter().enumerate() {
@@ -1526,15 +1682,26 @@ impl Translator<'_> {
         }
     }
 
-    /// Records that `listener` reaches `cluster` with `protocol`; an HTTP route's protocol and
-    /// timeout win over a TCP proxy's (which ignores the cluster's HTTP options, as Envoy's).
+    /// Records that `listener` reaches `cluster` with `protocol` (by the route at `at`); an
+    /// HTTP route's protocol and timeout win over a TCP proxy's (which ignores the cluster's
+    /// HTTP options, as Envoy's). HTTP routes reaching one cluster with different timeouts
+    /// are NACKed: ProxyConfig holds a response timeout per cluster.
     fn route_to(
         &mut self,
         cluster: String,
         protocol: Protocol,
         timeout: Option<Duration>,
         listener: &str,
+        at: String,
     ) {
+        let conflict = self.routed.get(&cluster).and_then(|(p, t, _)| {
+            (p.is_http() && protocol.is_http() && *t != timeout).then_some(*t)
+        });
+        if let Some(other) = conflict {
+            // Kuma's routes differ in timeout only by a MeshTimeout.
+            let reason = format!("timeouts: {POLICY_NOT_ENFORCED} (routes to cluster {cluster:?} with different timeouts, {other:?} and {timeout:?}: ProxyConfig holds one per cluster)");
+            return self.nack(LISTENER, listener, at, reason);
+        }
         let route = (protocol, timeout, listener.to_string());
         self.routed
             .entry(cluster)
@@ -1551,7 +1718,7 @@ impl Translator<'_> {
         for (cluster_name, (protocol, timeout, listener)) in std::mem::take(&mut self.routed) {
             let Some(cluster) = self.clusters.get_mut(&cluster_name) else {
                 if !self.nacks.iter().any(|n| n.resource == cluster_name) {
-                    self.nack(
+                    self.awaits(
                         LISTENER,
                         &listener,
                         listener_path(&listener),
@@ -1620,6 +1787,21 @@ impl Translator<'_> {
                 );
                 continue;
             };
+            // Loaded as the runtime loads them, so a Secret that cannot serve is NACKed (the
+            // last good config serving on, as Envoy refuses an SDS update that fails to
+            // load) instead of being applied and then refusing every mTLS connection.
+            if let Err(e) = bearing_tls::load_identity_pem(&identity_pem, &identity_pem) {
+                self.nack(
+                    SECRET,
+                    &identity_name,
+                    format!("secrets[{identity_name:?}].tls_certificate"),
+                    format!("the mesh identity does not load: {e}"),
+                );
+                continue;
+            }
+            let leaf_lifetime = bearing_tls::leaf_validity(&identity_pem)
+                .map(|(from, until)| until.duration_since(from).unwrap_or_default())
+                .unwrap_or_default();
             let Some(ca_cert_pem) = self.secret_ca(&ca_name) else {
                 self.nack(
                     SECRET,
@@ -1629,6 +1811,15 @@ impl Translator<'_> {
                 );
                 continue;
             };
+            if let Err(e) = bearing_tls::MeshCa::from_cert_pem(&ca_cert_pem) {
+                self.nack(
+                    SECRET,
+                    &ca_name,
+                    format!("secrets[{ca_name:?}].validation_context.trusted_ca"),
+                    format!("the mesh CA does not load: {e}"),
+                );
+                continue;
+            }
             out.insert(
                 mesh.clone(),
                 MeshTls {
@@ -1639,13 +1830,52 @@ impl Translator<'_> {
                     ca_key_pem: None,
                     identity_pem: Some(identity_pem),
                     services: services.clone(),
-                    // Not renewed here: kuma-cp pushes the renewed secret.
-                    leaf_lifetime: Duration::ZERO,
+                    // The SDS leaf's own lifetime; not renewed here: kuma-cp pushes the
+                    // renewed secret.
+                    leaf_lifetime,
+                    renewed_by_control_plane: true,
                 },
             );
         }
         out
     }
+}
+
+/// The prefix routes to a cluster of a listener's plaintext chains' inline HTTP routes:
+/// (prefix, cluster).
+fn plain_prefix_routes(
+    listener: &listener_pb::Listener,
+) -> impl Iterator<Item = (String, String)> + '_ {
+    listener
+        .filter_chains
+        .iter()
+        .filter(|chain| chain.transport_socket.is_none())
+        .flat_map(|chain| &chain.filters)
+        .filter_map(|filter| match &filter.config_type {
+            Some(listener_pb::filter::ConfigType::TypedConfig(any)) => {
+                typed::<hcm_pb::HttpConnectionManager>(any)
+            }
+            _ => None,
+        })
+        .filter_map(|hcm| match hcm.route_specifier {
+            Some(hcm_pb::http_connection_manager::RouteSpecifier::RouteConfig(rc)) => Some(rc),
+            _ => None,
+        })
+        .flat_map(|rc| rc.virtual_hosts.into_iter().flat_map(|v| v.routes))
+        .filter_map(|route| {
+            let prefix = match route.r#match?.path_specifier? {
+                route_pb::route_match::PathSpecifier::Prefix(p) => p,
+                _ => return None,
+            };
+            let cluster = match route.action? {
+                route_pb::route::Action::Route(action) => match action.cluster_specifier? {
+                    route_pb::route_action::ClusterSpecifier::Cluster(c) => c,
+                    _ => return None,
+                },
+                _ => return None,
+            };
+            Some((prefix, cluster))
+        })
 }
 
 /// An ORIGINAL_DST cluster as seen from a listener that claims connections by its own
@@ -1718,6 +1948,28 @@ fn validation_sds(common: &tls_pb::CommonTlsContext) -> Option<String> {
 }
 
 /// The exact subject alternative names a TLS context verifies (type, value).
+/// The index of the first subject alt name matcher of a kind no TLS context verifies
+/// (suffix, contains, regex: the string matcher kinds accepted for routes).
+fn san_kinds(common: &tls_pb::CommonTlsContext) -> Option<usize> {
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern as M;
+    use tls_pb::common_tls_context::ValidationContextType as V;
+    let validation = match &common.validation_context_type {
+        Some(V::ValidationContext(v)) => Some(v),
+        Some(V::CombinedValidationContext(c)) => c.default_validation_context.as_ref(),
+        _ => None,
+    };
+    validation?
+        .match_typed_subject_alt_names
+        .iter()
+        .position(|m| {
+            let pattern = m.matcher.as_ref().and_then(|m| m.match_pattern.as_ref());
+            matches!(
+                pattern,
+                Some(M::Suffix(_) | M::Contains(_) | M::SafeRegex(_))
+            )
+        })
+}
+
 fn subject_alt_names(common: &tls_pb::CommonTlsContext) -> Vec<(i32, String)> {
     use tls_pb::common_tls_context::ValidationContextType as V;
     let validation = match &common.validation_context_type {
@@ -1737,7 +1989,7 @@ fn subject_alt_names(common: &tls_pb::CommonTlsContext) -> Vec<(i32, String)> {
         .collect()
 }
 
-fn data_text(source: Option<&core_pb::DataSource>) -> Option<String> {
+pub(crate) fn data_text(source: Option<&core_pb::DataSource>) -> Option<String> {
     use core_pb::data_source::Specifier;
     match source?.specifier.as_ref()? {
         Specifier::InlineBytes(b) => String::from_utf8(b.clone()).ok(),
@@ -1807,10 +2059,14 @@ fn sni_target(sni: &str) -> Result<(SniTarget, BTreeMap<String, String>), String
             r.kind
         ));
     }
-    if sni.starts_with("sni.") {
-        return Err(format!(
-            "SNI {sni:?} is Kuma's KRI form, which Bearing does not parse yet"
-        ));
+    if let Some(kri) = bearing_tls::parse_kri_sni(sni) {
+        // Matched byte for byte, as the zone ingress routes it (MADR 101: the SNI is derived
+        // from the resource's KRI, so equal resources give equal bytes).
+        let target = SniTarget::Kri {
+            mesh: kri.mesh.to_string(),
+            sni: sni.to_string(),
+        };
+        return Ok((target, BTreeMap::new()));
     }
     Err(format!(
         "SNI {sni:?} is not a Kuma SNI form Bearing routes by"
@@ -1821,8 +2077,23 @@ fn sni_target(sni: &str) -> Result<(SniTarget, BTreeMap<String, String>), String
 mod tests {
     use super::*;
     use crate::decode::{decode_raw, parse_golden};
+    use bearing_proxy_config::{
+        HeaderMatch, PathMatch, PathRewrite, Redirect, RouteAction, ValueMatch,
+    };
 
-    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";
+    /// A CA certificate valid for one day from 2026-01-01 and its key (PEM), standing for
+    /// both mesh Secrets.
+    fn test_ca() -> &'static (String, String) {
+        static PEM: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+        PEM.get_or_init(|| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2026, 1, 2);
+            let key = rcgen::KeyPair::generate().unwrap();
+            (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+        })
+    }
 
     fn set(yaml: &str) -> ResourceSet {
         let mut set = ResourceSet::default();
@@ -1854,7 +2125,7 @@ mod tests {
     name: identity_cert:secret:default
     tlsCertificate:
       certificateChain: {{inlineBytes: {c}}}
-      privateKey: {{inlineBytes: {c}}}
+      privateKey: {{inlineBytes: {k}}}
 - name: mesh_ca:secret:default
   resource:
     '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
@@ -1862,7 +2133,8 @@ mod tests {
     validationContext:
       trustedCa: {{inlineBytes: {c}}}
 "#,
-            c = b64(PEM)
+            c = b64(&test_ca().0),
+            k = b64(&test_ca().1),
         )
     }
 
@@ -1939,6 +2211,33 @@ mod tests {
         "{policies: {allow: {permissions: [{any: true}], principals: [{any: true}]}}}";
 
     #[test]
+    fn replace_type_replaces_one_type_and_names_what_does_not_decode() {
+        let mut set = set(&inbound(ALLOW_ALL));
+        let listeners = set.listeners.len();
+        let cluster = cluster_pb::Cluster {
+            name: "b".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let nacks = set.replace_type(
+            CLUSTER,
+            [("b", cluster.as_slice()), ("bad", &b"\xff\xff"[..])],
+        );
+        assert_eq!(set.clusters.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(set.listeners.len(), listeners, "other types kept");
+        let [nack] = nacks.as_slice() else {
+            panic!("{nacks:?}")
+        };
+        assert_eq!(
+            (nack.resource.as_str(), nack.type_url.as_str()),
+            ("bad", CLUSTER)
+        );
+        assert!(nack.reason.starts_with("does not decode"), "{nack}");
+        assert!(set.replace_type(CLUSTER, []).is_empty());
+        assert!(set.clusters.is_empty());
+    }
+
+    #[test]
     fn permissive_mtls_inbound_translates_with_sds_identity() {
         let config = translate(&set(&inbound(ALLOW_ALL)), &node()).unwrap();
         let [listener] = config.listeners.as_slice() else {
@@ -1962,11 +2261,14 @@ mod tests {
         let tls = &config.mtls["default"];
         assert!(tls.permissive);
         assert_eq!(tls.services, ["web"]);
-        assert_eq!(tls.ca_cert_pem, PEM);
+        assert_eq!(tls.ca_cert_pem, test_ca().0);
         assert!(tls
             .identity_pem
             .as_deref()
-            .is_some_and(|p| p.starts_with(PEM)));
+            .is_some_and(|p| p.starts_with(&test_ca().0)));
+        // The lifetime is the SDS leaf's own (notBefore to notAfter), renewed by kuma-cp.
+        assert_eq!(tls.leaf_lifetime, Duration::from_secs(24 * 3600));
+        assert!(tls.renewed_by_control_plane);
         let cluster = &config.clusters["localhost:8080"];
         assert_eq!(cluster.connect_timeout, Duration::from_secs(10));
         assert_eq!(
@@ -1995,6 +2297,79 @@ mod tests {
         }
         let nacks = translate(&set, &node()).unwrap_err();
         assert!(nacks.iter().any(|n| !n.awaiting), "{nacks:?}");
+    }
+
+    #[test]
+    fn mesh_secrets_that_do_not_load_are_nacked_by_field() {
+        use core_pb::data_source::Specifier;
+        let good = set(&inbound(ALLOW_ALL));
+        assert!(translate(&good, &node()).is_ok());
+        let identity = "identity_cert:secret:default";
+        let ca = "mesh_ca:secret:default";
+        let garbage = |pem: &str| Specifier::InlineBytes(pem.replace('M', "#").into_bytes());
+        let (cert, key) = test_ca();
+        let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        // (secret, what is broken, the PEM it holds instead, the NACKed field's end)
+        let cases: [(&str, &str, Specifier, &str); 5] = [
+            (identity, "chain", garbage(cert), "tls_certificate"),
+            (identity, "key", garbage(key), "tls_certificate"),
+            (
+                identity,
+                "key",
+                Specifier::InlineString(other_key),
+                "tls_certificate",
+            ),
+            (
+                identity,
+                "key",
+                Specifier::InlineString(cert.clone()),
+                "tls_certificate",
+            ),
+            (ca, "ca", garbage(cert), "validation_context.trusted_ca"),
+        ];
+        for (secret, part, pem, field) in cases {
+            let mut set = good.clone();
+            let source = match set.secrets.get_mut(secret).and_then(|s| s.r#type.as_mut()) {
+                Some(tls_pb::secret::Type::TlsCertificate(c)) if part == "chain" => {
+                    &mut c.certificate_chain
+                }
+                Some(tls_pb::secret::Type::TlsCertificate(c)) => &mut c.private_key,
+                Some(tls_pb::secret::Type::ValidationContext(v)) => &mut v.trusted_ca,
+                other => panic!("{secret}: {other:?}"),
+            };
+            *source = Some(core_pb::DataSource {
+                specifier: Some(pem),
+                ..Default::default()
+            });
+            let nacks = translate(&set, &node()).unwrap_err();
+            let [nack] = nacks.as_slice() else {
+                panic!("{secret} {part}: {nacks:?}")
+            };
+            assert_eq!(
+                (nack.type_url.as_str(), nack.resource.as_str()),
+                (SECRET, secret)
+            );
+            assert_eq!(nack.field, format!("secrets[{secret:?}].{field}"));
+            assert!(nack.reason.contains("does not load"), "{}", nack.reason);
+            assert!(!nack.awaiting);
+        }
+    }
+
+    #[test]
+    fn a_listener_whose_cluster_is_not_there_awaits_it() {
+        let mut set = set(&inbound(ALLOW_ALL));
+        set.clusters.clear();
+        let nacks = translate(&set, &node()).unwrap_err();
+        let [nack] = nacks.as_slice() else {
+            panic!("{nacks:?}")
+        };
+        assert!(nack.awaiting, "{nack:?}");
+        assert_eq!(nack.resource, "inbound:10.0.0.1:80");
+        assert!(
+            nack.reason
+                .contains("\"localhost:8080\" is not among the Cluster"),
+            "{nack}"
+        );
     }
 
     #[test]
@@ -2095,50 +2470,220 @@ mod tests {
         );
     }
 
-    #[test]
-    fn tcp_proxy_ignores_the_clusters_http_options() {
+    /// OUTBOUND with a TCP proxy configured by `config` (YAML lines at its indentation) in
+    /// place of the HTTP connection manager.
+    fn outbound_tcp_proxy(config: &str) -> String {
         let hcm = OUTBOUND
             .find("      - name: envoy.filters.network.http_connection_manager")
             .unwrap();
-        let text = format!(
+        format!(
             "{}      - name: envoy.filters.network.tcp_proxy
         typedConfig:
           '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          cluster: backend
           statPrefix: backend
-{}",
+{config}{}",
             &OUTBOUND[..hcm],
             secrets()
-        );
+        )
+    }
+
+    #[test]
+    fn tcp_proxy_ignores_the_clusters_http_options() {
+        let text = outbound_tcp_proxy("          cluster: backend\n");
         let config = translate(&set(&text), &node()).unwrap();
         assert_eq!(config.listeners[0].protocol, Protocol::Tcp);
         assert_eq!(config.clusters["backend"].protocol, Protocol::Tcp);
     }
 
+    /// OUTBOUND with its one route replaced by `routes` (YAML list items at the routes'
+    /// indentation).
+    fn outbound_with_routes(routes: &str) -> String {
+        let one = "              - match: {prefix: /}\n                route: {cluster: backend, timeout: 0s}\n";
+        format!("{}{}", OUTBOUND.replace(one, routes), secrets())
+    }
+
+    const HCM: &str = "listeners[\"outbound:127.0.0.1:10001\"].filter_chains[0].filters[0].typed_config(envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager)";
+
+    /// kuma-cp's MeshHTTPRoute as its sidecar goldens render it (path + prefix pairs,
+    /// `:method` and header matches, query matches, header edits, redirects, direct
+    /// responses, rewrites, mirrors, weighted backends) becomes a route table; the single
+    /// default route stays a plain listener.
     #[test]
-    fn weighted_routes_and_unknown_fields_are_nacked() {
-        let text = OUTBOUND
-            .replace(
-                "route: {cluster: backend, timeout: 0s}",
-                "route: {weightedClusters: {clusters: [{name: backend, weight: 1}]}}",
+    fn mesh_http_route_shapes_become_a_route_table() {
+        let plain = translate(&set(&format!("{OUTBOUND}{}", secrets())), &node()).unwrap();
+        assert_eq!(
+            plain.listeners[0].routes, None,
+            "one default route: no table"
+        );
+        let text = outbound_with_routes(
+            r#"              - match: {path: /v1}
+                name: rule-0
+                requestHeadersToAdd:
+                - {appendAction: OVERWRITE_IF_EXISTS_OR_ADD, header: {key: X-Set, value: s}}
+                - {header: {key: x-add, value: a}}
+                - {header: {key: x-kuma-tags, value: '&kuma.io/service=web&'}}
+                requestHeadersToRemove: [x-drop]
+                responseHeadersToAdd:
+                - {header: {key: x-resp, value: r}}
+                route:
+                  weightedClusters: {clusters: [{name: backend, weight: 90}, {name: backend, weight: 10}]}
+                  timeout: 0s
+                  regexRewrite: {pattern: {regex: '.*'}, substitution: /v2}
+                  hostRewriteLiteral: other.internal
+                  requestMirrorPolicies:
+                  - cluster: backend
+                    runtimeFraction: {defaultValue: {numerator: 9990, denominator: TEN_THOUSAND}}
+              - match:
+                  prefix: /v1/
+                  headers:
+                  - {name: ':method', stringMatch: {exact: GET}}
+                  - {name: X-Env, stringMatch: {safeRegex: {regex: 'stag(e|ing)'}}}
+                  - {name: x-absent, presentMatch: false}
+                  queryParameters:
+                  - {name: v, stringMatch: {prefix: '1'}}
+                route: {cluster: backend, timeout: 0s, prefixRewrite: /v2/}
+              - match: {pathSeparatedPrefix: /old}
+                redirect: {responseCode: PERMANENT_REDIRECT, httpsRedirect: true, hostRedirect: new.example.com, portRedirect: 8443, prefixRewrite: /new, stripQuery: true}
+              - match: {safeRegex: {regex: '/gone/.*'}}
+                directResponse: {status: 410, body: {inlineString: gone}}
+              - match: {prefix: /}
+                route: {cluster: backend, timeout: 0s}
+"#,
+        );
+        let config = translate(&set(&text), &node()).unwrap_or_else(|n| panic!("{n:#?}"));
+        let l = &config.listeners[0];
+        let table = l.routes.as_ref().expect("a route table");
+        assert_eq!(table.name, "outbound:backend");
+        let [vh] = table.virtual_hosts.as_slice() else {
+            panic!("{table:?}")
+        };
+        assert_eq!(vh.domains, ["*"]);
+        let r = &vh.routes;
+        assert_eq!(r.len(), 5);
+        assert_eq!(r[0].origin, "route rule-0");
+        assert_eq!(r[0].matches.path, Some(PathMatch::Exact("/v1".into())));
+        assert_eq!(r[0].request_headers.set, [("x-set".into(), "s".into())]);
+        assert_eq!(r[0].request_headers.add, [("x-add".into(), "a".into())]);
+        assert_eq!(r[0].request_headers.remove, ["x-drop"]);
+        assert_eq!(r[0].response_headers.add, [("x-resp".into(), "r".into())]);
+        let RouteAction::Forward { backends, rewrite } = &r[0].action else {
+            panic!("{:?}", r[0].action)
+        };
+        assert_eq!(
+            backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+            [90, 10]
+        );
+        let rewrite = rewrite.as_ref().unwrap();
+        assert_eq!(rewrite.host.as_deref(), Some("other.internal"));
+        assert_eq!(
+            rewrite.path,
+            Some(PathRewrite::Regex {
+                pattern: ".*".into(),
+                substitution: "/v2".into()
+            })
+        );
+        let mirror = r[0].mirror.as_ref().unwrap();
+        assert_eq!(
+            (mirror.cluster.as_str(), mirror.percentage),
+            ("backend", 99.9)
+        );
+        let m = &r[1].matches;
+        assert_eq!(m.path, Some(PathMatch::StringPrefix("/v1/".into())));
+        assert_eq!(m.method.as_deref(), Some("GET"));
+        assert_eq!(
+            m.headers,
+            [
+                HeaderMatch {
+                    name: "x-env".into(),
+                    value: ValueMatch::Regex("stag(e|ing)".into())
+                },
+                HeaderMatch {
+                    name: "x-absent".into(),
+                    value: ValueMatch::Absent
+                }
+            ]
+        );
+        assert_eq!(m.query[0].value, ValueMatch::Prefix("1".into()));
+        assert_eq!(
+            r[2].action,
+            RouteAction::Redirect(Redirect {
+                scheme: Some("https".into()),
+                hostname: Some("new.example.com".into()),
+                port: Some(8443),
+                status: 308,
+                path: Some(PathRewrite::ReplacePrefixMatch("/new".into())),
+                strip_query: true,
+            })
+        );
+        assert_eq!(r[2].matches.path, Some(PathMatch::Prefix("/old".into())));
+        assert_eq!(
+            r[3].action,
+            RouteAction::DirectResponse {
+                status: 410,
+                body: "gone".into()
+            }
+        );
+        assert_eq!(config.clusters["backend"].request_timeout, None);
+    }
+
+    /// What the route model cannot express, and the policies of issue #25, are NACKed by
+    /// their field path.
+    #[test]
+    fn route_fields_beyond_the_model_and_policies_are_nacked_by_path() {
+        let text = outbound_with_routes(
+            r#"              - match: {prefix: /a, caseSensitive: false}
+                route: {cluster: backend, timeout: 0s}
+              - match: {prefix: /b}
+                route: {cluster: backend, timeout: 0s, retryPolicy: {retryOn: 5xx}, hashPolicy: [{header: {headerName: x}}]}
+              - match: {prefix: /c}
+                route: {cluster: backend, timeout: 5s}
+              - match: {prefix: /}
+                route: {cluster: backend, timeout: 0s}
+"#,
+        )
+        .replace(
+            "statPrefix: backend\n          httpFilters",
+            "statPrefix: backend\n          generateRequestId: true\n          httpFilters",
+        );
+        let nacks = translate(&set(&text), &node()).unwrap_err();
+        let found: Vec<(&str, &str)> = nacks
+            .iter()
+            .map(|n| (n.field.as_str(), n.reason.as_str()))
+            .collect();
+        let routes = format!("{HCM}.route_config.virtual_hosts[0].routes");
+        let has = |field: String, reason: &str| {
+            assert!(
+                found.iter().any(|(f, r)| *f == field && r.contains(reason)),
+                "{field} / {reason} not in {found:#?}"
             )
-            .replace(
-                "statPrefix: backend",
-                "statPrefix: backend\n          generateRequestId: true",
-            );
-        let nacks = translate(&set(&format!("{text}{}", secrets())), &node()).unwrap_err();
-        let fields: Vec<&str> = nacks.iter().map(|n| n.field.as_str()).collect();
-        let hcm = "listeners[\"outbound:127.0.0.1:10001\"].filter_chains[0].filters[0].typed_config(envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager)";
-        assert!(
-            fields.contains(&&*format!(
-                "{hcm}.route_config.virtual_hosts[0].routes[0].route.weighted_clusters"
-            )),
-            "{fields:?}"
+        };
+        has(
+            format!("{routes}[0].match.case_sensitive"),
+            "not implemented",
         );
-        assert!(
-            fields.contains(&&*format!("{hcm}.generate_request_id")),
-            "{fields:?}"
+        has(format!("{routes}[1].route.retry_policy"), "retries");
+        has(format!("{routes}[1].route.hash_policy"), "load balancing");
+        has(format!("{routes}[2].route"), "timeouts: ");
+        has(format!("{HCM}.generate_request_id"), "not implemented");
+    }
+
+    /// MeshTCPRoute's split: a TCP proxy's weighted clusters.
+    #[test]
+    fn tcp_weighted_clusters_split_a_listener() {
+        let text = outbound_tcp_proxy(
+            "          weightedClusters: {clusters: [{name: backend, weight: 40}, {name: backend, weight: 60}]}\n",
         );
+        let config = translate(&set(&text), &node()).unwrap_or_else(|n| panic!("{n:#?}"));
+        let l = &config.listeners[0];
+        assert_eq!(l.protocol, Protocol::Tcp);
+        assert_eq!(
+            l.tcp_backends
+                .iter()
+                .map(|b| (b.cluster.as_str(), b.weight))
+                .collect::<Vec<_>>(),
+            [("backend", 40), ("backend", 60)]
+        );
+        assert_eq!(config.clusters["backend"].protocol, Protocol::Tcp);
     }
 
     #[test]
@@ -2227,6 +2772,82 @@ mod tests {
         assert_eq!(config.dns[0].ips.len(), 2);
     }
 
+    /// A golden of Kuma's corpus (`../shared/kuma-corpus` beside the workspace).
+    fn golden(path: &str) -> ResourceSet {
+        let file = format!(
+            "{}/../../../shared/kuma-corpus/xds-generator/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        set(&std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}")))
+    }
+
+    /// `kuma:envoy:admin` gives where `/ready` answers on the Dataplane's address and
+    /// `kuma:readiness` where kuma-dp's reporter listens; the admin port itself is the
+    /// bootstrap's, not read from xDS.
+    #[test]
+    fn admin_listener_and_readiness_cluster_give_the_ready_endpoints() {
+        for (file, ready) in [
+            ("admin/01.envoy-config.golden.yaml", "192.168.0.1:9901"),
+            ("admin/10.zone-ingress.envoy-config.golden.yaml", ""),
+            ("admin/11.zone-egress.envoy-config.golden.yaml", ""),
+        ] {
+            let config = translate(&golden(file), &node()).unwrap();
+            let endpoints = &config.kuma_endpoints;
+            if !ready.is_empty() {
+                assert_eq!(endpoints.ready, Some(ready.parse().unwrap()), "{file}");
+            }
+            assert!(endpoints.ready.is_some(), "{file}");
+            assert_eq!(
+                endpoints.readiness_reporter,
+                Some("127.0.0.1:9902".parse().unwrap()),
+                "{file}"
+            );
+            assert_eq!(config.identity.admin_port, None, "{file}");
+        }
+    }
+
+    /// `kuma:metrics:prometheus` gives the scrape address and path (the rewrite's Envoy stats
+    /// filter has no effect); a TLS chain is NACKed by its path.
+    #[test]
+    fn prometheus_listener_gives_the_scrape_endpoint() {
+        for (file, address, path) in [
+            (
+                "prometheus-endpoint/default.envoy-config.golden.yaml",
+                "192.168.0.1:1234",
+                "/non-standard-path",
+            ),
+            (
+                "prometheus-endpoint/custom.envoy-config.golden.yaml",
+                "192.168.0.1:8765",
+                "/even-more-non-standard-path",
+            ),
+            (
+                "prometheus-endpoint/delegated-tls-fallback.envoy-config.golden.yaml",
+                "192.168.0.1:1234",
+                "/non-standard-path",
+            ),
+        ] {
+            let config = translate(&golden(file), &node()).unwrap();
+            let want = PrometheusEndpoint {
+                address: address.parse().unwrap(),
+                path: path.into(),
+            };
+            assert_eq!(config.kuma_endpoints.prometheus, Some(want), "{file}");
+        }
+        for file in [
+            "prometheus-endpoint/default-mtls.envoy-config.golden.yaml",
+            "prometheus-endpoint/delegated-tls.envoy-config.golden.yaml",
+        ] {
+            let nacks = translate(&golden(file), &node()).unwrap_err();
+            assert!(
+                nacks.iter().any(|n| n.resource == PROMETHEUS_LISTENER
+                    && n.field.ends_with(".transport_socket")
+                    && n.reason.contains("metrics over TLS")),
+                "{file}: {nacks:?}"
+            );
+        }
+    }
+
     #[test]
     fn sni_forms_parse_or_are_named() {
         let (target, tags) = sni_target("backend{mesh=default,version=v2}").unwrap();
@@ -2247,9 +2868,86 @@ mod tests {
                 port: 8080
             }
         );
-        assert!(sni_target("sni.msvc.default.east.backend.80")
-            .unwrap_err()
-            .contains("KRI"));
+        for kri in [
+            "sni.msvc.default.east.backend.80",
+            "sni.extsvc.default.example.9000",
+            "sni.mzsvc.default.global-svc.80",
+        ] {
+            let (target, tags) = sni_target(kri).unwrap();
+            let want = SniTarget::Kri {
+                mesh: "default".into(),
+                sni: kri.into(),
+            };
+            assert_eq!((target, tags), (want, BTreeMap::new()), "{kri}");
+        }
+        assert!(sni_target("sni.msvc.default").is_err());
         assert!(sni_target("example.com").is_err());
+    }
+
+    /// A zone egress chain whose server names are Kuma's KRI form (MeshService and
+    /// MeshExternalService of MADR 101) becomes KRI SNI routes, byte for byte, as the zone
+    /// ingress compiled by bearing-control has them.
+    #[test]
+    fn egress_routes_kri_snis() {
+        let text = r#"
+resources:
+- name: external
+  resource:
+    '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+    connectTimeout: 5s
+    loadAssignment:
+      clusterName: external
+      endpoints:
+      - lbEndpoints:
+        - endpoint:
+            address:
+              socketAddress: {address: 10.0.0.254, portValue: 9000}
+    name: external
+    type: STATIC
+- name: inbound:192.168.0.1:10002
+  resource:
+    '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+    address:
+      socketAddress: {address: 192.168.0.1, portValue: 10002}
+    filterChains:
+    - filterChainMatch:
+        serverNames:
+        - sni.extsvc.default.zone-1.example.9000
+        - sni.msvc.default.zone-1.backend.80
+        transportProtocol: tls
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          cluster: external
+          statPrefix: external
+    listenerFilters:
+    - name: envoy.filters.listener.tls_inspector
+      typedConfig:
+        '@type': type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector
+    name: inbound:192.168.0.1:10002
+    trafficDirection: INBOUND
+"#;
+        let node = NodeInfo {
+            proxy_type: "egress".into(),
+            ..node()
+        };
+        let config = translate(&set(text), &node).unwrap();
+        let routes = config.listeners[0].sni_routes.as_ref().unwrap();
+        let targets: Vec<_> = routes
+            .iter()
+            .map(|r| (&r.target, r.cluster.as_str()))
+            .collect();
+        let kri = |sni: &str| SniTarget::Kri {
+            mesh: "default".into(),
+            sni: sni.into(),
+        };
+        assert_eq!(
+            targets,
+            [
+                (&kri("sni.extsvc.default.zone-1.example.9000"), "external"),
+                (&kri("sni.msvc.default.zone-1.backend.80"), "external"),
+            ]
+        );
     }
 }

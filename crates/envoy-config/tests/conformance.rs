@@ -7,9 +7,7 @@
 
 mod corpus;
 
-use bearing_envoy_config::{
-    translate, Nack, NodeInfo, ResourceSet, GATEWAY_NOT_YET, POLICY_NOT_ENFORCED,
-};
+use bearing_envoy_config::{translate, Nack, ResourceSet, GATEWAY_NOT_YET, POLICY_NOT_ENFORCED};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -22,6 +20,8 @@ const NOT_YET: &[(&str, &str)] = &[
     ("xds-generator/ingress/02.envoy.golden.yaml", "a zone ingress without destinations answers a JSON body (direct_response); ProxyConfig's empty SNI table resets"),
     ("xds-generator/outbound-proxy/07.envoy.golden.yaml", "an outbound without a route (empty filter chain, Envoy closes): ProxyConfig has no refusing outbound"),
     ("xds-generator/outbound-proxy/11.envoy.golden.yaml", "outbounds without a route (empty filter chain, Envoy closes): ProxyConfig has no refusing outbound"),
+    ("xds-generator/prometheus-endpoint/default-mtls.envoy-config.golden.yaml", "Prometheus scrapes over mesh mTLS (and plaintext only from the Dataplane's own address): Bearing serves its metrics in plaintext only"),
+    ("xds-generator/prometheus-endpoint/delegated-tls.envoy-config.golden.yaml", "Prometheus scrapes over the provided TLS certificate: Bearing serves its metrics in plaintext only"),
     ("xds-generator/zone-proxy-listener/egress-meshexternalservice-tcp.envoy.golden.yaml", "a zone egress identity secret of another name than identity_cert:secret:<mesh>"),
     ("xds-generator/zone-proxy-listener/egress-meshexternalservice.envoy.golden.yaml", "a zone egress identity secret of another name than identity_cert:secret:<mesh>"),
 ];
@@ -37,25 +37,6 @@ const NOT_YET_REASONS: &[(&str, &str)] = &[
     ("transport_socket_matches", "per-endpoint TLS (ExternalService endpoints mixing TLS and plaintext) is not in ProxyConfig"),
 ];
 
-/// The node a golden is for, from where it sits in the corpus.
-pub fn node_for(short: &str) -> NodeInfo {
-    let proxy_type = if short.starts_with("gateway/") || short.contains("builtingateway") {
-        "gateway"
-    } else if short.contains("egress") {
-        "egress"
-    } else if short.contains("ingress") {
-        "ingress"
-    } else {
-        "dataplane"
-    };
-    NodeInfo {
-        name: "golden".into(),
-        mesh: "default".into(),
-        proxy_type: proxy_type.into(),
-        source: format!("golden {short}"),
-    }
-}
-
 /// A golden's resources, decoded and translated.
 fn outcome(file: &Path) -> Result<String, Vec<Nack>> {
     let short = corpus::short(file);
@@ -69,7 +50,7 @@ fn outcome(file: &Path) -> Result<String, Vec<Nack>> {
     if !nacks.is_empty() {
         return Err(nacks);
     }
-    translate(&set, &node_for(&short)).map(|c| {
+    translate(&set, &corpus::node_for(&short)).map(|c| {
         format!(
             "{} listeners, {} clusters, {} dns, mtls {:?}, tp {}",
             c.listeners.len(),

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use bearing_gateway::{Decision, GatewayRouter};
+use bearing_gateway::{Decision, Router};
 use bearing_proxy_config::{
     GatewayHost, GatewayListener, GatewayProtocol, HeaderFilter, HttpMatch, HttpRoute, PathMatch,
     RouteAction, WeightedCluster,
 };
 use criterion::{criterion_group, criterion_main, Criterion};
 
-fn router(n: usize) -> GatewayRouter {
+fn router(n: usize) -> Router {
     let routes = (0..n)
         .map(|i| HttpRoute {
             origin: format!("route {i}"),
@@ -43,7 +43,7 @@ fn router(n: usize) -> GatewayRouter {
         connection_limit: None,
         cross_mesh: None,
     };
-    GatewayRouter::new(&listener).expect("valid routes")
+    Router::gateway(&listener).expect("valid routes")
 }
 
 fn parts(target: &str) -> http::request::Parts {

@@ -1,13 +1,16 @@
-//! `bearing-gateway`: routing for Bearing's builtin gateway listeners.
+//! `bearing-gateway`: HTTP routing, for Bearing's builtin gateway listeners and for sidecar
+//! route tables (kuma-cp's MeshHTTPRoute over xDS): one router for both.
 //!
-//! [`GatewayRouter::new`] prepares a compiled [`GatewayListener`] once per config (regexes,
-//! header names and values, weight tables); [`GatewayRouter::route`] then decides per request,
-//! with no lock and no allocation unless the request is rewritten. Before matching, requests
-//! get Kuma's gateway hygiene (its Envoy config for builtin gateways): header names with `_`
-//! are refused (400), paths are normalised ([`normalize_path`]: unreserved characters
-//! decoded, dot segments, encoded ones included, removed, slashes merged; an invalid escape is
-//! a 400, an encoded slash a redirect to the normal path) and `x-kuma-tags` is removed. Routes
-//! match the normal path, and it is what the backend gets.
+//! [`Router::gateway`] prepares a compiled [`GatewayListener`], [`Router::table`] a sidecar's
+//! [`RouteTable`], once per config (regexes, header names and values, weight tables);
+//! [`Router::route`] then decides per request, with no lock and no allocation unless the
+//! request is rewritten. Before matching, a gateway's requests get Kuma's gateway hygiene (its
+//! Envoy config for builtin gateways): header names with `_` are refused (400), paths are
+//! normalised ([`normalize_path`]: unreserved characters decoded, dot segments, encoded ones
+//! included, removed, slashes merged; an invalid escape is a 400, an encoded slash a redirect
+//! to the normal path) and `x-kuma-tags` is removed. Routes match the normal path, and it is
+//! what the backend gets. A sidecar's route table matches the request as it came, as Kuma's
+//! sidecar Envoy does (no hygiene), and its domains see the Host with its port.
 
 mod path;
 mod pick;
@@ -16,14 +19,16 @@ use std::borrow::Cow;
 
 use bearing_proxy_config::{
     GatewayListener, GatewayProtocol, HeaderFilter, HttpMatch, HttpRoute, PathMatch, PathRewrite,
-    Redirect, RouteAction, ValueMatch, WeightedCluster,
+    Redirect, RouteAction, RouteTable, ValueMatch, WeightedCluster,
 };
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::StatusCode;
 use regex::Regex;
 
-use crate::pick::{Share, Weighted};
+use crate::pick::Share;
+
+pub use crate::pick::Weighted;
 
 pub use crate::path::{normalize as normalize_path, InvalidPath, NormalPath};
 
@@ -34,12 +39,16 @@ const KUMA_TAGS: HeaderName = HeaderName::from_static("x-kuma-tags");
 #[derive(Debug)]
 pub enum Decision<'r> {
     /// Answer directly: 404 (no host or route), 400 (refused request), 503 (no backend with
-    /// weight), or a redirect (3xx with `location`).
+    /// weight), a redirect (3xx with `location`), or a route's direct response (`body`).
     Respond {
         /// Response status.
         status: StatusCode,
         /// `Location` of a redirect.
         location: Option<HeaderValue>,
+        /// Body of a direct response; `None`: the status's reason.
+        body: Option<&'r str>,
+        /// Changes to make to the response headers (those of the route that answers).
+        response_headers: Option<&'r HeaderEdits>,
     },
     /// Forward the (already rewritten) request.
     Forward {
@@ -56,18 +65,22 @@ pub enum Decision<'r> {
 
 /// A listener's hosts and routes, ready for requests.
 #[derive(Debug)]
-pub struct GatewayRouter {
-    /// In the listener's order, so indices match `GatewayListener::hosts`.
+pub struct Router {
+    /// In the listener's order, so indices match `GatewayListener::hosts` or
+    /// `RouteTable::virtual_hosts`.
     hosts: Vec<Host>,
-    /// Indices of `hosts`, most specific first: exact names, wildcards by length, `*`.
-    order: Vec<usize>,
+    /// Every name of every host with the host's index, most specific first: exact names,
+    /// suffix wildcards by length, prefix wildcards by length, `*`.
+    order: Vec<(HostName, usize)>,
     /// Scheme of redirect `Location`s that do not set one.
     scheme: Scheme,
+    /// A builtin gateway's: Kuma's gateway hygiene before matching, and hosts matched
+    /// without the Host's port. Else a sidecar route table's: the request as it came.
+    gateway: bool,
 }
 
 #[derive(Debug)]
 struct Host {
-    name: HostName,
     routes: Vec<Route>,
     tcp_backends: Vec<WeightedCluster>,
     tcp_pick: Weighted,
@@ -76,8 +89,10 @@ struct Host {
 #[derive(Debug)]
 enum HostName {
     Exact(String),
-    /// `*.example.com` as `.example.com`.
+    /// `*.example.com` as `.example.com` (any name ending so, Envoy's suffix wildcard).
     Suffix(String),
+    /// `foo.*` as `foo.` (any name starting so, Envoy's prefix wildcard).
+    Prefix(String),
     Any,
 }
 
@@ -85,19 +100,22 @@ impl HostName {
     fn parse(hostname: &str) -> HostName {
         match hostname {
             "*" | "" => HostName::Any,
-            h => match h.strip_prefix('*') {
-                Some(suffix) => HostName::Suffix(suffix.to_ascii_lowercase()),
-                None => HostName::Exact(h.to_ascii_lowercase()),
+            h => match (h.strip_prefix('*'), h.strip_suffix('*')) {
+                (Some(suffix), _) => HostName::Suffix(suffix.to_ascii_lowercase()),
+                (None, Some(prefix)) => HostName::Prefix(prefix.to_ascii_lowercase()),
+                (None, None) => HostName::Exact(h.to_ascii_lowercase()),
             },
         }
     }
 
-    /// Exact names first, then wildcards by length (longest first), then `*`.
+    /// Exact names first, then suffix wildcards by length (longest first), then prefix
+    /// wildcards by length, then `*` (Envoy's virtual host order).
     fn rank(&self) -> (u8, std::cmp::Reverse<usize>) {
         match self {
             HostName::Exact(_) => (0, std::cmp::Reverse(0)),
             HostName::Suffix(s) => (1, std::cmp::Reverse(s.len())),
-            HostName::Any => (2, std::cmp::Reverse(0)),
+            HostName::Prefix(p) => (2, std::cmp::Reverse(p.len())),
+            HostName::Any => (3, std::cmp::Reverse(0)),
         }
     }
 
@@ -110,6 +128,13 @@ impl HostName {
                         .as_bytes()
                         .get(name.len() - s.len()..)
                         .is_some_and(|tail| tail.eq_ignore_ascii_case(s.as_bytes()))
+            }
+            HostName::Prefix(p) => {
+                name.len() > p.len()
+                    && name
+                        .as_bytes()
+                        .get(..p.len())
+                        .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
             }
             HostName::Any => true,
         }
@@ -134,6 +159,7 @@ enum PathCondition {
     Exact(String),
     /// Kept as [`path::prefix_key`].
     Prefix(String),
+    StringPrefix(String),
     Regex(Regex),
 }
 
@@ -141,6 +167,9 @@ enum PathCondition {
 enum Condition {
     Exact(String),
     Regex(Regex),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
     Absent,
     Present,
 }
@@ -152,6 +181,9 @@ impl Condition {
             (Condition::Present, v) => v.is_some(),
             (Condition::Exact(want), Some(v)) => v == want,
             (Condition::Regex(re), Some(v)) => re.is_match(v),
+            (Condition::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+            (Condition::Suffix(s), Some(v)) => v.ends_with(s.as_str()),
+            (Condition::Contains(c), Some(v)) => v.contains(c.as_str()),
             (_, None) => false,
         }
     }
@@ -162,10 +194,38 @@ enum Action {
     Forward {
         backends: Vec<WeightedCluster>,
         pick: Weighted,
-        path: Option<PathRewrite>,
+        path: Option<PathEdit>,
         host_to_backend_hostname: bool,
+        host: Option<HeaderValue>,
     },
-    Redirect(Redirect),
+    Redirect(Redirect, Option<PathEdit>),
+    DirectResponse(StatusCode, String),
+}
+
+/// A path rewrite, its regex compiled.
+#[derive(Debug)]
+enum PathEdit {
+    ReplaceFull(String),
+    ReplacePrefixMatch(String),
+    Regex(Regex, String),
+}
+
+impl PathEdit {
+    fn new(rewrite: &PathRewrite, origin: &str) -> Result<PathEdit, String> {
+        Ok(match rewrite {
+            PathRewrite::ReplaceFull(p) => PathEdit::ReplaceFull(p.clone()),
+            PathRewrite::ReplacePrefixMatch(p) => PathEdit::ReplacePrefixMatch(p.clone()),
+            PathRewrite::Regex {
+                pattern,
+                substitution,
+            } => PathEdit::Regex(
+                Regex::new(pattern).map_err(|e| {
+                    format!("{origin}: invalid regular expression {pattern:?}: {e}")
+                })?,
+                substitution.clone(),
+            ),
+        })
+    }
 }
 
 /// Header changes, parsed once: set replaces, add appends, remove deletes.
@@ -236,6 +296,9 @@ fn condition(value: &ValueMatch, origin: &str) -> Result<Condition, String> {
     Ok(match value {
         ValueMatch::Exact(v) => Condition::Exact(v.clone()),
         ValueMatch::Regex(p) => Condition::Regex(whole(p, origin)?),
+        ValueMatch::Prefix(p) => Condition::Prefix(p.clone()),
+        ValueMatch::Suffix(p) => Condition::Suffix(p.clone()),
+        ValueMatch::Contains(p) => Condition::Contains(p.clone()),
         ValueMatch::Absent => Condition::Absent,
         ValueMatch::Present => Condition::Present,
     })
@@ -254,6 +317,7 @@ impl Route {
             None => None,
             Some(PathMatch::Exact(p)) => Some(PathCondition::Exact(p.clone())),
             Some(PathMatch::Prefix(p)) => Some(PathCondition::Prefix(path::prefix_key(p).into())),
+            Some(PathMatch::StringPrefix(p)) => Some(PathCondition::StringPrefix(p.clone())),
             Some(PathMatch::Regex(p)) => Some(PathCondition::Regex(whole(p, origin)?)),
         };
         let method = method
@@ -275,16 +339,33 @@ impl Route {
             .iter()
             .map(|q| Ok((q.name.clone(), condition(&q.value, origin)?)))
             .collect::<Result<_, String>>()?;
+        let path_edit =
+            |rewrite: Option<&PathRewrite>| rewrite.map(|rw| PathEdit::new(rw, origin)).transpose();
         let action = match &r.action {
             RouteAction::Forward { backends, rewrite } => Action::Forward {
                 pick: Weighted::new(backends.iter().map(|b| b.weight)),
                 backends: backends.clone(),
-                path: rewrite.as_ref().and_then(|rw| rw.path.clone()),
+                path: path_edit(rewrite.as_ref().and_then(|rw| rw.path.as_ref()))?,
                 host_to_backend_hostname: rewrite
                     .as_ref()
                     .is_some_and(|rw| rw.host_to_backend_hostname),
+                host: rewrite
+                    .as_ref()
+                    .and_then(|rw| rw.host.as_deref())
+                    .map(|h| {
+                        HeaderValue::from_str(h)
+                            .map_err(|_| format!("{origin}: {h:?} is not a valid host"))
+                    })
+                    .transpose()?,
             },
-            RouteAction::Redirect(redirect) => Action::Redirect(redirect.clone()),
+            RouteAction::Redirect(redirect) => {
+                Action::Redirect(redirect.clone(), path_edit(redirect.path.as_ref())?)
+            }
+            RouteAction::DirectResponse { status, body } => Action::DirectResponse(
+                StatusCode::from_u16(*status)
+                    .map_err(|_| format!("{origin}: {status} is not an HTTP status"))?,
+                body.clone(),
+            ),
         };
         Ok(Route {
             origin: r.origin.clone(),
@@ -307,6 +388,7 @@ impl Route {
             None => true,
             Some(PathCondition::Exact(p)) => path == p,
             Some(PathCondition::Prefix(p)) => path::prefix_matches(p, path),
+            Some(PathCondition::StringPrefix(p)) => path.starts_with(p.as_str()),
             Some(PathCondition::Regex(re)) => re.is_match(path),
         };
         path_ok
@@ -343,50 +425,76 @@ fn query_holds(parts: &http::request::Parts, name: &str, c: &Condition) -> bool 
     c.holds(value.as_deref())
 }
 
-impl GatewayRouter {
-    /// Prepares `listener`'s hosts and routes; an invalid regex, header or method is an error
-    /// naming the route it is in.
-    pub fn new(listener: &GatewayListener) -> Result<GatewayRouter, String> {
+/// Routes of one host, prepared.
+fn routes(routes: &[HttpRoute]) -> Result<Vec<Route>, String> {
+    routes.iter().map(Route::new).collect()
+}
+
+impl Router {
+    /// Prepares a gateway `listener`'s hosts and routes; an invalid regex, header or method
+    /// is an error naming the route it is in.
+    pub fn gateway(listener: &GatewayListener) -> Result<Router, String> {
         let hosts: Vec<Host> = listener
             .hosts
             .iter()
             .map(|h| {
                 Ok(Host {
-                    name: HostName::parse(&h.hostname),
-                    routes: h
-                        .http_routes
-                        .iter()
-                        .map(Route::new)
-                        .collect::<Result<_, String>>()?,
+                    routes: routes(&h.http_routes)?,
                     tcp_pick: Weighted::new(h.tcp_backends.iter().map(|b| b.weight)),
                     tcp_backends: h.tcp_backends.clone(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let mut order: Vec<usize> = (0..hosts.len()).collect();
-        // Stable: hosts of equal rank keep the compiler's order.
-        order.sort_by_key(|i| hosts[*i].name.rank());
+        let names = listener
+            .hosts
+            .iter()
+            .map(|h| std::slice::from_ref(&h.hostname));
         let scheme = match listener.protocol {
             GatewayProtocol::Https | GatewayProtocol::TlsTerminate => Scheme::HTTPS,
             _ => Scheme::HTTP,
         };
-        Ok(GatewayRouter {
+        Ok(Router {
+            order: order(names),
             hosts,
-            order,
             scheme,
+            gateway: true,
         })
     }
 
-    /// The index (in `GatewayListener::hosts`) of the host serving `name` (an SNI, or a Host
-    /// header whose port is ignored), matched case-insensitively: exact names, then
-    /// wildcards, longest first, then `*`.
+    /// Prepares a sidecar's route table; an invalid regex, header, method or status is an
+    /// error naming the route it is in.
+    pub fn table(table: &RouteTable) -> Result<Router, String> {
+        let hosts = table
+            .virtual_hosts
+            .iter()
+            .map(|v| {
+                Ok(Host {
+                    routes: routes(&v.routes)?,
+                    tcp_pick: Weighted::new([]),
+                    tcp_backends: Vec::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let names = table.virtual_hosts.iter().map(|v| v.domains.as_slice());
+        Ok(Router {
+            order: order(names),
+            hosts,
+            scheme: Scheme::HTTP,
+            gateway: false,
+        })
+    }
+
+    /// The index (in `GatewayListener::hosts` or `RouteTable::virtual_hosts`) of the host
+    /// serving `name` (an SNI, or a Host header), matched case-insensitively: exact names,
+    /// then suffix wildcards, then prefix wildcards, longest first, then `*`. A gateway
+    /// ignores the Host's port; a route table's domains see it, as Envoy's do.
     pub fn host_for(&self, name: &str) -> Option<usize> {
-        let name = strip_port(name);
+        let name = if self.gateway { strip_port(name) } else { name };
         let name = name.strip_suffix('.').unwrap_or(name);
         self.order
             .iter()
-            .copied()
-            .find(|i| self.hosts[*i].name.matches(name))
+            .find(|(host, _)| host.matches(name))
+            .map(|(_, i)| *i)
     }
 
     /// The next TCP backend of host `host`, by weight.
@@ -395,41 +503,14 @@ impl GatewayRouter {
         h.tcp_backends.get(h.tcp_pick.pick()?)
     }
 
-    /// Routes one request: hygiene, host, first matching route; a forwarded request has its
-    /// route's request header changes and rewrite applied in place.
+    /// Routes one request: a gateway's hygiene, host, first matching route; a forwarded
+    /// request has its route's request header changes and rewrite applied in place.
     pub fn route<'r>(&'r self, parts: &mut http::request::Parts) -> Decision<'r> {
-        if parts.headers.keys().any(|k| k.as_str().contains('_')) {
-            return respond(StatusCode::BAD_REQUEST);
-        }
-        // Only an origin-form path (or `OPTIONS *`) is routed: an authority-form or other
-        // target has no path to match or forward (hyper hands them over with an empty one).
-        let target = parts.uri.path();
-        let asterisk = target == "*" && parts.method == http::Method::OPTIONS;
-        if !(target.starts_with('/') || asterisk) {
-            return respond(StatusCode::BAD_REQUEST);
-        }
-        let normal = match path::normalize(target) {
-            Ok(normal) => normal,
-            Err(_) => return respond(StatusCode::BAD_REQUEST),
-        };
-        if normal.escaped_slash {
-            // A path-only Location (as Envoy sends): the normal path never starts with `//`
-            // or holds a backslash, so the redirect stays on the request's origin; bytes of
-            // the query outside visible ASCII are percent-encoded, as a Location must be.
-            let location = with_path(&parts.uri, &normal.path);
-            let location = escape_non_ascii(&location);
-            return Decision::Respond {
-                status: StatusCode::TEMPORARY_REDIRECT,
-                location: HeaderValue::from_str(&location).ok(),
-            };
-        }
-        if let Cow::Owned(normal) = normal.path {
-            // Routes match, and the backend gets, the normal path or nothing.
-            if !set_path(&mut parts.uri, &normal) {
-                return respond(StatusCode::BAD_REQUEST);
+        if self.gateway {
+            if let Some(refused) = self.hygiene(parts) {
+                return refused;
             }
         }
-        parts.headers.remove(&KUMA_TAGS);
         let Some(host) = request_host(parts).and_then(|h| self.host_for(h)) else {
             return respond(StatusCode::NOT_FOUND);
         };
@@ -440,12 +521,19 @@ impl GatewayRouter {
         };
         route.request_headers.apply(&mut parts.headers);
         match &route.action {
-            Action::Redirect(redirect) => self.redirect(parts, route, redirect),
+            Action::Redirect(redirect, path) => self.redirect(parts, route, redirect, path),
+            Action::DirectResponse(status, body) => Decision::Respond {
+                status: *status,
+                location: None,
+                body: Some(body),
+                response_headers: Some(&route.response_headers),
+            },
             Action::Forward {
                 backends,
                 pick,
                 path: rewrite,
                 host_to_backend_hostname,
+                host,
             } => {
                 let Some(backend) = pick.pick().and_then(|i| backends.get(i)) else {
                     return respond(StatusCode::SERVICE_UNAVAILABLE);
@@ -458,6 +546,9 @@ impl GatewayRouter {
                 }
                 if let (true, Some(hostname)) = (host_to_backend_hostname, &backend.hostname) {
                     set_host(parts, hostname);
+                }
+                if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+                    set_host(parts, host);
                 }
                 Decision::Forward {
                     cluster: &backend.cluster,
@@ -473,13 +564,54 @@ impl GatewayRouter {
         }
     }
 
-    /// The redirect response: the request's URL with the redirect's parts replaced and, as
-    /// Kuma configures Envoy (`stripQuery: true`), without the query.
+    /// Kuma's gateway hygiene: the refusal or redirect a request gets before routing, if
+    /// any; the path normalised in place, `x-kuma-tags` removed.
+    fn hygiene<'r>(&self, parts: &mut http::request::Parts) -> Option<Decision<'r>> {
+        if parts.headers.keys().any(|k| k.as_str().contains('_')) {
+            return Some(respond(StatusCode::BAD_REQUEST));
+        }
+        // Only an origin-form path (or `OPTIONS *`) is routed: an authority-form or other
+        // target has no path to match or forward (hyper hands them over with an empty one).
+        let target = parts.uri.path();
+        let asterisk = target == "*" && parts.method == http::Method::OPTIONS;
+        if !(target.starts_with('/') || asterisk) {
+            return Some(respond(StatusCode::BAD_REQUEST));
+        }
+        let normal = match path::normalize(target) {
+            Ok(normal) => normal,
+            Err(_) => return Some(respond(StatusCode::BAD_REQUEST)),
+        };
+        if normal.escaped_slash {
+            // A path-only Location (as Envoy sends): the normal path never starts with `//`
+            // or holds a backslash, so the redirect stays on the request's origin; bytes of
+            // the query outside visible ASCII are percent-encoded, as a Location must be.
+            let location = with_path(&parts.uri, &normal.path);
+            let location = escape_non_ascii(&location);
+            return Some(Decision::Respond {
+                status: StatusCode::TEMPORARY_REDIRECT,
+                location: HeaderValue::from_str(&location).ok(),
+                body: None,
+                response_headers: None,
+            });
+        }
+        if let Cow::Owned(normal) = normal.path {
+            // Routes match, and the backend gets, the normal path or nothing.
+            if !set_path(&mut parts.uri, &normal) {
+                return Some(respond(StatusCode::BAD_REQUEST));
+            }
+        }
+        parts.headers.remove(&KUMA_TAGS);
+        None
+    }
+
+    /// The redirect response: the request's URL with the redirect's parts replaced, without
+    /// the query when the redirect strips it (Kuma's gateway: `stripQuery: true`).
     fn redirect<'r>(
         &self,
         parts: &http::request::Parts,
-        route: &Route,
+        route: &'r Route,
         redirect: &Redirect,
+        path: &Option<PathEdit>,
     ) -> Decision<'r> {
         let request_host = request_host(parts).unwrap_or("");
         let (request_name, request_port) = split_port(request_host);
@@ -494,7 +626,7 @@ impl GatewayRouter {
         } else {
             80
         };
-        let path = match &redirect.path {
+        let path = match path {
             Some(rw) => rewritten_path(route, rw, parts.uri.path()),
             None => parts.uri.path().to_string(),
         };
@@ -503,6 +635,10 @@ impl GatewayRouter {
             location.push_str(&format!(":{p}"));
         }
         location.push_str(&path);
+        if let Some(query) = parts.uri.query().filter(|_| !redirect.strip_query) {
+            location.push('?');
+            location.push_str(query);
+        }
         match (
             StatusCode::from_u16(redirect.status),
             HeaderValue::from_str(&location),
@@ -510,6 +646,8 @@ impl GatewayRouter {
             (Ok(status), Ok(location)) => Decision::Respond {
                 status,
                 location: Some(location),
+                body: None,
+                response_headers: Some(&route.response_headers),
             },
             _ => respond(StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -520,20 +658,39 @@ fn respond<'r>(status: StatusCode) -> Decision<'r> {
     Decision::Respond {
         status,
         location: None,
+        body: None,
+        response_headers: None,
     }
 }
 
 /// The path after a rewrite or redirect path change.
-fn rewritten_path(route: &Route, rewrite: &PathRewrite, path: &str) -> String {
+fn rewritten_path(route: &Route, rewrite: &PathEdit, path: &str) -> String {
     match (rewrite, &route.path) {
-        (PathRewrite::ReplaceFull(p), _) => p.clone(),
-        (PathRewrite::ReplacePrefixMatch(p), Some(PathCondition::Prefix(prefix))) => {
+        (PathEdit::ReplaceFull(p), _) => p.clone(),
+        (PathEdit::ReplacePrefixMatch(p), Some(PathCondition::Prefix(prefix))) => {
             path::replace_prefix(prefix, p, path)
         }
-        // Validation allows a prefix replacement only on a prefix match; otherwise the whole
-        // path is the matched prefix.
-        (PathRewrite::ReplacePrefixMatch(p), _) => p.clone(),
+        (PathEdit::ReplacePrefixMatch(p), Some(PathCondition::StringPrefix(prefix))) => {
+            format!("{p}{}", path.get(prefix.len()..).unwrap_or(""))
+        }
+        // A prefix replacement after any other match (validation allows it only on an exact
+        // path, as Envoy's) replaces the whole path, the matched prefix.
+        (PathEdit::ReplacePrefixMatch(p), _) => p.clone(),
+        (PathEdit::Regex(re, substitution), _) => {
+            re.replace_all(path, substitution.as_str()).into_owned()
+        }
     }
+}
+
+/// The order hosts are tried in: every name of every host (`names`, by host index), most
+/// specific first; names of equal rank keep the hosts' order.
+fn order<'a>(names: impl Iterator<Item = &'a [String]>) -> Vec<(HostName, usize)> {
+    let mut order: Vec<(HostName, usize)> = names
+        .enumerate()
+        .flat_map(|(i, names)| names.iter().map(move |n| (HostName::parse(n), i)))
+        .collect();
+    order.sort_by_key(|(name, _)| name.rank());
+    order
 }
 
 /// The request's host: the Host header, or the URI authority (HTTP/2).

@@ -63,17 +63,19 @@ fn request(host: &str, target: &str) -> http::request::Parts {
 }
 
 /// The cluster a request goes to, or the status it is answered with.
-fn outcome(router: &GatewayRouter, parts: &mut http::request::Parts) -> String {
+fn outcome(router: &Router, parts: &mut http::request::Parts) -> String {
     match router.route(parts) {
         Decision::Forward { cluster, .. } => cluster.to_string(),
-        Decision::Respond { status, location } => match location {
+        Decision::Respond {
+            status, location, ..
+        } => match location {
             Some(l) => format!("{} {}", status.as_u16(), l.to_str().unwrap()),
             None => status.as_u16().to_string(),
         },
     }
 }
 
-fn go(router: &GatewayRouter, host: &str, target: &str) -> String {
+fn go(router: &Router, host: &str, target: &str) -> String {
     outcome(router, &mut request(host, target))
 }
 
@@ -97,7 +99,7 @@ fn hosts_exact_then_longest_wildcard_then_any() {
             ),
         ],
     );
-    let r = GatewayRouter::new(&l).unwrap();
+    let r = Router::gateway(&l).unwrap();
     assert_eq!(go(&r, "FOO.example.com:8080", "/"), "foo");
     assert_eq!(go(&r, "x.a.example.com", "/"), "wild-a");
     assert_eq!(go(&r, "bar.example.com", "/"), "wild");
@@ -107,7 +109,7 @@ fn hosts_exact_then_longest_wildcard_then_any() {
         Some(3),
         "listener order index"
     );
-    let only = GatewayRouter::new(&listener(
+    let only = Router::gateway(&listener(
         GatewayProtocol::Http,
         vec![host(
             "foo.example.com",
@@ -131,7 +133,7 @@ fn paths_exact_prefix_regex_in_route_order() {
             ],
         )],
     );
-    let r = GatewayRouter::new(&l).unwrap();
+    let r = Router::gateway(&l).unwrap();
     assert_eq!(go(&r, "h", "/api"), "exact");
     assert_eq!(go(&r, "h", "/api/x?q=1"), "prefix");
     assert_eq!(go(&r, "h", "/apix"), "404");
@@ -173,7 +175,7 @@ fn method_headers_and_query() {
             vec![route("m", m, "matched"), route("d", present, "debug")],
         )],
     );
-    let r = GatewayRouter::new(&l).unwrap();
+    let r = Router::gateway(&l).unwrap();
     let req = |method: &str, headers: &[(&str, &str)], target: &str| {
         let mut b = http::Request::builder()
             .method(method)
@@ -219,7 +221,7 @@ fn hygiene_before_matching() {
             vec![route("b", path(PathMatch::Exact("/b".into())), "b")],
         )],
     );
-    let r = GatewayRouter::new(&l).unwrap();
+    let r = Router::gateway(&l).unwrap();
     let mut parts = request("h", "//a/../b?x=1");
     parts.headers.insert(
         "x-kuma-tags",
@@ -253,7 +255,7 @@ fn routes_match_and_forward_the_normal_path() {
             ],
         )],
     );
-    let r = GatewayRouter::new(&l).unwrap();
+    let r = Router::gateway(&l).unwrap();
     let forwarded = |target: &str| {
         let mut parts = request("h", target);
         let outcome = outcome(&r, &mut parts);
@@ -319,10 +321,10 @@ fn filters_and_prefix_rewrite() {
         rewrite: Some(Rewrite {
             path: Some(PathRewrite::ReplacePrefixMatch("/".into())),
             host_to_backend_hostname: true,
+            host: None,
         }),
     };
-    let r =
-        GatewayRouter::new(&listener(GatewayProtocol::Http, vec![host("*", vec![rt])])).unwrap();
+    let r = Router::gateway(&listener(GatewayProtocol::Http, vec![host("*", vec![rt])])).unwrap();
     let mut parts = request("h", "/api/x?q=1");
     parts
         .headers
@@ -371,6 +373,7 @@ fn redirects_build_the_location_from_the_request() {
         port: None,
         status: 301,
         path: None,
+        strip_query: true,
     });
     let moved = redirect(Redirect {
         scheme: None,
@@ -378,8 +381,9 @@ fn redirects_build_the_location_from_the_request() {
         port: Some(8443),
         status: 302,
         path: Some(PathRewrite::ReplacePrefixMatch("/new".into())),
+        strip_query: true,
     });
-    let r = GatewayRouter::new(&listener(
+    let r = Router::gateway(&listener(
         GatewayProtocol::Http,
         vec![
             host("a.example.com", vec![to_https]),
@@ -396,7 +400,7 @@ fn redirects_build_the_location_from_the_request() {
         go(&r, "b.example.com:8080", "/old/x"),
         "302 http://new.example.com:8443/new/x"
     );
-    let tls = GatewayRouter::new(&listener(
+    let tls = Router::gateway(&listener(
         GatewayProtocol::Https,
         vec![host(
             "*",
@@ -406,6 +410,7 @@ fn redirects_build_the_location_from_the_request() {
                 port: Some(443),
                 status: 308,
                 path: Some(PathRewrite::ReplaceFull("/".into())),
+                strip_query: true,
             })],
         )],
     ))
@@ -429,8 +434,7 @@ fn weights_mirrors_and_tcp_backends() {
     });
     let mut tcp = host("*", Vec::new());
     tcp.tcp_backends = vec![backend("redis-a", 2), backend("redis-b", 0)];
-    let r =
-        GatewayRouter::new(&listener(GatewayProtocol::Http, vec![host("*", vec![rt])])).unwrap();
+    let r = Router::gateway(&listener(GatewayProtocol::Http, vec![host("*", vec![rt])])).unwrap();
     let (mut v2, mut mirrored) = (0, 0);
     for _ in 0..1000 {
         match r.route(&mut request("h", "/")) {
@@ -444,7 +448,7 @@ fn weights_mirrors_and_tcp_backends() {
         }
     }
     assert_eq!((v2, mirrored), (750, 500));
-    let t = GatewayRouter::new(&listener(GatewayProtocol::Tcp, vec![tcp])).unwrap();
+    let t = Router::gateway(&listener(GatewayProtocol::Tcp, vec![tcp])).unwrap();
     assert!((0..10).all(|_| t.tcp_backend(0).unwrap().cluster == "redis-a"));
     assert!(t.tcp_backend(1).is_none());
 }
@@ -462,9 +466,160 @@ fn invalid_regex_names_its_route() {
             )],
         )],
     );
-    let err = GatewayRouter::new(&l).unwrap_err();
+    let err = Router::gateway(&l).unwrap_err();
     assert!(
         err.starts_with("MeshGatewayRoute/r: conf.http.rules[0]: invalid regular expression"),
         "{err}"
     );
+}
+
+fn table(hosts: Vec<(&[&str], Vec<HttpRoute>)>) -> Router {
+    let virtual_hosts = hosts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (domains, routes))| bearing_proxy_config::VirtualHost {
+            name: format!("vh{i}"),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            routes,
+        })
+        .collect();
+    Router::table(&bearing_proxy_config::RouteTable {
+        name: "outbound:backend".into(),
+        virtual_hosts,
+    })
+    .unwrap()
+}
+
+/// A sidecar route table: Envoy's domain order (exact, suffix, prefix wildcard, `*`), the
+/// Host's port seen by the domains, and no gateway hygiene.
+#[test]
+fn route_tables_pick_virtual_hosts_as_envoy_does() {
+    let r = table(vec![
+        (&["*"], vec![route("any", HttpMatch::default(), "any")]),
+        (&["api.*"], vec![route("p", HttpMatch::default(), "prefix")]),
+        (
+            &["*.example.com", "web:8080"],
+            vec![route("s", HttpMatch::default(), "suffix")],
+        ),
+        (
+            &["api.example.com"],
+            vec![route("e", HttpMatch::default(), "exact")],
+        ),
+    ]);
+    assert_eq!(go(&r, "API.example.com", "/"), "exact");
+    assert_eq!(go(&r, "x.example.com", "/"), "suffix");
+    assert_eq!(go(&r, "api.internal", "/"), "prefix");
+    assert_eq!(
+        go(&r, "web:8080", "/"),
+        "suffix",
+        "the port is part of the domain"
+    );
+    assert_eq!(go(&r, "web", "/"), "any");
+    // No gateway hygiene: underscores pass, the path is matched as sent.
+    let mut req = request("web", "/a/../b");
+    req.headers.insert("x_under", HeaderValue::from_static("1"));
+    assert_eq!(outcome(&r, &mut req), "any");
+    assert_eq!(req.uri.path(), "/a/../b");
+}
+
+/// Envoy's `prefix` is a string prefix, unlike the gateway's segment prefix; its rewrite
+/// replaces the matched bytes; regex rewrites replace every match in the path; values match
+/// by prefix, suffix and substring.
+#[test]
+fn route_table_matches_and_rewrites() {
+    let mut string_prefix = route("sp", path(PathMatch::StringPrefix("/v1/".into())), "v1");
+    string_prefix.action = RouteAction::Forward {
+        backends: vec![backend("v1", 1)],
+        rewrite: Some(Rewrite {
+            path: Some(PathRewrite::ReplacePrefixMatch("/v2".into())),
+            host_to_backend_hostname: false,
+            host: Some("backend.internal".into()),
+        }),
+    };
+    let mut exact = route("ex", path(PathMatch::Exact("/v1".into())), "v1");
+    exact.action = RouteAction::Forward {
+        backends: vec![backend("v1", 1)],
+        rewrite: Some(Rewrite {
+            path: Some(PathRewrite::Regex {
+                pattern: "v(\\d)".into(),
+                substitution: "version-${1}".into(),
+            }),
+            ..Rewrite::default()
+        }),
+    };
+    let headers = route(
+        "h",
+        HttpMatch {
+            path: Some(PathMatch::StringPrefix("/".into())),
+            headers: vec![
+                HeaderMatch {
+                    name: "x-a".into(),
+                    value: ValueMatch::Prefix("pre".into()),
+                },
+                HeaderMatch {
+                    name: "x-b".into(),
+                    value: ValueMatch::Suffix("fix".into()),
+                },
+                HeaderMatch {
+                    name: "x-c".into(),
+                    value: ValueMatch::Contains("mid".into()),
+                },
+            ],
+            ..HttpMatch::default()
+        },
+        "headers",
+    );
+    let mut direct = route("d", path(PathMatch::Exact("/gone".into())), "unused");
+    direct.action = RouteAction::DirectResponse {
+        status: 410,
+        body: "gone for good".into(),
+    };
+    let mut moved = route("m", path(PathMatch::Exact("/old".into())), "unused");
+    moved.action = RouteAction::Redirect(Redirect {
+        scheme: None,
+        hostname: Some("new".into()),
+        port: None,
+        status: 302,
+        path: Some(PathRewrite::ReplaceFull("/new".into())),
+        strip_query: false,
+    });
+    let r = table(vec![(
+        &["*"],
+        vec![
+            string_prefix,
+            exact,
+            direct,
+            moved,
+            headers,
+            route("rest", HttpMatch::default(), "rest"),
+        ],
+    )]);
+    let mut req = request("web", "/v1/x?q=1");
+    assert_eq!(outcome(&r, &mut req), "v1");
+    assert_eq!(
+        req.uri, "/v2x?q=1",
+        "the matched bytes replaced as they are"
+    );
+    assert_eq!(req.headers["host"], "backend.internal");
+    let mut req = request("web", "/v1");
+    assert_eq!(outcome(&r, &mut req), "v1");
+    assert_eq!(req.uri, "/version-1");
+    assert_eq!(go(&r, "web", "/v1x"), "rest", "not the exact path");
+    match r.route(&mut request("web", "/gone")) {
+        Decision::Respond { status, body, .. } => {
+            assert_eq!((status.as_u16(), body), (410, Some("gone for good")))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        go(&r, "web:8080", "/old?a=b"),
+        "302 http://new:8080/new?a=b"
+    );
+    let mut req = request("web", "/h");
+    for (n, v) in [("x-a", "prefix"), ("x-b", "suffix"), ("x-c", "amidst")] {
+        req.headers.insert(n, HeaderValue::from_static(v));
+    }
+    assert_eq!(outcome(&r, &mut req), "headers");
+    req.headers.insert("x-c", HeaderValue::from_static("none"));
+    assert_eq!(outcome(&r, &mut req), "rest");
 }

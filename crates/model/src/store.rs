@@ -595,6 +595,31 @@ mod tests {
         assert!(text.contains("unknown field `prot`"), "{text}");
     }
 
+    /// The VirtualOutbound seed's own example Dataplane, as printed in
+    /// `seeds/virtual-outbound-2.2.txt`, is invalid for Kuma too: `inbound` sits at the top
+    /// level and the tag `port: 1800` is a number. Each mistake gets its own clear message.
+    #[test]
+    fn the_virtual_outbound_seeds_dataplane_is_refused_with_clear_messages() {
+        let seed = "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 192.168.0.2\ninbound:\n  - port: 9000\n    servicePort: 6379\n    tags:\n      kuma.io/service: backend\n      version: v1\n      port: 1800\n";
+        let s = load(seed);
+        let texts: Vec<String> = s.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(texts.len(), 1, "{texts:?}");
+        assert!(
+            texts[0].starts_with(
+                "store/a.yaml:6: Dataplane/backend-1: inbound: unknown field `inbound`"
+            ),
+            "{texts:?}"
+        );
+        // With `inbound` moved under `networking`, the unquoted tag value is what remains.
+        let nested = "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 192.168.0.2\n  inbound:\n    - port: 9000\n      servicePort: 6379\n      tags:\n        kuma.io/service: backend\n        version: v1\n        port: 1800\n";
+        let s = load(nested);
+        let texts: Vec<String> = s.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            texts,
+            ["store/a.yaml:12: Dataplane/backend-1: networking.inbound[0].tags.port: invalid type: integer `1800`, expected a string"]
+        );
+    }
+
     #[test]
     fn validation_problem_points_at_the_field_line() {
         let s = load("type: Dataplane\nname: web\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 70000\n    tags: {kuma.io/service: web}\n");

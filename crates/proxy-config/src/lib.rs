@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 mod gateway;
+mod routes;
 pub use gateway::*;
+pub use routes::*;
 
 /// Everything one proxy serves, as compiled from its config source.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -32,6 +34,44 @@ pub struct ProxyConfig {
     pub dns: Vec<DnsRecord>,
     /// Mesh mTLS material by mesh: every mesh whose certificates this proxy presents.
     pub mtls: BTreeMap<String, MeshTls>,
+    /// Kuma's readiness and Prometheus endpoints that kuma-dp and Envoy answer beside the
+    /// mesh traffic, served by Bearing itself.
+    #[serde(skip_serializing_if = "KumaEndpoints::is_empty")]
+    pub kuma_endpoints: KumaEndpoints,
+}
+
+/// Kuma's endpoints for kubelet and Prometheus, as kuma-cp places them (the listeners
+/// `kuma:envoy:admin` and `kuma:metrics:prometheus`, the cluster `kuma:readiness`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct KumaEndpoints {
+    /// Where `/ready` answers for kubelet probes (`kuma:envoy:admin`: the Dataplane's
+    /// address and admin port); nothing else of the admin API is served there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<SocketAddr>,
+    /// kuma-dp's readiness reporter (`kuma:readiness`, loopback and `--readiness-port`),
+    /// which answers `/ready` the same way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_reporter: Option<SocketAddr>,
+    /// The Prometheus scrape endpoint (`kuma:metrics:prometheus`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusEndpoint>,
+}
+
+impl KumaEndpoints {
+    /// Whether none is configured.
+    pub fn is_empty(&self) -> bool {
+        *self == KumaEndpoints::default()
+    }
+}
+
+/// Where Prometheus scrapes this proxy's metrics (the Mesh's prometheus backend: the
+/// Dataplane's address, port 5670 and path `/metrics` by default).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PrometheusEndpoint {
+    /// Address and port.
+    pub address: SocketAddr,
+    /// Path prefix that answers with the metrics (Envoy's route `prefix` match).
+    pub path: String,
 }
 
 /// One mesh's certificate authority and the identities this proxy holds in it. The proxy
@@ -57,9 +97,14 @@ pub struct MeshTls {
     pub services: Vec<String>,
     /// Plaintext is accepted next to mTLS on inbound listeners (Kuma's PERMISSIVE mode).
     pub permissive: bool,
-    /// Lifetime of a leaf certificate (renewed when 80% of it has passed).
+    /// Lifetime of a leaf certificate (renewed when 80% of it has passed); for a leaf issued
+    /// ahead of time, its own (notBefore to notAfter).
     #[serde(serialize_with = "millis::serialize")]
     pub leaf_lifetime: Duration,
+    /// `identity_pem` comes from the control plane (SDS), which renews it: the expiry
+    /// warnings name kuma-cp rather than `bearing ca issue`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub renewed_by_control_plane: bool,
 }
 
 /// TLS a listener terminates: mesh mTLS with this proxy's identity in `mesh`.
@@ -204,9 +249,17 @@ impl ProxyConfig {
                 .collect::<Vec<_>>(),
         ))
         .unwrap_or_default();
-        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        // Appended only when set, so configs without them keep their versions.
+        let endpoints = match self.kuma_endpoints.is_empty() {
+            true => String::new(),
+            false => serde_json::to_string(&self.kuma_endpoints).unwrap_or_default(),
+        };
+        let hash = text
+            .bytes()
+            .chain(endpoints.bytes())
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
         format!("{hash:016x}")
     }
 }
@@ -309,6 +362,16 @@ pub struct Listener {
     /// goes (`cluster` is unused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayListener>,
+    /// Sidecar HTTP listener whose requests are routed (kuma-cp's MeshHTTPRoute): the route
+    /// table decides where each request goes (`cluster` is unused). `None`: every request
+    /// goes to `cluster`, with no routing cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<RouteTable>,
+    /// Sidecar TCP listener splitting connections over several clusters by weight
+    /// (kuma-cp's MeshTCPRoute, Envoy's `tcp_proxy.weighted_clusters`; `cluster` is unused).
+    /// Empty: every connection goes to `cluster`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tcp_backends: Vec<WeightedCluster>,
     /// Fail closed: a policy denies traffic to this inbound that Bearing cannot enforce per
     /// source (a MeshTrafficPermission `Deny`), so every connection is refused. Names the
     /// policy (`MeshTrafficPermission/<name>`) for logs and `/config_dump`.

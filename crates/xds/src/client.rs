@@ -419,6 +419,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_push_after_a_nack_is_offered_with_the_last_acked_set_of_the_nacked_type() {
+        use envoy_types::pb::envoy::config::listener::v3::Listener;
+        let mut client = client();
+        client.respond(clusters("1", "n1", &["a"]), &mut RefuseBad);
+        let nack = client
+            .respond(clusters("2", "n2", &["a", "bad"]), &mut RefuseBad)
+            .unwrap();
+        assert!(nack.error_detail.is_some());
+        // RefuseBad refuses any state holding cluster `bad`: the Listener push is accepted
+        // only if the state it is offered in holds the ACKed Clusters, not the NACKed ones.
+        let listeners = DiscoveryResponse {
+            version_info: "3".into(),
+            nonce: "n3".into(),
+            type_url: Listener::type_url(),
+            resources: vec![to_any(&Listener {
+                name: "l".into(),
+                ..Default::default()
+            })],
+            ..Default::default()
+        };
+        let ack = client.respond(listeners, &mut RefuseBad).unwrap();
+        assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+        assert_eq!(ack.version_info, "3");
+        let state = client.state();
+        assert_eq!(state.version(ResourceType::Cluster), "1");
+        assert_eq!(
+            state
+                .get(ResourceType::Cluster)
+                .resources
+                .keys()
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
+    }
+
+    #[tokio::test]
     async fn ignores_types_it_did_not_subscribe_to() {
         let mut response = clusters("1", "n1", &[]);
         response.type_url = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig".into();

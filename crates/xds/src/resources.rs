@@ -185,6 +185,13 @@ impl ResourceState {
         &self.get(resource_type).version
     }
 
+    /// The resources of `resource_type` as this state shares them with every state derived
+    /// from it (`None` before the first response of that type): a consumer that keeps the
+    /// `Arc` tells by `Arc::ptr_eq` whether a later state still holds the same set.
+    pub fn shared(&self, resource_type: ResourceType) -> Option<&Arc<TypeResources>> {
+        self.types.get(&resource_type)
+    }
+
     /// Every type that has received a response, with its resources, in subscription order.
     pub fn iter(&self) -> impl Iterator<Item = (ResourceType, &TypeResources)> {
         self.types.iter().map(|(t, r)| (*t, r.as_ref()))
@@ -407,6 +414,12 @@ mod tests {
         let state = ResourceState::default().with(ResourceType::Cluster, first.clone());
         let next = state.with(ResourceType::Listener, TypeResources::default());
         assert_eq!(next.get(ResourceType::Cluster), &first);
+        let shared = |s: &ResourceState| s.shared(ResourceType::Cluster).cloned();
+        assert!(
+            Arc::ptr_eq(&shared(&state).unwrap(), &shared(&next).unwrap()),
+            "the untouched type is shared, not copied"
+        );
+        assert!(next.shared(ResourceType::Secret).is_none());
         assert_eq!(next.version(ResourceType::Secret), "");
         assert_eq!(
             next.iter().map(|(t, _)| t).collect::<Vec<_>>(),

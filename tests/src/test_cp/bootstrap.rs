@@ -133,6 +133,14 @@ fn bootstrap(shared: &Shared, head: &Parts, body: &[u8]) -> Result<(String, Valu
             metadata[key] = json!(port.to_string());
         }
     }
+    // Envoy's admin as kuma-cp places it: the Dataplane's `networking.admin.port`, else
+    // kuma-cp's default (bootstrapServer.params.adminPort, 9901), on loopback.
+    let admin_port = dataplane
+        .pointer("/networking/admin/port")
+        .and_then(Value::as_u64)
+        .unwrap_or(9901);
+    metadata["dataplane.admin.port"] = json!(admin_port.to_string());
+    metadata["dataplane.admin.address"] = json!("127.0.0.1");
     if let Some(dynamic) = request.get("dynamicMetadata").filter(|d| d.is_object()) {
         metadata["dynamicMetadata"] = dynamic.clone();
     }
@@ -165,6 +173,7 @@ fn bootstrap(shared: &Shared, head: &Parts, body: &[u8]) -> Result<(String, Valu
     }
     let document = json!({
         "node": {"id": node, "cluster": name, "metadata": metadata},
+        "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": admin_port}}},
         "dynamicResources": {
             "adsConfig": {"apiType": "GRPC", "transportApiVersion": "V3", "setNodeOnFirstMessageOnly": true, "grpcServices": [grpc_service]},
             "cdsConfig": {"ads": {}, "initialFetchTimeout": "0s", "resourceApiVersion": "V3"},

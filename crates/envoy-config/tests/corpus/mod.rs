@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use bearing_envoy_config::decode::SECRET;
-use bearing_envoy_config::{decode_raw, read_golden, GoldenResource, RawResource};
+use bearing_envoy_config::{decode_raw, read_golden, GoldenResource, NodeInfo, RawResource};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -170,6 +170,29 @@ fn collect_secret_names(value: &Value, out: &mut BTreeSet<String>) {
     }
 }
 
+/// Replaces the stand-ins a Secret's inline PEMs hold (the e2e goldens' `CERT`, `KEY`, `CA`,
+/// the admin goldens' `keyPEM`) with the test certificate and key, so the Secret loads.
+fn replace_placeholder_pems(secret: &mut Value) {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    for (pointer, pem) in [
+        (
+            "/tlsCertificate/certificateChain/inlineBytes",
+            test_cert_pem(),
+        ),
+        ("/tlsCertificate/privateKey/inlineBytes", test_key_pem()),
+        ("/validationContext/trustedCa/inlineBytes", test_cert_pem()),
+    ] {
+        let Some(value) = secret.pointer_mut(pointer) else {
+            continue;
+        };
+        let text = value.as_str().and_then(|b64| engine.decode(b64).ok());
+        if !text.is_some_and(|t| t.windows(11).any(|w| w == b"-----BEGIN ")) {
+            *value = Value::String(engine.encode(pem));
+        }
+    }
+}
+
 /// Like [`load`], after `edit` has changed each resource's JSON (placeholders replaced).
 pub fn load_edited(file: &Path, edit: fn(&mut Value)) -> Result<Vec<GoldenResource>, String> {
     let shown = file.display().to_string();
@@ -177,10 +200,32 @@ pub fn load_edited(file: &Path, edit: fn(&mut Value)) -> Result<Vec<GoldenResour
     raws.iter_mut().for_each(|raw| {
         raw.name = replaced(&raw.name);
         replace_placeholders(&mut raw.json);
+        if raw.type_url == SECRET {
+            replace_placeholder_pems(&mut raw.json);
+        }
         edit(&mut raw.json);
     });
     add_missing_secrets(&mut raws);
     raws.iter()
         .map(|raw| decode_raw(raw, &shown).map_err(|e| e.to_string()))
         .collect()
+}
+
+/// The node a golden is for, from where it sits in the corpus.
+pub fn node_for(short: &str) -> NodeInfo {
+    let proxy_type = if short.starts_with("gateway/") || short.contains("builtingateway") {
+        "gateway"
+    } else if short.contains("egress") {
+        "egress"
+    } else if short.contains("ingress") {
+        "ingress"
+    } else {
+        "dataplane"
+    };
+    NodeInfo {
+        name: "golden".into(),
+        mesh: "default".into(),
+        proxy_type: proxy_type.into(),
+        source: format!("golden {short}"),
+    }
 }

@@ -1,0 +1,603 @@
+//! Envoy's `RouteConfiguration` (an HTTP connection manager's inline `route_config`, as
+//! kuma-cp renders MeshHTTPRoute for sidecars) and a TCP proxy's `weighted_clusters`
+//! (MeshTCPRoute), translated into ProxyConfig's route model, the one `bearing-gateway`
+//! routes by.
+//!
+//! A route configuration that sends every request to one cluster unchanged (one virtual host
+//! `*`, one `prefix: /` route, no edits) stays a plain listener to that cluster, so the byte
+//! path pays nothing for routing. Anything else becomes a [`RouteTable`]. A field the model
+//! cannot express is a problem naming its path; the fields guard (`fields.rs`) has already
+//! refused every field not read here.
+
+use std::time::Duration;
+
+use bearing_proxy_config::{
+    HeaderFilter, HeaderMatch, HttpMatch, HttpRoute, Mirror, PathMatch, PathRewrite, QueryMatch,
+    Redirect, Rewrite, RouteAction, RouteTable, ValueMatch, VirtualHost, WeightedCluster,
+};
+use envoy_types::pb::envoy::config::core::v3 as core_pb;
+use envoy_types::pb::envoy::config::route::v3 as route_pb;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_pb;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher_pb;
+use envoy_types::pb::envoy::r#type::v3 as type_pb;
+
+/// Envoy's default route timeout, used when a route sets none.
+pub(crate) const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Kuma's request header carrying the caller's tags; added on every outbound, which Bearing
+/// does not (documented: it changes nothing Bearing serves).
+const KUMA_TAGS: &str = "x-kuma-tags";
+
+/// A field Bearing cannot serve: its path and why.
+pub(crate) type Problem = (String, String);
+
+/// Where an HTTP connection manager's requests go.
+#[derive(Debug)]
+pub(crate) enum HttpRouting {
+    /// Every request to one cluster, unchanged: a plain listener.
+    One(String),
+    /// Routed by a table.
+    Table(RouteTable),
+}
+
+/// The clusters a route configuration sends to, each with the response timeout of the
+/// routes that reach it (`None`: none), mirrors included.
+pub(crate) type Reached = Vec<(String, Option<Duration>, String)>;
+
+/// The request and response header edits of one level (a route configuration, virtual host
+/// or route: the same four fields) at `$at`.
+macro_rules! level_edits {
+    ($level:expr, $at:expr, $problems:expr) => {
+        (
+            edits(
+                &$level.request_headers_to_add,
+                &$level.request_headers_to_remove,
+                &format!("{}.request_headers", $at),
+                $problems,
+            ),
+            edits(
+                &$level.response_headers_to_add,
+                &$level.response_headers_to_remove,
+                &format!("{}.response_headers", $at),
+                $problems,
+            ),
+        )
+    };
+}
+
+/// Translates an inline route configuration at `at`; problems are pushed to `problems`.
+pub(crate) fn route_config(
+    rc: &route_pb::RouteConfiguration,
+    at: &str,
+    problems: &mut Vec<Problem>,
+    reached: &mut Reached,
+) -> Option<HttpRouting> {
+    let before = problems.len();
+    let (config_request, config_response) = level_edits!(rc, at, problems);
+    let mut virtual_hosts = Vec::new();
+    for (k, vh) in rc.virtual_hosts.iter().enumerate() {
+        let vat = format!("{at}.virtual_hosts[{k}]");
+        let (request, response) = level_edits!(vh, vat, problems);
+        let mut routes = Vec::new();
+        for (r, route) in vh.routes.iter().enumerate() {
+            let rat = format!("{vat}.routes[{r}]");
+            if let Some(mut out) = http_route(route, &rat, problems, reached) {
+                // Envoy applies the route's edits, then the virtual host's, then the
+                // configuration's.
+                append(&mut out.request_headers, &request);
+                append(&mut out.request_headers, &config_request);
+                append(&mut out.response_headers, &response);
+                append(&mut out.response_headers, &config_response);
+                routes.push(out);
+            }
+        }
+        virtual_hosts.push(VirtualHost {
+            name: vh.name.clone(),
+            domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            routes,
+        });
+    }
+    if problems.len() > before {
+        return None;
+    }
+    if let Some(cluster) = only_cluster(&virtual_hosts) {
+        return Some(HttpRouting::One(cluster));
+    }
+    Some(HttpRouting::Table(RouteTable {
+        name: rc.name.clone(),
+        virtual_hosts,
+    }))
+}
+
+/// The cluster of a table that sends every request to it unchanged: one virtual host `*`
+/// with one route, `prefix: /`, forwarding to one cluster with no edits.
+fn only_cluster(virtual_hosts: &[VirtualHost]) -> Option<String> {
+    let [vh] = virtual_hosts else { return None };
+    let [route] = vh.routes.as_slice() else {
+        return None;
+    };
+    let all = HttpMatch {
+        path: Some(PathMatch::StringPrefix("/".into())),
+        ..HttpMatch::default()
+    };
+    let plain = vh.domains == ["*"]
+        && route.matches == all
+        && route.request_headers.is_empty()
+        && route.response_headers.is_empty()
+        && route.mirror.is_none();
+    match &route.action {
+        RouteAction::Forward {
+            backends,
+            rewrite: None,
+        } if plain => match backends.as_slice() {
+            [one] => Some(one.cluster.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn append(to: &mut HeaderFilter, more: &HeaderFilter) {
+    to.set.extend(more.set.iter().cloned());
+    to.add.extend(more.add.iter().cloned());
+    to.remove.extend(more.remove.iter().cloned());
+}
+
+/// Header edits of one level (`*_headers_to_add`, `*_headers_to_remove`); Kuma's
+/// `x-kuma-tags` is left out.
+fn edits(
+    add: &[core_pb::HeaderValueOption],
+    remove: &[String],
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> HeaderFilter {
+    use core_pb::header_value_option::HeaderAppendAction as A;
+    let mut filter = HeaderFilter::default();
+    for (i, option) in add.iter().enumerate() {
+        let Some(header) = &option.header else {
+            continue;
+        };
+        let key = header.key.to_ascii_lowercase();
+        if key == KUMA_TAGS {
+            continue;
+        }
+        let pair = (key, header.value.clone());
+        match A::try_from(option.append_action) {
+            Ok(A::AppendIfExistsOrAdd) => filter.add.push(pair),
+            Ok(A::OverwriteIfExistsOrAdd) => filter.set.push(pair),
+            _ => problems.push((
+                format!("{at}_to_add[{i}].append_action"),
+                "only APPEND_IF_EXISTS_OR_ADD and OVERWRITE_IF_EXISTS_OR_ADD are implemented"
+                    .into(),
+            )),
+        }
+    }
+    filter.remove.extend(
+        remove
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .filter(|h| h != KUMA_TAGS),
+    );
+    filter
+}
+
+fn http_route(
+    route: &route_pb::Route,
+    at: &str,
+    problems: &mut Vec<Problem>,
+    reached: &mut Reached,
+) -> Option<HttpRoute> {
+    let matches = route_match(route.r#match.as_ref(), &format!("{at}.match"), problems)?;
+    let origin = match route.name.as_str() {
+        "" => at.to_string(),
+        name => format!("route {name}"),
+    };
+    let (request_headers, response_headers) = level_edits!(route, at, problems);
+    let mut out = HttpRoute {
+        origin,
+        matches,
+        request_headers,
+        response_headers,
+        action: RouteAction::DirectResponse {
+            status: 404,
+            body: String::new(),
+        },
+        mirror: None,
+    };
+    use route_pb::route::Action;
+    out.action = match &route.action {
+        Some(Action::Route(action)) => {
+            let (action, mirror) = forward(action, &format!("{at}.route"), problems, reached)?;
+            out.mirror = mirror;
+            action
+        }
+        Some(Action::Redirect(redirect)) => RouteAction::Redirect(redirect_action(
+            redirect,
+            &format!("{at}.redirect"),
+            problems,
+        )?),
+        Some(Action::DirectResponse(d)) => {
+            let status = u16::try_from(d.status)
+                .ok()
+                .filter(|s| (200..=599).contains(s));
+            let Some(status) = status else {
+                problems.push((
+                    format!("{at}.direct_response.status"),
+                    format!("{} is not an HTTP status (200-599)", d.status),
+                ));
+                return None;
+            };
+            let body = match &d.body {
+                None => String::new(),
+                Some(source) => match crate::translate::data_text(Some(source)) {
+                    Some(text) => text,
+                    None => {
+                        problems.push((
+                            format!("{at}.direct_response.body"),
+                            "only an inline body is implemented".into(),
+                        ));
+                        return None;
+                    }
+                },
+            };
+            RouteAction::DirectResponse { status, body }
+        }
+        _ => {
+            problems.push((
+                format!("{at}.action"),
+                "a route needs a route, redirect or direct_response action".into(),
+            ));
+            return None;
+        }
+    };
+    Some(out)
+}
+
+fn route_match(
+    m: Option<&route_pb::RouteMatch>,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<HttpMatch> {
+    use route_pb::route_match::PathSpecifier as P;
+    let Some(m) = m else {
+        problems.push((at.to_string(), "a route without a match".into()));
+        return None;
+    };
+    let before = problems.len();
+    let path = match &m.path_specifier {
+        Some(P::Prefix(p)) => Some(PathMatch::StringPrefix(p.clone())),
+        Some(P::Path(p)) => Some(PathMatch::Exact(p.clone())),
+        Some(P::SafeRegex(re)) => Some(PathMatch::Regex(re.regex.clone())),
+        Some(P::PathSeparatedPrefix(p)) => Some(PathMatch::Prefix(p.clone())),
+        _ => {
+            problems.push((
+                at.to_string(),
+                "a path match (prefix, path, safe_regex or path_separated_prefix) is needed".into(),
+            ));
+            None
+        }
+    };
+    let mut method = None;
+    let mut headers = Vec::new();
+    for (i, h) in m.headers.iter().enumerate() {
+        let hat = format!("{at}.headers[{i}]");
+        let Some(value) = header_value(h, &hat, problems) else {
+            continue;
+        };
+        match (h.name.as_str(), value) {
+            (":method", ValueMatch::Exact(m)) => method = Some(m.to_ascii_uppercase()),
+            (name, _) if name.starts_with(':') => problems.push((
+                format!("{hat}.name"),
+                "only `:method` (exact) of the pseudo-headers is implemented".into(),
+            )),
+            (name, value) => headers.push(HeaderMatch {
+                name: name.to_ascii_lowercase(),
+                value,
+            }),
+        }
+    }
+    let mut query = Vec::new();
+    for (i, q) in m.query_parameters.iter().enumerate() {
+        use route_pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+        let qat = format!("{at}.query_parameters[{i}]");
+        let value = match &q.query_parameter_match_specifier {
+            Some(Q::StringMatch(s)) => string_match(s, &format!("{qat}.string_match"), problems),
+            Some(Q::PresentMatch(true)) => Some(ValueMatch::Present),
+            Some(Q::PresentMatch(false)) => Some(ValueMatch::Absent),
+            None => Some(ValueMatch::Present),
+        };
+        if let Some(value) = value {
+            query.push(QueryMatch {
+                name: q.name.clone(),
+                value,
+            });
+        }
+    }
+    (problems.len() == before).then_some(HttpMatch {
+        path,
+        method,
+        headers,
+        query,
+    })
+}
+
+// The deprecated matchers (`exact_match` ...) are still valid Envoy config.
+#[allow(deprecated)]
+fn header_value(
+    h: &route_pb::HeaderMatcher,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<ValueMatch> {
+    use route_pb::header_matcher::HeaderMatchSpecifier as H;
+    match &h.header_match_specifier {
+        Some(H::StringMatch(s)) => string_match(s, &format!("{at}.string_match"), problems),
+        Some(H::ExactMatch(v)) => Some(ValueMatch::Exact(v.clone())),
+        Some(H::SafeRegexMatch(re)) => Some(ValueMatch::Regex(re.regex.clone())),
+        Some(H::PrefixMatch(v)) => Some(ValueMatch::Prefix(v.clone())),
+        Some(H::SuffixMatch(v)) => Some(ValueMatch::Suffix(v.clone())),
+        Some(H::ContainsMatch(v)) => Some(ValueMatch::Contains(v.clone())),
+        Some(H::PresentMatch(true)) | None => Some(ValueMatch::Present),
+        Some(H::PresentMatch(false)) => Some(ValueMatch::Absent),
+        Some(H::RangeMatch(_)) => {
+            problems.push((
+                format!("{at}.range_match"),
+                "header range matches are not implemented".into(),
+            ));
+            None
+        }
+    }
+}
+
+fn string_match(
+    s: &matcher_pb::StringMatcher,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<ValueMatch> {
+    use matcher_pb::string_matcher::MatchPattern as M;
+    match &s.match_pattern {
+        Some(M::Exact(v)) => Some(ValueMatch::Exact(v.clone())),
+        Some(M::Prefix(v)) => Some(ValueMatch::Prefix(v.clone())),
+        Some(M::Suffix(v)) => Some(ValueMatch::Suffix(v.clone())),
+        Some(M::Contains(v)) => Some(ValueMatch::Contains(v.clone())),
+        Some(M::SafeRegex(re)) => Some(ValueMatch::Regex(re.regex.clone())),
+        _ => {
+            problems.push((
+                at.to_string(),
+                "only exact, prefix, suffix, contains and safe_regex matches are implemented"
+                    .into(),
+            ));
+            None
+        }
+    }
+}
+
+/// A `route` action: its backends, rewrites and mirror.
+fn forward(
+    action: &route_pb::RouteAction,
+    at: &str,
+    problems: &mut Vec<Problem>,
+    reached: &mut Reached,
+) -> Option<(RouteAction, Option<Mirror>)> {
+    use route_pb::route_action::ClusterSpecifier as C;
+    use route_pb::route_action::HostRewriteSpecifier as Host;
+    let timeout = match action.timeout.as_ref().map(crate::translate::duration) {
+        None => Some(DEFAULT_ROUTE_TIMEOUT),
+        Some(Duration::ZERO) => None,
+        Some(d) => Some(d),
+    };
+    let backends = match &action.cluster_specifier {
+        Some(C::Cluster(c)) => vec![WeightedCluster {
+            cluster: c.clone(),
+            weight: 1,
+            hostname: None,
+        }],
+        Some(C::WeightedClusters(w)) => w
+            .clusters
+            .iter()
+            .map(|c| WeightedCluster {
+                cluster: c.name.clone(),
+                weight: c.weight.as_ref().map_or(0, |w| w.value),
+                hostname: None,
+            })
+            .collect(),
+        _ => {
+            problems.push((
+                format!("{at}.cluster_specifier"),
+                "a route to a cluster or weighted_clusters is needed".into(),
+            ));
+            return None;
+        }
+    };
+    for b in &backends {
+        reached.push((b.cluster.clone(), timeout, at.to_string()));
+    }
+    let path = match (action.prefix_rewrite.as_str(), &action.regex_rewrite) {
+        ("", None) => None,
+        (prefix, None) => Some(PathRewrite::ReplacePrefixMatch(prefix.to_string())),
+        ("", Some(re)) => Some(regex_rewrite(re)),
+        (_, Some(_)) => {
+            problems.push((
+                format!("{at}.regex_rewrite"),
+                "prefix_rewrite and regex_rewrite together".into(),
+            ));
+            return None;
+        }
+    };
+    let host = match &action.host_rewrite_specifier {
+        Some(Host::HostRewriteLiteral(h)) => Some(h.clone()),
+        // The other host rewrites are refused by the fields guard.
+        _ => None,
+    };
+    let rewrite = (path.is_some() || host.is_some()).then_some(Rewrite {
+        path,
+        host_to_backend_hostname: false,
+        host,
+    });
+    let mirror = match action.request_mirror_policies.as_slice() {
+        [] => None,
+        [m] => {
+            reached.push((m.cluster.clone(), timeout, at.to_string()));
+            Some(Mirror {
+                cluster: m.cluster.clone(),
+                percentage: m
+                    .runtime_fraction
+                    .as_ref()
+                    .and_then(|f| f.default_value.as_ref())
+                    .map_or(100.0, percentage),
+            })
+        }
+        _ => {
+            problems.push((
+                format!("{at}.request_mirror_policies"),
+                "one request mirror per route is implemented".into(),
+            ));
+            return None;
+        }
+    };
+    Some((RouteAction::Forward { backends, rewrite }, mirror))
+}
+
+/// A fraction as a percentage (0 to 100).
+fn percentage(f: &type_pb::FractionalPercent) -> f64 {
+    use type_pb::fractional_percent::DenominatorType as D;
+    let denominator = match D::try_from(f.denominator) {
+        Ok(D::TenThousand) => 10_000.0,
+        Ok(D::Million) => 1_000_000.0,
+        _ => 100.0,
+    };
+    (f64::from(f.numerator) / denominator * 100.0).min(100.0)
+}
+
+/// Envoy's `regex_rewrite`: its substitution's `\N` groups in the `regex` crate's `${N}`
+/// form, a literal `$` escaped.
+fn regex_rewrite(re: &matcher_pb::RegexMatchAndSubstitute) -> PathRewrite {
+    let mut substitution = String::with_capacity(re.substitution.len());
+    let mut chars = re.substitution.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                substitution.push_str(&format!("${{{d}}}"));
+                chars.next();
+            }
+            ('\\', Some('\\')) => {
+                substitution.push('\\');
+                chars.next();
+            }
+            ('$', _) => substitution.push_str("$$"),
+            (c, _) => substitution.push(c),
+        }
+    }
+    PathRewrite::Regex {
+        pattern: re
+            .pattern
+            .as_ref()
+            .map_or(String::new(), |p| p.regex.clone()),
+        substitution,
+    }
+}
+
+fn redirect_action(
+    r: &route_pb::RedirectAction,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Redirect> {
+    use route_pb::redirect_action::PathRewriteSpecifier as P;
+    use route_pb::redirect_action::RedirectResponseCode as Code;
+    use route_pb::redirect_action::SchemeRewriteSpecifier as S;
+    let scheme = match &r.scheme_rewrite_specifier {
+        Some(S::HttpsRedirect(true)) => Some("https".to_string()),
+        Some(S::SchemeRedirect(s)) if !s.is_empty() => Some(s.to_ascii_lowercase()),
+        _ => None,
+    };
+    let status = match Code::try_from(r.response_code) {
+        Ok(Code::MovedPermanently) => 301,
+        Ok(Code::Found) => 302,
+        Ok(Code::SeeOther) => 303,
+        Ok(Code::TemporaryRedirect) => 307,
+        Ok(Code::PermanentRedirect) => 308,
+        Err(_) => {
+            problems.push((
+                format!("{at}.response_code"),
+                format!("unknown redirect code {}", r.response_code),
+            ));
+            return None;
+        }
+    };
+    let port = match u16::try_from(r.port_redirect) {
+        Ok(0) => None,
+        Ok(p) => Some(p),
+        Err(_) => {
+            problems.push((
+                format!("{at}.port_redirect"),
+                format!("{} is not a port", r.port_redirect),
+            ));
+            return None;
+        }
+    };
+    let path = match &r.path_rewrite_specifier {
+        None => None,
+        Some(P::PathRedirect(p)) => Some(PathRewrite::ReplaceFull(p.clone())),
+        Some(P::PrefixRewrite(p)) => Some(PathRewrite::ReplacePrefixMatch(p.clone())),
+        Some(P::RegexRewrite(re)) => Some(regex_rewrite(re)),
+        Some(P::PathRewrite(_)) => {
+            problems.push((
+                format!("{at}.path_rewrite"),
+                "path templates are not implemented".into(),
+            ));
+            return None;
+        }
+    };
+    Some(Redirect {
+        scheme,
+        hostname: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
+        port,
+        status,
+        path,
+        strip_query: r.strip_query,
+    })
+}
+
+/// A TCP proxy's `weighted_clusters`: the backends connections are spread over.
+pub(crate) fn tcp_weighted(w: &tcp_pb::tcp_proxy::WeightedCluster) -> Vec<WeightedCluster> {
+    w.clusters
+        .iter()
+        .map(|c| WeightedCluster {
+            cluster: c.name.clone(),
+            weight: c.weight,
+            hostname: None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regex_substitutions_take_the_regex_crates_form() {
+        let re = matcher_pb::RegexMatchAndSubstitute {
+            pattern: Some(matcher_pb::RegexMatcher {
+                regex: "^/v(\\d)/(.*)$".into(),
+                ..Default::default()
+            }),
+            substitution: "/\\2/version\\1/$x".into(),
+        };
+        assert_eq!(
+            regex_rewrite(&re),
+            PathRewrite::Regex {
+                pattern: "^/v(\\d)/(.*)$".into(),
+                substitution: "/${2}/version${1}/$$x".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn fractions_become_percentages() {
+        let f = |numerator, denominator| type_pb::FractionalPercent {
+            numerator,
+            denominator,
+        };
+        assert_eq!(percentage(&f(9990, 1)), 99.9);
+        assert_eq!(percentage(&f(50, 0)), 50.0);
+        assert_eq!(percentage(&f(250, 0)), 100.0);
+    }
+}

@@ -1,0 +1,246 @@
+//! HTTP routes, shared by builtin gateway listeners (compiled from MeshGatewayRoute) and
+//! sidecar route tables (translated from Envoy's `RouteConfiguration`, as kuma-cp renders
+//! MeshHTTPRoute): what a request must look like and what is done with it. One model, one
+//! router (`bearing-gateway`).
+
+use serde::Serialize;
+
+/// A sidecar HTTP listener's route table (Envoy's `RouteConfiguration`): the virtual host
+/// whose domains match the request's Host, then its first route whose match holds. No virtual
+/// host or no route matching is a 404.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RouteTable {
+    /// Where it came from (the route configuration's name), for logs.
+    pub name: String,
+    /// Virtual hosts; which one serves a request is decided by the most specific domain
+    /// (exact, then `*.suffix` longest first, then `prefix.*` longest first, then `*`), as
+    /// Envoy does, whatever their order here.
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// A virtual host of a route table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VirtualHost {
+    /// Its name, for logs.
+    pub name: String,
+    /// Host values it serves (lowercase): `foo.example.com`, `foo.example.com:8080`,
+    /// `*.example.com`, `foo.*` or `*`; matched against the whole Host header (its port
+    /// included), case-insensitively.
+    pub domains: Vec<String>,
+    /// Routes in order; the first whose match holds serves the request.
+    pub routes: Vec<HttpRoute>,
+}
+
+/// One HTTP route: a rule's match (a rule with several matches gives several routes) and what
+/// to do with the requests it matches.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HttpRoute {
+    /// Where it came from: `MeshGatewayRoute/<name>: conf.http.rules[i].matches[j]`.
+    pub origin: String,
+    /// What the request must look like (every given condition holds).
+    pub matches: HttpMatch,
+    /// Request header changes, applied before forwarding (or redirecting).
+    #[serde(skip_serializing_if = "HeaderFilter::is_empty")]
+    pub request_headers: HeaderFilter,
+    /// Response header changes, applied to the backend's response.
+    #[serde(skip_serializing_if = "HeaderFilter::is_empty")]
+    pub response_headers: HeaderFilter,
+    /// Forward or redirect.
+    pub action: RouteAction,
+    /// Copy of matching requests sent to another backend, its response ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+}
+
+/// Conditions on a request; an empty match matches every request.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct HttpMatch {
+    /// On the path (without the query).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// HTTP method, uppercase (`GET`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// On headers (names lowercase); all must hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    /// On query parameters; all must hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<QueryMatch>,
+}
+
+/// A path condition.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "match", content = "value")]
+pub enum PathMatch {
+    /// The whole path equals this.
+    Exact(String),
+    /// The path starts with this at a segment boundary (Kuma's gateway, Envoy's
+    /// `path_separated_prefix`: `/api` matches `/api` and `/api/x`, not `/apix`).
+    Prefix(String),
+    /// The path starts with these bytes, wherever a segment ends (Envoy's `prefix`: `/api`
+    /// matches `/apix` too).
+    StringPrefix(String),
+    /// The whole path matches this regular expression (RE2 syntax).
+    Regex(String),
+}
+
+/// A header condition.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HeaderMatch {
+    /// Header name, lowercase.
+    pub name: String,
+    /// What its value must be.
+    pub value: ValueMatch,
+}
+
+/// A query parameter condition.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QueryMatch {
+    /// Parameter name (case-sensitive).
+    pub name: String,
+    /// What its value must be (`Exact` or `Regex`).
+    pub value: ValueMatch,
+}
+
+/// A condition on a header or query value.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "match", content = "value")]
+pub enum ValueMatch {
+    /// Equal to this.
+    Exact(String),
+    /// The whole value matches this regular expression (RE2 syntax).
+    Regex(String),
+    /// Starts with this.
+    Prefix(String),
+    /// Ends with this.
+    Suffix(String),
+    /// Holds this.
+    Contains(String),
+    /// The header is not present.
+    Absent,
+    /// The header is present, with any value.
+    Present,
+}
+
+/// Header changes (MeshGatewayRoute `requestHeader` / `responseHeader` filters).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct HeaderFilter {
+    /// Replace (or create) these headers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<(String, String)>,
+    /// Append these values (an existing header keeps its values).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<(String, String)>,
+    /// Remove these headers (names lowercase).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderFilter {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// What a route does with a request.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RouteAction {
+    /// Send it to one of the backends, picked by weight, after an optional rewrite.
+    Forward {
+        /// Backends; a weight-0 backend gets no traffic.
+        backends: Vec<WeightedCluster>,
+        /// Path or Host rewrite.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rewrite: Option<Rewrite>,
+    },
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer with this status and body (`text/plain`), as Envoy's `direct_response`.
+    DirectResponse {
+        /// Response status, 200 to 599.
+        status: u16,
+        /// Response body.
+        body: String,
+    },
+}
+
+/// A request rewrite (MeshGatewayRoute `rewrite` filter).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Rewrite {
+    /// New path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
+    /// Host becomes the chosen backend's hostname (`WeightedCluster::hostname`), when it has
+    /// one.
+    pub host_to_backend_hostname: bool,
+    /// Host becomes this (Envoy's `host_rewrite_literal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// How a rewrite or redirect changes the path.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum PathRewrite {
+    /// The whole path becomes this (the query is kept).
+    ReplaceFull(String),
+    /// The part the route's `Prefix` path match matched is replaced by this (Kuma: replacing
+    /// `/api` by `/` turns `/api/x` into `/x`, never `//x`); after a `StringPrefix` match the
+    /// matched bytes are replaced as they are (Envoy's `prefix_rewrite`).
+    ReplacePrefixMatch(String),
+    /// Every match of `pattern` in the path is replaced by `substitution` (Envoy's
+    /// `regex_rewrite`; `$1`, `${name}` name capture groups).
+    Regex {
+        /// RE2 syntax.
+        pattern: String,
+        /// The replacement.
+        substitution: String,
+    },
+}
+
+/// A redirect response (MeshGatewayRoute `redirect` filter); unset parts keep the request's.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Redirect {
+    /// `http` or `https`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Host of the Location.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Port of the Location (omitted when it is the scheme's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+    /// Path change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
+    /// The Location has no query (Kuma's gateway redirects, Envoy's `strip_query`); else
+    /// the request's query is kept.
+    pub strip_query: bool,
+}
+
+/// A copy of requests sent to another cluster (MeshGatewayRoute `mirror` filter).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Mirror {
+    /// Cluster receiving the copies.
+    pub cluster: String,
+    /// Share of matching requests mirrored, 0 to 100.
+    pub percentage: f64,
+}
+
+/// A backend of a route: a cluster and its share.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WeightedCluster {
+    /// Cluster name (a key of `ProxyConfig::clusters`).
+    pub cluster: String,
+    /// Relative weight (Kuma's default is 1).
+    pub weight: u32,
+    /// Hostname for `host_to_backend_hostname` (an ExternalService's host); mesh services
+    /// have none and keep the Host header, as Envoy's `auto_host_rewrite` does for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}

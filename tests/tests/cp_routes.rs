@@ -1,0 +1,187 @@
+//! Routes from the control plane end to end: a Bearing sidecar fed only by `bearing-test-cp`
+//! with a MeshHTTPRoute-shaped outbound (kuma-cp's rendering: `path` + `prefix` pairs, a
+//! header match, weighted clusters, a direct response, header edits, a rewrite) and a
+//! MeshTCPRoute-shaped TCP split, in front of two origins; curl sees each request reach the
+//! origin its route names.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use bearing_e2e::*;
+use serde_json::{json, Value};
+
+const HCM: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+/// The origins' port.
+const ORIGIN_PORT: u16 = 8080;
+/// The routed HTTP outbound and the split TCP outbound.
+const HTTP_PORT: u16 = 10001;
+const TCP_PORT: u16 = 10002;
+
+/// A STATIC cluster `name` of one endpoint.
+fn cluster(name: &str, host: &Host) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connectTimeout": "5s",
+        "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": [{"endpoint": {
+            "address": {"socketAddress": {"address": host.ip4().to_string(), "portValue": ORIGIN_PORT}}
+        }}]}]},
+    })
+}
+
+/// A listener on 127.0.0.1:`port` with one network filter.
+fn listener(port: u16, filter: Value) -> (String, Value) {
+    let name = format!("outbound:127.0.0.1:{port}");
+    let value = json!({
+        "name": name,
+        "address": {"socketAddress": {"address": "127.0.0.1", "portValue": port}},
+        "trafficDirection": "OUTBOUND",
+        "filterChains": [{"filters": [filter]}],
+    });
+    (name, value)
+}
+
+/// The routes as kuma-cp renders a MeshHTTPRoute for a sidecar outbound.
+fn routes() -> Value {
+    let to = |cluster: &str| json!({"cluster": cluster, "timeout": "0s"});
+    json!([
+        {"match": {"path": "/v2"}, "route": to("two")},
+        {"match": {"prefix": "/v2/"}, "route": to("two"),
+         "responseHeadersToAdd": [{"header": {"key": "x-route", "value": "v2"}}]},
+        {"match": {"prefix": "/", "headers": [{"name": "x-version", "stringMatch": {"exact": "two"}}]},
+         "route": to("two")},
+        {"match": {"prefix": "/split"},
+         "route": {"weightedClusters": {"clusters": [{"name": "one", "weight": 1}, {"name": "two", "weight": 1}]}, "timeout": "0s"}},
+        {"match": {"path": "/gone"}, "directResponse": {"status": 410, "body": {"inlineString": "gone\n"}}},
+        {"match": {"prefix": "/old/"}, "route": {"cluster": "two", "timeout": "0s", "prefixRewrite": "/"}},
+        {"match": {"prefix": "/"}, "route": to("one")},
+    ])
+}
+
+/// The sidecar's resources: the two origins' clusters, the routed HTTP outbound and the
+/// split TCP outbound.
+fn resources(one: &Host, two: &Host) -> Value {
+    let (http_name, http) = listener(
+        HTTP_PORT,
+        json!({"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
+            "@type": HCM,
+            "statPrefix": "backend",
+            "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "routeConfig": {"name": "outbound:backend", "validateClusters": false, "virtualHosts": [
+                {"name": "backend", "domains": ["*"], "routes": routes()}
+            ]},
+        }}),
+    );
+    let (tcp_name, tcp) = listener(
+        TCP_PORT,
+        json!({"name": "envoy.filters.network.tcp_proxy", "typedConfig": {
+            "@type": TCP_PROXY,
+            "statPrefix": "split",
+            "weightedClusters": {"clusters": [{"name": "one", "weight": 1}, {"name": "two", "weight": 1}]},
+        }}),
+    );
+    json!({"xds": {
+        CLUSTER: {"one": cluster("one", one), "two": cluster("two", two)},
+        LISTENER: {http_name: http, tcp_name: tcp},
+    }})
+}
+
+/// `curl` through the sidecar from `host` with `args`: the status and body.
+fn get(host: &Host, url: &str, args: &[&str]) -> Result<(u16, String)> {
+    let mut all: Vec<&str> = vec![url];
+    all.extend_from_slice(args);
+    curl(host, all)
+}
+
+#[test]
+fn a_sidecar_routes_by_the_route_table_the_cp_sends() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "one", "two"])?;
+    let (cp, web) = (topo.host("cp"), topo.host("web"));
+    let (one, two) = (topo.host("one"), topo.host("two"));
+    let pki = CpPki::new(topo.dir(), "cp-routes", cp)?;
+    let origin_one = start_http_server(one, ORIGIN_PORT)?;
+    let origin_two = start_http_server(two, ORIGIN_PORT)?;
+    let (body_one, body_two) = (origin_one.body(), origin_two.body());
+
+    let file = pki.dir.join("web.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&resources(one, two))?)?;
+    let cp_process = start_test_cp(
+        env!("CARGO_BIN_EXE_bearing-test-cp"),
+        cp,
+        5678,
+        &pki.tls,
+        &file,
+        "cp",
+    )?;
+    let dataplane = dataplane_yaml(
+        "web",
+        web,
+        "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
+    );
+    let sidecar = CpAccess::new(cp, 5678, &pki).bearing(web, "web", "dataplane", &dataplane)?;
+    sidecar.wait_ready()?;
+    cp_process.wait_for_log("ACK type=Listener", Duration::from_secs(30))?;
+    let dump = sidecar.config_dump()?;
+    let http_listener = dump["config"]["listeners"]
+        .as_array()
+        .and_then(|ls| {
+            ls.iter()
+                .find(|l| l["name"] == format!("outbound:127.0.0.1:{HTTP_PORT}"))
+        })
+        .context("the routed outbound in /config_dump")?;
+    ensure!(
+        http_listener["routes"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .is_some_and(|r| r.len() == 7),
+        "{http_listener}"
+    );
+
+    let http = |path: &str| format!("http://127.0.0.1:{HTTP_PORT}{path}");
+    // By path: kuma-cp's `path` + `prefix` pair of a PathPrefix match.
+    ensure!(get(web, &http("/"), &[])? == (200, body_one.to_string()));
+    ensure!(get(web, &http("/v2"), &[])? == (200, body_two.to_string()));
+    ensure!(get(web, &http("/v2/x"), &[])? == (200, body_two.to_string()));
+    ensure!(
+        get(web, &http("/v2x"), &[])? == (200, body_one.to_string()),
+        "/v2x is neither /v2 nor under /v2/"
+    );
+    // By header, on the byte path (HTTP/1.1) and through hyper (HTTP/2 prior knowledge).
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let routed = get(web, &http("/any"), &[proto, "-H", "x-version: two"])?;
+        ensure!(routed == (200, body_two.to_string()), "{proto}: {routed:?}");
+        ensure!(get(web, &http("/any"), &[proto])? == (200, body_one.to_string()));
+    }
+    // A route's response header edit, and a direct response.
+    let out = curl_output(web, [http("/v2/y").as_str(), "-i"])?;
+    ensure!(
+        out.body.to_ascii_lowercase().contains("x-route: v2"),
+        "{}",
+        out.body
+    );
+    ensure!(get(web, &http("/gone"), &[])? == (410, "gone\n".to_string()));
+    // A prefix rewrite still reaches its origin.
+    ensure!(get(web, &http("/old/x"), &[])? == (200, body_two.to_string()));
+    // Weighted clusters: equal weights alternate between the origins.
+    let mut seen = [0; 2];
+    for _ in 0..10 {
+        let (code, body) = get(web, &http("/split"), &[])?;
+        ensure!(code == 200, "{code} {body}");
+        seen[usize::from(body == body_two)] += 1;
+    }
+    ensure!(seen == [5, 5], "HTTP split one/two: {seen:?}");
+    // MeshTCPRoute's split: whole connections alternate between the origins.
+    let mut seen = [0; 2];
+    for _ in 0..10 {
+        let (code, body) = get(web, &format!("http://127.0.0.1:{TCP_PORT}/"), &[])?;
+        ensure!(code == 200, "{code} {body}");
+        seen[usize::from(body == body_two)] += 1;
+    }
+    ensure!(seen == [5, 5], "TCP split one/two: {seen:?}");
+    Ok(())
+}
