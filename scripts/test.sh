@@ -58,9 +58,11 @@ done
 # BoringSSL is compiled from source by boring-sys: ~17 min wall on a loaded 2-core machine
 # (~5 min of CPU) per set of build-dependency features, then cached in target/. Different
 # package selections can resolve bindgen's dependencies differently and compile their own
-# (seen: -p bearing-tls, -p bearing-bootstrap, -p bearing-e2e each did once); clippy reuses the
-# build's. Not yet checked: whether --workspace and the e2e tests' `cargo build -p bearing` share one.
+# (seen: -p bearing-tls, -p bearing-bootstrap, -p bearing-e2e each did once), so everything
+# here uses --workspace selections (clippy reuses the build's), and the end-to-end tests run the
+# binary this build made (BEARING_BIN) instead of their own `cargo build -p bearing`.
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
+export BEARING_BIN="$PWD/target/debug/bearing"
 cargo test --workspace -- --test-threads 2
