@@ -1522,7 +1522,7 @@ def markdown(res: dict, charts_dir: str = "") -> str:
             "`bearing ca generate`. Each Bearing issues its own leaf (Mesh `mtls.enabledBackend`, builtin, "
             "STRICT); Envoy gets openssl-issued ECDSA P-256 leaves with the same SPIFFE ids and Kuma's "
             "settings (TLS 1.3 only, client certificate required on the inbound, the outbound verifying "
-            f"`{spiffe(BACKEND)}` exactly, SNI `{kuma_sni(BACKEND)}` (Bearing: its DNS-safe form), ALPN `kuma`). `mtls-handshakes`: "
+            f"`{spiffe(BACKEND)}` exactly, SNI `{kuma_sni(BACKEND)}` from both, ALPN `kuma`). `mtls-handshakes`: "
             "a fresh connection per request against the inbound proxy (full TLS 1.3 handshake with the "
             "web leaf, no resumption, `GET /small`, `Connection: close`); the client skips verifying the "
             "server to stay cheaper than it, and its own CPU seconds are in the ratios below.", ""]
