@@ -51,7 +51,10 @@ pub struct Admin {
 impl Admin {
     /// Serves the admin API on `listener` until the process ends (see [`serve_http`]).
     pub async fn serve(self, listener: impl Into<HttpListener>) {
-        serve_http(listener, "admin", move |req| self.route(req)).await
+        serve_http(listener, "admin", move |req| {
+            std::future::ready(self.route(req))
+        })
+        .await
     }
 
     fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -132,9 +135,10 @@ impl Admin {
 /// is out of descriptors, one of the [`descriptors::ADMIN`] reserve is closed to accept each
 /// connection, and parked again once that connection ends, so the admin API, readiness and
 /// metrics keep answering. `what` names the server in logs.
-pub async fn serve_http<R>(listener: impl Into<HttpListener>, what: &'static str, route: R)
+pub async fn serve_http<R, F>(listener: impl Into<HttpListener>, what: &'static str, route: R)
 where
-    R: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+    R: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let listener = listener.into();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -165,7 +169,7 @@ where
             let _slot = slot;
             let service = service_fn(move |req| {
                 let response = route(req);
-                async move { Ok::<_, Infallible>(response) }
+                async move { Ok::<_, Infallible>(response.await) }
             });
             if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(%peer, "{what} connection: {e}");
@@ -400,7 +404,7 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         tokio::spawn(serve_http(listener, "test", |_req| {
-            text(StatusCode::OK, "LIVE")
+            std::future::ready(text(StatusCode::OK, "LIVE"))
         }));
         let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
         stream

@@ -609,3 +609,107 @@ fn cp_plumbing_answers_scrapes_and_probes() -> Result<()> {
     ensure!(curl(cp, [at(5670, "/metrics")])?.0 == 404);
     Ok(())
 }
+
+/// kuma-dp's metrics hijacker as Bearing serves it: the Dataplane's `metrics.conf.aggregate`
+/// reaches the proxy in the bootstrap's `kumaSidecarConfiguration` (the disabled entry left
+/// out by the CP), and a scrape of address:5670 from another namespace carries the metrics
+/// of a real application (`python3 -m http.server` serving a metrics file) before Bearing's
+/// own, in the text format; an application endpoint that refuses connections and one that
+/// accepts and never answers do not break the scrape, which answers before the scraper's
+/// `X-Prometheus-Scrape-Timeout-Seconds`.
+#[test]
+fn cp_scrape_merges_application_metrics() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "backend"])?;
+    let (cp, backend) = (topo.host("cp"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), "cp-metrics", cp)?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    let leaf = mesh_ca.issue("test-server", &["URI:spiffe://envoyconfig/test-server"])?;
+    const ADMIN_PORT: u16 = 19901;
+    const FILES: u16 = 9100;
+    const DEAD: u16 = 9101;
+    const HUNG: u16 = 9102;
+
+    let site = topo.dir().join("app-metrics");
+    std::fs::create_dir_all(&site)?;
+    std::fs::write(
+        site.join("metrics.txt"),
+        "# HELP app_requests_total Requests served.\n# TYPE app_requests_total counter\napp_requests_total{code=\"200\"} 42\n\n",
+    )?;
+    std::fs::write(site.join("off.txt"), "app_disabled 1\n")?;
+    let ip = backend.ip4().to_string();
+    let site_dir = site.to_string_lossy().into_owned();
+    let files = backend.spawn(
+        "python3",
+        [
+            "-m",
+            "http.server",
+            &FILES.to_string(),
+            "--bind",
+            &ip,
+            "--directory",
+            &site_dir,
+        ],
+    )?;
+    // Accepts (the kernel's backlog) and never answers.
+    let hung_script = format!(
+        "import socket, time\ns = socket.socket()\ns.bind(('{ip}', {HUNG}))\ns.listen(16)\ntime.sleep(600)\n"
+    );
+    let hung = backend.spawn("python3", ["-c", &hung_script])?;
+    backend.wait_for_tcp_listener(FILES, Duration::from_secs(30), Some(&files))?;
+    backend.wait_for_tcp_listener(HUNG, Duration::from_secs(30), Some(&hung))?;
+
+    let file = pki.dir.join("backend.json");
+    server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/metrics")?.write(&file)?;
+    let _cp = start_test_cp(TEST_CP, cp, 5678, &pki.tls, &file, "cp")?;
+    let access = CpAccess::new(cp, 5678, &pki);
+    let resource = format!(
+        "{}  admin:\n    port: {ADMIN_PORT}\nmetrics:\n  type: prometheus\n  conf:\n    aggregate:\n    - name: files\n      port: {FILES}\n      path: /metrics.txt\n    - name: dead\n      port: {DEAD}\n      path: /metrics\n    - name: hung\n      port: {HUNG}\n      path: /metrics\n    - name: off\n      port: {FILES}\n      path: /off.txt\n      enabled: false\n",
+        dataplane(backend, "test-server")
+    );
+    let args = access.source_args("test-server", "dataplane", &resource)?;
+    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+    let server = Bearing::spawn_with_source_admin_port(backend, &args, &[], ADMIN_PORT)?;
+    server.wait_ready()?;
+
+    let started = std::time::Instant::now();
+    let scrape = curl_output(
+        cp,
+        [
+            "-i",
+            "-H",
+            "X-Prometheus-Scrape-Timeout-Seconds: 3",
+            &format!("http://{ip}:5670/metrics"),
+        ],
+    )?;
+    let took = started.elapsed();
+    ensure!(scrape.ok() && scrape.http_code == 200, "scrape: {scrape:?}");
+    ensure!(took < Duration::from_secs(3), "the scrape took {took:?}");
+    let (head, body) = scrape.body.split_once("\r\n\r\n").context("headers")?;
+    ensure!(
+        head.lines()
+            .any(|l| l
+                .eq_ignore_ascii_case("content-type: text/plain; version=0.0.4; charset=utf-8")),
+        "{head}"
+    );
+    ensure!(
+        body.starts_with("# HELP app_requests_total Requests served.\n# TYPE app_requests_total counter\napp_requests_total{code=\"200\"} 42\n# "),
+        "{body}"
+    );
+    ensure!(
+        body.contains("# TYPE bearing_listener_downstream_connections")
+            && !body.contains("app_disabled")
+            && !body.contains("# EOF")
+            && !body.contains("\n\n"),
+        "{body}"
+    );
+    let log = server.process().log_contents();
+    for (name, port) in [("dead", DEAD), ("hung", HUNG)] {
+        ensure!(
+            log.contains("application metrics not") && log.contains(&format!("port={port}")),
+            "no log line for the {name} application: {log}"
+        );
+    }
+    Ok(())
+}

@@ -1525,6 +1525,8 @@ impl Translator<'_> {
                     self.kuma_endpoints.prometheus = Some(PrometheusEndpoint {
                         address,
                         path: prefix.clone(),
+                        // From the bootstrap, not xDS: the config source adds them.
+                        applications: Vec::new(),
                     });
                 }
             }
@@ -2831,6 +2833,7 @@ mod tests {
             let want = PrometheusEndpoint {
                 address: address.parse().unwrap(),
                 path: path.into(),
+                applications: Vec::new(),
             };
             assert_eq!(config.kuma_endpoints.prometheus, Some(want), "{file}");
         }

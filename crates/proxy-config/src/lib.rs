@@ -72,6 +72,26 @@ pub struct PrometheusEndpoint {
     pub address: SocketAddr,
     /// Path prefix that answers with the metrics (Envoy's route `prefix` match).
     pub path: String,
+    /// The application endpoints whose metrics are merged into the scrape, in the order
+    /// kuma-cp listed them (`kumaSidecarConfiguration.metrics.aggregate` of the bootstrap, as
+    /// kuma-dp's metrics hijacker scrapes them); empty: Bearing's own metrics only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub applications: Vec<MetricsApplication>,
+}
+
+/// One application metrics endpoint merged into the Prometheus scrape (an `aggregate` entry
+/// of the Mesh's prometheus backend or the Dataplane's, as kuma-cp hands it to the proxy).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MetricsApplication {
+    /// The entry's name, for logs.
+    pub name: String,
+    /// Host (an IP, or a name resolved at each scrape); the Dataplane's address unless the
+    /// entry gives one.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Path of the application's metrics (`GET`, no query).
+    pub path: String,
 }
 
 /// One mesh's certificate authority and the identities this proxy holds in it. The proxy
