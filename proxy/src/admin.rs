@@ -9,6 +9,7 @@
 //! most [`MAX_CONNECTIONS`] are served at once.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -138,7 +139,26 @@ impl Admin {
 pub async fn serve_http<R, F>(listener: impl Into<HttpListener>, what: &'static str, route: R)
 where
     R: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let plain = |stream, _| std::future::ready(Some(stream));
+    serve_http_over(listener, what, plain, route).await
+}
+
+/// As [`serve_http`], each connection first handed to `transport` with its peer's address
+/// (TCP), inside the connection's slot: it gives the stream HTTP is read from (after a TLS
+/// handshake, say) or `None` to close the connection.
+pub async fn serve_http_over<T, TF, Io, R, F>(
+    listener: impl Into<HttpListener>,
+    what: &'static str,
+    transport: T,
+    route: R,
+) where
+    T: Fn(Accepted, Option<SocketAddr>) -> TF + Clone + Send + Sync + 'static,
+    TF: Future<Output = Option<Io>> + Send + 'static,
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    R: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let listener = listener.into();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -159,20 +179,24 @@ where
                 continue;
             }
         };
+        let peer_name = peer.map_or_else(|| "unix socket peer".to_string(), |p| p.to_string());
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "{what} connection refused: {MAX_CONNECTIONS} open");
+            tracing::warn!(peer = %peer_name, "{what} connection refused: {MAX_CONNECTIONS} open");
             continue;
         };
         let route = route.clone();
+        let transport = transport.clone();
         let http = http.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = service_fn(move |req| {
-                let response = route(req);
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(%peer, "{what} connection: {e}");
+            if let Some(io) = transport(stream, peer).await {
+                let service = service_fn(move |req| {
+                    let response = route(req);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                if let Err(e) = http.serve_connection(TokioIo::new(io), service).await {
+                    tracing::debug!(peer = %peer_name, "{what} connection: {e}");
+                }
             }
             descriptors::ADMIN.refill();
         });
@@ -305,24 +329,19 @@ impl From<TcpListener> for HttpListener {
     }
 }
 
+/// A connection an [`HttpListener`] accepted.
+pub type Accepted = tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>;
+
 impl HttpListener {
-    /// The next connection and a name for its peer in logs.
-    async fn accept(
-        &self,
-    ) -> std::io::Result<(
-        tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>,
-        String,
-    )> {
+    /// The next connection and its peer's address (TCP).
+    async fn accept(&self) -> std::io::Result<(Accepted, Option<SocketAddr>)> {
         use tokio_util::either::Either;
         match self {
             HttpListener::Tcp(l) => l
                 .accept()
                 .await
-                .map(|(s, peer)| (Either::Left(s), peer.to_string())),
-            HttpListener::Unix(l) => l
-                .accept()
-                .await
-                .map(|(s, _)| (Either::Right(s), "unix socket peer".to_string())),
+                .map(|(s, peer)| (Either::Left(s), Some(peer))),
+            HttpListener::Unix(l) => l.accept().await.map(|(s, _)| (Either::Right(s), None)),
         }
     }
 }

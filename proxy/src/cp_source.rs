@@ -64,10 +64,11 @@ pub struct CpArgs {
     /// system temporary directory and removed at exit, as kuma-dp makes one per process.
     #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
-    /// Certificate file of the metrics listener, sent to the control plane.
+    /// Certificate file of the metrics listener, sent to the control plane, which names it
+    /// back in the Prometheus listener when the backend's TLS mode is `providedTLS`.
     #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_METRICS_CERT_PATH")]
     pub metrics_cert_path: Option<String>,
-    /// Key file of the metrics listener, sent to the control plane.
+    /// Key file of the metrics listener (as `--metrics-cert-path`).
     #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_METRICS_KEY_PATH")]
     pub metrics_key_path: Option<String>,
     /// Port of the `kuma:dns` listener the control plane generates (kuma-dp's Envoy DNS port).

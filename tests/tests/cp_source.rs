@@ -713,3 +713,151 @@ fn cp_scrape_merges_application_metrics() -> Result<()> {
     }
     Ok(())
 }
+
+/// Sets the chains of `kuma:metrics:prometheus` in `xds` to kuma-cp's for a TLS backend,
+/// keeping the plaintext chain's HTTP filter: `activeMTLSBackend` (`mesh_tls`: plaintext for
+/// the Dataplane's own address, mesh mTLS for everyone else, Kuma's default-mtls golden), or
+/// `providedTLS` with `files` (an unreachable plaintext chain for `transport_protocol: tls`,
+/// the certificate files for everyone, Kuma's delegated-tls golden).
+fn metrics_tls_chains(xds: &mut XdsFile, host: &Host, tls: Option<&CertFiles>) -> Result<()> {
+    let listener = xds.get_mut(LISTENER, "kuma:metrics:prometheus")?;
+    let filters = listener["filterChains"][0]["filters"].clone();
+    let socket =
+        |config: Value| json!({"name": "envoy.transport_sockets.tls", "typedConfig": config});
+    let chains = match tls {
+        None => {
+            let sds = |name: String| json!({"name": name, "sdsConfig": {"ads": {}, "resourceApiVersion": "V3"}});
+            json!([
+                {"filterChainMatch": {"sourcePrefixRanges": [{"addressPrefix": host.ip4().to_string(), "prefixLen": 32}]}, "filters": filters},
+                {"filters": filters, "transportSocket": socket(json!({
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "requireClientCertificate": true,
+                    "commonTlsContext": {
+                        "combinedValidationContext": {
+                            "defaultValidationContext": {"matchTypedSubjectAltNames": [{"sanType": "URI", "matcher": {"prefix": format!("spiffe://{MESH}/")}}]},
+                            "validationContextSdsSecretConfig": sds(format!("mesh_ca:secret:{MESH}")),
+                        },
+                        "tlsCertificateSdsSecretConfigs": [sds(format!("identity_cert:secret:{MESH}"))],
+                    },
+                }))},
+            ])
+        }
+        Some(files) => json!([
+            {"filterChainMatch": {"transportProtocol": "tls"}, "filters": filters},
+            {"filters": filters, "transportSocket": socket(json!({
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "commonTlsContext": {"tlsCertificates": [{
+                    "certificateChain": {"filename": files.cert.display().to_string()},
+                    "privateKey": {"filename": files.key.display().to_string()},
+                }]},
+            }))},
+        ]),
+    };
+    listener["filterChains"] = chains;
+    Ok(())
+}
+
+/// Metrics over TLS as kuma-cp asks for them, served by Bearing instead of NACKed.
+/// `activeMTLSBackend`: a scraper of the mesh (client certificate of the mesh CA) scrapes over
+/// mTLS and sees the proxy's mesh identity (verified against the mesh CA); without a client
+/// certificate, or in plaintext, it is refused; the Dataplane scraping its own address gets
+/// plaintext. `providedTLS` pushed on the same address: the scrape is served with the
+/// certificate files (verified against their CA), plaintext no longer answers, not even from
+/// the Dataplane's own address.
+#[test]
+fn cp_scrape_over_tls() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl"])?;
+    let topo = Topology::new(&["cp", "backend"])?;
+    let (cp, backend) = (topo.host("cp"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), "cp-metrics-tls", cp)?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    let leaf = mesh_ca.issue(
+        "test-server",
+        &[
+            "URI:spiffe://envoyconfig/test-server",
+            "DNS:test-server.metrics",
+        ],
+    )?;
+    let scraper = mesh_ca.issue("prometheus", &["URI:spiffe://envoyconfig/prometheus"])?;
+    let files_ca = TestCa::new(&pki.dir, "metrics-ca")?;
+    let files = files_ca.issue("metrics", &["DNS:metrics.local"])?;
+    const ADMIN_PORT: u16 = 19901;
+
+    let file = pki.dir.join("backend.json");
+    let mut xds = server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/metrics")?;
+    metrics_tls_chains(&mut xds, backend, None)?;
+    xds.write(&file)?;
+    let _cp = start_test_cp(TEST_CP, cp, 5678, &pki.tls, &file, "cp")?;
+    let access = CpAccess::new(cp, 5678, &pki);
+    let resource = format!(
+        "{}  admin:\n    port: {ADMIN_PORT}\n",
+        dataplane(backend, "test-server")
+    );
+    let args = access.source_args("test-server", "dataplane", &resource)?;
+    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+    let server = Bearing::spawn_with_source_admin_port(backend, &args, &[], ADMIN_PORT)?;
+    server.wait_ready()?;
+
+    let ip = backend.ip4().to_string();
+    let https = |name: &str, ca: &TestCa, client: Option<&CertFiles>| -> Result<CurlOutput> {
+        let mut args = vec![
+            "--resolve".to_string(),
+            format!("{name}:5670:{ip}"),
+            "--cacert".into(),
+            ca.files().cert.display().to_string(),
+            format!("https://{name}:5670/metrics"),
+        ];
+        if let Some(c) = client {
+            args.extend([
+                "--cert".into(),
+                c.cert.display().to_string(),
+                "--key".into(),
+                c.key.display().to_string(),
+            ]);
+        }
+        curl_output(cp, args)
+    };
+    let plain = |from: &Host| {
+        curl_output(
+            from,
+            [format!("http://{ip}:5670/metrics"), "-m".into(), "5".into()],
+        )
+    };
+    let scraped =
+        |out: &CurlOutput| out.ok() && out.http_code == 200 && out.body.contains("# TYPE bearing_");
+
+    let mtls = https("test-server.metrics", &mesh_ca, Some(&scraper))?;
+    ensure!(
+        scraped(&mtls),
+        "mesh mTLS scrape: {mtls:?}\n{}",
+        server.process().describe_log()
+    );
+    let anonymous = https("test-server.metrics", &mesh_ca, None)?;
+    ensure!(
+        anonymous.http_code != 200,
+        "a scraper without a mesh certificate: {anonymous:?}"
+    );
+    let cleartext = plain(cp)?;
+    ensure!(
+        cleartext.http_code != 200,
+        "plaintext from another host: {cleartext:?}"
+    );
+    let own = plain(backend)?;
+    ensure!(
+        scraped(&own),
+        "plaintext from the Dataplane's own address: {own:?}"
+    );
+
+    // providedTLS pushed: the same address now serves the certificate files to everyone.
+    let mut xds = server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/metrics")?;
+    metrics_tls_chains(&mut xds, backend, Some(&files))?;
+    xds.write(&file)?;
+    wait_until(Duration::from_secs(30), || {
+        https("metrics.local", &files_ca, None).is_ok_and(|o| scraped(&o))
+    })
+    .context("the provided certificate never served the scrape")?;
+    let own = plain(backend)?;
+    ensure!(own.http_code != 200, "plaintext under providedTLS: {own:?}");
+    Ok(())
+}
