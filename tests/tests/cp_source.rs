@@ -7,6 +7,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -527,6 +528,83 @@ fn server_with_plumbing(
     Ok(xds)
 }
 
+/// The admin port of the plumbing tests' proxy (its Dataplane's `networking.admin.port`).
+const PLUMBING_ADMIN_PORT: u16 = 19901;
+
+/// The setting of the plumbing tests: hosts `cp` and `backend`, the CP's PKI, a mesh CA and
+/// `test-server`'s leaf of it (SANs `leaf_sans`), and the resources file the test CP serves.
+struct Plumbing {
+    topo: Topology,
+    pki: CpPki,
+    mesh_ca: TestCa,
+    leaf: CertFiles,
+    file: PathBuf,
+}
+
+impl Plumbing {
+    fn new(name: &str, leaf_sans: &[&str]) -> Result<Plumbing> {
+        require_root_and_tools()?;
+        require_tools(&["openssl"])?;
+        let topo = Topology::new(&["cp", "backend"])?;
+        let pki = CpPki::new(topo.dir(), name, topo.host("cp"))?;
+        let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+        let leaf = mesh_ca.issue("test-server", leaf_sans)?;
+        let file = pki.dir.join("backend.json");
+        Ok(Plumbing {
+            topo,
+            pki,
+            mesh_ca,
+            leaf,
+            file,
+        })
+    }
+
+    /// test-server's resources with Kuma's plumbing, the scrape under `metrics_path`.
+    fn resources(&self, metrics_path: &str) -> Result<XdsFile> {
+        let backend = self.topo.host("backend");
+        server_with_plumbing(
+            backend,
+            &self.leaf,
+            &self.mesh_ca,
+            PLUMBING_ADMIN_PORT,
+            metrics_path,
+        )
+    }
+
+    /// Serves `xds` from a test CP on `cp` and starts test-server's proxy on `backend` from it,
+    /// its Dataplane carrying `extra` YAML, `args` added to its command line; ready.
+    fn start(&self, xds: &XdsFile, extra: &str, args: &[&str]) -> Result<(Process, Bearing<'_>)> {
+        let (cp, backend) = (self.topo.host("cp"), self.topo.host("backend"));
+        xds.write(&self.file)?;
+        let test_cp = start_test_cp(TEST_CP, cp, 5678, &self.pki.tls, &self.file, "cp")?;
+        let access = CpAccess::new(cp, 5678, &self.pki);
+        let resource = format!(
+            "{}  admin:\n    port: {PLUMBING_ADMIN_PORT}\n{extra}",
+            dataplane(backend, "test-server")
+        );
+        let source = access.source_args("test-server", "dataplane", &resource)?;
+        let source: Vec<&OsStr> = source.iter().map(OsString::as_os_str).collect();
+        let server =
+            Bearing::spawn_with_source_admin_port(backend, &source, args, PLUMBING_ADMIN_PORT)?;
+        server.wait_ready()?;
+        Ok((test_cp, server))
+    }
+}
+
+/// The body of a scrape made with `curl -i`, after checking it answered 200 in Prometheus'
+/// text format.
+fn text_scrape(scrape: &CurlOutput) -> Result<&str> {
+    ensure!(scrape.ok() && scrape.http_code == 200, "scrape: {scrape:?}");
+    let (head, body) = scrape.body.split_once("\r\n\r\n").context("headers")?;
+    ensure!(
+        head.lines()
+            .any(|l| l
+                .eq_ignore_ascii_case("content-type: text/plain; version=0.0.4; charset=utf-8")),
+        "{head}"
+    );
+    Ok(body)
+}
+
 /// kuma-cp's readiness and Prometheus listeners served by Bearing as kuma-dp + Envoy answer
 /// them: a real curl in another namespace scrapes the Dataplane's address:5670 under the
 /// listener's path (Prometheus' text format) and probes address:9901/ready (`READY`, and no
@@ -536,44 +614,15 @@ fn server_with_plumbing(
 /// path applies.
 #[test]
 fn cp_plumbing_answers_scrapes_and_probes() -> Result<()> {
-    require_root_and_tools()?;
-    require_tools(&["openssl"])?;
-    let topo = Topology::new(&["cp", "backend"])?;
-    let (cp, backend) = (topo.host("cp"), topo.host("backend"));
-    let pki = CpPki::new(topo.dir(), "cp-plumbing", cp)?;
-    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
-    let leaf = mesh_ca.issue("test-server", &["URI:spiffe://envoyconfig/test-server"])?;
-    const ADMIN_PORT: u16 = 19901;
-
-    let file = pki.dir.join("backend.json");
-    server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/metrics")?.write(&file)?;
-    let _cp = start_test_cp(TEST_CP, cp, 5678, &pki.tls, &file, "cp")?;
-    let access = CpAccess::new(cp, 5678, &pki);
-    let resource = format!(
-        "{}  admin:\n    port: {ADMIN_PORT}\n",
-        dataplane(backend, "test-server")
-    );
-    let args = access.source_args("test-server", "dataplane", &resource)?;
-    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+    let rig = Plumbing::new("cp-plumbing", &["URI:spiffe://envoyconfig/test-server"])?;
+    let backend = rig.topo.host("backend");
+    let cp = rig.topo.host("cp");
     // The bootstrap's admin port (the resource's) wins over kuma-dp's --admin-port.
-    let server = Bearing::spawn_with_source_admin_port(
-        backend,
-        &args,
-        &["--admin-port", "9999"],
-        ADMIN_PORT,
-    )?;
-    server.wait_ready()?;
+    let (_cp, _server) = rig.start(&rig.resources("/metrics")?, "", &["--admin-port", "9999"])?;
 
     let at = |port: u16, path: &str| format!("http://{}:{port}{path}", backend.ip4());
     let scrape = curl_output(cp, ["-i".to_string(), at(5670, "/metrics")])?;
-    ensure!(scrape.ok() && scrape.http_code == 200, "scrape: {scrape:?}");
-    let (head, body) = scrape.body.split_once("\r\n\r\n").context("headers")?;
-    ensure!(
-        head.lines()
-            .any(|l| l
-                .eq_ignore_ascii_case("content-type: text/plain; version=0.0.4; charset=utf-8")),
-        "{head}"
-    );
+    let body = text_scrape(&scrape)?;
     ensure!(
         body.contains("# TYPE bearing_listener_downstream_connections") && !body.contains("# EOF"),
         "{body}"
@@ -600,8 +649,7 @@ fn cp_plumbing_answers_scrapes_and_probes() -> Result<()> {
     ensure!(curl(backend, ["http://127.0.0.1:9902/ready"])? == (200, "READY".to_string()));
 
     // A new scrape path pushed: it answers, the old one no longer does.
-    server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/stats/prometheus")?
-        .write(&file)?;
+    rig.resources("/stats/prometheus")?.write(&rig.file)?;
     wait_until(Duration::from_secs(30), || {
         curl(cp, [at(5670, "/stats/prometheus")]).is_ok_and(|r| r.0 == 200)
     })
@@ -619,19 +667,14 @@ fn cp_plumbing_answers_scrapes_and_probes() -> Result<()> {
 /// `X-Prometheus-Scrape-Timeout-Seconds`.
 #[test]
 fn cp_scrape_merges_application_metrics() -> Result<()> {
-    require_root_and_tools()?;
-    require_tools(&["openssl", "python3"])?;
-    let topo = Topology::new(&["cp", "backend"])?;
-    let (cp, backend) = (topo.host("cp"), topo.host("backend"));
-    let pki = CpPki::new(topo.dir(), "cp-metrics", cp)?;
-    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
-    let leaf = mesh_ca.issue("test-server", &["URI:spiffe://envoyconfig/test-server"])?;
-    const ADMIN_PORT: u16 = 19901;
+    require_tools(&["python3"])?;
+    let rig = Plumbing::new("cp-metrics", &["URI:spiffe://envoyconfig/test-server"])?;
+    let (cp, backend) = (rig.topo.host("cp"), rig.topo.host("backend"));
     const FILES: u16 = 9100;
     const DEAD: u16 = 9101;
     const HUNG: u16 = 9102;
 
-    let site = topo.dir().join("app-metrics");
+    let site = rig.topo.dir().join("app-metrics");
     std::fs::create_dir_all(&site)?;
     std::fs::write(
         site.join("metrics.txt"),
@@ -660,18 +703,10 @@ fn cp_scrape_merges_application_metrics() -> Result<()> {
     backend.wait_for_tcp_listener(FILES, Duration::from_secs(30), Some(&files))?;
     backend.wait_for_tcp_listener(HUNG, Duration::from_secs(30), Some(&hung))?;
 
-    let file = pki.dir.join("backend.json");
-    server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/metrics")?.write(&file)?;
-    let _cp = start_test_cp(TEST_CP, cp, 5678, &pki.tls, &file, "cp")?;
-    let access = CpAccess::new(cp, 5678, &pki);
-    let resource = format!(
-        "{}  admin:\n    port: {ADMIN_PORT}\nmetrics:\n  type: prometheus\n  conf:\n    aggregate:\n    - name: files\n      port: {FILES}\n      path: /metrics.txt\n    - name: dead\n      port: {DEAD}\n      path: /metrics\n    - name: hung\n      port: {HUNG}\n      path: /metrics\n    - name: off\n      port: {FILES}\n      path: /off.txt\n      enabled: false\n",
-        dataplane(backend, "test-server")
+    let aggregate = format!(
+        "metrics:\n  type: prometheus\n  conf:\n    aggregate:\n    - name: files\n      port: {FILES}\n      path: /metrics.txt\n    - name: dead\n      port: {DEAD}\n      path: /metrics\n    - name: hung\n      port: {HUNG}\n      path: /metrics\n    - name: off\n      port: {FILES}\n      path: /off.txt\n      enabled: false\n"
     );
-    let args = access.source_args("test-server", "dataplane", &resource)?;
-    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
-    let server = Bearing::spawn_with_source_admin_port(backend, &args, &[], ADMIN_PORT)?;
-    server.wait_ready()?;
+    let (_cp, server) = rig.start(&rig.resources("/metrics")?, &aggregate, &[])?;
 
     let started = std::time::Instant::now();
     let scrape = curl_output(
@@ -684,15 +719,8 @@ fn cp_scrape_merges_application_metrics() -> Result<()> {
         ],
     )?;
     let took = started.elapsed();
-    ensure!(scrape.ok() && scrape.http_code == 200, "scrape: {scrape:?}");
+    let body = text_scrape(&scrape)?;
     ensure!(took < Duration::from_secs(3), "the scrape took {took:?}");
-    let (head, body) = scrape.body.split_once("\r\n\r\n").context("headers")?;
-    ensure!(
-        head.lines()
-            .any(|l| l
-                .eq_ignore_ascii_case("content-type: text/plain; version=0.0.4; charset=utf-8")),
-        "{head}"
-    );
     ensure!(
         body.starts_with("# HELP app_requests_total Requests served.\n# TYPE app_requests_total counter\napp_requests_total{code=\"200\"} 42\n# "),
         "{body}"
@@ -766,38 +794,22 @@ fn metrics_tls_chains(xds: &mut XdsFile, host: &Host, tls: Option<&CertFiles>) -
 /// the Dataplane's own address.
 #[test]
 fn cp_scrape_over_tls() -> Result<()> {
-    require_root_and_tools()?;
-    require_tools(&["openssl"])?;
-    let topo = Topology::new(&["cp", "backend"])?;
-    let (cp, backend) = (topo.host("cp"), topo.host("backend"));
-    let pki = CpPki::new(topo.dir(), "cp-metrics-tls", cp)?;
-    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
-    let leaf = mesh_ca.issue(
-        "test-server",
+    let rig = Plumbing::new(
+        "cp-metrics-tls",
         &[
             "URI:spiffe://envoyconfig/test-server",
             "DNS:test-server.metrics",
         ],
     )?;
+    let (cp, backend) = (rig.topo.host("cp"), rig.topo.host("backend"));
+    let mesh_ca = &rig.mesh_ca;
     let scraper = mesh_ca.issue("prometheus", &["URI:spiffe://envoyconfig/prometheus"])?;
-    let files_ca = TestCa::new(&pki.dir, "metrics-ca")?;
+    let files_ca = TestCa::new(&rig.pki.dir, "metrics-ca")?;
     let files = files_ca.issue("metrics", &["DNS:metrics.local"])?;
-    const ADMIN_PORT: u16 = 19901;
 
-    let file = pki.dir.join("backend.json");
-    let mut xds = server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/metrics")?;
+    let mut xds = rig.resources("/metrics")?;
     metrics_tls_chains(&mut xds, backend, None)?;
-    xds.write(&file)?;
-    let _cp = start_test_cp(TEST_CP, cp, 5678, &pki.tls, &file, "cp")?;
-    let access = CpAccess::new(cp, 5678, &pki);
-    let resource = format!(
-        "{}  admin:\n    port: {ADMIN_PORT}\n",
-        dataplane(backend, "test-server")
-    );
-    let args = access.source_args("test-server", "dataplane", &resource)?;
-    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
-    let server = Bearing::spawn_with_source_admin_port(backend, &args, &[], ADMIN_PORT)?;
-    server.wait_ready()?;
+    let (_cp, server) = rig.start(&xds, "", &[])?;
 
     let ip = backend.ip4().to_string();
     let https = |name: &str, ca: &TestCa, client: Option<&CertFiles>| -> Result<CurlOutput> {
@@ -827,13 +839,13 @@ fn cp_scrape_over_tls() -> Result<()> {
     let scraped =
         |out: &CurlOutput| out.ok() && out.http_code == 200 && out.body.contains("# TYPE bearing_");
 
-    let mtls = https("test-server.metrics", &mesh_ca, Some(&scraper))?;
+    let mtls = https("test-server.metrics", mesh_ca, Some(&scraper))?;
     ensure!(
         scraped(&mtls),
         "mesh mTLS scrape: {mtls:?}\n{}",
         server.process().describe_log()
     );
-    let anonymous = https("test-server.metrics", &mesh_ca, None)?;
+    let anonymous = https("test-server.metrics", mesh_ca, None)?;
     ensure!(
         anonymous.http_code != 200,
         "a scraper without a mesh certificate: {anonymous:?}"
@@ -850,9 +862,9 @@ fn cp_scrape_over_tls() -> Result<()> {
     );
 
     // providedTLS pushed: the same address now serves the certificate files to everyone.
-    let mut xds = server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/metrics")?;
+    let mut xds = rig.resources("/metrics")?;
     metrics_tls_chains(&mut xds, backend, Some(&files))?;
-    xds.write(&file)?;
+    xds.write(&rig.file)?;
     wait_until(Duration::from_secs(30), || {
         https("metrics.local", &files_ca, None).is_ok_and(|o| scraped(&o))
     })
