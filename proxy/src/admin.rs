@@ -9,6 +9,7 @@
 //! most [`MAX_CONNECTIONS`] are served at once.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,7 +52,10 @@ pub struct Admin {
 impl Admin {
     /// Serves the admin API on `listener` until the process ends (see [`serve_http`]).
     pub async fn serve(self, listener: impl Into<HttpListener>) {
-        serve_http(listener, "admin", move |req| self.route(req)).await
+        serve_http(listener, "admin", move |req| {
+            std::future::ready(self.route(req))
+        })
+        .await
     }
 
     fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -132,9 +136,29 @@ impl Admin {
 /// is out of descriptors, one of the [`descriptors::ADMIN`] reserve is closed to accept each
 /// connection, and parked again once that connection ends, so the admin API, readiness and
 /// metrics keep answering. `what` names the server in logs.
-pub async fn serve_http<R>(listener: impl Into<HttpListener>, what: &'static str, route: R)
+pub async fn serve_http<R, F>(listener: impl Into<HttpListener>, what: &'static str, route: R)
 where
-    R: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+    R: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let plain = |stream, _| std::future::ready(Some(stream));
+    serve_http_over(listener, what, plain, route).await
+}
+
+/// As [`serve_http`], each connection first handed to `transport` with its peer's address
+/// (TCP), inside the connection's slot: it gives the stream HTTP is read from (after a TLS
+/// handshake, say) or `None` to close the connection.
+pub async fn serve_http_over<T, TF, Io, R, F>(
+    listener: impl Into<HttpListener>,
+    what: &'static str,
+    transport: T,
+    route: R,
+) where
+    T: Fn(Accepted, Option<SocketAddr>) -> TF + Clone + Send + Sync + 'static,
+    TF: Future<Output = Option<Io>> + Send + 'static,
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    R: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let listener = listener.into();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -155,20 +179,24 @@ where
                 continue;
             }
         };
+        let peer_name = peer.map_or_else(|| "unix socket peer".to_string(), |p| p.to_string());
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "{what} connection refused: {MAX_CONNECTIONS} open");
+            tracing::warn!(peer = %peer_name, "{what} connection refused: {MAX_CONNECTIONS} open");
             continue;
         };
         let route = route.clone();
+        let transport = transport.clone();
         let http = http.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = service_fn(move |req| {
-                let response = route(req);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(%peer, "{what} connection: {e}");
+            if let Some(io) = transport(stream, peer).await {
+                let service = service_fn(move |req| {
+                    let response = route(req);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                if let Err(e) = http.serve_connection(TokioIo::new(io), service).await {
+                    tracing::debug!(peer = %peer_name, "{what} connection: {e}");
+                }
             }
             descriptors::ADMIN.refill();
         });
@@ -301,24 +329,19 @@ impl From<TcpListener> for HttpListener {
     }
 }
 
+/// A connection an [`HttpListener`] accepted.
+pub type Accepted = tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>;
+
 impl HttpListener {
-    /// The next connection and a name for its peer in logs.
-    async fn accept(
-        &self,
-    ) -> std::io::Result<(
-        tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>,
-        String,
-    )> {
+    /// The next connection and its peer's address (TCP).
+    async fn accept(&self) -> std::io::Result<(Accepted, Option<SocketAddr>)> {
         use tokio_util::either::Either;
         match self {
             HttpListener::Tcp(l) => l
                 .accept()
                 .await
-                .map(|(s, peer)| (Either::Left(s), peer.to_string())),
-            HttpListener::Unix(l) => l
-                .accept()
-                .await
-                .map(|(s, _)| (Either::Right(s), "unix socket peer".to_string())),
+                .map(|(s, peer)| (Either::Left(s), Some(peer))),
+            HttpListener::Unix(l) => l.accept().await.map(|(s, _)| (Either::Right(s), None)),
         }
     }
 }
@@ -400,7 +423,7 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         tokio::spawn(serve_http(listener, "test", |_req| {
-            text(StatusCode::OK, "LIVE")
+            std::future::ready(text(StatusCode::OK, "LIVE"))
         }));
         let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
         stream

@@ -24,7 +24,7 @@ use bearing_bootstrap::{
 };
 use bearing_control::{template, ConfigStatus, Loaded, Rejected};
 use bearing_envoy_config::{translate, Nack, NodeInfo, ResourceSet};
-use bearing_proxy_config::ProxyConfig;
+use bearing_proxy_config::{MetricsApplication, ProxyConfig};
 use bearing_xds::{ConfigSink, Rejection, ResourceState, ResourceType, TypeResources};
 use tokio::sync::watch;
 
@@ -64,10 +64,11 @@ pub struct CpArgs {
     /// system temporary directory and removed at exit, as kuma-dp makes one per process.
     #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
-    /// Certificate file of the metrics listener, sent to the control plane.
+    /// Certificate file of the metrics listener, sent to the control plane, which names it
+    /// back in the Prometheus listener when the backend's TLS mode is `providedTLS`.
     #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_METRICS_CERT_PATH")]
     pub metrics_cert_path: Option<String>,
-    /// Key file of the metrics listener, sent to the control plane.
+    /// Key file of the metrics listener (as `--metrics-cert-path`).
     #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_METRICS_KEY_PATH")]
     pub metrics_key_path: Option<String>,
     /// Port of the `kuma:dns` listener the control plane generates (kuma-dp's Envoy DNS port).
@@ -164,6 +165,9 @@ pub struct CpSink {
     pub status: watch::Sender<ConfigStatus>,
     /// The resources of the last offered state, decoded, and what their translation gave.
     decoded: DecodedState,
+    /// The application metrics endpoints of the bootstrap, merged into the Prometheus
+    /// endpoint's scrape of every config published.
+    metrics_applications: Vec<MetricsApplication>,
 }
 
 impl ConfigSink for CpSink {
@@ -198,17 +202,28 @@ impl ConfigSink for CpSink {
 }
 
 impl CpSink {
-    /// A sink for `node` publishing on `status`.
-    pub fn new(node: NodeInfo, status: watch::Sender<ConfigStatus>) -> CpSink {
+    /// A sink for `node` publishing on `status`; the Prometheus endpoint of each config
+    /// scrapes `metrics_applications` too.
+    pub fn new(
+        node: NodeInfo,
+        status: watch::Sender<ConfigStatus>,
+        metrics_applications: Vec<MetricsApplication>,
+    ) -> CpSink {
         CpSink {
             node,
             status,
             decoded: DecodedState::default(),
+            metrics_applications,
         }
     }
 
-    /// Publishes a translated config (when it differs from the applied one).
-    fn publish(&self, config: ProxyConfig, state: &ResourceState) {
+    /// Publishes a translated config (when it differs from the applied one), with the
+    /// bootstrap's application metrics endpoints on its Prometheus endpoint (xDS does not
+    /// carry them: kuma-cp hands them to kuma-dp in the bootstrap).
+    fn publish(&self, mut config: ProxyConfig, state: &ResourceState) {
+        if let Some(prometheus) = config.kuma_endpoints.prometheus.as_mut() {
+            prometheus.applications = self.metrics_applications.clone();
+        }
         let versions = ResourceType::ALL
             .iter()
             .filter(|t| !state.version(**t).is_empty())
@@ -408,11 +423,38 @@ pub fn start_ads(
         proxy_type: identity.proxy_type.clone(),
         source: format!("control plane {} (ADS {url})", done.cp.url),
     };
-    let mut sink = CpSink::new(node_info, status);
+    let applications = metrics_applications(&done.config.sidecar.metrics.aggregate);
+    let mut sink = CpSink::new(node_info, status, applications);
     tracing::info!(ads = %url, node = %node.id, "subscribing to the control plane over ADS");
     let mut client = bearing_xds::AdsClient::new(channel, node, tokens);
     tokio::spawn(async move { client.run(&mut sink).await });
     Ok(())
+}
+
+/// The bootstrap's `kumaSidecarConfiguration.metrics.aggregate` entries (kuma-cp already left
+/// out the disabled ones and gave each the Dataplane's address when it has none), in their
+/// order; an entry that names no address or a port out of range is logged and left out.
+fn metrics_applications(
+    aggregate: &[bearing_bootstrap::response::Aggregate],
+) -> Vec<MetricsApplication> {
+    aggregate
+        .iter()
+        .filter_map(|entry| {
+            let port = u16::try_from(entry.port).ok().filter(|p| *p != 0);
+            match (entry.address.is_empty(), port) {
+                (false, Some(port)) => Some(MetricsApplication {
+                    name: entry.name.clone(),
+                    address: entry.address.clone(),
+                    port,
+                    path: entry.path.clone(),
+                }),
+                _ => {
+                    tracing::error!(name = %entry.name, address = %entry.address, port = entry.port, "kumaSidecarConfiguration.metrics.aggregate: the entry needs an address and a port in 1..65535; its metrics are not scraped");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// The token of the ADS stream: the one given to Bearing (the file re-read per stream, so a
@@ -657,6 +699,36 @@ fn resource_json(
 mod tests {
     use super::*;
 
+    /// The bootstrap's `metrics.aggregate` entries become the Prometheus endpoint's
+    /// applications in their order; one without an address or with a port outside
+    /// 1..65535 is left out (logged).
+    #[test]
+    fn aggregate_entries_become_metrics_applications() {
+        let entry = |name: &str, address: &str, port: u32| bearing_bootstrap::response::Aggregate {
+            name: name.into(),
+            address: address.into(),
+            port,
+            path: "/metrics".into(),
+        };
+        let applications = metrics_applications(&[
+            entry("b", "10.0.0.1", 9090),
+            entry("no-address", "", 9091),
+            entry("too-big", "10.0.0.1", 70_000),
+            entry("zero", "10.0.0.1", 0),
+            entry("a", "app.local", 8080),
+        ]);
+        let app = |name: &str, address: &str, port: u16| MetricsApplication {
+            name: name.into(),
+            address: address.into(),
+            port,
+            path: "/metrics".into(),
+        };
+        assert_eq!(
+            applications,
+            [app("b", "10.0.0.1", 9090), app("a", "app.local", 8080)]
+        );
+    }
+
     /// A sink for node `default.dp-1` and the status channel it publishes on.
     fn sink() -> (CpSink, watch::Receiver<ConfigStatus>) {
         let (status, rx) = watch::channel(ConfigStatus::default());
@@ -666,7 +738,7 @@ mod tests {
             proxy_type: "dataplane".into(),
             source: "test".into(),
         };
-        (CpSink::new(node, status), rx)
+        (CpSink::new(node, status, Vec::new()), rx)
     }
 
     /// `state` with `resource_type` set to `resources` (name → Any) at version `v1`.

@@ -7,6 +7,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -527,6 +528,83 @@ fn server_with_plumbing(
     Ok(xds)
 }
 
+/// The admin port of the plumbing tests' proxy (its Dataplane's `networking.admin.port`).
+const PLUMBING_ADMIN_PORT: u16 = 19901;
+
+/// The setting of the plumbing tests: hosts `cp` and `backend`, the CP's PKI, a mesh CA and
+/// `test-server`'s leaf of it (SANs `leaf_sans`), and the resources file the test CP serves.
+struct Plumbing {
+    topo: Topology,
+    pki: CpPki,
+    mesh_ca: TestCa,
+    leaf: CertFiles,
+    file: PathBuf,
+}
+
+impl Plumbing {
+    fn new(name: &str, leaf_sans: &[&str]) -> Result<Plumbing> {
+        require_root_and_tools()?;
+        require_tools(&["openssl"])?;
+        let topo = Topology::new(&["cp", "backend"])?;
+        let pki = CpPki::new(topo.dir(), name, topo.host("cp"))?;
+        let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+        let leaf = mesh_ca.issue("test-server", leaf_sans)?;
+        let file = pki.dir.join("backend.json");
+        Ok(Plumbing {
+            topo,
+            pki,
+            mesh_ca,
+            leaf,
+            file,
+        })
+    }
+
+    /// test-server's resources with Kuma's plumbing, the scrape under `metrics_path`.
+    fn resources(&self, metrics_path: &str) -> Result<XdsFile> {
+        let backend = self.topo.host("backend");
+        server_with_plumbing(
+            backend,
+            &self.leaf,
+            &self.mesh_ca,
+            PLUMBING_ADMIN_PORT,
+            metrics_path,
+        )
+    }
+
+    /// Serves `xds` from a test CP on `cp` and starts test-server's proxy on `backend` from it,
+    /// its Dataplane carrying `extra` YAML, `args` added to its command line; ready.
+    fn start(&self, xds: &XdsFile, extra: &str, args: &[&str]) -> Result<(Process, Bearing<'_>)> {
+        let (cp, backend) = (self.topo.host("cp"), self.topo.host("backend"));
+        xds.write(&self.file)?;
+        let test_cp = start_test_cp(TEST_CP, cp, 5678, &self.pki.tls, &self.file, "cp")?;
+        let access = CpAccess::new(cp, 5678, &self.pki);
+        let resource = format!(
+            "{}  admin:\n    port: {PLUMBING_ADMIN_PORT}\n{extra}",
+            dataplane(backend, "test-server")
+        );
+        let source = access.source_args("test-server", "dataplane", &resource)?;
+        let source: Vec<&OsStr> = source.iter().map(OsString::as_os_str).collect();
+        let server =
+            Bearing::spawn_with_source_admin_port(backend, &source, args, PLUMBING_ADMIN_PORT)?;
+        server.wait_ready()?;
+        Ok((test_cp, server))
+    }
+}
+
+/// The body of a scrape made with `curl -i`, after checking it answered 200 in Prometheus'
+/// text format.
+fn text_scrape(scrape: &CurlOutput) -> Result<&str> {
+    ensure!(scrape.ok() && scrape.http_code == 200, "scrape: {scrape:?}");
+    let (head, body) = scrape.body.split_once("\r\n\r\n").context("headers")?;
+    ensure!(
+        head.lines()
+            .any(|l| l
+                .eq_ignore_ascii_case("content-type: text/plain; version=0.0.4; charset=utf-8")),
+        "{head}"
+    );
+    Ok(body)
+}
+
 /// kuma-cp's readiness and Prometheus listeners served by Bearing as kuma-dp + Envoy answer
 /// them: a real curl in another namespace scrapes the Dataplane's address:5670 under the
 /// listener's path (Prometheus' text format) and probes address:9901/ready (`READY`, and no
@@ -536,44 +614,15 @@ fn server_with_plumbing(
 /// path applies.
 #[test]
 fn cp_plumbing_answers_scrapes_and_probes() -> Result<()> {
-    require_root_and_tools()?;
-    require_tools(&["openssl"])?;
-    let topo = Topology::new(&["cp", "backend"])?;
-    let (cp, backend) = (topo.host("cp"), topo.host("backend"));
-    let pki = CpPki::new(topo.dir(), "cp-plumbing", cp)?;
-    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
-    let leaf = mesh_ca.issue("test-server", &["URI:spiffe://envoyconfig/test-server"])?;
-    const ADMIN_PORT: u16 = 19901;
-
-    let file = pki.dir.join("backend.json");
-    server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/metrics")?.write(&file)?;
-    let _cp = start_test_cp(TEST_CP, cp, 5678, &pki.tls, &file, "cp")?;
-    let access = CpAccess::new(cp, 5678, &pki);
-    let resource = format!(
-        "{}  admin:\n    port: {ADMIN_PORT}\n",
-        dataplane(backend, "test-server")
-    );
-    let args = access.source_args("test-server", "dataplane", &resource)?;
-    let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+    let rig = Plumbing::new("cp-plumbing", &["URI:spiffe://envoyconfig/test-server"])?;
+    let backend = rig.topo.host("backend");
+    let cp = rig.topo.host("cp");
     // The bootstrap's admin port (the resource's) wins over kuma-dp's --admin-port.
-    let server = Bearing::spawn_with_source_admin_port(
-        backend,
-        &args,
-        &["--admin-port", "9999"],
-        ADMIN_PORT,
-    )?;
-    server.wait_ready()?;
+    let (_cp, _server) = rig.start(&rig.resources("/metrics")?, "", &["--admin-port", "9999"])?;
 
     let at = |port: u16, path: &str| format!("http://{}:{port}{path}", backend.ip4());
     let scrape = curl_output(cp, ["-i".to_string(), at(5670, "/metrics")])?;
-    ensure!(scrape.ok() && scrape.http_code == 200, "scrape: {scrape:?}");
-    let (head, body) = scrape.body.split_once("\r\n\r\n").context("headers")?;
-    ensure!(
-        head.lines()
-            .any(|l| l
-                .eq_ignore_ascii_case("content-type: text/plain; version=0.0.4; charset=utf-8")),
-        "{head}"
-    );
+    let body = text_scrape(&scrape)?;
     ensure!(
         body.contains("# TYPE bearing_listener_downstream_connections") && !body.contains("# EOF"),
         "{body}"
@@ -600,12 +649,227 @@ fn cp_plumbing_answers_scrapes_and_probes() -> Result<()> {
     ensure!(curl(backend, ["http://127.0.0.1:9902/ready"])? == (200, "READY".to_string()));
 
     // A new scrape path pushed: it answers, the old one no longer does.
-    server_with_plumbing(backend, &leaf, &mesh_ca, ADMIN_PORT, "/stats/prometheus")?
-        .write(&file)?;
+    rig.resources("/stats/prometheus")?.write(&rig.file)?;
     wait_until(Duration::from_secs(30), || {
         curl(cp, [at(5670, "/stats/prometheus")]).is_ok_and(|r| r.0 == 200)
     })
     .context("the new scrape path never answered")?;
     ensure!(curl(cp, [at(5670, "/metrics")])?.0 == 404);
+    Ok(())
+}
+
+/// kuma-dp's metrics hijacker as Bearing serves it: the Dataplane's `metrics.conf.aggregate`
+/// reaches the proxy in the bootstrap's `kumaSidecarConfiguration` (the disabled entry left
+/// out by the CP), and a scrape of address:5670 from another namespace carries the metrics
+/// of a real application (`python3 -m http.server` serving a metrics file) before Bearing's
+/// own, in the text format; an application endpoint that refuses connections and one that
+/// accepts and never answers do not break the scrape, which answers before the scraper's
+/// `X-Prometheus-Scrape-Timeout-Seconds`.
+#[test]
+fn cp_scrape_merges_application_metrics() -> Result<()> {
+    require_tools(&["python3"])?;
+    let rig = Plumbing::new("cp-metrics", &["URI:spiffe://envoyconfig/test-server"])?;
+    let (cp, backend) = (rig.topo.host("cp"), rig.topo.host("backend"));
+    const FILES: u16 = 9100;
+    const DEAD: u16 = 9101;
+    const HUNG: u16 = 9102;
+
+    let site = rig.topo.dir().join("app-metrics");
+    std::fs::create_dir_all(&site)?;
+    std::fs::write(
+        site.join("metrics.txt"),
+        "# HELP app_requests_total Requests served.\n# TYPE app_requests_total counter\napp_requests_total{code=\"200\"} 42\n\n",
+    )?;
+    std::fs::write(site.join("off.txt"), "app_disabled 1\n")?;
+    let ip = backend.ip4().to_string();
+    let site_dir = site.to_string_lossy().into_owned();
+    let files = backend.spawn(
+        "python3",
+        [
+            "-m",
+            "http.server",
+            &FILES.to_string(),
+            "--bind",
+            &ip,
+            "--directory",
+            &site_dir,
+        ],
+    )?;
+    // Accepts (the kernel's backlog) and never answers.
+    let hung_script = format!(
+        "import socket, time\ns = socket.socket()\ns.bind(('{ip}', {HUNG}))\ns.listen(16)\ntime.sleep(600)\n"
+    );
+    let hung = backend.spawn("python3", ["-c", &hung_script])?;
+    backend.wait_for_tcp_listener(FILES, Duration::from_secs(30), Some(&files))?;
+    backend.wait_for_tcp_listener(HUNG, Duration::from_secs(30), Some(&hung))?;
+
+    let aggregate = format!(
+        "metrics:\n  type: prometheus\n  conf:\n    aggregate:\n    - name: files\n      port: {FILES}\n      path: /metrics.txt\n    - name: dead\n      port: {DEAD}\n      path: /metrics\n    - name: hung\n      port: {HUNG}\n      path: /metrics\n    - name: off\n      port: {FILES}\n      path: /off.txt\n      enabled: false\n"
+    );
+    let (_cp, server) = rig.start(&rig.resources("/metrics")?, &aggregate, &[])?;
+
+    let started = std::time::Instant::now();
+    let scrape = curl_output(
+        cp,
+        [
+            "-i",
+            "-H",
+            "X-Prometheus-Scrape-Timeout-Seconds: 3",
+            &format!("http://{ip}:5670/metrics"),
+        ],
+    )?;
+    let took = started.elapsed();
+    let body = text_scrape(&scrape)?;
+    ensure!(took < Duration::from_secs(3), "the scrape took {took:?}");
+    ensure!(
+        body.starts_with("# HELP app_requests_total Requests served.\n# TYPE app_requests_total counter\napp_requests_total{code=\"200\"} 42\n# "),
+        "{body}"
+    );
+    ensure!(
+        body.contains("# TYPE bearing_listener_downstream_connections")
+            && !body.contains("app_disabled")
+            && !body.contains("# EOF")
+            && !body.contains("\n\n"),
+        "{body}"
+    );
+    let log = server.process().log_contents();
+    for (name, port) in [("dead", DEAD), ("hung", HUNG)] {
+        ensure!(
+            log.contains("application metrics not") && log.contains(&format!("port={port}")),
+            "no log line for the {name} application: {log}"
+        );
+    }
+    Ok(())
+}
+
+/// Sets the chains of `kuma:metrics:prometheus` in `xds` to kuma-cp's for a TLS backend,
+/// keeping the plaintext chain's HTTP filter: `activeMTLSBackend` (`mesh_tls`: plaintext for
+/// the Dataplane's own address, mesh mTLS for everyone else, Kuma's default-mtls golden), or
+/// `providedTLS` with `files` (an unreachable plaintext chain for `transport_protocol: tls`,
+/// the certificate files for everyone, Kuma's delegated-tls golden).
+fn metrics_tls_chains(xds: &mut XdsFile, host: &Host, tls: Option<&CertFiles>) -> Result<()> {
+    let listener = xds.get_mut(LISTENER, "kuma:metrics:prometheus")?;
+    let filters = listener["filterChains"][0]["filters"].clone();
+    let socket =
+        |config: Value| json!({"name": "envoy.transport_sockets.tls", "typedConfig": config});
+    let chains = match tls {
+        None => {
+            let sds = |name: String| json!({"name": name, "sdsConfig": {"ads": {}, "resourceApiVersion": "V3"}});
+            json!([
+                {"filterChainMatch": {"sourcePrefixRanges": [{"addressPrefix": host.ip4().to_string(), "prefixLen": 32}]}, "filters": filters},
+                {"filters": filters, "transportSocket": socket(json!({
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "requireClientCertificate": true,
+                    "commonTlsContext": {
+                        "combinedValidationContext": {
+                            "defaultValidationContext": {"matchTypedSubjectAltNames": [{"sanType": "URI", "matcher": {"prefix": format!("spiffe://{MESH}/")}}]},
+                            "validationContextSdsSecretConfig": sds(format!("mesh_ca:secret:{MESH}")),
+                        },
+                        "tlsCertificateSdsSecretConfigs": [sds(format!("identity_cert:secret:{MESH}"))],
+                    },
+                }))},
+            ])
+        }
+        Some(files) => json!([
+            {"filterChainMatch": {"transportProtocol": "tls"}, "filters": filters},
+            {"filters": filters, "transportSocket": socket(json!({
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "commonTlsContext": {"tlsCertificates": [{
+                    "certificateChain": {"filename": files.cert.display().to_string()},
+                    "privateKey": {"filename": files.key.display().to_string()},
+                }]},
+            }))},
+        ]),
+    };
+    listener["filterChains"] = chains;
+    Ok(())
+}
+
+/// Metrics over TLS as kuma-cp asks for them, served by Bearing instead of NACKed.
+/// `activeMTLSBackend`: a scraper of the mesh (client certificate of the mesh CA) scrapes over
+/// mTLS and sees the proxy's mesh identity (verified against the mesh CA); without a client
+/// certificate, or in plaintext, it is refused; the Dataplane scraping its own address gets
+/// plaintext. `providedTLS` pushed on the same address: the scrape is served with the
+/// certificate files (verified against their CA), plaintext no longer answers, not even from
+/// the Dataplane's own address.
+#[test]
+fn cp_scrape_over_tls() -> Result<()> {
+    let rig = Plumbing::new(
+        "cp-metrics-tls",
+        &[
+            "URI:spiffe://envoyconfig/test-server",
+            "DNS:test-server.metrics",
+        ],
+    )?;
+    let (cp, backend) = (rig.topo.host("cp"), rig.topo.host("backend"));
+    let mesh_ca = &rig.mesh_ca;
+    let scraper = mesh_ca.issue("prometheus", &["URI:spiffe://envoyconfig/prometheus"])?;
+    let files_ca = TestCa::new(&rig.pki.dir, "metrics-ca")?;
+    let files = files_ca.issue("metrics", &["DNS:metrics.local"])?;
+
+    let mut xds = rig.resources("/metrics")?;
+    metrics_tls_chains(&mut xds, backend, None)?;
+    let (_cp, server) = rig.start(&xds, "", &[])?;
+
+    let ip = backend.ip4().to_string();
+    let https = |name: &str, ca: &TestCa, client: Option<&CertFiles>| -> Result<CurlOutput> {
+        let mut args = vec![
+            "--resolve".to_string(),
+            format!("{name}:5670:{ip}"),
+            "--cacert".into(),
+            ca.files().cert.display().to_string(),
+            format!("https://{name}:5670/metrics"),
+        ];
+        if let Some(c) = client {
+            args.extend([
+                "--cert".into(),
+                c.cert.display().to_string(),
+                "--key".into(),
+                c.key.display().to_string(),
+            ]);
+        }
+        curl_output(cp, args)
+    };
+    let plain = |from: &Host| {
+        curl_output(
+            from,
+            [format!("http://{ip}:5670/metrics"), "-m".into(), "5".into()],
+        )
+    };
+    let scraped =
+        |out: &CurlOutput| out.ok() && out.http_code == 200 && out.body.contains("# TYPE bearing_");
+
+    let mtls = https("test-server.metrics", mesh_ca, Some(&scraper))?;
+    ensure!(
+        scraped(&mtls),
+        "mesh mTLS scrape: {mtls:?}\n{}",
+        server.process().describe_log()
+    );
+    let anonymous = https("test-server.metrics", mesh_ca, None)?;
+    ensure!(
+        anonymous.http_code != 200,
+        "a scraper without a mesh certificate: {anonymous:?}"
+    );
+    let cleartext = plain(cp)?;
+    ensure!(
+        cleartext.http_code != 200,
+        "plaintext from another host: {cleartext:?}"
+    );
+    let own = plain(backend)?;
+    ensure!(
+        scraped(&own),
+        "plaintext from the Dataplane's own address: {own:?}"
+    );
+
+    // providedTLS pushed: the same address now serves the certificate files to everyone.
+    let mut xds = rig.resources("/metrics")?;
+    metrics_tls_chains(&mut xds, backend, Some(&files))?;
+    xds.write(&rig.file)?;
+    wait_until(Duration::from_secs(30), || {
+        https("metrics.local", &files_ca, None).is_ok_and(|o| scraped(&o))
+    })
+    .context("the provided certificate never served the scrape")?;
+    let own = plain(backend)?;
+    ensure!(own.http_code != 200, "plaintext under providedTLS: {own:?}");
     Ok(())
 }

@@ -18,8 +18,9 @@ use crate::fields::{
 use crate::routes::{self, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, KumaEndpoints,
-    Listener, MeshTls, PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity, RouteTable,
-    SniRoute, SniTarget, TransparentProxy, UpstreamTls, Verification, WeightedCluster,
+    Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity,
+    RouteTable, SniRoute, SniTarget, SourcePrefix, TransparentProxy, UpstreamTls, Verification,
+    WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -1498,7 +1499,12 @@ impl Translator<'_> {
     /// `kuma:metrics:prometheus`: the Mesh's Prometheus backend, answered with Bearing's
     /// metrics where kuma-dp's hijacker would merge Envoy's. The route's rewrite carries
     /// Envoy's stats filter for the hijacker (`?filter=...&usedonly`), which has no effect
-    /// on Bearing's own metrics.
+    /// on Bearing's own metrics. Its chains, as Envoy chooses among them: the one without a
+    /// match serves every scraper, in plaintext or over its TLS (mesh mTLS, or files); plaintext
+    /// chains matching `source_prefix_ranges` (kuma-cp's for the Dataplane scraping itself)
+    /// serve those sources in plaintext; a chain for `transport_protocol: tls` is never chosen,
+    /// as no listener filter detects TLS there (Envoy sees `raw_buffer`; kuma-cp's `providedTLS`
+    /// mode puts its plaintext chain there, its TLS chain serving everyone).
     fn prometheus_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
         let path = listener_path(name);
         let mut found = fields::unhandled_in(
@@ -1506,25 +1512,95 @@ impl Translator<'_> {
             &listener.encode_to_vec(),
             &path,
         );
-        found.retain(|u| !u.path.ends_with(".prefix_rewrite"));
+        // Source matches and the certificate files of `providedTLS` are read below.
+        let certificate_file = |p: &str| {
+            p.contains(".common_tls_context.tls_certificates[")
+                && (p.ends_with(".certificate_chain.filename")
+                    || p.ends_with(".private_key.filename"))
+        };
+        found.retain(|u| {
+            !u.path.ends_with(".prefix_rewrite")
+                && !u.path.ends_with(".filter_chain_match.source_prefix_ranges")
+                && !certificate_file(&u.path)
+        });
         let before = self.nacks.len();
         self.unhandled(LISTENER, name, found);
         let address = match socket_address(listener.address.as_ref()) {
             Ok(a) => a,
             Err(e) => return self.nack(LISTENER, name, format!("{path}.address"), e),
         };
+        let mut tls = None;
+        let mut everyone = false;
+        let mut plaintext_sources = Vec::new();
+        let mut routes = Vec::new();
         for (i, chain) in listener.filter_chains.iter().enumerate() {
-            if chain.transport_socket.is_some() {
-                self.nack(LISTENER, name, format!("{path}.filter_chains[{i}].transport_socket"), "metrics over TLS (the Prometheus backend's tls mode, or mesh mTLS without skipMTLS) is not implemented: Bearing serves its metrics in plaintext");
+            let at = format!("{path}.filter_chains[{i}]");
+            let matched = chain.filter_chain_match.clone().unwrap_or_default();
+            match matched.transport_protocol.as_str() {
+                "tls" => continue,
+                "" | "raw_buffer" => {}
+                other => {
+                    let field = format!("{at}.filter_chain_match.transport_protocol");
+                    self.nack(LISTENER, name, field, format!("transport protocol {other:?} is not implemented on the metrics listener"));
+                    continue;
+                }
+            }
+            let mut sources = Vec::new();
+            for (k, range) in matched.source_prefix_ranges.iter().enumerate() {
+                match (
+                    range.address_prefix.parse(),
+                    range.prefix_len.as_ref().map(|l| l.value),
+                ) {
+                    (Ok(address), len) if len.unwrap_or(0) <= 128 => sources.push(SourcePrefix {
+                        address,
+                        len: len.map_or(
+                            if matches!(address, IpAddr::V4(_)) {
+                                32
+                            } else {
+                                128
+                            },
+                            |l| l as u8,
+                        ),
+                    }),
+                    _ => self.nack(
+                        LISTENER,
+                        name,
+                        format!("{at}.filter_chain_match.source_prefix_ranges[{k}]"),
+                        format!(
+                            "{:?}/{:?} is not an IP prefix",
+                            range.address_prefix,
+                            range.prefix_len.as_ref().map(|l| l.value)
+                        ),
+                    ),
+                }
+            }
+            routes.extend(chain_prefix_routes(chain));
+            match (matched.source_prefix_ranges.is_empty(), &chain.transport_socket) {
+                (true, _) if everyone => self.nack(LISTENER, name, format!("{at}.filter_chain_match"), "a second chain for every scraper: Envoy would refuse the listener"),
+                (true, socket) => {
+                    everyone = true;
+                    tls = socket.as_ref().and_then(|s| self.metrics_tls(name, &format!("{at}.transport_socket"), s));
+                }
+                (false, None) => plaintext_sources.extend(sources),
+                (false, Some(_)) => self.nack(LISTENER, name, format!("{at}.transport_socket"), "TLS on a chain matched by source is not implemented (kuma-cp's source chain is plaintext)"),
             }
         }
-        let routes: Vec<_> = plain_prefix_routes(listener).collect();
-        match routes.as_slice() {
-            [(prefix, cluster)] if cluster == HIJACKER_CLUSTER => {
+        if !everyone {
+            self.nack(LISTENER, name, format!("{path}.filter_chains"), "no chain without a match: scrapers from other sources would be refused, which is not implemented");
+        }
+        let first = routes.first().cloned();
+        match first {
+            Some((prefix, cluster))
+                if cluster == HIJACKER_CLUSTER && routes.iter().all(|r| r.0 == prefix && r.1 == cluster) =>
+            {
                 if self.nacks.len() == before {
                     self.kuma_endpoints.prometheus = Some(PrometheusEndpoint {
                         address,
-                        path: prefix.clone(),
+                        path: prefix,
+                        // From the bootstrap, not xDS: the config source adds them.
+                        applications: Vec::new(),
+                        tls,
+                        plaintext_sources,
                     });
                 }
             }
@@ -1532,8 +1608,70 @@ impl Translator<'_> {
                 LISTENER,
                 name,
                 format!("{path}.filter_chains"),
-                format!("expected one plaintext chain with one prefix route to {HIJACKER_CLUSTER}, as Kuma's Prometheus listener has"),
+                format!("expected every chain to route one prefix to {HIJACKER_CLUSTER}, as Kuma's Prometheus listener does"),
             ),
+        }
+    }
+
+    /// The TLS a metrics chain terminates: a certificate from files (`providedTLS`, no client
+    /// certificate), else mesh mTLS as on inbound listeners (`activeMTLSBackend`).
+    fn metrics_tls(
+        &mut self,
+        name: &str,
+        at: &str,
+        socket: &core_pb::TransportSocket,
+    ) -> Option<MetricsTls> {
+        let any = self.socket_config(LISTENER, name, at, socket)?;
+        let ctx = typed::<tls_pb::DownstreamTlsContext>(any)
+            .filter(|_| type_name(any).ends_with("DownstreamTlsContext"))?;
+        let common = ctx.common_tls_context.clone().unwrap_or_default();
+        if common.tls_certificates.is_empty() {
+            let mesh = self.downstream_tls(name, at, socket)?;
+            self.meshes.insert(mesh.clone());
+            return Some(MetricsTls::Mesh(mesh));
+        }
+        let at = format!(
+            "{at}.typed_config({}).common_tls_context.tls_certificates",
+            type_name(any)
+        );
+        let filename = |source: &Option<core_pb::DataSource>| match source
+            .as_ref()
+            .and_then(|d| d.specifier.as_ref())
+        {
+            Some(core_pb::data_source::Specifier::Filename(f)) if !f.is_empty() => Some(f.clone()),
+            _ => None,
+        };
+        match common.tls_certificates.as_slice() {
+            [_] if ctx
+                .require_client_certificate
+                .as_ref()
+                .is_some_and(|b| b.value) =>
+            {
+                self.nack(LISTENER, name, at, "client certificates beside a certificate from files are not implemented on the metrics listener");
+                None
+            }
+            [cert] => match (
+                filename(&cert.certificate_chain),
+                filename(&cert.private_key),
+            ) {
+                (Some(cert_path), Some(key_path)) => Some(MetricsTls::Files {
+                    cert_path,
+                    key_path,
+                }),
+                _ => {
+                    self.nack(LISTENER, name, format!("{at}[0]"), "the metrics certificate and key must be files (kuma-dp's --metrics-cert-path and --metrics-key-path)");
+                    None
+                }
+            },
+            _ => {
+                self.nack(
+                    LISTENER,
+                    name,
+                    at,
+                    "the metrics listener presents exactly one certificate",
+                );
+                None
+            }
         }
     }
 
@@ -1850,7 +1988,16 @@ fn plain_prefix_routes(
         .filter_chains
         .iter()
         .filter(|chain| chain.transport_socket.is_none())
-        .flat_map(|chain| &chain.filters)
+        .flat_map(chain_prefix_routes)
+}
+
+/// The prefix routes (prefix, cluster) of a chain's HTTP connection managers.
+fn chain_prefix_routes(
+    chain: &listener_pb::FilterChain,
+) -> impl Iterator<Item = (String, String)> + '_ {
+    chain
+        .filters
+        .iter()
         .filter_map(|filter| match &filter.config_type {
             Some(listener_pb::filter::ConfigType::TypedConfig(any)) => {
                 typed::<hcm_pb::HttpConnectionManager>(any)
@@ -2807,45 +2954,125 @@ mod tests {
     }
 
     /// `kuma:metrics:prometheus` gives the scrape address and path (the rewrite's Envoy stats
-    /// filter has no effect); a TLS chain is NACKed by its path.
+    /// filter has no effect) and its TLS as Envoy picks the chains: `activeMTLSBackend`'s
+    /// mesh mTLS for every scraper but the Dataplane's own address (plaintext), `providedTLS`'s
+    /// certificate files for every scraper (its `transport_protocol: tls` chain is never
+    /// chosen), plaintext when the certificate paths were not given.
     #[test]
     fn prometheus_listener_gives_the_scrape_endpoint() {
-        for (file, address, path) in [
+        let own = SourcePrefix {
+            address: "192.168.0.1".parse().unwrap(),
+            len: 32,
+        };
+        let files = MetricsTls::Files {
+            cert_path: "/path/cert".into(),
+            key_path: "/path/key".into(),
+        };
+        for (file, address, path, tls, plaintext_sources) in [
             (
                 "prometheus-endpoint/default.envoy-config.golden.yaml",
                 "192.168.0.1:1234",
                 "/non-standard-path",
+                None,
+                vec![],
             ),
             (
                 "prometheus-endpoint/custom.envoy-config.golden.yaml",
                 "192.168.0.1:8765",
                 "/even-more-non-standard-path",
+                None,
+                vec![],
             ),
             (
                 "prometheus-endpoint/delegated-tls-fallback.envoy-config.golden.yaml",
                 "192.168.0.1:1234",
                 "/non-standard-path",
+                None,
+                vec![],
+            ),
+            (
+                "prometheus-endpoint/delegated-tls.envoy-config.golden.yaml",
+                "192.168.0.1:1234",
+                "/non-standard-path",
+                Some(files),
+                vec![],
+            ),
+            (
+                "prometheus-endpoint/default-mtls.envoy-config.golden.yaml",
+                "192.168.0.1:1234",
+                "/non-standard-path",
+                Some(MetricsTls::Mesh("demo".into())),
+                vec![own],
             ),
         ] {
-            let config = translate(&golden(file), &node()).unwrap();
+            let mut resources = golden(file);
+            let mesh = secrets().replace(":secret:default", ":secret:demo");
+            resources
+                .secrets
+                .extend(set(&format!("resources:{mesh}")).secrets);
+            let config = match translate(&resources, &node()) {
+                Ok(c) => c,
+                Err(nacks) => panic!("{file}: {nacks:?}"),
+            };
             let want = PrometheusEndpoint {
                 address: address.parse().unwrap(),
                 path: path.into(),
+                applications: Vec::new(),
+                tls,
+                plaintext_sources,
             };
             assert_eq!(config.kuma_endpoints.prometheus, Some(want), "{file}");
         }
-        for file in [
-            "prometheus-endpoint/default-mtls.envoy-config.golden.yaml",
-            "prometheus-endpoint/delegated-tls.envoy-config.golden.yaml",
-        ] {
-            let nacks = translate(&golden(file), &node()).unwrap_err();
+    }
+
+    /// Metrics chains Bearing cannot serve as Envoy would are NACKed by their field: TLS on a
+    /// source-matched chain, a client certificate beside file certificates, no chain for
+    /// every scraper.
+    #[test]
+    fn prometheus_listener_shapes_not_served_are_nacked() {
+        let base = golden("prometheus-endpoint/delegated-tls.envoy-config.golden.yaml");
+        let listener =
+            |set: &mut ResourceSet| set.listeners.get_mut(PROMETHEUS_LISTENER).unwrap().clone();
+        let nacked = |set: &ResourceSet, field: &str| {
+            let nacks = translate(set, &node()).unwrap_err();
             assert!(
-                nacks.iter().any(|n| n.resource == PROMETHEUS_LISTENER
-                    && n.field.ends_with(".transport_socket")
-                    && n.reason.contains("metrics over TLS")),
-                "{file}: {nacks:?}"
+                nacks
+                    .iter()
+                    .any(|n| n.resource == PROMETHEUS_LISTENER && n.field.ends_with(field)),
+                "{field}: {nacks:?}"
             );
-        }
+        };
+        let mut set = base.clone();
+        let mut l = listener(&mut set);
+        l.filter_chains[1].filter_chain_match = Some(listener_pb::FilterChainMatch {
+            source_prefix_ranges: vec![core_pb::CidrRange {
+                address_prefix: "10.0.0.1".into(),
+                prefix_len: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 32 }),
+            }],
+            ..Default::default()
+        });
+        set.listeners.insert(PROMETHEUS_LISTENER.into(), l);
+        nacked(&set, "filter_chains[1].transport_socket");
+
+        let mut set = base.clone();
+        let mut l = listener(&mut set);
+        l.filter_chains.remove(1);
+        set.listeners.insert(PROMETHEUS_LISTENER.into(), l);
+        nacked(&set, ".filter_chains");
+
+        let mut set = base;
+        let mut l = listener(&mut set);
+        let socket = l.filter_chains[1].transport_socket.as_mut().unwrap();
+        let Some(core_pb::transport_socket::ConfigType::TypedConfig(any)) = &mut socket.config_type
+        else {
+            panic!("no typed config");
+        };
+        let mut ctx = typed::<tls_pb::DownstreamTlsContext>(any).unwrap();
+        ctx.require_client_certificate =
+            Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+        any.value = ctx.encode_to_vec();
+        set.listeners.insert(PROMETHEUS_LISTENER.into(), l);
+        nacked(&set, ".tls_certificates");
     }
 
     #[test]

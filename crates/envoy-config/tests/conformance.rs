@@ -20,8 +20,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("xds-generator/ingress/02.envoy.golden.yaml", "a zone ingress without destinations answers a JSON body (direct_response); ProxyConfig's empty SNI table resets"),
     ("xds-generator/outbound-proxy/07.envoy.golden.yaml", "an outbound without a route (empty filter chain, Envoy closes): ProxyConfig has no refusing outbound"),
     ("xds-generator/outbound-proxy/11.envoy.golden.yaml", "outbounds without a route (empty filter chain, Envoy closes): ProxyConfig has no refusing outbound"),
-    ("xds-generator/prometheus-endpoint/default-mtls.envoy-config.golden.yaml", "Prometheus scrapes over mesh mTLS (and plaintext only from the Dataplane's own address): Bearing serves its metrics in plaintext only"),
-    ("xds-generator/prometheus-endpoint/delegated-tls.envoy-config.golden.yaml", "Prometheus scrapes over the provided TLS certificate: Bearing serves its metrics in plaintext only"),
     ("xds-generator/zone-proxy-listener/egress-meshexternalservice-tcp.envoy.golden.yaml", "a zone egress identity secret of another name than identity_cert:secret:<mesh>"),
     ("xds-generator/zone-proxy-listener/egress-meshexternalservice.envoy.golden.yaml", "a zone egress identity secret of another name than identity_cert:secret:<mesh>"),
 ];

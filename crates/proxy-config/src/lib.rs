@@ -72,6 +72,84 @@ pub struct PrometheusEndpoint {
     pub address: SocketAddr,
     /// Path prefix that answers with the metrics (Envoy's route `prefix` match).
     pub path: String,
+    /// The application endpoints whose metrics are merged into the scrape, in the order
+    /// kuma-cp listed them (`kumaSidecarConfiguration.metrics.aggregate` of the bootstrap, as
+    /// kuma-dp's metrics hijacker scrapes them); empty: Bearing's own metrics only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub applications: Vec<MetricsApplication>,
+    /// TLS the scrape is served over (the Mesh's prometheus backend with `tls`, or mesh mTLS
+    /// without `skipMTLS`); `None`: plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MetricsTls>,
+    /// Scrapers served in plaintext even when `tls` is set: kuma-cp's chain for the
+    /// Dataplane scraping itself (its own address, `activeMTLSBackend`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plaintext_sources: Vec<SourcePrefix>,
+}
+
+/// How the Prometheus endpoint terminates TLS.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricsTls {
+    /// Mesh mTLS (`activeMTLSBackend`): this proxy's identity in the mesh (a key of
+    /// `ProxyConfig::mtls`); the scraper must present a certificate of the same mesh.
+    Mesh(String),
+    /// A certificate and key read from files (`providedTLS`: kuma-dp's
+    /// `--metrics-cert-path` / `--metrics-key-path`); no client certificate asked.
+    Files {
+        /// PEM certificate chain, leaf first.
+        cert_path: String,
+        /// PEM private key.
+        key_path: String,
+    },
+}
+
+/// An IP prefix a connection's source address is matched against.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct SourcePrefix {
+    /// The network's address.
+    pub address: IpAddr,
+    /// Prefix length in bits.
+    pub len: u8,
+}
+
+impl SourcePrefix {
+    /// Whether `ip` is inside the prefix (same family; an IPv4-mapped IPv6 source counts as
+    /// its IPv4 address, as a dual-stack socket reports it).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.address, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let len = u32::from(self.len.min(32));
+                let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let len = u32::from(self.len.min(128));
+                let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One application metrics endpoint merged into the Prometheus scrape (an `aggregate` entry
+/// of the Mesh's prometheus backend or the Dataplane's, as kuma-cp hands it to the proxy).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MetricsApplication {
+    /// The entry's name, for logs.
+    pub name: String,
+    /// Host (an IP, or a name resolved at each scrape); the Dataplane's address unless the
+    /// entry gives one.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Path of the application's metrics (`GET`, no query).
+    pub path: String,
 }
 
 /// One mesh's certificate authority and the identities this proxy holds in it. The proxy
@@ -467,6 +545,26 @@ mod opt_millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A source prefix matches its network only, in its family (an IPv4-mapped source as
+    /// IPv4); /0 matches every address of the family, /32 one.
+    #[test]
+    fn source_prefixes_match_their_network() {
+        let prefix = |a: &str, len| SourcePrefix {
+            address: a.parse().unwrap(),
+            len,
+        };
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        assert!(prefix("192.168.0.1", 32).contains(ip("192.168.0.1")));
+        assert!(!prefix("192.168.0.1", 32).contains(ip("192.168.0.2")));
+        assert!(prefix("192.168.0.1", 32).contains(ip("::ffff:192.168.0.1")));
+        assert!(prefix("10.0.0.0", 8).contains(ip("10.255.0.1")));
+        assert!(prefix("0.0.0.0", 0).contains(ip("8.8.8.8")));
+        assert!(!prefix("0.0.0.0", 0).contains(ip("fd00::1")));
+        assert!(prefix("fd00::", 64).contains(ip("fd00::5")));
+        assert!(!prefix("fd00::", 64).contains(ip("fd01::5")));
+        assert!(prefix("::", 0).contains(ip("fd01::5")));
+    }
 
     #[test]
     fn common_protocol_follows_kuma() {

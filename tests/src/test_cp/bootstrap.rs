@@ -190,10 +190,36 @@ fn bootstrap(shared: &Shared, head: &Parts, body: &[u8]) -> Result<(String, Valu
         "bootstrap": base64::engine::general_purpose::STANDARD.encode(document.to_string()),
         "kumaSidecarConfiguration": {
             "networking": {"address": address, "corefileTemplate": ""},
-            "metrics": {"aggregate": []},
+            "metrics": {"aggregate": aggregate(&dataplane, address)},
         },
     });
     Ok((node, response))
+}
+
+/// The application metrics endpoints kuma-cp hands the proxy: the Dataplane's prometheus
+/// `metrics.conf.aggregate` entries that are not disabled, each with the Dataplane's address
+/// when it gives none (kuma-cp's bootstrap generator; the Mesh's backend is not modelled).
+fn aggregate(dataplane: &Value, dataplane_address: &str) -> Vec<Value> {
+    let entries = dataplane
+        .pointer("/metrics/conf/aggregate")
+        .and_then(Value::as_array);
+    entries
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("enabled").and_then(Value::as_bool) != Some(false))
+        .map(|e| {
+            let text = |name: &str| e.get(name).and_then(Value::as_str).unwrap_or_default();
+            let address = Some(text("address"))
+                .filter(|a| !a.is_empty())
+                .unwrap_or(dataplane_address);
+            json!({
+                "name": text("name"),
+                "address": address,
+                "port": e.get("port").and_then(Value::as_u64).unwrap_or_default(),
+                "path": text("path"),
+            })
+        })
+        .collect()
 }
 
 /// `host:port` (or `[v6]:port`) split; the port is 5678 (kuma-cp's) when absent.
