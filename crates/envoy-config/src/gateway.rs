@@ -66,13 +66,13 @@ impl Translator<'_> {
     pub(super) fn gateway_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
         let path = listener_path(name);
         let before = self.nacks.len();
-        let found = fields::unhandled_with(
+        self.gateway_guard(
+            LISTENER,
+            name,
             "envoy.config.listener.v3.Listener",
-            &listener.encode_to_vec(),
+            listener,
             &path,
-            Guard::Gateway,
         );
-        self.unhandled(LISTENER, name, found);
         let address = match socket_address(listener.address.as_ref()) {
             Ok(a) => a,
             Err(e) => return self.nack(LISTENER, name, format!("{path}.address"), e),
@@ -135,6 +135,20 @@ impl Translator<'_> {
             cross_mesh: None,
         });
         self.listeners.push(out);
+    }
+
+    /// Walks a gateway's resource (`message`, at `path`) with the gateway's field guard.
+    fn gateway_guard<M: Message>(
+        &mut self,
+        type_url: &str,
+        name: &str,
+        message: &str,
+        resource: &M,
+        path: &str,
+    ) {
+        let bytes = resource.encode_to_vec();
+        let found = fields::unhandled_with(message, &bytes, path, Guard::Gateway);
+        self.unhandled(type_url, name, found);
     }
 
     /// One chain: its match, TLS and HTTP connection manager, and its route configuration's
@@ -317,10 +331,7 @@ impl Translator<'_> {
         socket: &core_pb::TransportSocket,
     ) -> Option<GatewayCertificate> {
         use tls_pb::tls_parameters::TlsProtocol;
-        let any = self.socket_config(LISTENER, name, at, socket)?;
-        let ctx = typed::<tls_pb::DownstreamTlsContext>(any)
-            .filter(|_| type_name(any).ends_with("DownstreamTlsContext"))?;
-        let at = format!("{at}.typed_config({})", type_name(any));
+        let (ctx, at) = self.downstream_context(name, at, socket)?;
         let before = self.nacks.len();
         if ctx
             .require_client_certificate
@@ -434,13 +445,8 @@ impl Translator<'_> {
         use route_pb::virtual_host::TlsRequirementType;
         let path = format!("routes[{route_name:?}]");
         let before = self.nacks.len();
-        let found = fields::unhandled_with(
-            "envoy.config.route.v3.RouteConfiguration",
-            &rc.encode_to_vec(),
-            &path,
-            Guard::Gateway,
-        );
-        self.unhandled(ROUTE_CONFIGURATION, route_name, found);
+        let message = "envoy.config.route.v3.RouteConfiguration";
+        self.gateway_guard(ROUTE_CONFIGURATION, route_name, message, rc, &path);
         if !rc.ignore_port_in_host_matching {
             self.nack(
                 ROUTE_CONFIGURATION,

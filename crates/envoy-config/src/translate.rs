@@ -926,6 +926,32 @@ impl Translator<'_> {
         }
     }
 
+    /// A transport socket's TLS context of type `M` (whose name ends with `kind`) and its
+    /// field path; a socket without typed config is NACKed, one of another type is left to
+    /// the field guard.
+    fn tls_context<M: Message + Default>(
+        &mut self,
+        type_url: &str,
+        name: &str,
+        at: &str,
+        socket: &core_pb::TransportSocket,
+        kind: &str,
+    ) -> Option<(M, String)> {
+        let any = self.socket_config(type_url, name, at, socket)?;
+        let ctx = typed::<M>(any).filter(|_| type_name(any).ends_with(kind))?;
+        Some((ctx, format!("{at}.typed_config({})", type_name(any))))
+    }
+
+    /// A listener chain's `DownstreamTlsContext` and its field path.
+    fn downstream_context(
+        &mut self,
+        name: &str,
+        at: &str,
+        socket: &core_pb::TransportSocket,
+    ) -> Option<(tls_pb::DownstreamTlsContext, String)> {
+        self.tls_context(LISTENER, name, at, socket, "DownstreamTlsContext")
+    }
+
     /// Downstream mesh mTLS: the mesh whose identity the chain presents.
     fn downstream_tls(
         &mut self,
@@ -933,13 +959,7 @@ impl Translator<'_> {
         at: &str,
         socket: &core_pb::TransportSocket,
     ) -> Option<String> {
-        let any = self.socket_config(LISTENER, name, at, socket)?;
-        let Some(ctx) = typed::<tls_pb::DownstreamTlsContext>(any)
-            .filter(|_| type_name(any).ends_with("DownstreamTlsContext"))
-        else {
-            return None; // another type: NACKed by the field guard
-        };
-        let at = format!("{at}.typed_config({})", type_name(any));
+        let (ctx, at) = self.downstream_context(name, at, socket)?;
         if !ctx
             .require_client_certificate
             .as_ref()
@@ -1303,10 +1323,13 @@ impl Translator<'_> {
         at: &str,
         socket: &core_pb::TransportSocket,
     ) -> Option<UpstreamTls> {
-        let any = self.socket_config(CLUSTER, name, at, socket)?;
-        let ctx = typed::<tls_pb::UpstreamTlsContext>(any)
-            .filter(|_| type_name(any).ends_with("UpstreamTlsContext"))?;
-        let at = format!("{at}.typed_config({})", type_name(any));
+        let (ctx, at) = self.tls_context::<tls_pb::UpstreamTlsContext>(
+            CLUSTER,
+            name,
+            at,
+            socket,
+            "UpstreamTlsContext",
+        )?;
         let common = ctx.common_tls_context.clone().unwrap_or_default();
         let sans = subject_alt_names(&common);
         let common_at = format!("{at}.common_tls_context");
