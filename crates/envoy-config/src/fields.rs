@@ -448,7 +448,8 @@ const GATEWAY_ACCEPTED: &[(&str, &[&str])] = &[
     ("envoy.config.route.v3.VirtualHost", &["require_tls"]),
     (
         "envoy.config.route.v3.RouteAction",
-        // A route to a Cluster that has not come is awaited, never served.
+        // The answer of a route to Kuma's unresolved backend; another Cluster that has not
+        // come is awaited, never served.
         &["cluster_not_found_response_code", "idle_timeout"],
     ),
     // Kuma's `x-kuma-tags` only (checked by the translation); the gateway removes it anyway.

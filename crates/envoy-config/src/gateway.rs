@@ -42,15 +42,12 @@ const CONNECTION_IDLE: Duration = Duration::from_secs(300);
 const REQUEST_HEADERS: Duration = Duration::from_millis(500);
 /// Kuma's gateway route `idle_timeout`, accepted: the runtime's stream idle time.
 const ROUTE_IDLE: Duration = STREAM_IDLE;
+/// The cluster kuma-cp names where a route's backend resolves to nothing; Envoy answers such
+/// a route with its `cluster_not_found_response_code`.
+const UNRESOLVED_BACKEND: &str = "kuma.io/unresolved-backend";
 /// Kuma's runtime layer with the gateway listeners' connection limits.
 const LIMITS_PREFIX: &str = "envoy.resource_limits.listener.";
 const LIMITS_SUFFIX: &str = ".connection_limit";
-
-/// One chain of a gateway listener, translated: its TLS certificate and its hosts.
-struct Chain {
-    certificate: Option<GatewayCertificate>,
-    hosts: Vec<GatewayHost>,
-}
 
 impl Translator<'_> {
     /// Whether a listener is a builtin gateway's: an HTTP connection manager with RDS.
@@ -86,14 +83,12 @@ impl Translator<'_> {
             );
         }
         let mut hosts: Vec<GatewayHost> = Vec::new();
-        let mut tls_chains = 0;
         for (i, chain) in listener.filter_chains.iter().enumerate() {
             let at = format!("{path}.filter_chains[{i}]");
-            let Some(chain) = self.gateway_chain(name, &at, address.port(), chain) else {
+            let Some(chain_hosts) = self.gateway_chain(name, &at, address.port(), chain) else {
                 continue;
             };
-            tls_chains += usize::from(chain.certificate.is_some());
-            for host in chain.hosts {
+            for host in chain_hosts {
                 match hosts.iter().find(|h| h.hostname == host.hostname) {
                     Some(same) if *same == host => {}
                     Some(_) => self.nack(
@@ -106,6 +101,11 @@ impl Translator<'_> {
                 }
             }
         }
+        let tls_chains = listener
+            .filter_chains
+            .iter()
+            .filter(|c| c.transport_socket.is_some())
+            .count();
         let protocol = match tls_chains {
             0 => GatewayProtocol::Http,
             n if n == listener.filter_chains.len() => GatewayProtocol::Https,
@@ -151,15 +151,15 @@ impl Translator<'_> {
         self.unhandled(type_url, name, found);
     }
 
-    /// One chain: its match, TLS and HTTP connection manager, and its route configuration's
-    /// virtual hosts as gateway hosts.
+    /// One chain: its match, TLS and HTTP connection manager; its route configuration's
+    /// virtual hosts as gateway hosts, with the chain's certificate.
     fn gateway_chain(
         &mut self,
         name: &str,
         at: &str,
         port: u16,
         chain: &listener_pb::FilterChain,
-    ) -> Option<Chain> {
+    ) -> Option<Vec<GatewayHost>> {
         if let Some(m) = &chain.filter_chain_match {
             if m.destination_port
                 .as_ref()
@@ -228,9 +228,8 @@ impl Translator<'_> {
                 certificate: certificate.clone(),
                 http_routes,
                 tcp_backends: Vec::new(),
-            })
-            .collect();
-        Some(Chain { certificate, hosts })
+            });
+        Some(hosts.collect())
     }
 
     /// Kuma's gateway defaults on the HTTP connection manager, which the gateway runtime
@@ -487,7 +486,10 @@ impl Translator<'_> {
             }
         }
         let (mut problems, mut reached) = (Vec::new(), Vec::new());
-        let table = routes::route_table(rc, &path, &mut problems, &mut reached);
+        let mut table = routes::route_table(rc, &path, &mut problems, &mut reached);
+        if let Some(table) = &mut table {
+            unresolved_backends(rc, table, &path, &mut problems);
+        }
         for (field, reason) in problems {
             self.nack(ROUTE_CONFIGURATION, route_name, field, reason);
         }
@@ -495,7 +497,9 @@ impl Translator<'_> {
             return None;
         }
         for (cluster, timeout, at) in reached {
-            self.route_to(cluster, Protocol::Http, timeout, listener, at);
+            if cluster != UNRESOLVED_BACKEND {
+                self.route_to(cluster, Protocol::Http, timeout, listener, at);
+            }
         }
         let hosts = table?
             .virtual_hosts
@@ -563,6 +567,60 @@ impl Translator<'_> {
                 at,
                 "a connection limit is implemented on builtin gateway listeners only",
             );
+        }
+    }
+}
+
+/// Routes whose every backend is Kuma's unresolved backend answer the route's
+/// `cluster_not_found_response_code`, as Envoy does for a cluster that does not exist; one
+/// beside resolved backends (a share of requests failing) is a problem naming it.
+fn unresolved_backends(
+    rc: &route_pb::RouteConfiguration,
+    table: &mut bearing_proxy_config::RouteTable,
+    path: &str,
+    problems: &mut Vec<routes::Problem>,
+) {
+    use bearing_proxy_config::RouteAction;
+    use route_pb::route_action::ClusterNotFoundResponseCode as Code;
+    // `route_table` keeps every route of a configuration it translates, in order.
+    for (k, (vh, out)) in rc
+        .virtual_hosts
+        .iter()
+        .zip(&mut table.virtual_hosts)
+        .enumerate()
+    {
+        for (r, (route, out)) in vh.routes.iter().zip(&mut out.routes).enumerate() {
+            let RouteAction::Forward { backends, .. } = &out.action else {
+                continue;
+            };
+            let unresolved = backends
+                .iter()
+                .filter(|b| b.cluster == UNRESOLVED_BACKEND)
+                .count();
+            if unresolved == 0 {
+                continue;
+            }
+            if unresolved < backends.len() {
+                problems.push((
+                    format!("{path}.virtual_hosts[{k}].routes[{r}].route.weighted_clusters"),
+                    format!("{UNRESOLVED_BACKEND} beside resolved backends is not implemented"),
+                ));
+                continue;
+            }
+            let code = match &route.action {
+                Some(route_pb::route::Action::Route(a)) => a.cluster_not_found_response_code,
+                _ => 0,
+            };
+            let status = match Code::try_from(code) {
+                Ok(Code::NotFound) => 404,
+                Ok(Code::InternalServerError) => 500,
+                _ => 503,
+            };
+            out.action = RouteAction::DirectResponse {
+                status,
+                body: String::new(),
+            };
+            out.mirror = None;
         }
     }
 }
@@ -824,6 +882,28 @@ mod tests {
             nacks[0].field.ends_with(".retry_policy") && nacks[0].reason.starts_with("retries: "),
             "{nacks:?}"
         );
+    }
+
+    /// A route whose backend kuma-cp could not resolve answers its
+    /// `cluster_not_found_response_code` (as Envoy does), instead of waiting for a Cluster
+    /// that never comes.
+    #[test]
+    fn a_route_to_kumas_unresolved_backend_answers_its_not_found_code() {
+        let text = http_gateway("", "").replace(
+            "            - name: api\n",
+            "            - name: kuma.io/unresolved-backend\n",
+        );
+        let config = translated(&text).unwrap();
+        let gw = config.listeners[0].gateway.as_ref().unwrap();
+        assert!(
+            matches!(
+                gw.hosts[0].http_routes[0].action,
+                RouteAction::DirectResponse { status: 500, .. }
+            ),
+            "{:?}",
+            gw.hosts[0].http_routes[0].action
+        );
+        assert!(!config.clusters.contains_key("kuma.io/unresolved-backend"));
     }
 
     /// Kuma's runtime layer gives a gateway listener its connection limit; a limit naming no
