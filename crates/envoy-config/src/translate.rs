@@ -414,9 +414,8 @@ impl Translator<'_> {
     }
 
     /// One listener per address, as Envoy refuses a listener whose address another one
-    /// already has: the second (by name) is NACKed naming both and the address. Port 0 (an
-    /// ephemeral port, Kuma's admin listener without one) and non-TCP listeners (`kuma:dns`)
-    /// take none.
+    /// already has: the second (by name) is NACKed naming both and the address. Non-TCP
+    /// listeners (`kuma:dns`, UDP) take none.
     fn unique_addresses(&mut self) {
         let mut taken: BTreeMap<SocketAddr, &str> = BTreeMap::new();
         let set = self.set;
@@ -424,9 +423,6 @@ impl Translator<'_> {
             let Ok(address) = socket_address(listener.address.as_ref()) else {
                 continue;
             };
-            if address.port() == 0 {
-                continue;
-            }
             match taken.get(&address) {
                 Some(first) => {
                     let reason = format!("address {address} is already listener {first:?}'s: two listeners cannot share an address");
