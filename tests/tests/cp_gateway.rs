@@ -3,7 +3,9 @@
 //! kuma-cp renders for a MeshGateway (a listener whose HTTP connection manager takes its
 //! routes over RDS, the RouteConfiguration, clusters, and for HTTPS a chain per hostname with
 //! its certificate from an SDS Secret) routes by path to two origins; curl sees each request
-//! reach the origin its route names, with the gateway's `server` header.
+//! reach the origin its route names, with the gateway's `server` header; a pushed route
+//! configuration with a policy Bearing does not enforce is NACKed by its field, the old routes
+//! serving on.
 
 use std::time::Duration;
 
@@ -222,5 +224,29 @@ fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
             "{proto}"
         );
     }
+
+    // A pushed route configuration with Kuma's default retry policy (a policy Bearing does not
+    // enforce yet): NACKed by the field's path, the routes before it serving on.
+    let served = dump["version"].clone();
+    let mut changed = resources(gw, one, two, &server_cert)?;
+    let routes = changed.get_mut(ROUTES, "gw:HTTP:8080:*")?;
+    routes["virtualHosts"][0]["routes"][2]["route"]["retryPolicy"] =
+        json!({"numRetries": 5, "retryOn": "gateway-error,connect-failure,refused-stream"});
+    changed.write(&file)?;
+    cp_process.wait_for_log("NACK type=RouteConfiguration", Duration::from_secs(30))?;
+    let log = cp_process.log_contents();
+    let nack = log
+        .lines()
+        .find(|l| l.starts_with("NACK type=RouteConfiguration"))
+        .context("NACK line")?;
+    ensure!(
+        nack.contains("gw:HTTP:8080:*") && nack.contains("retry_policy"),
+        "the NACK names the route configuration and the field: {nack}"
+    );
+    ensure!(
+        gateway.config_dump()?["version"] == served,
+        "the old config is still applied"
+    );
+    ensure!(curl(client, [http("/two")])? == (200, body_two.to_string()));
     Ok(())
 }
