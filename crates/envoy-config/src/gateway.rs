@@ -63,6 +63,8 @@ impl Translator<'_> {
     pub(super) fn gateway_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
         let path = listener_path(name);
         let before = self.nacks.len();
+        // Taken whatever becomes of the listener: a NACKed one has its own NACKs.
+        let connection_limit = self.connection_limits.remove(name);
         self.gateway_guard(
             LISTENER,
             name,
@@ -120,7 +122,6 @@ impl Translator<'_> {
         };
         // Most specific first, as the model keeps them (the router orders them itself).
         hosts.sort_by_key(|h| host_rank(&h.hostname));
-        let connection_limit = self.connection_limits.remove(name);
         if self.nacks.len() != before {
             return;
         }
