@@ -18,7 +18,7 @@
 //! and the config passes what the runtime checks before serving (`Runtime::apply`): every
 //! listener's cluster exists (SNI routes' too), one listener per address, every mesh a listener
 //! or cluster uses has its mTLS material, and that material parses (CA certificate, identity
-//! chain and key). Pending (skippable): one listener per address (`dup-address`).
+//! chain and key).
 #![no_main]
 
 use bearing_envoy_config::decode::{
@@ -30,8 +30,8 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The type URLs a record can carry: those the CP sink decodes, Runtime (subscribed, refused)
-/// and one Bearing does not use.
+/// The type URLs a record can carry: those the CP sink decodes (Runtime: gateway connection
+/// limits) and one Bearing does not use.
 pub const TYPE_URLS: [&str; 7] = [
     LISTENER,
     CLUSTER,
@@ -86,6 +86,7 @@ fn reencoded(set: &ResourceSet) -> Vec<(&'static str, &str, Vec<u8>)> {
         .chain(all(CLUSTER_LOAD_ASSIGNMENT, &set.endpoints))
         .chain(all(SECRET, &set.secrets))
         .chain(all(ROUTE_CONFIGURATION, &set.routes))
+        .chain(all(RUNTIME, &set.runtimes))
         .collect()
 }
 
@@ -117,7 +118,7 @@ fn check_servable(config: &ProxyConfig) {
     let mut addresses = BTreeSet::new();
     for l in &config.listeners {
         assert!(
-            addresses.insert(l.address) || bearing_fuzz::skipped("dup-address"),
+            addresses.insert(l.address),
             "two listeners on {} ({})",
             l.address,
             l.name

@@ -802,20 +802,32 @@ mod tests {
         }
         assert_eq!(sink.offer(&state, ResourceType::Listener), Ok(()));
         let good = rx.borrow().applied.clone().expect("applied").config;
-        let runtime = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
-        let bad = with(
-            &state,
+        // Two runtime layers with a key Bearing does not implement.
+        let layer = |name: &str| {
+            let json =
+                serde_json::json!({"name": name, "layer": {"re2.max_program_size.error_level": 1}});
+            let decoded =
+                bearing_envoy_config::decode_json_resource(ResourceType::Runtime.type_url(), &json)
+                    .expect("a Runtime");
+            let any = bearing_xds::envoy_types::pb::google::protobuf::Any {
+                type_url: ResourceType::Runtime.type_url().into(),
+                value: decoded.value,
+            };
+            (name.to_string(), any)
+        };
+        let bad = state.with(
             ResourceType::Runtime,
-            &[("rtds-a", runtime), ("rtds-b", runtime)],
+            bearing_xds::TypeResources {
+                version: "v1".into(),
+                resources: [layer("rtds-a"), layer("rtds-b")].into_iter().collect(),
+            },
         );
         let rejection = sink.offer(&bad, ResourceType::Runtime).unwrap_err();
         assert_eq!(rejection.resource, "Runtime rtds-a");
         assert!(rejection.field.contains("rtds-a"), "{rejection}");
         assert!(
             rejection.reason.contains("Runtime rtds-b: ")
-                && rejection
-                    .reason
-                    .contains(bearing_envoy_config::GATEWAY_NOT_YET),
+                && rejection.reason.contains("runtime keys other than"),
             "every NACK is in the detail: {rejection}"
         );
         let status = rx.borrow().clone();

@@ -24,6 +24,8 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 /// Type URL of Envoy's Listener.
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// Type URL of Envoy's RouteConfiguration (RDS: a builtin gateway's routes).
+pub const ROUTES: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 /// Type URL of Envoy's SDS Secret.
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
@@ -218,6 +220,21 @@ impl CpPki {
         let ca = TestCa::new(&dir, "cp-ca")?;
         let tls = ca.issue("kuma-cp", &[&format!("IP:{}", cp.ip4())])?;
         Ok(CpPki { dir, ca, tls })
+    }
+
+    /// Starts `bearing-test-cp` (`bin`) on `cp`'s address and `port` with this certificate,
+    /// serving the resource file `resources` (log name `log`), and returns it with how
+    /// proxies reach it.
+    pub fn start_cp(
+        &self,
+        bin: &str,
+        cp: &Host,
+        port: u16,
+        resources: &Path,
+        log: &str,
+    ) -> Result<(Process, CpAccess)> {
+        let process = start_test_cp(bin, cp, port, &self.tls, resources, log)?;
+        Ok((process, CpAccess::new(cp, port, self)))
     }
 }
 

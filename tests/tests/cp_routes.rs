@@ -111,20 +111,14 @@ fn a_sidecar_routes_by_the_route_table_the_cp_sends() -> Result<()> {
 
     let file = pki.dir.join("web.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&resources(one, two))?)?;
-    let cp_process = start_test_cp(
-        env!("CARGO_BIN_EXE_bearing-test-cp"),
-        cp,
-        5678,
-        &pki.tls,
-        &file,
-        "cp",
-    )?;
+    let (cp_process, access) =
+        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
     let dataplane = dataplane_yaml(
         "web",
         web,
         "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
     );
-    let sidecar = CpAccess::new(cp, 5678, &pki).bearing(web, "web", "dataplane", &dataplane)?;
+    let sidecar = access.bearing(web, "web", "dataplane", &dataplane)?;
     sidecar.wait_ready()?;
     cp_process.wait_for_log("ACK type=Listener", Duration::from_secs(30))?;
     let dump = sidecar.config_dump()?;

@@ -137,15 +137,16 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
     let to_server = backend.sock4(INBOUND_PORT);
     client_resources(web, to_server, &client_leaf, &mesh_ca, &[10001])?.write(&web_file)?;
     server_resources(backend, &server_leaf, &mesh_ca)?.write(&backend_file)?;
-    let cp_web = start_test_cp(TEST_CP, cp, 5678, cp_tls, &web_file, "cp-web")?;
-    let cp_backend = start_test_cp(TEST_CP, cp, 5679, cp_tls, &backend_file, "cp-backend")?;
-    let server = CpAccess::new(cp, 5679, &pki).bearing(
+    let (cp_web, web_access) = pki.start_cp(TEST_CP, cp, 5678, &web_file, "cp-web")?;
+    let (cp_backend, backend_access) =
+        pki.start_cp(TEST_CP, cp, 5679, &backend_file, "cp-backend")?;
+    let server = backend_access.bearing(
         backend,
         "test-server",
         "dataplane",
         &dataplane(backend, "test-server"),
     )?;
-    let client = CpAccess::new(cp, 5678, &pki).bearing(
+    let client = web_access.bearing(
         web,
         "demo-client",
         "dataplane",
@@ -327,7 +328,7 @@ fn sidecar_to_sidecar_through_a_zone_ingress_all_from_the_test_cp() -> Result<()
         topo.host("b"),
     );
     let pki = CpPki::new(topo.dir(), "cp-zones", cp)?;
-    let (dir, cp_tls) = (&pki.dir, &pki.tls);
+    let dir = &pki.dir;
     let mesh_ca = TestCa::new(dir, "mesh-ca")?;
     let a_leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
     let b_leaf = mesh_ca.issue(
@@ -357,7 +358,7 @@ fn sidecar_to_sidecar_through_a_zone_ingress_all_from_the_test_cp() -> Result<()
         b.sock4(INBOUND_PORT),
         b.sock4(TCP_INBOUND_PORT),
     )?;
-    let mut cps = Vec::new();
+    let (mut cps, mut access) = (Vec::new(), Vec::new());
     for (name, port, xds) in [
         ("a", 5678, a_xds),
         ("b", 5679, b_xds),
@@ -365,32 +366,19 @@ fn sidecar_to_sidecar_through_a_zone_ingress_all_from_the_test_cp() -> Result<()
     ] {
         let file = dir.join(format!("{name}.json"));
         xds.write(&file)?;
-        cps.push(start_test_cp(
-            TEST_CP,
-            cp,
-            port,
-            cp_tls,
-            &file,
-            &format!("cp-{name}"),
-        )?);
+        let (process, reach) = pki.start_cp(TEST_CP, cp, port, &file, &format!("cp-{name}"))?;
+        cps.push(process);
+        access.push(reach);
     }
     let zone_ingress = format!(
         "type: ZoneIngress\nname: zi-b\nzone: zone-b\nnetworking:\n  address: {}\n  port: {INGRESS_PORT}\n",
         ib.ip4()
     );
-    let ingress = CpAccess::new(cp, 5680, &pki).bearing(ib, "zi-b", "ingress", &zone_ingress)?;
-    let sidecar_b = CpAccess::new(cp, 5679, &pki).bearing(
-        b,
-        "test-server",
-        "dataplane",
-        &dataplane(b, "test-server"),
-    )?;
-    let sidecar_a = CpAccess::new(cp, 5678, &pki).bearing(
-        a,
-        "demo-client",
-        "dataplane",
-        &dataplane(a, "demo-client"),
-    )?;
+    let ingress = access[2].bearing(ib, "zi-b", "ingress", &zone_ingress)?;
+    let sidecar_b =
+        access[1].bearing(b, "test-server", "dataplane", &dataplane(b, "test-server"))?;
+    let sidecar_a =
+        access[0].bearing(a, "demo-client", "dataplane", &dataplane(a, "demo-client"))?;
     for proxy in [&ingress, &sidecar_b, &sidecar_a] {
         proxy.wait_ready()?;
     }
@@ -576,8 +564,7 @@ impl Plumbing {
     fn start(&self, xds: &XdsFile, extra: &str, args: &[&str]) -> Result<(Process, Bearing<'_>)> {
         let (cp, backend) = (self.topo.host("cp"), self.topo.host("backend"));
         xds.write(&self.file)?;
-        let test_cp = start_test_cp(TEST_CP, cp, 5678, &self.pki.tls, &self.file, "cp")?;
-        let access = CpAccess::new(cp, 5678, &self.pki);
+        let (test_cp, access) = self.pki.start_cp(TEST_CP, cp, 5678, &self.file, "cp")?;
         let resource = format!(
             "{}  admin:\n    port: {PLUMBING_ADMIN_PORT}\n{extra}",
             dataplane(backend, "test-server")

@@ -290,15 +290,8 @@ fn envoy_and_bearing_fed_by_one_test_cp_answer_alike() -> Result<()> {
 
     let file = pki.dir.join("resources.json");
     resources(origin, false)?.write(&file)?;
-    let test_cp = start_test_cp(
-        env!("CARGO_BIN_EXE_bearing-test-cp"),
-        cp,
-        5678,
-        &pki.tls,
-        &file,
-        "cp",
-    )?;
-    let access = CpAccess::new(cp, 5678, &pki);
+    let (test_cp, access) =
+        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
     let _envoy = access.envoy(envoy_host, "envoyconfig", "envoy-client")?;
     let bearing = access.bearing(
         bearing_host,

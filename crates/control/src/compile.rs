@@ -168,21 +168,19 @@ pub fn compile(
         }
         let address = SocketAddr::new(bind_ip, port16(inbound.port));
         listeners.push(Listener {
-            name: format!("inbound:{address}"),
-            address,
-            direction: Direction::Inbound,
-            protocol,
             cluster: cluster_name.clone(),
             service: service_of(&inbound.tags),
             bind: transparent.is_none(),
             tls: mtls.as_ref().map(|m| DownstreamTls {
                 mesh: m.mesh.clone(),
             }),
-            sni_routes: None,
-            routes: None,
-            tcp_backends: Vec::new(),
-            gateway: None,
             deny_all: denies.targeting(me, inbound),
+            ..Listener::new(
+                format!("inbound:{address}"),
+                address,
+                Direction::Inbound,
+                protocol,
+            )
         });
         clusters.insert(
             cluster_name.clone(),
@@ -380,19 +378,10 @@ fn direct_access(
             }
             let name = format!("direct_access_{address}");
             listeners.push(Listener {
-                name: name.clone(),
-                address,
-                direction: Direction::Outbound,
-                protocol: Protocol::Tcp,
                 cluster: name.clone(),
                 service,
                 bind: false,
-                tls: None,
-                sni_routes: None,
-                routes: None,
-                tcp_backends: Vec::new(),
-                gateway: None,
-                deny_all: None,
+                ..Listener::new(name.clone(), address, Direction::Outbound, Protocol::Tcp)
             });
             let endpoint = Endpoint {
                 address,
@@ -546,19 +535,15 @@ impl Outbounds<'_> {
             None => self.cluster_for(to),
         };
         let listener = Listener {
-            name: format!("outbound:{address}"),
-            address,
-            direction: Direction::Outbound,
-            protocol: c.protocol,
             cluster: c.name.clone(),
             service,
             bind,
-            tls: None,
-            sni_routes: None,
-            routes: None,
-            tcp_backends: Vec::new(),
-            gateway: None,
-            deny_all: None,
+            ..Listener::new(
+                format!("outbound:{address}"),
+                address,
+                Direction::Outbound,
+                c.protocol,
+            )
         };
         (listener, c)
     }

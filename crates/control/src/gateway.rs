@@ -194,17 +194,7 @@ pub(crate) fn compile(
         hosts.sort_by_key(|h| host_rank(&h.hostname));
         let address = SocketAddr::new(ip, crate::compile::port16(port));
         parts.listeners.push(Listener {
-            name: format!("{}:{}:{port}", gw_resource.meta.name, specs[0].1.protocol),
-            address,
-            direction: Direction::Inbound,
-            protocol: if http { Protocol::Http } else { Protocol::Tcp },
-            cluster: String::new(),
             service: service.clone(),
-            bind: true,
-            tls: None,
-            sni_routes: None,
-            routes: None,
-            tcp_backends: Vec::new(),
             gateway: Some(GatewayListener {
                 protocol,
                 hosts,
@@ -215,7 +205,12 @@ pub(crate) fn compile(
                     client_ca_pems: mesh_ca_pems(store),
                 }),
             }),
-            deny_all: None,
+            ..Listener::new(
+                format!("{}:{}:{port}", gw_resource.meta.name, specs[0].1.protocol),
+                address,
+                Direction::Inbound,
+                if http { Protocol::Http } else { Protocol::Tcp },
+            )
         });
     }
     if problems.is_empty() {

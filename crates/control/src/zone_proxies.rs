@@ -92,19 +92,14 @@ pub fn compile(
     }
     routes.sort_by(|a, b| a.target.cmp(&b.target));
     let listener = Listener {
-        name: format!("inbound:{address}"),
-        address,
-        direction: Direction::Inbound,
-        protocol: Protocol::Tcp,
-        cluster: String::new(),
         service: me.meta.name.clone(),
-        bind: true,
-        tls: None,
         sni_routes: Some(routes),
-        gateway: None,
-        routes: None,
-        tcp_backends: Vec::new(),
-        deny_all: None,
+        ..Listener::new(
+            format!("inbound:{address}"),
+            address,
+            Direction::Inbound,
+            Protocol::Tcp,
+        )
     };
     let mut config = ProxyConfig {
         version: String::new(),

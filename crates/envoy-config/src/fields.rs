@@ -32,6 +32,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             // Statistics naming only.
             "stat_prefix",
             "traffic_direction",
+            // Read buffer sizing: Bearing sizes its own buffers.
+            "per_connection_buffer_limit_bytes",
             "use_original_dst",
         ],
     ),
@@ -262,6 +264,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "dns_lookup_family",
             // Endpoint subsets: only selected by a zone proxy's SNI tags.
             "lb_subset_config",
+            // Read buffer sizing: Bearing sizes its own buffers.
+            "per_connection_buffer_limit_bytes",
         ],
     ),
     (
@@ -403,6 +407,99 @@ const EXTENSIONS: &[&str] = &[
     "envoy.config.core.v3.Http2ProtocolOptions",
 ];
 
+/// Fields accepted on a builtin gateway's listeners and route configurations only: Kuma's
+/// gateway defaults, which Bearing's gateway runtime serves itself (`server: Kuma Gateway`,
+/// `x-forwarded-for`, underscores refused, path hygiene, 5 s for a request's headers, 300 s
+/// idle). The gateway translation (`gateway.rs`) checks each value and NACKs any other by its
+/// path, so a sidecar listener still gets them NACKed here.
+const GATEWAY_ACCEPTED: &[(&str, &[&str])] = &[
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        &[
+            "rds",
+            "server_name",
+            "use_remote_address",
+            "request_headers_timeout",
+            // HTTP/2 tuning (windows, concurrent streams, CONNECT): Bearing's own settings.
+            "http2_protocol_options",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.Rds",
+        &["config_source", "route_config_name"],
+    ),
+    (
+        "envoy.config.core.v3.HttpProtocolOptions",
+        &["headers_with_underscores_action", "idle_timeout"],
+    ),
+    (
+        "envoy.config.core.v3.Http2ProtocolOptions",
+        &[
+            "allow_connect",
+            "initial_connection_window_size",
+            "initial_stream_window_size",
+            "max_concurrent_streams",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteConfiguration",
+        &["ignore_port_in_host_matching"],
+    ),
+    ("envoy.config.route.v3.VirtualHost", &["require_tls"]),
+    (
+        "envoy.config.route.v3.RouteAction",
+        // The answer of a route to Kuma's unresolved backend; another Cluster that has not
+        // come is awaited, never served.
+        &["cluster_not_found_response_code", "idle_timeout"],
+    ),
+    // Kuma's `x-kuma-tags` only (checked by the translation); the gateway removes it anyway.
+    (
+        "envoy.config.route.v3.WeightedCluster.ClusterWeight",
+        &["request_headers_to_add"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+        &["tls_params"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+        &[
+            "tls_minimum_protocol_version",
+            "tls_maximum_protocol_version",
+        ],
+    ),
+    // Kuma's gzip response compression: responses are sent uncompressed (a documented gap;
+    // clients that accept gzip read identity too).
+    (
+        "envoy.extensions.filters.http.compressor.v3.Compressor",
+        &["compressor_library", "response_direction_config"],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",
+        &["disable_on_etag_header"],
+    ),
+    (
+        "envoy.config.core.v3.TypedExtensionConfig",
+        &["name", "typed_config"],
+    ),
+];
+
+/// Extensions walked on a builtin gateway only (see [`GATEWAY_ACCEPTED`]).
+const GATEWAY_EXTENSIONS: &[&str] = &[
+    "envoy.extensions.filters.http.compressor.v3.Compressor",
+    "envoy.extensions.compression.gzip.compressor.v3.Gzip",
+];
+
+/// Which fields a resource may set: a sidecar's or zone proxy's, or also a builtin gateway's
+/// defaults ([`GATEWAY_ACCEPTED`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Guard {
+    /// The fields of [`ACCEPTED`].
+    Proxy,
+    /// Those and the gateway's.
+    Gateway,
+}
+
 /// Fields that carry a Kuma policy Bearing does not enforce over xDS yet, with the policy.
 pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("HttpConnectionManager.access_log", "access logs"),
@@ -480,14 +577,20 @@ pub(crate) struct Unhandled {
     pub reason: String,
 }
 
-fn accepted() -> &'static HashSet<String> {
-    static SET: OnceLock<HashSet<String>> = OnceLock::new();
-    SET.get_or_init(|| {
-        ACCEPTED
+fn accepted(guard: Guard) -> &'static HashSet<String> {
+    static PROXY: OnceLock<HashSet<String>> = OnceLock::new();
+    static GATEWAY: OnceLock<HashSet<String>> = OnceLock::new();
+    let names = |lists: &[&[(&str, &[&str])]]| -> HashSet<String> {
+        lists
             .iter()
+            .flat_map(|l| l.iter())
             .flat_map(|(message, fields)| fields.iter().map(move |f| format!("{message}.{f}")))
             .collect()
-    })
+    };
+    match guard {
+        Guard::Proxy => PROXY.get_or_init(|| names(&[ACCEPTED])),
+        Guard::Gateway => GATEWAY.get_or_init(|| names(&[ACCEPTED, GATEWAY_ACCEPTED])),
+    }
 }
 
 /// The policy a field or extension belongs to, if any.
@@ -499,12 +602,19 @@ pub(crate) fn policy_of(message: &str, field: &str) -> Option<&'static str> {
         .map(|(_, p)| *p)
 }
 
-/// Walks every set field of `message` (at `path`) and reports those not accepted.
-pub(crate) fn unhandled(message: &DynamicMessage, path: &str, out: &mut Vec<Unhandled>) {
+/// Walks every set field of `message` (at `path`) and reports those `guard` does not accept.
+fn unhandled(message: &DynamicMessage, path: &str, guard: Guard, out: &mut Vec<Unhandled>) {
     let name = message.descriptor().full_name().to_string();
     for (field, value) in message.fields() {
         let at = format!("{path}.{}", field.name());
-        if let Some(policy) = policy_of(&name, field.name()) {
+        let key = format!("{name}.{}", field.name());
+        // A gateway default the gateway translation checks by value.
+        if guard == Guard::Gateway
+            && !accepted(Guard::Proxy).contains(&key)
+            && accepted(guard).contains(&key)
+        {
+            walk_value(value, &at, guard, out);
+        } else if let Some(policy) = policy_of(&name, field.name()) {
             if policy == "timeouts" && is_kuma_default_timeout(field.name(), value) {
                 continue;
             }
@@ -512,27 +622,27 @@ pub(crate) fn unhandled(message: &DynamicMessage, path: &str, out: &mut Vec<Unha
                 path: at,
                 reason: format!("{policy}: {POLICY_NOT_ENFORCED}"),
             });
-        } else if !accepted().contains(&format!("{name}.{}", field.name())) {
+        } else if !accepted(guard).contains(&key) {
             out.push(Unhandled {
                 path: at,
-                reason: format!("{name}.{} is not implemented by Bearing", field.name()),
+                reason: format!("{key} is not implemented by Bearing"),
             });
         } else {
-            walk_value(value, &at, out);
+            walk_value(value, &at, guard, out);
         }
     }
 }
 
-fn walk_value(value: &Value, path: &str, out: &mut Vec<Unhandled>) {
+fn walk_value(value: &Value, path: &str, guard: Guard, out: &mut Vec<Unhandled>) {
     match value {
         Value::Message(m) if m.descriptor().full_name() == "google.protobuf.Any" => {
-            walk_any(m, path, out)
+            walk_any(m, path, guard, out)
         }
         Value::Message(m) if m.descriptor().full_name().starts_with("google.protobuf.") => {}
-        Value::Message(m) => unhandled(m, path, out),
+        Value::Message(m) => unhandled(m, path, guard, out),
         Value::List(items) => {
             for (i, item) in items.iter().enumerate() {
-                walk_value(item, &format!("{path}[{i}]"), out);
+                walk_value(item, &format!("{path}[{i}]"), guard, out);
             }
         }
         Value::Map(entries) => {
@@ -541,14 +651,14 @@ fn walk_value(value: &Value, path: &str, out: &mut Vec<Unhandled>) {
                     MapKey::String(s) => format!("{s:?}"),
                     other => format!("{other:?}"),
                 };
-                walk_value(item, &format!("{path}[{key}]"), out);
+                walk_value(item, &format!("{path}[{key}]"), guard, out);
             }
         }
         _ => {}
     }
 }
 
-fn walk_any(any: &DynamicMessage, path: &str, out: &mut Vec<Unhandled>) {
+fn walk_any(any: &DynamicMessage, path: &str, guard: Guard, out: &mut Vec<Unhandled>) {
     let type_url = any
         .get_field_by_name("type_url")
         .and_then(|v| v.as_str().map(str::to_string))
@@ -560,7 +670,7 @@ fn walk_any(any: &DynamicMessage, path: &str, out: &mut Vec<Unhandled>) {
         .and_then(|v| v.as_bytes().cloned())
         .unwrap_or_default();
     if let Some((_, policy)) = POLICY_EXTENSIONS.iter().find(|(t, _)| *t == type_name) {
-        if rbac_allows_all(type_name, &bytes) {
+        if rbac_allows_all(type_name, &bytes) || rate_limit_is_idle(type_name, &bytes) {
             return;
         }
         out.push(Unhandled {
@@ -569,7 +679,8 @@ fn walk_any(any: &DynamicMessage, path: &str, out: &mut Vec<Unhandled>) {
         });
         return;
     }
-    if !EXTENSIONS.contains(&type_name) {
+    let gateway_only = guard == Guard::Gateway && GATEWAY_EXTENSIONS.contains(&type_name);
+    if !EXTENSIONS.contains(&type_name) && !gateway_only {
         out.push(Unhandled {
             path: at,
             reason: format!("extension {type_name} is not implemented by Bearing"),
@@ -581,12 +692,29 @@ fn walk_any(any: &DynamicMessage, path: &str, out: &mut Vec<Unhandled>) {
         .and_then(|pool| pool.get_message_by_name(type_name))
         .map(|d| DynamicMessage::decode(d, bytes));
     match decoded {
-        Some(Ok(message)) => unhandled(&message, &at, out),
+        Some(Ok(message)) => unhandled(&message, &at, guard, out),
         _ => out.push(Unhandled {
             path: at,
             reason: format!("{type_name} does not decode"),
         }),
     }
+}
+
+/// Whether a local rate limit filter limits nothing: Kuma's HTTP `local_ratelimit` on every
+/// builtin gateway, with no token bucket (Envoy applies none at the listener level; a
+/// MeshRateLimit comes as a route's `typed_per_filter_config`, which is NACKed).
+fn rate_limit_is_idle(type_name: &str, bytes: &[u8]) -> bool {
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use prost::Message;
+    if type_name != "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" {
+        return false;
+    }
+    LocalRateLimit::decode(bytes).is_ok_and(|l| {
+        l == LocalRateLimit {
+            stat_prefix: l.stat_prefix.clone(),
+            ..LocalRateLimit::default()
+        }
+    })
 }
 
 /// Whether a timeout a policy could set has the value Kuma gives it without one: zero
@@ -651,15 +779,25 @@ fn rbac_allows_all(type_name: &str, bytes: &[u8]) -> bool {
         && allows_all(rules.as_ref())
 }
 
-/// Walks a resource given as its message bytes.
+/// Walks a resource given as its message bytes with the sidecar's guard.
 pub(crate) fn unhandled_in(type_name: &str, bytes: &[u8], path: &str) -> Vec<Unhandled> {
+    unhandled_with(type_name, bytes, path, Guard::Proxy)
+}
+
+/// Walks a resource given as its message bytes, accepting what `guard` accepts.
+pub(crate) fn unhandled_with(
+    type_name: &str,
+    bytes: &[u8],
+    path: &str,
+    guard: Guard,
+) -> Vec<Unhandled> {
     let mut out = Vec::new();
     let decoded = descriptor_pool()
         .ok()
         .and_then(|pool| pool.get_message_by_name(type_name))
         .map(|d| DynamicMessage::decode(d, bytes));
     match decoded {
-        Some(Ok(message)) => unhandled(&message, path, &mut out),
+        Some(Ok(message)) => unhandled(&message, path, guard, &mut out),
         _ => out.push(Unhandled {
             path: path.to_string(),
             reason: format!("{type_name} does not decode"),

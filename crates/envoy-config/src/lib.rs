@@ -12,4 +12,4 @@ pub use decode::{
     decode_json_resource, decode_raw, load_golden, parse_golden, read_golden, DecodeError,
     GoldenResource, RawResource,
 };
-pub use translate::{translate, Nack, NodeInfo, ResourceSet, GATEWAY_NOT_YET, UNIFIED_NAMING};
+pub use translate::{translate, Nack, NodeInfo, ResourceSet, UNIFIED_NAMING};

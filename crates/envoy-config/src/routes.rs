@@ -71,6 +71,21 @@ pub(crate) fn route_config(
     problems: &mut Vec<Problem>,
     reached: &mut Reached,
 ) -> Option<HttpRouting> {
+    let table = route_table(rc, at, problems, reached)?;
+    if let Some(cluster) = only_cluster(&table.virtual_hosts) {
+        return Some(HttpRouting::One(cluster));
+    }
+    Some(HttpRouting::Table(table))
+}
+
+/// Translates a route configuration at `at` into a table, whatever its shape (a builtin
+/// gateway's, from RDS, is always routed); problems are pushed to `problems`.
+pub(crate) fn route_table(
+    rc: &route_pb::RouteConfiguration,
+    at: &str,
+    problems: &mut Vec<Problem>,
+    reached: &mut Reached,
+) -> Option<RouteTable> {
     let before = problems.len();
     let (config_request, config_response) = level_edits!(rc, at, problems);
     let mut virtual_hosts = Vec::new();
@@ -99,13 +114,10 @@ pub(crate) fn route_config(
     if problems.len() > before {
         return None;
     }
-    if let Some(cluster) = only_cluster(&virtual_hosts) {
-        return Some(HttpRouting::One(cluster));
-    }
-    Some(HttpRouting::Table(RouteTable {
+    Some(RouteTable {
         name: rc.name.clone(),
         virtual_hosts,
-    }))
+    })
 }
 
 /// The cluster of a table that sends every request to it unchanged: one virtual host `*`
@@ -393,7 +405,15 @@ fn forward(
         Some(C::WeightedClusters(w)) => w
             .clusters
             .iter()
-            .map(|c| WeightedCluster {
+            .enumerate()
+            .inspect(|(i, c)| {
+                kuma_tags_only(
+                    c,
+                    &format!("{at}.weighted_clusters.clusters[{i}]"),
+                    problems,
+                )
+            })
+            .map(|(_, c)| WeightedCluster {
                 cluster: c.name.clone(),
                 weight: c.weight.as_ref().map_or(0, |w| w.value),
                 hostname: None,
@@ -454,6 +474,27 @@ fn forward(
         }
     };
     Some((RouteAction::Forward { backends, rewrite }, mirror))
+}
+
+/// A weighted cluster's own request headers: only Kuma's `x-kuma-tags` (which a gateway
+/// removes and Bearing does not add), else a problem naming the header.
+fn kuma_tags_only(
+    c: &route_pb::weighted_cluster::ClusterWeight,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) {
+    for (i, option) in c.request_headers_to_add.iter().enumerate() {
+        if option
+            .header
+            .as_ref()
+            .is_some_and(|h| !h.key.eq_ignore_ascii_case(KUMA_TAGS))
+        {
+            problems.push((
+                format!("{at}.request_headers_to_add[{i}]"),
+                "request headers per weighted cluster are not implemented".into(),
+            ));
+        }
+    }
 }
 
 /// A fraction as a percentage (0 to 100).

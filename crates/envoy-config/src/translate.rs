@@ -4,7 +4,8 @@
 //! listeners (TCP proxy to a cluster or weighted clusters, or an HTTP connection manager with
 //! its inline route table, `routes.rs`), mesh mTLS from SDS secrets, the transparent-proxy capture listeners, clusters
 //! (STATIC, EDS, STRICT_DNS with IP addresses) with their endpoints, timeouts, circuit breakers
-//! and upstream TLS, zone ingress/egress SNI routes and Kuma's DNS table. Kuma's plumbing that
+//! and upstream TLS, zone ingress/egress SNI routes, builtin gateway listeners with their
+//! routes over RDS (`gateway.rs`) and Kuma's DNS table. Kuma's plumbing that
 //! Bearing serves itself (admin `/ready`, readiness, Prometheus metrics) is recognised by name
 //! and consumed. Everything else is a [`Nack`] naming the resource and the field path (the
 //! guard in `fields.rs` makes sure no set field is passed over).
@@ -32,6 +33,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_p
 use envoy_types::pb::envoy::extensions::filters::udp::dns_filter::v3 as dns_pb;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http_pb;
+use envoy_types::pb::envoy::service::runtime::v3 as runtime_pb;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,8 +67,6 @@ const SYSTEM_TRUST_BUNDLE: &str = "system_trust_bundle";
 /// The reason resources in Kuma's unified naming (`self_...`, `system_...`, `kri_...`) are
 /// NACKed with.
 pub const UNIFIED_NAMING: &str = "Kuma's unified resource naming: kuma-cp sends it only to proxies advertising feature-unified-resource-naming, which Bearing does not";
-/// The reason every gateway listener is NACKed with.
-pub const GATEWAY_NOT_YET: &str = "gateway listeners over xDS: not yet";
 
 /// One resource Bearing cannot serve, and why: the detail of a NACK.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -118,8 +118,10 @@ pub struct ResourceSet {
     pub endpoints: BTreeMap<String, endpoint_pb::ClusterLoadAssignment>,
     /// SDS.
     pub secrets: BTreeMap<String, tls_pb::Secret>,
-    /// RDS.
+    /// RDS (builtin gateways).
     pub routes: BTreeMap<String, route_pb::RouteConfiguration>,
+    /// RTDS (Kuma's `gateway.listeners` layer: gateway connection limits).
+    pub runtimes: BTreeMap<String, runtime_pb::Runtime>,
 }
 
 impl ResourceSet {
@@ -146,7 +148,8 @@ impl ResourceSet {
                 .map(|r| self.secrets.insert(name.to_string(), r).map(drop)),
             ROUTE_CONFIGURATION => route_pb::RouteConfiguration::decode(bytes)
                 .map(|r| self.routes.insert(name.to_string(), r).map(drop)),
-            RUNTIME => return Err(nack(GATEWAY_NOT_YET.to_string())),
+            RUNTIME => runtime_pb::Runtime::decode(bytes)
+                .map(|r| self.runtimes.insert(name.to_string(), r).map(drop)),
             other => {
                 return Err(nack(format!(
                     "resource type {other} is not used by Bearing"
@@ -172,6 +175,7 @@ impl ResourceSet {
             CLUSTER_LOAD_ASSIGNMENT => self.endpoints.clear(),
             SECRET => self.secrets.clear(),
             ROUTE_CONFIGURATION => self.routes.clear(),
+            RUNTIME => self.runtimes.clear(),
             _ => {}
         }
         resources
@@ -194,7 +198,10 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         permissive: BTreeSet::new(),
         dns: Vec::new(),
         kuma_endpoints: KumaEndpoints::default(),
+        connection_limits: BTreeMap::new(),
     };
+    t.connection_limits = t.runtime_limits();
+    t.unique_addresses();
     let transparent_proxy = t.capture();
     let consumed_clusters = t.consumed_clusters(transparent_proxy.is_some());
     for (name, listener) in &resources.listeners {
@@ -224,6 +231,7 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
             t.cluster(name, cluster);
         }
     }
+    t.unused_limits();
     t.check_other_resources();
     t.apply_routes();
     let mtls = t.mesh_tls();
@@ -289,7 +297,13 @@ struct Translator<'a> {
     permissive: BTreeSet<String>,
     dns: Vec<DnsRecord>,
     kuma_endpoints: KumaEndpoints,
+    /// Gateway listeners' connection limits from the runtime layer, by listener, until the
+    /// listener takes its own.
+    connection_limits: BTreeMap<String, u32>,
 }
+
+#[path = "gateway.rs"]
+mod gateway;
 
 fn listener_path(name: &str) -> String {
     format!("listeners[{name:?}]")
@@ -397,6 +411,33 @@ impl Translator<'_> {
     fn unhandled(&mut self, type_url: &str, resource: &str, found: Vec<Unhandled>) {
         for u in found {
             self.nack(type_url, resource, u.path, u.reason);
+        }
+    }
+
+    /// One listener per address, as Envoy refuses a listener whose address another one
+    /// already has: the second (by name) is NACKed naming both and the address. Non-TCP
+    /// listeners (`kuma:dns`, UDP) take none.
+    fn unique_addresses(&mut self) {
+        let mut taken: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+        let set = self.set;
+        for (name, listener) in &set.listeners {
+            let Ok(address) = socket_address(listener.address.as_ref()) else {
+                continue;
+            };
+            match taken.get(&address) {
+                Some(first) => {
+                    let reason = format!("address {address} is already listener {first:?}'s: two listeners cannot share an address");
+                    self.nack(
+                        LISTENER,
+                        name,
+                        format!("{}.address", listener_path(name)),
+                        reason,
+                    );
+                }
+                None => {
+                    taken.insert(address, name);
+                }
+            }
         }
     }
 
@@ -533,7 +574,7 @@ impl Translator<'_> {
             return self.nack(LISTENER, name, path, "Kuma's application probe proxy (virtual probes) is not implemented: kubelet must probe the application directly");
         }
         if self.is_gateway_listener(listener) {
-            return self.nack(LISTENER, name, path, GATEWAY_NOT_YET);
+            return self.gateway_listener(name, listener);
         }
         let found = fields::unhandled_in(
             "envoy.config.listener.v3.Listener",
@@ -587,21 +628,9 @@ impl Translator<'_> {
             })
             .count();
         let service = kuma_service(listener.metadata.as_ref());
-        let mut out = Listener {
-            name: name.to_string(),
-            address,
-            direction,
-            protocol: Protocol::Tcp,
-            cluster: String::new(),
-            service: service.unwrap_or_default(),
-            bind,
-            tls: None,
-            sni_routes: None,
-            routes: None,
-            tcp_backends: Vec::new(),
-            gateway: None,
-            deny_all: None,
-        };
+        let mut out = Listener::new(name, address, direction, Protocol::Tcp);
+        out.service = service.unwrap_or_default();
+        out.bind = bind;
         if sni_chains > 0 {
             out.sni_routes = Some(self.sni_routes(name, listener));
         } else {
@@ -610,25 +639,6 @@ impl Translator<'_> {
         if self.nacks.len() == before {
             self.listeners.push(out);
         }
-    }
-
-    /// Builtin gateway listeners: Kuma's gateway routes come over RDS.
-    fn is_gateway_listener(&self, listener: &listener_pb::Listener) -> bool {
-        listener
-            .filter_chains
-            .iter()
-            .flat_map(|c| &c.filters)
-            .any(|f| {
-                let Some(listener_pb::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                    return false;
-                };
-                typed::<hcm_pb::HttpConnectionManager>(any).is_some_and(|h| {
-                    matches!(
-                        h.route_specifier,
-                        Some(hcm_pb::http_connection_manager::RouteSpecifier::Rds(_))
-                    )
-                }) && type_name(any).ends_with("HttpConnectionManager")
-            })
     }
 
     /// Sidecar listeners: one chain, or an mTLS chain plus (PERMISSIVE) a plaintext one.
@@ -913,6 +923,32 @@ impl Translator<'_> {
         }
     }
 
+    /// A transport socket's TLS context of type `M` (whose name ends with `kind`) and its
+    /// field path; a socket without typed config is NACKed, one of another type is left to
+    /// the field guard.
+    fn tls_context<M: Message + Default>(
+        &mut self,
+        type_url: &str,
+        name: &str,
+        at: &str,
+        socket: &core_pb::TransportSocket,
+        kind: &str,
+    ) -> Option<(M, String)> {
+        let any = self.socket_config(type_url, name, at, socket)?;
+        let ctx = typed::<M>(any).filter(|_| type_name(any).ends_with(kind))?;
+        Some((ctx, format!("{at}.typed_config({})", type_name(any))))
+    }
+
+    /// A listener chain's `DownstreamTlsContext` and its field path.
+    fn downstream_context(
+        &mut self,
+        name: &str,
+        at: &str,
+        socket: &core_pb::TransportSocket,
+    ) -> Option<(tls_pb::DownstreamTlsContext, String)> {
+        self.tls_context(LISTENER, name, at, socket, "DownstreamTlsContext")
+    }
+
     /// Downstream mesh mTLS: the mesh whose identity the chain presents.
     fn downstream_tls(
         &mut self,
@@ -920,13 +956,7 @@ impl Translator<'_> {
         at: &str,
         socket: &core_pb::TransportSocket,
     ) -> Option<String> {
-        let any = self.socket_config(LISTENER, name, at, socket)?;
-        let Some(ctx) = typed::<tls_pb::DownstreamTlsContext>(any)
-            .filter(|_| type_name(any).ends_with("DownstreamTlsContext"))
-        else {
-            return None; // another type: NACKed by the field guard
-        };
-        let at = format!("{at}.typed_config({})", type_name(any));
+        let (ctx, at) = self.downstream_context(name, at, socket)?;
         if !ctx
             .require_client_certificate
             .as_ref()
@@ -1290,10 +1320,13 @@ impl Translator<'_> {
         at: &str,
         socket: &core_pb::TransportSocket,
     ) -> Option<UpstreamTls> {
-        let any = self.socket_config(CLUSTER, name, at, socket)?;
-        let ctx = typed::<tls_pb::UpstreamTlsContext>(any)
-            .filter(|_| type_name(any).ends_with("UpstreamTlsContext"))?;
-        let at = format!("{at}.typed_config({})", type_name(any));
+        let (ctx, at) = self.tls_context::<tls_pb::UpstreamTlsContext>(
+            CLUSTER,
+            name,
+            at,
+            socket,
+            "UpstreamTlsContext",
+        )?;
         let common = ctx.common_tls_context.clone().unwrap_or_default();
         let sans = subject_alt_names(&common);
         let common_at = format!("{at}.common_tls_context");
@@ -1781,18 +1814,10 @@ impl Translator<'_> {
         }
     }
 
-    /// Route configurations (only gateways use them: sidecars carry routes inline) are NACKed;
-    /// secrets and endpoint assignments get the field guard.
+    /// Secrets and endpoint assignments get the field guard. Route configurations are
+    /// walked where a gateway listener names them; one no listener names serves nothing (as
+    /// Envoy holds only those its listeners request).
     fn check_other_resources(&mut self) {
-        let names: Vec<String> = self.set.routes.keys().cloned().collect();
-        for name in names {
-            self.nack(
-                ROUTE_CONFIGURATION,
-                &name,
-                format!("routes[{name:?}]"),
-                GATEWAY_NOT_YET,
-            );
-        }
         let set = self.set;
         let secret = "envoy.extensions.transport_sockets.tls.v3.Secret";
         self.walk_resources(SECRET, secret, "secrets", &set.secrets);
@@ -2356,6 +2381,47 @@ mod tests {
 
     const ALLOW_ALL: &str =
         "{policies: {allow: {permissions: [{any: true}], principals: [{any: true}]}}}";
+
+    /// Two listeners on one address: the second by name is NACKed naming both and the
+    /// address, as Envoy refuses a listener whose address another one has.
+    #[test]
+    fn two_listeners_on_one_address_are_nacked_naming_both() {
+        let listener = |name: &str| {
+            format!(
+                "- name: {name}
+  resource:
+    '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+    name: {name}
+    address: {{socketAddress: {{address: 10.0.0.1, portValue: 80}}}}
+    filterChains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typedConfig: {{'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, statPrefix: c, cluster: c}}
+"
+            )
+        };
+        let cluster = "- name: c
+  resource:
+    '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+    name: c
+    type: STATIC
+    loadAssignment: {clusterName: c, endpoints: [{lbEndpoints: [{endpoint: {address: {socketAddress: {address: 127.0.0.1, portValue: 9000}}}}]}]}
+";
+        let one = format!("resources:\n{}{cluster}", listener("first"));
+        assert!(translate(&set(&one), &node()).is_ok());
+        let two = format!("{one}{}", listener("second"));
+        let nacks = translate(&set(&two), &node()).unwrap_err();
+        let [nack] = nacks.as_slice() else {
+            panic!("{nacks:?}")
+        };
+        assert_eq!(nack.resource, "second");
+        assert_eq!(nack.field, "listeners[\"second\"].address");
+        assert!(
+            nack.reason.contains("10.0.0.1:80") && nack.reason.contains("\"first\""),
+            "{nack:?}"
+        );
+        assert!(!nack.awaiting);
+    }
 
     #[test]
     fn replace_type_replaces_one_type_and_names_what_does_not_decode() {

@@ -457,6 +457,34 @@ pub struct Listener {
     pub deny_all: Option<String>,
 }
 
+impl Listener {
+    /// A listener bound to `address` with nothing decided yet: no cluster or service, a
+    /// socket of its own, no TLS, SNI routes, gateway, route table or TCP split; callers set
+    /// what applies.
+    pub fn new(
+        name: impl Into<String>,
+        address: SocketAddr,
+        direction: Direction,
+        protocol: Protocol,
+    ) -> Listener {
+        Listener {
+            name: name.into(),
+            address,
+            direction,
+            protocol,
+            cluster: String::new(),
+            service: String::new(),
+            bind: true,
+            tls: None,
+            sni_routes: None,
+            gateway: None,
+            routes: None,
+            tcp_backends: Vec::new(),
+            deny_all: None,
+        }
+    }
+}
+
 /// A set of interchangeable endpoints.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Cluster {

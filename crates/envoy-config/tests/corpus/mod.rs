@@ -11,8 +11,24 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The address standing for `IP_REDACTED` (TEST-NET-1).
+/// The address standing for `IP_REDACTED` in names, CIDR ranges and other strings (TEST-NET-1).
 pub const TEST_IP: &str = "192.0.2.10";
+
+/// The socket addresses standing for `IP_REDACTED`: each redacted socket address of a golden
+/// gets its own (198.18.0.1, 198.18.0.2, ... of the benchmarking range), as the proxies the
+/// goldens were made for had, so listeners on different interfaces do not collide.
+#[derive(Default)]
+pub struct Addresses {
+    given: u32,
+}
+
+impl Addresses {
+    fn next(&mut self) -> String {
+        self.given += 1;
+        let [_, _, hi, lo] = self.given.to_be_bytes();
+        format!("198.18.{hi}.{lo}")
+    }
+}
 
 /// The corpus folder; fails loudly when it is missing.
 pub fn corpus() -> PathBuf {
@@ -83,20 +99,28 @@ pub fn test_key_pem() -> &'static str {
 }
 
 /// Replaces the corpus placeholders in keys and string values. The redacted source address
-/// of `upstreamBindConfig` is Kuma's passthrough address, 127.0.0.6.
-pub fn replace_placeholders(value: &mut Value) {
+/// of `upstreamBindConfig` is Kuma's passthrough address, 127.0.0.6; every other redacted
+/// socket address gets its own from `addresses`.
+pub fn replace_placeholders(value: &mut Value, addresses: &mut Addresses) {
     if let Some(address) = value.pointer_mut("/upstreamBindConfig/sourceAddress/address") {
         if address == "IP_REDACTED" {
             *address = Value::String("127.0.0.6".into());
         }
     }
+    if let Some(address) = value.pointer_mut("/socketAddress/address") {
+        if address == "IP_REDACTED" {
+            *address = Value::String(addresses.next());
+        }
+    }
     match value {
         Value::String(s) => *s = replaced(s),
-        Value::Array(items) => items.iter_mut().for_each(replace_placeholders),
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|item| replace_placeholders(item, addresses)),
         Value::Object(map) => {
             let entries = std::mem::take(map);
             for (key, mut child) in entries {
-                replace_placeholders(&mut child);
+                replace_placeholders(&mut child, addresses);
                 map.insert(replaced(&key), child);
             }
         }
@@ -197,9 +221,10 @@ fn replace_placeholder_pems(secret: &mut Value) {
 pub fn load_edited(file: &Path, edit: fn(&mut Value)) -> Result<Vec<GoldenResource>, String> {
     let shown = file.display().to_string();
     let mut raws = read_golden(file).map_err(|e| e.to_string())?;
+    let mut addresses = Addresses::default();
     raws.iter_mut().for_each(|raw| {
         raw.name = replaced(&raw.name);
-        replace_placeholders(&mut raw.json);
+        replace_placeholders(&mut raw.json, &mut addresses);
         if raw.type_url == SECRET {
             replace_placeholder_pems(&mut raw.json);
         }

@@ -1,0 +1,1002 @@
+//! Builtin gateway listeners as kuma-cp renders them (`kuma-dp run` with a Dataplane of
+//! `networking.gateway.type: BUILTIN`): a listener per MeshGateway port whose chains hold an
+//! HTTP connection manager with its routes over RDS (`rds.route_config_name`, one
+//! `RouteConfiguration` per listener, or per hostname on HTTPS, where each chain matches its
+//! SNI and terminates TLS with the hostname's certificate, inline or from SDS).
+//!
+//! They become what the directory store compiles from MeshGateway and MeshGatewayRoute: a
+//! [`GatewayListener`] whose hosts are the route configurations' virtual hosts, served by the
+//! same gateway runtime and `Router`. Kuma's gateway defaults that the runtime serves itself
+//! (`server: Kuma Gateway`, `x-forwarded-for`, underscores refused, path hygiene, 5 s stream
+//! idle, 300 s connection idle) are checked by value; any other value, and every field the
+//! model cannot express, is a NACK naming its path.
+
+use super::{
+    duration, kuma_service, listener_path, socket_address, struct_strings, type_name, typed,
+    Translator,
+};
+use crate::decode::{LISTENER, ROUTE_CONFIGURATION, RUNTIME, SECRET};
+use crate::fields::{self, Guard, POLICY_NOT_ENFORCED};
+use crate::routes;
+use bearing_proxy_config::{
+    Direction, GatewayCertificate, GatewayHost, GatewayListener, GatewayProtocol, Listener,
+    Protocol,
+};
+use envoy_types::pb::envoy::config::core::v3 as core_pb;
+use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
+use envoy_types::pb::envoy::config::route::v3 as route_pb;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
+use prost::Message;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The `server` header the gateway runtime sends (Kuma's gateway `server_name`).
+const SERVER_NAME: &str = "Kuma Gateway";
+/// The gateway runtime's time for a request's headers (Kuma's gateway `stream_idle_timeout`).
+const STREAM_IDLE: Duration = Duration::from_secs(5);
+/// The gateway runtime's keep-alive idle time (Kuma's gateway connection `idle_timeout`).
+const CONNECTION_IDLE: Duration = Duration::from_secs(300);
+/// Kuma's gateway `request_headers_timeout`, accepted, not enforced: the runtime gives a
+/// client [`STREAM_IDLE`] for a request's headers.
+const REQUEST_HEADERS: Duration = Duration::from_millis(500);
+/// Kuma's gateway route `idle_timeout`, accepted: the runtime's stream idle time.
+const ROUTE_IDLE: Duration = STREAM_IDLE;
+/// The cluster kuma-cp names where a route's backend resolves to nothing; Envoy answers such
+/// a route with its `cluster_not_found_response_code`.
+const UNRESOLVED_BACKEND: &str = "kuma.io/unresolved-backend";
+/// Kuma's runtime layer with the gateway listeners' connection limits.
+const LIMITS_PREFIX: &str = "envoy.resource_limits.listener.";
+const LIMITS_SUFFIX: &str = ".connection_limit";
+
+impl Translator<'_> {
+    /// Whether a listener is a builtin gateway's: an HTTP connection manager with RDS.
+    pub(super) fn is_gateway_listener(&self, listener: &listener_pb::Listener) -> bool {
+        listener
+            .filter_chains
+            .iter()
+            .flat_map(|c| &c.filters)
+            .any(|f| rds_manager(f).is_some())
+    }
+
+    /// A builtin gateway listener → a `Listener` with its `GatewayListener`.
+    pub(super) fn gateway_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
+        let path = listener_path(name);
+        let before = self.nacks.len();
+        // Taken whatever becomes of the listener: a NACKed one has its own NACKs.
+        let connection_limit = self.connection_limits.remove(name);
+        self.gateway_guard(
+            LISTENER,
+            name,
+            "envoy.config.listener.v3.Listener",
+            listener,
+            &path,
+        );
+        let address = match socket_address(listener.address.as_ref()) {
+            Ok(a) => a,
+            Err(e) => return self.nack(LISTENER, name, format!("{path}.address"), e),
+        };
+        if listener.use_original_dst.as_ref().is_some_and(|b| b.value) {
+            self.nack(
+                LISTENER,
+                name,
+                format!("{path}.use_original_dst"),
+                "a gateway listener is reached at its own address",
+            );
+        }
+        let mut hosts: Vec<GatewayHost> = Vec::new();
+        for (i, chain) in listener.filter_chains.iter().enumerate() {
+            let at = format!("{path}.filter_chains[{i}]");
+            let Some(chain_hosts) = self.gateway_chain(name, &at, address.port(), chain) else {
+                continue;
+            };
+            for host in chain_hosts {
+                match hosts.iter().find(|h| h.hostname == host.hostname) {
+                    Some(same) if *same == host => {}
+                    Some(_) => self.nack(
+                        LISTENER,
+                        name,
+                        at.clone(),
+                        format!("host {:?} has other routes or another certificate in an earlier chain: a gateway listener holds one host per name", host.hostname),
+                    ),
+                    None => hosts.push(host),
+                }
+            }
+        }
+        let tls_chains = listener
+            .filter_chains
+            .iter()
+            .filter(|c| c.transport_socket.is_some())
+            .count();
+        let protocol = match tls_chains {
+            0 => GatewayProtocol::Http,
+            n if n == listener.filter_chains.len() => GatewayProtocol::Https,
+            _ => {
+                return self.nack(
+                    LISTENER,
+                    name,
+                    format!("{path}.filter_chains"),
+                    "plaintext and TLS chains on one gateway listener (MeshGateway listeners are HTTP or HTTPS)",
+                )
+            }
+        };
+        // Most specific first, as the model keeps them (the router orders them itself).
+        hosts.sort_by_key(|h| host_rank(&h.hostname));
+        if self.nacks.len() != before {
+            return;
+        }
+        let mut out = Listener::new(name, address, Direction::Inbound, Protocol::Http);
+        out.service = kuma_service(listener.metadata.as_ref()).unwrap_or_default();
+        out.bind = listener.bind_to_port.as_ref().is_none_or(|b| b.value);
+        out.gateway = Some(GatewayListener {
+            protocol,
+            hosts,
+            tags: struct_strings(listener.metadata.as_ref(), "io.kuma.tags"),
+            connection_limit,
+            cross_mesh: None,
+        });
+        self.listeners.push(out);
+    }
+
+    /// Walks a gateway's resource (`message`, at `path`) with the gateway's field guard.
+    fn gateway_guard<M: Message>(
+        &mut self,
+        type_url: &str,
+        name: &str,
+        message: &str,
+        resource: &M,
+        path: &str,
+    ) {
+        let bytes = resource.encode_to_vec();
+        let found = fields::unhandled_with(message, &bytes, path, Guard::Gateway);
+        self.unhandled(type_url, name, found);
+    }
+
+    /// One chain: its match, TLS and HTTP connection manager; its route configuration's
+    /// virtual hosts as gateway hosts, with the chain's certificate.
+    fn gateway_chain(
+        &mut self,
+        name: &str,
+        at: &str,
+        port: u16,
+        chain: &listener_pb::FilterChain,
+    ) -> Option<Vec<GatewayHost>> {
+        if let Some(m) = &chain.filter_chain_match {
+            if m.destination_port
+                .as_ref()
+                .is_some_and(|p| p.value != u32::from(port))
+            {
+                self.nack(
+                    LISTENER,
+                    name,
+                    format!("{at}.filter_chain_match.destination_port"),
+                    "a chain for another destination port than the listener's is not implemented",
+                );
+            }
+            if !m.application_protocols.is_empty() {
+                self.nack(
+                    LISTENER,
+                    name,
+                    format!("{at}.filter_chain_match.application_protocols"),
+                    "a gateway chain matched by ALPN is not implemented",
+                );
+            }
+        }
+        let certificate = match &chain.transport_socket {
+            Some(socket) => {
+                Some(self.gateway_tls(name, &format!("{at}.transport_socket"), socket)?)
+            }
+            None => None,
+        };
+        let [filter] = chain.filters.as_slice() else {
+            self.nack(
+                LISTENER,
+                name,
+                format!("{at}.filters"),
+                "a gateway chain holds exactly one HTTP connection manager with RDS",
+            );
+            return None;
+        };
+        let fat = format!("{at}.filters[0]");
+        let Some(hcm) = rds_manager(filter) else {
+            self.nack(LISTENER, name, fat, "a gateway chain holds exactly one HTTP connection manager with RDS (TCP and TLS gateway listeners over xDS are not implemented)");
+            return None;
+        };
+        let fat = format!("{fat}.typed_config(envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager)");
+        self.gateway_defaults(name, &fat, &hcm);
+        let Some(hcm_pb::http_connection_manager::RouteSpecifier::Rds(rds)) = &hcm.route_specifier
+        else {
+            return None;
+        };
+        let route_name = rds.route_config_name.as_str();
+        let Some(rc) = self.set.routes.get(route_name) else {
+            let reason = format!(
+                "route configuration {route_name:?} is not among the RouteConfiguration resources"
+            );
+            self.awaits(
+                LISTENER,
+                name,
+                format!("{fat}.rds.route_config_name"),
+                reason,
+            );
+            return None;
+        };
+        let hosts = self.gateway_routes(name, route_name, rc, certificate.is_some())?;
+        let hosts = hosts
+            .into_iter()
+            .map(|(hostname, http_routes)| GatewayHost {
+                hostname,
+                certificate: certificate.clone(),
+                http_routes,
+                tcp_backends: Vec::new(),
+            });
+        Some(hosts.collect())
+    }
+
+    /// Kuma's gateway defaults on the HTTP connection manager, which the gateway runtime
+    /// serves: anything else is NACKed by its path.
+    fn gateway_defaults(&mut self, name: &str, at: &str, hcm: &hcm_pb::HttpConnectionManager) {
+        use core_pb::http_protocol_options::HeadersWithUnderscoresAction as Underscores;
+        use hcm_pb::http_connection_manager::PathWithEscapedSlashesAction as Slashes;
+        let options = hcm.common_http_protocol_options.unwrap_or_default();
+        let idle = options.idle_timeout.as_ref().map(duration);
+        let checks = [
+            (
+                "codec_type",
+                hcm.codec_type == 0,
+                "AUTO (the gateway serves HTTP/1.1 and HTTP/2)".to_string(),
+            ),
+            (
+                "server_name",
+                hcm.server_name == SERVER_NAME,
+                format!("{SERVER_NAME:?}, the gateway's `server` header"),
+            ),
+            (
+                "use_remote_address",
+                hcm.use_remote_address.as_ref().is_some_and(|b| b.value),
+                "true (the gateway appends the client's address to x-forwarded-for)".into(),
+            ),
+            (
+                "normalize_path",
+                hcm.normalize_path.as_ref().is_some_and(|b| b.value),
+                "true (the gateway normalises paths)".into(),
+            ),
+            (
+                "merge_slashes",
+                hcm.merge_slashes,
+                "true (the gateway merges slashes)".into(),
+            ),
+            (
+                "path_with_escaped_slashes_action",
+                hcm.path_with_escaped_slashes_action == Slashes::UnescapeAndRedirect as i32,
+                "UNESCAPE_AND_REDIRECT (the gateway redirects to the unescaped path)".into(),
+            ),
+            (
+                "stream_idle_timeout",
+                hcm.stream_idle_timeout.as_ref().map(duration) == Some(STREAM_IDLE),
+                format!("timeouts: {POLICY_NOT_ENFORCED} (the gateway's stream idle timeout is {STREAM_IDLE:?})"),
+            ),
+            (
+                "request_headers_timeout",
+                hcm.request_headers_timeout
+                    .as_ref()
+                    .is_none_or(|d| matches!(duration(d), Duration::ZERO | REQUEST_HEADERS)),
+                format!("timeouts: {POLICY_NOT_ENFORCED} (Kuma's gateway default is {REQUEST_HEADERS:?})"),
+            ),
+            (
+                "common_http_protocol_options.headers_with_underscores_action",
+                options.headers_with_underscores_action == Underscores::RejectRequest as i32,
+                "REJECT_REQUEST (the gateway refuses header names with `_`)".into(),
+            ),
+            (
+                "common_http_protocol_options.idle_timeout",
+                idle.is_none_or(|d| d == CONNECTION_IDLE),
+                format!("timeouts: {POLICY_NOT_ENFORCED} (the gateway's connection idle timeout is {CONNECTION_IDLE:?})"),
+            ),
+        ];
+        for (field, holds, wanted) in checks {
+            if !holds {
+                let reason = match wanted.starts_with("timeouts: ") {
+                    true => wanted,
+                    false => format!("a builtin gateway serves only {wanted}"),
+                };
+                self.nack(LISTENER, name, format!("{at}.{field}"), reason);
+            }
+        }
+        let filters = &hcm.http_filters;
+        for (k, f) in filters.iter().enumerate() {
+            let router = match &f.config_type {
+                Some(hcm_pb::http_filter::ConfigType::TypedConfig(any)) => {
+                    type_name(any).ends_with("router.v3.Router")
+                }
+                _ => false,
+            };
+            if router != (k + 1 == filters.len()) {
+                self.nack(
+                    LISTENER,
+                    name,
+                    format!("{at}.http_filters[{k}]"),
+                    "the router must be the last HTTP filter",
+                );
+            }
+        }
+    }
+
+    /// The TLS a gateway chain terminates: the hostname's certificate (inline, or an SDS
+    /// Secret), no client certificate, TLS 1.2 and 1.3.
+    fn gateway_tls(
+        &mut self,
+        name: &str,
+        at: &str,
+        socket: &core_pb::TransportSocket,
+    ) -> Option<GatewayCertificate> {
+        use tls_pb::tls_parameters::TlsProtocol;
+        let (ctx, at) = self.downstream_context(name, at, socket)?;
+        let before = self.nacks.len();
+        if ctx
+            .require_client_certificate
+            .as_ref()
+            .is_some_and(|b| b.value)
+        {
+            self.nack(LISTENER, name, format!("{at}.require_client_certificate"), "client certificates on a gateway listener (cross-mesh) over xDS are not implemented");
+        }
+        let common = ctx.common_tls_context.unwrap_or_default();
+        let cat = format!("{at}.common_tls_context");
+        if common.validation_context_type.is_some() {
+            self.nack(
+                LISTENER,
+                name,
+                format!("{cat}.validation_context_type"),
+                "client certificate validation on a gateway listener is not implemented",
+            );
+        }
+        if let Some(params) = &common.tls_params {
+            let min = params.tls_minimum_protocol_version;
+            let max = params.tls_maximum_protocol_version;
+            let auto = TlsProtocol::TlsAuto as i32;
+            if ![auto, TlsProtocol::TlSv12 as i32].contains(&min)
+                || ![auto, TlsProtocol::TlSv13 as i32].contains(&max)
+            {
+                let reason = format!("TLS versions and ciphers (MeshTLS): {POLICY_NOT_ENFORCED} (the gateway serves TLS 1.2 and 1.3)");
+                self.nack(LISTENER, name, format!("{cat}.tls_params"), reason);
+            }
+        }
+        let certificate = match (
+            common.tls_certificates.as_slice(),
+            common.tls_certificate_sds_secret_configs.as_slice(),
+        ) {
+            ([cert], []) => Some((
+                "inline".to_string(),
+                cert.clone(),
+                format!("{cat}.tls_certificates[0]"),
+            )),
+            ([], [sds]) => {
+                let field = format!("{cat}.tls_certificate_sds_secret_configs[0].name");
+                match self
+                    .set
+                    .secrets
+                    .get(&sds.name)
+                    .and_then(|s| s.r#type.clone())
+                {
+                    Some(tls_pb::secret::Type::TlsCertificate(cert)) => Some((
+                        format!("Secret/{}", sds.name),
+                        cert,
+                        format!("secrets[{:?}].tls_certificate", sds.name),
+                    )),
+                    Some(_) => {
+                        self.nack(
+                            SECRET,
+                            &sds.name,
+                            format!("secrets[{:?}]", sds.name),
+                            "a gateway certificate Secret holds a tls_certificate",
+                        );
+                        None
+                    }
+                    None => {
+                        self.await_secret(LISTENER, name, field, &sds.name);
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.nack(LISTENER, name, cat.clone(), "a gateway chain presents exactly one certificate (tls_certificates or tls_certificate_sds_secret_configs)");
+                None
+            }
+        };
+        let (origin, cert, field) = certificate?;
+        let chain = super::data_text(cert.certificate_chain.as_ref());
+        let key = super::data_text(cert.private_key.as_ref());
+        let (Some(cert_chain_pem), Some(key_pem)) = (chain, key) else {
+            self.nack(
+                LISTENER,
+                name,
+                field,
+                "a gateway certificate needs an inline certificate chain and private key",
+            );
+            return None;
+        };
+        // Loaded as the runtime loads it, so a certificate that cannot serve is NACKed and
+        // the last good config serves on.
+        if let Err(e) = bearing_tls::certified_key(&cert_chain_pem, &key_pem) {
+            self.nack(
+                LISTENER,
+                name,
+                field,
+                format!("the gateway certificate does not load: {e}"),
+            );
+            return None;
+        }
+        (self.nacks.len() == before).then_some(GatewayCertificate {
+            origin,
+            cert_chain_pem,
+            key_pem,
+        })
+    }
+
+    /// A gateway's route configuration: its virtual hosts as (hostname, routes), Kuma's
+    /// gateway defaults checked, the clusters it reaches recorded for `listener`.
+    fn gateway_routes(
+        &mut self,
+        listener: &str,
+        route_name: &str,
+        rc: &route_pb::RouteConfiguration,
+        tls: bool,
+    ) -> Option<Vec<(String, Vec<bearing_proxy_config::HttpRoute>)>> {
+        use route_pb::virtual_host::TlsRequirementType;
+        let path = format!("routes[{route_name:?}]");
+        let before = self.nacks.len();
+        let message = "envoy.config.route.v3.RouteConfiguration";
+        self.gateway_guard(ROUTE_CONFIGURATION, route_name, message, rc, &path);
+        if !rc.ignore_port_in_host_matching {
+            self.nack(
+                ROUTE_CONFIGURATION,
+                route_name,
+                format!("{path}.ignore_port_in_host_matching"),
+                "a builtin gateway matches hosts without the Host's port (true)",
+            );
+        }
+        for (k, vh) in rc.virtual_hosts.iter().enumerate() {
+            let vat = format!("{path}.virtual_hosts[{k}]");
+            let require = vh.require_tls;
+            if require != TlsRequirementType::None as i32
+                && !(tls && require == TlsRequirementType::All as i32)
+            {
+                self.nack(
+                    ROUTE_CONFIGURATION,
+                    route_name,
+                    format!("{vat}.require_tls"),
+                    "TLS is required only of hosts on a TLS chain (ALL), which every request meets",
+                );
+            }
+            for (r, route) in vh.routes.iter().enumerate() {
+                let idle = match &route.action {
+                    Some(route_pb::route::Action::Route(a)) => {
+                        a.idle_timeout.as_ref().map(duration)
+                    }
+                    _ => None,
+                };
+                if idle.is_some_and(|d| d != Duration::ZERO && d != ROUTE_IDLE) {
+                    let reason = format!("timeouts: {POLICY_NOT_ENFORCED} (Kuma's gateway route idle timeout is {ROUTE_IDLE:?})");
+                    self.nack(
+                        ROUTE_CONFIGURATION,
+                        route_name,
+                        format!("{vat}.routes[{r}].route.idle_timeout"),
+                        reason,
+                    );
+                }
+            }
+        }
+        let (mut problems, mut reached) = (Vec::new(), Vec::new());
+        let mut table = routes::route_table(rc, &path, &mut problems, &mut reached);
+        if let Some(table) = &mut table {
+            unresolved_backends(rc, table, &path, &mut problems);
+        }
+        for (field, reason) in problems {
+            self.nack(ROUTE_CONFIGURATION, route_name, field, reason);
+        }
+        if self.nacks.len() != before {
+            return None;
+        }
+        for (cluster, timeout, at) in reached {
+            if cluster != UNRESOLVED_BACKEND {
+                self.route_to(cluster, Protocol::Http, timeout, listener, at);
+            }
+        }
+        let hosts = table?
+            .virtual_hosts
+            .into_iter()
+            .flat_map(|vh| {
+                let routes = vh.routes;
+                vh.domains.into_iter().map(move |d| (d, routes.clone()))
+            })
+            .collect();
+        Some(hosts)
+    }
+
+    /// The connection limits of Kuma's gateway runtime layer (`gateway.listeners`:
+    /// `envoy.resource_limits.listener.<listener>.connection_limit`), by listener; any other
+    /// runtime key is NACKed by its path.
+    pub(super) fn runtime_limits(&mut self) -> BTreeMap<String, u32> {
+        use envoy_types::pb::google::protobuf::value::Kind;
+        let mut limits = BTreeMap::new();
+        let set = self.set;
+        for (name, runtime) in &set.runtimes {
+            let fields = runtime.layer.iter().flat_map(|l| &l.fields);
+            for (key, value) in fields {
+                let at = format!("runtimes[{name:?}].layer[{key:?}]");
+                let listener = key
+                    .strip_prefix(LIMITS_PREFIX)
+                    .and_then(|k| k.strip_suffix(LIMITS_SUFFIX));
+                let limit = match &value.kind {
+                    Some(Kind::NumberValue(n))
+                        if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(n) =>
+                    {
+                        Some(*n as u32)
+                    }
+                    _ => None,
+                };
+                match (listener, limit) {
+                    (Some(l), Some(n)) => {
+                        limits.insert(l.to_string(), n);
+                    }
+                    (Some(_), None) => self.nack(RUNTIME, name, at, "a connection limit is a whole number"),
+                    (None, _) => self.nack(RUNTIME, name, at, "runtime keys other than gateway listeners' connection limits are not implemented"),
+                }
+            }
+        }
+        limits
+    }
+
+    /// Connection limits naming no gateway listener (they are served on gateways only).
+    pub(super) fn unused_limits(&mut self) {
+        let set = self.set;
+        for (listener, _) in std::mem::take(&mut self.connection_limits) {
+            let key = format!("{LIMITS_PREFIX}{listener}{LIMITS_SUFFIX}");
+            let runtime = set
+                .runtimes
+                .iter()
+                .find(|(_, r)| {
+                    r.layer
+                        .as_ref()
+                        .is_some_and(|l| l.fields.contains_key(&key))
+                })
+                .map_or("", |(n, _)| n.as_str());
+            let at = format!("runtimes[{runtime:?}].layer[{key:?}]");
+            self.nack(
+                RUNTIME,
+                runtime,
+                at,
+                "a connection limit is implemented on builtin gateway listeners only",
+            );
+        }
+    }
+}
+
+/// Routes whose every backend is Kuma's unresolved backend answer the route's
+/// `cluster_not_found_response_code`, as Envoy does for a cluster that does not exist; one
+/// beside resolved backends (a share of requests failing) is a problem naming it.
+fn unresolved_backends(
+    rc: &route_pb::RouteConfiguration,
+    table: &mut bearing_proxy_config::RouteTable,
+    path: &str,
+    problems: &mut Vec<routes::Problem>,
+) {
+    use bearing_proxy_config::RouteAction;
+    use route_pb::route_action::ClusterNotFoundResponseCode as Code;
+    // `route_table` keeps every route of a configuration it translates, in order.
+    for (k, (vh, out)) in rc
+        .virtual_hosts
+        .iter()
+        .zip(&mut table.virtual_hosts)
+        .enumerate()
+    {
+        for (r, (route, out)) in vh.routes.iter().zip(&mut out.routes).enumerate() {
+            let RouteAction::Forward { backends, .. } = &out.action else {
+                continue;
+            };
+            let unresolved = backends
+                .iter()
+                .filter(|b| b.cluster == UNRESOLVED_BACKEND)
+                .count();
+            if unresolved == 0 {
+                continue;
+            }
+            if unresolved < backends.len() {
+                problems.push((
+                    format!("{path}.virtual_hosts[{k}].routes[{r}].route.weighted_clusters"),
+                    format!("{UNRESOLVED_BACKEND} beside resolved backends is not implemented"),
+                ));
+                continue;
+            }
+            let code = match &route.action {
+                Some(route_pb::route::Action::Route(a)) => a.cluster_not_found_response_code,
+                _ => 0,
+            };
+            let status = match Code::try_from(code) {
+                Ok(Code::NotFound) => 404,
+                Ok(Code::InternalServerError) => 500,
+                _ => 503,
+            };
+            out.action = RouteAction::DirectResponse {
+                status,
+                body: String::new(),
+            };
+            out.mirror = None;
+        }
+    }
+}
+
+/// The HTTP connection manager of a filter, when it takes its routes over RDS.
+fn rds_manager(filter: &listener_pb::Filter) -> Option<hcm_pb::HttpConnectionManager> {
+    let Some(listener_pb::filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+        return None;
+    };
+    if !type_name(any).ends_with("HttpConnectionManager") {
+        return None;
+    }
+    typed::<hcm_pb::HttpConnectionManager>(any).filter(|h| {
+        matches!(
+            h.route_specifier,
+            Some(hcm_pb::http_connection_manager::RouteSpecifier::Rds(_))
+        )
+    })
+}
+
+/// Exact names first, then `*.suffix` by length (longest first), then `prefix.*`, then `*`.
+fn host_rank(hostname: &str) -> (u8, std::cmp::Reverse<usize>, String) {
+    let class = match hostname {
+        "*" => 3,
+        h if h.starts_with('*') => 1,
+        h if h.ends_with('*') => 2,
+        _ => 0,
+    };
+    (
+        class,
+        std::cmp::Reverse(hostname.len()),
+        hostname.to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::decode::{decode_raw, parse_golden};
+    use crate::translate::{translate, Nack, NodeInfo, ResourceSet};
+    use bearing_proxy_config::{GatewayProtocol, PathMatch, ProxyConfig, RouteAction};
+    use std::time::Duration;
+
+    const LISTENER_URL: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    const ROUTES_URL: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    const CLUSTER_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
+    fn translated(yaml: &str) -> Result<ProxyConfig, Vec<Nack>> {
+        let mut set = ResourceSet::default();
+        for raw in parse_golden(yaml, "test.yaml").unwrap() {
+            let r = decode_raw(&raw, "test.yaml").unwrap();
+            set.insert(&r.name, &r.resource.type_url, &r.resource.value)
+                .unwrap();
+        }
+        let node = NodeInfo {
+            name: "gw-1".into(),
+            mesh: "default".into(),
+            proxy_type: "dataplane".into(),
+            source: "test".into(),
+        };
+        translate(&set, &node)
+    }
+
+    /// Kuma's gateway HTTP connection manager (its builtin gateway defaults) taking the routes
+    /// `routes` over RDS, with `extra` lines added to it (at its indentation).
+    fn hcm(routes: &str, extra: &str) -> String {
+        format!(
+            "          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          commonHttpProtocolOptions: {{headersWithUnderscoresAction: REJECT_REQUEST, idleTimeout: 300s}}
+          http2ProtocolOptions: {{allowConnect: true, maxConcurrentStreams: 100}}
+          httpFilters:
+          - name: envoy.filters.http.local_ratelimit
+            typedConfig: {{'@type': type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit, statPrefix: rate_limit}}
+          - name: gzip-compress
+            typedConfig:
+              '@type': type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
+              compressorLibrary:
+                name: gzip
+                typedConfig: {{'@type': type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip}}
+              responseDirectionConfig: {{disableOnEtagHeader: true}}
+          - name: envoy.filters.http.router
+            typedConfig: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+          mergeSlashes: true
+          normalizePath: true
+          pathWithEscapedSlashesAction: UNESCAPE_AND_REDIRECT
+          rds: {{configSource: {{ads: {{}}, resourceApiVersion: V3}}, routeConfigName: '{routes}'}}
+          requestHeadersTimeout: 0.500s
+          serverName: Kuma Gateway
+          statPrefix: gateway-default
+          streamIdleTimeout: 5s
+          useRemoteAddress: true
+{extra}"
+        )
+    }
+
+    /// An HTTP gateway listener on 10.0.0.1:8080 with `hcm_extra` in its connection manager,
+    /// its routes (`/api` → api, the rest → web on foo.example.com; Kuma's 404 on `*`) with
+    /// `route_extra` in the configuration, and the clusters.
+    fn http_gateway(hcm_extra: &str, route_extra: &str) -> String {
+        let mut text = format!(
+            "resources:
+- name: gw:HTTP:8080
+  resource:
+    '@type': {LISTENER_URL}
+    name: gw:HTTP:8080
+    address: {{socketAddress: {{address: 10.0.0.1, portValue: 8080}}}}
+    perConnectionBufferLimitBytes: 32768
+    trafficDirection: INBOUND
+    filterChains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typedConfig:
+{}",
+            hcm("gw:HTTP:8080:*", hcm_extra)
+        );
+        text.push_str(&format!(
+            "- name: 'gw:HTTP:8080:*'
+  resource:
+    '@type': {ROUTES_URL}
+    name: 'gw:HTTP:8080:*'
+    ignorePortInHostMatching: true
+    requestHeadersToRemove: [x-kuma-tags]
+    validateClusters: false
+{route_extra}    virtualHosts:
+    - name: '*'
+      domains: ['*']
+      routes:
+      - match: {{prefix: /}}
+        directResponse: {{status: 404, body: {{inlineString: No routes match}}}}
+    - name: foo.example.com
+      domains: [foo.example.com]
+      routes:
+      - match: {{prefix: /api}}
+        route:
+          clusterNotFoundResponseCode: INTERNAL_SERVER_ERROR
+          idleTimeout: 5s
+          weightedClusters:
+            clusters:
+            - name: api
+              weight: 1
+              requestHeadersToAdd: [{{header: {{key: x-kuma-tags, value: '&kuma.io/service=gw&'}}}}]
+      - match: {{prefix: /}}
+        route: {{cluster: web, timeout: 20s}}
+"
+        ));
+        for (name, port) in [("api", 9001), ("web", 9002)] {
+            text.push_str(&format!(
+                "- name: {name}
+  resource:
+    '@type': {CLUSTER_URL}
+    name: {name}
+    type: STATIC
+    connectTimeout: 5s
+    perConnectionBufferLimitBytes: 32768
+    loadAssignment:
+      clusterName: {name}
+      endpoints: [{{lbEndpoints: [{{endpoint: {{address: {{socketAddress: {{address: 127.0.0.1, portValue: {port}}}}}}}}}]}}]
+"
+            ));
+        }
+        text
+    }
+
+    /// Kuma's HTTP gateway listener becomes the directory store's gateway listener: hosts
+    /// from the route configuration's virtual hosts (most specific first), its routes in
+    /// the shared model, the clusters it reaches spoken to over HTTP with the routes' timeouts.
+    #[test]
+    fn http_gateway_listener_takes_its_routes_over_rds() {
+        let config = translated(&http_gateway("", "")).unwrap();
+        let [listener] = config.listeners.as_slice() else {
+            panic!("{:?}", config.listeners)
+        };
+        assert_eq!(listener.name, "gw:HTTP:8080");
+        assert_eq!(listener.address.to_string(), "10.0.0.1:8080");
+        let gw = listener.gateway.as_ref().expect("a gateway listener");
+        assert_eq!(gw.protocol, GatewayProtocol::Http);
+        let names: Vec<&str> = gw.hosts.iter().map(|h| h.hostname.as_str()).collect();
+        assert_eq!(names, ["foo.example.com", "*"]);
+        let routes = &gw.hosts[0].http_routes;
+        assert_eq!(
+            routes[0].matches.path,
+            Some(PathMatch::StringPrefix("/api".into()))
+        );
+        let RouteAction::Forward { backends, .. } = &routes[0].action else {
+            panic!("{:?}", routes[0].action)
+        };
+        assert_eq!(backends[0].cluster, "api");
+        assert!(matches!(
+            gw.hosts[1].http_routes[0].action,
+            RouteAction::DirectResponse { status: 404, .. }
+        ));
+        assert_eq!(
+            config.clusters["api"].protocol,
+            bearing_proxy_config::Protocol::Http
+        );
+        assert_eq!(
+            config.clusters["api"].request_timeout,
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(
+            config.clusters["web"].request_timeout,
+            Some(Duration::from_secs(20))
+        );
+    }
+
+    /// A listener naming a route configuration that has not come waits for it (as Envoy's
+    /// listener warms until its RDS arrives), naming the field.
+    #[test]
+    fn a_gateway_whose_routes_have_not_come_awaits_them() {
+        let text = http_gateway("", "");
+        let cut = text.find("- name: 'gw:HTTP:8080:*'").unwrap();
+        let end = text.find("\n- name: api").unwrap() + 1;
+        let nacks = translated(&format!("{}{}", &text[..cut], &text[end..])).unwrap_err();
+        assert!(nacks.iter().all(|n| n.awaiting), "{nacks:?}");
+        assert!(
+            nacks[0].field.ends_with(".rds.route_config_name"),
+            "{nacks:?}"
+        );
+    }
+
+    /// Values other than Kuma's gateway defaults, which the gateway runtime serves, are NACKed
+    /// by path; so are the routes' fields beyond the model, on the RouteConfiguration.
+    #[test]
+    fn gateway_settings_other_than_kumas_defaults_are_nacked_by_path() {
+        let text = http_gateway("", "").replace("serverName: Kuma Gateway", "serverName: envoy");
+        let text = text.replace("streamIdleTimeout: 5s", "streamIdleTimeout: 10s");
+        let text = text.replace(
+            "ignorePortInHostMatching: true",
+            "ignorePortInHostMatching: false",
+        );
+        let text = text.replace("idleTimeout: 5s", "idleTimeout: 7s");
+        let text = text.replace("key: x-kuma-tags, value", "key: x-other, value");
+        let nacks = translated(&text).unwrap_err();
+        let fields: Vec<(&str, &str)> = nacks
+            .iter()
+            .map(|n| {
+                (
+                    n.resource.as_str(),
+                    n.field.rsplit('.').next().unwrap_or(""),
+                )
+            })
+            .collect();
+        for wanted in [
+            ("gw:HTTP:8080", "server_name"),
+            ("gw:HTTP:8080", "stream_idle_timeout"),
+            ("gw:HTTP:8080:*", "ignore_port_in_host_matching"),
+            ("gw:HTTP:8080:*", "idle_timeout"),
+            ("gw:HTTP:8080:*", "request_headers_to_add[0]"),
+        ] {
+            assert!(fields.contains(&wanted), "{wanted:?} not in {nacks:#?}");
+        }
+        // A sidecar's inline route configuration still gets the gateway's fields NACKed.
+        assert!(nacks.iter().all(|n| !n.awaiting));
+        let retry = http_gateway("", "").replace(
+            "timeout: 20s}",
+            "timeout: 20s, retryPolicy: {numRetries: 5}}",
+        );
+        let nacks = translated(&retry).unwrap_err();
+        assert!(
+            nacks[0].field.ends_with(".retry_policy") && nacks[0].reason.starts_with("retries: "),
+            "{nacks:?}"
+        );
+    }
+
+    /// A route whose backend kuma-cp could not resolve answers its
+    /// `cluster_not_found_response_code` (as Envoy does), instead of waiting for a Cluster
+    /// that never comes.
+    #[test]
+    fn a_route_to_kumas_unresolved_backend_answers_its_not_found_code() {
+        let text = http_gateway("", "").replace(
+            "            - name: api\n",
+            "            - name: kuma.io/unresolved-backend\n",
+        );
+        let config = translated(&text).unwrap();
+        let gw = config.listeners[0].gateway.as_ref().unwrap();
+        assert!(
+            matches!(
+                gw.hosts[0].http_routes[0].action,
+                RouteAction::DirectResponse { status: 500, .. }
+            ),
+            "{:?}",
+            gw.hosts[0].http_routes[0].action
+        );
+        assert!(!config.clusters.contains_key("kuma.io/unresolved-backend"));
+    }
+
+    /// Kuma's runtime layer gives a gateway listener its connection limit; a limit naming no
+    /// gateway listener, or another key, is NACKed by its path.
+    #[test]
+    fn runtime_layer_gives_the_connection_limit() {
+        let runtime = |key: &str| {
+            format!(
+                "- name: gateway.listeners
+  resource:
+    '@type': type.googleapis.com/envoy.service.runtime.v3.Runtime
+    name: gateway.listeners
+    layer: {{'{key}': 100}}
+"
+            )
+        };
+        let limited = format!(
+            "{}{}",
+            http_gateway("", ""),
+            runtime("envoy.resource_limits.listener.gw:HTTP:8080.connection_limit")
+        );
+        let config = translated(&limited).unwrap();
+        let gw = config.listeners[0].gateway.as_ref().unwrap();
+        assert_eq!(gw.connection_limit, Some(100));
+        let other = format!(
+            "{}{}",
+            http_gateway("", ""),
+            runtime("envoy.resource_limits.listener.other:HTTP:1.connection_limit")
+        );
+        let nacks = translated(&other).unwrap_err();
+        assert_eq!(nacks[0].resource, "gateway.listeners");
+        assert!(nacks[0].field.contains("other:HTTP:1"), "{nacks:?}");
+    }
+
+    /// An HTTPS listener: a chain per hostname matching its SNI, terminating TLS with the
+    /// hostname's certificate from SDS (awaited until it comes); that certificate is the
+    /// host's.
+    #[test]
+    fn https_gateway_chains_present_their_sds_certificate() {
+        use base64::Engine;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["foo.example.com".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let http = http_gateway("", "");
+        let tls = http.replacen(
+            "    filterChains:\n    - filters:",
+            "    filterChains:
+    - filterChainMatch: {serverNames: [foo.example.com], transportProtocol: tls}
+      transportSocket:
+        name: envoy.transport_sockets.tls
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          requireClientCertificate: false
+          commonTlsContext:
+            alpnProtocols: [h2, http/1.1]
+            tlsParams: {tlsMinimumProtocolVersion: TLSv1_2}
+            tlsCertificateSdsSecretConfigs: [{name: 'cert.rsa:secret:foo', sdsConfig: {ads: {}, resourceApiVersion: V3}}]
+      filters:",
+            1,
+        );
+        let nacks = translated(&tls).unwrap_err();
+        assert!(nacks.iter().all(|n| n.awaiting), "{nacks:?}");
+        let secret = format!(
+            "- name: 'cert.rsa:secret:foo'
+  resource:
+    '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: 'cert.rsa:secret:foo'
+    tlsCertificate:
+      certificateChain: {{inlineBytes: {}}}
+      privateKey: {{inlineBytes: {}}}
+",
+            b64(&cert.pem()),
+            b64(&key.serialize_pem())
+        );
+        let config = translated(&format!("{tls}{secret}")).unwrap();
+        let gw = config.listeners[0].gateway.as_ref().unwrap();
+        assert_eq!(gw.protocol, GatewayProtocol::Https);
+        let certificate = gw.hosts[0].certificate.as_ref().expect("certificate");
+        assert_eq!(certificate.origin, "Secret/cert.rsa:secret:foo");
+        assert_eq!(certificate.cert_chain_pem, cert.pem());
+        // A certificate that does not load is NACKed on its Secret's field, not served.
+        let broken = secret.replace(&b64(&key.serialize_pem()), &b64("not a key"));
+        let nacks = translated(&format!("{tls}{broken}")).unwrap_err();
+        assert!(nacks[0].reason.contains("does not load"), "{nacks:?}");
+        assert!(
+            nacks[0]
+                .field
+                .starts_with("secrets[\"cert.rsa:secret:foo\"]"),
+            "{nacks:?}"
+        );
+    }
+}
