@@ -42,7 +42,9 @@ use crate::forward_h1::{Reply, Routed, Timeouts};
 use crate::http_proxy::{local_reply, send, strip_hop_by_hop, ProxyBody};
 use crate::io::Counted;
 use crate::mesh_tls::MeshTlsSet;
-use crate::runtime::{serve_tcp, Admission, ListenerRuntime, Proxy};
+use crate::stats::{ListenerStats, Stats};
+use crate::tcp_proxy::serve_tcp;
+use crate::transport::{read_sni, Admission, Transported};
 use crate::upstream::{ClusterRuntime, RequestBody};
 
 /// Value of the `server` header on every gateway response (Kuma's gateway `serverName`).
@@ -155,7 +157,7 @@ pub struct GatewayRuntime {
     tls: Option<TlsAcceptor>,
     protocol: GatewayProtocol,
     limit: Option<u32>,
-    open: AtomicU32,
+    open: Arc<AtomicU32>,
 }
 
 impl GatewayRuntime {
@@ -180,7 +182,7 @@ impl GatewayRuntime {
             tls,
             protocol: listener.protocol,
             limit: listener.connection_limit,
-            open: AtomicU32::new(0),
+            open: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -190,9 +192,9 @@ impl GatewayRuntime {
     }
 
     /// Takes a connection slot; `None` when the connection limit is reached.
-    fn admit(&self) -> Option<Slot<'_>> {
+    fn admit(&self) -> Option<Slot> {
         let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
-        let slot = Slot(&self.open);
+        let slot = Slot(self.open.clone());
         match self.limit {
             Some(limit) if open > limit => None,
             _ => Some(slot),
@@ -381,9 +383,9 @@ enum Routing<'g> {
 }
 
 /// An open connection counted against the listener's limit; released on drop.
-struct Slot<'a>(&'a AtomicU32);
+pub struct Slot(Arc<AtomicU32>);
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -453,38 +455,38 @@ fn cross_mesh_acceptor(cross: &CrossMesh, mesh_tls: &MeshTlsSet) -> Result<TlsAc
     bearing_tls::cross_mesh_acceptor(&pems, rt.identity()).map_err(|e| e.to_string())
 }
 
-/// Serves one connection of a gateway listener.
-pub async fn serve(
-    proxy: &Arc<Proxy>,
+/// Serves one connection of a gateway listener: TCP and TLS (passthrough or terminated)
+/// are relayed to their backend here; an HTTP connection (decrypted for HTTPS) is handed
+/// back to be served with the place it holds under the listener's connection limit. `None`
+/// when the connection was served here, or refused.
+pub(crate) async fn serve(
+    stats: &Stats,
     stream: Counted<TcpStream>,
-    listener: &Arc<ListenerRuntime>,
+    (name, listener): (&str, &ListenerStats),
     gateway: &GatewayRuntime,
     peer: SocketAddr,
-) {
-    let name = &listener.config.name;
-    let Some(_slot) = gateway.admit() else {
-        listener.stats.errors.inc();
+) -> Option<(Slot, Transported<Counted<TcpStream>>)> {
+    let Some(slot) = gateway.admit() else {
+        listener.errors.inc();
         tracing::warn!(listener = %name, %peer, "refused: connection limit reached");
-        crate::capture::reset(&stream);
-        return;
+        crate::io::reset(&stream);
+        return None;
     };
     match gateway.protocol {
         GatewayProtocol::Http if gateway.tls.is_none() => {
-            proxy
-                .clone()
-                .serve_http(stream, listener.clone(), peer, Admission::Plaintext)
-                .await
+            return Some((slot, Transported::Plain(stream)))
         }
         GatewayProtocol::Tcp => match gateway.tcp_cluster(0) {
-            Some(cluster) => {
-                serve_tcp(stream, cluster, &listener.stats, name, peer, |_| true).await
-            }
-            None => refuse(&stream, listener, peer, "no TCP route"),
+            Some(cluster) => serve_tcp(stream, cluster, listener, name, peer, |_| true).await,
+            None => refuse(&stream, (name, listener), peer, "no TCP route"),
         },
         GatewayProtocol::TlsPassthrough => {
-            let sni = match crate::sni::read_sni(stream.get_ref()).await {
+            let sni = match read_sni(stream.get_ref()).await {
                 Ok(sni) => sni,
-                Err(reason) => return refuse(&stream, listener, peer, &reason),
+                Err(reason) => {
+                    refuse(&stream, (name, listener), peer, &reason);
+                    return None;
+                }
             };
             let cluster = gateway
                 .routes
@@ -492,10 +494,10 @@ pub async fn serve(
                 .host_for(&sni)
                 .and_then(|h| gateway.tcp_cluster(h));
             match cluster {
-                Some(c) => serve_tcp(stream, c, &listener.stats, name, peer, |_| true).await,
+                Some(c) => serve_tcp(stream, c, listener, name, peer, |_| true).await,
                 None => refuse(
                     &stream,
-                    listener,
+                    (name, listener),
                     peer,
                     &format!("no route for SNI {sni:?}"),
                 ),
@@ -503,22 +505,19 @@ pub async fn serve(
         }
         GatewayProtocol::Http | GatewayProtocol::Https | GatewayProtocol::TlsTerminate => {
             let Some(acceptor) = &gateway.tls else {
-                return refuse(&stream, listener, peer, "no TLS configuration");
+                refuse(&stream, (name, listener), peer, "no TLS configuration");
+                return None;
             };
             let tls = match acceptor.accept(stream, name, peer).await {
                 Ok(tls) => tls,
                 Err(e) => {
-                    proxy.stats.count_tls_handshake_error(name);
+                    stats.count_tls_handshake_error(name);
                     tracing::info!(listener = %name, %peer, "TLS refused: {e}");
-                    return;
+                    return None;
                 }
             };
             if gateway.protocol != GatewayProtocol::TlsTerminate {
-                let admission = Admission::Plaintext;
-                return proxy
-                    .clone()
-                    .serve_http(tls, listener.clone(), peer, admission)
-                    .await;
+                return Some((slot, Transported::Tls(tls, Admission::Plaintext)));
             }
             let sni = tls.server_name().unwrap_or("*").to_string();
             match gateway
@@ -527,25 +526,32 @@ pub async fn serve(
                 .host_for(&sni)
                 .and_then(|h| gateway.tcp_cluster(h))
             {
-                Some(c) => serve_tcp(tls, c, &listener.stats, name, peer, |_| true).await,
+                Some(c) => serve_tcp(tls, c, listener, name, peer, |_| true).await,
                 None => {
                     tracing::info!(listener = %name, %peer, %sni, "closed: no route for this SNI")
                 }
             }
         }
     }
+    None
 }
 
-fn refuse(stream: &Counted<TcpStream>, listener: &ListenerRuntime, peer: SocketAddr, why: &str) {
-    listener.stats.errors.inc();
-    tracing::info!(listener = %listener.config.name, %peer, "refused: {why}");
-    crate::capture::reset(stream);
+/// Refuses a connection of listener `name` with a reset, counted and logged with `why`.
+fn refuse(
+    stream: &Counted<TcpStream>,
+    (name, listener): (&str, &ListenerStats),
+    peer: SocketAddr,
+    why: &str,
+) {
+    listener.errors.inc();
+    tracing::info!(listener = %name, %peer, "refused: {why}");
+    crate::io::reset(stream);
 }
 
 /// Routes and forwards one HTTP request of a listener with routes (gateway or route table).
 pub async fn handle(
     req: Request<Incoming>,
-    listener: &ListenerRuntime,
+    (name, listener): (&str, &ListenerStats),
     routes: &HttpRoutes,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
@@ -567,11 +573,11 @@ pub async fn handle(
             mirror,
         } => {
             let body = match mirror {
-                Some(m) => mirror_request(&parts, body, m, &listener.config.name).await,
+                Some(m) => mirror_request(&parts, body, m, name).await,
                 None => RequestBody::Streamed(body),
             };
             let req = Request::from_parts(parts, body);
-            let mut resp = send(req, target, &listener.config.name).await;
+            let mut resp = send(req, target, name).await;
             response_headers.apply(resp.headers_mut());
             resp
         }
@@ -579,7 +585,7 @@ pub async fn handle(
     if routes.gateway {
         resp.headers_mut().insert(header::SERVER, SERVER_NAME);
     }
-    listener.stats.requests.count(resp.status().as_u16());
+    listener.requests.count(resp.status().as_u16());
     resp
 }
 
