@@ -27,7 +27,8 @@ use std::time::Duration;
 use bearing_gateway::{Decision, HeaderEdits, Router};
 use bearing_http1::BodyLength;
 use bearing_proxy_config::{
-    CrossMesh, GatewayListener, GatewayProtocol, HttpRoute, RouteAction, RouteTable,
+    CrossMesh, GatewayCertificate, GatewayListener, GatewayProtocol, HttpRoute, RouteAction,
+    RouteTable,
 };
 use bearing_tls::{Negotiated as _, TlsAcceptor};
 use bytes::Bytes;
@@ -41,7 +42,7 @@ use tokio::net::TcpStream;
 use crate::forward_h1::{Reply, Routed, Timeouts};
 use crate::http_proxy::{local_reply, send, strip_hop_by_hop, ProxyBody};
 use crate::io::Counted;
-use crate::mesh_tls::MeshTlsSet;
+use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
 use crate::stats::{ListenerStats, Stats};
 use crate::tcp_proxy::serve_tcp;
 use crate::transport::{read_sni, Admission, Transported};
@@ -154,35 +155,86 @@ pub struct GatewayRuntime {
     /// Its hosts' routes and backends (also the listener's [`HttpRoutes`]).
     routes: Arc<HttpRoutes>,
     /// HTTPS and TLS terminate: the acceptor choosing a certificate by SNI.
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<TlsAcceptor>>,
+    /// What `tls` was made from: a later config with equal terms keeps the acceptor.
+    tls_terms: TlsTerms,
     protocol: GatewayProtocol,
     limit: Option<u32>,
+    /// Connections open on the listener, counted across reloads: a config keeping the
+    /// listener keeps the count.
     open: Arc<AtomicU32>,
+}
+
+/// What a gateway listener's TLS acceptor is made from: its protocol, each host's name (the
+/// SNI picks a certificate by host, in this order) and certificate, and for a cross-mesh
+/// listener its meshes' CAs and the identity's mesh state (by identity: a rebuilt one is a
+/// change).
+#[derive(PartialEq)]
+struct TlsTerms {
+    protocol: GatewayProtocol,
+    hosts: Vec<(String, Option<GatewayCertificate>)>,
+    cross_mesh: Option<(CrossMesh, Option<ByIdentity<MeshTlsRuntime>>)>,
+}
+
+/// An `Arc` compared by what it points to being the same.
+struct ByIdentity<T>(Arc<T>);
+
+impl<T> PartialEq for ByIdentity<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl TlsTerms {
+    /// The terms of `listener`'s TLS with the mesh states `mesh_tls`.
+    fn of(listener: &GatewayListener, mesh_tls: &MeshTlsSet) -> TlsTerms {
+        let hosts = listener.hosts.iter();
+        TlsTerms {
+            protocol: listener.protocol,
+            hosts: hosts
+                .map(|h| (h.hostname.clone(), h.certificate.clone()))
+                .collect(),
+            cross_mesh: listener.cross_mesh.as_ref().map(|cross| {
+                let mesh = mesh_tls.get(&cross.identity_mesh);
+                (cross.clone(), mesh.map(|m| ByIdentity(m.clone())))
+            }),
+        }
+    }
 }
 
 impl GatewayRuntime {
     /// Builds the router and TLS of `listener`, keeping the clusters its routes name.
+    /// `previous` is the gateway this listener had in the config being replaced: its open
+    /// connections stay counted against the limit, and its TLS acceptor is kept when made
+    /// from the same terms.
     pub fn build(
         listener: &GatewayListener,
         clusters: &HashMap<String, Arc<ClusterRuntime>>,
         mesh_tls: &MeshTlsSet,
+        previous: Option<&GatewayRuntime>,
     ) -> Result<GatewayRuntime, String> {
         let routes = Arc::new(HttpRoutes::gateway(listener, clusters)?);
         let router = routes.router.clone();
-        let tls = match (&listener.cross_mesh, listener.protocol) {
-            (Some(cross), _) => Some(cross_mesh_acceptor(cross, mesh_tls)?),
-            (None, GatewayProtocol::Https) => {
-                Some(acceptor(listener, router, &[b"h2", b"http/1.1"])?)
+        let tls_terms = TlsTerms::of(listener, mesh_tls);
+        let kept = previous.filter(|p| p.tls_terms == tls_terms);
+        let tls = match (kept, &listener.cross_mesh, listener.protocol) {
+            (Some(kept), _, _) => kept.tls.clone(),
+            (None, Some(cross), _) => Some(Arc::new(cross_mesh_acceptor(cross, mesh_tls)?)),
+            (None, None, GatewayProtocol::Https) => {
+                Some(Arc::new(acceptor(listener, router, &[b"h2", b"http/1.1"])?))
             }
-            (None, GatewayProtocol::TlsTerminate) => Some(acceptor(listener, router, &[])?),
-            (None, _) => None,
+            (None, None, GatewayProtocol::TlsTerminate) => {
+                Some(Arc::new(acceptor(listener, router, &[])?))
+            }
+            (None, None, _) => None,
         };
         Ok(GatewayRuntime {
             routes,
             tls,
+            tls_terms,
             protocol: listener.protocol,
             limit: listener.connection_limit,
-            open: Arc::new(AtomicU32::new(0)),
+            open: previous.map_or_else(Default::default, |p| p.open.clone()),
         })
     }
 
@@ -192,7 +244,7 @@ impl GatewayRuntime {
     }
 
     /// Takes a connection slot; `None` when the connection limit is reached.
-    fn admit(&self) -> Option<Slot> {
+    pub(crate) fn admit(&self) -> Option<Slot> {
         let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
         let slot = Slot(self.open.clone());
         match self.limit {
@@ -697,13 +749,68 @@ mod tests {
             connection_limit: Some(2),
             cross_mesh: None,
         };
-        let gw = GatewayRuntime::build(&listener, &HashMap::new(), &MeshTlsSet::default()).unwrap();
+        let gw = GatewayRuntime::build(&listener, &HashMap::new(), &MeshTlsSet::default(), None)
+            .unwrap();
         let first = gw.admit();
         let second = gw.admit();
         assert!(first.is_some() && second.is_some());
         assert!(gw.admit().is_none(), "a third connection is over the limit");
         drop(first);
         assert!(gw.admit().is_some());
+    }
+
+    /// A config that keeps a gateway listener keeps its count of open connections (a reload
+    /// does not reset `connectionLimit`) and, while its hosts and certificates are the same,
+    /// its TLS acceptor; another certificate makes a new acceptor.
+    #[test]
+    fn a_reload_keeps_the_connection_count_and_the_acceptor_of_equal_terms() {
+        let https = |name: &str| {
+            let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+            GatewayListener {
+                protocol: GatewayProtocol::Https,
+                hosts: vec![bearing_proxy_config::GatewayHost {
+                    hostname: "*".into(),
+                    certificate: Some(GatewayCertificate {
+                        origin: "inline".into(),
+                        cert_chain_pem: cert.cert.pem(),
+                        key_pem: cert.signing_key.serialize_pem(),
+                    }),
+                    http_routes: Vec::new(),
+                    tcp_backends: Vec::new(),
+                }],
+                tags: Default::default(),
+                connection_limit: Some(1),
+                cross_mesh: None,
+            }
+        };
+        let (clusters, meshes) = (HashMap::new(), MeshTlsSet::default());
+        let listener = https("example.com");
+        let first = GatewayRuntime::build(&listener, &clusters, &meshes, None).unwrap();
+        let open = first.admit();
+        assert!(open.is_some());
+
+        // Other tags: the open connection still counts, the acceptor is the same.
+        let mut retagged = listener.clone();
+        retagged.tags.insert("version".into(), "2".into());
+        let second = GatewayRuntime::build(&retagged, &clusters, &meshes, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&first.open, &second.open));
+        assert!(
+            second.admit().is_none(),
+            "the limit counts the connection opened before"
+        );
+        let (a, b) = (first.tls.as_ref().unwrap(), second.tls.as_ref().unwrap());
+        assert!(Arc::ptr_eq(a, b));
+        drop(open);
+        assert!(second.admit().is_some());
+
+        // Another certificate: a new acceptor, the same count.
+        let recertified = https("example.org");
+        let third = GatewayRuntime::build(&recertified, &clusters, &meshes, Some(&second)).unwrap();
+        assert!(!Arc::ptr_eq(b, third.tls.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(&second.open, &third.open));
+        // A listener new to the config starts from zero.
+        let fresh = GatewayRuntime::build(&recertified, &clusters, &meshes, None).unwrap();
+        assert!(!Arc::ptr_eq(&third.open, &fresh.open));
     }
 
     #[test]

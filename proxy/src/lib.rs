@@ -34,4 +34,5 @@ pub mod stats;
 pub mod tcp_proxy;
 pub mod transport;
 pub mod upstream;
+pub mod upstream_tls;
 pub mod workers;

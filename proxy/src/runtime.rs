@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bearing_proxy_config::{Direction, Protocol, ProxyConfig};
+use bearing_proxy_config::{Direction, ProxyConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -36,6 +36,7 @@ use crate::stats::Stats;
 use crate::tcp_proxy::{self, TcpSplit};
 use crate::transport::{self, Admission, DownstreamTlsRuntime, Transported};
 use crate::upstream::{ClusterRuntime, UpstreamSecurity};
+use crate::upstream_tls::UpstreamTlsContexts;
 use crate::workers::Workers;
 
 /// A bound socket's accept loop, stopped by cancelling `stop`.
@@ -143,6 +144,7 @@ impl Proxy {
         self.stats.identities.set(tls.identities());
         // Epochs of listeners whose terms this config changes: cancelled once it is in force.
         let mut revoked = Vec::new();
+        let mut upstream_tls = UpstreamTlsContexts::default();
         let mut clusters = HashMap::new();
         for (name, c) in &config.clusters {
             let security = UpstreamSecurity::new(c.tls.as_ref(), &tls);
@@ -152,7 +154,8 @@ impl Proxy {
                 .map(|e| pools.take(c, e.address, &security))
                 .collect();
             let connector = c.tls.as_ref().map(|t| {
-                tls.upstream(t, upstream_alpn(c.protocol)).map_err(|e| {
+                let made = upstream_tls.connector(&previous.upstream_tls, t, c.protocol, &tls);
+                made.map_err(|e| {
                     tracing::error!(cluster = %name, "TLS unavailable: {e}; connections will fail");
                     unserved.insert(format!("cluster {name}"), format!("TLS unavailable: {e}"));
                     e
@@ -183,10 +186,16 @@ impl Proxy {
         };
         for l in &config.listeners {
             let cluster = clusters.get(&l.cluster).cloned();
+            // The gateway this listener had: same address and name.
+            let had = previous
+                .listeners
+                .get(&l.address)
+                .filter(|old| old.config.name == l.name)
+                .and_then(|old| old.gateway.as_ref());
             let gateway = match l
                 .gateway
                 .as_ref()
-                .map(|g| GatewayRuntime::build(g, &clusters, &tls))
+                .map(|g| GatewayRuntime::build(g, &clusters, &tls, had))
             {
                 Some(Err(e)) => {
                     not_built(&l.name, format!("gateway listener: {e}"));
@@ -319,6 +328,7 @@ impl Proxy {
             inbound_ports,
             captures,
             tls,
+            upstream_tls,
             build_errors,
             serve_errors: unserved,
         }));
@@ -848,15 +858,6 @@ impl Proxy {
     }
 }
 
-/// ALPN offered to TLS upstreams of a cluster speaking `protocol`.
-fn upstream_alpn(protocol: Protocol) -> &'static [&'static [u8]] {
-    match protocol {
-        Protocol::Http => &[b"http/1.1"],
-        Protocol::Http2 | Protocol::Grpc => &[b"h2"],
-        Protocol::Tcp => &[],
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -864,7 +865,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bearing_proxy_config::Listener;
+    use bearing_proxy_config::{Listener, Protocol};
 
     /// A sidecar config of one virtual inbound listener, with mesh mTLS from `ca` when given.
     fn inbound_config(ca: Option<(&bearing_tls::MeshCa, bool)>) -> Arc<ProxyConfig> {
@@ -910,6 +911,163 @@ mod tests {
             mtls,
             kuma_endpoints: Default::default(),
         })
+    }
+
+    /// A sidecar config of `clusters` clusters named `backend-<i>`, each with mesh mTLS (SNI
+    /// `backend-<i>{mesh=default}<sni_suffix>`) to one endpoint `endpoint`, each behind a
+    /// virtual outbound listener, and mesh `default`'s mTLS from `ca`.
+    fn mtls_clusters_config(
+        ca: &bearing_tls::MeshCa,
+        clusters: usize,
+        sni_suffix: &str,
+        endpoint: SocketAddr,
+    ) -> Arc<ProxyConfig> {
+        use bearing_proxy_config::{Endpoint, UpstreamTls};
+        let mut config = (*inbound_config(None)).clone();
+        let base = config.listeners[0].clone();
+        config.version = format!("{clusters}{sni_suffix}");
+        config.mtls = [("default".into(), crate::mesh_tls::test_config(ca, false))].into();
+        config.listeners.clear();
+        config.clusters.clear();
+        for i in 0..clusters {
+            let name = format!("backend-{i}");
+            let mut cluster = crate::upstream::test_cluster(&name);
+            cluster.endpoints = vec![Endpoint {
+                address: endpoint,
+                origin: "test".into(),
+                tags: Default::default(),
+            }];
+            cluster.tls = Some(UpstreamTls::Mesh {
+                mesh: "default".into(),
+                sni: format!("{name}{{mesh=default}}{sni_suffix}"),
+                identity: format!("spiffe://default/{name}"),
+                server_ca_pem: None,
+            });
+            let address = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 80));
+            config.listeners.push(Listener {
+                name: format!("outbound:{address}"),
+                address,
+                direction: Direction::Outbound,
+                cluster: name.clone(),
+                service: name.clone(),
+                tls: None,
+                ..base.clone()
+            });
+            config.clusters.insert(name, cluster);
+        }
+        Arc::new(config)
+    }
+
+    /// A cluster's TLS context and endpoint pools survive an apply whose config makes them
+    /// from the same terms (one context per terms, kept by identity); a change of the
+    /// cluster's TLS gives it a new context and new pools, and the old pool's idle
+    /// connection is closed rather than reused.
+    #[tokio::test]
+    async fn tls_contexts_and_pools_are_kept_only_for_the_same_terms() {
+        use tokio::io::AsyncReadExt;
+        let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+        let ca = bearing_tls::MeshCa::generate("default").unwrap();
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = upstream.local_addr().unwrap();
+        let outbound: SocketAddr = "10.1.0.0:80".parse().unwrap();
+        // The context and the pool of cluster backend-0.
+        let state = |p: &Proxy| {
+            let snapshot = p.snapshot();
+            let cluster = snapshot
+                .listener(&outbound)
+                .unwrap()
+                .cluster
+                .clone()
+                .unwrap();
+            let tls = cluster.config.tls.clone().unwrap();
+            let made = snapshot
+                .upstream_tls
+                .made_for(&tls, cluster.config.protocol, &snapshot.tls);
+            let pool = cluster.rotation().next().unwrap().clone();
+            (made.unwrap(), pool, cluster)
+        };
+
+        proxy.apply(mtls_clusters_config(&ca, 2, "", endpoint));
+        let (context, pool, cluster) = state(&proxy);
+        assert!(context.is_ok(), "the context is built");
+        // An unrelated change (another version): the same context, the same pool.
+        proxy.apply(mtls_clusters_config(&ca, 3, "", endpoint));
+        let (kept, kept_pool, _) = state(&proxy);
+        assert!(Arc::ptr_eq(&context, &kept));
+        assert!(Arc::ptr_eq(&pool, &kept_pool));
+
+        // An idle connection in the pool, then the cluster's SNI changes.
+        let client = TcpStream::connect(endpoint).await.unwrap();
+        let (mut server_side, _) = upstream.accept().await.unwrap();
+        let counted = Counted::new(client, Default::default(), Default::default());
+        let idle = tokio_util::either::Either::Left(counted);
+        kept_pool.release_raw(idle, &cluster.stats.occupancy);
+        proxy.apply(mtls_clusters_config(&ca, 3, ".changed", endpoint));
+        let (rebuilt, new_pool, _) = state(&proxy);
+        assert!(
+            !Arc::ptr_eq(&kept, &rebuilt),
+            "new TLS terms: a new context"
+        );
+        assert!(
+            !Arc::ptr_eq(&kept_pool, &new_pool),
+            "new TLS terms: a new pool"
+        );
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(10), server_side.read(&mut byte));
+        assert_eq!(
+            closed.await.unwrap().unwrap(),
+            0,
+            "the old connection is closed"
+        );
+    }
+
+    /// Applying the same mesh settings again keeps the mesh TLS state (its server context,
+    /// leaf and client contexts) by identity.
+    #[tokio::test]
+    async fn mesh_tls_state_is_kept_while_its_settings_are_the_same() {
+        let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+        let ca = bearing_tls::MeshCa::generate("default").unwrap();
+        let mesh = |p: &Proxy| p.snapshot().tls.get("default").cloned().unwrap();
+        proxy.apply(inbound_config(Some((&ca, false))));
+        let first = mesh(&proxy);
+        let mut other_version = (*inbound_config(Some((&ca, false)))).clone();
+        other_version.version = "another".into();
+        proxy.apply(Arc::new(other_version));
+        assert!(Arc::ptr_eq(&first, &mesh(&proxy)));
+        proxy.apply(inbound_config(Some((&ca, true))));
+        assert!(!Arc::ptr_eq(&first, &mesh(&proxy)), "PERMISSIVE: rebuilt");
+    }
+
+    /// A gateway listener's count of open connections survives an apply that changes
+    /// something else: the connection opened before still counts against `connectionLimit`.
+    #[tokio::test]
+    async fn a_gateway_connection_limit_is_not_reset_by_an_unrelated_apply() {
+        use bearing_proxy_config::{GatewayListener, GatewayProtocol};
+        let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+        let address: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let gateway_config = |version: &str| {
+            let mut config = (*inbound_config(None)).clone();
+            config.version = version.into();
+            config.listeners[0].gateway = Some(GatewayListener {
+                protocol: GatewayProtocol::Http,
+                hosts: Vec::new(),
+                tags: Default::default(),
+                connection_limit: Some(1),
+                cross_mesh: None,
+            });
+            Arc::new(config)
+        };
+        let gateway = |p: &Proxy| p.snapshot().listener(&address).cloned().unwrap();
+        proxy.apply(gateway_config("1"));
+        let first = gateway(&proxy);
+        let open = first.gateway.as_ref().unwrap().admit();
+        assert!(open.is_some());
+        proxy.apply(gateway_config("2"));
+        let second = gateway(&proxy);
+        assert!(!Arc::ptr_eq(&first, &second), "a new snapshot");
+        assert!(second.gateway.as_ref().unwrap().admit().is_none());
+        drop(open);
+        assert!(second.gateway.as_ref().unwrap().admit().is_some());
     }
 
     /// Each change of what the inbound admits cancels the epoch its connections watch, and

@@ -14,6 +14,7 @@ use crate::filter_chain::ListenerRuntime;
 use crate::mesh_tls::MeshTlsSet;
 use crate::stats::ListenerStats;
 use crate::upstream::PreviousPools;
+use crate::upstream_tls::UpstreamTlsContexts;
 
 /// One applied config, ready for the hot path.
 #[derive(Default)]
@@ -28,6 +29,8 @@ pub struct Snapshot {
     pub(crate) captures: HashMap<SocketAddr, Arc<CapturePort>>,
     /// Mesh mTLS state by mesh.
     pub(crate) tls: MeshTlsSet,
+    /// The TLS contexts its clusters originate with, by the terms they were made from.
+    pub(crate) upstream_tls: UpstreamTlsContexts,
     /// Listeners of the config that could not be built, by name, with the reason: not ready.
     pub(crate) build_errors: BTreeMap<String, String>,
     /// Other parts of the config that cannot be served (a mesh certificate that cannot be
