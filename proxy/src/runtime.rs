@@ -1021,6 +1021,52 @@ mod tests {
         );
     }
 
+    /// Times applies of a config of 10k clusters (each behind a virtual outbound, as kuma-cp
+    /// sends a sidecar of a 10k-service mesh) with mesh mTLS, then with TLS to external
+    /// services (ExternalService `networking.tls`, a CA each): the first apply, the same
+    /// terms again, and one cluster more. A measurement, not a check: run it with
+    /// `cargo test -p bearing apply_of_10k_tls_clusters -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn apply_of_10k_tls_clusters() {
+        use bearing_proxy_config::{UpstreamTls, Verification};
+        let ca = bearing_tls::MeshCa::generate("default").unwrap();
+        let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let external = |config: Arc<ProxyConfig>| {
+            let mut config = (*config).clone();
+            for (name, cluster) in config.clusters.iter_mut() {
+                cluster.tls = Some(UpstreamTls::External {
+                    server_name: format!("{name}.example.com"),
+                    ca_pem: Some(ca.cert_pem().into()),
+                    client_cert_pem: None,
+                    client_key_pem: None,
+                    verification: Verification::Secured,
+                });
+            }
+            Arc::new(config)
+        };
+        let mesh = |n| mtls_clusters_config(&ca, n, "", endpoint);
+        for (kind, tls) in [("mesh mTLS", false), ("external TLS", true)] {
+            let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+            let config = |n| if tls { external(mesh(n)) } else { mesh(n) };
+            let steps = [
+                ("first", config(10_000)),
+                ("same terms", config(10_000)),
+                ("one cluster more", config(10_001)),
+            ];
+            for (what, config) in steps {
+                let started = std::time::Instant::now();
+                proxy.apply(config);
+                println!("{kind}, apply, {what}: {:?}", started.elapsed());
+            }
+            assert!(
+                proxy.serve_errors().is_empty(),
+                "{:?}",
+                proxy.serve_errors()
+            );
+        }
+    }
+
     /// Applying the same mesh settings again keeps the mesh TLS state (its server context,
     /// leaf and client contexts) by identity.
     #[tokio::test]
