@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 use crate::forward_h1::{Reply, Routed, Timeouts};
 use crate::http_proxy::{local_reply, send, strip_hop_by_hop, ProxyBody};
 use crate::io::Counted;
-use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
+use crate::mesh_tls::{MeshState, MeshTlsSet};
 use crate::stats::{ListenerStats, Stats};
 use crate::tcp_proxy::serve_tcp;
 use crate::transport::{read_sni, Admission, Transported};
@@ -173,16 +173,7 @@ pub struct GatewayRuntime {
 struct TlsTerms {
     protocol: GatewayProtocol,
     hosts: Vec<(String, Option<GatewayCertificate>)>,
-    cross_mesh: Option<(CrossMesh, Option<ByIdentity<MeshTlsRuntime>>)>,
-}
-
-/// An `Arc` compared by what it points to being the same.
-struct ByIdentity<T>(Arc<T>);
-
-impl<T> PartialEq for ByIdentity<T> {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
+    cross_mesh: Option<(CrossMesh, Option<MeshState>)>,
 }
 
 impl TlsTerms {
@@ -196,7 +187,7 @@ impl TlsTerms {
                 .collect(),
             cross_mesh: listener.cross_mesh.as_ref().map(|cross| {
                 let mesh = mesh_tls.get(&cross.identity_mesh);
-                (cross.clone(), mesh.map(|m| ByIdentity(m.clone())))
+                (cross.clone(), mesh.map(MeshState::of))
             }),
         }
     }

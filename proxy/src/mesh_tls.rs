@@ -84,6 +84,33 @@ impl MeshTlsRuntime {
     }
 }
 
+/// A mesh TLS state as a term other state is made from: equal, and hashed, by being the
+/// same state (a rebuilt one, with another CA or other services, is another term), which
+/// it keeps alive while used as a key.
+#[derive(Clone)]
+pub struct MeshState(Arc<MeshTlsRuntime>);
+
+impl MeshState {
+    /// The term for `state`.
+    pub fn of(state: &Arc<MeshTlsRuntime>) -> MeshState {
+        MeshState(state.clone())
+    }
+}
+
+impl PartialEq for MeshState {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for MeshState {}
+
+impl std::hash::Hash for MeshState {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.0).hash(state);
+    }
+}
+
 /// The TLS state of every mesh the applied config names, rebuilt only where it changed.
 #[derive(Default)]
 pub struct MeshTlsSet {

@@ -6,27 +6,26 @@
 //! terms in one config share one context too.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bearing_proxy_config::{Protocol, UpstreamTls};
 use bearing_tls::TlsConnector;
 
-use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
+use crate::mesh_tls::{MeshState, MeshTlsSet};
 
-/// What an upstream TLS context is made from. The mesh state counts by identity: a rebuilt
-/// one (another CA, other services) is another term even where its settings look alike.
+/// What an upstream TLS context is made from (the mesh state by identity).
+#[derive(PartialEq, Eq, Hash)]
 struct Terms {
     tls: UpstreamTls,
     protocol: Protocol,
-    mesh: Option<Arc<MeshTlsRuntime>>,
+    mesh: Option<MeshState>,
 }
 
 impl Terms {
     /// The terms of `tls` for a cluster speaking `protocol`, with the mesh states `meshes`.
     fn of(tls: &UpstreamTls, protocol: Protocol, meshes: &MeshTlsSet) -> Terms {
         let mesh = match tls {
-            UpstreamTls::Mesh { mesh, .. } => meshes.get(mesh).cloned(),
+            UpstreamTls::Mesh { mesh, .. } => meshes.get(mesh).map(MeshState::of),
             UpstreamTls::External { .. } => None,
         };
         Terms {
@@ -34,26 +33,6 @@ impl Terms {
             protocol,
             mesh,
         }
-    }
-}
-
-impl PartialEq for Terms {
-    fn eq(&self, other: &Self) -> bool {
-        let same_mesh = match (&self.mesh, &other.mesh) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (a, b) => a.is_none() && b.is_none(),
-        };
-        same_mesh && self.protocol == other.protocol && self.tls == other.tls
-    }
-}
-
-impl Eq for Terms {}
-
-impl Hash for Terms {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.tls.hash(state);
-        self.protocol.hash(state);
-        self.mesh.as_ref().map(Arc::as_ptr).hash(state);
     }
 }
 
