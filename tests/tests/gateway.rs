@@ -974,6 +974,74 @@ fn tcp_route_serves_redis() -> Result<()> {
     Ok(())
 }
 
+/// A listener's `connectionLimit` counts the connections open on it across reloads: a
+/// connection held open through an unrelated store change still fills the limit of 1 (a
+/// reload used to start the count again from zero), and closing it frees the place.
+#[test]
+fn connection_limit_counts_connections_opened_before_a_reload() -> Result<()> {
+    let topo = topology(&["gw", "r", "client"])?;
+    let (gw, r, client) = (topo.host("gw"), topo.host("r"), topo.host("client"));
+    let redis = start_redis(r, 6379)?;
+    let listeners = |tags: &str| {
+        format!(
+            "  - {{port: {TCP_PORT}, protocol: TCP, tags: {{port: tcp-{TCP_PORT}{tags}}}, resources: {{connectionLimit: 1}}}}\n"
+        )
+    };
+    let store = write_store(
+        &topo,
+        &[
+            ("gateway.yaml", gateway_dp(gw)),
+            ("mesh-gateway.yaml", mesh_gateway(&listeners(""))),
+            ("redis.yaml", backend_dp("redis", r, redis.port(), "tcp")),
+            (
+                "route.yaml",
+                gateway_route(
+                    "redis",
+                    &format!("tcp-{TCP_PORT}"),
+                    "  tcp:\n    rules:\n    - backends:\n      - destination: {kuma.io/service: redis}\n",
+                ),
+            ),
+        ],
+    )?;
+    let proxy = start_gateway(gw, &store, &[TCP_LISTENER])?;
+    let ping = || redis_cli(client, gw.ip4(), TCP_PORT, ["PING"]);
+    let refused = || !matches!(ping(), Ok(pong) if pong == "PONG");
+    ensure!(ping()? == "PONG", "PING through the gateway");
+
+    // One connection held open: the only place under the limit.
+    let held = client.spawn(
+        "socat",
+        [
+            format!("TCP:{}:{TCP_PORT}", gw.ip4()),
+            "SYSTEM:sleep 120".to_string(),
+        ],
+    )?;
+    let active =
+        format!("bearing_listener_downstream_connections_active{{listener=\"{TCP_LISTENER}\"}}");
+    wait_until(APPLY_TIMEOUT, || proxy.metric(&active).ok() == Some(1.0))
+        .context("the held connection never became active")?;
+    ensure!(refused(), "a second connection passed a limit of 1");
+
+    // A change that keeps the listener: one more tag on it.
+    let applied = proxy.metric("bearing_config_applied_total")?;
+    let retagged = mesh_gateway(&listeners(", version: v2"));
+    write_store_file(&store, "mesh-gateway.yaml", &retagged)?;
+    wait_until(APPLY_TIMEOUT, || {
+        proxy.metric("bearing_config_applied_total").ok() > Some(applied)
+    })
+    .context("the store change was not applied")?;
+    ensure!(
+        refused(),
+        "after a reload a second connection passed the limit: the count was reset"
+    );
+
+    held.kill();
+    wait_until_ok(APPLY_TIMEOUT, || match ping() {
+        Ok(pong) if pong == "PONG" => Ok(()),
+        other => bail!("once the held connection closed: {other:?}"),
+    })
+}
+
 /// What one client saw while the route changed: the service of each 200, or a failure.
 fn check_switch(who: &str, seen: &[Result<String, String>], old: &str, new: &str) -> Result<()> {
     let failures: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
