@@ -11,8 +11,8 @@ use bearing_proxy_config::{Direction, TransparentProxy};
 use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::TcpStream;
 
+use crate::filter_chain::ListenerRuntime;
 use crate::io::Counted;
-use crate::runtime::ListenerRuntime;
 use crate::stats::{ListenerStats, Stats};
 
 /// Source address of inbound passthrough connections, as in Kuma: the iptables rules return
@@ -125,7 +125,7 @@ pub async fn serve_passthrough(
 ) {
     match crate::io::connect(target, source, PASSTHROUGH_CONNECT_TIMEOUT).await {
         Ok(mut up) => {
-            let size = crate::runtime::TCP_COPY_BUFFER;
+            let size = crate::tcp_proxy::TCP_COPY_BUFFER;
             let copied = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, size, size);
             if let Err(e) = copied.await {
                 port.stats.errors.inc();
@@ -135,14 +135,9 @@ pub async fn serve_passthrough(
         Err(e) => {
             port.stats.errors.inc();
             tracing::warn!(listener = %port.name, %peer, %target, "passthrough connect failed: {e}; resetting connection");
-            reset(&down);
+            crate::io::reset(&down);
         }
     }
-}
-
-/// Makes closing `stream` send an RST, the TCP way of saying "nobody serves this".
-pub fn reset(stream: &impl crate::io::TcpBacked) {
-    let _ = socket2::SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
 }
 
 /// The inbound passthrough source address of `target`'s family.

@@ -35,10 +35,10 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::circuit::Overflow;
+use crate::filter_chain::ListenerRuntime;
 use crate::gateway::ResponseEdits;
 use crate::http_proxy::LOCAL_REPLY_CONTENT_TYPE;
 use crate::io::TcpBacked;
-use crate::runtime::ListenerRuntime;
 use crate::upstream::{ClusterRuntime, EndpointPool, UpstreamError, UpstreamStream};
 
 /// Largest request (head and held body) this path carries; a larger one goes to hyper. Heads

@@ -27,7 +27,8 @@ use std::time::Duration;
 use bearing_gateway::{Decision, HeaderEdits, Router};
 use bearing_http1::BodyLength;
 use bearing_proxy_config::{
-    CrossMesh, GatewayListener, GatewayProtocol, HttpRoute, RouteAction, RouteTable,
+    CrossMesh, GatewayCertificate, GatewayListener, GatewayProtocol, HttpRoute, RouteAction,
+    RouteTable,
 };
 use bearing_tls::{Negotiated as _, TlsAcceptor};
 use bytes::Bytes;
@@ -41,8 +42,10 @@ use tokio::net::TcpStream;
 use crate::forward_h1::{Reply, Routed, Timeouts};
 use crate::http_proxy::{local_reply, send, strip_hop_by_hop, ProxyBody};
 use crate::io::Counted;
-use crate::mesh_tls::MeshTlsSet;
-use crate::runtime::{serve_tcp, Admission, ListenerRuntime, Proxy};
+use crate::mesh_tls::{MeshState, MeshTlsSet};
+use crate::stats::{ListenerStats, Stats};
+use crate::tcp_proxy::serve_tcp;
+use crate::transport::{read_sni, Admission, Transported};
 use crate::upstream::{ClusterRuntime, RequestBody};
 
 /// Value of the `server` header on every gateway response (Kuma's gateway `serverName`).
@@ -152,35 +155,77 @@ pub struct GatewayRuntime {
     /// Its hosts' routes and backends (also the listener's [`HttpRoutes`]).
     routes: Arc<HttpRoutes>,
     /// HTTPS and TLS terminate: the acceptor choosing a certificate by SNI.
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<TlsAcceptor>>,
+    /// What `tls` was made from: a later config with equal terms keeps the acceptor.
+    tls_terms: TlsTerms,
     protocol: GatewayProtocol,
     limit: Option<u32>,
-    open: AtomicU32,
+    /// Connections open on the listener, counted across reloads: a config keeping the
+    /// listener keeps the count.
+    open: Arc<AtomicU32>,
+}
+
+/// What a gateway listener's TLS acceptor is made from: its protocol, each host's name (the
+/// SNI picks a certificate by host, in this order) and certificate, and for a cross-mesh
+/// listener its meshes' CAs and the identity's mesh state (by identity: a rebuilt one is a
+/// change).
+#[derive(PartialEq)]
+struct TlsTerms {
+    protocol: GatewayProtocol,
+    hosts: Vec<(String, Option<GatewayCertificate>)>,
+    cross_mesh: Option<(CrossMesh, Option<MeshState>)>,
+}
+
+impl TlsTerms {
+    /// The terms of `listener`'s TLS with the mesh states `mesh_tls`.
+    fn of(listener: &GatewayListener, mesh_tls: &MeshTlsSet) -> TlsTerms {
+        let hosts = listener.hosts.iter();
+        TlsTerms {
+            protocol: listener.protocol,
+            hosts: hosts
+                .map(|h| (h.hostname.clone(), h.certificate.clone()))
+                .collect(),
+            cross_mesh: listener.cross_mesh.as_ref().map(|cross| {
+                let mesh = mesh_tls.get(&cross.identity_mesh);
+                (cross.clone(), mesh.map(MeshState::of))
+            }),
+        }
+    }
 }
 
 impl GatewayRuntime {
     /// Builds the router and TLS of `listener`, keeping the clusters its routes name.
+    /// `previous` is the gateway this listener had in the config being replaced: its open
+    /// connections stay counted against the limit, and its TLS acceptor is kept when made
+    /// from the same terms.
     pub fn build(
         listener: &GatewayListener,
         clusters: &HashMap<String, Arc<ClusterRuntime>>,
         mesh_tls: &MeshTlsSet,
+        previous: Option<&GatewayRuntime>,
     ) -> Result<GatewayRuntime, String> {
         let routes = Arc::new(HttpRoutes::gateway(listener, clusters)?);
         let router = routes.router.clone();
-        let tls = match (&listener.cross_mesh, listener.protocol) {
-            (Some(cross), _) => Some(cross_mesh_acceptor(cross, mesh_tls)?),
-            (None, GatewayProtocol::Https) => {
-                Some(acceptor(listener, router, &[b"h2", b"http/1.1"])?)
+        let tls_terms = TlsTerms::of(listener, mesh_tls);
+        let kept = previous.filter(|p| p.tls_terms == tls_terms);
+        let tls = match (kept, &listener.cross_mesh, listener.protocol) {
+            (Some(kept), _, _) => kept.tls.clone(),
+            (None, Some(cross), _) => Some(Arc::new(cross_mesh_acceptor(cross, mesh_tls)?)),
+            (None, None, GatewayProtocol::Https) => {
+                Some(Arc::new(acceptor(listener, router, &[b"h2", b"http/1.1"])?))
             }
-            (None, GatewayProtocol::TlsTerminate) => Some(acceptor(listener, router, &[])?),
-            (None, _) => None,
+            (None, None, GatewayProtocol::TlsTerminate) => {
+                Some(Arc::new(acceptor(listener, router, &[])?))
+            }
+            (None, None, _) => None,
         };
         Ok(GatewayRuntime {
             routes,
             tls,
+            tls_terms,
             protocol: listener.protocol,
             limit: listener.connection_limit,
-            open: AtomicU32::new(0),
+            open: previous.map_or_else(Default::default, |p| p.open.clone()),
         })
     }
 
@@ -190,9 +235,9 @@ impl GatewayRuntime {
     }
 
     /// Takes a connection slot; `None` when the connection limit is reached.
-    fn admit(&self) -> Option<Slot<'_>> {
+    pub(crate) fn admit(&self) -> Option<Slot> {
         let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
-        let slot = Slot(&self.open);
+        let slot = Slot(self.open.clone());
         match self.limit {
             Some(limit) if open > limit => None,
             _ => Some(slot),
@@ -381,9 +426,9 @@ enum Routing<'g> {
 }
 
 /// An open connection counted against the listener's limit; released on drop.
-struct Slot<'a>(&'a AtomicU32);
+pub struct Slot(Arc<AtomicU32>);
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -453,38 +498,38 @@ fn cross_mesh_acceptor(cross: &CrossMesh, mesh_tls: &MeshTlsSet) -> Result<TlsAc
     bearing_tls::cross_mesh_acceptor(&pems, rt.identity()).map_err(|e| e.to_string())
 }
 
-/// Serves one connection of a gateway listener.
-pub async fn serve(
-    proxy: &Arc<Proxy>,
+/// Serves one connection of a gateway listener: TCP and TLS (passthrough or terminated)
+/// are relayed to their backend here; an HTTP connection (decrypted for HTTPS) is handed
+/// back to be served with the place it holds under the listener's connection limit. `None`
+/// when the connection was served here, or refused.
+pub(crate) async fn serve(
+    stats: &Stats,
     stream: Counted<TcpStream>,
-    listener: &Arc<ListenerRuntime>,
+    (name, listener): (&str, &ListenerStats),
     gateway: &GatewayRuntime,
     peer: SocketAddr,
-) {
-    let name = &listener.config.name;
-    let Some(_slot) = gateway.admit() else {
-        listener.stats.errors.inc();
+) -> Option<(Slot, Transported<Counted<TcpStream>>)> {
+    let Some(slot) = gateway.admit() else {
+        listener.errors.inc();
         tracing::warn!(listener = %name, %peer, "refused: connection limit reached");
-        crate::capture::reset(&stream);
-        return;
+        crate::io::reset(&stream);
+        return None;
     };
     match gateway.protocol {
         GatewayProtocol::Http if gateway.tls.is_none() => {
-            proxy
-                .clone()
-                .serve_http(stream, listener.clone(), peer, Admission::Plaintext)
-                .await
+            return Some((slot, Transported::Plain(stream)))
         }
         GatewayProtocol::Tcp => match gateway.tcp_cluster(0) {
-            Some(cluster) => {
-                serve_tcp(stream, cluster, &listener.stats, name, peer, |_| true).await
-            }
-            None => refuse(&stream, listener, peer, "no TCP route"),
+            Some(cluster) => serve_tcp(stream, cluster, listener, name, peer, |_| true).await,
+            None => refuse(&stream, (name, listener), peer, "no TCP route"),
         },
         GatewayProtocol::TlsPassthrough => {
-            let sni = match crate::sni::read_sni(stream.get_ref()).await {
+            let sni = match read_sni(stream.get_ref()).await {
                 Ok(sni) => sni,
-                Err(reason) => return refuse(&stream, listener, peer, &reason),
+                Err(reason) => {
+                    refuse(&stream, (name, listener), peer, &reason);
+                    return None;
+                }
             };
             let cluster = gateway
                 .routes
@@ -492,10 +537,10 @@ pub async fn serve(
                 .host_for(&sni)
                 .and_then(|h| gateway.tcp_cluster(h));
             match cluster {
-                Some(c) => serve_tcp(stream, c, &listener.stats, name, peer, |_| true).await,
+                Some(c) => serve_tcp(stream, c, listener, name, peer, |_| true).await,
                 None => refuse(
                     &stream,
-                    listener,
+                    (name, listener),
                     peer,
                     &format!("no route for SNI {sni:?}"),
                 ),
@@ -503,22 +548,19 @@ pub async fn serve(
         }
         GatewayProtocol::Http | GatewayProtocol::Https | GatewayProtocol::TlsTerminate => {
             let Some(acceptor) = &gateway.tls else {
-                return refuse(&stream, listener, peer, "no TLS configuration");
+                refuse(&stream, (name, listener), peer, "no TLS configuration");
+                return None;
             };
             let tls = match acceptor.accept(stream, name, peer).await {
                 Ok(tls) => tls,
                 Err(e) => {
-                    proxy.stats.count_tls_handshake_error(name);
+                    stats.count_tls_handshake_error(name);
                     tracing::info!(listener = %name, %peer, "TLS refused: {e}");
-                    return;
+                    return None;
                 }
             };
             if gateway.protocol != GatewayProtocol::TlsTerminate {
-                let admission = Admission::Plaintext;
-                return proxy
-                    .clone()
-                    .serve_http(tls, listener.clone(), peer, admission)
-                    .await;
+                return Some((slot, Transported::Tls(tls, Admission::Plaintext)));
             }
             let sni = tls.server_name().unwrap_or("*").to_string();
             match gateway
@@ -527,25 +569,32 @@ pub async fn serve(
                 .host_for(&sni)
                 .and_then(|h| gateway.tcp_cluster(h))
             {
-                Some(c) => serve_tcp(tls, c, &listener.stats, name, peer, |_| true).await,
+                Some(c) => serve_tcp(tls, c, listener, name, peer, |_| true).await,
                 None => {
                     tracing::info!(listener = %name, %peer, %sni, "closed: no route for this SNI")
                 }
             }
         }
     }
+    None
 }
 
-fn refuse(stream: &Counted<TcpStream>, listener: &ListenerRuntime, peer: SocketAddr, why: &str) {
-    listener.stats.errors.inc();
-    tracing::info!(listener = %listener.config.name, %peer, "refused: {why}");
-    crate::capture::reset(stream);
+/// Refuses a connection of listener `name` with a reset, counted and logged with `why`.
+fn refuse(
+    stream: &Counted<TcpStream>,
+    (name, listener): (&str, &ListenerStats),
+    peer: SocketAddr,
+    why: &str,
+) {
+    listener.errors.inc();
+    tracing::info!(listener = %name, %peer, "refused: {why}");
+    crate::io::reset(stream);
 }
 
 /// Routes and forwards one HTTP request of a listener with routes (gateway or route table).
 pub async fn handle(
     req: Request<Incoming>,
-    listener: &ListenerRuntime,
+    (name, listener): (&str, &ListenerStats),
     routes: &HttpRoutes,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
@@ -567,11 +616,11 @@ pub async fn handle(
             mirror,
         } => {
             let body = match mirror {
-                Some(m) => mirror_request(&parts, body, m, &listener.config.name).await,
+                Some(m) => mirror_request(&parts, body, m, name).await,
                 None => RequestBody::Streamed(body),
             };
             let req = Request::from_parts(parts, body);
-            let mut resp = send(req, target, &listener.config.name).await;
+            let mut resp = send(req, target, name).await;
             response_headers.apply(resp.headers_mut());
             resp
         }
@@ -579,7 +628,7 @@ pub async fn handle(
     if routes.gateway {
         resp.headers_mut().insert(header::SERVER, SERVER_NAME);
     }
-    listener.stats.requests.count(resp.status().as_u16());
+    listener.requests.count(resp.status().as_u16());
     resp
 }
 
@@ -691,13 +740,68 @@ mod tests {
             connection_limit: Some(2),
             cross_mesh: None,
         };
-        let gw = GatewayRuntime::build(&listener, &HashMap::new(), &MeshTlsSet::default()).unwrap();
+        let gw = GatewayRuntime::build(&listener, &HashMap::new(), &MeshTlsSet::default(), None)
+            .unwrap();
         let first = gw.admit();
         let second = gw.admit();
         assert!(first.is_some() && second.is_some());
         assert!(gw.admit().is_none(), "a third connection is over the limit");
         drop(first);
         assert!(gw.admit().is_some());
+    }
+
+    /// A config that keeps a gateway listener keeps its count of open connections (a reload
+    /// does not reset `connectionLimit`) and, while its hosts and certificates are the same,
+    /// its TLS acceptor; another certificate makes a new acceptor.
+    #[test]
+    fn a_reload_keeps_the_connection_count_and_the_acceptor_of_equal_terms() {
+        let https = |name: &str| {
+            let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+            GatewayListener {
+                protocol: GatewayProtocol::Https,
+                hosts: vec![bearing_proxy_config::GatewayHost {
+                    hostname: "*".into(),
+                    certificate: Some(GatewayCertificate {
+                        origin: "inline".into(),
+                        cert_chain_pem: cert.cert.pem(),
+                        key_pem: cert.signing_key.serialize_pem(),
+                    }),
+                    http_routes: Vec::new(),
+                    tcp_backends: Vec::new(),
+                }],
+                tags: Default::default(),
+                connection_limit: Some(1),
+                cross_mesh: None,
+            }
+        };
+        let (clusters, meshes) = (HashMap::new(), MeshTlsSet::default());
+        let listener = https("example.com");
+        let first = GatewayRuntime::build(&listener, &clusters, &meshes, None).unwrap();
+        let open = first.admit();
+        assert!(open.is_some());
+
+        // Other tags: the open connection still counts, the acceptor is the same.
+        let mut retagged = listener.clone();
+        retagged.tags.insert("version".into(), "2".into());
+        let second = GatewayRuntime::build(&retagged, &clusters, &meshes, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&first.open, &second.open));
+        assert!(
+            second.admit().is_none(),
+            "the limit counts the connection opened before"
+        );
+        let (a, b) = (first.tls.as_ref().unwrap(), second.tls.as_ref().unwrap());
+        assert!(Arc::ptr_eq(a, b));
+        drop(open);
+        assert!(second.admit().is_some());
+
+        // Another certificate: a new acceptor, the same count.
+        let recertified = https("example.org");
+        let third = GatewayRuntime::build(&recertified, &clusters, &meshes, Some(&second)).unwrap();
+        assert!(!Arc::ptr_eq(b, third.tls.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(&second.open, &third.open));
+        // A listener new to the config starts from zero.
+        let fresh = GatewayRuntime::build(&recertified, &clusters, &meshes, None).unwrap();
+        assert!(!Arc::ptr_eq(&third.open, &fresh.open));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::body::MessageBody;
-use crate::runtime::ListenerRuntime;
+use crate::filter_chain::ListenerRuntime;
 use crate::upstream::{ClusterRuntime, RequestBody, UpstreamBody, UpstreamError};
 
 /// A response body: streamed from upstream, or a short local reply.

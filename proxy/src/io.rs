@@ -216,6 +216,11 @@ impl TcpBacked for TcpStream {
     }
 }
 
+/// Makes closing `stream` send an RST, the TCP way of saying "nobody serves this".
+pub fn reset(stream: &impl TcpBacked) {
+    let _ = socket2::SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

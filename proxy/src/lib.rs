@@ -1,11 +1,15 @@
 //! Bearing: a service-mesh data-plane proxy for Kuma written natively in Rust.
 //!
-//! The binary (`src/main.rs`) parses the command line; this library holds the runtime:
-//! listeners and connection handling ([`runtime`]), transparent-proxy capture ([`capture`]),
-//! the L4 and L7 paths ([`http_proxy`], [`upstream`]), builtin gateway listeners
-//! ([`gateway`]), metrics ([`stats`]), the admin API ([`admin`]), Kuma's readiness and
-//! Prometheus endpoints ([`kuma_endpoints`]) and the worker threads ([`workers`]).
+//! The binary (`src/main.rs`) parses the command line; this library holds the runtime
+//! ([`runtime`]: applying configs, binding sockets, running each connection through the
+//! stages), the stages of a connection in order: [`accept`], filter-chain match
+//! ([`snapshot`], [`filter_chain`], transparent-proxy [`capture`]), [`transport`] (mesh mTLS,
+//! SNI peek), the network filters ([`tcp_proxy`], [`sni`] routing, builtin [`gateway`], HTTP:
+//! [`forward_h1`], [`http_proxy`]) and the clusters ([`upstream`]); then metrics ([`stats`]),
+//! the admin API ([`admin`]), Kuma's readiness and Prometheus endpoints ([`kuma_endpoints`])
+//! and the worker threads ([`workers`]).
 
+pub mod accept;
 pub mod admin;
 pub mod body;
 pub mod capture;
@@ -13,6 +17,7 @@ pub mod circuit;
 pub mod cli;
 pub mod cp_source;
 pub mod descriptors;
+pub mod filter_chain;
 pub mod forward_h1;
 pub mod gateway;
 pub mod http_proxy;
@@ -21,9 +26,13 @@ pub mod kuma_dp_flags;
 pub mod kuma_endpoints;
 pub mod mesh_tls;
 pub mod runtime;
+pub mod snapshot;
 pub mod sni;
 pub mod splice;
 pub mod startup_heap;
 pub mod stats;
+pub mod tcp_proxy;
+pub mod transport;
 pub mod upstream;
+pub mod upstream_tls;
 pub mod workers;

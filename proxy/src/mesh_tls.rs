@@ -1,14 +1,14 @@
 //! Mesh mTLS at run time: per mesh, the CA, this proxy's renewing leaf certificate, the
-//! acceptor inbound listeners terminate with, and connectors per expected destination
-//! identity. Kept across reloads while the mesh's settings are unchanged, so a
+//! acceptor inbound listeners terminate with, and the one client context its connectors to
+//! every destination identity share. Kept across reloads while the mesh's settings are unchanged, so a
 //! reload neither re-issues certificates nor disturbs open connections.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bearing_proxy_config::{MeshTls, UpstreamTls, Verification};
 use bearing_tls::{
-    Identity, MeshCa, Renewer, ServerVerification, TlsAcceptor, TlsConnector, TlsError,
+    Identity, MeshCa, MeshClient, Renewer, ServerVerification, TlsAcceptor, TlsConnector, TlsError,
 };
 use tokio::task::JoinHandle;
 
@@ -16,11 +16,11 @@ use tokio::task::JoinHandle;
 pub struct MeshTlsRuntime {
     /// The settings it was built from (a change rebuilds it).
     pub config: MeshTls,
-    ca: Arc<MeshCa>,
     identity: Arc<Identity>,
     /// What inbound listeners of this mesh terminate mTLS with.
     pub server: TlsAcceptor,
-    clients: Mutex<HashMap<String, TlsConnector>>,
+    /// The client context every outbound of this mesh shares, whatever its destination.
+    client: MeshClient,
     renewal: JoinHandle<()>,
 }
 
@@ -55,13 +55,13 @@ impl MeshTlsRuntime {
             (None, None) => return Err(TlsError::NoCaKey),
         };
         let server = bearing_tls::mesh_acceptor(&ca, identity.clone())?;
+        let client = bearing_tls::mesh_client(&ca, identity.clone())?;
         let renewal = bearing_tls::spawn_renewal(identity.clone());
         Ok(MeshTlsRuntime {
             config: config.clone(),
-            ca,
             identity,
             server,
-            clients: Mutex::new(HashMap::new()),
+            client,
             renewal,
         })
     }
@@ -72,15 +72,36 @@ impl MeshTlsRuntime {
     }
 
     /// The connector (no SNI yet) that presents this proxy's certificate and accepts only a
-    /// server presenting `expected` (a SPIFFE id); built once per identity.
+    /// server presenting `expected` (a SPIFFE id), on the mesh's one client context.
     pub fn client(&self, expected: &str) -> Result<TlsConnector, TlsError> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(expected) {
-            return Ok(c.clone());
-        }
-        let c = bearing_tls::mesh_connector(&self.ca, self.identity.clone(), expected)?;
-        clients.insert(expected.to_string(), c.clone());
-        Ok(c)
+        self.client.expecting(expected)
+    }
+}
+
+/// A mesh TLS state as a term other state is made from: equal, and hashed, by being the
+/// same state (a rebuilt one, with another CA or other services, is another term), which
+/// it keeps alive while used as a key.
+#[derive(Clone)]
+pub struct MeshState(Arc<MeshTlsRuntime>);
+
+impl MeshState {
+    /// The term for `state`.
+    pub fn of(state: &Arc<MeshTlsRuntime>) -> MeshState {
+        MeshState(state.clone())
+    }
+}
+
+impl PartialEq for MeshState {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for MeshState {}
+
+impl std::hash::Hash for MeshState {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.0).hash(state);
     }
 }
 

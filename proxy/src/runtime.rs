@@ -15,298 +15,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bearing_proxy_config::{Direction, Listener, Protocol, ProxyConfig};
+use bearing_proxy_config::{Direction, ProxyConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::{self, bind_all, is_family_unavailable, sockets_per_listener};
 use crate::capture::{self, CapturePort, Route};
+use crate::filter_chain::ListenerRuntime;
 use crate::forward_h1::{self, Prefixed};
 use crate::gateway::{self, GatewayRuntime, HttpRoutes};
 use crate::http_proxy;
 use crate::io::{Counted, TcpBacked};
-use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
+use crate::snapshot::Snapshot;
 use crate::sni::{SniRouteRuntime, SniTable};
-use crate::stats::{ListenerStats, Stats};
-use crate::upstream::{ClusterRuntime, PreviousPools, UpstreamError, UpstreamSecurity};
+use crate::stats::Stats;
+use crate::tcp_proxy::{self, TcpSplit};
+use crate::transport::{self, Admission, DownstreamTlsRuntime, Transported};
+use crate::upstream::{ClusterRuntime, UpstreamSecurity};
+use crate::upstream_tls::UpstreamTlsContexts;
 use crate::workers::Workers;
-
-/// A listener of the applied config with its cluster and metrics.
-pub struct ListenerRuntime {
-    /// The listener as compiled.
-    pub config: Listener,
-    /// Where its traffic goes (none for SNI-routing listeners, which have `sni`).
-    pub cluster: Option<Arc<ClusterRuntime>>,
-    /// Mesh mTLS this listener terminates.
-    pub tls: Option<DownstreamTlsRuntime>,
-    /// Zone ingress / egress: destinations by SNI.
-    pub sni: Option<SniTable>,
-    /// Builtin gateway listener: routes and backends.
-    pub gateway: Option<GatewayRuntime>,
-    /// Routes of its HTTP requests (a gateway's, or a sidecar's route table); `None`: every
-    /// request goes to `cluster`.
-    pub routes: Option<Arc<HttpRoutes>>,
-    /// A TCP listener splitting connections over several clusters by weight.
-    pub tcp_split: Option<TcpSplit>,
-    /// Its metrics.
-    pub stats: ListenerStats,
-    /// Present when the listener refuses everything (`Listener::deny_all`): counts what it
-    /// refuses (`bearing_rbac_denied_total`).
-    pub denied: Option<Counter>,
-    /// Cancelled when a later config changes what this listener admits (mesh mTLS turned on
-    /// or off, PERMISSIVE to STRICT, another CA), and at drain (a child of the drain token):
-    /// its connections then check, between requests, that they may go on. Shared with the
-    /// listeners at its address that the following configs build with the same terms.
-    pub(crate) epoch: CancellationToken,
-}
-
-/// The clusters a TCP listener spreads its connections over, by weight (MeshTCPRoute).
-pub struct TcpSplit {
-    pick: bearing_gateway::Weighted,
-    /// By the index of `Listener::tcp_backends`.
-    clusters: Vec<Arc<ClusterRuntime>>,
-}
-
-impl TcpSplit {
-    /// The split of `backends`; an error names a cluster that is missing.
-    fn new(
-        backends: &[bearing_proxy_config::WeightedCluster],
-        clusters: &HashMap<String, Arc<ClusterRuntime>>,
-    ) -> Result<TcpSplit, String> {
-        let clusters = backends
-            .iter()
-            .map(|b| {
-                clusters.get(&b.cluster).cloned().ok_or_else(|| {
-                    format!(
-                        "a weighted TCP backend names a missing cluster {:?}",
-                        b.cluster
-                    )
-                })
-            })
-            .collect::<Result<_, String>>()?;
-        Ok(TcpSplit {
-            pick: bearing_gateway::Weighted::new(backends.iter().map(|b| b.weight)),
-            clusters,
-        })
-    }
-}
-
-impl ListenerRuntime {
-    /// The cluster a new TCP connection goes to: the next of a split by weight, else the
-    /// listener's cluster.
-    fn tcp_cluster(&self) -> Option<&Arc<ClusterRuntime>> {
-        match &self.tcp_split {
-            Some(split) => split.pick.pick().and_then(|i| split.clusters.get(i)),
-            None => self.cluster.as_ref(),
-        }
-    }
-}
-
-/// How a downstream connection of a sidecar listener was admitted, for checking it against
-/// the listener's terms after a config change.
-#[derive(Clone)]
-pub(crate) enum Admission {
-    /// Without mesh mTLS: plaintext, or a listener that does not terminate it (gateway, zone
-    /// proxy).
-    Plaintext,
-    /// Mesh mTLS, the client certificate verified with this mesh state's CA.
-    MeshTls(Arc<MeshTlsRuntime>),
-}
-
-impl ListenerRuntime {
-    /// Whether this listener, as configured now, still admits a connection admitted as
-    /// `admission`: no mesh mTLS admits everything; mTLS admits plaintext only when
-    /// PERMISSIVE, and an mTLS connection only if its client certificate was verified with
-    /// the same CA certificate (after a CA change it must handshake again); a listener that
-    /// fails closed (`denied`) admits nothing. Gateway and zone proxy listeners are not
-    /// checked otherwise.
-    pub(crate) fn admits(&self, admission: &Admission) -> bool {
-        if self.denied.is_some() {
-            return false;
-        }
-        if self.gateway.is_some() || self.sni.is_some() {
-            return true;
-        }
-        match (&self.tls, admission) {
-            (None, _) => true,
-            (Some(DownstreamTlsRuntime::Unavailable(_)), _) => false,
-            (Some(DownstreamTlsRuntime::Ready { permissive, .. }), Admission::Plaintext) => {
-                *permissive
-            }
-            (Some(DownstreamTlsRuntime::Ready { mesh, .. }), Admission::MeshTls(verified)) => {
-                Arc::ptr_eq(mesh, verified)
-                    || mesh.config.ca_cert_pem == verified.config.ca_cert_pem
-            }
-        }
-    }
-}
-
-/// Whether a listener terminating `next` admits exactly what one terminating `old` admitted,
-/// so that it keeps the old one's epoch.
-fn same_terms(old: &Option<DownstreamTlsRuntime>, next: &Option<DownstreamTlsRuntime>) -> bool {
-    use DownstreamTlsRuntime::{Ready, Unavailable};
-    match (old, next) {
-        (None, None) | (Some(Unavailable(_)), Some(Unavailable(_))) => true,
-        (
-            Some(Ready {
-                mesh: a,
-                permissive: pa,
-                ..
-            }),
-            Some(Ready {
-                mesh: b,
-                permissive: pb,
-                ..
-            }),
-        ) => Arc::ptr_eq(a, b) && pa == pb,
-        _ => false,
-    }
-}
-
-/// How a listener terminates mesh mTLS.
-#[derive(Clone)]
-pub enum DownstreamTlsRuntime {
-    /// With this server config; plaintext is accepted too when `permissive`.
-    Ready {
-        /// The mesh's acceptor.
-        acceptor: bearing_tls::TlsAcceptor,
-        /// Kuma's PERMISSIVE mode: connections not starting with a TLS record are plaintext.
-        permissive: bool,
-        /// The mesh state the acceptor comes from (its CA verifies client certificates).
-        mesh: Arc<MeshTlsRuntime>,
-    },
-    /// The mesh's certificate could not be issued: connections are refused.
-    Unavailable(String),
-}
-
-impl DownstreamTlsRuntime {
-    /// The termination settings of `mesh` in `tls`.
-    pub fn for_mesh(tls: &MeshTlsSet, mesh: &str) -> Self {
-        match tls.get(mesh) {
-            Some(rt) => DownstreamTlsRuntime::Ready {
-                acceptor: rt.server.clone(),
-                permissive: rt.config.permissive,
-                mesh: rt.clone(),
-            },
-            None => DownstreamTlsRuntime::Unavailable(format!(
-                "mesh {mesh:?} has no usable mTLS certificate"
-            )),
-        }
-    }
-}
-
-/// PERMISSIVE mode: how long to wait for a client's first byte before treating the
-/// connection as plaintext (protocols where the server speaks first send nothing).
-const PERMISSIVE_SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// One applied config, ready for the hot path.
-pub struct Snapshot {
-    /// The config it was built from (None before the first config).
-    pub config: Option<Arc<ProxyConfig>>,
-    /// Every listener by address, whether it has a socket or is reached through capture.
-    listeners: HashMap<SocketAddr, Arc<ListenerRuntime>>,
-    /// Inbound listeners by port, for captured inbound connections to another local address.
-    inbound_ports: HashMap<u16, Arc<ListenerRuntime>>,
-    /// Transparent-proxy capture sockets by address.
-    captures: HashMap<SocketAddr, Arc<CapturePort>>,
-    /// Mesh mTLS state by mesh.
-    tls: MeshTlsSet,
-    /// Listeners of the config that could not be built, by name, with the reason: not ready.
-    build_errors: BTreeMap<String, String>,
-    /// Other parts of the config that cannot be served (a mesh certificate that cannot be
-    /// issued, a cluster without its TLS), by `mesh|cluster <name>`: not ready either.
-    serve_errors: BTreeMap<String, String>,
-}
-
-impl Snapshot {
-    fn empty() -> Self {
-        Snapshot {
-            config: None,
-            listeners: HashMap::new(),
-            inbound_ports: HashMap::new(),
-            captures: HashMap::new(),
-            tls: MeshTlsSet::default(),
-            build_errors: BTreeMap::new(),
-            serve_errors: BTreeMap::new(),
-        }
-    }
-
-    /// The listener at `address`, if this snapshot has one.
-    pub fn listener(&self, address: &SocketAddr) -> Option<&Arc<ListenerRuntime>> {
-        self.listeners.get(address)
-    }
-
-    /// The metrics of the listener or capture port whose socket is at `address`.
-    fn socket_stats(&self, address: &SocketAddr) -> Option<&ListenerStats> {
-        match self.captures.get(address) {
-            Some(port) => Some(&port.stats),
-            None => self.listeners.get(address).map(|l| &l.stats),
-        }
-    }
-
-    /// The sockets this snapshot needs bound: `(address, name, optional)`. An optional
-    /// socket (IPv6 capture) that cannot be bound because the host lacks IPv6 is skipped.
-    fn sockets(&self) -> Vec<(SocketAddr, &str, bool)> {
-        let listeners = self.listeners.values().map(|l| &l.config);
-        let own = listeners
-            .filter(|l| l.bind)
-            .map(|l| (l.address, l.name.as_str(), false));
-        let captures = self
-            .captures
-            .iter()
-            .map(|(a, c)| (*a, c.name.as_str(), a.is_ipv6()));
-        own.chain(captures).collect()
-    }
-
-    /// Where a connection captured on `port` with original destination `target` goes: the
-    /// listener at that address (inbound: else the inbound listener on that port, whatever
-    /// the local address, so IPv6 reaches the same inbound as IPv4), else passthrough when
-    /// allowed.
-    fn route_captured(&self, port: &CapturePort, capture: SocketAddr, target: SocketAddr) -> Route {
-        if target.port() == capture.port() {
-            return Route::Refuse(format!(
-                "{target} is the capture port itself; passing it through would loop"
-            ));
-        }
-        let exact = self.listeners.get(&target);
-        let found = exact
-            .filter(|l| l.config.direction == port.direction)
-            .or_else(|| match port.direction {
-                Direction::Inbound => self.inbound_ports.get(&target.port()),
-                Direction::Outbound => None,
-            });
-        match (found, port.direction) {
-            (Some(l), _) => Route::Listener(l.clone()),
-            (None, _) if !port.passthrough => Route::Refuse(format!(
-                "{target} is not a mesh destination and the mesh does not allow passthrough \
-                 (Mesh networking.outbound.passthrough: false)"
-            )),
-            (None, Direction::Outbound) => Route::Passthrough {
-                target,
-                source: None,
-            },
-            (None, Direction::Inbound) => Route::Passthrough {
-                target,
-                source: Some(capture::inbound_passthrough_source(&target)),
-            },
-        }
-    }
-
-    /// Every cluster's endpoint pools, for the next snapshot to take over or retire.
-    fn pools(&self) -> PreviousPools {
-        PreviousPools::of(self.listeners.values().flat_map(|l| {
-            let routes = l.sni.iter().flat_map(SniTable::clusters);
-            let routed = l.routes.iter().flat_map(|r| r.clusters());
-            let split = l.tcp_split.iter().flat_map(|s| &s.clusters);
-            let all = l.cluster.iter().chain(routes).chain(routed).chain(split);
-            all.map(Arc::as_ref)
-        }))
-    }
-}
 
 /// A bound socket's accept loop, stopped by cancelling `stop`.
 struct BoundListener {
@@ -356,7 +87,7 @@ impl Proxy {
             .header_read_timeout(gateway::HEADER_READ_TIMEOUT);
         Proxy {
             stats: Stats::new(),
-            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
             generation: AtomicU64::new(0),
             bound: Mutex::new(HashMap::new()),
             bind_errors: Mutex::new(BTreeMap::new()),
@@ -413,6 +144,7 @@ impl Proxy {
         self.stats.identities.set(tls.identities());
         // Epochs of listeners whose terms this config changes: cancelled once it is in force.
         let mut revoked = Vec::new();
+        let mut upstream_tls = UpstreamTlsContexts::default();
         let mut clusters = HashMap::new();
         for (name, c) in &config.clusters {
             let security = UpstreamSecurity::new(c.tls.as_ref(), &tls);
@@ -422,7 +154,8 @@ impl Proxy {
                 .map(|e| pools.take(c, e.address, &security))
                 .collect();
             let connector = c.tls.as_ref().map(|t| {
-                tls.upstream(t, upstream_alpn(c.protocol)).map_err(|e| {
+                let made = upstream_tls.connector(&previous.upstream_tls, t, c.protocol, &tls);
+                made.map_err(|e| {
                     tracing::error!(cluster = %name, "TLS unavailable: {e}; connections will fail");
                     unserved.insert(format!("cluster {name}"), format!("TLS unavailable: {e}"));
                     e
@@ -453,10 +186,16 @@ impl Proxy {
         };
         for l in &config.listeners {
             let cluster = clusters.get(&l.cluster).cloned();
+            // The gateway this listener had: same address and name.
+            let had = previous
+                .listeners
+                .get(&l.address)
+                .filter(|old| old.config.name == l.name)
+                .and_then(|old| old.gateway.as_ref());
             let gateway = match l
                 .gateway
                 .as_ref()
-                .map(|g| GatewayRuntime::build(g, &clusters, &tls))
+                .map(|g| GatewayRuntime::build(g, &clusters, &tls, had))
             {
                 Some(Err(e)) => {
                     not_built(&l.name, format!("gateway listener: {e}"));
@@ -534,7 +273,7 @@ impl Proxy {
                 .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
             let epoch = match previous.listeners.get(&l.address) {
                 Some(old)
-                    if same_terms(&old.tls, &downstream_tls)
+                    if DownstreamTlsRuntime::same_terms(&old.tls, &downstream_tls)
                         && old.config.deny_all == l.deny_all
                         && !old.epoch.is_cancelled() =>
                 {
@@ -589,6 +328,7 @@ impl Proxy {
             inbound_ports,
             captures,
             tls,
+            upstream_tls,
             build_errors,
             serve_errors: unserved,
         }));
@@ -696,54 +436,45 @@ impl Proxy {
         }
     }
 
+    /// Accepts on `socket`, the one at `address` (of this worker), until `stop`; each
+    /// connection goes to the capture port or listener the snapshot in force has there.
     async fn accept_loop(
         self: Arc<Self>,
         address: SocketAddr,
         socket: TcpListener,
         stop: CancellationToken,
     ) {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = socket.accept() => r,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors: the waiting connection is closed rather than left in
-                    // the backlog. Either way, back off instead of spinning.
-                    if crate::descriptors::is_exhausted(&e) && crate::descriptors::shed_one(&socket)
-                    {
-                        tracing::warn!(%address, "accept failed: {e}; a connection was closed unserved");
-                    } else {
-                        tracing::error!(%address, "accept failed: {e}");
-                    }
-                    if let Some(stats) = self.snapshot.load().socket_stats(&address) {
-                        stats.errors.inc();
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let snapshot = self.snapshot.load_full();
-            let proxy = self.clone();
-            if let Some(port) = snapshot.captures.get(&address).cloned() {
-                self.spawn_connection(stream, peer, move |stream| async move {
-                    let route = match capture::original_destination(&stream) {
-                        Ok(target) => snapshot.route_captured(&port, address, target),
-                        Err(e) => Route::Refuse(format!(
-                            "no original destination ({e}): not redirected by iptables"
-                        )),
-                    };
-                    // A long connection keeps only its listener, not the whole snapshot.
-                    drop(snapshot);
-                    proxy.serve_captured(route, &port, stream, peer).await;
-                });
-            } else if let Some(listener) = snapshot.listener(&address).cloned() {
-                self.spawn_connection(stream, peer, move |stream| {
-                    proxy.serve(listener, stream, peer)
-                });
+        let failed = || {
+            if let Some(stats) = self.snapshot.load().socket_stats(&address) {
+                stats.errors.inc();
             }
+        };
+        let accepted = |stream, peer| self.dispatch(address, stream, peer);
+        accept::run(address, socket, stop, failed, accepted).await;
+    }
+
+    /// Hands a connection accepted at `address` to the filter chain the snapshot in force
+    /// matches it to: the listener there, or, on a capture port, the one its original
+    /// destination names.
+    fn dispatch(self: &Arc<Self>, address: SocketAddr, stream: TcpStream, peer: SocketAddr) {
+        let snapshot = self.snapshot.load_full();
+        let proxy = self.clone();
+        if let Some(port) = snapshot.captures.get(&address).cloned() {
+            self.spawn_connection(stream, peer, move |stream| async move {
+                let route = match capture::original_destination(&stream) {
+                    Ok(target) => snapshot.route_captured(&port, address, target),
+                    Err(e) => Route::Refuse(format!(
+                        "no original destination ({e}): not redirected by iptables"
+                    )),
+                };
+                // A long connection keeps only its listener, not the whole snapshot.
+                drop(snapshot);
+                proxy.serve_captured(route, &port, stream, peer).await;
+            });
+        } else if let Some(listener) = snapshot.listener(&address).cloned() {
+            self.spawn_connection(stream, peer, move |stream| {
+                proxy.serve(listener, stream, peer)
+            });
         }
     }
 
@@ -793,7 +524,7 @@ impl Proxy {
         listener.stats.connections.inc();
         if let Some(denied) = &listener.denied {
             denied.inc();
-            capture::reset(&stream);
+            crate::io::reset(&stream);
             return;
         }
         listener.stats.active.inc();
@@ -807,16 +538,12 @@ impl Proxy {
         // large as the largest future it may run, and with all of them inline each idle
         // connection held 9 KB (10k idle connections: 95 MB).
         if let Some(table) = &listener.sni {
-            Box::pin(crate::sni::serve(
-                &self.stats,
-                stream,
-                &listener,
-                table,
-                peer,
-            ))
-            .await;
+            let name = &listener.config.name;
+            let serving =
+                crate::sni::serve(&self.stats, stream, name, &listener.stats, table, peer);
+            Box::pin(serving).await;
         } else if let Some(gw) = &listener.gateway {
-            Box::pin(gateway::serve(&self, stream, &listener, gw, peer)).await;
+            Box::pin(self.serve_gateway(stream, &listener, gw, peer)).await;
         } else {
             match &listener.tls {
                 None => {
@@ -837,36 +564,38 @@ impl Proxy {
         tls: &DownstreamTlsRuntime,
         peer: SocketAddr,
     ) {
-        let (acceptor, permissive, mesh) = match tls {
-            DownstreamTlsRuntime::Ready {
-                acceptor,
-                permissive,
-                mesh,
-            } => (acceptor, *permissive, mesh),
-            DownstreamTlsRuntime::Unavailable(reason) => {
-                self.stats.count_tls_handshake_error(&listener.config.name);
-                tracing::warn!(listener = %listener.config.name, %peer, "refused: {reason}");
-                capture::reset(&stream);
-                return;
-            }
-        };
-        if permissive
-            && !crate::sni::starts_with_tls_record(stream.get_ref(), PERMISSIVE_SNIFF_TIMEOUT).await
-        {
-            return self
-                .serve_stream(stream, listener, peer, Admission::Plaintext)
-                .await;
-        }
-        match acceptor.accept(stream, &listener.config.name, peer).await {
-            Ok(tls_stream) => {
-                let admission = Admission::MeshTls(mesh.clone());
-                self.serve_stream(tls_stream, listener, peer, admission)
+        let name = &listener.config.name;
+        match transport::terminate_mesh_tls(stream, tls, &self.stats, name, peer).await {
+            Some(Transported::Plain(stream)) => {
+                self.serve_stream(stream, listener, peer, Admission::Plaintext)
                     .await
             }
-            Err(e) => {
-                self.stats.count_tls_handshake_error(&listener.config.name);
-                tracing::info!(listener = %listener.config.name, %peer, "mTLS refused: {e}");
+            Some(Transported::Tls(stream, admission)) => {
+                self.serve_stream(stream, listener, peer, admission).await
             }
+            None => {}
+        }
+    }
+
+    /// Serves a connection of a builtin gateway listener: the gateway relays TCP and TLS
+    /// itself and hands HTTP (decrypted for HTTPS) back, to be served while it holds its
+    /// place under the listener's connection limit.
+    async fn serve_gateway(
+        self: &Arc<Self>,
+        stream: Counted<TcpStream>,
+        listener: &Arc<ListenerRuntime>,
+        gateway: &GatewayRuntime,
+        peer: SocketAddr,
+    ) {
+        let named = (listener.config.name.as_str(), &listener.stats);
+        let Some((_slot, http)) = gateway::serve(&self.stats, stream, named, gateway, peer).await
+        else {
+            return;
+        };
+        let (listener, admission) = (listener.clone(), Admission::Plaintext);
+        match http {
+            Transported::Plain(s) => self.clone().serve_http(s, listener, peer, admission).await,
+            Transported::Tls(s, _) => self.clone().serve_http(s, listener, peer, admission).await,
         }
     }
 
@@ -889,7 +618,7 @@ impl Proxy {
             let Some(cluster) = listener.tcp_cluster() else {
                 return;
             };
-            let relay = serve_tcp(
+            let relay = tcp_proxy::serve_tcp(
                 stream,
                 cluster,
                 &listener.stats,
@@ -973,7 +702,7 @@ impl Proxy {
                 port.stats.connections.inc();
                 port.stats.errors.inc();
                 tracing::warn!(listener = %port.name, %peer, "refused: {reason}");
-                capture::reset(&stream);
+                crate::io::reset(&stream);
             }
         }
     }
@@ -1063,7 +792,9 @@ impl Proxy {
                         refused
                     }
                     None => match &l.routes {
-                        Some(routes) => gateway::handle(req, &l, routes, peer).await,
+                        Some(routes) => {
+                            gateway::handle(req, (&l.config.name, &l.stats), routes, peer).await
+                        }
                         None => http_proxy::forward(req, &l).await,
                     },
                 };
@@ -1127,143 +858,6 @@ impl Proxy {
     }
 }
 
-/// Bytes read per system call in each direction of a TCP connection. tokio's default (8 KiB)
-/// made bulk transfers cost four times the system calls; 64 KiB is what one loopback read
-/// returns under load.
-pub(crate) const TCP_COPY_BUFFER: usize = 64 * 1024;
-
-/// Connects to `cluster` (an endpoint `wanted` accepts) and copies bytes both ways; with
-/// no endpoint the downstream connection is reset.
-pub(crate) async fn serve_tcp<S>(
-    mut down: S,
-    cluster: &ClusterRuntime,
-    stats: &ListenerStats,
-    listener: &str,
-    peer: SocketAddr,
-    wanted: impl Fn(&bearing_proxy_config::Endpoint) -> bool,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin,
-{
-    match cluster.connect_tcp_where(wanted).await {
-        Ok(mut up) => {
-            let copied = match (down.plain(), up.plain()) {
-                (Some(d), Some(u)) => crate::splice::copy_bidirectional(d, u).await,
-                _ => {
-                    let (b, b2) = (TCP_COPY_BUFFER, TCP_COPY_BUFFER);
-                    tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, b, b2).await
-                }
-            };
-            if let Err(e) = copied {
-                stats.errors.inc();
-                tracing::debug!(%listener, %peer, "connection ended: {e}");
-            }
-        }
-        Err(UpstreamError::Overflow(why)) => {
-            // Counted (`upstream_cx_overflow`); as Envoy's tcp_proxy, the client is closed.
-            tracing::debug!(%listener, cluster = %cluster.config.name, %peer, "circuit breaker: {why}; resetting connection");
-            capture::reset(&down);
-        }
-        Err(e) => {
-            tracing::warn!(%listener, cluster = %cluster.config.name, %peer, "{e}; resetting connection");
-            capture::reset(&down);
-        }
-    }
-}
-
-/// ALPN offered to TLS upstreams of a cluster speaking `protocol`.
-fn upstream_alpn(protocol: Protocol) -> &'static [&'static [u8]] {
-    match protocol {
-        Protocol::Http => &[b"http/1.1"],
-        Protocol::Http2 | Protocol::Grpc => &[b"h2"],
-        Protocol::Tcp => &[],
-    }
-}
-
-/// Binds `addresses`, in order, each with one socket per worker (`per_address`). Many sockets
-/// (a sidecar with a thousand outbounds) are bound on as many threads as there are cores: 1000
-/// listeners took 6 ms on one thread, 4 on two.
-fn bind_all(
-    addresses: &[SocketAddr],
-    per_address: usize,
-) -> Vec<std::io::Result<Vec<std::net::TcpListener>>> {
-    const PER_THREAD: usize = 64;
-    let bind = |address: &SocketAddr| bind_for_workers(*address, per_address);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(addresses.len() / PER_THREAD);
-    if threads <= 1 {
-        return addresses.iter().map(bind).collect();
-    }
-    let per = addresses.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = addresses
-            .chunks(per)
-            .map(|chunk| scope.spawn(move || chunk.iter().map(bind).collect::<Vec<_>>()))
-            .collect();
-        parts
-            .into_iter()
-            .zip(addresses.chunks(per))
-            .flat_map(|(part, chunk)| {
-                part.join().unwrap_or_else(|_| {
-                    chunk
-                        .iter()
-                        .map(|_| Err(std::io::Error::other("binding thread panicked")))
-                        .collect()
-                })
-            })
-            .collect()
-    })
-}
-
-/// How many sockets each listener gets: one per worker (a SO_REUSEPORT group), unless the
-/// listeners' sockets would then take more than half the descriptor limit, which is kept for
-/// connections (two descriptors per proxied one). Then one, accepted on by one worker, which
-/// hands connections to the others as `Workers::place` balances them (10k outbounds with 2
-/// workers took all of a 20000 limit).
-fn sockets_per_listener(workers: usize, listeners: usize) -> usize {
-    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(u64::MAX, |(soft, _)| soft);
-    if workers > 1 && (listeners as u64).saturating_mul(workers as u64) > limit / 2 {
-        1
-    } else {
-        workers
-    }
-}
-
-/// Binds `workers` listening sockets on `address`: one, or a SO_REUSEPORT group the kernel
-/// spreads new connections over (by their addresses' hash). Either way a port another socket
-/// holds without SO_REUSEPORT fails to bind.
-fn bind_for_workers(
-    address: SocketAddr,
-    workers: usize,
-) -> std::io::Result<Vec<std::net::TcpListener>> {
-    (0..workers).map(|_| bind(address, workers > 1)).collect()
-}
-
-/// Binds a listening socket with SO_REUSEADDR (restarts do not wait for TIME_WAIT), and
-/// SO_REUSEPORT when `shared` by several workers.
-fn bind(address: SocketAddr, shared: bool) -> std::io::Result<std::net::TcpListener> {
-    let domain = socket2::Domain::for_address(address);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if shared {
-        socket.set_reuse_port(true)?;
-    }
-    if address.is_ipv6() {
-        // `[::]:15001` must not also claim IPv4, which `0.0.0.0:15001` serves.
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
-}
-
-/// The host has no IPv6 (disabled kernel module or sysctl).
-fn is_family_unavailable(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(97)
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -1271,6 +865,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bearing_proxy_config::{Listener, Protocol};
 
     /// A sidecar config of one virtual inbound listener, with mesh mTLS from `ca` when given.
     fn inbound_config(ca: Option<(&bearing_tls::MeshCa, bool)>) -> Arc<ProxyConfig> {
@@ -1316,6 +911,209 @@ mod tests {
             mtls,
             kuma_endpoints: Default::default(),
         })
+    }
+
+    /// A sidecar config of `clusters` clusters named `backend-<i>`, each with mesh mTLS (SNI
+    /// `backend-<i>{mesh=default}<sni_suffix>`) to one endpoint `endpoint`, each behind a
+    /// virtual outbound listener, and mesh `default`'s mTLS from `ca`.
+    fn mtls_clusters_config(
+        ca: &bearing_tls::MeshCa,
+        clusters: usize,
+        sni_suffix: &str,
+        endpoint: SocketAddr,
+    ) -> Arc<ProxyConfig> {
+        use bearing_proxy_config::{Endpoint, UpstreamTls};
+        let mut config = (*inbound_config(None)).clone();
+        let base = config.listeners[0].clone();
+        config.version = format!("{clusters}{sni_suffix}");
+        config.mtls = [("default".into(), crate::mesh_tls::test_config(ca, false))].into();
+        config.listeners.clear();
+        config.clusters.clear();
+        for i in 0..clusters {
+            let name = format!("backend-{i}");
+            let mut cluster = crate::upstream::test_cluster(&name);
+            cluster.endpoints = vec![Endpoint {
+                address: endpoint,
+                origin: "test".into(),
+                tags: Default::default(),
+            }];
+            cluster.tls = Some(UpstreamTls::Mesh {
+                mesh: "default".into(),
+                sni: format!("{name}{{mesh=default}}{sni_suffix}"),
+                identity: format!("spiffe://default/{name}"),
+                server_ca_pem: None,
+            });
+            let address = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 80));
+            config.listeners.push(Listener {
+                name: format!("outbound:{address}"),
+                address,
+                direction: Direction::Outbound,
+                cluster: name.clone(),
+                service: name.clone(),
+                tls: None,
+                ..base.clone()
+            });
+            config.clusters.insert(name, cluster);
+        }
+        Arc::new(config)
+    }
+
+    /// A cluster's TLS context and endpoint pools survive an apply whose config makes them
+    /// from the same terms (one context per terms, kept by identity); a change of the
+    /// cluster's TLS gives it a new context and new pools, and the old pool's idle
+    /// connection is closed rather than reused.
+    #[tokio::test]
+    async fn tls_contexts_and_pools_are_kept_only_for_the_same_terms() {
+        use tokio::io::AsyncReadExt;
+        let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+        let ca = bearing_tls::MeshCa::generate("default").unwrap();
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = upstream.local_addr().unwrap();
+        let outbound: SocketAddr = "10.1.0.0:80".parse().unwrap();
+        // The context and the pool of cluster backend-0.
+        let state = |p: &Proxy| {
+            let snapshot = p.snapshot();
+            let cluster = snapshot
+                .listener(&outbound)
+                .unwrap()
+                .cluster
+                .clone()
+                .unwrap();
+            let tls = cluster.config.tls.clone().unwrap();
+            let made = snapshot
+                .upstream_tls
+                .made_for(&tls, cluster.config.protocol, &snapshot.tls);
+            let pool = cluster.rotation().next().unwrap().clone();
+            (made.unwrap(), pool, cluster)
+        };
+
+        proxy.apply(mtls_clusters_config(&ca, 2, "", endpoint));
+        let (context, pool, cluster) = state(&proxy);
+        assert!(context.is_ok(), "the context is built");
+        // An unrelated change (another version): the same context, the same pool.
+        proxy.apply(mtls_clusters_config(&ca, 3, "", endpoint));
+        let (kept, kept_pool, _) = state(&proxy);
+        assert!(Arc::ptr_eq(&context, &kept));
+        assert!(Arc::ptr_eq(&pool, &kept_pool));
+
+        // An idle connection in the pool, then the cluster's SNI changes.
+        let client = TcpStream::connect(endpoint).await.unwrap();
+        let (mut server_side, _) = upstream.accept().await.unwrap();
+        let counted = Counted::new(client, Default::default(), Default::default());
+        let idle = tokio_util::either::Either::Left(counted);
+        kept_pool.release_raw(idle, &cluster.stats.occupancy);
+        proxy.apply(mtls_clusters_config(&ca, 3, ".changed", endpoint));
+        let (rebuilt, new_pool, _) = state(&proxy);
+        assert!(
+            !Arc::ptr_eq(&kept, &rebuilt),
+            "new TLS terms: a new context"
+        );
+        assert!(
+            !Arc::ptr_eq(&kept_pool, &new_pool),
+            "new TLS terms: a new pool"
+        );
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(10), server_side.read(&mut byte));
+        assert_eq!(
+            closed.await.unwrap().unwrap(),
+            0,
+            "the old connection is closed"
+        );
+    }
+
+    /// Times applies of a config of 10k clusters (each behind a virtual outbound, as kuma-cp
+    /// sends a sidecar of a 10k-service mesh) with mesh mTLS, then with TLS to external
+    /// services (ExternalService `networking.tls`, a CA each): the first apply, the same
+    /// terms again, and one cluster more. A measurement, not a check: run it with
+    /// `cargo test -p bearing apply_of_10k_tls_clusters -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn apply_of_10k_tls_clusters() {
+        use bearing_proxy_config::{UpstreamTls, Verification};
+        let ca = bearing_tls::MeshCa::generate("default").unwrap();
+        let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let external = |config: Arc<ProxyConfig>| {
+            let mut config = (*config).clone();
+            for (name, cluster) in config.clusters.iter_mut() {
+                cluster.tls = Some(UpstreamTls::External {
+                    server_name: format!("{name}.example.com"),
+                    ca_pem: Some(ca.cert_pem().into()),
+                    client_cert_pem: None,
+                    client_key_pem: None,
+                    verification: Verification::Secured,
+                });
+            }
+            Arc::new(config)
+        };
+        let mesh = |n| mtls_clusters_config(&ca, n, "", endpoint);
+        for (kind, tls) in [("mesh mTLS", false), ("external TLS", true)] {
+            let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+            let config = |n| if tls { external(mesh(n)) } else { mesh(n) };
+            let steps = [
+                ("first", config(10_000)),
+                ("same terms", config(10_000)),
+                ("one cluster more", config(10_001)),
+            ];
+            for (what, config) in steps {
+                let started = std::time::Instant::now();
+                proxy.apply(config);
+                println!("{kind}, apply, {what}: {:?}", started.elapsed());
+            }
+            assert!(
+                proxy.serve_errors().is_empty(),
+                "{:?}",
+                proxy.serve_errors()
+            );
+        }
+    }
+
+    /// Applying the same mesh settings again keeps the mesh TLS state (its server context,
+    /// leaf and client contexts) by identity.
+    #[tokio::test]
+    async fn mesh_tls_state_is_kept_while_its_settings_are_the_same() {
+        let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+        let ca = bearing_tls::MeshCa::generate("default").unwrap();
+        let mesh = |p: &Proxy| p.snapshot().tls.get("default").cloned().unwrap();
+        proxy.apply(inbound_config(Some((&ca, false))));
+        let first = mesh(&proxy);
+        let mut other_version = (*inbound_config(Some((&ca, false)))).clone();
+        other_version.version = "another".into();
+        proxy.apply(Arc::new(other_version));
+        assert!(Arc::ptr_eq(&first, &mesh(&proxy)));
+        proxy.apply(inbound_config(Some((&ca, true))));
+        assert!(!Arc::ptr_eq(&first, &mesh(&proxy)), "PERMISSIVE: rebuilt");
+    }
+
+    /// A gateway listener's count of open connections survives an apply that changes
+    /// something else: the connection opened before still counts against `connectionLimit`.
+    #[tokio::test]
+    async fn a_gateway_connection_limit_is_not_reset_by_an_unrelated_apply() {
+        use bearing_proxy_config::{GatewayListener, GatewayProtocol};
+        let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+        let address: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let gateway_config = |version: &str| {
+            let mut config = (*inbound_config(None)).clone();
+            config.version = version.into();
+            config.listeners[0].gateway = Some(GatewayListener {
+                protocol: GatewayProtocol::Http,
+                hosts: Vec::new(),
+                tags: Default::default(),
+                connection_limit: Some(1),
+                cross_mesh: None,
+            });
+            Arc::new(config)
+        };
+        let gateway = |p: &Proxy| p.snapshot().listener(&address).cloned().unwrap();
+        proxy.apply(gateway_config("1"));
+        let first = gateway(&proxy);
+        let open = first.gateway.as_ref().unwrap().admit();
+        assert!(open.is_some());
+        proxy.apply(gateway_config("2"));
+        let second = gateway(&proxy);
+        assert!(!Arc::ptr_eq(&first, &second), "a new snapshot");
+        assert!(second.gateway.as_ref().unwrap().admit().is_none());
+        drop(open);
+        assert!(second.gateway.as_ref().unwrap().admit().is_some());
     }
 
     /// Each change of what the inbound admits cancels the epoch its connections watch, and
@@ -1370,14 +1168,6 @@ mod tests {
         let refusing = listener(&proxy);
         assert!(!refusing.admits(&Admission::Plaintext));
         assert!(!refusing.admits(&verified));
-    }
-
-    #[test]
-    fn listeners_get_a_socket_per_worker_while_descriptors_allow() {
-        assert_eq!(sockets_per_listener(1, 5), 1);
-        assert_eq!(sockets_per_listener(2, 5), 2);
-        // Listeners whose sockets would take more than half the limit: one socket each.
-        assert_eq!(sockets_per_listener(2, usize::MAX / 4), 1);
     }
 
     /// A mesh whose certificate cannot be issued (here: an identity without a service) keeps

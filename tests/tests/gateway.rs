@@ -931,22 +931,28 @@ fn keep_alive_connection_routes_each_request_and_outlives_five_idle_seconds() ->
     Ok(())
 }
 
-#[test]
-fn tcp_route_serves_redis() -> Result<()> {
-    let topo = topology(&["gw", "r", "client"])?;
-    let (gw, r, client) = (topo.host("gw"), topo.host("r"), topo.host("client"));
-    let redis = start_redis(r, 6379)?;
-    let store = write_store(
-        &topo,
+/// The gateway's TCP listener on [`TCP_PORT`] as a MeshGateway listener item: tagged
+/// `port: tcp-<port>` and `extra_tags`, with `extra` fields.
+fn tcp_listener(extra_tags: &str, extra: &str) -> String {
+    format!(
+        "  - {{port: {TCP_PORT}, protocol: TCP, tags: {{port: tcp-{TCP_PORT}{extra_tags}}}{extra}}}\n"
+    )
+}
+
+/// A store for the gateway on `gw` with the MeshGateway `listeners` and a TCP route from the
+/// [`tcp_listener`] to the redis on `redis` (host, port).
+fn redis_gateway_store(
+    topo: &Topology,
+    gw: &Host,
+    (r, port): (&Host, u16),
+    listeners: &str,
+) -> Result<PathBuf> {
+    write_store(
+        topo,
         &[
             ("gateway.yaml", gateway_dp(gw)),
-            (
-                "mesh-gateway.yaml",
-                mesh_gateway(&format!(
-                    "  - {{port: {TCP_PORT}, protocol: TCP, tags: {{port: tcp-{TCP_PORT}}}}}\n"
-                )),
-            ),
-            ("redis.yaml", backend_dp("redis", r, redis.port(), "tcp")),
+            ("mesh-gateway.yaml", mesh_gateway(listeners)),
+            ("redis.yaml", backend_dp("redis", r, port, "tcp")),
             (
                 "route.yaml",
                 gateway_route(
@@ -956,7 +962,16 @@ fn tcp_route_serves_redis() -> Result<()> {
                 ),
             ),
         ],
-    )?;
+    )
+}
+
+#[test]
+fn tcp_route_serves_redis() -> Result<()> {
+    let topo = topology(&["gw", "r", "client"])?;
+    let (gw, r, client) = (topo.host("gw"), topo.host("r"), topo.host("client"));
+    let redis = start_redis(r, 6379)?;
+    let listener = tcp_listener("", "");
+    let store = redis_gateway_store(&topo, gw, (r, redis.port()), &listener)?;
     let _proxy = start_gateway(gw, &store, &[TCP_LISTENER])?;
 
     let via_gateway = |args: &[&str]| redis_cli(client, gw.ip4(), TCP_PORT, args);
@@ -972,6 +987,55 @@ fn tcp_route_serves_redis() -> Result<()> {
         "the key is not in the backend redis"
     );
     Ok(())
+}
+
+/// A listener's `connectionLimit` counts the connections open on it across reloads: a
+/// connection held open through an unrelated store change still fills the limit of 1 (a
+/// reload used to start the count again from zero), and closing it frees the place.
+#[test]
+fn connection_limit_counts_connections_opened_before_a_reload() -> Result<()> {
+    let topo = topology(&["gw", "r", "client"])?;
+    let (gw, r, client) = (topo.host("gw"), topo.host("r"), topo.host("client"));
+    let redis = start_redis(r, 6379)?;
+    let limited = |tags: &str| tcp_listener(tags, ", resources: {connectionLimit: 1}");
+    let store = redis_gateway_store(&topo, gw, (r, redis.port()), &limited(""))?;
+    let proxy = start_gateway(gw, &store, &[TCP_LISTENER])?;
+    let ping = || redis_cli(client, gw.ip4(), TCP_PORT, ["PING"]);
+    let refused = || !matches!(ping(), Ok(pong) if pong == "PONG");
+    ensure!(ping()? == "PONG", "PING through the gateway");
+
+    // One connection held open: the only place under the limit.
+    let held = client.spawn(
+        "socat",
+        [
+            format!("TCP:{}:{TCP_PORT}", gw.ip4()),
+            "SYSTEM:sleep 120".to_string(),
+        ],
+    )?;
+    let active =
+        format!("bearing_listener_downstream_connections_active{{listener=\"{TCP_LISTENER}\"}}");
+    wait_until(APPLY_TIMEOUT, || proxy.metric(&active).ok() == Some(1.0))
+        .context("the held connection never became active")?;
+    ensure!(refused(), "a second connection passed a limit of 1");
+
+    // A change that keeps the listener: one more tag on it.
+    let applied = proxy.metric("bearing_config_applied_total")?;
+    let retagged = mesh_gateway(&limited(", version: v2"));
+    write_store_file(&store, "mesh-gateway.yaml", &retagged)?;
+    wait_until(APPLY_TIMEOUT, || {
+        proxy.metric("bearing_config_applied_total").ok() > Some(applied)
+    })
+    .context("the store change was not applied")?;
+    ensure!(
+        refused(),
+        "after a reload a second connection passed the limit: the count was reset"
+    );
+
+    held.kill();
+    wait_until_ok(APPLY_TIMEOUT, || match ping() {
+        Ok(pong) if pong == "PONG" => Ok(()),
+        other => bail!("once the held connection closed: {other:?}"),
+    })
 }
 
 /// What one client saw while the route changed: the service of each 200, or a failure.

@@ -22,7 +22,7 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
 use crate::stack::{
-    check_sni, context_builder, ssl_err, verified_leaf_uris, CertifiedKey, ClientMesh, ServerCheck,
+    check_sni, context_builder, ssl_err, CertifiedKey, ClientMesh, ServerCheck,
 };
 use crate::{Identity, MeshCa, TlsAcceptor, TlsConnector, TlsError};
 
@@ -172,13 +172,22 @@ pub(crate) fn tls12_and_13(b: &mut SslContextBuilder, what: &'static str) -> Res
 /// `expected` (e.g. `spiffe://default/backend`): TLS 1.3, ALPN `kuma`, the identity's current
 /// certificate as client certificate, and the server accepted only if its chain leads to the
 /// mesh CA and one of its URI SANs equals `expected`. Give it the SNI with
-/// [`TlsConnector::with_sni`].
+/// [`TlsConnector::with_sni`]. Connectors to many destinations share one context when made
+/// from one [`mesh_client`].
 pub fn mesh_connector(
     ca: &MeshCa,
     identity: Arc<Identity>,
     expected: &str,
 ) -> Result<TlsConnector, TlsError> {
-    client_connector(mesh_roots(ca)?, identity, expected)
+    mesh_client(ca, identity)?.expecting(expected)
+}
+
+/// The client side of mesh mTLS for `identity` under mesh CA `ca`, before a destination is
+/// named: one TLS context (rebuilt when the leaf renews) that the connectors to every
+/// destination share, each checking its own SPIFFE id per connection. A mesh proxy with 10k
+/// destinations builds one context, not 10k.
+pub fn mesh_client(ca: &MeshCa, identity: Arc<Identity>) -> Result<MeshClient, TlsError> {
+    client_contexts(mesh_roots(ca)?, identity)
 }
 
 /// The client side of mesh mTLS towards a cross-mesh gateway of another mesh: this proxy's
@@ -190,45 +199,44 @@ pub fn cross_mesh_connector(
     expected: &str,
 ) -> Result<TlsConnector, TlsError> {
     let roots = ca_certs(&[server_ca_pem], "mesh CA certificate PEM")?;
-    client_connector(roots, identity, expected)
+    client_contexts(roots, identity)?.expecting(expected)
 }
 
-fn client_connector(
-    roots: Vec<X509>,
-    identity: Arc<Identity>,
-    expected: &str,
-) -> Result<TlsConnector, TlsError> {
-    if !expected.starts_with("spiffe://") {
-        return Err(TlsError::Invalid {
-            field: "expected SPIFFE id",
-            reason: format!("{expected:?} does not start with spiffe://"),
-        });
+/// Mesh mTLS client contexts not yet bound to a destination: [`MeshClient::expecting`] makes
+/// the connector towards one. No connection can be made without naming the server's
+/// identity.
+pub struct MeshClient(TlsConnector);
+
+impl MeshClient {
+    /// The connector that accepts only a server presenting `expected` (a SPIFFE id), sharing
+    /// this client's contexts.
+    pub fn expecting(&self, expected: &str) -> Result<TlsConnector, TlsError> {
+        if !expected.starts_with("spiffe://") {
+            return Err(TlsError::Invalid {
+                field: "expected SPIFFE id",
+                reason: format!("{expected:?} does not start with spiffe://"),
+            });
+        }
+        Ok(self.0.checking(ServerCheck::Spiffe(expected.into())))
     }
-    let expected: Arc<str> = expected.into();
-    let wanted = expected.clone();
+}
+
+/// Mesh client contexts trusting `roots` and presenting `identity`; the server's SPIFFE id is
+/// checked per connection (`ServerCheck::Spiffe`).
+fn client_contexts(roots: Vec<X509>, identity: Arc<Identity>) -> Result<MeshClient, TlsError> {
     let build = move |leaf: &CertifiedKey| -> Result<SslContext, TlsError> {
         let what = "mesh client TLS context";
         let mut b = context_builder(what)?;
         tls13_only(&mut b, what)?;
         b.set_cert_store(store_of(&roots)?);
-        let wanted = wanted.clone();
-        // After the chain check, the leaf (depth 0) must carry the expected SPIFFE id.
-        b.set_verify_callback(SslVerifyMode::PEER, move |chain_ok, ctx| {
-            let Some(uris) = verified_leaf_uris(chain_ok, ctx) else {
-                return chain_ok;
-            };
-            let carries = uris.iter().any(|uri| **uri == *wanted);
-            if !carries {
-                ctx.set_error(Err(X509VerifyError::APPLICATION_VERIFICATION));
-            }
-            carries
-        });
+        b.set_verify(SslVerifyMode::PEER);
         leaf.install(&mut b).map_err(ssl_err(what))?;
         b.set_alpn_protos(&alpn_wire(&[KUMA_ALPN])?)
             .map_err(ssl_err(what))?;
         Ok(b.build())
     };
-    TlsConnector::for_identity(identity, Box::new(build), ServerCheck::Spiffe(expected))
+    let contexts = TlsConnector::for_identity(identity, Box::new(build), ServerCheck::None)?;
+    Ok(MeshClient(contexts))
 }
 
 /// Checks that `certs` (leaf first, then intermediates) chain to `ca` and are valid now, as a
@@ -429,6 +437,34 @@ mod tests {
                 && err.contains("127.0.0.1:1"),
             "{err}"
         );
+    }
+
+    /// The connectors one mesh client makes towards different destinations share its
+    /// context, and each still checks its own destination's SPIFFE id: the one expecting
+    /// `backend` completes the handshake, the one expecting `db`, made after it from the
+    /// same client, is refused by the same server, and `backend`'s works again after that.
+    #[tokio::test]
+    async fn connectors_of_one_mesh_client_check_each_their_own_identity() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
+        let client = mesh_client(&ca, identity(&ca, "web")).unwrap();
+        let backend = client.expecting("spiffe://default/backend").unwrap();
+        let db = client.expecting("spiffe://default/db").unwrap();
+        assert!(backend.shares_contexts(&db), "one shared context");
+        let (_, c) = handshake(&server, &backend).await;
+        assert_eq!(c.unwrap().peer_spiffe_ids(), ["spiffe://default/backend"]);
+        let (_, c) = handshake(&server, &db).await;
+        let err = c.unwrap_err().to_string();
+        assert!(
+            err.contains("expected URI SAN spiffe://default/db"),
+            "{err}"
+        );
+        let (_, c) = handshake(&server, &backend).await;
+        assert!(
+            c.is_ok(),
+            "the other connector's check did not stay on the context"
+        );
+        assert!(client.expecting("backend").is_err(), "not a SPIFFE id");
     }
 
     /// A mesh server admits a client of its CA only with a SPIFFE id of its own mesh (Kuma's

@@ -29,8 +29,8 @@ pub use ca::{
     builtin_secret_names, builtin_secrets_yaml, identity_secret_name, secret_yaml, MeshCa,
 };
 pub use config::{
-    cross_mesh_acceptor, cross_mesh_connector, external_connector, mesh_acceptor, mesh_connector,
-    ServerVerification, KUMA_ALPN,
+    cross_mesh_acceptor, cross_mesh_connector, external_connector, mesh_acceptor, mesh_client,
+    mesh_connector, MeshClient, ServerVerification, KUMA_ALPN,
 };
 pub use error::TlsError;
 pub use gateway::{certified_key, gateway_acceptor};

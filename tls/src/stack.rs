@@ -20,6 +20,7 @@ use boring::ex_data::Index;
 use boring::pkey::{PKey, Private};
 use boring::ssl::{
     NameType, SniError, Ssl, SslAlert, SslContext, SslContextBuilder, SslMethod, SslRef,
+    SslVerifyMode,
 };
 use boring::x509::{X509Ref, X509StoreContext, X509StoreContextRef, X509VerifyError, X509};
 use rustls_pki_types::CertificateDer;
@@ -429,12 +430,13 @@ impl TlsAcceptor {
 /// How a [`TlsConnector`] checks the server, beyond the chain its context verifies.
 #[derive(Clone)]
 pub(crate) enum ServerCheck {
-    /// Nothing more (mesh: the SPIFFE id is checked by the context; SkipSan, SkipAll).
+    /// Nothing more (SkipSan, SkipAll).
     None,
     /// The certificate must be valid for this DNS name or IP address (external, Secured).
     Name(Arc<str>),
-    /// The certificate must carry this SPIFFE id (already enforced by the context; named in
-    /// the error when it does not).
+    /// The certificate must carry this SPIFFE id: a mesh client context is shared by the
+    /// connectors to every destination, so each connection checks its own (and names it in
+    /// the error when the server does not carry it).
     Spiffe(Arc<str>),
 }
 
@@ -530,17 +532,47 @@ impl TlsConnector {
         }
     }
 
-    /// Sets the SNI and the name check on one connection.
+    /// Whether both connectors use the same contexts (tests of sharing).
+    #[cfg(test)]
+    pub(crate) fn shares_contexts(&self, other: &TlsConnector) -> bool {
+        Arc::ptr_eq(&self.contexts, &other.contexts)
+    }
+
+    /// This connector's contexts with `check` instead of its own, and no SNI.
+    pub(crate) fn checking(&self, check: ServerCheck) -> TlsConnector {
+        TlsConnector {
+            contexts: self.contexts.clone(),
+            sni: None,
+            check,
+        }
+    }
+
+    /// Sets the SNI and the server check on one connection.
     fn prepare(&self, ssl: &mut SslRef) -> Result<(), ErrorStack> {
         if let Some(sni) = &self.sni {
             // Checked by `with_sni`: no NUL byte, so this cannot fail on the name itself.
             ssl.set_hostname(sni)?;
         }
-        if let ServerCheck::Name(name) = &self.check {
-            match name.parse::<IpAddr>() {
+        match &self.check {
+            ServerCheck::Name(name) => match name.parse::<IpAddr>() {
                 Ok(ip) => ssl.param_mut().set_ip(ip)?,
                 Err(_) => ssl.param_mut().set_host(name)?,
+            },
+            ServerCheck::Spiffe(expected) => {
+                // After the chain check, the leaf (depth 0) must carry the expected SPIFFE id.
+                let wanted = expected.clone();
+                ssl.set_verify_callback(SslVerifyMode::PEER, move |chain_ok, ctx| {
+                    let Some(uris) = verified_leaf_uris(chain_ok, ctx) else {
+                        return chain_ok;
+                    };
+                    let carries = uris.iter().any(|uri| **uri == *wanted);
+                    if !carries {
+                        ctx.set_error(Err(X509VerifyError::APPLICATION_VERIFICATION));
+                    }
+                    carries
+                });
             }
+            ServerCheck::None => {}
         }
         Ok(())
     }

@@ -235,8 +235,9 @@ pub struct SniRoute {
     pub terminate: Option<DownstreamTls>,
 }
 
-/// TLS a cluster originates towards its endpoints.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// TLS a cluster originates towards its endpoints (hashed: the runtime keeps the TLS context
+/// made from equal settings across reloads).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum UpstreamTls {
     /// Mesh mTLS: this proxy's certificate in `mesh`, SNI `sni`, and the server must present
@@ -270,7 +271,7 @@ pub enum UpstreamTls {
 }
 
 /// Server certificate checks for external TLS (Kuma's `verification.mode`).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
 pub enum Verification {
     /// Chain to the CA and the server name.
     Secured,

@@ -1,0 +1,92 @@
+//! The filter-chain match stage: the listener a connection is served by (found by its
+//! address, or by the original destination of a captured connection, in the applied
+//! snapshot), with what its chain runs: the transport it terminates, the network filter (TCP
+//! proxy to a cluster or a weighted split, SNI routing, a builtin gateway, HTTP with or
+//! without a route table) and the clusters behind it.
+
+use std::sync::Arc;
+
+use bearing_proxy_config::Listener;
+use prometheus_client::metrics::counter::Counter;
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::{GatewayRuntime, HttpRoutes};
+use crate::sni::SniTable;
+use crate::stats::ListenerStats;
+use crate::tcp_proxy::TcpSplit;
+use crate::transport::{Admission, DownstreamTlsRuntime};
+use crate::upstream::ClusterRuntime;
+
+/// A listener of the applied config with its cluster and metrics.
+pub struct ListenerRuntime {
+    /// The listener as compiled.
+    pub config: Listener,
+    /// Where its traffic goes (none for SNI-routing listeners, which have `sni`).
+    pub cluster: Option<Arc<ClusterRuntime>>,
+    /// Mesh mTLS this listener terminates.
+    pub tls: Option<DownstreamTlsRuntime>,
+    /// Zone ingress / egress: destinations by SNI.
+    pub sni: Option<SniTable>,
+    /// Builtin gateway listener: routes and backends.
+    pub gateway: Option<GatewayRuntime>,
+    /// Routes of its HTTP requests (a gateway's, or a sidecar's route table); `None`: every
+    /// request goes to `cluster`.
+    pub routes: Option<Arc<HttpRoutes>>,
+    /// A TCP listener splitting connections over several clusters by weight.
+    pub tcp_split: Option<TcpSplit>,
+    /// Its metrics.
+    pub stats: ListenerStats,
+    /// Present when the listener refuses everything (`Listener::deny_all`): counts what it
+    /// refuses (`bearing_rbac_denied_total`).
+    pub denied: Option<Counter>,
+    /// Cancelled when a later config changes what this listener admits (mesh mTLS turned on
+    /// or off, PERMISSIVE to STRICT, another CA), and at drain (a child of the drain token):
+    /// its connections then check, between requests, that they may go on. Shared with the
+    /// listeners at its address that the following configs build with the same terms.
+    pub(crate) epoch: CancellationToken,
+}
+
+impl ListenerRuntime {
+    /// The cluster a new TCP connection goes to: the next of a split by weight, else the
+    /// listener's cluster.
+    pub(crate) fn tcp_cluster(&self) -> Option<&Arc<ClusterRuntime>> {
+        match &self.tcp_split {
+            Some(split) => split.pick(),
+            None => self.cluster.as_ref(),
+        }
+    }
+
+    /// Every cluster this listener sends to (a cluster may be listed more than once).
+    pub(crate) fn clusters(&self) -> impl Iterator<Item = &Arc<ClusterRuntime>> {
+        let routes = self.sni.iter().flat_map(SniTable::clusters);
+        let routed = self.routes.iter().flat_map(|r| r.clusters());
+        let split = self.tcp_split.iter().flat_map(TcpSplit::clusters);
+        self.cluster.iter().chain(routes).chain(routed).chain(split)
+    }
+
+    /// Whether this listener, as configured now, still admits a connection admitted as
+    /// `admission`: no mesh mTLS admits everything; mTLS admits plaintext only when
+    /// PERMISSIVE, and an mTLS connection only if its client certificate was verified with
+    /// the same CA certificate (after a CA change it must handshake again); a listener that
+    /// fails closed (`denied`) admits nothing. Gateway and zone proxy listeners are not
+    /// checked otherwise.
+    pub(crate) fn admits(&self, admission: &Admission) -> bool {
+        if self.denied.is_some() {
+            return false;
+        }
+        if self.gateway.is_some() || self.sni.is_some() {
+            return true;
+        }
+        match (&self.tls, admission) {
+            (None, _) => true,
+            (Some(DownstreamTlsRuntime::Unavailable(_)), _) => false,
+            (Some(DownstreamTlsRuntime::Ready { permissive, .. }), Admission::Plaintext) => {
+                *permissive
+            }
+            (Some(DownstreamTlsRuntime::Ready { mesh, .. }), Admission::MeshTls(verified)) => {
+                Arc::ptr_eq(mesh, verified)
+                    || mesh.config.ca_cert_pem == verified.config.ca_cert_pem
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The transport stage: what a downstream connection's bytes are before a network filter
+//! reads them. A listener terminating mesh mTLS handshakes here (in PERMISSIVE mode, a
+//! connection whose first byte does not start a TLS record stays plaintext), and the SNI of a
+//! ClientHello is peeked without consuming it, for the listeners that route by it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bearing_tls::{parse_client_hello, ClientHello, TlsStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::io::TcpBacked;
+use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
+use crate::stats::Stats;
+
+/// Largest ClientHello read: one TLS record (16 KiB) plus its header.
+const MAX_CLIENT_HELLO: usize = 16 * 1024 + 5;
+/// Time a client has to send its ClientHello.
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// PERMISSIVE mode: how long to wait for a client's first byte before treating the
+/// connection as plaintext (protocols where the server speaks first send nothing).
+const PERMISSIVE_SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How a listener terminates mesh mTLS.
+#[derive(Clone)]
+pub enum DownstreamTlsRuntime {
+    /// With this server config; plaintext is accepted too when `permissive`.
+    Ready {
+        /// The mesh's acceptor.
+        acceptor: bearing_tls::TlsAcceptor,
+        /// Kuma's PERMISSIVE mode: connections not starting with a TLS record are plaintext.
+        permissive: bool,
+        /// The mesh state the acceptor comes from (its CA verifies client certificates).
+        mesh: Arc<MeshTlsRuntime>,
+    },
+    /// The mesh's certificate could not be issued: connections are refused.
+    Unavailable(String),
+}
+
+impl DownstreamTlsRuntime {
+    /// The termination settings of `mesh` in `tls`.
+    pub fn for_mesh(tls: &MeshTlsSet, mesh: &str) -> Self {
+        match tls.get(mesh) {
+            Some(rt) => DownstreamTlsRuntime::Ready {
+                acceptor: rt.server.clone(),
+                permissive: rt.config.permissive,
+                mesh: rt.clone(),
+            },
+            None => DownstreamTlsRuntime::Unavailable(format!(
+                "mesh {mesh:?} has no usable mTLS certificate"
+            )),
+        }
+    }
+
+    /// Whether a listener terminating `next` admits exactly what one terminating `old`
+    /// admitted, so that its connections need not be checked again.
+    pub fn same_terms(old: &Option<Self>, next: &Option<Self>) -> bool {
+        use DownstreamTlsRuntime::{Ready, Unavailable};
+        match (old, next) {
+            (None, None) | (Some(Unavailable(_)), Some(Unavailable(_))) => true,
+            (
+                Some(Ready {
+                    mesh: a,
+                    permissive: pa,
+                    ..
+                }),
+                Some(Ready {
+                    mesh: b,
+                    permissive: pb,
+                    ..
+                }),
+            ) => Arc::ptr_eq(a, b) && pa == pb,
+            _ => false,
+        }
+    }
+}
+
+/// How a downstream connection of a sidecar listener was admitted, for checking it against
+/// the listener's terms after a config change.
+#[derive(Clone)]
+pub(crate) enum Admission {
+    /// Without mesh mTLS: plaintext, or a listener that does not terminate it (gateway, zone
+    /// proxy).
+    Plaintext,
+    /// Mesh mTLS, the client certificate verified with this mesh state's CA.
+    MeshTls(Arc<MeshTlsRuntime>),
+}
+
+/// A downstream connection as the transport stage hands it to a network filter.
+pub(crate) enum Transported<S> {
+    /// Its bytes as received: plaintext.
+    Plain(S),
+    /// Decrypted, admitted as the handshake's verification says.
+    Tls(TlsStream<S>, Admission),
+}
+
+/// Terminates mesh mTLS on `stream` as `tls` says (or, in PERMISSIVE mode, takes plaintext).
+/// `None` when the connection is refused (logged and counted as a handshake error of
+/// `listener`).
+pub(crate) async fn terminate_mesh_tls<S>(
+    stream: S,
+    tls: &DownstreamTlsRuntime,
+    stats: &Stats,
+    listener: &str,
+    peer: std::net::SocketAddr,
+) -> Option<Transported<S>>
+where
+    S: AsyncRead + AsyncWrite + TcpBacked + Unpin,
+{
+    let (acceptor, permissive, mesh) = match tls {
+        DownstreamTlsRuntime::Ready {
+            acceptor,
+            permissive,
+            mesh,
+        } => (acceptor, *permissive, mesh),
+        DownstreamTlsRuntime::Unavailable(reason) => {
+            stats.count_tls_handshake_error(listener);
+            tracing::warn!(%listener, %peer, "refused: {reason}");
+            crate::io::reset(&stream);
+            return None;
+        }
+    };
+    if permissive && !starts_with_tls_record(stream.tcp(), PERMISSIVE_SNIFF_TIMEOUT).await {
+        return Some(Transported::Plain(stream));
+    }
+    match acceptor.accept(stream, listener, peer).await {
+        Ok(tls_stream) => Some(Transported::Tls(
+            tls_stream,
+            Admission::MeshTls(mesh.clone()),
+        )),
+        Err(e) => {
+            stats.count_tls_handshake_error(listener);
+            tracing::info!(%listener, %peer, "mTLS refused: {e}");
+            None
+        }
+    }
+}
+
+/// The SNI of the ClientHello waiting in `stream`, read without consuming it.
+pub(crate) async fn read_sni(stream: &TcpStream) -> Result<String, String> {
+    let deadline = Instant::now() + CLIENT_HELLO_TIMEOUT;
+    let mut buf = vec![0u8; MAX_CLIENT_HELLO];
+    let mut seen = 0;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let n = match tokio::time::timeout(remaining, stream.peek(&mut buf)).await {
+            Ok(Ok(0)) => return Err("closed before sending a ClientHello".into()),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(format!("cannot read the ClientHello: {e}")),
+            Err(_) => return Err("no complete ClientHello in time".into()),
+        };
+        match parse_client_hello(&buf[..n]) {
+            ClientHello::Parsed { sni: Some(sni), .. } => return Ok(sni.to_string()),
+            ClientHello::Parsed { sni: None, .. } => {
+                return Err("the ClientHello names no server (SNI)".into())
+            }
+            ClientHello::NotTls => return Err("not a TLS connection".into()),
+            ClientHello::Invalid(why) => return Err(format!("malformed ClientHello: {why}")),
+            ClientHello::Incomplete if n >= MAX_CLIENT_HELLO => {
+                return Err("ClientHello larger than one TLS record".into())
+            }
+            ClientHello::Incomplete => {
+                // `peek` returns at once while data is buffered: wait for more to arrive.
+                if n == seen {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                seen = n;
+            }
+        }
+    }
+}
+
+/// Whether the first byte waiting in `stream` starts a TLS record (PERMISSIVE mode tells
+/// mTLS from plaintext by it). A client that sends nothing in time counts as plaintext.
+pub async fn starts_with_tls_record(stream: &TcpStream, limit: Duration) -> bool {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limit, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => bearing_tls::is_tls_record_start(first[0]),
+        _ => false,
+    }
+}
