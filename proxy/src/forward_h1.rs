@@ -512,7 +512,7 @@ where
             let _request_unit = match cluster.request_unit(&*cluster.stats.occupancy) {
                 Ok(unit) => unit,
                 Err(failure) => {
-                    pool.release_raw(up, &cluster.stats.occupancy);
+                    pool.release(up, &cluster.stats.occupancy);
                     return Box::pin(local_reply(down, cluster, failure, request, response.edits))
                         .await;
                 }
@@ -705,7 +705,7 @@ where
         if let (false, true, Some(tcp)) = (spliced, buf.len() < buf.capacity(), up.plain()) {
             crate::io::forget_readable(tcp.get_ref());
         }
-        pool.release_raw(up, &cluster.stats.occupancy);
+        pool.release(up, &cluster.stats.occupancy);
     }
     Answer {
         status: head.status,

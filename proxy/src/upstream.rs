@@ -32,7 +32,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::body::MessageBody;
 use crate::circuit::{Held, Occupancy, Overflow, Resource};
@@ -147,12 +147,12 @@ type UpstreamIo = TokioIo<UpstreamStream>;
 /// Pooled connections to one endpoint of one cluster.
 pub struct EndpointPool {
     address: SocketAddr,
-
-    idle_h1: PerWorker<http1::SendRequest<RequestBody>>,
+    /// Idle HTTP/1.1 connections, owned by no task: the one pool both codecs take from and
+    /// return to (the byte codec writes on them itself, hyper's client is started on one for
+    /// each exchange and hands it back when the exchange ends).
+    idle: PerWorker<UpstreamStream>,
     /// Each worker's multiplexed connection (at most one), shared by that worker's requests.
     h2: PerWorker<H2Slot>,
-    /// Idle HTTP/1.1 connections of the byte path (`forward_h1`), owned by no task.
-    idle_raw: PerWorker<UpstreamStream>,
 }
 
 /// Connections of one endpoint, each kept for the worker that opened it: its socket is
@@ -168,13 +168,6 @@ struct PerWorker<T>(Mutex<WorkerLists<T>>);
 struct WorkerLists<T> {
     retired: bool,
     lists: Vec<(usize, Vec<T>)>,
-}
-
-/// What to do with an idle connection found while looking for one to use.
-enum Found {
-    Use,
-    Keep,
-    Drop,
 }
 
 impl<T> PerWorker<T> {
@@ -213,16 +206,13 @@ impl<T> PerWorker<T> {
         std::mem::take(&mut state.lists)
     }
 
-    /// The newest of this worker's connections `judge` says to use; on the way, the ones it
-    /// says to drop are dropped.
-    fn take(&self, mut judge: impl FnMut(&mut T) -> Found) -> Option<T> {
+    /// The newest of this worker's connections `usable` accepts; on the way, the newer ones
+    /// it refuses are dropped.
+    fn take(&self, mut usable: impl FnMut(&mut T) -> bool) -> Option<T> {
         self.mine(|idle| {
-            for i in (0..idle.len()).rev() {
-                match judge(&mut idle[i]) {
-                    Found::Use => return Some(idle.swap_remove(i)),
-                    Found::Keep => {}
-                    // Moves the last one, already looked at, into `i`.
-                    Found::Drop => drop(idle.swap_remove(i)),
+            while let Some(mut newest) = idle.pop() {
+                if usable(&mut newest) {
+                    return Some(newest);
                 }
             }
             None
@@ -269,9 +259,8 @@ impl EndpointPool {
     pub fn new(address: SocketAddr) -> Arc<Self> {
         Arc::new(EndpointPool {
             address,
-            idle_h1: PerWorker::new(),
+            idle: PerWorker::new(),
             h2: PerWorker::new(),
-            idle_raw: PerWorker::new(),
         })
     }
 
@@ -283,57 +272,29 @@ impl EndpointPool {
     /// Takes the pool out of service: its idle connections close now, and connections in
     /// use close when their exchange ends instead of coming back.
     fn retire(&self) {
-        // Dropped here, outside the locks: a closed HTTP/1 sender or HTTP/2 handle ends its
-        // connection (HTTP/2: once its open streams finish), a raw stream closes.
-        drop((
-            self.idle_h1.retire(),
-            self.h2.retire(),
-            self.idle_raw.retire(),
-        ));
+        // Dropped here, outside the locks: an idle stream closes, a closed HTTP/2 handle ends
+        // its connection once its open streams finish.
+        drop((self.idle.retire(), self.h2.retire()));
     }
 
-    /// An idle connection ready for a request now. Connections still finishing a previous
-    /// exchange (an upload the upstream answered early) stay pooled for later.
-    fn take_idle_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
-        self.idle_h1.take(|s| match (s.is_closed(), s.is_ready()) {
-            (true, _) => Found::Drop,
-            (false, true) => Found::Use,
-            (false, false) => Found::Keep,
-        })
-    }
-
-    /// Keeps a connection whose response ended for the next request, unless requests wait
-    /// for a connection of the cluster: then it closes, so that one of them, on any worker,
-    /// can open its own.
-    fn release_h1(&self, sender: http1::SendRequest<RequestBody>, occupancy: &Occupancy) {
-        if !sender.is_closed() && !occupancy.has_waiters() {
-            self.idle_h1.put(sender);
-        }
-    }
-
-    /// An idle byte-path connection that has neither closed nor sent anything since its last
+    /// An idle HTTP/1.1 connection that has neither closed nor sent anything since its last
     /// response; the others are dropped.
-    fn take_idle_raw(&self) -> Option<UpstreamStream> {
-        self.idle_raw.take(|stream| {
-            if is_quiet(stream) {
-                Found::Use
-            } else {
-                Found::Drop
-            }
-        })
+    fn take_idle(&self) -> Option<UpstreamStream> {
+        self.idle.take(is_quiet)
     }
 
-    /// Returns a byte-path connection whose last response was read to its end; it closes
-    /// instead when requests wait for a connection of the cluster (as in `release_h1`).
-    pub(crate) fn release_raw(&self, stream: UpstreamStream, occupancy: &Occupancy) {
+    /// Returns an HTTP/1.1 connection whose last response was read to its end, for the next
+    /// request of either codec; it closes instead when requests wait for a connection of the
+    /// cluster, so that one of them, on any worker, can open its own.
+    pub(crate) fn release(&self, stream: UpstreamStream, occupancy: &Occupancy) {
         if !occupancy.has_waiters() {
-            self.idle_raw.put(stream);
+            self.idle.put(stream);
         }
     }
 
     /// Closes one idle connection of any worker; whether there was one.
     fn close_one_idle(&self) -> bool {
-        self.idle_raw.take_any().is_some() || self.idle_h1.take_any().is_some()
+        self.idle.take_any().is_some()
     }
 
     /// This worker's HTTP/2 connection to use, the attempt under way to wait for, or the
@@ -492,7 +453,7 @@ impl NoConnection {
 
 /// An HTTP connection checked out of a pool for one request; `true` when it was reused.
 enum Checkout {
-    H1(http1::SendRequest<RequestBody>, bool),
+    H1(H1Exchange, bool),
     H2(http2::SendRequest<RequestBody>, bool),
 }
 
@@ -672,19 +633,18 @@ impl ClusterRuntime {
 
     /// Gets a ready connection to `pool`'s endpoint: an idle one or a new one for HTTP/1,
     /// this worker's for HTTP/2.
-    async fn checkout(&self, pool: &EndpointPool) -> Result<Checkout, NoConnection> {
+    async fn checkout(&self, pool: &Arc<EndpointPool>) -> Result<Checkout, NoConnection> {
         if self.is_h2() {
             return self.checkout_h2(pool).await;
         }
-        if let Some(sender) = pool.take_idle_h1() {
-            return Ok(Checkout::H1(sender, true));
-        }
-        // Boxed: the future of a new connection (TCP and TLS connect, HTTP/2 handshake) is
-        // kilobytes, and inline it made every request's future 7 KB, copied on each move.
-        let sender = Box::pin(self.open_h1(pool.address))
+        let (stream, reused) = self
+            .checkout_raw(pool)
             .await
             .map_err(NoConnection::failed)?;
-        Ok(Checkout::H1(sender, false))
+        let (sender, done) = start_h1(stream, pool, &self.stats.occupancy)
+            .await
+            .map_err(NoConnection::failed)?;
+        Ok(Checkout::H1(H1Exchange { sender, done }, reused))
     }
 
     /// This worker's HTTP/2 connection to `pool`'s endpoint, opened by the first request
@@ -731,24 +691,13 @@ impl ClusterRuntime {
         &self,
         pool: &EndpointPool,
     ) -> io::Result<(UpstreamStream, bool)> {
-        if let Some(stream) = pool.take_idle_raw() {
+        if let Some(stream) = pool.take_idle() {
             return Ok((stream, true));
         }
-        // Boxed for the same reason as in `checkout`.
+        // Boxed: the future of a new connection (TCP and TLS connect) is kilobytes, and
+        // inline it made every request's future that much larger, copied on each move.
         let stream = Box::pin(self.connect(pool.address, true)).await?;
         Ok((stream, false))
-    }
-
-    /// A new HTTP/1.1 connection to `address`.
-    async fn open_h1(&self, address: SocketAddr) -> io::Result<http1::SendRequest<RequestBody>> {
-        let io = TokioIo::new(self.connect(address, true).await?);
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(bearing_http1::MAX_HEAD)
-            .handshake::<UpstreamIo, RequestBody>(io)
-            .await
-            .map_err(io::Error::other)?;
-        drive(conn, address);
-        Ok(sender)
     }
 
     /// A new HTTP/2 connection to `address`.
@@ -795,8 +744,8 @@ impl ClusterRuntime {
                 let unit = match self.request_unit(self.stats.occupancy.clone()) {
                     Ok(unit) => unit,
                     Err(overflow) => {
-                        if let Checkout::H1(sender, _) = checkout {
-                            pool.release_h1(sender, &self.stats.occupancy);
+                        if let Checkout::H1(exchange, _) = checkout {
+                            exchange.give_back();
                         }
                         return Err(overflow);
                     }
@@ -857,15 +806,15 @@ impl ClusterRuntime {
             )))
         };
         match checkout {
-            Checkout::H1(mut sender, _) => {
-                let fut = sender.try_send_request(req);
+            Checkout::H1(mut exchange, _) => {
+                let fut = exchange.sender.try_send_request(req);
                 match with_timeout(timeout, fut).await {
                     None => Err(Retry::Fail(UpstreamError::Timeout(address))),
                     Some(Ok(resp)) => {
                         if let Some(invalid) = invalid(&resp, true) {
                             return Err(invalid);
                         }
-                        let release = Some((sender, pool.clone()));
+                        let release = keeps_alive(&resp).then_some(exchange);
                         Ok(resp.map(|body| UpstreamBody::new(body, release, unit)))
                     }
                     Some(Err(mut e)) => match e.take_message() {
@@ -902,6 +851,66 @@ fn copy_error(e: &io::Error) -> io::Error {
         Some(o) => o.into(),
         None => io::Error::new(e.kind(), e.to_string()),
     }
+}
+
+/// hyper's HTTP/1.1 client started on one pooled connection for one exchange: the sender,
+/// and the signal that tells the connection's task to put the stream back into the pool.
+struct H1Exchange {
+    sender: http1::SendRequest<RequestBody>,
+    done: oneshot::Sender<()>,
+}
+
+impl H1Exchange {
+    /// Ends the exchange with the connection fit for another request: hyper's client stops
+    /// and its task returns the stream to the pool. Dropping the exchange instead closes it.
+    fn give_back(self) {
+        let _ = self.done.send(());
+        drop(self.sender);
+    }
+}
+
+/// Starts hyper's HTTP/1.1 client on `stream` (a connection of `pool`) for one exchange.
+/// Its task runs the connection until the exchange ends and then, when the exchange was
+/// given back ([`H1Exchange::give_back`]) with nothing read past the response, returns the
+/// stream to `pool`: the same idle connections the byte codec uses.
+async fn start_h1(
+    stream: UpstreamStream,
+    pool: &Arc<EndpointPool>,
+    occupancy: &Arc<Occupancy>,
+) -> io::Result<(http1::SendRequest<RequestBody>, oneshot::Sender<()>)> {
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(bearing_http1::MAX_HEAD)
+        .handshake::<UpstreamIo, RequestBody>(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    let (done, mut given_back) = oneshot::channel();
+    let (pool, occupancy) = (pool.clone(), occupancy.clone());
+    tokio::spawn(async move {
+        match conn.without_shutdown().await {
+            Ok(parts) if parts.read_buf.is_empty() && given_back.try_recv().is_ok() => {
+                pool.release(parts.io.into_inner(), &occupancy)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(endpoint = %pool.address, "upstream connection ended: {e}"),
+        }
+    });
+    Ok((sender, done))
+}
+
+/// Whether an HTTP/1 response leaves its connection open for another request (RFC 9112
+/// §9.3): HTTP/1.1 without `Connection: close`.
+fn keeps_alive<B>(resp: &Response<B>) -> bool {
+    let close = |v: &http::HeaderValue| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    };
+    resp.version() == http::Version::HTTP_11
+        && !resp
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(close)
 }
 
 /// Runs an upstream connection's I/O as a task of this worker until it closes.
@@ -953,20 +962,17 @@ async fn with_timeout<F: std::future::Future>(
 /// against the cluster's `max_requests` until the body is dropped.
 pub struct UpstreamBody {
     body: Incoming,
-    release: Option<(http1::SendRequest<RequestBody>, Arc<EndpointPool>)>,
-    request: Held<Arc<Occupancy>>,
+    release: Option<H1Exchange>,
+    /// The request's unit of `max_requests`, held until the body is dropped.
+    _request: Held<Arc<Occupancy>>,
 }
 
 impl UpstreamBody {
-    fn new(
-        body: Incoming,
-        release: Option<(http1::SendRequest<RequestBody>, Arc<EndpointPool>)>,
-        request: Held<Arc<Occupancy>>,
-    ) -> Self {
+    fn new(body: Incoming, release: Option<H1Exchange>, request: Held<Arc<Occupancy>>) -> Self {
         let mut b = UpstreamBody {
             body,
             release,
-            request,
+            _request: request,
         };
         if b.body.is_end_stream() {
             b.release_connection();
@@ -975,8 +981,8 @@ impl UpstreamBody {
     }
 
     fn release_connection(&mut self) {
-        if let Some((sender, pool)) = self.release.take() {
-            pool.release_h1(sender, self.request.occupancy());
+        if let Some(exchange) = self.release.take() {
+            exchange.give_back();
         }
     }
 }
@@ -1038,20 +1044,18 @@ mod tests {
         workers.run_on(0, move || c.put(7));
         let c = conns.clone();
         let taken = workers.run_on(0, move || {
-            std::iter::from_fn(|| c.take(|_| Found::Use)).collect::<Vec<_>>()
+            std::iter::from_fn(|| c.take(|_| true)).collect::<Vec<_>>()
         });
         assert_eq!(taken, vec![7]);
         // Kept, and dropped, only among the worker's own.
         let c = conns.clone();
         let none = workers.run_on(1, move || {
             c.put(4);
-            c.take(|&mut n| if n == 4 { Found::Drop } else { Found::Keep })
+            c.take(|&mut n| n != 4)
         });
-        assert_eq!(none, None);
+        assert_eq!(none, Some(3), "4 dropped on the way to 3");
         let c = conns.clone();
-        assert_eq!(workers.run_on(1, move || c.take(|_| Found::Use)), Some(3));
-        let c = conns.clone();
-        assert_eq!(workers.run_on(1, move || c.take(|_| Found::Use)), None);
+        assert_eq!(workers.run_on(1, move || c.take(|_| true)), None);
     }
 
     /// A cluster of one endpoint at `address` with `breakers`.
@@ -1137,10 +1141,73 @@ mod tests {
         );
         assert_eq!(cluster.stats.rq_pending_overflow.get(), 1);
         // Released while a request waits: closed, and the waiting request opens its own.
-        pool.release_raw(first, &cluster.stats.occupancy);
+        pool.release(first, &cluster.stats.occupancy);
         assert!(!waiting.await.unwrap().unwrap(), "a new connection");
         assert_eq!(cluster.stats.cx_overflow.get(), 2);
         assert_eq!(cluster.stats.occupancy.pending.get(), 0);
+    }
+
+    /// One idle pool per endpoint: a connection hyper's client finished an exchange on is
+    /// the one the byte codec takes next, and one the byte codec returned is the one hyper's
+    /// client sends on; a response that closes its connection returns nothing.
+    #[tokio::test]
+    async fn both_codecs_share_one_idle_pool() {
+        use http_body_util::BodyExt as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        let close = buf[..n].windows(5).any(|w| w == b"/last");
+                        let answer: &[u8] = match close {
+                            true => b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                            false => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                        };
+                        if s.write_all(answer).await.is_err() || close {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let cluster = cluster_at(address, Default::default());
+        let pool = cluster.pools[0].clone();
+        let get = |path: &str| {
+            let mut req = Request::new(RequestBody::Held(Default::default()));
+            *req.uri_mut() = path.parse().unwrap();
+            req.headers_mut().insert("host", "web".parse().unwrap());
+            req
+        };
+        let idle = |pool: &EndpointPool| pool.idle.mine(|idle| idle.len());
+        let resp = cluster.send_http(get("/a")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        while idle(&pool) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let (stream, reused) = cluster.checkout_raw(&pool).await.unwrap();
+        assert!(reused, "the byte codec takes the connection hyper used");
+        pool.release(stream, &cluster.stats.occupancy);
+        let resp = cluster.send_http(get("/last")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            1,
+            "one connection for both"
+        );
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            idle(&pool),
+            0,
+            "a connection the upstream closes is not pooled"
+        );
     }
 
     #[test]
@@ -1149,11 +1216,11 @@ mod tests {
         conns.put(1);
         assert_eq!(conns.retire(), vec![(workers::current(), vec![1])]);
         conns.put(2);
-        assert_eq!(conns.take(|_| Found::Use), None);
+        assert_eq!(conns.take(|_| true), None);
     }
 
     fn is_retired(pool: &EndpointPool) -> bool {
-        let state = pool.idle_raw.0.lock().unwrap();
+        let state = pool.idle.0.lock().unwrap();
         state.retired
     }
 
@@ -1239,14 +1306,9 @@ mod tests {
         let c = conns.clone();
         workers.run_on(0, move || c.put(1000));
         let c = conns.clone();
-        assert_eq!(
-            workers.run_on(0, move || c.take(|_| Found::Use)),
-            Some(1000)
-        );
+        assert_eq!(workers.run_on(0, move || c.take(|_| true)), Some(1000));
         let c = conns.clone();
-        let kept = workers.run_on(1, move || {
-            std::iter::from_fn(|| c.take(|_| Found::Use)).count()
-        });
+        let kept = workers.run_on(1, move || std::iter::from_fn(|| c.take(|_| true)).count());
         assert_eq!(kept, MAX_IDLE_PER_ENDPOINT);
     }
 }
