@@ -1,6 +1,6 @@
 //! The L7 path: HTTP/1.1 and HTTP/2 requests from downstream, forwarded to a cluster.
 
-use bearing_http1::{valid_host, MAX_HEAD, MAX_HEADERS};
+use bearing_http1::{connection_may_list_away, valid_host, MAX_HEAD, MAX_HEADERS};
 use bearing_proxy_config::Protocol;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -223,7 +223,8 @@ static HOP_BY_HOP: [HeaderName; 5] = [
     header::UPGRADE,
 ];
 
-/// Removes the hop-by-hop headers and those the `connection` header lists; `te: trailers`
+/// Removes the hop-by-hop headers and those the `connection` header lists, but never one
+/// [`connection_may_list_away`] keeps (framing, `Host`): the byte codec's rule; `te: trailers`
 /// is kept because gRPC needs it end to end. A `Content-Length` sent as a list or repeated
 /// (equal values: hyper refuses others) goes on as one value (RFC 9110 §8.6), so that a next
 /// hop that reads lists differently cannot be desynchronised.
@@ -263,8 +264,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            // The usual values, removed below or naming no header: no allocation for them.
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            // `close` names no header; the rest is the byte codec's rule too.
+            .filter(|t| !t.eq_ignore_ascii_case("close") && connection_may_list_away(t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in listed {

@@ -15,6 +15,7 @@ pub mod cp_source;
 pub mod descriptors;
 pub mod forward_h1;
 pub mod gateway;
+pub mod hcm;
 pub mod http_proxy;
 pub mod io;
 pub mod kuma_dp_flags;

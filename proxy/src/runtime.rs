@@ -1023,7 +1023,7 @@ impl Proxy {
     /// Serves `stream` with hyper (HTTP/1.1 and HTTP/2), each request with the newest version
     /// of `listener`; a request arriving once that version no longer admits the connection
     /// (admitted as `admission`) is refused by closing it (HTTP/2: resetting the stream).
-    async fn serve_hyper<S>(
+    pub(crate) async fn serve_hyper<S>(
         self: Arc<Self>,
         stream: S,
         listener: Arc<ListenerRuntime>,

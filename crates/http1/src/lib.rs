@@ -582,8 +582,7 @@ impl<'a> ConnectionOptions<'a> {
     /// Whether `h` (a `field`) describes the connection rather than the message (RFC 9110
     /// §7.6.1): the hop-by-hop fields, but `TE: trailers` (gRPC needs it end to end) and
     /// `Transfer-Encoding` (bodies pass through in their framing), and the fields `Connection`
-    /// lists. Listing never removes a field that frames the message or names its host: that
-    /// would let a peer desynchronise the next hop.
+    /// lists that [`connection_may_list_away`] allows.
     fn drops(&self, h: &Header<'_>, field: Field) -> bool {
         match field {
             Field::Connection | Field::KeepAlive | Field::ProxyConnection | Field::Upgrade => true,
@@ -594,6 +593,16 @@ impl<'a> ConnectionOptions<'a> {
             Field::ContentLength | Field::TransferEncoding | Field::Expect | Field::Host => false,
         }
     }
+}
+
+/// Whether a `Connection` header listing the field `name` removes it before the next hop
+/// (RFC 9110 §7.6.1): the one rule of every HTTP codec of the proxy. Listing never removes a
+/// field that frames the message (`Content-Length`, `Transfer-Encoding`), names its host
+/// (`Host`: Envoy never lets `Connection` strip it, and a request without one is not HTTP/1.1
+/// any more) or that the hop-by-hop rules decide themselves (`TE`, `Expect`, `Upgrade`, the
+/// connection fields): that would let a peer desynchronise or misroute the next hop.
+pub fn connection_may_list_away(name: &str) -> bool {
+    Field::of(name) == Field::Other
 }
 
 /// Where a body being relayed stands: how much of the next bytes belong to it, and whether it
@@ -784,6 +793,21 @@ mod tests {
             out,
             "GET /a?b=1 HTTP/1.1\r\nHost: web\r\nTE: trailers\r\nAccept: */*\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn only_fields_outside_the_hop_by_hop_rules_may_be_listed_away() {
+        for kept in [
+            "host",
+            "Content-Length",
+            "transfer-encoding",
+            "te",
+            "expect",
+            "upgrade",
+        ] {
+            assert!(!connection_may_list_away(kept), "{kept}");
+        }
+        assert!(connection_may_list_away("x-private"));
     }
 
     #[test]
