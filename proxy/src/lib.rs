@@ -2,7 +2,7 @@
 //!
 //! The binary (`src/main.rs`) parses the command line; this library holds the runtime:
 //! listeners and connection handling ([`runtime`]), transparent-proxy capture ([`capture`]),
-//! the L4 and L7 paths ([`http_proxy`], [`upstream`]), builtin gateway listeners
+//! the HTTP connection manager and its codecs ([`hcm`]), clusters and their pools ([`upstream`]), builtin gateway listeners
 //! ([`gateway`]), metrics ([`stats`]), the admin API ([`admin`]), Kuma's readiness and
 //! Prometheus endpoints ([`kuma_endpoints`]) and the worker threads ([`workers`]).
 
@@ -13,10 +13,8 @@ pub mod circuit;
 pub mod cli;
 pub mod cp_source;
 pub mod descriptors;
-pub mod forward_h1;
 pub mod gateway;
 pub mod hcm;
-pub mod http_proxy;
 pub mod io;
 pub mod kuma_dp_flags;
 pub mod kuma_endpoints;

@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::{self, CapturePort, Route};
-use crate::forward_h1::{self, Prefixed};
 use crate::gateway::{self, GatewayRuntime, HttpRoutes};
-use crate::http_proxy;
+use crate::hcm::byte_codec::{self, Prefixed};
+use crate::hcm::hyper_codec;
 use crate::io::{Counted, TcpBacked};
 use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
 use crate::sni::{SniRouteRuntime, SniTable};
@@ -1004,15 +1004,15 @@ impl Proxy {
         };
         let timeouts = match listener.gateway {
             Some(_) => gateway::BYTE_PATH_TIMEOUTS,
-            None => forward_h1::Timeouts::SIDECAR,
+            None => byte_codec::Timeouts::SIDECAR,
         };
-        let wake = forward_h1::Wake {
+        let wake = byte_codec::Wake {
             epoch: &listener.epoch,
             drain: &self.drain,
         };
-        let (stream, prefix) = match forward_h1::serve(stream, newest, wake, peer, timeouts).await {
-            forward_h1::Outcome::Closed => return,
-            forward_h1::Outcome::Handoff(stream, prefix) => (stream, prefix),
+        let (stream, prefix) = match byte_codec::serve(stream, newest, wake, peer, timeouts).await {
+            byte_codec::Outcome::Closed => return,
+            byte_codec::Outcome::Handoff(stream, prefix) => (stream, prefix),
         };
         // Boxed: hyper's connection future is kilobytes, and inline it would make every
         // connection's task that large, byte-path ones included.
@@ -1046,7 +1046,7 @@ impl Proxy {
                 if let Some(denied) = &l.denied {
                     // A policy denying this inbound came with a reload (Envoy's RBAC answer).
                     denied.inc();
-                    return Ok(http_proxy::local_reply(
+                    return Ok(hyper_codec::local_reply(
                         http::StatusCode::FORBIDDEN,
                         "RBAC: access denied".into(),
                     ));
@@ -1057,14 +1057,14 @@ impl Proxy {
                     ));
                 }
                 let mut req = req;
-                let resp = match http_proxy::screen_request(&mut req) {
+                let resp = match hyper_codec::screen_request(&mut req) {
                     Some(refused) => {
                         l.stats.requests.count(refused.status().as_u16());
                         refused
                     }
                     None => match &l.routes {
                         Some(routes) => gateway::handle(req, &l, routes, peer).await,
-                        None => http_proxy::forward(req, &l).await,
+                        None => hyper_codec::forward(req, &l).await,
                     },
                 };
                 Ok(resp)

@@ -22,11 +22,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bearing_proxy_config::{Cluster, Protocol, UpstreamTls};
 use bytes::Bytes;
-use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -116,7 +114,7 @@ impl UpstreamError {
     /// The failure of a request hyper reports once it was sent to `address`: the downstream
     /// body failing (hyper's error from reading it is the cause), an unparsable response, or
     /// any other failure of the exchange.
-    fn of_exchange(address: SocketAddr, e: hyper::Error) -> Self {
+    pub(crate) fn of_exchange(address: SocketAddr, e: hyper::Error) -> Self {
         let body_failed = e.is_user()
             && std::error::Error::source(&e).is_some_and(|cause| cause.is::<hyper::Error>());
         if body_failed {
@@ -126,6 +124,18 @@ impl UpstreamError {
         } else {
             UpstreamError::Request(address, e.into())
         }
+    }
+
+    /// Whether it is a failure of an exchange with an endpoint (reset, invalid response,
+    /// timeout), counted as the cluster's `request_errors`: not a circuit breaker's refusal,
+    /// not the downstream request's own fault, not a connect failure (counted apart).
+    pub(crate) fn is_exchange_failure(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Request(..)
+                | UpstreamError::InvalidResponse(..)
+                | UpstreamError::Timeout(_)
+        )
     }
 
     /// Whether a circuit breaker refused it: the reply then carries Envoy's
@@ -327,7 +337,7 @@ impl EndpointPool {
 
     /// Forgets this worker's HTTP/2 connection once it refuses new streams (GOAWAY); an
     /// attempt already under way to replace it stays.
-    fn forget_h2(&self) {
+    pub(crate) fn forget_h2(&self) {
         self.h2
             .mine(|slot| slot.retain(|s| matches!(s, H2Slot::Opening(_))))
     }
@@ -433,7 +443,7 @@ pub struct ClusterRuntime {
 
 /// Why a request got no connection: its own attempt failed (counted as a failed connect),
 /// the attempt of another request it waited for did, or a circuit breaker refused it.
-enum NoConnection {
+pub(crate) enum NoConnection {
     Failed(io::Error),
     Shared(io::Error),
     Overflow(Overflow),
@@ -441,7 +451,7 @@ enum NoConnection {
 
 impl NoConnection {
     /// The request's own attempt failed with `e`.
-    fn failed(e: io::Error) -> Self {
+    pub(crate) fn failed(e: io::Error) -> Self {
         Overflow::of(&e).map_or(NoConnection::Failed(e), NoConnection::Overflow)
     }
 
@@ -451,10 +461,11 @@ impl NoConnection {
     }
 }
 
-/// An HTTP connection checked out of a pool for one request; `true` when it was reused.
-enum Checkout {
-    H1(H1Exchange, bool),
-    H2(http2::SendRequest<RequestBody>, bool),
+/// An HTTP connection checked out of a pool for one request, for hyper's client: an HTTP/1.1
+/// exchange on a pooled stream, or a handle of this worker's HTTP/2 connection.
+pub(crate) enum Checkout {
+    H1(H1Exchange),
+    H2(http2::SendRequest<RequestBody>),
 }
 
 impl ClusterRuntime {
@@ -631,9 +642,12 @@ impl ClusterRuntime {
         }
     }
 
-    /// Gets a ready connection to `pool`'s endpoint: an idle one or a new one for HTTP/1,
-    /// this worker's for HTTP/2.
-    async fn checkout(&self, pool: &Arc<EndpointPool>) -> Result<Checkout, NoConnection> {
+    /// Gets a ready connection to `pool`'s endpoint for hyper's client: an idle one or a new
+    /// one for HTTP/1, this worker's for HTTP/2; `true` when it was used before.
+    pub(crate) async fn checkout(
+        &self,
+        pool: &Arc<EndpointPool>,
+    ) -> Result<(Checkout, bool), NoConnection> {
         if self.is_h2() {
             return self.checkout_h2(pool).await;
         }
@@ -644,21 +658,21 @@ impl ClusterRuntime {
         let (sender, done) = start_h1(stream, pool, &self.stats.occupancy)
             .await
             .map_err(NoConnection::failed)?;
-        Ok(Checkout::H1(H1Exchange { sender, done }, reused))
+        Ok((Checkout::H1(H1Exchange { sender, done }), reused))
     }
 
     /// This worker's HTTP/2 connection to `pool`'s endpoint, opened by the first request
     /// that needs it; requests arriving meanwhile share that attempt's outcome, failure
     /// included (without this, 100 concurrent first requests opened up to 100 connections).
-    async fn checkout_h2(&self, pool: &EndpointPool) -> Result<Checkout, NoConnection> {
+    async fn checkout_h2(&self, pool: &EndpointPool) -> Result<(Checkout, bool), NoConnection> {
         loop {
             match pool.h2_turn() {
-                H2Turn::Use(sender) => return Ok(Checkout::H2(sender, true)),
+                H2Turn::Use(sender) => return Ok((Checkout::H2(sender), true)),
                 H2Turn::Wait(mut opening) => {
                     // An error: the request opening it went away first; take the turn.
                     if let Ok(outcome) = opening.wait_for(Option::is_some).await {
                         match &*outcome {
-                            Some(Ok(sender)) => return Ok(Checkout::H2(sender.clone(), false)),
+                            Some(Ok(sender)) => return Ok((Checkout::H2(sender.clone()), false)),
                             Some(Err(e)) => return Err(NoConnection::shared(copy_error(e))),
                             None => {}
                         }
@@ -673,7 +687,7 @@ impl ClusterRuntime {
                         Err(e) => Err(copy_error(e)),
                     }));
                     return opened
-                        .map(|sender| Checkout::H2(sender, false))
+                        .map(|sender| (Checkout::H2(sender), false))
                         .map_err(NoConnection::failed);
                 }
             }
@@ -711,137 +725,6 @@ impl ClusterRuntime {
         drive(conn, address);
         Ok(sender)
     }
-
-    /// Sends `req` to the next endpoint that accepts a connection.
-    ///
-    /// A connect failure, or a fresh connection closed before the request was written, moves
-    /// on to the next endpoint; a reused connection found closed (or, for HTTP/2, going away)
-    /// before the request was written is replaced by a fresh one to the same endpoint. Once a
-    /// request has been written its failure is final: the body is gone.
-    pub async fn send_http(
-        &self,
-        mut req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let mut last = None;
-        let mut retry = None;
-        for (attempt, pool) in self.rotation().enumerate() {
-            if attempt > 0 && !self.may_retry(&mut retry) {
-                break;
-            }
-            loop {
-                let checkout = match self.checkout(pool).await {
-                    Ok(c) => c,
-                    Err(NoConnection::Overflow(o)) => return Err(UpstreamError::Overflow(o)),
-                    Err(NoConnection::Failed(e)) => {
-                        last = Some(self.connect_failed(pool.address, e));
-                        break;
-                    }
-                    Err(NoConnection::Shared(e)) => {
-                        last = Some((pool.address, e));
-                        break;
-                    }
-                };
-                let unit = match self.request_unit(self.stats.occupancy.clone()) {
-                    Ok(unit) => unit,
-                    Err(overflow) => {
-                        if let Checkout::H1(exchange, _) = checkout {
-                            exchange.give_back();
-                        }
-                        return Err(overflow);
-                    }
-                };
-                let reused = matches!(checkout, Checkout::H1(_, true) | Checkout::H2(_, true));
-                match self.send_on(checkout, pool, req, unit).await {
-                    Ok(resp) => return Ok(resp),
-                    Err(Retry::Again(r)) => {
-                        req = r;
-                        if !reused {
-                            let e =
-                                io::Error::other("connection closed before the request was sent");
-                            last = Some(self.connect_failed(pool.address, e));
-                            break;
-                        }
-                    }
-                    Err(Retry::Fail(e)) => {
-                        if !matches!(e, UpstreamError::RequestBody(_)) {
-                            self.stats.request_errors.inc();
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Err(self.no_upstream(last))
-    }
-
-    /// Sends `req` on `checkout`; the response body holds `unit` (of `max_requests`) until
-    /// it ends.
-    async fn send_on(
-        &self,
-        checkout: Checkout,
-        pool: &Arc<EndpointPool>,
-        req: Request<RequestBody>,
-        unit: Held<Arc<Occupancy>>,
-    ) -> Result<Response<UpstreamBody>, Retry> {
-        let timeout = self.config.request_timeout;
-        let address = pool.address;
-        let fail = |e: hyper::Error| Retry::Fail(UpstreamError::of_exchange(address, e));
-        // hyper takes any three digits from 100 up (a status beyond 599 is not HTTP's either),
-        // and an HTTP/1 head up to one read over its buffer limit.
-        let invalid = |resp: &Response<Incoming>, h1: bool| {
-            let status = resp.status().as_u16();
-            let why = if status > 599 {
-                format!("status {status} outside 100-599")
-            } else if h1
-                && crate::http_proxy::head_size("HTTP/1.1 200 OK\r\n".len(), resp.headers())
-                    > bearing_http1::MAX_HEAD
-            {
-                "response head larger than 60 KiB".to_string()
-            } else {
-                return None;
-            };
-            Some(Retry::Fail(UpstreamError::InvalidResponse(
-                address,
-                why.into(),
-            )))
-        };
-        match checkout {
-            Checkout::H1(mut exchange, _) => {
-                let fut = exchange.sender.try_send_request(req);
-                match with_timeout(timeout, fut).await {
-                    None => Err(Retry::Fail(UpstreamError::Timeout(address))),
-                    Some(Ok(resp)) => {
-                        if let Some(invalid) = invalid(&resp, true) {
-                            return Err(invalid);
-                        }
-                        let release = keeps_alive(&resp).then_some(exchange);
-                        Ok(resp.map(|body| UpstreamBody::new(body, release, unit)))
-                    }
-                    Some(Err(mut e)) => match e.take_message() {
-                        Some(req) => Err(Retry::Again(req)),
-                        None => Err(fail(e.into_error())),
-                    },
-                }
-            }
-            Checkout::H2(mut sender, _) => {
-                let fut = sender.try_send_request(req);
-                match with_timeout(timeout, fut).await {
-                    None => Err(Retry::Fail(UpstreamError::Timeout(address))),
-                    Some(Ok(resp)) => match invalid(&resp, false) {
-                        Some(invalid) => Err(invalid),
-                        None => Ok(resp.map(|body| UpstreamBody::new(body, None, unit))),
-                    },
-                    Some(Err(mut e)) => match e.take_message() {
-                        Some(req) => {
-                            pool.forget_h2();
-                            Err(Retry::Again(req))
-                        }
-                        None => Err(fail(e.into_error())),
-                    },
-                }
-            }
-        }
-    }
 }
 
 /// An error with the kind and message of `e` (or its overflow), for each request that
@@ -855,15 +738,15 @@ fn copy_error(e: &io::Error) -> io::Error {
 
 /// hyper's HTTP/1.1 client started on one pooled connection for one exchange: the sender,
 /// and the signal that tells the connection's task to put the stream back into the pool.
-struct H1Exchange {
-    sender: http1::SendRequest<RequestBody>,
+pub(crate) struct H1Exchange {
+    pub(crate) sender: http1::SendRequest<RequestBody>,
     done: oneshot::Sender<()>,
 }
 
 impl H1Exchange {
     /// Ends the exchange with the connection fit for another request: hyper's client stops
     /// and its task returns the stream to the pool. Dropping the exchange instead closes it.
-    fn give_back(self) {
+    pub(crate) fn give_back(self) {
         let _ = self.done.send(());
         drop(self.sender);
     }
@@ -897,22 +780,6 @@ async fn start_h1(
     Ok((sender, done))
 }
 
-/// Whether an HTTP/1 response leaves its connection open for another request (RFC 9112
-/// §9.3): HTTP/1.1 without `Connection: close`.
-fn keeps_alive<B>(resp: &Response<B>) -> bool {
-    let close = |v: &http::HeaderValue| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    };
-    resp.version() == http::Version::HTTP_11
-        && !resp
-            .headers()
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .any(close)
-}
-
 /// Runs an upstream connection's I/O as a task of this worker until it closes.
 fn drive<C>(conn: C, address: SocketAddr)
 where
@@ -939,24 +806,6 @@ fn is_quiet(stream: &mut UpstreamStream) -> bool {
 /// the proxy holds (a mirrored copy of a request).
 pub type RequestBody = MessageBody<Incoming>;
 
-/// What to do after a failed send: retry with the request given back, or give up.
-// Boxing the request would cost an allocation per request for a size that never hurts here.
-#[allow(clippy::large_enum_variant)]
-enum Retry {
-    Again(Request<RequestBody>),
-    Fail(UpstreamError),
-}
-
-async fn with_timeout<F: std::future::Future>(
-    limit: Option<Duration>,
-    fut: F,
-) -> Option<F::Output> {
-    match limit {
-        Some(d) => tokio::time::timeout(d, fut).await.ok(),
-        None => Some(fut.await),
-    }
-}
-
 /// An upstream response body that returns its HTTP/1 connection to the pool once it has been
 /// read to the end (a body dropped early closes the connection instead). The request counts
 /// against the cluster's `max_requests` until the body is dropped.
@@ -968,7 +817,13 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn new(body: Incoming, release: Option<H1Exchange>, request: Held<Arc<Occupancy>>) -> Self {
+    /// The body of a response to a request holding `request` (a unit of `max_requests`);
+    /// `release` is given back once the body has ended.
+    pub(crate) fn new(
+        body: Incoming,
+        release: Option<H1Exchange>,
+        request: Held<Arc<Occupancy>>,
+    ) -> Self {
         let mut b = UpstreamBody {
             body,
             release,
@@ -1022,7 +877,7 @@ pub(crate) fn test_cluster(name: &str) -> Cluster {
         name: name.into(),
         protocol: Protocol::Http,
         endpoints: Vec::new(),
-        connect_timeout: Duration::from_secs(1),
+        connect_timeout: std::time::Duration::from_secs(1),
         request_timeout: None,
         tls: None,
         circuit_breakers: Default::default(),
@@ -1033,6 +888,8 @@ pub(crate) fn test_cluster(name: &str) -> Cluster {
 mod tests {
     use super::*;
     use crate::workers::Workers;
+    use http::Request;
+    use std::time::Duration;
 
     #[test]
     fn each_worker_takes_only_its_own_connections() {
@@ -1185,7 +1042,7 @@ mod tests {
             req
         };
         let idle = |pool: &EndpointPool| pool.idle.mine(|idle| idle.len());
-        let resp = cluster.send_http(get("/a")).await.unwrap();
+        let resp = crate::hcm::hyper_codec::send(get("/a"), &cluster).await;
         resp.into_body().collect().await.unwrap();
         while idle(&pool) == 0 {
             tokio::task::yield_now().await;
@@ -1193,7 +1050,7 @@ mod tests {
         let (stream, reused) = cluster.checkout_raw(&pool).await.unwrap();
         assert!(reused, "the byte codec takes the connection hyper used");
         pool.release(stream, &cluster.stats.occupancy);
-        let resp = cluster.send_http(get("/last")).await.unwrap();
+        let resp = crate::hcm::hyper_codec::send(get("/last"), &cluster).await;
         resp.into_body().collect().await.unwrap();
         assert_eq!(
             accepted.load(Ordering::Relaxed),

@@ -14,6 +14,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use http::header::{self, HeaderMap, HeaderValue};
+
+use super::strip_hop_by_hop;
 use crate::runtime::{Admission, Proxy};
 use crate::workers::Workers;
 
@@ -478,4 +481,53 @@ async fn every_case_comes_out_the_same_through_every_codec() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn repeated_lengths_go_on_as_one_value() {
+    let mut h = HeaderMap::new();
+    h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
+    h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    strip_hop_by_hop(&mut h);
+    let lengths: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+    assert_eq!(lengths, ["5"]);
+    let mut h = HeaderMap::new();
+    h.append(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+    strip_hop_by_hop(&mut h);
+    assert_eq!(h[header::CONTENT_LENGTH], "7");
+}
+
+#[test]
+fn strips_hop_by_hop_and_listed_headers() {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONNECTION,
+        HeaderValue::from_static("keep-alive, x-private"),
+    );
+    h.insert("x-private", HeaderValue::from_static("1"));
+    h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    h.insert(header::TE, HeaderValue::from_static("trailers"));
+    h.insert("x-kept", HeaderValue::from_static("1"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert("close", HeaderValue::from_static("1"));
+    strip_hop_by_hop(&mut h);
+    assert!(h.get(header::UPGRADE).is_none());
+    assert!(h.get("x-private").is_none());
+    assert!(h.get(header::CONNECTION).is_none());
+    assert!(h.get("keep-alive").is_none());
+    assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    assert!(h.get("x-kept").is_some());
+    assert!(
+        h.get("close").is_some(),
+        "`close` is an option, not a header name"
+    );
+
+    let mut h = HeaderMap::new();
+    h.insert(header::TE, HeaderValue::from_static("gzip"));
+    h.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    strip_hop_by_hop(&mut h);
+    assert!(h.is_empty());
 }
