@@ -1002,6 +1002,7 @@ impl Proxy {
             }
             seen.1.clone()
         };
+        let tls = stream.plain().is_none();
         let timeouts = match listener.gateway {
             Some(_) => gateway::BYTE_PATH_TIMEOUTS,
             None => byte_codec::Timeouts::SIDECAR,
@@ -1017,18 +1018,20 @@ impl Proxy {
         // Boxed: hyper's connection future is kilobytes, and inline it would make every
         // connection's task that large, byte-path ones included.
         let stream = Prefixed::new(prefix, stream);
-        Box::pin(self.serve_hyper(stream, listener, peer, admission)).await;
+        Box::pin(self.serve_hyper(stream, listener, peer, admission, tls)).await;
     }
 
     /// Serves `stream` with hyper (HTTP/1.1 and HTTP/2), each request with the newest version
     /// of `listener`; a request arriving once that version no longer admits the connection
     /// (admitted as `admission`) is refused by closing it (HTTP/2: resetting the stream).
+    /// `tls`: the stream is TLS (requests say `x-forwarded-proto: https`).
     pub(crate) async fn serve_hyper<S>(
         self: Arc<Self>,
         stream: S,
         listener: Arc<ListenerRuntime>,
         peer: SocketAddr,
         admission: Admission,
+        tls: bool,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -1062,10 +1065,13 @@ impl Proxy {
                         l.stats.requests.count(refused.status().as_u16());
                         refused
                     }
-                    None => match &l.routes {
-                        Some(routes) => gateway::handle(req, &l, routes, peer).await,
-                        None => hyper_codec::forward(req, &l).await,
-                    },
+                    None => {
+                        crate::hcm::add_request_headers(req.headers_mut(), tls);
+                        match &l.routes {
+                            Some(routes) => gateway::handle(req, &l, routes, peer).await,
+                            None => hyper_codec::forward(req, &l).await,
+                        }
+                    }
                 };
                 Ok(resp)
             })

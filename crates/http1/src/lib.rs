@@ -89,6 +89,10 @@ pub struct RequestHead {
     /// An idempotent method (RFC 9110 §9.2.2): safe to send again when a reused upstream
     /// connection closes before answering.
     pub idempotent: bool,
+    /// The request carries an `x-request-id`.
+    pub request_id: bool,
+    /// The request carries an `x-forwarded-proto`.
+    pub forwarded_proto: bool,
 }
 
 /// A response head read from upstream.
@@ -155,6 +159,7 @@ pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead
     let mut connection = ConnectionOptions::default();
     let mut content_length = None;
     let mut host = None;
+    let (mut request_id, mut forwarded_proto) = (false, false);
     for h in req.headers.iter() {
         match Field::of(h.name) {
             Field::Connection => connection.add(h.value)?,
@@ -175,6 +180,10 @@ pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead
             }
             Field::Expect => return Err(Refused("request with expect").into()),
             Field::Upgrade => return Err(Refused("upgrade request").into()),
+            Field::Other => {
+                request_id |= h.name.eq_ignore_ascii_case("x-request-id");
+                forwarded_proto |= h.name.eq_ignore_ascii_case("x-forwarded-proto");
+            }
             _ => {}
         }
     }
@@ -202,6 +211,8 @@ pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead
             method,
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
         ),
+        request_id,
+        forwarded_proto,
     }))
 }
 

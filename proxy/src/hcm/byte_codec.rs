@@ -159,6 +159,8 @@ where
     S: AsyncRead + AsyncWrite + TcpBacked + Unpin,
 {
     let drain = wake.drain;
+    // TLS (a mesh mTLS inbound, a gateway's HTTPS): requests say `x-forwarded-proto: https`.
+    let tls = down.plain().is_none();
     // Borrowed at first (no token clone per connection); after a change the connection
     // still passes, the newest listener's epoch.
     let woken = Either::Left(wake.epoch.cancelled());
@@ -253,6 +255,7 @@ where
             denied.inc();
             return Outcome::Closed;
         }
+        super::add_request_fields(&mut bufs.request_head, &head, tls);
         let request = Request {
             head: &head,
             body: &bufs.request[head.head_len..message_len],

@@ -11,7 +11,9 @@
 //!   `bearing_http1::connection_may_list_away` what a `Connection` header may remove);
 //! - endpoint selection, the repeat of a request a stale pooled connection lost, and
 //!   fail-over to the next endpoint ([`forward`], over a codec's [`UpstreamCodec`]);
-//! - local replies ([`Reply`], [`Reply::of_failure`]), which each codec only writes out.
+//! - local replies ([`Reply`], [`Reply::of_failure`]), which each codec only writes out;
+//! - what Envoy's connection manager adds to each request of a sidecar before routing:
+//!   `x-request-id` and `x-forwarded-proto` ([`add_request_headers`], [`add_request_fields`]).
 //!
 //! `tests` runs one table of requests through both codecs (HTTP/1.1 on each, and HTTP/2).
 
@@ -21,6 +23,7 @@ pub mod hyper_codec;
 use std::io;
 use std::sync::Arc;
 
+use bearing_http1::RequestHead;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
@@ -164,6 +167,76 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
         }
     }
     Err(cluster.no_upstream(last))
+}
+
+/// `x-request-id`: Envoy's connection manager gives every request that has none a UUID v4
+/// (`generate_request_id`, on by default) and keeps one it has, so that the logs and traces
+/// of one request can be correlated across hops.
+const REQUEST_ID: &str = "x-request-id";
+/// `x-forwarded-proto`: the scheme of the downstream connection, set on a request that has
+/// none, as Envoy's connection manager does where it is not the edge (a sidecar).
+const FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// A new request id: a random UUID v4 (RFC 9562 §5.4) in lowercase hex, from the thread's
+/// generator (no system call or allocation per id).
+fn new_request_id() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes = rand::random::<u128>().to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut id = [b'-'; 36];
+    let mut at = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        id[at] = HEX[usize::from(b >> 4)];
+        id[at + 1] = HEX[usize::from(b & 0xf)];
+        at += 2;
+    }
+    id
+}
+
+/// The `x-forwarded-proto` of a request that came over TLS (`tls`) or not.
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// Adds to a request hyper parsed what Envoy's connection manager adds before routing: an
+/// `x-request-id` when it has none, and `x-forwarded-proto` (`https` when the downstream
+/// connection is TLS) when it has none. [`add_request_fields`] does the same on the byte codec.
+pub(crate) fn add_request_headers(headers: &mut HeaderMap, tls: bool) {
+    if !headers.contains_key(REQUEST_ID) {
+        if let Ok(id) = HeaderValue::from_bytes(&new_request_id()) {
+            headers.insert(HeaderName::from_static(REQUEST_ID), id);
+        }
+    }
+    if !headers.contains_key(FORWARDED_PROTO) {
+        let name = HeaderName::from_static(FORWARDED_PROTO);
+        headers.insert(name, HeaderValue::from_static(scheme(tls)));
+    }
+}
+
+/// [`add_request_headers`] for a head the byte codec wrote (`out`, ending with its empty
+/// line; `head` says which of the two fields it has): the fields go before the empty line,
+/// into the buffer's spare room.
+pub(crate) fn add_request_fields(out: &mut Vec<u8>, head: &RequestHead, tls: bool) {
+    if head.request_id && head.forwarded_proto {
+        return;
+    }
+    out.truncate(out.len().saturating_sub(2));
+    if !head.request_id {
+        bearing_http1::push_header(out, REQUEST_ID.as_bytes(), &new_request_id());
+    }
+    if !head.forwarded_proto {
+        let proto = scheme(tls).as_bytes();
+        bearing_http1::push_header(out, FORWARDED_PROTO.as_bytes(), proto);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), besides `te`.

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use http::header::{self, HeaderMap, HeaderValue};
 
 use super::strip_hop_by_hop;
+use crate::io::Counted;
 use crate::runtime::{Admission, Proxy};
 use crate::workers::Workers;
 
@@ -69,7 +70,29 @@ const CASES: &[Case] = &[
         h2: true,
         expect: Expect::Upstream {
             line: "GET /p?q=1 HTTP/1.1",
-            has: &[("host", "web"), ("x-a", "1")],
+            has: &[("host", "web"), ("x-a", "1"), ("x-forwarded-proto", "http")],
+            lacks: &[],
+            body: "",
+        },
+    },
+    Case {
+        name: "a request id and scheme the client sent are kept",
+        method: "GET",
+        path: "/",
+        headers: &[
+            ("host", "web"),
+            ("x-request-id", "client-id-1"),
+            ("x-forwarded-proto", "https"),
+        ],
+        body: "",
+        to: To::Live,
+        h2: true,
+        expect: Expect::Upstream {
+            line: "GET / HTTP/1.1",
+            has: &[
+                ("x-request-id", "client-id-1"),
+                ("x-forwarded-proto", "https"),
+            ],
             lacks: &[],
             body: "",
         },
@@ -273,6 +296,19 @@ fn fields(head: &str) -> impl Iterator<Item = (&str, &str)> {
         .map(|(n, v)| (n, v.trim()))
 }
 
+/// Whether `id` is a UUID v4 in lowercase hex (RFC 9562 §5.4).
+fn is_uuid_v4(id: &str) -> bool {
+    let b = id.as_bytes();
+    let hex = |c: &u8| c.is_ascii_digit() || (b'a'..=b'f').contains(c);
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => hex(c),
+        })
+        && b[14] == b'4'
+        && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+}
+
 /// A sidecar config of one listener per [`To`], each to its own cluster.
 fn config(live: SocketAddr, refused: SocketAddr) -> Arc<ProxyConfig> {
     let endpoint = |address| Endpoint {
@@ -335,13 +371,15 @@ fn listener_address(i: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], 1000 + i as u16))
 }
 
-/// A connected pair: the proxy's side and the client's.
-async fn connection() -> (TcpStream, TcpStream, SocketAddr) {
+/// A connected pair: the proxy's side (plain TCP, counted as the runtime's are) and the
+/// client's.
+async fn connection() -> (Counted<TcpStream>, TcpStream, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap())
         .await
         .unwrap();
     let (server, peer) = listener.accept().await.unwrap();
+    let server = Counted::new(server, Default::default(), Default::default());
     (server, client, peer)
 }
 
@@ -422,7 +460,7 @@ async fn every_case_comes_out_the_same_through_every_codec() {
                             .await
                     }
                     _ => {
-                        p.serve_hyper(server, listener, peer, Admission::Plaintext)
+                        p.serve_hyper(server, listener, peer, Admission::Plaintext, false)
                             .await
                     }
                 }
@@ -461,6 +499,13 @@ async fn every_case_comes_out_the_same_through_every_codec() {
                                 if field(&head, name).is_some() {
                                     wrong.push(format!("{name} present"));
                                 }
+                            }
+                            let ids: Vec<_> = fields(&head)
+                                .filter(|(n, _)| n.eq_ignore_ascii_case("x-request-id"))
+                                .collect();
+                            let generated = !case.headers.iter().any(|(n, _)| *n == "x-request-id");
+                            if generated && !(ids.len() == 1 && is_uuid_v4(ids[0].1)) {
+                                wrong.push(format!("x-request-id {ids:?}, not one UUID v4"));
                             }
                             if sent_body != *body {
                                 wrong.push(format!("body {sent_body:?}"));
@@ -530,4 +575,26 @@ fn strips_hop_by_hop_and_listed_headers() {
     );
     strip_hop_by_hop(&mut h);
     assert!(h.is_empty());
+}
+
+/// Over TLS the scheme is `https`, on both codecs' forms of a request, and each request gets
+/// an id of its own.
+#[test]
+fn a_tls_downstream_says_https_and_each_request_gets_its_own_id() {
+    let raw = b"GET / HTTP/1.1\r\nHost: web\r\n\r\n";
+    let mut out = Vec::new();
+    let head = bearing_http1::parse_request(raw, &mut out)
+        .unwrap()
+        .unwrap();
+    super::add_request_fields(&mut out, &head, true);
+    let written = String::from_utf8(out).unwrap();
+    assert!(written.ends_with("\r\n\r\n"), "{written:?}");
+    assert_eq!(field(&written, "x-forwarded-proto"), Some("https"));
+    let id = field(&written, "x-request-id").unwrap();
+    assert!(is_uuid_v4(id), "{id}");
+    let mut headers = HeaderMap::new();
+    super::add_request_headers(&mut headers, true);
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    let other = headers["x-request-id"].to_str().unwrap();
+    assert!(is_uuid_v4(other) && other != id, "{other}");
 }
