@@ -75,7 +75,7 @@ impl UpstreamCodec for Upstream<'_> {
     async fn attempt(
         &mut self,
         pool: &Arc<EndpointPool>,
-        checkout: Checkout,
+        mut checkout: Checkout,
         req: Request<RequestBody>,
     ) -> Attempt<Request<RequestBody>, Response<UpstreamBody>> {
         let cluster = self.cluster;
@@ -95,50 +95,36 @@ impl UpstreamCodec for Upstream<'_> {
             Attempt::NotDelivered(req, e)
         };
         let failed = |e: hyper::Error| Attempt::Failed(UpstreamError::of_exchange(address, e));
-        match checkout {
-            Checkout::H1(mut exchange) => {
-                let sent = exchange.sender.try_send_request(req);
-                match with_timeout(timeout, sent).await {
-                    None => Attempt::Failed(UpstreamError::Timeout(address)),
-                    Some(Ok(resp)) => match invalid(&resp, true) {
-                        Some(why) => {
-                            Attempt::Failed(UpstreamError::InvalidResponse(address, why.into()))
-                        }
-                        None => {
-                            let release = keeps_alive(&resp).then_some(exchange);
-                            Attempt::Answered(
-                                resp.map(|body| UpstreamBody::new(body, release, unit)),
-                            )
-                        }
-                    },
-                    Some(Err(mut e)) => match e.take_message() {
-                        Some(req) => not_sent(req),
-                        None => failed(e.into_error()),
-                    },
-                }
+        let sent = match &mut checkout {
+            Checkout::H1(exchange) => {
+                with_timeout(timeout, exchange.sender.try_send_request(req)).await
             }
-            Checkout::H2(mut sender) => {
-                let sent = sender.try_send_request(req);
-                match with_timeout(timeout, sent).await {
-                    None => Attempt::Failed(UpstreamError::Timeout(address)),
-                    Some(Ok(resp)) => match invalid(&resp, false) {
-                        Some(why) => {
-                            Attempt::Failed(UpstreamError::InvalidResponse(address, why.into()))
-                        }
-                        None => {
-                            Attempt::Answered(resp.map(|body| UpstreamBody::new(body, None, unit)))
-                        }
-                    },
-                    Some(Err(mut e)) => match e.take_message() {
-                        Some(req) => {
-                            // Going away (GOAWAY): the next attempt opens a new connection.
-                            pool.forget_h2();
-                            not_sent(req)
-                        }
-                        None => failed(e.into_error()),
-                    },
+            Checkout::H2(sender) => with_timeout(timeout, sender.try_send_request(req)).await,
+        };
+        let h1 = matches!(checkout, Checkout::H1(_));
+        match sent {
+            None => Attempt::Failed(UpstreamError::Timeout(address)),
+            Some(Ok(resp)) => match invalid(&resp, h1) {
+                Some(why) => Attempt::Failed(UpstreamError::InvalidResponse(address, why.into())),
+                None => {
+                    // An HTTP/1.1 connection goes back to the pool once the body has ended.
+                    let release = match checkout {
+                        Checkout::H1(exchange) if keeps_alive(&resp) => Some(exchange),
+                        _ => None,
+                    };
+                    Attempt::Answered(resp.map(|body| UpstreamBody::new(body, release, unit)))
                 }
-            }
+            },
+            Some(Err(mut e)) => match e.take_message() {
+                Some(req) => {
+                    if !h1 {
+                        // Going away (GOAWAY): the next attempt opens a new connection.
+                        pool.forget_h2();
+                    }
+                    not_sent(req)
+                }
+                None => failed(e.into_error()),
+            },
         }
     }
 }
