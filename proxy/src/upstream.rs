@@ -5,9 +5,12 @@
 //! the proxy needs two things that client hides: choosing the endpoint per request (round
 //! robin across a cluster, not per URI authority) and moving on to the next endpoint when a
 //! connect fails *before* the request body is consumed, so a refused endpoint never costs the
-//! request. Idle HTTP/1 connections go back to the pool when their response body ends; HTTP/2
-//! keeps one multiplexed connection per endpoint and worker, opened once for the requests
-//! that wait for it. Each worker pools its own (`PerWorker`).
+//! request (the order of attempts is the connection manager's, `crate::hcm::forward`).
+//! Each endpoint has one pool of idle HTTP/1.1 connections for both codecs: the byte codec
+//! writes on them itself, hyper's client is started on one per exchange and gives it back
+//! when the response body ends. HTTP/2 keeps one multiplexed connection per endpoint and
+//! worker, opened once for the requests that wait for it. Each worker pools its own
+//! (`PerWorker`).
 //!
 //! A new config takes over a pool only for the same cluster, protocol, endpoint and transport
 //! security ([`UpstreamSecurity`]: the cluster's TLS settings and the mesh CA and identity
