@@ -127,13 +127,6 @@ impl Occupancy {
     }
 }
 
-impl<O: Borrow<Occupancy>> Held<O> {
-    /// The occupancy this unit counts in.
-    pub fn occupancy(&self) -> &Occupancy {
-        self.occupancy.borrow()
-    }
-}
-
 impl<O: Borrow<Occupancy>> Drop for Held<O> {
     fn drop(&mut self) {
         let occupancy = self.occupancy.borrow();

@@ -10,7 +10,7 @@
 //! `x-kuma-tags` is removed (in the router); requests get 15 s for response headers (the
 //! clusters' request timeout) and a client has 5 s to send a request's headers.
 //!
-//! HTTP/1.1 requests go over the byte path ([`crate::forward_h1`]) when every backend speaks
+//! HTTP/1.1 requests go over the byte path ([`crate::hcm::byte_codec`]) when every backend speaks
 //! HTTP/1.1: the head is read into an `http` request for the router and the routed request
 //! is written back as bytes, so the rest of the exchange costs what a sidecar's does. There a
 //! keep-alive connection may idle 300 s between requests (Kuma's gateway `idleTimeout`).
@@ -39,8 +39,9 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
-use crate::forward_h1::{Reply, Routed, Timeouts};
-use crate::http_proxy::{local_reply, send, strip_hop_by_hop, ProxyBody};
+use crate::hcm::byte_codec::Timeouts;
+use crate::hcm::hyper_codec::{local_reply, send, ProxyBody};
+use crate::hcm::{strip_hop_by_hop, Reply, Routed};
 use crate::io::Counted;
 use crate::mesh_tls::{MeshState, MeshTlsSet};
 use crate::stats::{ListenerStats, Stats};
@@ -620,7 +621,7 @@ pub async fn handle(
                 None => RequestBody::Streamed(body),
             };
             let req = Request::from_parts(parts, body);
-            let mut resp = send(req, target, name).await;
+            let mut resp = send(req, target).await;
             response_headers.apply(resp.headers_mut());
             resp
         }
@@ -683,7 +684,7 @@ fn spawn_mirror(
     tokio::spawn(async move {
         let limit = cluster.config.request_timeout.unwrap_or(MIRROR_TIMEOUT);
         let exchange = async {
-            let mut body = send(copy, &cluster, &listener).await.into_body();
+            let mut body = send(copy, &cluster).await.into_body();
             // Read to its end so the upstream connection goes back to the pool.
             while let Some(frame) = body.frame().await {
                 if let Err(e) = frame {

@@ -4,8 +4,8 @@
 //! ([`runtime`]: applying configs, binding sockets, running each connection through the
 //! stages), the stages of a connection in order: [`accept`], filter-chain match
 //! ([`snapshot`], [`filter_chain`], transparent-proxy [`capture`]), [`transport`] (mesh mTLS,
-//! SNI peek), the network filters ([`tcp_proxy`], [`sni`] routing, builtin [`gateway`], HTTP:
-//! [`forward_h1`], [`http_proxy`]) and the clusters ([`upstream`]); then metrics ([`stats`]),
+//! SNI peek), the network filters ([`tcp_proxy`], [`sni`] routing, builtin [`gateway`], the HTTP
+//! connection manager and its codecs [`hcm`]) and the clusters ([`upstream`]); then metrics ([`stats`]),
 //! the admin API ([`admin`]), Kuma's readiness and Prometheus endpoints ([`kuma_endpoints`])
 //! and the worker threads ([`workers`]).
 
@@ -18,9 +18,8 @@ pub mod cli;
 pub mod cp_source;
 pub mod descriptors;
 pub mod filter_chain;
-pub mod forward_h1;
 pub mod gateway;
-pub mod http_proxy;
+pub mod hcm;
 pub mod io;
 pub mod kuma_dp_flags;
 pub mod kuma_endpoints;

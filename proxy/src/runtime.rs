@@ -26,9 +26,9 @@ use tokio_util::task::TaskTracker;
 use crate::accept::{self, bind_all, is_family_unavailable, sockets_per_listener};
 use crate::capture::{self, CapturePort, Route};
 use crate::filter_chain::ListenerRuntime;
-use crate::forward_h1::{self, Prefixed};
 use crate::gateway::{self, GatewayRuntime, HttpRoutes};
-use crate::http_proxy;
+use crate::hcm::byte_codec::{self, Prefixed};
+use crate::hcm::hyper_codec;
 use crate::io::{Counted, TcpBacked};
 use crate::snapshot::Snapshot;
 use crate::sni::{SniRouteRuntime, SniTable};
@@ -731,33 +731,36 @@ impl Proxy {
             }
             seen.1.clone()
         };
+        let tls = stream.plain().is_none();
         let timeouts = match listener.gateway {
             Some(_) => gateway::BYTE_PATH_TIMEOUTS,
-            None => forward_h1::Timeouts::SIDECAR,
+            None => byte_codec::Timeouts::SIDECAR,
         };
-        let wake = forward_h1::Wake {
+        let wake = byte_codec::Wake {
             epoch: &listener.epoch,
             drain: &self.drain,
         };
-        let (stream, prefix) = match forward_h1::serve(stream, newest, wake, peer, timeouts).await {
-            forward_h1::Outcome::Closed => return,
-            forward_h1::Outcome::Handoff(stream, prefix) => (stream, prefix),
+        let (stream, prefix) = match byte_codec::serve(stream, newest, wake, peer, timeouts).await {
+            byte_codec::Outcome::Closed => return,
+            byte_codec::Outcome::Handoff(stream, prefix) => (stream, prefix),
         };
         // Boxed: hyper's connection future is kilobytes, and inline it would make every
         // connection's task that large, byte-path ones included.
         let stream = Prefixed::new(prefix, stream);
-        Box::pin(self.serve_hyper(stream, listener, peer, admission)).await;
+        Box::pin(self.serve_hyper(stream, listener, peer, admission, tls)).await;
     }
 
     /// Serves `stream` with hyper (HTTP/1.1 and HTTP/2), each request with the newest version
     /// of `listener`; a request arriving once that version no longer admits the connection
     /// (admitted as `admission`) is refused by closing it (HTTP/2: resetting the stream).
-    async fn serve_hyper<S>(
+    /// `tls`: the stream is TLS (requests say `x-forwarded-proto: https`).
+    pub(crate) async fn serve_hyper<S>(
         self: Arc<Self>,
         stream: S,
         listener: Arc<ListenerRuntime>,
         peer: SocketAddr,
         admission: Admission,
+        tls: bool,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -775,7 +778,7 @@ impl Proxy {
                 if let Some(denied) = &l.denied {
                     // A policy denying this inbound came with a reload (Envoy's RBAC answer).
                     denied.inc();
-                    return Ok(http_proxy::local_reply(
+                    return Ok(hyper_codec::local_reply(
                         http::StatusCode::FORBIDDEN,
                         "RBAC: access denied".into(),
                     ));
@@ -786,17 +789,21 @@ impl Proxy {
                     ));
                 }
                 let mut req = req;
-                let resp = match http_proxy::screen_request(&mut req) {
+                let resp = match hyper_codec::screen_request(&mut req) {
                     Some(refused) => {
                         l.stats.requests.count(refused.status().as_u16());
                         refused
                     }
-                    None => match &l.routes {
-                        Some(routes) => {
-                            gateway::handle(req, (&l.config.name, &l.stats), routes, peer).await
+                    None => {
+                        crate::hcm::add_request_headers(req.headers_mut(), tls);
+                        match &l.routes {
+                            Some(routes) => {
+                                gateway::handle(req, (&l.config.name, &l.stats), routes, peer)
+                                    .await
+                            }
+                            None => hyper_codec::forward(req, &l).await,
                         }
-                        None => http_proxy::forward(req, &l).await,
-                    },
+                    }
                 };
                 Ok(resp)
             })
@@ -1001,7 +1008,7 @@ mod tests {
         let (mut server_side, _) = upstream.accept().await.unwrap();
         let counted = Counted::new(client, Default::default(), Default::default());
         let idle = tokio_util::either::Either::Left(counted);
-        kept_pool.release_raw(idle, &cluster.stats.occupancy);
+        kept_pool.release(idle, &cluster.stats.occupancy);
         proxy.apply(mtls_clusters_config(&ca, 3, ".changed", endpoint));
         let (rebuilt, new_pool, _) = state(&proxy);
         assert!(

@@ -5,9 +5,12 @@
 //! the proxy needs two things that client hides: choosing the endpoint per request (round
 //! robin across a cluster, not per URI authority) and moving on to the next endpoint when a
 //! connect fails *before* the request body is consumed, so a refused endpoint never costs the
-//! request. Idle HTTP/1 connections go back to the pool when their response body ends; HTTP/2
-//! keeps one multiplexed connection per endpoint and worker, opened once for the requests
-//! that wait for it. Each worker pools its own (`PerWorker`).
+//! request (the order of attempts is the connection manager's, `crate::hcm::forward`).
+//! Each endpoint has one pool of idle HTTP/1.1 connections for both codecs: the byte codec
+//! writes on them itself, hyper's client is started on one per exchange and gives it back
+//! when the response body ends. HTTP/2 keeps one multiplexed connection per endpoint and
+//! worker, opened once for the requests that wait for it. Each worker pools its own
+//! (`PerWorker`).
 //!
 //! A new config takes over a pool only for the same cluster, protocol, endpoint and transport
 //! security ([`UpstreamSecurity`]: the cluster's TLS settings and the mesh CA and identity
@@ -22,17 +25,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bearing_proxy_config::{Cluster, Protocol, UpstreamTls};
 use bytes::Bytes;
-use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::body::MessageBody;
 use crate::circuit::{Held, Occupancy, Overflow, Resource};
@@ -116,7 +117,7 @@ impl UpstreamError {
     /// The failure of a request hyper reports once it was sent to `address`: the downstream
     /// body failing (hyper's error from reading it is the cause), an unparsable response, or
     /// any other failure of the exchange.
-    fn of_exchange(address: SocketAddr, e: hyper::Error) -> Self {
+    pub(crate) fn of_exchange(address: SocketAddr, e: hyper::Error) -> Self {
         let body_failed = e.is_user()
             && std::error::Error::source(&e).is_some_and(|cause| cause.is::<hyper::Error>());
         if body_failed {
@@ -126,6 +127,18 @@ impl UpstreamError {
         } else {
             UpstreamError::Request(address, e.into())
         }
+    }
+
+    /// Whether it is a failure of an exchange with an endpoint (reset, invalid response,
+    /// timeout), counted as the cluster's `request_errors`: not a circuit breaker's refusal,
+    /// not the downstream request's own fault, not a connect failure (counted apart).
+    pub(crate) fn is_exchange_failure(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Request(..)
+                | UpstreamError::InvalidResponse(..)
+                | UpstreamError::Timeout(_)
+        )
     }
 
     /// Whether a circuit breaker refused it: the reply then carries Envoy's
@@ -147,12 +160,12 @@ type UpstreamIo = TokioIo<UpstreamStream>;
 /// Pooled connections to one endpoint of one cluster.
 pub struct EndpointPool {
     address: SocketAddr,
-
-    idle_h1: PerWorker<http1::SendRequest<RequestBody>>,
+    /// Idle HTTP/1.1 connections, owned by no task: the one pool both codecs take from and
+    /// return to (the byte codec writes on them itself, hyper's client is started on one for
+    /// each exchange and hands it back when the exchange ends).
+    idle: PerWorker<UpstreamStream>,
     /// Each worker's multiplexed connection (at most one), shared by that worker's requests.
     h2: PerWorker<H2Slot>,
-    /// Idle HTTP/1.1 connections of the byte path (`forward_h1`), owned by no task.
-    idle_raw: PerWorker<UpstreamStream>,
 }
 
 /// Connections of one endpoint, each kept for the worker that opened it: its socket is
@@ -168,13 +181,6 @@ struct PerWorker<T>(Mutex<WorkerLists<T>>);
 struct WorkerLists<T> {
     retired: bool,
     lists: Vec<(usize, Vec<T>)>,
-}
-
-/// What to do with an idle connection found while looking for one to use.
-enum Found {
-    Use,
-    Keep,
-    Drop,
 }
 
 impl<T> PerWorker<T> {
@@ -213,16 +219,13 @@ impl<T> PerWorker<T> {
         std::mem::take(&mut state.lists)
     }
 
-    /// The newest of this worker's connections `judge` says to use; on the way, the ones it
-    /// says to drop are dropped.
-    fn take(&self, mut judge: impl FnMut(&mut T) -> Found) -> Option<T> {
+    /// The newest of this worker's connections `usable` accepts; on the way, the newer ones
+    /// it refuses are dropped.
+    fn take(&self, mut usable: impl FnMut(&mut T) -> bool) -> Option<T> {
         self.mine(|idle| {
-            for i in (0..idle.len()).rev() {
-                match judge(&mut idle[i]) {
-                    Found::Use => return Some(idle.swap_remove(i)),
-                    Found::Keep => {}
-                    // Moves the last one, already looked at, into `i`.
-                    Found::Drop => drop(idle.swap_remove(i)),
+            while let Some(mut newest) = idle.pop() {
+                if usable(&mut newest) {
+                    return Some(newest);
                 }
             }
             None
@@ -269,9 +272,8 @@ impl EndpointPool {
     pub fn new(address: SocketAddr) -> Arc<Self> {
         Arc::new(EndpointPool {
             address,
-            idle_h1: PerWorker::new(),
+            idle: PerWorker::new(),
             h2: PerWorker::new(),
-            idle_raw: PerWorker::new(),
         })
     }
 
@@ -283,57 +285,29 @@ impl EndpointPool {
     /// Takes the pool out of service: its idle connections close now, and connections in
     /// use close when their exchange ends instead of coming back.
     fn retire(&self) {
-        // Dropped here, outside the locks: a closed HTTP/1 sender or HTTP/2 handle ends its
-        // connection (HTTP/2: once its open streams finish), a raw stream closes.
-        drop((
-            self.idle_h1.retire(),
-            self.h2.retire(),
-            self.idle_raw.retire(),
-        ));
+        // Dropped here, outside the locks: an idle stream closes, a closed HTTP/2 handle ends
+        // its connection once its open streams finish.
+        drop((self.idle.retire(), self.h2.retire()));
     }
 
-    /// An idle connection ready for a request now. Connections still finishing a previous
-    /// exchange (an upload the upstream answered early) stay pooled for later.
-    fn take_idle_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
-        self.idle_h1.take(|s| match (s.is_closed(), s.is_ready()) {
-            (true, _) => Found::Drop,
-            (false, true) => Found::Use,
-            (false, false) => Found::Keep,
-        })
-    }
-
-    /// Keeps a connection whose response ended for the next request, unless requests wait
-    /// for a connection of the cluster: then it closes, so that one of them, on any worker,
-    /// can open its own.
-    fn release_h1(&self, sender: http1::SendRequest<RequestBody>, occupancy: &Occupancy) {
-        if !sender.is_closed() && !occupancy.has_waiters() {
-            self.idle_h1.put(sender);
-        }
-    }
-
-    /// An idle byte-path connection that has neither closed nor sent anything since its last
+    /// An idle HTTP/1.1 connection that has neither closed nor sent anything since its last
     /// response; the others are dropped.
-    fn take_idle_raw(&self) -> Option<UpstreamStream> {
-        self.idle_raw.take(|stream| {
-            if is_quiet(stream) {
-                Found::Use
-            } else {
-                Found::Drop
-            }
-        })
+    fn take_idle(&self) -> Option<UpstreamStream> {
+        self.idle.take(is_quiet)
     }
 
-    /// Returns a byte-path connection whose last response was read to its end; it closes
-    /// instead when requests wait for a connection of the cluster (as in `release_h1`).
-    pub(crate) fn release_raw(&self, stream: UpstreamStream, occupancy: &Occupancy) {
+    /// Returns an HTTP/1.1 connection whose last response was read to its end, for the next
+    /// request of either codec; it closes instead when requests wait for a connection of the
+    /// cluster, so that one of them, on any worker, can open its own.
+    pub(crate) fn release(&self, stream: UpstreamStream, occupancy: &Occupancy) {
         if !occupancy.has_waiters() {
-            self.idle_raw.put(stream);
+            self.idle.put(stream);
         }
     }
 
     /// Closes one idle connection of any worker; whether there was one.
     fn close_one_idle(&self) -> bool {
-        self.idle_raw.take_any().is_some() || self.idle_h1.take_any().is_some()
+        self.idle.take_any().is_some()
     }
 
     /// This worker's HTTP/2 connection to use, the attempt under way to wait for, or the
@@ -366,7 +340,7 @@ impl EndpointPool {
 
     /// Forgets this worker's HTTP/2 connection once it refuses new streams (GOAWAY); an
     /// attempt already under way to replace it stays.
-    fn forget_h2(&self) {
+    pub(crate) fn forget_h2(&self) {
         self.h2
             .mine(|slot| slot.retain(|s| matches!(s, H2Slot::Opening(_))))
     }
@@ -472,7 +446,7 @@ pub struct ClusterRuntime {
 
 /// Why a request got no connection: its own attempt failed (counted as a failed connect),
 /// the attempt of another request it waited for did, or a circuit breaker refused it.
-enum NoConnection {
+pub(crate) enum NoConnection {
     Failed(io::Error),
     Shared(io::Error),
     Overflow(Overflow),
@@ -480,7 +454,7 @@ enum NoConnection {
 
 impl NoConnection {
     /// The request's own attempt failed with `e`.
-    fn failed(e: io::Error) -> Self {
+    pub(crate) fn failed(e: io::Error) -> Self {
         Overflow::of(&e).map_or(NoConnection::Failed(e), NoConnection::Overflow)
     }
 
@@ -490,10 +464,11 @@ impl NoConnection {
     }
 }
 
-/// An HTTP connection checked out of a pool for one request; `true` when it was reused.
-enum Checkout {
-    H1(http1::SendRequest<RequestBody>, bool),
-    H2(http2::SendRequest<RequestBody>, bool),
+/// An HTTP connection checked out of a pool for one request, for hyper's client: an HTTP/1.1
+/// exchange on a pooled stream, or a handle of this worker's HTTP/2 connection.
+pub(crate) enum Checkout {
+    H1(H1Exchange),
+    H2(http2::SendRequest<RequestBody>),
 }
 
 impl ClusterRuntime {
@@ -670,35 +645,37 @@ impl ClusterRuntime {
         }
     }
 
-    /// Gets a ready connection to `pool`'s endpoint: an idle one or a new one for HTTP/1,
-    /// this worker's for HTTP/2.
-    async fn checkout(&self, pool: &EndpointPool) -> Result<Checkout, NoConnection> {
+    /// Gets a ready connection to `pool`'s endpoint for hyper's client: an idle one or a new
+    /// one for HTTP/1, this worker's for HTTP/2; `true` when it was used before.
+    pub(crate) async fn checkout(
+        &self,
+        pool: &Arc<EndpointPool>,
+    ) -> Result<(Checkout, bool), NoConnection> {
         if self.is_h2() {
             return self.checkout_h2(pool).await;
         }
-        if let Some(sender) = pool.take_idle_h1() {
-            return Ok(Checkout::H1(sender, true));
-        }
-        // Boxed: the future of a new connection (TCP and TLS connect, HTTP/2 handshake) is
-        // kilobytes, and inline it made every request's future 7 KB, copied on each move.
-        let sender = Box::pin(self.open_h1(pool.address))
+        let (stream, reused) = self
+            .checkout_raw(pool)
             .await
             .map_err(NoConnection::failed)?;
-        Ok(Checkout::H1(sender, false))
+        let (sender, done) = start_h1(stream, pool, &self.stats.occupancy)
+            .await
+            .map_err(NoConnection::failed)?;
+        Ok((Checkout::H1(H1Exchange { sender, done }), reused))
     }
 
     /// This worker's HTTP/2 connection to `pool`'s endpoint, opened by the first request
     /// that needs it; requests arriving meanwhile share that attempt's outcome, failure
     /// included (without this, 100 concurrent first requests opened up to 100 connections).
-    async fn checkout_h2(&self, pool: &EndpointPool) -> Result<Checkout, NoConnection> {
+    async fn checkout_h2(&self, pool: &EndpointPool) -> Result<(Checkout, bool), NoConnection> {
         loop {
             match pool.h2_turn() {
-                H2Turn::Use(sender) => return Ok(Checkout::H2(sender, true)),
+                H2Turn::Use(sender) => return Ok((Checkout::H2(sender), true)),
                 H2Turn::Wait(mut opening) => {
                     // An error: the request opening it went away first; take the turn.
                     if let Ok(outcome) = opening.wait_for(Option::is_some).await {
                         match &*outcome {
-                            Some(Ok(sender)) => return Ok(Checkout::H2(sender.clone(), false)),
+                            Some(Ok(sender)) => return Ok((Checkout::H2(sender.clone()), false)),
                             Some(Err(e)) => return Err(NoConnection::shared(copy_error(e))),
                             None => {}
                         }
@@ -713,7 +690,7 @@ impl ClusterRuntime {
                         Err(e) => Err(copy_error(e)),
                     }));
                     return opened
-                        .map(|sender| Checkout::H2(sender, false))
+                        .map(|sender| (Checkout::H2(sender), false))
                         .map_err(NoConnection::failed);
                 }
             }
@@ -731,24 +708,13 @@ impl ClusterRuntime {
         &self,
         pool: &EndpointPool,
     ) -> io::Result<(UpstreamStream, bool)> {
-        if let Some(stream) = pool.take_idle_raw() {
+        if let Some(stream) = pool.take_idle() {
             return Ok((stream, true));
         }
-        // Boxed for the same reason as in `checkout`.
+        // Boxed: the future of a new connection (TCP and TLS connect) is kilobytes, and
+        // inline it made every request's future that much larger, copied on each move.
         let stream = Box::pin(self.connect(pool.address, true)).await?;
         Ok((stream, false))
-    }
-
-    /// A new HTTP/1.1 connection to `address`.
-    async fn open_h1(&self, address: SocketAddr) -> io::Result<http1::SendRequest<RequestBody>> {
-        let io = TokioIo::new(self.connect(address, true).await?);
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(bearing_http1::MAX_HEAD)
-            .handshake::<UpstreamIo, RequestBody>(io)
-            .await
-            .map_err(io::Error::other)?;
-        drive(conn, address);
-        Ok(sender)
     }
 
     /// A new HTTP/2 connection to `address`.
@@ -762,137 +728,6 @@ impl ClusterRuntime {
         drive(conn, address);
         Ok(sender)
     }
-
-    /// Sends `req` to the next endpoint that accepts a connection.
-    ///
-    /// A connect failure, or a fresh connection closed before the request was written, moves
-    /// on to the next endpoint; a reused connection found closed (or, for HTTP/2, going away)
-    /// before the request was written is replaced by a fresh one to the same endpoint. Once a
-    /// request has been written its failure is final: the body is gone.
-    pub async fn send_http(
-        &self,
-        mut req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let mut last = None;
-        let mut retry = None;
-        for (attempt, pool) in self.rotation().enumerate() {
-            if attempt > 0 && !self.may_retry(&mut retry) {
-                break;
-            }
-            loop {
-                let checkout = match self.checkout(pool).await {
-                    Ok(c) => c,
-                    Err(NoConnection::Overflow(o)) => return Err(UpstreamError::Overflow(o)),
-                    Err(NoConnection::Failed(e)) => {
-                        last = Some(self.connect_failed(pool.address, e));
-                        break;
-                    }
-                    Err(NoConnection::Shared(e)) => {
-                        last = Some((pool.address, e));
-                        break;
-                    }
-                };
-                let unit = match self.request_unit(self.stats.occupancy.clone()) {
-                    Ok(unit) => unit,
-                    Err(overflow) => {
-                        if let Checkout::H1(sender, _) = checkout {
-                            pool.release_h1(sender, &self.stats.occupancy);
-                        }
-                        return Err(overflow);
-                    }
-                };
-                let reused = matches!(checkout, Checkout::H1(_, true) | Checkout::H2(_, true));
-                match self.send_on(checkout, pool, req, unit).await {
-                    Ok(resp) => return Ok(resp),
-                    Err(Retry::Again(r)) => {
-                        req = r;
-                        if !reused {
-                            let e =
-                                io::Error::other("connection closed before the request was sent");
-                            last = Some(self.connect_failed(pool.address, e));
-                            break;
-                        }
-                    }
-                    Err(Retry::Fail(e)) => {
-                        if !matches!(e, UpstreamError::RequestBody(_)) {
-                            self.stats.request_errors.inc();
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Err(self.no_upstream(last))
-    }
-
-    /// Sends `req` on `checkout`; the response body holds `unit` (of `max_requests`) until
-    /// it ends.
-    async fn send_on(
-        &self,
-        checkout: Checkout,
-        pool: &Arc<EndpointPool>,
-        req: Request<RequestBody>,
-        unit: Held<Arc<Occupancy>>,
-    ) -> Result<Response<UpstreamBody>, Retry> {
-        let timeout = self.config.request_timeout;
-        let address = pool.address;
-        let fail = |e: hyper::Error| Retry::Fail(UpstreamError::of_exchange(address, e));
-        // hyper takes any three digits from 100 up (a status beyond 599 is not HTTP's either),
-        // and an HTTP/1 head up to one read over its buffer limit.
-        let invalid = |resp: &Response<Incoming>, h1: bool| {
-            let status = resp.status().as_u16();
-            let why = if status > 599 {
-                format!("status {status} outside 100-599")
-            } else if h1
-                && crate::http_proxy::head_size("HTTP/1.1 200 OK\r\n".len(), resp.headers())
-                    > bearing_http1::MAX_HEAD
-            {
-                "response head larger than 60 KiB".to_string()
-            } else {
-                return None;
-            };
-            Some(Retry::Fail(UpstreamError::InvalidResponse(
-                address,
-                why.into(),
-            )))
-        };
-        match checkout {
-            Checkout::H1(mut sender, _) => {
-                let fut = sender.try_send_request(req);
-                match with_timeout(timeout, fut).await {
-                    None => Err(Retry::Fail(UpstreamError::Timeout(address))),
-                    Some(Ok(resp)) => {
-                        if let Some(invalid) = invalid(&resp, true) {
-                            return Err(invalid);
-                        }
-                        let release = Some((sender, pool.clone()));
-                        Ok(resp.map(|body| UpstreamBody::new(body, release, unit)))
-                    }
-                    Some(Err(mut e)) => match e.take_message() {
-                        Some(req) => Err(Retry::Again(req)),
-                        None => Err(fail(e.into_error())),
-                    },
-                }
-            }
-            Checkout::H2(mut sender, _) => {
-                let fut = sender.try_send_request(req);
-                match with_timeout(timeout, fut).await {
-                    None => Err(Retry::Fail(UpstreamError::Timeout(address))),
-                    Some(Ok(resp)) => match invalid(&resp, false) {
-                        Some(invalid) => Err(invalid),
-                        None => Ok(resp.map(|body| UpstreamBody::new(body, None, unit))),
-                    },
-                    Some(Err(mut e)) => match e.take_message() {
-                        Some(req) => {
-                            pool.forget_h2();
-                            Err(Retry::Again(req))
-                        }
-                        None => Err(fail(e.into_error())),
-                    },
-                }
-            }
-        }
-    }
 }
 
 /// An error with the kind and message of `e` (or its overflow), for each request that
@@ -902,6 +737,50 @@ fn copy_error(e: &io::Error) -> io::Error {
         Some(o) => o.into(),
         None => io::Error::new(e.kind(), e.to_string()),
     }
+}
+
+/// hyper's HTTP/1.1 client started on one pooled connection for one exchange: the sender,
+/// and the signal that tells the connection's task to put the stream back into the pool.
+pub(crate) struct H1Exchange {
+    pub(crate) sender: http1::SendRequest<RequestBody>,
+    done: oneshot::Sender<()>,
+}
+
+impl H1Exchange {
+    /// Ends the exchange with the connection fit for another request: hyper's client stops
+    /// and its task returns the stream to the pool. Dropping the exchange instead closes it.
+    pub(crate) fn give_back(self) {
+        let _ = self.done.send(());
+        drop(self.sender);
+    }
+}
+
+/// Starts hyper's HTTP/1.1 client on `stream` (a connection of `pool`) for one exchange.
+/// Its task runs the connection until the exchange ends and then, when the exchange was
+/// given back ([`H1Exchange::give_back`]) with nothing read past the response, returns the
+/// stream to `pool`: the same idle connections the byte codec uses.
+async fn start_h1(
+    stream: UpstreamStream,
+    pool: &Arc<EndpointPool>,
+    occupancy: &Arc<Occupancy>,
+) -> io::Result<(http1::SendRequest<RequestBody>, oneshot::Sender<()>)> {
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(bearing_http1::MAX_HEAD)
+        .handshake::<UpstreamIo, RequestBody>(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    let (done, mut given_back) = oneshot::channel();
+    let (pool, occupancy) = (pool.clone(), occupancy.clone());
+    tokio::spawn(async move {
+        match conn.without_shutdown().await {
+            Ok(parts) if parts.read_buf.is_empty() && given_back.try_recv().is_ok() => {
+                pool.release(parts.io.into_inner(), &occupancy)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(endpoint = %pool.address, "upstream connection ended: {e}"),
+        }
+    });
+    Ok((sender, done))
 }
 
 /// Runs an upstream connection's I/O as a task of this worker until it closes.
@@ -930,43 +809,28 @@ fn is_quiet(stream: &mut UpstreamStream) -> bool {
 /// the proxy holds (a mirrored copy of a request).
 pub type RequestBody = MessageBody<Incoming>;
 
-/// What to do after a failed send: retry with the request given back, or give up.
-// Boxing the request would cost an allocation per request for a size that never hurts here.
-#[allow(clippy::large_enum_variant)]
-enum Retry {
-    Again(Request<RequestBody>),
-    Fail(UpstreamError),
-}
-
-async fn with_timeout<F: std::future::Future>(
-    limit: Option<Duration>,
-    fut: F,
-) -> Option<F::Output> {
-    match limit {
-        Some(d) => tokio::time::timeout(d, fut).await.ok(),
-        None => Some(fut.await),
-    }
-}
-
 /// An upstream response body that returns its HTTP/1 connection to the pool once it has been
 /// read to the end (a body dropped early closes the connection instead). The request counts
 /// against the cluster's `max_requests` until the body is dropped.
 pub struct UpstreamBody {
     body: Incoming,
-    release: Option<(http1::SendRequest<RequestBody>, Arc<EndpointPool>)>,
-    request: Held<Arc<Occupancy>>,
+    release: Option<H1Exchange>,
+    /// The request's unit of `max_requests`, held until the body is dropped.
+    _request: Held<Arc<Occupancy>>,
 }
 
 impl UpstreamBody {
-    fn new(
+    /// The body of a response to a request holding `request` (a unit of `max_requests`);
+    /// `release` is given back once the body has ended.
+    pub(crate) fn new(
         body: Incoming,
-        release: Option<(http1::SendRequest<RequestBody>, Arc<EndpointPool>)>,
+        release: Option<H1Exchange>,
         request: Held<Arc<Occupancy>>,
     ) -> Self {
         let mut b = UpstreamBody {
             body,
             release,
-            request,
+            _request: request,
         };
         if b.body.is_end_stream() {
             b.release_connection();
@@ -975,8 +839,8 @@ impl UpstreamBody {
     }
 
     fn release_connection(&mut self) {
-        if let Some((sender, pool)) = self.release.take() {
-            pool.release_h1(sender, self.request.occupancy());
+        if let Some(exchange) = self.release.take() {
+            exchange.give_back();
         }
     }
 }
@@ -1016,7 +880,7 @@ pub(crate) fn test_cluster(name: &str) -> Cluster {
         name: name.into(),
         protocol: Protocol::Http,
         endpoints: Vec::new(),
-        connect_timeout: Duration::from_secs(1),
+        connect_timeout: std::time::Duration::from_secs(1),
         request_timeout: None,
         tls: None,
         circuit_breakers: Default::default(),
@@ -1027,6 +891,8 @@ pub(crate) fn test_cluster(name: &str) -> Cluster {
 mod tests {
     use super::*;
     use crate::workers::Workers;
+    use http::Request;
+    use std::time::Duration;
 
     #[test]
     fn each_worker_takes_only_its_own_connections() {
@@ -1038,20 +904,18 @@ mod tests {
         workers.run_on(0, move || c.put(7));
         let c = conns.clone();
         let taken = workers.run_on(0, move || {
-            std::iter::from_fn(|| c.take(|_| Found::Use)).collect::<Vec<_>>()
+            std::iter::from_fn(|| c.take(|_| true)).collect::<Vec<_>>()
         });
         assert_eq!(taken, vec![7]);
         // Kept, and dropped, only among the worker's own.
         let c = conns.clone();
         let none = workers.run_on(1, move || {
             c.put(4);
-            c.take(|&mut n| if n == 4 { Found::Drop } else { Found::Keep })
+            c.take(|&mut n| n != 4)
         });
-        assert_eq!(none, None);
+        assert_eq!(none, Some(3), "4 dropped on the way to 3");
         let c = conns.clone();
-        assert_eq!(workers.run_on(1, move || c.take(|_| Found::Use)), Some(3));
-        let c = conns.clone();
-        assert_eq!(workers.run_on(1, move || c.take(|_| Found::Use)), None);
+        assert_eq!(workers.run_on(1, move || c.take(|_| true)), None);
     }
 
     /// A cluster of one endpoint at `address` with `breakers`.
@@ -1137,10 +1001,73 @@ mod tests {
         );
         assert_eq!(cluster.stats.rq_pending_overflow.get(), 1);
         // Released while a request waits: closed, and the waiting request opens its own.
-        pool.release_raw(first, &cluster.stats.occupancy);
+        pool.release(first, &cluster.stats.occupancy);
         assert!(!waiting.await.unwrap().unwrap(), "a new connection");
         assert_eq!(cluster.stats.cx_overflow.get(), 2);
         assert_eq!(cluster.stats.occupancy.pending.get(), 0);
+    }
+
+    /// One idle pool per endpoint: a connection hyper's client finished an exchange on is
+    /// the one the byte codec takes next, and one the byte codec returned is the one hyper's
+    /// client sends on; a response that closes its connection returns nothing.
+    #[tokio::test]
+    async fn both_codecs_share_one_idle_pool() {
+        use http_body_util::BodyExt as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        let close = buf[..n].windows(5).any(|w| w == b"/last");
+                        let answer: &[u8] = match close {
+                            true => b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                            false => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                        };
+                        if s.write_all(answer).await.is_err() || close {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let cluster = cluster_at(address, Default::default());
+        let pool = cluster.pools[0].clone();
+        let get = |path: &str| {
+            let mut req = Request::new(RequestBody::Held(Default::default()));
+            *req.uri_mut() = path.parse().unwrap();
+            req.headers_mut().insert("host", "web".parse().unwrap());
+            req
+        };
+        let idle = |pool: &EndpointPool| pool.idle.mine(|idle| idle.len());
+        let resp = crate::hcm::hyper_codec::send(get("/a"), &cluster).await;
+        resp.into_body().collect().await.unwrap();
+        while idle(&pool) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let (stream, reused) = cluster.checkout_raw(&pool).await.unwrap();
+        assert!(reused, "the byte codec takes the connection hyper used");
+        pool.release(stream, &cluster.stats.occupancy);
+        let resp = crate::hcm::hyper_codec::send(get("/last"), &cluster).await;
+        resp.into_body().collect().await.unwrap();
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            1,
+            "one connection for both"
+        );
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            idle(&pool),
+            0,
+            "a connection the upstream closes is not pooled"
+        );
     }
 
     #[test]
@@ -1149,11 +1076,11 @@ mod tests {
         conns.put(1);
         assert_eq!(conns.retire(), vec![(workers::current(), vec![1])]);
         conns.put(2);
-        assert_eq!(conns.take(|_| Found::Use), None);
+        assert_eq!(conns.take(|_| true), None);
     }
 
     fn is_retired(pool: &EndpointPool) -> bool {
-        let state = pool.idle_raw.0.lock().unwrap();
+        let state = pool.idle.0.lock().unwrap();
         state.retired
     }
 
@@ -1239,14 +1166,9 @@ mod tests {
         let c = conns.clone();
         workers.run_on(0, move || c.put(1000));
         let c = conns.clone();
-        assert_eq!(
-            workers.run_on(0, move || c.take(|_| Found::Use)),
-            Some(1000)
-        );
+        assert_eq!(workers.run_on(0, move || c.take(|_| true)), Some(1000));
         let c = conns.clone();
-        let kept = workers.run_on(1, move || {
-            std::iter::from_fn(|| c.take(|_| Found::Use)).count()
-        });
+        let kept = workers.run_on(1, move || std::iter::from_fn(|| c.take(|_| true)).count());
         assert_eq!(kept, MAX_IDLE_PER_ENDPOINT);
     }
 }

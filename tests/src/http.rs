@@ -159,6 +159,38 @@ pub(crate) fn admin_request(
     Ok((out.http_code, out.body))
 }
 
+/// `text` (request heads as an origin saw them) with each `x-request-id` value that is a
+/// lowercase UUID (as Envoy and Bearing generate them) reduced to its form: every hex digit
+/// `x` but the version digit (`xxxxxxxx-xxxx-4xxx-xxxx-xxxxxxxxxxxx` for a v4), so requests
+/// compare equal whatever id each was given, and an id of another form still shows.
+pub fn request_id_forms(text: &str) -> String {
+    const FIELD: &str = "x-request-id: ";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(FIELD) {
+        let (before, after) = rest.split_at(at + FIELD.len());
+        out.push_str(before);
+        let id = after.get(..36).unwrap_or("");
+        let uuid = id.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_digit() || ('a'..='f').contains(&c),
+        });
+        if id.len() == 36 && uuid {
+            let form = id.char_indices().map(|(i, c)| match c {
+                '-' => '-',
+                _ if i == 14 => c,
+                _ => 'x',
+            });
+            out.extend(form);
+            rest = &after[36..];
+        } else {
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +223,14 @@ mod tests {
         assert_eq!(user_max_time(&a(&["http://x"])), None);
         assert_eq!(user_max_time(&a(&["-m", "3", "http://x"])), Some(3.0));
         assert_eq!(user_max_time(&a(&["--max-time=0.5"])), Some(0.5));
+    }
+
+    #[test]
+    fn generated_request_ids_compare_by_form() {
+        let heads = "x-request-id: 0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9\r\nx-request-id: r1\r\n";
+        assert_eq!(
+            request_id_forms(heads),
+            "x-request-id: xxxxxxxx-xxxx-4xxx-xxxx-xxxxxxxxxxxx\r\nx-request-id: r1\r\n"
+        );
     }
 }

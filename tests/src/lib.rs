@@ -63,7 +63,9 @@ pub use envoy::{
     KumaGolden, ENVOY_READY_TIMEOUT,
 };
 pub use firewall::firewall_rules;
-pub use http::{curl, curl_output, http_url, CurlOutput, DEFAULT_CURL_MAX_TIME_SECS};
+pub use http::{
+    curl, curl_output, http_url, request_id_forms, CurlOutput, DEFAULT_CURL_MAX_TIME_SECS,
+};
 pub use mesh::{
     external_service_yaml, get_body, mesh_yaml, with_transparent_proxying, zone_proxy_yaml,
     BACKEND_SYNCED_FROM_ZONE_B,

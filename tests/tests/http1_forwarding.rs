@@ -195,14 +195,15 @@ fn framings_pass_through_unchanged_on_one_pipelined_connection() -> Result<()> {
     let (_origin, _bearing) = setup(&topo, &["--concurrency", "2"])?;
     let a = topo.host("a");
     let requests = "GET /echo HTTP/1.1\r\nHost: origin\r\nConnection: keep-alive, X-Hop\r\n\
-                    X-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\n\
+                    X-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\nX-Request-Id: r1\r\n\r\n\
                     GET /chunked HTTP/1.1\r\nHost: origin\r\n\r\n\
                     GET /no-content HTTP/1.1\r\nHost: origin\r\n\r\n\
                     GET /early HTTP/1.1\r\nHost: origin\r\n\r\n\
                     HEAD /head-length HTTP/1.1\r\nHost: origin\r\n\r\n\
                     POST /echo HTTP/1.1\r\nHost: origin\r\nContent-Length: 4\r\n\r\nbody\
                     GET /until-close HTTP/1.1\r\nHost: origin\r\n\r\n";
-    let got = exchange(a, requests)?;
+    // The id Bearing gives a request without one is random: compared by form.
+    let got = request_id_forms(&exchange(a, requests)?);
     let echo = |received: &str| {
         format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{received}",
@@ -210,15 +211,17 @@ fn framings_pass_through_unchanged_on_one_pipelined_connection() -> Result<()> {
         )
     };
     let expected = [
-        // Hop-by-hop fields and the ones Connection lists are gone, the rest kept.
-        &echo("GET /echo HTTP/1.1\r\nHost: origin\r\nX-Kept: yes\r\n\r\n"),
+        // Hop-by-hop fields and the ones Connection lists are gone, the rest kept (a request
+        // id too); Envoy's `x-forwarded-proto` is added.
+        &echo("GET /echo HTTP/1.1\r\nHost: origin\r\nX-Kept: yes\r\nX-Request-Id: r1\r\nx-forwarded-proto: http\r\n\r\n"),
         // Chunks, extension and trailers byte for byte.
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Origin: raw\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n",
         "HTTP/1.1 204 No Content\r\nX-Origin: raw\r\n\r\n",
         "HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         // HEAD: the length of the body a GET would have, and no body.
         "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
-        &echo("POST /echo HTTP/1.1\r\nHost: origin\r\nContent-Length: 4\r\n\r\nbody"),
+        // A request without an id gets one (a UUID v4), as from Envoy.
+        &echo("POST /echo HTTP/1.1\r\nHost: origin\r\nContent-Length: 4\r\nx-request-id: xxxxxxxx-xxxx-4xxx-xxxx-xxxxxxxxxxxx\r\nx-forwarded-proto: http\r\n\r\nbody"),
         // A body until close ends the downstream connection too, which the head says.
         "HTTP/1.1 200 OK\r\nX-Origin: raw\r\nconnection: close\r\n\r\nuntil close",
     ]

@@ -89,6 +89,10 @@ pub struct RequestHead {
     /// An idempotent method (RFC 9110 §9.2.2): safe to send again when a reused upstream
     /// connection closes before answering.
     pub idempotent: bool,
+    /// The request carries an `x-request-id`.
+    pub request_id: bool,
+    /// The request carries an `x-forwarded-proto`.
+    pub forwarded_proto: bool,
 }
 
 /// A response head read from upstream.
@@ -155,6 +159,7 @@ pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead
     let mut connection = ConnectionOptions::default();
     let mut content_length = None;
     let mut host = None;
+    let (mut request_id, mut forwarded_proto) = (false, false);
     for h in req.headers.iter() {
         match Field::of(h.name) {
             Field::Connection => connection.add(h.value)?,
@@ -175,6 +180,10 @@ pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead
             }
             Field::Expect => return Err(Refused("request with expect").into()),
             Field::Upgrade => return Err(Refused("upgrade request").into()),
+            Field::Other => {
+                request_id |= h.name.eq_ignore_ascii_case("x-request-id");
+                forwarded_proto |= h.name.eq_ignore_ascii_case("x-forwarded-proto");
+            }
             _ => {}
         }
     }
@@ -202,6 +211,8 @@ pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead
             method,
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
         ),
+        request_id,
+        forwarded_proto,
     }))
 }
 
@@ -582,8 +593,7 @@ impl<'a> ConnectionOptions<'a> {
     /// Whether `h` (a `field`) describes the connection rather than the message (RFC 9110
     /// §7.6.1): the hop-by-hop fields, but `TE: trailers` (gRPC needs it end to end) and
     /// `Transfer-Encoding` (bodies pass through in their framing), and the fields `Connection`
-    /// lists. Listing never removes a field that frames the message or names its host: that
-    /// would let a peer desynchronise the next hop.
+    /// lists that [`connection_may_list_away`] allows.
     fn drops(&self, h: &Header<'_>, field: Field) -> bool {
         match field {
             Field::Connection | Field::KeepAlive | Field::ProxyConnection | Field::Upgrade => true,
@@ -594,6 +604,16 @@ impl<'a> ConnectionOptions<'a> {
             Field::ContentLength | Field::TransferEncoding | Field::Expect | Field::Host => false,
         }
     }
+}
+
+/// Whether a `Connection` header listing the field `name` removes it before the next hop
+/// (RFC 9110 §7.6.1): the one rule of every HTTP codec of the proxy. Listing never removes a
+/// field that frames the message (`Content-Length`, `Transfer-Encoding`), names its host
+/// (`Host`: Envoy never lets `Connection` strip it, and a request without one is not HTTP/1.1
+/// any more) or that the hop-by-hop rules decide themselves (`TE`, `Expect`, `Upgrade`, the
+/// connection fields): that would let a peer desynchronise or misroute the next hop.
+pub fn connection_may_list_away(name: &str) -> bool {
+    Field::of(name) == Field::Other
 }
 
 /// Where a body being relayed stands: how much of the next bytes belong to it, and whether it
@@ -784,6 +804,21 @@ mod tests {
             out,
             "GET /a?b=1 HTTP/1.1\r\nHost: web\r\nTE: trailers\r\nAccept: */*\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn only_fields_outside_the_hop_by_hop_rules_may_be_listed_away() {
+        for kept in [
+            "host",
+            "Content-Length",
+            "transfer-encoding",
+            "te",
+            "expect",
+            "upgrade",
+        ] {
+            assert!(!connection_may_list_away(kept), "{kept}");
+        }
+        assert!(connection_may_list_away("x-private"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The byte path for plain HTTP/1.1 listeners: requests forwarded as bytes, one task per
-//! downstream connection.
+//! The byte codec: HTTP/1.1 requests of plain and TLS listeners forwarded as bytes, one task
+//! per downstream connection; what happens to a request between downstream and upstream is
+//! the connection manager's ([`super`]).
 //!
 //! Written here rather than going through hyper because the hot path needs it: hyper's server
 //! and client run each exchange across two tasks (the downstream connection and the pooled
@@ -28,18 +29,18 @@ use std::time::Duration;
 
 use bearing_http1::{parse_request, parse_response, BodyLength, BodyProgress, NotForwarded};
 use bearing_http1::{Refused, RequestHead, ResponseHead};
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use crate::circuit::Overflow;
+use super::{Attempt, Reply, Routed, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE};
+use crate::circuit::{Held, Occupancy};
 use crate::filter_chain::ListenerRuntime;
 use crate::gateway::ResponseEdits;
-use crate::http_proxy::LOCAL_REPLY_CONTENT_TYPE;
 use crate::io::TcpBacked;
-use crate::upstream::{ClusterRuntime, EndpointPool, UpstreamError, UpstreamStream};
+use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, UpstreamError, UpstreamStream};
 
 /// Largest request (head and held body) this path carries; a larger one goes to hyper. Heads
 /// alone are limited to [`bearing_http1::MAX_HEAD`] on every path.
@@ -77,28 +78,6 @@ impl Timeouts {
         head: Duration::from_secs(30),
         idle: Duration::from_secs(3600),
     };
-}
-
-/// Where the byte path sends one request.
-pub(crate) enum Routed<'l> {
-    /// To `cluster`, each response head sent downstream changed by `edits` (a route's).
-    Forward {
-        cluster: &'l ClusterRuntime,
-        edits: Option<ResponseEdits<'l>>,
-    },
-    /// Answered by the proxy (a router's 404, redirect, direct response or refusal).
-    Reply(Reply, Option<ResponseEdits<'l>>),
-    /// Not carried by the byte path: the connection goes to hyper.
-    Unsupported(&'static str),
-}
-
-/// A response the proxy writes itself: plain text, a `location` for a redirect, and Envoy's
-/// `x-envoy-overloaded: true` when a circuit breaker refused the request.
-pub(crate) struct Reply {
-    pub status: StatusCode,
-    pub location: Option<HeaderValue>,
-    pub message: String,
-    pub overloaded: bool,
 }
 
 /// How a downstream connection left the byte path.
@@ -180,6 +159,8 @@ where
     S: AsyncRead + AsyncWrite + TcpBacked + Unpin,
 {
     let drain = wake.drain;
+    // TLS (a mesh mTLS inbound, a gateway's HTTPS): requests say `x-forwarded-proto: https`.
+    let tls = down.plain().is_none();
     // Borrowed at first (no token clone per connection); after a change the connection
     // still passes, the newest listener's epoch.
     let woken = Either::Left(wake.epoch.cancelled());
@@ -274,6 +255,7 @@ where
             denied.inc();
             return Outcome::Closed;
         }
+        super::add_request_fields(&mut bufs.request_head, &head, tls);
         let request = Request {
             head: &head,
             body: &bufs.request[head.head_len..message_len],
@@ -464,12 +446,9 @@ enum Sent {
     Invalid(Refused),
 }
 
-/// Sends `request` to the cluster (the next endpoint that takes it) and relays the response.
-///
-/// A stale pooled connection (closed before answering) is replaced by a fresh one to the
-/// same endpoint, for a request not delivered or safe to repeat; a fresh connection refused or
-/// closed before the request was written moves on to the next endpoint; any other failure
-/// before the response is answered with a local 503 (504 on the request timeout).
+/// Sends `request` to the cluster ([`super::forward`]: the next endpoint that takes it, a
+/// stale pooled connection replaced) and relays the response; a failure before the response
+/// is answered with a local reply.
 async fn exchange<S>(
     down: &mut S,
     cluster: &ClusterRuntime,
@@ -480,68 +459,76 @@ async fn exchange<S>(
 where
     S: AsyncWrite + TcpBacked + Unpin,
 {
-    let mut last = None;
-    let mut retry = None;
-    for (attempt, pool) in cluster.rotation().enumerate() {
-        if attempt > 0 && !cluster.may_retry(&mut retry) {
-            break;
+    let mut upstream = Upstream {
+        cluster,
+        head: request_head,
+        response: &mut response,
+    };
+    match super::forward(cluster, &mut upstream, request).await {
+        // Held until the response has been relayed.
+        Ok(((up, head, _request_unit), pool)) => {
+            relay(down, up, pool, head, request, cluster, response).await
         }
-        let address = pool.address();
-        loop {
-            let (mut up, reused) = match cluster.checkout_raw(pool).await {
-                Ok(c) => c,
-                Err(e) => match Overflow::of(&e) {
-                    Some(o) => {
-                        let failure = UpstreamError::Overflow(o);
-                        return Box::pin(local_reply(
-                            down,
-                            cluster,
-                            failure,
-                            request,
-                            response.edits,
-                        ))
-                        .await;
-                    }
-                    None => {
-                        last = Some(cluster.connect_failed(address, e));
-                        break;
-                    }
-                },
-            };
-            // Held until the response has been relayed.
-            let _request_unit = match cluster.request_unit(&*cluster.stats.occupancy) {
-                Ok(unit) => unit,
-                Err(failure) => {
-                    pool.release_raw(up, &cluster.stats.occupancy);
-                    return Box::pin(local_reply(down, cluster, failure, request, response.edits))
-                        .await;
-                }
-            };
-            let limit = cluster.config.request_timeout;
-            let failure = match send(&mut up, request, request_head, limit, &mut response).await {
-                Sent::Answered(head) => {
-                    return relay(down, up, pool, head, request, cluster, response).await;
-                }
-                Sent::NotDelivered(_) if reused => continue,
-                Sent::NoAnswer(_)
-                    if reused && request.head.idempotent && cluster.may_retry(&mut retry) =>
-                {
-                    continue
-                }
-                Sent::NotDelivered(e) => {
-                    last = Some(cluster.connect_failed(address, e));
-                    break;
-                }
-                Sent::NoAnswer(e) => UpstreamError::Request(address, e.into()),
-                Sent::Invalid(refused) => UpstreamError::InvalidResponse(address, refused.into()),
-                Sent::Timeout => UpstreamError::Timeout(address),
-            };
-            cluster.stats.request_errors.inc();
-            return Box::pin(local_reply(down, cluster, failure, request, response.edits)).await;
+        Err(failure) => {
+            Box::pin(local_reply(down, cluster, failure, request, response.edits)).await
         }
     }
-    let failure = cluster.no_upstream(last);
-    Box::pin(local_reply(down, cluster, failure, request, response.edits)).await
+}
+
+/// The upstream side of the byte codec, for [`super::forward`]: the written request head, and
+/// where the response head is read.
+struct Upstream<'a, 'r> {
+    cluster: &'a ClusterRuntime,
+    head: &'a [u8],
+    response: &'r mut Response<'a>,
+}
+
+impl<'a> UpstreamCodec for Upstream<'a, '_> {
+    type Request = &'a Request<'a>;
+    type Conn = UpstreamStream;
+    type Answer = (UpstreamStream, ResponseHead, Held<&'a Occupancy>);
+
+    async fn checkout(
+        &mut self,
+        pool: &Arc<EndpointPool>,
+    ) -> Result<(UpstreamStream, bool), NoConnection> {
+        self.cluster
+            .checkout_raw(pool)
+            .await
+            .map_err(NoConnection::failed)
+    }
+
+    /// Writes the request and reads the response head. The body is held whole, so a request
+    /// safe to repeat (idempotent) can be sent again after a stale connection lost it.
+    async fn attempt(
+        &mut self,
+        pool: &Arc<EndpointPool>,
+        mut up: UpstreamStream,
+        request: &'a Request<'a>,
+    ) -> Attempt<&'a Request<'a>, Self::Answer> {
+        let cluster = self.cluster;
+        let unit = match cluster.request_unit(&*cluster.stats.occupancy) {
+            Ok(unit) => unit,
+            Err(overflow) => {
+                pool.release(up, &cluster.stats.occupancy);
+                return Attempt::Failed(overflow);
+            }
+        };
+        let address = pool.address();
+        let limit = cluster.config.request_timeout;
+        match send(&mut up, request, self.head, limit, self.response).await {
+            Sent::Answered(head) => Attempt::Answered((up, head, unit)),
+            Sent::NotDelivered(e) => Attempt::NotDelivered(request, e),
+            Sent::NoAnswer(e) => {
+                let again = request.head.idempotent.then_some(request);
+                Attempt::NoAnswer(again, UpstreamError::Request(address, e.into()))
+            }
+            Sent::Invalid(refused) => {
+                Attempt::Failed(UpstreamError::InvalidResponse(address, refused.into()))
+            }
+            Sent::Timeout => Attempt::Failed(UpstreamError::Timeout(address)),
+        }
+    }
 }
 
 /// Writes the request to `up` and reads the response head, within `limit`.
@@ -705,7 +692,7 @@ where
         if let (false, true, Some(tcp)) = (spliced, buf.len() < buf.capacity(), up.plain()) {
             crate::io::forget_readable(tcp.get_ref());
         }
-        pool.release_raw(up, &cluster.stats.occupancy);
+        pool.release(up, &cluster.stats.occupancy);
     }
     Answer {
         status: head.status,
@@ -721,18 +708,7 @@ async fn local_reply<S: AsyncWrite + Unpin>(
     request: &Request<'_>,
     edits: Option<ResponseEdits<'_>>,
 ) -> Answer {
-    if let UpstreamError::Overflow(why) = &failure {
-        // Counted per cluster; a warning each would flood the log exactly when overloaded.
-        tracing::debug!(cluster = %cluster.config.name, "circuit breaker: {why}");
-    } else {
-        tracing::warn!(cluster = %cluster.config.name, "{failure}");
-    }
-    let reply = Reply {
-        status: failure.status(),
-        location: None,
-        message: failure.to_string(),
-        overloaded: failure.is_overflow(),
-    };
+    let reply = Reply::of_failure(&failure, cluster);
     let (is_head, close) = (request.head.is_head, request.close_downstream);
     write_reply(down, &reply, is_head, close, edits).await
 }
@@ -932,7 +908,7 @@ mod tests {
             got.starts_with("HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"),
             "{got}"
         );
-        let hyper = crate::http_proxy::local_reply(
+        let hyper = super::super::hyper_codec::local_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy upstream".into(),
         );

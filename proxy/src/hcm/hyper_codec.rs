@@ -1,17 +1,26 @@
-//! The L7 path: HTTP/1.1 and HTTP/2 requests from downstream, forwarded to a cluster.
+//! The hyper codec: HTTP/2 from downstream (h2c prior knowledge, ALPN `h2`), and HTTP/1.1
+//! requests the byte codec hands over, read and written by hyper; upstream, hyper's HTTP/1.1
+//! client on a pooled stream or this worker's HTTP/2 connection. What happens to a request
+//! between the two is the connection manager's ([`super`]).
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bearing_http1::{valid_host, MAX_HEAD, MAX_HEADERS};
-use bearing_proxy_config::Protocol;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use super::{strip_hop_by_hop, Attempt, Reply, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE};
 use crate::body::MessageBody;
 use crate::filter_chain::ListenerRuntime;
-use crate::upstream::{ClusterRuntime, RequestBody, UpstreamBody, UpstreamError};
+use crate::upstream::{
+    Checkout, ClusterRuntime, EndpointPool, NoConnection, RequestBody, UpstreamBody, UpstreamError,
+};
 
 /// A response body: streamed from upstream, or a short local reply.
 pub type ProxyBody = MessageBody<UpstreamBody>;
@@ -19,14 +28,7 @@ pub type ProxyBody = MessageBody<UpstreamBody>;
 /// Forwards one request through `listener`'s cluster and counts the outcome.
 pub async fn forward(req: Request<Incoming>, listener: &ListenerRuntime) -> Response<ProxyBody> {
     let resp = match &listener.cluster {
-        Some(cluster) => {
-            send(
-                req.map(RequestBody::Streamed),
-                cluster,
-                &listener.config.name,
-            )
-            .await
-        }
+        Some(cluster) => send(req.map(RequestBody::Streamed), cluster).await,
         None => {
             let message = format!("listener {} has no cluster", listener.config.name);
             local_reply(StatusCode::SERVICE_UNAVAILABLE, message)
@@ -38,33 +40,129 @@ pub async fn forward(req: Request<Incoming>, listener: &ListenerRuntime) -> Resp
 
 /// Sends one request to `cluster` and counts the outcome there: the upstream's response
 /// without hop-by-hop headers, or a 503 (504 on the response timeout) naming the failure.
-pub async fn send(
-    mut req: Request<RequestBody>,
-    cluster: &ClusterRuntime,
-    listener: &str,
-) -> Response<ProxyBody> {
-    let upstream_h2 = matches!(cluster.config.protocol, Protocol::Http2 | Protocol::Grpc);
-    prepare_request(&mut req, upstream_h2);
-    match cluster.send_http(req).await {
-        Ok(mut resp) => {
+pub async fn send(mut req: Request<RequestBody>, cluster: &ClusterRuntime) -> Response<ProxyBody> {
+    prepare_request(&mut req, cluster.is_h2());
+    match super::forward(cluster, &mut Upstream { cluster }, req).await {
+        Ok((mut resp, _)) => {
             cluster.stats.requests.count(resp.status().as_u16());
             strip_hop_by_hop(resp.headers_mut());
             resp.map(ProxyBody::Streamed)
         }
-        Err(e) => {
-            if let UpstreamError::Overflow(why) = &e {
-                // Counted per cluster; a warning each would flood the log when overloaded.
-                tracing::debug!(%listener, cluster = %cluster.config.name, "circuit breaker: {why}");
-            } else {
-                tracing::warn!(%listener, cluster = %cluster.config.name, "{e}");
+        Err(failure) => reply(Reply::of_failure(&failure, cluster)),
+    }
+}
+
+/// The upstream side of the hyper codec, for [`super::forward`].
+struct Upstream<'c> {
+    cluster: &'c ClusterRuntime,
+}
+
+impl UpstreamCodec for Upstream<'_> {
+    type Request = Request<RequestBody>;
+    type Conn = Checkout;
+    type Answer = Response<UpstreamBody>;
+
+    async fn checkout(
+        &mut self,
+        pool: &Arc<EndpointPool>,
+    ) -> Result<(Checkout, bool), NoConnection> {
+        self.cluster.checkout(pool).await
+    }
+
+    /// Sends `req` on `checkout`; the response body holds the request's unit of
+    /// `max_requests` until it is dropped. A request hyper gives back was not written; once
+    /// written, the body is gone and the request cannot be repeated.
+    async fn attempt(
+        &mut self,
+        pool: &Arc<EndpointPool>,
+        mut checkout: Checkout,
+        req: Request<RequestBody>,
+    ) -> Attempt<Request<RequestBody>, Response<UpstreamBody>> {
+        let cluster = self.cluster;
+        let unit = match cluster.request_unit(cluster.stats.occupancy.clone()) {
+            Ok(unit) => unit,
+            Err(overflow) => {
+                if let Checkout::H1(exchange) = checkout {
+                    exchange.give_back();
+                }
+                return Attempt::Failed(overflow);
             }
-            let mut resp = local_reply(e.status(), e.to_string());
-            if e.is_overflow() {
-                resp.headers_mut()
-                    .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        };
+        let timeout = cluster.config.request_timeout;
+        let address = pool.address();
+        let not_sent = |req| {
+            let e = io::Error::other("connection closed before the request was sent");
+            Attempt::NotDelivered(req, e)
+        };
+        let failed = |e: hyper::Error| Attempt::Failed(UpstreamError::of_exchange(address, e));
+        let sent = match &mut checkout {
+            Checkout::H1(exchange) => {
+                with_timeout(timeout, exchange.sender.try_send_request(req)).await
             }
-            resp
+            Checkout::H2(sender) => with_timeout(timeout, sender.try_send_request(req)).await,
+        };
+        let h1 = matches!(checkout, Checkout::H1(_));
+        match sent {
+            None => Attempt::Failed(UpstreamError::Timeout(address)),
+            Some(Ok(resp)) => match invalid(&resp, h1) {
+                Some(why) => Attempt::Failed(UpstreamError::InvalidResponse(address, why.into())),
+                None => {
+                    // An HTTP/1.1 connection goes back to the pool once the body has ended.
+                    let release = match checkout {
+                        Checkout::H1(exchange) if keeps_alive(&resp) => Some(exchange),
+                        _ => None,
+                    };
+                    Attempt::Answered(resp.map(|body| UpstreamBody::new(body, release, unit)))
+                }
+            },
+            Some(Err(mut e)) => match e.take_message() {
+                Some(req) => {
+                    if !h1 {
+                        // Going away (GOAWAY): the next attempt opens a new connection.
+                        pool.forget_h2();
+                    }
+                    not_sent(req)
+                }
+                None => failed(e.into_error()),
+            },
         }
+    }
+}
+
+/// Why a response hyper accepted is not valid HTTP for the proxy, if it is not: hyper takes
+/// any three digits from 100 up (a status beyond 599 is not HTTP's either), and an HTTP/1
+/// head up to one read over its buffer limit.
+fn invalid(resp: &Response<Incoming>, h1: bool) -> Option<String> {
+    let status = resp.status().as_u16();
+    if status > 599 {
+        Some(format!("status {status} outside 100-599"))
+    } else if h1 && head_size("HTTP/1.1 200 OK\r\n".len(), resp.headers()) > MAX_HEAD {
+        Some("response head larger than 60 KiB".to_string())
+    } else {
+        None
+    }
+}
+
+/// Whether an HTTP/1 response leaves its connection open for another request (RFC 9112
+/// §9.3): HTTP/1.1 without `Connection: close`.
+fn keeps_alive<B>(resp: &Response<B>) -> bool {
+    let close = |v: &HeaderValue| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    };
+    resp.version() == Version::HTTP_11
+        && !resp.headers().get_all(header::CONNECTION).iter().any(close)
+}
+
+/// `fut`'s output, or `None` when `limit` passes first.
+async fn with_timeout<F: std::future::Future>(
+    limit: Option<Duration>,
+    fut: F,
+) -> Option<F::Output> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, fut).await.ok(),
+        None => Some(fut.await),
     }
 }
 
@@ -151,9 +249,19 @@ pub(crate) fn head_size(line: usize, headers: &HeaderMap) -> usize {
     line + fields + "\r\n".len()
 }
 
-/// The `content-type` of the proxy's own replies on every HTTP path: Envoy's local replies
-/// say `text/plain`, without a charset, and a client comparing the two sees the same.
-pub(crate) const LOCAL_REPLY_CONTENT_TYPE: &str = "text/plain";
+/// `reply` as a response: its text, its `location`, and `x-envoy-overloaded: true` when a
+/// circuit breaker refused the request.
+pub(crate) fn reply(reply: Reply) -> Response<ProxyBody> {
+    let mut resp = local_reply(reply.status, reply.message);
+    if let Some(location) = reply.location {
+        resp.headers_mut().insert(header::LOCATION, location);
+    }
+    if reply.overloaded {
+        let overloaded = HeaderValue::from_static("true");
+        resp.headers_mut().insert("x-envoy-overloaded", overloaded);
+    }
+    resp
+}
 
 /// A short plain-text reply generated by the proxy.
 pub fn local_reply(status: StatusCode, message: String) -> Response<ProxyBody> {
@@ -214,74 +322,10 @@ fn prepare_request(req: &mut Request<RequestBody>, upstream_h2: bool) {
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), besides `te`.
-static HOP_BY_HOP: [HeaderName; 5] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes the hop-by-hop headers and those the `connection` header lists; `te: trailers`
-/// is kept because gRPC needs it end to end. A `Content-Length` sent as a list or repeated
-/// (equal values: hyper refuses others) goes on as one value (RFC 9110 §8.6), so that a next
-/// hop that reads lists differently cannot be desynchronised.
-///
-/// One pass over the fields finds which are present, and only those are removed: this runs
-/// twice per proxied request, and removing absent names (each a hash and a probe) cost a
-/// tenth of a small request's CPU time.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = [false; HOP_BY_HOP.len()];
-    let mut te = false;
-    let (mut lengths, mut length_list) = (0, false);
-    for (name, value) in headers.iter() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
-        } else if name == header::CONTENT_LENGTH {
-            lengths += 1;
-            length_list |= value.as_bytes().contains(&b',');
-        } else {
-            te |= name == header::TE;
-        }
-    }
-    if lengths > 1 || length_list {
-        let first = headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes());
-        let value = first.and_then(|v| v.split(|b| *b == b',').next());
-        if let Some(one) = value.and_then(|v| HeaderValue::from_bytes(v.trim_ascii()).ok()) {
-            headers.insert(header::CONTENT_LENGTH, one);
-        }
-    }
-    let only_keep_alive = || {
-        let mut values = headers.get_all(header::CONNECTION).iter();
-        values.next().is_some_and(|v| v == "keep-alive") && values.next().is_none()
-    };
-    if present[0] && !only_keep_alive() {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            // The usual values, removed below or naming no header: no allocation for them.
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in listed {
-            headers.remove(name);
-        }
-    }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
-        headers.remove(name);
-    }
-    if te && headers.get(header::TE).is_some_and(|v| v != "trailers") {
-        headers.remove(header::TE);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderName;
 
     fn request(version: Version, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut req = Request::new(());
@@ -351,54 +395,5 @@ mod tests {
         assert!(screen_request(&mut req).is_none());
         assert_eq!(req.headers()[header::HOST], "target.example:8080");
         assert_eq!(req.headers().get_all(header::HOST).iter().count(), 1);
-    }
-
-    #[test]
-    fn repeated_lengths_go_on_as_one_value() {
-        let mut h = HeaderMap::new();
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        strip_hop_by_hop(&mut h);
-        let lengths: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
-        assert_eq!(lengths, ["5"]);
-        let mut h = HeaderMap::new();
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h[header::CONTENT_LENGTH], "7");
-    }
-
-    #[test]
-    fn strips_hop_by_hop_and_listed_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-private"),
-        );
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("close", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert!(h.get(header::UPGRADE).is_none());
-        assert!(h.get("x-private").is_none());
-        assert!(h.get(header::CONNECTION).is_none());
-        assert!(h.get("keep-alive").is_none());
-        assert_eq!(h.get(header::TE).unwrap(), "trailers");
-        assert!(h.get("x-kept").is_some());
-        assert!(
-            h.get("close").is_some(),
-            "`close` is an option, not a header name"
-        );
-
-        let mut h = HeaderMap::new();
-        h.insert(header::TE, HeaderValue::from_static("gzip"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        strip_hop_by_hop(&mut h);
-        assert!(h.is_empty());
     }
 }

@@ -1,0 +1,311 @@
+//! The HTTP connection manager: what happens to an HTTP request between the downstream codec
+//! that read it and the upstream connection that carries it, decided once for both codecs.
+//!
+//! Two codecs read and write HTTP: the byte codec ([`byte_codec`], HTTP/1.1 carried as bytes
+//! on the hot path, framing in `bearing_http1`) and hyper ([`hyper_codec`], HTTP/2 and
+//! whatever the byte codec hands over). What does not depend on the codec lives here, and
+//! this is where Kuma's policies (retries, timeouts, RBAC, rate limits) plug in:
+//! - where a request goes ([`Routed`]: a listener's cluster, or its routes' decision);
+//! - the header rules: hop-by-hop fields ([`strip_hop_by_hop`] for parsed heads; the byte
+//!   codec applies the same rule as it writes, and both ask
+//!   `bearing_http1::connection_may_list_away` what a `Connection` header may remove);
+//! - endpoint selection, the repeat of a request a stale pooled connection lost, and
+//!   fail-over to the next endpoint ([`forward`], over a codec's [`UpstreamCodec`]);
+//! - local replies ([`Reply`], [`Reply::of_failure`]), which each codec only writes out;
+//! - what Envoy's connection manager adds to each request of a sidecar before routing:
+//!   `x-request-id` and `x-forwarded-proto` ([`add_request_headers`], [`add_request_fields`]).
+//!
+//! `tests` runs one table of requests through both codecs (HTTP/1.1 on each, and HTTP/2).
+
+pub mod byte_codec;
+pub mod hyper_codec;
+
+use std::io;
+use std::sync::Arc;
+
+use bearing_http1::RequestHead;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+
+use crate::gateway::ResponseEdits;
+use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, UpstreamError};
+
+/// Where one request goes.
+pub(crate) enum Routed<'l> {
+    /// To `cluster`, each response head sent downstream changed by `edits` (a route's).
+    Forward {
+        cluster: &'l ClusterRuntime,
+        edits: Option<ResponseEdits<'l>>,
+    },
+    /// Answered by the proxy (a router's 404, redirect, direct response or refusal).
+    Reply(Reply, Option<ResponseEdits<'l>>),
+    /// Not carried by the byte codec: the connection goes to hyper.
+    Unsupported(&'static str),
+}
+
+/// A response the proxy writes itself: plain text, a `location` for a redirect, and Envoy's
+/// `x-envoy-overloaded: true` when a circuit breaker refused the request.
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub location: Option<HeaderValue>,
+    pub message: String,
+    pub overloaded: bool,
+}
+
+impl Reply {
+    /// The reply reporting `failure` of a request to `cluster`, logged once here for both
+    /// codecs: 503 (Envoy's texts), 504 on the response timeout, 502 for an invalid response,
+    /// 400 for a request body that could not be read.
+    pub(crate) fn of_failure(failure: &UpstreamError, cluster: &ClusterRuntime) -> Reply {
+        if let UpstreamError::Overflow(why) = failure {
+            // Counted per cluster; a warning each would flood the log exactly when overloaded.
+            tracing::debug!(cluster = %cluster.config.name, "circuit breaker: {why}");
+        } else {
+            tracing::warn!(cluster = %cluster.config.name, "{failure}");
+        }
+        Reply {
+            status: failure.status(),
+            location: None,
+            message: failure.to_string(),
+            overloaded: failure.is_overflow(),
+        }
+    }
+}
+
+/// The `content-type` of the proxy's own replies on every HTTP path: Envoy's local replies
+/// say `text/plain`, without a charset, and a client comparing the two sees the same.
+pub(crate) const LOCAL_REPLY_CONTENT_TYPE: &str = "text/plain";
+
+/// How one attempt of a request on one upstream connection went, as a codec reports it.
+pub(crate) enum Attempt<Q, A> {
+    /// A response head came back.
+    Answered(A),
+    /// The request was not (wholly) written: here it is back, whole, for another attempt.
+    NotDelivered(Q, io::Error),
+    /// The connection closed before any response byte once the request had gone out; the
+    /// request comes back when the codec still holds it whole and it is safe to repeat.
+    NoAnswer(Option<Q>, UpstreamError),
+    /// Final: a timeout, an invalid response, a circuit breaker.
+    Failed(UpstreamError),
+}
+
+/// What [`forward`] needs of a codec to carry a request to one endpoint.
+pub(crate) trait UpstreamCodec {
+    /// The request as the codec holds it between attempts.
+    type Request;
+    /// A connection checked out for one attempt.
+    type Conn;
+    /// What an answered attempt gives: the response head and what is needed to relay it.
+    type Answer;
+
+    /// A connection to `pool`'s endpoint, and whether it was used before.
+    async fn checkout(
+        &mut self,
+        pool: &Arc<EndpointPool>,
+    ) -> Result<(Self::Conn, bool), NoConnection>;
+
+    /// Sends `request` on `conn` (taking the request's unit of the cluster's
+    /// `max_requests`) and waits for the response head within the timeout.
+    async fn attempt(
+        &mut self,
+        pool: &Arc<EndpointPool>,
+        conn: Self::Conn,
+        request: Self::Request,
+    ) -> Attempt<Self::Request, Self::Answer>;
+}
+
+/// Sends `request` to `cluster` through `codec`: endpoints in round-robin order, the next one
+/// after a connect failure or a fresh connection closed before the request was written (each
+/// further endpoint takes the cluster's `max_retries` unit); a reused connection found stale
+/// (closed before the request was written, or before answering a request the codec may
+/// repeat) is replaced by a fresh one to the same endpoint. Everything else is final. Gives
+/// the answer and the pool of the endpoint that gave it.
+pub(crate) async fn forward<'c, C: UpstreamCodec>(
+    cluster: &'c ClusterRuntime,
+    codec: &mut C,
+    mut request: C::Request,
+) -> Result<(C::Answer, &'c Arc<EndpointPool>), UpstreamError> {
+    let mut last = None;
+    let mut retry = None;
+    for (attempt, pool) in cluster.rotation().enumerate() {
+        if attempt > 0 && !cluster.may_retry(&mut retry) {
+            break;
+        }
+        let address = pool.address();
+        loop {
+            let (conn, reused) = match codec.checkout(pool).await {
+                Ok(c) => c,
+                Err(NoConnection::Overflow(o)) => return Err(UpstreamError::Overflow(o)),
+                Err(NoConnection::Failed(e)) => {
+                    last = Some(cluster.connect_failed(address, e));
+                    break;
+                }
+                // Another request's attempt, counted there.
+                Err(NoConnection::Shared(e)) => {
+                    last = Some((address, e));
+                    break;
+                }
+            };
+            match codec.attempt(pool, conn, request).await {
+                Attempt::Answered(answer) => return Ok((answer, pool)),
+                Attempt::NotDelivered(again, _) if reused => request = again,
+                Attempt::NotDelivered(again, e) => {
+                    request = again;
+                    last = Some(cluster.connect_failed(address, e));
+                    break;
+                }
+                Attempt::NoAnswer(Some(again), _) if reused && cluster.may_retry(&mut retry) => {
+                    request = again
+                }
+                Attempt::NoAnswer(_, failure) | Attempt::Failed(failure) => {
+                    if failure.is_exchange_failure() {
+                        cluster.stats.request_errors.inc();
+                    }
+                    return Err(failure);
+                }
+            }
+        }
+    }
+    Err(cluster.no_upstream(last))
+}
+
+/// `x-request-id`: Envoy's connection manager gives every request that has none a UUID v4
+/// (`generate_request_id`, on by default) and keeps one it has, so that the logs and traces
+/// of one request can be correlated across hops.
+const REQUEST_ID: &str = "x-request-id";
+/// `x-forwarded-proto`: the scheme of the downstream connection, set on a request that has
+/// none, as Envoy's connection manager does where it is not the edge (a sidecar).
+const FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// A new request id: a random UUID v4 (RFC 9562 §5.4) in lowercase hex, from the thread's
+/// generator (no system call or allocation per id).
+fn new_request_id() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes = rand::random::<u128>().to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut id = [b'-'; 36];
+    let mut at = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        id[at] = HEX[usize::from(b >> 4)];
+        id[at + 1] = HEX[usize::from(b & 0xf)];
+        at += 2;
+    }
+    id
+}
+
+/// The `x-forwarded-proto` of a request that came over TLS (`tls`) or not.
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// Adds to a request hyper parsed what Envoy's connection manager adds before routing: an
+/// `x-request-id` when it has none, and `x-forwarded-proto` (`https` when the downstream
+/// connection is TLS) when it has none. [`add_request_fields`] does the same on the byte codec.
+pub(crate) fn add_request_headers(headers: &mut HeaderMap, tls: bool) {
+    if !headers.contains_key(REQUEST_ID) {
+        if let Ok(id) = HeaderValue::from_bytes(&new_request_id()) {
+            headers.insert(HeaderName::from_static(REQUEST_ID), id);
+        }
+    }
+    if !headers.contains_key(FORWARDED_PROTO) {
+        let name = HeaderName::from_static(FORWARDED_PROTO);
+        headers.insert(name, HeaderValue::from_static(scheme(tls)));
+    }
+}
+
+/// [`add_request_headers`] for a head the byte codec wrote (`out`, ending with its empty
+/// line; `head` says which of the two fields it has): the fields go before the empty line,
+/// into the buffer's spare room.
+pub(crate) fn add_request_fields(out: &mut Vec<u8>, head: &RequestHead, tls: bool) {
+    if head.request_id && head.forwarded_proto {
+        return;
+    }
+    out.truncate(out.len().saturating_sub(2));
+    if !head.request_id {
+        bearing_http1::push_header(out, REQUEST_ID.as_bytes(), &new_request_id());
+    }
+    if !head.forwarded_proto {
+        let proto = scheme(tls).as_bytes();
+        bearing_http1::push_header(out, FORWARDED_PROTO.as_bytes(), proto);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), besides `te`.
+static HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes the hop-by-hop headers and those the `connection` header lists, but never one
+/// `bearing_http1::connection_may_list_away` keeps (framing, `Host`): the byte codec's rule;
+/// `te: trailers` is kept because gRPC needs it end to end. A `Content-Length` sent as a list
+/// or repeated (equal values: hyper refuses others) goes on as one value (RFC 9110 §8.6), so
+/// that a next hop that reads lists differently cannot be desynchronised.
+///
+/// One pass over the fields finds which are present, and only those are removed: this runs
+/// twice per proxied request, and removing absent names (each a hash and a probe) cost a
+/// tenth of a small request's CPU time.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut te = false;
+    let (mut lengths, mut length_list) = (0, false);
+    for (name, value) in headers.iter() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        } else if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            length_list |= value.as_bytes().contains(&b',');
+        } else {
+            te |= name == header::TE;
+        }
+    }
+    if lengths > 1 || length_list {
+        let first = headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes());
+        let value = first.and_then(|v| v.split(|b| *b == b',').next());
+        if let Some(one) = value.and_then(|v| HeaderValue::from_bytes(v.trim_ascii()).ok()) {
+            headers.insert(header::CONTENT_LENGTH, one);
+        }
+    }
+    let only_keep_alive = || {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        values.next().is_some_and(|v| v == "keep-alive") && values.next().is_none()
+    };
+    if present[0] && !only_keep_alive() {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // `close` names no header; the rest is the byte codec's rule too.
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close") && bearing_http1::connection_may_list_away(t)
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(name);
+    }
+    if te && headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+#[cfg(test)]
+mod tests;

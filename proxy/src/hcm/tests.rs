@@ -1,0 +1,601 @@
+//! One table of requests, each run through every codec: the HTTP/1.1 byte codec, hyper serving
+//! HTTP/1.1, and hyper serving HTTP/2. Each case names what the upstream must receive (request
+//! line, fields present and absent, body) or the local reply the client must get.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bearing_proxy_config::{Cluster, Direction, Endpoint, Listener, Protocol, ProxyConfig};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+
+use super::strip_hop_by_hop;
+use crate::io::Counted;
+use crate::runtime::Proxy;
+use crate::transport::Admission;
+use crate::workers::Workers;
+
+/// Which listener a case's request goes to.
+#[derive(Clone, Copy)]
+enum To {
+    /// A cluster whose one endpoint records each request and answers `200 ok`.
+    Live,
+    /// A cluster with no endpoints.
+    NoEndpoints,
+    /// A cluster whose one endpoint refuses connections.
+    Refused,
+}
+
+/// What a case expects.
+enum Expect {
+    /// The upstream receives this request line, with these fields (name, value), without
+    /// these, and this body; the client gets the upstream's 200.
+    Upstream {
+        line: &'static str,
+        has: &'static [(&'static str, &'static str)],
+        lacks: &'static [&'static str],
+        body: &'static str,
+    },
+    /// The proxy answers itself with this status, its body containing this text.
+    Reply(u16, &'static str),
+}
+
+/// One request and what must come of it.
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static str,
+    to: To,
+    /// Whether HTTP/2 can carry the request (connection-specific fields are malformed there).
+    h2: bool,
+    expect: Expect,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "a plain request goes on with its fields",
+        method: "GET",
+        path: "/p?q=1",
+        headers: &[("host", "web"), ("x-a", "1")],
+        body: "",
+        to: To::Live,
+        h2: true,
+        expect: Expect::Upstream {
+            line: "GET /p?q=1 HTTP/1.1",
+            has: &[("host", "web"), ("x-a", "1"), ("x-forwarded-proto", "http")],
+            lacks: &[],
+            body: "",
+        },
+    },
+    Case {
+        name: "a request id and scheme the client sent are kept",
+        method: "GET",
+        path: "/",
+        headers: &[
+            ("host", "web"),
+            ("x-request-id", "client-id-1"),
+            ("x-forwarded-proto", "https"),
+        ],
+        body: "",
+        to: To::Live,
+        h2: true,
+        expect: Expect::Upstream {
+            line: "GET / HTTP/1.1",
+            has: &[
+                ("x-request-id", "client-id-1"),
+                ("x-forwarded-proto", "https"),
+            ],
+            lacks: &[],
+            body: "",
+        },
+    },
+    Case {
+        name: "a body goes on with its length",
+        method: "POST",
+        path: "/up",
+        headers: &[("host", "web"), ("content-length", "5")],
+        body: "hello",
+        to: To::Live,
+        h2: true,
+        expect: Expect::Upstream {
+            line: "POST /up HTTP/1.1",
+            has: &[("host", "web"), ("content-length", "5")],
+            lacks: &[],
+            body: "hello",
+        },
+    },
+    Case {
+        name: "connection cannot list away host or framing, only other fields",
+        method: "POST",
+        path: "/p",
+        headers: &[
+            ("host", "web"),
+            ("content-length", "2"),
+            ("connection", "host, content-length, x-private"),
+            ("x-private", "1"),
+        ],
+        body: "ok",
+        to: To::Live,
+        h2: false,
+        expect: Expect::Upstream {
+            line: "POST /p HTTP/1.1",
+            has: &[("host", "web"), ("content-length", "2")],
+            lacks: &["x-private", "connection"],
+            body: "ok",
+        },
+    },
+    Case {
+        name: "hop-by-hop fields are removed, te: trailers kept",
+        method: "GET",
+        path: "/",
+        headers: &[
+            ("host", "web"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+        ],
+        body: "",
+        to: To::Live,
+        h2: false,
+        expect: Expect::Upstream {
+            line: "GET / HTTP/1.1",
+            has: &[("host", "web"), ("te", "trailers")],
+            lacks: &["keep-alive", "proxy-connection"],
+            body: "",
+        },
+    },
+    Case {
+        name: "te: trailers passes HTTP/2 too",
+        method: "GET",
+        path: "/",
+        headers: &[("host", "web"), ("te", "trailers")],
+        body: "",
+        to: To::Live,
+        h2: true,
+        expect: Expect::Upstream {
+            line: "GET / HTTP/1.1",
+            has: &[("host", "web"), ("te", "trailers")],
+            lacks: &[],
+            body: "",
+        },
+    },
+    Case {
+        name: "CONNECT is refused",
+        method: "CONNECT",
+        path: "web:443",
+        headers: &[("host", "web:443")],
+        body: "",
+        to: To::Live,
+        h2: false,
+        expect: Expect::Reply(403, "CONNECT"),
+    },
+    Case {
+        name: "HTTP/1.1 without host is refused",
+        method: "GET",
+        path: "/",
+        headers: &[],
+        body: "",
+        to: To::Live,
+        h2: false,
+        expect: Expect::Reply(400, "host"),
+    },
+    Case {
+        name: "an invalid host is refused",
+        method: "GET",
+        path: "/",
+        headers: &[("host", "a.example/evil")],
+        body: "",
+        to: To::Live,
+        h2: false,
+        expect: Expect::Reply(400, "host"),
+    },
+    Case {
+        name: "a cluster without endpoints answers Envoy's 503",
+        method: "GET",
+        path: "/",
+        headers: &[("host", "web")],
+        body: "",
+        to: To::NoEndpoints,
+        h2: true,
+        expect: Expect::Reply(503, "no healthy upstream"),
+    },
+    Case {
+        name: "a refused endpoint answers a 503 naming the connect failure",
+        method: "GET",
+        path: "/",
+        headers: &[("host", "web")],
+        body: "",
+        to: To::Refused,
+        h2: true,
+        expect: Expect::Reply(503, "upstream connect error"),
+    },
+];
+
+/// The codecs every case runs through.
+#[derive(Clone, Copy, Debug)]
+enum Codec {
+    /// The byte codec (`serve_http`, HTTP/1.1 carried as bytes).
+    Bytes,
+    /// hyper serving HTTP/1.1 (what the byte codec hands over).
+    HyperH1,
+    /// hyper serving HTTP/2 (prior knowledge).
+    HyperH2,
+}
+
+/// A request the fake upstream received: its head and body.
+type Received = (String, String);
+
+/// An upstream that sends each request it reads (head and `content-length` body) to the
+/// returned channel and answers `200 ok`, keeping the connection.
+async fn recording_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = read_head(&mut s, &mut buf).await else {
+                        return;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let length = field(&head, "content-length").map_or(0, |v| v.parse().unwrap());
+                    while buf.len() < end + length {
+                        if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                    let body = String::from_utf8_lossy(&buf[end..end + length]).to_string();
+                    buf.drain(..end + length);
+                    let _ = tx.send((head, body));
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, rx)
+}
+
+/// Reads until `buf` holds a whole head; its length with the empty line.
+async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        if s.read_buf(buf).await.ok()? == 0 {
+            return None;
+        }
+    }
+}
+
+/// The value of the field `name` in a head, if present.
+fn field<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    fields(head)
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// The fields of a head, names as sent.
+fn fields(head: &str) -> impl Iterator<Item = (&str, &str)> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n, v.trim()))
+}
+
+/// Whether `id` is a UUID v4 in lowercase hex (RFC 9562 §5.4).
+fn is_uuid_v4(id: &str) -> bool {
+    let b = id.as_bytes();
+    let hex = |c: &u8| c.is_ascii_digit() || (b'a'..=b'f').contains(c);
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => hex(c),
+        })
+        && b[14] == b'4'
+        && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+}
+
+/// A sidecar config of one listener per [`To`], each to its own cluster.
+fn config(live: SocketAddr, refused: SocketAddr) -> Arc<ProxyConfig> {
+    let endpoint = |address| Endpoint {
+        address,
+        origin: "test".into(),
+        tags: Default::default(),
+    };
+    let clusters = [
+        ("live", vec![endpoint(live)]),
+        ("none", vec![]),
+        ("refused", vec![endpoint(refused)]),
+    ]
+    .map(|(name, endpoints)| {
+        let cluster = Cluster {
+            endpoints,
+            request_timeout: Some(Duration::from_secs(5)),
+            ..crate::upstream::test_cluster(name)
+        };
+        (name.to_string(), cluster)
+    });
+    let listeners = clusters
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| Listener {
+            name: format!("outbound:{name}"),
+            address: listener_address(i),
+            direction: Direction::Outbound,
+            protocol: Protocol::Http,
+            cluster: name.clone(),
+            service: name.clone(),
+            bind: false,
+            tls: None,
+            sni_routes: None,
+            routes: None,
+            tcp_backends: Vec::new(),
+            gateway: None,
+            deny_all: None,
+        })
+        .collect();
+    Arc::new(ProxyConfig {
+        version: "1".into(),
+        source: "test".into(),
+        identity: bearing_proxy_config::ProxyIdentity {
+            name: "web".into(),
+            mesh: "default".into(),
+            proxy_type: "dataplane".into(),
+            admin_port: None,
+        },
+        listeners,
+        clusters: clusters.into_iter().collect(),
+        transparent_proxy: None,
+        dns: Vec::new(),
+        mtls: Default::default(),
+        kuma_endpoints: Default::default(),
+    })
+}
+
+/// The address of the `i`-th listener of [`config`] (virtual: looked up, never bound).
+fn listener_address(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], 1000 + i as u16))
+}
+
+/// A connected pair: the proxy's side (plain TCP, counted as the runtime's are) and the
+/// client's.
+async fn connection() -> (Counted<TcpStream>, TcpStream, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, peer) = listener.accept().await.unwrap();
+    let server = Counted::new(server, Default::default(), Default::default());
+    (server, client, peer)
+}
+
+/// Sends the case's request as HTTP/1.1 bytes; the response's status and body.
+async fn send_h1(mut client: TcpStream, case: &Case) -> (u16, String) {
+    let mut request = format!("{} {} HTTP/1.1\r\n", case.method, case.path);
+    for (name, value) in case.headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(case.body);
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let end = read_head(&mut client, &mut buf)
+        .await
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = field(&head, "content-length").map_or(0, |v| v.parse().unwrap());
+    while buf.len() < end + length {
+        assert!(
+            client.read_buf(&mut buf).await.unwrap() > 0,
+            "body cut short"
+        );
+    }
+    (
+        status,
+        String::from_utf8_lossy(&buf[end..end + length]).to_string(),
+    )
+}
+
+/// Sends the case's request over HTTP/2 (its `host` as `:authority`); the response's status
+/// and body.
+async fn send_h2(client: TcpStream, case: &Case) -> (u16, String) {
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(client),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let host = case.headers.iter().find(|(n, _)| *n == "host");
+    let uri = format!("http://{}{}", host.map_or("", |(_, v)| v), case.path);
+    let mut req = http::Request::builder().method(case.method).uri(uri);
+    for (name, value) in case.headers.iter().filter(|(n, _)| *n != "host") {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::from(case.body))).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).to_string())
+}
+
+#[tokio::test]
+async fn every_case_comes_out_the_same_through_every_codec() {
+    let (live, mut received) = recording_upstream().await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = closed.local_addr().unwrap();
+    drop(closed);
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(config(live, refused));
+    let mut failures = Vec::new();
+    for case in CASES {
+        for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+            if matches!(codec, Codec::HyperH2) && !case.h2 {
+                continue;
+            }
+            let index = case.to as usize;
+            let listener = proxy.snapshot().listener(&listener_address(index)).cloned();
+            let listener = listener.expect("the case's listener");
+            let (server, client, peer) = connection().await;
+            let p = proxy.clone();
+            let serving = tokio::spawn(async move {
+                match codec {
+                    Codec::Bytes => {
+                        p.serve_http(server, listener, peer, Admission::Plaintext)
+                            .await
+                    }
+                    _ => {
+                        p.serve_hyper(server, listener, peer, Admission::Plaintext, false)
+                            .await
+                    }
+                }
+            });
+            let answer = match codec {
+                Codec::HyperH2 => send_h2(client, case).await,
+                _ => send_h1(client, case).await,
+            };
+            let got = match &case.expect {
+                Expect::Reply(status, text) => {
+                    let ok = answer.0 == *status && answer.1.contains(text);
+                    (!ok).then(|| format!("answered {answer:?}, expected {status} with {text:?}"))
+                }
+                Expect::Upstream {
+                    line,
+                    has,
+                    lacks,
+                    body,
+                } => {
+                    let sent = tokio::time::timeout(Duration::from_secs(5), received.recv()).await;
+                    match sent {
+                        Ok(Some((head, sent_body))) => {
+                            let mut wrong = Vec::new();
+                            if !head.starts_with(&format!("{line}\r\n")) {
+                                wrong.push(format!("request line of {head:?}"));
+                            }
+                            for (name, value) in *has {
+                                let all: Vec<_> = fields(&head)
+                                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                                    .collect();
+                                if all.len() != 1 || all[0].1 != *value {
+                                    wrong.push(format!("{name}: {all:?}"));
+                                }
+                            }
+                            for name in *lacks {
+                                if field(&head, name).is_some() {
+                                    wrong.push(format!("{name} present"));
+                                }
+                            }
+                            let ids: Vec<_> = fields(&head)
+                                .filter(|(n, _)| n.eq_ignore_ascii_case("x-request-id"))
+                                .collect();
+                            let generated = !case.headers.iter().any(|(n, _)| *n == "x-request-id");
+                            if generated && !(ids.len() == 1 && is_uuid_v4(ids[0].1)) {
+                                wrong.push(format!("x-request-id {ids:?}, not one UUID v4"));
+                            }
+                            if sent_body != *body {
+                                wrong.push(format!("body {sent_body:?}"));
+                            }
+                            if answer != (200, "ok".to_string()) {
+                                wrong.push(format!("answered {answer:?}"));
+                            }
+                            (!wrong.is_empty()).then(|| format!("{wrong:?} in {head:?}"))
+                        }
+                        _ => Some(format!("nothing reached the upstream; answered {answer:?}")),
+                    }
+                }
+            };
+            if let Some(why) = got {
+                failures.push(format!("{} ({codec:?}): {why}", case.name));
+            }
+            serving.abort();
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn repeated_lengths_go_on_as_one_value() {
+    let mut h = HeaderMap::new();
+    h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5, 5"));
+    h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    strip_hop_by_hop(&mut h);
+    let lengths: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+    assert_eq!(lengths, ["5"]);
+    let mut h = HeaderMap::new();
+    h.append(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+    strip_hop_by_hop(&mut h);
+    assert_eq!(h[header::CONTENT_LENGTH], "7");
+}
+
+#[test]
+fn strips_hop_by_hop_and_listed_headers() {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONNECTION,
+        HeaderValue::from_static("keep-alive, x-private"),
+    );
+    h.insert("x-private", HeaderValue::from_static("1"));
+    h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    h.insert(header::TE, HeaderValue::from_static("trailers"));
+    h.insert("x-kept", HeaderValue::from_static("1"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert("close", HeaderValue::from_static("1"));
+    strip_hop_by_hop(&mut h);
+    assert!(h.get(header::UPGRADE).is_none());
+    assert!(h.get("x-private").is_none());
+    assert!(h.get(header::CONNECTION).is_none());
+    assert!(h.get("keep-alive").is_none());
+    assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    assert!(h.get("x-kept").is_some());
+    assert!(
+        h.get("close").is_some(),
+        "`close` is an option, not a header name"
+    );
+
+    let mut h = HeaderMap::new();
+    h.insert(header::TE, HeaderValue::from_static("gzip"));
+    h.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    strip_hop_by_hop(&mut h);
+    assert!(h.is_empty());
+}
+
+/// Over TLS the scheme is `https`, on both codecs' forms of a request, and each request gets
+/// an id of its own.
+#[test]
+fn a_tls_downstream_says_https_and_each_request_gets_its_own_id() {
+    let raw = b"GET / HTTP/1.1\r\nHost: web\r\n\r\n";
+    let mut out = Vec::new();
+    let head = bearing_http1::parse_request(raw, &mut out)
+        .unwrap()
+        .unwrap();
+    super::add_request_fields(&mut out, &head, true);
+    let written = String::from_utf8(out).unwrap();
+    assert!(written.ends_with("\r\n\r\n"), "{written:?}");
+    assert_eq!(field(&written, "x-forwarded-proto"), Some("https"));
+    let id = field(&written, "x-request-id").unwrap();
+    assert!(is_uuid_v4(id), "{id}");
+    let mut headers = HeaderMap::new();
+    super::add_request_headers(&mut headers, true);
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    let other = headers["x-request-id"].to_str().unwrap();
+    assert!(is_uuid_v4(other) && other != id, "{other}");
+}
