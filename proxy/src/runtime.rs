@@ -798,8 +798,7 @@ impl Proxy {
                         crate::hcm::add_request_headers(req.headers_mut(), tls);
                         match &l.routes {
                             Some(routes) => {
-                                gateway::handle(req, (&l.config.name, &l.stats), routes, peer)
-                                    .await
+                                gateway::handle(req, (&l.config.name, &l.stats), routes, peer).await
                             }
                             None => hyper_codec::forward(req, &l).await,
                         }

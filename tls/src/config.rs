@@ -21,9 +21,7 @@ use boring::x509::{X509StoreContext, X509VerifyError, X509};
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
-use crate::stack::{
-    check_sni, context_builder, ssl_err, CertifiedKey, ClientMesh, ServerCheck,
-};
+use crate::stack::{check_sni, context_builder, ssl_err, CertifiedKey, ClientMesh, ServerCheck};
 use crate::{Identity, MeshCa, TlsAcceptor, TlsConnector, TlsError};
 
 /// The ALPN protocol id of Kuma mesh traffic.
