@@ -33,6 +33,7 @@ fn route(path: PathMatch, cluster: &str, rewrite: Option<PathRewrite>) -> HttpRo
         request_headers: HeaderFilter::default(),
         response_headers: HeaderFilter::default(),
         action: RouteAction::Forward {
+            timeout: None,
             backends: vec![WeightedCluster {
                 cluster: cluster.into(),
                 weight: 1,

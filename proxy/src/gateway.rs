@@ -27,8 +27,8 @@ use std::time::Duration;
 use bearing_gateway::{Decision, HeaderEdits, Router};
 use bearing_http1::BodyLength;
 use bearing_proxy_config::{
-    CrossMesh, GatewayCertificate, GatewayListener, GatewayProtocol, HttpRoute, RouteAction,
-    RouteTable,
+    response_timeout, CrossMesh, GatewayCertificate, GatewayListener, GatewayProtocol, HttpRoute,
+    RouteAction, RouteTable,
 };
 use bearing_tls::{Negotiated as _, TlsAcceptor};
 use bytes::Bytes;
@@ -275,6 +275,7 @@ impl HttpRoutes {
             Routing::Reply(reply, route) => Routed::Reply(reply, Some(self.edits(route))),
             Routing::Forward {
                 target,
+                timeout,
                 response_headers,
                 mirror,
             } => {
@@ -285,6 +286,7 @@ impl HttpRoutes {
                 write_request_head(&parts, length, head);
                 Routed::Forward {
                     cluster: target,
+                    timeout,
                     edits: Some(self.edits(Some(response_headers))),
                 }
             }
@@ -317,6 +319,7 @@ impl HttpRoutes {
                 response_headers,
                 mirror,
                 origin,
+                timeout,
             } => match self.clusters.get(cluster) {
                 None => Routing::Reply(
                     Reply {
@@ -333,6 +336,7 @@ impl HttpRoutes {
                     }
                     Routing::Forward {
                         target,
+                        timeout: response_timeout(timeout, target.config.request_timeout),
                         response_headers,
                         mirror: mirror.and_then(|m| self.clusters.get(m)),
                     }
@@ -418,9 +422,11 @@ enum Routing<'g> {
     /// answering route's response edits), or a 503 for a backend cluster that is not
     /// available.
     Reply(Reply, Option<&'g HeaderEdits>),
-    /// Send it to `target`, a copy to `mirror`, and change the response's headers.
+    /// Send it to `target` within `timeout` (the route's, else the cluster's; `None`: no
+    /// limit), a copy to `mirror`, and change the response's headers.
     Forward {
         target: &'g Arc<ClusterRuntime>,
+        timeout: Option<Duration>,
         response_headers: &'g HeaderEdits,
         mirror: Option<&'g Arc<ClusterRuntime>>,
     },
@@ -613,6 +619,7 @@ pub async fn handle(
         }
         Routing::Forward {
             target,
+            timeout,
             response_headers,
             mirror,
         } => {
@@ -621,7 +628,7 @@ pub async fn handle(
                 None => RequestBody::Streamed(body),
             };
             let req = Request::from_parts(parts, body);
-            let mut resp = send(req, target).await;
+            let mut resp = send(req, target, timeout).await;
             response_headers.apply(resp.headers_mut());
             resp
         }
@@ -684,7 +691,7 @@ fn spawn_mirror(
     tokio::spawn(async move {
         let limit = cluster.config.request_timeout.unwrap_or(MIRROR_TIMEOUT);
         let exchange = async {
-            let mut body = send(copy, &cluster).await.into_body();
+            let mut body = send(copy, &cluster, Some(limit)).await.into_body();
             // Read to its end so the upstream connection goes back to the pool.
             while let Some(frame) = body.frame().await {
                 if let Err(e) = frame {

@@ -61,7 +61,7 @@ pub enum UpstreamError {
     /// The downstream request's body could not be read (a malformed chunk): the client's
     /// fault, not the upstream's.
     RequestBody(hyper::Error),
-    /// No response headers within the cluster's request timeout.
+    /// No response headers within the request's timeout (its route's or its cluster's).
     Timeout(SocketAddr),
     /// A circuit breaker of the cluster refused it.
     Overflow(Overflow),
@@ -1045,7 +1045,7 @@ mod tests {
             req
         };
         let idle = |pool: &EndpointPool| pool.idle.mine(|idle| idle.len());
-        let resp = crate::hcm::hyper_codec::send(get("/a"), &cluster).await;
+        let resp = crate::hcm::hyper_codec::send(get("/a"), &cluster, None).await;
         resp.into_body().collect().await.unwrap();
         while idle(&pool) == 0 {
             tokio::task::yield_now().await;
@@ -1053,7 +1053,7 @@ mod tests {
         let (stream, reused) = cluster.checkout_raw(&pool).await.unwrap();
         assert!(reused, "the byte codec takes the connection hyper used");
         pool.release(stream, &cluster.stats.occupancy);
-        let resp = crate::hcm::hyper_codec::send(get("/last"), &cluster).await;
+        let resp = crate::hcm::hyper_codec::send(get("/last"), &cluster, None).await;
         resp.into_body().collect().await.unwrap();
         assert_eq!(
             accepted.load(Ordering::Relaxed),

@@ -1,8 +1,9 @@
 //! Routes from the control plane end to end: a Bearing sidecar fed only by `bearing-test-cp`
 //! with a MeshHTTPRoute-shaped outbound (kuma-cp's rendering: `path` + `prefix` pairs, a
 //! header match, weighted clusters, a direct response, header edits, a rewrite) and a
-//! MeshTCPRoute-shaped TCP split, in front of two origins; curl sees each request reach the
-//! origin its route names.
+//! MeshTCPRoute-shaped TCP split, in front of two origins, and two routes with their own
+//! timeouts to a slow origin; curl sees each request reach the origin its route names, or a
+//! 504 at its route's timeout.
 
 use std::time::Duration;
 
@@ -57,13 +58,16 @@ fn routes() -> Value {
          "route": {"weightedClusters": {"clusters": [{"name": "one", "weight": 1}, {"name": "two", "weight": 1}]}, "timeout": "0s"}},
         {"match": {"path": "/gone"}, "directResponse": {"status": 410, "body": {"inlineString": "gone\n"}}},
         {"match": {"prefix": "/old/"}, "route": {"cluster": "two", "timeout": "0s", "prefixRewrite": "/"}},
+        // MeshTimeout-shaped: two routes to one slow origin, each with its own timeout.
+        {"match": {"prefix": "/timed/short"}, "route": {"cluster": "slow", "timeout": "1s"}},
+        {"match": {"prefix": "/timed/long"}, "route": {"cluster": "slow", "timeout": "2.500s"}},
         {"match": {"prefix": "/"}, "route": to("one")},
     ])
 }
 
 /// The sidecar's resources: the two origins' clusters, the routed HTTP outbound and the
 /// split TCP outbound.
-fn resources(one: &Host, two: &Host) -> Value {
+fn resources(one: &Host, two: &Host, slow: &Host) -> Value {
     let (http_name, http) = listener(
         HTTP_PORT,
         json!({"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
@@ -85,7 +89,7 @@ fn resources(one: &Host, two: &Host) -> Value {
         }}),
     );
     json!({"xds": {
-        CLUSTER: {"one": cluster("one", one), "two": cluster("two", two)},
+        CLUSTER: {"one": cluster("one", one), "two": cluster("two", two), "slow": cluster("slow", slow)},
         LISTENER: {http_name: http, tcp_name: tcp},
     }})
 }
@@ -101,16 +105,20 @@ fn get(host: &Host, url: &str, args: &[&str]) -> Result<(u16, String)> {
 fn a_sidecar_routes_by_the_route_table_the_cp_sends() -> Result<()> {
     require_root_and_tools()?;
     require_tools(&["openssl", "python3"])?;
-    let topo = Topology::new(&["cp", "web", "one", "two"])?;
+    let topo = Topology::new(&["cp", "web", "one", "two", "slow"])?;
     let (cp, web) = (topo.host("cp"), topo.host("web"));
-    let (one, two) = (topo.host("one"), topo.host("two"));
+    let (one, two, slow) = (topo.host("one"), topo.host("two"), topo.host("slow"));
     let pki = CpPki::new(topo.dir(), "cp-routes", cp)?;
     let origin_one = start_http_server(one, ORIGIN_PORT)?;
     let origin_two = start_http_server(two, ORIGIN_PORT)?;
     let (body_one, body_two) = (origin_one.body(), origin_two.body());
+    let _origin_slow = start_slow_server(slow, ORIGIN_PORT, Duration::from_secs(6))?;
 
     let file = pki.dir.join("web.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(&resources(one, two))?)?;
+    std::fs::write(
+        &file,
+        serde_json::to_vec_pretty(&resources(one, two, slow))?,
+    )?;
     let (cp_process, access) =
         pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
     let dataplane = dataplane_yaml(
@@ -132,7 +140,7 @@ fn a_sidecar_routes_by_the_route_table_the_cp_sends() -> Result<()> {
     ensure!(
         http_listener["routes"]["virtual_hosts"][0]["routes"]
             .as_array()
-            .is_some_and(|r| r.len() == 7),
+            .is_some_and(|r| r.len() == 9),
         "{http_listener}"
     );
 
@@ -161,6 +169,21 @@ fn a_sidecar_routes_by_the_route_table_the_cp_sends() -> Result<()> {
     ensure!(get(web, &http("/gone"), &[])? == (410, "gone\n".to_string()));
     // A prefix rewrite still reaches its origin.
     ensure!(get(web, &http("/old/x"), &[])? == (200, body_two.to_string()));
+    // Per-route timeouts: one slow origin, a 504 with Envoy's text at each route's own
+    // timeout (bounds generous above, never before the route's timeout).
+    for (path, timeout) in [("/timed/short", 1.0), ("/timed/long", 2.5)] {
+        let started = std::time::Instant::now();
+        let answer = get(web, &http(path), &[])?;
+        let took = started.elapsed().as_secs_f64();
+        ensure!(
+            answer == (504, "upstream request timeout".to_string()),
+            "{path}: {answer:?} after {took:.2}s"
+        );
+        ensure!(
+            took >= timeout - 0.05 && took < timeout + 1.5,
+            "{path}: 504 after {took:.2}s, its route's timeout is {timeout}s"
+        );
+    }
     // Weighted clusters: equal weights alternate between the origins.
     let mut seen = [0; 2];
     for _ in 0..10 {

@@ -494,6 +494,7 @@ fn http_routes(
         let action = match redirect {
             Some(rd) => RouteAction::Redirect(rd),
             None => RouteAction::Forward {
+                timeout: None,
                 backends: backends(&rule.backends, outbounds, clusters),
                 rewrite,
             },

@@ -786,7 +786,7 @@ mod tests {
 
     /// Kuma's HTTP gateway listener becomes the directory store's gateway listener: hosts
     /// from the route configuration's virtual hosts (most specific first), its routes in
-    /// the shared model, the clusters it reaches spoken to over HTTP with the routes' timeouts.
+    /// the shared model, the clusters it reaches spoken to over HTTP, each route with its own timeout.
     #[test]
     fn http_gateway_listener_takes_its_routes_over_rds() {
         let config = translated(&http_gateway("", "")).unwrap();
@@ -816,13 +816,23 @@ mod tests {
             config.clusters["api"].protocol,
             bearing_proxy_config::Protocol::Http
         );
-        assert_eq!(
-            config.clusters["api"].request_timeout,
-            Some(Duration::from_secs(15))
-        );
+        // Each route carries its timeout (absent: Envoy's 15 s); the clusters keep the default.
+        let timeout_to = |cluster: &str| {
+            gw.hosts
+                .iter()
+                .flat_map(|h| &h.http_routes)
+                .find_map(|r| match &r.action {
+                    RouteAction::Forward {
+                        backends, timeout, ..
+                    } if backends[0].cluster == cluster => Some(*timeout),
+                    _ => None,
+                })
+        };
+        assert_eq!(timeout_to("api"), Some(Some(Duration::from_secs(15))));
+        assert_eq!(timeout_to("web"), Some(Some(Duration::from_secs(20))));
         assert_eq!(
             config.clusters["web"].request_timeout,
-            Some(Duration::from_secs(20))
+            Some(Duration::from_secs(15))
         );
     }
 

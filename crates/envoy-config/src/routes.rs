@@ -39,9 +39,19 @@ pub(crate) enum HttpRouting {
     Table(RouteTable),
 }
 
-/// The clusters a route configuration sends to, each with the response timeout of the
-/// routes that reach it (`None`: none), mirrors included.
-pub(crate) type Reached = Vec<(String, Option<Duration>, String)>;
+/// The clusters a route configuration sends to, each with what the route that reaches it
+/// asks of the cluster's own response timeout, mirrors included.
+pub(crate) type Reached = Vec<(String, ClusterTimeout, String)>;
+
+/// What a route asks of a cluster's `request_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum ClusterTimeout {
+    /// Nothing: the route carries its own (a route table's `RouteAction::Forward::timeout`).
+    Any,
+    /// Exactly this one (`None`: no limit): a plain listener's route and a mirror have no
+    /// place of their own for it.
+    Exactly(Option<Duration>),
+}
 
 /// The request and response header edits of one level (a route configuration, virtual host
 /// or route: the same four fields) at `$at`.
@@ -71,8 +81,14 @@ pub(crate) fn route_config(
     problems: &mut Vec<Problem>,
     reached: &mut Reached,
 ) -> Option<HttpRouting> {
+    let start = reached.len();
     let table = route_table(rc, at, problems, reached)?;
-    if let Some(cluster) = only_cluster(&table.virtual_hosts) {
+    if let Some((cluster, timeout)) = only_cluster(&table.virtual_hosts) {
+        // A plain listener has no route: its one route's timeout becomes the cluster's.
+        let timeout = bearing_proxy_config::response_timeout(timeout, None);
+        for r in &mut reached[start..] {
+            r.1 = ClusterTimeout::Exactly(timeout);
+        }
         return Some(HttpRouting::One(cluster));
     }
     Some(HttpRouting::Table(table))
@@ -122,7 +138,7 @@ pub(crate) fn route_table(
 
 /// The cluster of a table that sends every request to it unchanged: one virtual host `*`
 /// with one route, `prefix: /`, forwarding to one cluster with no edits.
-fn only_cluster(virtual_hosts: &[VirtualHost]) -> Option<String> {
+fn only_cluster(virtual_hosts: &[VirtualHost]) -> Option<(String, Option<Duration>)> {
     let [vh] = virtual_hosts else { return None };
     let [route] = vh.routes.as_slice() else {
         return None;
@@ -140,8 +156,9 @@ fn only_cluster(virtual_hosts: &[VirtualHost]) -> Option<String> {
         RouteAction::Forward {
             backends,
             rewrite: None,
+            timeout,
         } if plain => match backends.as_slice() {
-            [one] => Some(one.cluster.clone()),
+            [one] => Some((one.cluster.clone(), *timeout)),
             _ => None,
         },
         _ => None,
@@ -391,11 +408,11 @@ fn forward(
 ) -> Option<(RouteAction, Option<Mirror>)> {
     use route_pb::route_action::ClusterSpecifier as C;
     use route_pb::route_action::HostRewriteSpecifier as Host;
-    let timeout = match action.timeout.as_ref().map(crate::translate::duration) {
-        None => Some(DEFAULT_ROUTE_TIMEOUT),
-        Some(Duration::ZERO) => None,
-        Some(d) => Some(d),
-    };
+    // Envoy's: absent is 15 s whatever the cluster, zero is none.
+    let timeout = action
+        .timeout
+        .as_ref()
+        .map_or(DEFAULT_ROUTE_TIMEOUT, crate::translate::duration);
     let backends = match &action.cluster_specifier {
         Some(C::Cluster(c)) => vec![WeightedCluster {
             cluster: c.clone(),
@@ -428,7 +445,7 @@ fn forward(
         }
     };
     for b in &backends {
-        reached.push((b.cluster.clone(), timeout, at.to_string()));
+        reached.push((b.cluster.clone(), ClusterTimeout::Any, at.to_string()));
     }
     let path = match (action.prefix_rewrite.as_str(), &action.regex_rewrite) {
         ("", None) => None,
@@ -455,7 +472,13 @@ fn forward(
     let mirror = match action.request_mirror_policies.as_slice() {
         [] => None,
         [m] => {
-            reached.push((m.cluster.clone(), timeout, at.to_string()));
+            // A shadow has the route's timeout, held by the mirror cluster.
+            let shadow = bearing_proxy_config::response_timeout(Some(timeout), None);
+            reached.push((
+                m.cluster.clone(),
+                ClusterTimeout::Exactly(shadow),
+                at.to_string(),
+            ));
             Some(Mirror {
                 cluster: m.cluster.clone(),
                 percentage: m
@@ -473,7 +496,12 @@ fn forward(
             return None;
         }
     };
-    Some((RouteAction::Forward { backends, rewrite }, mirror))
+    let action = RouteAction::Forward {
+        backends,
+        rewrite,
+        timeout: Some(timeout),
+    };
+    Some((action, mirror))
 }
 
 /// A weighted cluster's own request headers: only Kuma's `x-kuma-tags` (which a gateway

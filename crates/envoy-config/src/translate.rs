@@ -16,7 +16,7 @@ use crate::decode::{
 use crate::fields::{
     self, Unhandled, KUMA_STREAM_IDLE_TIMEOUTS, KUMA_TCP_IDLE_TIMEOUTS, POLICY_NOT_ENFORCED,
 };
-use crate::routes::{self, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
+use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, KumaEndpoints,
     Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity,
@@ -274,8 +274,8 @@ struct Route {
     table: Option<RouteTable>,
     /// A TCP proxy's weighted clusters, when it splits.
     tcp_backends: Vec<WeightedCluster>,
-    /// Every cluster reached, with the response timeout of the routes reaching it and
-    /// where (a TCP proxy's: none).
+    /// Every cluster reached, with what the route reaching it asks of the cluster's
+    /// response timeout and where (a TCP proxy's: nothing).
     reached: Reached,
     /// A TCP proxy's `metadata_match` (`envoy.lb` tags the endpoints must carry).
     subset: BTreeMap<String, String>,
@@ -286,8 +286,9 @@ struct Translator<'a> {
     nacks: Vec<Nack>,
     listeners: Vec<Listener>,
     clusters: BTreeMap<String, Cluster>,
-    /// Per cluster: the protocol and request timeout of the routes that reach it.
-    routed: BTreeMap<String, (Protocol, Option<Duration>, String)>,
+    /// Per cluster: the protocol of the routes that reach it and what they ask of its
+    /// request timeout.
+    routed: BTreeMap<String, (Protocol, ClusterTimeout, String)>,
     /// Listeners sending to an ORIGINAL_DST cluster (Kuma's direct access): the listener, its
     /// address and the cluster, which becomes a cluster of that one address.
     direct: Vec<(String, SocketAddr, String)>,
@@ -782,7 +783,7 @@ impl Translator<'_> {
                 let subset = struct_strings(tcp.metadata_match.as_ref(), "envoy.lb");
                 found = match tcp.cluster_specifier {
                     Some(tcp_pb::tcp_proxy::ClusterSpecifier::Cluster(c)) => Some(Route {
-                        reached: vec![(c.clone(), None, fpath.clone())],
+                        reached: vec![(c.clone(), ClusterTimeout::Any, fpath.clone())],
                         cluster: c,
                         protocol: Protocol::Tcp,
                         table: None,
@@ -795,7 +796,7 @@ impl Translator<'_> {
                         Some(Route {
                             reached: backends
                                 .iter()
-                                .map(|b| (b.cluster.clone(), None, at.clone()))
+                                .map(|b| (b.cluster.clone(), ClusterTimeout::Any, at.clone()))
                                 .collect(),
                             cluster: String::new(),
                             protocol: Protocol::Tcp,
@@ -1083,7 +1084,7 @@ impl Translator<'_> {
             self.route_to(
                 route.cluster.clone(),
                 Protocol::Tcp,
-                None,
+                ClusterTimeout::Any,
                 name,
                 path.clone(),
             );
@@ -1846,37 +1847,50 @@ impl Translator<'_> {
     }
 
     /// Records that `listener` reaches `cluster` with `protocol` (by the route at `at`); an
-    /// HTTP route's protocol and timeout win over a TCP proxy's (which ignores the cluster's
-    /// HTTP options, as Envoy's). HTTP routes reaching one cluster with different timeouts
-    /// are NACKed: ProxyConfig holds a response timeout per cluster.
+    /// HTTP route's protocol wins over a TCP proxy's (which ignores the cluster's HTTP
+    /// options, as Envoy's). A route table's routes carry their own timeouts; the routes that
+    /// cannot (plain listeners, mirrors) give the cluster theirs, and two of them reaching one
+    /// cluster with different timeouts are NACKed.
     fn route_to(
         &mut self,
         cluster: String,
         protocol: Protocol,
-        timeout: Option<Duration>,
+        timeout: ClusterTimeout,
         listener: &str,
         at: String,
     ) {
-        let conflict = self.routed.get(&cluster).and_then(|(p, t, _)| {
-            (p.is_http() && protocol.is_http() && *t != timeout).then_some(*t)
-        });
-        if let Some(other) = conflict {
+        let conflict = self
+            .routed
+            .get(&cluster)
+            .and_then(|(p, t, _)| match (*t, timeout) {
+                (ClusterTimeout::Exactly(other), ClusterTimeout::Exactly(this))
+                    if p.is_http() && protocol.is_http() && other != this =>
+                {
+                    Some((other, this))
+                }
+                _ => None,
+            });
+        if let Some((other, this)) = conflict {
             // Kuma's routes differ in timeout only by a MeshTimeout.
-            let reason = format!("timeouts: {POLICY_NOT_ENFORCED} (routes to cluster {cluster:?} with different timeouts, {other:?} and {timeout:?}: ProxyConfig holds one per cluster)");
+            let reason = format!("timeouts: {POLICY_NOT_ENFORCED} (plain listeners or mirrors to cluster {cluster:?} with different timeouts, {other:?} and {this:?}: a cluster holds one)");
             return self.nack(LISTENER, listener, at, reason);
         }
-        let route = (protocol, timeout, listener.to_string());
         self.routed
             .entry(cluster)
             .and_modify(|r| {
                 if protocol.is_http() {
-                    *r = route.clone();
+                    let kept = match timeout {
+                        ClusterTimeout::Any if r.0.is_http() => r.1,
+                        _ => timeout,
+                    };
+                    *r = (protocol, kept, listener.to_string());
                 }
             })
-            .or_insert(route);
+            .or_insert((protocol, timeout, listener.to_string()));
     }
 
-    /// Gives each cluster the protocol and request timeout of the routes that reach it.
+    /// Gives each cluster the protocol of the routes that reach it and the request timeout
+    /// of those that hold it there (else Envoy's 15 s default stays).
     fn apply_routes(&mut self) {
         for (cluster_name, (protocol, timeout, listener)) in std::mem::take(&mut self.routed) {
             let Some(cluster) = self.clusters.get_mut(&cluster_name) else {
@@ -1896,7 +1910,9 @@ impl Translator<'_> {
                     (Protocol::Tcp, p) => p,
                     (p, _) => p,
                 };
-                cluster.request_timeout = timeout;
+                if let ClusterTimeout::Exactly(timeout) = timeout {
+                    cluster.request_timeout = timeout;
+                }
             } else {
                 cluster.protocol = Protocol::Tcp;
             }
@@ -2779,7 +2795,10 @@ mod tests {
         assert_eq!(r[0].request_headers.add, [("x-add".into(), "a".into())]);
         assert_eq!(r[0].request_headers.remove, ["x-drop"]);
         assert_eq!(r[0].response_headers.add, [("x-resp".into(), "r".into())]);
-        let RouteAction::Forward { backends, rewrite } = &r[0].action else {
+        let RouteAction::Forward {
+            backends, rewrite, ..
+        } = &r[0].action
+        else {
             panic!("{:?}", r[0].action)
         };
         assert_eq!(
@@ -2848,8 +2867,6 @@ mod tests {
                 route: {cluster: backend, timeout: 0s}
               - match: {prefix: /b}
                 route: {cluster: backend, timeout: 0s, retryPolicy: {retryOn: 5xx}, hashPolicy: [{header: {headerName: x}}]}
-              - match: {prefix: /c}
-                route: {cluster: backend, timeout: 5s}
               - match: {prefix: /}
                 route: {cluster: backend, timeout: 0s}
 "#,
@@ -2876,8 +2893,69 @@ mod tests {
         );
         has(format!("{routes}[1].route.retry_policy"), "retries");
         has(format!("{routes}[1].route.hash_policy"), "load balancing");
-        has(format!("{routes}[2].route"), "timeouts: ");
         has(format!("{HCM}.generate_request_id"), "not implemented");
+    }
+
+    /// A route's `timeout` is its own (Envoy's `RouteAction.timeout`): routes of one table
+    /// to one cluster may differ, absent is Envoy's 15 s and zero is none, and the cluster
+    /// keeps Envoy's default for requests no route times.
+    #[test]
+    fn route_timeouts_are_per_route() {
+        let text = outbound_with_routes(
+            r#"              - match: {prefix: /fast}
+                route: {cluster: backend, timeout: 1.500s}
+              - match: {prefix: /slow}
+                route: {cluster: backend, timeout: 30s}
+              - match: {prefix: /stream}
+                route: {cluster: backend, timeout: 0s}
+              - match: {prefix: /}
+                route: {cluster: backend}
+"#,
+        );
+        let config = translate(&set(&text), &node()).unwrap_or_else(|n| panic!("{n:#?}"));
+        let table = config.listeners[0].routes.as_ref().expect("a route table");
+        let timeouts: Vec<Option<Duration>> = table.virtual_hosts[0]
+            .routes
+            .iter()
+            .map(|r| match &r.action {
+                RouteAction::Forward { timeout, .. } => *timeout,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(timeouts, [ms(1500), ms(30_000), ms(0), ms(15_000)]);
+        assert_eq!(
+            config.clusters["backend"].request_timeout,
+            Some(DEFAULT_ROUTE_TIMEOUT)
+        );
+    }
+
+    /// A plain listener's one route has no place for its timeout but the cluster: two plain
+    /// listeners to one cluster with different timeouts are NACKed; a route table beside
+    /// them asks nothing of the cluster.
+    #[test]
+    fn plain_listeners_to_one_cluster_with_different_timeouts_are_nacked() {
+        let one = "route: {cluster: backend, timeout: 0s}";
+        let timed =
+            |t: &str| OUTBOUND.replace(one, &format!("route: {{cluster: backend, timeout: {t}}}"));
+        let config = translate(&set(&format!("{}{}", timed("3s"), secrets())), &node()).unwrap();
+        assert_eq!(
+            config.clusters["backend"].request_timeout,
+            Some(Duration::from_secs(3))
+        );
+        let listener = |t: &str| {
+            let text = timed(t).replace("10001", "10002");
+            let start = text.find("- name: outbound:127.0.0.1:10002").unwrap();
+            text[start..].to_string()
+        };
+        let same = format!("{}{}{}", timed("3s"), listener("3s"), secrets());
+        assert!(translate(&set(&same), &node()).is_ok());
+        let differ = format!("{}{}{}", timed("3s"), listener("4s"), secrets());
+        let nacks = translate(&set(&differ), &node()).unwrap_err();
+        assert!(
+            nacks.iter().any(|n| n.reason.starts_with("timeouts: ")),
+            "{nacks:#?}"
+        );
     }
 
     /// MeshTCPRoute's split: a TCP proxy's weighted clusters.

@@ -21,6 +21,7 @@ fn router(n: usize) -> Router {
             request_headers: HeaderFilter::default(),
             response_headers: HeaderFilter::default(),
             action: RouteAction::Forward {
+                timeout: None,
                 backends: vec![WeightedCluster {
                     cluster: format!("backend-{i}"),
                     weight: 1,

@@ -16,6 +16,7 @@ mod path;
 mod pick;
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use bearing_proxy_config::{
     GatewayListener, GatewayProtocol, HeaderFilter, HttpMatch, HttpRoute, PathMatch, PathRewrite,
@@ -60,6 +61,9 @@ pub enum Decision<'r> {
         mirror: Option<&'r str>,
         /// The route that matched (`MeshGatewayRoute/<name>: conf.http.rules[i]...`).
         origin: &'r str,
+        /// The route's response timeout (zero: none; `None`: the cluster's), for
+        /// `bearing_proxy_config::response_timeout`.
+        timeout: Option<Duration>,
     },
 }
 
@@ -197,6 +201,7 @@ enum Action {
         path: Option<PathEdit>,
         host_to_backend_hostname: bool,
         host: Option<HeaderValue>,
+        timeout: Option<Duration>,
     },
     Redirect(Redirect, Option<PathEdit>),
     DirectResponse(StatusCode, String),
@@ -342,7 +347,12 @@ impl Route {
         let path_edit =
             |rewrite: Option<&PathRewrite>| rewrite.map(|rw| PathEdit::new(rw, origin)).transpose();
         let action = match &r.action {
-            RouteAction::Forward { backends, rewrite } => Action::Forward {
+            RouteAction::Forward {
+                backends,
+                rewrite,
+                timeout,
+            } => Action::Forward {
+                timeout: *timeout,
                 pick: Weighted::new(backends.iter().map(|b| b.weight)),
                 backends: backends.clone(),
                 path: path_edit(rewrite.as_ref().and_then(|rw| rw.path.as_ref()))?,
@@ -534,6 +544,7 @@ impl Router {
                 path: rewrite,
                 host_to_backend_hostname,
                 host,
+                timeout,
             } => {
                 let Some(backend) = pick.pick().and_then(|i| backends.get(i)) else {
                     return respond(StatusCode::SERVICE_UNAVAILABLE);
@@ -559,6 +570,7 @@ impl Router {
                         .filter(|(_, share)| share.take())
                         .map(|(cluster, _)| cluster.as_str()),
                     origin: &route.origin,
+                    timeout: *timeout,
                 }
             }
         }

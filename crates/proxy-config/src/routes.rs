@@ -3,6 +3,8 @@
 //! MeshHTTPRoute): what a request must look like and what is done with it. One model, one
 //! router (`bearing-gateway`).
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 /// A sidecar HTTP listener's route table (Envoy's `RouteConfiguration`): the virtual host
@@ -155,6 +157,14 @@ pub enum RouteAction {
         /// Path or Host rewrite.
         #[serde(skip_serializing_if = "Option::is_none")]
         rewrite: Option<Rewrite>,
+        /// The route's response timeout (Envoy's `RouteAction.timeout`), counted from the
+        /// end of the request: zero is none; `None` leaves it to the backend cluster's
+        /// `request_timeout`. Two routes to one cluster may differ.
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "crate::opt_millis::serialize"
+        )]
+        timeout: Option<Duration>,
     },
     /// Answer with a redirect.
     Redirect(Redirect),
@@ -165,6 +175,17 @@ pub enum RouteAction {
         /// Response body.
         body: String,
     },
+}
+
+/// The response timeout of a request a route forwards to a cluster: the route's own
+/// (`RouteAction::Forward::timeout`, zero: none), else the cluster's `request_timeout`
+/// (`None`: no limit).
+pub fn response_timeout(route: Option<Duration>, cluster: Option<Duration>) -> Option<Duration> {
+    match route {
+        Some(t) if t.is_zero() => None,
+        Some(t) => Some(t),
+        None => cluster,
+    }
 }
 
 /// A request rewrite (MeshGatewayRoute `rewrite` filter).

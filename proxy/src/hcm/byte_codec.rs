@@ -272,6 +272,7 @@ where
             None => match &listener.cluster {
                 Some(c) if !c.is_h2() => Routed::Forward {
                     cluster: c,
+                    timeout: c.config.request_timeout,
                     edits: None,
                 },
                 _ => Routed::Unsupported("cluster not spoken to over HTTP/1.1"),
@@ -280,10 +281,14 @@ where
         let answer = match routed {
             // Boxed: inline, the exchange's future (upstream checkout, send, relay) made
             // every connection's task kilobytes larger, idle ones included.
-            Routed::Forward { cluster, edits } => {
+            Routed::Forward {
+                cluster,
+                timeout,
+                edits,
+            } => {
                 Box::pin(exchange(
                     &mut down,
-                    cluster,
+                    (cluster, timeout),
                     &request,
                     &bufs.request_head,
                     Response {
@@ -440,7 +445,7 @@ enum Sent {
     NotDelivered(io::Error),
     /// The connection closed or reset before any response byte.
     NoAnswer(io::Error),
-    /// No response head within the cluster's request timeout.
+    /// No response head within the request's timeout.
     Timeout,
     /// The response could not be read as HTTP/1.1.
     Invalid(Refused),
@@ -451,7 +456,7 @@ enum Sent {
 /// is answered with a local reply.
 async fn exchange<S>(
     down: &mut S,
-    cluster: &ClusterRuntime,
+    (cluster, timeout): (&ClusterRuntime, Option<Duration>),
     request: &Request<'_>,
     request_head: &[u8],
     mut response: Response<'_>,
@@ -461,6 +466,7 @@ where
 {
     let mut upstream = Upstream {
         cluster,
+        timeout,
         head: request_head,
         response: &mut response,
     };
@@ -479,6 +485,8 @@ where
 /// where the response head is read.
 struct Upstream<'a, 'r> {
     cluster: &'a ClusterRuntime,
+    /// The request's response timeout (the route's, else the cluster's).
+    timeout: Option<Duration>,
     head: &'a [u8],
     response: &'r mut Response<'a>,
 }
@@ -515,7 +523,7 @@ impl<'a> UpstreamCodec for Upstream<'a, '_> {
             }
         };
         let address = pool.address();
-        let limit = cluster.config.request_timeout;
+        let limit = self.timeout;
         match send(&mut up, request, self.head, limit, self.response).await {
             Sent::Answered(head) => Attempt::Answered((up, head, unit)),
             Sent::NotDelivered(e) => Attempt::NotDelivered(request, e),

@@ -28,7 +28,10 @@ pub type ProxyBody = MessageBody<UpstreamBody>;
 /// Forwards one request through `listener`'s cluster and counts the outcome.
 pub async fn forward(req: Request<Incoming>, listener: &ListenerRuntime) -> Response<ProxyBody> {
     let resp = match &listener.cluster {
-        Some(cluster) => send(req.map(RequestBody::Streamed), cluster).await,
+        Some(cluster) => {
+            let timeout = cluster.config.request_timeout;
+            send(req.map(RequestBody::Streamed), cluster, timeout).await
+        }
         None => {
             let message = format!("listener {} has no cluster", listener.config.name);
             local_reply(StatusCode::SERVICE_UNAVAILABLE, message)
@@ -39,10 +42,15 @@ pub async fn forward(req: Request<Incoming>, listener: &ListenerRuntime) -> Resp
 }
 
 /// Sends one request to `cluster` and counts the outcome there: the upstream's response
-/// without hop-by-hop headers, or a 503 (504 on the response timeout) naming the failure.
-pub async fn send(mut req: Request<RequestBody>, cluster: &ClusterRuntime) -> Response<ProxyBody> {
+/// without hop-by-hop headers, or a 503 (504 when no response head came within `timeout`,
+/// the route's or the cluster's; `None`: no limit) naming the failure.
+pub async fn send(
+    mut req: Request<RequestBody>,
+    cluster: &ClusterRuntime,
+    timeout: Option<Duration>,
+) -> Response<ProxyBody> {
     prepare_request(&mut req, cluster.is_h2());
-    match super::forward(cluster, &mut Upstream { cluster }, req).await {
+    match super::forward(cluster, &mut Upstream { cluster, timeout }, req).await {
         Ok((mut resp, _)) => {
             cluster.stats.requests.count(resp.status().as_u16());
             strip_hop_by_hop(resp.headers_mut());
@@ -55,6 +63,8 @@ pub async fn send(mut req: Request<RequestBody>, cluster: &ClusterRuntime) -> Re
 /// The upstream side of the hyper codec, for [`super::forward`].
 struct Upstream<'c> {
     cluster: &'c ClusterRuntime,
+    /// The request's response timeout.
+    timeout: Option<Duration>,
 }
 
 impl UpstreamCodec for Upstream<'_> {
@@ -88,7 +98,7 @@ impl UpstreamCodec for Upstream<'_> {
                 return Attempt::Failed(overflow);
             }
         };
-        let timeout = cluster.config.request_timeout;
+        let timeout = self.timeout;
         let address = pool.address();
         let not_sent = |req| {
             let e = io::Error::other("connection closed before the request was sent");

@@ -22,6 +22,7 @@ pub mod hyper_codec;
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bearing_http1::RequestHead;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -32,9 +33,12 @@ use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, UpstreamError}
 
 /// Where one request goes.
 pub(crate) enum Routed<'l> {
-    /// To `cluster`, each response head sent downstream changed by `edits` (a route's).
+    /// To `cluster`, the response head awaited for `timeout` (the route's, else the
+    /// cluster's; `None`: no limit), each response head sent downstream changed by `edits`
+    /// (a route's).
     Forward {
         cluster: &'l ClusterRuntime,
+        timeout: Option<Duration>,
         edits: Option<ResponseEdits<'l>>,
     },
     /// Answered by the proxy (a router's 404, redirect, direct response or refusal).
@@ -63,10 +67,15 @@ impl Reply {
         } else {
             tracing::warn!(cluster = %cluster.config.name, "{failure}");
         }
+        let message = match failure {
+            // Envoy's text (the log above names the endpoint).
+            UpstreamError::Timeout(_) => "upstream request timeout".to_string(),
+            other => other.to_string(),
+        };
         Reply {
             status: failure.status(),
             location: None,
-            message: failure.to_string(),
+            message,
             overloaded: failure.is_overflow(),
         }
     }
@@ -105,7 +114,8 @@ pub(crate) trait UpstreamCodec {
     ) -> Result<(Self::Conn, bool), NoConnection>;
 
     /// Sends `request` on `conn` (taking the request's unit of the cluster's
-    /// `max_requests`) and waits for the response head within the timeout.
+    /// `max_requests`) and waits for the response head within the request's timeout (the
+    /// route's, decided at routing and held by the codec).
     async fn attempt(
         &mut self,
         pool: &Arc<EndpointPool>,

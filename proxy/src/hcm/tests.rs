@@ -435,6 +435,36 @@ async fn send_h2(client: TcpStream, case: &Case) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).to_string())
 }
 
+/// Sends the case's request to its listener through `codec` on a new connection; the
+/// response's status and body.
+async fn ask(proxy: &Arc<Proxy>, codec: Codec, case: &Case) -> (u16, String) {
+    let listener = proxy
+        .snapshot()
+        .listener(&listener_address(case.to as usize))
+        .cloned();
+    let listener = listener.expect("the case's listener");
+    let (server, client, peer) = connection().await;
+    let p = proxy.clone();
+    let serving = tokio::spawn(async move {
+        match codec {
+            Codec::Bytes => {
+                p.serve_http(server, listener, peer, Admission::Plaintext)
+                    .await
+            }
+            _ => {
+                p.serve_hyper(server, listener, peer, Admission::Plaintext, false)
+                    .await
+            }
+        }
+    });
+    let answer = match codec {
+        Codec::HyperH2 => send_h2(client, case).await,
+        _ => send_h1(client, case).await,
+    };
+    serving.abort();
+    answer
+}
+
 #[tokio::test]
 async fn every_case_comes_out_the_same_through_every_codec() {
     let (live, mut received) = recording_upstream().await;
@@ -449,27 +479,7 @@ async fn every_case_comes_out_the_same_through_every_codec() {
             if matches!(codec, Codec::HyperH2) && !case.h2 {
                 continue;
             }
-            let index = case.to as usize;
-            let listener = proxy.snapshot().listener(&listener_address(index)).cloned();
-            let listener = listener.expect("the case's listener");
-            let (server, client, peer) = connection().await;
-            let p = proxy.clone();
-            let serving = tokio::spawn(async move {
-                match codec {
-                    Codec::Bytes => {
-                        p.serve_http(server, listener, peer, Admission::Plaintext)
-                            .await
-                    }
-                    _ => {
-                        p.serve_hyper(server, listener, peer, Admission::Plaintext, false)
-                            .await
-                    }
-                }
-            });
-            let answer = match codec {
-                Codec::HyperH2 => send_h2(client, case).await,
-                _ => send_h1(client, case).await,
-            };
+            let answer = ask(&proxy, codec, case).await;
             let got = match &case.expect {
                 Expect::Reply(status, text) => {
                     let ok = answer.0 == *status && answer.1.contains(text);
@@ -523,7 +533,6 @@ async fn every_case_comes_out_the_same_through_every_codec() {
             if let Some(why) = got {
                 failures.push(format!("{} ({codec:?}): {why}", case.name));
             }
-            serving.abort();
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -598,4 +607,88 @@ fn a_tls_downstream_says_https_and_each_request_gets_its_own_id() {
     assert_eq!(headers["x-forwarded-proto"], "https");
     let other = headers["x-request-id"].to_str().unwrap();
     assert!(is_uuid_v4(other) && other != id, "{other}");
+}
+
+/// A listener whose route table sends `/fast` and `/slow` to one cluster with different
+/// timeouts: through every codec, an origin that never answers gets each request a 504 with
+/// Envoy's text at its own route's timeout, not the other route's nor the cluster's.
+#[tokio::test]
+async fn each_route_times_out_at_its_own_timeout_through_every_codec() {
+    use bearing_proxy_config::{
+        HttpMatch, HttpRoute, PathMatch, RouteAction, RouteTable, VirtualHost, WeightedCluster,
+    };
+    // Reads requests and never answers, holding every connection open.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = silent.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut sink = [0u8; 1024];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let route = |prefix: &str, timeout: Duration| HttpRoute {
+        origin: format!("route {prefix}"),
+        matches: HttpMatch {
+            path: Some(PathMatch::StringPrefix(prefix.into())),
+            ..HttpMatch::default()
+        },
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+        action: RouteAction::Forward {
+            backends: vec![WeightedCluster {
+                cluster: "live".into(),
+                weight: 1,
+                hostname: None,
+            }],
+            rewrite: None,
+            timeout: Some(timeout),
+        },
+        mirror: None,
+    };
+    let mut config = (*config(origin, origin)).clone();
+    config.clusters.get_mut("live").unwrap().request_timeout = Some(Duration::from_secs(30));
+    config.listeners[0].routes = Some(RouteTable {
+        name: "timeouts".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "web".into(),
+            domains: vec!["*".into()],
+            routes: vec![
+                route("/fast", Duration::from_millis(300)),
+                route("/slow", Duration::from_millis(1500)),
+            ],
+        }],
+    });
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    let table = [
+        ("/fast", Duration::from_millis(300)),
+        ("/slow", Duration::from_millis(1500)),
+    ];
+    let mut failures = Vec::new();
+    for (path, timeout) in table {
+        for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+            let case = Case {
+                name: "timed",
+                method: "GET",
+                path,
+                headers: &[("host", "web")],
+                body: "",
+                to: To::Live,
+                h2: true,
+                expect: Expect::Reply(504, "upstream request timeout"),
+            };
+            let started = tokio::time::Instant::now();
+            let answer = ask(&proxy, codec, &case).await;
+            let took = started.elapsed();
+            // Generous above (a loaded machine), strict below: never before the route's own.
+            let on_time = took >= timeout && took < timeout + Duration::from_millis(1000);
+            if answer != (504, "upstream request timeout".to_string()) || !on_time {
+                failures.push(format!("{path} ({codec:?}): {answer:?} after {took:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
