@@ -42,6 +42,7 @@ fn route(path: PathMatch, cluster: &str, rewrite: Option<PathRewrite>) -> HttpRo
             rewrite: rewrite.map(|path| Rewrite {
                 path: Some(path),
                 host_to_backend_hostname: false,
+                host: None,
             }),
         },
         mirror: None,

@@ -45,9 +45,12 @@ pub const TYPE_URLS: [&str; 7] = [
 /// The proxy types a bootstrap node can carry.
 pub const PROXY_TYPES: [&str; 4] = ["dataplane", "ingress", "egress", "gateway"];
 
-/// The state an input describes: `(type URL, name) → bytes` (a later record replaces an
-/// earlier one, as an ADS state keeps one resource per name and type), and the proxy type.
-fn state(data: &[u8]) -> Option<(&'static str, BTreeMap<(&'static str, String), &[u8]>)> {
+/// Resource bytes by `(type URL, name)`: one resource per name and type, as an ADS state.
+type Resources<'a> = BTreeMap<(&'static str, String), &'a [u8]>;
+
+/// The state an input describes: the proxy type and its resources (a later record replaces an
+/// earlier one of the same type and name).
+fn state(data: &[u8]) -> Option<(&'static str, Resources<'_>)> {
     let (&proxy, mut rest) = data.split_first()?;
     let mut resources = BTreeMap::new();
     while let [kind, name_len, tail @ ..] = rest {

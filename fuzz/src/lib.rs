@@ -37,7 +37,7 @@ impl Splits {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 17;
         self.0 ^= self.0 << 5;
-        if self.0 % 8 == 0 {
+        if self.0.is_multiple_of(8) {
             4096
         } else {
             (self.0 % 16) as usize + 1
