@@ -895,21 +895,18 @@ mod tests {
                 admin_port: None,
             },
             listeners: vec![Listener {
-                name: format!("inbound:{address}"),
-                address,
-                direction: Direction::Inbound,
-                protocol: Protocol::Http,
                 cluster: cluster.name.clone(),
                 service: "web".into(),
                 bind: false,
                 tls: ca.map(|_| DownstreamTls {
                     mesh: "default".into(),
                 }),
-                sni_routes: None,
-                routes: None,
-                tcp_backends: Vec::new(),
-                gateway: None,
-                deny_all: None,
+                ..Listener::new(
+                    format!("inbound:{address}"),
+                    address,
+                    Direction::Inbound,
+                    Protocol::Http,
+                )
             }],
             clusters: [(cluster.name.clone(), cluster)].into(),
             transparent_proxy: None,

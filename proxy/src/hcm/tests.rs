@@ -334,19 +334,15 @@ fn config(live: SocketAddr, refused: SocketAddr) -> Arc<ProxyConfig> {
         .iter()
         .enumerate()
         .map(|(i, (name, _))| Listener {
-            name: format!("outbound:{name}"),
-            address: listener_address(i),
-            direction: Direction::Outbound,
-            protocol: Protocol::Http,
             cluster: name.clone(),
             service: name.clone(),
             bind: false,
-            tls: None,
-            sni_routes: None,
-            routes: None,
-            tcp_backends: Vec::new(),
-            gateway: None,
-            deny_all: None,
+            ..Listener::new(
+                format!("outbound:{name}"),
+                listener_address(i),
+                Direction::Outbound,
+                Protocol::Http,
+            )
         })
         .collect();
     Arc::new(ProxyConfig {
