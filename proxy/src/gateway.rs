@@ -58,13 +58,19 @@ const MAX_MIRRORED_BODY: u64 = 64 * 1024;
 /// How long a mirrored request's response may take, to its end, when the mirror cluster has
 /// no request timeout (gRPC): Kuma's default route timeout.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
-/// Time a client has to send a request's headers (Kuma's gateway stream idle timeout).
+/// Time a client has to send a request's headers on the hyper path (HTTP/2, and HTTP/1.1
+/// handed off from the byte path): Kuma's gateway stream idle timeout.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// A gateway's connections on the byte path: 5 s for a head, 300 s idle between requests
-/// (Kuma's gateway `idleTimeout`).
+/// A gateway's connections on the byte path (HTTP/1.1), with the timeouts kuma-cp gives every
+/// gateway listener: a head started must be complete within 500 ms or the client gets 408
+/// `request header timeout` (`request_headers_timeout`, timed from its first byte as Envoy
+/// does), 5 s for the rest of a held body (`stream_idle_timeout`) and 300 s idle between
+/// requests (`idleTimeout`).
 pub(crate) const BYTE_PATH_TIMEOUTS: Timeouts = Timeouts {
-    head: HEADER_READ_TIMEOUT,
+    head: Duration::from_millis(500),
     idle: Duration::from_secs(300),
+    body: HEADER_READ_TIMEOUT,
+    head_expired: Some("request header timeout"),
 };
 
 /// The routes of a listener whose HTTP requests are routed (a gateway listener, or a sidecar

@@ -17,6 +17,7 @@ pub mod circuit;
 pub mod cli;
 pub mod cp_source;
 pub mod descriptors;
+pub mod direct_response;
 pub mod filter_chain;
 pub mod gateway;
 pub mod hcm;

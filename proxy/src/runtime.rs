@@ -224,7 +224,13 @@ impl Proxy {
                 None => None,
             };
             let routed = routes.is_some() || tcp_split.is_some();
-            if cluster.is_none() && l.sni_routes.is_none() && gateway.is_none() && !routed {
+            let answers = l.direct_response.is_some();
+            if cluster.is_none()
+                && l.sni_routes.is_none()
+                && gateway.is_none()
+                && !routed
+                && !answers
+            {
                 not_built(&l.name, format!("names a missing cluster {:?}", l.cluster));
                 continue;
             }
@@ -526,6 +532,10 @@ impl Proxy {
             denied.inc();
             crate::io::reset(&stream);
             return;
+        }
+        if let Some(answer) = &listener.config.direct_response {
+            let name = &listener.config.name;
+            return crate::direct_response::answer(stream, answer, name, peer).await;
         }
         listener.stats.active.inc();
         let _ = stream.set_nodelay(true);

@@ -202,3 +202,118 @@ fn a_sidecar_routes_by_the_route_table_the_cp_sends() -> Result<()> {
     ensure!(seen == [5, 5], "TCP split one/two: {seen:?}");
     Ok(())
 }
+
+/// Kuma's listeners that answer without an upstream of their own, from the CP: the virtual
+/// probe listener (`probe:listener`, kubelet's `GET /<port>/<path>` rewritten to the
+/// application, or redirected to it when no inbound serves the port), an outbound of a service
+/// without a route (a chain without filters: Envoy closes the connection) and a zone ingress
+/// with no destinations (a `direct_response` of its identity).
+#[test]
+fn listeners_that_answer_themselves_probe_close_and_respond() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web"])?;
+    let (cp, web) = (topo.host("cp"), topo.host("web"));
+    let pki = CpPki::new(topo.dir(), "cp-answers", cp)?;
+    let _app = start_http_server(web, ORIGIN_PORT)?;
+    let ip = web.ip4().to_string();
+    let get_method = json!([{"name": ":method", "stringMatch": {"exact": "GET"}}]);
+    let probe = json!({
+        "name": "probe:listener",
+        "address": {"socketAddress": {"address": ip, "portValue": 9000}},
+        "trafficDirection": "INBOUND",
+        "filterChains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
+            "@type": HCM,
+            "statPrefix": "probe_listener",
+            "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "routeConfig": {"name": "probe:route_configuration", "virtualHosts": [{
+                "name": "probe", "domains": ["*"], "routes": [
+                    {"match": {"path": format!("/{ORIGIN_PORT}/echo/probe"), "headers": get_method},
+                     "route": {"cluster": format!("localhost:{ORIGIN_PORT}"),
+                               "regexRewrite": {"pattern": {"regex": ".*"}, "substitution": "/echo/healthz"}}},
+                    {"match": {"path": "/8081/healthz", "headers": get_method},
+                     "redirect": {"pathRedirect": "/healthz", "portRedirect": 8081}},
+                ]}]},
+        }}]}],
+    });
+    let closed = json!({
+        "name": "outbound:127.0.0.1:10003",
+        "address": {"socketAddress": {"address": "127.0.0.1", "portValue": 10003}},
+        "trafficDirection": "OUTBOUND",
+        "filterChains": [{}],
+    });
+    let identity = r#"{"proxy":"default.ingress","zone":"zone-main"}"#;
+    let answering = json!({
+        "name": format!("inbound:{ip}:10004"),
+        "address": {"socketAddress": {"address": ip, "portValue": 10004}},
+        "trafficDirection": "INBOUND",
+        "filterChains": [{"filters": [{"name": "envoy.filters.network.direct_response", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.direct_response.v3.Config",
+            "response": {"inlineString": identity},
+        }}]}],
+    });
+    let app = json!({
+        "name": format!("localhost:{ORIGIN_PORT}"),
+        "type": "STATIC",
+        "connectTimeout": "5s",
+        "loadAssignment": {"clusterName": format!("localhost:{ORIGIN_PORT}"), "endpoints": [{"lbEndpoints": [{"endpoint": {
+            "address": {"socketAddress": {"address": "127.0.0.1", "portValue": ORIGIN_PORT}}}}]}]},
+    });
+    let resources = json!({"xds": {
+        CLUSTER: {format!("localhost:{ORIGIN_PORT}"): app},
+        LISTENER: {"probe:listener": probe, "outbound:127.0.0.1:10003": closed,
+                   format!("inbound:{ip}:10004"): answering},
+    }});
+    let file = pki.dir.join("web.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&resources)?)?;
+    let (cp_process, access) =
+        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
+    let dataplane = dataplane_yaml(
+        "web",
+        web,
+        "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
+    );
+    let sidecar = access.bearing(web, "web", "dataplane", &dataplane)?;
+    sidecar.wait_ready()?;
+    cp_process.wait_for_log("ACK type=Listener", Duration::from_secs(30))?;
+
+    // The probe reaches the application under the path the route rewrites to.
+    let (code, body) = get(
+        web,
+        &format!("http://{ip}:9000/{ORIGIN_PORT}/echo/probe"),
+        &[],
+    )?;
+    ensure!(code == 200, "{code} {body}");
+    ensure!(body.starts_with("GET /echo/healthz HTTP/1.1"), "{body}");
+    // A probe of a port no inbound serves is redirected to the application's own port.
+    let out = curl_output(web, [format!("http://{ip}:9000/8081/healthz"), "-i".into()])?;
+    ensure!(out.http_code == 301, "{out:?}");
+    ensure!(
+        out.body
+            .to_ascii_lowercase()
+            .contains(&format!("location: http://{ip}:8081/healthz")),
+        "{}",
+        out.body
+    );
+    // Only GET is probed: another method gets the route table's 404.
+    let (code, _) = get(
+        web,
+        &format!("http://{ip}:9000/{ORIGIN_PORT}/echo/probe"),
+        &["-X", "POST"],
+    )?;
+    ensure!(code == 404, "POST probe: {code}");
+    // The outbound without a route closes the connection without a byte: curl sees an empty
+    // reply, or a reset when its request was still unread at the close (Envoy's race too).
+    for _ in 0..5 {
+        let out = curl_output(web, ["http://127.0.0.1:10003/"])?;
+        ensure!(
+            matches!(out.exit_code, Some(52 | 56)) && out.http_code == 0 && out.body.is_empty(),
+            "{out:?}"
+        );
+    }
+    // The answering listener sends its bytes whatever is asked, then closes.
+    let out = curl_output(web, [format!("http://{ip}:10004/"), "--http0.9".into()])?;
+    ensure!(out.ok() && out.body == identity, "{out:?}");
+    Ok(())
+}

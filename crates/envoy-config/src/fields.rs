@@ -73,6 +73,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "metadata_match",
         ],
     ),
+    ("envoy.extensions.filters.network.direct_response.v3.Config", &["response"]),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
         &["clusters"],
@@ -395,6 +396,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
 /// Extensions (`typed_config` types) whose configuration is walked; any other is NACKed.
 const EXTENSIONS: &[&str] = &[
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "envoy.extensions.filters.network.direct_response.v3.Config",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
     "envoy.extensions.filters.http.router.v3.Router",
     "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",

@@ -37,8 +37,8 @@ const SERVER_NAME: &str = "Kuma Gateway";
 const STREAM_IDLE: Duration = Duration::from_secs(5);
 /// The gateway runtime's keep-alive idle time (Kuma's gateway connection `idle_timeout`).
 const CONNECTION_IDLE: Duration = Duration::from_secs(300);
-/// Kuma's gateway `request_headers_timeout`, accepted, not enforced: the runtime gives a
-/// client [`STREAM_IDLE`] for a request's headers.
+/// Kuma's gateway `request_headers_timeout`, the one the gateway runtime enforces (408
+/// `request header timeout` on HTTP/1.1; HTTP/2 streams get [`STREAM_IDLE`]).
 const REQUEST_HEADERS: Duration = Duration::from_millis(500);
 /// Kuma's gateway route `idle_timeout`, accepted: the runtime's stream idle time.
 const ROUTE_IDLE: Duration = STREAM_IDLE;

@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
 use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
+use envoy_types::pb::envoy::extensions::filters::network::direct_response::v3 as direct_pb;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_pb;
 use envoy_types::pb::envoy::extensions::filters::udp::dns_filter::v3 as dns_pb;
@@ -279,6 +280,24 @@ struct Route {
     reached: Reached,
     /// A TCP proxy's `metadata_match` (`envoy.lb` tags the endpoints must carry).
     subset: BTreeMap<String, String>,
+    /// A `direct_response` filter's bytes (empty for a chain without filters): the
+    /// connection is answered and closed, no cluster is reached.
+    answer: Option<Vec<u8>>,
+}
+
+impl Route {
+    /// A chain that answers `bytes` and closes the connection.
+    fn answer(bytes: Vec<u8>) -> Route {
+        Route {
+            cluster: String::new(),
+            protocol: Protocol::Tcp,
+            table: None,
+            tcp_backends: Vec::new(),
+            reached: Vec::new(),
+            subset: BTreeMap::new(),
+            answer: Some(bytes),
+        }
+    }
 }
 
 struct Translator<'a> {
@@ -571,9 +590,6 @@ impl Translator<'_> {
         if is_unified_name(name) {
             return self.nack(LISTENER, name, path, UNIFIED_NAMING);
         }
-        if name == "probe:listener" {
-            return self.nack(LISTENER, name, path, "Kuma's application probe proxy (virtual probes) is not implemented: kubelet must probe the application directly");
-        }
         if self.is_gateway_listener(listener) {
             return self.gateway_listener(name, listener);
         }
@@ -697,6 +713,7 @@ impl Translator<'_> {
             match &route {
                 Some(r)
                     if r.cluster != this.cluster
+                        || r.answer != this.answer
                         || r.protocol != this.protocol
                         || r.table != this.table
                         || r.tcp_backends != this.tcp_backends =>
@@ -748,6 +765,7 @@ impl Translator<'_> {
             out.cluster = r.cluster.clone();
             out.routes = r.table;
             out.tcp_backends = r.tcp_backends;
+            out.direct_response = r.answer;
             if out.service.is_empty() && out.direction == Direction::Outbound {
                 out.service = r.cluster.clone();
             }
@@ -764,6 +782,10 @@ impl Translator<'_> {
         at: &str,
         chain: &listener_pb::FilterChain,
     ) -> Option<Route> {
+        if chain.filters.is_empty() {
+            // Envoy closes a connection its chain has no filter for.
+            return Some(Route::answer(Vec::new()));
+        }
         let (mut found, mut http) = (None, false);
         for (j, filter) in chain.filters.iter().enumerate() {
             let Some(listener_pb::filter::ConfigType::TypedConfig(any)) = &filter.config_type
@@ -789,6 +811,7 @@ impl Translator<'_> {
                         table: None,
                         tcp_backends: Vec::new(),
                         subset,
+                        answer: None,
                     }),
                     Some(tcp_pb::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
                         let backends = routes::tcp_weighted(&w);
@@ -803,6 +826,7 @@ impl Translator<'_> {
                             table: None,
                             tcp_backends: backends,
                             subset,
+                            answer: None,
                         })
                     }
                     None => None,
@@ -818,6 +842,18 @@ impl Translator<'_> {
                 // A route configuration that does not translate has its own NACKs.
                 http = true;
                 found = self.http_route(name, &fpath, &hcm);
+            } else if let Some(direct) = typed::<direct_pb::Config>(any)
+                .filter(|_| type_name(any).ends_with("direct_response.v3.Config"))
+            {
+                found = match direct.response.as_ref().and_then(data_bytes) {
+                    Some(bytes) => Some(Route::answer(bytes)),
+                    None if direct.response.is_none() => Some(Route::answer(Vec::new())),
+                    None => {
+                        let reason = "a response read from a file or the environment is not implemented (inline bytes or string only)";
+                        self.nack(LISTENER, name, format!("{fpath}.response"), reason);
+                        None
+                    }
+                };
             }
         }
         if found.is_none() && !http {
@@ -903,6 +939,7 @@ impl Translator<'_> {
             tcp_backends: Vec::new(),
             reached,
             subset: BTreeMap::new(),
+            answer: None,
         })
     }
 
@@ -2177,6 +2214,16 @@ fn subject_alt_names(common: &tls_pb::CommonTlsContext) -> Vec<(i32, String)> {
         .collect()
 }
 
+/// A data source's inline bytes or string (`None` for a file or an environment variable).
+fn data_bytes(source: &core_pb::DataSource) -> Option<Vec<u8>> {
+    use core_pb::data_source::Specifier;
+    match source.specifier.as_ref()? {
+        Specifier::InlineBytes(b) => Some(b.clone()),
+        Specifier::InlineString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
 pub(crate) fn data_text(source: Option<&core_pb::DataSource>) -> Option<String> {
     use core_pb::data_source::Specifier;
     match source?.specifier.as_ref()? {
@@ -2437,6 +2484,57 @@ mod tests {
             "{nack:?}"
         );
         assert!(!nack.awaiting);
+    }
+
+    /// A chain without filters closes (Envoy's "no filters"), a `direct_response` filter
+    /// answers its inline bytes; a response from a file is NACKed by its field.
+    #[test]
+    fn direct_responses_and_empty_chains_answer_without_a_cluster() {
+        let listener = |name: &str, port: u16, chain: &str| {
+            format!(
+                "- name: {name}
+  resource:
+    '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+    name: {name}
+    address: {{socketAddress: {{address: 10.0.0.1, portValue: {port}}}}}
+    filterChains:
+    - {chain}
+"
+            )
+        };
+        let answer = "filters: [{name: d, typedConfig: {'@type': type.googleapis.com/envoy.extensions.filters.network.direct_response.v3.Config, response: {inlineString: hi}}}]";
+        let yaml = format!(
+            "resources:\n{}{}",
+            listener("outbound:10.0.0.1:80", 80, "{}"),
+            listener("inbound:10.0.0.1:81", 81, answer)
+        );
+        let config = translate(&set(&yaml), &node()).unwrap();
+        let answers: Vec<_> = config
+            .listeners
+            .iter()
+            .map(|l| {
+                (
+                    l.name.as_str(),
+                    l.direct_response.as_deref(),
+                    l.cluster.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                ("inbound:10.0.0.1:81", Some(&b"hi"[..]), ""),
+                ("outbound:10.0.0.1:80", Some(&b""[..]), "")
+            ]
+        );
+        let from_file = answer.replace("inlineString: hi", "filename: /etc/motd");
+        let yaml = format!("resources:\n{}", listener("l", 82, &from_file));
+        let nacks = translate(&set(&yaml), &node()).unwrap_err();
+        assert!(
+            nacks.iter().any(|n| n.field.ends_with(".response")
+                && n.reason.contains("inline bytes or string only")),
+            "{nacks:?}"
+        );
     }
 
     #[test]

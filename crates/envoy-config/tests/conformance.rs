@@ -12,14 +12,6 @@ use std::path::Path;
 
 /// Goldens without a policy that Bearing cannot translate yet, and why.
 const NOT_YET: &[(&str, &str)] = &[
-    ("xds-generator/probe/01.envoy.golden.yaml", "application probe proxy (probe:listener) not implemented"),
-    ("xds-generator/probe/03.envoy.golden.yaml", "application probe proxy (probe:listener) not implemented"),
-    ("xds-generator/probe/04.envoy.golden.yaml", "application probe proxy (probe:listener) not implemented"),
-    ("xds-generator/probe/06.envoy.golden.yaml", "application probe proxy (probe:listener) not implemented"),
-    ("xds-generator/ingress/02.envoy.golden.yaml", "a zone ingress without destinations answers a JSON body (direct_response); ProxyConfig's empty SNI table resets"),
-    ("xds-generator/outbound-proxy/07.envoy.golden.yaml", "an outbound without a route (empty filter chain, Envoy closes): ProxyConfig has no refusing outbound"),
-    ("xds-generator/outbound-proxy/11.envoy.golden.yaml", "outbounds without a route (empty filter chain, Envoy closes): ProxyConfig has no refusing outbound"),
-    ("gateway/tcp-listener.yaml", "TCP gateway listeners (tcp_proxy chains) over xDS are not implemented"),
     ("gateway/connection-limited-listener.yaml", "TCP gateway listeners (tcp_proxy chains) over xDS are not implemented, so their runtime connection limit names no gateway listener"),
     ("gateway/http/cross-mesh-gateway.yaml", "cross-mesh gateway listeners (mesh mTLS from other meshes' proxies) over xDS are not implemented"),
     ("gateway/https/cross-mesh-gateway.yaml", "cross-mesh gateway listeners (mesh mTLS from other meshes' proxies) over xDS are not implemented"),

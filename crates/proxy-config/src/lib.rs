@@ -456,6 +456,20 @@ pub struct Listener {
     /// policy (`MeshTrafficPermission/<name>`) for logs and `/config_dump`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deny_all: Option<String>,
+    /// Every connection is answered with these bytes and closed, without reading what the
+    /// client sends (Envoy's `direct_response` network filter: kuma-cp's zone ingress with no
+    /// destinations answers its identity); empty: closed at once (a filter chain without
+    /// filters, kuma-cp's outbound of a service without a route). `cluster` is unused.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "lossy_text")]
+    pub direct_response: Option<Vec<u8>>,
+}
+
+/// Bytes shown as text (invalid UTF-8 replaced) in `/config_dump`.
+fn lossy_text<S: serde::Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match bytes {
+        Some(b) => s.serialize_str(&String::from_utf8_lossy(b)),
+        None => s.serialize_none(),
+    }
 }
 
 impl Listener {
@@ -482,6 +496,7 @@ impl Listener {
             routes: None,
             tcp_backends: Vec::new(),
             deny_all: None,
+            direct_response: None,
         }
     }
 }

@@ -70,6 +70,12 @@ pub(crate) struct Timeouts {
     pub head: Duration,
     /// Idle between requests.
     pub idle: Duration,
+    /// For the rest of a held request's body once its head is complete.
+    pub body: Duration,
+    /// The 408 body sent when a started head does not finish in time (Envoy's
+    /// `request_headers_timeout` answers `request header timeout`); `None`: the connection is
+    /// closed without an answer.
+    pub head_expired: Option<&'static str>,
 }
 
 impl Timeouts {
@@ -77,6 +83,8 @@ impl Timeouts {
     pub(crate) const SIDECAR: Timeouts = Timeouts {
         head: Duration::from_secs(30),
         idle: Duration::from_secs(3600),
+        body: Duration::from_secs(30),
+        head_expired: None,
     };
 }
 
@@ -201,6 +209,13 @@ where
                 biased;
                 r = read_request(&mut down, &mut held) => r,
                 _ = &mut head_timer => {
+                    if let (true, Some(why), Some(bufs)) = (started, timeouts.head_expired, held.as_mut()) {
+                        if let Some(listener) = current() {
+                            listener.stats.requests.count(408);
+                        }
+                        reject(&mut down, 408, why, peer, &mut bufs.request).await;
+                        return Outcome::Closed;
+                    }
                     tracing::debug!(%peer, "no request head in time: closing");
                     return Outcome::Closed;
                 }
@@ -236,6 +251,9 @@ where
             BodyLength::Empty => head.head_len,
             _ => return handoff(down, Some(bufs), "request body too large to hold", peer),
         };
+        if bufs.request.len() < message_len {
+            head_timer.as_mut().reset(Instant::now() + timeouts.body);
+        }
         while bufs.request.len() < message_len {
             let read = tokio::select! {
                 biased;

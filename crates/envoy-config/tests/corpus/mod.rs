@@ -4,7 +4,7 @@
 // Shared by several test binaries, each using a part.
 #![allow(dead_code)]
 
-use bearing_envoy_config::decode::SECRET;
+use bearing_envoy_config::decode::{CLUSTER, LISTENER, SECRET};
 use bearing_envoy_config::{decode_raw, read_golden, GoldenResource, NodeInfo, RawResource};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -112,6 +112,13 @@ pub fn replace_placeholders(value: &mut Value, addresses: &mut Addresses) {
             *address = Value::String(addresses.next());
         }
     }
+    // The virtual-probe goldens were made for a Dataplane without an address, so their
+    // listener's socket address has none (Envoy requires one): it gets its own too.
+    if let Some(Value::Object(socket)) = value.get_mut("socketAddress") {
+        if !socket.contains_key("address") {
+            socket.insert("address".into(), Value::String(addresses.next()));
+        }
+    }
     match value {
         Value::String(s) => *s = replaced(s),
         Value::Array(items) => items
@@ -181,6 +188,47 @@ fn add_missing_secrets(raws: &mut Vec<RawResource>) {
     }
 }
 
+/// Clusters a golden's listeners route to that another generator makes (the virtual-probe
+/// goldens hold only the probe listener, not the inbound cluster it routes to), as STATIC test
+/// clusters on loopback, so the listener translates as it would in a whole push.
+fn add_missing_clusters(raws: &mut Vec<RawResource>) {
+    let mut named = BTreeSet::new();
+    for raw in raws.iter().filter(|r| r.type_url == LISTENER) {
+        collect_cluster_names(&raw.json, &mut named);
+    }
+    for raw in raws.iter().filter(|r| r.type_url == CLUSTER) {
+        named.remove(&raw.name);
+    }
+    for name in named {
+        let endpoint = serde_json::json!({"endpoint": {"address": {"socketAddress":
+            {"address": "127.0.0.1", "portValue": 8080}}}});
+        raws.push(RawResource {
+            type_url: CLUSTER.to_string(),
+            json: serde_json::json!({"name": name, "type": "STATIC", "connectTimeout": "5s",
+                "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": [endpoint]}]}}),
+            name,
+        });
+    }
+}
+
+/// The `cluster` of routes and TCP proxies.
+fn collect_cluster_names(value: &Value, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| collect_cluster_names(v, out)),
+        Value::Object(map) => {
+            for (key, v) in map {
+                match v {
+                    Value::String(s) if key == "cluster" => {
+                        out.insert(s.clone());
+                    }
+                    _ => collect_cluster_names(v, out),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn collect_secret_names(value: &Value, out: &mut BTreeSet<String>) {
     match value {
         Value::String(s)
@@ -231,6 +279,7 @@ pub fn load_edited(file: &Path, edit: fn(&mut Value)) -> Result<Vec<GoldenResour
         edit(&mut raw.json);
     });
     add_missing_secrets(&mut raws);
+    add_missing_clusters(&mut raws);
     raws.iter()
         .map(|raw| decode_raw(raw, &shown).map_err(|e| e.to_string()))
         .collect()
