@@ -720,8 +720,16 @@ impl ClusterRuntime {
     /// A new HTTP/2 connection to `address`.
     async fn open_h2(&self, address: SocketAddr) -> io::Result<http2::SendRequest<RequestBody>> {
         let io = TokioIo::new(self.connect(address, true).await?);
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .max_header_list_size(bearing_http1::MAX_HEAD as u32)
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.max_header_list_size(bearing_http1::MAX_HEAD as u32);
+        let windows = self.config.http2_windows;
+        if let Some(stream) = windows.stream {
+            builder.initial_stream_window_size(stream);
+        }
+        if let Some(connection) = windows.connection {
+            builder.initial_connection_window_size(connection);
+        }
+        let (sender, conn) = builder
             .handshake::<UpstreamIo, RequestBody>(io)
             .await
             .map_err(io::Error::other)?;
@@ -884,6 +892,7 @@ pub(crate) fn test_cluster(name: &str) -> Cluster {
         request_timeout: None,
         tls: None,
         circuit_breakers: Default::default(),
+        http2_windows: Default::default(),
     }
 }
 

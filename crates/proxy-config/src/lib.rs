@@ -456,6 +456,9 @@ pub struct Listener {
     /// policy (`MeshTrafficPermission/<name>`) for logs and `/config_dump`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deny_all: Option<String>,
+    /// HTTP/2 flow-control windows offered to downstream clients (HTTP listeners).
+    #[serde(skip_serializing_if = "Http2Windows::is_default")]
+    pub http2_windows: Http2Windows,
 }
 
 impl Listener {
@@ -482,6 +485,7 @@ impl Listener {
             routes: None,
             tcp_backends: Vec::new(),
             deny_all: None,
+            http2_windows: Http2Windows::default(),
         }
     }
 }
@@ -507,6 +511,29 @@ pub struct Cluster {
     /// How much of the upstream one cluster may hold at once (Envoy's defaults until Kuma's
     /// policies set them).
     pub circuit_breakers: CircuitBreakers,
+    /// HTTP/2 flow-control windows offered to the endpoints (HTTP/2 clusters).
+    #[serde(skip_serializing_if = "Http2Windows::is_default")]
+    pub http2_windows: Http2Windows,
+}
+
+/// HTTP/2 flow-control windows a side offers its peer (Envoy's `Http2ProtocolOptions`
+/// `initial_stream_window_size` / `initial_connection_window_size`): how many bytes the peer
+/// may send before this side acknowledges them. `None`: the HTTP/2 stack's own default.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, Hash)]
+pub struct Http2Windows {
+    /// The window of each stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u32>,
+    /// The window of the whole connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<u32>,
+}
+
+impl Http2Windows {
+    /// Whether neither window is set (the stack's defaults apply).
+    pub fn is_default(&self) -> bool {
+        *self == Http2Windows::default()
+    }
 }
 
 /// A cluster's circuit-breaking thresholds, counted across every worker, as Envoy's
