@@ -2043,6 +2043,11 @@ impl Translator<'_> {
                 );
                 continue;
             }
+            // A gateway's listeners name no service: its identity's SANs do.
+            let own_services = match services.is_empty() {
+                true => bearing_tls::leaf_spiffe_services(&identity_pem, &mesh).unwrap_or_default(),
+                false => services.clone(),
+            };
             out.insert(
                 mesh.clone(),
                 MeshTls {
@@ -2051,8 +2056,8 @@ impl Translator<'_> {
                     backend: "kuma-cp (SDS)".into(),
                     ca_cert_pem,
                     ca_key_pem: None,
+                    services: own_services,
                     identity_pem: Some(identity_pem),
-                    services: services.clone(),
                     // The SDS leaf's own lifetime; not renewed here: kuma-cp pushes the
                     // renewed secret.
                     leaf_lifetime,

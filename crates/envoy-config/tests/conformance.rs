@@ -19,8 +19,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("xds-generator/ingress/02.envoy.golden.yaml", "a zone ingress without destinations answers a JSON body (direct_response); ProxyConfig's empty SNI table resets"),
     ("xds-generator/outbound-proxy/07.envoy.golden.yaml", "an outbound without a route (empty filter chain, Envoy closes): ProxyConfig has no refusing outbound"),
     ("xds-generator/outbound-proxy/11.envoy.golden.yaml", "outbounds without a route (empty filter chain, Envoy closes): ProxyConfig has no refusing outbound"),
-    ("gateway/http/cross-mesh-gateway.yaml", "its external-service clusters are STRICT_DNS hostnames with transport_socket_matches (the cross-mesh listeners themselves translate)"),
-    ("gateway/https/cross-mesh-gateway.yaml", "its external-service clusters are STRICT_DNS hostnames with transport_socket_matches (the cross-mesh listeners themselves translate)"),
     ("xds-generator/zone-proxy-listener/egress-meshexternalservice-tcp.envoy.golden.yaml", "a zone egress identity secret of another name than identity_cert:secret:<mesh>"),
     ("xds-generator/zone-proxy-listener/egress-meshexternalservice.envoy.golden.yaml", "a zone egress identity secret of another name than identity_cert:secret:<mesh>"),
 ];
