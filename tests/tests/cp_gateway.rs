@@ -148,16 +148,23 @@ fn resources(gw: &Host, one: &Host, two: &Host, cert: &CertFiles) -> Result<XdsF
     Ok(xds)
 }
 
+/// What every test here starts from: the hosts (cp, gw, client, one, two), the CP's PKI
+/// named `name`, and an HTTP origin on `one` and on `two`.
+fn gateway_rig(name: &str) -> Result<(Topology, CpPki, HttpServer, HttpServer)> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3", "socat"])?;
+    let topo = Topology::new(&["cp", "gw", "client", "one", "two"])?;
+    let pki = CpPki::new(topo.dir(), name, topo.host("cp"))?;
+    let origin_one = start_http_server(topo.host("one"), ORIGIN_PORT)?;
+    let origin_two = start_http_server(topo.host("two"), ORIGIN_PORT)?;
+    Ok((topo, pki, origin_one, origin_two))
+}
+
 #[test]
 fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
-    require_root_and_tools()?;
-    require_tools(&["openssl", "python3"])?;
-    let topo = Topology::new(&["cp", "gw", "client", "one", "two"])?;
+    let (topo, pki, origin_one, origin_two) = gateway_rig("cp-gateway")?;
     let (cp, gw, client) = (topo.host("cp"), topo.host("gw"), topo.host("client"));
     let (one, two) = (topo.host("one"), topo.host("two"));
-    let pki = CpPki::new(topo.dir(), "cp-gateway", cp)?;
-    let origin_one = start_http_server(one, ORIGIN_PORT)?;
-    let origin_two = start_http_server(two, ORIGIN_PORT)?;
     let (body_one, body_two) = (origin_one.body(), origin_two.body());
     let server_cert = pki.ca.issue("secure", &[&format!("DNS:{SECURE_HOST}")])?;
 
@@ -293,14 +300,9 @@ fn tcp_resources(gw: &Host, one: &Host, two: &Host) -> Result<XdsFile> {
 
 #[test]
 fn a_tcp_gateway_listener_splits_by_weight_and_refuses_beyond_its_limit() -> Result<()> {
-    require_root_and_tools()?;
-    require_tools(&["openssl", "python3", "socat"])?;
-    let topo = Topology::new(&["cp", "gw", "client", "one", "two"])?;
+    let (topo, pki, origin_one, origin_two) = gateway_rig("cp-tcp-gateway")?;
     let (cp, gw, client) = (topo.host("cp"), topo.host("gw"), topo.host("client"));
     let (one, two) = (topo.host("one"), topo.host("two"));
-    let pki = CpPki::new(topo.dir(), "cp-tcp-gateway", cp)?;
-    let origin_one = start_http_server(one, ORIGIN_PORT)?;
-    let origin_two = start_http_server(two, ORIGIN_PORT)?;
     let (body_one, body_two) = (origin_one.body(), origin_two.body());
 
     let file = pki.dir.join("gw.json");
@@ -425,14 +427,9 @@ fn cross_mesh_resources(
 
 #[test]
 fn a_cross_mesh_gateway_serves_proxies_of_other_meshes_by_their_certificate() -> Result<()> {
-    require_root_and_tools()?;
-    require_tools(&["openssl", "python3"])?;
-    let topo = Topology::new(&["cp", "gw", "client", "one", "two"])?;
+    let (topo, pki, _origin_one, origin_two) = gateway_rig("cp-cross-mesh")?;
     let (cp, gw, client) = (topo.host("cp"), topo.host("gw"), topo.host("client"));
     let (one, two) = (topo.host("one"), topo.host("two"));
-    let pki = CpPki::new(topo.dir(), "cp-cross-mesh", cp)?;
-    let _origin_one = start_http_server(one, ORIGIN_PORT)?;
-    let origin_two = start_http_server(two, ORIGIN_PORT)?;
     let default_ca = TestCa::new(topo.dir(), "mesh-default")?;
     let other_ca = TestCa::new(topo.dir(), "mesh-other")?;
     let stranger_ca = TestCa::new(topo.dir(), "mesh-stranger")?;

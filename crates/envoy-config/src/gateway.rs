@@ -1072,7 +1072,14 @@ mod tests {
         route: {{cluster: web, timeout: 20s}}
 "
         ));
-        for (name, port) in [("api", 9001), ("web", 9002)] {
+        text.push_str(&static_clusters(&[("api", 9001), ("web", 9002)]));
+        text
+    }
+
+    /// STATIC clusters of one loopback endpoint each, by name and port.
+    fn static_clusters(clusters: &[(&str, u16)]) -> String {
+        let mut text = String::new();
+        for (name, port) in clusters {
             text.push_str(&format!(
                 "- name: {name}
   resource:
@@ -1340,20 +1347,7 @@ mod tests {
     layer: {{'envoy.resource_limits.listener.gw:TCP:9000.connection_limit': 3}}
 "
         );
-        for (name, port) in [("a", 9001), ("b", 9002)] {
-            text.push_str(&format!(
-                "- name: {name}
-  resource:
-    '@type': {CLUSTER_URL}
-    name: {name}
-    type: STATIC
-    connectTimeout: 5s
-    loadAssignment:
-      clusterName: {name}
-      endpoints: [{{lbEndpoints: [{{endpoint: {{address: {{socketAddress: {{address: 127.0.0.1, portValue: {port}}}}}}}}}]}}]
-"
-            ));
-        }
+        text.push_str(&static_clusters(&[("a", 9001), ("b", 9002)]));
         text
     }
 
