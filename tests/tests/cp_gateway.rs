@@ -160,6 +160,26 @@ fn gateway_rig(name: &str) -> Result<(Topology, CpPki, HttpServer, HttpServer)> 
     Ok((topo, pki, origin_one, origin_two))
 }
 
+/// The test CP on `cp` serving `file`, and a Bearing gateway on `gw` (kuma-dp's flags, a
+/// Dataplane of `gateway.type: BUILTIN`) fed by it, ready.
+fn start_gateway<'h>(
+    pki: &CpPki,
+    cp: &Host,
+    gw: &'h Host,
+    file: &std::path::Path,
+) -> Result<(Process, Bearing<'h>)> {
+    let (cp_process, access) =
+        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, file, "cp")?;
+    let dataplane = dataplane_yaml(
+        "gw",
+        gw,
+        "  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: gw\n",
+    );
+    let gateway = access.bearing(gw, "gw", "dataplane", &dataplane)?;
+    gateway.wait_ready()?;
+    Ok((cp_process, gateway))
+}
+
 #[test]
 fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
     let (topo, pki, origin_one, origin_two) = gateway_rig("cp-gateway")?;
@@ -170,15 +190,7 @@ fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
 
     let file = pki.dir.join("gw.json");
     resources(gw, one, two, &server_cert)?.write(&file)?;
-    let (cp_process, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
-    let dataplane = dataplane_yaml(
-        "gw",
-        gw,
-        "  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: gw\n",
-    );
-    let gateway = access.bearing(gw, "gw", "dataplane", &dataplane)?;
-    gateway.wait_ready()?;
+    let (cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
     cp_process.wait_for_log("ACK type=RouteConfiguration", Duration::from_secs(30))?;
     let dump = gateway.config_dump()?;
     let listeners = dump["config"]["listeners"]
@@ -307,15 +319,7 @@ fn a_tcp_gateway_listener_splits_by_weight_and_refuses_beyond_its_limit() -> Res
 
     let file = pki.dir.join("gw.json");
     tcp_resources(gw, one, two)?.write(&file)?;
-    let (cp_process, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
-    let dataplane = dataplane_yaml(
-        "gw",
-        gw,
-        "  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: gw\n",
-    );
-    let gateway = access.bearing(gw, "gw", "dataplane", &dataplane)?;
-    gateway.wait_ready()?;
+    let (cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
     cp_process.wait_for_log("ACK type=Runtime", Duration::from_secs(30))?;
     // The listener and its limit applied (the Runtime may come after the listener).
     wait_until(Duration::from_secs(10), || {
@@ -439,15 +443,7 @@ fn a_cross_mesh_gateway_serves_proxies_of_other_meshes_by_their_certificate() ->
 
     let file = pki.dir.join("gw.json");
     cross_mesh_resources(gw, (one, two), &gw_leaf, (&default_ca, &other_ca))?.write(&file)?;
-    let (_cp_process, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
-    let dataplane = dataplane_yaml(
-        "gw",
-        gw,
-        "  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: gw\n",
-    );
-    let gateway = access.bearing(gw, "gw", "dataplane", &dataplane)?;
-    gateway.wait_ready()?;
+    let (_cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
     let dump = gateway.config_dump()?;
     let cross = &dump["config"]["listeners"][0]["gateway"]["cross_mesh"];
     ensure!(
