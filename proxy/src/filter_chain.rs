@@ -7,6 +7,8 @@
 use std::sync::Arc;
 
 use bearing_proxy_config::Listener;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +38,9 @@ pub struct ListenerRuntime {
     pub tcp_split: Option<TcpSplit>,
     /// Its metrics.
     pub stats: ListenerStats,
+    /// The HTTP server of a listener with its own HTTP/2 windows (`Listener::http2_windows`);
+    /// `None`: the proxy's own for its kind.
+    pub(crate) http: Option<auto::Builder<TokioExecutor>>,
     /// Present when the listener refuses everything (`Listener::deny_all`): counts what it
     /// refuses (`bearing_rbac_denied_total`).
     pub denied: Option<Counter>,

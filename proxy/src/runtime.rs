@@ -291,8 +291,23 @@ impl Proxy {
                 }
                 None => self.drain.child_token(),
             };
+            let http = (!l.http2_windows.is_default()).then(|| {
+                let mut builder = match l.gateway {
+                    Some(_) => self.gateway_http.clone(),
+                    None => self.http.clone(),
+                };
+                let windows = l.http2_windows;
+                if let Some(stream) = windows.stream {
+                    builder.http2().initial_stream_window_size(stream);
+                }
+                if let Some(connection) = windows.connection {
+                    builder.http2().initial_connection_window_size(connection);
+                }
+                builder
+            });
             let runtime = Arc::new(ListenerRuntime {
                 config: l.clone(),
+                http,
                 cluster,
                 tls: downstream_tls,
                 sni,
@@ -817,9 +832,10 @@ impl Proxy {
                 Ok(resp)
             })
         });
-        let builder = match listener.gateway {
-            Some(_) => &self.gateway_http,
-            None => &self.http,
+        let builder = match (&listener.http, &listener.gateway) {
+            (Some(own), _) => own,
+            (None, Some(_)) => &self.gateway_http,
+            (None, None) => &self.http,
         };
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);

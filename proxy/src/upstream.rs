@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bearing_proxy_config::{Cluster, Protocol, UpstreamTls};
+use bearing_proxy_config::{Cluster, Http2Windows, Protocol, UpstreamTls};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -384,7 +384,7 @@ impl PartialEq for UpstreamSecurity {
 /// where all four are unchanged; [`PreviousPools::retire_rest`] retires the others.
 #[derive(Default)]
 pub struct PreviousPools(
-    HashMap<(String, Protocol, SocketAddr), (Arc<EndpointPool>, UpstreamSecurity)>,
+    HashMap<(String, Protocol, Http2Windows, SocketAddr), (Arc<EndpointPool>, UpstreamSecurity)>,
 );
 
 impl PreviousPools {
@@ -394,7 +394,7 @@ impl PreviousPools {
         for cluster in clusters {
             let c = &cluster.config;
             for p in &cluster.pools {
-                let key = (c.name.clone(), c.protocol, p.address);
+                let key = (c.name.clone(), c.protocol, c.http2_windows, p.address);
                 pools.insert(key, (p.clone(), cluster.security.clone()));
             }
         }
@@ -402,7 +402,7 @@ impl PreviousPools {
     }
 
     /// The pool for `address` of `cluster` made with `security`: the previous one when the
-    /// cluster, protocol and security are unchanged, else a new one (the previous one, if
+    /// cluster, protocol, HTTP/2 windows and security are unchanged, else a new one (the previous one, if
     /// any, is retired).
     pub fn take(
         &mut self,
@@ -410,7 +410,12 @@ impl PreviousPools {
         address: SocketAddr,
         security: &UpstreamSecurity,
     ) -> Arc<EndpointPool> {
-        let key = (cluster.name.clone(), cluster.protocol, address);
+        let key = (
+            cluster.name.clone(),
+            cluster.protocol,
+            cluster.http2_windows,
+            address,
+        );
         match self.0.remove(&key) {
             Some((pool, old)) if old == *security => pool,
             Some((pool, _)) => {
@@ -720,8 +725,16 @@ impl ClusterRuntime {
     /// A new HTTP/2 connection to `address`.
     async fn open_h2(&self, address: SocketAddr) -> io::Result<http2::SendRequest<RequestBody>> {
         let io = TokioIo::new(self.connect(address, true).await?);
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .max_header_list_size(bearing_http1::MAX_HEAD as u32)
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.max_header_list_size(bearing_http1::MAX_HEAD as u32);
+        let windows = self.config.http2_windows;
+        if let Some(stream) = windows.stream {
+            builder.initial_stream_window_size(stream);
+        }
+        if let Some(connection) = windows.connection {
+            builder.initial_connection_window_size(connection);
+        }
+        let (sender, conn) = builder
             .handshake::<UpstreamIo, RequestBody>(io)
             .await
             .map_err(io::Error::other)?;
@@ -884,6 +897,7 @@ pub(crate) fn test_cluster(name: &str) -> Cluster {
         request_timeout: None,
         tls: None,
         circuit_breakers: Default::default(),
+        http2_windows: Default::default(),
     }
 }
 
@@ -1134,6 +1148,16 @@ mod tests {
         };
         let mut old = previous(&fresh, mtls.clone());
         assert!(!Arc::ptr_eq(&old.take(&h2, address, &mtls), &fresh));
+        // Other HTTP/2 windows are other terms: connections made under the old are not reused.
+        let windowed = Cluster {
+            http2_windows: Http2Windows {
+                stream: Some(1 << 20),
+                connection: None,
+            },
+            ..cluster.clone()
+        };
+        let mut old = previous(&fresh, mtls.clone());
+        assert!(!Arc::ptr_eq(&old.take(&windowed, address, &same), &fresh));
         old.retire_rest();
         assert!(is_retired(&fresh));
 

@@ -28,6 +28,8 @@ pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listene
 pub const ROUTES: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 /// Type URL of Envoy's SDS Secret.
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+/// Type URL of Envoy's RTDS Runtime (Kuma's `gateway.listeners` layer: connection limits).
+pub const RUNTIME: &str = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
 
 /// A set of Envoy resources by type URL and name, as one `bearing-test-cp` file.
 #[derive(Debug, Clone, Default)]

@@ -56,7 +56,7 @@ pub use bearing::{
 pub use capture::{Capture, Pcap};
 pub use cp_files::{
     bound_listener, local_app_cluster, start_test_cp, CpAccess, CpEnvoy, CpPki, XdsFile, CLUSTER,
-    ENDPOINTS, LISTENER, ROUTES, SECRET,
+    ENDPOINTS, LISTENER, ROUTES, RUNTIME, SECRET,
 };
 pub use envoy::{
     envoy_bin, kuma_corpus_dir, remove_fields, replace_in_strings, set_field, Envoy, EnvoyConfig,

@@ -5,7 +5,12 @@
 //! its certificate from an SDS Secret) routes by path to two origins; curl sees each request
 //! reach the origin its route names, with the gateway's `server` header; a pushed route
 //! configuration with a policy Bearing does not enforce is NACKed by its field, the old routes
-//! serving on.
+//! serving on. A TCP gateway listener (kuma-cp's `<gateway>:TCP:<port>` with a `tcp_proxy`
+//! over weighted clusters, its connection limit from the `gateway.listeners` runtime layer)
+//! spreads connections by weight and refuses those beyond its limit. A cross-mesh listener
+//! (a chain matched by ALPN `kuma` presenting the gateway's mesh identity and verifying
+//! clients against kuma-cp's all-in-one CA secret) serves a proxy of another mesh, with that
+//! mesh's certificate, and refuses a client without one or of a mesh it does not trust.
 
 use std::time::Duration;
 
@@ -143,23 +148,28 @@ fn resources(gw: &Host, one: &Host, two: &Host, cert: &CertFiles) -> Result<XdsF
     Ok(xds)
 }
 
-#[test]
-fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
+/// What every test here starts from: the hosts (cp, gw, client, one, two), the CP's PKI
+/// named `name`, and an HTTP origin on `one` and on `two`.
+fn gateway_rig(name: &str) -> Result<(Topology, CpPki, HttpServer, HttpServer)> {
     require_root_and_tools()?;
-    require_tools(&["openssl", "python3"])?;
+    require_tools(&["openssl", "python3", "socat"])?;
     let topo = Topology::new(&["cp", "gw", "client", "one", "two"])?;
-    let (cp, gw, client) = (topo.host("cp"), topo.host("gw"), topo.host("client"));
-    let (one, two) = (topo.host("one"), topo.host("two"));
-    let pki = CpPki::new(topo.dir(), "cp-gateway", cp)?;
-    let origin_one = start_http_server(one, ORIGIN_PORT)?;
-    let origin_two = start_http_server(two, ORIGIN_PORT)?;
-    let (body_one, body_two) = (origin_one.body(), origin_two.body());
-    let server_cert = pki.ca.issue("secure", &[&format!("DNS:{SECURE_HOST}")])?;
+    let pki = CpPki::new(topo.dir(), name, topo.host("cp"))?;
+    let origin_one = start_http_server(topo.host("one"), ORIGIN_PORT)?;
+    let origin_two = start_http_server(topo.host("two"), ORIGIN_PORT)?;
+    Ok((topo, pki, origin_one, origin_two))
+}
 
-    let file = pki.dir.join("gw.json");
-    resources(gw, one, two, &server_cert)?.write(&file)?;
+/// The test CP on `cp` serving `file`, and a Bearing gateway on `gw` (kuma-dp's flags, a
+/// Dataplane of `gateway.type: BUILTIN`) fed by it, ready.
+fn start_gateway<'h>(
+    pki: &CpPki,
+    cp: &Host,
+    gw: &'h Host,
+    file: &std::path::Path,
+) -> Result<(Process, Bearing<'h>)> {
     let (cp_process, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
+        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, file, "cp")?;
     let dataplane = dataplane_yaml(
         "gw",
         gw,
@@ -167,6 +177,20 @@ fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
     );
     let gateway = access.bearing(gw, "gw", "dataplane", &dataplane)?;
     gateway.wait_ready()?;
+    Ok((cp_process, gateway))
+}
+
+#[test]
+fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
+    let (topo, pki, origin_one, origin_two) = gateway_rig("cp-gateway")?;
+    let (cp, gw, client) = (topo.host("cp"), topo.host("gw"), topo.host("client"));
+    let (one, two) = (topo.host("one"), topo.host("two"));
+    let (body_one, body_two) = (origin_one.body(), origin_two.body());
+    let server_cert = pki.ca.issue("secure", &[&format!("DNS:{SECURE_HOST}")])?;
+
+    let file = pki.dir.join("gw.json");
+    resources(gw, one, two, &server_cert)?.write(&file)?;
+    let (cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
     cp_process.wait_for_log("ACK type=RouteConfiguration", Duration::from_secs(30))?;
     let dump = gateway.config_dump()?;
     let listeners = dump["config"]["listeners"]
@@ -248,5 +272,214 @@ fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
         "the old config is still applied"
     );
     ensure!(curl(client, [http("/two")])? == (200, body_two.to_string()));
+    Ok(())
+}
+
+/// The TCP gateway listener's port and connection limit.
+const TCP_PORT: u16 = 9000;
+const TCP_LIMIT: u32 = 2;
+
+/// A TCP gateway listener as kuma-cp renders a MeshGateway `protocol: TCP` listener with a
+/// MeshTCPRoute splitting one:two as 1:3, and Kuma's runtime layer with its connection limit.
+fn tcp_resources(gw: &Host, one: &Host, two: &Host) -> Result<XdsFile> {
+    let name = format!("gw:TCP:{TCP_PORT}");
+    let listener = json!({
+        "name": name,
+        "address": {"socketAddress": {"address": gw.ip4().to_string(), "portValue": TCP_PORT}},
+        "enableReusePort": true,
+        "perConnectionBufferLimitBytes": 32768,
+        "trafficDirection": "INBOUND",
+        "listenerFilters": [{"name": "envoy.filters.listener.tls_inspector", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+        "filterChains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "statPrefix": "gateway-default",
+            "weightedClusters": {"clusters": [{"name": "one", "weight": 1}, {"name": "two", "weight": 3}]},
+        }}]}],
+    });
+    let limit = format!("envoy.resource_limits.listener.{name}.connection_limit");
+    let mut xds = XdsFile::new();
+    xds.listener(listener)?;
+    xds.cluster(cluster("one", one))?
+        .cluster(cluster("two", two))?;
+    xds.add(
+        RUNTIME,
+        "gateway.listeners",
+        json!({"name": "gateway.listeners", "layer": {limit: TCP_LIMIT}}),
+    );
+    Ok(xds)
+}
+
+#[test]
+fn a_tcp_gateway_listener_splits_by_weight_and_refuses_beyond_its_limit() -> Result<()> {
+    let (topo, pki, origin_one, origin_two) = gateway_rig("cp-tcp-gateway")?;
+    let (cp, gw, client) = (topo.host("cp"), topo.host("gw"), topo.host("client"));
+    let (one, two) = (topo.host("one"), topo.host("two"));
+    let (body_one, body_two) = (origin_one.body(), origin_two.body());
+
+    let file = pki.dir.join("gw.json");
+    tcp_resources(gw, one, two)?.write(&file)?;
+    let (cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
+    cp_process.wait_for_log("ACK type=Runtime", Duration::from_secs(30))?;
+    // The listener and its limit applied (the Runtime may come after the listener).
+    wait_until(Duration::from_secs(10), || {
+        gateway.config_dump().ok().is_some_and(|d| {
+            d["config"]["listeners"][0]["gateway"]["connection_limit"] == json!(TCP_LIMIT)
+        })
+    })
+    .context("the TCP gateway listener with its limit was not applied")?;
+
+    // Whole connections by weight: 1 of every 4 to one, 3 to two.
+    let url = format!("http://{}:{TCP_PORT}/", gw.ip4());
+    let mut seen = [0; 2];
+    for _ in 0..8 {
+        let (code, body) = curl(client, [url.as_str()])?;
+        ensure!(code == 200, "{code} {body}");
+        ensure!(body == body_one || body == body_two, "{body}");
+        seen[usize::from(body == body_two)] += 1;
+    }
+    ensure!(seen == [2, 6], "TCP split one/two by 1:3: {seen:?}");
+
+    // The limit from the runtime layer: with TCP_LIMIT connections held open, the next is
+    // refused; one closed frees a place.
+    let held: Vec<Process> = (0..TCP_LIMIT)
+        .map(|_| {
+            client.spawn(
+                "socat",
+                [
+                    format!("TCP:{}:{TCP_PORT}", gw.ip4()),
+                    "SYSTEM:sleep 120".to_string(),
+                ],
+            )
+        })
+        .collect::<Result<_>>()?;
+    let active =
+        format!("bearing_listener_downstream_connections_active{{listener=\"gw:TCP:{TCP_PORT}\"}}");
+    wait_until(Duration::from_secs(10), || {
+        gateway.metric(&active).ok() == Some(f64::from(TCP_LIMIT))
+    })
+    .context("the held connections never became active")?;
+    ensure!(
+        !matches!(
+            curl(client, [url.as_str(), "--max-time", "3"]),
+            Ok((200, _))
+        ),
+        "a connection beyond the limit of {TCP_LIMIT} was served"
+    );
+    held[0].kill();
+    wait_until_ok(Duration::from_secs(10), || {
+        match curl(client, [url.as_str()]) {
+            Ok((200, _)) => Ok(()),
+            other => anyhow::bail!("with a place free again: {other:?}"),
+        }
+    })
+}
+
+/// The cross-mesh listener's port.
+const CROSS_MESH_PORT: u16 = 8081;
+
+/// kuma-cp's cross-mesh listener (MeshGateway `crossMesh: true`): one chain matched by ALPN
+/// `kuma`, presenting the gateway's identity in `default` (`gw_leaf` of `default_ca`) and
+/// verifying clients against `mesh_ca:secret:all`, the CAs of `default` and `other`; the
+/// routes of [`route_config`].
+fn cross_mesh_resources(
+    gw: &Host,
+    (one, two): (&Host, &Host),
+    gw_leaf: &CertFiles,
+    (default_ca, other_ca): (&TestCa, &TestCa),
+) -> Result<XdsFile> {
+    use base64::Engine;
+    let sds =
+        |name: &str| json!({"name": name, "sdsConfig": {"ads": {}, "resourceApiVersion": "V3"}});
+    let name = format!("gw:HTTP:{CROSS_MESH_PORT}");
+    let routes = format!("{name}:*");
+    let listener = json!({
+        "name": name,
+        "address": {"socketAddress": {"address": gw.ip4().to_string(), "portValue": CROSS_MESH_PORT}},
+        "trafficDirection": "INBOUND",
+        "filterChains": [{
+            "filterChainMatch": {"applicationProtocols": ["kuma"], "transportProtocol": "tls"},
+            "transportSocket": {"name": "envoy.transport_sockets.tls", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "requireClientCertificate": true,
+                "commonTlsContext": {
+                    "combinedValidationContext": {
+                        "defaultValidationContext": {},
+                        "validationContextSdsSecretConfig": sds("mesh_ca:secret:all"),
+                    },
+                    "tlsCertificateSdsSecretConfigs": [sds("identity_cert:secret:default")],
+                },
+            }},
+            "filters": [manager(&routes)],
+        }],
+    });
+    let bundle = format!("{}{}", default_ca.cert_pem()?, other_ca.cert_pem()?);
+    let bundle = base64::engine::general_purpose::STANDARD.encode(bundle);
+    let mut xds = XdsFile::new();
+    xds.listener(listener)?;
+    xds.cluster(cluster("one", one))?
+        .cluster(cluster("two", two))?;
+    xds.add(ROUTES, &routes, route_config(&routes, "*"));
+    xds.mesh_identity("default", gw_leaf, default_ca)?;
+    xds.add(
+        SECRET,
+        "mesh_ca:secret:all",
+        json!({"name": "mesh_ca:secret:all", "validationContext": {"trustedCa": {"inlineBytes": bundle}}}),
+    );
+    Ok(xds)
+}
+
+#[test]
+fn a_cross_mesh_gateway_serves_proxies_of_other_meshes_by_their_certificate() -> Result<()> {
+    let (topo, pki, _origin_one, origin_two) = gateway_rig("cp-cross-mesh")?;
+    let (cp, gw, client) = (topo.host("cp"), topo.host("gw"), topo.host("client"));
+    let (one, two) = (topo.host("one"), topo.host("two"));
+    let default_ca = TestCa::new(topo.dir(), "mesh-default")?;
+    let other_ca = TestCa::new(topo.dir(), "mesh-other")?;
+    let stranger_ca = TestCa::new(topo.dir(), "mesh-stranger")?;
+    let gw_leaf = default_ca.issue("gw", &["URI:spiffe://default/gw"])?;
+    let other_leaf = other_ca.issue("client", &["URI:spiffe://other/client"])?;
+    let stranger_leaf = stranger_ca.issue("client", &["URI:spiffe://stranger/client"])?;
+
+    let file = pki.dir.join("gw.json");
+    cross_mesh_resources(gw, (one, two), &gw_leaf, (&default_ca, &other_ca))?.write(&file)?;
+    let (_cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
+    let dump = gateway.config_dump()?;
+    let cross = &dump["config"]["listeners"][0]["gateway"]["cross_mesh"];
+    ensure!(
+        cross["identity_mesh"] == "default",
+        "a cross-mesh listener in /config_dump: {dump}"
+    );
+
+    let address = std::net::SocketAddr::from((gw.ip4(), CROSS_MESH_PORT));
+    let request = "GET /two HTTP/1.1\r\nHost: gw.mesh\r\nConnection: close\r\n\r\n";
+    let call = |leaf: Option<&CertFiles>| -> Result<TlsOutcome> {
+        let mut c = TlsClient::new(address)
+            .alpn("kuma")
+            .verify_ca(&default_ca.files().cert)
+            .send(request);
+        if let Some(leaf) = leaf {
+            c = c.client_cert(leaf);
+        }
+        c.run(client)
+    };
+    // A proxy of mesh `other`: the gateway's identity verifies against `default`'s CA, its
+    // own certificate against the bundle, and its request is routed.
+    let other = call(Some(&other_leaf))?;
+    ensure!(
+        other.accepted() && other.verified && other.response.contains(origin_two.body()),
+        "a client of mesh other: {other:?}"
+    );
+    // No client certificate, or one of a mesh whose CA the bundle does not hold: refused.
+    for (who, leaf) in [
+        ("no certificate", None),
+        ("mesh stranger", Some(&stranger_leaf)),
+    ] {
+        let outcome = call(leaf)?;
+        ensure!(
+            !outcome.accepted() && !outcome.response.contains(origin_two.body()),
+            "{who}: {outcome:?}"
+        );
+    }
     Ok(())
 }

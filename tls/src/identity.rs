@@ -208,6 +208,36 @@ pub fn leaf_validity(pem: &str) -> Result<(SystemTime, SystemTime), TlsError> {
     der_validity(&leaf)
 }
 
+/// The services a mesh identity certificate names (its `spiffe://<mesh>/<service>` URI
+/// SANs), for an identity pushed without the listeners that would name them (a gateway's).
+pub fn leaf_spiffe_services(pem: &str, mesh: &str) -> Result<Vec<String>, TlsError> {
+    use rustls_pki_types::pem::PemObject as _;
+    use x509_parser::extensions::GeneralName;
+    let invalid = |reason: String| TlsError::Certificate {
+        what: "identity certificate",
+        reason,
+    };
+    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| invalid("no certificate in the PEM".into()))?
+        .map_err(|e| invalid(e.to_string()))?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(&leaf).map_err(|e| invalid(e.to_string()))?;
+    let prefix = format!("spiffe://{mesh}/");
+    let names = parsed
+        .subject_alternative_name()
+        .map_err(|e| invalid(e.to_string()))?
+        .map(|san| san.value.general_names.clone())
+        .unwrap_or_default();
+    Ok(names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(uri) => uri.strip_prefix(prefix.as_str()).map(str::to_string),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The validity period of a DER certificate.
 fn der_validity(der: &[u8]) -> Result<(SystemTime, SystemTime), TlsError> {
     let (_, parsed) =

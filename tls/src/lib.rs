@@ -35,7 +35,8 @@ pub use config::{
 pub use error::TlsError;
 pub use gateway::{certified_key, gateway_acceptor};
 pub use identity::{
-    issue_leaf, issue_leaf_pem, leaf_validity, load_identity_pem, spawn_renewal, Identity, Renewer,
+    issue_leaf, issue_leaf_pem, leaf_spiffe_services, leaf_validity, load_identity_pem,
+    spawn_renewal, Identity, Renewer,
 };
 pub use kuma_sni::{
     mesh_service_kri_sni, parse_kri_sni, parse_resource_sni, parse_tags_sni, resource_sni,

@@ -403,6 +403,7 @@ pub(crate) fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>
         request_timeout: (protocol != Protocol::Grpc).then_some(REQUEST_TIMEOUT),
         tls: None,
         circuit_breakers: Default::default(),
+        http2_windows: Default::default(),
     }
 }
 

@@ -386,6 +386,11 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
         &["http_protocol_options", "http2_protocol_options"],
     ),
+    // Flow-control windows: given to the HTTP/2 client (upstream) or server (gateway).
+    (
+        "envoy.config.core.v3.Http2ProtocolOptions",
+        &["initial_stream_window_size", "initial_connection_window_size"],
+    ),
     // Kuma's gRPC statistics filter: Bearing counts its own metrics.
     (
         "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
@@ -422,7 +427,8 @@ const GATEWAY_ACCEPTED: &[(&str, &[&str])] = &[
             "server_name",
             "use_remote_address",
             "request_headers_timeout",
-            // HTTP/2 tuning (windows, concurrent streams, CONNECT): Bearing's own settings.
+            // HTTP/2: its windows are the gateway's (the translation); concurrent streams
+            // and CONNECT are Bearing's own settings.
             "http2_protocol_options",
         ],
     ),
@@ -436,12 +442,7 @@ const GATEWAY_ACCEPTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
-        &[
-            "allow_connect",
-            "initial_connection_window_size",
-            "initial_stream_window_size",
-            "max_concurrent_streams",
-        ],
+        &["allow_connect", "max_concurrent_streams"],
     ),
     (
         "envoy.config.route.v3.RouteConfiguration",

@@ -19,8 +19,8 @@ use crate::decode::{LISTENER, ROUTE_CONFIGURATION, RUNTIME, SECRET};
 use crate::fields::{self, Guard, POLICY_NOT_ENFORCED};
 use crate::routes;
 use bearing_proxy_config::{
-    Direction, GatewayCertificate, GatewayHost, GatewayListener, GatewayProtocol, Listener,
-    Protocol,
+    CrossMesh, Direction, GatewayCertificate, GatewayHost, GatewayListener, GatewayProtocol,
+    Http2Windows, Listener, Protocol, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
@@ -29,6 +29,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use prost::Message;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The `server` header the gateway runtime sends (Kuma's gateway `server_name`).
@@ -45,11 +46,25 @@ const ROUTE_IDLE: Duration = STREAM_IDLE;
 /// The cluster kuma-cp names where a route's backend resolves to nothing; Envoy answers such
 /// a route with its `cluster_not_found_response_code`.
 const UNRESOLVED_BACKEND: &str = "kuma.io/unresolved-backend";
+/// The ALPN protocol mesh proxies offer: a gateway chain matched by it is cross-mesh.
+const KUMA_ALPN: &str = "kuma";
 /// Kuma's runtime layer with the gateway listeners' connection limits.
 const LIMITS_PREFIX: &str = "envoy.resource_limits.listener.";
 const LIMITS_SUFFIX: &str = ".connection_limit";
 
 impl Translator<'_> {
+    /// Whether a listener is a builtin gateway's TCP listener: named as kuma-cp names them,
+    /// `<gateway>:TCP:<port>`, with the port it listens on.
+    pub(super) fn is_tcp_gateway_listener(name: &str, listener: &listener_pb::Listener) -> bool {
+        let mut parts = name.rsplitn(3, ':');
+        let (Some(port), Some("TCP"), Some(gateway)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let bound = socket_address(listener.address.as_ref()).map(|a| a.port().to_string());
+        !gateway.is_empty() && bound.is_ok_and(|p| p == port)
+    }
+
     /// Whether a listener is a builtin gateway's: an HTTP connection manager with RDS.
     pub(super) fn is_gateway_listener(&self, listener: &listener_pb::Listener) -> bool {
         listener
@@ -59,11 +74,15 @@ impl Translator<'_> {
             .any(|f| rds_manager(f).is_some())
     }
 
-    /// A builtin gateway listener → a `Listener` with its `GatewayListener`.
-    pub(super) fn gateway_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
+    /// What every builtin gateway listener starts with: its runtime connection limit (taken
+    /// whatever becomes of the listener: a NACKed one has its own NACKs), its fields walked
+    /// by the gateway's guard, and its own address. `None` when it has no address.
+    fn gateway_start(
+        &mut self,
+        name: &str,
+        listener: &listener_pb::Listener,
+    ) -> Option<(SocketAddr, Option<u32>)> {
         let path = listener_path(name);
-        let before = self.nacks.len();
-        // Taken whatever becomes of the listener: a NACKed one has its own NACKs.
         let connection_limit = self.connection_limits.remove(name);
         self.gateway_guard(
             LISTENER,
@@ -74,7 +93,10 @@ impl Translator<'_> {
         );
         let address = match socket_address(listener.address.as_ref()) {
             Ok(a) => a,
-            Err(e) => return self.nack(LISTENER, name, format!("{path}.address"), e),
+            Err(e) => {
+                self.nack(LISTENER, name, format!("{path}.address"), e);
+                return None;
+            }
         };
         if listener.use_original_dst.as_ref().is_some_and(|b| b.value) {
             self.nack(
@@ -84,12 +106,54 @@ impl Translator<'_> {
                 "a gateway listener is reached at its own address",
             );
         }
+        Some((address, connection_limit))
+    }
+
+    /// A translated gateway listener → a `Listener` carrying its `GatewayListener`, as the
+    /// directory store compiles a MeshGateway listener.
+    fn push_gateway(
+        &mut self,
+        name: &str,
+        listener: &listener_pb::Listener,
+        address: SocketAddr,
+        gateway: GatewayListener,
+    ) {
+        let protocol = match gateway.protocol {
+            GatewayProtocol::Http | GatewayProtocol::Https => Protocol::Http,
+            _ => Protocol::Tcp,
+        };
+        let mut out = Listener::new(name, address, Direction::Inbound, protocol);
+        out.service = kuma_service(listener.metadata.as_ref()).unwrap_or_default();
+        out.bind = listener.bind_to_port.as_ref().is_none_or(|b| b.value);
+        out.gateway = Some(gateway);
+        self.listeners.push(out);
+    }
+
+    /// A builtin gateway's HTTP or HTTPS listener → a `Listener` with its `GatewayListener`.
+    pub(super) fn gateway_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
+        let path = listener_path(name);
+        let before = self.nacks.len();
+        let Some((address, connection_limit)) = self.gateway_start(name, listener) else {
+            return;
+        };
         let mut hosts: Vec<GatewayHost> = Vec::new();
+        // Per chain: the cross-mesh TLS it terminates, if it is one.
+        let mut cross_meshes: Vec<Option<CrossMesh>> = Vec::new();
         for (i, chain) in listener.filter_chains.iter().enumerate() {
             let at = format!("{path}.filter_chains[{i}]");
-            let Some(chain_hosts) = self.gateway_chain(name, &at, address.port(), chain) else {
+            let Some((chain_hosts, cross_mesh)) =
+                self.gateway_chain(name, &at, address.port(), chain)
+            else {
                 continue;
             };
+            if cross_meshes
+                .first()
+                .is_some_and(|first| *first != cross_mesh)
+            {
+                let reason = "cross-mesh chains (ALPN kuma) beside other chains, or with other terms, on one gateway listener (a crossMesh MeshGateway listener is cross-mesh as a whole)";
+                self.nack(LISTENER, name, at.clone(), reason);
+            }
+            cross_meshes.push(cross_mesh);
             for host in chain_hosts {
                 match hosts.iter().find(|h| h.hostname == host.hostname) {
                     Some(same) if *same == host => {}
@@ -108,8 +172,11 @@ impl Translator<'_> {
             .iter()
             .filter(|c| c.transport_socket.is_some())
             .count();
+        let cross_mesh = cross_meshes.into_iter().next().flatten();
         let protocol = match tls_chains {
             0 => GatewayProtocol::Http,
+            // A cross-mesh listener is Kuma's HTTP listener whose TLS is the mesh's mTLS.
+            _ if cross_mesh.is_some() => GatewayProtocol::Http,
             n if n == listener.filter_chains.len() => GatewayProtocol::Https,
             _ => {
                 return self.nack(
@@ -125,17 +192,131 @@ impl Translator<'_> {
         if self.nacks.len() != before {
             return;
         }
-        let mut out = Listener::new(name, address, Direction::Inbound, Protocol::Http);
-        out.service = kuma_service(listener.metadata.as_ref()).unwrap_or_default();
-        out.bind = listener.bind_to_port.as_ref().is_none_or(|b| b.value);
-        out.gateway = Some(GatewayListener {
+        let tags = struct_strings(listener.metadata.as_ref(), "io.kuma.tags");
+        let windows = self.gateway_http2_windows(name, listener);
+        let gateway = GatewayListener {
             protocol,
             hosts,
+            tags,
+            connection_limit,
+            cross_mesh,
+        };
+        self.push_gateway(name, listener, address, gateway);
+        if let Some(out) = self.listeners.last_mut() {
+            out.http2_windows = windows;
+        }
+    }
+
+    /// The HTTP/2 windows a gateway listener offers its clients, from its chains' HTTP
+    /// connection managers (`http2_protocol_options`), which must agree: the runtime serves
+    /// a listener with one HTTP server.
+    fn gateway_http2_windows(
+        &mut self,
+        name: &str,
+        listener: &listener_pb::Listener,
+    ) -> Http2Windows {
+        let path = listener_path(name);
+        let mut found: Option<Http2Windows> = None;
+        for (i, chain) in listener.filter_chains.iter().enumerate() {
+            let Some(hcm) = chain.filters.iter().find_map(rds_manager) else {
+                continue;
+            };
+            let at = format!("{path}.filter_chains[{i}].filters[0].typed_config(envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager).http2_protocol_options");
+            let options = hcm.http2_protocol_options.unwrap_or_default();
+            let windows = self.http2_windows(LISTENER, name, &at, &options);
+            match found {
+                Some(first) if first != windows => {
+                    let reason = "chains of one gateway listener with different HTTP/2 windows";
+                    self.nack(LISTENER, name, at, reason);
+                }
+                _ => found = Some(windows),
+            }
+        }
+        found.unwrap_or_default()
+    }
+
+    /// A builtin gateway's TCP listener (kuma-cp's `<gateway>:TCP:<port>`: one chain for all
+    /// its MeshTCPRoutes) → a `GatewayListener` of protocol TCP whose one host `*` spreads
+    /// connections over the chain's `tcp_proxy` clusters by weight, as the directory store
+    /// compiles it. A chain without filters (a listener no route attaches to) closes every
+    /// connection, as Envoy does: the host has no backend.
+    pub(super) fn tcp_gateway_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
+        let path = listener_path(name);
+        let before = self.nacks.len();
+        let Some((address, connection_limit)) = self.gateway_start(name, listener) else {
+            return;
+        };
+        let tcp_backends = match listener.filter_chains.as_slice() {
+            [chain] => self.tcp_gateway_chain(name, &format!("{path}.filter_chains[0]"), chain),
+            _ => {
+                self.nack(
+                    LISTENER,
+                    name,
+                    format!("{path}.filter_chains"),
+                    "a TCP gateway listener holds one filter chain, for all its routes",
+                );
+                Vec::new()
+            }
+        };
+        if self.nacks.len() != before {
+            return;
+        }
+        let gateway = GatewayListener {
+            protocol: GatewayProtocol::Tcp,
+            hosts: vec![GatewayHost {
+                hostname: "*".into(),
+                certificate: None,
+                http_routes: Vec::new(),
+                tcp_backends,
+            }],
             tags: struct_strings(listener.metadata.as_ref(), "io.kuma.tags"),
             connection_limit,
             cross_mesh: None,
-        });
-        self.listeners.push(out);
+        };
+        self.push_gateway(name, listener, address, gateway);
+    }
+
+    /// The one chain of a TCP gateway listener: no match, no TLS, and no filter or a
+    /// `tcp_proxy` to a cluster or weighted clusters; the clusters it reaches are recorded.
+    fn tcp_gateway_chain(
+        &mut self,
+        name: &str,
+        at: &str,
+        chain: &listener_pb::FilterChain,
+    ) -> Vec<WeightedCluster> {
+        if chain.filter_chain_match.is_some() {
+            let reason = "a TCP gateway chain takes every connection (no filter_chain_match)";
+            self.nack(LISTENER, name, format!("{at}.filter_chain_match"), reason);
+        }
+        if chain.transport_socket.is_some() {
+            let reason = "TLS gateway listeners over xDS are not implemented";
+            self.nack(LISTENER, name, format!("{at}.transport_socket"), reason);
+        }
+        if chain.filters.is_empty() {
+            return Vec::new();
+        }
+        let Some(route) = self.chain_route(name, at, chain) else {
+            return Vec::new();
+        };
+        if route.protocol != Protocol::Tcp {
+            let reason = "a TCP gateway chain holds one tcp_proxy";
+            self.nack(LISTENER, name, format!("{at}.filters"), reason);
+        }
+        if !route.subset.is_empty() {
+            let reason = "metadata_match: a gateway's TCP backends are whole clusters";
+            self.nack(LISTENER, name, format!("{at}.filters"), reason);
+        }
+        for (cluster, timeout, reached_at) in route.reached {
+            self.route_to(cluster, Protocol::Tcp, timeout, name, reached_at);
+        }
+        match route.cluster.is_empty() {
+            true => route.tcp_backends,
+            false => vec![WeightedCluster {
+                cluster: route.cluster,
+                weight: 1,
+                hostname: None,
+            }],
+        }
     }
 
     /// Walks a gateway's resource (`message`, at `path`) with the gateway's field guard.
@@ -153,14 +334,20 @@ impl Translator<'_> {
     }
 
     /// One chain: its match, TLS and HTTP connection manager; its route configuration's
-    /// virtual hosts as gateway hosts, with the chain's certificate.
+    /// virtual hosts as gateway hosts, with the chain's certificate, and the cross-mesh TLS
+    /// of a chain matched by ALPN `kuma`.
     fn gateway_chain(
         &mut self,
         name: &str,
         at: &str,
         port: u16,
         chain: &listener_pb::FilterChain,
-    ) -> Option<Vec<GatewayHost>> {
+    ) -> Option<(Vec<GatewayHost>, Option<CrossMesh>)> {
+        let by_alpn = chain
+            .filter_chain_match
+            .as_ref()
+            .map(|m| m.application_protocols.as_slice())
+            .unwrap_or_default();
         if let Some(m) = &chain.filter_chain_match {
             if m.destination_port
                 .as_ref()
@@ -173,20 +360,23 @@ impl Translator<'_> {
                     "a chain for another destination port than the listener's is not implemented",
                 );
             }
-            if !m.application_protocols.is_empty() {
+            let cross_mesh = by_alpn == [KUMA_ALPN] && chain.transport_socket.is_some();
+            if !by_alpn.is_empty() && !cross_mesh {
                 self.nack(
                     LISTENER,
                     name,
                     format!("{at}.filter_chain_match.application_protocols"),
-                    "a gateway chain matched by ALPN is not implemented",
+                    "a gateway chain is matched by ALPN only as a cross-mesh one: ALPN kuma, terminating mesh mTLS",
                 );
             }
         }
-        let certificate = match &chain.transport_socket {
-            Some(socket) => {
-                Some(self.gateway_tls(name, &format!("{at}.transport_socket"), socket)?)
+        let socket_at = format!("{at}.transport_socket");
+        let (certificate, cross_mesh) = match &chain.transport_socket {
+            Some(socket) if by_alpn == [KUMA_ALPN] => {
+                (None, Some(self.cross_mesh_tls(name, &socket_at, socket)?))
             }
-            None => None,
+            Some(socket) => (Some(self.gateway_tls(name, &socket_at, socket)?), None),
+            None => (None, None),
         };
         let [filter] = chain.filters.as_slice() else {
             self.nack(
@@ -221,7 +411,8 @@ impl Translator<'_> {
             );
             return None;
         };
-        let hosts = self.gateway_routes(name, route_name, rc, certificate.is_some())?;
+        let tls = chain.transport_socket.is_some();
+        let hosts = self.gateway_routes(name, route_name, rc, tls)?;
         let hosts = hosts
             .into_iter()
             .map(|(hostname, http_routes)| GatewayHost {
@@ -230,7 +421,7 @@ impl Translator<'_> {
                 http_routes,
                 tcp_backends: Vec::new(),
             });
-        Some(hosts.collect())
+        Some((hosts.collect(), cross_mesh))
     }
 
     /// Kuma's gateway defaults on the HTTP connection manager, which the gateway runtime
@@ -330,7 +521,6 @@ impl Translator<'_> {
         at: &str,
         socket: &core_pb::TransportSocket,
     ) -> Option<GatewayCertificate> {
-        use tls_pb::tls_parameters::TlsProtocol;
         let (ctx, at) = self.downstream_context(name, at, socket)?;
         let before = self.nacks.len();
         if ctx
@@ -338,7 +528,12 @@ impl Translator<'_> {
             .as_ref()
             .is_some_and(|b| b.value)
         {
-            self.nack(LISTENER, name, format!("{at}.require_client_certificate"), "client certificates on a gateway listener (cross-mesh) over xDS are not implemented");
+            self.nack(
+                LISTENER,
+                name,
+                format!("{at}.require_client_certificate"),
+                "client certificates are required only on a cross-mesh chain (ALPN kuma)",
+            );
         }
         let common = ctx.common_tls_context.unwrap_or_default();
         let cat = format!("{at}.common_tls_context");
@@ -347,20 +542,10 @@ impl Translator<'_> {
                 LISTENER,
                 name,
                 format!("{cat}.validation_context_type"),
-                "client certificate validation on a gateway listener is not implemented",
+                "client certificates are verified only on a cross-mesh chain (ALPN kuma)",
             );
         }
-        if let Some(params) = &common.tls_params {
-            let min = params.tls_minimum_protocol_version;
-            let max = params.tls_maximum_protocol_version;
-            let auto = TlsProtocol::TlsAuto as i32;
-            if ![auto, TlsProtocol::TlSv12 as i32].contains(&min)
-                || ![auto, TlsProtocol::TlSv13 as i32].contains(&max)
-            {
-                let reason = format!("TLS versions and ciphers (MeshTLS): {POLICY_NOT_ENFORCED} (the gateway serves TLS 1.2 and 1.3)");
-                self.nack(LISTENER, name, format!("{cat}.tls_params"), reason);
-            }
-        }
+        self.gateway_tls_versions(name, &cat, &common);
         let certificate = match (
             common.tls_certificates.as_slice(),
             common.tls_certificate_sds_secret_configs.as_slice(),
@@ -431,6 +616,127 @@ impl Translator<'_> {
             cert_chain_pem,
             key_pem,
         })
+    }
+
+    /// The TLS versions a gateway chain allows: the runtime serves TLS 1.2 and 1.3, so any
+    /// other range (a MeshTLS policy) is NACKed.
+    fn gateway_tls_versions(&mut self, name: &str, cat: &str, common: &tls_pb::CommonTlsContext) {
+        use tls_pb::tls_parameters::TlsProtocol;
+        let Some(params) = &common.tls_params else {
+            return;
+        };
+        let min = params.tls_minimum_protocol_version;
+        let max = params.tls_maximum_protocol_version;
+        let auto = TlsProtocol::TlsAuto as i32;
+        if ![auto, TlsProtocol::TlSv12 as i32].contains(&min)
+            || ![auto, TlsProtocol::TlSv13 as i32].contains(&max)
+        {
+            let reason = format!("TLS versions and ciphers (MeshTLS): {POLICY_NOT_ENFORCED} (the gateway serves TLS 1.2 and 1.3)");
+            self.nack(LISTENER, name, format!("{cat}.tls_params"), reason);
+        }
+    }
+
+    /// A cross-mesh chain's TLS (kuma-cp's `crossMesh: true` listener, matched by ALPN
+    /// `kuma`): mesh mTLS presenting the gateway's `identity_cert:secret:<mesh>`, a client
+    /// certificate required and verified against the CA secret it names (kuma-cp's
+    /// all-in-one `mesh_ca:secret:all`: every mesh's CA), with no SAN check, since callers
+    /// come from any mesh. The CA certificates are loaded as the runtime loads them, so a
+    /// secret that does not load is NACKed and the last good config serves on.
+    fn cross_mesh_tls(
+        &mut self,
+        name: &str,
+        at: &str,
+        socket: &core_pb::TransportSocket,
+    ) -> Option<CrossMesh> {
+        let (ctx, at) = self.downstream_context(name, at, socket)?;
+        let before = self.nacks.len();
+        if !ctx
+            .require_client_certificate
+            .as_ref()
+            .is_some_and(|b| b.value)
+        {
+            let reason =
+                "a cross-mesh chain requires a client certificate (the caller's mesh mTLS)";
+            self.nack(
+                LISTENER,
+                name,
+                format!("{at}.require_client_certificate"),
+                reason,
+            );
+        }
+        let common = ctx.common_tls_context.unwrap_or_default();
+        let cat = format!("{at}.common_tls_context");
+        self.gateway_tls_versions(name, &cat, &common);
+        if !super::subject_alt_names(&common).is_empty() {
+            let reason = "a cross-mesh chain admits a client of any mesh its CA secret holds, with no SAN check";
+            self.nack(
+                LISTENER,
+                name,
+                format!("{cat}.combined_validation_context"),
+                reason,
+            );
+        }
+        let mesh = self.identity_mesh(LISTENER, name, &cat, &common);
+        let Some(ca) = super::validation_sds(&common) else {
+            let reason =
+                "a cross-mesh chain verifies clients against a CA from SDS (mesh_ca:secret:all)";
+            self.nack(
+                LISTENER,
+                name,
+                format!("{cat}.validation_context_type"),
+                reason,
+            );
+            return None;
+        };
+        let client_ca_pems = match self.secret_ca(&ca) {
+            Some(bundle) => self.client_cas(&ca, &bundle)?,
+            None if self.set.secrets.contains_key(&ca) => {
+                let reason = "a CA secret holds a validation_context with a trusted_ca";
+                self.nack(SECRET, &ca, format!("secrets[{ca:?}]"), reason);
+                return None;
+            }
+            None => {
+                let field = format!(
+                    "{cat}.combined_validation_context.validation_context_sds_secret_config.name"
+                );
+                self.await_secret(LISTENER, name, field, &ca);
+                return None;
+            }
+        };
+        let mesh = mesh?;
+        if self.nacks.len() != before {
+            return None;
+        }
+        self.meshes.insert(mesh.clone());
+        Some(CrossMesh {
+            identity_mesh: mesh,
+            client_ca_pems,
+        })
+    }
+
+    /// The CA certificates of a CA secret's bundle (kuma-cp's all-in-one CA concatenates
+    /// every mesh's), one PEM each, each loaded as the runtime loads it.
+    fn client_cas(&mut self, secret: &str, bundle: &str) -> Option<Vec<String>> {
+        const END: &str = "-----END CERTIFICATE-----";
+        let pems: Vec<String> = bundle
+            .split_inclusive(END)
+            .map(str::trim)
+            .filter(|p| p.contains("-----BEGIN CERTIFICATE-----"))
+            .map(|p| format!("{p}\n"))
+            .collect();
+        let field = format!("secrets[{secret:?}].validation_context.trusted_ca");
+        if pems.is_empty() {
+            self.nack(SECRET, secret, field, "no CERTIFICATE block");
+            return None;
+        }
+        for (i, pem) in pems.iter().enumerate() {
+            if let Err(e) = bearing_tls::MeshCa::from_cert_pem(pem) {
+                let reason = format!("CA certificate {i} of the bundle does not load: {e}");
+                self.nack(SECRET, secret, field.clone(), reason);
+                return None;
+            }
+        }
+        Some(pems)
     }
 
     /// A gateway's route configuration: its virtual hosts as (hostname, routes), Kuma's
@@ -766,7 +1072,14 @@ mod tests {
         route: {{cluster: web, timeout: 20s}}
 "
         ));
-        for (name, port) in [("api", 9001), ("web", 9002)] {
+        text.push_str(&static_clusters(&[("api", 9001), ("web", 9002)]));
+        text
+    }
+
+    /// STATIC clusters of one loopback endpoint each, by name and port.
+    fn static_clusters(clusters: &[(&str, u16)]) -> String {
+        let mut text = String::new();
+        for (name, port) in clusters {
             text.push_str(&format!(
                 "- name: {name}
   resource:
@@ -1008,5 +1321,269 @@ mod tests {
                 .starts_with("secrets[\"cert.rsa:secret:foo\"]"),
             "{nacks:?}"
         );
+    }
+
+    /// A TCP gateway listener (`<gateway>:TCP:<port>`) with `chain` as its one filter chain,
+    /// the clusters `a` and `b`, and Kuma's runtime layer limiting it to 3 connections.
+    fn tcp_gateway(chain: &str) -> String {
+        let mut text = format!(
+            "resources:
+- name: gw:TCP:9000
+  resource:
+    '@type': {LISTENER_URL}
+    name: gw:TCP:9000
+    address: {{socketAddress: {{address: 10.0.0.1, portValue: 9000}}}}
+    enableReusePort: true
+    perConnectionBufferLimitBytes: 32768
+    trafficDirection: INBOUND
+    listenerFilters:
+    - name: envoy.filters.listener.tls_inspector
+      typedConfig: {{'@type': type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
+    filterChains:
+{chain}- name: gateway.listeners
+  resource:
+    '@type': type.googleapis.com/envoy.service.runtime.v3.Runtime
+    name: gateway.listeners
+    layer: {{'envoy.resource_limits.listener.gw:TCP:9000.connection_limit': 3}}
+"
+        );
+        text.push_str(&static_clusters(&[("a", 9001), ("b", 9002)]));
+        text
+    }
+
+    /// A chain's `tcp_proxy`, with `spec` (a cluster or weighted clusters).
+    fn tcp_chain(spec: &str) -> String {
+        format!(
+            "    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typedConfig: {{'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, statPrefix: gw, {spec}}}
+"
+        )
+    }
+
+    /// Kuma's TCP gateway listener becomes the directory store's form: one host `*` whose
+    /// backends are the tcp_proxy's clusters by weight (one cluster: weight 1), with the
+    /// runtime layer's connection limit; a chain without filters (no route) has no backend,
+    /// so connections are closed, as Envoy closes them.
+    #[test]
+    fn tcp_gateway_listener_spreads_connections_by_weight_under_its_limit() {
+        use bearing_proxy_config::{Protocol, WeightedCluster};
+        let backend = |cluster: &str, weight| WeightedCluster {
+            cluster: cluster.into(),
+            weight,
+            hostname: None,
+        };
+        let cases = [
+            (
+                tcp_chain(
+                    "weightedClusters: {clusters: [{name: a, weight: 30}, {name: b, weight: 70}]}",
+                ),
+                vec![backend("a", 30), backend("b", 70)],
+            ),
+            (tcp_chain("cluster: b"), vec![backend("b", 1)]),
+            ("    - {}\n".to_string(), vec![]),
+        ];
+        for (chain, backends) in cases {
+            let config = translated(&tcp_gateway(&chain)).unwrap();
+            let [listener] = config.listeners.as_slice() else {
+                panic!("{:?}", config.listeners)
+            };
+            assert_eq!(listener.protocol, Protocol::Tcp);
+            let gw = listener.gateway.as_ref().expect("a gateway listener");
+            assert_eq!(gw.protocol, GatewayProtocol::Tcp);
+            assert_eq!(gw.connection_limit, Some(3));
+            let [host] = gw.hosts.as_slice() else {
+                panic!("{:?}", gw.hosts)
+            };
+            assert_eq!(host.hostname, "*");
+            assert_eq!(host.tcp_backends, backends, "{chain}");
+            for b in &backends {
+                assert_eq!(config.clusters[&b.cluster].protocol, Protocol::Tcp);
+            }
+        }
+    }
+
+    /// What a TCP gateway chain cannot be is NACKed by its path: a match, TLS (TLS gateway
+    /// listeners), an HTTP connection manager, endpoint subsets, a second chain; a cluster
+    /// that has not come is awaited.
+    #[test]
+    fn tcp_gateway_chains_beyond_kumas_shape_are_nacked_by_path() {
+        let proxy = tcp_chain("cluster: a");
+        let cases = [
+            (
+                proxy.replacen(
+                    "    - filters:",
+                    "    - filterChainMatch: {destinationPort: 9000}\n      filters:",
+                    1,
+                ),
+                ".filter_chains[0].filter_chain_match",
+            ),
+            (
+                proxy.replace(
+                    "cluster: a}",
+                    "cluster: a, metadataMatch: {filterMetadata: {envoy.lb: {v: '1'}}}}",
+                ),
+                ".filter_chains[0].filters",
+            ),
+            (format!("{proxy}{proxy}"), ".filter_chains"),
+        ];
+        for (chain, field) in cases {
+            let nacks = translated(&tcp_gateway(&chain)).unwrap_err();
+            assert!(
+                nacks.iter().any(|n| n.resource == "gw:TCP:9000"
+                    && n.field.ends_with(field)
+                    && !n.awaiting),
+                "{field} not in {nacks:#?}"
+            );
+        }
+        let missing = translated(&tcp_gateway(&tcp_chain("cluster: c"))).unwrap_err();
+        assert!(missing.iter().all(|n| n.awaiting), "{missing:?}");
+    }
+
+    /// kuma-cp's cross-mesh listener: chains matched by ALPN `kuma` terminating mesh mTLS
+    /// (the gateway's identity in `default`, clients verified against the all-in-one CA
+    /// `mesh_ca:secret:all`, whose bundle is the CAs of `default` and of another mesh).
+    fn cross_mesh_gateway() -> (String, String) {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let other_ca = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem();
+        let bundle = format!("{}{other_ca}", crate::translate::tests::test_ca().0);
+        let text = http_gateway("", "").replacen(
+            "    filterChains:\n    - filters:",
+            "    filterChains:
+    - filterChainMatch: {applicationProtocols: [kuma], transportProtocol: tls}
+      transportSocket:
+        name: envoy.transport_sockets.tls
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          requireClientCertificate: true
+          commonTlsContext:
+            combinedValidationContext:
+              defaultValidationContext: {}
+              validationContextSdsSecretConfig: {name: 'mesh_ca:secret:all', sdsConfig: {ads: {}, resourceApiVersion: V3}}
+            tlsCertificateSdsSecretConfigs: [{name: 'identity_cert:secret:default', sdsConfig: {ads: {}, resourceApiVersion: V3}}]
+      filters:",
+            1,
+        );
+        let all = format!(
+            "- name: 'mesh_ca:secret:all'
+  resource:
+    '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: 'mesh_ca:secret:all'
+    validationContext: {{trustedCa: {{inlineBytes: {}}}}}
+",
+            b64(&bundle)
+        );
+        (format!("{text}{}", crate::translate::tests::secrets()), all)
+    }
+
+    /// A cross-mesh listener becomes the store's cross-mesh HTTP gateway listener: its
+    /// routes, the mesh whose identity it presents (whose mTLS the config then carries), and
+    /// each CA of the all-in-one bundle as a client CA; awaited until the CA secret comes;
+    /// a bundle that does not load, a SAN check, or a client certificate not required are
+    /// NACKed by path.
+    #[test]
+    fn cross_mesh_chains_take_mesh_mtls_from_any_mesh() {
+        let (text, all) = cross_mesh_gateway();
+        let config = translated(&format!("{text}{all}")).unwrap();
+        let gw = config.listeners[0].gateway.as_ref().unwrap();
+        assert_eq!(gw.protocol, GatewayProtocol::Http);
+        let cross = gw.cross_mesh.as_ref().expect("a cross-mesh listener");
+        assert_eq!(cross.identity_mesh, "default");
+        assert_eq!(cross.client_ca_pems.len(), 2);
+        assert_eq!(
+            cross.client_ca_pems[0],
+            crate::translate::tests::test_ca().0
+        );
+        assert!(config.mtls.contains_key("default"));
+        assert!(gw.hosts.iter().all(|h| h.certificate.is_none()));
+        assert_eq!(gw.hosts[0].hostname, "foo.example.com");
+
+        let awaiting = translated(&text).unwrap_err();
+        assert!(awaiting.iter().all(|n| n.awaiting), "{awaiting:?}");
+        let broken = all.replacen("inlineBytes: ", "inlineBytes: AAAA", 1);
+        let nacks = translated(&format!("{text}{broken}")).unwrap_err();
+        assert!(
+            nacks.iter().any(|n| n.resource == "mesh_ca:secret:all"),
+            "{nacks:?}"
+        );
+        let cases = [
+            (
+                text.replace("requireClientCertificate: true", "requireClientCertificate: false"),
+                "require_client_certificate",
+            ),
+            (
+                text.replace(
+                    "defaultValidationContext: {}",
+                    "defaultValidationContext: {matchTypedSubjectAltNames: [{sanType: URI, matcher: {exact: 'spiffe://default/x'}}]}",
+                ),
+                "combined_validation_context",
+            ),
+            (
+                text.replace("applicationProtocols: [kuma]", "applicationProtocols: [h2]"),
+                "application_protocols",
+            ),
+        ];
+        for (case, field) in cases {
+            let nacks = translated(&format!("{case}{all}")).unwrap_err();
+            assert!(
+                nacks
+                    .iter()
+                    .any(|n| n.field.ends_with(field) && !n.awaiting),
+                "{field} not in {nacks:#?}"
+            );
+        }
+    }
+
+    /// HTTP/2 windows are real settings: the gateway connection manager's become the
+    /// listener's (its HTTP server's), an HTTP/2 cluster's its client's; a window outside
+    /// Envoy's bounds is NACKed by path.
+    #[test]
+    fn http2_windows_go_to_the_listener_and_the_cluster() {
+        use bearing_proxy_config::{Http2Windows, Protocol};
+        let windows = "initialConnectionWindowSize: 1048576, initialStreamWindowSize: 65536";
+        let text = http_gateway("", "")
+            .replace(
+                "http2ProtocolOptions: {allowConnect: true, maxConcurrentStreams: 100}",
+                &format!("http2ProtocolOptions: {{allowConnect: true, maxConcurrentStreams: 100, {windows}}}"),
+            )
+            .replacen(
+                "    connectTimeout: 5s\n",
+                &format!("    connectTimeout: 5s
+    typedExtensionProtocolOptions:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicitHttpConfig: {{http2ProtocolOptions: {{{windows}}}}}
+"),
+                1,
+            );
+        let config = translated(&text).unwrap();
+        let expected = Http2Windows {
+            stream: Some(65536),
+            connection: Some(1048576),
+        };
+        assert_eq!(config.listeners[0].http2_windows, expected);
+        assert_eq!(config.clusters["api"].protocol, Protocol::Http2);
+        assert_eq!(config.clusters["api"].http2_windows, expected);
+        assert!(config.clusters["web"].http2_windows.is_default());
+
+        let small = text.replace(
+            "initialStreamWindowSize: 65536",
+            "initialStreamWindowSize: 100",
+        );
+        let nacks = translated(&small).unwrap_err();
+        for resource in ["gw:HTTP:8080", "api"] {
+            assert!(
+                nacks.iter().any(|n| n.resource == resource
+                    && n.field
+                        .ends_with("http2_protocol_options.initial_stream_window_size")),
+                "{resource} not in {nacks:#?}"
+            );
+        }
     }
 }

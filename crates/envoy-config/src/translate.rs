@@ -18,10 +18,10 @@ use crate::fields::{
 };
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
-    CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, KumaEndpoints,
-    Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity,
-    RouteTable, SniRoute, SniTarget, SourcePrefix, TransparentProxy, UpstreamTls, Verification,
-    WeightedCluster,
+    CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, Http2Windows,
+    KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig,
+    ProxyIdentity, RouteTable, SniRoute, SniTarget, SourcePrefix, TransparentProxy, UpstreamTls,
+    Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -592,6 +592,9 @@ impl Translator<'_> {
         }
         if self.is_gateway_listener(listener) {
             return self.gateway_listener(name, listener);
+        }
+        if Self::is_tcp_gateway_listener(name, listener) {
+            return self.tcp_gateway_listener(name, listener);
         }
         let found = fields::unhandled_in(
             "envoy.config.listener.v3.Listener",
@@ -1236,7 +1239,7 @@ impl Translator<'_> {
             set(&t.max_requests, &mut breakers.max_requests);
             set(&t.max_retries, &mut breakers.max_retries);
         }
-        let protocol = self.upstream_protocol(name, &path, cluster);
+        let (protocol, http2_windows) = self.upstream_protocol(name, &path, cluster);
         let tls = cluster
             .transport_socket
             .as_ref()
@@ -1272,6 +1275,7 @@ impl Translator<'_> {
                 request_timeout: Some(DEFAULT_ROUTE_TIMEOUT),
                 tls,
                 circuit_breakers: breakers,
+                http2_windows,
             },
         );
     }
@@ -1317,10 +1321,11 @@ impl Translator<'_> {
         name: &str,
         path: &str,
         cluster: &cluster_pb::Cluster,
-    ) -> Protocol {
+    ) -> (Protocol, Http2Windows) {
         use upstream_http_pb::http_protocol_options::explicit_http_config::ProtocolConfig;
         use upstream_http_pb::http_protocol_options::UpstreamProtocolOptions;
         let mut protocol = Protocol::Tcp;
+        let mut windows = Http2Windows::default();
         for (key, any) in &cluster.typed_extension_protocol_options {
             let Some(options) = typed::<upstream_http_pb::HttpProtocolOptions>(any)
                 .filter(|_| type_name(any).ends_with("upstreams.http.v3.HttpProtocolOptions"))
@@ -1329,7 +1334,11 @@ impl Translator<'_> {
             };
             match options.upstream_protocol_options {
                 Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match e.protocol_config {
-                    Some(ProtocolConfig::Http2ProtocolOptions(_)) => protocol = Protocol::Http2,
+                    Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
+                        let at = format!("{path}.typed_extension_protocol_options[{key:?}].explicit_http_config.http2_protocol_options");
+                        windows = self.http2_windows(CLUSTER, name, &at, &h2);
+                        protocol = Protocol::Http2;
+                    }
                     Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = Protocol::Http,
                     _ => self.nack(
                         CLUSTER,
@@ -1348,7 +1357,42 @@ impl Translator<'_> {
                 ),
             }
         }
-        protocol
+        (protocol, windows)
+    }
+
+    /// The flow-control windows of `Http2ProtocolOptions` (at `at`), in Envoy's bounds
+    /// (64 KiB - 1 to 2 GiB - 1), which Envoy's validation refuses outside of.
+    fn http2_windows(
+        &mut self,
+        type_url: &str,
+        name: &str,
+        at: &str,
+        options: &core_pb::Http2ProtocolOptions,
+    ) -> Http2Windows {
+        const BOUNDS: std::ops::RangeInclusive<u32> = 65_535..=2_147_483_647;
+        let mut window = |field: &str, value: Option<u32>| {
+            let value = value?;
+            if BOUNDS.contains(&value) {
+                return Some(value);
+            }
+            let reason = format!(
+                "an HTTP/2 window is {} to {} bytes",
+                BOUNDS.start(),
+                BOUNDS.end()
+            );
+            self.nack(type_url, name, format!("{at}.{field}"), reason);
+            None
+        };
+        Http2Windows {
+            stream: window(
+                "initial_stream_window_size",
+                options.initial_stream_window_size.map(|v| v.value),
+            ),
+            connection: window(
+                "initial_connection_window_size",
+                options.initial_connection_window_size.map(|v| v.value),
+            ),
+        }
     }
 
     /// Upstream TLS: mesh mTLS by the SDS identity it presents, else TLS to an external service.
@@ -2036,6 +2080,11 @@ impl Translator<'_> {
                 );
                 continue;
             }
+            // A gateway's listeners name no service: its identity's SANs do.
+            let own_services = match services.is_empty() {
+                true => bearing_tls::leaf_spiffe_services(&identity_pem, &mesh).unwrap_or_default(),
+                false => services.clone(),
+            };
             out.insert(
                 mesh.clone(),
                 MeshTls {
@@ -2044,8 +2093,8 @@ impl Translator<'_> {
                     backend: "kuma-cp (SDS)".into(),
                     ca_cert_pem,
                     ca_key_pem: None,
+                    services: own_services,
                     identity_pem: Some(identity_pem),
-                    services: services.clone(),
                     // The SDS leaf's own lifetime; not renewed here: kuma-cp pushes the
                     // renewed secret.
                     leaf_lifetime,
@@ -2318,7 +2367,7 @@ mod tests {
 
     /// A CA certificate valid for one day from 2026-01-01 and its key (PEM), standing for
     /// both mesh Secrets.
-    fn test_ca() -> &'static (String, String) {
+    pub(crate) fn test_ca() -> &'static (String, String) {
         static PEM: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
         PEM.get_or_init(|| {
             let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -2349,7 +2398,8 @@ mod tests {
         }
     }
 
-    fn secrets() -> String {
+    /// The mesh `default`'s SDS Secrets: its identity and its CA ([`test_ca`] for both).
+    pub(crate) fn secrets() -> String {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         format!(

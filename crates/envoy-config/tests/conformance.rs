@@ -12,9 +12,6 @@ use std::path::Path;
 
 /// Goldens without a policy that Bearing cannot translate yet, and why.
 const NOT_YET: &[(&str, &str)] = &[
-    ("gateway/connection-limited-listener.yaml", "TCP gateway listeners (tcp_proxy chains) over xDS are not implemented, so their runtime connection limit names no gateway listener"),
-    ("gateway/http/cross-mesh-gateway.yaml", "cross-mesh gateway listeners (mesh mTLS from other meshes' proxies) over xDS are not implemented"),
-    ("gateway/https/cross-mesh-gateway.yaml", "cross-mesh gateway listeners (mesh mTLS from other meshes' proxies) over xDS are not implemented"),
     ("xds-generator/zone-proxy-listener/egress-meshexternalservice-tcp.envoy.golden.yaml", "a zone egress identity secret of another name than identity_cert:secret:<mesh>"),
     ("xds-generator/zone-proxy-listener/egress-meshexternalservice.envoy.golden.yaml", "a zone egress identity secret of another name than identity_cert:secret:<mesh>"),
 ];

@@ -462,6 +462,9 @@ pub struct Listener {
     /// filters, kuma-cp's outbound of a service without a route). `cluster` is unused.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "lossy_text")]
     pub direct_response: Option<Vec<u8>>,
+    /// HTTP/2 flow-control windows offered to downstream clients (HTTP listeners).
+    #[serde(skip_serializing_if = "Http2Windows::is_default")]
+    pub http2_windows: Http2Windows,
 }
 
 /// Bytes shown as text (invalid UTF-8 replaced) in `/config_dump`.
@@ -497,6 +500,7 @@ impl Listener {
             tcp_backends: Vec::new(),
             deny_all: None,
             direct_response: None,
+            http2_windows: Http2Windows::default(),
         }
     }
 }
@@ -522,6 +526,29 @@ pub struct Cluster {
     /// How much of the upstream one cluster may hold at once (Envoy's defaults until Kuma's
     /// policies set them).
     pub circuit_breakers: CircuitBreakers,
+    /// HTTP/2 flow-control windows offered to the endpoints (HTTP/2 clusters).
+    #[serde(skip_serializing_if = "Http2Windows::is_default")]
+    pub http2_windows: Http2Windows,
+}
+
+/// HTTP/2 flow-control windows a side offers its peer (Envoy's `Http2ProtocolOptions`
+/// `initial_stream_window_size` / `initial_connection_window_size`): how many bytes the peer
+/// may send before this side acknowledges them. `None`: the HTTP/2 stack's own default.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, Hash)]
+pub struct Http2Windows {
+    /// The window of each stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u32>,
+    /// The window of the whole connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<u32>,
+}
+
+impl Http2Windows {
+    /// Whether neither window is set (the stack's defaults apply).
+    pub fn is_default(&self) -> bool {
+        *self == Http2Windows::default()
+    }
 }
 
 /// A cluster's circuit-breaking thresholds, counted across every worker, as Envoy's
