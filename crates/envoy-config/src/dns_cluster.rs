@@ -107,26 +107,9 @@ impl Translator<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::decode::{decode_raw, parse_golden};
-    use crate::{translate, Nack, NodeInfo, ResourceSet};
-    use bearing_proxy_config::{DnsDiscovery, DnsLookupFamily, ProxyConfig};
+    use crate::translate::gateway::tests::translated;
+    use bearing_proxy_config::{DnsDiscovery, DnsLookupFamily};
     use std::time::Duration;
-
-    fn translated(yaml: &str) -> Result<ProxyConfig, Vec<Nack>> {
-        let mut set = ResourceSet::default();
-        for raw in parse_golden(yaml, "test.yaml").unwrap() {
-            let r = decode_raw(&raw, "test.yaml").unwrap();
-            set.insert(&r.name, &r.resource.type_url, &r.resource.value)
-                .unwrap();
-        }
-        let node = NodeInfo {
-            name: "web-1".into(),
-            mesh: "default".into(),
-            proxy_type: "dataplane".into(),
-            source: "test".into(),
-        };
-        translate(&set, &node)
-    }
 
     /// One cluster `c` of `type` with `extra` fields and these endpoints (`address:port`).
     fn cluster(kind: &str, extra: &str, endpoints: &[(&str, u16)]) -> String {
