@@ -5,7 +5,8 @@
 //! stages), the stages of a connection in order: [`accept`], filter-chain match
 //! ([`snapshot`], [`filter_chain`], transparent-proxy [`capture`]), [`transport`] (mesh mTLS,
 //! SNI peek), the network filters ([`tcp_proxy`], [`sni`] routing, builtin [`gateway`], the HTTP
-//! connection manager and its codecs [`hcm`]) and the clusters ([`upstream`]); then metrics ([`stats`]),
+//! connection manager and its codecs [`hcm`]) and the clusters ([`upstream`], hostnames resolved
+//! by [`dns_cluster`]); then metrics ([`stats`]),
 //! the admin API ([`admin`]), Kuma's readiness and Prometheus endpoints ([`kuma_endpoints`])
 //! and the worker threads ([`workers`]).
 
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod cp_source;
 pub mod descriptors;
 pub mod direct_response;
+pub mod dns_cluster;
 pub mod filter_chain;
 pub mod gateway;
 pub mod hcm;

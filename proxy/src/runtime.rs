@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::accept::{self, bind_all, is_family_unavailable, sockets_per_listener};
 use crate::capture::{self, CapturePort, Route};
+use crate::dns_cluster::{Resolutions, Resolve, SystemResolver};
 use crate::filter_chain::ListenerRuntime;
 use crate::gateway::{self, GatewayRuntime, HttpRoutes};
 use crate::hcm::byte_codec::{self, Prefixed};
@@ -35,7 +36,7 @@ use crate::sni::{SniRouteRuntime, SniTable};
 use crate::stats::Stats;
 use crate::tcp_proxy::{self, TcpSplit};
 use crate::transport::{self, Admission, DownstreamTlsRuntime, Transported};
-use crate::upstream::{ClusterRuntime, UpstreamSecurity};
+use crate::upstream::{ClusterEndpoints, ClusterRuntime, UpstreamSecurity};
 use crate::upstream_tls::UpstreamTlsContexts;
 use crate::workers::Workers;
 
@@ -64,11 +65,19 @@ pub struct Proxy {
     gateway_http: auto::Builder<TokioExecutor>,
     /// Where connections run: each worker accepts on its own socket of every listener.
     workers: Workers,
+    /// The running resolutions of clusters' hostnames, kept across applies.
+    resolutions: Resolutions,
 }
 
 impl Proxy {
-    /// A proxy with no config yet whose connections run on `workers`.
+    /// A proxy with no config yet whose connections run on `workers`, resolving hostnames
+    /// with the system's resolver configuration.
     pub fn new(workers: Workers) -> Self {
+        Proxy::with_resolver(workers, Arc::new(SystemResolver::default()))
+    }
+
+    /// [`Proxy::new`] resolving the hostnames of DNS clusters with `resolver`.
+    pub fn with_resolver(workers: Workers, resolver: Arc<dyn Resolve>) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
         // Heads as the byte path bounds them: hyper's HTTP/1 buffer (400 KB by default) ends
         // at the head limit, a larger head is answered 431, and so is an HTTP/2 header list
@@ -98,6 +107,7 @@ impl Proxy {
             http,
             gateway_http,
             workers,
+            resolutions: Resolutions::new(resolver),
         }
     }
 
@@ -148,11 +158,11 @@ impl Proxy {
         let mut clusters = HashMap::new();
         for (name, c) in &config.clusters {
             let security = UpstreamSecurity::new(c.tls.as_ref(), &tls);
-            let endpoint_pools = c
-                .endpoints
-                .iter()
-                .map(|e| pools.take(c, e.address, &security))
-                .collect();
+            let pool = |e: &bearing_proxy_config::Endpoint| pools.take(c, e.address, &security);
+            let endpoint_pools = match &c.dns {
+                None => ClusterEndpoints::Fixed(c.endpoints.iter().map(pool).collect()),
+                Some(dns) => ClusterEndpoints::Resolved(self.resolutions.endpoints(c, dns, pool)),
+            };
             let connector = c.tls.as_ref().map(|t| {
                 let made = upstream_tls.connector(&previous.upstream_tls, t, c.protocol, &tls);
                 made.map_err(|e| {
@@ -170,6 +180,8 @@ impl Proxy {
             );
             clusters.insert(name.clone(), Arc::new(runtime));
         }
+        self.resolutions
+            .retain(|name| config.clusters.get(name).is_some_and(|c| c.dns.is_some()));
         let mut listeners = HashMap::new();
         let mut inbound_ports = HashMap::new();
         let mut build_errors = BTreeMap::new();
@@ -1012,7 +1024,7 @@ mod tests {
             let made = snapshot
                 .upstream_tls
                 .made_for(&tls, cluster.config.protocol, &snapshot.tls);
-            let pool = cluster.rotation().next().unwrap().clone();
+            let pool = cluster.rotation().next().unwrap().into_owned();
             (made.unwrap(), pool, cluster)
         };
 

@@ -18,6 +18,7 @@
 //! its idle connections close at once and the ones still in use close after their exchange,
 //! so no request travels on terms the new config no longer uses.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -26,7 +27,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bearing_proxy_config::{Cluster, Http2Windows, Protocol, UpstreamTls};
+use arc_swap::ArcSwap;
+use bearing_proxy_config::{Cluster, Endpoint, Http2Windows, Protocol, UpstreamTls};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -393,9 +395,10 @@ impl PreviousPools {
         let mut pools = HashMap::new();
         for cluster in clusters {
             let c = &cluster.config;
-            for p in &cluster.pools {
+            let view = cluster.view();
+            for p in (0..view.len()).map(|i| view.pool(i)) {
                 let key = (c.name.clone(), c.protocol, c.http2_windows, p.address);
-                pools.insert(key, (p.clone(), cluster.security.clone()));
+                pools.insert(key, (p.into_owned(), cluster.security.clone()));
             }
         }
         PreviousPools(pools)
@@ -441,12 +444,130 @@ pub struct ClusterRuntime {
     pub config: Cluster,
     /// Its metrics.
     pub stats: ClusterStats,
-    pools: Vec<Arc<EndpointPool>>,
+    endpoints: ClusterEndpoints,
     next: AtomicUsize,
     /// TLS originated upstream; an error when the cluster needs TLS that cannot be set up.
     tls: Option<Result<bearing_tls::TlsConnector, String>>,
     /// What `tls` was made from, for the next config's [`PreviousPools`].
     security: UpstreamSecurity,
+}
+
+/// Where a cluster's endpoints and their pools come from.
+pub enum ClusterEndpoints {
+    /// The config's endpoints: one pool per `Cluster::endpoints` entry, in order.
+    Fixed(Vec<Arc<EndpointPool>>),
+    /// Hostnames resolved at run time (`crate::dns_cluster`): the set in force, replaced as
+    /// they resolve.
+    Resolved(Arc<ResolvedPools>),
+}
+
+/// Endpoints and their pools, in the same order.
+pub struct EndpointSet {
+    endpoints: Vec<Endpoint>,
+    pools: Vec<Arc<EndpointPool>>,
+}
+
+impl EndpointSet {
+    /// `endpoints` with their pools from `pool` (one per endpoint).
+    pub fn new(endpoints: Vec<Endpoint>, pool: impl FnMut(&Endpoint) -> Arc<EndpointPool>) -> Self {
+        let pools = endpoints.iter().map(pool).collect();
+        EndpointSet { endpoints, pools }
+    }
+
+    /// The endpoints.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+}
+
+/// The endpoint set of a cluster whose hostnames are resolved at run time: read lock-free by
+/// the hot path (one `ArcSwap` load per request or connection), replaced by the resolver.
+pub struct ResolvedPools(ArcSwap<EndpointSet>);
+
+impl ResolvedPools {
+    /// Starting with `set`.
+    pub fn new(set: EndpointSet) -> Arc<Self> {
+        Arc::new(ResolvedPools(ArcSwap::from_pointee(set)))
+    }
+
+    /// The set in force.
+    pub fn current(&self) -> Arc<EndpointSet> {
+        self.0.load_full()
+    }
+
+    /// Puts `endpoints` in force: an address kept keeps its pool (and idle connections), a
+    /// new one gets a new pool, and the pool of an address gone is retired (its idle
+    /// connections close, those in use close after their exchange), as Envoy drains the
+    /// connections of a host DNS no longer returns. Callers serialise updates.
+    pub fn update(&self, endpoints: Vec<Endpoint>) {
+        let old = self.0.load_full();
+        let set = Arc::new(EndpointSet::new(endpoints, |e| {
+            old.pools
+                .iter()
+                .find(|p| p.address == e.address)
+                .cloned()
+                .unwrap_or_else(|| EndpointPool::new(e.address))
+        }));
+        self.0.store(set.clone());
+        let kept = |p: &&Arc<EndpointPool>| set.pools.iter().any(|k| Arc::ptr_eq(k, p));
+        for gone in old.pools.iter().filter(|p| !kept(p)) {
+            gone.retire();
+        }
+    }
+}
+
+/// A pool of a cluster for one request or connection: borrowed from the config's endpoints,
+/// or held from the resolved set it was picked from.
+pub(crate) type PoolRef<'c> = Cow<'c, Arc<EndpointPool>>;
+
+/// A cluster's endpoints as one request sees them.
+pub(crate) enum EndpointsView<'c> {
+    Fixed(&'c [Endpoint], &'c [Arc<EndpointPool>]),
+    Resolved(Arc<EndpointSet>),
+}
+
+impl<'c> EndpointsView<'c> {
+    fn len(&self) -> usize {
+        match self {
+            EndpointsView::Fixed(_, pools) => pools.len(),
+            EndpointsView::Resolved(set) => set.pools.len(),
+        }
+    }
+
+    fn endpoint(&self, i: usize) -> Option<&Endpoint> {
+        match self {
+            EndpointsView::Fixed(endpoints, _) => endpoints.get(i),
+            EndpointsView::Resolved(set) => set.endpoints.get(i),
+        }
+    }
+
+    fn pool(&self, i: usize) -> PoolRef<'c> {
+        match self {
+            EndpointsView::Fixed(_, pools) => Cow::Borrowed(&pools[i]),
+            EndpointsView::Resolved(set) => Cow::Owned(set.pools[i].clone()),
+        }
+    }
+}
+
+/// Endpoints in the order to try them for one connection: round robin start, then the rest.
+pub(crate) struct Rotation<'c> {
+    view: EndpointsView<'c>,
+    start: usize,
+    step: usize,
+}
+
+impl<'c> Iterator for Rotation<'c> {
+    type Item = PoolRef<'c>;
+
+    fn next(&mut self) -> Option<PoolRef<'c>> {
+        let n = self.view.len();
+        if self.step >= n {
+            return None;
+        }
+        let i = (self.start + self.step) % n;
+        self.step += 1;
+        Some(self.view.pool(i))
+    }
 }
 
 /// Why a request got no connection: its own attempt failed (counted as a failed connect),
@@ -477,38 +598,47 @@ pub(crate) enum Checkout {
 }
 
 impl ClusterRuntime {
-    /// A runtime cluster over `pools` (one per endpoint, in endpoint order), originating TLS
-    /// with `tls` when given, made from `security`.
+    /// A runtime cluster over `endpoints`, originating TLS with `tls` when given, made from
+    /// `security`.
     pub fn new(
         config: Cluster,
         stats: ClusterStats,
-        pools: Vec<Arc<EndpointPool>>,
+        endpoints: ClusterEndpoints,
         tls: Option<Result<bearing_tls::TlsConnector, String>>,
         security: UpstreamSecurity,
     ) -> Self {
         ClusterRuntime {
             config,
             stats,
-            pools,
+            endpoints,
             next: AtomicUsize::new(0),
             tls,
             security,
         }
     }
 
-    /// Endpoints in the order to try them for one connection: round robin start, then the rest.
-    pub(crate) fn rotation(&self) -> impl Iterator<Item = &Arc<EndpointPool>> {
-        self.rotation_indices().map(move |i| &self.pools[i])
+    /// The endpoints in force and their pools.
+    pub(crate) fn view(&self) -> EndpointsView<'_> {
+        match &self.endpoints {
+            ClusterEndpoints::Fixed(pools) => EndpointsView::Fixed(&self.config.endpoints, pools),
+            ClusterEndpoints::Resolved(resolved) => EndpointsView::Resolved(resolved.current()),
+        }
     }
 
-    fn rotation_indices(&self) -> impl Iterator<Item = usize> {
-        let n = self.pools.len();
+    /// Endpoints in the order to try them for one connection: round robin start, then the rest.
+    pub(crate) fn rotation(&self) -> Rotation<'_> {
+        let view = self.view();
+        let n = view.len();
         let start = if n == 0 {
             0
         } else {
             self.next.fetch_add(1, Ordering::Relaxed) % n
         };
-        (0..n).map(move |i| (start + i) % n)
+        Rotation {
+            view,
+            start,
+            step: 0,
+        }
     }
 
     /// A unit of the cluster's `max_connections` for a new connection. Past the threshold an
@@ -531,7 +661,8 @@ impl ClusterRuntime {
             .request_timeout
             .unwrap_or(self.config.connect_timeout);
         let make_room = || {
-            self.pools.iter().any(|p| p.close_one_idle());
+            let view = self.view();
+            (0..view.len()).any(|i| view.pool(i).close_one_idle());
         };
         match occupancy
             .wait_for_connection(max, limits.max_pending_requests, limit, make_room)
@@ -613,11 +744,12 @@ impl ClusterRuntime {
         wanted: impl Fn(&bearing_proxy_config::Endpoint) -> bool,
     ) -> Result<UpstreamStream, UpstreamError> {
         let mut last = None;
-        let endpoints = &self.config.endpoints;
-        let chosen = self
-            .rotation_indices()
-            .filter(|i| endpoints.get(*i).is_some_and(&wanted));
-        for pool in chosen.map(|i| &self.pools[i]) {
+        let Rotation { view, start, .. } = self.rotation();
+        let n = view.len();
+        let chosen = (0..n)
+            .map(|step| (start + step) % n)
+            .filter(|i| view.endpoint(*i).is_some_and(&wanted));
+        for pool in chosen.map(|i| view.pool(i)) {
             match self.connect(pool.address, false).await {
                 Ok(s) => return Ok(s),
                 Err(e) => match Overflow::of(&e) {
@@ -898,6 +1030,7 @@ pub(crate) fn test_cluster(name: &str) -> Cluster {
         tls: None,
         circuit_breakers: Default::default(),
         http2_windows: Default::default(),
+        dns: None,
     }
 }
 
@@ -948,7 +1081,7 @@ mod tests {
             circuit_breakers: breakers,
             ..test_cluster("backend")
         };
-        let pools = vec![EndpointPool::new(address)];
+        let pools = ClusterEndpoints::Fixed(vec![EndpointPool::new(address)]);
         let security = UpstreamSecurity::new(None, &MeshTlsSet::default());
         Arc::new(ClusterRuntime::new(
             config,
@@ -998,7 +1131,7 @@ mod tests {
             ..Default::default()
         };
         let cluster = cluster_at(listener.local_addr().unwrap(), breakers);
-        let pool = cluster.pools[0].clone();
+        let pool = cluster.view().pool(0).into_owned();
         let (first, _) = cluster.checkout_raw(&pool).await.unwrap();
         let waiting = {
             let (cluster, pool) = (cluster.clone(), pool.clone());
@@ -1051,7 +1184,7 @@ mod tests {
             }
         });
         let cluster = cluster_at(address, Default::default());
-        let pool = cluster.pools[0].clone();
+        let pool = cluster.view().pool(0).into_owned();
         let get = |path: &str| {
             let mut req = Request::new(RequestBody::Held(Default::default()));
             *req.uri_mut() = path.parse().unwrap();
@@ -1119,7 +1252,13 @@ mod tests {
         let runtime = |pool: &Arc<EndpointPool>, security: UpstreamSecurity| {
             let pools = vec![pool.clone()];
             let stats = stats.cluster("backend");
-            ClusterRuntime::new(cluster.clone(), stats, pools, None, security)
+            ClusterRuntime::new(
+                cluster.clone(),
+                stats,
+                ClusterEndpoints::Fixed(pools),
+                None,
+                security,
+            )
         };
         let previous = |pool: &Arc<EndpointPool>, security: UpstreamSecurity| {
             PreviousPools::of([&runtime(pool, security)])

@@ -9,8 +9,9 @@ use std::time::Duration;
 use bearing_model::{Dataplane, ExternalService, Inbound, Problem, Resource, Spec, Store, Tags};
 use bearing_model::{MESH_TAG, PROTOCOL_TAG, SERVICE_TAG};
 use bearing_proxy_config::{
-    Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, Listener, Protocol, ProxyConfig,
-    ProxyIdentity, TransparentProxy, UpstreamTls, Verification,
+    Cluster, Direction, DnsDiscovery, DnsEndpoints, DnsLookupFamily, DnsRecord, DownstreamTls,
+    Endpoint, HostEndpoint, Listener, Protocol, ProxyConfig, ProxyIdentity, TransparentProxy,
+    UpstreamTls, Verification,
 };
 
 use crate::mtls::{mesh_of, mesh_tls, meshes, resolve, spiffe_id};
@@ -404,6 +405,7 @@ pub(crate) fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>
         tls: None,
         circuit_breakers: Default::default(),
         http2_windows: Default::default(),
+        dns: None,
     }
 }
 
@@ -583,13 +585,15 @@ impl Outbounds<'_> {
             None => Protocol::common(protocols).unwrap_or(Protocol::Tcp),
         };
         let mut tls = None;
+        let mut dns = None;
         if let Some((r, es)) = external {
             if self.mtls && self.zone_egress {
                 endpoints = self.zones.egresses().to_vec();
                 tls = Some(self.mesh_tls(to.tags, &to.service, None));
             } else {
-                let (e, t) = external_endpoint(r, es, self.store, self.mesh);
+                let (e, d, t) = external_endpoint(r, es, self.store, self.mesh);
                 endpoints = e;
+                dns = d;
                 tls = t;
             }
         } else {
@@ -610,6 +614,7 @@ impl Outbounds<'_> {
         endpoints.dedup_by_key(|e| e.address);
         let mut c = cluster(to.cluster, protocol, endpoints);
         c.tls = tls;
+        c.dns = dns;
         c
     }
 
@@ -641,34 +646,44 @@ impl Outbounds<'_> {
     }
 }
 
-/// An ExternalService's address as endpoints (a host name is resolved now, at compile time)
-/// and the TLS its `networking.tls` asks for.
+/// An ExternalService's address as endpoints: an IP address is the endpoint; a hostname is
+/// resolved while the proxy runs, as kuma-cp renders it for Envoy (a STRICT_DNS cluster,
+/// `V4_ONLY`, Envoy's 5 s refresh), so both config sources give the same `Cluster`. Also the
+/// TLS its `networking.tls` asks for.
 pub(crate) fn external_endpoint(
     r: &Resource,
     es: &ExternalService,
     store: &Store,
     mesh: &str,
-) -> (Vec<Endpoint>, Option<UpstreamTls>) {
-    use std::net::ToSocketAddrs;
+) -> (Vec<Endpoint>, Option<DnsEndpoints>, Option<UpstreamTls>) {
     let address = &es.networking.address;
-    let host = address
-        .rsplit_once(':')
-        .map_or(address.as_str(), |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let endpoints = match address.to_socket_addrs() {
-        Ok(addrs) => addrs
-            .map(|a| Endpoint {
-                address: a,
-                origin: r.key(),
-                tags: Tags::new(),
+    let (host, port) = address.rsplit_once(':').unwrap_or((address.as_str(), ""));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let (mut endpoints, mut dns) = (Vec::new(), None);
+    match (host.parse::<IpAddr>(), port.parse::<u16>()) {
+        (Ok(ip), Ok(port)) => endpoints.push(Endpoint {
+            address: SocketAddr::new(ip, port),
+            origin: r.key(),
+            tags: Tags::new(),
+        }),
+        (Err(_), Ok(port)) => {
+            dns = Some(DnsEndpoints {
+                discovery: DnsDiscovery::Strict,
+                hosts: vec![HostEndpoint {
+                    hostname: host.to_string(),
+                    port,
+                    origin: r.key(),
+                    tags: Tags::new(),
+                }],
+                refresh_rate: DnsEndpoints::DEFAULT_REFRESH_RATE,
+                respect_ttl: false,
+                lookup_family: DnsLookupFamily::V4Only,
             })
-            .collect(),
-        Err(e) => {
-            tracing::warn!(resource = %r.key(), "cannot resolve {address}: {e}; no endpoints");
-            Vec::new()
         }
-    };
+        (_, Err(e)) => {
+            tracing::warn!(resource = %r.key(), "networking.address {address:?}: port: {e}; no endpoints")
+        }
+    }
     let tls = es.networking.tls.as_ref().filter(|t| t.enabled).map(|t| {
         let read = |ds: &Option<bearing_model::DataSource>, what: &str| {
             let ds = ds.as_ref()?;
@@ -702,7 +717,7 @@ pub(crate) fn external_endpoint(
             },
         }
     });
-    (endpoints, tls)
+    (endpoints, dns, tls)
 }
 
 /// The ready inbounds of a mesh by service, built once per compile so that thousands of
@@ -931,6 +946,29 @@ networking:
         assert_eq!(v2.protocol, Protocol::Http2);
         assert!(cfg.clusters["db"].endpoints.is_empty());
         assert_eq!(cfg.clusters["db"].protocol, Protocol::Tcp);
+    }
+
+    /// An ExternalService named by hostname compiles to the cluster kuma-cp's STRICT_DNS one
+    /// translates to (resolved at run time, not at compile time); one named by IP to that
+    /// endpoint.
+    #[test]
+    fn external_service_hostnames_are_resolved_at_run_time() {
+        let text = "type: Dataplane\nname: web\nmesh: default\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    tags: {kuma.io/service: web}\n  outbound:\n  - port: 10001\n    tags: {kuma.io/service: httpbin}\n  - port: 10002\n    tags: {kuma.io/service: byip}\n---\ntype: ExternalService\nmesh: default\nname: httpbin\ntags: {kuma.io/service: httpbin}\nnetworking:\n  address: httpbin.test:8080\n---\ntype: ExternalService\nmesh: default\nname: byip\ntags: {kuma.io/service: byip}\nnetworking:\n  address: 192.0.2.7:443\n";
+        let s = store(text);
+        let cfg = compile(&s, find(&s, "web"), "test", &CompileOptions::default()).unwrap();
+        let httpbin = &cfg.clusters["httpbin"];
+        assert!(httpbin.endpoints.is_empty());
+        let dns = httpbin.dns.as_ref().unwrap();
+        assert_eq!(dns.discovery, DnsDiscovery::Strict);
+        assert_eq!(dns.lookup_family, DnsLookupFamily::V4Only);
+        assert_eq!(dns.refresh_rate, DnsEndpoints::DEFAULT_REFRESH_RATE);
+        assert_eq!(
+            (dns.hosts[0].hostname.as_str(), dns.hosts[0].port),
+            ("httpbin.test", 8080)
+        );
+        let byip = &cfg.clusters["byip"];
+        assert_eq!(byip.endpoints[0].address.to_string(), "192.0.2.7:443");
+        assert!(byip.dns.is_none());
     }
 
     #[test]

@@ -17,8 +17,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use bearing_model::{Problem, Resource, Spec, Store, Tags, ZoneProxyNetworking, SERVICE_TAG};
 use bearing_proxy_config::{
-    Cluster, Direction, DownstreamTls, Endpoint, Listener, Protocol, ProxyConfig, ProxyIdentity,
-    SniRoute, SniTarget, UpstreamTls,
+    Cluster, Direction, DnsEndpoints, DownstreamTls, Endpoint, Listener, Protocol, ProxyConfig,
+    ProxyIdentity, SniRoute, SniTarget, UpstreamTls,
 };
 use bearing_tls::tags_sni;
 
@@ -56,7 +56,7 @@ pub fn compile(
                 Ok(Some(tls)) => {
                     egress_routes(store, &view, mesh_name, &mut routes, &mut clusters);
                     for (service, (r, es)) in externals {
-                        let (endpoints, tls) = external_endpoint(r, es, store, mesh_name);
+                        let (endpoints, dns, tls) = external_endpoint(r, es, store, mesh_name);
                         let terminate = Some(DownstreamTls {
                             mesh: mesh_name.to_string(),
                         });
@@ -66,7 +66,7 @@ pub fn compile(
                             tls,
                             terminate,
                         };
-                        route.add(endpoints, &mut routes, &mut clusters);
+                        route.add(endpoints, dns, &mut routes, &mut clusters);
                     }
                     // Only ExternalServices need the egress's own certificate; without any,
                     // it passes cross-zone TLS through and needs none.
@@ -154,16 +154,18 @@ impl<'a> ServiceRoute<'a> {
         }
     }
 
-    /// Adds the route and its cluster of `endpoints`.
+    /// Adds the route and its cluster of `endpoints` (and of the hostnames `dns` resolves).
     fn add(
         self,
         endpoints: Vec<Endpoint>,
+        dns: Option<DnsEndpoints>,
         routes: &mut Vec<SniRoute>,
         clusters: &mut BTreeMap<String, Cluster>,
     ) {
         let name = tags_sni(self.service, self.mesh, &BTreeMap::new());
         let mut c = cluster(name.clone(), Protocol::Tcp, endpoints);
         c.tls = self.tls;
+        c.dns = dns;
         clusters.insert(name.clone(), c);
         routes.push(SniRoute {
             target: service_target(self.mesh, self.service),
@@ -216,7 +218,7 @@ fn ingress_routes(
             .push(endpoint(r, inbound, *ip));
     }
     for ((mesh, service), endpoints) in services {
-        ServiceRoute::passthrough(mesh, service).add(endpoints, routes, clusters);
+        ServiceRoute::passthrough(mesh, service).add(endpoints, None, routes, clusters);
     }
     for r in &store.resources {
         let Spec::MeshService(ms) = &r.spec else {
@@ -321,7 +323,7 @@ fn egress_routes(
             .iter()
             .flat_map(|z| view.ingresses(z).iter().cloned())
             .collect();
-        ServiceRoute::passthrough(mesh, service).add(endpoints, routes, clusters);
+        ServiceRoute::passthrough(mesh, service).add(endpoints, None, routes, clusters);
     }
     // MeshServices synced from other zones, by the hashed SNI sidecars send them: passed
     // through to that zone's ingresses.

@@ -262,7 +262,10 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "alt_stat_name",
             // 127.0.0.6 / ::6 for inbound passthrough, as Bearing's capture does itself.
             "upstream_bind_config",
+            // DNS clusters (`dns_cluster.rs`).
             "dns_lookup_family",
+            "dns_refresh_rate",
+            "respect_dns_ttl",
             // Endpoint subsets: only selected by a zone proxy's SNI tags.
             "lb_subset_config",
             // Read buffer sizing: Bearing sizes its own buffers.
@@ -827,9 +830,9 @@ mod tests {
     fn accepted_fields_pass_and_others_are_named() {
         let ok = walk(serde_json::json!({"name": "c", "connectTimeout": "5s", "type": "EDS"}));
         assert_eq!(ok, vec![]);
-        let bad = walk(serde_json::json!({"name": "c", "respectDnsTtl": true}));
+        let bad = walk(serde_json::json!({"name": "c", "dnsJitter": "1s"}));
         assert_eq!(bad.len(), 1);
-        assert_eq!(bad[0].path, "clusters[\"c\"].respect_dns_ttl");
+        assert_eq!(bad[0].path, "clusters[\"c\"].dns_jitter");
         assert!(bad[0].reason.contains("not implemented"));
     }
 

@@ -964,7 +964,7 @@ fn host_rank(hostname: &str) -> (u8, std::cmp::Reverse<usize>, String) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use crate::decode::{decode_raw, parse_golden};
     use crate::translate::{translate, Nack, NodeInfo, ResourceSet};
     use bearing_proxy_config::{GatewayProtocol, PathMatch, ProxyConfig, RouteAction};
@@ -974,7 +974,8 @@ mod tests {
     const ROUTES_URL: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
     const CLUSTER_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 
-    fn translated(yaml: &str) -> Result<ProxyConfig, Vec<Nack>> {
+    /// The translation of the resources of a golden-format `yaml` for proxy `gw-1`.
+    pub(in crate::translate) fn translated(yaml: &str) -> Result<ProxyConfig, Vec<Nack>> {
         let mut set = ResourceSet::default();
         for raw in parse_golden(yaml, "test.yaml").unwrap() {
             let r = decode_raw(&raw, "test.yaml").unwrap();

@@ -3,7 +3,7 @@
 //! What today's model expresses is translated faithfully: sidecar inbound and outbound
 //! listeners (TCP proxy to a cluster or weighted clusters, or an HTTP connection manager with
 //! its inline route table, `routes.rs`), mesh mTLS from SDS secrets, the transparent-proxy capture listeners, clusters
-//! (STATIC, EDS, STRICT_DNS with IP addresses) with their endpoints, timeouts, circuit breakers
+//! (STATIC, EDS, STRICT_DNS and LOGICAL_DNS, `dns_cluster.rs`) with their endpoints, timeouts, circuit breakers
 //! and upstream TLS, zone ingress/egress SNI routes, builtin gateway listeners with their
 //! routes over RDS (`gateway.rs`) and Kuma's DNS table. Kuma's plumbing that
 //! Bearing serves itself (admin `/ready`, readiness, Prometheus metrics) is recognised by name
@@ -18,7 +18,7 @@ use crate::fields::{
 };
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
-    CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, Http2Windows,
+    CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, Http2Windows, HostEndpoint,
     KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig,
     ProxyIdentity, RouteTable, SniRoute, SniTarget, SourcePrefix, TransparentProxy, UpstreamTls,
     Verification, WeightedCluster,
@@ -325,6 +325,9 @@ struct Translator<'a> {
 #[path = "gateway.rs"]
 mod gateway;
 
+#[path = "dns_cluster.rs"]
+mod dns_cluster;
+
 fn listener_path(name: &str) -> String {
     format!("listeners[{name:?}]")
 }
@@ -345,9 +348,10 @@ fn socket_address(address: Option<&core_pb::Address>) -> Result<SocketAddr, Stri
             if s.protocol != core_pb::socket_address::Protocol::Tcp as i32 {
                 return Err("only TCP socket addresses are served".into());
             }
-            let ip: IpAddr = s.address.parse().map_err(|_| {
-                format!("{:?} is not an IP address (hostnames need DNS)", s.address)
-            })?;
+            let ip: IpAddr = s
+                .address
+                .parse()
+                .map_err(|_| format!("{:?} is not an IP address", s.address))?;
             let port = match s.port_specifier {
                 Some(PortSpecifier::PortValue(p)) => {
                     u16::try_from(p).map_err(|_| format!("port {p} out of range"))?
@@ -1199,7 +1203,7 @@ impl Translator<'_> {
                 .filter(|s| !s.is_empty())
                 .unwrap_or(name);
             self.set.endpoints.get(service)
-        } else if kind == DiscoveryType::Static as i32 || kind == DiscoveryType::StrictDns as i32 {
+        } else if kind == DiscoveryType::Static as i32 || dns_cluster::discovery(kind).is_some() {
             cluster.load_assignment.as_ref()
         } else {
             let what = if kind == DiscoveryType::OriginalDst as i32 {
@@ -1209,9 +1213,14 @@ impl Translator<'_> {
             };
             return self.nack(CLUSTER, name, format!("{path}.type"), what);
         };
+        let discovery = dns_cluster::discovery(kind);
+        let mut hosts = discovery.map(|_| Vec::new());
         let endpoints = assignment
-            .map(|a| self.endpoints(name, &path, a))
+            .map(|a| self.endpoints(name, &path, a, hosts.as_mut()))
             .unwrap_or_default();
+        let dns = discovery.zip(hosts).and_then(|(discovery, hosts)| {
+            self.dns_endpoints(name, &path, cluster, discovery, assignment, hosts)
+        });
         let mut breakers = CircuitBreakers::default();
         for (i, t) in cluster
             .circuit_breakers
@@ -1276,6 +1285,7 @@ impl Translator<'_> {
                 tls,
                 circuit_breakers: breakers,
                 http2_windows,
+                dns,
             },
         );
     }
@@ -1285,6 +1295,7 @@ impl Translator<'_> {
         name: &str,
         path: &str,
         assignment: &endpoint_pb::ClusterLoadAssignment,
+        mut hosts: Option<&mut Vec<HostEndpoint>>,
     ) -> Vec<Endpoint> {
         let mut out = Vec::new();
         let mut weights = BTreeSet::new();
@@ -1299,13 +1310,28 @@ impl Translator<'_> {
                     self.nack(CLUSTER, name, at, "only inline endpoints are implemented");
                     continue;
                 };
+                let origin = format!("xds cluster {}", assignment.cluster_name);
+                let tags = struct_strings(lb.metadata.as_ref(), "envoy.lb");
+                let field = format!("{at}.endpoint.address");
                 match socket_address(e.address.as_ref()) {
                     Ok(address) => out.push(Endpoint {
                         address,
-                        origin: format!("xds cluster {}", assignment.cluster_name),
-                        tags: struct_strings(lb.metadata.as_ref(), "envoy.lb"),
+                        origin,
+                        tags,
                     }),
-                    Err(e) => self.nack(CLUSTER, name, format!("{at}.endpoint.address"), e),
+                    Err(reason) => match (
+                        hosts.as_deref_mut(),
+                        dns_cluster::hostname_address(e.address.as_ref()),
+                    ) {
+                        (Some(hosts), Some((hostname, port))) => hosts.push(HostEndpoint {
+                            hostname,
+                            port,
+                            origin,
+                            tags,
+                        }),
+                        (None, Some(_)) => self.nack(CLUSTER, name, field, format!("{reason}: only STRICT_DNS and LOGICAL_DNS clusters resolve hostnames")),
+                        (_, None) => self.nack(CLUSTER, name, field, reason),
+                    },
                 }
             }
         }

@@ -21,7 +21,6 @@ const NOT_YET: &[(&str, &str)] = &[
 const NOT_YET_REASONS: &[(&str, &str)] = &[
     ("unified resource naming", "resources named self_*/system_* come only to proxies advertising the feature"),
     ("custom_validator_config", "MeshIdentity's SPIFFE certificate validator is not implemented"),
-    ("is not an IP address (hostnames need DNS)", "STRICT_DNS clusters with hostnames: ProxyConfig holds resolved addresses only"),
     ("HTTP routing behind an SNI chain", "a zone egress routing HTTP of external services: ProxyConfig's SNI routes forward bytes"),
     ("auto_host_rewrite", "ExternalService HTTP outbounds rewrite Host: ProxyConfig has no host rewrite"),
     ("transport_socket_matches", "per-endpoint TLS (ExternalService endpoints mixing TLS and plaintext) is not in ProxyConfig"),

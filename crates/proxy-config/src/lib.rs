@@ -529,6 +529,10 @@ pub struct Cluster {
     /// HTTP/2 flow-control windows offered to the endpoints (HTTP/2 clusters).
     #[serde(skip_serializing_if = "Http2Windows::is_default")]
     pub http2_windows: Http2Windows,
+    /// Endpoints named by hostname, resolved while the proxy runs (Envoy's STRICT_DNS and
+    /// LOGICAL_DNS clusters); their addresses join `endpoints`. `None`: `endpoints` is all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsEndpoints>,
 }
 
 /// HTTP/2 flow-control windows a side offers its peer (Envoy's `Http2ProtocolOptions`
@@ -548,6 +552,82 @@ impl Http2Windows {
     /// Whether neither window is set (the stack's defaults apply).
     pub fn is_default(&self) -> bool {
         *self == Http2Windows::default()
+    }
+}
+
+/// A cluster's endpoints given by hostname and port, and how they are resolved: off the hot
+/// path, again every `refresh_rate` (or at the answer's TTL), a failed lookup keeping the last
+/// addresses, as Envoy's DNS clusters do.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
+pub struct DnsEndpoints {
+    /// What the addresses of a hostname become.
+    pub discovery: DnsDiscovery,
+    /// The hostnames, in the order the cluster lists them.
+    pub hosts: Vec<HostEndpoint>,
+    /// How often each hostname is looked up again (Envoy's `dns_refresh_rate`, 5 s by default);
+    /// also the wait after a failed lookup.
+    #[serde(serialize_with = "millis::serialize")]
+    pub refresh_rate: Duration,
+    /// Look up again when the answer's TTL ends instead (Envoy's `respect_dns_ttl`; an answer
+    /// with TTL 0 falls back to `refresh_rate`).
+    pub respect_ttl: bool,
+    /// Which address families are asked for.
+    pub lookup_family: DnsLookupFamily,
+}
+
+impl DnsEndpoints {
+    /// Envoy's default `dns_refresh_rate`.
+    pub const DEFAULT_REFRESH_RATE: Duration = Duration::from_secs(5);
+}
+
+/// Envoy's DNS cluster types.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsDiscovery {
+    /// STRICT_DNS: every address a hostname resolves to is an endpoint.
+    Strict,
+    /// LOGICAL_DNS: one hostname, and only the first address it resolves to is connected to.
+    Logical,
+}
+
+/// Envoy's `dns_lookup_family`: the record types asked for and which answer is used.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsLookupFamily {
+    /// AAAA, and A only when there is no AAAA answer (Envoy's default).
+    Auto,
+    /// A only.
+    V4Only,
+    /// AAAA only.
+    V6Only,
+    /// A, and AAAA only when there is no A answer.
+    V4Preferred,
+    /// A and AAAA, every address of both.
+    All,
+}
+
+/// One endpoint named by hostname.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
+pub struct HostEndpoint {
+    /// The name looked up (as given: a relative name goes through resolv.conf's search list).
+    pub hostname: String,
+    /// Port of every address it resolves to.
+    pub port: u16,
+    /// Where it comes from, for logs and `/config_dump` (as `Endpoint::origin`).
+    pub origin: String,
+    /// Tags every resolved endpoint carries (as `Endpoint::tags`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+impl HostEndpoint {
+    /// The endpoint of one address `ip` this hostname resolved to.
+    pub fn endpoint(&self, ip: IpAddr) -> Endpoint {
+        Endpoint {
+            address: SocketAddr::new(ip, self.port),
+            origin: self.origin.clone(),
+            tags: self.tags.clone(),
+        }
     }
 }
 

@@ -491,7 +491,7 @@ where
     match super::forward(cluster, &mut upstream, request).await {
         // Held until the response has been relayed.
         Ok(((up, head, _request_unit), pool)) => {
-            relay(down, up, pool, head, request, cluster, response).await
+            relay(down, up, &pool, head, request, cluster, response).await
         }
         Err(failure) => {
             Box::pin(local_reply(down, cluster, failure, request, response.edits)).await

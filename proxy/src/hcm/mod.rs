@@ -29,7 +29,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
 use crate::gateway::ResponseEdits;
-use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, UpstreamError};
+use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, PoolRef, UpstreamError};
 
 /// Where one request goes.
 pub(crate) enum Routed<'l> {
@@ -134,7 +134,7 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
     cluster: &'c ClusterRuntime,
     codec: &mut C,
     mut request: C::Request,
-) -> Result<(C::Answer, &'c Arc<EndpointPool>), UpstreamError> {
+) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
     let mut last = None;
     let mut retry = None;
     for (attempt, pool) in cluster.rotation().enumerate() {
@@ -143,7 +143,7 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
         }
         let address = pool.address();
         loop {
-            let (conn, reused) = match codec.checkout(pool).await {
+            let (conn, reused) = match codec.checkout(&pool).await {
                 Ok(c) => c,
                 Err(NoConnection::Overflow(o)) => return Err(UpstreamError::Overflow(o)),
                 Err(NoConnection::Failed(e)) => {
@@ -156,7 +156,7 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
                     break;
                 }
             };
-            match codec.attempt(pool, conn, request).await {
+            match codec.attempt(&pool, conn, request).await {
                 Attempt::Answered(answer) => return Ok((answer, pool)),
                 Attempt::NotDelivered(again, _) if reused => request = again,
                 Attempt::NotDelivered(again, e) => {
