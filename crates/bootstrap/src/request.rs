@@ -25,8 +25,11 @@ use serde::Serialize;
 ///   proxying from the Dataplane's `networking.transparentProxying`).
 /// - `feature-bind-outbounds`: OUT. Outbound listeners bound to 127.0.0.0/8 addresses are not
 ///   supported.
-/// - `feature-unified-resource-naming`: OUT (opt-in in kuma-dp too): resource and stat names
-///   stay in the classic form the rest of Bearing (stats, admin) knows.
+/// - `feature-unified-resource-naming`: OUT (opt-in in kuma-dp too). The translation
+///   recognises Kuma's unified names (`self_`, `system_`, `kri_`) as it does the legacy ones,
+///   but kuma-cp 2.14 has not been seen to serve a sidecar, zone ingress and zone egress that
+///   way against Bearing end to end, and the MeshIdentity trust it pairs with (MeshTrust's
+///   SPIFFE validator, `system_trust_bundle`) is still NACKed.
 /// - `feature-spire`: OUT. No SPIRE agent socket for SDS.
 /// - `feature-readiness-unix-socket`: OUT. Deprecated; readiness is served over TCP.
 /// - `feature-otel-via-kuma-dp`: OUT. Bearing does not proxy OpenTelemetry over Unix sockets.
