@@ -266,6 +266,8 @@ struct MeshSecrets {
     identity: Option<String>,
     /// The mesh CA peers chain to.
     ca: Option<String>,
+    /// Under a SPIFFE validator, the prefix an inbound client's SPIFFE id must start with.
+    client_prefix: Option<String>,
 }
 
 /// How a listener's HTTP connection manager or TCP proxy reaches its clusters.
@@ -985,16 +987,60 @@ impl Translator<'_> {
             self.identity_mesh(LISTENER, name, &format!("{at}.common_tls_context"), &common)?;
         let ca = validation_sds(&common);
         let field = format!("{at}.common_tls_context.combined_validation_context");
-        match ca.as_deref().filter(|ca| naming::mesh_ca_mesh(ca) == Some(&mesh)) {
+        let spiffe = ca.as_deref().is_some_and(|ca| self.is_spiffe_secret(ca));
+        if spiffe {
+            self.client_prefix(name, &field, &mesh, &common);
+        }
+        // A secret not there yet is awaited (`mesh_tls`), as Envoy keeps the listener warming.
+        let usable = |ca: &&str| {
+            spiffe || naming::mesh_ca_mesh(ca) == Some(&mesh) || !self.set.secrets.contains_key(*ca)
+        };
+        match ca.as_deref().filter(usable) {
             Some(ca) => self.mesh_secret(LISTENER, name, field, &mesh, ca, false),
             None => self.nack(
                 LISTENER,
                 name,
                 field,
-                format!("clients must be verified against the CA of mesh {mesh:?} (mesh_ca:secret:{mesh} or system_mtls_ca_{mesh})"),
+                format!("clients must be verified against the CA of mesh {mesh:?} (mesh_ca:secret:{mesh} or system_mtls_ca_{mesh}) or a MeshTrust's SPIFFE validator"),
             ),
         }
         Some(mesh)
+    }
+
+    /// Under a SPIFFE validator: the prefix a client's SPIFFE id must start with (the chain's
+    /// one `prefix` URI matcher, Kuma's `spiffe://<trust domain>/`; none: any trusted id).
+    fn client_prefix(
+        &mut self,
+        name: &str,
+        at: &str,
+        mesh: &str,
+        common: &tls_pb::CommonTlsContext,
+    ) {
+        use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern as M;
+        let prefixes: Vec<&str> = validation_matchers(common)
+            .filter_map(|m| match m.matcher.as_ref()?.match_pattern.as_ref()? {
+                M::Prefix(p) => Some(p.as_str()),
+                _ => None,
+            })
+            .collect();
+        let field = format!("{at}.default_validation_context.match_typed_subject_alt_names");
+        let prefix = match prefixes.as_slice() {
+            [] => "spiffe://".to_string(),
+            [one] if one.starts_with("spiffe://") => one.to_string(),
+            _ => {
+                let reason =
+                    "under a SPIFFE validator, clients are matched by at most one spiffe:// prefix";
+                return self.nack(LISTENER, name, field, reason);
+            }
+        };
+        let secrets = self.mesh_secrets.entry(mesh.to_string()).or_default();
+        match &secrets.client_prefix {
+            Some(known) if *known != prefix => {
+                let reason = format!("client prefix {prefix:?} where other listeners of mesh {mesh:?} take {known:?}: ProxyConfig holds one per mesh");
+                self.nack(LISTENER, name, field, reason);
+            }
+            _ => secrets.client_prefix = Some(prefix),
+        }
     }
 
     /// Records `secret` as the identity (`identity`) or CA secret of `mesh`; another secret
@@ -1391,10 +1437,14 @@ impl Translator<'_> {
             let ca_field = format!(
                 "{common_at}.combined_validation_context.validation_context_sds_secret_config"
             );
-            let server_ca_pem = match ca_secret
-                .as_deref()
-                .and_then(|n| Some((n, naming::mesh_ca_mesh(n)?)))
-            {
+            // A SPIFFE validator, or a secret not there yet (awaited in `mesh_tls`).
+            let spiffe = ca_secret.as_deref().filter(|secret| {
+                self.is_spiffe_secret(secret) || !self.set.secrets.contains_key(*secret)
+            });
+            let server_ca_pem = match ca_secret.as_deref().and_then(|n| {
+                let ca_mesh = spiffe.map(|_| mesh.as_str()).or(naming::mesh_ca_mesh(n))?;
+                Some((n, ca_mesh))
+            }) {
                 Some((secret, ca_mesh)) if ca_mesh == mesh => {
                     self.mesh_secret(CLUSTER, name, ca_field, &mesh, secret, false);
                     None
@@ -2021,14 +2071,35 @@ impl Translator<'_> {
             let leaf_lifetime = bearing_tls::leaf_validity(&identity_pem)
                 .map(|(from, until)| until.duration_since(from).unwrap_or_default())
                 .unwrap_or_default();
-            let Some(ca_cert_pem) = self.secret_ca(&ca_name) else {
-                self.nack(
-                    SECRET,
-                    &ca_name,
-                    format!("secrets[{ca_name:?}].validation_context.trusted_ca"),
-                    "the mesh CA secret has no inline trusted CA",
-                );
-                continue;
+            let client_prefix = secrets.client_prefix;
+            let (ca_cert_pem, spiffe_trust) = match self.spiffe_bundles(&ca_name) {
+                Some(Ok(bundles)) => {
+                    match own_bundle(&identity_pem, &bundles) {
+                        Some(own) => (own, bundles),
+                        None => {
+                            self.nack(SECRET, &ca_name, format!("secrets[{ca_name:?}].validation_context.custom_validator_config"), format!("the identity {identity_name:?} chains to no trust domain's bundle"));
+                            continue;
+                        }
+                    }
+                }
+                Some(Err(reason)) => {
+                    let field =
+                        format!("secrets[{ca_name:?}].validation_context.custom_validator_config");
+                    self.nack(SECRET, &ca_name, field, reason);
+                    continue;
+                }
+                None => match self.secret_ca(&ca_name) {
+                    Some(pem) => (pem, BTreeMap::new()),
+                    None => {
+                        self.nack(
+                            SECRET,
+                            &ca_name,
+                            format!("secrets[{ca_name:?}].validation_context.trusted_ca"),
+                            "the mesh CA secret has no inline trusted CA",
+                        );
+                        continue;
+                    }
+                },
             };
             if let Err(e) = bearing_tls::MeshCa::from_cert_pem(&ca_cert_pem) {
                 self.nack(
@@ -2053,11 +2124,70 @@ impl Translator<'_> {
                     // renewed secret.
                     leaf_lifetime,
                     renewed_by_control_plane: true,
+                    spiffe_trust,
+                    client_prefix,
                 },
             );
         }
         out
     }
+
+    /// A validation secret's SPIFFE trust (MeshTrust's `envoy.tls.cert_validator.spiffe`):
+    /// trust domain → inline bundle; `None` when the secret has no custom validator. Another
+    /// validator, a bundle not inline or one that does not load is the reason to NACK.
+    fn spiffe_bundles(&self, secret: &str) -> Option<Result<BTreeMap<String, String>, String>> {
+        let Some(tls_pb::secret::Type::ValidationContext(v)) =
+            self.set.secrets.get(secret)?.r#type.as_ref()
+        else {
+            return None;
+        };
+        let custom = v.custom_validator_config.as_ref()?;
+        let config = custom
+            .typed_config
+            .as_ref()
+            .filter(|any| type_name(any).ends_with("SPIFFECertValidatorConfig"))
+            .and_then(typed::<tls_pb::SpiffeCertValidatorConfig>);
+        let Some(config) = config else {
+            return Some(Err(format!("certificate validator {:?}: only Envoy's SPIFFE validator (envoy.tls.cert_validator.spiffe) is implemented", custom.name)));
+        };
+        if v.trusted_ca.is_some() {
+            return Some(Err(
+                "trusted_ca beside a SPIFFE validator: the trust domains' bundles are the roots"
+                    .into(),
+            ));
+        }
+        let mut bundles = BTreeMap::new();
+        for domain in &config.trust_domains {
+            let Some(pem) = data_text(domain.trust_bundle.as_ref()) else {
+                return Some(Err(format!(
+                    "trust domain {:?}: only an inline trust bundle is implemented",
+                    domain.name
+                )));
+            };
+            bundles.insert(domain.name.clone(), pem);
+        }
+        if bundles.is_empty() {
+            return Some(Err(
+                "a SPIFFE validator without trust domains trusts no peer".into(),
+            ));
+        }
+        if let Err(e) = bearing_tls::SpiffeTrust::from_pems(&bundles) {
+            return Some(Err(format!("the SPIFFE trust does not load: {e}")));
+        }
+        Some(Ok(bundles))
+    }
+
+    /// Whether `secret` is a validation secret of MeshTrust's SPIFFE validator.
+    fn is_spiffe_secret(&self, secret: &str) -> bool {
+        self.spiffe_bundles(secret).is_some()
+    }
+}
+
+/// The bundle of the trust domain that issued this proxy's identity (`identity_pem`): the
+/// CA the runtime checks its own leaf against.
+fn own_bundle(identity_pem: &str, bundles: &BTreeMap<String, String>) -> Option<String> {
+    let domain = bearing_tls::own_trust_domain(identity_pem, bundles)?;
+    bundles.get(domain).cloned()
 }
 
 /// The prefix routes to a cluster of a listener's plaintext chains' inline HTTP routes:
@@ -2202,7 +2332,10 @@ fn san_kinds(common: &tls_pb::CommonTlsContext) -> Option<usize> {
         })
 }
 
-fn subject_alt_names(common: &tls_pb::CommonTlsContext) -> Vec<(i32, String)> {
+/// The subject alt name matchers of a TLS context's validation context.
+fn validation_matchers(
+    common: &tls_pb::CommonTlsContext,
+) -> impl Iterator<Item = &tls_pb::SubjectAltNameMatcher> {
     use tls_pb::common_tls_context::ValidationContextType as V;
     let validation = match &common.validation_context_type {
         Some(V::ValidationContext(v)) => Some(v),
@@ -2212,6 +2345,10 @@ fn subject_alt_names(common: &tls_pb::CommonTlsContext) -> Vec<(i32, String)> {
     validation
         .into_iter()
         .flat_map(|v| &v.match_typed_subject_alt_names)
+}
+
+fn subject_alt_names(common: &tls_pb::CommonTlsContext) -> Vec<(i32, String)> {
+    validation_matchers(common)
         .filter_map(|m| match m.matcher.as_ref()?.match_pattern.as_ref()? {
             envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(e) => {
                 Some((m.san_type, e.clone()))
@@ -3082,6 +3219,78 @@ mod tests {
             nacks.iter().any(|n| n.resource == "backend"
                 && n.reason
                     .contains("other TLS contexts of mesh \"default\" name")),
+            "{nacks:?}"
+        );
+    }
+
+    /// MeshIdentity's mTLS: the inbound presents a `kri_mid_` identity and verifies clients
+    /// with MeshTrust's SPIFFE validator (`system_trust_bundle`): the trust domains' bundles
+    /// and the chain's `spiffe://<trust domain>/` prefix become the mesh's SPIFFE trust; a
+    /// bundle not inline, another validator or two prefixes are NACKed by field.
+    #[test]
+    fn spiffe_validator_gives_the_mesh_its_trust_domains() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let kri = "kri_mid_default_zone-1__identity_";
+        let bundle = |domains: &str| {
+            format!(
+                "
+- name: system_trust_bundle
+  resource:
+    '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: system_trust_bundle
+    validationContext:
+      customValidatorConfig:
+        name: envoy.tls.cert_validator.spiffe
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig
+          trustDomains: {domains}
+"
+            )
+        };
+        let with = |domains: &str, prefix: &str| {
+            let text = inbound(ALLOW_ALL)
+                .replace("identity_cert:secret:default", kri)
+                .replace(
+                    "name: mesh_ca:secret:default\n",
+                    "name: system_trust_bundle\n",
+                )
+                .replace("prefix: 'spiffe://default/'", prefix);
+            translate(&set(&format!("{text}{}", bundle(domains))), &node())
+        };
+        let ca = b64(&test_ca().0);
+        let two = format!(
+            "[{{name: default.zone-1.mesh.local, trustBundle: {{inlineBytes: {ca}}}}}, {{name: other.mesh.local, trustBundle: {{inlineBytes: {ca}}}}}]"
+        );
+        let config = with(&two, "prefix: 'spiffe://default.zone-1.mesh.local/'").unwrap();
+        let tls = &config.mtls["default"];
+        assert_eq!(
+            tls.spiffe_trust.keys().collect::<Vec<_>>(),
+            ["default.zone-1.mesh.local", "other.mesh.local"]
+        );
+        assert_eq!(tls.ca_cert_pem, test_ca().0);
+        assert_eq!(
+            tls.client_prefix.as_deref(),
+            Some("spiffe://default.zone-1.mesh.local/")
+        );
+        // Not inline: NACKed on the secret.
+        let nacks = with(
+            "[{name: td, trustBundle: {filename: /etc/ca.pem}}]",
+            "prefix: 'spiffe://td/'",
+        )
+        .unwrap_err();
+        assert!(
+            nacks.iter().any(|n| n.resource == "system_trust_bundle"
+                && (n.reason.contains("only an inline trust bundle")
+                    || n.field.contains("trust_bundle"))),
+            "{nacks:?}"
+        );
+        // A matcher other than one spiffe:// prefix.
+        let nacks = with(&two, "prefix: 'https://x/'").unwrap_err();
+        assert!(
+            nacks
+                .iter()
+                .any(|n| n.reason.contains("at most one spiffe:// prefix")),
             "{nacks:?}"
         );
     }

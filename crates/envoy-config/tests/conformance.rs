@@ -23,14 +23,13 @@ const NOT_YET: &[(&str, &str)] = &[
     ("gateway/connection-limited-listener.yaml", "TCP gateway listeners (tcp_proxy chains) over xDS are not implemented, so their runtime connection limit names no gateway listener"),
     ("gateway/http/cross-mesh-gateway.yaml", "cross-mesh gateway listeners (mesh mTLS from other meshes' proxies) over xDS are not implemented"),
     ("gateway/https/cross-mesh-gateway.yaml", "cross-mesh gateway listeners (mesh mTLS from other meshes' proxies) over xDS are not implemented"),
-    ("xds-generator/zone-proxy-listener/egress-meshexternalservice-tcp.envoy.golden.yaml", "a zone egress MeshIdentity: an identity secret whose name tells no mesh (my-identity-secret), clients verified by MeshTrust's SPIFFE validator (system_trust_bundle)"),
-    ("xds-generator/zone-proxy-listener/egress-meshexternalservice.envoy.golden.yaml", "a zone egress MeshIdentity: an identity secret whose name tells no mesh (my-identity-secret), clients verified by MeshTrust's SPIFFE validator (system_trust_bundle)"),
+    ("xds-generator/zone-proxy-listener/egress-meshexternalservice-tcp.envoy.golden.yaml", "a zone egress MeshIdentity: an identity secret whose name tells no mesh (my-identity-secret)"),
+    ("xds-generator/zone-proxy-listener/egress-meshexternalservice.envoy.golden.yaml", "a zone egress MeshIdentity: an identity secret whose name tells no mesh (my-identity-secret)"),
 ];
 
 /// Classes of NACK (a part of the reason) that a golden without a policy may get, and why.
 /// Each must still occur in the corpus.
 const NOT_YET_REASONS: &[(&str, &str)] = &[
-    ("custom_validator_config", "MeshIdentity's SPIFFE certificate validator is not implemented"),
     ("is not an IP address (hostnames need DNS)", "STRICT_DNS clusters with hostnames: ProxyConfig holds resolved addresses only"),
     ("HTTP routing behind an SNI chain", "a zone egress routing HTTP of external services: ProxyConfig's SNI routes forward bytes"),
     ("auto_host_rewrite", "ExternalService HTTP outbounds rewrite Host: ProxyConfig has no host rewrite"),
