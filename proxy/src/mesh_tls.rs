@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bearing_proxy_config::{MeshTls, UpstreamTls, Verification};
 use bearing_tls::{
-    Identity, MeshCa, MeshClient, Renewer, ServerVerification, TlsAcceptor, TlsConnector, TlsError,
+    Identity, MeshCa, MeshClient, Renewer, ServerVerification, SpiffeTrust, TlsAcceptor,
+    TlsConnector, TlsError,
 };
 use tokio::task::JoinHandle;
 
@@ -35,6 +36,12 @@ impl MeshTlsRuntime {
     /// itself with the CA key; starts renewing it (or, for a leaf issued ahead of time,
     /// warning before it expires).
     pub fn build(config: &MeshTls) -> Result<MeshTlsRuntime, TlsError> {
+        // A MeshIdentity's trust: peers verified by their trust domain's bundle, and this
+        // proxy's leaf carrying its own SPIFFE id rather than one per service.
+        let spiffe = match config.spiffe_trust.is_empty() {
+            true => None,
+            false => Some(Arc::new(SpiffeTrust::from_pems(&config.spiffe_trust)?)),
+        };
         let (ca, identity) = match (&config.identity_pem, &config.ca_key_pem) {
             (Some(pem), _) => {
                 let ca = Arc::new(MeshCa::from_cert_pem(&config.ca_cert_pem)?);
@@ -42,8 +49,11 @@ impl MeshTlsRuntime {
                     true => Renewer::ControlPlane,
                     false => Renewer::Operator,
                 };
-                let id =
-                    Identity::pre_issued(ca.clone(), &config.mesh, &config.services, pem, renewer)?;
+                let services = match spiffe {
+                    Some(_) => &[][..],
+                    None => &config.services[..],
+                };
+                let id = Identity::pre_issued(ca.clone(), &config.mesh, services, pem, renewer)?;
                 (ca, id)
             }
             (None, Some(key)) => {
@@ -54,8 +64,22 @@ impl MeshTlsRuntime {
             }
             (None, None) => return Err(TlsError::NoCaKey),
         };
-        let server = bearing_tls::mesh_acceptor(&ca, identity.clone())?;
-        let client = bearing_tls::mesh_client(&ca, identity.clone())?;
+        let (server, client) = match spiffe {
+            Some(trust) => {
+                let prefix = config
+                    .client_prefix
+                    .clone()
+                    .unwrap_or_else(|| format!("spiffe://{}/", config.mesh));
+                (
+                    bearing_tls::spiffe_acceptor(trust.clone(), identity.clone(), &prefix)?,
+                    bearing_tls::spiffe_client(trust, identity.clone())?,
+                )
+            }
+            None => (
+                bearing_tls::mesh_acceptor(&ca, identity.clone())?,
+                bearing_tls::mesh_client(&ca, identity.clone())?,
+            ),
+        };
         let renewal = bearing_tls::spawn_renewal(identity.clone());
         Ok(MeshTlsRuntime {
             config: config.clone(),
@@ -228,6 +252,8 @@ pub(crate) fn test_config(ca: &bearing_tls::MeshCa, permissive: bool) -> MeshTls
         permissive,
         leaf_lifetime: std::time::Duration::from_secs(3600),
         renewed_by_control_plane: false,
+        spiffe_trust: Default::default(),
+        client_prefix: None,
     }
 }
 

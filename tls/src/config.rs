@@ -21,6 +21,7 @@ use boring::x509::{X509StoreContext, X509VerifyError, X509};
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
+use crate::spiffe::SpiffeTrust;
 use crate::stack::{check_sni, context_builder, ssl_err, CertifiedKey, ClientMesh, ServerCheck};
 use crate::{Identity, MeshCa, TlsAcceptor, TlsConnector, TlsError};
 
@@ -109,6 +110,31 @@ fn store_of(roots: &[X509]) -> Result<X509Store, TlsError> {
 pub fn mesh_acceptor(ca: &MeshCa, identity: Arc<Identity>) -> Result<TlsAcceptor, TlsError> {
     let client_mesh = ClientMesh::new(identity.mesh())?;
     server_acceptor(mesh_roots(ca)?, identity, Some(client_mesh))
+}
+
+/// The server side of mesh mTLS under a MeshIdentity (Envoy's SPIFFE certificate validator,
+/// Kuma's MeshTrust): as [`mesh_acceptor`], but a client is admitted when one of its SPIFFE
+/// ids starts with `client_prefix` (Kuma's `spiffe://<trust domain>/`) and its chain ends in
+/// the bundle `trust` holds for that id's trust domain.
+pub fn spiffe_acceptor(
+    trust: Arc<SpiffeTrust>,
+    identity: Arc<Identity>,
+    client_prefix: &str,
+) -> Result<TlsAcceptor, TlsError> {
+    let roots = trust.roots().to_vec();
+    let client_mesh = ClientMesh::with_prefix(identity.mesh(), client_prefix, Some(trust))?;
+    server_acceptor(roots, identity, Some(client_mesh))
+}
+
+/// The client side of mesh mTLS under a MeshIdentity: as [`mesh_client`], but servers are
+/// verified against `trust`'s bundles, each against the bundle of its expected id's trust
+/// domain.
+pub fn spiffe_client(
+    trust: Arc<SpiffeTrust>,
+    identity: Arc<Identity>,
+) -> Result<MeshClient, TlsError> {
+    let MeshClient(contexts, _) = client_contexts(trust.roots().to_vec(), identity)?;
+    Ok(MeshClient(contexts, Some(trust)))
 }
 
 /// The server side of a cross-mesh gateway listener: as [`mesh_acceptor`], but a client
@@ -203,7 +229,7 @@ pub fn cross_mesh_connector(
 /// Mesh mTLS client contexts not yet bound to a destination: [`MeshClient::expecting`] makes
 /// the connector towards one. No connection can be made without naming the server's
 /// identity.
-pub struct MeshClient(TlsConnector);
+pub struct MeshClient(TlsConnector, Option<Arc<SpiffeTrust>>);
 
 impl MeshClient {
     /// The connector that accepts only a server presenting `expected` (a SPIFFE id), sharing
@@ -215,7 +241,9 @@ impl MeshClient {
                 reason: format!("{expected:?} does not start with spiffe://"),
             });
         }
-        Ok(self.0.checking(ServerCheck::Spiffe(expected.into())))
+        Ok(self
+            .0
+            .checking(ServerCheck::Spiffe(expected.into(), self.1.clone())))
     }
 }
 
@@ -234,7 +262,7 @@ fn client_contexts(roots: Vec<X509>, identity: Arc<Identity>) -> Result<MeshClie
         Ok(b.build())
     };
     let contexts = TlsConnector::for_identity(identity, Box::new(build), ServerCheck::None)?;
-    Ok(MeshClient(contexts))
+    Ok(MeshClient(contexts, None))
 }
 
 /// Checks that `certs` (leaf first, then intermediates) chain to `ca` and are valid now, as a
@@ -503,6 +531,79 @@ mod tests {
         let (mut s, mut c) = (s.unwrap(), c.unwrap());
         assert_eq!(s.peer_spiffe_ids(), ["spiffe://default/web"]);
         ping(&mut s, &mut c).await;
+    }
+
+    /// A MeshIdentity's leaf `spiffe://<trust domain>/<name>` issued by `ca` (chain and key
+    /// PEM), loaded as kuma-cp's SDS identity is.
+    fn spiffe_identity(ca: &Arc<MeshCa>, domain: &str, name: &str) -> Arc<Identity> {
+        let pem = crate::issue_leaf_pem(ca, domain, &[name.to_string()], HOUR).unwrap();
+        Identity::pre_issued(
+            ca.clone(),
+            "default",
+            &[],
+            &pem,
+            crate::Renewer::ControlPlane,
+        )
+        .unwrap()
+    }
+
+    /// Envoy's SPIFFE validator as Kuma's MeshTrust configures it: a peer is trusted when its
+    /// SPIFFE id's trust domain has a bundle and its chain ends in that bundle. A client of
+    /// the listener's trust domain is admitted; one of another known trust domain is refused
+    /// by the prefix; one claiming the listener's trust domain with a certificate of another
+    /// domain's CA is refused though its chain verifies; one of an unknown CA is refused. The
+    /// client side checks the server the same way.
+    #[tokio::test]
+    async fn spiffe_trust_admits_a_peer_only_by_its_own_trust_domains_bundle() {
+        let (ca_a, ca_b, ca_c) = (
+            Arc::new(MeshCa::generate("a").unwrap()),
+            Arc::new(MeshCa::generate("b").unwrap()),
+            Arc::new(MeshCa::generate("c").unwrap()),
+        );
+        let bundles = std::collections::BTreeMap::from([
+            ("td-a".to_string(), ca_a.cert_pem().to_string()),
+            ("td-b".to_string(), ca_b.cert_pem().to_string()),
+        ]);
+        let trust = Arc::new(SpiffeTrust::from_pems(&bundles).unwrap());
+        let server_id = spiffe_identity(&ca_a, "td-a", "backend");
+        let server = spiffe_acceptor(trust.clone(), server_id, "spiffe://td-a/").unwrap();
+        let client = |ca: &Arc<MeshCa>, domain: &str| {
+            spiffe_client(trust.clone(), spiffe_identity(ca, domain, "web"))
+                .unwrap()
+                .expecting("spiffe://td-a/backend")
+                .unwrap()
+        };
+        let (s, c) = handshake(&server, &client(&ca_a, "td-a")).await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        assert_eq!(s.peer_spiffe_ids(), ["spiffe://td-a/web"]);
+        ping(&mut s, &mut c).await;
+        for (ca, domain, why) in [
+            (&ca_b, "td-b", "another trust domain"),
+            (&ca_b, "td-a", "td-a's id from td-b's CA"),
+            (&ca_c, "td-a", "an unknown CA"),
+        ] {
+            let (s, _) = handshake(&server, &client(ca, domain)).await;
+            let err = s
+                .err()
+                .unwrap_or_else(|| panic!("{why}: admitted"))
+                .to_string();
+            assert!(err.contains("listener inbound"), "{why}: {err}");
+        }
+        let (s, _) = handshake(&server, &client(&ca_b, "td-a")).await;
+        let err = s.unwrap_err().to_string();
+        assert!(
+            err.contains("not trusted") && err.contains("spiffe://td-a/"),
+            "{err}"
+        );
+        // The server presenting td-a's id from td-b's CA is refused by the client.
+        let forged = spiffe_acceptor(
+            trust.clone(),
+            spiffe_identity(&ca_b, "td-a", "backend"),
+            "spiffe://td-a/",
+        )
+        .unwrap();
+        let (_, c) = handshake(&forged, &client(&ca_a, "td-a")).await;
+        assert!(c.is_err(), "a server of the wrong bundle accepted");
     }
 
     #[tokio::test]

@@ -94,4 +94,15 @@ pub enum TlsError {
         /// The URI SANs of the client's leaf certificate.
         presented: Vec<String>,
     },
+    /// A client refused under a SPIFFE trust (MeshIdentity): no SPIFFE id of it starts with
+    /// the listener's prefix and chains to its trust domain's bundle.
+    #[error(
+        "client certificate is not trusted: no URI SAN under {prefix} whose trust domain's bundle it chains to, it presents {presented:?}"
+    )]
+    ClientNotTrusted {
+        /// The SPIFFE id prefix the listener admits (`spiffe://<trust domain>/`).
+        prefix: String,
+        /// The URI SANs of the client's leaf certificate.
+        presented: Vec<String>,
+    },
 }

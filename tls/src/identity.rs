@@ -306,8 +306,10 @@ impl Identity {
 
     /// An identity issued ahead of time: `pem` holds the certificate chain (leaf first) and
     /// the leaf's private key. The leaf must chain to `ca`, be valid now and carry
-    /// `spiffe://<mesh>/<service>` for each of `services`. It cannot be renewed here (`ca`
-    /// has no key): [`spawn_renewal`] warns as its end nears, naming `renewer`.
+    /// `spiffe://<mesh>/<service>` for each of `services`; a MeshIdentity's leaf, whose
+    /// SPIFFE id is its own (`spiffe://<trust domain>/...`), is given no services. It cannot
+    /// be renewed here (`ca` has no key): [`spawn_renewal`] warns as its end nears, naming
+    /// `renewer`.
     pub fn pre_issued(
         ca: Arc<MeshCa>,
         mesh: &str,
@@ -315,7 +317,10 @@ impl Identity {
         pem: &str,
         renewer: Renewer,
     ) -> Result<Arc<Identity>, TlsError> {
-        let services = normalized_services(services)?;
+        let services = match services {
+            [] => Vec::new(),
+            some => normalized_services(some)?,
+        };
         let (certs, key) = load_identity_pem(pem, pem)?;
         let Some(leaf) = certs.first() else {
             return Err(TlsError::Invalid {

@@ -6,6 +6,8 @@
 //! - [`mesh_acceptor`] / [`mesh_connector`]: TLS for inbound and outbound mesh traffic (TLS
 //!   1.3, ALPN `kuma`, exact SPIFFE identity check, Kuma's SNI forms byte for byte), and
 //!   [`external_connector`] for TLS to external services.
+//! - [`SpiffeTrust`] / [`spiffe_acceptor`] / [`spiffe_client`]: the same under a MeshIdentity,
+//!   peers verified as Envoy's SPIFFE validator does (trust domain → CA bundle).
 //! - [`certified_key`] / [`gateway_acceptor`]: TLS a builtin gateway terminates.
 //! - [`TlsAcceptor`], [`TlsConnector`], [`TlsStream`], [`Negotiated`]: the handshakes and
 //!   their outcome, the only face of the TLS stack (BoringSSL) the rest of Bearing sees.
@@ -23,6 +25,7 @@ mod gateway;
 mod identity;
 mod kuma_sni;
 mod sni;
+mod spiffe;
 mod stack;
 
 pub use ca::{
@@ -30,7 +33,7 @@ pub use ca::{
 };
 pub use config::{
     cross_mesh_acceptor, cross_mesh_connector, external_connector, mesh_acceptor, mesh_client,
-    mesh_connector, MeshClient, ServerVerification, KUMA_ALPN,
+    mesh_connector, spiffe_acceptor, spiffe_client, MeshClient, ServerVerification, KUMA_ALPN,
 };
 pub use error::TlsError;
 pub use gateway::{certified_key, gateway_acceptor};
@@ -43,6 +46,7 @@ pub use kuma_sni::{
     tags_sni, KriSni, ResourceKind, ResourceSni, TagsSni,
 };
 pub use sni::{is_tls_record_start, parse_client_hello, ClientHello};
+pub use spiffe::{own_trust_domain, trust_domain, SpiffeTrust};
 pub use stack::{
     sni_problem, CertifiedKey, Negotiated, TlsAcceptor, TlsConnector, TlsStream, HANDSHAKE_TIMEOUT,
     MAX_SNI_LEN,

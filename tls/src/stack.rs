@@ -27,6 +27,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_boring::{HandshakeError, SslStreamBuilder};
 
+use crate::spiffe::SpiffeTrust;
 use crate::{Identity, TlsError};
 
 /// A TLS connection over `S`, server or client side.
@@ -275,6 +276,9 @@ pub(crate) fn check_sni(ssl: &mut SslRef, alert: &mut SslAlert) -> Result<(), Sn
 pub(crate) struct ClientMesh {
     mesh: Arc<str>,
     prefix: Arc<str>,
+    /// Under MeshIdentity (Envoy's SPIFFE validator): the id's trust domain's bundle must be
+    /// the one the chain ends in.
+    trust: Option<Arc<SpiffeTrust>>,
     /// Where a connection keeps the URI SANs of a client refused for its mesh, so that the
     /// handshake error names them (BoringSSL drops a refused client's certificate).
     refused: Index<Ssl, OnceLock<Vec<String>>>,
@@ -283,6 +287,16 @@ pub(crate) struct ClientMesh {
 impl ClientMesh {
     /// The rule for clients of `mesh`.
     pub(crate) fn new(mesh: &str) -> Result<ClientMesh, TlsError> {
+        ClientMesh::with_prefix(mesh, &format!("spiffe://{mesh}/"), None)
+    }
+
+    /// The rule for clients whose SPIFFE id starts with `prefix` (Kuma's
+    /// `spiffe://<trust domain>/`) and, with `trust`, ends in its trust domain's bundle.
+    pub(crate) fn with_prefix(
+        mesh: &str,
+        prefix: &str,
+        trust: Option<Arc<SpiffeTrust>>,
+    ) -> Result<ClientMesh, TlsError> {
         // One slot index for the whole process (BoringSSL never frees an index).
         static REFUSED: OnceLock<Index<Ssl, OnceLock<Vec<String>>>> = OnceLock::new();
         let refused = match REFUSED.get() {
@@ -294,7 +308,8 @@ impl ClientMesh {
         };
         Ok(ClientMesh {
             mesh: mesh.into(),
-            prefix: format!("spiffe://{mesh}/").into(),
+            prefix: prefix.into(),
+            trust,
             refused,
         })
     }
@@ -307,7 +322,11 @@ impl ClientMesh {
         let Some(uris) = verified_leaf_uris(chain_ok, ctx) else {
             return chain_ok;
         };
-        if uris.iter().any(|uri| uri.starts_with(&*self.prefix)) {
+        let trusted = |uri: &String| self.trust.as_ref().is_none_or(|t| t.anchors(uri, ctx));
+        if uris
+            .iter()
+            .any(|uri| uri.starts_with(&*self.prefix) && trusted(uri))
+        {
             return true;
         }
         let slot = X509StoreContext::ssl_idx()
@@ -331,13 +350,17 @@ impl ClientMesh {
     /// and the prefix they lack.
     fn refusal(&self, ssl: &SslRef) -> Option<String> {
         let presented = ssl.ex_data(self.refused)?.get()?.clone();
-        Some(
-            TlsError::ClientOfAnotherMesh {
+        let error = match self.trust {
+            None => TlsError::ClientOfAnotherMesh {
                 mesh: self.mesh.to_string(),
                 presented,
-            }
-            .to_string(),
-        )
+            },
+            Some(_) => TlsError::ClientNotTrusted {
+                prefix: self.prefix.to_string(),
+                presented,
+            },
+        };
+        Some(error.to_string())
     }
 }
 
@@ -436,8 +459,9 @@ pub(crate) enum ServerCheck {
     Name(Arc<str>),
     /// The certificate must carry this SPIFFE id: a mesh client context is shared by the
     /// connectors to every destination, so each connection checks its own (and names it in
-    /// the error when the server does not carry it).
-    Spiffe(Arc<str>),
+    /// the error when the server does not carry it). With a SPIFFE trust (MeshIdentity), the
+    /// chain must also end in the bundle of the id's trust domain.
+    Spiffe(Arc<str>, Option<Arc<SpiffeTrust>>),
 }
 
 /// The client side of TLS towards one destination: the SNI it sends (any byte string a
@@ -558,14 +582,17 @@ impl TlsConnector {
                 Ok(ip) => ssl.param_mut().set_ip(ip)?,
                 Err(_) => ssl.param_mut().set_host(name)?,
             },
-            ServerCheck::Spiffe(expected) => {
-                // After the chain check, the leaf (depth 0) must carry the expected SPIFFE id.
+            ServerCheck::Spiffe(expected, trust) => {
+                // After the chain check, the leaf (depth 0) must carry the expected SPIFFE id
+                // (and, under a SPIFFE trust, chain to its trust domain's bundle).
                 let wanted = expected.clone();
+                let trust = trust.clone();
                 ssl.set_verify_callback(SslVerifyMode::PEER, move |chain_ok, ctx| {
                     let Some(uris) = verified_leaf_uris(chain_ok, ctx) else {
                         return chain_ok;
                     };
-                    let carries = uris.iter().any(|uri| **uri == *wanted);
+                    let carries = uris.iter().any(|uri| **uri == *wanted)
+                        && trust.as_ref().is_none_or(|t| t.anchors(&wanted, ctx));
                     if !carries {
                         ctx.set_error(Err(X509VerifyError::APPLICATION_VERIFICATION));
                     }
@@ -615,7 +642,7 @@ fn failure<S>(error: &HandshakeError<S>, check: Option<&ServerCheck>) -> String 
         _ => return error.to_string(),
     };
     if verdict == X509VerifyError::APPLICATION_VERIFICATION {
-        if let Some(ServerCheck::Spiffe(expected)) = check {
+        if let Some(ServerCheck::Spiffe(expected, _)) = check {
             let presented = ssl
                 .peer_cert_chain()
                 .and_then(|chain| chain.iter().next())

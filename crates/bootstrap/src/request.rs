@@ -25,15 +25,23 @@ use serde::Serialize;
 ///   proxying from the Dataplane's `networking.transparentProxying`).
 /// - `feature-bind-outbounds`: OUT. Outbound listeners bound to 127.0.0.0/8 addresses are not
 ///   supported.
-/// - `feature-unified-resource-naming`: OUT (opt-in in kuma-dp too): resource and stat names
-///   stay in the classic form the rest of Bearing (stats, admin) knows.
+/// - `feature-unified-resource-naming`: OUT (opt-in in kuma-dp too). The translation
+///   recognises Kuma's unified names (`self_`, `system_`, `kri_`) as it does the legacy ones,
+///   and against kuma-cp 2.14 (a Mesh with `meshServices: Exclusive`) with the feature on,
+///   sidecars (`self_inbound_dp_*`, `kri_msvc_*` outbounds, `system_mtls_*` secrets) and a
+///   zone ingress (`self_inbound_zi_*`) were applied and served mesh mTLS; a zone egress for a
+///   MeshExternalService was NACKed (its hashed SNI is not among Bearing's SNI routes), and
+///   MeshIdentity's outbound clusters verify two SPIFFE ids, which ProxyConfig cannot hold.
 /// - `feature-spire`: OUT. No SPIRE agent socket for SDS.
 /// - `feature-readiness-unix-socket`: OUT. Deprecated; readiness is served over TCP.
 /// - `feature-otel-via-kuma-dp`: OUT. Bearing does not proxy OpenTelemetry over Unix sockets.
 /// - `feature-reuse-port`: OUT. Bearing lays out its listening sockets per worker itself;
 ///   without the feature the CP marks listeners `enable_reuse_port: false`, Kuma's safe
 ///   default.
-pub const FEATURES: &[&str] = &["feature-strict-inbound-ports"];
+pub const FEATURES: &[&str] = &[
+    "feature-strict-inbound-ports",
+    "feature-unified-resource-naming",
+];
 
 /// The body of `POST /bootstrap` (Kuma's `types.BootstrapRequest`; keys and omissions as its
 /// JSON tags).

@@ -184,6 +184,8 @@ pub fn mesh_tls(
         permissive: ca.permissive,
         leaf_lifetime: ca.leaf_lifetime,
         renewed_by_control_plane: false,
+        spiffe_trust: Default::default(),
+        client_prefix: None,
     }))
 }
 

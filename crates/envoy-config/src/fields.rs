@@ -353,7 +353,26 @@ const ACCEPTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
-        &["trusted_ca", "match_typed_subject_alt_names"],
+        // custom_validator_config: MeshTrust's SPIFFE validator only; see the translation.
+        &[
+            "trusted_ca",
+            "match_typed_subject_alt_names",
+            "custom_validator_config",
+        ],
+    ),
+    // A custom certificate validator (its type checked as an extension) and a gateway's
+    // compressor library.
+    (
+        "envoy.config.core.v3.TypedExtensionConfig",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig",
+        &["trust_domains"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig.TrustDomain",
+        &["name", "trust_bundle"],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
@@ -403,6 +422,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
 
 /// Extensions (`typed_config` types) whose configuration is walked; any other is NACKed.
 const EXTENSIONS: &[&str] = &[
+    "envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
     "envoy.extensions.filters.network.direct_response.v3.Config",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -483,10 +503,6 @@ const GATEWAY_ACCEPTED: &[(&str, &[&str])] = &[
     (
         "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",
         &["disable_on_etag_header"],
-    ),
-    (
-        "envoy.config.core.v3.TypedExtensionConfig",
-        &["name", "typed_config"],
     ),
 ];
 

@@ -4,6 +4,7 @@
 
 pub mod decode;
 mod fields;
+mod naming;
 mod routes;
 pub use fields::POLICY_NOT_ENFORCED;
 pub mod translate;
@@ -12,4 +13,4 @@ pub use decode::{
     decode_json_resource, decode_raw, load_golden, parse_golden, read_golden, DecodeError,
     GoldenResource, RawResource,
 };
-pub use translate::{translate, Nack, NodeInfo, ResourceSet, UNIFIED_NAMING};
+pub use translate::{translate, Nack, NodeInfo, ResourceSet};

@@ -16,6 +16,7 @@ use crate::decode::{
 use crate::fields::{
     self, Unhandled, KUMA_STREAM_IDLE_TIMEOUTS, KUMA_TCP_IDLE_TIMEOUTS, POLICY_NOT_ENFORCED,
 };
+use crate::naming::{self, Role, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, Http2Windows, HostEndpoint,
@@ -45,29 +46,24 @@ use std::time::Duration;
 /// Envoy's default connect timeout, used when a cluster sets none.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Kuma's listener on the Dataplane's address whose plain chain routes `/ready` to kuma-dp's
-/// readiness reporter (its TLS chain is kuma-cp's own access to Envoy's admin API).
-const ADMIN_LISTENER: &str = "kuma:envoy:admin";
-/// Kuma's cluster of kuma-dp's readiness reporter.
-const READINESS_CLUSTER: &str = "kuma:readiness";
 /// Kuma's Prometheus scrape listener, routed to kuma-dp's metrics hijacker.
 const PROMETHEUS_LISTENER: &str = "kuma:metrics:prometheus";
 /// The cluster of kuma-dp's metrics hijacker (a Unix socket kuma-dp serves).
 const HIJACKER_CLUSTER: &str = "kuma:metrics:hijacker";
-/// Clusters behind Kuma's plumbing listeners, which Bearing answers itself: Envoy's admin
-/// API (kuma-cp's TLS chain, not served), the readiness reporter (its address is read) and
-/// the metrics hijacker.
-const PLUMBING_CLUSTERS: [&str; 3] = ["kuma:envoy:admin", READINESS_CLUSTER, HIJACKER_CLUSTER];
-/// The transparent proxy's capture listeners and clusters (IPv4, IPv6).
-const CAPTURE_OUTBOUND: [&str; 2] = ["outbound:passthrough:ipv4", "outbound:passthrough:ipv6"];
-const CAPTURE_INBOUND: [&str; 2] = ["inbound:passthrough:ipv4", "inbound:passthrough:ipv6"];
+/// Clusters behind Kuma's plumbing listeners, which Bearing answers itself (in either of
+/// Kuma's namings): Envoy's admin API (kuma-cp's TLS chain, not served), the readiness
+/// reporter (its address is read) and the metrics hijacker.
+const PLUMBING_CLUSTERS: [&str; 5] = [
+    naming::ADMIN.legacy,
+    naming::ADMIN.unified,
+    naming::READINESS.legacy,
+    naming::READINESS.unified,
+    HIJACKER_CLUSTER,
+];
 /// Kuma's cluster for inbound traffic to a port no inbound serves when passthrough is off.
 const NO_DESTINATION_CLUSTER: &str = "self_transparentproxy_no_destination_inbound";
 /// The SDS secret naming the system's CA roots (kuma-dp's `systemCaPath`).
 const SYSTEM_TRUST_BUNDLE: &str = "system_trust_bundle";
-/// The reason resources in Kuma's unified naming (`self_...`, `system_...`, `kri_...`) are
-/// NACKed with.
-pub const UNIFIED_NAMING: &str = "Kuma's unified resource naming: kuma-cp sends it only to proxies advertising feature-unified-resource-naming, which Bearing does not";
 
 /// One resource Bearing cannot serve, and why: the detail of a NACK.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -196,6 +192,7 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         routed: BTreeMap::new(),
         direct: Vec::new(),
         meshes: BTreeSet::new(),
+        mesh_secrets: BTreeMap::new(),
         permissive: BTreeSet::new(),
         dns: Vec::new(),
         kuma_endpoints: KumaEndpoints::default(),
@@ -215,19 +212,17 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         }
     }
     let direct_sources: BTreeSet<&str> = direct.iter().map(|d| d.2.as_str()).collect();
-    if let Some(cluster) = resources.clusters.get(READINESS_CLUSTER) {
-        t.readiness_reporter(cluster);
+    if let Some((name, cluster)) = role_resource(&resources.clusters, &naming::READINESS) {
+        t.readiness_reporter(name, cluster);
     }
     for (name, cluster) in &resources.clusters {
-        if name.starts_with("_kuma:metrics:") {
+        if naming::is_meshmetric(name) {
             let reason = format!("metrics: {POLICY_NOT_ENFORCED} (a MeshMetric backend cluster)");
             t.nack(CLUSTER, name, cluster_path(name), reason);
         } else if consumed_clusters.contains(name.as_str())
             || direct_sources.contains(name.as_str())
         {
             continue;
-        } else if is_unified_name(name) {
-            t.nack(CLUSTER, name, cluster_path(name), UNIFIED_NAMING);
         } else {
             t.cluster(name, cluster);
         }
@@ -263,6 +258,17 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
     };
     config.version = config.content_version();
     Ok(config)
+}
+
+/// The SDS secrets of one mesh's mTLS, by name as the TLS contexts reference them.
+#[derive(Default)]
+struct MeshSecrets {
+    /// The proxy's identity (certificate chain and key).
+    identity: Option<String>,
+    /// The mesh CA peers chain to.
+    ca: Option<String>,
+    /// Under a SPIFFE validator, the prefix an inbound client's SPIFFE id must start with.
+    client_prefix: Option<String>,
 }
 
 /// How a listener's HTTP connection manager or TCP proxy reaches its clusters.
@@ -313,6 +319,9 @@ struct Translator<'a> {
     direct: Vec<(String, SocketAddr, String)>,
     /// Meshes whose identity a listener or cluster presents.
     meshes: BTreeSet<String>,
+    /// Per mesh, the SDS secrets its TLS contexts name: the identity presented and the CA
+    /// peers are verified against (Kuma's legacy, unified or MeshIdentity names).
+    mesh_secrets: BTreeMap<String, MeshSecrets>,
     /// Meshes with an inbound that accepts plaintext beside mTLS.
     permissive: BTreeSet<String>,
     dns: Vec<DnsRecord>,
@@ -468,17 +477,16 @@ impl Translator<'_> {
     /// The transparent proxy, from Kuma's capture listeners (with original destination).
     fn capture(&mut self) -> Option<TransparentProxy> {
         let set = self.set;
-        let port_of = |names: &[&str; 2]| {
-            names.iter().find_map(|n| {
-                set.listeners
-                    .get(*n)
-                    .and_then(|l| socket_address(l.address.as_ref()).ok())
+        let port_of = |roles: &[Role; 2]| {
+            roles.iter().find_map(|role| {
+                role_resource(&set.listeners, role)
+                    .and_then(|(_, l)| socket_address(l.address.as_ref()).ok())
                     .map(|a| a.port())
             })
         };
         let (outbound, inbound) = (port_of(&CAPTURE_OUTBOUND), port_of(&CAPTURE_INBOUND));
-        for name in CAPTURE_OUTBOUND.iter().chain(&CAPTURE_INBOUND) {
-            let Some(listener) = set.listeners.get(*name) else {
+        for role in CAPTURE_OUTBOUND.iter().chain(&CAPTURE_INBOUND) {
+            let Some((name, listener)) = role_resource(&set.listeners, role) else {
                 continue;
             };
             let path = listener_path(name);
@@ -507,9 +515,8 @@ impl Translator<'_> {
                 let name = CAPTURE_OUTBOUND
                     .iter()
                     .chain(&CAPTURE_INBOUND)
-                    .find(|n| set.listeners.contains_key(**n))
-                    .copied()
-                    .unwrap_or_default();
+                    .find_map(|role| role_resource(&set.listeners, role))
+                    .map_or("", |(name, _)| name);
                 self.nack(
                     LISTENER,
                     name,
@@ -519,10 +526,8 @@ impl Translator<'_> {
                 return None;
             }
         };
-        let passthrough_cluster = set
-            .listeners
-            .get(CAPTURE_OUTBOUND[0])
-            .and_then(|l| self.tcp_cluster_of(l));
+        let passthrough_cluster = role_resource(&set.listeners, &CAPTURE_OUTBOUND[0])
+            .and_then(|(_, l)| self.tcp_cluster_of(l));
         let outbound_passthrough = passthrough_cluster
             .and_then(|c| set.clusters.get(&c))
             .is_some_and(|c| {
@@ -533,7 +538,7 @@ impl Translator<'_> {
             inbound_port,
             ipv6: [CAPTURE_OUTBOUND[1], CAPTURE_INBOUND[1]]
                 .iter()
-                .any(|n| set.listeners.contains_key(*n)),
+                .any(|role| role_resource(&set.listeners, role).is_some()),
             outbound_passthrough,
         })
     }
@@ -560,7 +565,12 @@ impl Translator<'_> {
     fn consumed_clusters(&self, transparent: bool) -> BTreeSet<&'static str> {
         let mut consumed: BTreeSet<&str> = PLUMBING_CLUSTERS.into_iter().collect();
         if transparent {
-            consumed.extend(CAPTURE_OUTBOUND.iter().chain(&CAPTURE_INBOUND).copied());
+            consumed.extend(
+                CAPTURE_OUTBOUND
+                    .iter()
+                    .chain(&CAPTURE_INBOUND)
+                    .flat_map(Role::names),
+            );
             consumed.insert(NO_DESTINATION_CLUSTER);
         }
         consumed
@@ -568,22 +578,22 @@ impl Translator<'_> {
 
     fn listener(&mut self, name: &str, listener: &listener_pb::Listener) {
         let path = listener_path(name);
-        if CAPTURE_OUTBOUND.contains(&name) || CAPTURE_INBOUND.contains(&name) {
+        if naming::is_capture(name) {
             return;
         }
-        if name == ADMIN_LISTENER {
+        if naming::ADMIN.is(name) {
             return self.ready_listener(name, listener);
         }
         if name == PROMETHEUS_LISTENER {
             return self.prometheus_listener(name, listener);
         }
-        if name == "_kuma:dynamicconfig" {
+        if naming::DYNAMIC_CONFIG.is(name) {
             return self.dynamic_config(name, listener);
         }
-        if name == "kuma:dns" {
+        if naming::DNS_LISTENER.is(name) {
             return self.dns_filter(name, listener);
         }
-        if name.starts_with("_kuma:metrics:") {
+        if naming::is_meshmetric(name) {
             return self.nack(
                 LISTENER,
                 name,
@@ -591,8 +601,6 @@ impl Translator<'_> {
                 format!("metrics: {POLICY_NOT_ENFORCED} (a MeshMetric backend listener)"),
             );
         }
-        if is_unified_name(name) {
-            return self.nack(LISTENER, name, path, UNIFIED_NAMING);
         }
         if self.is_gateway_listener(listener) {
             return self.gateway_listener(name, listener);
@@ -638,7 +646,7 @@ impl Translator<'_> {
         let direction = match listener.traffic_direction {
             1 => Direction::Inbound,
             2 => Direction::Outbound,
-            _ if name.starts_with("inbound:") => Direction::Inbound,
+            _ if naming::is_inbound_name(name) => Direction::Inbound,
             _ => Direction::Outbound,
         };
         let bind = listener.bind_to_port.as_ref().is_none_or(|b| b.value);
@@ -1023,18 +1031,92 @@ impl Translator<'_> {
         let mesh =
             self.identity_mesh(LISTENER, name, &format!("{at}.common_tls_context"), &common)?;
         let ca = validation_sds(&common);
-        if ca.as_deref() != Some(&*format!("mesh_ca:secret:{mesh}")) {
-            self.nack(
+        let field = format!("{at}.common_tls_context.combined_validation_context");
+        let spiffe = ca.as_deref().is_some_and(|ca| self.is_spiffe_secret(ca));
+        if spiffe {
+            self.client_prefix(name, &field, &mesh, &common);
+        }
+        // A secret not there yet is awaited (`mesh_tls`), as Envoy keeps the listener warming.
+        let usable = |ca: &&str| {
+            spiffe || naming::mesh_ca_mesh(ca) == Some(&mesh) || !self.set.secrets.contains_key(*ca)
+        };
+        match ca.as_deref().filter(usable) {
+            Some(ca) => self.mesh_secret(LISTENER, name, field, &mesh, ca, false),
+            None => self.nack(
                 LISTENER,
                 name,
-                format!("{at}.common_tls_context.combined_validation_context"),
-                format!("clients must be verified against mesh_ca:secret:{mesh}"),
-            );
+                field,
+                format!("clients must be verified against the CA of mesh {mesh:?} (mesh_ca:secret:{mesh} or system_mtls_ca_{mesh}) or a MeshTrust's SPIFFE validator"),
+            ),
         }
         Some(mesh)
     }
 
-    /// The mesh of the `identity_cert:secret:<mesh>` SDS secret a TLS context presents.
+    /// Under a SPIFFE validator: the prefix a client's SPIFFE id must start with (the chain's
+    /// one `prefix` URI matcher, Kuma's `spiffe://<trust domain>/`; none: any trusted id).
+    fn client_prefix(
+        &mut self,
+        name: &str,
+        at: &str,
+        mesh: &str,
+        common: &tls_pb::CommonTlsContext,
+    ) {
+        use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern as M;
+        let prefixes: Vec<&str> = validation_matchers(common)
+            .filter_map(|m| match m.matcher.as_ref()?.match_pattern.as_ref()? {
+                M::Prefix(p) => Some(p.as_str()),
+                _ => None,
+            })
+            .collect();
+        let field = format!("{at}.default_validation_context.match_typed_subject_alt_names");
+        let prefix = match prefixes.as_slice() {
+            [] => "spiffe://".to_string(),
+            [one] if one.starts_with("spiffe://") => one.to_string(),
+            _ => {
+                let reason =
+                    "under a SPIFFE validator, clients are matched by at most one spiffe:// prefix";
+                return self.nack(LISTENER, name, field, reason);
+            }
+        };
+        let secrets = self.mesh_secrets.entry(mesh.to_string()).or_default();
+        match &secrets.client_prefix {
+            Some(known) if *known != prefix => {
+                let reason = format!("client prefix {prefix:?} where other listeners of mesh {mesh:?} take {known:?}: ProxyConfig holds one per mesh");
+                self.nack(LISTENER, name, field, reason);
+            }
+            _ => secrets.client_prefix = Some(prefix),
+        }
+    }
+
+    /// Records `secret` as the identity (`identity`) or CA secret of `mesh`; another secret
+    /// in that role for the same mesh is NACKed at `field` (ProxyConfig holds one per mesh).
+    fn mesh_secret(
+        &mut self,
+        type_url: &str,
+        name: &str,
+        field: String,
+        mesh: &str,
+        secret: &str,
+        identity: bool,
+    ) {
+        let secrets = self.mesh_secrets.entry(mesh.to_string()).or_default();
+        let slot = match identity {
+            true => &mut secrets.identity,
+            false => &mut secrets.ca,
+        };
+        match slot {
+            Some(known) if known != secret => {
+                let reason = format!("secret {secret:?} where other TLS contexts of mesh {mesh:?} name {known:?}: ProxyConfig holds one identity and one CA per mesh");
+                self.nack(type_url, name, field, reason);
+            }
+            Some(_) => {}
+            None => *slot = Some(secret.to_string()),
+        }
+    }
+
+    /// The mesh of the identity SDS secret a TLS context presents, recognised by being the
+    /// one secret it presents, in any of Kuma's names for it (`identity_cert:secret:<mesh>`,
+    /// `system_mtls_identity_<mesh>`, a MeshIdentity's `kri_mid_<mesh>_...`).
     fn identity_mesh(
         &mut self,
         type_url: &str,
@@ -1047,28 +1129,27 @@ impl Translator<'_> {
                 type_url,
                 name,
                 format!("{at}.tls_certificate_sds_secret_configs"),
-                "mesh mTLS presents exactly one identity_cert:secret:<mesh> secret",
+                "mesh mTLS presents exactly one identity secret",
             );
             return None;
         };
-        match sds.name.strip_prefix("identity_cert:secret:") {
-            Some(mesh) if self.set.secrets.contains_key(&sds.name) => Some(mesh.to_string()),
+        let field = format!("{at}.tls_certificate_sds_secret_configs[0].name");
+        match naming::identity_secret_mesh(&sds.name) {
+            Some(mesh) if self.set.secrets.contains_key(&sds.name) => {
+                self.mesh_secret(type_url, name, field, mesh, &sds.name, true);
+                Some(mesh.to_string())
+            }
             Some(_) => {
-                self.await_secret(
-                    type_url,
-                    name,
-                    format!("{at}.tls_certificate_sds_secret_configs[0].name"),
-                    &sds.name,
-                );
+                self.await_secret(type_url, name, field, &sds.name);
                 None
             }
             None => {
                 self.nack(
                     type_url,
                     name,
-                    format!("{at}.tls_certificate_sds_secret_configs[0].name"),
+                    field,
                     format!(
-                        "secret {:?} is not a Kuma mesh identity (identity_cert:secret:<mesh>)",
+                        "secret {:?} does not name its mesh as Kuma's identity secrets do (identity_cert:secret:<mesh>, system_mtls_identity_<mesh>, kri_mid_<mesh>_...)",
                         sds.name
                     ),
                 );
@@ -1450,11 +1531,7 @@ impl Translator<'_> {
             );
             return None;
         }
-        if common
-            .tls_certificate_sds_secret_configs
-            .iter()
-            .any(|s| s.name.starts_with("identity_cert:secret:"))
-        {
+        if !common.tls_certificate_sds_secret_configs.is_empty() {
             let mesh = self.identity_mesh(CLUSTER, name, &common_at, &common)?;
             self.meshes.insert(mesh.clone());
             let identity = match sans.as_slice() {
@@ -1464,17 +1541,27 @@ impl Translator<'_> {
                     return None;
                 }
             };
-            let server_ca_pem = match validation_sds(&common)
-                .as_deref()
-                .and_then(|n| n.strip_prefix("mesh_ca:secret:"))
-            {
-                Some(ca_mesh) if ca_mesh == mesh => None,
-                Some(ca_mesh) => match self.secret_ca(&format!("mesh_ca:secret:{ca_mesh}")) {
+            let ca_secret = validation_sds(&common);
+            let ca_field = format!(
+                "{common_at}.combined_validation_context.validation_context_sds_secret_config"
+            );
+            // A SPIFFE validator, or a secret not there yet (awaited in `mesh_tls`).
+            let spiffe = ca_secret.as_deref().filter(|secret| {
+                self.is_spiffe_secret(secret) || !self.set.secrets.contains_key(*secret)
+            });
+            let server_ca_pem = match ca_secret.as_deref().and_then(|n| {
+                let ca_mesh = spiffe.map(|_| mesh.as_str()).or(naming::mesh_ca_mesh(n))?;
+                Some((n, ca_mesh))
+            }) {
+                Some((secret, ca_mesh)) if ca_mesh == mesh => {
+                    self.mesh_secret(CLUSTER, name, ca_field, &mesh, secret, false);
+                    None
+                }
+                Some((secret, _)) => match self.secret_ca(secret) {
                     Some(pem) => Some(pem),
                     None => {
-                        let secret = format!("mesh_ca:secret:{ca_mesh}");
-                        let field = format!("{common_at}.combined_validation_context.validation_context_sds_secret_config");
-                        if self.set.secrets.contains_key(&secret) {
+                        let field = ca_field;
+                        if self.set.secrets.contains_key(secret) {
                             self.nack(
                                 CLUSTER,
                                 name,
@@ -1482,7 +1569,7 @@ impl Translator<'_> {
                                 format!("secret {secret} has no inline trusted CA"),
                             );
                         } else {
-                            self.await_secret(CLUSTER, name, field, &secret);
+                            self.await_secret(CLUSTER, name, field, secret);
                         }
                         return None;
                     }
@@ -1492,7 +1579,7 @@ impl Translator<'_> {
                         CLUSTER,
                         name,
                         format!("{common_at}.combined_validation_context"),
-                        "mesh mTLS upstreams verify against a mesh_ca:secret:<mesh> secret",
+                        "mesh mTLS upstreams verify against a mesh CA secret (mesh_ca:secret:<mesh> or system_mtls_ca_<mesh>)",
                     );
                     return None;
                 }
@@ -1587,13 +1674,17 @@ impl Translator<'_> {
             Err(e) => return self.nack(LISTENER, name, format!("{path}.address"), e),
         };
         let ready = plain_prefix_routes(listener)
-            .any(|(prefix, cluster)| prefix == "/ready" && cluster == READINESS_CLUSTER);
+            .any(|(prefix, cluster)| prefix == "/ready" && naming::READINESS.is(&cluster));
         if !ready {
+            let readiness = naming::READINESS;
             return self.nack(
                 LISTENER,
                 name,
                 format!("{path}.filter_chains"),
-                format!("no plaintext chain routes /ready to {READINESS_CLUSTER}, as Kuma's admin listener does"),
+                format!(
+                    "no plaintext chain routes /ready to {} ({}), as Kuma's admin listener does",
+                    readiness.legacy, readiness.unified
+                ),
             );
         }
         self.kuma_endpoints.ready = Some(address);
@@ -1601,7 +1692,7 @@ impl Translator<'_> {
 
     /// `kuma:readiness`: where kuma-dp's readiness reporter listens (loopback and
     /// `--readiness-port`, as the bootstrap request told kuma-cp).
-    fn readiness_reporter(&mut self, cluster: &cluster_pb::Cluster) {
+    fn readiness_reporter(&mut self, name: &str, cluster: &cluster_pb::Cluster) {
         let address = cluster
             .load_assignment
             .iter()
@@ -1619,18 +1710,13 @@ impl Translator<'_> {
                 }) => Ok(None),
                 address => socket_address(address.as_ref()).map(Some),
             });
-        let path = cluster_path(READINESS_CLUSTER);
+        let path = cluster_path(name);
         match address {
             Some(Ok(a)) => self.kuma_endpoints.readiness_reporter = a.filter(|a| a.port() != 0),
-            Some(Err(e)) => self.nack(
-                CLUSTER,
-                READINESS_CLUSTER,
-                format!("{path}.load_assignment"),
-                e,
-            ),
+            Some(Err(e)) => self.nack(CLUSTER, name, format!("{path}.load_assignment"), e),
             None => self.nack(
                 CLUSTER,
-                READINESS_CLUSTER,
+                name,
                 format!("{path}.load_assignment"),
                 "the readiness reporter's cluster has no endpoint",
             ),
@@ -2038,8 +2124,13 @@ impl Translator<'_> {
         services.dedup();
         let mut out = BTreeMap::new();
         for mesh in std::mem::take(&mut self.meshes) {
-            let identity_name = format!("identity_cert:secret:{mesh}");
-            let ca_name = format!("mesh_ca:secret:{mesh}");
+            let secrets = self.mesh_secrets.remove(&mesh).unwrap_or_default();
+            let identity_name = secrets
+                .identity
+                .unwrap_or_else(|| format!("identity_cert:secret:{mesh}"));
+            let ca_name = secrets
+                .ca
+                .unwrap_or_else(|| format!("mesh_ca:secret:{mesh}"));
             let absent = [&identity_name, &ca_name]
                 .into_iter()
                 .find(|n| !self.set.secrets.contains_key(*n));
@@ -2088,14 +2179,35 @@ impl Translator<'_> {
             let leaf_lifetime = bearing_tls::leaf_validity(&identity_pem)
                 .map(|(from, until)| until.duration_since(from).unwrap_or_default())
                 .unwrap_or_default();
-            let Some(ca_cert_pem) = self.secret_ca(&ca_name) else {
-                self.nack(
-                    SECRET,
-                    &ca_name,
-                    format!("secrets[{ca_name:?}].validation_context.trusted_ca"),
-                    "the mesh CA secret has no inline trusted CA",
-                );
-                continue;
+            let client_prefix = secrets.client_prefix;
+            let (ca_cert_pem, spiffe_trust) = match self.spiffe_bundles(&ca_name) {
+                Some(Ok(bundles)) => {
+                    match own_bundle(&identity_pem, &bundles) {
+                        Some(own) => (own, bundles),
+                        None => {
+                            self.nack(SECRET, &ca_name, format!("secrets[{ca_name:?}].validation_context.custom_validator_config"), format!("the identity {identity_name:?} chains to no trust domain's bundle"));
+                            continue;
+                        }
+                    }
+                }
+                Some(Err(reason)) => {
+                    let field =
+                        format!("secrets[{ca_name:?}].validation_context.custom_validator_config");
+                    self.nack(SECRET, &ca_name, field, reason);
+                    continue;
+                }
+                None => match self.secret_ca(&ca_name) {
+                    Some(pem) => (pem, BTreeMap::new()),
+                    None => {
+                        self.nack(
+                            SECRET,
+                            &ca_name,
+                            format!("secrets[{ca_name:?}].validation_context.trusted_ca"),
+                            "the mesh CA secret has no inline trusted CA",
+                        );
+                        continue;
+                    }
+                },
             };
             if let Err(e) = bearing_tls::MeshCa::from_cert_pem(&ca_cert_pem) {
                 self.nack(
@@ -2125,11 +2237,70 @@ impl Translator<'_> {
                     // renewed secret.
                     leaf_lifetime,
                     renewed_by_control_plane: true,
+                    spiffe_trust,
+                    client_prefix,
                 },
             );
         }
         out
     }
+
+    /// A validation secret's SPIFFE trust (MeshTrust's `envoy.tls.cert_validator.spiffe`):
+    /// trust domain → inline bundle; `None` when the secret has no custom validator. Another
+    /// validator, a bundle not inline or one that does not load is the reason to NACK.
+    fn spiffe_bundles(&self, secret: &str) -> Option<Result<BTreeMap<String, String>, String>> {
+        let Some(tls_pb::secret::Type::ValidationContext(v)) =
+            self.set.secrets.get(secret)?.r#type.as_ref()
+        else {
+            return None;
+        };
+        let custom = v.custom_validator_config.as_ref()?;
+        let config = custom
+            .typed_config
+            .as_ref()
+            .filter(|any| type_name(any).ends_with("SPIFFECertValidatorConfig"))
+            .and_then(typed::<tls_pb::SpiffeCertValidatorConfig>);
+        let Some(config) = config else {
+            return Some(Err(format!("certificate validator {:?}: only Envoy's SPIFFE validator (envoy.tls.cert_validator.spiffe) is implemented", custom.name)));
+        };
+        if v.trusted_ca.is_some() {
+            return Some(Err(
+                "trusted_ca beside a SPIFFE validator: the trust domains' bundles are the roots"
+                    .into(),
+            ));
+        }
+        let mut bundles = BTreeMap::new();
+        for domain in &config.trust_domains {
+            let Some(pem) = data_text(domain.trust_bundle.as_ref()) else {
+                return Some(Err(format!(
+                    "trust domain {:?}: only an inline trust bundle is implemented",
+                    domain.name
+                )));
+            };
+            bundles.insert(domain.name.clone(), pem);
+        }
+        if bundles.is_empty() {
+            return Some(Err(
+                "a SPIFFE validator without trust domains trusts no peer".into(),
+            ));
+        }
+        if let Err(e) = bearing_tls::SpiffeTrust::from_pems(&bundles) {
+            return Some(Err(format!("the SPIFFE trust does not load: {e}")));
+        }
+        Some(Ok(bundles))
+    }
+
+    /// Whether `secret` is a validation secret of MeshTrust's SPIFFE validator.
+    fn is_spiffe_secret(&self, secret: &str) -> bool {
+        self.spiffe_bundles(secret).is_some()
+    }
+}
+
+/// The bundle of the trust domain that issued this proxy's identity (`identity_pem`): the
+/// CA the runtime checks its own leaf against.
+fn own_bundle(identity_pem: &str, bundles: &BTreeMap<String, String>) -> Option<String> {
+    let domain = bearing_tls::own_trust_domain(identity_pem, bundles)?;
+    bundles.get(domain).cloned()
 }
 
 /// The prefix routes to a cluster of a listener's plaintext chains' inline HTTP routes:
@@ -2220,11 +2391,15 @@ fn direct_cluster(
     cluster
 }
 
-/// Names in Kuma's unified resource naming (`self_<...>`, `system_<...>`, `kri_<...>`).
-fn is_unified_name(name: &str) -> bool {
-    ["self_", "system_", "kri_"]
-        .iter()
-        .any(|p| name.starts_with(p))
+/// The resource playing `role`, in either of Kuma's namings (the legacy one first).
+fn role_resource<'s, R>(
+    resources: &'s BTreeMap<String, R>,
+    role: &Role,
+) -> Option<(&'s str, &'s R)> {
+    role.names()
+        .into_iter()
+        .find_map(|n| resources.get_key_value(n))
+        .map(|(name, r)| (name.as_str(), r))
 }
 
 fn cluster_type(cluster: &cluster_pb::Cluster) -> i32 {
@@ -2270,7 +2445,10 @@ fn san_kinds(common: &tls_pb::CommonTlsContext) -> Option<usize> {
         })
 }
 
-fn subject_alt_names(common: &tls_pb::CommonTlsContext) -> Vec<(i32, String)> {
+/// The subject alt name matchers of a TLS context's validation context.
+fn validation_matchers(
+    common: &tls_pb::CommonTlsContext,
+) -> impl Iterator<Item = &tls_pb::SubjectAltNameMatcher> {
     use tls_pb::common_tls_context::ValidationContextType as V;
     let validation = match &common.validation_context_type {
         Some(V::ValidationContext(v)) => Some(v),
@@ -2280,6 +2458,10 @@ fn subject_alt_names(common: &tls_pb::CommonTlsContext) -> Vec<(i32, String)> {
     validation
         .into_iter()
         .flat_map(|v| &v.match_typed_subject_alt_names)
+}
+
+fn subject_alt_names(common: &tls_pb::CommonTlsContext) -> Vec<(i32, String)> {
+    validation_matchers(common)
         .filter_map(|m| match m.matcher.as_ref()?.match_pattern.as_ref()? {
             envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(e) => {
                 Some((m.san_type, e.clone()))
@@ -3151,6 +3333,143 @@ mod tests {
         assert_eq!(config.clusters["backend"].protocol, Protocol::Tcp);
     }
 
+    /// Kuma's unified resource naming: the same resources under `self_`/`system_` names play
+    /// the roles their legacy names play (inbound, mesh identity and CA secrets), so they
+    /// translate into the same mTLS and listener, under their own names.
+    #[test]
+    fn unified_names_play_the_legacy_roles() {
+        let legacy = inbound(ALLOW_ALL);
+        let unified = legacy
+            .replace("inbound:10.0.0.1:80", "self_inbound_dp_80")
+            .replace(
+                "identity_cert:secret:default",
+                "system_mtls_identity_default",
+            )
+            .replace("mesh_ca:secret:default", "system_mtls_ca_default")
+            .replace("trafficDirection: INBOUND", "");
+        let (legacy, unified) = (
+            translate(&set(&legacy), &node()).unwrap(),
+            translate(&set(&unified), &node()).unwrap(),
+        );
+        assert_eq!(unified.mtls, legacy.mtls);
+        let [listener] = unified.listeners.as_slice() else {
+            panic!("{:?}", unified.listeners)
+        };
+        assert_eq!(listener.name, "self_inbound_dp_80");
+        assert_eq!(listener.direction, Direction::Inbound);
+        let mut renamed = listener.clone();
+        renamed.name = "inbound:10.0.0.1:80".into();
+        assert_eq!(legacy.listeners, [renamed]);
+    }
+
+    /// An identity secret is the one a TLS context presents, whatever Kuma's name for it; a
+    /// name that tells no mesh, or two names for one mesh's identity, are NACKed by field.
+    #[test]
+    fn identity_secrets_are_recognised_by_reference() {
+        let renamed = |to: &str| {
+            let text = inbound(ALLOW_ALL).replace("identity_cert:secret:default", to);
+            translate(&set(&text), &node())
+        };
+        let kri = "kri_mid_default_zone-1__identity_";
+        assert!(renamed(kri).is_ok_and(|c| c.mtls["default"].identity_pem.is_some()));
+        let nacks = renamed("my-identity").unwrap_err();
+        assert!(
+            nacks.iter().any(|n| n
+                .field
+                .ends_with("tls_certificate_sds_secret_configs[0].name")
+                && n.reason.contains("\"my-identity\" does not name its mesh")),
+            "{nacks:?}"
+        );
+        // Two identities of one mesh: the inbound presents one, the outbound cluster another.
+        let outbound = OUTBOUND
+            .trim_start_matches("resources:")
+            .replace("identity_cert:secret:default", kri);
+        let text = format!(
+            "{}{outbound}{}",
+            inbound(ALLOW_ALL),
+            secrets().replace("identity_cert:secret:default", kri)
+        );
+        let nacks = translate(&set(&text), &node()).unwrap_err();
+        assert!(
+            nacks.iter().any(|n| n.resource == "backend"
+                && n.reason
+                    .contains("other TLS contexts of mesh \"default\" name")),
+            "{nacks:?}"
+        );
+    }
+
+    /// MeshIdentity's mTLS: the inbound presents a `kri_mid_` identity and verifies clients
+    /// with MeshTrust's SPIFFE validator (`system_trust_bundle`): the trust domains' bundles
+    /// and the chain's `spiffe://<trust domain>/` prefix become the mesh's SPIFFE trust; a
+    /// bundle not inline, another validator or two prefixes are NACKed by field.
+    #[test]
+    fn spiffe_validator_gives_the_mesh_its_trust_domains() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let kri = "kri_mid_default_zone-1__identity_";
+        let bundle = |domains: &str| {
+            format!(
+                "
+- name: system_trust_bundle
+  resource:
+    '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: system_trust_bundle
+    validationContext:
+      customValidatorConfig:
+        name: envoy.tls.cert_validator.spiffe
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig
+          trustDomains: {domains}
+"
+            )
+        };
+        let with = |domains: &str, prefix: &str| {
+            let text = inbound(ALLOW_ALL)
+                .replace("identity_cert:secret:default", kri)
+                .replace(
+                    "name: mesh_ca:secret:default\n",
+                    "name: system_trust_bundle\n",
+                )
+                .replace("prefix: 'spiffe://default/'", prefix);
+            translate(&set(&format!("{text}{}", bundle(domains))), &node())
+        };
+        let ca = b64(&test_ca().0);
+        let two = format!(
+            "[{{name: default.zone-1.mesh.local, trustBundle: {{inlineBytes: {ca}}}}}, {{name: other.mesh.local, trustBundle: {{inlineBytes: {ca}}}}}]"
+        );
+        let config = with(&two, "prefix: 'spiffe://default.zone-1.mesh.local/'").unwrap();
+        let tls = &config.mtls["default"];
+        assert_eq!(
+            tls.spiffe_trust.keys().collect::<Vec<_>>(),
+            ["default.zone-1.mesh.local", "other.mesh.local"]
+        );
+        assert_eq!(tls.ca_cert_pem, test_ca().0);
+        assert_eq!(
+            tls.client_prefix.as_deref(),
+            Some("spiffe://default.zone-1.mesh.local/")
+        );
+        // Not inline: NACKed on the secret.
+        let nacks = with(
+            "[{name: td, trustBundle: {filename: /etc/ca.pem}}]",
+            "prefix: 'spiffe://td/'",
+        )
+        .unwrap_err();
+        assert!(
+            nacks.iter().any(|n| n.resource == "system_trust_bundle"
+                && (n.reason.contains("only an inline trust bundle")
+                    || n.field.contains("trust_bundle"))),
+            "{nacks:?}"
+        );
+        // A matcher other than one spiffe:// prefix.
+        let nacks = with(&two, "prefix: 'https://x/'").unwrap_err();
+        assert!(
+            nacks
+                .iter()
+                .any(|n| n.reason.contains("at most one spiffe:// prefix")),
+            "{nacks:?}"
+        );
+    }
+
     #[test]
     fn capture_listeners_give_the_transparent_proxy() {
         let capture = |name: &str, ip: &str, port: u16, cluster: &str| {
@@ -3177,34 +3496,32 @@ mod tests {
     lbPolicy: CLUSTER_PROVIDED"#
             )
         };
-        let text = format!(
-            "resources:{}{}",
-            capture(
-                "outbound:passthrough:ipv4",
-                "0.0.0.0",
-                15001,
-                "outbound:passthrough:ipv4"
-            ),
-            capture(
-                "inbound:passthrough:ipv4",
-                "0.0.0.0",
-                15006,
-                "inbound:passthrough:ipv4"
-            )
-        );
-        let config = translate(&set(&text), &node()).unwrap();
-        assert!(config.listeners.is_empty());
-        assert!(config.clusters.is_empty());
-        let tp = config.transparent_proxy.unwrap();
-        assert_eq!(
-            (
-                tp.outbound_port,
-                tp.inbound_port,
-                tp.ipv6,
-                tp.outbound_passthrough
-            ),
-            (15001, 15006, false, true)
-        );
+        // In Kuma's legacy naming and in its unified one.
+        let namings = CAPTURE_OUTBOUND[0]
+            .names()
+            .into_iter()
+            .zip(CAPTURE_INBOUND[0].names());
+        for (outbound, inbound) in namings {
+            let text = format!(
+                "resources:{}{}",
+                capture(outbound, "0.0.0.0", 15001, outbound),
+                capture(inbound, "0.0.0.0", 15006, inbound)
+            );
+            let config = translate(&set(&text), &node()).unwrap();
+            assert!(config.listeners.is_empty());
+            assert!(config.clusters.is_empty());
+            let tp = config.transparent_proxy.unwrap();
+            assert_eq!(
+                (
+                    tp.outbound_port,
+                    tp.inbound_port,
+                    tp.ipv6,
+                    tp.outbound_passthrough
+                ),
+                (15001, 15006, false, true),
+                "{outbound}"
+            );
+        }
     }
 
     #[test]

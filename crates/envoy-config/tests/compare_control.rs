@@ -1,7 +1,8 @@
 //! Where Kuma's corpus holds the complete inputs of a golden (xds-generator's direct-access
 //! and inbound-proxy cases, xds-egress), the directory store's compiler (bearing-control) and the
 //! translation of the golden must give the same `ProxyConfig` for the parts both cover:
-//! listener names, addresses, direction, protocol, socket binding, downstream mTLS, cluster
+//! listener names (a golden in Kuma's unified naming: its listeners are the store's on the
+//! same address, their clusters the store's they reach), addresses, direction, protocol, socket binding, downstream mTLS, cluster
 //! names, endpoints and upstream TLS. A golden holds one generator's output (the
 //! direct-access listeners, the inbound listeners), so what the store compiles beyond it is
 //! not a difference; what the golden holds and the store lacks is. The golden's policy filters (legacy TrafficPermission's
@@ -36,7 +37,43 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "cluster name for one SNI target",
         EGRESS_CLUSTER_NAMES,
     ),
+    (
+        "xds-generator/inbound-proxy/8-envoy-config.golden.yaml",
+        "listener self_inbound_dp_",
+        CASE_MESH_MTLS,
+    ),
+    (
+        "xds-generator/inbound-proxy/8-envoy-config.golden.yaml",
+        "cluster self_inbound_dp_443 endpoints",
+        INBOUND_SERVICE_ADDRESS,
+    ),
+    (
+        "xds-generator/inbound-proxy/8-envoy-config.golden.yaml",
+        "cluster self_inbound_dp_80 endpoints",
+        INBOUND_SERVICE_ADDRESS,
+    ),
+    (
+        "xds-generator/inbound-proxy/8-envoy-config.golden.yaml",
+        "cluster self_inbound_dp_443 connect_timeout",
+        INBOUND_CONNECT_TIMEOUT,
+    ),
+    (
+        "xds-generator/inbound-proxy/8-envoy-config.golden.yaml",
+        "cluster self_inbound_dp_80 connect_timeout",
+        INBOUND_CONNECT_TIMEOUT,
+    ),
 ];
+
+/// Kuma's generator test gives its cases a Mesh with mTLS (builtin) in code; the case's input
+/// files, which the store compiles, hold only the Dataplane.
+const CASE_MESH_MTLS: &str = "the case's mesh mTLS is in Kuma's test code, not its inputs";
+/// bearing-control sends an inbound's traffic to 127.0.0.1; kuma-cp, for an inbound with its
+/// own `address`, to that address.
+const INBOUND_SERVICE_ADDRESS: &str =
+    "bearing-control's inbound endpoint is 127.0.0.1, kuma-cp's the inbound's own address";
+/// kuma-cp's inbound clusters connect within 10 s, bearing-control's within Envoy's 5 s default.
+const INBOUND_CONNECT_TIMEOUT: &str =
+    "bearing-control's inbound connect timeout is 5 s, kuma-cp's 10 s";
 
 /// bearing-control's naming, not kuma-cp's: its metrics carry other cluster names.
 const EGRESS_CLUSTER_NAMES: &str = "bearing-control names a zone egress cluster after the SNI \
@@ -222,11 +259,26 @@ fn sni_cluster_pairs(golden: &ProxyConfig, store: &ProxyConfig) -> Vec<(String, 
 /// The differences between the parts both configs cover, one line each.
 fn differences(golden: &ProxyConfig, store: &ProxyConfig) -> Vec<String> {
     let mut out = Vec::new();
+    // Clusters of a golden in Kuma's unified naming and the store's legacy-named ones, paired
+    // through the listeners that reach them.
+    let mut renamed: Vec<(String, String)> = Vec::new();
     for l in &golden.listeners {
-        let Some(c) = store.listeners.iter().find(|c| c.name == l.name) else {
+        // The store compiles Kuma's legacy names: a listener in the unified naming
+        // (`self_inbound_...`) is the store's listener on its address.
+        let unified = l.name.starts_with("self_") || l.name.starts_with("kri_");
+        let Some(c) = store
+            .listeners
+            .iter()
+            .find(|c| c.name == l.name || (unified && c.address == l.address))
+        else {
             out.push(format!("listener {}: only in the golden", l.name));
             continue;
         };
+        let mut cluster = (l.cluster.clone(), c.cluster.clone());
+        if unified && c.name != l.name {
+            renamed.push(cluster.clone());
+            cluster.1 = cluster.0.clone();
+        }
         let pairs = [
             ("address", l.address.to_string(), c.address.to_string()),
             (
@@ -241,7 +293,7 @@ fn differences(golden: &ProxyConfig, store: &ProxyConfig) -> Vec<String> {
             ),
             ("bind", l.bind.to_string(), c.bind.to_string()),
             ("tls", format!("{:?}", l.tls), format!("{:?}", c.tls)),
-            ("cluster", l.cluster.clone(), c.cluster.clone()),
+            ("cluster", cluster.0, cluster.1),
             (
                 "sni targets",
                 format!("{:?}", targets(&l.sni_routes)),
@@ -266,6 +318,7 @@ fn differences(golden: &ProxyConfig, store: &ProxyConfig) -> Vec<String> {
     for (name, g) in &golden.clusters {
         let store_name = pairs
             .iter()
+            .chain(&renamed)
             .find(|(g, _)| g == name)
             .map_or(name, |(_, s)| s);
         let Some(s) = store.clusters.get(store_name) else {

@@ -12,15 +12,13 @@ use std::path::Path;
 
 /// Goldens without a policy that Bearing cannot translate yet, and why.
 const NOT_YET: &[(&str, &str)] = &[
-    ("xds-generator/zone-proxy-listener/egress-meshexternalservice-tcp.envoy.golden.yaml", "a zone egress identity secret of another name than identity_cert:secret:<mesh>"),
-    ("xds-generator/zone-proxy-listener/egress-meshexternalservice.envoy.golden.yaml", "a zone egress identity secret of another name than identity_cert:secret:<mesh>"),
+    ("xds-generator/zone-proxy-listener/egress-meshexternalservice-tcp.envoy.golden.yaml", "a zone egress MeshIdentity: an identity secret whose name tells no mesh (my-identity-secret)"),
+    ("xds-generator/zone-proxy-listener/egress-meshexternalservice.envoy.golden.yaml", "a zone egress MeshIdentity: an identity secret whose name tells no mesh (my-identity-secret)"),
 ];
 
 /// Classes of NACK (a part of the reason) that a golden without a policy may get, and why.
 /// Each must still occur in the corpus.
 const NOT_YET_REASONS: &[(&str, &str)] = &[
-    ("unified resource naming", "resources named self_*/system_* come only to proxies advertising the feature"),
-    ("custom_validator_config", "MeshIdentity's SPIFFE certificate validator is not implemented"),
     ("HTTP routing behind an SNI chain", "a zone egress routing HTTP of external services: ProxyConfig's SNI routes forward bytes"),
     ("auto_host_rewrite", "ExternalService HTTP outbounds rewrite Host: ProxyConfig has no host rewrite"),
     ("transport_socket_matches", "per-endpoint TLS (ExternalService endpoints mixing TLS and plaintext) is not in ProxyConfig"),

@@ -183,6 +183,17 @@ pub struct MeshTls {
     /// warnings name kuma-cp rather than `bearing ca issue`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub renewed_by_control_plane: bool,
+    /// A MeshIdentity's trust (Kuma's MeshTrust, Envoy's SPIFFE certificate validator):
+    /// trust domain → CA bundle (PEM). When set, a peer is trusted when its SPIFFE id's trust
+    /// domain has a bundle its chain ends in (not by `ca_cert_pem`, which is then the bundle
+    /// of this proxy's own trust domain), and this proxy's leaf carries its own SPIFFE id
+    /// (not `spiffe://<mesh>/<service>`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub spiffe_trust: BTreeMap<String, String>,
+    /// The prefix an inbound client's SPIFFE id must start with (Kuma's
+    /// `spiffe://<trust domain>/`); `None`: `spiffe://<mesh>/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_prefix: Option<String>,
 }
 
 /// TLS a listener terminates: mesh mTLS with this proxy's identity in `mesh`.

@@ -159,8 +159,10 @@ pub fn short(file: &Path) -> String {
         .to_string()
 }
 
-/// Kuma's mesh secrets (`identity_cert:secret:<mesh>`, `mesh_ca:secret:<mesh>`) a golden's
-/// resources name, as test values, for those the golden does not hold.
+/// Kuma's mesh secrets a golden's resources name (identities: `identity_cert:secret:<mesh>`,
+/// `system_mtls_identity_<mesh>`, MeshIdentity's `kri_mid_...`; CAs: `mesh_ca:secret:<mesh>`,
+/// `system_mtls_ca_<mesh>`), as test values, for those the golden does not hold (the e2e
+/// goldens leave the proxy's identity out).
 fn add_missing_secrets(raws: &mut Vec<RawResource>) {
     let mut named = BTreeSet::new();
     for raw in raws.iter() {
@@ -172,7 +174,7 @@ fn add_missing_secrets(raws: &mut Vec<RawResource>) {
     use base64::Engine;
     let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
     for name in named {
-        let json = if name.starts_with("identity_cert:secret:") {
+        let json = if is_identity_secret(&name) {
             serde_json::json!({"name": name, "tlsCertificate": {
                 "certificateChain": {"inlineBytes": b64(test_cert_pem())},
                 "privateKey": {"inlineBytes": b64(test_key_pem())}}})
@@ -231,15 +233,25 @@ fn collect_cluster_names(value: &Value, out: &mut BTreeSet<String>) {
 
 fn collect_secret_names(value: &Value, out: &mut BTreeSet<String>) {
     match value {
-        Value::String(s)
-            if s.starts_with("identity_cert:secret:") || s.starts_with("mesh_ca:secret:") =>
-        {
+        Value::String(s) if is_identity_secret(s) || is_ca_secret(s) => {
             out.insert(s.clone());
         }
         Value::Array(items) => items.iter().for_each(|v| collect_secret_names(v, out)),
         Value::Object(map) => map.values().for_each(|v| collect_secret_names(v, out)),
         _ => {}
     }
+}
+
+fn is_identity_secret(name: &str) -> bool {
+    ["identity_cert:secret:", "system_mtls_identity_", "kri_mid_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+fn is_ca_secret(name: &str) -> bool {
+    ["mesh_ca:secret:", "system_mtls_ca_"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// Replaces the stand-ins a Secret's inline PEMs hold (the e2e goldens' `CERT`, `KEY`, `CA`,
