@@ -381,13 +381,14 @@ impl PartialEq for UpstreamSecurity {
     }
 }
 
-/// The endpoint pools of the config being replaced, by cluster, protocol and endpoint, with
-/// the security their connections were made with. The new config takes over a pool only
-/// where all four are unchanged; [`PreviousPools::retire_rest`] retires the others.
+/// What a pool's connections were made under: cluster, protocol, HTTP/2 windows, endpoint.
+type PoolKey = (String, Protocol, Http2Windows, SocketAddr);
+
+/// The endpoint pools of the config being replaced, by cluster, protocol, HTTP/2 windows and
+/// endpoint, with the security their connections were made with. The new config takes over a
+/// pool only where all are unchanged; [`PreviousPools::retire_rest`] retires the others.
 #[derive(Default)]
-pub struct PreviousPools(
-    HashMap<(String, Protocol, Http2Windows, SocketAddr), (Arc<EndpointPool>, UpstreamSecurity)>,
-);
+pub struct PreviousPools(HashMap<PoolKey, (Arc<EndpointPool>, UpstreamSecurity)>);
 
 impl PreviousPools {
     /// The pools of `clusters` (a cluster listed twice counts once).

@@ -19,10 +19,10 @@ use crate::fields::{
 use crate::naming::{self, Role, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
-    CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, Http2Windows, HostEndpoint,
-    KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig,
-    ProxyIdentity, RouteTable, SniRoute, SniTarget, SourcePrefix, TransparentProxy, UpstreamTls,
-    Verification, WeightedCluster,
+    CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, HostEndpoint,
+    Http2Windows, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
+    ProxyConfig, ProxyIdentity, RouteTable, SniRoute, SniTarget, SourcePrefix, TransparentProxy,
+    UpstreamTls, Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -600,7 +600,6 @@ impl Translator<'_> {
                 path,
                 format!("metrics: {POLICY_NOT_ENFORCED} (a MeshMetric backend listener)"),
             );
-        }
         }
         if self.is_gateway_listener(listener) {
             return self.gateway_listener(name, listener);
