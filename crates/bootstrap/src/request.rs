@@ -38,10 +38,7 @@ use serde::Serialize;
 /// - `feature-reuse-port`: OUT. Bearing lays out its listening sockets per worker itself;
 ///   without the feature the CP marks listeners `enable_reuse_port: false`, Kuma's safe
 ///   default.
-pub const FEATURES: &[&str] = &[
-    "feature-strict-inbound-ports",
-    "feature-unified-resource-naming",
-];
+pub const FEATURES: &[&str] = &["feature-strict-inbound-ports"];
 
 /// The body of `POST /bootstrap` (Kuma's `types.BootstrapRequest`; keys and omissions as its
 /// JSON tags).
