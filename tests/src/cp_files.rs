@@ -238,6 +238,32 @@ impl CpPki {
         let process = start_test_cp(bin, cp, port, &self.tls, resources, log)?;
         Ok((process, CpAccess::new(cp, port, self)))
     }
+
+    /// Serves `resources` (written to `web.json`) from `bearing-test-cp` (`bin`) on `cp`:5678
+    /// and starts the sidecar `web` in `host` (one inbound, 18080, `kuma.io/service: web`)
+    /// fed only by it; returns both once the sidecar is ready and the CP has logged `acked`
+    /// (e.g. `ACK type=Listener`).
+    pub fn web_sidecar<'h>(
+        &self,
+        bin: &str,
+        cp: &Host,
+        host: &'h Host,
+        resources: &Value,
+        acked: &str,
+    ) -> Result<(Process, Bearing<'h>)> {
+        let file = self.dir.join("web.json");
+        std::fs::write(&file, serde_json::to_vec_pretty(resources)?)?;
+        let (process, access) = self.start_cp(bin, cp, 5678, &file, "cp")?;
+        let dataplane = crate::dataplane_yaml(
+            "web",
+            host,
+            "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
+        );
+        let sidecar = access.bearing(host, "web", "dataplane", &dataplane)?;
+        sidecar.wait_ready()?;
+        process.wait_for_log(acked, Duration::from_secs(30))?;
+        Ok((process, sidecar))
+    }
 }
 
 /// How a proxy reaches its test CP: the CP's URL and the CA its certificate is checked with.

@@ -103,18 +103,8 @@ fn a_dns_cluster_follows_its_hostname() -> Result<()> {
                   "nowhere": dns_cluster("nowhere", "nowhere.test")},
         LISTENER: {http_name: http, nowhere_name: nowhere},
     }});
-    let file = pki.dir.join("web.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(&resources)?)?;
-    let (cp_process, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
-    let dataplane = dataplane_yaml(
-        "web",
-        web,
-        "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
-    );
-    let sidecar = access.bearing(web, "web", "dataplane", &dataplane)?;
-    sidecar.wait_ready()?;
-    cp_process.wait_for_log("ACK type=Cluster", Duration::from_secs(30))?;
+    let bin = env!("CARGO_BIN_EXE_bearing-test-cp");
+    let (_cp, sidecar) = pki.web_sidecar(bin, cp, web, &resources, "ACK type=Cluster")?;
 
     let url = format!("http://127.0.0.1:{HTTP_PORT}/");
     let get = || curl(web, [url.as_str()]);

@@ -114,21 +114,13 @@ fn a_sidecar_routes_by_the_route_table_the_cp_sends() -> Result<()> {
     let (body_one, body_two) = (origin_one.body(), origin_two.body());
     let _origin_slow = start_slow_server(slow, ORIGIN_PORT, Duration::from_secs(6))?;
 
-    let file = pki.dir.join("web.json");
-    std::fs::write(
-        &file,
-        serde_json::to_vec_pretty(&resources(one, two, slow))?,
-    )?;
-    let (cp_process, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
-    let dataplane = dataplane_yaml(
-        "web",
+    let (_cp, sidecar) = pki.web_sidecar(
+        env!("CARGO_BIN_EXE_bearing-test-cp"),
+        cp,
         web,
-        "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
-    );
-    let sidecar = access.bearing(web, "web", "dataplane", &dataplane)?;
-    sidecar.wait_ready()?;
-    cp_process.wait_for_log("ACK type=Listener", Duration::from_secs(30))?;
+        &resources(one, two, slow),
+        "ACK type=Listener",
+    )?;
     let dump = sidecar.config_dump()?;
     let http_listener = dump["config"]["listeners"]
         .as_array()
@@ -265,18 +257,8 @@ fn listeners_that_answer_themselves_probe_close_and_respond() -> Result<()> {
         LISTENER: {"probe:listener": probe, "outbound:127.0.0.1:10003": closed,
                    format!("inbound:{ip}:10004"): answering},
     }});
-    let file = pki.dir.join("web.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(&resources)?)?;
-    let (cp_process, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
-    let dataplane = dataplane_yaml(
-        "web",
-        web,
-        "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
-    );
-    let sidecar = access.bearing(web, "web", "dataplane", &dataplane)?;
-    sidecar.wait_ready()?;
-    cp_process.wait_for_log("ACK type=Listener", Duration::from_secs(30))?;
+    let bin = env!("CARGO_BIN_EXE_bearing-test-cp");
+    let (_cp, _sidecar) = pki.web_sidecar(bin, cp, web, &resources, "ACK type=Listener")?;
 
     // The probe reaches the application under the path the route rewrites to.
     let (code, body) = get(
