@@ -523,18 +523,8 @@ impl Translator<'_> {
     ) -> Option<GatewayCertificate> {
         let (ctx, at) = self.downstream_context(name, at, socket)?;
         let before = self.nacks.len();
-        if ctx
-            .require_client_certificate
-            .as_ref()
-            .is_some_and(|b| b.value)
-        {
-            self.nack(
-                LISTENER,
-                name,
-                format!("{at}.require_client_certificate"),
-                "client certificates are required only on a cross-mesh chain (ALPN kuma)",
-            );
-        }
+        let reason = "client certificates are required only on a cross-mesh chain (ALPN kuma)";
+        self.client_certificate(name, &at, &ctx, false, reason);
         let common = ctx.common_tls_context.unwrap_or_default();
         let cat = format!("{at}.common_tls_context");
         if common.validation_context_type.is_some() {
@@ -650,20 +640,8 @@ impl Translator<'_> {
     ) -> Option<CrossMesh> {
         let (ctx, at) = self.downstream_context(name, at, socket)?;
         let before = self.nacks.len();
-        if !ctx
-            .require_client_certificate
-            .as_ref()
-            .is_some_and(|b| b.value)
-        {
-            let reason =
-                "a cross-mesh chain requires a client certificate (the caller's mesh mTLS)";
-            self.nack(
-                LISTENER,
-                name,
-                format!("{at}.require_client_certificate"),
-                reason,
-            );
-        }
+        let reason = "a cross-mesh chain requires a client certificate (the caller's mesh mTLS)";
+        self.client_certificate(name, &at, &ctx, true, reason);
         let common = ctx.common_tls_context.unwrap_or_default();
         let cat = format!("{at}.common_tls_context");
         self.gateway_tls_versions(name, &cat, &common);

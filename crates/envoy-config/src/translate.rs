@@ -1001,6 +1001,26 @@ impl Translator<'_> {
         self.tls_context(LISTENER, name, at, socket, "DownstreamTlsContext")
     }
 
+    /// NACKs a chain's `require_client_certificate` (at `at`, the context's path) unless it is
+    /// `required`, with `reason`.
+    fn client_certificate(
+        &mut self,
+        name: &str,
+        at: &str,
+        ctx: &tls_pb::DownstreamTlsContext,
+        required: bool,
+        reason: &str,
+    ) {
+        let requires = ctx
+            .require_client_certificate
+            .as_ref()
+            .is_some_and(|b| b.value);
+        if requires != required {
+            let field = format!("{at}.require_client_certificate");
+            self.nack(LISTENER, name, field, reason);
+        }
+    }
+
     /// Downstream mesh mTLS: the mesh whose identity the chain presents.
     fn downstream_tls(
         &mut self,
@@ -1009,18 +1029,9 @@ impl Translator<'_> {
         socket: &core_pb::TransportSocket,
     ) -> Option<String> {
         let (ctx, at) = self.downstream_context(name, at, socket)?;
-        if !ctx
-            .require_client_certificate
-            .as_ref()
-            .is_some_and(|b| b.value)
-        {
-            self.nack(
-                LISTENER,
-                name,
-                format!("{at}.require_client_certificate"),
-                "only mesh mTLS (client certificate required) is terminated on sidecar listeners",
-            );
-        }
+        let reason =
+            "only mesh mTLS (client certificate required) is terminated on sidecar listeners";
+        self.client_certificate(name, &at, &ctx, true, reason);
         let common = ctx.common_tls_context.unwrap_or_default();
         if let Some(i) = san_kinds(&common) {
             let field = format!("{at}.common_tls_context.validation_context.match_typed_subject_alt_names[{i}].matcher");
