@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use crate::envoy::{envoy_bin, socket_address, ENVOY_READY_TIMEOUT};
+use crate::envoy::{envoy_bin, socket_address, KumaGolden, ENVOY_READY_TIMEOUT};
 use crate::http::{admin_request, curl_output};
 use crate::peers::extra_log;
 use crate::{wait_until_ok, Bearing, CertFiles, Host, Process, TestCa, KUMA_DP_UID};
@@ -115,6 +115,23 @@ impl XdsFile {
         ))
     }
 
+    /// Adds a golden's inbound listener `inbound:IP_REDACTED:<listener_port>` bound on `at`,
+    /// and its application cluster `localhost:<app_port>` on 127.0.0.1:`app_port`; returns
+    /// the listener's new name (`inbound:<at>`).
+    pub fn golden_inbound(
+        &mut self,
+        golden: &KumaGolden,
+        listener_port: u16,
+        app_port: u16,
+        at: SocketAddr,
+    ) -> Result<String> {
+        let listener = golden.listener(&format!("inbound:IP_REDACTED:{listener_port}"))?;
+        let app = golden.cluster(&format!("localhost:{app_port}"))?;
+        self.listener(bound_listener(listener, at))?
+            .cluster(local_app_cluster(app, app_port))?;
+        Ok(format!("inbound:{at}"))
+    }
+
     /// The resource of `type_url` named `name`, to edit before writing.
     pub fn get_mut(&mut self, type_url: &str, name: &str) -> Result<&mut Value> {
         self.by_type
@@ -165,6 +182,30 @@ pub fn bound_listener(mut listener: Value, addr: SocketAddr) -> Value {
         obj.remove("bindToPort");
     }
     listener
+}
+
+/// The inbound port of the envoyconfig-e2e goldens' sidecars, as their Dataplanes give it.
+pub const GOLDEN_INBOUND_PORT: u16 = 18080;
+
+/// The Dataplane `name` of the envoyconfig-e2e goldens' mesh (`envoyconfig`) at `host`'s
+/// address, with one inbound on [`GOLDEN_INBOUND_PORT`] tagged `kuma.io/service: <name>`.
+pub fn golden_dataplane(host: &Host, name: &str) -> String {
+    format!(
+        "type: Dataplane\nmesh: envoyconfig\nname: {name}\nnetworking:\n  address: {}\n  inbound:\n  - port: {GOLDEN_INBOUND_PORT}\n    tags:\n      kuma.io/service: {name}\n",
+        host.ip4()
+    )
+}
+
+/// The two sidecars of the envoyconfig-e2e goldens, each fed by its own test CP.
+pub struct GoldenPair<'h> {
+    /// The CP of `demo-client` (port 5678, log `cp-web`).
+    pub client_cp: Process,
+    /// The CP of `test-server` (port 5679, log `cp-backend`).
+    pub server_cp: Process,
+    /// `demo-client`'s proxy.
+    pub client: Bearing<'h>,
+    /// `test-server`'s proxy.
+    pub server: Bearing<'h>,
 }
 
 /// A golden's local application cluster (`localhost:<port>`, STATIC) pointing at
@@ -237,6 +278,34 @@ impl CpPki {
     ) -> Result<(Process, CpAccess)> {
         let process = start_test_cp(bin, cp, port, &self.tls, resources, log)?;
         Ok((process, CpAccess::new(cp, port, self)))
+    }
+
+    /// Serves `client_file` from a test CP (`bin`) on `cp`:5678 and `server_file` from another
+    /// on `cp`:5679, and starts `test-server` in `server_host` and `demo-client` in
+    /// `client_host`, each fed by its own CP ([`golden_dataplane`]); returns once both are
+    /// ready.
+    pub fn golden_pair<'h>(
+        &self,
+        bin: &str,
+        cp: &Host,
+        (client_host, client_file): (&'h Host, &Path),
+        (server_host, server_file): (&'h Host, &Path),
+    ) -> Result<GoldenPair<'h>> {
+        let (client_cp, client_access) = self.start_cp(bin, cp, 5678, client_file, "cp-web")?;
+        let (server_cp, server_access) = self.start_cp(bin, cp, 5679, server_file, "cp-backend")?;
+        let proxy = |access: &CpAccess, host: &'h Host, name: &str| {
+            access.bearing(host, name, "dataplane", &golden_dataplane(host, name))
+        };
+        let server = proxy(&server_access, server_host, "test-server")?;
+        let client = proxy(&client_access, client_host, "demo-client")?;
+        server.wait_ready()?;
+        client.wait_ready()?;
+        Ok(GoldenPair {
+            client_cp,
+            server_cp,
+            client,
+            server,
+        })
     }
 
     /// Serves `resources` (written to `web.json`) from `bearing-test-cp` (`bin`) on `cp`:5678

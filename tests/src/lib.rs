@@ -55,8 +55,9 @@ pub use bearing::{
 };
 pub use capture::{Capture, Pcap};
 pub use cp_files::{
-    bound_listener, local_app_cluster, start_test_cp, CpAccess, CpEnvoy, CpPki, XdsFile, CLUSTER,
-    ENDPOINTS, LISTENER, ROUTES, RUNTIME, SECRET,
+    bound_listener, golden_dataplane, local_app_cluster, start_test_cp, CpAccess, CpEnvoy, CpPki,
+    GoldenPair, XdsFile, CLUSTER, ENDPOINTS, GOLDEN_INBOUND_PORT, LISTENER, ROUTES, RUNTIME,
+    SECRET,
 };
 pub use envoy::{
     envoy_bin, kuma_corpus_dir, remove_fields, replace_in_strings, set_field, Envoy, EnvoyConfig,

@@ -22,8 +22,6 @@ const MESH: &str = "envoyconfig";
 const SERVER_CLUSTER: &str = "envoyconfig_test-server__kuma-3_msvc_80";
 /// The MeshService cluster of demo-client's port 3000 (TCP) in the client's golden.
 const TCP_CLUSTER: &str = "envoyconfig_demo-client__kuma-3_msvc_3000";
-/// The server sidecar's inbound port (the golden's is 80, with no real address).
-const INBOUND_PORT: u16 = 18080;
 /// The application behind test-server's inbound.
 const APP_PORT: u16 = 8080;
 /// The test CP binary.
@@ -45,22 +43,6 @@ fn outbound(client: &KumaGolden, golden_port: u16, port: u16) -> Result<serde_js
     ))
 }
 
-/// Adds a golden's inbound listener `inbound:IP_REDACTED:<listener_port>` bound on `at`, and
-/// its application cluster `localhost:<app_port>` on 127.0.0.1:`app_port`.
-fn add_inbound(
-    xds: &mut XdsFile,
-    golden: &KumaGolden,
-    listener_port: u16,
-    app_port: u16,
-    at: SocketAddr,
-) -> Result<()> {
-    let listener = golden.listener(&format!("inbound:IP_REDACTED:{listener_port}"))?;
-    let app = golden.cluster(&format!("localhost:{app_port}"))?;
-    xds.listener(bound_listener(listener, at))?
-        .cluster(local_app_cluster(app, app_port))?;
-    Ok(())
-}
-
 /// demo-client's resources: its own inbound (which gives its mesh identity its service),
 /// test-server's cluster (mTLS, HTTP/2, hashed SNI) with its endpoint at `server`, and one
 /// outbound listener to it per port of `outbounds`.
@@ -73,7 +55,7 @@ fn client_resources(
 ) -> Result<XdsFile> {
     let client = golden("demo-client")?;
     let mut xds = XdsFile::new();
-    add_inbound(&mut xds, &client, 3000, 3000, web.sock4(INBOUND_PORT))?;
+    xds.golden_inbound(&client, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
     xds.cluster(client.cluster(SERVER_CLUSTER)?)?
         .endpoints(client.endpoints(SERVER_CLUSTER)?, &[server])?
         .mesh_identity(MESH, leaf, ca)?;
@@ -87,23 +69,14 @@ fn client_resources(
 /// `server`'s address and the local application cluster.
 fn server_resources(server: &Host, leaf: &CertFiles, ca: &TestCa) -> Result<XdsFile> {
     let mut xds = XdsFile::new();
-    add_inbound(
-        &mut xds,
+    xds.golden_inbound(
         &golden("test-server")?,
         80,
         APP_PORT,
-        server.sock4(INBOUND_PORT),
+        server.sock4(GOLDEN_INBOUND_PORT),
     )?;
     xds.mesh_identity(MESH, leaf, ca)?;
     Ok(xds)
-}
-
-/// A Dataplane `name` of the goldens' mesh at `host`'s address with one inbound.
-fn dataplane(host: &Host, name: &str) -> String {
-    format!(
-        "type: Dataplane\nmesh: {MESH}\nname: {name}\nnetworking:\n  address: {}\n  inbound:\n  - port: {INBOUND_PORT}\n    tags:\n      kuma.io/service: {name}\n",
-        host.ip4()
-    )
 }
 
 /// `GET http://127.0.0.1:<port>/` from `host`: the status (0 when curl failed).
@@ -134,26 +107,15 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
     let nginx = start_nginx(backend, APP_PORT)?;
     let web_file = dir.join("web.json");
     let backend_file = dir.join("backend.json");
-    let to_server = backend.sock4(INBOUND_PORT);
+    let to_server = backend.sock4(GOLDEN_INBOUND_PORT);
     client_resources(web, to_server, &client_leaf, &mesh_ca, &[10001])?.write(&web_file)?;
     server_resources(backend, &server_leaf, &mesh_ca)?.write(&backend_file)?;
-    let (cp_web, web_access) = pki.start_cp(TEST_CP, cp, 5678, &web_file, "cp-web")?;
-    let (cp_backend, backend_access) =
-        pki.start_cp(TEST_CP, cp, 5679, &backend_file, "cp-backend")?;
-    let server = backend_access.bearing(
-        backend,
-        "test-server",
-        "dataplane",
-        &dataplane(backend, "test-server"),
-    )?;
-    let client = web_access.bearing(
-        web,
-        "demo-client",
-        "dataplane",
-        &dataplane(web, "demo-client"),
-    )?;
-    server.wait_ready()?;
-    client.wait_ready()?;
+    let GoldenPair {
+        client_cp: cp_web,
+        server_cp: cp_backend,
+        client,
+        server: _server,
+    } = pki.golden_pair(TEST_CP, cp, (web, &web_file), (backend, &backend_file))?;
 
     // Across the mesh: demo-client's outbound → mTLS (HTTP/2) → test-server's inbound → nginx.
     let (code, body) = curl(web, ["http://127.0.0.1:10001/"])?;
@@ -352,10 +314,10 @@ fn sidecar_to_sidecar_through_a_zone_ingress_all_from_the_test_cp() -> Result<()
         .listener(outbound(&client, 3000, 10003)?)?;
     // B: test-server's HTTP inbound and demo-client's TCP inbound, one mesh identity.
     let mut b_xds = server_resources(b, &b_leaf, &mesh_ca)?;
-    add_inbound(&mut b_xds, &client, 3000, 3000, b.sock4(TCP_INBOUND_PORT))?;
+    b_xds.golden_inbound(&client, 3000, 3000, b.sock4(TCP_INBOUND_PORT))?;
     let ingress_xds = ingress_resources(
         ingress_addr,
-        b.sock4(INBOUND_PORT),
+        b.sock4(GOLDEN_INBOUND_PORT),
         b.sock4(TCP_INBOUND_PORT),
     )?;
     let (mut cps, mut access) = (Vec::new(), Vec::new());
@@ -375,10 +337,18 @@ fn sidecar_to_sidecar_through_a_zone_ingress_all_from_the_test_cp() -> Result<()
         ib.ip4()
     );
     let ingress = access[2].bearing(ib, "zi-b", "ingress", &zone_ingress)?;
-    let sidecar_b =
-        access[1].bearing(b, "test-server", "dataplane", &dataplane(b, "test-server"))?;
-    let sidecar_a =
-        access[0].bearing(a, "demo-client", "dataplane", &dataplane(a, "demo-client"))?;
+    let sidecar_b = access[1].bearing(
+        b,
+        "test-server",
+        "dataplane",
+        &golden_dataplane(b, "test-server"),
+    )?;
+    let sidecar_a = access[0].bearing(
+        a,
+        "demo-client",
+        "dataplane",
+        &golden_dataplane(a, "demo-client"),
+    )?;
     for proxy in [&ingress, &sidecar_b, &sidecar_a] {
         proxy.wait_ready()?;
     }
@@ -567,7 +537,7 @@ impl Plumbing {
         let (test_cp, access) = self.pki.start_cp(TEST_CP, cp, 5678, &self.file, "cp")?;
         let resource = format!(
             "{}  admin:\n    port: {PLUMBING_ADMIN_PORT}\n{extra}",
-            dataplane(backend, "test-server")
+            golden_dataplane(backend, "test-server")
         );
         let source = access.source_args("test-server", "dataplane", &resource)?;
         let source: Vec<&OsStr> = source.iter().map(OsString::as_os_str).collect();

@@ -22,8 +22,6 @@ const TRUST_DOMAIN: &str = "envoyconfig.kuma-3.mesh.local";
 const OTHER_DOMAIN: &str = "other.kuma-3.mesh.local";
 /// The MeshService cluster of test-server (HTTP) in the client's golden.
 const SERVER_CLUSTER: &str = "envoyconfig_test-server__kuma-3_msvc_80";
-/// The server sidecar's inbound port.
-const INBOUND_PORT: u16 = 18080;
 /// The application behind test-server's inbound.
 const APP_PORT: u16 = 8080;
 /// The test CP binary.
@@ -46,7 +44,7 @@ fn mesh_identity_style(
             &format!("spiffe://{MESH}/"),
             &format!("spiffe://{TRUST_DOMAIN}/"),
         )
-        .replace(inbound, &format!("self_inbound_dp_{INBOUND_PORT}"));
+        .replace(inbound, &format!("self_inbound_dp_{GOLDEN_INBOUND_PORT}"));
     let mut doc: serde_json::Value = serde_json::from_str(&text)?;
     let b64 = |pem: String| base64::engine::general_purpose::STANDARD.encode(pem);
     let mut domains = Vec::new();
@@ -64,31 +62,6 @@ fn mesh_identity_style(
         "privateKey": {"inlineBytes": b64(leaf.key_pem()?)},
     }});
     Ok(doc)
-}
-
-/// A golden's inbound `inbound:IP_REDACTED:<listener_port>` bound on `at`, with its
-/// application cluster on 127.0.0.1:`app_port`.
-fn add_inbound(
-    xds: &mut XdsFile,
-    golden: &KumaGolden,
-    listener_port: u16,
-    app_port: u16,
-    at: SocketAddr,
-) -> Result<String> {
-    let name = format!("inbound:IP_REDACTED:{listener_port}");
-    let listener = golden.listener(&name)?;
-    let app = golden.cluster(&format!("localhost:{app_port}"))?;
-    xds.listener(bound_listener(listener, at))?
-        .cluster(local_app_cluster(app, app_port))?;
-    Ok(format!("inbound:{}", at))
-}
-
-/// A Dataplane `name` of the goldens' mesh at `host`'s address with one inbound.
-fn dataplane(host: &Host, name: &str) -> String {
-    format!(
-        "type: Dataplane\nmesh: {MESH}\nname: {name}\nnetworking:\n  address: {}\n  inbound:\n  - port: {INBOUND_PORT}\n    tags:\n      kuma.io/service: {name}\n",
-        host.ip4()
-    )
 }
 
 /// A request from `host` straight to the server sidecar's inbound at `at`, over TLS with the
@@ -129,12 +102,12 @@ fn mesh_identity_spiffe_trust_admits_only_its_trust_domains_peers() -> Result<()
     let bundles = [(TRUST_DOMAIN, &mesh_ca), (OTHER_DOMAIN, &other_ca)];
 
     let nginx = start_nginx(backend, APP_PORT)?;
-    let to_server = backend.sock4(INBOUND_PORT);
+    let to_server = backend.sock4(GOLDEN_INBOUND_PORT);
     let client = KumaGolden::load(&format!("{GOLDENS}/no-policies.demo-client.golden.json"))?;
     let server = KumaGolden::load(&format!("{GOLDENS}/no-policies.test-server.golden.json"))?;
 
     let mut xds = XdsFile::new();
-    let web_inbound = add_inbound(&mut xds, &client, 3000, 3000, web.sock4(INBOUND_PORT))?;
+    let web_inbound = xds.golden_inbound(&client, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
     xds.cluster(client.cluster(SERVER_CLUSTER)?)?
         .endpoints(client.endpoints(SERVER_CLUSTER)?, &[to_server])?
         .mesh_identity(MESH, &client_leaf, &mesh_ca)?;
@@ -146,7 +119,7 @@ fn mesh_identity_spiffe_trust_admits_only_its_trust_domains_peers() -> Result<()
     let web_doc = mesh_identity_style(&xds, &web_inbound, &client_leaf, &bundles)?;
 
     let mut xds = XdsFile::new();
-    let backend_inbound = add_inbound(&mut xds, &server, 80, APP_PORT, to_server)?;
+    let backend_inbound = xds.golden_inbound(&server, 80, APP_PORT, to_server)?;
     xds.mesh_identity(MESH, &server_leaf, &mesh_ca)?;
     let backend_doc = mesh_identity_style(&xds, &backend_inbound, &server_leaf, &bundles)?;
     ensure!(
@@ -157,24 +130,8 @@ fn mesh_identity_spiffe_trust_admits_only_its_trust_domains_peers() -> Result<()
     let (web_file, backend_file) = (dir.join("web.json"), dir.join("backend.json"));
     std::fs::write(&web_file, web_doc.to_string())?;
     std::fs::write(&backend_file, backend_doc.to_string())?;
-    let (_cp_web, web_access) = pki.start_cp(TEST_CP, cp, 5678, &web_file, "cp-web")?;
-    let (_cp_backend, backend_access) =
-        pki.start_cp(TEST_CP, cp, 5679, &backend_file, "cp-backend")?;
-    let server_proxy = backend_access.bearing(
-        backend,
-        "test-server",
-        "dataplane",
-        &dataplane(backend, "test-server"),
-    )?;
-    let client_proxy = web_access.bearing(
-        web,
-        "demo-client",
-        "dataplane",
-        &dataplane(web, "demo-client"),
-    )?;
-    server_proxy.wait_ready()?;
-    client_proxy.wait_ready()?;
-    let mtls = &client_proxy.config_dump()?["config"]["mtls"][MESH];
+    let pair = pki.golden_pair(TEST_CP, cp, (web, &web_file), (backend, &backend_file))?;
+    let mtls = &pair.client.config_dump()?["config"]["mtls"][MESH];
     ensure!(
         mtls["spiffe_trust"].get(TRUST_DOMAIN).is_some(),
         "the SPIFFE trust is applied: {mtls}"
