@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bearing_bootstrap::request::{system_ca_path, MetricsResources};
@@ -28,83 +27,7 @@ use bearing_proxy_config::{MetricsApplication, ProxyConfig};
 use bearing_xds::{ConfigSink, Rejection, ResourceState, ResourceType, TypeResources};
 use tokio::sync::watch;
 
-use crate::cli::{parse_duration, ProxyType, RunArgs};
-
-/// kuma-dp's flags and environment for the control-plane path.
-#[derive(Debug, Default, clap::Args)]
-pub struct CpArgs {
-    /// URL of kuma-cp's DP server, e.g. https://kuma-cp:5678: take the config from it
-    /// (bootstrap, then ADS) instead of a directory store (--config-dir).
-    #[arg(long, env = "KUMA_CONTROL_PLANE_URL", value_name = "URL")]
-    pub cp_address: Option<String>,
-    /// File holding the dataplane token (re-read for every request).
-    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_TOKEN_PATH")]
-    pub dataplane_token_file: Option<PathBuf>,
-    /// The dataplane token itself (wins over --dataplane-token-file).
-    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_TOKEN", hide_env_values = true)]
-    pub dataplane_token: Option<String>,
-    /// CA certificate(s) (PEM file) the control plane is verified with; default: the system
-    /// CA certificates. kuma-cp's own self-signed certificate may be given as its CA.
-    #[arg(long, env = "KUMA_CONTROL_PLANE_CA_CERT_FILE")]
-    pub ca_cert_file: Option<PathBuf>,
-    /// The CA certificate as PEM text (kuma-dp reads it from KUMA_CONTROL_PLANE_CA_CERT only);
-    /// wins over --ca-cert-file, as in kuma-dp.
-    #[arg(
-        long = "ca-cert",
-        env = "KUMA_CONTROL_PLANE_CA_CERT",
-        hide = true,
-        hide_env_values = true
-    )]
-    pub ca_cert: Option<String>,
-    /// Do not verify the control plane's certificate (insecure; development only).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_go_bool, action = clap::ArgAction::Set, env = "KUMA_CONTROL_PLANE_TLS_SKIP_VERIFY")]
-    pub skip_verify: bool,
-    /// Directory the control plane names the proxy's Unix sockets in (kuma-dp's work dir,
-    /// e.g. kuma-cp 2.14's admin socket); default: a directory `kuma-dp-<pid>` made in the
-    /// system temporary directory and removed at exit, as kuma-dp makes one per process.
-    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_WORK_DIR")]
-    pub work_dir: Option<PathBuf>,
-    /// Certificate file of the metrics listener, sent to the control plane, which names it
-    /// back in the Prometheus listener when the backend's TLS mode is `providedTLS`.
-    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_METRICS_CERT_PATH")]
-    pub metrics_cert_path: Option<String>,
-    /// Key file of the metrics listener (as `--metrics-cert-path`).
-    #[arg(long, env = "KUMA_DATAPLANE_RUNTIME_METRICS_KEY_PATH")]
-    pub metrics_key_path: Option<String>,
-    /// Port of the `kuma:dns` listener the control plane generates (kuma-dp's Envoy DNS port).
-    #[arg(long, default_value_t = 15054, env = "KUMA_DNS_ENVOY_DNS_PORT")]
-    pub dns_envoy_port: u16,
-    /// Wait between bootstrap attempts (kuma-dp: `KUMA_CONTROL_PLANE_RETRY_BACKOFF` only).
-    #[arg(long = "cp-retry-backoff", default_value = "3s", value_parser = parse_duration, env = "KUMA_CONTROL_PLANE_RETRY_BACKOFF", hide = true)]
-    pub retry_backoff: Duration,
-    /// Time after which no bootstrap attempt starts (kuma-dp:
-    /// `KUMA_CONTROL_PLANE_RETRY_MAX_DURATION` only).
-    #[arg(long = "cp-retry-max-duration", default_value = "5m", value_parser = parse_duration, env = "KUMA_CONTROL_PLANE_RETRY_MAX_DURATION", hide = true)]
-    pub retry_max_duration: Duration,
-    /// Port of the readiness reporter the CP routes `/ready` to (kuma-dp:
-    /// `KUMA_READINESS_PORT` only).
-    #[arg(
-        long = "readiness-port",
-        default_value_t = 9902,
-        env = "KUMA_READINESS_PORT",
-        hide = true
-    )]
-    pub readiness_port: u16,
-    /// `false`: tell the CP IPv6 is off even where the host has it (kuma-dp:
-    /// `KUMA_DATAPLANE_RUNTIME_IPV6_ENABLED` only).
-    #[arg(long = "ipv6-enabled", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, env = "KUMA_DATAPLANE_RUNTIME_IPV6_ENABLED", hide = true)]
-    pub ipv6_enabled: bool,
-}
-
-/// Parses a boolean as Go's `strconv.ParseBool` (kuma-dp's flags and variables): 1, t, T,
-/// TRUE, true, True, 0, f, F, FALSE, false, False.
-pub fn parse_go_bool(text: &str) -> Result<bool, String> {
-    match text {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!("{text:?} is not a boolean (true or false)")),
-    }
-}
+use crate::args::{CpArgs, ProxyType, RunArgs};
 
 /// Performs kuma-dp's bootstrap with kuma-cp: builds the request from the flags, POSTs it to
 /// `<cp>/bootstrap` (retried every 3 s for up to 5 minutes, each retry's reason logged) and
@@ -698,6 +621,7 @@ fn resource_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// The bootstrap's `metrics.aggregate` entries become the Prometheus endpoint's
     /// applications in their order; one without an address or with a port outside
@@ -1041,7 +965,7 @@ mod tests {
     fn run_args(args: &[&str]) -> RunArgs {
         let mut all = vec!["--cp-address", "https://cp:5678"];
         all.extend_from_slice(args);
-        crate::cli::tests::run_args(&all).unwrap()
+        crate::args::tests::run_args(&all).unwrap()
     }
 
     /// The error of [`identity`] for these flags.
@@ -1133,12 +1057,5 @@ mod tests {
             "{}",
             id.ca_cert
         );
-    }
-
-    #[test]
-    fn go_booleans() {
-        assert_eq!(parse_go_bool("True"), Ok(true));
-        assert_eq!(parse_go_bool("0"), Ok(false));
-        assert!(parse_go_bool("yes").is_err());
     }
 }

@@ -12,9 +12,11 @@ use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::{GatewayRuntime, HttpRoutes};
+use crate::gateway::GatewayRuntime;
+use crate::hcm::HttpListener;
+use crate::router::HttpRoutes;
 use crate::sni::SniTable;
-use crate::stats::ListenerStats;
+use crate::stats::{ListenerStats, StatusCounters};
 use crate::tcp_proxy::TcpSplit;
 use crate::transport::{Admission, DownstreamTlsRuntime};
 use crate::upstream::ClusterRuntime;
@@ -93,5 +95,31 @@ impl ListenerRuntime {
                     || mesh.config.ca_cert_pem == verified.config.ca_cert_pem
             }
         }
+    }
+}
+
+impl HttpListener for ListenerRuntime {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn cluster(&self) -> Option<&ClusterRuntime> {
+        self.cluster.as_deref()
+    }
+
+    fn routes(&self) -> Option<&HttpRoutes> {
+        self.routes.as_deref()
+    }
+
+    fn requests(&self) -> &StatusCounters {
+        &self.stats.requests
+    }
+
+    fn denied(&self) -> Option<&Counter> {
+        self.denied.as_ref()
+    }
+
+    fn epoch(&self) -> &CancellationToken {
+        &self.epoch
     }
 }

@@ -1,17 +1,19 @@
 //! Bearing: a service-mesh data-plane proxy for Kuma written natively in Rust.
 //!
-//! The binary (`src/main.rs`) parses the command line; this library holds the runtime
+//! The binary (`src/main.rs`) runs the command line ([`cli`], its flags in [`args`]); this
+//! library holds the runtime
 //! ([`runtime`]: applying configs, binding sockets, running each connection through the
 //! stages), the stages of a connection in order: [`accept`], filter-chain match
 //! ([`snapshot`], [`filter_chain`], transparent-proxy [`capture`]), [`transport`] (mesh mTLS,
 //! SNI peek), the network filters ([`tcp_proxy`], [`sni`] routing, builtin [`gateway`], the HTTP
-//! connection manager and its codecs [`hcm`]) and the clusters ([`upstream`], hostnames resolved
+//! connection manager and its codecs [`hcm`]), the [`router`] and the clusters ([`upstream`], hostnames resolved
 //! by [`dns_cluster`]); then metrics ([`stats`]),
 //! the admin API ([`admin`]), Kuma's readiness and Prometheus endpoints ([`kuma_endpoints`])
 //! and the worker threads ([`workers`]).
 
 pub mod accept;
 pub mod admin;
+pub mod args;
 pub mod body;
 pub mod capture;
 pub mod circuit;
@@ -27,6 +29,7 @@ pub mod io;
 pub mod kuma_dp_flags;
 pub mod kuma_endpoints;
 pub mod mesh_tls;
+pub mod router;
 pub mod runtime;
 pub mod snapshot;
 pub mod sni;

@@ -27,10 +27,11 @@ use crate::accept::{self, bind_all, is_family_unavailable, sockets_per_listener}
 use crate::capture::{self, CapturePort, Route};
 use crate::dns_cluster::{Resolutions, Resolve, SystemResolver};
 use crate::filter_chain::ListenerRuntime;
-use crate::gateway::{self, GatewayRuntime, HttpRoutes};
+use crate::gateway::{self, GatewayRuntime};
 use crate::hcm::byte_codec::{self, Prefixed};
 use crate::hcm::hyper_codec;
 use crate::io::{Counted, TcpBacked};
+use crate::router::HttpRoutes;
 use crate::snapshot::Snapshot;
 use crate::sni::{SniRouteRuntime, SniTable};
 use crate::stats::Stats;
@@ -812,35 +813,14 @@ impl Proxy {
             // stream (and into its HTTP/1 dispatcher's slot); unboxed, that is 3 KB copied
             // on each move.
             Box::pin(async move {
-                if let Some(denied) = &l.denied {
-                    // A policy denying this inbound came with a reload (Envoy's RBAC answer).
-                    denied.inc();
-                    return Ok(hyper_codec::local_reply(
-                        http::StatusCode::FORBIDDEN,
-                        "RBAC: access denied".into(),
-                    ));
-                }
-                if !allowed {
+                // A listener refusing everything answers (403); one that no longer admits
+                // this connection's terms closes it.
+                if l.denied.is_none() && !allowed {
                     return Err(std::io::Error::other(
                         "the listener no longer admits this connection",
                     ));
                 }
-                let mut req = req;
-                let resp = match hyper_codec::screen_request(&mut req) {
-                    Some(refused) => {
-                        l.stats.requests.count(refused.status().as_u16());
-                        refused
-                    }
-                    None => {
-                        crate::hcm::add_request_headers(req.headers_mut(), tls);
-                        match &l.routes {
-                            Some(routes) => {
-                                gateway::handle(req, (&l.config.name, &l.stats), routes, peer).await
-                            }
-                            None => hyper_codec::forward(req, &l).await,
-                        }
-                    }
-                };
+                let resp = hyper_codec::serve_request(req, &*l, peer, tls).await;
                 Ok(resp)
             })
         });

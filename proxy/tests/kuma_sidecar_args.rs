@@ -4,7 +4,7 @@
 //!
 //! One test function: it sets process environment variables, which no other test here reads.
 
-use bearing::cli::{Cli, Command};
+use bearing::args::{Cli, Command};
 use clap::Parser;
 
 const INJECTOR: &str = "../../shared/kuma-corpus/injector";

@@ -13,7 +13,7 @@
 //! small enough to hold ([`HELD_LIMIT`]), to clusters spoken to over HTTP/1.1: a sidecar
 //! listener's cluster, or the backend the routes of a gateway listener or of a sidecar route
 //! table choose (the head is read as an `http` request for the router and the routed head
-//! written back, see [`crate::gateway::HttpRoutes::route_head`]). Anything else (HTTP/2, HTTP/1.0, chunked
+//! written back, see [`route_head`]). Anything else (HTTP/2, HTTP/1.0, chunked
 //! uploads, `Expect`, upgrades, malformed heads, a gateway with an HTTP/2 backend) hands the
 //! connection, with the bytes already read, to hyper for the rest of its life. A request no
 //! path forwards (over the head limits, a bad `Host` or length, `CONNECT`) is answered here
@@ -29,17 +29,20 @@ use std::time::Duration;
 
 use bearing_http1::{parse_request, parse_response, BodyLength, BodyProgress, NotForwarded};
 use bearing_http1::{Refused, RequestHead, ResponseHead};
-use http::StatusCode;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use super::{Attempt, Reply, Routed, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE};
+use super::{
+    strip_hop_by_hop, Attempt, HttpListener, Routed, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE,
+};
 use crate::circuit::{Held, Occupancy};
-use crate::filter_chain::ListenerRuntime;
-use crate::gateway::ResponseEdits;
 use crate::io::TcpBacked;
+use crate::router::{HttpRoutes, Reply, ResponseEdits, Routing};
 use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, UpstreamError, UpstreamStream};
 
 /// Largest request (head and held body) this path carries; a larger one goes to hyper. Heads
@@ -156,15 +159,16 @@ pub(crate) struct Wake<'a> {
 /// Serves HTTP/1.1 requests on `down` as bytes, each routed by the newest version of its
 /// listener (`current`), until the connection ends, needs the full HTTP stack, or is no longer
 /// admitted (`current` gives `None`: the request waiting is not served).
-pub(crate) async fn serve<S>(
+pub(crate) async fn serve<S, L>(
     mut down: S,
-    mut current: impl FnMut() -> Option<Arc<ListenerRuntime>>,
+    mut current: impl FnMut() -> Option<Arc<L>>,
     wake: Wake<'_>,
     peer: SocketAddr,
     timeouts: Timeouts,
 ) -> Outcome<S>
 where
     S: AsyncRead + AsyncWrite + TcpBacked + Unpin,
+    L: HttpListener,
 {
     let drain = wake.drain;
     // TLS (a mesh mTLS inbound, a gateway's HTTPS): requests say `x-forwarded-proto: https`.
@@ -197,7 +201,7 @@ where
                     }
                     Err(NotForwarded::Reject { status, why }) => {
                         if let Some(listener) = current() {
-                            listener.stats.requests.count(status);
+                            listener.requests().count(status);
                         }
                         reject(&mut down, status, why, peer, &mut bufs.request).await;
                         return Outcome::Closed;
@@ -211,7 +215,7 @@ where
                 _ = &mut head_timer => {
                     if let (true, Some(why), Some(bufs)) = (started, timeouts.head_expired, held.as_mut()) {
                         if let Some(listener) = current() {
-                            listener.stats.requests.count(408);
+                            listener.requests().count(408);
                         }
                         reject(&mut down, 408, why, peer, &mut bufs.request).await;
                         return Outcome::Closed;
@@ -224,10 +228,10 @@ where
                     // listener still admits the connection.
                     match current().filter(|_| !drain.is_cancelled()) {
                         Some(now) => {
-                            let watched = match now.epoch.is_cancelled() {
+                            let watched = match now.epoch().is_cancelled() {
                                 // Removed after a change: only drain is left to wait for.
                                 true => drain.clone(),
-                                false => now.epoch.clone(),
+                                false => now.epoch().clone(),
                             };
                             woken.set(Either::Right(watched.cancelled_owned()));
                             continue;
@@ -269,7 +273,7 @@ where
             return Outcome::Closed;
         };
         // A policy denying this inbound came with a reload: no further request passes.
-        if let Some(denied) = &listener.denied {
+        if let Some(denied) = listener.denied() {
             denied.inc();
             return Outcome::Closed;
         }
@@ -279,15 +283,16 @@ where
             body: &bufs.request[head.head_len..message_len],
             close_downstream: !head.keep_alive || drain.is_cancelled(),
         };
-        let routed = match &listener.routes {
-            Some(routes) => routes.route_head(
+        let routed = match listener.routes() {
+            Some(routes) => route_head(
+                routes,
                 &mut bufs.request_head,
                 head.body,
                 request.body,
                 peer,
-                &listener.config.name,
+                listener.name(),
             ),
-            None => match &listener.cluster {
+            None => match listener.cluster() {
                 Some(c) if !c.is_h2() => Routed::Forward {
                     cluster: c,
                     timeout: c.config.request_timeout,
@@ -325,7 +330,7 @@ where
             Routed::Unsupported(why) => return handoff(down, Some(bufs), why, peer),
         };
         let close = request.close_downstream;
-        listener.stats.requests.count(answer.status);
+        listener.requests().count(answer.status);
         if close || !answer.downstream_open {
             return Outcome::Closed;
         }
@@ -376,6 +381,88 @@ where
 fn handoff<S>(down: S, held: Option<Buffers>, why: &str, peer: SocketAddr) -> Outcome<S> {
     tracing::trace!(%peer, "served by the HTTP stack: {why}");
     Outcome::Handoff(down, held.map(|b| b.request).unwrap_or_default())
+}
+
+/// Routes an HTTP/1.1 request the byte codec read: `head` (as [`bearing_http1`] wrote it,
+/// hop-by-hop fields removed) is read into an `http` request for the router and, when the
+/// request is forwarded, written again as routed, with the original framing (`length`). A
+/// mirrored request's copy (with `body`, the part of the body already read) is sent from here.
+fn route_head<'r>(
+    routes: &'r HttpRoutes,
+    head: &mut Vec<u8>,
+    length: BodyLength,
+    body: &[u8],
+    peer: SocketAddr,
+    listener: &str,
+) -> Routed<'r> {
+    if !routes.http1_backends() {
+        return Routed::Unsupported("a backend cluster is spoken to over HTTP/2");
+    }
+    let Some(mut parts) = request_parts(head) else {
+        return Routed::Unsupported("request head the router cannot read");
+    };
+    match routes.decide(&mut parts, peer) {
+        Routing::Reply(reply, route) => Routed::Reply(reply, Some(routes.edits(route))),
+        Routing::Forward {
+            target,
+            timeout,
+            response_headers,
+            mirror,
+        } => {
+            if let Some(m) = mirror {
+                super::mirror::spawn_mirror(&parts, Bytes::copy_from_slice(body), m, listener);
+            }
+            strip_hop_by_hop(&mut parts.headers);
+            write_request_head(&parts, length, head);
+            Routed::Forward {
+                cluster: target,
+                timeout,
+                edits: Some(routes.edits(Some(response_headers))),
+            }
+        }
+    }
+}
+
+/// `head` (written by [`bearing_http1::parse_request`]) as an `http` request's parts; `None`
+/// when the `http` crate refuses something in it.
+fn request_parts(head: &[u8]) -> Option<http::request::Parts> {
+    let (line, fields) = bearing_http1::written_head(head)?;
+    // `METHOD SP target SP HTTP/1.1`; the target has no spaces.
+    let (method, rest) = line.split_at(line.iter().position(|b| *b == b' ')?);
+    let rest = rest.get(1..)?;
+    let target = &rest[..rest.iter().rposition(|b| *b == b' ')?];
+    let mut req = http::Request::new(());
+    *req.method_mut() = Method::from_bytes(method).ok()?;
+    *req.uri_mut() = Uri::from_maybe_shared(Bytes::copy_from_slice(target)).ok()?;
+    let headers = req.headers_mut();
+    for (name, value) in fields {
+        headers.append(
+            HeaderName::from_bytes(name).ok()?,
+            HeaderValue::from_bytes(value).ok()?,
+        );
+    }
+    Some(req.into_parts().0)
+}
+
+/// Writes the routed request's head for an HTTP/1.1 upstream into `out`: the (rewritten)
+/// target, the headers, and the framing the request was read with (a route's header filter
+/// cannot change how the body that follows is delimited).
+fn write_request_head(parts: &http::request::Parts, length: BodyLength, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_LENGTH {
+            bearing_http1::push_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if let BodyLength::Length(n) = length {
+        bearing_http1::push_header(out, b"content-length", n.to_string().as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Reads request bytes into the held buffers, taking buffers once bytes are there.
@@ -939,5 +1026,28 @@ mod tests {
             "no healthy upstream".into(),
         );
         assert_eq!(hyper.headers()[http::header::CONTENT_TYPE], "text/plain");
+    }
+
+    #[test]
+    fn routed_head_is_written_with_the_framing_it_was_read_with() {
+        let raw = b"POST /a%2Fb/../c?q=1 HTTP/1.1\r\nHost: web\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 5\r\nX-Two: 1\r\nx-two: 2\r\n\r\nhello";
+        let mut head = Vec::new();
+        let parsed = bearing_http1::parse_request(raw, &mut head)
+            .unwrap()
+            .unwrap();
+        let mut parts = request_parts(&head).unwrap();
+        assert_eq!(parts.method, Method::POST);
+        assert_eq!(parts.uri, "/a%2Fb/../c?q=1");
+        assert_eq!(parts.headers.get_all("x-two").iter().count(), 2);
+        assert!(parts.headers.get("x-hop").is_none(), "listed by Connection");
+        // A route filter removing the length does not change how the body is delimited.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.uri = Uri::from_static("/c?q=1");
+        write_request_head(&parts, parsed.body, &mut head);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "POST /c?q=1 HTTP/1.1\r\nhost: web\r\nx-two: 1\r\nx-two: 2\r\ncontent-length: 5\r\n\r\n"
+        );
+        assert!(request_parts(b"GET / HTTP/1.1\r\nbad name: 1\r\n\r\n").is_none());
     }
 }

@@ -4,6 +4,7 @@
 //! between the two is the connection manager's ([`super`]).
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +16,10 @@ use http_body::Body;
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::{strip_hop_by_hop, Attempt, Reply, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE};
+use super::mirror::mirror_request;
+use super::{strip_hop_by_hop, Attempt, HttpListener, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE};
 use crate::body::MessageBody;
-use crate::filter_chain::ListenerRuntime;
+use crate::router::{HttpRoutes, Reply, Routing, SERVER_NAME};
 use crate::upstream::{
     Checkout, ClusterRuntime, EndpointPool, NoConnection, RequestBody, UpstreamBody, UpstreamError,
 };
@@ -25,19 +27,83 @@ use crate::upstream::{
 /// A response body: streamed from upstream, or a short local reply.
 pub type ProxyBody = MessageBody<UpstreamBody>;
 
-/// Forwards one request through `listener`'s cluster and counts the outcome.
-pub async fn forward(req: Request<Incoming>, listener: &ListenerRuntime) -> Response<ProxyBody> {
-    let resp = match &listener.cluster {
-        Some(cluster) => {
-            let timeout = cluster.config.request_timeout;
-            send(req.map(RequestBody::Streamed), cluster, timeout).await
-        }
+/// Serves one request hyper read on a connection of `listener`, as the connection manager
+/// does every request: a listener that refuses everything answers 403 (Envoy's RBAC reply);
+/// a request the proxy does not forward is answered; the rest get `x-request-id` and
+/// `x-forwarded-proto` (`tls`: the connection is TLS) and go where the listener's routes
+/// decide, or to its cluster. Responses are counted on the listener by status.
+pub(crate) async fn serve_request<L: HttpListener>(
+    mut req: Request<Incoming>,
+    listener: &L,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<ProxyBody> {
+    if let Some(denied) = listener.denied() {
+        denied.inc();
+        return local_reply(StatusCode::FORBIDDEN, "RBAC: access denied".into());
+    }
+    let resp = match screen_request(&mut req) {
+        Some(refused) => refused,
         None => {
-            let message = format!("listener {} has no cluster", listener.config.name);
-            local_reply(StatusCode::SERVICE_UNAVAILABLE, message)
+            super::add_request_headers(req.headers_mut(), tls);
+            match (listener.routes(), listener.cluster()) {
+                (Some(routes), _) => route(req, listener.name(), routes, peer).await,
+                (None, Some(cluster)) => {
+                    let timeout = cluster.config.request_timeout;
+                    send(req.map(RequestBody::Streamed), cluster, timeout).await
+                }
+                (None, None) => {
+                    let message = format!("listener {} has no cluster", listener.name());
+                    local_reply(StatusCode::SERVICE_UNAVAILABLE, message)
+                }
+            }
         }
     };
-    listener.stats.requests.count(resp.status().as_u16());
+    listener.requests().count(resp.status().as_u16());
+    resp
+}
+
+/// Routes one request by `routes` (a gateway's, or a sidecar's route table) and carries out
+/// the decision: a local reply with the answering route's edits, or the request sent to its
+/// cluster (a copy to the mirror) with the route's response edits; a gateway's responses say
+/// `server: Kuma Gateway`.
+async fn route(
+    req: Request<Incoming>,
+    listener: &str,
+    routes: &HttpRoutes,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    let mut resp = match routes.decide(&mut parts, peer) {
+        Routing::Reply(reply, edits) => {
+            let mut resp = local_reply(reply.status, reply.message);
+            if let Some(location) = reply.location {
+                resp.headers_mut().insert(header::LOCATION, location);
+            }
+            if let Some(edits) = edits {
+                edits.apply(resp.headers_mut());
+            }
+            resp
+        }
+        Routing::Forward {
+            target,
+            timeout,
+            response_headers,
+            mirror,
+        } => {
+            let body = match mirror {
+                Some(m) => mirror_request(&parts, body, m, listener).await,
+                None => RequestBody::Streamed(body),
+            };
+            let req = Request::from_parts(parts, body);
+            let mut resp = send(req, target, timeout).await;
+            response_headers.apply(resp.headers_mut());
+            resp
+        }
+    };
+    if routes.is_gateway() {
+        resp.headers_mut().insert(header::SERVER, SERVER_NAME);
+    }
     resp
 }
 
@@ -189,7 +255,7 @@ async fn with_timeout<F: std::future::Future>(
 /// HTTP/2, a `host` different from `:authority`. An HTTP/1 absolute-form target's authority
 /// replaces the `Host` header (RFC 9112 §3.2.2: the target wins), so routing and the
 /// upstream see the same host.
-pub(crate) fn screen_request<B>(req: &mut Request<B>) -> Option<Response<ProxyBody>> {
+fn screen_request<B>(req: &mut Request<B>) -> Option<Response<ProxyBody>> {
     let h1 = req.version() < Version::HTTP_2;
     // An HTTP/1 connection closes after the refusal, as nginx's does.
     let refuse = |status, why: &str| {

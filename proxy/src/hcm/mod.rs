@@ -19,6 +19,7 @@
 
 pub mod byte_codec;
 pub mod hyper_codec;
+mod mirror;
 
 use std::io;
 use std::sync::Arc;
@@ -26,10 +27,33 @@ use std::time::Duration;
 
 use bearing_http1::RequestHead;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::StatusCode;
 
-use crate::gateway::ResponseEdits;
+use prometheus_client::metrics::counter::Counter;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::{HttpRoutes, Reply, ResponseEdits};
+use crate::stats::StatusCounters;
 use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, PoolRef, UpstreamError};
+
+/// What the connection manager reads of the listener whose requests it serves (the
+/// filter-chain stage's `ListenerRuntime`): a trait, so that this stage does not depend on
+/// the stage before it.
+pub(crate) trait HttpListener {
+    /// The listener's name, for logs and local replies.
+    fn name(&self) -> &str;
+    /// The cluster every request goes to when the listener has no routes.
+    fn cluster(&self) -> Option<&ClusterRuntime>;
+    /// The routes its requests take (a gateway's, or a sidecar's route table).
+    fn routes(&self) -> Option<&HttpRoutes>;
+    /// Where its responses are counted by status.
+    fn requests(&self) -> &StatusCounters;
+    /// Present when the listener refuses every request (a policy denying the inbound came
+    /// with a reload): counts what it refuses.
+    fn denied(&self) -> Option<&Counter>;
+    /// Cancelled when a later config changes what the listener admits, and at drain: a
+    /// connection waiting for its next request then checks that it may go on.
+    fn epoch(&self) -> &CancellationToken;
+}
 
 /// Where one request goes.
 pub(crate) enum Routed<'l> {
@@ -47,15 +71,7 @@ pub(crate) enum Routed<'l> {
     Unsupported(&'static str),
 }
 
-/// A response the proxy writes itself: plain text, a `location` for a redirect, and Envoy's
-/// `x-envoy-overloaded: true` when a circuit breaker refused the request.
-pub(crate) struct Reply {
-    pub status: StatusCode,
-    pub location: Option<HeaderValue>,
-    pub message: String,
-    pub overloaded: bool,
-}
-
+// The connection manager's replies, beside the router's: an upstream's failure.
 impl Reply {
     /// The reply reporting `failure` of a request to `cluster`, logged once here for both
     /// codecs: 503 (Envoy's texts), 504 on the response timeout, 502 for an invalid response,

@@ -1,0 +1,301 @@
+//! The router stage: where a routed HTTP request goes. [`HttpRoutes`] holds a listener's
+//! routes (a builtin gateway listener's, or a sidecar listener's route table from kuma-cp's
+//! MeshHTTPRoute) with the clusters they name, and decides for each request, on the `http`
+//! form of its head, by `bearing-gateway`'s router: forward to a cluster (with the route's
+//! timeout, response header edits and mirror), or answer locally ([`Reply`]).
+//!
+//! Both codecs of the connection manager (`crate::hcm`) ask it, and carry out what it
+//! decides; the router itself sends nothing, so it depends only on the clusters
+//! (`crate::upstream`) it names.
+//!
+//! Kuma's gateway defaults applied here: the client's address is appended to
+//! `x-forwarded-for`, and every response says `server: Kuma Gateway` ([`ResponseEdits`] for a
+//! head relayed as bytes).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bearing_gateway::{Decision, HeaderEdits, Router};
+use bearing_proxy_config::{response_timeout, GatewayListener, HttpRoute, RouteAction, RouteTable};
+use http::header::{HeaderName, HeaderValue};
+use http::StatusCode;
+
+use crate::upstream::ClusterRuntime;
+
+/// Value of the `server` header on every gateway response (Kuma's gateway `serverName`).
+pub(crate) const SERVER: &str = "Kuma Gateway";
+pub(crate) const SERVER_NAME: HeaderValue = HeaderValue::from_static(SERVER);
+
+/// The routes of a listener whose HTTP requests are routed (a gateway listener, or a sidecar
+/// listener with a route table), with the clusters they name.
+pub struct HttpRoutes {
+    router: Arc<Router>,
+    clusters: HashMap<String, Arc<ClusterRuntime>>,
+    /// Every cluster the routes name is spoken to over HTTP/1.1, so HTTP/1.1 requests can
+    /// take the byte path.
+    http1_backends: bool,
+    /// A gateway's defaults (Kuma's gateway Envoy config): `server: Kuma Gateway` on every
+    /// response, the client's address appended to `x-forwarded-for`.
+    gateway: bool,
+}
+
+impl HttpRoutes {
+    /// A sidecar listener's route table, with the clusters it names.
+    pub fn table(
+        table: &RouteTable,
+        clusters: &HashMap<String, Arc<ClusterRuntime>>,
+    ) -> Result<HttpRoutes, String> {
+        let router = Router::table(table)?;
+        let routes = table.virtual_hosts.iter().flat_map(|v| &v.routes);
+        Ok(HttpRoutes::new(
+            router,
+            route_clusters(routes),
+            clusters,
+            false,
+        ))
+    }
+
+    /// A gateway listener's routes and TCP backends, with the clusters they name.
+    pub(crate) fn gateway(
+        listener: &GatewayListener,
+        clusters: &HashMap<String, Arc<ClusterRuntime>>,
+    ) -> Result<HttpRoutes, String> {
+        let router = Router::gateway(listener)?;
+        let tcp = listener
+            .hosts
+            .iter()
+            .flat_map(|h| &h.tcp_backends)
+            .map(|b| b.cluster.as_str());
+        let http = route_clusters(listener.hosts.iter().flat_map(|h| &h.http_routes));
+        Ok(HttpRoutes::new(router, tcp.chain(http), clusters, true))
+    }
+
+    fn new<'a>(
+        router: Router,
+        referenced: impl Iterator<Item = &'a str>,
+        clusters: &HashMap<String, Arc<ClusterRuntime>>,
+        gateway: bool,
+    ) -> HttpRoutes {
+        let mut own: HashMap<String, Arc<ClusterRuntime>> = HashMap::new();
+        for name in referenced {
+            match clusters.get(name) {
+                Some(c) => {
+                    own.insert(name.to_string(), c.clone());
+                }
+                None => {
+                    tracing::error!(cluster = %name, "a route names a missing cluster; its requests get 503")
+                }
+            }
+        }
+        HttpRoutes {
+            http1_backends: own.values().all(|c| !c.is_h2()),
+            router: Arc::new(router),
+            clusters: own,
+            gateway,
+        }
+    }
+
+    /// Every cluster the routes send to.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<ClusterRuntime>> {
+        self.clusters.values()
+    }
+
+    /// The router, which also knows each host's certificate (a gateway's TLS picks by it).
+    pub(crate) fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// The backend cluster of the TCP or TLS host `host` of a gateway listener.
+    pub(crate) fn tcp_cluster(&self, host: usize) -> Option<&Arc<ClusterRuntime>> {
+        let backend = self.router.tcp_backend(host)?;
+        self.clusters.get(&backend.cluster)
+    }
+
+    /// Whether every cluster the routes name is spoken to over HTTP/1.1, so HTTP/1.1
+    /// requests can take the byte codec.
+    pub(crate) fn http1_backends(&self) -> bool {
+        self.http1_backends
+    }
+
+    /// Whether these are a gateway's routes: its responses carry `server: Kuma Gateway`.
+    pub(crate) fn is_gateway(&self) -> bool {
+        self.gateway
+    }
+
+    /// What a response head relayed as bytes gets: the route's edits, and a gateway's
+    /// `server`.
+    pub(crate) fn edits<'r>(&self, route: Option<&'r HeaderEdits>) -> ResponseEdits<'r> {
+        ResponseEdits {
+            route,
+            server: self.gateway,
+        }
+    }
+}
+
+impl HttpRoutes {
+    /// Routes a request for either codec: the router's decision with its clusters looked up,
+    /// and, for a request a gateway forwards, the client's address appended to
+    /// `x-forwarded-for`.
+    pub(crate) fn decide(&self, parts: &mut http::request::Parts, peer: SocketAddr) -> Routing<'_> {
+        match self.router.route(parts) {
+            Decision::Respond {
+                status,
+                location,
+                body,
+                response_headers,
+            } => Routing::Reply(
+                Reply {
+                    status,
+                    location,
+                    message: body
+                        .unwrap_or_else(|| status.canonical_reason().unwrap_or(""))
+                        .to_string(),
+                    overloaded: false,
+                },
+                response_headers,
+            ),
+            Decision::Forward {
+                cluster,
+                response_headers,
+                mirror,
+                origin,
+                timeout,
+            } => match self.clusters.get(cluster) {
+                None => Routing::Reply(
+                    Reply {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        location: None,
+                        message: format!("{origin}: backend cluster {cluster} is not available"),
+                        overloaded: false,
+                    },
+                    None,
+                ),
+                Some(target) => {
+                    if self.gateway {
+                        append_forwarded_for(&mut parts.headers, peer);
+                    }
+                    Routing::Forward {
+                        target,
+                        timeout: response_timeout(timeout, target.config.request_timeout),
+                        response_headers,
+                        mirror: mirror.and_then(|m| self.clusters.get(m)),
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// A response the proxy writes itself: plain text, a `location` for a redirect, and Envoy's
+/// `x-envoy-overloaded: true` when a circuit breaker refused the request. The router decides
+/// some (404, redirects, direct responses, a missing backend), the connection manager the
+/// rest (an upstream's failure).
+pub struct Reply {
+    pub status: StatusCode,
+    pub location: Option<HeaderValue>,
+    pub message: String,
+    pub overloaded: bool,
+}
+
+/// What routed HTTP changes in a response head it relays as bytes: the route's response
+/// header filter, if a route answered, then a gateway's `server`.
+#[derive(Clone, Copy)]
+pub(crate) struct ResponseEdits<'r> {
+    route: Option<&'r HeaderEdits>,
+    server: bool,
+}
+
+impl ResponseEdits<'_> {
+    /// Edits `head`, written by [`bearing_http1`], as the hyper codec edits a response's
+    /// headers.
+    pub(crate) fn apply(self, head: &mut Vec<u8>) {
+        let (route, server) = (self.route, self.server);
+        let appended = route
+            .into_iter()
+            .flat_map(HeaderEdits::appended)
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        let server_field = server.then_some((&b"server"[..], SERVER.as_bytes()));
+        bearing_http1::edit_fields(
+            head,
+            |name| {
+                (server && name.eq_ignore_ascii_case(b"server"))
+                    || route.is_some_and(|r| r.replaces(name))
+            },
+            appended.chain(server_field),
+        );
+    }
+}
+
+/// What the router decides for one request, read by either codec.
+pub(crate) enum Routing<'g> {
+    /// Answer it: a 404, redirect, direct response or refusal of the router (with the
+    /// answering route's response edits), or a 503 for a backend cluster that is not
+    /// available.
+    Reply(Reply, Option<&'g HeaderEdits>),
+    /// Send it to `target` within `timeout` (the route's, else the cluster's; `None`: no
+    /// limit), a copy to `mirror`, and change the response's headers.
+    Forward {
+        target: &'g Arc<ClusterRuntime>,
+        timeout: Option<Duration>,
+        response_headers: &'g HeaderEdits,
+        mirror: Option<&'g Arc<ClusterRuntime>>,
+    },
+}
+
+/// Names of the clusters `routes` send to, mirrors included.
+fn route_clusters<'a>(
+    routes: impl Iterator<Item = &'a HttpRoute>,
+) -> impl Iterator<Item = &'a str> {
+    routes.flat_map(|r| {
+        let backends = match &r.action {
+            RouteAction::Forward { backends, .. } => backends.as_slice(),
+            RouteAction::Redirect(_) | RouteAction::DirectResponse { .. } => &[],
+        };
+        let mirror = r.mirror.iter().map(|m| m.cluster.as_str());
+        backends.iter().map(|b| b.cluster.as_str()).chain(mirror)
+    })
+}
+
+/// Appends the client's address to `x-forwarded-for` (Envoy's `use_remote_address`).
+fn append_forwarded_for(headers: &mut http::HeaderMap, peer: SocketAddr) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let ip = peer.ip().to_string();
+    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(XFF, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_edits_set_the_server_after_the_route_filter() {
+        let mut head = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\n\r\n".to_vec();
+        let edits = ResponseEdits {
+            route: None,
+            server: true,
+        };
+        edits.apply(&mut head);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nserver: Kuma Gateway\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer() {
+        let mut h = http::HeaderMap::new();
+        let peer: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9, 10.0.0.9");
+    }
+}
