@@ -1,15 +1,14 @@
 //! Bearing: a service-mesh data-plane proxy for Kuma written natively in Rust.
 //!
 //! The binary (`src/main.rs`) runs the command line ([`cli`], its flags in [`args`]); this
-//! library holds the runtime
-//! ([`runtime`]: applying configs, binding sockets, running each connection through the
-//! stages), the stages of a connection in order: [`accept`], filter-chain match
-//! ([`snapshot`], [`filter_chain`], transparent-proxy [`capture`]), [`transport`] (mesh mTLS,
-//! SNI peek), the network filters ([`tcp_proxy`], [`sni`] routing, builtin [`gateway`], the HTTP
-//! connection manager and its codecs [`hcm`]), the [`router`] and the clusters ([`upstream`], hostnames resolved
-//! by [`dns_cluster`]); then metrics ([`stats`]),
-//! the admin API ([`admin`]), Kuma's readiness and Prometheus endpoints ([`kuma_endpoints`])
-//! and the worker threads ([`workers`]).
+//! library holds the runtime ([`runtime`]: applying configs, binding sockets, running each
+//! connection through the stages), the stages of a connection in order: [`accept`],
+//! filter-chain match ([`snapshot`], [`filter_chain`], transparent-proxy [`capture`]),
+//! [`transport`] (mesh mTLS, SNI peek), the network filters ([`tcp_proxy`], [`sni`] routing,
+//! builtin [`gateway`], the HTTP connection manager and its codecs [`hcm`]), the [`router`]
+//! and the clusters ([`upstream`], hostnames resolved by [`dns_cluster`]); then metrics
+//! ([`stats`]), the admin API ([`admin`]), Kuma's readiness and Prometheus endpoints
+//! ([`kuma_endpoints`]) and the worker threads ([`workers`]).
 
 pub mod accept;
 pub mod admin;
