@@ -81,6 +81,10 @@ pub struct HttpRoutes {
     /// Every cluster the routes name is spoken to over HTTP/1.1, so HTTP/1.1 requests can
     /// take the byte path.
     http1_backends: bool,
+    /// A route rewrites Host to the hostname of the endpoint chosen: known only once the
+    /// request has an endpoint, which the hyper codec's attempt has (the byte path, which
+    /// writes the head before, hands such connections over).
+    endpoint_host: bool,
     /// A gateway's defaults (Kuma's gateway Envoy config): `server: Kuma Gateway` on every
     /// response, the client's address appended to `x-forwarded-for`.
     gateway: bool,
@@ -93,10 +97,10 @@ impl HttpRoutes {
         clusters: &HashMap<String, Arc<ClusterRuntime>>,
     ) -> Result<HttpRoutes, String> {
         let router = Router::table(table)?;
-        let routes = table.virtual_hosts.iter().flat_map(|v| &v.routes);
+        let routes = || table.virtual_hosts.iter().flat_map(|v| &v.routes);
         Ok(HttpRoutes::new(
             router,
-            route_clusters(routes),
+            (route_clusters(routes()), rewrites_to_endpoint(routes())),
             clusters,
             false,
         ))
@@ -113,13 +117,17 @@ impl HttpRoutes {
             .iter()
             .flat_map(|h| &h.tcp_backends)
             .map(|b| b.cluster.as_str());
-        let http = route_clusters(listener.hosts.iter().flat_map(|h| &h.http_routes));
-        Ok(HttpRoutes::new(router, tcp.chain(http), clusters, true))
+        let routes = || listener.hosts.iter().flat_map(|h| &h.http_routes);
+        let http = route_clusters(routes());
+        let referenced = (tcp.chain(http), rewrites_to_endpoint(routes()));
+        Ok(HttpRoutes::new(router, referenced, clusters, true))
     }
 
+    /// Routes of `router` to the clusters it names (`referenced`, and whether a route
+    /// rewrites Host to the endpoint's hostname), looked up in `clusters`.
     fn new<'a>(
         router: Router,
-        referenced: impl Iterator<Item = &'a str>,
+        (referenced, endpoint_host): (impl Iterator<Item = &'a str>, bool),
         clusters: &HashMap<String, Arc<ClusterRuntime>>,
         gateway: bool,
     ) -> HttpRoutes {
@@ -136,6 +144,7 @@ impl HttpRoutes {
         }
         HttpRoutes {
             http1_backends: own.values().all(|c| !c.is_h2()),
+            endpoint_host,
             router: Arc::new(router),
             clusters: own,
             gateway,
@@ -274,6 +283,9 @@ impl HttpRoutes {
         if !self.http1_backends {
             return Routed::Unsupported("a backend cluster is spoken to over HTTP/2");
         }
+        if self.endpoint_host {
+            return Routed::Unsupported("a route rewrites Host to the endpoint's hostname");
+        }
         let Some(mut parts) = request_parts(head) else {
             return Routed::Unsupported("request head the router cannot read");
         };
@@ -284,6 +296,7 @@ impl HttpRoutes {
                 timeout,
                 response_headers,
                 mirror,
+                ..
             } => {
                 if let Some(m) = mirror {
                     spawn_mirror(&parts, Bytes::copy_from_slice(body), m, listener);
@@ -326,6 +339,7 @@ impl HttpRoutes {
                 mirror,
                 origin,
                 timeout,
+                endpoint_host,
             } => match self.clusters.get(cluster) {
                 None => Routing::Reply(
                     Reply {
@@ -345,6 +359,7 @@ impl HttpRoutes {
                         timeout: response_timeout(timeout, target.config.request_timeout),
                         response_headers,
                         mirror: mirror.and_then(|m| self.clusters.get(m)),
+                        endpoint_host,
                     }
                 }
             },
@@ -435,6 +450,8 @@ enum Routing<'g> {
         timeout: Option<Duration>,
         response_headers: &'g HeaderEdits,
         mirror: Option<&'g Arc<ClusterRuntime>>,
+        /// Host becomes the chosen endpoint's hostname.
+        endpoint_host: bool,
     },
 }
 
@@ -445,6 +462,13 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Whether one of `routes` rewrites Host to the hostname of the endpoint chosen.
+fn rewrites_to_endpoint<'a>(mut routes: impl Iterator<Item = &'a HttpRoute>) -> bool {
+    routes.any(|r| {
+        matches!(&r.action, RouteAction::Forward { rewrite: Some(rw), .. } if rw.host_to_backend_hostname)
+    })
 }
 
 /// Names of the clusters `routes` send to, mirrors included.
@@ -628,13 +652,14 @@ pub async fn handle(
             timeout,
             response_headers,
             mirror,
+            endpoint_host,
         } => {
             let body = match mirror {
                 Some(m) => mirror_request(&parts, body, m, name).await,
                 None => RequestBody::Streamed(body),
             };
             let req = Request::from_parts(parts, body);
-            let mut resp = send(req, target, timeout).await;
+            let mut resp = send(req, target, timeout, endpoint_host).await;
             response_headers.apply(resp.headers_mut());
             resp
         }
@@ -697,7 +722,7 @@ fn spawn_mirror(
     tokio::spawn(async move {
         let limit = cluster.config.request_timeout.unwrap_or(MIRROR_TIMEOUT);
         let exchange = async {
-            let mut body = send(copy, &cluster, Some(limit)).await.into_body();
+            let mut body = send(copy, &cluster, Some(limit), false).await.into_body();
             // Read to its end so the upstream connection goes back to the pool.
             while let Some(frame) = body.frame().await {
                 if let Err(e) = frame {
