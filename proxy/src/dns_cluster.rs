@@ -483,6 +483,7 @@ mod tests {
                 port: 80,
                 origin: "test".into(),
                 tags: Default::default(),
+                tls_match: None,
             }],
             refresh_rate: Duration::from_millis(20),
             respect_ttl: false,
@@ -523,7 +524,7 @@ mod tests {
         let fake = Arc::new(Fake::default());
         let resolutions = Resolutions::new(fake.clone());
         let (cluster, dns) = dns_cluster("origin.test");
-        let set = resolutions.endpoints(&cluster, &dns, |e| EndpointPool::new(e.address));
+        let set = resolutions.endpoints(&cluster, &dns, EndpointPool::new);
         assert!(addresses(&set).is_empty(), "nothing before an answer");
         fake.set("origin.test", Ok(vec![ip("10.0.0.1")]));
         until("first answer", || addresses(&set) == ["10.0.0.1:80"]).await;
@@ -541,7 +542,7 @@ mod tests {
         assert_eq!(addresses(&set), ["10.0.0.2:80"], "kept while lookups fail");
 
         // The same settings again (a reload): the resolved addresses at once.
-        let again = resolutions.endpoints(&cluster, &dns, |e| EndpointPool::new(e.address));
+        let again = resolutions.endpoints(&cluster, &dns, EndpointPool::new);
         assert_eq!(addresses(&again), ["10.0.0.2:80"]);
         assert_eq!(resolutions.running(), 1);
         fake.set("origin.test", Ok(vec![ip("10.0.0.3")]));
@@ -557,7 +558,7 @@ mod tests {
 
         // Another hostname: a new resolution, nothing resolved yet.
         let (other, other_dns) = dns_cluster("other.test");
-        let fresh = resolutions.endpoints(&other, &other_dns, |e| EndpointPool::new(e.address));
+        let fresh = resolutions.endpoints(&other, &other_dns, EndpointPool::new);
         assert!(addresses(&fresh).is_empty());
         assert_eq!(resolutions.running(), 1);
 

@@ -36,6 +36,10 @@ pub struct HttpRoutes {
     /// Every cluster the routes name is spoken to over HTTP/1.1, so HTTP/1.1 requests can
     /// take the byte path.
     http1_backends: bool,
+    /// A route rewrites Host to the hostname of the endpoint chosen: known only once the
+    /// request has an endpoint, which the hyper codec's attempt has (the byte codec, which
+    /// writes the head before, hands such connections over).
+    endpoint_host: bool,
     /// A gateway's defaults (Kuma's gateway Envoy config): `server: Kuma Gateway` on every
     /// response, the client's address appended to `x-forwarded-for`.
     gateway: bool,
@@ -48,10 +52,10 @@ impl HttpRoutes {
         clusters: &HashMap<String, Arc<ClusterRuntime>>,
     ) -> Result<HttpRoutes, String> {
         let router = Router::table(table)?;
-        let routes = table.virtual_hosts.iter().flat_map(|v| &v.routes);
+        let routes = || table.virtual_hosts.iter().flat_map(|v| &v.routes);
         Ok(HttpRoutes::new(
             router,
-            route_clusters(routes),
+            (route_clusters(routes()), rewrites_to_endpoint(routes())),
             clusters,
             false,
         ))
@@ -68,13 +72,17 @@ impl HttpRoutes {
             .iter()
             .flat_map(|h| &h.tcp_backends)
             .map(|b| b.cluster.as_str());
-        let http = route_clusters(listener.hosts.iter().flat_map(|h| &h.http_routes));
-        Ok(HttpRoutes::new(router, tcp.chain(http), clusters, true))
+        let routes = || listener.hosts.iter().flat_map(|h| &h.http_routes);
+        let http = route_clusters(routes());
+        let referenced = (tcp.chain(http), rewrites_to_endpoint(routes()));
+        Ok(HttpRoutes::new(router, referenced, clusters, true))
     }
 
+    /// Routes of `router` to the clusters it names (`referenced`, and whether a route
+    /// rewrites Host to the endpoint's hostname), looked up in `clusters`.
     fn new<'a>(
         router: Router,
-        referenced: impl Iterator<Item = &'a str>,
+        (referenced, endpoint_host): (impl Iterator<Item = &'a str>, bool),
         clusters: &HashMap<String, Arc<ClusterRuntime>>,
         gateway: bool,
     ) -> HttpRoutes {
@@ -91,6 +99,7 @@ impl HttpRoutes {
         }
         HttpRoutes {
             http1_backends: own.values().all(|c| !c.is_h2()),
+            endpoint_host,
             router: Arc::new(router),
             clusters: own,
             gateway,
@@ -117,6 +126,12 @@ impl HttpRoutes {
     /// requests can take the byte codec.
     pub(crate) fn http1_backends(&self) -> bool {
         self.http1_backends
+    }
+
+    /// Whether a route rewrites Host to the chosen endpoint's hostname, which only the hyper
+    /// codec knows when it sends (the byte codec hands such connections over).
+    pub(crate) fn endpoint_host(&self) -> bool {
+        self.endpoint_host
     }
 
     /// Whether these are a gateway's routes: its responses carry `server: Kuma Gateway`.
@@ -162,6 +177,7 @@ impl HttpRoutes {
                 mirror,
                 origin,
                 timeout,
+                endpoint_host,
             } => match self.clusters.get(cluster) {
                 None => Routing::Reply(
                     Reply {
@@ -181,6 +197,7 @@ impl HttpRoutes {
                         timeout: response_timeout(timeout, target.config.request_timeout),
                         response_headers,
                         mirror: mirror.and_then(|m| self.clusters.get(m)),
+                        endpoint_host,
                     }
                 }
             },
@@ -241,7 +258,16 @@ pub(crate) enum Routing<'g> {
         timeout: Option<Duration>,
         response_headers: &'g HeaderEdits,
         mirror: Option<&'g Arc<ClusterRuntime>>,
+        /// Host becomes the chosen endpoint's hostname.
+        endpoint_host: bool,
     },
+}
+
+/// Whether one of `routes` rewrites Host to the hostname of the endpoint chosen.
+fn rewrites_to_endpoint<'a>(mut routes: impl Iterator<Item = &'a HttpRoute>) -> bool {
+    routes.any(|r| {
+        matches!(&r.action, RouteAction::Forward { rewrite: Some(rw), .. } if rw.host_to_backend_hostname)
+    })
 }
 
 /// Names of the clusters `routes` send to, mirrors included.

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bearing_proxy_config::{Direction, ProxyConfig};
+use bearing_proxy_config::{Direction, Listener, ProxyConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -158,25 +158,32 @@ impl Proxy {
         let mut upstream_tls = UpstreamTlsContexts::default();
         let mut clusters = HashMap::new();
         for (name, c) in &config.clusters {
-            let security = UpstreamSecurity::new(c.tls.as_ref(), &tls);
-            let pool = |e: &bearing_proxy_config::Endpoint| pools.take(c, e.address, &security);
+            let security = UpstreamSecurity::of(c, &tls);
+            let pool = |e: &bearing_proxy_config::Endpoint| pools.take(c, e, &security);
             let endpoint_pools = match &c.dns {
                 None => ClusterEndpoints::Fixed(c.endpoints.iter().map(pool).collect()),
                 Some(dns) => ClusterEndpoints::Resolved(self.resolutions.endpoints(c, dns, pool)),
             };
-            let connector = c.tls.as_ref().map(|t| {
-                let made = upstream_tls.connector(&previous.upstream_tls, t, c.protocol, &tls);
-                made.map_err(|e| {
+            let mut connector = |t: Option<&bearing_proxy_config::UpstreamTls>| {
+                let made = upstream_tls.connector(&previous.upstream_tls, t?, c.protocol, &tls);
+                Some(made.map_err(|e| {
                     tracing::error!(cluster = %name, "TLS unavailable: {e}; connections will fail");
                     unserved.insert(format!("cluster {name}"), format!("TLS unavailable: {e}"));
                     e
-                })
-            });
+                }))
+            };
+            let transports = (
+                connector(c.tls.as_ref()),
+                c.tls_matches
+                    .iter()
+                    .map(|m| (m.name.clone(), connector(m.tls.as_ref())))
+                    .collect(),
+            );
             let runtime = ClusterRuntime::new(
                 c.clone(),
                 self.stats.cluster(name),
                 endpoint_pools,
-                connector,
+                transports,
                 security,
             );
             clusters.insert(name.clone(), Arc::new(runtime));
@@ -258,34 +265,6 @@ impl Proxy {
                     format!("mesh mTLS: {reason}; connections are refused"),
                 );
             }
-            let sni = l.sni_routes.as_ref().map(|routes| {
-                SniTable::new(routes.iter().filter_map(|r| {
-                    let Some(cluster) = clusters.get(&r.cluster) else {
-                        let reason =
-                            format!("an SNI route names a missing cluster {:?}", r.cluster);
-                        not_built(&l.name, reason);
-                        return None;
-                    };
-                    let terminate = r
-                        .terminate
-                        .as_ref()
-                        .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
-                    if let Some(DownstreamTlsRuntime::Unavailable(reason)) = &terminate {
-                        let route = &r.cluster;
-                        not_built(
-                            &l.name,
-                            format!("SNI route to {route:?}: {reason}; refused"),
-                        );
-                    }
-                    Some((
-                        r.target.clone(),
-                        SniRouteRuntime {
-                            cluster: cluster.clone(),
-                            terminate,
-                        },
-                    ))
-                }))
-            });
             let downstream_tls = l
                 .tls
                 .as_ref()
@@ -304,6 +283,68 @@ impl Proxy {
                 }
                 None => self.drain.child_token(),
             };
+            let sni = l.sni_routes.as_ref().map(|routes| {
+                SniTable::new(routes.iter().filter_map(|r| {
+                    let cluster = clusters.get(&r.cluster).cloned();
+                    let table = r.http.as_ref().and_then(|h| h.routes.as_ref());
+                    if cluster.is_none() && table.is_none() {
+                        let reason =
+                            format!("an SNI route names a missing cluster {:?}", r.cluster);
+                        not_built(&l.name, reason);
+                        return None;
+                    }
+                    let terminate = r
+                        .terminate
+                        .as_ref()
+                        .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
+                    if let Some(DownstreamTlsRuntime::Unavailable(reason)) = &terminate {
+                        let route = &r.cluster;
+                        not_built(
+                            &l.name,
+                            format!("SNI route to {route:?}: {reason}; refused"),
+                        );
+                    }
+                    let routes = match table.map(|t| HttpRoutes::table(t, &clusters)) {
+                        Some(Err(e)) => {
+                            not_built(
+                                &l.name,
+                                format!("SNI route {:?}: route table: {e}", r.target),
+                            );
+                            return None;
+                        }
+                        Some(Ok(t)) => Some(Arc::new(t)),
+                        None => None,
+                    };
+                    // The route's HTTP listener: its cluster or routes, at the SNI listener's
+                    // address and with its metrics and epoch.
+                    let http = r.http.as_ref().map(|h| {
+                        let mut config = Listener::new(&l.name, l.address, l.direction, h.protocol);
+                        config.cluster = r.cluster.clone();
+                        config.routes = h.routes.clone();
+                        Arc::new(ListenerRuntime {
+                            config,
+                            cluster: cluster.clone(),
+                            tls: None,
+                            sni: None,
+                            gateway: None,
+                            routes,
+                            tcp_split: None,
+                            stats: self.stats.listener(&l.name),
+                            http: None,
+                            denied: None,
+                            epoch: epoch.clone(),
+                        })
+                    });
+                    Some((
+                        r.target.clone(),
+                        SniRouteRuntime {
+                            cluster,
+                            terminate,
+                            http,
+                        },
+                    ))
+                }))
+            });
             let http = (!l.http2_windows.is_default()).then(|| {
                 let mut builder = match l.gateway {
                     Some(_) => self.gateway_http.clone(),
@@ -579,7 +620,9 @@ impl Proxy {
             let name = &listener.config.name;
             let serving =
                 crate::sni::serve(&self.stats, stream, name, &listener.stats, table, peer);
-            Box::pin(serving).await;
+            if let Some((tls, http, admission)) = Box::pin(serving).await {
+                Box::pin(self.clone().serve_http(tls, http, peer, admission)).await;
+            }
         } else if let Some(gw) = &listener.gateway {
             Box::pin(self.serve_gateway(stream, &listener, gw, peer)).await;
         } else {
@@ -697,6 +740,16 @@ impl Proxy {
         }
     }
 
+    /// The newest version of `own`'s listener: the applied snapshot's at its address; `own`
+    /// itself once removed, and for the HTTP of an SNI route, whose connections keep the route
+    /// they were accepted with (as the route's TCP connections keep their cluster).
+    fn newest(&self, own: &Arc<ListenerRuntime>) -> Arc<ListenerRuntime> {
+        let current = self.snapshot.load().listener(&own.config.address).cloned();
+        current
+            .filter(|l| l.sni.is_none())
+            .unwrap_or_else(|| own.clone())
+    }
+
     /// The newest version of `own`'s listener (`own` itself once removed) if it still admits
     /// a connection admitted as `admission`; `None` (logged) when the connection must close.
     fn recheck(
@@ -705,8 +758,7 @@ impl Proxy {
         admission: &Admission,
         peer: SocketAddr,
     ) -> Option<Arc<ListenerRuntime>> {
-        let current = self.snapshot.load().listener(&own.config.address).cloned();
-        let current = current.unwrap_or_else(|| own.clone());
+        let current = self.newest(own);
         if current.admits(admission) {
             return Some(current);
         }
@@ -806,8 +858,7 @@ impl Proxy {
         let proxy = self.clone();
         let admitted = admission.clone();
         let service = service_fn(move |req| {
-            let current = proxy.snapshot.load().listener(&own.config.address).cloned();
-            let l = current.unwrap_or_else(|| own.clone());
+            let l = proxy.newest(&own);
             let allowed = l.admits(&admitted);
             // Boxed: hyper moves a request's future into the task it spawns for each HTTP/2
             // stream (and into its HTTP/1 dispatcher's slot); unboxed, that is 3 KB copied
@@ -943,7 +994,7 @@ mod tests {
         sni_suffix: &str,
         endpoint: SocketAddr,
     ) -> Arc<ProxyConfig> {
-        use bearing_proxy_config::{Endpoint, UpstreamTls};
+        use bearing_proxy_config::UpstreamTls;
         let mut config = (*inbound_config(None)).clone();
         let base = config.listeners[0].clone();
         config.version = format!("{clusters}{sni_suffix}");
@@ -953,11 +1004,7 @@ mod tests {
         for i in 0..clusters {
             let name = format!("backend-{i}");
             let mut cluster = crate::upstream::test_cluster(&name);
-            cluster.endpoints = vec![Endpoint {
-                address: endpoint,
-                origin: "test".into(),
-                tags: Default::default(),
-            }];
+            cluster.endpoints = vec![crate::upstream::plain_endpoint(endpoint)];
             cluster.tls = Some(UpstreamTls::Mesh {
                 mesh: "default".into(),
                 sni: format!("{name}{{mesh=default}}{sni_suffix}"),

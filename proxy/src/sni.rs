@@ -1,27 +1,42 @@
 //! SNI routing for zone ingress and zone egress: the ClientHello is read with `peek`, so the
 //! TLS bytes stay in the socket and pass through untouched (or reach the TLS acceptor when
-//! the route terminates mesh mTLS).
+//! the route terminates mesh mTLS). A route that terminates mesh mTLS either copies the
+//! decrypted bytes to its cluster or hands the decrypted stream back to be served as HTTP
+//! (the zone egress to an HTTP ExternalService: routes, Host rewrite, per-endpoint TLS).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bearing_proxy_config::SniTarget;
+use bearing_tls::{ResourceKind, TlsStream};
 use tokio::net::TcpStream;
 
+use crate::filter_chain::ListenerRuntime;
 use crate::io::{reset, Counted};
 use crate::stats::{ListenerStats, Stats};
 use crate::tcp_proxy::serve_tcp;
-use crate::transport::{read_sni, DownstreamTlsRuntime};
+use crate::transport::{read_sni, Admission, DownstreamTlsRuntime};
 use crate::upstream::ClusterRuntime;
 
 /// One SNI destination at run time.
 pub struct SniRouteRuntime {
-    /// Where the connection goes.
-    pub cluster: Arc<ClusterRuntime>,
+    /// Where the connection goes (`None` for HTTP whose route table decides).
+    pub cluster: Option<Arc<ClusterRuntime>>,
     /// Mesh mTLS terminated first (egress to an ExternalService).
     pub terminate: Option<DownstreamTlsRuntime>,
+    /// HTTP served on the decrypted stream: a listener of its own (the route's cluster or
+    /// route table, the SNI listener's address and metrics), which its connections keep.
+    pub http: Option<Arc<ListenerRuntime>>,
 }
+
+/// A decrypted connection of an SNI route that serves HTTP, for the runtime to serve with
+/// the route's listener.
+pub(crate) type SniHttpConnection = (
+    TlsStream<Counted<TcpStream>>,
+    Arc<ListenerRuntime>,
+    Admission,
+);
 
 /// An SNI-routing listener's destinations.
 pub struct SniTable {
@@ -38,7 +53,14 @@ impl SniTable {
 
     /// Every cluster the table sends to.
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<ClusterRuntime>> {
-        self.routes.values().map(|r| &r.cluster)
+        self.routes.values().flat_map(|r| {
+            // The route's listener has a cluster or routes, never SNI routes of its own.
+            let http = r.http.iter().flat_map(|l| {
+                let routed = l.routes.iter().flat_map(|t| t.clusters());
+                l.cluster.iter().chain(routed)
+            });
+            r.cluster.iter().chain(http)
+        })
     }
 
     /// The route an SNI names, with the tags the endpoints must carry (tags form).
@@ -63,10 +85,13 @@ impl SniTable {
             return self.routes.get(&target).map(|r| (r, Vec::new()));
         }
         let resource = bearing_tls::parse_resource_sni(sni)?;
-        let target = SniTarget::MeshService {
-            mesh: resource.mesh.to_string(),
-            name: resource.name.to_string(),
-            port: resource.port,
+        let (mesh, name, port) = (resource.mesh.into(), resource.name.into(), resource.port);
+        let target = match resource.kind {
+            ResourceKind::MeshService => SniTarget::MeshService { mesh, name, port },
+            ResourceKind::MeshExternalService => {
+                SniTarget::MeshExternalService { mesh, name, port }
+            }
+            ResourceKind::MeshMultiZoneService => return None,
         };
         self.routes.get(&target).map(|r| (r, Vec::new()))
     }
@@ -74,38 +99,50 @@ impl SniTable {
 
 /// Serves one connection of an SNI-routing listener: reads the SNI, then passes the bytes
 /// through to the named destination's endpoints carrying the SNI's tags, or terminates mesh
-/// mTLS first. A missing or unknown SNI is refused with a reset and counted.
-pub async fn serve(
+/// mTLS first and copies the decrypted bytes, or gives the decrypted connection back when the
+/// route serves HTTP. A missing or unknown SNI is refused with a reset and counted.
+pub(crate) async fn serve(
     stats: &Stats,
     down: Counted<TcpStream>,
     name: &str,
     listener: &ListenerStats,
     table: &SniTable,
     peer: SocketAddr,
-) {
+) -> Option<SniHttpConnection> {
     let sni = match read_sni(down.get_ref()).await {
         Ok(sni) => sni,
         Err(reason) => {
             stats.count_sni_unknown(name);
             tracing::info!(listener = %name, %peer, "refused: {reason}");
             reset(&down);
-            return;
+            return None;
         }
     };
     let Some((route, wanted)) = table.route(&sni) else {
         stats.count_sni_unknown(name);
         tracing::info!(listener = %name, %peer, %sni, "refused: no destination for this SNI");
         reset(&down);
-        return;
+        return None;
     };
     let carries_tags =
         |e: &bearing_proxy_config::Endpoint| wanted.iter().all(|(k, v)| e.tags.get(k) == Some(v));
-    let cluster = &route.cluster;
     match &route.terminate {
-        None => serve_tcp(down, cluster, listener, name, peer, carries_tags).await,
-        Some(DownstreamTlsRuntime::Ready { acceptor, .. }) => {
+        None => {
+            if let Some(cluster) = &route.cluster {
+                serve_tcp(down, cluster, listener, name, peer, carries_tags).await;
+            }
+        }
+        Some(DownstreamTlsRuntime::Ready { acceptor, mesh, .. }) => {
             match acceptor.accept(down, name, peer).await {
-                Ok(tls) => serve_tcp(tls, cluster, listener, name, peer, |_| true).await,
+                Ok(tls) => match (&route.http, &route.cluster) {
+                    (Some(http), _) => {
+                        return Some((tls, http.clone(), Admission::MeshTls(mesh.clone())))
+                    }
+                    (None, Some(cluster)) => {
+                        serve_tcp(tls, cluster, listener, name, peer, |_| true).await
+                    }
+                    (None, None) => {}
+                },
                 Err(e) => {
                     stats.count_tls_handshake_error(name);
                     tracing::info!(listener = %name, %peer, %sni, "mTLS refused: {e}");
@@ -118,4 +155,5 @@ pub async fn serve(
             reset(&down);
         }
     }
+    None
 }

@@ -28,8 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use bearing_proxy_config::{Cluster, Endpoint, Http2Windows, Protocol, UpstreamTls};
+use bearing_proxy_config::{Cluster, Endpoint, Http2Windows, Protocol, TlsMatch, UpstreamTls};
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -162,6 +163,12 @@ type UpstreamIo = TokioIo<UpstreamStream>;
 /// Pooled connections to one endpoint of one cluster.
 pub struct EndpointPool {
     address: SocketAddr,
+    /// The endpoint's hostname (`Endpoint::hostname`) as a Host value, for routes that
+    /// rewrite Host to it; `None` when it has none (or it is no valid header value).
+    hostname: Option<HeaderValue>,
+    /// The cluster transport its connections use (`Endpoint::tls_match`); `None`: the
+    /// cluster's `tls`.
+    tls_match: Option<Box<str>>,
     /// Idle HTTP/1.1 connections, owned by no task: the one pool both codecs take from and
     /// return to (the byte codec writes on them itself, hyper's client is started on one for
     /// each exchange and hands it back when the exchange ends).
@@ -270,10 +277,15 @@ enum H2Turn {
 }
 
 impl EndpointPool {
-    /// An empty pool for `address`.
-    pub fn new(address: SocketAddr) -> Arc<Self> {
+    /// An empty pool for `endpoint`.
+    pub fn new(endpoint: &Endpoint) -> Arc<Self> {
         Arc::new(EndpointPool {
-            address,
+            address: endpoint.address,
+            hostname: endpoint
+                .hostname
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok()),
+            tls_match: endpoint.tls_match.as_deref().map(Box::from),
             idle: PerWorker::new(),
             h2: PerWorker::new(),
         })
@@ -282,6 +294,20 @@ impl EndpointPool {
     /// The endpoint this pool connects to.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The endpoint's hostname, for a route rewriting Host to it.
+    pub(crate) fn hostname(&self) -> Option<&HeaderValue> {
+        self.hostname.as_ref()
+    }
+
+    /// Whether this pool's connections are those of `endpoint` (same address, hostname and
+    /// transport), so that a new endpoint set or config may keep it.
+    fn serves(&self, endpoint: &Endpoint) -> bool {
+        self.address == endpoint.address
+            && self.tls_match.as_deref() == endpoint.tls_match.as_deref()
+            && self.hostname.as_ref().map(HeaderValue::as_bytes)
+                == endpoint.hostname.as_deref().map(str::as_bytes)
     }
 
     /// Takes the pool out of service: its idle connections close now, and connections in
@@ -349,39 +375,63 @@ impl EndpointPool {
 }
 
 /// The transport security a cluster's upstream connections are made with: its TLS settings
-/// and, for mesh mTLS, the mesh TLS state (CA, this proxy's identity) they come from. Equal
-/// only when both are the same: a rebuilt mesh state (another CA, other services) is a change.
+/// (and its per-endpoint transports, `Cluster::tls_matches`) and, for mesh mTLS, the mesh TLS
+/// states (CA, this proxy's identity) they come from. Equal only when all are the same: a
+/// rebuilt mesh state (another CA, other services) is a change.
 #[derive(Clone, Default)]
 pub struct UpstreamSecurity {
     tls: Option<UpstreamTls>,
-    mesh: Option<Arc<MeshTlsRuntime>>,
+    matches: Vec<TlsMatch>,
+    meshes: Vec<Arc<MeshTlsRuntime>>,
 }
 
 impl UpstreamSecurity {
     /// The security of a cluster originating `tls`, with the mesh states of `meshes`.
     pub fn new(tls: Option<&UpstreamTls>, meshes: &MeshTlsSet) -> Self {
-        let mesh = match tls {
-            Some(UpstreamTls::Mesh { mesh, .. }) => meshes.get(mesh).cloned(),
-            _ => None,
-        };
         UpstreamSecurity {
             tls: tls.cloned(),
-            mesh,
+            matches: Vec::new(),
+            meshes: tls
+                .and_then(|t| mesh_state(t, meshes))
+                .into_iter()
+                .collect(),
         }
+    }
+
+    /// The security of `cluster`: its `tls` and its `tls_matches`.
+    pub fn of(cluster: &Cluster, meshes: &MeshTlsSet) -> Self {
+        let mut security = UpstreamSecurity::new(cluster.tls.as_ref(), meshes);
+        security.matches = cluster.tls_matches.clone();
+        let states = cluster.tls_matches.iter().filter_map(|m| m.tls.as_ref());
+        security
+            .meshes
+            .extend(states.filter_map(|t| mesh_state(t, meshes)));
+        security
+    }
+}
+
+/// The mesh state mesh mTLS `tls` is made from.
+fn mesh_state(tls: &UpstreamTls, meshes: &MeshTlsSet) -> Option<Arc<MeshTlsRuntime>> {
+    match tls {
+        UpstreamTls::Mesh { mesh, .. } => meshes.get(mesh).cloned(),
+        UpstreamTls::External { .. } => None,
     }
 }
 
 impl PartialEq for UpstreamSecurity {
     fn eq(&self, other: &Self) -> bool {
-        let same_mesh = match (&self.mesh, &other.mesh) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (a, b) => a.is_none() && b.is_none(),
-        };
-        same_mesh && self.tls == other.tls
+        let same_meshes = self.meshes.len() == other.meshes.len()
+            && self
+                .meshes
+                .iter()
+                .zip(&other.meshes)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        same_meshes && self.tls == other.tls && self.matches == other.matches
     }
 }
 
-/// What a pool's connections were made under: cluster, protocol, HTTP/2 windows, endpoint.
+/// What a pool's connections were made under: cluster, protocol, HTTP/2 windows, endpoint
+/// address (its hostname and transport are checked with [`EndpointPool::serves`]).
 type PoolKey = (String, Protocol, Http2Windows, SocketAddr);
 
 /// The endpoint pools of the config being replaced, by cluster, protocol, HTTP/2 windows and
@@ -405,28 +455,28 @@ impl PreviousPools {
         PreviousPools(pools)
     }
 
-    /// The pool for `address` of `cluster` made with `security`: the previous one when the
-    /// cluster, protocol, HTTP/2 windows and security are unchanged, else a new one (the previous one, if
-    /// any, is retired).
+    /// The pool for `endpoint` of `cluster` made with `security`: the previous one when the
+    /// cluster, protocol, HTTP/2 windows, endpoint and security are unchanged, else a new one
+    /// (the previous one, if any, is retired).
     pub fn take(
         &mut self,
         cluster: &Cluster,
-        address: SocketAddr,
+        endpoint: &Endpoint,
         security: &UpstreamSecurity,
     ) -> Arc<EndpointPool> {
         let key = (
             cluster.name.clone(),
             cluster.protocol,
             cluster.http2_windows,
-            address,
+            endpoint.address,
         );
         match self.0.remove(&key) {
-            Some((pool, old)) if old == *security => pool,
+            Some((pool, old)) if old == *security && pool.serves(endpoint) => pool,
             Some((pool, _)) => {
                 pool.retire();
-                EndpointPool::new(address)
+                EndpointPool::new(endpoint)
             }
-            None => EndpointPool::new(address),
+            None => EndpointPool::new(endpoint),
         }
     }
 
@@ -448,10 +498,16 @@ pub struct ClusterRuntime {
     endpoints: ClusterEndpoints,
     next: AtomicUsize,
     /// TLS originated upstream; an error when the cluster needs TLS that cannot be set up.
-    tls: Option<Result<bearing_tls::TlsConnector, String>>,
+    tls: Transport,
+    /// The transports of `Cluster::tls_matches`, by name, for the endpoints selecting one.
+    matched: Vec<(String, Transport)>,
     /// What `tls` was made from, for the next config's [`PreviousPools`].
     security: UpstreamSecurity,
 }
+
+/// How a cluster's connections to an endpoint are secured: plaintext (`None`), TLS with a
+/// connector, or the reason the TLS the cluster needs could not be set up.
+pub type Transport = Option<Result<bearing_tls::TlsConnector, String>>;
 
 /// Where a cluster's endpoints and their pools come from.
 pub enum ClusterEndpoints {
@@ -505,9 +561,9 @@ impl ResolvedPools {
         let set = Arc::new(EndpointSet::new(endpoints, |e| {
             old.pools
                 .iter()
-                .find(|p| p.address == e.address)
+                .find(|p| p.serves(e))
                 .cloned()
-                .unwrap_or_else(|| EndpointPool::new(e.address))
+                .unwrap_or_else(|| EndpointPool::new(e))
         }));
         self.0.store(set.clone());
         let kept = |p: &&Arc<EndpointPool>| set.pools.iter().any(|k| Arc::ptr_eq(k, p));
@@ -599,13 +655,14 @@ pub(crate) enum Checkout {
 }
 
 impl ClusterRuntime {
-    /// A runtime cluster over `endpoints`, originating TLS with `tls` when given, made from
-    /// `security`.
+    /// A runtime cluster over `endpoints`, originating TLS with `tls` when given (and with
+    /// `matched`, by name, towards the endpoints selecting one of `Cluster::tls_matches`),
+    /// made from `security`.
     pub fn new(
         config: Cluster,
         stats: ClusterStats,
         endpoints: ClusterEndpoints,
-        tls: Option<Result<bearing_tls::TlsConnector, String>>,
+        (tls, matched): (Transport, Vec<(String, Transport)>),
         security: UpstreamSecurity,
     ) -> Self {
         ClusterRuntime {
@@ -614,6 +671,7 @@ impl ClusterRuntime {
             endpoints,
             next: AtomicUsize::new(0),
             tls,
+            matched,
             security,
         }
     }
@@ -703,10 +761,11 @@ impl ClusterRuntime {
         retry.is_some()
     }
 
-    /// Connects to `address`, and completes the TLS handshake when the cluster originates
-    /// TLS, both within the connect timeout; the connection holds a unit of
-    /// `max_connections` (waited for when `wait`, see `connection_unit`).
-    async fn connect(&self, address: SocketAddr, wait: bool) -> io::Result<UpstreamStream> {
+    /// Connects to `pool`'s endpoint, and completes the TLS handshake when the cluster
+    /// originates TLS towards it, both within the connect timeout; the connection holds a
+    /// unit of `max_connections` (waited for when `wait`, see `connection_unit`).
+    async fn connect(&self, pool: &EndpointPool, wait: bool) -> io::Result<UpstreamStream> {
+        let address = pool.address;
         let unit = self.connection_unit(wait).await?;
         let limit = self.config.connect_timeout;
         let stream = crate::io::connect(address, None, limit).await?;
@@ -717,7 +776,15 @@ impl ClusterRuntime {
             self.stats.tx_bytes.clone(),
         )
         .holding(unit);
-        let tls = match &self.tls {
+        let transport = match pool.tls_match.as_deref() {
+            None => &self.tls,
+            Some(name) => self
+                .matched
+                .iter()
+                .find(|(n, _)| **n == *name)
+                .map_or(&self.tls, |(_, t)| t),
+        };
+        let tls = match transport {
             None => return Ok(Either::Left(counted)),
             Some(Ok(tls)) => tls,
             Some(Err(reason)) => return Err(io::Error::other(reason.clone())),
@@ -751,7 +818,7 @@ impl ClusterRuntime {
             .map(|step| (start + step) % n)
             .filter(|i| view.endpoint(*i).is_some_and(&wanted));
         for pool in chosen.map(|i| view.pool(i)) {
-            match self.connect(pool.address, false).await {
+            match self.connect(&pool, false).await {
                 Ok(s) => return Ok(s),
                 Err(e) => match Overflow::of(&e) {
                     Some(o) => return Err(UpstreamError::Overflow(o)),
@@ -821,7 +888,7 @@ impl ClusterRuntime {
                 }
                 H2Turn::Open(outcome) => {
                     // Boxed for the same reason as in `checkout`.
-                    let opened = Box::pin(self.open_h2(pool.address)).await;
+                    let opened = Box::pin(self.open_h2(pool)).await;
                     pool.h2_opened(opened.as_ref().ok());
                     outcome.send_replace(Some(match &opened {
                         Ok(sender) => Ok(sender.clone()),
@@ -851,13 +918,14 @@ impl ClusterRuntime {
         }
         // Boxed: the future of a new connection (TCP and TLS connect) is kilobytes, and
         // inline it made every request's future that much larger, copied on each move.
-        let stream = Box::pin(self.connect(pool.address, true)).await?;
+        let stream = Box::pin(self.connect(pool, true)).await?;
         Ok((stream, false))
     }
 
-    /// A new HTTP/2 connection to `address`.
-    async fn open_h2(&self, address: SocketAddr) -> io::Result<http2::SendRequest<RequestBody>> {
-        let io = TokioIo::new(self.connect(address, true).await?);
+    /// A new HTTP/2 connection to `pool`'s endpoint.
+    async fn open_h2(&self, pool: &EndpointPool) -> io::Result<http2::SendRequest<RequestBody>> {
+        let address = pool.address;
+        let io = TokioIo::new(self.connect(pool, true).await?);
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.max_header_list_size(bearing_http1::MAX_HEAD as u32);
         let windows = self.config.http2_windows;
@@ -1032,6 +1100,19 @@ pub(crate) fn test_cluster(name: &str) -> Cluster {
         circuit_breakers: Default::default(),
         http2_windows: Default::default(),
         dns: None,
+        tls_matches: Vec::new(),
+    }
+}
+
+/// An endpoint at `address` with nothing else set (no hostname, the cluster's transport).
+#[cfg(test)]
+pub(crate) fn plain_endpoint(address: SocketAddr) -> Endpoint {
+    Endpoint {
+        address,
+        origin: "test".into(),
+        tags: Default::default(),
+        hostname: None,
+        tls_match: None,
     }
 }
 
@@ -1072,23 +1153,19 @@ mod tests {
         breakers: bearing_proxy_config::CircuitBreakers,
     ) -> Arc<ClusterRuntime> {
         let config = Cluster {
-            endpoints: vec![bearing_proxy_config::Endpoint {
-                address,
-                origin: "test".into(),
-                tags: Default::default(),
-            }],
+            endpoints: vec![plain_endpoint(address)],
             connect_timeout: Duration::from_secs(5),
             request_timeout: Some(Duration::from_secs(5)),
             circuit_breakers: breakers,
             ..test_cluster("backend")
         };
-        let pools = ClusterEndpoints::Fixed(vec![EndpointPool::new(address)]);
+        let pools = ClusterEndpoints::Fixed(vec![EndpointPool::new(&plain_endpoint(address))]);
         let security = UpstreamSecurity::new(None, &MeshTlsSet::default());
         Arc::new(ClusterRuntime::new(
             config,
             ClusterStats::default(),
             pools,
-            None,
+            (None, Vec::new()),
             security,
         ))
     }
@@ -1193,7 +1270,7 @@ mod tests {
             req
         };
         let idle = |pool: &EndpointPool| pool.idle.mine(|idle| idle.len());
-        let resp = crate::hcm::hyper_codec::send(get("/a"), &cluster, None).await;
+        let resp = crate::hcm::hyper_codec::send(get("/a"), &cluster, None, false).await;
         resp.into_body().collect().await.unwrap();
         while idle(&pool) == 0 {
             tokio::task::yield_now().await;
@@ -1201,7 +1278,7 @@ mod tests {
         let (stream, reused) = cluster.checkout_raw(&pool).await.unwrap();
         assert!(reused, "the byte codec takes the connection hyper used");
         pool.release(stream, &cluster.stats.occupancy);
-        let resp = crate::hcm::hyper_codec::send(get("/last"), &cluster, None).await;
+        let resp = crate::hcm::hyper_codec::send(get("/last"), &cluster, None, false).await;
         resp.into_body().collect().await.unwrap();
         assert_eq!(
             accepted.load(Ordering::Relaxed),
@@ -1257,7 +1334,7 @@ mod tests {
                 cluster.clone(),
                 stats,
                 ClusterEndpoints::Fixed(pools),
-                None,
+                (None, Vec::new()),
                 security,
             )
         };
@@ -1266,28 +1343,37 @@ mod tests {
         };
 
         let plain = UpstreamSecurity::new(None, &meshes);
-        let pool = EndpointPool::new(address);
+        let pool = EndpointPool::new(&plain_endpoint(address));
         let mut old = previous(&pool, plain.clone());
-        assert!(Arc::ptr_eq(&old.take(&cluster, address, &plain), &pool));
+        assert!(Arc::ptr_eq(
+            &old.take(&cluster, &plain_endpoint(address), &plain),
+            &pool
+        ));
         assert!(!is_retired(&pool));
 
         // Plaintext, then mesh mTLS: a fresh pool, the old one retired.
         let mtls = UpstreamSecurity::new(Some(&mesh_tls), &meshes);
         let mut old = previous(&pool, plain.clone());
-        let fresh = old.take(&cluster, address, &mtls);
+        let fresh = old.take(&cluster, &plain_endpoint(address), &mtls);
         assert!(!Arc::ptr_eq(&fresh, &pool));
         assert!(is_retired(&pool));
 
         // The same mesh state: taken over. Another protocol or endpoint: not.
         let same = UpstreamSecurity::new(Some(&mesh_tls), &meshes);
         let mut old = previous(&fresh, mtls.clone());
-        assert!(Arc::ptr_eq(&old.take(&cluster, address, &same), &fresh));
+        assert!(Arc::ptr_eq(
+            &old.take(&cluster, &plain_endpoint(address), &same),
+            &fresh
+        ));
         let h2 = Cluster {
             protocol: Protocol::Http2,
             ..cluster.clone()
         };
         let mut old = previous(&fresh, mtls.clone());
-        assert!(!Arc::ptr_eq(&old.take(&h2, address, &mtls), &fresh));
+        assert!(!Arc::ptr_eq(
+            &old.take(&h2, &plain_endpoint(address), &mtls),
+            &fresh
+        ));
         // Other HTTP/2 windows are other terms: connections made under the old are not reused.
         let windowed = Cluster {
             http2_windows: Http2Windows {
@@ -1297,7 +1383,10 @@ mod tests {
             ..cluster.clone()
         };
         let mut old = previous(&fresh, mtls.clone());
-        assert!(!Arc::ptr_eq(&old.take(&windowed, address, &same), &fresh));
+        assert!(!Arc::ptr_eq(
+            &old.take(&windowed, &plain_endpoint(address), &same),
+            &fresh
+        ));
         old.retire_rest();
         assert!(is_retired(&fresh));
 
@@ -1313,10 +1402,49 @@ mod tests {
         );
         assert!(UpstreamSecurity::new(Some(&mesh_tls), &kept) == mtls);
         let after = UpstreamSecurity::new(Some(&mesh_tls), &rotated);
-        let pool = EndpointPool::new(address);
+        let pool = EndpointPool::new(&plain_endpoint(address));
         let mut old = previous(&pool, mtls);
-        assert!(!Arc::ptr_eq(&old.take(&cluster, address, &after), &pool));
+        assert!(!Arc::ptr_eq(
+            &old.take(&cluster, &plain_endpoint(address), &after),
+            &pool
+        ));
         assert!(is_retired(&pool));
+
+        // The endpoint's transport or hostname changed: a fresh pool; unchanged: taken over.
+        let matched = Endpoint {
+            tls_match: Some("tls".into()),
+            hostname: Some("origin.example".into()),
+            ..plain_endpoint(address)
+        };
+        let pool = EndpointPool::new(&matched);
+        let mut old = previous(&pool, plain.clone());
+        assert!(Arc::ptr_eq(&old.take(&cluster, &matched, &plain), &pool));
+        for other in [
+            Endpoint {
+                tls_match: None,
+                ..matched.clone()
+            },
+            Endpoint {
+                hostname: Some("other.example".into()),
+                ..matched.clone()
+            },
+        ] {
+            let mut old = previous(&pool, plain.clone());
+            assert!(!Arc::ptr_eq(&old.take(&cluster, &other, &plain), &pool));
+        }
+        // Another transport of a match is another security.
+        let with_match = |tls: Option<UpstreamTls>| {
+            let c = Cluster {
+                tls_matches: vec![TlsMatch {
+                    name: "tls".into(),
+                    tls,
+                }],
+                ..cluster.clone()
+            };
+            UpstreamSecurity::of(&c, &meshes)
+        };
+        assert!(with_match(None) == with_match(None));
+        assert!(with_match(None) != with_match(Some(mesh_tls.clone())));
     }
 
     #[test]

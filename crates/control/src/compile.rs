@@ -192,6 +192,8 @@ pub fn compile(
                     address: app,
                     origin: "local application".into(),
                     tags: Tags::new(),
+                    hostname: None,
+                    tls_match: None,
                 }],
             ),
         );
@@ -388,6 +390,8 @@ fn direct_access(
                 address,
                 origin: format!("Dataplane/{}", r.meta.name),
                 tags: Tags::new(),
+                hostname: None,
+                tls_match: None,
             };
             clusters.insert(name.clone(), cluster(name, Protocol::Tcp, vec![endpoint]));
         }
@@ -406,6 +410,7 @@ pub(crate) fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>
         circuit_breakers: Default::default(),
         http2_windows: Default::default(),
         dns: None,
+        tls_matches: Vec::new(),
     }
 }
 
@@ -618,13 +623,6 @@ impl Outbounds<'_> {
         c
     }
 
-    /// The host of the ExternalService named `service`, if it is one.
-    pub(crate) fn external_host(&self, service: &str) -> Option<&str> {
-        let (_, es) = self.externals.get(service)?;
-        let address = es.networking.address.as_str();
-        Some(address.rsplit_once(':').map_or(address, |(h, _)| h))
-    }
-
     /// Mesh mTLS towards the service `tags` select: `sni`, else Kuma's tags-form SNI, and the
     /// service's SPIFFE id.
     fn mesh_tls(&self, tags: &Tags, service: &str, sni: Option<&str>) -> UpstreamTls {
@@ -661,10 +659,13 @@ pub(crate) fn external_endpoint(
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let (mut endpoints, mut dns) = (Vec::new(), None);
     match (host.parse::<IpAddr>(), port.parse::<u16>()) {
+        // Named by its address as written, as Envoy's STRICT_DNS cluster names it.
         (Ok(ip), Ok(port)) => endpoints.push(Endpoint {
             address: SocketAddr::new(ip, port),
             origin: r.key(),
             tags: Tags::new(),
+            hostname: Some(host.to_string()),
+            tls_match: None,
         }),
         (Err(_), Ok(port)) => {
             dns = Some(DnsEndpoints {
@@ -674,6 +675,7 @@ pub(crate) fn external_endpoint(
                     port,
                     origin: r.key(),
                     tags: Tags::new(),
+                    tls_match: None,
                 }],
                 refresh_rate: DnsEndpoints::DEFAULT_REFRESH_RATE,
                 respect_ttl: false,
@@ -761,6 +763,8 @@ impl<'s> EndpointIndex<'s> {
                     address: SocketAddr::new(ip, port16(inbound.port)),
                     origin: format!("Dataplane/{}", r.meta.name),
                     tags: Tags::new(),
+                    hostname: None,
+                    tls_match: None,
                 };
                 let protocol =
                     Protocol::from_tag(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));

@@ -585,15 +585,9 @@ fn backends(
     list.iter()
         .map(|b| {
             let c = outbounds.cluster_for(Destination::tagged(&b.destination));
-            let hostname = b
-                .destination
-                .get(SERVICE_TAG)
-                .and_then(|s| outbounds.external_host(s))
-                .map(str::to_string);
             let w = WeightedCluster {
                 cluster: c.name.clone(),
                 weight: b.weight.unwrap_or(1),
-                hostname,
             };
             clusters.push(c);
             w
@@ -684,6 +678,8 @@ pub(crate) fn cross_mesh_cluster(
                 address: SocketAddr::new(ip, p),
                 origin: format!("cross-mesh gateway {service} of mesh {target_mesh}"),
                 tags: Tags::new(),
+                hostname: None,
+                tls_match: None,
             });
         }
     }

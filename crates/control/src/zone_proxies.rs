@@ -10,15 +10,20 @@
 //! - Egress (ZoneEgress, port 10002), for every mesh with mTLS: services running only in other
 //!   zones pass through to those zones' ingresses; ExternalServices terminate mesh mTLS with
 //!   the external service's identity, require a client certificate of that mesh, and connect
-//!   to the external address (plain, or TLS per `networking.tls`).
+//!   to the external address (plain, or TLS per `networking.tls`); an HTTP one
+//!   (`kuma.io/protocol` http, http2 or grpc) is served as HTTP there, every request's Host
+//!   rewritten to the service's host, as kuma-cp's egress routes it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use bearing_model::{Problem, Resource, Spec, Store, Tags, ZoneProxyNetworking, SERVICE_TAG};
+use bearing_model::{
+    Problem, Resource, Spec, Store, Tags, ZoneProxyNetworking, PROTOCOL_TAG, SERVICE_TAG,
+};
 use bearing_proxy_config::{
-    Cluster, Direction, DnsEndpoints, DownstreamTls, Endpoint, Listener, Protocol, ProxyConfig,
-    ProxyIdentity, SniRoute, SniTarget, UpstreamTls,
+    Cluster, Direction, DnsEndpoints, DownstreamTls, Endpoint, HttpRoute, Listener, Protocol,
+    ProxyConfig, ProxyIdentity, Rewrite, RouteTable, SniHttp, SniRoute, SniTarget, UpstreamTls,
+    VirtualHost,
 };
 use bearing_tls::tags_sni;
 
@@ -60,11 +65,13 @@ pub fn compile(
                         let terminate = Some(DownstreamTls {
                             mesh: mesh_name.to_string(),
                         });
+                        let protocol = es.tags.get(PROTOCOL_TAG).map(String::as_str);
                         let route = ServiceRoute {
                             mesh: mesh_name,
                             service,
                             tls,
                             terminate,
+                            protocol: Protocol::from_tag(protocol),
                         };
                         route.add(endpoints, dns, &mut routes, &mut clusters);
                     }
@@ -141,6 +148,8 @@ struct ServiceRoute<'a> {
     tls: Option<UpstreamTls>,
     /// Mesh TLS ended here rather than passed through.
     terminate: Option<DownstreamTls>,
+    /// What is spoken once mesh TLS is ended: HTTP is routed here (an HTTP ExternalService).
+    protocol: Protocol,
 }
 
 impl<'a> ServiceRoute<'a> {
@@ -151,6 +160,7 @@ impl<'a> ServiceRoute<'a> {
             service,
             tls: None,
             terminate: None,
+            protocol: Protocol::Tcp,
         }
     }
 
@@ -163,15 +173,42 @@ impl<'a> ServiceRoute<'a> {
         clusters: &mut BTreeMap<String, Cluster>,
     ) {
         let name = tags_sni(self.service, self.mesh, &BTreeMap::new());
-        let mut c = cluster(name.clone(), Protocol::Tcp, endpoints);
+        let http = self.terminate.is_some() && self.protocol.is_http();
+        let protocol = if http { self.protocol } else { Protocol::Tcp };
+        let mut c = cluster(name.clone(), protocol, endpoints);
         c.tls = self.tls;
         c.dns = dns;
         clusters.insert(name.clone(), c);
         routes.push(SniRoute {
             target: service_target(self.mesh, self.service),
+            http: http.then(|| host_rewriting(&name, protocol)),
             cluster: name,
             terminate: self.terminate,
         });
+    }
+}
+
+/// The HTTP of an HTTP ExternalService at the egress, as kuma-cp renders it: every request
+/// to `cluster`, its Host rewritten to the endpoint's hostname (the service's host), no
+/// route timeout.
+fn host_rewriting(cluster: &str, protocol: Protocol) -> SniHttp {
+    let rewrite = Rewrite {
+        host_to_backend_hostname: true,
+        ..Rewrite::default()
+    };
+    let origin = format!("ExternalService {cluster}");
+    let zero = Some(std::time::Duration::ZERO);
+    let route = HttpRoute::prefix_to(origin, "/", cluster, Some(rewrite), zero);
+    SniHttp {
+        protocol,
+        routes: Some(RouteTable {
+            name: cluster.to_string(),
+            virtual_hosts: vec![VirtualHost {
+                name: cluster.to_string(),
+                domains: vec!["*".into()],
+                routes: vec![route],
+            }],
+        }),
     }
 }
 
@@ -275,6 +312,7 @@ fn ingress_routes(
                     target,
                     cluster: name.clone(),
                     terminate: None,
+                    http: None,
                 });
             }
         }
@@ -287,6 +325,8 @@ fn endpoint(r: &Resource, inbound: &bearing_model::Inbound, ip: IpAddr) -> Endpo
         address: SocketAddr::new(ip, port16(inbound.port)),
         origin: r.key(),
         tags: inbound.tags.clone(),
+        hostname: None,
+        tls_match: None,
     }
 }
 
@@ -355,6 +395,7 @@ fn egress_routes(
                 },
                 cluster: name,
                 terminate: None,
+                http: None,
             });
         }
     }
@@ -532,6 +573,16 @@ networking:
             Some("default")
         );
         assert_eq!(addresses(&egress.clusters[&ext.cluster]), ["10.9.9.9:443"]);
+        // An HTTP ExternalService is routed as HTTP, Host rewritten to its endpoint's host.
+        let http = ext.http.as_ref().expect("httpbin is HTTP");
+        assert_eq!(http.protocol, Protocol::Http);
+        let route = &http.routes.as_ref().unwrap().virtual_hosts[0].routes[0];
+        assert!(
+            matches!(&route.action, bearing_proxy_config::RouteAction::Forward { rewrite: Some(rw), .. } if rw.host_to_backend_hostname)
+        );
+        let endpoint = &egress.clusters[&ext.cluster].endpoints[0];
+        assert_eq!(endpoint.hostname.as_deref(), Some("10.9.9.9"));
+        assert!(backend.http.is_none(), "cross-zone traffic passes through");
         assert_eq!(egress.mtls["default"].services, ["httpbin"]);
         assert!(
             routes
@@ -679,6 +730,7 @@ spec:
             .map(|r| match &r.target {
                 SniTarget::Service { mesh, .. }
                 | SniTarget::MeshService { mesh, .. }
+                | SniTarget::MeshExternalService { mesh, .. }
                 | SniTarget::Kri { mesh, .. } => mesh.as_str(),
             })
             .collect();

@@ -125,5 +125,7 @@ fn zone_proxy_endpoint(
         address: SocketAddr::new(ip, u16::try_from(port).ok()?),
         origin: r.key(),
         tags: Tags::new(),
+        hostname: None,
+        tls_match: None,
     })
 }

@@ -204,6 +204,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "prefix_rewrite",
             "regex_rewrite",
             "host_rewrite_literal",
+            "auto_host_rewrite",
             "request_mirror_policies",
         ],
     ),
@@ -258,6 +259,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "circuit_breakers",
             "typed_extension_protocol_options",
             "transport_socket",
+            // Per-endpoint transports, selected by `envoy.transport_socket_match` metadata.
+            "transport_socket_matches",
             // Statistics naming only.
             "alt_stat_name",
             // 127.0.0.6 / ::6 for inbound passthrough, as Bearing's capture does itself.
@@ -271,6 +274,10 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             // Read buffer sizing: Bearing sizes its own buffers.
             "per_connection_buffer_limit_bytes",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.TransportSocketMatch",
+        &["name", "match", "transport_socket"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.LbSubsetConfig",

@@ -314,7 +314,6 @@ impl Translator<'_> {
             false => vec![WeightedCluster {
                 cluster: route.cluster,
                 weight: 1,
-                hostname: None,
             }],
         }
     }
@@ -1350,7 +1349,6 @@ pub(super) mod tests {
         let backend = |cluster: &str, weight| WeightedCluster {
             cluster: cluster.into(),
             weight,
-            hostname: None,
         };
         let cases = [
             (

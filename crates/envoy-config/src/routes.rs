@@ -417,7 +417,6 @@ fn forward(
         Some(C::Cluster(c)) => vec![WeightedCluster {
             cluster: c.clone(),
             weight: 1,
-            hostname: None,
         }],
         Some(C::WeightedClusters(w)) => w
             .clusters
@@ -433,7 +432,6 @@ fn forward(
             .map(|(_, c)| WeightedCluster {
                 cluster: c.name.clone(),
                 weight: c.weight.as_ref().map_or(0, |w| w.value),
-                hostname: None,
             })
             .collect(),
         _ => {
@@ -459,14 +457,16 @@ fn forward(
             return None;
         }
     };
-    let host = match &action.host_rewrite_specifier {
-        Some(Host::HostRewriteLiteral(h)) => Some(h.clone()),
+    let (host, auto_host) = match &action.host_rewrite_specifier {
+        Some(Host::HostRewriteLiteral(h)) => (Some(h.clone()), false),
+        // The endpoint's hostname, when it has one (Envoy's `auto_host_rewrite`).
+        Some(Host::AutoHostRewrite(on)) => (None, on.value),
         // The other host rewrites are refused by the fields guard.
-        _ => None,
+        _ => (None, false),
     };
-    let rewrite = (path.is_some() || host.is_some()).then_some(Rewrite {
+    let rewrite = (path.is_some() || host.is_some() || auto_host).then_some(Rewrite {
         path,
-        host_to_backend_hostname: false,
+        host_to_backend_hostname: auto_host,
         host,
     });
     let mirror = match action.request_mirror_policies.as_slice() {
@@ -632,7 +632,6 @@ pub(crate) fn tcp_weighted(w: &tcp_pb::tcp_proxy::WeightedCluster) -> Vec<Weight
         .map(|c| WeightedCluster {
             cluster: c.name.clone(),
             weight: c.weight,
-            hostname: None,
         })
         .collect()
 }

@@ -21,8 +21,8 @@ use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TI
 use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, HostEndpoint,
     Http2Windows, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
-    ProxyConfig, ProxyIdentity, RouteTable, SniRoute, SniTarget, SourcePrefix, TransparentProxy,
-    UpstreamTls, Verification, WeightedCluster,
+    ProxyConfig, ProxyIdentity, RouteTable, SniHttp, SniRoute, SniTarget, SourcePrefix, TlsMatch,
+    TransparentProxy, UpstreamTls, Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -36,7 +36,7 @@ use envoy_types::pb::envoy::extensions::filters::udp::dns_filter::v3 as dns_pb;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http_pb;
 use envoy_types::pb::envoy::service::runtime::v3 as runtime_pb;
-use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, Struct};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -186,6 +186,7 @@ impl ResourceSet {
 pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig, Vec<Nack>> {
     let mut t = Translator {
         set: resources,
+        node_mesh: &node.mesh,
         nacks: Vec::new(),
         listeners: Vec::new(),
         clusters: BTreeMap::new(),
@@ -308,6 +309,9 @@ impl Route {
 
 struct Translator<'a> {
     set: &'a ResourceSet,
+    /// The proxy's own mesh (the bootstrap node's): the mesh of an identity secret whose
+    /// name tells none.
+    node_mesh: &'a str,
     nacks: Vec<Nack>,
     listeners: Vec<Listener>,
     clusters: BTreeMap<String, Cluster>,
@@ -1125,8 +1129,11 @@ impl Translator<'_> {
     }
 
     /// The mesh of the identity SDS secret a TLS context presents, recognised by being the
-    /// one secret it presents, in any of Kuma's names for it (`identity_cert:secret:<mesh>`,
-    /// `system_mtls_identity_<mesh>`, a MeshIdentity's `kri_mid_<mesh>_...`).
+    /// one secret it presents: the mesh its name tells in any of Kuma's names for it
+    /// (`identity_cert:secret:<mesh>`, `system_mtls_identity_<mesh>`, a MeshIdentity's
+    /// `kri_mid_<mesh>_...`), else the proxy's own (a secret named by reference, such as a
+    /// zone egress's MeshIdentity secret). The context presents that secret, whatever its
+    /// name, and verifies peers against the validation secret it names.
     fn identity_mesh(
         &mut self,
         type_url: &str,
@@ -1144,7 +1151,8 @@ impl Translator<'_> {
             return None;
         };
         let field = format!("{at}.tls_certificate_sds_secret_configs[0].name");
-        match naming::identity_secret_mesh(&sds.name) {
+        let own = Some(self.node_mesh).filter(|m| !m.is_empty());
+        match naming::identity_secret_mesh(&sds.name).or(own) {
             Some(mesh) if self.set.secrets.contains_key(&sds.name) => {
                 self.mesh_secret(type_url, name, field, mesh, &sds.name, true);
                 Some(mesh.to_string())
@@ -1159,7 +1167,7 @@ impl Translator<'_> {
                     name,
                     field,
                     format!(
-                        "secret {:?} does not name its mesh as Kuma's identity secrets do (identity_cert:secret:<mesh>, system_mtls_identity_<mesh>, kri_mid_<mesh>_...)",
+                        "secret {:?} does not name its mesh as Kuma's identity secrets do (identity_cert:secret:<mesh>, system_mtls_identity_<mesh>, kri_mid_<mesh>_...) and the proxy has no mesh of its own",
                         sds.name
                     ),
                 );
@@ -1200,29 +1208,36 @@ impl Translator<'_> {
             let Some(route) = self.chain_route(name, &at, chain) else {
                 continue;
             };
-            if route.protocol != Protocol::Tcp {
-                self.nack(LISTENER, name, format!("{at}.filters"), "HTTP routing behind an SNI chain is not implemented (ProxyConfig's SNI routes forward bytes)");
-                continue;
-            }
+            let http = match (route.protocol, &terminate) {
+                (Protocol::Tcp, _) => None,
+                (protocol, Some(_)) => Some(SniHttp {
+                    protocol,
+                    routes: route.table.clone(),
+                }),
+                // A TLS context that did not translate (or awaits its secrets) said why.
+                (_, None) if chain.transport_socket.is_some() => continue,
+                (_, None) => {
+                    let reason = "HTTP routing behind an SNI chain that does not terminate mesh mTLS: the TLS bytes pass through";
+                    self.nack(LISTENER, name, format!("{at}.filters"), reason);
+                    continue;
+                }
+            };
             for (k, server_name) in names.iter().enumerate() {
                 let at = format!("{at}.filter_chain_match.server_names[{k}]");
                 match sni_target(server_name) {
-                    Ok((_, tags)) if !self.same_selection(&route.cluster, &tags, &route.subset) => self.nack(LISTENER, name, at, format!("the chain's metadata_match {:?} selects other endpoints than the SNI's tags: Bearing selects endpoints by the SNI's tags", route.subset)),
+                    // HTTP goes to the routes' clusters whole, in Envoy as here.
+                    Ok((_, tags)) if http.is_none() && !self.same_selection(&route.cluster, &tags, &route.subset) => self.nack(LISTENER, name, at, format!("the chain's metadata_match {:?} selects other endpoints than the SNI's tags: Bearing selects endpoints by the SNI's tags", route.subset)),
                     Ok((target, _)) => match routes.iter().find(|r: &&SniRoute| r.target == target) {
-                        Some(r) if r.cluster != route.cluster || r.terminate != terminate => self.nack(LISTENER, name, at, "SNIs of one service lead to different clusters: Bearing routes a service to one cluster and narrows by the SNI's tags"),
+                        Some(r) if r.cluster != route.cluster || r.terminate != terminate || !same_http(&r.http, &http) => self.nack(LISTENER, name, at, "SNIs of one service lead to different clusters: Bearing routes a service to one cluster and narrows by the SNI's tags"),
                         Some(_) => {}
-                        None => routes.push(SniRoute { target, cluster: route.cluster.clone(), terminate: terminate.clone() }),
+                        None => routes.push(SniRoute { target, cluster: route.cluster.clone(), terminate: terminate.clone(), http: http.clone() }),
                     },
                     Err(reason) => self.nack(LISTENER, name, at, reason),
                 }
             }
-            self.route_to(
-                route.cluster.clone(),
-                Protocol::Tcp,
-                ClusterTimeout::Any,
-                name,
-                path.clone(),
-            );
+            for (cluster, timeout, at) in route.reached {
+                self.route_to(cluster, route.protocol, timeout, name, at);
+            }
         }
         routes
     }
@@ -1306,8 +1321,9 @@ impl Translator<'_> {
         };
         let discovery = dns_cluster::discovery(kind);
         let mut hosts = discovery.map(|_| Vec::new());
+        let matches = self.tls_matches(name, &path, cluster);
         let endpoints = assignment
-            .map(|a| self.endpoints(name, &path, a, hosts.as_mut()))
+            .map(|a| self.endpoints(name, &path, a, hosts.as_mut(), &matches))
             .unwrap_or_default();
         let dns = discovery.zip(hosts).and_then(|(discovery, hosts)| {
             self.dns_endpoints(name, &path, cluster, discovery, assignment, hosts)
@@ -1377,8 +1393,49 @@ impl Translator<'_> {
                 circuit_breakers: breakers,
                 http2_windows,
                 dns,
+                tls_matches: matches.into_iter().map(|(m, _)| m).collect(),
             },
         );
+    }
+
+    /// A cluster's `transport_socket_matches`: each transport (TLS, or plaintext without a
+    /// transport socket) with the metadata an endpoint selects it by.
+    fn tls_matches(
+        &mut self,
+        name: &str,
+        path: &str,
+        cluster: &cluster_pb::Cluster,
+    ) -> Vec<(TlsMatch, Struct)> {
+        let mut out: Vec<(TlsMatch, Struct)> = Vec::new();
+        for (i, m) in cluster.transport_socket_matches.iter().enumerate() {
+            let at = format!("{path}.transport_socket_matches[{i}]");
+            if out.iter().any(|(known, _)| known.name == m.name) {
+                let reason = format!(
+                    "a second match named {:?}: endpoints select a transport by its name",
+                    m.name
+                );
+                self.nack(CLUSTER, name, format!("{at}.name"), reason);
+                continue;
+            }
+            let tls = match &m.transport_socket {
+                Some(socket) => {
+                    match self.upstream_tls(name, &format!("{at}.transport_socket"), socket) {
+                        Some(tls) => Some(tls),
+                        None => continue,
+                    }
+                }
+                None => None,
+            };
+            let selector = m.r#match.clone().unwrap_or_default();
+            out.push((
+                TlsMatch {
+                    name: m.name.clone(),
+                    tls,
+                },
+                selector,
+            ));
+        }
+        out
     }
 
     fn endpoints(
@@ -1387,6 +1444,7 @@ impl Translator<'_> {
         path: &str,
         assignment: &endpoint_pb::ClusterLoadAssignment,
         mut hosts: Option<&mut Vec<HostEndpoint>>,
+        matches: &[(TlsMatch, Struct)],
     ) -> Vec<Endpoint> {
         let mut out = Vec::new();
         let mut weights = BTreeSet::new();
@@ -1403,12 +1461,22 @@ impl Translator<'_> {
                 };
                 let origin = format!("xds cluster {}", assignment.cluster_name);
                 let tags = struct_strings(lb.metadata.as_ref(), "envoy.lb");
+                let tls_match = transport_match(matches, lb.metadata.as_ref());
                 let field = format!("{at}.endpoint.address");
                 match socket_address(e.address.as_ref()) {
                     Ok(address) => out.push(Endpoint {
                         address,
                         origin,
                         tags,
+                        // A DNS cluster names each host by its address as written, an IP too.
+                        hostname: hosts.as_ref().and_then(|_| {
+                            let socket = match e.address.as_ref()?.address.as_ref()? {
+                                core_pb::address::Address::SocketAddress(s) => s,
+                                _ => return None,
+                            };
+                            Some(socket.address.clone())
+                        }),
+                        tls_match,
                     }),
                     Err(reason) => match (
                         hosts.as_deref_mut(),
@@ -1419,6 +1487,7 @@ impl Translator<'_> {
                             port,
                             origin,
                             tags,
+                            tls_match,
                         }),
                         (None, Some(_)) => self.nack(CLUSTER, name, field, format!("{reason}: only STRICT_DNS and LOGICAL_DNS clusters resolve hostnames")),
                         (_, None) => self.nack(CLUSTER, name, field, reason),
@@ -2419,6 +2488,39 @@ fn cluster_type(cluster: &cluster_pb::Cluster) -> i32 {
     }
 }
 
+/// Whether two SNI chains serve their HTTP alike: the same protocol and route tables that
+/// differ at most in where each route came from (its chain's field path).
+fn same_http(a: &Option<SniHttp>, b: &Option<SniHttp>) -> bool {
+    let served = |h: &Option<SniHttp>| {
+        let mut h = h.clone();
+        let tables = h.iter_mut().flat_map(|h| h.routes.iter_mut());
+        for route in tables.flat_map(|t| t.virtual_hosts.iter_mut().flat_map(|v| &mut v.routes)) {
+            route.origin.clear();
+        }
+        h
+    };
+    served(a) == served(b)
+}
+
+/// The transport an endpoint selects (Envoy's `transport_socket_matches`): the first match
+/// whose every `match` field the endpoint's `envoy.transport_socket_match` metadata holds with
+/// the same value; `None`: the cluster's `transport_socket`.
+fn transport_match(
+    matches: &[(TlsMatch, Struct)],
+    metadata: Option<&core_pb::Metadata>,
+) -> Option<String> {
+    let own = metadata.and_then(|m| m.filter_metadata.get("envoy.transport_socket_match"));
+    matches
+        .iter()
+        .find(|(_, selector)| {
+            selector
+                .fields
+                .iter()
+                .all(|(k, v)| own.and_then(|o| o.fields.get(k)) == Some(v))
+        })
+        .map(|(m, _)| m.name.clone())
+}
+
 /// The SDS secret a TLS context validates its peer against.
 fn validation_sds(common: &tls_pb::CommonTlsContext) -> Option<String> {
     use tls_pb::common_tls_context::ValidationContextType as V;
@@ -2548,18 +2650,19 @@ fn sni_target(sni: &str) -> Result<(SniTarget, BTreeMap<String, String>), String
         return Ok((target, tags));
     }
     if let Some(r) = bearing_tls::parse_resource_sni(sni) {
-        if r.kind == bearing_tls::ResourceKind::MeshService {
-            let target = SniTarget::MeshService {
-                mesh: r.mesh.to_string(),
-                name: r.name.to_string(),
-                port: r.port,
-            };
-            return Ok((target, BTreeMap::new()));
-        }
-        return Err(format!(
-            "SNI {sni:?} names a {:?}, which Bearing's SNI routes do not hold",
-            r.kind
-        ));
+        let (mesh, name, port) = (r.mesh.to_string(), r.name.to_string(), r.port);
+        let target = match r.kind {
+            bearing_tls::ResourceKind::MeshService => SniTarget::MeshService { mesh, name, port },
+            bearing_tls::ResourceKind::MeshExternalService => {
+                SniTarget::MeshExternalService { mesh, name, port }
+            }
+            kind => {
+                return Err(format!(
+                    "SNI {sni:?} names a {kind:?}, which Bearing's SNI routes do not hold"
+                ))
+            }
+        };
+        return Ok((target, BTreeMap::new()));
     }
     if let Some(kri) = bearing_tls::parse_kri_sni(sni) {
         // Matched byte for byte, as the zone ingress routes it (MADR 101: the SNI is derived
@@ -3372,17 +3475,27 @@ mod tests {
         assert_eq!(legacy.listeners, [renamed]);
     }
 
-    /// An identity secret is the one a TLS context presents, whatever Kuma's name for it; a
-    /// name that tells no mesh, or two names for one mesh's identity, are NACKed by field.
+    /// An identity secret is the one a TLS context presents, whatever Kuma's name for it: a
+    /// name that tells no mesh is the proxy's own mesh's identity (NACKed by field for a proxy
+    /// without a mesh), and two names for one mesh's identity are NACKed by field.
     #[test]
     fn identity_secrets_are_recognised_by_reference() {
-        let renamed = |to: &str| {
+        let renamed = |to: &str, node: &NodeInfo| {
             let text = inbound(ALLOW_ALL).replace("identity_cert:secret:default", to);
-            translate(&set(&text), &node())
+            translate(&set(&text), node)
         };
         let kri = "kri_mid_default_zone-1__identity_";
-        assert!(renamed(kri).is_ok_and(|c| c.mtls["default"].identity_pem.is_some()));
-        let nacks = renamed("my-identity").unwrap_err();
+        assert!(renamed(kri, &node()).is_ok_and(|c| c.mtls["default"].identity_pem.is_some()));
+        let by_reference = renamed("my-identity", &node()).unwrap();
+        assert_eq!(
+            by_reference.mtls["default"].identity_pem,
+            renamed(kri, &node()).unwrap().mtls["default"].identity_pem
+        );
+        let meshless = NodeInfo {
+            mesh: String::new(),
+            ..node()
+        };
+        let nacks = renamed("my-identity", &meshless).unwrap_err();
         assert!(
             nacks.iter().any(|n| n
                 .field
@@ -3754,6 +3867,123 @@ mod tests {
         }
         assert!(sni_target("sni.msvc.default").is_err());
         assert!(sni_target("example.com").is_err());
+    }
+
+    /// kuma-cp's zone egress of HTTP ExternalServices (xds-egress 03): behind each SNI chain's
+    /// mesh mTLS, an HTTP connection manager whose route rewrites Host to the endpoint's
+    /// hostname; the endpoint the cluster's `transport_socket_matches` select by metadata
+    /// connects with its own TLS, the other cluster's endpoint in plaintext; DNS endpoints
+    /// are named by their hostname; the pass-through chains stay bytes.
+    #[test]
+    fn egress_http_external_services_rewrite_host_with_per_endpoint_tls() {
+        let file = format!(
+            "{}/../../../shared/kuma-corpus/xds-egress/03.mixed-services.golden.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut resources = set(&std::fs::read_to_string(&file).unwrap());
+        // The golden's secrets are stand-ins that do not load: the test CA's instead.
+        let own = format!("resources:{}", secrets().replace(":default", ":mesh-1"));
+        resources.secrets = set(&own).secrets;
+        let node = NodeInfo {
+            proxy_type: "egress".into(),
+            mesh: String::new(),
+            ..node()
+        };
+        let config = translate(&resources, &node).unwrap_or_else(|n| panic!("{n:#?}"));
+        let routes = config.listeners[0].sni_routes.as_ref().unwrap();
+        let route = |service: &str| {
+            let target = SniTarget::Service {
+                mesh: "mesh-1".into(),
+                service: service.into(),
+            };
+            routes.iter().find(|r| r.target == target).unwrap()
+        };
+        let passthrough = route("service-1-zone-2");
+        assert!(passthrough.terminate.is_none() && passthrough.http.is_none());
+        let external = route("externalservice-2");
+        assert_eq!(external.terminate.as_ref().unwrap().mesh, "mesh-1");
+        let http = external.http.as_ref().unwrap();
+        let table = http.routes.as_ref().unwrap();
+        let RouteAction::Forward {
+            backends, rewrite, ..
+        } = &table.virtual_hosts[0].routes[0].action
+        else {
+            panic!("{table:?}")
+        };
+        assert_eq!(backends[0].cluster, "mesh-1:externalservice-2");
+        assert!(rewrite.as_ref().unwrap().host_to_backend_hostname);
+
+        let tls_cluster = &config.clusters["mesh-1:externalservice-2"];
+        let host = &tls_cluster.dns.as_ref().unwrap().hosts[0];
+        assert_eq!(
+            (host.hostname.as_str(), host.tls_match.as_deref()),
+            ("httpbin.io", Some("httpbin.io"))
+        );
+        let ip = "192.0.2.1".parse().unwrap();
+        assert_eq!(host.endpoint(ip).hostname.as_deref(), Some("httpbin.io"));
+        assert!(tls_cluster.tls.is_none());
+        let Some(UpstreamTls::External {
+            server_name,
+            verification,
+            ..
+        }) = tls_cluster.tls_of(host.tls_match.as_deref())
+        else {
+            panic!("{tls_cluster:?}")
+        };
+        assert_eq!(
+            (server_name.as_str(), *verification),
+            ("httpbin.io", Verification::Secured)
+        );
+        let plain = &config.clusters["mesh-1:externalservice-1"];
+        let host = &plain.dns.as_ref().unwrap().hosts[0];
+        assert_eq!(host.tls_match, None);
+        assert!(plain.tls_of(None).is_none());
+
+        // Before its Secrets come (kuma-cp pushes them after Listeners), the HTTP chains
+        // await them, as Envoy keeps the listener warming: no refusal.
+        resources.secrets.clear();
+        let nacks = translate(&resources, &node).unwrap_err();
+        assert!(nacks.iter().all(|n| n.awaiting), "{nacks:#?}");
+    }
+
+    /// Envoy's transport socket matching: the first match whose every field the endpoint's
+    /// `envoy.transport_socket_match` metadata holds with the same value; an empty match
+    /// takes every endpoint.
+    #[test]
+    fn transport_matches_select_by_endpoint_metadata() {
+        use envoy_types::pb::google::protobuf::{value::Kind, Value};
+        let fields = |pairs: &[(&str, &str)]| Struct {
+            fields: pairs
+                .iter()
+                .map(|(k, v)| {
+                    let value = Value {
+                        kind: Some(Kind::StringValue(v.to_string())),
+                    };
+                    (k.to_string(), value)
+                })
+                .collect(),
+        };
+        let named = |name: &str| TlsMatch {
+            name: name.into(),
+            tls: None,
+        };
+        let matches = [
+            (named("tls"), fields(&[("tls", "on"), ("mesh", "m")])),
+            (named("any"), fields(&[])),
+        ];
+        let metadata = |pairs: &[(&str, &str)]| core_pb::Metadata {
+            filter_metadata: [("envoy.transport_socket_match".to_string(), fields(pairs))]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let chosen = |m: Option<&core_pb::Metadata>| transport_match(&matches, m);
+        let both = metadata(&[("tls", "on"), ("mesh", "m"), ("x", "y")]);
+        assert_eq!(chosen(Some(&both)).as_deref(), Some("tls"));
+        let part = metadata(&[("tls", "on")]);
+        assert_eq!(chosen(Some(&part)).as_deref(), Some("any"));
+        assert_eq!(chosen(None).as_deref(), Some("any"));
+        assert_eq!(transport_match(&matches[..1], None), None);
     }
 
     /// A zone egress chain whose server names are Kuma's KRI form (MeshService and

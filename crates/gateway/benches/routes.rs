@@ -25,7 +25,6 @@ fn router(n: usize) -> Router {
                 backends: vec![WeightedCluster {
                     cluster: format!("backend-{i}"),
                     weight: 1,
-                    hostname: None,
                 }],
                 rewrite: None,
             },

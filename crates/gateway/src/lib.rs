@@ -64,6 +64,9 @@ pub enum Decision<'r> {
         /// The route's response timeout (zero: none; `None`: the cluster's), for
         /// `bearing_proxy_config::response_timeout`.
         timeout: Option<Duration>,
+        /// Host becomes the hostname of the endpoint the request is sent to, when it has
+        /// one (`Rewrite::host_to_backend_hostname`): known only once an endpoint is chosen.
+        endpoint_host: bool,
     },
 }
 
@@ -555,9 +558,6 @@ impl Router {
                         return respond(StatusCode::INTERNAL_SERVER_ERROR);
                     }
                 }
-                if let (true, Some(hostname)) = (host_to_backend_hostname, &backend.hostname) {
-                    set_host(parts, hostname);
-                }
                 if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
                     set_host(parts, host);
                 }
@@ -571,6 +571,7 @@ impl Router {
                         .map(|(cluster, _)| cluster.as_str()),
                     origin: &route.origin,
                     timeout: *timeout,
+                    endpoint_host: *host_to_backend_hostname,
                 }
             }
         }

@@ -8,7 +8,6 @@ fn backend(cluster: &str, weight: u32) -> WeightedCluster {
     WeightedCluster {
         cluster: cluster.into(),
         weight,
-        hostname: None,
     }
 }
 
@@ -318,7 +317,6 @@ fn filters_and_prefix_rewrite() {
         backends: vec![WeightedCluster {
             cluster: "svc".into(),
             weight: 1,
-            hostname: Some("api.internal".into()),
         }],
         rewrite: Some(Rewrite {
             path: Some(PathRewrite::ReplacePrefixMatch("/".into())),
@@ -338,17 +336,21 @@ fn filters_and_prefix_rewrite() {
         .headers
         .insert("x-gone", HeaderValue::from_static("1"));
     let Decision::Forward {
-        response_headers, ..
+        response_headers,
+        endpoint_host,
+        ..
     } = r.route(&mut parts)
     else {
         panic!("not forwarded")
     };
+    // The endpoint's hostname is set once one is chosen; until then Host is the client's.
+    assert!(endpoint_host);
+    assert_eq!(parts.headers["host"], "h");
     assert_eq!(parts.uri.path_and_query().unwrap().as_str(), "/x?q=1");
     assert_eq!(parts.headers["x-set"], "new");
     let added: Vec<_> = parts.headers.get_all("x-add").iter().collect();
     assert_eq!(added, ["one", "two"]);
     assert!(parts.headers.get("x-gone").is_none());
-    assert_eq!(parts.headers["host"], "api.internal");
     let mut resp = HeaderMap::new();
     response_headers.apply(&mut resp);
     assert_eq!(resp["x-resp"], "yes");

@@ -224,6 +224,16 @@ pub enum SniTarget {
         /// Its port.
         port: u16,
     },
+    /// Kuma's hashed resource form `<hash>.<name>.<port>.<mesh>.mes`: a MeshExternalService
+    /// port, which the zone egress serves.
+    MeshExternalService {
+        /// Mesh name.
+        mesh: String,
+        /// MeshExternalService name.
+        name: String,
+        /// Its port.
+        port: u16,
+    },
     /// Kuma's KRI form `sni.msvc.<mesh>.<zone>.<name>.<section>` (MADR 101), matched byte for
     /// byte: a MeshService port created in this zone.
     Kri {
@@ -239,11 +249,29 @@ pub enum SniTarget {
 pub struct SniRoute {
     /// What the ClientHello's SNI must name.
     pub target: SniTarget,
-    /// Where the connection goes.
+    /// Where the connection goes (with `http`, where requests go unless a route table
+    /// decides).
     pub cluster: String,
     /// Terminate mesh mTLS first (zone egress to an ExternalService); otherwise the TLS bytes
     /// pass through untouched.
     pub terminate: Option<DownstreamTls>,
+    /// HTTP served on the decrypted stream (kuma-cp's zone egress to an HTTP
+    /// ExternalService: an HTTP connection manager behind the mTLS chain), only with
+    /// `terminate`; `None`: the decrypted bytes are copied to `cluster`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<SniHttp>,
+}
+
+/// The HTTP connection manager of an SNI route: requests read from the decrypted stream
+/// (HTTP/1.1 or HTTP/2), routed as a sidecar listener's.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SniHttp {
+    /// `Http`, `Http2` or `Grpc`, as a listener's protocol.
+    pub protocol: Protocol,
+    /// The route table deciding where each request goes; `None`: every request goes to the
+    /// route's `cluster`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<RouteTable>,
 }
 
 /// TLS a cluster originates towards its endpoints (hashed: the runtime keeps the TLS context
@@ -544,6 +572,32 @@ pub struct Cluster {
     /// LOGICAL_DNS clusters); their addresses join `endpoints`. `None`: `endpoints` is all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsEndpoints>,
+    /// Per-endpoint transport (Envoy's `transport_socket_matches`): an endpoint whose
+    /// `tls_match` names one of these connects with its TLS (or plaintext) instead of `tls`,
+    /// so one cluster may mix TLS and plaintext endpoints (an ExternalService's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls_matches: Vec<TlsMatch>,
+}
+
+/// A transport an endpoint may select instead of its cluster's `tls`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
+pub struct TlsMatch {
+    /// The name endpoints select it by (`Endpoint::tls_match`).
+    pub name: String,
+    /// TLS originated towards the endpoints selecting it; `None`: plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+impl Cluster {
+    /// The transport of an endpoint selecting `tls_match`: its match's TLS, else (no match
+    /// selected, or one the cluster does not have) the cluster's `tls`.
+    pub fn tls_of(&self, tls_match: Option<&str>) -> Option<&UpstreamTls> {
+        match tls_match.and_then(|name| self.tls_matches.iter().find(|m| m.name == name)) {
+            Some(m) => m.tls.as_ref(),
+            None => self.tls.as_ref(),
+        }
+    }
 }
 
 /// HTTP/2 flow-control windows a side offers its peer (Envoy's `Http2ProtocolOptions`
@@ -629,15 +683,21 @@ pub struct HostEndpoint {
     /// Tags every resolved endpoint carries (as `Endpoint::tags`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// The transport every resolved endpoint selects (as `Endpoint::tls_match`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_match: Option<String>,
 }
 
 impl HostEndpoint {
-    /// The endpoint of one address `ip` this hostname resolved to.
+    /// The endpoint of one address `ip` this hostname resolved to; its hostname is the name
+    /// looked up (as Envoy's DNS clusters name their hosts).
     pub fn endpoint(&self, ip: IpAddr) -> Endpoint {
         Endpoint {
             address: SocketAddr::new(ip, self.port),
             origin: self.origin.clone(),
             tags: self.tags.clone(),
+            hostname: Some(self.hostname.clone()),
+            tls_match: self.tls_match.clone(),
         }
     }
 }
@@ -681,6 +741,16 @@ pub struct Endpoint {
     /// (zone ingress).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// The endpoint's hostname (Envoy's host name: an ExternalService's host, the name a DNS
+    /// endpoint was resolved from): a request whose route rewrites Host to the backend's
+    /// hostname (`Rewrite::host_to_backend_hostname`, Envoy's `auto_host_rewrite`) sent to
+    /// this endpoint gets it. `None`: the Host header is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The cluster's transport this endpoint connects with (a `Cluster::tls_matches` name);
+    /// `None`: the cluster's `tls`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_match: Option<String>,
 }
 
 mod millis {

@@ -54,6 +54,38 @@ pub struct HttpRoute {
     pub mirror: Option<Mirror>,
 }
 
+impl HttpRoute {
+    /// A route of every request whose path starts with `prefix` (Envoy's `prefix`) to
+    /// `cluster` alone, with `rewrite` and the route's response `timeout`, no header edits or
+    /// mirror: what kuma-cp renders for a destination no route policy splits.
+    pub fn prefix_to(
+        origin: String,
+        prefix: &str,
+        cluster: &str,
+        rewrite: Option<Rewrite>,
+        timeout: Option<Duration>,
+    ) -> HttpRoute {
+        HttpRoute {
+            origin,
+            matches: HttpMatch {
+                path: Some(PathMatch::StringPrefix(prefix.into())),
+                ..HttpMatch::default()
+            },
+            request_headers: HeaderFilter::default(),
+            response_headers: HeaderFilter::default(),
+            action: RouteAction::Forward {
+                backends: vec![WeightedCluster {
+                    cluster: cluster.into(),
+                    weight: 1,
+                }],
+                rewrite,
+                timeout,
+            },
+            mirror: None,
+        }
+    }
+}
+
 /// Conditions on a request; an empty match matches every request.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct HttpMatch {
@@ -194,8 +226,8 @@ pub struct Rewrite {
     /// New path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathRewrite>,
-    /// Host becomes the chosen backend's hostname (`WeightedCluster::hostname`), when it has
-    /// one.
+    /// Host becomes the hostname of the endpoint the request is sent to
+    /// (`Endpoint::hostname`, Envoy's `auto_host_rewrite`), when it has one.
     pub host_to_backend_hostname: bool,
     /// Host becomes this (Envoy's `host_rewrite_literal`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -260,8 +292,4 @@ pub struct WeightedCluster {
     pub cluster: String,
     /// Relative weight (Kuma's default is 1).
     pub weight: u32,
-    /// Hostname for `host_to_backend_hostname` (an ExternalService's host); mesh services
-    /// have none and keep the Host header, as Envoy's `auto_host_rewrite` does for them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
 }

@@ -398,6 +398,9 @@ fn route_head<'r>(
     if !routes.http1_backends() {
         return Routed::Unsupported("a backend cluster is spoken to over HTTP/2");
     }
+    if routes.endpoint_host() {
+        return Routed::Unsupported("a route rewrites Host to the endpoint's hostname");
+    }
     let Some(mut parts) = request_parts(head) else {
         return Routed::Unsupported("request head the router cannot read");
     };
@@ -408,6 +411,7 @@ fn route_head<'r>(
             timeout,
             response_headers,
             mirror,
+            ..
         } => {
             if let Some(m) = mirror {
                 super::mirror::spawn_mirror(&parts, Bytes::copy_from_slice(body), m, listener);

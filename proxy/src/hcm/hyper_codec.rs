@@ -50,7 +50,7 @@ pub(crate) async fn serve_request<L: HttpListener>(
                 (Some(routes), _) => route(req, listener.name(), routes, peer).await,
                 (None, Some(cluster)) => {
                     let timeout = cluster.config.request_timeout;
-                    send(req.map(RequestBody::Streamed), cluster, timeout).await
+                    send(req.map(RequestBody::Streamed), cluster, timeout, false).await
                 }
                 (None, None) => {
                     let message = format!("listener {} has no cluster", listener.name());
@@ -90,13 +90,14 @@ async fn route(
             timeout,
             response_headers,
             mirror,
+            endpoint_host,
         } => {
             let body = match mirror {
                 Some(m) => mirror_request(&parts, body, m, listener).await,
                 None => RequestBody::Streamed(body),
             };
             let req = Request::from_parts(parts, body);
-            let mut resp = send(req, target, timeout).await;
+            let mut resp = send(req, target, timeout, endpoint_host).await;
             response_headers.apply(resp.headers_mut());
             resp
         }
@@ -109,14 +110,22 @@ async fn route(
 
 /// Sends one request to `cluster` and counts the outcome there: the upstream's response
 /// without hop-by-hop headers, or a 503 (504 when no response head came within `timeout`,
-/// the route's or the cluster's; `None`: no limit) naming the failure.
+/// the route's or the cluster's; `None`: no limit) naming the failure. With
+/// `endpoint_host`, Host becomes the hostname of the endpoint it is sent to, when it has one.
 pub async fn send(
     mut req: Request<RequestBody>,
     cluster: &ClusterRuntime,
     timeout: Option<Duration>,
+    endpoint_host: bool,
 ) -> Response<ProxyBody> {
     prepare_request(&mut req, cluster.is_h2());
-    match super::forward(cluster, &mut Upstream { cluster, timeout }, req).await {
+    let mut upstream = Upstream {
+        cluster,
+        timeout,
+        endpoint_host,
+        client_host: None,
+    };
+    match super::forward(cluster, &mut upstream, req).await {
         Ok((mut resp, _)) => {
             cluster.stats.requests.count(resp.status().as_u16());
             strip_hop_by_hop(resp.headers_mut());
@@ -131,6 +140,12 @@ struct Upstream<'c> {
     cluster: &'c ClusterRuntime,
     /// The request's response timeout.
     timeout: Option<Duration>,
+    /// Host becomes the hostname of the endpoint of each attempt (Envoy's
+    /// `auto_host_rewrite`).
+    endpoint_host: bool,
+    /// The request's own Host (URI and header) once an attempt rewrote it, for an attempt
+    /// to an endpoint without a hostname.
+    client_host: Option<(Uri, Option<HeaderValue>)>,
 }
 
 impl UpstreamCodec for Upstream<'_> {
@@ -152,9 +167,25 @@ impl UpstreamCodec for Upstream<'_> {
         &mut self,
         pool: &Arc<EndpointPool>,
         mut checkout: Checkout,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
     ) -> Attempt<Request<RequestBody>, Response<UpstreamBody>> {
         let cluster = self.cluster;
+        if self.endpoint_host {
+            match (pool.hostname(), &self.client_host) {
+                (Some(hostname), _) => {
+                    let own = || (req.uri().clone(), req.headers().get(header::HOST).cloned());
+                    self.client_host.get_or_insert_with(own);
+                    set_host(&mut req, hostname);
+                }
+                (None, Some((uri, host))) => {
+                    *req.uri_mut() = uri.clone();
+                    if let Some(host) = host {
+                        req.headers_mut().insert(header::HOST, host.clone());
+                    }
+                }
+                (None, None) => {}
+            }
+        }
         let unit = match cluster.request_unit(cluster.stats.occupancy.clone()) {
             Ok(unit) => unit,
             Err(overflow) => {
@@ -348,6 +379,23 @@ pub fn local_reply(status: StatusCode, message: String) -> Response<ProxyBody> {
         HeaderValue::from_static(LOCAL_REPLY_CONTENT_TYPE),
     );
     resp
+}
+
+/// Rewrites the Host of a request [`prepare_request`] prepared: HTTP/2's `:authority`
+/// (the URI's), HTTP/1.1's `host` header.
+fn set_host(req: &mut Request<RequestBody>, hostname: &HeaderValue) {
+    if req.version() != Version::HTTP_2 {
+        req.headers_mut().insert(header::HOST, hostname.clone());
+        return;
+    }
+    let Some(authority) = hostname.to_str().ok().and_then(|h| h.parse().ok()) else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.authority = Some(authority);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
 }
 
 /// Makes a downstream request fit the upstream connection: hop-by-hop headers removed,

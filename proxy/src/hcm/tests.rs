@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bearing_proxy_config::{Cluster, Direction, Endpoint, Listener, Protocol, ProxyConfig};
+use bearing_proxy_config::{Cluster, Direction, Listener, Protocol, ProxyConfig};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -312,11 +312,7 @@ fn is_uuid_v4(id: &str) -> bool {
 
 /// A sidecar config of one listener per [`To`], each to its own cluster.
 fn config(live: SocketAddr, refused: SocketAddr) -> Arc<ProxyConfig> {
-    let endpoint = |address| Endpoint {
-        address,
-        origin: "test".into(),
-        tags: Default::default(),
-    };
+    let endpoint = crate::upstream::plain_endpoint;
     let clusters = [
         ("live", vec![endpoint(live)]),
         ("none", vec![]),
@@ -610,9 +606,7 @@ fn a_tls_downstream_says_https_and_each_request_gets_its_own_id() {
 /// Envoy's text at its own route's timeout, not the other route's nor the cluster's.
 #[tokio::test]
 async fn each_route_times_out_at_its_own_timeout_through_every_codec() {
-    use bearing_proxy_config::{
-        HttpMatch, HttpRoute, PathMatch, RouteAction, RouteTable, VirtualHost, WeightedCluster,
-    };
+    use bearing_proxy_config::{HttpRoute, RouteTable, VirtualHost};
     // Reads requests and never answers, holding every connection open.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = silent.local_addr().unwrap();
@@ -625,24 +619,14 @@ async fn each_route_times_out_at_its_own_timeout_through_every_codec() {
             });
         }
     });
-    let route = |prefix: &str, timeout: Duration| HttpRoute {
-        origin: format!("route {prefix}"),
-        matches: HttpMatch {
-            path: Some(PathMatch::StringPrefix(prefix.into())),
-            ..HttpMatch::default()
-        },
-        request_headers: Default::default(),
-        response_headers: Default::default(),
-        action: RouteAction::Forward {
-            backends: vec![WeightedCluster {
-                cluster: "live".into(),
-                weight: 1,
-                hostname: None,
-            }],
-            rewrite: None,
-            timeout: Some(timeout),
-        },
-        mirror: None,
+    let route = |prefix: &str, timeout: Duration| {
+        HttpRoute::prefix_to(
+            format!("route {prefix}"),
+            prefix,
+            "live",
+            None,
+            Some(timeout),
+        )
     };
     let mut config = (*config(origin, origin)).clone();
     config.clusters.get_mut("live").unwrap().request_timeout = Some(Duration::from_secs(30));
@@ -684,6 +668,75 @@ async fn each_route_times_out_at_its_own_timeout_through_every_codec() {
             if answer != (504, "upstream request timeout".to_string()) || !on_time {
                 failures.push(format!("{path} ({codec:?}): {answer:?} after {took:?}"));
             }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A route rewriting Host to the endpoint's hostname (Envoy's `auto_host_rewrite`), through
+/// every codec: round robin over two endpoints of one cluster, the upstream sees Host become
+/// the hostname of the endpoint each request went to, and kept where the endpoint has none.
+#[tokio::test]
+async fn a_route_rewrites_host_to_the_chosen_endpoints_hostname_through_every_codec() {
+    use bearing_proxy_config::{HttpRoute, Rewrite, RouteTable, VirtualHost};
+    let (live, mut received) = recording_upstream().await;
+    let mut config = (*config(live, live)).clone();
+    let named = bearing_proxy_config::Endpoint {
+        hostname: Some("origin.example".into()),
+        ..crate::upstream::plain_endpoint(live)
+    };
+    let cluster = config.clusters.get_mut("live").unwrap();
+    cluster.endpoints = vec![named, crate::upstream::plain_endpoint(live)];
+    let rewrite = Rewrite {
+        host_to_backend_hostname: true,
+        ..Rewrite::default()
+    };
+    config.listeners[0].routes = Some(RouteTable {
+        name: "external".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "external".into(),
+            domains: vec!["*".into()],
+            routes: vec![HttpRoute::prefix_to(
+                "route /".into(),
+                "/",
+                "live",
+                Some(rewrite),
+                None,
+            )],
+        }],
+    });
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    let case = Case {
+        name: "rewritten",
+        method: "GET",
+        path: "/x",
+        headers: &[("host", "web")],
+        body: "",
+        to: To::Live,
+        h2: true,
+        expect: Expect::Reply(200, "ok"),
+    };
+    let mut failures = Vec::new();
+    for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+        let mut hosts = Vec::new();
+        for _ in 0..2 {
+            let answer = ask(&proxy, codec, &case).await;
+            let sent = tokio::time::timeout(Duration::from_secs(5), received.recv()).await;
+            let head = match sent {
+                Ok(Some((head, _))) => head,
+                _ => String::new(),
+            };
+            let host: Vec<_> = fields(&head)
+                .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+                .map(|(_, v)| v)
+                .collect();
+            hosts.push(format!("{} {host:?}", answer.0));
+        }
+        hosts.sort();
+        let want = [r#"200 ["origin.example"]"#, r#"200 ["web"]"#];
+        if hosts != want {
+            failures.push(format!("{codec:?}: {hosts:?}"));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");

@@ -160,24 +160,37 @@ pub fn short(file: &Path) -> String {
 }
 
 /// Kuma's mesh secrets a golden's resources name (identities: `identity_cert:secret:<mesh>`,
-/// `system_mtls_identity_<mesh>`, MeshIdentity's `kri_mid_...`; CAs: `mesh_ca:secret:<mesh>`,
-/// `system_mtls_ca_<mesh>`), as test values, for those the golden does not hold (the e2e
-/// goldens leave the proxy's identity out).
+/// `system_mtls_identity_<mesh>`, MeshIdentity's `kri_mid_...`, or any secret a TLS context
+/// presents; CAs: `mesh_ca:secret:<mesh>`, `system_mtls_ca_<mesh>`, and MeshTrust's
+/// `system_trust_bundle` where a TLS context verifies peers against it), as test values, for
+/// those the golden does not hold (the e2e goldens leave the proxy's identity out; the
+/// xds-generator goldens name a zone egress's identity by reference).
 fn add_missing_secrets(raws: &mut Vec<RawResource>) {
     let mut named = BTreeSet::new();
+    let mut presented = BTreeSet::new();
     for raw in raws.iter() {
         collect_secret_names(&raw.json, &mut named);
+        collect_sds_references(&raw.json, &mut presented, &mut named);
     }
+    named.extend(presented.iter().cloned());
     for raw in raws.iter().filter(|r| r.type_url == SECRET) {
         named.remove(&raw.name);
     }
     use base64::Engine;
     let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
     for name in named {
-        let json = if is_identity_secret(&name) {
+        let json = if is_identity_secret(&name) || presented.contains(&name) {
             serde_json::json!({"name": name, "tlsCertificate": {
                 "certificateChain": {"inlineBytes": b64(test_cert_pem())},
                 "privateKey": {"inlineBytes": b64(test_key_pem())}}})
+        } else if name == "system_trust_bundle" {
+            // As kuma-cp renders MeshTrust: Envoy's SPIFFE validator, a bundle per domain.
+            serde_json::json!({"name": name, "validationContext": {"customValidatorConfig": {
+                "name": "envoy.tls.cert_validator.spiffe",
+                "typedConfig": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig",
+                    "trustDomains": [{"name": "default",
+                        "trustBundle": {"inlineBytes": b64(test_cert_pem())}}]}}}})
         } else {
             serde_json::json!({"name": name, "validationContext": {
                 "trustedCa": {"inlineBytes": b64(test_cert_pem())}}})
@@ -238,6 +251,36 @@ fn collect_secret_names(value: &Value, out: &mut BTreeSet<String>) {
         }
         Value::Array(items) => items.iter().for_each(|v| collect_secret_names(v, out)),
         Value::Object(map) => map.values().for_each(|v| collect_secret_names(v, out)),
+        _ => {}
+    }
+}
+
+/// The secrets TLS contexts name by reference: those they present (`presented`), and
+/// MeshTrust's `system_trust_bundle` where they verify peers against it (`validation`).
+fn collect_sds_references(
+    value: &Value,
+    presented: &mut BTreeSet<String>,
+    validation: &mut BTreeSet<String>,
+) {
+    let name = |v: &Value| v.get("name").and_then(Value::as_str).map(str::to_string);
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .for_each(|v| collect_sds_references(v, presented, validation)),
+        Value::Object(map) => {
+            for (key, v) in map {
+                match key.as_str() {
+                    "tlsCertificateSdsSecretConfigs" => {
+                        let items = v.as_array().into_iter().flatten();
+                        presented.extend(items.filter_map(name));
+                    }
+                    "validationContextSdsSecretConfig" => {
+                        validation.extend(name(v).filter(|n| n == "system_trust_bundle"));
+                    }
+                    _ => collect_sds_references(v, presented, validation),
+                }
+            }
+        }
         _ => {}
     }
 }
