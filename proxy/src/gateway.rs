@@ -17,6 +17,11 @@
 //! HTTP/2 and whatever else the byte path does not carry go to hyper, which measures the 5 s
 //! from the moment a connection waits for a request, so it also closes keep-alive connections
 //! idle that long.
+//!
+//! A gateway listener with compression (Kuma's gzip compressor, on every HTTP listener)
+//! compresses responses as Envoy does ([`crate::hcm::compress`]): hyper serves the clients
+//! that accept gzip (the byte path hands their connection over at the first such request),
+//! while the byte path keeps serving the others, adding only `Vary: Accept-Encoding`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,8 +32,8 @@ use std::time::Duration;
 use bearing_gateway::{Decision, HeaderEdits, Router};
 use bearing_http1::BodyLength;
 use bearing_proxy_config::{
-    response_timeout, CrossMesh, GatewayCertificate, GatewayListener, GatewayProtocol, HttpRoute,
-    RouteAction, RouteTable,
+    response_timeout, Compression, CrossMesh, GatewayCertificate, GatewayListener, GatewayProtocol,
+    HttpRoute, RouteAction, RouteTable,
 };
 use bearing_tls::{Negotiated as _, TlsAcceptor};
 use bytes::Bytes;
@@ -40,13 +45,14 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
 use crate::hcm::byte_codec::Timeouts;
+use crate::hcm::compress;
 use crate::hcm::hyper_codec::{local_reply, send, ProxyBody};
 use crate::hcm::{strip_hop_by_hop, Reply, Routed};
 use crate::io::Counted;
 use crate::mesh_tls::{MeshState, MeshTlsSet};
 use crate::stats::{ListenerStats, Stats};
 use crate::tcp_proxy::serve_tcp;
-use crate::transport::{read_sni, Admission, Transported};
+use crate::transport::{offers_kuma_alpn, read_sni, Admission, Transported};
 use crate::upstream::{ClusterRuntime, RequestBody};
 
 /// Value of the `server` header on every gateway response (Kuma's gateway `serverName`).
@@ -84,6 +90,8 @@ pub struct HttpRoutes {
     /// A gateway's defaults (Kuma's gateway Envoy config): `server: Kuma Gateway` on every
     /// response, the client's address appended to `x-forwarded-for`.
     gateway: bool,
+    /// A gateway listener's gzip response compression (`GatewayListener::compression`).
+    compression: Option<Compression>,
 }
 
 impl HttpRoutes {
@@ -114,7 +122,9 @@ impl HttpRoutes {
             .flat_map(|h| &h.tcp_backends)
             .map(|b| b.cluster.as_str());
         let http = route_clusters(listener.hosts.iter().flat_map(|h| &h.http_routes));
-        Ok(HttpRoutes::new(router, tcp.chain(http), clusters, true))
+        let mut routes = HttpRoutes::new(router, tcp.chain(http), clusters, true);
+        routes.compression = listener.compression.clone();
+        Ok(routes)
     }
 
     fn new<'a>(
@@ -139,6 +149,7 @@ impl HttpRoutes {
             router: Arc::new(router),
             clusters: own,
             gateway,
+            compression: None,
         }
     }
 
@@ -149,10 +160,11 @@ impl HttpRoutes {
 
     /// What a response head relayed as bytes gets: the route's edits, and a gateway's
     /// `server`.
-    fn edits<'r>(&self, route: Option<&'r HeaderEdits>) -> ResponseEdits<'r> {
+    fn edits<'r>(&'r self, route: Option<&'r HeaderEdits>) -> ResponseEdits<'r> {
         ResponseEdits {
             route,
             server: self.gateway,
+            compression: self.compression.as_ref(),
         }
     }
 }
@@ -277,6 +289,15 @@ impl HttpRoutes {
         let Some(mut parts) = request_parts(head) else {
             return Routed::Unsupported("request head the router cannot read");
         };
+        if let Some(compression) = &self.compression {
+            let accept = parts.headers.get_all(header::ACCEPT_ENCODING).iter();
+            if compress::accepts_gzip(accept.map(HeaderValue::as_bytes)) {
+                return Routed::Unsupported("the client accepts gzip: compressed by hyper");
+            }
+            if compression.remove_accept_encoding {
+                parts.headers.remove(header::ACCEPT_ENCODING);
+            }
+        }
         match self.decide(&mut parts, peer) {
             Routing::Reply(reply, route) => Routed::Reply(reply, Some(self.edits(route))),
             Routing::Forward {
@@ -353,11 +374,13 @@ impl HttpRoutes {
 }
 
 /// What routed HTTP changes in a response head it relays as bytes: the route's response
-/// header filter, if a route answered, then a gateway's `server`.
+/// header filter, if a route answered, then a gateway's `server`, then the `Vary` of a
+/// gateway's compression (the byte path serves only clients that do not accept gzip).
 #[derive(Clone, Copy)]
 pub(crate) struct ResponseEdits<'r> {
     route: Option<&'r HeaderEdits>,
     server: bool,
+    compression: Option<&'r Compression>,
 }
 
 impl ResponseEdits<'_> {
@@ -377,6 +400,9 @@ impl ResponseEdits<'_> {
             },
             appended.chain(server_field),
         );
+        if let Some(compression) = self.compression {
+            compress::vary_head(compression, head);
+        }
     }
 }
 
@@ -564,6 +590,23 @@ pub(crate) async fn serve(
                 refuse(&stream, (name, listener), peer, "no TLS configuration");
                 return None;
             };
+            // A cross-mesh listener's chain is matched by ALPN `kuma`: a client not offering
+            // it matches no chain, and Envoy closes its connection.
+            if gateway.tls_terms.cross_mesh.is_some() {
+                match offers_kuma_alpn(stream.get_ref()).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let why =
+                            "no filter chain matches: the ClientHello does not offer ALPN kuma";
+                        refuse(&stream, (name, listener), peer, why);
+                        return None;
+                    }
+                    Err(why) => {
+                        refuse(&stream, (name, listener), peer, &why);
+                        return None;
+                    }
+                }
+            }
             let tls = match acceptor.accept(stream, name, peer).await {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -612,6 +655,15 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
+    // Whether the response is to be compressed, if it can be (never a HEAD's).
+    let gzip = routes.compression.as_ref().map(|compression| {
+        let accept = parts.headers.get_all(header::ACCEPT_ENCODING).iter();
+        let accepted = compress::accepts_gzip(accept.map(HeaderValue::as_bytes));
+        if compression.remove_accept_encoding {
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
+        (compression, accepted && parts.method != Method::HEAD)
+    });
     let mut resp = match routes.decide(&mut parts, peer) {
         Routing::Reply(reply, edits) => {
             let mut resp = local_reply(reply.status, reply.message);
@@ -639,6 +691,9 @@ pub async fn handle(
             resp
         }
     };
+    if let Some((compression, accepted)) = gzip {
+        compress::respond(compression, &mut resp, accepted);
+    }
     if routes.gateway {
         resp.headers_mut().insert(header::SERVER, SERVER_NAME);
     }
@@ -753,6 +808,7 @@ mod tests {
             tags: Default::default(),
             connection_limit: Some(2),
             cross_mesh: None,
+            compression: None,
         };
         let gw = GatewayRuntime::build(&listener, &HashMap::new(), &MeshTlsSet::default(), None)
             .unwrap();
@@ -786,6 +842,7 @@ mod tests {
                 tags: Default::default(),
                 connection_limit: Some(1),
                 cross_mesh: None,
+                compression: None,
             }
         };
         let (clusters, meshes) = (HashMap::new(), MeshTlsSet::default());
@@ -858,6 +915,7 @@ mod tests {
         let edits = ResponseEdits {
             route: None,
             server: true,
+            compression: None,
         };
         edits.apply(&mut head);
         assert_eq!(

@@ -1141,6 +1141,7 @@ mod tests {
                 tags: Default::default(),
                 connection_limit: Some(1),
                 cross_mesh: None,
+                compression: None,
             });
             Arc::new(config)
         };
