@@ -1,5 +1,5 @@
 //! The one body type the proxy sends, upstream and downstream: a peer's body passed through
-//! as it arrives, or bytes the proxy holds itself.
+//! as it arrives, bytes the proxy holds itself, or either compressed on its way downstream.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,12 +8,16 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
+use crate::hcm::compress::GzipBody;
+
 /// A message body: streamed from a peer, or held in memory (a local reply, a mirrored copy).
 pub enum MessageBody<B> {
     /// Passed through from the peer as it arrives.
     Streamed(B),
     /// Held by the proxy.
     Held(Full<Bytes>),
+    /// A response body compressed to gzip as it streams (a gateway's compression).
+    Gzip(Box<GzipBody<MessageBody<B>>>),
 }
 
 impl<B> Body for MessageBody<B>
@@ -35,6 +39,7 @@ where
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            MessageBody::Gzip(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -42,6 +47,7 @@ where
         match self {
             MessageBody::Streamed(b) => b.is_end_stream(),
             MessageBody::Held(b) => b.is_end_stream(),
+            MessageBody::Gzip(b) => b.is_end_stream(),
         }
     }
 
@@ -49,6 +55,7 @@ where
         match self {
             MessageBody::Streamed(b) => b.size_hint(),
             MessageBody::Held(b) => b.size_hint(),
+            MessageBody::Gzip(b) => b.size_hint(),
         }
     }
 }

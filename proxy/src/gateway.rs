@@ -17,6 +17,11 @@
 //! `idleTimeout`). HTTP/2 and whatever else the byte codec does not carry go to hyper, which
 //! measures the 5 s from the moment a connection waits for a request, so it also closes
 //! keep-alive connections idle that long.
+//!
+//! A gateway listener with compression (Kuma's gzip compressor, on every HTTP listener)
+//! compresses responses as Envoy does ([`crate::hcm::compress`]): hyper serves the clients
+//! that accept gzip (the byte codec hands their connection over at the first such request),
+//! while the byte codec keeps serving the others, adding only `Vary: Accept-Encoding`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,7 +40,7 @@ use crate::mesh_tls::{MeshState, MeshTlsSet};
 use crate::router::HttpRoutes;
 use crate::stats::{ListenerStats, Stats};
 use crate::tcp_proxy::serve_tcp;
-use crate::transport::{read_sni, Admission, Transported};
+use crate::transport::{offers_kuma_alpn, read_sni, Admission, Transported};
 use crate::upstream::ClusterRuntime;
 
 /// Time a client has to send a request's headers on the hyper path (HTTP/2, and HTTP/1.1
@@ -260,6 +265,23 @@ pub(crate) async fn serve(
                 refuse(&stream, (name, listener), peer, "no TLS configuration");
                 return None;
             };
+            // A cross-mesh listener's chain is matched by ALPN `kuma`: a client not offering
+            // it matches no chain, and Envoy closes its connection.
+            if gateway.tls_terms.cross_mesh.is_some() {
+                match offers_kuma_alpn(stream.get_ref()).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let why =
+                            "no filter chain matches: the ClientHello does not offer ALPN kuma";
+                        refuse(&stream, (name, listener), peer, why);
+                        return None;
+                    }
+                    Err(why) => {
+                        refuse(&stream, (name, listener), peer, &why);
+                        return None;
+                    }
+                }
+            }
             let tls = match acceptor.accept(stream, name, peer).await {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -312,6 +334,7 @@ mod tests {
             tags: Default::default(),
             connection_limit: Some(2),
             cross_mesh: None,
+            compression: None,
         };
         let gw = GatewayRuntime::build(&listener, &HashMap::new(), &MeshTlsSet::default(), None)
             .unwrap();
@@ -342,6 +365,7 @@ mod tests {
                 tags: Default::default(),
                 connection_limit: Some(1),
                 cross_mesh: None,
+                compression: None,
             }
         };
         let (clusters, meshes) = (HashMap::new(), MeshTlsSet::default());

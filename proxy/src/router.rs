@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bearing_gateway::{Decision, HeaderEdits, Router};
-use bearing_proxy_config::{response_timeout, GatewayListener, HttpRoute, RouteAction, RouteTable};
+use bearing_proxy_config::{
+    response_timeout, Compression, GatewayListener, HttpRoute, RouteAction, RouteTable,
+};
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
 
@@ -43,6 +45,9 @@ pub struct HttpRoutes {
     /// A gateway's defaults (Kuma's gateway Envoy config): `server: Kuma Gateway` on every
     /// response, the client's address appended to `x-forwarded-for`.
     gateway: bool,
+    /// A gateway listener's gzip response compression (`GatewayListener::compression`),
+    /// which the connection manager applies.
+    compression: Option<Compression>,
 }
 
 impl HttpRoutes {
@@ -75,7 +80,9 @@ impl HttpRoutes {
         let routes = || listener.hosts.iter().flat_map(|h| &h.http_routes);
         let http = route_clusters(routes());
         let referenced = (tcp.chain(http), rewrites_to_endpoint(routes()));
-        Ok(HttpRoutes::new(router, referenced, clusters, true))
+        let mut routes = HttpRoutes::new(router, referenced, clusters, true);
+        routes.compression = listener.compression.clone();
+        Ok(routes)
     }
 
     /// Routes of `router` to the clusters it names (`referenced`, and whether a route
@@ -103,6 +110,7 @@ impl HttpRoutes {
             router: Arc::new(router),
             clusters: own,
             gateway,
+            compression: None,
         }
     }
 
@@ -134,6 +142,11 @@ impl HttpRoutes {
         self.endpoint_host
     }
 
+    /// The gzip response compression of a gateway listener.
+    pub(crate) fn compression(&self) -> Option<&Compression> {
+        self.compression.as_ref()
+    }
+
     /// Whether these are a gateway's routes: its responses carry `server: Kuma Gateway`.
     pub(crate) fn is_gateway(&self) -> bool {
         self.gateway
@@ -141,10 +154,11 @@ impl HttpRoutes {
 
     /// What a response head relayed as bytes gets: the route's edits, and a gateway's
     /// `server`.
-    pub(crate) fn edits<'r>(&self, route: Option<&'r HeaderEdits>) -> ResponseEdits<'r> {
+    pub(crate) fn edits<'r>(&'r self, route: Option<&'r HeaderEdits>) -> ResponseEdits<'r> {
         ResponseEdits {
             route,
             server: self.gateway,
+            compression: self.compression.as_ref(),
         }
     }
 }
@@ -217,14 +231,21 @@ pub struct Reply {
 }
 
 /// What routed HTTP changes in a response head it relays as bytes: the route's response
-/// header filter, if a route answered, then a gateway's `server`.
+/// header filter, if a route answered, then a gateway's `server`; and the compression whose
+/// `Vary` the byte codec adds (it serves only clients that do not accept gzip).
 #[derive(Clone, Copy)]
 pub(crate) struct ResponseEdits<'r> {
     route: Option<&'r HeaderEdits>,
     server: bool,
+    compression: Option<&'r Compression>,
 }
 
-impl ResponseEdits<'_> {
+impl<'r> ResponseEdits<'r> {
+    /// The gateway listener's compression, if it has one.
+    pub(crate) fn compression(&self) -> Option<&'r Compression> {
+        self.compression
+    }
+
     /// Edits `head`, written by [`bearing_http1`], as the hyper codec edits a response's
     /// headers.
     pub(crate) fn apply(self, head: &mut Vec<u8>) {
@@ -307,6 +328,7 @@ mod tests {
         let edits = ResponseEdits {
             route: None,
             server: true,
+            compression: None,
         };
         edits.apply(&mut head);
         assert_eq!(

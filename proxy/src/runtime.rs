@@ -1168,6 +1168,7 @@ mod tests {
                 tags: Default::default(),
                 connection_limit: Some(1),
                 cross_mesh: None,
+                compression: None,
             });
             Arc::new(config)
         };

@@ -139,6 +139,22 @@ where
 
 /// The SNI of the ClientHello waiting in `stream`, read without consuming it.
 pub(crate) async fn read_sni(stream: &TcpStream) -> Result<String, String> {
+    match peek_client_hello(stream).await? {
+        (Some(sni), _) => Ok(sni),
+        (None, _) => Err("the ClientHello names no server (SNI)".into()),
+    }
+}
+
+/// Whether the ClientHello waiting in `stream` (read without consuming it) offers ALPN
+/// `kuma`: what a chain matched by `application_protocols: [kuma]` (a cross-mesh gateway
+/// listener's) requires of a connection, as Envoy's filter-chain match does.
+pub(crate) async fn offers_kuma_alpn(stream: &TcpStream) -> Result<bool, String> {
+    Ok(peek_client_hello(stream).await?.1)
+}
+
+/// The SNI of the ClientHello waiting in `stream` and whether it offers ALPN `kuma`, read
+/// without consuming it.
+async fn peek_client_hello(stream: &TcpStream) -> Result<(Option<String>, bool), String> {
     let deadline = Instant::now() + CLIENT_HELLO_TIMEOUT;
     let mut buf = vec![0u8; MAX_CLIENT_HELLO];
     let mut seen = 0;
@@ -151,9 +167,8 @@ pub(crate) async fn read_sni(stream: &TcpStream) -> Result<String, String> {
             Err(_) => return Err("no complete ClientHello in time".into()),
         };
         match parse_client_hello(&buf[..n]) {
-            ClientHello::Parsed { sni: Some(sni), .. } => return Ok(sni.to_string()),
-            ClientHello::Parsed { sni: None, .. } => {
-                return Err("the ClientHello names no server (SNI)".into())
+            ClientHello::Parsed { sni, alpn_kuma } => {
+                return Ok((sni.map(str::to_string), alpn_kuma))
             }
             ClientHello::NotTls => return Err("not a TLS connection".into()),
             ClientHello::Invalid(why) => return Err(format!("malformed ClientHello: {why}")),

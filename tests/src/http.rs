@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
+use crate::process::Output;
 use crate::topology::Host;
 use crate::util;
 
@@ -85,19 +86,8 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<OsString> = args
-        .into_iter()
-        .map(|a| a.as_ref().to_os_string())
-        .collect();
-    let max_time = user_max_time(&args).unwrap_or(DEFAULT_CURL_MAX_TIME_SECS as f64);
     let trailer = format!("{CODE_MARKER}%{{http_code}}");
-    let out = host
-        .command("curl")
-        .args(["-sS", "-g", "-o", "-", "-w", &trailer])
-        .args(["--max-time", &DEFAULT_CURL_MAX_TIME_SECS.to_string()])
-        .args(&args)
-        .timeout(Duration::from_secs_f64(max_time.max(0.0) + 10.0))
-        .output()?;
+    let out = run_curl(host, &["-o", "-", "-w", &trailer], args)?;
     let (body, http_code) = split_trailer(&out.stdout_bytes);
     Ok(CurlOutput {
         exit_code: out.code(),
@@ -105,6 +95,83 @@ where
         body,
         stderr: out.stderr,
     })
+}
+
+/// What [`curl_raw`] saw: the response heads curl wrote (`-D -`), in order, and the bytes of
+/// the body that followed the last one, as sent (no decoding).
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// curl's exit code; `None` if killed.
+    pub exit_code: Option<i32>,
+    /// Each response head (status line and fields, lossy UTF-8).
+    pub heads: Vec<String>,
+    /// The body after the last head, byte for byte.
+    pub body: Vec<u8>,
+    /// curl's stderr.
+    pub stderr: String,
+}
+
+impl RawResponse {
+    /// The value of field `name` in the last head, if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        header_value(self.heads.last()?, name)
+    }
+}
+
+/// The value of field `name` in a response `head`, if present.
+pub fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// Runs `curl -sS -g -D - <args>` on `host` and keeps the body bytes as they came (a gzip
+/// body, say), the heads apart; bodies of all but the last response must go elsewhere
+/// (`-o /dev/null` before `--next`).
+pub fn curl_raw<I, S>(host: &Host, args: I) -> Result<RawResponse>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = run_curl(host, &["-D", "-"], args)?;
+    let mut rest = &out.stdout_bytes[..];
+    let mut heads = Vec::new();
+    while rest.starts_with(b"HTTP/") {
+        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+            break;
+        };
+        heads.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+        rest = &rest[end + 4..];
+    }
+    Ok(RawResponse {
+        exit_code: out.code(),
+        heads,
+        body: rest.to_vec(),
+        stderr: out.stderr,
+    })
+}
+
+/// Runs `curl -sS -g <ours> --max-time <default> <args>` on `host` (a `-m` in `args` wins),
+/// given time to end.
+fn run_curl<I, S>(host: &Host, ours: &[&str], args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
+    let max_time = user_max_time(&args).unwrap_or(DEFAULT_CURL_MAX_TIME_SECS as f64);
+    host.command("curl")
+        .args(["-sS", "-g"])
+        .args(ours)
+        .args(["--max-time", &DEFAULT_CURL_MAX_TIME_SECS.to_string()])
+        .args(&args)
+        .timeout(Duration::from_secs_f64(max_time.max(0.0) + 10.0))
+        .output()
 }
 
 /// Splits curl's stdout into body and HTTP code.

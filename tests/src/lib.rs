@@ -37,6 +37,7 @@ mod cp_files;
 mod envoy;
 mod firewall;
 mod http;
+mod kuma_gateway;
 mod mesh;
 mod peers;
 mod process;
@@ -65,8 +66,10 @@ pub use envoy::{
 };
 pub use firewall::firewall_rules;
 pub use http::{
-    curl, curl_output, http_url, request_id_forms, CurlOutput, DEFAULT_CURL_MAX_TIME_SECS,
+    curl, curl_output, curl_raw, header_value, http_url, request_id_forms, CurlOutput, RawResponse,
+    DEFAULT_CURL_MAX_TIME_SECS,
 };
+pub use kuma_gateway::{gateway_cluster, gateway_manager};
 pub use mesh::{
     external_service_yaml, get_body, mesh_yaml, with_transparent_proxying, zone_proxy_yaml,
     BACKEND_SYNCED_FROM_ZONE_B,

@@ -10,7 +10,9 @@
 //! spreads connections by weight and refuses those beyond its limit. A cross-mesh listener
 //! (a chain matched by ALPN `kuma` presenting the gateway's mesh identity and verifying
 //! clients against kuma-cp's all-in-one CA secret) serves a proxy of another mesh, with that
-//! mesh's certificate, and refuses a client without one or of a mesh it does not trust.
+//! mesh's certificate, and refuses a client without one, of a mesh it does not trust, or not
+//! offering ALPN `kuma`. Kuma's gzip compressor filter compresses responses for clients that
+//! accept gzip, over HTTP/1.1 and HTTP/2.
 
 use std::time::Duration;
 
@@ -18,8 +20,6 @@ use anyhow::{ensure, Context, Result};
 use bearing_e2e::*;
 use serde_json::{json, Value};
 
-const HCM: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 /// The origins' port.
 const ORIGIN_PORT: u16 = 8080;
 /// The gateway's HTTP and HTTPS listeners.
@@ -28,46 +28,9 @@ const HTTPS_PORT: u16 = 8443;
 /// The HTTPS listener's hostname.
 const SECURE_HOST: &str = "secure.example.com";
 
-/// A STATIC cluster `name` of one endpoint, spoken to over HTTP/1.1 (Kuma's gateway
-/// clusters carry explicit HTTP options).
+/// A STATIC cluster `name` of the origin on `host`.
 fn cluster(name: &str, host: &Host) -> Value {
-    json!({
-        "name": name,
-        "type": "STATIC",
-        "connectTimeout": "5s",
-        "perConnectionBufferLimitBytes": 32768,
-        "typedExtensionProtocolOptions": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicitHttpConfig": {"httpProtocolOptions": {}},
-        }},
-        "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": [{"endpoint": {
-            "address": {"socketAddress": {"address": host.ip4().to_string(), "portValue": ORIGIN_PORT}}
-        }}]}]},
-    })
-}
-
-/// Kuma's gateway HTTP connection manager, its routes from RDS `routes`.
-fn manager(routes: &str) -> Value {
-    json!({"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
-        "@type": HCM,
-        "statPrefix": "gateway-default",
-        "commonHttpProtocolOptions": {"headersWithUnderscoresAction": "REJECT_REQUEST", "idleTimeout": "300s"},
-        "httpFilters": [
-            {"name": "envoy.filters.http.local_ratelimit", "typedConfig": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-                "statPrefix": "rate_limit"}},
-            {"name": "envoy.filters.http.router", "typedConfig": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-        ],
-        "mergeSlashes": true,
-        "normalizePath": true,
-        "pathWithEscapedSlashesAction": "UNESCAPE_AND_REDIRECT",
-        "rds": {"configSource": {"ads": {}, "resourceApiVersion": "V3"}, "routeConfigName": routes},
-        "requestHeadersTimeout": "0.500s",
-        "serverName": "Kuma Gateway",
-        "streamIdleTimeout": "5s",
-        "useRemoteAddress": true,
-    }})
+    gateway_cluster(name, host.sock4(ORIGIN_PORT))
 }
 
 /// A route configuration as kuma-cp renders a MeshGatewayRoute (`/two` by a path + prefix
@@ -101,7 +64,7 @@ fn resources(gw: &Host, one: &Host, two: &Host, cert: &CertFiles) -> Result<XdsF
         "name": "gw:HTTP:8080",
         "address": address(HTTP_PORT),
         "trafficDirection": "INBOUND",
-        "filterChains": [{"filters": [manager("gw:HTTP:8080:*")]}],
+        "filterChains": [{"filters": [gateway_manager("gw:HTTP:8080:*")]}],
     });
     let https = json!({
         "name": "gw:HTTPS:8443",
@@ -119,7 +82,7 @@ fn resources(gw: &Host, one: &Host, two: &Host, cert: &CertFiles) -> Result<XdsF
                         "sdsConfig": {"ads": {}, "resourceApiVersion": "V3"}}],
                 },
             }},
-            "filters": [manager("gw:HTTPS:8443:secure.example.com")],
+            "filters": [gateway_manager("gw:HTTPS:8443:secure.example.com")],
         }],
     });
     let pem = |path: &std::path::Path| -> Result<String> {
@@ -275,6 +238,146 @@ fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
     Ok(())
 }
 
+/// `bytes` gunzipped.
+fn gunzip(bytes: &[u8]) -> Result<String> {
+    use std::io::Read;
+    let mut out = String::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_string(&mut out)
+        .context("gunzip")?;
+    Ok(out)
+}
+
+/// Kuma's gzip compressor on the gateway's listeners (from the CP's resources): a response to
+/// a client accepting gzip is compressed (chunked over HTTP/1.1, DATA frames over HTTP/2)
+/// with `Vary: Accept-Encoding`, and gunzips to the origin's body; a client that does not
+/// accept gzip gets the body as sent with its length and the same `Vary`; a response under 30
+/// bytes, a HEAD's, and one to `gzip;q=0` are not compressed; a keep-alive connection whose
+/// second request accepts gzip gets it compressed.
+#[test]
+fn a_builtin_gateway_gzips_responses_for_clients_that_accept_it() -> Result<()> {
+    let (topo, pki, _origin_one, _origin_two) = gateway_rig("cp-gateway-gzip")?;
+    let (cp, gw, client) = (topo.host("cp"), topo.host("gw"), topo.host("client"));
+    let (one, two) = (topo.host("one"), topo.host("two"));
+    let server_cert = pki.ca.issue("secure", &[&format!("DNS:{SECURE_HOST}")])?;
+    let file = pki.dir.join("gw.json");
+    resources(gw, one, two, &server_cert)?.write(&file)?;
+    let (_cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
+    let dump = gateway.config_dump()?;
+    ensure!(
+        dump["config"]["listeners"][0]["gateway"]["compression"]["min_content_length"] == 30,
+        "Kuma's compression in /config_dump: {dump}"
+    );
+
+    let url = |path: &str| format!("http://{}:{HTTP_PORT}{path}", gw.ip4());
+    let big = "x".repeat(1000);
+    // `GET path` (or as `extra` says) with `accept` as Accept-Encoding.
+    let get = |path: &str, accept: Option<&str>, extra: &[&str]| -> Result<RawResponse> {
+        let mut args = vec![url(path)];
+        if let Some(accept) = accept {
+            args.extend(["-H".to_string(), format!("Accept-Encoding: {accept}")]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let out = curl_raw(client, &args)?;
+        ensure!(
+            out.exit_code == Some(0) && out.heads.len() == 1,
+            "curl {args:?}: {out:?}"
+        );
+        Ok(out)
+    };
+
+    let out = get("/bytes/1000", Some("gzip"), &[])?;
+    ensure!(
+        out.header("content-encoding").as_deref() == Some("gzip")
+            && out.header("vary").as_deref() == Some("Accept-Encoding")
+            && out.header("transfer-encoding").as_deref() == Some("chunked")
+            && out.header("content-length").is_none()
+            && out.header("server").as_deref() == Some("Kuma Gateway"),
+        "compressed: {out:?}"
+    );
+    ensure!(out.body.len() < 100, "{} compressed bytes", out.body.len());
+    ensure!(
+        gunzip(&out.body)? == big,
+        "the body gunzips to the origin's"
+    );
+
+    let out = get("/bytes/1000", None, &[])?;
+    ensure!(
+        out.header("content-encoding").is_none()
+            && out.header("vary").as_deref() == Some("Accept-Encoding")
+            && out.header("content-length").as_deref() == Some("1000")
+            && out.body == big.as_bytes(),
+        "without Accept-Encoding: {out:?}"
+    );
+    for (case, path, accept, extra) in [
+        ("under 30 bytes", "/bytes/29", Some("gzip"), &[][..]),
+        (
+            "gzip;q=0",
+            "/bytes/1000",
+            Some("gzip;q=0, identity"),
+            &[][..],
+        ),
+        ("HEAD", "/bytes/1000", Some("gzip"), &["-I"][..]),
+    ] {
+        let out = get(path, accept, extra)?;
+        ensure!(
+            out.header("content-encoding").is_none() && out.header("content-length").is_some(),
+            "{case}: not compressed: {out:?}"
+        );
+    }
+
+    // One keep-alive connection: the first request without Accept-Encoding, the next with it.
+    let out = curl_raw(
+        client,
+        [
+            "-o".to_string(),
+            "/dev/null".into(),
+            url("/bytes/1000"),
+            "--next".into(),
+            "-D".into(),
+            "-".into(),
+            "-H".into(),
+            "Accept-Encoding: gzip".into(),
+            url("/bytes/1000"),
+            "-v".into(),
+        ],
+    )?;
+    ensure!(
+        out.heads.len() == 2
+            && header_value(&out.heads[0], "content-encoding").is_none()
+            && out.header("content-encoding").as_deref() == Some("gzip")
+            && out.stderr.contains("Re-using existing connection"),
+        "one connection, the second response compressed: {out:?}"
+    );
+    ensure!(gunzip(&out.body)? == big);
+
+    // HTTPS and HTTP/2: the gzip body in DATA frames.
+    let resolve = format!("{SECURE_HOST}:{HTTPS_PORT}:{}", gw.ip4());
+    let ca = pki.ca.files().cert.to_string_lossy().into_owned();
+    let out = curl_raw(
+        client,
+        [
+            format!("https://{SECURE_HOST}:{HTTPS_PORT}/bytes/1000"),
+            "--resolve".into(),
+            resolve,
+            "--cacert".into(),
+            ca,
+            "--http2".into(),
+            "-H".into(),
+            "Accept-Encoding: gzip".into(),
+        ],
+    )?;
+    ensure!(
+        out.heads
+            .first()
+            .is_some_and(|h| h.starts_with("HTTP/2 200"))
+            && out.header("content-encoding").as_deref() == Some("gzip")
+            && gunzip(&out.body)? == big,
+        "HTTP/2: {out:?}"
+    );
+    Ok(())
+}
+
 /// The TCP gateway listener's port and connection limit.
 const TCP_PORT: u16 = 9000;
 const TCP_LIMIT: u32 = 2;
@@ -410,7 +513,7 @@ fn cross_mesh_resources(
                     "tlsCertificateSdsSecretConfigs": [sds("identity_cert:secret:default")],
                 },
             }},
-            "filters": [manager(&routes)],
+            "filters": [gateway_manager(&routes)],
         }],
     });
     let bundle = format!("{}{}", default_ca.cert_pem()?, other_ca.cert_pem()?);
@@ -453,16 +556,19 @@ fn a_cross_mesh_gateway_serves_proxies_of_other_meshes_by_their_certificate() ->
 
     let address = std::net::SocketAddr::from((gw.ip4(), CROSS_MESH_PORT));
     let request = "GET /two HTTP/1.1\r\nHost: gw.mesh\r\nConnection: close\r\n\r\n";
-    let call = |leaf: Option<&CertFiles>| -> Result<TlsOutcome> {
+    let call_with = |leaf: Option<&CertFiles>, alpn: Option<&str>| -> Result<TlsOutcome> {
         let mut c = TlsClient::new(address)
-            .alpn("kuma")
             .verify_ca(&default_ca.files().cert)
             .send(request);
+        if let Some(alpn) = alpn {
+            c = c.alpn(alpn);
+        }
         if let Some(leaf) = leaf {
             c = c.client_cert(leaf);
         }
         c.run(client)
     };
+    let call = |leaf: Option<&CertFiles>| call_with(leaf, Some("kuma"));
     // A proxy of mesh `other`: the gateway's identity verifies against `default`'s CA, its
     // own certificate against the bundle, and its request is routed.
     let other = call(Some(&other_leaf))?;
@@ -481,5 +587,19 @@ fn a_cross_mesh_gateway_serves_proxies_of_other_meshes_by_their_certificate() ->
             "{who}: {outcome:?}"
         );
     }
+    // The chain is matched by ALPN `kuma`: a client offering no ALPN, or another one, matches
+    // no chain and its connection is closed before any handshake, as Envoy closes it, even
+    // with a certificate the listener trusts.
+    for alpn in [None, Some("h2")] {
+        let outcome = call_with(Some(&other_leaf), alpn)?;
+        ensure!(
+            !outcome.handshake && !outcome.response.contains(origin_two.body()),
+            "a client offering ALPN {alpn:?}: {outcome:?}"
+        );
+    }
+    ensure!(
+        call(Some(&other_leaf))?.accepted(),
+        "ALPN kuma still served"
+    );
     Ok(())
 }

@@ -3,7 +3,10 @@
 //! to a real Envoy 1.40 and to Bearing, each in its own namespace; the same requests to each
 //! must get the same answers: HTTP to the origin (status, body, response headers, the request
 //! the application sees), TCP bytes echoed, a route whose cluster has no endpoint, a port with
-//! no listener, and a pushed new outbound applied by both.
+//! no listener, and a pushed new outbound applied by both. A builtin gateway as kuma-cp
+//! renders one (Kuma's gzip compressor filter on its connection manager), served by both,
+//! compresses the same responses for the same `Accept-Encoding` values: the same status,
+//! `Content-Encoding`, `Vary`, framing and body once gunzipped.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -262,28 +265,56 @@ fn same<T: PartialEq + std::fmt::Debug>(
     Ok(from_bearing)
 }
 
-#[test]
-fn envoy_and_bearing_fed_by_one_test_cp_answer_alike() -> Result<()> {
+/// What the differential tests start from: the hosts (cp, envoy, bearing, origin), the
+/// origin's HTTP server, and the test CP serving resources from a file.
+struct Rig {
+    topo: Topology,
+    file: std::path::PathBuf,
+    test_cp: Process,
+    access: CpAccess,
+    _http: HttpServer,
+}
+
+/// A [`Rig`] whose CP (its PKI named `name`) serves `resources` made for the origin host.
+fn rig(name: &str, resources: impl Fn(&Host) -> Result<XdsFile>) -> Result<Rig> {
     require_root_and_tools()?;
     require_tools(&["openssl"])?;
     envoy_bin()?;
     let topo = Topology::new(&["cp", "envoy", "bearing", "origin"])?;
-    let (cp, envoy_host, bearing_host, origin) = (
-        topo.host("cp"),
+    let (cp, origin) = (topo.host("cp"), topo.host("origin"));
+    let pki = CpPki::new(topo.dir(), name, cp)?;
+    let http = HttpServerConfig::new(ORIGIN_HTTP)
+        .body("origin body\n")
+        .start(origin)?;
+    let file = pki.dir.join("resources.json");
+    resources(origin)?.write(&file)?;
+    let (test_cp, access) =
+        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
+    Ok(Rig {
+        topo,
+        file,
+        test_cp,
+        access,
+        _http: http,
+    })
+}
+
+#[test]
+fn envoy_and_bearing_fed_by_one_test_cp_answer_alike() -> Result<()> {
+    // Every part bound: one left to `..` would be dropped (the origin stopped) at once.
+    let Rig {
+        topo,
+        file,
+        test_cp,
+        access,
+        _http,
+    } = rig("differential", |origin| resources(origin, false))?;
+    let (envoy_host, bearing_host, origin) = (
         topo.host("envoy"),
         topo.host("bearing"),
         topo.host("origin"),
     );
-    let pki = CpPki::new(topo.dir(), "differential", cp)?;
-    let _http = HttpServerConfig::new(ORIGIN_HTTP)
-        .body("origin body\n")
-        .start(origin)?;
     let _redis = start_redis(origin, ORIGIN_REDIS)?;
-
-    let file = pki.dir.join("resources.json");
-    resources(origin, false)?.write(&file)?;
-    let (test_cp, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
     let _envoy = access.envoy(envoy_host, "envoyconfig", "envoy-client")?;
     let bearing = access.bearing(
         bearing_host,
@@ -343,5 +374,165 @@ fn envoy_and_bearing_fed_by_one_test_cp_answer_alike() -> Result<()> {
         PUSHED_PORT,
         "/echo",
     )?;
+    Ok(())
+}
+
+/// The builtin gateway's listener port (on every address) in the compression case.
+const GATEWAY_PORT: u16 = 8080;
+/// Kuma's answer where no gateway route matches (a direct response).
+const KUMA_404: &str = "This is a Kuma MeshGateway. No routes match this MeshGateway!\n";
+
+/// A builtin gateway as kuma-cp renders one: Kuma's connection manager (with its gzip
+/// compressor filter) on 0.0.0.0:[`GATEWAY_PORT`], `/direct` answered by Kuma's 404 and the
+/// rest routed to the origin.
+fn gateway_resources(origin: &Host) -> Result<XdsFile> {
+    let routes = "gw:HTTP:8080:*";
+    let mut xds = XdsFile::new();
+    xds.listener(json!({
+        "name": "gw:HTTP:8080",
+        "address": {"socketAddress": {"address": "0.0.0.0", "portValue": GATEWAY_PORT}},
+        "trafficDirection": "INBOUND",
+        "filterChains": [{"filters": [gateway_manager(routes)]}],
+    }))?
+    .cluster(gateway_cluster("origin", origin.sock4(ORIGIN_HTTP)))?;
+    xds.add(
+        ROUTES,
+        routes,
+        json!({
+            "name": routes,
+            "ignorePortInHostMatching": true,
+            "validateClusters": false,
+            "virtualHosts": [{"name": "*", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/direct"},
+                 "directResponse": {"status": 404, "body": {"inlineString": KUMA_404}}},
+                {"match": {"prefix": "/"}, "route": {"cluster": "origin"}},
+            ]}],
+        }),
+    );
+    Ok(xds)
+}
+
+/// What a client sees of one response of a compressing gateway: the headers compression
+/// decides, and the body as sent, gunzipped when it says gzip.
+#[derive(Debug, PartialEq)]
+struct Encoded {
+    status: u16,
+    content_encoding: Option<String>,
+    vary: Option<String>,
+    content_length: Option<String>,
+    transfer_encoding: Option<String>,
+    body: String,
+}
+
+/// `method path` to the gateway on `host` (from itself) with `accept` as `Accept-Encoding`.
+fn encoded(host: &Host, method: &str, path: &str, accept: Option<&str>) -> Result<Encoded> {
+    use std::io::Read;
+    let mut args = vec![
+        format!("http://127.0.0.1:{GATEWAY_PORT}{path}"),
+        "-m".to_string(),
+        "5".to_string(),
+    ];
+    if method == "HEAD" {
+        args.push("-I".into());
+    }
+    if let Some(accept) = accept {
+        args.extend(["-H".to_string(), format!("Accept-Encoding: {accept}")]);
+    }
+    let out = curl_raw(host, &args)?;
+    ensure!(
+        out.exit_code == Some(0) && out.heads.len() == 1,
+        "{method} {path} on {}: {out:?}",
+        host.name()
+    );
+    let status = out.heads[0].split(' ').nth(1).and_then(|s| s.parse().ok());
+    let content_encoding = out.header("content-encoding");
+    let body = match content_encoding.as_deref() {
+        Some("gzip") => {
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&out.body[..])
+                .read_to_string(&mut text)
+                .with_context(|| format!("gunzip {method} {path} from {}", host.name()))?;
+            text
+        }
+        _ => String::from_utf8_lossy(&out.body).into_owned(),
+    };
+    Ok(Encoded {
+        status: status.unwrap_or(0),
+        content_encoding,
+        vary: out.header("vary"),
+        content_length: out.header("content-length"),
+        transfer_encoding: out.header("transfer-encoding"),
+        body,
+    })
+}
+
+#[test]
+fn envoy_and_bearing_gateways_compress_alike() -> Result<()> {
+    let Rig {
+        topo,
+        file: _file,
+        test_cp,
+        access,
+        _http,
+    } = rig("differential-gzip", gateway_resources)?;
+    let (envoy_host, bearing_host) = (topo.host("envoy"), topo.host("bearing"));
+    let _envoy = access.envoy(envoy_host, "default", "envoy-gw")?;
+    let dataplane = dataplane_yaml(
+        "bearing-gw",
+        bearing_host,
+        "  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: gw\n",
+    );
+    let bearing = access.bearing(bearing_host, "bearing-gw", "dataplane", &dataplane)?;
+    bearing.wait_ready()?;
+    for host in [envoy_host, bearing_host] {
+        wait_until(Duration::from_secs(20), || {
+            host.tcp_listening(GATEWAY_PORT).unwrap_or(false)
+        })
+        .with_context(|| {
+            format!(
+                "{}: the gateway listener never came:\n{}",
+                host.name(),
+                test_cp.log_contents()
+            )
+        })?;
+    }
+
+    let mut cases = Vec::new();
+    for path in [
+        "/bytes/1000",
+        "/bytes/30",
+        "/bytes/29",
+        "/status/404",
+        "/direct",
+        "/",
+    ] {
+        for accept in [
+            None,
+            Some("gzip"),
+            Some("gzip;q=0"),
+            Some("*"),
+            Some("identity"),
+            Some("br, gzip;q=0.5"),
+            Some("GZIP"),
+            Some(""),
+        ] {
+            cases.push(("GET", path, accept));
+        }
+    }
+    for path in ["/bytes/1000", "/direct"] {
+        for accept in [None, Some("gzip")] {
+            cases.push(("HEAD", path, accept));
+        }
+    }
+    let (e, b) = (envoy_host, bearing_host);
+    let mut compressed = 0;
+    for (method, path, accept) in cases {
+        let case = format!("{method} {path} Accept-Encoding {accept:?}");
+        let answer = same(&case, e, b, |h| encoded(h, method, path, accept))?;
+        compressed += usize::from(answer.content_encoding.is_some());
+    }
+    // gzip, `*` and `br, gzip;q=0.5` on the three compressible responses (1000 and 30 bytes,
+    // Kuma's 404), by both.
+    ensure!(compressed == 9, "{compressed} compressed answers");
     Ok(())
 }

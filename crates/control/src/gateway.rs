@@ -34,10 +34,10 @@ use bearing_model::{
     MeshGatewayRoute, Problem, Resource, RouteBackend, Spec, Store, Tags, SERVICE_TAG,
 };
 use bearing_proxy_config::{
-    Cluster, CrossMesh, Direction, Endpoint, GatewayCertificate, GatewayHost, GatewayListener,
-    GatewayProtocol, HeaderFilter, HeaderMatch, HttpMatch, HttpRoute, Listener, Mirror, PathMatch,
-    PathRewrite, Protocol, QueryMatch, Redirect, Rewrite, RouteAction, UpstreamTls, ValueMatch,
-    WeightedCluster,
+    Cluster, Compression, CrossMesh, Direction, Endpoint, GatewayCertificate, GatewayHost,
+    GatewayListener, GatewayProtocol, HeaderFilter, HeaderMatch, HttpMatch, HttpRoute, Listener,
+    Mirror, PathMatch, PathRewrite, Protocol, QueryMatch, Redirect, Rewrite, RouteAction,
+    UpstreamTls, ValueMatch, WeightedCluster,
 };
 
 use crate::compile::{problem, Destination, Outbounds};
@@ -204,6 +204,8 @@ pub(crate) fn compile(
                     identity_mesh: mesh.to_string(),
                     client_ca_pems: mesh_ca_pems(store),
                 }),
+                // Kuma's gateway compresses every HTTP and HTTPS listener's responses.
+                compression: http.then(Compression::kuma_gateway),
             }),
             ..Listener::new(
                 format!("{}:{}:{port}", gw_resource.meta.name, specs[0].1.protocol),
@@ -748,6 +750,8 @@ mod tests {
         assert_eq!(gw.hosts.len(), 1);
         assert_eq!(gw.hosts[0].hostname, "foo.example.com");
         assert_eq!(gw.tags["port"], "http-8080");
+        // Kuma's gateway gzip compression, as kuma-cp renders it for every HTTP listener.
+        assert_eq!(gw.compression, Some(Compression::kuma_gateway()));
         let r = &gw.hosts[0].http_routes[0];
         assert_eq!(r.matches.path, Some(PathMatch::Prefix("/".into())));
         let RouteAction::Forward { backends, .. } = &r.action else {

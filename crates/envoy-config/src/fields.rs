@@ -501,15 +501,35 @@ const GATEWAY_ACCEPTED: &[(&str, &[&str])] = &[
             "tls_maximum_protocol_version",
         ],
     ),
-    // Kuma's gzip response compression: responses are sent uncompressed (a documented gap;
-    // clients that accept gzip read identity too).
+    // Kuma's gzip response compression, translated by `compressor.rs` (which checks the
+    // values): the runtime compresses as Envoy's compressor filter does.
     (
         "envoy.extensions.filters.http.compressor.v3.Compressor",
         &["compressor_library", "response_direction_config"],
     ),
     (
         "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",
-        &["disable_on_etag_header"],
+        &[
+            "common_config",
+            "disable_on_etag_header",
+            "weaken_etag_on_compress",
+            "remove_accept_encoding_header",
+            "uncompressible_response_codes",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig",
+        &["min_content_length", "content_type"],
+    ),
+    (
+        "envoy.extensions.compression.gzip.compressor.v3.Gzip",
+        &[
+            "memory_level",
+            "compression_level",
+            "compression_strategy",
+            "window_bits",
+            "chunk_size",
+        ],
     ),
 ];
 

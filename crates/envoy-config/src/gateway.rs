@@ -194,12 +194,15 @@ impl Translator<'_> {
         }
         let tags = struct_strings(listener.metadata.as_ref(), "io.kuma.tags");
         let windows = self.gateway_http2_windows(name, listener);
+        let compression =
+            self.gateway_compression(name, listener, |c| c.filters.iter().find_map(rds_manager));
         let gateway = GatewayListener {
             protocol,
             hosts,
             tags,
             connection_limit,
             cross_mesh,
+            compression,
         };
         self.push_gateway(name, listener, address, gateway);
         if let Some(out) = self.listeners.last_mut() {
@@ -272,6 +275,7 @@ impl Translator<'_> {
             tags: struct_strings(listener.metadata.as_ref(), "io.kuma.tags"),
             connection_limit,
             cross_mesh: None,
+            compression: None,
         };
         self.push_gateway(name, listener, address, gateway);
     }
@@ -944,7 +948,7 @@ fn host_rank(hostname: &str) -> (u8, std::cmp::Reverse<usize>, String) {
 pub(super) mod tests {
     use crate::decode::{decode_raw, parse_golden};
     use crate::translate::{translate, Nack, NodeInfo, ResourceSet};
-    use bearing_proxy_config::{GatewayProtocol, PathMatch, ProxyConfig, RouteAction};
+    use bearing_proxy_config::{Compression, GatewayProtocol, PathMatch, ProxyConfig, RouteAction};
     use std::time::Duration;
 
     const LISTENER_URL: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -1140,6 +1144,73 @@ pub(super) mod tests {
             nacks[0].field.ends_with(".rds.route_config_name"),
             "{nacks:?}"
         );
+    }
+
+    /// Kuma's gzip compressor filter gives the listener Envoy's compression defaults (with
+    /// `disable_on_etag_header`); settings the runtime applies are taken, the others NACKed
+    /// by path, and a listener without the filter compresses nothing.
+    #[test]
+    fn the_compressor_filter_gives_the_listener_its_gzip_compression() {
+        let gateway = |text: &str| {
+            let config = translated(text).unwrap();
+            config.listeners[0].gateway.clone().unwrap()
+        };
+        let kuma = gateway(&http_gateway("", ""));
+        assert_eq!(kuma.compression, Some(Compression::kuma_gateway()));
+
+        let gzip =
+            "{'@type': type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip}";
+        let tuned = http_gateway("", "")
+            .replace(gzip, "{'@type': type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip, compressionLevel: BEST_SPEED, compressionStrategy: RLE, windowBits: 15, chunkSize: 8192, memoryLevel: 9}")
+            .replace(
+                "responseDirectionConfig: {disableOnEtagHeader: true}",
+                "responseDirectionConfig: {commonConfig: {minContentLength: 100, contentType: [Text/HTML, application/json]}, removeAcceptEncodingHeader: true, uncompressibleResponseCodes: [206]}",
+            );
+        let expected = Compression {
+            min_content_length: 100,
+            content_types: vec!["text/html".into(), "application/json".into()],
+            disable_on_etag: false,
+            weaken_etag: false,
+            remove_accept_encoding: true,
+            uncompressible_statuses: vec![206],
+            level: 1,
+            window_bits: 15,
+            memory_level: 9,
+            strategy: bearing_proxy_config::GzipStrategy::Rle,
+            chunk_size: 8192,
+        };
+        assert_eq!(gateway(&tuned).compression, Some(expected));
+
+        let out_of_range = http_gateway("", "").replace(gzip, "{'@type': type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip, windowBits: 8, memoryLevel: 10, chunkSize: 100}");
+        let unsupported = http_gateway("", "").replace(
+            "responseDirectionConfig: {disableOnEtagHeader: true}",
+            "responseDirectionConfig: {disableOnEtagHeader: true, statusHeaderEnabled: true}",
+        );
+        for (text, fields) in [
+            (
+                out_of_range,
+                &["window_bits", "memory_level", "chunk_size"][..],
+            ),
+            (unsupported, &["status_header_enabled"][..]),
+        ] {
+            let nacks = translated(&text).unwrap_err();
+            for field in fields {
+                assert!(
+                    nacks
+                        .iter()
+                        .any(|n| n.field.ends_with(&format!(".{field}"))),
+                    "{field} not in {nacks:#?}"
+                );
+            }
+        }
+
+        let start = http_gateway("", "");
+        let from = start.find("          - name: gzip-compress").unwrap();
+        let to = start
+            .find("          - name: envoy.filters.http.router")
+            .unwrap();
+        let without = format!("{}{}", &start[..from], &start[to..]);
+        assert_eq!(gateway(&without).compression, None);
     }
 
     /// Values other than Kuma's gateway defaults, which the gateway runtime serves, are NACKed

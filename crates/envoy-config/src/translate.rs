@@ -338,6 +338,9 @@ struct Translator<'a> {
 #[path = "gateway.rs"]
 mod gateway;
 
+#[path = "compressor.rs"]
+mod compressor;
+
 #[path = "dns_cluster.rs"]
 mod dns_cluster;
 

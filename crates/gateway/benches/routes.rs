@@ -42,6 +42,7 @@ fn router(n: usize) -> Router {
         tags: BTreeMap::new(),
         connection_limit: None,
         cross_mesh: None,
+        compression: None,
     };
     Router::gateway(&listener).expect("valid routes")
 }

@@ -49,6 +49,7 @@ fn listener(protocol: GatewayProtocol, hosts: Vec<GatewayHost>) -> GatewayListen
         tags: BTreeMap::new(),
         connection_limit: None,
         cross_mesh: None,
+        compression: None,
     }
 }
 

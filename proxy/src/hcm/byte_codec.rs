@@ -37,6 +37,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
+use super::compress;
 use super::{
     strip_hop_by_hop, Attempt, HttpListener, Routed, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE,
 };
@@ -383,6 +384,15 @@ fn handoff<S>(down: S, held: Option<Buffers>, why: &str, peer: SocketAddr) -> Ou
     Outcome::Handoff(down, held.map(|b| b.request).unwrap_or_default())
 }
 
+/// Edits a response head written as bytes as routed HTTP asks (`edits`), and adds a gateway
+/// compression's `Vary`.
+fn edit_response_head(edits: ResponseEdits<'_>, head: &mut Vec<u8>) {
+    edits.apply(head);
+    if let Some(compression) = edits.compression() {
+        compress::vary_head(compression, head);
+    }
+}
+
 /// Routes an HTTP/1.1 request the byte codec read: `head` (as [`bearing_http1`] wrote it,
 /// hop-by-hop fields removed) is read into an `http` request for the router and, when the
 /// request is forwarded, written again as routed, with the original framing (`length`). A
@@ -404,6 +414,15 @@ fn route_head<'r>(
     let Some(mut parts) = request_parts(head) else {
         return Routed::Unsupported("request head the router cannot read");
     };
+    if let Some(compression) = routes.compression() {
+        let accept = parts.headers.get_all(header::ACCEPT_ENCODING).iter();
+        if compress::accepts_gzip(accept.map(HeaderValue::as_bytes)) {
+            return Routed::Unsupported("the client accepts gzip: compressed by hyper");
+        }
+        if compression.remove_accept_encoding {
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
+    }
     match routes.decide(&mut parts, peer) {
         Routing::Reply(reply, route) => Routed::Reply(reply, Some(routes.edits(route))),
         Routing::Forward {
@@ -750,7 +769,7 @@ where
     };
     cluster.stats.requests.count(head.status);
     if let Some(edits) = edits {
-        edits.apply(out);
+        edit_response_head(edits, out);
     }
     let mut reusable = head.reusable && n == after_head.len();
     // A small first part of the body joins the head: one plain write instead of a vectored one.
@@ -861,7 +880,7 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     }
     head.extend_from_slice(b"\r\n");
     if let Some(edits) = edits {
-        edits.apply(&mut head);
+        edit_response_head(edits, &mut head);
     }
     let body = if is_head {
         &[][..]

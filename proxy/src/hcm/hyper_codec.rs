@@ -16,6 +16,7 @@ use http_body::Body;
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use super::compress;
 use super::mirror::mirror_request;
 use super::{strip_hop_by_hop, Attempt, HttpListener, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE};
 use crate::body::MessageBody;
@@ -74,6 +75,15 @@ async fn route(
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
+    // Whether the response is to be compressed, if it can be (never a HEAD's).
+    let gzip = routes.compression().map(|compression| {
+        let accept = parts.headers.get_all(header::ACCEPT_ENCODING).iter();
+        let accepted = compress::accepts_gzip(accept.map(HeaderValue::as_bytes));
+        if compression.remove_accept_encoding {
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
+        (compression, accepted && parts.method != Method::HEAD)
+    });
     let mut resp = match routes.decide(&mut parts, peer) {
         Routing::Reply(reply, edits) => {
             let mut resp = local_reply(reply.status, reply.message);
@@ -102,6 +112,9 @@ async fn route(
             resp
         }
     };
+    if let Some((compression, accepted)) = gzip {
+        compress::respond(compression, &mut resp, accepted);
+    }
     if routes.is_gateway() {
         resp.headers_mut().insert(header::SERVER, SERVER_NAME);
     }

@@ -13,11 +13,14 @@
 //!   fail-over to the next endpoint ([`forward`], over a codec's [`UpstreamCodec`]);
 //! - local replies ([`Reply`], [`Reply::of_failure`]), which each codec only writes out;
 //! - what Envoy's connection manager adds to each request of a sidecar before routing:
-//!   `x-request-id` and `x-forwarded-proto` ([`add_request_headers`], [`add_request_fields`]).
+//!   `x-request-id` and `x-forwarded-proto` ([`add_request_headers`], [`add_request_fields`]);
+//! - a gateway's gzip response compression ([`compress`]: compressed through hyper, only
+//!   `Vary` on the byte path).
 //!
 //! `tests` runs one table of requests through both codecs (HTTP/1.1 on each, and HTTP/2).
 
 pub mod byte_codec;
+pub mod compress;
 pub mod hyper_codec;
 mod mirror;
 
