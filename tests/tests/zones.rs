@@ -84,6 +84,7 @@ impl Zones {
             .body(EXT_BODY)
             .tls(ext_cert.cert_pem()?, ext_cert.key_pem()?)
             .server_snippet("location = /whoami { return 200 \"$remote_addr\\n\"; }")
+            .server_snippet("location = /host { return 200 \"$http_host\\n\"; }")
             .start(h("ext"))?;
         let dir = write_store(
             &topo,
@@ -677,6 +678,12 @@ fn zone_egress_carries_cross_zone_and_external_traffic_and_fails_over() -> Resul
     ensure!(
         code == 200 && [ea.ip4().to_string(), ea2.ip4().to_string()].contains(&who.trim().into()),
         "ext saw the request from {who:?} ({code}), not from an egress"
+    );
+    // The egress serves the HTTP ExternalService as HTTP: Host becomes its endpoint's host.
+    let (code, host) = curl(a, [format!("{OUT_EXT}host")])?;
+    ensure!(
+        code == 200 && host.trim() == z.host("ext").ip4().to_string(),
+        "ext saw Host {host:?} ({code}), not the ExternalService's host"
     );
 
     // One egress gone: the other takes all traffic.

@@ -179,10 +179,11 @@ impl<'a> ServiceRoute<'a> {
         c.tls = self.tls;
         c.dns = dns;
         clusters.insert(name.clone(), c);
+        // HTTP: the route table decides (its one route names the cluster), as from kuma-cp.
         routes.push(SniRoute {
             target: service_target(self.mesh, self.service),
             http: http.then(|| host_rewriting(&name, protocol)),
-            cluster: name,
+            cluster: if http { String::new() } else { name },
             terminate: self.terminate,
         });
     }
@@ -572,7 +573,10 @@ networking:
             ext.terminate.as_ref().map(|t| t.mesh.as_str()),
             Some("default")
         );
-        assert_eq!(addresses(&egress.clusters[&ext.cluster]), ["10.9.9.9:443"]);
+        // HTTP: the route table names the cluster (`<service>{mesh=<mesh>}`).
+        assert!(ext.cluster.is_empty());
+        let ext_cluster = &egress.clusters["httpbin{mesh=default}"];
+        assert_eq!(addresses(ext_cluster), ["10.9.9.9:443"]);
         // An HTTP ExternalService is routed as HTTP, Host rewritten to its endpoint's host.
         let http = ext.http.as_ref().expect("httpbin is HTTP");
         assert_eq!(http.protocol, Protocol::Http);
@@ -580,7 +584,7 @@ networking:
         assert!(
             matches!(&route.action, bearing_proxy_config::RouteAction::Forward { rewrite: Some(rw), .. } if rw.host_to_backend_hostname)
         );
-        let endpoint = &egress.clusters[&ext.cluster].endpoints[0];
+        let endpoint = &ext_cluster.endpoints[0];
         assert_eq!(endpoint.hostname.as_deref(), Some("10.9.9.9"));
         assert!(backend.http.is_none(), "cross-zone traffic passes through");
         assert_eq!(egress.mtls["default"].services, ["httpbin"]);

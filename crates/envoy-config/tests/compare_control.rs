@@ -62,6 +62,106 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "cluster self_inbound_dp_80 connect_timeout",
         INBOUND_CONNECT_TIMEOUT,
     ),
+    (
+        "xds-egress/01.externalservice-only.golden.yaml",
+        "listener inbound:192.168.0.1:10002 sni targets",
+        EGRESS_NO_MESH_EXTERNAL_SERVICES,
+    ),
+    (
+        "xds-egress/01.externalservice-only.golden.yaml",
+        "cluster mesh-1_meshexternalservice",
+        EGRESS_NO_MESH_EXTERNAL_SERVICES,
+    ),
+    (
+        "xds-egress/01.externalservice-only.golden.yaml",
+        "cluster mesh-1:externalservice-1",
+        EGRESS_CLUSTER_NAMES,
+    ),
+    (
+        "xds-egress/03.mixed-services.golden.yaml",
+        "cluster name for one SNI target",
+        EGRESS_CLUSTER_NAMES,
+    ),
+    (
+        "xds-egress/03.mixed-services.golden.yaml",
+        "cluster mesh-1:externalservice",
+        EGRESS_CLUSTER_NAMES,
+    ),
+    (
+        "xds-egress/05.mixed-services-with-custom-trafficpermissions.golden.yaml",
+        "cluster name for one SNI target",
+        EGRESS_CLUSTER_NAMES,
+    ),
+    (
+        "xds-egress/05.mixed-services-with-custom-trafficpermissions.golden.yaml",
+        "cluster mesh-1:externalservice",
+        EGRESS_CLUSTER_NAMES,
+    ),
+    (
+        "xds-egress/04.mixed-services-custom-trafficroute.golden.yaml",
+        "listener inbound:192.168.0.1:10002 sni targets",
+        EGRESS_TRAFFIC_ROUTE,
+    ),
+    (
+        "xds-egress/04.mixed-services-custom-trafficroute.golden.yaml",
+        "cluster mesh-1:externalservice",
+        EGRESS_CLUSTER_NAMES,
+    ),
+    (
+        "xds-egress/06.mixed-services-with-external-in-other-zone.golden.yaml",
+        "listener inbound:192.168.0.1:10002 sni targets",
+        EGRESS_EXTERNAL_IN_OTHER_ZONE,
+    ),
+    (
+        "xds-egress/06.mixed-services-with-external-in-other-zone.golden.yaml",
+        "cluster mesh-1:externalservice-2 ",
+        EGRESS_EXTERNAL_IN_OTHER_ZONE,
+    ),
+    (
+        "xds-egress/06.mixed-services-with-external-in-other-zone.golden.yaml",
+        "cluster name for one SNI target",
+        EGRESS_CLUSTER_NAMES,
+    ),
+    (
+        "xds-egress/06.mixed-services-with-external-in-other-zone.golden.yaml",
+        "cluster mesh-1:externalservice-1",
+        EGRESS_CLUSTER_NAMES,
+    ),
+    (
+        "xds-egress/same-kuma-io-service.golden.yaml",
+        "cluster mesh-",
+        EGRESS_CLUSTER_NAMES,
+    ),
+    (
+        "xds-egress/subsets-with-external-meshhttproute.golden.yaml",
+        "cluster mesh-1:externalservice-2",
+        EGRESS_CLUSTER_NAMES,
+    ),
+    (
+        "xds-generator/inbound-proxy/9-envoy-config.golden.yaml",
+        "listener self_inbound_dp_",
+        CASE_MESH_MTLS,
+    ),
+    (
+        "xds-generator/inbound-proxy/9-envoy-config.golden.yaml",
+        "cluster self_inbound_dp_443 endpoints",
+        INBOUND_SERVICE_ADDRESS,
+    ),
+    (
+        "xds-generator/inbound-proxy/9-envoy-config.golden.yaml",
+        "cluster self_inbound_dp_80 endpoints",
+        INBOUND_SERVICE_ADDRESS,
+    ),
+    (
+        "xds-generator/inbound-proxy/9-envoy-config.golden.yaml",
+        "cluster self_inbound_dp_443 connect_timeout",
+        INBOUND_CONNECT_TIMEOUT,
+    ),
+    (
+        "xds-generator/inbound-proxy/9-envoy-config.golden.yaml",
+        "cluster self_inbound_dp_80 connect_timeout",
+        INBOUND_CONNECT_TIMEOUT,
+    ),
 ];
 
 /// Kuma's generator test gives its cases a Mesh with mTLS (builtin) in code; the case's input
@@ -78,6 +178,15 @@ const INBOUND_CONNECT_TIMEOUT: &str =
 /// bearing-control's naming, not kuma-cp's: its metrics carry other cluster names.
 const EGRESS_CLUSTER_NAMES: &str = "bearing-control names a zone egress cluster after the SNI \
      (`<service>{mesh=<mesh>}`), kuma-cp `<mesh>:<service>`";
+/// MeshExternalService is not in the directory store's model.
+const EGRESS_NO_MESH_EXTERNAL_SERVICES: &str =
+    "bearing-control's egress routes no MeshExternalService (not in the store's model)";
+/// A legacy policy of the case's inputs that the store does not compile.
+const EGRESS_TRAFFIC_ROUTE: &str = "the case's TrafficRoute leaves kuma-cp's egress only \
+     externalservice-2; bearing-control compiles no TrafficRoute and routes every service";
+/// An ExternalService of another zone (`kuma.io/zone`).
+const EGRESS_EXTERNAL_IN_OTHER_ZONE: &str = "kuma-cp's egress passes an ExternalService of \
+     another zone through to that zone's ingress only; bearing-control's also serves it itself";
 
 /// Extensions that carry policies the inputs of these cases do not hold.
 const POLICY_FILTERS: &[&str] = &["rbac.v3.RBAC", "fault.v3.HTTPFault", "LocalRateLimit"];
