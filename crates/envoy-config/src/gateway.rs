@@ -38,8 +38,9 @@ const SERVER_NAME: &str = "Kuma Gateway";
 const STREAM_IDLE: Duration = Duration::from_secs(5);
 /// The gateway runtime's keep-alive idle time (Kuma's gateway connection `idle_timeout`).
 const CONNECTION_IDLE: Duration = Duration::from_secs(300);
-/// Kuma's gateway `request_headers_timeout`, the one the gateway runtime enforces (408
-/// `request header timeout` on HTTP/1.1; HTTP/2 streams get [`STREAM_IDLE`]).
+/// Kuma's gateway `request_headers_timeout`, the one the gateway runtime enforces on its
+/// HTTP/1.1 byte path (408 `request header timeout`; not on HTTP/2 streams, a gap stated in
+/// ARCHITECTURE.md).
 const REQUEST_HEADERS: Duration = Duration::from_millis(500);
 /// Kuma's gateway route `idle_timeout`, accepted: the runtime's stream idle time.
 const ROUTE_IDLE: Duration = STREAM_IDLE;
