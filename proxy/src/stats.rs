@@ -80,6 +80,8 @@ pub struct ClusterStats {
     pub rq_pending_overflow: Counter,
     /// Further attempts not made past `max_retries` (Envoy's `upstream_rq_retry_overflow`).
     pub rq_retry_overflow: Counter,
+    /// Requests sent again by the cluster's retry policy (Envoy's `upstream_rq_retry`).
+    pub rq_retry: Counter,
 }
 
 /// Config source metrics.
@@ -280,6 +282,12 @@ const CLUSTER_SERIES: &[Series<ClusterStats>] = &[
         help: "Attempts not made past the max_retries circuit breaker.",
         kind: MetricType::Counter,
         metric: |h| &h.rq_retry_overflow,
+    },
+    Series {
+        name: "cluster_upstream_rq_retry",
+        help: "Requests sent again by the cluster's retry policy.",
+        kind: MetricType::Counter,
+        metric: |h| &h.rq_retry,
     },
 ];
 

@@ -1099,6 +1099,7 @@ pub(crate) fn test_cluster(name: &str) -> Cluster {
         tls: None,
         circuit_breakers: Default::default(),
         http2_windows: Default::default(),
+        retry: None,
         dns: None,
         tls_matches: Vec::new(),
     }

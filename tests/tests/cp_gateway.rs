@@ -212,13 +212,48 @@ fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
         );
     }
 
-    // A pushed route configuration with Kuma's default retry policy (a policy Bearing does not
-    // enforce yet): NACKed by the field's path, the routes before it serving on.
+    // Kuma's default MeshRetry on every route (as kuma-cp renders it) is taken: ACKed and
+    // applied, the routes serving on.
     let served = dump["version"].clone();
     let mut changed = resources(gw, one, two, &server_cert)?;
-    let routes = changed.get_mut(ROUTES, "gw:HTTP:8080:*")?;
-    routes["virtualHosts"][0]["routes"][2]["route"]["retryPolicy"] =
-        json!({"numRetries": 5, "retryOn": "gateway-error,connect-failure,refused-stream"});
+    // On the routes of both listeners, as kuma-cp renders a Mesh-wide MeshRetry (the
+    // clusters they share hold one policy).
+    let set_retry = |changed: &mut XdsFile, policy: serde_json::Value| -> Result<()> {
+        for name in ["gw:HTTP:8080:*", "gw:HTTPS:8443:secure.example.com"] {
+            let routes = changed.get_mut(ROUTES, name)?;
+            let all = routes["virtualHosts"][0]["routes"]
+                .as_array_mut()
+                .context("routes")?;
+            for route in all.iter_mut().filter(|r| r["route"].is_object()) {
+                route["route"]["retryPolicy"] = policy.clone();
+            }
+        }
+        Ok(())
+    };
+    let kuma_default = json!({"numRetries": 5, "perTryTimeout": "16s",
+        "retryBackOff": {"baseInterval": "0.025s", "maxInterval": "0.250s"},
+        "retryOn": "gateway-error,connect-failure,refused-stream"});
+    set_retry(&mut changed, kuma_default)?;
+    changed.write(&file)?;
+    wait_until(Duration::from_secs(30), || {
+        gateway.config_dump().is_ok_and(|d| d["version"] != served)
+    })
+    .context("the routes with Kuma's retry policy were applied")?;
+    let dump = gateway.config_dump()?;
+    ensure!(
+        dump["config"]["clusters"]["two"]["retry"]["num_retries"] == 5,
+        "the route's cluster holds the retry policy: {}",
+        dump["config"]["clusters"]["two"]
+    );
+    ensure!(curl(client, [http("/two")])? == (200, body_two.to_string()));
+
+    // A retry condition Bearing does not act on (gRPC's): NACKed by the field's path, the
+    // routes before it serving on.
+    let served = dump["version"].clone();
+    set_retry(
+        &mut changed,
+        json!({"numRetries": 5, "retryOn": "cancelled,unavailable"}),
+    )?;
     changed.write(&file)?;
     cp_process.wait_for_log("NACK type=RouteConfiguration", Duration::from_secs(30))?;
     let log = cp_process.log_contents();
@@ -227,7 +262,7 @@ fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
         .find(|l| l.starts_with("NACK type=RouteConfiguration"))
         .context("NACK line")?;
     ensure!(
-        nack.contains("gw:HTTP:8080:*") && nack.contains("retry_policy"),
+        nack.contains("gw:HTTP:8080:*") && nack.contains("retry_policy.retry_on"),
         "the NACK names the route configuration and the field: {nack}"
     );
     ensure!(

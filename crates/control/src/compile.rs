@@ -409,6 +409,7 @@ pub(crate) fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>
         tls: None,
         circuit_breakers: Default::default(),
         http2_windows: Default::default(),
+        retry: None,
         dns: None,
         tls_matches: Vec::new(),
     }

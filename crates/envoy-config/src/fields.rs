@@ -206,7 +206,25 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "host_rewrite_literal",
             "auto_host_rewrite",
             "request_mirror_policies",
+            // Held by the clusters the route reaches (`retry.rs`, `Translator::route_to`).
+            "retry_policy",
         ],
+    ),
+    // MeshRetry's `http` section; gRPC's conditions, retriable headers, host selection and
+    // rate-limited back-off are not implemented.
+    (
+        "envoy.config.route.v3.RetryPolicy",
+        &[
+            "retry_on",
+            "num_retries",
+            "per_try_timeout",
+            "retriable_status_codes",
+            "retry_back_off",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RetryBackOff",
+        &["base_interval", "max_interval"],
     ),
     ("envoy.config.route.v3.WeightedCluster", &["clusters"]),
     (
@@ -566,7 +584,12 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("Cluster.ring_hash_lb_config", "load balancing"),
     ("Cluster.maglev_lb_config", "load balancing"),
     ("Cluster.common_lb_config", "load balancing"),
-    ("RouteAction.retry_policy", "retries"),
+    ("RetryPolicy.retriable_headers", "retries"),
+    ("RetryPolicy.retriable_request_headers", "retries"),
+    ("RetryPolicy.rate_limited_retry_back_off", "retries"),
+    ("RetryPolicy.retry_host_predicate", "retries"),
+    ("RetryPolicy.host_selection_retry_max_attempts", "retries"),
+    ("RetryPolicy.per_try_idle_timeout", "retries"),
     ("RouteAction.hash_policy", "load balancing"),
     ("RouteAction.idle_timeout", "timeouts"),
     ("RouteAction.max_stream_duration", "timeouts"),

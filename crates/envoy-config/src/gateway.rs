@@ -311,8 +311,8 @@ impl Translator<'_> {
             let reason = "metadata_match: a gateway's TCP backends are whole clusters";
             self.nack(LISTENER, name, format!("{at}.filters"), reason);
         }
-        for (cluster, timeout, reached_at) in route.reached {
-            self.route_to(cluster, Protocol::Tcp, timeout, name, reached_at);
+        for (cluster, timeout, retry, reached_at) in route.reached {
+            self.route_to(cluster, Protocol::Tcp, (timeout, retry), name, reached_at);
         }
         match route.cluster.is_empty() {
             true => route.tcp_backends,
@@ -785,9 +785,9 @@ impl Translator<'_> {
         if self.nacks.len() != before {
             return None;
         }
-        for (cluster, timeout, at) in reached {
+        for (cluster, timeout, retry, at) in reached {
             if cluster != UNRESOLVED_BACKEND {
-                self.route_to(cluster, Protocol::Http, timeout, listener, at);
+                self.route_to(cluster, Protocol::Http, (timeout, retry), listener, at);
             }
         }
         let hosts = table?
@@ -1247,13 +1247,24 @@ pub(super) mod tests {
         }
         // A sidecar's inline route configuration still gets the gateway's fields NACKed.
         assert!(nacks.iter().all(|n| !n.awaiting));
+        // Kuma's default MeshRetry is held by the route's cluster; a gRPC condition is not.
         let retry = http_gateway("", "").replace(
             "timeout: 20s}",
-            "timeout: 20s, retryPolicy: {numRetries: 5}}",
+            "timeout: 20s, retryPolicy: {retryOn: 'gateway-error,connect-failure', numRetries: 5}}",
         );
-        let nacks = translated(&retry).unwrap_err();
+        let config = translated(&retry).unwrap();
+        assert_eq!(
+            config.clusters["web"].retry.as_ref().map(|r| r.num_retries),
+            Some(5)
+        );
+        let grpc = http_gateway("", "").replace(
+            "timeout: 20s}",
+            "timeout: 20s, retryPolicy: {retryOn: cancelled}}",
+        );
+        let nacks = translated(&grpc).unwrap_err();
         assert!(
-            nacks[0].field.ends_with(".retry_policy") && nacks[0].reason.starts_with("retries: "),
+            nacks[0].field.ends_with(".retry_policy.retry_on")
+                && nacks[0].reason.contains("\"cancelled\""),
             "{nacks:?}"
         );
     }

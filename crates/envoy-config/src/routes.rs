@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use bearing_proxy_config::{
     HeaderFilter, HeaderMatch, HttpMatch, HttpRoute, Mirror, PathMatch, PathRewrite, QueryMatch,
-    Redirect, Rewrite, RouteAction, RouteTable, ValueMatch, VirtualHost, WeightedCluster,
+    Redirect, RetryPolicy, Rewrite, RouteAction, RouteTable, ValueMatch, VirtualHost,
+    WeightedCluster,
 };
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
@@ -40,8 +41,8 @@ pub(crate) enum HttpRouting {
 }
 
 /// The clusters a route configuration sends to, each with what the route that reaches it
-/// asks of the cluster's own response timeout, mirrors included.
-pub(crate) type Reached = Vec<(String, ClusterTimeout, String)>;
+/// asks of the cluster's own response timeout and retry policy, mirrors included.
+pub(crate) type Reached = Vec<(String, ClusterTimeout, ClusterRetry, String)>;
 
 /// What a route asks of a cluster's `request_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,6 +52,17 @@ pub(crate) enum ClusterTimeout {
     /// Exactly this one (`None`: no limit): a plain listener's route and a mirror have no
     /// place of their own for it.
     Exactly(Option<Duration>),
+}
+
+/// What a route asks of a cluster's retry policy: Envoy's is the route's, Bearing's is held by
+/// the cluster, so every HTTP route reaching one cluster must ask the same (kuma-cp gives
+/// every route of an outbound the one MeshRetry that targets it).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ClusterRetry {
+    /// Nothing: a mirror's copy (never retried) or a TCP proxy.
+    Any,
+    /// Exactly this one (`None`: no retries).
+    Exactly(Option<RetryPolicy>),
 }
 
 /// The request and response header edits of one level (a route configuration, virtual host
@@ -442,8 +454,22 @@ fn forward(
             return None;
         }
     };
+    let retry = match &action.retry_policy {
+        None => None,
+        Some(p) => Some(crate::retry::retry_policy(
+            p,
+            &format!("{at}.retry_policy"),
+            problems,
+        )?),
+    };
     for b in &backends {
-        reached.push((b.cluster.clone(), ClusterTimeout::Any, at.to_string()));
+        let retry = ClusterRetry::Exactly(retry.clone());
+        reached.push((
+            b.cluster.clone(),
+            ClusterTimeout::Any,
+            retry,
+            at.to_string(),
+        ));
     }
     let path = match (action.prefix_rewrite.as_str(), &action.regex_rewrite) {
         ("", None) => None,
@@ -477,6 +503,7 @@ fn forward(
             reached.push((
                 m.cluster.clone(),
                 ClusterTimeout::Exactly(shadow),
+                ClusterRetry::Any,
                 at.to_string(),
             ));
             Some(Mirror {

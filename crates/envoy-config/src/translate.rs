@@ -17,7 +17,9 @@ use crate::fields::{
     self, Unhandled, KUMA_STREAM_IDLE_TIMEOUTS, KUMA_TCP_IDLE_TIMEOUTS, POLICY_NOT_ENFORCED,
 };
 use crate::naming::{self, Role, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
-use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
+use crate::routes::{
+    self, ClusterRetry, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT,
+};
 use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, HostEndpoint,
     Http2Windows, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
@@ -38,6 +40,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http_pb;
 use envoy_types::pb::envoy::service::runtime::v3 as runtime_pb;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, Struct};
 use prost::Message;
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -307,6 +310,18 @@ impl Route {
     }
 }
 
+/// What the routes reaching one cluster ask of it (`Translator::route_to`).
+struct Routed {
+    /// Their protocol (an HTTP route's wins over a TCP proxy's).
+    protocol: Protocol,
+    /// Its request timeout.
+    timeout: ClusterTimeout,
+    /// Its retry policy.
+    retry: ClusterRetry,
+    /// The last listener that reached it, for a NACK that it has not come.
+    listener: String,
+}
+
 struct Translator<'a> {
     set: &'a ResourceSet,
     /// The proxy's own mesh (the bootstrap node's): the mesh of an identity secret whose
@@ -316,8 +331,8 @@ struct Translator<'a> {
     listeners: Vec<Listener>,
     clusters: BTreeMap<String, Cluster>,
     /// Per cluster: the protocol of the routes that reach it and what they ask of its
-    /// request timeout.
-    routed: BTreeMap<String, (Protocol, ClusterTimeout, String)>,
+    /// request timeout and retry policy.
+    routed: BTreeMap<String, Routed>,
     /// Listeners sending to an ORIGINAL_DST cluster (Kuma's direct access): the listener, its
     /// address and the cluster, which becomes a cluster of that one address.
     direct: Vec<(String, SocketAddr, String)>,
@@ -766,7 +781,7 @@ impl Translator<'_> {
                     cluster_type(c) == cluster_pb::cluster::DiscoveryType::OriginalDst as i32
                 })
             };
-            if let Some((c, _, at)) = r.reached.iter().find(|(c, ..)| original_dst(c)) {
+            if let Some((c, _, _, at)) = r.reached.iter().find(|(c, ..)| original_dst(c)) {
                 if r.cluster.is_empty() {
                     let reason = format!("cluster {c:?} (ORIGINAL_DST) in a route table or among weighted clusters: only a listener's one cluster can be its original destination");
                     return self.nack(LISTENER, name, at.clone(), reason);
@@ -790,8 +805,8 @@ impl Translator<'_> {
             if out.service.is_empty() && out.direction == Direction::Outbound {
                 out.service = r.cluster.clone();
             }
-            for (cluster, timeout, at) in r.reached {
-                self.route_to(cluster, r.protocol, timeout, name, at);
+            for (cluster, timeout, retry, at) in r.reached {
+                self.route_to(cluster, r.protocol, (timeout, retry), name, at);
             }
         }
     }
@@ -826,7 +841,12 @@ impl Translator<'_> {
                 let subset = struct_strings(tcp.metadata_match.as_ref(), "envoy.lb");
                 found = match tcp.cluster_specifier {
                     Some(tcp_pb::tcp_proxy::ClusterSpecifier::Cluster(c)) => Some(Route {
-                        reached: vec![(c.clone(), ClusterTimeout::Any, fpath.clone())],
+                        reached: vec![(
+                            c.clone(),
+                            ClusterTimeout::Any,
+                            ClusterRetry::Any,
+                            fpath.clone(),
+                        )],
                         cluster: c,
                         protocol: Protocol::Tcp,
                         table: None,
@@ -840,7 +860,10 @@ impl Translator<'_> {
                         Some(Route {
                             reached: backends
                                 .iter()
-                                .map(|b| (b.cluster.clone(), ClusterTimeout::Any, at.clone()))
+                                .map(|b| {
+                                    let (c, any) = (b.cluster.clone(), ClusterTimeout::Any);
+                                    (c, any, ClusterRetry::Any, at.clone())
+                                })
                                 .collect(),
                             cluster: String::new(),
                             protocol: Protocol::Tcp,
@@ -1238,8 +1261,8 @@ impl Translator<'_> {
                     Err(reason) => self.nack(LISTENER, name, at, reason),
                 }
             }
-            for (cluster, timeout, at) in route.reached {
-                self.route_to(cluster, route.protocol, timeout, name, at);
+            for (cluster, timeout, retry, at) in route.reached {
+                self.route_to(cluster, route.protocol, (timeout, retry), name, at);
             }
         }
         routes
@@ -1395,6 +1418,7 @@ impl Translator<'_> {
                 tls,
                 circuit_breakers: breakers,
                 http2_windows,
+                retry: None,
                 dns,
                 tls_matches: matches.into_iter().map(|(m, _)| m).collect(),
             },
@@ -2125,49 +2149,85 @@ impl Translator<'_> {
     /// HTTP route's protocol wins over a TCP proxy's (which ignores the cluster's HTTP
     /// options, as Envoy's). A route table's routes carry their own timeouts; the routes that
     /// cannot (plain listeners, mirrors) give the cluster theirs, and two of them reaching one
-    /// cluster with different timeouts are NACKed.
+    /// cluster with different timeouts are NACKed. The cluster holds the retry policy of the
+    /// HTTP routes that reach it; two of them asking different ones are NACKed.
     fn route_to(
         &mut self,
         cluster: String,
         protocol: Protocol,
-        timeout: ClusterTimeout,
+        (timeout, retry): (ClusterTimeout, ClusterRetry),
         listener: &str,
         at: String,
     ) {
-        let conflict = self
-            .routed
-            .get(&cluster)
-            .and_then(|(p, t, _)| match (*t, timeout) {
+        let retry_conflict = self.routed.get(&cluster).is_some_and(|r| {
+            matches!((&r.retry, &retry), (ClusterRetry::Exactly(other), ClusterRetry::Exactly(this))
+                if r.protocol.is_http() && protocol.is_http() && other != this)
+        });
+        if retry_conflict {
+            // Kuma's routes of one outbound differ in retries only by a MeshRetry that
+            // targets one of them.
+            let reason = format!("retries: {POLICY_NOT_ENFORCED} (routes to cluster {cluster:?} with different retry policies: a cluster holds one)");
+            return self.nack(LISTENER, listener, format!("{at}.retry_policy"), reason);
+        }
+        let conflict = self.routed.get(&cluster).and_then(
+            |Routed {
+                 protocol: p,
+                 timeout: t,
+                 ..
+             }| match (*t, timeout) {
                 (ClusterTimeout::Exactly(other), ClusterTimeout::Exactly(this))
                     if p.is_http() && protocol.is_http() && other != this =>
                 {
                     Some((other, this))
                 }
                 _ => None,
-            });
+            },
+        );
         if let Some((other, this)) = conflict {
             // Kuma's routes differ in timeout only by a MeshTimeout.
             let reason = format!("timeouts: {POLICY_NOT_ENFORCED} (plain listeners or mirrors to cluster {cluster:?} with different timeouts, {other:?} and {this:?}: a cluster holds one)");
             return self.nack(LISTENER, listener, at, reason);
         }
-        self.routed
-            .entry(cluster)
-            .and_modify(|r| {
-                if protocol.is_http() {
-                    let kept = match timeout {
-                        ClusterTimeout::Any if r.0.is_http() => r.1,
-                        _ => timeout,
-                    };
-                    *r = (protocol, kept, listener.to_string());
-                }
-            })
-            .or_insert((protocol, timeout, listener.to_string()));
+        let routed = Routed {
+            protocol,
+            timeout,
+            retry,
+            listener: listener.to_string(),
+        };
+        match self.routed.entry(cluster) {
+            Entry::Vacant(v) => {
+                v.insert(routed);
+            }
+            Entry::Occupied(mut r) if protocol.is_http() => {
+                let r = r.get_mut();
+                let kept_timeout = match routed.timeout {
+                    ClusterTimeout::Any if r.protocol.is_http() => r.timeout,
+                    t => t,
+                };
+                let kept_retry = match routed.retry {
+                    ClusterRetry::Any if r.protocol.is_http() => r.retry.clone(),
+                    ask => ask,
+                };
+                *r = Routed {
+                    timeout: kept_timeout,
+                    retry: kept_retry,
+                    ..routed
+                };
+            }
+            Entry::Occupied(_) => {}
+        }
     }
 
-    /// Gives each cluster the protocol of the routes that reach it and the request timeout
-    /// of those that hold it there (else Envoy's 15 s default stays).
+    /// Gives each cluster the protocol of the routes that reach it, the request timeout
+    /// of those that hold it there (else Envoy's 15 s default stays) and their retry policy.
     fn apply_routes(&mut self) {
-        for (cluster_name, (protocol, timeout, listener)) in std::mem::take(&mut self.routed) {
+        for (cluster_name, routed) in std::mem::take(&mut self.routed) {
+            let Routed {
+                protocol,
+                timeout,
+                retry,
+                listener,
+            } = routed;
             let Some(cluster) = self.clusters.get_mut(&cluster_name) else {
                 if !self.nacks.iter().any(|n| n.resource == cluster_name) {
                     self.awaits(
@@ -2187,6 +2247,9 @@ impl Translator<'_> {
                 };
                 if let ClusterTimeout::Exactly(timeout) = timeout {
                     cluster.request_timeout = timeout;
+                }
+                if let ClusterRetry::Exactly(retry) = retry {
+                    cluster.retry = retry;
                 }
             } else {
                 cluster.protocol = Protocol::Tcp;
@@ -3366,6 +3429,55 @@ mod tests {
         has(format!("{routes}[1].route.retry_policy"), "retries");
         has(format!("{routes}[1].route.hash_policy"), "load balancing");
         has(format!("{HCM}.generate_request_id"), "not implemented");
+    }
+
+    /// kuma-cp's default MeshRetry (on every route) is held by the cluster the routes reach:
+    /// a plain listener's and a route table's alike; routes to one cluster asking different
+    /// policies are NACKed by the route's path, and a condition Bearing does not retry on by
+    /// the `retry_on` path.
+    #[test]
+    fn kumas_default_retry_policy_is_held_by_the_cluster() {
+        const KUMA_DEFAULT: &str = "retryPolicy: {retryOn: 'gateway-error,connect-failure,refused-stream', numRetries: 5, perTryTimeout: 16s, retryBackOff: {baseInterval: 0.025s, maxInterval: 0.250s}}";
+        let route = |prefix: &str, retry: &str| {
+            format!("              - match: {{prefix: {prefix}}}\n                route: {{cluster: backend, timeout: 15s{retry}}}\n")
+        };
+        let with = format!(", {KUMA_DEFAULT}");
+        let plain = translate(&set(&outbound_with_routes(&route("/", &with))), &node()).unwrap();
+        assert_eq!(plain.listeners[0].routes, None);
+        let retry = plain.clusters["backend"].retry.as_ref().expect("held");
+        assert_eq!(retry.num_retries, 5);
+        assert_eq!(retry.per_try_timeout, Some(Duration::from_secs(16)));
+        assert!(retry.on.gateway_error && retry.on.connect_failure && retry.on.refused_stream);
+        assert_eq!(
+            plain.clusters["backend"].request_timeout,
+            Some(Duration::from_secs(15))
+        );
+
+        let table = outbound_with_routes(&format!("{}{}", route("/a", &with), route("/", &with)));
+        let table = translate(&set(&table), &node()).unwrap();
+        assert!(table.listeners[0].routes.is_some());
+        assert_eq!(table.clusters["backend"].retry.as_ref(), Some(retry));
+
+        let mixed = outbound_with_routes(&format!("{}{}", route("/a", &with), route("/", "")));
+        let nacks = translate(&set(&mixed), &node()).unwrap_err();
+        let routes = format!("{HCM}.route_config.virtual_hosts[0].routes");
+        assert_eq!(
+            nacks[0].field,
+            format!("{routes}[1].route.retry_policy"),
+            "{nacks:?}"
+        );
+        assert!(
+            nacks[0].reason.contains("different retry policies"),
+            "{nacks:?}"
+        );
+
+        let grpc = route("/", ", retryPolicy: {retryOn: 'cancelled,unavailable'}");
+        let nacks = translate(&set(&outbound_with_routes(&grpc)), &node()).unwrap_err();
+        assert_eq!(
+            nacks[0].field,
+            format!("{routes}[0].route.retry_policy.retry_on")
+        );
+        assert!(nacks[0].reason.contains("\"cancelled\""), "{nacks:?}");
     }
 
     /// A route's `timeout` is its own (Envoy's `RouteAction.timeout`): routes of one table

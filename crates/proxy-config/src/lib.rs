@@ -11,8 +11,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 mod gateway;
+mod retry;
 mod routes;
 pub use gateway::*;
+pub use retry::*;
 pub use routes::*;
 
 /// Everything one proxy serves, as compiled from its config source.
@@ -568,6 +570,11 @@ pub struct Cluster {
     /// HTTP/2 flow-control windows offered to the endpoints (HTTP/2 clusters).
     #[serde(skip_serializing_if = "Http2Windows::is_default")]
     pub http2_windows: Http2Windows,
+    /// When an HTTP request is sent again (the retry policy of the routes that reach the
+    /// cluster); `None`: only a stale pooled connection's request is repeated, and a failed
+    /// connect moves on to the next endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
     /// Endpoints named by hostname, resolved while the proxy runs (Envoy's STRICT_DNS and
     /// LOGICAL_DNS clusters); their addresses join `endpoints`. `None`: `endpoints` is all.
     #[serde(skip_serializing_if = "Option::is_none")]

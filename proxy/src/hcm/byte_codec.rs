@@ -665,6 +665,19 @@ impl<'a> UpstreamCodec for Upstream<'a, '_> {
             Sent::Timeout => Attempt::Failed(UpstreamError::Timeout(address)),
         }
     }
+
+    /// The request is held whole: it can always go again.
+    fn copy(&self, request: &&'a Request<'a>) -> Option<&'a Request<'a>> {
+        Some(*request)
+    }
+
+    fn limit(&mut self) -> &mut Option<Duration> {
+        &mut self.timeout
+    }
+
+    fn status((_, head, _): &Self::Answer) -> u16 {
+        head.status
+    }
 }
 
 /// Writes the request to `up` and reads the response head, within `limit`.

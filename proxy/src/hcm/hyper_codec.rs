@@ -247,6 +247,31 @@ impl UpstreamCodec for Upstream<'_> {
             },
         }
     }
+
+    /// A request whose body is held, or has ended before it was sent (no body), is copied:
+    /// method, target, version and header fields; a streamed body cannot be sent twice.
+    fn copy(&self, req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+        let body = match req.body() {
+            MessageBody::Held(held) => MessageBody::Held(held.clone()),
+            MessageBody::Streamed(b) if b.is_end_stream() => MessageBody::Held(Default::default()),
+            // A streamed body is sent once; a compressed one is a response's.
+            MessageBody::Streamed(_) | MessageBody::Gzip(_) => return None,
+        };
+        let mut copy = Request::new(body);
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        Some(copy)
+    }
+
+    fn limit(&mut self) -> &mut Option<Duration> {
+        &mut self.timeout
+    }
+
+    fn status(resp: &Response<UpstreamBody>) -> u16 {
+        resp.status().as_u16()
+    }
 }
 
 /// Why a response hyper accepted is not valid HTTP for the proxy, if it is not: hyper takes

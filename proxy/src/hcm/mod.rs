@@ -31,9 +31,12 @@ use std::time::Duration;
 use bearing_http1::RequestHead;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use bearing_proxy_config::RetryPolicy;
 use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::circuit::{Held, Occupancy};
 use crate::router::{HttpRoutes, Reply, ResponseEdits};
 use crate::stats::StatusCounters;
 use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, PoolRef, UpstreamError};
@@ -141,23 +144,129 @@ pub(crate) trait UpstreamCodec {
         conn: Self::Conn,
         request: Self::Request,
     ) -> Attempt<Self::Request, Self::Answer>;
+
+    /// A copy of `request` to send again after an attempt answered or lost it, when the
+    /// codec can make one (a retry policy's; asked only when the cluster has one).
+    fn copy(&self, request: &Self::Request) -> Option<Self::Request>;
+
+    /// The limit for the next attempt's response head (`None`: no limit).
+    fn limit(&mut self) -> &mut Option<Duration>;
+
+    /// The status of an answer's response head.
+    fn status(answer: &Self::Answer) -> u16;
 }
 
-/// Sends `request` to `cluster` through `codec`: endpoints in round-robin order, the next one
+/// Sends `request` to `cluster` through `codec`, as [`try_endpoints`] does, and again as the
+/// cluster's retry policy asks ([`retrying`]). Gives the answer and the pool of the endpoint
+/// that gave it.
+pub(crate) async fn forward<'c, C: UpstreamCodec>(
+    cluster: &'c ClusterRuntime,
+    codec: &mut C,
+    request: C::Request,
+) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
+    match &cluster.config.retry {
+        None => try_endpoints(cluster, codec, request, &mut None).await,
+        Some(policy) => retrying(cluster, policy, codec, request).await,
+    }
+}
+
+/// Sends `request` to `cluster` through `codec` under `policy`: after an attempt the policy
+/// retries (a retriable status, a connect failure, a reset, a refused stream, the attempt's
+/// timeout), a copy of the request goes again after Envoy's jittered exponential back-off,
+/// up to `num_retries` times, each attempt within the per-try timeout and all of them within
+/// the request's own timeout; a request the codec cannot copy (a streamed body) is not
+/// retried. The retries hold one unit of the cluster's `max_retries`.
+async fn retrying<'c, C: UpstreamCodec>(
+    cluster: &'c ClusterRuntime,
+    policy: &RetryPolicy,
+    codec: &mut C,
+    mut request: C::Request,
+) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
+    let deadline = codec.limit().map(|t| Instant::now() + t);
+    let mut unit = None;
+    let mut retries = 0;
+    loop {
+        let again = match retries < policy.num_retries {
+            true => codec.copy(&request),
+            false => None,
+        };
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        *codec.limit() = match (policy.per_try_timeout, left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let outcome = try_endpoints(cluster, codec, request, &mut unit).await;
+        let Some(copy) = again else {
+            return outcome;
+        };
+        let retriable = match &outcome {
+            Ok((answer, _)) => policy.retries_status(C::status(answer)),
+            Err(failure) => retries_failure(policy, failure),
+        };
+        if !retriable || !cluster.may_retry(&mut unit) {
+            return outcome;
+        }
+        retries += 1;
+        let ceiling = policy.back_off_ceiling(retries);
+        let pause = ceiling.mul_f64(rand::random::<f64>());
+        if deadline.is_some_and(|d| Instant::now() + pause >= d) {
+            return outcome;
+        }
+        // An answer not relayed: its connection closes with it.
+        drop(outcome);
+        cluster.stats.rq_retry.inc();
+        tokio::time::sleep(pause).await;
+        request = copy;
+    }
+}
+
+/// Whether `policy` sends a request again after it failed with `failure`.
+fn retries_failure(policy: &RetryPolicy, failure: &UpstreamError) -> bool {
+    match failure {
+        UpstreamError::ConnectFailed(..) => policy.retries_connect_failure(),
+        UpstreamError::Request(_, e) if is_refused_stream(&**e) => {
+            policy.on.refused_stream || policy.retries_reset()
+        }
+        UpstreamError::Request(..) => policy.retries_reset(),
+        UpstreamError::Timeout(_) => policy.retries_timeout(),
+        // No endpoint to try, the proxy's own refusal, the client's fault, a response the
+        // proxy could not read.
+        UpstreamError::NoEndpoints
+        | UpstreamError::Overflow(_)
+        | UpstreamError::RequestBody(_)
+        | UpstreamError::InvalidResponse(..) => false,
+    }
+}
+
+/// Whether an HTTP/2 endpoint refused the stream (`REFUSED_STREAM`: not processed, safe to
+/// send again), found in the error's causes.
+fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(e) = c.downcast_ref::<h2::Error>() {
+            return e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// One try of `request` to `cluster` through `codec`: endpoints in round-robin order, the next one
 /// after a connect failure or a fresh connection closed before the request was written (each
 /// further endpoint takes the cluster's `max_retries` unit); a reused connection found stale
 /// (closed before the request was written, or before answering a request the codec may
 /// repeat) is replaced by a fresh one to the same endpoint. Everything else is final. Gives
-/// the answer and the pool of the endpoint that gave it.
-pub(crate) async fn forward<'c, C: UpstreamCodec>(
+/// the answer and the pool of the endpoint that gave it. `retry` holds the request's unit of
+/// the cluster's `max_retries` once a further attempt took it.
+async fn try_endpoints<'c, C: UpstreamCodec>(
     cluster: &'c ClusterRuntime,
     codec: &mut C,
     mut request: C::Request,
+    retry: &mut Option<Held<&'c Occupancy>>,
 ) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
     let mut last = None;
-    let mut retry = None;
     for (attempt, pool) in cluster.rotation().enumerate() {
-        if attempt > 0 && !cluster.may_retry(&mut retry) {
+        if attempt > 0 && !cluster.may_retry(retry) {
             break;
         }
         let address = pool.address();
@@ -183,7 +292,7 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
                     last = Some(cluster.connect_failed(address, e));
                     break;
                 }
-                Attempt::NoAnswer(Some(again), _) if reused && cluster.may_retry(&mut retry) => {
+                Attempt::NoAnswer(Some(again), _) if reused && cluster.may_retry(retry) => {
                     request = again
                 }
                 Attempt::NoAnswer(_, failure) | Attempt::Failed(failure) => {

@@ -741,3 +741,164 @@ async fn a_route_rewrites_host_to_the_chosen_endpoints_hostname_through_every_co
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// An upstream that answers the requests it reads by `script` in turn (status, then the
+/// next, starting over at the end), counting them in `seen`, keeping the connection.
+async fn scripted_upstream(
+    script: &'static [u16],
+    seen: Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(end) = read_head(&mut s, &mut buf).await {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let length = field(&head, "content-length").map_or(0, |v| v.parse().unwrap());
+                    while buf.len() < end + length {
+                        if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                    buf.drain(..end + length);
+                    let n = seen.fetch_add(1, Ordering::SeqCst);
+                    let status = script[n % script.len()];
+                    let answer = format!(
+                        "HTTP/1.1 {status} S\r\ncontent-length: 1\r\n\r\n{}",
+                        status / 100
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// Kuma's default MeshRetry (`gateway-error,connect-failure,refused-stream`, 5 retries, 25 ms
+/// back-off up to 250 ms), with a per-try timeout.
+fn kuma_default_retry(per_try: Duration) -> bearing_proxy_config::RetryPolicy {
+    bearing_proxy_config::RetryPolicy {
+        on: bearing_proxy_config::RetryOn {
+            connect_failure: true,
+            refused_stream: true,
+            gateway_error: true,
+            ..Default::default()
+        },
+        num_retries: 5,
+        per_try_timeout: Some(per_try),
+        back_off_base: Duration::from_millis(25),
+        back_off_max: Duration::from_millis(250),
+    }
+}
+
+/// A cluster with Kuma's default retry policy, through every codec: an origin answering 503,
+/// 502, then 200 gets each request three times and the client the 200 (a POST's held body
+/// too, on the byte codec); a 500 is not a gateway error and is relayed at once; without the
+/// policy the first 503 is relayed. An origin that never answers gets the request once per
+/// try (six in all), each cut at the per-try timeout, then the client gets the 504.
+#[tokio::test]
+async fn a_retry_policy_sends_again_what_it_names_through_every_codec() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = Arc::new(AtomicUsize::new(0));
+    let flaky = scripted_upstream(&[503, 502, 200], seen.clone()).await;
+    let failing_seen = Arc::new(AtomicUsize::new(0));
+    let failing = scripted_upstream(&[500], failing_seen.clone()).await;
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_address = silent.local_addr().unwrap();
+    let silent_seen = Arc::new(AtomicUsize::new(0));
+    let counter = silent_seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = silent.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while read_head(&mut s, &mut buf).await.is_some() {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    buf.clear();
+                }
+            });
+        }
+    });
+    let policy = kuma_default_retry(Duration::from_millis(200));
+    let with = |config: &mut ProxyConfig, name: &str, address, retry: bool| {
+        let c = config.clusters.get_mut(name).unwrap();
+        c.endpoints[0].address = address;
+        c.retry = retry.then(|| policy.clone());
+    };
+    let mut config = (*config(flaky, failing)).clone();
+    with(&mut config, "live", flaky, true);
+    with(&mut config, "refused", failing, true);
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config.clone()));
+    let get = |to| Case {
+        name: "retried",
+        method: "GET",
+        path: "/",
+        headers: &[("host", "web")],
+        body: "",
+        to,
+        h2: true,
+        expect: Expect::Reply(200, "2"),
+    };
+    let mut failures = Vec::new();
+    for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+        let before = seen.load(Ordering::SeqCst);
+        let answer = ask(&proxy, codec, &get(To::Live)).await;
+        let tries = seen.load(Ordering::SeqCst) - before;
+        if answer != (200, "2".into()) || tries != 3 {
+            failures.push(format!("GET ({codec:?}): {answer:?} after {tries} tries"));
+        }
+        let before = failing_seen.load(Ordering::SeqCst);
+        let answer = ask(&proxy, codec, &get(To::Refused)).await;
+        let tries = failing_seen.load(Ordering::SeqCst) - before;
+        if answer != (500, "5".into()) || tries != 1 {
+            failures.push(format!("500 ({codec:?}): {answer:?} after {tries} tries"));
+        }
+    }
+    let post = Case {
+        method: "POST",
+        headers: &[("host", "web"), ("content-length", "5")],
+        body: "hello",
+        ..get(To::Live)
+    };
+    let before = seen.load(Ordering::SeqCst);
+    let answer = ask(&proxy, Codec::Bytes, &post).await;
+    let tries = seen.load(Ordering::SeqCst) - before;
+    if answer != (200, "2".into()) || tries != 3 {
+        failures.push(format!("POST (Bytes): {answer:?} after {tries} tries"));
+    }
+
+    // Without the policy, the first answer stands.
+    with(&mut config, "live", flaky, false);
+    proxy.apply(Arc::new(config.clone()));
+    seen.store(0, Ordering::SeqCst);
+    let answer = ask(&proxy, Codec::Bytes, &get(To::Live)).await;
+    if answer != (503, "5".into()) || seen.load(Ordering::SeqCst) != 1 {
+        failures.push(format!("without a policy: {answer:?}"));
+    }
+
+    // Each try cut at the per-try timeout; then the 504.
+    with(&mut config, "live", silent_address, true);
+    proxy.apply(Arc::new(config));
+    for codec in [Codec::Bytes, Codec::HyperH2] {
+        let before = silent_seen.load(Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        let answer = ask(&proxy, codec, &get(To::Live)).await;
+        let took = started.elapsed();
+        let tries = silent_seen.load(Ordering::SeqCst) - before;
+        let on_time = took >= Duration::from_millis(1200) && took < Duration::from_secs(4);
+        if answer != (504, "upstream request timeout".into()) || tries != 6 || !on_time {
+            failures.push(format!(
+                "silent ({codec:?}): {answer:?}, {tries} tries in {took:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

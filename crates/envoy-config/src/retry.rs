@@ -1,0 +1,201 @@
+//! A route's `retry_policy` (kuma-cp's rendering of MeshRetry's `http` section, the default
+//! `mesh-retry-all-default` policy on every HTTP route included) into ProxyConfig's
+//! [`RetryPolicy`]. The fields guard (`fields.rs`) has refused every field not read here;
+//! a `retry_on` condition Bearing does not act on is a problem naming it.
+
+use std::time::Duration;
+
+use bearing_proxy_config::{RetryOn, RetryPolicy};
+use envoy_types::pb::envoy::config::route::v3 as route_pb;
+
+use crate::routes::Problem;
+use crate::translate::duration;
+
+/// The conditions of `retry_on` Bearing acts on (Envoy's names).
+const CONDITIONS: &str = "5xx, gateway-error, reset, connect-failure, refused-stream, \
+     retriable-4xx, retriable-status-codes";
+
+/// Translates the retry policy at `at`; problems are pushed to `problems`.
+pub(crate) fn retry_policy(
+    policy: &route_pb::RetryPolicy,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<RetryPolicy> {
+    let before = problems.len();
+    let mut on = RetryOn::default();
+    let mut status_codes = false;
+    for condition in policy.retry_on.split(',').map(str::trim) {
+        match condition {
+            "" => {}
+            "5xx" => on.server_error = true,
+            "gateway-error" => on.gateway_error = true,
+            "reset" => on.reset = true,
+            "connect-failure" => on.connect_failure = true,
+            "refused-stream" => on.refused_stream = true,
+            // Envoy's one retriable 4xx: 409 Conflict.
+            "retriable-4xx" => on.statuses.push(409),
+            "retriable-status-codes" => status_codes = true,
+            other => problems.push((
+                format!("{at}.retry_on"),
+                format!("retry condition {other:?} is not implemented (Bearing retries on {CONDITIONS})"),
+            )),
+        }
+    }
+    if status_codes {
+        for (i, code) in policy.retriable_status_codes.iter().enumerate() {
+            match u16::try_from(*code)
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+            {
+                Some(c) => on.statuses.push(c),
+                None => problems.push((
+                    format!("{at}.retriable_status_codes[{i}]"),
+                    format!("{code} is not an HTTP status (100-599)"),
+                )),
+            }
+        }
+    } else if !policy.retriable_status_codes.is_empty() {
+        // Envoy reads the codes only under that condition.
+        problems.push((
+            format!("{at}.retriable_status_codes"),
+            "status codes without the retry condition \"retriable-status-codes\"".into(),
+        ));
+    }
+    on.statuses.sort_unstable();
+    on.statuses.dedup();
+    let back_off = policy.retry_back_off.as_ref();
+    let base = back_off
+        .and_then(|b| b.base_interval.as_ref())
+        .map_or(RetryPolicy::DEFAULT_BACK_OFF_BASE, duration);
+    if base.is_zero() {
+        // Envoy's validation: greater than zero.
+        problems.push((
+            format!("{at}.retry_back_off.base_interval"),
+            "must be greater than zero".into(),
+        ));
+    }
+    let max = back_off
+        .and_then(|b| b.max_interval.as_ref())
+        .map_or(base.saturating_mul(10), duration);
+    if max < base {
+        problems.push((
+            format!("{at}.retry_back_off.max_interval"),
+            format!("{max:?} is below base_interval {base:?}"),
+        ));
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(RetryPolicy {
+        on,
+        // Envoy's default: one retry.
+        num_retries: policy.num_retries.map_or(1, |n| n.value),
+        per_try_timeout: policy
+            .per_try_timeout
+            .as_ref()
+            .map(duration)
+            .filter(|d| *d != Duration::ZERO),
+        back_off_base: base,
+        back_off_max: max,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+
+    fn millis(ms: i32) -> Option<PbDuration> {
+        Some(PbDuration {
+            seconds: 0,
+            nanos: ms * 1_000_000,
+        })
+    }
+
+    /// kuma-cp 2.14's rendering of its default MeshRetry (`mesh-retry-all-default`).
+    fn kuma_default() -> route_pb::RetryPolicy {
+        route_pb::RetryPolicy {
+            retry_on: "gateway-error,connect-failure,refused-stream".into(),
+            num_retries: Some(UInt32Value { value: 5 }),
+            per_try_timeout: Some(PbDuration {
+                seconds: 16,
+                nanos: 0,
+            }),
+            retry_back_off: Some(route_pb::retry_policy::RetryBackOff {
+                base_interval: millis(25),
+                max_interval: millis(250),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn kumas_default_retry_policy_translates() {
+        let mut problems = Vec::new();
+        let p = retry_policy(&kuma_default(), "r", &mut problems).expect("translated");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            p,
+            RetryPolicy {
+                on: RetryOn {
+                    connect_failure: true,
+                    refused_stream: true,
+                    gateway_error: true,
+                    ..RetryOn::default()
+                },
+                num_retries: 5,
+                per_try_timeout: Some(Duration::from_secs(16)),
+                back_off_base: Duration::from_millis(25),
+                back_off_max: Duration::from_millis(250),
+            }
+        );
+    }
+
+    #[test]
+    fn envoys_defaults_fill_what_is_not_set() {
+        let mut problems = Vec::new();
+        let bare = route_pb::RetryPolicy {
+            retry_on: "5xx,retriable-4xx,retriable-status-codes".into(),
+            retriable_status_codes: vec![429, 409],
+            ..Default::default()
+        };
+        let p = retry_policy(&bare, "r", &mut problems).expect("translated");
+        assert_eq!(p.num_retries, 1);
+        assert_eq!(p.per_try_timeout, None);
+        assert_eq!(p.back_off_base, Duration::from_millis(25));
+        assert_eq!(p.back_off_max, Duration::from_millis(250));
+        assert!(p.on.server_error);
+        assert_eq!(p.on.statuses, [409, 429]);
+    }
+
+    #[test]
+    fn what_bearing_cannot_retry_on_is_named() {
+        let mut problems = Vec::new();
+        let grpc = route_pb::RetryPolicy {
+            retry_on: "cancelled,connect-failure,unavailable".into(),
+            ..Default::default()
+        };
+        assert!(retry_policy(&grpc, "r", &mut problems).is_none());
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["r.retry_on", "r.retry_on"]);
+        assert!(problems[0].1.contains("\"cancelled\""), "{problems:?}");
+        assert!(problems[1].1.contains("\"unavailable\""), "{problems:?}");
+
+        let mut problems = Vec::new();
+        let codes_alone = route_pb::RetryPolicy {
+            retry_on: "5xx".into(),
+            retriable_status_codes: vec![418],
+            retry_back_off: Some(route_pb::retry_policy::RetryBackOff {
+                base_interval: millis(100),
+                max_interval: millis(50),
+            }),
+            ..Default::default()
+        };
+        assert!(retry_policy(&codes_alone, "r", &mut problems).is_none());
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["r.retriable_status_codes", "r.retry_back_off.max_interval"]
+        );
+    }
+}
