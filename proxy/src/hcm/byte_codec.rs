@@ -414,14 +414,11 @@ fn route_head<'r>(
     let Some(mut parts) = request_parts(head) else {
         return Routed::Unsupported("request head the router cannot read");
     };
-    if let Some(compression) = routes.compression() {
-        let accept = parts.headers.get_all(header::ACCEPT_ENCODING).iter();
-        if compress::accepts_gzip(accept.map(HeaderValue::as_bytes)) {
-            return Routed::Unsupported("the client accepts gzip: compressed by hyper");
-        }
-        if compression.remove_accept_encoding {
-            parts.headers.remove(header::ACCEPT_ENCODING);
-        }
+    // A client accepting gzip is served by hyper, which compresses (the parts read here are
+    // then dropped: hyper reads the request again from its bytes).
+    let gzip = |c| compress::negotiate(c, &mut parts.headers);
+    if routes.compression().is_some_and(gzip) {
+        return Routed::Unsupported("the client accepts gzip: compressed by hyper");
     }
     match routes.decide(&mut parts, peer) {
         Routing::Reply(reply, route) => Routed::Reply(reply, Some(routes.edits(route))),

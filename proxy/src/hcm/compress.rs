@@ -56,6 +56,18 @@ const DEFAULT_CONTENT_TYPES: [&str; 18] = [
 /// The `Vary` token added, compared case-sensitively with those present as Envoy does.
 const ACCEPT_ENCODING: &str = "Accept-Encoding";
 
+/// Whether a request's client accepts gzip ([`accepts_gzip`] on its `Accept-Encoding`), after
+/// which the header is removed when `config` says so (the upstream then never compresses):
+/// what both codecs ask of a request to a listener with compression.
+pub(crate) fn negotiate(config: &Compression, headers: &mut HeaderMap) -> bool {
+    let accept = headers.get_all(header::ACCEPT_ENCODING).iter();
+    let accepted = accepts_gzip(accept.map(HeaderValue::as_bytes));
+    if config.remove_accept_encoding {
+        headers.remove(header::ACCEPT_ENCODING);
+    }
+    accepted
+}
+
 /// Whether the `Accept-Encoding` values of a request (`values`, its header lines) choose gzip,
 /// as Envoy's compressor decides with gzip its only compressor: each `coding;q=value` (a `q`
 /// that does not parse drops its entry; no `q` is 1) is a wish, `gzip;q=0` (or `*;q=0`

@@ -77,11 +77,7 @@ async fn route(
     let (mut parts, body) = req.into_parts();
     // Whether the response is to be compressed, if it can be (never a HEAD's).
     let gzip = routes.compression().map(|compression| {
-        let accept = parts.headers.get_all(header::ACCEPT_ENCODING).iter();
-        let accepted = compress::accepts_gzip(accept.map(HeaderValue::as_bytes));
-        if compression.remove_accept_encoding {
-            parts.headers.remove(header::ACCEPT_ENCODING);
-        }
+        let accepted = compress::negotiate(compression, &mut parts.headers);
         (compression, accepted && parts.method != Method::HEAD)
     });
     let mut resp = match routes.decide(&mut parts, peer) {
