@@ -15,9 +15,9 @@
 //! compressed and flushed, so a streamed response is not held back).
 //!
 //! The byte codec never compresses: a request whose client accepts gzip is handed to hyper
-//! (`HttpRoutes::route_head`), so on the byte path only [`vary_head`] edits a head, and the
-//! body of a response to a client that does not accept gzip still moves untouched (spliced
-//! when large).
+//! (`byte_codec::route_head`, asking [`negotiate`]), so on the byte path only [`vary_head`]
+//! edits a head, and the body of a response to a client that does not accept gzip still
+//! moves untouched (spliced when large).
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
