@@ -219,6 +219,7 @@ impl MeshTlsSet {
                 client_cert_pem,
                 client_key_pem,
                 verification,
+                allow_renegotiation,
             } => {
                 let client = client_cert_pem.as_deref().zip(client_key_pem.as_deref());
                 let verification = match verification {
@@ -233,6 +234,10 @@ impl MeshTlsSet {
                     verification,
                     alpn,
                 )
+                .map(|c| match allow_renegotiation {
+                    true => c.allowing_renegotiation(),
+                    false => c,
+                })
                 .map_err(|e| e.to_string())
             }
         }

@@ -1109,6 +1109,7 @@ mod tests {
                     client_cert_pem: None,
                     client_key_pem: None,
                     verification: Verification::Secured,
+                    allow_renegotiation: false,
                 });
             }
             Arc::new(config)

@@ -863,4 +863,113 @@ mod tests {
         let (s, _) = handshake(&server, &tls12_client(false)).await;
         assert!(s.is_err(), "TLS 1.2 without a client certificate");
     }
+
+    /// Waits until `wanted` was in `times` lines of `events`, then gives `events` back.
+    fn wait_for(
+        events: std::sync::mpsc::Receiver<String>,
+        wanted: &str,
+        times: usize,
+    ) -> std::sync::mpsc::Receiver<String> {
+        let mut seen = 0;
+        while seen < times {
+            let line = events
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("s_server printed {wanted:?} {seen} times of {times}"));
+            seen += usize::from(line.contains(wanted));
+        }
+        events
+    }
+
+    /// An `openssl s_server` (TLS 1.2) that renegotiates once a client is connected, then
+    /// sends `after\n`: a connector that allows renegotiation follows it and reads the line;
+    /// one that does not (BoringSSL's default) loses the connection at the HelloRequest.
+    #[tokio::test]
+    async fn renegotiation_by_the_server_is_followed_only_when_allowed() {
+        for allowed in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["renegotiating.example".into()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+            std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut server = std::process::Command::new("openssl")
+                .args(["s_server", "-tls1_2", "-state", "-naccept", "1"])
+                .args(["-accept", &format!("127.0.0.1:{port}")])
+                .args(["-cert", "cert.pem", "-key", "key.pem"])
+                .current_dir(dir.path())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("openssl s_server runs");
+            let mut commands = server.stdin.take().unwrap();
+            // Lines of both outputs: "ACCEPT" when listening, a "write finished" state at the
+            // end of each handshake the server completes.
+            let (lines, events) = std::sync::mpsc::channel::<String>();
+            for out in [
+                Box::new(server.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                Box::new(server.stderr.take().unwrap()),
+            ] {
+                let lines = lines.clone();
+                std::thread::spawn(move || {
+                    use std::io::BufRead as _;
+                    for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                        let _ = lines.send(line);
+                    }
+                });
+            }
+            let events = tokio::task::spawn_blocking(move || wait_for(events, "ACCEPT", 1))
+                .await
+                .unwrap();
+            let mut connector = external_connector(
+                "renegotiating.example",
+                None,
+                None,
+                ServerVerification::SkipAll,
+                &[],
+            )
+            .unwrap();
+            if allowed {
+                connector = connector.allowing_renegotiation();
+            }
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let peer = tcp.peer_addr().unwrap();
+            let mut client = connector.connect(tcp, "external", peer).await.unwrap();
+            use std::io::Write as _;
+            commands.write_all(b"r\n").unwrap();
+            let read = tokio::spawn(async move {
+                let mut line = [0u8; 6];
+                client.read_exact(&mut line).await.map(|_| line)
+            });
+            if allowed {
+                // The first handshake and the renegotiation, before any data is sent.
+                let finished = move || wait_for(events, "write finished", 2);
+                tokio::task::spawn_blocking(finished).await.unwrap();
+                commands.write_all(b"after\n").unwrap();
+            }
+            let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+                .await
+                .expect("the client's read ends")
+                .unwrap();
+            let _ = server.kill();
+            let _ = server.wait();
+            match (allowed, outcome) {
+                (true, Ok(line)) => assert_eq!(&line, b"after\n"),
+                (false, Err(e)) => {
+                    let e = e.to_string().to_uppercase();
+                    assert!(e.contains("RENEGOTIATION"), "{e}");
+                }
+                (allowed, outcome) => panic!("allowed {allowed}: {outcome:?}"),
+            }
+        }
+    }
 }

@@ -471,6 +471,8 @@ pub struct TlsConnector {
     contexts: Arc<Contexts>,
     sni: Option<Arc<str>>,
     check: ServerCheck,
+    /// Whether the server may renegotiate (TLS 1.2 and earlier).
+    renegotiation: bool,
 }
 
 impl TlsConnector {
@@ -479,6 +481,7 @@ impl TlsConnector {
             contexts: Contexts::fixed(context),
             sni: None,
             check,
+            renegotiation: false,
         }
     }
 
@@ -491,6 +494,7 @@ impl TlsConnector {
             contexts: Contexts::for_identity(identity, build)?,
             sni: None,
             check,
+            renegotiation: false,
         })
     }
 
@@ -509,6 +513,15 @@ impl TlsConnector {
         }
         self.sni = Some(sni.into());
         Ok(self)
+    }
+
+    /// This connector letting the server renegotiate the session as often as it asks (TLS 1.2
+    /// and earlier; Envoy's `UpstreamTlsContext.allow_renegotiation`, Kuma's ExternalService
+    /// `networking.tls.allowRenegotiation`). Without it a server's HelloRequest ends the
+    /// connection, as BoringSSL refuses renegotiation by default.
+    pub fn allowing_renegotiation(mut self) -> TlsConnector {
+        self.renegotiation = true;
+        self
     }
 
     /// The SNI this connector sends, if any.
@@ -568,11 +581,15 @@ impl TlsConnector {
             contexts: self.contexts.clone(),
             sni: None,
             check,
+            renegotiation: self.renegotiation,
         }
     }
 
-    /// Sets the SNI and the server check on one connection.
+    /// Sets the SNI, the server check and the renegotiation mode on one connection.
     fn prepare(&self, ssl: &mut SslRef) -> Result<(), ErrorStack> {
+        if self.renegotiation {
+            allow_renegotiation(ssl);
+        }
         if let Some(sni) = &self.sni {
             // Checked by `with_sni`: no NUL byte, so this cannot fail on the name itself.
             ssl.set_hostname(sni)?;
@@ -602,6 +619,21 @@ impl TlsConnector {
             ServerCheck::None => {}
         }
         Ok(())
+    }
+}
+
+/// Lets the server of `ssl` renegotiate freely, as Envoy does for `allow_renegotiation`. The
+/// `boring` crate has no safe call for BoringSSL's `SSL_set_renegotiate_mode`.
+fn allow_renegotiation(ssl: &mut SslRef) {
+    use foreign_types::ForeignTypeRef as _;
+    // SAFETY: `ssl.as_ptr()` is the live `SSL` this exclusive reference borrows, and setting
+    // its renegotiation mode before the handshake is what BoringSSL documents; the call
+    // keeps no pointer.
+    unsafe {
+        boring_sys::SSL_set_renegotiate_mode(
+            ssl.as_ptr(),
+            boring_sys::ssl_renegotiate_mode_t::ssl_renegotiate_freely,
+        );
     }
 }
 

@@ -718,6 +718,7 @@ pub(crate) fn external_endpoint(
                 Some("SkipCA") | Some("SkipAll") => Verification::SkipAll,
                 _ => Verification::Secured,
             },
+            allow_renegotiation: t.allow_renegotiation,
         }
     });
     (endpoints, dns, tls)

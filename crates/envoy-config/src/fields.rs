@@ -353,7 +353,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        &["common_tls_context", "sni"],
+        &["common_tls_context", "sni", "allow_renegotiation"],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",

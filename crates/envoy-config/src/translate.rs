@@ -1638,6 +1638,16 @@ impl Translator<'_> {
             return None;
         }
         if !common.tls_certificate_sds_secret_configs.is_empty() {
+            if ctx.allow_renegotiation {
+                // kuma-cp sets it only on TLS to ExternalServices.
+                self.nack(
+                    CLUSTER,
+                    name,
+                    format!("{at}.allow_renegotiation"),
+                    "renegotiation is implemented only for TLS to services outside the mesh",
+                );
+                return None;
+            }
             let mesh = self.identity_mesh(CLUSTER, name, &common_at, &common)?;
             self.meshes.insert(mesh.clone());
             let identity = match sans.as_slice() {
@@ -1758,6 +1768,7 @@ impl Translator<'_> {
             client_cert_pem,
             client_key_pem,
             verification,
+            allow_renegotiation: ctx.allow_renegotiation,
         })
     }
 
@@ -3230,6 +3241,41 @@ mod tests {
                 sni: "backend{mesh=default}".into(),
                 identity: "spiffe://default/backend".into(),
                 server_ca_pem: None,
+            })
+        );
+    }
+
+    #[test]
+    fn renegotiation_is_allowed_towards_external_services_only() {
+        let renegotiating =
+            "        sni: backend{mesh=default}\n        allowRenegotiation: true\n";
+        let mesh = format!("{OUTBOUND}{}", secrets())
+            .replace("        sni: backend{mesh=default}\n", renegotiating);
+        let nacks = translate(&set(&mesh), &node()).unwrap_err();
+        assert!(
+            nacks
+                .iter()
+                .any(|n| n.field.ends_with(".allow_renegotiation")
+                    && n.reason.contains("outside the mesh")),
+            "{nacks:?}"
+        );
+        // The context without a certificate or validation: TLS to a service outside the mesh.
+        let start = OUTBOUND.find("        commonTlsContext:").unwrap();
+        let end = OUTBOUND.find("- name: backend\n  resource:\n    '@type': type.googleapis.com/envoy.config.endpoint").unwrap();
+        let common = &OUTBOUND[start..end];
+        let external = mesh
+            .replace(common, "")
+            .replace("sni: backend{mesh=default}", "sni: backend.example");
+        let config = translate(&set(&external), &node()).unwrap();
+        assert_eq!(
+            config.clusters["backend"].tls,
+            Some(UpstreamTls::External {
+                server_name: "backend.example".into(),
+                ca_pem: None,
+                client_cert_pem: None,
+                client_key_pem: None,
+                verification: Verification::SkipAll,
+                allow_renegotiation: true,
             })
         );
     }

@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Goldens without a policy that Bearing cannot translate yet, and why.
-const NOT_YET: &[(&str, &str)] = &[
-    ("xds-generator/tracing/zipkin.envoy-config-https.golden.yaml", "allow_renegotiation: TLS renegotiation towards a collector is not implemented (BoringSSL's client refuses it)"),
-];
+const NOT_YET: &[(&str, &str)] = &[];
 
 /// A golden's resources, decoded and translated.
 fn outcome(file: &Path) -> Result<String, Vec<Nack>> {

@@ -308,6 +308,9 @@ pub enum UpstreamTls {
         client_key_pem: Option<String>,
         /// How much of the server certificate is checked.
         verification: Verification,
+        /// Whether the server may renegotiate the session (TLS 1.2 and earlier).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        allow_renegotiation: bool,
     },
 }
 
