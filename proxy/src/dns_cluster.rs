@@ -484,6 +484,7 @@ mod tests {
                 origin: "test".into(),
                 tags: Default::default(),
                 tls_match: None,
+                priority: 0,
             }],
             refresh_rate: Duration::from_millis(20),
             respect_ttl: false,

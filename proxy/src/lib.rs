@@ -28,6 +28,7 @@ pub mod io;
 pub mod kuma_dp_flags;
 pub mod kuma_endpoints;
 pub mod mesh_tls;
+pub mod priority;
 pub mod router;
 pub mod runtime;
 pub mod snapshot;

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use bearing_proxy_config::{MeshTls, UpstreamTls, Verification};
+use bearing_proxy_config::{MeshTls, SpiffeMatcher, UpstreamTls, Verification};
 use bearing_tls::{
     Identity, MeshCa, MeshClient, Renewer, ServerVerification, SpiffeTrust, TlsAcceptor,
     TlsConnector, TlsError,
@@ -96,8 +96,9 @@ impl MeshTlsRuntime {
     }
 
     /// The connector (no SNI yet) that presents this proxy's certificate and accepts only a
-    /// server presenting `expected` (a SPIFFE id), on the mesh's one client context.
-    pub fn client(&self, expected: &str) -> Result<TlsConnector, TlsError> {
+    /// server presenting a SPIFFE id one of `expected` accepts, on the mesh's one client
+    /// context.
+    pub fn client(&self, expected: &[SpiffeMatcher]) -> Result<TlsConnector, TlsError> {
         self.client.expecting(expected)
     }
 }
@@ -200,15 +201,15 @@ impl MeshTlsSet {
             UpstreamTls::Mesh {
                 mesh,
                 sni,
-                identity,
+                identities,
                 server_ca_pem,
             } => {
                 let rt = self
                     .get(mesh)
                     .ok_or_else(|| format!("mesh {mesh:?} has no usable mTLS certificate"))?;
                 match server_ca_pem {
-                    None => rt.client(identity),
-                    Some(ca) => bearing_tls::cross_mesh_connector(ca, rt.identity(), identity),
+                    None => rt.client(identities),
+                    Some(ca) => bearing_tls::cross_mesh_connector(ca, rt.identity(), identities),
                 }
                 .and_then(|c| c.with_sni(sni))
                 .map_err(|e| e.to_string())
@@ -282,7 +283,7 @@ mod tests {
             let tls = UpstreamTls::Mesh {
                 mesh: "default".into(),
                 sni: sni.into(),
-                identity: "spiffe://default/backend".into(),
+                identities: vec![SpiffeMatcher::Exact("spiffe://default/backend".into())],
                 server_ca_pem: None,
             };
             let connector = set.upstream(&tls, &[]).unwrap();

@@ -1008,7 +1008,9 @@ mod tests {
             cluster.tls = Some(UpstreamTls::Mesh {
                 mesh: "default".into(),
                 sni: format!("{name}{{mesh=default}}{sni_suffix}"),
-                identity: format!("spiffe://default/{name}"),
+                identities: vec![bearing_proxy_config::SpiffeMatcher::Exact(format!(
+                    "spiffe://default/{name}"
+                ))],
                 server_ca_pem: None,
             });
             let address = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 80));

@@ -22,6 +22,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,7 @@ use crate::body::MessageBody;
 use crate::circuit::{Held, Occupancy, Overflow, Resource};
 use crate::io::Counted;
 use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
+use crate::priority::Levels;
 use crate::stats::ClusterStats;
 use crate::workers;
 use tokio_util::either::Either;
@@ -496,6 +498,9 @@ pub struct ClusterRuntime {
     /// Its metrics.
     pub stats: ClusterStats,
     endpoints: ClusterEndpoints,
+    /// Which of the config's endpoints take the traffic (`ClusterEndpoints::Fixed`; a
+    /// resolved set has its own).
+    levels: Levels,
     next: AtomicUsize,
     /// TLS originated upstream; an error when the cluster needs TLS that cannot be set up.
     tls: Transport,
@@ -518,17 +523,28 @@ pub enum ClusterEndpoints {
     Resolved(Arc<ResolvedPools>),
 }
 
-/// Endpoints and their pools, in the same order.
+/// Endpoints and their pools, in the same order (by priority), and which take the traffic.
 pub struct EndpointSet {
     endpoints: Vec<Endpoint>,
     pools: Vec<Arc<EndpointPool>>,
+    levels: Levels,
 }
 
 impl EndpointSet {
-    /// `endpoints` with their pools from `pool` (one per endpoint).
-    pub fn new(endpoints: Vec<Endpoint>, pool: impl FnMut(&Endpoint) -> Arc<EndpointPool>) -> Self {
+    /// `endpoints` (put in order of priority, a level's own order kept) with their pools from
+    /// `pool` (one per endpoint).
+    pub fn new(
+        mut endpoints: Vec<Endpoint>,
+        pool: impl FnMut(&Endpoint) -> Arc<EndpointPool>,
+    ) -> Self {
+        endpoints.sort_by_key(|e| e.priority);
         let pools = endpoints.iter().map(pool).collect();
-        EndpointSet { endpoints, pools }
+        let levels = Levels::of(&endpoints);
+        EndpointSet {
+            endpoints,
+            pools,
+            levels,
+        }
     }
 
     /// The endpoints.
@@ -577,31 +593,32 @@ impl ResolvedPools {
 /// or held from the resolved set it was picked from.
 pub(crate) type PoolRef<'c> = Cow<'c, Arc<EndpointPool>>;
 
-/// A cluster's endpoints as one request sees them.
+/// A cluster's endpoints as one request sees them: all of them, or those of the priority
+/// level serving it (a resolved set's by their index range).
 pub(crate) enum EndpointsView<'c> {
     Fixed(&'c [Endpoint], &'c [Arc<EndpointPool>]),
-    Resolved(Arc<EndpointSet>),
+    Resolved(Arc<EndpointSet>, Range<usize>),
 }
 
 impl<'c> EndpointsView<'c> {
     fn len(&self) -> usize {
         match self {
             EndpointsView::Fixed(_, pools) => pools.len(),
-            EndpointsView::Resolved(set) => set.pools.len(),
+            EndpointsView::Resolved(_, range) => range.len(),
         }
     }
 
     fn endpoint(&self, i: usize) -> Option<&Endpoint> {
         match self {
             EndpointsView::Fixed(endpoints, _) => endpoints.get(i),
-            EndpointsView::Resolved(set) => set.endpoints.get(i),
+            EndpointsView::Resolved(set, range) => set.endpoints.get(range.start + i),
         }
     }
 
     fn pool(&self, i: usize) -> PoolRef<'c> {
         match self {
             EndpointsView::Fixed(_, pools) => Cow::Borrowed(&pools[i]),
-            EndpointsView::Resolved(set) => Cow::Owned(set.pools[i].clone()),
+            EndpointsView::Resolved(set, range) => Cow::Owned(set.pools[range.start + i].clone()),
         }
     }
 }
@@ -666,6 +683,7 @@ impl ClusterRuntime {
         security: UpstreamSecurity,
     ) -> Self {
         ClusterRuntime {
+            levels: Levels::of(&config.endpoints),
             config,
             stats,
             endpoints,
@@ -676,23 +694,42 @@ impl ClusterRuntime {
         }
     }
 
-    /// The endpoints in force and their pools.
+    /// The endpoints in force and their pools, every priority level.
     pub(crate) fn view(&self) -> EndpointsView<'_> {
         match &self.endpoints {
             ClusterEndpoints::Fixed(pools) => EndpointsView::Fixed(&self.config.endpoints, pools),
-            ClusterEndpoints::Resolved(resolved) => EndpointsView::Resolved(resolved.current()),
+            ClusterEndpoints::Resolved(resolved) => {
+                let set = resolved.current();
+                let all = 0..set.pools.len();
+                EndpointsView::Resolved(set, all)
+            }
         }
     }
 
-    /// Endpoints in the order to try them for one connection: round robin start, then the rest.
+    /// The endpoints of the priority level serving the request numbered `tick`
+    /// (`crate::priority`: the highest level with endpoints, every host being healthy).
+    fn serving(&self, tick: usize) -> EndpointsView<'_> {
+        match &self.endpoints {
+            ClusterEndpoints::Fixed(pools) => {
+                let level = self.levels.pick(tick);
+                let endpoints = self.config.endpoints.get(level.clone()).unwrap_or_default();
+                EndpointsView::Fixed(endpoints, pools.get(level).unwrap_or_default())
+            }
+            ClusterEndpoints::Resolved(resolved) => {
+                let set = resolved.current();
+                let level = set.levels.pick(tick);
+                EndpointsView::Resolved(set, level)
+            }
+        }
+    }
+
+    /// Endpoints in the order to try them for one connection, among the priority level that
+    /// serves it: round robin start, then the rest of the level.
     pub(crate) fn rotation(&self) -> Rotation<'_> {
-        let view = self.view();
+        let tick = self.next.fetch_add(1, Ordering::Relaxed);
+        let view = self.serving(tick);
         let n = view.len();
-        let start = if n == 0 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % n
-        };
+        let start = if n == 0 { 0 } else { tick % n };
         Rotation {
             view,
             start,
@@ -1114,6 +1151,7 @@ pub(crate) fn plain_endpoint(address: SocketAddr) -> Endpoint {
         tags: Default::default(),
         hostname: None,
         tls_match: None,
+        priority: 0,
     }
 }
 
@@ -1169,6 +1207,69 @@ mod tests {
             (None, Vec::new()),
             security,
         ))
+    }
+
+    /// Endpoints at `10.0.0.<i>:80` with the priority levels `priorities`.
+    fn at_priorities(priorities: &[u32]) -> Vec<Endpoint> {
+        let at = |i: usize| SocketAddr::from(([10, 0, 0, i as u8], 80));
+        let endpoint = |(i, priority): (usize, &u32)| Endpoint {
+            priority: *priority,
+            ..plain_endpoint(at(i))
+        };
+        priorities.iter().enumerate().map(endpoint).collect()
+    }
+
+    /// The addresses a cluster's rotation starts with over `n` connections.
+    fn first_choices(cluster: &ClusterRuntime, n: usize) -> std::collections::BTreeSet<String> {
+        let first = |_| cluster.rotation().next().map(|p| p.address().to_string());
+        (0..n).filter_map(first).collect()
+    }
+
+    /// Every host healthy, only the highest priority level with endpoints is chosen, for the
+    /// first try and every fail-over of a connection; a cluster whose P0 is empty serves from
+    /// P1; a resolved (DNS) set, listed out of order, is put in order and served the same way.
+    #[test]
+    fn endpoint_selection_keeps_to_the_highest_populated_priority() {
+        let cluster = |endpoints: Vec<Endpoint>| {
+            let pools = endpoints.iter().map(EndpointPool::new).collect();
+            ClusterRuntime::new(
+                Cluster {
+                    endpoints,
+                    ..test_cluster("backend")
+                },
+                ClusterStats::default(),
+                ClusterEndpoints::Fixed(pools),
+                (None, Vec::new()),
+                UpstreamSecurity::new(None, &MeshTlsSet::default()),
+            )
+        };
+        let both = cluster(at_priorities(&[0, 0, 1]));
+        let want: std::collections::BTreeSet<String> =
+            ["10.0.0.0:80".into(), "10.0.0.1:80".into()].into();
+        assert_eq!(first_choices(&both, 10), want);
+        let tried: Vec<_> = both.rotation().map(|p| p.address()).collect();
+        assert_eq!(
+            tried.len(),
+            2,
+            "no fail-over to P1 while P0 has hosts: {tried:?}"
+        );
+        let p1_only = cluster(at_priorities(&[1, 1]));
+        let want: std::collections::BTreeSet<String> =
+            ["10.0.0.0:80".into(), "10.0.0.1:80".into()].into();
+        assert_eq!(first_choices(&p1_only, 10), want);
+
+        let set = EndpointSet::new(at_priorities(&[2, 1, 1]), EndpointPool::new);
+        let resolved = ClusterRuntime::new(
+            test_cluster("dns"),
+            ClusterStats::default(),
+            ClusterEndpoints::Resolved(ResolvedPools::new(set)),
+            (None, Vec::new()),
+            UpstreamSecurity::new(None, &MeshTlsSet::default()),
+        );
+        let want: std::collections::BTreeSet<String> =
+            ["10.0.0.1:80".into(), "10.0.0.2:80".into()].into();
+        assert_eq!(first_choices(&resolved, 10), want);
+        assert_eq!(resolved.view().len(), 3, "every level's pool is kept");
     }
 
     #[tokio::test]
@@ -1324,7 +1425,9 @@ mod tests {
         let mesh_tls = UpstreamTls::Mesh {
             mesh: "default".into(),
             sni: "backend{mesh=default}".into(),
-            identity: "spiffe://default/backend".into(),
+            identities: vec![bearing_proxy_config::SpiffeMatcher::Exact(
+                "spiffe://default/backend".into(),
+            )],
             server_ca_pem: None,
         };
         let stats = crate::stats::Stats::new();

@@ -5,7 +5,8 @@
 //! upstream default is TLS 1.2 at most, so Kuma's Envoy sidecars call with TLS 1.2). The
 //! server requires a client certificate that
 //! chains to the mesh CA. The client checks the server's chain to the mesh CA and then its
-//! identity: one URI SAN must equal the expected SPIFFE id. The SNI a client sends is Kuma's
+//! identity: one URI SAN must match one of the expected SPIFFE ids (Envoy's any-of rule over
+//! `match_typed_subject_alt_names`). The SNI a client sends is Kuma's
 //! name for the destination (service tags or a hashed resource name), sent byte for byte and
 //! never matched against DNS SANs. Contexts are built here once per config and identity
 //! renewal; [`TlsAcceptor`] and [`TlsConnector`] run the handshakes.
@@ -20,6 +21,8 @@ use boring::x509::store::{X509Store, X509StoreBuilder};
 use boring::x509::{X509StoreContext, X509VerifyError, X509};
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
+
+use bearing_proxy_config::SpiffeMatcher;
 
 use crate::spiffe::SpiffeTrust;
 use crate::stack::{check_sni, context_builder, ssl_err, CertifiedKey, ClientMesh, ServerCheck};
@@ -197,13 +200,13 @@ pub(crate) fn tls12_and_13(b: &mut SslContextBuilder, what: &'static str) -> Res
 /// certificate as client certificate, and the server accepted only if its chain leads to the
 /// mesh CA and one of its URI SANs equals `expected`. Give it the SNI with
 /// [`TlsConnector::with_sni`]. Connectors to many destinations share one context when made
-/// from one [`mesh_client`].
+/// from one [`mesh_client`] ([`MeshClient::expecting`] takes several ids).
 pub fn mesh_connector(
     ca: &MeshCa,
     identity: Arc<Identity>,
     expected: &str,
 ) -> Result<TlsConnector, TlsError> {
-    mesh_client(ca, identity)?.expecting(expected)
+    mesh_client(ca, identity)?.expecting(&[SpiffeMatcher::Exact(expected.into())])
 }
 
 /// The client side of mesh mTLS for `identity` under mesh CA `ca`, before a destination is
@@ -216,11 +219,11 @@ pub fn mesh_client(ca: &MeshCa, identity: Arc<Identity>) -> Result<MeshClient, T
 
 /// The client side of mesh mTLS towards a cross-mesh gateway of another mesh: this proxy's
 /// identity as client certificate, and the server accepted only if it chains to that mesh's
-/// CA (`server_ca_pem`) and carries exactly `expected`.
+/// CA (`server_ca_pem`) and carries an id `expected` accepts.
 pub fn cross_mesh_connector(
     server_ca_pem: &str,
     identity: Arc<Identity>,
-    expected: &str,
+    expected: &[SpiffeMatcher],
 ) -> Result<TlsConnector, TlsError> {
     let roots = ca_certs(&[server_ca_pem], "mesh CA certificate PEM")?;
     client_contexts(roots, identity)?.expecting(expected)
@@ -232,13 +235,24 @@ pub fn cross_mesh_connector(
 pub struct MeshClient(TlsConnector, Option<Arc<SpiffeTrust>>);
 
 impl MeshClient {
-    /// The connector that accepts only a server presenting `expected` (a SPIFFE id), sharing
-    /// this client's contexts.
-    pub fn expecting(&self, expected: &str) -> Result<TlsConnector, TlsError> {
-        if !expected.starts_with("spiffe://") {
+    /// The connector that accepts only a server presenting a SPIFFE id one of `expected`
+    /// accepts (any URI SAN of its certificate matching any of them, as Envoy's
+    /// `match_typed_subject_alt_names`), sharing this client's contexts. Under a SPIFFE trust,
+    /// the chain must also end in the bundle of the trust domain of an id so matched.
+    pub fn expecting(&self, expected: &[SpiffeMatcher]) -> Result<TlsConnector, TlsError> {
+        if expected.is_empty() {
             return Err(TlsError::Invalid {
                 field: "expected SPIFFE id",
-                reason: format!("{expected:?} does not start with spiffe://"),
+                reason: "none given: a mesh server is accepted only by its identity".into(),
+            });
+        }
+        if let Some(bad) = expected
+            .iter()
+            .find(|m| !m.value().starts_with("spiffe://"))
+        {
+            return Err(TlsError::Invalid {
+                field: "expected SPIFFE id",
+                reason: format!("{:?} does not start with spiffe://", bad.value()),
             });
         }
         Ok(self
@@ -398,6 +412,11 @@ mod tests {
         Identity::new(ca.clone(), "default", &[service.to_string()], HOUR).unwrap()
     }
 
+    /// One exact SPIFFE id to expect.
+    fn exact(id: &str) -> [SpiffeMatcher; 1] {
+        [SpiffeMatcher::Exact(id.into())]
+    }
+
     /// Runs both sides of a handshake over an in-memory pipe.
     pub(crate) async fn handshake(
         server: &TlsAcceptor,
@@ -474,8 +493,10 @@ mod tests {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
         let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
         let client = mesh_client(&ca, identity(&ca, "web")).unwrap();
-        let backend = client.expecting("spiffe://default/backend").unwrap();
-        let db = client.expecting("spiffe://default/db").unwrap();
+        let backend = client
+            .expecting(&exact("spiffe://default/backend"))
+            .unwrap();
+        let db = client.expecting(&exact("spiffe://default/db")).unwrap();
         assert!(backend.shares_contexts(&db), "one shared context");
         let (_, c) = handshake(&server, &backend).await;
         assert_eq!(c.unwrap().peer_spiffe_ids(), ["spiffe://default/backend"]);
@@ -490,7 +511,46 @@ mod tests {
             c.is_ok(),
             "the other connector's check did not stay on the context"
         );
-        assert!(client.expecting("backend").is_err(), "not a SPIFFE id");
+        assert!(
+            client.expecting(&exact("backend")).is_err(),
+            "not a SPIFFE id"
+        );
+        assert!(client.expecting(&[]).is_err(), "no id at all");
+    }
+
+    /// A connector expecting several ids accepts a server presenting any of them, as Envoy's
+    /// `match_typed_subject_alt_names` (kuma-cp's MeshIdentity clusters list the workload's
+    /// id and the legacy one): the first listed, the second, or one under a listed prefix;
+    /// a server with none of them is refused, the error naming the cluster, every id
+    /// expected and the ids presented.
+    #[tokio::test]
+    async fn a_server_presenting_any_listed_id_is_accepted_and_no_other() {
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let client = mesh_client(&ca, identity(&ca, "web")).unwrap();
+        let expected = [
+            SpiffeMatcher::Exact("spiffe://default.zone-1.mesh.local/workload/backend".into()),
+            SpiffeMatcher::Exact("spiffe://default/backend".into()),
+            SpiffeMatcher::Prefix("spiffe://default/backend-v".into()),
+        ];
+        let connector = client.expecting(&expected).unwrap();
+        for service in ["backend", "backend-v2"] {
+            let server = mesh_acceptor(&ca, identity(&ca, service)).unwrap();
+            let (_, c) = handshake(&server, &connector).await;
+            let id = format!("spiffe://default/{service}");
+            assert_eq!(c.expect(&id).peer_spiffe_ids(), [id.as_str()]);
+        }
+        let first = client.expecting(&expected[1..2]).unwrap();
+        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
+        assert!(handshake(&server, &first).await.1.is_ok(), "the only id");
+        let third = mesh_acceptor(&ca, identity(&ca, "db")).unwrap();
+        let (_, c) = handshake(&third, &connector).await;
+        let err = c.unwrap_err().to_string();
+        assert!(
+            err.contains("cluster backend")
+                && err.contains("expected URI SAN spiffe://default.zone-1.mesh.local/workload/backend or spiffe://default/backend or spiffe://default/backend-v*")
+                && err.contains("[\"spiffe://default/db\"]"),
+            "{err}"
+        );
     }
 
     /// A mesh server admits a client of its CA only with a SPIFFE id of its own mesh (Kuma's
@@ -570,7 +630,7 @@ mod tests {
         let client = |ca: &Arc<MeshCa>, domain: &str| {
             spiffe_client(trust.clone(), spiffe_identity(ca, domain, "web"))
                 .unwrap()
-                .expecting("spiffe://td-a/backend")
+                .expecting(&exact("spiffe://td-a/backend"))
                 .unwrap()
         };
         let (s, c) = handshake(&server, &client(&ca_a, "td-a")).await;
@@ -614,7 +674,7 @@ mod tests {
         let gateway = identity(&gw_ca, "cross-mesh-gateway");
         let server =
             cross_mesh_acceptor(&[gw_ca.cert_pem(), other_ca.cert_pem()], gateway).unwrap();
-        let expected = "spiffe://default/cross-mesh-gateway";
+        let expected = &exact("spiffe://default/cross-mesh-gateway");
         let client = |ca: &Arc<MeshCa>| {
             let id = Identity::new(ca.clone(), "other", &["web".to_string()], HOUR).unwrap();
             cross_mesh_connector(gw_ca.cert_pem(), id, expected).unwrap()

@@ -75,11 +75,12 @@ pub enum TlsError {
     NoCaKey,
     /// The peer presented a valid certificate for a different mesh identity.
     #[error(
-        "peer identity mismatch: expected URI SAN {expected}, certificate presents {presented:?}"
+        "peer identity mismatch: expected URI SAN {}, certificate presents {presented:?}",
+        expected.join(" or ")
     )]
     IdentityMismatch {
-        /// The SPIFFE id the connection was made for.
-        expected: String,
+        /// The SPIFFE ids the connection accepts (a prefix followed by `*`).
+        expected: Vec<String>,
         /// The URI SANs of the peer's leaf certificate.
         presented: Vec<String>,
     },

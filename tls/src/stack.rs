@@ -27,6 +27,8 @@ use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_boring::{HandshakeError, SslStreamBuilder};
 
+use bearing_proxy_config::SpiffeMatcher;
+
 use crate::spiffe::SpiffeTrust;
 use crate::{Identity, TlsError};
 
@@ -457,11 +459,12 @@ pub(crate) enum ServerCheck {
     None,
     /// The certificate must be valid for this DNS name or IP address (external, Secured).
     Name(Arc<str>),
-    /// The certificate must carry this SPIFFE id: a mesh client context is shared by the
-    /// connectors to every destination, so each connection checks its own (and names it in
-    /// the error when the server does not carry it). With a SPIFFE trust (MeshIdentity), the
-    /// chain must also end in the bundle of the id's trust domain.
-    Spiffe(Arc<str>, Option<Arc<SpiffeTrust>>),
+    /// The certificate must carry a SPIFFE id one of these accepts (any URI SAN against any
+    /// matcher): a mesh client context is shared by the connectors to every destination, so
+    /// each connection checks its own (and names them in the error when the server carries
+    /// none). With a SPIFFE trust (MeshIdentity), the chain must also end in the bundle of
+    /// the trust domain of an id so accepted.
+    Spiffe(Arc<[SpiffeMatcher]>, Option<Arc<SpiffeTrust>>),
 }
 
 /// The client side of TLS towards one destination: the SNI it sends (any byte string a
@@ -600,16 +603,18 @@ impl TlsConnector {
                 Err(_) => ssl.param_mut().set_host(name)?,
             },
             ServerCheck::Spiffe(expected, trust) => {
-                // After the chain check, the leaf (depth 0) must carry the expected SPIFFE id
-                // (and, under a SPIFFE trust, chain to its trust domain's bundle).
+                // After the chain check, the leaf (depth 0) must carry an expected SPIFFE id
+                // (and, under a SPIFFE trust, chain to that id's trust domain's bundle).
                 let wanted = expected.clone();
                 let trust = trust.clone();
                 ssl.set_verify_callback(SslVerifyMode::PEER, move |chain_ok, ctx| {
                     let Some(uris) = verified_leaf_uris(chain_ok, ctx) else {
                         return chain_ok;
                     };
-                    let carries = uris.iter().any(|uri| **uri == *wanted)
-                        && trust.as_ref().is_none_or(|t| t.anchors(&wanted, ctx));
+                    let carries = uris.iter().any(|uri| {
+                        wanted.iter().any(|m| m.accepts(uri))
+                            && trust.as_ref().is_none_or(|t| t.anchors(uri, ctx))
+                    });
                     if !carries {
                         ctx.set_error(Err(X509VerifyError::APPLICATION_VERIFICATION));
                     }
@@ -681,7 +686,7 @@ fn failure<S>(error: &HandshakeError<S>, check: Option<&ServerCheck>) -> String 
                 .map(uri_sans_of)
                 .unwrap_or_default();
             return TlsError::IdentityMismatch {
-                expected: expected.to_string(),
+                expected: expected.iter().map(ToString::to_string).collect(),
                 presented,
             }
             .to_string();

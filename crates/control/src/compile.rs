@@ -14,7 +14,7 @@ use bearing_proxy_config::{
     UpstreamTls, Verification,
 };
 
-use crate::mtls::{mesh_of, mesh_tls, meshes, resolve, spiffe_id};
+use crate::mtls::{mesh_of, mesh_tls, meshes, resolve, server_identities};
 use crate::virtual_ips::{virtual_hosts, TargetPort, VipOptions};
 use crate::zones::{dataplane_zone, ZoneView};
 
@@ -194,6 +194,7 @@ pub fn compile(
                     tags: Tags::new(),
                     hostname: None,
                     tls_match: None,
+                    priority: 0,
                 }],
             ),
         );
@@ -392,6 +393,7 @@ fn direct_access(
                 tags: Tags::new(),
                 hostname: None,
                 tls_match: None,
+                priority: 0,
             };
             clusters.insert(name.clone(), cluster(name, Protocol::Tcp, vec![endpoint]));
         }
@@ -639,7 +641,7 @@ impl Outbounds<'_> {
                 || bearing_tls::tags_sni(service, self.mesh, &extra),
                 str::to_owned,
             ),
-            identity: spiffe_id(self.mesh, service),
+            identities: server_identities(self.mesh, service),
             server_ca_pem: None,
         }
     }
@@ -667,6 +669,7 @@ pub(crate) fn external_endpoint(
             tags: Tags::new(),
             hostname: Some(host.to_string()),
             tls_match: None,
+            priority: 0,
         }),
         (Err(_), Ok(port)) => {
             dns = Some(DnsEndpoints {
@@ -677,6 +680,7 @@ pub(crate) fn external_endpoint(
                     origin: r.key(),
                     tags: Tags::new(),
                     tls_match: None,
+                    priority: 0,
                 }],
                 refresh_rate: DnsEndpoints::DEFAULT_REFRESH_RATE,
                 respect_ttl: false,
@@ -767,6 +771,7 @@ impl<'s> EndpointIndex<'s> {
                     tags: Tags::new(),
                     hostname: None,
                     tls_match: None,
+                    priority: 0,
                 };
                 let protocol =
                     Protocol::from_tag(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));

@@ -41,7 +41,7 @@ use bearing_proxy_config::{
 };
 
 use crate::compile::{problem, Destination, Outbounds};
-use crate::mtls::{mesh_ca_cert, mesh_of, meshes, resolve, spiffe_id};
+use crate::mtls::{mesh_ca_cert, mesh_of, meshes, resolve, server_identities};
 
 /// Listeners and clusters of a builtin gateway Dataplane.
 pub(crate) struct GatewayParts {
@@ -682,6 +682,7 @@ pub(crate) fn cross_mesh_cluster(
                 tags: Tags::new(),
                 hostname: None,
                 tls_match: None,
+                priority: 0,
             });
         }
     }
@@ -695,7 +696,7 @@ pub(crate) fn cross_mesh_cluster(
             c.tls = Some(UpstreamTls::Mesh {
                 mesh: outbounds.mesh.to_string(),
                 sni: bearing_tls::tags_sni(&service, target_mesh, &BTreeMap::new()),
-                identity: spiffe_id(target_mesh, &service),
+                identities: server_identities(target_mesh, &service),
                 server_ca_pem: (target_mesh != outbounds.mesh).then_some(ca),
             });
         }
@@ -804,7 +805,7 @@ mod tests {
         assert_eq!(c.endpoints[0].address.to_string(), "10.0.0.9:8080");
         let Some(UpstreamTls::Mesh {
             mesh,
-            identity,
+            identities,
             server_ca_pem,
             ..
         }) = &c.tls
@@ -812,8 +813,8 @@ mod tests {
             panic!("{:?}", c.tls)
         };
         assert_eq!(
-            (mesh.as_str(), identity.as_str()),
-            ("other", "spiffe://default/edge-gateway")
+            (mesh.as_str(), identities.as_slice()),
+            ("other", &server_identities("default", "edge-gateway")[..])
         );
         assert!(
             server_ca_pem.is_some(),

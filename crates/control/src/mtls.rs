@@ -8,14 +8,15 @@ use std::time::Duration;
 use base64::Engine;
 use bearing_model::validate::parse_go_duration;
 use bearing_model::{DataSource, Mesh, ProvidedCaConf, Resource, Spec, Store};
-use bearing_proxy_config::MeshTls;
+use bearing_proxy_config::{MeshTls, SpiffeMatcher};
 
 /// Kuma's default leaf certificate lifetime (`dpCert.rotation.expiration`).
 pub const DEFAULT_LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// The SPIFFE id of a service: `spiffe://<mesh>/<service>`.
-pub fn spiffe_id(mesh: &str, service: &str) -> String {
-    format!("spiffe://{mesh}/{service}")
+/// What an upstream server of `service` is accepted by: exactly its SPIFFE id,
+/// `spiffe://<mesh>/<service>` (a list of one, as kuma-cp's legacy mTLS clusters give).
+pub fn server_identities(mesh: &str, service: &str) -> Vec<SpiffeMatcher> {
+    vec![SpiffeMatcher::Exact(format!("spiffe://{mesh}/{service}"))]
 }
 
 /// A mesh's enabled CA as the store holds it: the certificate, and the private key or why

@@ -328,6 +328,7 @@ fn endpoint(r: &Resource, inbound: &bearing_model::Inbound, ip: IpAddr) -> Endpo
         tags: inbound.tags.clone(),
         hostname: None,
         tls_match: None,
+        priority: 0,
     }
 }
 
@@ -510,11 +511,19 @@ networking:
         let cfg = compile_any(&s, find(&s, "web"), "t", &CompileOptions::default()).unwrap();
         let backend = &cfg.clusters["backend{version=v1}"];
         assert_eq!(addresses(backend), ["192.0.2.1:20001"]);
-        let Some(UpstreamTls::Mesh { sni, identity, .. }) = &backend.tls else {
+        let Some(UpstreamTls::Mesh {
+            sni, identities, ..
+        }) = &backend.tls
+        else {
             panic!("{:?}", backend.tls)
         };
         assert_eq!(sni, "backend{mesh=default,version=v1}");
-        assert_eq!(identity, "spiffe://default/backend");
+        assert_eq!(
+            identities,
+            &[bearing_proxy_config::SpiffeMatcher::Exact(
+                "spiffe://default/backend".into()
+            )]
+        );
         let ext = &cfg.clusters["httpbin"];
         assert_eq!(addresses(ext), ["10.9.9.9:443"]);
         assert!(

@@ -127,5 +127,6 @@ fn zone_proxy_endpoint(
         tags: Tags::new(),
         hostname: None,
         tls_match: None,
+        priority: 0,
     })
 }

@@ -332,8 +332,9 @@ const ACCEPTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints",
-        // The locality has no effect without locality-aware load balancing (a policy).
-        &["lb_endpoints", "locality"],
+        // The locality has no effect without locality-aware load balancing (a policy); the
+        // priority is each endpoint's level (`Endpoint::priority`).
+        &["lb_endpoints", "locality", "priority"],
     ),
     (
         "envoy.config.core.v3.Locality",
@@ -403,8 +404,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
         &["san_type", "matcher"],
     ),
-    // Subject alt names are verified by exact value only: the translation NACKs the other
-    // kinds there (`san_kinds`).
+    // Subject alt names are verified by exact value, or a mesh's SPIFFE prefix: the
+    // translation NACKs the other kinds there (`san_kinds`, `spiffe_matchers`).
     (
         "envoy.type.matcher.v3.StringMatcher",
         &["exact", "prefix", "suffix", "contains", "safe_regex"],

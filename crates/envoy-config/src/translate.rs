@@ -23,8 +23,8 @@ use crate::routes::{
 use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, HostEndpoint,
     Http2Windows, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
-    ProxyConfig, ProxyIdentity, RouteTable, SniHttp, SniRoute, SniTarget, SourcePrefix, TlsMatch,
-    TransparentProxy, UpstreamTls, Verification, WeightedCluster,
+    ProxyConfig, ProxyIdentity, RouteTable, SniHttp, SniRoute, SniTarget, SourcePrefix,
+    SpiffeMatcher, TlsMatch, TransparentProxy, UpstreamTls, Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -37,6 +37,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_p
 use envoy_types::pb::envoy::extensions::filters::udp::dns_filter::v3 as dns_pb;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http_pb;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern as StringPattern;
 use envoy_types::pb::envoy::service::runtime::v3 as runtime_pb;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, Struct};
 use prost::Message;
@@ -1495,6 +1496,7 @@ impl Translator<'_> {
                         address,
                         origin,
                         tags,
+                        priority: locality.priority,
                         // A DNS cluster names each host by its address as written, an IP too.
                         hostname: hosts.as_ref().and_then(|_| {
                             let socket = match e.address.as_ref()?.address.as_ref()? {
@@ -1515,6 +1517,7 @@ impl Translator<'_> {
                             origin,
                             tags,
                             tls_match,
+                            priority: locality.priority,
                         }),
                         (None, Some(_)) => self.nack(CLUSTER, name, field, format!("{reason}: only STRICT_DNS and LOGICAL_DNS clusters resolve hostnames")),
                         (_, None) => self.nack(CLUSTER, name, field, reason),
@@ -1525,6 +1528,8 @@ impl Translator<'_> {
         if weights.len() > 1 {
             self.nack(CLUSTER, name, format!("{path}.load_assignment.endpoints"), "endpoints of different weights: ProxyConfig balances round robin over equal endpoints");
         }
+        // ProxyConfig's order: by priority level, each level in the order given.
+        out.sort_by_key(|e| e.priority);
         out
     }
 
@@ -1633,7 +1638,7 @@ impl Translator<'_> {
                 CLUSTER,
                 name,
                 field,
-                "subject alt names are verified by exact value only",
+                "subject alt names are verified by exact value or prefix only",
             );
             return None;
         }
@@ -1650,10 +1655,11 @@ impl Translator<'_> {
             }
             let mesh = self.identity_mesh(CLUSTER, name, &common_at, &common)?;
             self.meshes.insert(mesh.clone());
-            let identity = match sans.as_slice() {
-                [(_, one)] => one.clone(),
-                _ => {
-                    self.nack(CLUSTER, name, format!("{common_at}.combined_validation_context.default_validation_context.match_typed_subject_alt_names"), "mesh mTLS upstreams verify exactly one SPIFFE id in ProxyConfig");
+            let identities = match spiffe_matchers(&common) {
+                Ok(identities) => identities,
+                Err((i, reason)) => {
+                    let field = format!("{common_at}.combined_validation_context.default_validation_context.match_typed_subject_alt_names{}", i.map(|i| format!("[{i}]")).unwrap_or_default());
+                    self.nack(CLUSTER, name, field, reason);
                     return None;
                 }
             };
@@ -1703,11 +1709,22 @@ impl Translator<'_> {
             return Some(UpstreamTls::Mesh {
                 mesh,
                 sni: ctx.sni,
-                identity,
+                identities,
                 server_ca_pem,
             });
         }
         // TLS to a service outside the mesh.
+        if let Some(i) = validation_matchers(&common).position(|m| {
+            let pattern = m.matcher.as_ref().and_then(|m| m.match_pattern.as_ref());
+            !matches!(pattern, Some(StringPattern::Exact(_)))
+        }) {
+            let field = format!(
+                "{common_at}.validation_context.match_typed_subject_alt_names[{i}].matcher"
+            );
+            let reason = "outside the mesh, a server name is verified by exact value only";
+            self.nack(CLUSTER, name, field, reason);
+            return None;
+        }
         let (client_cert_pem, client_key_pem) = match common.tls_certificates.as_slice() {
             [] => (None, None),
             [cert] => (
@@ -2649,6 +2666,39 @@ fn validation_matchers(
         .flat_map(|v| &v.match_typed_subject_alt_names)
 }
 
+/// The SPIFFE ids a mesh mTLS upstream accepts: the validation context's URI SAN matchers,
+/// exact or prefix, each of a `spiffe://` id; Envoy accepts the server when any SAN of its
+/// certificate matches any of them. Else the matcher at fault (its index, if one) and why.
+fn spiffe_matchers(
+    common: &tls_pb::CommonTlsContext,
+) -> Result<Vec<SpiffeMatcher>, (Option<usize>, &'static str)> {
+    let mut out = Vec::new();
+    for (i, m) in validation_matchers(common).enumerate() {
+        if m.san_type != tls_pb::subject_alt_name_matcher::SanType::Uri as i32 {
+            return Err((
+                Some(i),
+                "mesh mTLS upstreams verify URI SANs (SPIFFE ids) only",
+            ));
+        }
+        let matcher = match m.matcher.as_ref().and_then(|m| m.match_pattern.as_ref()) {
+            Some(StringPattern::Exact(id)) => SpiffeMatcher::Exact(id.clone()),
+            Some(StringPattern::Prefix(prefix)) => SpiffeMatcher::Prefix(prefix.clone()),
+            _ => return Err((Some(i), "SPIFFE ids are verified exactly or by prefix")),
+        };
+        if !matcher.value().starts_with("spiffe://") {
+            return Err((
+                Some(i),
+                "a mesh server's identity is a SPIFFE id (spiffe://...)",
+            ));
+        }
+        out.push(matcher);
+    }
+    match out.is_empty() {
+        true => Err((None, "mesh mTLS upstreams verify at least one SPIFFE id")),
+        false => Ok(out),
+    }
+}
+
 fn subject_alt_names(common: &tls_pb::CommonTlsContext) -> Vec<(i32, String)> {
     validation_matchers(common)
         .filter_map(|m| match m.matcher.as_ref()?.match_pattern.as_ref()? {
@@ -3239,7 +3289,7 @@ mod tests {
             Some(UpstreamTls::Mesh {
                 mesh: "default".into(),
                 sni: "backend{mesh=default}".into(),
-                identity: "spiffe://default/backend".into(),
+                identities: vec![SpiffeMatcher::Exact("spiffe://default/backend".into())],
                 server_ca_pem: None,
             })
         );
@@ -3277,6 +3327,81 @@ mod tests {
                 verification: Verification::SkipAll,
                 allow_renegotiation: true,
             })
+        );
+    }
+
+    /// OUTBOUND with its cluster's SAN matchers replaced by `sans` (a YAML flow list).
+    fn outbound_verifying(sans: &str) -> String {
+        let one = "[{sanType: URI, matcher: {exact: 'spiffe://default/backend'}}]";
+        format!("{}{}", OUTBOUND.replace(one, sans), secrets())
+    }
+
+    /// kuma-cp's MeshIdentity clusters accept several SPIFFE ids (the workload's and the
+    /// legacy one): the cluster holds every one, exact or prefix, in order. A SAN of another
+    /// type, a value that is no SPIFFE id, or no id at all is NACKed by its path.
+    #[test]
+    fn mesh_upstreams_hold_every_spiffe_id_they_accept() {
+        let sans = "[{sanType: URI, matcher: {exact: 'spiffe://default.zone-1.mesh.local/workload/backend'}}, {sanType: URI, matcher: {exact: 'spiffe://default/backend'}}, {sanType: URI, matcher: {prefix: 'spiffe://default/backend-'}}]";
+        let config = translate(&set(&outbound_verifying(sans)), &node()).unwrap();
+        let Some(UpstreamTls::Mesh { identities, .. }) = &config.clusters["backend"].tls else {
+            panic!("no mesh TLS: {:?}", config.clusters["backend"].tls);
+        };
+        assert_eq!(
+            identities,
+            &[
+                SpiffeMatcher::Exact("spiffe://default.zone-1.mesh.local/workload/backend".into()),
+                SpiffeMatcher::Exact("spiffe://default/backend".into()),
+                SpiffeMatcher::Prefix("spiffe://default/backend-".into()),
+            ]
+        );
+        let at = "clusters[\"backend\"].transport_socket.typed_config(envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext).common_tls_context.combined_validation_context.default_validation_context.match_typed_subject_alt_names";
+        for (sans, field, reason) in [
+            (
+                "[{sanType: URI, matcher: {exact: 'spiffe://default/backend'}}, {sanType: DNS, matcher: {exact: 'backend'}}]",
+                format!("{at}[1]"),
+                "URI SANs",
+            ),
+            (
+                "[{sanType: URI, matcher: {exact: 'backend'}}]",
+                format!("{at}[0]"),
+                "a SPIFFE id",
+            ),
+            ("[]", at.to_string(), "at least one"),
+        ] {
+            let nacks = translate(&set(&outbound_verifying(sans)), &node()).unwrap_err();
+            let named = |n: &&Nack| n.field == field && n.reason.contains(reason);
+            assert!(nacks.iter().any(|n| named(&n)), "{sans}: {nacks:?}");
+        }
+    }
+
+    /// `LocalityLbEndpoints.priority` is each endpoint's priority level, and the endpoints
+    /// come out ordered by level (a level's own order kept), whatever order the localities
+    /// are listed in.
+    #[test]
+    fn endpoints_carry_their_priority_in_level_order() {
+        let p0 = "    endpoints:\n    - lbEndpoints:\n";
+        let localities = "    endpoints:
+    - priority: 2
+      lbEndpoints: [{endpoint: {address: {socketAddress: {address: 10.0.0.4, portValue: 80}}}}]
+    - priority: 1
+      lbEndpoints: [{endpoint: {address: {socketAddress: {address: 10.0.0.3, portValue: 80}}}}]
+    - lbEndpoints:
+";
+        assert!(OUTBOUND.contains(p0));
+        let text = format!("{}{}", OUTBOUND.replace(p0, localities), secrets());
+        let config = translate(&set(&text), &node()).unwrap();
+        let endpoints: Vec<_> = config.clusters["backend"]
+            .endpoints
+            .iter()
+            .map(|e| (e.address.to_string(), e.priority))
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                ("10.0.0.2:80".to_string(), 0),
+                ("10.0.0.3:80".to_string(), 1),
+                ("10.0.0.4:80".to_string(), 2)
+            ]
         );
     }
 

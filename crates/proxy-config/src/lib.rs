@@ -282,14 +282,17 @@ pub struct SniHttp {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum UpstreamTls {
     /// Mesh mTLS: this proxy's certificate in `mesh`, SNI `sni`, and the server must present
-    /// exactly the SPIFFE id `identity`.
+    /// a SPIFFE id one of `identities` accepts.
     Mesh {
         /// Mesh name (a key of `ProxyConfig::mtls`).
         mesh: String,
         /// SNI sent, Kuma's tags form (`backend{mesh=default}`), which zone proxies route by.
         sni: String,
-        /// Expected server identity, `spiffe://<mesh>/<service>`.
-        identity: String,
+        /// The server identities accepted, as Envoy's `match_typed_subject_alt_names` of
+        /// type URI: the server is accepted when any URI SAN of its certificate matches any of
+        /// them (never empty). The directory store gives one, `spiffe://<mesh>/<service>`;
+        /// kuma-cp under a MeshIdentity lists the workload's id and the legacy one.
+        identities: Vec<SpiffeMatcher>,
         /// The CA the server chains to when it is another mesh's (a cross-mesh gateway);
         /// `None`: the CA of `mesh`.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -312,6 +315,45 @@ pub enum UpstreamTls {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         allow_renegotiation: bool,
     },
+}
+
+/// A SPIFFE id a mesh server may present (a URI SAN matcher of Envoy's
+/// `match_typed_subject_alt_names`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum SpiffeMatcher {
+    /// The id itself, byte for byte.
+    Exact(String),
+    /// Any id starting with this (`spiffe://<trust domain>/`, as Kuma matches its inbound
+    /// clients).
+    Prefix(String),
+}
+
+impl SpiffeMatcher {
+    /// Whether `id` (a URI SAN of a certificate) is accepted.
+    pub fn accepts(&self, id: &str) -> bool {
+        match self {
+            SpiffeMatcher::Exact(exact) => id == exact,
+            SpiffeMatcher::Prefix(prefix) => id.starts_with(prefix.as_str()),
+        }
+    }
+
+    /// The id or prefix matched.
+    pub fn value(&self) -> &str {
+        match self {
+            SpiffeMatcher::Exact(v) | SpiffeMatcher::Prefix(v) => v,
+        }
+    }
+}
+
+/// The exact id, or the prefix followed by `*`, as errors and logs name what was expected.
+impl std::fmt::Display for SpiffeMatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpiffeMatcher::Exact(id) => f.write_str(id),
+            SpiffeMatcher::Prefix(prefix) => write!(f, "{prefix}*"),
+        }
+    }
 }
 
 /// Server certificate checks for external TLS (Kuma's `verification.mode`).
@@ -556,7 +598,9 @@ pub struct Cluster {
     pub name: String,
     /// Protocol spoken to the endpoints.
     pub protocol: Protocol,
-    /// Endpoints, load balanced round robin; an endpoint that refuses the connection is skipped.
+    /// Endpoints, in order of priority (`Endpoint::priority`, the highest first, the order
+    /// given kept within a level); load balanced round robin over the level that takes the
+    /// traffic; an endpoint that refuses the connection is skipped.
     pub endpoints: Vec<Endpoint>,
     /// Limit for establishing one upstream connection.
     #[serde(serialize_with = "millis::serialize")]
@@ -696,6 +740,9 @@ pub struct HostEndpoint {
     /// The transport every resolved endpoint selects (as `Endpoint::tls_match`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_match: Option<String>,
+    /// The priority level of every resolved endpoint (as `Endpoint::priority`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub priority: u32,
 }
 
 impl HostEndpoint {
@@ -708,6 +755,7 @@ impl HostEndpoint {
             tags: self.tags.clone(),
             hostname: Some(self.hostname.clone()),
             tls_match: self.tls_match.clone(),
+            priority: self.priority,
         }
     }
 }
@@ -761,6 +809,15 @@ pub struct Endpoint {
     /// `None`: the cluster's `tls`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_match: Option<String>,
+    /// Envoy's priority level (`LocalityLbEndpoints.priority`, 0 the highest): traffic goes to
+    /// the highest level that has endpoints; lower levels are the fail-over (the runtime's
+    /// `priority` module states the rule).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub priority: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 mod millis {
