@@ -40,7 +40,7 @@ use crate::mesh_tls::{MeshState, MeshTlsSet};
 use crate::router::HttpRoutes;
 use crate::stats::{ListenerStats, Stats};
 use crate::tcp_proxy::serve_tcp;
-use crate::transport::{offers_kuma_alpn, read_sni, Admission, Transported};
+use crate::transport::{offers_kuma_alpn, peek_sni, Admission, Transported};
 use crate::upstream::ClusterRuntime;
 
 /// Time a client has to send a request's headers on the hyper path (HTTP/2, and HTTP/1.1
@@ -67,6 +67,8 @@ pub struct GatewayRuntime {
     /// What `tls` was made from: a later config with equal terms keeps the acceptor.
     tls_terms: TlsTerms,
     protocol: GatewayProtocol,
+    /// The index of the `*` host, which a ClientHello without SNI goes to.
+    wildcard: Option<usize>,
     limit: Option<u32>,
     /// Connections open on the listener, counted across reloads: a config keeping the
     /// listener keeps the count.
@@ -132,6 +134,7 @@ impl GatewayRuntime {
             tls,
             tls_terms,
             protocol: listener.protocol,
+            wildcard: wildcard_host(listener),
             limit: listener.connection_limit,
             open: previous.map_or_else(Default::default, |p| p.open.clone()),
         })
@@ -140,6 +143,11 @@ impl GatewayRuntime {
     /// Its routes, which the listener's HTTP requests take.
     pub fn routes(&self) -> &Arc<HttpRoutes> {
         &self.routes
+    }
+
+    /// The host a TLS connection whose ClientHello names `sni` is served by.
+    fn host_by_sni(&self, sni: Option<&str>) -> Option<usize> {
+        host_by_sni(self.routes.router(), self.wildcard, sni)
     }
 
     /// Takes a connection slot; `None` when the connection limit is reached.
@@ -183,20 +191,27 @@ fn acceptor(
         };
         key_of_host.push(key);
     }
-    // Without SNI: the `*` host's certificate, or the first one.
-    let fallback = listener
-        .hosts
-        .iter()
-        .position(|h| h.hostname == "*")
-        .and_then(|i| key_of_host.get(i).copied().flatten())
-        .or_else(|| key_of_host.iter().flatten().next().copied());
-    let select = move |sni: Option<&str>| match sni {
-        Some(name) => router
-            .host_for(name)
-            .and_then(|host| key_of_host.get(host).copied().flatten()),
-        None => fallback,
+    let wildcard = wildcard_host(listener);
+    let select = move |sni: Option<&str>| {
+        host_by_sni(&router, wildcard, sni)
+            .and_then(|host| key_of_host.get(host).copied().flatten())
     };
     bearing_tls::gateway_acceptor(&keys, select, alpn).map_err(|e| e.to_string())
+}
+
+/// The index of a listener's `*` host, which serves a ClientHello without SNI.
+fn wildcard_host(listener: &GatewayListener) -> Option<usize> {
+    listener.hosts.iter().position(|h| h.hostname == "*")
+}
+
+/// The host a ClientHello naming `sni` is served by, as Envoy picks a chain by its
+/// `server_names`: the host of that name (exact, then wildcards, then `*`); without SNI only
+/// the `*` host (`wildcard`), a chain matched by no server name.
+fn host_by_sni(router: &Router, wildcard: Option<usize>, sni: Option<&str>) -> Option<usize> {
+    match sni {
+        Some(name) => router.host_for(name),
+        None => wildcard,
+    }
 }
 
 /// The mesh mTLS acceptor of a cross-mesh listener: the gateway's identity in its mesh, and
@@ -238,7 +253,7 @@ pub(crate) async fn serve(
             None => refuse(&stream, (name, listener), peer, "no TCP route"),
         },
         GatewayProtocol::TlsPassthrough => {
-            let sni = match read_sni(stream.get_ref()).await {
+            let sni = match peek_sni(stream.get_ref()).await {
                 Ok(sni) => sni,
                 Err(reason) => {
                     refuse(&stream, (name, listener), peer, &reason);
@@ -246,9 +261,7 @@ pub(crate) async fn serve(
                 }
             };
             let cluster = gateway
-                .routes
-                .router()
-                .host_for(&sni)
+                .host_by_sni(sni.as_deref())
                 .and_then(|h| gateway.routes.tcp_cluster(h));
             match cluster {
                 Some(c) => serve_tcp(stream, c, listener, name, peer, |_| true).await,
@@ -256,7 +269,7 @@ pub(crate) async fn serve(
                     &stream,
                     (name, listener),
                     peer,
-                    &format!("no route for SNI {sni:?}"),
+                    &format!("no chain matches SNI {sni:?}"),
                 ),
             }
         }
@@ -293,16 +306,14 @@ pub(crate) async fn serve(
             if gateway.protocol != GatewayProtocol::TlsTerminate {
                 return Some((slot, Transported::Tls(tls, Admission::Plaintext)));
             }
-            let sni = tls.server_name().unwrap_or("*").to_string();
+            let sni = tls.server_name().map(str::to_string);
             match gateway
-                .routes
-                .router()
-                .host_for(&sni)
+                .host_by_sni(sni.as_deref())
                 .and_then(|h| gateway.routes.tcp_cluster(h))
             {
                 Some(c) => serve_tcp(tls, c, listener, name, peer, |_| true).await,
                 None => {
-                    tracing::info!(listener = %name, %peer, %sni, "closed: no route for this SNI")
+                    tracing::info!(listener = %name, %peer, ?sni, "closed: no route for this SNI")
                 }
             }
         }

@@ -137,12 +137,18 @@ where
     }
 }
 
-/// The SNI of the ClientHello waiting in `stream`, read without consuming it.
+/// The SNI of the ClientHello waiting in `stream`, read without consuming it; one naming no
+/// server is an error.
 pub(crate) async fn read_sni(stream: &TcpStream) -> Result<String, String> {
-    match peek_client_hello(stream).await? {
-        (Some(sni), _) => Ok(sni),
-        (None, _) => Err("the ClientHello names no server (SNI)".into()),
-    }
+    peek_sni(stream)
+        .await?
+        .ok_or_else(|| "the ClientHello names no server (SNI)".into())
+}
+
+/// The SNI of the ClientHello waiting in `stream` (`None`: it names no server), read
+/// without consuming it.
+pub(crate) async fn peek_sni(stream: &TcpStream) -> Result<Option<String>, String> {
+    Ok(peek_client_hello(stream).await?.0)
 }
 
 /// Whether the ClientHello waiting in `stream` (read without consuming it) offers ALPN

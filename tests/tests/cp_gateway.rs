@@ -12,7 +12,10 @@
 //! clients against kuma-cp's all-in-one CA secret) serves a proxy of another mesh, with that
 //! mesh's certificate, and refuses a client without one, of a mesh it does not trust, or not
 //! offering ALPN `kuma`. Kuma's gzip compressor filter compresses responses for clients that
-//! accept gzip, over HTTP/1.1 and HTTP/2.
+//! accept gzip, over HTTP/1.1 and HTTP/2. TLS gateway listeners (kuma-cp's
+//! `<gateway>:TLS:<port>`, a chain per hostname matched by server name) terminate TLS with the
+//! hostname's certificate and relay to the route's TCP backends (a mesh service over mesh
+//! mTLS), or pass the TLS through; a server name no chain matches gets no handshake.
 
 use std::time::Duration;
 
@@ -636,5 +639,238 @@ fn a_cross_mesh_gateway_serves_proxies_of_other_meshes_by_their_certificate() ->
         call(Some(&other_leaf))?.accepted(),
         "ALPN kuma still served"
     );
+    Ok(())
+}
+
+/// The TLS gateway listeners' ports: TLS terminated, and passed through.
+const TLS_TERMINATE_PORT: u16 = 9443;
+const TLS_PASSTHROUGH_PORT: u16 = 9444;
+/// The mesh mTLS backend's port (on `one`) and the passthrough backend's (on `two`).
+const MESH_BACKEND_PORT: u16 = 9443;
+const TLS_BACKEND_PORT: u16 = 8444;
+/// The hostnames of the TLS listeners (Kuma's golden `gateway/tls/tcp-route.yaml` uses the
+/// first) and the server names sent to the wildcard one.
+const API_HOST: &str = "api.kuma.io";
+const WILDCARD_HOST: &str = "*.example.com";
+
+/// A TLS gateway chain as kuma-cp renders a MeshGateway `protocol: TLS` hostname: matched by
+/// TLS and the hostname as server name, terminating TLS with the certificate Secret `cert`
+/// (TERMINATE: no client certificate, TLS 1.2 at least) or passing it through (`None`),
+/// then its MeshTCPRoute's `tcp_proxy` with Kuma's gateway idle timeout.
+fn tls_chain(hostname: &str, cert: Option<&str>, clusters: Value) -> Value {
+    let mut chain = json!({
+        "filterChainMatch": {"serverNames": [hostname], "transportProtocol": "tls"},
+        "filters": [{"name": "envoy.filters.network.tcp_proxy", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "idleTimeout": "300s",
+            "statPrefix": "gateway-default",
+            "weightedClusters": {"clusters": clusters},
+        }}],
+    });
+    if let Some(secret) = cert {
+        chain["transportSocket"] = json!({"name": "envoy.transport_sockets.tls", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "commonTlsContext": {
+                "tlsCertificateSdsSecretConfigs": [{"name": secret,
+                    "sdsConfig": {"ads": {}, "resourceApiVersion": "V3"}}],
+                "tlsParams": {"tlsMinimumProtocolVersion": "TLSv1_2"},
+            },
+            "requireClientCertificate": false,
+        }});
+    }
+    chain
+}
+
+/// A gateway certificate Secret `name` (kuma-cp's `cert.rsa:secret:<name>`) holding `cert`.
+fn certificate_secret(name: &str, cert: &CertFiles) -> Result<Value> {
+    Ok(json!({"name": name, "tlsCertificate": {
+        "certificateChain": {"inlineString": cert.cert_pem()?},
+        "privateKey": {"inlineString": cert.key_pem()?},
+    }}))
+}
+
+/// The TLS listeners as kuma-cp renders them for Kuma's golden `gateway/tls/tcp-route.yaml`
+/// (`max_connect_attempts` left out): `gw:TLS:9443` terminates TLS for `API_HOST` (its
+/// certificate `api`) towards `mesh-one`, the mesh mTLS service on `one` (its cluster as
+/// kuma-cp's: the gateway's identity, the mesh CA, the service's SPIFFE id, ALPN `kuma`), and
+/// for `WILDCARD_HOST` (certificate `wild`) towards the plain origin `two`; `gw:TLS:9444`
+/// passes `API_HOST`'s TLS through to `tls-two`, the TLS server on `two`.
+fn tls_resources(
+    (gw, one, two): (&Host, &Host, &Host),
+    (api, wild): (&CertFiles, &CertFiles),
+    (gw_leaf, mesh_ca): (&CertFiles, &TestCa),
+) -> Result<XdsFile> {
+    let listener = |port: u16, chains: Value| {
+        json!({
+            "name": format!("gw:TLS:{port}"),
+            "address": {"socketAddress": {"address": gw.ip4().to_string(), "portValue": port}},
+            "enableReusePort": true,
+            "perConnectionBufferLimitBytes": 32768,
+            "trafficDirection": "INBOUND",
+            "listenerFilters": [{"name": "envoy.filters.listener.tls_inspector", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+            "filterChains": chains,
+        })
+    };
+    let to = |cluster: &str| json!([{"name": cluster, "weight": 1}]);
+    let terminate = listener(
+        TLS_TERMINATE_PORT,
+        json!([
+            tls_chain(API_HOST, Some("cert.rsa:secret:api"), to("mesh-one")),
+            tls_chain(WILDCARD_HOST, Some("cert.rsa:secret:wild"), to("two")),
+        ]),
+    );
+    let passthrough = listener(
+        TLS_PASSTHROUGH_PORT,
+        json!([tls_chain(API_HOST, None, to("tls-two"))]),
+    );
+    let sds =
+        |name: &str| json!({"name": name, "sdsConfig": {"ads": {}, "resourceApiVersion": "V3"}});
+    let mut mesh_one = gateway_cluster("mesh-one", one.sock4(MESH_BACKEND_PORT));
+    mesh_one["transportSocket"] = json!({"name": "envoy.transport_sockets.tls", "typedConfig": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "commonTlsContext": {
+            "alpnProtocols": ["kuma"],
+            "combinedValidationContext": {
+                "defaultValidationContext": {"matchTypedSubjectAltNames": [
+                    {"matcher": {"exact": "spiffe://default/mesh-one"}, "sanType": "URI"}]},
+                "validationContextSdsSecretConfig": sds("mesh_ca:secret:default"),
+            },
+            "tlsCertificateSdsSecretConfigs": [sds("identity_cert:secret:default")],
+        },
+        "sni": "mesh-one{mesh=default}",
+    }});
+    let mut xds = XdsFile::new();
+    xds.listener(terminate)?.listener(passthrough)?;
+    xds.cluster(mesh_one)?
+        .cluster(cluster("two", two))?
+        .cluster(gateway_cluster("tls-two", two.sock4(TLS_BACKEND_PORT)))?;
+    xds.add(
+        SECRET,
+        "cert.rsa:secret:api",
+        certificate_secret("cert.rsa:secret:api", api)?,
+    );
+    xds.add(
+        SECRET,
+        "cert.rsa:secret:wild",
+        certificate_secret("cert.rsa:secret:wild", wild)?,
+    );
+    xds.mesh_identity("default", gw_leaf, mesh_ca)?;
+    Ok(xds)
+}
+
+/// kuma-cp's TLS gateway listeners (MeshGateway `protocol: TLS`), fed by the test CP: a
+/// ClientHello naming `api.kuma.io` gets the gateway's certificate for that name and its
+/// bytes reach the mesh service behind it over mesh mTLS (the service sees the gateway's
+/// SPIFFE identity); names under `*.example.com`, one or two labels deep, get the wildcard
+/// certificate and reach the plain origin; another name, or none, gets no handshake (no chain
+/// matches, as Envoy closes such a connection). The passthrough listener hands the untouched
+/// TLS to the backend, whose own certificate the client sees, and refuses other names.
+#[test]
+fn a_tls_gateway_listener_terminates_by_server_name_and_relays_to_tcp_backends() -> Result<()> {
+    let (topo, pki, _origin_one, origin_two) = gateway_rig("cp-tls-gateway")?;
+    let (cp, gw, client) = (topo.host("cp"), topo.host("gw"), topo.host("client"));
+    let (one, two) = (topo.host("one"), topo.host("two"));
+    let gateway_ca = TestCa::new(topo.dir(), "gateway-certs")?;
+    let api = gateway_ca.issue(API_HOST, &[&format!("DNS:{API_HOST}")])?;
+    let wild = gateway_ca.issue("wild.example.com", &[&format!("DNS:{WILDCARD_HOST}")])?;
+    let mesh_ca = TestCa::new(topo.dir(), "mesh-default")?;
+    let gw_leaf = mesh_ca.issue("gw", &["URI:spiffe://default/gw"])?;
+    let one_leaf = mesh_ca.issue("mesh-one", &["URI:spiffe://default/mesh-one"])?;
+    // The mesh service: mesh mTLS, a client certificate of the mesh required; it answers a
+    // GET with a page describing the connection, the client's certificate included.
+    let mesh_service = one
+        .command("openssl")
+        .args(["s_server", "-www", "-Verify", "1", "-verify_return_error"])
+        .args(["-alpn", "kuma", "-accept", &MESH_BACKEND_PORT.to_string()])
+        .arg("-CAfile")
+        .arg(&mesh_ca.files().cert)
+        .arg("-cert")
+        .arg(&one_leaf.cert)
+        .arg("-key")
+        .arg(&one_leaf.key)
+        .log_name("mesh-one")
+        .spawn()?;
+    one.wait_for_tcp_listener(MESH_BACKEND_PORT, PEER_STARTUP_TIMEOUT, Some(&mesh_service))?;
+    // The passthrough backend: TLS with its own certificate for the API name.
+    let backend_ca = TestCa::new(topo.dir(), "backend")?;
+    let backend_leaf = backend_ca.issue("backend.api", &[&format!("DNS:{API_HOST}")])?;
+    let tls_two = NginxConfig::new(TLS_BACKEND_PORT)
+        .body("tls backend on two\n")
+        .tls(backend_leaf.cert_pem()?, backend_leaf.key_pem()?)
+        .ipv6(false)
+        .start(two)?;
+
+    let file = pki.dir.join("gw.json");
+    tls_resources((gw, one, two), (&api, &wild), (&gw_leaf, &mesh_ca))?.write(&file)?;
+    let (_cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
+    let dump = gateway.config_dump()?;
+    let protocols: Vec<&Value> = dump["config"]["listeners"]
+        .as_array()
+        .context("listeners")?
+        .iter()
+        .map(|l| &l["gateway"]["protocol"])
+        .collect();
+    ensure!(
+        protocols.contains(&&json!("tls_terminate"))
+            && protocols.contains(&&json!("tls_passthrough")),
+        "both TLS gateway listeners in /config_dump: {protocols:?}"
+    );
+
+    let call = |port: u16, sni: Option<&str>, ca: &TestCa| -> Result<TlsOutcome> {
+        let mut c = TlsClient::new(std::net::SocketAddr::from((gw.ip4(), port)))
+            .verify_ca(&ca.files().cert)
+            .send("GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+        if let Some(sni) = sni {
+            c = c.servername(sni);
+        }
+        c.run(client)
+    };
+    // The API name: the gateway's certificate for it, then the mesh service over mesh mTLS,
+    // which saw the gateway's mesh identity as its client.
+    let outcome = call(TLS_TERMINATE_PORT, Some(API_HOST), &gateway_ca)?;
+    ensure!(
+        outcome.accepted()
+            && outcome.verified
+            && outcome.peer_certificate.as_deref() == Some(&format!("CN = {API_HOST}"))
+            && outcome.response.contains("Client certificate")
+            && outcome.response.contains("URI:spiffe://default/gw"),
+        "{API_HOST}: {outcome:?}"
+    );
+    // Names under the wildcard, one label deep or two, as Envoy's server_names match them.
+    for name in ["foo.example.com", "a.b.example.com"] {
+        let outcome = call(TLS_TERMINATE_PORT, Some(name), &gateway_ca)?;
+        ensure!(
+            outcome.accepted()
+                && outcome.verified
+                && outcome.peer_certificate.as_deref() == Some("CN = wild.example.com")
+                && outcome.response.contains(origin_two.body()),
+            "{name}: {outcome:?}"
+        );
+    }
+    // No chain for another name, the wildcard's bare domain, or no name at all: no handshake.
+    for sni in [Some("other.test"), Some("example.com"), None] {
+        let outcome = call(TLS_TERMINATE_PORT, sni, &gateway_ca)?;
+        ensure!(
+            !outcome.handshake && outcome.response.is_empty(),
+            "SNI {sni:?}: {outcome:?}"
+        );
+    }
+    // Passthrough: the backend's own certificate, its answer; other names refused.
+    let outcome = call(TLS_PASSTHROUGH_PORT, Some(API_HOST), &backend_ca)?;
+    ensure!(
+        outcome.accepted()
+            && outcome.verified
+            && outcome.peer_certificate.as_deref() == Some("CN = backend.api")
+            && outcome.response.contains(tls_two.body()),
+        "passthrough {API_HOST}: {outcome:?}"
+    );
+    for sni in [Some("other.test"), None] {
+        let outcome = call(TLS_PASSTHROUGH_PORT, sni, &backend_ca)?;
+        ensure!(
+            !outcome.handshake && outcome.response.is_empty(),
+            "passthrough SNI {sni:?}: {outcome:?}"
+        );
+    }
     Ok(())
 }

@@ -13,7 +13,7 @@
 
 use super::{
     duration, kuma_service, listener_path, socket_address, struct_strings, type_name, typed,
-    Translator,
+    TcpIdle, Translator,
 };
 use crate::decode::{LISTENER, ROUTE_CONFIGURATION, RUNTIME, SECRET};
 use crate::fields::{self, Guard, POLICY_NOT_ENFORCED};
@@ -49,21 +49,50 @@ const ROUTE_IDLE: Duration = STREAM_IDLE;
 const UNRESOLVED_BACKEND: &str = "kuma.io/unresolved-backend";
 /// The ALPN protocol mesh proxies offer: a gateway chain matched by it is cross-mesh.
 const KUMA_ALPN: &str = "kuma";
+/// The ALPN protocols an HTTPS gateway chain offers (kuma-cp's, and the runtime's).
+const HTTPS_ALPN: &[&str] = &["h2", "http/1.1"];
 /// Kuma's runtime layer with the gateway listeners' connection limits.
 const LIMITS_PREFIX: &str = "envoy.resource_limits.listener.";
 const LIMITS_SUFFIX: &str = ".connection_limit";
 
+/// A builtin gateway listener whose chains carry `tcp_proxy` filters rather than HTTP, by the
+/// protocol kuma-cp names it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StreamGateway {
+    /// `<gateway>:TCP:<port>`: one chain for every connection.
+    Tcp,
+    /// `<gateway>:TLS:<port>`: a chain per hostname, matched by the ClientHello's SNI.
+    Tls,
+}
+
+/// The `tcp_proxy` idle timeout kuma-cp gives a gateway's TCP and TLS chains without a
+/// MeshTimeout: its gateway connection idle timeout.
+const GATEWAY_TCP_IDLE: TcpIdle = TcpIdle {
+    accepted: &[CONNECTION_IDLE],
+    named: "Kuma's gateway default, 300s",
+};
+
 impl Translator<'_> {
-    /// Whether a listener is a builtin gateway's TCP listener: named as kuma-cp names them,
-    /// `<gateway>:TCP:<port>`, with the port it listens on.
-    pub(super) fn is_tcp_gateway_listener(name: &str, listener: &listener_pb::Listener) -> bool {
+    /// Whether a listener is a builtin gateway's TCP or TLS listener, and which: named as
+    /// kuma-cp names them, `<gateway>:TCP:<port>` or `<gateway>:TLS:<port>`, with the port it
+    /// listens on.
+    pub(super) fn stream_gateway(
+        name: &str,
+        listener: &listener_pb::Listener,
+    ) -> Option<StreamGateway> {
         let mut parts = name.rsplitn(3, ':');
-        let (Some(port), Some("TCP"), Some(gateway)) = (parts.next(), parts.next(), parts.next())
+        let (Some(port), Some(protocol), Some(gateway)) =
+            (parts.next(), parts.next(), parts.next())
         else {
-            return false;
+            return None;
+        };
+        let kind = match protocol {
+            "TCP" => StreamGateway::Tcp,
+            "TLS" => StreamGateway::Tls,
+            _ => return None,
         };
         let bound = socket_address(listener.address.as_ref()).map(|a| a.port().to_string());
-        !gateway.is_empty() && bound.is_ok_and(|p| p == port)
+        (!gateway.is_empty() && bound.is_ok_and(|p| p == port)).then_some(kind)
     }
 
     /// Whether a listener is a builtin gateway's: an HTTP connection manager with RDS.
@@ -265,14 +294,30 @@ impl Translator<'_> {
         if self.nacks.len() != before {
             return;
         }
+        let host = GatewayHost {
+            hostname: "*".into(),
+            certificate: None,
+            http_routes: Vec::new(),
+            tcp_backends,
+        };
+        let at = (address, connection_limit);
+        self.push_stream_gateway(name, listener, at, GatewayProtocol::Tcp, vec![host]);
+    }
+
+    /// A translated TCP or TLS gateway listener (`protocol`, with `hosts`, at `address` under
+    /// `connection_limit`) → a `Listener` carrying its `GatewayListener`, which neither
+    /// compresses nor is cross-mesh.
+    fn push_stream_gateway(
+        &mut self,
+        name: &str,
+        listener: &listener_pb::Listener,
+        (address, connection_limit): (SocketAddr, Option<u32>),
+        protocol: GatewayProtocol,
+        hosts: Vec<GatewayHost>,
+    ) {
         let gateway = GatewayListener {
-            protocol: GatewayProtocol::Tcp,
-            hosts: vec![GatewayHost {
-                hostname: "*".into(),
-                certificate: None,
-                http_routes: Vec::new(),
-                tcp_backends,
-            }],
+            protocol,
+            hosts,
             tags: struct_strings(listener.metadata.as_ref(), "io.kuma.tags"),
             connection_limit,
             cross_mesh: None,
@@ -281,8 +326,8 @@ impl Translator<'_> {
         self.push_gateway(name, listener, address, gateway);
     }
 
-    /// The one chain of a TCP gateway listener: no match, no TLS, and no filter or a
-    /// `tcp_proxy` to a cluster or weighted clusters; the clusters it reaches are recorded.
+    /// The one chain of a TCP gateway listener: no match, no TLS (kuma-cp's TLS listeners
+    /// are `<gateway>:TLS:<port>`), and its backends.
     fn tcp_gateway_chain(
         &mut self,
         name: &str,
@@ -294,17 +339,165 @@ impl Translator<'_> {
             self.nack(LISTENER, name, format!("{at}.filter_chain_match"), reason);
         }
         if chain.transport_socket.is_some() {
-            let reason = "TLS gateway listeners over xDS are not implemented";
+            let reason = "a TCP gateway listener terminates no TLS (a MeshGateway TLS listener is kuma-cp's <gateway>:TLS:<port>)";
             self.nack(LISTENER, name, format!("{at}.transport_socket"), reason);
         }
+        self.tcp_chain_backends(name, at, chain)
+    }
+
+    /// A builtin gateway's TLS listener (kuma-cp's `<gateway>:TLS:<port>`: a chain per
+    /// MeshGateway listener hostname, matched by `transport_protocol: tls` and the hostname
+    /// as its server name, or by no name for `*`) → a `GatewayListener` with a host per
+    /// server name, whose TCP backends are its chain's `tcp_proxy` clusters by weight, as the
+    /// directory store compiles a MeshGateway TLS listener. Chains with a
+    /// `DownstreamTlsContext` terminate TLS with their hostname's certificate (TLS
+    /// terminate: no client certificate, no ALPN), chains without relay the TLS bytes
+    /// untouched (TLS passthrough); a listener mixing them is NACKed, as a gateway listener
+    /// is one or the other. A ClientHello no chain matches is closed, as Envoy closes it.
+    pub(super) fn tls_gateway_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
+        let path = listener_path(name);
+        let before = self.nacks.len();
+        let Some((address, connection_limit)) = self.gateway_start(name, listener) else {
+            return;
+        };
+        if listener.filter_chains.is_empty() {
+            let reason = "a TLS gateway listener holds a chain per hostname";
+            return self.nack(LISTENER, name, format!("{path}.filter_chains"), reason);
+        }
+        let mut hosts: Vec<GatewayHost> = Vec::new();
+        for (i, chain) in listener.filter_chains.iter().enumerate() {
+            let at = format!("{path}.filter_chains[{i}]");
+            let names = self.tls_chain_names(name, &at, address.port(), chain);
+            let certificate = match &chain.transport_socket {
+                Some(socket) => {
+                    self.gateway_tls(name, &format!("{at}.transport_socket"), socket, &[])
+                }
+                None => None,
+            };
+            let tcp_backends = self.tcp_chain_backends(name, &at, chain);
+            for hostname in names {
+                if hosts.iter().any(|h| h.hostname == hostname) {
+                    let reason = format!("server name {hostname:?} is matched by an earlier chain too (Envoy refuses chains with the same match)");
+                    let field = format!("{at}.filter_chain_match.server_names");
+                    self.nack(LISTENER, name, field, reason);
+                    continue;
+                }
+                hosts.push(GatewayHost {
+                    hostname,
+                    certificate: certificate.clone(),
+                    http_routes: Vec::new(),
+                    tcp_backends: tcp_backends.clone(),
+                });
+            }
+        }
+        let terminating = listener
+            .filter_chains
+            .iter()
+            .filter(|c| c.transport_socket.is_some())
+            .count();
+        let protocol = match terminating {
+            0 => GatewayProtocol::TlsPassthrough,
+            n if n == listener.filter_chains.len() => GatewayProtocol::TlsTerminate,
+            _ => {
+                let reason = "chains that terminate TLS beside chains that pass it through on one gateway listener (a gateway listener is TLS terminate or passthrough)";
+                return self.nack(LISTENER, name, format!("{path}.filter_chains"), reason);
+            }
+        };
+        if self.nacks.len() != before {
+            return;
+        }
+        // Most specific first, as the model keeps them (the router orders them itself).
+        hosts.sort_by_key(|h| host_rank(&h.hostname));
+        self.push_stream_gateway(name, listener, (address, connection_limit), protocol, hosts);
+    }
+
+    /// The hostnames a TLS gateway chain serves: the server names it is matched by (an exact
+    /// name or a `*.` wildcard, the forms Envoy matches), or `*` for a chain matched by none
+    /// (any ClientHello, with or without SNI). Its match must be TLS (`transport_protocol:
+    /// tls`), on the listener's port, without ALPN.
+    fn tls_chain_names(
+        &mut self,
+        name: &str,
+        at: &str,
+        port: u16,
+        chain: &listener_pb::FilterChain,
+    ) -> Vec<String> {
+        let matching = chain.filter_chain_match.clone().unwrap_or_default();
+        let mat = format!("{at}.filter_chain_match");
+        if matching.transport_protocol != "tls" {
+            let reason =
+                "a TLS gateway chain matches TLS connections only (transport_protocol: tls)";
+            self.nack(LISTENER, name, format!("{mat}.transport_protocol"), reason);
+        }
+        self.chain_port(name, &mat, port, &matching);
+        if !matching.application_protocols.is_empty() {
+            let reason = "a TLS gateway chain is matched by server name only";
+            self.nack(
+                LISTENER,
+                name,
+                format!("{mat}.application_protocols"),
+                reason,
+            );
+        }
+        if matching.server_names.is_empty() {
+            return vec!["*".to_string()];
+        }
+        let mut names = Vec::new();
+        for (k, server) in matching.server_names.iter().enumerate() {
+            let lower = server.to_ascii_lowercase();
+            let form_holds = match lower.strip_prefix("*.") {
+                Some(domain) => !domain.is_empty() && !domain.contains('*'),
+                None => !lower.is_empty() && !lower.contains('*'),
+            };
+            if !form_holds {
+                let reason = format!("server name {server:?}: Envoy matches an exact name or a `*.` wildcard (any name under that domain)");
+                self.nack(LISTENER, name, format!("{mat}.server_names[{k}]"), reason);
+                continue;
+            }
+            names.push(lower);
+        }
+        names
+    }
+
+    /// NACKs a chain match (at `at`) for another destination port than the listener's.
+    fn chain_port(
+        &mut self,
+        name: &str,
+        at: &str,
+        port: u16,
+        matching: &listener_pb::FilterChainMatch,
+    ) {
+        if matching
+            .destination_port
+            .as_ref()
+            .is_some_and(|p| p.value != u32::from(port))
+        {
+            self.nack(
+                LISTENER,
+                name,
+                format!("{at}.destination_port"),
+                "a chain for another destination port than the listener's is not implemented",
+            );
+        }
+    }
+
+    /// The backends of a gateway's TCP or TLS chain: no filter (no route: connections are
+    /// closed, as Envoy closes them) or a `tcp_proxy` to a cluster (weight 1) or weighted
+    /// clusters, with Kuma's gateway idle timeout; the clusters it reaches are recorded.
+    fn tcp_chain_backends(
+        &mut self,
+        name: &str,
+        at: &str,
+        chain: &listener_pb::FilterChain,
+    ) -> Vec<WeightedCluster> {
         if chain.filters.is_empty() {
             return Vec::new();
         }
-        let Some(route) = self.chain_route(name, at, chain) else {
+        let Some(route) = self.chain_route(name, at, chain, GATEWAY_TCP_IDLE) else {
             return Vec::new();
         };
-        if route.protocol != Protocol::Tcp {
-            let reason = "a TCP gateway chain holds one tcp_proxy";
+        if route.protocol != Protocol::Tcp || route.answer.is_some() {
+            let reason = "a TCP or TLS gateway chain holds one tcp_proxy";
             self.nack(LISTENER, name, format!("{at}.filters"), reason);
         }
         if !route.subset.is_empty() {
@@ -353,17 +546,7 @@ impl Translator<'_> {
             .map(|m| m.application_protocols.as_slice())
             .unwrap_or_default();
         if let Some(m) = &chain.filter_chain_match {
-            if m.destination_port
-                .as_ref()
-                .is_some_and(|p| p.value != u32::from(port))
-            {
-                self.nack(
-                    LISTENER,
-                    name,
-                    format!("{at}.filter_chain_match.destination_port"),
-                    "a chain for another destination port than the listener's is not implemented",
-                );
-            }
+            self.chain_port(name, &format!("{at}.filter_chain_match"), port, m);
             let cross_mesh = by_alpn == [KUMA_ALPN] && chain.transport_socket.is_some();
             if !by_alpn.is_empty() && !cross_mesh {
                 self.nack(
@@ -379,7 +562,10 @@ impl Translator<'_> {
             Some(socket) if by_alpn == [KUMA_ALPN] => {
                 (None, Some(self.cross_mesh_tls(name, &socket_at, socket)?))
             }
-            Some(socket) => (Some(self.gateway_tls(name, &socket_at, socket)?), None),
+            Some(socket) => (
+                Some(self.gateway_tls(name, &socket_at, socket, HTTPS_ALPN)?),
+                None,
+            ),
             None => (None, None),
         };
         let [filter] = chain.filters.as_slice() else {
@@ -393,7 +579,7 @@ impl Translator<'_> {
         };
         let fat = format!("{at}.filters[0]");
         let Some(hcm) = rds_manager(filter) else {
-            self.nack(LISTENER, name, fat, "a gateway chain holds exactly one HTTP connection manager with RDS (TCP and TLS gateway listeners over xDS are not implemented)");
+            self.nack(LISTENER, name, fat, "a gateway chain holds exactly one HTTP connection manager with RDS (TCP and TLS gateway listeners are kuma-cp's <gateway>:TCP|TLS:<port>)");
             return None;
         };
         let fat = format!("{fat}.typed_config(envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager)");
@@ -518,12 +704,14 @@ impl Translator<'_> {
     }
 
     /// The TLS a gateway chain terminates: the hostname's certificate (inline, or an SDS
-    /// Secret), no client certificate, TLS 1.2 and 1.3.
+    /// Secret), no client certificate, TLS 1.2 and 1.3, the ALPN protocols the runtime
+    /// offers on it (`alpn`: h2 and http/1.1 on HTTPS, none on a TLS listener).
     fn gateway_tls(
         &mut self,
         name: &str,
         at: &str,
         socket: &core_pb::TransportSocket,
+        alpn: &[&str],
     ) -> Option<GatewayCertificate> {
         let (ctx, at) = self.downstream_context(name, at, socket)?;
         let before = self.nacks.len();
@@ -531,6 +719,10 @@ impl Translator<'_> {
         self.client_certificate(name, &at, &ctx, false, reason);
         let common = ctx.common_tls_context.unwrap_or_default();
         let cat = format!("{at}.common_tls_context");
+        if common.alpn_protocols != alpn {
+            let reason = format!("a gateway chain of this kind offers ALPN {alpn:?} (HTTPS: h2 and http/1.1; TLS: none, its bytes go to TCP backends)");
+            self.nack(LISTENER, name, format!("{cat}.alpn_protocols"), reason);
+        }
         if common.validation_context_type.is_some() {
             self.nack(
                 LISTENER,
@@ -950,6 +1142,7 @@ pub(super) mod tests {
     use crate::decode::{decode_raw, parse_golden};
     use crate::translate::{translate, Nack, NodeInfo, ResourceSet};
     use bearing_proxy_config::{Compression, GatewayProtocol, PathMatch, ProxyConfig, RouteAction};
+    use std::collections::BTreeMap;
     use std::time::Duration;
 
     const LISTENER_URL: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -1384,16 +1577,18 @@ pub(super) mod tests {
         );
     }
 
-    /// A TCP gateway listener (`<gateway>:TCP:<port>`) with `chain` as its one filter chain,
-    /// the clusters `a` and `b`, and Kuma's runtime layer limiting it to 3 connections.
-    fn tcp_gateway(chain: &str) -> String {
-        let mut text = format!(
+    /// The resources file of a gateway listener `name` as kuma-cp renders TCP and TLS ones
+    /// (`<gateway>:<PROTOCOL>:<port>`, on 10.0.0.1 and that port, with the TLS inspector),
+    /// whose filter chains are `chains`.
+    fn stream_listener(name: &str, chains: &str) -> String {
+        let port = name.rsplit(':').next().unwrap();
+        format!(
             "resources:
-- name: gw:TCP:9000
+- name: {name}
   resource:
     '@type': {LISTENER_URL}
-    name: gw:TCP:9000
-    address: {{socketAddress: {{address: 10.0.0.1, portValue: 9000}}}}
+    name: {name}
+    address: {{socketAddress: {{address: 10.0.0.1, portValue: {port}}}}}
     enableReusePort: true
     perConnectionBufferLimitBytes: 32768
     trafficDirection: INBOUND
@@ -1401,12 +1596,21 @@ pub(super) mod tests {
     - name: envoy.filters.listener.tls_inspector
       typedConfig: {{'@type': type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
     filterChains:
-{chain}- name: gateway.listeners
+{chains}"
+        )
+    }
+
+    /// A TCP gateway listener (`<gateway>:TCP:<port>`) with `chain` as its one filter chain,
+    /// the clusters `a` and `b`, and Kuma's runtime layer limiting it to 3 connections.
+    fn tcp_gateway(chain: &str) -> String {
+        let mut text = format!(
+            "{}- name: gateway.listeners
   resource:
     '@type': type.googleapis.com/envoy.service.runtime.v3.Runtime
     name: gateway.listeners
     layer: {{'envoy.resource_limits.listener.gw:TCP:9000.connection_limit': 3}}
-"
+",
+            stream_listener("gw:TCP:9000", chain)
         );
         text.push_str(&static_clusters(&[("a", 9001), ("b", 9002)]));
         text
@@ -1498,6 +1702,216 @@ pub(super) mod tests {
         }
         let missing = translated(&tcp_gateway(&tcp_chain("cluster: c"))).unwrap_err();
         assert!(missing.iter().all(|n| n.awaiting), "{missing:?}");
+    }
+
+    /// A TLS gateway listener (`<gateway>:TLS:<port>`) with `chains` as its filter chains, the
+    /// clusters `a` and `b`, and the certificates `cert.rsa:secret:api` (api.kuma.io) and
+    /// `cert.rsa:secret:wild` (*.example.com) as SDS Secrets, whose PEMs come back by name.
+    fn tls_gateway(chains: &str) -> (String, BTreeMap<&'static str, String>) {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut text = stream_listener("gw:TLS:9443", chains);
+        let mut pems = BTreeMap::new();
+        for (secret, host) in [("api", "api.kuma.io"), ("wild", "*.example.com")] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            text.push_str(&format!(
+                "- name: 'cert.rsa:secret:{secret}'
+  resource:
+    '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: 'cert.rsa:secret:{secret}'
+    tlsCertificate:
+      certificateChain: {{inlineBytes: {}}}
+      privateKey: {{inlineBytes: {}}}
+",
+                b64(&cert.pem()),
+                b64(&key.serialize_pem())
+            ));
+            pems.insert(secret, cert.pem());
+        }
+        text.push_str(&static_clusters(&[("a", 9001), ("b", 9002)]));
+        (text, pems)
+    }
+
+    /// A TLS gateway chain as kuma-cp renders one: matched by TLS and `names` (none: `*`),
+    /// terminating TLS with the certificate Secret `cert` (none: passthrough), its
+    /// `tcp_proxy` to `spec` with Kuma's gateway idle timeout.
+    fn tls_chain(names: &[&str], cert: Option<&str>, spec: &str) -> String {
+        let names = match names {
+            [] => String::new(),
+            names => format!(", serverNames: [{}]", names.join(", ")),
+        };
+        let socket = cert.map_or(String::new(), |secret| format!(
+            "      transportSocket:
+        name: envoy.transport_sockets.tls
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          requireClientCertificate: false
+          commonTlsContext:
+            tlsParams: {{tlsMinimumProtocolVersion: TLSv1_2}}
+            tlsCertificateSdsSecretConfigs: [{{name: 'cert.rsa:secret:{secret}', sdsConfig: {{ads: {{}}, resourceApiVersion: V3}}}}]
+"
+        ));
+        format!(
+            "    - filterChainMatch: {{transportProtocol: tls{names}}}
+{socket}      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typedConfig: {{'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, statPrefix: gateway-default, idleTimeout: 300s, {spec}}}
+"
+        )
+    }
+
+    /// Kuma's TLS gateway listener becomes the directory store's: a host per server name
+    /// (exact, `*.` wildcard, and `*` for a chain matched by none), most specific first, each
+    /// with its chain's TCP backends by weight and, when the chain terminates TLS, its
+    /// certificate from SDS (TLS terminate, no client certificate); chains without TLS make
+    /// a passthrough listener. The clusters are reached over TCP; Kuma's gateway idle
+    /// timeout (300 s) is taken.
+    #[test]
+    fn tls_gateway_chains_become_hosts_by_server_name() {
+        use bearing_proxy_config::{Protocol, WeightedCluster};
+        let backend = |cluster: &str, weight| WeightedCluster {
+            cluster: cluster.into(),
+            weight,
+        };
+        let split = "weightedClusters: {clusters: [{name: a, weight: 1}, {name: b, weight: 3}]}";
+        for terminate in [true, false] {
+            let cert = |secret| terminate.then_some(secret);
+            let chains = [
+                tls_chain(&[], cert("api"), "cluster: a"),
+                tls_chain(&["'*.example.com'"], cert("wild"), "cluster: b"),
+                tls_chain(&["api.kuma.io"], cert("api"), split),
+            ];
+            let (text, pems) = tls_gateway(&chains.concat());
+            let config = translated(&text).unwrap();
+            let [listener] = config.listeners.as_slice() else {
+                panic!("{:?}", config.listeners)
+            };
+            assert_eq!(listener.protocol, Protocol::Tcp);
+            assert_eq!(listener.address.to_string(), "10.0.0.1:9443");
+            let gw = listener.gateway.as_ref().expect("a gateway listener");
+            let protocol = match terminate {
+                true => GatewayProtocol::TlsTerminate,
+                false => GatewayProtocol::TlsPassthrough,
+            };
+            assert_eq!(gw.protocol, protocol);
+            let hosts: Vec<(&str, &[WeightedCluster], Option<&str>)> = gw
+                .hosts
+                .iter()
+                .map(|h| {
+                    let pem = h.certificate.as_ref().map(|c| c.cert_chain_pem.as_str());
+                    (h.hostname.as_str(), h.tcp_backends.as_slice(), pem)
+                })
+                .collect();
+            let pem = |secret| terminate.then(|| pems[secret].as_str());
+            assert_eq!(
+                hosts,
+                [
+                    (
+                        "api.kuma.io",
+                        &[backend("a", 1), backend("b", 3)][..],
+                        pem("api")
+                    ),
+                    ("*.example.com", &[backend("b", 1)][..], pem("wild")),
+                    ("*", &[backend("a", 1)][..], pem("api")),
+                ]
+            );
+            if terminate {
+                let origin = &gw.hosts[1].certificate.as_ref().unwrap().origin;
+                assert_eq!(origin, "Secret/cert.rsa:secret:wild");
+            }
+            for cluster in ["a", "b"] {
+                assert_eq!(config.clusters[cluster].protocol, Protocol::Tcp);
+            }
+        }
+    }
+
+    /// What a TLS gateway listener cannot be is NACKed by its path: a client certificate
+    /// required or verified, ALPN offered or matched, TLS versions beyond 1.2-1.3, another
+    /// idle timeout than Kuma's gateway default, a chain not matched by TLS, a server name
+    /// form Envoy does not match, one name on two chains, and terminating beside passthrough
+    /// chains; a certificate Secret that has not come is awaited.
+    #[test]
+    fn tls_gateway_chains_beyond_kumas_shape_are_nacked_by_path() {
+        let chain = tls_chain(&["api.kuma.io"], Some("api"), "cluster: a");
+        let other = tls_chain(&["'*.example.com'"], Some("wild"), "cluster: b");
+        let passthrough = tls_chain(&["'*.example.com'"], None, "cluster: b");
+        let edit = |from: &str, to: &str| {
+            assert!(chain.contains(from), "{from}");
+            chain.replace(from, to)
+        };
+        let cases = [
+            (
+                edit(
+                    "requireClientCertificate: false",
+                    "requireClientCertificate: true",
+                ),
+                ".require_client_certificate",
+            ),
+            (
+                edit(
+                    "tlsParams: {tlsMinimumProtocolVersion: TLSv1_2}",
+                    "tlsParams: {tlsMinimumProtocolVersion: TLSv1_2}
+            alpnProtocols: [h2]",
+                ),
+                ".common_tls_context.alpn_protocols",
+            ),
+            (
+                edit(
+                    "tlsParams: {tlsMinimumProtocolVersion: TLSv1_2}",
+                    "tlsParams: {tlsMinimumProtocolVersion: TLSv1_2}
+            validationContext: {trustedCa: {inlineString: x}}",
+                ),
+                ".common_tls_context.validation_context_type",
+            ),
+            (edit("TLSv1_2", "TLSv1_0"), ".common_tls_context.tls_params"),
+            (
+                edit("idleTimeout: 300s", "idleTimeout: 60s"),
+                ".idle_timeout",
+            ),
+            (
+                edit("transportProtocol: tls", "transportProtocol: raw_buffer"),
+                ".filter_chain_match.transport_protocol",
+            ),
+            (
+                edit(
+                    "transportProtocol: tls",
+                    "transportProtocol: tls, applicationProtocols: [h2]",
+                ),
+                ".filter_chain_match.application_protocols",
+            ),
+            (
+                edit(
+                    "serverNames: [api.kuma.io]",
+                    "serverNames: [api.kuma.io, 'api.*']",
+                ),
+                ".filter_chain_match.server_names[1]",
+            ),
+            (
+                format!("{chain}{chain}"),
+                ".filter_chains[1].filter_chain_match.server_names",
+            ),
+            (format!("{chain}{passthrough}"), ".filter_chains"),
+        ];
+        for (chains, field) in cases {
+            let (text, _) = tls_gateway(&format!("{chains}{other}"));
+            let nacks = translated(&text).unwrap_err();
+            assert!(
+                nacks.iter().any(|n| n.resource == "gw:TLS:9443"
+                    && n.field.ends_with(field)
+                    && !n.awaiting),
+                "{field} not in {nacks:#?}"
+            );
+        }
+        let (text, _) = tls_gateway(&tls_chain(&["api.kuma.io"], Some("nowhere"), "cluster: a"));
+        let missing = translated(&text).unwrap_err();
+        assert!(
+            missing.iter().all(|n| n.awaiting) && missing[0].field.ends_with(".name"),
+            "{missing:?}"
+        );
     }
 
     /// kuma-cp's cross-mesh listener: chains matched by ALPN `kuma` terminating mesh mTLS

@@ -296,6 +296,21 @@ struct Route {
     answer: Option<Vec<u8>>,
 }
 
+/// The idle timeouts a listener's `tcp_proxy` may carry: Kuma's defaults for its kind,
+/// accepted and not enforced (Bearing closes no idle TCP connection on its own), and how a
+/// NACK of another value names them.
+#[derive(Clone, Copy)]
+struct TcpIdle {
+    accepted: &'static [Duration],
+    named: &'static str,
+}
+
+/// A sidecar's or zone proxy's: Kuma's defaults without a MeshTimeout.
+const PROXY_TCP_IDLE: TcpIdle = TcpIdle {
+    accepted: &KUMA_TCP_IDLE_TIMEOUTS,
+    named: "Kuma's defaults, 1h outbound and 2h inbound",
+};
+
 impl Route {
     /// A chain that answers `bytes` and closes the connection.
     fn answer(bytes: Vec<u8>) -> Route {
@@ -627,8 +642,10 @@ impl Translator<'_> {
         if self.is_gateway_listener(listener) {
             return self.gateway_listener(name, listener);
         }
-        if Self::is_tcp_gateway_listener(name, listener) {
-            return self.tcp_gateway_listener(name, listener);
+        match Self::stream_gateway(name, listener) {
+            Some(gateway::StreamGateway::Tcp) => return self.tcp_gateway_listener(name, listener),
+            Some(gateway::StreamGateway::Tls) => return self.tls_gateway_listener(name, listener),
+            None => {}
         }
         let found = fields::unhandled_in(
             "envoy.config.listener.v3.Listener",
@@ -741,7 +758,7 @@ impl Translator<'_> {
                     "several chains of one kind: ProxyConfig holds one destination per listener",
                 ),
             }
-            let Some(this) = self.chain_route(name, &at, chain) else {
+            let Some(this) = self.chain_route(name, &at, chain, PROXY_TCP_IDLE) else {
                 continue;
             };
             if !this.subset.is_empty() {
@@ -812,12 +829,14 @@ impl Translator<'_> {
         }
     }
 
-    /// The terminal network filter of a chain: a TCP proxy or an HTTP connection manager.
+    /// The terminal network filter of a chain: a TCP proxy (whose idle timeout must be one
+    /// of `idle`) or an HTTP connection manager.
     fn chain_route(
         &mut self,
         name: &str,
         at: &str,
         chain: &listener_pb::FilterChain,
+        idle: TcpIdle,
     ) -> Option<Route> {
         if chain.filters.is_empty() {
             // Envoy closes a connection its chain has no filter for.
@@ -876,9 +895,13 @@ impl Translator<'_> {
                     }
                     None => None,
                 };
-                if let Some(idle) = &tcp.idle_timeout {
-                    if !KUMA_TCP_IDLE_TIMEOUTS.contains(&duration(idle)) {
-                        self.nack(LISTENER, name, format!("{fpath}.idle_timeout"), format!("timeouts: {POLICY_NOT_ENFORCED} (a TCP idle timeout other than Kuma's defaults, 1h outbound and 2h inbound)"));
+                if let Some(set) = &tcp.idle_timeout {
+                    if !idle.accepted.contains(&duration(set)) {
+                        let reason = format!(
+                            "timeouts: {POLICY_NOT_ENFORCED} (a TCP idle timeout other than {})",
+                            idle.named
+                        );
+                        self.nack(LISTENER, name, format!("{fpath}.idle_timeout"), reason);
                     }
                 }
             } else if let Some(hcm) = typed::<hcm_pb::HttpConnectionManager>(any)
@@ -1232,7 +1255,7 @@ impl Translator<'_> {
                     }),
                 None => None,
             };
-            let Some(route) = self.chain_route(name, &at, chain) else {
+            let Some(route) = self.chain_route(name, &at, chain, PROXY_TCP_IDLE) else {
                 continue;
             };
             let http = match (route.protocol, &terminate) {
