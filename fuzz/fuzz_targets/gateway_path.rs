@@ -34,6 +34,7 @@ fn route(path: PathMatch, cluster: &str, rewrite: Option<PathRewrite>) -> HttpRo
         response_headers: HeaderFilter::default(),
         action: RouteAction::Forward {
             timeout: None,
+            retry: None,
             backends: vec![WeightedCluster {
                 cluster: cluster.into(),
                 weight: 1,

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use bearing_proxy_config::Listener;
+use bearing_proxy_config::{Listener, RetryPolicy};
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
@@ -105,6 +105,10 @@ impl HttpListener for ListenerRuntime {
 
     fn cluster(&self) -> Option<&ClusterRuntime> {
         self.cluster.as_deref()
+    }
+
+    fn retry(&self) -> Option<&RetryPolicy> {
+        self.config.retry.as_ref()
     }
 
     fn routes(&self) -> Option<&HttpRoutes> {

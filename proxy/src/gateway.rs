@@ -229,12 +229,13 @@ fn cross_mesh_acceptor(cross: &CrossMesh, mesh_tls: &MeshTlsSet) -> Result<TlsAc
 
 /// Serves one connection of a gateway listener: TCP and TLS (passthrough or terminated)
 /// are relayed to their backend here; an HTTP connection (decrypted for HTTPS) is handed
-/// back to be served with the place it holds under the listener's connection limit. `None`
-/// when the connection was served here, or refused.
+/// back to be served with the place it holds under the listener's connection limit (TCP in
+/// at most `attempts` connects: the listener's `max_connect_attempts`). `None` when the
+/// connection was served here, or refused.
 pub(crate) async fn serve(
     stats: &Stats,
     stream: Counted<TcpStream>,
-    (name, listener): (&str, &ListenerStats),
+    (name, listener, attempts): (&str, &ListenerStats, u32),
     gateway: &GatewayRuntime,
     peer: SocketAddr,
 ) -> Option<(Slot, Transported<Counted<TcpStream>>)> {
@@ -249,7 +250,9 @@ pub(crate) async fn serve(
             return Some((slot, Transported::Plain(stream)))
         }
         GatewayProtocol::Tcp => match gateway.routes.tcp_cluster(0) {
-            Some(cluster) => serve_tcp(stream, cluster, listener, name, peer, |_| true).await,
+            Some(cluster) => {
+                serve_tcp(stream, (cluster, attempts), listener, name, peer, |_| true).await
+            }
             None => refuse(&stream, (name, listener), peer, "no TCP route"),
         },
         GatewayProtocol::TlsPassthrough => {
@@ -264,7 +267,7 @@ pub(crate) async fn serve(
                 .host_by_sni(sni.as_deref())
                 .and_then(|h| gateway.routes.tcp_cluster(h));
             match cluster {
-                Some(c) => serve_tcp(stream, c, listener, name, peer, |_| true).await,
+                Some(c) => serve_tcp(stream, (c, attempts), listener, name, peer, |_| true).await,
                 None => refuse(
                     &stream,
                     (name, listener),
@@ -311,7 +314,7 @@ pub(crate) async fn serve(
                 .host_by_sni(sni.as_deref())
                 .and_then(|h| gateway.routes.tcp_cluster(h))
             {
-                Some(c) => serve_tcp(tls, c, listener, name, peer, |_| true).await,
+                Some(c) => serve_tcp(tls, (c, attempts), listener, name, peer, |_| true).await,
                 None => {
                     tracing::info!(listener = %name, %peer, ?sni, "closed: no route for this SNI")
                 }

@@ -2,7 +2,7 @@
 //! routes (a builtin gateway listener's, or a sidecar listener's route table from kuma-cp's
 //! MeshHTTPRoute) with the clusters they name, and decides for each request, on the `http`
 //! form of its head, by `bearing-gateway`'s router: forward to a cluster (with the route's
-//! timeout, response header edits and mirror), or answer locally ([`Reply`]).
+//! timeout, retry policy, response header edits and mirror), or answer locally ([`Reply`]).
 //!
 //! Both codecs of the connection manager (`crate::hcm`) ask it, and carry out what it
 //! decides; the router itself sends nothing, so it depends only on the clusters
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bearing_gateway::{Decision, HeaderEdits, Router};
 use bearing_proxy_config::{
-    response_timeout, Compression, GatewayListener, HttpRoute, RouteAction, RouteTable,
+    response_timeout, Compression, GatewayListener, HttpRoute, RetryPolicy, RouteAction, RouteTable,
 };
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
@@ -191,6 +191,7 @@ impl HttpRoutes {
                 mirror,
                 origin,
                 timeout,
+                retry,
                 endpoint_host,
             } => match self.clusters.get(cluster) {
                 None => Routing::Reply(
@@ -209,6 +210,7 @@ impl HttpRoutes {
                     Routing::Forward {
                         target,
                         timeout: response_timeout(timeout, target.config.request_timeout),
+                        retry,
                         response_headers,
                         mirror: mirror.and_then(|m| self.clusters.get(m)),
                         endpoint_host,
@@ -273,10 +275,12 @@ pub(crate) enum Routing<'g> {
     /// available.
     Reply(Reply, Option<&'g HeaderEdits>),
     /// Send it to `target` within `timeout` (the route's, else the cluster's; `None`: no
-    /// limit), a copy to `mirror`, and change the response's headers.
+    /// limit) and again as the route's `retry` policy asks, a copy to `mirror`, and change
+    /// the response's headers.
     Forward {
         target: &'g Arc<ClusterRuntime>,
         timeout: Option<Duration>,
+        retry: Option<&'g RetryPolicy>,
         response_headers: &'g HeaderEdits,
         mirror: Option<&'g Arc<ClusterRuntime>>,
         /// Host becomes the chosen endpoint's hostname.

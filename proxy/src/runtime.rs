@@ -321,6 +321,7 @@ impl Proxy {
                         let mut config = Listener::new(&l.name, l.address, l.direction, h.protocol);
                         config.cluster = r.cluster.clone();
                         config.routes = h.routes.clone();
+                        config.retry = h.retry.clone();
                         Arc::new(ListenerRuntime {
                             config,
                             cluster: cluster.clone(),
@@ -618,8 +619,9 @@ impl Proxy {
         // connection held 9 KB (10k idle connections: 95 MB).
         if let Some(table) = &listener.sni {
             let name = &listener.config.name;
-            let serving =
-                crate::sni::serve(&self.stats, stream, name, &listener.stats, table, peer);
+            let attempts = listener.config.max_connect_attempts;
+            let named = (name.as_str(), &listener.stats, attempts);
+            let serving = crate::sni::serve(&self.stats, stream, named, table, peer);
             if let Some((tls, http, admission)) = Box::pin(serving).await {
                 Box::pin(self.clone().serve_http(tls, http, peer, admission)).await;
             }
@@ -668,7 +670,12 @@ impl Proxy {
         gateway: &GatewayRuntime,
         peer: SocketAddr,
     ) {
-        let named = (listener.config.name.as_str(), &listener.stats);
+        let config = &listener.config;
+        let named = (
+            config.name.as_str(),
+            &listener.stats,
+            config.max_connect_attempts,
+        );
         let Some((_slot, http)) = gateway::serve(&self.stats, stream, named, gateway, peer).await
         else {
             return;
@@ -701,7 +708,7 @@ impl Proxy {
             };
             let relay = tcp_proxy::serve_tcp(
                 stream,
-                cluster,
+                (cluster, listener.config.max_connect_attempts),
                 &listener.stats,
                 &listener.config.name,
                 peer,

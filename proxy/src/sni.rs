@@ -104,8 +104,7 @@ impl SniTable {
 pub(crate) async fn serve(
     stats: &Stats,
     down: Counted<TcpStream>,
-    name: &str,
-    listener: &ListenerStats,
+    (name, listener, attempts): (&str, &ListenerStats, u32),
     table: &SniTable,
     peer: SocketAddr,
 ) -> Option<SniHttpConnection> {
@@ -129,7 +128,15 @@ pub(crate) async fn serve(
     match &route.terminate {
         None => {
             if let Some(cluster) = &route.cluster {
-                serve_tcp(down, cluster, listener, name, peer, carries_tags).await;
+                serve_tcp(
+                    down,
+                    (cluster, attempts),
+                    listener,
+                    name,
+                    peer,
+                    carries_tags,
+                )
+                .await;
             }
         }
         Some(DownstreamTlsRuntime::Ready { acceptor, mesh, .. }) => {
@@ -139,7 +146,7 @@ pub(crate) async fn serve(
                         return Some((tls, http.clone(), Admission::MeshTls(mesh.clone())))
                     }
                     (None, Some(cluster)) => {
-                        serve_tcp(tls, cluster, listener, name, peer, |_| true).await
+                        serve_tcp(tls, (cluster, attempts), listener, name, peer, |_| true).await
                     }
                     (None, None) => {}
                 },

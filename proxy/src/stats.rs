@@ -51,6 +51,9 @@ pub struct ListenerStats {
     pub requests: StatusCounters,
     /// Connections that ended in an error (peer reset, protocol error, accept failure).
     pub errors: Counter,
+    /// TCP proxy connections closed because every connection attempt upstream failed
+    /// (Envoy's `tcp.<stat_prefix>.upstream_cx_connect_attempts_exceeded`).
+    pub connect_attempts_exceeded: Counter,
 }
 
 /// Metrics of one cluster.
@@ -80,7 +83,8 @@ pub struct ClusterStats {
     pub rq_pending_overflow: Counter,
     /// Further attempts not made past `max_retries` (Envoy's `upstream_rq_retry_overflow`).
     pub rq_retry_overflow: Counter,
-    /// Requests sent again by the cluster's retry policy (Envoy's `upstream_rq_retry`).
+    /// Requests to the cluster sent again by a route's retry policy (Envoy's
+    /// `upstream_rq_retry`).
     pub rq_retry: Counter,
 }
 
@@ -202,6 +206,12 @@ const LISTENER_SERIES: &[Series<ListenerStats>] = &[
         kind: MetricType::Counter,
         metric: |h| &h.errors,
     },
+    Series {
+        name: "listener_upstream_cx_connect_attempts_exceeded",
+        help: "TCP proxy connections closed after every upstream connection attempt failed.",
+        kind: MetricType::Counter,
+        metric: |h| &h.connect_attempts_exceeded,
+    },
 ];
 
 const CLUSTER_SERIES: &[Series<ClusterStats>] = &[
@@ -285,7 +295,7 @@ const CLUSTER_SERIES: &[Series<ClusterStats>] = &[
     },
     Series {
         name: "cluster_upstream_rq_retry",
-        help: "Requests sent again by the cluster's retry policy.",
+        help: "Requests to the cluster sent again by a route's retry policy.",
         kind: MetricType::Counter,
         metric: |h| &h.rq_retry,
     },

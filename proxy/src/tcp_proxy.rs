@@ -58,11 +58,13 @@ impl TcpSplit {
     }
 }
 
-/// Connects to `cluster` (an endpoint `wanted` accepts) and copies bytes both ways; with
-/// no endpoint the downstream connection is reset.
+/// Connects to `cluster` (an endpoint `wanted` accepts, in at most `attempts`: the
+/// listener's `max_connect_attempts`) and copies bytes both ways; with no endpoint, or every
+/// attempt failed (counted as Envoy's `upstream_cx_connect_attempts_exceeded`), the
+/// downstream connection is reset.
 pub(crate) async fn serve_tcp<S>(
     mut down: S,
-    cluster: &ClusterRuntime,
+    (cluster, attempts): (&ClusterRuntime, u32),
     stats: &ListenerStats,
     listener: &str,
     peer: SocketAddr,
@@ -70,7 +72,7 @@ pub(crate) async fn serve_tcp<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin,
 {
-    match cluster.connect_tcp_where(wanted).await {
+    match cluster.connect_tcp_where(attempts, wanted).await {
         Ok(mut up) => {
             let copied = match (down.plain(), up.plain()) {
                 (Some(d), Some(u)) => crate::splice::copy_bidirectional(d, u).await,
@@ -90,6 +92,9 @@ pub(crate) async fn serve_tcp<S>(
             crate::io::reset(&down);
         }
         Err(e) => {
+            if let UpstreamError::ConnectFailed(..) = e {
+                stats.connect_attempts_exceeded.inc();
+            }
             tracing::warn!(%listener, cluster = %cluster.config.name, %peer, "{e}; resetting connection");
             crate::io::reset(&down);
         }

@@ -837,15 +837,20 @@ impl ClusterRuntime {
         }
     }
 
-    /// Opens a connection to the first endpoint that accepts, starting round robin.
+    /// Opens a connection in one attempt, to the next endpoint round robin.
     pub async fn connect_tcp(&self) -> Result<UpstreamStream, UpstreamError> {
-        self.connect_tcp_where(|_| true).await
+        self.connect_tcp_where(1, |_| true).await
     }
 
-    /// Opens a connection to the first endpoint `wanted` accepts that accepts the connection
-    /// (zone ingress: the endpoints carrying an SNI's tags).
+    /// Opens a connection for a TCP proxy in at most `attempts` connects, each to the next
+    /// endpoint `wanted` accepts (zone ingress: the endpoints carrying an SNI's tags) in round
+    /// robin order, starting again from the first once each was tried, as Envoy's tcp_proxy
+    /// asks its load balancer for a host per attempt (`max_connect_attempts`); no pause
+    /// between attempts, as Envoy's without `backoff_options`. Every attempt failed:
+    /// `ConnectFailed` with the last failure.
     pub async fn connect_tcp_where(
         &self,
+        attempts: u32,
         wanted: impl Fn(&bearing_proxy_config::Endpoint) -> bool,
     ) -> Result<UpstreamStream, UpstreamError> {
         let mut last = None;
@@ -854,7 +859,8 @@ impl ClusterRuntime {
         let chosen = (0..n)
             .map(|step| (start + step) % n)
             .filter(|i| view.endpoint(*i).is_some_and(&wanted));
-        for pool in chosen.map(|i| view.pool(i)) {
+        let tries = chosen.cycle().take(attempts as usize);
+        for pool in tries.map(|i| view.pool(i)) {
             match self.connect(&pool, false).await {
                 Ok(s) => return Ok(s),
                 Err(e) => match Overflow::of(&e) {
@@ -1136,7 +1142,6 @@ pub(crate) fn test_cluster(name: &str) -> Cluster {
         tls: None,
         circuit_breakers: Default::default(),
         http2_windows: Default::default(),
-        retry: None,
         dns: None,
         tls_matches: Vec::new(),
     }
@@ -1302,6 +1307,72 @@ mod tests {
         assert!(cluster.connect_tcp().await.is_ok());
     }
 
+    /// A TCP proxy's connection makes at most its number of attempts, each to the next
+    /// endpoint round robin, an endpoint again once each was tried; every attempt failed is
+    /// the last endpoint's failure.
+    #[tokio::test]
+    async fn tcp_connect_attempts_go_round_robin_and_may_come_back() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refusing = || {
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            closed.local_addr().unwrap()
+        };
+        let cluster_of = |addresses: &[SocketAddr]| {
+            let endpoints: Vec<Endpoint> = addresses.iter().map(|a| plain_endpoint(*a)).collect();
+            let pools = endpoints.iter().map(EndpointPool::new).collect();
+            let config = Cluster {
+                endpoints,
+                ..test_cluster("backend")
+            };
+            let security = UpstreamSecurity::new(None, &MeshTlsSet::default());
+            let pools = ClusterEndpoints::Fixed(pools);
+            ClusterRuntime::new(
+                config,
+                ClusterStats::default(),
+                pools,
+                (None, Vec::new()),
+                security,
+            )
+        };
+        let dead = refusing();
+        let half = cluster_of(&[dead, live.local_addr().unwrap()]);
+        // One attempt: every other connection meets the refusing endpoint.
+        let mut outcomes = Vec::new();
+        for _ in 0..4 {
+            outcomes.push(half.connect_tcp_where(1, |_| true).await.is_ok());
+        }
+        assert_eq!(outcomes, [false, true, false, true]);
+        assert_eq!(half.stats.connect_failures.get(), 2);
+        // Two attempts: the next endpoint takes over.
+        for _ in 0..4 {
+            assert!(half.connect_tcp_where(2, |_| true).await.is_ok());
+        }
+        assert_eq!(half.stats.connect_failures.get(), 4);
+        // Only the endpoints wanted are tried.
+        let live_only = |e: &Endpoint| e.address != dead;
+        for _ in 0..4 {
+            assert!(half.connect_tcp_where(1, live_only).await.is_ok());
+        }
+        assert_eq!(half.stats.connect_failures.get(), 4);
+
+        let (a, b) = (refusing(), refusing());
+        let down = cluster_of(&[a, b]);
+        match down.connect_tcp_where(3, |_| true).await {
+            Err(UpstreamError::ConnectFailed(last, _)) => assert_eq!(last, a, "a, b, a again"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("connected to a refusing endpoint"),
+        }
+        assert_eq!(down.stats.connect_failures.get(), 3);
+        assert_eq!(down.stats.no_healthy_upstream.get(), 1);
+        let none = down.connect_tcp_where(3, |_| false).await;
+        assert!(matches!(none, Err(UpstreamError::NoEndpoints)));
+        assert_eq!(
+            down.stats.connect_failures.get(),
+            3,
+            "no endpoint, no attempt"
+        );
+    }
+
     #[tokio::test]
     async fn an_http_request_past_max_connections_waits_for_one_to_be_released() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1372,7 +1443,7 @@ mod tests {
             req
         };
         let idle = |pool: &EndpointPool| pool.idle.mine(|idle| idle.len());
-        let resp = crate::hcm::hyper_codec::send(get("/a"), &cluster, None, false).await;
+        let resp = crate::hcm::hyper_codec::send(get("/a"), &cluster, (None, None), false).await;
         resp.into_body().collect().await.unwrap();
         while idle(&pool) == 0 {
             tokio::task::yield_now().await;
@@ -1380,7 +1451,7 @@ mod tests {
         let (stream, reused) = cluster.checkout_raw(&pool).await.unwrap();
         assert!(reused, "the byte codec takes the connection hyper used");
         pool.release(stream, &cluster.stats.occupancy);
-        let resp = crate::hcm::hyper_codec::send(get("/last"), &cluster, None, false).await;
+        let resp = crate::hcm::hyper_codec::send(get("/last"), &cluster, (None, None), false).await;
         resp.into_body().collect().await.unwrap();
         assert_eq!(
             accepted.load(Ordering::Relaxed),

@@ -299,3 +299,95 @@ fn listeners_that_answer_themselves_probe_close_and_respond() -> Result<()> {
     ensure!(out.ok() && out.body == identity, "{out:?}");
     Ok(())
 }
+
+/// MeshRetry's `tcp.maxConnectAttempt` from the CP (the TCP proxy's `max_connect_attempts`):
+/// a cluster of two endpoints, one refusing. A listener making two attempts gets every
+/// connection through (the next endpoint takes a refused attempt's place); one with the
+/// field unset makes Envoy's one attempt, so the connections that meet the refusing
+/// endpoint are closed, each counted as `upstream_cx_connect_attempts_exceeded`.
+#[test]
+fn tcp_connect_attempts_from_the_cp_fail_over_as_envoy_does() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "one"])?;
+    let (cp, web, one) = (topo.host("cp"), topo.host("web"), topo.host("one"));
+    let pki = CpPki::new(topo.dir(), "cp-attempts", cp)?;
+    let origin = start_http_server(one, ORIGIN_PORT)?;
+    let body = origin.body().to_string();
+    let endpoint = |port: u16| {
+        json!({"endpoint": {"address": {"socketAddress": {
+            "address": one.ip4().to_string(), "portValue": port}}}})
+    };
+    // Nothing listens on the origin's port + 1: connects there are refused.
+    let half = json!({
+        "name": "half",
+        "type": "STATIC",
+        "connectTimeout": "5s",
+        "loadAssignment": {"clusterName": "half", "endpoints": [{"lbEndpoints": [
+            endpoint(ORIGIN_PORT + 1), endpoint(ORIGIN_PORT)]}]},
+    });
+    let proxy = |attempts: Option<u32>| {
+        let mut config = json!({"@type": TCP_PROXY, "statPrefix": "half", "cluster": "half"});
+        if let Some(n) = attempts {
+            config["maxConnectAttempts"] = json!(n);
+        }
+        json!({"name": "envoy.filters.network.tcp_proxy", "typedConfig": config})
+    };
+    let (two_name, two) = listener(10005, proxy(Some(2)));
+    let (one_name, once) = listener(10006, proxy(None));
+    let resources = json!({"xds": {
+        CLUSTER: {"half": half},
+        LISTENER: {two_name.clone(): two, one_name.clone(): once},
+    }});
+    let bin = env!("CARGO_BIN_EXE_bearing-test-cp");
+    let (_cp, sidecar) = pki.web_sidecar(bin, cp, web, &resources, "ACK type=Listener")?;
+    let dump = sidecar.config_dump()?;
+    let attempts_of = |name: &str| {
+        dump["config"]["listeners"]
+            .as_array()
+            .and_then(|ls| ls.iter().find(|l| l["name"] == name))
+            .map(|l| l["max_connect_attempts"].clone())
+    };
+    ensure!(
+        attempts_of(&two_name) == Some(json!(2)) && attempts_of(&one_name) == Some(Value::Null),
+        "{}",
+        dump["config"]["listeners"]
+    );
+
+    let exceeded = |listener: &str| {
+        sidecar.metric(&format!(
+            "bearing_listener_upstream_cx_connect_attempts_exceeded_total{{listener=\"{listener}\"}}"
+        ))
+    };
+    for _ in 0..10 {
+        let (code, got) = get(web, "http://127.0.0.1:10005/", &[])?;
+        ensure!(
+            (code, got.as_str()) == (200, body.as_str()),
+            "two attempts: {code} {got}"
+        );
+    }
+    ensure!(exceeded(&two_name)? == 0.0);
+    let (mut served, mut closed) = (0, 0);
+    for _ in 0..10 {
+        let out = curl_output(web, ["http://127.0.0.1:10006/"])?;
+        match (out.exit_code, out.http_code) {
+            (Some(0), 200) if out.body == body => served += 1,
+            // Reset before any response: curl's 52 (empty reply), 56 (reset), or 7 when the
+            // reset comes while curl still checks its connect.
+            (Some(7 | 52 | 56), 0) => closed += 1,
+            _ => anyhow::bail!("one attempt: {out:?}"),
+        }
+    }
+    // Round robin over the two endpoints: every other connection meets the refusing one.
+    ensure!(
+        served == 5 && closed == 5,
+        "one attempt: {served} served, {closed} closed"
+    );
+    ensure!(exceeded(&one_name)? == 5.0, "{}", exceeded(&one_name)?);
+    ensure!(
+        sidecar.metric("bearing_cluster_upstream_connect_failures_total{cluster=\"half\"}")?
+            == 10.0,
+        "every other connection of each listener meets the refusing endpoint once"
+    );
+    Ok(())
+}

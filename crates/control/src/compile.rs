@@ -22,6 +22,12 @@ use crate::zones::{dataplane_zone, ZoneView};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Kuma's default HTTP request timeout (time to response headers here; none for gRPC).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connection attempts of a TCP outbound or gateway TCP listener: kuma-cp's default MeshRetry
+/// (`mesh-retry-all-default`, created with every mesh) sets `tcp.maxConnectAttempt: 5` on
+/// every outbound and gateway route. The store holds no MeshRetry, so its meshes get the
+/// default; other listeners (inbounds, direct access, zone proxies) get Envoy's one attempt,
+/// as kuma-cp applies MeshRetry to none of them.
+pub const TCP_CONNECT_ATTEMPTS: u32 = 5;
 
 /// What the proxy is told besides the store: its zone (`--zone`) and the mesh hostname
 /// settings (the same for every proxy).
@@ -411,7 +417,6 @@ pub(crate) fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>
         tls: None,
         circuit_breakers: Default::default(),
         http2_windows: Default::default(),
-        retry: None,
         dns: None,
         tls_matches: Vec::new(),
     }
@@ -549,6 +554,10 @@ impl Outbounds<'_> {
             cluster: c.name.clone(),
             service,
             bind,
+            max_connect_attempts: match c.protocol {
+                Protocol::Tcp => TCP_CONNECT_ATTEMPTS,
+                _ => 1,
+            },
             ..Listener::new(
                 format!("outbound:{address}"),
                 address,

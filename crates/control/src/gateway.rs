@@ -195,6 +195,10 @@ pub(crate) fn compile(
         let address = SocketAddr::new(ip, crate::compile::port16(port));
         parts.listeners.push(Listener {
             service: service.clone(),
+            max_connect_attempts: match http {
+                true => 1,
+                false => crate::compile::TCP_CONNECT_ATTEMPTS,
+            },
             gateway: Some(GatewayListener {
                 protocol,
                 hosts,
@@ -499,6 +503,7 @@ fn http_routes(
                 timeout: None,
                 backends: backends(&rule.backends, outbounds, clusters),
                 rewrite,
+                retry: None,
             },
         };
         for (j, m) in rule.matches.iter().enumerate() {

@@ -210,6 +210,7 @@ fn host_rewriting(cluster: &str, protocol: Protocol) -> SniHttp {
                 routes: vec![route],
             }],
         }),
+        retry: None,
     }
 }
 

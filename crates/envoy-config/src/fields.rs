@@ -65,12 +65,14 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
         // idle_timeout: Kuma's default (1 h) only; see the translation.
         // metadata_match: only as the tags of a zone proxy's SNI; see the translation.
+        // max_connect_attempts: MeshRetry's `tcp.maxConnectAttempt`, the listener's.
         &[
             "cluster",
             "weighted_clusters",
             "stat_prefix",
             "idle_timeout",
             "metadata_match",
+            "max_connect_attempts",
         ],
     ),
     ("envoy.extensions.filters.network.direct_response.v3.Config", &["response"]),
@@ -138,6 +140,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "name",
             "domains",
             "routes",
+            // The retry policy of its routes that have none (`routes.rs`).
+            "retry_policy",
             "request_headers_to_add",
             "request_headers_to_remove",
             "response_headers_to_add",
@@ -206,7 +210,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "host_rewrite_literal",
             "auto_host_rewrite",
             "request_mirror_policies",
-            // Held by the clusters the route reaches (`retry.rs`, `Translator::route_to`).
+            // The route's (`retry.rs`, `routes.rs`).
             "retry_policy",
         ],
     ),

@@ -504,8 +504,8 @@ impl Translator<'_> {
             let reason = "metadata_match: a gateway's TCP backends are whole clusters";
             self.nack(LISTENER, name, format!("{at}.filters"), reason);
         }
-        for (cluster, timeout, retry, reached_at) in route.reached {
-            self.route_to(cluster, Protocol::Tcp, (timeout, retry), name, reached_at);
+        for (cluster, timeout, reached_at) in route.reached {
+            self.route_to(cluster, Protocol::Tcp, timeout, name, reached_at);
         }
         match route.cluster.is_empty() {
             true => route.tcp_backends,
@@ -977,9 +977,9 @@ impl Translator<'_> {
         if self.nacks.len() != before {
             return None;
         }
-        for (cluster, timeout, retry, at) in reached {
+        for (cluster, timeout, at) in reached {
             if cluster != UNRESOLVED_BACKEND {
-                self.route_to(cluster, Protocol::Http, (timeout, retry), listener, at);
+                self.route_to(cluster, Protocol::Http, timeout, listener, at);
             }
         }
         let hosts = table?
@@ -1440,16 +1440,23 @@ pub(super) mod tests {
         }
         // A sidecar's inline route configuration still gets the gateway's fields NACKed.
         assert!(nacks.iter().all(|n| !n.awaiting));
-        // Kuma's default MeshRetry is held by the route's cluster; a gRPC condition is not.
+        // Kuma's default MeshRetry is the route's; a gRPC condition is not taken.
         let retry = http_gateway("", "").replace(
             "timeout: 20s}",
             "timeout: 20s, retryPolicy: {retryOn: 'gateway-error,connect-failure', numRetries: 5}}",
         );
         let config = translated(&retry).unwrap();
-        assert_eq!(
-            config.clusters["web"].retry.as_ref().map(|r| r.num_retries),
-            Some(5)
-        );
+        let gw = config.listeners[0].gateway.as_ref().expect("a gateway");
+        let retries: Vec<Option<u32>> = gw
+            .hosts
+            .iter()
+            .flat_map(|h| &h.http_routes)
+            .map(|r| match &r.action {
+                RouteAction::Forward { retry, .. } => retry.as_ref().map(|r| r.num_retries),
+                _ => None,
+            })
+            .collect();
+        assert!(retries.contains(&Some(5)), "{retries:?}");
         let grpc = http_gateway("", "").replace(
             "timeout: 20s}",
             "timeout: 20s, retryPolicy: {retryOn: cancelled}}",
@@ -1664,7 +1671,12 @@ pub(super) mod tests {
             for b in &backends {
                 assert_eq!(config.clusters[&b.cluster].protocol, Protocol::Tcp);
             }
+            assert_eq!(listener.max_connect_attempts, 1, "Envoy's default");
         }
+        // kuma-cp's default MeshRetry on a gateway TCP route.
+        let chain = tcp_chain("cluster: b, maxConnectAttempts: 5");
+        let config = translated(&tcp_gateway(&chain)).unwrap();
+        assert_eq!(config.listeners[0].max_connect_attempts, 5);
     }
 
     /// What a TCP gateway chain cannot be is NACKed by its path: a match, TLS (TLS gateway

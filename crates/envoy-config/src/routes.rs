@@ -34,15 +34,16 @@ pub(crate) type Problem = (String, String);
 /// Where an HTTP connection manager's requests go.
 #[derive(Debug)]
 pub(crate) enum HttpRouting {
-    /// Every request to one cluster, unchanged: a plain listener.
-    One(String),
+    /// Every request to one cluster, unchanged, with the one route's retry policy: a plain
+    /// listener.
+    One(String, Option<RetryPolicy>),
     /// Routed by a table.
     Table(RouteTable),
 }
 
 /// The clusters a route configuration sends to, each with what the route that reaches it
-/// asks of the cluster's own response timeout and retry policy, mirrors included.
-pub(crate) type Reached = Vec<(String, ClusterTimeout, ClusterRetry, String)>;
+/// asks of the cluster's own response timeout, mirrors included, and where.
+pub(crate) type Reached = Vec<(String, ClusterTimeout, String)>;
 
 /// What a route asks of a cluster's `request_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,17 +53,6 @@ pub(crate) enum ClusterTimeout {
     /// Exactly this one (`None`: no limit): a plain listener's route and a mirror have no
     /// place of their own for it.
     Exactly(Option<Duration>),
-}
-
-/// What a route asks of a cluster's retry policy: Envoy's is the route's, Bearing's is held by
-/// the cluster, so every HTTP route reaching one cluster must ask the same (kuma-cp gives
-/// every route of an outbound the one MeshRetry that targets it).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum ClusterRetry {
-    /// Nothing: a mirror's copy (never retried) or a TCP proxy.
-    Any,
-    /// Exactly this one (`None`: no retries).
-    Exactly(Option<RetryPolicy>),
 }
 
 /// The request and response header edits of one level (a route configuration, virtual host
@@ -95,13 +85,14 @@ pub(crate) fn route_config(
 ) -> Option<HttpRouting> {
     let start = reached.len();
     let table = route_table(rc, at, problems, reached)?;
-    if let Some((cluster, timeout)) = only_cluster(&table.virtual_hosts) {
-        // A plain listener has no route: its one route's timeout becomes the cluster's.
+    if let Some((cluster, timeout, retry)) = only_cluster(&table.virtual_hosts) {
+        // A plain listener has no route: its one route's timeout becomes the cluster's, its
+        // retry policy the listener's.
         let timeout = bearing_proxy_config::response_timeout(timeout, None);
         for r in &mut reached[start..] {
             r.1 = ClusterTimeout::Exactly(timeout);
         }
-        return Some(HttpRouting::One(cluster));
+        return Some(HttpRouting::One(cluster, retry));
     }
     Some(HttpRouting::Table(table))
 }
@@ -120,10 +111,15 @@ pub(crate) fn route_table(
     for (k, vh) in rc.virtual_hosts.iter().enumerate() {
         let vat = format!("{at}.virtual_hosts[{k}]");
         let (request, response) = level_edits!(vh, vat, problems);
+        // The routes' retry policy where they have none of their own.
+        let retry = vh
+            .retry_policy
+            .as_ref()
+            .and_then(|p| crate::retry::retry_policy(p, &format!("{vat}.retry_policy"), problems));
         let mut routes = Vec::new();
         for (r, route) in vh.routes.iter().enumerate() {
             let rat = format!("{vat}.routes[{r}]");
-            if let Some(mut out) = http_route(route, &rat, problems, reached) {
+            if let Some(mut out) = http_route(route, (&rat, retry.as_ref()), problems, reached) {
                 // Envoy applies the route's edits, then the virtual host's, then the
                 // configuration's.
                 append(&mut out.request_headers, &request);
@@ -149,8 +145,11 @@ pub(crate) fn route_table(
 }
 
 /// The cluster of a table that sends every request to it unchanged: one virtual host `*`
-/// with one route, `prefix: /`, forwarding to one cluster with no edits.
-fn only_cluster(virtual_hosts: &[VirtualHost]) -> Option<(String, Option<Duration>)> {
+/// with one route, `prefix: /`, forwarding to one cluster with no edits; with the route's
+/// timeout and retry policy.
+fn only_cluster(
+    virtual_hosts: &[VirtualHost],
+) -> Option<(String, Option<Duration>, Option<RetryPolicy>)> {
     let [vh] = virtual_hosts else { return None };
     let [route] = vh.routes.as_slice() else {
         return None;
@@ -169,8 +168,9 @@ fn only_cluster(virtual_hosts: &[VirtualHost]) -> Option<(String, Option<Duratio
             backends,
             rewrite: None,
             timeout,
+            retry,
         } if plain => match backends.as_slice() {
-            [one] => Some((one.cluster.clone(), *timeout)),
+            [one] => Some((one.cluster.clone(), *timeout, retry.clone())),
             _ => None,
         },
         _ => None,
@@ -221,9 +221,10 @@ fn edits(
     filter
 }
 
+/// A route at `at`; `retry` is its virtual host's retry policy, for a route without one.
 fn http_route(
     route: &route_pb::Route,
-    at: &str,
+    (at, retry): (&str, Option<&RetryPolicy>),
     problems: &mut Vec<Problem>,
     reached: &mut Reached,
 ) -> Option<HttpRoute> {
@@ -247,7 +248,8 @@ fn http_route(
     use route_pb::route::Action;
     out.action = match &route.action {
         Some(Action::Route(action)) => {
-            let (action, mirror) = forward(action, &format!("{at}.route"), problems, reached)?;
+            let at = format!("{at}.route");
+            let (action, mirror) = forward(action, (&at, retry), problems, reached)?;
             out.mirror = mirror;
             action
         }
@@ -411,10 +413,11 @@ fn string_match(
     }
 }
 
-/// A `route` action: its backends, rewrites and mirror.
+/// A `route` action: its backends, rewrites, retry policy (`virtual_host`'s when it has
+/// none) and mirror.
 fn forward(
     action: &route_pb::RouteAction,
-    at: &str,
+    (at, virtual_host): (&str, Option<&RetryPolicy>),
     problems: &mut Vec<Problem>,
     reached: &mut Reached,
 ) -> Option<(RouteAction, Option<Mirror>)> {
@@ -455,7 +458,7 @@ fn forward(
         }
     };
     let retry = match &action.retry_policy {
-        None => None,
+        None => virtual_host.cloned(),
         Some(p) => Some(crate::retry::retry_policy(
             p,
             &format!("{at}.retry_policy"),
@@ -463,13 +466,8 @@ fn forward(
         )?),
     };
     for b in &backends {
-        let retry = ClusterRetry::Exactly(retry.clone());
-        reached.push((
-            b.cluster.clone(),
-            ClusterTimeout::Any,
-            retry,
-            at.to_string(),
-        ));
+        let reach = (b.cluster.clone(), ClusterTimeout::Any, at.to_string());
+        reached.push(reach);
     }
     let path = match (action.prefix_rewrite.as_str(), &action.regex_rewrite) {
         ("", None) => None,
@@ -503,7 +501,6 @@ fn forward(
             reached.push((
                 m.cluster.clone(),
                 ClusterTimeout::Exactly(shadow),
-                ClusterRetry::Any,
                 at.to_string(),
             ));
             Some(Mirror {
@@ -527,6 +524,7 @@ fn forward(
         backends,
         rewrite,
         timeout: Some(timeout),
+        retry,
     };
     Some((action, mirror))
 }

@@ -17,14 +17,13 @@ use crate::fields::{
     self, Unhandled, KUMA_STREAM_IDLE_TIMEOUTS, KUMA_TCP_IDLE_TIMEOUTS, POLICY_NOT_ENFORCED,
 };
 use crate::naming::{self, Role, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
-use crate::routes::{
-    self, ClusterRetry, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT,
-};
+use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, HostEndpoint,
     Http2Windows, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
-    ProxyConfig, ProxyIdentity, RouteTable, SniHttp, SniRoute, SniTarget, SourcePrefix,
-    SpiffeMatcher, TlsMatch, TransparentProxy, UpstreamTls, Verification, WeightedCluster,
+    ProxyConfig, ProxyIdentity, RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget,
+    SourcePrefix, SpiffeMatcher, TlsMatch, TransparentProxy, UpstreamTls, Verification,
+    WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -202,6 +201,7 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         dns: Vec::new(),
         kuma_endpoints: KumaEndpoints::default(),
         connection_limits: BTreeMap::new(),
+        connect_attempts: BTreeMap::new(),
     };
     t.connection_limits = t.runtime_limits();
     t.unique_addresses();
@@ -238,6 +238,11 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
     let mtls = t.mesh_tls();
     t.dns.sort_by(|a, b| a.name.cmp(&b.name));
     t.dns.dedup_by(|a, b| a.name == b.name);
+    for l in &mut t.listeners {
+        if let Some((attempts, _)) = t.connect_attempts.get(&l.name) {
+            l.max_connect_attempts = *attempts;
+        }
+    }
     t.listeners.sort_by(|a, b| a.name.cmp(&b.name));
     if !t.nacks.is_empty() {
         t.nacks.sort();
@@ -284,6 +289,8 @@ struct Route {
     protocol: Protocol,
     /// An HTTP connection manager's route table, when it routes.
     table: Option<RouteTable>,
+    /// A plain HTTP listener's one route's retry policy.
+    retry: Option<RetryPolicy>,
     /// A TCP proxy's weighted clusters, when it splits.
     tcp_backends: Vec<WeightedCluster>,
     /// Every cluster reached, with what the route reaching it asks of the cluster's
@@ -318,6 +325,7 @@ impl Route {
             cluster: String::new(),
             protocol: Protocol::Tcp,
             table: None,
+            retry: None,
             tcp_backends: Vec::new(),
             reached: Vec::new(),
             subset: BTreeMap::new(),
@@ -332,8 +340,6 @@ struct Routed {
     protocol: Protocol,
     /// Its request timeout.
     timeout: ClusterTimeout,
-    /// Its retry policy.
-    retry: ClusterRetry,
     /// The last listener that reached it, for a NACK that it has not come.
     listener: String,
 }
@@ -347,7 +353,7 @@ struct Translator<'a> {
     listeners: Vec<Listener>,
     clusters: BTreeMap<String, Cluster>,
     /// Per cluster: the protocol of the routes that reach it and what they ask of its
-    /// request timeout and retry policy.
+    /// request timeout.
     routed: BTreeMap<String, Routed>,
     /// Listeners sending to an ORIGINAL_DST cluster (Kuma's direct access): the listener, its
     /// address and the cluster, which becomes a cluster of that one address.
@@ -364,6 +370,9 @@ struct Translator<'a> {
     /// Gateway listeners' connection limits from the runtime layer, by listener, until the
     /// listener takes its own.
     connection_limits: BTreeMap<String, u32>,
+    /// The `max_connect_attempts` of each listener's TCP proxies (every chain's the same),
+    /// with where it was first read, given to the listener once all are translated.
+    connect_attempts: BTreeMap<String, (u32, String)>,
 }
 
 #[path = "gateway.rs"]
@@ -770,6 +779,7 @@ impl Translator<'_> {
                         || r.answer != this.answer
                         || r.protocol != this.protocol
                         || r.table != this.table
+                        || r.retry != this.retry
                         || r.tcp_backends != this.tcp_backends =>
                 {
                     self.nack(
@@ -799,7 +809,7 @@ impl Translator<'_> {
                     cluster_type(c) == cluster_pb::cluster::DiscoveryType::OriginalDst as i32
                 })
             };
-            if let Some((c, _, _, at)) = r.reached.iter().find(|(c, ..)| original_dst(c)) {
+            if let Some((c, _, at)) = r.reached.iter().find(|(c, ..)| original_dst(c)) {
                 if r.cluster.is_empty() {
                     let reason = format!("cluster {c:?} (ORIGINAL_DST) in a route table or among weighted clusters: only a listener's one cluster can be its original destination");
                     return self.nack(LISTENER, name, at.clone(), reason);
@@ -818,13 +828,14 @@ impl Translator<'_> {
             out.protocol = r.protocol;
             out.cluster = r.cluster.clone();
             out.routes = r.table;
+            out.retry = r.retry;
             out.tcp_backends = r.tcp_backends;
             out.direct_response = r.answer;
             if out.service.is_empty() && out.direction == Direction::Outbound {
                 out.service = r.cluster.clone();
             }
-            for (cluster, timeout, retry, at) in r.reached {
-                self.route_to(cluster, r.protocol, (timeout, retry), name, at);
+            for (cluster, timeout, at) in r.reached {
+                self.route_to(cluster, r.protocol, timeout, name, at);
             }
         }
     }
@@ -861,15 +872,11 @@ impl Translator<'_> {
                 let subset = struct_strings(tcp.metadata_match.as_ref(), "envoy.lb");
                 found = match tcp.cluster_specifier {
                     Some(tcp_pb::tcp_proxy::ClusterSpecifier::Cluster(c)) => Some(Route {
-                        reached: vec![(
-                            c.clone(),
-                            ClusterTimeout::Any,
-                            ClusterRetry::Any,
-                            fpath.clone(),
-                        )],
+                        reached: vec![(c.clone(), ClusterTimeout::Any, fpath.clone())],
                         cluster: c,
                         protocol: Protocol::Tcp,
                         table: None,
+                        retry: None,
                         tcp_backends: Vec::new(),
                         subset,
                         answer: None,
@@ -880,14 +887,12 @@ impl Translator<'_> {
                         Some(Route {
                             reached: backends
                                 .iter()
-                                .map(|b| {
-                                    let (c, any) = (b.cluster.clone(), ClusterTimeout::Any);
-                                    (c, any, ClusterRetry::Any, at.clone())
-                                })
+                                .map(|b| (b.cluster.clone(), ClusterTimeout::Any, at.clone()))
                                 .collect(),
                             cluster: String::new(),
                             protocol: Protocol::Tcp,
                             table: None,
+                            retry: None,
                             tcp_backends: backends,
                             subset,
                             answer: None,
@@ -895,6 +900,10 @@ impl Translator<'_> {
                     }
                     None => None,
                 };
+                if let Some(attempts) = &tcp.max_connect_attempts {
+                    let at = format!("{fpath}.max_connect_attempts");
+                    self.connect_attempts(name, attempts.value, at);
+                }
                 if let Some(set) = &tcp.idle_timeout {
                     if !idle.accepted.contains(&duration(set)) {
                         let reason = format!(
@@ -933,6 +942,26 @@ impl Translator<'_> {
             );
         }
         found
+    }
+
+    /// Records a TCP proxy's `max_connect_attempts` (MeshRetry's `tcp.maxConnectAttempt`) at
+    /// `at` for `listener`, which holds one for all its chains: at least 1 (Envoy's
+    /// validation), and the same in every chain.
+    fn connect_attempts(&mut self, listener: &str, attempts: u32, at: String) {
+        if attempts == 0 {
+            return self.nack(LISTENER, listener, at, "must be at least 1");
+        }
+        match self.connect_attempts.get(listener) {
+            Some((first, first_at)) if *first != attempts => {
+                let reason = format!("{attempts} where {first_at} has {first}: a listener's TCP proxies make one number of connection attempts");
+                self.nack(LISTENER, listener, at, reason);
+            }
+            Some(_) => {}
+            None => {
+                self.connect_attempts
+                    .insert(listener.to_string(), (attempts, at));
+            }
+        }
     }
 
     fn http_route(
@@ -996,14 +1025,15 @@ impl Translator<'_> {
         for (field, reason) in problems {
             self.nack(LISTENER, name, field, reason);
         }
-        let (cluster, table) = match routing? {
-            HttpRouting::One(cluster) => (cluster, None),
-            HttpRouting::Table(table) => (String::new(), Some(table)),
+        let (cluster, table, retry) = match routing? {
+            HttpRouting::One(cluster, retry) => (cluster, None, retry),
+            HttpRouting::Table(table) => (String::new(), Some(table), None),
         };
         Some(Route {
             cluster,
             protocol,
             table,
+            retry,
             tcp_backends: Vec::new(),
             reached,
             subset: BTreeMap::new(),
@@ -1263,6 +1293,7 @@ impl Translator<'_> {
                 (protocol, Some(_)) => Some(SniHttp {
                     protocol,
                     routes: route.table.clone(),
+                    retry: route.retry.clone(),
                 }),
                 // A TLS context that did not translate (or awaits its secrets) said why.
                 (_, None) if chain.transport_socket.is_some() => continue,
@@ -1285,8 +1316,8 @@ impl Translator<'_> {
                     Err(reason) => self.nack(LISTENER, name, at, reason),
                 }
             }
-            for (cluster, timeout, retry, at) in route.reached {
-                self.route_to(cluster, route.protocol, (timeout, retry), name, at);
+            for (cluster, timeout, at) in route.reached {
+                self.route_to(cluster, route.protocol, timeout, name, at);
             }
         }
         routes
@@ -1442,7 +1473,6 @@ impl Translator<'_> {
                 tls,
                 circuit_breakers: breakers,
                 http2_windows,
-                retry: None,
                 dns,
                 tls_matches: matches.into_iter().map(|(m, _)| m).collect(),
             },
@@ -2200,26 +2230,15 @@ impl Translator<'_> {
     /// HTTP route's protocol wins over a TCP proxy's (which ignores the cluster's HTTP
     /// options, as Envoy's). A route table's routes carry their own timeouts; the routes that
     /// cannot (plain listeners, mirrors) give the cluster theirs, and two of them reaching one
-    /// cluster with different timeouts are NACKed. The cluster holds the retry policy of the
-    /// HTTP routes that reach it; two of them asking different ones are NACKed.
+    /// cluster with different timeouts are NACKed.
     fn route_to(
         &mut self,
         cluster: String,
         protocol: Protocol,
-        (timeout, retry): (ClusterTimeout, ClusterRetry),
+        timeout: ClusterTimeout,
         listener: &str,
         at: String,
     ) {
-        let retry_conflict = self.routed.get(&cluster).is_some_and(|r| {
-            matches!((&r.retry, &retry), (ClusterRetry::Exactly(other), ClusterRetry::Exactly(this))
-                if r.protocol.is_http() && protocol.is_http() && other != this)
-        });
-        if retry_conflict {
-            // Kuma's routes of one outbound differ in retries only by a MeshRetry that
-            // targets one of them.
-            let reason = format!("retries: {POLICY_NOT_ENFORCED} (routes to cluster {cluster:?} with different retry policies: a cluster holds one)");
-            return self.nack(LISTENER, listener, format!("{at}.retry_policy"), reason);
-        }
         let conflict = self.routed.get(&cluster).and_then(
             |Routed {
                  protocol: p,
@@ -2242,7 +2261,6 @@ impl Translator<'_> {
         let routed = Routed {
             protocol,
             timeout,
-            retry,
             listener: listener.to_string(),
         };
         match self.routed.entry(cluster) {
@@ -2255,13 +2273,8 @@ impl Translator<'_> {
                     ClusterTimeout::Any if r.protocol.is_http() => r.timeout,
                     t => t,
                 };
-                let kept_retry = match routed.retry {
-                    ClusterRetry::Any if r.protocol.is_http() => r.retry.clone(),
-                    ask => ask,
-                };
                 *r = Routed {
                     timeout: kept_timeout,
-                    retry: kept_retry,
                     ..routed
                 };
             }
@@ -2270,13 +2283,12 @@ impl Translator<'_> {
     }
 
     /// Gives each cluster the protocol of the routes that reach it, the request timeout
-    /// of those that hold it there (else Envoy's 15 s default stays) and their retry policy.
+    /// of those that hold it there (else Envoy's 15 s default stays).
     fn apply_routes(&mut self) {
         for (cluster_name, routed) in std::mem::take(&mut self.routed) {
             let Routed {
                 protocol,
                 timeout,
-                retry,
                 listener,
             } = routed;
             let Some(cluster) = self.clusters.get_mut(&cluster_name) else {
@@ -2298,9 +2310,6 @@ impl Translator<'_> {
                 };
                 if let ClusterTimeout::Exactly(timeout) = timeout {
                     cluster.request_timeout = timeout;
-                }
-                if let ClusterRetry::Exactly(retry) = retry {
-                    cluster.retry = retry;
                 }
             } else {
                 cluster.protocol = Protocol::Tcp;
@@ -3453,6 +3462,28 @@ mod tests {
         assert_eq!(config.clusters["backend"].protocol, Protocol::Tcp);
     }
 
+    /// MeshRetry's `tcp.maxConnectAttempt` (the TCP proxy's `max_connect_attempts`) gives the
+    /// listener its connection attempts; unset is Envoy's one; zero (Envoy refuses it) and a
+    /// back-off between attempts (not implemented) are NACKed by path.
+    #[test]
+    fn tcp_connect_attempts_are_the_listeners() {
+        let attempts = |extra: &str| {
+            let text = outbound_tcp_proxy(&format!("          cluster: backend\n{extra}"));
+            translate(&set(&text), &node()).map(|c| c.listeners[0].max_connect_attempts)
+        };
+        assert_eq!(attempts("").unwrap(), 1);
+        assert_eq!(attempts("          maxConnectAttempts: 5\n").unwrap(), 5);
+        let tcp = "listeners[\"outbound:127.0.0.1:10001\"].filter_chains[0].filters[0].typed_config(envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy)";
+        let nacks = attempts("          maxConnectAttempts: 0\n").unwrap_err();
+        assert_eq!(nacks.len(), 1, "{nacks:#?}");
+        assert_eq!(nacks[0].field, format!("{tcp}.max_connect_attempts"));
+        let back_off =
+            "          maxConnectAttempts: 3\n          backoffOptions: {baseInterval: 1s}\n";
+        let nacks = attempts(back_off).unwrap_err();
+        assert_eq!(nacks.len(), 1, "{nacks:#?}");
+        assert_eq!(nacks[0].field, format!("{tcp}.backoff_options"));
+    }
+
     /// OUTBOUND with its one route replaced by `routes` (YAML list items at the routes'
     /// indentation).
     fn outbound_with_routes(routes: &str) -> String {
@@ -3595,7 +3626,7 @@ mod tests {
             r#"              - match: {prefix: /a, caseSensitive: false}
                 route: {cluster: backend, timeout: 0s}
               - match: {prefix: /b}
-                route: {cluster: backend, timeout: 0s, retryPolicy: {retryOn: 5xx}, hashPolicy: [{header: {headerName: x}}]}
+                route: {cluster: backend, timeout: 0s, retryPolicy: {retryOn: 5xx, retriableHeaders: [{name: x}]}, hashPolicy: [{header: {headerName: x}}]}
               - match: {prefix: /}
                 route: {cluster: backend, timeout: 0s}
 "#,
@@ -3620,25 +3651,33 @@ mod tests {
             format!("{routes}[0].match.case_sensitive"),
             "not implemented",
         );
-        has(format!("{routes}[1].route.retry_policy"), "retries");
+        has(
+            format!("{routes}[1].route.retry_policy.retriable_headers"),
+            "retries",
+        );
         has(format!("{routes}[1].route.hash_policy"), "load balancing");
         has(format!("{HCM}.generate_request_id"), "not implemented");
     }
 
-    /// kuma-cp's default MeshRetry (on every route) is held by the cluster the routes reach:
-    /// a plain listener's and a route table's alike; routes to one cluster asking different
-    /// policies are NACKed by the route's path, and a condition Bearing does not retry on by
-    /// the `retry_on` path.
+    /// kuma-cp's default MeshRetry (on every route) is the route's (Envoy's
+    /// `RouteAction.retry_policy`): a plain listener's one route gives the listener its
+    /// policy, a route table's routes keep theirs, so routes to one cluster may differ (a
+    /// MeshRetry targeting one MeshHTTPRoute); a virtual host's policy serves its routes
+    /// without one; a condition Bearing does not retry on is NACKed by the `retry_on` path.
     #[test]
-    fn kumas_default_retry_policy_is_held_by_the_cluster() {
+    fn retry_policies_are_the_routes() {
         const KUMA_DEFAULT: &str = "retryPolicy: {retryOn: 'gateway-error,connect-failure,refused-stream', numRetries: 5, perTryTimeout: 16s, retryBackOff: {baseInterval: 0.025s, maxInterval: 0.250s}}";
         let route = |prefix: &str, retry: &str| {
             format!("              - match: {{prefix: {prefix}}}\n                route: {{cluster: backend, timeout: 15s{retry}}}\n")
         };
+        let retry_of = |r: &bearing_proxy_config::HttpRoute| match &r.action {
+            RouteAction::Forward { retry, .. } => retry.clone(),
+            other => panic!("{other:?}"),
+        };
         let with = format!(", {KUMA_DEFAULT}");
         let plain = translate(&set(&outbound_with_routes(&route("/", &with))), &node()).unwrap();
         assert_eq!(plain.listeners[0].routes, None);
-        let retry = plain.clusters["backend"].retry.as_ref().expect("held");
+        let retry = plain.listeners[0].retry.clone().expect("the listener's");
         assert_eq!(retry.num_retries, 5);
         assert_eq!(retry.per_try_timeout, Some(Duration::from_secs(16)));
         assert!(retry.on.gateway_error && retry.on.connect_failure && retry.on.refused_stream);
@@ -3647,26 +3686,34 @@ mod tests {
             Some(Duration::from_secs(15))
         );
 
-        let table = outbound_with_routes(&format!("{}{}", route("/a", &with), route("/", &with)));
-        let table = translate(&set(&table), &node()).unwrap();
-        assert!(table.listeners[0].routes.is_some());
-        assert_eq!(table.clusters["backend"].retry.as_ref(), Some(retry));
-
         let mixed = outbound_with_routes(&format!("{}{}", route("/a", &with), route("/", "")));
-        let nacks = translate(&set(&mixed), &node()).unwrap_err();
-        let routes = format!("{HCM}.route_config.virtual_hosts[0].routes");
-        assert_eq!(
-            nacks[0].field,
-            format!("{routes}[1].route.retry_policy"),
-            "{nacks:?}"
-        );
-        assert!(
-            nacks[0].reason.contains("different retry policies"),
-            "{nacks:?}"
-        );
+        let mixed = translate(&set(&mixed), &node()).unwrap_or_else(|n| panic!("{n:#?}"));
+        let listener = &mixed.listeners[0];
+        assert_eq!(listener.retry, None, "a route table's routes carry theirs");
+        let routes = &listener.routes.as_ref().expect("routed").virtual_hosts[0].routes;
+        assert_eq!(retry_of(&routes[0]).as_ref(), Some(&retry));
+        assert_eq!(retry_of(&routes[1]), None);
+
+        // The virtual host's policy for the route without one.
+        let host_wide = outbound_with_routes(&format!("{}{}", route("/a", &with), route("/", "")))
+            .replace(
+                "domains: ['*']",
+                "domains: ['*']\n              retryPolicy: {retryOn: 5xx, numRetries: 2}",
+            );
+        let host_wide = translate(&set(&host_wide), &node()).unwrap_or_else(|n| panic!("{n:#?}"));
+        let routes = &host_wide.listeners[0]
+            .routes
+            .as_ref()
+            .unwrap()
+            .virtual_hosts[0]
+            .routes;
+        assert_eq!(retry_of(&routes[0]).as_ref(), Some(&retry));
+        let fallback = retry_of(&routes[1]).expect("the virtual host's");
+        assert!(fallback.on.server_error && fallback.num_retries == 2);
 
         let grpc = route("/", ", retryPolicy: {retryOn: 'cancelled,unavailable'}");
         let nacks = translate(&set(&outbound_with_routes(&grpc)), &node()).unwrap_err();
+        let routes = format!("{HCM}.route_config.virtual_hosts[0].routes");
         assert_eq!(
             nacks[0].field,
             format!("{routes}[0].route.retry_policy.retry_on")

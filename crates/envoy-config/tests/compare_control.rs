@@ -2,7 +2,7 @@
 //! and inbound-proxy cases, xds-egress), the directory store's compiler (bearing-control) and the
 //! translation of the golden must give the same `ProxyConfig` for the parts both cover:
 //! listener names (a golden in Kuma's unified naming: its listeners are the store's on the
-//! same address, their clusters the store's they reach), addresses, direction, protocol, socket binding, downstream mTLS, cluster
+//! same address, their clusters the store's they reach), addresses, direction, protocol, socket binding, TCP connect attempts, downstream mTLS, cluster
 //! names, endpoints and upstream TLS. A golden holds one generator's output (the
 //! direct-access listeners, the inbound listeners), so what the store compiles beyond it is
 //! not a difference; what the golden holds and the store lacks is. The golden's policy filters (legacy TrafficPermission's
@@ -401,6 +401,11 @@ fn differences(golden: &ProxyConfig, store: &ProxyConfig) -> Vec<String> {
                 format!("{:?}", c.protocol),
             ),
             ("bind", l.bind.to_string(), c.bind.to_string()),
+            (
+                "max_connect_attempts",
+                l.max_connect_attempts.to_string(),
+                c.max_connect_attempts.to_string(),
+            ),
             ("tls", format!("{:?}", l.tls), format!("{:?}", c.tls)),
             ("cluster", cluster.0, cluster.1),
             (

@@ -22,6 +22,7 @@ fn router(n: usize) -> Router {
             response_headers: HeaderFilter::default(),
             action: RouteAction::Forward {
                 timeout: None,
+                retry: None,
                 backends: vec![WeightedCluster {
                     cluster: format!("backend-{i}"),
                     weight: 1,

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bearing_proxy_config::{
     GatewayListener, GatewayProtocol, HeaderFilter, HttpMatch, HttpRoute, PathMatch, PathRewrite,
-    Redirect, RouteAction, RouteTable, ValueMatch, WeightedCluster,
+    Redirect, RetryPolicy, RouteAction, RouteTable, ValueMatch, WeightedCluster,
 };
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -64,6 +64,8 @@ pub enum Decision<'r> {
         /// The route's response timeout (zero: none; `None`: the cluster's), for
         /// `bearing_proxy_config::response_timeout`.
         timeout: Option<Duration>,
+        /// The route's retry policy (`None`: no retries).
+        retry: Option<&'r RetryPolicy>,
         /// Host becomes the hostname of the endpoint the request is sent to, when it has
         /// one (`Rewrite::host_to_backend_hostname`): known only once an endpoint is chosen.
         endpoint_host: bool,
@@ -205,6 +207,7 @@ enum Action {
         host_to_backend_hostname: bool,
         host: Option<HeaderValue>,
         timeout: Option<Duration>,
+        retry: Option<RetryPolicy>,
     },
     Redirect(Redirect, Option<PathEdit>),
     DirectResponse(StatusCode, String),
@@ -354,8 +357,10 @@ impl Route {
                 backends,
                 rewrite,
                 timeout,
+                retry,
             } => Action::Forward {
                 timeout: *timeout,
+                retry: retry.clone(),
                 pick: Weighted::new(backends.iter().map(|b| b.weight)),
                 backends: backends.clone(),
                 path: path_edit(rewrite.as_ref().and_then(|rw| rw.path.as_ref()))?,
@@ -548,6 +553,7 @@ impl Router {
                 host_to_backend_hostname,
                 host,
                 timeout,
+                retry,
             } => {
                 let Some(backend) = pick.pick().and_then(|i| backends.get(i)) else {
                     return respond(StatusCode::SERVICE_UNAVAILABLE);
@@ -571,6 +577,7 @@ impl Router {
                         .map(|(cluster, _)| cluster.as_str()),
                     origin: &route.origin,
                     timeout: *timeout,
+                    retry: retry.as_ref(),
                     endpoint_host: *host_to_backend_hostname,
                 }
             }

@@ -19,6 +19,7 @@ fn route(origin: &str, matches: HttpMatch, cluster: &str) -> HttpRoute {
         response_headers: HeaderFilter::default(),
         action: RouteAction::Forward {
             timeout: None,
+            retry: None,
             backends: vec![backend(cluster, 1)],
             rewrite: None,
         },
@@ -315,6 +316,7 @@ fn filters_and_prefix_rewrite() {
     };
     rt.action = RouteAction::Forward {
         timeout: None,
+        retry: None,
         backends: vec![WeightedCluster {
             cluster: "svc".into(),
             weight: 1,
@@ -431,6 +433,7 @@ fn weights_mirrors_and_tcp_backends() {
     let mut rt = route("w", HttpMatch::default(), "unused");
     rt.action = RouteAction::Forward {
         timeout: None,
+        retry: None,
         backends: vec![backend("v1", 1), backend("v2", 3)],
         rewrite: None,
     };
@@ -536,6 +539,7 @@ fn route_table_matches_and_rewrites() {
     let mut string_prefix = route("sp", path(PathMatch::StringPrefix("/v1/".into())), "v1");
     string_prefix.action = RouteAction::Forward {
         timeout: None,
+        retry: None,
         backends: vec![backend("v1", 1)],
         rewrite: Some(Rewrite {
             path: Some(PathRewrite::ReplacePrefixMatch("/v2".into())),
@@ -546,6 +550,7 @@ fn route_table_matches_and_rewrites() {
     let mut exact = route("ex", path(PathMatch::Exact("/v1".into())), "v1");
     exact.action = RouteAction::Forward {
         timeout: None,
+        retry: None,
         backends: vec![backend("v1", 1)],
         rewrite: Some(Rewrite {
             path: Some(PathRewrite::Regex {

@@ -274,6 +274,9 @@ pub struct SniHttp {
     /// route's `cluster`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routes: Option<RouteTable>,
+    /// Without `routes`: the retry policy of the one route (as `Listener::retry`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
 }
 
 /// TLS a cluster originates towards its endpoints (hashed: the runtime keeps the TLS context
@@ -537,6 +540,19 @@ pub struct Listener {
     /// Empty: every connection goes to `cluster`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tcp_backends: Vec<WeightedCluster>,
+    /// An HTTP listener without routes (`cluster` takes every request): when a request is
+    /// sent again (the retry policy of its one route, kuma-cp's MeshRetry); `None`: only a
+    /// stale pooled connection's request is repeated. A route table's routes carry their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// TCP proxying (a TCP listener, a gateway's TCP and TLS hosts, a zone proxy's SNI
+    /// routes): connection attempts made for one downstream connection, each to the endpoint
+    /// the load balancer picks next (an endpoint again once every one was tried), before the
+    /// downstream connection is closed (Envoy's `tcp_proxy.max_connect_attempts`, 1 when
+    /// unset; kuma-cp's MeshRetry `tcp.maxConnectAttempt`), with no pause between them (Envoy
+    /// without `backoff_options`).
+    #[serde(skip_serializing_if = "Listener::one_attempt")]
+    pub max_connect_attempts: u32,
     /// Fail closed: a policy denies traffic to this inbound that Bearing cannot enforce per
     /// source (a MeshTrafficPermission `Deny`), so every connection is refused. Names the
     /// policy (`MeshTrafficPermission/<name>`) for logs and `/config_dump`.
@@ -563,8 +579,8 @@ fn lossy_text<S: serde::Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::
 
 impl Listener {
     /// A listener bound to `address` with nothing decided yet: no cluster or service, a
-    /// socket of its own, no TLS, SNI routes, gateway, route table or TCP split; callers set
-    /// what applies.
+    /// socket of its own, no TLS, SNI routes, gateway, route table or TCP split, one connect
+    /// attempt; callers set what applies.
     pub fn new(
         name: impl Into<String>,
         address: SocketAddr,
@@ -584,10 +600,18 @@ impl Listener {
             gateway: None,
             routes: None,
             tcp_backends: Vec::new(),
+            retry: None,
+            max_connect_attempts: 1,
             deny_all: None,
             direct_response: None,
             http2_windows: Http2Windows::default(),
         }
+    }
+
+    /// Whether a TCP proxy's connection takes one attempt (Envoy's default), which
+    /// `/config_dump` and the version leave unsaid.
+    fn one_attempt(attempts: &u32) -> bool {
+        *attempts == 1
     }
 }
 
@@ -600,7 +624,8 @@ pub struct Cluster {
     pub protocol: Protocol,
     /// Endpoints, in order of priority (`Endpoint::priority`, the highest first, the order
     /// given kept within a level); load balanced round robin over the level that takes the
-    /// traffic; an endpoint that refuses the connection is skipped.
+    /// traffic; a further attempt after one refuses the connection goes to the next (HTTP
+    /// fail-over, a TCP proxy's `max_connect_attempts`).
     pub endpoints: Vec<Endpoint>,
     /// Limit for establishing one upstream connection.
     #[serde(serialize_with = "millis::serialize")]
@@ -617,11 +642,6 @@ pub struct Cluster {
     /// HTTP/2 flow-control windows offered to the endpoints (HTTP/2 clusters).
     #[serde(skip_serializing_if = "Http2Windows::is_default")]
     pub http2_windows: Http2Windows,
-    /// When an HTTP request is sent again (the retry policy of the routes that reach the
-    /// cluster); `None`: only a stale pooled connection's request is repeated, and a failed
-    /// connect moves on to the next endpoint.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RetryPolicy>,
     /// Endpoints named by hostname, resolved while the proxy runs (Envoy's STRICT_DNS and
     /// LOGICAL_DNS clusters); their addresses join `endpoints`. `None`: `endpoints` is all.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,12 +1,11 @@
-//! A cluster's HTTP retry policy: when a request is sent again, how often, and how long each
+//! A route's HTTP retry policy: when a request is sent again, how often, and how long each
 //! attempt and the pause before it may take (Envoy's route `retry_policy`, as kuma-cp renders
 //! MeshRetry's `http` section, its default policy included).
 
 use serde::Serialize;
 use std::time::Duration;
 
-/// When and how often a request to a cluster is tried again, as Envoy's `RetryPolicy` of the
-/// routes that reach the cluster.
+/// When and how often a request a route forwards is tried again, as Envoy's `RetryPolicy`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// What makes an attempt worth repeating.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::RetryPolicy;
+
 /// A sidecar HTTP listener's route table (Envoy's `RouteConfiguration`): the virtual host
 /// whose domains match the request's Host, then its first route whose match holds. No virtual
 /// host or no route matching is a 404.
@@ -80,6 +82,7 @@ impl HttpRoute {
                 }],
                 rewrite,
                 timeout,
+                retry: None,
             },
             mirror: None,
         }
@@ -197,6 +200,11 @@ pub enum RouteAction {
             serialize_with = "crate::opt_millis::serialize"
         )]
         timeout: Option<Duration>,
+        /// When the request is sent again (Envoy's `RouteAction.retry_policy`, else its
+        /// virtual host's; kuma-cp's MeshRetry); `None`: only a stale pooled connection's
+        /// request is repeated. Two routes to one cluster may differ.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry: Option<RetryPolicy>,
     },
     /// Answer with a redirect.
     Redirect(Redirect),

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use bearing_http1::{parse_request, parse_response, BodyLength, BodyProgress, NotForwarded};
 use bearing_http1::{Refused, RequestHead, ResponseHead};
+use bearing_proxy_config::RetryPolicy;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
@@ -297,6 +298,7 @@ where
                 Some(c) if !c.is_h2() => Routed::Forward {
                     cluster: c,
                     timeout: c.config.request_timeout,
+                    retry: listener.retry(),
                     edits: None,
                 },
                 _ => Routed::Unsupported("cluster not spoken to over HTTP/1.1"),
@@ -308,11 +310,12 @@ where
             Routed::Forward {
                 cluster,
                 timeout,
+                retry,
                 edits,
             } => {
                 Box::pin(exchange(
                     &mut down,
-                    (cluster, timeout),
+                    (cluster, timeout, retry),
                     &request,
                     &bufs.request_head,
                     Response {
@@ -425,6 +428,7 @@ fn route_head<'r>(
         Routing::Forward {
             target,
             timeout,
+            retry,
             response_headers,
             mirror,
             ..
@@ -437,6 +441,7 @@ fn route_head<'r>(
             Routed::Forward {
                 cluster: target,
                 timeout,
+                retry,
                 edits: Some(routes.edits(Some(response_headers))),
             }
         }
@@ -577,11 +582,11 @@ enum Sent {
 }
 
 /// Sends `request` to the cluster ([`super::forward`]: the next endpoint that takes it, a
-/// stale pooled connection replaced) and relays the response; a failure before the response
-/// is answered with a local reply.
+/// stale pooled connection replaced, again as the route's retry policy asks) and relays the
+/// response; a failure before the response is answered with a local reply.
 async fn exchange<S>(
     down: &mut S,
-    (cluster, timeout): (&ClusterRuntime, Option<Duration>),
+    (cluster, timeout, retry): (&ClusterRuntime, Option<Duration>, Option<&RetryPolicy>),
     request: &Request<'_>,
     request_head: &[u8],
     mut response: Response<'_>,
@@ -595,7 +600,7 @@ where
         head: request_head,
         response: &mut response,
     };
-    match super::forward(cluster, &mut upstream, request).await {
+    match super::forward((cluster, retry), &mut upstream, request).await {
         // Held until the response has been relayed.
         Ok(((up, head, _request_unit), pool)) => {
             relay(down, up, &pool, head, request, cluster, response).await

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bearing_http1::{valid_host, MAX_HEAD, MAX_HEADERS};
+use bearing_proxy_config::RetryPolicy;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -50,8 +51,8 @@ pub(crate) async fn serve_request<L: HttpListener>(
             match (listener.routes(), listener.cluster()) {
                 (Some(routes), _) => route(req, listener.name(), routes, peer).await,
                 (None, Some(cluster)) => {
-                    let timeout = cluster.config.request_timeout;
-                    send(req.map(RequestBody::Streamed), cluster, timeout, false).await
+                    let limits = (cluster.config.request_timeout, listener.retry());
+                    send(req.map(RequestBody::Streamed), cluster, limits, false).await
                 }
                 (None, None) => {
                     let message = format!("listener {} has no cluster", listener.name());
@@ -94,6 +95,7 @@ async fn route(
         Routing::Forward {
             target,
             timeout,
+            retry,
             response_headers,
             mirror,
             endpoint_host,
@@ -103,7 +105,7 @@ async fn route(
                 None => RequestBody::Streamed(body),
             };
             let req = Request::from_parts(parts, body);
-            let mut resp = send(req, target, timeout, endpoint_host).await;
+            let mut resp = send(req, target, (timeout, retry), endpoint_host).await;
             response_headers.apply(resp.headers_mut());
             resp
         }
@@ -117,14 +119,15 @@ async fn route(
     resp
 }
 
-/// Sends one request to `cluster` and counts the outcome there: the upstream's response
-/// without hop-by-hop headers, or a 503 (504 when no response head came within `timeout`,
-/// the route's or the cluster's; `None`: no limit) naming the failure. With
-/// `endpoint_host`, Host becomes the hostname of the endpoint it is sent to, when it has one.
+/// Sends one request to `cluster` (again as the route's `retry` policy asks) and counts the
+/// outcome there: the upstream's response without hop-by-hop headers, or a 503 (504 when no
+/// response head came within `timeout`, the route's or the cluster's; `None`: no limit)
+/// naming the failure. With `endpoint_host`, Host becomes the hostname of the endpoint it
+/// is sent to, when it has one.
 pub async fn send(
     mut req: Request<RequestBody>,
     cluster: &ClusterRuntime,
-    timeout: Option<Duration>,
+    (timeout, retry): (Option<Duration>, Option<&RetryPolicy>),
     endpoint_host: bool,
 ) -> Response<ProxyBody> {
     prepare_request(&mut req, cluster.is_h2());
@@ -134,7 +137,7 @@ pub async fn send(
         endpoint_host,
         client_host: None,
     };
-    match super::forward(cluster, &mut upstream, req).await {
+    match super::forward((cluster, retry), &mut upstream, req).await {
         Ok((mut resp, _)) => {
             cluster.stats.requests.count(resp.status().as_u16());
             strip_hop_by_hop(resp.headers_mut());

@@ -73,7 +73,9 @@ pub(crate) fn spawn_mirror(
     tokio::spawn(async move {
         let limit = cluster.config.request_timeout.unwrap_or(MIRROR_TIMEOUT);
         let exchange = async {
-            let mut body = send(copy, &cluster, Some(limit), false).await.into_body();
+            let mut body = send(copy, &cluster, (Some(limit), None), false)
+                .await
+                .into_body();
             // Read to its end so the upstream connection goes back to the pool.
             while let Some(frame) = body.frame().await {
                 if let Err(e) = frame {

@@ -49,6 +49,8 @@ pub(crate) trait HttpListener {
     fn name(&self) -> &str;
     /// The cluster every request goes to when the listener has no routes.
     fn cluster(&self) -> Option<&ClusterRuntime>;
+    /// The retry policy of requests to that cluster (its one route's).
+    fn retry(&self) -> Option<&RetryPolicy>;
     /// The routes its requests take (a gateway's, or a sidecar's route table).
     fn routes(&self) -> Option<&HttpRoutes>;
     /// Where its responses are counted by status.
@@ -64,11 +66,12 @@ pub(crate) trait HttpListener {
 /// Where one request goes.
 pub(crate) enum Routed<'l> {
     /// To `cluster`, the response head awaited for `timeout` (the route's, else the
-    /// cluster's; `None`: no limit), each response head sent downstream changed by `edits`
-    /// (a route's).
+    /// cluster's; `None`: no limit), sent again as the route's `retry` policy asks, each
+    /// response head sent downstream changed by `edits` (a route's).
     Forward {
         cluster: &'l ClusterRuntime,
         timeout: Option<Duration>,
+        retry: Option<&'l RetryPolicy>,
         edits: Option<ResponseEdits<'l>>,
     },
     /// Answered by the proxy (a router's 404, redirect, direct response or refusal).
@@ -146,7 +149,7 @@ pub(crate) trait UpstreamCodec {
     ) -> Attempt<Self::Request, Self::Answer>;
 
     /// A copy of `request` to send again after an attempt answered or lost it, when the
-    /// codec can make one (a retry policy's; asked only when the cluster has one).
+    /// codec can make one (a retry policy's; asked only when the route has one).
     fn copy(&self, request: &Self::Request) -> Option<Self::Request>;
 
     /// The limit for the next attempt's response head (`None`: no limit).
@@ -157,14 +160,14 @@ pub(crate) trait UpstreamCodec {
 }
 
 /// Sends `request` to `cluster` through `codec`, as [`try_endpoints`] does, and again as the
-/// cluster's retry policy asks ([`retrying`]). Gives the answer and the pool of the endpoint
+/// route's `retry` policy asks ([`retrying`]). Gives the answer and the pool of the endpoint
 /// that gave it.
 pub(crate) async fn forward<'c, C: UpstreamCodec>(
-    cluster: &'c ClusterRuntime,
+    (cluster, retry): (&'c ClusterRuntime, Option<&RetryPolicy>),
     codec: &mut C,
     request: C::Request,
 ) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
-    match &cluster.config.retry {
+    match retry {
         None => try_endpoints(cluster, codec, request, &mut None).await,
         Some(policy) => retrying(cluster, policy, codec, request).await,
     }

@@ -60,6 +60,25 @@ struct Case {
     expect: Expect,
 }
 
+/// A GET of `path` with Host `web` to the live cluster, on every codec, answered `status`
+/// with `body` (by the origin or the proxy).
+fn answered_get(
+    name: &'static str,
+    path: &'static str,
+    (status, body): (u16, &'static str),
+) -> Case {
+    Case {
+        name,
+        method: "GET",
+        path,
+        headers: &[("host", "web")],
+        body: "",
+        to: To::Live,
+        h2: true,
+        expect: Expect::Reply(status, body),
+    }
+}
+
 const CASES: &[Case] = &[
     Case {
         name: "a plain request goes on with its fields",
@@ -650,16 +669,7 @@ async fn each_route_times_out_at_its_own_timeout_through_every_codec() {
     let mut failures = Vec::new();
     for (path, timeout) in table {
         for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
-            let case = Case {
-                name: "timed",
-                method: "GET",
-                path,
-                headers: &[("host", "web")],
-                body: "",
-                to: To::Live,
-                h2: true,
-                expect: Expect::Reply(504, "upstream request timeout"),
-            };
+            let case = answered_get("timed", path, (504, "upstream request timeout"));
             let started = tokio::time::Instant::now();
             let answer = ask(&proxy, codec, &case).await;
             let took = started.elapsed();
@@ -798,7 +808,8 @@ fn kuma_default_retry(per_try: Duration) -> bearing_proxy_config::RetryPolicy {
     }
 }
 
-/// A cluster with Kuma's default retry policy, through every codec: an origin answering 503,
+/// A listener whose one route has Kuma's default retry policy, through every codec: an
+/// origin answering 503,
 /// 502, then 200 gets each request three times and the client the 200 (a POST's held body
 /// too, on the byte codec); a 500 is not a gateway error and is relayed at once; without the
 /// policy the first 503 is relayed. An origin that never answers gets the request once per
@@ -830,7 +841,9 @@ async fn a_retry_policy_sends_again_what_it_names_through_every_codec() {
     let with = |config: &mut ProxyConfig, name: &str, address, retry: bool| {
         let c = config.clusters.get_mut(name).unwrap();
         c.endpoints[0].address = address;
-        c.retry = retry.then(|| policy.clone());
+        let listener = format!("outbound:{name}");
+        let l = config.listeners.iter_mut().find(|l| l.name == listener);
+        l.unwrap().retry = retry.then(|| policy.clone());
     };
     let mut config = (*config(flaky, failing)).clone();
     with(&mut config, "live", flaky, true);
@@ -898,6 +911,70 @@ async fn a_retry_policy_sends_again_what_it_names_through_every_codec() {
             failures.push(format!(
                 "silent ({codec:?}): {answer:?}, {tries} tries in {took:?}"
             ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Two routes of one table to one cluster with different retry policies (a MeshRetry that
+/// targets one MeshHTTPRoute), through every codec: an origin answering 503, 503, then 200
+/// gets a `/patient` request three times (up to 5 retries) and the client the 200; a `/once`
+/// request twice (1 retry on `5xx`), the client the second 503; a `/never` request (no
+/// policy) once, the first 503.
+#[tokio::test]
+async fn routes_to_one_cluster_retry_by_their_own_policies_through_every_codec() {
+    use bearing_proxy_config::{HttpRoute, RetryOn, RouteAction, RouteTable, VirtualHost};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = Arc::new(AtomicUsize::new(0));
+    let origin = scripted_upstream(&[503, 503, 200], seen.clone()).await;
+    let once = bearing_proxy_config::RetryPolicy {
+        on: RetryOn {
+            server_error: true,
+            ..Default::default()
+        },
+        num_retries: 1,
+        ..kuma_default_retry(Duration::from_secs(2))
+    };
+    let route = |prefix: &str, retry: Option<bearing_proxy_config::RetryPolicy>| {
+        let mut r = HttpRoute::prefix_to(format!("route {prefix}"), prefix, "live", None, None);
+        if let RouteAction::Forward { retry: to, .. } = &mut r.action {
+            *to = retry;
+        }
+        r
+    };
+    let mut config = (*config(origin, origin)).clone();
+    config.listeners[0].routes = Some(RouteTable {
+        name: "retries".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "web".into(),
+            domains: vec!["*".into()],
+            routes: vec![
+                route("/patient", Some(kuma_default_retry(Duration::from_secs(2)))),
+                route("/once", Some(once)),
+                route("/never", None),
+            ],
+        }],
+    });
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    let table = [
+        ("/patient", (200, "2"), 3),
+        ("/once", (503, "5"), 2),
+        ("/never", (503, "5"), 1),
+    ];
+    let mut failures = Vec::new();
+    for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+        for (path, (status, body), wanted) in table {
+            // Each request starts the origin's script over.
+            seen.store(0, Ordering::SeqCst);
+            let case = answered_get("retried by its route", path, (status, body));
+            let answer = ask(&proxy, codec, &case).await;
+            let tries = seen.load(Ordering::SeqCst);
+            if answer != (status, body.to_string()) || tries != wanted {
+                failures.push(format!(
+                    "{path} ({codec:?}): {answer:?} after {tries} tries"
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
