@@ -11,11 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Goldens without a policy that Bearing cannot translate yet, and why.
-const NOT_YET: &[(&str, &str)] = &[
-    ("gateway/tcp/tcp-route.yaml", "max_connect_attempts: a TCP gateway chain's tcp_proxy connect attempts are not implemented"),
-    ("gateway/tcp/tcp-route-no-egress.yaml", "max_connect_attempts: a TCP gateway chain's tcp_proxy connect attempts are not implemented"),
-    ("gateway/tls/tcp-route.yaml", "max_connect_attempts: a TLS gateway chain's tcp_proxy connect attempts are not implemented"),
-];
+const NOT_YET: &[(&str, &str)] = &[];
 
 /// A golden's resources, decoded and translated.
 fn outcome(file: &Path) -> Result<String, Vec<Nack>> {
