@@ -141,6 +141,11 @@ pub async fn send(
         Ok((mut resp, _)) => {
             cluster.stats.requests.count(resp.status().as_u16());
             strip_hop_by_hop(resp.headers_mut());
+            // The response goes out in the client's version, as Envoy's: hyper writes the
+            // status line of the version it is given, so an HTTP/1.0 origin's answer would
+            // reach HTTP/1.1 clients as `HTTP/1.0` (hyper itself answers HTTP/1.0 clients in
+            // HTTP/1.0, and HTTP/2 has no status line).
+            *resp.version_mut() = Version::HTTP_11;
             resp.map(ProxyBody::Streamed)
         }
         Err(failure) => reply(Reply::of_failure(&failure, cluster)),

@@ -979,3 +979,58 @@ async fn routes_to_one_cluster_retry_by_their_own_policies_through_every_codec()
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// An HTTP/1.0 origin (no length, the body ends at close) answers HTTP/1.1 clients through
+/// both HTTP/1.1 codecs with an `HTTP/1.1` status line and its whole body, as Envoy does: a
+/// response goes out in the client's version, not the origin's.
+#[tokio::test]
+async fn an_http10_origins_answer_reaches_http11_clients_as_http11() {
+    let origin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = origin.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = origin.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_head(&mut s, &mut buf).await.is_some() {
+                    let answer = "HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nold origin";
+                    let _ = s.write_all(answer.as_bytes()).await;
+                }
+            });
+        }
+    });
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(config(address, address));
+    for codec in [Codec::Bytes, Codec::HyperH1] {
+        let listener = proxy.snapshot().listener(&listener_address(0)).cloned();
+        let listener = listener.expect("the live listener");
+        let (server, mut client, peer) = connection().await;
+        let p = proxy.clone();
+        let serving = tokio::spawn(async move {
+            match codec {
+                Codec::Bytes => {
+                    p.serve_http(server, listener, peer, Admission::Plaintext)
+                        .await
+                }
+                _ => {
+                    p.serve_hyper(server, listener, peer, Admission::Plaintext, false)
+                        .await
+                }
+            }
+        });
+        let request = "GET /old HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n";
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = client.read_to_end(&mut answer);
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the proxy closes after the response")
+            .unwrap();
+        serving.abort();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{codec:?}: {answer}"
+        );
+        assert!(answer.contains("old origin"), "{codec:?}: {answer}");
+    }
+}
