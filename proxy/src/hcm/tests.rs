@@ -446,14 +446,15 @@ async fn send_h2(client: TcpStream, case: &Case) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).to_string())
 }
 
-/// Sends the case's request to its listener through `codec` on a new connection; the
-/// response's status and body.
-async fn ask(proxy: &Arc<Proxy>, codec: Codec, case: &Case) -> (u16, String) {
-    let listener = proxy
-        .snapshot()
-        .listener(&listener_address(case.to as usize))
-        .cloned();
-    let listener = listener.expect("the case's listener");
+/// A new connection to the `i`-th listener of [`config`], served through `codec`: the
+/// client's side and the task serving it.
+async fn open(
+    proxy: &Arc<Proxy>,
+    codec: Codec,
+    i: usize,
+) -> (TcpStream, tokio::task::JoinHandle<()>) {
+    let listener = proxy.snapshot().listener(&listener_address(i)).cloned();
+    let listener = listener.expect("the listener");
     let (server, client, peer) = connection().await;
     let p = proxy.clone();
     let serving = tokio::spawn(async move {
@@ -468,6 +469,13 @@ async fn ask(proxy: &Arc<Proxy>, codec: Codec, case: &Case) -> (u16, String) {
             }
         }
     });
+    (client, serving)
+}
+
+/// Sends the case's request to its listener through `codec` on a new connection; the
+/// response's status and body.
+async fn ask(proxy: &Arc<Proxy>, codec: Codec, case: &Case) -> (u16, String) {
+    let (client, serving) = open(proxy, codec, case.to as usize).await;
     let answer = match codec {
         Codec::HyperH2 => send_h2(client, case).await,
         _ => send_h1(client, case).await,
@@ -1001,22 +1009,7 @@ async fn an_http10_origins_answer_reaches_http11_clients_as_http11() {
     let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
     proxy.apply(config(address, address));
     for codec in [Codec::Bytes, Codec::HyperH1] {
-        let listener = proxy.snapshot().listener(&listener_address(0)).cloned();
-        let listener = listener.expect("the live listener");
-        let (server, mut client, peer) = connection().await;
-        let p = proxy.clone();
-        let serving = tokio::spawn(async move {
-            match codec {
-                Codec::Bytes => {
-                    p.serve_http(server, listener, peer, Admission::Plaintext)
-                        .await
-                }
-                _ => {
-                    p.serve_hyper(server, listener, peer, Admission::Plaintext, false)
-                        .await
-                }
-            }
-        });
+        let (mut client, serving) = open(&proxy, codec, 0).await;
         let request = "GET /old HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n";
         client.write_all(request.as_bytes()).await.unwrap();
         let mut answer = Vec::new();
