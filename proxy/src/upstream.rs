@@ -43,7 +43,7 @@ use crate::body::MessageBody;
 use crate::circuit::{Held, Occupancy, Overflow, Resource};
 use crate::io::Counted;
 use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
-use crate::priority::Levels;
+use crate::priority::serving_level;
 use crate::stats::ClusterStats;
 use crate::workers;
 use tokio_util::either::Either;
@@ -498,9 +498,9 @@ pub struct ClusterRuntime {
     /// Its metrics.
     pub stats: ClusterStats,
     endpoints: ClusterEndpoints,
-    /// Which of the config's endpoints take the traffic (`ClusterEndpoints::Fixed`; a
-    /// resolved set has its own).
-    levels: Levels,
+    /// The index range of the config's endpoints that take the traffic
+    /// (`ClusterEndpoints::Fixed`; a resolved set has its own).
+    serving_level: Range<usize>,
     next: AtomicUsize,
     /// TLS originated upstream; an error when the cluster needs TLS that cannot be set up.
     tls: Transport,
@@ -527,7 +527,7 @@ pub enum ClusterEndpoints {
 pub struct EndpointSet {
     endpoints: Vec<Endpoint>,
     pools: Vec<Arc<EndpointPool>>,
-    levels: Levels,
+    serving_level: Range<usize>,
 }
 
 impl EndpointSet {
@@ -539,11 +539,11 @@ impl EndpointSet {
     ) -> Self {
         endpoints.sort_by_key(|e| e.priority);
         let pools = endpoints.iter().map(pool).collect();
-        let levels = Levels::of(&endpoints);
+        let serving_level = serving_level(&endpoints);
         EndpointSet {
             endpoints,
             pools,
-            levels,
+            serving_level,
         }
     }
 
@@ -683,7 +683,7 @@ impl ClusterRuntime {
         security: UpstreamSecurity,
     ) -> Self {
         ClusterRuntime {
-            levels: Levels::of(&config.endpoints),
+            serving_level: serving_level(&config.endpoints),
             config,
             stats,
             endpoints,
@@ -706,18 +706,18 @@ impl ClusterRuntime {
         }
     }
 
-    /// The endpoints of the priority level serving the request numbered `tick`
-    /// (`crate::priority`: the highest level with endpoints, every host being healthy).
-    fn serving(&self, tick: usize) -> EndpointsView<'_> {
+    /// The endpoints of the priority level serving requests (`crate::priority`: the highest
+    /// level with endpoints, every host being healthy).
+    fn serving(&self) -> EndpointsView<'_> {
         match &self.endpoints {
             ClusterEndpoints::Fixed(pools) => {
-                let level = self.levels.pick(tick);
+                let level = self.serving_level.clone();
                 let endpoints = self.config.endpoints.get(level.clone()).unwrap_or_default();
                 EndpointsView::Fixed(endpoints, pools.get(level).unwrap_or_default())
             }
             ClusterEndpoints::Resolved(resolved) => {
                 let set = resolved.current();
-                let level = set.levels.pick(tick);
+                let level = set.serving_level.clone();
                 EndpointsView::Resolved(set, level)
             }
         }
@@ -727,7 +727,7 @@ impl ClusterRuntime {
     /// serves it: round robin start, then the rest of the level.
     pub(crate) fn rotation(&self) -> Rotation<'_> {
         let tick = self.next.fetch_add(1, Ordering::Relaxed);
-        let view = self.serving(tick);
+        let view = self.serving();
         let n = view.len();
         let start = if n == 0 { 0 } else { tick % n };
         Rotation {
