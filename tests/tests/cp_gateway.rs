@@ -260,12 +260,12 @@ fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
     );
     ensure!(curl(client, [http("/two")])? == (200, body_two.to_string()));
 
-    // A retry condition Bearing does not act on (gRPC's): NACKed by the field's path, the
-    // routes before it serving on.
+    // A retry condition Bearing does not act on (a rate-limited upstream's): NACKed by the
+    // field's path, the routes before it serving on.
     let served = dump["version"].clone();
     set_retry(
         &mut changed,
-        json!({"numRetries": 5, "retryOn": "cancelled,unavailable"}),
+        json!({"numRetries": 5, "retryOn": "envoy-ratelimited,connect-failure"}),
     )?;
     changed.write(&file)?;
     cp_process.wait_for_log("NACK type=RouteConfiguration", Duration::from_secs(30))?;

@@ -350,8 +350,10 @@ fn unreachable_endpoints_fail_over_then_fail_clearly() -> Result<()> {
     )?;
     let (pa, _pb) = sidecars(a, b, &dir)?;
 
-    // Round robin hits the dead endpoint half the time; every request must still succeed.
-    for _ in 0..10 {
+    // Round robin hits the unreachable endpoint; each request goes there after its connect
+    // timeout (5 s) to the live one, as Kuma's default MeshRetry (`connect-failure`) asks:
+    // every request must still succeed.
+    for _ in 0..3 {
         let (code, body) = curl(a, [OUT_HTTP])?;
         ensure!(code == 200, "status {code}: {body}");
     }
@@ -359,14 +361,20 @@ fn unreachable_endpoints_fail_over_then_fail_clearly() -> Result<()> {
         pa.metric("bearing_cluster_upstream_connect_failures_total{cluster=\"backend\"}")? >= 1.0
     );
 
-    // With backend-1 gone too, HTTP gets a 503 naming the cause and TCP gets a reset.
+    // With backend-1 gone and the other endpoint refusing, HTTP gets a 503 naming the cause
+    // once its retries are spent, and TCP gets a reset once its connect attempts are.
+    let refusing = backend("backend-dead", b)
+        .replace("port: 18080", "port: 28080")
+        .replace("port: 16379", "port: 26379")
+        .replace("port: 18081", "port: 28081");
+    std::fs::write(dir.join("backend-dead.yaml"), refusing)?;
     std::fs::remove_file(dir.join("backend-1.yaml"))?;
+    let refused = format!("{}:28080", b.ip4());
     wait_until(Duration::from_secs(10), || {
         pa.config_dump().is_ok_and(|d| {
             d["config"]["clusters"]["backend"]["endpoints"]
                 .as_array()
-                .map_or(0, Vec::len)
-                == 1
+                .is_some_and(|e| e.len() == 1 && e[0]["address"] == refused.as_str())
         })
     })?;
     let (code, body) = curl(a, [OUT_HTTP])?;

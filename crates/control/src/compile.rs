@@ -10,8 +10,8 @@ use bearing_model::{Dataplane, ExternalService, Inbound, Problem, Resource, Spec
 use bearing_model::{MESH_TAG, PROTOCOL_TAG, SERVICE_TAG};
 use bearing_proxy_config::{
     Cluster, Direction, DnsDiscovery, DnsEndpoints, DnsLookupFamily, DnsRecord, DownstreamTls,
-    Endpoint, HostEndpoint, Listener, Protocol, ProxyConfig, ProxyIdentity, TransparentProxy,
-    UpstreamTls, Verification,
+    Endpoint, HostEndpoint, Listener, Protocol, ProxyConfig, ProxyIdentity, RetryPolicy,
+    TransparentProxy, UpstreamTls, Verification,
 };
 
 use crate::mtls::{mesh_of, mesh_tls, meshes, resolve, server_identities};
@@ -28,6 +28,17 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// default; other listeners (inbounds, direct access, zone proxies) get Envoy's one attempt,
 /// as kuma-cp applies MeshRetry to none of them.
 pub const TCP_CONNECT_ATTEMPTS: u32 = 5;
+
+/// The retry policy of an outbound's or gateway route's requests: kuma-cp renders the same
+/// default MeshRetry's `http` section on `http` services and its `grpc` section on `grpc`
+/// ones, and nothing on `http2` ones (its retry plugin knows only those two protocols).
+pub(crate) fn default_retry(protocol: Protocol) -> Option<RetryPolicy> {
+    match protocol {
+        Protocol::Http => Some(RetryPolicy::kuma_default_http()),
+        Protocol::Grpc => Some(RetryPolicy::kuma_default_grpc()),
+        Protocol::Http2 | Protocol::Tcp => None,
+    }
+}
 
 /// What the proxy is told besides the store: its zone (`--zone`) and the mesh hostname
 /// settings (the same for every proxy).
@@ -558,6 +569,7 @@ impl Outbounds<'_> {
                 Protocol::Tcp => TCP_CONNECT_ATTEMPTS,
                 _ => 1,
             },
+            retry: default_retry(c.protocol),
             ..Listener::new(
                 format!("outbound:{address}"),
                 address,

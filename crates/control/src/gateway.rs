@@ -36,8 +36,8 @@ use bearing_model::{
 use bearing_proxy_config::{
     Cluster, Compression, CrossMesh, Direction, Endpoint, GatewayCertificate, GatewayHost,
     GatewayListener, GatewayProtocol, HeaderFilter, HeaderMatch, HttpMatch, HttpRoute, Listener,
-    Mirror, PathMatch, PathRewrite, Protocol, QueryMatch, Redirect, Rewrite, RouteAction,
-    UpstreamTls, ValueMatch, WeightedCluster,
+    Mirror, PathMatch, PathRewrite, Protocol, QueryMatch, Redirect, RetryPolicy, Rewrite,
+    RouteAction, UpstreamTls, ValueMatch, WeightedCluster,
 };
 
 use crate::compile::{problem, Destination, Outbounds};
@@ -503,7 +503,8 @@ fn http_routes(
                 timeout: None,
                 backends: backends(&rule.backends, outbounds, clusters),
                 rewrite,
-                retry: None,
+                // kuma-cp's default MeshRetry on a gateway's HTTP routes.
+                retry: Some(RetryPolicy::kuma_default_http()),
             },
         };
         for (j, m) in rule.matches.iter().enumerate() {

@@ -1457,14 +1457,14 @@ pub(super) mod tests {
             })
             .collect();
         assert!(retries.contains(&Some(5)), "{retries:?}");
-        let grpc = http_gateway("", "").replace(
+        let rate_limited = http_gateway("", "").replace(
             "timeout: 20s}",
-            "timeout: 20s, retryPolicy: {retryOn: cancelled}}",
+            "timeout: 20s, retryPolicy: {retryOn: envoy-ratelimited}}",
         );
-        let nacks = translated(&grpc).unwrap_err();
+        let nacks = translated(&rate_limited).unwrap_err();
         assert!(
             nacks[0].field.ends_with(".retry_policy.retry_on")
-                && nacks[0].reason.contains("\"cancelled\""),
+                && nacks[0].reason.contains("\"envoy-ratelimited\""),
             "{nacks:?}"
         );
     }

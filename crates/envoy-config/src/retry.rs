@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use bearing_proxy_config::{RetryOn, RetryPolicy};
+use bearing_proxy_config::{
+    RetryOn, RetryPolicy, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED, GRPC_INTERNAL,
+    GRPC_RESOURCE_EXHAUSTED, GRPC_UNAVAILABLE,
+};
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
 
 use crate::routes::Problem;
@@ -13,7 +16,8 @@ use crate::translate::duration;
 
 /// The conditions of `retry_on` Bearing acts on (Envoy's names).
 const CONDITIONS: &str = "5xx, gateway-error, reset, connect-failure, refused-stream, \
-     retriable-4xx, retriable-status-codes";
+     retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, internal, \
+     resource-exhausted, unavailable";
 
 /// Translates the retry policy at `at`; problems are pushed to `problems`.
 pub(crate) fn retry_policy(
@@ -35,6 +39,11 @@ pub(crate) fn retry_policy(
             // Envoy's one retriable 4xx: 409 Conflict.
             "retriable-4xx" => on.statuses.push(409),
             "retriable-status-codes" => status_codes = true,
+            "cancelled" => on.grpc_statuses.push(GRPC_CANCELLED),
+            "deadline-exceeded" => on.grpc_statuses.push(GRPC_DEADLINE_EXCEEDED),
+            "internal" => on.grpc_statuses.push(GRPC_INTERNAL),
+            "resource-exhausted" => on.grpc_statuses.push(GRPC_RESOURCE_EXHAUSTED),
+            "unavailable" => on.grpc_statuses.push(GRPC_UNAVAILABLE),
             other => problems.push((
                 format!("{at}.retry_on"),
                 format!("retry condition {other:?} is not implemented (Bearing retries on {CONDITIONS})"),
@@ -63,6 +72,8 @@ pub(crate) fn retry_policy(
     }
     on.statuses.sort_unstable();
     on.statuses.dedup();
+    on.grpc_statuses.sort_unstable();
+    on.grpc_statuses.dedup();
     let back_off = policy.retry_back_off.as_ref();
     let base = back_off
         .and_then(|b| b.base_interval.as_ref())
@@ -112,10 +123,12 @@ mod tests {
         })
     }
 
-    /// kuma-cp 2.14's rendering of its default MeshRetry (`mesh-retry-all-default`).
-    fn kuma_default() -> route_pb::RetryPolicy {
+    /// kuma-cp 2.14's rendering of its default MeshRetry (`mesh-retry-all-default`) on a
+    /// route of `protocol` (its `retry_on` is `HttpRetryOnDefault` or `GrpcRetryOnDefault`
+    /// of Kuma's `meshretry/plugin/xds/configurer.go`).
+    fn kuma_default(retry_on: &str) -> route_pb::RetryPolicy {
         route_pb::RetryPolicy {
-            retry_on: "gateway-error,connect-failure,refused-stream".into(),
+            retry_on: retry_on.into(),
             num_retries: Some(UInt32Value { value: 5 }),
             per_try_timeout: Some(PbDuration {
                 seconds: 16,
@@ -130,25 +143,23 @@ mod tests {
     }
 
     #[test]
-    fn kumas_default_retry_policy_translates() {
+    fn kumas_default_retry_policies_translate() {
         let mut problems = Vec::new();
-        let p = retry_policy(&kuma_default(), "r", &mut problems).expect("translated");
-        assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(
-            p,
-            RetryPolicy {
-                on: RetryOn {
-                    connect_failure: true,
-                    refused_stream: true,
-                    gateway_error: true,
-                    ..RetryOn::default()
-                },
-                num_retries: 5,
-                per_try_timeout: Some(Duration::from_secs(16)),
-                back_off_base: Duration::from_millis(25),
-                back_off_max: Duration::from_millis(250),
-            }
+        let http = kuma_default("gateway-error,connect-failure,refused-stream");
+        let p = retry_policy(&http, "r", &mut problems);
+        assert_eq!(p, Some(RetryPolicy::kuma_default_http()), "{problems:?}");
+        let grpc = kuma_default(
+            "cancelled,connect-failure,gateway-error,refused-stream,reset,resource-exhausted,unavailable",
         );
+        let p = retry_policy(&grpc, "r", &mut problems);
+        assert_eq!(p, Some(RetryPolicy::kuma_default_grpc()), "{problems:?}");
+        let every_grpc = route_pb::RetryPolicy {
+            retry_on: "unavailable,internal,deadline-exceeded,cancelled,resource-exhausted".into(),
+            ..Default::default()
+        };
+        let p = retry_policy(&every_grpc, "r", &mut problems).expect("translated");
+        assert_eq!(p.on.grpc_statuses, [1, 4, 8, 13, 14]);
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]
@@ -171,15 +182,21 @@ mod tests {
     #[test]
     fn what_bearing_cannot_retry_on_is_named() {
         let mut problems = Vec::new();
-        let grpc = route_pb::RetryPolicy {
-            retry_on: "cancelled,connect-failure,unavailable".into(),
+        let unknown = route_pb::RetryPolicy {
+            retry_on: "envoy-ratelimited,connect-failure,retriable-headers".into(),
             ..Default::default()
         };
-        assert!(retry_policy(&grpc, "r", &mut problems).is_none());
+        assert!(retry_policy(&unknown, "r", &mut problems).is_none());
         let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["r.retry_on", "r.retry_on"]);
-        assert!(problems[0].1.contains("\"cancelled\""), "{problems:?}");
-        assert!(problems[1].1.contains("\"unavailable\""), "{problems:?}");
+        assert!(
+            problems[0].1.contains("\"envoy-ratelimited\""),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].1.contains("\"retriable-headers\""),
+            "{problems:?}"
+        );
 
         let mut problems = Vec::new();
         let codes_alone = route_pb::RetryPolicy {

@@ -3711,14 +3711,17 @@ mod tests {
         let fallback = retry_of(&routes[1]).expect("the virtual host's");
         assert!(fallback.on.server_error && fallback.num_retries == 2);
 
-        let grpc = route("/", ", retryPolicy: {retryOn: 'cancelled,unavailable'}");
-        let nacks = translate(&set(&outbound_with_routes(&grpc)), &node()).unwrap_err();
+        let rate_limited = route("/", ", retryPolicy: {retryOn: 'envoy-ratelimited'}");
+        let nacks = translate(&set(&outbound_with_routes(&rate_limited)), &node()).unwrap_err();
         let routes = format!("{HCM}.route_config.virtual_hosts[0].routes");
         assert_eq!(
             nacks[0].field,
             format!("{routes}[0].route.retry_policy.retry_on")
         );
-        assert!(nacks[0].reason.contains("\"cancelled\""), "{nacks:?}");
+        assert!(
+            nacks[0].reason.contains("\"envoy-ratelimited\""),
+            "{nacks:?}"
+        );
     }
 
     /// A route's `timeout` is its own (Envoy's `RouteAction.timeout`): routes of one table

@@ -5,6 +5,17 @@
 use serde::Serialize;
 use std::time::Duration;
 
+/// gRPC status `CANCELLED` (Envoy's retry condition `cancelled`).
+pub const GRPC_CANCELLED: u32 = 1;
+/// gRPC status `DEADLINE_EXCEEDED` (`deadline-exceeded`).
+pub const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+/// gRPC status `RESOURCE_EXHAUSTED` (`resource-exhausted`).
+pub const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
+/// gRPC status `INTERNAL` (`internal`).
+pub const GRPC_INTERNAL: u32 = 13;
+/// gRPC status `UNAVAILABLE` (`unavailable`).
+pub const GRPC_UNAVAILABLE: u32 = 14;
+
 /// When and how often a request a route forwards is tried again, as Envoy's `RetryPolicy`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -41,18 +52,69 @@ pub struct RetryOn {
     /// `retriable-status-codes`: these response statuses.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub statuses: Vec<u16>,
+    /// Envoy's gRPC conditions (`cancelled`, `deadline-exceeded`, `internal`,
+    /// `resource-exhausted`, `unavailable`): the `grpc-status` codes (1, 4, 13, 8, 14) that,
+    /// in a response's headers (a trailers-only gRPC answer), ask for another attempt.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grpc_statuses: Vec<u32>,
 }
 
 impl RetryPolicy {
     /// Envoy's default back-off base (25 ms); the default maximum is ten times the base.
     pub const DEFAULT_BACK_OFF_BASE: Duration = Duration::from_millis(25);
 
-    /// Whether a response of `status` asks for another attempt.
-    pub fn retries_status(&self, status: u16) -> bool {
+    /// kuma-cp's rendering of the `http` section of the MeshRetry every mesh is created with
+    /// (`mesh-retry-all-default`) on an HTTP route.
+    pub fn kuma_default_http() -> RetryPolicy {
+        RetryPolicy {
+            on: RetryOn {
+                connect_failure: true,
+                refused_stream: true,
+                gateway_error: true,
+                ..RetryOn::default()
+            },
+            ..Self::kuma_default_terms()
+        }
+    }
+
+    /// kuma-cp's rendering of the default MeshRetry's `grpc` section on a gRPC route: Kuma's
+    /// gRPC conditions `cancelled,connect-failure,gateway-error,refused-stream,reset,
+    /// resource-exhausted,unavailable`.
+    pub fn kuma_default_grpc() -> RetryPolicy {
+        RetryPolicy {
+            on: RetryOn {
+                connect_failure: true,
+                refused_stream: true,
+                gateway_error: true,
+                reset: true,
+                grpc_statuses: vec![GRPC_CANCELLED, GRPC_RESOURCE_EXHAUSTED, GRPC_UNAVAILABLE],
+                ..RetryOn::default()
+            },
+            ..Self::kuma_default_terms()
+        }
+    }
+
+    /// The default MeshRetry's counts and times, the same for HTTP and gRPC: 5 retries, 16 s
+    /// per try, back-off from 25 ms up to 250 ms.
+    fn kuma_default_terms() -> RetryPolicy {
+        RetryPolicy {
+            on: RetryOn::default(),
+            num_retries: 5,
+            per_try_timeout: Some(Duration::from_secs(16)),
+            back_off_base: Self::DEFAULT_BACK_OFF_BASE,
+            back_off_max: Duration::from_millis(250),
+        }
+    }
+
+    /// Whether a response of `status` asks for another attempt; `grpc_status` gives the
+    /// `grpc-status` of its headers, asked only when the policy has gRPC conditions.
+    pub fn retries_response(&self, status: u16, grpc_status: impl FnOnce() -> Option<u32>) -> bool {
         let on = &self.on;
         (on.server_error && (500..600).contains(&status))
             || (on.gateway_error && matches!(status, 502..=504))
             || on.statuses.contains(&status)
+            || (!on.grpc_statuses.is_empty()
+                && grpc_status().is_some_and(|code| on.grpc_statuses.contains(&code)))
     }
 
     /// Whether a failed connect (or a fresh connection closed before the request went out)
@@ -86,18 +148,11 @@ mod tests {
     use super::*;
 
     fn kuma_default() -> RetryPolicy {
-        RetryPolicy {
-            on: RetryOn {
-                connect_failure: true,
-                refused_stream: true,
-                gateway_error: true,
-                ..RetryOn::default()
-            },
-            num_retries: 5,
-            per_try_timeout: Some(Duration::from_secs(16)),
-            back_off_base: Duration::from_millis(25),
-            back_off_max: Duration::from_millis(250),
-        }
+        RetryPolicy::kuma_default_http()
+    }
+
+    fn retries_status(p: &RetryPolicy, status: u16) -> bool {
+        p.retries_response(status, || unreachable!("no gRPC condition"))
     }
 
     #[test]
@@ -105,7 +160,7 @@ mod tests {
         let p = kuma_default();
         let retried: Vec<u16> = [200, 404, 500, 501, 502, 503, 504, 505]
             .into_iter()
-            .filter(|s| p.retries_status(*s))
+            .filter(|s| retries_status(&p, *s))
             .collect();
         assert_eq!(retried, [502, 503, 504]);
         assert!(p.retries_timeout() && p.retries_connect_failure() && !p.retries_reset());
@@ -117,8 +172,10 @@ mod tests {
             },
             ..kuma_default()
         };
-        assert!([500, 501, 599, 409].iter().all(|s| all.retries_status(*s)));
-        assert!(!all.retries_status(404));
+        assert!([500, 501, 599, 409]
+            .iter()
+            .all(|s| retries_status(&all, *s)));
+        assert!(!retries_status(&all, 404));
         assert!(all.retries_reset() && all.retries_connect_failure() && all.retries_timeout());
     }
 
@@ -128,5 +185,20 @@ mod tests {
         let ceilings: Vec<u128> = (1..=5).map(|n| p.back_off_ceiling(n).as_millis()).collect();
         assert_eq!(ceilings, [25, 75, 175, 250, 250]);
         assert_eq!(p.back_off_ceiling(40), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn grpc_conditions_read_the_grpc_status_of_the_headers() {
+        let p = RetryPolicy::kuma_default_grpc();
+        let retried: Vec<u32> = (0..17)
+            .filter(|code| p.retries_response(200, || Some(*code)))
+            .collect();
+        assert_eq!(
+            retried,
+            [GRPC_CANCELLED, GRPC_RESOURCE_EXHAUSTED, GRPC_UNAVAILABLE]
+        );
+        assert!(!p.retries_response(200, || None));
+        assert!(p.retries_response(503, || None));
+        assert!(p.retries_reset() && p.retries_connect_failure());
     }
 }

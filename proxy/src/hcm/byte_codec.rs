@@ -680,6 +680,11 @@ impl<'a> UpstreamCodec for Upstream<'a, '_> {
     fn status((_, head, _): &Self::Answer) -> u16 {
         head.status
     }
+
+    /// gRPC runs over HTTP/2, which this codec does not carry: no gRPC status to read.
+    fn grpc_status(_: &Self::Answer) -> Option<u32> {
+        None
+    }
 }
 
 /// Writes the request to `up` and reads the response head, within `limit`.

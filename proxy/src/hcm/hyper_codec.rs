@@ -276,6 +276,11 @@ impl UpstreamCodec for Upstream<'_> {
     fn status(resp: &Response<UpstreamBody>) -> u16 {
         resp.status().as_u16()
     }
+
+    fn grpc_status(resp: &Response<UpstreamBody>) -> Option<u32> {
+        let value = resp.headers().get("grpc-status")?;
+        value.to_str().ok()?.parse().ok()
+    }
 }
 
 /// Why a response hyper accepted is not valid HTTP for the proxy, if it is not: hyper takes

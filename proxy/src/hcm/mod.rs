@@ -24,8 +24,10 @@ pub mod compress;
 pub mod hyper_codec;
 mod mirror;
 
+use std::future::Future as _;
 use std::io;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bearing_http1::RequestHead;
@@ -157,9 +159,12 @@ pub(crate) trait UpstreamCodec {
 
     /// The status of an answer's response head.
     fn status(answer: &Self::Answer) -> u16;
+
+    /// The `grpc-status` of an answer's response head (a trailers-only gRPC response).
+    fn grpc_status(answer: &Self::Answer) -> Option<u32>;
 }
 
-/// Sends `request` to `cluster` through `codec`, as [`try_endpoints`] does, and again as the
+/// Sends `request` to `cluster` through `codec`, as [`try_endpoint`] does, and again as the
 /// route's `retry` policy asks ([`retrying`]). Gives the answer and the pool of the endpoint
 /// that gave it.
 pub(crate) async fn forward<'c, C: UpstreamCodec>(
@@ -168,17 +173,24 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
     request: C::Request,
 ) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
     match retry {
-        None => try_endpoints(cluster, codec, request, &mut None).await,
+        None => {
+            let deadline = codec.limit().map(|t| Instant::now() + t);
+            try_endpoint(cluster, codec, request, deadline, &mut None)
+                .await
+                .map_err(|(failure, _)| failure)
+        }
         Some(policy) => retrying(cluster, policy, codec, request).await,
     }
 }
 
 /// Sends `request` to `cluster` through `codec` under `policy`: after an attempt the policy
-/// retries (a retriable status, a connect failure, a reset, a refused stream, the attempt's
-/// timeout), a copy of the request goes again after Envoy's jittered exponential back-off,
-/// up to `num_retries` times, each attempt within the per-try timeout and all of them within
-/// the request's own timeout; a request the codec cannot copy (a streamed body) is not
-/// retried. The retries hold one unit of the cluster's `max_retries`.
+/// retries (a retriable status or gRPC status, a connect failure, a reset, a refused stream,
+/// the attempt's timeout), the request goes again, to the endpoint the round robin gives
+/// next, after Envoy's jittered exponential back-off, up to `num_retries` times, each attempt
+/// within the per-try timeout and all of them within the request's own timeout. A request
+/// that never reached an endpoint goes again itself; one that did goes as the codec's copy,
+/// so a request it cannot copy (a streamed body) is not retried once sent. The retries hold
+/// one unit of the cluster's `max_retries`.
 async fn retrying<'c, C: UpstreamCodec>(
     cluster: &'c ClusterRuntime,
     policy: &RetryPolicy,
@@ -189,21 +201,25 @@ async fn retrying<'c, C: UpstreamCodec>(
     let mut unit = None;
     let mut retries = 0;
     loop {
-        let again = match retries < policy.num_retries {
-            true => codec.copy(&request),
-            false => None,
-        };
-        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        *codec.limit() = match (policy.per_try_timeout, left) {
+        let more = retries < policy.num_retries;
+        let copy = if more { codec.copy(&request) } else { None };
+        let per_try = policy.per_try_timeout.map(|t| Instant::now() + t);
+        let this_try = match (per_try, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let outcome = try_endpoints(cluster, codec, request, &mut unit).await;
-        let Some(copy) = again else {
+        let tried = try_endpoint(cluster, codec, request, this_try, &mut unit).await;
+        let (outcome, undelivered) = match tried {
+            Ok(answer) => (Ok(answer), None),
+            Err((failure, undelivered)) => (Err(failure), undelivered),
+        };
+        let Some(again) = undelivered.filter(|_| more).or(copy) else {
             return outcome;
         };
         let retriable = match &outcome {
-            Ok((answer, _)) => policy.retries_status(C::status(answer)),
+            Ok((answer, _)) => {
+                policy.retries_response(C::status(answer), || C::grpc_status(answer))
+            }
             Err(failure) => retries_failure(policy, failure),
         };
         if !retriable || !cluster.may_retry(&mut unit) {
@@ -219,7 +235,7 @@ async fn retrying<'c, C: UpstreamCodec>(
         drop(outcome);
         cluster.stats.rq_retry.inc();
         tokio::time::sleep(pause).await;
-        request = copy;
+        request = again;
     }
 }
 
@@ -254,60 +270,79 @@ fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// One try of `request` to `cluster` through `codec`: endpoints in round-robin order, the next one
-/// after a connect failure or a fresh connection closed before the request was written (each
-/// further endpoint takes the cluster's `max_retries` unit); a reused connection found stale
-/// (closed before the request was written, or before answering a request the codec may
-/// repeat) is replaced by a fresh one to the same endpoint. Everything else is final. Gives
-/// the answer and the pool of the endpoint that gave it. `retry` holds the request's unit of
-/// the cluster's `max_retries` once a further attempt took it.
-async fn try_endpoints<'c, C: UpstreamCodec>(
+/// One try of `request` to `cluster` through `codec`, answered by `deadline` (Envoy's route
+/// and per-try timeouts span the connect too): the endpoint the round robin gives next. A connect failure, or a fresh connection closed before the request was written, ends
+/// the try (Envoy's router picks another endpoint only for a retry its policy asks for); a
+/// reused connection found stale (closed before the request was written, or before answering
+/// a request the codec may repeat) is replaced by a fresh one to the same endpoint, the
+/// repeat after an unanswered request taking the cluster's `max_retries` unit, which `retry`
+/// then holds for the rest of the request. Gives the answer and the pool of the endpoint
+/// that gave it, or the failure and, when it never reached the endpoint, the request.
+async fn try_endpoint<'c, C: UpstreamCodec>(
     cluster: &'c ClusterRuntime,
     codec: &mut C,
     mut request: C::Request,
+    deadline: Option<Instant>,
     retry: &mut Option<Held<&'c Occupancy>>,
-) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
-    let mut last = None;
-    for (attempt, pool) in cluster.rotation().enumerate() {
-        if attempt > 0 && !cluster.may_retry(retry) {
-            break;
-        }
-        let address = pool.address();
-        loop {
-            let (conn, reused) = match codec.checkout(&pool).await {
-                Ok(c) => c,
-                Err(NoConnection::Overflow(o)) => return Err(UpstreamError::Overflow(o)),
-                Err(NoConnection::Failed(e)) => {
-                    last = Some(cluster.connect_failed(address, e));
-                    break;
+) -> Result<(C::Answer, PoolRef<'c>), (UpstreamError, Option<C::Request>)> {
+    let Some(pool) = cluster.rotation().next() else {
+        return Err((cluster.no_upstream(None), Some(request)));
+    };
+    let address = pool.address();
+    loop {
+        let Some(checked) = checkout_by(codec, &pool, deadline).await else {
+            return Err((UpstreamError::Timeout(address), Some(request)));
+        };
+        *codec.limit() = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let (conn, reused) = match checked {
+            Ok(c) => c,
+            Err(NoConnection::Overflow(o)) => {
+                return Err((UpstreamError::Overflow(o), Some(request)))
+            }
+            Err(NoConnection::Failed(e)) => {
+                let failed = cluster.connect_failed(address, e);
+                return Err((cluster.no_upstream(Some(failed)), Some(request)));
+            }
+            // Another request's attempt, counted there.
+            Err(NoConnection::Shared(e)) => {
+                return Err((cluster.no_upstream(Some((address, e))), Some(request)))
+            }
+        };
+        match codec.attempt(&pool, conn, request).await {
+            Attempt::Answered(answer) => return Ok((answer, pool)),
+            Attempt::NotDelivered(again, _) if reused => request = again,
+            Attempt::NotDelivered(again, e) => {
+                let failed = cluster.connect_failed(address, e);
+                return Err((cluster.no_upstream(Some(failed)), Some(again)));
+            }
+            Attempt::NoAnswer(Some(again), _) if reused && cluster.may_retry(retry) => {
+                request = again
+            }
+            Attempt::NoAnswer(_, failure) | Attempt::Failed(failure) => {
+                if failure.is_exchange_failure() {
+                    cluster.stats.request_errors.inc();
                 }
-                // Another request's attempt, counted there.
-                Err(NoConnection::Shared(e)) => {
-                    last = Some((address, e));
-                    break;
-                }
-            };
-            match codec.attempt(&pool, conn, request).await {
-                Attempt::Answered(answer) => return Ok((answer, pool)),
-                Attempt::NotDelivered(again, _) if reused => request = again,
-                Attempt::NotDelivered(again, e) => {
-                    request = again;
-                    last = Some(cluster.connect_failed(address, e));
-                    break;
-                }
-                Attempt::NoAnswer(Some(again), _) if reused && cluster.may_retry(retry) => {
-                    request = again
-                }
-                Attempt::NoAnswer(_, failure) | Attempt::Failed(failure) => {
-                    if failure.is_exchange_failure() {
-                        cluster.stats.request_errors.inc();
-                    }
-                    return Err(failure);
-                }
+                return Err((failure, None));
             }
         }
     }
-    Err(cluster.no_upstream(last))
+}
+
+/// A connection to `pool`'s endpoint through `codec`, or `None` when `deadline` passed first.
+/// A pooled connection is ready at the first poll, which sets no timer: the common case of a
+/// kept-alive upstream pays nothing for the deadline.
+async fn checkout_by<C: UpstreamCodec>(
+    codec: &mut C,
+    pool: &Arc<EndpointPool>,
+    deadline: Option<Instant>,
+) -> Option<Result<(C::Conn, bool), NoConnection>> {
+    let mut checkout = std::pin::pin!(codec.checkout(pool));
+    let first = std::future::poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await;
+    match (first, deadline) {
+        (Poll::Ready(checked), _) => Some(checked),
+        (Poll::Pending, None) => Some(checkout.await),
+        (Poll::Pending, Some(d)) => tokio::time::timeout_at(d, checkout).await.ok(),
+    }
 }
 
 /// `x-request-id`: Envoy's connection manager gives every request that has none a UUID v4

@@ -803,17 +803,56 @@ async fn scripted_upstream(
 /// back-off up to 250 ms), with a per-try timeout.
 fn kuma_default_retry(per_try: Duration) -> bearing_proxy_config::RetryPolicy {
     bearing_proxy_config::RetryPolicy {
-        on: bearing_proxy_config::RetryOn {
-            connect_failure: true,
-            refused_stream: true,
-            gateway_error: true,
-            ..Default::default()
-        },
-        num_retries: 5,
         per_try_timeout: Some(per_try),
-        back_off_base: Duration::from_millis(25),
-        back_off_max: Duration::from_millis(250),
+        ..bearing_proxy_config::RetryPolicy::kuma_default_http()
     }
+}
+
+/// A cluster of a refusing and a live endpoint, through every codec: without a retry policy
+/// each request goes to the one endpoint the round robin gives it, so of four requests two
+/// get the 503 of a connect failure, as from Envoy's router, and the live endpoint sees two;
+/// under Kuma's default policy (`connect-failure`) a request that met the refusing endpoint
+/// goes again to the next one, and all four are answered by the live endpoint.
+#[tokio::test]
+async fn a_connect_failure_moves_to_the_next_endpoint_only_under_a_retry_policy() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = Arc::new(AtomicUsize::new(0));
+    let live = scripted_upstream(&[200], seen.clone()).await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = closed.local_addr().unwrap();
+    drop(closed);
+    let mut config = (*config(live, live)).clone();
+    let cluster = config.clusters.get_mut("live").unwrap();
+    cluster
+        .endpoints
+        .insert(0, crate::upstream::plain_endpoint(refused));
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    let mut failures = Vec::new();
+    for retry in [None, Some(kuma_default_retry(Duration::from_secs(2)))] {
+        config.listeners[0].retry = retry.clone();
+        proxy.apply(Arc::new(config.clone()));
+        for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+            seen.store(0, Ordering::SeqCst);
+            let mut answers = Vec::new();
+            for _ in 0..4 {
+                let case = answered_get("round robin", "/", (200, "2"));
+                answers.push(ask(&proxy, codec, &case).await.0);
+            }
+            answers.sort_unstable();
+            let wanted: &[u16] = match retry {
+                None => &[200, 200, 503, 503],
+                Some(_) => &[200, 200, 200, 200],
+            };
+            let reached = seen.load(Ordering::SeqCst);
+            if answers != wanted || reached != wanted.iter().filter(|s| **s == 200).count() {
+                let policy = retry.is_some();
+                failures.push(format!(
+                    "policy {policy} ({codec:?}): {answers:?}, {reached} reached the origin"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 /// A listener whose one route has Kuma's default retry policy, through every codec: an
@@ -984,6 +1023,133 @@ async fn routes_to_one_cluster_retry_by_their_own_policies_through_every_codec()
                 ));
             }
         }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// An endpoint that takes no connection: a listener with a backlog of 0 that never accepts,
+/// its queue filled, so further SYNs go unanswered and a connect hangs (the socket is
+/// returned to keep it open).
+async fn stalled_endpoint() -> (socket2::Socket, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..4 {
+        let connect = TcpStream::connect(address);
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+            queued.push(s);
+        }
+    }
+    let hangs = tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(address));
+    assert!(hangs.await.is_err(), "the backlog is full");
+    std::mem::forget(queued);
+    (socket, address)
+}
+
+/// The request's timeout spans the connect, as Envoy's route timeout does: an endpoint
+/// whose connect hangs (connect timeout 5 s) gets a request with a 300 ms timeout the 504
+/// `upstream request timeout` by then, through every codec, not the connect failure's 503
+/// 5 s later.
+#[tokio::test]
+async fn the_request_timeout_spans_the_connect_through_every_codec() {
+    let (_stalled, address) = stalled_endpoint().await;
+    let mut config = (*config(address, address)).clone();
+    let cluster = config.clusters.get_mut("live").unwrap();
+    cluster.connect_timeout = Duration::from_secs(5);
+    cluster.request_timeout = Some(Duration::from_millis(300));
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    let mut failures = Vec::new();
+    for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+        let started = tokio::time::Instant::now();
+        let case = answered_get("stalled connect", "/", (504, "upstream request timeout"));
+        let answer = ask(&proxy, codec, &case).await;
+        let took = started.elapsed();
+        if answer != (504, "upstream request timeout".into()) || took > Duration::from_secs(2) {
+            failures.push(format!("{codec:?}: {answer:?} after {took:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// An h2c origin answering each request with the next `grpc-status` of `script` in its
+/// response headers (a trailers-only gRPC answer; `0` comes with the body `ok`), counting the
+/// requests in `seen`.
+async fn grpc_upstream(
+    script: &'static [u32],
+    seen: Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            let answer = hyper::service::service_fn(move |_: http::Request<_>| {
+                let code = script[seen.fetch_add(1, Ordering::SeqCst) % script.len()];
+                let body = if code == 0 { "ok" } else { "" };
+                let resp = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", code)
+                    .body(Full::new(Bytes::from(body)));
+                async move { resp }
+            });
+            let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            tokio::spawn(server.serve_connection(TokioIo::new(s), answer));
+        }
+    });
+    address
+}
+
+/// A gRPC route under Kuma's default gRPC policy, through hyper over HTTP/2: an origin
+/// answering `unavailable` (14) twice and then OK is asked three times and the client gets
+/// the OK; one answering `internal` (13), not among Kuma's conditions, is asked once and its
+/// answer stands; without a policy, `unavailable` stands too.
+#[tokio::test]
+async fn grpc_statuses_in_the_headers_are_retried_as_the_policy_names_them() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let flaky_seen = Arc::new(AtomicUsize::new(0));
+    let flaky = grpc_upstream(&[14, 14, 0], flaky_seen.clone()).await;
+    let internal_seen = Arc::new(AtomicUsize::new(0));
+    let internal = grpc_upstream(&[13], internal_seen.clone()).await;
+    let mut config = (*config(flaky, internal)).clone();
+    for cluster in config.clusters.values_mut() {
+        cluster.protocol = Protocol::Grpc;
+    }
+    for listener in &mut config.listeners {
+        listener.protocol = Protocol::Grpc;
+        listener.retry = Some(bearing_proxy_config::RetryPolicy::kuma_default_grpc());
+    }
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config.clone()));
+    let call = |to| Case {
+        to,
+        ..answered_get("a gRPC call", "/grpc.health.v1.Health/Check", (200, ""))
+    };
+    let mut failures = Vec::new();
+    let checks = [
+        (To::Live, &flaky_seen, (200, "ok"), 3),
+        (To::Refused, &internal_seen, (200, ""), 1),
+    ];
+    for (to, seen, answer_wanted, tries_wanted) in checks {
+        seen.store(0, Ordering::SeqCst);
+        let answer = ask(&proxy, Codec::HyperH2, &call(to)).await;
+        let tries = seen.load(Ordering::SeqCst);
+        if (answer.0, answer.1.as_str()) != answer_wanted || tries != tries_wanted {
+            failures.push(format!("{answer:?} after {tries} tries"));
+        }
+    }
+    config.listeners[To::Live as usize].retry = None;
+    proxy.apply(Arc::new(config));
+    flaky_seen.store(0, Ordering::SeqCst);
+    let answer = ask(&proxy, Codec::HyperH2, &call(To::Live)).await;
+    let tries = flaky_seen.load(Ordering::SeqCst);
+    if answer != (200, String::new()) || tries != 1 {
+        failures.push(format!("without a policy: {answer:?} after {tries} tries"));
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
