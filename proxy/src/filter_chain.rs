@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gateway::GatewayRuntime;
 use crate::hcm::HttpListener;
+use crate::rbac::RbacRuntime;
 use crate::router::HttpRoutes;
 use crate::sni::SniTable;
 use crate::stats::{ListenerStats, StatusCounters};
@@ -46,6 +47,11 @@ pub struct ListenerRuntime {
     /// Present when the listener refuses everything (`Listener::deny_all`): counts what it
     /// refuses (`bearing_rbac_denied_total`).
     pub denied: Option<Counter>,
+    /// Who may connect (`Listener::network_rbac`), decided once per connection after the
+    /// transport stage.
+    pub network_rbac: Option<RbacRuntime>,
+    /// Who may send a request (`Listener::http_rbac`), decided per request before routing.
+    pub http_rbac: Option<RbacRuntime>,
     /// Cancelled when a later config changes what this listener admits (mesh mTLS turned on
     /// or off, PERMISSIVE to STRICT, another CA), and at drain (a child of the drain token):
     /// its connections then check, between requests, that they may go on. Shared with the
@@ -71,15 +77,43 @@ impl ListenerRuntime {
         self.cluster.iter().chain(routes).chain(routed).chain(split)
     }
 
+    /// Whether this listener's RBAC checks a connection admitted as `admission`: all of a
+    /// listener without mesh mTLS, only the mTLS ones of one with it (PERMISSIVE plaintext
+    /// passes unchecked: kuma-cp puts RBAC on the mTLS chain only).
+    pub(crate) fn rbac_checks(&self, admission: &Admission) -> bool {
+        self.tls.is_none() || matches!(admission, Admission::MeshTls(..))
+    }
+
+    /// Whether the network RBAC lets a connection admitted as `admission` pass (counted).
+    pub(crate) fn network_rbac_allows(&self, admission: &Admission) -> bool {
+        match &self.network_rbac {
+            Some(rbac) if self.rbac_checks(admission) => {
+                admission.peer().is_some_and(|who| rbac.check(who))
+            }
+            _ => true,
+        }
+    }
+
     /// Whether this listener, as configured now, still admits a connection admitted as
     /// `admission`: no mesh mTLS admits everything; mTLS admits plaintext only when
     /// PERMISSIVE, and an mTLS connection only if its client certificate was verified with
     /// the same CA certificate (after a CA change it must handshake again); a listener that
-    /// fails closed (`denied`) admits nothing. Gateway and zone proxy listeners are not
-    /// checked otherwise.
+    /// fails closed (`denied`) admits nothing; one with RBAC admits only a connection whose
+    /// peer was read (the handshake was on a listener with RBAC) and its network RBAC lets
+    /// pass (evaluated, not counted: this is a recheck after a config change). Gateway and
+    /// zone proxy listeners are not checked otherwise.
     pub(crate) fn admits(&self, admission: &Admission) -> bool {
         if self.denied.is_some() {
             return false;
+        }
+        if (self.network_rbac.is_some() || self.http_rbac.is_some()) && self.rbac_checks(admission)
+        {
+            let Some(peer) = admission.peer() else {
+                return false;
+            };
+            if !self.network_rbac.as_ref().is_none_or(|r| r.allows(peer)) {
+                return false;
+            }
         }
         if self.gateway.is_some() || self.sni.is_some() {
             return true;
@@ -90,7 +124,7 @@ impl ListenerRuntime {
             (Some(DownstreamTlsRuntime::Ready { permissive, .. }), Admission::Plaintext) => {
                 *permissive
             }
-            (Some(DownstreamTlsRuntime::Ready { mesh, .. }), Admission::MeshTls(verified)) => {
+            (Some(DownstreamTlsRuntime::Ready { mesh, .. }), Admission::MeshTls(verified, _)) => {
                 Arc::ptr_eq(mesh, verified)
                     || mesh.config.ca_cert_pem == verified.config.ca_cert_pem
             }
@@ -121,6 +155,16 @@ impl HttpListener for ListenerRuntime {
 
     fn denied(&self) -> Option<&Counter> {
         self.denied.as_ref()
+    }
+
+    fn rbac_allows(&self, admission: &Admission) -> bool {
+        match (&self.http_rbac, admission.peer()) {
+            (None, _) => true,
+            _ if !self.rbac_checks(admission) => true,
+            (Some(rbac), Some(peer)) => rbac.check(peer),
+            // Not read: the connection predates the listener's RBAC (`admits` closes it).
+            (Some(_), None) => false,
+        }
     }
 
     fn epoch(&self) -> &CancellationToken {

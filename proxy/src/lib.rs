@@ -29,6 +29,7 @@ pub mod kuma_dp_flags;
 pub mod kuma_endpoints;
 pub mod mesh_tls;
 pub mod priority;
+pub mod rbac;
 pub mod router;
 pub mod runtime;
 pub mod snapshot;

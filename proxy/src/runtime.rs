@@ -29,8 +29,9 @@ use crate::dns_cluster::{Resolutions, Resolve, SystemResolver};
 use crate::filter_chain::ListenerRuntime;
 use crate::gateway::{self, GatewayRuntime};
 use crate::hcm::byte_codec::{self, Prefixed};
-use crate::hcm::hyper_codec;
+use crate::hcm::{hyper_codec, HttpListener as _};
 use crate::io::{Counted, TcpBacked};
+use crate::rbac::RbacRuntime;
 use crate::router::HttpRoutes;
 use crate::snapshot::Snapshot;
 use crate::sni::{SniRouteRuntime, SniTable};
@@ -273,6 +274,8 @@ impl Proxy {
                 Some(old)
                     if DownstreamTlsRuntime::same_terms(&old.tls, &downstream_tls)
                         && old.config.deny_all == l.deny_all
+                        && old.config.network_rbac == l.network_rbac
+                        && old.config.http_rbac == l.http_rbac
                         && !old.epoch.is_cancelled() =>
                 {
                     old.epoch.clone()
@@ -333,6 +336,8 @@ impl Proxy {
                             stats: self.stats.listener(&l.name),
                             http: None,
                             denied: None,
+                            network_rbac: None,
+                            http_rbac: None,
                             epoch: epoch.clone(),
                         })
                     });
@@ -379,6 +384,14 @@ impl Proxy {
                     );
                     self.stats.rbac_denied(&l.name)
                 }),
+                network_rbac: l
+                    .network_rbac
+                    .as_ref()
+                    .map(|r| RbacRuntime::new(r.clone(), self.stats.rbac(&l.name))),
+                http_rbac: l
+                    .http_rbac
+                    .as_ref()
+                    .map(|r| RbacRuntime::new(r.clone(), self.stats.rbac(&l.name))),
                 epoch,
             });
             if l.direction == Direction::Inbound {
@@ -647,8 +660,12 @@ impl Proxy {
         tls: &DownstreamTlsRuntime,
         peer: SocketAddr,
     ) {
-        let name = &listener.config.name;
-        match transport::terminate_mesh_tls(stream, tls, &self.stats, name, peer).await {
+        let config = &listener.config;
+        let named = (
+            config.name.as_str(),
+            config.network_rbac.is_some() || config.http_rbac.is_some(),
+        );
+        match transport::terminate_mesh_tls(stream, tls, &self.stats, named, peer).await {
             Some(Transported::Plain(stream)) => {
                 self.serve_stream(stream, listener, peer, Admission::Plaintext)
                     .await
@@ -688,16 +705,22 @@ impl Proxy {
     }
 
     /// Serves a (possibly decrypted) downstream stream, admitted as `admission`, as the
-    /// listener's protocol says.
+    /// listener's protocol says, once its network RBAC lets it pass (refused: closed, TLS
+    /// with a close_notify, as Envoy's network RBAC filter closes it).
     async fn serve_stream<S>(
         self: &Arc<Self>,
-        stream: S,
+        mut stream: S,
         listener: &Arc<ListenerRuntime>,
         peer: SocketAddr,
         admission: Admission,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin + Send + 'static,
     {
+        if listener.network_rbac.is_some() && !listener.network_rbac_allows(&admission) {
+            tracing::debug!(listener = %listener.config.name, %peer, "refused by RBAC");
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            return;
+        }
         if listener.config.protocol.is_http() {
             self.clone()
                 .serve_http(stream, listener.clone(), peer, admission)
@@ -837,7 +860,8 @@ impl Proxy {
             epoch: &listener.epoch,
             drain: &self.drain,
         };
-        let (stream, prefix) = match byte_codec::serve(stream, newest, wake, peer, timeouts).await {
+        let who = (peer, &admission);
+        let (stream, prefix) = match byte_codec::serve(stream, newest, wake, who, timeouts).await {
             byte_codec::Outcome::Closed => return,
             byte_codec::Outcome::Handoff(stream, prefix) => (stream, prefix),
         };
@@ -867,6 +891,9 @@ impl Proxy {
         let service = service_fn(move |req| {
             let l = proxy.newest(&own);
             let allowed = l.admits(&admitted);
+            // Decided here, where the connection's peer is borrowed: the request's future
+            // owns what it holds.
+            let rbac_allowed = allowed && l.rbac_allows(&admitted);
             // Boxed: hyper moves a request's future into the task it spawns for each HTTP/2
             // stream (and into its HTTP/1 dispatcher's slot); unboxed, that is 3 KB copied
             // on each move.
@@ -878,7 +905,7 @@ impl Proxy {
                         "the listener no longer admits this connection",
                     ));
                 }
-                let resp = hyper_codec::serve_request(req, &*l, peer, tls).await;
+                let resp = hyper_codec::serve_request(req, &*l, peer, (tls, rbac_allowed)).await;
                 Ok(resp)
             })
         });
@@ -1221,7 +1248,7 @@ mod tests {
         let Some(DownstreamTlsRuntime::Ready { mesh, .. }) = &strict.tls else {
             panic!("no mesh TLS on the inbound");
         };
-        let verified = Admission::MeshTls(mesh.clone());
+        let verified = Admission::MeshTls(mesh.clone(), None);
         assert!(strict.admits(&verified));
 
         // PERMISSIVE with the same CA: plaintext admitted again, mTLS connections kept.

@@ -143,7 +143,7 @@ pub(crate) async fn serve(
             match acceptor.accept(down, name, peer).await {
                 Ok(tls) => match (&route.http, &route.cluster) {
                     (Some(http), _) => {
-                        return Some((tls, http.clone(), Admission::MeshTls(mesh.clone())))
+                        return Some((tls, http.clone(), Admission::MeshTls(mesh.clone(), None)))
                     }
                     (None, Some(cluster)) => {
                         serve_tcp(tls, (cluster, attempts), listener, name, peer, |_| true).await

@@ -309,6 +309,9 @@ pub struct Stats {
     l_tls_err: Family<ListenerLabel, Counter>,
     l_sni_unknown: Family<ListenerLabel, Counter>,
     l_rbac_denied: Family<ListenerLabel, Counter>,
+    l_rbac_allowed: Family<ListenerLabel, Counter>,
+    l_rbac_shadow_allowed: Family<ListenerLabel, Counter>,
+    l_rbac_shadow_denied: Family<ListenerLabel, Counter>,
     /// Mesh DNS server counters (`bearing_dns_*`).
     pub dns: bearing_dns::DnsMetrics,
     /// Config source metrics.
@@ -388,6 +391,9 @@ impl Stats {
             l_tls_err: Family::default(),
             l_sni_unknown: Family::default(),
             l_rbac_denied: Family::default(),
+            l_rbac_allowed: Family::default(),
+            l_rbac_shadow_allowed: Family::default(),
+            l_rbac_shadow_denied: Family::default(),
             dns: bearing_dns::DnsMetrics::default(),
             config: ConfigStats::default(),
             identities: Arc::default(),
@@ -409,9 +415,24 @@ impl Stats {
         );
         r.register(
             "rbac_denied",
-            "Connections and requests refused because a policy denies traffic Bearing cannot \
-             enforce per source (MeshTrafficPermission Deny, failing closed)",
+            "Connections (network RBAC) and requests (HTTP RBAC) refused by the listener's \
+             RBAC, or by a policy Bearing cannot enforce per source (failing closed)",
             s.l_rbac_denied.clone(),
+        );
+        r.register(
+            "rbac_allowed",
+            "Connections (network RBAC) and requests (HTTP RBAC) the listener's RBAC let pass",
+            s.l_rbac_allowed.clone(),
+        );
+        r.register(
+            "rbac_shadow_allowed",
+            "Connections and requests the listener's shadow RBAC rules would let pass",
+            s.l_rbac_shadow_allowed.clone(),
+        );
+        r.register(
+            "rbac_shadow_denied",
+            "Connections and requests the listener's shadow RBAC rules would refuse",
+            s.l_rbac_shadow_denied.clone(),
         );
         r.register(
             "config_applied",
@@ -452,6 +473,20 @@ impl Stats {
             listener: listener.to_string(),
         };
         self.l_rbac_denied.get_or_create(&label).clone()
+    }
+
+    /// The RBAC counters of `listener` (Envoy's `rbac.allowed`, `rbac.denied`,
+    /// `rbac.shadow_allowed`, `rbac.shadow_denied`); created only for listeners with RBAC.
+    pub fn rbac(&self, listener: &str) -> crate::rbac::RbacStats {
+        let label = ListenerLabel {
+            listener: listener.to_string(),
+        };
+        crate::rbac::RbacStats {
+            allowed: self.l_rbac_allowed.get_or_create(&label).clone(),
+            denied: self.l_rbac_denied.get_or_create(&label).clone(),
+            shadow_allowed: self.l_rbac_shadow_allowed.get_or_create(&label).clone(),
+            shadow_denied: self.l_rbac_shadow_denied.get_or_create(&label).clone(),
+        }
     }
 
     /// Counts a connection refused for its SNI (missing or naming no destination).

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::io::TcpBacked;
 use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
+use crate::rbac::{Peer, PLAINTEXT};
 use crate::stats::Stats;
 
 /// Largest ClientHello read: one TLS record (16 KiB) plus its header.
@@ -83,8 +84,20 @@ pub(crate) enum Admission {
     /// Without mesh mTLS: plaintext, or a listener that does not terminate it (gateway, zone
     /// proxy).
     Plaintext,
-    /// Mesh mTLS, the client certificate verified with this mesh state's CA.
-    MeshTls(Arc<MeshTlsRuntime>),
+    /// Mesh mTLS, the client certificate verified with this mesh state's CA; with what RBAC
+    /// reads of the connection when its listener had RBAC at the handshake.
+    MeshTls(Arc<MeshTlsRuntime>, Option<Arc<Peer>>),
+}
+
+impl Admission {
+    /// What RBAC reads of the connection: `None` for mesh mTLS accepted on a listener without
+    /// RBAC (the peer was not read; a listener that gains RBAC closes such connections).
+    pub(crate) fn peer(&self) -> Option<&Peer> {
+        match self {
+            Admission::Plaintext => Some(&PLAINTEXT),
+            Admission::MeshTls(_, peer) => peer.as_deref(),
+        }
+    }
 }
 
 /// A downstream connection as the transport stage hands it to a network filter.
@@ -97,12 +110,13 @@ pub(crate) enum Transported<S> {
 
 /// Terminates mesh mTLS on `stream` as `tls` says (or, in PERMISSIVE mode, takes plaintext).
 /// `None` when the connection is refused (logged and counted as a handshake error of
-/// `listener`).
+/// `listener`). `read_peer`: the listener has RBAC, which reads the peer certificate's names
+/// and the SNI (read here, once per connection).
 pub(crate) async fn terminate_mesh_tls<S>(
     stream: S,
     tls: &DownstreamTlsRuntime,
     stats: &Stats,
-    listener: &str,
+    (listener, read_peer): (&str, bool),
     peer: std::net::SocketAddr,
 ) -> Option<Transported<S>>
 where
@@ -125,10 +139,11 @@ where
         return Some(Transported::Plain(stream));
     }
     match acceptor.accept(stream, listener, peer).await {
-        Ok(tls_stream) => Some(Transported::Tls(
-            tls_stream,
-            Admission::MeshTls(mesh.clone()),
-        )),
+        Ok(tls_stream) => {
+            let who = read_peer.then(|| Arc::new(Peer::of_tls(&tls_stream)));
+            let admission = Admission::MeshTls(mesh.clone(), who);
+            Some(Transported::Tls(tls_stream, admission))
+        }
         Err(e) => {
             stats.count_tls_handshake_error(listener);
             tracing::info!(%listener, %peer, "mTLS refused: {e}");

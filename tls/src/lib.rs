@@ -48,6 +48,6 @@ pub use kuma_sni::{
 pub use sni::{is_tls_record_start, parse_client_hello, ClientHello};
 pub use spiffe::{own_trust_domain, trust_domain, SpiffeTrust};
 pub use stack::{
-    sni_problem, CertifiedKey, Negotiated, TlsAcceptor, TlsConnector, TlsStream, HANDSHAKE_TIMEOUT,
-    MAX_SNI_LEN,
+    sni_problem, CertifiedKey, Negotiated, PeerNames, TlsAcceptor, TlsConnector, TlsStream,
+    HANDSHAKE_TIMEOUT, MAX_SNI_LEN,
 };

@@ -720,6 +720,19 @@ pub trait Negotiated {
     fn protocol_version(&self) -> &'static str;
     /// The SPIFFE ids (`spiffe://` URI SANs) of the peer's certificate.
     fn peer_spiffe_ids(&self) -> Vec<String>;
+    /// The names of the peer's certificate, `None` without one (what RBAC principals match).
+    fn peer_names(&self) -> Option<PeerNames>;
+}
+
+/// The names a peer certificate carries, as Envoy's RBAC reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerNames {
+    /// Its URI SANs, in certificate order.
+    pub uri_sans: Vec<String>,
+    /// Its DNS SANs, in certificate order.
+    pub dns_sans: Vec<String>,
+    /// Its subject in RFC 2253 form (`X509_NAME_print_ex` with `XN_FLAG_RFC2253`, as Envoy).
+    pub subject: String,
 }
 
 impl<S> Negotiated for TlsStream<S> {
@@ -743,6 +756,27 @@ impl<S> Negotiated for TlsStream<S> {
             .unwrap_or_default();
         ids.retain(|uri| uri.starts_with("spiffe://"));
         ids
+    }
+
+    fn peer_names(&self) -> Option<PeerNames> {
+        let cert = self.ssl().peer_certificate()?;
+        let dns_sans = cert
+            .subject_alt_names()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.dnsname().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(PeerNames {
+            uri_sans: uri_sans_of(&cert),
+            dns_sans,
+            subject: cert
+                .subject_name()
+                .print_ex(boring_sys::XN_FLAG_RFC2253)
+                .unwrap_or_default(),
+        })
     }
 }
 

@@ -448,6 +448,87 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
         &["emit_filter_state", "stats_for_all_methods"],
     ),
+    // RBAC (kuma-cp's MeshTrafficPermission), translated by `rbac.rs`, which checks the
+    // values (actions, inputs, string matchers) and NACKs what it cannot evaluate.
+    (
+        "envoy.extensions.filters.network.rbac.v3.RBAC",
+        &[
+            "rules",
+            "matcher",
+            "shadow_rules",
+            "shadow_matcher",
+            // Statistics naming only.
+            "stat_prefix",
+            "shadow_rules_stat_prefix",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.rbac.v3.RBAC",
+        &[
+            "rules",
+            "matcher",
+            "shadow_rules",
+            "shadow_matcher",
+            // Statistics naming only.
+            "rules_stat_prefix",
+            "shadow_rules_stat_prefix",
+        ],
+    ),
+    ("envoy.config.rbac.v3.RBAC", &["action", "policies"]),
+    (
+        "envoy.config.rbac.v3.Policy",
+        &["permissions", "principals"],
+    ),
+    (
+        "envoy.config.rbac.v3.Permission",
+        &["any", "and_rules", "or_rules", "not_rule"],
+    ),
+    ("envoy.config.rbac.v3.Permission.Set", &["rules"]),
+    (
+        "envoy.config.rbac.v3.Principal",
+        &["any", "authenticated", "and_ids", "or_ids", "not_id"],
+    ),
+    ("envoy.config.rbac.v3.Principal.Set", &["ids"]),
+    (
+        "envoy.config.rbac.v3.Principal.Authenticated",
+        &["principal_name"],
+    ),
+    ("envoy.config.rbac.v3.Action", &["name", "action"]),
+    (
+        "xds.type.matcher.v3.Matcher",
+        &["matcher_list", "on_no_match"],
+    ),
+    ("xds.type.matcher.v3.Matcher.MatcherList", &["matchers"]),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.FieldMatcher",
+        &["predicate", "on_match"],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate",
+        &[
+            "single_predicate",
+            "or_matcher",
+            "and_matcher",
+            "not_matcher",
+        ],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate.SinglePredicate",
+        &["input", "value_match"],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate.PredicateList",
+        &["predicate"],
+    ),
+    ("xds.type.matcher.v3.Matcher.OnMatch", &["action"]),
+    (
+        "xds.core.v3.TypedExtensionConfig",
+        &["name", "typed_config"],
+    ),
+    (
+        "xds.type.matcher.v3.StringMatcher",
+        &["exact", "prefix", "suffix", "contains"],
+    ),
 ];
 
 /// Extensions (`typed_config` types) whose configuration is walked; any other is NACKed.
@@ -465,6 +546,16 @@ const EXTENSIONS: &[&str] = &[
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "envoy.config.core.v3.Http1ProtocolOptions",
     "envoy.config.core.v3.Http2ProtocolOptions",
+    "envoy.config.rbac.v3.Action",
+    "envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput",
+    "envoy.extensions.matching.common_inputs.network.v3.ServerNameInput",
+];
+
+/// The RBAC filters, walked on sidecar and zone proxy listeners (whose translation reads them,
+/// `rbac.rs`); on a builtin gateway they stay a policy not enforced ([`POLICY_EXTENSIONS`]).
+const RBAC_FILTERS: &[&str] = &[
+    "envoy.extensions.filters.network.rbac.v3.RBAC",
+    "envoy.extensions.filters.http.rbac.v3.RBAC",
 ];
 
 /// Fields accepted on a builtin gateway's listeners and route configurations only: Kuma's
@@ -746,7 +837,12 @@ fn walk_any(any: &DynamicMessage, path: &str, guard: Guard, out: &mut Vec<Unhand
         .get_field_by_name("value")
         .and_then(|v| v.as_bytes().cloned())
         .unwrap_or_default();
-    if let Some((_, policy)) = POLICY_EXTENSIONS.iter().find(|(t, _)| *t == type_name) {
+    let rbac_read = guard == Guard::Proxy && RBAC_FILTERS.contains(&type_name);
+    if let Some((_, policy)) = POLICY_EXTENSIONS
+        .iter()
+        .find(|(t, _)| *t == type_name)
+        .filter(|_| !rbac_read)
+    {
         if rbac_allows_all(type_name, &bytes) || rate_limit_is_idle(type_name, &bytes) {
             return;
         }
@@ -757,7 +853,7 @@ fn walk_any(any: &DynamicMessage, path: &str, guard: Guard, out: &mut Vec<Unhand
         return;
     }
     let gateway_only = guard == Guard::Gateway && GATEWAY_EXTENSIONS.contains(&type_name);
-    if !EXTENSIONS.contains(&type_name) && !gateway_only {
+    if !EXTENSIONS.contains(&type_name) && !gateway_only && !rbac_read {
         out.push(Unhandled {
             path: at,
             reason: format!("extension {type_name} is not implemented by Bearing"),

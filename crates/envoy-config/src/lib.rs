@@ -5,6 +5,7 @@
 pub mod decode;
 mod fields;
 mod naming;
+mod rbac;
 mod retry;
 mod routes;
 pub use fields::POLICY_NOT_ENFORCED;

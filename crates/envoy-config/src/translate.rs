@@ -17,11 +17,12 @@ use crate::fields::{
     self, Unhandled, KUMA_STREAM_IDLE_TIMEOUTS, KUMA_TCP_IDLE_TIMEOUTS, POLICY_NOT_ENFORCED,
 };
 use crate::naming::{self, Role, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
+use crate::rbac;
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, HostEndpoint,
     Http2Windows, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
-    ProxyConfig, ProxyIdentity, RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget,
+    ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget,
     SourcePrefix, SpiffeMatcher, TlsMatch, TransparentProxy, UpstreamTls, Verification,
     WeightedCluster,
 };
@@ -301,6 +302,10 @@ struct Route {
     /// A `direct_response` filter's bytes (empty for a chain without filters): the
     /// connection is answered and closed, no cluster is reached.
     answer: Option<Vec<u8>>,
+    /// The chain's network RBAC filter (before its terminal filter).
+    network_rbac: Option<Rbac>,
+    /// The HTTP connection manager's RBAC filter.
+    http_rbac: Option<Rbac>,
 }
 
 /// The idle timeouts a listener's `tcp_proxy` may carry: Kuma's defaults for its kind,
@@ -330,6 +335,8 @@ impl Route {
             reached: Vec::new(),
             subset: BTreeMap::new(),
             answer: Some(bytes),
+            network_rbac: None,
+            http_rbac: None,
         }
     }
 }
@@ -729,6 +736,8 @@ impl Translator<'_> {
         // A TLS chain that did not translate has its own Nack; the passthrough rule below
         // then has nothing to add.
         let mut tls_refused = false;
+        // The RBAC filters of the mesh mTLS chain and of the others.
+        let (mut mesh_rbac, mut other_rbac) = (None, Vec::new());
         for (i, chain) in listener.filter_chains.iter().enumerate() {
             let at = format!("{path}.filter_chains[{i}]");
             if let Some(m) = &chain.filter_chain_match {
@@ -770,6 +779,11 @@ impl Translator<'_> {
             let Some(this) = self.chain_route(name, &at, chain, PROXY_TCP_IDLE) else {
                 continue;
             };
+            let chain_rbac = (this.network_rbac.clone(), this.http_rbac.clone());
+            match chain.transport_socket.is_some() {
+                true => mesh_rbac = Some(chain_rbac),
+                false => other_rbac.push((at.clone(), chain_rbac)),
+            }
             if !this.subset.is_empty() {
                 self.nack(LISTENER, name, format!("{at}.filters"), "metadata_match: endpoint subsets are implemented only by a zone proxy's SNI tags");
             }
@@ -796,6 +810,32 @@ impl Translator<'_> {
         if let (Some(at), None, false) = (&tls_passthrough, &tls_mesh, tls_refused) {
             self.nack(LISTENER, name, format!("{at}.filter_chain_match.transport_protocol"), "TLS passed through on a sidecar listener is implemented only beside mesh mTLS (PERMISSIVE)");
         }
+        // kuma-cp puts RBAC on the mesh mTLS chain only: PERMISSIVE plaintext passes unchecked.
+        let rbac = match (&tls_mesh, mesh_rbac) {
+            (Some(_), Some(mesh)) => {
+                if let Some((at, _)) = other_rbac
+                    .iter()
+                    .find(|(_, r)| r.0.is_some() || r.1.is_some())
+                {
+                    self.nack(LISTENER, name, format!("{at}.filters"), "RBAC on a chain without mesh mTLS beside a mesh mTLS chain is not implemented: Bearing applies a listener's RBAC to its mTLS connections (kuma-cp's PERMISSIVE inbounds check only those)");
+                }
+                mesh
+            }
+            _ => {
+                let mut chains = other_rbac.into_iter();
+                let first = chains.next().map(|(_, r)| r).unwrap_or_default();
+                if let Some((at, _)) = chains.find(|(_, r)| *r != first) {
+                    self.nack(
+                        LISTENER,
+                        name,
+                        format!("{at}.filters"),
+                        "chains with different RBAC filters: ProxyConfig holds one per listener",
+                    );
+                }
+                first
+            }
+        };
+        (out.network_rbac, out.http_rbac) = rbac;
         if let Some(mesh) = tls_mesh {
             if plaintext || tls_passthrough.is_some() {
                 self.permissive.insert(mesh.clone());
@@ -853,7 +893,7 @@ impl Translator<'_> {
             // Envoy closes a connection its chain has no filter for.
             return Some(Route::answer(Vec::new()));
         }
-        let (mut found, mut http) = (None, false);
+        let (mut found, mut http, mut network_rbac) = (None, false, None);
         for (j, filter) in chain.filters.iter().enumerate() {
             let Some(listener_pb::filter::ConfigType::TypedConfig(any)) = &filter.config_type
             else {
@@ -866,7 +906,18 @@ impl Translator<'_> {
                 continue;
             };
             let fpath = format!("{at}.filters[{j}].typed_config({})", type_name(any));
-            if let Some(tcp) =
+            if type_name(any) == rbac::NETWORK_RBAC {
+                let mut problems = Vec::new();
+                let rbac = rbac::network(any, &fpath, &mut problems);
+                for (field, reason) in problems {
+                    self.nack(LISTENER, name, field, reason);
+                }
+                if network_rbac.is_some() || found.is_some() || http {
+                    let reason = "an RBAC filter after another RBAC filter or after the chain's terminal filter is not implemented";
+                    self.nack(LISTENER, name, fpath, reason);
+                }
+                network_rbac = rbac;
+            } else if let Some(tcp) =
                 typed::<tcp_pb::TcpProxy>(any).filter(|_| type_name(any).ends_with("TcpProxy"))
             {
                 let subset = struct_strings(tcp.metadata_match.as_ref(), "envoy.lb");
@@ -880,6 +931,8 @@ impl Translator<'_> {
                         tcp_backends: Vec::new(),
                         subset,
                         answer: None,
+                        network_rbac: None,
+                        http_rbac: None,
                     }),
                     Some(tcp_pb::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
                         let backends = routes::tcp_weighted(&w);
@@ -896,6 +949,8 @@ impl Translator<'_> {
                             tcp_backends: backends,
                             subset,
                             answer: None,
+                            network_rbac: None,
+                            http_rbac: None,
                         })
                     }
                     None => None,
@@ -932,6 +987,9 @@ impl Translator<'_> {
                     }
                 };
             }
+        }
+        if let Some(route) = &mut found {
+            route.network_rbac = network_rbac;
         }
         if found.is_none() && !http {
             self.nack(
@@ -984,6 +1042,7 @@ impl Translator<'_> {
             }
         };
         let filters = &hcm.http_filters;
+        let mut http_rbac = None;
         for (k, f) in filters.iter().enumerate() {
             let kind = match &f.config_type {
                 Some(hcm_pb::http_filter::ConfigType::TypedConfig(any)) => {
@@ -992,6 +1051,22 @@ impl Translator<'_> {
                 _ => f.name.clone(),
             };
             let last = k + 1 == filters.len();
+            if let Some(hcm_pb::http_filter::ConfigType::TypedConfig(any)) =
+                f.config_type.as_ref().filter(|_| kind == rbac::HTTP_RBAC)
+            {
+                let fat = format!("{at}.http_filters[{k}].typed_config({kind})");
+                let mut problems = Vec::new();
+                let found = rbac::http(any, &fat, &mut problems);
+                for (field, reason) in problems {
+                    self.nack(LISTENER, name, field, reason);
+                }
+                if http_rbac.is_some() {
+                    let reason =
+                        "a second RBAC filter in one connection manager is not implemented";
+                    self.nack(LISTENER, name, fat, reason);
+                }
+                http_rbac = found;
+            }
             if kind.ends_with("grpc_stats.v3.FilterConfig") {
                 protocol = Protocol::Grpc;
             } else if kind.ends_with("router.v3.Router") != last {
@@ -1038,6 +1113,8 @@ impl Translator<'_> {
             reached,
             subset: BTreeMap::new(),
             answer: None,
+            network_rbac: None,
+            http_rbac,
         })
     }
 
@@ -1288,6 +1365,13 @@ impl Translator<'_> {
             let Some(route) = self.chain_route(name, &at, chain, PROXY_TCP_IDLE) else {
                 continue;
             };
+            if route.network_rbac.is_some() || route.http_rbac.is_some() {
+                let reason = format!(
+                    "RBAC: {POLICY_NOT_ENFORCED} (on an SNI-routing listener: a zone proxy's)"
+                );
+                self.nack(LISTENER, name, format!("{at}.filters"), reason);
+                continue;
+            }
             let http = match (route.protocol, &terminate) {
                 (Protocol::Tcp, _) => None,
                 (protocol, Some(_)) => Some(SniHttp {
@@ -2844,6 +2928,9 @@ mod tests {
     use bearing_proxy_config::{
         HeaderMatch, PathMatch, PathRewrite, Redirect, RouteAction, ValueMatch,
     };
+    use bearing_proxy_config::{
+        RbacAction, RbacEngine, RbacPermission, RbacPolicy, RbacPrincipal, RbacRules, RbacString,
+    };
 
     /// A CA certificate valid for one day from 2026-01-01 and its key (PEM), standing for
     /// both mesh Secrets.
@@ -3229,18 +3316,86 @@ mod tests {
         );
     }
 
+    const RBAC_AT: &str = "listeners[\"inbound:10.0.0.1:80\"].filter_chains[2].filters[0].typed_config(envoy.extensions.filters.network.rbac.v3.RBAC)";
+
+    /// An RBAC filter on the mTLS chain of a PERMISSIVE inbound translates to the listener's
+    /// network RBAC (checking its mTLS connections only).
     #[test]
-    fn policy_filter_is_nacked_by_its_path() {
-        let deny = "{policies: {only-web: {permissions: [{any: true}], principals: [{authenticated: {principalName: {exact: 'spiffe://default/web'}}}]}}}";
-        let nacks = translate(&set(&inbound(deny)), &node()).unwrap_err();
-        assert_eq!(nacks.len(), 1, "{nacks:?}");
-        assert_eq!(nacks[0].resource, "inbound:10.0.0.1:80");
-        assert_eq!(
-            nacks[0].field,
-            "listeners[\"inbound:10.0.0.1:80\"].filter_chains[2].filters[0].typed_config(envoy.extensions.filters.network.rbac.v3.RBAC)"
+    fn network_rbac_rules_translate_onto_the_listener() {
+        let only_web = "{policies: {only-web: {permissions: [{any: true}], principals: [{authenticated: {principalName: {exact: 'spiffe://default/web'}}}, {notId: {orIds: {ids: [{any: true}]}}}]}}}";
+        let config = translate(&set(&inbound(only_web)), &node()).unwrap();
+        let l = &config.listeners[0];
+        let rbac = l.network_rbac.as_ref().expect("network RBAC");
+        let expected = RbacEngine::Rules(RbacRules {
+            action: RbacAction::Allow,
+            policies: vec![RbacPolicy {
+                name: "only-web".into(),
+                permissions: vec![RbacPermission::Any],
+                principals: vec![
+                    RbacPrincipal::Authenticated(Some(RbacString::Exact(
+                        "spiffe://default/web".into(),
+                    ))),
+                    RbacPrincipal::Not(Box::new(RbacPrincipal::Or(vec![RbacPrincipal::Any]))),
+                ],
+            }],
+        });
+        assert_eq!(rbac.enforced.as_ref(), Some(&expected));
+        assert_eq!(rbac.shadow, None);
+        assert_eq!(l.http_rbac, None);
+    }
+
+    /// What Bearing cannot evaluate in an RBAC filter is NACKed by its path, never ignored;
+    /// a matcher input it cannot read fails closed.
+    #[test]
+    fn rbac_parts_not_evaluated_are_nacked_by_path() {
+        let cases = [
+            (
+                "{action: LOG, policies: {}}",
+                ".rules.action",
+                "only the ALLOW and DENY actions",
+            ),
+            (
+                "{policies: {p: {permissions: [{any: true}], principals: [{sourceIp: {addressPrefix: 10.0.0.0, prefixLen: 8}}]}}}",
+                ".rules.policies[\"p\"].principals[0].source_ip",
+                "is not implemented by Bearing",
+            ),
+            (
+                "{policies: {p: {permissions: [{destinationPort: 80}], principals: [{any: true}]}}}",
+                ".rules.policies[\"p\"].permissions[0].destination_port",
+                "is not implemented by Bearing",
+            ),
+            (
+                "{policies: {p: {permissions: [{any: true}], principals: [{authenticated: {principalName: {safeRegex: {regex: '.*'}}}}]}}}",
+                ".rules.policies[\"p\"].principals[0].authenticated.principal_name",
+                "only exact, prefix, suffix and contains",
+            ),
+            (
+                "{policies: {p: {permissions: [{any: true}], principals: [{authenticated: {principalName: {exact: a, ignoreCase: true}}}]}}}",
+                ".rules.policies[\"p\"].principals[0].authenticated.principal_name.ignore_case",
+                "is not implemented by Bearing",
+            ),
+        ];
+        for (rules, field, reason) in cases {
+            let nacks = translate(&set(&inbound(rules)), &node()).unwrap_err();
+            let at = format!("{RBAC_AT}{field}");
+            assert!(
+                nacks
+                    .iter()
+                    .any(|n| n.field == at && n.reason.contains(reason)),
+                "{rules}: {nacks:#?}"
+            );
+        }
+        // A matcher reading the DNS SANs (an input Bearing does not evaluate): refused.
+        let matcher = "{}\n              matcher:\n                matcherList:\n                  matchers:\n                  - predicate: {singlePredicate: {input: {name: dns, typedConfig: {'@type': type.googleapis.com/envoy.extensions.matching.common_inputs.ssl.v3.DnsSanInput}}, valueMatch: {exact: a}}}\n                    onMatch: {action: {name: envoy.filters.rbac.action, typedConfig: {'@type': type.googleapis.com/envoy.config.rbac.v3.Action, name: p}}}";
+        let nacks =
+            translate(&set(&inbound(matcher).replace("rules: {}", "")), &node()).unwrap_err();
+        let at = format!("{RBAC_AT}.matcher.matcher_list.matchers[0].predicate.single_predicate.input.typed_config");
+        assert!(
+            nacks
+                .iter()
+                .any(|n| n.field.starts_with(&at) && n.reason.contains("DnsSanInput")),
+            "{nacks:#?}"
         );
-        assert!(nacks[0].reason.starts_with("RBAC: "), "{}", nacks[0].reason);
-        assert!(nacks[0].reason.contains(POLICY_NOT_ENFORCED));
     }
 
     const OUTBOUND: &str = r#"resources:

@@ -11,9 +11,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 mod gateway;
+mod rbac;
 mod retry;
 mod routes;
 pub use gateway::*;
+pub use rbac::*;
 pub use retry::*;
 pub use routes::*;
 
@@ -558,6 +560,18 @@ pub struct Listener {
     /// policy (`MeshTrafficPermission/<name>`) for logs and `/config_dump`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deny_all: Option<String>,
+    /// Who may connect (Envoy's network `rbac` filter, kuma-cp's MeshTrafficPermission on a
+    /// TCP inbound): decided once per connection, after the transport stage (mesh mTLS);
+    /// a refused connection is closed. `None`: no check. On a listener terminating mesh
+    /// mTLS, this and `http_rbac` check its mTLS connections only: kuma-cp puts them on the
+    /// mTLS chain, and PERMISSIVE plaintext passes unchecked, as in Envoy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_rbac: Option<Rbac>,
+    /// Who may send a request (Envoy's HTTP `rbac` filter, kuma-cp's MeshTrafficPermission on
+    /// an HTTP inbound): decided per request before routing; a refused request gets 403
+    /// `RBAC: access denied`. `None`: no check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_rbac: Option<Rbac>,
     /// Every connection is answered with these bytes and closed, without reading what the
     /// client sends (Envoy's `direct_response` network filter: kuma-cp's zone ingress with no
     /// destinations answers its identity); empty: closed at once (a filter chain without
@@ -603,6 +617,8 @@ impl Listener {
             retry: None,
             max_connect_attempts: 1,
             deny_all: None,
+            network_rbac: None,
+            http_rbac: None,
             direct_response: None,
             http2_windows: Http2Windows::default(),
         }

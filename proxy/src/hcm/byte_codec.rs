@@ -45,6 +45,7 @@ use super::{
 use crate::circuit::{Held, Occupancy};
 use crate::io::TcpBacked;
 use crate::router::{HttpRoutes, Reply, ResponseEdits, Routing};
+use crate::transport::Admission;
 use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, UpstreamError, UpstreamStream};
 
 /// Largest request (head and held body) this path carries; a larger one goes to hyper. Heads
@@ -160,12 +161,14 @@ pub(crate) struct Wake<'a> {
 
 /// Serves HTTP/1.1 requests on `down` as bytes, each routed by the newest version of its
 /// listener (`current`), until the connection ends, needs the full HTTP stack, or is no longer
-/// admitted (`current` gives `None`: the request waiting is not served).
+/// admitted (`current` gives `None`: the request waiting is not served). `admission`: how
+/// the connection was admitted, what the listener's HTTP RBAC reads; a request it refuses
+/// gets 403.
 pub(crate) async fn serve<S, L>(
     mut down: S,
     mut current: impl FnMut() -> Option<Arc<L>>,
     wake: Wake<'_>,
-    peer: SocketAddr,
+    (peer, admission): (SocketAddr, &Admission),
     timeouts: Timeouts,
 ) -> Outcome<S>
 where
@@ -286,6 +289,7 @@ where
             close_downstream: !head.keep_alive || drain.is_cancelled(),
         };
         let routed = match listener.routes() {
+            _ if !listener.rbac_allows(admission) => Routed::Reply(rbac_denied(), None),
             Some(routes) => route_head(
                 routes,
                 &mut bufs.request_head,
@@ -378,6 +382,16 @@ where
             Ok(Ok(n)) if n > 0 => dropped += n,
             _ => return,
         }
+    }
+}
+
+/// Envoy's reply to a request its RBAC filter refuses.
+fn rbac_denied() -> Reply {
+    Reply {
+        status: StatusCode::FORBIDDEN,
+        location: None,
+        message: super::RBAC_DENIED.into(),
+        overloaded: false,
     }
 }
 

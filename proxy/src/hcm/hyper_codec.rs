@@ -19,7 +19,9 @@ use hyper::body::Incoming;
 
 use super::compress;
 use super::mirror::mirror_request;
-use super::{strip_hop_by_hop, Attempt, HttpListener, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE};
+use super::{
+    strip_hop_by_hop, Attempt, HttpListener, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE, RBAC_DENIED,
+};
 use crate::body::MessageBody;
 use crate::router::{HttpRoutes, Reply, Routing, SERVER_NAME};
 use crate::upstream::{
@@ -31,21 +33,24 @@ pub type ProxyBody = MessageBody<UpstreamBody>;
 
 /// Serves one request hyper read on a connection of `listener`, as the connection manager
 /// does every request: a listener that refuses everything answers 403 (Envoy's RBAC reply);
-/// a request the proxy does not forward is answered; the rest get `x-request-id` and
-/// `x-forwarded-proto` (`tls`: the connection is TLS) and go where the listener's routes
-/// decide, or to its cluster. Responses are counted on the listener by status.
+/// a request the proxy does not forward is answered; one the HTTP RBAC refused
+/// (`rbac_allowed` false, decided by the caller) gets 403 `RBAC: access denied`; the rest get
+/// `x-request-id` and `x-forwarded-proto` (`tls`: the connection is TLS) and go where the
+/// listener's routes decide, or to its cluster. Responses are counted on the listener by
+/// status.
 pub(crate) async fn serve_request<L: HttpListener>(
     mut req: Request<Incoming>,
     listener: &L,
     peer: SocketAddr,
-    tls: bool,
+    (tls, rbac_allowed): (bool, bool),
 ) -> Response<ProxyBody> {
     if let Some(denied) = listener.denied() {
         denied.inc();
-        return local_reply(StatusCode::FORBIDDEN, "RBAC: access denied".into());
+        return local_reply(StatusCode::FORBIDDEN, RBAC_DENIED.into());
     }
     let resp = match screen_request(&mut req) {
         Some(refused) => refused,
+        None if !rbac_allowed => local_reply(StatusCode::FORBIDDEN, RBAC_DENIED.into()),
         None => {
             super::add_request_headers(req.headers_mut(), tls);
             match (listener.routes(), listener.cluster()) {

@@ -41,7 +41,11 @@ use tokio_util::sync::CancellationToken;
 use crate::circuit::{Held, Occupancy};
 use crate::router::{HttpRoutes, Reply, ResponseEdits};
 use crate::stats::StatusCounters;
+use crate::transport::Admission;
 use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, PoolRef, UpstreamError};
+
+/// The body of Envoy's 403 to a request its RBAC filter refuses.
+pub(crate) const RBAC_DENIED: &str = "RBAC: access denied";
 
 /// What the connection manager reads of the listener whose requests it serves (the
 /// filter-chain stage's `ListenerRuntime`): a trait, so that this stage does not depend on
@@ -60,6 +64,9 @@ pub(crate) trait HttpListener {
     /// Present when the listener refuses every request (a policy denying the inbound came
     /// with a reload): counts what it refuses.
     fn denied(&self) -> Option<&Counter>;
+    /// Whether the listener's HTTP RBAC lets a request of a connection admitted as
+    /// `admission` pass (counted); true without HTTP RBAC.
+    fn rbac_allows(&self, admission: &Admission) -> bool;
     /// Cancelled when a later config changes what the listener admits, and at drain: a
     /// connection waiting for its next request then checks that it may go on.
     fn epoch(&self) -> &CancellationToken;
