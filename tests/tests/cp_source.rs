@@ -3,7 +3,7 @@
 //! mTLS from SDS secrets of a real test mesh CA), rewritten with the namespaces' addresses.
 //! Traffic crosses the mesh; the CP killed, traffic continues; the CP back, the proxies
 //! reconnect (ACK lines); a new outbound pushed applies with no failed request on the old one;
-//! a restricting RBAC filter is NACKed with its detail while the old config serves.
+//! an RBAC filter Bearing cannot evaluate is NACKed with its detail while the old config serves.
 
 use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
@@ -189,7 +189,8 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
     );
     eprintln!("{sent} requests on outbound 10001 while 10002 was pushed: none failed");
 
-    // A restricting RBAC filter: NACKed with its detail, the old config serving on.
+    // An RBAC filter Bearing cannot evaluate (a remote_ip principal): NACKed with its
+    // detail, the old config serving on.
     let served = client.config_dump()?["version"].clone();
     let mut resources = client_resources(web, to_server, &client_leaf, &mesh_ca, &[10001, 10002])?;
     let filters = &mut resources.get_mut(LISTENER, "outbound:127.0.0.1:10002")?["filterChains"][0]
@@ -201,7 +202,7 @@ fn sidecars_take_their_config_from_the_test_cp() -> Result<()> {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
             "rules": {"policies": {"only-admins": {
                 "permissions": [{"any": true}],
-                "principals": [{"authenticated": {"principalName": {"exact": "spiffe://envoyconfig/admin"}}}],
+                "principals": [{"remoteIp": {"addressPrefix": "10.0.0.0", "prefixLen": 8}}],
             }}},
         }}),
     );

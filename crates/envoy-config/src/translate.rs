@@ -1365,7 +1365,9 @@ impl Translator<'_> {
             let Some(route) = self.chain_route(name, &at, chain, PROXY_TCP_IDLE) else {
                 continue;
             };
-            if route.network_rbac.is_some() || route.http_rbac.is_some() {
+            let restricts =
+                |r: &Option<Rbac>| r.as_ref().is_some_and(|r| !rbac::allows_everyone(r));
+            if restricts(&route.network_rbac) || restricts(&route.http_rbac) {
                 let reason = format!(
                     "RBAC: {POLICY_NOT_ENFORCED} (on an SNI-routing listener: a zone proxy's)"
                 );
