@@ -413,27 +413,32 @@ impl Stats {
             "Connections refused because their SNI named no destination",
             s.l_sni_unknown.clone(),
         );
-        r.register(
-            "rbac_denied",
-            "Connections (network RBAC) and requests (HTTP RBAC) refused by the listener's \
-             RBAC, or by a policy Bearing cannot enforce per source (failing closed)",
-            s.l_rbac_denied.clone(),
-        );
-        r.register(
-            "rbac_allowed",
-            "Connections (network RBAC) and requests (HTTP RBAC) the listener's RBAC let pass",
-            s.l_rbac_allowed.clone(),
-        );
-        r.register(
-            "rbac_shadow_allowed",
-            "Connections and requests the listener's shadow RBAC rules would let pass",
-            s.l_rbac_shadow_allowed.clone(),
-        );
-        r.register(
-            "rbac_shadow_denied",
-            "Connections and requests the listener's shadow RBAC rules would refuse",
-            s.l_rbac_shadow_denied.clone(),
-        );
+        let rbac = [
+            (
+                "rbac_denied",
+                "Connections (network RBAC) and requests (HTTP RBAC) refused by the listener's \
+                 RBAC, or by a policy Bearing cannot enforce per source (failing closed)",
+                &s.l_rbac_denied,
+            ),
+            (
+                "rbac_allowed",
+                "Connections (network RBAC) and requests (HTTP RBAC) the listener's RBAC let pass",
+                &s.l_rbac_allowed,
+            ),
+            (
+                "rbac_shadow_allowed",
+                "Connections and requests the listener's shadow RBAC rules would let pass",
+                &s.l_rbac_shadow_allowed,
+            ),
+            (
+                "rbac_shadow_denied",
+                "Connections and requests the listener's shadow RBAC rules would refuse",
+                &s.l_rbac_shadow_denied,
+            ),
+        ];
+        for (name, help, family) in rbac {
+            r.register(name, help, family.clone());
+        }
         r.register(
             "config_applied",
             "Configs applied",

@@ -238,24 +238,20 @@ fn envoy_string(
     found
 }
 
+/// An xds `value_match`: the xds and Envoy `StringMatcher`s share their wire form (field
+/// numbers and types), so it is read as the Envoy one.
 fn xds_string(
     s: &xds_pb::StringMatcher,
     at: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<RbacString> {
-    use xds_pb::string_matcher::MatchPattern as M;
-    let found = match &s.match_pattern {
-        _ if s.ignore_case => None,
-        Some(M::Exact(v)) => Some(RbacString::Exact(v.clone())),
-        Some(M::Prefix(v)) => Some(RbacString::Prefix(v.clone())),
-        Some(M::Suffix(v)) => Some(RbacString::Suffix(v.clone())),
-        Some(M::Contains(v)) => Some(RbacString::Contains(v.clone())),
-        _ => None,
-    };
-    if found.is_none() {
-        problems.push((at.to_string(), STRING_KINDS.into()));
+    match matcher_pb::StringMatcher::decode(s.encode_to_vec().as_slice()) {
+        Ok(envoy) => envoy_string(&envoy, at, problems),
+        Err(e) => {
+            problems.push((at.to_string(), format!("does not decode: {e}")));
+            None
+        }
     }
-    found
 }
 
 fn matcher_engine(

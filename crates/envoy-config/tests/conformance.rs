@@ -7,14 +7,32 @@
 mod corpus;
 
 use bearing_envoy_config::{translate, Nack, ResourceSet, POLICY_NOT_ENFORCED};
+use bearing_proxy_config::{
+    ProxyConfig, RbacAction, RbacDecision, RbacEngine, RbacInput, RbacMatch, RbacMatcher,
+    RbacPredicate, RbacString,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Goldens without a policy that Bearing cannot translate yet, and why.
 const NOT_YET: &[(&str, &str)] = &[];
 
-/// A golden's resources, decoded and translated.
+/// A golden's resources, decoded and translated, summed up.
 fn outcome(file: &Path) -> Result<String, Vec<Nack>> {
+    translated(file).map(|c| {
+        format!(
+            "{} listeners, {} clusters, {} dns, mtls {:?}, tp {}",
+            c.listeners.len(),
+            c.clusters.len(),
+            c.dns.len(),
+            c.mtls.keys().collect::<Vec<_>>(),
+            c.transparent_proxy.is_some()
+        )
+    })
+}
+
+/// A golden's resources, decoded and translated.
+fn translated(file: &Path) -> Result<ProxyConfig, Vec<Nack>> {
     let short = corpus::short(file);
     let mut set = ResourceSet::default();
     let mut nacks = Vec::new();
@@ -26,16 +44,7 @@ fn outcome(file: &Path) -> Result<String, Vec<Nack>> {
     if !nacks.is_empty() {
         return Err(nacks);
     }
-    translate(&set, &corpus::node_for(&short)).map(|c| {
-        format!(
-            "{} listeners, {} clusters, {} dns, mtls {:?}, tp {}",
-            c.listeners.len(),
-            c.clusters.len(),
-            c.dns.len(),
-            c.mtls.keys().collect::<Vec<_>>(),
-            c.transparent_proxy.is_some()
-        )
-    })
+    translate(&set, &corpus::node_for(&short))
 }
 
 /// A NACK's reason without the resource-specific details, for counting.
@@ -112,4 +121,59 @@ fn every_golden_translates_or_is_nacked_by_field() {
         println!("{count:5}  {reason}");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every sidecar MeshTrafficPermission golden translates, and kuma-cp's deny-precedence
+/// matcher becomes the model's matcher in order (the DENY first), on the HTTP inbound of the
+/// test server and the TCP inbound of the demo client.
+#[test]
+fn mesh_traffic_permission_goldens_translate_with_their_matchers() {
+    let dir = "envoyconfig-e2e/sidecars/meshtrafficpermission/";
+    let files: Vec<_> = corpus::envoy_goldens()
+        .into_iter()
+        .filter(|f| corpus::short(f).starts_with(dir))
+        .collect();
+    assert_eq!(files.len(), 12);
+    for file in &files {
+        if let Err(nacks) = translated(file) {
+            panic!("{}: {nacks:#?}", corpus::short(file));
+        }
+    }
+    let decide = |action, policy: &str| RbacDecision {
+        policy: policy.into(),
+        action,
+    };
+    let uri_prefix = |p: &str| RbacPredicate::Single {
+        input: RbacInput::UriSan,
+        value: RbacString::Prefix(p.into()),
+    };
+    let deny_precedence = RbacEngine::Matcher(RbacMatcher {
+        matchers: vec![
+            RbacMatch {
+                predicate: uri_prefix("spiffe://trust-domain.mesh/ns/backend"),
+                decision: decide(RbacAction::Deny, "kri_mtp_envoyconfig_kuma-3__mtp-2_"),
+            },
+            RbacMatch {
+                predicate: uri_prefix("spiffe://trust-domain.mesh"),
+                decision: decide(RbacAction::Allow, "kri_mtp_envoyconfig_kuma-3__mtp-1_"),
+            },
+        ],
+        on_no_match: Some(decide(RbacAction::Deny, "default")),
+    });
+    let server = files
+        .iter()
+        .find(|f| {
+            corpus::short(f).ends_with("inbound-rules-deny-precedence.test-server.golden.json")
+        })
+        .and_then(|f| translated(f).ok())
+        .expect("the deny-precedence golden");
+    let inbound = server
+        .listeners
+        .iter()
+        .find(|l| l.http_rbac.is_some())
+        .expect("an inbound with HTTP RBAC");
+    let rbac = inbound.http_rbac.as_ref().unwrap();
+    assert_eq!(rbac.enforced.as_ref(), Some(&deny_precedence));
+    assert_eq!(rbac.shadow, None);
+    assert_eq!(inbound.network_rbac, None);
 }
