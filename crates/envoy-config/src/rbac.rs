@@ -29,40 +29,48 @@ const URI_SAN_INPUT: &str = "envoy.extensions.matching.common_inputs.ssl.v3.UriS
 const SERVER_NAME_INPUT: &str =
     "envoy.extensions.matching.common_inputs.network.v3.ServerNameInput";
 
+/// The rules and matchers of a network or HTTP RBAC filter message (they name them alike),
+/// with their field names, enforced first.
+macro_rules! engines {
+    ($f:expr) => {
+        [
+            ($f.rules.as_ref(), $f.matcher.as_ref(), "rules", "matcher"),
+            (
+                $f.shadow_rules.as_ref(),
+                $f.shadow_matcher.as_ref(),
+                "shadow_rules",
+                "shadow_matcher",
+            ),
+        ]
+    };
+}
+
 /// The network RBAC filter in `any` (at `at`), or what Bearing cannot evaluate in it.
 pub(crate) fn network(any: &Any, at: &str, problems: &mut Vec<Problem>) -> Option<Rbac> {
-    let Ok(f) = NetworkRbac::decode(any.value.as_slice()) else {
-        problems.push((at.to_string(), format!("{NETWORK_RBAC} does not decode")));
-        return None;
-    };
-    let sources = [
-        (f.rules.as_ref(), f.matcher.as_ref(), "rules", "matcher"),
-        (
-            f.shadow_rules.as_ref(),
-            f.shadow_matcher.as_ref(),
-            "shadow_rules",
-            "shadow_matcher",
-        ),
-    ];
-    filter(sources, at, problems)
+    let f: NetworkRbac = decoded(any, NETWORK_RBAC, at, problems)?;
+    filter(engines!(f), at, problems)
 }
 
 /// The HTTP RBAC filter in `any` (at `at`), or what Bearing cannot evaluate in it.
 pub(crate) fn http(any: &Any, at: &str, problems: &mut Vec<Problem>) -> Option<Rbac> {
-    let Ok(f) = HttpRbac::decode(any.value.as_slice()) else {
-        problems.push((at.to_string(), format!("{HTTP_RBAC} does not decode")));
-        return None;
-    };
-    let sources = [
-        (f.rules.as_ref(), f.matcher.as_ref(), "rules", "matcher"),
-        (
-            f.shadow_rules.as_ref(),
-            f.shadow_matcher.as_ref(),
-            "shadow_rules",
-            "shadow_matcher",
-        ),
-    ];
-    filter(sources, at, problems)
+    let f: HttpRbac = decoded(any, HTTP_RBAC, at, problems)?;
+    filter(engines!(f), at, problems)
+}
+
+/// The message of type `name` in `any`, or a problem at `at`.
+fn decoded<M: Message + Default>(
+    any: &Any,
+    name: &str,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<M> {
+    match M::decode(any.value.as_slice()) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            problems.push((at.to_string(), format!("{name} does not decode: {e}")));
+            None
+        }
+    }
 }
 
 /// The enforced and shadow engines, each from its rules or its matcher (Envoy allows one of
@@ -336,13 +344,7 @@ fn typed<M: Message + Default>(
             .unwrap_or(&a.type_url)
     });
     match (found, any) {
-        (Some(t), Some(a)) if t == want => match M::decode(a.value.as_slice()) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                problems.push((at.to_string(), format!("{want} does not decode: {e}")));
-                None
-            }
-        },
+        (Some(t), Some(a)) if t == want => decoded(a, want, at, problems),
         _ => {
             let reason = format!("expected {want}, found {}", found.unwrap_or("nothing"));
             problems.push((at.to_string(), reason));
