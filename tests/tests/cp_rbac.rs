@@ -3,7 +3,8 @@
 //! manager, the network one before its TCP proxy) allowing only the client
 //! `spiffe://envoyconfig/demo-client`. Two client sidecars with real mesh certificates call
 //! both inbounds: the allowed one gets the origin's answers, the other a 403 `RBAC: access
-//! denied` over HTTP and a closed connection over TCP, and the server counts both.
+//! denied` over HTTP and a closed connection over TCP, and the server counts both. Then Envoy
+//! 1.40, fed the same resources by the same CP in the server's place, answers the same.
 
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,8 @@ fn mesh_traffic_permission_allows_only_the_named_client() -> Result<()> {
         listener["metadata"]["filterMetadata"]["io.kuma.tags"]["kuma.io/service"] =
             json!("test-server");
         ensure!(restrict(listener) == 1, "one RBAC filter in {name}");
+        // The goldens' redacted addresses (Envoy parses the HCM's internal address CIDRs).
+        replace_in_strings(listener, "IP_REDACTED", &backend.ip4().to_string());
     }
     xds.mesh_identity(MESH, &server_leaf, &mesh_ca)?;
     let file = pki.dir.join("test-server.json");
@@ -175,38 +178,43 @@ fn mesh_traffic_permission_allows_only_the_named_client() -> Result<()> {
         ensure!(!log.contains("NACK"), "{name} NACKed its config:\n{log}");
     }
 
-    // HTTP: the demo client reaches the origin, the other gets Envoy's RBAC reply.
-    for _ in 0..2 {
-        let (code, body) = curl(web, ["http://127.0.0.1:10001/"])?;
+    // Each server (Bearing, then Envoy 1.40 fed the same resources) answers alike.
+    let check = |server: &str| -> Result<()> {
+        // HTTP: the demo client reaches the origin, the other gets Envoy's RBAC reply.
+        for _ in 0..2 {
+            let (code, body) = curl(web, ["http://127.0.0.1:10001/"])?;
+            ensure!(
+                code == 200 && body == nginx.body(),
+                "{server}: allowed: {code} {body}"
+            );
+        }
+        let denied = curl_output(other, ["-i", "http://127.0.0.1:10001/"])?;
+        let (head, body) = denied.body.split_once("\r\n\r\n").unwrap_or_default();
         ensure!(
-            code == 200 && body == nginx.body(),
-            "allowed: {code} {body}"
+            denied.http_code == 403
+                && body == "RBAC: access denied"
+                && header_value(head, "content-type").as_deref() == Some("text/plain"),
+            "{server}: denied: {} {}",
+            denied.http_code,
+            denied.body
         );
-    }
-    let denied = curl_output(other, ["-i", "http://127.0.0.1:10001/"])?;
-    let (head, body) = denied.body.split_once("\r\n\r\n").unwrap_or_default();
-    ensure!(
-        denied.http_code == 403
-            && body == "RBAC: access denied"
-            && header_value(head, "content-type").as_deref() == Some("text/plain"),
-        "denied: {} {}",
-        denied.http_code,
-        denied.body
-    );
-    // TCP: the demo client's bytes reach redis; the other's connection is closed at once.
-    let pong = redis_cli(web, [127, 0, 0, 1], 10002, ["PING"])?;
-    ensure!(pong == "PONG", "allowed over TCP: {pong:?}");
-    let started = Instant::now();
-    let refused = redis_cli(other, [127, 0, 0, 1], 10002, ["PING"]);
-    ensure!(
-        !matches!(&refused, Ok(s) if s.contains("PONG")),
-        "denied over TCP got through: {refused:?}"
-    );
-    ensure!(
-        started.elapsed() < Duration::from_secs(5),
-        "the denied TCP connection was not closed at once ({:?}): {refused:?}",
-        started.elapsed()
-    );
+        // TCP: the demo client's bytes reach redis; the other's connection is closed at once.
+        let pong = redis_cli(web, [127, 0, 0, 1], 10002, ["PING"])?;
+        ensure!(pong == "PONG", "{server}: allowed over TCP: {pong:?}");
+        let started = Instant::now();
+        let refused = redis_cli(other, [127, 0, 0, 1], 10002, ["PING"]);
+        ensure!(
+            !matches!(&refused, Ok(s) if s.contains("PONG")),
+            "{server}: denied over TCP got through: {refused:?}"
+        );
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "{server}: the denied TCP connection was not closed at once ({:?}): {refused:?}",
+            started.elapsed()
+        );
+        Ok(())
+    };
+    check("bearing")?;
 
     // The server counts both decisions on each inbound.
     let (_, metrics) = server_proxy.admin("GET", "/stats/prometheus")?;
@@ -216,5 +224,12 @@ fn mesh_traffic_permission_allows_only_the_named_client() -> Result<()> {
             ensure!(metrics.contains(&series), "no {series} in:\n{metrics}");
         }
     }
-    Ok(())
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    server_proxy.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(backend, MESH, "test-server")?;
+    for port in [GOLDEN_INBOUND_PORT, TCP_INBOUND_PORT] {
+        backend.wait_for_tcp_listener(port, Duration::from_secs(20), None)?;
+    }
+    check("envoy")
 }
