@@ -69,6 +69,9 @@ pub struct ClusterStats {
     pub requests: StatusCounters,
     /// Requests that failed after connecting (reset, timeout, protocol error).
     pub request_errors: Counter,
+    /// Requests answered with the 504 of their timeout, which spans waiting for a connection,
+    /// connecting and every try (Envoy's `upstream_rq_timeout`).
+    pub rq_timeout: Counter,
     /// Bytes written to upstream.
     pub tx_bytes: Counter,
     /// Bytes read from upstream.
@@ -232,6 +235,12 @@ const CLUSTER_SERIES: &[Series<ClusterStats>] = &[
         help: "Requests or connections with no reachable endpoint.",
         kind: MetricType::Counter,
         metric: |h| &h.no_healthy_upstream,
+    },
+    Series {
+        name: "cluster_upstream_rq_timeout",
+        help: "Requests answered 504 at their timeout (waiting, connecting and every try).",
+        kind: MetricType::Counter,
+        metric: |h| &h.rq_timeout,
     },
     Series {
         name: "cluster_upstream_request_errors",

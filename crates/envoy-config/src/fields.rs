@@ -10,7 +10,7 @@
 
 use crate::decode::{descriptor_pool, TYPE_URL_PREFIX};
 use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -745,63 +745,88 @@ pub(crate) struct Unhandled {
     pub reason: String,
 }
 
-fn accepted(guard: Guard) -> &'static HashSet<String> {
-    static PROXY: OnceLock<HashSet<String>> = OnceLock::new();
-    static GATEWAY: OnceLock<HashSet<String>> = OnceLock::new();
-    let names = |lists: &[&[(&str, &[&str])]]| -> HashSet<String> {
-        lists
-            .iter()
-            .flat_map(|l| l.iter())
-            .flat_map(|(message, fields)| fields.iter().map(move |f| format!("{message}.{f}")))
-            .collect()
+/// Fields accepted, by message full name: a lookup borrows the message's and the field's
+/// names, where a `"message.field"` key was formatted for every field of every resource (the
+/// guard walks the whole state on each push, 30k resources at 10k services).
+type FieldSets = HashMap<&'static str, HashSet<&'static str>>;
+
+fn accepted(guard: Guard) -> &'static FieldSets {
+    static PROXY: OnceLock<FieldSets> = OnceLock::new();
+    static GATEWAY: OnceLock<FieldSets> = OnceLock::new();
+    let sets = |lists: &[&[(&'static str, &'static [&'static str])]]| -> FieldSets {
+        let mut sets = FieldSets::new();
+        for (message, fields) in lists.iter().flat_map(|l| l.iter()) {
+            sets.entry(message).or_default().extend(fields.iter());
+        }
+        sets
     };
     match guard {
-        Guard::Proxy => PROXY.get_or_init(|| names(&[ACCEPTED])),
-        Guard::Gateway => GATEWAY.get_or_init(|| names(&[ACCEPTED, GATEWAY_ACCEPTED])),
+        Guard::Proxy => PROXY.get_or_init(|| sets(&[ACCEPTED])),
+        Guard::Gateway => GATEWAY.get_or_init(|| sets(&[ACCEPTED, GATEWAY_ACCEPTED])),
     }
 }
 
-/// The policy a field or extension belongs to, if any.
+/// Whether `guard` accepts `field` of the message named `message` (full name).
+fn accepts(guard: Guard, message: &str, field: &str) -> bool {
+    accepted(guard)
+        .get(message)
+        .is_some_and(|fields| fields.contains(field))
+}
+
+/// The policy a field or extension belongs to, if any (`message` is a full name).
 pub(crate) fn policy_of(message: &str, field: &str) -> Option<&'static str> {
+    static BY_MESSAGE: OnceLock<HashMap<&'static str, HashMap<&'static str, &'static str>>> =
+        OnceLock::new();
+    let by_message = BY_MESSAGE.get_or_init(|| {
+        let mut map: HashMap<&'static str, HashMap<&'static str, &'static str>> = HashMap::new();
+        for (at, policy) in POLICY_FIELDS {
+            if let Some((short, field)) = at.split_once('.') {
+                map.entry(short).or_default().insert(field, policy);
+            }
+        }
+        map
+    });
     let short = message.rsplit('.').next().unwrap_or(message);
-    POLICY_FIELDS
-        .iter()
-        .find(|(f, _)| f.split_once('.') == Some((short, field)))
-        .map(|(_, p)| *p)
+    by_message.get(short)?.get(field).copied()
 }
 
 /// Walks every set field of `message` (at `path`) and reports those `guard` does not accept.
-fn unhandled(message: &DynamicMessage, path: &str, guard: Guard, out: &mut Vec<Unhandled>) {
-    let name = message.descriptor().full_name().to_string();
+/// `path` is one buffer for the whole walk: each step appends its part and takes it off
+/// again, so a path is allocated only for what is reported.
+fn unhandled(message: &DynamicMessage, path: &mut String, guard: Guard, out: &mut Vec<Unhandled>) {
+    let descriptor = message.descriptor();
+    let name = descriptor.full_name();
     for (field, value) in message.fields() {
-        let at = format!("{path}.{}", field.name());
-        let key = format!("{name}.{}", field.name());
+        let len = path.len();
+        path.push('.');
+        path.push_str(field.name());
         // A gateway default the gateway translation checks by value.
         if guard == Guard::Gateway
-            && !accepted(Guard::Proxy).contains(&key)
-            && accepted(guard).contains(&key)
+            && !accepts(Guard::Proxy, name, field.name())
+            && accepts(guard, name, field.name())
         {
-            walk_value(value, &at, guard, out);
-        } else if let Some(policy) = policy_of(&name, field.name()) {
-            if policy == "timeouts" && is_kuma_default_timeout(field.name(), value) {
-                continue;
+            walk_value(value, path, guard, out);
+        } else if let Some(policy) = policy_of(name, field.name()) {
+            if !(policy == "timeouts" && is_kuma_default_timeout(field.name(), value)) {
+                out.push(Unhandled {
+                    path: path.clone(),
+                    reason: format!("{policy}: {POLICY_NOT_ENFORCED}"),
+                });
             }
+        } else if !accepts(guard, name, field.name()) {
             out.push(Unhandled {
-                path: at,
-                reason: format!("{policy}: {POLICY_NOT_ENFORCED}"),
-            });
-        } else if !accepted(guard).contains(&key) {
-            out.push(Unhandled {
-                path: at,
-                reason: format!("{key} is not implemented by Bearing"),
+                path: path.clone(),
+                reason: format!("{name}.{} is not implemented by Bearing", field.name()),
             });
         } else {
-            walk_value(value, &at, guard, out);
+            walk_value(value, path, guard, out);
         }
+        path.truncate(len);
     }
 }
 
-fn walk_value(value: &Value, path: &str, guard: Guard, out: &mut Vec<Unhandled>) {
+fn walk_value(value: &Value, path: &mut String, guard: Guard, out: &mut Vec<Unhandled>) {
+    use std::fmt::Write as _;
     match value {
         Value::Message(m) if m.descriptor().full_name() == "google.protobuf.Any" => {
             walk_any(m, path, guard, out)
@@ -810,29 +835,49 @@ fn walk_value(value: &Value, path: &str, guard: Guard, out: &mut Vec<Unhandled>)
         Value::Message(m) => unhandled(m, path, guard, out),
         Value::List(items) => {
             for (i, item) in items.iter().enumerate() {
-                walk_value(item, &format!("{path}[{i}]"), guard, out);
+                let len = path.len();
+                let _ = write!(path, "[{i}]");
+                walk_value(item, path, guard, out);
+                path.truncate(len);
             }
         }
         Value::Map(entries) => {
             for (key, item) in entries {
-                let key = match key {
-                    MapKey::String(s) => format!("{s:?}"),
-                    other => format!("{other:?}"),
+                let len = path.len();
+                let _ = match key {
+                    MapKey::String(s) => write!(path, "[{s:?}]"),
+                    other => write!(path, "[{other:?}]"),
                 };
-                walk_value(item, &format!("{path}[{key}]"), guard, out);
+                walk_value(item, path, guard, out);
+                path.truncate(len);
             }
         }
         _ => {}
     }
 }
 
-fn walk_any(any: &DynamicMessage, path: &str, guard: Guard, out: &mut Vec<Unhandled>) {
+fn walk_any(any: &DynamicMessage, path: &mut String, guard: Guard, out: &mut Vec<Unhandled>) {
     let type_url = any
         .get_field_by_name("type_url")
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
     let type_name = type_url.strip_prefix(TYPE_URL_PREFIX).unwrap_or(&type_url);
-    let at = format!("{path}({type_name})");
+    let len = path.len();
+    path.push('(');
+    path.push_str(type_name);
+    path.push(')');
+    walk_extension(type_name, any, path, guard, out);
+    path.truncate(len);
+}
+
+/// Walks an `Any` of type `type_name` at `path` (its type named in the path).
+fn walk_extension(
+    type_name: &str,
+    any: &DynamicMessage,
+    path: &mut String,
+    guard: Guard,
+    out: &mut Vec<Unhandled>,
+) {
     let bytes = any
         .get_field_by_name("value")
         .and_then(|v| v.as_bytes().cloned())
@@ -847,7 +892,7 @@ fn walk_any(any: &DynamicMessage, path: &str, guard: Guard, out: &mut Vec<Unhand
             return;
         }
         out.push(Unhandled {
-            path: at,
+            path: path.clone(),
             reason: format!("{policy}: {POLICY_NOT_ENFORCED}"),
         });
         return;
@@ -855,7 +900,7 @@ fn walk_any(any: &DynamicMessage, path: &str, guard: Guard, out: &mut Vec<Unhand
     let gateway_only = guard == Guard::Gateway && GATEWAY_EXTENSIONS.contains(&type_name);
     if !EXTENSIONS.contains(&type_name) && !gateway_only && !rbac_read {
         out.push(Unhandled {
-            path: at,
+            path: path.clone(),
             reason: format!("extension {type_name} is not implemented by Bearing"),
         });
         return;
@@ -865,9 +910,9 @@ fn walk_any(any: &DynamicMessage, path: &str, guard: Guard, out: &mut Vec<Unhand
         .and_then(|pool| pool.get_message_by_name(type_name))
         .map(|d| DynamicMessage::decode(d, bytes));
     match decoded {
-        Some(Ok(message)) => unhandled(&message, &at, guard, out),
+        Some(Ok(message)) => unhandled(&message, path, guard, out),
         _ => out.push(Unhandled {
-            path: at,
+            path: path.clone(),
             reason: format!("{type_name} does not decode"),
         }),
     }
@@ -970,7 +1015,7 @@ pub(crate) fn unhandled_with(
         .and_then(|pool| pool.get_message_by_name(type_name))
         .map(|d| DynamicMessage::decode(d, bytes));
     match decoded {
-        Some(Ok(message)) => unhandled(&message, path, guard, &mut out),
+        Some(Ok(message)) => unhandled(&message, &mut path.to_string(), guard, &mut out),
         _ => out.push(Unhandled {
             path: path.to_string(),
             reason: format!("{type_name} does not decode"),

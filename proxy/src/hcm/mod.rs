@@ -179,7 +179,7 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
     codec: &mut C,
     request: C::Request,
 ) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
-    match retry {
+    let outcome = match retry {
         None => {
             let deadline = codec.limit().map(|t| Instant::now() + t);
             try_endpoint(cluster, codec, request, deadline, &mut None)
@@ -187,7 +187,11 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
                 .map_err(|(failure, _)| failure)
         }
         Some(policy) => retrying(cluster, policy, codec, request).await,
+    };
+    if let Err(UpstreamError::Timeout(_)) = &outcome {
+        cluster.stats.rq_timeout.inc();
     }
+    outcome
 }
 
 /// Sends `request` to `cluster` through `codec` under `policy`: after an attempt the policy
