@@ -179,14 +179,13 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
     codec: &mut C,
     request: C::Request,
 ) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
+    // The request's own timeout, which every try and its connect fall within.
+    let deadline = codec.limit().map(|t| Instant::now() + t);
     let outcome = match retry {
-        None => {
-            let deadline = codec.limit().map(|t| Instant::now() + t);
-            try_endpoint(cluster, codec, request, deadline, &mut None)
-                .await
-                .map_err(|(failure, _)| failure)
-        }
-        Some(policy) => retrying(cluster, policy, codec, request).await,
+        None => try_endpoint(cluster, codec, request, deadline, &mut None)
+            .await
+            .map_err(|(failure, _)| failure),
+        Some(policy) => retrying(cluster, (policy, deadline), codec, request).await,
     };
     if let Err(UpstreamError::Timeout(_)) = &outcome {
         cluster.stats.rq_timeout.inc();
@@ -201,14 +200,13 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
 /// within the per-try timeout and all of them within the request's own timeout. A request
 /// that never reached an endpoint goes again itself; one that did goes as the codec's copy,
 /// so a request it cannot copy (a streamed body) is not retried once sent. The retries hold
-/// one unit of the cluster's `max_retries`.
+/// one unit of the cluster's `max_retries`. `deadline`: the request's own timeout.
 async fn retrying<'c, C: UpstreamCodec>(
     cluster: &'c ClusterRuntime,
-    policy: &RetryPolicy,
+    (policy, deadline): (&RetryPolicy, Option<Instant>),
     codec: &mut C,
     mut request: C::Request,
 ) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
-    let deadline = codec.limit().map(|t| Instant::now() + t);
     let mut unit = None;
     let mut retries = 0;
     loop {
@@ -282,8 +280,9 @@ fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// One try of `request` to `cluster` through `codec`, answered by `deadline` (Envoy's route
-/// and per-try timeouts span the connect too): the endpoint the round robin gives next. A connect failure, or a fresh connection closed before the request was written, ends
-/// the try (Envoy's router picks another endpoint only for a retry its policy asks for); a
+/// and per-try timeouts span the connect too): the endpoint the round robin gives next. A
+/// connect failure, or a fresh connection closed before the request was written, ends the
+/// try (Envoy's router picks another endpoint only for a retry its policy asks for); a
 /// reused connection found stale (closed before the request was written, or before answering
 /// a request the codec may repeat) is replaced by a fresh one to the same endpoint, the
 /// repeat after an unanswered request taking the cluster's `max_retries` unit, which `retry`
