@@ -13,7 +13,9 @@ use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::GatewayRuntime;
+use crate::hcm::filters::HttpFilters;
 use crate::hcm::HttpListener;
+use crate::rate_limit::ConnectionLimit;
 use crate::rbac::RbacRuntime;
 use crate::router::HttpRoutes;
 use crate::sni::SniTable;
@@ -52,6 +54,11 @@ pub struct ListenerRuntime {
     pub network_rbac: Option<RbacRuntime>,
     /// Who may send a request (`Listener::http_rbac`), decided per request before routing.
     pub http_rbac: Option<RbacRuntime>,
+    /// Its HTTP filters after RBAC (`Listener::http_filters`), run per request.
+    pub filters: Option<HttpFilters>,
+    /// Its limit of new connections (`Listener::connection_rate_limit`), checked as each
+    /// is accepted.
+    pub connection_limit: Option<ConnectionLimit>,
     /// Cancelled when a later config changes what this listener admits (mesh mTLS turned on
     /// or off, PERMISSIVE to STRICT, another CA), and at drain (a child of the drain token):
     /// its connections then check, between requests, that they may go on. Shared with the
@@ -165,6 +172,10 @@ impl HttpListener for ListenerRuntime {
             // Not read: the connection predates the listener's RBAC (`admits` closes it).
             (Some(_), None) => false,
         }
+    }
+
+    fn filters(&self) -> Option<&HttpFilters> {
+        self.filters.as_ref()
     }
 
     fn epoch(&self) -> &CancellationToken {

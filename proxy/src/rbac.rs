@@ -174,7 +174,8 @@ fn matcher_allows(matcher: &RbacMatcher, peer: &Peer) -> bool {
     decision.is_some_and(|d| d.action == RbacAction::Allow)
 }
 
-fn predicate(p: &RbacPredicate, peer: &Peer) -> bool {
+/// Whether predicate `p` holds for `peer` (also a filter's skip matcher, `crate::fault`).
+pub(crate) fn predicate(p: &RbacPredicate, peer: &Peer) -> bool {
     match p {
         RbacPredicate::Single { input, value } => {
             peer.input(*input).is_some_and(|v| value.matches(v))

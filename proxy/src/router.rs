@@ -17,13 +17,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bearing_gateway::{Decision, HeaderEdits, Router};
+use bearing_gateway::{Decision, HeaderEdits, RouteAt, Router};
 use bearing_proxy_config::{
     response_timeout, Compression, GatewayListener, HttpRoute, RetryPolicy, RouteAction, RouteTable,
 };
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
+use prometheus_client::metrics::counter::Counter;
 
+use crate::rate_limit::RouteLimit;
+use crate::stats::Stats;
 use crate::upstream::ClusterRuntime;
 
 /// Value of the `server` header on every gateway response (Kuma's gateway `serverName`).
@@ -48,22 +51,31 @@ pub struct HttpRoutes {
     /// A gateway listener's gzip response compression (`GatewayListener::compression`),
     /// which the connection manager applies.
     compression: Option<Compression>,
+    /// The rate limits of routes that have one (`HttpRoute::rate_limit`), with the headers
+    /// of their refusals; empty (no lookup) when none has.
+    limits: HashMap<RouteAt, (RouteLimit, HeaderEdits)>,
 }
 
 impl HttpRoutes {
-    /// A sidecar listener's route table, with the clusters it names.
+    /// A sidecar listener's route table, with the clusters it names and its routes' rate
+    /// limits (counted in `stats` as `listener`'s).
     pub fn table(
         table: &RouteTable,
         clusters: &HashMap<String, Arc<ClusterRuntime>>,
+        (stats, listener): (&Stats, &str),
     ) -> Result<HttpRoutes, String> {
         let router = Router::table(table)?;
         let routes = || table.virtual_hosts.iter().flat_map(|v| &v.routes);
-        Ok(HttpRoutes::new(
+        let mut out = HttpRoutes::new(
             router,
             (route_clusters(routes()), rewrites_to_endpoint(routes())),
             clusters,
             false,
-        ))
+        );
+        if routes().any(|r| r.rate_limit.is_some()) {
+            out.limit_routes(table, &stats.local_rate_limited(listener))?;
+        }
+        Ok(out)
     }
 
     /// A gateway listener's routes and TCP backends, with the clusters they name.
@@ -111,7 +123,31 @@ impl HttpRoutes {
             clusters: own,
             gateway,
             compression: None,
+            limits: HashMap::new(),
         }
+    }
+
+    /// Gives each route of `table` (the table these routes were made of) that has a rate
+    /// limit its bucket, counting what it limits into `limited`.
+    fn limit_routes(&mut self, table: &RouteTable, limited: &Counter) -> Result<(), String> {
+        for (h, host) in table.virtual_hosts.iter().enumerate() {
+            for (r, route) in host.routes.iter().enumerate() {
+                if let Some(limit) = &route.rate_limit {
+                    let headers = HeaderEdits::new(&limit.response_headers, &route.origin)?;
+                    let runtime = RouteLimit::new(limit.clone(), limited.clone());
+                    self.limits.insert((h, r), (runtime, headers));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rate limit of the route at `at`, if it has one.
+    fn limit(&self, at: Option<RouteAt>) -> Option<(&RouteLimit, &HeaderEdits)> {
+        if self.limits.is_empty() {
+            return None;
+        }
+        self.limits.get(&at?).map(|(l, h)| (l, h))
     }
 
     /// Every cluster the routes send to.
@@ -166,14 +202,34 @@ impl HttpRoutes {
 impl HttpRoutes {
     /// Routes a request for either codec: the router's decision with its clusters looked up,
     /// and, for a request a gateway forwards, the client's address appended to
-    /// `x-forwarded-for`.
-    pub(crate) fn decide(&self, parts: &mut http::request::Parts, peer: SocketAddr) -> Routing<'_> {
-        match self.router.route(parts) {
+    /// `x-forwarded-for`; with the rate limit of the route taken, if it has one.
+    pub(crate) fn decide(
+        &self,
+        parts: &mut http::request::Parts,
+        peer: SocketAddr,
+    ) -> (Routing<'_>, Option<(&RouteLimit, &HeaderEdits)>) {
+        let decision = self.router.route(parts);
+        let at = match &decision {
+            Decision::Respond { route, .. } => *route,
+            Decision::Forward { route, .. } => Some(*route),
+        };
+        (self.routing(decision, parts, peer), self.limit(at))
+    }
+
+    /// The router's `decision` with its clusters looked up.
+    fn routing<'r>(
+        &'r self,
+        decision: Decision<'r>,
+        parts: &mut http::request::Parts,
+        peer: SocketAddr,
+    ) -> Routing<'r> {
+        match decision {
             Decision::Respond {
                 status,
                 location,
                 body,
                 response_headers,
+                ..
             } => Routing::Reply(
                 Reply {
                     status,
@@ -193,6 +249,7 @@ impl HttpRoutes {
                 timeout,
                 retry,
                 endpoint_host,
+                ..
             } => match self.clusters.get(cluster) {
                 None => Routing::Reply(
                     Reply {
@@ -243,6 +300,15 @@ pub(crate) struct ResponseEdits<'r> {
 }
 
 impl<'r> ResponseEdits<'r> {
+    /// Only `headers` (a filter's reply on a sidecar).
+    pub(crate) fn headers(headers: &'r HeaderEdits) -> ResponseEdits<'r> {
+        ResponseEdits {
+            route: Some(headers),
+            server: false,
+            compression: None,
+        }
+    }
+
     /// The gateway listener's compression, if it has one.
     pub(crate) fn compression(&self) -> Option<&'r Compression> {
         self.compression

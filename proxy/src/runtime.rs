@@ -29,8 +29,10 @@ use crate::dns_cluster::{Resolutions, Resolve, SystemResolver};
 use crate::filter_chain::ListenerRuntime;
 use crate::gateway::{self, GatewayRuntime};
 use crate::hcm::byte_codec::{self, Prefixed};
+use crate::hcm::filters::HttpFilters;
 use crate::hcm::{hyper_codec, HttpListener as _};
 use crate::io::{Counted, TcpBacked};
+use crate::rate_limit::ConnectionLimit;
 use crate::rbac::RbacRuntime;
 use crate::router::HttpRoutes;
 use crate::snapshot::Snapshot;
@@ -225,7 +227,8 @@ impl Proxy {
                 Some(Ok(g)) => Some(g),
                 None => None,
             };
-            let table = match l.routes.as_ref().map(|t| HttpRoutes::table(t, &clusters)) {
+            let named = (&self.stats, l.name.as_str());
+            let table = match l.routes.as_ref().map(|t| HttpRoutes::table(t, &clusters, named)) {
                 Some(Err(e)) => {
                     not_built(&l.name, format!("route table: {e}"));
                     continue;
@@ -307,7 +310,7 @@ impl Proxy {
                             format!("SNI route to {route:?}: {reason}; refused"),
                         );
                     }
-                    let routes = match table.map(|t| HttpRoutes::table(t, &clusters)) {
+                    let routes = match table.map(|t| HttpRoutes::table(t, &clusters, named)) {
                         Some(Err(e)) => {
                             not_built(
                                 &l.name,
@@ -325,6 +328,7 @@ impl Proxy {
                         config.cluster = r.cluster.clone();
                         config.routes = h.routes.clone();
                         config.retry = h.retry.clone();
+                        config.http_filters = h.http_filters.clone();
                         Arc::new(ListenerRuntime {
                             config,
                             cluster: cluster.clone(),
@@ -338,6 +342,10 @@ impl Proxy {
                             denied: None,
                             network_rbac: None,
                             http_rbac: None,
+                            filters: HttpFilters::new(&h.http_filters, || {
+                                self.stats.faults(&l.name)
+                            }),
+                            connection_limit: None,
                             epoch: epoch.clone(),
                         })
                     });
@@ -392,6 +400,10 @@ impl Proxy {
                     .http_rbac
                     .as_ref()
                     .map(|r| RbacRuntime::new(r.clone(), self.stats.rbac(&l.name))),
+                filters: HttpFilters::new(&l.http_filters, || self.stats.faults(&l.name)),
+                connection_limit: l.connection_rate_limit.as_ref().map(|b| {
+                    ConnectionLimit::new(b, self.stats.connection_rate_limited(&l.name))
+                }),
                 epoch,
             });
             if l.direction == Direction::Inbound {
@@ -620,6 +632,11 @@ impl Proxy {
             let name = &listener.config.name;
             return crate::direct_response::answer(stream, answer, name, peer).await;
         }
+        // Envoy's network rate limit closes a connection over its bucket as it is accepted.
+        if !listener.connection_limit.as_ref().is_none_or(|l| l.admits()) {
+            tracing::debug!(listener = %listener.config.name, %peer, "closed by the connection rate limit");
+            return;
+        }
         listener.stats.active.inc();
         let _ = stream.set_nodelay(true);
         let stream = Counted::new(
@@ -661,9 +678,10 @@ impl Proxy {
         peer: SocketAddr,
     ) {
         let config = &listener.config;
+        let reads_peer = listener.filters.as_ref().is_some_and(|f| f.read_peer());
         let named = (
             config.name.as_str(),
-            config.network_rbac.is_some() || config.http_rbac.is_some(),
+            config.network_rbac.is_some() || config.http_rbac.is_some() || reads_peer,
         );
         match transport::terminate_mesh_tls(stream, tls, &self.stats, named, peer).await {
             Some(Transported::Plain(stream)) => {
@@ -894,6 +912,12 @@ impl Proxy {
             // Decided here, where the connection's peer is borrowed: the request's future
             // owns what it holds.
             let rbac_allowed = allowed && l.rbac_allows(&admitted);
+            // What the listener's filters read of the connection (only when they read it).
+            let who = l
+                .filters
+                .as_ref()
+                .filter(|f| f.read_peer())
+                .and_then(|_| admitted.shared_peer());
             // Boxed: hyper moves a request's future into the task it spawns for each HTTP/2
             // stream (and into its HTTP/1 dispatcher's slot); unboxed, that is 3 KB copied
             // on each move.
@@ -905,7 +929,8 @@ impl Proxy {
                         "the listener no longer admits this connection",
                     ));
                 }
-                let resp = hyper_codec::serve_request(req, &*l, peer, (tls, rbac_allowed)).await;
+                let how = (tls, rbac_allowed, who.as_deref());
+                let resp = hyper_codec::serve_request(req, &*l, peer, how).await;
                 Ok(resp)
             })
         });

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::filter_chain::ListenerRuntime;
 use crate::io::{reset, Counted};
+use crate::rbac::Peer;
 use crate::stats::{ListenerStats, Stats};
 use crate::tcp_proxy::serve_tcp;
 use crate::transport::{read_sni, Admission, DownstreamTlsRuntime};
@@ -143,7 +144,10 @@ pub(crate) async fn serve(
             match acceptor.accept(down, name, peer).await {
                 Ok(tls) => match (&route.http, &route.cluster) {
                     (Some(http), _) => {
-                        return Some((tls, http.clone(), Admission::MeshTls(mesh.clone(), None)))
+                        // Read for filters that match on the connection (a fault's SNI).
+                        let reads = http.filters.as_ref().is_some_and(|f| f.read_peer());
+                        let who = reads.then(|| Arc::new(Peer::of_tls(&tls)));
+                        return Some((tls, http.clone(), Admission::MeshTls(mesh.clone(), who)));
                     }
                     (None, Some(cluster)) => {
                         serve_tcp(tls, (cluster, attempts), listener, name, peer, |_| true).await

@@ -321,6 +321,10 @@ pub struct Stats {
     l_rbac_allowed: Family<ListenerLabel, Counter>,
     l_rbac_shadow_allowed: Family<ListenerLabel, Counter>,
     l_rbac_shadow_denied: Family<ListenerLabel, Counter>,
+    l_fault_aborts: Family<ListenerLabel, Counter>,
+    l_fault_delays: Family<ListenerLabel, Counter>,
+    l_local_rate_limited: Family<ListenerLabel, Counter>,
+    l_connection_rate_limited: Family<ListenerLabel, Counter>,
     /// Mesh DNS server counters (`bearing_dns_*`).
     pub dns: bearing_dns::DnsMetrics,
     /// Config source metrics.
@@ -403,6 +407,10 @@ impl Stats {
             l_rbac_allowed: Family::default(),
             l_rbac_shadow_allowed: Family::default(),
             l_rbac_shadow_denied: Family::default(),
+            l_fault_aborts: Family::default(),
+            l_fault_delays: Family::default(),
+            l_local_rate_limited: Family::default(),
+            l_connection_rate_limited: Family::default(),
             dns: bearing_dns::DnsMetrics::default(),
             config: ConfigStats::default(),
             identities: Arc::default(),
@@ -445,7 +453,31 @@ impl Stats {
                 &s.l_rbac_shadow_denied,
             ),
         ];
-        for (name, help, family) in rbac {
+        let filters = [
+            (
+                "fault_aborts_injected",
+                "Requests a fault filter (MeshFaultInjection) aborted (Envoy's fault.aborts_injected)",
+                &s.l_fault_aborts,
+            ),
+            (
+                "fault_delays_injected",
+                "Requests a fault filter (MeshFaultInjection) delayed (Envoy's fault.delays_injected)",
+                &s.l_fault_delays,
+            ),
+            (
+                "local_rate_limited",
+                "Requests a route's local rate limit (MeshRateLimit) refused, or would have where \
+                 not enforced (Envoy's http_local_rate_limit.rate_limited)",
+                &s.l_local_rate_limited,
+            ),
+            (
+                "connection_rate_limited",
+                "Connections closed by the listener's connection rate limit (MeshRateLimit; \
+                 Envoy's local_ratelimit.rate_limited)",
+                &s.l_connection_rate_limited,
+            ),
+        ];
+        for (name, help, family) in rbac.into_iter().chain(filters) {
             r.register(name, help, family.clone());
         }
         r.register(
@@ -501,6 +533,35 @@ impl Stats {
             shadow_allowed: self.l_rbac_shadow_allowed.get_or_create(&label).clone(),
             shadow_denied: self.l_rbac_shadow_denied.get_or_create(&label).clone(),
         }
+    }
+
+    /// The fault counters of `listener`; created only for listeners with fault filters.
+    pub fn faults(&self, listener: &str) -> crate::fault::FaultStats {
+        let label = ListenerLabel {
+            listener: listener.to_string(),
+        };
+        crate::fault::FaultStats {
+            aborts_injected: self.l_fault_aborts.get_or_create(&label).clone(),
+            delays_injected: self.l_fault_delays.get_or_create(&label).clone(),
+        }
+    }
+
+    /// The counter of requests `listener`'s route rate limits limit; created only for
+    /// listeners with one.
+    pub fn local_rate_limited(&self, listener: &str) -> Counter {
+        let label = ListenerLabel {
+            listener: listener.to_string(),
+        };
+        self.l_local_rate_limited.get_or_create(&label).clone()
+    }
+
+    /// The counter of connections `listener`'s connection rate limit closes; created only
+    /// for listeners with one.
+    pub fn connection_rate_limited(&self, listener: &str) -> Counter {
+        let label = ListenerLabel {
+            listener: listener.to_string(),
+        };
+        self.l_connection_rate_limited.get_or_create(&label).clone()
     }
 
     /// Counts a connection refused for its SNI (missing or naming no destination).

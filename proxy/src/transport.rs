@@ -98,6 +98,15 @@ impl Admission {
             Admission::MeshTls(_, peer) => peer.as_deref(),
         }
     }
+
+    /// What was read of a mesh mTLS connection, shared (`None` for plaintext, or a peer not
+    /// read): for a request's future, which owns what it holds.
+    pub(crate) fn shared_peer(&self) -> Option<Arc<Peer>> {
+        match self {
+            Admission::Plaintext => None,
+            Admission::MeshTls(_, peer) => peer.clone(),
+        }
+    }
 }
 
 /// A downstream connection as the transport stage hands it to a network filter.

@@ -515,6 +515,7 @@ fn http_routes(
                 response_headers: response_headers.clone(),
                 action: action.clone(),
                 mirror: mirror.clone(),
+                rate_limit: None,
             });
         }
     }

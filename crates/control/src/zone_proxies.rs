@@ -211,6 +211,7 @@ fn host_rewriting(cluster: &str, protocol: Protocol) -> SniHttp {
             }],
         }),
         retry: None,
+        http_filters: Vec::new(),
     }
 }
 

@@ -163,6 +163,9 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             // Per-filter data (Kuma's `envoy.filters.http.lua` route name for MeshAccessLog),
             // read only by filters that are NACKed themselves.
             "metadata",
+            // The local rate limit's per-route bucket (`http_filters.rs`); any other
+            // filter's is refused there.
+            "typed_per_filter_config",
         ],
     ),
     (
@@ -239,9 +242,11 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
         &["cluster", "runtime_fraction"],
     ),
+    // runtime_key: no runtime layer Bearing accepts sets one, so the default applies as in
+    // Envoy; the local rate limit takes kuma-cp's keys only (`http_filters.rs`).
     (
         "envoy.config.core.v3.RuntimeFractionalPercent",
-        &["default_value"],
+        &["default_value", "runtime_key"],
     ),
     (
         "envoy.type.v3.FractionalPercent",
@@ -529,6 +534,46 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "xds.type.matcher.v3.StringMatcher",
         &["exact", "prefix", "suffix", "contains"],
     ),
+    // MeshFaultInjection and MeshRateLimit, translated by `http_filters.rs`, which checks
+    // the values.
+    (
+        "envoy.extensions.filters.http.fault.v3.HTTPFault",
+        &["delay", "abort"],
+    ),
+    (
+        "envoy.extensions.filters.common.fault.v3.FaultDelay",
+        &["fixed_delay", "percentage"],
+    ),
+    (
+        "envoy.extensions.filters.http.fault.v3.FaultAbort",
+        &["http_status", "percentage"],
+    ),
+    (
+        "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+        &["xds_matcher", "extension_config"],
+    ),
+    (
+        "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        &[
+            // Statistics naming only.
+            "stat_prefix",
+            "token_bucket",
+            "filter_enabled",
+            "filter_enforced",
+            "status",
+            "response_headers_to_add",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
+        // Statistics naming only: stat_prefix.
+        &["stat_prefix", "token_bucket"],
+    ),
+    (
+        "envoy.type.v3.TokenBucket",
+        &["max_tokens", "tokens_per_fill", "fill_interval"],
+    ),
+    ("envoy.type.v3.HttpStatus", &["code"]),
 ];
 
 /// Extensions (`typed_config` types) whose configuration is walked; any other is NACKed.
@@ -551,11 +596,17 @@ const EXTENSIONS: &[&str] = &[
     "envoy.extensions.matching.common_inputs.network.v3.ServerNameInput",
 ];
 
-/// The RBAC filters, walked on sidecar and zone proxy listeners (whose translation reads them,
-/// `rbac.rs`); on a builtin gateway they stay a policy not enforced ([`POLICY_EXTENSIONS`]).
-const RBAC_FILTERS: &[&str] = &[
+/// The policy filters walked on sidecar and zone proxy listeners, whose translation reads them
+/// (RBAC: `rbac.rs`; faults and local rate limits: `http_filters.rs`); on a builtin gateway
+/// they stay policies not enforced ([`POLICY_EXTENSIONS`]).
+const PROXY_POLICY_FILTERS: &[&str] = &[
     "envoy.extensions.filters.network.rbac.v3.RBAC",
     "envoy.extensions.filters.http.rbac.v3.RBAC",
+    crate::http_filters::HTTP_FAULT,
+    crate::http_filters::HTTP_LOCAL_RATE_LIMIT,
+    crate::http_filters::NETWORK_LOCAL_RATE_LIMIT,
+    crate::http_filters::EXTENSION_WITH_MATCHER,
+    crate::http_filters::SKIP_FILTER,
 ];
 
 /// Fields accepted on a builtin gateway's listeners and route configurations only: Kuma's
@@ -694,7 +745,6 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("HttpProtocolOptions.max_stream_duration", "timeouts"),
     ("HttpProtocolOptions.idle_timeout", "timeouts"),
     ("HttpProtocolOptions.max_connection_duration", "timeouts"),
-    ("Route.typed_per_filter_config", "per-route filters"),
 ];
 
 /// Extensions that are Kuma policies, with the policy.
@@ -882,11 +932,11 @@ fn walk_extension(
         .get_field_by_name("value")
         .and_then(|v| v.as_bytes().cloned())
         .unwrap_or_default();
-    let rbac_read = guard == Guard::Proxy && RBAC_FILTERS.contains(&type_name);
+    let proxy_read = guard == Guard::Proxy && PROXY_POLICY_FILTERS.contains(&type_name);
     if let Some((_, policy)) = POLICY_EXTENSIONS
         .iter()
         .find(|(t, _)| *t == type_name)
-        .filter(|_| !rbac_read)
+        .filter(|_| !proxy_read)
     {
         if rbac_allows_all(type_name, &bytes) || rate_limit_is_idle(type_name, &bytes) {
             return;
@@ -898,7 +948,7 @@ fn walk_extension(
         return;
     }
     let gateway_only = guard == Guard::Gateway && GATEWAY_EXTENSIONS.contains(&type_name);
-    if !EXTENSIONS.contains(&type_name) && !gateway_only && !rbac_read {
+    if !EXTENSIONS.contains(&type_name) && !gateway_only && !proxy_read {
         out.push(Unhandled {
             path: path.clone(),
             reason: format!("extension {type_name} is not implemented by Bearing"),
@@ -920,7 +970,7 @@ fn walk_extension(
 
 /// Whether a local rate limit filter limits nothing: Kuma's HTTP `local_ratelimit` on every
 /// builtin gateway, with no token bucket (Envoy applies none at the listener level; a
-/// MeshRateLimit comes as a route's `typed_per_filter_config`, which is NACKed).
+/// MeshRateLimit comes as a route's `typed_per_filter_config`, which a gateway NACKs).
 fn rate_limit_is_idle(type_name: &str, bytes: &[u8]) -> bool {
     use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
     use prost::Message;

@@ -4,6 +4,7 @@
 
 pub mod decode;
 mod fields;
+mod http_filters;
 mod naming;
 mod rbac;
 mod retry;

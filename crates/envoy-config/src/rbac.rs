@@ -353,7 +353,8 @@ fn typed<M: Message + Default>(
     }
 }
 
-fn predicate(
+/// A matcher predicate at `at` (also a filter's skip matcher, `http_filters.rs`).
+pub(crate) fn predicate(
     p: &xds_pb::matcher::matcher_list::Predicate,
     at: &str,
     problems: &mut Vec<Problem>,

@@ -145,8 +145,8 @@ pub(crate) fn route_table(
 }
 
 /// The cluster of a table that sends every request to it unchanged: one virtual host `*`
-/// with one route, `prefix: /`, forwarding to one cluster with no edits; with the route's
-/// timeout and retry policy.
+/// with one route, `prefix: /`, forwarding to one cluster with no edits or rate limit; with
+/// the route's timeout and retry policy.
 fn only_cluster(
     virtual_hosts: &[VirtualHost],
 ) -> Option<(String, Option<Duration>, Option<RetryPolicy>)> {
@@ -162,7 +162,8 @@ fn only_cluster(
         && route.matches == all
         && route.request_headers.is_empty()
         && route.response_headers.is_empty()
-        && route.mirror.is_none();
+        && route.mirror.is_none()
+        && route.rate_limit.is_none();
     match &route.action {
         RouteAction::Forward {
             backends,
@@ -244,7 +245,20 @@ fn http_route(
             body: String::new(),
         },
         mirror: None,
+        rate_limit: None,
     };
+    for (name, any) in &route.typed_per_filter_config {
+        let fat = format!("{at}.typed_per_filter_config[{name:?}]");
+        if name == crate::http_filters::LOCAL_RATE_LIMIT_NAME {
+            out.rate_limit = crate::http_filters::route_rate_limit(any, &fat, problems);
+        } else {
+            let reason = format!(
+                "per-route filter configs: {} only",
+                crate::http_filters::LOCAL_RATE_LIMIT_NAME
+            );
+            problems.push((fat, reason));
+        }
+    }
     use route_pb::route::Action;
     out.action = match &route.action {
         Some(Action::Route(action)) => {

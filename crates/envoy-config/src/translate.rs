@@ -18,12 +18,13 @@ use crate::fields::{
 };
 use crate::naming::{self, Role, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
 use crate::rbac;
+use crate::http_filters;
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, HostEndpoint,
-    Http2Windows, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
+    Http2Windows, HttpFilter, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
     ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget,
-    SourcePrefix, SpiffeMatcher, TlsMatch, TransparentProxy, UpstreamTls, Verification,
+    SourcePrefix, SpiffeMatcher, TlsMatch, TokenBucket, TransparentProxy, UpstreamTls, Verification,
     WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
@@ -306,6 +307,10 @@ struct Route {
     network_rbac: Option<Rbac>,
     /// The HTTP connection manager's RBAC filter.
     http_rbac: Option<Rbac>,
+    /// The HTTP connection manager's fault and local rate limit filters.
+    http_filters: Vec<HttpFilter>,
+    /// The chain's network local rate limit (before its terminal filter).
+    connection_rate_limit: Option<TokenBucket>,
 }
 
 /// The idle timeouts a listener's `tcp_proxy` may carry: Kuma's defaults for its kind,
@@ -337,6 +342,8 @@ impl Route {
             answer: Some(bytes),
             network_rbac: None,
             http_rbac: None,
+            http_filters: Vec::new(),
+            connection_rate_limit: None,
         }
     }
 }
@@ -390,6 +397,15 @@ mod compressor;
 
 #[path = "dns_cluster.rs"]
 mod dns_cluster;
+
+/// Whether a chain's route limits a rate: its connections, or requests of a route.
+fn limits(route: &Route) -> bool {
+    let routes = route.table.iter().flat_map(|t| &t.virtual_hosts);
+    route.connection_rate_limit.is_some()
+        || routes
+            .flat_map(|v| &v.routes)
+            .any(|r| r.rate_limit.is_some())
+}
 
 fn listener_path(name: &str) -> String {
     format!("listeners[{name:?}]")
@@ -787,6 +803,14 @@ impl Translator<'_> {
             if !this.subset.is_empty() {
                 self.nack(LISTENER, name, format!("{at}.filters"), "metadata_match: endpoint subsets are implemented only by a zone proxy's SNI tags");
             }
+            if listener.filter_chains.len() > 1 && limits(&this) {
+                let reason = format!("rate limits: {POLICY_NOT_ENFORCED} (on a listener of several chains: Envoy keeps a bucket per chain, Bearing one per listener)");
+                self.nack(LISTENER, name, format!("{at}.filters"), reason);
+            }
+            if route.as_ref().is_some_and(|r| r.http_filters != this.http_filters) {
+                let reason = "chains with different fault or rate limit filters: ProxyConfig holds one list per listener";
+                self.nack(LISTENER, name, format!("{at}.filters"), reason);
+            }
             match &route {
                 Some(r)
                     if r.cluster != this.cluster
@@ -871,6 +895,8 @@ impl Translator<'_> {
             out.retry = r.retry;
             out.tcp_backends = r.tcp_backends;
             out.direct_response = r.answer;
+            out.http_filters = r.http_filters;
+            out.connection_rate_limit = r.connection_rate_limit;
             if out.service.is_empty() && out.direction == Direction::Outbound {
                 out.service = r.cluster.clone();
             }
@@ -894,6 +920,7 @@ impl Translator<'_> {
             return Some(Route::answer(Vec::new()));
         }
         let (mut found, mut http, mut network_rbac) = (None, false, None);
+        let mut connection_rate_limit = None;
         for (j, filter) in chain.filters.iter().enumerate() {
             let Some(listener_pb::filter::ConfigType::TypedConfig(any)) = &filter.config_type
             else {
@@ -917,6 +944,17 @@ impl Translator<'_> {
                     self.nack(LISTENER, name, fpath, reason);
                 }
                 network_rbac = rbac;
+            } else if type_name(any) == http_filters::NETWORK_LOCAL_RATE_LIMIT {
+                let mut problems = Vec::new();
+                let limit = http_filters::connection_rate_limit(any, &fpath, &mut problems);
+                for (field, reason) in problems {
+                    self.nack(LISTENER, name, field, reason);
+                }
+                if connection_rate_limit.is_some() || found.is_some() || http {
+                    let reason = "a local rate limit after another or after the chain's terminal filter is not implemented";
+                    self.nack(LISTENER, name, fpath, reason);
+                }
+                connection_rate_limit = limit;
             } else if let Some(tcp) =
                 typed::<tcp_pb::TcpProxy>(any).filter(|_| type_name(any).ends_with("TcpProxy"))
             {
@@ -933,6 +971,8 @@ impl Translator<'_> {
                         answer: None,
                         network_rbac: None,
                         http_rbac: None,
+                        http_filters: Vec::new(),
+                        connection_rate_limit: None,
                     }),
                     Some(tcp_pb::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
                         let backends = routes::tcp_weighted(&w);
@@ -951,6 +991,8 @@ impl Translator<'_> {
                             answer: None,
                             network_rbac: None,
                             http_rbac: None,
+                            http_filters: Vec::new(),
+                            connection_rate_limit: None,
                         })
                     }
                     None => None,
@@ -990,6 +1032,7 @@ impl Translator<'_> {
         }
         if let Some(route) = &mut found {
             route.network_rbac = network_rbac;
+            route.connection_rate_limit = connection_rate_limit;
         }
         if found.is_none() && !http {
             self.nack(
@@ -1042,7 +1085,7 @@ impl Translator<'_> {
             }
         };
         let filters = &hcm.http_filters;
-        let mut http_rbac = None;
+        let (mut http_rbac, mut http_filters) = (None, Vec::new());
         for (k, f) in filters.iter().enumerate() {
             let kind = match &f.config_type {
                 Some(hcm_pb::http_filter::ConfigType::TypedConfig(any)) => {
@@ -1051,6 +1094,16 @@ impl Translator<'_> {
                 _ => f.name.clone(),
             };
             let last = k + 1 == filters.len();
+            if let Some(hcm_pb::http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
+                let fat = format!("{at}.http_filters[{k}].typed_config({kind})");
+                let mut problems = Vec::new();
+                if let Some(found) = http_filters::http_filter(any, &fat, &mut problems) {
+                    for (field, reason) in problems {
+                        self.nack(LISTENER, name, field, reason);
+                    }
+                    http_filters.extend(found);
+                }
+            }
             if let Some(hcm_pb::http_filter::ConfigType::TypedConfig(any)) =
                 f.config_type.as_ref().filter(|_| kind == rbac::HTTP_RBAC)
             {
@@ -1100,10 +1153,17 @@ impl Translator<'_> {
         for (field, reason) in problems {
             self.nack(LISTENER, name, field, reason);
         }
-        let (cluster, table, retry) = match routing? {
+        let (cluster, mut table, retry) = match routing? {
             HttpRouting::One(cluster, retry) => (cluster, None, retry),
             HttpRouting::Table(table) => (String::new(), Some(table), None),
         };
+        // Envoy reads a route's rate limit only where its filter runs.
+        if !http_filters.contains(&HttpFilter::LocalRateLimit) {
+            let routes = table.iter_mut().flat_map(|t| &mut t.virtual_hosts);
+            for route in routes.flat_map(|v| &mut v.routes) {
+                route.rate_limit = None;
+            }
+        }
         Some(Route {
             cluster,
             protocol,
@@ -1115,6 +1175,8 @@ impl Translator<'_> {
             answer: None,
             network_rbac: None,
             http_rbac,
+            http_filters,
+            connection_rate_limit: None,
         })
     }
 
@@ -1374,12 +1436,19 @@ impl Translator<'_> {
                 self.nack(LISTENER, name, format!("{at}.filters"), reason);
                 continue;
             }
+            // Envoy keeps a chain's buckets; Bearing an SNI route's.
+            if route.connection_rate_limit.is_some() || (limits(&route) && names.len() > 1) {
+                let reason = format!("rate limits: {POLICY_NOT_ENFORCED} (a connection rate limit, or a request rate limit on a chain of several server names, on an SNI-routing listener: a zone proxy's)");
+                self.nack(LISTENER, name, format!("{at}.filters"), reason);
+                continue;
+            }
             let http = match (route.protocol, &terminate) {
                 (Protocol::Tcp, _) => None,
                 (protocol, Some(_)) => Some(SniHttp {
                     protocol,
                     routes: route.table.clone(),
                     retry: route.retry.clone(),
+                    http_filters: route.http_filters.clone(),
                 }),
                 // A TLS context that did not translate (or awaits its secrets) said why.
                 (_, None) if chain.transport_socket.is_some() => continue,

@@ -177,3 +177,128 @@ fn mesh_traffic_permission_goldens_translate_with_their_matchers() {
     assert_eq!(rbac.shadow, None);
     assert_eq!(inbound.network_rbac, None);
 }
+
+/// Every sidecar MeshFaultInjection and MeshRateLimit golden translates: the test server's
+/// inbound carries kuma-cp's three faults in order (the 2.5% abort as 250 of 10 000; the
+/// `rules` form skipped for sources outside `spiffe://default.default.mesh.local`), or the
+/// local rate limit filter with its route's bucket (5 per 10 s, 423, `x-kuma-rate-limited`).
+#[test]
+fn fault_injection_and_rate_limit_goldens_translate_with_their_filters() {
+    use bearing_proxy_config::{HttpFilter, Share, TokenBucket};
+    use std::time::Duration;
+    let of = |dir: &str| -> Vec<_> {
+        corpus::envoy_goldens()
+            .into_iter()
+            .filter(|f| corpus::short(f).starts_with(dir))
+            .collect()
+    };
+    let faults = of("envoyconfig-e2e/sidecars/meshfaultinjection/");
+    let limits = of("envoyconfig-e2e/sidecars/meshratelimit/");
+    assert_eq!((faults.len(), limits.len()), (4, 6));
+    let server = |f: &&std::path::PathBuf| corpus::short(f).contains("test-server");
+    for file in faults.iter().chain(&limits) {
+        let config = translated(file).unwrap_or_else(|n| panic!("{}: {n:#?}", corpus::short(file)));
+        let inbound = config
+            .listeners
+            .iter()
+            .find(|l| l.name.starts_with("inbound:") && l.protocol.is_http());
+        let filters = inbound.map(|l| l.http_filters.clone()).unwrap_or_default();
+        if !server(&file) {
+            assert!(filters.is_empty(), "{}", corpus::short(file));
+            continue;
+        }
+        let inbound = inbound.expect("the test server's HTTP inbound");
+        if corpus::short(file).contains("meshratelimit") {
+            assert_eq!(filters, [HttpFilter::LocalRateLimit]);
+            let table = inbound.routes.as_ref().expect("a route table");
+            let limit = table.virtual_hosts[0].routes[0]
+                .rate_limit
+                .as_ref()
+                .expect("the route's limit");
+            assert_eq!(
+                limit.bucket,
+                TokenBucket {
+                    max_tokens: 5,
+                    tokens_per_fill: 5,
+                    fill_interval: Duration::from_secs(10)
+                }
+            );
+            assert_eq!((limit.status, limit.enforced), (423, Share::ALL));
+            continue;
+        }
+        let shares: Vec<_> = filters
+            .iter()
+            .map(|f| match f {
+                HttpFilter::Fault(f) => (
+                    f.abort.as_ref().map(|a| (a.status, a.percentage)),
+                    f.delay.as_ref().map(|d| (d.fixed, d.percentage)),
+                    f.skip.is_some(),
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let rules = corpus::short(file).contains("inbound-rules");
+        let share = |numerator, denominator| Share {
+            numerator,
+            denominator,
+        };
+        assert_eq!(
+            shares,
+            [
+                (Some((500, share(250, 10_000))), None, rules),
+                (Some((500, share(10, 100))), None, rules),
+                (None, Some((Duration::from_secs(5), share(5, 100))), rules),
+            ],
+            "{}",
+            corpus::short(file)
+        );
+    }
+}
+
+/// The zone egress goldens of MeshFaultInjection and MeshRateLimit translate: the SNI route of
+/// the external service carries the 50% abort skipped for other SNIs, or the route's bucket
+/// of 1 per hour answering 429.
+#[test]
+fn zone_egress_fault_and_rate_limit_goldens_translate_onto_the_sni_route() {
+    use bearing_proxy_config::{HttpFilter, RbacInput, RbacPredicate};
+    let egress = |dir: &str| {
+        let file = corpus::envoy_goldens()
+            .into_iter()
+            .find(|f| {
+                let short = corpus::short(f);
+                short.starts_with(dir) && short.ends_with("sni.zone-proxy-egress.golden.json")
+            })
+            .expect("the egress golden");
+        let config = translated(&file).unwrap_or_else(|n| panic!("{dir}: {n:#?}"));
+        let http = config
+            .listeners
+            .iter()
+            .flat_map(|l| l.sni_routes.iter().flatten())
+            .find_map(|r| r.http.clone())
+            .expect("an HTTP SNI route");
+        http
+    };
+    let faults = egress("envoyconfig-e2e/zoneproxies/meshfaultinjection/");
+    let [HttpFilter::Fault(fault)] = faults.http_filters.as_slice() else {
+        panic!("{:?}", faults.http_filters);
+    };
+    assert_eq!(fault.abort.as_ref().map(|a| a.status), Some(503));
+    let Some(RbacPredicate::Not(inner)) = &fault.skip else {
+        panic!("{:?}", fault.skip);
+    };
+    assert!(matches!(
+        **inner,
+        RbacPredicate::Single {
+            input: RbacInput::ServerName,
+            ..
+        }
+    ));
+    let limits = egress("envoyconfig-e2e/zoneproxies/meshratelimit/");
+    assert_eq!(limits.http_filters, [HttpFilter::LocalRateLimit]);
+    let table = limits.routes.as_ref().expect("a route table");
+    let limit = table.virtual_hosts[0].routes[0]
+        .rate_limit
+        .as_ref()
+        .expect("the route's limit");
+    assert_eq!((limit.bucket.max_tokens, limit.status), (1, 429));
+}

@@ -30,6 +30,7 @@ fn router(n: usize) -> Router {
                 rewrite: None,
             },
             mirror: None,
+            rate_limit: None,
         })
         .collect();
     let listener = GatewayListener {

@@ -50,6 +50,8 @@ pub enum Decision<'r> {
         body: Option<&'r str>,
         /// Changes to make to the response headers (those of the route that answers).
         response_headers: Option<&'r HeaderEdits>,
+        /// The route that answers, if one does.
+        route: Option<RouteAt>,
     },
     /// Forward the (already rewritten) request.
     Forward {
@@ -69,8 +71,15 @@ pub enum Decision<'r> {
         /// Host becomes the hostname of the endpoint the request is sent to, when it has
         /// one (`Rewrite::host_to_backend_hostname`): known only once an endpoint is chosen.
         endpoint_host: bool,
+        /// The route that matched.
+        route: RouteAt,
     },
 }
+
+/// Where a route is: the index of its host (in `GatewayListener::hosts` or
+/// `RouteTable::virtual_hosts`) and its index among the host's routes, for state a caller
+/// keeps per route (a rate limit's bucket).
+pub type RouteAt = (usize, usize);
 
 /// A listener's hosts and routes, ready for requests.
 #[derive(Debug)]
@@ -248,7 +257,8 @@ pub struct HeaderEdits {
 }
 
 impl HeaderEdits {
-    fn new(filter: &HeaderFilter, origin: &str) -> Result<HeaderEdits, String> {
+    /// `filter` parsed; a name or value HTTP cannot carry is an error naming `origin`.
+    pub fn new(filter: &HeaderFilter, origin: &str) -> Result<HeaderEdits, String> {
         let pair = |(name, value): &(String, String)| {
             let n = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("{origin}: {name:?} is not a valid header name"))?;
@@ -532,19 +542,41 @@ impl Router {
         let Some(host) = request_host(parts).and_then(|h| self.host_for(h)) else {
             return respond(StatusCode::NOT_FOUND);
         };
-        let host = &self.hosts[host];
+        let (host_at, host) = (host, &self.hosts[host]);
         let path = parts.uri.path();
-        let Some(route) = host.routes.iter().find(|r| r.matches(parts, path)) else {
+        let Some((route_at, route)) = host
+            .routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(parts, path))
+        else {
             return respond(StatusCode::NOT_FOUND);
         };
+        let at = (host_at, route_at);
         route.request_headers.apply(&mut parts.headers);
         match &route.action {
-            Action::Redirect(redirect, path) => self.redirect(parts, route, redirect, path),
+            Action::Redirect(redirect, path) => match self.redirect(parts, route, redirect, path) {
+                Decision::Respond {
+                    status,
+                    location,
+                    body,
+                    response_headers,
+                    ..
+                } => Decision::Respond {
+                    status,
+                    location,
+                    body,
+                    response_headers,
+                    route: Some(at),
+                },
+                forward => forward,
+            },
             Action::DirectResponse(status, body) => Decision::Respond {
                 status: *status,
                 location: None,
                 body: Some(body),
                 response_headers: Some(&route.response_headers),
+                route: Some(at),
             },
             Action::Forward {
                 backends,
@@ -579,6 +611,7 @@ impl Router {
                     timeout: *timeout,
                     retry: retry.as_ref(),
                     endpoint_host: *host_to_backend_hostname,
+                    route: at,
                 }
             }
         }
@@ -612,6 +645,7 @@ impl Router {
                 location: HeaderValue::from_str(&location).ok(),
                 body: None,
                 response_headers: None,
+                route: None,
             });
         }
         if let Cow::Owned(normal) = normal.path {
@@ -668,6 +702,7 @@ impl Router {
                 location: Some(location),
                 body: None,
                 response_headers: Some(&route.response_headers),
+                route: None,
             },
             _ => respond(StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -680,6 +715,7 @@ fn respond<'r>(status: StatusCode) -> Decision<'r> {
         location: None,
         body: None,
         response_headers: None,
+        route: None,
     }
 }
 

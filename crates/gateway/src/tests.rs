@@ -24,6 +24,7 @@ fn route(origin: &str, matches: HttpMatch, cluster: &str) -> HttpRoute {
             rewrite: None,
         },
         mirror: None,
+        rate_limit: None,
     }
 }
 

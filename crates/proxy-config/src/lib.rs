@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+mod filters;
 mod gateway;
 mod rbac;
 mod retry;
 mod routes;
+pub use filters::*;
 pub use gateway::*;
 pub use rbac::*;
 pub use retry::*;
@@ -279,6 +281,9 @@ pub struct SniHttp {
     /// Without `routes`: the retry policy of the one route (as `Listener::retry`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// HTTP filters (as `Listener::http_filters`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http_filters: Vec<HttpFilter>,
 }
 
 /// TLS a cluster originates towards its endpoints (hashed: the runtime keeps the TLS context
@@ -572,6 +577,15 @@ pub struct Listener {
     /// `RBAC: access denied`. `None`: no check.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_rbac: Option<Rbac>,
+    /// HTTP filters after RBAC (kuma-cp's MeshFaultInjection and MeshRateLimit), in the
+    /// connection manager's order, run per request once its route is known.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http_filters: Vec<HttpFilter>,
+    /// New connections over this bucket are closed at once (Envoy's network
+    /// `local_ratelimit` filter, kuma-cp's MeshRateLimit `local.tcp`), after the transport
+    /// stage and network RBAC. `None`: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_rate_limit: Option<TokenBucket>,
     /// Every connection is answered with these bytes and closed, without reading what the
     /// client sends (Envoy's `direct_response` network filter: kuma-cp's zone ingress with no
     /// destinations answers its identity); empty: closed at once (a filter chain without
@@ -619,6 +633,8 @@ impl Listener {
             deny_all: None,
             network_rbac: None,
             http_rbac: None,
+            http_filters: Vec::new(),
+            connection_rate_limit: None,
             direct_response: None,
             http2_windows: Http2Windows::default(),
         }

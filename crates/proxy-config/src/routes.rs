@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::RetryPolicy;
+use crate::{LocalRateLimit, RetryPolicy};
 
 /// A sidecar HTTP listener's route table (Envoy's `RouteConfiguration`): the virtual host
 /// whose domains match the request's Host, then its first route whose match holds. No virtual
@@ -54,6 +54,10 @@ pub struct HttpRoute {
     /// Copy of matching requests sent to another backend, its response ignored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
+    /// The route's local rate limit (kuma-cp's MeshRateLimit), applied where the listener's
+    /// `HttpFilter::LocalRateLimit` runs; `None`: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<LocalRateLimit>,
 }
 
 impl HttpRoute {
@@ -85,6 +89,7 @@ impl HttpRoute {
                 retry: None,
             },
             mirror: None,
+            rate_limit: None,
         }
     }
 }

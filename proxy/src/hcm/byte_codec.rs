@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bearing_gateway::HeaderEdits;
 use bearing_http1::{parse_request, parse_response, BodyLength, BodyProgress, NotForwarded};
 use bearing_http1::{Refused, RequestHead, ResponseHead};
 use bearing_proxy_config::RetryPolicy;
@@ -44,6 +45,7 @@ use super::{
 };
 use crate::circuit::{Held, Occupancy};
 use crate::io::TcpBacked;
+use crate::rate_limit::RouteLimit;
 use crate::router::{HttpRoutes, Reply, ResponseEdits, Routing};
 use crate::transport::Admission;
 use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, UpstreamError, UpstreamStream};
@@ -288,8 +290,9 @@ where
             body: &bufs.request[head.head_len..message_len],
             close_downstream: !head.keep_alive || drain.is_cancelled(),
         };
-        let routed = match listener.routes() {
-            _ if !listener.rbac_allows(admission) => Routed::Reply(rbac_denied(), None),
+        let allowed = listener.rbac_allows(admission);
+        let (routed, limit) = match listener.routes() {
+            _ if !allowed => (Routed::Reply(rbac_denied(), None), None),
             Some(routes) => route_head(
                 routes,
                 &mut bufs.request_head,
@@ -299,14 +302,37 @@ where
                 listener.name(),
             ),
             None => match listener.cluster() {
-                Some(c) if !c.is_h2() => Routed::Forward {
-                    cluster: c,
-                    timeout: c.config.request_timeout,
-                    retry: listener.retry(),
-                    edits: None,
-                },
-                _ => Routed::Unsupported("cluster not spoken to over HTTP/1.1"),
+                Some(c) if !c.is_h2() => (
+                    Routed::Forward {
+                        cluster: c,
+                        timeout: c.config.request_timeout,
+                        retry: listener.retry(),
+                        edits: None,
+                    },
+                    None,
+                ),
+                _ => (Routed::Unsupported("cluster not spoken to over HTTP/1.1"), None),
             },
+        };
+        // The filters after RBAC, once the route is known (a request handed to hyper runs
+        // them there).
+        let filtered = match listener.filters() {
+            Some(f) if allowed && !matches!(routed, Routed::Unsupported(_)) => {
+                Box::pin(f.run(admission.peer(), limit)).await
+            }
+            _ => None,
+        };
+        let routed = match filtered {
+            Some(answer) => Routed::Reply(
+                Reply {
+                    status: answer.status,
+                    location: None,
+                    message: answer.message.into(),
+                    overloaded: false,
+                },
+                answer.headers.map(ResponseEdits::headers),
+            ),
+            None => routed,
         };
         let answer = match routed {
             // Boxed: inline, the exchange's future (upstream checkout, send, relay) made
@@ -421,23 +447,25 @@ fn route_head<'r>(
     body: &[u8],
     peer: SocketAddr,
     listener: &str,
-) -> Routed<'r> {
+) -> (Routed<'r>, Option<(&'r RouteLimit, &'r HeaderEdits)>) {
+    let unsupported = |why| (Routed::Unsupported(why), None);
     if !routes.http1_backends() {
-        return Routed::Unsupported("a backend cluster is spoken to over HTTP/2");
+        return unsupported("a backend cluster is spoken to over HTTP/2");
     }
     if routes.endpoint_host() {
-        return Routed::Unsupported("a route rewrites Host to the endpoint's hostname");
+        return unsupported("a route rewrites Host to the endpoint's hostname");
     }
     let Some(mut parts) = request_parts(head) else {
-        return Routed::Unsupported("request head the router cannot read");
+        return unsupported("request head the router cannot read");
     };
     // A client accepting gzip is served by hyper, which compresses (the parts read here are
     // then dropped: hyper reads the request again from its bytes).
     let gzip = |c| compress::negotiate(c, &mut parts.headers);
     if routes.compression().is_some_and(gzip) {
-        return Routed::Unsupported("the client accepts gzip: compressed by hyper");
+        return unsupported("the client accepts gzip: compressed by hyper");
     }
-    match routes.decide(&mut parts, peer) {
+    let (routing, limit) = routes.decide(&mut parts, peer);
+    let routed = match routing {
         Routing::Reply(reply, route) => Routed::Reply(reply, Some(routes.edits(route))),
         Routing::Forward {
             target,
@@ -459,7 +487,8 @@ fn route_head<'r>(
                 edits: Some(routes.edits(Some(response_headers))),
             }
         }
-    }
+    };
+    (routed, limit)
 }
 
 /// `head` (written by [`bearing_http1::parse_request`]) as an `http` request's parts; `None`

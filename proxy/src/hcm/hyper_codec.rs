@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bearing_gateway::HeaderEdits;
 use bearing_http1::{valid_host, MAX_HEAD, MAX_HEADERS};
 use bearing_proxy_config::RetryPolicy;
 use bytes::Bytes;
@@ -18,11 +19,14 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::compress;
+use super::filters::HttpFilters;
 use super::mirror::mirror_request;
 use super::{
     strip_hop_by_hop, Attempt, HttpListener, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE, RBAC_DENIED,
 };
 use crate::body::MessageBody;
+use crate::rate_limit::RouteLimit;
+use crate::rbac::Peer;
 use crate::router::{HttpRoutes, Reply, Routing, SERVER_NAME};
 use crate::upstream::{
     Checkout, ClusterRuntime, EndpointPool, NoConnection, RequestBody, UpstreamBody, UpstreamError,
@@ -35,14 +39,15 @@ pub type ProxyBody = MessageBody<UpstreamBody>;
 /// does every request: a listener that refuses everything answers 403 (Envoy's RBAC reply);
 /// a request the proxy does not forward is answered; one the HTTP RBAC refused
 /// (`rbac_allowed` false, decided by the caller) gets 403 `RBAC: access denied`; the rest get
-/// `x-request-id` and `x-forwarded-proto` (`tls`: the connection is TLS) and go where the
-/// listener's routes decide, or to its cluster. Responses are counted on the listener by
-/// status.
+/// `x-request-id` and `x-forwarded-proto` (`tls`: the connection is TLS), pass the
+/// listener's filters (faults, rate limits; `who`: the connection as they read it) and go
+/// where the listener's routes decide, or to its cluster. Responses are counted on the
+/// listener by status.
 pub(crate) async fn serve_request<L: HttpListener>(
     mut req: Request<Incoming>,
     listener: &L,
     peer: SocketAddr,
-    (tls, rbac_allowed): (bool, bool),
+    (tls, rbac_allowed, who): (bool, bool, Option<&Peer>),
 ) -> Response<ProxyBody> {
     if let Some(denied) = listener.denied() {
         denied.inc();
@@ -53,12 +58,16 @@ pub(crate) async fn serve_request<L: HttpListener>(
         None if !rbac_allowed => local_reply(StatusCode::FORBIDDEN, RBAC_DENIED.into()),
         None => {
             super::add_request_headers(req.headers_mut(), tls);
+            let filters = listener.filters().map(|f| (f, who));
             match (listener.routes(), listener.cluster()) {
-                (Some(routes), _) => route(req, listener.name(), routes, peer).await,
-                (None, Some(cluster)) => {
-                    let limits = (cluster.config.request_timeout, listener.retry());
-                    send(req.map(RequestBody::Streamed), cluster, limits, false).await
-                }
+                (Some(routes), _) => route(req, (listener.name(), filters), routes, peer).await,
+                (None, Some(cluster)) => match filtered(filters, None).await {
+                    Some(reply) => reply,
+                    None => {
+                        let limits = (cluster.config.request_timeout, listener.retry());
+                        send(req.map(RequestBody::Streamed), cluster, limits, false).await
+                    }
+                },
                 (None, None) => {
                     let message = format!("listener {} has no cluster", listener.name());
                     local_reply(StatusCode::SERVICE_UNAVAILABLE, message)
@@ -76,7 +85,7 @@ pub(crate) async fn serve_request<L: HttpListener>(
 /// `server: Kuma Gateway`.
 async fn route(
     req: Request<Incoming>,
-    listener: &str,
+    (listener, filters): (&str, Filters<'_>),
     routes: &HttpRoutes,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
@@ -86,8 +95,10 @@ async fn route(
         let accepted = compress::negotiate(compression, &mut parts.headers);
         (compression, accepted && parts.method != Method::HEAD)
     });
-    let mut resp = match routes.decide(&mut parts, peer) {
-        Routing::Reply(reply, edits) => {
+    let (routing, limit) = routes.decide(&mut parts, peer);
+    let mut resp = match (filtered(filters, limit).await, routing) {
+        (Some(reply), _) => reply,
+        (None, Routing::Reply(reply, edits)) => {
             let mut resp = local_reply(reply.status, reply.message);
             if let Some(location) = reply.location {
                 resp.headers_mut().insert(header::LOCATION, location);
@@ -97,14 +108,17 @@ async fn route(
             }
             resp
         }
-        Routing::Forward {
-            target,
-            timeout,
-            retry,
-            response_headers,
-            mirror,
-            endpoint_host,
-        } => {
+        (
+            None,
+            Routing::Forward {
+                target,
+                timeout,
+                retry,
+                response_headers,
+                mirror,
+                endpoint_host,
+            },
+        ) => {
             let body = match mirror {
                 Some(m) => mirror_request(&parts, body, m, listener).await,
                 None => RequestBody::Streamed(body),
@@ -122,6 +136,24 @@ async fn route(
         resp.headers_mut().insert(header::SERVER, SERVER_NAME);
     }
     resp
+}
+
+/// A listener's filters with the connection as they read it.
+type Filters<'a> = Option<(&'a HttpFilters, Option<&'a Peer>)>;
+
+/// Runs `filters` for one request whose route has `limit`: the reply of a filter that
+/// answers it, or `None` for a request that goes on.
+async fn filtered(
+    filters: Filters<'_>,
+    limit: Option<(&RouteLimit, &HeaderEdits)>,
+) -> Option<Response<ProxyBody>> {
+    let (filters, who) = filters?;
+    let answer = filters.run(who, limit).await?;
+    let mut resp = local_reply(answer.status, answer.message.into());
+    if let Some(headers) = answer.headers {
+        headers.apply(resp.headers_mut());
+    }
+    Some(resp)
 }
 
 /// Sends one request to `cluster` (again as the route's `retry` policy asks) and counts the

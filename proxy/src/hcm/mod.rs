@@ -15,12 +15,14 @@
 //! - what Envoy's connection manager adds to each request of a sidecar before routing:
 //!   `x-request-id` and `x-forwarded-proto` ([`add_request_headers`], [`add_request_fields`]);
 //! - a gateway's gzip response compression ([`compress`]: compressed through hyper, only
-//!   `Vary` on the byte path).
+//!   `Vary` on the byte path);
+//! - the filters after RBAC ([`filters`]: faults, rate limits), run once the route is known.
 //!
 //! `tests` runs one table of requests through both codecs (HTTP/1.1 on each, and HTTP/2).
 
 pub mod byte_codec;
 pub mod compress;
+pub mod filters;
 pub mod hyper_codec;
 mod mirror;
 
@@ -39,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::circuit::{Held, Occupancy};
+use filters::HttpFilters;
 use crate::router::{HttpRoutes, Reply, ResponseEdits};
 use crate::stats::StatusCounters;
 use crate::transport::Admission;
@@ -67,6 +70,8 @@ pub(crate) trait HttpListener {
     /// Whether the listener's HTTP RBAC lets a request of a connection admitted as
     /// `admission` pass (counted); true without HTTP RBAC.
     fn rbac_allows(&self, admission: &Admission) -> bool;
+    /// Its HTTP filters after RBAC (faults, rate limits); `None`: none.
+    fn filters(&self) -> Option<&HttpFilters>;
     /// Cancelled when a later config changes what the listener admits, and at drain: a
     /// connection waiting for its next request then checks that it may go on.
     fn epoch(&self) -> &CancellationToken;

@@ -1,0 +1,164 @@
+//! The HTTP filters a listener runs after RBAC (kuma-cp's MeshFaultInjection and
+//! MeshRateLimit), in the connection manager's order, once a request's route is known and
+//! before it is forwarded or answered: a fault's delay holds the request, then its abort or
+//! a route's rate limit may answer it instead. Both codecs run them; a listener without them
+//! has none ([`HttpFilters::new`] gives `None`) and pays one `Option` check per request.
+
+use bearing_gateway::HeaderEdits;
+use bearing_proxy_config::HttpFilter;
+use http::StatusCode;
+
+use crate::fault::{FaultRuntime, FaultStats, FAULT_ABORT};
+use crate::rate_limit::{RouteLimit, Verdict};
+use crate::rbac::Peer;
+
+/// The body of Envoy's answer to a request its local rate limit refuses.
+pub(crate) const LOCAL_RATE_LIMITED: &str = "local_rate_limited";
+
+/// A listener's HTTP filters after RBAC.
+pub struct HttpFilters {
+    filters: Vec<Filter>,
+}
+
+enum Filter {
+    Fault(FaultRuntime),
+    /// Where the route's rate limit applies.
+    LocalRateLimit,
+}
+
+/// A request a filter answers itself: the status, Envoy's body and the headers to add (a
+/// rate limit's).
+pub(crate) struct FilterReply<'r> {
+    pub status: StatusCode,
+    pub message: &'static str,
+    pub headers: Option<&'r HeaderEdits>,
+}
+
+impl HttpFilters {
+    /// The runtime of `config` counting faults into what `stats` gives (asked only when
+    /// there is a fault); `None` without filters.
+    pub fn new(config: &[HttpFilter], stats: impl FnOnce() -> FaultStats) -> Option<HttpFilters> {
+        let faults = match config.iter().any(|f| matches!(f, HttpFilter::Fault(_))) {
+            true => stats(),
+            false => FaultStats::default(),
+        };
+        let filters: Vec<Filter> = config
+            .iter()
+            .map(|f| match f {
+                HttpFilter::Fault(fault) => {
+                    Filter::Fault(FaultRuntime::new(fault.clone(), faults.clone()))
+                }
+                HttpFilter::LocalRateLimit => Filter::LocalRateLimit,
+            })
+            .collect();
+        (!filters.is_empty()).then_some(HttpFilters { filters })
+    }
+
+    /// Whether a filter reads the connection (a fault's matcher), which is then read at its
+    /// handshake.
+    pub(crate) fn read_peer(&self) -> bool {
+        self.filters
+            .iter()
+            .any(|f| matches!(f, Filter::Fault(fault) if fault.reads_peer()))
+    }
+
+    /// Runs the filters for one request of a connection read as `peer`, whose route has
+    /// `limit` (with its response headers): each fault that applies delays it, then may abort
+    /// it; the rate limit may refuse it. `None`: the request goes on.
+    pub(crate) async fn run<'r>(
+        &self,
+        peer: Option<&Peer>,
+        limit: Option<(&RouteLimit, &'r HeaderEdits)>,
+    ) -> Option<FilterReply<'r>> {
+        for filter in &self.filters {
+            match filter {
+                Filter::Fault(fault) if fault.applies(peer) => {
+                    if let Some(delay) = fault.delay() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if let Some(status) = fault.abort() {
+                        return Some(FilterReply {
+                            status: StatusCode::from_u16(status)
+                                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                            message: FAULT_ABORT,
+                            headers: None,
+                        });
+                    }
+                }
+                Filter::Fault(_) => {}
+                Filter::LocalRateLimit => {
+                    let Some((limit, headers)) = limit else {
+                        continue;
+                    };
+                    if limit.check() == Verdict::Refuse {
+                        return Some(FilterReply {
+                            status: StatusCode::from_u16(limit.config.status)
+                                .unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                            message: LOCAL_RATE_LIMITED,
+                            headers: Some(headers),
+                        });
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bearing_proxy_config::{
+        Fault, FaultAbort, HeaderFilter, LocalRateLimit, Share, TokenBucket,
+    };
+    use prometheus_client::metrics::counter::Counter;
+    use std::time::Duration;
+
+    fn abort(status: u16) -> HttpFilter {
+        HttpFilter::Fault(Fault {
+            skip: None,
+            delay: None,
+            abort: Some(FaultAbort {
+                status,
+                percentage: Share::ALL,
+            }),
+        })
+    }
+
+    #[test]
+    fn no_filters_no_runtime() {
+        assert!(HttpFilters::new(&[], FaultStats::default).is_none());
+    }
+
+    #[tokio::test]
+    async fn filters_run_in_order_and_the_route_limit_applies_where_its_filter_is() {
+        let limit = RouteLimit::new(
+            LocalRateLimit {
+                bucket: TokenBucket {
+                    max_tokens: 1,
+                    tokens_per_fill: 1,
+                    fill_interval: Duration::from_secs(3600),
+                },
+                enabled: Share::ALL,
+                enforced: Share::ALL,
+                status: 423,
+                response_headers: HeaderFilter::default(),
+            },
+            Counter::default(),
+        );
+        let edits = HeaderEdits::default();
+        let stats = FaultStats::default();
+        let config = [HttpFilter::LocalRateLimit, abort(503)];
+        let limited = HttpFilters::new(&config, || stats.clone()).unwrap();
+        // The limit first: its one token, then its refusal; the abort after it.
+        let first = limited.run(None, Some((&limit, &edits))).await.unwrap();
+        assert_eq!((first.status.as_u16(), first.message), (503, FAULT_ABORT));
+        let second = limited.run(None, Some((&limit, &edits))).await.unwrap();
+        assert_eq!((second.status.as_u16(), second.message), (423, LOCAL_RATE_LIMITED));
+        // A route without a limit passes the rate limit filter.
+        let only_limit =
+            HttpFilters::new(&[HttpFilter::LocalRateLimit], FaultStats::default).unwrap();
+        assert!(only_limit.run(None, None).await.is_none());
+        assert_eq!(stats.aborts_injected.get(), 1);
+    }
+}

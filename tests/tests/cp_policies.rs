@@ -1,0 +1,301 @@
+//! MeshRateLimit and MeshFaultInjection as kuma-cp renders them, enforced by a sidecar fed only
+//! by `bearing-test-cp`, in front of one origin: a route's local rate limit of 10 answers the
+//! 11th request with its status and headers; an abort at 50% answers about half of 1000
+//! requests with its status; a delay holds a request; a fault kuma-cp skips for sources
+//! outside its identity is not applied to such a caller; a connection over the listener's
+//! connection bucket is closed at once. Then Envoy 1.40, fed the same resources by the same CP
+//! in Bearing's place, answers the limited and the aborted requests alike (status, body,
+//! headers) and closes the same connection.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use bearing_e2e::*;
+use serde_json::{json, Value};
+
+const HCM: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+const HTTP_LIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+const TCP_LIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
+const ORIGIN_PORT: u16 = 8080;
+/// The outbounds: rate limited, aborting at 50%, delaying, a skipped fault, aborting always,
+/// and TCP with a connection limit.
+const LIMITED: u16 = 10001;
+const HALF_ABORTED: u16 = 10002;
+const DELAYED: u16 = 10003;
+const SKIPPED: u16 = 10004;
+const ABORTED: u16 = 10005;
+const TCP: u16 = 10006;
+/// The limit's bucket and the connection bucket (neither refills within the test).
+const REQUESTS: usize = 10;
+const CONNECTIONS: usize = 2;
+
+/// An HTTP outbound on 127.0.0.1:`port` to the origin with `filters` before the router and
+/// the route's `per_filter` configs.
+fn http_listener(port: u16, filters: Vec<Value>, per_filter: Value) -> (String, Value) {
+    let mut filters = filters;
+    filters.push(json!({"name": "envoy.filters.http.router", "typedConfig": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    let name = format!("outbound:127.0.0.1:{port}");
+    let listener = json!({
+        "name": name,
+        "address": {"socketAddress": {"address": "127.0.0.1", "portValue": port}},
+        "trafficDirection": "OUTBOUND",
+        "filterChains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
+            "@type": HCM,
+            "statPrefix": "origin",
+            "httpFilters": filters,
+            "routeConfig": {"name": "origin", "virtualHosts": [{"name": "origin", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, "route": {"cluster": "origin", "timeout": "0s"},
+                 "typedPerFilterConfig": per_filter}
+            ]}]},
+        }}]}],
+    });
+    (name, listener)
+}
+
+/// kuma-cp's fault filter with `fault`, bare or wrapped in its matcher skipping it for
+/// connections whose URI SAN does not start with `source`.
+fn fault(fault: Value, source: Option<&str>) -> Value {
+    let mut config = fault;
+    config["@type"] = json!(FAULT);
+    let Some(source) = source else {
+        return json!({"name": "envoy.filters.http.fault", "typedConfig": config});
+    };
+    json!({"name": "kri_mfi_default__mfi_", "typedConfig": {
+        "@type": "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+        "extensionConfig": {"name": "envoy.filters.http.fault", "typedConfig": config},
+        "xdsMatcher": {"matcherList": {"matchers": [{
+            "onMatch": {"action": {"name": "skip", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter"}}},
+            "predicate": {"notMatcher": {"singlePredicate": {
+                "input": {"name": "envoy.matching.inputs.uri_san", "typedConfig": {
+                    "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput"}},
+                "valueMatch": {"prefix": source}}}},
+        }]}},
+    }})
+}
+
+/// The sidecar's resources.
+fn resources(origin: &Host) -> Value {
+    let limit = json!({"envoy.filters.http.local_ratelimit": {
+        "@type": HTTP_LIMIT,
+        "statPrefix": "rate_limit",
+        "status": {"code": "Locked"},
+        "tokenBucket": {"maxTokens": REQUESTS, "tokensPerFill": REQUESTS, "fillInterval": "3600s"},
+        "filterEnabled": {"defaultValue": {"numerator": 100}, "runtimeKey": "local_rate_limit_enabled"},
+        "filterEnforced": {"defaultValue": {"numerator": 100}, "runtimeKey": "local_rate_limit_enforced"},
+        "responseHeadersToAdd": [{"appendAction": "OVERWRITE_IF_EXISTS_OR_ADD",
+            "header": {"key": "x-kuma-rate-limited", "value": "true"}}],
+    }});
+    let idle_limit = json!({"name": "envoy.filters.http.local_ratelimit", "typedConfig": {
+        "@type": HTTP_LIMIT, "statPrefix": "rate_limit"}});
+    let abort = |status: u16, numerator: u32| {
+        json!({"abort": {"httpStatus": status, "percentage": {"numerator": numerator}}})
+    };
+    let listeners = [
+        http_listener(LIMITED, vec![idle_limit], limit),
+        http_listener(HALF_ABORTED, vec![fault(abort(503, 50), None)], json!({})),
+        http_listener(
+            DELAYED,
+            vec![fault(
+                json!({"delay": {"fixedDelay": "1s", "percentage": {"numerator": 100}}}),
+                None,
+            )],
+            json!({}),
+        ),
+        http_listener(
+            SKIPPED,
+            vec![fault(abort(500, 100), Some("spiffe://default/"))],
+            json!({}),
+        ),
+        http_listener(ABORTED, vec![fault(abort(503, 100), None)], json!({})),
+    ];
+    let tcp_name = format!("outbound:127.0.0.1:{TCP}");
+    let tcp = json!({
+        "name": tcp_name,
+        "address": {"socketAddress": {"address": "127.0.0.1", "portValue": TCP}},
+        "trafficDirection": "OUTBOUND",
+        "filterChains": [{"filters": [
+            {"name": "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit", "typedConfig": {
+                "@type": TCP_LIMIT,
+                "statPrefix": "tcp_rate_limit",
+                "tokenBucket": {"maxTokens": CONNECTIONS, "tokensPerFill": CONNECTIONS, "fillInterval": "3600s"},
+            }},
+            {"name": "envoy.filters.network.tcp_proxy", "typedConfig": {
+                "@type": TCP_PROXY, "statPrefix": "origin", "cluster": "origin"}},
+        ]}],
+    });
+    let mut all: serde_json::Map<String, Value> = listeners.into_iter().collect();
+    all.insert(tcp_name, tcp);
+    json!({"xds": {
+        CLUSTER: {"origin": {
+            "name": "origin",
+            "type": "STATIC",
+            "connectTimeout": "5s",
+            "loadAssignment": {"clusterName": "origin", "endpoints": [{"lbEndpoints": [{"endpoint": {
+                "address": {"socketAddress": {"address": origin.ip4().to_string(), "portValue": ORIGIN_PORT}}
+            }}]}]},
+        }},
+        LISTENER: all,
+    }})
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/")
+}
+
+/// What a client sees of a local reply: status, body and the headers Bearing and Envoy may
+/// set on one.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    status: u16,
+    body: String,
+    headers: Vec<(&'static str, Option<String>)>,
+}
+
+fn seen(web: &Host, port: u16) -> Result<Seen> {
+    let out = curl_output(web, ["-i".to_string(), url(port)])?;
+    let (head, body) = out.body.split_once("\r\n\r\n").unwrap_or_default();
+    let headers = [
+        "content-type",
+        "x-kuma-rate-limited",
+        "x-envoy-ratelimited",
+        "x-ratelimit-limit",
+        "retry-after",
+    ]
+    .into_iter()
+    .map(|name| (name, header_value(head, name)))
+    .collect();
+    Ok(Seen {
+        status: out.http_code,
+        body: body.to_string(),
+        headers,
+    })
+}
+
+/// What the proxy on `web` (fresh buckets) answers: the limited route's 11th request, an
+/// abort, a skipped fault, and the connection over the bucket closed.
+fn answers(web: &Host, origin_body: &str, proxy: &str) -> Result<(Seen, Seen)> {
+    for i in 0..REQUESTS {
+        let (code, body) = curl(web, [url(LIMITED)])?;
+        ensure!(code == 200 && body == origin_body, "{proxy}: request {i}: {code} {body}");
+    }
+    let limited = seen(web, LIMITED)?;
+    let aborted = seen(web, ABORTED)?;
+    for _ in 0..3 {
+        let (code, body) = curl(web, [url(SKIPPED)])?;
+        ensure!(code == 200 && body == origin_body, "{proxy}: skipped fault applied: {code} {body}");
+    }
+    for i in 0..CONNECTIONS {
+        let (code, _) = curl(web, [url(TCP)])?;
+        ensure!(code == 200, "{proxy}: TCP connection {i}: {code}");
+    }
+    let started = Instant::now();
+    let over = curl_output(web, [url(TCP)])?;
+    ensure!(
+        !over.ok() && over.http_code == 0 && started.elapsed() < Duration::from_secs(5),
+        "{proxy}: the connection over the bucket was not closed at once: {over:?}"
+    );
+    Ok((limited, aborted))
+}
+
+#[test]
+fn rate_limits_and_faults_act_as_envoy_on_what_the_cp_sends() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "origin"])?;
+    let (cp, web, origin) = (topo.host("cp"), topo.host("web"), topo.host("origin"));
+    let pki = CpPki::new(topo.dir(), "cp-policies", cp)?;
+    let server = start_http_server(origin, ORIGIN_PORT)?;
+    let origin_body = server.body();
+
+    let file = pki.dir.join("web.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&resources(origin))?)?;
+    let (cp_process, access) =
+        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
+    let dataplane = dataplane_yaml(
+        "web",
+        web,
+        "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
+    );
+    let sidecar = access.bearing(web, "web", "dataplane", &dataplane)?;
+    sidecar.wait_ready()?;
+    cp_process.wait_for_log("ACK type=Listener", Duration::from_secs(30))?;
+    let log = cp_process.log_contents();
+    ensure!(!log.contains("NACK"), "the sidecar NACKed its config:\n{log}");
+
+    // The 11th request of the 10-request bucket: Kuma's status (Locked) and header.
+    let (limited, aborted) = answers(web, origin_body, "bearing")?;
+    ensure!(
+        limited.status == 423 && limited.body == "local_rate_limited",
+        "limited: {limited:?}"
+    );
+    ensure!(
+        aborted.status == 503 && aborted.body == "fault filter abort",
+        "aborted: {aborted:?}"
+    );
+
+    // The abort at 50%: about half of 1000 requests (curl's URL range, one connection).
+    let out = web.run(
+        "curl",
+        [
+            "-sS".to_string(),
+            "-m".into(),
+            "120".into(),
+            "-w".into(),
+            "\nCODE %{http_code}\n".into(),
+            format!("http://127.0.0.1:{HALF_ABORTED}/[1-1000]"),
+        ],
+    )?;
+    let codes: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("CODE "))
+        .collect();
+    let aborts = codes.iter().filter(|c| **c == "503").count();
+    let passed = codes.iter().filter(|c| **c == "200").count();
+    ensure!(
+        codes.len() == 1000 && aborts + passed == 1000 && (400..=600).contains(&aborts),
+        "{aborts} aborted and {passed} passed of {}: {}",
+        codes.len(),
+        out.stderr
+    );
+
+    // The delay holds the request, which then reaches the origin.
+    let started = Instant::now();
+    let (code, body) = curl(web, [url(DELAYED)])?;
+    let held = started.elapsed();
+    ensure!(
+        code == 200 && body == origin_body && held >= Duration::from_millis(900),
+        "delayed: {code} {body} after {held:?}"
+    );
+
+    // Counted per listener.
+    let metric = |name: &str, port: u16| {
+        sidecar.metric(&format!(
+            "bearing_{name}_total{{listener=\"outbound:127.0.0.1:{port}\"}}"
+        ))
+    };
+    ensure!(metric("local_rate_limited", LIMITED)? == 1.0);
+    ensure!(metric("fault_aborts_injected", HALF_ABORTED)? == aborts as f64);
+    ensure!(metric("fault_delays_injected", DELAYED)? == 1.0);
+    ensure!(metric("connection_rate_limited", TCP)? == 1.0);
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, "default", "web")?;
+    web.wait_for_tcp_listener(TCP, Duration::from_secs(20), None)
+        .context("Envoy's listeners")?;
+    let (envoy_limited, envoy_aborted) = answers(web, origin_body, "envoy")?;
+    ensure!(
+        envoy_limited == limited && envoy_aborted == aborted,
+        "Envoy answers otherwise:\n limited: {envoy_limited:?}\n  bearing {limited:?}\n aborted: {envoy_aborted:?}\n  bearing {aborted:?}"
+    );
+    Ok(())
+}
