@@ -228,7 +228,11 @@ impl Proxy {
                 None => None,
             };
             let named = (&self.stats, l.name.as_str());
-            let table = match l.routes.as_ref().map(|t| HttpRoutes::table(t, &clusters, named)) {
+            let table = match l
+                .routes
+                .as_ref()
+                .map(|t| HttpRoutes::table(t, &clusters, named))
+            {
                 Some(Err(e)) => {
                     not_built(&l.name, format!("route table: {e}"));
                     continue;
@@ -401,9 +405,10 @@ impl Proxy {
                     .as_ref()
                     .map(|r| RbacRuntime::new(r.clone(), self.stats.rbac(&l.name))),
                 filters: HttpFilters::new(&l.http_filters, || self.stats.faults(&l.name)),
-                connection_limit: l.connection_rate_limit.as_ref().map(|b| {
-                    ConnectionLimit::new(b, self.stats.connection_rate_limited(&l.name))
-                }),
+                connection_limit: l
+                    .connection_rate_limit
+                    .as_ref()
+                    .map(|b| ConnectionLimit::new(b, self.stats.connection_rate_limited(&l.name))),
                 epoch,
             });
             if l.direction == Direction::Inbound {
@@ -633,7 +638,11 @@ impl Proxy {
             return crate::direct_response::answer(stream, answer, name, peer).await;
         }
         // Envoy's network rate limit closes a connection over its bucket as it is accepted.
-        if !listener.connection_limit.as_ref().is_none_or(|l| l.admits()) {
+        if !listener
+            .connection_limit
+            .as_ref()
+            .is_none_or(|l| l.admits())
+        {
             tracing::debug!(listener = %listener.config.name, %peer, "closed by the connection rate limit");
             return;
         }

@@ -95,9 +95,7 @@ fn resources(origin: &Host) -> Value {
     }});
     let idle_limit = json!({"name": "envoy.filters.http.local_ratelimit", "typedConfig": {
         "@type": HTTP_LIMIT, "statPrefix": "rate_limit"}});
-    let abort = |status: u16, numerator: u32| {
-        json!({"abort": {"httpStatus": status, "percentage": {"numerator": numerator}}})
-    };
+    let abort = |status: u16, numerator: u32| json!({"abort": {"httpStatus": status, "percentage": {"numerator": numerator}}});
     let listeners = [
         http_listener(LIMITED, vec![idle_limit], limit),
         http_listener(HALF_ABORTED, vec![fault(abort(503, 50), None)], json!({})),
@@ -184,13 +182,19 @@ fn seen(web: &Host, port: u16) -> Result<Seen> {
 fn answers(web: &Host, origin_body: &str, proxy: &str) -> Result<(Seen, Seen)> {
     for i in 0..REQUESTS {
         let (code, body) = curl(web, [url(LIMITED)])?;
-        ensure!(code == 200 && body == origin_body, "{proxy}: request {i}: {code} {body}");
+        ensure!(
+            code == 200 && body == origin_body,
+            "{proxy}: request {i}: {code} {body}"
+        );
     }
     let limited = seen(web, LIMITED)?;
     let aborted = seen(web, ABORTED)?;
     for _ in 0..3 {
         let (code, body) = curl(web, [url(SKIPPED)])?;
-        ensure!(code == 200 && body == origin_body, "{proxy}: skipped fault applied: {code} {body}");
+        ensure!(
+            code == 200 && body == origin_body,
+            "{proxy}: skipped fault applied: {code} {body}"
+        );
     }
     for i in 0..CONNECTIONS {
         let (code, _) = curl(web, [url(TCP)])?;
@@ -228,7 +232,10 @@ fn rate_limits_and_faults_act_as_envoy_on_what_the_cp_sends() -> Result<()> {
     sidecar.wait_ready()?;
     cp_process.wait_for_log("ACK type=Listener", Duration::from_secs(30))?;
     let log = cp_process.log_contents();
-    ensure!(!log.contains("NACK"), "the sidecar NACKed its config:\n{log}");
+    ensure!(
+        !log.contains("NACK"),
+        "the sidecar NACKed its config:\n{log}"
+    );
 
     // The 11th request of the 10-request bucket: Kuma's status (Locked) and header.
     let (limited, aborted) = answers(web, origin_body, "bearing")?;

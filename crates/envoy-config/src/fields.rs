@@ -738,6 +738,8 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("RetryPolicy.host_selection_retry_max_attempts", "retries"),
     ("RetryPolicy.per_try_idle_timeout", "retries"),
     ("RouteAction.hash_policy", "load balancing"),
+    // The legacy FaultInjection's source match on `x-kuma-tags`, which Bearing does not send.
+    ("HTTPFault.headers", "fault injection"),
     ("RouteAction.idle_timeout", "timeouts"),
     ("RouteAction.max_stream_duration", "timeouts"),
     ("HttpConnectionManager.request_timeout", "timeouts"),

@@ -44,8 +44,7 @@ pub(crate) const NETWORK_LOCAL_RATE_LIMIT: &str =
 pub(crate) const EXTENSION_WITH_MATCHER: &str =
     "envoy.extensions.common.matching.v3.ExtensionWithMatcher";
 /// The matcher action that skips the wrapped filter.
-pub(crate) const SKIP_FILTER: &str =
-    "envoy.extensions.filters.common.matcher.action.v3.SkipFilter";
+pub(crate) const SKIP_FILTER: &str = "envoy.extensions.filters.common.matcher.action.v3.SkipFilter";
 /// The name a route's `typed_per_filter_config` gives the local rate limit (kuma-cp's).
 pub(crate) const LOCAL_RATE_LIMIT_NAME: &str = "envoy.filters.http.local_ratelimit";
 /// The runtime keys kuma-cp gives `filter_enabled` and `filter_enforced`: no runtime layer
@@ -114,7 +113,10 @@ fn with_matcher(any: &Any, at: &str, problems: &mut Vec<Problem>) -> Option<Faul
         Some(m) => skip_predicate(m, &format!("{at}.xds_matcher"), problems),
         None => None,
     };
-    let inner = w.extension_config.as_ref().and_then(|c| c.typed_config.as_ref());
+    let inner = w
+        .extension_config
+        .as_ref()
+        .and_then(|c| c.typed_config.as_ref());
     let iat = format!("{at}.extension_config.typed_config");
     let fault = match inner {
         Some(any) if type_of(any) == HTTP_FAULT => {
@@ -122,7 +124,9 @@ fn with_matcher(any: &Any, at: &str, problems: &mut Vec<Problem>) -> Option<Faul
         }
         other => {
             let found = other.map(type_of).unwrap_or("nothing");
-            let reason = format!("only a fault filter ({HTTP_FAULT}) is implemented behind a matcher, found {found}");
+            let reason = format!(
+                "only a fault filter ({HTTP_FAULT}) is implemented behind a matcher, found {found}"
+            );
             problems.push((iat, reason));
             None
         }
@@ -165,7 +169,11 @@ fn skip_predicate(
             continue;
         }
         match &fm.predicate {
-            Some(p) => predicates.extend(crate::rbac::predicate(p, &format!("{mat}.predicate"), problems)),
+            Some(p) => predicates.extend(crate::rbac::predicate(
+                p,
+                &format!("{mat}.predicate"),
+                problems,
+            )),
             None => problems.push((format!("{mat}.predicate"), "required".into())),
         }
     }
@@ -189,7 +197,11 @@ fn fault(
     let before = problems.len();
     let delay = f.delay.as_ref().and_then(|d| {
         let dat = format!("{at}.delay");
-        let percentage = share(d.percentage.as_ref(), &format!("{dat}.percentage"), problems);
+        let percentage = share(
+            d.percentage.as_ref(),
+            &format!("{dat}.percentage"),
+            problems,
+        );
         match &d.fault_delay_secifier {
             Some(D::FixedDelay(fixed)) => Some(FaultDelay {
                 fixed: crate::translate::duration(fixed),
@@ -204,7 +216,11 @@ fn fault(
     });
     let abort = f.abort.as_ref().and_then(|a| {
         let aat = format!("{at}.abort");
-        let percentage = share(a.percentage.as_ref(), &format!("{aat}.percentage"), problems);
+        let percentage = share(
+            a.percentage.as_ref(),
+            &format!("{aat}.percentage"),
+            problems,
+        );
         match a.error_type {
             Some(E::HttpStatus(status @ 200..=599)) => Some(FaultAbort {
                 status: status as u16,
@@ -216,7 +232,8 @@ fn fault(
                 None
             }
             _ => {
-                let reason = "only an http_status abort is implemented (not grpc_status or header_abort)";
+                let reason =
+                    "only an http_status abort is implemented (not grpc_status or header_abort)";
                 problems.push((aat, reason.into()));
                 None
             }
@@ -268,11 +285,18 @@ fn runtime_share(
         });
     };
     if !p.runtime_key.is_empty() && !KUMA_RUNTIME_KEYS.contains(&p.runtime_key.as_str()) {
-        let reason = format!("runtime key {:?}: only kuma-cp's keys, at their default values, are implemented", p.runtime_key);
+        let reason = format!(
+            "runtime key {:?}: only kuma-cp's keys, at their default values, are implemented",
+            p.runtime_key
+        );
         problems.push((format!("{at}.runtime_key"), reason));
         return None;
     }
-    share(p.default_value.as_ref(), &format!("{at}.default_value"), problems)
+    share(
+        p.default_value.as_ref(),
+        &format!("{at}.default_value"),
+        problems,
+    )
 }
 
 /// A token bucket at `at`: at least one token, a fill interval of at least 50 ms (Envoy's
@@ -302,7 +326,10 @@ fn bucket(
         ok = false;
     }
     if fill_interval < MIN_FILL_INTERVAL {
-        problems.push((format!("{at}.fill_interval"), "must be at least 50ms".into()));
+        problems.push((
+            format!("{at}.fill_interval"),
+            "must be at least 50ms".into(),
+        ));
         ok = false;
     }
     ok.then_some(TokenBucket {
@@ -327,15 +354,29 @@ pub(crate) fn route_rate_limit(
     }
     let f: HttpLocalRateLimit = decoded(any, at, problems)?;
     let before = problems.len();
-    let bucket = bucket(f.token_bucket.as_ref(), &format!("{at}.token_bucket"), problems);
-    let enabled = runtime_share(f.filter_enabled.as_ref(), &format!("{at}.filter_enabled"), problems);
-    let enforced = runtime_share(f.filter_enforced.as_ref(), &format!("{at}.filter_enforced"), problems);
+    let bucket = bucket(
+        f.token_bucket.as_ref(),
+        &format!("{at}.token_bucket"),
+        problems,
+    );
+    let enabled = runtime_share(
+        f.filter_enabled.as_ref(),
+        &format!("{at}.filter_enabled"),
+        problems,
+    );
+    let enforced = runtime_share(
+        f.filter_enforced.as_ref(),
+        &format!("{at}.filter_enforced"),
+        problems,
+    );
     let status = match f.status.as_ref().map(|s| s.code) {
         None | Some(0) => 429,
         // Envoy refuses a status below 400 here.
         Some(code @ 400..=599) => code as u16,
         Some(other) => {
-            let reason = format!("{other} is not a status Envoy answers a limited request with (400 to 599)");
+            let reason = format!(
+                "{other} is not a status Envoy answers a limited request with (400 to 599)"
+            );
             problems.push((format!("{at}.status.code"), reason));
             429
         }
@@ -352,7 +393,8 @@ pub(crate) fn route_rate_limit(
             Ok(A::OverwriteIfExistsOrAdd) => response_headers.set.push(pair),
             Ok(A::AppendIfExistsOrAdd) => response_headers.add.push(pair),
             _ => {
-                let reason = "only APPEND_IF_EXISTS_OR_ADD and OVERWRITE_IF_EXISTS_OR_ADD are implemented";
+                let reason =
+                    "only APPEND_IF_EXISTS_OR_ADD and OVERWRITE_IF_EXISTS_OR_ADD are implemented";
                 problems.push((format!("{hat}.append_action"), reason.into()));
             }
         }
@@ -376,7 +418,11 @@ pub(crate) fn connection_rate_limit(
     problems: &mut Vec<Problem>,
 ) -> Option<TokenBucket> {
     let f: NetworkLocalRateLimit = decoded(any, at, problems)?;
-    bucket(f.token_bucket.as_ref(), &format!("{at}.token_bucket"), problems)
+    bucket(
+        f.token_bucket.as_ref(),
+        &format!("{at}.token_bucket"),
+        problems,
+    )
 }
 
 #[cfg(test)]
@@ -432,7 +478,10 @@ mod tests {
                 }
             })
         );
-        assert_eq!(f.delay.as_ref().map(|d| d.fixed), Some(Duration::from_secs(5)));
+        assert_eq!(
+            f.delay.as_ref().map(|d| d.fixed),
+            Some(Duration::from_secs(5))
+        );
         assert_eq!(
             f.delay.map(|d| d.percentage),
             Some(Share {
@@ -440,7 +489,11 @@ mod tests {
                 denominator: 100
             })
         );
-        assert!(matches!(f.skip, Some(RbacPredicate::Not(_))), "{:?}", f.skip);
+        assert!(
+            matches!(f.skip, Some(RbacPredicate::Not(_))),
+            "{:?}",
+            f.skip
+        );
     }
 
     #[test]
@@ -461,7 +514,13 @@ mod tests {
         }));
         assert_eq!(route_rate_limit(&limit, "r", &mut problems), None);
         let paths: Vec<_> = problems.iter().map(|p| p.0.as_str()).collect();
-        assert_eq!(paths, ["r.token_bucket.fill_interval", "r.filter_enabled.runtime_key"]);
+        assert_eq!(
+            paths,
+            [
+                "r.token_bucket.fill_interval",
+                "r.filter_enabled.runtime_key"
+            ]
+        );
     }
 
     #[test]

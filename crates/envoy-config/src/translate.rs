@@ -16,16 +16,16 @@ use crate::decode::{
 use crate::fields::{
     self, Unhandled, KUMA_STREAM_IDLE_TIMEOUTS, KUMA_TCP_IDLE_TIMEOUTS, POLICY_NOT_ENFORCED,
 };
+use crate::http_filters;
 use crate::naming::{self, Role, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
 use crate::rbac;
-use crate::http_filters;
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, HostEndpoint,
-    Http2Windows, HttpFilter, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
-    ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget,
-    SourcePrefix, SpiffeMatcher, TlsMatch, TokenBucket, TransparentProxy, UpstreamTls, Verification,
-    WeightedCluster,
+    Http2Windows, HttpFilter, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint,
+    Protocol, ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute,
+    SniTarget, SourcePrefix, SpiffeMatcher, TlsMatch, TokenBucket, TransparentProxy, UpstreamTls,
+    Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -807,7 +807,10 @@ impl Translator<'_> {
                 let reason = format!("rate limits: {POLICY_NOT_ENFORCED} (on a listener of several chains: Envoy keeps a bucket per chain, Bearing one per listener)");
                 self.nack(LISTENER, name, format!("{at}.filters"), reason);
             }
-            if route.as_ref().is_some_and(|r| r.http_filters != this.http_filters) {
+            if route
+                .as_ref()
+                .is_some_and(|r| r.http_filters != this.http_filters)
+            {
                 let reason = "chains with different fault or rate limit filters: ProxyConfig holds one list per listener";
                 self.nack(LISTENER, name, format!("{at}.filters"), reason);
             }

@@ -311,7 +311,10 @@ where
                     },
                     None,
                 ),
-                _ => (Routed::Unsupported("cluster not spoken to over HTTP/1.1"), None),
+                _ => (
+                    Routed::Unsupported("cluster not spoken to over HTTP/1.1"),
+                    None,
+                ),
             },
         };
         // The filters after RBAC, once the route is known (a request handed to hyper runs

@@ -154,7 +154,10 @@ mod tests {
         let first = limited.run(None, Some((&limit, &edits))).await.unwrap();
         assert_eq!((first.status.as_u16(), first.message), (503, FAULT_ABORT));
         let second = limited.run(None, Some((&limit, &edits))).await.unwrap();
-        assert_eq!((second.status.as_u16(), second.message), (423, LOCAL_RATE_LIMITED));
+        assert_eq!(
+            (second.status.as_u16(), second.message),
+            (423, LOCAL_RATE_LIMITED)
+        );
         // A route without a limit passes the rate limit filter.
         let only_limit =
             HttpFilters::new(&[HttpFilter::LocalRateLimit], FaultStats::default).unwrap();

@@ -41,11 +41,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::circuit::{Held, Occupancy};
-use filters::HttpFilters;
 use crate::router::{HttpRoutes, Reply, ResponseEdits};
 use crate::stats::StatusCounters;
 use crate::transport::Admission;
 use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, PoolRef, UpstreamError};
+use filters::HttpFilters;
 
 /// The body of Envoy's 403 to a request its RBAC filter refuses.
 pub(crate) const RBAC_DENIED: &str = "RBAC: access denied";
