@@ -41,14 +41,12 @@ impl FaultRuntime {
     }
 
     /// Whether the filter applies to a request of a connection read as `peer` (`None`: not
-    /// read, as a connection without TLS: no input has a value).
+    /// read, as a connection without TLS): skipped only where its matcher holds; one that
+    /// cannot tell (no TLS for a URI SAN) takes no action, as Envoy's, so it applies.
     pub(crate) fn applies(&self, peer: Option<&Peer>) -> bool {
         let peer = peer.unwrap_or(&crate::rbac::PLAINTEXT);
-        !self
-            .config
-            .skip
-            .as_ref()
-            .is_some_and(|p| crate::rbac::predicate(p, peer))
+        let skip = |p| crate::rbac::predicate_state(p, peer) == Some(true);
+        !self.config.skip.as_ref().is_some_and(skip)
     }
 
     /// The delay drawn for one request, counted.
@@ -121,9 +119,13 @@ mod tests {
             value: RbacString::Prefix("spiffe://default".into()),
         })));
         assert!(f.reads_peer());
-        // Plaintext: no URI SAN, so kuma-cp's `not` holds and the fault is skipped.
-        assert!(!f.applies(None));
-        assert!(!f.applies(Some(&crate::rbac::PLAINTEXT)));
+        let peer = crate::rbac::tests::peer;
+        // A source outside the prefix is skipped; one inside gets the fault.
+        assert!(!f.applies(Some(&peer(&["spiffe://other/web"], None))));
+        assert!(f.applies(Some(&peer(&["spiffe://default/web"], None))));
+        // Plaintext: the matcher cannot read a URI SAN, so Envoy applies the fault.
+        assert!(f.applies(None));
+        assert!(f.applies(Some(&crate::rbac::PLAINTEXT)));
         assert!(fault(100, 100).applies(None));
     }
 }

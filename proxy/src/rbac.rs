@@ -174,8 +174,43 @@ fn matcher_allows(matcher: &RbacMatcher, peer: &Peer) -> bool {
     decision.is_some_and(|d| d.action == RbacAction::Allow)
 }
 
-/// Whether predicate `p` holds for `peer` (also a filter's skip matcher, `crate::fault`).
-pub(crate) fn predicate(p: &RbacPredicate, peer: &Peer) -> bool {
+/// Envoy's generic matcher (a filter's skip matcher, `crate::fault`): whether `p` holds for
+/// `peer`, or `None` when it cannot tell because an input is not available (the URI SANs of
+/// a connection without TLS: Envoy's `NotAvailable`; no SNI is available, as no value): a
+/// `not` keeps that, an `and` gives it at once, an `or` gives it when no other holds.
+pub(crate) fn predicate_state(p: &RbacPredicate, peer: &Peer) -> Option<bool> {
+    match p {
+        RbacPredicate::Single { input, value } => {
+            let available = match input {
+                RbacInput::UriSan if !peer.tls => return None,
+                _ => peer.input(*input),
+            };
+            Some(available.is_some_and(|v| value.matches(v)))
+        }
+        RbacPredicate::Not(p) => predicate_state(p, peer).map(|holds| !holds),
+        RbacPredicate::And(all) => {
+            for p in all {
+                if !predicate_state(p, peer)? {
+                    return Some(false);
+                }
+            }
+            Some(true)
+        }
+        RbacPredicate::Or(any) => {
+            let mut unable = false;
+            for p in any {
+                match predicate_state(p, peer) {
+                    Some(true) => return Some(true),
+                    Some(false) => {}
+                    None => unable = true,
+                }
+            }
+            (!unable).then_some(false)
+        }
+    }
+}
+
+fn predicate(p: &RbacPredicate, peer: &Peer) -> bool {
     match p {
         RbacPredicate::Single { input, value } => {
             peer.input(*input).is_some_and(|v| value.matches(v))
@@ -187,11 +222,12 @@ pub(crate) fn predicate(p: &RbacPredicate, peer: &Peer) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bearing_proxy_config::{RbacDecision, RbacMatch, RbacPolicy};
 
-    fn peer(uris: &[&str], sni: Option<&str>) -> Peer {
+    /// A TLS peer with these URI SANs and SNI.
+    pub(crate) fn peer(uris: &[&str], sni: Option<&str>) -> Peer {
         let names = PeerNames {
             uri_sans: uris.iter().map(|s| s.to_string()).collect(),
             dns_sans: vec!["demo.local".into()],
@@ -426,5 +462,37 @@ mod tests {
         assert!(rt.check(&PLAINTEXT));
         assert_eq!(only_shadow.allowed.get() + only_shadow.denied.get(), 0);
         assert_eq!(only_shadow.shadow_denied.get(), 1);
+    }
+
+    #[test]
+    fn generic_matcher_cannot_tell_uri_sans_without_tls() {
+        let in_mesh = RbacPredicate::Single {
+            input: RbacInput::UriSan,
+            value: RbacString::Prefix("spiffe://default/".into()),
+        };
+        let outside = RbacPredicate::Not(Box::new(in_mesh.clone()));
+        let no_sni = RbacPredicate::Single {
+            input: RbacInput::ServerName,
+            value: RbacString::Exact("a.mesh".into()),
+        };
+        // Plaintext: the URI SANs are not available, whatever wraps them...
+        assert_eq!(predicate_state(&outside, &PLAINTEXT), None);
+        let and = RbacPredicate::And(vec![no_sni.clone(), in_mesh.clone()]);
+        assert_eq!(predicate_state(&and, &PLAINTEXT), Some(false));
+        let or = RbacPredicate::Or(vec![no_sni.clone(), in_mesh.clone()]);
+        assert_eq!(predicate_state(&or, &PLAINTEXT), None);
+        // ...while no SNI is a value that matches nothing.
+        let not_sni = RbacPredicate::Not(Box::new(no_sni));
+        assert_eq!(predicate_state(&not_sni, &PLAINTEXT), Some(true));
+        // TLS: a certificate without URI SANs matches nothing.
+        assert_eq!(predicate_state(&outside, &peer(&[], None)), Some(true));
+        assert_eq!(
+            predicate_state(&outside, &peer(&[CLIENT], None)),
+            Some(false)
+        );
+        assert_eq!(
+            predicate_state(&outside, &peer(&["spiffe://other/x"], None)),
+            Some(true)
+        );
     }
 }

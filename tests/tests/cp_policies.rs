@@ -1,11 +1,13 @@
 //! MeshRateLimit and MeshFaultInjection as kuma-cp renders them, enforced by a sidecar fed only
 //! by `bearing-test-cp`, in front of one origin: a route's local rate limit of 10 answers the
 //! 11th request with its status and headers; an abort at 50% answers about half of 1000
-//! requests with its status; a delay holds a request; a fault kuma-cp skips for sources
-//! outside its identity is not applied to such a caller; a connection over the listener's
-//! connection bucket is closed at once. Then Envoy 1.40, fed the same resources by the same CP
-//! in Bearing's place, answers the limited and the aborted requests alike (status, body,
-//! headers) and closes the same connection.
+//! requests with its status; a delay holds a request; a fault whose matcher skips it for a
+//! caller without the SNI it targets (kuma-cp's zone egress form) is not applied, while one
+//! skipped for sources outside a SPIFFE prefix is applied to a plaintext caller (the matcher
+//! cannot read a URI SAN without TLS, so Envoy takes no action); a connection over the
+//! listener's connection bucket is closed at once. Then Envoy 1.40, fed the same resources by
+//! the same CP in Bearing's place, answers the same (the limited and aborted requests'
+//! status, body and headers, both matchers) and closes the same connection.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,7 @@ const DELAYED: u16 = 10003;
 const SKIPPED: u16 = 10004;
 const ABORTED: u16 = 10005;
 const TCP: u16 = 10006;
+const UNMATCHED: u16 = 10007;
 /// The limit's bucket and the connection bucket (neither refills within the test).
 const REQUESTS: usize = 10;
 const CONNECTIONS: usize = 2;
@@ -59,12 +62,28 @@ fn http_listener(port: u16, filters: Vec<Value>, per_filter: Value) -> (String, 
     (name, listener)
 }
 
-/// kuma-cp's fault filter with `fault`, bare or wrapped in its matcher skipping it for
-/// connections whose URI SAN does not start with `source`.
-fn fault(fault: Value, source: Option<&str>) -> Value {
+/// kuma-cp's `not` predicate on `input` (`uri_san`: a prefix; `server_name`: exact).
+fn not(input: &str, value: &str) -> Value {
+    let (kind, config, matcher) = match input {
+        "uri_san" => ("uri_san", "ssl.v3.UriSanInput", json!({"prefix": value})),
+        _ => (
+            "server_name",
+            "network.v3.ServerNameInput",
+            json!({"exact": value}),
+        ),
+    };
+    json!({"notMatcher": {"singlePredicate": {
+        "input": {"name": format!("envoy.matching.inputs.{kind}"), "typedConfig": {
+            "@type": format!("type.googleapis.com/envoy.extensions.matching.common_inputs.{config}")}},
+        "valueMatch": matcher}}})
+}
+
+/// kuma-cp's fault filter with `fault`, bare or wrapped in its matcher skipping it where
+/// `skip` holds.
+fn fault(fault: Value, skip: Option<Value>) -> Value {
     let mut config = fault;
     config["@type"] = json!(FAULT);
-    let Some(source) = source else {
+    let Some(predicate) = skip else {
         return json!({"name": "envoy.filters.http.fault", "typedConfig": config});
     };
     json!({"name": "kri_mfi_default__mfi_", "typedConfig": {
@@ -73,10 +92,7 @@ fn fault(fault: Value, source: Option<&str>) -> Value {
         "xdsMatcher": {"matcherList": {"matchers": [{
             "onMatch": {"action": {"name": "skip", "typedConfig": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter"}}},
-            "predicate": {"notMatcher": {"singlePredicate": {
-                "input": {"name": "envoy.matching.inputs.uri_san", "typedConfig": {
-                    "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput"}},
-                "valueMatch": {"prefix": source}}}},
+            "predicate": predicate,
         }]}},
     }})
 }
@@ -109,7 +125,18 @@ fn resources(origin: &Host) -> Value {
         ),
         http_listener(
             SKIPPED,
-            vec![fault(abort(500, 100), Some("spiffe://default/"))],
+            vec![fault(
+                abort(500, 100),
+                Some(not("server_name", "sni.external.80")),
+            )],
+            json!({}),
+        ),
+        http_listener(
+            UNMATCHED,
+            vec![fault(
+                abort(500, 100),
+                Some(not("uri_san", "spiffe://default/")),
+            )],
             json!({}),
         ),
         http_listener(ABORTED, vec![fault(abort(503, 100), None)], json!({})),
@@ -178,7 +205,8 @@ fn seen(web: &Host, port: u16) -> Result<Seen> {
 }
 
 /// What the proxy on `web` (fresh buckets) answers: the limited route's 11th request, an
-/// abort, a skipped fault, and the connection over the bucket closed.
+/// abort, a skipped fault, a fault whose matcher cannot tell, and the connection over the
+/// bucket closed.
 fn answers(web: &Host, origin_body: &str, proxy: &str) -> Result<(Seen, Seen)> {
     for i in 0..REQUESTS {
         let (code, body) = curl(web, [url(LIMITED)])?;
@@ -194,6 +222,11 @@ fn answers(web: &Host, origin_body: &str, proxy: &str) -> Result<(Seen, Seen)> {
         ensure!(
             code == 200 && body == origin_body,
             "{proxy}: skipped fault applied: {code} {body}"
+        );
+        let (code, body) = curl(web, [url(UNMATCHED)])?;
+        ensure!(
+            code == 500 && body == "fault filter abort",
+            "{proxy}: a fault its matcher cannot tell about not applied: {code} {body}"
         );
     }
     for i in 0..CONNECTIONS {
