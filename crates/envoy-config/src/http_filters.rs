@@ -163,7 +163,7 @@ fn skip_predicate(
             Some(O::Action(a)) => a.typed_config.as_ref(),
             _ => None,
         });
-        if !action.is_some_and(|a| type_of(a) == SKIP_FILTER) {
+        if action.is_none_or(|a| type_of(a) != SKIP_FILTER) {
             let reason = format!("only the {SKIP_FILTER} action is implemented");
             problems.push((format!("{mat}.on_match"), reason));
             continue;
