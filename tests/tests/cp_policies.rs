@@ -7,7 +7,8 @@
 //! cannot read a URI SAN without TLS, so Envoy takes no action); a connection over the
 //! listener's connection bucket is closed at once. Then Envoy 1.40, fed the same resources by
 //! the same CP in Bearing's place, answers the same (the limited and aborted requests'
-//! status, body and headers, both matchers) and closes the same connection.
+//! status, body and headers, over HTTP/1.1 and HTTP/2, both matchers) and closes the same
+//! connection.
 
 use std::time::{Duration, Instant};
 
@@ -184,8 +185,11 @@ struct Seen {
     headers: Vec<(&'static str, Option<String>)>,
 }
 
-fn seen(web: &Host, port: u16) -> Result<Seen> {
-    let out = curl_output(web, ["-i".to_string(), url(port)])?;
+/// A request to `port` with curl's `extra` arguments, as [`Seen`].
+fn seen(web: &Host, port: u16, extra: &[&str]) -> Result<Seen> {
+    let mut args = vec!["-i".to_string(), url(port)];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let out = curl_output(web, args)?;
     let (head, body) = out.body.split_once("\r\n\r\n").unwrap_or_default();
     let headers = [
         "content-type",
@@ -215,8 +219,17 @@ fn answers(web: &Host, origin_body: &str, proxy: &str) -> Result<(Seen, Seen)> {
             "{proxy}: request {i}: {code} {body}"
         );
     }
-    let limited = seen(web, LIMITED)?;
-    let aborted = seen(web, ABORTED)?;
+    let limited = seen(web, LIMITED, &[])?;
+    let aborted = seen(web, ABORTED, &[])?;
+    // HTTP/2 (the hyper codec) answers alike.
+    let h2 = ["--http2-prior-knowledge"];
+    for (port, h1) in [(LIMITED, &limited), (ABORTED, &aborted)] {
+        let answer = seen(web, port, &h2)?;
+        ensure!(
+            answer == *h1,
+            "{proxy}: over HTTP/2: {answer:?}, over HTTP/1.1: {h1:?}"
+        );
+    }
     for _ in 0..3 {
         let (code, body) = curl(web, [url(SKIPPED)])?;
         ensure!(
@@ -322,7 +335,8 @@ fn rate_limits_and_faults_act_as_envoy_on_what_the_cp_sends() -> Result<()> {
             "bearing_{name}_total{{listener=\"outbound:127.0.0.1:{port}\"}}"
         ))
     };
-    ensure!(metric("local_rate_limited", LIMITED)? == 1.0);
+    // The 11th request, then its HTTP/2 twin.
+    ensure!(metric("local_rate_limited", LIMITED)? == 2.0);
     ensure!(metric("fault_aborts_injected", HALF_ABORTED)? == aborts as f64);
     ensure!(metric("fault_delays_injected", DELAYED)? == 1.0);
     ensure!(metric("connection_rate_limited", TCP)? == 1.0);
