@@ -8,7 +8,8 @@
 //! listener's connection bucket is closed at once. Then Envoy 1.40, fed the same resources by
 //! the same CP in Bearing's place, answers the same (the limited and aborted requests'
 //! status, body and headers, over HTTP/1.1 and HTTP/2, both matchers) and closes the same
-//! connection.
+//! connection. On a mesh mTLS inbound, a fault kuma-cp targets at one source identity aborts
+//! that source's requests only, in Bearing as in Envoy.
 
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,11 @@ fn fault(fault: Value, skip: Option<Value>) -> Value {
     }})
 }
 
+/// A fault's abort with `status` for `numerator`% of requests.
+fn abort(status: u16, numerator: u32) -> Value {
+    json!({"abort": {"httpStatus": status, "percentage": {"numerator": numerator}}})
+}
+
 /// The sidecar's resources.
 fn resources(origin: &Host) -> Value {
     let limit = json!({"envoy.filters.http.local_ratelimit": {
@@ -112,7 +118,6 @@ fn resources(origin: &Host) -> Value {
     }});
     let idle_limit = json!({"name": "envoy.filters.http.local_ratelimit", "typedConfig": {
         "@type": HTTP_LIMIT, "statPrefix": "rate_limit"}});
-    let abort = |status: u16, numerator: u32| json!({"abort": {"httpStatus": status, "percentage": {"numerator": numerator}}});
     let listeners = [
         http_listener(LIMITED, vec![idle_limit], limit),
         http_listener(HALF_ABORTED, vec![fault(abort(503, 50), None)], json!({})),
@@ -352,4 +357,78 @@ fn rate_limits_and_faults_act_as_envoy_on_what_the_cp_sends() -> Result<()> {
         "Envoy answers otherwise:\n limited: {envoy_limited:?}\n  bearing {limited:?}\n aborted: {envoy_aborted:?}\n  bearing {aborted:?}"
     );
     Ok(())
+}
+
+/// kuma-cp's MeshFaultInjection `rules` form on a mesh mTLS inbound (the MeshTrafficPermission
+/// golden's test server, fed by the test CP): an abort skipped for sources outside
+/// `spiffe://envoyconfig/demo-client`. A client presenting that identity gets the abort; one
+/// of another identity reaches the application. Envoy 1.40 in the server's place answers the
+/// same.
+#[test]
+fn a_fault_matched_by_source_identity_aborts_only_that_source() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "backend"])?;
+    let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), "cp-fault-identity", cp)?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    let uri = |id: &str| format!("URI:{id}");
+    let targeted = mesh_ca.issue("demo-client", &[&uri("spiffe://envoyconfig/demo-client")])?;
+    let other = mesh_ca.issue("other", &[&uri("spiffe://envoyconfig/web")])?;
+    let server_leaf = mesh_ca.issue("test-server", &[&uri("spiffe://envoyconfig/test-server")])?;
+    let app = start_http_server(backend, ORIGIN_PORT)?;
+
+    let golden = KumaGolden::load(
+        "envoyconfig-e2e/sidecars/meshtrafficpermission/no-policies.test-server.golden.json",
+    )?;
+    let mut xds = XdsFile::new();
+    let at = backend.sock4(GOLDEN_INBOUND_PORT);
+    let inbound = xds.golden_inbound(&golden, 80, ORIGIN_PORT, at)?;
+    let listener = xds.get_mut(LISTENER, &inbound)?;
+    replace_in_strings(listener, "IP_REDACTED", &backend.ip4().to_string());
+    let filters = listener
+        .pointer_mut("/filterChains/0/filters/0/typedConfig/httpFilters")
+        .and_then(Value::as_array_mut)
+        .context("the inbound's HTTP filters")?;
+    let skip = not("uri_san", "spiffe://envoyconfig/demo-client");
+    filters.insert(filters.len() - 1, fault(abort(503, 100), Some(skip)));
+    xds.mesh_identity("envoyconfig", &server_leaf, &mesh_ca)?;
+    let file = pki.dir.join("test-server.json");
+    xds.write(&file)?;
+    let (cp_process, access) =
+        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5679, &file, "cp")?;
+    let dataplane = golden_dataplane(backend, "test-server");
+    let server = access.bearing(backend, "test-server", "dataplane", &dataplane)?;
+    server.wait_ready()?;
+    let log = cp_process.log_contents();
+    ensure!(
+        !log.contains("NACK"),
+        "the server NACKed its config:\n{log}"
+    );
+
+    let check = |proxy: &str| -> Result<()> {
+        let ask = |leaf: &CertFiles| TlsClient::new(at).alpn("kuma").client_cert(leaf).run(web);
+        for _ in 0..3 {
+            let hit = ask(&targeted)?;
+            ensure!(
+                hit.response.starts_with("HTTP/1.1 503")
+                    && hit.response.ends_with("fault filter abort"),
+                "{proxy}: the targeted source: {hit:?}"
+            );
+            let spared = ask(&other)?;
+            ensure!(
+                spared.response.starts_with("HTTP/1.1 200")
+                    && spared.response.ends_with(app.body()),
+                "{proxy}: another source: {spared:?}"
+            );
+        }
+        Ok(())
+    };
+    check("bearing")?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    server.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(backend, "envoyconfig", "test-server")?;
+    backend.wait_for_tcp_listener(GOLDEN_INBOUND_PORT, Duration::from_secs(20), None)?;
+    check("envoy")
 }
