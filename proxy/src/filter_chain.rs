@@ -105,16 +105,18 @@ impl ListenerRuntime {
     /// `admission`: no mesh mTLS admits everything; mTLS admits plaintext only when
     /// PERMISSIVE, and an mTLS connection only if its client certificate was verified with
     /// the same CA certificate (after a CA change it must handshake again); a listener that
-    /// fails closed (`denied`) admits nothing; one with RBAC admits only a connection whose
-    /// peer was read (the handshake was on a listener with RBAC) and its network RBAC lets
-    /// pass (evaluated, not counted: this is a recheck after a config change). Gateway and
-    /// zone proxy listeners are not checked otherwise.
+    /// fails closed (`denied`) admits nothing; one with RBAC, or filters that read the
+    /// connection (a fault's matcher), admits only a connection whose peer was read (the
+    /// handshake was on a listener that reads it) and its network RBAC lets pass (evaluated,
+    /// not counted: this is a recheck after a config change). Gateway and zone proxy
+    /// listeners are not checked otherwise.
     pub(crate) fn admits(&self, admission: &Admission) -> bool {
         if self.denied.is_some() {
             return false;
         }
-        if (self.network_rbac.is_some() || self.http_rbac.is_some()) && self.rbac_checks(admission)
-        {
+        let filters_read = self.filters.as_ref().is_some_and(|f| f.read_peer());
+        let reads_peer = self.network_rbac.is_some() || self.http_rbac.is_some() || filters_read;
+        if reads_peer && self.rbac_checks(admission) {
             let Some(peer) = admission.peer() else {
                 return false;
             };

@@ -283,6 +283,7 @@ impl Proxy {
                         && old.config.deny_all == l.deny_all
                         && old.config.network_rbac == l.network_rbac
                         && old.config.http_rbac == l.http_rbac
+                        && old.config.http_filters == l.http_filters
                         && !old.epoch.is_cancelled() =>
                 {
                     old.epoch.clone()

@@ -18,6 +18,8 @@ pub(crate) const LOCAL_RATE_LIMITED: &str = "local_rate_limited";
 /// A listener's HTTP filters after RBAC.
 pub struct HttpFilters {
     filters: Vec<Filter>,
+    /// A filter reads the connection (a fault's matcher).
+    reads_peer: bool,
 }
 
 enum Filter {
@@ -51,15 +53,19 @@ impl HttpFilters {
                 HttpFilter::LocalRateLimit => Filter::LocalRateLimit,
             })
             .collect();
-        (!filters.is_empty()).then_some(HttpFilters { filters })
+        let reads_peer = filters
+            .iter()
+            .any(|f| matches!(f, Filter::Fault(fault) if fault.reads_peer()));
+        (!filters.is_empty()).then_some(HttpFilters {
+            filters,
+            reads_peer,
+        })
     }
 
     /// Whether a filter reads the connection (a fault's matcher), which is then read at its
     /// handshake.
     pub(crate) fn read_peer(&self) -> bool {
-        self.filters
-            .iter()
-            .any(|f| matches!(f, Filter::Fault(fault) if fault.reads_peer()))
+        self.reads_peer
     }
 
     /// Runs the filters for one request of a connection read as `peer`, whose route has
