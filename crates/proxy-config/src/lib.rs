@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+mod access_log;
 mod gateway;
 mod rbac;
 mod retry;
 mod routes;
+pub use access_log::*;
 pub use gateway::*;
 pub use rbac::*;
 pub use retry::*;
@@ -581,6 +583,10 @@ pub struct Listener {
     /// HTTP/2 flow-control windows offered to downstream clients (HTTP listeners).
     #[serde(skip_serializing_if = "Http2Windows::is_default")]
     pub http2_windows: Http2Windows,
+    /// File access logs (kuma-cp's MeshAccessLog and TrafficLog): a line per request of an
+    /// HTTP listener, per connection of a TCP one. Empty: nothing is logged, at no cost.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access_logs: Vec<AccessLog>,
 }
 
 /// Bytes shown as text (invalid UTF-8 replaced) in `/config_dump`.
@@ -621,6 +627,7 @@ impl Listener {
             http_rbac: None,
             direct_response: None,
             http2_windows: Http2Windows::default(),
+            access_logs: Vec::new(),
         }
     }
 
