@@ -10,6 +10,7 @@
 //! and consumed. Everything else is a [`Nack`] naming the resource and the field path (the
 //! guard in `fields.rs` makes sure no set field is passed over).
 
+use crate::access_log;
 use crate::decode::{
     CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION, RUNTIME, SECRET,
 };
@@ -20,10 +21,10 @@ use crate::naming::{self, Role, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
 use crate::rbac;
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
-    CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, HostEndpoint,
-    Http2Windows, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
-    ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget,
-    SourcePrefix, SpiffeMatcher, TlsMatch, TransparentProxy, UpstreamTls, Verification,
+    AccessLog, CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint,
+    HostEndpoint, Http2Windows, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint,
+    Protocol, ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute,
+    SniTarget, SourcePrefix, SpiffeMatcher, TlsMatch, TransparentProxy, UpstreamTls, Verification,
     WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
@@ -631,6 +632,58 @@ impl Translator<'_> {
     }
 
     fn listener(&mut self, name: &str, listener: &listener_pb::Listener) {
+        let logs = self.access_logs(name, listener);
+        self.listener_kind(name, listener, logs);
+    }
+
+    /// A listener's file access logs (`access_log.rs`), NACKed by path when they do not
+    /// translate.
+    fn access_logs(&mut self, name: &str, listener: &listener_pb::Listener) -> Vec<AccessLog> {
+        let mut problems = Vec::new();
+        let logs = access_log::listener_logs(listener, &listener_path(name), &mut problems);
+        for (field, reason) in problems {
+            self.nack(LISTENER, name, field, reason);
+        }
+        logs
+    }
+
+    /// The listener translated by its kind, with its access logs (`logs`): given to the
+    /// listeners that serve them (sidecar, gateway), NACKed on the others.
+    fn listener_kind(
+        &mut self,
+        name: &str,
+        listener: &listener_pb::Listener,
+        logs: Vec<AccessLog>,
+    ) {
+        let path = listener_path(name);
+        let before = self.listeners.len();
+        let plumbing = naming::is_capture(name)
+            || naming::ADMIN.is(name)
+            || name == PROMETHEUS_LISTENER
+            || naming::DYNAMIC_CONFIG.is(name)
+            || naming::DNS_LISTENER.is(name);
+        let sni = listener.filter_chains.iter().any(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .is_some_and(|m| !m.server_names.is_empty())
+        });
+        let stream_gateway = Self::stream_gateway(name, listener).is_some();
+        let zone_proxy = sni && !stream_gateway && !self.is_gateway_listener(listener);
+        if !logs.is_empty() && (plumbing || stream_gateway || zone_proxy) {
+            let reason = format!("access logs: {POLICY_NOT_ENFORCED} (on Kuma's plumbing and capture listeners, TCP and TLS gateway listeners and zone proxies; sidecar and HTTP gateway listeners log)");
+            self.nack(LISTENER, name, format!("{path}.filter_chains"), reason);
+        }
+        self.translate_listener(name, listener);
+        if self.listeners.len() > before {
+            if let Some(out) = self.listeners.last_mut().filter(|l| l.name == name) {
+                out.access_logs = logs;
+            }
+        }
+    }
+
+    /// The listener translated by its kind: Kuma's plumbing, a gateway, a sidecar's or zone
+    /// proxy's.
+    fn translate_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
         let path = listener_path(name);
         if naming::is_capture(name) {
             return;

@@ -96,8 +96,12 @@ enum Operator {
     Duration,
     UpstreamHost,
     UpstreamCluster,
-    DownstreamRemote { port: bool },
-    DownstreamLocal { port: bool },
+    DownstreamRemote {
+        port: bool,
+    },
+    DownstreamLocal {
+        port: bool,
+    },
 }
 
 /// A piece of a `START_TIME(...)` format.
@@ -272,7 +276,9 @@ fn operator(name: &str, args: Option<&str>, max: Option<usize>) -> Result<Operat
         Some(_) => Err(FormatError(format!("%{name}% takes no arguments"))),
     };
     if max.is_some() && !matches!(name, "REQ" | "RESP") {
-        return Err(FormatError(format!("a length limit on %{name}% is not implemented by Bearing")));
+        return Err(FormatError(format!(
+            "a length limit on %{name}% is not implemented by Bearing"
+        )));
     }
     match name {
         "START_TIME" => Ok(Operator::StartTime(time_format(
@@ -418,7 +424,8 @@ impl ResponseFlags {
     /// `UPE`: the upstream's response could not be read.
     pub const UPSTREAM_PROTOCOL_ERROR: ResponseFlags = ResponseFlags(1 << 9);
 
-    const NAMES: [&'static str; 10] = ["UH", "UT", "UR", "UF", "UC", "UO", "NR", "DC", "URX", "UPE"];
+    const NAMES: [&'static str; 10] =
+        ["UH", "UT", "UR", "UF", "UC", "UO", "NR", "DC", "URX", "UPE"];
 
     /// Whether no flag is set.
     pub fn is_empty(self) -> bool {
@@ -510,13 +517,17 @@ fn value<'e>(op: &'e Operator, e: &'e Entry<'_>) -> Value<'e> {
         Operator::StartTime(parts) => Value::Time(parts),
         Operator::Request(a, b) => header(e.request, a, b),
         Operator::Response(a, b) => header(e.response, a, b),
-        Operator::Protocol => e.protocol.map_or(Value::Missing, |p| Value::Bytes(p.as_bytes())),
+        Operator::Protocol => e
+            .protocol
+            .map_or(Value::Missing, |p| Value::Bytes(p.as_bytes())),
         Operator::ResponseCode => Value::Number(e.response_code.into()),
         Operator::ResponseFlags => Value::Flags(e.flags),
         Operator::BytesReceived => Value::Number(e.bytes_received),
         Operator::BytesSent => Value::Number(e.bytes_sent),
         Operator::Duration => Value::Number(e.duration.as_millis() as u64),
-        Operator::UpstreamHost => e.upstream_host.map_or(Value::Missing, |a| Value::Address(a, true)),
+        Operator::UpstreamHost => e
+            .upstream_host
+            .map_or(Value::Missing, |a| Value::Address(a, true)),
         Operator::UpstreamCluster => e
             .upstream_cluster
             .map_or(Value::Missing, |c| Value::Bytes(c.as_bytes())),
@@ -645,7 +656,12 @@ fn render_object(fields: &[(String, JsonValue)], e: &Entry<'_>, omit: bool, out:
 
 /// Writes a JSON value of `segments`; `false` (and nothing to keep) when it is to be left
 /// out (`omit` and missing or empty).
-fn render_json_template(segments: &[Segment], e: &Entry<'_>, omit: bool, out: &mut Vec<u8>) -> bool {
+fn render_json_template(
+    segments: &[Segment],
+    e: &Entry<'_>,
+    omit: bool,
+    out: &mut Vec<u8>,
+) -> bool {
     if let [Segment::Operator(op, max)] = segments {
         let v = value(op, e);
         match v {

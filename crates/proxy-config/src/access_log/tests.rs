@@ -8,7 +8,10 @@ struct List(&'static [(&'static str, &'static str)]);
 
 impl HeaderSource for List {
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_bytes())
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_bytes())
     }
 }
 
@@ -108,7 +111,11 @@ fn json_values_keep_their_type_and_keys_come_sorted() {
         json(&fields, false, &e),
         "{\"alpha\":\"hello\",\"dur\":7,\"flags\":\"-\",\"lit\":\"plain \\\"q\\\"\",\"mid\":\"code=200 h=-\",\"st\":\"1796243665\",\"up\":null,\"zeta\":200}\n"
     );
-    let omitted = [("a", "%REQ(X-NONE)%"), ("b", "%RESPONSE_CODE%"), ("c", "x%REQ(X-NONE)%")];
+    let omitted = [
+        ("a", "%REQ(X-NONE)%"),
+        ("b", "%RESPONSE_CODE%"),
+        ("c", "x%REQ(X-NONE)%"),
+    ];
     assert_eq!(json(&omitted, true, &e), "{\"b\":200,\"c\":\"x\"}\n");
 }
 
@@ -119,11 +126,22 @@ fn a_tcp_connection_has_no_protocol_code_or_headers() {
     e.flags.insert(ResponseFlags::RETRY_LIMIT_EXCEEDED);
     e.flags.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
     assert_eq!(
-        text("%PROTOCOL% %RESPONSE_CODE% %REQ(:METHOD)% %RESPONSE_FLAGS%", false, &e),
+        text(
+            "%PROTOCOL% %RESPONSE_CODE% %REQ(:METHOD)% %RESPONSE_FLAGS%",
+            false,
+            &e
+        ),
         "- 0 - UF,URX"
     );
-    let fields = [("code", "%RESPONSE_CODE%"), ("m", "%REQ(:METHOD)%"), ("proto", "%PROTOCOL%")];
-    assert_eq!(json(&fields, false, &e), "{\"code\":0,\"m\":null,\"proto\":null}\n");
+    let fields = [
+        ("code", "%RESPONSE_CODE%"),
+        ("m", "%REQ(:METHOD)%"),
+        ("proto", "%PROTOCOL%"),
+    ];
+    assert_eq!(
+        json(&fields, false, &e),
+        "{\"code\":0,\"m\":null,\"proto\":null}\n"
+    );
 }
 
 #[test]
@@ -150,5 +168,8 @@ fn calendar_arithmetic_round_trips() {
     assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     let mut out = Vec::new();
     write_time(&time_format("%F %T %j %y").unwrap(), start(), &mut out);
-    assert_eq!(String::from_utf8(out).unwrap(), "2026-12-02 20:34:25 336 26");
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "2026-12-02 20:34:25 336 26"
+    );
 }
