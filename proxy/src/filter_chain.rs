@@ -12,6 +12,7 @@ use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::ListenerLog;
 use crate::gateway::GatewayRuntime;
 use crate::hcm::HttpListener;
 use crate::rbac::RbacRuntime;
@@ -52,6 +53,8 @@ pub struct ListenerRuntime {
     pub network_rbac: Option<RbacRuntime>,
     /// Who may send a request (`Listener::http_rbac`), decided per request before routing.
     pub http_rbac: Option<RbacRuntime>,
+    /// Its access logs (`Listener::access_logs`); `None`: nothing logged, nothing measured.
+    pub(crate) access_log: Option<Arc<ListenerLog>>,
     /// Cancelled when a later config changes what this listener admits (mesh mTLS turned on
     /// or off, PERMISSIVE to STRICT, another CA), and at drain (a child of the drain token):
     /// its connections then check, between requests, that they may go on. Shared with the
@@ -169,5 +172,13 @@ impl HttpListener for ListenerRuntime {
 
     fn epoch(&self) -> &CancellationToken {
         &self.epoch
+    }
+
+    fn access_log(&self) -> Option<&Arc<ListenerLog>> {
+        self.access_log.as_ref()
+    }
+
+    fn address(&self) -> std::net::SocketAddr {
+        self.config.address
     }
 }

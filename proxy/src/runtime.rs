@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accept::{self, bind_all, is_family_unavailable, sockets_per_listener};
+use crate::access_log::LogFiles;
 use crate::capture::{self, CapturePort, Route};
 use crate::dns_cluster::{Resolutions, Resolve, SystemResolver};
 use crate::filter_chain::ListenerRuntime;
@@ -69,6 +70,8 @@ pub struct Proxy {
     workers: Workers,
     /// The running resolutions of clusters' hostnames, kept across applies.
     resolutions: Resolutions,
+    /// The writers of access log files, kept across applies.
+    log_files: LogFiles,
 }
 
 impl Proxy {
@@ -110,6 +113,7 @@ impl Proxy {
             gateway_http,
             workers,
             resolutions: Resolutions::new(resolver),
+            log_files: LogFiles::default(),
         }
     }
 
@@ -338,6 +342,7 @@ impl Proxy {
                             denied: None,
                             network_rbac: None,
                             http_rbac: None,
+                            access_log: None,
                             epoch: epoch.clone(),
                         })
                     });
@@ -392,6 +397,7 @@ impl Proxy {
                     .http_rbac
                     .as_ref()
                     .map(|r| RbacRuntime::new(r.clone(), self.stats.rbac(&l.name))),
+                access_log: self.log_files.listener(&l.access_logs, &self.stats),
                 epoch,
             });
             if l.direction == Direction::Inbound {
@@ -729,13 +735,13 @@ impl Proxy {
             let Some(cluster) = listener.tcp_cluster() else {
                 return;
             };
-            let relay = tcp_proxy::serve_tcp(
+            let log = listener.access_log.as_deref();
+            let relay = tcp_proxy::serve_tcp_logged(
                 stream,
                 (cluster, listener.config.max_connect_attempts),
-                &listener.stats,
-                &listener.config.name,
-                peer,
+                (&listener.stats, &listener.config.name, peer),
                 |_| true,
+                log.map(|log| (log, listener.config.address)),
             );
             Box::pin(self.while_admitted(relay, listener, &admission, peer)).await;
         }
