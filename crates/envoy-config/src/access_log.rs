@@ -190,7 +190,6 @@ mod tests {
                     ..Default::default()
                 })
             }),
-            ..Default::default()
         };
         accesslog_pb::AccessLog {
             name: "envoy.access_loggers.file".into(),
@@ -199,7 +198,6 @@ mod tests {
                 type_url: format!("{TYPE_URL_PREFIX}{FILE_ACCESS_LOG}"),
                 value: file.encode_to_vec(),
             })),
-            ..Default::default()
         }
     }
 
