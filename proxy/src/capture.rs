@@ -7,10 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::sync::Arc;
 use std::time::Duration;
 
-use bearing_proxy_config::{Direction, TransparentProxy};
+use bearing_proxy_config::{Direction, Entry, NoHeaders, ResponseFlags, TransparentProxy};
 use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::TcpStream;
 
+use crate::access_log::{Began, ListenerLog, LogFiles};
 use crate::filter_chain::ListenerRuntime;
 use crate::io::Counted;
 use crate::stats::{ListenerStats, Stats};
@@ -36,11 +37,17 @@ pub struct CapturePort {
     pub passthrough: bool,
     /// Metrics of unclaimed connections.
     pub stats: ListenerStats,
+    /// Where passed-through connections are logged (`TransparentProxy::*_access_logs`).
+    pub(crate) access_log: Option<Arc<ListenerLog>>,
 }
 
 impl CapturePort {
     /// The capture sockets a transparent proxy config asks for, by address.
-    pub fn for_config(tp: &TransparentProxy, stats: &Stats) -> Vec<(SocketAddr, CapturePort)> {
+    pub(crate) fn for_config(
+        tp: &TransparentProxy,
+        stats: &Stats,
+        files: &LogFiles,
+    ) -> Vec<(SocketAddr, CapturePort)> {
         let mut families = vec![(IpAddr::V4(Ipv4Addr::UNSPECIFIED), "ipv4")];
         if tp.ipv6 {
             families.push((IpAddr::V6(Ipv6Addr::UNSPECIFIED), "ipv6"));
@@ -50,12 +57,18 @@ impl CapturePort {
                 Direction::Outbound,
                 tp.outbound_port,
                 tp.outbound_passthrough,
+                files.listener(&tp.outbound_access_logs, stats),
             ),
-            (Direction::Inbound, tp.inbound_port, true),
+            (
+                Direction::Inbound,
+                tp.inbound_port,
+                true,
+                files.listener(&tp.inbound_access_logs, stats),
+            ),
         ];
         let mut ports = Vec::new();
         for (ip, family) in families {
-            for (direction, port, passthrough) in sides {
+            for (direction, port, passthrough, access_log) in sides.clone() {
                 let side = match direction {
                     Direction::Outbound => "outbound",
                     Direction::Inbound => "inbound",
@@ -69,6 +82,7 @@ impl CapturePort {
                         direction,
                         passthrough,
                         stats,
+                        access_log,
                     },
                 ));
             }
@@ -123,20 +137,47 @@ pub async fn serve_passthrough(
     source: Option<IpAddr>,
     peer: SocketAddr,
 ) {
+    let began = port.access_log.as_ref().map(|_| Began::now());
+    // Bytes received and sent downstream, and the flags, for the log.
+    let mut ended = (0, 0, ResponseFlags::default());
     match crate::io::connect(target, source, PASSTHROUGH_CONNECT_TIMEOUT).await {
         Ok(mut up) => {
             let size = crate::tcp_proxy::TCP_COPY_BUFFER;
             let copied = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, size, size);
-            if let Err(e) = copied.await {
-                port.stats.errors.inc();
-                tracing::debug!(listener = %port.name, %peer, %target, "connection ended: {e}");
+            match copied.await {
+                Ok((received, sent)) => (ended.0, ended.1) = (received, sent),
+                Err(e) => {
+                    port.stats.errors.inc();
+                    tracing::debug!(listener = %port.name, %peer, %target, "connection ended: {e}");
+                }
             }
         }
         Err(e) => {
             port.stats.errors.inc();
             tracing::warn!(listener = %port.name, %peer, %target, "passthrough connect failed: {e}; resetting connection");
             crate::io::reset(&down);
+            ended.2.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+            ended.2.insert(ResponseFlags::RETRY_LIMIT_EXCEEDED);
         }
+    }
+    if let (Some(log), Some(began)) = (&port.access_log, began) {
+        let (start, duration) = began.times();
+        log.log(&Entry {
+            start,
+            duration,
+            protocol: None,
+            response_code: 0,
+            flags: ended.2,
+            bytes_received: ended.0,
+            bytes_sent: ended.1,
+            upstream_host: Some(target),
+            // Kuma's passthrough clusters are named as its capture listeners.
+            upstream_cluster: Some(&port.name),
+            downstream_remote: peer,
+            downstream_local: target,
+            request: &NoHeaders,
+            response: &NoHeaders,
+        });
     }
 }
 

@@ -410,7 +410,7 @@ impl Proxy {
         let captures = config
             .transparent_proxy
             .as_ref()
-            .map(|tp| CapturePort::for_config(tp, &self.stats))
+            .map(|tp| CapturePort::for_config(tp, &self.stats, &self.log_files))
             .unwrap_or_default()
             .into_iter()
             .map(|(address, port)| (address, Arc::new(port)))

@@ -595,7 +595,36 @@ impl Translator<'_> {
                 .iter()
                 .any(|role| role_resource(&set.listeners, role).is_some()),
             outbound_passthrough,
+            outbound_access_logs: self.capture_logs(&CAPTURE_OUTBOUND),
+            inbound_access_logs: self.capture_logs(&CAPTURE_INBOUND),
         })
+    }
+
+    /// The access logs of one side's capture listeners (IPv4 and IPv6), which must agree:
+    /// one side's passthrough logs alike.
+    fn capture_logs(&mut self, roles: &[Role; 2]) -> Vec<AccessLog> {
+        let set = self.set;
+        let mut found: Option<(Vec<AccessLog>, &str)> = None;
+        for (name, listener) in roles
+            .iter()
+            .filter_map(|r| role_resource(&set.listeners, r))
+        {
+            let logs = self.access_logs(name, listener);
+            match &found {
+                Some((first, first_name)) if *first != logs => {
+                    let reason = format!("other access logs than {first_name}: the passthrough of IPv4 and IPv6 logs alike");
+                    self.nack(
+                        LISTENER,
+                        name,
+                        format!("{}.filter_chains", listener_path(name)),
+                        reason,
+                    );
+                }
+                Some(_) => {}
+                None => found = Some((logs, name)),
+            }
+        }
+        found.map(|(logs, _)| logs).unwrap_or_default()
     }
 
     /// The cluster of a listener whose one chain is a TCP proxy.
@@ -632,6 +661,10 @@ impl Translator<'_> {
     }
 
     fn listener(&mut self, name: &str, listener: &listener_pb::Listener) {
+        // The capture listeners' logs are the transparent proxy's (`capture_logs`).
+        if naming::is_capture(name) {
+            return;
+        }
         let logs = self.access_logs(name, listener);
         self.listener_kind(name, listener, logs);
     }
@@ -657,8 +690,7 @@ impl Translator<'_> {
     ) {
         let path = listener_path(name);
         let before = self.listeners.len();
-        let plumbing = naming::is_capture(name)
-            || naming::ADMIN.is(name)
+        let plumbing = naming::ADMIN.is(name)
             || name == PROMETHEUS_LISTENER
             || naming::DYNAMIC_CONFIG.is(name)
             || naming::DNS_LISTENER.is(name);
@@ -670,7 +702,7 @@ impl Translator<'_> {
         let stream_gateway = Self::stream_gateway(name, listener).is_some();
         let zone_proxy = sni && !stream_gateway && !self.is_gateway_listener(listener);
         if !logs.is_empty() && (plumbing || stream_gateway || zone_proxy) {
-            let reason = format!("access logs: {POLICY_NOT_ENFORCED} (on Kuma's plumbing and capture listeners, TCP and TLS gateway listeners and zone proxies; sidecar and HTTP gateway listeners log)");
+            let reason = format!("access logs: {POLICY_NOT_ENFORCED} (on Kuma's plumbing listeners, TCP and TLS gateway listeners and zone proxies; sidecar, HTTP gateway and passthrough listeners log)");
             self.nack(LISTENER, name, format!("{path}.filter_chains"), reason);
         }
         self.translate_listener(name, listener);
@@ -685,9 +717,6 @@ impl Translator<'_> {
     /// proxy's.
     fn translate_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
         let path = listener_path(name);
-        if naming::is_capture(name) {
-            return;
-        }
         if naming::ADMIN.is(name) {
             return self.ready_listener(name, listener);
         }

@@ -248,3 +248,23 @@ fn mesh_access_log_goldens_translate_with_their_file_logs() {
     }
     assert_eq!(logged, 7);
 }
+
+/// kuma-cp's TrafficLog on the transparent proxy's outbound passthrough (xds-generator
+/// `transparent-proxy/03`): the capture listeners' file logs (kuma-cp's default TCP format)
+/// become the transparent proxy's outbound passthrough logs.
+#[test]
+fn passthrough_access_logs_go_to_the_transparent_proxy() {
+    let file = corpus::envoy_goldens()
+        .into_iter()
+        .find(|f| corpus::short(f) == "xds-generator/transparent-proxy/03.envoy.golden.yaml")
+        .expect("the transparent-proxy/03 golden");
+    let config = translated(&file).unwrap_or_else(|nacks| panic!("{nacks:#?}"));
+    let tp = config.transparent_proxy.expect("a transparent proxy");
+    assert_eq!(tp.outbound_access_logs.len(), 1);
+    assert_eq!(tp.outbound_access_logs[0].path, "/var/log");
+    let FormatSource::Text(format) = &tp.outbound_access_logs[0].format.source else {
+        panic!("a text format");
+    };
+    assert!(format.starts_with("[%START_TIME%] %RESPONSE_FLAGS% default (unknown)->"));
+    assert!(tp.inbound_access_logs.is_empty());
+}

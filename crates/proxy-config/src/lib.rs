@@ -396,6 +396,13 @@ pub struct TransparentProxy {
     /// Outbound connections no listener claims go to their original destination (Mesh
     /// `networking.outbound.passthrough`, true by default); when false they are refused.
     pub outbound_passthrough: bool,
+    /// File access logs of the connections passed through to their original destination,
+    /// outbound (kuma-cp's `outbound:passthrough:*` listeners, a mesh-wide MeshAccessLog `to`)
+    /// and inbound; empty: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outbound_access_logs: Vec<AccessLog>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inbound_access_logs: Vec<AccessLog>,
 }
 
 impl ProxyConfig {
