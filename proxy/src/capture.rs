@@ -188,3 +188,90 @@ pub fn inbound_passthrough_source(target: &SocketAddr) -> IpAddr {
         SocketAddr::V6(_) => IpAddr::V6(INBOUND_PASSTHROUGH_SOURCE_V6),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access_log::LogFiles;
+    use bearing_proxy_config::{AccessLog, LogFormat};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One connection through `port` to `target`: the client sends `ping` and reads to the end.
+    async fn pass(port: &CapturePort, target: SocketAddr) -> Vec<u8> {
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (down, peer) = front.accept().await.unwrap();
+        let down = Counted::new(down, Default::default(), Default::default());
+        let talk = async move {
+            let _ = client.write_all(b"ping").await;
+            let mut got = Vec::new();
+            let _ = client.read_to_end(&mut got).await;
+            got
+        };
+        let ((), got) = tokio::join!(serve_passthrough(down, port, target, None, peer), talk);
+        got
+    }
+
+    #[tokio::test]
+    async fn passed_through_connections_are_logged_with_their_destination() {
+        let dir = std::env::temp_dir().join(format!("bearing-capture-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("passthrough.log").to_string_lossy().into_owned();
+        let format = "%RESPONSE_FLAGS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %BYTES_RECEIVED% %BYTES_SENT% %DOWNSTREAM_LOCAL_ADDRESS%\n";
+        let tp = TransparentProxy {
+            outbound_port: 15001,
+            inbound_port: 15006,
+            ipv6: false,
+            outbound_passthrough: true,
+            outbound_access_logs: vec![AccessLog {
+                path: path.clone(),
+                format: LogFormat::text(format, false).unwrap(),
+            }],
+            inbound_access_logs: Vec::new(),
+        };
+        let ports = CapturePort::for_config(&tp, &Stats::new(), &LogFiles::default());
+        let logged = |p: &CapturePort| p.access_log.is_some();
+        assert!(ports
+            .iter()
+            .all(|(_, p)| logged(p) == (p.direction == Direction::Outbound)));
+        let outbound = &ports
+            .iter()
+            .find(|(_, p)| p.direction == Direction::Outbound)
+            .unwrap()
+            .1;
+        // A destination answering `pong!` to `ping`, then closing.
+        let destination = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = destination.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = destination.accept().await.unwrap();
+            let mut ping = [0; 4];
+            let _ = s.read_exact(&mut ping).await;
+            let _ = s.write_all(b"pong!").await;
+        });
+        assert_eq!(pass(outbound, target).await, b"pong!");
+        // A destination nobody listens on.
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nobody = gone.local_addr().unwrap();
+        drop(gone);
+        assert!(pass(outbound, nobody).await.is_empty());
+        // The last user of the file gone, its writer writes what is pending and ends.
+        drop(ports);
+        let mut text = String::new();
+        for _ in 0..250 {
+            text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            text,
+            format!(
+                "- {target} outbound:passthrough:ipv4 4 5 {target}\nUF,URX {nobody} outbound:passthrough:ipv4 0 0 {nobody}\n"
+            )
+        );
+    }
+}
