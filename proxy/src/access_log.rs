@@ -74,6 +74,10 @@ impl LogFiles {
     }
 }
 
+/// Where a TCP connection is logged: its listener's logs, and the downstream connection's
+/// local address.
+pub(crate) type ConnectionLog<'a> = (&'a ListenerLog, SocketAddr);
+
 /// A listener's access logs: each format with the file its lines go to.
 pub(crate) struct ListenerLog {
     sinks: Vec<(LogFormat, Arc<LogFile>)>,

@@ -694,10 +694,12 @@ impl Proxy {
         peer: SocketAddr,
     ) {
         let config = &listener.config;
+        let log = listener.access_log.as_deref().map(|l| (l, config.address));
         let named = (
             config.name.as_str(),
             &listener.stats,
             config.max_connect_attempts,
+            log,
         );
         let Some((_slot, http)) = gateway::serve(&self.stats, stream, named, gateway, peer).await
         else {

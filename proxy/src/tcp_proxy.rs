@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bearing_proxy_config::{Endpoint, WeightedCluster};
 
-use crate::access_log::{Began, ListenerLog};
+use crate::access_log::{Began, ConnectionLog};
 use crate::io::TcpBacked;
 use crate::stats::ListenerStats;
 use crate::upstream::{ClusterRuntime, UpstreamError};
@@ -85,7 +85,7 @@ pub(crate) async fn serve_tcp_logged<S>(
     (cluster, attempts): (&ClusterRuntime, u32),
     (stats, listener, peer): (&ListenerStats, &str, SocketAddr),
     wanted: impl Fn(&Endpoint) -> bool,
-    log: Option<(&ListenerLog, SocketAddr)>,
+    log: Option<ConnectionLog<'_>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin,
 {

@@ -701,8 +701,8 @@ impl Translator<'_> {
         });
         let stream_gateway = Self::stream_gateway(name, listener).is_some();
         let zone_proxy = sni && !stream_gateway && !self.is_gateway_listener(listener);
-        if !logs.is_empty() && (plumbing || stream_gateway || zone_proxy) {
-            let reason = format!("access logs: {POLICY_NOT_ENFORCED} (on Kuma's plumbing listeners, TCP and TLS gateway listeners and zone proxies; sidecar, HTTP gateway and passthrough listeners log)");
+        if !logs.is_empty() && (plumbing || zone_proxy) {
+            let reason = format!("access logs: {POLICY_NOT_ENFORCED} (on Kuma's plumbing listeners and zone proxies; sidecar, gateway and passthrough listeners log)");
             self.nack(LISTENER, name, format!("{path}.filter_chains"), reason);
         }
         self.translate_listener(name, listener);
