@@ -2,7 +2,8 @@
 //! end: a Bearing sidecar fed only by `bearing-test-cp` with an HTTP outbound logging in
 //! kuma-cp's default HTTP format and in a JSON format, and TCP outbounds logging in kuma-cp's
 //! default TCP format (one to a live origin, one to a dead port). curl over HTTP/1.1 (the byte
-//! codec), HTTP/2 (hyper) and through the TCP proxy; the lines that appear are checked. Then
+//! codec), HTTP/2 (hyper) and through the TCP proxy, and a request no route takes (`NR`); the
+//! lines that appear are checked. Then
 //! Envoy 1.40, fed the same resources by the same CP in Bearing's place, serves the same
 //! requests, and its lines equal Bearing's but for times, durations and request ids.
 
@@ -87,7 +88,7 @@ fn resources(one: &Host, web: &Host, files: &Files) -> Value {
             "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
             "routeConfig": {"name": "outbound:one", "virtualHosts": [{"name": "one", "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "one", "timeout": "0s"}}]}]},
+                "routes": [{"match": {"prefix": "/a"}, "route": {"cluster": "one", "timeout": "0s"}}]}]},
             "accessLog": [file_log(&files.http, text(kuma_http_format(&ip))), file_log(&files.json, json_format)],
         }}),
     );
@@ -233,6 +234,27 @@ fn file_access_logs_from_the_cp_are_written_as_envoy_writes_them() -> Result<()>
         &resources(one, web, &files),
         "ACK type=Listener",
     )?;
+    // A request no route takes: Envoy's `NR`, no upstream.
+    let (code, _) = curl(
+        web,
+        [
+            format!("http://127.0.0.1:{HTTP_PORT}/zzz"),
+            "-A".into(),
+            "alog/1".into(),
+        ],
+    )?;
+    ensure!(code == 404, "no route: {code}");
+    let no_route = normalized(&lines(&files.http, 1)?[0]);
+    let want = "[T] default \"GET /zzz HTTP/1.1\" 404 NR 0 ";
+    ensure!(
+        no_route.starts_with(want) && no_route.ends_with(" \"-\""),
+        "no route: {no_route}"
+    );
+    ensure!(lines(&files.json, 1)?[0].contains("\"flags\":\"NR\""));
+    // Truncated (the writer appends): the differential's requests start afresh.
+    for f in [&files.http, &files.json] {
+        std::fs::File::create(f)?;
+    }
     drive(web)?;
     let (http, json, tcp) = collect(&files)?;
 

@@ -423,9 +423,12 @@ impl ResponseFlags {
     pub const RETRY_LIMIT_EXCEEDED: ResponseFlags = ResponseFlags(1 << 8);
     /// `UPE`: the upstream's response could not be read.
     pub const UPSTREAM_PROTOCOL_ERROR: ResponseFlags = ResponseFlags(1 << 9);
+    /// `NC`: the route's cluster is not there.
+    pub const NO_CLUSTER: ResponseFlags = ResponseFlags(1 << 10);
 
-    const NAMES: [&'static str; 10] =
-        ["UH", "UT", "UR", "UF", "UC", "UO", "NR", "DC", "URX", "UPE"];
+    const NAMES: [&'static str; 11] = [
+        "UH", "UT", "UR", "UF", "UC", "UO", "NR", "DC", "URX", "UPE", "NC",
+    ];
 
     /// Whether no flag is set.
     pub fn is_empty(self) -> bool {

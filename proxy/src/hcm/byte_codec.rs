@@ -411,6 +411,7 @@ where
         location: None,
         message: why.to_string(),
         overloaded: false,
+        flags: ResponseFlags::default(),
     };
     if !write_reply(down, &reply, false, true, None)
         .await
@@ -437,6 +438,7 @@ fn rbac_denied() -> Reply {
         location: None,
         message: super::RBAC_DENIED.into(),
         overloaded: false,
+        flags: ResponseFlags::default(),
     }
 }
 
@@ -955,7 +957,7 @@ async fn local_reply<S: AsyncWrite + Unpin>(
     let reply = Reply::of_failure(&failure, cluster);
     let (is_head, close) = (request.head.is_head, request.close_downstream);
     let mut answer = write_reply(down, &reply, is_head, close, edits).await;
-    (answer.flags, answer.upstream) = crate::access_log::failure_flags(&failure);
+    answer.upstream = crate::access_log::failure_flags(&failure).1;
     answer
 }
 
@@ -1002,7 +1004,7 @@ async fn write_reply<S: AsyncWrite + Unpin>(
         downstream_open: write_two(down, &head, body).await.is_ok(),
         sent: body.len() as u64,
         upstream: None,
-        flags: ResponseFlags::default(),
+        flags: reply.flags,
         relayed: false,
     }
 }
@@ -1149,6 +1151,7 @@ mod tests {
             location: None,
             message: "no healthy upstream".into(),
             overloaded: false,
+            flags: ResponseFlags::default(),
         };
         let _ = write_reply(&mut a, &reply, false, true, None).await;
         drop(a);

@@ -175,6 +175,7 @@ async fn route<'r>(
     });
     let mut resp = match routes.decide(&mut parts, peer) {
         Routing::Reply(reply, edits) => {
+            outcome.flags = reply.flags;
             let mut resp = local_reply(reply.status, reply.message);
             if let Some(location) = reply.location {
                 resp.headers_mut().insert(header::LOCATION, location);

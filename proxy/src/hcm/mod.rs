@@ -117,6 +117,7 @@ impl Reply {
             location: None,
             message,
             overloaded: failure.is_overflow(),
+            flags: crate::access_log::failure_flags(failure).0,
         }
     }
 }
