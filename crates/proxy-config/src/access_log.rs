@@ -544,12 +544,23 @@ fn write_value(v: &Value<'_>, max: Option<usize>, start: SystemTime, out: &mut V
     use std::io::Write as _;
     match v {
         Value::Missing => return false,
-        Value::Number(n) => {
-            let _ = write!(out, "{n}");
-        }
+        Value::Number(n) => digits(*n, 1, out),
         Value::Bytes(b) => out.extend_from_slice(&b[..max.map_or(b.len(), |m| m.min(b.len()))]),
         Value::Flags(f) if f.is_empty() => out.push(b'-'),
         Value::Flags(f) => f.write(out),
+        // IPv4, the common case, without the formatting machinery (a fifth of a line's cost).
+        Value::Address(SocketAddr::V4(a), port) => {
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                digits(octet.into(), 1, out);
+            }
+            if *port {
+                out.push(b':');
+                digits(a.port().into(), 1, out);
+            }
+        }
         Value::Address(a, true) => {
             let _ = write!(out, "{a}");
         }
@@ -561,36 +572,50 @@ fn write_value(v: &Value<'_>, max: Option<usize>, start: SystemTime, out: &mut V
     true
 }
 
+/// Writes `n` in decimal, zero-padded to at least `width` digits.
+fn digits(mut n: u64, width: usize, out: &mut Vec<u8>) {
+    let mut buf = [b'0'; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = at.min(buf.len().saturating_sub(width));
+    out.extend_from_slice(&buf[start..]);
+}
+
 fn write_time(parts: &[TimePart], start: SystemTime, out: &mut Vec<u8>) {
-    use std::io::Write as _;
     let since = start.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let days = (secs / 86_400) as i64;
     let (year, month, day) = civil_from_days(days);
     let of_day = secs % 86_400;
     for part in parts {
-        let _ = match part {
-            TimePart::Literal(l) => out.write_all(l.as_bytes()),
-            TimePart::Year => write!(out, "{year:04}"),
-            TimePart::Year2 => write!(out, "{:02}", year.rem_euclid(100)),
-            TimePart::Month => write!(out, "{month:02}"),
-            TimePart::Day => write!(out, "{day:02}"),
-            TimePart::Hour => write!(out, "{:02}", of_day / 3600),
-            TimePart::Minute => write!(out, "{:02}", of_day / 60 % 60),
-            TimePart::Second => write!(out, "{:02}", of_day % 60),
-            TimePart::Epoch => write!(out, "{secs}"),
+        match part {
+            TimePart::Literal(l) => out.extend_from_slice(l.as_bytes()),
+            TimePart::Year => digits(year.max(0) as u64, 4, out),
+            TimePart::Year2 => digits(year.rem_euclid(100) as u64, 2, out),
+            TimePart::Month => digits(month.into(), 2, out),
+            TimePart::Day => digits(day.into(), 2, out),
+            TimePart::Hour => digits(of_day / 3600, 2, out),
+            TimePart::Minute => digits(of_day / 60 % 60, 2, out),
+            TimePart::Second => digits(of_day % 60, 2, out),
+            TimePart::Epoch => digits(secs, 1, out),
             TimePart::Fraction(n) => {
-                let nanos = since.subsec_nanos();
-                let scaled = nanos / 10u32.pow(9 - *n as u32);
-                write!(out, "{scaled:0width$}", width = *n)
+                let scaled = since.subsec_nanos() / 10u32.pow(9 - *n as u32);
+                digits(scaled.into(), *n, out)
             }
-            TimePart::Offset => out.write_all(b"+0000"),
-            TimePart::Zone => out.write_all(b"UTC"),
+            TimePart::Offset => out.extend_from_slice(b"+0000"),
+            TimePart::Zone => out.extend_from_slice(b"UTC"),
             TimePart::DayOfYear => {
                 let jan1 = days_from_civil(year, 1, 1);
-                write!(out, "{:03}", days - jan1 + 1)
+                digits((days - jan1 + 1).max(0) as u64, 3, out)
             }
-        };
+        }
     }
 }
 
