@@ -172,4 +172,14 @@ fn calendar_arithmetic_round_trips() {
         String::from_utf8(out).unwrap(),
         "2026-12-02 20:34:25 336 26"
     );
+    for (n, width, want) in [
+        (45, 3, "045"),
+        (0, 1, "0"),
+        (12_345, 2, "12345"),
+        (7, 4, "0007"),
+    ] {
+        let mut out = Vec::new();
+        digits(n, width, &mut out);
+        assert_eq!(out, want.as_bytes());
+    }
 }
