@@ -409,6 +409,16 @@ impl<B> Drop for LoggedBody<B> {
 pub(crate) struct WrittenHead<'a>(pub &'a [u8]);
 
 impl HeaderSource for WrittenHead<'_> {
+    fn fields<'s>(&'s self, f: &mut dyn FnMut(&'s [u8], &'s [u8])) -> bool {
+        let Some((_, fields)) = bearing_http1::written_head(self.0) else {
+            return false;
+        };
+        for (name, value) in fields {
+            f(name, value);
+        }
+        true
+    }
+
     fn header(&self, name: &str) -> Option<&[u8]> {
         let (line, mut fields) = bearing_http1::written_head(self.0)?;
         let mut parts = line.split(|b| *b == b' ');

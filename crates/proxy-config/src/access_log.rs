@@ -39,6 +39,9 @@ pub struct LogFormat {
     pub omit_empty_values: bool,
     #[serde(skip)]
     compiled: Compiled,
+    /// The header names its `REQ` and `RESP` read, gathered from a head in one pass.
+    #[serde(skip)]
+    names: Names,
 }
 
 /// A format as configured.
@@ -139,8 +142,10 @@ impl fmt::Display for FormatError {
 impl LogFormat {
     /// A text format (`text_format_source`), parsed.
     pub fn text(source: &str, omit_empty_values: bool) -> Result<LogFormat, FormatError> {
+        let compiled = Compiled::Text(parse(source)?);
         Ok(LogFormat {
-            compiled: Compiled::Text(parse(source)?),
+            names: Names::of(&compiled),
+            compiled,
             source: FormatSource::Text(source.to_string()),
             omit_empty_values,
         })
@@ -152,8 +157,10 @@ impl LogFormat {
         omit_empty_values: bool,
     ) -> Result<LogFormat, FormatError> {
         sort(&mut fields);
+        let compiled = Compiled::Json(compile_json(&fields)?);
         Ok(LogFormat {
-            compiled: Compiled::Json(compile_json(&fields)?),
+            names: Names::of(&compiled),
+            compiled,
             source: FormatSource::Json(fields),
             omit_empty_values,
         })
@@ -161,6 +168,13 @@ impl LogFormat {
 
     /// Appends the line of `entry` to `out` (nothing else is written to it).
     pub fn render(&self, entry: &Entry<'_>, out: &mut Vec<u8>) {
+        let request = Gathered::of(&self.names.request, entry.request);
+        let response = Gathered::of(&self.names.response, entry.response);
+        let entry = &Entry {
+            request: request.as_ref().map_or(entry.request, |g| g),
+            response: response.as_ref().map_or(entry.response, |g| g),
+            ..*entry
+        };
         let omit = self.omit_empty_values;
         match &self.compiled {
             Compiled::Empty => {}
@@ -173,6 +187,95 @@ impl LogFormat {
                 render_object(fields, entry, omit, out);
                 out.push(b'\n');
             }
+        }
+    }
+}
+
+/// Most header names of one head a format may read for them to be gathered in one pass (more:
+/// looked up one by one).
+const GATHERED: usize = 16;
+
+/// The (non-pseudo) header names a format's `REQ` and `RESP` read, lowercase, each once.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Names {
+    request: Vec<String>,
+    response: Vec<String>,
+}
+
+impl Names {
+    fn of(compiled: &Compiled) -> Names {
+        fn walk(segments: &[Segment], names: &mut Names) {
+            for s in segments {
+                let (list, a, b) = match s {
+                    Segment::Operator(Operator::Request(a, b), _) => (&mut names.request, a, b),
+                    Segment::Operator(Operator::Response(a, b), _) => (&mut names.response, a, b),
+                    _ => continue,
+                };
+                for name in std::iter::once(a).chain(b) {
+                    if !name.starts_with(':') && !list.contains(name) {
+                        list.push(name.clone());
+                    }
+                }
+            }
+        }
+        fn object(fields: &[(String, JsonValue)], names: &mut Names) {
+            for (_, v) in fields {
+                match v {
+                    JsonValue::Template(segments) => walk(segments, names),
+                    JsonValue::Object(inner) => object(inner, names),
+                }
+            }
+        }
+        let mut names = Names::default();
+        match compiled {
+            Compiled::Empty => {}
+            Compiled::Text(segments) => walk(segments, &mut names),
+            Compiled::Json(fields) => object(fields, &mut names),
+        }
+        for list in [&mut names.request, &mut names.response] {
+            if list.len() > GATHERED {
+                list.clear();
+            }
+        }
+        names
+    }
+}
+
+/// A head's values of the names a format reads, found in one pass over its fields (a lookup
+/// per name scanned the head each time: most of a line's cost).
+struct Gathered<'s> {
+    names: &'s [String],
+    values: [Option<&'s [u8]>; GATHERED],
+    inner: &'s dyn HeaderSource,
+}
+
+impl<'s> Gathered<'s> {
+    /// `None` when nothing is to be gathered or `inner` cannot walk its fields.
+    fn of(names: &'s [String], inner: &'s dyn HeaderSource) -> Option<Gathered<'s>> {
+        if names.is_empty() {
+            return None;
+        }
+        let mut values = [None; GATHERED];
+        let walked = inner.fields(&mut |name, value| {
+            for (slot, want) in values.iter_mut().zip(names) {
+                if slot.is_none() && name.eq_ignore_ascii_case(want.as_bytes()) {
+                    *slot = Some(value);
+                }
+            }
+        });
+        walked.then_some(Gathered {
+            names,
+            values,
+            inner,
+        })
+    }
+}
+
+impl HeaderSource for Gathered<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => self.values[i],
+            None => self.inner.header(name),
         }
     }
 }
@@ -459,6 +562,13 @@ impl ResponseFlags {
 pub trait HeaderSource {
     /// The first value of `name`.
     fn header(&self, name: &str) -> Option<&[u8]>;
+
+    /// Calls `f` with each field (name, value) in order and says true, when the source can
+    /// walk its fields (cheaper than a lookup per name when it scans for each); false when
+    /// it cannot.
+    fn fields<'s>(&'s self, _f: &mut dyn FnMut(&'s [u8], &'s [u8])) -> bool {
+        false
+    }
 }
 
 /// No headers (a TCP connection, a response not received).

@@ -15,6 +15,34 @@ impl HeaderSource for List {
     }
 }
 
+/// The same list, walked once for the names a format reads (as the proxy's heads are), its
+/// names in capitals (fields match whatever their case).
+struct Walked(List, Vec<(String, &'static str)>);
+
+impl Walked {
+    fn new(list: List) -> Walked {
+        let upper = list
+            .0
+            .iter()
+            .map(|(n, v)| (n.to_ascii_uppercase(), *v))
+            .collect();
+        Walked(list, upper)
+    }
+}
+
+impl HeaderSource for Walked {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.header(name)
+    }
+
+    fn fields<'s>(&'s self, f: &mut dyn FnMut(&'s [u8], &'s [u8])) -> bool {
+        for (n, v) in &self.1 {
+            f(n.as_bytes(), v.as_bytes());
+        }
+        true
+    }
+}
+
 const REQUEST: List = List(&[
     (":method", "GET"),
     (":path", "/"),
@@ -182,4 +210,21 @@ fn calendar_arithmetic_round_trips() {
         digits(n, width, &mut out);
         assert_eq!(out, want.as_bytes());
     }
+}
+
+#[test]
+fn headers_gathered_in_one_pass_read_as_looked_up_one_by_one() {
+    let walked = Walked::new(List(REQUEST.0));
+    let f = "%REQ(:METHOD)% %REQ(:PATH)% %REQ(X-TEST)% %REQ(X-NONE?USER-AGENT)% %REQ(x-long):2% %REQ(X-NONE)% %RESP(CONTENT-TYPE)% %REQ(:AUTHORITY)%";
+    let mut e = entry();
+    let by_lookup = text(f, false, &e);
+    e.request = &walked;
+    assert_eq!(text(f, false, &e), by_lookup);
+    assert_eq!(
+        by_lookup,
+        "GET / hello ua/1 ab - text/html; charset=utf-8 127.0.0.1:18080"
+    );
+    let names = LogFormat::text(f, false).unwrap().names;
+    assert_eq!(names.request, ["x-test", "x-none", "user-agent", "x-long"]);
+    assert_eq!(names.response, ["content-type"]);
 }
