@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
+use crate::access_log::LoggedBody;
 use crate::hcm::compress::GzipBody;
 
 /// A message body: streamed from a peer, or held in memory (a local reply, a mirrored copy).
@@ -18,6 +19,8 @@ pub enum MessageBody<B> {
     Held(Full<Bytes>),
     /// A response body compressed to gzip as it streams (a gateway's compression).
     Gzip(Box<GzipBody<MessageBody<B>>>),
+    /// A response body whose exchange is logged once it is done (a listener's access log).
+    Logged(Box<LoggedBody<MessageBody<B>>>),
 }
 
 impl<B> Body for MessageBody<B>
@@ -40,6 +43,7 @@ where
                 Poll::Pending => Poll::Pending,
             },
             MessageBody::Gzip(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            MessageBody::Logged(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -48,6 +52,7 @@ where
             MessageBody::Streamed(b) => b.is_end_stream(),
             MessageBody::Held(b) => b.is_end_stream(),
             MessageBody::Gzip(b) => b.is_end_stream(),
+            MessageBody::Logged(b) => b.is_end_stream(),
         }
     }
 
@@ -56,6 +61,7 @@ where
             MessageBody::Streamed(b) => b.size_hint(),
             MessageBody::Held(b) => b.size_hint(),
             MessageBody::Gzip(b) => b.size_hint(),
+            MessageBody::Logged(b) => b.size_hint(),
         }
     }
 }

@@ -7,10 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::sync::Arc;
 use std::time::Duration;
 
-use bearing_proxy_config::{Direction, TransparentProxy};
+use bearing_proxy_config::{Direction, Entry, NoHeaders, ResponseFlags, TransparentProxy};
 use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::TcpStream;
 
+use crate::access_log::{Began, ListenerLog, LogFiles};
 use crate::filter_chain::ListenerRuntime;
 use crate::io::Counted;
 use crate::stats::{ListenerStats, Stats};
@@ -36,11 +37,17 @@ pub struct CapturePort {
     pub passthrough: bool,
     /// Metrics of unclaimed connections.
     pub stats: ListenerStats,
+    /// Where passed-through connections are logged (`TransparentProxy::*_access_logs`).
+    pub(crate) access_log: Option<Arc<ListenerLog>>,
 }
 
 impl CapturePort {
     /// The capture sockets a transparent proxy config asks for, by address.
-    pub fn for_config(tp: &TransparentProxy, stats: &Stats) -> Vec<(SocketAddr, CapturePort)> {
+    pub(crate) fn for_config(
+        tp: &TransparentProxy,
+        stats: &Stats,
+        files: &LogFiles,
+    ) -> Vec<(SocketAddr, CapturePort)> {
         let mut families = vec![(IpAddr::V4(Ipv4Addr::UNSPECIFIED), "ipv4")];
         if tp.ipv6 {
             families.push((IpAddr::V6(Ipv6Addr::UNSPECIFIED), "ipv6"));
@@ -50,12 +57,18 @@ impl CapturePort {
                 Direction::Outbound,
                 tp.outbound_port,
                 tp.outbound_passthrough,
+                files.listener(&tp.outbound_access_logs, stats),
             ),
-            (Direction::Inbound, tp.inbound_port, true),
+            (
+                Direction::Inbound,
+                tp.inbound_port,
+                true,
+                files.listener(&tp.inbound_access_logs, stats),
+            ),
         ];
         let mut ports = Vec::new();
         for (ip, family) in families {
-            for (direction, port, passthrough) in sides {
+            for (direction, port, passthrough, access_log) in sides.clone() {
                 let side = match direction {
                     Direction::Outbound => "outbound",
                     Direction::Inbound => "inbound",
@@ -69,6 +82,7 @@ impl CapturePort {
                         direction,
                         passthrough,
                         stats,
+                        access_log,
                     },
                 ));
             }
@@ -123,20 +137,47 @@ pub async fn serve_passthrough(
     source: Option<IpAddr>,
     peer: SocketAddr,
 ) {
+    let began = port.access_log.as_ref().map(|_| Began::now());
+    // Bytes received and sent downstream, and the flags, for the log.
+    let mut ended = (0, 0, ResponseFlags::default());
     match crate::io::connect(target, source, PASSTHROUGH_CONNECT_TIMEOUT).await {
         Ok(mut up) => {
             let size = crate::tcp_proxy::TCP_COPY_BUFFER;
             let copied = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, size, size);
-            if let Err(e) = copied.await {
-                port.stats.errors.inc();
-                tracing::debug!(listener = %port.name, %peer, %target, "connection ended: {e}");
+            match copied.await {
+                Ok((received, sent)) => (ended.0, ended.1) = (received, sent),
+                Err(e) => {
+                    port.stats.errors.inc();
+                    tracing::debug!(listener = %port.name, %peer, %target, "connection ended: {e}");
+                }
             }
         }
         Err(e) => {
             port.stats.errors.inc();
             tracing::warn!(listener = %port.name, %peer, %target, "passthrough connect failed: {e}; resetting connection");
             crate::io::reset(&down);
+            ended.2.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+            ended.2.insert(ResponseFlags::RETRY_LIMIT_EXCEEDED);
         }
+    }
+    if let (Some(log), Some(began)) = (&port.access_log, began) {
+        let (start, duration) = began.times();
+        log.log(&Entry {
+            start,
+            duration,
+            protocol: None,
+            response_code: 0,
+            flags: ended.2,
+            bytes_received: ended.0,
+            bytes_sent: ended.1,
+            upstream_host: Some(target),
+            // Kuma's passthrough clusters are named as its capture listeners.
+            upstream_cluster: Some(&port.name),
+            downstream_remote: peer,
+            downstream_local: target,
+            request: &NoHeaders,
+            response: &NoHeaders,
+        });
     }
 }
 
@@ -145,5 +186,92 @@ pub fn inbound_passthrough_source(target: &SocketAddr) -> IpAddr {
     match target {
         SocketAddr::V4(_) => IpAddr::V4(INBOUND_PASSTHROUGH_SOURCE_V4),
         SocketAddr::V6(_) => IpAddr::V6(INBOUND_PASSTHROUGH_SOURCE_V6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access_log::LogFiles;
+    use bearing_proxy_config::{AccessLog, LogFormat};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One connection through `port` to `target`: the client sends `ping` and reads to the end.
+    async fn pass(port: &CapturePort, target: SocketAddr) -> Vec<u8> {
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (down, peer) = front.accept().await.unwrap();
+        let down = Counted::new(down, Default::default(), Default::default());
+        let talk = async move {
+            let _ = client.write_all(b"ping").await;
+            let mut got = Vec::new();
+            let _ = client.read_to_end(&mut got).await;
+            got
+        };
+        let ((), got) = tokio::join!(serve_passthrough(down, port, target, None, peer), talk);
+        got
+    }
+
+    #[tokio::test]
+    async fn passed_through_connections_are_logged_with_their_destination() {
+        let dir = std::env::temp_dir().join(format!("bearing-capture-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("passthrough.log").to_string_lossy().into_owned();
+        let format = "%RESPONSE_FLAGS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %BYTES_RECEIVED% %BYTES_SENT% %DOWNSTREAM_LOCAL_ADDRESS%\n";
+        let tp = TransparentProxy {
+            outbound_port: 15001,
+            inbound_port: 15006,
+            ipv6: false,
+            outbound_passthrough: true,
+            outbound_access_logs: vec![AccessLog {
+                path: path.clone(),
+                format: LogFormat::text(format, false).unwrap(),
+            }],
+            inbound_access_logs: Vec::new(),
+        };
+        let ports = CapturePort::for_config(&tp, &Stats::new(), &LogFiles::default());
+        let logged = |p: &CapturePort| p.access_log.is_some();
+        assert!(ports
+            .iter()
+            .all(|(_, p)| logged(p) == (p.direction == Direction::Outbound)));
+        let outbound = &ports
+            .iter()
+            .find(|(_, p)| p.direction == Direction::Outbound)
+            .unwrap()
+            .1;
+        // A destination answering `pong!` to `ping`, then closing.
+        let destination = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = destination.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = destination.accept().await.unwrap();
+            let mut ping = [0; 4];
+            let _ = s.read_exact(&mut ping).await;
+            let _ = s.write_all(b"pong!").await;
+        });
+        assert_eq!(pass(outbound, target).await, b"pong!");
+        // A destination nobody listens on.
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nobody = gone.local_addr().unwrap();
+        drop(gone);
+        assert!(pass(outbound, nobody).await.is_empty());
+        // The last user of the file gone, its writer writes what is pending and ends.
+        drop(ports);
+        let mut text = String::new();
+        for _ in 0..250 {
+            text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            text,
+            format!(
+                "- {target} outbound:passthrough:ipv4 4 5 {target}\nUF,URX {nobody} outbound:passthrough:ipv4 0 0 {nobody}\n"
+            )
+        );
     }
 }

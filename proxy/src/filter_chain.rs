@@ -12,6 +12,7 @@ use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::ListenerLog;
 use crate::gateway::GatewayRuntime;
 use crate::hcm::filters::HttpFilters;
 use crate::hcm::HttpListener;
@@ -59,6 +60,8 @@ pub struct ListenerRuntime {
     /// Its limit of new connections (`Listener::connection_rate_limit`), checked as each
     /// is accepted.
     pub connection_limit: Option<ConnectionLimit>,
+    /// Its access logs (`Listener::access_logs`); `None`: nothing logged, nothing measured.
+    pub(crate) access_log: Option<Arc<ListenerLog>>,
     /// Cancelled when a later config changes what this listener admits (mesh mTLS turned on
     /// or off, PERMISSIVE to STRICT, another CA), and at drain (a child of the drain token):
     /// its connections then check, between requests, that they may go on. Shared with the
@@ -182,5 +185,13 @@ impl HttpListener for ListenerRuntime {
 
     fn epoch(&self) -> &CancellationToken {
         &self.epoch
+    }
+
+    fn access_log(&self) -> Option<&Arc<ListenerLog>> {
+        self.access_log.as_ref()
+    }
+
+    fn address(&self) -> std::net::SocketAddr {
+        self.config.address
     }
 }

@@ -34,12 +34,13 @@ use bearing_proxy_config::{CrossMesh, GatewayCertificate, GatewayListener, Gatew
 use bearing_tls::{Negotiated as _, TlsAcceptor};
 use tokio::net::TcpStream;
 
+use crate::access_log::ConnectionLog;
 use crate::hcm::byte_codec::Timeouts;
 use crate::io::Counted;
 use crate::mesh_tls::{MeshState, MeshTlsSet};
 use crate::router::HttpRoutes;
 use crate::stats::{ListenerStats, Stats};
-use crate::tcp_proxy::serve_tcp;
+use crate::tcp_proxy::serve_tcp_logged;
 use crate::transport::{offers_kuma_alpn, peek_sni, Admission, Transported};
 use crate::upstream::ClusterRuntime;
 
@@ -235,10 +236,11 @@ fn cross_mesh_acceptor(cross: &CrossMesh, mesh_tls: &MeshTlsSet) -> Result<TlsAc
 pub(crate) async fn serve(
     stats: &Stats,
     stream: Counted<TcpStream>,
-    (name, listener, attempts): (&str, &ListenerStats, u32),
+    (name, listener, attempts, log): (&str, &ListenerStats, u32, Option<ConnectionLog<'_>>),
     gateway: &GatewayRuntime,
     peer: SocketAddr,
 ) -> Option<(Slot, Transported<Counted<TcpStream>>)> {
+    let named = (listener, name, peer);
     let Some(slot) = gateway.admit() else {
         listener.errors.inc();
         tracing::warn!(listener = %name, %peer, "refused: connection limit reached");
@@ -251,7 +253,7 @@ pub(crate) async fn serve(
         }
         GatewayProtocol::Tcp => match gateway.routes.tcp_cluster(0) {
             Some(cluster) => {
-                serve_tcp(stream, (cluster, attempts), listener, name, peer, |_| true).await
+                serve_tcp_logged(stream, (cluster, attempts), named, |_| true, log).await
             }
             None => refuse(&stream, (name, listener), peer, "no TCP route"),
         },
@@ -267,7 +269,7 @@ pub(crate) async fn serve(
                 .host_by_sni(sni.as_deref())
                 .and_then(|h| gateway.routes.tcp_cluster(h));
             match cluster {
-                Some(c) => serve_tcp(stream, (c, attempts), listener, name, peer, |_| true).await,
+                Some(c) => serve_tcp_logged(stream, (c, attempts), named, |_| true, log).await,
                 None => refuse(
                     &stream,
                     (name, listener),
@@ -314,7 +316,7 @@ pub(crate) async fn serve(
                 .host_by_sni(sni.as_deref())
                 .and_then(|h| gateway.routes.tcp_cluster(h))
             {
-                Some(c) => serve_tcp(tls, (c, attempts), listener, name, peer, |_| true).await,
+                Some(c) => serve_tcp_logged(tls, (c, attempts), named, |_| true, log).await,
                 None => {
                     tracing::info!(listener = %name, %peer, ?sni, "closed: no route for this SNI")
                 }

@@ -597,6 +597,8 @@ mod tests {
                 inbound_port: 15006,
                 ipv6: false,
                 outbound_passthrough: true,
+                outbound_access_logs: Vec::new(),
+                inbound_access_logs: Vec::new(),
             }),
             dns: Vec::new(),
             mtls: Default::default(),

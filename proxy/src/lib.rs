@@ -11,6 +11,7 @@
 //! ([`kuma_endpoints`]) and the worker threads ([`workers`]).
 
 pub mod accept;
+pub mod access_log;
 pub mod admin;
 pub mod args;
 pub mod body;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bearing_gateway::{Decision, HeaderEdits, RouteAt, Router};
+use bearing_proxy_config::ResponseFlags;
 use bearing_proxy_config::{
     response_timeout, Compression, GatewayListener, HttpRoute, RetryPolicy, RouteAction, RouteTable,
 };
@@ -238,6 +239,11 @@ impl HttpRoutes {
                         .unwrap_or_else(|| status.canonical_reason().unwrap_or(""))
                         .to_string(),
                     overloaded: false,
+                    // A 404 no route answered: no host or route matched.
+                    flags: match (status, response_headers) {
+                        (StatusCode::NOT_FOUND, None) => ResponseFlags::NO_ROUTE,
+                        _ => ResponseFlags::default(),
+                    },
                 },
                 response_headers,
             ),
@@ -257,6 +263,7 @@ impl HttpRoutes {
                         location: None,
                         message: format!("{origin}: backend cluster {cluster} is not available"),
                         overloaded: false,
+                        flags: ResponseFlags::NO_CLUSTER,
                     },
                     None,
                 ),
@@ -287,6 +294,9 @@ pub struct Reply {
     pub location: Option<HeaderValue>,
     pub message: String,
     pub overloaded: bool,
+    /// Envoy's response flags of the reply, for the access log (`NR`: no route, `NC`: no
+    /// cluster).
+    pub flags: ResponseFlags,
 }
 
 /// What routed HTTP changes in a response head it relays as bytes: the route's response

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accept::{self, bind_all, is_family_unavailable, sockets_per_listener};
+use crate::access_log::LogFiles;
 use crate::capture::{self, CapturePort, Route};
 use crate::dns_cluster::{Resolutions, Resolve, SystemResolver};
 use crate::filter_chain::ListenerRuntime;
@@ -71,6 +72,8 @@ pub struct Proxy {
     workers: Workers,
     /// The running resolutions of clusters' hostnames, kept across applies.
     resolutions: Resolutions,
+    /// The writers of access log files, kept across applies.
+    log_files: LogFiles,
 }
 
 impl Proxy {
@@ -112,6 +115,7 @@ impl Proxy {
             gateway_http,
             workers,
             resolutions: Resolutions::new(resolver),
+            log_files: LogFiles::default(),
         }
     }
 
@@ -351,6 +355,7 @@ impl Proxy {
                                 self.stats.faults(&l.name)
                             }),
                             connection_limit: None,
+                            access_log: None,
                             epoch: epoch.clone(),
                         })
                     });
@@ -410,6 +415,7 @@ impl Proxy {
                     .connection_rate_limit
                     .as_ref()
                     .map(|b| ConnectionLimit::new(b, self.stats.connection_rate_limited(&l.name))),
+                access_log: self.log_files.listener(&l.access_logs, &self.stats),
                 epoch,
             });
             if l.direction == Direction::Inbound {
@@ -422,7 +428,7 @@ impl Proxy {
         let captures = config
             .transparent_proxy
             .as_ref()
-            .map(|tp| CapturePort::for_config(tp, &self.stats))
+            .map(|tp| CapturePort::for_config(tp, &self.stats, &self.log_files))
             .unwrap_or_default()
             .into_iter()
             .map(|(address, port)| (address, Arc::new(port)))
@@ -716,10 +722,12 @@ impl Proxy {
         peer: SocketAddr,
     ) {
         let config = &listener.config;
+        let log = listener.access_log.as_deref().map(|l| (l, config.address));
         let named = (
             config.name.as_str(),
             &listener.stats,
             config.max_connect_attempts,
+            log,
         );
         let Some((_slot, http)) = gateway::serve(&self.stats, stream, named, gateway, peer).await
         else {
@@ -757,13 +765,13 @@ impl Proxy {
             let Some(cluster) = listener.tcp_cluster() else {
                 return;
             };
-            let relay = tcp_proxy::serve_tcp(
+            let log = listener.access_log.as_deref();
+            let relay = tcp_proxy::serve_tcp_logged(
                 stream,
                 (cluster, listener.config.max_connect_attempts),
-                &listener.stats,
-                &listener.config.name,
-                peer,
+                (&listener.stats, &listener.config.name, peer),
                 |_| true,
+                log.map(|log| (log, listener.config.address)),
             );
             Box::pin(self.while_admitted(relay, listener, &admission, peer)).await;
         }

@@ -21,6 +21,11 @@ struct ListenerLabel {
     listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabel {
+    path: String,
+}
+
 /// HTTP status class label values, in `StatusCounters` order.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -325,6 +330,7 @@ pub struct Stats {
     l_fault_delays: Family<ListenerLabel, Counter>,
     l_local_rate_limited: Family<ListenerLabel, Counter>,
     l_connection_rate_limited: Family<ListenerLabel, Counter>,
+    access_log_dropped: Family<PathLabel, Counter>,
     /// Mesh DNS server counters (`bearing_dns_*`).
     pub dns: bearing_dns::DnsMetrics,
     /// Config source metrics.
@@ -411,6 +417,7 @@ impl Stats {
             l_fault_delays: Family::default(),
             l_local_rate_limited: Family::default(),
             l_connection_rate_limited: Family::default(),
+            access_log_dropped: Family::default(),
             dns: bearing_dns::DnsMetrics::default(),
             config: ConfigStats::default(),
             identities: Arc::default(),
@@ -481,6 +488,12 @@ impl Stats {
             r.register(name, help, family.clone());
         }
         r.register(
+            "access_log_dropped",
+            "Access log lines dropped: more pending than the file's writer could take, or a \
+             write that failed",
+            s.access_log_dropped.clone(),
+        );
+        r.register(
             "config_applied",
             "Configs applied",
             s.config.applied.clone(),
@@ -510,6 +523,15 @@ impl Stats {
             listener: listener.to_string(),
         };
         self.l_tls_err.get_or_create(&label).inc();
+    }
+
+    /// The counter of access log lines to `path` that were dropped; created only for files
+    /// a listener logs to.
+    pub fn access_log_dropped(&self, path: &str) -> Counter {
+        let label = PathLabel {
+            path: path.to_string(),
+        };
+        self.access_log_dropped.get_or_create(&label).clone()
     }
 
     /// The counter of connections and requests `listener` refuses because a policy denies

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use bearing_proxy_config::{Endpoint, WeightedCluster};
 
+use crate::access_log::{Began, ConnectionLog};
 use crate::io::TcpBacked;
 use crate::stats::ListenerStats;
 use crate::upstream::{ClusterRuntime, UpstreamError};
+use bearing_proxy_config::{Entry, NoHeaders, ResponseFlags};
 
 /// Bytes read per system call in each direction of a TCP connection. tokio's default (8 KiB)
 /// made bulk transfers cost four times the system calls; 64 KiB is what one loopback read
@@ -63,7 +65,7 @@ impl TcpSplit {
 /// attempt failed (counted as Envoy's `upstream_cx_connect_attempts_exceeded`), the
 /// downstream connection is reset.
 pub(crate) async fn serve_tcp<S>(
-    mut down: S,
+    down: S,
     (cluster, attempts): (&ClusterRuntime, u32),
     stats: &ListenerStats,
     listener: &str,
@@ -72,8 +74,29 @@ pub(crate) async fn serve_tcp<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin,
 {
+    let named = (stats, listener, peer);
+    serve_tcp_logged(down, (cluster, attempts), named, wanted, None).await;
+}
+
+/// [`serve_tcp`], logging the connection once it ends to `log` (with the downstream
+/// connection's local address) when given.
+pub(crate) async fn serve_tcp_logged<S>(
+    mut down: S,
+    (cluster, attempts): (&ClusterRuntime, u32),
+    (stats, listener, peer): (&ListenerStats, &str, SocketAddr),
+    wanted: impl Fn(&Endpoint) -> bool,
+    log: Option<ConnectionLog<'_>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin,
+{
+    let began = log.map(|_| Began::now());
+    // Bytes received and sent downstream, the endpoint and flags, for the log.
+    let mut ended = (0, 0, None, ResponseFlags::default());
     match cluster.connect_tcp_where(attempts, wanted).await {
         Ok(mut up) => {
+            if log.is_some() {
+                ended.2 = up.tcp().peer_addr().ok();
+            }
             let copied = match (down.plain(), up.plain()) {
                 (Some(d), Some(u)) => crate::splice::copy_bidirectional(d, u).await,
                 _ => {
@@ -81,22 +104,64 @@ pub(crate) async fn serve_tcp<S>(
                     tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, b, b2).await
                 }
             };
-            if let Err(e) = copied {
-                stats.errors.inc();
-                tracing::debug!(%listener, %peer, "connection ended: {e}");
+            match copied {
+                Ok((received, sent)) => (ended.0, ended.1) = (received, sent),
+                Err(e) => {
+                    stats.errors.inc();
+                    tracing::debug!(%listener, %peer, "connection ended: {e}");
+                }
             }
         }
-        Err(UpstreamError::Overflow(why)) => {
+        Err(e) if log.is_some() => {
+            (ended.3, ended.2) = crate::access_log::failure_flags(&e);
+            if let UpstreamError::ConnectFailed(..) = e {
+                ended.3.insert(ResponseFlags::RETRY_LIMIT_EXCEEDED);
+            }
+            refuse(&down, e, cluster, (stats, listener, peer));
+        }
+        Err(e) => refuse(&down, e, cluster, (stats, listener, peer)),
+    }
+    if let (Some((log, local)), Some(began)) = (log, began) {
+        let (start, duration) = began.times();
+        let (bytes_received, bytes_sent, upstream_host, flags) = ended;
+        log.log(&Entry {
+            start,
+            duration,
+            protocol: None,
+            response_code: 0,
+            flags,
+            bytes_received,
+            bytes_sent,
+            upstream_host,
+            upstream_cluster: Some(&cluster.config.name),
+            downstream_remote: peer,
+            downstream_local: local,
+            request: &NoHeaders,
+            response: &NoHeaders,
+        });
+    }
+}
+
+/// Resets a downstream connection no upstream connection was made for (`e`), counted and
+/// logged.
+fn refuse<S: TcpBacked>(
+    down: &S,
+    e: UpstreamError,
+    cluster: &ClusterRuntime,
+    (stats, listener, peer): (&ListenerStats, &str, SocketAddr),
+) {
+    match e {
+        UpstreamError::Overflow(why) => {
             // Counted (`upstream_cx_overflow`); as Envoy's tcp_proxy, the client is closed.
             tracing::debug!(%listener, cluster = %cluster.config.name, %peer, "circuit breaker: {why}; resetting connection");
-            crate::io::reset(&down);
+            crate::io::reset(down);
         }
-        Err(e) => {
+        e => {
             if let UpstreamError::ConnectFailed(..) = e {
                 stats.connect_attempts_exceeded.inc();
             }
             tracing::warn!(%listener, cluster = %cluster.config.name, %peer, "{e}; resetting connection");
-            crate::io::reset(&down);
+            crate::io::reset(down);
         }
     }
 }

@@ -141,6 +141,8 @@ pub fn compile(
         outbound_passthrough: mesh_spec
             .and_then(|m| m.networking.outbound.passthrough)
             .unwrap_or(true),
+        outbound_access_logs: Vec::new(),
+        inbound_access_logs: Vec::new(),
     });
 
     let denies = crate::permissions::Denies::of(store, &mesh);

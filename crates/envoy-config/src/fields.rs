@@ -73,6 +73,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "idle_timeout",
             "metadata_match",
             "max_connect_attempts",
+            "access_log",
         ],
     ),
     ("envoy.extensions.filters.network.direct_response.v3.Config", &["response"]),
@@ -104,7 +105,19 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "normalize_path",
             "merge_slashes",
             "path_with_escaped_slashes_action",
+            // File access logs (MeshAccessLog, TrafficLog), `access_log.rs`.
+            "access_log",
         ],
+    ),
+    // An access log's `filter` is a policy field not enforced (POLICY_FIELDS).
+    ("envoy.config.accesslog.v3.AccessLog", &["name", "typed_config"]),
+    (
+        "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        &["path", "log_format"],
+    ),
+    (
+        "envoy.config.core.v3.SubstitutionFormatString",
+        &["text_format_source", "json_format", "omit_empty_values"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
@@ -580,6 +593,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
 const EXTENSIONS: &[&str] = &[
     "envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog",
     "envoy.extensions.filters.network.direct_response.v3.Config",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
     "envoy.extensions.filters.http.router.v3.Router",
@@ -716,8 +730,7 @@ pub(crate) enum Guard {
 
 /// Fields that carry a Kuma policy Bearing does not enforce over xDS yet, with the policy.
 pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
-    ("HttpConnectionManager.access_log", "access logs"),
-    ("TcpProxy.access_log", "access logs"),
+    ("AccessLog.filter", "access log filters"),
     ("HttpConnectionManager.tracing", "tracing"),
     ("Cluster.health_checks", "health checks"),
     ("Thresholds.max_connection_pools", "circuit breakers"),
@@ -766,8 +779,16 @@ const POLICY_EXTENSIONS: &[(&str, &str)] = &[
         "fault injection",
     ),
     (
-        "envoy.extensions.access_loggers.file.v3.FileAccessLog",
-        "access logs",
+        "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+        "access logs to OpenTelemetry",
+    ),
+    (
+        "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+        "access logs over gRPC",
+    ),
+    (
+        "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig",
+        "access logs over gRPC",
     ),
     ("envoy.extensions.filters.http.lua.v3.Lua", "access logs"),
     // Kuma wraps per-source MeshFaultInjection and MeshRateLimit filters in a matcher.

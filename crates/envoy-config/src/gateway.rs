@@ -1677,6 +1677,14 @@ pub(super) mod tests {
         let chain = tcp_chain("cluster: b, maxConnectAttempts: 5");
         let config = translated(&tcp_gateway(&chain)).unwrap();
         assert_eq!(config.listeners[0].max_connect_attempts, 5);
+        // A MeshAccessLog on the gateway: the TCP proxy's file log is the listener's.
+        let log = "accessLog: [{name: f, typedConfig: {'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: /dev/stdout, logFormat: {textFormatSource: {inlineString: \"%UPSTREAM_HOST%\\n\"}}}}]";
+        let chain = tcp_chain(&format!("cluster: b, {log}"));
+        let config = translated(&tcp_gateway(&chain)).unwrap();
+        let [logged] = config.listeners[0].access_logs.as_slice() else {
+            panic!("{:?}", config.listeners[0].access_logs)
+        };
+        assert_eq!(logged.path, "/dev/stdout");
     }
 
     /// What a TCP gateway chain cannot be is NACKed by its path: a match, TLS (TLS gateway

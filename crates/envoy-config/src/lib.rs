@@ -2,6 +2,7 @@
 //! protobuf JSON) into `Any`s, and their translation into `ProxyConfig`, with a NACK naming
 //! the field for everything Bearing does not implement.
 
+mod access_log;
 pub mod decode;
 mod fields;
 mod http_filters;

@@ -10,6 +10,7 @@
 //! and consumed. Everything else is a [`Nack`] naming the resource and the field path (the
 //! guard in `fields.rs` makes sure no set field is passed over).
 
+use crate::access_log;
 use crate::decode::{
     CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION, RUNTIME, SECRET,
 };
@@ -21,11 +22,11 @@ use crate::naming::{self, Role, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
 use crate::rbac;
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
-    CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, HostEndpoint,
-    Http2Windows, HttpFilter, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint,
-    Protocol, ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute,
-    SniTarget, SourcePrefix, SpiffeMatcher, TlsMatch, TokenBucket, TransparentProxy, UpstreamTls,
-    Verification, WeightedCluster,
+    AccessLog, CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint,
+    HostEndpoint, Http2Windows, HttpFilter, KumaEndpoints, Listener, MeshTls, MetricsTls,
+    PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable,
+    SniHttp, SniRoute, SniTarget, SourcePrefix, SpiffeMatcher, TlsMatch, TokenBucket,
+    TransparentProxy, UpstreamTls, Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -610,7 +611,36 @@ impl Translator<'_> {
                 .iter()
                 .any(|role| role_resource(&set.listeners, role).is_some()),
             outbound_passthrough,
+            outbound_access_logs: self.capture_logs(&CAPTURE_OUTBOUND),
+            inbound_access_logs: self.capture_logs(&CAPTURE_INBOUND),
         })
+    }
+
+    /// The access logs of one side's capture listeners (IPv4 and IPv6), which must agree:
+    /// one side's passthrough logs alike.
+    fn capture_logs(&mut self, roles: &[Role; 2]) -> Vec<AccessLog> {
+        let set = self.set;
+        let mut found: Option<(Vec<AccessLog>, &str)> = None;
+        for (name, listener) in roles
+            .iter()
+            .filter_map(|r| role_resource(&set.listeners, r))
+        {
+            let logs = self.access_logs(name, listener);
+            match &found {
+                Some((first, first_name)) if *first != logs => {
+                    let reason = format!("other access logs than {first_name}: the passthrough of IPv4 and IPv6 logs alike");
+                    self.nack(
+                        LISTENER,
+                        name,
+                        format!("{}.filter_chains", listener_path(name)),
+                        reason,
+                    );
+                }
+                Some(_) => {}
+                None => found = Some((logs, name)),
+            }
+        }
+        found.map(|(logs, _)| logs).unwrap_or_default()
     }
 
     /// The cluster of a listener whose one chain is a TCP proxy.
@@ -647,10 +677,62 @@ impl Translator<'_> {
     }
 
     fn listener(&mut self, name: &str, listener: &listener_pb::Listener) {
-        let path = listener_path(name);
+        // The capture listeners' logs are the transparent proxy's (`capture_logs`).
         if naming::is_capture(name) {
             return;
         }
+        let logs = self.access_logs(name, listener);
+        self.listener_kind(name, listener, logs);
+    }
+
+    /// A listener's file access logs (`access_log.rs`), NACKed by path when they do not
+    /// translate.
+    fn access_logs(&mut self, name: &str, listener: &listener_pb::Listener) -> Vec<AccessLog> {
+        let mut problems = Vec::new();
+        let logs = access_log::listener_logs(listener, &listener_path(name), &mut problems);
+        for (field, reason) in problems {
+            self.nack(LISTENER, name, field, reason);
+        }
+        logs
+    }
+
+    /// The listener translated by its kind, with its access logs (`logs`): given to the
+    /// listeners that serve them (sidecar, gateway), NACKed on the others.
+    fn listener_kind(
+        &mut self,
+        name: &str,
+        listener: &listener_pb::Listener,
+        logs: Vec<AccessLog>,
+    ) {
+        let path = listener_path(name);
+        let before = self.listeners.len();
+        let plumbing = naming::ADMIN.is(name)
+            || name == PROMETHEUS_LISTENER
+            || naming::DYNAMIC_CONFIG.is(name)
+            || naming::DNS_LISTENER.is(name);
+        let sni = listener.filter_chains.iter().any(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .is_some_and(|m| !m.server_names.is_empty())
+        });
+        let stream_gateway = Self::stream_gateway(name, listener).is_some();
+        let zone_proxy = sni && !stream_gateway && !self.is_gateway_listener(listener);
+        if !logs.is_empty() && (plumbing || zone_proxy) {
+            let reason = format!("access logs: {POLICY_NOT_ENFORCED} (on Kuma's plumbing listeners and zone proxies; sidecar, gateway and passthrough listeners log)");
+            self.nack(LISTENER, name, format!("{path}.filter_chains"), reason);
+        }
+        self.translate_listener(name, listener);
+        if self.listeners.len() > before {
+            if let Some(out) = self.listeners.last_mut().filter(|l| l.name == name) {
+                out.access_logs = logs;
+            }
+        }
+    }
+
+    /// The listener translated by its kind: Kuma's plumbing, a gateway, a sidecar's or zone
+    /// proxy's.
+    fn translate_listener(&mut self, name: &str, listener: &listener_pb::Listener) {
+        let path = listener_path(name);
         if naming::ADMIN.is(name) {
             return self.ready_listener(name, listener);
         }

@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+mod access_log;
 mod filters;
 mod gateway;
 mod rbac;
 mod retry;
 mod routes;
+pub use access_log::*;
 pub use filters::*;
 pub use gateway::*;
 pub use rbac::*;
@@ -399,6 +401,13 @@ pub struct TransparentProxy {
     /// Outbound connections no listener claims go to their original destination (Mesh
     /// `networking.outbound.passthrough`, true by default); when false they are refused.
     pub outbound_passthrough: bool,
+    /// File access logs of the connections passed through to their original destination,
+    /// outbound (kuma-cp's `outbound:passthrough:*` listeners, a mesh-wide MeshAccessLog `to`)
+    /// and inbound; empty: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outbound_access_logs: Vec<AccessLog>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inbound_access_logs: Vec<AccessLog>,
 }
 
 impl ProxyConfig {
@@ -595,6 +604,10 @@ pub struct Listener {
     /// HTTP/2 flow-control windows offered to downstream clients (HTTP listeners).
     #[serde(skip_serializing_if = "Http2Windows::is_default")]
     pub http2_windows: Http2Windows,
+    /// File access logs (kuma-cp's MeshAccessLog and TrafficLog): a line per request of an
+    /// HTTP listener, per connection of a TCP one. Empty: nothing is logged, at no cost.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access_logs: Vec<AccessLog>,
 }
 
 /// Bytes shown as text (invalid UTF-8 replaced) in `/config_dump`.
@@ -637,6 +650,7 @@ impl Listener {
             connection_rate_limit: None,
             direct_response: None,
             http2_windows: Http2Windows::default(),
+            access_logs: Vec::new(),
         }
     }
 

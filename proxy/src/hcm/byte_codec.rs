@@ -43,12 +43,14 @@ use super::compress;
 use super::{
     strip_hop_by_hop, Attempt, HttpListener, Routed, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE,
 };
+use crate::access_log::{Began, ListenerLog, WrittenHead};
 use crate::circuit::{Held, Occupancy};
 use crate::io::TcpBacked;
 use crate::rate_limit::RouteLimit;
 use crate::router::{HttpRoutes, Reply, ResponseEdits, Routing};
 use crate::transport::Admission;
 use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, UpstreamError, UpstreamStream};
+use bearing_proxy_config::{Entry, NoHeaders, ResponseFlags};
 
 /// Largest request (head and held body) this path carries; a larger one goes to hyper. Heads
 /// alone are limited to [`bearing_http1::MAX_HEAD`] on every path.
@@ -279,6 +281,7 @@ where
         let Some(listener) = current() else {
             return Outcome::Closed;
         };
+        let began = listener.access_log().map(|_| Began::now());
         // A policy denying this inbound came with a reload: no further request passes.
         if let Some(denied) = listener.denied() {
             denied.inc();
@@ -332,10 +335,15 @@ where
                     location: None,
                     message: answer.message.into(),
                     overloaded: false,
+                    flags: ResponseFlags::default(),
                 },
                 answer.headers.map(ResponseEdits::headers),
             ),
             None => routed,
+        };
+        let to = match &routed {
+            Routed::Forward { cluster, .. } => Some(cluster.config.name.as_str()),
+            _ => None,
         };
         let answer = match routed {
             // Boxed: inline, the exchange's future (upstream checkout, send, relay) made
@@ -368,6 +376,11 @@ where
         };
         let close = request.close_downstream;
         listener.requests().count(answer.status);
+        if let (Some(log), Some(began)) = (listener.access_log(), began) {
+            let received = (message_len - head.head_len) as u64;
+            let exchange = (&bufs, to, received);
+            log_exchange(log, began, exchange, &answer, (peer, listener.address()));
+        }
         if close || !answer.downstream_open {
             return Outcome::Closed;
         }
@@ -378,6 +391,39 @@ where
             held = Some(bufs);
         }
     }
+}
+
+/// Logs one exchange: `bufs` hold the request head as forwarded and, when the answer was
+/// relayed, the response head sent; `to`: the cluster routed to; `received`: the request's
+/// body bytes; `(peer, local)`: the downstream connection's addresses.
+fn log_exchange(
+    log: &ListenerLog,
+    began: Began,
+    (bufs, to, received): (&Buffers, Option<&str>, u64),
+    answer: &Answer,
+    (peer, local): (SocketAddr, SocketAddr),
+) {
+    let (start, duration) = began.times();
+    let response = WrittenHead(&bufs.response_head);
+    log.log(&Entry {
+        start,
+        duration,
+        protocol: Some("HTTP/1.1"),
+        response_code: answer.status,
+        flags: answer.flags,
+        bytes_received: received,
+        bytes_sent: answer.sent,
+        upstream_host: answer.upstream,
+        upstream_cluster: to,
+        downstream_remote: peer,
+        downstream_local: local,
+        request: &WrittenHead(&bufs.request_head),
+        response: if answer.relayed {
+            &response
+        } else {
+            &NoHeaders
+        },
+    });
 }
 
 /// Answers a request no path forwards with `status` and `why`, and closes: the answer goes
@@ -395,6 +441,7 @@ where
         location: None,
         message: why.to_string(),
         overloaded: false,
+        flags: ResponseFlags::default(),
     };
     if !write_reply(down, &reply, false, true, None)
         .await
@@ -421,6 +468,7 @@ fn rbac_denied() -> Reply {
         location: None,
         message: super::RBAC_DENIED.into(),
         overloaded: false,
+        flags: ResponseFlags::default(),
     }
 }
 
@@ -611,6 +659,14 @@ struct Answer {
     status: u16,
     /// The downstream connection can take another request.
     downstream_open: bool,
+    /// Response body bytes sent downstream (for the access log).
+    sent: u64,
+    /// The endpoint the request went to, if one was chosen (for the access log).
+    upstream: Option<SocketAddr>,
+    /// What went wrong, as Envoy's response flags say it (for the access log).
+    flags: ResponseFlags,
+    /// The response head in the exchange's buffers is the one sent (relayed from upstream).
+    relayed: bool,
 }
 
 /// How sending a request on one upstream connection went.
@@ -805,20 +861,28 @@ where
         edits,
         ..
     } = response;
-    let gone = |status| Answer {
+    let gone = |status, sent, flags| Answer {
         status,
         downstream_open: false,
+        sent,
+        upstream: Some(pool.address()),
+        flags,
+        relayed: true,
     };
+    let (dc, uc) = (
+        ResponseFlags::DOWNSTREAM_TERMINATION,
+        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+    );
     while head.interim {
         if down.write_all(out).await.is_err() {
-            return gone(head.status);
+            return gone(head.status, 0, dc);
         }
         buf.drain(..head.head_len);
         head = match read_response_head(&mut up, request, buf, out).await {
             Sent::Answered(h) => h,
             _ => {
                 cluster.stats.request_errors.inc();
-                return gone(head.status);
+                return gone(head.status, 0, uc);
             }
         };
     }
@@ -846,8 +910,9 @@ where
         &after_head[..n]
     };
     if write_two(down, out, first_part).await.is_err() {
-        return gone(head.status);
+        return gone(head.status, 0, dc);
     }
+    let mut sent = n as u64;
     let mut spliced = false;
     if let (Some(left @ SPLICE_BODY..), Some(from), Some(to)) =
         (body.remaining(), up.plain(), down.plain())
@@ -857,24 +922,31 @@ where
         // small responses' included.
         if let Err(e) = Box::pin(crate::splice::copy_exact(from, to, left)).await {
             tracing::debug!(cluster = %cluster.config.name, "response body not relayed whole: {e}");
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                cluster.stats.request_errors.inc();
-            }
-            return gone(head.status);
+            let flags = match e.kind() {
+                io::ErrorKind::UnexpectedEof => {
+                    cluster.stats.request_errors.inc();
+                    uc
+                }
+                _ => dc,
+            };
+            return gone(head.status, sent, flags);
         }
         body.skip(left);
+        sent += left;
     }
     let mut size = READ_SIZE;
     while !body.is_done() {
         buf.clear();
         let read = read_more(&mut up, buf, size).await;
         match read {
-            Ok(0) if head.body == BodyLength::UntilClose => return gone(head.status),
+            Ok(0) if head.body == BodyLength::UntilClose => {
+                return gone(head.status, sent, ResponseFlags::default())
+            }
             Ok(0) | Err(_) => {
                 // Closing downstream tells the client its body was cut short.
                 tracing::debug!(cluster = %cluster.config.name, "upstream closed inside a response body");
                 cluster.stats.request_errors.inc();
-                return gone(head.status);
+                return gone(head.status, sent, uc);
             }
             Ok(n) if n == buf.capacity() => size = RELAY_READ_SIZE,
             Ok(_) => {}
@@ -882,12 +954,13 @@ where
         let Ok(k) = body.advance(buf) else {
             tracing::debug!(cluster = %cluster.config.name, "malformed chunked response body");
             cluster.stats.request_errors.inc();
-            return gone(head.status);
+            return gone(head.status, sent, ResponseFlags::UPSTREAM_PROTOCOL_ERROR);
         };
         reusable &= k == buf.len();
         if down.write_all(&buf[..k]).await.is_err() {
-            return gone(head.status);
+            return gone(head.status, sent, dc);
         }
+        sent += k as u64;
     }
     if reusable {
         // The last read stopped short of the buffer's end: the socket had nothing more.
@@ -899,6 +972,10 @@ where
     Answer {
         status: head.status,
         downstream_open: true,
+        sent,
+        upstream: Some(pool.address()),
+        flags: ResponseFlags::default(),
+        relayed: true,
     }
 }
 
@@ -912,7 +989,9 @@ async fn local_reply<S: AsyncWrite + Unpin>(
 ) -> Answer {
     let reply = Reply::of_failure(&failure, cluster);
     let (is_head, close) = (request.head.is_head, request.close_downstream);
-    write_reply(down, &reply, is_head, close, edits).await
+    let mut answer = write_reply(down, &reply, is_head, close, edits).await;
+    answer.upstream = crate::access_log::failure_flags(&failure).1;
+    answer
 }
 
 /// Writes a response the proxy makes itself, to a HEAD request (`is_head`: no body) or not,
@@ -956,6 +1035,10 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     Answer {
         status: status.as_u16(),
         downstream_open: write_two(down, &head, body).await.is_ok(),
+        sent: body.len() as u64,
+        upstream: None,
+        flags: reply.flags,
+        relayed: false,
     }
 }
 
@@ -1101,6 +1184,7 @@ mod tests {
             location: None,
             message: "no healthy upstream".into(),
             overloaded: false,
+            flags: ResponseFlags::default(),
         };
         let _ = write_reply(&mut a, &reply, false, true, None).await;
         drop(a);

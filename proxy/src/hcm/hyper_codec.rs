@@ -24,6 +24,7 @@ use super::mirror::mirror_request;
 use super::{
     strip_hop_by_hop, Attempt, HttpListener, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE, RBAC_DENIED,
 };
+use crate::access_log::{Began, HyperExchange, ListenerLog, LoggedBody};
 use crate::body::MessageBody;
 use crate::rate_limit::RouteLimit;
 use crate::rbac::Peer;
@@ -31,6 +32,7 @@ use crate::router::{HttpRoutes, Reply, Routing, SERVER_NAME};
 use crate::upstream::{
     Checkout, ClusterRuntime, EndpointPool, NoConnection, RequestBody, UpstreamBody, UpstreamError,
 };
+use bearing_proxy_config::ResponseFlags;
 
 /// A response body: streamed from upstream, or a short local reply.
 pub type ProxyBody = MessageBody<UpstreamBody>;
@@ -49,23 +51,45 @@ pub(crate) async fn serve_request<L: HttpListener>(
     peer: SocketAddr,
     (tls, rbac_allowed, who): (bool, bool, Option<&Peer>),
 ) -> Response<ProxyBody> {
-    if let Some(denied) = listener.denied() {
-        denied.inc();
-        return local_reply(StatusCode::FORBIDDEN, RBAC_DENIED.into());
-    }
-    let resp = match screen_request(&mut req) {
-        Some(refused) => refused,
-        None if !rbac_allowed => local_reply(StatusCode::FORBIDDEN, RBAC_DENIED.into()),
+    let logged = listener.access_log().map(|log| (log.clone(), Began::now()));
+    let mut head = None;
+    let mut outcome = Outcome::default();
+    let refused = match listener.denied() {
+        Some(denied) => {
+            denied.inc();
+            Some(local_reply(StatusCode::FORBIDDEN, RBAC_DENIED.into()))
+        }
+        None => screen_request(&mut req).or_else(|| {
+            (!rbac_allowed).then(|| local_reply(StatusCode::FORBIDDEN, RBAC_DENIED.into()))
+        }),
+    };
+    let resp = match refused {
+        Some(refused) => {
+            if logged.is_some() {
+                head = Some(request_head(&req));
+            }
+            refused
+        }
         None => {
             super::add_request_headers(req.headers_mut(), tls);
+            if logged.is_some() {
+                head = Some(request_head(&req));
+            }
             let filters = listener.filters().map(|f| (f, who));
             match (listener.routes(), listener.cluster()) {
-                (Some(routes), _) => route(req, (listener.name(), filters), routes, peer).await,
+                (Some(routes), _) => {
+                    let (resp, sent) = route(req, (listener.name(), filters), routes, peer).await;
+                    outcome = sent;
+                    resp
+                }
                 (None, Some(cluster)) => match filtered(filters, None).await {
                     Some(reply) => reply,
                     None => {
                         let limits = (cluster.config.request_timeout, listener.retry());
-                        send(req.map(RequestBody::Streamed), cluster, limits, false).await
+                        let req = req.map(RequestBody::Streamed);
+                        let (resp, sent) = send_logged(req, cluster, limits, false).await;
+                        outcome = sent;
+                        resp
                     }
                 },
                 (None, None) => {
@@ -76,19 +100,82 @@ pub(crate) async fn serve_request<L: HttpListener>(
         }
     };
     listener.requests().count(resp.status().as_u16());
-    resp
+    match (logged, head) {
+        (Some((log, began)), Some(request)) => {
+            let local = listener.address();
+            let exchange = (log, began, request, outcome, (peer, local));
+            logged_response(resp, exchange)
+        }
+        _ => resp,
+    }
+}
+
+/// Where a request went and how it ended there, for the access log.
+#[derive(Default)]
+pub(crate) struct Outcome<'c> {
+    /// The endpoint chosen, if any.
+    upstream: Option<SocketAddr>,
+    /// Its cluster.
+    cluster: Option<&'c str>,
+    /// What went wrong.
+    flags: ResponseFlags,
+}
+
+/// A copy of a request's head for its log line (only for listeners that log).
+fn request_head<B>(req: &Request<B>) -> http::request::Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy.into_parts().0
+}
+
+/// `resp` with a body that logs its exchange when done.
+fn logged_response(
+    resp: Response<ProxyBody>,
+    (log, began, request, outcome, (peer, local)): (
+        Arc<ListenerLog>,
+        Began,
+        http::request::Parts,
+        Outcome<'_>,
+        (SocketAddr, SocketAddr),
+    ),
+) -> Response<ProxyBody> {
+    let received = request
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let (parts, body) = resp.into_parts();
+    let exchange = Box::new(HyperExchange {
+        log,
+        began,
+        request,
+        status: parts.status.as_u16(),
+        response: parts.headers.clone(),
+        received,
+        upstream: outcome.upstream,
+        cluster: outcome.cluster.map(str::to_string),
+        flags: outcome.flags,
+        peer,
+        local,
+    });
+    let body = MessageBody::Logged(Box::new(LoggedBody::new(body, exchange)));
+    Response::from_parts(parts, body)
 }
 
 /// Routes one request by `routes` (a gateway's, or a sidecar's route table) and carries out
 /// the decision: a local reply with the answering route's edits, or the request sent to its
 /// cluster (a copy to the mirror) with the route's response edits; a gateway's responses say
 /// `server: Kuma Gateway`.
-async fn route(
+async fn route<'r>(
     req: Request<Incoming>,
     (listener, filters): (&str, Filters<'_>),
-    routes: &HttpRoutes,
+    routes: &'r HttpRoutes,
     peer: SocketAddr,
-) -> Response<ProxyBody> {
+) -> (Response<ProxyBody>, Outcome<'r>) {
+    let mut outcome = Outcome::default();
     let (mut parts, body) = req.into_parts();
     // Whether the response is to be compressed, if it can be (never a HEAD's).
     let gzip = routes.compression().map(|compression| {
@@ -99,6 +186,7 @@ async fn route(
     let mut resp = match (filtered(filters, limit).await, routing) {
         (Some(reply), _) => reply,
         (None, Routing::Reply(reply, edits)) => {
+            outcome.flags = reply.flags;
             let mut resp = local_reply(reply.status, reply.message);
             if let Some(location) = reply.location {
                 resp.headers_mut().insert(header::LOCATION, location);
@@ -124,7 +212,9 @@ async fn route(
                 None => RequestBody::Streamed(body),
             };
             let req = Request::from_parts(parts, body);
-            let mut resp = send(req, target, (timeout, retry), endpoint_host).await;
+            let limits = (timeout, retry);
+            let (mut resp, sent) = send_logged(req, target, limits, endpoint_host).await;
+            outcome = sent;
             response_headers.apply(resp.headers_mut());
             resp
         }
@@ -135,7 +225,7 @@ async fn route(
     if routes.is_gateway() {
         resp.headers_mut().insert(header::SERVER, SERVER_NAME);
     }
-    resp
+    (resp, outcome)
 }
 
 /// A listener's filters with the connection as they read it.
@@ -162,11 +252,25 @@ async fn filtered(
 /// naming the failure. With `endpoint_host`, Host becomes the hostname of the endpoint it
 /// is sent to, when it has one.
 pub async fn send(
-    mut req: Request<RequestBody>,
+    req: Request<RequestBody>,
     cluster: &ClusterRuntime,
-    (timeout, retry): (Option<Duration>, Option<&RetryPolicy>),
+    limits: (Option<Duration>, Option<&RetryPolicy>),
     endpoint_host: bool,
 ) -> Response<ProxyBody> {
+    send_logged(req, cluster, limits, endpoint_host).await.0
+}
+
+/// [`send`], with where the request went and how it ended, for the access log.
+async fn send_logged<'c>(
+    mut req: Request<RequestBody>,
+    cluster: &'c ClusterRuntime,
+    (timeout, retry): (Option<Duration>, Option<&RetryPolicy>),
+    endpoint_host: bool,
+) -> (Response<ProxyBody>, Outcome<'c>) {
+    let mut outcome = Outcome {
+        cluster: Some(cluster.config.name.as_str()),
+        ..Outcome::default()
+    };
     prepare_request(&mut req, cluster.is_h2());
     let mut upstream = Upstream {
         cluster,
@@ -174,8 +278,9 @@ pub async fn send(
         endpoint_host,
         client_host: None,
     };
-    match super::forward((cluster, retry), &mut upstream, req).await {
-        Ok((mut resp, _)) => {
+    let resp = match super::forward((cluster, retry), &mut upstream, req).await {
+        Ok((mut resp, pool)) => {
+            outcome.upstream = Some(pool.address());
             cluster.stats.requests.count(resp.status().as_u16());
             strip_hop_by_hop(resp.headers_mut());
             // The response goes out in the client's version, as Envoy's: hyper writes the
@@ -185,8 +290,12 @@ pub async fn send(
             *resp.version_mut() = Version::HTTP_11;
             resp.map(ProxyBody::Streamed)
         }
-        Err(failure) => reply(Reply::of_failure(&failure, cluster)),
-    }
+        Err(failure) => {
+            (outcome.flags, outcome.upstream) = crate::access_log::failure_flags(&failure);
+            reply(Reply::of_failure(&failure, cluster))
+        }
+    };
+    (resp, outcome)
 }
 
 /// The upstream side of the hyper codec, for [`super::forward`].
@@ -295,8 +404,10 @@ impl UpstreamCodec for Upstream<'_> {
         let body = match req.body() {
             MessageBody::Held(held) => MessageBody::Held(held.clone()),
             MessageBody::Streamed(b) if b.is_end_stream() => MessageBody::Held(Default::default()),
-            // A streamed body is sent once; a compressed one is a response's.
-            MessageBody::Streamed(_) | MessageBody::Gzip(_) => return None,
+            // A streamed body is sent once; a compressed or logged one is a response's.
+            MessageBody::Streamed(_) | MessageBody::Gzip(_) | MessageBody::Logged(_) => {
+                return None
+            }
         };
         let mut copy = Request::new(body);
         *copy.method_mut() = req.method().clone();

@@ -40,6 +40,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::ListenerLog;
 use crate::circuit::{Held, Occupancy};
 use crate::router::{HttpRoutes, Reply, ResponseEdits};
 use crate::stats::StatusCounters;
@@ -75,6 +76,11 @@ pub(crate) trait HttpListener {
     /// Cancelled when a later config changes what the listener admits, and at drain: a
     /// connection waiting for its next request then checks that it may go on.
     fn epoch(&self) -> &CancellationToken;
+    /// Where each request is logged; `None`: nowhere (nothing is measured for it).
+    fn access_log(&self) -> Option<&Arc<ListenerLog>>;
+    /// The listener's address: the downstream local address of its connections (the
+    /// original destination of captured ones).
+    fn address(&self) -> std::net::SocketAddr;
 }
 
 /// Where one request goes.
@@ -116,6 +122,7 @@ impl Reply {
             location: None,
             message,
             overloaded: failure.is_overflow(),
+            flags: crate::access_log::failure_flags(failure).0,
         }
     }
 }
