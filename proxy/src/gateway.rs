@@ -39,7 +39,7 @@ use crate::io::Counted;
 use crate::mesh_tls::{MeshState, MeshTlsSet};
 use crate::router::HttpRoutes;
 use crate::stats::{ListenerStats, Stats};
-use crate::tcp_proxy::serve_tcp;
+use crate::tcp_proxy::{serve_tcp, TcpProxying};
 use crate::transport::{offers_kuma_alpn, peek_sni, Admission, Transported};
 use crate::upstream::ClusterRuntime;
 
@@ -230,12 +230,12 @@ fn cross_mesh_acceptor(cross: &CrossMesh, mesh_tls: &MeshTlsSet) -> Result<TlsAc
 /// Serves one connection of a gateway listener: TCP and TLS (passthrough or terminated)
 /// are relayed to their backend here; an HTTP connection (decrypted for HTTPS) is handed
 /// back to be served with the place it holds under the listener's connection limit (TCP in
-/// at most `attempts` connects: the listener's `max_connect_attempts`). `None` when the
+/// as the listener's `proxying` says: connection attempts and idle timeout). `None` when the
 /// connection was served here, or refused.
 pub(crate) async fn serve(
     stats: &Stats,
     stream: Counted<TcpStream>,
-    (name, listener, attempts): (&str, &ListenerStats, u32),
+    (name, listener, proxying): (&str, &ListenerStats, TcpProxying),
     gateway: &GatewayRuntime,
     peer: SocketAddr,
 ) -> Option<(Slot, Transported<Counted<TcpStream>>)> {
@@ -251,7 +251,7 @@ pub(crate) async fn serve(
         }
         GatewayProtocol::Tcp => match gateway.routes.tcp_cluster(0) {
             Some(cluster) => {
-                serve_tcp(stream, (cluster, attempts), listener, name, peer, |_| true).await
+                serve_tcp(stream, (cluster, proxying), listener, name, peer, |_| true).await
             }
             None => refuse(&stream, (name, listener), peer, "no TCP route"),
         },
@@ -267,7 +267,7 @@ pub(crate) async fn serve(
                 .host_by_sni(sni.as_deref())
                 .and_then(|h| gateway.routes.tcp_cluster(h));
             match cluster {
-                Some(c) => serve_tcp(stream, (c, attempts), listener, name, peer, |_| true).await,
+                Some(c) => serve_tcp(stream, (c, proxying), listener, name, peer, |_| true).await,
                 None => refuse(
                     &stream,
                     (name, listener),
@@ -314,7 +314,7 @@ pub(crate) async fn serve(
                 .host_by_sni(sni.as_deref())
                 .and_then(|h| gateway.routes.tcp_cluster(h))
             {
-                Some(c) => serve_tcp(tls, (c, attempts), listener, name, peer, |_| true).await,
+                Some(c) => serve_tcp(tls, (c, proxying), listener, name, peer, |_| true).await,
                 None => {
                     tracing::info!(listener = %name, %peer, ?sni, "closed: no route for this SNI")
                 }

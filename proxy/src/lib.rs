@@ -24,6 +24,7 @@ pub mod dns_cluster;
 pub mod filter_chain;
 pub mod gateway;
 pub mod hcm;
+pub mod idle;
 pub mod io;
 pub mod kuma_dp_flags;
 pub mod kuma_endpoints;

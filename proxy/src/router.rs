@@ -192,6 +192,7 @@ impl HttpRoutes {
                 origin,
                 timeout,
                 retry,
+                idle_timeout,
                 endpoint_host,
             } => match self.clusters.get(cluster) {
                 None => Routing::Reply(
@@ -211,6 +212,7 @@ impl HttpRoutes {
                         target,
                         timeout: response_timeout(timeout, target.config.request_timeout),
                         retry,
+                        idle_timeout,
                         response_headers,
                         mirror: mirror.and_then(|m| self.clusters.get(m)),
                         endpoint_host,
@@ -281,6 +283,8 @@ pub(crate) enum Routing<'g> {
         target: &'g Arc<ClusterRuntime>,
         timeout: Option<Duration>,
         retry: Option<&'g RetryPolicy>,
+        /// The route's stream idle timeout (zero: none; `None`: the listener's).
+        idle_timeout: Option<Duration>,
         response_headers: &'g HeaderEdits,
         mirror: Option<&'g Arc<ClusterRuntime>>,
         /// Host becomes the chosen endpoint's hostname.

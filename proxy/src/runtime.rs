@@ -36,6 +36,7 @@ use crate::router::HttpRoutes;
 use crate::snapshot::Snapshot;
 use crate::sni::{SniRouteRuntime, SniTable};
 use crate::stats::Stats;
+use crate::tcp_proxy::TcpProxying;
 use crate::tcp_proxy::{self, TcpSplit};
 use crate::transport::{self, Admission, DownstreamTlsRuntime, Transported};
 use crate::upstream::{ClusterEndpoints, ClusterRuntime, UpstreamSecurity};
@@ -325,6 +326,7 @@ impl Proxy {
                         config.cluster = r.cluster.clone();
                         config.routes = h.routes.clone();
                         config.retry = h.retry.clone();
+                        config.stream_idle_timeout = h.stream_idle_timeout;
                         Arc::new(ListenerRuntime {
                             config,
                             cluster: cluster.clone(),
@@ -632,8 +634,8 @@ impl Proxy {
         // connection held 9 KB (10k idle connections: 95 MB).
         if let Some(table) = &listener.sni {
             let name = &listener.config.name;
-            let attempts = listener.config.max_connect_attempts;
-            let named = (name.as_str(), &listener.stats, attempts);
+            let proxying = TcpProxying::of(&listener.config);
+            let named = (name.as_str(), &listener.stats, proxying);
             let serving = crate::sni::serve(&self.stats, stream, named, table, peer);
             if let Some((tls, http, admission)) = Box::pin(serving).await {
                 Box::pin(self.clone().serve_http(tls, http, peer, admission)).await;
@@ -691,7 +693,7 @@ impl Proxy {
         let named = (
             config.name.as_str(),
             &listener.stats,
-            config.max_connect_attempts,
+            TcpProxying::of(config),
         );
         let Some((_slot, http)) = gateway::serve(&self.stats, stream, named, gateway, peer).await
         else {
@@ -731,7 +733,7 @@ impl Proxy {
             };
             let relay = tcp_proxy::serve_tcp(
                 stream,
-                (cluster, listener.config.max_connect_attempts),
+                (cluster, TcpProxying::of(&listener.config)),
                 &listener.stats,
                 &listener.config.name,
                 peer,

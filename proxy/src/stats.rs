@@ -54,6 +54,12 @@ pub struct ListenerStats {
     /// TCP proxy connections closed because every connection attempt upstream failed
     /// (Envoy's `tcp.<stat_prefix>.upstream_cx_connect_attempts_exceeded`).
     pub connect_attempts_exceeded: Counter,
+    /// TCP proxy connections closed because nothing moved either way for the listener's
+    /// idle timeout (Envoy's `tcp.<stat_prefix>.idle_timeout`).
+    pub idle_timeout: Counter,
+    /// HTTP requests whose stream moved no byte for its idle timeout: answered 504 `stream
+    /// timeout` before the response, reset after (Envoy's `downstream_rq_idle_timeout`).
+    pub stream_idle_timeout: Counter,
 }
 
 /// Metrics of one cluster.
@@ -214,6 +220,18 @@ const LISTENER_SERIES: &[Series<ListenerStats>] = &[
         help: "TCP proxy connections closed after every upstream connection attempt failed.",
         kind: MetricType::Counter,
         metric: |h| &h.connect_attempts_exceeded,
+    },
+    Series {
+        name: "listener_idle_timeout",
+        help: "TCP proxy connections closed after their idle timeout.",
+        kind: MetricType::Counter,
+        metric: |h| &h.idle_timeout,
+    },
+    Series {
+        name: "listener_downstream_rq_idle_timeout",
+        help: "HTTP requests ended by their stream idle timeout.",
+        kind: MetricType::Counter,
+        metric: |h| &h.stream_idle_timeout,
     },
 ];
 

@@ -27,6 +27,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bearing_proxy_config::{Cluster, Endpoint, Http2Windows, Protocol, TlsMatch, UpstreamTls};
@@ -36,11 +37,13 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
-use crate::body::MessageBody;
+use crate::body::{BodyError, MessageBody};
 use crate::circuit::{Held, Occupancy, Overflow, Resource};
+use crate::idle::IdleClock;
 use crate::io::Counted;
 use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
 use crate::priority::serving_level;
@@ -1074,7 +1077,29 @@ pub struct UpstreamBody {
     release: Option<H1Exchange>,
     /// The request's unit of `max_requests`, held until the body is dropped.
     _request: Held<Arc<Occupancy>>,
+    /// The stream's idle timeout, when it has one.
+    idle: Option<Box<IdleWatch>>,
 }
+
+/// A response body's stream idle timeout: its clock, the frames read so far (the clock's
+/// activity count), and where a timeout is counted.
+struct IdleWatch {
+    clock: IdleClock,
+    frames: u64,
+    idled: Counter,
+}
+
+/// Why a response body ended early: its stream moved no byte for its idle timeout.
+#[derive(Debug)]
+struct StreamIdle(Duration);
+
+impl std::fmt::Display for StreamIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stream idle timeout: no byte for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for StreamIdle {}
 
 impl UpstreamBody {
     /// The body of a response to a request holding `request` (a unit of `max_requests`);
@@ -1088,11 +1113,23 @@ impl UpstreamBody {
             body,
             release,
             _request: request,
+            idle: None,
         };
         if b.body.is_end_stream() {
             b.release_connection();
         }
         b
+    }
+
+    /// This body, ended with an error (the downstream stream reset) once no frame came for
+    /// `period`, counted in `idled`.
+    pub(crate) fn idle_after(mut self, period: Duration, idled: Counter) -> Self {
+        self.idle = Some(Box::new(IdleWatch {
+            clock: IdleClock::new(period, 0),
+            frames: 0,
+            idled,
+        }));
+        self
     }
 
     fn release_connection(&mut self) {
@@ -1104,20 +1141,34 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let res = Pin::new(&mut self.body).poll_frame(cx);
         match &res {
             Poll::Ready(None) => self.release_connection(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release_connection(),
             Poll::Ready(Some(Err(_))) => self.release = None,
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Pending => {
+                if let Some(watch) = self.idle.as_deref_mut() {
+                    if watch.clock.poll_expired(cx, watch.frames).is_ready() {
+                        watch.idled.inc();
+                        let period = watch.clock.period();
+                        // The upstream connection closes with the body, unreleased.
+                        self.release = None;
+                        return Poll::Ready(Some(Err(Box::new(StreamIdle(period)))));
+                    }
+                }
+            }
         }
-        res
+        if let (Some(watch), Poll::Ready(Some(Ok(_)))) = (self.idle.as_deref_mut(), &res) {
+            watch.frames += 1;
+        }
+        res.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1443,7 +1494,8 @@ mod tests {
             req
         };
         let idle = |pool: &EndpointPool| pool.idle.mine(|idle| idle.len());
-        let resp = crate::hcm::hyper_codec::send(get("/a"), &cluster, (None, None), false).await;
+        let resp =
+            crate::hcm::hyper_codec::send(get("/a"), &cluster, (None, None, None), false).await;
         resp.into_body().collect().await.unwrap();
         while idle(&pool) == 0 {
             tokio::task::yield_now().await;
@@ -1451,7 +1503,8 @@ mod tests {
         let (stream, reused) = cluster.checkout_raw(&pool).await.unwrap();
         assert!(reused, "the byte codec takes the connection hyper used");
         pool.release(stream, &cluster.stats.occupancy);
-        let resp = crate::hcm::hyper_codec::send(get("/last"), &cluster, (None, None), false).await;
+        let resp =
+            crate::hcm::hyper_codec::send(get("/last"), &cluster, (None, None, None), false).await;
         resp.into_body().collect().await.unwrap();
         assert_eq!(
             accepted.load(Ordering::Relaxed),

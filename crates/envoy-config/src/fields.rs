@@ -90,8 +90,9 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "stat_prefix",
             "http_filters",
             "route_config",
-            // Idle timeouts: Kuma's defaults only (`is_kuma_default_timeout`, translation).
+            // The connection idle timeout: Kuma's defaults only (`is_kuma_default_timeout`).
             "common_http_protocol_options",
+            // Enforced, with a route's `idle_timeout` (the translation).
             "stream_idle_timeout",
             // Which peers count as internal for x-forwarded-for: Bearing adds none.
             "internal_address_config",
@@ -212,6 +213,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "request_mirror_policies",
             // The route's (`retry.rs`, `routes.rs`).
             "retry_policy",
+            // The route's stream idle timeout (MeshTimeout's `http.streamIdleTimeout`).
+            "idle_timeout",
         ],
     ),
     // MeshRetry's `http` section; gRPC's conditions, retriable headers, host selection and
@@ -597,7 +600,7 @@ const GATEWAY_ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.RouteAction",
         // The answer of a route to Kuma's unresolved backend; another Cluster that has not
         // come is awaited, never served.
-        &["cluster_not_found_response_code", "idle_timeout"],
+        &["cluster_not_found_response_code"],
     ),
     // Kuma's `x-kuma-tags` only (checked by the translation); the gateway removes it anyway.
     (
@@ -687,7 +690,6 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("RetryPolicy.host_selection_retry_max_attempts", "retries"),
     ("RetryPolicy.per_try_idle_timeout", "retries"),
     ("RouteAction.hash_policy", "load balancing"),
-    ("RouteAction.idle_timeout", "timeouts"),
     ("RouteAction.max_stream_duration", "timeouts"),
     ("HttpConnectionManager.request_timeout", "timeouts"),
     ("HttpConnectionManager.request_headers_timeout", "timeouts"),
@@ -725,11 +727,12 @@ const POLICY_EXTENSIONS: &[(&str, &str)] = &[
     ),
 ];
 
-/// TCP idle timeouts Kuma sets without a MeshTimeout (outbound 1h, inbound 2h). Accepted, not
-/// enforced: Bearing closes no idle connection on its own (ARCHITECTURE.md).
+/// Connection idle timeouts Kuma sets without a MeshTimeout (outbound 1h, inbound 2h), on an
+/// upstream HTTP connection: accepted there, not enforced (ARCHITECTURE.md; a TCP proxy's
+/// idle timeout is enforced whatever its value).
 pub(crate) const KUMA_TCP_IDLE_TIMEOUTS: [Duration; 2] =
     [Duration::from_secs(3600), Duration::from_secs(7200)];
-/// HTTP stream idle timeouts Kuma sets without a MeshTimeout (none, outbound 30m, inbound 1h).
+/// Idle timeouts Kuma sets without a MeshTimeout (none, 30m, 1h), accepted on a connection.
 pub(crate) const KUMA_STREAM_IDLE_TIMEOUTS: [Duration; 3] = [
     Duration::ZERO,
     Duration::from_secs(1800),
@@ -936,9 +939,9 @@ fn rate_limit_is_idle(type_name: &str, bytes: &[u8]) -> bool {
 }
 
 /// Whether a timeout a policy could set has the value Kuma gives it without one: zero
-/// (disabled, as when absent) or, for an idle timeout (route, connection), one of Kuma's
-/// idle defaults (30 min, 1 h, 2 h).
-/// Accepted, not enforced: Bearing closes no idle stream on its own (ARCHITECTURE.md).
+/// (disabled, as when absent) or, for a connection's idle timeout, one of Kuma's idle
+/// defaults (30 min, 1 h, 2 h).
+/// Accepted, not enforced: Bearing closes no idle HTTP connection on its own (ARCHITECTURE.md).
 fn is_kuma_default_timeout(field: &str, value: &Value) -> bool {
     let Value::Message(d) = value else {
         return false;

@@ -13,9 +13,7 @@
 use crate::decode::{
     CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION, RUNTIME, SECRET,
 };
-use crate::fields::{
-    self, Unhandled, KUMA_STREAM_IDLE_TIMEOUTS, KUMA_TCP_IDLE_TIMEOUTS, POLICY_NOT_ENFORCED,
-};
+use crate::fields::{self, Unhandled, POLICY_NOT_ENFORCED};
 use crate::naming::{self, Role, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
 use crate::rbac;
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
@@ -203,6 +201,7 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         kuma_endpoints: KumaEndpoints::default(),
         connection_limits: BTreeMap::new(),
         connect_attempts: BTreeMap::new(),
+        tcp_idle: BTreeMap::new(),
     };
     t.connection_limits = t.runtime_limits();
     t.unique_addresses();
@@ -242,6 +241,9 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
     for l in &mut t.listeners {
         if let Some((attempts, _)) = t.connect_attempts.get(&l.name) {
             l.max_connect_attempts = *attempts;
+        }
+        if let Some((idle, _)) = t.tcp_idle.get(&l.name) {
+            l.tcp_idle_timeout = Some(*idle).filter(|d| !d.is_zero());
         }
     }
     t.listeners.sort_by(|a, b| a.name.cmp(&b.name));
@@ -292,6 +294,9 @@ struct Route {
     table: Option<RouteTable>,
     /// A plain HTTP listener's one route's retry policy.
     retry: Option<RetryPolicy>,
+    /// An HTTP connection manager's stream idle timeout (a plain listener's one route's
+    /// `idle_timeout` when it sets one); `None`: none.
+    stream_idle: Option<Duration>,
     /// A TCP proxy's weighted clusters, when it splits.
     tcp_backends: Vec<WeightedCluster>,
     /// Every cluster reached, with what the route reaching it asks of the cluster's
@@ -308,21 +313,6 @@ struct Route {
     http_rbac: Option<Rbac>,
 }
 
-/// The idle timeouts a listener's `tcp_proxy` may carry: Kuma's defaults for its kind,
-/// accepted and not enforced (Bearing closes no idle TCP connection on its own), and how a
-/// NACK of another value names them.
-#[derive(Clone, Copy)]
-struct TcpIdle {
-    accepted: &'static [Duration],
-    named: &'static str,
-}
-
-/// A sidecar's or zone proxy's: Kuma's defaults without a MeshTimeout.
-const PROXY_TCP_IDLE: TcpIdle = TcpIdle {
-    accepted: &KUMA_TCP_IDLE_TIMEOUTS,
-    named: "Kuma's defaults, 1h outbound and 2h inbound",
-};
-
 impl Route {
     /// A chain that answers `bytes` and closes the connection.
     fn answer(bytes: Vec<u8>) -> Route {
@@ -331,6 +321,7 @@ impl Route {
             protocol: Protocol::Tcp,
             table: None,
             retry: None,
+            stream_idle: None,
             tcp_backends: Vec::new(),
             reached: Vec::new(),
             subset: BTreeMap::new(),
@@ -379,7 +370,39 @@ struct Translator<'a> {
     connection_limits: BTreeMap<String, u32>,
     /// The `max_connect_attempts` of each listener's TCP proxies (every chain's the same),
     /// with where it was first read, given to the listener once all are translated.
-    connect_attempts: BTreeMap<String, (u32, String)>,
+    connect_attempts: PerListener<u32>,
+    /// The `idle_timeout` of each listener's TCP proxies (every chain's the same; zero:
+    /// none), likewise.
+    tcp_idle: PerListener<Duration>,
+}
+
+/// A TCP proxy's idle timeout when it sets none (Envoy's default).
+const ENVOY_TCP_IDLE: Duration = Duration::from_secs(3600);
+/// A connection manager's stream idle timeout when it sets none (Envoy's default).
+const ENVOY_STREAM_IDLE: Duration = Duration::from_secs(300);
+
+/// A setting of a listener's TCP proxies that the listener holds once for all its chains,
+/// by listener: the value and where it was first read.
+type PerListener<T> = BTreeMap<String, (T, String)>;
+
+/// Records `value`, read at `at`, as `listener`'s in `settings`; the reason of a NACK when
+/// another chain of the listener gave another value.
+fn same_for_the_listener<T: PartialEq + std::fmt::Debug>(
+    settings: &mut PerListener<T>,
+    listener: &str,
+    value: T,
+    at: String,
+) -> Result<(), String> {
+    match settings.get(listener) {
+        Some((first, first_at)) if *first != value => Err(format!(
+            "{value:?} where {first_at} has {first:?}: a listener's TCP proxies share one value"
+        )),
+        Some(_) => Ok(()),
+        None => {
+            settings.insert(listener.to_string(), (value, at));
+            Ok(())
+        }
+    }
 }
 
 #[path = "gateway.rs"]
@@ -776,7 +799,7 @@ impl Translator<'_> {
                     "several chains of one kind: ProxyConfig holds one destination per listener",
                 ),
             }
-            let Some(this) = self.chain_route(name, &at, chain, PROXY_TCP_IDLE) else {
+            let Some(this) = self.chain_route(name, &at, chain) else {
                 continue;
             };
             let chain_rbac = (this.network_rbac.clone(), this.http_rbac.clone());
@@ -794,6 +817,7 @@ impl Translator<'_> {
                         || r.protocol != this.protocol
                         || r.table != this.table
                         || r.retry != this.retry
+                        || r.stream_idle != this.stream_idle
                         || r.tcp_backends != this.tcp_backends =>
                 {
                     self.nack(
@@ -869,6 +893,7 @@ impl Translator<'_> {
             out.cluster = r.cluster.clone();
             out.routes = r.table;
             out.retry = r.retry;
+            out.stream_idle_timeout = r.stream_idle;
             out.tcp_backends = r.tcp_backends;
             out.direct_response = r.answer;
             if out.service.is_empty() && out.direction == Direction::Outbound {
@@ -880,14 +905,12 @@ impl Translator<'_> {
         }
     }
 
-    /// The terminal network filter of a chain: a TCP proxy (whose idle timeout must be one
-    /// of `idle`) or an HTTP connection manager.
+    /// The terminal network filter of a chain: a TCP proxy or an HTTP connection manager.
     fn chain_route(
         &mut self,
         name: &str,
         at: &str,
         chain: &listener_pb::FilterChain,
-        idle: TcpIdle,
     ) -> Option<Route> {
         if chain.filters.is_empty() {
             // Envoy closes a connection its chain has no filter for.
@@ -928,6 +951,7 @@ impl Translator<'_> {
                         protocol: Protocol::Tcp,
                         table: None,
                         retry: None,
+                        stream_idle: None,
                         tcp_backends: Vec::new(),
                         subset,
                         answer: None,
@@ -946,6 +970,7 @@ impl Translator<'_> {
                             protocol: Protocol::Tcp,
                             table: None,
                             retry: None,
+                            stream_idle: None,
                             tcp_backends: backends,
                             subset,
                             answer: None,
@@ -959,14 +984,13 @@ impl Translator<'_> {
                     let at = format!("{fpath}.max_connect_attempts");
                     self.connect_attempts(name, attempts.value, at);
                 }
-                if let Some(set) = &tcp.idle_timeout {
-                    if !idle.accepted.contains(&duration(set)) {
-                        let reason = format!(
-                            "timeouts: {POLICY_NOT_ENFORCED} (a TCP idle timeout other than {})",
-                            idle.named
-                        );
-                        self.nack(LISTENER, name, format!("{fpath}.idle_timeout"), reason);
-                    }
+                // Unset, Envoy's default: 1 h.
+                let idle = tcp.idle_timeout.as_ref().map_or(ENVOY_TCP_IDLE, duration);
+                let at = format!("{fpath}.idle_timeout");
+                if let Err(reason) =
+                    same_for_the_listener(&mut self.tcp_idle, name, idle, at.clone())
+                {
+                    self.nack(LISTENER, name, at, reason);
                 }
             } else if let Some(hcm) = typed::<hcm_pb::HttpConnectionManager>(any)
                 .filter(|_| type_name(any).ends_with("HttpConnectionManager"))
@@ -1009,16 +1033,10 @@ impl Translator<'_> {
         if attempts == 0 {
             return self.nack(LISTENER, listener, at, "must be at least 1");
         }
-        match self.connect_attempts.get(listener) {
-            Some((first, first_at)) if *first != attempts => {
-                let reason = format!("{attempts} where {first_at} has {first}: a listener's TCP proxies make one number of connection attempts");
-                self.nack(LISTENER, listener, at, reason);
-            }
-            Some(_) => {}
-            None => {
-                self.connect_attempts
-                    .insert(listener.to_string(), (attempts, at));
-            }
+        let recorded =
+            same_for_the_listener(&mut self.connect_attempts, listener, attempts, at.clone());
+        if let Err(reason) = recorded {
+            self.nack(LISTENER, listener, at, reason);
         }
     }
 
@@ -1078,11 +1096,11 @@ impl Translator<'_> {
                 );
             }
         }
-        if let Some(idle) = hcm.stream_idle_timeout.as_ref().map(duration) {
-            if !KUMA_STREAM_IDLE_TIMEOUTS.contains(&idle) {
-                self.nack(LISTENER, name, format!("{at}.stream_idle_timeout"), format!("timeouts: {POLICY_NOT_ENFORCED} (a stream idle timeout other than Kuma's defaults, 30m outbound and 1h inbound)"));
-            }
-        }
+        // Unset, Envoy's default.
+        let stream_idle = hcm
+            .stream_idle_timeout
+            .as_ref()
+            .map_or(ENVOY_STREAM_IDLE, duration);
         let Some(hcm_pb::http_connection_manager::RouteSpecifier::RouteConfig(rc)) =
             &hcm.route_specifier
         else {
@@ -1100,15 +1118,17 @@ impl Translator<'_> {
         for (field, reason) in problems {
             self.nack(LISTENER, name, field, reason);
         }
-        let (cluster, table, retry) = match routing? {
-            HttpRouting::One(cluster, retry) => (cluster, None, retry),
-            HttpRouting::Table(table) => (String::new(), Some(table), None),
+        let (cluster, table, retry, route_idle) = match routing? {
+            HttpRouting::One(cluster, retry, idle) => (cluster, None, retry, idle),
+            HttpRouting::Table(table) => (String::new(), Some(table), None, None),
         };
         Some(Route {
             cluster,
             protocol,
             table,
             retry,
+            stream_idle: bearing_proxy_config::stream_idle_timeout(route_idle, Some(stream_idle))
+                .filter(|d| !d.is_zero()),
             tcp_backends: Vec::new(),
             reached,
             subset: BTreeMap::new(),
@@ -1362,7 +1382,7 @@ impl Translator<'_> {
                     }),
                 None => None,
             };
-            let Some(route) = self.chain_route(name, &at, chain, PROXY_TCP_IDLE) else {
+            let Some(route) = self.chain_route(name, &at, chain) else {
                 continue;
             };
             let restricts =
@@ -1380,6 +1400,7 @@ impl Translator<'_> {
                     protocol,
                     routes: route.table.clone(),
                     retry: route.retry.clone(),
+                    stream_idle_timeout: route.stream_idle,
                 }),
                 // A TLS context that did not translate (or awaits its secrets) said why.
                 (_, None) if chain.transport_socket.is_some() => continue,

@@ -279,6 +279,12 @@ pub struct SniHttp {
     /// Without `routes`: the retry policy of the one route (as `Listener::retry`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// The stream idle timeout (as `Listener::stream_idle_timeout`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub stream_idle_timeout: Option<Duration>,
 }
 
 /// TLS a cluster originates towards its endpoints (hashed: the runtime keeps the TLS context
@@ -555,6 +561,23 @@ pub struct Listener {
     /// without `backoff_options`).
     #[serde(skip_serializing_if = "Listener::one_attempt")]
     pub max_connect_attempts: u32,
+    /// TCP proxying: a connection on which no byte moved either way for this long is closed
+    /// on both sides (Envoy's `tcp_proxy.idle_timeout`: kuma-cp's MeshTimeout `idleTimeout`,
+    /// 1 h outbound and 2 h inbound by default, 300 s on a gateway). `None`: never.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub tcp_idle_timeout: Option<Duration>,
+    /// HTTP: how long a request's stream may go without a byte moved either way before it
+    /// ends (Envoy's connection manager `stream_idle_timeout`, overridden by a route's
+    /// `idle_timeout`; kuma-cp's MeshTimeout `http.streamIdleTimeout`): waiting for the
+    /// response head it gives 504 `stream timeout`, later the stream is reset. `None`: none.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub stream_idle_timeout: Option<Duration>,
     /// Fail closed: a policy denies traffic to this inbound that Bearing cannot enforce per
     /// source (a MeshTrafficPermission `Deny`), so every connection is refused. Names the
     /// policy (`MeshTrafficPermission/<name>`) for logs and `/config_dump`.
@@ -616,6 +639,8 @@ impl Listener {
             tcp_backends: Vec::new(),
             retry: None,
             max_connect_attempts: 1,
+            tcp_idle_timeout: None,
+            stream_idle_timeout: None,
             deny_all: None,
             network_rbac: None,
             http_rbac: None,

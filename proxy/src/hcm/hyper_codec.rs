@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bearing_http1::{valid_host, MAX_HEAD, MAX_HEADERS};
-use bearing_proxy_config::RetryPolicy;
+use bearing_proxy_config::{stream_idle_timeout, RetryPolicy};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 
 use super::compress;
 use super::mirror::mirror_request;
@@ -54,9 +55,12 @@ pub(crate) async fn serve_request<L: HttpListener>(
         None => {
             super::add_request_headers(req.headers_mut(), tls);
             match (listener.routes(), listener.cluster()) {
-                (Some(routes), _) => route(req, listener.name(), routes, peer).await,
+                (Some(routes), _) => route(req, listener, routes, peer).await,
                 (None, Some(cluster)) => {
-                    let limits = (cluster.config.request_timeout, listener.retry());
+                    let idle = listener
+                        .stream_idle()
+                        .map(|period| (period, listener.idle_timeouts()));
+                    let limits = (cluster.config.request_timeout, listener.retry(), idle);
                     send(req.map(RequestBody::Streamed), cluster, limits, false).await
                 }
                 (None, None) => {
@@ -74,9 +78,9 @@ pub(crate) async fn serve_request<L: HttpListener>(
 /// the decision: a local reply with the answering route's edits, or the request sent to its
 /// cluster (a copy to the mirror) with the route's response edits; a gateway's responses say
 /// `server: Kuma Gateway`.
-async fn route(
+async fn route<L: HttpListener>(
     req: Request<Incoming>,
-    listener: &str,
+    listener: &L,
     routes: &HttpRoutes,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
@@ -101,16 +105,20 @@ async fn route(
             target,
             timeout,
             retry,
+            idle_timeout,
             response_headers,
             mirror,
             endpoint_host,
         } => {
             let body = match mirror {
-                Some(m) => mirror_request(&parts, body, m, listener).await,
+                Some(m) => mirror_request(&parts, body, m, listener.name()).await,
                 None => RequestBody::Streamed(body),
             };
             let req = Request::from_parts(parts, body);
-            let mut resp = send(req, target, (timeout, retry), endpoint_host).await;
+            let idle = stream_idle_timeout(idle_timeout, listener.stream_idle())
+                .map(|period| (period, listener.idle_timeouts()));
+            let limits = (timeout, retry, idle);
+            let mut resp = send(req, target, limits, endpoint_host).await;
             response_headers.apply(resp.headers_mut());
             resp
         }
@@ -128,22 +136,46 @@ async fn route(
 /// outcome there: the upstream's response without hop-by-hop headers, or a 503 (504 when no
 /// response head came within `timeout`, the route's or the cluster's; `None`: no limit)
 /// naming the failure. With `endpoint_host`, Host becomes the hostname of the endpoint it
-/// is sent to, when it has one.
+/// is sent to, when it has one. Under a stream idle timeout (`idle`, counted there when it
+/// fires), a request whose body has ended that waits that long for the response head gets
+/// 504 `stream timeout`, and a response body that stops for that long resets the stream.
 pub async fn send(
     mut req: Request<RequestBody>,
     cluster: &ClusterRuntime,
-    (timeout, retry): (Option<Duration>, Option<&RetryPolicy>),
+    (timeout, retry, idle): (
+        Option<Duration>,
+        Option<&RetryPolicy>,
+        Option<(Duration, &Counter)>,
+    ),
     endpoint_host: bool,
 ) -> Response<ProxyBody> {
     prepare_request(&mut req, cluster.is_h2());
+    // A body still streaming moves while the head is awaited: only an ended one lets the
+    // wait count as idle (a gap beside Envoy, which watches each body frame).
+    let idle_wait =
+        idle.filter(|_| req.body().is_end_stream() || matches!(req.body(), MessageBody::Held(_)));
     let mut upstream = Upstream {
         cluster,
         timeout,
         endpoint_host,
         client_host: None,
     };
-    match super::forward((cluster, retry), &mut upstream, req).await {
+    let forwarded = super::forward((cluster, retry), &mut upstream, req);
+    let forwarded = match idle_wait {
+        None => forwarded.await,
+        Some((period, idled)) => match tokio::time::timeout(period, forwarded).await {
+            Ok(forwarded) => forwarded,
+            Err(_) => {
+                idled.inc();
+                return reply(Reply::stream_timeout());
+            }
+        },
+    };
+    match forwarded {
         Ok((mut resp, _)) => {
+            if let Some((period, idled)) = idle {
+                resp = resp.map(|body| body.idle_after(period, idled.clone()));
+            }
             cluster.stats.requests.count(resp.status().as_u16());
             strip_hop_by_hop(resp.headers_mut());
             // The response goes out in the client's version, as Envoy's: hyper writes the

@@ -46,6 +46,8 @@ use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, PoolRef, Upstr
 
 /// The body of Envoy's 403 to a request its RBAC filter refuses.
 pub(crate) const RBAC_DENIED: &str = "RBAC: access denied";
+/// The body of Envoy's 504 to a request whose stream idled out before its response.
+const STREAM_TIMEOUT: &str = "stream timeout";
 
 /// What the connection manager reads of the listener whose requests it serves (the
 /// filter-chain stage's `ListenerRuntime`): a trait, so that this stage does not depend on
@@ -57,6 +59,11 @@ pub(crate) trait HttpListener {
     fn cluster(&self) -> Option<&ClusterRuntime>;
     /// The retry policy of requests to that cluster (its one route's).
     fn retry(&self) -> Option<&RetryPolicy>;
+    /// How long a request's stream may go without a byte moved, where its route sets no
+    /// idle timeout of its own (`None`: no limit).
+    fn stream_idle(&self) -> Option<Duration>;
+    /// Where requests whose stream idled out are counted.
+    fn idle_timeouts(&self) -> &Counter;
     /// The routes its requests take (a gateway's, or a sidecar's route table).
     fn routes(&self) -> Option<&HttpRoutes>;
     /// Where its responses are counted by status.
@@ -76,12 +83,14 @@ pub(crate) trait HttpListener {
 pub(crate) enum Routed<'l> {
     /// To `cluster`, the response head awaited for `timeout` (the route's, else the
     /// cluster's; `None`: no limit), sent again as the route's `retry` policy asks, each
-    /// response head sent downstream changed by `edits` (a route's).
+    /// response head sent downstream changed by `edits` (a route's); the stream ends when no
+    /// byte moved for `idle` (the route's stream idle timeout, else the listener's).
     Forward {
         cluster: &'l ClusterRuntime,
         timeout: Option<Duration>,
         retry: Option<&'l RetryPolicy>,
         edits: Option<ResponseEdits<'l>>,
+        idle: Option<Duration>,
     },
     /// Answered by the proxy (a router's 404, redirect, direct response or refusal).
     Reply(Reply, Option<ResponseEdits<'l>>),
@@ -111,6 +120,19 @@ impl Reply {
             location: None,
             message,
             overloaded: failure.is_overflow(),
+        }
+    }
+}
+
+impl Reply {
+    /// Envoy's answer to a request whose stream moved no byte for its idle timeout before a
+    /// response started: 504 `stream timeout` (waiting for the response head counts as idle).
+    pub(crate) fn stream_timeout() -> Reply {
+        Reply {
+            status: http::StatusCode::GATEWAY_TIMEOUT,
+            location: None,
+            message: STREAM_TIMEOUT.to_string(),
+            overloaded: false,
         }
     }
 }
