@@ -3662,6 +3662,63 @@ mod tests {
         assert_eq!(nacks[0].field, format!("{tcp}.backoff_options"));
     }
 
+    /// MeshTimeout's `idleTimeout` on a TCP proxy is the listener's, whatever its value:
+    /// unset is Envoy's 1 h and zero none; chains of one listener must agree.
+    #[test]
+    fn tcp_idle_timeouts_are_the_listeners() {
+        let idle = |extra: &str| {
+            let text = outbound_tcp_proxy(&format!("          cluster: backend\n{extra}"));
+            translate(&set(&text), &node()).map(|c| c.listeners[0].tcp_idle_timeout)
+        };
+        assert_eq!(idle("").unwrap(), Some(Duration::from_secs(3600)));
+        let set_to = |v: &str| idle(&format!("          idleTimeout: {v}\n"));
+        assert_eq!(set_to("50s").unwrap(), Some(Duration::from_secs(50)));
+        assert_eq!(set_to("0s").unwrap(), None);
+    }
+
+    /// MeshTimeout's `http.streamIdleTimeout`: a route's `idle_timeout` overrides the
+    /// connection manager's `stream_idle_timeout` (unset: Envoy's 5 min; zero: none); a
+    /// plain listener's one route gives the listener its own, a route table's routes keep
+    /// theirs.
+    #[test]
+    fn stream_idle_timeouts_come_from_the_route_or_the_connection_manager() {
+        let plain = |route_idle: &str, hcm_idle: &str| {
+            let one = "route: {cluster: backend, timeout: 0s}";
+            let text = format!("{OUTBOUND}{}", secrets())
+                .replace(
+                    one,
+                    &format!("route: {{cluster: backend, timeout: 0s{route_idle}}}"),
+                )
+                .replacen(
+                    "statPrefix: backend",
+                    &format!("statPrefix: backend{hcm_idle}"),
+                    1,
+                );
+            let config = translate(&set(&text), &node()).unwrap();
+            config.listeners[0].stream_idle_timeout
+        };
+        assert_eq!(plain("", ""), Some(Duration::from_secs(300)));
+        let hcm = "\n          streamIdleTimeout: 43s";
+        assert_eq!(plain("", hcm), Some(Duration::from_secs(43)));
+        assert_eq!(
+            plain(", idleTimeout: 7s", hcm),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(plain(", idleTimeout: 0s", hcm), None);
+        let table = outbound_with_routes(
+            "              - match: {prefix: /a}\n                route: {cluster: backend, idleTimeout: 9s}\n              - match: {prefix: /}\n                route: {cluster: backend}\n",
+        );
+        let config = translate(&set(&table), &node()).unwrap();
+        let listener = &config.listeners[0];
+        assert_eq!(listener.stream_idle_timeout, Some(Duration::from_secs(300)));
+        let routes = &listener.routes.as_ref().unwrap().virtual_hosts[0].routes;
+        let idle = |i: usize| match &routes[i].action {
+            RouteAction::Forward { idle_timeout, .. } => *idle_timeout,
+            _ => panic!("a forwarding route"),
+        };
+        assert_eq!((idle(0), idle(1)), (Some(Duration::from_secs(9)), None));
+    }
+
     /// OUTBOUND with its one route replaced by `routes` (YAML list items at the routes'
     /// indentation).
     fn outbound_with_routes(routes: &str) -> String {
