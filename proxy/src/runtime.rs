@@ -1107,7 +1107,7 @@ mod tests {
         let (mut server_side, _) = upstream.accept().await.unwrap();
         let counted = Counted::new(client, Default::default(), Default::default());
         let idle = tokio_util::either::Either::Left(counted);
-        kept_pool.release(idle, &cluster.stats.occupancy);
+        kept_pool.release(idle, &cluster.stats.occupancy, &Default::default());
         proxy.apply(mtls_clusters_config(&ca, 3, ".changed", endpoint));
         let (rebuilt, new_pool, _) = state(&proxy);
         assert!(

@@ -78,6 +78,9 @@ pub struct ClusterStats {
     /// Requests answered with the 504 of their timeout, which spans waiting for a connection,
     /// connecting and every try (Envoy's `upstream_rq_timeout`).
     pub rq_timeout: Counter,
+    /// Tries that reached the cluster's `max_stream_duration` before their response head
+    /// (Envoy's `upstream_rq_max_duration_reached`).
+    pub rq_max_duration_reached: Counter,
     /// Bytes written to upstream.
     pub tx_bytes: Counter,
     /// Bytes read from upstream.
@@ -259,6 +262,12 @@ const CLUSTER_SERIES: &[Series<ClusterStats>] = &[
         help: "Requests answered 504 at their timeout (waiting, connecting and every try).",
         kind: MetricType::Counter,
         metric: |h| &h.rq_timeout,
+    },
+    Series {
+        name: "cluster_upstream_rq_max_duration_reached",
+        help: "Tries that reached the cluster's maximum stream duration before a response.",
+        kind: MetricType::Counter,
+        metric: |h| &h.rq_max_duration_reached,
     },
     Series {
         name: "cluster_upstream_request_errors",

@@ -433,6 +433,7 @@ fn direct_access(
 /// A plain cluster with Kuma's default timeouts and Envoy's default circuit breakers.
 pub(crate) fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>) -> Cluster {
     Cluster {
+        http_timeouts: Default::default(),
         name,
         protocol,
         endpoints,

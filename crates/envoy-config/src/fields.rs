@@ -793,6 +793,19 @@ pub(crate) fn policy_of(message: &str, field: &str) -> Option<&'static str> {
     by_message.get(short)?.get(field).copied()
 }
 
+/// Whether a field is one of a cluster's upstream HTTP lifetimes (its protocol options'
+/// idle timeout, maximum connection and stream durations: MeshTimeout's), which the cluster
+/// translation reads; the same fields of a connection manager stay a policy NACK unless
+/// Kuma's defaults.
+fn is_upstream_lifetime(message: &str, field: &str, path: &str) -> bool {
+    message == "envoy.config.core.v3.HttpProtocolOptions"
+        && matches!(
+            field,
+            "idle_timeout" | "max_connection_duration" | "max_stream_duration"
+        )
+        && path.contains(".typed_extension_protocol_options")
+}
+
 /// Walks every set field of `message` (at `path`) and reports those `guard` does not accept.
 /// `path` is one buffer for the whole walk: each step appends its part and takes it off
 /// again, so a path is allocated only for what is reported.
@@ -808,6 +821,8 @@ fn unhandled(message: &DynamicMessage, path: &mut String, guard: Guard, out: &mu
             && !accepts(Guard::Proxy, name, field.name())
             && accepts(guard, name, field.name())
         {
+            walk_value(value, path, guard, out);
+        } else if is_upstream_lifetime(name, field.name(), path) {
             walk_value(value, path, guard, out);
         } else if let Some(policy) = policy_of(name, field.name()) {
             if !(policy == "timeouts" && is_kuma_default_timeout(field.name(), value)) {

@@ -21,8 +21,8 @@ use bearing_proxy_config::{
     CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint, HostEndpoint,
     Http2Windows, KumaEndpoints, Listener, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
     ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget,
-    SourcePrefix, SpiffeMatcher, TlsMatch, TransparentProxy, UpstreamTls, Verification,
-    WeightedCluster,
+    SourcePrefix, SpiffeMatcher, TlsMatch, TransparentProxy, UpstreamHttpTimeouts, UpstreamTls,
+    Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -375,6 +375,35 @@ struct Translator<'a> {
     /// none), likewise.
     tcp_idle: PerListener<Duration>,
 }
+
+/// A cluster's upstream HTTP lifetimes, from its `HttpProtocolOptions`: the pooled
+/// connection idle timeout (unset: Envoy's 1 h), the maximum connection and stream
+/// durations; zero is none.
+fn upstream_http_timeouts(cluster: &cluster_pb::Cluster) -> UpstreamHttpTimeouts {
+    let common = cluster
+        .typed_extension_protocol_options
+        .values()
+        .find_map(|any| {
+            typed::<upstream_http_pb::HttpProtocolOptions>(any)
+                .filter(|_| type_name(any).ends_with("upstreams.http.v3.HttpProtocolOptions"))
+                .map(|o| o.common_http_protocol_options.unwrap_or_default())
+        });
+    let Some(common) = common else {
+        return UpstreamHttpTimeouts::default();
+    };
+    let set = |d: &Option<PbDuration>| d.as_ref().map(duration).filter(|d| !d.is_zero());
+    UpstreamHttpTimeouts {
+        idle: match &common.idle_timeout {
+            None => Some(ENVOY_UPSTREAM_IDLE),
+            some => set(some),
+        },
+        max_connection_duration: set(&common.max_connection_duration),
+        max_stream_duration: set(&common.max_stream_duration),
+    }
+}
+
+/// An upstream HTTP connection's idle timeout when its cluster sets none (Envoy's default).
+const ENVOY_UPSTREAM_IDLE: Duration = Duration::from_secs(3600);
 
 /// A TCP proxy's idle timeout when it sets none (Envoy's default).
 const ENVOY_TCP_IDLE: Duration = Duration::from_secs(3600);
@@ -1544,6 +1573,7 @@ impl Translator<'_> {
             set(&t.max_retries, &mut breakers.max_retries);
         }
         let (protocol, http2_windows) = self.upstream_protocol(name, &path, cluster);
+        let http_timeouts = upstream_http_timeouts(cluster);
         let tls = cluster
             .transport_socket
             .as_ref()
@@ -1568,6 +1598,7 @@ impl Translator<'_> {
         self.clusters.insert(
             name.to_string(),
             Cluster {
+                http_timeouts,
                 name: name.to_string(),
                 protocol,
                 endpoints,

@@ -287,6 +287,38 @@ pub struct SniHttp {
     pub stream_idle_timeout: Option<Duration>,
 }
 
+/// Lifetimes of a cluster's upstream HTTP connections and streams; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct UpstreamHttpTimeouts {
+    /// A pooled connection unused for this long is not used again, and closed.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub idle: Option<Duration>,
+    /// A connection open this long takes no further request, and closes once its
+    /// exchange ends.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub max_connection_duration: Option<Duration>,
+    /// A request not answered whole this long after it was sent (each try) ends: 504
+    /// `upstream max stream duration reached` before the response head, a reset after.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub max_stream_duration: Option<Duration>,
+}
+
+impl UpstreamHttpTimeouts {
+    /// Whether no limit is set (left out of `/config_dump`).
+    pub fn is_none(&self) -> bool {
+        *self == UpstreamHttpTimeouts::default()
+    }
+}
+
 /// TLS a cluster originates towards its endpoints (hashed: the runtime keeps the TLS context
 /// made from equal settings across reloads).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
@@ -687,6 +719,11 @@ pub struct Cluster {
     /// LOGICAL_DNS clusters); their addresses join `endpoints`. `None`: `endpoints` is all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsEndpoints>,
+    /// How long upstream HTTP connections and streams may last (Envoy's cluster
+    /// `HttpProtocolOptions.common_http_protocol_options`; kuma-cp's MeshTimeout
+    /// `idleTimeout`, `http.maxConnectionDuration`, `http.maxStreamDuration`).
+    #[serde(skip_serializing_if = "UpstreamHttpTimeouts::is_none")]
+    pub http_timeouts: UpstreamHttpTimeouts,
     /// Per-endpoint transport (Envoy's `transport_socket_matches`): an endpoint whose
     /// `tls_match` names one of these connects with its TLS (or plaintext) instead of `tls`,
     /// so one cluster may mix TLS and plaintext endpoints (an ExternalService's).

@@ -715,7 +715,7 @@ impl<'a> UpstreamCodec for Upstream<'a, '_> {
         let unit = match cluster.request_unit(&*cluster.stats.occupancy) {
             Ok(unit) => unit,
             Err(overflow) => {
-                pool.release(up, &cluster.stats.occupancy);
+                pool.release(up, &cluster.stats.occupancy, &cluster.config.http_timeouts);
                 return Attempt::Failed(overflow);
             }
         };
@@ -917,7 +917,7 @@ where
         if let (false, true, Some(tcp)) = (spliced, buf.len() < buf.capacity(), up.plain()) {
             crate::io::forget_readable(tcp.get_ref());
         }
-        pool.release(up, &cluster.stats.occupancy);
+        pool.release(up, &cluster.stats.occupancy, &cluster.config.http_timeouts);
     }
     Answer {
         status: head.status,

@@ -113,6 +113,7 @@ impl Reply {
         let message = match failure {
             // Envoy's text (the log above names the endpoint).
             UpstreamError::Timeout(_) => "upstream request timeout".to_string(),
+            UpstreamError::MaxStreamDuration(_) => "upstream max stream duration reached".into(),
             other => other.to_string(),
         };
         Reply {
@@ -279,6 +280,8 @@ fn retries_failure(policy: &RetryPolicy, failure: &UpstreamError) -> bool {
         }
         UpstreamError::Request(..) => policy.retries_reset(),
         UpstreamError::Timeout(_) => policy.retries_timeout(),
+        // Envoy resets the upstream stream: retried as a reset.
+        UpstreamError::MaxStreamDuration(_) => policy.retries_reset(),
         // No endpoint to try, the proxy's own refusal, the client's fault, a response the
         // proxy could not read.
         UpstreamError::NoEndpoints
@@ -321,9 +324,25 @@ async fn try_endpoint<'c, C: UpstreamCodec>(
         return Err((cluster.no_upstream(None), Some(request)));
     };
     let address = pool.address();
+    // The cluster's maximum stream duration bounds this try, when it comes before the
+    // request's own deadline; reaching it is told apart from the request's timeout.
+    let stream_end = cluster
+        .config
+        .http_timeouts
+        .max_stream_duration
+        .map(|d| Instant::now() + d)
+        .filter(|end| deadline.is_none_or(|d| *end < d));
+    let deadline = stream_end.or(deadline);
+    let timed_out = || match stream_end {
+        Some(_) => {
+            cluster.stats.rq_max_duration_reached.inc();
+            UpstreamError::MaxStreamDuration(address)
+        }
+        None => UpstreamError::Timeout(address),
+    };
     loop {
         let Some(checked) = checkout_by(codec, &pool, deadline).await else {
-            return Err((UpstreamError::Timeout(address), Some(request)));
+            return Err((timed_out(), Some(request)));
         };
         *codec.limit() = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let (conn, reused) = match checked {
@@ -349,6 +368,10 @@ async fn try_endpoint<'c, C: UpstreamCodec>(
             }
             Attempt::NoAnswer(Some(again), _) if reused && cluster.may_retry(retry) => {
                 request = again
+            }
+            Attempt::Failed(UpstreamError::Timeout(_)) => {
+                cluster.stats.request_errors.inc();
+                return Err((timed_out(), None));
             }
             Attempt::NoAnswer(_, failure) | Attempt::Failed(failure) => {
                 if failure.is_exchange_failure() {

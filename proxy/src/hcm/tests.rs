@@ -1305,3 +1305,39 @@ async fn stalled_body(proxy: &Arc<Proxy>, codec: Codec) -> bool {
     serving.abort();
     cut
 }
+
+/// A cluster's maximum stream duration (MeshTimeout's `http.maxStreamDuration`) ends a try
+/// waiting for its response head with Envoy's 504 `upstream max stream duration reached`,
+/// counted, through every codec.
+#[tokio::test]
+async fn a_try_past_the_maximum_stream_duration_gets_envoys_504() {
+    let origin = stalling_upstream().await;
+    let mut config = (*config(origin, origin)).clone();
+    let cluster = config.clusters.get_mut("live").unwrap();
+    cluster.http_timeouts.max_stream_duration = Some(Duration::from_millis(300));
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    let mut failures = Vec::new();
+    for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+        let started = tokio::time::Instant::now();
+        let reply = (504, "upstream max stream duration reached");
+        let answer = ask(
+            &proxy,
+            codec,
+            &answered_get("silent origin", "/silent", reply),
+        )
+        .await;
+        let took = started.elapsed();
+        if answer != (reply.0, reply.1.into()) || took > Duration::from_secs(3) {
+            failures.push(format!("{codec:?}: {answer:?} after {took:?}"));
+        }
+    }
+    let listener = proxy
+        .snapshot()
+        .listener(&listener_address(0))
+        .cloned()
+        .unwrap();
+    let live = super::HttpListener::cluster(&*listener).unwrap();
+    assert_eq!(live.stats.rq_max_duration_reached.get(), 3, "{failures:#?}");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
