@@ -817,12 +817,10 @@ fn unhandled(message: &DynamicMessage, path: &mut String, guard: Guard, out: &mu
         path.push('.');
         path.push_str(field.name());
         // A gateway default the gateway translation checks by value.
-        if guard == Guard::Gateway
+        let gateway_default = guard == Guard::Gateway
             && !accepts(Guard::Proxy, name, field.name())
-            && accepts(guard, name, field.name())
-        {
-            walk_value(value, path, guard, out);
-        } else if is_upstream_lifetime(name, field.name(), path) {
+            && accepts(guard, name, field.name());
+        if gateway_default || is_upstream_lifetime(name, field.name(), path) {
             walk_value(value, path, guard, out);
         } else if let Some(policy) = policy_of(name, field.name()) {
             if !(policy == "timeouts" && is_kuma_default_timeout(field.name(), value)) {
