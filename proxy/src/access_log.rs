@@ -287,6 +287,9 @@ pub(crate) fn failure_flags(failure: &UpstreamError) -> (ResponseFlags, Option<S
         UpstreamError::Request(a, _) => (ResponseFlags::UPSTREAM_CONNECTION_TERMINATION, Some(*a)),
         UpstreamError::InvalidResponse(a, _) => (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, Some(*a)),
         UpstreamError::Timeout(a) => (ResponseFlags::UPSTREAM_TIMEOUT, Some(*a)),
+        UpstreamError::MaxStreamDuration(a) => {
+            (ResponseFlags::UPSTREAM_MAX_STREAM_DURATION, Some(*a))
+        }
         UpstreamError::Overflow(_) => (ResponseFlags::UPSTREAM_OVERFLOW, None),
         UpstreamError::RequestBody(_) => (ResponseFlags::default(), None),
     }

@@ -11,6 +11,10 @@ use http_body_util::Full;
 use crate::access_log::LoggedBody;
 use crate::hcm::compress::GzipBody;
 
+/// The error a body the proxy sends ends with: a peer's (hyper's), or the proxy's own (a
+/// stream idle timeout), which makes hyper reset the stream.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A message body: streamed from a peer, or held in memory (a local reply, a mirrored copy).
 pub enum MessageBody<B> {
     /// Passed through from the peer as it arrives.
@@ -25,17 +29,18 @@ pub enum MessageBody<B> {
 
 impl<B> Body for MessageBody<B>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            MessageBody::Streamed(b) => Pin::new(b).poll_frame(cx),
+            MessageBody::Streamed(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             MessageBody::Held(b) => match Pin::new(b).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
                 Poll::Ready(Some(Err(never))) => match never {},

@@ -5,6 +5,7 @@
 //! without a route table) and the clusters behind it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bearing_proxy_config::{Listener, RetryPolicy};
 use hyper_util::rt::TokioExecutor;
@@ -155,6 +156,14 @@ impl HttpListener for ListenerRuntime {
 
     fn retry(&self) -> Option<&RetryPolicy> {
         self.config.retry.as_ref()
+    }
+
+    fn stream_idle(&self) -> Option<Duration> {
+        self.config.stream_idle_timeout
+    }
+
+    fn idle_timeouts(&self) -> &Counter {
+        &self.stats.stream_idle_timeout
     }
 
     fn routes(&self) -> Option<&HttpRoutes> {

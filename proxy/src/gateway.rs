@@ -40,7 +40,7 @@ use crate::io::Counted;
 use crate::mesh_tls::{MeshState, MeshTlsSet};
 use crate::router::HttpRoutes;
 use crate::stats::{ListenerStats, Stats};
-use crate::tcp_proxy::serve_tcp_logged;
+use crate::tcp_proxy::{serve_tcp_logged, TcpProxying};
 use crate::transport::{offers_kuma_alpn, peek_sni, Admission, Transported};
 use crate::upstream::ClusterRuntime;
 
@@ -231,12 +231,12 @@ fn cross_mesh_acceptor(cross: &CrossMesh, mesh_tls: &MeshTlsSet) -> Result<TlsAc
 /// Serves one connection of a gateway listener: TCP and TLS (passthrough or terminated)
 /// are relayed to their backend here; an HTTP connection (decrypted for HTTPS) is handed
 /// back to be served with the place it holds under the listener's connection limit (TCP in
-/// at most `attempts` connects: the listener's `max_connect_attempts`). `None` when the
+/// as the listener's `proxying` says: connection attempts and idle timeout). `None` when the
 /// connection was served here, or refused.
 pub(crate) async fn serve(
     stats: &Stats,
     stream: Counted<TcpStream>,
-    (name, listener, attempts, log): (&str, &ListenerStats, u32, Option<ConnectionLog<'_>>),
+    (name, listener, proxying, log): (&str, &ListenerStats, TcpProxying, Option<ConnectionLog<'_>>),
     gateway: &GatewayRuntime,
     peer: SocketAddr,
 ) -> Option<(Slot, Transported<Counted<TcpStream>>)> {
@@ -253,7 +253,7 @@ pub(crate) async fn serve(
         }
         GatewayProtocol::Tcp => match gateway.routes.tcp_cluster(0) {
             Some(cluster) => {
-                serve_tcp_logged(stream, (cluster, attempts), named, |_| true, log).await
+                serve_tcp_logged(stream, (cluster, proxying), named, |_| true, log).await
             }
             None => refuse(&stream, (name, listener), peer, "no TCP route"),
         },
@@ -269,7 +269,7 @@ pub(crate) async fn serve(
                 .host_by_sni(sni.as_deref())
                 .and_then(|h| gateway.routes.tcp_cluster(h));
             match cluster {
-                Some(c) => serve_tcp_logged(stream, (c, attempts), named, |_| true, log).await,
+                Some(c) => serve_tcp_logged(stream, (c, proxying), named, |_| true, log).await,
                 None => refuse(
                     &stream,
                     (name, listener),
@@ -316,7 +316,7 @@ pub(crate) async fn serve(
                 .host_by_sni(sni.as_deref())
                 .and_then(|h| gateway.routes.tcp_cluster(h))
             {
-                Some(c) => serve_tcp_logged(tls, (c, attempts), named, |_| true, log).await,
+                Some(c) => serve_tcp_logged(tls, (c, proxying), named, |_| true, log).await,
                 None => {
                     tracing::info!(listener = %name, %peer, ?sni, "closed: no route for this SNI")
                 }

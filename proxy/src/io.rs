@@ -49,6 +49,8 @@ pub struct Counted<S> {
     tx: Counter,
     /// Given back when the connection closes (held, never read).
     _unit: Option<Held<Arc<Occupancy>>>,
+    /// When the wrapper was made: an upstream connection's age (`max_connection_duration`).
+    opened: tokio::time::Instant,
 }
 
 impl<S> Counted<S> {
@@ -59,7 +61,13 @@ impl<S> Counted<S> {
             rx,
             tx,
             _unit: None,
+            opened: tokio::time::Instant::now(),
         }
+    }
+
+    /// When this connection was opened (wrapped).
+    pub fn opened(&self) -> tokio::time::Instant {
+        self.opened
     }
 
     /// This connection, holding `unit` of its cluster's `max_connections` until it closes.

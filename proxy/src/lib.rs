@@ -26,6 +26,7 @@ pub mod fault;
 pub mod filter_chain;
 pub mod gateway;
 pub mod hcm;
+pub mod idle;
 pub mod io;
 pub mod kuma_dp_flags;
 pub mod kuma_endpoints;

@@ -254,6 +254,7 @@ impl HttpRoutes {
                 origin,
                 timeout,
                 retry,
+                idle_timeout,
                 endpoint_host,
                 ..
             } => match self.clusters.get(cluster) {
@@ -275,6 +276,7 @@ impl HttpRoutes {
                         target,
                         timeout: response_timeout(timeout, target.config.request_timeout),
                         retry,
+                        idle_timeout,
                         response_headers,
                         mirror: mirror.and_then(|m| self.clusters.get(m)),
                         endpoint_host,
@@ -357,6 +359,8 @@ pub(crate) enum Routing<'g> {
         target: &'g Arc<ClusterRuntime>,
         timeout: Option<Duration>,
         retry: Option<&'g RetryPolicy>,
+        /// The route's stream idle timeout (zero: none; `None`: the listener's).
+        idle_timeout: Option<Duration>,
         response_headers: &'g HeaderEdits,
         mirror: Option<&'g Arc<ClusterRuntime>>,
         /// Host becomes the chosen endpoint's hostname.

@@ -39,6 +39,7 @@ use crate::router::HttpRoutes;
 use crate::snapshot::Snapshot;
 use crate::sni::{SniRouteRuntime, SniTable};
 use crate::stats::Stats;
+use crate::tcp_proxy::TcpProxying;
 use crate::tcp_proxy::{self, TcpSplit};
 use crate::transport::{self, Admission, DownstreamTlsRuntime, Transported};
 use crate::upstream::{ClusterEndpoints, ClusterRuntime, UpstreamSecurity};
@@ -338,6 +339,7 @@ impl Proxy {
                         config.routes = h.routes.clone();
                         config.retry = h.retry.clone();
                         config.http_filters = h.http_filters.clone();
+                        config.stream_idle_timeout = h.stream_idle_timeout;
                         Arc::new(ListenerRuntime {
                             config,
                             cluster: cluster.clone(),
@@ -665,8 +667,8 @@ impl Proxy {
         // connection held 9 KB (10k idle connections: 95 MB).
         if let Some(table) = &listener.sni {
             let name = &listener.config.name;
-            let attempts = listener.config.max_connect_attempts;
-            let named = (name.as_str(), &listener.stats, attempts);
+            let proxying = TcpProxying::of(&listener.config);
+            let named = (name.as_str(), &listener.stats, proxying);
             let serving = crate::sni::serve(&self.stats, stream, named, table, peer);
             if let Some((tls, http, admission)) = Box::pin(serving).await {
                 Box::pin(self.clone().serve_http(tls, http, peer, admission)).await;
@@ -726,7 +728,7 @@ impl Proxy {
         let named = (
             config.name.as_str(),
             &listener.stats,
-            config.max_connect_attempts,
+            TcpProxying::of(config),
             log,
         );
         let Some((_slot, http)) = gateway::serve(&self.stats, stream, named, gateway, peer).await
@@ -768,7 +770,7 @@ impl Proxy {
             let log = listener.access_log.as_deref();
             let relay = tcp_proxy::serve_tcp_logged(
                 stream,
-                (cluster, listener.config.max_connect_attempts),
+                (cluster, TcpProxying::of(&listener.config)),
                 (&listener.stats, &listener.config.name, peer),
                 |_| true,
                 log.map(|log| (log, listener.config.address)),
@@ -1148,7 +1150,7 @@ mod tests {
         let (mut server_side, _) = upstream.accept().await.unwrap();
         let counted = Counted::new(client, Default::default(), Default::default());
         let idle = tokio_util::either::Either::Left(counted);
-        kept_pool.release(idle, &cluster.stats.occupancy);
+        kept_pool.release(idle, &cluster.stats.occupancy, &Default::default());
         proxy.apply(mtls_clusters_config(&ca, 3, ".changed", endpoint));
         let (rebuilt, new_pool, _) = state(&proxy);
         assert!(

@@ -16,7 +16,7 @@ use crate::filter_chain::ListenerRuntime;
 use crate::io::{reset, Counted};
 use crate::rbac::Peer;
 use crate::stats::{ListenerStats, Stats};
-use crate::tcp_proxy::serve_tcp;
+use crate::tcp_proxy::{serve_tcp, TcpProxying};
 use crate::transport::{read_sni, Admission, DownstreamTlsRuntime};
 use crate::upstream::ClusterRuntime;
 
@@ -105,7 +105,7 @@ impl SniTable {
 pub(crate) async fn serve(
     stats: &Stats,
     down: Counted<TcpStream>,
-    (name, listener, attempts): (&str, &ListenerStats, u32),
+    (name, listener, proxying): (&str, &ListenerStats, TcpProxying),
     table: &SniTable,
     peer: SocketAddr,
 ) -> Option<SniHttpConnection> {
@@ -131,7 +131,7 @@ pub(crate) async fn serve(
             if let Some(cluster) = &route.cluster {
                 serve_tcp(
                     down,
-                    (cluster, attempts),
+                    (cluster, proxying),
                     listener,
                     name,
                     peer,
@@ -150,7 +150,7 @@ pub(crate) async fn serve(
                         return Some((tls, http.clone(), Admission::MeshTls(mesh.clone(), who)));
                     }
                     (None, Some(cluster)) => {
-                        serve_tcp(tls, (cluster, attempts), listener, name, peer, |_| true).await
+                        serve_tcp(tls, (cluster, proxying), listener, name, peer, |_| true).await
                     }
                     (None, None) => {}
                 },

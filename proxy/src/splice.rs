@@ -16,6 +16,7 @@ use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::idle::{touch, Activity};
 use crate::io::Counted;
 
 /// Capacity asked for each pipe (the kernel default is 64 KiB): a larger pipe means fewer
@@ -68,29 +69,36 @@ impl Pipe {
 }
 
 /// Copies both ways between `a` and `b` until both directions end (each end of stream is
-/// passed on as a half-close); returns the bytes moved a→b and b→a.
+/// passed on as a half-close); returns the bytes moved a→b and b→a. Each splice that moves
+/// bytes touches `activity` (an idle timeout's watch), when given.
 pub async fn copy_bidirectional(
     a: &Counted<TcpStream>,
     b: &Counted<TcpStream>,
+    activity: Option<&Activity>,
 ) -> io::Result<(u64, u64)> {
-    tokio::try_join!(one_way(a, b), one_way(b, a))
+    tokio::try_join!(one_way(a, b, activity), one_way(b, a, activity))
 }
 
-async fn one_way(from: &Counted<TcpStream>, to: &Counted<TcpStream>) -> io::Result<u64> {
-    let total = pump(from, to, None).await?;
+async fn one_way(
+    from: &Counted<TcpStream>,
+    to: &Counted<TcpStream>,
+    activity: Option<&Activity>,
+) -> io::Result<u64> {
+    let total = pump(from, to, None, activity).await?;
     socket2::SockRef::from(to.get_ref()).shutdown(Shutdown::Write)?;
     Ok(total)
 }
 
 /// Moves exactly `len` bytes from `from` to `to` (an HTTP body of known length, on the byte
 /// path): none beyond them is read, so `from` can carry another message afterwards. An
-/// `UnexpectedEof` error when `from` ends first.
+/// `UnexpectedEof` error when `from` ends first. Touches `activity` as bytes move.
 pub async fn copy_exact(
     from: &Counted<TcpStream>,
     to: &Counted<TcpStream>,
     len: u64,
+    activity: Option<&Activity>,
 ) -> io::Result<()> {
-    let moved = pump(from, to, Some(len)).await?;
+    let moved = pump(from, to, Some(len), activity).await?;
     if moved < len {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -106,6 +114,7 @@ async fn pump(
     from: &Counted<TcpStream>,
     to: &Counted<TcpStream>,
     limit: Option<u64>,
+    activity: Option<&Activity>,
 ) -> io::Result<u64> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let (source, sink) = (from.get_ref(), to.get_ref());
@@ -138,6 +147,7 @@ async fn pump(
                 Err(e) => return Err(e),
             };
             from.count_read(n);
+            touch(activity);
             let mut queued = n;
             while queued > 0 {
                 let m = sink
@@ -153,6 +163,7 @@ async fn pump(
                 }
                 queued -= m;
                 to.count_written(m);
+                touch(activity);
                 total += m as u64;
             }
         }
@@ -186,7 +197,7 @@ mod tests {
         let (rx, tx) = (Counter::default(), Counter::default());
         let down = Counted::new(down, rx.clone(), tx.clone());
         let up = Counted::new(up, Counter::default(), Counter::default());
-        let relay = tokio::spawn(async move { copy_bidirectional(&down, &up).await });
+        let relay = tokio::spawn(async move { copy_bidirectional(&down, &up, None).await });
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
         let sent = payload.clone();
         let writer = tokio::spawn(async move {
@@ -219,7 +230,9 @@ mod tests {
         let mut sent = body.clone();
         sent.extend_from_slice(b"NEXT");
         origin.write_all(&sent).await.unwrap();
-        copy_exact(&up, &down, body.len() as u64).await.unwrap();
+        copy_exact(&up, &down, body.len() as u64, None)
+            .await
+            .unwrap();
         let mut got = vec![0; body.len()];
         client.read_exact(&mut got).await.unwrap();
         assert!(got == body, "the body arrived changed");
@@ -230,7 +243,7 @@ mod tests {
 
         origin.write_all(b"short").await.unwrap();
         drop(origin);
-        let err = copy_exact(&up, &down, 10).await.unwrap_err();
+        let err = copy_exact(&up, &down, 10, None).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -59,6 +59,12 @@ pub struct ListenerStats {
     /// TCP proxy connections closed because every connection attempt upstream failed
     /// (Envoy's `tcp.<stat_prefix>.upstream_cx_connect_attempts_exceeded`).
     pub connect_attempts_exceeded: Counter,
+    /// TCP proxy connections closed because nothing moved either way for the listener's
+    /// idle timeout (Envoy's `tcp.<stat_prefix>.idle_timeout`).
+    pub idle_timeout: Counter,
+    /// HTTP requests whose stream moved no byte for its idle timeout: answered 504 `stream
+    /// timeout` before the response, reset after (Envoy's `downstream_rq_idle_timeout`).
+    pub stream_idle_timeout: Counter,
 }
 
 /// Metrics of one cluster.
@@ -77,6 +83,9 @@ pub struct ClusterStats {
     /// Requests answered with the 504 of their timeout, which spans waiting for a connection,
     /// connecting and every try (Envoy's `upstream_rq_timeout`).
     pub rq_timeout: Counter,
+    /// Tries that reached the cluster's `max_stream_duration` before their response head
+    /// (Envoy's `upstream_rq_max_duration_reached`).
+    pub rq_max_duration_reached: Counter,
     /// Bytes written to upstream.
     pub tx_bytes: Counter,
     /// Bytes read from upstream.
@@ -220,6 +229,18 @@ const LISTENER_SERIES: &[Series<ListenerStats>] = &[
         kind: MetricType::Counter,
         metric: |h| &h.connect_attempts_exceeded,
     },
+    Series {
+        name: "listener_idle_timeout",
+        help: "TCP proxy connections closed after their idle timeout.",
+        kind: MetricType::Counter,
+        metric: |h| &h.idle_timeout,
+    },
+    Series {
+        name: "listener_downstream_rq_idle_timeout",
+        help: "HTTP requests ended by their stream idle timeout.",
+        kind: MetricType::Counter,
+        metric: |h| &h.stream_idle_timeout,
+    },
 ];
 
 const CLUSTER_SERIES: &[Series<ClusterStats>] = &[
@@ -246,6 +267,12 @@ const CLUSTER_SERIES: &[Series<ClusterStats>] = &[
         help: "Requests answered 504 at their timeout (waiting, connecting and every try).",
         kind: MetricType::Counter,
         metric: |h| &h.rq_timeout,
+    },
+    Series {
+        name: "cluster_upstream_rq_max_duration_reached",
+        help: "Tries that reached the cluster's maximum stream duration before a response.",
+        kind: MetricType::Counter,
+        metric: |h| &h.rq_max_duration_reached,
     },
     Series {
         name: "cluster_upstream_request_errors",

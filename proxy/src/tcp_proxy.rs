@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bearing_proxy_config::{Endpoint, WeightedCluster};
+use bearing_proxy_config::{Endpoint, Listener, WeightedCluster};
 
 use crate::access_log::{Began, ConnectionLog};
+use crate::idle::{unless_idle, Activity, Watched};
 use crate::io::TcpBacked;
 use crate::stats::ListenerStats;
 use crate::upstream::{ClusterRuntime, UpstreamError};
@@ -60,13 +62,32 @@ impl TcpSplit {
     }
 }
 
-/// Connects to `cluster` (an endpoint `wanted` accepts, in at most `attempts`: the
-/// listener's `max_connect_attempts`) and copies bytes both ways; with no endpoint, or every
-/// attempt failed (counted as Envoy's `upstream_cx_connect_attempts_exceeded`), the
+/// How a listener proxies TCP: connection attempts per downstream connection, and the idle
+/// timeout (`Listener::max_connect_attempts`, `Listener::tcp_idle_timeout`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TcpProxying {
+    pub attempts: u32,
+    pub idle: Option<Duration>,
+}
+
+impl TcpProxying {
+    /// `listener`'s.
+    pub fn of(listener: &Listener) -> TcpProxying {
+        TcpProxying {
+            attempts: listener.max_connect_attempts,
+            idle: listener.tcp_idle_timeout.filter(|d| !d.is_zero()),
+        }
+    }
+}
+
+/// Connects to `cluster` (an endpoint `wanted` accepts, in at most `proxying.attempts`) and
+/// copies bytes both ways, until both directions end or nothing moved for the idle timeout
+/// (both sides are then closed, counted as Envoy's `idle_timeout`); with no endpoint, or
+/// every attempt failed (counted as Envoy's `upstream_cx_connect_attempts_exceeded`), the
 /// downstream connection is reset.
 pub(crate) async fn serve_tcp<S>(
     down: S,
-    (cluster, attempts): (&ClusterRuntime, u32),
+    (cluster, proxying): (&ClusterRuntime, TcpProxying),
     stats: &ListenerStats,
     listener: &str,
     peer: SocketAddr,
@@ -75,14 +96,14 @@ pub(crate) async fn serve_tcp<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin,
 {
     let named = (stats, listener, peer);
-    serve_tcp_logged(down, (cluster, attempts), named, wanted, None).await;
+    serve_tcp_logged(down, (cluster, proxying), named, wanted, None).await;
 }
 
 /// [`serve_tcp`], logging the connection once it ends to `log` (with the downstream
 /// connection's local address) when given.
 pub(crate) async fn serve_tcp_logged<S>(
     mut down: S,
-    (cluster, attempts): (&ClusterRuntime, u32),
+    (cluster, proxying): (&ClusterRuntime, TcpProxying),
     (stats, listener, peer): (&ListenerStats, &str, SocketAddr),
     wanted: impl Fn(&Endpoint) -> bool,
     log: Option<ConnectionLog<'_>>,
@@ -92,23 +113,28 @@ pub(crate) async fn serve_tcp_logged<S>(
     let began = log.map(|_| Began::now());
     // Bytes received and sent downstream, the endpoint and flags, for the log.
     let mut ended = (0, 0, None, ResponseFlags::default());
-    match cluster.connect_tcp_where(attempts, wanted).await {
+    match cluster.connect_tcp_where(proxying.attempts, wanted).await {
         Ok(mut up) => {
             if log.is_some() {
                 ended.2 = up.tcp().peer_addr().ok();
             }
-            let copied = match (down.plain(), up.plain()) {
-                (Some(d), Some(u)) => crate::splice::copy_bidirectional(d, u).await,
-                _ => {
-                    let (b, b2) = (TCP_COPY_BUFFER, TCP_COPY_BUFFER);
-                    tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, b, b2).await
+            let copied = match proxying.idle {
+                None => Some(relay(&mut down, &mut up, None).await),
+                Some(idle) => {
+                    let activity = Activity::default();
+                    let relay = relay(&mut down, &mut up, Some(&activity));
+                    unless_idle(relay, idle, &activity).await
                 }
             };
             match copied {
-                Ok((received, sent)) => (ended.0, ended.1) = (received, sent),
-                Err(e) => {
+                Some(Ok((received, sent))) => (ended.0, ended.1) = (received, sent),
+                Some(Err(e)) => {
                     stats.errors.inc();
                     tracing::debug!(%listener, %peer, "connection ended: {e}");
+                }
+                None => {
+                    stats.idle_timeout.inc();
+                    tracing::debug!(%listener, %peer, "idle for {:?}: closing both sides", proxying.idle);
                 }
             }
         }
@@ -164,4 +190,23 @@ fn refuse<S: TcpBacked>(
             crate::io::reset(down);
         }
     }
+}
+
+/// Copies both ways between `down` and `up` (spliced when both are plain TCP), touching
+/// `activity` as bytes move.
+async fn relay<D, U>(
+    down: &mut D,
+    up: &mut U,
+    activity: Option<&Activity>,
+) -> std::io::Result<(u64, u64)>
+where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + TcpBacked + Unpin,
+{
+    if let (Some(d), Some(u)) = (down.plain(), up.plain()) {
+        return crate::splice::copy_bidirectional(d, u, activity).await;
+    }
+    let (mut down, mut up) = (Watched::new(down, activity), Watched::new(up, activity));
+    let (b, b2) = (TCP_COPY_BUFFER, TCP_COPY_BUFFER);
+    tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, b, b2).await
 }

@@ -27,20 +27,26 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bearing_proxy_config::{Cluster, Endpoint, Http2Windows, Protocol, TlsMatch, UpstreamTls};
+use bearing_proxy_config::{
+    Cluster, Endpoint, Http2Windows, Protocol, TlsMatch, UpstreamHttpTimeouts, UpstreamTls,
+};
 use bytes::Bytes;
 use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
-use crate::body::MessageBody;
+use crate::body::{BodyError, MessageBody};
 use crate::circuit::{Held, Occupancy, Overflow, Resource};
+use crate::idle::IdleClock;
 use crate::io::Counted;
 use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
 use crate::priority::serving_level;
@@ -68,6 +74,8 @@ pub enum UpstreamError {
     RequestBody(hyper::Error),
     /// No response headers within the request's timeout (its route's or its cluster's).
     Timeout(SocketAddr),
+    /// No response headers within the cluster's `max_stream_duration` of the try.
+    MaxStreamDuration(SocketAddr),
     /// A circuit breaker of the cluster refused it.
     Overflow(Overflow),
 }
@@ -97,6 +105,9 @@ impl std::fmt::Display for UpstreamError {
                 write!(f, "invalid request body: {cause}")
             }
             UpstreamError::Timeout(a) => write!(f, "upstream {a} request timeout"),
+            UpstreamError::MaxStreamDuration(a) => {
+                write!(f, "upstream {a}: max stream duration reached")
+            }
             // Envoy's text for a request its circuit breakers refused.
             UpstreamError::Overflow(_) => f.write_str(
                 "upstream connect error or disconnect/reset before headers. reset reason: overflow",
@@ -109,10 +120,12 @@ impl UpstreamError {
     /// The status of the local reply that reports this failure downstream: 504 for the
     /// response timeout, 502 for an invalid response (RFC 9112 §6.3, as nginx and HAProxy
     /// answer), 400 for a request body that could not be read, 503 for the rest (as Envoy
-    /// answers).
+    /// answers); 504 too when the try reached the cluster's maximum stream duration.
     pub fn status(&self) -> http::StatusCode {
         match self {
-            UpstreamError::Timeout(_) => http::StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Timeout(_) | UpstreamError::MaxStreamDuration(_) => {
+                http::StatusCode::GATEWAY_TIMEOUT
+            }
             UpstreamError::InvalidResponse(..) => http::StatusCode::BAD_GATEWAY,
             UpstreamError::RequestBody(_) => http::StatusCode::BAD_REQUEST,
             _ => http::StatusCode::SERVICE_UNAVAILABLE,
@@ -143,6 +156,7 @@ impl UpstreamError {
             UpstreamError::Request(..)
                 | UpstreamError::InvalidResponse(..)
                 | UpstreamError::Timeout(_)
+                | UpstreamError::MaxStreamDuration(_)
         )
     }
 
@@ -174,9 +188,47 @@ pub struct EndpointPool {
     /// Idle HTTP/1.1 connections, owned by no task: the one pool both codecs take from and
     /// return to (the byte codec writes on them itself, hyper's client is started on one for
     /// each exchange and hands it back when the exchange ends).
-    idle: PerWorker<UpstreamStream>,
+    idle: PerWorker<Pooled>,
     /// Each worker's multiplexed connection (at most one), shared by that worker's requests.
     h2: PerWorker<H2Slot>,
+}
+
+/// An idle HTTP/1.1 connection in a pool, and since when it idles (stamped only when its
+/// cluster has an idle timeout).
+struct Pooled {
+    stream: UpstreamStream,
+    since: Option<Instant>,
+}
+
+impl Pooled {
+    /// Whether the connection may carry another request under `timeouts`: idle for less than
+    /// their idle timeout, open for less than their maximum connection duration, and quiet.
+    fn usable(&mut self, timeouts: &UpstreamHttpTimeouts, now: Option<Instant>) -> bool {
+        let fresh = match (self.since, timeouts.idle, now) {
+            (Some(since), Some(idle), Some(now)) => now.duration_since(since) < idle,
+            _ => true,
+        };
+        fresh && !too_old(&self.stream, timeouts, now) && is_quiet(&mut self.stream)
+    }
+}
+
+/// Whether `stream` has been open for its cluster's maximum connection duration (`now`, read
+/// only when a limit needs it).
+fn too_old(stream: &UpstreamStream, timeouts: &UpstreamHttpTimeouts, now: Option<Instant>) -> bool {
+    let opened = match stream {
+        Either::Left(plain) => plain.opened(),
+        Either::Right(tls) => tls.get_ref().opened(),
+    };
+    match (timeouts.max_connection_duration, now) {
+        (Some(max), Some(now)) => now.duration_since(opened) >= max,
+        _ => false,
+    }
+}
+
+/// The time now when `timeouts` set a connection lifetime to check, else `None` (no clock
+/// read).
+fn now_for(timeouts: &UpstreamHttpTimeouts) -> Option<Instant> {
+    (timeouts.idle.is_some() || timeouts.max_connection_duration.is_some()).then(Instant::now)
 }
 
 /// Connections of one endpoint, each kept for the worker that opened it: its socket is
@@ -321,17 +373,28 @@ impl EndpointPool {
     }
 
     /// An idle HTTP/1.1 connection that has neither closed nor sent anything since its last
-    /// response; the others are dropped.
-    fn take_idle(&self) -> Option<UpstreamStream> {
-        self.idle.take(is_quiet)
+    /// response, nor outlived `timeouts` (idle, age); the others are dropped (closed).
+    fn take_idle(&self, timeouts: &UpstreamHttpTimeouts) -> Option<UpstreamStream> {
+        let now = now_for(timeouts);
+        self.idle
+            .take(|pooled| pooled.usable(timeouts, now))
+            .map(|pooled| pooled.stream)
     }
 
     /// Returns an HTTP/1.1 connection whose last response was read to its end, for the next
     /// request of either codec; it closes instead when requests wait for a connection of the
-    /// cluster, so that one of them, on any worker, can open its own.
-    pub(crate) fn release(&self, stream: UpstreamStream, occupancy: &Occupancy) {
-        if !occupancy.has_waiters() {
-            self.idle.put(stream);
+    /// cluster, so that one of them, on any worker, can open its own, or when it has lived
+    /// its cluster's maximum connection duration (`timeouts`).
+    pub(crate) fn release(
+        &self,
+        stream: UpstreamStream,
+        occupancy: &Occupancy,
+        timeouts: &UpstreamHttpTimeouts,
+    ) {
+        let now = now_for(timeouts);
+        if !occupancy.has_waiters() && !too_old(&stream, timeouts, now) {
+            let since = now.filter(|_| timeouts.idle.is_some());
+            self.idle.put(Pooled { stream, since });
         }
     }
 
@@ -906,7 +969,8 @@ impl ClusterRuntime {
             .checkout_raw(pool)
             .await
             .map_err(NoConnection::failed)?;
-        let (sender, done) = start_h1(stream, pool, &self.stats.occupancy)
+        let owner = (&self.stats.occupancy, self.config.http_timeouts);
+        let (sender, done) = start_h1(stream, pool, owner)
             .await
             .map_err(NoConnection::failed)?;
         Ok((Checkout::H1(H1Exchange { sender, done }), reused))
@@ -956,7 +1020,7 @@ impl ClusterRuntime {
         &self,
         pool: &EndpointPool,
     ) -> io::Result<(UpstreamStream, bool)> {
-        if let Some(stream) = pool.take_idle() {
+        if let Some(stream) = pool.take_idle(&self.config.http_timeouts) {
             return Ok((stream, true));
         }
         // Boxed: the future of a new connection (TCP and TLS connect) is kilobytes, and
@@ -1019,7 +1083,7 @@ impl H1Exchange {
 async fn start_h1(
     stream: UpstreamStream,
     pool: &Arc<EndpointPool>,
-    occupancy: &Arc<Occupancy>,
+    (occupancy, timeouts): (&Arc<Occupancy>, UpstreamHttpTimeouts),
 ) -> io::Result<(http1::SendRequest<RequestBody>, oneshot::Sender<()>)> {
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(bearing_http1::MAX_HEAD)
@@ -1031,7 +1095,7 @@ async fn start_h1(
     tokio::spawn(async move {
         match conn.without_shutdown().await {
             Ok(parts) if parts.read_buf.is_empty() && given_back.try_recv().is_ok() => {
-                pool.release(parts.io.into_inner(), &occupancy)
+                pool.release(parts.io.into_inner(), &occupancy, &timeouts)
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(endpoint = %pool.address, "upstream connection ended: {e}"),
@@ -1074,7 +1138,29 @@ pub struct UpstreamBody {
     release: Option<H1Exchange>,
     /// The request's unit of `max_requests`, held until the body is dropped.
     _request: Held<Arc<Occupancy>>,
+    /// The stream's idle timeout, when it has one.
+    idle: Option<Box<IdleWatch>>,
 }
+
+/// A response body's stream idle timeout: its clock, the frames read so far (the clock's
+/// activity count), and where a timeout is counted.
+struct IdleWatch {
+    clock: IdleClock,
+    frames: u64,
+    idled: Counter,
+}
+
+/// Why a response body ended early: its stream moved no byte for its idle timeout.
+#[derive(Debug)]
+struct StreamIdle(Duration);
+
+impl std::fmt::Display for StreamIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stream idle timeout: no byte for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for StreamIdle {}
 
 impl UpstreamBody {
     /// The body of a response to a request holding `request` (a unit of `max_requests`);
@@ -1088,11 +1174,23 @@ impl UpstreamBody {
             body,
             release,
             _request: request,
+            idle: None,
         };
         if b.body.is_end_stream() {
             b.release_connection();
         }
         b
+    }
+
+    /// This body, ended with an error (the downstream stream reset) once no frame came for
+    /// `period`, counted in `idled`.
+    pub(crate) fn idle_after(mut self, period: Duration, idled: Counter) -> Self {
+        self.idle = Some(Box::new(IdleWatch {
+            clock: IdleClock::new(period, 0),
+            frames: 0,
+            idled,
+        }));
+        self
     }
 
     fn release_connection(&mut self) {
@@ -1104,20 +1202,34 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let res = Pin::new(&mut self.body).poll_frame(cx);
         match &res {
             Poll::Ready(None) => self.release_connection(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release_connection(),
             Poll::Ready(Some(Err(_))) => self.release = None,
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Pending => {
+                if let Some(watch) = self.idle.as_deref_mut() {
+                    if watch.clock.poll_expired(cx, watch.frames).is_ready() {
+                        watch.idled.inc();
+                        let period = watch.clock.period();
+                        // The upstream connection closes with the body, unreleased.
+                        self.release = None;
+                        return Poll::Ready(Some(Err(Box::new(StreamIdle(period)))));
+                    }
+                }
+            }
         }
-        res
+        if let (Some(watch), Poll::Ready(Some(Ok(_)))) = (self.idle.as_deref_mut(), &res) {
+            watch.frames += 1;
+        }
+        res.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1134,6 +1246,7 @@ impl Body for UpstreamBody {
 #[cfg(test)]
 pub(crate) fn test_cluster(name: &str) -> Cluster {
     Cluster {
+        http_timeouts: Default::default(),
         name: name.into(),
         protocol: Protocol::Http,
         endpoints: Vec::new(),
@@ -1399,7 +1512,7 @@ mod tests {
         );
         assert_eq!(cluster.stats.rq_pending_overflow.get(), 1);
         // Released while a request waits: closed, and the waiting request opens its own.
-        pool.release(first, &cluster.stats.occupancy);
+        pool.release(first, &cluster.stats.occupancy, &Default::default());
         assert!(!waiting.await.unwrap().unwrap(), "a new connection");
         assert_eq!(cluster.stats.cx_overflow.get(), 2);
         assert_eq!(cluster.stats.occupancy.pending.get(), 0);
@@ -1443,15 +1556,17 @@ mod tests {
             req
         };
         let idle = |pool: &EndpointPool| pool.idle.mine(|idle| idle.len());
-        let resp = crate::hcm::hyper_codec::send(get("/a"), &cluster, (None, None), false).await;
+        let resp =
+            crate::hcm::hyper_codec::send(get("/a"), &cluster, (None, None, None), false).await;
         resp.into_body().collect().await.unwrap();
         while idle(&pool) == 0 {
             tokio::task::yield_now().await;
         }
         let (stream, reused) = cluster.checkout_raw(&pool).await.unwrap();
         assert!(reused, "the byte codec takes the connection hyper used");
-        pool.release(stream, &cluster.stats.occupancy);
-        let resp = crate::hcm::hyper_codec::send(get("/last"), &cluster, (None, None), false).await;
+        pool.release(stream, &cluster.stats.occupancy, &Default::default());
+        let resp =
+            crate::hcm::hyper_codec::send(get("/last"), &cluster, (None, None, None), false).await;
         resp.into_body().collect().await.unwrap();
         assert_eq!(
             accepted.load(Ordering::Relaxed),
@@ -1466,6 +1581,59 @@ mod tests {
             0,
             "a connection the upstream closes is not pooled"
         );
+    }
+
+    /// A cluster's upstream lifetimes (MeshTimeout's `idleTimeout`, `maxConnectionDuration`):
+    /// a pooled connection idle past the idle timeout is not used again and is closed (the
+    /// endpoint sees it end), as is one released after the maximum connection duration; a
+    /// fresh one is reused.
+    #[tokio::test]
+    async fn pooled_connections_end_at_their_idle_timeout_and_maximum_age() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let pool = EndpointPool::new(&plain_endpoint(address));
+        let occupancy = Occupancy::default();
+        let open = || async {
+            let client = TcpStream::connect(address).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let counted = Counted::new(client, Default::default(), Default::default());
+            (Either::Left(counted), server)
+        };
+        let closed = |mut server: TcpStream| async move {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(2), server.read(&mut byte));
+            matches!(read.await, Ok(Ok(0)) | Ok(Err(_)))
+        };
+        let idle = UpstreamHttpTimeouts {
+            idle: Some(Duration::from_millis(150)),
+            ..Default::default()
+        };
+        let (stream, server) = open().await;
+        pool.release(stream, &occupancy, &idle);
+        assert!(pool.take_idle(&idle).is_some(), "fresh: reused");
+        let (stream, server2) = open().await;
+        pool.release(stream, &occupancy, &idle);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(
+            pool.take_idle(&idle).is_none(),
+            "idle past its timeout: not reused"
+        );
+        assert!(closed(server2).await, "and closed");
+        drop(server);
+
+        let aged = UpstreamHttpTimeouts {
+            max_connection_duration: Some(Duration::from_millis(150)),
+            ..Default::default()
+        };
+        let (stream, server) = open().await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        pool.release(stream, &occupancy, &aged);
+        assert!(
+            pool.take_idle(&aged).is_none(),
+            "past its maximum age: not kept"
+        );
+        assert!(closed(server).await, "and closed");
     }
 
     #[test]

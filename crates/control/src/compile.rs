@@ -29,6 +29,18 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// as kuma-cp applies MeshRetry to none of them.
 pub const TCP_CONNECT_ATTEMPTS: u32 = 5;
 
+/// The idle timeout of a TCP listener's connections: kuma-cp's defaults without a
+/// MeshTimeout (`tcp_proxy.idle_timeout`: 1 h outbound, 2 h inbound; a builtin gateway's TCP
+/// listeners take its connection idle timeout, 300 s). HTTP listeners get none here.
+pub(crate) fn default_tcp_idle(protocol: Protocol, direction: Direction) -> Option<Duration> {
+    const HOUR: u64 = 3600;
+    match (protocol, direction) {
+        (Protocol::Tcp, Direction::Outbound) => Some(Duration::from_secs(HOUR)),
+        (Protocol::Tcp, Direction::Inbound) => Some(Duration::from_secs(2 * HOUR)),
+        _ => None,
+    }
+}
+
 /// The retry policy of an outbound's or gateway route's requests: kuma-cp renders the same
 /// default MeshRetry's `http` section on `http` services and its `grpc` section on `grpc`
 /// ones, and nothing on `http2` ones (its retry plugin knows only those two protocols).
@@ -195,6 +207,7 @@ pub fn compile(
                 mesh: m.mesh.clone(),
             }),
             deny_all: denies.targeting(me, inbound),
+            tcp_idle_timeout: default_tcp_idle(protocol, Direction::Inbound),
             ..Listener::new(
                 format!("inbound:{address}"),
                 address,
@@ -422,6 +435,7 @@ fn direct_access(
 /// A plain cluster with Kuma's default timeouts and Envoy's default circuit breakers.
 pub(crate) fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>) -> Cluster {
     Cluster {
+        http_timeouts: Default::default(),
         name,
         protocol,
         endpoints,
@@ -572,6 +586,7 @@ impl Outbounds<'_> {
                 _ => 1,
             },
             retry: default_retry(c.protocol),
+            tcp_idle_timeout: default_tcp_idle(c.protocol, Direction::Outbound),
             ..Listener::new(
                 format!("outbound:{address}"),
                 address,

@@ -199,6 +199,8 @@ pub(crate) fn compile(
                 true => 1,
                 false => crate::compile::TCP_CONNECT_ATTEMPTS,
             },
+            // kuma-cp's gateway connection idle timeout, on its TCP and TLS listeners' proxies.
+            tcp_idle_timeout: (!http).then_some(std::time::Duration::from_secs(300)),
             gateway: Some(GatewayListener {
                 protocol,
                 hosts,
@@ -500,6 +502,7 @@ fn http_routes(
         let action = match redirect {
             Some(rd) => RouteAction::Redirect(rd),
             None => RouteAction::Forward {
+                idle_timeout: None,
                 timeout: None,
                 backends: backends(&rule.backends, outbounds, clusters),
                 rewrite,

@@ -201,6 +201,7 @@ fn host_rewriting(cluster: &str, protocol: Protocol) -> SniHttp {
     let zero = Some(std::time::Duration::ZERO);
     let route = HttpRoute::prefix_to(origin, "/", cluster, Some(rewrite), zero);
     SniHttp {
+        stream_idle_timeout: None,
         protocol,
         routes: Some(RouteTable {
             name: cluster.to_string(),

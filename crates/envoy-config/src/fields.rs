@@ -91,8 +91,9 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "stat_prefix",
             "http_filters",
             "route_config",
-            // Idle timeouts: Kuma's defaults only (`is_kuma_default_timeout`, translation).
+            // The connection idle timeout: Kuma's defaults only (`is_kuma_default_timeout`).
             "common_http_protocol_options",
+            // Enforced, with a route's `idle_timeout` (the translation).
             "stream_idle_timeout",
             // Which peers count as internal for x-forwarded-for: Bearing adds none.
             "internal_address_config",
@@ -228,6 +229,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "request_mirror_policies",
             // The route's (`retry.rs`, `routes.rs`).
             "retry_policy",
+            // The route's stream idle timeout (MeshTimeout's `http.streamIdleTimeout`).
+            "idle_timeout",
         ],
     ),
     // MeshRetry's `http` section; gRPC's conditions, retriable headers, host selection and
@@ -662,7 +665,7 @@ const GATEWAY_ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.RouteAction",
         // The answer of a route to Kuma's unresolved backend; another Cluster that has not
         // come is awaited, never served.
-        &["cluster_not_found_response_code", "idle_timeout"],
+        &["cluster_not_found_response_code"],
     ),
     // Kuma's `x-kuma-tags` only (checked by the translation); the gateway removes it anyway.
     (
@@ -753,7 +756,6 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("RouteAction.hash_policy", "load balancing"),
     // The legacy FaultInjection's source match on `x-kuma-tags`, which Bearing does not send.
     ("HTTPFault.headers", "fault injection"),
-    ("RouteAction.idle_timeout", "timeouts"),
     ("RouteAction.max_stream_duration", "timeouts"),
     ("HttpConnectionManager.request_timeout", "timeouts"),
     ("HttpConnectionManager.request_headers_timeout", "timeouts"),
@@ -798,11 +800,12 @@ const POLICY_EXTENSIONS: &[(&str, &str)] = &[
     ),
 ];
 
-/// TCP idle timeouts Kuma sets without a MeshTimeout (outbound 1h, inbound 2h). Accepted, not
-/// enforced: Bearing closes no idle connection on its own (ARCHITECTURE.md).
+/// Connection idle timeouts Kuma sets without a MeshTimeout (outbound 1h, inbound 2h), on an
+/// upstream HTTP connection: accepted there, not enforced (ARCHITECTURE.md; a TCP proxy's
+/// idle timeout is enforced whatever its value).
 pub(crate) const KUMA_TCP_IDLE_TIMEOUTS: [Duration; 2] =
     [Duration::from_secs(3600), Duration::from_secs(7200)];
-/// HTTP stream idle timeouts Kuma sets without a MeshTimeout (none, outbound 30m, inbound 1h).
+/// Idle timeouts Kuma sets without a MeshTimeout (none, 30m, 1h), accepted on a connection.
 pub(crate) const KUMA_STREAM_IDLE_TIMEOUTS: [Duration; 3] = [
     Duration::ZERO,
     Duration::from_secs(1800),
@@ -863,6 +866,19 @@ pub(crate) fn policy_of(message: &str, field: &str) -> Option<&'static str> {
     by_message.get(short)?.get(field).copied()
 }
 
+/// Whether a field is one of a cluster's upstream HTTP lifetimes (its protocol options'
+/// idle timeout, maximum connection and stream durations: MeshTimeout's), which the cluster
+/// translation reads; the same fields of a connection manager stay a policy NACK unless
+/// Kuma's defaults.
+fn is_upstream_lifetime(message: &str, field: &str, path: &str) -> bool {
+    message == "envoy.config.core.v3.HttpProtocolOptions"
+        && matches!(
+            field,
+            "idle_timeout" | "max_connection_duration" | "max_stream_duration"
+        )
+        && path.contains(".typed_extension_protocol_options")
+}
+
 /// Walks every set field of `message` (at `path`) and reports those `guard` does not accept.
 /// `path` is one buffer for the whole walk: each step appends its part and takes it off
 /// again, so a path is allocated only for what is reported.
@@ -874,10 +890,10 @@ fn unhandled(message: &DynamicMessage, path: &mut String, guard: Guard, out: &mu
         path.push('.');
         path.push_str(field.name());
         // A gateway default the gateway translation checks by value.
-        if guard == Guard::Gateway
+        let gateway_default = guard == Guard::Gateway
             && !accepts(Guard::Proxy, name, field.name())
-            && accepts(guard, name, field.name())
-        {
+            && accepts(guard, name, field.name());
+        if gateway_default || is_upstream_lifetime(name, field.name(), path) {
             walk_value(value, path, guard, out);
         } else if let Some(policy) = policy_of(name, field.name()) {
             if !(policy == "timeouts" && is_kuma_default_timeout(field.name(), value)) {
@@ -1009,9 +1025,9 @@ fn rate_limit_is_idle(type_name: &str, bytes: &[u8]) -> bool {
 }
 
 /// Whether a timeout a policy could set has the value Kuma gives it without one: zero
-/// (disabled, as when absent) or, for an idle timeout (route, connection), one of Kuma's
-/// idle defaults (30 min, 1 h, 2 h).
-/// Accepted, not enforced: Bearing closes no idle stream on its own (ARCHITECTURE.md).
+/// (disabled, as when absent) or, for a connection's idle timeout, one of Kuma's idle
+/// defaults (30 min, 1 h, 2 h).
+/// Accepted, not enforced: Bearing closes no idle HTTP connection on its own (ARCHITECTURE.md).
 fn is_kuma_default_timeout(field: &str, value: &Value) -> bool {
     let Value::Message(d) = value else {
         return false;

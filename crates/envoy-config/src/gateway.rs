@@ -13,7 +13,7 @@
 
 use super::{
     duration, kuma_service, listener_path, socket_address, struct_strings, type_name, typed,
-    TcpIdle, Translator,
+    Translator,
 };
 use crate::decode::{LISTENER, ROUTE_CONFIGURATION, RUNTIME, SECRET};
 use crate::fields::{self, Guard, POLICY_NOT_ENFORCED};
@@ -64,13 +64,6 @@ pub(super) enum StreamGateway {
     /// `<gateway>:TLS:<port>`: a chain per hostname, matched by the ClientHello's SNI.
     Tls,
 }
-
-/// The `tcp_proxy` idle timeout kuma-cp gives a gateway's TCP and TLS chains without a
-/// MeshTimeout: its gateway connection idle timeout.
-const GATEWAY_TCP_IDLE: TcpIdle = TcpIdle {
-    accepted: &[CONNECTION_IDLE],
-    named: "Kuma's gateway default, 300s",
-};
 
 impl Translator<'_> {
     /// Whether a listener is a builtin gateway's TCP or TLS listener, and which: named as
@@ -493,7 +486,7 @@ impl Translator<'_> {
         if chain.filters.is_empty() {
             return Vec::new();
         }
-        let Some(route) = self.chain_route(name, at, chain, GATEWAY_TCP_IDLE) else {
+        let Some(route) = self.chain_route(name, at, chain) else {
             return Vec::new();
         };
         if route.protocol != Protocol::Tcp || route.answer.is_some() {

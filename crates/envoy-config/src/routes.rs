@@ -34,9 +34,9 @@ pub(crate) type Problem = (String, String);
 /// Where an HTTP connection manager's requests go.
 #[derive(Debug)]
 pub(crate) enum HttpRouting {
-    /// Every request to one cluster, unchanged, with the one route's retry policy: a plain
-    /// listener.
-    One(String, Option<RetryPolicy>),
+    /// Every request to one cluster, unchanged, with the one route's retry policy and idle
+    /// timeout: a plain listener.
+    One(String, Option<RetryPolicy>, Option<Duration>),
     /// Routed by a table.
     Table(RouteTable),
 }
@@ -85,14 +85,14 @@ pub(crate) fn route_config(
 ) -> Option<HttpRouting> {
     let start = reached.len();
     let table = route_table(rc, at, problems, reached)?;
-    if let Some((cluster, timeout, retry)) = only_cluster(&table.virtual_hosts) {
+    if let Some((cluster, timeout, retry, idle)) = only_cluster(&table.virtual_hosts) {
         // A plain listener has no route: its one route's timeout becomes the cluster's, its
         // retry policy the listener's.
         let timeout = bearing_proxy_config::response_timeout(timeout, None);
         for r in &mut reached[start..] {
             r.1 = ClusterTimeout::Exactly(timeout);
         }
-        return Some(HttpRouting::One(cluster, retry));
+        return Some(HttpRouting::One(cluster, retry, idle));
     }
     Some(HttpRouting::Table(table))
 }
@@ -146,10 +146,16 @@ pub(crate) fn route_table(
 
 /// The cluster of a table that sends every request to it unchanged: one virtual host `*`
 /// with one route, `prefix: /`, forwarding to one cluster with no edits or rate limit; with
-/// the route's timeout and retry policy.
+/// the route's timeout, retry policy and idle timeout.
+#[allow(clippy::type_complexity)]
 fn only_cluster(
     virtual_hosts: &[VirtualHost],
-) -> Option<(String, Option<Duration>, Option<RetryPolicy>)> {
+) -> Option<(
+    String,
+    Option<Duration>,
+    Option<RetryPolicy>,
+    Option<Duration>,
+)> {
     let [vh] = virtual_hosts else { return None };
     let [route] = vh.routes.as_slice() else {
         return None;
@@ -169,9 +175,10 @@ fn only_cluster(
             backends,
             rewrite: None,
             timeout,
+            idle_timeout,
             retry,
         } if plain => match backends.as_slice() {
-            [one] => Some((one.cluster.clone(), *timeout, retry.clone())),
+            [one] => Some((one.cluster.clone(), *timeout, retry.clone(), *idle_timeout)),
             _ => None,
         },
         _ => None,
@@ -538,6 +545,7 @@ fn forward(
         backends,
         rewrite,
         timeout: Some(timeout),
+        idle_timeout: action.idle_timeout.as_ref().map(crate::translate::duration),
         retry,
     };
     Some((action, mirror))

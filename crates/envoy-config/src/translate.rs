@@ -14,9 +14,7 @@ use crate::access_log;
 use crate::decode::{
     CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION, RUNTIME, SECRET,
 };
-use crate::fields::{
-    self, Unhandled, KUMA_STREAM_IDLE_TIMEOUTS, KUMA_TCP_IDLE_TIMEOUTS, POLICY_NOT_ENFORCED,
-};
+use crate::fields::{self, Unhandled, POLICY_NOT_ENFORCED};
 use crate::http_filters;
 use crate::naming::{self, Role, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
 use crate::rbac;
@@ -26,7 +24,7 @@ use bearing_proxy_config::{
     HostEndpoint, Http2Windows, HttpFilter, KumaEndpoints, Listener, MeshTls, MetricsTls,
     PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable,
     SniHttp, SniRoute, SniTarget, SourcePrefix, SpiffeMatcher, TlsMatch, TokenBucket,
-    TransparentProxy, UpstreamTls, Verification, WeightedCluster,
+    TransparentProxy, UpstreamHttpTimeouts, UpstreamTls, Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -205,6 +203,7 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         kuma_endpoints: KumaEndpoints::default(),
         connection_limits: BTreeMap::new(),
         connect_attempts: BTreeMap::new(),
+        tcp_idle: BTreeMap::new(),
     };
     t.connection_limits = t.runtime_limits();
     t.unique_addresses();
@@ -244,6 +243,9 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
     for l in &mut t.listeners {
         if let Some((attempts, _)) = t.connect_attempts.get(&l.name) {
             l.max_connect_attempts = *attempts;
+        }
+        if let Some((idle, _)) = t.tcp_idle.get(&l.name) {
+            l.tcp_idle_timeout = Some(*idle).filter(|d| !d.is_zero());
         }
     }
     t.listeners.sort_by(|a, b| a.name.cmp(&b.name));
@@ -294,6 +296,9 @@ struct Route {
     table: Option<RouteTable>,
     /// A plain HTTP listener's one route's retry policy.
     retry: Option<RetryPolicy>,
+    /// An HTTP connection manager's stream idle timeout (a plain listener's one route's
+    /// `idle_timeout` when it sets one); `None`: none.
+    stream_idle: Option<Duration>,
     /// A TCP proxy's weighted clusters, when it splits.
     tcp_backends: Vec<WeightedCluster>,
     /// Every cluster reached, with what the route reaching it asks of the cluster's
@@ -314,21 +319,6 @@ struct Route {
     connection_rate_limit: Option<TokenBucket>,
 }
 
-/// The idle timeouts a listener's `tcp_proxy` may carry: Kuma's defaults for its kind,
-/// accepted and not enforced (Bearing closes no idle TCP connection on its own), and how a
-/// NACK of another value names them.
-#[derive(Clone, Copy)]
-struct TcpIdle {
-    accepted: &'static [Duration],
-    named: &'static str,
-}
-
-/// A sidecar's or zone proxy's: Kuma's defaults without a MeshTimeout.
-const PROXY_TCP_IDLE: TcpIdle = TcpIdle {
-    accepted: &KUMA_TCP_IDLE_TIMEOUTS,
-    named: "Kuma's defaults, 1h outbound and 2h inbound",
-};
-
 impl Route {
     /// A chain that answers `bytes` and closes the connection.
     fn answer(bytes: Vec<u8>) -> Route {
@@ -337,6 +327,7 @@ impl Route {
             protocol: Protocol::Tcp,
             table: None,
             retry: None,
+            stream_idle: None,
             tcp_backends: Vec::new(),
             reached: Vec::new(),
             subset: BTreeMap::new(),
@@ -387,7 +378,68 @@ struct Translator<'a> {
     connection_limits: BTreeMap<String, u32>,
     /// The `max_connect_attempts` of each listener's TCP proxies (every chain's the same),
     /// with where it was first read, given to the listener once all are translated.
-    connect_attempts: BTreeMap<String, (u32, String)>,
+    connect_attempts: PerListener<u32>,
+    /// The `idle_timeout` of each listener's TCP proxies (every chain's the same; zero:
+    /// none), likewise.
+    tcp_idle: PerListener<Duration>,
+}
+
+/// A cluster's upstream HTTP lifetimes, from its `HttpProtocolOptions`: the pooled
+/// connection idle timeout (unset: Envoy's 1 h), the maximum connection and stream
+/// durations; zero is none.
+fn upstream_http_timeouts(cluster: &cluster_pb::Cluster) -> UpstreamHttpTimeouts {
+    let common = cluster
+        .typed_extension_protocol_options
+        .values()
+        .find_map(|any| {
+            typed::<upstream_http_pb::HttpProtocolOptions>(any)
+                .filter(|_| type_name(any).ends_with("upstreams.http.v3.HttpProtocolOptions"))
+                .map(|o| o.common_http_protocol_options.unwrap_or_default())
+        });
+    let Some(common) = common else {
+        return UpstreamHttpTimeouts::default();
+    };
+    let set = |d: &Option<PbDuration>| d.as_ref().map(duration).filter(|d| !d.is_zero());
+    UpstreamHttpTimeouts {
+        idle: match &common.idle_timeout {
+            None => Some(ENVOY_UPSTREAM_IDLE),
+            some => set(some),
+        },
+        max_connection_duration: set(&common.max_connection_duration),
+        max_stream_duration: set(&common.max_stream_duration),
+    }
+}
+
+/// An upstream HTTP connection's idle timeout when its cluster sets none (Envoy's default).
+const ENVOY_UPSTREAM_IDLE: Duration = Duration::from_secs(3600);
+
+/// A TCP proxy's idle timeout when it sets none (Envoy's default).
+const ENVOY_TCP_IDLE: Duration = Duration::from_secs(3600);
+/// A connection manager's stream idle timeout when it sets none (Envoy's default).
+const ENVOY_STREAM_IDLE: Duration = Duration::from_secs(300);
+
+/// A setting of a listener's TCP proxies that the listener holds once for all its chains,
+/// by listener: the value and where it was first read.
+type PerListener<T> = BTreeMap<String, (T, String)>;
+
+/// Records `value`, read at `at`, as `listener`'s in `settings`; the reason of a NACK when
+/// another chain of the listener gave another value.
+fn same_for_the_listener<T: PartialEq + std::fmt::Debug>(
+    settings: &mut PerListener<T>,
+    listener: &str,
+    value: T,
+    at: String,
+) -> Result<(), String> {
+    match settings.get(listener) {
+        Some((first, first_at)) if *first != value => Err(format!(
+            "{value:?} where {first_at} has {first:?}: a listener's TCP proxies share one value"
+        )),
+        Some(_) => Ok(()),
+        None => {
+            settings.insert(listener.to_string(), (value, at));
+            Ok(())
+        }
+    }
 }
 
 #[path = "gateway.rs"]
@@ -874,7 +926,7 @@ impl Translator<'_> {
                     "several chains of one kind: ProxyConfig holds one destination per listener",
                 ),
             }
-            let Some(this) = self.chain_route(name, &at, chain, PROXY_TCP_IDLE) else {
+            let Some(this) = self.chain_route(name, &at, chain) else {
                 continue;
             };
             let chain_rbac = (this.network_rbac.clone(), this.http_rbac.clone());
@@ -903,6 +955,7 @@ impl Translator<'_> {
                         || r.protocol != this.protocol
                         || r.table != this.table
                         || r.retry != this.retry
+                        || r.stream_idle != this.stream_idle
                         || r.tcp_backends != this.tcp_backends =>
                 {
                     self.nack(
@@ -978,6 +1031,7 @@ impl Translator<'_> {
             out.cluster = r.cluster.clone();
             out.routes = r.table;
             out.retry = r.retry;
+            out.stream_idle_timeout = r.stream_idle;
             out.tcp_backends = r.tcp_backends;
             out.direct_response = r.answer;
             out.http_filters = r.http_filters;
@@ -991,14 +1045,12 @@ impl Translator<'_> {
         }
     }
 
-    /// The terminal network filter of a chain: a TCP proxy (whose idle timeout must be one
-    /// of `idle`) or an HTTP connection manager.
+    /// The terminal network filter of a chain: a TCP proxy or an HTTP connection manager.
     fn chain_route(
         &mut self,
         name: &str,
         at: &str,
         chain: &listener_pb::FilterChain,
-        idle: TcpIdle,
     ) -> Option<Route> {
         if chain.filters.is_empty() {
             // Envoy closes a connection its chain has no filter for.
@@ -1051,6 +1103,7 @@ impl Translator<'_> {
                         protocol: Protocol::Tcp,
                         table: None,
                         retry: None,
+                        stream_idle: None,
                         tcp_backends: Vec::new(),
                         subset,
                         answer: None,
@@ -1071,6 +1124,7 @@ impl Translator<'_> {
                             protocol: Protocol::Tcp,
                             table: None,
                             retry: None,
+                            stream_idle: None,
                             tcp_backends: backends,
                             subset,
                             answer: None,
@@ -1086,14 +1140,13 @@ impl Translator<'_> {
                     let at = format!("{fpath}.max_connect_attempts");
                     self.connect_attempts(name, attempts.value, at);
                 }
-                if let Some(set) = &tcp.idle_timeout {
-                    if !idle.accepted.contains(&duration(set)) {
-                        let reason = format!(
-                            "timeouts: {POLICY_NOT_ENFORCED} (a TCP idle timeout other than {})",
-                            idle.named
-                        );
-                        self.nack(LISTENER, name, format!("{fpath}.idle_timeout"), reason);
-                    }
+                // Unset, Envoy's default: 1 h.
+                let idle = tcp.idle_timeout.as_ref().map_or(ENVOY_TCP_IDLE, duration);
+                let at = format!("{fpath}.idle_timeout");
+                if let Err(reason) =
+                    same_for_the_listener(&mut self.tcp_idle, name, idle, at.clone())
+                {
+                    self.nack(LISTENER, name, at, reason);
                 }
             } else if let Some(hcm) = typed::<hcm_pb::HttpConnectionManager>(any)
                 .filter(|_| type_name(any).ends_with("HttpConnectionManager"))
@@ -1137,16 +1190,10 @@ impl Translator<'_> {
         if attempts == 0 {
             return self.nack(LISTENER, listener, at, "must be at least 1");
         }
-        match self.connect_attempts.get(listener) {
-            Some((first, first_at)) if *first != attempts => {
-                let reason = format!("{attempts} where {first_at} has {first}: a listener's TCP proxies make one number of connection attempts");
-                self.nack(LISTENER, listener, at, reason);
-            }
-            Some(_) => {}
-            None => {
-                self.connect_attempts
-                    .insert(listener.to_string(), (attempts, at));
-            }
+        let recorded =
+            same_for_the_listener(&mut self.connect_attempts, listener, attempts, at.clone());
+        if let Err(reason) = recorded {
+            self.nack(LISTENER, listener, at, reason);
         }
     }
 
@@ -1216,11 +1263,11 @@ impl Translator<'_> {
                 );
             }
         }
-        if let Some(idle) = hcm.stream_idle_timeout.as_ref().map(duration) {
-            if !KUMA_STREAM_IDLE_TIMEOUTS.contains(&idle) {
-                self.nack(LISTENER, name, format!("{at}.stream_idle_timeout"), format!("timeouts: {POLICY_NOT_ENFORCED} (a stream idle timeout other than Kuma's defaults, 30m outbound and 1h inbound)"));
-            }
-        }
+        // Unset, Envoy's default.
+        let stream_idle = hcm
+            .stream_idle_timeout
+            .as_ref()
+            .map_or(ENVOY_STREAM_IDLE, duration);
         let Some(hcm_pb::http_connection_manager::RouteSpecifier::RouteConfig(rc)) =
             &hcm.route_specifier
         else {
@@ -1238,9 +1285,9 @@ impl Translator<'_> {
         for (field, reason) in problems {
             self.nack(LISTENER, name, field, reason);
         }
-        let (cluster, mut table, retry) = match routing? {
-            HttpRouting::One(cluster, retry) => (cluster, None, retry),
-            HttpRouting::Table(table) => (String::new(), Some(table), None),
+        let (cluster, mut table, retry, route_idle) = match routing? {
+            HttpRouting::One(cluster, retry, idle) => (cluster, None, retry, idle),
+            HttpRouting::Table(table) => (String::new(), Some(table), None, None),
         };
         // Envoy reads a route's rate limit only where its filter runs.
         if !http_filters.contains(&HttpFilter::LocalRateLimit) {
@@ -1254,6 +1301,8 @@ impl Translator<'_> {
             protocol,
             table,
             retry,
+            stream_idle: bearing_proxy_config::stream_idle_timeout(route_idle, Some(stream_idle))
+                .filter(|d| !d.is_zero()),
             tcp_backends: Vec::new(),
             reached,
             subset: BTreeMap::new(),
@@ -1509,7 +1558,7 @@ impl Translator<'_> {
                     }),
                 None => None,
             };
-            let Some(route) = self.chain_route(name, &at, chain, PROXY_TCP_IDLE) else {
+            let Some(route) = self.chain_route(name, &at, chain) else {
                 continue;
             };
             let restricts =
@@ -1534,6 +1583,7 @@ impl Translator<'_> {
                     routes: route.table.clone(),
                     retry: route.retry.clone(),
                     http_filters: route.http_filters.clone(),
+                    stream_idle_timeout: route.stream_idle,
                 }),
                 // A TLS context that did not translate (or awaits its secrets) said why.
                 (_, None) if chain.transport_socket.is_some() => continue,
@@ -1677,6 +1727,7 @@ impl Translator<'_> {
             set(&t.max_retries, &mut breakers.max_retries);
         }
         let (protocol, http2_windows) = self.upstream_protocol(name, &path, cluster);
+        let http_timeouts = upstream_http_timeouts(cluster);
         let tls = cluster
             .transport_socket
             .as_ref()
@@ -1701,6 +1752,7 @@ impl Translator<'_> {
         self.clusters.insert(
             name.to_string(),
             Cluster {
+                http_timeouts,
                 name: name.to_string(),
                 protocol,
                 endpoints,
@@ -3793,6 +3845,63 @@ mod tests {
         let nacks = attempts(back_off).unwrap_err();
         assert_eq!(nacks.len(), 1, "{nacks:#?}");
         assert_eq!(nacks[0].field, format!("{tcp}.backoff_options"));
+    }
+
+    /// MeshTimeout's `idleTimeout` on a TCP proxy is the listener's, whatever its value:
+    /// unset is Envoy's 1 h and zero none; chains of one listener must agree.
+    #[test]
+    fn tcp_idle_timeouts_are_the_listeners() {
+        let idle = |extra: &str| {
+            let text = outbound_tcp_proxy(&format!("          cluster: backend\n{extra}"));
+            translate(&set(&text), &node()).map(|c| c.listeners[0].tcp_idle_timeout)
+        };
+        assert_eq!(idle("").unwrap(), Some(Duration::from_secs(3600)));
+        let set_to = |v: &str| idle(&format!("          idleTimeout: {v}\n"));
+        assert_eq!(set_to("50s").unwrap(), Some(Duration::from_secs(50)));
+        assert_eq!(set_to("0s").unwrap(), None);
+    }
+
+    /// MeshTimeout's `http.streamIdleTimeout`: a route's `idle_timeout` overrides the
+    /// connection manager's `stream_idle_timeout` (unset: Envoy's 5 min; zero: none); a
+    /// plain listener's one route gives the listener its own, a route table's routes keep
+    /// theirs.
+    #[test]
+    fn stream_idle_timeouts_come_from_the_route_or_the_connection_manager() {
+        let plain = |route_idle: &str, hcm_idle: &str| {
+            let one = "route: {cluster: backend, timeout: 0s}";
+            let text = format!("{OUTBOUND}{}", secrets())
+                .replace(
+                    one,
+                    &format!("route: {{cluster: backend, timeout: 0s{route_idle}}}"),
+                )
+                .replacen(
+                    "statPrefix: backend",
+                    &format!("statPrefix: backend{hcm_idle}"),
+                    1,
+                );
+            let config = translate(&set(&text), &node()).unwrap();
+            config.listeners[0].stream_idle_timeout
+        };
+        assert_eq!(plain("", ""), Some(Duration::from_secs(300)));
+        let hcm = "\n          streamIdleTimeout: 43s";
+        assert_eq!(plain("", hcm), Some(Duration::from_secs(43)));
+        assert_eq!(
+            plain(", idleTimeout: 7s", hcm),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(plain(", idleTimeout: 0s", hcm), None);
+        let table = outbound_with_routes(
+            "              - match: {prefix: /a}\n                route: {cluster: backend, idleTimeout: 9s}\n              - match: {prefix: /}\n                route: {cluster: backend}\n",
+        );
+        let config = translate(&set(&table), &node()).unwrap();
+        let listener = &config.listeners[0];
+        assert_eq!(listener.stream_idle_timeout, Some(Duration::from_secs(300)));
+        let routes = &listener.routes.as_ref().unwrap().virtual_hosts[0].routes;
+        let idle = |i: usize| match &routes[i].action {
+            RouteAction::Forward { idle_timeout, .. } => *idle_timeout,
+            _ => panic!("a forwarding route"),
+        };
+        assert_eq!((idle(0), idle(1)), (Some(Duration::from_secs(9)), None));
     }
 
     /// OUTBOUND with its one route replaced by `routes` (YAML list items at the routes'

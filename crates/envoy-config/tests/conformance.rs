@@ -9,10 +9,11 @@ mod corpus;
 use bearing_envoy_config::{translate, Nack, ResourceSet, POLICY_NOT_ENFORCED};
 use bearing_proxy_config::{
     FormatSource, ProxyConfig, RbacAction, RbacDecision, RbacEngine, RbacInput, RbacMatch,
-    RbacMatcher, RbacPredicate, RbacString,
+    RbacMatcher, RbacPredicate, RbacString, UpstreamHttpTimeouts,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 /// Goldens without a policy that Bearing cannot translate yet, and why.
 const NOT_YET: &[(&str, &str)] = &[];
@@ -368,4 +369,47 @@ fn passthrough_access_logs_go_to_the_transparent_proxy() {
     };
     assert!(format.starts_with("[%START_TIME%] %RESPONSE_FLAGS% default (unknown)->"));
     assert!(tp.inbound_access_logs.is_empty());
+}
+
+/// Every sidecar MeshTimeout golden translates; the inbound one (`idleTimeout: 50s`,
+/// `connectionTimeout: 51s`, `http.requestTimeout: 52s`, `streamIdleTimeout: 53s`,
+/// `maxStreamDuration: 54s`, `maxConnectionDuration: 55s`) gives the application's cluster
+/// its connect timeout and upstream lifetimes, and the inbound its request and stream idle
+/// timeouts.
+#[test]
+fn mesh_timeout_goldens_translate_with_their_timeouts() {
+    let dir = "envoyconfig-e2e/sidecars/meshtimeout/";
+    let files: Vec<_> = corpus::envoy_goldens()
+        .into_iter()
+        .filter(|f| corpus::short(f).starts_with(dir))
+        .collect();
+    assert_eq!(files.len(), 14);
+    for file in &files {
+        if let Err(nacks) = translated(file) {
+            panic!("{}: {nacks:#?}", corpus::short(file));
+        }
+    }
+    let inbound = files
+        .iter()
+        .find(|f| corpus::short(f).ends_with("/inbound.test-server.golden.json"))
+        .expect("the inbound golden");
+    let config = translated(inbound).expect("translates");
+    let secs = |s| Some(Duration::from_secs(s));
+    let app = &config.clusters["localhost:8080"];
+    assert_eq!(app.connect_timeout, Duration::from_secs(51));
+    assert_eq!(
+        app.http_timeouts,
+        UpstreamHttpTimeouts {
+            idle: secs(50),
+            max_connection_duration: secs(55),
+            max_stream_duration: secs(54),
+        }
+    );
+    let listener = config
+        .listeners
+        .iter()
+        .find(|l| l.name.starts_with("inbound:") && l.cluster == "localhost:8080")
+        .expect("the HTTP inbound");
+    assert_eq!(listener.stream_idle_timeout, secs(53));
+    assert_eq!(app.request_timeout, secs(52));
 }

@@ -21,6 +21,7 @@ fn router(n: usize) -> Router {
             request_headers: HeaderFilter::default(),
             response_headers: HeaderFilter::default(),
             action: RouteAction::Forward {
+                idle_timeout: None,
                 timeout: None,
                 retry: None,
                 backends: vec![WeightedCluster {

@@ -68,6 +68,9 @@ pub enum Decision<'r> {
         timeout: Option<Duration>,
         /// The route's retry policy (`None`: no retries).
         retry: Option<&'r RetryPolicy>,
+        /// The route's stream idle timeout (zero: none; `None`: the listener's), for
+        /// `bearing_proxy_config::stream_idle_timeout`.
+        idle_timeout: Option<Duration>,
         /// Host becomes the hostname of the endpoint the request is sent to, when it has
         /// one (`Rewrite::host_to_backend_hostname`): known only once an endpoint is chosen.
         endpoint_host: bool,
@@ -216,6 +219,7 @@ enum Action {
         host_to_backend_hostname: bool,
         host: Option<HeaderValue>,
         timeout: Option<Duration>,
+        idle_timeout: Option<Duration>,
         retry: Option<RetryPolicy>,
     },
     Redirect(Redirect, Option<PathEdit>),
@@ -367,9 +371,11 @@ impl Route {
                 backends,
                 rewrite,
                 timeout,
+                idle_timeout,
                 retry,
             } => Action::Forward {
                 timeout: *timeout,
+                idle_timeout: *idle_timeout,
                 retry: retry.clone(),
                 pick: Weighted::new(backends.iter().map(|b| b.weight)),
                 backends: backends.clone(),
@@ -585,6 +591,7 @@ impl Router {
                 host_to_backend_hostname,
                 host,
                 timeout,
+                idle_timeout,
                 retry,
             } => {
                 let Some(backend) = pick.pick().and_then(|i| backends.get(i)) else {
@@ -610,6 +617,7 @@ impl Router {
                     origin: &route.origin,
                     timeout: *timeout,
                     retry: retry.as_ref(),
+                    idle_timeout: *idle_timeout,
                     endpoint_host: *host_to_backend_hostname,
                     route: at,
                 }

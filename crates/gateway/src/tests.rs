@@ -18,6 +18,7 @@ fn route(origin: &str, matches: HttpMatch, cluster: &str) -> HttpRoute {
         request_headers: HeaderFilter::default(),
         response_headers: HeaderFilter::default(),
         action: RouteAction::Forward {
+            idle_timeout: None,
             timeout: None,
             retry: None,
             backends: vec![backend(cluster, 1)],
@@ -316,6 +317,7 @@ fn filters_and_prefix_rewrite() {
         remove: vec!["x-origin".into()],
     };
     rt.action = RouteAction::Forward {
+        idle_timeout: None,
         timeout: None,
         retry: None,
         backends: vec![WeightedCluster {
@@ -433,6 +435,7 @@ fn redirects_build_the_location_from_the_request() {
 fn weights_mirrors_and_tcp_backends() {
     let mut rt = route("w", HttpMatch::default(), "unused");
     rt.action = RouteAction::Forward {
+        idle_timeout: None,
         timeout: None,
         retry: None,
         backends: vec![backend("v1", 1), backend("v2", 3)],
@@ -539,6 +542,7 @@ fn route_tables_pick_virtual_hosts_as_envoy_does() {
 fn route_table_matches_and_rewrites() {
     let mut string_prefix = route("sp", path(PathMatch::StringPrefix("/v1/".into())), "v1");
     string_prefix.action = RouteAction::Forward {
+        idle_timeout: None,
         timeout: None,
         retry: None,
         backends: vec![backend("v1", 1)],
@@ -550,6 +554,7 @@ fn route_table_matches_and_rewrites() {
     };
     let mut exact = route("ex", path(PathMatch::Exact("/v1".into())), "v1");
     exact.action = RouteAction::Forward {
+        idle_timeout: None,
         timeout: None,
         retry: None,
         backends: vec![backend("v1", 1)],

@@ -528,9 +528,13 @@ impl ResponseFlags {
     pub const UPSTREAM_PROTOCOL_ERROR: ResponseFlags = ResponseFlags(1 << 9);
     /// `NC`: the route's cluster is not there.
     pub const NO_CLUSTER: ResponseFlags = ResponseFlags(1 << 10);
+    /// `UMSDR`: the try reached its cluster's maximum stream duration.
+    pub const UPSTREAM_MAX_STREAM_DURATION: ResponseFlags = ResponseFlags(1 << 11);
+    /// `SI`: the stream moved no byte for its idle timeout.
+    pub const STREAM_IDLE_TIMEOUT: ResponseFlags = ResponseFlags(1 << 12);
 
-    const NAMES: [&'static str; 11] = [
-        "UH", "UT", "UR", "UF", "UC", "UO", "NR", "DC", "URX", "UPE", "NC",
+    const NAMES: [&'static str; 13] = [
+        "UH", "UT", "UR", "UF", "UC", "UO", "NR", "DC", "URX", "UPE", "NC", "UMSDR", "SI",
     ];
 
     /// Whether no flag is set.

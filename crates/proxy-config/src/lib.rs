@@ -286,6 +286,44 @@ pub struct SniHttp {
     /// HTTP filters (as `Listener::http_filters`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub http_filters: Vec<HttpFilter>,
+    /// The stream idle timeout (as `Listener::stream_idle_timeout`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub stream_idle_timeout: Option<Duration>,
+}
+
+/// Lifetimes of a cluster's upstream HTTP connections and streams; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct UpstreamHttpTimeouts {
+    /// A pooled connection unused for this long is not used again, and closed.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub idle: Option<Duration>,
+    /// A connection open this long takes no further request, and closes once its
+    /// exchange ends.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub max_connection_duration: Option<Duration>,
+    /// A request not answered whole this long after it was sent (each try) ends: 504
+    /// `upstream max stream duration reached` before the response head, a reset after.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub max_stream_duration: Option<Duration>,
+}
+
+impl UpstreamHttpTimeouts {
+    /// Whether no limit is set (left out of `/config_dump`).
+    pub fn is_none(&self) -> bool {
+        *self == UpstreamHttpTimeouts::default()
+    }
 }
 
 /// TLS a cluster originates towards its endpoints (hashed: the runtime keeps the TLS context
@@ -569,6 +607,23 @@ pub struct Listener {
     /// without `backoff_options`).
     #[serde(skip_serializing_if = "Listener::one_attempt")]
     pub max_connect_attempts: u32,
+    /// TCP proxying: a connection on which no byte moved either way for this long is closed
+    /// on both sides (Envoy's `tcp_proxy.idle_timeout`: kuma-cp's MeshTimeout `idleTimeout`,
+    /// 1 h outbound and 2 h inbound by default, 300 s on a gateway). `None`: never.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub tcp_idle_timeout: Option<Duration>,
+    /// HTTP: how long a request's stream may go without a byte moved either way before it
+    /// ends (Envoy's connection manager `stream_idle_timeout`, overridden by a route's
+    /// `idle_timeout`; kuma-cp's MeshTimeout `http.streamIdleTimeout`): waiting for the
+    /// response head it gives 504 `stream timeout`, later the stream is reset. `None`: none.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub stream_idle_timeout: Option<Duration>,
     /// Fail closed: a policy denies traffic to this inbound that Bearing cannot enforce per
     /// source (a MeshTrafficPermission `Deny`), so every connection is refused. Names the
     /// policy (`MeshTrafficPermission/<name>`) for logs and `/config_dump`.
@@ -643,6 +698,8 @@ impl Listener {
             tcp_backends: Vec::new(),
             retry: None,
             max_connect_attempts: 1,
+            tcp_idle_timeout: None,
+            stream_idle_timeout: None,
             deny_all: None,
             network_rbac: None,
             http_rbac: None,
@@ -692,6 +749,11 @@ pub struct Cluster {
     /// LOGICAL_DNS clusters); their addresses join `endpoints`. `None`: `endpoints` is all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsEndpoints>,
+    /// How long upstream HTTP connections and streams may last (Envoy's cluster
+    /// `HttpProtocolOptions.common_http_protocol_options`; kuma-cp's MeshTimeout
+    /// `idleTimeout`, `http.maxConnectionDuration`, `http.maxStreamDuration`).
+    #[serde(skip_serializing_if = "UpstreamHttpTimeouts::is_none")]
+    pub http_timeouts: UpstreamHttpTimeouts,
     /// Per-endpoint transport (Envoy's `transport_socket_matches`): an endpoint whose
     /// `tls_match` names one of these connects with its TLS (or plaintext) instead of `tls`,
     /// so one cluster may mix TLS and plaintext endpoints (an ExternalService's).

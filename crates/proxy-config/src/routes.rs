@@ -80,6 +80,7 @@ impl HttpRoute {
             request_headers: HeaderFilter::default(),
             response_headers: HeaderFilter::default(),
             action: RouteAction::Forward {
+                idle_timeout: None,
                 backends: vec![WeightedCluster {
                     cluster: cluster.into(),
                     weight: 1,
@@ -205,6 +206,14 @@ pub enum RouteAction {
             serialize_with = "crate::opt_millis::serialize"
         )]
         timeout: Option<Duration>,
+        /// How long the request's stream may go without a byte moved either way (Envoy's
+        /// `RouteAction.idle_timeout`, kuma-cp's MeshTimeout `http.streamIdleTimeout`): zero
+        /// is none; `None` leaves it to the listener's `stream_idle_timeout`.
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "crate::opt_millis::serialize"
+        )]
+        idle_timeout: Option<Duration>,
         /// When the request is sent again (Envoy's `RouteAction.retry_policy`, else its
         /// virtual host's; kuma-cp's MeshRetry); `None`: only a stale pooled connection's
         /// request is repeated. Two routes to one cluster may differ.
@@ -220,6 +229,16 @@ pub enum RouteAction {
         /// Response body.
         body: String,
     },
+}
+
+/// The stream idle timeout of a request a route forwards: the route's own
+/// (`RouteAction::Forward::idle_timeout`, zero: none), else the listener's
+/// `stream_idle_timeout` (`None`: none).
+pub fn stream_idle_timeout(
+    route: Option<Duration>,
+    listener: Option<Duration>,
+) -> Option<Duration> {
+    response_timeout(route, listener)
 }
 
 /// The response timeout of a request a route forwards to a cluster: the route's own

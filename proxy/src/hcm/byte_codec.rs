@@ -30,10 +30,11 @@ use std::time::Duration;
 use bearing_gateway::HeaderEdits;
 use bearing_http1::{parse_request, parse_response, BodyLength, BodyProgress, NotForwarded};
 use bearing_http1::{Refused, RequestHead, ResponseHead};
-use bearing_proxy_config::RetryPolicy;
+use bearing_proxy_config::{stream_idle_timeout, RetryPolicy};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_util::either::Either;
@@ -45,6 +46,7 @@ use super::{
 };
 use crate::access_log::{Began, ListenerLog, WrittenHead};
 use crate::circuit::{Held, Occupancy};
+use crate::idle::{touch, unless_idle, Activity};
 use crate::io::TcpBacked;
 use crate::rate_limit::RouteLimit;
 use crate::router::{HttpRoutes, Reply, ResponseEdits, Routing};
@@ -302,7 +304,7 @@ where
                 head.body,
                 request.body,
                 peer,
-                listener.name(),
+                (listener.name(), listener.stream_idle()),
             ),
             None => match listener.cluster() {
                 Some(c) if !c.is_h2() => (
@@ -311,6 +313,7 @@ where
                         timeout: c.config.request_timeout,
                         retry: listener.retry(),
                         edits: None,
+                        idle: listener.stream_idle(),
                     },
                     None,
                 ),
@@ -353,10 +356,12 @@ where
                 timeout,
                 retry,
                 edits,
+                idle,
             } => {
+                let idle = idle.map(|period| (period, listener.idle_timeouts()));
                 Box::pin(exchange(
                     &mut down,
-                    (cluster, timeout, retry),
+                    (cluster, timeout, retry, idle),
                     &request,
                     &bufs.request_head,
                     Response {
@@ -497,7 +502,7 @@ fn route_head<'r>(
     length: BodyLength,
     body: &[u8],
     peer: SocketAddr,
-    listener: &str,
+    (listener, listener_idle): (&str, Option<Duration>),
 ) -> (Routed<'r>, Option<(&'r RouteLimit, &'r HeaderEdits)>) {
     let unsupported = |why| (Routed::Unsupported(why), None);
     if !routes.http1_backends() {
@@ -522,6 +527,7 @@ fn route_head<'r>(
             target,
             timeout,
             retry,
+            idle_timeout,
             response_headers,
             mirror,
             ..
@@ -536,6 +542,7 @@ fn route_head<'r>(
                 timeout,
                 retry,
                 edits: Some(routes.edits(Some(response_headers))),
+                idle: stream_idle_timeout(idle_timeout, listener_idle),
             }
         }
     };
@@ -683,12 +690,23 @@ enum Sent {
     Invalid(Refused),
 }
 
+/// The stream idle timeout of an exchange, and where one that fires is counted.
+type StreamIdle<'a> = Option<(Duration, &'a Counter)>;
+
 /// Sends `request` to the cluster ([`super::forward`]: the next endpoint that takes it, a
 /// stale pooled connection replaced, again as the route's retry policy asks) and relays the
-/// response; a failure before the response is answered with a local reply.
+/// response; a failure before the response is answered with a local reply. Under a stream
+/// idle timeout, waiting that long for the response head gives 504 `stream timeout` (the
+/// request, held whole, has been written: nothing moves while the head is awaited), and a
+/// response body that stops moving for that long closes the connection.
 async fn exchange<S>(
     down: &mut S,
-    (cluster, timeout, retry): (&ClusterRuntime, Option<Duration>, Option<&RetryPolicy>),
+    (cluster, timeout, retry, idle): (
+        &ClusterRuntime,
+        Option<Duration>,
+        Option<&RetryPolicy>,
+        StreamIdle<'_>,
+    ),
     request: &Request<'_>,
     request_head: &[u8],
     mut response: Response<'_>,
@@ -702,10 +720,49 @@ where
         head: request_head,
         response: &mut response,
     };
-    match super::forward((cluster, retry), &mut upstream, request).await {
+    let forwarded = super::forward((cluster, retry), &mut upstream, request);
+    let forwarded = match idle {
+        None => forwarded.await,
+        Some((period, idled)) => match tokio::time::timeout(period, forwarded).await {
+            Ok(forwarded) => forwarded,
+            Err(_) => {
+                idled.inc();
+                let (is_head, close) = (request.head.is_head, request.close_downstream);
+                let reply = Reply::stream_timeout();
+                return write_reply(down, &reply, is_head, close, response.edits).await;
+            }
+        },
+    };
+    match forwarded {
         // Held until the response has been relayed.
         Ok(((up, head, _request_unit), pool)) => {
-            relay(down, up, &pool, head, request, cluster, response).await
+            let Some((period, idled)) = idle else {
+                return relay(down, up, (&pool, cluster, None), head, request, response).await;
+            };
+            let (status, activity) = (head.status, Activity::default());
+            let relayed = relay(
+                down,
+                up,
+                (&pool, cluster, Some(&activity)),
+                head,
+                request,
+                response,
+            );
+            match unless_idle(relayed, period, &activity).await {
+                Some(answer) => answer,
+                None => {
+                    idled.inc();
+                    tracing::debug!(cluster = %cluster.config.name, "response idle for {period:?}: closing");
+                    Answer {
+                        status,
+                        downstream_open: false,
+                        sent: 0,
+                        upstream: Some(pool.address()),
+                        flags: ResponseFlags::STREAM_IDLE_TIMEOUT,
+                        relayed: true,
+                    }
+                }
+            }
         }
         Err(failure) => {
             Box::pin(local_reply(down, cluster, failure, request, response.edits)).await
@@ -750,7 +807,7 @@ impl<'a> UpstreamCodec for Upstream<'a, '_> {
         let unit = match cluster.request_unit(&*cluster.stats.occupancy) {
             Ok(unit) => unit,
             Err(overflow) => {
-                pool.release(up, &cluster.stats.occupancy);
+                pool.release(up, &cluster.stats.occupancy, &cluster.config.http_timeouts);
                 return Attempt::Failed(overflow);
             }
         };
@@ -842,14 +899,14 @@ async fn read_response_head(
 }
 
 /// Relays the response whose head is at the start of `response.buf` (after any interim
-/// responses), then pools `up` if it can carry another request.
+/// responses), then pools `up` if it can carry another request. Each read and write that
+/// moves bytes touches `activity` (a stream idle timeout's watch), when given.
 async fn relay<S>(
     down: &mut S,
     mut up: UpstreamStream,
-    pool: &EndpointPool,
+    (pool, cluster, activity): (&EndpointPool, &ClusterRuntime, Option<&Activity>),
     mut head: ResponseHead,
     request: &Request<'_>,
-    cluster: &ClusterRuntime,
     response: Response<'_>,
 ) -> Answer
 where
@@ -920,7 +977,7 @@ where
         spliced = true;
         // Boxed: inline, the splice loop's future would make every exchange's future larger,
         // small responses' included.
-        if let Err(e) = Box::pin(crate::splice::copy_exact(from, to, left)).await {
+        if let Err(e) = Box::pin(crate::splice::copy_exact(from, to, left, activity)).await {
             tracing::debug!(cluster = %cluster.config.name, "response body not relayed whole: {e}");
             let flags = match e.kind() {
                 io::ErrorKind::UnexpectedEof => {
@@ -951,6 +1008,7 @@ where
             Ok(n) if n == buf.capacity() => size = RELAY_READ_SIZE,
             Ok(_) => {}
         }
+        touch(activity);
         let Ok(k) = body.advance(buf) else {
             tracing::debug!(cluster = %cluster.config.name, "malformed chunked response body");
             cluster.stats.request_errors.inc();
@@ -961,13 +1019,14 @@ where
             return gone(head.status, sent, dc);
         }
         sent += k as u64;
+        touch(activity);
     }
     if reusable {
         // The last read stopped short of the buffer's end: the socket had nothing more.
         if let (false, true, Some(tcp)) = (spliced, buf.len() < buf.capacity(), up.plain()) {
             crate::io::forget_readable(tcp.get_ref());
         }
-        pool.release(up, &cluster.stats.occupancy);
+        pool.release(up, &cluster.stats.occupancy, &cluster.config.http_timeouts);
     }
     Answer {
         status: head.status,

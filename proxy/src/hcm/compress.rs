@@ -30,6 +30,7 @@ use http_body::{Body, Frame, SizeHint};
 use zlib_rs::{Deflate, DeflateConfig, DeflateError, DeflateFlush, Method, Status, Strategy};
 
 use super::hyper_codec::ProxyBody;
+use crate::body::BodyError;
 
 /// Envoy's media types compressed when the filter names none.
 const DEFAULT_CONTENT_TYPES: [&str; 18] = [
@@ -345,15 +346,15 @@ impl<B> GzipBody<B> {
 
 impl<B> Body for GzipBody<B>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         loop {
             if this.finished {
@@ -593,12 +594,12 @@ mod tests {
 
     impl Body for Channel {
         type Data = Bytes;
-        type Error = hyper::Error;
+        type Error = BodyError;
 
         fn poll_frame(
             self: Pin<&mut Self>,
             cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
             self.get_mut()
                 .0
                 .poll_recv(cx)

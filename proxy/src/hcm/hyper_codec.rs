@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use bearing_gateway::HeaderEdits;
 use bearing_http1::{valid_host, MAX_HEAD, MAX_HEADERS};
-use bearing_proxy_config::RetryPolicy;
+use bearing_proxy_config::{stream_idle_timeout, RetryPolicy};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 
 use super::compress;
 use super::filters::HttpFilters;
@@ -78,14 +79,17 @@ pub(crate) async fn serve_request<L: HttpListener>(
             let filters = listener.filters().map(|f| (f, who));
             match (listener.routes(), listener.cluster()) {
                 (Some(routes), _) => {
-                    let (resp, sent) = route(req, (listener.name(), filters), routes, peer).await;
+                    let (resp, sent) = route(req, (listener, filters), routes, peer).await;
                     outcome = sent;
                     resp
                 }
                 (None, Some(cluster)) => match filtered(filters, None).await {
                     Some(reply) => reply,
                     None => {
-                        let limits = (cluster.config.request_timeout, listener.retry());
+                        let idle = listener
+                            .stream_idle()
+                            .map(|period| (period, listener.idle_timeouts()));
+                        let limits = (cluster.config.request_timeout, listener.retry(), idle);
                         let req = req.map(RequestBody::Streamed);
                         let (resp, sent) = send_logged(req, cluster, limits, false).await;
                         outcome = sent;
@@ -169,9 +173,9 @@ fn logged_response(
 /// the decision: a local reply with the answering route's edits, or the request sent to its
 /// cluster (a copy to the mirror) with the route's response edits; a gateway's responses say
 /// `server: Kuma Gateway`.
-async fn route<'r>(
+async fn route<'r, L: HttpListener>(
     req: Request<Incoming>,
-    (listener, filters): (&str, Filters<'_>),
+    (listener, filters): (&L, Filters<'_>),
     routes: &'r HttpRoutes,
     peer: SocketAddr,
 ) -> (Response<ProxyBody>, Outcome<'r>) {
@@ -202,17 +206,20 @@ async fn route<'r>(
                 target,
                 timeout,
                 retry,
+                idle_timeout,
                 response_headers,
                 mirror,
                 endpoint_host,
             },
         ) => {
             let body = match mirror {
-                Some(m) => mirror_request(&parts, body, m, listener).await,
+                Some(m) => mirror_request(&parts, body, m, listener.name()).await,
                 None => RequestBody::Streamed(body),
             };
             let req = Request::from_parts(parts, body);
-            let limits = (timeout, retry);
+            let idle = stream_idle_timeout(idle_timeout, listener.stream_idle())
+                .map(|period| (period, listener.idle_timeouts()));
+            let limits = (timeout, retry, idle);
             let (mut resp, sent) = send_logged(req, target, limits, endpoint_host).await;
             outcome = sent;
             response_headers.apply(resp.headers_mut());
@@ -246,15 +253,25 @@ async fn filtered(
     Some(resp)
 }
 
+/// A request's limits: its response timeout, retry policy, and stream idle timeout with where
+/// one that fires is counted.
+type Limits<'a> = (
+    Option<Duration>,
+    Option<&'a RetryPolicy>,
+    Option<(Duration, &'a Counter)>,
+);
+
 /// Sends one request to `cluster` (again as the route's `retry` policy asks) and counts the
 /// outcome there: the upstream's response without hop-by-hop headers, or a 503 (504 when no
 /// response head came within `timeout`, the route's or the cluster's; `None`: no limit)
 /// naming the failure. With `endpoint_host`, Host becomes the hostname of the endpoint it
-/// is sent to, when it has one.
+/// is sent to, when it has one. Under a stream idle timeout (`idle`, counted there when it
+/// fires), a request whose body has ended that waits that long for the response head gets
+/// 504 `stream timeout`, and a response body that stops for that long resets the stream.
 pub async fn send(
     req: Request<RequestBody>,
     cluster: &ClusterRuntime,
-    limits: (Option<Duration>, Option<&RetryPolicy>),
+    limits: Limits<'_>,
     endpoint_host: bool,
 ) -> Response<ProxyBody> {
     send_logged(req, cluster, limits, endpoint_host).await.0
@@ -264,7 +281,7 @@ pub async fn send(
 async fn send_logged<'c>(
     mut req: Request<RequestBody>,
     cluster: &'c ClusterRuntime,
-    (timeout, retry): (Option<Duration>, Option<&RetryPolicy>),
+    (timeout, retry, idle): Limits<'_>,
     endpoint_host: bool,
 ) -> (Response<ProxyBody>, Outcome<'c>) {
     let mut outcome = Outcome {
@@ -272,15 +289,33 @@ async fn send_logged<'c>(
         ..Outcome::default()
     };
     prepare_request(&mut req, cluster.is_h2());
+    // A body still streaming moves while the head is awaited: only an ended one lets the
+    // wait count as idle (a gap beside Envoy, which watches each body frame).
+    let idle_wait =
+        idle.filter(|_| req.body().is_end_stream() || matches!(req.body(), MessageBody::Held(_)));
     let mut upstream = Upstream {
         cluster,
         timeout,
         endpoint_host,
         client_host: None,
     };
-    let resp = match super::forward((cluster, retry), &mut upstream, req).await {
+    let forwarded = super::forward((cluster, retry), &mut upstream, req);
+    let forwarded = match idle_wait {
+        None => forwarded.await,
+        Some((period, idled)) => match tokio::time::timeout(period, forwarded).await {
+            Ok(forwarded) => forwarded,
+            Err(_) => {
+                idled.inc();
+                return (reply(Reply::stream_timeout()), outcome);
+            }
+        },
+    };
+    let resp = match forwarded {
         Ok((mut resp, pool)) => {
             outcome.upstream = Some(pool.address());
+            if let Some((period, idled)) = idle {
+                resp = resp.map(|body| body.idle_after(period, idled.clone()));
+            }
             cluster.stats.requests.count(resp.status().as_u16());
             strip_hop_by_hop(resp.headers_mut());
             // The response goes out in the client's version, as Envoy's: hyper writes the

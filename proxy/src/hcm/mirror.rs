@@ -73,7 +73,7 @@ pub(crate) fn spawn_mirror(
     tokio::spawn(async move {
         let limit = cluster.config.request_timeout.unwrap_or(MIRROR_TIMEOUT);
         let exchange = async {
-            let mut body = send(copy, &cluster, (Some(limit), None), false)
+            let mut body = send(copy, &cluster, (Some(limit), None, None), false)
                 .await
                 .into_body();
             // Read to its end so the upstream connection goes back to the pool.

@@ -50,6 +50,8 @@ use filters::HttpFilters;
 
 /// The body of Envoy's 403 to a request its RBAC filter refuses.
 pub(crate) const RBAC_DENIED: &str = "RBAC: access denied";
+/// The body of Envoy's 504 to a request whose stream idled out before its response.
+const STREAM_TIMEOUT: &str = "stream timeout";
 
 /// What the connection manager reads of the listener whose requests it serves (the
 /// filter-chain stage's `ListenerRuntime`): a trait, so that this stage does not depend on
@@ -61,6 +63,11 @@ pub(crate) trait HttpListener {
     fn cluster(&self) -> Option<&ClusterRuntime>;
     /// The retry policy of requests to that cluster (its one route's).
     fn retry(&self) -> Option<&RetryPolicy>;
+    /// How long a request's stream may go without a byte moved, where its route sets no
+    /// idle timeout of its own (`None`: no limit).
+    fn stream_idle(&self) -> Option<Duration>;
+    /// Where requests whose stream idled out are counted.
+    fn idle_timeouts(&self) -> &Counter;
     /// The routes its requests take (a gateway's, or a sidecar's route table).
     fn routes(&self) -> Option<&HttpRoutes>;
     /// Where its responses are counted by status.
@@ -87,12 +94,14 @@ pub(crate) trait HttpListener {
 pub(crate) enum Routed<'l> {
     /// To `cluster`, the response head awaited for `timeout` (the route's, else the
     /// cluster's; `None`: no limit), sent again as the route's `retry` policy asks, each
-    /// response head sent downstream changed by `edits` (a route's).
+    /// response head sent downstream changed by `edits` (a route's); the stream ends when no
+    /// byte moved for `idle` (the route's stream idle timeout, else the listener's).
     Forward {
         cluster: &'l ClusterRuntime,
         timeout: Option<Duration>,
         retry: Option<&'l RetryPolicy>,
         edits: Option<ResponseEdits<'l>>,
+        idle: Option<Duration>,
     },
     /// Answered by the proxy (a router's 404, redirect, direct response or refusal).
     Reply(Reply, Option<ResponseEdits<'l>>),
@@ -115,6 +124,7 @@ impl Reply {
         let message = match failure {
             // Envoy's text (the log above names the endpoint).
             UpstreamError::Timeout(_) => "upstream request timeout".to_string(),
+            UpstreamError::MaxStreamDuration(_) => "upstream max stream duration reached".into(),
             other => other.to_string(),
         };
         Reply {
@@ -123,6 +133,20 @@ impl Reply {
             message,
             overloaded: failure.is_overflow(),
             flags: crate::access_log::failure_flags(failure).0,
+        }
+    }
+}
+
+impl Reply {
+    /// Envoy's answer to a request whose stream moved no byte for its idle timeout before a
+    /// response started: 504 `stream timeout` (waiting for the response head counts as idle).
+    pub(crate) fn stream_timeout() -> Reply {
+        Reply {
+            status: http::StatusCode::GATEWAY_TIMEOUT,
+            location: None,
+            message: STREAM_TIMEOUT.to_string(),
+            overloaded: false,
+            flags: bearing_proxy_config::ResponseFlags::STREAM_IDLE_TIMEOUT,
         }
     }
 }
@@ -269,6 +293,8 @@ fn retries_failure(policy: &RetryPolicy, failure: &UpstreamError) -> bool {
         }
         UpstreamError::Request(..) => policy.retries_reset(),
         UpstreamError::Timeout(_) => policy.retries_timeout(),
+        // Envoy resets the upstream stream: retried as a reset.
+        UpstreamError::MaxStreamDuration(_) => policy.retries_reset(),
         // No endpoint to try, the proxy's own refusal, the client's fault, a response the
         // proxy could not read.
         UpstreamError::NoEndpoints
@@ -311,9 +337,25 @@ async fn try_endpoint<'c, C: UpstreamCodec>(
         return Err((cluster.no_upstream(None), Some(request)));
     };
     let address = pool.address();
+    // The cluster's maximum stream duration bounds this try, when it comes before the
+    // request's own deadline; reaching it is told apart from the request's timeout.
+    let stream_end = cluster
+        .config
+        .http_timeouts
+        .max_stream_duration
+        .map(|d| Instant::now() + d)
+        .filter(|end| deadline.is_none_or(|d| *end < d));
+    let deadline = stream_end.or(deadline);
+    let timed_out = || match stream_end {
+        Some(_) => {
+            cluster.stats.rq_max_duration_reached.inc();
+            UpstreamError::MaxStreamDuration(address)
+        }
+        None => UpstreamError::Timeout(address),
+    };
     loop {
         let Some(checked) = checkout_by(codec, &pool, deadline).await else {
-            return Err((UpstreamError::Timeout(address), Some(request)));
+            return Err((timed_out(), Some(request)));
         };
         *codec.limit() = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let (conn, reused) = match checked {
@@ -339,6 +381,10 @@ async fn try_endpoint<'c, C: UpstreamCodec>(
             }
             Attempt::NoAnswer(Some(again), _) if reused && cluster.may_retry(retry) => {
                 request = again
+            }
+            Attempt::Failed(UpstreamError::Timeout(_)) => {
+                cluster.stats.request_errors.inc();
+                return Err((timed_out(), None));
             }
             Attempt::NoAnswer(_, failure) | Attempt::Failed(failure) => {
                 if failure.is_exchange_failure() {

@@ -1193,3 +1193,151 @@ async fn an_http10_origins_answer_reaches_http11_clients_as_http11() {
         assert!(answer.contains("old origin"), "{codec:?}: {answer}");
     }
 }
+
+/// An origin that reads each request head and, by its path, never answers (`/silent`),
+/// answers a head and 2 of 10 body bytes and then stalls (`/stall`), or answers `200 ok`.
+async fn stalling_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(end) = read_head(&mut s, &mut buf).await {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end);
+                    let answer: &[u8] = if head.contains(" /silent ") {
+                        b""
+                    } else if head.contains(" /stall ") {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nab"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    if answer.len() < 20 || s.write_all(answer).await.is_err() {
+                        // Silent or stalled: hold the connection.
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// A stream idle timeout (the listener's, 300 ms) through every codec: a request whose
+/// response head does not come in time gets Envoy's 504 `stream timeout` (counted), one
+/// whose response body stops is cut (the connection closes, or the HTTP/2 stream is reset),
+/// and one answered at once is not touched.
+#[tokio::test]
+async fn a_stream_idle_timeout_ends_silent_and_stalled_streams_in_every_codec() {
+    let origin = stalling_upstream().await;
+    let mut config = (*config(origin, origin)).clone();
+    config.listeners[0].stream_idle_timeout = Some(Duration::from_millis(300));
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    let listener = proxy
+        .snapshot()
+        .listener(&listener_address(0))
+        .cloned()
+        .unwrap();
+    let mut failures = Vec::new();
+    for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+        let started = tokio::time::Instant::now();
+        let case = answered_get("silent origin", "/silent", (504, "stream timeout"));
+        let answer = ask(&proxy, codec, &case).await;
+        let took = started.elapsed();
+        if answer != (504, "stream timeout".into())
+            || took < Duration::from_millis(300)
+            || took > Duration::from_secs(3)
+        {
+            failures.push(format!("{codec:?} silent: {answer:?} after {took:?}"));
+        }
+        let ok = answered_get("quick origin", "/ok", (200, "ok"));
+        let answer = ask(&proxy, codec, &ok).await;
+        if answer != (200, "ok".into()) {
+            failures.push(format!("{codec:?} quick: {answer:?}"));
+        }
+        let started = tokio::time::Instant::now();
+        let cut = stalled_body(&proxy, codec).await;
+        let took = started.elapsed();
+        if !cut || took > Duration::from_secs(3) {
+            failures.push(format!("{codec:?} stalled body: cut {cut} after {took:?}"));
+        }
+    }
+    assert_eq!(listener.stats.stream_idle_timeout.get(), 6, "{failures:#?}");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Asks `/stall` through `codec`: whether the response, its head received, was cut short
+/// (the connection closed, or the HTTP/2 stream reset) rather than completed or left hanging
+/// for 5 s.
+async fn stalled_body(proxy: &Arc<Proxy>, codec: Codec) -> bool {
+    let (mut client, serving) = open(proxy, codec, 0).await;
+    let cut = async {
+        if let Codec::HyperH2 = codec {
+            let io = TokioIo::new(client);
+            let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+                TokioExecutor::new(),
+                io,
+            )
+            .await
+            .unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::get("http://web/stall")
+                .body(Full::default())
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            return resp.into_body().collect().await.is_err();
+        }
+        client
+            .write_all(b"GET /stall HTTP/1.1\r\nhost: web\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        while client.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {}
+        // Closed (the loop ended) with the head and the 2 bytes of 10 that came.
+        buf.starts_with(b"HTTP/1.1 200") && buf.ends_with(b"\r\n\r\nab")
+    };
+    let cut = tokio::time::timeout(Duration::from_secs(5), cut)
+        .await
+        .unwrap_or(false);
+    serving.abort();
+    cut
+}
+
+/// A cluster's maximum stream duration (MeshTimeout's `http.maxStreamDuration`) ends a try
+/// waiting for its response head with Envoy's 504 `upstream max stream duration reached`,
+/// counted, through every codec.
+#[tokio::test]
+async fn a_try_past_the_maximum_stream_duration_gets_envoys_504() {
+    let origin = stalling_upstream().await;
+    let mut config = (*config(origin, origin)).clone();
+    let cluster = config.clusters.get_mut("live").unwrap();
+    cluster.http_timeouts.max_stream_duration = Some(Duration::from_millis(300));
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    let mut failures = Vec::new();
+    for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+        let started = tokio::time::Instant::now();
+        let reply = (504, "upstream max stream duration reached");
+        let answer = ask(
+            &proxy,
+            codec,
+            &answered_get("silent origin", "/silent", reply),
+        )
+        .await;
+        let took = started.elapsed();
+        if answer != (reply.0, reply.1.into()) || took > Duration::from_secs(3) {
+            failures.push(format!("{codec:?}: {answer:?} after {took:?}"));
+        }
+    }
+    let listener = proxy
+        .snapshot()
+        .listener(&listener_address(0))
+        .cloned()
+        .unwrap();
+    let live = super::HttpListener::cluster(&*listener).unwrap();
+    assert_eq!(live.stats.rq_max_duration_reached.get(), 3, "{failures:#?}");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
