@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bearing_proxy_config::{Listener, RetryPolicy};
+use bearing_proxy_config::{stream_idle_timeout, Listener, RetryPolicy};
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
@@ -158,12 +158,9 @@ impl HttpListener for ListenerRuntime {
         self.config.retry.as_ref()
     }
 
-    fn stream_idle(&self) -> Option<Duration> {
-        self.config.stream_idle_timeout
-    }
-
-    fn idle_timeouts(&self) -> &Counter {
-        &self.stats.stream_idle_timeout
+    fn stream_idle(&self, route: Option<Duration>) -> Option<(Duration, &Counter)> {
+        let period = stream_idle_timeout(route, self.config.stream_idle_timeout)?;
+        Some((period, &self.stats.stream_idle_timeout))
     }
 
     fn routes(&self) -> Option<&HttpRoutes> {

@@ -30,7 +30,7 @@ use std::time::Duration;
 use bearing_gateway::HeaderEdits;
 use bearing_http1::{parse_request, parse_response, BodyLength, BodyProgress, NotForwarded};
 use bearing_http1::{Refused, RequestHead, ResponseHead};
-use bearing_proxy_config::{stream_idle_timeout, RetryPolicy};
+use bearing_proxy_config::RetryPolicy;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
@@ -304,7 +304,7 @@ where
                 head.body,
                 request.body,
                 peer,
-                (listener.name(), listener.stream_idle()),
+                listener.name(),
             ),
             None => match listener.cluster() {
                 Some(c) if !c.is_h2() => (
@@ -313,7 +313,7 @@ where
                         timeout: c.config.request_timeout,
                         retry: listener.retry(),
                         edits: None,
-                        idle: listener.stream_idle(),
+                        idle: None,
                     },
                     None,
                 ),
@@ -358,7 +358,7 @@ where
                 edits,
                 idle,
             } => {
-                let idle = idle.map(|period| (period, listener.idle_timeouts()));
+                let idle = listener.stream_idle(idle);
                 Box::pin(exchange(
                     &mut down,
                     (cluster, timeout, retry, idle),
@@ -502,7 +502,7 @@ fn route_head<'r>(
     length: BodyLength,
     body: &[u8],
     peer: SocketAddr,
-    (listener, listener_idle): (&str, Option<Duration>),
+    listener: &str,
 ) -> (Routed<'r>, Option<(&'r RouteLimit, &'r HeaderEdits)>) {
     let unsupported = |why| (Routed::Unsupported(why), None);
     if !routes.http1_backends() {
@@ -542,7 +542,7 @@ fn route_head<'r>(
                 timeout,
                 retry,
                 edits: Some(routes.edits(Some(response_headers))),
-                idle: stream_idle_timeout(idle_timeout, listener_idle),
+                idle: idle_timeout,
             }
         }
     };

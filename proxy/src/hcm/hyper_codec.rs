@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bearing_gateway::HeaderEdits;
 use bearing_http1::{valid_host, MAX_HEAD, MAX_HEADERS};
-use bearing_proxy_config::{stream_idle_timeout, RetryPolicy};
+use bearing_proxy_config::RetryPolicy;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -86,9 +86,7 @@ pub(crate) async fn serve_request<L: HttpListener>(
                 (None, Some(cluster)) => match filtered(filters, None).await {
                     Some(reply) => reply,
                     None => {
-                        let idle = listener
-                            .stream_idle()
-                            .map(|period| (period, listener.idle_timeouts()));
+                        let idle = listener.stream_idle(None);
                         let limits = (cluster.config.request_timeout, listener.retry(), idle);
                         let req = req.map(RequestBody::Streamed);
                         let (resp, sent) = send_logged(req, cluster, limits, false).await;
@@ -217,8 +215,7 @@ async fn route<'r, L: HttpListener>(
                 None => RequestBody::Streamed(body),
             };
             let req = Request::from_parts(parts, body);
-            let idle = stream_idle_timeout(idle_timeout, listener.stream_idle())
-                .map(|period| (period, listener.idle_timeouts()));
+            let idle = listener.stream_idle(idle_timeout);
             let limits = (timeout, retry, idle);
             let (mut resp, sent) = send_logged(req, target, limits, endpoint_host).await;
             outcome = sent;

@@ -63,11 +63,10 @@ pub(crate) trait HttpListener {
     fn cluster(&self) -> Option<&ClusterRuntime>;
     /// The retry policy of requests to that cluster (its one route's).
     fn retry(&self) -> Option<&RetryPolicy>;
-    /// How long a request's stream may go without a byte moved, where its route sets no
-    /// idle timeout of its own (`None`: no limit).
-    fn stream_idle(&self) -> Option<Duration>;
-    /// Where requests whose stream idled out are counted.
-    fn idle_timeouts(&self) -> &Counter;
+    /// How long a request's stream may go without a byte moved (its route's own idle
+    /// timeout `route`, zero: none, else the listener's; `None`: no limit), with where a
+    /// stream that idles out is counted.
+    fn stream_idle(&self, route: Option<Duration>) -> Option<(Duration, &Counter)>;
     /// The routes its requests take (a gateway's, or a sidecar's route table).
     fn routes(&self) -> Option<&HttpRoutes>;
     /// Where its responses are counted by status.
@@ -94,8 +93,8 @@ pub(crate) trait HttpListener {
 pub(crate) enum Routed<'l> {
     /// To `cluster`, the response head awaited for `timeout` (the route's, else the
     /// cluster's; `None`: no limit), sent again as the route's `retry` policy asks, each
-    /// response head sent downstream changed by `edits` (a route's); the stream ends when no
-    /// byte moved for `idle` (the route's stream idle timeout, else the listener's).
+    /// response head sent downstream changed by `edits` (a route's); `idle`: the route's own
+    /// stream idle timeout (`None`: the listener's, [`HttpListener::stream_idle`]).
     Forward {
         cluster: &'l ClusterRuntime,
         timeout: Option<Duration>,
