@@ -40,8 +40,12 @@ done
 # (seen: -p bearing-tls, -p bearing-bootstrap, -p bearing-e2e each did once), so everything
 # here uses --workspace selections (clippy reuses the build's), and the end-to-end tests run the
 # binary this build made (BEARING_BIN) instead of their own `cargo build -p bearing`.
+# One build, no incremental state: it would only grow target/ (CI builds once from clean).
+export CARGO_INCREMENTAL=0
+df -h . >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 export BEARING_BIN="$PWD/target/debug/bearing"
 cargo test --workspace -- --test-threads 2
+du -sh target >&2

@@ -77,11 +77,14 @@ impl Occupancy {
         resource: Resource,
         max: u32,
     ) -> Option<Held<O>> {
+        // Compare-and-swap, not increment-then-undo: the gauge is what `/stats` shows and a
+        // scrape between the two would see one unit over the threshold.
         let gauge = occupancy.borrow().gauge(resource);
-        if gauge.inc() >= i64::from(max) {
-            gauge.dec();
-            return None;
-        }
+        let below = |n: i64| (n < i64::from(max)).then_some(n + 1);
+        gauge
+            .inner()
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, below)
+            .ok()?;
         Some(Held {
             occupancy,
             resource,
