@@ -16,7 +16,10 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Goldens without a policy that Bearing cannot translate yet, and why.
-const NOT_YET: &[(&str, &str)] = &[];
+const NOT_YET: &[(&str, &str)] = &[(
+    "xds-generator/outbound-proxy/09.envoy.golden.yaml",
+    "a fragment whose TLS cluster names Secrets the golden does not carry: only an awaiting NACK (Envoy keeps such a cluster warming); its outlier detection translates",
+)];
 
 /// Goldens whose config Envoy 1.40 refuses too (checked with `envoy --mode validate`), so
 /// they stay NACKed, and why.
