@@ -474,16 +474,21 @@ async fn run_checker(
             Verdict::Active { .. } => stats.failure.inc(),
         };
         let transition = session.record(verdict, pool.health(), &check);
-        if transition == Transition::Changed {
+        let mut changed = transition == Transition::Changed;
+        if changed {
             tracing::info!(cluster = %cluster.config.name, endpoint = %pool.address(),
                 healthy = !pool.health().failed_active(), "health check changed the endpoint's health");
         }
         if let Some(detector) = cluster.health().and_then(|h| h.detector.as_ref()) {
             if !pool.health().failed_active() {
-                detector.checked_healthy(&pool);
+                changed |= detector.checked_healthy(&pool);
             }
         }
-        cluster.refresh_health();
+        if changed {
+            // The runtime in force now: one applied since the probe began was planned from
+            // the flags before this change, and the apply refreshes after storing it.
+            watched.cluster.load().refresh_health();
+        }
         let had_traffic = cluster.stats.connections.get() > 0;
         let healthy = !pool.health().failed_active();
         let base = next_interval(&check, verdict, transition, had_traffic, healthy);
@@ -513,9 +518,10 @@ async fn sweep(watched: Arc<Watched>) {
         let cluster = watched.cluster.load_full();
         if let Some(health) = cluster.health() {
             if let Some(detector) = &health.detector {
-                if detector.sweep(health.pools()) {
-                    cluster.refresh_health();
-                }
+                detector.sweep(health.pools());
+                // Every sweep, changed or not: an ejection a request of the previous runtime
+                // made reaches the runtime in force at the latest here.
+                cluster.refresh_health();
             }
         }
     }
@@ -671,5 +677,82 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(h2.uri(), "http://backend/health?x=1");
         assert!(h2.headers().get("host").is_none());
+    }
+
+    /// A cluster checked over TCP against two listeners, one of them closed: the open one
+    /// becomes healthy and takes every connection, the closed one fails; an apply without
+    /// the cluster stops the checkers (no more attempts).
+    #[tokio::test]
+    async fn checkers_follow_their_endpoints_and_stop_with_the_cluster() {
+        use crate::mesh_tls::MeshTlsSet;
+        use crate::stats::ClusterStats;
+        use crate::upstream::{plain_endpoint, ClusterEndpoints, UpstreamSecurity};
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let at =
+            [open.local_addr(), closed.local_addr()].map(|a| a.unwrap_or_else(|e| panic!("{e}")));
+        drop(closed);
+        let accept = tokio::spawn(async move {
+            loop {
+                if open.accept().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut c = check(1, 1);
+        c.interval = Duration::from_millis(50);
+        c.unhealthy_interval = Duration::from_millis(50);
+        c.no_traffic_interval = Duration::from_millis(50);
+        c.no_traffic_healthy_interval = Duration::from_millis(50);
+        let config = bearing_proxy_config::Cluster {
+            endpoints: at.iter().map(|a| plain_endpoint(*a)).collect(),
+            health: EndpointHealth {
+                check: Some(c),
+                ..EndpointHealth::default()
+            },
+            ..crate::upstream::test_cluster("checked")
+        };
+        let pools: Vec<_> = config.endpoints.iter().map(EndpointPool::new).collect();
+        let stats = ClusterStats::default();
+        let runtime = Arc::new(ClusterRuntime::new(
+            config,
+            stats.clone(),
+            ClusterEndpoints::Fixed(pools.clone()),
+            (None, Vec::new()),
+            UpstreamSecurity::new(None, &MeshTlsSet::default()),
+        ));
+        let watch = HealthWatch::default();
+        let clusters = HashMap::from([("checked".to_string(), runtime.clone())]);
+        watch.apply(&clusters);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while pools[0].health().failed_active() || pools[1].health().is_pending() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no verdicts"));
+        assert!(pools[1].health().failed_active());
+        assert_eq!(stats.membership_healthy.get(), 1);
+        for _ in 0..4 {
+            let stream = runtime
+                .connect_tcp()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let peer = match &stream {
+                tokio_util::either::Either::Left(s) => s.get_ref().peer_addr().ok(),
+                tokio_util::either::Either::Right(_) => None,
+            };
+            assert_eq!(peer, Some(at[0]));
+        }
+        watch.apply(&HashMap::new());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let attempts = stats.health_check.attempt.get();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(stats.health_check.attempt.get(), attempts);
+        accept.abort();
     }
 }
