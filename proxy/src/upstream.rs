@@ -1517,6 +1517,54 @@ mod tests {
         assert_eq!(resolved.view().len(), 3, "every level's pool is kept");
     }
 
+    /// With a health signal, a request goes to the eligible hosts of the level its draw
+    /// picks: P0 half healthy (health 70%) sends about 70% to its healthy host and 30% to
+    /// P1; nothing healthy anywhere with panic disabled leaves no endpoint.
+    #[test]
+    fn endpoint_selection_follows_the_health_plan() {
+        let endpoints = at_priorities(&[0, 0, 1]);
+        let pools: Vec<_> = endpoints.iter().map(EndpointPool::new).collect();
+        let cluster = |panic_threshold: f64| {
+            ClusterRuntime::new(
+                Cluster {
+                    endpoints: endpoints.clone(),
+                    health: bearing_proxy_config::EndpointHealth {
+                        outlier: Some(Default::default()),
+                        check: None,
+                        panic_threshold,
+                    },
+                    ..test_cluster("backend")
+                },
+                ClusterStats::default(),
+                ClusterEndpoints::Fixed(pools.clone()),
+                (None, Vec::new()),
+                UpstreamSecurity::new(None, &MeshTlsSet::default()),
+            )
+        };
+        let health = cluster(50.0);
+        pools[1].health().set_ejected(true);
+        health.refresh_health();
+        assert_eq!(health.stats.membership_healthy.get(), 2);
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..2000 {
+            let first = health.rotation().next().map(|p| p.address().to_string());
+            *counts.entry(first.unwrap_or_default()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.get("10.0.0.1:80"), None, "{counts:?}");
+        let p1 = counts.get("10.0.0.2:80").copied().unwrap_or(0);
+        assert!((450..750).contains(&p1), "about 30% to P1: {counts:?}");
+        // Every host out and no panic: no endpoint.
+        let none = cluster(0.0);
+        for pool in &pools {
+            pool.health().set_ejected(true);
+        }
+        none.refresh_health();
+        assert!(none.rotation().next().is_none());
+        // With panic (the default), total panic: every host of both levels, by host count.
+        let panicking = cluster(50.0);
+        assert_eq!(first_choices(&panicking, 200).len(), 3);
+    }
+
     #[tokio::test]
     async fn tcp_connections_past_max_connections_are_refused_and_counted() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
