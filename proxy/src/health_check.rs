@@ -8,10 +8,10 @@
 //!   unhealthy after `unhealthy_threshold` in a row; any other unexpected HTTP status at once;
 //! - the next probe comes after `interval` (healthy verdict), `unhealthy_interval` (failed),
 //!   or their edge intervals while a change is pending; until the cluster has opened a
-//!   connection for traffic, after `no_traffic_interval` (`no_traffic_healthy_interval` for
-//!   a healthy host); plus the jitters. The first probe comes after `initial_jitter`.
+//!   connection for traffic, after `no_traffic_interval` (`no_traffic_healthy_interval`
+//!   after a pass that leaves no change pending); plus the jitters. The first probe comes after `initial_jitter`.
 //! - A probe's connection is kept for the next one (`reuse_connection`, the default) unless
-//!   the peer closes it or the probe failed; a connect-only TCP probe closes it.
+//!   the peer closes it or the network failed; a connect-only TCP probe closes it.
 //!
 //! Probe connections use the endpoint's transport (the cluster's TLS or its matched one) but
 //! are not traffic: they count in no traffic metric and take no circuit-breaker unit.
@@ -129,11 +129,10 @@ pub fn next_interval(
     verdict: Verdict,
     transition: Transition,
     had_traffic: bool,
-    healthy: bool,
 ) -> Duration {
     let pending = transition == Transition::ChangePending;
     match (had_traffic, verdict == Verdict::Healthy, pending) {
-        (false, _, _) if healthy => check.no_traffic_healthy_interval,
+        (false, true, false) => check.no_traffic_healthy_interval,
         (false, _, _) => check.no_traffic_interval,
         (true, true, true) => check.healthy_edge_interval,
         (true, true, false) => check.interval,
@@ -464,7 +463,8 @@ async fn run_checker(
             }
             () = stop.cancelled() => return,
         };
-        kept = next.filter(|_| check.reuse_connection && verdict == Verdict::Healthy);
+        // Envoy keeps the connection after any answer (a wrong status too) unless told not to.
+        kept = next.filter(|_| check.reuse_connection && verdict != Verdict::Network);
         match verdict {
             Verdict::Healthy => stats.success.inc(),
             Verdict::Network => {
@@ -480,7 +480,7 @@ async fn run_checker(
                 healthy = !pool.health().failed_active(), "health check changed the endpoint's health");
         }
         if let Some(detector) = cluster.health().and_then(|h| h.detector.as_ref()) {
-            if !pool.health().failed_active() {
+            if verdict == Verdict::Healthy && !pool.health().failed_active() {
                 changed |= detector.checked_healthy(&pool);
             }
         }
@@ -490,8 +490,7 @@ async fn run_checker(
             watched.cluster.load().refresh_health();
         }
         let had_traffic = cluster.stats.connections.get() > 0;
-        let healthy = !pool.health().failed_active();
-        let base = next_interval(&check, verdict, transition, had_traffic, healthy);
+        let base = next_interval(&check, verdict, transition, had_traffic);
         tokio::select! {
             () = tokio::time::sleep(with_jitter(base, &check)) => {}
             () = stop.cancelled() => return,
@@ -603,28 +602,14 @@ mod tests {
     fn intervals_follow_the_verdict_and_traffic() {
         let c = check(1, 1);
         let s = Duration::from_secs;
-        let i = |v, t, traffic, healthy| next_interval(&c, v, t, traffic, healthy);
-        assert_eq!(
-            i(Verdict::Healthy, Transition::Unchanged, false, true),
-            s(61)
-        );
-        assert_eq!(
-            i(Verdict::Network, Transition::Changed, false, false),
-            s(60)
-        );
-        assert_eq!(
-            i(Verdict::Healthy, Transition::Unchanged, true, true),
-            s(10)
-        );
-        assert_eq!(
-            i(Verdict::Healthy, Transition::ChangePending, true, false),
-            s(11)
-        );
-        assert_eq!(i(Verdict::Network, Transition::Changed, true, false), s(20));
-        assert_eq!(
-            i(Verdict::Network, Transition::ChangePending, true, true),
-            s(21)
-        );
+        let i = |v, t, traffic| next_interval(&c, v, t, traffic);
+        assert_eq!(i(Verdict::Healthy, Transition::Unchanged, false), s(61));
+        assert_eq!(i(Verdict::Healthy, Transition::ChangePending, false), s(60));
+        assert_eq!(i(Verdict::Network, Transition::Changed, false), s(60));
+        assert_eq!(i(Verdict::Healthy, Transition::Unchanged, true), s(10));
+        assert_eq!(i(Verdict::Healthy, Transition::ChangePending, true), s(11));
+        assert_eq!(i(Verdict::Network, Transition::Changed, true), s(20));
+        assert_eq!(i(Verdict::Network, Transition::ChangePending, true), s(21));
         let mut j = c.clone();
         j.interval_jitter_percent = 10;
         j.interval_jitter = Duration::from_millis(500);
