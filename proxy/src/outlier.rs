@@ -44,6 +44,17 @@ pub enum Outcome {
     ConnectedFinal,
 }
 
+impl Outcome {
+    /// A failed connect: a timeout (Envoy's connection pool reports LOCAL_ORIGIN_TIMEOUT for
+    /// its connect timeout) or any other failure.
+    pub fn of_connect(e: &std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::TimedOut => Outcome::Timeout,
+            _ => Outcome::ConnectFailed,
+        }
+    }
+}
+
 /// Why a host is ejected (Envoy's `OutlierEjectionType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ejection {
@@ -504,6 +515,10 @@ mod tests {
         assert_eq!(gateway.enforcing.consecutive_gateway_failure, 0);
         gateway.enforcing.consecutive_gateway_failure = 100;
         let d = detector(gateway.clone());
+        let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
+        assert_eq!(Outcome::of_connect(&timed_out), Outcome::Timeout);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(Outcome::of_connect(&refused), Outcome::ConnectFailed);
         // Unsplit: a connect failure is a 503, a timeout a 504.
         d.put(&all[0], &all, Outcome::ConnectFailed);
         assert!(d.put(&all[0], &all, Outcome::Timeout));

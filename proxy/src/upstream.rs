@@ -1052,7 +1052,7 @@ impl ClusterRuntime {
                 Err(e) => match Overflow::of(&e) {
                     Some(o) => return Err(UpstreamError::Overflow(o)),
                     None => {
-                        self.observe(&pool, Outcome::ConnectFailed);
+                        self.observe(&pool, Outcome::of_connect(&e));
                         last = Some(self.connect_failed(pool.address, e));
                     }
                 },

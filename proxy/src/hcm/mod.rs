@@ -367,7 +367,7 @@ async fn try_endpoint<'c, C: UpstreamCodec>(
                 return Err((UpstreamError::Overflow(o), Some(request)))
             }
             Err(NoConnection::Failed(e)) => {
-                cluster.observe(&pool, Outcome::ConnectFailed);
+                cluster.observe(&pool, Outcome::of_connect(&e));
                 let failed = cluster.connect_failed(address, e);
                 return Err((cluster.no_upstream(Some(failed)), Some(request)));
             }
