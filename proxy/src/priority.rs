@@ -1,25 +1,30 @@
 //! Envoy's priority levels: which of a cluster's endpoints take its traffic.
 //!
-//! Envoy's rule (its "priority levels" and "overprovisioning factor"): a level's health is the
-//! share of its hosts that are healthy times the overprovisioning factor (1.4 unless the
-//! ClusterLoadAssignment's `policy` says otherwise, which Bearing NACKs), capped at 100%; a
-//! level without hosts has health 0. The highest level (priority 0) takes its health's share
-//! of the traffic and the levels after it what is left, in order.
+//! Envoy's rule (its "priority levels", "overprovisioning factor" and "panic threshold"): a
+//! level's health is the share of its hosts that are healthy times the overprovisioning
+//! factor (1.4 unless the ClusterLoadAssignment's `policy` says otherwise, which Bearing
+//! NACKs), capped at 100%; a level without hosts has health 0. The highest level (priority
+//! 0) takes its health's share of the traffic and the levels after it what is left, in
+//! order, normalised by the total health when that is below 100%. A level whose healthy
+//! share is below the cluster's `healthy_panic_threshold` (50% by default; 0 disables it)
+//! is in panic, unless the total health is 100%: it balances across all its hosts, healthy
+//! or not. When every level is in panic, each takes the share of the traffic its host count
+//! is of all hosts.
 //!
-//! Bearing has no health signal yet (active health checks and outlier detection are NACKed),
-//! so every host counts as healthy: the highest level that has endpoints has health 100% and
-//! takes all the traffic, and a level with no endpoints passes its load on. A cluster keeps
-//! that level's index range, found when its endpoints are applied, so choosing among levels
-//! costs nothing per request. Splitting the traffic across levels by their health (Envoy's
-//! priority load, and its panic mode) comes with a health signal.
+//! A cluster without a health signal (no active health check, no outlier detection) has
+//! every host healthy: the highest level that has endpoints takes all the traffic
+//! ([`serving_level`]), found when its endpoints are applied, so choosing costs nothing per
+//! request. A cluster with one keeps a [`Plan`], recomputed whenever a host's health
+//! changes; a request draws its level from the plan's loads and balances among that
+//! level's eligible hosts.
 
 use std::ops::Range;
 
 use bearing_proxy_config::Endpoint;
 
 /// The index range of the endpoints that take the traffic among `endpoints` (ordered by
-/// priority, as `Cluster::endpoints` is): those of the highest priority level present, every
-/// host being healthy.
+/// priority, as `Cluster::endpoints` is) when every host is healthy: those of the highest
+/// priority level present.
 pub fn serving_level(endpoints: &[Endpoint]) -> Range<usize> {
     let Some(first) = endpoints.first() else {
         return 0..0;
@@ -29,6 +34,106 @@ pub fn serving_level(endpoints: &[Endpoint]) -> Range<usize> {
         .position(|e| e.priority != first.priority)
         .unwrap_or(endpoints.len());
     0..end
+}
+
+/// Envoy's overprovisioning factor, in percent.
+const OVERPROVISIONING: usize = 140;
+
+/// Where a cluster with a health signal sends its traffic: each priority level's share of
+/// it, in percent, and the hosts eligible in each.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Per level (priority 0 first): the share of requests, summing to 100.
+    loads: Vec<u32>,
+    /// Per level: indices (into the cluster's endpoints) of its eligible hosts: the healthy
+    /// ones, or all of them when the level is in panic.
+    hosts: Vec<Vec<usize>>,
+}
+
+impl Plan {
+    /// The plan of endpoints at `priorities` (ordered by priority) of which `healthy` are
+    /// healthy, with the panic threshold `panic_threshold` (percent; 0: never panic).
+    pub fn new(priorities: &[u32], healthy: &[bool], panic_threshold: f64) -> Plan {
+        let levels = priorities.last().map_or(1, |p| *p as usize + 1);
+        let mut total = vec![0usize; levels];
+        let mut well = vec![0usize; levels];
+        for (p, ok) in priorities.iter().zip(healthy) {
+            total[*p as usize] += 1;
+            well[*p as usize] += usize::from(*ok);
+        }
+        let health: Vec<u32> = (0..levels)
+            .map(|l| match total[l] {
+                0 => 0,
+                n => (OVERPROVISIONING * well[l] / n).min(100) as u32,
+            })
+            .collect();
+        let normalized = health.iter().sum::<u32>().min(100);
+        // Nothing healthy: P0 takes the load (and panics, unless panic is disabled).
+        let mut loads = distribute(&health, normalized).unwrap_or_else(|| {
+            let mut loads = vec![0; levels];
+            loads[0] = 100;
+            loads
+        });
+        let panics: Vec<bool> = (0..levels)
+            .map(|l| {
+                let share = match total[l] {
+                    0 => 0.0,
+                    n => 100.0 * well[l] as f64 / n as f64,
+                };
+                normalized != 100 && panic_threshold > 0.0 && share < panic_threshold
+            })
+            .collect();
+        if panics.iter().all(|p| *p) {
+            // Total panic: by host counts (no host at all: the loads stay).
+            let counts: Vec<u32> = total.iter().map(|n| *n as u32).collect();
+            if let Some(by_hosts) = distribute(&counts, priorities.len() as u32) {
+                loads = by_hosts;
+            }
+        }
+        let mut hosts = vec![Vec::new(); levels];
+        for (i, (p, ok)) in priorities.iter().zip(healthy).enumerate() {
+            let l = *p as usize;
+            if *ok || panics[l] {
+                hosts[l].push(i);
+            }
+        }
+        Plan { loads, hosts }
+    }
+
+    /// The eligible hosts of the level taking a request that drew `draw` (0 to 99): the
+    /// first level whose cumulative load exceeds it.
+    pub fn level(&self, draw: u32) -> &[usize] {
+        let mut sum = 0;
+        for (load, hosts) in self.loads.iter().zip(&self.hosts) {
+            sum += load;
+            if draw < sum {
+                return hosts;
+            }
+        }
+        &[]
+    }
+
+    /// Whether one level takes all the traffic (no draw needed).
+    pub fn is_single(&self) -> bool {
+        self.loads.iter().filter(|l| **l > 0).count() <= 1
+    }
+}
+
+/// Envoy's `distributeLoad`: 100% shared out in level order, each level `weight × 100 /
+/// denominator` of it while any is left, the rounding rest to the first level with weight;
+/// `None` when the denominator is 0.
+fn distribute(weights: &[u32], denominator: u32) -> Option<Vec<u32>> {
+    let mut left = 100u32;
+    let mut loads = Vec::with_capacity(weights.len());
+    for w in weights {
+        let load = left.min((w * 100).checked_div(denominator)?);
+        left -= load;
+        loads.push(load);
+    }
+    if let Some(first) = weights.iter().position(|w| *w > 0) {
+        loads[first] += left;
+    }
+    Some(loads)
 }
 
 #[cfg(test)]
@@ -54,5 +159,74 @@ mod tests {
         assert_eq!(serving_level(&endpoints(&[1, 1, 3])), 0..2);
         assert_eq!(serving_level(&endpoints(&[2])), 0..1);
         assert_eq!(serving_level(&endpoints(&[])), 0..0);
+    }
+
+    fn plan(priorities: &[u32], healthy: &[bool], panic: f64) -> (Vec<u32>, Vec<Vec<usize>>) {
+        let p = Plan::new(priorities, healthy, panic);
+        (p.loads, p.hosts)
+    }
+
+    /// Envoy's documented examples: P0 health 1.4 × healthy share, the rest to P1.
+    #[test]
+    fn levels_share_the_load_by_their_health() {
+        // 100% / 100%: all to P0.
+        assert_eq!(
+            plan(&[0, 0, 1, 1], &[true, true, true, true], 50.0).0,
+            vec![100, 0]
+        );
+        // P0 at 50% healthy: 70% to P0, 30% to P1 (its health 100%).
+        let (loads, hosts) = plan(&[0, 0, 1, 1], &[true, false, true, true], 50.0);
+        assert_eq!(loads, vec![70, 30]);
+        assert_eq!(hosts, vec![vec![0], vec![2, 3]]);
+        // Four of five P0 hosts healthy: 80% × 1.4 caps at 100%.
+        let five = [0, 0, 0, 0, 0, 1];
+        assert_eq!(
+            plan(&five, &[true, true, true, true, false, true], 50.0).0,
+            vec![100, 0]
+        );
+        // P0 at 20%, P1 at 20% (28% each): normalised over 56%, both in panic? no, the total
+        // health is not 100% and each is below 50%: total panic, by host counts.
+        let ten = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1];
+        let mut h = [false; 10];
+        h[0] = true;
+        h[5] = true;
+        assert_eq!(plan(&ten, &h, 50.0).0, vec![50, 50]);
+        // Without panic: normalised health, 28 × 100 / 56 = 50 each, healthy hosts only.
+        let (loads, hosts) = plan(&ten, &h, 0.0);
+        assert_eq!(loads, vec![50, 50]);
+        assert_eq!(hosts, vec![vec![0], vec![5]]);
+    }
+
+    #[test]
+    fn a_level_below_the_panic_threshold_uses_all_its_hosts() {
+        // One of three healthy (33%) under 50%: panic, all three; alone, it takes all.
+        let (loads, hosts) = plan(&[0, 0, 0], &[true, false, false], 50.0);
+        assert_eq!(loads, vec![100]);
+        assert_eq!(hosts, vec![vec![0, 1, 2]]);
+        // At a threshold of 20% it is not in panic: only the healthy host.
+        assert_eq!(
+            plan(&[0, 0, 0], &[true, false, false], 20.0).1,
+            vec![vec![0]]
+        );
+        // Nothing healthy and panic disabled: P0 takes the load and has no host.
+        let (loads, hosts) = plan(&[0, 0], &[false, false], 0.0);
+        assert_eq!(loads, vec![100]);
+        assert!(hosts[0].is_empty());
+        // Nothing healthy with panic: every host of every level, by host count.
+        assert_eq!(plan(&[0, 1, 1, 1], &[false; 4], 50.0).0, vec![25, 75]);
+    }
+
+    #[test]
+    fn a_draw_picks_the_level_by_cumulative_load() {
+        let p = Plan::new(&[0, 0, 1, 1], &[true, false, true, true], 50.0);
+        assert!(!p.is_single());
+        assert_eq!(p.level(0), &[0]);
+        assert_eq!(p.level(69), &[0]);
+        assert_eq!(p.level(70), &[2, 3]);
+        assert_eq!(p.level(99), &[2, 3]);
+        // Levels absent in between (priorities 0 and 2) carry nothing.
+        let gap = Plan::new(&[0, 2], &[false, true], 50.0);
+        assert_eq!(gap.level(0), &[1]);
+        assert!(gap.is_single());
     }
 }

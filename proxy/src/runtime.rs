@@ -32,6 +32,7 @@ use crate::gateway::{self, GatewayRuntime};
 use crate::hcm::byte_codec::{self, Prefixed};
 use crate::hcm::filters::HttpFilters;
 use crate::hcm::{hyper_codec, HttpListener as _};
+use crate::health_check::HealthWatch;
 use crate::io::{Counted, TcpBacked};
 use crate::rate_limit::ConnectionLimit;
 use crate::rbac::RbacRuntime;
@@ -75,6 +76,8 @@ pub struct Proxy {
     resolutions: Resolutions,
     /// The writers of access log files, kept across applies.
     log_files: LogFiles,
+    /// Clusters' health checkers and outlier sweeps, kept across applies.
+    health: HealthWatch,
 }
 
 impl Proxy {
@@ -117,6 +120,7 @@ impl Proxy {
             workers,
             resolutions: Resolutions::new(resolver),
             log_files: LogFiles::default(),
+            health: HealthWatch::default(),
         }
     }
 
@@ -198,6 +202,7 @@ impl Proxy {
         }
         self.resolutions
             .retain(|name| config.clusters.get(name).is_some_and(|c| c.dns.is_some()));
+        self.health.apply(&clusters);
         let mut listeners = HashMap::new();
         let mut inbound_ports = HashMap::new();
         let mut build_errors = BTreeMap::new();

@@ -15,6 +15,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::circuit::Occupancy;
+use crate::health_check::HealthCheckStats;
+use crate::outlier::OutlierStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
@@ -103,6 +105,13 @@ pub struct ClusterStats {
     /// Requests to the cluster sent again by a route's retry policy (Envoy's
     /// `upstream_rq_retry`).
     pub rq_retry: Counter,
+    /// Active health checking (Envoy's `health_check.*`).
+    pub health_check: HealthCheckStats,
+    /// Outlier detection (Envoy's `outlier_detection.*`).
+    pub outlier: OutlierStats,
+    /// Endpoints taking traffic by their health (Envoy's `membership_healthy`), kept up to
+    /// date for clusters with a health signal.
+    pub membership_healthy: Gauge,
 }
 
 /// Config source metrics.
@@ -339,6 +348,87 @@ const CLUSTER_SERIES: &[Series<ClusterStats>] = &[
         help: "Requests to the cluster sent again by a route's retry policy.",
         kind: MetricType::Counter,
         metric: |h| &h.rq_retry,
+    },
+    Series {
+        name: "cluster_health_check_attempt",
+        help: "Active health check probes started.",
+        kind: MetricType::Counter,
+        metric: |h| &h.health_check.attempt,
+    },
+    Series {
+        name: "cluster_health_check_success",
+        help: "Active health check probes passed.",
+        kind: MetricType::Counter,
+        metric: |h| &h.health_check.success,
+    },
+    Series {
+        name: "cluster_health_check_failure",
+        help: "Active health check probes failed.",
+        kind: MetricType::Counter,
+        metric: |h| &h.health_check.failure,
+    },
+    Series {
+        name: "cluster_health_check_network_failure",
+        help: "Active health check probes failed by the network or a timeout.",
+        kind: MetricType::Counter,
+        metric: |h| &h.health_check.network_failure,
+    },
+    Series {
+        name: "cluster_membership_healthy",
+        help: "Endpoints taking traffic by their health (clusters with a health signal).",
+        kind: MetricType::Gauge,
+        metric: |h| &h.membership_healthy,
+    },
+    Series {
+        name: "cluster_outlier_detection_ejections_active",
+        help: "Endpoints ejected by outlier detection now.",
+        kind: MetricType::Gauge,
+        metric: |h| &h.outlier.ejections_active,
+    },
+    Series {
+        name: "cluster_outlier_detection_ejections_enforced",
+        help: "Ejections made by outlier detection.",
+        kind: MetricType::Counter,
+        metric: |h| &h.outlier.ejections_enforced_total,
+    },
+    Series {
+        name: "cluster_outlier_detection_ejections_overflow",
+        help: "Ejections not made because max_ejection_percent was reached.",
+        kind: MetricType::Counter,
+        metric: |h| &h.outlier.ejections_overflow,
+    },
+    Series {
+        name: "cluster_outlier_detection_ejections_detected_consecutive_5xx",
+        help: "Outliers detected by consecutive 5xx.",
+        kind: MetricType::Counter,
+        metric: |h| &h.outlier.ejections_detected_consecutive_5xx,
+    },
+    Series {
+        name: "cluster_outlier_detection_ejections_detected_consecutive_gateway_failure",
+        help: "Outliers detected by consecutive gateway failures.",
+        kind: MetricType::Counter,
+        metric: |h| &h.outlier.ejections_detected_consecutive_gateway_failure,
+    },
+    Series {
+        name: "cluster_outlier_detection_ejections_detected_consecutive_local_origin_failure",
+        help: "Outliers detected by consecutive local-origin failures.",
+        kind: MetricType::Counter,
+        metric: |h| {
+            &h.outlier
+                .ejections_detected_consecutive_local_origin_failure
+        },
+    },
+    Series {
+        name: "cluster_outlier_detection_ejections_detected_success_rate",
+        help: "Outliers detected by success rate.",
+        kind: MetricType::Counter,
+        metric: |h| &h.outlier.ejections_detected_success_rate,
+    },
+    Series {
+        name: "cluster_outlier_detection_ejections_detected_failure_percentage",
+        help: "Outliers detected by failure percentage.",
+        kind: MetricType::Counter,
+        metric: |h| &h.outlier.ejections_detected_failure_percentage,
     },
 ];
 

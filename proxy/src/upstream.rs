@@ -17,6 +17,11 @@
 //! they were made with); every other pool of the old config is retired ([`PreviousPools`]):
 //! its idle connections close at once and the ones still in use close after their exchange,
 //! so no request travels on terms the new config no longer uses.
+//!
+//! A pool also carries its endpoint's health ([`HostHealth`], [`HostRecord`]), so a reload
+//! that keeps the endpoint keeps its health. Which endpoints may take a request is
+//! [`ClusterRuntime::serving`]'s answer: the serving priority level's, or, for a cluster
+//! with a health signal, the eligible hosts of the level its plan draws (`crate::priority`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -46,10 +51,12 @@ use tokio::time::Instant;
 
 use crate::body::{BodyError, MessageBody};
 use crate::circuit::{Held, Occupancy, Overflow, Resource};
+use crate::health::{ClusterHealth, HostHealth};
 use crate::idle::IdleClock;
 use crate::io::Counted;
 use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
-use crate::priority::serving_level;
+use crate::outlier::{Detector, HostRecord, Outcome};
+use crate::priority::{serving_level, Plan};
 use crate::stats::ClusterStats;
 use crate::workers;
 use tokio_util::either::Either;
@@ -191,6 +198,10 @@ pub struct EndpointPool {
     idle: PerWorker<Pooled>,
     /// Each worker's multiplexed connection (at most one), shared by that worker's requests.
     h2: PerWorker<H2Slot>,
+    /// Why the endpoint takes no traffic, if it does not (active check, outlier ejection).
+    health: HostHealth,
+    /// Its outcomes as outlier detection counts them.
+    outlier: HostRecord,
 }
 
 /// An idle HTTP/1.1 connection in a pool, and since when it idles (stamped only when its
@@ -342,7 +353,19 @@ impl EndpointPool {
             tls_match: endpoint.tls_match.as_deref().map(Box::from),
             idle: PerWorker::new(),
             h2: PerWorker::new(),
+            health: HostHealth::default(),
+            outlier: HostRecord::default(),
         })
+    }
+
+    /// The endpoint's health flags.
+    pub fn health(&self) -> &HostHealth {
+        &self.health
+    }
+
+    /// The endpoint's outlier detection record.
+    pub(crate) fn outlier(&self) -> &HostRecord {
+        &self.outlier
     }
 
     /// The endpoint this pool connects to.
@@ -535,13 +558,21 @@ impl PreviousPools {
             cluster.http2_windows,
             endpoint.address,
         );
+        let new = || {
+            let pool = EndpointPool::new(endpoint);
+            // A host new to a checked cluster waits for its first check, as in Envoy.
+            if cluster.health.check.is_some() {
+                pool.health.await_first_check();
+            }
+            pool
+        };
         match self.0.remove(&key) {
             Some((pool, old)) if old == *security && pool.serves(endpoint) => pool,
             Some((pool, _)) => {
                 pool.retire();
-                EndpointPool::new(endpoint)
+                new()
             }
-            None => EndpointPool::new(endpoint),
+            None => new(),
         }
     }
 
@@ -571,6 +602,9 @@ pub struct ClusterRuntime {
     matched: Vec<(String, Transport)>,
     /// What `tls` was made from, for the next config's [`PreviousPools`].
     security: UpstreamSecurity,
+    /// The endpoints' health and the plan that follows it, when the cluster has a health
+    /// signal (active health check, outlier detection); `None`: every host is healthy.
+    health: Option<ClusterHealth>,
 }
 
 /// How a cluster's connections to an endpoint are secured: plaintext (`None`), TLS with a
@@ -661,6 +695,9 @@ pub(crate) type PoolRef<'c> = Cow<'c, Arc<EndpointPool>>;
 pub(crate) enum EndpointsView<'c> {
     Fixed(&'c [Endpoint], &'c [Arc<EndpointPool>]),
     Resolved(Arc<EndpointSet>, Range<usize>),
+    /// The eligible hosts of one priority level of a health plan: the plan, the level's
+    /// draw, and the cluster's endpoints and pools its indices point into.
+    Planned(Arc<Plan>, u32, &'c [Endpoint], &'c [Arc<EndpointPool>]),
 }
 
 impl<'c> EndpointsView<'c> {
@@ -668,6 +705,7 @@ impl<'c> EndpointsView<'c> {
         match self {
             EndpointsView::Fixed(_, pools) => pools.len(),
             EndpointsView::Resolved(_, range) => range.len(),
+            EndpointsView::Planned(plan, draw, ..) => plan.level(*draw).len(),
         }
     }
 
@@ -675,6 +713,9 @@ impl<'c> EndpointsView<'c> {
         match self {
             EndpointsView::Fixed(endpoints, _) => endpoints.get(i),
             EndpointsView::Resolved(set, range) => set.endpoints.get(range.start + i),
+            EndpointsView::Planned(plan, draw, endpoints, _) => {
+                endpoints.get(*plan.level(*draw).get(i)?)
+            }
         }
     }
 
@@ -682,6 +723,9 @@ impl<'c> EndpointsView<'c> {
         match self {
             EndpointsView::Fixed(_, pools) => Cow::Borrowed(&pools[i]),
             EndpointsView::Resolved(set, range) => Cow::Owned(set.pools[range.start + i].clone()),
+            EndpointsView::Planned(plan, draw, _, pools) => {
+                Cow::Borrowed(&pools[plan.level(*draw)[i]])
+            }
         }
     }
 }
@@ -745,7 +789,20 @@ impl ClusterRuntime {
         (tls, matched): (Transport, Vec<(String, Transport)>),
         security: UpstreamSecurity,
     ) -> Self {
-        ClusterRuntime {
+        // Health is tracked for fixed endpoints only: the translation NACKs it on clusters
+        // resolved by DNS.
+        let health = match &endpoints {
+            ClusterEndpoints::Fixed(pools) if config.health.is_tracked() => {
+                let detector = config
+                    .health
+                    .outlier
+                    .clone()
+                    .map(|o| Detector::new(o, stats.outlier.clone()));
+                Some(ClusterHealth::new(&config, pools, detector))
+            }
+            _ => None,
+        };
+        let runtime = ClusterRuntime {
             serving_level: serving_level(&config.endpoints),
             config,
             stats,
@@ -754,6 +811,38 @@ impl ClusterRuntime {
             tls,
             matched,
             security,
+            health,
+        };
+        runtime.refresh_health();
+        runtime
+    }
+
+    /// The endpoints' health, when the cluster has a health signal.
+    pub fn health(&self) -> Option<&ClusterHealth> {
+        self.health.as_ref()
+    }
+
+    /// Recomputes the plan from the endpoints' health (after a signal changed it) and
+    /// exports the healthy count (Envoy's `membership_healthy`).
+    pub fn refresh_health(&self) {
+        if let Some(health) = &self.health {
+            health.refresh();
+            self.stats
+                .membership_healthy
+                .set(health.healthy_count() as i64);
+        }
+    }
+
+    /// Tells outlier detection, if the cluster has it, what happened on an attempt towards
+    /// `pool`'s endpoint. Costs one branch when it has not.
+    pub(crate) fn observe(&self, pool: &EndpointPool, outcome: Outcome) {
+        let Some(health) = &self.health else {
+            return;
+        };
+        if let Some(detector) = &health.detector {
+            if detector.put(pool, health.pools(), outcome) {
+                self.refresh_health();
+            }
         }
     }
 
@@ -769,9 +858,20 @@ impl ClusterRuntime {
         }
     }
 
-    /// The endpoints of the priority level serving requests (`crate::priority`: the highest
-    /// level with endpoints, every host being healthy).
+    /// The endpoints eligible for a request (`crate::priority`): without a health signal,
+    /// those of the highest level with endpoints; with one, the eligible hosts of the level
+    /// drawn by the plan's loads (one `ArcSwap` load, and a random draw only when more than
+    /// one level takes traffic).
     fn serving(&self) -> EndpointsView<'_> {
+        if let (Some(health), ClusterEndpoints::Fixed(pools)) = (&self.health, &self.endpoints) {
+            let plan = health.plan();
+            let draw = if plan.is_single() {
+                0
+            } else {
+                rand::random::<u32>() % 100
+            };
+            return EndpointsView::Planned(plan, draw, &self.config.endpoints, pools);
+        }
         match &self.endpoints {
             ClusterEndpoints::Fixed(pools) => {
                 let level = self.serving_level.clone();
@@ -865,10 +965,9 @@ impl ClusterRuntime {
     /// originates TLS towards it, both within the connect timeout; the connection holds a
     /// unit of `max_connections` (waited for when `wait`, see `connection_unit`).
     async fn connect(&self, pool: &EndpointPool, wait: bool) -> io::Result<UpstreamStream> {
-        let address = pool.address;
         let unit = self.connection_unit(wait).await?;
         let limit = self.config.connect_timeout;
-        let stream = crate::io::connect(address, None, limit).await?;
+        let stream = crate::io::connect(pool.address, None, limit).await?;
         self.stats.connections.inc();
         let counted = Counted::new(
             stream,
@@ -876,6 +975,27 @@ impl ClusterRuntime {
             self.stats.tx_bytes.clone(),
         )
         .holding(unit);
+        self.secure(pool, counted).await
+    }
+
+    /// A connection to `pool`'s endpoint for an active health check: the endpoint's
+    /// transport as traffic has, but no traffic metric and no circuit-breaker unit (Envoy's
+    /// health check connections are not the cluster's traffic). The caller bounds the time.
+    pub(crate) async fn connect_probe(&self, pool: &EndpointPool) -> io::Result<UpstreamStream> {
+        let stream = crate::io::connect(pool.address, None, self.config.connect_timeout).await?;
+        let counted = Counted::new(stream, Counter::default(), Counter::default());
+        self.secure(pool, counted).await
+    }
+
+    /// Wraps `counted` in the TLS `pool`'s endpoint connects with (its matched transport or
+    /// the cluster's), handshaking within the connect timeout; plaintext as it is.
+    async fn secure(
+        &self,
+        pool: &EndpointPool,
+        counted: Counted<TcpStream>,
+    ) -> io::Result<UpstreamStream> {
+        let address = pool.address;
+        let limit = self.config.connect_timeout;
         let transport = match pool.tls_match.as_deref() {
             None => &self.tls,
             Some(name) => self
@@ -925,10 +1045,16 @@ impl ClusterRuntime {
         let tries = chosen.cycle().take(attempts as usize);
         for pool in tries.map(|i| view.pool(i)) {
             match self.connect(&pool, false).await {
-                Ok(s) => return Ok(s),
+                Ok(s) => {
+                    self.observe(&pool, Outcome::ConnectedFinal);
+                    return Ok(s);
+                }
                 Err(e) => match Overflow::of(&e) {
                     Some(o) => return Err(UpstreamError::Overflow(o)),
-                    None => last = Some(self.connect_failed(pool.address, e)),
+                    None => {
+                        self.observe(&pool, Outcome::of_connect(&e));
+                        last = Some(self.connect_failed(pool.address, e));
+                    }
                 },
             }
         }
@@ -1257,6 +1383,7 @@ pub(crate) fn test_cluster(name: &str) -> Cluster {
         http2_windows: Default::default(),
         dns: None,
         tls_matches: Vec::new(),
+        health: Default::default(),
     }
 }
 
@@ -1388,6 +1515,54 @@ mod tests {
             ["10.0.0.1:80".into(), "10.0.0.2:80".into()].into();
         assert_eq!(first_choices(&resolved, 10), want);
         assert_eq!(resolved.view().len(), 3, "every level's pool is kept");
+    }
+
+    /// With a health signal, a request goes to the eligible hosts of the level its draw
+    /// picks: P0 half healthy (health 70%) sends about 70% to its healthy host and 30% to
+    /// P1; nothing healthy anywhere with panic disabled leaves no endpoint.
+    #[test]
+    fn endpoint_selection_follows_the_health_plan() {
+        let endpoints = at_priorities(&[0, 0, 1]);
+        let pools: Vec<_> = endpoints.iter().map(EndpointPool::new).collect();
+        let cluster = |panic_threshold: f64| {
+            ClusterRuntime::new(
+                Cluster {
+                    endpoints: endpoints.clone(),
+                    health: bearing_proxy_config::EndpointHealth {
+                        outlier: Some(Default::default()),
+                        check: None,
+                        panic_threshold,
+                    },
+                    ..test_cluster("backend")
+                },
+                ClusterStats::default(),
+                ClusterEndpoints::Fixed(pools.clone()),
+                (None, Vec::new()),
+                UpstreamSecurity::new(None, &MeshTlsSet::default()),
+            )
+        };
+        let health = cluster(50.0);
+        pools[1].health().set_ejected(true);
+        health.refresh_health();
+        assert_eq!(health.stats.membership_healthy.get(), 2);
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..2000 {
+            let first = health.rotation().next().map(|p| p.address().to_string());
+            *counts.entry(first.unwrap_or_default()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.get("10.0.0.1:80"), None, "{counts:?}");
+        let p1 = counts.get("10.0.0.2:80").copied().unwrap_or(0);
+        assert!((450..750).contains(&p1), "about 30% to P1: {counts:?}");
+        // Every host out and no panic: no endpoint.
+        let none = cluster(0.0);
+        for pool in &pools {
+            pool.health().set_ejected(true);
+        }
+        none.refresh_health();
+        assert!(none.rotation().next().is_none());
+        // With panic (the default), total panic: every host of both levels, by host count.
+        let panicking = cluster(50.0);
+        assert_eq!(first_choices(&panicking, 200).len(), 3);
     }
 
     #[tokio::test]

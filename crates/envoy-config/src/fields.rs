@@ -316,6 +316,80 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "lb_subset_config",
             // Read buffer sizing: Bearing sizes its own buffers.
             "per_connection_buffer_limit_bytes",
+            // Endpoint health (`health.rs`; the runtime's `health`, `health_check`,
+            // `outlier` and `priority` modules).
+            "health_checks",
+            "outlier_detection",
+            "common_lb_config",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig",
+        &["healthy_panic_threshold"],
+    ),
+    ("envoy.type.v3.Percent", &["value"]),
+    (
+        "envoy.config.core.v3.HealthCheck",
+        &[
+            "timeout",
+            "interval",
+            "initial_jitter",
+            "interval_jitter",
+            "interval_jitter_percent",
+            "unhealthy_threshold",
+            "healthy_threshold",
+            "reuse_connection",
+            "http_health_check",
+            "tcp_health_check",
+            "no_traffic_interval",
+            "no_traffic_healthy_interval",
+            "unhealthy_interval",
+            "unhealthy_edge_interval",
+            "healthy_edge_interval",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.HealthCheck.HttpHealthCheck",
+        &[
+            "host",
+            "path",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "expected_statuses",
+            "retriable_statuses",
+            "codec_client_type",
+        ],
+    ),
+    ("envoy.type.v3.Int64Range", &["start", "end"]),
+    (
+        "envoy.config.core.v3.HealthCheck.TcpHealthCheck",
+        &["send", "receive"],
+    ),
+    ("envoy.config.core.v3.HealthCheck.Payload", &["text", "binary"]),
+    (
+        "envoy.config.cluster.v3.OutlierDetection",
+        &[
+            "interval",
+            "base_ejection_time",
+            "max_ejection_time",
+            "max_ejection_percent",
+            "consecutive_5xx",
+            "consecutive_gateway_failure",
+            "consecutive_local_origin_failure",
+            "enforcing_consecutive_5xx",
+            "enforcing_consecutive_gateway_failure",
+            "enforcing_consecutive_local_origin_failure",
+            "enforcing_success_rate",
+            "enforcing_local_origin_success_rate",
+            "enforcing_failure_percentage",
+            "enforcing_failure_percentage_local_origin",
+            "split_external_local_origin_errors",
+            "success_rate_minimum_hosts",
+            "success_rate_request_volume",
+            "success_rate_stdev_factor",
+            "failure_percentage_minimum_hosts",
+            "failure_percentage_request_volume",
+            "failure_percentage_threshold",
         ],
     ),
     (
@@ -735,18 +809,31 @@ pub(crate) enum Guard {
 pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("AccessLog.filter", "access log filters"),
     ("HttpConnectionManager.tracing", "tracing"),
-    ("Cluster.health_checks", "health checks"),
     ("Thresholds.max_connection_pools", "circuit breakers"),
     (
         "CommonTlsContext.tls_params",
         "TLS versions and ciphers (MeshTLS)",
     ),
-    ("Cluster.outlier_detection", "outlier detection"),
+    ("HealthCheck.grpc_health_check", "gRPC health checks"),
+    ("HealthCheck.event_log_path", "health check event logs"),
+    ("HealthCheck.event_logger", "health check event logs"),
+    (
+        "HealthCheck.always_log_health_check_failures",
+        "health check event logs",
+    ),
+    (
+        "HealthCheck.always_log_health_check_success",
+        "health check event logs",
+    ),
+    ("CommonLbConfig.zone_aware_lb_config", "load balancing"),
+    (
+        "CommonLbConfig.locality_weighted_lb_config",
+        "load balancing",
+    ),
     ("Cluster.lb_policy", "load balancing"),
     ("Cluster.least_request_lb_config", "load balancing"),
     ("Cluster.ring_hash_lb_config", "load balancing"),
     ("Cluster.maglev_lb_config", "load balancing"),
-    ("Cluster.common_lb_config", "load balancing"),
     ("RetryPolicy.retriable_headers", "retries"),
     ("RetryPolicy.retriable_request_headers", "retries"),
     ("RetryPolicy.rate_limited_retry_back_off", "retries"),
@@ -1139,16 +1226,18 @@ mod tests {
 
     #[test]
     fn policies_are_named_as_policies() {
-        let bad =
-            walk(serde_json::json!({"name": "c", "outlierDetection": {}, "lbPolicy": "RING_HASH"}));
+        let bad = walk(
+            serde_json::json!({"name": "c", "commonLbConfig": {"localityWeightedLbConfig": {}}, "lbPolicy": "RING_HASH"}),
+        );
         let reasons: Vec<_> = bad
             .iter()
             .map(|u| (u.path.as_str(), u.reason.as_str()))
             .collect();
         assert!(
-            reasons.iter().any(
-                |(p, r)| p.ends_with("outlier_detection") && r.starts_with("outlier detection")
-            ),
+            reasons
+                .iter()
+                .any(|(p, r)| p.ends_with("locality_weighted_lb_config")
+                    && r.starts_with("load balancing")),
             "{reasons:?}"
         );
         assert!(

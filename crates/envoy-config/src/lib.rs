@@ -5,6 +5,7 @@
 mod access_log;
 pub mod decode;
 mod fields;
+mod health;
 mod http_filters;
 mod naming;
 mod rbac;

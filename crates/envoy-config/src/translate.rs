@@ -1746,12 +1746,19 @@ impl Translator<'_> {
                 );
             }
         }
+        let mut problems = Vec::new();
+        let health =
+            crate::health::endpoint_health(cluster, (&path, discovery.is_some()), &mut problems);
+        for (field, reason) in problems {
+            self.nack(CLUSTER, name, field, reason);
+        }
         if self.nacks.len() != before {
             return;
         }
         self.clusters.insert(
             name.to_string(),
             Cluster {
+                health,
                 http_timeouts,
                 name: name.to_string(),
                 protocol,

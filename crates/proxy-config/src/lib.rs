@@ -13,12 +13,14 @@ use serde::Serialize;
 mod access_log;
 mod filters;
 mod gateway;
+mod health;
 mod rbac;
 mod retry;
 mod routes;
 pub use access_log::*;
 pub use filters::*;
 pub use gateway::*;
+pub use health::*;
 pub use rbac::*;
 pub use retry::*;
 pub use routes::*;
@@ -759,6 +761,10 @@ pub struct Cluster {
     /// so one cluster may mix TLS and plaintext endpoints (an ExternalService's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls_matches: Vec<TlsMatch>,
+    /// How the endpoints' health is judged (active health checks, outlier detection) and the
+    /// panic threshold; without either signal every endpoint is healthy.
+    #[serde(skip_serializing_if = "EndpointHealth::is_default")]
+    pub health: EndpointHealth,
 }
 
 /// A transport an endpoint may select instead of its cluster's `tls`.

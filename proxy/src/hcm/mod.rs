@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access_log::ListenerLog;
 use crate::circuit::{Held, Occupancy};
+use crate::outlier::Outcome;
 use crate::router::{HttpRoutes, Reply, ResponseEdits};
 use crate::stats::StatusCounters;
 use crate::transport::Admission;
@@ -358,11 +359,15 @@ async fn try_endpoint<'c, C: UpstreamCodec>(
         };
         *codec.limit() = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let (conn, reused) = match checked {
-            Ok(c) => c,
+            Ok(c) => {
+                cluster.observe(&pool, Outcome::Connected);
+                c
+            }
             Err(NoConnection::Overflow(o)) => {
                 return Err((UpstreamError::Overflow(o), Some(request)))
             }
             Err(NoConnection::Failed(e)) => {
+                cluster.observe(&pool, Outcome::of_connect(&e));
                 let failed = cluster.connect_failed(address, e);
                 return Err((cluster.no_upstream(Some(failed)), Some(request)));
             }
@@ -372,9 +377,13 @@ async fn try_endpoint<'c, C: UpstreamCodec>(
             }
         };
         match codec.attempt(&pool, conn, request).await {
-            Attempt::Answered(answer) => return Ok((answer, pool)),
+            Attempt::Answered(answer) => {
+                cluster.observe(&pool, Outcome::Response(C::status(&answer)));
+                return Ok((answer, pool));
+            }
             Attempt::NotDelivered(again, _) if reused => request = again,
             Attempt::NotDelivered(again, e) => {
+                cluster.observe(&pool, Outcome::ConnectFailed);
                 let failed = cluster.connect_failed(address, e);
                 return Err((cluster.no_upstream(Some(failed)), Some(again)));
             }
@@ -383,11 +392,14 @@ async fn try_endpoint<'c, C: UpstreamCodec>(
             }
             Attempt::Failed(UpstreamError::Timeout(_)) => {
                 cluster.stats.request_errors.inc();
+                cluster.observe(&pool, Outcome::Timeout);
                 return Err((timed_out(), None));
             }
             Attempt::NoAnswer(_, failure) | Attempt::Failed(failure) => {
                 if failure.is_exchange_failure() {
                     cluster.stats.request_errors.inc();
+                    // A reset under the request: Envoy's router reports a connect failure.
+                    cluster.observe(&pool, Outcome::ConnectFailed);
                 }
                 return Err((failure, None));
             }

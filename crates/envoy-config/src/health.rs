@@ -1,0 +1,490 @@
+//! A cluster's `health_checks` (kuma-cp's MeshHealthCheck), `outlier_detection` (its
+//! MeshCircuitBreaker) and `common_lb_config.healthy_panic_threshold`, as Envoy 1.40 reads
+//! them: unset fields take Envoy's defaults. Fields Bearing does not implement (gRPC and
+//! custom checks, event logs, TLS options of the check, ...) are NACKed by the field guard.
+
+use crate::translate::duration;
+use bearing_proxy_config::{
+    EndpointHealth, HealthCheck, HttpProbe, OutlierDetection, Probe, ProbeHeader, TcpProbe,
+};
+use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
+use envoy_types::pb::envoy::config::core::v3 as core_pb;
+use envoy_types::pb::envoy::r#type::v3::Int64Range;
+use envoy_types::pb::google::protobuf::UInt32Value;
+use std::time::Duration;
+
+/// A field path and why its value cannot be served.
+pub(crate) type Problem = (String, String);
+
+/// Envoy's `no_traffic_interval` default.
+const NO_TRAFFIC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The endpoint health settings of `cluster` (at `path`; `dns`: its hostnames are resolved
+/// at run time), with the problems found.
+pub(crate) fn endpoint_health(
+    cluster: &cluster_pb::Cluster,
+    (path, dns): (&str, bool),
+    problems: &mut Vec<Problem>,
+) -> EndpointHealth {
+    let mut health = EndpointHealth::default();
+    if let Some(t) = cluster
+        .common_lb_config
+        .as_ref()
+        .and_then(|c| c.healthy_panic_threshold.as_ref())
+    {
+        // Envoy clamps the percentage to [0, 100].
+        health.panic_threshold = t.value.clamp(0.0, 100.0);
+    }
+    for (i, check) in cluster.health_checks.iter().enumerate() {
+        let at = format!("{path}.health_checks[{i}]");
+        if i > 0 {
+            problems.push((
+                at,
+                "a second health check: Bearing runs one per cluster".into(),
+            ));
+            continue;
+        }
+        health.check = health_check(check, &cluster.name, &at, problems);
+    }
+    health.outlier = cluster
+        .outlier_detection
+        .as_ref()
+        .map(|o| outlier_detection(o, &format!("{path}.outlier_detection"), problems));
+    if health.is_tracked() && dns {
+        let field = match health.check.is_some() {
+            true => "health_checks",
+            false => "outlier_detection",
+        };
+        problems.push((
+            format!("{path}.{field}"),
+            "health of endpoints resolved by DNS at run time is not implemented".into(),
+        ));
+    }
+    health
+}
+
+fn required_duration(
+    d: Option<&envoy_types::pb::google::protobuf::Duration>,
+    at: String,
+    problems: &mut Vec<Problem>,
+) -> Duration {
+    match d.map(duration) {
+        Some(d) if !d.is_zero() => d,
+        _ => {
+            problems.push((at, "required, and more than 0".into()));
+            Duration::ZERO
+        }
+    }
+}
+
+fn required_count(v: Option<&UInt32Value>, at: String, problems: &mut Vec<Problem>) -> u32 {
+    match v {
+        Some(v) => v.value,
+        None => {
+            problems.push((at, "required".into()));
+            0
+        }
+    }
+}
+
+/// A set duration that is more than zero, else `default` (Envoy's `PROTOBUF_GET_MS_OR_DEFAULT`
+/// of the optional intervals, whose protos require more than 0 when set).
+fn or(d: Option<&envoy_types::pb::google::protobuf::Duration>, default: Duration) -> Duration {
+    d.map(duration).filter(|d| !d.is_zero()).unwrap_or(default)
+}
+
+fn health_check(
+    check: &core_pb::HealthCheck,
+    cluster: &str,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<HealthCheck> {
+    use core_pb::health_check::HealthChecker as H;
+    let before = problems.len();
+    let timeout = required_duration(check.timeout.as_ref(), format!("{at}.timeout"), problems);
+    let interval = required_duration(check.interval.as_ref(), format!("{at}.interval"), problems);
+    let unhealthy_threshold = required_count(
+        check.unhealthy_threshold.as_ref(),
+        format!("{at}.unhealthy_threshold"),
+        problems,
+    );
+    let healthy_threshold = required_count(
+        check.healthy_threshold.as_ref(),
+        format!("{at}.healthy_threshold"),
+        problems,
+    );
+    let probe = match &check.health_checker {
+        Some(H::HttpHealthCheck(http)) => http_probe(http, cluster, at, problems).map(Probe::Http),
+        Some(H::TcpHealthCheck(tcp)) => tcp_probe(tcp, at, problems).map(Probe::Tcp),
+        // gRPC and custom checkers are NACKed by the field guard.
+        Some(_) => None,
+        None => {
+            problems.push((at.into(), "a health checker is required".into()));
+            None
+        }
+    };
+    let unhealthy_interval = or(check.unhealthy_interval.as_ref(), interval);
+    let no_traffic_interval = or(check.no_traffic_interval.as_ref(), NO_TRAFFIC_INTERVAL);
+    let built = HealthCheck {
+        timeout,
+        interval,
+        unhealthy_interval,
+        unhealthy_edge_interval: or(check.unhealthy_edge_interval.as_ref(), unhealthy_interval),
+        healthy_edge_interval: or(check.healthy_edge_interval.as_ref(), interval),
+        no_traffic_interval,
+        no_traffic_healthy_interval: or(
+            check.no_traffic_healthy_interval.as_ref(),
+            no_traffic_interval,
+        ),
+        initial_jitter: check
+            .initial_jitter
+            .as_ref()
+            .map(duration)
+            .unwrap_or_default(),
+        interval_jitter: check
+            .interval_jitter
+            .as_ref()
+            .map(duration)
+            .unwrap_or_default(),
+        interval_jitter_percent: check.interval_jitter_percent,
+        unhealthy_threshold,
+        healthy_threshold,
+        reuse_connection: check.reuse_connection.as_ref().is_none_or(|b| b.value),
+        probe: probe?,
+    };
+    (problems.len() == before).then_some(built)
+}
+
+fn http_probe(
+    http: &core_pb::health_check::HttpHealthCheck,
+    cluster: &str,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<HttpProbe> {
+    use core_pb::header_value_option::HeaderAppendAction as A;
+    use envoy_types::pb::envoy::r#type::v3::CodecClientType as Codec;
+    let at = format!("{at}.http_health_check");
+    let before = problems.len();
+    if !http.path.starts_with('/') {
+        problems.push((format!("{at}.path"), "required, starting with /".into()));
+    }
+    let http2 = match Codec::try_from(http.codec_client_type) {
+        Ok(Codec::Http1) => false,
+        Ok(Codec::Http2) => true,
+        _ => {
+            let reason = "only HTTP1 and HTTP2 are implemented";
+            problems.push((format!("{at}.codec_client_type"), reason.into()));
+            false
+        }
+    };
+    let mut headers = Vec::new();
+    for (i, option) in http.request_headers_to_add.iter().enumerate() {
+        let hat = format!("{at}.request_headers_to_add[{i}]");
+        let Some(h) = &option.header else {
+            problems.push((format!("{hat}.header"), "required".into()));
+            continue;
+        };
+        let replace = match A::try_from(option.append_action) {
+            Ok(A::AppendIfExistsOrAdd) => false,
+            Ok(A::OverwriteIfExistsOrAdd) => true,
+            _ => {
+                let reason =
+                    "only APPEND_IF_EXISTS_OR_ADD and OVERWRITE_IF_EXISTS_OR_ADD are implemented";
+                problems.push((format!("{hat}.append_action"), reason.into()));
+                continue;
+            }
+        };
+        let name = h.key.to_ascii_lowercase();
+        if !is_token(&name) || !is_value(&h.value) || name == "host" {
+            let reason = "not a header a health check may set";
+            problems.push((format!("{hat}.header"), reason.into()));
+            continue;
+        }
+        headers.push(ProbeHeader {
+            name,
+            value: h.value.clone(),
+            replace,
+        });
+    }
+    let expected_statuses = match http.expected_statuses.is_empty() {
+        true => vec![(200, 201)],
+        false => statuses(
+            &http.expected_statuses,
+            &format!("{at}.expected_statuses"),
+            problems,
+        ),
+    };
+    let retriable_statuses = statuses(
+        &http.retriable_statuses,
+        &format!("{at}.retriable_statuses"),
+        problems,
+    );
+    let host = match http.host.is_empty() {
+        true => cluster.to_string(),
+        false => http.host.clone(),
+    };
+    if !is_value(&host) {
+        problems.push((format!("{at}.host"), "not a valid Host value".into()));
+    }
+    let probe = HttpProbe {
+        host,
+        path: http.path.clone(),
+        expected_statuses,
+        retriable_statuses,
+        headers,
+        remove_headers: http
+            .request_headers_to_remove
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        http2,
+    };
+    (problems.len() == before).then_some(probe)
+}
+
+/// Whether `name` is an HTTP header name (an RFC 9110 token).
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Whether `value` may be an HTTP header value (no control characters but tab).
+fn is_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// Status ranges `[start, end)` within Envoy's allowed `[100, 600)`.
+fn statuses(ranges: &[Int64Range], at: &str, problems: &mut Vec<Problem>) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    for (i, r) in ranges.iter().enumerate() {
+        if r.start < 100 || r.end > 600 || r.start >= r.end {
+            let reason = "a range within [100, 600) with start below end";
+            problems.push((format!("{at}[{i}]"), reason.into()));
+            continue;
+        }
+        out.push((r.start as u16, r.end as u16));
+    }
+    out
+}
+
+fn tcp_probe(
+    tcp: &core_pb::health_check::TcpHealthCheck,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<TcpProbe> {
+    let at = format!("{at}.tcp_health_check");
+    let before = problems.len();
+    let send = tcp
+        .send
+        .as_ref()
+        .map(|p| payload(p, &format!("{at}.send"), problems))
+        .unwrap_or_default();
+    let receive = tcp
+        .receive
+        .iter()
+        .enumerate()
+        .map(|(i, p)| payload(p, &format!("{at}.receive[{i}]"), problems))
+        .collect();
+    (problems.len() == before).then_some(TcpProbe { send, receive })
+}
+
+/// A payload's bytes: `text` is hex, `binary` raw.
+fn payload(p: &core_pb::health_check::Payload, at: &str, problems: &mut Vec<Problem>) -> Vec<u8> {
+    use core_pb::health_check::payload::Payload as P;
+    match &p.payload {
+        Some(P::Binary(b)) => b.clone(),
+        Some(P::Text(hex)) => match decode_hex(hex) {
+            Some(bytes) => bytes,
+            None => {
+                problems.push((format!("{at}.text"), "not hex".into()));
+                Vec::new()
+            }
+        },
+        None => {
+            problems.push((at.into(), "text or binary is required".into()));
+            Vec::new()
+        }
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Envoy's outlier detection settings, its defaults for what is unset.
+fn outlier_detection(
+    o: &cluster_pb::OutlierDetection,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> OutlierDetection {
+    let d = OutlierDetection::default();
+    let n = |v: &Option<UInt32Value>, default: u32| v.as_ref().map_or(default, |v| v.value);
+    // Envoy's percentages are capped at 100.
+    let pct = |v: &Option<UInt32Value>, default: u32| n(v, default).min(100);
+    for (field, set) in [
+        ("interval", &o.interval),
+        ("base_ejection_time", &o.base_ejection_time),
+        ("max_ejection_time", &o.max_ejection_time),
+    ] {
+        if set.as_ref().is_some_and(|d| duration(d).is_zero()) {
+            problems.push((format!("{at}.{field}"), "must be more than 0".into()));
+        }
+    }
+    let base_ejection_time = or(o.base_ejection_time.as_ref(), d.base_ejection_time);
+    // Envoy: unset, the maximum is its default or the base, whichever is larger; set below
+    // the base, the cluster is rejected.
+    let max_ejection_time = match o.max_ejection_time.as_ref().map(duration) {
+        Some(max) if max < base_ejection_time => {
+            let reason = "max_ejection_time cannot be smaller than base_ejection_time";
+            problems.push((format!("{at}.max_ejection_time"), reason.into()));
+            base_ejection_time
+        }
+        Some(max) => max,
+        None => d.max_ejection_time.max(base_ejection_time),
+    };
+    OutlierDetection {
+        interval: or(o.interval.as_ref(), d.interval),
+        base_ejection_time,
+        max_ejection_time,
+        max_ejection_percent: pct(&o.max_ejection_percent, d.max_ejection_percent),
+        consecutive_5xx: n(&o.consecutive_5xx, d.consecutive_5xx),
+        consecutive_gateway_failure: n(
+            &o.consecutive_gateway_failure,
+            d.consecutive_gateway_failure,
+        ),
+        consecutive_local_origin_failure: n(
+            &o.consecutive_local_origin_failure,
+            d.consecutive_local_origin_failure,
+        ),
+        enforcing: bearing_proxy_config::Enforcing {
+            consecutive_5xx: pct(&o.enforcing_consecutive_5xx, d.enforcing.consecutive_5xx),
+            consecutive_gateway_failure: pct(
+                &o.enforcing_consecutive_gateway_failure,
+                d.enforcing.consecutive_gateway_failure,
+            ),
+            consecutive_local_origin_failure: pct(
+                &o.enforcing_consecutive_local_origin_failure,
+                d.enforcing.consecutive_local_origin_failure,
+            ),
+            success_rate: pct(&o.enforcing_success_rate, d.enforcing.success_rate),
+            local_origin_success_rate: pct(
+                &o.enforcing_local_origin_success_rate,
+                d.enforcing.local_origin_success_rate,
+            ),
+            failure_percentage: pct(
+                &o.enforcing_failure_percentage,
+                d.enforcing.failure_percentage,
+            ),
+            failure_percentage_local_origin: pct(
+                &o.enforcing_failure_percentage_local_origin,
+                d.enforcing.failure_percentage_local_origin,
+            ),
+        },
+        split_external_local_origin_errors: o.split_external_local_origin_errors,
+        success_rate_minimum_hosts: n(&o.success_rate_minimum_hosts, d.success_rate_minimum_hosts),
+        success_rate_request_volume: n(
+            &o.success_rate_request_volume,
+            d.success_rate_request_volume,
+        ),
+        success_rate_stdev_factor: n(&o.success_rate_stdev_factor, d.success_rate_stdev_factor),
+        failure_percentage_minimum_hosts: n(
+            &o.failure_percentage_minimum_hosts,
+            d.failure_percentage_minimum_hosts,
+        ),
+        failure_percentage_request_volume: n(
+            &o.failure_percentage_request_volume,
+            d.failure_percentage_request_volume,
+        ),
+        failure_percentage_threshold: pct(
+            &o.failure_percentage_threshold,
+            d.failure_percentage_threshold,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(json: serde_json::Value) -> cluster_pb::Cluster {
+        let any = crate::decode::decode_json_resource(
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            &json,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        prost::Message::decode(any.value.as_slice()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// kuma-cp's MeshHealthCheck golden: the unset intervals take Envoy's defaults.
+    #[test]
+    fn a_mesh_health_check_reads_with_envoys_defaults() {
+        let c = cluster(serde_json::json!({"name": "c", "healthChecks": [{
+            "healthyThreshold": 1, "unhealthyThreshold": 3, "interval": "10s", "timeout": "2s",
+            "httpHealthCheck": {"path": "/health", "expectedStatuses": [
+                {"start": "200", "end": "201"}, {"start": "201", "end": "202"}]}}]}));
+        let mut problems = Vec::new();
+        let h = endpoint_health(&c, ("clusters[\"c\"]", false), &mut problems);
+        assert_eq!(problems, vec![]);
+        let check = h.check.unwrap_or_else(|| panic!("a check"));
+        assert_eq!(check.interval, Duration::from_secs(10));
+        assert_eq!(check.unhealthy_interval, Duration::from_secs(10));
+        assert_eq!(check.no_traffic_interval, Duration::from_secs(60));
+        assert!(check.reuse_connection);
+        let Probe::Http(http) = check.probe else {
+            panic!("HTTP")
+        };
+        assert_eq!(http.host, "c");
+        assert_eq!(http.expected_statuses, vec![(200, 201), (201, 202)]);
+        assert_eq!(h.panic_threshold, 50.0);
+    }
+
+    #[test]
+    fn outlier_detection_defaults_are_envoys() {
+        let c = cluster(serde_json::json!({"name": "c", "outlierDetection": {
+            "consecutive5xx": 10, "maxEjectionPercent": 120},
+            "commonLbConfig": {"healthyPanicThreshold": {}}}));
+        let mut problems = Vec::new();
+        let h = endpoint_health(&c, ("c", false), &mut problems);
+        let o = h.outlier.unwrap_or_else(|| panic!("outlier detection"));
+        assert_eq!(o.consecutive_5xx, 10);
+        assert_eq!(o.max_ejection_percent, 100);
+        assert_eq!(o.enforcing.consecutive_gateway_failure, 0);
+        assert_eq!(o.success_rate_stdev_factor, 1900);
+        assert_eq!(h.panic_threshold, 0.0);
+    }
+
+    #[test]
+    fn bad_checks_are_named() {
+        let c = cluster(serde_json::json!({"name": "c", "healthChecks": [{
+            "healthyThreshold": 1, "interval": "1s", "timeout": "1s",
+            "tcpHealthCheck": {"send": {"text": "zz"}}}]}));
+        let mut problems = Vec::new();
+        endpoint_health(&c, ("c", true), &mut problems);
+        let paths: Vec<_> = problems.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "c.health_checks[0].unhealthy_threshold",
+                "c.health_checks[0].tcp_health_check.send.text",
+            ]
+        );
+        // A valid check on a DNS cluster.
+        let c = cluster(serde_json::json!({"name": "c", "healthChecks": [{
+            "healthyThreshold": 1, "unhealthyThreshold": 1, "interval": "1s", "timeout": "1s",
+            "tcpHealthCheck": {}}]}));
+        let mut problems = Vec::new();
+        endpoint_health(&c, ("c", true), &mut problems);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, "c.health_checks");
+    }
+}

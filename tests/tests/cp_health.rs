@@ -1,0 +1,260 @@
+//! MeshHealthCheck and MeshCircuitBreaker's outlier detection as kuma-cp renders them, acted
+//! on by a sidecar fed only by `bearing-test-cp`, in front of two origins (nginx on two
+//! ports; a file in an origin's document root makes its health path answer 404 or its app
+//! path 503):
+//!
+//! - Active health checks: the demo client's outbound from the golden
+//!   `meshcircuitbreaker/outbound` with the `healthChecks` of the golden `meshhealthcheck`
+//!   (path made `/hc`, intervals 1 s): an origin whose health path fails gets no traffic
+//!   until it passes again, then takes its share again.
+//! - Outlier detection: the same outbound with the golden's `outlierDetection` (consecutive
+//!   failures 3, ejection 3 s, at most 50% ejected): an origin answering 503 is ejected after
+//!   three of them and takes nothing until the ejection ends, then rejoins.
+//!
+//! Then Envoy 1.40, fed the same resources by the same CP in the client's place, does the
+//! same.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use bearing_e2e::*;
+use serde_json::{json, Value};
+
+/// The test CP binary.
+const TEST_CP: &str = env!("CARGO_BIN_EXE_bearing-test-cp");
+
+const BREAKER: &str =
+    "envoyconfig-e2e/sidecars/meshcircuitbreaker/outbound.demo-client.golden.json";
+const HEALTH: &str =
+    "envoyconfig-e2e/zoneproxies/meshhealthcheck/outbound.zone-proxy-egress.golden.json";
+/// The mesh of the circuit breaker golden.
+const MESH: &str = "envoyconfig";
+/// The MeshService cluster of test-server in the circuit breaker golden.
+const SERVER_CLUSTER: &str = "envoyconfig_test-server__kuma-3_msvc_80";
+/// The MeshExternalService cluster the MeshHealthCheck golden checks.
+const CHECKED_CLUSTER: &str = "kri_extsvc_envoyconfig-zoneproxies_kuma-3__mes-zone-proxy_80";
+/// The two origins.
+const PORTS: [u16; 2] = [8080, 8081];
+
+/// nginx on `port` whose `/hc` answers 404 while `sick` exists in its root, else 200, and
+/// whose `/app` answers 503 while `fail` exists, else 200 with its port.
+fn origin(host: &Host, port: u16) -> Result<Nginx> {
+    NginxConfig::new(port)
+        .ipv6(false)
+        .server_snippet(
+            r#"location = /hc { if (-f $document_root/sick) { return 404; } return 200 "ok\n"; }
+location = /app { if (-f $document_root/fail) { return 503; } return 200 "$server_port\n"; }"#,
+        )
+        .start(host)
+}
+
+/// Creates (`true`) or removes `name` in `origin`'s root.
+fn flag(origin: &Nginx, name: &str, set: bool) -> Result<()> {
+    let path = origin.root_dir().join(name);
+    match set {
+        true => std::fs::write(&path, b"x").context("setting a flag file")?,
+        false => std::fs::remove_file(&path).context("clearing a flag file")?,
+    }
+    Ok(())
+}
+
+/// Sends `n` requests to the outbound; the count of each answer (`<port>` or `<status>`).
+fn spread(web: &Host, n: usize) -> Result<BTreeMap<String, usize>> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let out = curl_output(web, ["-s", "http://127.0.0.1:10001/app"])?;
+        let key = match out.http_code {
+            200 => out.body.trim().to_string(),
+            code => code.to_string(),
+        };
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    Ok(seen)
+}
+
+/// Waits up to `limit` for `n` requests in a row to spread as `wanted` says.
+fn wait_for_spread(
+    web: &Host,
+    n: usize,
+    limit: Duration,
+    what: &str,
+    wanted: impl Fn(&BTreeMap<String, usize>) -> bool,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let seen = spread(web, n)?;
+        if wanted(&seen) {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            bail!("{what}: after {limit:?}, {n} requests went {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Both origins served, nothing else.
+fn both(seen: &BTreeMap<String, usize>) -> bool {
+    let ports = PORTS.map(|p| p.to_string());
+    seen.len() == 2 && ports.iter().all(|p| seen.contains_key(p))
+}
+
+/// Only the first origin served, with 200s.
+fn first_only(seen: &BTreeMap<String, usize>) -> bool {
+    seen.len() == 1 && seen.contains_key(&PORTS[0].to_string())
+}
+
+/// The circuit breaker golden's server cluster to plaintext HTTP/1.1 origins, with neither
+/// health signal nor panic threshold.
+fn plain_cluster(golden: &KumaGolden) -> Result<Value> {
+    let mut cluster = golden.cluster(SERVER_CLUSTER)?;
+    let object = cluster.as_object_mut().context("a cluster object")?;
+    for field in ["transportSocket", "outlierDetection", "commonLbConfig"] {
+        object.remove(field);
+    }
+    let http = "/typedExtensionProtocolOptions/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/explicitHttpConfig";
+    set_field(&mut cluster, http, json!({"httpProtocolOptions": {}}))?;
+    Ok(cluster)
+}
+
+/// Runs `check` against Bearing fed `cluster` in the demo client's outbound, then against
+/// Envoy fed the same.
+fn with_sidecar_then_envoy(
+    name: &str,
+    cluster: Value,
+    check: impl Fn(&str, &Host, &Bearing, &[Nginx; 2]) -> Result<()>,
+    check_envoy: impl Fn(&Host, &[Nginx; 2]) -> Result<()>,
+) -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "nginx"])?;
+    let topo = Topology::new(&["cp", "web", "backend"])?;
+    let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), name, cp)?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    let leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
+    let origins = [origin(backend, PORTS[0])?, origin(backend, PORTS[1])?];
+
+    let golden = KumaGolden::load(BREAKER)?;
+    let mut xds = XdsFile::new();
+    xds.golden_inbound(&golden, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
+    let mut outbound = golden.listener("outbound:IP_REDACTED:80")?;
+    replace_in_strings(&mut outbound, "IP_REDACTED", &web.ip4().to_string());
+    let at = PORTS.map(|p| backend.sock4(p));
+    xds.cluster(cluster)?
+        .endpoints(golden.endpoints(SERVER_CLUSTER)?, &at)?
+        .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))?
+        .mesh_identity(MESH, &leaf, &mesh_ca)?;
+    let file = pki.dir.join("demo-client.json");
+    xds.write(&file)?;
+    let (cp_process, access) = pki.start_cp(TEST_CP, cp, 5678, &file, "demo-client")?;
+    let dataplane = golden_dataplane(web, "demo-client");
+    let sidecar = access.bearing(web, "demo-client", "dataplane", &dataplane)?;
+    sidecar.wait_ready()?;
+    let log = cp_process.log_contents();
+    ensure!(
+        !log.contains("NACK"),
+        "the sidecar NACKed its config:\n{log}"
+    );
+    check("bearing", web, &sidecar, &origins)?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, MESH, "demo-client")?;
+    web.wait_for_tcp_listener(10001, Duration::from_secs(20), None)?;
+    check_envoy(web, &origins)
+}
+
+/// An origin failing its health check takes no traffic until it passes again.
+fn health_check_flow(proxy: &str, web: &Host, origins: &[Nginx; 2]) -> Result<()> {
+    let limit = Duration::from_secs(15);
+    wait_for_spread(web, 10, limit, &format!("{proxy}: both healthy"), both)?;
+    flag(&origins[1], "sick", true)?;
+    wait_for_spread(web, 10, limit, &format!("{proxy}: one failing"), first_only)?;
+    // It stays out while it fails.
+    let seen = spread(web, 20)?;
+    ensure!(first_only(&seen), "{proxy}: while failing: {seen:?}");
+    flag(&origins[1], "sick", false)?;
+    wait_for_spread(web, 10, limit, &format!("{proxy}: recovered"), both)
+}
+
+#[test]
+fn mesh_health_check_takes_a_failing_endpoint_out_until_it_recovers() -> Result<()> {
+    let checks = KumaGolden::load(HEALTH)?
+        .cluster(CHECKED_CLUSTER)?
+        .get("healthChecks")
+        .cloned()
+        .context("the MeshHealthCheck golden's health checks")?;
+    let mut check = checks.get(0).cloned().context("one health check")?;
+    ensure!(
+        check.pointer("/httpHealthCheck/path") == Some(&json!("/health")),
+        "the golden checks /health: {check}"
+    );
+    set_field(&mut check, "/httpHealthCheck/path", json!("/hc"))?;
+    // MeshHealthCheck's interval (10 s) and noTrafficInterval (Envoy's 60 s) made 1 s.
+    set_field(&mut check, "/interval", json!("1s"))?;
+    set_field(&mut check, "/noTrafficInterval", json!("1s"))?;
+    let golden = KumaGolden::load(BREAKER)?;
+    let mut cluster = plain_cluster(&golden)?;
+    cluster["healthChecks"] = json!([check]);
+    let bearing = |proxy: &str, web: &Host, sidecar: &Bearing, origins: &[Nginx; 2]| {
+        health_check_flow(proxy, web, origins)?;
+        let series =
+            format!("bearing_cluster_health_check_failure_total{{cluster=\"{SERVER_CLUSTER}\"}}");
+        let failures = sidecar.metric(&series)?;
+        ensure!(failures >= 1.0, "{series} is {failures}");
+        let series = format!("bearing_cluster_membership_healthy{{cluster=\"{SERVER_CLUSTER}\"}}");
+        let healthy = sidecar.metric(&series)?;
+        ensure!(healthy == 2.0, "{series} is {healthy}");
+        Ok(())
+    };
+    let envoy = |web: &Host, origins: &[Nginx; 2]| health_check_flow("envoy", web, origins);
+    with_sidecar_then_envoy("cp-health-check", cluster, bearing, envoy)
+}
+
+/// An origin answering 503 is ejected after three and rejoins when its ejection ends.
+fn outlier_flow(proxy: &str, web: &Host, origins: &[Nginx; 2]) -> Result<()> {
+    let limit = Duration::from_secs(15);
+    wait_for_spread(web, 10, limit, &format!("{proxy}: both serving"), both)?;
+    flag(&origins[1], "fail", true)?;
+    // Ejected after its third 503 in a row (about six requests); then only the first.
+    wait_for_spread(web, 10, limit, &format!("{proxy}: ejected"), first_only)?;
+    flag(&origins[1], "fail", false)?;
+    // The ejection (3 s) ends at a sweep (every 1 s).
+    wait_for_spread(web, 10, limit, &format!("{proxy}: rejoined"), both)
+}
+
+#[test]
+fn mesh_circuit_breaker_ejects_a_failing_endpoint_until_its_ejection_ends() -> Result<()> {
+    let golden = KumaGolden::load(BREAKER)?;
+    let mut detection = golden
+        .cluster(SERVER_CLUSTER)?
+        .get("outlierDetection")
+        .cloned()
+        .context("the golden's outlier detection")?;
+    // The golden's 10 consecutive failures, 5 s interval, 30 s ejection and 20% (no host of
+    // two may go) made 3, 1 s, 3 s and 50%.
+    for (field, value) in [
+        ("consecutive5xx", json!(3)),
+        ("consecutiveGatewayFailure", json!(3)),
+        ("interval", json!("1s")),
+        ("baseEjectionTime", json!("3s")),
+        ("maxEjectionPercent", json!(50)),
+    ] {
+        detection[field] = value;
+    }
+    let mut cluster = plain_cluster(&golden)?;
+    cluster["outlierDetection"] = detection;
+    cluster["commonLbConfig"] = golden.cluster(SERVER_CLUSTER)?["commonLbConfig"].clone();
+    let bearing = |proxy: &str, web: &Host, sidecar: &Bearing, origins: &[Nginx; 2]| {
+        outlier_flow(proxy, web, origins)?;
+        let series = format!(
+            "bearing_cluster_outlier_detection_ejections_enforced_total{{cluster=\"{SERVER_CLUSTER}\"}}"
+        );
+        let ejections = sidecar.metric(&series)?;
+        ensure!(ejections == 1.0, "{series} is {ejections}");
+        Ok(())
+    };
+    let envoy = |web: &Host, origins: &[Nginx; 2]| outlier_flow("envoy", web, origins);
+    with_sidecar_then_envoy("cp-outlier", cluster, bearing, envoy)
+}
