@@ -2,8 +2,9 @@
 //!
 //! Envoy's rule (its "priority levels" and "overprovisioning factor"): a level's health is the
 //! share of its hosts that are healthy times the overprovisioning factor (1.4 unless the
-//! ClusterLoadAssignment's `policy` says otherwise, which Bearing NACKs), capped at 100%; a
-//! level without hosts has health 0. The highest level (priority 0) takes its health's share
+//! ClusterLoadAssignment's `policy` says otherwise: Bearing takes a factor of 1.0 or more,
+//! which changes nothing while every host is healthy, and NACKs a smaller one), capped at
+//! 100%; a level without hosts has health 0. The highest level (priority 0) takes its health's share
 //! of the traffic and the levels after it what is left, in order.
 //!
 //! Bearing has no health signal yet (active health checks and outlier detection are NACKed),

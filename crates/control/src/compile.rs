@@ -446,6 +446,7 @@ pub(crate) fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>
         http2_windows: Default::default(),
         dns: None,
         tls_matches: Vec::new(),
+        load_balancer: Default::default(),
     }
 }
 

@@ -231,7 +231,34 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "retry_policy",
             // The route's stream idle timeout (MeshTimeout's `http.streamIdleTimeout`).
             "idle_timeout",
+            // What a request is hashed by (MeshLoadBalancingStrategy, `balance.rs`).
+            "hash_policy",
         ],
+    ),
+    // Cookies are hashed, never generated: `ttl`, `path` and `attributes` (generation) and
+    // `filter_state` are not implemented.
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy",
+        &[
+            "header",
+            "cookie",
+            "connection_properties",
+            "query_parameter",
+            "terminal",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.Header",
+        &["header_name"],
+    ),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.Cookie", &["name"]),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties",
+        &["source_ip"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter",
+        &["name"],
     ),
     // MeshRetry's `http` section; gRPC's conditions, retriable headers, host selection and
     // rate-limited back-off are not implemented.
@@ -316,7 +343,29 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "lb_subset_config",
             // Read buffer sizing: Bearing sizes its own buffers.
             "per_connection_buffer_limit_bytes",
+            // Load balancing (MeshLoadBalancingStrategy, `balance.rs`).
+            "lb_policy",
+            "least_request_lb_config",
+            "ring_hash_lb_config",
+            "maglev_lb_config",
+            "common_lb_config",
         ],
+    ),
+    // `active_request_bias` weighs only endpoints of different weights, which the endpoint
+    // translation refuses; slow start is not implemented.
+    (
+        "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
+        &["choice_count", "active_request_bias"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
+        &["minimum_ring_size", "maximum_ring_size", "hash_function"],
+    ),
+    ("envoy.config.cluster.v3.Cluster.MaglevLbConfig", &["table_size"]),
+    // Locality weighting as far as it changes nothing (`balance::check_localities`).
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig",
+        &["locality_weighted_lb_config"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.TransportSocketMatch",
@@ -353,13 +402,19 @@ const ACCEPTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
-        &["cluster_name", "endpoints"],
+        // The policy's overprovisioning factor is checked by `balance::check_localities`.
+        &["cluster_name", "endpoints", "policy"],
+    ),
+    (
+        "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy",
+        &["overprovisioning_factor"],
     ),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints",
-        // The locality has no effect without locality-aware load balancing (a policy); the
-        // priority is each endpoint's level (`Endpoint::priority`).
-        &["lb_endpoints", "locality", "priority"],
+        // The locality and its weight count only under locality weighting
+        // (`balance::check_localities`); the priority is each endpoint's level
+        // (`Endpoint::priority`).
+        &["lb_endpoints", "locality", "priority", "load_balancing_weight"],
     ),
     (
         "envoy.config.core.v3.Locality",
@@ -736,24 +791,20 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("AccessLog.filter", "access log filters"),
     ("HttpConnectionManager.tracing", "tracing"),
     ("Cluster.health_checks", "health checks"),
+    // kuma-cp's MeshHealthCheck `healthyPanicThreshold`: only matters with unhealthy hosts.
+    ("CommonLbConfig.healthy_panic_threshold", "health checks"),
     ("Thresholds.max_connection_pools", "circuit breakers"),
     (
         "CommonTlsContext.tls_params",
         "TLS versions and ciphers (MeshTLS)",
     ),
     ("Cluster.outlier_detection", "outlier detection"),
-    ("Cluster.lb_policy", "load balancing"),
-    ("Cluster.least_request_lb_config", "load balancing"),
-    ("Cluster.ring_hash_lb_config", "load balancing"),
-    ("Cluster.maglev_lb_config", "load balancing"),
-    ("Cluster.common_lb_config", "load balancing"),
     ("RetryPolicy.retriable_headers", "retries"),
     ("RetryPolicy.retriable_request_headers", "retries"),
     ("RetryPolicy.rate_limited_retry_back_off", "retries"),
     ("RetryPolicy.retry_host_predicate", "retries"),
     ("RetryPolicy.host_selection_retry_max_attempts", "retries"),
     ("RetryPolicy.per_try_idle_timeout", "retries"),
-    ("RouteAction.hash_policy", "load balancing"),
     // The legacy FaultInjection's source match on `x-kuma-tags`, which Bearing does not send.
     ("HTTPFault.headers", "fault injection"),
     ("RouteAction.max_stream_duration", "timeouts"),
@@ -1140,7 +1191,7 @@ mod tests {
     #[test]
     fn policies_are_named_as_policies() {
         let bad =
-            walk(serde_json::json!({"name": "c", "outlierDetection": {}, "lbPolicy": "RING_HASH"}));
+            walk(serde_json::json!({"name": "c", "outlierDetection": {}, "healthChecks": [{}]}));
         let reasons: Vec<_> = bad
             .iter()
             .map(|u| (u.path.as_str(), u.reason.as_str()))
@@ -1154,7 +1205,7 @@ mod tests {
         assert!(
             reasons
                 .iter()
-                .any(|(p, r)| p.ends_with("lb_policy") && r.starts_with("load balancing")),
+                .any(|(p, r)| p.ends_with("health_checks") && r.starts_with("health checks")),
             "{reasons:?}"
         );
     }

@@ -11,12 +11,14 @@ use std::time::Duration;
 use serde::Serialize;
 
 mod access_log;
+mod balance;
 mod filters;
 mod gateway;
 mod rbac;
 mod retry;
 mod routes;
 pub use access_log::*;
+pub use balance::*;
 pub use filters::*;
 pub use gateway::*;
 pub use rbac::*;
@@ -726,8 +728,8 @@ pub struct Cluster {
     /// Protocol spoken to the endpoints.
     pub protocol: Protocol,
     /// Endpoints, in order of priority (`Endpoint::priority`, the highest first, the order
-    /// given kept within a level); load balanced round robin over the level that takes the
-    /// traffic; a further attempt after one refuses the connection goes to the next (HTTP
+    /// given kept within a level); load balanced by `load_balancer` over the level that
+    /// takes the traffic; a further attempt after one refuses the connection goes to the next (HTTP
     /// fail-over, a TCP proxy's `max_connect_attempts`).
     pub endpoints: Vec<Endpoint>,
     /// Limit for establishing one upstream connection.
@@ -759,6 +761,10 @@ pub struct Cluster {
     /// so one cluster may mix TLS and plaintext endpoints (an ExternalService's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls_matches: Vec<TlsMatch>,
+    /// How the endpoint of each connection or request is picked among those serving
+    /// (kuma-cp's MeshLoadBalancingStrategy; round robin unless set).
+    #[serde(skip_serializing_if = "LoadBalancer::is_round_robin")]
+    pub load_balancer: LoadBalancer,
 }
 
 /// A transport an endpoint may select instead of its cluster's `tls`.
