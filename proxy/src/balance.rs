@@ -4,7 +4,7 @@
 //! A [`Picker`] is made when a cluster's endpoints are applied (a config, or a DNS answer
 //! that changed them), over the endpoints of the level that serves (`crate::priority`), so
 //! a pick costs no allocation or lock: round robin is the cluster's relaxed counter, as
-//! before; least request draws `choice_count` endpoints and takes the one with the fewest
+//! before; least request draws `choice_count` endpoints and takes the first with the fewest
 //! active requests (the pools' relaxed counters, kept only under this policy); random draws
 //! one; ring hash and Maglev look a request's hash up in a ring or table built here, a
 //! request without a hash (no route hash policy read anything, a TCP connection) drawing a
@@ -29,8 +29,7 @@ const HASH_KEY: &str = "hash_key";
 pub(crate) enum Picker {
     /// Each endpoint in turn.
     RoundRobin,
-    /// The least loaded of `choice_count` random endpoints (all of them when there are no
-    /// more).
+    /// The least loaded of `choice_count` random endpoints.
     LeastRequest { choice_count: usize },
     /// A random endpoint.
     Random,
@@ -94,25 +93,10 @@ fn random_below(n: usize) -> usize {
     (rand::random::<u64>() % n as u64) as usize
 }
 
-/// Envoy's least request pick among endpoints of equal weight: `choice_count` random
-/// endpoints, the first with the fewest active requests winning; with no more endpoints
-/// than choices, every endpoint is looked at, ties drawn at random (reservoir sampling).
+/// Envoy's least request pick among endpoints of equal weight (its `N_CHOICES`):
+/// `choice_count` endpoints drawn at random (with replacement), the first drawn with the
+/// fewest active requests winning.
 fn least_request(n: usize, choice_count: usize, active: impl Fn(usize) -> u32) -> usize {
-    if n <= choice_count {
-        let (mut best, mut tied) = (0, 1u64);
-        for i in 1..n {
-            let (load, least) = (active(i), active(best));
-            if load < least {
-                (best, tied) = (i, 1);
-            } else if load == least {
-                tied += 1;
-                if rand::random::<u64>().is_multiple_of(tied) {
-                    best = i;
-                }
-            }
-        }
-        return best;
-    }
     let mut best = random_below(n);
     for _ in 1..choice_count {
         let sampled = random_below(n);
@@ -383,12 +367,12 @@ mod tests {
         assert!(maglev_moved < 20_000 / 20, "{maglev_moved}");
     }
 
-    /// Least request takes the least loaded of its choices; with no more endpoints than
-    /// choices, the least loaded of all; random and round robin cover every endpoint.
+    /// Least request takes the least loaded of its choices (with 50 choices, all but
+    /// surely the least loaded of all); random and round robin cover every endpoint.
     #[test]
     fn least_request_random_and_round_robin_spread() {
         let loads = [5u32, 0, 9, 9];
-        let lr = Picker::LeastRequest { choice_count: 4 };
+        let lr = Picker::LeastRequest { choice_count: 50 };
         let turn = AtomicUsize::new(0);
         for _ in 0..100 {
             assert_eq!(lr.start(4, &turn, None, |i| loads[i]), 1);

@@ -93,8 +93,6 @@ fn config_field(config: &cluster_pb::cluster::LbConfig) -> &'static str {
 }
 
 /// LEAST_REQUEST's config: the number of choices (Envoy refuses fewer than 2).
-/// `active_request_bias` only weighs hosts of different weights, which the endpoint
-/// translation refuses, so it changes nothing here (as in Envoy for equal weights).
 fn least_request(
     c: &cluster_pb::cluster::LeastRequestLbConfig,
     path: &str,

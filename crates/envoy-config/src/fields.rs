@@ -351,12 +351,9 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "common_lb_config",
         ],
     ),
-    // `active_request_bias` weighs only endpoints of different weights, which the endpoint
-    // translation refuses; slow start is not implemented.
-    (
-        "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
-        &["choice_count", "active_request_bias"],
-    ),
+    // `active_request_bias` (which makes Envoy pick by weights scaled by active requests)
+    // and slow start are not implemented.
+    ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"]),
     (
         "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
         &["minimum_ring_size", "maximum_ring_size", "hash_function"],

@@ -13,8 +13,7 @@ pub enum LoadBalancer {
     #[default]
     RoundRobin,
     /// The endpoint with the fewest active requests among `choice_count` drawn at random
-    /// (Envoy's `LEAST_REQUEST`, power of two choices by default); every endpoint is
-    /// looked at when there are no more than `choice_count` of them.
+    /// (Envoy's `LEAST_REQUEST`, power of two choices by default).
     LeastRequest {
         /// How many endpoints are drawn per pick (Envoy's default 2).
         choice_count: u32,
