@@ -292,6 +292,226 @@ pub(crate) fn hash_policies(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
+
+    fn cluster(policy: cluster_pb::cluster::LbPolicy) -> cluster_pb::Cluster {
+        cluster_pb::Cluster {
+            lb_policy: policy as i32,
+            ..Default::default()
+        }
+    }
+
+    fn fields(problems: Vec<Problem>) -> Vec<String> {
+        problems.into_iter().map(|(field, _)| field).collect()
+    }
+
+    /// Each policy with Envoy's defaults; sizes and counts Envoy refuses, MurmurHash2 and a
+    /// config of another policy are NACKed by their field.
+    #[test]
+    fn balancers_take_envoys_defaults_and_refuse_what_envoy_refuses() {
+        use cluster_pb::cluster::{LbConfig, LbPolicy, MaglevLbConfig, RingHashLbConfig};
+        let at = "clusters[\"c\"]";
+        let lb = |c: &cluster_pb::Cluster| load_balancer(c, at);
+        assert_eq!(
+            lb(&cluster(LbPolicy::RoundRobin)),
+            Ok(LoadBalancer::RoundRobin)
+        );
+        assert_eq!(
+            lb(&cluster(LbPolicy::LeastRequest)),
+            Ok(LoadBalancer::LeastRequest { choice_count: 2 })
+        );
+        assert_eq!(lb(&cluster(LbPolicy::Random)), Ok(LoadBalancer::Random));
+        assert_eq!(
+            lb(&cluster(LbPolicy::RingHash)),
+            Ok(LoadBalancer::RingHash {
+                minimum_ring_size: 1024,
+                maximum_ring_size: 8 << 20
+            })
+        );
+        assert_eq!(
+            lb(&cluster(LbPolicy::Maglev)),
+            Ok(LoadBalancer::Maglev { table_size: 65537 })
+        );
+        let with = |policy, config| cluster_pb::Cluster {
+            lb_config: Some(config),
+            ..cluster(policy)
+        };
+        let ring = |min: u64, max: u64, murmur: bool| {
+            LbConfig::RingHashLbConfig(RingHashLbConfig {
+                minimum_ring_size: Some(UInt64Value { value: min }),
+                maximum_ring_size: Some(UInt64Value { value: max }),
+                hash_function: i32::from(murmur),
+            })
+        };
+        let maglev = |size: u64| {
+            LbConfig::MaglevLbConfig(MaglevLbConfig {
+                table_size: Some(UInt64Value { value: size }),
+            })
+        };
+        assert_eq!(
+            lb(&with(LbPolicy::RingHash, ring(100, 10000, false))),
+            Ok(LoadBalancer::RingHash {
+                minimum_ring_size: 100,
+                maximum_ring_size: 10000
+            })
+        );
+        let refused = |c| fields(lb(&c).expect_err("refused"));
+        assert_eq!(
+            refused(with(LbPolicy::RingHash, ring(200, 100, false))),
+            [format!("{at}.ring_hash_lb_config.minimum_ring_size")]
+        );
+        assert_eq!(
+            refused(with(LbPolicy::RingHash, ring(1, 9 << 20, true))),
+            [
+                format!("{at}.ring_hash_lb_config.hash_function"),
+                format!("{at}.ring_hash_lb_config.maximum_ring_size")
+            ]
+        );
+        assert_eq!(
+            lb(&with(LbPolicy::Maglev, maglev(17))),
+            Ok(LoadBalancer::Maglev { table_size: 17 })
+        );
+        for size in [16, 5_000_101] {
+            assert_eq!(
+                refused(with(LbPolicy::Maglev, maglev(size))),
+                [format!("{at}.maglev_lb_config.table_size")]
+            );
+        }
+        assert_eq!(
+            refused(with(LbPolicy::RoundRobin, maglev(17))),
+            [format!("{at}.maglev_lb_config")]
+        );
+        let one_choice =
+            LbConfig::LeastRequestLbConfig(cluster_pb::cluster::LeastRequestLbConfig {
+                choice_count: Some(UInt32Value { value: 1 }),
+                ..Default::default()
+            });
+        assert_eq!(
+            refused(with(LbPolicy::LeastRequest, one_choice)),
+            [format!("{at}.least_request_lb_config.choice_count")]
+        );
+        assert_eq!(
+            refused(cluster(LbPolicy::ClusterProvided)),
+            [format!("{at}.lb_policy")]
+        );
+    }
+
+    /// Locality weighting passes where it changes nothing (one weighted locality per
+    /// priority) and is NACKed by path otherwise; an overprovisioning factor below 100 too.
+    #[test]
+    fn locality_weighting_and_overprovisioning_pass_only_where_they_change_nothing() {
+        use cluster_pb::cluster::common_lb_config::{
+            LocalityConfigSpecifier, LocalityWeightedLbConfig,
+        };
+        let at = "clusters[\"c\"]";
+        let weighted = cluster_pb::Cluster {
+            common_lb_config: Some(cluster_pb::cluster::CommonLbConfig {
+                locality_config_specifier: Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                    LocalityWeightedLbConfig {},
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let locality = |priority: u32, weight: Option<u32>| endpoint_pb::LocalityLbEndpoints {
+            lb_endpoints: vec![endpoint_pb::LbEndpoint::default()],
+            priority,
+            load_balancing_weight: weight.map(|value| UInt32Value { value }),
+            ..Default::default()
+        };
+        let assignment = |localities, factor: Option<u32>| endpoint_pb::ClusterLoadAssignment {
+            endpoints: localities,
+            policy: factor.map(|f| endpoint_pb::cluster_load_assignment::Policy {
+                overprovisioning_factor: Some(UInt32Value { value: f }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let check = |c: &cluster_pb::Cluster, a| fields(check_localities(c, Some(&a), at));
+        // kuma-cp's locality awareness in one zone: one weighted locality, factor 200.
+        let kuma = assignment(vec![locality(0, Some(1))], Some(200));
+        assert!(check(&weighted, kuma).is_empty());
+        let two = assignment(vec![locality(0, Some(1)), locality(1, Some(1))], None);
+        assert!(check(&weighted, two).is_empty());
+        let shared = assignment(vec![locality(0, Some(1)), locality(0, Some(3))], None);
+        assert_eq!(
+            check(&weighted, shared),
+            [format!("{at}.common_lb_config.locality_weighted_lb_config")]
+        );
+        let unweighted = assignment(vec![locality(0, None)], None);
+        assert_eq!(
+            check(&weighted, unweighted.clone()),
+            [format!(
+                "{at}.load_assignment.endpoints[0].load_balancing_weight"
+            )]
+        );
+        // Without locality weighting, locality weights have no effect.
+        let plain = cluster_pb::Cluster::default();
+        assert!(check(&plain, unweighted).is_empty());
+        let spill = assignment(vec![locality(0, Some(1))], Some(50));
+        assert_eq!(
+            check(&plain, spill),
+            [format!(
+                "{at}.load_assignment.policy.overprovisioning_factor"
+            )]
+        );
+    }
+
+    /// A route's hash policies in order, header names lower-cased; a connection policy
+    /// without `source_ip` adds none; empty names are NACKed.
+    #[test]
+    fn hash_policies_translate_in_order() {
+        use route_pb::route_action::hash_policy::{
+            ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
+        };
+        use route_pb::route_action::HashPolicy as Pb;
+        let policy = |p, terminal| Pb {
+            policy_specifier: Some(p),
+            terminal,
+        };
+        let header = |name: &str| {
+            PolicySpecifier::Header(Header {
+                header_name: name.into(),
+                ..Default::default()
+            })
+        };
+        let policies = [
+            policy(header("X-User"), false),
+            policy(
+                PolicySpecifier::Cookie(Cookie {
+                    name: "session_id".into(),
+                    ..Default::default()
+                }),
+                true,
+            ),
+            policy(
+                PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: false }),
+                false,
+            ),
+            policy(
+                PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true }),
+                false,
+            ),
+            policy(
+                PolicySpecifier::QueryParameter(QueryParameter { name: "u".into() }),
+                false,
+            ),
+            policy(header(""), false),
+        ];
+        let mut problems = Vec::new();
+        let out = hash_policies(&policies, "r.hash_policy", &mut problems);
+        let sources: Vec<_> = out.iter().map(|p| (p.source.clone(), p.terminal)).collect();
+        assert_eq!(
+            sources,
+            [
+                (HashSource::Header("x-user".into()), false),
+                (HashSource::Cookie("session_id".into()), true),
+                (HashSource::SourceIp, false),
+                (HashSource::QueryParameter("u".into()), false),
+            ]
+        );
+        assert_eq!(fields(problems), ["r.hash_policy[5].header.header_name"]);
+    }
 
     #[test]
     fn primes_are_told_apart() {
