@@ -18,7 +18,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bearing_proxy_config::{Endpoint, LoadBalancer};
+use bearing_proxy_config::{Endpoint, LoadBalancer, RingHashFunction};
 use xxhash_rust::xxh64::xxh64;
 
 /// The `envoy.lb` metadata key that replaces an endpoint's address as its hash key.
@@ -52,10 +52,11 @@ impl Picker {
             LoadBalancer::RingHash {
                 minimum_ring_size,
                 maximum_ring_size,
+                hash_function,
             } => Picker::Ring(Ring::new(
                 &hash_keys(serving),
-                minimum_ring_size,
-                maximum_ring_size,
+                (minimum_ring_size, maximum_ring_size),
+                hash_function,
             )),
             LoadBalancer::Maglev { table_size } => {
                 Picker::Maglev(Maglev::new(&hash_keys(serving), table_size))
@@ -119,8 +120,9 @@ fn hash_keys(endpoints: &[Endpoint]) -> Vec<String> {
         .collect()
 }
 
-/// Envoy's ring hash (ketama): each endpoint's points are the xxHash64 of `<key>_<i>`,
-/// sorted; a hash goes to the first point at or after it, wrapping round.
+/// Envoy's ring hash (ketama): each endpoint's points are the hash (xxHash64, or
+/// MurmurHash2) of `<key>_<i>`, sorted; a hash goes to the first point at or after it,
+/// wrapping round.
 pub(crate) struct Ring {
     /// (point, endpoint index), sorted by point.
     points: Box<[(u64, u32)]>,
@@ -129,8 +131,13 @@ pub(crate) struct Ring {
 impl Ring {
     /// The ring of endpoints whose hash keys are `keys` (equal weights), sized as Envoy
     /// sizes it: `min(ceil(w * minimum) / w, maximum)` points for the smallest normalised
-    /// weight `w`, shared out by running sums of each endpoint's share.
-    pub(crate) fn new(keys: &[String], minimum: u64, maximum: u64) -> Ring {
+    /// weight `w`, shared out by running sums of each endpoint's share, each point hashed
+    /// by `function`.
+    pub(crate) fn new(
+        keys: &[String],
+        (minimum, maximum): (u64, u64),
+        function: RingHashFunction,
+    ) -> Ring {
         if keys.is_empty() {
             return Ring {
                 points: Box::new([]),
@@ -149,7 +156,11 @@ impl Ring {
                 key.extend_from_slice(host.as_bytes());
                 key.push(b'_');
                 key.extend_from_slice(i.to_string().as_bytes());
-                points.push((xxh64(&key, 0), index as u32));
+                let point = match function {
+                    RingHashFunction::XxHash => xxh64(&key, 0),
+                    RingHashFunction::MurmurHash2 => murmur_hash2(&key, STD_HASH_SEED),
+                };
+                points.push((point, index as u32));
                 i += 1;
                 current += 1.0;
             }
@@ -194,6 +205,35 @@ impl Ring {
         };
         ring.get(mid as usize % ring.len()).map(|p| p.1 as usize)
     }
+}
+
+/// The seed Envoy gives MurmurHash2 (libstdc++'s `std::hash` of a string).
+const STD_HASH_SEED: u64 = 0xc70f_6907;
+
+/// 64-bit MurmurHash2 as libstdc++'s `_Hash_bytes` and Envoy's `MurmurHash::murmurHash2`:
+/// little-endian 8-byte words, then the tail's bytes as one little-endian number.
+fn murmur_hash2(key: &[u8], seed: u64) -> u64 {
+    const MUL: u64 = 0xc6a4_a793_5bd1_e995;
+    let shift_mix = |v: u64| v ^ (v >> 47);
+    let mut hash = seed ^ (key.len() as u64).wrapping_mul(MUL);
+    let mut words = key.chunks_exact(8);
+    for word in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let data = shift_mix(u64::from_le_bytes(bytes).wrapping_mul(MUL)).wrapping_mul(MUL);
+        hash ^= data;
+        hash = hash.wrapping_mul(MUL);
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        let data = tail
+            .iter()
+            .rev()
+            .fold(0u64, |acc, b| (acc << 8) + u64::from(*b));
+        hash ^= data;
+        hash = hash.wrapping_mul(MUL);
+    }
+    shift_mix(shift_mix(hash).wrapping_mul(MUL))
 }
 
 /// Envoy's Maglev table: each endpoint's permutation of the slots starts at `xxHash64(key)
@@ -255,6 +295,8 @@ impl Maglev {
 mod tests {
     use super::*;
 
+    const XX: RingHashFunction = RingHashFunction::XxHash;
+
     fn keys(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("10.0.0.{}:80", i + 1)).collect()
     }
@@ -272,13 +314,23 @@ mod tests {
     /// each; the default bounds give 1024 over 2 (512 each); the maximum caps it.
     #[test]
     fn rings_are_sized_as_envoys() {
-        let ring = Ring::new(&keys(3), 100, 10_000);
+        let ring = Ring::new(&keys(3), (100, 10_000), RingHashFunction::XxHash);
         assert_eq!(ring.points.len(), 102);
         for e in 0..3 {
             assert_eq!(ring.points.iter().filter(|p| p.1 == e).count(), 34);
         }
-        assert_eq!(Ring::new(&keys(2), 1024, 8 << 20).points.len(), 1024);
-        assert_eq!(Ring::new(&keys(3), 1024, 500).points.len(), 500);
+        assert_eq!(
+            Ring::new(&keys(2), (1024, 8 << 20), RingHashFunction::XxHash)
+                .points
+                .len(),
+            1024
+        );
+        assert_eq!(
+            Ring::new(&keys(3), (1024, 500), RingHashFunction::XxHash)
+                .points
+                .len(),
+            500
+        );
         assert!(ring.points.windows(2).all(|w| w[0].0 <= w[1].0));
         // The points are xxHash64 of `<address>_<i>`.
         let first: Vec<u64> = ring
@@ -291,10 +343,19 @@ mod tests {
         assert!(first.contains(&xxh64(b"10.0.0.1:80_33", 0)));
     }
 
+    /// MurmurHash2 is libstdc++'s `std::hash<std::string>` (values printed by g++ 12's).
+    #[test]
+    fn murmur_hash2_is_libstdcxx_std_hash() {
+        let std_hash = |s: &str| murmur_hash2(s.as_bytes(), STD_HASH_SEED);
+        assert_eq!(std_hash(""), 6142509188972423790);
+        assert_eq!(std_hash("hello"), 2762169579135187400);
+        assert_eq!(std_hash("10.0.0.1:80_0"), 13659246566588789388);
+    }
+
     /// A hash goes to the first point at or after it, past the last to the first.
     #[test]
     fn a_ring_hash_takes_the_next_point_round_the_ring() {
-        let ring = Ring::new(&keys(4), 64, 64);
+        let ring = Ring::new(&keys(4), (64, 64), RingHashFunction::XxHash);
         let points = &ring.points;
         for (i, (point, endpoint)) in points.iter().enumerate() {
             assert_eq!(ring.pick(*point), Some(*endpoint as usize));
@@ -306,7 +367,10 @@ mod tests {
         assert!(points[points.len() - 1].0 < u64::MAX);
         assert_eq!(ring.pick(u64::MAX), Some(points[0].1 as usize));
         assert_eq!(ring.pick(0), Some(points[0].1 as usize));
-        assert_eq!(Ring::new(&[], 64, 64).pick(5), None);
+        assert_eq!(
+            Ring::new(&[], (64, 64), RingHashFunction::XxHash).pick(5),
+            None
+        );
     }
 
     /// Maglev's table is filled by turns over the permutations: every slot taken, each
@@ -335,7 +399,10 @@ mod tests {
     fn consistent_hashing_moves_only_the_removed_endpoints_share() {
         let all = keys(4);
         let fewer: Vec<String> = all.iter().filter(|k| *k != &all[2]).cloned().collect();
-        let (ring, ring3) = (Ring::new(&all, 1024, 1024), Ring::new(&fewer, 768, 768));
+        let (ring, ring3) = (
+            Ring::new(&all, (1024, 1024), XX),
+            Ring::new(&fewer, (768, 768), XX),
+        );
         let (maglev, maglev3) = (Maglev::new(&all, 65537), Maglev::new(&fewer, 65537));
         for counts in [spread(4, |h| ring.pick(h)), spread(4, |h| maglev.pick(h))] {
             assert!(
@@ -411,6 +478,7 @@ mod tests {
             LoadBalancer::RingHash {
                 minimum_ring_size: 1024,
                 maximum_ring_size: 8 << 20,
+                hash_function: RingHashFunction::MurmurHash2,
             },
             LoadBalancer::Maglev { table_size: 65537 },
         ] {

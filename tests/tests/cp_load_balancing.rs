@@ -39,6 +39,7 @@ const RING: (u16, &str) = (10001, "ring");
 const MAGLEV: (u16, &str) = (10002, "maglev");
 const LEAST: (u16, &str) = (10003, "least");
 const RANDOM: (u16, &str) = (10004, "random");
+const MURMUR: (u16, &str) = (10005, "murmur");
 
 /// A python client in `host` that sends each of `requests` (path, header lines) `times`
 /// times to 127.0.0.1:`port` over one keep-alive connection per request, and prints the
@@ -126,8 +127,13 @@ fn outbound(golden: &KumaGolden, web: &Host, port: u16, cluster: &str) -> Result
     Ok(bound)
 }
 
-/// What one proxy did: the origin of each ring header value, each Maglev cookie.
-type Choices = (BTreeMap<String, String>, BTreeMap<String, String>);
+/// What one proxy did: the origin of each ring header value, each Maglev cookie, each
+/// header value on the MurmurHash2 ring.
+type Choices = (
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+);
 
 /// Every request of one key went to one origin; the keys reached at least two origins.
 /// Gives each key's origin.
@@ -210,6 +216,14 @@ fn check(proxy: &str, web: &Host) -> Result<Choices> {
         .collect();
     let seen = served_by(web, MAGLEV.0, &cookies, 4)?;
     let maglev = sticky(proxy, "session_id", &values, &seen)?;
+    // The ring's points hashed with MurmurHash2.
+    let seen = served_by(
+        web,
+        MURMUR.0,
+        &by_header("/", "x-header-for-test-server"),
+        3,
+    )?;
+    let murmur = sticky(proxy, "x-header-for-test-server (murmur)", &values, &seen)?;
 
     // Least request over 3 origins with 5 choices: the origin a slow request holds is
     // picked only when every draw is it.
@@ -228,7 +242,7 @@ fn check(proxy: &str, web: &Host) -> Result<Choices> {
             "{proxy}: port {port} reached {seen:?}"
         );
     }
-    Ok((ring, maglev))
+    Ok((ring, maglev, murmur))
 }
 
 #[test]
@@ -282,6 +296,11 @@ fn load_balancing_policies_stick_by_hash_and_spread() -> Result<()> {
         )?)?
         .endpoints(renamed(LEAST.1), &at)?
         .listener(outbound(&ring_golden, web, LEAST.0, LEAST.1)?)?
+        .cluster(server_cluster(&ring_golden, MURMUR.1, |c| {
+            c["ringHashLbConfig"]["hashFunction"] = json!("MURMUR_HASH_2");
+        })?)?
+        .endpoints(renamed(MURMUR.1), &at)?
+        .listener(outbound(&ring_golden, web, MURMUR.0, MURMUR.1)?)?
         .cluster(server_cluster(&ring_golden, RANDOM.1, policy("RANDOM"))?)?
         .endpoints(renamed(RANDOM.1), &at)?
         .listener(outbound(&ring_golden, web, RANDOM.0, RANDOM.1)?)?
@@ -302,21 +321,19 @@ fn load_balancing_policies_stick_by_hash_and_spread() -> Result<()> {
     // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
     sidecar.process().stop(Duration::from_secs(5));
     let _envoy = access.envoy(web, MESH, "demo-client")?;
-    for port in [RING.0, MAGLEV.0, LEAST.0, RANDOM.0] {
+    for port in [RING.0, MAGLEV.0, LEAST.0, RANDOM.0, MURMUR.0] {
         web.wait_for_tcp_listener(port, Duration::from_secs(20), None)?;
     }
     let envoy = check("envoy", web)?;
-    ensure!(
-        bearing.0 == envoy.0,
-        "ring hash: bearing chose {:?}, envoy {:?}",
-        bearing.0,
-        envoy.0
-    );
-    ensure!(
-        bearing.1 == envoy.1,
-        "maglev: bearing chose {:?}, envoy {:?}",
-        bearing.1,
-        envoy.1
-    );
+    for (what, ours, theirs) in [
+        ("ring hash", &bearing.0, &envoy.0),
+        ("maglev", &bearing.1, &envoy.1),
+        ("murmur ring hash", &bearing.2, &envoy.2),
+    ] {
+        ensure!(
+            ours == theirs,
+            "{what}: bearing chose {ours:?}, envoy {theirs:?}"
+        );
+    }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! the runtime does, and a route's `hash_policy`.
 
 use crate::routes::Problem;
-use bearing_proxy_config::{HashPolicy, HashSource, LoadBalancer};
+use bearing_proxy_config::{HashPolicy, HashSource, LoadBalancer, RingHashFunction};
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
@@ -45,6 +45,7 @@ pub(crate) fn load_balancer(
         (Some(LbPolicy::RingHash), None) => LoadBalancer::RingHash {
             minimum_ring_size: DEFAULT_MIN_RING,
             maximum_ring_size: MAX_RING,
+            hash_function: RingHashFunction::XxHash,
         },
         (Some(LbPolicy::RingHash), Some(LbConfig::RingHashLbConfig(c))) => {
             ring_hash(c, &format!("{path}.ring_hash_lb_config"), &mut problems)
@@ -109,19 +110,24 @@ fn least_request(
 }
 
 /// RING_HASH's config: the ring's bounds (Envoy's defaults 1024 and 8M; at most 8M, the
-/// minimum no larger than the maximum) with xxHash, Envoy's default hash function.
+/// minimum no larger than the maximum) and the hash of its points.
 fn ring_hash(
     c: &cluster_pb::cluster::RingHashLbConfig,
     path: &str,
     problems: &mut Vec<Problem>,
 ) -> LoadBalancer {
     use cluster_pb::cluster::ring_hash_lb_config::HashFunction;
-    if c.hash_function != HashFunction::XxHash as i32 {
-        problems.push((
-            format!("{path}.hash_function"),
-            "only XX_HASH is implemented".into(),
-        ));
-    }
+    let hash_function = match HashFunction::try_from(c.hash_function) {
+        Ok(HashFunction::XxHash) => RingHashFunction::XxHash,
+        Ok(HashFunction::MurmurHash2) => RingHashFunction::MurmurHash2,
+        Err(_) => {
+            problems.push((
+                format!("{path}.hash_function"),
+                format!("{}: not a hash function", c.hash_function),
+            ));
+            RingHashFunction::XxHash
+        }
+    };
     let minimum_ring_size = c
         .minimum_ring_size
         .as_ref()
@@ -147,6 +153,7 @@ fn ring_hash(
     LoadBalancer::RingHash {
         minimum_ring_size,
         maximum_ring_size,
+        hash_function,
     }
 }
 
@@ -325,7 +332,8 @@ mod tests {
             lb(&cluster(LbPolicy::RingHash)),
             Ok(LoadBalancer::RingHash {
                 minimum_ring_size: 1024,
-                maximum_ring_size: 8 << 20
+                maximum_ring_size: 8 << 20,
+                hash_function: RingHashFunction::XxHash,
             })
         );
         assert_eq!(
@@ -349,10 +357,11 @@ mod tests {
             })
         };
         assert_eq!(
-            lb(&with(LbPolicy::RingHash, ring(100, 10000, false))),
+            lb(&with(LbPolicy::RingHash, ring(100, 10000, true))),
             Ok(LoadBalancer::RingHash {
                 minimum_ring_size: 100,
-                maximum_ring_size: 10000
+                maximum_ring_size: 10000,
+                hash_function: RingHashFunction::MurmurHash2,
             })
         );
         let refused = |c| fields(lb(&c).expect_err("refused"));
@@ -362,10 +371,7 @@ mod tests {
         );
         assert_eq!(
             refused(with(LbPolicy::RingHash, ring(1, 9 << 20, true))),
-            [
-                format!("{at}.ring_hash_lb_config.hash_function"),
-                format!("{at}.ring_hash_lb_config.maximum_ring_size")
-            ]
+            [format!("{at}.ring_hash_lb_config.maximum_ring_size")]
         );
         assert_eq!(
             lb(&with(LbPolicy::Maglev, maglev(17))),

@@ -440,6 +440,7 @@ fn mesh_load_balancing_goldens_translate_with_their_balancers() {
     let ring = LoadBalancer::RingHash {
         minimum_ring_size: 100,
         maximum_ring_size: 10000,
+        hash_function: Default::default(),
     };
     let maglev = LoadBalancer::Maglev { table_size: 17 };
     for file in &files {

@@ -27,6 +27,9 @@ pub enum LoadBalancer {
         minimum_ring_size: u64,
         /// And at most this many (Envoy's default 8M).
         maximum_ring_size: u64,
+        /// How the ring's points are hashed (requests are hashed with xxHash64 either way).
+        #[serde(skip_serializing_if = "RingHashFunction::is_xx_hash")]
+        hash_function: RingHashFunction,
     },
     /// Maglev consistent hashing (Envoy's `MAGLEV`): a lookup table of a prime size filled
     /// from each endpoint's permutation; a request's hash picks its slot.
@@ -34,6 +37,24 @@ pub enum LoadBalancer {
         /// The table's size, a prime (Envoy's default 65537).
         table_size: u64,
     },
+}
+
+/// The hash of a ring's points (Envoy's `RingHashLbConfig.hash_function`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum RingHashFunction {
+    /// xxHash64 with seed 0 (Envoy's default).
+    #[default]
+    XxHash,
+    /// 64-bit MurmurHash2 as libstdc++'s `std::hash` (seed `0xc70f6907`).
+    MurmurHash2,
+}
+
+impl RingHashFunction {
+    /// Whether this is xxHash, the default (left out of `/config_dump`).
+    pub fn is_xx_hash(&self) -> bool {
+        *self == RingHashFunction::XxHash
+    }
 }
 
 impl LoadBalancer {
