@@ -6,6 +6,7 @@
 //! the hash so far left by one and XORing the next, a terminal policy that gave a hash
 //! ending the list. A request none of the policies reads from has no hash.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use bearing_proxy_config::{HashPolicy, HashSource};
@@ -72,7 +73,14 @@ impl RequestHash {
                 let value = cookie_value(&parts.headers, name)?;
                 Some(xxh64(value, 0))
             }
-            Input::SourceIp => Some(xxh64(peer.to_string().as_bytes(), 0)),
+            Input::SourceIp => {
+                // The address as text, written on the stack (at most 45 bytes for IPv6).
+                let mut text = [0u8; 64];
+                let mut rest = &mut text[..];
+                write!(rest, "{peer}").ok()?;
+                let len = 64 - rest.len();
+                Some(xxh64(&text[..len], 0))
+            }
             Input::QueryParameter(name) => {
                 let value = query_value(parts.uri.query()?, name)?;
                 Some(xxh64(&value, 0))
@@ -103,21 +111,24 @@ pub(crate) fn request_hash(
 }
 
 /// xxHash64 of a header's values, sorted so that their order does not matter and hashed
-/// as one run of bytes (Envoy's `xxHash64` of a span); `None` without a value.
-fn header_hash<'a>(values: impl Iterator<Item = &'a http::HeaderValue>) -> Option<u64> {
-    let mut values: Vec<&[u8]> = values.map(|v| v.as_bytes()).collect();
-    match values.as_mut_slice() {
-        [] => None,
-        [one] => Some(xxh64(one, 0)),
-        many => {
-            many.sort_unstable();
-            let mut state = Xxh64::new(0);
-            for v in many.iter() {
-                state.update(v);
-            }
-            Some(state.digest())
-        }
+/// as one run of bytes (Envoy's `xxHash64` of a span); `None` without a value. Only a header
+/// given more than once is gathered to be sorted.
+fn header_hash<'a>(mut values: impl Iterator<Item = &'a http::HeaderValue>) -> Option<u64> {
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(xxh64(first.as_bytes(), 0));
+    };
+    let mut all: Vec<&[u8]> = [first, second]
+        .into_iter()
+        .chain(values)
+        .map(|v| v.as_bytes())
+        .collect();
+    all.sort_unstable();
+    let mut state = Xxh64::new(0);
+    for v in &all {
+        state.update(v);
     }
+    Some(state.digest())
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers, as Envoy's
@@ -218,6 +229,9 @@ mod tests {
             Some(xxh64(b"s1", 0))
         );
         assert_eq!(h(HashSource::SourceIp), Some(xxh64(b"10.0.0.7", 0)));
+        let v6: IpAddr = "fd00::7".parse().unwrap();
+        let ip = [policy(HashSource::SourceIp, false)];
+        assert_eq!(request_hash(&ip, &p, v6), Some(xxh64(b"fd00::7", 0)));
         assert_eq!(
             h(HashSource::QueryParameter("user".into())),
             Some(xxh64(b"j d", 0))
