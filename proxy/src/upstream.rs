@@ -729,7 +729,8 @@ impl<'c> EndpointsView<'c> {
     }
 }
 
-/// Endpoints in the order to try them for one connection: the load balancer's start, then the rest.
+/// Endpoints in the order to try them for one connection: the load balancer's start, then
+/// the rest.
 pub(crate) struct Rotation<'c> {
     view: EndpointsView<'c>,
     start: usize,

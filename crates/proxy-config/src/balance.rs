@@ -62,14 +62,6 @@ impl LoadBalancer {
     pub fn is_round_robin(&self) -> bool {
         *self == LoadBalancer::RoundRobin
     }
-
-    /// Whether the policy picks by a request's hash (ring hash, Maglev).
-    pub fn hashes(&self) -> bool {
-        matches!(
-            self,
-            LoadBalancer::RingHash { .. } | LoadBalancer::Maglev { .. }
-        )
-    }
 }
 
 /// One part of what a route hashes a request by (Envoy's `RouteAction.HashPolicy`): the
