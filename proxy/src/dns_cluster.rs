@@ -386,7 +386,8 @@ impl Resolutions {
             resolution
         });
         let mut state = resolution.state.lock().unwrap_or_else(|p| p.into_inner());
-        let set = ResolvedPools::new(EndpointSet::new(resolution.endpoints(&state.hosts), pool));
+        let endpoints = resolution.endpoints(&state.hosts);
+        let set = ResolvedPools::new(EndpointSet::new(endpoints, cluster.load_balancer, pool));
         state.target = Arc::downgrade(&set);
         set
     }

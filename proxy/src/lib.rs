@@ -14,6 +14,7 @@ pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod args;
+pub mod balance;
 pub mod body;
 pub mod capture;
 pub mod circuit;

@@ -2,8 +2,9 @@
 //!
 //! Envoy's rule (its "priority levels", "overprovisioning factor" and "panic threshold"): a
 //! level's health is the share of its hosts that are healthy times the overprovisioning
-//! factor (1.4 unless the ClusterLoadAssignment's `policy` says otherwise, which Bearing
-//! NACKs), capped at 100%; a level without hosts has health 0. The highest level (priority
+//! factor (1.4 unless the ClusterLoadAssignment's `policy` says otherwise: Bearing takes
+//! another factor only for a cluster without a health signal, where a factor of 1.0 or more
+//! changes nothing, and NACKs it otherwise), capped at 100%; a level without hosts has health 0. The highest level (priority
 //! 0) takes its health's share of the traffic and the levels after it what is left, in
 //! order, normalised by the total health when that is below 100%. A level whose healthy
 //! share is below the cluster's `healthy_panic_threshold` (50% by default; 0 disables it)

@@ -209,7 +209,7 @@ impl HttpRoutes {
         parts: &mut http::request::Parts,
         peer: SocketAddr,
     ) -> (Routing<'_>, Option<(&RouteLimit, &HeaderEdits)>) {
-        let decision = self.router.route(parts);
+        let decision = self.router.route(parts, peer.ip());
         let at = match &decision {
             Decision::Respond { route, .. } => *route,
             Decision::Forward { route, .. } => Some(*route),
@@ -256,6 +256,7 @@ impl HttpRoutes {
                 retry,
                 idle_timeout,
                 endpoint_host,
+                hash,
                 ..
             } => match self.clusters.get(cluster) {
                 None => Routing::Reply(
@@ -280,6 +281,7 @@ impl HttpRoutes {
                         response_headers,
                         mirror: mirror.and_then(|m| self.clusters.get(m)),
                         endpoint_host,
+                        hash,
                     }
                 }
             },
@@ -365,6 +367,9 @@ pub(crate) enum Routing<'g> {
         mirror: Option<&'g Arc<ClusterRuntime>>,
         /// Host becomes the chosen endpoint's hostname.
         endpoint_host: bool,
+        /// The request's hash by its route's hash policies, for a consistent-hashing
+        /// cluster (`None`: none).
+        hash: Option<u64>,
     },
 }
 

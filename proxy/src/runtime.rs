@@ -1137,7 +1137,7 @@ mod tests {
             let made = snapshot
                 .upstream_tls
                 .made_for(&tls, cluster.config.protocol, &snapshot.tls);
-            let pool = cluster.rotation().next().unwrap().into_owned();
+            let pool = cluster.rotation(None).next().unwrap().into_owned();
             (made.unwrap(), pool, cluster)
         };
 

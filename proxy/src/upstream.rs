@@ -29,14 +29,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bearing_proxy_config::{
-    Cluster, Endpoint, Http2Windows, Protocol, TlsMatch, UpstreamHttpTimeouts, UpstreamTls,
+    Cluster, Endpoint, Http2Windows, LoadBalancer, Protocol, TlsMatch, UpstreamHttpTimeouts,
+    UpstreamTls,
 };
 use bytes::Bytes;
 use http::HeaderValue;
@@ -49,6 +50,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use crate::balance::Picker;
 use crate::body::{BodyError, MessageBody};
 use crate::circuit::{Held, Occupancy, Overflow, Resource};
 use crate::health::{ClusterHealth, HostHealth};
@@ -202,6 +204,26 @@ pub struct EndpointPool {
     health: HostHealth,
     /// Its outcomes as outlier detection counts them.
     outlier: HostRecord,
+    /// Requests in flight to the endpoint, counted only for a least request cluster
+    /// ([`ActiveRequest`]); pools taken over keep counting theirs.
+    active: AtomicU32,
+}
+
+/// A request counted among its endpoint's active requests (least request balancing) until
+/// its exchange ends, response body included.
+pub(crate) struct ActiveRequest(Arc<EndpointPool>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request's hold on its cluster: its unit of `max_requests` and, when the cluster
+/// balances by least request, its count among its endpoint's active requests.
+pub(crate) struct RequestUnit<O: std::borrow::Borrow<Occupancy>> {
+    _unit: Held<O>,
+    _active: Option<ActiveRequest>,
 }
 
 /// An idle HTTP/1.1 connection in a pool, and since when it idles (stamped only when its
@@ -355,6 +377,7 @@ impl EndpointPool {
             h2: PerWorker::new(),
             health: HostHealth::default(),
             outlier: HostRecord::default(),
+            active: AtomicU32::new(0),
         })
     }
 
@@ -595,6 +618,10 @@ pub struct ClusterRuntime {
     /// The index range of the config's endpoints that take the traffic
     /// (`ClusterEndpoints::Fixed`; a resolved set has its own).
     serving_level: Range<usize>,
+    /// How the first endpoint is picked among those of `serving_level` (a resolved set has
+    /// its own).
+    picker: Picker,
+    /// The round robin counter.
     next: AtomicUsize,
     /// TLS originated upstream; an error when the cluster needs TLS that cannot be set up.
     tls: Transport,
@@ -620,27 +647,34 @@ pub enum ClusterEndpoints {
     Resolved(Arc<ResolvedPools>),
 }
 
-/// Endpoints and their pools, in the same order (by priority), and which take the traffic.
+/// Endpoints and their pools, in the same order (by priority), which take the traffic, and
+/// how the first is picked among them.
 pub struct EndpointSet {
     endpoints: Vec<Endpoint>,
     pools: Vec<Arc<EndpointPool>>,
     serving_level: Range<usize>,
+    balancer: LoadBalancer,
+    picker: Picker,
 }
 
 impl EndpointSet {
     /// `endpoints` (put in order of priority, a level's own order kept) with their pools from
-    /// `pool` (one per endpoint).
+    /// `pool` (one per endpoint), balanced by `balancer` (its ring or table built here).
     pub fn new(
         mut endpoints: Vec<Endpoint>,
+        balancer: LoadBalancer,
         pool: impl FnMut(&Endpoint) -> Arc<EndpointPool>,
     ) -> Self {
         endpoints.sort_by_key(|e| e.priority);
         let pools = endpoints.iter().map(pool).collect();
         let serving_level = serving_level(&endpoints);
+        let picker = Picker::new(&balancer, &endpoints[serving_level.clone()]);
         EndpointSet {
             endpoints,
             pools,
             serving_level,
+            balancer,
+            picker,
         }
     }
 
@@ -671,7 +705,7 @@ impl ResolvedPools {
     /// connections of a host DNS no longer returns. Callers serialise updates.
     pub fn update(&self, endpoints: Vec<Endpoint>) {
         let old = self.0.load_full();
-        let set = Arc::new(EndpointSet::new(endpoints, |e| {
+        let set = Arc::new(EndpointSet::new(endpoints, old.balancer, |e| {
             old.pools
                 .iter()
                 .find(|p| p.serves(e))
@@ -701,6 +735,18 @@ pub(crate) enum EndpointsView<'c> {
 }
 
 impl<'c> EndpointsView<'c> {
+    /// The active requests of the `i`th endpoint (counted under least request only).
+    fn active(&self, i: usize) -> u32 {
+        let pool = match self {
+            EndpointsView::Fixed(_, pools) => pools.get(i),
+            EndpointsView::Resolved(set, range) => set.pools.get(range.start + i),
+            EndpointsView::Planned(plan, draw, _, pools) => {
+                plan.level(*draw).get(i).and_then(|&j| pools.get(j))
+            }
+        };
+        pool.map_or(0, |p| p.active.load(Ordering::Relaxed))
+    }
+
     fn len(&self) -> usize {
         match self {
             EndpointsView::Fixed(_, pools) => pools.len(),
@@ -730,7 +776,8 @@ impl<'c> EndpointsView<'c> {
     }
 }
 
-/// Endpoints in the order to try them for one connection: round robin start, then the rest.
+/// Endpoints in the order to try them for one connection: the load balancer's start, then
+/// the rest.
 pub(crate) struct Rotation<'c> {
     view: EndpointsView<'c>,
     start: usize,
@@ -802,8 +849,11 @@ impl ClusterRuntime {
             }
             _ => None,
         };
+        let serving = serving_level(&config.endpoints);
+        let level = config.endpoints.get(serving.clone()).unwrap_or_default();
         let runtime = ClusterRuntime {
-            serving_level: serving_level(&config.endpoints),
+            picker: Picker::new(&config.load_balancer, level),
+            serving_level: serving,
             config,
             stats,
             endpoints,
@@ -886,18 +936,40 @@ impl ClusterRuntime {
         }
     }
 
-    /// Endpoints in the order to try them for one connection, among the priority level that
-    /// serves it: round robin start, then the rest of the level.
-    pub(crate) fn rotation(&self) -> Rotation<'_> {
-        let tick = self.next.fetch_add(1, Ordering::Relaxed);
+    /// Endpoints in the order to try them for one connection or request, among the priority
+    /// level that serves it: the start the cluster's load balancer picks (`crate::balance`;
+    /// `hash`: the request's, for consistent hashing), then the rest of the level.
+    pub(crate) fn rotation(&self, hash: Option<u64>) -> Rotation<'_> {
         let view = self.serving();
         let n = view.len();
-        let start = if n == 0 { 0 } else { tick % n };
+        let start = match n {
+            0 => 0,
+            _ => {
+                // A health plan's level is not the level the picker was built over: the
+                // translation NACKs ring hash and Maglev with a health signal, and the other
+                // pickers only need the view's size and active requests.
+                let picker = match &view {
+                    EndpointsView::Fixed(..) | EndpointsView::Planned(..) => &self.picker,
+                    EndpointsView::Resolved(set, _) => &set.picker,
+                };
+                picker.start(n, &self.next, hash, |i| view.active(i))
+            }
+        };
         Rotation {
             view,
             start,
             step: 0,
         }
+    }
+
+    /// `pool`'s request counted among its endpoint's active ones while the returned guard
+    /// lives, when the cluster balances by least request; else nothing is counted.
+    fn active_request(&self, pool: &Arc<EndpointPool>) -> Option<ActiveRequest> {
+        if !self.picker.counts_requests() {
+            return None;
+        }
+        pool.active.fetch_add(1, Ordering::Relaxed);
+        Some(ActiveRequest(pool.clone()))
     }
 
     /// A unit of the cluster's `max_connections` for a new connection. Past the threshold an
@@ -935,17 +1007,25 @@ impl ClusterRuntime {
         }
     }
 
-    /// A unit of the cluster's `max_requests` for one request on a connection; past the
+    /// A unit of the cluster's `max_requests` for one request on a connection to `pool`'s
+    /// endpoint (counted among its active requests under least request); past the
     /// threshold the request is refused (counted as Envoy's `upstream_rq_pending_overflow`).
     pub(crate) fn request_unit<O: std::borrow::Borrow<Occupancy>>(
         &self,
         occupancy: O,
-    ) -> Result<Held<O>, UpstreamError> {
+        pool: &Arc<EndpointPool>,
+    ) -> Result<RequestUnit<O>, UpstreamError> {
         let max = self.config.circuit_breakers.max_requests;
-        Occupancy::take(occupancy, Resource::Request, max).ok_or_else(|| {
-            self.stats.rq_pending_overflow.inc();
-            UpstreamError::Overflow(Overflow::Requests)
-        })
+        match Occupancy::take(occupancy, Resource::Request, max) {
+            Some(unit) => Ok(RequestUnit {
+                _unit: unit,
+                _active: self.active_request(pool),
+            }),
+            None => {
+                self.stats.rq_pending_overflow.inc();
+                Err(UpstreamError::Overflow(Overflow::Requests))
+            }
+        }
     }
 
     /// Whether a request may make a further attempt (another endpoint, a repeat): it takes a
@@ -1037,7 +1117,7 @@ impl ClusterRuntime {
         wanted: impl Fn(&bearing_proxy_config::Endpoint) -> bool,
     ) -> Result<UpstreamStream, UpstreamError> {
         let mut last = None;
-        let Rotation { view, start, .. } = self.rotation();
+        let Rotation { view, start, .. } = self.rotation(None);
         let n = view.len();
         let chosen = (0..n)
             .map(|step| (start + step) % n)
@@ -1262,8 +1342,9 @@ pub type RequestBody = MessageBody<Incoming>;
 pub struct UpstreamBody {
     body: Incoming,
     release: Option<H1Exchange>,
-    /// The request's unit of `max_requests`, held until the body is dropped.
-    _request: Held<Arc<Occupancy>>,
+    /// The request's unit of `max_requests` (and its count among its endpoint's active
+    /// requests), held until the body is dropped.
+    _request: RequestUnit<Arc<Occupancy>>,
     /// The stream's idle timeout, when it has one.
     idle: Option<Box<IdleWatch>>,
 }
@@ -1294,7 +1375,7 @@ impl UpstreamBody {
     pub(crate) fn new(
         body: Incoming,
         release: Option<H1Exchange>,
-        request: Held<Arc<Occupancy>>,
+        request: RequestUnit<Arc<Occupancy>>,
     ) -> Self {
         let mut b = UpstreamBody {
             body,
@@ -1384,6 +1465,7 @@ pub(crate) fn test_cluster(name: &str) -> Cluster {
         dns: None,
         tls_matches: Vec::new(),
         health: Default::default(),
+        load_balancer: Default::default(),
     }
 }
 
@@ -1466,7 +1548,12 @@ mod tests {
 
     /// The addresses a cluster's rotation starts with over `n` connections.
     fn first_choices(cluster: &ClusterRuntime, n: usize) -> std::collections::BTreeSet<String> {
-        let first = |_| cluster.rotation().next().map(|p| p.address().to_string());
+        let first = |_| {
+            cluster
+                .rotation(None)
+                .next()
+                .map(|p| p.address().to_string())
+        };
         (0..n).filter_map(first).collect()
     }
 
@@ -1492,7 +1579,7 @@ mod tests {
         let want: std::collections::BTreeSet<String> =
             ["10.0.0.0:80".into(), "10.0.0.1:80".into()].into();
         assert_eq!(first_choices(&both, 10), want);
-        let tried: Vec<_> = both.rotation().map(|p| p.address()).collect();
+        let tried: Vec<_> = both.rotation(None).map(|p| p.address()).collect();
         assert_eq!(
             tried.len(),
             2,
@@ -1503,7 +1590,11 @@ mod tests {
             ["10.0.0.0:80".into(), "10.0.0.1:80".into()].into();
         assert_eq!(first_choices(&p1_only, 10), want);
 
-        let set = EndpointSet::new(at_priorities(&[2, 1, 1]), EndpointPool::new);
+        let set = EndpointSet::new(
+            at_priorities(&[2, 1, 1]),
+            LoadBalancer::RoundRobin,
+            EndpointPool::new,
+        );
         let resolved = ClusterRuntime::new(
             test_cluster("dns"),
             ClusterStats::default(),
@@ -1547,7 +1638,10 @@ mod tests {
         assert_eq!(health.stats.membership_healthy.get(), 2);
         let mut counts = std::collections::BTreeMap::new();
         for _ in 0..2000 {
-            let first = health.rotation().next().map(|p| p.address().to_string());
+            let first = health
+                .rotation(None)
+                .next()
+                .map(|p| p.address().to_string());
             *counts.entry(first.unwrap_or_default()).or_insert(0) += 1;
         }
         assert_eq!(counts.get("10.0.0.1:80"), None, "{counts:?}");
@@ -1559,7 +1653,7 @@ mod tests {
             pool.health().set_ejected(true);
         }
         none.refresh_health();
-        assert!(none.rotation().next().is_none());
+        assert!(none.rotation(None).next().is_none());
         // With panic (the default), total panic: every host of both levels, by host count.
         let panicking = cluster(50.0);
         assert_eq!(first_choices(&panicking, 200).len(), 3);

@@ -447,6 +447,7 @@ pub(crate) fn cluster(name: String, protocol: Protocol, endpoints: Vec<Endpoint>
         dns: None,
         tls_matches: Vec::new(),
         health: Default::default(),
+        load_balancer: Default::default(),
     }
 }
 

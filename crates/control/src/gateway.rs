@@ -519,6 +519,7 @@ fn http_routes(
                 action: action.clone(),
                 mirror: mirror.clone(),
                 rate_limit: None,
+                hash_policy: Vec::new(),
             });
         }
     }

@@ -231,7 +231,34 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "retry_policy",
             // The route's stream idle timeout (MeshTimeout's `http.streamIdleTimeout`).
             "idle_timeout",
+            // What a request is hashed by (MeshLoadBalancingStrategy, `balance.rs`).
+            "hash_policy",
         ],
+    ),
+    // Cookies are hashed, never generated: `ttl`, `path` and `attributes` (generation) and
+    // `filter_state` are not implemented.
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy",
+        &[
+            "header",
+            "cookie",
+            "connection_properties",
+            "query_parameter",
+            "terminal",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.Header",
+        &["header_name"],
+    ),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.Cookie", &["name"]),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties",
+        &["source_ip"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter",
+        &["name"],
     ),
     // MeshRetry's `http` section; gRPC's conditions, retriable headers, host selection and
     // rate-limited back-off are not implemented.
@@ -316,6 +343,11 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "lb_subset_config",
             // Read buffer sizing: Bearing sizes its own buffers.
             "per_connection_buffer_limit_bytes",
+            // Load balancing (MeshLoadBalancingStrategy, `balance.rs`).
+            "lb_policy",
+            "least_request_lb_config",
+            "ring_hash_lb_config",
+            "maglev_lb_config",
             // Endpoint health (`health.rs`; the runtime's `health`, `health_check`,
             // `outlier` and `priority` modules).
             "health_checks",
@@ -323,9 +355,11 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "common_lb_config",
         ],
     ),
+    // The panic threshold (`health.rs`) and locality weighting as far as it changes
+    // nothing (`balance::check_localities`).
     (
         "envoy.config.cluster.v3.Cluster.CommonLbConfig",
-        &["healthy_panic_threshold"],
+        &["healthy_panic_threshold", "locality_weighted_lb_config"],
     ),
     ("envoy.type.v3.Percent", &["value"]),
     (
@@ -392,6 +426,14 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "failure_percentage_threshold",
         ],
     ),
+    // `active_request_bias` (which makes Envoy pick by weights scaled by active requests)
+    // and slow start are not implemented.
+    ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"]),
+    (
+        "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
+        &["minimum_ring_size", "maximum_ring_size", "hash_function"],
+    ),
+    ("envoy.config.cluster.v3.Cluster.MaglevLbConfig", &["table_size"]),
     (
         "envoy.config.cluster.v3.Cluster.TransportSocketMatch",
         &["name", "match", "transport_socket"],
@@ -427,13 +469,19 @@ const ACCEPTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
-        &["cluster_name", "endpoints"],
+        // The policy's overprovisioning factor is checked by `balance::check_localities`.
+        &["cluster_name", "endpoints", "policy"],
+    ),
+    (
+        "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy",
+        &["overprovisioning_factor"],
     ),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints",
-        // The locality has no effect without locality-aware load balancing (a policy); the
-        // priority is each endpoint's level (`Endpoint::priority`).
-        &["lb_endpoints", "locality", "priority"],
+        // The locality and its weight count only under locality weighting
+        // (`balance::check_localities`); the priority is each endpoint's level
+        // (`Endpoint::priority`).
+        &["lb_endpoints", "locality", "priority", "load_balancing_weight"],
     ),
     (
         "envoy.config.core.v3.Locality",
@@ -826,21 +874,12 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
         "health check event logs",
     ),
     ("CommonLbConfig.zone_aware_lb_config", "load balancing"),
-    (
-        "CommonLbConfig.locality_weighted_lb_config",
-        "load balancing",
-    ),
-    ("Cluster.lb_policy", "load balancing"),
-    ("Cluster.least_request_lb_config", "load balancing"),
-    ("Cluster.ring_hash_lb_config", "load balancing"),
-    ("Cluster.maglev_lb_config", "load balancing"),
     ("RetryPolicy.retriable_headers", "retries"),
     ("RetryPolicy.retriable_request_headers", "retries"),
     ("RetryPolicy.rate_limited_retry_back_off", "retries"),
     ("RetryPolicy.retry_host_predicate", "retries"),
     ("RetryPolicy.host_selection_retry_max_attempts", "retries"),
     ("RetryPolicy.per_try_idle_timeout", "retries"),
-    ("RouteAction.hash_policy", "load balancing"),
     // The legacy FaultInjection's source match on `x-kuma-tags`, which Bearing does not send.
     ("HTTPFault.headers", "fault injection"),
     ("RouteAction.max_stream_duration", "timeouts"),
@@ -1227,23 +1266,24 @@ mod tests {
     #[test]
     fn policies_are_named_as_policies() {
         let bad = walk(
-            serde_json::json!({"name": "c", "commonLbConfig": {"localityWeightedLbConfig": {}}, "lbPolicy": "RING_HASH"}),
+            serde_json::json!({"name": "c", "commonLbConfig": {"zoneAwareLbConfig": {}},
+            "healthChecks": [{"grpcHealthCheck": {}}]}),
         );
         let reasons: Vec<_> = bad
             .iter()
             .map(|u| (u.path.as_str(), u.reason.as_str()))
             .collect();
         assert!(
-            reasons
-                .iter()
-                .any(|(p, r)| p.ends_with("locality_weighted_lb_config")
-                    && r.starts_with("load balancing")),
+            reasons.iter().any(
+                |(p, r)| p.ends_with("zone_aware_lb_config") && r.starts_with("load balancing")
+            ),
             "{reasons:?}"
         );
         assert!(
             reasons
                 .iter()
-                .any(|(p, r)| p.ends_with("lb_policy") && r.starts_with("load balancing")),
+                .any(|(p, r)| p.ends_with("grpc_health_check")
+                    && r.starts_with("gRPC health checks")),
             "{reasons:?}"
         );
     }

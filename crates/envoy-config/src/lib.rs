@@ -3,6 +3,7 @@
 //! the field for everything Bearing does not implement.
 
 mod access_log;
+mod balance;
 pub mod decode;
 mod fields;
 mod health;

@@ -169,7 +169,8 @@ fn only_cluster(
         && route.request_headers.is_empty()
         && route.response_headers.is_empty()
         && route.mirror.is_none()
-        && route.rate_limit.is_none();
+        && route.rate_limit.is_none()
+        && route.hash_policy.is_empty();
     match &route.action {
         RouteAction::Forward {
             backends,
@@ -253,6 +254,7 @@ fn http_route(
         },
         mirror: None,
         rate_limit: None,
+        hash_policy: Vec::new(),
     };
     for (name, any) in &route.typed_per_filter_config {
         let fat = format!("{at}.typed_per_filter_config[{name:?}]");
@@ -270,9 +272,12 @@ fn http_route(
     out.action = match &route.action {
         Some(Action::Route(action)) => {
             let at = format!("{at}.route");
-            let (action, mirror) = forward(action, (&at, retry), problems, reached)?;
+            let (forward, mirror) = forward(action, (&at, retry), problems, reached)?;
             out.mirror = mirror;
-            action
+            let policies = &action.hash_policy;
+            let hash_at = format!("{at}.hash_policy");
+            out.hash_policy = crate::balance::hash_policies(policies, &hash_at, problems);
+            forward
         }
         Some(Action::Redirect(redirect)) => RouteAction::Redirect(redirect_action(
             redirect,

@@ -11,6 +11,7 @@
 //! guard in `fields.rs` makes sure no set field is passed over).
 
 use crate::access_log;
+use crate::balance;
 use crate::decode::{
     CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION, RUNTIME, SECRET,
 };
@@ -21,9 +22,9 @@ use crate::rbac;
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
     AccessLog, CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint,
-    HostEndpoint, Http2Windows, HttpFilter, KumaEndpoints, Listener, MeshTls, MetricsTls,
-    PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable,
-    SniHttp, SniRoute, SniTarget, SourcePrefix, SpiffeMatcher, TlsMatch, TokenBucket,
+    HostEndpoint, Http2Windows, HttpFilter, KumaEndpoints, Listener, LoadBalancer, MeshTls,
+    MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity, Rbac, RetryPolicy,
+    RouteTable, SniHttp, SniRoute, SniTarget, SourcePrefix, SpiffeMatcher, TlsMatch, TokenBucket,
     TransparentProxy, UpstreamHttpTimeouts, UpstreamTls, Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
@@ -1660,17 +1661,11 @@ impl Translator<'_> {
         let path = cluster_path(name);
         let before = self.nacks.len();
         let kind = cluster_type(cluster);
-        let mut found = fields::unhandled_in(
+        let found = fields::unhandled_in(
             "envoy.config.cluster.v3.Cluster",
             &cluster.encode_to_vec(),
             &path,
         );
-        if kind == DiscoveryType::OriginalDst as i32
-            && cluster.lb_policy == cluster_pb::cluster::LbPolicy::ClusterProvided as i32
-        {
-            // The only load balancing an original-destination cluster has.
-            found.retain(|u| !u.path.ends_with(".lb_policy"));
-        }
         self.unhandled(CLUSTER, name, found);
         let assignment = if kind == DiscoveryType::Eds as i32 {
             let service = cluster
@@ -1690,6 +1685,18 @@ impl Translator<'_> {
             };
             return self.nack(CLUSTER, name, format!("{path}.type"), what);
         };
+        let load_balancer = match balance::load_balancer(cluster, &path) {
+            Ok(balancer) => balancer,
+            Err(problems) => {
+                for (field, reason) in problems {
+                    self.nack(CLUSTER, name, field, reason);
+                }
+                LoadBalancer::RoundRobin
+            }
+        };
+        for (field, reason) in balance::check_localities(cluster, assignment, &path) {
+            self.nack(CLUSTER, name, field, reason);
+        }
         let discovery = dns_cluster::discovery(kind);
         let mut hosts = discovery.map(|_| Vec::new());
         let matches = self.tls_matches(name, &path, cluster);
@@ -1774,6 +1781,7 @@ impl Translator<'_> {
                 http2_windows,
                 dns,
                 tls_matches: matches.into_iter().map(|(m, _)| m).collect(),
+                load_balancer,
             },
         );
     }
@@ -4053,7 +4061,7 @@ mod tests {
             r#"              - match: {prefix: /a, caseSensitive: false}
                 route: {cluster: backend, timeout: 0s}
               - match: {prefix: /b}
-                route: {cluster: backend, timeout: 0s, retryPolicy: {retryOn: 5xx, retriableHeaders: [{name: x}]}, hashPolicy: [{header: {headerName: x}}]}
+                route: {cluster: backend, timeout: 0s, retryPolicy: {retryOn: 5xx, retriableHeaders: [{name: x}]}, hashPolicy: [{header: {headerName: x}}, {filterState: {key: x}}, {cookie: {name: c, ttl: 1s}}]}
               - match: {prefix: /}
                 route: {cluster: backend, timeout: 0s}
 "#,
@@ -4082,7 +4090,14 @@ mod tests {
             format!("{routes}[1].route.retry_policy.retriable_headers"),
             "retries",
         );
-        has(format!("{routes}[1].route.hash_policy"), "load balancing");
+        has(
+            format!("{routes}[1].route.hash_policy[1].filter_state"),
+            "not implemented",
+        );
+        has(
+            format!("{routes}[1].route.hash_policy[2].cookie.ttl"),
+            "not implemented",
+        );
         has(format!("{HCM}.generate_request_id"), "not implemented");
     }
 

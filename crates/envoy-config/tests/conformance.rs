@@ -8,8 +8,8 @@ mod corpus;
 
 use bearing_envoy_config::{translate, Nack, ResourceSet, POLICY_NOT_ENFORCED};
 use bearing_proxy_config::{
-    FormatSource, ProxyConfig, RbacAction, RbacDecision, RbacEngine, RbacInput, RbacMatch,
-    RbacMatcher, RbacPredicate, RbacString, UpstreamHttpTimeouts,
+    FormatSource, HashPolicy, HashSource, LoadBalancer, ProxyConfig, RbacAction, RbacDecision,
+    RbacEngine, RbacInput, RbacMatch, RbacMatcher, RbacPredicate, RbacString, UpstreamHttpTimeouts,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -465,5 +465,81 @@ fn mesh_circuit_breaker_and_health_check_goldens_translate_with_their_health() {
             "zoneproxies/meshhealthcheck/outbound.zone-proxy-{other}.golden.json"
         ));
         translated(&file).unwrap_or_else(|n| panic!("{other}: {n:#?}"));
+    }
+}
+
+/// Every MeshLoadBalancingStrategy golden translates, with kuma-cp's balancer on the
+/// test-server cluster and its hash policies on the routes to it (the route-targeted
+/// policy's header on `/test-route-2`'s routes); locality awareness (one weighted
+/// locality, an overprovisioning factor of 200) translates as plain round robin.
+#[test]
+fn mesh_load_balancing_goldens_translate_with_their_balancers() {
+    let dir = "envoyconfig-e2e/sidecars/meshloadbalancingstrategy/";
+    let files: Vec<_> = corpus::envoy_goldens()
+        .into_iter()
+        .filter(|f| corpus::short(f).starts_with(dir))
+        .collect();
+    assert_eq!(files.len(), 12);
+    const SERVER: &str = "envoyconfig_test-server__kuma-3_msvc_80";
+    let header = |name: &str| {
+        vec![HashPolicy {
+            source: HashSource::Header(name.into()),
+            terminal: false,
+        }]
+    };
+    let cookie = vec![HashPolicy {
+        source: HashSource::Cookie("session_id".into()),
+        terminal: false,
+    }];
+    let ring = LoadBalancer::RingHash {
+        minimum_ring_size: 100,
+        maximum_ring_size: 10000,
+        hash_function: Default::default(),
+    };
+    let maglev = LoadBalancer::Maglev { table_size: 17 };
+    for file in &files {
+        let short = corpus::short(file);
+        let config = translated(file).unwrap_or_else(|nacks| panic!("{short}: {nacks:#?}"));
+        let case = short
+            .trim_start_matches(dir)
+            .split('.')
+            .next()
+            .unwrap_or("");
+        let expected = match case {
+            "outbound-ringhash" | "outbound-route-ringhash" => ring,
+            "outbound-maglev" | "outbound-mix-hashpolicies" => maglev,
+            _ => LoadBalancer::RoundRobin,
+        };
+        assert_eq!(config.clusters[SERVER].load_balancer, expected, "{short}");
+        let outbound = config
+            .listeners
+            .iter()
+            .find(|l| l.name.starts_with("outbound:") && l.name.ends_with(":80"))
+            .unwrap_or_else(|| panic!("{short}: the test-server outbound"));
+        let routes: Vec<_> = outbound
+            .routes
+            .iter()
+            .flat_map(|t| &t.virtual_hosts)
+            .flat_map(|v| &v.routes)
+            .collect();
+        for route in &routes {
+            let path = format!("{:?}", route.matches.path);
+            let wanted = match case {
+                "outbound-ringhash" => header("x-header"),
+                "outbound-route-ringhash" if path.contains("/test-route-2") => {
+                    header("x-header-for-test-route-2")
+                }
+                "outbound-route-ringhash" => header("x-header-for-test-server"),
+                "outbound-maglev" | "outbound-mix-hashpolicies" => cookie.clone(),
+                _ => Vec::new(),
+            };
+            assert_eq!(route.hash_policy, wanted, "{short}: {path}");
+        }
+        // A route that hashes makes a route table, never a plain listener.
+        let hashes = matches!(
+            expected,
+            LoadBalancer::RingHash { .. } | LoadBalancer::Maglev { .. }
+        );
+        assert!(!hashes || !routes.is_empty(), "{short}");
     }
 }

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+/// The downstream peer of the requests routed here.
+const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 use bearing_gateway::{Decision, Router};
 use bearing_proxy_config::{
     GatewayHost, GatewayListener, GatewayProtocol, HeaderFilter, HttpMatch, HttpRoute, PathMatch,
@@ -32,6 +35,7 @@ fn router(n: usize) -> Router {
             },
             mirror: None,
             rate_limit: None,
+            hash_policy: Vec::new(),
         })
         .collect();
     let listener = GatewayListener {
@@ -68,14 +72,14 @@ fn bench(c: &mut Criterion) {
     group.bench_function("last_route_matches", |b| {
         b.iter_batched_ref(
             || template_last.clone_parts(),
-            |p| matches!(r.route(p), Decision::Forward { .. }),
+            |p| matches!(r.route(p, PEER), Decision::Forward { .. }),
             criterion::BatchSize::SmallInput,
         )
     });
     group.bench_function("early_route_matches", |b| {
         b.iter_batched_ref(
             || template_first.clone_parts(),
-            |p| matches!(r.route(p), Decision::Forward { .. }),
+            |p| matches!(r.route(p, PEER), Decision::Forward { .. }),
             criterion::BatchSize::SmallInput,
         )
     });

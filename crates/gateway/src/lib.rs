@@ -12,10 +12,12 @@
 //! what the backend gets. A sidecar's route table matches the request as it came, as Kuma's
 //! sidecar Envoy does (no hygiene), and its domains see the Host with its port.
 
+mod hash;
 mod path;
 mod pick;
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bearing_proxy_config::{
@@ -27,6 +29,7 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::StatusCode;
 use regex::Regex;
 
+use crate::hash::RequestHash;
 use crate::pick::Share;
 
 pub use crate::pick::Weighted;
@@ -76,6 +79,9 @@ pub enum Decision<'r> {
         endpoint_host: bool,
         /// The route that matched.
         route: RouteAt,
+        /// The request's hash by the route's hash policies, for a consistent-hashing
+        /// cluster (`None`: no policy, or none read anything).
+        hash: Option<u64>,
     },
 }
 
@@ -173,6 +179,8 @@ struct Route {
     response_headers: HeaderEdits,
     action: Action,
     mirror: Option<(String, Share)>,
+    /// What a forwarded request is hashed by (empty: nothing).
+    hash: Box<[RequestHash]>,
 }
 
 #[derive(Debug)]
@@ -414,6 +422,11 @@ impl Route {
                 .mirror
                 .as_ref()
                 .map(|m| (m.cluster.clone(), Share::new(m.percentage))),
+            hash: r
+                .hash_policy
+                .iter()
+                .map(|p| RequestHash::new(p, origin))
+                .collect::<Result<_, String>>()?,
         })
     }
 
@@ -537,9 +550,10 @@ impl Router {
         h.tcp_backends.get(h.tcp_pick.pick()?)
     }
 
-    /// Routes one request: a gateway's hygiene, host, first matching route; a forwarded
-    /// request has its route's request header changes and rewrite applied in place.
-    pub fn route<'r>(&'r self, parts: &mut http::request::Parts) -> Decision<'r> {
+    /// Routes one request from `peer`: a gateway's hygiene, host, first matching route; a
+    /// forwarded request is hashed by its route's hash policies, then has its route's
+    /// request header changes and rewrite applied in place.
+    pub fn route<'r>(&'r self, parts: &mut http::request::Parts, peer: IpAddr) -> Decision<'r> {
         if self.gateway {
             if let Some(refused) = self.hygiene(parts) {
                 return refused;
@@ -559,6 +573,10 @@ impl Router {
             return respond(StatusCode::NOT_FOUND);
         };
         let at = (host_at, route_at);
+        let hash = match route.hash.is_empty() {
+            true => None,
+            false => hash::request_hash(&route.hash, parts, peer),
+        };
         route.request_headers.apply(&mut parts.headers);
         match &route.action {
             Action::Redirect(redirect, path) => match self.redirect(parts, route, redirect, path) {
@@ -620,6 +638,7 @@ impl Router {
                     idle_timeout: *idle_timeout,
                     endpoint_host: *host_to_backend_hostname,
                     route: at,
+                    hash,
                 }
             }
         }

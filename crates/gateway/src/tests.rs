@@ -4,6 +4,9 @@ use bearing_proxy_config::{
 };
 use std::collections::BTreeMap;
 
+/// The downstream peer of the requests routed here.
+const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 fn backend(cluster: &str, weight: u32) -> WeightedCluster {
     WeightedCluster {
         cluster: cluster.into(),
@@ -26,6 +29,7 @@ fn route(origin: &str, matches: HttpMatch, cluster: &str) -> HttpRoute {
         },
         mirror: None,
         rate_limit: None,
+        hash_policy: Vec::new(),
     }
 }
 
@@ -68,7 +72,7 @@ fn request(host: &str, target: &str) -> http::request::Parts {
 
 /// The cluster a request goes to, or the status it is answered with.
 fn outcome(router: &Router, parts: &mut http::request::Parts) -> String {
-    match router.route(parts) {
+    match router.route(parts, PEER) {
         Decision::Forward { cluster, .. } => cluster.to_string(),
         Decision::Respond {
             status, location, ..
@@ -345,7 +349,7 @@ fn filters_and_prefix_rewrite() {
         response_headers,
         endpoint_host,
         ..
-    } = r.route(&mut parts)
+    } = r.route(&mut parts, PEER)
     else {
         panic!("not forwarded")
     };
@@ -450,7 +454,7 @@ fn weights_mirrors_and_tcp_backends() {
     let r = Router::gateway(&listener(GatewayProtocol::Http, vec![host("*", vec![rt])])).unwrap();
     let (mut v2, mut mirrored) = (0, 0);
     for _ in 0..1000 {
-        match r.route(&mut request("h", "/")) {
+        match r.route(&mut request("h", "/"), PEER) {
             Decision::Forward {
                 cluster, mirror, ..
             } => {
@@ -624,7 +628,7 @@ fn route_table_matches_and_rewrites() {
     assert_eq!(outcome(&r, &mut req), "v1");
     assert_eq!(req.uri, "/version-1");
     assert_eq!(go(&r, "web", "/v1x"), "rest", "not the exact path");
-    match r.route(&mut request("web", "/gone")) {
+    match r.route(&mut request("web", "/gone"), PEER) {
         Decision::Respond { status, body, .. } => {
             assert_eq!((status.as_u16(), body), (410, Some("gone for good")))
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 mod access_log;
+mod balance;
 mod filters;
 mod gateway;
 mod health;
@@ -18,6 +19,7 @@ mod rbac;
 mod retry;
 mod routes;
 pub use access_log::*;
+pub use balance::*;
 pub use filters::*;
 pub use gateway::*;
 pub use health::*;
@@ -728,8 +730,8 @@ pub struct Cluster {
     /// Protocol spoken to the endpoints.
     pub protocol: Protocol,
     /// Endpoints, in order of priority (`Endpoint::priority`, the highest first, the order
-    /// given kept within a level); load balanced round robin over the level that takes the
-    /// traffic; a further attempt after one refuses the connection goes to the next (HTTP
+    /// given kept within a level); load balanced by `load_balancer` over the level that
+    /// takes the traffic; a further attempt after one refuses the connection goes to the next (HTTP
     /// fail-over, a TCP proxy's `max_connect_attempts`).
     pub endpoints: Vec<Endpoint>,
     /// Limit for establishing one upstream connection.
@@ -765,6 +767,10 @@ pub struct Cluster {
     /// panic threshold; without either signal every endpoint is healthy.
     #[serde(skip_serializing_if = "EndpointHealth::is_default")]
     pub health: EndpointHealth,
+    /// How the endpoint of each connection or request is picked among those serving
+    /// (kuma-cp's MeshLoadBalancingStrategy; round robin unless set).
+    #[serde(skip_serializing_if = "LoadBalancer::is_round_robin")]
+    pub load_balancer: LoadBalancer,
 }
 
 /// A transport an endpoint may select instead of its cluster's `tls`.

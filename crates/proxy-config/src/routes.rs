@@ -58,6 +58,11 @@ pub struct HttpRoute {
     /// `HttpFilter::LocalRateLimit` runs; `None`: unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<LocalRateLimit>,
+    /// What a forwarded request is hashed by for its cluster's consistent hashing (Envoy's
+    /// `RouteAction.hash_policy`, kuma-cp's MeshLoadBalancingStrategy `hashPolicies`);
+    /// empty: no hash (a hashing cluster then picks at random).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hash_policy: Vec<crate::HashPolicy>,
 }
 
 impl HttpRoute {
@@ -91,6 +96,7 @@ impl HttpRoute {
             },
             mirror: None,
             rate_limit: None,
+            hash_policy: Vec::new(),
         }
     }
 }

@@ -45,13 +45,15 @@ use super::{
     strip_hop_by_hop, Attempt, HttpListener, Routed, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE,
 };
 use crate::access_log::{Began, ListenerLog, WrittenHead};
-use crate::circuit::{Held, Occupancy};
+use crate::circuit::Occupancy;
 use crate::idle::{touch, unless_idle, Activity};
 use crate::io::TcpBacked;
 use crate::rate_limit::RouteLimit;
 use crate::router::{HttpRoutes, Reply, ResponseEdits, Routing};
 use crate::transport::Admission;
-use crate::upstream::{ClusterRuntime, EndpointPool, NoConnection, UpstreamError, UpstreamStream};
+use crate::upstream::{
+    ClusterRuntime, EndpointPool, NoConnection, RequestUnit, UpstreamError, UpstreamStream,
+};
 use bearing_proxy_config::{Entry, NoHeaders, ResponseFlags};
 
 /// Largest request (head and held body) this path carries; a larger one goes to hyper. Heads
@@ -314,6 +316,7 @@ where
                         retry: listener.retry(),
                         edits: None,
                         idle: None,
+                        hash: None,
                     },
                     None,
                 ),
@@ -357,11 +360,12 @@ where
                 retry,
                 edits,
                 idle,
+                hash,
             } => {
                 let idle = listener.stream_idle(idle);
                 Box::pin(exchange(
                     &mut down,
-                    (cluster, timeout, retry, idle),
+                    (cluster, timeout, retry, idle, hash),
                     &request,
                     &bufs.request_head,
                     Response {
@@ -530,6 +534,7 @@ fn route_head<'r>(
             idle_timeout,
             response_headers,
             mirror,
+            hash,
             ..
         } => {
             if let Some(m) = mirror {
@@ -543,6 +548,7 @@ fn route_head<'r>(
                 retry,
                 edits: Some(routes.edits(Some(response_headers))),
                 idle: idle_timeout,
+                hash,
             }
         }
     };
@@ -701,11 +707,12 @@ type StreamIdle<'a> = Option<(Duration, &'a Counter)>;
 /// response body that stops moving for that long closes the connection.
 async fn exchange<S>(
     down: &mut S,
-    (cluster, timeout, retry, idle): (
+    (cluster, timeout, retry, idle, hash): (
         &ClusterRuntime,
         Option<Duration>,
         Option<&RetryPolicy>,
         StreamIdle<'_>,
+        Option<u64>,
     ),
     request: &Request<'_>,
     request_head: &[u8],
@@ -720,7 +727,7 @@ where
         head: request_head,
         response: &mut response,
     };
-    let forwarded = super::forward((cluster, retry), &mut upstream, request);
+    let forwarded = super::forward((cluster, retry, hash), &mut upstream, request);
     let forwarded = match idle {
         None => forwarded.await,
         Some((period, idled)) => match tokio::time::timeout(period, forwarded).await {
@@ -783,7 +790,7 @@ struct Upstream<'a, 'r> {
 impl<'a> UpstreamCodec for Upstream<'a, '_> {
     type Request = &'a Request<'a>;
     type Conn = UpstreamStream;
-    type Answer = (UpstreamStream, ResponseHead, Held<&'a Occupancy>);
+    type Answer = (UpstreamStream, ResponseHead, RequestUnit<&'a Occupancy>);
 
     async fn checkout(
         &mut self,
@@ -804,7 +811,7 @@ impl<'a> UpstreamCodec for Upstream<'a, '_> {
         request: &'a Request<'a>,
     ) -> Attempt<&'a Request<'a>, Self::Answer> {
         let cluster = self.cluster;
-        let unit = match cluster.request_unit(&*cluster.stats.occupancy) {
+        let unit = match cluster.request_unit(&*cluster.stats.occupancy, pool) {
             Ok(unit) => unit,
             Err(overflow) => {
                 pool.release(up, &cluster.stats.occupancy, &cluster.config.http_timeouts);

@@ -89,7 +89,7 @@ pub(crate) async fn serve_request<L: HttpListener>(
                         let idle = listener.stream_idle(None);
                         let limits = (cluster.config.request_timeout, listener.retry(), idle);
                         let req = req.map(RequestBody::Streamed);
-                        let (resp, sent) = send_logged(req, cluster, limits, false).await;
+                        let (resp, sent) = send_logged(req, cluster, limits, (false, None)).await;
                         outcome = sent;
                         resp
                     }
@@ -208,6 +208,7 @@ async fn route<'r, L: HttpListener>(
                 response_headers,
                 mirror,
                 endpoint_host,
+                hash,
             },
         ) => {
             let body = match mirror {
@@ -217,7 +218,7 @@ async fn route<'r, L: HttpListener>(
             let req = Request::from_parts(parts, body);
             let idle = listener.stream_idle(idle_timeout);
             let limits = (timeout, retry, idle);
-            let (mut resp, sent) = send_logged(req, target, limits, endpoint_host).await;
+            let (mut resp, sent) = send_logged(req, target, limits, (endpoint_host, hash)).await;
             outcome = sent;
             response_headers.apply(resp.headers_mut());
             resp
@@ -265,21 +266,25 @@ type Limits<'a> = (
 /// is sent to, when it has one. Under a stream idle timeout (`idle`, counted there when it
 /// fires), a request whose body has ended that waits that long for the response head gets
 /// 504 `stream timeout`, and a response body that stops for that long resets the stream.
+/// The request has no hash (a mirror's: a consistent-hashing cluster picks at random).
 pub async fn send(
     req: Request<RequestBody>,
     cluster: &ClusterRuntime,
     limits: Limits<'_>,
     endpoint_host: bool,
 ) -> Response<ProxyBody> {
-    send_logged(req, cluster, limits, endpoint_host).await.0
+    send_logged(req, cluster, limits, (endpoint_host, None))
+        .await
+        .0
 }
 
-/// [`send`], with where the request went and how it ended, for the access log.
+/// [`send`], with where the request went and how it ended, for the access log; `hash`: the
+/// request's by its route's hash policies.
 async fn send_logged<'c>(
     mut req: Request<RequestBody>,
     cluster: &'c ClusterRuntime,
     (timeout, retry, idle): Limits<'_>,
-    endpoint_host: bool,
+    (endpoint_host, hash): (bool, Option<u64>),
 ) -> (Response<ProxyBody>, Outcome<'c>) {
     let mut outcome = Outcome {
         cluster: Some(cluster.config.name.as_str()),
@@ -296,7 +301,7 @@ async fn send_logged<'c>(
         endpoint_host,
         client_host: None,
     };
-    let forwarded = super::forward((cluster, retry), &mut upstream, req);
+    let forwarded = super::forward((cluster, retry, hash), &mut upstream, req);
     let forwarded = match idle_wait {
         None => forwarded.await,
         Some((period, idled)) => match tokio::time::timeout(period, forwarded).await {
@@ -381,7 +386,7 @@ impl UpstreamCodec for Upstream<'_> {
                 (None, None) => {}
             }
         }
-        let unit = match cluster.request_unit(cluster.stats.occupancy.clone()) {
+        let unit = match cluster.request_unit(cluster.stats.occupancy.clone(), pool) {
             Ok(unit) => unit,
             Err(overflow) => {
                 if let Checkout::H1(exchange) = checkout {

@@ -102,6 +102,9 @@ pub(crate) enum Routed<'l> {
         retry: Option<&'l RetryPolicy>,
         edits: Option<ResponseEdits<'l>>,
         idle: Option<Duration>,
+        /// The request's hash by its route's hash policies (`None`: none), for a
+        /// consistent-hashing cluster.
+        hash: Option<u64>,
     },
     /// Answered by the proxy (a router's 404, redirect, direct response or refusal).
     Reply(Reply, Option<ResponseEdits<'l>>),
@@ -207,21 +210,21 @@ pub(crate) trait UpstreamCodec {
     fn grpc_status(answer: &Self::Answer) -> Option<u32>;
 }
 
-/// Sends `request` to `cluster` through `codec`, as [`try_endpoint`] does, and again as the
-/// route's `retry` policy asks ([`retrying`]). Gives the answer and the pool of the endpoint
-/// that gave it.
+/// Sends `request` (of hash `hash`, for a consistent-hashing cluster) to `cluster` through
+/// `codec`, as [`try_endpoint`] does, and again as the route's `retry` policy asks
+/// ([`retrying`]). Gives the answer and the pool of the endpoint that gave it.
 pub(crate) async fn forward<'c, C: UpstreamCodec>(
-    (cluster, retry): (&'c ClusterRuntime, Option<&RetryPolicy>),
+    (cluster, retry, hash): (&'c ClusterRuntime, Option<&RetryPolicy>, Option<u64>),
     codec: &mut C,
     request: C::Request,
 ) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
     // The request's own timeout, which every try and its connect fall within.
     let deadline = codec.limit().map(|t| Instant::now() + t);
     let outcome = match retry {
-        None => try_endpoint(cluster, codec, request, deadline, &mut None)
+        None => try_endpoint((cluster, hash), codec, request, deadline, &mut None)
             .await
             .map_err(|(failure, _)| failure),
-        Some(policy) => retrying(cluster, (policy, deadline), codec, request).await,
+        Some(policy) => retrying((cluster, hash), (policy, deadline), codec, request).await,
     };
     if let Err(UpstreamError::Timeout(_)) = &outcome {
         cluster.stats.rq_timeout.inc();
@@ -231,14 +234,16 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
 
 /// Sends `request` to `cluster` through `codec` under `policy`: after an attempt the policy
 /// retries (a retriable status or gRPC status, a connect failure, a reset, a refused stream,
-/// the attempt's timeout), the request goes again, to the endpoint the round robin gives
-/// next, after Envoy's jittered exponential back-off, up to `num_retries` times, each attempt
+/// the attempt's timeout), the request goes again, to the endpoint the load balancer gives
+/// next (the same one for the same hash, as Envoy's without a retry host predicate), after
+/// Envoy's jittered exponential back-off, up to `num_retries` times, each attempt
 /// within the per-try timeout and all of them within the request's own timeout. A request
 /// that never reached an endpoint goes again itself; one that did goes as the codec's copy,
 /// so a request it cannot copy (a streamed body) is not retried once sent. The retries hold
-/// one unit of the cluster's `max_retries`. `deadline`: the request's own timeout.
+/// one unit of the cluster's `max_retries`. `deadline`: the request's own timeout; `hash`:
+/// the request's.
 async fn retrying<'c, C: UpstreamCodec>(
-    cluster: &'c ClusterRuntime,
+    (cluster, hash): (&'c ClusterRuntime, Option<u64>),
     (policy, deadline): (&RetryPolicy, Option<Instant>),
     codec: &mut C,
     mut request: C::Request,
@@ -253,7 +258,7 @@ async fn retrying<'c, C: UpstreamCodec>(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let tried = try_endpoint(cluster, codec, request, this_try, &mut unit).await;
+        let tried = try_endpoint((cluster, hash), codec, request, this_try, &mut unit).await;
         let (outcome, undelivered) = match tried {
             Ok(answer) => (Ok(answer), None),
             Err((failure, undelivered)) => (Err(failure), undelivered),
@@ -318,7 +323,8 @@ fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// One try of `request` to `cluster` through `codec`, answered by `deadline` (Envoy's route
-/// and per-try timeouts span the connect too): the endpoint the round robin gives next. A
+/// and per-try timeouts span the connect too): the endpoint the cluster's load balancer
+/// gives (by `hash` for consistent hashing). A
 /// connect failure, or a fresh connection closed before the request was written, ends the
 /// try (Envoy's router picks another endpoint only for a retry its policy asks for); a
 /// reused connection found stale (closed before the request was written, or before answering
@@ -327,13 +333,13 @@ fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
 /// then holds for the rest of the request. Gives the answer and the pool of the endpoint
 /// that gave it, or the failure and, when it never reached the endpoint, the request.
 async fn try_endpoint<'c, C: UpstreamCodec>(
-    cluster: &'c ClusterRuntime,
+    (cluster, hash): (&'c ClusterRuntime, Option<u64>),
     codec: &mut C,
     mut request: C::Request,
     deadline: Option<Instant>,
     retry: &mut Option<Held<&'c Occupancy>>,
 ) -> Result<(C::Answer, PoolRef<'c>), (UpstreamError, Option<C::Request>)> {
-    let Some(pool) = cluster.rotation().next() else {
+    let Some(pool) = cluster.rotation(hash).next() else {
         return Err((cluster.no_upstream(None), Some(request)));
     };
     let address = pool.address();

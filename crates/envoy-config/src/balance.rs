@@ -1,0 +1,548 @@
+//! Load balancing (kuma-cp's MeshLoadBalancingStrategy): a cluster's `lb_policy` with its
+//! config, locality weighting and the ClusterLoadAssignment's `policy` checked against what
+//! the runtime does, and a route's `hash_policy`.
+
+use crate::routes::Problem;
+use bearing_proxy_config::{HashPolicy, HashSource, LoadBalancer, RingHashFunction};
+use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
+use envoy_types::pb::envoy::config::route::v3 as route_pb;
+use std::collections::BTreeMap;
+
+/// Envoy's default minimum ring size (`RingHashLbConfig.minimum_ring_size`).
+const DEFAULT_MIN_RING: u64 = 1024;
+/// Envoy's default and largest ring size (`RingHashLbConfig.maximum_ring_size`).
+const MAX_RING: u64 = 8 * 1024 * 1024;
+/// Envoy's default Maglev table size.
+const DEFAULT_MAGLEV_TABLE: u64 = 65537;
+/// The largest Maglev table Envoy takes (`MaglevLbConfig.table_size`'s bound).
+const MAX_MAGLEV_TABLE: u64 = 5_000_011;
+/// Envoy's default number of choices of the least request balancer.
+const DEFAULT_CHOICES: u32 = 2;
+
+/// The cluster's load balancer from `lb_policy` and the config of that policy (at `path`);
+/// a config for another policy, or a value Envoy refuses or Bearing does not implement, is
+/// a problem naming its field.
+pub(crate) fn load_balancer(
+    cluster: &cluster_pb::Cluster,
+    path: &str,
+) -> Result<LoadBalancer, Vec<Problem>> {
+    use cluster_pb::cluster::{LbConfig, LbPolicy};
+    let mut problems = Vec::new();
+    let policy = LbPolicy::try_from(cluster.lb_policy).ok();
+    let config = cluster.lb_config.as_ref();
+    let balancer = match (policy, config) {
+        (Some(LbPolicy::RoundRobin), None | Some(LbConfig::RoundRobinLbConfig(_))) => {
+            LoadBalancer::RoundRobin
+        }
+        (Some(LbPolicy::LeastRequest), None) => LoadBalancer::LeastRequest {
+            choice_count: DEFAULT_CHOICES,
+        },
+        (Some(LbPolicy::LeastRequest), Some(LbConfig::LeastRequestLbConfig(c))) => {
+            least_request(c, &format!("{path}.least_request_lb_config"), &mut problems)
+        }
+        (Some(LbPolicy::Random), None) => LoadBalancer::Random,
+        (Some(LbPolicy::RingHash), None) => LoadBalancer::RingHash {
+            minimum_ring_size: DEFAULT_MIN_RING,
+            maximum_ring_size: MAX_RING,
+            hash_function: RingHashFunction::XxHash,
+        },
+        (Some(LbPolicy::RingHash), Some(LbConfig::RingHashLbConfig(c))) => {
+            ring_hash(c, &format!("{path}.ring_hash_lb_config"), &mut problems)
+        }
+        (Some(LbPolicy::Maglev), None) => LoadBalancer::Maglev {
+            table_size: DEFAULT_MAGLEV_TABLE,
+        },
+        (Some(LbPolicy::Maglev), Some(LbConfig::MaglevLbConfig(c))) => {
+            maglev(c, &format!("{path}.maglev_lb_config"), &mut problems)
+        }
+        (Some(LbPolicy::RingHash | LbPolicy::Maglev), _)
+            if !cluster.health_checks.is_empty() || cluster.outlier_detection.is_some() =>
+        {
+            // Envoy rebuilds the ring or table over the healthy hosts as health changes;
+            // Bearing builds it once per endpoint set.
+            problems.push((
+                format!("{path}.lb_policy"),
+                "RING_HASH and MAGLEV on a cluster with health checks or outlier detection are not implemented".into(),
+            ));
+            LoadBalancer::RoundRobin
+        }
+        (Some(LbPolicy::ClusterProvided | LbPolicy::LoadBalancingPolicyConfig) | None, _) => {
+            problems.push((
+                format!("{path}.lb_policy"),
+                "only ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH and MAGLEV are implemented (CLUSTER_PROVIDED with ORIGINAL_DST)".into(),
+            ));
+            LoadBalancer::RoundRobin
+        }
+        (Some(policy), Some(other)) => {
+            problems.push((
+                format!("{path}.{}", config_field(other)),
+                format!(
+                    "a config of another policy than the cluster's lb_policy {}",
+                    policy.as_str_name()
+                ),
+            ));
+            LoadBalancer::RoundRobin
+        }
+    };
+    if problems.is_empty() {
+        Ok(balancer)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The field name of an `lb_config`.
+fn config_field(config: &cluster_pb::cluster::LbConfig) -> &'static str {
+    use cluster_pb::cluster::LbConfig;
+    match config {
+        LbConfig::RingHashLbConfig(_) => "ring_hash_lb_config",
+        LbConfig::MaglevLbConfig(_) => "maglev_lb_config",
+        LbConfig::OriginalDstLbConfig(_) => "original_dst_lb_config",
+        LbConfig::LeastRequestLbConfig(_) => "least_request_lb_config",
+        LbConfig::RoundRobinLbConfig(_) => "round_robin_lb_config",
+    }
+}
+
+/// LEAST_REQUEST's config: the number of choices (Envoy refuses fewer than 2).
+fn least_request(
+    c: &cluster_pb::cluster::LeastRequestLbConfig,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> LoadBalancer {
+    let choice_count = c.choice_count.as_ref().map_or(DEFAULT_CHOICES, |v| v.value);
+    if choice_count < 2 {
+        problems.push((
+            format!("{path}.choice_count"),
+            format!("{choice_count}: Envoy takes 2 or more"),
+        ));
+    }
+    LoadBalancer::LeastRequest { choice_count }
+}
+
+/// RING_HASH's config: the ring's bounds (Envoy's defaults 1024 and 8M; at most 8M, the
+/// minimum no larger than the maximum) and the hash of its points.
+fn ring_hash(
+    c: &cluster_pb::cluster::RingHashLbConfig,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> LoadBalancer {
+    use cluster_pb::cluster::ring_hash_lb_config::HashFunction;
+    let hash_function = match HashFunction::try_from(c.hash_function) {
+        Ok(HashFunction::XxHash) => RingHashFunction::XxHash,
+        Ok(HashFunction::MurmurHash2) => RingHashFunction::MurmurHash2,
+        Err(_) => {
+            problems.push((
+                format!("{path}.hash_function"),
+                format!("{}: not a hash function", c.hash_function),
+            ));
+            RingHashFunction::XxHash
+        }
+    };
+    let minimum_ring_size = c
+        .minimum_ring_size
+        .as_ref()
+        .map_or(DEFAULT_MIN_RING, |v| v.value);
+    let maximum_ring_size = c.maximum_ring_size.as_ref().map_or(MAX_RING, |v| v.value);
+    for (field, size) in [
+        ("minimum_ring_size", minimum_ring_size),
+        ("maximum_ring_size", maximum_ring_size),
+    ] {
+        if size > MAX_RING {
+            problems.push((
+                format!("{path}.{field}"),
+                format!("{size}: Envoy takes at most {MAX_RING}"),
+            ));
+        }
+    }
+    if minimum_ring_size > maximum_ring_size {
+        problems.push((
+            format!("{path}.minimum_ring_size"),
+            format!("ring hash: minimum_ring_size ({minimum_ring_size}) > maximum_ring_size ({maximum_ring_size})"),
+        ));
+    }
+    LoadBalancer::RingHash {
+        minimum_ring_size,
+        maximum_ring_size,
+        hash_function,
+    }
+}
+
+/// MAGLEV's config: the table size, a prime no larger than Envoy's bound (default 65537).
+fn maglev(
+    c: &cluster_pb::cluster::MaglevLbConfig,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> LoadBalancer {
+    let table_size = c
+        .table_size
+        .as_ref()
+        .map_or(DEFAULT_MAGLEV_TABLE, |v| v.value);
+    if table_size > MAX_MAGLEV_TABLE || !is_prime(table_size) {
+        problems.push((
+            format!("{path}.table_size"),
+            format!("{table_size}: the table size of maglev must be a prime number no larger than {MAX_MAGLEV_TABLE}"),
+        ));
+    }
+    LoadBalancer::Maglev { table_size }
+}
+
+/// Whether `n` is prime (trial division: table sizes are at most a few million).
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+/// Checks locality weighting and the assignment's `policy` against what the runtime does,
+/// where every host is healthy and the highest populated priority level takes all traffic:
+/// an overprovisioning factor of 100 or more changes nothing then (a level's health, its
+/// healthy share times the factor, is capped at 100%), a smaller one would spill traffic to
+/// lower levels and is refused; with `locality_weighted_lb_config`, a level whose endpoints
+/// all belong to one weighted locality is balanced as without it, several localities in one
+/// level (traffic split by locality weight) and a locality without a weight (no traffic in
+/// Envoy) are refused. Without it, locality weights have no effect in Envoy either.
+pub(crate) fn check_localities(
+    cluster: &cluster_pb::Cluster,
+    assignment: Option<&endpoint_pb::ClusterLoadAssignment>,
+    path: &str,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let Some(assignment) = assignment else {
+        return problems;
+    };
+    if let Some(factor) = assignment
+        .policy
+        .as_ref()
+        .and_then(|p| p.overprovisioning_factor.as_ref())
+    {
+        // With a health signal the factor weighs each level's health (`proxy::priority`),
+        // which takes Envoy's default 1.4 only.
+        let health = !cluster.health_checks.is_empty() || cluster.outlier_detection.is_some();
+        if factor.value < 100 {
+            problems.push((
+                format!("{path}.load_assignment.policy.overprovisioning_factor"),
+                format!("{}: a factor below 100 sends traffic to lower priority levels while all hosts are healthy, which is not implemented", factor.value),
+            ));
+        } else if health && factor.value != 140 {
+            problems.push((
+                format!("{path}.load_assignment.policy.overprovisioning_factor"),
+                format!("{}: a factor other than Envoy's default 140 on a cluster with health checks or outlier detection is not implemented", factor.value),
+            ));
+        }
+    }
+    use cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier;
+    let weighted = cluster.common_lb_config.as_ref().is_some_and(|c| {
+        matches!(
+            c.locality_config_specifier,
+            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        )
+    });
+    if !weighted {
+        return problems;
+    }
+    let mut levels: BTreeMap<u32, usize> = BTreeMap::new();
+    for (i, locality) in assignment.endpoints.iter().enumerate() {
+        if locality.lb_endpoints.is_empty() {
+            continue;
+        }
+        if locality
+            .load_balancing_weight
+            .as_ref()
+            .is_none_or(|w| w.value == 0)
+        {
+            problems.push((
+                format!("{path}.load_assignment.endpoints[{i}].load_balancing_weight"),
+                "a locality without a weight under locality-weighted balancing (Envoy sends it no traffic) is not implemented".into(),
+            ));
+        }
+        *levels.entry(locality.priority).or_default() += 1;
+    }
+    if let Some((priority, _)) = levels.iter().find(|(_, n)| **n > 1) {
+        problems.push((
+            format!("{path}.common_lb_config.locality_weighted_lb_config"),
+            format!("several localities at priority {priority}: balancing across weighted localities is not implemented"),
+        ));
+    }
+    problems
+}
+
+/// A route's `hash_policy` (at `path`): header, cookie (without generation: its `ttl`,
+/// `path` and `attributes` are refused by the fields guard), source IP and query parameter
+/// policies; the guard refuses `filter_state` and a header's `regex_rewrite`.
+pub(crate) fn hash_policies(
+    policies: &[route_pb::route_action::HashPolicy],
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<HashPolicy> {
+    use route_pb::route_action::hash_policy::PolicySpecifier as P;
+    let mut out = Vec::new();
+    for (i, p) in policies.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let (field, name) = match &p.policy_specifier {
+            Some(P::Header(h)) => ("header.header_name", &h.header_name),
+            Some(P::Cookie(c)) => ("cookie.name", &c.name),
+            Some(P::QueryParameter(q)) => ("query_parameter.name", &q.name),
+            // No source IP asked for: Envoy adds no hash method.
+            Some(P::ConnectionProperties(c)) if !c.source_ip => continue,
+            Some(P::ConnectionProperties(_)) => ("", &String::new()),
+            // Refused by the fields guard.
+            Some(P::FilterState(_)) | None => continue,
+        };
+        if !field.is_empty() && name.is_empty() {
+            problems.push((format!("{at}.{field}"), "an empty name".into()));
+            continue;
+        }
+        let source = match &p.policy_specifier {
+            Some(P::Header(_)) => HashSource::Header(name.to_ascii_lowercase()),
+            Some(P::Cookie(_)) => HashSource::Cookie(name.clone()),
+            Some(P::QueryParameter(_)) => HashSource::QueryParameter(name.clone()),
+            _ => HashSource::SourceIp,
+        };
+        out.push(HashPolicy {
+            source,
+            terminal: p.terminal,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
+
+    fn cluster(policy: cluster_pb::cluster::LbPolicy) -> cluster_pb::Cluster {
+        cluster_pb::Cluster {
+            lb_policy: policy as i32,
+            ..Default::default()
+        }
+    }
+
+    fn fields(problems: Vec<Problem>) -> Vec<String> {
+        problems.into_iter().map(|(field, _)| field).collect()
+    }
+
+    /// Each policy with Envoy's defaults; sizes and counts Envoy refuses, MurmurHash2 and a
+    /// config of another policy are NACKed by their field.
+    #[test]
+    fn balancers_take_envoys_defaults_and_refuse_what_envoy_refuses() {
+        use cluster_pb::cluster::{LbConfig, LbPolicy, MaglevLbConfig, RingHashLbConfig};
+        let at = "clusters[\"c\"]";
+        let lb = |c: &cluster_pb::Cluster| load_balancer(c, at);
+        assert_eq!(
+            lb(&cluster(LbPolicy::RoundRobin)),
+            Ok(LoadBalancer::RoundRobin)
+        );
+        assert_eq!(
+            lb(&cluster(LbPolicy::LeastRequest)),
+            Ok(LoadBalancer::LeastRequest { choice_count: 2 })
+        );
+        assert_eq!(lb(&cluster(LbPolicy::Random)), Ok(LoadBalancer::Random));
+        assert_eq!(
+            lb(&cluster(LbPolicy::RingHash)),
+            Ok(LoadBalancer::RingHash {
+                minimum_ring_size: 1024,
+                maximum_ring_size: 8 << 20,
+                hash_function: RingHashFunction::XxHash,
+            })
+        );
+        assert_eq!(
+            lb(&cluster(LbPolicy::Maglev)),
+            Ok(LoadBalancer::Maglev { table_size: 65537 })
+        );
+        let with = |policy, config| cluster_pb::Cluster {
+            lb_config: Some(config),
+            ..cluster(policy)
+        };
+        let ring = |min: u64, max: u64, murmur: bool| {
+            LbConfig::RingHashLbConfig(RingHashLbConfig {
+                minimum_ring_size: Some(UInt64Value { value: min }),
+                maximum_ring_size: Some(UInt64Value { value: max }),
+                hash_function: i32::from(murmur),
+            })
+        };
+        let maglev = |size: u64| {
+            LbConfig::MaglevLbConfig(MaglevLbConfig {
+                table_size: Some(UInt64Value { value: size }),
+            })
+        };
+        assert_eq!(
+            lb(&with(LbPolicy::RingHash, ring(100, 10000, true))),
+            Ok(LoadBalancer::RingHash {
+                minimum_ring_size: 100,
+                maximum_ring_size: 10000,
+                hash_function: RingHashFunction::MurmurHash2,
+            })
+        );
+        let refused = |c| fields(lb(&c).expect_err("refused"));
+        assert_eq!(
+            refused(with(LbPolicy::RingHash, ring(200, 100, false))),
+            [format!("{at}.ring_hash_lb_config.minimum_ring_size")]
+        );
+        assert_eq!(
+            refused(with(LbPolicy::RingHash, ring(1, 9 << 20, true))),
+            [format!("{at}.ring_hash_lb_config.maximum_ring_size")]
+        );
+        assert_eq!(
+            lb(&with(LbPolicy::Maglev, maglev(17))),
+            Ok(LoadBalancer::Maglev { table_size: 17 })
+        );
+        for size in [16, 5_000_101] {
+            assert_eq!(
+                refused(with(LbPolicy::Maglev, maglev(size))),
+                [format!("{at}.maglev_lb_config.table_size")]
+            );
+        }
+        assert_eq!(
+            refused(with(LbPolicy::RoundRobin, maglev(17))),
+            [format!("{at}.maglev_lb_config")]
+        );
+        let one_choice =
+            LbConfig::LeastRequestLbConfig(cluster_pb::cluster::LeastRequestLbConfig {
+                choice_count: Some(UInt32Value { value: 1 }),
+                ..Default::default()
+            });
+        assert_eq!(
+            refused(with(LbPolicy::LeastRequest, one_choice)),
+            [format!("{at}.least_request_lb_config.choice_count")]
+        );
+        assert_eq!(
+            refused(cluster(LbPolicy::ClusterProvided)),
+            [format!("{at}.lb_policy")]
+        );
+    }
+
+    /// Locality weighting passes where it changes nothing (one weighted locality per
+    /// priority) and is NACKed by path otherwise; an overprovisioning factor below 100 too.
+    #[test]
+    fn locality_weighting_and_overprovisioning_pass_only_where_they_change_nothing() {
+        use cluster_pb::cluster::common_lb_config::{
+            LocalityConfigSpecifier, LocalityWeightedLbConfig,
+        };
+        let at = "clusters[\"c\"]";
+        let weighted = cluster_pb::Cluster {
+            common_lb_config: Some(cluster_pb::cluster::CommonLbConfig {
+                locality_config_specifier: Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                    LocalityWeightedLbConfig {},
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let locality = |priority: u32, weight: Option<u32>| endpoint_pb::LocalityLbEndpoints {
+            lb_endpoints: vec![endpoint_pb::LbEndpoint::default()],
+            priority,
+            load_balancing_weight: weight.map(|value| UInt32Value { value }),
+            ..Default::default()
+        };
+        let assignment = |localities, factor: Option<u32>| endpoint_pb::ClusterLoadAssignment {
+            endpoints: localities,
+            policy: factor.map(|f| endpoint_pb::cluster_load_assignment::Policy {
+                overprovisioning_factor: Some(UInt32Value { value: f }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let check = |c: &cluster_pb::Cluster, a| fields(check_localities(c, Some(&a), at));
+        // kuma-cp's locality awareness in one zone: one weighted locality, factor 200.
+        let kuma = assignment(vec![locality(0, Some(1))], Some(200));
+        assert!(check(&weighted, kuma).is_empty());
+        let two = assignment(vec![locality(0, Some(1)), locality(1, Some(1))], None);
+        assert!(check(&weighted, two).is_empty());
+        let shared = assignment(vec![locality(0, Some(1)), locality(0, Some(3))], None);
+        assert_eq!(
+            check(&weighted, shared),
+            [format!("{at}.common_lb_config.locality_weighted_lb_config")]
+        );
+        let unweighted = assignment(vec![locality(0, None)], None);
+        assert_eq!(
+            check(&weighted, unweighted.clone()),
+            [format!(
+                "{at}.load_assignment.endpoints[0].load_balancing_weight"
+            )]
+        );
+        // Without locality weighting, locality weights have no effect.
+        let plain = cluster_pb::Cluster::default();
+        assert!(check(&plain, unweighted).is_empty());
+        let spill = assignment(vec![locality(0, Some(1))], Some(50));
+        assert_eq!(
+            check(&plain, spill),
+            [format!(
+                "{at}.load_assignment.policy.overprovisioning_factor"
+            )]
+        );
+    }
+
+    /// A route's hash policies in order, header names lower-cased; a connection policy
+    /// without `source_ip` adds none; empty names are NACKed.
+    #[test]
+    fn hash_policies_translate_in_order() {
+        use route_pb::route_action::hash_policy::{
+            ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
+        };
+        use route_pb::route_action::HashPolicy as Pb;
+        let policy = |p, terminal| Pb {
+            policy_specifier: Some(p),
+            terminal,
+        };
+        let header = |name: &str| {
+            PolicySpecifier::Header(Header {
+                header_name: name.into(),
+                ..Default::default()
+            })
+        };
+        let policies = [
+            policy(header("X-User"), false),
+            policy(
+                PolicySpecifier::Cookie(Cookie {
+                    name: "session_id".into(),
+                    ..Default::default()
+                }),
+                true,
+            ),
+            policy(
+                PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: false }),
+                false,
+            ),
+            policy(
+                PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true }),
+                false,
+            ),
+            policy(
+                PolicySpecifier::QueryParameter(QueryParameter { name: "u".into() }),
+                false,
+            ),
+            policy(header(""), false),
+        ];
+        let mut problems = Vec::new();
+        let out = hash_policies(&policies, "r.hash_policy", &mut problems);
+        let sources: Vec<_> = out.iter().map(|p| (p.source.clone(), p.terminal)).collect();
+        assert_eq!(
+            sources,
+            [
+                (HashSource::Header("x-user".into()), false),
+                (HashSource::Cookie("session_id".into()), true),
+                (HashSource::SourceIp, false),
+                (HashSource::QueryParameter("u".into()), false),
+            ]
+        );
+        assert_eq!(fields(problems), ["r.hash_policy[5].header.header_name"]);
+    }
+
+    #[test]
+    fn primes_are_told_apart() {
+        let primes: Vec<u64> = (0..30).filter(|n| is_prime(*n)).collect();
+        assert_eq!(primes, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert!(is_prime(65537));
+        assert!(!is_prime(65536));
+    }
+}

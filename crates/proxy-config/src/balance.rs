@@ -1,0 +1,92 @@
+//! Load balancing (kuma-cp's MeshLoadBalancingStrategy): how a cluster picks the endpoint of
+//! each connection or request among those serving it (Envoy's `Cluster.lb_policy` and its
+//! config), and what a route hashes a request by for the consistent-hashing policies
+//! (Envoy's `RouteAction.hash_policy`).
+
+use serde::Serialize;
+
+/// A cluster's load balancing policy (Envoy's `Cluster.lb_policy`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case", tag = "policy")]
+pub enum LoadBalancer {
+    /// Each endpoint in turn (Envoy's `ROUND_ROBIN`, its default).
+    #[default]
+    RoundRobin,
+    /// The endpoint with the fewest active requests among `choice_count` drawn at random
+    /// (Envoy's `LEAST_REQUEST`, power of two choices by default).
+    LeastRequest {
+        /// How many endpoints are drawn per pick (Envoy's default 2).
+        choice_count: u32,
+    },
+    /// An endpoint drawn at random (Envoy's `RANDOM`).
+    Random,
+    /// Ketama consistent hashing on a ring of xxHash64 points (Envoy's `RING_HASH`): each
+    /// request's hash (its route's `HashPolicy`s) picks the first point at or after it.
+    RingHash {
+        /// The ring has at least this many points (Envoy's default 1024).
+        minimum_ring_size: u64,
+        /// And at most this many (Envoy's default 8M).
+        maximum_ring_size: u64,
+        /// How the ring's points are hashed (requests are hashed with xxHash64 either way).
+        #[serde(skip_serializing_if = "RingHashFunction::is_xx_hash")]
+        hash_function: RingHashFunction,
+    },
+    /// Maglev consistent hashing (Envoy's `MAGLEV`): a lookup table of a prime size filled
+    /// from each endpoint's permutation; a request's hash picks its slot.
+    Maglev {
+        /// The table's size, a prime (Envoy's default 65537).
+        table_size: u64,
+    },
+}
+
+/// The hash of a ring's points (Envoy's `RingHashLbConfig.hash_function`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum RingHashFunction {
+    /// xxHash64 with seed 0 (Envoy's default).
+    #[default]
+    XxHash,
+    /// 64-bit MurmurHash2 as libstdc++'s `std::hash` (seed `0xc70f6907`).
+    MurmurHash2,
+}
+
+impl RingHashFunction {
+    /// Whether this is xxHash, the default (left out of `/config_dump`).
+    pub fn is_xx_hash(&self) -> bool {
+        *self == RingHashFunction::XxHash
+    }
+}
+
+impl LoadBalancer {
+    /// Whether this is round robin (the default, left out of `/config_dump`).
+    pub fn is_round_robin(&self) -> bool {
+        *self == LoadBalancer::RoundRobin
+    }
+}
+
+/// One part of what a route hashes a request by (Envoy's `RouteAction.HashPolicy`): the
+/// hashes of a request's policies that give one are combined in order (each earlier
+/// result rotated left by one, then XORed), a `terminal` one that gives a hash ending the
+/// list.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
+pub struct HashPolicy {
+    /// What is hashed.
+    pub source: HashSource,
+    /// Stop at this policy when it gave a hash.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub terminal: bool,
+}
+
+/// What a [`HashPolicy`] hashes; a request without it gives no hash from that policy.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum HashSource {
+    /// The values of a request header (the name in lower case), sorted and concatenated.
+    Header(String),
+    /// The value of a cookie of the `Cookie` header (no cookie is generated).
+    Cookie(String),
+    /// The downstream peer's IP address as text.
+    SourceIp,
+    /// The first value of a query parameter, percent-decoded.
+    QueryParameter(String),
+}

@@ -1,0 +1,503 @@
+//! Load balancing (kuma-cp's MeshLoadBalancingStrategy, Envoy's `lb_policy`): which endpoint
+//! of a cluster's serving priority level a connection or request goes to first.
+//!
+//! A [`Picker`] is made when a cluster's endpoints are applied (a config, or a DNS answer
+//! that changed them), over the endpoints of the level that serves (`crate::priority`), so
+//! a pick costs no allocation or lock: round robin is the cluster's relaxed counter, as
+//! before; least request draws `choice_count` endpoints and takes the first with the fewest
+//! active requests (the pools' relaxed counters, kept only under this policy); random draws
+//! one; ring hash and Maglev look a request's hash up in a ring or table built here, a
+//! request without a hash (no route hash policy read anything, a TCP connection) drawing a
+//! random one, as Envoy does. The ring and the table are Envoy's, byte for byte: the same
+//! xxHash64 keys (the endpoint's address as `ip:port`, or its `envoy.lb` `hash_key`), ring
+//! sizes, permutations and lookups, so a hash picks the same endpoint as Envoy 1.40 given
+//! the same endpoints in the same order.
+//!
+//! Only the start is chosen here: the order of further attempts (the rest of the level,
+//! for a connect that fails over) is `crate::upstream::Rotation`'s.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bearing_proxy_config::{Endpoint, LoadBalancer, RingHashFunction};
+use xxhash_rust::xxh64::xxh64;
+
+/// The `envoy.lb` metadata key that replaces an endpoint's address as its hash key.
+const HASH_KEY: &str = "hash_key";
+
+/// How a cluster picks the first endpoint of a connection or request among its serving
+/// level.
+pub(crate) enum Picker {
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// The least loaded of `choice_count` random endpoints.
+    LeastRequest { choice_count: usize },
+    /// A random endpoint.
+    Random,
+    /// The ring point at or after the request's hash.
+    Ring(Ring),
+    /// The table slot of the request's hash.
+    Maglev(Maglev),
+}
+
+impl Picker {
+    /// The picker of `balancer` over `serving`, the endpoints of the serving level in their
+    /// order; a ring or table is built here.
+    pub(crate) fn new(balancer: &LoadBalancer, serving: &[Endpoint]) -> Picker {
+        match *balancer {
+            LoadBalancer::RoundRobin => Picker::RoundRobin,
+            LoadBalancer::LeastRequest { choice_count } => Picker::LeastRequest {
+                choice_count: choice_count as usize,
+            },
+            LoadBalancer::Random => Picker::Random,
+            LoadBalancer::RingHash {
+                minimum_ring_size,
+                maximum_ring_size,
+                hash_function,
+            } => Picker::Ring(Ring::new(
+                &hash_keys(serving),
+                (minimum_ring_size, maximum_ring_size),
+                hash_function,
+            )),
+            LoadBalancer::Maglev { table_size } => {
+                Picker::Maglev(Maglev::new(&hash_keys(serving), table_size))
+            }
+        }
+    }
+
+    /// Whether picks count the endpoints' active requests (least request).
+    pub(crate) fn counts_requests(&self) -> bool {
+        matches!(self, Picker::LeastRequest { .. })
+    }
+
+    /// The index, among the `n` serving endpoints, of the first one to try: `turn` is the
+    /// cluster's round robin counter, `hash` the request's (`None`: none), `active` an
+    /// endpoint's active requests. `n` is at least 1.
+    pub(crate) fn start(
+        &self,
+        n: usize,
+        turn: &AtomicUsize,
+        hash: Option<u64>,
+        active: impl Fn(usize) -> u32,
+    ) -> usize {
+        match self {
+            Picker::RoundRobin => turn.fetch_add(1, Ordering::Relaxed) % n,
+            Picker::LeastRequest { choice_count } => least_request(n, *choice_count, active),
+            Picker::Random => random_below(n),
+            Picker::Ring(ring) => ring.pick(hash.unwrap_or_else(rand::random)).unwrap_or(0),
+            Picker::Maglev(table) => table.pick(hash.unwrap_or_else(rand::random)).unwrap_or(0),
+        }
+    }
+}
+
+/// A random index below `n` (at least 1), as Envoy's `random() % n`.
+fn random_below(n: usize) -> usize {
+    (rand::random::<u64>() % n as u64) as usize
+}
+
+/// Envoy's least request pick among endpoints of equal weight (its `N_CHOICES`):
+/// `choice_count` endpoints drawn at random (with replacement), the first drawn with the
+/// fewest active requests winning.
+fn least_request(n: usize, choice_count: usize, active: impl Fn(usize) -> u32) -> usize {
+    let mut best = random_below(n);
+    for _ in 1..choice_count {
+        let sampled = random_below(n);
+        if active(sampled) < active(best) {
+            best = sampled;
+        }
+    }
+    best
+}
+
+/// Each endpoint's hash key: its `envoy.lb` `hash_key`, else its address as Envoy writes it
+/// (`10.0.0.1:80`, `[::1]:80`).
+fn hash_keys(endpoints: &[Endpoint]) -> Vec<String> {
+    endpoints
+        .iter()
+        .map(|e| match e.tags.get(HASH_KEY).filter(|k| !k.is_empty()) {
+            Some(key) => key.clone(),
+            None => e.address.to_string(),
+        })
+        .collect()
+}
+
+/// Envoy's ring hash (ketama): each endpoint's points are the hash (xxHash64, or
+/// MurmurHash2) of `<key>_<i>`, sorted; a hash goes to the first point at or after it,
+/// wrapping round.
+pub(crate) struct Ring {
+    /// (point, endpoint index), sorted by point.
+    points: Box<[(u64, u32)]>,
+}
+
+impl Ring {
+    /// The ring of endpoints whose hash keys are `keys` (equal weights), sized as Envoy
+    /// sizes it: `min(ceil(w * minimum) / w, maximum)` points for the smallest normalised
+    /// weight `w`, shared out by running sums of each endpoint's share, each point hashed
+    /// by `function`.
+    pub(crate) fn new(
+        keys: &[String],
+        (minimum, maximum): (u64, u64),
+        function: RingHashFunction,
+    ) -> Ring {
+        if keys.is_empty() {
+            return Ring {
+                points: Box::new([]),
+            };
+        }
+        let weight = 1.0 / keys.len() as f64;
+        let scale = ((weight * minimum as f64).ceil() / weight).min(maximum as f64);
+        let mut points = Vec::with_capacity(scale as usize);
+        let (mut current, mut target) = (0.0f64, 0.0f64);
+        let mut key = Vec::new();
+        for (index, host) in keys.iter().enumerate() {
+            target += scale * weight;
+            let mut i: u64 = 0;
+            while current < target {
+                key.clear();
+                key.extend_from_slice(host.as_bytes());
+                key.push(b'_');
+                key.extend_from_slice(i.to_string().as_bytes());
+                let point = match function {
+                    RingHashFunction::XxHash => xxh64(&key, 0),
+                    RingHashFunction::MurmurHash2 => murmur_hash2(&key, STD_HASH_SEED),
+                };
+                points.push((point, index as u32));
+                i += 1;
+                current += 1.0;
+            }
+        }
+        points.sort_unstable_by_key(|(point, _)| *point);
+        Ring {
+            points: points.into_boxed_slice(),
+        }
+    }
+
+    /// The endpoint of hash `h`: Envoy's port of ketama's binary search (the first point
+    /// `p` with `previous < h <= p`, the first point past the last); `None` for no points.
+    pub(crate) fn pick(&self, h: u64) -> Option<usize> {
+        let ring = &self.points;
+        let size = ring.len() as i64;
+        if size == 0 {
+            return None;
+        }
+        let (mut low, mut high) = (0i64, size);
+        let mid = loop {
+            let mid = (low + high) / 2;
+            if mid == size {
+                break 0;
+            }
+            let value = ring[mid as usize].0;
+            let before = if mid == 0 {
+                0
+            } else {
+                ring[mid as usize - 1].0
+            };
+            if h <= value && h > before {
+                break mid;
+            }
+            if value < h {
+                low = mid + 1;
+            } else {
+                high = mid - 1;
+            }
+            if low > high {
+                break low;
+            }
+        };
+        ring.get(mid as usize % ring.len()).map(|p| p.1 as usize)
+    }
+}
+
+/// The seed Envoy gives MurmurHash2 (libstdc++'s `std::hash` of a string).
+const STD_HASH_SEED: u64 = 0xc70f_6907;
+
+/// 64-bit MurmurHash2 as libstdc++'s `_Hash_bytes` and Envoy's `MurmurHash::murmurHash2`:
+/// little-endian 8-byte words, then the tail's bytes as one little-endian number.
+fn murmur_hash2(key: &[u8], seed: u64) -> u64 {
+    const MUL: u64 = 0xc6a4_a793_5bd1_e995;
+    let shift_mix = |v: u64| v ^ (v >> 47);
+    let mut hash = seed ^ (key.len() as u64).wrapping_mul(MUL);
+    let mut words = key.chunks_exact(8);
+    for word in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let data = shift_mix(u64::from_le_bytes(bytes).wrapping_mul(MUL)).wrapping_mul(MUL);
+        hash ^= data;
+        hash = hash.wrapping_mul(MUL);
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        let data = tail
+            .iter()
+            .rev()
+            .fold(0u64, |acc, b| (acc << 8) + u64::from(*b));
+        hash ^= data;
+        hash = hash.wrapping_mul(MUL);
+    }
+    shift_mix(shift_mix(hash).wrapping_mul(MUL))
+}
+
+/// Envoy's Maglev table: each endpoint's permutation of the slots starts at `xxHash64(key)
+/// mod M` and steps by `xxHash64(key, seed 1) mod (M - 1) + 1`; the endpoints take turns
+/// claiming their next free slot until the table is full; a hash goes to slot `h mod M`.
+pub(crate) struct Maglev {
+    table: Box<[u32]>,
+}
+
+impl Maglev {
+    /// The table of `size` slots (a prime) over endpoints of equal weight whose hash keys
+    /// are `keys`.
+    pub(crate) fn new(keys: &[String], size: u64) -> Maglev {
+        const EMPTY: u32 = u32::MAX;
+        if keys.is_empty() || size < 2 {
+            return Maglev {
+                table: Box::new([]),
+            };
+        }
+        let mut table = vec![EMPTY; size as usize];
+        // (offset, skip, next) per endpoint.
+        let mut entries: Vec<(u64, u64, u64)> = keys
+            .iter()
+            .map(|k| {
+                let offset = xxh64(k.as_bytes(), 0) % size;
+                let skip = xxh64(k.as_bytes(), 1) % (size - 1) + 1;
+                (offset, skip, 0)
+            })
+            .collect();
+        let mut filled = 0;
+        while filled < size {
+            for (index, (offset, skip, next)) in entries.iter_mut().enumerate() {
+                if filled == size {
+                    break;
+                }
+                let mut slot = (*offset + *skip * *next) % size;
+                while table[slot as usize] != EMPTY {
+                    *next += 1;
+                    slot = (*offset + *skip * *next) % size;
+                }
+                table[slot as usize] = index as u32;
+                *next += 1;
+                filled += 1;
+            }
+        }
+        Maglev {
+            table: table.into_boxed_slice(),
+        }
+    }
+
+    /// The endpoint of hash `h`; `None` for an empty table.
+    pub(crate) fn pick(&self, h: u64) -> Option<usize> {
+        let slot = h.checked_rem(self.table.len() as u64)?;
+        self.table.get(slot as usize).map(|i| *i as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XX: RingHashFunction = RingHashFunction::XxHash;
+
+    fn keys(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("10.0.0.{}:80", i + 1)).collect()
+    }
+
+    /// How many of `hashes` each endpoint of `pick` gets.
+    fn spread(n: usize, pick: impl Fn(u64) -> Option<usize>) -> Vec<usize> {
+        let mut counts = vec![0; n];
+        for i in 0..20_000u64 {
+            counts[pick(xxh64(&i.to_le_bytes(), 7)).unwrap()] += 1;
+        }
+        counts
+    }
+
+    /// Envoy's ring sizes: 100..10000 over 3 endpoints gives ceil(100/3)*3 = 102 points, 34
+    /// each; the default bounds give 1024 over 2 (512 each); the maximum caps it.
+    #[test]
+    fn rings_are_sized_as_envoys() {
+        let ring = Ring::new(&keys(3), (100, 10_000), RingHashFunction::XxHash);
+        assert_eq!(ring.points.len(), 102);
+        for e in 0..3 {
+            assert_eq!(ring.points.iter().filter(|p| p.1 == e).count(), 34);
+        }
+        assert_eq!(
+            Ring::new(&keys(2), (1024, 8 << 20), RingHashFunction::XxHash)
+                .points
+                .len(),
+            1024
+        );
+        assert_eq!(
+            Ring::new(&keys(3), (1024, 500), RingHashFunction::XxHash)
+                .points
+                .len(),
+            500
+        );
+        assert!(ring.points.windows(2).all(|w| w[0].0 <= w[1].0));
+        // The points are xxHash64 of `<address>_<i>`.
+        let first: Vec<u64> = ring
+            .points
+            .iter()
+            .filter(|p| p.1 == 0)
+            .map(|p| p.0)
+            .collect();
+        assert!(first.contains(&xxh64(b"10.0.0.1:80_0", 0)));
+        assert!(first.contains(&xxh64(b"10.0.0.1:80_33", 0)));
+    }
+
+    /// MurmurHash2 is libstdc++'s `std::hash<std::string>` (values printed by g++ 12's).
+    #[test]
+    fn murmur_hash2_is_libstdcxx_std_hash() {
+        let std_hash = |s: &str| murmur_hash2(s.as_bytes(), STD_HASH_SEED);
+        assert_eq!(std_hash(""), 6142509188972423790);
+        assert_eq!(std_hash("hello"), 2762169579135187400);
+        assert_eq!(std_hash("10.0.0.1:80_0"), 13659246566588789388);
+    }
+
+    /// A hash goes to the first point at or after it, past the last to the first.
+    #[test]
+    fn a_ring_hash_takes_the_next_point_round_the_ring() {
+        let ring = Ring::new(&keys(4), (64, 64), RingHashFunction::XxHash);
+        let points = &ring.points;
+        for (i, (point, endpoint)) in points.iter().enumerate() {
+            assert_eq!(ring.pick(*point), Some(*endpoint as usize));
+            if i > 0 && points[i - 1].0 + 1 < *point {
+                assert_eq!(ring.pick(points[i - 1].0 + 1), Some(*endpoint as usize));
+            }
+        }
+        // Past the last point (xxHash64 leaves room above it): the first.
+        assert!(points[points.len() - 1].0 < u64::MAX);
+        assert_eq!(ring.pick(u64::MAX), Some(points[0].1 as usize));
+        assert_eq!(ring.pick(0), Some(points[0].1 as usize));
+        assert_eq!(
+            Ring::new(&[], (64, 64), RingHashFunction::XxHash).pick(5),
+            None
+        );
+    }
+
+    /// Maglev's table is filled by turns over the permutations: every slot taken, each
+    /// endpoint owning size/n slots or one more; Envoy's first choice for each endpoint is
+    /// its offset.
+    #[test]
+    fn maglev_tables_are_filled_by_turns() {
+        let table = Maglev::new(&keys(3), 17);
+        assert_eq!(table.table.len(), 17);
+        let owned: Vec<usize> = (0..3)
+            .map(|e| table.table.iter().filter(|i| **i == e).count())
+            .collect();
+        assert_eq!(owned.iter().sum::<usize>(), 17);
+        assert!(owned.iter().all(|n| *n == 5 || *n == 6), "{owned:?}");
+        let offset = (xxh64(b"10.0.0.1:80", 0) % 17) as usize;
+        assert_eq!(table.table[offset], 0);
+        assert_eq!(table.pick(offset as u64 + 17 * 1000), Some(0));
+    }
+
+    /// Consistent hashing: the same hash always picks the same endpoint; both spread hashes
+    /// evenly; removing one endpoint moves only the hashes it had on a ring whose endpoints
+    /// keep their points (here 256 each: Envoy resizes a ring to keep its minimum size, and
+    /// the points an endpoint gains then take some hashes too), and on Maglev's table the
+    /// removed share and a few more.
+    #[test]
+    fn consistent_hashing_moves_only_the_removed_endpoints_share() {
+        let all = keys(4);
+        let fewer: Vec<String> = all.iter().filter(|k| *k != &all[2]).cloned().collect();
+        let (ring, ring3) = (
+            Ring::new(&all, (1024, 1024), XX),
+            Ring::new(&fewer, (768, 768), XX),
+        );
+        let (maglev, maglev3) = (Maglev::new(&all, 65537), Maglev::new(&fewer, 65537));
+        for counts in [spread(4, |h| ring.pick(h)), spread(4, |h| maglev.pick(h))] {
+            assert!(
+                counts.iter().all(|c| (3_500..6_500).contains(c)),
+                "{counts:?}"
+            );
+        }
+        let name = |set: &[String], i: usize| set[i].clone();
+        let (mut ring_moved, mut maglev_moved) = (0, 0);
+        for i in 0..20_000u64 {
+            let h = xxh64(&i.to_le_bytes(), 7);
+            assert_eq!(ring.pick(h), ring.pick(h));
+            let (before, after) = (
+                name(&all, ring.pick(h).unwrap()),
+                name(&fewer, ring3.pick(h).unwrap()),
+            );
+            if before != all[2] {
+                assert_eq!(before, after, "hash {h} moved off a kept endpoint");
+            }
+            ring_moved += usize::from(before != after);
+            let (before, after) = (
+                name(&all, maglev.pick(h).unwrap()),
+                name(&fewer, maglev3.pick(h).unwrap()),
+            );
+            maglev_moved += usize::from(before != after && before != all[2]);
+        }
+        assert!((3_500..6_500).contains(&ring_moved), "{ring_moved}");
+        // Maglev's disruption beyond the removed share is small (the paper's bound).
+        assert!(maglev_moved < 20_000 / 20, "{maglev_moved}");
+    }
+
+    /// Least request takes the least loaded of its choices (with 50 choices, all but
+    /// surely the least loaded of all); random and round robin cover every endpoint.
+    #[test]
+    fn least_request_random_and_round_robin_spread() {
+        let loads = [5u32, 0, 9, 9];
+        let lr = Picker::LeastRequest { choice_count: 50 };
+        let turn = AtomicUsize::new(0);
+        for _ in 0..100 {
+            assert_eq!(lr.start(4, &turn, None, |i| loads[i]), 1);
+        }
+        let two = Picker::LeastRequest { choice_count: 2 };
+        let mut counts = [0usize; 4];
+        for _ in 0..20_000 {
+            counts[two.start(4, &turn, None, |i| loads[i])] += 1;
+        }
+        // Endpoint 1 wins whenever drawn (7/16 of pairs), endpoint 0 unless paired with 1.
+        assert!(counts[1] > counts[0] && counts[0] > counts[2], "{counts:?}");
+        assert!((8_000..9_500).contains(&counts[1]), "{counts:?}");
+        let equal = spread(4, |_| Some(two.start(4, &turn, None, |_| 0)));
+        assert!(
+            equal.iter().all(|c| (4_000..6_000).contains(c)),
+            "{equal:?}"
+        );
+        let random = spread(4, |_| Some(Picker::Random.start(4, &turn, None, |_| 0)));
+        assert!(
+            random.iter().all(|c| (4_000..6_000).contains(c)),
+            "{random:?}"
+        );
+        let rr = Picker::RoundRobin;
+        let starts: Vec<usize> = (0..5).map(|_| rr.start(4, &turn, None, |_| 0)).collect();
+        assert_eq!(starts, [0, 1, 2, 3, 0]);
+    }
+
+    /// Without a hash, ring hash and Maglev draw one at random: every endpoint is reached.
+    #[test]
+    fn hashing_without_a_hash_picks_at_random() {
+        let endpoints: Vec<Endpoint> = (1..=3)
+            .map(|i| crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into()))
+            .collect();
+        let turn = AtomicUsize::new(0);
+        for balancer in [
+            LoadBalancer::RingHash {
+                minimum_ring_size: 1024,
+                maximum_ring_size: 8 << 20,
+                hash_function: RingHashFunction::MurmurHash2,
+            },
+            LoadBalancer::Maglev { table_size: 65537 },
+        ] {
+            let picker = Picker::new(&balancer, &endpoints);
+            let counts = spread(3, |_| Some(picker.start(3, &turn, None, |_| 0)));
+            assert!(counts.iter().all(|c| *c > 5_000), "{counts:?}");
+            let same = picker.start(3, &turn, Some(42), |_| 0);
+            assert!((0..10).all(|_| picker.start(3, &turn, Some(42), |_| 0) == same));
+        }
+    }
+
+    /// An endpoint's `envoy.lb` `hash_key` replaces its address as its key.
+    #[test]
+    fn a_hash_key_replaces_the_address() {
+        let mut endpoint = crate::upstream::plain_endpoint(([10, 0, 0, 1], 80).into());
+        assert_eq!(hash_keys(std::slice::from_ref(&endpoint)), ["10.0.0.1:80"]);
+        endpoint.tags.insert(HASH_KEY.into(), "pod-a".into());
+        assert_eq!(hash_keys(&[endpoint]), ["pod-a"]);
+        let v6 = crate::upstream::plain_endpoint("[::1]:8080".parse().unwrap());
+        assert_eq!(hash_keys(&[v6]), ["[::1]:8080"]);
+    }
+}

@@ -1,0 +1,339 @@
+//! MeshLoadBalancingStrategy as kuma-cp renders it, enforced by a sidecar fed only by
+//! `bearing-test-cp`, three origins behind each outbound of the demo client:
+//!
+//! - the golden `meshloadbalancingstrategy/outbound-route-ringhash`'s outbound (RING_HASH,
+//!   100..10000 points; its routes hash `x-header-for-test-server`, `/test-route-2` hashes
+//!   `x-header-for-test-route-2`): every request of one header value reaches one origin,
+//!   different values reach different origins, the route's own header counts on
+//!   `/test-route-2` and the other one does not; requests without the header spread;
+//! - the golden `outbound-maglev`'s outbound (MAGLEV, table 17, the `session_id` cookie)
+//!   likewise by cookie;
+//! - LEAST_REQUEST with 5 choices over the 3 origins: while one slow request holds an
+//!   origin, at most 2 of 30 quick requests go to it (it is picked only when all 5 draws are
+//!   it: 1 in 243; about 10 would at random), and quick ones spread; RANDOM spreads.
+//!
+//! Then Envoy 1.40, fed the same resources by the same CP in the client's place, does the
+//! same, and sends each header value and cookie to the very origin Bearing chose: the ring,
+//! the table and the request hashes are Envoy's.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use bearing_e2e::*;
+use serde_json::{json, Value};
+
+/// The test CP binary.
+const TEST_CP: &str = env!("CARGO_BIN_EXE_bearing-test-cp");
+
+const DIR: &str = "envoyconfig-e2e/sidecars/meshloadbalancingstrategy";
+/// The mesh of the goldens.
+const MESH: &str = "envoyconfig";
+/// The MeshService cluster of test-server in the goldens.
+const SERVER_CLUSTER: &str = "envoyconfig_test-server__kuma-3_msvc_80";
+/// The origins' ports on the backend host.
+const ORIGINS: [u16; 3] = [8081, 8082, 8083];
+
+/// The outbounds: (listener port, cluster name, what it shows).
+const RING: (u16, &str) = (10001, "ring");
+const MAGLEV: (u16, &str) = (10002, "maglev");
+const LEAST: (u16, &str) = (10003, "least");
+const RANDOM: (u16, &str) = (10004, "random");
+const MURMUR: (u16, &str) = (10005, "murmur");
+
+/// A python client in `host` that sends each of `requests` (path, header lines) `times`
+/// times to 127.0.0.1:`port` over one keep-alive connection per request, and prints the
+/// origin of each answer (`X-Served-By`) on its line, space-separated.
+fn served_by(
+    host: &Host,
+    port: u16,
+    requests: &[(String, Vec<String>)],
+    times: u32,
+) -> Result<Vec<Vec<String>>> {
+    let spec = serde_json::to_string(requests)?;
+    let script = format!(
+        r#"
+import http.client, json
+for path, headers in json.loads({spec:?}):
+    seen = []
+    for _ in range({times}):
+        c = http.client.HTTPConnection("127.0.0.1", {port}, timeout=10)
+        h = dict(line.split(": ", 1) for line in headers)
+        c.request("GET", path, headers=h)
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200, r.status
+        seen.append(r.getheader("x-served-by"))
+        c.close()
+    print(" ".join(seen))
+"#
+    );
+    let out = host.command("python3").args(["-c", &script]).output()?;
+    ensure!(out.success(), "the client failed: {out:?}");
+    Ok(out
+        .stdout
+        .lines()
+        .map(|l| l.split(' ').map(str::to_string).collect())
+        .collect())
+}
+
+/// One request to 127.0.0.1:`port` held 3 s by its origin and, while it is held, 30 quick
+/// ones: the slow one's origin first, then each quick one's.
+fn quick_beside_slow(host: &Host, port: u16) -> Result<Vec<String>> {
+    let script = format!(
+        r#"
+import http.client, threading, time
+def get(path):
+    c = http.client.HTTPConnection("127.0.0.1", {port}, timeout=10)
+    c.request("GET", path)
+    r = c.getresponse()
+    r.read()
+    c.close()
+    return r.getheader("x-served-by")
+slow = []
+t = threading.Thread(target=lambda: slow.append(get("/slow?delay=3")))
+t.start()
+time.sleep(0.5)
+quick = [get("/") for _ in range(30)]
+t.join()
+print(" ".join(slow + quick))
+"#
+    );
+    let out = host.command("python3").args(["-c", &script]).output()?;
+    ensure!(out.success(), "the client failed: {out:?}");
+    Ok(out.stdout.split_whitespace().map(str::to_string).collect())
+}
+
+/// The golden's server cluster as plaintext HTTP/1.1 (the balancing is the client's),
+/// named `name`, with `edit` applied.
+fn server_cluster(golden: &KumaGolden, name: &str, edit: impl FnOnce(&mut Value)) -> Result<Value> {
+    let mut cluster = golden.cluster(SERVER_CLUSTER)?;
+    let object = cluster.as_object_mut().context("a cluster object")?;
+    object.remove("transportSocket");
+    let http = "/typedExtensionProtocolOptions/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/explicitHttpConfig";
+    set_field(&mut cluster, http, json!({"httpProtocolOptions": {}}))?;
+    replace_in_strings(&mut cluster, SERVER_CLUSTER, name);
+    edit(&mut cluster);
+    Ok(cluster)
+}
+
+/// The golden's outbound to the server, its routes sending to `cluster`, on 127.0.0.1:`port`.
+fn outbound(golden: &KumaGolden, web: &Host, port: u16, cluster: &str) -> Result<Value> {
+    let mut listener = golden.listener("outbound:IP_REDACTED:80")?;
+    replace_in_strings(&mut listener, SERVER_CLUSTER, cluster);
+    replace_in_strings(&mut listener, "IP_REDACTED", &web.ip4().to_string());
+    let mut bound = bound_listener(listener, ([127, 0, 0, 1], port).into());
+    bound["name"] = json!(format!("outbound:127.0.0.1:{port}"));
+    Ok(bound)
+}
+
+/// What one proxy did: the origin of each ring header value, each Maglev cookie, each
+/// header value on the MurmurHash2 ring.
+type Choices = (
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+);
+
+/// Every request of one key went to one origin; the keys reached at least two origins.
+/// Gives each key's origin.
+fn sticky(
+    proxy: &str,
+    what: &str,
+    keys: &[String],
+    seen: &[Vec<String>],
+) -> Result<BTreeMap<String, String>> {
+    let mut chosen = BTreeMap::new();
+    for (key, origins) in keys.iter().zip(seen) {
+        let distinct: BTreeSet<&String> = origins.iter().collect();
+        ensure!(
+            distinct.len() == 1,
+            "{proxy}: {what} {key} reached {origins:?}"
+        );
+        chosen.insert(key.clone(), origins[0].clone());
+    }
+    let spread: BTreeSet<&String> = chosen.values().collect();
+    ensure!(
+        spread.len() >= 2,
+        "{proxy}: every {what} reached {spread:?}"
+    );
+    Ok(chosen)
+}
+
+/// The origins of `seen`, all of them.
+fn origins_of(seen: &[Vec<String>]) -> BTreeSet<String> {
+    seen.iter().flatten().cloned().collect()
+}
+
+fn check(proxy: &str, web: &Host) -> Result<Choices> {
+    let values: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
+    // Ring hash by the route's header.
+    let by_header = |path: &str, header: &str| -> Vec<(String, Vec<String>)> {
+        let line = |v: &String| vec![format!("{header}: {v}")];
+        values.iter().map(|v| (path.to_string(), line(v))).collect()
+    };
+    let seen = served_by(web, RING.0, &by_header("/", "x-header-for-test-server"), 4)?;
+    let ring = sticky(proxy, "x-header-for-test-server", &values, &seen)?;
+    // `/test-route-2` hashes its own header: stickiness by it, and the same origins (one
+    // ring, the same hashes).
+    let seen = served_by(
+        web,
+        RING.0,
+        &by_header("/test-route-2", "x-header-for-test-route-2"),
+        3,
+    )?;
+    let route2 = sticky(proxy, "x-header-for-test-route-2", &values, &seen)?;
+    ensure!(
+        route2 == ring,
+        "{proxy}: /test-route-2 by its header {route2:?}, / {ring:?}"
+    );
+    // There the other header is not read: no hash, random picks.
+    let other = vec![(
+        "/test-route-2".to_string(),
+        vec!["x-header-for-test-server: user-1".to_string()],
+    )];
+    let seen = served_by(web, RING.0, &other, 30)?;
+    ensure!(
+        origins_of(&seen).len() >= 2,
+        "{proxy}: /test-route-2 by another header: {seen:?}"
+    );
+    let none = vec![("/".to_string(), Vec::new())];
+    let seen = served_by(web, RING.0, &none, 30)?;
+    ensure!(
+        origins_of(&seen).len() >= 2,
+        "{proxy}: ring hash without a hash: {seen:?}"
+    );
+
+    // Maglev by cookie.
+    let cookies: Vec<(String, Vec<String>)> = values
+        .iter()
+        .map(|v| {
+            (
+                "/".to_string(),
+                vec![format!("cookie: a=1; session_id={v}")],
+            )
+        })
+        .collect();
+    let seen = served_by(web, MAGLEV.0, &cookies, 4)?;
+    let maglev = sticky(proxy, "session_id", &values, &seen)?;
+    // The ring's points hashed with MurmurHash2.
+    let seen = served_by(
+        web,
+        MURMUR.0,
+        &by_header("/", "x-header-for-test-server"),
+        3,
+    )?;
+    let murmur = sticky(proxy, "x-header-for-test-server (murmur)", &values, &seen)?;
+
+    // Least request over 3 origins with 5 choices: the origin a slow request holds is
+    // picked only when every draw is it.
+    let seen = quick_beside_slow(web, LEAST.0)?;
+    let (slow, quick) = seen.split_first().context("the slow request's origin")?;
+    let busy = quick.iter().filter(|o| *o == slow).count();
+    ensure!(
+        quick.len() == 30 && busy <= 2,
+        "{proxy}: least request sent {busy} of {} quick requests to {slow}, busy: {quick:?}",
+        quick.len()
+    );
+    for port in [LEAST.0, RANDOM.0] {
+        let seen = served_by(web, port, &none, 30)?;
+        ensure!(
+            origins_of(&seen).len() == 3,
+            "{proxy}: port {port} reached {seen:?}"
+        );
+    }
+    Ok((ring, maglev, murmur))
+}
+
+#[test]
+fn load_balancing_policies_stick_by_hash_and_spread() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "backend"])?;
+    let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), "cp-lb", cp)?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    let leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
+    let _origins = ORIGINS
+        .iter()
+        .map(|port| start_http_server(backend, *port))
+        .collect::<Result<Vec<_>>>()?;
+    let at: Vec<_> = ORIGINS.iter().map(|p| backend.sock4(*p)).collect();
+
+    let ring_golden = KumaGolden::load(&format!(
+        "{DIR}/outbound-route-ringhash.demo-client.golden.json"
+    ))?;
+    let maglev_golden =
+        KumaGolden::load(&format!("{DIR}/outbound-maglev.demo-client.golden.json"))?;
+    let mut xds = XdsFile::new();
+    xds.golden_inbound(&ring_golden, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
+    let assignment = ring_golden.endpoints(SERVER_CLUSTER)?;
+    let renamed = |name: &str| {
+        let mut value = assignment.clone();
+        replace_in_strings(&mut value, SERVER_CLUSTER, name);
+        value
+    };
+    let policy = |lb: &'static str| {
+        move |c: &mut Value| {
+            let object = c.as_object_mut().expect("a cluster object");
+            object.remove("ringHashLbConfig");
+            object.insert("lbPolicy".into(), json!(lb));
+            if lb == "LEAST_REQUEST" {
+                object.insert("leastRequestLbConfig".into(), json!({"choiceCount": 5}));
+            }
+        }
+    };
+    xds.cluster(server_cluster(&ring_golden, RING.1, |_| {})?)?
+        .endpoints(renamed(RING.1), &at)?
+        .listener(outbound(&ring_golden, web, RING.0, RING.1)?)?
+        .cluster(server_cluster(&maglev_golden, MAGLEV.1, |_| {})?)?
+        .endpoints(renamed(MAGLEV.1), &at)?
+        .listener(outbound(&maglev_golden, web, MAGLEV.0, MAGLEV.1)?)?
+        .cluster(server_cluster(
+            &ring_golden,
+            LEAST.1,
+            policy("LEAST_REQUEST"),
+        )?)?
+        .endpoints(renamed(LEAST.1), &at)?
+        .listener(outbound(&ring_golden, web, LEAST.0, LEAST.1)?)?
+        .cluster(server_cluster(&ring_golden, MURMUR.1, |c| {
+            c["ringHashLbConfig"]["hashFunction"] = json!("MURMUR_HASH_2");
+        })?)?
+        .endpoints(renamed(MURMUR.1), &at)?
+        .listener(outbound(&ring_golden, web, MURMUR.0, MURMUR.1)?)?
+        .cluster(server_cluster(&ring_golden, RANDOM.1, policy("RANDOM"))?)?
+        .endpoints(renamed(RANDOM.1), &at)?
+        .listener(outbound(&ring_golden, web, RANDOM.0, RANDOM.1)?)?
+        .mesh_identity(MESH, &leaf, &mesh_ca)?;
+    let file = pki.dir.join("demo-client.json");
+    xds.write(&file)?;
+    let (cp_process, access) = pki.start_cp(TEST_CP, cp, 5678, &file, "demo-client")?;
+    let dataplane = golden_dataplane(web, "demo-client");
+    let sidecar = access.bearing(web, "demo-client", "dataplane", &dataplane)?;
+    sidecar.wait_ready()?;
+    let log = cp_process.log_contents();
+    ensure!(
+        !log.contains("NACK"),
+        "the sidecar NACKed its config:\n{log}"
+    );
+    let bearing = check("bearing", web)?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, MESH, "demo-client")?;
+    for port in [RING.0, MAGLEV.0, LEAST.0, RANDOM.0, MURMUR.0] {
+        web.wait_for_tcp_listener(port, Duration::from_secs(20), None)?;
+    }
+    let envoy = check("envoy", web)?;
+    for (what, ours, theirs) in [
+        ("ring hash", &bearing.0, &envoy.0),
+        ("maglev", &bearing.1, &envoy.1),
+        ("murmur ring hash", &bearing.2, &envoy.2),
+    ] {
+        ensure!(
+            ours == theirs,
+            "{what}: bearing chose {ours:?}, envoy {theirs:?}"
+        );
+    }
+    Ok(())
+}
