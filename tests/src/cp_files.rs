@@ -280,6 +280,30 @@ impl CpPki {
         Ok((process, CpAccess::new(cp, port, self)))
     }
 
+    /// Serves `xds` (written to `demo-client.json`) from a test CP (`bin`) on `cp`:5678 and
+    /// starts the golden's `demo-client` sidecar in `host` fed only by it ([`golden_dataplane`]);
+    /// returns the CP, how proxies reach it and the sidecar, once the sidecar is ready and
+    /// has NACKed nothing.
+    pub fn golden_client<'h>(
+        &self,
+        bin: &str,
+        cp: &Host,
+        host: &'h Host,
+        xds: &XdsFile,
+    ) -> Result<(Process, CpAccess, Bearing<'h>)> {
+        let file = self.dir.join("demo-client.json");
+        xds.write(&file)?;
+        let (process, access) = self.start_cp(bin, cp, 5678, &file, "demo-client")?;
+        let dataplane = golden_dataplane(host, "demo-client");
+        let sidecar = access.bearing(host, "demo-client", "dataplane", &dataplane)?;
+        sidecar.wait_ready()?;
+        let log = process.log_contents();
+        if log.contains("NACK") {
+            bail!("the sidecar NACKed its config:\n{log}");
+        }
+        Ok((process, access, sidecar))
+    }
+
     /// Serves `client_file` from a test CP (`bin`) on `cp`:5678 and `server_file` from another
     /// on `cp`:5679, and starts `test-server` in `server_host` and `demo-client` in
     /// `client_host`, each fed by its own CP ([`golden_dataplane`]); returns once both are

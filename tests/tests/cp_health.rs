@@ -145,17 +145,7 @@ fn with_sidecar_then_envoy(
         .endpoints(golden.endpoints(SERVER_CLUSTER)?, &at)?
         .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))?
         .mesh_identity(MESH, &leaf, &mesh_ca)?;
-    let file = pki.dir.join("demo-client.json");
-    xds.write(&file)?;
-    let (cp_process, access) = pki.start_cp(TEST_CP, cp, 5678, &file, "demo-client")?;
-    let dataplane = golden_dataplane(web, "demo-client");
-    let sidecar = access.bearing(web, "demo-client", "dataplane", &dataplane)?;
-    sidecar.wait_ready()?;
-    let log = cp_process.log_contents();
-    ensure!(
-        !log.contains("NACK"),
-        "the sidecar NACKed its config:\n{log}"
-    );
+    let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
     check("bearing", web, &sidecar, &origins)?;
 
     // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.

@@ -305,17 +305,7 @@ fn load_balancing_policies_stick_by_hash_and_spread() -> Result<()> {
         .endpoints(renamed(RANDOM.1), &at)?
         .listener(outbound(&ring_golden, web, RANDOM.0, RANDOM.1)?)?
         .mesh_identity(MESH, &leaf, &mesh_ca)?;
-    let file = pki.dir.join("demo-client.json");
-    xds.write(&file)?;
-    let (cp_process, access) = pki.start_cp(TEST_CP, cp, 5678, &file, "demo-client")?;
-    let dataplane = golden_dataplane(web, "demo-client");
-    let sidecar = access.bearing(web, "demo-client", "dataplane", &dataplane)?;
-    sidecar.wait_ready()?;
-    let log = cp_process.log_contents();
-    ensure!(
-        !log.contains("NACK"),
-        "the sidecar NACKed its config:\n{log}"
-    );
+    let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
     let bearing = check("bearing", web)?;
 
     // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.

@@ -129,17 +129,7 @@ fn mesh_timeout_idle_timeouts_end_silent_streams_and_connections() -> Result<()>
         .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))?
         .listener(tcp_outbound)?
         .mesh_identity(MESH, &leaf, &mesh_ca)?;
-    let file = pki.dir.join("demo-client.json");
-    xds.write(&file)?;
-    let (cp_process, access) = pki.start_cp(TEST_CP, cp, 5678, &file, "demo-client")?;
-    let dataplane = golden_dataplane(web, "demo-client");
-    let sidecar = access.bearing(web, "demo-client", "dataplane", &dataplane)?;
-    sidecar.wait_ready()?;
-    let log = cp_process.log_contents();
-    ensure!(
-        !log.contains("NACK"),
-        "the sidecar NACKed its config:\n{log}"
-    );
+    let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
 
     let check = |proxy: &str| -> Result<()> {
         // HTTP: the route's idle timeout ends the wait for a silent origin.
