@@ -257,10 +257,12 @@ def wait_applied(cp: LineProcess, version: str, limit: float) -> float:
     return max(acked.values())
 
 
-def post_bootstrap() -> dict:
-    body = json.dumps({"mesh": MESH, "name": "demo-client", "proxyType": "dataplane",
+def post_bootstrap(port: int, mesh: str, name: str) -> dict:
+    """The Envoy bootstrap the test CP on 127.0.0.1:`port` answers for Dataplane `name` of
+    `mesh` (kuma-dp's `POST /bootstrap`), decoded."""
+    body = json.dumps({"mesh": mesh, "name": name, "proxyType": "dataplane",
                        "dataplane": {"networking": {"address": "127.0.0.1"}}}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{CP_PORT}/bootstrap", data=body,
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/bootstrap", data=body,
                                  headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         answer = json.loads(r.read())
@@ -278,7 +280,7 @@ def start_contender(name: str, args: argparse.Namespace, d: Path) -> LineProcess
                 str(dataplane), "--admin-address", f"127.0.0.1:{BEARING_ADMIN}",
                 "--concurrency", "1", "--log-level", "warn"]
     else:
-        bootstrap = post_bootstrap()
+        bootstrap = post_bootstrap(CP_PORT, MESH, "demo-client")
         bootstrap["admin"] = {"address": {"socketAddress": {"address": "127.0.0.1",
                                                             "portValue": ENVOY_ADMIN}}}
         path = d / "envoy-bootstrap.json"
