@@ -269,24 +269,34 @@ def post_bootstrap(port: int, mesh: str, name: str) -> dict:
     return json.loads(base64.b64decode(answer["bootstrap"]))
 
 
-def start_contender(name: str, args: argparse.Namespace, d: Path) -> LineProcess:
-    if name == "bearing":
+def contender_argv(bearing: bool, args: argparse.Namespace, d: Path, cp_port: int, mesh: str,
+                   service: str, inbound_port: int, admin: int) -> list[str]:
+    """The command line of Bearing (`bearing run --cp-address`, a Dataplane `service` of `mesh`
+    with one inbound on `inbound_port`) or of Envoy (the bootstrap the CP's `/bootstrap`
+    answers for it) fed by the test CP on 127.0.0.1:`cp_port`, 1 worker, admin on `admin`;
+    files go to `d`."""
+    if bearing:
         dataplane = d / "dp.yaml"
         dataplane.write_text(
-            f"type: Dataplane\nmesh: {MESH}\nname: demo-client\nnetworking:\n"
-            f"  address: 127.0.0.1\n  inbound:\n  - port: {INBOUND_PORT}\n"
-            "    tags:\n      kuma.io/service: demo-client\n")
-        argv = [args.bearing, "run", "--cp-address", f"http://127.0.0.1:{CP_PORT}", "-d",
-                str(dataplane), "--admin-address", f"127.0.0.1:{BEARING_ADMIN}",
+            f"type: Dataplane\nmesh: {mesh}\nname: {service}\nnetworking:\n"
+            f"  address: 127.0.0.1\n  inbound:\n  - port: {inbound_port}\n"
+            f"    tags:\n      kuma.io/service: {service}\n")
+        return [args.bearing, "run", "--cp-address", f"http://127.0.0.1:{cp_port}", "-d",
+                str(dataplane), "--admin-address", f"127.0.0.1:{admin}",
                 "--concurrency", "1", "--log-level", "warn"]
-    else:
-        bootstrap = post_bootstrap(CP_PORT, MESH, "demo-client")
-        bootstrap["admin"] = {"address": {"socketAddress": {"address": "127.0.0.1",
-                                                            "portValue": ENVOY_ADMIN}}}
-        path = d / "envoy-bootstrap.json"
-        path.write_text(json.dumps(bootstrap))
-        argv = [args.envoy, "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
-                "--log-level", "warn"]
+    bootstrap = post_bootstrap(cp_port, mesh, service)
+    bootstrap["admin"] = {"address": {"socketAddress": {"address": "127.0.0.1",
+                                                        "portValue": admin}}}
+    path = d / "envoy-bootstrap.json"
+    path.write_text(json.dumps(bootstrap))
+    return [args.envoy, "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
+            "--log-level", "warn"]
+
+
+def start_contender(name: str, args: argparse.Namespace, d: Path) -> LineProcess:
+    admin = BEARING_ADMIN if name == "bearing" else ENVOY_ADMIN
+    argv = contender_argv(name == "bearing", args, d, CP_PORT, MESH, "demo-client",
+                          INBOUND_PORT, admin)
     return LineProcess(argv, d / f"{name}.log", stdout=False)
 
 

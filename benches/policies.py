@@ -45,7 +45,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import cp_push  # benches/cp_push.py: LineProcess, post_bootstrap
+import cp_push  # benches/cp_push.py: LineProcess, the contenders' command lines
 import harness  # benches/harness.py: the origin, HAProxy's globals, wrk, CPU accounting
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,22 +220,8 @@ def start(name: str, args: argparse.Namespace, work: Path) -> Running:
     cp = cp_push.LineProcess([args.test_cp, "--listen", f"127.0.0.1:{cp_port}", "--resources",
                               str(file)], d / "cp.log")
     cp.wait_line(lambda l: l.startswith("SNAPSHOT "), 60)
-    if name.startswith("bearing"):
-        dataplane = d / "dp.yaml"
-        dataplane.write_text(
-            f"type: Dataplane\nmesh: {MESH}\nname: backend\nnetworking:\n  address: 127.0.0.1\n"
-            f"  inbound:\n  - port: {harness.ORIGIN_H1}\n    tags:\n      kuma.io/service: backend\n")
-        argv = [args.bearing, "run", "--cp-address", f"http://127.0.0.1:{cp_port}", "-d",
-                str(dataplane), "--admin-address", f"127.0.0.1:{admin}", "--concurrency", "1",
-                "--log-level", "warn"]
-    else:
-        bootstrap = cp_push.post_bootstrap(cp_port, MESH, "backend")
-        bootstrap["admin"] = {"address": {"socketAddress": {"address": "127.0.0.1",
-                                                            "portValue": admin}}}
-        path = d / "envoy-bootstrap.json"
-        path.write_text(json.dumps(bootstrap))
-        argv = [args.envoy, "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
-                "--log-level", "warn"]
+    argv = cp_push.contender_argv(name.startswith("bearing"), args, d, cp_port, MESH, "backend",
+                                  harness.ORIGIN_H1, admin)
     proxy = harness.start(name, argv, d / "proxy.log")
     cp_proc = harness.Proc(f"{name}-cp", cp.popen)
     harness.STARTED.append(cp_proc)
