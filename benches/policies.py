@@ -12,7 +12,8 @@ MeshAccessLog file log in Kuma's default HTTP format (rendered as kuma-cp render
 cluster is an EDS cluster of the origin (nginx answering `/small`).
 
 HAProxy does the equivalent: an ACL that allows the source (`http-request deny unless`),
-`retry-on 500 501 502 503 504 505` (Envoy's `5xx` also counts resets, `empty-response`), with
+`retry-on 500 501 502 503 504 empty-response conn-failure` (Envoy's `5xx` also retries resets
+and connect failures; HAProxy takes no status above 504), with
 `retries 2`, `timeout server 15s`, and `option httplog` to a file (`log stdout`, its stdout
 redirected to a file).
 
