@@ -32,6 +32,17 @@ pub(crate) fn load_balancer(
     let policy = LbPolicy::try_from(cluster.lb_policy).ok();
     let config = cluster.lb_config.as_ref();
     let balancer = match (policy, config) {
+        (Some(LbPolicy::RingHash | LbPolicy::Maglev), _)
+            if !cluster.health_checks.is_empty() || cluster.outlier_detection.is_some() =>
+        {
+            // Envoy rebuilds the ring or table over the healthy hosts as health changes;
+            // Bearing builds it once per endpoint set.
+            problems.push((
+                format!("{path}.lb_policy"),
+                "RING_HASH and MAGLEV on a cluster with health checks or outlier detection are not implemented".into(),
+            ));
+            LoadBalancer::RoundRobin
+        }
         (Some(LbPolicy::RoundRobin), None | Some(LbConfig::RoundRobinLbConfig(_))) => {
             LoadBalancer::RoundRobin
         }
@@ -55,17 +66,6 @@ pub(crate) fn load_balancer(
         },
         (Some(LbPolicy::Maglev), Some(LbConfig::MaglevLbConfig(c))) => {
             maglev(c, &format!("{path}.maglev_lb_config"), &mut problems)
-        }
-        (Some(LbPolicy::RingHash | LbPolicy::Maglev), _)
-            if !cluster.health_checks.is_empty() || cluster.outlier_detection.is_some() =>
-        {
-            // Envoy rebuilds the ring or table over the healthy hosts as health changes;
-            // Bearing builds it once per endpoint set.
-            problems.push((
-                format!("{path}.lb_policy"),
-                "RING_HASH and MAGLEV on a cluster with health checks or outlier detection are not implemented".into(),
-            ));
-            LoadBalancer::RoundRobin
         }
         (Some(LbPolicy::ClusterProvided | LbPolicy::LoadBalancingPolicyConfig) | None, _) => {
             problems.push((
@@ -480,6 +480,46 @@ mod tests {
                 "{at}.load_assignment.policy.overprovisioning_factor"
             )]
         );
+        // With a health signal the factor weighs level health: only Envoy's 140 is taken.
+        let checked = cluster_pb::Cluster {
+            outlier_detection: Some(Default::default()),
+            ..Default::default()
+        };
+        let default = assignment(vec![locality(0, Some(1))], Some(140));
+        assert!(check(&checked, default).is_empty());
+        let other = assignment(vec![locality(0, Some(1))], Some(200));
+        assert_eq!(
+            check(&checked, other),
+            [format!(
+                "{at}.load_assignment.policy.overprovisioning_factor"
+            )]
+        );
+    }
+
+    /// Ring hash and Maglev are built once per endpoint set, so a cluster whose eligible
+    /// hosts change with health refuses them by `lb_policy`; the other balancers pass.
+    #[test]
+    fn hashing_balancers_with_a_health_signal_are_nacked() {
+        use cluster_pb::cluster::LbPolicy;
+        let at = "clusters[\"c\"]";
+        let with_health = |policy| cluster_pb::Cluster {
+            health_checks: vec![Default::default()],
+            ..cluster(policy)
+        };
+        for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
+            let problems = load_balancer(&with_health(policy), at).expect_err("NACKed");
+            assert_eq!(fields(problems), [format!("{at}.lb_policy")]);
+        }
+        for policy in [
+            LbPolicy::RoundRobin,
+            LbPolicy::LeastRequest,
+            LbPolicy::Random,
+        ] {
+            assert!(
+                load_balancer(&with_health(policy), at).is_ok(),
+                "{policy:?}"
+            );
+        }
     }
 
     /// A route's hash policies in order, header names lower-cased; a connection policy
