@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
+use bearing_gateway::HeaderCondition;
 use bearing_proxy_config::Fault;
+use http::HeaderMap;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::rbac::Peer;
@@ -26,13 +28,36 @@ pub struct FaultStats {
 /// One fault filter with its listener's counters.
 pub struct FaultRuntime {
     config: Fault,
+    /// `config.headers`, prepared.
+    headers: Vec<HeaderCondition>,
     stats: FaultStats,
 }
 
 impl FaultRuntime {
-    /// `config` counting into `stats`.
-    pub fn new(config: Fault, stats: FaultStats) -> FaultRuntime {
-        FaultRuntime { config, stats }
+    /// `config` counting into `stats`; an error names a header condition that cannot be
+    /// prepared.
+    pub fn new(config: Fault, stats: FaultStats) -> Result<FaultRuntime, String> {
+        let headers = config
+            .headers
+            .iter()
+            .map(|h| HeaderCondition::new(h, "fault filter"))
+            .collect::<Result<_, _>>()?;
+        Ok(FaultRuntime {
+            config,
+            headers,
+            stats,
+        })
+    }
+
+    /// Whether the filter reads the request's headers (its `headers` match).
+    pub(crate) fn reads_headers(&self) -> bool {
+        !self.headers.is_empty()
+    }
+
+    /// Whether `headers` meet every condition of the filter's `headers` match (read before
+    /// the route edits the request, as Envoy's filter runs before its router).
+    pub(crate) fn headers_hold(&self, headers: &HeaderMap) -> bool {
+        self.headers.iter().all(|h| h.holds(headers))
     }
 
     /// Whether the filter reads the connection (its matcher).
@@ -74,7 +99,8 @@ impl FaultRuntime {
 mod tests {
     use super::*;
     use bearing_proxy_config::{
-        FaultAbort, FaultDelay, RbacInput, RbacPredicate, RbacString, Share,
+        FaultAbort, FaultDelay, HeaderMatch, RbacInput, RbacPredicate, RbacString, Share,
+        ValueMatch,
     };
 
     fn fault(numerator: u32, denominator: u32) -> FaultRuntime {
@@ -85,6 +111,7 @@ mod tests {
         FaultRuntime::new(
             Fault {
                 skip: None,
+                headers: Vec::new(),
                 delay: Some(FaultDelay {
                     fixed: Duration::from_secs(5),
                     percentage,
@@ -96,6 +123,7 @@ mod tests {
             },
             FaultStats::default(),
         )
+        .unwrap()
     }
 
     #[test]
@@ -127,5 +155,29 @@ mod tests {
         assert!(f.applies(None));
         assert!(f.applies(Some(&crate::rbac::PLAINTEXT)));
         assert!(fault(100, 100).applies(None));
+    }
+
+    #[test]
+    fn a_header_match_reads_the_callers_tags_as_kumas_legacy_fault_injection() {
+        let mut config = fault(100, 100).config;
+        config.headers = vec![HeaderMatch {
+            name: "x-kuma-tags".into(),
+            value: ValueMatch::Regex(".*&kuma.io/service=[^&]*frontend[,&].*".into()),
+        }];
+        let f = FaultRuntime::new(config.clone(), FaultStats::default()).unwrap();
+        assert!(f.reads_headers());
+        let tags = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-kuma-tags", http::HeaderValue::from_static(v));
+            h
+        };
+        assert!(f.headers_hold(&tags("&kuma.io/service=frontend&&kuma.io/zone=z&")));
+        assert!(!f.headers_hold(&tags("&kuma.io/service=backend&")));
+        assert!(!f.headers_hold(&HeaderMap::new()));
+        assert!(!fault(100, 100).reads_headers());
+        assert!(fault(100, 100).headers_hold(&HeaderMap::new()));
+        config.headers[0].value = ValueMatch::Regex("(".into());
+        let bad = FaultRuntime::new(config, FaultStats::default());
+        assert!(bad.is_err_and(|e| e.contains("invalid regular expression")));
     }
 }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bearing_gateway::HeaderEdits;
 use bearing_proxy_config::{stream_idle_timeout, Listener, RetryPolicy};
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
@@ -58,6 +59,9 @@ pub struct ListenerRuntime {
     pub http_rbac: Option<RbacRuntime>,
     /// Its HTTP filters after RBAC (`Listener::http_filters`), run per request.
     pub filters: Option<HttpFilters>,
+    /// The request header edits of a listener without routes (`Listener::request_headers`);
+    /// `None`: none.
+    pub request_edits: Option<HeaderEdits>,
     /// Its limit of new connections (`Listener::connection_rate_limit`), checked as each
     /// is accepted.
     pub connection_limit: Option<ConnectionLimit>,
@@ -187,6 +191,10 @@ impl HttpListener for ListenerRuntime {
 
     fn filters(&self) -> Option<&HttpFilters> {
         self.filters.as_ref()
+    }
+
+    fn request_edits(&self) -> Option<&HeaderEdits> {
+        self.request_edits.as_ref()
     }
 
     fn epoch(&self) -> &CancellationToken {

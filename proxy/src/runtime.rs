@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bearing_proxy_config::{Direction, Listener, ProxyConfig};
+use bearing_gateway::HeaderEdits;
+use bearing_proxy_config::{Direction, HeaderFilter, Listener, ProxyConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -251,6 +252,20 @@ impl Proxy {
                 None => None,
             };
             let routes = table.or_else(|| gateway.as_ref().map(|g| g.routes().clone()));
+            let filters = match HttpFilters::new(&l.http_filters, || self.stats.faults(&l.name)) {
+                Err(e) => {
+                    not_built(&l.name, format!("HTTP filters: {e}"));
+                    continue;
+                }
+                Ok(f) => f,
+            };
+            let request_edits = match prepared_request_edits(&l.request_headers, &l.name) {
+                Err(e) => {
+                    not_built(&l.name, e);
+                    continue;
+                }
+                Ok(e) => e,
+            };
             let tcp_split = match (!l.tcp_backends.is_empty())
                 .then(|| TcpSplit::new(&l.tcp_backends, &clusters))
             {
@@ -336,6 +351,22 @@ impl Proxy {
                         Some(Ok(t)) => Some(Arc::new(t)),
                         None => None,
                     };
+                    let prepared = r.http.as_ref().map(|h| {
+                        let filters =
+                            HttpFilters::new(&h.http_filters, || self.stats.faults(&l.name))?;
+                        Ok::<_, String>((
+                            filters,
+                            prepared_request_edits(&h.request_headers, &l.name)?,
+                        ))
+                    });
+                    let (filters, request_edits) = match prepared {
+                        Some(Err(e)) => {
+                            not_built(&l.name, format!("SNI route {:?}: {e}", r.target));
+                            return None;
+                        }
+                        Some(Ok(f)) => f,
+                        None => (None, None),
+                    };
                     // The route's HTTP listener: its cluster or routes, at the SNI listener's
                     // address and with its metrics and epoch.
                     let http = r.http.as_ref().map(|h| {
@@ -343,6 +374,7 @@ impl Proxy {
                         config.cluster = r.cluster.clone();
                         config.routes = h.routes.clone();
                         config.retry = h.retry.clone();
+                        config.request_headers = h.request_headers.clone();
                         config.http_filters = h.http_filters.clone();
                         config.stream_idle_timeout = h.stream_idle_timeout;
                         Arc::new(ListenerRuntime {
@@ -358,9 +390,8 @@ impl Proxy {
                             denied: None,
                             network_rbac: None,
                             http_rbac: None,
-                            filters: HttpFilters::new(&h.http_filters, || {
-                                self.stats.faults(&l.name)
-                            }),
+                            filters,
+                            request_edits,
                             connection_limit: None,
                             access_log: None,
                             epoch: epoch.clone(),
@@ -417,7 +448,8 @@ impl Proxy {
                     .http_rbac
                     .as_ref()
                     .map(|r| RbacRuntime::new(r.clone(), self.stats.rbac(&l.name))),
-                filters: HttpFilters::new(&l.http_filters, || self.stats.faults(&l.name)),
+                filters,
+                request_edits,
                 connection_limit: l
                     .connection_rate_limit
                     .as_ref()
@@ -1019,6 +1051,18 @@ impl Proxy {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A plain listener's request header edits, prepared; `None` for none.
+fn prepared_request_edits(
+    edits: &HeaderFilter,
+    listener: &str,
+) -> Result<Option<HeaderEdits>, String> {
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    let origin = format!("listener {listener}: request headers");
+    HeaderEdits::new(edits, &origin).map(Some)
 }
 
 #[cfg(test)]

@@ -43,10 +43,29 @@ const CONNECTIONS: usize = 2;
 /// An HTTP outbound on 127.0.0.1:`port` to the origin with `filters` before the router and
 /// the route's `per_filter` configs.
 fn http_listener(port: u16, filters: Vec<Value>, per_filter: Value) -> (String, Value) {
+    routed_listener(port, filters, per_filter, ("origin", json!({})))
+}
+
+/// An HTTP listener on 127.0.0.1:`port` to `cluster` with `filters` before the router, the
+/// route's `per_filter` configs and the route configuration's header `edits` (its
+/// `requestHeadersToAdd` / `requestHeadersToRemove` fields).
+fn routed_listener(
+    port: u16,
+    filters: Vec<Value>,
+    per_filter: Value,
+    (cluster, edits): (&str, Value),
+) -> (String, Value) {
     let mut filters = filters;
     filters.push(json!({"name": "envoy.filters.http.router", "typedConfig": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
     let name = format!("outbound:127.0.0.1:{port}");
+    let mut route_config = json!({"name": cluster, "virtualHosts": [{"name": cluster, "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"},
+         "typedPerFilterConfig": per_filter}
+    ]}]});
+    if let (Some(rc), Value::Object(edits)) = (route_config.as_object_mut(), edits) {
+        rc.extend(edits);
+    }
     let listener = json!({
         "name": name,
         "address": {"socketAddress": {"address": "127.0.0.1", "portValue": port}},
@@ -55,10 +74,7 @@ fn http_listener(port: u16, filters: Vec<Value>, per_filter: Value) -> (String, 
             "@type": HCM,
             "statPrefix": "origin",
             "httpFilters": filters,
-            "routeConfig": {"name": "origin", "virtualHosts": [{"name": "origin", "domains": ["*"], "routes": [
-                {"match": {"prefix": "/"}, "route": {"cluster": "origin", "timeout": "0s"},
-                 "typedPerFilterConfig": per_filter}
-            ]}]},
+            "routeConfig": route_config,
         }}]}],
     });
     (name, listener)
@@ -431,4 +447,116 @@ fn a_fault_matched_by_source_identity_aborts_only_that_source() -> Result<()> {
     let _envoy = access.envoy(backend, "envoyconfig", "test-server")?;
     backend.wait_for_tcp_listener(GOLDEN_INBOUND_PORT, Duration::from_secs(20), None)?;
     check("envoy")
+}
+
+/// The legacy FaultInjection's source match, and the `x-kuma-tags` header it reads: callers
+/// for `frontend` and `backend` send their tags as kuma-cp's outbound route configuration
+/// adds them (`requestHeadersToAdd`); the callee's fault filter aborts requests whose
+/// `x-kuma-tags` matches kuma-cp's regex for `frontend` only, and its route configuration
+/// removes the header before the application. So the `frontend` caller gets 503, the
+/// `backend` caller reaches the application, which never sees the header, while an outbound
+/// straight to the application delivers the tags exactly as configured. Envoy 1.40 in
+/// Bearing's place answers the same.
+#[test]
+fn a_legacy_fault_matches_the_callers_kuma_tags_as_envoy() -> Result<()> {
+    const FRONTEND: u16 = 10011;
+    const BACKEND: u16 = 10012;
+    const TAGGING: u16 = 10013;
+    const CALLEE: u16 = 10014;
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "origin"])?;
+    let (cp, web, origin) = (topo.host("cp"), topo.host("web"), topo.host("origin"));
+    let pki = CpPki::new(topo.dir(), "cp-legacy-fault", cp)?;
+    start_http_server(origin, ORIGIN_PORT)?;
+    let tags = |service: &str| json!({"requestHeadersToAdd": [{"header": {"key": "x-kuma-tags", "value": format!("&kuma.io/service={service}&")}}]});
+    let mut matched = abort(503, 100);
+    matched["headers"] = json!([{"name": "x-kuma-tags",
+        "safeRegexMatch": {"regex": ".*&kuma.io/service=[^&]*frontend[,&].*"}}]);
+    let stripped = json!({"requestHeadersToRemove": ["x-kuma-tags"]});
+    let listeners: serde_json::Map<String, Value> = [
+        routed_listener(FRONTEND, vec![], json!({}), ("callee", tags("frontend"))),
+        routed_listener(BACKEND, vec![], json!({}), ("callee", tags("backend"))),
+        routed_listener(TAGGING, vec![], json!({}), ("origin", tags("frontend"))),
+        routed_listener(
+            CALLEE,
+            vec![fault(matched, None)],
+            json!({}),
+            ("origin", stripped),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let cluster = |name: &str, ip: String, port: u16| {
+        json!({"name": name, "type": "STATIC", "connectTimeout": "5s",
+            "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": [{"endpoint": {
+                "address": {"socketAddress": {"address": ip, "portValue": port}}}}]}]}})
+    };
+    let resources = json!({"xds": {
+        CLUSTER: {
+            "origin": cluster("origin", origin.ip4().to_string(), ORIGIN_PORT),
+            "callee": cluster("callee", "127.0.0.1".into(), CALLEE),
+        },
+        LISTENER: listeners,
+    }});
+    let file = pki.dir.join("web.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&resources)?)?;
+    let (cp_process, access) =
+        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5680, &file, "cp")?;
+    let dataplane = dataplane_yaml(
+        "web",
+        web,
+        "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
+    );
+    let sidecar = access.bearing(web, "web", "dataplane", &dataplane)?;
+    sidecar.wait_ready()?;
+    cp_process.wait_for_log("ACK type=Listener", Duration::from_secs(30))?;
+    let log = cp_process.log_contents();
+    ensure!(
+        !log.contains("NACK"),
+        "the sidecar NACKed its config:\n{log}"
+    );
+
+    // What a proxy answers: each caller's status and whether the application saw tags, the
+    // tags an outbound delivers, and the callee asked directly with and without them.
+    let answers = |proxy: &str| -> Result<Vec<(u16, Option<String>)>> {
+        let echo = |port: u16, extra: &[&str]| -> Result<(u16, Option<String>)> {
+            let mut args = vec![format!("http://127.0.0.1:{port}/echo")];
+            args.extend(extra.iter().map(|a| a.to_string()));
+            let (code, body) = curl(web, args)?;
+            let seen = body
+                .lines()
+                .find_map(|l| l.strip_prefix("x-kuma-tags: "))
+                .map(str::to_string);
+            Ok((code, seen))
+        };
+        let tagged = ["-H", "x-kuma-tags: &kuma.io/service=frontend&"];
+        let all = vec![
+            echo(FRONTEND, &[])?,
+            echo(BACKEND, &[])?,
+            echo(TAGGING, &[])?,
+            echo(CALLEE, &tagged)?,
+            echo(CALLEE, &["--http2-prior-knowledge", "-H", tagged[1]])?,
+            echo(CALLEE, &[])?,
+        ];
+        let want = [
+            (503, None),
+            (200, None),
+            (200, Some("&kuma.io/service=frontend&".to_string())),
+            (503, None),
+            (503, None),
+            (200, None),
+        ];
+        ensure!(all == want, "{proxy}: {all:?}, expected {want:?}");
+        Ok(all)
+    };
+    let bearing = answers("bearing")?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, "default", "web")?;
+    web.wait_for_tcp_listener(CALLEE, Duration::from_secs(20), None)
+        .context("Envoy's listeners")?;
+    ensure!(answers("envoy")? == bearing);
+    Ok(())
 }

@@ -21,9 +21,9 @@ use bearing_model::{
     Problem, Resource, Spec, Store, Tags, ZoneProxyNetworking, PROTOCOL_TAG, SERVICE_TAG,
 };
 use bearing_proxy_config::{
-    Cluster, Direction, DnsEndpoints, DownstreamTls, Endpoint, HttpRoute, Listener, Protocol,
-    ProxyConfig, ProxyIdentity, Rewrite, RouteTable, SniHttp, SniRoute, SniTarget, UpstreamTls,
-    VirtualHost,
+    Cluster, Direction, DnsEndpoints, DownstreamTls, Endpoint, HeaderFilter, HttpRoute, Listener,
+    Protocol, ProxyConfig, ProxyIdentity, Rewrite, RouteTable, SniHttp, SniRoute, SniTarget,
+    UpstreamTls, VirtualHost,
 };
 use bearing_tls::tags_sni;
 
@@ -212,6 +212,7 @@ fn host_rewriting(cluster: &str, protocol: Protocol) -> SniHttp {
             }],
         }),
         retry: None,
+        request_headers: HeaderFilter::default(),
         http_filters: Vec::new(),
     }
 }

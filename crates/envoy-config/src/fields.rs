@@ -676,7 +676,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
     // the values.
     (
         "envoy.extensions.filters.http.fault.v3.HTTPFault",
-        &["delay", "abort"],
+        &["delay", "abort", "headers"],
     ),
     (
         "envoy.extensions.filters.common.fault.v3.FaultDelay",
@@ -880,8 +880,6 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("RetryPolicy.retry_host_predicate", "retries"),
     ("RetryPolicy.host_selection_retry_max_attempts", "retries"),
     ("RetryPolicy.per_try_idle_timeout", "retries"),
-    // The legacy FaultInjection's source match on `x-kuma-tags`, which Bearing does not send.
-    ("HTTPFault.headers", "fault injection"),
     ("RouteAction.max_stream_duration", "timeouts"),
     ("HttpConnectionManager.request_timeout", "timeouts"),
     ("HttpConnectionManager.request_headers_timeout", "timeouts"),

@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use bearing_proxy_config::{
-    Fault, FaultAbort, FaultDelay, HeaderFilter, HttpFilter, LocalRateLimit, RbacPredicate, Share,
-    TokenBucket,
+    Fault, FaultAbort, FaultDelay, HeaderFilter, HeaderMatch, HttpFilter, LocalRateLimit,
+    RbacPredicate, Share, TokenBucket,
 };
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::extensions::common::matching::v3::ExtensionWithMatcher;
@@ -239,7 +239,30 @@ fn fault(
             }
         }
     });
-    (problems.len() == before).then_some(Fault { skip, delay, abort })
+    let headers = f
+        .headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            let hat = format!("{at}.headers[{i}]");
+            if h.name.starts_with(':') {
+                let reason = "a fault filter's header match on a pseudo-header is not implemented";
+                problems.push((format!("{hat}.name"), reason.into()));
+                return None;
+            }
+            let value = crate::routes::header_value(h, &hat, problems)?;
+            Some(HeaderMatch {
+                name: h.name.to_ascii_lowercase(),
+                value,
+            })
+        })
+        .collect();
+    (problems.len() == before).then_some(Fault {
+        skip,
+        headers,
+        delay,
+        abort,
+    })
 }
 
 /// A `FractionalPercent` (unset: Envoy's 0 of 100).

@@ -24,9 +24,6 @@ use envoy_types::pb::envoy::r#type::v3 as type_pb;
 
 /// Envoy's default route timeout, used when a route sets none.
 pub(crate) const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Kuma's request header carrying the caller's tags; added on every outbound, which Bearing
-/// does not (documented: it changes nothing Bearing serves).
-const KUMA_TAGS: &str = "x-kuma-tags";
 
 /// A field Bearing cannot serve: its path and why.
 pub(crate) type Problem = (String, String);
@@ -34,9 +31,9 @@ pub(crate) type Problem = (String, String);
 /// Where an HTTP connection manager's requests go.
 #[derive(Debug)]
 pub(crate) enum HttpRouting {
-    /// Every request to one cluster, unchanged, with the one route's retry policy and idle
-    /// timeout: a plain listener.
-    One(String, Option<RetryPolicy>, Option<Duration>),
+    /// Every request to one cluster, with the one route's retry policy, idle timeout and
+    /// request header edits: a plain listener.
+    One(String, Option<RetryPolicy>, Option<Duration>, HeaderFilter),
     /// Routed by a table.
     Table(RouteTable),
 }
@@ -85,14 +82,14 @@ pub(crate) fn route_config(
 ) -> Option<HttpRouting> {
     let start = reached.len();
     let table = route_table(rc, at, problems, reached)?;
-    if let Some((cluster, timeout, retry, idle)) = only_cluster(&table.virtual_hosts) {
+    if let Some((cluster, timeout, retry, idle, edits)) = only_cluster(&table.virtual_hosts) {
         // A plain listener has no route: its one route's timeout becomes the cluster's, its
         // retry policy the listener's.
         let timeout = bearing_proxy_config::response_timeout(timeout, None);
         for r in &mut reached[start..] {
             r.1 = ClusterTimeout::Exactly(timeout);
         }
-        return Some(HttpRouting::One(cluster, retry, idle));
+        return Some(HttpRouting::One(cluster, retry, idle, edits));
     }
     Some(HttpRouting::Table(table))
 }
@@ -144,9 +141,9 @@ pub(crate) fn route_table(
     })
 }
 
-/// The cluster of a table that sends every request to it unchanged: one virtual host `*`
-/// with one route, `prefix: /`, forwarding to one cluster with no edits or rate limit; with
-/// the route's timeout, retry policy and idle timeout.
+/// The cluster of a table that sends every request to it: one virtual host `*` with one
+/// route, `prefix: /`, forwarding to one cluster with no response edits or rate limit; with
+/// the route's timeout, retry policy, idle timeout and request header edits.
 #[allow(clippy::type_complexity)]
 fn only_cluster(
     virtual_hosts: &[VirtualHost],
@@ -155,6 +152,7 @@ fn only_cluster(
     Option<Duration>,
     Option<RetryPolicy>,
     Option<Duration>,
+    HeaderFilter,
 )> {
     let [vh] = virtual_hosts else { return None };
     let [route] = vh.routes.as_slice() else {
@@ -166,7 +164,6 @@ fn only_cluster(
     };
     let plain = vh.domains == ["*"]
         && route.matches == all
-        && route.request_headers.is_empty()
         && route.response_headers.is_empty()
         && route.mirror.is_none()
         && route.rate_limit.is_none()
@@ -179,7 +176,13 @@ fn only_cluster(
             idle_timeout,
             retry,
         } if plain => match backends.as_slice() {
-            [one] => Some((one.cluster.clone(), *timeout, retry.clone(), *idle_timeout)),
+            [one] => Some((
+                one.cluster.clone(),
+                *timeout,
+                retry.clone(),
+                *idle_timeout,
+                route.request_headers.clone(),
+            )),
             _ => None,
         },
         _ => None,
@@ -192,8 +195,9 @@ fn append(to: &mut HeaderFilter, more: &HeaderFilter) {
     to.remove.extend(more.remove.iter().cloned());
 }
 
-/// Header edits of one level (`*_headers_to_add`, `*_headers_to_remove`); Kuma's
-/// `x-kuma-tags` is left out.
+/// Header edits of one level (`*_headers_to_add`, `*_headers_to_remove`), Kuma's
+/// `x-kuma-tags` among them: added on an outbound for the callee's legacy FaultInjection
+/// match, removed on an inbound before the application.
 fn edits(
     add: &[core_pb::HeaderValueOption],
     remove: &[String],
@@ -207,9 +211,6 @@ fn edits(
             continue;
         };
         let key = header.key.to_ascii_lowercase();
-        if key == KUMA_TAGS {
-            continue;
-        }
         let pair = (key, header.value.clone());
         match A::try_from(option.append_action) {
             Ok(A::AppendIfExistsOrAdd) => filter.add.push(pair),
@@ -221,12 +222,9 @@ fn edits(
             )),
         }
     }
-    filter.remove.extend(
-        remove
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .filter(|h| h != KUMA_TAGS),
-    );
+    filter
+        .remove
+        .extend(remove.iter().map(|h| h.to_ascii_lowercase()));
     filter
 }
 
@@ -335,7 +333,9 @@ fn route_match(
     let path = match &m.path_specifier {
         Some(P::Prefix(p)) => Some(PathMatch::StringPrefix(p.clone())),
         Some(P::Path(p)) => Some(PathMatch::Exact(p.clone())),
-        Some(P::SafeRegex(re)) => Some(PathMatch::Regex(re.regex.clone())),
+        Some(P::SafeRegex(re)) => {
+            regex(&re.regex, &format!("{at}.safe_regex.regex"), problems).map(PathMatch::Regex)
+        }
         Some(P::PathSeparatedPrefix(p)) => Some(PathMatch::Prefix(p.clone())),
         _ => {
             problems.push((
@@ -391,7 +391,7 @@ fn route_match(
 
 // The deprecated matchers (`exact_match` ...) are still valid Envoy config.
 #[allow(deprecated)]
-fn header_value(
+pub(crate) fn header_value(
     h: &route_pb::HeaderMatcher,
     at: &str,
     problems: &mut Vec<Problem>,
@@ -400,7 +400,10 @@ fn header_value(
     match &h.header_match_specifier {
         Some(H::StringMatch(s)) => string_match(s, &format!("{at}.string_match"), problems),
         Some(H::ExactMatch(v)) => Some(ValueMatch::Exact(v.clone())),
-        Some(H::SafeRegexMatch(re)) => Some(ValueMatch::Regex(re.regex.clone())),
+        Some(H::SafeRegexMatch(re)) => {
+            regex(&re.regex, &format!("{at}.safe_regex_match.regex"), problems)
+                .map(ValueMatch::Regex)
+        }
         Some(H::PrefixMatch(v)) => Some(ValueMatch::Prefix(v.clone())),
         Some(H::SuffixMatch(v)) => Some(ValueMatch::Suffix(v.clone())),
         Some(H::ContainsMatch(v)) => Some(ValueMatch::Contains(v.clone())),
@@ -411,6 +414,19 @@ fn header_value(
                 format!("{at}.range_match"),
                 "header range matches are not implemented".into(),
             ));
+            None
+        }
+    }
+}
+
+/// A `safe_regex` pattern, checked as the runtime compiles it (a whole-value match, RE2
+/// syntax): Envoy refuses a pattern it cannot compile, so a bad one is a problem here rather
+/// than a listener that is not built.
+fn regex(pattern: &str, at: &str, problems: &mut Vec<Problem>) -> Option<String> {
+    match regex::Regex::new(&format!("^(?:{pattern})$")) {
+        Ok(_) => Some(pattern.to_string()),
+        Err(e) => {
+            problems.push((at.to_string(), format!("invalid regular expression: {e}")));
             None
         }
     }
@@ -427,7 +443,9 @@ fn string_match(
         Some(M::Prefix(v)) => Some(ValueMatch::Prefix(v.clone())),
         Some(M::Suffix(v)) => Some(ValueMatch::Suffix(v.clone())),
         Some(M::Contains(v)) => Some(ValueMatch::Contains(v.clone())),
-        Some(M::SafeRegex(re)) => Some(ValueMatch::Regex(re.regex.clone())),
+        Some(M::SafeRegex(re)) => {
+            regex(&re.regex, &format!("{at}.safe_regex.regex"), problems).map(ValueMatch::Regex)
+        }
         _ => {
             problems.push((
                 at.to_string(),
@@ -556,8 +574,9 @@ fn forward(
     Some((action, mirror))
 }
 
-/// A weighted cluster's own request headers: only Kuma's `x-kuma-tags` (which a gateway
-/// removes and Bearing does not add), else a problem naming the header.
+/// A weighted cluster's own request headers: only Kuma's `x-kuma-tags` on a gateway, which
+/// Envoy adds and then removes again with the route configuration's `x-kuma-tags` removal
+/// (it applies the least specific edits last), else a problem naming the header.
 fn kuma_tags_only(
     c: &route_pb::weighted_cluster::ClusterWeight,
     at: &str,
@@ -567,7 +586,7 @@ fn kuma_tags_only(
         if option
             .header
             .as_ref()
-            .is_some_and(|h| !h.key.eq_ignore_ascii_case(KUMA_TAGS))
+            .is_some_and(|h| !h.key.eq_ignore_ascii_case("x-kuma-tags"))
         {
             problems.push((
                 format!("{at}.request_headers_to_add[{i}]"),

@@ -22,10 +22,11 @@ use crate::rbac;
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
     AccessLog, CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint,
-    HostEndpoint, Http2Windows, HttpFilter, KumaEndpoints, Listener, LoadBalancer, MeshTls,
-    MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity, Rbac, RetryPolicy,
-    RouteTable, SniHttp, SniRoute, SniTarget, SourcePrefix, SpiffeMatcher, TlsMatch, TokenBucket,
-    TransparentProxy, UpstreamHttpTimeouts, UpstreamTls, Verification, WeightedCluster,
+    HeaderFilter, HostEndpoint, Http2Windows, HttpFilter, KumaEndpoints, Listener, LoadBalancer,
+    MeshTls, MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity, Rbac,
+    RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget, SourcePrefix, SpiffeMatcher, TlsMatch,
+    TokenBucket, TransparentProxy, UpstreamHttpTimeouts, UpstreamTls, Verification,
+    WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -297,6 +298,8 @@ struct Route {
     table: Option<RouteTable>,
     /// A plain HTTP listener's one route's retry policy.
     retry: Option<RetryPolicy>,
+    /// A plain HTTP listener's one route's request header edits.
+    request_headers: HeaderFilter,
     /// An HTTP connection manager's stream idle timeout (a plain listener's one route's
     /// `idle_timeout` when it sets one); `None`: none.
     stream_idle: Option<Duration>,
@@ -328,6 +331,7 @@ impl Route {
             protocol: Protocol::Tcp,
             table: None,
             retry: None,
+            request_headers: HeaderFilter::default(),
             stream_idle: None,
             tcp_backends: Vec::new(),
             reached: Vec::new(),
@@ -956,6 +960,7 @@ impl Translator<'_> {
                         || r.protocol != this.protocol
                         || r.table != this.table
                         || r.retry != this.retry
+                        || r.request_headers != this.request_headers
                         || r.stream_idle != this.stream_idle
                         || r.tcp_backends != this.tcp_backends =>
                 {
@@ -1032,6 +1037,7 @@ impl Translator<'_> {
             out.cluster = r.cluster.clone();
             out.routes = r.table;
             out.retry = r.retry;
+            out.request_headers = r.request_headers;
             out.stream_idle_timeout = r.stream_idle;
             out.tcp_backends = r.tcp_backends;
             out.direct_response = r.answer;
@@ -1104,6 +1110,7 @@ impl Translator<'_> {
                         protocol: Protocol::Tcp,
                         table: None,
                         retry: None,
+                        request_headers: HeaderFilter::default(),
                         stream_idle: None,
                         tcp_backends: Vec::new(),
                         subset,
@@ -1125,6 +1132,7 @@ impl Translator<'_> {
                             protocol: Protocol::Tcp,
                             table: None,
                             retry: None,
+                            request_headers: HeaderFilter::default(),
                             stream_idle: None,
                             tcp_backends: backends,
                             subset,
@@ -1234,6 +1242,12 @@ impl Translator<'_> {
                     for (field, reason) in problems {
                         self.nack(LISTENER, name, field, reason);
                     }
+                    let reads_headers =
+                        matches!(&found, Some(HttpFilter::Fault(f)) if !f.headers.is_empty());
+                    if reads_headers && http_filters.len() >= 64 {
+                        let reason = "a fault filter matching headers past the 64th fault or rate limit filter of one connection manager is not implemented";
+                        self.nack(LISTENER, name, format!("{fat}.headers"), reason);
+                    }
                     http_filters.extend(found);
                 }
             }
@@ -1286,9 +1300,15 @@ impl Translator<'_> {
         for (field, reason) in problems {
             self.nack(LISTENER, name, field, reason);
         }
-        let (cluster, mut table, retry, route_idle) = match routing? {
-            HttpRouting::One(cluster, retry, idle) => (cluster, None, retry, idle),
-            HttpRouting::Table(table) => (String::new(), Some(table), None, None),
+        let (cluster, mut table, retry, route_idle, request_headers) = match routing? {
+            HttpRouting::One(cluster, retry, idle, edits) => (cluster, None, retry, idle, edits),
+            HttpRouting::Table(table) => (
+                String::new(),
+                Some(table),
+                None,
+                None,
+                HeaderFilter::default(),
+            ),
         };
         // Envoy reads a route's rate limit only where its filter runs.
         if !http_filters.contains(&HttpFilter::LocalRateLimit) {
@@ -1302,6 +1322,7 @@ impl Translator<'_> {
             protocol,
             table,
             retry,
+            request_headers,
             stream_idle: bearing_proxy_config::stream_idle_timeout(route_idle, Some(stream_idle))
                 .filter(|d| !d.is_zero()),
             tcp_backends: Vec::new(),
@@ -1583,6 +1604,7 @@ impl Translator<'_> {
                     protocol,
                     routes: route.table.clone(),
                     retry: route.retry.clone(),
+                    request_headers: route.request_headers.clone(),
                     http_filters: route.http_filters.clone(),
                     stream_idle_timeout: route.stream_idle,
                 }),
@@ -3987,7 +4009,14 @@ mod tests {
         assert_eq!(r[0].origin, "route rule-0");
         assert_eq!(r[0].matches.path, Some(PathMatch::Exact("/v1".into())));
         assert_eq!(r[0].request_headers.set, [("x-set".into(), "s".into())]);
-        assert_eq!(r[0].request_headers.add, [("x-add".into(), "a".into())]);
+        // Kuma's `x-kuma-tags` is sent as Envoy sends it, for the callee's legacy faults.
+        assert_eq!(
+            r[0].request_headers.add,
+            [
+                ("x-add".into(), "a".into()),
+                ("x-kuma-tags".into(), "&kuma.io/service=web&".into())
+            ]
+        );
         assert_eq!(r[0].request_headers.remove, ["x-drop"]);
         assert_eq!(r[0].response_headers.add, [("x-resp".into(), "r".into())]);
         let RouteAction::Forward {

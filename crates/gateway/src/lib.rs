@@ -21,8 +21,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bearing_proxy_config::{
-    GatewayListener, GatewayProtocol, HeaderFilter, HttpMatch, HttpRoute, PathMatch, PathRewrite,
-    Redirect, RetryPolicy, RouteAction, RouteTable, ValueMatch, WeightedCluster,
+    GatewayListener, GatewayProtocol, HeaderFilter, HeaderMatch, HttpMatch, HttpRoute, PathMatch,
+    PathRewrite, Redirect, RetryPolicy, RouteAction, RouteTable, ValueMatch, WeightedCluster,
 };
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -173,7 +173,7 @@ struct Route {
     origin: String,
     path: Option<PathCondition>,
     method: Option<http::Method>,
-    headers: Vec<(HeaderName, Condition)>,
+    headers: Vec<HeaderCondition>,
     query: Vec<(String, Condition)>,
     request_headers: HeaderEdits,
     response_headers: HeaderEdits,
@@ -362,11 +362,7 @@ impl Route {
             .transpose()?;
         let headers = headers
             .iter()
-            .map(|h| {
-                let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| format!("{origin}: {:?} is not a valid header name", h.name))?;
-                Ok((name, condition(&h.value, origin)?))
-            })
+            .map(|h| HeaderCondition::new(h, origin))
             .collect::<Result<_, String>>()?;
         let query = query
             .iter()
@@ -440,10 +436,7 @@ impl Route {
         };
         path_ok
             && self.method.as_ref().is_none_or(|m| parts.method == *m)
-            && self
-                .headers
-                .iter()
-                .all(|(name, c)| header_holds(parts, name, c))
+            && self.headers.iter().all(|h| h.holds(&parts.headers))
             && self
                 .query
                 .iter()
@@ -451,13 +444,34 @@ impl Route {
     }
 }
 
-/// A header condition holds for any of the header's values (or for its absence).
-fn header_holds(parts: &http::request::Parts, name: &HeaderName, c: &Condition) -> bool {
-    let mut values = parts.headers.get_all(name).iter().peekable();
-    if values.peek().is_none() {
-        return c.holds(None);
+/// A request header condition (a route's, or a fault filter's), prepared: its regular
+/// expression compiled.
+#[derive(Debug)]
+pub struct HeaderCondition {
+    name: HeaderName,
+    condition: Condition,
+}
+
+impl HeaderCondition {
+    /// `h` prepared; `origin` names the resource in an error.
+    pub fn new(h: &HeaderMatch, origin: &str) -> Result<HeaderCondition, String> {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("{origin}: {:?} is not a valid header name", h.name))?;
+        Ok(HeaderCondition {
+            name,
+            condition: condition(&h.value, origin)?,
+        })
     }
-    values.any(|v| c.holds(Some(v.to_str().unwrap_or(""))))
+
+    /// Whether `headers` meet it: any of the header's values does (or, for `Absent`, there
+    /// is none).
+    pub fn holds(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(&self.name).iter().peekable();
+        if values.peek().is_none() {
+            return self.condition.holds(None);
+        }
+        values.any(|v| self.condition.holds(Some(v.to_str().unwrap_or(""))))
+    }
 }
 
 /// A query condition holds for the first parameter of that name (percent-decoded), as

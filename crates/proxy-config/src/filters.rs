@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::{HeaderFilter, RbacPredicate};
+use crate::{HeaderFilter, HeaderMatch, RbacPredicate};
 
 /// An HTTP filter of a connection manager beside RBAC, run in order for each request once
 /// the route is known and before it is forwarded.
@@ -30,6 +30,11 @@ pub struct Fault {
     /// to every request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skip: Option<RbacPredicate>,
+    /// The filter applies only to a request whose headers meet every one of these (Envoy's
+    /// `HTTPFault.headers`; kuma-cp's legacy FaultInjection matches the caller's tags in
+    /// `x-kuma-tags`); empty: to every request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
     /// Hold the request this long before going on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delay: Option<FaultDelay>,

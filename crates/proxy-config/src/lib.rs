@@ -287,6 +287,10 @@ pub struct SniHttp {
     /// Without `routes`: the retry policy of the one route (as `Listener::retry`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// Without `routes`: the request header edits of the one route (as
+    /// `Listener::request_headers`).
+    #[serde(skip_serializing_if = "HeaderFilter::is_empty")]
+    pub request_headers: HeaderFilter,
     /// HTTP filters (as `Listener::http_filters`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub http_filters: Vec<HttpFilter>,
@@ -603,6 +607,12 @@ pub struct Listener {
     /// stale pooled connection's request is repeated. A route table's routes carry their own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// An HTTP listener without routes: the request header edits of its one route, with its
+    /// virtual host's and route configuration's (kuma-cp's `x-kuma-tags`, added on an
+    /// outbound for the callee's legacy FaultInjection and removed on an inbound). A route
+    /// table's routes carry their own.
+    #[serde(skip_serializing_if = "HeaderFilter::is_empty")]
+    pub request_headers: HeaderFilter,
     /// TCP proxying (a TCP listener, a gateway's TCP and TLS hosts, a zone proxy's SNI
     /// routes): connection attempts made for one downstream connection, each to the endpoint
     /// the load balancer picks next (an endpoint again once every one was tried), before the
@@ -701,6 +711,7 @@ impl Listener {
             routes: None,
             tcp_backends: Vec::new(),
             retry: None,
+            request_headers: HeaderFilter::default(),
             max_connect_attempts: 1,
             tcp_idle_timeout: None,
             stream_idle_timeout: None,

@@ -41,6 +41,7 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::compress;
+use super::filters::HeadersHeld;
 use super::{
     strip_hop_by_hop, Attempt, HttpListener, Routed, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE,
 };
@@ -298,8 +299,15 @@ where
             close_downstream: !head.keep_alive || drain.is_cancelled(),
         };
         let allowed = listener.rbac_allows(admission);
+        let reads_headers = listener.filters().is_some_and(|f| f.reads_headers());
         let (routed, limit) = match listener.routes() {
             _ if !allowed => (Routed::Reply(rbac_denied(), None), None),
+            // A fault matching headers reads them before the route edits them: hyper's
+            // parsed request does that (legacy FaultInjection only).
+            _ if reads_headers => (
+                Routed::Unsupported("a fault filter matches request headers"),
+                None,
+            ),
             Some(routes) => route_head(
                 routes,
                 &mut bufs.request_head,
@@ -309,17 +317,22 @@ where
                 listener.name(),
             ),
             None => match listener.cluster() {
-                Some(c) if !c.is_h2() => (
-                    Routed::Forward {
-                        cluster: c,
-                        timeout: c.config.request_timeout,
-                        retry: listener.retry(),
-                        edits: None,
-                        idle: None,
-                        hash: None,
-                    },
-                    None,
-                ),
+                Some(c) if !c.is_h2() => {
+                    if let Some(edits) = listener.request_edits() {
+                        edit_request_head(edits, &mut bufs.request_head);
+                    }
+                    (
+                        Routed::Forward {
+                            cluster: c,
+                            timeout: c.config.request_timeout,
+                            retry: listener.retry(),
+                            edits: None,
+                            idle: None,
+                            hash: None,
+                        },
+                        None,
+                    )
+                }
                 _ => (
                     Routed::Unsupported("cluster not spoken to over HTTP/1.1"),
                     None,
@@ -330,7 +343,7 @@ where
         // them there).
         let filtered = match listener.filters() {
             Some(f) if allowed && !matches!(routed, Routed::Unsupported(_)) => {
-                Box::pin(f.run(admission.peer(), limit)).await
+                Box::pin(f.run((admission.peer(), HeadersHeld::ALL), limit)).await
             }
             _ => None,
         };
@@ -485,6 +498,15 @@ fn rbac_denied() -> Reply {
 fn handoff<S>(down: S, held: Option<Buffers>, why: &str, peer: SocketAddr) -> Outcome<S> {
     tracing::trace!(%peer, "served by the HTTP stack: {why}");
     Outcome::Handoff(down, held.map(|b| b.request).unwrap_or_default())
+}
+
+/// Edits a request head written as bytes as a plain listener's route asks (`edits`), as
+/// the hyper codec edits a request's headers.
+fn edit_request_head(edits: &HeaderEdits, head: &mut Vec<u8>) {
+    let appended = edits
+        .appended()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    bearing_http1::edit_fields(head, |name| edits.replaces(name), appended);
 }
 
 /// Edits a response head written as bytes as routed HTTP asks (`edits`), and adds a gateway

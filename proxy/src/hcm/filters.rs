@@ -6,7 +6,7 @@
 
 use bearing_gateway::HeaderEdits;
 use bearing_proxy_config::HttpFilter;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 
 use crate::fault::{FaultRuntime, FaultStats, FAULT_ABORT};
 use crate::rate_limit::{RouteLimit, Verdict};
@@ -20,6 +20,22 @@ pub struct HttpFilters {
     filters: Vec<Filter>,
     /// A filter reads the connection (a fault's matcher).
     reads_peer: bool,
+    /// A filter reads the request headers (a fault's `headers`).
+    reads_headers: bool,
+}
+
+/// Which filters' header matches a request met, read before its route edits it: bit `i` for
+/// the filter at `i` (translation refuses a header-matching fault past the 64th filter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeadersHeld(u64);
+
+impl HeadersHeld {
+    /// Every filter applies as far as headers go (no filter reads them).
+    pub(crate) const ALL: HeadersHeld = HeadersHeld(u64::MAX);
+
+    fn holds(self, filter: usize) -> bool {
+        filter >= 64 || self.0 & (1 << filter) != 0
+    }
 }
 
 enum Filter {
@@ -39,7 +55,11 @@ pub(crate) struct FilterReply<'r> {
 impl HttpFilters {
     /// The runtime of `config` counting faults into what `stats` gives (asked only when
     /// there is a fault); `None` without filters.
-    pub fn new(config: &[HttpFilter], stats: impl FnOnce() -> FaultStats) -> Option<HttpFilters> {
+    /// An error names a filter that cannot be prepared.
+    pub fn new(
+        config: &[HttpFilter],
+        stats: impl FnOnce() -> FaultStats,
+    ) -> Result<Option<HttpFilters>, String> {
         let faults = match config.iter().any(|f| matches!(f, HttpFilter::Fault(_))) {
             true => stats(),
             false => FaultStats::default(),
@@ -48,18 +68,44 @@ impl HttpFilters {
             .iter()
             .map(|f| match f {
                 HttpFilter::Fault(fault) => {
-                    Filter::Fault(FaultRuntime::new(fault.clone(), faults.clone()))
+                    FaultRuntime::new(fault.clone(), faults.clone()).map(Filter::Fault)
                 }
-                HttpFilter::LocalRateLimit => Filter::LocalRateLimit,
+                HttpFilter::LocalRateLimit => Ok(Filter::LocalRateLimit),
             })
-            .collect();
-        let reads_peer = filters
-            .iter()
-            .any(|f| matches!(f, Filter::Fault(fault) if fault.reads_peer()));
-        (!filters.is_empty()).then_some(HttpFilters {
+            .collect::<Result<_, _>>()?;
+        let reads = |what: fn(&FaultRuntime) -> bool| {
+            filters
+                .iter()
+                .any(|f| matches!(f, Filter::Fault(fault) if what(fault)))
+        };
+        let (reads_peer, reads_headers) = (
+            reads(FaultRuntime::reads_peer),
+            reads(FaultRuntime::reads_headers),
+        );
+        Ok((!filters.is_empty()).then_some(HttpFilters {
             filters,
             reads_peer,
-        })
+            reads_headers,
+        }))
+    }
+
+    /// Whether a filter reads the request headers (a fault's `headers` match).
+    pub(crate) fn reads_headers(&self) -> bool {
+        self.reads_headers
+    }
+
+    /// Which filters' header matches `headers` meet, to be read before the route edits them.
+    pub(crate) fn headers_held(&self, headers: &HeaderMap) -> HeadersHeld {
+        if !self.reads_headers {
+            return HeadersHeld::ALL;
+        }
+        let mut held = 0u64;
+        for (i, filter) in self.filters.iter().enumerate().take(64) {
+            if !matches!(filter, Filter::Fault(fault) if !fault.headers_hold(headers)) {
+                held |= 1 << i;
+            }
+        }
+        HeadersHeld(held)
     }
 
     /// Whether a filter reads the connection (a fault's matcher), which is then read at its
@@ -73,12 +119,12 @@ impl HttpFilters {
     /// it; the rate limit may refuse it. `None`: the request goes on.
     pub(crate) async fn run<'r>(
         &self,
-        peer: Option<&Peer>,
+        (peer, held): (Option<&Peer>, HeadersHeld),
         limit: Option<(&RouteLimit, &'r HeaderEdits)>,
     ) -> Option<FilterReply<'r>> {
-        for filter in &self.filters {
+        for (i, filter) in self.filters.iter().enumerate() {
             match filter {
-                Filter::Fault(fault) if fault.applies(peer) => {
+                Filter::Fault(fault) if held.holds(i) && fault.applies(peer) => {
                     if let Some(delay) = fault.delay() {
                         tokio::time::sleep(delay).await;
                     }
@@ -115,7 +161,8 @@ impl HttpFilters {
 mod tests {
     use super::*;
     use bearing_proxy_config::{
-        Fault, FaultAbort, HeaderFilter, LocalRateLimit, Share, TokenBucket,
+        Fault, FaultAbort, HeaderFilter, HeaderMatch, LocalRateLimit, Share, TokenBucket,
+        ValueMatch,
     };
     use prometheus_client::metrics::counter::Counter;
     use std::time::Duration;
@@ -123,6 +170,7 @@ mod tests {
     fn abort(status: u16) -> HttpFilter {
         HttpFilter::Fault(Fault {
             skip: None,
+            headers: Vec::new(),
             delay: None,
             abort: Some(FaultAbort {
                 status,
@@ -133,7 +181,9 @@ mod tests {
 
     #[test]
     fn no_filters_no_runtime() {
-        assert!(HttpFilters::new(&[], FaultStats::default).is_none());
+        assert!(HttpFilters::new(&[], FaultStats::default)
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]
@@ -155,19 +205,65 @@ mod tests {
         let edits = HeaderEdits::default();
         let stats = FaultStats::default();
         let config = [HttpFilter::LocalRateLimit, abort(503)];
-        let limited = HttpFilters::new(&config, || stats.clone()).unwrap();
+        let limited = HttpFilters::new(&config, || stats.clone())
+            .unwrap()
+            .unwrap();
         // The limit first: its one token, then its refusal; the abort after it.
-        let first = limited.run(None, Some((&limit, &edits))).await.unwrap();
+        let first = limited
+            .run((None, HeadersHeld::ALL), Some((&limit, &edits)))
+            .await
+            .unwrap();
         assert_eq!((first.status.as_u16(), first.message), (503, FAULT_ABORT));
-        let second = limited.run(None, Some((&limit, &edits))).await.unwrap();
+        let second = limited
+            .run((None, HeadersHeld::ALL), Some((&limit, &edits)))
+            .await
+            .unwrap();
         assert_eq!(
             (second.status.as_u16(), second.message),
             (423, LOCAL_RATE_LIMITED)
         );
         // A route without a limit passes the rate limit filter.
-        let only_limit =
-            HttpFilters::new(&[HttpFilter::LocalRateLimit], FaultStats::default).unwrap();
-        assert!(only_limit.run(None, None).await.is_none());
+        let only_limit = HttpFilters::new(&[HttpFilter::LocalRateLimit], FaultStats::default)
+            .unwrap()
+            .unwrap();
+        assert!(only_limit
+            .run((None, HeadersHeld::ALL), None)
+            .await
+            .is_none());
         assert_eq!(stats.aborts_injected.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_fault_with_a_header_match_applies_only_where_the_headers_held_before_routing() {
+        let HttpFilter::Fault(mut tagged) = abort(500) else {
+            unreachable!()
+        };
+        tagged.headers = vec![HeaderMatch {
+            name: "x-kuma-tags".into(),
+            value: ValueMatch::Contains("kuma.io/service=frontend&".into()),
+        }];
+        let config = [abort(503), HttpFilter::Fault(tagged)];
+        let filters = HttpFilters::new(&config[1..], FaultStats::default)
+            .unwrap()
+            .unwrap();
+        assert!(filters.reads_headers());
+        let mut headers = HeaderMap::new();
+        let untagged = filters.headers_held(&headers);
+        assert!(filters.run((None, untagged), None).await.is_none());
+        headers.insert(
+            "x-kuma-tags",
+            http::HeaderValue::from_static("&kuma.io/service=frontend&"),
+        );
+        // Read before routing: a route removing the header afterwards changes nothing.
+        let tagged = filters.headers_held(&headers);
+        headers.clear();
+        let reply = filters.run((None, tagged), None).await.unwrap();
+        assert_eq!(reply.status.as_u16(), 500);
+        // Without a header-matching filter nothing is read.
+        let plain = HttpFilters::new(&config[..1], FaultStats::default)
+            .unwrap()
+            .unwrap();
+        assert!(!plain.reads_headers());
+        assert_eq!(plain.headers_held(&headers), HeadersHeld::ALL);
     }
 }

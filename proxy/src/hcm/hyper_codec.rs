@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
 use super::compress;
-use super::filters::HttpFilters;
+use super::filters::{HeadersHeld, HttpFilters};
 use super::mirror::mirror_request;
 use super::{
     strip_hop_by_hop, Attempt, HttpListener, UpstreamCodec, LOCAL_REPLY_CONTENT_TYPE, RBAC_DENIED,
@@ -83,9 +83,12 @@ pub(crate) async fn serve_request<L: HttpListener>(
                     outcome = sent;
                     resp
                 }
-                (None, Some(cluster)) => match filtered(filters, None).await {
+                (None, Some(cluster)) => match filtered(filters, held(filters, &req), None).await {
                     Some(reply) => reply,
                     None => {
+                        if let Some(edits) = listener.request_edits() {
+                            edits.apply(req.headers_mut());
+                        }
                         let idle = listener.stream_idle(None);
                         let limits = (cluster.config.request_timeout, listener.retry(), idle);
                         let req = req.map(RequestBody::Streamed);
@@ -184,8 +187,9 @@ async fn route<'r, L: HttpListener>(
         let accepted = compress::negotiate(compression, &mut parts.headers);
         (compression, accepted && parts.method != Method::HEAD)
     });
+    let headers_held = filters.map_or(HeadersHeld::ALL, |(f, _)| f.headers_held(&parts.headers));
     let (routing, limit) = routes.decide(&mut parts, peer);
-    let mut resp = match (filtered(filters, limit).await, routing) {
+    let mut resp = match (filtered(filters, headers_held, limit).await, routing) {
         (Some(reply), _) => reply,
         (None, Routing::Reply(reply, edits)) => {
             outcome.flags = reply.flags;
@@ -236,14 +240,20 @@ async fn route<'r, L: HttpListener>(
 /// A listener's filters with the connection as they read it.
 type Filters<'a> = Option<(&'a HttpFilters, Option<&'a Peer>)>;
 
+/// Which of `filters`' header matches `req` meets, as it came.
+fn held<B>(filters: Filters<'_>, req: &Request<B>) -> HeadersHeld {
+    filters.map_or(HeadersHeld::ALL, |(f, _)| f.headers_held(req.headers()))
+}
+
 /// Runs `filters` for one request whose route has `limit`: the reply of a filter that
 /// answers it, or `None` for a request that goes on.
 async fn filtered(
     filters: Filters<'_>,
+    held: HeadersHeld,
     limit: Option<(&RouteLimit, &HeaderEdits)>,
 ) -> Option<Response<ProxyBody>> {
     let (filters, who) = filters?;
-    let answer = filters.run(who, limit).await?;
+    let answer = filters.run((who, held), limit).await?;
     let mut resp = local_reply(answer.status, answer.message.into());
     if let Some(headers) = answer.headers {
         headers.apply(resp.headers_mut());

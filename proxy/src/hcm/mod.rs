@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use bearing_gateway::HeaderEdits;
 use bearing_http1::RequestHead;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -64,6 +65,8 @@ pub(crate) trait HttpListener {
     fn cluster(&self) -> Option<&ClusterRuntime>;
     /// The retry policy of requests to that cluster (its one route's).
     fn retry(&self) -> Option<&RetryPolicy>;
+    /// The request header edits of requests to that cluster (its one route's); `None`: none.
+    fn request_edits(&self) -> Option<&HeaderEdits>;
     /// How long a request's stream may go without a byte moved (its route's own idle
     /// timeout `route`, zero: none, else the listener's; `None`: no limit), with where a
     /// stream that idles out is counted.
