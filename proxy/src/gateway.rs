@@ -32,6 +32,7 @@ use std::time::Duration;
 use bearing_gateway::Router;
 use bearing_proxy_config::{CrossMesh, GatewayCertificate, GatewayListener, GatewayProtocol};
 use bearing_tls::{Negotiated as _, TlsAcceptor};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 
 use crate::access_log::ConnectionLog;
@@ -114,8 +115,9 @@ impl GatewayRuntime {
         clusters: &HashMap<String, Arc<ClusterRuntime>>,
         mesh_tls: &MeshTlsSet,
         previous: Option<&GatewayRuntime>,
+        limited: impl FnOnce() -> Counter,
     ) -> Result<GatewayRuntime, String> {
-        let routes = Arc::new(HttpRoutes::gateway(listener, clusters)?);
+        let routes = Arc::new(HttpRoutes::gateway(listener, clusters, limited)?);
         let router = routes.router().clone();
         let tls_terms = TlsTerms::of(listener, mesh_tls);
         let kept = previous.filter(|p| p.tls_terms == tls_terms);
@@ -352,8 +354,14 @@ mod tests {
             cross_mesh: None,
             compression: None,
         };
-        let gw = GatewayRuntime::build(&listener, &HashMap::new(), &MeshTlsSet::default(), None)
-            .unwrap();
+        let gw = GatewayRuntime::build(
+            &listener,
+            &HashMap::new(),
+            &MeshTlsSet::default(),
+            None,
+            Counter::default,
+        )
+        .unwrap();
         let first = gw.admit();
         let second = gw.admit();
         assert!(first.is_some() && second.is_some());
@@ -386,14 +394,22 @@ mod tests {
         };
         let (clusters, meshes) = (HashMap::new(), MeshTlsSet::default());
         let listener = https("example.com");
-        let first = GatewayRuntime::build(&listener, &clusters, &meshes, None).unwrap();
+        let first =
+            GatewayRuntime::build(&listener, &clusters, &meshes, None, Counter::default).unwrap();
         let open = first.admit();
         assert!(open.is_some());
 
         // Other tags: the open connection still counts, the acceptor is the same.
         let mut retagged = listener.clone();
         retagged.tags.insert("version".into(), "2".into());
-        let second = GatewayRuntime::build(&retagged, &clusters, &meshes, Some(&first)).unwrap();
+        let second = GatewayRuntime::build(
+            &retagged,
+            &clusters,
+            &meshes,
+            Some(&first),
+            Counter::default,
+        )
+        .unwrap();
         assert!(Arc::ptr_eq(&first.open, &second.open));
         assert!(
             second.admit().is_none(),
@@ -406,11 +422,19 @@ mod tests {
 
         // Another certificate: a new acceptor, the same count.
         let recertified = https("example.org");
-        let third = GatewayRuntime::build(&recertified, &clusters, &meshes, Some(&second)).unwrap();
+        let third = GatewayRuntime::build(
+            &recertified,
+            &clusters,
+            &meshes,
+            Some(&second),
+            Counter::default,
+        )
+        .unwrap();
         assert!(!Arc::ptr_eq(b, third.tls.as_ref().unwrap()));
         assert!(Arc::ptr_eq(&second.open, &third.open));
         // A listener new to the config starts from zero.
-        let fresh = GatewayRuntime::build(&recertified, &clusters, &meshes, None).unwrap();
+        let fresh = GatewayRuntime::build(&recertified, &clusters, &meshes, None, Counter::default)
+            .unwrap();
         assert!(!Arc::ptr_eq(&third.open, &fresh.open));
     }
 }

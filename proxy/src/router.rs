@@ -74,15 +74,19 @@ impl HttpRoutes {
             false,
         );
         if routes().any(|r| r.rate_limit.is_some()) {
-            out.limit_routes(table, &stats.local_rate_limited(listener))?;
+            let hosts = table.virtual_hosts.iter().map(|v| v.routes.as_slice());
+            out.limit_routes(hosts, &stats.local_rate_limited(listener))?;
         }
         Ok(out)
     }
 
     /// A gateway listener's routes and TCP backends, with the clusters they name.
+    /// Its routes' rate limits count refusals in what `limited` gives (asked only when a
+    /// route has one).
     pub(crate) fn gateway(
         listener: &GatewayListener,
         clusters: &HashMap<String, Arc<ClusterRuntime>>,
+        limited: impl FnOnce() -> Counter,
     ) -> Result<HttpRoutes, String> {
         let router = Router::gateway(listener)?;
         let tcp = listener
@@ -95,6 +99,14 @@ impl HttpRoutes {
         let referenced = (tcp.chain(http), rewrites_to_endpoint(routes()));
         let mut routes = HttpRoutes::new(router, referenced, clusters, true);
         routes.compression = listener.compression.clone();
+        if listener
+            .hosts
+            .iter()
+            .any(|h| h.http_routes.iter().any(|r| r.rate_limit.is_some()))
+        {
+            let hosts = listener.hosts.iter().map(|h| h.http_routes.as_slice());
+            routes.limit_routes(hosts, &limited())?;
+        }
         Ok(routes)
     }
 
@@ -130,9 +142,15 @@ impl HttpRoutes {
 
     /// Gives each route of `table` (the table these routes were made of) that has a rate
     /// limit its bucket, counting what it limits into `limited`.
-    fn limit_routes(&mut self, table: &RouteTable, limited: &Counter) -> Result<(), String> {
-        for (h, host) in table.virtual_hosts.iter().enumerate() {
-            for (r, route) in host.routes.iter().enumerate() {
+    /// Prepares the rate limits of the routes of `hosts` (each host's routes, in the
+    /// router's order), counting refusals in `limited`.
+    fn limit_routes<'a>(
+        &mut self,
+        hosts: impl Iterator<Item = &'a [HttpRoute]>,
+        limited: &Counter,
+    ) -> Result<(), String> {
+        for (h, routes) in hosts.enumerate() {
+            for (r, route) in routes.iter().enumerate() {
                 if let Some(limit) = &route.rate_limit {
                     let headers = HeaderEdits::new(&limit.response_headers, &route.origin)?;
                     let runtime = RouteLimit::new(limit.clone(), limited.clone());

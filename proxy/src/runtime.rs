@@ -226,11 +226,10 @@ impl Proxy {
                 .get(&l.address)
                 .filter(|old| old.config.name == l.name)
                 .and_then(|old| old.gateway.as_ref());
-            let gateway = match l
-                .gateway
-                .as_ref()
-                .map(|g| GatewayRuntime::build(g, &clusters, &tls, had))
-            {
+            let gateway = match l.gateway.as_ref().map(|g| {
+                let limited = || self.stats.local_rate_limited(&l.name);
+                GatewayRuntime::build(g, &clusters, &tls, had, limited)
+            }) {
                 Some(Err(e)) => {
                     not_built(&l.name, format!("gateway listener: {e}"));
                     continue;

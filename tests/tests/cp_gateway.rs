@@ -286,6 +286,78 @@ fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
     Ok(())
 }
 
+/// MeshRateLimit on a builtin gateway as kuma-cp renders it (Kuma's golden
+/// `gateway/http/21-gateway-route.yaml`): a bucket on one route, read by the connection
+/// manager's `local_ratelimit` filter. The route's third request within the bucket's hour is
+/// answered 429 `local_rate_limited`, over HTTP/1.1 and HTTP/2, while the other routes
+/// serve on and the refusals are counted; Envoy 1.40 fed the same resources answers alike.
+#[test]
+fn a_builtin_gateway_limits_the_rate_of_a_route_as_envoy() -> Result<()> {
+    let (topo, pki, origin_one, origin_two) = gateway_rig("cp-gateway-limit")?;
+    let (cp, gw, client) = (topo.host("cp"), topo.host("gw"), topo.host("client"));
+    let (one, two) = (topo.host("one"), topo.host("two"));
+    let server_cert = pki.ca.issue("secure", &[&format!("DNS:{SECURE_HOST}")])?;
+    let mut xds = resources(gw, one, two, &server_cert)?;
+    let limit = json!({"envoy.filters.http.local_ratelimit": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "filterEnabled": {"defaultValue": {"numerator": 100}, "runtimeKey": "local_rate_limit_enabled"},
+        "filterEnforced": {"defaultValue": {"numerator": 100}, "runtimeKey": "local_rate_limit_enforced"},
+        "statPrefix": "rate_limit",
+        "tokenBucket": {"fillInterval": "3600s", "maxTokens": 2, "tokensPerFill": 2},
+    }});
+    xds.get_mut(ROUTES, "gw:HTTP:8080:*")?["virtualHosts"][0]["routes"][0]
+        ["typedPerFilterConfig"] = limit;
+    let file = pki.dir.join("gw.json");
+    xds.write(&file)?;
+    let (cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
+    cp_process.wait_for_log("ACK type=RouteConfiguration", Duration::from_secs(30))?;
+    ensure!(
+        !cp_process.log_contents().contains("NACK"),
+        "{}",
+        cp_process.log_contents()
+    );
+
+    let url = |path: &str| format!("http://{}:{HTTP_PORT}{path}", gw.ip4());
+    let answers = |proxy: &str| -> Result<Vec<(u16, String)>> {
+        let mut all = Vec::new();
+        for proto in [
+            "--http1.1",
+            "--http1.1",
+            "--http1.1",
+            "--http2-prior-knowledge",
+        ] {
+            all.push(curl(client, [url("/two"), proto.into()])?);
+            all.push(curl(client, [url("/"), proto.into()])?);
+        }
+        let (two, one) = (origin_two.body().to_string(), origin_one.body().to_string());
+        let limited = (429, "local_rate_limited".to_string());
+        let want = [
+            (200, two.clone()),
+            (200, one.clone()),
+            (200, two),
+            (200, one.clone()),
+            limited.clone(),
+            (200, one.clone()),
+            limited,
+            (200, one),
+        ];
+        ensure!(all == want, "{proxy}: {all:?}, expected {want:?}");
+        Ok(all)
+    };
+    let bearing = answers("bearing")?;
+    let refused = gateway.metric("bearing_local_rate_limited_total{listener=\"gw:HTTP:8080\"}")?;
+    ensure!(refused == 2.0, "refusals counted: {refused}");
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    gateway.process().stop(Duration::from_secs(5));
+    let access = CpAccess::new(cp, 5678, &pki);
+    let _envoy = access.envoy(gw, "default", "gw")?;
+    gw.wait_for_tcp_listener(HTTP_PORT, Duration::from_secs(20), None)
+        .context("Envoy's listeners")?;
+    ensure!(answers("envoy")? == bearing);
+    Ok(())
+}
+
 /// `bytes` gunzipped.
 fn gunzip(bytes: &[u8]) -> Result<String> {
     use std::io::Read;

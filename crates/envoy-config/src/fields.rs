@@ -1095,7 +1095,11 @@ fn walk_extension(
         .get_field_by_name("value")
         .and_then(|v| v.as_bytes().cloned())
         .unwrap_or_default();
-    let proxy_read = guard == Guard::Proxy && PROXY_POLICY_FILTERS.contains(&type_name);
+    let proxy_read = match guard {
+        Guard::Proxy => PROXY_POLICY_FILTERS.contains(&type_name),
+        // MeshRateLimit on a builtin gateway: its routes' buckets (`gateway.rs`).
+        Guard::Gateway => type_name == crate::http_filters::HTTP_LOCAL_RATE_LIMIT,
+    };
     if let Some((_, policy)) = POLICY_EXTENSIONS
         .iter()
         .find(|(t, _)| *t == type_name)
@@ -1131,9 +1135,9 @@ fn walk_extension(
     }
 }
 
-/// Whether a local rate limit filter limits nothing: Kuma's HTTP `local_ratelimit` on every
-/// builtin gateway, with no token bucket (Envoy applies none at the listener level; a
-/// MeshRateLimit comes as a route's `typed_per_filter_config`, which a gateway NACKs).
+/// Whether a local rate limit filter limits nothing: Kuma's HTTP `local_ratelimit` with no
+/// token bucket (Envoy applies none at the listener level; a MeshRateLimit comes as a route's
+/// `typed_per_filter_config`).
 fn rate_limit_is_idle(type_name: &str, bytes: &[u8]) -> bool {
     use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
     use prost::Message;

@@ -20,7 +20,7 @@ use crate::fields::{self, Guard, POLICY_NOT_ENFORCED};
 use crate::routes;
 use bearing_proxy_config::{
     CrossMesh, Direction, GatewayCertificate, GatewayHost, GatewayListener, GatewayProtocol,
-    Http2Windows, Listener, Protocol, WeightedCluster,
+    Http2Windows, HttpFilter, Listener, Protocol, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
@@ -162,13 +162,25 @@ impl Translator<'_> {
         let mut hosts: Vec<GatewayHost> = Vec::new();
         // Per chain: the cross-mesh TLS it terminates, if it is one.
         let mut cross_meshes: Vec<Option<CrossMesh>> = Vec::new();
+        // The first chain's HTTP filters: the runtime holds one list per listener.
+        let mut http_filters: Option<Vec<HttpFilter>> = None;
         for (i, chain) in listener.filter_chains.iter().enumerate() {
             let at = format!("{path}.filter_chains[{i}]");
-            let Some((chain_hosts, cross_mesh)) =
+            let Some((mut chain_hosts, cross_mesh, filters)) =
                 self.gateway_chain(name, &at, address.port(), chain)
             else {
                 continue;
             };
+            if http_filters.as_ref().is_some_and(|first| *first != filters) {
+                let reason = "chains with different rate limit filters on one gateway listener: the runtime holds one list per listener";
+                self.nack(LISTENER, name, at.clone(), reason);
+            }
+            // Envoy reads a route's rate limit only where its filter runs.
+            if !filters.contains(&HttpFilter::LocalRateLimit) {
+                let routes = chain_hosts.iter_mut().flat_map(|h| &mut h.http_routes);
+                routes.for_each(|r| r.rate_limit = None);
+            }
+            http_filters.get_or_insert(filters);
             if cross_meshes
                 .first()
                 .is_some_and(|first| *first != cross_mesh)
@@ -230,6 +242,7 @@ impl Translator<'_> {
         self.push_gateway(name, listener, address, gateway);
         if let Some(out) = self.listeners.last_mut() {
             out.http2_windows = windows;
+            out.http_filters = http_filters.unwrap_or_default();
         }
     }
 
@@ -532,7 +545,7 @@ impl Translator<'_> {
         at: &str,
         port: u16,
         chain: &listener_pb::FilterChain,
-    ) -> Option<(Vec<GatewayHost>, Option<CrossMesh>)> {
+    ) -> Option<(Vec<GatewayHost>, Option<CrossMesh>, Vec<HttpFilter>)> {
         let by_alpn = chain
             .filter_chain_match
             .as_ref()
@@ -577,6 +590,7 @@ impl Translator<'_> {
         };
         let fat = format!("{fat}.typed_config(envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager)");
         self.gateway_defaults(name, &fat, &hcm);
+        let filters = self.gateway_filters(name, &fat, &hcm);
         let Some(hcm_pb::http_connection_manager::RouteSpecifier::Rds(rds)) = &hcm.route_specifier
         else {
             return None;
@@ -604,7 +618,7 @@ impl Translator<'_> {
                 http_routes,
                 tcp_backends: Vec::new(),
             });
-        Some((hosts.collect(), cross_mesh))
+        Some((hosts.collect(), cross_mesh, filters))
     }
 
     /// Kuma's gateway defaults on the HTTP connection manager, which the gateway runtime
@@ -677,11 +691,32 @@ impl Translator<'_> {
                 self.nack(LISTENER, name, format!("{at}.{field}"), reason);
             }
         }
+    }
+
+    /// The HTTP filters of a gateway chain's connection manager: the router last, and
+    /// Kuma's `local_ratelimit` (MeshRateLimit: its routes' buckets apply only where it runs).
+    fn gateway_filters(
+        &mut self,
+        name: &str,
+        at: &str,
+        hcm: &hcm_pb::HttpConnectionManager,
+    ) -> Vec<HttpFilter> {
         let filters = &hcm.http_filters;
+        let mut http_filters = Vec::new();
         for (k, f) in filters.iter().enumerate() {
             let router = match &f.config_type {
                 Some(hcm_pb::http_filter::ConfigType::TypedConfig(any)) => {
-                    type_name(any).ends_with("router.v3.Router")
+                    let kind = type_name(any);
+                    if kind == crate::http_filters::HTTP_LOCAL_RATE_LIMIT {
+                        let fat = format!("{at}.http_filters[{k}].typed_config({kind})");
+                        let mut problems = Vec::new();
+                        let found = crate::http_filters::http_filter(any, &fat, &mut problems);
+                        for (field, reason) in problems {
+                            self.nack(LISTENER, name, field, reason);
+                        }
+                        http_filters.extend(found.flatten());
+                    }
+                    kind.ends_with("router.v3.Router")
                 }
                 _ => false,
             };
@@ -694,6 +729,7 @@ impl Translator<'_> {
                 );
             }
         }
+        http_filters
     }
 
     /// The TLS a gateway chain terminates: the hostname's certificate (inline, or an SDS
