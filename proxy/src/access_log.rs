@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use bearing_proxy_config::{AccessLog, Entry, HeaderSource, LogFormat, ResponseFlags};
+use bearing_proxy_config::{AccessLog, Entry, HeaderSource, LogFilter, LogFormat, ResponseFlags};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::stats::Stats;
@@ -67,7 +67,7 @@ impl LogFiles {
                         file
                     }
                 };
-                (log.format.clone(), file)
+                (log.format.clone(), file, log.filter.clone())
             })
             .collect();
         Some(Arc::new(ListenerLog { sinks }))
@@ -80,17 +80,21 @@ pub(crate) type ConnectionLog<'a> = (&'a ListenerLog, SocketAddr);
 
 /// A listener's access logs: each format with the file its lines go to.
 pub(crate) struct ListenerLog {
-    sinks: Vec<(LogFormat, Arc<LogFile>)>,
+    sinks: Vec<(LogFormat, Arc<LogFile>, Option<LogFilter>)>,
 }
 
 impl ListenerLog {
-    /// Renders `entry` by each format and hands the lines to their writers.
+    /// Renders `entry` by each format whose filter admits it and hands the lines to their
+    /// writers.
     pub(crate) fn log(&self, entry: &Entry<'_>) {
         LINE.with(|line| {
             let Ok(mut line) = line.try_borrow_mut() else {
                 return;
             };
-            for (format, file) in &self.sinks {
+            for (format, file, filter) in &self.sinks {
+                if filter.as_ref().is_some_and(|f| !f.admits(entry.route_kri)) {
+                    continue;
+                }
                 line.clear();
                 format.render(entry, &mut line);
                 file.append(&line);
@@ -313,6 +317,8 @@ pub(crate) struct HyperExchange {
     pub upstream: Option<SocketAddr>,
     pub cluster: Option<String>,
     pub flags: ResponseFlags,
+    /// The `route_kri` of its route, for access log filters.
+    pub route_kri: Option<String>,
     /// The downstream connection's addresses.
     pub peer: SocketAddr,
     pub local: SocketAddr,
@@ -390,6 +396,7 @@ impl<B> Drop for LoggedBody<B> {
             _ => "HTTP/1.1",
         };
         x.log.log(&Entry {
+            route_kri: x.route_kri.as_deref(),
             start,
             duration,
             protocol: Some(protocol),
@@ -475,6 +482,7 @@ mod tests {
 
     fn entry<'a>(request: &'a dyn HeaderSource) -> Entry<'a> {
         Entry {
+            route_kri: None,
             start: SystemTime::now(),
             duration: Duration::from_millis(3),
             protocol: Some("HTTP/1.1"),
@@ -513,6 +521,7 @@ mod tests {
         let log = |format: &str| AccessLog {
             path: path.clone(),
             format: LogFormat::text(format, false).unwrap(),
+            filter: None,
         };
         let a = files.listener(&[log("a %REQ(:PATH)%\n")], &stats).unwrap();
         let b = files

@@ -163,6 +163,7 @@ pub async fn serve_passthrough(
     if let (Some(log), Some(began)) = (&port.access_log, began) {
         let (start, duration) = began.times();
         log.log(&Entry {
+            route_kri: None,
             start,
             duration,
             protocol: None,
@@ -228,6 +229,7 @@ mod tests {
             outbound_access_logs: vec![AccessLog {
                 path: path.clone(),
                 format: LogFormat::text(format, false).unwrap(),
+                filter: None,
             }],
             inbound_access_logs: Vec::new(),
         };

@@ -55,6 +55,19 @@ pub struct HttpRoutes {
     /// The rate limits of routes that have one (`HttpRoute::rate_limit`), with the headers
     /// of their refusals; empty (no lookup) when none has.
     limits: HashMap<RouteAt, (RouteLimit, HeaderEdits)>,
+    /// The `route_kri` of routes that have one (`HttpRoute::route_kri`), which access log
+    /// filters read; empty (no lookup) when none has.
+    route_kris: HashMap<RouteAt, Box<str>>,
+}
+
+/// What a request's route asks beside where it goes: its rate limit, with the headers of
+/// its refusal, and the `route_kri` its access logs may filter on.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct RouteTerms<'r> {
+    /// The route's rate limit; `None`: none.
+    pub limit: Option<(&'r RouteLimit, &'r HeaderEdits)>,
+    /// The route's `route_kri`; `None`: none.
+    pub route_kri: Option<&'r str>,
 }
 
 impl HttpRoutes {
@@ -77,6 +90,18 @@ impl HttpRoutes {
             let hosts = table.virtual_hosts.iter().map(|v| v.routes.as_slice());
             out.limit_routes(hosts, &stats.local_rate_limited(listener))?;
         }
+        out.route_kris = table
+            .virtual_hosts
+            .iter()
+            .enumerate()
+            .flat_map(|(h, v)| {
+                v.routes
+                    .iter()
+                    .enumerate()
+                    .map(move |(r, route)| ((h, r), route))
+            })
+            .filter_map(|(at, route)| Some((at, route.route_kri.as_deref()?.into())))
+            .collect();
         Ok(out)
     }
 
@@ -137,6 +162,7 @@ impl HttpRoutes {
             gateway,
             compression: None,
             limits: HashMap::new(),
+            route_kris: HashMap::new(),
         }
     }
 
@@ -161,12 +187,17 @@ impl HttpRoutes {
         Ok(())
     }
 
-    /// The rate limit of the route at `at`, if it has one.
-    fn limit(&self, at: Option<RouteAt>) -> Option<(&RouteLimit, &HeaderEdits)> {
-        if self.limits.is_empty() {
-            return None;
-        }
-        self.limits.get(&at?).map(|(l, h)| (l, h))
+    /// What the route at `at` asks beside where the request goes.
+    fn terms(&self, at: Option<RouteAt>) -> RouteTerms<'_> {
+        let limit = match self.limits.is_empty() {
+            true => None,
+            false => at.and_then(|at| self.limits.get(&at)).map(|(l, h)| (l, h)),
+        };
+        let route_kri = match self.route_kris.is_empty() {
+            true => None,
+            false => at.and_then(|at| self.route_kris.get(&at)).map(|k| &**k),
+        };
+        RouteTerms { limit, route_kri }
     }
 
     /// Every cluster the routes send to.
@@ -221,18 +252,18 @@ impl HttpRoutes {
 impl HttpRoutes {
     /// Routes a request for either codec: the router's decision with its clusters looked up,
     /// and, for a request a gateway forwards, the client's address appended to
-    /// `x-forwarded-for`; with the rate limit of the route taken, if it has one.
+    /// `x-forwarded-for`; with what the route taken asks beside ([`RouteTerms`]).
     pub(crate) fn decide(
         &self,
         parts: &mut http::request::Parts,
         peer: SocketAddr,
-    ) -> (Routing<'_>, Option<(&RouteLimit, &HeaderEdits)>) {
+    ) -> (Routing<'_>, RouteTerms<'_>) {
         let decision = self.router.route(parts, peer.ip());
         let at = match &decision {
             Decision::Respond { route, .. } => *route,
             Decision::Forward { route, .. } => Some(*route),
         };
-        (self.routing(decision, parts, peer), self.limit(at))
+        (self.routing(decision, parts, peer), self.terms(at))
     }
 
     /// The router's `decision` with its clusters looked up.

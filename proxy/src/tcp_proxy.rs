@@ -151,6 +151,7 @@ pub(crate) async fn serve_tcp_logged<S>(
         let (start, duration) = began.times();
         let (bytes_received, bytes_sent, upstream_host, flags) = ended;
         log.log(&Entry {
+            route_kri: None,
             start,
             duration,
             protocol: None,

@@ -323,3 +323,111 @@ fn file_access_logs_from_the_cp_are_written_as_envoy_writes_them() -> Result<()>
     );
     Ok(())
 }
+
+/// kuma-cp's program copying a route's `route_kri` into the dynamic metadata its
+/// MeshAccessLog route filters read (Kuma's `outbound-mix` golden).
+const KUMA_LUA: &str = "function envoy_on_request(handle)\n  local meta = handle:metadata():get(\"route_kri\")\n  if meta ~= nil then\n    handle:streamInfo():dynamicMetadata():set(\"kuma.routes\", \"route_kri\", meta)\n  end\nend\n";
+
+/// MeshAccessLog targeting a MeshHTTPRoute beside one targeting its MeshService, as kuma-cp
+/// renders them (Kuma's `outbound-mix` golden): its Lua program copies the route's
+/// `route_kri`, the route's log filters on it, the service's log on its absence. Requests on
+/// the route (over HTTP/1.1 and HTTP/2) go to the route's log only, the others to the
+/// service's only; Envoy 1.40 fed the same resources writes the same lines.
+#[test]
+fn route_filtered_access_logs_split_requests_as_envoy() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "one"])?;
+    let (cp, web, one) = (topo.host("cp"), topo.host("web"), topo.host("one"));
+    let pki = CpPki::new(topo.dir(), "cp-alog-route", cp)?;
+    start_http_server(one, ORIGIN_PORT)?;
+    let logs = topo.dir().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    std::os::unix::fs::chown(&logs, Some(KUMA_DP_UID), Some(KUMA_DP_UID))?;
+    let (service_log, route_log) = (logs.join("service.log"), logs.join("route.log"));
+    let kri = "kri_mhttpr_default_zone__test-route_";
+    let filtered = |path: &Path, who: &str, value: Value, if_missing: bool| {
+        let mut log = file_log(
+            path,
+            json!({"textFormatSource": {"inlineString": format!("{who} %REQ(:PATH)% %PROTOCOL%\n")}}),
+        );
+        log["filter"] = json!({"metadataFilter": {"matchIfKeyNotFound": if_missing, "matcher": {
+            "filter": "kuma.routes", "path": [{"key": "route_kri"}], "value": value}}});
+        log
+    };
+    let on_route = json!({"filterMetadata": {"envoy.filters.http.lua": {"route_kri": kri}}});
+    let (name, http) = listener(
+        HTTP_PORT,
+        json!({"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
+            "@type": HCM,
+            "statPrefix": "one",
+            "httpFilters": [
+                {"name": "envoy.filters.http.lua", "typedConfig": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                    "defaultSourceCode": {"inlineString": KUMA_LUA}}},
+                {"name": "envoy.filters.http.router", "typedConfig": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+            ],
+            "routeConfig": {"name": "outbound:one", "virtualHosts": [{"name": "one", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/test"}, "metadata": on_route, "route": {"cluster": "one", "timeout": "0s"}},
+                {"match": {"prefix": "/"}, "route": {"cluster": "one", "timeout": "0s"}},
+            ]}]},
+            "accessLog": [
+                filtered(&service_log, "service", json!({"nullMatch": {}}), true),
+                filtered(&route_log, "route", json!({"stringMatch": {"exact": kri}}), false),
+            ],
+        }}),
+    );
+    let origin = one.ip4().to_string();
+    let resources = json!({"xds": {
+        CLUSTER: {"one": cluster("one", &origin, ORIGIN_PORT)},
+        LISTENER: {name: http},
+    }});
+    let (cp_process, sidecar) = pki.web_sidecar(
+        env!("CARGO_BIN_EXE_bearing-test-cp"),
+        cp,
+        web,
+        &resources,
+        "ACK type=Listener",
+    )?;
+    ensure!(
+        !cp_process.log_contents().contains("NACK"),
+        "{}",
+        cp_process.log_contents()
+    );
+    let run = || -> Result<(Vec<String>, Vec<String>)> {
+        for f in [&service_log, &route_log] {
+            std::fs::File::create(f)?;
+            std::os::unix::fs::chown(f, Some(KUMA_DP_UID), Some(KUMA_DP_UID))?;
+        }
+        for (path, proto) in [
+            ("/test/a", "--http1.1"),
+            ("/", "--http1.1"),
+            ("/test/b", "--http2-prior-knowledge"),
+            ("/x", "--http2-prior-knowledge"),
+        ] {
+            let (code, _) = curl(
+                web,
+                [format!("http://127.0.0.1:{HTTP_PORT}{path}"), proto.into()],
+            )?;
+            ensure!(code == 200, "{path}: {code}");
+        }
+        Ok((lines(&service_log, 2)?, lines(&route_log, 2)?))
+    };
+    let bearing = run()?;
+    ensure!(
+        bearing.0 == ["service / HTTP/1.1", "service /x HTTP/2"]
+            && bearing.1 == ["route /test/a HTTP/1.1", "route /test/b HTTP/2"],
+        "{bearing:?}"
+    );
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let access = CpAccess::new(cp, 5678, &pki);
+    let _envoy = access.envoy(web, "default", "web")?;
+    web.wait_for_tcp_listener(HTTP_PORT, Duration::from_secs(20), None)
+        .context("Envoy's listener")?;
+    let envoy = run()?;
+    ensure!(envoy == bearing, "envoy {envoy:?}\nbearing {bearing:?}");
+    Ok(())
+}

@@ -520,6 +520,7 @@ fn http_routes(
                 mirror: mirror.clone(),
                 rate_limit: None,
                 hash_policy: Vec::new(),
+                route_kri: None,
             });
         }
     }

@@ -4,11 +4,15 @@
 //! its format parsed once here (`bearing_proxy_config::LogFormat`) so that a format Envoy
 //! refuses, or an operator Bearing does not render, is NACKed by its path.
 //!
-//! Other loggers (OpenTelemetry, gRPC) and access log `filter`s are NACKed by the field guard
-//! (`fields.rs`), which walks every field here first; this module skips other loggers and
-//! reads a file logger with a filter as without one (its format is checked all the same).
+//! A logger's `filter` is kuma-cp's MeshAccessLog route filter: a `metadata_filter` on the
+//! dynamic metadata its Lua program sets from the route (`ROUTE_KRI_METADATA`), checked here
+//! (null, present and string matches other than by regex or case-insensitively). Other
+//! loggers (OpenTelemetry, gRPC) and other filters are NACKed by the field guard
+//! (`fields.rs`), which walks every field here first; this module skips other loggers.
 
-use bearing_proxy_config::{AccessLog, JsonSource, LogFormat, ENVOY_DEFAULT_FORMAT};
+use bearing_proxy_config::{
+    AccessLog, JsonSource, LogFilter, LogFormat, MetadataValueMatch, ENVOY_DEFAULT_FORMAT,
+};
 use envoy_types::pb::envoy::config::accesslog::v3 as accesslog_pb;
 use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
 use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
@@ -108,15 +112,86 @@ pub(crate) fn file_logs(
             ));
             continue;
         }
+        let filter = match &log.filter {
+            None => None,
+            Some(f) => match log_filter(f, &format!("{at}[{i}].filter")) {
+                Ok(filter) => Some(filter),
+                Err(problem) => {
+                    problems.push(problem);
+                    continue;
+                }
+            },
+        };
         match format(&file, &lat) {
             Ok(format) => out.push(AccessLog {
                 path: file.path,
                 format,
+                filter,
             }),
             Err(problem) => problems.push(problem),
         }
     }
     out
+}
+
+/// An access log's `filter` at `at`: a `metadata_filter` with a matcher (the field guard
+/// refuses other filter kinds).
+fn log_filter(f: &accesslog_pb::AccessLogFilter, at: &str) -> Result<LogFilter, Problem> {
+    use accesslog_pb::access_log_filter::FilterSpecifier as F;
+    use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::path_segment::Segment;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern as S;
+    use envoy_types::pb::envoy::r#type::matcher::v3::value_matcher::MatchPattern as V;
+    let Some(F::MetadataFilter(m)) = &f.filter_specifier else {
+        return Err((at.into(), "only a metadata_filter is implemented".into()));
+    };
+    let at = format!("{at}.metadata_filter");
+    let Some(matcher) = &m.matcher else {
+        return Err((format!("{at}.matcher"), "a matcher is needed".into()));
+    };
+    let mat = format!("{at}.matcher");
+    let path = matcher
+        .path
+        .iter()
+        .map(|p| match &p.segment {
+            Some(Segment::Key(key)) => Ok(key.clone()),
+            None => Err((format!("{mat}.path"), "a path segment needs a key".into())),
+        })
+        .collect::<Result<_, _>>()?;
+    let vat = format!("{mat}.value");
+    let value = match matcher
+        .value
+        .as_ref()
+        .and_then(|v| v.match_pattern.as_ref())
+    {
+        Some(V::NullMatch(_)) => MetadataValueMatch::Null,
+        Some(V::PresentMatch(present)) => MetadataValueMatch::Present(*present),
+        Some(V::StringMatch(sm)) if !sm.ignore_case => match &sm.match_pattern {
+            Some(S::Exact(v)) => MetadataValueMatch::Exact(v.clone()),
+            Some(S::Prefix(v)) => MetadataValueMatch::Prefix(v.clone()),
+            Some(S::Suffix(v)) => MetadataValueMatch::Suffix(v.clone()),
+            Some(S::Contains(v)) => MetadataValueMatch::Contains(v.clone()),
+            _ => {
+                let reason =
+                    "only exact, prefix, suffix and contains string matches are implemented";
+                return Err((format!("{vat}.string_match"), reason.into()));
+            }
+        },
+        Some(V::StringMatch(_)) => {
+            let reason = "a case-insensitive string match is not implemented";
+            return Err((format!("{vat}.string_match.ignore_case"), reason.into()));
+        }
+        _ => {
+            let reason = "only null_match, present_match and string_match are implemented";
+            return Err((vat, reason.into()));
+        }
+    };
+    Ok(LogFilter {
+        namespace: matcher.filter.clone(),
+        path,
+        value,
+        // Envoy's default.
+        if_key_not_found: m.match_if_key_not_found.as_ref().is_none_or(|b| b.value),
+    })
 }
 
 /// The format of a file logger at `at`: its `log_format`, or Envoy's default without one.

@@ -110,8 +110,26 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "access_log",
         ],
     ),
-    // An access log's `filter` is a policy field not enforced (POLICY_FIELDS).
-    ("envoy.config.accesslog.v3.AccessLog", &["name", "typed_config"]),
+    // A `filter` is kuma-cp's MeshAccessLog route filter: a metadata filter on the route's
+    // `route_kri` (`access_log.rs` checks the matcher's values).
+    (
+        "envoy.config.accesslog.v3.AccessLog",
+        &["name", "typed_config", "filter"],
+    ),
+    ("envoy.config.accesslog.v3.AccessLogFilter", &["metadata_filter"]),
+    (
+        "envoy.config.accesslog.v3.MetadataFilter",
+        &["matcher", "match_if_key_not_found"],
+    ),
+    (
+        "envoy.type.matcher.v3.MetadataMatcher",
+        &["filter", "path", "value"],
+    ),
+    ("envoy.type.matcher.v3.MetadataMatcher.PathSegment", &["key"]),
+    (
+        "envoy.type.matcher.v3.ValueMatcher",
+        &["null_match", "present_match", "string_match"],
+    ),
     (
         "envoy.extensions.access_loggers.file.v3.FileAccessLog",
         &["path", "log_format"],
@@ -174,8 +192,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
-            // Per-filter data (Kuma's `envoy.filters.http.lua` route name for MeshAccessLog),
-            // read only by filters that are NACKed themselves.
+            // Per-filter data: Kuma's `envoy.filters.http.lua` `route_kri` for MeshAccessLog
+            // (`routes.rs`, `lua.rs`); other filters' is read by none.
             "metadata",
             // The local rate limit's per-route bucket (`http_filters.rs`); any other
             // filter's is refused there.
@@ -674,6 +692,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
     ),
     // MeshFaultInjection and MeshRateLimit, translated by `http_filters.rs`, which checks
     // the values.
+    // kuma-cp's MeshAccessLog program only, by its source (`lua.rs`).
+    ("envoy.extensions.filters.http.lua.v3.Lua", &["default_source_code"]),
     (
         "envoy.extensions.filters.http.fault.v3.HTTPFault",
         &["delay", "abort", "headers"],
@@ -746,6 +766,7 @@ const PROXY_POLICY_FILTERS: &[&str] = &[
     crate::http_filters::NETWORK_LOCAL_RATE_LIMIT,
     crate::http_filters::EXTENSION_WITH_MATCHER,
     crate::http_filters::SKIP_FILTER,
+    crate::lua::LUA,
 ];
 
 /// Fields accepted on a builtin gateway's listeners and route configurations only: Kuma's
@@ -855,7 +876,6 @@ pub(crate) enum Guard {
 
 /// Fields that carry a Kuma policy Bearing does not enforce over xDS yet, with the policy.
 pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
-    ("AccessLog.filter", "access log filters"),
     ("HttpConnectionManager.tracing", "tracing"),
     ("Thresholds.max_connection_pools", "circuit breakers"),
     (
@@ -916,7 +936,6 @@ const POLICY_EXTENSIONS: &[(&str, &str)] = &[
         "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig",
         "access logs over gRPC",
     ),
-    ("envoy.extensions.filters.http.lua.v3.Lua", "access logs"),
     // Kuma wraps per-source MeshFaultInjection and MeshRateLimit filters in a matcher.
     (
         "envoy.extensions.common.matching.v3.ExtensionWithMatcher",

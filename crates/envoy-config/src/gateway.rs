@@ -175,10 +175,14 @@ impl Translator<'_> {
                 let reason = "chains with different rate limit filters on one gateway listener: the runtime holds one list per listener";
                 self.nack(LISTENER, name, at.clone(), reason);
             }
-            // Envoy reads a route's rate limit only where its filter runs.
-            if !filters.contains(&HttpFilter::LocalRateLimit) {
-                let routes = chain_hosts.iter_mut().flat_map(|h| &mut h.http_routes);
-                routes.for_each(|r| r.rate_limit = None);
+            // Envoy reads a route's rate limit only where its filter runs, and its `route_kri`
+            // only where kuma-cp's Lua program does (never on a gateway).
+            let limits = filters.contains(&HttpFilter::LocalRateLimit);
+            for r in chain_hosts.iter_mut().flat_map(|h| &mut h.http_routes) {
+                if !limits {
+                    r.rate_limit = None;
+                }
+                r.route_kri = None;
             }
             http_filters.get_or_insert(filters);
             if cross_meshes

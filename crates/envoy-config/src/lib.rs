@@ -8,6 +8,7 @@ pub mod decode;
 mod fields;
 mod health;
 mod http_filters;
+mod lua;
 mod naming;
 mod rbac;
 mod retry;

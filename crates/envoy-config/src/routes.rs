@@ -167,7 +167,8 @@ fn only_cluster(
         && route.response_headers.is_empty()
         && route.mirror.is_none()
         && route.rate_limit.is_none()
-        && route.hash_policy.is_empty();
+        && route.hash_policy.is_empty()
+        && route.route_kri.is_none();
     match &route.action {
         RouteAction::Forward {
             backends,
@@ -228,6 +229,23 @@ fn edits(
     filter
 }
 
+/// The `route_kri` kuma-cp puts in a route's metadata for its Lua program (under the Lua
+/// filter's canonical name), which copies it into the request's dynamic metadata; kept only
+/// where the connection manager runs that program (`translate.rs`, `lua.rs`).
+fn route_kri(route: &route_pb::Route) -> Option<String> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let fields = &route
+        .metadata
+        .as_ref()?
+        .filter_metadata
+        .get(crate::lua::LUA_NAME)?
+        .fields;
+    match &fields.get(bearing_proxy_config::ROUTE_KRI_METADATA.1)?.kind {
+        Some(Kind::StringValue(kri)) => Some(kri.clone()),
+        _ => None,
+    }
+}
+
 /// A route at `at`; `retry` is its virtual host's retry policy, for a route without one.
 fn http_route(
     route: &route_pb::Route,
@@ -253,6 +271,7 @@ fn http_route(
         mirror: None,
         rate_limit: None,
         hash_policy: Vec::new(),
+        route_kri: route_kri(route),
     };
     for (name, any) in &route.typed_per_filter_config {
         let fat = format!("{at}.typed_per_filter_config[{name:?}]");

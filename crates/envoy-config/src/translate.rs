@@ -1227,6 +1227,8 @@ impl Translator<'_> {
         };
         let filters = &hcm.http_filters;
         let (mut http_rbac, mut http_filters) = (None, Vec::new());
+        // kuma-cp's Lua program copying each route's `route_kri` for the access logs.
+        let mut route_kri = false;
         for (k, f) in filters.iter().enumerate() {
             let kind = match &f.config_type {
                 Some(hcm_pb::http_filter::ConfigType::TypedConfig(any)) => {
@@ -1249,6 +1251,15 @@ impl Translator<'_> {
                         self.nack(LISTENER, name, format!("{fat}.headers"), reason);
                     }
                     http_filters.extend(found);
+                }
+            }
+            if let Some(hcm_pb::http_filter::ConfigType::TypedConfig(any)) =
+                f.config_type.as_ref().filter(|_| kind == crate::lua::LUA)
+            {
+                let fat = format!("{at}.http_filters[{k}].typed_config({kind})");
+                match crate::lua::kuma_route_kri(&f.name, any, &fat) {
+                    Ok(()) => route_kri = true,
+                    Err((field, reason)) => self.nack(LISTENER, name, field, reason),
                 }
             }
             if let Some(hcm_pb::http_filter::ConfigType::TypedConfig(any)) =
@@ -1310,11 +1321,16 @@ impl Translator<'_> {
                 HeaderFilter::default(),
             ),
         };
-        // Envoy reads a route's rate limit only where its filter runs.
-        if !http_filters.contains(&HttpFilter::LocalRateLimit) {
-            let routes = table.iter_mut().flat_map(|t| &mut t.virtual_hosts);
-            for route in routes.flat_map(|v| &mut v.routes) {
+        // Envoy reads a route's rate limit only where its filter runs, and its `route_kri`
+        // only where kuma-cp's Lua program does.
+        let limits = http_filters.contains(&HttpFilter::LocalRateLimit);
+        let routes = table.iter_mut().flat_map(|t| &mut t.virtual_hosts);
+        for route in routes.flat_map(|v| &mut v.routes) {
+            if !limits {
                 route.rate_limit = None;
+            }
+            if !route_kri {
+                route.route_kri = None;
             }
         }
         Some(Route {

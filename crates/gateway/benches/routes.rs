@@ -36,6 +36,7 @@ fn router(n: usize) -> Router {
             mirror: None,
             rate_limit: None,
             hash_policy: Vec::new(),
+            route_kri: None,
         })
         .collect();
     let listener = GatewayListener {

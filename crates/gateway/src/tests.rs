@@ -30,6 +30,7 @@ fn route(origin: &str, matches: HttpMatch, cluster: &str) -> HttpRoute {
         mirror: None,
         rate_limit: None,
         hash_policy: Vec::new(),
+        route_kri: None,
     }
 }
 

@@ -27,6 +27,71 @@ pub struct AccessLog {
     pub path: String,
     /// How each line is written.
     pub format: LogFormat,
+    /// Which requests it logs (Envoy's access log `filter`); `None`: every one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<LogFilter>,
+}
+
+/// The namespace and key of the one dynamic metadata value a request carries in Bearing:
+/// its route's `route_kri`, which kuma-cp's Lua program copies from the route's metadata
+/// (`HttpRoute::route_kri`) for MeshAccessLog's route filters.
+pub const ROUTE_KRI_METADATA: (&str, &str) = ("kuma.routes", "route_kri");
+
+/// An access log filter (Envoy's `AccessLogFilter`): a `metadata_filter` on the request's
+/// dynamic metadata, as kuma-cp renders a MeshAccessLog targeting (or not) a MeshHTTPRoute.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LogFilter {
+    /// The metadata namespace (Envoy's `matcher.filter`).
+    pub namespace: String,
+    /// The keys into it (`matcher.path`).
+    pub path: Vec<String>,
+    /// What a value found there must be.
+    pub value: MetadataValueMatch,
+    /// Whether a request without a value there is logged (`match_if_key_not_found`, Envoy's
+    /// default true).
+    pub if_key_not_found: bool,
+}
+
+/// A condition on a metadata value (the parts of Envoy's `ValueMatcher` Bearing reads).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum MetadataValueMatch {
+    /// A null value (`null_match`): a string value never is.
+    Null,
+    /// Any value (`present_match: true`), or none (`false`).
+    Present(bool),
+    /// A string equal to this (`string_match.exact`).
+    Exact(String),
+    /// A string starting with this.
+    Prefix(String),
+    /// A string ending with this.
+    Suffix(String),
+    /// A string holding this.
+    Contains(String),
+}
+
+impl LogFilter {
+    /// Whether a request whose route carries `route_kri` (see [`ROUTE_KRI_METADATA`]) is
+    /// logged, as Envoy's metadata filter decides: by the value where one is found, else by
+    /// `if_key_not_found`.
+    pub fn admits(&self, route_kri: Option<&str>) -> bool {
+        let (namespace, key) = ROUTE_KRI_METADATA;
+        let found = match self.path.as_slice() {
+            [k] if self.namespace == namespace && k == key => route_kri,
+            _ => None,
+        };
+        let Some(value) = found else {
+            return self.if_key_not_found;
+        };
+        match &self.value {
+            MetadataValueMatch::Null => false,
+            MetadataValueMatch::Present(present) => *present,
+            MetadataValueMatch::Exact(s) => value == s,
+            MetadataValueMatch::Prefix(s) => value.starts_with(s.as_str()),
+            MetadataValueMatch::Suffix(s) => value.ends_with(s.as_str()),
+            MetadataValueMatch::Contains(s) => value.contains(s.as_str()),
+        }
+    }
 }
 
 /// A parsed format: its source (shown in `/config_dump`) and the segments rendered.
@@ -586,6 +651,9 @@ impl HeaderSource for NoHeaders {
 
 /// What one request or connection gives its log line.
 pub struct Entry<'a> {
+    /// The `route_kri` of the request's route, copied by kuma-cp's Lua program into the
+    /// dynamic metadata access log filters read ([`ROUTE_KRI_METADATA`]); `None` without one.
+    pub route_kri: Option<&'a str>,
     /// When the request's first byte (the connection) came.
     pub start: SystemTime,
     /// From then to the end of the response sent downstream (the connection's close).

@@ -63,6 +63,11 @@ pub struct HttpRoute {
     /// empty: no hash (a hashing cluster then picks at random).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hash_policy: Vec<crate::HashPolicy>,
+    /// The value kuma-cp's Lua program copies from this route's metadata into the request's
+    /// dynamic metadata (`crate::ROUTE_KRI_METADATA`), read by access log filters; `None`:
+    /// none (no such program in the connection manager, or no such metadata).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_kri: Option<String>,
 }
 
 impl HttpRoute {
@@ -97,6 +102,7 @@ impl HttpRoute {
             mirror: None,
             rate_limit: None,
             hash_policy: Vec::new(),
+            route_kri: None,
         }
     }
 }

@@ -49,8 +49,7 @@ use crate::access_log::{Began, ListenerLog, WrittenHead};
 use crate::circuit::Occupancy;
 use crate::idle::{touch, unless_idle, Activity};
 use crate::io::TcpBacked;
-use crate::rate_limit::RouteLimit;
-use crate::router::{HttpRoutes, Reply, ResponseEdits, Routing};
+use crate::router::{HttpRoutes, Reply, ResponseEdits, RouteTerms, Routing};
 use crate::transport::Admission;
 use crate::upstream::{
     ClusterRuntime, EndpointPool, NoConnection, RequestUnit, UpstreamError, UpstreamStream,
@@ -300,13 +299,13 @@ where
         };
         let allowed = listener.rbac_allows(admission);
         let reads_headers = listener.filters().is_some_and(|f| f.reads_headers());
-        let (routed, limit) = match listener.routes() {
-            _ if !allowed => (Routed::Reply(rbac_denied(), None), None),
+        let (routed, terms) = match listener.routes() {
+            _ if !allowed => (Routed::Reply(rbac_denied(), None), RouteTerms::default()),
             // A fault matching headers reads them before the route edits them: hyper's
             // parsed request does that (legacy FaultInjection only).
             _ if reads_headers => (
                 Routed::Unsupported("a fault filter matches request headers"),
-                None,
+                RouteTerms::default(),
             ),
             Some(routes) => route_head(
                 routes,
@@ -330,12 +329,12 @@ where
                             idle: None,
                             hash: None,
                         },
-                        None,
+                        RouteTerms::default(),
                     )
                 }
                 _ => (
                     Routed::Unsupported("cluster not spoken to over HTTP/1.1"),
-                    None,
+                    RouteTerms::default(),
                 ),
             },
         };
@@ -343,7 +342,7 @@ where
         // them there).
         let filtered = match listener.filters() {
             Some(f) if allowed && !matches!(routed, Routed::Unsupported(_)) => {
-                Box::pin(f.run((admission.peer(), HeadersHeld::ALL), limit)).await
+                Box::pin(f.run((admission.peer(), HeadersHeld::ALL), terms.limit)).await
             }
             _ => None,
         };
@@ -400,7 +399,7 @@ where
         listener.requests().count(answer.status);
         if let (Some(log), Some(began)) = (listener.access_log(), began) {
             let received = (message_len - head.head_len) as u64;
-            let exchange = (&bufs, to, received);
+            let exchange = (&bufs, (to, terms.route_kri), received);
             log_exchange(log, began, exchange, &answer, (peer, listener.address()));
         }
         if close || !answer.downstream_open {
@@ -416,18 +415,20 @@ where
 }
 
 /// Logs one exchange: `bufs` hold the request head as forwarded and, when the answer was
-/// relayed, the response head sent; `to`: the cluster routed to; `received`: the request's
-/// body bytes; `(peer, local)`: the downstream connection's addresses.
+/// relayed, the response head sent; `to`: the cluster routed to, with the route's
+/// `route_kri`; `received`: the request's body bytes; `(peer, local)`: the downstream
+/// connection's addresses.
 fn log_exchange(
     log: &ListenerLog,
     began: Began,
-    (bufs, to, received): (&Buffers, Option<&str>, u64),
+    (bufs, (to, route_kri), received): (&Buffers, (Option<&str>, Option<&str>), u64),
     answer: &Answer,
     (peer, local): (SocketAddr, SocketAddr),
 ) {
     let (start, duration) = began.times();
     let response = WrittenHead(&bufs.response_head);
     log.log(&Entry {
+        route_kri,
         start,
         duration,
         protocol: Some("HTTP/1.1"),
@@ -529,8 +530,8 @@ fn route_head<'r>(
     body: &[u8],
     peer: SocketAddr,
     listener: &str,
-) -> (Routed<'r>, Option<(&'r RouteLimit, &'r HeaderEdits)>) {
-    let unsupported = |why| (Routed::Unsupported(why), None);
+) -> (Routed<'r>, RouteTerms<'r>) {
+    let unsupported = |why| (Routed::Unsupported(why), RouteTerms::default());
     if !routes.http1_backends() {
         return unsupported("a backend cluster is spoken to over HTTP/2");
     }
@@ -546,7 +547,7 @@ fn route_head<'r>(
     if routes.compression().is_some_and(gzip) {
         return unsupported("the client accepts gzip: compressed by hyper");
     }
-    let (routing, limit) = routes.decide(&mut parts, peer);
+    let (routing, terms) = routes.decide(&mut parts, peer);
     let routed = match routing {
         Routing::Reply(reply, route) => Routed::Reply(reply, Some(routes.edits(route))),
         Routing::Forward {
@@ -574,7 +575,7 @@ fn route_head<'r>(
             }
         }
     };
-    (routed, limit)
+    (routed, terms)
 }
 
 /// `head` (written by [`bearing_http1::parse_request`]) as an `http` request's parts; `None`

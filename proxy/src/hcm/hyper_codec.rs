@@ -124,6 +124,8 @@ pub(crate) struct Outcome<'c> {
     cluster: Option<&'c str>,
     /// What went wrong.
     flags: ResponseFlags,
+    /// The `route_kri` of its route, for access log filters.
+    route_kri: Option<&'c str>,
 }
 
 /// A copy of a request's head for its log line (only for listeners that log).
@@ -162,6 +164,7 @@ fn logged_response(
         received,
         upstream: outcome.upstream,
         cluster: outcome.cluster.map(str::to_string),
+        route_kri: outcome.route_kri.map(str::to_string),
         flags: outcome.flags,
         peer,
         local,
@@ -188,8 +191,9 @@ async fn route<'r, L: HttpListener>(
         (compression, accepted && parts.method != Method::HEAD)
     });
     let headers_held = filters.map_or(HeadersHeld::ALL, |(f, _)| f.headers_held(&parts.headers));
-    let (routing, limit) = routes.decide(&mut parts, peer);
-    let mut resp = match (filtered(filters, headers_held, limit).await, routing) {
+    let (routing, terms) = routes.decide(&mut parts, peer);
+    outcome.route_kri = terms.route_kri;
+    let mut resp = match (filtered(filters, headers_held, terms.limit).await, routing) {
         (Some(reply), _) => reply,
         (None, Routing::Reply(reply, edits)) => {
             outcome.flags = reply.flags;
@@ -223,7 +227,10 @@ async fn route<'r, L: HttpListener>(
             let idle = listener.stream_idle(idle_timeout);
             let limits = (timeout, retry, idle);
             let (mut resp, sent) = send_logged(req, target, limits, (endpoint_host, hash)).await;
-            outcome = sent;
+            outcome = Outcome {
+                route_kri: outcome.route_kri,
+                ..sent
+            };
             response_headers.apply(resp.headers_mut());
             resp
         }

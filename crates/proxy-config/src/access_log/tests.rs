@@ -60,6 +60,7 @@ fn start() -> SystemTime {
 
 fn entry() -> Entry<'static> {
     Entry {
+        route_kri: None,
         start: start(),
         duration: Duration::from_micros(7_400),
         protocol: Some("HTTP/1.1"),
@@ -227,4 +228,39 @@ fn headers_gathered_in_one_pass_read_as_looked_up_one_by_one() {
     let names = LogFormat::text(f, false).unwrap().names;
     assert_eq!(names.request, ["x-test", "x-none", "user-agent", "x-long"]);
     assert_eq!(names.response, ["content-type"]);
+}
+
+/// kuma-cp's MeshAccessLog filters: a log of the service's requests not on a MeshHTTPRoute
+/// (`null_match`, logged where the key is missing), and one of the route's (`exact`, not
+/// logged where missing), read as Envoy's metadata filter reads them.
+#[test]
+fn route_filters_log_by_the_routes_kri_as_envoys_metadata_filter() {
+    let filter = |value, if_key_not_found| LogFilter {
+        namespace: "kuma.routes".into(),
+        path: vec!["route_kri".into()],
+        value,
+        if_key_not_found,
+    };
+    let kri = "kri_mhttpr_envoyconfig_kuma-3__test-route_";
+    let not_routed = filter(MetadataValueMatch::Null, true);
+    assert!(not_routed.admits(None));
+    assert!(!not_routed.admits(Some(kri)));
+    let routed = filter(MetadataValueMatch::Exact(kri.into()), false);
+    assert!(routed.admits(Some(kri)));
+    assert!(!routed.admits(Some("kri_mhttpr_other")));
+    assert!(!routed.admits(None));
+    assert!(filter(MetadataValueMatch::Present(true), false).admits(Some(kri)));
+    assert!(!filter(MetadataValueMatch::Present(false), true).admits(Some(kri)));
+    assert!(filter(MetadataValueMatch::Prefix("kri_mhttpr_".into()), false).admits(Some(kri)));
+    // Bearing's requests carry no other dynamic metadata: another key is never found.
+    let other = LogFilter {
+        namespace: "envoy.lb".into(),
+        ..filter(MetadataValueMatch::Exact(kri.into()), true)
+    };
+    assert!(other.admits(Some(kri)));
+    assert!(!LogFilter {
+        if_key_not_found: false,
+        ..other
+    }
+    .admits(Some(kri)));
 }
