@@ -95,6 +95,13 @@ impl ListenerRuntime {
         self.tls.is_none() || matches!(admission, Admission::MeshTls(..))
     }
 
+    /// Whether this listener reads the peer of its connections: it has RBAC, or filters that
+    /// match on the connection (a fault's matcher).
+    pub(crate) fn reads_peer(&self) -> bool {
+        let filters_read = self.filters.as_ref().is_some_and(|f| f.read_peer());
+        self.network_rbac.is_some() || self.http_rbac.is_some() || filters_read
+    }
+
     /// Whether the network RBAC lets a connection admitted as `admission` pass (counted).
     pub(crate) fn network_rbac_allows(&self, admission: &Admission) -> bool {
         match &self.network_rbac {
@@ -118,9 +125,7 @@ impl ListenerRuntime {
         if self.denied.is_some() {
             return false;
         }
-        let filters_read = self.filters.as_ref().is_some_and(|f| f.read_peer());
-        let reads_peer = self.network_rbac.is_some() || self.http_rbac.is_some() || filters_read;
-        if reads_peer && self.rbac_checks(admission) {
+        if self.reads_peer() && self.rbac_checks(admission) {
             let Some(peer) = admission.peer() else {
                 return false;
             };

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bearing_proxy_config::{Direction, Listener, ProxyConfig};
+use bearing_proxy_config::{Direction, Listener, ProxyConfig, Rbac};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -304,6 +304,8 @@ impl Proxy {
                 }
                 None => self.drain.child_token(),
             };
+            // The listener's RBAC and its SNI routes' count into the listener's counters.
+            let rbac = |r: &Rbac| RbacRuntime::new(r.clone(), self.stats.rbac(&l.name));
             let sni = l.sni_routes.as_ref().map(|routes| {
                 SniTable::new(routes.iter().filter_map(|r| {
                     let cluster = clusters.get(&r.cluster).cloned();
@@ -345,6 +347,7 @@ impl Proxy {
                         config.retry = h.retry.clone();
                         config.http_filters = h.http_filters.clone();
                         config.stream_idle_timeout = h.stream_idle_timeout;
+                        config.http_rbac = h.http_rbac.clone();
                         Arc::new(ListenerRuntime {
                             config,
                             cluster: cluster.clone(),
@@ -357,7 +360,7 @@ impl Proxy {
                             http: None,
                             denied: None,
                             network_rbac: None,
-                            http_rbac: None,
+                            http_rbac: h.http_rbac.as_ref().map(rbac),
                             filters: HttpFilters::new(&h.http_filters, || {
                                 self.stats.faults(&l.name)
                             }),
@@ -372,6 +375,7 @@ impl Proxy {
                             cluster,
                             terminate,
                             http,
+                            network_rbac: r.network_rbac.as_ref().map(rbac),
                         },
                     ))
                 }))
@@ -409,14 +413,8 @@ impl Proxy {
                     );
                     self.stats.rbac_denied(&l.name)
                 }),
-                network_rbac: l
-                    .network_rbac
-                    .as_ref()
-                    .map(|r| RbacRuntime::new(r.clone(), self.stats.rbac(&l.name))),
-                http_rbac: l
-                    .http_rbac
-                    .as_ref()
-                    .map(|r| RbacRuntime::new(r.clone(), self.stats.rbac(&l.name))),
+                network_rbac: l.network_rbac.as_ref().map(rbac),
+                http_rbac: l.http_rbac.as_ref().map(rbac),
                 filters: HttpFilters::new(&l.http_filters, || self.stats.faults(&l.name)),
                 connection_limit: l
                     .connection_rate_limit
@@ -700,12 +698,7 @@ impl Proxy {
         tls: &DownstreamTlsRuntime,
         peer: SocketAddr,
     ) {
-        let config = &listener.config;
-        let reads_peer = listener.filters.as_ref().is_some_and(|f| f.read_peer());
-        let named = (
-            config.name.as_str(),
-            config.network_rbac.is_some() || config.http_rbac.is_some() || reads_peer,
-        );
+        let named = (listener.config.name.as_str(), listener.reads_peer());
         match transport::terminate_mesh_tls(stream, tls, &self.stats, named, peer).await {
             Some(Transported::Plain(stream)) => {
                 self.serve_stream(stream, listener, peer, Admission::Plaintext)

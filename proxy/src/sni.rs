@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::filter_chain::ListenerRuntime;
 use crate::io::{reset, Counted};
-use crate::rbac::Peer;
+use crate::rbac::{Peer, RbacRuntime};
 use crate::stats::{ListenerStats, Stats};
 use crate::tcp_proxy::{serve_tcp, TcpProxying};
 use crate::transport::{read_sni, Admission, DownstreamTlsRuntime};
@@ -29,6 +29,9 @@ pub struct SniRouteRuntime {
     /// HTTP served on the decrypted stream: a listener of its own (the route's cluster or
     /// route table, the SNI listener's address and metrics), which its connections keep.
     pub http: Option<Arc<ListenerRuntime>>,
+    /// Who may connect (`SniRoute::network_rbac`): decided once per connection, on the
+    /// client's certificate after the handshake the route terminates, else on the SNI alone.
+    pub network_rbac: Option<RbacRuntime>,
 }
 
 /// A decrypted connection of an SNI route that serves HTTP, for the runtime to serve with
@@ -101,7 +104,9 @@ impl SniTable {
 /// Serves one connection of an SNI-routing listener: reads the SNI, then passes the bytes
 /// through to the named destination's endpoints carrying the SNI's tags, or terminates mesh
 /// mTLS first and copies the decrypted bytes, or gives the decrypted connection back when the
-/// route serves HTTP. A missing or unknown SNI is refused with a reset and counted.
+/// route serves HTTP. A missing or unknown SNI is refused with a reset and counted; a
+/// connection the route's network RBAC refuses is closed (TLS: close_notify, then FIN), as
+/// Envoy's network RBAC filter on the chain the SNI selected closes it.
 pub(crate) async fn serve(
     stats: &Stats,
     down: Counted<TcpStream>,
@@ -128,6 +133,15 @@ pub(crate) async fn serve(
         |e: &bearing_proxy_config::Endpoint| wanted.iter().all(|(k, v)| e.tags.get(k) == Some(v));
     match &route.terminate {
         None => {
+            // Passed through: Envoy's chain has no TLS of its own, only the inspected SNI.
+            if let Some(rbac) = &route.network_rbac {
+                if !rbac.check(&Peer::of_sni(&sni)) {
+                    tracing::debug!(listener = %name, %peer, %sni, "refused by RBAC");
+                    let mut down = down;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut down).await;
+                    return None;
+                }
+            }
             if let Some(cluster) = &route.cluster {
                 serve_tcp(
                     down,
@@ -142,18 +156,31 @@ pub(crate) async fn serve(
         }
         Some(DownstreamTlsRuntime::Ready { acceptor, mesh, .. }) => {
             match acceptor.accept(down, name, peer).await {
-                Ok(tls) => match (&route.http, &route.cluster) {
-                    (Some(http), _) => {
-                        // Read for filters that match on the connection (a fault's SNI).
-                        let reads = http.filters.as_ref().is_some_and(|f| f.read_peer());
-                        let who = reads.then(|| Arc::new(Peer::of_tls(&tls)));
-                        return Some((tls, http.clone(), Admission::MeshTls(mesh.clone(), who)));
+                Ok(mut tls) => {
+                    // Read once, for the RBAC and the HTTP filters that match on the
+                    // connection (a fault's SNI).
+                    let reads = route.network_rbac.is_some()
+                        || route.http.as_ref().is_some_and(|h| h.reads_peer());
+                    let who = reads.then(|| Arc::new(Peer::of_tls(&tls)));
+                    if let (Some(rbac), Some(who)) = (&route.network_rbac, &who) {
+                        if !rbac.check(who) {
+                            tracing::debug!(listener = %name, %peer, %sni, "refused by RBAC");
+                            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                            return None;
+                        }
                     }
-                    (None, Some(cluster)) => {
-                        serve_tcp(tls, (cluster, proxying), listener, name, peer, |_| true).await
+                    match (&route.http, &route.cluster) {
+                        (Some(http), _) => {
+                            let admission = Admission::MeshTls(mesh.clone(), who);
+                            return Some((tls, http.clone(), admission));
+                        }
+                        (None, Some(cluster)) => {
+                            let to = (&**cluster, proxying);
+                            serve_tcp(tls, to, listener, name, peer, |_| true).await
+                        }
+                        (None, None) => {}
                     }
-                    (None, None) => {}
-                },
+                }
                 Err(e) => {
                     stats.count_tls_handshake_error(name);
                     tracing::info!(listener = %name, %peer, %sni, "mTLS refused: {e}");

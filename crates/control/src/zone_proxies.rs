@@ -185,6 +185,7 @@ impl<'a> ServiceRoute<'a> {
             http: http.then(|| host_rewriting(&name, protocol)),
             cluster: if http { String::new() } else { name },
             terminate: self.terminate,
+            network_rbac: None,
         });
     }
 }
@@ -213,6 +214,7 @@ fn host_rewriting(cluster: &str, protocol: Protocol) -> SniHttp {
         }),
         retry: None,
         http_filters: Vec::new(),
+        http_rbac: None,
     }
 }
 
@@ -317,6 +319,7 @@ fn ingress_routes(
                     cluster: name.clone(),
                     terminate: None,
                     http: None,
+                    network_rbac: None,
                 });
             }
         }
@@ -401,6 +404,7 @@ fn egress_routes(
                 cluster: name,
                 terminate: None,
                 http: None,
+                network_rbac: None,
             });
         }
     }
