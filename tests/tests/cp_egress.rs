@@ -1,13 +1,22 @@
-//! A zone egress configured only by `bearing-test-cp`, from kuma-cp's xds-egress golden of an
-//! HTTP ExternalService (`01.externalservice-only`): a chain matched by the service's SNI
+//! A zone egress configured only by `bearing-test-cp`, from kuma-cp's xds-egress goldens.
+//!
+//! `01.externalservice-only`, an HTTP ExternalService: a chain matched by the service's SNI
 //! terminates mesh mTLS and runs an HTTP connection manager whose route rewrites Host to the
 //! endpoint's hostname (`autoHostRewrite`), to a STRICT_DNS cluster whose two endpoints are one
 //! origin's plaintext and TLS ports (the TLS one selected by `transportSocketMatches`, as kuma-cp
 //! renders an ExternalService with `networking.tls`). A client holding a mesh leaf reaches both
 //! endpoints through the egress, and the origin sees Host rewritten to each endpoint's name; a
 //! client without a mesh certificate, or with one of another CA, is refused.
+//!
+//! `05.mixed-services-with-custom-trafficpermissions`, TrafficPermission on the egress: one
+//! ExternalService's chain has a network RBAC filter allowing one SPIFFE id, the other's an
+//! HTTP RBAC filter allowing no one. The permitted mesh identity passes through the egress, the
+//! other's connection is closed after the handshake, and every request on the second chain gets
+//! 403 `RBAC: access denied`; then Envoy 1.40, fed the same resources by the same CP in the
+//! egress's place, does the same and counts the same decisions.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use base64::Engine as _;
@@ -177,6 +186,171 @@ fn zone_egress_routes_http_to_an_external_service_from_the_test_cp() -> Result<(
     ] {
         let out = attempt.run(client)?;
         ensure!(!out.accepted(), "{what}: got through the egress: {out:?}");
+    }
+    Ok(())
+}
+
+/// kuma-cp's zone egress golden with TrafficPermissions on two HTTP ExternalServices.
+const RBAC_GOLDEN: &str = "xds-egress/05.mixed-services-with-custom-trafficpermissions.golden.yaml";
+/// The ExternalService whose chain has the network RBAC filter, and the one whose connection
+/// manager has the HTTP RBAC filter letting no one pass.
+const CHECKED: &str = "externalservice-1";
+const CLOSED: &str = "externalservice-2";
+/// The one mesh identity the network RBAC allows (the golden's principal, in the mesh of the
+/// chain's certificate validation: `spiffe://mesh-1/`), and another of the same mesh.
+const PERMITTED_ID: &str = "spiffe://mesh-1/backend";
+const OTHER_ID: &str = "spiffe://mesh-1/web";
+
+/// The golden's two ExternalService chains bound on `at` (the cross-zone chains left out), the
+/// network RBAC's principal in the egress's mesh, and both ExternalServices' clusters to the
+/// origin's plaintext port by `PLAIN_NAME`.
+fn rbac_egress_resources(at: std::net::SocketAddr) -> Result<XdsFile> {
+    let golden = KumaGolden::load(RBAC_GOLDEN)?;
+    let mut listener = bound_listener(golden.listener("inbound:192.168.0.1:10002")?, at);
+    let chains = listener["filterChains"].as_array_mut();
+    let chains = chains.ok_or_else(|| anyhow::anyhow!("the golden listener has no chains"))?;
+    chains.retain(|c| c.get("transportSocket").is_some());
+    ensure!(
+        chains.len() == 2,
+        "the golden has two ExternalService chains"
+    );
+    replace_in_strings(&mut listener, "spiffe://zone-1/backend", PERMITTED_ID);
+
+    let mut xds = XdsFile::new();
+    xds.listener(listener)?;
+    let plain = golden.cluster(&format!("mesh-1:{CHECKED}"))?;
+    for service in [CHECKED, CLOSED] {
+        let mut cluster = plain.clone();
+        replace_in_strings(&mut cluster, CHECKED, service);
+        let address = "/loadAssignment/endpoints/0/lbEndpoints/0/endpoint/address/socketAddress";
+        set_field(
+            &mut cluster,
+            address,
+            json!({"address": PLAIN_NAME, "portValue": PLAIN_PORT}),
+        )?;
+        xds.cluster(cluster)?;
+    }
+    Ok(xds)
+}
+
+#[test]
+fn zone_egress_lets_only_the_permitted_mesh_identity_through() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "nginx"])?;
+    let topo = Topology::new(&["cp", "backend", "web", "ze", "origin"])?;
+    let (cp, backend, web, ze, origin) = (
+        topo.host("cp"),
+        topo.host("backend"),
+        topo.host("web"),
+        topo.host("ze"),
+        topo.host("origin"),
+    );
+    let pki = CpPki::new(topo.dir(), "cp-egress-rbac", cp)?;
+    let dir = &pki.dir;
+    let mesh_ca = TestCa::new(dir, "mesh-ca")?;
+    let egress_leaf = mesh_ca.issue("zone-egress", &["URI:spiffe://mesh-1/zone-egress"])?;
+    let permitted = mesh_ca.issue("backend", &[&format!("URI:{PERMITTED_ID}")])?;
+    let other = mesh_ca.issue("web", &[&format!("URI:{OTHER_ID}")])?;
+    let _origin = NginxConfig::new(PLAIN_PORT)
+        .server_snippet(HOST_ECHO)
+        .start(origin)?;
+    ze.set_etc_file(
+        "hosts",
+        &format!("127.0.0.1 localhost\n{} {PLAIN_NAME}\n", origin.ip4()),
+    )?;
+
+    let egress_addr = ze.sock4(EGRESS_PORT);
+    let mut xds = rbac_egress_resources(egress_addr)?;
+    xds.mesh_identity("mesh-1", &egress_leaf, &mesh_ca)?;
+    let file = dir.join("ze.json");
+    xds.write(&file)?;
+    let (cp_process, access) = pki.start_cp(TEST_CP, cp, 5678, &file, "cp-ze")?;
+    let zone_egress = format!(
+        "type: ZoneEgress\nname: ze-1\nzone: zone-a\nnetworking:\n  address: {}\n  port: {EGRESS_PORT}\n",
+        ze.ip4()
+    );
+    let egress = access.bearing(ze, "ze-1", "egress", &zone_egress)?;
+    egress.wait_ready()?;
+    let log = cp_process.log_contents();
+    ensure!(
+        log.contains("ACK type=Listener") && !log.contains("NACK"),
+        "the egress did not take its config:\n{log}"
+    );
+
+    let to = |service: &str| {
+        TlsClient::new(egress_addr)
+            .servername(format!("{service}{{mesh=mesh-1}}"))
+            .verify_ca(&mesh_ca.files().cert)
+            .send(format!(
+                "GET /host HTTP/1.1\r\nHost: {service}.mesh\r\nConnection: close\r\n\r\n"
+            ))
+    };
+    let check = |egress: &str| -> Result<()> {
+        // The permitted identity reaches the origin through the network RBAC, twice.
+        for _ in 0..2 {
+            let out = to(CHECKED).client_cert(&permitted).run(backend)?;
+            ensure!(
+                out.accepted() && out.verified && out.response.starts_with("HTTP/1.1 200"),
+                "{egress}: the permitted identity: {out:?}"
+            );
+            let host = out
+                .response
+                .lines()
+                .any(|l| l == format!("host={PLAIN_NAME} https="));
+            ensure!(host, "{egress}: the origin's answer: {out:?}");
+        }
+        // Another identity of the mesh: the handshake completes, then the connection is
+        // closed without an answer, at once.
+        let started = Instant::now();
+        let out = to(CHECKED).client_cert(&other).run(web)?;
+        ensure!(
+            out.handshake && out.response.is_empty() && out.exit_code != Some(124),
+            "{egress}: another identity was not closed: {out:?}"
+        );
+        ensure!(
+            started.elapsed() < Duration::from_secs(4),
+            "{egress}: the refused connection was not closed at once ({:?})",
+            started.elapsed()
+        );
+        // The second ExternalService's HTTP RBAC lets no request pass, the permitted
+        // identity's included: Envoy's local reply.
+        let out = to(CLOSED).client_cert(&permitted).run(backend)?;
+        let (head, body) = out.response.split_once("\r\n\r\n").unwrap_or_default();
+        ensure!(
+            head.starts_with("HTTP/1.1 403")
+                && body == "RBAC: access denied"
+                && header_value(head, "content-type").as_deref() == Some("text/plain"),
+            "{egress}: the closed ExternalService answered: {out:?}"
+        );
+        Ok(())
+    };
+    check("bearing")?;
+    // The egress counts each decision in its listener's RBAC counters: 2 connections
+    // allowed, 1 connection and 1 request denied.
+    let (_, metrics) = egress.admin("GET", "/stats/prometheus")?;
+    let listener = format!("inbound:{egress_addr}");
+    for (name, want) in [("allowed", 2), ("denied", 2)] {
+        let series = format!("bearing_rbac_{name}_total{{listener=\"{listener}\"}} {want}");
+        ensure!(metrics.contains(&series), "no {series} in:\n{metrics}");
+    }
+
+    // Differential: Envoy 1.40 in the egress's place, the same resources from the same CP.
+    egress.process().stop(Duration::from_secs(5));
+    let envoy = access.envoy(ze, "mesh-1", "ze-1")?;
+    ze.wait_for_tcp_listener(EGRESS_PORT, Duration::from_secs(20), None)?;
+    check("envoy")?;
+    // Envoy's counters of the same decisions: the network filter's under its stat prefix,
+    // the HTTP filter's under its connection manager's.
+    let (_, stats) = envoy.admin("/stats?filter=rbac")?;
+    for line in [
+        format!("{CHECKED}.rbac.allowed: 2"),
+        format!("{CHECKED}.rbac.denied: 1"),
+        format!("http.{CLOSED}.rbac.denied: 1"),
+    ] {
+        ensure!(
+            stats.lines().any(|l| l == line),
+            "envoy: no {line} in:\n{stats}"
+        );
     }
     Ok(())
 }
