@@ -12,8 +12,12 @@
 //! ExternalService's chain has a network RBAC filter allowing one SPIFFE id, the other's an
 //! HTTP RBAC filter allowing no one. The permitted mesh identity passes through the egress, the
 //! other's connection is closed after the handshake, and every request on the second chain gets
-//! 403 `RBAC: access denied`; then Envoy 1.40, fed the same resources by the same CP in the
-//! egress's place, does the same and counts the same decisions.
+//! 403 `RBAC: access denied`. Its cross-zone chains, which pass TLS through, are given network
+//! RBAC filters kuma-cp does not render there, to show what such a chain sees: the SNI (one
+//! allowing it passes the ClientHello through) and no certificate (one asking for an
+//! authenticated peer closes the connection before any handshake). Then Envoy 1.40, fed the
+//! same resources by the same CP in the egress's place, does the same and counts the same
+//! decisions.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -200,24 +204,77 @@ const CLOSED: &str = "externalservice-2";
 /// chain's certificate validation: `spiffe://mesh-1/`), and another of the same mesh.
 const PERMITTED_ID: &str = "spiffe://mesh-1/backend";
 const OTHER_ID: &str = "spiffe://mesh-1/web";
+/// The cross-zone services whose chains pass TLS through, each given a network RBAC filter
+/// (kuma-cp puts none there): one allowing its SNI, one allowing any authenticated peer,
+/// which no connection is on a chain without TLS of its own.
+const BY_SNI: &str = "service-1-zone-2";
+const BY_CERTIFICATE: &str = "service-2-zone-2";
 
-/// The golden's two ExternalService chains bound on `at` (the cross-zone chains left out), the
-/// network RBAC's principal in the egress's mesh, and both ExternalServices' clusters to the
-/// origin's plaintext port by `PLAIN_NAME`.
-fn rbac_egress_resources(at: std::net::SocketAddr) -> Result<XdsFile> {
+/// A network RBAC filter (stat prefix `<service>.`) with `config` (its `rules` or `matcher`).
+fn network_rbac(service: &str, config: serde_json::Value) -> serde_json::Value {
+    let mut typed = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        "statPrefix": format!("{service}."),
+    });
+    if let (Some(typed), Some(config)) = (typed.as_object_mut(), config.as_object()) {
+        typed.extend(config.clone());
+    }
+    json!({"name": "envoy.filters.network.rbac", "typedConfig": typed})
+}
+
+/// The golden's egress listener bound on `at`: its two ExternalService chains, the network
+/// RBAC's principal in the egress's mesh, both ExternalServices' clusters to the origin's
+/// plaintext port by `PLAIN_NAME`; its two cross-zone chains, passing TLS through, with the
+/// network RBAC of [`BY_SNI`] and [`BY_CERTIFICATE`] added, their clusters to `through` (a TLS
+/// server standing for the other zone's ingress).
+fn rbac_egress_resources(
+    at: std::net::SocketAddr,
+    through: std::net::SocketAddr,
+) -> Result<XdsFile> {
     let golden = KumaGolden::load(RBAC_GOLDEN)?;
     let mut listener = bound_listener(golden.listener("inbound:192.168.0.1:10002")?, at);
     let chains = listener["filterChains"].as_array_mut();
     let chains = chains.ok_or_else(|| anyhow::anyhow!("the golden listener has no chains"))?;
-    chains.retain(|c| c.get("transportSocket").is_some());
-    ensure!(
-        chains.len() == 2,
-        "the golden has two ExternalService chains"
-    );
+    ensure!(chains.len() == 4, "the golden has four chains");
+    let action = |name: &str, action: &str| {
+        json!({"name": "envoy.filters.rbac.action", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.config.rbac.v3.Action",
+            "name": name, "action": action}})
+    };
+    let sni = format!("{BY_SNI}{{mesh=mesh-1}}");
+    let by_sni = json!({"matcher": {
+        "matcherList": {"matchers": [{
+            "predicate": {"singlePredicate": {
+                "input": {"name": "envoy.matching.inputs.server_name", "typedConfig": {
+                    "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.ServerNameInput"}},
+                "valueMatch": {"exact": sni},
+            }},
+            "onMatch": {"action": action("by-sni", "ALLOW")},
+        }]},
+        "onNoMatch": {"action": action("default", "DENY")},
+    }});
+    let by_certificate = json!({"rules": {"policies": {"authenticated": {
+        "permissions": [{"any": true}],
+        "principals": [{"authenticated": {}}],
+    }}}});
+    for (service, rbac) in [(BY_SNI, by_sni), (BY_CERTIFICATE, by_certificate)] {
+        let name = format!("{service}{{mesh=mesh-1}}");
+        let chain = chains
+            .iter_mut()
+            .find(|c| c["filterChainMatch"]["serverNames"][0] == name.as_str());
+        let filters = chain.and_then(|c| c["filters"].as_array_mut());
+        let filters = filters.ok_or_else(|| anyhow::anyhow!("no chain for {name}"))?;
+        filters.insert(0, network_rbac(service, rbac));
+    }
     replace_in_strings(&mut listener, "spiffe://zone-1/backend", PERMITTED_ID);
 
     let mut xds = XdsFile::new();
     xds.listener(listener)?;
+    for service in [BY_SNI, BY_CERTIFICATE] {
+        let name = format!("mesh-1:{service}");
+        xds.cluster(golden.cluster(&name)?)?
+            .endpoints(golden.endpoints(&name)?, &[through])?;
+    }
     let plain = golden.cluster(&format!("mesh-1:{CHECKED}"))?;
     for service in [CHECKED, CLOSED] {
         let mut cluster = plain.clone();
@@ -251,7 +308,14 @@ fn zone_egress_lets_only_the_permitted_mesh_identity_through() -> Result<()> {
     let egress_leaf = mesh_ca.issue("zone-egress", &["URI:spiffe://mesh-1/zone-egress"])?;
     let permitted = mesh_ca.issue("backend", &[&format!("URI:{PERMITTED_ID}")])?;
     let other = mesh_ca.issue("web", &[&format!("URI:{OTHER_ID}")])?;
+    let origin_ca = TestCa::new(dir, "origin-ca")?;
+    let origin_cert = origin_ca.issue("secure-origin", &[&format!("DNS:{TLS_NAME}")])?;
     let _origin = NginxConfig::new(PLAIN_PORT)
+        .server_snippet(HOST_ECHO)
+        .start(origin)?;
+    // The other zone's ingress, which the passed-through TLS reaches.
+    let _ingress = NginxConfig::new(TLS_PORT)
+        .tls(origin_cert.cert_pem()?, origin_cert.key_pem()?)
         .server_snippet(HOST_ECHO)
         .start(origin)?;
     ze.set_etc_file(
@@ -260,7 +324,7 @@ fn zone_egress_lets_only_the_permitted_mesh_identity_through() -> Result<()> {
     )?;
 
     let egress_addr = ze.sock4(EGRESS_PORT);
-    let mut xds = rbac_egress_resources(egress_addr)?;
+    let mut xds = rbac_egress_resources(egress_addr, origin.sock4(TLS_PORT))?;
     xds.mesh_identity("mesh-1", &egress_leaf, &mesh_ca)?;
     let file = dir.join("ze.json");
     xds.write(&file)?;
@@ -322,14 +386,38 @@ fn zone_egress_lets_only_the_permitted_mesh_identity_through() -> Result<()> {
                 && header_value(head, "content-type").as_deref() == Some("text/plain"),
             "{egress}: the closed ExternalService answered: {out:?}"
         );
+        // Passed through: the RBAC allowing the SNI lets the ClientHello reach the other
+        // zone's server (its certificate, its answer); the one asking for an authenticated
+        // peer sees no TLS on its chain and closes the connection before any handshake.
+        let through = |service: &str| {
+            TlsClient::new(egress_addr)
+                .servername(format!("{service}{{mesh=mesh-1}}"))
+                .verify_ca(&origin_ca.files().cert)
+                .send(format!(
+                    "GET /host HTTP/1.1\r\nHost: {TLS_NAME}\r\nConnection: close\r\n\r\n"
+                ))
+        };
+        let out = through(BY_SNI).client_cert(&permitted).run(backend)?;
+        ensure!(
+            out.accepted() && out.verified && out.response.contains("https=on"),
+            "{egress}: passed through by its SNI: {out:?}"
+        );
+        let started = Instant::now();
+        let out = through(BY_CERTIFICATE)
+            .client_cert(&permitted)
+            .run(backend)?;
+        ensure!(
+            !out.handshake && out.response.is_empty() && started.elapsed() < Duration::from_secs(4),
+            "{egress}: passed through asking for a certificate: {out:?}"
+        );
         Ok(())
     };
     check("bearing")?;
-    // The egress counts each decision in its listener's RBAC counters: 2 connections
-    // allowed, 1 connection and 1 request denied.
+    // The egress counts each decision in its listener's RBAC counters: 3 connections
+    // allowed, 2 connections and 1 request denied.
     let (_, metrics) = egress.admin("GET", "/stats/prometheus")?;
     let listener = format!("inbound:{egress_addr}");
-    for (name, want) in [("allowed", 2), ("denied", 2)] {
+    for (name, want) in [("allowed", 3), ("denied", 3)] {
         let series = format!("bearing_rbac_{name}_total{{listener=\"{listener}\"}} {want}");
         ensure!(metrics.contains(&series), "no {series} in:\n{metrics}");
     }
@@ -346,6 +434,8 @@ fn zone_egress_lets_only_the_permitted_mesh_identity_through() -> Result<()> {
         format!("{CHECKED}.rbac.allowed: 2"),
         format!("{CHECKED}.rbac.denied: 1"),
         format!("http.{CLOSED}.rbac.denied: 1"),
+        format!("{BY_SNI}.rbac.allowed: 1"),
+        format!("{BY_CERTIFICATE}.rbac.denied: 1"),
     ] {
         ensure!(
             stats.lines().any(|l| l == line),
