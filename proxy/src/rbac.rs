@@ -191,10 +191,11 @@ fn matcher_allows(matcher: &RbacMatcher, peer: &Peer) -> bool {
     decision.is_some_and(|d| d.action == RbacAction::Allow)
 }
 
-/// Envoy's generic matcher (a filter's skip matcher, `crate::fault`): whether `p` holds for
-/// `peer`, or `None` when it cannot tell because an input is not available (the URI SANs of
-/// a connection without TLS: Envoy's `NotAvailable`; no SNI is available, as no value): a
-/// `not` keeps that, an `and` gives it at once, an `or` gives it when no other holds.
+/// Envoy's generic matcher (RBAC matchers, a filter's skip matcher in `crate::fault`):
+/// whether `p` holds for `peer`, or `None` when it cannot tell because an input is not
+/// available (the URI SANs of a connection without TLS: Envoy's `NotAvailable`; no SNI is
+/// available, as no value): a `not` keeps that, an `and` gives it at once, an `or` gives it
+/// when no other holds.
 pub(crate) fn predicate_state(p: &RbacPredicate, peer: &Peer) -> Option<bool> {
     match p {
         RbacPredicate::Single { input, value } => {
