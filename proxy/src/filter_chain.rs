@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bearing_proxy_config::{stream_idle_timeout, Listener, RetryPolicy};
+use bearing_proxy_config::{stream_idle_timeout, Listener, RetryPolicy, SniTarget};
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
@@ -68,6 +68,9 @@ pub struct ListenerRuntime {
     /// its connections then check, between requests, that they may go on. Shared with the
     /// listeners at its address that the following configs build with the same terms.
     pub(crate) epoch: CancellationToken,
+    /// For the HTTP of an SNI route: its destination, by which its connections find the
+    /// route's newest version after a config change.
+    pub(crate) sni_route: Option<SniTarget>,
 }
 
 impl ListenerRuntime {

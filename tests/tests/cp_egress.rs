@@ -15,9 +15,10 @@
 //! 403 `RBAC: access denied`. Its cross-zone chains, which pass TLS through, are given network
 //! RBAC filters kuma-cp does not render there, to show what such a chain sees: the SNI (one
 //! allowing it passes the ClientHello through) and no certificate (one asking for an
-//! authenticated peer closes the connection before any handshake). Then Envoy 1.40, fed the
-//! same resources by the same CP in the egress's place, does the same and counts the same
-//! decisions.
+//! authenticated peer closes the connection before any handshake). A pushed change of the
+//! permissions closes the connections held open that they no longer admit. Then Envoy 1.40,
+//! fed the golden's resources by the same CP in the egress's place, answers the same and
+//! counts the same decisions.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -223,13 +224,15 @@ fn network_rbac(service: &str, config: serde_json::Value) -> serde_json::Value {
 }
 
 /// The golden's egress listener bound on `at`: its two ExternalService chains, the network
-/// RBAC's principal in the egress's mesh, both ExternalServices' clusters to the origin's
-/// plaintext port by `PLAIN_NAME`; its two cross-zone chains, passing TLS through, with the
-/// network RBAC of [`BY_SNI`] and [`BY_CERTIFICATE`] added, their clusters to `through` (a TLS
+/// RBAC's principal `principal` (the golden's in the egress's mesh: [`PERMITTED_ID`]), both
+/// ExternalServices' clusters to the origin's plaintext port by `PLAIN_NAME`; its two
+/// cross-zone chains, passing TLS through, with the network RBAC of [`BY_SNI`] (its SNI rule's
+/// action `sni_action`) and [`BY_CERTIFICATE`] added, their clusters to `through` (a TLS
 /// server standing for the other zone's ingress).
 fn rbac_egress_resources(
     at: std::net::SocketAddr,
     through: std::net::SocketAddr,
+    (principal, sni_action): (&str, &str),
 ) -> Result<XdsFile> {
     let golden = KumaGolden::load(RBAC_GOLDEN)?;
     let mut listener = bound_listener(golden.listener("inbound:192.168.0.1:10002")?, at);
@@ -249,7 +252,7 @@ fn rbac_egress_resources(
                     "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.ServerNameInput"}},
                 "valueMatch": {"exact": sni},
             }},
-            "onMatch": {"action": action("by-sni", "ALLOW")},
+            "onMatch": {"action": action("by-sni", sni_action)},
         }]},
         "onNoMatch": {"action": action("default", "DENY")},
     }});
@@ -266,7 +269,7 @@ fn rbac_egress_resources(
         let filters = filters.ok_or_else(|| anyhow::anyhow!("no chain for {name}"))?;
         filters.insert(0, network_rbac(service, rbac));
     }
-    replace_in_strings(&mut listener, "spiffe://zone-1/backend", PERMITTED_ID);
+    replace_in_strings(&mut listener, "spiffe://zone-1/backend", principal);
 
     let mut xds = XdsFile::new();
     xds.listener(listener)?;
@@ -324,10 +327,14 @@ fn zone_egress_lets_only_the_permitted_mesh_identity_through() -> Result<()> {
     )?;
 
     let egress_addr = ze.sock4(EGRESS_PORT);
-    let mut xds = rbac_egress_resources(egress_addr, origin.sock4(TLS_PORT))?;
-    xds.mesh_identity("mesh-1", &egress_leaf, &mesh_ca)?;
+    let resources = |permissions| -> Result<XdsFile> {
+        let mut xds = rbac_egress_resources(egress_addr, origin.sock4(TLS_PORT), permissions)?;
+        xds.mesh_identity("mesh-1", &egress_leaf, &mesh_ca)?;
+        Ok(xds)
+    };
+    let golden_permissions = (PERMITTED_ID, "ALLOW");
     let file = dir.join("ze.json");
-    xds.write(&file)?;
+    resources(golden_permissions)?.write(&file)?;
     let (cp_process, access) = pki.start_cp(TEST_CP, cp, 5678, &file, "cp-ze")?;
     let zone_egress = format!(
         "type: ZoneEgress\nname: ze-1\nzone: zone-a\nnetworking:\n  address: {}\n  port: {EGRESS_PORT}\n",
@@ -422,6 +429,50 @@ fn zone_egress_lets_only_the_permitted_mesh_identity_through() -> Result<()> {
         ensure!(metrics.contains(&series), "no {series} in:\n{metrics}");
     }
 
+    // A pushed change of the permissions closes the connections they no longer admit: one
+    // held over the ExternalService's chain (now allowing only the other identity) and one
+    // passed through by its SNI (now denied) are each answered once, then closed before
+    // their second request.
+    let held = |host: &Host, sni: String, (cert, ca): (&CertFiles, &CertFiles)| {
+        held_connection(host, egress_addr, &sni, (cert, &ca.cert))
+    };
+    let revoked = std::thread::scope(|scope| -> Result<_> {
+        let checked = scope.spawn(|| {
+            let sni = format!("{CHECKED}{{mesh=mesh-1}}");
+            held(backend, sni, (&permitted, mesh_ca.files()))
+        });
+        let through = scope.spawn(|| {
+            let sni = format!("{BY_SNI}{{mesh=mesh-1}}");
+            held(backend, sni, (&permitted, origin_ca.files()))
+        });
+        std::thread::sleep(HELD_PAUSE / 3);
+        resources((OTHER_ID, "DENY"))?.write(&file)?;
+        let joined = |h: std::thread::ScopedJoinHandle<'_, Result<String>>| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a held connection panicked"))?
+        };
+        Ok((joined(checked)?, joined(through)?))
+    })?;
+    for (what, out) in [("checked", &revoked.0), ("passed through", &revoked.1)] {
+        let answers = out.matches("HTTP/1.1 200").count();
+        ensure!(
+            answers == 1,
+            "{what}: {answers} answers on the held connection:\n{out}"
+        );
+    }
+    // New connections are decided by the new permissions; then the golden's are back.
+    let out = to(CHECKED).client_cert(&other).run(web)?;
+    ensure!(out.accepted(), "the newly permitted identity: {out:?}");
+    resources(golden_permissions)?.write(&file)?;
+    wait_until_ok(Duration::from_secs(10), || {
+        let out = to(CHECKED).client_cert(&permitted).run(backend)?;
+        ensure!(
+            out.accepted(),
+            "the golden's permissions are not back: {out:?}"
+        );
+        Ok(())
+    })?;
+
     // Differential: Envoy 1.40 in the egress's place, the same resources from the same CP.
     egress.process().stop(Duration::from_secs(5));
     let envoy = access.envoy(ze, "mesh-1", "ze-1")?;
@@ -443,4 +494,34 @@ fn zone_egress_lets_only_the_permitted_mesh_identity_through() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// How long [`held_connection`] waits between its two requests.
+const HELD_PAUSE: Duration = Duration::from_secs(3);
+
+/// Sends two `GET /host` requests over one TLS connection from `host` to `to` (SNI `sni`,
+/// client certificate `cert`, the server verified against `ca`), [`HELD_PAUSE`] apart, the
+/// second asking to close; returns everything the server sent back.
+fn held_connection(
+    host: &Host,
+    to: std::net::SocketAddr,
+    sni: &str,
+    (cert, ca): (&CertFiles, &std::path::Path),
+) -> Result<String> {
+    let request = |close: &str| format!("GET /host HTTP/1.1\\r\\nHost: held{close}\\r\\n\\r\\n");
+    let script = format!(
+        "(printf '{}'; sleep {}; printf '{}'; sleep 1) | openssl s_client -quiet -connect {to} -servername '{sni}' -cert {} -key {} -CAfile {} -verify_return_error",
+        request(""),
+        HELD_PAUSE.as_secs(),
+        request("\\r\\nConnection: close"),
+        cert.cert.display(),
+        cert.key.display(),
+        ca.display(),
+    );
+    let out = host
+        .command("sh")
+        .args(["-c", &script])
+        .timeout(HELD_PAUSE + Duration::from_secs(10))
+        .output()?;
+    Ok(out.stdout)
 }
