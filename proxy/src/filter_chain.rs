@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bearing_gateway::HeaderEdits;
-use bearing_proxy_config::{stream_idle_timeout, Listener, RetryPolicy};
+use bearing_proxy_config::{stream_idle_timeout, Listener, RetryPolicy, SniTarget};
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
@@ -72,6 +72,9 @@ pub struct ListenerRuntime {
     /// its connections then check, between requests, that they may go on. Shared with the
     /// listeners at its address that the following configs build with the same terms.
     pub(crate) epoch: CancellationToken,
+    /// For the HTTP of an SNI route: its destination, by which its connections find the
+    /// route's newest version after a config change.
+    pub(crate) sni_route: Option<SniTarget>,
 }
 
 impl ListenerRuntime {
@@ -99,6 +102,13 @@ impl ListenerRuntime {
         self.tls.is_none() || matches!(admission, Admission::MeshTls(..))
     }
 
+    /// Whether this listener reads the peer of its connections: it has RBAC, or filters that
+    /// match on the connection (a fault's matcher).
+    pub(crate) fn reads_peer(&self) -> bool {
+        let filters_read = self.filters.as_ref().is_some_and(|f| f.read_peer());
+        self.network_rbac.is_some() || self.http_rbac.is_some() || filters_read
+    }
+
     /// Whether the network RBAC lets a connection admitted as `admission` pass (counted).
     pub(crate) fn network_rbac_allows(&self, admission: &Admission) -> bool {
         match &self.network_rbac {
@@ -122,9 +132,7 @@ impl ListenerRuntime {
         if self.denied.is_some() {
             return false;
         }
-        let filters_read = self.filters.as_ref().is_some_and(|f| f.read_peer());
-        let reads_peer = self.network_rbac.is_some() || self.http_rbac.is_some() || filters_read;
-        if reads_peer && self.rbac_checks(admission) {
+        if self.reads_peer() && self.rbac_checks(admission) {
             let Some(peer) = admission.peer() else {
                 return false;
             };

@@ -49,6 +49,16 @@ impl Peer {
         }
     }
 
+    /// What RBAC reads of a connection whose TLS passes through (an SNI route that does not
+    /// terminate it): no TLS of its own, so no certificate, and the SNI the ClientHello named
+    /// (as Envoy's TLS inspector gives it to a chain without a TLS transport socket).
+    pub(crate) fn of_sni(sni: &str) -> Peer {
+        Peer {
+            server_name: Some(sni.to_owned()),
+            ..Peer::default()
+        }
+    }
+
     fn input(&self, input: RbacInput) -> Option<&str> {
         match input {
             RbacInput::UriSan => self.uri_san.as_deref(),
@@ -163,21 +173,29 @@ fn principal(p: &RbacPrincipal, peer: &Peer) -> bool {
 }
 
 /// Envoy's RBAC `matcher`: the first matcher whose predicate holds decides, else
-/// `on_no_match`; without a decision the connection or request is refused.
+/// `on_no_match`; without a decision the connection or request is refused. A predicate that
+/// cannot tell (the URI SANs of a connection without TLS: Envoy's `UnableToMatch`) ends the
+/// list without a result, which Envoy's engine refuses.
 fn matcher_allows(matcher: &RbacMatcher, peer: &Peer) -> bool {
-    let decision = matcher
-        .matchers
-        .iter()
-        .find(|m| predicate(&m.predicate, peer))
-        .map(|m| &m.decision)
-        .or(matcher.on_no_match.as_ref());
+    let mut decision = matcher.on_no_match.as_ref();
+    for m in &matcher.matchers {
+        match predicate_state(&m.predicate, peer) {
+            Some(true) => {
+                decision = Some(&m.decision);
+                break;
+            }
+            Some(false) => {}
+            None => return false,
+        }
+    }
     decision.is_some_and(|d| d.action == RbacAction::Allow)
 }
 
-/// Envoy's generic matcher (a filter's skip matcher, `crate::fault`): whether `p` holds for
-/// `peer`, or `None` when it cannot tell because an input is not available (the URI SANs of
-/// a connection without TLS: Envoy's `NotAvailable`; no SNI is available, as no value): a
-/// `not` keeps that, an `and` gives it at once, an `or` gives it when no other holds.
+/// Envoy's generic matcher (RBAC matchers, a filter's skip matcher in `crate::fault`):
+/// whether `p` holds for `peer`, or `None` when it cannot tell because an input is not
+/// available (the URI SANs of a connection without TLS: Envoy's `NotAvailable`; no SNI is
+/// available, as no value): a `not` keeps that, an `and` gives it at once, an `or` gives it
+/// when no other holds.
 pub(crate) fn predicate_state(p: &RbacPredicate, peer: &Peer) -> Option<bool> {
     match p {
         RbacPredicate::Single { input, value } => {
@@ -207,17 +225,6 @@ pub(crate) fn predicate_state(p: &RbacPredicate, peer: &Peer) -> Option<bool> {
             }
             (!unable).then_some(false)
         }
-    }
-}
-
-fn predicate(p: &RbacPredicate, peer: &Peer) -> bool {
-    match p {
-        RbacPredicate::Single { input, value } => {
-            peer.input(*input).is_some_and(|v| value.matches(v))
-        }
-        RbacPredicate::And(all) => all.iter().all(|p| predicate(p, peer)),
-        RbacPredicate::Or(any) => any.iter().any(|p| predicate(p, peer)),
-        RbacPredicate::Not(p) => !predicate(p, peer),
     }
 }
 
@@ -371,7 +378,7 @@ pub(crate) mod tests {
             &peer(&["spiffe://trust-domain.mesh/ns/web/sa/x"], None)
         ));
         assert!(!allows(&m, &peer(&["spiffe://other.mesh/ns/web"], None)));
-        // No URI SAN (plaintext): no input value, no predicate holds: on_no_match.
+        // Without TLS the URI SANs cannot be read: the list ends undecided, refused.
         assert!(!allows(&m, &PLAINTEXT));
         // The input is every URI SAN joined by `,`: an exact match needs the one SAN.
         let exact_one = RbacEngine::Matcher(RbacMatcher {
@@ -430,6 +437,45 @@ pub(crate) mod tests {
         });
         assert!(allows(&not, &PLAINTEXT));
         assert!(!allows(&not, &peer(&[], Some("blocked"))));
+    }
+
+    /// A zone egress's chain passing TLS through: Envoy sees no TLS of its own there, only
+    /// the inspected SNI. `authenticated` never matches; a matcher reaching a URI SAN
+    /// predicate cannot tell and refuses (Envoy's `UnableToMatch`), even where its
+    /// `on_no_match` allows; one on the SNI decides.
+    #[test]
+    fn a_connection_passed_through_shows_only_its_sni() {
+        let through = Peer::of_sni("backend{mesh=default}");
+        let any_tls = rules(RbacAction::Allow, vec![RbacPrincipal::Authenticated(None)]);
+        assert!(!allows(&any_tls, &through));
+        let everyone = rules(RbacAction::Allow, vec![RbacPrincipal::Any]);
+        assert!(allows(&everyone, &through));
+        let sni = |s: &str| single(RbacInput::ServerName, RbacString::Exact(s.into()));
+        let deny_by_san = |first| {
+            let san = single(RbacInput::UriSan, RbacString::Prefix("spiffe://".into()));
+            let matchers = [first, san].map(|predicate| RbacMatch {
+                predicate,
+                decision: decide(RbacAction::Deny, "p"),
+            });
+            RbacEngine::Matcher(RbacMatcher {
+                matchers: matchers.into(),
+                on_no_match: Some(decide(RbacAction::Allow, "default")),
+            })
+        };
+        // The SNI predicate does not hold, the URI SAN one cannot tell: refused.
+        assert!(!allows(&deny_by_san(sni("other")), &through));
+        // A TLS peer without a SPIFFE id reaches on_no_match.
+        assert!(allows(&deny_by_san(sni("other")), &peer(&[], None)));
+        // The SNI predicate holds first and decides.
+        let m = RbacEngine::Matcher(RbacMatcher {
+            matchers: vec![RbacMatch {
+                predicate: sni("backend{mesh=default}"),
+                decision: decide(RbacAction::Allow, "p"),
+            }],
+            on_no_match: Some(decide(RbacAction::Deny, "default")),
+        });
+        assert!(allows(&m, &through));
+        assert!(!allows(&m, &Peer::of_sni("web{mesh=default}")));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bearing_gateway::HeaderEdits;
-use bearing_proxy_config::{Direction, HeaderFilter, Listener, ProxyConfig};
+use bearing_proxy_config::{Direction, HeaderFilter, Listener, ProxyConfig, Rbac, SniTarget};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -36,7 +36,7 @@ use crate::hcm::{hyper_codec, HttpListener as _};
 use crate::health_check::HealthWatch;
 use crate::io::{Counted, TcpBacked};
 use crate::rate_limit::ConnectionLimit;
-use crate::rbac::RbacRuntime;
+use crate::rbac::{Peer, RbacRuntime};
 use crate::router::HttpRoutes;
 use crate::snapshot::Snapshot;
 use crate::sni::{SniRouteRuntime, SniTable};
@@ -301,7 +301,7 @@ impl Proxy {
                 .tls
                 .as_ref()
                 .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
-            let epoch = match previous.listeners.get(&l.address) {
+            let (epoch, kept) = match previous.listeners.get(&l.address) {
                 Some(old)
                     if DownstreamTlsRuntime::same_terms(&old.tls, &downstream_tls)
                         && old.config.deny_all == l.deny_all
@@ -310,14 +310,20 @@ impl Proxy {
                         && old.config.http_filters == l.http_filters
                         && !old.epoch.is_cancelled() =>
                 {
-                    old.epoch.clone()
+                    (old.epoch.clone(), true)
                 }
                 Some(old) => {
                     revoked.push(old.epoch.clone());
-                    self.drain.child_token()
+                    (self.drain.child_token(), false)
                 }
-                None => self.drain.child_token(),
+                None => (self.drain.child_token(), false),
             };
+            // The SNI routes of the listener this one follows, whose epochs (children of its
+            // epoch) a route on the same terms keeps.
+            let old_routes = previous.listeners.get(&l.address);
+            let old_routes = old_routes.and_then(|o| o.sni.as_ref()).filter(|_| kept);
+            // The listener's RBAC and its SNI routes' count into the listener's counters.
+            let rbac = |r: &Rbac| RbacRuntime::new(r.clone(), self.stats.rbac(&l.name));
             let sni = l.sni_routes.as_ref().map(|routes| {
                 SniTable::new(routes.iter().filter_map(|r| {
                     let cluster = clusters.get(&r.cluster).cloned();
@@ -366,8 +372,16 @@ impl Proxy {
                         Some(Ok(f)) => f,
                         None => (None, None),
                     };
+                    let route_epoch = match old_routes.and_then(|t| t.get(&r.target)) {
+                        Some(old) if old.same_terms(r) => old.epoch.clone(),
+                        Some(old) => {
+                            revoked.push(old.epoch.clone());
+                            epoch.child_token()
+                        }
+                        None => epoch.child_token(),
+                    };
                     // The route's HTTP listener: its cluster or routes, at the SNI listener's
-                    // address and with its metrics and epoch.
+                    // address and with its metrics, and the route's network RBAC and epoch.
                     let http = r.http.as_ref().map(|h| {
                         let mut config = Listener::new(&l.name, l.address, l.direction, h.protocol);
                         config.cluster = r.cluster.clone();
@@ -376,6 +390,7 @@ impl Proxy {
                         config.request_headers = h.request_headers.clone();
                         config.http_filters = h.http_filters.clone();
                         config.stream_idle_timeout = h.stream_idle_timeout;
+                        config.http_rbac = h.http_rbac.clone();
                         Arc::new(ListenerRuntime {
                             config,
                             cluster: cluster.clone(),
@@ -387,21 +402,29 @@ impl Proxy {
                             stats: self.stats.listener(&l.name),
                             http: None,
                             denied: None,
-                            network_rbac: None,
-                            http_rbac: None,
+                            network_rbac: r.network_rbac.as_ref().map(rbac),
+                            http_rbac: h.http_rbac.as_ref().map(rbac),
                             filters,
                             request_edits,
                             connection_limit: None,
                             access_log: None,
-                            epoch: epoch.clone(),
+                            epoch: route_epoch.clone(),
+                            sni_route: Some(r.target.clone()),
                         })
                     });
                     Some((
                         r.target.clone(),
                         SniRouteRuntime {
+                            config: r.clone(),
+                            network_rbac: r
+                                .network_rbac
+                                .as_ref()
+                                .filter(|_| http.is_none())
+                                .map(rbac),
                             cluster,
                             terminate,
                             http,
+                            epoch: route_epoch,
                         },
                     ))
                 }))
@@ -439,14 +462,8 @@ impl Proxy {
                     );
                     self.stats.rbac_denied(&l.name)
                 }),
-                network_rbac: l
-                    .network_rbac
-                    .as_ref()
-                    .map(|r| RbacRuntime::new(r.clone(), self.stats.rbac(&l.name))),
-                http_rbac: l
-                    .http_rbac
-                    .as_ref()
-                    .map(|r| RbacRuntime::new(r.clone(), self.stats.rbac(&l.name))),
+                network_rbac: l.network_rbac.as_ref().map(rbac),
+                http_rbac: l.http_rbac.as_ref().map(rbac),
                 filters,
                 request_edits,
                 connection_limit: l
@@ -455,6 +472,7 @@ impl Proxy {
                     .map(|b| ConnectionLimit::new(b, self.stats.connection_rate_limited(&l.name))),
                 access_log: self.log_files.listener(&l.access_logs, &self.stats),
                 epoch,
+                sni_route: None,
             });
             if l.direction == Direction::Inbound {
                 inbound_ports
@@ -705,7 +723,11 @@ impl Proxy {
             let name = &listener.config.name;
             let proxying = TcpProxying::of(&listener.config);
             let named = (name.as_str(), &listener.stats, proxying);
-            let serving = crate::sni::serve(&self.stats, stream, named, table, peer);
+            let address = listener.config.address;
+            let recheck =
+                |target: &SniTarget, who: Option<&Peer>| self.sni_recheck(address, target, who);
+            let watch = (&self.drain, &recheck as crate::sni::Recheck<'_>);
+            let serving = crate::sni::serve(&self.stats, stream, named, table, peer, watch);
             if let Some((tls, http, admission)) = Box::pin(serving).await {
                 Box::pin(self.clone().serve_http(tls, http, peer, admission)).await;
             }
@@ -731,12 +753,7 @@ impl Proxy {
         tls: &DownstreamTlsRuntime,
         peer: SocketAddr,
     ) {
-        let config = &listener.config;
-        let reads_peer = listener.filters.as_ref().is_some_and(|f| f.read_peer());
-        let named = (
-            config.name.as_str(),
-            config.network_rbac.is_some() || config.http_rbac.is_some() || reads_peer,
-        );
+        let named = (listener.config.name.as_str(), listener.reads_peer());
         match transport::terminate_mesh_tls(stream, tls, &self.stats, named, peer).await {
             Some(Transported::Plain(stream)) => {
                 self.serve_stream(stream, listener, peer, Admission::Plaintext)
@@ -844,14 +861,36 @@ impl Proxy {
         }
     }
 
-    /// The newest version of `own`'s listener: the applied snapshot's at its address; `own`
-    /// itself once removed, and for the HTTP of an SNI route, whose connections keep the route
-    /// they were accepted with (as the route's TCP connections keep their cluster).
+    /// The newest version of `own`'s listener: the applied snapshot's at its address, or for
+    /// the HTTP of an SNI route the HTTP of that listener's route to the same destination;
+    /// `own` itself once removed.
     fn newest(&self, own: &Arc<ListenerRuntime>) -> Arc<ListenerRuntime> {
-        let current = self.snapshot.load().listener(&own.config.address).cloned();
-        current
-            .filter(|l| l.sni.is_none())
-            .unwrap_or_else(|| own.clone())
+        let snapshot = self.snapshot.load();
+        let current = snapshot.listener(&own.config.address);
+        let newest = match &own.sni_route {
+            Some(target) => current.and_then(|l| l.sni.as_ref()?.get(target)?.http.clone()),
+            None => current.filter(|l| l.sni.is_none()).cloned(),
+        };
+        newest.unwrap_or_else(|| own.clone())
+    }
+
+    /// The epoch of the newest route to `target` of the SNI listener at `address` if it
+    /// admits a TCP connection whose peer was read as `who` (`None`: not read, which a route
+    /// with network RBAC does not admit); `None` when the connection must close.
+    fn sni_recheck(
+        &self,
+        address: SocketAddr,
+        target: &SniTarget,
+        who: Option<&Peer>,
+    ) -> Option<CancellationToken> {
+        let snapshot = self.snapshot.load();
+        let route = snapshot.listener(&address)?.sni.as_ref()?.get(target)?;
+        let admitted = match (route.connection_rbac(), who) {
+            (None, _) => true,
+            (Some(rbac), Some(peer)) => rbac.allows(peer),
+            (Some(_), None) => false,
+        };
+        (admitted && !route.epoch.is_cancelled()).then(|| route.epoch.clone())
     }
 
     /// The newest version of `own`'s listener (`own` itself once removed) if it still admits
@@ -1367,6 +1406,113 @@ mod tests {
         let refusing = listener(&proxy);
         assert!(!refusing.admits(&Admission::Plaintext));
         assert!(!refusing.admits(&verified));
+    }
+
+    /// An SNI route keeps its epoch while a later config gives it the same RBAC and filters;
+    /// a change of its RBAC cancels it, not the listener's nor another route's, and its
+    /// connections recheck with the route's newest version: an HTTP connection's newest
+    /// listener is the route's newest HTTP, a TCP connection goes on only if the new RBAC
+    /// admits the peer it was read as (not read: closed).
+    #[tokio::test]
+    async fn a_change_of_an_sni_routes_rbac_revokes_its_connections_only() {
+        use bearing_proxy_config::{
+            Rbac, RbacAction, RbacEngine, RbacPermission, RbacPolicy, RbacPrincipal, RbacRules,
+            SniHttp, SniRoute, SniTarget,
+        };
+        let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+        let address: SocketAddr = "10.0.0.1:10002".parse().unwrap();
+        let target = |service: &str| SniTarget::Service {
+            mesh: "default".into(),
+            service: service.into(),
+        };
+        let only_authenticated = Rbac {
+            enforced: Some(RbacEngine::Rules(RbacRules {
+                action: RbacAction::Allow,
+                policies: vec![RbacPolicy {
+                    name: "p".into(),
+                    permissions: vec![RbacPermission::Any],
+                    principals: vec![RbacPrincipal::Authenticated(None)],
+                }],
+            })),
+            shadow: None,
+        };
+        let config = |rbac: Option<Rbac>, version: &str| {
+            let mut config = (*inbound_config(None)).clone();
+            config.version = version.into();
+            let listener = &mut config.listeners[0];
+            listener.address = address;
+            listener.cluster.clear();
+            let route = |service: &str, http| SniRoute {
+                target: target(service),
+                cluster: "localhost:80".into(),
+                terminate: None,
+                http,
+                network_rbac: rbac.clone(),
+            };
+            let http = SniHttp {
+                protocol: Protocol::Http,
+                routes: None,
+                retry: None,
+                request_headers: Default::default(),
+                http_filters: Vec::new(),
+                stream_idle_timeout: None,
+                http_rbac: None,
+            };
+            let mut untouched = route("db", None);
+            untouched.network_rbac = None;
+            let routes = vec![route("web", Some(http)), route("api", None), untouched];
+            listener.sni_routes = Some(routes);
+            Arc::new(config)
+        };
+        let routes = |p: &Proxy| p.snapshot().listener(&address).cloned().unwrap();
+        let epoch = |l: &ListenerRuntime, service: &str| {
+            l.sni
+                .as_ref()
+                .unwrap()
+                .get(&target(service))
+                .unwrap()
+                .epoch
+                .clone()
+        };
+        let http = |l: &ListenerRuntime| {
+            let route = l.sni.as_ref().unwrap().get(&target("web")).unwrap();
+            route.http.clone().unwrap()
+        };
+
+        proxy.apply(config(None, "1"));
+        let first = routes(&proxy);
+        let (web, api, db) = (
+            epoch(&first, "web"),
+            epoch(&first, "api"),
+            epoch(&first, "db"),
+        );
+        let accepted = http(&first);
+        assert!(accepted.admits(&Admission::Plaintext));
+        proxy.apply(config(None, "2"));
+        assert!(
+            !web.is_cancelled() && !db.is_cancelled(),
+            "same terms: same epochs"
+        );
+
+        proxy.apply(config(Some(only_authenticated), "3"));
+        assert!(
+            web.is_cancelled() && api.is_cancelled(),
+            "the routes' RBAC changed"
+        );
+        assert!(!db.is_cancelled() && !first.epoch.is_cancelled());
+        // TCP: a certificate passes, a plaintext peer or one not read does not.
+        let recheck = |service: &str, who| proxy.sni_recheck(address, &target(service), who);
+        let certified = crate::rbac::tests::peer(&["spiffe://default/web"], None);
+        let api_now = epoch(&routes(&proxy), "api");
+        assert!(recheck("api", Some(&certified)).is_some_and(|e| !e.is_cancelled()));
+        assert!(recheck("api", Some(&crate::rbac::PLAINTEXT)).is_none());
+        assert!(recheck("api", None).is_none());
+        assert!(recheck("db", None).is_some());
+        assert!(!api_now.is_cancelled());
+        let newest = proxy.newest(&accepted);
+        assert!(Arc::ptr_eq(&newest, &http(&routes(&proxy))));
+        // The new RBAC asks for a certificate: a plaintext connection is not admitted.
+        assert!(!newest.admits(&Admission::Plaintext));
     }
 
     /// A mesh whose certificate cannot be issued (here: an identity without a service) keeps

@@ -185,6 +185,7 @@ impl<'a> ServiceRoute<'a> {
             http: http.then(|| host_rewriting(&name, protocol)),
             cluster: if http { String::new() } else { name },
             terminate: self.terminate,
+            network_rbac: None,
         });
     }
 }
@@ -214,6 +215,7 @@ fn host_rewriting(cluster: &str, protocol: Protocol) -> SniHttp {
         retry: None,
         request_headers: HeaderFilter::default(),
         http_filters: Vec::new(),
+        http_rbac: None,
     }
 }
 
@@ -318,6 +320,7 @@ fn ingress_routes(
                     cluster: name.clone(),
                     terminate: None,
                     http: None,
+                    network_rbac: None,
                 });
             }
         }
@@ -402,6 +405,7 @@ fn egress_routes(
                 cluster: name,
                 terminate: None,
                 http: None,
+                network_rbac: None,
             });
         }
     }

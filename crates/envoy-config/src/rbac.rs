@@ -100,22 +100,6 @@ fn filter(
     (problems.len() == before).then_some(Rbac { enforced, shadow })
 }
 
-/// Whether `rbac` lets everything pass and counts nothing but allowed: kuma-cp's default
-/// (allow-all) permission, which a place without RBAC enforcement may take as absent.
-pub(crate) fn allows_everyone(rbac: &Rbac) -> bool {
-    let everyone = |p: &RbacPolicy| {
-        p.permissions.contains(&RbacPermission::Any) && p.principals.contains(&RbacPrincipal::Any)
-    };
-    rbac.shadow.is_none()
-        && match &rbac.enforced {
-            None => true,
-            Some(RbacEngine::Rules(r)) => {
-                r.action == RbacAction::Allow && r.policies.iter().any(everyone)
-            }
-            Some(RbacEngine::Matcher(_)) => false,
-        }
-}
-
 /// An RBAC action; `LOG` (allow, marking the request for access logs) is not implemented.
 fn action(value: i32, at: &str, problems: &mut Vec<Problem>) -> Option<RbacAction> {
     match rbac_pb::rbac::Action::try_from(value) {

@@ -1599,15 +1599,6 @@ impl Translator<'_> {
             let Some(route) = self.chain_route(name, &at, chain) else {
                 continue;
             };
-            let restricts =
-                |r: &Option<Rbac>| r.as_ref().is_some_and(|r| !rbac::allows_everyone(r));
-            if restricts(&route.network_rbac) || restricts(&route.http_rbac) {
-                let reason = format!(
-                    "RBAC: {POLICY_NOT_ENFORCED} (on an SNI-routing listener: a zone proxy's)"
-                );
-                self.nack(LISTENER, name, format!("{at}.filters"), reason);
-                continue;
-            }
             // Envoy keeps a chain's buckets; Bearing an SNI route's.
             if route.connection_rate_limit.is_some() || (limits(&route) && names.len() > 1) {
                 let reason = format!("rate limits: {POLICY_NOT_ENFORCED} (a connection rate limit, or a request rate limit on a chain of several server names, on an SNI-routing listener: a zone proxy's)");
@@ -1623,6 +1614,7 @@ impl Translator<'_> {
                     request_headers: route.request_headers.clone(),
                     http_filters: route.http_filters.clone(),
                     stream_idle_timeout: route.stream_idle,
+                    http_rbac: route.http_rbac.clone(),
                 }),
                 // A TLS context that did not translate (or awaits its secrets) said why.
                 (_, None) if chain.transport_socket.is_some() => continue,
@@ -1638,9 +1630,9 @@ impl Translator<'_> {
                     // HTTP goes to the routes' clusters whole, in Envoy as here.
                     Ok((_, tags)) if http.is_none() && !self.same_selection(&route.cluster, &tags, &route.subset) => self.nack(LISTENER, name, at, format!("the chain's metadata_match {:?} selects other endpoints than the SNI's tags: Bearing selects endpoints by the SNI's tags", route.subset)),
                     Ok((target, _)) => match routes.iter().find(|r: &&SniRoute| r.target == target) {
-                        Some(r) if r.cluster != route.cluster || r.terminate != terminate || !same_http(&r.http, &http) => self.nack(LISTENER, name, at, "SNIs of one service lead to different clusters: Bearing routes a service to one cluster and narrows by the SNI's tags"),
+                        Some(r) if r.cluster != route.cluster || r.terminate != terminate || !same_http(&r.http, &http) || r.network_rbac != route.network_rbac => self.nack(LISTENER, name, at, "SNIs of one service lead to different clusters or RBAC: Bearing routes a service to one cluster, narrows by the SNI's tags and checks one RBAC"),
                         Some(_) => {}
-                        None => routes.push(SniRoute { target, cluster: route.cluster.clone(), terminate: terminate.clone(), http: http.clone() }),
+                        None => routes.push(SniRoute { target, cluster: route.cluster.clone(), terminate: terminate.clone(), http: http.clone(), network_rbac: route.network_rbac.clone() }),
                     },
                     Err(reason) => self.nack(LISTENER, name, at, reason),
                 }
@@ -3190,7 +3182,8 @@ mod tests {
         HeaderMatch, PathMatch, PathRewrite, Redirect, RouteAction, ValueMatch,
     };
     use bearing_proxy_config::{
-        RbacAction, RbacEngine, RbacPermission, RbacPolicy, RbacPrincipal, RbacRules, RbacString,
+        RbacAction, RbacDecision, RbacEngine, RbacInput, RbacMatch, RbacMatcher, RbacPermission,
+        RbacPolicy, RbacPredicate, RbacPrincipal, RbacRules, RbacString,
     };
 
     /// A CA certificate valid for one day from 2026-01-01 and its key (PEM), standing for
@@ -4830,6 +4823,114 @@ mod tests {
         assert_eq!(chosen(Some(&part)).as_deref(), Some("any"));
         assert_eq!(chosen(None).as_deref(), Some("any"));
         assert_eq!(transport_match(&matches[..1], None), None);
+    }
+
+    /// Each SNI chain's RBAC goes to the routes of its server names only, on a chain that
+    /// passes TLS through too (evaluated there on the SNI, as Envoy sees no certificate);
+    /// two server names of one destination on chains with different RBAC are NACKed by name.
+    #[test]
+    fn sni_chains_carry_their_own_rbac() {
+        let subset_chain = |names: &str, rbac: &str, subset: &str| {
+            format!(
+                r#"
+    - filterChainMatch: {{serverNames: [{names}], transportProtocol: tls}}
+      filters:{rbac}
+      - name: envoy.filters.network.tcp_proxy
+        typedConfig: {{'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, cluster: c, statPrefix: c{subset}}}"#
+            )
+        };
+        let chain = |names: &str, rbac: &str| subset_chain(names, rbac, "");
+        let deny_web = r#"
+      - name: envoy.filters.network.rbac
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          statPrefix: web.
+          matcher:
+            matcherList:
+              matchers:
+              - predicate: {singlePredicate: {input: {name: sni, typedConfig: {'@type': type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.ServerNameInput}}, valueMatch: {exact: 'web{mesh=default}'}}}
+                onMatch: {action: {name: envoy.filters.rbac.action, typedConfig: {'@type': type.googleapis.com/envoy.config.rbac.v3.Action, name: p, action: DENY}}}
+            onNoMatch: {action: {name: envoy.filters.rbac.action, typedConfig: {'@type': type.googleapis.com/envoy.config.rbac.v3.Action, name: default}}}"#;
+        let listener = |chains: &str| {
+            format!(
+                r#"resources:
+- name: c
+  resource:
+    '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+    name: c
+    type: STATIC
+    connectTimeout: 5s
+    loadAssignment: {{clusterName: c, endpoints: [{{lbEndpoints: [{{endpoint: {{address: {{socketAddress: {{address: 10.0.0.254, portValue: 9000}}}}}}}}]}}]}}
+- name: egress
+  resource:
+    '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+    name: egress
+    address: {{socketAddress: {{address: 192.168.0.1, portValue: 10002}}}}
+    listenerFilters:
+    - name: envoy.filters.listener.tls_inspector
+      typedConfig: {{'@type': type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
+    filterChains:{chains}
+"#
+            )
+        };
+        let node = NodeInfo {
+            proxy_type: "egress".into(),
+            ..node()
+        };
+        let two = [
+            chain("'web{mesh=default}', 'api{mesh=default}'", deny_web),
+            chain("'db{mesh=default}'", ""),
+        ];
+        let config = translate(&set(&listener(&two.concat())), &node).unwrap();
+        let routes = config.listeners[0].sni_routes.as_ref().unwrap();
+        let rbac = |service: &str| {
+            let target = SniTarget::Service {
+                mesh: "default".into(),
+                service: service.into(),
+            };
+            let route = routes.iter().find(|r| r.target == target).unwrap();
+            assert!(route.terminate.is_none());
+            route.network_rbac.clone()
+        };
+        let expected = RbacEngine::Matcher(RbacMatcher {
+            matchers: vec![RbacMatch {
+                predicate: RbacPredicate::Single {
+                    input: RbacInput::ServerName,
+                    value: RbacString::Exact("web{mesh=default}".into()),
+                },
+                decision: RbacDecision {
+                    policy: "p".into(),
+                    action: RbacAction::Deny,
+                },
+            }],
+            on_no_match: Some(RbacDecision {
+                policy: "default".into(),
+                action: RbacAction::Allow,
+            }),
+        });
+        for service in ["web", "api"] {
+            assert_eq!(
+                rbac(service).and_then(|r| r.enforced),
+                Some(expected.clone())
+            );
+        }
+        assert_eq!(rbac("db"), None);
+
+        let version = |v: &str| {
+            format!(", metadataMatch: {{filterMetadata: {{envoy.lb: {{version: '{v}'}}}}}}")
+        };
+        let split = [
+            subset_chain("'web{mesh=default,version=1}'", deny_web, &version("1")),
+            subset_chain("'web{mesh=default,version=2}'", "", &version("2")),
+        ];
+        let nacks = translate(&set(&listener(&split.concat())), &node).unwrap_err();
+        let at = "listeners[\"egress\"].filter_chains[1].filter_chain_match.server_names[0]";
+        assert!(
+            nacks
+                .iter()
+                .any(|n| n.field == at && n.reason.contains("RBAC")),
+            "{nacks:#?}"
+        );
     }
 
     /// A zone egress chain whose server names are Kuma's KRI form (MeshService and

@@ -290,11 +290,12 @@ fn fault_injection_and_rate_limit_goldens_translate_with_their_filters() {
     }
 }
 
-/// The zone egress goldens of MeshFaultInjection and MeshRateLimit (the external service's
-/// SNI route with the 50% abort skipped for other SNIs, or the route's bucket of 1 per hour)
-/// are NACKed only for the restricting RBAC kuma-cp puts beside them on that route.
+/// The zone egress goldens of MeshFaultInjection and MeshRateLimit translate with their
+/// filters (the external service's SNI route with the 50% abort skipped for other SNIs, or
+/// the route's bucket of 1 per hour) and the HTTP RBAC kuma-cp puts beside them on that
+/// route.
 #[test]
-fn zone_egress_fault_and_rate_limit_goldens_are_nacked_only_for_their_rbac() {
+fn zone_egress_fault_and_rate_limit_goldens_translate_with_their_filters_and_rbac() {
     for dir in [
         "envoyconfig-e2e/zoneproxies/meshfaultinjection/",
         "envoyconfig-e2e/zoneproxies/meshratelimit/",
@@ -306,12 +307,179 @@ fn zone_egress_fault_and_rate_limit_goldens_are_nacked_only_for_their_rbac() {
                 short.starts_with(dir) && short.ends_with("sni.zone-proxy-egress.golden.json")
             })
             .expect("the egress golden");
-        let nacks = translated(&file).expect_err("NACKed for its RBAC");
-        assert!(
-            nacks.iter().all(|n| n.reason.starts_with("RBAC: ")),
-            "{dir}: {nacks:#?}"
-        );
+        let config = translated(&file).unwrap_or_else(|n| panic!("{dir}: {n:#?}"));
+        let routes = config.listeners[0].sni_routes.as_ref().expect("SNI routes");
+        let http = routes[0]
+            .http
+            .as_ref()
+            .expect("the external service's HTTP");
+        let limited = http.routes.iter().flat_map(|t| &t.virtual_hosts);
+        let limited = limited
+            .flat_map(|v| &v.routes)
+            .any(|r| r.rate_limit.is_some());
+        assert!(!http.http_filters.is_empty() || limited, "{dir}");
+        assert!(http.http_rbac.is_some(), "{dir}");
     }
+}
+
+/// The 15 zone egress goldens that were NACKed for RBAC on their SNI chains translate with
+/// it per chain (those still NACKed are for tracing, metrics or timeouts, never RBAC):
+/// MeshTrafficPermission's `sni` rule as the MeshExternalService route's HTTP matcher on the
+/// SNI (default DENY), kuma-cp's deny-all matcher without a MeshTrafficPermission, and the
+/// legacy TrafficPermission's network rules (`authenticated` by SPIFFE id, or no policy:
+/// none passes) and HTTP rules per external service; routes passing TLS through carry none.
+#[test]
+fn zone_egress_rbac_goldens_translate_with_their_rbac_per_chain() {
+    use bearing_proxy_config::{
+        Rbac, RbacPermission, RbacPolicy, RbacPrincipal, RbacRules, SniRoute, SniTarget,
+    };
+    let egress: Vec<_> = corpus::envoy_goldens()
+        .into_iter()
+        .filter(|f| {
+            let short = corpus::short(f);
+            (short.starts_with("envoyconfig-e2e/zoneproxies/")
+                && short.ends_with("zone-proxy-egress.golden.json"))
+                || short.starts_with("xds-egress/")
+        })
+        .collect();
+    let mut with_rbac = 0;
+    for file in &egress {
+        let short = corpus::short(file);
+        match translated(file) {
+            Ok(config) => {
+                let routes = config
+                    .listeners
+                    .iter()
+                    .flat_map(|l| l.sni_routes.iter().flatten());
+                let checked = |r: &SniRoute| {
+                    r.network_rbac.is_some()
+                        || r.http.as_ref().is_some_and(|h| h.http_rbac.is_some())
+                };
+                let checked: Vec<_> = routes.filter(|r| checked(r)).collect();
+                assert!(checked.iter().all(|r| r.terminate.is_some()), "{short}");
+                with_rbac += usize::from(!checked.is_empty());
+            }
+            Err(nacks) => {
+                assert!(
+                    !nacks.iter().any(|n| n.reason.contains("RBAC")),
+                    "{short}: {nacks:#?}"
+                );
+            }
+        }
+    }
+    // Translated with RBAC on their routes: 8 of the 13 envoyconfig-e2e egress goldens with
+    // RBAC (the others are NACKed for tracing, metrics and timeouts) and the 8 xds-egress ones.
+    assert_eq!(with_rbac, 16);
+
+    let config = |suffix: &str| {
+        let file = egress
+            .iter()
+            .find(|f| corpus::short(f).ends_with(suffix))
+            .unwrap_or_else(|| panic!("no golden {suffix}"));
+        translated(file).unwrap_or_else(|n| panic!("{suffix}: {n:#?}"))
+    };
+    let route = |config: &ProxyConfig, target: &SniTarget| {
+        let routes = config
+            .listeners
+            .iter()
+            .flat_map(|l| l.sni_routes.iter().flatten());
+        let found = routes.clone().find(|r| r.target == *target).cloned();
+        found.unwrap_or_else(|| panic!("no route {target:?}"))
+    };
+    let decide = |action, policy: &str| RbacDecision {
+        policy: policy.into(),
+        action,
+    };
+    let enforced = |engine| Rbac {
+        enforced: Some(engine),
+        shadow: None,
+    };
+
+    // MeshTrafficPermission allowing the SNI of the MeshExternalService.
+    let sni = "sni.extsvc.envoyconfig-zoneproxies.kuma-3.mes-zone-proxy.80";
+    let mes = SniTarget::Kri {
+        mesh: "envoyconfig-zoneproxies".into(),
+        sni: sni.into(),
+    };
+    let mtp = route(
+        &config("meshtrafficpermission/sni.zone-proxy-egress.golden.json"),
+        &mes,
+    );
+    let by_sni = enforced(RbacEngine::Matcher(RbacMatcher {
+        matchers: vec![RbacMatch {
+            predicate: RbacPredicate::Single {
+                input: RbacInput::ServerName,
+                value: RbacString::Exact(sni.into()),
+            },
+            decision: decide(
+                RbacAction::Allow,
+                "kri_mtp_envoyconfig-zoneproxies_kuma-3__mtp-zone-proxy_",
+            ),
+        }],
+        on_no_match: Some(decide(RbacAction::Deny, "default")),
+    }));
+    assert_eq!(mtp.network_rbac, None);
+    assert_eq!(mtp.http.and_then(|h| h.http_rbac), Some(by_sni));
+    // Without a MeshTrafficPermission for the egress: kuma-cp's matcher denying everything.
+    let none = route(
+        &config("meshhealthcheck/outbound.zone-proxy-egress.golden.json"),
+        &mes,
+    );
+    let deny_all = enforced(RbacEngine::Matcher(RbacMatcher {
+        matchers: Vec::new(),
+        on_no_match: Some(decide(RbacAction::Deny, "default")),
+    }));
+    assert_eq!(none.http.and_then(|h| h.http_rbac), Some(deny_all));
+
+    // The legacy TrafficPermission: network rules by SPIFFE id on one external service's
+    // chain, HTTP rules letting no one reach the other; cross-zone routes pass through.
+    let service = |name: &str| SniTarget::Service {
+        mesh: "mesh-1".into(),
+        service: name.into(),
+    };
+    let rules = |policy: Option<(&str, RbacPrincipal)>| {
+        let policies = policy.into_iter().map(|(name, principal)| RbacPolicy {
+            name: name.into(),
+            permissions: vec![RbacPermission::Any],
+            principals: vec![principal],
+        });
+        enforced(RbacEngine::Rules(RbacRules {
+            action: RbacAction::Allow,
+            policies: policies.collect(),
+        }))
+    };
+    let custom = config("05.mixed-services-with-custom-trafficpermissions.golden.yaml");
+    let backend =
+        RbacPrincipal::Authenticated(Some(RbacString::Exact("spiffe://zone-1/backend".into())));
+    let one = route(&custom, &service("externalservice-1"));
+    assert_eq!(
+        one.network_rbac,
+        Some(rules(Some(("allow-all-traffic", backend))))
+    );
+    assert_eq!(one.http.and_then(|h| h.http_rbac), None);
+    let two = route(&custom, &service("externalservice-2"));
+    assert_eq!(two.network_rbac, None);
+    assert_eq!(two.http.and_then(|h| h.http_rbac), Some(rules(None)));
+    let cross_zone = route(&custom, &service("service-1-zone-2"));
+    assert_eq!(
+        (cross_zone.terminate, cross_zone.network_rbac),
+        (None, None)
+    );
+    // Unified naming: no TrafficPermission for the ExternalService (no policy: none passes),
+    // MeshTrafficPermission's allow-all on the MeshExternalService.
+    let unified = config("01.externalservice-only-unified-naming.golden.yaml");
+    let external = route(&unified, &service("externalservice-1"));
+    assert_eq!(external.network_rbac, Some(rules(None)));
+    let mes = route(
+        &unified,
+        &SniTarget::MeshExternalService {
+            mesh: "mesh-1".into(),
+            name: "meshexternalservice-1".into(),
+            port: 9090,
+        },
+    );
+    let everyone = rules(Some(("MeshTrafficPermission", RbacPrincipal::Any)));
+    assert_eq!(mes.http.and_then(|h| h.http_rbac), Some(everyone));
 }
 
 /// kuma-cp's MeshAccessLog goldens: every plain-format one translates with its file log on
@@ -454,8 +622,8 @@ fn mesh_timeout_goldens_translate_with_their_timeouts() {
 
 /// The MeshCircuitBreaker outbound goldens translate with their outlier detection and panic
 /// threshold (kuma-cp's 20%, and 0 where a MeshHealthCheck overwrites it with none); the
-/// MeshHealthCheck goldens translate but the zone egress's, whose only NACK is its RBAC (its
-/// health check translates; `health::tests` reads it).
+/// MeshHealthCheck goldens translate, the zone egress's with its health check beside the
+/// HTTP RBAC of its SNI route (`health::tests` reads the check).
 #[test]
 fn mesh_circuit_breaker_and_health_check_goldens_translate_with_their_health() {
     let find = |suffix: &str| {
@@ -489,13 +657,7 @@ fn mesh_circuit_breaker_and_health_check_goldens_translate_with_their_health() {
     .unwrap_or_else(|n| panic!("{n:#?}"));
     assert_eq!(overwritten.clusters[cluster].health.panic_threshold, 0.0);
 
-    let egress = find("zoneproxies/meshhealthcheck/outbound.zone-proxy-egress.golden.json");
-    let nacks = translated(&egress).expect_err("the egress's RBAC is NACKed");
-    assert!(
-        nacks.iter().all(|n| n.reason.starts_with("RBAC")),
-        "{nacks:#?}"
-    );
-    for other in ["demo-client", "ingress", "test-server"] {
+    for other in ["demo-client", "egress", "ingress", "test-server"] {
         let file = find(&format!(
             "zoneproxies/meshhealthcheck/outbound.zone-proxy-{other}.golden.json"
         ));

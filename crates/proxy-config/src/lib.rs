@@ -272,6 +272,13 @@ pub struct SniRoute {
     /// `terminate`; `None`: the decrypted bytes are copied to `cluster`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<SniHttp>,
+    /// Who may connect (Envoy's network `rbac` filter on the chain this SNI selects, kuma-cp's
+    /// MeshTrafficPermission on a zone egress), decided once per connection: after the mTLS
+    /// handshake with `terminate` (the client's certificate), else on the SNI alone (the
+    /// bytes pass through: no certificate is seen); a refused connection is closed. `None`:
+    /// no check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_rbac: Option<Rbac>,
 }
 
 /// The HTTP connection manager of an SNI route: requests read from the decrypted stream
@@ -300,6 +307,10 @@ pub struct SniHttp {
         serialize_with = "opt_millis::serialize"
     )]
     pub stream_idle_timeout: Option<Duration>,
+    /// Who may send a request (as `Listener::http_rbac`), read of the mTLS connection the
+    /// route terminates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_rbac: Option<Rbac>,
 }
 
 /// Lifetimes of a cluster's upstream HTTP connections and streams; `None`: no limit.
