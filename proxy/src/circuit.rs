@@ -35,6 +35,8 @@ pub struct Occupancy {
     pub requests: Gauge,
     /// Further attempts of requests under way.
     pub retries: Gauge,
+    /// HTTP connection pools alive (a worker's connections to one endpoint).
+    pub pools: Gauge,
     /// Notified when a connection closes while requests wait for one.
     freed: Notify,
 }
@@ -50,6 +52,8 @@ pub enum Resource {
     Request,
     /// A further attempt of a request.
     Retry,
+    /// An HTTP connection pool: a worker's connections to one endpoint.
+    ConnectionPool,
 }
 
 /// One unit of a cluster's [`Occupancy`], given back when dropped. `O` is `&Occupancy` for a
@@ -68,6 +72,7 @@ impl Occupancy {
             Resource::Pending => &self.pending,
             Resource::Request => &self.requests,
             Resource::Retry => &self.retries,
+            Resource::ConnectionPool => &self.pools,
         }
     }
 
@@ -143,6 +148,61 @@ impl<O: Borrow<Occupancy>> Drop for Held<O> {
     }
 }
 
+/// The workers with connections to one endpoint (Envoy's per-worker connection pool of a
+/// host, which lives while it has a connection): each worker's count of connections, and
+/// the unit of its cluster's `max_connection_pools` it holds while it has one. Touched only
+/// when a connection opens or closes, and only for a cluster with that threshold.
+#[derive(Debug, Default)]
+pub struct PoolMembers(std::sync::Mutex<Vec<WorkerPool>>);
+
+/// A worker's pool of one endpoint: the worker, its connections, the pool's unit.
+type WorkerPool = (usize, u32, Held<Arc<Occupancy>>);
+
+/// A connection's place in its worker's pool (held by the connection): the pool's unit is
+/// given back when the worker's last connection to the endpoint closes.
+#[derive(Debug)]
+pub struct PoolMembership {
+    members: Arc<PoolMembers>,
+    worker: usize,
+}
+
+impl PoolMembers {
+    /// A new connection of `worker`: its first takes a unit of `occupancy`'s pools below
+    /// `max`; `None` when `max` pools are alive and `worker` has none here.
+    pub fn join(
+        self: &Arc<Self>,
+        worker: usize,
+        occupancy: &Arc<Occupancy>,
+        max: u32,
+    ) -> Option<PoolMembership> {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match all.iter_mut().find(|(w, ..)| *w == worker) {
+            Some((_, count, _)) => *count += 1,
+            None => {
+                let unit = Occupancy::take(occupancy.clone(), Resource::ConnectionPool, max)?;
+                all.push((worker, 1, unit));
+            }
+        }
+        Some(PoolMembership {
+            members: self.clone(),
+            worker,
+        })
+    }
+}
+
+impl Drop for PoolMembership {
+    fn drop(&mut self) {
+        let mut all = self.members.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = all.iter().position(|(w, ..)| *w == self.worker) {
+            all[i].1 -= 1;
+            if all[i].1 == 0 {
+                // Its unit is given back.
+                all.swap_remove(i);
+            }
+        }
+    }
+}
+
 /// A request or connection refused by a circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
@@ -154,6 +214,9 @@ pub enum Overflow {
     Waited(Duration),
     /// `max_requests` in flight.
     Requests,
+    /// `max_connection_pools` alive: a worker without a connection to the endpoint may not
+    /// open one (Envoy answers it as having no healthy upstream).
+    ConnectionPools,
 }
 
 impl std::fmt::Display for Overflow {
@@ -163,6 +226,7 @@ impl std::fmt::Display for Overflow {
             Overflow::Pending => f.write_str("max_pending_requests requests wait for a connection"),
             Overflow::Waited(d) => write!(f, "no upstream connection freed within {d:?}"),
             Overflow::Requests => f.write_str("max_requests requests in flight"),
+            Overflow::ConnectionPools => f.write_str("max_connection_pools connection pools alive"),
         }
     }
 }
@@ -199,6 +263,32 @@ mod tests {
         drop(second);
         assert_eq!(o.requests.get(), 0);
         assert!(Occupancy::take(&o, Resource::Retry, 0).is_none());
+    }
+
+    /// A worker's connections to an endpoint share one pool: its first takes the pool's
+    /// unit, its last gives it back; another endpoint's or worker's pool past the threshold
+    /// is refused.
+    #[test]
+    fn a_workers_connections_to_an_endpoint_hold_one_pool_unit() {
+        let o = Arc::new(Occupancy::default());
+        let (a, b) = (
+            Arc::new(PoolMembers::default()),
+            Arc::new(PoolMembers::default()),
+        );
+        let first = a.join(0, &o, 1).expect("the first pool");
+        let second = a.join(0, &o, 1).expect("the same worker's pool");
+        assert_eq!(o.pools.get(), 1);
+        assert!(b.join(0, &o, 1).is_none(), "another endpoint's pool");
+        assert!(a.join(1, &o, 1).is_none(), "another worker's pool");
+        drop(first);
+        assert!(
+            b.join(0, &o, 1).is_none(),
+            "a connection still holds the pool"
+        );
+        drop(second);
+        assert_eq!(o.pools.get(), 0);
+        let other = b.join(0, &o, 1);
+        assert!(other.is_some() && o.pools.get() == 1);
     }
 
     #[tokio::test]

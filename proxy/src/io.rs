@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::circuit::{Held, Occupancy};
+use crate::circuit::{Held, Occupancy, PoolMembership};
 
 /// Connects to `target` within `timeout`, from `source` when given (inbound passthrough uses
 /// 127.0.0.6), with TCP_NODELAY set: the one way the proxy opens upstream connections.
@@ -49,6 +49,9 @@ pub struct Counted<S> {
     tx: Counter,
     /// Given back when the connection closes (held, never read).
     _unit: Option<Held<Arc<Occupancy>>>,
+    /// Its place in its worker's connection pool (`max_connection_pools`), left when it
+    /// closes (held, never read).
+    _pool: Option<PoolMembership>,
     /// When the wrapper was made: an upstream connection's age (`max_connection_duration`).
     opened: tokio::time::Instant,
 }
@@ -61,6 +64,7 @@ impl<S> Counted<S> {
             rx,
             tx,
             _unit: None,
+            _pool: None,
             opened: tokio::time::Instant::now(),
         }
     }
@@ -73,6 +77,12 @@ impl<S> Counted<S> {
     /// This connection, holding `unit` of its cluster's `max_connections` until it closes.
     pub fn holding(mut self, unit: Held<Arc<Occupancy>>) -> Self {
         self._unit = Some(unit);
+        self
+    }
+
+    /// This connection, one of its worker's pool (`membership`) until it closes.
+    pub fn in_pool(mut self, membership: Option<PoolMembership>) -> Self {
+        self._pool = membership;
         self
     }
 

@@ -97,6 +97,9 @@ pub struct ClusterStats {
     pub occupancy: Arc<Occupancy>,
     /// Times a connection was needed past `max_connections` (Envoy's `upstream_cx_overflow`).
     pub cx_overflow: Counter,
+    /// Times a connection pool was needed past `max_connection_pools` (Envoy's
+    /// `upstream_cx_pool_overflow`).
+    pub cx_pool_overflow: Counter,
     /// Requests refused past `max_pending_requests` or `max_requests`
     /// (Envoy's `upstream_rq_pending_overflow`).
     pub rq_pending_overflow: Counter,
@@ -330,6 +333,18 @@ const CLUSTER_SERIES: &[Series<ClusterStats>] = &[
         help: "Times a connection was needed past the max_connections circuit breaker.",
         kind: MetricType::Counter,
         metric: |h| &h.cx_overflow,
+    },
+    Series {
+        name: "cluster_upstream_cx_pool_overflow",
+        help: "Times a connection pool was needed past the max_connection_pools circuit breaker.",
+        kind: MetricType::Counter,
+        metric: |h| &h.cx_pool_overflow,
+    },
+    Series {
+        name: "cluster_upstream_connection_pools_active",
+        help: "HTTP connection pools alive (a worker's connections to one endpoint).",
+        kind: MetricType::Gauge,
+        metric: |h| &h.occupancy.pools,
     },
     Series {
         name: "cluster_upstream_rq_pending_overflow",

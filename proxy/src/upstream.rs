@@ -52,7 +52,7 @@ use tokio::time::Instant;
 
 use crate::balance::Picker;
 use crate::body::{BodyError, MessageBody};
-use crate::circuit::{Held, Occupancy, Overflow, Resource};
+use crate::circuit::{Held, Occupancy, Overflow, PoolMembers, Resource};
 use crate::health::{ClusterHealth, HostHealth};
 use crate::idle::IdleClock;
 use crate::io::Counted;
@@ -207,6 +207,9 @@ pub struct EndpointPool {
     /// Requests in flight to the endpoint, counted only for a least request cluster
     /// ([`ActiveRequest`]); pools taken over keep counting theirs.
     active: AtomicU32,
+    /// The workers with HTTP connections to the endpoint, counted only for a cluster with
+    /// `max_connection_pools`.
+    members: Arc<PoolMembers>,
 }
 
 /// A request counted among its endpoint's active requests (least request balancing) until
@@ -378,6 +381,7 @@ impl EndpointPool {
             health: HostHealth::default(),
             outlier: HostRecord::default(),
             active: AtomicU32::new(0),
+            members: Arc::default(),
         })
     }
 
@@ -1045,6 +1049,21 @@ impl ClusterRuntime {
     /// originates TLS towards it, both within the connect timeout; the connection holds a
     /// unit of `max_connections` (waited for when `wait`, see `connection_unit`).
     async fn connect(&self, pool: &EndpointPool, wait: bool) -> io::Result<UpstreamStream> {
+        // An HTTP connection of a worker with none to the endpoint makes a connection pool
+        // (Envoy's per worker and host); TCP proxying has no such limit in Envoy.
+        let membership = match self.config.circuit_breakers.max_connection_pools {
+            Some(max) if wait => {
+                let worker = crate::workers::current();
+                match pool.members.join(worker, &self.stats.occupancy, max) {
+                    Some(m) => Some(m),
+                    None => {
+                        self.stats.cx_pool_overflow.inc();
+                        return Err(Overflow::ConnectionPools.into());
+                    }
+                }
+            }
+            _ => None,
+        };
         let unit = self.connection_unit(wait).await?;
         let limit = self.config.connect_timeout;
         let stream = crate::io::connect(pool.address, None, limit).await?;
@@ -1054,7 +1073,8 @@ impl ClusterRuntime {
             self.stats.rx_bytes.clone(),
             self.stats.tx_bytes.clone(),
         )
-        .holding(unit);
+        .holding(unit)
+        .in_pool(membership);
         self.secure(pool, counted).await
     }
 

@@ -10,6 +10,7 @@
 //!   MeshExternalService) serves from them.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use bearing_e2e::*;
@@ -271,5 +272,102 @@ fn a_cluster_serves_from_its_highest_priority_with_endpoints() -> Result<()> {
         let answer = curl(web, ["http://127.0.0.1:10002/"])?;
         ensure!(answer == (200, body(2)), "fallback: {answer:?}");
     }
+    Ok(())
+}
+
+/// MeshCircuitBreaker's `maxConnectionPools` (Envoy's `max_connection_pools`) on an HTTP
+/// cluster of two endpoints, round robin, with one worker each: the first request opens the
+/// worker's pool to one endpoint (its connection kept alive), so a request the balancer sends
+/// to the other endpoint finds no pool and gets 503 `no healthy upstream`, while those to the
+/// first are served; `upstream_cx_pool_overflow` counts the refusals. Envoy 1.40 fed the same
+/// resources answers the same sequence.
+#[test]
+fn a_cluster_opens_no_connection_pool_past_its_limit_as_envoy() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "a", "b"])?;
+    let (cp, web, a, b) = (
+        topo.host("cp"),
+        topo.host("web"),
+        topo.host("a"),
+        topo.host("b"),
+    );
+    let pki = CpPki::new(topo.dir(), "cp-pools", cp)?;
+    let origins = [a, b]
+        .map(|h| start_http_server(h, ORIGIN_PORT))
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    let mut cluster = cluster_at_priorities("two", &[(0, &[a, b])]);
+    cluster["circuitBreakers"] = json!({"thresholds": [{"maxConnectionPools": 1}]});
+    let name = "outbound:127.0.0.1:10001";
+    let listener = json!({
+        "name": name,
+        "address": {"socketAddress": {"address": "127.0.0.1", "portValue": 10001}},
+        "trafficDirection": "OUTBOUND",
+        "filterChains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "statPrefix": "two",
+            "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "routeConfig": {"name": "two", "virtualHosts": [{"name": "two", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "two", "timeout": "0s"}}]}]},
+        }}]}],
+    });
+    let file = pki.dir.join("web.json");
+    let resources = json!({"xds": {CLUSTER: {"two": cluster}, LISTENER: {name: listener}}});
+    std::fs::write(&file, serde_json::to_vec_pretty(&resources)?)?;
+    let (cp_process, access) = pki.start_cp(TEST_CP, cp, 5678, &file, "cp")?;
+    let dataplane = dataplane_yaml(
+        "web",
+        web,
+        "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
+    );
+    // One worker, as the Envoy below (`--concurrency 1`): pools are per worker.
+    let mut args = access.source_args("web", "dataplane", &dataplane)?;
+    args.extend(["--concurrency".into(), "1".into()]);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let sidecar = Bearing::spawn_with_source(web, &args)?;
+    sidecar.wait_ready()?;
+    cp_process.wait_for_log("ACK type=Listener", Duration::from_secs(30))?;
+    ensure!(
+        !cp_process.log_contents().contains("NACK"),
+        "{}",
+        cp_process.log_contents()
+    );
+
+    let bodies: Vec<String> = origins.iter().map(|o| o.body().to_string()).collect();
+    let answers = |proxy: &str| -> Result<Vec<(u16, String)>> {
+        let mut all = Vec::new();
+        for _ in 0..4 {
+            all.push(curl(web, ["http://127.0.0.1:10001/"])?);
+        }
+        let first = all[0].clone();
+        let refused = (503, "no healthy upstream".to_string());
+        ensure!(
+            first.0 == 200
+                && bodies.contains(&first.1)
+                && all == [first.clone(), refused.clone(), first, refused],
+            "{proxy}: {all:?}"
+        );
+        Ok(all)
+    };
+    let bearing = answers("bearing")?;
+    let overflows =
+        sidecar.metric("bearing_cluster_upstream_cx_pool_overflow_total{cluster=\"two\"}")?;
+    ensure!(overflows == 2.0, "pool overflows counted: {overflows}");
+    let pools =
+        sidecar.metric("bearing_cluster_upstream_connection_pools_active{cluster=\"two\"}")?;
+    ensure!(pools == 1.0, "pools alive: {pools}");
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, "default", "web")?;
+    web.wait_for_tcp_listener(10001, Duration::from_secs(20), None)
+        .context("Envoy's listener")?;
+    let envoy = answers("envoy")?;
+    ensure!(
+        envoy.iter().map(|a| a.0).eq(bearing.iter().map(|a| a.0)),
+        "envoy {envoy:?}\nbearing {bearing:?}"
+    );
     Ok(())
 }

@@ -481,6 +481,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "max_pending_requests",
             "max_requests",
             "max_retries",
+            "max_connection_pools",
             // Statistics only.
             "track_remaining",
         ],
@@ -877,7 +878,6 @@ pub(crate) enum Guard {
 /// Fields that carry a Kuma policy Bearing does not enforce over xDS yet, with the policy.
 pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("HttpConnectionManager.tracing", "tracing"),
-    ("Thresholds.max_connection_pools", "circuit breakers"),
     (
         "CommonTlsContext.tls_params",
         "TLS versions and ciphers (MeshTLS)",

@@ -1762,6 +1762,9 @@ impl Translator<'_> {
             set(&t.max_pending_requests, &mut breakers.max_pending_requests);
             set(&t.max_requests, &mut breakers.max_requests);
             set(&t.max_retries, &mut breakers.max_retries);
+            if let Some(pools) = &t.max_connection_pools {
+                breakers.max_connection_pools = Some(pools.value);
+            }
         }
         let (protocol, http2_windows) = self.upstream_protocol(name, &path, cluster);
         let http_timeouts = upstream_http_timeouts(cluster);

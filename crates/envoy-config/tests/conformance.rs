@@ -663,6 +663,28 @@ fn mesh_circuit_breaker_and_health_check_goldens_translate_with_their_health() {
         ));
         translated(&file).unwrap_or_else(|n| panic!("{other}: {n:#?}"));
     }
+
+    // The inbound MeshCircuitBreaker's connection limits, `maxConnectionPools` among them,
+    // on the application's cluster.
+    for golden in ["inbound", "inbound-rules"] {
+        let inbound = translated(&find(&format!(
+            "sidecars/meshcircuitbreaker/{golden}.test-server.golden.json"
+        )))
+        .unwrap_or_else(|n| panic!("{golden}: {n:#?}"));
+        let app = inbound
+            .clusters
+            .values()
+            .find(|c| c.circuit_breakers.max_connection_pools.is_some())
+            .unwrap_or_else(|| panic!("{golden}: no cluster with max_connection_pools"));
+        let b = app.circuit_breakers;
+        assert_eq!(b.max_connection_pools, Some(5), "{golden}");
+        assert_eq!(
+            (b.max_connections, b.max_pending_requests),
+            (10, 2),
+            "{golden}"
+        );
+        assert_eq!((b.max_requests, b.max_retries), (32, 1), "{golden}");
+    }
 }
 
 /// Every MeshLoadBalancingStrategy golden translates, with kuma-cp's balancer on the

@@ -936,6 +936,10 @@ pub struct CircuitBreakers {
     pub max_requests: u32,
     /// Further attempts (another endpoint, a repeated request) under way at once.
     pub max_retries: u32,
+    /// HTTP connection pools (one per worker and endpoint, alive while it has a connection)
+    /// at once; `None`: unlimited (Envoy's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connection_pools: Option<u32>,
 }
 
 impl Default for CircuitBreakers {
@@ -946,6 +950,7 @@ impl Default for CircuitBreakers {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            max_connection_pools: None,
         }
     }
 }

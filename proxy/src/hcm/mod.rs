@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::ListenerLog;
-use crate::circuit::{Held, Occupancy};
+use crate::circuit::{Held, Occupancy, Overflow};
 use crate::outlier::Outcome;
 use crate::router::{HttpRoutes, Reply, ResponseEdits};
 use crate::stats::StatusCounters;
@@ -371,6 +371,11 @@ async fn try_endpoint<'c, C: UpstreamCodec>(
             Ok(c) => {
                 cluster.observe(&pool, Outcome::Connected);
                 c
+            }
+            // Envoy finds no pool for the request and answers as for a cluster without
+            // healthy endpoints (counted as `upstream_cx_pool_overflow`).
+            Err(NoConnection::Overflow(Overflow::ConnectionPools)) => {
+                return Err((UpstreamError::NoEndpoints, Some(request)))
             }
             Err(NoConnection::Overflow(o)) => {
                 return Err((UpstreamError::Overflow(o), Some(request)))
