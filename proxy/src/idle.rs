@@ -1,5 +1,7 @@
 //! Idle timeouts: work (a TCP relay, an HTTP stream) ended once nothing moved for a set time
-//! (Envoy's `tcp_proxy.idle_timeout`, a stream's idle timeout).
+//! (Envoy's `tcp_proxy.idle_timeout`, a stream's idle timeout), and a downstream HTTP
+//! connection ended once no stream was in flight for a set time ([`Streams`], Envoy's
+//! connection manager `idle_timeout`).
 //!
 //! Re-arming a timer on every read and write, as Envoy does, costs a timer-wheel update per
 //! I/O call; here the I/O only bumps a relaxed counter ([`Activity::touch`]), and a ticker

@@ -7,9 +7,9 @@
 //! They become what the directory store compiles from MeshGateway and MeshGatewayRoute: a
 //! [`GatewayListener`] whose hosts are the route configurations' virtual hosts, served by the
 //! same gateway runtime and `Router`. Kuma's gateway defaults that the runtime serves itself
-//! (`server: Kuma Gateway`, `x-forwarded-for`, underscores refused, path hygiene, 5 s stream
-//! idle, 300 s connection idle) are checked by value; any other value, and every field the
-//! model cannot express, is a NACK naming its path.
+//! (`server: Kuma Gateway`, `x-forwarded-for`, underscores refused, path hygiene) are checked
+//! by value; any other value, and every field the model cannot express, is a NACK naming its
+//! path. The connection manager's timeouts (MeshTimeout) go to the listener at any value.
 
 use super::{
     downstream_timeouts, kuma_service, listener_path, socket_address, stream_idle_timeout,
