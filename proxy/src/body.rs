@@ -13,6 +13,7 @@ use http_body_util::Full;
 use crate::access_log::LoggedBody;
 use crate::hcm::compress::GzipBody;
 use crate::idle::StreamGuard;
+use crate::upstream::UpstreamBody;
 
 /// The error a body the proxy sends ends with: a peer's (hyper's), or the proxy's own (a
 /// stream idle timeout), which makes hyper reset the stream.
@@ -28,19 +29,11 @@ pub enum MessageBody<B> {
     Gzip(Box<GzipBody<MessageBody<B>>>),
     /// A response body whose exchange is logged once it is done (a listener's access log).
     Logged(Box<LoggedBody<MessageBody<B>>>),
-    /// A response body holding its stream open on its downstream connection until it is
-    /// dropped (a connection manager's connection idle timeout).
-    Tracked(Box<(MessageBody<B>, StreamGuard)>),
     /// A request body that says when it has ended (a connection manager's request timeout).
     Flagged(Box<(MessageBody<B>, Arc<AtomicBool>)>),
 }
 
 impl<B> MessageBody<B> {
-    /// This body, holding `stream` open until it is dropped.
-    pub fn tracked(self, stream: StreamGuard) -> Self {
-        MessageBody::Tracked(Box::new((self, stream)))
-    }
-
     /// This body, setting `ended` (when given) once it has been read to its end.
     pub fn flagging(self, ended: Option<&Arc<AtomicBool>>) -> Self {
         match ended {
@@ -72,7 +65,6 @@ where
             },
             MessageBody::Gzip(b) => Pin::new(b.as_mut()).poll_frame(cx),
             MessageBody::Logged(b) => Pin::new(b.as_mut()).poll_frame(cx),
-            MessageBody::Tracked(b) => Pin::new(&mut b.0).poll_frame(cx),
             MessageBody::Flagged(b) => {
                 let res = Pin::new(&mut b.0).poll_frame(cx);
                 if matches!(res, Poll::Ready(None)) || b.0.is_end_stream() {
@@ -89,7 +81,6 @@ where
             MessageBody::Held(b) => b.is_end_stream(),
             MessageBody::Gzip(b) => b.is_end_stream(),
             MessageBody::Logged(b) => b.is_end_stream(),
-            MessageBody::Tracked(b) => b.0.is_end_stream(),
             MessageBody::Flagged(b) => b.0.is_end_stream(),
         }
     }
@@ -100,8 +91,21 @@ where
             MessageBody::Held(b) => b.size_hint(),
             MessageBody::Gzip(b) => b.size_hint(),
             MessageBody::Logged(b) => b.size_hint(),
-            MessageBody::Tracked(b) => b.0.size_hint(),
             MessageBody::Flagged(b) => b.0.size_hint(),
+        }
+    }
+}
+
+impl MessageBody<UpstreamBody> {
+    /// Keeps `stream` open on its downstream connection until the upstream body this response
+    /// carries is dropped (sent whole, or the stream reset); a body the proxy holds itself is
+    /// written at once, and the stream ends with this call.
+    pub fn hold_stream(&mut self, stream: StreamGuard) {
+        match self {
+            MessageBody::Streamed(b) => b.hold_stream(stream),
+            MessageBody::Gzip(b) => b.inner_mut().hold_stream(stream),
+            MessageBody::Logged(b) => b.inner_mut().hold_stream(stream),
+            MessageBody::Held(_) | MessageBody::Flagged(_) => {}
         }
     }
 }

@@ -956,10 +956,11 @@ impl Proxy {
                 }
                 let how = (tls, rbac_allowed, who.as_deref());
                 let resp = hyper_codec::serve_request(req, &*l, peer, how).await;
-                Ok(match stream {
-                    Some(stream) => resp.map(|body| body.tracked(stream)),
-                    None => resp,
-                })
+                let mut resp = resp;
+                if let Some(stream) = stream {
+                    resp.body_mut().hold_stream(stream);
+                }
+                Ok(resp)
             })
         });
         let builder = listener.http.as_ref().unwrap_or(&self.http);

@@ -491,13 +491,12 @@ impl UpstreamCodec for Upstream<'_> {
         let body = match req.body() {
             MessageBody::Held(held) => MessageBody::Held(held.clone()),
             MessageBody::Streamed(b) if b.is_end_stream() => MessageBody::Held(Default::default()),
-            // A streamed body is sent once (a flagged one is streamed); a compressed, logged
-            // or tracked one is a response's.
+            // A streamed body is sent once (a flagged one is streamed); a compressed or logged
+            // one is a response's.
             MessageBody::Streamed(_)
             | MessageBody::Flagged(_)
             | MessageBody::Gzip(_)
-            | MessageBody::Logged(_)
-            | MessageBody::Tracked(_) => return None,
+            | MessageBody::Logged(_) => return None,
         };
         let mut copy = Request::new(body);
         *copy.method_mut() = req.method().clone();
