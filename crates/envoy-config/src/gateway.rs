@@ -1423,6 +1423,22 @@ pub(super) mod tests {
         let unset = http_gateway("", "").replace("          streamIdleTimeout: 5s\n", "");
         let listener = translated(&unset).unwrap().listeners.remove(0);
         assert_eq!(listener.stream_idle_timeout, secs(300));
+        // A second chain whose connection manager differs: the listener is served alike.
+        let text = http_gateway("", "");
+        let (listener, rest) = text.split_at(text.find("- name: 'gw:HTTP:8080:*'").unwrap());
+        let chain = &listener[listener.find("    - filters:").unwrap()..];
+        let other = chain.replace("streamIdleTimeout: 5s", "streamIdleTimeout: 6s");
+        let nacks = translated(&format!("{listener}{other}{rest}")).unwrap_err();
+        assert!(
+            nacks.len() == 1
+                && nacks[0].field.ends_with(".filter_chains[1]")
+                && nacks[0]
+                    .reason
+                    .contains("timeouts of the connection manager"),
+            "{nacks:#?}"
+        );
+        let same = translated(&format!("{listener}{chain}{rest}"));
+        assert!(same.is_ok(), "{same:?}");
     }
 
     /// Values other than Kuma's gateway defaults, which the gateway runtime serves, are NACKed

@@ -1410,14 +1410,16 @@ async fn stalled_upload(proxy: &Arc<Proxy>, codec: Codec, i: usize) -> Option<(u
 
 /// The connection manager's request timeout (300 ms) through every codec: a request whose
 /// body stops gets Envoy's 408 `request timeout` (HTTP/1.1 closing the connection) at about
-/// that time, and one received whole is not touched; a request head that stops gets 408
-/// `request header timeout` at the request head timeout on the byte path.
+/// that time, and one received whole is not touched; on the byte path a held body that stops
+/// for the stream idle timeout gets 408 `stream timeout`, and a request head that stops 408
+/// `request header timeout` at the request head timeout.
 #[tokio::test]
 async fn a_request_not_received_in_time_gets_envoys_408_through_every_codec() {
     let (live, _received) = recording_upstream().await;
     let mut config = (*config(live, live)).clone();
     config.listeners[0].downstream_timeouts.request = Some(Duration::from_millis(300));
     config.listeners[1].downstream_timeouts.request_headers = Some(Duration::from_millis(300));
+    config.listeners[2].stream_idle_timeout = Some(Duration::from_millis(300));
     let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
     proxy.apply(Arc::new(config));
     let mut failures = Vec::new();
@@ -1442,6 +1444,11 @@ async fn a_request_not_received_in_time_gets_envoys_408_through_every_codec() {
         if answer.0 != 200 {
             failures.push(format!("{codec:?} whole request: {answer:?}"));
         }
+    }
+    // A held body that stops for the stream idle timeout, on the byte path.
+    let answer = stalled_upload(&proxy, Codec::Bytes, 2).await;
+    if answer != Some((408, "stream timeout (close)".into())) {
+        failures.push(format!("stream idle of a held body: {answer:?}"));
     }
     // A head that stops, on the byte path.
     let (mut client, serving) = open(&proxy, Codec::Bytes, 1).await;
