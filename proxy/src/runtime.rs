@@ -955,8 +955,7 @@ impl Proxy {
                     ));
                 }
                 let how = (tls, rbac_allowed, who.as_deref());
-                let resp = hyper_codec::serve_request(req, &*l, peer, how).await;
-                let mut resp = resp;
+                let mut resp = hyper_codec::serve_request(req, &*l, peer, how).await;
                 if let Some(stream) = stream {
                     resp.body_mut().hold_stream(stream);
                 }
