@@ -4755,7 +4755,13 @@ mod tests {
             "{}/../../../shared/kuma-corpus/xds-egress/03.mixed-services.golden.yaml",
             env!("CARGO_MANIFEST_DIR")
         );
-        let mut resources = set(&std::fs::read_to_string(&file).unwrap());
+        // MeshTimeout's request head timeout on one HTTP chain, as kuma-cp renders it.
+        let text = std::fs::read_to_string(&file).unwrap().replacen(
+            "          statPrefix: externalservice-2\n",
+            "          statPrefix: externalservice-2\n          requestHeadersTimeout: 5s\n",
+            1,
+        );
+        let mut resources = set(&text);
         // The golden's secrets are stand-ins that do not load: the test CA's instead.
         let own = format!("resources:{}", secrets().replace(":default", ":mesh-1"));
         resources.secrets = set(&own).secrets;
@@ -4787,6 +4793,13 @@ mod tests {
         };
         assert_eq!(backends[0].cluster, "mesh-1:externalservice-2");
         assert!(rewrite.as_ref().unwrap().host_to_backend_hostname);
+        assert_eq!(
+            http.downstream_timeouts,
+            DownstreamHttpTimeouts {
+                request_headers: Some(Duration::from_secs(5)),
+                ..DownstreamHttpTimeouts::ENVOY_DEFAULT
+            }
+        );
 
         let tls_cluster = &config.clusters["mesh-1:externalservice-2"];
         let host = &tls_cluster.dns.as_ref().unwrap().hosts[0];
