@@ -886,6 +886,8 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("RetryPolicy.per_try_idle_timeout", "retries"),
     // The legacy FaultInjection's source match on `x-kuma-tags`, which Bearing does not send.
     ("HTTPFault.headers", "fault injection"),
+    // A route's and a connection manager's stream and connection lifetimes (zero accepted,
+    // as kuma-cp renders none there; a cluster's are translated, `is_upstream_lifetime`).
     ("RouteAction.max_stream_duration", "timeouts"),
     ("HttpProtocolOptions.max_stream_duration", "timeouts"),
     ("HttpProtocolOptions.max_connection_duration", "timeouts"),
