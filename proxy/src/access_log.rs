@@ -345,6 +345,13 @@ impl<B: http_body::Body> LoggedBody<B> {
     }
 }
 
+impl<B> LoggedBody<B> {
+    /// The body being logged.
+    pub(crate) fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+}
+
 impl<B> http_body::Body for LoggedBody<B>
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,

@@ -2,6 +2,8 @@
 //! as it arrives, bytes the proxy holds itself, or either compressed on its way downstream.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -10,6 +12,8 @@ use http_body_util::Full;
 
 use crate::access_log::LoggedBody;
 use crate::hcm::compress::GzipBody;
+use crate::idle::StreamGuard;
+use crate::upstream::UpstreamBody;
 
 /// The error a body the proxy sends ends with: a peer's (hyper's), or the proxy's own (a
 /// stream idle timeout), which makes hyper reset the stream.
@@ -25,6 +29,18 @@ pub enum MessageBody<B> {
     Gzip(Box<GzipBody<MessageBody<B>>>),
     /// A response body whose exchange is logged once it is done (a listener's access log).
     Logged(Box<LoggedBody<MessageBody<B>>>),
+    /// A request body that says when it has ended (a connection manager's request timeout).
+    Flagged(Box<(MessageBody<B>, Arc<AtomicBool>)>),
+}
+
+impl<B> MessageBody<B> {
+    /// This body, setting `ended` (when given) once it has been read to its end.
+    pub fn flagging(self, ended: Option<&Arc<AtomicBool>>) -> Self {
+        match ended {
+            Some(flag) => MessageBody::Flagged(Box::new((self, flag.clone()))),
+            None => self,
+        }
+    }
 }
 
 impl<B> Body for MessageBody<B>
@@ -49,6 +65,13 @@ where
             },
             MessageBody::Gzip(b) => Pin::new(b.as_mut()).poll_frame(cx),
             MessageBody::Logged(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            MessageBody::Flagged(b) => {
+                let res = Pin::new(&mut b.0).poll_frame(cx);
+                if matches!(res, Poll::Ready(None)) || b.0.is_end_stream() {
+                    b.1.store(true, Ordering::Relaxed);
+                }
+                res
+            }
         }
     }
 
@@ -58,6 +81,7 @@ where
             MessageBody::Held(b) => b.is_end_stream(),
             MessageBody::Gzip(b) => b.is_end_stream(),
             MessageBody::Logged(b) => b.is_end_stream(),
+            MessageBody::Flagged(b) => b.0.is_end_stream(),
         }
     }
 
@@ -67,6 +91,21 @@ where
             MessageBody::Held(b) => b.size_hint(),
             MessageBody::Gzip(b) => b.size_hint(),
             MessageBody::Logged(b) => b.size_hint(),
+            MessageBody::Flagged(b) => b.0.size_hint(),
+        }
+    }
+}
+
+impl MessageBody<UpstreamBody> {
+    /// Keeps `stream` open on its downstream connection until the upstream body this response
+    /// carries is dropped (sent whole, or the stream reset); a body the proxy holds itself is
+    /// written at once, and the stream ends with this call.
+    pub fn hold_stream(&mut self, stream: StreamGuard) {
+        match self {
+            MessageBody::Streamed(b) => b.hold_stream(stream),
+            MessageBody::Gzip(b) => b.inner_mut().hold_stream(stream),
+            MessageBody::Logged(b) => b.inner_mut().hold_stream(stream),
+            MessageBody::Held(_) | MessageBody::Flagged(_) => {}
         }
     }
 }

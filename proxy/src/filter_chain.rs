@@ -175,6 +175,14 @@ impl HttpListener for ListenerRuntime {
         Some((period, &self.stats.stream_idle_timeout))
     }
 
+    fn request_timeout(&self) -> Option<Duration> {
+        self.config.downstream_timeouts.request
+    }
+
+    fn idle_closed(&self) -> &Counter {
+        &self.stats.cx_idle_timeout
+    }
+
     fn routes(&self) -> Option<&HttpRoutes> {
         self.routes.as_deref()
     }

@@ -5,18 +5,20 @@
 //! the listener's routes (`crate::router::HttpRoutes`) decide.
 //!
 //! Kuma's gateway HTTP defaults (its Envoy config for builtin gateways) that apply here:
-//! requests get 15 s for response headers (the clusters' request timeout) and a client has
-//! 5 s to send a request's headers; the router appends the client's address to
-//! `x-forwarded-for`, normalises paths, refuses header names with `_`, removes `x-kuma-tags`
-//! and answers with `server: Kuma Gateway`.
+//! requests get 15 s for response headers (the routes' timeout); the connection manager's
+//! timeouts are the listener's (`Listener::downstream_timeouts` and `stream_idle_timeout`,
+//! Kuma's 0.5 s request head, 5 s stream idle and 300 s connection idle unless a MeshTimeout
+//! says otherwise); the router appends the client's address to `x-forwarded-for`, normalises
+//! paths, refuses header names with `_`, removes `x-kuma-tags` and answers with `server: Kuma
+//! Gateway`.
 //!
 //! HTTP/1.1 requests go over the byte codec ([`crate::hcm::byte_codec`]) when every backend
 //! speaks HTTP/1.1: the head is read into an `http` request for the router and the routed
 //! request is written back as bytes, so the rest of the exchange costs what a sidecar's does.
-//! There a keep-alive connection may idle 300 s between requests (Kuma's gateway
-//! `idleTimeout`). HTTP/2 and whatever else the byte codec does not carry go to hyper, which
-//! measures the 5 s from the moment a connection waits for a request, so it also closes
-//! keep-alive connections idle that long.
+//! There a keep-alive connection may idle for the connection idle timeout between requests.
+//! HTTP/2 and whatever else the byte codec does not carry go to hyper, whose HTTP/1.1 gives a
+//! head the stream idle timeout from the moment a connection waits for a request, so it also
+//! closes keep-alive connections idle that long.
 //!
 //! A gateway listener with compression (Kuma's gzip compressor, on every HTTP listener)
 //! compresses responses as Envoy does ([`crate::hcm::compress`]): hyper serves the clients
@@ -27,7 +29,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bearing_gateway::Router;
 use bearing_proxy_config::{CrossMesh, GatewayCertificate, GatewayListener, GatewayProtocol};
@@ -36,7 +37,6 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 
 use crate::access_log::ConnectionLog;
-use crate::hcm::byte_codec::Timeouts;
 use crate::io::Counted;
 use crate::mesh_tls::{MeshState, MeshTlsSet};
 use crate::router::HttpRoutes;
@@ -44,21 +44,6 @@ use crate::stats::{ListenerStats, Stats};
 use crate::tcp_proxy::{serve_tcp_logged, TcpProxying};
 use crate::transport::{offers_kuma_alpn, peek_sni, Admission, Transported};
 use crate::upstream::ClusterRuntime;
-
-/// Time a client has to send a request's headers on the hyper path (HTTP/2, and HTTP/1.1
-/// handed off from the byte path): Kuma's gateway stream idle timeout.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// A gateway's connections on the byte path (HTTP/1.1), with the timeouts kuma-cp gives every
-/// gateway listener: a head started must be complete within 500 ms or the client gets 408
-/// `request header timeout` (`request_headers_timeout`, timed from its first byte as Envoy
-/// does), 5 s for the rest of a held body (`stream_idle_timeout`) and 300 s idle between
-/// requests (`idleTimeout`).
-pub(crate) const BYTE_PATH_TIMEOUTS: Timeouts = Timeouts {
-    head: Duration::from_millis(500),
-    idle: Duration::from_secs(300),
-    body: HEADER_READ_TIMEOUT,
-    head_expired: Some("request header timeout"),
-};
 
 /// One gateway listener of the applied config, ready to serve.
 pub struct GatewayRuntime {

@@ -1,5 +1,7 @@
 //! Idle timeouts: work (a TCP relay, an HTTP stream) ended once nothing moved for a set time
-//! (Envoy's `tcp_proxy.idle_timeout`, a stream's idle timeout).
+//! (Envoy's `tcp_proxy.idle_timeout`, a stream's idle timeout), and a downstream HTTP
+//! connection ended once no stream was in flight for a set time ([`Streams`], Envoy's
+//! connection manager `idle_timeout`).
 //!
 //! Re-arming a timer on every read and write, as Envoy does, costs a timer-wheel update per
 //! I/O call; here the I/O only bumps a relaxed counter ([`Activity::touch`]), and a ticker
@@ -9,7 +11,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -68,6 +71,11 @@ impl IdleClock {
         self.idle
     }
 
+    /// Starts the period again from the last look (work that is busy without moving bytes).
+    pub fn restart(&mut self) {
+        self.quiet = Duration::ZERO;
+    }
+
     /// Ready once the activity count (`seen` now) has not changed for the idle period.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>, seen: u64) -> Poll<()> {
         loop {
@@ -83,6 +91,48 @@ impl IdleClock {
             let next = self.sleep.deadline() + self.tick;
             self.sleep.as_mut().reset(next);
         }
+    }
+}
+
+/// The streams in flight on one downstream connection (Envoy's connection manager idle
+/// timeout: a connection without one for the idle period ends): each open stream holds a
+/// [`StreamGuard`], and every opening and end is activity.
+#[derive(Debug, Default)]
+pub struct Streams {
+    open: AtomicUsize,
+    changes: Activity,
+}
+
+impl Streams {
+    /// A stream opens; it stays open until the guard is dropped.
+    pub fn open(streams: &Arc<Streams>) -> StreamGuard {
+        streams.open.fetch_add(1, Ordering::Relaxed);
+        streams.changes.touch();
+        StreamGuard(streams.clone())
+    }
+
+    /// Ready once no stream was open, opened or ended for `clock`'s whole period.
+    pub fn poll_idle(&self, clock: &mut IdleClock, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            std::task::ready!(clock.poll_expired(cx, self.changes.seen()));
+            if self.open.load(Ordering::Relaxed) == 0 {
+                return Poll::Ready(());
+            }
+            // A long stream, quiet but open: the connection is not idle.
+            clock.restart();
+        }
+    }
+}
+
+/// One open stream of a connection's [`Streams`]; the stream ends when it is dropped (its
+/// response sent whole, or the stream reset).
+#[derive(Debug)]
+pub struct StreamGuard(Arc<Streams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.changes.touch();
     }
 }
 
@@ -175,6 +225,31 @@ mod tests {
             out,
             Some("done"),
             "a byte every 25 ms keeps a 150 ms idle timeout away"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_idle_only_without_open_streams_for_the_period() {
+        let streams = Arc::new(Streams::default());
+        let period = Duration::from_millis(120);
+        let mut clock = IdleClock::new(period, 0);
+        let started = Instant::now();
+        let guard = Streams::open(&streams);
+        // Open for three periods: never idle meanwhile.
+        let open = tokio::time::timeout(
+            period * 3,
+            std::future::poll_fn(|cx| streams.poll_idle(&mut clock, cx)),
+        )
+        .await;
+        assert!(open.is_err(), "idle while a stream was open");
+        drop(guard);
+        let closed = Instant::now();
+        std::future::poll_fn(|cx| streams.poll_idle(&mut clock, cx)).await;
+        let idle = closed.elapsed();
+        assert!(
+            idle >= period && idle < period * 3,
+            "idle {idle:?} after the last stream ended, period {period:?} (started {:?} ago)",
+            started.elapsed()
         );
     }
 

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -34,6 +35,7 @@ use crate::hcm::byte_codec::{self, Prefixed};
 use crate::hcm::filters::HttpFilters;
 use crate::hcm::{hyper_codec, HttpListener as _};
 use crate::health_check::HealthWatch;
+use crate::idle::{IdleClock, Streams};
 use crate::io::{Counted, TcpBacked};
 use crate::rate_limit::ConnectionLimit;
 use crate::rbac::{Peer, RbacRuntime};
@@ -69,8 +71,6 @@ pub struct Proxy {
     drain: CancellationToken,
     connections: TaskTracker,
     http: auto::Builder<TokioExecutor>,
-    /// Gateway listeners' HTTP settings (Kuma's gateway header timeout).
-    gateway_http: auto::Builder<TokioExecutor>,
     /// Where connections run: each worker accepts on its own socket of every listener.
     workers: Workers,
     /// The running resolutions of clusters' hostnames, kept across applies.
@@ -102,10 +102,6 @@ impl Proxy {
         http.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(bearing_http1::MAX_HEAD as u32);
-        let mut gateway_http = http.clone();
-        gateway_http
-            .http1()
-            .header_read_timeout(gateway::HEADER_READ_TIMEOUT);
         Proxy {
             stats: Stats::new(),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
@@ -117,7 +113,6 @@ impl Proxy {
             drain: CancellationToken::new(),
             connections: TaskTracker::new(),
             http,
-            gateway_http,
             workers,
             resolutions: Resolutions::new(resolver),
             log_files: LogFiles::default(),
@@ -391,6 +386,7 @@ impl Proxy {
                         config.http_filters = h.http_filters.clone();
                         config.stream_idle_timeout = h.stream_idle_timeout;
                         config.http_rbac = h.http_rbac.clone();
+                        config.downstream_timeouts = h.downstream_timeouts;
                         Arc::new(ListenerRuntime {
                             config,
                             cluster: cluster.clone(),
@@ -429,11 +425,13 @@ impl Proxy {
                     ))
                 }))
             });
-            let http = (!l.http2_windows.is_default()).then(|| {
-                let mut builder = match l.gateway {
-                    Some(_) => self.gateway_http.clone(),
-                    None => self.http.clone(),
-                };
+            // A gateway's own server: hyper gives a request head its stream idle timeout,
+            // from the moment the connection waits for one.
+            let http = (!l.http2_windows.is_default() || l.gateway.is_some()).then(|| {
+                let mut builder = self.http.clone();
+                if l.gateway.is_some() {
+                    builder.http1().header_read_timeout(l.stream_idle_timeout);
+                }
                 let windows = l.http2_windows;
                 if let Some(stream) = windows.stream {
                     builder.http2().initial_stream_window_size(stream);
@@ -965,10 +963,7 @@ impl Proxy {
             seen.1.clone()
         };
         let tls = stream.plain().is_none();
-        let timeouts = match listener.gateway {
-            Some(_) => gateway::BYTE_PATH_TIMEOUTS,
-            None => byte_codec::Timeouts::SIDECAR,
-        };
+        let timeouts = byte_codec::Timeouts::of(&listener.config);
         let wake = byte_codec::Wake {
             epoch: &listener.epoch,
             drain: &self.drain,
@@ -1001,7 +996,12 @@ impl Proxy {
         let own = listener.clone();
         let proxy = self.clone();
         let admitted = admission.clone();
+        // The connection idle timeout's watch: the streams in flight (none: not configured).
+        let idle = listener.config.downstream_timeouts.connection_idle;
+        let streams = idle.map(|_| Arc::new(Streams::default()));
+        let open = streams.clone();
         let service = service_fn(move |req| {
+            let stream = open.as_ref().map(Streams::open);
             let l = proxy.newest(&own);
             let allowed = l.admits(&admitted);
             // Decided here, where the connection's peer is borrowed: the request's future
@@ -1025,24 +1025,35 @@ impl Proxy {
                     ));
                 }
                 let how = (tls, rbac_allowed, who.as_deref());
-                let resp = hyper_codec::serve_request(req, &*l, peer, how).await;
+                let mut resp = hyper_codec::serve_request(req, &*l, peer, how).await;
+                if let Some(stream) = stream {
+                    resp.body_mut().hold_stream(stream);
+                }
                 Ok(resp)
             })
         });
-        let builder = match (&listener.http, &listener.gateway) {
-            (Some(own), _) => own,
-            (None, Some(_)) => &self.gateway_http,
-            (None, None) => &self.http,
-        };
+        let builder = listener.http.as_ref().unwrap_or(&self.http);
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
         // Woken by drain or by a change of the listener's terms: finish what is in flight and
         // close (HTTP/2: GOAWAY) unless the newest listener still admits the connection.
         let mut watched = listener.clone();
+        let mut clock = idle.map(|period| IdleClock::new(period, 0));
         let result = loop {
+            let idled = std::future::poll_fn(|cx| match (&streams, &mut clock) {
+                (Some(streams), Some(clock)) => streams.poll_idle(clock, cx),
+                _ => Poll::Pending,
+            });
             tokio::select! {
                 r = conn.as_mut() => break r,
                 () = watched.epoch.cancelled() => {}
+                () = idled => {
+                    // Envoy's connection idle timeout: HTTP/2 GOAWAY, HTTP/1.1 closed.
+                    listener.stats.cx_idle_timeout.inc();
+                    tracing::debug!(listener = %listener.config.name, %peer, "idle connection: closing");
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
             }
             let now = match self.is_draining() {
                 true => None,
@@ -1457,6 +1468,7 @@ mod tests {
                 http_filters: Vec::new(),
                 stream_idle_timeout: None,
                 http_rbac: None,
+                downstream_timeouts: Default::default(),
             };
             let mut untouched = route("db", None);
             untouched.network_rbac = None;

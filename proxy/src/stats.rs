@@ -67,6 +67,9 @@ pub struct ListenerStats {
     /// HTTP requests whose stream moved no byte for its idle timeout: answered 504 `stream
     /// timeout` before the response, reset after (Envoy's `downstream_rq_idle_timeout`).
     pub stream_idle_timeout: Counter,
+    /// HTTP connections closed (HTTP/2: sent GOAWAY) because no request was in flight for
+    /// the connection manager's idle timeout (Envoy's `downstream_cx_idle_timeout`).
+    pub cx_idle_timeout: Counter,
 }
 
 /// Metrics of one cluster.
@@ -252,6 +255,12 @@ const LISTENER_SERIES: &[Series<ListenerStats>] = &[
         help: "HTTP requests ended by their stream idle timeout.",
         kind: MetricType::Counter,
         metric: |h| &h.stream_idle_timeout,
+    },
+    Series {
+        name: "listener_downstream_cx_idle_timeout",
+        help: "HTTP connections ended by their connection idle timeout.",
+        kind: MetricType::Counter,
+        metric: |h| &h.cx_idle_timeout,
     },
 ];
 

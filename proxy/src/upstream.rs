@@ -54,7 +54,7 @@ use crate::balance::Picker;
 use crate::body::{BodyError, MessageBody};
 use crate::circuit::{Held, Occupancy, Overflow, PoolMembers, Resource};
 use crate::health::{ClusterHealth, HostHealth};
-use crate::idle::IdleClock;
+use crate::idle::{IdleClock, StreamGuard};
 use crate::io::Counted;
 use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
 use crate::outlier::{Detector, HostRecord, Outcome};
@@ -1367,6 +1367,9 @@ pub struct UpstreamBody {
     _request: RequestUnit<Arc<Occupancy>>,
     /// The stream's idle timeout, when it has one.
     idle: Option<Box<IdleWatch>>,
+    /// The downstream stream this body answers, held open on its connection until the body
+    /// is dropped (a connection idle timeout's watch).
+    _stream: Option<StreamGuard>,
 }
 
 /// A response body's stream idle timeout: its clock, the frames read so far (the clock's
@@ -1402,6 +1405,7 @@ impl UpstreamBody {
             release,
             _request: request,
             idle: None,
+            _stream: None,
         };
         if b.body.is_end_stream() {
             b.release_connection();
@@ -1418,6 +1422,11 @@ impl UpstreamBody {
             idled,
         }));
         self
+    }
+
+    /// Keeps `stream` open on its downstream connection until this body is dropped.
+    pub(crate) fn hold_stream(&mut self, stream: StreamGuard) {
+        self._stream = Some(stream);
     }
 
     fn release_connection(&mut self) {

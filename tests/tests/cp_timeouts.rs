@@ -11,6 +11,7 @@
 //! Then Envoy 1.40, fed the same resources by the same CP in the client's place, does the
 //! same.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -175,4 +176,264 @@ fn mesh_timeout_idle_timeouts_end_silent_streams_and_connections() -> Result<()>
         web.wait_for_tcp_listener(port, Duration::from_secs(20), None)?;
     }
     check("envoy")
+}
+
+/// A python client in `host` probing `to` (`mode`): `upload` sends a POST of 10
+/// bytes whose body stops after 2, `head` half a request head, `idle` one whole GET and then
+/// nothing, `h2` the HTTP/2 preface and SETTINGS and then nothing. Prints what came back (a
+/// status line and body, `goaway` for an HTTP/2 GOAWAY frame, `closed`), with the seconds from
+/// its last byte sent (for `idle`, from the response).
+fn probe(host: &Host, to: SocketAddr, mode: &str) -> Result<String> {
+    let (ip, port) = (to.ip(), to.port());
+    let script = format!(
+        r#"
+import socket, time
+s = socket.create_connection(("{ip}", {port}))
+s.settimeout(10)
+mode = "{mode}"
+if mode == "upload":
+    s.sendall(b"POST /test?delay=3 HTTP/1.1\r\nHost: test-server\r\nContent-Length: 10\r\n\r\nab")
+elif mode == "head":
+    s.sendall(b"GET /test HTTP/1.1\r\nHost: test-server\r\n")
+elif mode == "idle":
+    s.sendall(b"GET /test HTTP/1.1\r\nHost: test-server\r\n\r\n")
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(65536)
+    head, body = got.split(b"\r\n\r\n", 1)
+    length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+    while len(body) < length:
+        body += s.recv(65536)
+else:
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+last = time.monotonic()
+got = b""
+try:
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        got += data
+        if mode == "h2":
+            at = 0
+            while at + 9 <= len(got):
+                length = int.from_bytes(got[at:at + 3], "big")
+                if got[at + 3] == 7:
+                    print("goaway %.2f" % (time.monotonic() - last))
+                    raise SystemExit
+                at += 9 + length
+except (ConnectionResetError, socket.timeout):
+    pass
+text = got.decode("latin-1")
+answer = text.split("\r\n")[0] + " " + text.split("\r\n\r\n", 1)[-1] if text else "closed"
+print("%s %.2f" % (answer, time.monotonic() - last))
+"#
+    );
+    let out = host.command("python3").args(["-c", &script]).output()?;
+    ensure!(out.success(), "the {mode} probe failed: {out:?}");
+    Ok(out.stdout.trim().to_string())
+}
+
+/// The seconds at the end of a probe's line, and the rest.
+fn timed(line: &str) -> (&str, f64) {
+    let (what, secs) = line.rsplit_once(' ').unwrap_or((line, ""));
+    (what, secs.parse().unwrap_or(f64::NAN))
+}
+
+/// The connection manager's timeouts of MeshTimeout (`http.requestTimeout` where kuma-cp
+/// renders it on the connection manager, the request head timeout, `idleTimeout` as the
+/// downstream connection idle timeout) on the golden's outbound, set to 1 s, 0.5 s and 1 s:
+/// a request whose body stops gets Envoy's 408 `request timeout` after about 1 s, a head that
+/// stops 408 `request header timeout` after about 0.5 s, an HTTP/1.1 connection left idle
+/// after a request is closed and an HTTP/2 one gets a GOAWAY. Envoy 1.40 fed the same does
+/// the same (it closes the idle HTTP/1.1 connection its drain timeout, 5 s, and delayed close,
+/// 1 s, later).
+#[test]
+fn connection_manager_timeouts_answer_408_and_end_idle_connections() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "backend"])?;
+    let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), "cp-hcm-timeouts", cp)?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    let leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
+    let _origin = start_http_server(backend, APP_PORT)?;
+
+    let golden = KumaGolden::load(GOLDEN)?;
+    let mut xds = XdsFile::new();
+    xds.golden_inbound(&golden, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
+    let mut cluster = golden.cluster(SERVER_CLUSTER)?;
+    cluster
+        .as_object_mut()
+        .context("a cluster object")?
+        .remove("transportSocket");
+    let http = "/typedExtensionProtocolOptions/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/explicitHttpConfig";
+    set_field(&mut cluster, http, json!({"httpProtocolOptions": {}}))?;
+    let mut outbound = golden.listener("outbound:IP_REDACTED:80")?;
+    let hcm = "/filterChains/0/filters/0/typedConfig";
+    set_field(&mut outbound, &format!("{hcm}/requestTimeout"), json!("1s"))?;
+    set_field(
+        &mut outbound,
+        &format!("{hcm}/requestHeadersTimeout"),
+        json!("0.500s"),
+    )?;
+    set_field(
+        &mut outbound,
+        &format!("{hcm}/commonHttpProtocolOptions"),
+        json!({"idleTimeout": "1s"}),
+    )?;
+    replace_in_strings(&mut outbound, "IP_REDACTED", &web.ip4().to_string());
+    xds.cluster(cluster)?
+        .endpoints(
+            golden.endpoints(SERVER_CLUSTER)?,
+            &[backend.sock4(APP_PORT)],
+        )?
+        .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))?
+        .mesh_identity(MESH, &leaf, &mesh_ca)?;
+    let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
+
+    let to = SocketAddr::from(([127, 0, 0, 1], 10001));
+    let check = |proxy: &str, idle_close: std::ops::Range<f64>| -> Result<()> {
+        let upload = probe(web, to, "upload")?;
+        let (what, secs) = timed(&upload);
+        ensure!(
+            what == "HTTP/1.1 408 Request Timeout request timeout" && (0.9..2.5).contains(&secs),
+            "{proxy}: stalled upload: {upload}"
+        );
+        let head = probe(web, to, "head")?;
+        let (what, secs) = timed(&head);
+        ensure!(
+            what == "HTTP/1.1 408 Request Timeout request header timeout"
+                && (0.4..2.0).contains(&secs),
+            "{proxy}: stalled head: {head}"
+        );
+        let idle = probe(web, to, "idle")?;
+        let (what, secs) = timed(&idle);
+        ensure!(
+            what == "closed" && idle_close.contains(&secs),
+            "{proxy}: idle HTTP/1.1 connection: {idle}"
+        );
+        let h2 = probe(web, to, "h2")?;
+        let (what, secs) = timed(&h2);
+        ensure!(
+            what == "goaway" && (0.9..2.5).contains(&secs),
+            "{proxy}: idle HTTP/2 connection: {h2}"
+        );
+        Ok(())
+    };
+    check("bearing", 0.9..2.5)?;
+    let series =
+        "bearing_listener_downstream_cx_idle_timeout_total{listener=\"outbound:127.0.0.1:10001\"}";
+    let count = sidecar.metric(series)?;
+    ensure!(count == 2.0, "{series} is {count}, not 2");
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, MESH, "demo-client")?;
+    web.wait_for_tcp_listener(10001, Duration::from_secs(20), None)?;
+    check("envoy", 0.9..8.0)
+}
+
+/// A builtin gateway with a MeshTimeout (kuma-cp's `mt-with-from` and `mt-with-to` shapes, at
+/// test scale): the connection manager's request timeout (1 s) answers a stalled upload 408
+/// `request timeout`, its connection idle timeout (1 s) ends idle HTTP/1.1 and HTTP/2
+/// connections, and a route's idle timeout (1 s) gives a silent origin's request 504 `stream
+/// timeout`, where Kuma's defaults would wait 15 s and keep the connection 300 s. Envoy 1.40
+/// fed the same does the same.
+#[test]
+fn a_gateway_enforces_its_mesh_timeouts() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "gw", "backend"])?;
+    let (cp, gw, backend) = (topo.host("cp"), topo.host("gw"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), "cp-gateway-timeouts", cp)?;
+    let origin = start_http_server(backend, APP_PORT)?;
+    let routes = "gw:HTTP:8080:*";
+    let mut manager = gateway_manager(routes);
+    let config = &mut manager["typedConfig"];
+    config["requestTimeout"] = json!("1s");
+    config["streamIdleTimeout"] = json!("53s");
+    config["commonHttpProtocolOptions"]["idleTimeout"] = json!("1s");
+    let listener = json!({
+        "name": "gw:HTTP:8080",
+        "address": {"socketAddress": {"address": gw.ip4().to_string(), "portValue": 8080}},
+        "trafficDirection": "INBOUND",
+        "filterChains": [{"filters": [manager]}],
+    });
+    let route = json!({
+        "weightedClusters": {"clusters": [{"name": "origin", "weight": 1,
+            "requestHeadersToAdd": [{"header": {"key": "x-kuma-tags", "value": "&kuma.io/service=gw&"}}]}]},
+        "idleTimeout": "1s",
+        "clusterNotFoundResponseCode": "INTERNAL_SERVER_ERROR",
+    });
+    let route_config = json!({
+        "name": routes,
+        "ignorePortInHostMatching": true,
+        "requestHeadersToRemove": ["x-kuma-tags"],
+        "validateClusters": false,
+        "virtualHosts": [{"name": "*", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": route},
+        ]}],
+    });
+    let mut xds = XdsFile::new();
+    xds.listener(listener)?
+        .cluster(gateway_cluster("origin", backend.sock4(APP_PORT)))?;
+    xds.add(ROUTES, routes, route_config);
+    let file = pki.dir.join("gw.json");
+    xds.write(&file)?;
+    let (_cp, access) = pki.start_cp(TEST_CP, cp, 5678, &file, "cp")?;
+    let dataplane = dataplane_yaml(
+        "gw",
+        gw,
+        "  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: gw\n",
+    );
+    let gateway = access.bearing(gw, "gw", "dataplane", &dataplane)?;
+    gateway.wait_ready()?;
+
+    let to = gw.sock4(8080);
+    let check = |proxy: &str, idle_close: std::ops::Range<f64>| -> Result<()> {
+        let url = format!("http://{to}/test");
+        let quick = curl_output(gw, [url.as_str()])?;
+        ensure!(
+            quick.http_code == 200 && quick.body == origin.body(),
+            "{proxy}: quick origin: {} {}",
+            quick.http_code,
+            quick.body
+        );
+        let started = Instant::now();
+        let silent = curl_output(gw, [format!("{url}?delay=3")])?;
+        let took = started.elapsed().as_secs_f64();
+        ensure!(
+            silent.http_code == 504
+                && silent.body == "stream timeout"
+                && (0.9..2.5).contains(&took),
+            "{proxy}: silent origin after {took} s: {silent:?}"
+        );
+        let upload = probe(gw, to, "upload")?;
+        let (what, secs) = timed(&upload);
+        ensure!(
+            what == "HTTP/1.1 408 Request Timeout request timeout" && (0.9..2.5).contains(&secs),
+            "{proxy}: stalled upload: {upload}"
+        );
+        let idle = probe(gw, to, "idle")?;
+        let (what, secs) = timed(&idle);
+        ensure!(
+            what == "closed" && idle_close.contains(&secs),
+            "{proxy}: idle HTTP/1.1 connection: {idle}"
+        );
+        let h2 = probe(gw, to, "h2")?;
+        let (what, secs) = timed(&h2);
+        ensure!(
+            what == "goaway" && (0.9..2.5).contains(&secs),
+            "{proxy}: idle HTTP/2 connection: {h2}"
+        );
+        Ok(())
+    };
+    check("bearing", 0.9..2.5)?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    gateway.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(gw, "default", "gw")?;
+    gw.wait_for_tcp_listener(8080, Duration::from_secs(20), None)?;
+    check("envoy", 0.9..8.0)
 }

@@ -34,10 +34,10 @@ use bearing_model::{
     MeshGatewayRoute, Problem, Resource, RouteBackend, Spec, Store, Tags, SERVICE_TAG,
 };
 use bearing_proxy_config::{
-    Cluster, Compression, CrossMesh, Direction, Endpoint, GatewayCertificate, GatewayHost,
-    GatewayListener, GatewayProtocol, HeaderFilter, HeaderMatch, HttpMatch, HttpRoute, Listener,
-    Mirror, PathMatch, PathRewrite, Protocol, QueryMatch, Redirect, RetryPolicy, Rewrite,
-    RouteAction, UpstreamTls, ValueMatch, WeightedCluster,
+    Cluster, Compression, CrossMesh, Direction, DownstreamHttpTimeouts, Endpoint,
+    GatewayCertificate, GatewayHost, GatewayListener, GatewayProtocol, HeaderFilter, HeaderMatch,
+    HttpMatch, HttpRoute, Listener, Mirror, PathMatch, PathRewrite, Protocol, QueryMatch, Redirect,
+    RetryPolicy, Rewrite, RouteAction, UpstreamTls, ValueMatch, WeightedCluster,
 };
 
 use crate::compile::{problem, Destination, Outbounds};
@@ -201,6 +201,14 @@ pub(crate) fn compile(
             },
             // kuma-cp's gateway connection idle timeout, on its TCP and TLS listeners' proxies.
             tcp_idle_timeout: (!http).then_some(std::time::Duration::from_secs(300)),
+            // kuma-cp's gateway connection manager: 5 s stream idle, 0.5 s for a request head,
+            // 300 s idle between requests.
+            stream_idle_timeout: http.then_some(std::time::Duration::from_secs(5)),
+            downstream_timeouts: DownstreamHttpTimeouts {
+                request: None,
+                request_headers: Some(std::time::Duration::from_millis(500)),
+                connection_idle: Some(std::time::Duration::from_secs(300)),
+            },
             gateway: Some(GatewayListener {
                 protocol,
                 hosts,

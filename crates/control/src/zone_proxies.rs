@@ -203,6 +203,7 @@ fn host_rewriting(cluster: &str, protocol: Protocol) -> SniHttp {
     let route = HttpRoute::prefix_to(origin, "/", cluster, Some(rewrite), zero);
     SniHttp {
         stream_idle_timeout: None,
+        downstream_timeouts: bearing_proxy_config::DownstreamHttpTimeouts::ENVOY_DEFAULT,
         protocol,
         routes: Some(RouteTable {
             name: cluster.to_string(),

@@ -12,7 +12,6 @@ use crate::decode::{descriptor_pool, TYPE_URL_PREFIX};
 use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 /// Fields Bearing translates or documents as without effect on what it serves, by message.
 /// Messages absent here have no field accepted.
@@ -91,10 +90,13 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "stat_prefix",
             "http_filters",
             "route_config",
-            // The connection idle timeout: Kuma's defaults only (`is_kuma_default_timeout`).
+            // Its `idle_timeout`, the downstream connection idle timeout (the translation).
             "common_http_protocol_options",
             // Enforced, with a route's `idle_timeout` (the translation).
             "stream_idle_timeout",
+            // Enforced by the connection manager (`downstream_timeouts`).
+            "request_timeout",
+            "request_headers_timeout",
             // Which peers count as internal for x-forwarded-for: Bearing adds none.
             "internal_address_config",
             // x-forwarded-client-cert on mTLS inbounds: documented gap (ARCHITECTURE.md).
@@ -110,6 +112,9 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "access_log",
         ],
     ),
+    // A connection manager's downstream connection idle timeout (`downstream_timeouts`); a
+    // cluster's upstream one (`is_upstream_lifetime`).
+    ("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout"]),
     // A `filter` is kuma-cp's MeshAccessLog route filter: a metadata filter on the route's
     // `route_kri` (`access_log.rs` checks the matcher's values).
     (
@@ -782,7 +787,6 @@ const GATEWAY_ACCEPTED: &[(&str, &[&str])] = &[
             "rds",
             "server_name",
             "use_remote_address",
-            "request_headers_timeout",
             // HTTP/2: its windows are the gateway's (the translation); concurrent streams
             // and CONNECT are Bearing's own settings.
             "http2_protocol_options",
@@ -794,7 +798,7 @@ const GATEWAY_ACCEPTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.HttpProtocolOptions",
-        &["headers_with_underscores_action", "idle_timeout"],
+        &["headers_with_underscores_action"],
     ),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
@@ -900,11 +904,10 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("RetryPolicy.retry_host_predicate", "retries"),
     ("RetryPolicy.host_selection_retry_max_attempts", "retries"),
     ("RetryPolicy.per_try_idle_timeout", "retries"),
+    // A route's and a connection manager's stream and connection lifetimes (zero accepted,
+    // as kuma-cp renders none there; a cluster's are translated, `is_upstream_lifetime`).
     ("RouteAction.max_stream_duration", "timeouts"),
-    ("HttpConnectionManager.request_timeout", "timeouts"),
-    ("HttpConnectionManager.request_headers_timeout", "timeouts"),
     ("HttpProtocolOptions.max_stream_duration", "timeouts"),
-    ("HttpProtocolOptions.idle_timeout", "timeouts"),
     ("HttpProtocolOptions.max_connection_duration", "timeouts"),
 ];
 
@@ -943,17 +946,6 @@ const POLICY_EXTENSIONS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Connection idle timeouts Kuma sets without a MeshTimeout (outbound 1h, inbound 2h), on an
-/// upstream HTTP connection: accepted there, not enforced (ARCHITECTURE.md; a TCP proxy's
-/// idle timeout is enforced whatever its value).
-pub(crate) const KUMA_TCP_IDLE_TIMEOUTS: [Duration; 2] =
-    [Duration::from_secs(3600), Duration::from_secs(7200)];
-/// Idle timeouts Kuma sets without a MeshTimeout (none, 30m, 1h), accepted on a connection.
-pub(crate) const KUMA_STREAM_IDLE_TIMEOUTS: [Duration; 3] = [
-    Duration::ZERO,
-    Duration::from_secs(1800),
-    Duration::from_secs(3600),
-];
 /// The end of the reason of every NACK that is a Kuma policy (`<policy>: ...`).
 pub const POLICY_NOT_ENFORCED: &str = "a Kuma policy Bearing does not enforce over xDS yet";
 
@@ -1011,8 +1003,8 @@ pub(crate) fn policy_of(message: &str, field: &str) -> Option<&'static str> {
 
 /// Whether a field is one of a cluster's upstream HTTP lifetimes (its protocol options'
 /// idle timeout, maximum connection and stream durations: MeshTimeout's), which the cluster
-/// translation reads; the same fields of a connection manager stay a policy NACK unless
-/// Kuma's defaults.
+/// translation reads; the durations of a connection manager stay a policy NACK unless zero
+/// (its idle timeout is accepted everywhere).
 fn is_upstream_lifetime(message: &str, field: &str, path: &str) -> bool {
     message == "envoy.config.core.v3.HttpProtocolOptions"
         && matches!(
@@ -1039,7 +1031,7 @@ fn unhandled(message: &DynamicMessage, path: &mut String, guard: Guard, out: &mu
         if gateway_default || is_upstream_lifetime(name, field.name(), path) {
             walk_value(value, path, guard, out);
         } else if let Some(policy) = policy_of(name, field.name()) {
-            if !(policy == "timeouts" && is_kuma_default_timeout(field.name(), value)) {
+            if !(policy == "timeouts" && is_kuma_default_timeout(value)) {
                 out.push(Unhandled {
                     path: path.clone(),
                     reason: format!("{policy}: {POLICY_NOT_ENFORCED}"),
@@ -1172,10 +1164,8 @@ fn rate_limit_is_idle(type_name: &str, bytes: &[u8]) -> bool {
 }
 
 /// Whether a timeout a policy could set has the value Kuma gives it without one: zero
-/// (disabled, as when absent) or, for a connection's idle timeout, one of Kuma's idle
-/// defaults (30 min, 1 h, 2 h).
-/// Accepted, not enforced: Bearing closes no idle HTTP connection on its own (ARCHITECTURE.md).
-fn is_kuma_default_timeout(field: &str, value: &Value) -> bool {
+/// (disabled, as when absent).
+fn is_kuma_default_timeout(value: &Value) -> bool {
     let Value::Message(d) = value else {
         return false;
     };
@@ -1183,14 +1173,7 @@ fn is_kuma_default_timeout(field: &str, value: &Value) -> bool {
         d.get_field_by_name(name)
             .and_then(|v| v.as_i64().or(v.as_i32().map(i64::from)))
     };
-    let (Some(seconds), Some(nanos)) = (part("seconds"), part("nanos")) else {
-        return false;
-    };
-    let duration = Duration::new(seconds.max(0) as u64, nanos.max(0) as u32);
-    let idle_defaults = KUMA_STREAM_IDLE_TIMEOUTS
-        .iter()
-        .chain(&KUMA_TCP_IDLE_TIMEOUTS);
-    duration.is_zero() || (field == "idle_timeout" && idle_defaults.clone().any(|d| *d == duration))
+    matches!((part("seconds"), part("nanos")), (Some(0), Some(0)))
 }
 
 /// Whether an RBAC filter allows every connection or request: Kuma's default

@@ -7,20 +7,20 @@
 //! They become what the directory store compiles from MeshGateway and MeshGatewayRoute: a
 //! [`GatewayListener`] whose hosts are the route configurations' virtual hosts, served by the
 //! same gateway runtime and `Router`. Kuma's gateway defaults that the runtime serves itself
-//! (`server: Kuma Gateway`, `x-forwarded-for`, underscores refused, path hygiene, 5 s stream
-//! idle, 300 s connection idle) are checked by value; any other value, and every field the
-//! model cannot express, is a NACK naming its path.
+//! (`server: Kuma Gateway`, `x-forwarded-for`, underscores refused, path hygiene) are checked
+//! by value; any other value, and every field the model cannot express, is a NACK naming its
+//! path. The connection manager's timeouts (MeshTimeout) go to the listener at any value.
 
 use super::{
-    duration, kuma_service, listener_path, socket_address, struct_strings, type_name, typed,
-    Translator,
+    downstream_timeouts, kuma_service, listener_path, socket_address, stream_idle_timeout,
+    struct_strings, type_name, typed, Translator,
 };
 use crate::decode::{LISTENER, ROUTE_CONFIGURATION, RUNTIME, SECRET};
 use crate::fields::{self, Guard, POLICY_NOT_ENFORCED};
 use crate::routes;
 use bearing_proxy_config::{
-    CrossMesh, Direction, GatewayCertificate, GatewayHost, GatewayListener, GatewayProtocol,
-    Http2Windows, HttpFilter, Listener, Protocol, WeightedCluster,
+    CrossMesh, Direction, DownstreamHttpTimeouts, GatewayCertificate, GatewayHost, GatewayListener,
+    GatewayProtocol, Http2Windows, HttpFilter, Listener, Protocol, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
@@ -34,16 +34,6 @@ use std::time::Duration;
 
 /// The `server` header the gateway runtime sends (Kuma's gateway `server_name`).
 const SERVER_NAME: &str = "Kuma Gateway";
-/// The gateway runtime's time for a request's headers (Kuma's gateway `stream_idle_timeout`).
-const STREAM_IDLE: Duration = Duration::from_secs(5);
-/// The gateway runtime's keep-alive idle time (Kuma's gateway connection `idle_timeout`).
-const CONNECTION_IDLE: Duration = Duration::from_secs(300);
-/// Kuma's gateway `request_headers_timeout`, the one the gateway runtime enforces on its
-/// HTTP/1.1 byte path (408 `request header timeout`; not on HTTP/2 streams, a gap stated in
-/// ARCHITECTURE.md).
-const REQUEST_HEADERS: Duration = Duration::from_millis(500);
-/// Kuma's gateway route `idle_timeout`, accepted: the runtime's stream idle time.
-const ROUTE_IDLE: Duration = STREAM_IDLE;
 /// The cluster kuma-cp names where a route's backend resolves to nothing; Envoy answers such
 /// a route with its `cluster_not_found_response_code`.
 const UNRESOLVED_BACKEND: &str = "kuma.io/unresolved-backend";
@@ -54,6 +44,22 @@ const HTTPS_ALPN: &[&str] = &["h2", "http/1.1"];
 /// Kuma's runtime layer with the gateway listeners' connection limits.
 const LIMITS_PREFIX: &str = "envoy.resource_limits.listener.";
 const LIMITS_SUFFIX: &str = ".connection_limit";
+
+/// What a gateway chain's connection manager allows a request's stream (its
+/// `stream_idle_timeout`) and the downstream connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct HcmTimeouts {
+    stream_idle: Option<Duration>,
+    downstream: DownstreamHttpTimeouts,
+}
+
+/// What one gateway chain serves: its hosts, the cross-mesh TLS it terminates if it is one,
+/// and its connection manager's HTTP filters and timeouts.
+type GatewayChain = (
+    Vec<GatewayHost>,
+    Option<CrossMesh>,
+    (Vec<HttpFilter>, HcmTimeouts),
+);
 
 /// A builtin gateway listener whose chains carry `tcp_proxy` filters rather than HTTP, by the
 /// protocol kuma-cp names it with.
@@ -164,9 +170,11 @@ impl Translator<'_> {
         let mut cross_meshes: Vec<Option<CrossMesh>> = Vec::new();
         // The first chain's HTTP filters: the runtime holds one list per listener.
         let mut http_filters: Option<Vec<HttpFilter>> = None;
+        // The connection manager's timeouts, one set per listener (its chains must agree).
+        let mut timeouts: Option<HcmTimeouts> = None;
         for (i, chain) in listener.filter_chains.iter().enumerate() {
             let at = format!("{path}.filter_chains[{i}]");
-            let Some((mut chain_hosts, cross_mesh, filters)) =
+            let Some((mut chain_hosts, cross_mesh, (filters, chain_timeouts))) =
                 self.gateway_chain(name, &at, address.port(), chain)
             else {
                 continue;
@@ -185,6 +193,13 @@ impl Translator<'_> {
                 r.route_kri = None;
             }
             http_filters.get_or_insert(filters);
+            match timeouts {
+                Some(first) if first != chain_timeouts => {
+                    let reason = "timeouts of the connection manager differing from an earlier chain's: the gateway serves a listener's connections alike";
+                    self.nack(LISTENER, name, at.clone(), reason);
+                }
+                _ => timeouts = Some(chain_timeouts),
+            }
             if cross_meshes
                 .first()
                 .is_some_and(|first| *first != cross_mesh)
@@ -247,6 +262,10 @@ impl Translator<'_> {
         if let Some(out) = self.listeners.last_mut() {
             out.http2_windows = windows;
             out.http_filters = http_filters.unwrap_or_default();
+            if let Some(t) = timeouts {
+                out.stream_idle_timeout = t.stream_idle;
+                out.downstream_timeouts = t.downstream;
+            }
         }
     }
 
@@ -541,15 +560,15 @@ impl Translator<'_> {
     }
 
     /// One chain: its match, TLS and HTTP connection manager; its route configuration's
-    /// virtual hosts as gateway hosts, with the chain's certificate, and the cross-mesh TLS
-    /// of a chain matched by ALPN `kuma`.
+    /// virtual hosts as gateway hosts, with the chain's certificate, the cross-mesh TLS
+    /// of a chain matched by ALPN `kuma`, and its connection manager's timeouts.
     fn gateway_chain(
         &mut self,
         name: &str,
         at: &str,
         port: u16,
         chain: &listener_pb::FilterChain,
-    ) -> Option<(Vec<GatewayHost>, Option<CrossMesh>, Vec<HttpFilter>)> {
+    ) -> Option<GatewayChain> {
         let by_alpn = chain
             .filter_chain_match
             .as_ref()
@@ -595,6 +614,10 @@ impl Translator<'_> {
         let fat = format!("{fat}.typed_config(envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager)");
         self.gateway_defaults(name, &fat, &hcm);
         let filters = self.gateway_filters(name, &fat, &hcm);
+        let timeouts = HcmTimeouts {
+            stream_idle: stream_idle_timeout(&hcm),
+            downstream: downstream_timeouts(&hcm),
+        };
         let Some(hcm_pb::http_connection_manager::RouteSpecifier::Rds(rds)) = &hcm.route_specifier
         else {
             return None;
@@ -622,7 +645,7 @@ impl Translator<'_> {
                 http_routes,
                 tcp_backends: Vec::new(),
             });
-        Some((hosts.collect(), cross_mesh, filters))
+        Some((hosts.collect(), cross_mesh, (filters, timeouts)))
     }
 
     /// Kuma's gateway defaults on the HTTP connection manager, which the gateway runtime
@@ -631,7 +654,6 @@ impl Translator<'_> {
         use core_pb::http_protocol_options::HeadersWithUnderscoresAction as Underscores;
         use hcm_pb::http_connection_manager::PathWithEscapedSlashesAction as Slashes;
         let options = hcm.common_http_protocol_options.unwrap_or_default();
-        let idle = options.idle_timeout.as_ref().map(duration);
         let checks = [
             (
                 "codec_type",
@@ -664,34 +686,14 @@ impl Translator<'_> {
                 "UNESCAPE_AND_REDIRECT (the gateway redirects to the unescaped path)".into(),
             ),
             (
-                "stream_idle_timeout",
-                hcm.stream_idle_timeout.as_ref().map(duration) == Some(STREAM_IDLE),
-                format!("timeouts: {POLICY_NOT_ENFORCED} (the gateway's stream idle timeout is {STREAM_IDLE:?})"),
-            ),
-            (
-                "request_headers_timeout",
-                hcm.request_headers_timeout
-                    .as_ref()
-                    .is_none_or(|d| matches!(duration(d), Duration::ZERO | REQUEST_HEADERS)),
-                format!("timeouts: {POLICY_NOT_ENFORCED} (Kuma's gateway default is {REQUEST_HEADERS:?})"),
-            ),
-            (
                 "common_http_protocol_options.headers_with_underscores_action",
                 options.headers_with_underscores_action == Underscores::RejectRequest as i32,
                 "REJECT_REQUEST (the gateway refuses header names with `_`)".into(),
             ),
-            (
-                "common_http_protocol_options.idle_timeout",
-                idle.is_none_or(|d| d == CONNECTION_IDLE),
-                format!("timeouts: {POLICY_NOT_ENFORCED} (the gateway's connection idle timeout is {CONNECTION_IDLE:?})"),
-            ),
         ];
         for (field, holds, wanted) in checks {
             if !holds {
-                let reason = match wanted.starts_with("timeouts: ") {
-                    true => wanted,
-                    false => format!("a builtin gateway serves only {wanted}"),
-                };
+                let reason = format!("a builtin gateway serves only {wanted}");
                 self.nack(LISTENER, name, format!("{at}.{field}"), reason);
             }
         }
@@ -981,23 +983,6 @@ impl Translator<'_> {
                     "TLS is required only of hosts on a TLS chain (ALL), which every request meets",
                 );
             }
-            for (r, route) in vh.routes.iter().enumerate() {
-                let idle = match &route.action {
-                    Some(route_pb::route::Action::Route(a)) => {
-                        a.idle_timeout.as_ref().map(duration)
-                    }
-                    _ => None,
-                };
-                if idle.is_some_and(|d| d != Duration::ZERO && d != ROUTE_IDLE) {
-                    let reason = format!("timeouts: {POLICY_NOT_ENFORCED} (Kuma's gateway route idle timeout is {ROUTE_IDLE:?})");
-                    self.nack(
-                        ROUTE_CONFIGURATION,
-                        route_name,
-                        format!("{vat}.routes[{r}].route.idle_timeout"),
-                        reason,
-                    );
-                }
-            }
         }
         let (mut problems, mut reached) = (Vec::new(), Vec::new());
         let mut table = routes::route_table(rc, &path, &mut problems, &mut reached);
@@ -1174,7 +1159,9 @@ fn host_rank(hostname: &str) -> (u8, std::cmp::Reverse<usize>, String) {
 pub(super) mod tests {
     use crate::decode::{decode_raw, parse_golden};
     use crate::translate::{translate, Nack, NodeInfo, ResourceSet};
-    use bearing_proxy_config::{Compression, GatewayProtocol, PathMatch, ProxyConfig, RouteAction};
+    use bearing_proxy_config::{
+        Compression, DownstreamHttpTimeouts, GatewayProtocol, PathMatch, ProxyConfig, RouteAction,
+    };
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -1440,17 +1427,77 @@ pub(super) mod tests {
         assert_eq!(gateway(&without).compression, None);
     }
 
+    /// A MeshTimeout on a gateway: the connection manager's stream idle, request, request
+    /// head and connection idle timeouts go to the listener, a route's idle timeout to the
+    /// route.
+    #[test]
+    fn gateway_timeouts_go_to_the_listener_and_its_routes() {
+        let text = http_gateway("", "")
+            .replace(
+                "streamIdleTimeout: 5s",
+                "streamIdleTimeout: 53s\n          requestTimeout: 52s",
+            )
+            .replace("idleTimeout: 300s", "idleTimeout: 50s")
+            .replace("idleTimeout: 5s", "idleTimeout: 7s");
+        let config = translated(&text).unwrap_or_else(|n| panic!("{n:#?}"));
+        let listener = &config.listeners[0];
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(listener.stream_idle_timeout, secs(53));
+        assert_eq!(
+            listener.downstream_timeouts,
+            DownstreamHttpTimeouts {
+                request: secs(52),
+                request_headers: Some(Duration::from_millis(500)),
+                connection_idle: secs(50),
+            }
+        );
+        let gw = listener.gateway.as_ref().expect("a gateway");
+        let idles: Vec<Option<Duration>> = gw
+            .hosts
+            .iter()
+            .flat_map(|h| &h.http_routes)
+            .filter_map(|r| match &r.action {
+                RouteAction::Forward { idle_timeout, .. } => Some(*idle_timeout),
+                _ => None,
+            })
+            .collect();
+        assert!(idles.contains(&secs(7)), "{idles:?}");
+        // Zero is none; unset, Envoy's 5 min stream idle and 1 h connection idle.
+        let zero = http_gateway("", "").replace("streamIdleTimeout: 5s", "streamIdleTimeout: 0s");
+        let zero = zero.replace("idleTimeout: 300s", "idleTimeout: 0s");
+        let listener = translated(&zero).unwrap().listeners.remove(0);
+        assert_eq!(listener.stream_idle_timeout, None);
+        assert_eq!(listener.downstream_timeouts.connection_idle, None);
+        let unset = http_gateway("", "").replace("          streamIdleTimeout: 5s\n", "");
+        let listener = translated(&unset).unwrap().listeners.remove(0);
+        assert_eq!(listener.stream_idle_timeout, secs(300));
+        // A second chain whose connection manager differs: the listener is served alike.
+        let text = http_gateway("", "");
+        let (listener, rest) = text.split_at(text.find("- name: 'gw:HTTP:8080:*'").unwrap());
+        let chain = &listener[listener.find("    - filters:").unwrap()..];
+        let other = chain.replace("streamIdleTimeout: 5s", "streamIdleTimeout: 6s");
+        let nacks = translated(&format!("{listener}{other}{rest}")).unwrap_err();
+        assert!(
+            nacks.len() == 1
+                && nacks[0].field.ends_with(".filter_chains[1]")
+                && nacks[0]
+                    .reason
+                    .contains("timeouts of the connection manager"),
+            "{nacks:#?}"
+        );
+        let same = translated(&format!("{listener}{chain}{rest}"));
+        assert!(same.is_ok(), "{same:?}");
+    }
+
     /// Values other than Kuma's gateway defaults, which the gateway runtime serves, are NACKed
     /// by path; so are the routes' fields beyond the model, on the RouteConfiguration.
     #[test]
     fn gateway_settings_other_than_kumas_defaults_are_nacked_by_path() {
         let text = http_gateway("", "").replace("serverName: Kuma Gateway", "serverName: envoy");
-        let text = text.replace("streamIdleTimeout: 5s", "streamIdleTimeout: 10s");
         let text = text.replace(
             "ignorePortInHostMatching: true",
             "ignorePortInHostMatching: false",
         );
-        let text = text.replace("idleTimeout: 5s", "idleTimeout: 7s");
         let text = text.replace("key: x-kuma-tags, value", "key: x-other, value");
         let nacks = translated(&text).unwrap_err();
         let fields: Vec<(&str, &str)> = nacks
@@ -1464,9 +1511,7 @@ pub(super) mod tests {
             .collect();
         for wanted in [
             ("gw:HTTP:8080", "server_name"),
-            ("gw:HTTP:8080", "stream_idle_timeout"),
             ("gw:HTTP:8080:*", "ignore_port_in_host_matching"),
-            ("gw:HTTP:8080:*", "idle_timeout"),
             ("gw:HTTP:8080:*", "request_headers_to_add[0]"),
         ] {
             assert!(fields.contains(&wanted), "{wanted:?} not in {nacks:#?}");

@@ -21,12 +21,12 @@ use crate::naming::{self, Role, CAPTURE_INBOUND, CAPTURE_OUTBOUND};
 use crate::rbac;
 use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TIMEOUT};
 use bearing_proxy_config::{
-    AccessLog, CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamTls, Endpoint,
-    HeaderFilter, HostEndpoint, Http2Windows, HttpFilter, KumaEndpoints, Listener, LoadBalancer,
-    MeshTls, MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig, ProxyIdentity, Rbac,
-    RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget, SourcePrefix, SpiffeMatcher, TlsMatch,
-    TokenBucket, TransparentProxy, UpstreamHttpTimeouts, UpstreamTls, Verification,
-    WeightedCluster,
+    AccessLog, CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamHttpTimeouts,
+    DownstreamTls, Endpoint, HeaderFilter, HostEndpoint, Http2Windows, HttpFilter, KumaEndpoints,
+    Listener, LoadBalancer, MeshTls, MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig,
+    ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget, SourcePrefix,
+    SpiffeMatcher, TlsMatch, TokenBucket, TransparentProxy, UpstreamHttpTimeouts, UpstreamTls,
+    Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -303,6 +303,8 @@ struct Route {
     /// An HTTP connection manager's stream idle timeout (a plain listener's one route's
     /// `idle_timeout` when it sets one); `None`: none.
     stream_idle: Option<Duration>,
+    /// An HTTP connection manager's downstream timeouts (Envoy's defaults elsewhere).
+    downstream: DownstreamHttpTimeouts,
     /// A TCP proxy's weighted clusters, when it splits.
     tcp_backends: Vec<WeightedCluster>,
     /// Every cluster reached, with what the route reaching it asks of the cluster's
@@ -333,6 +335,7 @@ impl Route {
             retry: None,
             request_headers: HeaderFilter::default(),
             stream_idle: None,
+            downstream: DownstreamHttpTimeouts::ENVOY_DEFAULT,
             tcp_backends: Vec::new(),
             reached: Vec::new(),
             subset: BTreeMap::new(),
@@ -422,6 +425,31 @@ const ENVOY_UPSTREAM_IDLE: Duration = Duration::from_secs(3600);
 const ENVOY_TCP_IDLE: Duration = Duration::from_secs(3600);
 /// A connection manager's stream idle timeout when it sets none (Envoy's default).
 const ENVOY_STREAM_IDLE: Duration = Duration::from_secs(300);
+
+/// A connection manager's stream idle timeout: unset, Envoy's 5 min; zero: none.
+pub(crate) fn stream_idle_timeout(hcm: &hcm_pb::HttpConnectionManager) -> Option<Duration> {
+    let idle = hcm.stream_idle_timeout.as_ref();
+    Some(idle.map_or(ENVOY_STREAM_IDLE, duration)).filter(|d| !d.is_zero())
+}
+
+/// A connection manager's downstream timeouts: `request_timeout` and
+/// `request_headers_timeout` (unset or zero: none), `common_http_protocol_options.idle_timeout`
+/// (unset: Envoy's 1 h, zero: none).
+pub(crate) fn downstream_timeouts(hcm: &hcm_pb::HttpConnectionManager) -> DownstreamHttpTimeouts {
+    let set = |d: &Option<PbDuration>| d.as_ref().map(duration).filter(|d| !d.is_zero());
+    let idle = hcm
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|o| o.idle_timeout.as_ref());
+    DownstreamHttpTimeouts {
+        request: set(&hcm.request_timeout),
+        request_headers: set(&hcm.request_headers_timeout),
+        connection_idle: match idle {
+            None => DownstreamHttpTimeouts::ENVOY_DEFAULT.connection_idle,
+            Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+        },
+    }
+}
 
 /// A setting of a listener's TCP proxies that the listener holds once for all its chains,
 /// by listener: the value and where it was first read.
@@ -962,6 +990,7 @@ impl Translator<'_> {
                         || r.retry != this.retry
                         || r.request_headers != this.request_headers
                         || r.stream_idle != this.stream_idle
+                        || r.downstream != this.downstream
                         || r.tcp_backends != this.tcp_backends =>
                 {
                     self.nack(
@@ -1039,6 +1068,7 @@ impl Translator<'_> {
             out.retry = r.retry;
             out.request_headers = r.request_headers;
             out.stream_idle_timeout = r.stream_idle;
+            out.downstream_timeouts = r.downstream;
             out.tcp_backends = r.tcp_backends;
             out.direct_response = r.answer;
             out.http_filters = r.http_filters;
@@ -1112,6 +1142,7 @@ impl Translator<'_> {
                         retry: None,
                         request_headers: HeaderFilter::default(),
                         stream_idle: None,
+                        downstream: DownstreamHttpTimeouts::ENVOY_DEFAULT,
                         tcp_backends: Vec::new(),
                         subset,
                         answer: None,
@@ -1134,6 +1165,7 @@ impl Translator<'_> {
                             retry: None,
                             request_headers: HeaderFilter::default(),
                             stream_idle: None,
+                            downstream: DownstreamHttpTimeouts::ENVOY_DEFAULT,
                             tcp_backends: backends,
                             subset,
                             answer: None,
@@ -1289,11 +1321,6 @@ impl Translator<'_> {
                 );
             }
         }
-        // Unset, Envoy's default.
-        let stream_idle = hcm
-            .stream_idle_timeout
-            .as_ref()
-            .map_or(ENVOY_STREAM_IDLE, duration);
         let Some(hcm_pb::http_connection_manager::RouteSpecifier::RouteConfig(rc)) =
             &hcm.route_specifier
         else {
@@ -1339,8 +1366,11 @@ impl Translator<'_> {
             table,
             retry,
             request_headers,
-            stream_idle: bearing_proxy_config::stream_idle_timeout(route_idle, Some(stream_idle))
-                .filter(|d| !d.is_zero()),
+            stream_idle: bearing_proxy_config::stream_idle_timeout(
+                route_idle,
+                stream_idle_timeout(hcm),
+            ),
+            downstream: downstream_timeouts(hcm),
             tcp_backends: Vec::new(),
             reached,
             subset: BTreeMap::new(),
@@ -1615,6 +1645,7 @@ impl Translator<'_> {
                     http_filters: route.http_filters.clone(),
                     stream_idle_timeout: route.stream_idle,
                     http_rbac: route.http_rbac.clone(),
+                    downstream_timeouts: route.downstream,
                 }),
                 // A TLS context that did not translate (or awaits its secrets) said why.
                 (_, None) if chain.transport_socket.is_some() => continue,
@@ -3953,6 +3984,48 @@ mod tests {
         assert_eq!((idle(0), idle(1)), (Some(Duration::from_secs(9)), None));
     }
 
+    /// A connection manager's `request_timeout` and `request_headers_timeout` (unset or zero:
+    /// none) and `common_http_protocol_options.idle_timeout` (unset: Envoy's 1 h; zero: none)
+    /// become the listener's downstream timeouts.
+    #[test]
+    fn connection_manager_timeouts_become_the_listeners() {
+        let with = |hcm: &str| {
+            let text = format!("{OUTBOUND}{}", secrets()).replacen(
+                "statPrefix: backend",
+                &format!("statPrefix: backend{hcm}"),
+                1,
+            );
+            let config = translate(&set(&text), &node()).unwrap_or_else(|n| panic!("{n:#?}"));
+            config.listeners[0].downstream_timeouts
+        };
+        assert_eq!(with(""), DownstreamHttpTimeouts::ENVOY_DEFAULT);
+        let set_all = "\n          requestTimeout: 12s\n          requestHeadersTimeout: 0.250s\n          commonHttpProtocolOptions: {idleTimeout: 103s}";
+        assert_eq!(
+            with(set_all),
+            DownstreamHttpTimeouts {
+                request: Some(Duration::from_secs(12)),
+                request_headers: Some(Duration::from_millis(250)),
+                connection_idle: Some(Duration::from_secs(103)),
+            }
+        );
+        let zero = "\n          requestTimeout: 0s\n          commonHttpProtocolOptions: {idleTimeout: 0s}";
+        assert_eq!(with(zero), DownstreamHttpTimeouts::default());
+        // Its maximum durations are still NACKed by name.
+        let text = format!("{OUTBOUND}{}", secrets()).replacen(
+            "statPrefix: backend",
+            "statPrefix: backend\n          commonHttpProtocolOptions: {maxConnectionDuration: 9s}",
+            1,
+        );
+        let nacks = translate(&set(&text), &node()).unwrap_err();
+        assert!(
+            nacks[0]
+                .field
+                .ends_with("common_http_protocol_options.max_connection_duration")
+                && nacks[0].reason.starts_with("timeouts: "),
+            "{nacks:#?}"
+        );
+    }
+
     /// OUTBOUND with its one route replaced by `routes` (YAML list items at the routes'
     /// indentation).
     fn outbound_with_routes(routes: &str) -> String {
@@ -4722,7 +4795,13 @@ mod tests {
             "{}/../../../shared/kuma-corpus/xds-egress/03.mixed-services.golden.yaml",
             env!("CARGO_MANIFEST_DIR")
         );
-        let mut resources = set(&std::fs::read_to_string(&file).unwrap());
+        // MeshTimeout's request head timeout on one HTTP chain, as kuma-cp renders it.
+        let text = std::fs::read_to_string(&file).unwrap().replacen(
+            "          statPrefix: externalservice-2\n",
+            "          statPrefix: externalservice-2\n          requestHeadersTimeout: 5s\n",
+            1,
+        );
+        let mut resources = set(&text);
         // The golden's secrets are stand-ins that do not load: the test CA's instead.
         let own = format!("resources:{}", secrets().replace(":default", ":mesh-1"));
         resources.secrets = set(&own).secrets;
@@ -4754,6 +4833,13 @@ mod tests {
         };
         assert_eq!(backends[0].cluster, "mesh-1:externalservice-2");
         assert!(rewrite.as_ref().unwrap().host_to_backend_hostname);
+        assert_eq!(
+            http.downstream_timeouts,
+            DownstreamHttpTimeouts {
+                request_headers: Some(Duration::from_secs(5)),
+                ..DownstreamHttpTimeouts::ENVOY_DEFAULT
+            }
+        );
 
         let tls_cluster = &config.clusters["mesh-1:externalservice-2"];
         let host = &tls_cluster.dns.as_ref().unwrap().hosts[0];

@@ -8,8 +8,9 @@ mod corpus;
 
 use bearing_envoy_config::{translate, Nack, ResourceSet, POLICY_NOT_ENFORCED};
 use bearing_proxy_config::{
-    FormatSource, HashPolicy, HashSource, LoadBalancer, ProxyConfig, RbacAction, RbacDecision,
-    RbacEngine, RbacInput, RbacMatch, RbacMatcher, RbacPredicate, RbacString, UpstreamHttpTimeouts,
+    DownstreamHttpTimeouts, FormatSource, HashPolicy, HashSource, LoadBalancer, ProxyConfig,
+    RbacAction, RbacDecision, RbacEngine, RbacInput, RbacMatch, RbacMatcher, RbacPredicate,
+    RbacString, RouteAction, UpstreamHttpTimeouts,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -367,9 +368,9 @@ fn zone_egress_rbac_goldens_translate_with_their_rbac_per_chain() {
             }
         }
     }
-    // Translated with RBAC on their routes: 8 of the 13 envoyconfig-e2e egress goldens with
-    // RBAC (the others are NACKed for tracing, metrics and timeouts) and the 8 xds-egress ones.
-    assert_eq!(with_rbac, 16);
+    // Translated with RBAC on their routes: 9 of the 13 envoyconfig-e2e egress goldens with
+    // RBAC (the others are NACKed for tracing and metrics) and the 8 xds-egress ones.
+    assert_eq!(with_rbac, 17);
 
     let config = |suffix: &str| {
         let file = egress
@@ -618,6 +619,98 @@ fn mesh_timeout_goldens_translate_with_their_timeouts() {
         .expect("the HTTP inbound");
     assert_eq!(listener.stream_idle_timeout, secs(53));
     assert_eq!(app.request_timeout, secs(52));
+}
+
+/// The builtin gateway MeshTimeout goldens translate with their timeouts: `from` and `rules`
+/// give the connection manager's (`idleTimeout: 50s`, `http.requestTimeout: 52s`,
+/// `streamIdleTimeout: 53s`, Kuma's 0.5 s request head) to the listener; `to` gives the
+/// route its idle timeout (53 s) beside the gateway's defaults.
+#[test]
+fn gateway_mesh_timeout_goldens_translate_with_their_timeouts() {
+    let secs = |s| Some(Duration::from_secs(s));
+    for which in ["mt-with-from", "mt-with-rules", "mt-with-to"] {
+        let file = find_golden(&format!(
+            "builtingateway/meshtimeout/{which}.gateway-proxy.golden.json"
+        ));
+        let config = translated(&file).unwrap_or_else(|n| panic!("{which}: {n:#?}"));
+        let listener = &config.listeners[0];
+        let gateway = listener.gateway.as_ref().expect("a gateway listener");
+        let route_idles: Vec<Option<Duration>> = gateway
+            .hosts
+            .iter()
+            .flat_map(|h| &h.http_routes)
+            .filter_map(|r| match &r.action {
+                RouteAction::Forward { idle_timeout, .. } => Some(*idle_timeout),
+                _ => None,
+            })
+            .collect();
+        let (stream_idle, request, connection_idle, route_idle) = match which {
+            "mt-with-to" => (secs(5), None, secs(300), secs(53)),
+            _ => (secs(53), secs(52), secs(50), secs(5)),
+        };
+        assert_eq!(listener.stream_idle_timeout, stream_idle, "{which}");
+        assert_eq!(
+            listener.downstream_timeouts,
+            DownstreamHttpTimeouts {
+                request,
+                request_headers: Some(Duration::from_millis(500)),
+                connection_idle,
+            },
+            "{which}"
+        );
+        assert!(
+            !route_idles.is_empty() && route_idles.iter().all(|i| *i == route_idle),
+            "{which}: {route_idles:?}"
+        );
+    }
+}
+
+/// The connection manager's downstream connection idle timeout of sidecar outbounds
+/// (`xds-generator/outbound-proxy` 03 and 06: 103 s, and 0 s for none) and the zone egress's
+/// request head timeout (5 s; that golden stays NACKed only for the RBAC of its SNI routes).
+#[test]
+fn connection_manager_timeouts_of_sidecars_and_zone_egress_translate() {
+    let idle_of = |config: &ProxyConfig, name: &str| {
+        let listener = config.listeners.iter().find(|l| l.name == name);
+        listener
+            .unwrap_or_else(|| panic!("no listener {name}"))
+            .downstream_timeouts
+            .connection_idle
+    };
+    let three = translated(&find_golden(
+        "xds-generator/outbound-proxy/03.envoy.golden.yaml",
+    ))
+    .unwrap_or_else(|n| panic!("{n:#?}"));
+    assert_eq!(idle_of(&three, "outbound:127.0.0.1:40001"), None);
+    let idle = Some(Duration::from_secs(103));
+    assert_eq!(idle_of(&three, "outbound:127.0.0.1:40003"), idle);
+    assert_eq!(idle_of(&three, "outbound:127.0.0.1:40004"), idle);
+    let six = translated(&find_golden(
+        "xds-generator/outbound-proxy/06.envoy.golden.yaml",
+    ))
+    .unwrap_or_else(|n| panic!("{n:#?}"));
+    assert_eq!(idle_of(&six, "outbound:127.0.0.1:18082"), idle);
+
+    // The zone egress's HTTP SNI route: MeshTimeout's 5 s for a request's headers.
+    let egress = find_golden("zoneproxies/meshtimeout/sni.zone-proxy-egress.golden.json");
+    let egress = translated(&egress).unwrap_or_else(|n| panic!("{n:#?}"));
+    let routes = egress
+        .listeners
+        .iter()
+        .flat_map(|l| l.sni_routes.iter().flatten());
+    let heads: Vec<_> = routes
+        .filter_map(|r| r.http.as_ref())
+        .map(|h| h.downstream_timeouts.request_headers)
+        .collect();
+    assert_eq!(heads, [Some(Duration::from_secs(5))]);
+}
+
+/// The golden whose short name ends with `suffix`.
+fn find_golden(suffix: &str) -> std::path::PathBuf {
+    corpus::envoy_goldens()
+        .into_iter()
+        .find(|f| corpus::short(f).ends_with(suffix))
+        .unwrap_or_else(|| panic!("no golden {suffix}"))
 }
 
 /// The MeshCircuitBreaker outbound goldens translate with their outlier detection and panic

@@ -311,6 +311,53 @@ pub struct SniHttp {
     /// route terminates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_rbac: Option<Rbac>,
+    /// The connection manager's downstream timeouts (as `Listener::downstream_timeouts`).
+    #[serde(skip_serializing_if = "DownstreamHttpTimeouts::is_envoy_default")]
+    pub downstream_timeouts: DownstreamHttpTimeouts,
+}
+
+/// What an HTTP connection manager allows its downstream clients (Envoy's
+/// `HttpConnectionManager` `request_timeout`, `request_headers_timeout` and
+/// `common_http_protocol_options.idle_timeout`; kuma-cp's MeshTimeout `http.requestTimeout`,
+/// its gateway defaults and `idleTimeout`); `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct DownstreamHttpTimeouts {
+    /// A request not wholly received this long after its first byte, and not yet answered,
+    /// gets 408 `request timeout` (Envoy's `request_timeout`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub request: Option<Duration>,
+    /// A request head not complete this long after its first byte gets 408 `request header
+    /// timeout` and the connection closes (Envoy's `request_headers_timeout`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub request_headers: Option<Duration>,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1) or sent
+    /// GOAWAY (HTTP/2), as Envoy's connection manager `idle_timeout` (1 h when unset).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_millis::serialize"
+    )]
+    pub connection_idle: Option<Duration>,
+}
+
+impl DownstreamHttpTimeouts {
+    /// Envoy's connection manager without any of them set: a connection idle for an hour
+    /// is closed, nothing else is limited.
+    pub const ENVOY_DEFAULT: DownstreamHttpTimeouts = DownstreamHttpTimeouts {
+        request: None,
+        request_headers: None,
+        connection_idle: Some(Duration::from_secs(3600)),
+    };
+
+    /// Whether these are Envoy's defaults (left out of `/config_dump`).
+    pub fn is_envoy_default(&self) -> bool {
+        *self == DownstreamHttpTimeouts::ENVOY_DEFAULT
+    }
 }
 
 /// Lifetimes of a cluster's upstream HTTP connections and streams; `None`: no limit.
@@ -649,6 +696,10 @@ pub struct Listener {
         serialize_with = "opt_millis::serialize"
     )]
     pub stream_idle_timeout: Option<Duration>,
+    /// HTTP: what the connection manager allows its clients (request, request head and
+    /// connection idle timeouts); Envoy's defaults unless set.
+    #[serde(skip_serializing_if = "DownstreamHttpTimeouts::is_envoy_default")]
+    pub downstream_timeouts: DownstreamHttpTimeouts,
     /// Fail closed: a policy denies traffic to this inbound that Bearing cannot enforce per
     /// source (a MeshTrafficPermission `Deny`), so every connection is refused. Names the
     /// policy (`MeshTrafficPermission/<name>`) for logs and `/config_dump`.
@@ -726,6 +777,7 @@ impl Listener {
             max_connect_attempts: 1,
             tcp_idle_timeout: None,
             stream_idle_timeout: None,
+            downstream_timeouts: DownstreamHttpTimeouts::ENVOY_DEFAULT,
             deny_all: None,
             network_rbac: None,
             http_rbac: None,

@@ -77,30 +77,63 @@ const LINGER: Duration = Duration::from_secs(2);
 /// How many of those bytes, at most.
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// How long a client may take on the byte path.
-#[derive(Debug, Clone, Copy)]
+/// How long a client may take on the byte path: its listener's connection manager timeouts
+/// (Envoy's), each `None` when not set.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Timeouts {
-    /// To finish a request head it has started.
-    pub head: Duration,
-    /// Idle between requests.
-    pub idle: Duration,
-    /// For the rest of a held request's body once its head is complete.
-    pub body: Duration,
-    /// The 408 body sent when a started head does not finish in time (Envoy's
-    /// `request_headers_timeout` answers `request header timeout`); `None`: the connection is
-    /// closed without an answer.
-    pub head_expired: Option<&'static str>,
+    /// Idle between requests (the connection idle timeout): the connection is closed.
+    pub idle: Option<Duration>,
+    /// To finish a head from its first byte (`request_headers_timeout`): 408 `request header
+    /// timeout`.
+    pub head: Option<Duration>,
+    /// A started request whose bytes stop for this long (the stream idle timeout, from the
+    /// head's first byte and again from each body read): 408 `stream timeout`.
+    pub stream_idle: Option<Duration>,
+    /// To receive a whole request from its first byte (`request_timeout`): 408 `request
+    /// timeout`.
+    pub request: Option<Duration>,
 }
 
 impl Timeouts {
-    /// A sidecar's listeners: hyper's default for a head, Kuma's default idle timeout.
-    pub(crate) const SIDECAR: Timeouts = Timeouts {
-        head: Duration::from_secs(30),
-        idle: Duration::from_secs(3600),
-        body: Duration::from_secs(30),
-        head_expired: None,
-    };
+    /// The timeouts of `listener`'s connection manager.
+    pub(crate) fn of(listener: &bearing_proxy_config::Listener) -> Timeouts {
+        let t = &listener.downstream_timeouts;
+        Timeouts {
+            idle: t.connection_idle,
+            head: t.request_headers,
+            stream_idle: listener.stream_idle_timeout,
+            request: t.request,
+        }
+    }
 }
+
+/// A deadline of a request being read and Envoy's answer when it passes first.
+type ReadDeadline = (Instant, &'static str);
+
+/// The sooner of a request's deadlines: `limit` counted from `now` (with its answer), and
+/// the whole request's `request` deadline.
+fn sooner(
+    now: Instant,
+    limit: Option<(Duration, &'static str)>,
+    request: Option<ReadDeadline>,
+) -> Option<ReadDeadline> {
+    let limit = limit.map(|(d, why)| (now + d, why));
+    match (limit, request) {
+        (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A far deadline standing for none (what tokio's own timers use), so that one timer serves
+/// every phase of a connection.
+fn never() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365 * 30)
+}
+
+/// Envoy's 408 bodies for a request not read in time.
+const HEADER_TIMEOUT: &str = "request header timeout";
+const STREAM_TIMEOUT: &str = "stream timeout";
+const REQUEST_TIMEOUT: &str = "request timeout";
 
 /// How a downstream connection left the byte path.
 pub(crate) enum Outcome<S> {
@@ -190,23 +223,34 @@ where
     // still passes, the newest listener's epoch.
     let woken = Either::Left(wake.epoch.cancelled());
     tokio::pin!(woken);
-    let head_timer = tokio::time::sleep(timeouts.idle);
+    let head_timer = tokio::time::sleep_until(never());
     tokio::pin!(head_timer);
-    let response_timer = tokio::time::sleep(timeouts.idle);
+    let response_timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(response_timer);
     let mut held: Option<Buffers> = None;
     loop {
         // Wait for a whole request head. Between requests no buffer is held: a plain
         // connection waits for readiness first.
-        head_timer.as_mut().reset(Instant::now() + timeouts.idle);
-        let mut started = false;
+        head_timer
+            .as_mut()
+            .reset(timeouts.idle.map_or_else(never, |d| Instant::now() + d));
+        // Once the head has started: the answer due when the timer fires, and the whole
+        // request's deadline.
+        let mut reading: Option<&'static str> = None;
+        let mut request_deadline: Option<ReadDeadline> = None;
         let head = loop {
             if let Some(bufs) = held.as_mut().filter(|b| !b.request.is_empty()) {
                 match parse_request(&bufs.request, &mut bufs.request_head) {
                     Ok(Some(head)) => break head,
-                    Ok(None) if !started => {
-                        started = true;
-                        head_timer.as_mut().reset(Instant::now() + timeouts.head);
+                    Ok(None) if reading.is_none() => {
+                        let now = Instant::now();
+                        request_deadline = timeouts.request.map(|d| (now + d, REQUEST_TIMEOUT));
+                        let head = timeouts.head.map(|d| (d, HEADER_TIMEOUT));
+                        let idle = timeouts.stream_idle.map(|d| (d, STREAM_TIMEOUT));
+                        let limit = sooner(now, head, sooner(now, idle, request_deadline));
+                        let (at, why) = limit.unwrap_or_else(|| (never(), STREAM_TIMEOUT));
+                        reading = Some(why);
+                        head_timer.as_mut().reset(at);
                     }
                     Ok(None) => {}
                     Err(NotForwarded::Handoff(Refused(why))) => {
@@ -226,14 +270,14 @@ where
                 biased;
                 r = read_request(&mut down, &mut held) => r,
                 _ = &mut head_timer => {
-                    if let (true, Some(why), Some(bufs)) = (started, timeouts.head_expired, held.as_mut()) {
-                        if let Some(listener) = current() {
-                            listener.requests().count(408);
-                        }
-                        reject(&mut down, 408, why, peer, &mut bufs.request).await;
+                    if let (Some(why), Some(bufs)) = (reading, held.as_mut()) {
+                        too_late(&mut down, current().as_deref(), why, peer, &mut bufs.request).await;
                         return Outcome::Closed;
                     }
-                    tracing::debug!(%peer, "no request head in time: closing");
+                    if let Some(listener) = current() {
+                        listener.idle_closed().inc();
+                    }
+                    tracing::debug!(%peer, "idle connection: closing");
                     return Outcome::Closed;
                 }
                 _ = &mut woken, if idle => {
@@ -268,14 +312,27 @@ where
             BodyLength::Empty => head.head_len,
             _ => return handoff(down, Some(bufs), "request body too large to hold", peer),
         };
-        if bufs.request.len() < message_len {
-            head_timer.as_mut().reset(Instant::now() + timeouts.body);
+        // The rest of a held body: the stream idle timeout from each read, within the
+        // request's own deadline (both from its first byte when it came in one read).
+        let stream_idle = timeouts.stream_idle.map(|d| (d, STREAM_TIMEOUT));
+        if bufs.request.len() < message_len && request_deadline.is_none() {
+            let now = Instant::now();
+            request_deadline = timeouts.request.map(|d| (now + d, REQUEST_TIMEOUT));
         }
         while bufs.request.len() < message_len {
+            let deadline = sooner(Instant::now(), stream_idle, request_deadline);
+            head_timer
+                .as_mut()
+                .reset(deadline.map_or_else(never, |d| d.0));
             let read = tokio::select! {
                 biased;
                 r = read_more(&mut down, &mut bufs.request, READ_SIZE) => r,
-                _ = &mut head_timer => Ok(0),
+                _ = &mut head_timer => {
+                    if let Some((_, why)) = deadline {
+                        too_late(&mut down, current().as_deref(), why, peer, &mut bufs.request).await;
+                    }
+                    return Outcome::Closed;
+                }
             };
             if !matches!(read, Ok(n) if n > 0) {
                 return Outcome::Closed;
@@ -482,6 +539,24 @@ where
             _ => return,
         }
     }
+}
+
+/// Answers a request not read within one of its deadlines with Envoy's 408 (`why` names it)
+/// and closes the connection, counted on `listener`'s responses.
+async fn too_late<S, L>(
+    down: &mut S,
+    listener: Option<&L>,
+    why: &str,
+    peer: SocketAddr,
+    scratch: &mut Vec<u8>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    L: HttpListener,
+{
+    if let Some(listener) = listener {
+        listener.requests().count(408);
+    }
+    reject(down, 408, why, peer, scratch).await;
 }
 
 /// Envoy's reply to a request its RBAC filter refuses.

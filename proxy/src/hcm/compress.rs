@@ -291,6 +291,11 @@ pub struct GzipBody<B> {
 const GZIP_WRAPPER: i32 = 16;
 
 impl<B> GzipBody<B> {
+    /// The body being compressed.
+    pub(crate) fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
     /// `inner` compressed as `config` says (its values clamped to zlib's ranges, which the
     /// translation already checked, so that none can make zlib refuse its configuration).
     fn new(inner: B, config: &Compression) -> Self {

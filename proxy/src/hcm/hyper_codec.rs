@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,7 @@ pub(crate) async fn serve_request<L: HttpListener>(
     peer: SocketAddr,
     (tls, rbac_allowed, who): (bool, bool, Option<&Peer>),
 ) -> Response<ProxyBody> {
+    let version = req.version();
     let logged = listener.access_log().map(|log| (log.clone(), Began::now()));
     let mut head = None;
     let mut outcome = Outcome::default();
@@ -77,31 +79,49 @@ pub(crate) async fn serve_request<L: HttpListener>(
                 head = Some(request_head(&req));
             }
             let filters = listener.filters().map(|f| (f, who));
-            match (listener.routes(), listener.cluster()) {
-                (Some(routes), _) => {
-                    let (resp, sent) = route(req, (listener, filters), routes, peer).await;
-                    outcome = sent;
-                    resp
-                }
-                (None, Some(cluster)) => match filtered(filters, held(filters, &req), None).await {
-                    Some(reply) => reply,
-                    None => {
-                        if let Some(edits) = listener.request_edits() {
-                            edits.apply(req.headers_mut());
-                        }
-                        let idle = listener.stream_idle(None);
-                        let limits = (cluster.config.request_timeout, listener.retry(), idle);
-                        let req = req.map(RequestBody::Streamed);
-                        let (resp, sent) = send_logged(req, cluster, limits, (false, None)).await;
-                        outcome = sent;
-                        resp
+            // The connection manager's request timeout, while the body is still to come: the
+            // flag its body sets once read whole (sent upstream, or buffered for a mirror).
+            let request_limit = listener
+                .request_timeout()
+                .filter(|_| !req.body().is_end_stream());
+            let ended = request_limit.map(|_| Arc::new(AtomicBool::new(false)));
+            let dispatch = async {
+                match (listener.routes(), listener.cluster()) {
+                    (Some(routes), _) => {
+                        let body = ended.as_ref();
+                        route(req, (listener, filters), routes, (peer, body)).await
                     }
-                },
-                (None, None) => {
-                    let message = format!("listener {} has no cluster", listener.name());
-                    local_reply(StatusCode::SERVICE_UNAVAILABLE, message)
+                    (None, Some(cluster)) => {
+                        match filtered(filters, held(filters, &req), None).await {
+                            Some(reply) => (reply, Outcome::default()),
+                            None => {
+                                if let Some(edits) = listener.request_edits() {
+                                    edits.apply(req.headers_mut());
+                                }
+                                let idle = listener.stream_idle(None);
+                                let limits =
+                                    (cluster.config.request_timeout, listener.retry(), idle);
+                                let req =
+                                    req.map(|b| RequestBody::Streamed(b).flagging(ended.as_ref()));
+                                send_logged(req, cluster, limits, (false, None)).await
+                            }
+                        }
+                    }
+                    (None, None) => {
+                        let message = format!("listener {} has no cluster", listener.name());
+                        let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, message);
+                        (reply, Outcome::default())
+                    }
                 }
-            }
+            };
+            let (resp, sent) = match (request_limit, &ended) {
+                (Some(limit), Some(ended)) => {
+                    within_request_timeout(dispatch, limit, ended, version).await
+                }
+                _ => dispatch.await,
+            };
+            outcome = sent;
+            resp
         }
     };
     listener.requests().count(resp.status().as_u16());
@@ -114,6 +134,37 @@ pub(crate) async fn serve_request<L: HttpListener>(
         _ => resp,
     }
 }
+
+/// Runs `dispatch` (a request's routing and forwarding), unless the request's body has not
+/// been read whole (`ended` unset) `limit` after it began: then Envoy's 408 `request
+/// timeout`, closing an HTTP/1 connection (`version`), and the dispatch is dropped. Once the
+/// body has ended the limit no longer applies (Envoy disarms it when the request's last byte
+/// went upstream).
+async fn within_request_timeout<'c>(
+    dispatch: impl std::future::Future<Output = (Response<ProxyBody>, Outcome<'c>)>,
+    limit: Duration,
+    ended: &AtomicBool,
+    version: Version,
+) -> (Response<ProxyBody>, Outcome<'c>) {
+    let mut dispatch = std::pin::pin!(dispatch);
+    tokio::select! {
+        biased;
+        done = &mut dispatch => return done,
+        () = tokio::time::sleep(limit) => {}
+    }
+    if ended.load(Ordering::Relaxed) {
+        return dispatch.await;
+    }
+    let mut resp = local_reply(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT.into());
+    if version < Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    (resp, Outcome::default())
+}
+
+/// Envoy's 408 body for a request not received whole within the request timeout.
+const REQUEST_TIMEOUT: &str = "request timeout";
 
 /// Where a request went and how it ended there, for the access log.
 #[derive(Default)]
@@ -176,12 +227,13 @@ fn logged_response(
 /// Routes one request by `routes` (a gateway's, or a sidecar's route table) and carries out
 /// the decision: a local reply with the answering route's edits, or the request sent to its
 /// cluster (a copy to the mirror) with the route's response edits; a gateway's responses say
-/// `server: Kuma Gateway`.
+/// `server: Kuma Gateway`. `ended`: the flag the request body sets once read whole (the
+/// request timeout's), when there is one.
 async fn route<'r, L: HttpListener>(
     req: Request<Incoming>,
     (listener, filters): (&L, Filters<'_>),
     routes: &'r HttpRoutes,
-    peer: SocketAddr,
+    (peer, ended): (SocketAddr, Option<&Arc<AtomicBool>>),
 ) -> (Response<ProxyBody>, Outcome<'r>) {
     let mut outcome = Outcome::default();
     let (mut parts, body) = req.into_parts();
@@ -223,6 +275,7 @@ async fn route<'r, L: HttpListener>(
                 Some(m) => mirror_request(&parts, body, m, listener.name()).await,
                 None => RequestBody::Streamed(body),
             };
+            let body = body.flagging(ended);
             let req = Request::from_parts(parts, body);
             let idle = listener.stream_idle(idle_timeout);
             let limits = (timeout, retry, idle);
@@ -458,10 +511,12 @@ impl UpstreamCodec for Upstream<'_> {
         let body = match req.body() {
             MessageBody::Held(held) => MessageBody::Held(held.clone()),
             MessageBody::Streamed(b) if b.is_end_stream() => MessageBody::Held(Default::default()),
-            // A streamed body is sent once; a compressed or logged one is a response's.
-            MessageBody::Streamed(_) | MessageBody::Gzip(_) | MessageBody::Logged(_) => {
-                return None
-            }
+            // A streamed body is sent once (a flagged one is streamed); a compressed or logged
+            // one is a response's.
+            MessageBody::Streamed(_)
+            | MessageBody::Flagged(_)
+            | MessageBody::Gzip(_)
+            | MessageBody::Logged(_) => return None,
         };
         let mut copy = Request::new(body);
         *copy.method_mut() = req.method().clone();

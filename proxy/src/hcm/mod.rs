@@ -71,6 +71,11 @@ pub(crate) trait HttpListener {
     /// timeout `route`, zero: none, else the listener's; `None`: no limit), with where a
     /// stream that idles out is counted.
     fn stream_idle(&self, route: Option<Duration>) -> Option<(Duration, &Counter)>;
+    /// How long a request whose body is still arriving may take to be received whole before
+    /// it is answered 408 `request timeout` (Envoy's `request_timeout`); `None`: no limit.
+    fn request_timeout(&self) -> Option<Duration>;
+    /// Where connections closed by the connection idle timeout are counted.
+    fn idle_closed(&self) -> &Counter;
     /// The routes its requests take (a gateway's, or a sidecar's route table).
     fn routes(&self) -> Option<&HttpRoutes>;
     /// Where its responses are counted by status.

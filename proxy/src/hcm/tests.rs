@@ -1341,3 +1341,197 @@ async fn a_try_past_the_maximum_stream_duration_gets_envoys_504() {
     assert_eq!(live.stats.rq_max_duration_reached.get(), 3, "{failures:#?}");
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// A request body that sends `ab` and then nothing more, never ending.
+struct StalledBody(bool);
+
+impl http_body::Body for StalledBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if std::mem::replace(&mut self.0, true) {
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"ab")))))
+    }
+}
+
+/// Sends a POST of 10 bytes whose body stops after 2 through `codec` to the `i`-th listener;
+/// the response's status and body, or `None` when none came within 5 s.
+async fn stalled_upload(proxy: &Arc<Proxy>, codec: Codec, i: usize) -> Option<(u16, String)> {
+    let (mut client, serving) = open(proxy, codec, i).await;
+    let answer = async {
+        if let Codec::HyperH2 = codec {
+            let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, StalledBody>(
+                TokioExecutor::new(),
+                TokioIo::new(client),
+            )
+            .await
+            .ok()?;
+            tokio::spawn(conn);
+            let req = http::Request::post("http://web/upload")
+                .header("content-length", "10")
+                .body(StalledBody(false))
+                .ok()?;
+            let resp = sender.send_request(req).await.ok()?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.ok()?.to_bytes();
+            return Some((status, String::from_utf8_lossy(&body).to_string()));
+        }
+        let head = b"POST /upload HTTP/1.1\r\nhost: web\r\ncontent-length: 10\r\n\r\nab";
+        client.write_all(head).await.ok()?;
+        let mut buf = Vec::new();
+        let end = read_head(&mut client, &mut buf).await?;
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let length: usize = field(&head, "content-length")?.parse().ok()?;
+        while buf.len() < end + length {
+            if client.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+        let closes = field(&head, "connection") == Some("close");
+        let body = String::from_utf8_lossy(&buf[end..end + length]).to_string();
+        Some((
+            head[9..12].parse().ok()?,
+            format!("{body}{}", if closes { " (close)" } else { "" }),
+        ))
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .ok()
+        .flatten();
+    serving.abort();
+    answer
+}
+
+/// The connection manager's request timeout (300 ms) through every codec: a request whose
+/// body stops gets Envoy's 408 `request timeout` (HTTP/1.1 closing the connection) at about
+/// that time, and one received whole is not touched; on the byte path a held body that stops
+/// for the stream idle timeout gets 408 `stream timeout`, and a request head that stops 408
+/// `request header timeout` at the request head timeout.
+#[tokio::test]
+async fn a_request_not_received_in_time_gets_envoys_408_through_every_codec() {
+    let (live, _received) = recording_upstream().await;
+    let mut config = (*config(live, live)).clone();
+    config.listeners[0].downstream_timeouts.request = Some(Duration::from_millis(300));
+    config.listeners[1].downstream_timeouts.request_headers = Some(Duration::from_millis(300));
+    config.listeners[2].stream_idle_timeout = Some(Duration::from_millis(300));
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    let mut failures = Vec::new();
+    for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+        let started = tokio::time::Instant::now();
+        let answer = stalled_upload(&proxy, codec, 0).await;
+        let took = started.elapsed();
+        let wanted = match codec {
+            Codec::HyperH2 => "request timeout",
+            _ => "request timeout (close)",
+        };
+        if answer != Some((408, wanted.into()))
+            || took < Duration::from_millis(300)
+            || took > Duration::from_secs(3)
+        {
+            failures.push(format!(
+                "{codec:?} stalled upload: {answer:?} after {took:?}"
+            ));
+        }
+        let ok = answered_get("whole request", "/ok", (200, "ok"));
+        let answer = ask(&proxy, codec, &ok).await;
+        if answer.0 != 200 {
+            failures.push(format!("{codec:?} whole request: {answer:?}"));
+        }
+    }
+    // A held body that stops for the stream idle timeout, on the byte path.
+    let answer = stalled_upload(&proxy, Codec::Bytes, 2).await;
+    if answer != Some((408, "stream timeout (close)".into())) {
+        failures.push(format!("stream idle of a held body: {answer:?}"));
+    }
+    // A head that stops, on the byte path.
+    let (mut client, serving) = open(&proxy, Codec::Bytes, 1).await;
+    let started = tokio::time::Instant::now();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: web\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), async {
+        while client.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    assert!(read.await.is_ok(), "the connection stayed open");
+    let took = started.elapsed();
+    serving.abort();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.starts_with("HTTP/1.1 408") && text.ends_with("request header timeout"),
+        "{text:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(300),
+        "answered after {took:?}"
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The connection idle timeout (300 ms) through every codec: a connection that served a
+/// request and then carries none is closed (HTTP/2: GOAWAY, then closed) at about that time,
+/// counted as Envoy's `downstream_cx_idle_timeout`.
+#[tokio::test]
+async fn an_idle_connection_ends_at_the_connection_idle_timeout_in_every_codec() {
+    let (live, _received) = recording_upstream().await;
+    let mut config = (*config(live, live)).clone();
+    config.listeners[0].downstream_timeouts.connection_idle = Some(Duration::from_millis(300));
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    let listener = proxy
+        .snapshot()
+        .listener(&listener_address(0))
+        .cloned()
+        .unwrap();
+    let mut failures = Vec::new();
+    for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+        let (mut client, serving) = open(&proxy, codec, 0).await;
+        let ended = async {
+            if let Codec::HyperH2 = codec {
+                let (mut sender, conn) =
+                    hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+                        TokioExecutor::new(),
+                        TokioIo::new(client),
+                    )
+                    .await
+                    .unwrap();
+                let conn = tokio::spawn(conn);
+                let req = http::Request::get("http://web/ok")
+                    .body(Full::default())
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                resp.into_body().collect().await.unwrap();
+                let answered = tokio::time::Instant::now();
+                let _ = conn.await;
+                return answered.elapsed();
+            }
+            client
+                .write_all(b"GET /ok HTTP/1.1\r\nhost: web\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            let end = read_head(&mut client, &mut buf).await.unwrap();
+            while buf.len() < end + 2 {
+                client.read_buf(&mut buf).await.unwrap();
+            }
+            let answered = tokio::time::Instant::now();
+            while client.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {}
+            answered.elapsed()
+        };
+        match tokio::time::timeout(Duration::from_secs(5), ended).await {
+            Ok(idle) if idle >= Duration::from_millis(300) && idle < Duration::from_secs(2) => {}
+            other => failures.push(format!("{codec:?}: closed {other:?} after the answer")),
+        }
+        serving.abort();
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(listener.stats.cx_idle_timeout.get(), 3);
+}
