@@ -64,6 +64,11 @@ impl Picker {
         }
     }
 
+    /// Whether it hashes requests onto a ring or table (ring hash, Maglev).
+    pub(crate) fn is_consistent_hashing(&self) -> bool {
+        matches!(self, Picker::Ring(_) | Picker::Maglev(_))
+    }
+
     /// Whether picks count the endpoints' active requests (least request).
     pub(crate) fn counts_requests(&self) -> bool {
         matches!(self, Picker::LeastRequest { .. })

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bearing_proxy_config::{Cluster, EndpointHealth};
+use bearing_proxy_config::{Cluster, Endpoint, EndpointHealth, LoadBalancer};
 
 use crate::outlier::Detector;
 use crate::priority::Plan;
@@ -104,6 +104,9 @@ impl HostHealth {
 pub struct ClusterHealth {
     config: EndpointHealth,
     priorities: Vec<u32>,
+    /// A consistent-hashing cluster's balancer and endpoints, to build each plan's rings
+    /// or tables over its eligible hosts; `None` for other balancers.
+    hashing: Option<(LoadBalancer, Vec<Endpoint>)>,
     pools: Vec<Arc<EndpointPool>>,
     plan: ArcSwap<Plan>,
     /// Outlier detection, when the cluster has it.
@@ -117,6 +120,10 @@ impl ClusterHealth {
         let health = ClusterHealth {
             config: cluster.health.clone(),
             priorities: cluster.endpoints.iter().map(|e| e.priority).collect(),
+            hashing: cluster
+                .load_balancer
+                .is_consistent_hashing()
+                .then(|| (cluster.load_balancer, cluster.endpoints.clone())),
             pools: pools.to_vec(),
             plan: ArcSwap::from_pointee(Plan::default()),
             detector,
@@ -132,7 +139,10 @@ impl ClusterHealth {
             .iter()
             .map(|p| p.health().is_healthy(&self.config))
             .collect();
-        let plan = Plan::new(&self.priorities, &healthy, self.config.panic_threshold);
+        let mut plan = Plan::new(&self.priorities, &healthy, self.config.panic_threshold);
+        if let Some((balancer, endpoints)) = &self.hashing {
+            plan = plan.hashing(balancer, endpoints);
+        }
         self.plan.store(Arc::new(plan));
     }
 

@@ -17,11 +17,15 @@
 //! ([`serving_level`]), found when its endpoints are applied, so choosing costs nothing per
 //! request. A cluster with one keeps a [`Plan`], recomputed whenever a host's health
 //! changes; a request draws its level from the plan's loads and balances among that
-//! level's eligible hosts.
+//! level's eligible hosts. A consistent-hashing cluster (ring hash, Maglev) draws its level
+//! by the request's hash, as Envoy's thread-aware balancers do, and keeps a ring or table per
+//! level over the eligible hosts, rebuilt with the plan.
 
 use std::ops::Range;
 
-use bearing_proxy_config::Endpoint;
+use bearing_proxy_config::{Endpoint, LoadBalancer};
+
+use crate::balance::Picker;
 
 /// The index range of the endpoints that take the traffic among `endpoints` (ordered by
 /// priority, as `Cluster::endpoints` is) when every host is healthy: those of the highest
@@ -42,13 +46,16 @@ const OVERPROVISIONING: usize = 140;
 
 /// Where a cluster with a health signal sends its traffic: each priority level's share of
 /// it, in percent, and the hosts eligible in each.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Default)]
 pub struct Plan {
     /// Per level (priority 0 first): the share of requests, summing to 100.
     loads: Vec<u32>,
     /// Per level: indices (into the cluster's endpoints) of its eligible hosts: the healthy
     /// ones, or all of them when the level is in panic.
     hosts: Vec<Vec<usize>>,
+    /// Per level, for a consistent-hashing cluster: its ring or table over the level's
+    /// eligible hosts (Envoy rebuilds them whenever health changes); empty otherwise.
+    pickers: Vec<Picker>,
 }
 
 impl Plan {
@@ -98,7 +105,40 @@ impl Plan {
                 hosts[l].push(i);
             }
         }
-        Plan { loads, hosts }
+        Plan {
+            loads,
+            hosts,
+            pickers: Vec::new(),
+        }
+    }
+
+    /// This plan with a ring or table per level over its eligible hosts, for `balancer` (a
+    /// consistent-hashing one) over the cluster's `endpoints`.
+    pub fn hashing(mut self, balancer: &LoadBalancer, endpoints: &[Endpoint]) -> Plan {
+        self.pickers = self
+            .hosts
+            .iter()
+            .map(|level| {
+                let eligible: Vec<Endpoint> = level
+                    .iter()
+                    .filter_map(|&i| endpoints.get(i).cloned())
+                    .collect();
+                Picker::new(balancer, &eligible)
+            })
+            .collect();
+        self
+    }
+
+    /// The ring or table of the level `draw` picks, for a consistent-hashing cluster.
+    pub(crate) fn picker(&self, draw: u32) -> Option<&Picker> {
+        let mut sum = 0;
+        for (load, picker) in self.loads.iter().zip(&self.pickers) {
+            sum += load;
+            if draw < sum {
+                return Some(picker);
+            }
+        }
+        None
     }
 
     /// The eligible hosts of the level taking a request that drew `draw` (0 to 99): the
@@ -229,5 +269,32 @@ mod tests {
         let gap = Plan::new(&[0, 2], &[false, true], 50.0);
         assert_eq!(gap.level(0), &[1]);
         assert!(gap.is_single());
+    }
+
+    /// A consistent-hashing plan keeps a ring per level over that level's eligible hosts: a
+    /// hash picks the same host as a ring built over those hosts alone, never an unhealthy
+    /// one; other balancers keep none.
+    #[test]
+    fn a_hashing_plan_rings_each_level_over_its_eligible_hosts() {
+        use bearing_proxy_config::RingHashFunction;
+        let all = endpoints(&[0, 0, 0, 0]);
+        let healthy = [true, false, true, true];
+        let ring = LoadBalancer::RingHash {
+            minimum_ring_size: 64,
+            maximum_ring_size: 64,
+            hash_function: RingHashFunction::XxHash,
+        };
+        let plan = Plan::new(&[0, 0, 0, 0], &healthy, 50.0).hashing(&ring, &all);
+        assert_eq!(plan.level(0), [0, 2, 3]);
+        let eligible: Vec<Endpoint> = [0, 2, 3].iter().map(|&i| all[i].clone()).collect();
+        let alone = Picker::new(&ring, &eligible);
+        let (per_level, turn) = (plan.picker(0).expect("a ring"), Default::default());
+        for h in (0..200u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+            let picked = per_level.start(3, &turn, Some(h), |_| 0);
+            assert_eq!(picked, alone.start(3, &turn, Some(h), |_| 0));
+            assert_ne!(plan.level(0)[picked], 1, "the unhealthy host");
+        }
+        let plain = Plan::new(&[0, 0], &[true, true], 50.0);
+        assert!(plain.picker(0).is_none());
     }
 }

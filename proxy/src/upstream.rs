@@ -916,13 +916,15 @@ impl ClusterRuntime {
     /// those of the highest level with endpoints; with one, the eligible hosts of the level
     /// drawn by the plan's loads (one `ArcSwap` load, and a random draw only when more than
     /// one level takes traffic).
-    fn serving(&self) -> EndpointsView<'_> {
+    fn serving(&self, hash: Option<u64>) -> EndpointsView<'_> {
         if let (Some(health), ClusterEndpoints::Fixed(pools)) = (&self.health, &self.endpoints) {
             let plan = health.plan();
-            let draw = if plan.is_single() {
-                0
-            } else {
-                rand::random::<u32>() % 100
+            // A consistent-hashing cluster draws by the request's hash (Envoy's
+            // `choosePriority(hash % 100)`), the others at random.
+            let draw = match (plan.is_single(), hash) {
+                (true, _) => 0,
+                (false, Some(h)) if self.picker.is_consistent_hashing() => (h % 100) as u32,
+                (false, _) => rand::random::<u32>() % 100,
             };
             return EndpointsView::Planned(plan, draw, &self.config.endpoints, pools);
         }
@@ -944,16 +946,19 @@ impl ClusterRuntime {
     /// level that serves it: the start the cluster's load balancer picks (`crate::balance`;
     /// `hash`: the request's, for consistent hashing), then the rest of the level.
     pub(crate) fn rotation(&self, hash: Option<u64>) -> Rotation<'_> {
-        let view = self.serving();
+        let view = self.serving(hash);
         let n = view.len();
         let start = match n {
             0 => 0,
             _ => {
-                // A health plan's level is not the level the picker was built over: the
-                // translation NACKs ring hash and Maglev with a health signal, and the other
-                // pickers only need the view's size and active requests.
+                // A health plan's level is not the level the cluster's picker was built over:
+                // a consistent-hashing cluster's plan has its own per level; the other pickers
+                // only need the view's size and active requests.
                 let picker = match &view {
-                    EndpointsView::Fixed(..) | EndpointsView::Planned(..) => &self.picker,
+                    EndpointsView::Planned(plan, draw, ..) => {
+                        plan.picker(*draw).unwrap_or(&self.picker)
+                    }
+                    EndpointsView::Fixed(..) => &self.picker,
                     EndpointsView::Resolved(set, _) => &set.picker,
                 };
                 picker.start(n, &self.next, hash, |i| view.active(i))

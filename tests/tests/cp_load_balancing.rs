@@ -327,3 +327,104 @@ fn load_balancing_policies_stick_by_hash_and_spread() -> Result<()> {
     }
     Ok(())
 }
+
+/// Ring hash and Maglev on a cluster with an active health check (MeshLoadBalancingStrategy
+/// beside MeshHealthCheck), four endpoints of which one has no server: once the checks have
+/// run, every header value or cookie sticks to one of the three live origins, never the dead
+/// one (the ring and the table are rebuilt over the healthy hosts), and Envoy 1.40 fed the
+/// same resources sends each value to the very origin Bearing chose.
+#[test]
+fn hashing_balancers_rebuild_over_the_healthy_hosts_as_envoy() -> Result<()> {
+    const DEAD: u16 = 8089;
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "backend"])?;
+    let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), "cp-lb-health", cp)?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    let leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
+    let _origins = ORIGINS
+        .iter()
+        .map(|port| start_http_server(backend, *port))
+        .collect::<Result<Vec<_>>>()?;
+    let mut at: Vec<_> = ORIGINS.iter().map(|p| backend.sock4(*p)).collect();
+    at.insert(1, backend.sock4(DEAD));
+
+    let ring_golden = KumaGolden::load(&format!(
+        "{DIR}/outbound-route-ringhash.demo-client.golden.json"
+    ))?;
+    let maglev_golden =
+        KumaGolden::load(&format!("{DIR}/outbound-maglev.demo-client.golden.json"))?;
+    let mut xds = XdsFile::new();
+    xds.golden_inbound(&ring_golden, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
+    let assignment = ring_golden.endpoints(SERVER_CLUSTER)?;
+    let renamed = |name: &str| {
+        let mut value = assignment.clone();
+        replace_in_strings(&mut value, SERVER_CLUSTER, name);
+        value
+    };
+    let checked = |c: &mut Value| {
+        c["healthChecks"] = json!([{"timeout": "1s", "interval": "1s", "unhealthyThreshold": 1,
+            "healthyThreshold": 1, "httpHealthCheck": {"path": "/"}}]);
+    };
+    xds.cluster(server_cluster(&ring_golden, RING.1, checked)?)?
+        .endpoints(renamed(RING.1), &at)?
+        .listener(outbound(&ring_golden, web, RING.0, RING.1)?)?
+        .cluster(server_cluster(&maglev_golden, MAGLEV.1, checked)?)?
+        .endpoints(renamed(MAGLEV.1), &at)?
+        .listener(outbound(&maglev_golden, web, MAGLEV.0, MAGLEV.1)?)?
+        .mesh_identity(MESH, &leaf, &mesh_ca)?;
+    let dead = format!("{}:{DEAD}", backend.ip4());
+    let values: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
+    let check = |proxy: &str| -> Result<(BTreeMap<String, String>, BTreeMap<String, String>)> {
+        let header: Vec<(String, Vec<String>)> = values
+            .iter()
+            .map(|v| {
+                (
+                    "/".to_string(),
+                    vec![format!("x-header-for-test-server: {v}")],
+                )
+            })
+            .collect();
+        let cookie: Vec<(String, Vec<String>)> = values
+            .iter()
+            .map(|v| ("/".to_string(), vec![format!("cookie: session_id={v}")]))
+            .collect();
+        // The checks have run when every request of a round is answered by a live origin.
+        let mut chosen = None;
+        wait_until(Duration::from_secs(20), || {
+            let ring = served_by(web, RING.0, &header, 2);
+            let maglev = served_by(web, MAGLEV.0, &cookie, 2);
+            let (Ok(ring), Ok(maglev)) = (ring, maglev) else {
+                return false;
+            };
+            let all = ring.iter().chain(&maglev).flatten();
+            let live = all.clone().all(|o| !o.is_empty() && *o != dead && o != "-");
+            if live {
+                chosen = Some((ring, maglev));
+            }
+            live
+        })
+        .with_context(|| format!("{proxy}: requests kept reaching the dead endpoint"))?;
+        let (ring, maglev) = chosen.context("the last round")?;
+        Ok((
+            sticky(proxy, "x-header-for-test-server", &values, &ring)?,
+            sticky(proxy, "session_id", &values, &maglev)?,
+        ))
+    };
+    let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
+    let bearing = check("bearing")?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, MESH, "demo-client")?;
+    for port in [RING.0, MAGLEV.0] {
+        web.wait_for_tcp_listener(port, Duration::from_secs(20), None)?;
+    }
+    let envoy = check("envoy")?;
+    ensure!(
+        bearing == envoy,
+        "bearing chose {bearing:?}\nenvoy {envoy:?}"
+    );
+    Ok(())
+}

@@ -32,17 +32,6 @@ pub(crate) fn load_balancer(
     let policy = LbPolicy::try_from(cluster.lb_policy).ok();
     let config = cluster.lb_config.as_ref();
     let balancer = match (policy, config) {
-        (Some(LbPolicy::RingHash | LbPolicy::Maglev), _)
-            if !cluster.health_checks.is_empty() || cluster.outlier_detection.is_some() =>
-        {
-            // Envoy rebuilds the ring or table over the healthy hosts as health changes;
-            // Bearing builds it once per endpoint set.
-            problems.push((
-                format!("{path}.lb_policy"),
-                "RING_HASH and MAGLEV on a cluster with health checks or outlier detection are not implemented".into(),
-            ));
-            LoadBalancer::RoundRobin
-        }
         (Some(LbPolicy::RoundRobin), None | Some(LbConfig::RoundRobinLbConfig(_))) => {
             LoadBalancer::RoundRobin
         }
@@ -496,24 +485,22 @@ mod tests {
         );
     }
 
-    /// Ring hash and Maglev are built once per endpoint set, so a cluster whose eligible
-    /// hosts change with health refuses them by `lb_policy`; the other balancers pass.
+    /// Every balancer takes a cluster with a health signal: a consistent-hashing one builds
+    /// its rings or tables over each level's eligible hosts (the runtime's plan).
     #[test]
-    fn hashing_balancers_with_a_health_signal_are_nacked() {
+    fn balancers_take_a_cluster_with_a_health_signal() {
         use cluster_pb::cluster::LbPolicy;
         let at = "clusters[\"c\"]";
         let with_health = |policy| cluster_pb::Cluster {
             health_checks: vec![Default::default()],
             ..cluster(policy)
         };
-        for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
-            let problems = load_balancer(&with_health(policy), at).expect_err("NACKed");
-            assert_eq!(fields(problems), [format!("{at}.lb_policy")]);
-        }
         for policy in [
             LbPolicy::RoundRobin,
             LbPolicy::LeastRequest,
             LbPolicy::Random,
+            LbPolicy::RingHash,
+            LbPolicy::Maglev,
         ] {
             assert!(
                 load_balancer(&with_health(policy), at).is_ok(),

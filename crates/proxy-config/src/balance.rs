@@ -62,6 +62,14 @@ impl LoadBalancer {
     pub fn is_round_robin(&self) -> bool {
         *self == LoadBalancer::RoundRobin
     }
+
+    /// Whether it hashes requests onto a ring or table (ring hash, Maglev).
+    pub fn is_consistent_hashing(&self) -> bool {
+        matches!(
+            self,
+            LoadBalancer::RingHash { .. } | LoadBalancer::Maglev { .. }
+        )
+    }
 }
 
 /// One part of what a route hashes a request by (Envoy's `RouteAction.HashPolicy`): the

@@ -95,15 +95,20 @@ pub(crate) async fn serve_request<L: HttpListener>(
                         match filtered(filters, held(filters, &req), None).await {
                             Some(reply) => (reply, Outcome::default()),
                             None => {
+                                let mut forwarded = None;
                                 if let Some(edits) = listener.request_edits() {
                                     edits.apply(req.headers_mut());
+                                    forwarded =
+                                        listener.access_log().map(|_| Box::new(request_head(&req)));
                                 }
                                 let idle = listener.stream_idle(None);
                                 let limits =
                                     (cluster.config.request_timeout, listener.retry(), idle);
                                 let req =
                                     req.map(|b| RequestBody::Streamed(b).flagging(ended.as_ref()));
-                                send_logged(req, cluster, limits, (false, None)).await
+                                let (resp, sent) =
+                                    send_logged(req, cluster, limits, (false, None)).await;
+                                (resp, Outcome { forwarded, ..sent })
                             }
                         }
                     }
@@ -121,6 +126,9 @@ pub(crate) async fn serve_request<L: HttpListener>(
                 _ => dispatch.await,
             };
             outcome = sent;
+            if let Some(forwarded) = outcome.forwarded.take() {
+                head = Some(*forwarded);
+            }
             resp
         }
     };
@@ -177,15 +185,28 @@ pub(crate) struct Outcome<'c> {
     flags: ResponseFlags,
     /// The `route_kri` of its route, for access log filters.
     route_kri: Option<&'c str>,
+    /// The request's head as forwarded, after its route's edits, when its listener logs: what
+    /// Envoy's access log reads (its router edits the downstream headers in place).
+    forwarded: Option<Box<http::request::Parts>>,
 }
 
 /// A copy of a request's head for its log line (only for listeners that log).
 fn request_head<B>(req: &Request<B>) -> http::request::Parts {
+    head_copy(req.method(), req.uri(), req.version(), req.headers())
+}
+
+/// A copy of a request head's parts, for its log line.
+fn head_copy(
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &http::HeaderMap,
+) -> http::request::Parts {
     let mut copy = Request::new(());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
+    *copy.method_mut() = method.clone();
+    *copy.uri_mut() = uri.clone();
+    *copy.version_mut() = version;
+    *copy.headers_mut() = headers.clone();
     copy.into_parts().0
 }
 
@@ -276,12 +297,21 @@ async fn route<'r, L: HttpListener>(
                 None => RequestBody::Streamed(body),
             };
             let body = body.flagging(ended);
+            let forwarded = listener.access_log().map(|_| {
+                Box::new(head_copy(
+                    &parts.method,
+                    &parts.uri,
+                    parts.version,
+                    &parts.headers,
+                ))
+            });
             let req = Request::from_parts(parts, body);
             let idle = listener.stream_idle(idle_timeout);
             let limits = (timeout, retry, idle);
             let (mut resp, sent) = send_logged(req, target, limits, (endpoint_host, hash)).await;
             outcome = Outcome {
                 route_kri: outcome.route_kri,
+                forwarded,
                 ..sent
             };
             response_headers.apply(resp.headers_mut());
