@@ -332,7 +332,8 @@ const KUMA_LUA: &str = "function envoy_on_request(handle)\n  local meta = handle
 /// renders them (Kuma's `outbound-mix` golden): its Lua program copies the route's
 /// `route_kri`, the route's log filters on it, the service's log on its absence. Requests on
 /// the route (over HTTP/1.1 and HTTP/2) go to the route's log only, the others to the
-/// service's only; Envoy 1.40 fed the same resources writes the same lines.
+/// service's only, each logging its head as forwarded (without the `x-kuma-tags` the route
+/// configuration removes); Envoy 1.40 fed the same resources writes the same lines.
 #[test]
 fn route_filtered_access_logs_split_requests_as_envoy() -> Result<()> {
     require_root_and_tools()?;
@@ -349,7 +350,7 @@ fn route_filtered_access_logs_split_requests_as_envoy() -> Result<()> {
     let filtered = |path: &Path, who: &str, value: Value, if_missing: bool| {
         let mut log = file_log(
             path,
-            json!({"textFormatSource": {"inlineString": format!("{who} %REQ(:PATH)% %PROTOCOL%\n")}}),
+            json!({"textFormatSource": {"inlineString": format!("{who} %REQ(:PATH)% %PROTOCOL% %REQ(x-kuma-tags)%\n")}}),
         );
         log["filter"] = json!({"metadataFilter": {"matchIfKeyNotFound": if_missing, "matcher": {
             "filter": "kuma.routes", "path": [{"key": "route_kri"}], "value": value}}});
@@ -368,7 +369,8 @@ fn route_filtered_access_logs_split_requests_as_envoy() -> Result<()> {
                 {"name": "envoy.filters.http.router", "typedConfig": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
             ],
-            "routeConfig": {"name": "outbound:one", "virtualHosts": [{"name": "one", "domains": ["*"], "routes": [
+            "routeConfig": {"name": "outbound:one", "requestHeadersToRemove": ["x-kuma-tags"],
+                "virtualHosts": [{"name": "one", "domains": ["*"], "routes": [
                 {"match": {"prefix": "/test"}, "metadata": on_route, "route": {"cluster": "one", "timeout": "0s"}},
                 {"match": {"prefix": "/"}, "route": {"cluster": "one", "timeout": "0s"}},
             ]}]},
@@ -406,18 +408,17 @@ fn route_filtered_access_logs_split_requests_as_envoy() -> Result<()> {
             ("/test/b", "--http2-prior-knowledge"),
             ("/x", "--http2-prior-knowledge"),
         ] {
-            let (code, _) = curl(
-                web,
-                [format!("http://127.0.0.1:{HTTP_PORT}{path}"), proto.into()],
-            )?;
+            let url = format!("http://127.0.0.1:{HTTP_PORT}{path}");
+            let tags = "x-kuma-tags: &kuma.io/service=web&";
+            let (code, _) = curl(web, [url, proto.into(), "-H".into(), tags.into()])?;
             ensure!(code == 200, "{path}: {code}");
         }
         Ok((lines(&service_log, 2)?, lines(&route_log, 2)?))
     };
     let bearing = run()?;
     ensure!(
-        bearing.0 == ["service / HTTP/1.1", "service /x HTTP/2"]
-            && bearing.1 == ["route /test/a HTTP/1.1", "route /test/b HTTP/2"],
+        bearing.0 == ["service / HTTP/1.1 -", "service /x HTTP/2 -"]
+            && bearing.1 == ["route /test/a HTTP/1.1 -", "route /test/b HTTP/2 -"],
         "{bearing:?}"
     );
 
