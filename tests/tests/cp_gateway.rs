@@ -318,7 +318,9 @@ fn a_builtin_gateway_limits_the_rate_of_a_route_as_envoy() -> Result<()> {
     );
 
     let url = |path: &str| format!("http://{}:{HTTP_PORT}{path}", gw.ip4());
-    let answers = |proxy: &str| -> Result<Vec<(u16, String)>> {
+    // Each answer's status and body, and the names of the headers of the refusals.
+    let mut refusal_headers: Vec<Vec<String>> = Vec::new();
+    let mut answers = |proxy: &str| -> Result<Vec<(u16, String)>> {
         let mut all = Vec::new();
         for proto in [
             "--http1.1",
@@ -326,8 +328,21 @@ fn a_builtin_gateway_limits_the_rate_of_a_route_as_envoy() -> Result<()> {
             "--http1.1",
             "--http2-prior-knowledge",
         ] {
-            all.push(curl(client, [url("/two"), proto.into()])?);
-            all.push(curl(client, [url("/"), proto.into()])?);
+            for path in ["/two", "/"] {
+                let out = curl_output(client, [url(path), proto.into(), "-i".into()])?;
+                let (head, body) = out.body.split_once("\r\n\r\n").unwrap_or_default();
+                if out.http_code == 429 {
+                    let mut names: Vec<String> = head
+                        .lines()
+                        .skip(1)
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(n, _)| n.to_ascii_lowercase())
+                        .collect();
+                    names.sort();
+                    refusal_headers.push(names);
+                }
+                all.push((out.http_code, body.to_string()));
+            }
         }
         let (two, one) = (origin_two.body().to_string(), origin_one.body().to_string());
         let limited = (429, "local_rate_limited".to_string());
@@ -355,6 +370,12 @@ fn a_builtin_gateway_limits_the_rate_of_a_route_as_envoy() -> Result<()> {
     gw.wait_for_tcp_listener(HTTP_PORT, Duration::from_secs(20), None)
         .context("Envoy's listeners")?;
     ensure!(answers("envoy")? == bearing);
+    // The refusals' headers, Bearing's (HTTP/1.1, HTTP/2) then Envoy's, name for name.
+    let (ours, theirs) = refusal_headers.split_at(2);
+    ensure!(
+        ours == theirs,
+        "refusal headers: bearing {ours:?}, envoy {theirs:?}"
+    );
     Ok(())
 }
 

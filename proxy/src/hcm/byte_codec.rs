@@ -412,7 +412,11 @@ where
                     overloaded: false,
                     flags: ResponseFlags::default(),
                 },
-                answer.headers.map(ResponseEdits::headers),
+                // A gateway's (with its `server`), else the refusal's headers alone.
+                match listener.routes() {
+                    Some(routes) => Some(routes.edits(answer.headers)),
+                    None => answer.headers.map(ResponseEdits::headers),
+                },
             ),
             None => routed,
         };
@@ -1187,6 +1191,8 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     if close {
         head.extend_from_slice(b"connection: close\r\n");
     }
+    // Envoy's connection manager dates every response it sends.
+    super::with_date(|date| bearing_http1::push_header(&mut head, b"date", date));
     head.extend_from_slice(b"\r\n");
     if let Some(edits) = edits {
         edit_response_head(edits, &mut head);

@@ -162,6 +162,25 @@ impl Reply {
     }
 }
 
+/// Runs `f` with the HTTP date of now (IMF-fixdate, as a `date` header holds it), formatted
+/// at most once a second per thread.
+pub(crate) fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second || cached.1.is_empty() {
+            *cached = (second, httpdate::fmt_http_date(now));
+        }
+        f(cached.1.as_bytes())
+    })
+}
+
 /// The `content-type` of the proxy's own replies on every HTTP path: Envoy's local replies
 /// say `text/plain`, without a charset, and a client comparing the two sees the same.
 pub(crate) const LOCAL_REPLY_CONTENT_TYPE: &str = "text/plain";
