@@ -142,6 +142,20 @@ impl KumaGolden {
     pub fn endpoints(&self, name: &str) -> Result<Value> {
         self.resource("ClusterLoadAssignment", name)
     }
+
+    /// The Cluster named `name` towards plaintext HTTP/1.1 origins (its mesh mTLS and
+    /// `drop`'s fields removed, its HTTP options explicit HTTP/1.1): for tests of what the
+    /// client does, with plain origins behind.
+    pub fn plaintext_cluster(&self, name: &str, drop: &[&str]) -> Result<Value> {
+        let mut cluster = self.cluster(name)?;
+        let object = cluster.as_object_mut().context("a cluster object")?;
+        for field in std::iter::once(&"transportSocket").chain(drop) {
+            object.remove(*field);
+        }
+        let http = "/typedExtensionProtocolOptions/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/explicitHttpConfig";
+        set_field(&mut cluster, http, json!({"httpProtocolOptions": {}}))?;
+        Ok(cluster)
+    }
 }
 
 /// Replaces `from` by `to` inside every string of `value` (not in object keys): renames a

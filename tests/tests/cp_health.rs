@@ -108,14 +108,7 @@ fn first_only(seen: &BTreeMap<String, usize>) -> bool {
 /// The circuit breaker golden's server cluster to plaintext HTTP/1.1 origins, with neither
 /// health signal nor panic threshold.
 fn plain_cluster(golden: &KumaGolden) -> Result<Value> {
-    let mut cluster = golden.cluster(SERVER_CLUSTER)?;
-    let object = cluster.as_object_mut().context("a cluster object")?;
-    for field in ["transportSocket", "outlierDetection", "commonLbConfig"] {
-        object.remove(field);
-    }
-    let http = "/typedExtensionProtocolOptions/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/explicitHttpConfig";
-    set_field(&mut cluster, http, json!({"httpProtocolOptions": {}}))?;
-    Ok(cluster)
+    golden.plaintext_cluster(SERVER_CLUSTER, &["outlierDetection", "commonLbConfig"])
 }
 
 /// Runs `check` against Bearing fed `cluster` in the demo client's outbound, then against

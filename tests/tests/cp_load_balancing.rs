@@ -107,11 +107,7 @@ print(" ".join(slow + quick))
 /// The golden's server cluster as plaintext HTTP/1.1 (the balancing is the client's),
 /// named `name`, with `edit` applied.
 fn server_cluster(golden: &KumaGolden, name: &str, edit: impl FnOnce(&mut Value)) -> Result<Value> {
-    let mut cluster = golden.cluster(SERVER_CLUSTER)?;
-    let object = cluster.as_object_mut().context("a cluster object")?;
-    object.remove("transportSocket");
-    let http = "/typedExtensionProtocolOptions/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/explicitHttpConfig";
-    set_field(&mut cluster, http, json!({"httpProtocolOptions": {}}))?;
+    let mut cluster = golden.plaintext_cluster(SERVER_CLUSTER, &[])?;
     replace_in_strings(&mut cluster, SERVER_CLUSTER, name);
     edit(&mut cluster);
     Ok(cluster)

@@ -286,18 +286,14 @@ fn rate_limits_and_faults_act_as_envoy_on_what_the_cp_sends() -> Result<()> {
     let server = start_http_server(origin, ORIGIN_PORT)?;
     let origin_body = server.body();
 
-    let file = pki.dir.join("web.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(&resources(origin))?)?;
-    let (cp_process, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, &file, "cp")?;
-    let dataplane = dataplane_yaml(
-        "web",
+    let (cp_process, sidecar) = pki.web_sidecar(
+        env!("CARGO_BIN_EXE_bearing-test-cp"),
+        cp,
         web,
-        "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
-    );
-    let sidecar = access.bearing(web, "web", "dataplane", &dataplane)?;
-    sidecar.wait_ready()?;
-    cp_process.wait_for_log("ACK type=Listener", Duration::from_secs(30))?;
+        &resources(origin),
+        "ACK type=Listener",
+    )?;
+    let access = CpAccess::new(cp, 5678, &pki);
     let log = cp_process.log_contents();
     ensure!(
         !log.contains("NACK"),
@@ -499,18 +495,14 @@ fn a_legacy_fault_matches_the_callers_kuma_tags_as_envoy() -> Result<()> {
         },
         LISTENER: listeners,
     }});
-    let file = pki.dir.join("web.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(&resources)?)?;
-    let (cp_process, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5680, &file, "cp")?;
-    let dataplane = dataplane_yaml(
-        "web",
+    let (cp_process, sidecar) = pki.web_sidecar(
+        env!("CARGO_BIN_EXE_bearing-test-cp"),
+        cp,
         web,
-        "  inbound:\n  - port: 18080\n    tags:\n      kuma.io/service: web\n",
-    );
-    let sidecar = access.bearing(web, "web", "dataplane", &dataplane)?;
-    sidecar.wait_ready()?;
-    cp_process.wait_for_log("ACK type=Listener", Duration::from_secs(30))?;
+        &resources,
+        "ACK type=Listener",
+    )?;
+    let access = CpAccess::new(cp, 5678, &pki);
     let log = cp_process.log_contents();
     ensure!(
         !log.contains("NACK"),

@@ -81,13 +81,7 @@ fn mesh_timeout_idle_timeouts_end_silent_streams_and_connections() -> Result<()>
     let mut xds = XdsFile::new();
     xds.golden_inbound(&golden, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
     // The server cluster, plaintext HTTP/1.1 to the origins (the timeouts are the client's).
-    let mut cluster = golden.cluster(SERVER_CLUSTER)?;
-    cluster
-        .as_object_mut()
-        .context("a cluster object")?
-        .remove("transportSocket");
-    let http = "/typedExtensionProtocolOptions/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/explicitHttpConfig";
-    set_field(&mut cluster, http, json!({"httpProtocolOptions": {}}))?;
+    let cluster = golden.plaintext_cluster(SERVER_CLUSTER, &[])?;
     let assignment = golden.endpoints(SERVER_CLUSTER)?;
     let renamed = |mut value: Value| {
         replace_in_strings(&mut value, SERVER_CLUSTER, TCP_CLUSTER);
@@ -262,13 +256,7 @@ fn connection_manager_timeouts_answer_408_and_end_idle_connections() -> Result<(
     let golden = KumaGolden::load(GOLDEN)?;
     let mut xds = XdsFile::new();
     xds.golden_inbound(&golden, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
-    let mut cluster = golden.cluster(SERVER_CLUSTER)?;
-    cluster
-        .as_object_mut()
-        .context("a cluster object")?
-        .remove("transportSocket");
-    let http = "/typedExtensionProtocolOptions/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/explicitHttpConfig";
-    set_field(&mut cluster, http, json!({"httpProtocolOptions": {}}))?;
+    let cluster = golden.plaintext_cluster(SERVER_CLUSTER, &[])?;
     let mut outbound = golden.listener("outbound:IP_REDACTED:80")?;
     let hcm = "/filterChains/0/filters/0/typedConfig";
     set_field(&mut outbound, &format!("{hcm}/requestTimeout"), json!("1s"))?;
