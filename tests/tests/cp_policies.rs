@@ -445,14 +445,18 @@ fn a_fault_matched_by_source_identity_aborts_only_that_source() -> Result<()> {
     check("envoy")
 }
 
+/// What a proxy answers each caller (status, tags the application saw) and the callee's
+/// log lines.
+type Observed = (Vec<(u16, Option<String>)>, Vec<String>);
+
 /// The legacy FaultInjection's source match, and the `x-kuma-tags` header it reads: callers
 /// for `frontend` and `backend` send their tags as kuma-cp's outbound route configuration
 /// adds them (`requestHeadersToAdd`); the callee's fault filter aborts requests whose
 /// `x-kuma-tags` matches kuma-cp's regex for `frontend` only, and its route configuration
 /// removes the header before the application. So the `frontend` caller gets 503, the
 /// `backend` caller reaches the application, which never sees the header, while an outbound
-/// straight to the application delivers the tags exactly as configured. Envoy 1.40 in
-/// Bearing's place answers the same.
+/// straight to the application delivers the tags exactly as configured; the callee's access
+/// log flags its aborts `FI`. Envoy 1.40 in Bearing's place answers and logs the same.
 #[test]
 fn a_legacy_fault_matches_the_callers_kuma_tags_as_envoy() -> Result<()> {
     const FRONTEND: u16 = 10011;
@@ -470,7 +474,12 @@ fn a_legacy_fault_matches_the_callers_kuma_tags_as_envoy() -> Result<()> {
     matched["headers"] = json!([{"name": "x-kuma-tags",
         "safeRegexMatch": {"regex": ".*&kuma.io/service=[^&]*frontend[,&].*"}}]);
     let stripped = json!({"requestHeadersToRemove": ["x-kuma-tags"]});
-    let listeners: serde_json::Map<String, Value> = [
+    // The callee logs each request's status and Envoy's response flags.
+    let logs = topo.dir().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    std::os::unix::fs::chown(&logs, Some(KUMA_DP_UID), Some(KUMA_DP_UID))?;
+    let log_file = logs.join("callee.log");
+    let mut listeners: serde_json::Map<String, Value> = [
         routed_listener(FRONTEND, vec![], json!({}), ("callee", tags("frontend"))),
         routed_listener(BACKEND, vec![], json!({}), ("callee", tags("backend"))),
         routed_listener(TAGGING, vec![], json!({}), ("origin", tags("frontend"))),
@@ -483,6 +492,14 @@ fn a_legacy_fault_matches_the_callers_kuma_tags_as_envoy() -> Result<()> {
     ]
     .into_iter()
     .collect();
+    let callee = listeners
+        .get_mut(&format!("outbound:127.0.0.1:{CALLEE}"))
+        .and_then(|l| l.pointer_mut("/filterChains/0/filters/0/typedConfig"))
+        .context("the callee's connection manager")?;
+    callee["accessLog"] = json!([{"name": "envoy.access_loggers.file", "typedConfig": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": log_file.display().to_string(),
+        "logFormat": {"textFormatSource": {"inlineString": "%RESPONSE_CODE% %RESPONSE_FLAGS%\n"}}}}]);
     let cluster = |name: &str, ip: String, port: u16| {
         json!({"name": name, "type": "STATIC", "connectTimeout": "5s",
             "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": [{"endpoint": {
@@ -511,7 +528,9 @@ fn a_legacy_fault_matches_the_callers_kuma_tags_as_envoy() -> Result<()> {
 
     // What a proxy answers: each caller's status and whether the application saw tags, the
     // tags an outbound delivers, and the callee asked directly with and without them.
-    let answers = |proxy: &str| -> Result<Vec<(u16, Option<String>)>> {
+    let answers = |proxy: &str| -> Result<Observed> {
+        std::fs::File::create(&log_file)?;
+        std::os::unix::fs::chown(&log_file, Some(KUMA_DP_UID), Some(KUMA_DP_UID))?;
         let echo = |port: u16, extra: &[&str]| -> Result<(u16, Option<String>)> {
             let mut args = vec![format!("http://127.0.0.1:{port}/echo")];
             args.extend(extra.iter().map(|a| a.to_string()));
@@ -540,7 +559,19 @@ fn a_legacy_fault_matches_the_callers_kuma_tags_as_envoy() -> Result<()> {
             (200, None),
         ];
         ensure!(all == want, "{proxy}: {all:?}, expected {want:?}");
-        Ok(all)
+        // The callee's lines: the aborts flagged `FI` (Envoy's fault injected).
+        let lines = wait_until_ok(Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            ensure!(lines.len() >= 5, "{proxy}: {lines:?}");
+            Ok(lines)
+        })?;
+        let logged = ["503 FI", "200 -", "503 FI", "503 FI", "200 -"];
+        ensure!(
+            lines == logged,
+            "{proxy}: logged {lines:?}, expected {logged:?}"
+        );
+        Ok((all, lines))
     };
     let bearing = answers("bearing")?;
 

@@ -585,21 +585,30 @@ impl ResponseFlags {
     pub const UPSTREAM_OVERFLOW: ResponseFlags = ResponseFlags(1 << 5);
     /// `NR`: no route matched.
     pub const NO_ROUTE: ResponseFlags = ResponseFlags(1 << 6);
+    /// `DI`: a fault filter delayed the request.
+    pub const DELAY_INJECTED: ResponseFlags = ResponseFlags(1 << 7);
+    /// `FI`: a fault filter aborted the request.
+    pub const FAULT_INJECTED: ResponseFlags = ResponseFlags(1 << 8);
+    /// `RL`: the local rate limit refused the request.
+    pub const RATE_LIMITED: ResponseFlags = ResponseFlags(1 << 9);
     /// `DC`: the downstream connection ended before the response did.
-    pub const DOWNSTREAM_TERMINATION: ResponseFlags = ResponseFlags(1 << 7);
+    pub const DOWNSTREAM_TERMINATION: ResponseFlags = ResponseFlags(1 << 10);
     /// `URX`: the TCP proxy's connect attempts ran out.
-    pub const RETRY_LIMIT_EXCEEDED: ResponseFlags = ResponseFlags(1 << 8);
-    /// `UPE`: the upstream's response could not be read.
-    pub const UPSTREAM_PROTOCOL_ERROR: ResponseFlags = ResponseFlags(1 << 9);
-    /// `NC`: the route's cluster is not there.
-    pub const NO_CLUSTER: ResponseFlags = ResponseFlags(1 << 10);
-    /// `UMSDR`: the try reached its cluster's maximum stream duration.
-    pub const UPSTREAM_MAX_STREAM_DURATION: ResponseFlags = ResponseFlags(1 << 11);
+    pub const RETRY_LIMIT_EXCEEDED: ResponseFlags = ResponseFlags(1 << 11);
     /// `SI`: the stream moved no byte for its idle timeout.
     pub const STREAM_IDLE_TIMEOUT: ResponseFlags = ResponseFlags(1 << 12);
+    /// `UMSDR`: the try reached its cluster's maximum stream duration.
+    pub const UPSTREAM_MAX_STREAM_DURATION: ResponseFlags = ResponseFlags(1 << 13);
+    /// `UPE`: the upstream's response could not be read.
+    pub const UPSTREAM_PROTOCOL_ERROR: ResponseFlags = ResponseFlags(1 << 14);
+    /// `NC`: the route's cluster is not there.
+    pub const NO_CLUSTER: ResponseFlags = ResponseFlags(1 << 15);
 
-    const NAMES: [&'static str; 13] = [
-        "UH", "UT", "UR", "UF", "UC", "UO", "NR", "DC", "URX", "UPE", "NC", "UMSDR", "SI",
+    /// The flags' names by bit, in the order Envoy's `CoreResponseFlag` lists them (the
+    /// order it writes several in).
+    const NAMES: [&'static str; 16] = [
+        "UH", "UT", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "DC", "URX", "SI", "UMSDR",
+        "UPE", "NC",
     ];
 
     /// Whether no flag is set.

@@ -397,11 +397,11 @@ where
         };
         // The filters after RBAC, once the route is known (a request handed to hyper runs
         // them there).
-        let filtered = match listener.filters() {
+        let (filtered, delayed) = match listener.filters() {
             Some(f) if allowed && !matches!(routed, Routed::Unsupported(_)) => {
                 Box::pin(f.run((admission.peer(), HeadersHeld::ALL), terms.limit)).await
             }
-            _ => None,
+            _ => (None, ResponseFlags::default()),
         };
         let routed = match filtered {
             Some(answer) => Routed::Reply(
@@ -410,7 +410,7 @@ where
                     location: None,
                     message: answer.message.into(),
                     overloaded: false,
-                    flags: ResponseFlags::default(),
+                    flags: answer.flags,
                 },
                 // A gateway's (with its `server`), else the refusal's headers alone.
                 match listener.routes() {
@@ -424,7 +424,7 @@ where
             Routed::Forward { cluster, .. } => Some(cluster.config.name.as_str()),
             _ => None,
         };
-        let answer = match routed {
+        let mut answer = match routed {
             // Boxed: inline, the exchange's future (upstream checkout, send, relay) made
             // every connection's task kilobytes larger, idle ones included.
             Routed::Forward {
@@ -457,6 +457,8 @@ where
             Routed::Unsupported(why) => return handoff(down, Some(bufs), why, peer),
         };
         let close = request.close_downstream;
+        // A fault's delay is the request's too (Envoy's `DI`).
+        answer.flags.insert(delayed);
         listener.requests().count(answer.status);
         if let (Some(log), Some(began)) = (listener.access_log(), began) {
             let received = (message_len - head.head_len) as u64;

@@ -5,7 +5,7 @@
 //! has none ([`HttpFilters::new`] gives `None`) and pays one `Option` check per request.
 
 use bearing_gateway::HeaderEdits;
-use bearing_proxy_config::HttpFilter;
+use bearing_proxy_config::{HttpFilter, ResponseFlags};
 use http::{HeaderMap, StatusCode};
 
 use crate::fault::{FaultRuntime, FaultStats, FAULT_ABORT};
@@ -50,6 +50,8 @@ pub(crate) struct FilterReply<'r> {
     pub status: StatusCode,
     pub message: &'static str,
     pub headers: Option<&'r HeaderEdits>,
+    /// Envoy's response flags of the reply (`FI`, `RL`; `DI` too after a delay).
+    pub flags: ResponseFlags,
 }
 
 impl HttpFilters {
@@ -117,24 +119,31 @@ impl HttpFilters {
     /// Runs the filters for one request of a connection read as `peer`, whose route has
     /// `limit` (with its response headers): each fault that applies delays it, then may abort
     /// it; the rate limit may refuse it. `None`: the request goes on.
+    /// With it, the response flags of what the filters did to a request that goes on (`DI`
+    /// after a delay).
     pub(crate) async fn run<'r>(
         &self,
         (peer, held): (Option<&Peer>, HeadersHeld),
         limit: Option<(&RouteLimit, &'r HeaderEdits)>,
-    ) -> Option<FilterReply<'r>> {
+    ) -> (Option<FilterReply<'r>>, ResponseFlags) {
+        let mut flags = ResponseFlags::default();
         for (i, filter) in self.filters.iter().enumerate() {
             match filter {
                 Filter::Fault(fault) if held.holds(i) && fault.applies(peer) => {
                     if let Some(delay) = fault.delay() {
+                        flags.insert(ResponseFlags::DELAY_INJECTED);
                         tokio::time::sleep(delay).await;
                     }
                     if let Some(status) = fault.abort() {
-                        return Some(FilterReply {
+                        flags.insert(ResponseFlags::FAULT_INJECTED);
+                        let reply = FilterReply {
                             status: StatusCode::from_u16(status)
                                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                             message: FAULT_ABORT,
                             headers: None,
-                        });
+                            flags,
+                        };
+                        return (Some(reply), flags);
                     }
                 }
                 Filter::Fault(_) => {}
@@ -143,17 +152,20 @@ impl HttpFilters {
                         continue;
                     };
                     if limit.check() == Verdict::Refuse {
-                        return Some(FilterReply {
+                        flags.insert(ResponseFlags::RATE_LIMITED);
+                        let reply = FilterReply {
                             status: StatusCode::from_u16(limit.config.status)
                                 .unwrap_or(StatusCode::TOO_MANY_REQUESTS),
                             message: LOCAL_RATE_LIMITED,
                             headers: Some(headers),
-                        });
+                            flags,
+                        };
+                        return (Some(reply), flags);
                     }
                 }
             }
         }
-        None
+        (None, flags)
     }
 }
 
@@ -212,16 +224,20 @@ mod tests {
         let first = limited
             .run((None, HeadersHeld::ALL), Some((&limit, &edits)))
             .await
+            .0
             .unwrap();
         assert_eq!((first.status.as_u16(), first.message), (503, FAULT_ABORT));
+        assert_eq!(first.flags, ResponseFlags::FAULT_INJECTED);
         let second = limited
             .run((None, HeadersHeld::ALL), Some((&limit, &edits)))
             .await
+            .0
             .unwrap();
         assert_eq!(
             (second.status.as_u16(), second.message),
             (423, LOCAL_RATE_LIMITED)
         );
+        assert_eq!(second.flags, ResponseFlags::RATE_LIMITED);
         // A route without a limit passes the rate limit filter.
         let only_limit = HttpFilters::new(&[HttpFilter::LocalRateLimit], FaultStats::default)
             .unwrap()
@@ -229,8 +245,29 @@ mod tests {
         assert!(only_limit
             .run((None, HeadersHeld::ALL), None)
             .await
+            .0
             .is_none());
         assert_eq!(stats.aborts_injected.get(), 1);
+    }
+
+    /// A delay that lets the request go on flags it `DI`, as Envoy's fault filter does.
+    #[tokio::test]
+    async fn a_delay_flags_the_request_it_lets_through() {
+        let delay = HttpFilter::Fault(Fault {
+            skip: None,
+            headers: Vec::new(),
+            delay: Some(bearing_proxy_config::FaultDelay {
+                fixed: Duration::from_millis(1),
+                percentage: Share::ALL,
+            }),
+            abort: None,
+        });
+        let filters = HttpFilters::new(&[delay], FaultStats::default)
+            .unwrap()
+            .unwrap();
+        let (reply, flags) = filters.run((None, HeadersHeld::ALL), None).await;
+        assert!(reply.is_none());
+        assert_eq!(flags, ResponseFlags::DELAY_INJECTED);
     }
 
     #[tokio::test]
@@ -249,7 +286,7 @@ mod tests {
         assert!(filters.reads_headers());
         let mut headers = HeaderMap::new();
         let untagged = filters.headers_held(&headers);
-        assert!(filters.run((None, untagged), None).await.is_none());
+        assert!(filters.run((None, untagged), None).await.0.is_none());
         headers.insert(
             "x-kuma-tags",
             http::HeaderValue::from_static("&kuma.io/service=frontend&"),
@@ -257,7 +294,7 @@ mod tests {
         // Read before routing: a route removing the header afterwards changes nothing.
         let tagged = filters.headers_held(&headers);
         headers.clear();
-        let reply = filters.run((None, tagged), None).await.unwrap();
+        let reply = filters.run((None, tagged), None).await.0.unwrap();
         assert_eq!(reply.status.as_u16(), 500);
         // Without a header-matching filter nothing is read.
         let plain = HttpFilters::new(&config[..1], FaultStats::default)

@@ -93,8 +93,14 @@ pub(crate) async fn serve_request<L: HttpListener>(
                     }
                     (None, Some(cluster)) => {
                         match filtered(filters, held(filters, &req), None).await {
-                            Some(reply) => (reply, Outcome::default()),
-                            None => {
+                            (Some(reply), flags) => (
+                                reply,
+                                Outcome {
+                                    flags,
+                                    ..Outcome::default()
+                                },
+                            ),
+                            (None, delayed) => {
                                 let mut forwarded = None;
                                 if let Some(edits) = listener.request_edits() {
                                     edits.apply(req.headers_mut());
@@ -106,8 +112,9 @@ pub(crate) async fn serve_request<L: HttpListener>(
                                     (cluster.config.request_timeout, listener.retry(), idle);
                                 let req =
                                     req.map(|b| RequestBody::Streamed(b).flagging(ended.as_ref()));
-                                let (resp, sent) =
+                                let (resp, mut sent) =
                                     send_logged(req, cluster, limits, (false, None)).await;
+                                sent.flags.insert(delayed);
                                 (resp, Outcome { forwarded, ..sent })
                             }
                         }
@@ -266,10 +273,12 @@ async fn route<'r, L: HttpListener>(
     let headers_held = filters.map_or(HeadersHeld::ALL, |(f, _)| f.headers_held(&parts.headers));
     let (routing, terms) = routes.decide(&mut parts, peer);
     outcome.route_kri = terms.route_kri;
-    let mut resp = match (filtered(filters, headers_held, terms.limit).await, routing) {
+    let (filtered, delayed) = filtered(filters, headers_held, terms.limit).await;
+    outcome.flags = delayed;
+    let mut resp = match (filtered, routing) {
         (Some(reply), _) => reply,
         (None, Routing::Reply(reply, edits)) => {
-            outcome.flags = reply.flags;
+            outcome.flags.insert(reply.flags);
             let mut resp = local_reply(reply.status, reply.message);
             if let Some(location) = reply.location {
                 resp.headers_mut().insert(header::LOCATION, location);
@@ -309,9 +318,12 @@ async fn route<'r, L: HttpListener>(
             let idle = listener.stream_idle(idle_timeout);
             let limits = (timeout, retry, idle);
             let (mut resp, sent) = send_logged(req, target, limits, (endpoint_host, hash)).await;
+            let mut flags = sent.flags;
+            flags.insert(delayed);
             outcome = Outcome {
                 route_kri: outcome.route_kri,
                 forwarded,
+                flags,
                 ..sent
             };
             response_headers.apply(resp.headers_mut());
@@ -341,14 +353,19 @@ async fn filtered(
     filters: Filters<'_>,
     held: HeadersHeld,
     limit: Option<(&RouteLimit, &HeaderEdits)>,
-) -> Option<Response<ProxyBody>> {
-    let (filters, who) = filters?;
-    let answer = filters.run((who, held), limit).await?;
-    let mut resp = local_reply(answer.status, answer.message.into());
-    if let Some(headers) = answer.headers {
-        headers.apply(resp.headers_mut());
-    }
-    Some(resp)
+) -> (Option<Response<ProxyBody>>, ResponseFlags) {
+    let Some((filters, who)) = filters else {
+        return (None, ResponseFlags::default());
+    };
+    let (answer, flags) = filters.run((who, held), limit).await;
+    let reply = answer.map(|answer| {
+        let mut resp = local_reply(answer.status, answer.message.into());
+        if let Some(headers) = answer.headers {
+            headers.apply(resp.headers_mut());
+        }
+        resp
+    });
+    (reply, flags)
 }
 
 /// A request's limits: its response timeout, retry policy, and stream idle timeout with where
