@@ -583,3 +583,104 @@ fn a_legacy_fault_matches_the_callers_kuma_tags_as_envoy() -> Result<()> {
     ensure!(answers("envoy")? == bearing);
     Ok(())
 }
+
+/// MeshRetry's request and response header conditions as kuma-cp renders them: `retryOn:
+/// [5xx, GET]` becomes a `:method` match in `retriable_request_headers`, so a GET answered 503
+/// is tried three times (two retries) while a POST is tried once; `retriableResponseHeaders`
+/// (under `retriable-headers`) retries a 200 whose `x-served-by` is present. Envoy 1.40 fed
+/// the same resources makes the same attempts, counted at the origin.
+#[test]
+fn retries_follow_the_request_and_response_headers_as_envoy() -> Result<()> {
+    const BY_METHOD: u16 = 10021;
+    const BY_RESPONSE: u16 = 10022;
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "origin"])?;
+    let (cp, web, origin) = (topo.host("cp"), topo.host("web"), topo.host("origin"));
+    let pki = CpPki::new(topo.dir(), "cp-retry-headers", cp)?;
+    let server = start_http_server(origin, ORIGIN_PORT)?;
+    let retrying = |port: u16, policy: Value| {
+        let (name, mut listener) = http_listener(port, vec![], json!({}));
+        let route =
+            "/filterChains/0/filters/0/typedConfig/routeConfig/virtualHosts/0/routes/0/route";
+        if let Some(r) = listener.pointer_mut(route) {
+            r["retryPolicy"] = policy;
+        }
+        (name, listener)
+    };
+    let back_off = json!({"baseInterval": "0.010s", "maxInterval": "0.020s"});
+    let listeners: serde_json::Map<String, Value> = [
+        retrying(
+            BY_METHOD,
+            json!({"retryOn": "5xx", "numRetries": 2, "retryBackOff": back_off,
+                "retriableRequestHeaders": [{"name": ":method", "stringMatch": {"exact": "GET"}}]}),
+        ),
+        retrying(
+            BY_RESPONSE,
+            json!({"retryOn": "retriable-headers", "numRetries": 2, "retryBackOff": back_off,
+                "retriableHeaders": [{"name": "x-served-by", "presentMatch": true}]}),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let resources = json!({"xds": {
+        CLUSTER: {"origin": {
+            "name": "origin", "type": "STATIC", "connectTimeout": "5s",
+            "loadAssignment": {"clusterName": "origin", "endpoints": [{"lbEndpoints": [{"endpoint": {
+                "address": {"socketAddress": {"address": origin.ip4().to_string(), "portValue": ORIGIN_PORT}}
+            }}]}]},
+        }},
+        LISTENER: listeners,
+    }});
+    let (cp_process, sidecar) = pki.web_sidecar(
+        env!("CARGO_BIN_EXE_bearing-test-cp"),
+        cp,
+        web,
+        &resources,
+        "ACK type=Listener",
+    )?;
+    let access = CpAccess::new(cp, 5678, &pki);
+    let log = cp_process.log_contents();
+    ensure!(
+        !log.contains("NACK"),
+        "the sidecar NACKed its config:\n{log}"
+    );
+
+    // Each request's answer and the attempts the origin saw for its path.
+    let attempts = |proxy: &str| -> Result<Vec<(u16, usize)>> {
+        let mut all = Vec::new();
+        for (i, (port, method, path)) in [
+            (BY_METHOD, "GET", "/status/503"),
+            (BY_METHOD, "POST", "/status/503"),
+            (BY_RESPONSE, "GET", "/"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = format!("{path}?{proxy}-{i}");
+            let url = format!("http://127.0.0.1:{port}{path}");
+            let (code, _) = curl(web, [url, "-X".into(), method.into()])?;
+            // The origin logs each request it answered (its request line).
+            std::thread::sleep(Duration::from_millis(200));
+            let seen = server
+                .process()
+                .log_contents()
+                .lines()
+                .filter(|l| l.contains(&format!("{path} HTTP")))
+                .count();
+            all.push((code, seen));
+        }
+        let want = [(503, 3), (503, 1), (200, 3)];
+        ensure!(all == want, "{proxy}: {all:?}, expected {want:?}");
+        Ok(all)
+    };
+    let bearing = attempts("bearing")?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, "default", "web")?;
+    web.wait_for_tcp_listener(BY_RESPONSE, Duration::from_secs(20), None)
+        .context("Envoy's listeners")?;
+    ensure!(attempts("envoy")? == bearing);
+    Ok(())
+}

@@ -283,8 +283,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter",
         &["name"],
     ),
-    // MeshRetry's `http` section; gRPC's conditions, retriable headers, host selection and
-    // rate-limited back-off are not implemented.
+    // MeshRetry's `http` section; host selection and rate-limited back-off are not
+    // implemented.
     (
         "envoy.config.route.v3.RetryPolicy",
         &[
@@ -293,6 +293,9 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "per_try_timeout",
             "retriable_status_codes",
             "retry_back_off",
+            // Checked by `retry.rs` (no regular expression, `:method` the one pseudo-header).
+            "retriable_headers",
+            "retriable_request_headers",
         ],
     ),
     (
@@ -898,8 +901,6 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
         "health check event logs",
     ),
     ("CommonLbConfig.zone_aware_lb_config", "load balancing"),
-    ("RetryPolicy.retriable_headers", "retries"),
-    ("RetryPolicy.retriable_request_headers", "retries"),
     ("RetryPolicy.rate_limited_retry_back_off", "retries"),
     ("RetryPolicy.retry_host_predicate", "retries"),
     ("RetryPolicy.host_selection_retry_max_attempts", "retries"),

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use bearing_proxy_config::{
-    RetryOn, RetryPolicy, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED, GRPC_INTERNAL,
-    GRPC_RESOURCE_EXHAUSTED, GRPC_UNAVAILABLE,
+    HeaderMatch, RetryOn, RetryPolicy, ValueMatch, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED,
+    GRPC_INTERNAL, GRPC_RESOURCE_EXHAUSTED, GRPC_UNAVAILABLE,
 };
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
 
@@ -16,8 +16,8 @@ use crate::translate::duration;
 
 /// The conditions of `retry_on` Bearing acts on (Envoy's names).
 const CONDITIONS: &str = "5xx, gateway-error, reset, connect-failure, refused-stream, \
-     retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, internal, \
-     resource-exhausted, unavailable";
+     retriable-4xx, retriable-status-codes, retriable-headers, cancelled, deadline-exceeded, \
+     internal, resource-exhausted, unavailable";
 
 /// Translates the retry policy at `at`; problems are pushed to `problems`.
 pub(crate) fn retry_policy(
@@ -27,7 +27,7 @@ pub(crate) fn retry_policy(
 ) -> Option<RetryPolicy> {
     let before = problems.len();
     let mut on = RetryOn::default();
-    let mut status_codes = false;
+    let (mut status_codes, mut retriable_headers) = (false, false);
     for condition in policy.retry_on.split(',').map(str::trim) {
         match condition {
             "" => {}
@@ -39,6 +39,7 @@ pub(crate) fn retry_policy(
             // Envoy's one retriable 4xx: 409 Conflict.
             "retriable-4xx" => on.statuses.push(409),
             "retriable-status-codes" => status_codes = true,
+            "retriable-headers" => retriable_headers = true,
             "cancelled" => on.grpc_statuses.push(GRPC_CANCELLED),
             "deadline-exceeded" => on.grpc_statuses.push(GRPC_DEADLINE_EXCEEDED),
             "internal" => on.grpc_statuses.push(GRPC_INTERNAL),
@@ -70,6 +71,24 @@ pub(crate) fn retry_policy(
             "status codes without the retry condition \"retriable-status-codes\"".into(),
         ));
     }
+    if retriable_headers {
+        on.headers = header_matches(
+            &policy.retriable_headers,
+            &format!("{at}.retriable_headers"),
+            problems,
+        );
+    } else if !policy.retriable_headers.is_empty() {
+        // Envoy reads them only under that condition.
+        problems.push((
+            format!("{at}.retriable_headers"),
+            "headers without the retry condition \"retriable-headers\"".into(),
+        ));
+    }
+    let request_headers = header_matches(
+        &policy.retriable_request_headers,
+        &format!("{at}.retriable_request_headers"),
+        problems,
+    );
     on.statuses.sort_unstable();
     on.statuses.dedup();
     on.grpc_statuses.sort_unstable();
@@ -108,7 +127,37 @@ pub(crate) fn retry_policy(
             .filter(|d| *d != Duration::ZERO),
         back_off_base: base,
         back_off_max: max,
+        request_headers,
     })
+}
+
+/// A retry policy's header matchers at `at` (`retriable_headers`, `retriable_request_headers`):
+/// `:method` the only pseudo-header, no regular expression (the runtime evaluates them
+/// without compiling one).
+fn header_matches(
+    matchers: &[route_pb::HeaderMatcher],
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<HeaderMatch> {
+    let mut out = Vec::new();
+    for (i, h) in matchers.iter().enumerate() {
+        let hat = format!("{at}[{i}]");
+        let name = h.name.to_ascii_lowercase();
+        if name.starts_with(':') && name != ":method" {
+            let reason = "of the pseudo-headers only `:method` is implemented in a retry policy";
+            problems.push((format!("{hat}.name"), reason.into()));
+            continue;
+        }
+        match crate::routes::header_value(h, &hat, problems) {
+            Some(ValueMatch::Regex(_)) => problems.push((
+                hat,
+                "a regular expression in a retry policy's header match is not implemented".into(),
+            )),
+            Some(value) => out.push(HeaderMatch { name, value }),
+            None => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -183,7 +232,7 @@ mod tests {
     fn what_bearing_cannot_retry_on_is_named() {
         let mut problems = Vec::new();
         let unknown = route_pb::RetryPolicy {
-            retry_on: "envoy-ratelimited,connect-failure,retriable-headers".into(),
+            retry_on: "envoy-ratelimited,connect-failure,http3-post-connect-failure".into(),
             ..Default::default()
         };
         assert!(retry_policy(&unknown, "r", &mut problems).is_none());
@@ -194,7 +243,7 @@ mod tests {
             "{problems:?}"
         );
         assert!(
-            problems[1].1.contains("\"retriable-headers\""),
+            problems[1].1.contains("\"http3-post-connect-failure\""),
             "{problems:?}"
         );
 
@@ -213,6 +262,83 @@ mod tests {
         assert_eq!(
             fields,
             ["r.retriable_status_codes", "r.retry_back_off.max_interval"]
+        );
+    }
+
+    /// kuma-cp's MeshRetry with `retryOn: [5xx, GET]`, `retriableRequestHeaders` and
+    /// `retriableResponseHeaders`: the methods and request headers gate the retries, the
+    /// response headers (under `retriable-headers`) ask for them; a regular expression or
+    /// another pseudo-header there is NACKed by path.
+    #[test]
+    fn kumas_retriable_headers_translate() {
+        let matcher = |name: &str, exact: &str| {
+            route_pb::HeaderMatcher {
+            name: name.into(),
+            header_match_specifier: Some(
+                route_pb::header_matcher::HeaderMatchSpecifier::StringMatch(
+                    envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                        match_pattern: Some(
+                            envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(
+                                exact.into(),
+                            ),
+                        ),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }
+        };
+        let policy = route_pb::RetryPolicy {
+            retry_on: "5xx,retriable-headers".into(),
+            retriable_request_headers: vec![matcher(":method", "GET"), matcher("x-retry", "yes")],
+            retriable_headers: vec![matcher("x-upstream-retry", "true")],
+            ..Default::default()
+        };
+        let mut problems = Vec::new();
+        let p = retry_policy(&policy, "r", &mut problems).expect("translated");
+        assert!(problems.is_empty(), "{problems:?}");
+        let exact = |name: &str, v: &str| HeaderMatch {
+            name: name.into(),
+            value: ValueMatch::Exact(v.into()),
+        };
+        assert_eq!(
+            p.request_headers,
+            [exact(":method", "GET"), exact("x-retry", "yes")]
+        );
+        assert_eq!(p.on.headers, [exact("x-upstream-retry", "true")]);
+        let regex = route_pb::HeaderMatcher {
+            name: "x".into(),
+            header_match_specifier: Some(
+                route_pb::header_matcher::HeaderMatchSpecifier::StringMatch(
+                    envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                        match_pattern: Some(
+                            envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::SafeRegex(
+                                envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
+                                    regex: "a.*".into(),
+                                    ..Default::default()
+                                },
+                            ),
+                        ),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        };
+        let refused = route_pb::RetryPolicy {
+            retriable_request_headers: vec![regex, matcher(":path", "/")],
+            ..policy
+        };
+        let mut problems = Vec::new();
+        assert!(retry_policy(&refused, "r", &mut problems).is_none());
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "r.retriable_request_headers[0]",
+                "r.retriable_request_headers[1].name"
+            ]
         );
     }
 }

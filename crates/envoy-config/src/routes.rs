@@ -31,11 +31,24 @@ pub(crate) type Problem = (String, String);
 /// Where an HTTP connection manager's requests go.
 #[derive(Debug)]
 pub(crate) enum HttpRouting {
-    /// Every request to one cluster, with the one route's retry policy, idle timeout and
-    /// request header edits: a plain listener.
-    One(String, Option<RetryPolicy>, Option<Duration>, HeaderFilter),
+    /// Every request to one cluster: a plain listener.
+    One(Box<PlainRoute>),
     /// Routed by a table.
     Table(RouteTable),
+}
+
+/// A plain listener's one route: its cluster, retry policy, idle timeout and request header
+/// edits.
+#[derive(Debug)]
+pub(crate) struct PlainRoute {
+    /// Where every request goes.
+    pub cluster: String,
+    /// The route's retry policy.
+    pub retry: Option<RetryPolicy>,
+    /// The route's stream idle timeout.
+    pub idle: Option<Duration>,
+    /// The route's request header edits, with its virtual host's and configuration's.
+    pub request_headers: HeaderFilter,
 }
 
 /// The clusters a route configuration sends to, each with what the route that reaches it
@@ -89,7 +102,12 @@ pub(crate) fn route_config(
         for r in &mut reached[start..] {
             r.1 = ClusterTimeout::Exactly(timeout);
         }
-        return Some(HttpRouting::One(cluster, retry, idle, edits));
+        return Some(HttpRouting::One(Box::new(PlainRoute {
+            cluster,
+            retry,
+            idle,
+            request_headers: edits,
+        })));
     }
     Some(HttpRouting::Table(table))
 }

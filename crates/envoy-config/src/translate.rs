@@ -1339,7 +1339,15 @@ impl Translator<'_> {
             self.nack(LISTENER, name, field, reason);
         }
         let (cluster, mut table, retry, route_idle, request_headers) = match routing? {
-            HttpRouting::One(cluster, retry, idle, edits) => (cluster, None, retry, idle, edits),
+            HttpRouting::One(plain) => {
+                let routes::PlainRoute {
+                    cluster,
+                    retry,
+                    idle,
+                    request_headers,
+                } = *plain;
+                (cluster, None, retry, idle, request_headers)
+            }
             HttpRouting::Table(table) => (
                 String::new(),
                 Some(table),
@@ -4202,7 +4210,7 @@ mod tests {
         );
         has(
             format!("{routes}[1].route.retry_policy.retriable_headers"),
-            "retries",
+            "without the retry condition",
         );
         has(
             format!("{routes}[1].route.hash_policy[1].filter_state"),

@@ -5,6 +5,8 @@
 use serde::Serialize;
 use std::time::Duration;
 
+use crate::HeaderMatch;
+
 /// gRPC status `CANCELLED` (Envoy's retry condition `cancelled`).
 pub const GRPC_CANCELLED: u32 = 1;
 /// gRPC status `DEADLINE_EXCEEDED` (`deadline-exceeded`).
@@ -33,6 +35,12 @@ pub struct RetryPolicy {
     /// The longest pause between attempts.
     #[serde(serialize_with = "super::millis::serialize")]
     pub back_off_max: Duration,
+    /// A request is retried only when it meets one of these (Envoy's
+    /// `retriable_request_headers`: kuma-cp's MeshRetry `retryOn` methods as `:method` matches,
+    /// and its `retriableRequestHeaders`); empty: any request. No regular expression (the
+    /// translation refuses one here).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub request_headers: Vec<HeaderMatch>,
 }
 
 /// Envoy's `retry_on` conditions that Bearing honours.
@@ -57,6 +65,10 @@ pub struct RetryOn {
     /// in a response's headers (a trailers-only gRPC answer), ask for another attempt.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub grpc_statuses: Vec<u32>,
+    /// `retriable-headers`: a response with a header meeting one of these (kuma-cp's
+    /// `retriableResponseHeaders`). No regular expression (the translation refuses one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
 }
 
 impl RetryPolicy {
@@ -103,7 +115,31 @@ impl RetryPolicy {
             per_try_timeout: Some(Duration::from_secs(16)),
             back_off_base: Self::DEFAULT_BACK_OFF_BASE,
             back_off_max: Duration::from_millis(250),
+            request_headers: Vec::new(),
         }
+    }
+
+    /// Whether the policy reads the request's or the responses' headers (its
+    /// `request_headers`, `on.headers`).
+    pub fn reads_headers(&self) -> bool {
+        !self.request_headers.is_empty() || !self.on.headers.is_empty()
+    }
+
+    /// Whether a request is retried at all: it meets one of `request_headers` (any when there
+    /// are none); `values(name)` gives each of its values of `name` (`:method` included).
+    pub fn allows_request<'v, I: Iterator<Item = &'v str>>(
+        &self,
+        values: impl Fn(&str) -> I,
+    ) -> bool {
+        self.request_headers.is_empty() || self.request_headers.iter().any(|m| m.holds_in(&values))
+    }
+
+    /// Whether a response's headers ask for another attempt (`retriable-headers`).
+    pub fn retries_headers<'v, I: Iterator<Item = &'v str>>(
+        &self,
+        values: impl Fn(&str) -> I,
+    ) -> bool {
+        self.on.headers.iter().any(|m| m.holds_in(&values))
     }
 
     /// Whether a response of `status` asks for another attempt; `grpc_status` gives the

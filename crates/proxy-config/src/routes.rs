@@ -141,12 +141,31 @@ pub enum PathMatch {
 }
 
 /// A header condition.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct HeaderMatch {
     /// Header name, lowercase.
     pub name: String,
     /// What its value must be.
     pub value: ValueMatch,
+}
+
+impl HeaderMatch {
+    /// Whether a message whose values of a header `values(name)` gives meets it: any value
+    /// does (or, for `Absent`, there is none). A regular expression never holds here: the
+    /// places that evaluate a match without compiling it (a retry policy's) refuse one at
+    /// translation.
+    pub fn holds_in<'v, I: Iterator<Item = &'v str>>(&self, values: impl Fn(&str) -> I) -> bool {
+        let mut values = values(&self.name).peekable();
+        match &self.value {
+            ValueMatch::Absent => values.peek().is_none(),
+            ValueMatch::Present => values.peek().is_some(),
+            ValueMatch::Exact(want) => values.any(|v| v == want),
+            ValueMatch::Prefix(p) => values.any(|v| v.starts_with(p.as_str())),
+            ValueMatch::Suffix(s) => values.any(|v| v.ends_with(s.as_str())),
+            ValueMatch::Contains(c) => values.any(|v| v.contains(c.as_str())),
+            ValueMatch::Regex(_) => false,
+        }
+    }
 }
 
 /// A query parameter condition.
@@ -159,7 +178,7 @@ pub struct QueryMatch {
 }
 
 /// A condition on a header or query value.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", tag = "match", content = "value")]
 pub enum ValueMatch {
     /// Equal to this.

@@ -373,6 +373,10 @@ where
                 listener.name(),
             ),
             None => match listener.cluster() {
+                Some(_) if listener.retry().is_some_and(RetryPolicy::reads_headers) => (
+                    Routed::Unsupported("a retry policy reads headers"),
+                    RouteTerms::default(),
+                ),
                 Some(c) if !c.is_h2() => {
                     if let Some(edits) = listener.request_edits() {
                         edit_request_head(edits, &mut bufs.request_head);
@@ -641,6 +645,10 @@ fn route_head<'r>(
             hash,
             ..
         } => {
+            // A retry policy reading headers is served by hyper, which has them parsed.
+            if retry.is_some_and(RetryPolicy::reads_headers) {
+                return unsupported("a retry policy reads headers");
+            }
             if let Some(m) = mirror {
                 super::mirror::spawn_mirror(&parts, Bytes::copy_from_slice(body), m, listener);
             }
@@ -954,6 +962,12 @@ impl<'a> UpstreamCodec for Upstream<'a, '_> {
     /// gRPC runs over HTTP/2, which this codec does not carry: no gRPC status to read.
     fn grpc_status(_: &Self::Answer) -> Option<u32> {
         None
+    }
+
+    /// Never asked: a request whose retry policy reads headers is handed to hyper before it
+    /// is forwarded (`route_head`), so no answer of this codec meets one.
+    fn headers_ask_retry(_: &Self::Answer, _: &RetryPolicy) -> bool {
+        false
     }
 }
 

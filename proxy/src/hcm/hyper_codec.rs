@@ -108,8 +108,10 @@ pub(crate) async fn serve_request<L: HttpListener>(
                                         listener.access_log().map(|_| Box::new(request_head(&req)));
                                 }
                                 let idle = listener.stream_idle(None);
-                                let limits =
-                                    (cluster.config.request_timeout, listener.retry(), idle);
+                                let retry = listener
+                                    .retry()
+                                    .filter(|p| retried(p, req.method(), req.headers()));
+                                let limits = (cluster.config.request_timeout, retry, idle);
                                 let req =
                                     req.map(|b| RequestBody::Streamed(b).flagging(ended.as_ref()));
                                 let (resp, mut sent) =
@@ -314,6 +316,7 @@ async fn route<'r, L: HttpListener>(
                     &parts.headers,
                 ))
             });
+            let retry = retry.filter(|p| retried(p, &parts.method, &parts.headers));
             let req = Request::from_parts(parts, body);
             let idle = listener.stream_idle(idle_timeout);
             let limits = (timeout, retry, idle);
@@ -337,6 +340,23 @@ async fn route<'r, L: HttpListener>(
         resp.headers_mut().insert(header::SERVER, SERVER_NAME);
     }
     (resp, outcome)
+}
+
+/// The values of header `name` in `headers` that are text.
+fn header_values<'a>(headers: &'a http::HeaderMap, name: &str) -> impl Iterator<Item = &'a str> {
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok())
+}
+
+/// Whether `policy` retries a request of `method` and `headers` at all (its
+/// `retriable_request_headers`, `:method` read as the method; checked once the route edited
+/// the headers, as Envoy's router makes its retry state after finalizing them).
+fn retried(policy: &RetryPolicy, method: &Method, headers: &http::HeaderMap) -> bool {
+    policy.allows_request(|name| {
+        let is_method = name == ":method";
+        let method = is_method.then_some(method.as_str());
+        let fields = (!is_method).then(|| header_values(headers, name));
+        method.into_iter().chain(fields.into_iter().flatten())
+    })
 }
 
 /// A listener's filters with the connection as they read it.
@@ -584,6 +604,10 @@ impl UpstreamCodec for Upstream<'_> {
     fn grpc_status(resp: &Response<UpstreamBody>) -> Option<u32> {
         let value = resp.headers().get("grpc-status")?;
         value.to_str().ok()?.parse().ok()
+    }
+
+    fn headers_ask_retry(resp: &Response<UpstreamBody>, policy: &RetryPolicy) -> bool {
+        policy.retries_headers(|name| header_values(resp.headers(), name))
     }
 }
 

@@ -235,6 +235,9 @@ pub(crate) trait UpstreamCodec {
 
     /// The `grpc-status` of an answer's response head (a trailers-only gRPC response).
     fn grpc_status(answer: &Self::Answer) -> Option<u32>;
+
+    /// Whether an answer's response headers meet `policy`'s `retriable-headers` matches.
+    fn headers_ask_retry(answer: &Self::Answer, policy: &RetryPolicy) -> bool;
 }
 
 /// Sends `request` (of hash `hash`, for a consistent-hashing cluster) to `cluster` through
@@ -296,6 +299,7 @@ async fn retrying<'c, C: UpstreamCodec>(
         let retriable = match &outcome {
             Ok((answer, _)) => {
                 policy.retries_response(C::status(answer), || C::grpc_status(answer))
+                    || (!policy.on.headers.is_empty() && C::headers_ask_retry(answer, policy))
             }
             Err(failure) => retries_failure(policy, failure),
         };
