@@ -181,16 +181,34 @@ fn resources(origin: &Host) -> Value {
     let mut all: serde_json::Map<String, Value> = listeners.into_iter().collect();
     all.insert(tcp_name, tcp);
     json!({"xds": {
-        CLUSTER: {"origin": {
-            "name": "origin",
-            "type": "STATIC",
-            "connectTimeout": "5s",
-            "loadAssignment": {"clusterName": "origin", "endpoints": [{"lbEndpoints": [{"endpoint": {
-                "address": {"socketAddress": {"address": origin.ip4().to_string(), "portValue": ORIGIN_PORT}}
-            }}]}]},
-        }},
+        CLUSTER: {"origin": static_cluster("origin", &origin.ip4().to_string(), ORIGIN_PORT)},
         LISTENER: all,
     }})
+}
+
+/// A STATIC cluster `name` of one endpoint at `ip`:`port`.
+fn static_cluster(name: &str, ip: &str, port: u16) -> Value {
+    json!({"name": name, "type": "STATIC", "connectTimeout": "5s",
+        "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": [{"endpoint": {
+            "address": {"socketAddress": {"address": ip, "portValue": port}}}}]}]}})
+}
+
+/// The test CP on `cp` serving `resources` and the sidecar `web` it feeds, once the sidecar
+/// ACKed its listeners without a NACK; with how Envoy is fed the same later.
+fn acked_sidecar<'h>(
+    pki: &CpPki,
+    cp: &Host,
+    web: &'h Host,
+    resources: &Value,
+) -> Result<(Process, Bearing<'h>, CpAccess)> {
+    let bin = env!("CARGO_BIN_EXE_bearing-test-cp");
+    let (cp_process, sidecar) = pki.web_sidecar(bin, cp, web, resources, "ACK type=Listener")?;
+    let log = cp_process.log_contents();
+    ensure!(
+        !log.contains("NACK"),
+        "the sidecar NACKed its config:\n{log}"
+    );
+    Ok((cp_process, sidecar, CpAccess::new(cp, 5678, pki)))
 }
 
 fn url(port: u16) -> String {
@@ -286,19 +304,7 @@ fn rate_limits_and_faults_act_as_envoy_on_what_the_cp_sends() -> Result<()> {
     let server = start_http_server(origin, ORIGIN_PORT)?;
     let origin_body = server.body();
 
-    let (cp_process, sidecar) = pki.web_sidecar(
-        env!("CARGO_BIN_EXE_bearing-test-cp"),
-        cp,
-        web,
-        &resources(origin),
-        "ACK type=Listener",
-    )?;
-    let access = CpAccess::new(cp, 5678, &pki);
-    let log = cp_process.log_contents();
-    ensure!(
-        !log.contains("NACK"),
-        "the sidecar NACKed its config:\n{log}"
-    );
+    let (_cp, sidecar, access) = acked_sidecar(&pki, cp, web, &resources(origin))?;
 
     // The 11th request of the 10-request bucket: Kuma's status (Locked) and header.
     let (limited, aborted) = answers(web, origin_body, "bearing")?;
@@ -500,31 +506,14 @@ fn a_legacy_fault_matches_the_callers_kuma_tags_as_envoy() -> Result<()> {
         "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
         "path": log_file.display().to_string(),
         "logFormat": {"textFormatSource": {"inlineString": "%RESPONSE_CODE% %RESPONSE_FLAGS%\n"}}}}]);
-    let cluster = |name: &str, ip: String, port: u16| {
-        json!({"name": name, "type": "STATIC", "connectTimeout": "5s",
-            "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": [{"endpoint": {
-                "address": {"socketAddress": {"address": ip, "portValue": port}}}}]}]}})
-    };
     let resources = json!({"xds": {
         CLUSTER: {
-            "origin": cluster("origin", origin.ip4().to_string(), ORIGIN_PORT),
-            "callee": cluster("callee", "127.0.0.1".into(), CALLEE),
+            "origin": static_cluster("origin", &origin.ip4().to_string(), ORIGIN_PORT),
+            "callee": static_cluster("callee", "127.0.0.1", CALLEE),
         },
         LISTENER: listeners,
     }});
-    let (cp_process, sidecar) = pki.web_sidecar(
-        env!("CARGO_BIN_EXE_bearing-test-cp"),
-        cp,
-        web,
-        &resources,
-        "ACK type=Listener",
-    )?;
-    let access = CpAccess::new(cp, 5678, &pki);
-    let log = cp_process.log_contents();
-    ensure!(
-        !log.contains("NACK"),
-        "the sidecar NACKed its config:\n{log}"
-    );
+    let (_cp, sidecar, access) = acked_sidecar(&pki, cp, web, &resources)?;
 
     // What a proxy answers: each caller's status and whether the application saw tags, the
     // tags an outbound delivers, and the callee asked directly with and without them.
@@ -624,27 +613,10 @@ fn retries_follow_the_request_and_response_headers_as_envoy() -> Result<()> {
     .into_iter()
     .collect();
     let resources = json!({"xds": {
-        CLUSTER: {"origin": {
-            "name": "origin", "type": "STATIC", "connectTimeout": "5s",
-            "loadAssignment": {"clusterName": "origin", "endpoints": [{"lbEndpoints": [{"endpoint": {
-                "address": {"socketAddress": {"address": origin.ip4().to_string(), "portValue": ORIGIN_PORT}}
-            }}]}]},
-        }},
+        CLUSTER: {"origin": static_cluster("origin", &origin.ip4().to_string(), ORIGIN_PORT)},
         LISTENER: listeners,
     }});
-    let (cp_process, sidecar) = pki.web_sidecar(
-        env!("CARGO_BIN_EXE_bearing-test-cp"),
-        cp,
-        web,
-        &resources,
-        "ACK type=Listener",
-    )?;
-    let access = CpAccess::new(cp, 5678, &pki);
-    let log = cp_process.log_contents();
-    ensure!(
-        !log.contains("NACK"),
-        "the sidecar NACKed its config:\n{log}"
-    );
+    let (_cp, sidecar, access) = acked_sidecar(&pki, cp, web, &resources)?;
 
     // Each request's answer and the attempts the origin saw for its path.
     let attempts = |proxy: &str| -> Result<Vec<(u16, usize)>> {
