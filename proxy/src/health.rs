@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bearing_proxy_config::{Cluster, Endpoint, EndpointHealth, LoadBalancer};
+use bearing_proxy_config::{Cluster, EndpointHealth};
 
 use crate::outlier::Detector;
 use crate::priority::Plan;
@@ -104,9 +104,6 @@ impl HostHealth {
 pub struct ClusterHealth {
     config: EndpointHealth,
     priorities: Vec<u32>,
-    /// A consistent-hashing cluster's balancer and endpoints, to build each plan's rings
-    /// or tables over its eligible hosts; `None` for other balancers.
-    hashing: Option<(LoadBalancer, Vec<Endpoint>)>,
     pools: Vec<Arc<EndpointPool>>,
     plan: ArcSwap<Plan>,
     /// Outlier detection, when the cluster has it.
@@ -120,28 +117,25 @@ impl ClusterHealth {
         let health = ClusterHealth {
             config: cluster.health.clone(),
             priorities: cluster.endpoints.iter().map(|e| e.priority).collect(),
-            hashing: cluster
-                .load_balancer
-                .is_consistent_hashing()
-                .then(|| (cluster.load_balancer, cluster.endpoints.clone())),
             pools: pools.to_vec(),
             plan: ArcSwap::from_pointee(Plan::default()),
             detector,
         };
-        health.refresh();
+        health.refresh(cluster);
         health
     }
 
     /// Recomputes the plan from the hosts' flags: called whenever a signal changed one.
-    pub fn refresh(&self) {
+    /// `cluster` (the one these are of) gives a consistent-hashing plan its rings or tables.
+    pub fn refresh(&self, cluster: &Cluster) {
         let healthy: Vec<bool> = self
             .pools
             .iter()
             .map(|p| p.health().is_healthy(&self.config))
             .collect();
         let mut plan = Plan::new(&self.priorities, &healthy, self.config.panic_threshold);
-        if let Some((balancer, endpoints)) = &self.hashing {
-            plan = plan.hashing(balancer, endpoints);
+        if cluster.load_balancer.is_consistent_hashing() {
+            plan = plan.hashing(&cluster.load_balancer, &cluster.endpoints);
         }
         self.plan.store(Arc::new(plan));
     }

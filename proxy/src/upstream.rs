@@ -880,7 +880,7 @@ impl ClusterRuntime {
     /// exports the healthy count (Envoy's `membership_healthy`).
     pub fn refresh_health(&self) {
         if let Some(health) = &self.health {
-            health.refresh();
+            health.refresh(&self.config);
             self.stats
                 .membership_healthy
                 .set(health.healthy_count() as i64);

@@ -192,28 +192,20 @@ enum PathCondition {
     Regex(Regex),
 }
 
+/// A header or query value condition, prepared: a regular expression compiled, any other
+/// evaluated as the model's `ValueMatch`.
 #[derive(Debug)]
 enum Condition {
-    Exact(String),
+    Plain(ValueMatch),
     Regex(Regex),
-    Prefix(String),
-    Suffix(String),
-    Contains(String),
-    Absent,
-    Present,
 }
 
 impl Condition {
     fn holds(&self, value: Option<&str>) -> bool {
         match (self, value) {
-            (Condition::Absent, v) => v.is_none(),
-            (Condition::Present, v) => v.is_some(),
-            (Condition::Exact(want), Some(v)) => v == want,
+            (Condition::Plain(m), v) => m.holds(v),
             (Condition::Regex(re), Some(v)) => re.is_match(v),
-            (Condition::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
-            (Condition::Suffix(s), Some(v)) => v.ends_with(s.as_str()),
-            (Condition::Contains(c), Some(v)) => v.contains(c.as_str()),
-            (_, None) => false,
+            (Condition::Regex(_), None) => false,
         }
     }
 }
@@ -327,13 +319,8 @@ fn whole(pattern: &str, origin: &str) -> Result<Regex, String> {
 
 fn condition(value: &ValueMatch, origin: &str) -> Result<Condition, String> {
     Ok(match value {
-        ValueMatch::Exact(v) => Condition::Exact(v.clone()),
         ValueMatch::Regex(p) => Condition::Regex(whole(p, origin)?),
-        ValueMatch::Prefix(p) => Condition::Prefix(p.clone()),
-        ValueMatch::Suffix(p) => Condition::Suffix(p.clone()),
-        ValueMatch::Contains(p) => Condition::Contains(p.clone()),
-        ValueMatch::Absent => Condition::Absent,
-        ValueMatch::Present => Condition::Present,
+        plain => Condition::Plain(plain.clone()),
     })
 }
 

@@ -156,14 +156,26 @@ impl HeaderMatch {
     /// translation.
     pub fn holds_in<'v, I: Iterator<Item = &'v str>>(&self, values: impl Fn(&str) -> I) -> bool {
         let mut values = values(&self.name).peekable();
-        match &self.value {
-            ValueMatch::Absent => values.peek().is_none(),
-            ValueMatch::Present => values.peek().is_some(),
-            ValueMatch::Exact(want) => values.any(|v| v == want),
-            ValueMatch::Prefix(p) => values.any(|v| v.starts_with(p.as_str())),
-            ValueMatch::Suffix(s) => values.any(|v| v.ends_with(s.as_str())),
-            ValueMatch::Contains(c) => values.any(|v| v.contains(c.as_str())),
-            ValueMatch::Regex(_) => false,
+        if values.peek().is_none() {
+            return self.value.holds(None);
+        }
+        values.any(|v| self.value.holds(Some(v)))
+    }
+}
+
+impl ValueMatch {
+    /// Whether a value (`None`: the header or parameter is absent) meets it, but for a regular
+    /// expression, which holds for none here: it is compiled where it is evaluated (the
+    /// gateway crate's router), and refused at translation where it is not.
+    pub fn holds(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (ValueMatch::Absent, v) => v.is_none(),
+            (ValueMatch::Present, v) => v.is_some(),
+            (ValueMatch::Exact(want), Some(v)) => v == want,
+            (ValueMatch::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+            (ValueMatch::Suffix(s), Some(v)) => v.ends_with(s.as_str()),
+            (ValueMatch::Contains(c), Some(v)) => v.contains(c.as_str()),
+            (ValueMatch::Regex(_), _) | (_, None) => false,
         }
     }
 }

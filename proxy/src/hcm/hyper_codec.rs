@@ -92,7 +92,7 @@ pub(crate) async fn serve_request<L: HttpListener>(
                         route(req, (listener, filters), routes, (peer, body)).await
                     }
                     (None, Some(cluster)) => {
-                        match filtered(filters, held(filters, &req), None).await {
+                        match filtered(filters, held(filters, req.headers()), None).await {
                             (Some(reply), flags) => (
                                 reply,
                                 Outcome {
@@ -272,7 +272,7 @@ async fn route<'r, L: HttpListener>(
         let accepted = compress::negotiate(compression, &mut parts.headers);
         (compression, accepted && parts.method != Method::HEAD)
     });
-    let headers_held = filters.map_or(HeadersHeld::ALL, |(f, _)| f.headers_held(&parts.headers));
+    let headers_held = held(filters, &parts.headers);
     let (routing, terms) = routes.decide(&mut parts, peer);
     outcome.route_kri = terms.route_kri;
     let (filtered, delayed) = filtered(filters, headers_held, terms.limit).await;
@@ -362,9 +362,10 @@ fn retried(policy: &RetryPolicy, method: &Method, headers: &http::HeaderMap) -> 
 /// A listener's filters with the connection as they read it.
 type Filters<'a> = Option<(&'a HttpFilters, Option<&'a Peer>)>;
 
-/// Which of `filters`' header matches `req` meets, as it came.
-fn held<B>(filters: Filters<'_>, req: &Request<B>) -> HeadersHeld {
-    filters.map_or(HeadersHeld::ALL, |(f, _)| f.headers_held(req.headers()))
+/// Which of `filters`' header matches a request's `headers` meet, read before its route
+/// edits them.
+fn held(filters: Filters<'_>, headers: &http::HeaderMap) -> HeadersHeld {
+    filters.map_or(HeadersHeld::ALL, |(f, _)| f.headers_held(headers))
 }
 
 /// Runs `filters` for one request whose route has `limit`: the reply of a filter that
