@@ -357,6 +357,27 @@ impl CpPki {
         process.wait_for_log(acked, Duration::from_secs(30))?;
         Ok((process, sidecar))
     }
+
+    /// The test CP `bin` on `cp` (port 5678) serving `file`, and a Bearing builtin gateway
+    /// `gw` on `host` (kuma-dp's flags, a Dataplane of `gateway.type: BUILTIN`, tag
+    /// `kuma.io/service: gw`) fed by it, ready.
+    pub fn builtin_gateway<'h>(
+        &self,
+        bin: &str,
+        cp: &Host,
+        host: &'h Host,
+        file: &Path,
+    ) -> Result<(Process, Bearing<'h>)> {
+        let (process, access) = self.start_cp(bin, cp, 5678, file, "cp")?;
+        let dataplane = crate::dataplane_yaml(
+            "gw",
+            host,
+            "  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: gw\n",
+        );
+        let gateway = access.bearing(host, "gw", "dataplane", &dataplane)?;
+        gateway.wait_ready()?;
+        Ok((process, gateway))
+    }
 }
 
 /// How a proxy reaches its test CP: the CP's URL and the CA its certificate is checked with.

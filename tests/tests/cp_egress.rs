@@ -97,6 +97,19 @@ fn egress_resources(at: std::net::SocketAddr, origin_ca: &TestCa) -> Result<XdsF
     Ok(xds)
 }
 
+/// nginx on `origin` echoing the Host it got: in plaintext on `PLAIN_PORT`, and over TLS
+/// with `cert` on `TLS_PORT`.
+fn start_origins(origin: &Host, cert: &CertFiles) -> Result<(Nginx, Nginx)> {
+    let plain = NginxConfig::new(PLAIN_PORT)
+        .server_snippet(HOST_ECHO)
+        .start(origin)?;
+    let secure = NginxConfig::new(TLS_PORT)
+        .tls(cert.cert_pem()?, cert.key_pem()?)
+        .server_snippet(HOST_ECHO)
+        .start(origin)?;
+    Ok((plain, secure))
+}
+
 #[test]
 fn zone_egress_routes_http_to_an_external_service_from_the_test_cp() -> Result<()> {
     require_root_and_tools()?;
@@ -116,13 +129,7 @@ fn zone_egress_routes_http_to_an_external_service_from_the_test_cp() -> Result<(
     let origin_ca = TestCa::new(dir, "origin-ca")?;
     let origin_cert = origin_ca.issue("secure-origin", &[&format!("DNS:{TLS_NAME}")])?;
 
-    let _plain = NginxConfig::new(PLAIN_PORT)
-        .server_snippet(HOST_ECHO)
-        .start(origin)?;
-    let _secure = NginxConfig::new(TLS_PORT)
-        .tls(origin_cert.cert_pem()?, origin_cert.key_pem()?)
-        .server_snippet(HOST_ECHO)
-        .start(origin)?;
+    let _origins = start_origins(origin, &origin_cert)?;
     // The egress resolves the ExternalService's names (STRICT_DNS) from its hosts file.
     ze.set_etc_file(
         "hosts",
@@ -313,14 +320,8 @@ fn zone_egress_lets_only_the_permitted_mesh_identity_through() -> Result<()> {
     let other = mesh_ca.issue("web", &[&format!("URI:{OTHER_ID}")])?;
     let origin_ca = TestCa::new(dir, "origin-ca")?;
     let origin_cert = origin_ca.issue("secure-origin", &[&format!("DNS:{TLS_NAME}")])?;
-    let _origin = NginxConfig::new(PLAIN_PORT)
-        .server_snippet(HOST_ECHO)
-        .start(origin)?;
-    // The other zone's ingress, which the passed-through TLS reaches.
-    let _ingress = NginxConfig::new(TLS_PORT)
-        .tls(origin_cert.cert_pem()?, origin_cert.key_pem()?)
-        .server_snippet(HOST_ECHO)
-        .start(origin)?;
+    // The TLS one stands for the other zone's ingress, which the passed-through TLS reaches.
+    let _origins = start_origins(origin, &origin_cert)?;
     ze.set_etc_file(
         "hosts",
         &format!("127.0.0.1 localhost\n{} {PLAIN_NAME}\n", origin.ip4()),

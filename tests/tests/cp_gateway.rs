@@ -23,6 +23,8 @@ use anyhow::{ensure, Context, Result};
 use bearing_e2e::*;
 use serde_json::{json, Value};
 
+/// The test CP binary.
+const TEST_CP: &str = env!("CARGO_BIN_EXE_bearing-test-cp");
 /// The origins' port.
 const ORIGIN_PORT: u16 = 8080;
 /// The gateway's HTTP and HTTPS listeners.
@@ -126,26 +128,6 @@ fn gateway_rig(name: &str) -> Result<(Topology, CpPki, HttpServer, HttpServer)> 
     Ok((topo, pki, origin_one, origin_two))
 }
 
-/// The test CP on `cp` serving `file`, and a Bearing gateway on `gw` (kuma-dp's flags, a
-/// Dataplane of `gateway.type: BUILTIN`) fed by it, ready.
-fn start_gateway<'h>(
-    pki: &CpPki,
-    cp: &Host,
-    gw: &'h Host,
-    file: &std::path::Path,
-) -> Result<(Process, Bearing<'h>)> {
-    let (cp_process, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5678, file, "cp")?;
-    let dataplane = dataplane_yaml(
-        "gw",
-        gw,
-        "  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: gw\n",
-    );
-    let gateway = access.bearing(gw, "gw", "dataplane", &dataplane)?;
-    gateway.wait_ready()?;
-    Ok((cp_process, gateway))
-}
-
 #[test]
 fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
     let (topo, pki, origin_one, origin_two) = gateway_rig("cp-gateway")?;
@@ -156,7 +138,7 @@ fn a_builtin_gateway_routes_by_the_routes_the_cp_sends() -> Result<()> {
 
     let file = pki.dir.join("gw.json");
     resources(gw, one, two, &server_cert)?.write(&file)?;
-    let (cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
+    let (cp_process, gateway) = pki.builtin_gateway(TEST_CP, cp, gw, &file)?;
     cp_process.wait_for_log("ACK type=RouteConfiguration", Duration::from_secs(30))?;
     let dump = gateway.config_dump()?;
     let listeners = dump["config"]["listeners"]
@@ -309,7 +291,7 @@ fn a_builtin_gateway_limits_the_rate_of_a_route_as_envoy() -> Result<()> {
         ["typedPerFilterConfig"] = limit;
     let file = pki.dir.join("gw.json");
     xds.write(&file)?;
-    let (cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
+    let (cp_process, gateway) = pki.builtin_gateway(TEST_CP, cp, gw, &file)?;
     cp_process.wait_for_log("ACK type=RouteConfiguration", Duration::from_secs(30))?;
     ensure!(
         !cp_process.log_contents().contains("NACK"),
@@ -403,7 +385,7 @@ fn a_builtin_gateway_gzips_responses_for_clients_that_accept_it() -> Result<()> 
     let server_cert = pki.ca.issue("secure", &[&format!("DNS:{SECURE_HOST}")])?;
     let file = pki.dir.join("gw.json");
     resources(gw, one, two, &server_cert)?.write(&file)?;
-    let (_cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
+    let (_cp_process, gateway) = pki.builtin_gateway(TEST_CP, cp, gw, &file)?;
     let dump = gateway.config_dump()?;
     ensure!(
         dump["config"]["listeners"][0]["gateway"]["compression"]["min_content_length"] == 30,
@@ -563,7 +545,7 @@ fn a_tcp_gateway_listener_splits_by_weight_and_refuses_beyond_its_limit() -> Res
 
     let file = pki.dir.join("gw.json");
     tcp_resources(gw, one, two)?.write(&file)?;
-    let (cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
+    let (cp_process, gateway) = pki.builtin_gateway(TEST_CP, cp, gw, &file)?;
     cp_process.wait_for_log("ACK type=Runtime", Duration::from_secs(30))?;
     // The listener and its limit applied (the Runtime may come after the listener).
     wait_until(Duration::from_secs(10), || {
@@ -687,7 +669,7 @@ fn a_cross_mesh_gateway_serves_proxies_of_other_meshes_by_their_certificate() ->
 
     let file = pki.dir.join("gw.json");
     cross_mesh_resources(gw, (one, two), &gw_leaf, (&default_ca, &other_ca))?.write(&file)?;
-    let (_cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
+    let (_cp_process, gateway) = pki.builtin_gateway(TEST_CP, cp, gw, &file)?;
     let dump = gateway.config_dump()?;
     let cross = &dump["config"]["listeners"][0]["gateway"]["cross_mesh"];
     ensure!(
@@ -906,7 +888,7 @@ fn a_tls_gateway_listener_terminates_by_server_name_and_relays_to_tcp_backends()
 
     let file = pki.dir.join("gw.json");
     tls_resources((gw, one, two), (&api, &wild), (&gw_leaf, &mesh_ca))?.write(&file)?;
-    let (_cp_process, gateway) = start_gateway(&pki, cp, gw, &file)?;
+    let (_cp_process, gateway) = pki.builtin_gateway(TEST_CP, cp, gw, &file)?;
     let dump = gateway.config_dump()?;
     let protocols: Vec<&Value> = dump["config"]["listeners"]
         .as_array()

@@ -241,34 +241,70 @@ fn check(proxy: &str, web: &Host) -> Result<Choices> {
     Ok((ring, maglev, murmur))
 }
 
+/// What the tests here start from, in a topology of cp, web and backend: the CP's PKI, the
+/// client's mesh identity, the three origins on the backend, and the ring hash and Maglev
+/// goldens.
+struct Rig {
+    pki: CpPki,
+    mesh_ca: TestCa,
+    leaf: CertFiles,
+    _origins: Vec<HttpServer>,
+    ring: KumaGolden,
+    maglev: KumaGolden,
+    /// The ring golden's server endpoints.
+    assignment: Value,
+}
+
+impl Rig {
+    /// The rig in `topo`, its PKI named `name`.
+    fn new(topo: &Topology, name: &str) -> Result<Rig> {
+        let pki = CpPki::new(topo.dir(), name, topo.host("cp"))?;
+        let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+        let leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
+        let backend = topo.host("backend");
+        let origins = ORIGINS
+            .iter()
+            .map(|port| start_http_server(backend, *port))
+            .collect::<Result<Vec<_>>>()?;
+        let golden =
+            |file: &str| KumaGolden::load(&format!("{DIR}/{file}.demo-client.golden.json"));
+        let ring = golden("outbound-route-ringhash")?;
+        let assignment = ring.endpoints(SERVER_CLUSTER)?;
+        Ok(Rig {
+            pki,
+            mesh_ca,
+            leaf,
+            _origins: origins,
+            ring,
+            maglev: golden("outbound-maglev")?,
+            assignment,
+        })
+    }
+
+    /// Resources holding the client's golden inbound on `web`.
+    fn xds(&self, web: &Host) -> Result<XdsFile> {
+        let mut xds = XdsFile::new();
+        xds.golden_inbound(&self.ring, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
+        Ok(xds)
+    }
+
+    /// The golden's server endpoints, as those of the cluster `name`.
+    fn endpoints(&self, name: &str) -> Value {
+        let mut value = self.assignment.clone();
+        replace_in_strings(&mut value, SERVER_CLUSTER, name);
+        value
+    }
+}
+
 #[test]
 fn load_balancing_policies_stick_by_hash_and_spread() -> Result<()> {
     require_root_and_tools()?;
     require_tools(&["openssl", "python3"])?;
     let topo = Topology::new(&["cp", "web", "backend"])?;
     let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
-    let pki = CpPki::new(topo.dir(), "cp-lb", cp)?;
-    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
-    let leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
-    let _origins = ORIGINS
-        .iter()
-        .map(|port| start_http_server(backend, *port))
-        .collect::<Result<Vec<_>>>()?;
+    let rig = Rig::new(&topo, "cp-lb")?;
+    let (pki, mut xds) = (&rig.pki, rig.xds(web)?);
     let at: Vec<_> = ORIGINS.iter().map(|p| backend.sock4(*p)).collect();
-
-    let ring_golden = KumaGolden::load(&format!(
-        "{DIR}/outbound-route-ringhash.demo-client.golden.json"
-    ))?;
-    let maglev_golden =
-        KumaGolden::load(&format!("{DIR}/outbound-maglev.demo-client.golden.json"))?;
-    let mut xds = XdsFile::new();
-    xds.golden_inbound(&ring_golden, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
-    let assignment = ring_golden.endpoints(SERVER_CLUSTER)?;
-    let renamed = |name: &str| {
-        let mut value = assignment.clone();
-        replace_in_strings(&mut value, SERVER_CLUSTER, name);
-        value
-    };
     let policy = |lb: &'static str| {
         move |c: &mut Value| {
             let object = c.as_object_mut().expect("a cluster object");
@@ -279,28 +315,24 @@ fn load_balancing_policies_stick_by_hash_and_spread() -> Result<()> {
             }
         }
     };
-    xds.cluster(server_cluster(&ring_golden, RING.1, |_| {})?)?
-        .endpoints(renamed(RING.1), &at)?
-        .listener(outbound(&ring_golden, web, RING.0, RING.1)?)?
-        .cluster(server_cluster(&maglev_golden, MAGLEV.1, |_| {})?)?
-        .endpoints(renamed(MAGLEV.1), &at)?
-        .listener(outbound(&maglev_golden, web, MAGLEV.0, MAGLEV.1)?)?
-        .cluster(server_cluster(
-            &ring_golden,
-            LEAST.1,
-            policy("LEAST_REQUEST"),
-        )?)?
-        .endpoints(renamed(LEAST.1), &at)?
-        .listener(outbound(&ring_golden, web, LEAST.0, LEAST.1)?)?
-        .cluster(server_cluster(&ring_golden, MURMUR.1, |c| {
+    xds.cluster(server_cluster(&rig.ring, RING.1, |_| {})?)?
+        .endpoints(rig.endpoints(RING.1), &at)?
+        .listener(outbound(&rig.ring, web, RING.0, RING.1)?)?
+        .cluster(server_cluster(&rig.maglev, MAGLEV.1, |_| {})?)?
+        .endpoints(rig.endpoints(MAGLEV.1), &at)?
+        .listener(outbound(&rig.maglev, web, MAGLEV.0, MAGLEV.1)?)?
+        .cluster(server_cluster(&rig.ring, LEAST.1, policy("LEAST_REQUEST"))?)?
+        .endpoints(rig.endpoints(LEAST.1), &at)?
+        .listener(outbound(&rig.ring, web, LEAST.0, LEAST.1)?)?
+        .cluster(server_cluster(&rig.ring, MURMUR.1, |c| {
             c["ringHashLbConfig"]["hashFunction"] = json!("MURMUR_HASH_2");
         })?)?
-        .endpoints(renamed(MURMUR.1), &at)?
-        .listener(outbound(&ring_golden, web, MURMUR.0, MURMUR.1)?)?
-        .cluster(server_cluster(&ring_golden, RANDOM.1, policy("RANDOM"))?)?
-        .endpoints(renamed(RANDOM.1), &at)?
-        .listener(outbound(&ring_golden, web, RANDOM.0, RANDOM.1)?)?
-        .mesh_identity(MESH, &leaf, &mesh_ca)?;
+        .endpoints(rig.endpoints(MURMUR.1), &at)?
+        .listener(outbound(&rig.ring, web, MURMUR.0, MURMUR.1)?)?
+        .cluster(server_cluster(&rig.ring, RANDOM.1, policy("RANDOM"))?)?
+        .endpoints(rig.endpoints(RANDOM.1), &at)?
+        .listener(outbound(&rig.ring, web, RANDOM.0, RANDOM.1)?)?
+        .mesh_identity(MESH, &rig.leaf, &rig.mesh_ca)?;
     let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
     let bearing = check("bearing", web)?;
 
@@ -336,40 +368,21 @@ fn hashing_balancers_rebuild_over_the_healthy_hosts_as_envoy() -> Result<()> {
     require_tools(&["openssl", "python3"])?;
     let topo = Topology::new(&["cp", "web", "backend"])?;
     let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
-    let pki = CpPki::new(topo.dir(), "cp-lb-health", cp)?;
-    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
-    let leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
-    let _origins = ORIGINS
-        .iter()
-        .map(|port| start_http_server(backend, *port))
-        .collect::<Result<Vec<_>>>()?;
+    let rig = Rig::new(&topo, "cp-lb-health")?;
+    let (pki, mut xds) = (&rig.pki, rig.xds(web)?);
     let mut at: Vec<_> = ORIGINS.iter().map(|p| backend.sock4(*p)).collect();
     at.insert(1, backend.sock4(DEAD));
-
-    let ring_golden = KumaGolden::load(&format!(
-        "{DIR}/outbound-route-ringhash.demo-client.golden.json"
-    ))?;
-    let maglev_golden =
-        KumaGolden::load(&format!("{DIR}/outbound-maglev.demo-client.golden.json"))?;
-    let mut xds = XdsFile::new();
-    xds.golden_inbound(&ring_golden, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
-    let assignment = ring_golden.endpoints(SERVER_CLUSTER)?;
-    let renamed = |name: &str| {
-        let mut value = assignment.clone();
-        replace_in_strings(&mut value, SERVER_CLUSTER, name);
-        value
-    };
     let checked = |c: &mut Value| {
         c["healthChecks"] = json!([{"timeout": "1s", "interval": "1s", "unhealthyThreshold": 1,
             "healthyThreshold": 1, "httpHealthCheck": {"path": "/"}}]);
     };
-    xds.cluster(server_cluster(&ring_golden, RING.1, checked)?)?
-        .endpoints(renamed(RING.1), &at)?
-        .listener(outbound(&ring_golden, web, RING.0, RING.1)?)?
-        .cluster(server_cluster(&maglev_golden, MAGLEV.1, checked)?)?
-        .endpoints(renamed(MAGLEV.1), &at)?
-        .listener(outbound(&maglev_golden, web, MAGLEV.0, MAGLEV.1)?)?
-        .mesh_identity(MESH, &leaf, &mesh_ca)?;
+    xds.cluster(server_cluster(&rig.ring, RING.1, checked)?)?
+        .endpoints(rig.endpoints(RING.1), &at)?
+        .listener(outbound(&rig.ring, web, RING.0, RING.1)?)?
+        .cluster(server_cluster(&rig.maglev, MAGLEV.1, checked)?)?
+        .endpoints(rig.endpoints(MAGLEV.1), &at)?
+        .listener(outbound(&rig.maglev, web, MAGLEV.0, MAGLEV.1)?)?
+        .mesh_identity(MESH, &rig.leaf, &rig.mesh_ca)?;
     let dead = format!("{}:{DEAD}", backend.ip4());
     let values: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
     let check = |proxy: &str| -> Result<(BTreeMap<String, String>, BTreeMap<String, String>)> {

@@ -234,6 +234,23 @@ fn timed(line: &str) -> (&str, f64) {
     (what, secs.parse().unwrap_or(f64::NAN))
 }
 
+/// Probes `to` from `host` as `mode` ([`probe`]) and checks that `want` ended it within
+/// `window` seconds; `what` names the case for `proxy`'s error.
+fn expect_probe(
+    (host, to, proxy): (&Host, SocketAddr, &str),
+    (mode, what): (&str, &str),
+    want: &str,
+    window: std::ops::Range<f64>,
+) -> Result<()> {
+    let line = probe(host, to, mode)?;
+    let (ended, secs) = timed(&line);
+    ensure!(
+        ended == want && window.contains(&secs),
+        "{proxy}: {what}: {line}"
+    );
+    Ok(())
+}
+
 /// The connection manager's timeouts of MeshTimeout (`http.requestTimeout` where kuma-cp
 /// renders it on the connection manager, the request head timeout, `idleTimeout` as the
 /// downstream connection idle timeout) on the golden's outbound, set to 1 s, 0.5 s and 1 s:
@@ -282,32 +299,18 @@ fn connection_manager_timeouts_answer_408_and_end_idle_connections() -> Result<(
 
     let to = SocketAddr::from(([127, 0, 0, 1], 10001));
     let check = |proxy: &str, idle_close: std::ops::Range<f64>| -> Result<()> {
-        let upload = probe(web, to, "upload")?;
-        let (what, secs) = timed(&upload);
-        ensure!(
-            what == "HTTP/1.1 408 Request Timeout request timeout" && (0.9..2.5).contains(&secs),
-            "{proxy}: stalled upload: {upload}"
-        );
-        let head = probe(web, to, "head")?;
-        let (what, secs) = timed(&head);
-        ensure!(
-            what == "HTTP/1.1 408 Request Timeout request header timeout"
-                && (0.4..2.0).contains(&secs),
-            "{proxy}: stalled head: {head}"
-        );
-        let idle = probe(web, to, "idle")?;
-        let (what, secs) = timed(&idle);
-        ensure!(
-            what == "closed" && idle_close.contains(&secs),
-            "{proxy}: idle HTTP/1.1 connection: {idle}"
-        );
-        let h2 = probe(web, to, "h2")?;
-        let (what, secs) = timed(&h2);
-        ensure!(
-            what == "goaway" && (0.9..2.5).contains(&secs),
-            "{proxy}: idle HTTP/2 connection: {h2}"
-        );
-        Ok(())
+        let at = (web, to, proxy);
+        let upload = "HTTP/1.1 408 Request Timeout request timeout";
+        expect_probe(at, ("upload", "stalled upload"), upload, 0.9..2.5)?;
+        let head = "HTTP/1.1 408 Request Timeout request header timeout";
+        expect_probe(at, ("head", "stalled head"), head, 0.4..2.0)?;
+        expect_probe(
+            at,
+            ("idle", "idle HTTP/1.1 connection"),
+            "closed",
+            idle_close,
+        )?;
+        expect_probe(at, ("h2", "idle HTTP/2 connection"), "goaway", 0.9..2.5)
     };
     check("bearing", 0.9..2.5)?;
     let series =
@@ -369,14 +372,8 @@ fn a_gateway_enforces_its_mesh_timeouts() -> Result<()> {
     xds.add(ROUTES, routes, route_config);
     let file = pki.dir.join("gw.json");
     xds.write(&file)?;
-    let (_cp, access) = pki.start_cp(TEST_CP, cp, 5678, &file, "cp")?;
-    let dataplane = dataplane_yaml(
-        "gw",
-        gw,
-        "  gateway:\n    type: BUILTIN\n    tags:\n      kuma.io/service: gw\n",
-    );
-    let gateway = access.bearing(gw, "gw", "dataplane", &dataplane)?;
-    gateway.wait_ready()?;
+    let (_cp, gateway) = pki.builtin_gateway(TEST_CP, cp, gw, &file)?;
+    let access = CpAccess::new(cp, 5678, &pki);
 
     let to = gw.sock4(8080);
     let check = |proxy: &str, idle_close: std::ops::Range<f64>| -> Result<()> {
@@ -397,25 +394,16 @@ fn a_gateway_enforces_its_mesh_timeouts() -> Result<()> {
                 && (0.9..2.5).contains(&took),
             "{proxy}: silent origin after {took} s: {silent:?}"
         );
-        let upload = probe(gw, to, "upload")?;
-        let (what, secs) = timed(&upload);
-        ensure!(
-            what == "HTTP/1.1 408 Request Timeout request timeout" && (0.9..2.5).contains(&secs),
-            "{proxy}: stalled upload: {upload}"
-        );
-        let idle = probe(gw, to, "idle")?;
-        let (what, secs) = timed(&idle);
-        ensure!(
-            what == "closed" && idle_close.contains(&secs),
-            "{proxy}: idle HTTP/1.1 connection: {idle}"
-        );
-        let h2 = probe(gw, to, "h2")?;
-        let (what, secs) = timed(&h2);
-        ensure!(
-            what == "goaway" && (0.9..2.5).contains(&secs),
-            "{proxy}: idle HTTP/2 connection: {h2}"
-        );
-        Ok(())
+        let at = (gw, to, proxy);
+        let upload = "HTTP/1.1 408 Request Timeout request timeout";
+        expect_probe(at, ("upload", "stalled upload"), upload, 0.9..2.5)?;
+        expect_probe(
+            at,
+            ("idle", "idle HTTP/1.1 connection"),
+            "closed",
+            idle_close,
+        )?;
+        expect_probe(at, ("h2", "idle HTTP/2 connection"), "goaway", 0.9..2.5)
     };
     check("bearing", 0.9..2.5)?;
 
