@@ -42,6 +42,11 @@ pub struct ListenerRuntime {
     /// Routes of its HTTP requests (a gateway's, or a sidecar's route table); `None`: every
     /// request goes to `cluster`.
     pub routes: Option<Arc<HttpRoutes>>,
+    /// A PERMISSIVE listener's routes for its plaintext requests when they limit rates: the
+    /// same table with buckets of their own, as Envoy keeps a route's bucket per filter
+    /// chain (kuma-cp gives the mesh mTLS chain and the plaintext one each an inline copy of
+    /// the route configuration); `None`: every request takes `routes`.
+    pub plaintext_routes: Option<Arc<HttpRoutes>>,
     /// A TCP listener splitting connections over several clusters by weight.
     pub tcp_split: Option<TcpSplit>,
     /// Its metrics.
@@ -183,8 +188,11 @@ impl HttpListener for ListenerRuntime {
         &self.stats.cx_idle_timeout
     }
 
-    fn routes(&self) -> Option<&HttpRoutes> {
-        self.routes.as_deref()
+    fn routes(&self, tls: bool) -> Option<&HttpRoutes> {
+        match (&self.plaintext_routes, tls) {
+            (Some(plaintext), false) => Some(plaintext),
+            _ => self.routes.as_deref(),
+        }
     }
 
     fn requests(&self) -> &StatusCounters {

@@ -86,7 +86,7 @@ impl HttpRoutes {
             clusters,
             false,
         );
-        if routes().any(|r| r.rate_limit.is_some()) {
+        if table.limits_rates() {
             let hosts = table.virtual_hosts.iter().map(|v| v.routes.as_slice());
             out.limit_routes(hosts, &stats.local_rate_limited(listener))?;
         }
@@ -166,8 +166,6 @@ impl HttpRoutes {
         }
     }
 
-    /// Gives each route of `table` (the table these routes were made of) that has a rate
-    /// limit its bucket, counting what it limits into `limited`.
     /// Prepares the rate limits of the routes of `hosts` (each host's routes, in the
     /// router's order), counting refusals in `limited`.
     fn limit_routes<'a>(

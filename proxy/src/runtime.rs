@@ -292,10 +292,28 @@ impl Proxy {
                     format!("mesh mTLS: {reason}; connections are refused"),
                 );
             }
-            let downstream_tls = l
-                .tls
+            // Envoy keeps a route's rate limit bucket per filter chain: a PERMISSIVE
+            // listener's plaintext requests take buckets of their own.
+            let permissive = matches!(
+                downstream_tls,
+                Some(DownstreamTlsRuntime::Ready {
+                    permissive: true,
+                    ..
+                })
+            );
+            let plaintext_routes = match l
+                .routes
                 .as_ref()
-                .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
+                .filter(|t| permissive && t.limits_rates())
+                .map(|t| HttpRoutes::table(t, &clusters, named))
+            {
+                Some(Err(e)) => {
+                    not_built(&l.name, format!("route table: {e}"));
+                    continue;
+                }
+                Some(Ok(t)) => Some(Arc::new(t)),
+                None => None,
+            };
             let (epoch, kept) = match previous.listeners.get(&l.address) {
                 Some(old)
                     if DownstreamTlsRuntime::same_terms(&old.tls, &downstream_tls)
@@ -394,6 +412,7 @@ impl Proxy {
                             sni: None,
                             gateway: None,
                             routes,
+                            plaintext_routes: None,
                             tcp_split: None,
                             stats: self.stats.listener(&l.name),
                             http: None,
@@ -449,6 +468,7 @@ impl Proxy {
                 sni,
                 gateway,
                 routes,
+                plaintext_routes,
                 tcp_split,
                 stats: self.stats.listener(&l.name),
                 denied: l.deny_all.as_ref().map(|policy| {

@@ -209,11 +209,12 @@ pub struct GoldenPair<'h> {
 }
 
 /// A golden's local application cluster (`localhost:<port>`, STATIC) pointing at
-/// 127.0.0.1:`port`, dialled from 127.0.0.6 as kuma-cp sets it.
+/// 127.0.0.1:`port`, dialled from 127.0.0.6 (any port) as kuma-cp sets it.
 pub fn local_app_cluster(mut cluster: Value, port: u16) -> Value {
     cluster["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"] =
         socket_address(SocketAddr::from(([127, 0, 0, 1], port)));
-    cluster["upstreamBindConfig"]["sourceAddress"]["address"] = json!("127.0.0.6");
+    cluster["upstreamBindConfig"]["sourceAddress"] =
+        json!({"address": "127.0.0.6", "portValue": 0});
     cluster
 }
 

@@ -656,3 +656,107 @@ fn retries_follow_the_request_and_response_headers_as_envoy() -> Result<()> {
     ensure!(attempts("envoy")? == bearing);
     Ok(())
 }
+
+/// A PERMISSIVE inbound's route rate limits as kuma-cp's legacy RateLimit renders them
+/// (xds-generator inbound-proxy golden 5, its bucket narrowed to 2 requests an hour, its
+/// internal addresses written as Envoy takes them): each of
+/// the listener's filter chains (plaintext, TLS passed through, mesh mTLS) carries its own
+/// copy of the route configuration, so Envoy keeps a bucket per chain. Two plaintext
+/// requests pass and the third gets the limit's 404 with `x-rate-limited: true`; two mesh
+/// mTLS requests then still pass (one bucket per listener would refuse them) and the third is
+/// refused. Envoy 1.40 in Bearing's place answers the same.
+#[test]
+fn a_permissive_inbound_keeps_a_rate_limit_bucket_per_chain_as_envoy() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "backend"])?;
+    let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), "cp-permissive-limit", cp)?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    // The golden's RBAC wants both identities of a caller.
+    let ids = ["URI:kuma://version/1.0", "URI:spiffe://default/web1"];
+    let caller = mesh_ca.issue("web1", &ids)?;
+    let server_leaf = mesh_ca.issue("backend1", &["URI:spiffe://default/backend1"])?;
+    start_http_server(backend, ORIGIN_PORT)?;
+
+    let golden = KumaGolden::load("xds-generator/inbound-proxy/5-envoy-config.golden.yaml")?;
+    let at = backend.sock4(GOLDEN_INBOUND_PORT);
+    let mut listener = bound_listener(golden.listener("inbound:192.168.0.1:80")?, at);
+    // Its internal addresses as Envoy takes them (the golden's CIDRs are refused by both).
+    replace_in_strings(&mut listener, "fc00::/7", "fc00::");
+    replace_in_strings(&mut listener, "::1/128", "::1");
+    let chains = listener["filterChains"]
+        .as_array_mut()
+        .context("the inbound's chains")?;
+    ensure!(chains.len() == 3, "the golden's inbound has 3 chains");
+    for chain in chains {
+        let hcm = chain["filters"]
+            .as_array_mut()
+            .and_then(|f| f.last_mut())
+            .context("a chain's connection manager")?;
+        let limit = "/typedConfig/routeConfig/virtualHosts/0/routes/1/typedPerFilterConfig/envoy.filters.http.local_ratelimit/tokenBucket";
+        let bucket = json!({"maxTokens": 2, "tokensPerFill": 2, "fillInterval": "3600s"});
+        set_field(hcm, limit, bucket)?;
+    }
+    let app = local_app_cluster(golden.cluster("localhost:8080")?, ORIGIN_PORT);
+    let mut xds = XdsFile::new();
+    xds.listener(listener)?.cluster(app)?;
+    xds.mesh_identity("default", &server_leaf, &mesh_ca)?;
+    let file = pki.dir.join("backend1.json");
+    xds.write(&file)?;
+    let (cp_process, access) =
+        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5679, &file, "cp")?;
+    let dataplane = format!(
+        "type: Dataplane\nmesh: default\nname: backend1\nnetworking:\n  address: {}\n  inbound:\n  - port: {GOLDEN_INBOUND_PORT}\n    tags:\n      kuma.io/service: backend1\n",
+        backend.ip4()
+    );
+    let server = access.bearing(backend, "backend1", "dataplane", &dataplane)?;
+    server.wait_ready()?;
+    let log = cp_process.log_contents();
+    ensure!(
+        !log.contains("NACK"),
+        "the server NACKed its config:\n{log}"
+    );
+
+    // Each caller's statuses, a refusal's with its `x-rate-limited`.
+    let tags = "x-kuma-tags: &kuma.io/service=web1&";
+    let answers = |proxy: &str| -> Result<Vec<String>> {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let url = format!("http://{at}/");
+            let out = curl_output(web, ["-i", &url, "-H", tags])?;
+            let limited = header_value(&out.body, "x-rate-limited");
+            seen.push(format!("plaintext {} {limited:?}", out.http_code));
+        }
+        for _ in 0..3 {
+            let request =
+                format!("GET / HTTP/1.1\r\nHost: backend1\r\n{tags}\r\nConnection: close\r\n\r\n");
+            let hit = TlsClient::new(at)
+                .alpn("kuma")
+                .client_cert(&caller)
+                .send(request)
+                .run(web)?;
+            let status = hit.response.get(..12).unwrap_or_default().to_string();
+            let limited = header_value(&hit.response, "x-rate-limited");
+            seen.push(format!("mtls {status} {limited:?}"));
+        }
+        let want = [
+            "plaintext 200 None",
+            "plaintext 200 None",
+            "plaintext 404 Some(\"true\")",
+            "mtls HTTP/1.1 200 None",
+            "mtls HTTP/1.1 200 None",
+            "mtls HTTP/1.1 404 Some(\"true\")",
+        ];
+        ensure!(seen == want, "{proxy}: {seen:?}, expected {want:?}");
+        Ok(seen)
+    };
+    let bearing = answers("bearing")?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    server.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(backend, "default", "backend1")?;
+    backend.wait_for_tcp_listener(GOLDEN_INBOUND_PORT, Duration::from_secs(20), None)?;
+    ensure!(answers("envoy")? == bearing);
+    Ok(())
+}

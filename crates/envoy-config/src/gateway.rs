@@ -653,6 +653,9 @@ impl Translator<'_> {
     fn gateway_defaults(&mut self, name: &str, at: &str, hcm: &hcm_pb::HttpConnectionManager) {
         use core_pb::http_protocol_options::HeadersWithUnderscoresAction as Underscores;
         use hcm_pb::http_connection_manager::PathWithEscapedSlashesAction as Slashes;
+        for (field, reason) in super::internal_address_problems(hcm, at) {
+            self.nack(LISTENER, name, field, reason);
+        }
         let options = hcm.common_http_protocol_options.unwrap_or_default();
         let checks = [
             (

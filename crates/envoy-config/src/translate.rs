@@ -493,6 +493,42 @@ fn limits(route: &Route) -> bool {
             .any(|r| r.rate_limit.is_some())
 }
 
+/// What Envoy refuses in a connection manager's `internal_address_config` (at `at`): a
+/// `cidr_ranges` entry whose `address_prefix` is not an IP address (`invalid ip/mask combo`;
+/// a `prefix_len` wider than the address Envoy narrows, and so takes). Bearing marks no peer
+/// internal by them, but takes no listener Envoy would not.
+fn internal_address_problems(
+    hcm: &hcm_pb::HttpConnectionManager,
+    at: &str,
+) -> Vec<routes::Problem> {
+    let ranges = hcm
+        .internal_address_config
+        .iter()
+        .flat_map(|c| &c.cidr_ranges);
+    ranges
+        .enumerate()
+        .filter(|(_, range)| range.address_prefix.parse::<std::net::IpAddr>().is_err())
+        .map(|(i, range)| {
+            (
+                format!("{at}.internal_address_config.cidr_ranges[{i}].address_prefix"),
+                format!(
+                    "{:?} is not an IP address (Envoy: invalid ip/mask combo)",
+                    range.address_prefix
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Whether two chains' route tables route alike (their routes' origins aside: each names
+/// its own chain).
+fn same_table(a: &Option<RouteTable>, b: &Option<RouteTable>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.routes_as(b),
+        (a, b) => a.is_none() && b.is_none(),
+    }
+}
+
 fn listener_path(name: &str) -> String {
     format!("listeners[{name:?}]")
 }
@@ -524,7 +560,8 @@ fn socket_address(address: Option<&core_pb::Address>) -> Result<SocketAddr, Stri
                 Some(PortSpecifier::NamedPort(ref n)) => {
                     return Err(format!("named port {n:?} is not supported"))
                 }
-                None => 0,
+                // Envoy's validation: the port is required (`port_specifier`).
+                None => return Err("no port_value: Envoy requires one".into()),
             };
             Ok(SocketAddr::new(ip, port))
         }
@@ -970,8 +1007,10 @@ impl Translator<'_> {
             if !this.subset.is_empty() {
                 self.nack(LISTENER, name, format!("{at}.filters"), "metadata_match: endpoint subsets are implemented only by a zone proxy's SNI tags");
             }
-            if listener.filter_chains.len() > 1 && limits(&this) {
-                let reason = format!("rate limits: {POLICY_NOT_ENFORCED} (on a listener of several chains: Envoy keeps a bucket per chain, Bearing one per listener)");
+            // Route buckets are kept per transport at runtime, as Envoy keeps them per
+            // chain; a connection bucket is taken at accept, before the chain is known.
+            if listener.filter_chains.len() > 1 && this.connection_rate_limit.is_some() {
+                let reason = format!("rate limits: {POLICY_NOT_ENFORCED} (a connection rate limit on a listener of several chains: Envoy keeps a bucket per chain, Bearing one per listener)");
                 self.nack(LISTENER, name, format!("{at}.filters"), reason);
             }
             if route
@@ -986,7 +1025,7 @@ impl Translator<'_> {
                     if r.cluster != this.cluster
                         || r.answer != this.answer
                         || r.protocol != this.protocol
-                        || r.table != this.table
+                        || !same_table(&r.table, &this.table)
                         || r.retry != this.retry
                         || r.request_headers != this.request_headers
                         || r.stream_idle != this.stream_idle
@@ -1257,6 +1296,9 @@ impl Translator<'_> {
                 Protocol::Http
             }
         };
+        for (field, reason) in internal_address_problems(hcm, at) {
+            self.nack(LISTENER, name, field, reason);
+        }
         let filters = &hcm.http_filters;
         let (mut http_rbac, mut http_filters) = (None, Vec::new());
         // kuma-cp's Lua program copying each route's `route_kri` for the access logs.
@@ -1816,7 +1858,13 @@ impl Translator<'_> {
             .as_ref()
             .and_then(|b| b.source_address.as_ref())
         {
-            if !matches!(source.address.as_str(), "127.0.0.6" | "::6") {
+            let address = core_pb::Address {
+                address: Some(core_pb::address::Address::SocketAddress(source.clone())),
+            };
+            if let Err(reason) = socket_address(Some(&address)) {
+                let at = format!("{path}.upstream_bind_config.source_address");
+                self.nack(CLUSTER, name, at, reason);
+            } else if !matches!(source.address.as_str(), "127.0.0.6" | "::6") {
                 self.nack(
                     CLUSTER,
                     name,
@@ -5094,6 +5142,47 @@ resources:
                 (&kri("sni.extsvc.default.zone-1.example.9000"), "external"),
                 (&kri("sni.msvc.default.zone-1.backend.80"), "external"),
             ]
+        );
+    }
+
+    /// Envoy's refusals of an address: a socket address without a port, and an internal
+    /// address prefix that is not an IP address (a prefix length wider than the address is
+    /// taken, as Envoy narrows it).
+    #[test]
+    fn addresses_envoy_refuses_are_refused() {
+        let socket = |port| core_pb::Address {
+            address: Some(core_pb::address::Address::SocketAddress(
+                core_pb::SocketAddress {
+                    address: "127.0.0.6".into(),
+                    port_specifier: port,
+                    ..Default::default()
+                },
+            )),
+        };
+        use core_pb::socket_address::PortSpecifier;
+        assert!(socket_address(Some(&socket(None))).is_err());
+        let any_port = socket_address(Some(&socket(Some(PortSpecifier::PortValue(0)))));
+        assert_eq!(any_port, Ok("127.0.0.6:0".parse().unwrap()));
+        let range = |prefix: &str, length| core_pb::CidrRange {
+            address_prefix: prefix.into(),
+            prefix_len: Some(envoy_types::pb::google::protobuf::UInt32Value { value: length }),
+        };
+        let hcm = hcm_pb::HttpConnectionManager {
+            internal_address_config: Some(hcm_pb::http_connection_manager::InternalAddressConfig {
+                cidr_ranges: vec![
+                    range("fc00::", 7),
+                    range("::1/128", 128),
+                    range("10.0.0.0", 40),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let problems = internal_address_problems(&hcm, "at");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].0,
+            "at.internal_address_config.cidr_ranges[1].address_prefix"
         );
     }
 }

@@ -12,6 +12,7 @@ use bearing_proxy_config::{
     RbacAction, RbacDecision, RbacEngine, RbacInput, RbacMatch, RbacMatcher, RbacPredicate,
     RbacString, RouteAction, UpstreamHttpTimeouts,
 };
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -45,7 +46,45 @@ const ENVOY_REFUSES: &[(&str, &str)] = &[
         "envoyconfig-e2e/sidecars/meshaccesslog/outbound-route.test-server.golden.json",
         JSON_SERVICE_VALUES,
     ),
+    (
+        "xds-generator/inbound-proxy/10-envoy-config.golden.yaml",
+        CIDR_PREFIXES,
+    ),
+    (
+        "xds-generator/inbound-proxy/3-envoy-config.golden.yaml",
+        CIDR_PREFIXES,
+    ),
+    (
+        "xds-generator/inbound-proxy/4-envoy-config.golden.yaml",
+        CIDR_PREFIXES,
+    ),
+    (
+        "xds-generator/inbound-proxy/5-envoy-config.golden.yaml",
+        CIDR_PREFIXES,
+    ),
+    (
+        "xds-generator/inbound-proxy/6-envoy-config.golden.yaml",
+        CIDR_PREFIXES,
+    ),
+    (
+        "xds-generator/inbound-proxy/7-envoy-config.golden.yaml",
+        CIDR_PREFIXES,
+    ),
+    (
+        "xds-generator/inbound-proxy/8-envoy-config.golden.yaml",
+        CIDR_PREFIXES,
+    ),
+    (
+        "xds-generator/inbound-proxy/9-envoy-config.golden.yaml",
+        CIDR_PREFIXES,
+    ),
 ];
+
+/// Why Envoy refuses kuma-cp's inbound-proxy goldens (their test input's internal addresses
+/// are CIDRs, which kuma-cp copies into `address_prefix`); with the addresses written as
+/// Envoy takes them they translate
+/// (`inbound_goldens_translate_with_envoys_internal_addresses`).
+const CIDR_PREFIXES: &str = "the connection managers' `internal_address_config` has the `address_prefix` values `fc00::/7` and `::1/128`, not IP addresses: Envoy 1.40 says `invalid ip/mask combo`";
 
 /// Why Envoy refuses the JSON MeshAccessLog goldens' format.
 const JSON_SERVICE_VALUES: &str = "kuma-cp interpolates the input's `%%KUMA_SOURCE_SERVICE%%` and `%%KUMA_DESTINATION_SERVICE%%` into the JSON access log values `%demo-client%` and `%test-server%`: Envoy 1.40 says `Couldn't find valid command at position 0`";
@@ -66,10 +105,15 @@ fn outcome(file: &Path) -> Result<String, Vec<Nack>> {
 
 /// A golden's resources, decoded and translated.
 fn translated(file: &Path) -> Result<ProxyConfig, Vec<Nack>> {
+    translated_with(file, |_| {})
+}
+
+/// A golden's resources, changed by `edit`, decoded and translated.
+fn translated_with(file: &Path, edit: fn(&mut Value)) -> Result<ProxyConfig, Vec<Nack>> {
     let short = corpus::short(file);
     let mut set = ResourceSet::default();
     let mut nacks = Vec::new();
-    for r in corpus::load(file).unwrap_or_else(|e| panic!("{e}")) {
+    for r in corpus::load_edited(file, edit).unwrap_or_else(|e| panic!("{e}")) {
         if let Err(n) = set.insert(&r.name, &r.resource.type_url, &r.resource.value) {
             nacks.push(n);
         }
@@ -157,6 +201,49 @@ fn every_golden_translates_or_is_nacked_by_field() {
         println!("{count:5}  {reason}");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// kuma-cp's inbound-proxy goldens that Envoy refuses for their internal addresses
+/// (`CIDR_PREFIXES`) translate once those are written as Envoy takes them: PERMISSIVE
+/// inbounds whose three chains each carry the same routes, with legacy RateLimit buckets
+/// (kept per transport, as Envoy keeps them per chain).
+#[test]
+fn inbound_goldens_translate_with_envoys_internal_addresses() {
+    fn addresses(value: &mut Value) {
+        match value {
+            Value::String(s) if s == "fc00::/7" || s == "::1/128" => {
+                s.truncate(s.find('/').unwrap_or(s.len()))
+            }
+            Value::Array(items) => items.iter_mut().for_each(addresses),
+            Value::Object(map) => map.values_mut().for_each(addresses),
+            _ => {}
+        }
+    }
+    let refused: Vec<_> = ENVOY_REFUSES
+        .iter()
+        .filter(|(_, why)| *why == CIDR_PREFIXES)
+        .collect();
+    assert_eq!(refused.len(), 8);
+    // Inbounds with rate limited routes: (STRICT, PERMISSIVE).
+    let mut limited = (0, 0);
+    for (short, _) in refused {
+        let file = corpus::corpus().join(short);
+        let config =
+            translated_with(&file, addresses).unwrap_or_else(|nacks| panic!("{short}: {nacks:#?}"));
+        for l in &config.listeners {
+            let permissive = l.tls.as_ref().map(|t| config.mtls[&t.mesh].permissive);
+            match (
+                l.routes.as_ref().is_some_and(|t| t.limits_rates()),
+                permissive,
+            ) {
+                (true, Some(false)) => limited.0 += 1,
+                (true, Some(true)) => limited.1 += 1,
+                _ => {}
+            }
+        }
+    }
+    // Goldens 3, 4 and 7 limit one STRICT inbound each; 5 and 6 one PERMISSIVE inbound.
+    assert_eq!(limited, (3, 2));
 }
 
 /// Every sidecar MeshTrafficPermission golden translates, and kuma-cp's deny-precedence

@@ -22,6 +22,43 @@ pub struct RouteTable {
     pub virtual_hosts: Vec<VirtualHost>,
 }
 
+impl RouteTable {
+    /// Whether a route of the table limits its rate (`HttpRoute::rate_limit`).
+    pub fn limits_rates(&self) -> bool {
+        self.routes().any(|r| r.rate_limit.is_some())
+    }
+
+    /// Whether `other` routes every request as this table does: the same table but for
+    /// where its routes came from (`HttpRoute::origin`), as the filter chains of one Envoy
+    /// listener each carrying the same inline route configuration are.
+    pub fn routes_as(&self, other: &RouteTable) -> bool {
+        let unplaced = |r: &HttpRoute| HttpRoute {
+            origin: String::new(),
+            ..r.clone()
+        };
+        self.name == other.name
+            && self.virtual_hosts.len() == other.virtual_hosts.len()
+            && self
+                .virtual_hosts
+                .iter()
+                .zip(&other.virtual_hosts)
+                .all(|(a, b)| {
+                    a.name == b.name
+                        && a.domains == b.domains
+                        && a.routes.len() == b.routes.len()
+                        && a.routes
+                            .iter()
+                            .zip(&b.routes)
+                            .all(|(x, y)| unplaced(x) == unplaced(y))
+                })
+    }
+
+    /// Every route of every virtual host.
+    fn routes(&self) -> impl Iterator<Item = &HttpRoute> {
+        self.virtual_hosts.iter().flat_map(|v| &v.routes)
+    }
+}
+
 /// A virtual host of a route table.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct VirtualHost {
@@ -367,4 +404,35 @@ pub struct WeightedCluster {
     pub cluster: String,
     /// Relative weight (Kuma's default is 1).
     pub weight: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(origin: &str, cluster: &str) -> RouteTable {
+        RouteTable {
+            name: "inbound:backend".into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "backend".into(),
+                domains: vec!["*".into()],
+                routes: vec![HttpRoute::prefix_to(
+                    origin.into(),
+                    "/",
+                    cluster,
+                    None,
+                    None,
+                )],
+            }],
+        }
+    }
+
+    /// The chains of one listener route alike when only their routes' origins differ.
+    #[test]
+    fn tables_route_alike_whatever_their_routes_origins() {
+        let first = table("filter_chains[0]", "app");
+        assert!(first.routes_as(&table("filter_chains[2]", "app")));
+        assert!(!first.routes_as(&table("filter_chains[0]", "other")));
+        assert!(!first.limits_rates());
+    }
 }

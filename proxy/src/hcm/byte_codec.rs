@@ -356,7 +356,7 @@ where
         };
         let allowed = listener.rbac_allows(admission);
         let reads_headers = listener.filters().is_some_and(|f| f.reads_headers());
-        let (routed, terms) = match listener.routes() {
+        let (routed, terms) = match listener.routes(tls) {
             _ if !allowed => (Routed::Reply(rbac_denied(), None), RouteTerms::default()),
             // A fault matching headers reads them before the route edits them: hyper's
             // parsed request does that (legacy FaultInjection only).
@@ -417,7 +417,7 @@ where
                     flags: answer.flags,
                 },
                 // A gateway's (with its `server`), else the refusal's headers alone.
-                match listener.routes() {
+                match listener.routes(tls) {
                     Some(routes) => Some(routes.edits(answer.headers)),
                     None => answer.headers.map(ResponseEdits::headers),
                 },

@@ -86,7 +86,7 @@ pub(crate) async fn serve_request<L: HttpListener>(
                 .filter(|_| !req.body().is_end_stream());
             let ended = request_limit.map(|_| Arc::new(AtomicBool::new(false)));
             let dispatch = async {
-                match (listener.routes(), listener.cluster()) {
+                match (listener.routes(tls), listener.cluster()) {
                     (Some(routes), _) => {
                         let body = ended.as_ref();
                         route(req, (listener, filters), routes, (peer, body)).await

@@ -76,8 +76,10 @@ pub(crate) trait HttpListener {
     fn request_timeout(&self) -> Option<Duration>;
     /// Where connections closed by the connection idle timeout are counted.
     fn idle_closed(&self) -> &Counter;
-    /// The routes its requests take (a gateway's, or a sidecar's route table).
-    fn routes(&self) -> Option<&HttpRoutes>;
+    /// The routes its requests take (a gateway's, or a sidecar's route table), for a
+    /// connection over TLS (`tls`) or not: a PERMISSIVE listener's plaintext requests have
+    /// rate limit buckets of their own.
+    fn routes(&self, tls: bool) -> Option<&HttpRoutes>;
     /// Where its responses are counted by status.
     fn requests(&self) -> &StatusCounters;
     /// Present when the listener refuses every request (a policy denying the inbound came
