@@ -138,8 +138,8 @@ pub(crate) fn retry_policy(
         back_off_base: base,
         back_off_max: max,
         request_headers,
-        host_selection,
-        rate_limited,
+        host_selection: host_selection.map(Box::new),
+        rate_limited: rate_limited.map(Box::new),
     })
 }
 
@@ -291,7 +291,7 @@ fn header_matches(
     matchers: &[route_pb::HeaderMatcher],
     at: &str,
     problems: &mut Vec<Problem>,
-) -> Vec<HeaderMatch> {
+) -> Box<[HeaderMatch]> {
     let mut out = Vec::new();
     for (i, h) in matchers.iter().enumerate() {
         let hat = format!("{at}[{i}]");
@@ -310,7 +310,7 @@ fn header_matches(
             None => {}
         }
     }
-    out
+    out.into_boxed_slice()
 }
 
 #[cfg(test)]
@@ -486,8 +486,8 @@ mod tests {
         let p = retry_policy(&policy, "r", &mut problems).expect("translated");
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
-            p.host_selection,
-            Some(HostSelection {
+            p.host_selection.as_deref(),
+            Some(&HostSelection {
                 omit_previous: true,
                 omit_tags: vec![[("test".to_string(), "test".to_string())].into()],
                 max_attempts: 2,
@@ -495,8 +495,8 @@ mod tests {
         );
         assert!(p.reads_headers());
         assert_eq!(
-            p.rate_limited,
-            Some(RateLimitedBackOff {
+            p.rate_limited.as_deref(),
+            Some(&RateLimitedBackOff {
                 reset_headers: vec![
                     ResetHeader {
                         name: "retry-after-http".into(),
@@ -602,10 +602,10 @@ mod tests {
             value: ValueMatch::Exact(v.into()),
         };
         assert_eq!(
-            p.request_headers,
+            *p.request_headers,
             [exact(":method", "GET"), exact("x-retry", "yes")]
         );
-        assert_eq!(p.on.headers, [exact("x-upstream-retry", "true")]);
+        assert_eq!(*p.on.headers, [exact("x-upstream-retry", "true")]);
         let regex = route_pb::HeaderMatcher {
             name: "x".into(),
             header_match_specifier: Some(

@@ -40,18 +40,19 @@ pub struct RetryPolicy {
     /// `retriable_request_headers`: kuma-cp's MeshRetry `retryOn` methods as `:method` matches,
     /// and its `retriableRequestHeaders`); empty: any request. No regular expression (the
     /// translation refuses one here).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub request_headers: Vec<HeaderMatch>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub request_headers: Box<[HeaderMatch]>,
     /// Which endpoints a retry avoids (Envoy's `retry_host_predicate` with
     /// `host_selection_retry_max_attempts`: kuma-cp's MeshRetry `hostSelection` and
     /// `hostSelectionMaxAttempts`); `None`: a retry takes the load balancer's pick as is.
+    /// Boxed, as `rate_limited`: most routes have neither, and a route action stays small.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_selection: Option<HostSelection>,
+    pub host_selection: Option<Box<HostSelection>>,
     /// The pause a retriable response may ask for in its headers (Envoy's
     /// `rate_limited_retry_back_off`: kuma-cp's `rateLimitedBackOff`); `None`: always the
     /// exponential back-off.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limited: Option<RateLimitedBackOff>,
+    pub rate_limited: Option<Box<RateLimitedBackOff>>,
 }
 
 /// The endpoints a retry's host selection rejects, as Envoy's retry host predicates: the load
@@ -181,8 +182,8 @@ pub struct RetryOn {
     pub grpc_statuses: Vec<u32>,
     /// `retriable-headers`: a response with a header meeting one of these (kuma-cp's
     /// `retriableResponseHeaders`). No regular expression (the translation refuses one).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<HeaderMatch>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub headers: Box<[HeaderMatch]>,
 }
 
 impl RetryPolicy {
@@ -229,7 +230,7 @@ impl RetryPolicy {
             per_try_timeout: Some(Duration::from_secs(16)),
             back_off_base: Self::DEFAULT_BACK_OFF_BASE,
             back_off_max: Duration::from_millis(250),
-            request_headers: Vec::new(),
+            request_headers: Box::default(),
             host_selection: None,
             rate_limited: None,
         }

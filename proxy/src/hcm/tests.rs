@@ -879,7 +879,7 @@ async fn a_retry_host_predicate_moves_retries_off_the_endpoints_it_rejects() {
         .unwrap()
         .endpoints
         .push(tagged);
-    let policy = |host_selection| bearing_proxy_config::RetryPolicy {
+    let policy = |host_selection: Option<HostSelection>| bearing_proxy_config::RetryPolicy {
         on: RetryOn {
             server_error: true,
             ..Default::default()
@@ -887,7 +887,7 @@ async fn a_retry_host_predicate_moves_retries_off_the_endpoints_it_rejects() {
         num_retries: 3,
         back_off_base: Duration::from_millis(1),
         back_off_max: Duration::from_millis(2),
-        host_selection,
+        host_selection: host_selection.map(Box::new),
         ..kuma_default_retry(Duration::from_secs(2))
     };
     let previous = HostSelection {
