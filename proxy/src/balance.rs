@@ -76,10 +76,12 @@ impl Picker {
 
     /// The index, among the `n` serving endpoints, of the first one to try: `turn` is the
     /// cluster's round robin counter, `hash` the request's (`None`: none), `active` an
-    /// endpoint's active requests. `n` is at least 1.
+    /// endpoint's active requests; `attempt`: how many picks of this selection a retry host
+    /// predicate rejected before (Envoy's consistent hashing moves on from its pick by it).
+    /// `n` is at least 1.
     pub(crate) fn start(
         &self,
-        n: usize,
+        (n, attempt): (usize, u32),
         turn: &AtomicUsize,
         hash: Option<u64>,
         active: impl Fn(usize) -> u32,
@@ -88,8 +90,12 @@ impl Picker {
             Picker::RoundRobin => turn.fetch_add(1, Ordering::Relaxed) % n,
             Picker::LeastRequest { choice_count } => least_request(n, *choice_count, active),
             Picker::Random => random_below(n),
-            Picker::Ring(ring) => ring.pick(hash.unwrap_or_else(rand::random)).unwrap_or(0),
-            Picker::Maglev(table) => table.pick(hash.unwrap_or_else(rand::random)).unwrap_or(0),
+            Picker::Ring(ring) => ring
+                .pick(hash.unwrap_or_else(rand::random), attempt)
+                .unwrap_or(0),
+            Picker::Maglev(table) => table
+                .pick(hash.unwrap_or_else(rand::random), attempt)
+                .unwrap_or(0),
         }
     }
 }
@@ -177,8 +183,10 @@ impl Ring {
     }
 
     /// The endpoint of hash `h`: Envoy's port of ketama's binary search (the first point
-    /// `p` with `previous < h <= p`, the first point past the last); `None` for no points.
-    pub(crate) fn pick(&self, h: u64) -> Option<usize> {
+    /// `p` with `previous < h <= p`, the first point past the last), moved on by `attempt`
+    /// points as Envoy's ring does for a pick a retry host predicate rejected; `None` for no
+    /// points.
+    pub(crate) fn pick(&self, h: u64, attempt: u32) -> Option<usize> {
         let ring = &self.points;
         let size = ring.len() as i64;
         if size == 0 {
@@ -208,7 +216,8 @@ impl Ring {
                 break low;
             }
         };
-        ring.get(mid as usize % ring.len()).map(|p| p.1 as usize)
+        let index = (mid as usize).wrapping_add(attempt as usize) % ring.len();
+        ring.get(index).map(|p| p.1 as usize)
     }
 }
 
@@ -289,8 +298,13 @@ impl Maglev {
         }
     }
 
-    /// The endpoint of hash `h`; `None` for an empty table.
-    pub(crate) fn pick(&self, h: u64) -> Option<usize> {
+    /// The endpoint of hash `h`; `None` for an empty table. A pick a retry host predicate
+    /// rejected `attempt` times before takes `h` XOR `2⁶⁴ − attempt`, as Envoy's table.
+    pub(crate) fn pick(&self, h: u64, attempt: u32) -> Option<usize> {
+        let h = match attempt {
+            0 => h,
+            a => h ^ u64::from(a).wrapping_neg(),
+        };
         let slot = h.checked_rem(self.table.len() as u64)?;
         self.table.get(slot as usize).map(|i| *i as usize)
     }
@@ -363,17 +377,17 @@ mod tests {
         let ring = Ring::new(&keys(4), (64, 64), RingHashFunction::XxHash);
         let points = &ring.points;
         for (i, (point, endpoint)) in points.iter().enumerate() {
-            assert_eq!(ring.pick(*point), Some(*endpoint as usize));
+            assert_eq!(ring.pick(*point, 0), Some(*endpoint as usize));
             if i > 0 && points[i - 1].0 + 1 < *point {
-                assert_eq!(ring.pick(points[i - 1].0 + 1), Some(*endpoint as usize));
+                assert_eq!(ring.pick(points[i - 1].0 + 1, 0), Some(*endpoint as usize));
             }
         }
         // Past the last point (xxHash64 leaves room above it): the first.
         assert!(points[points.len() - 1].0 < u64::MAX);
-        assert_eq!(ring.pick(u64::MAX), Some(points[0].1 as usize));
-        assert_eq!(ring.pick(0), Some(points[0].1 as usize));
+        assert_eq!(ring.pick(u64::MAX, 0), Some(points[0].1 as usize));
+        assert_eq!(ring.pick(0, 0), Some(points[0].1 as usize));
         assert_eq!(
-            Ring::new(&[], (64, 64), RingHashFunction::XxHash).pick(5),
+            Ring::new(&[], (64, 64), RingHashFunction::XxHash).pick(5, 0),
             None
         );
     }
@@ -392,7 +406,29 @@ mod tests {
         assert!(owned.iter().all(|n| *n == 5 || *n == 6), "{owned:?}");
         let offset = (xxh64(b"10.0.0.1:80", 0) % 17) as usize;
         assert_eq!(table.table[offset], 0);
-        assert_eq!(table.pick(offset as u64 + 17 * 1000), Some(0));
+        assert_eq!(table.pick(offset as u64 + 17 * 1000, 0), Some(0));
+    }
+
+    /// A pick a retry host predicate rejected moves on as Envoy's: the ring by `attempt`
+    /// points from the hash's (wrapping round), Maglev to the slot of the hash XOR
+    /// `2⁶⁴ − attempt`.
+    #[test]
+    fn a_rejected_pick_moves_on_as_envoys_consistent_hashing() {
+        let ring = Ring::new(&keys(3), (64, 64), XX);
+        let points = &ring.points;
+        let h = points[10].0;
+        for attempt in 0..3u32 {
+            let at = points[10 + attempt as usize].1 as usize;
+            assert_eq!(ring.pick(h, attempt), Some(at));
+        }
+        let last = points.len() - 1;
+        assert_eq!(ring.pick(points[last].0, 2), Some(points[1].1 as usize));
+        let table = Maglev::new(&keys(3), 17);
+        for (h, attempt) in [(5u64, 1u32), (1000, 2), (u64::MAX, 7)] {
+            let moved = h ^ (u64::MAX - u64::from(attempt) + 1);
+            assert_eq!(table.pick(h, attempt), table.pick(moved, 0));
+        }
+        assert_eq!(table.pick(5, 0), Some(table.table[5] as usize));
     }
 
     /// Consistent hashing: the same hash always picks the same endpoint; both spread hashes
@@ -409,7 +445,10 @@ mod tests {
             Ring::new(&fewer, (768, 768), XX),
         );
         let (maglev, maglev3) = (Maglev::new(&all, 65537), Maglev::new(&fewer, 65537));
-        for counts in [spread(4, |h| ring.pick(h)), spread(4, |h| maglev.pick(h))] {
+        for counts in [
+            spread(4, |h| ring.pick(h, 0)),
+            spread(4, |h| maglev.pick(h, 0)),
+        ] {
             assert!(
                 counts.iter().all(|c| (3_500..6_500).contains(c)),
                 "{counts:?}"
@@ -419,18 +458,18 @@ mod tests {
         let (mut ring_moved, mut maglev_moved) = (0, 0);
         for i in 0..20_000u64 {
             let h = xxh64(&i.to_le_bytes(), 7);
-            assert_eq!(ring.pick(h), ring.pick(h));
+            assert_eq!(ring.pick(h, 0), ring.pick(h, 0));
             let (before, after) = (
-                name(&all, ring.pick(h).unwrap()),
-                name(&fewer, ring3.pick(h).unwrap()),
+                name(&all, ring.pick(h, 0).unwrap()),
+                name(&fewer, ring3.pick(h, 0).unwrap()),
             );
             if before != all[2] {
                 assert_eq!(before, after, "hash {h} moved off a kept endpoint");
             }
             ring_moved += usize::from(before != after);
             let (before, after) = (
-                name(&all, maglev.pick(h).unwrap()),
-                name(&fewer, maglev3.pick(h).unwrap()),
+                name(&all, maglev.pick(h, 0).unwrap()),
+                name(&fewer, maglev3.pick(h, 0).unwrap()),
             );
             maglev_moved += usize::from(before != after && before != all[2]);
         }
@@ -447,28 +486,32 @@ mod tests {
         let lr = Picker::LeastRequest { choice_count: 50 };
         let turn = AtomicUsize::new(0);
         for _ in 0..100 {
-            assert_eq!(lr.start(4, &turn, None, |i| loads[i]), 1);
+            assert_eq!(lr.start((4, 0), &turn, None, |i| loads[i]), 1);
         }
         let two = Picker::LeastRequest { choice_count: 2 };
         let mut counts = [0usize; 4];
         for _ in 0..20_000 {
-            counts[two.start(4, &turn, None, |i| loads[i])] += 1;
+            counts[two.start((4, 0), &turn, None, |i| loads[i])] += 1;
         }
         // Endpoint 1 wins whenever drawn (7/16 of pairs), endpoint 0 unless paired with 1.
         assert!(counts[1] > counts[0] && counts[0] > counts[2], "{counts:?}");
         assert!((8_000..9_500).contains(&counts[1]), "{counts:?}");
-        let equal = spread(4, |_| Some(two.start(4, &turn, None, |_| 0)));
+        let equal = spread(4, |_| Some(two.start((4, 0), &turn, None, |_| 0)));
         assert!(
             equal.iter().all(|c| (4_000..6_000).contains(c)),
             "{equal:?}"
         );
-        let random = spread(4, |_| Some(Picker::Random.start(4, &turn, None, |_| 0)));
+        let random = spread(4, |_| {
+            Some(Picker::Random.start((4, 0), &turn, None, |_| 0))
+        });
         assert!(
             random.iter().all(|c| (4_000..6_000).contains(c)),
             "{random:?}"
         );
         let rr = Picker::RoundRobin;
-        let starts: Vec<usize> = (0..5).map(|_| rr.start(4, &turn, None, |_| 0)).collect();
+        let starts: Vec<usize> = (0..5)
+            .map(|_| rr.start((4, 0), &turn, None, |_| 0))
+            .collect();
         assert_eq!(starts, [0, 1, 2, 3, 0]);
     }
 
@@ -488,10 +531,10 @@ mod tests {
             LoadBalancer::Maglev { table_size: 65537 },
         ] {
             let picker = Picker::new(&balancer, &endpoints);
-            let counts = spread(3, |_| Some(picker.start(3, &turn, None, |_| 0)));
+            let counts = spread(3, |_| Some(picker.start((3, 0), &turn, None, |_| 0)));
             assert!(counts.iter().all(|c| *c > 5_000), "{counts:?}");
-            let same = picker.start(3, &turn, Some(42), |_| 0);
-            assert!((0..10).all(|_| picker.start(3, &turn, Some(42), |_| 0) == same));
+            let same = picker.start((3, 0), &turn, Some(42), |_| 0);
+            assert!((0..10).all(|_| picker.start((3, 0), &turn, Some(42), |_| 0) == same));
         }
     }
 

@@ -290,8 +290,8 @@ mod tests {
         let alone = Picker::new(&ring, &eligible);
         let (per_level, turn) = (plan.picker(0).expect("a ring"), Default::default());
         for h in (0..200u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
-            let picked = per_level.start(3, &turn, Some(h), |_| 0);
-            assert_eq!(picked, alone.start(3, &turn, Some(h), |_| 0));
+            let picked = per_level.start((3, 0), &turn, Some(h), |_| 0);
+            assert_eq!(picked, alone.start((3, 0), &turn, Some(h), |_| 0));
             assert_ne!(plan.level(0)[picked], 1, "the unhealthy host");
         }
         let plain = Plan::new(&[0, 0], &[true, true], 50.0);

@@ -111,6 +111,12 @@ pub struct ClusterStats {
     /// Requests to the cluster sent again by a route's retry policy (Envoy's
     /// `upstream_rq_retry`).
     pub rq_retry: Counter,
+    /// Retries that waited the interval a response's reset headers asked for (Envoy's
+    /// `upstream_rq_retry_backoff_ratelimited`).
+    pub rq_retry_backoff_ratelimited: Counter,
+    /// Retries that waited the jittered exponential back-off (Envoy's
+    /// `upstream_rq_retry_backoff_exponential`).
+    pub rq_retry_backoff_exponential: Counter,
     /// Active health checking (Envoy's `health_check.*`).
     pub health_check: HealthCheckStats,
     /// Outlier detection (Envoy's `outlier_detection.*`).
@@ -372,6 +378,18 @@ const CLUSTER_SERIES: &[Series<ClusterStats>] = &[
         help: "Requests to the cluster sent again by a route's retry policy.",
         kind: MetricType::Counter,
         metric: |h| &h.rq_retry,
+    },
+    Series {
+        name: "cluster_upstream_rq_retry_backoff_ratelimited",
+        help: "Retries that waited the interval a response's reset headers asked for.",
+        kind: MetricType::Counter,
+        metric: |h| &h.rq_retry_backoff_ratelimited,
+    },
+    Series {
+        name: "cluster_upstream_rq_retry_backoff_exponential",
+        help: "Retries that waited the jittered exponential back-off.",
+        kind: MetricType::Counter,
+        metric: |h| &h.rq_retry_backoff_exponential,
     },
     Series {
         name: "cluster_health_check_attempt",

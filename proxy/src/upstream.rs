@@ -946,6 +946,12 @@ impl ClusterRuntime {
     /// level that serves it: the start the cluster's load balancer picks (`crate::balance`;
     /// `hash`: the request's, for consistent hashing), then the rest of the level.
     pub(crate) fn rotation(&self, hash: Option<u64>) -> Rotation<'_> {
+        self.rotation_at(hash, 0)
+    }
+
+    /// [`Self::rotation`] for the pick after `attempt` picks a retry host predicate rejected
+    /// (consistent hashing moves on from the request's point by it, as Envoy's).
+    fn rotation_at(&self, hash: Option<u64>, attempt: u32) -> Rotation<'_> {
         let view = self.serving(hash);
         let n = view.len();
         let start = match n {
@@ -961,7 +967,7 @@ impl ClusterRuntime {
                     EndpointsView::Fixed(..) => &self.picker,
                     EndpointsView::Resolved(set, _) => &set.picker,
                 };
-                picker.start(n, &self.next, hash, |i| view.active(i))
+                picker.start((n, attempt), &self.next, hash, |i| view.active(i))
             }
         };
         Rotation {
@@ -969,6 +975,31 @@ impl ClusterRuntime {
             start,
             step: 0,
         }
+    }
+
+    /// The endpoint of a retry under retry host predicates, as Envoy's load balancer chooses
+    /// one: up to `1 + max_attempts` picks (each a pick of its own: the round robin moves on,
+    /// a random draw is drawn again, consistent hashing moves on from the request's hash,
+    /// drawn once here when the request has none), the first that `rejects` (given its pool
+    /// and endpoint) lets through, else the last; `None`: no endpoint serves.
+    pub(crate) fn pick_for_retry(
+        &self,
+        hash: Option<u64>,
+        max_attempts: u32,
+        rejects: impl Fn(&Arc<EndpointPool>, &Endpoint) -> bool,
+    ) -> Option<PoolRef<'_>> {
+        let hash = hash.or_else(|| self.picker.is_consistent_hashing().then(rand::random));
+        let mut last = None;
+        for attempt in 0..=max_attempts {
+            let Rotation { view, start, .. } = self.rotation_at(hash, attempt);
+            let endpoint = view.endpoint(start)?;
+            let pool = view.pool(start);
+            if !rejects(&pool, endpoint) {
+                return Some(pool);
+            }
+            last = Some(pool);
+        }
+        last
     }
 
     /// `pool`'s request counted among its endpoint's active ones while the returned guard

@@ -462,6 +462,9 @@ class Handler(BaseHTTPRequestHandler):
             out = BODY
         self.send_response(status)
         self.send_header("X-Served-By", args.name)
+        for extra in query.get("header", []):
+            name, _, value = extra.partition(":")
+            self.send_header(name, value)
         if status in (204, 304) or status < 200:
             self.end_headers()
             return
@@ -493,7 +496,8 @@ Server(("::", args.port), Handler).serve_forever()
 ///
 /// Every response is delayed by the configured delay, or by `?delay=<secs>`
 /// (float) if present in the query; `?close` makes the server close the
-/// connection after the response. Responses carry `X-Served-By: <host>:<port>`.
+/// connection after the response; each `?header=<name>:<value>` adds that response header.
+/// Responses carry `X-Served-By: <host>:<port>`.
 /// One line per request is logged to the process log.
 #[derive(Debug, Clone)]
 #[must_use = "call start(host) to run the server"]

@@ -573,6 +573,16 @@ fn a_legacy_fault_matches_the_callers_kuma_tags_as_envoy() -> Result<()> {
     Ok(())
 }
 
+/// An HTTP outbound on 127.0.0.1:`port` to `cluster` whose one route has the retry `policy`.
+fn retrying_listener(port: u16, cluster: &str, policy: Value) -> (String, Value) {
+    let (name, mut listener) = routed_listener(port, vec![], json!({}), (cluster, json!({})));
+    let route = "/filterChains/0/filters/0/typedConfig/routeConfig/virtualHosts/0/routes/0/route";
+    if let Some(r) = listener.pointer_mut(route) {
+        r["retryPolicy"] = policy;
+    }
+    (name, listener)
+}
+
 /// MeshRetry's request and response header conditions as kuma-cp renders them: `retryOn:
 /// [5xx, GET]` becomes a `:method` match in `retriable_request_headers`, so a GET answered 503
 /// is tried three times (two retries) while a POST is tried once; `retriableResponseHeaders`
@@ -588,15 +598,7 @@ fn retries_follow_the_request_and_response_headers_as_envoy() -> Result<()> {
     let (cp, web, origin) = (topo.host("cp"), topo.host("web"), topo.host("origin"));
     let pki = CpPki::new(topo.dir(), "cp-retry-headers", cp)?;
     let server = start_http_server(origin, ORIGIN_PORT)?;
-    let retrying = |port: u16, policy: Value| {
-        let (name, mut listener) = http_listener(port, vec![], json!({}));
-        let route =
-            "/filterChains/0/filters/0/typedConfig/routeConfig/virtualHosts/0/routes/0/route";
-        if let Some(r) = listener.pointer_mut(route) {
-            r["retryPolicy"] = policy;
-        }
-        (name, listener)
-    };
+    let retrying = |port: u16, policy: Value| retrying_listener(port, "origin", policy);
     let back_off = json!({"baseInterval": "0.010s", "maxInterval": "0.020s"});
     let listeners: serde_json::Map<String, Value> = [
         retrying(
@@ -758,5 +760,134 @@ fn a_permissive_inbound_keeps_a_rate_limit_bucket_per_chain_as_envoy() -> Result
     let _envoy = access.envoy(backend, "default", "backend1")?;
     backend.wait_for_tcp_listener(GOLDEN_INBOUND_PORT, Duration::from_secs(20), None)?;
     ensure!(answers("envoy")? == bearing);
+    Ok(())
+}
+
+/// What a proxy's retries did: per request, the attempts each origin saw (sorted), and the
+/// totals (sorted); per reset header value, the attempts and whether the retry waited a
+/// second or more.
+#[derive(Debug, PartialEq)]
+struct Retried {
+    per_request: Vec<Vec<usize>>,
+    totals: Vec<usize>,
+    waits: Vec<(usize, bool)>,
+}
+
+/// MeshRetry's `hostSelection` and `rateLimitedBackOff` as kuma-cp 2.14 renders them (its
+/// default `retryOn`, `OmitPreviousHosts` as the `previous_hosts` predicate with
+/// `hostSelectionMaxAttempts: 2`; `rateLimitedBackOff` with `Retry-After` in seconds and
+/// `X-RateLimit-Reset` as a Unix time, `maxInterval: 5s`). Three origins answering 503, a
+/// policy of three retries: the first three attempts of each request go to three different
+/// origins, and the fourth, whose three picks all meet tried ones, to the last pick, so of
+/// three requests the origins see 3, 3 and 6 attempts (round robin alone would give 4 each).
+/// A 503 with `retry-after: 1` is retried after a second; one with `retry-after: 10`, over the
+/// maximum, after the exponential back-off. Envoy 1.40 fed the same resources does the same.
+#[test]
+fn retries_choose_other_hosts_and_wait_as_the_response_asks_as_envoy() -> Result<()> {
+    const OTHER_HOSTS: u16 = 10023;
+    const RATE_LIMITED: u16 = 10024;
+    const PORTS: [u16; 3] = [8081, 8082, 8083];
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "origin"])?;
+    let (cp, web, origin) = (topo.host("cp"), topo.host("web"), topo.host("origin"));
+    let pki = CpPki::new(topo.dir(), "cp-retry-hosts", cp)?;
+    let ip = origin.ip4().to_string();
+    let servers = PORTS
+        .iter()
+        .map(|port| start_http_server(origin, *port))
+        .collect::<Result<Vec<_>>>()?;
+    let limited = start_http_server(origin, ORIGIN_PORT)?;
+    let endpoints: Vec<Value> = PORTS
+        .iter()
+        .map(|port| json!({"endpoint": {"address": {"socketAddress": {"address": ip, "portValue": port}}}}))
+        .collect();
+    let three = json!({"name": "three", "type": "STATIC", "connectTimeout": "5s",
+        "loadAssignment": {"clusterName": "three", "endpoints": [{"lbEndpoints": endpoints}]}});
+    let kuma_retry_on = "gateway-error,connect-failure,refused-stream";
+    let back_off = json!({"baseInterval": "0.010s", "maxInterval": "0.020s"});
+    let listeners: serde_json::Map<String, Value> = [
+        retrying_listener(
+            OTHER_HOSTS,
+            "three",
+            json!({"retryOn": kuma_retry_on, "numRetries": 3, "retryBackOff": back_off,
+                "retryHostPredicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+                    "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+                "hostSelectionRetryMaxAttempts": "2"}),
+        ),
+        retrying_listener(
+            RATE_LIMITED,
+            "origin",
+            json!({"retryOn": kuma_retry_on, "numRetries": 1, "retryBackOff": back_off,
+                "rateLimitedRetryBackOff": {"maxInterval": "5s", "resetHeaders": [
+                    {"name": "retry-after"},
+                    {"name": "x-ratelimit-reset", "format": "UNIX_TIMESTAMP"}]}}),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let resources = json!({"xds": {
+        CLUSTER: {"three": three, "origin": static_cluster("origin", &ip, ORIGIN_PORT)},
+        LISTENER: listeners,
+    }});
+    let (_cp, sidecar, access) = acked_sidecar(&pki, cp, web, &resources)?;
+
+    // The attempts a server logged for `path` (its request lines).
+    let logged = |server: &HttpServer, path: &str| {
+        let line = format!("{path} HTTP");
+        let log = server.process().log_contents();
+        log.lines().filter(|l| l.contains(&line)).count()
+    };
+    let behaviour = |proxy: &str| -> Result<Retried> {
+        let mut per_request = Vec::new();
+        let mut totals = [0; 3];
+        for i in 0..3 {
+            let path = format!("/status/503?{proxy}-{i}");
+            let (code, _) = curl(web, [format!("http://127.0.0.1:{OTHER_HOSTS}{path}")])?;
+            ensure!(code == 503, "{proxy}: request {i}: {code}");
+            std::thread::sleep(Duration::from_millis(200));
+            let mut seen: Vec<usize> = servers.iter().map(|s| logged(s, &path)).collect();
+            totals.iter_mut().zip(&seen).for_each(|(t, n)| *t += n);
+            seen.sort_unstable();
+            per_request.push(seen);
+        }
+        let mut totals = totals.to_vec();
+        totals.sort_unstable();
+        let mut waits = Vec::new();
+        for after in ["1", "10"] {
+            let path = format!("/status/503?header=retry-after:{after}&{proxy}");
+            let started = Instant::now();
+            let (code, _) = curl(web, [format!("http://127.0.0.1:{RATE_LIMITED}{path}")])?;
+            let took = started.elapsed();
+            ensure!(code == 503, "{proxy}: retry-after {after}: {code}");
+            std::thread::sleep(Duration::from_millis(200));
+            let waited = took >= Duration::from_secs(1);
+            ensure!(
+                took < Duration::from_millis(2500),
+                "{proxy}: retry-after {after}: {took:?}"
+            );
+            waits.push((logged(&limited, &path), waited));
+        }
+        let want = Retried {
+            per_request: vec![vec![1, 1, 2]; 3],
+            totals: vec![3, 3, 6],
+            waits: vec![(2, true), (2, false)],
+        };
+        let got = Retried {
+            per_request,
+            totals,
+            waits,
+        };
+        ensure!(got == want, "{proxy}: {got:?}, expected {want:?}");
+        Ok(got)
+    };
+    let bearing = behaviour("bearing")?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, "default", "web")?;
+    web.wait_for_tcp_listener(RATE_LIMITED, Duration::from_secs(20), None)
+        .context("Envoy's listeners")?;
+    ensure!(behaviour("envoy")? == bearing);
     Ok(())
 }

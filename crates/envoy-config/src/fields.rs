@@ -283,7 +283,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter",
         &["name"],
     ),
-    // MeshRetry's `http` section; host selection and rate-limited back-off are not
+    // MeshRetry's `http` section; `retry_priority` (`OmitPreviousPriorities`) is not
     // implemented.
     (
         "envoy.config.route.v3.RetryPolicy",
@@ -296,11 +296,32 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             // Checked by `retry.rs` (no regular expression, `:method` the one pseudo-header).
             "retriable_headers",
             "retriable_request_headers",
+            // `retry.rs`: previous_hosts and omit_host_metadata, by their config's type.
+            "retry_host_predicate",
+            "host_selection_retry_max_attempts",
+            "rate_limited_retry_back_off",
         ],
     ),
     (
         "envoy.config.route.v3.RetryPolicy.RetryBackOff",
         &["base_interval", "max_interval"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RetryHostPredicate",
+        // The name is a label: Envoy finds the factory by the config's type.
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
+        &["metadata_match"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RateLimitedRetryBackOff",
+        &["reset_headers", "max_interval"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.ResetHeader",
+        &["name", "format"],
     ),
     ("envoy.config.route.v3.WeightedCluster", &["clusters"]),
     (
@@ -762,6 +783,9 @@ const EXTENSIONS: &[&str] = &[
     "envoy.config.rbac.v3.Action",
     "envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput",
     "envoy.extensions.matching.common_inputs.network.v3.ServerNameInput",
+    // MeshRetry's host selection (`retry.rs`).
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+    "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
 ];
 
 /// The policy filters walked on sidecar and zone proxy listeners, whose translation reads them
@@ -901,9 +925,7 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
         "health check event logs",
     ),
     ("CommonLbConfig.zone_aware_lb_config", "load balancing"),
-    ("RetryPolicy.rate_limited_retry_back_off", "retries"),
-    ("RetryPolicy.retry_host_predicate", "retries"),
-    ("RetryPolicy.host_selection_retry_max_attempts", "retries"),
+    ("RetryPolicy.retry_priority", "retries"),
     ("RetryPolicy.per_try_idle_timeout", "retries"),
     // A route's and a connection manager's stream and connection lifetimes (zero accepted,
     // as kuma-cp renders none there; a cluster's are translated, `is_upstream_lifetime`).
@@ -1247,7 +1269,7 @@ pub(crate) fn unhandled_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{decode_json_resource, CLUSTER};
+    use crate::decode::{decode_json_resource, CLUSTER, ROUTE_CONFIGURATION};
 
     fn walk(json: serde_json::Value) -> Vec<Unhandled> {
         let any = decode_json_resource(CLUSTER, &json).unwrap();
@@ -1291,6 +1313,42 @@ mod tests {
                     && r.starts_with("gRPC health checks")),
             "{reasons:?}"
         );
+    }
+
+    /// kuma-cp 2.14's MeshRetry `hostSelection` (its `http.listeners.golden.yaml`): the
+    /// host predicates, their attempts and the rate-limited back-off pass to `retry.rs`;
+    /// `OmitPreviousPriorities`' `retry_priority` stays NACKed as MeshRetry's.
+    #[test]
+    fn kumas_host_selection_passes_and_its_retry_priority_is_nacked() {
+        let route = serde_json::json!({"name": "r", "virtualHosts": [{"name": "v",
+            "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {
+                "cluster": "backend", "retryPolicy": {
+                    "retryOn": "5xx", "hostSelectionRetryMaxAttempts": "2",
+                    "rateLimitedRetryBackOff": {"maxInterval": "5s", "resetHeaders": [
+                        {"name": "retry-after-http"},
+                        {"name": "x-retry-after-http", "format": "UNIX_TIMESTAMP"}]},
+                    "retryHostPredicate": [
+                        {"name": "envoy.retry_host_predicates.previous_hosts", "typedConfig": {
+                            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}},
+                        {"name": "envoy.retry_host_predicates.omit_host_metadata", "typedConfig": {
+                            "@type": "type.googleapis.com/envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
+                            "metadataMatch": {"filterMetadata": {"envoy.lb": {"test": "test"}}}}}],
+                    "retryPriority": {"name": "envoy.retry_priorities.previous_priorities",
+                        "typedConfig": {
+                            "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                            "updateFrequency": 2}}}}}]}]});
+        let any = decode_json_resource(ROUTE_CONFIGURATION, &route).unwrap();
+        let bad = unhandled_in(
+            "envoy.config.route.v3.RouteConfiguration",
+            &any.value,
+            "routes",
+        );
+        let paths: Vec<_> = bad.iter().map(|u| u.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["routes.virtual_hosts[0].routes[0].route.retry_policy.retry_priority"]
+        );
+        assert!(bad[0].reason.starts_with("retries: "), "{bad:?}");
     }
 
     #[test]

@@ -3,13 +3,18 @@
 //! [`RetryPolicy`]. The fields guard (`fields.rs`) has refused every field not read here;
 //! a `retry_on` condition Bearing does not act on is a problem naming it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bearing_proxy_config::{
-    HeaderMatch, RetryOn, RetryPolicy, ValueMatch, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED,
-    GRPC_INTERNAL, GRPC_RESOURCE_EXHAUSTED, GRPC_UNAVAILABLE,
+    HeaderMatch, HostSelection, RateLimitedBackOff, ResetFormat, ResetHeader, RetryOn, RetryPolicy,
+    ValueMatch, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED, GRPC_INTERNAL, GRPC_RESOURCE_EXHAUSTED,
+    GRPC_UNAVAILABLE,
 };
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
+use envoy_types::pb::envoy::extensions::retry::host::omit_host_metadata::v3::OmitHostMetadataConfig;
+use envoy_types::pb::google::protobuf::value::Kind;
+use prost::Message;
 
 use crate::routes::Problem;
 use crate::translate::duration;
@@ -113,6 +118,11 @@ pub(crate) fn retry_policy(
             format!("{max:?} is below base_interval {base:?}"),
         ));
     }
+    let host_selection = host_selection(policy, at, problems);
+    let rate_limited = policy
+        .rate_limited_retry_back_off
+        .as_ref()
+        .and_then(|r| rate_limited(r, &format!("{at}.rate_limited_retry_back_off"), problems));
     if problems.len() > before {
         return None;
     }
@@ -128,6 +138,149 @@ pub(crate) fn retry_policy(
         back_off_base: base,
         back_off_max: max,
         request_headers,
+        host_selection: host_selection.map(Box::new),
+        rate_limited: rate_limited.map(Box::new),
+    })
+}
+
+/// The type of kuma-cp's `OmitPreviousHosts` predicate.
+const PREVIOUS_HOSTS: &str = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+/// The type of kuma-cp's `OmitHostsWithTags` predicate.
+const OMIT_HOST_METADATA: &str =
+    "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig";
+
+/// The policy's retry host predicates (each by its config's type, as Envoy finds its
+/// factory) with `host_selection_retry_max_attempts`; `None` without a predicate, where
+/// Envoy's re-picks never happen and the attempts count has no effect.
+fn host_selection(
+    policy: &route_pb::RetryPolicy,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<HostSelection> {
+    use route_pb::retry_policy::retry_host_predicate::ConfigType;
+    let max_attempts = match policy.host_selection_retry_max_attempts {
+        // Envoy's default: one more pick.
+        0 => 1,
+        n => match u32::try_from(n) {
+            Ok(n) => n,
+            Err(_) => {
+                problems.push((
+                    format!("{at}.host_selection_retry_max_attempts"),
+                    format!("{n} is not a count of attempts (0 to {})", u32::MAX),
+                ));
+                1
+            }
+        },
+    };
+    let mut selection = HostSelection {
+        max_attempts,
+        ..HostSelection::default()
+    };
+    for (i, predicate) in policy.retry_host_predicate.iter().enumerate() {
+        let pat = format!("{at}.retry_host_predicate[{i}]");
+        let Some(ConfigType::TypedConfig(any)) = &predicate.config_type else {
+            problems.push((pat, "a retry host predicate without a typed_config".into()));
+            continue;
+        };
+        let type_name = any.type_url.rsplit('/').next().unwrap_or(&any.type_url);
+        match type_name {
+            PREVIOUS_HOSTS => selection.omit_previous = true,
+            OMIT_HOST_METADATA => match OmitHostMetadataConfig::decode(any.value.as_slice()) {
+                Ok(config) => {
+                    let at = format!("{pat}.typed_config.metadata_match");
+                    selection
+                        .omit_tags
+                        .push(lb_labels(config.metadata_match.as_ref(), &at, problems));
+                }
+                Err(e) => problems.push((pat, format!("{type_name} does not decode: {e}"))),
+            },
+            other => problems.push((
+                format!("{pat}.typed_config"),
+                format!("retry host predicate {other} is not implemented (Bearing implements previous_hosts and omit_host_metadata)"),
+            )),
+        }
+    }
+    (!policy.retry_host_predicate.is_empty()).then_some(selection)
+}
+
+/// The `envoy.lb` labels of an `omit_host_metadata` predicate (other namespaces Envoy does
+/// not read); only text values, as kuma-cp's tags are, since Bearing keeps endpoints' text
+/// tags only.
+fn lb_labels(
+    metadata: Option<&envoy_types::pb::envoy::config::core::v3::Metadata>,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let fields = metadata
+        .and_then(|m| m.filter_metadata.get("envoy.lb"))
+        .map(|s| &s.fields);
+    for (key, value) in fields.into_iter().flatten() {
+        match &value.kind {
+            Some(Kind::StringValue(v)) => {
+                labels.insert(key.clone(), v.clone());
+            }
+            _ => problems.push((
+                format!("{at}.filter_metadata[\"envoy.lb\"][{key:?}]"),
+                "only text values are implemented in an omit_host_metadata predicate".into(),
+            )),
+        }
+    }
+    labels
+}
+
+/// A rate-limited retry back-off at `at`, checked as Envoy validates it (reset headers
+/// required, named; a positive `max_interval`, 300 s by default).
+fn rate_limited(
+    config: &route_pb::retry_policy::RateLimitedRetryBackOff,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<RateLimitedBackOff> {
+    use route_pb::retry_policy::ResetHeaderFormat;
+    let before = problems.len();
+    if config.reset_headers.is_empty() {
+        problems.push((
+            format!("{at}.reset_headers"),
+            "at least one reset header is required".into(),
+        ));
+    }
+    let mut reset_headers = Vec::new();
+    for (i, h) in config.reset_headers.iter().enumerate() {
+        let name = h.name.to_ascii_lowercase();
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if name.is_empty() || !name.bytes().all(token) {
+            problems.push((
+                format!("{at}.reset_headers[{i}].name"),
+                format!("{:?} is not a header name", h.name),
+            ));
+            continue;
+        }
+        let format = match ResetHeaderFormat::try_from(h.format) {
+            Ok(ResetHeaderFormat::Seconds) => ResetFormat::Seconds,
+            Ok(ResetHeaderFormat::UnixTimestamp) => ResetFormat::UnixTimestamp,
+            Err(_) => {
+                problems.push((
+                    format!("{at}.reset_headers[{i}].format"),
+                    format!("{} is not a reset header format", h.format),
+                ));
+                continue;
+            }
+        };
+        reset_headers.push(ResetHeader { name, format });
+    }
+    let max_interval = config
+        .max_interval
+        .as_ref()
+        .map_or(RateLimitedBackOff::DEFAULT_MAX_INTERVAL, duration);
+    if max_interval.is_zero() {
+        problems.push((
+            format!("{at}.max_interval"),
+            "must be greater than zero".into(),
+        ));
+    }
+    (problems.len() == before).then_some(RateLimitedBackOff {
+        reset_headers,
+        max_interval,
     })
 }
 
@@ -138,7 +291,7 @@ fn header_matches(
     matchers: &[route_pb::HeaderMatcher],
     at: &str,
     problems: &mut Vec<Problem>,
-) -> Vec<HeaderMatch> {
+) -> Box<[HeaderMatch]> {
     let mut out = Vec::new();
     for (i, h) in matchers.iter().enumerate() {
         let hat = format!("{at}[{i}]");
@@ -157,7 +310,7 @@ fn header_matches(
             None => {}
         }
     }
-    out
+    out.into_boxed_slice()
 }
 
 #[cfg(test)]
@@ -265,6 +418,152 @@ mod tests {
         );
     }
 
+    /// kuma-cp 2.14's MeshRetry `hostSelection` (`OmitPreviousHosts`, `OmitHostsWithTags`
+    /// `{test: test}`), `hostSelectionMaxAttempts: 2` and `rateLimitedBackOff` (two reset
+    /// headers, `maxInterval: 5s`), as its `http.listeners.golden.yaml` renders them.
+    #[test]
+    fn kumas_host_selection_and_rate_limited_back_off_translate() {
+        use envoy_types::pb::envoy::config::core::v3::Metadata;
+        use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+        use envoy_types::pb::google::protobuf::{Any, Struct, Value as PbValue};
+        use route_pb::retry_policy::{
+            retry_host_predicate::ConfigType, RateLimitedRetryBackOff, ResetHeader as PbReset,
+            ResetHeaderFormat, RetryHostPredicate,
+        };
+        let any = |type_name: &str, value: Vec<u8>| {
+            Some(ConfigType::TypedConfig(Any {
+                type_url: format!("type.googleapis.com/{type_name}"),
+                value,
+            }))
+        };
+        let text = |v: &str| PbValue {
+            kind: Some(Kind::StringValue(v.into())),
+        };
+        let tagged = OmitHostMetadataConfig {
+            metadata_match: Some(Metadata {
+                filter_metadata: [(
+                    "envoy.lb".to_string(),
+                    Struct {
+                        fields: [("test".to_string(), text("test"))].into(),
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            }),
+        };
+        let policy = route_pb::RetryPolicy {
+            retry_on: "5xx".into(),
+            retry_host_predicate: vec![
+                RetryHostPredicate {
+                    name: "envoy.retry_host_predicates.previous_hosts".into(),
+                    config_type: any(PREVIOUS_HOSTS, PreviousHostsPredicate {}.encode_to_vec()),
+                },
+                RetryHostPredicate {
+                    name: "envoy.retry_host_predicates.omit_host_metadata".into(),
+                    config_type: any(OMIT_HOST_METADATA, tagged.encode_to_vec()),
+                },
+            ],
+            host_selection_retry_max_attempts: 2,
+            rate_limited_retry_back_off: Some(RateLimitedRetryBackOff {
+                reset_headers: vec![
+                    PbReset {
+                        name: "retry-after-http".into(),
+                        format: ResetHeaderFormat::Seconds as i32,
+                    },
+                    PbReset {
+                        name: "X-Retry-After-Http".into(),
+                        format: ResetHeaderFormat::UnixTimestamp as i32,
+                    },
+                ],
+                max_interval: Some(PbDuration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+            }),
+            ..Default::default()
+        };
+        let mut problems = Vec::new();
+        let p = retry_policy(&policy, "r", &mut problems).expect("translated");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            p.host_selection.as_deref(),
+            Some(&HostSelection {
+                omit_previous: true,
+                omit_tags: vec![[("test".to_string(), "test".to_string())].into()],
+                max_attempts: 2,
+            })
+        );
+        assert!(p.reads_headers());
+        assert_eq!(
+            p.rate_limited.as_deref(),
+            Some(&RateLimitedBackOff {
+                reset_headers: vec![
+                    ResetHeader {
+                        name: "retry-after-http".into(),
+                        format: ResetFormat::Seconds,
+                    },
+                    ResetHeader {
+                        name: "x-retry-after-http".into(),
+                        format: ResetFormat::UnixTimestamp,
+                    },
+                ],
+                max_interval: Duration::from_secs(5),
+            })
+        );
+
+        // Envoy's defaults: one more pick, 300 s at most; no predicate, no host selection.
+        let defaults = route_pb::RetryPolicy {
+            retry_host_predicate: policy.retry_host_predicate[..1].to_vec(),
+            host_selection_retry_max_attempts: 0,
+            rate_limited_retry_back_off: Some(RateLimitedRetryBackOff {
+                max_interval: None,
+                ..policy
+                    .rate_limited_retry_back_off
+                    .clone()
+                    .unwrap_or_default()
+            }),
+            ..policy.clone()
+        };
+        let p = retry_policy(&defaults, "r", &mut problems).expect("translated");
+        assert_eq!(p.host_selection.map(|s| s.max_attempts), Some(1));
+        assert_eq!(
+            p.rate_limited.map(|r| r.max_interval),
+            Some(Duration::from_secs(300))
+        );
+        let bare = route_pb::RetryPolicy {
+            retry_host_predicate: vec![],
+            host_selection_retry_max_attempts: 3,
+            rate_limited_retry_back_off: None,
+            ..policy.clone()
+        };
+        let p = retry_policy(&bare, "r", &mut problems).expect("translated");
+        assert!(p.host_selection.is_none() && !p.reads_headers());
+
+        // What Bearing does not act on is named by path.
+        let unknown = route_pb::RetryPolicy {
+            retry_host_predicate: vec![RetryHostPredicate {
+                name: "envoy.retry_host_predicates.omit_canary_hosts".into(),
+                config_type: any(
+                    "envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate",
+                    vec![],
+                ),
+            }],
+            host_selection_retry_max_attempts: -1,
+            rate_limited_retry_back_off: Some(RateLimitedRetryBackOff::default()),
+            ..policy
+        };
+        assert!(retry_policy(&unknown, "r", &mut problems).is_none());
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "r.host_selection_retry_max_attempts",
+                "r.retry_host_predicate[0].typed_config",
+                "r.rate_limited_retry_back_off.reset_headers"
+            ]
+        );
+    }
+
     /// kuma-cp's MeshRetry with `retryOn: [5xx, GET]`, `retriableRequestHeaders` and
     /// `retriableResponseHeaders`: the methods and request headers gate the retries, the
     /// response headers (under `retriable-headers`) ask for them; a regular expression or
@@ -303,10 +602,10 @@ mod tests {
             value: ValueMatch::Exact(v.into()),
         };
         assert_eq!(
-            p.request_headers,
+            *p.request_headers,
             [exact(":method", "GET"), exact("x-retry", "yes")]
         );
-        assert_eq!(p.on.headers, [exact("x-upstream-retry", "true")]);
+        assert_eq!(*p.on.headers, [exact("x-upstream-retry", "true")]);
         let regex = route_pb::HeaderMatcher {
             name: "x".into(),
             header_match_specifier: Some(

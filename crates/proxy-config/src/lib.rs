@@ -1014,8 +1014,9 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// Dataplane (or `local application`) serving it, for logs and `/config_dump`.
     pub origin: String,
-    /// Tags of the inbound it serves; kept only where an SNI's tags select among endpoints
-    /// (zone ingress).
+    /// Tags of the inbound it serves (its `envoy.lb` text metadata from xDS): what an SNI's
+    /// tags select among endpoints by (zone ingress), a retry's `omit_host_metadata`
+    /// predicate rejects, and a `hash_key` for consistent hashing.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
     /// The endpoint's hostname (Envoy's host name: an ExternalService's host, the name a DNS

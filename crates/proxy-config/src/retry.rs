@@ -3,6 +3,7 @@
 //! MeshRetry's `http` section, its default policy included).
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::HeaderMatch;
@@ -39,8 +40,122 @@ pub struct RetryPolicy {
     /// `retriable_request_headers`: kuma-cp's MeshRetry `retryOn` methods as `:method` matches,
     /// and its `retriableRequestHeaders`); empty: any request. No regular expression (the
     /// translation refuses one here).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub request_headers: Box<[HeaderMatch]>,
+    /// Which endpoints a retry avoids (Envoy's `retry_host_predicate` with
+    /// `host_selection_retry_max_attempts`: kuma-cp's MeshRetry `hostSelection` and
+    /// `hostSelectionMaxAttempts`); `None`: a retry takes the load balancer's pick as is.
+    /// Boxed, as `rate_limited`: most routes have neither, and a route action stays small.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_selection: Option<Box<HostSelection>>,
+    /// The pause a retriable response may ask for in its headers (Envoy's
+    /// `rate_limited_retry_back_off`: kuma-cp's `rateLimitedBackOff`); `None`: always the
+    /// exponential back-off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limited: Option<Box<RateLimitedBackOff>>,
+}
+
+/// The endpoints a retry's host selection rejects, as Envoy's retry host predicates: the load
+/// balancer picks again while a predicate rejects its pick, up to `max_attempts` times, and
+/// the last pick serves when every one was rejected. The first attempt is never filtered.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct HostSelection {
+    /// `envoy.retry_host_predicates.previous_hosts`: an endpoint this request already tried.
+    pub omit_previous: bool,
+    /// `envoy.retry_host_predicates.omit_host_metadata`, one label set per predicate: an
+    /// endpoint whose `envoy.lb` tags hold every label of one (an empty set matches every
+    /// endpoint, as Envoy's `metadataLabelMatch`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub request_headers: Vec<HeaderMatch>,
+    pub omit_tags: Vec<BTreeMap<String, String>>,
+    /// Picks after the first one a predicate rejected (Envoy's default 1).
+    pub max_attempts: u32,
+}
+
+impl HostSelection {
+    /// Whether an endpoint of `tags` is rejected by an `omit_host_metadata` predicate.
+    pub fn omits_tags(&self, tags: &BTreeMap<String, String>) -> bool {
+        self.omit_tags
+            .iter()
+            .any(|labels| labels.iter().all(|(k, v)| tags.get(k) == Some(v)))
+    }
+}
+
+/// A pause a retriable response asks for (Envoy's `RateLimitedRetryBackOff`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RateLimitedBackOff {
+    /// The headers read, in order; the first that gives an interval within `max_interval`
+    /// sets the pause.
+    pub reset_headers: Vec<ResetHeader>,
+    /// The longest interval taken from a header; a longer one is ignored (Envoy's default
+    /// 300 s).
+    #[serde(serialize_with = "super::millis::serialize")]
+    pub max_interval: Duration,
+}
+
+/// One header of a rate-limited back-off (`Retry-After`, `X-RateLimit-Reset`, ...).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ResetHeader {
+    /// Its name, lowercase.
+    pub name: String,
+    /// How its value reads.
+    pub format: ResetFormat,
+}
+
+/// How a reset header's value gives the interval (Envoy's `ResetHeaderFormat`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub enum ResetFormat {
+    /// Seconds to wait.
+    Seconds,
+    /// The Unix time (seconds) to wait until.
+    UnixTimestamp,
+}
+
+impl RateLimitedBackOff {
+    /// Envoy's default `max_interval`.
+    pub const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(300);
+
+    /// The interval a response asks for, as Envoy's `parseResetInterval`: the first reset
+    /// header whose first value (`first(name)`) reads as a whole number of seconds, not over
+    /// `max_interval`; `now_secs`: the Unix time now, for timestamps.
+    pub fn interval<'v>(
+        &self,
+        first: impl Fn(&str) -> Option<&'v str>,
+        now_secs: u64,
+    ) -> Option<Duration> {
+        self.reset_headers.iter().find_map(|h| {
+            let value = first(&h.name)?;
+            h.format
+                .interval(value, now_secs)
+                .filter(|d| *d <= self.max_interval)
+        })
+    }
+
+    /// The pause for an `interval` a response asked for: Envoy's jittered lower bound, a
+    /// random time from `interval` up to 1.5 × `interval` (whole milliseconds, `jitter` a
+    /// random number); `None` for an interval of a millisecond or less (Envoy then takes its
+    /// exponential back-off).
+    pub fn pause(interval: Duration, jitter: u64) -> Option<Duration> {
+        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        (ms > 1).then(|| Duration::from_millis(jitter % (ms >> 1) + ms))
+    }
+}
+
+impl ResetFormat {
+    /// The interval `value` gives (absl's `SimpleAtoi` of a `u64`: surrounding whitespace and
+    /// one `+` allowed); a timestamp in the past gives none.
+    fn interval(self, value: &str, now_secs: u64) -> Option<Duration> {
+        let digits = value.trim_ascii();
+        let digits = digits.strip_prefix('+').unwrap_or(digits);
+        if !digits.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = digits.parse().ok()?;
+        let seconds = match self {
+            ResetFormat::Seconds => n,
+            ResetFormat::UnixTimestamp => n.checked_sub(now_secs)?,
+        };
+        Some(Duration::from_secs(seconds))
+    }
 }
 
 /// Envoy's `retry_on` conditions that Bearing honours.
@@ -67,8 +182,8 @@ pub struct RetryOn {
     pub grpc_statuses: Vec<u32>,
     /// `retriable-headers`: a response with a header meeting one of these (kuma-cp's
     /// `retriableResponseHeaders`). No regular expression (the translation refuses one).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<HeaderMatch>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub headers: Box<[HeaderMatch]>,
 }
 
 impl RetryPolicy {
@@ -115,14 +230,18 @@ impl RetryPolicy {
             per_try_timeout: Some(Duration::from_secs(16)),
             back_off_base: Self::DEFAULT_BACK_OFF_BASE,
             back_off_max: Duration::from_millis(250),
-            request_headers: Vec::new(),
+            request_headers: Box::default(),
+            host_selection: None,
+            rate_limited: None,
         }
     }
 
     /// Whether the policy reads the request's or the responses' headers (its
-    /// `request_headers`, `on.headers`).
+    /// `request_headers`, `on.headers`, a rate-limited back-off's reset headers).
     pub fn reads_headers(&self) -> bool {
-        !self.request_headers.is_empty() || !self.on.headers.is_empty()
+        !self.request_headers.is_empty()
+            || !self.on.headers.is_empty()
+            || self.rate_limited.is_some()
     }
 
     /// Whether a request is retried at all: it meets one of `request_headers` (any when there
@@ -221,6 +340,86 @@ mod tests {
         let ceilings: Vec<u128> = (1..=5).map(|n| p.back_off_ceiling(n).as_millis()).collect();
         assert_eq!(ceilings, [25, 75, 175, 250, 250]);
         assert_eq!(p.back_off_ceiling(40), Duration::from_millis(250));
+    }
+
+    /// Envoy's `parseResetInterval`: headers in order, the first value of each, a whole
+    /// number of seconds or a Unix time not past, an interval over the maximum skipped.
+    #[test]
+    fn reset_headers_give_the_interval_as_envoy_reads_them() {
+        let back_off = RateLimitedBackOff {
+            reset_headers: vec![
+                ResetHeader {
+                    name: "retry-after".into(),
+                    format: ResetFormat::Seconds,
+                },
+                ResetHeader {
+                    name: "x-ratelimit-reset".into(),
+                    format: ResetFormat::UnixTimestamp,
+                },
+            ],
+            max_interval: Duration::from_secs(5),
+        };
+        let now = 1_000_000;
+        let interval = |retry_after: Option<&'static str>, reset: Option<&'static str>| {
+            let first = |name: &str| match name {
+                "retry-after" => retry_after,
+                "x-ratelimit-reset" => reset,
+                _ => None,
+            };
+            back_off.interval(first, now)
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(interval(Some("2"), None), secs(2));
+        assert_eq!(interval(Some(" +3 "), None), secs(3));
+        assert_eq!(interval(Some("0"), None), secs(0));
+        // Not a number, negative or over the maximum: the next header.
+        assert_eq!(interval(Some("soon"), Some("1000004")), secs(4));
+        assert_eq!(interval(Some("-1"), None), None);
+        assert_eq!(interval(Some("6"), Some("1000001")), secs(1));
+        assert_eq!(interval(None, Some("1000006")), None);
+        // A time past.
+        assert_eq!(interval(None, Some("999999")), None);
+        assert_eq!(interval(None, None), None);
+    }
+
+    /// Envoy's jittered lower bound: from the interval to 1.5 times it; an interval of a
+    /// millisecond or none leaves the exponential back-off.
+    #[test]
+    fn a_rate_limited_pause_is_the_interval_and_up_to_half_again() {
+        let second = Duration::from_secs(1);
+        assert_eq!(RateLimitedBackOff::pause(second, 0), Some(second));
+        assert_eq!(
+            RateLimitedBackOff::pause(second, 499),
+            Some(Duration::from_millis(1499))
+        );
+        assert_eq!(RateLimitedBackOff::pause(second, 500), Some(second));
+        assert_eq!(RateLimitedBackOff::pause(Duration::ZERO, 7), None);
+        assert_eq!(RateLimitedBackOff::pause(Duration::from_millis(1), 7), None);
+    }
+
+    /// `omit_host_metadata`: every label of one predicate's set in the endpoint's tags; an
+    /// empty set matches every endpoint (Envoy's `metadataLabelMatch`).
+    #[test]
+    fn host_tags_are_omitted_when_they_hold_every_label_of_a_predicate() {
+        let tags = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let selection = HostSelection {
+            omit_tags: vec![tags(&[("version", "v1"), ("zone", "a")])],
+            ..HostSelection::default()
+        };
+        assert!(selection.omits_tags(&tags(&[("version", "v1"), ("zone", "a"), ("x", "y")])));
+        assert!(!selection.omits_tags(&tags(&[("version", "v1")])));
+        assert!(!selection.omits_tags(&tags(&[("version", "v2"), ("zone", "a")])));
+        assert!(!HostSelection::default().omits_tags(&tags(&[])));
+        let every = HostSelection {
+            omit_tags: vec![tags(&[])],
+            ..HostSelection::default()
+        };
+        assert!(every.omits_tags(&tags(&[])) && every.omits_tags(&tags(&[("a", "b")])));
     }
 
     #[test]

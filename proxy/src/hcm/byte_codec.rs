@@ -30,7 +30,7 @@ use std::time::Duration;
 use bearing_gateway::HeaderEdits;
 use bearing_http1::{parse_request, parse_response, BodyLength, BodyProgress, NotForwarded};
 use bearing_http1::{Refused, RequestHead, ResponseHead};
-use bearing_proxy_config::RetryPolicy;
+use bearing_proxy_config::{RateLimitedBackOff, RetryPolicy};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
@@ -968,6 +968,11 @@ impl<'a> UpstreamCodec for Upstream<'a, '_> {
     /// is forwarded (`route_head`), so no answer of this codec meets one.
     fn headers_ask_retry(_: &Self::Answer, _: &RetryPolicy) -> bool {
         false
+    }
+
+    /// Never asked, as [`Self::headers_ask_retry`]: a rate-limited back-off reads headers.
+    fn reset_interval(_: &Self::Answer, _: &RateLimitedBackOff) -> Option<Duration> {
+        None
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bearing_gateway::HeaderEdits;
 use bearing_http1::{valid_host, MAX_HEAD, MAX_HEADERS};
-use bearing_proxy_config::RetryPolicy;
+use bearing_proxy_config::{RateLimitedBackOff, RetryPolicy};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -609,6 +609,18 @@ impl UpstreamCodec for Upstream<'_> {
 
     fn headers_ask_retry(resp: &Response<UpstreamBody>, policy: &RetryPolicy) -> bool {
         policy.retries_headers(|name| header_values(resp.headers(), name))
+    }
+
+    fn reset_interval(
+        resp: &Response<UpstreamBody>,
+        back_off: &RateLimitedBackOff,
+    ) -> Option<Duration> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // Envoy reads a reset header's first value only.
+        let first = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        back_off.interval(first, now)
     }
 }
 

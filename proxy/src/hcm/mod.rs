@@ -36,7 +36,7 @@ use bearing_gateway::HeaderEdits;
 use bearing_http1::RequestHead;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use bearing_proxy_config::RetryPolicy;
+use bearing_proxy_config::{HostSelection, RateLimitedBackOff, RetryPolicy};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -240,6 +240,10 @@ pub(crate) trait UpstreamCodec {
 
     /// Whether an answer's response headers meet `policy`'s `retriable-headers` matches.
     fn headers_ask_retry(answer: &Self::Answer, policy: &RetryPolicy) -> bool;
+
+    /// The interval an answer's reset headers ask to wait before the retry (`back_off`'s,
+    /// [`RateLimitedBackOff::interval`]); `None`: none.
+    fn reset_interval(answer: &Self::Answer, back_off: &RateLimitedBackOff) -> Option<Duration>;
 }
 
 /// Sends `request` (of hash `hash`, for a consistent-hashing cluster) to `cluster` through
@@ -253,9 +257,12 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
     // The request's own timeout, which every try and its connect fall within.
     let deadline = codec.limit().map(|t| Instant::now() + t);
     let outcome = match retry {
-        None => try_endpoint((cluster, hash), codec, request, deadline, &mut None)
-            .await
-            .map_err(|(failure, _)| failure),
+        None => {
+            let pool = cluster.rotation(hash).next();
+            try_endpoint((cluster, pool), codec, request, deadline, &mut None)
+                .await
+                .map_err(|(failure, _)| failure)
+        }
         Some(policy) => retrying((cluster, hash), (policy, deadline), codec, request).await,
     };
     if let Err(UpstreamError::Timeout(_)) = &outcome {
@@ -267,8 +274,10 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
 /// Sends `request` to `cluster` through `codec` under `policy`: after an attempt the policy
 /// retries (a retriable status or gRPC status, a connect failure, a reset, a refused stream,
 /// the attempt's timeout), the request goes again, to the endpoint the load balancer gives
-/// next (the same one for the same hash, as Envoy's without a retry host predicate), after
-/// Envoy's jittered exponential back-off, up to `num_retries` times, each attempt
+/// next (the same one for the same hash, as Envoy's without a retry host predicate; under
+/// the policy's host selection, [`retry_endpoint`]), after Envoy's jittered exponential
+/// back-off (or the interval a retriable response's reset headers ask for, under a
+/// rate-limited back-off), up to `num_retries` times, each attempt
 /// within the per-try timeout and all of them within the request's own timeout. A request
 /// that never reached an endpoint goes again itself; one that did goes as the codec's copy,
 /// so a request it cannot copy (a streamed body) is not retried once sent. The retries hold
@@ -281,7 +290,10 @@ async fn retrying<'c, C: UpstreamCodec>(
     mut request: C::Request,
 ) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
     let mut unit = None;
-    let mut retries = 0;
+    let (mut retries, mut exponential) = (0, 0);
+    // The endpoints tried, by pool, kept only under `previous_hosts` and only once a retry
+    // comes (a request answered at once allocates nothing).
+    let mut tried_pools: Vec<usize> = Vec::new();
     loop {
         let more = retries < policy.num_retries;
         let copy = if more { codec.copy(&request) } else { None };
@@ -290,7 +302,14 @@ async fn retrying<'c, C: UpstreamCodec>(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let tried = try_endpoint((cluster, hash), codec, request, this_try, &mut unit).await;
+        let pool = match &policy.host_selection {
+            Some(selection) if retries > 0 => {
+                retry_endpoint(cluster, hash, selection, &tried_pools)
+            }
+            _ => cluster.rotation(hash).next(),
+        };
+        let attempted = pool.as_deref().map(|p| Arc::as_ptr(p) as usize);
+        let tried = try_endpoint((cluster, pool), codec, request, this_try, &mut unit).await;
         let (outcome, undelivered) = match tried {
             Ok(answer) => (Ok(answer), None),
             Err((failure, undelivered)) => (Err(failure), undelivered),
@@ -309,10 +328,31 @@ async fn retrying<'c, C: UpstreamCodec>(
             return outcome;
         }
         retries += 1;
-        let ceiling = policy.back_off_ceiling(retries);
-        let pause = ceiling.mul_f64(rand::random::<f64>());
+        // Envoy's rate-limited back-off: the interval a retriable response asked for, once.
+        let asked = match (&outcome, &policy.rate_limited) {
+            (Ok((answer, _)), Some(back_off)) => C::reset_interval(answer, back_off)
+                .and_then(|i| RateLimitedBackOff::pause(i, rand::random())),
+            _ => None,
+        };
+        let pause = match asked {
+            Some(pause) => {
+                cluster.stats.rq_retry_backoff_ratelimited.inc();
+                pause
+            }
+            None => {
+                exponential += 1;
+                cluster.stats.rq_retry_backoff_exponential.inc();
+                let ceiling = policy.back_off_ceiling(exponential);
+                ceiling.mul_f64(rand::random::<f64>())
+            }
+        };
         if deadline.is_some_and(|d| Instant::now() + pause >= d) {
             return outcome;
+        }
+        if let (Some(selection), Some(pool)) = (&policy.host_selection, attempted) {
+            if selection.omit_previous && !tried_pools.contains(&pool) {
+                tried_pools.push(pool);
+            }
         }
         // An answer not relayed: its connection closes with it.
         drop(outcome);
@@ -320,6 +360,21 @@ async fn retrying<'c, C: UpstreamCodec>(
         tokio::time::sleep(pause).await;
         request = again;
     }
+}
+
+/// The endpoint of a retry under `selection` (Envoy's retry host predicates): the load
+/// balancer picks again while the pick is one of `tried` (`previous_hosts`) or carries the
+/// tags of an `omit_host_metadata` predicate, up to `max_attempts` more picks.
+fn retry_endpoint<'c>(
+    cluster: &'c ClusterRuntime,
+    hash: Option<u64>,
+    selection: &HostSelection,
+    tried: &[usize],
+) -> Option<PoolRef<'c>> {
+    cluster.pick_for_retry(hash, selection.max_attempts, |pool, endpoint| {
+        (selection.omit_previous && tried.contains(&(Arc::as_ptr(pool) as usize)))
+            || selection.omits_tags(&endpoint.tags)
+    })
 }
 
 /// Whether `policy` sends a request again after it failed with `failure`.
@@ -356,8 +411,8 @@ fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// One try of `request` to `cluster` through `codec`, answered by `deadline` (Envoy's route
-/// and per-try timeouts span the connect too): the endpoint the cluster's load balancer
-/// gives (by `hash` for consistent hashing). A
+/// and per-try timeouts span the connect too): to `pool`, the endpoint the cluster's load
+/// balancer gave (`None`: none serves). A
 /// connect failure, or a fresh connection closed before the request was written, ends the
 /// try (Envoy's router picks another endpoint only for a retry its policy asks for); a
 /// reused connection found stale (closed before the request was written, or before answering
@@ -366,13 +421,13 @@ fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
 /// then holds for the rest of the request. Gives the answer and the pool of the endpoint
 /// that gave it, or the failure and, when it never reached the endpoint, the request.
 async fn try_endpoint<'c, C: UpstreamCodec>(
-    (cluster, hash): (&'c ClusterRuntime, Option<u64>),
+    (cluster, pool): (&'c ClusterRuntime, Option<PoolRef<'c>>),
     codec: &mut C,
     mut request: C::Request,
     deadline: Option<Instant>,
     retry: &mut Option<Held<&'c Occupancy>>,
 ) -> Result<(C::Answer, PoolRef<'c>), (UpstreamError, Option<C::Request>)> {
-    let Some(pool) = cluster.rotation(hash).next() else {
+    let Some(pool) = pool else {
         return Err((cluster.no_upstream(None), Some(request)));
     };
     let address = pool.address();

@@ -855,6 +855,76 @@ async fn a_connect_failure_moves_to_the_next_endpoint_only_under_a_retry_policy(
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// MeshRetry's `OmitPreviousHosts` through every codec: two endpoints answering 503 and a
+/// policy of three retries. Round robin alone alternates (each endpoint tried twice); with
+/// `previous_hosts` (one more pick, Envoy's default) the first retry goes to the endpoint
+/// not tried, and the later ones, whose two picks both meet tried endpoints, to the last
+/// pick: one endpoint once, the other three times, as Envoy's load balancer picks. With
+/// `omit_host_metadata` rejecting the second endpoint's tags, and two more picks, every
+/// retry goes to the first (the first attempt is never filtered: here the round robin's
+/// first pick, the first endpoint).
+#[tokio::test]
+async fn a_retry_host_predicate_moves_retries_off_the_endpoints_it_rejects() {
+    use bearing_proxy_config::{HostSelection, RetryOn};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let a = scripted_upstream(&[503], seen[0].clone()).await;
+    let b = scripted_upstream(&[503], seen[1].clone()).await;
+    let mut config = (*config(a, a)).clone();
+    let mut tagged = crate::upstream::plain_endpoint(b);
+    tagged.tags.insert("version".into(), "canary".into());
+    config
+        .clusters
+        .get_mut("live")
+        .unwrap()
+        .endpoints
+        .push(tagged);
+    let policy = |host_selection: Option<HostSelection>| bearing_proxy_config::RetryPolicy {
+        on: RetryOn {
+            server_error: true,
+            ..Default::default()
+        },
+        num_retries: 3,
+        back_off_base: Duration::from_millis(1),
+        back_off_max: Duration::from_millis(2),
+        host_selection: host_selection.map(Box::new),
+        ..kuma_default_retry(Duration::from_secs(2))
+    };
+    let previous = HostSelection {
+        omit_previous: true,
+        max_attempts: 1,
+        ..HostSelection::default()
+    };
+    let canary = HostSelection {
+        omit_tags: vec![[("version".to_string(), "canary".to_string())].into()],
+        max_attempts: 2,
+        ..HostSelection::default()
+    };
+    let mut failures = Vec::new();
+    for (selection, wanted) in [
+        (None, [2, 2]),
+        (Some(previous), [1, 3]),
+        (Some(canary), [4, 0]),
+    ] {
+        config.listeners[0].retry = Some(policy(selection.clone()));
+        for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+            // A fresh round robin: the first attempt goes to the first endpoint.
+            let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+            proxy.apply(Arc::new(config.clone()));
+            seen.iter().for_each(|s| s.store(0, Ordering::SeqCst));
+            let case = answered_get("retried", "/", (503, "5"));
+            let answer = ask(&proxy, codec, &case).await;
+            let tries = seen.each_ref().map(|s| s.load(Ordering::SeqCst));
+            if answer.0 != 503 || tries != wanted {
+                failures.push(format!(
+                    "{selection:?} ({codec:?}): {answer:?}, tries {tries:?}, wanted {wanted:?}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 /// A listener whose one route has Kuma's default retry policy, through every codec: an
 /// origin answering 503,
 /// 502, then 200 gets each request three times and the client the 200 (a POST's held body
