@@ -401,6 +401,12 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "reuse_connection",
             "http_health_check",
             "tcp_health_check",
+            "grpc_health_check",
+            // The event log: file sinks only (`health.rs`).
+            "event_log_path",
+            "event_logger",
+            "always_log_health_check_failures",
+            "always_log_health_check_success",
             "no_traffic_interval",
             "no_traffic_healthy_interval",
             "unhealthy_interval",
@@ -426,6 +432,15 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         &["send", "receive"],
     ),
     ("envoy.config.core.v3.HealthCheck.Payload", &["text", "binary"]),
+    // `initial_metadata` (headers added to the call) is not implemented.
+    (
+        "envoy.config.core.v3.HealthCheck.GrpcHealthCheck",
+        &["service_name", "authority"],
+    ),
+    (
+        "envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
+        &["event_log_path"],
+    ),
     (
         "envoy.config.cluster.v3.OutlierDetection",
         &[
@@ -889,17 +904,6 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
         "CommonTlsContext.tls_params",
         "TLS versions and ciphers (MeshTLS)",
     ),
-    ("HealthCheck.grpc_health_check", "gRPC health checks"),
-    ("HealthCheck.event_log_path", "health check event logs"),
-    ("HealthCheck.event_logger", "health check event logs"),
-    (
-        "HealthCheck.always_log_health_check_failures",
-        "health check event logs",
-    ),
-    (
-        "HealthCheck.always_log_health_check_success",
-        "health check event logs",
-    ),
     ("CommonLbConfig.zone_aware_lb_config", "load balancing"),
     ("RetryPolicy.rate_limited_retry_back_off", "retries"),
     ("RetryPolicy.retry_host_predicate", "retries"),
@@ -1272,7 +1276,8 @@ mod tests {
     fn policies_are_named_as_policies() {
         let bad = walk(
             serde_json::json!({"name": "c", "commonLbConfig": {"zoneAwareLbConfig": {}},
-            "healthChecks": [{"grpcHealthCheck": {}}]}),
+            "healthChecks": [{"grpcHealthCheck": {"authority": "a",
+                "initialMetadata": [{"header": {"key": "a", "value": "b"}}]}}]}),
         );
         let reasons: Vec<_> = bad
             .iter()
@@ -1284,13 +1289,14 @@ mod tests {
             ),
             "{reasons:?}"
         );
-        assert!(
-            reasons
-                .iter()
-                .any(|(p, r)| p.ends_with("grpc_health_check")
-                    && r.starts_with("gRPC health checks")),
-            "{reasons:?}"
-        );
+        // A gRPC check is translated but for its initial metadata.
+        let grpc: Vec<_> = reasons
+            .iter()
+            .filter(|(p, _)| p.contains("grpc_health_check"))
+            .collect();
+        assert_eq!(grpc.len(), 1, "{reasons:?}");
+        assert!(grpc[0].0.ends_with("grpc_health_check.initial_metadata"));
+        assert!(grpc[0].1.contains("not implemented"));
     }
 
     #[test]
