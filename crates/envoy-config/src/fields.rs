@@ -760,6 +760,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
 
 /// Extensions (`typed_config` types) whose configuration is walked; any other is NACKed.
 const EXTENSIONS: &[&str] = &[
+    "envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
     "envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
     "envoy.extensions.access_loggers.file.v3.FileAccessLog",
@@ -1265,6 +1266,15 @@ mod tests {
     #[test]
     fn accepted_fields_pass_and_others_are_named() {
         let ok = walk(serde_json::json!({"name": "c", "connectTimeout": "5s", "type": "EDS"}));
+        assert_eq!(ok, vec![]);
+        // kuma-cp's MeshHealthCheck gRPC check with its event log.
+        let ok = walk(serde_json::json!({"name": "c", "healthChecks": [{
+            "grpcHealthCheck": {"authority": "a", "serviceName": "s"}, "interval": "1s",
+            "timeout": "1s", "unhealthyThreshold": 1, "healthyThreshold": 1,
+            "alwaysLogHealthCheckFailures": true, "eventLogger": [{
+                "name": "envoy.health_check.event_sinks.file", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
+                "eventLogPath": "/tmp/hc.log"}}]}]}));
         assert_eq!(ok, vec![]);
         let bad = walk(serde_json::json!({"name": "c", "dnsJitter": "1s"}));
         assert_eq!(bad.len(), 1);
