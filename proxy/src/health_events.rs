@@ -25,11 +25,13 @@ use crate::access_log::{LogFile, LogFiles};
 use crate::health_check::Verdict;
 use crate::stats::Stats;
 
-/// One health check's event log: the cluster's name, the checker's type and the files.
+/// One health check's event log: the cluster's name, the checker's type, which verdicts
+/// are logged beyond changes and first checks, and the files.
 pub(crate) struct EventLogger {
     cluster: String,
     checker: &'static str,
-    config: EventLog,
+    always_log_failures: bool,
+    always_log_success: bool,
     files: Vec<Arc<LogFile>>,
 }
 
@@ -57,7 +59,8 @@ impl EventLogger {
                 Probe::Tcp(_) => "TCP",
                 Probe::Grpc(_) => "GRPC",
             },
-            config: log.clone(),
+            always_log_failures: log.always_log_failures,
+            always_log_success: log.always_log_success,
             files: log.paths.iter().map(|p| files.file(p, stats)).collect(),
         }
     }
@@ -75,7 +78,7 @@ impl EventLogger {
             None if was_failed && !now_failed => {
                 self.write(host, Event::AddHealthy { first }, SystemTime::now())
             }
-            None if self.config.always_log_success => {
+            None if self.always_log_success => {
                 self.write(host, Event::Successful, SystemTime::now())
             }
             None => {}
@@ -84,7 +87,7 @@ impl EventLogger {
                 if !was_failed && now_failed {
                     self.write(host, Event::Eject { kind, status }, now);
                 }
-                if first || self.config.always_log_failures {
+                if first || self.always_log_failures {
                     self.write(
                         host,
                         Event::Failure {
