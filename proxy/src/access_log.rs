@@ -54,23 +54,29 @@ impl LogFiles {
         if logs.is_empty() {
             return None;
         }
-        let mut open = lock(&self.open);
-        open.retain(|_, file| file.strong_count() > 0);
         let sinks = logs
             .iter()
             .map(|log| {
-                let file = match open.get(&log.path).and_then(Weak::upgrade) {
-                    Some(file) => file,
-                    None => {
-                        let file = LogFile::start(&log.path, stats.access_log_dropped(&log.path));
-                        open.insert(log.path.clone(), Arc::downgrade(&file));
-                        file
-                    }
-                };
+                let file = self.file(&log.path, stats);
                 (log.format.clone(), file, log.filter.clone())
             })
             .collect();
         Some(Arc::new(ListenerLog { sinks }))
+    }
+
+    /// The writer of `path` (started if no one uses it yet), shared by access logs and
+    /// health check event logs.
+    pub(crate) fn file(&self, path: &str, stats: &Stats) -> Arc<LogFile> {
+        let mut open = lock(&self.open);
+        open.retain(|_, file| file.strong_count() > 0);
+        match open.get(path).and_then(Weak::upgrade) {
+            Some(file) => file,
+            None => {
+                let file = LogFile::start(path, stats.access_log_dropped(path));
+                open.insert(path.to_string(), Arc::downgrade(&file));
+                file
+            }
+        }
     }
 }
 
@@ -104,7 +110,7 @@ impl ListenerLog {
 }
 
 /// One file and its writer thread.
-struct LogFile {
+pub(crate) struct LogFile {
     shared: Arc<Shared>,
 }
 
@@ -149,7 +155,7 @@ impl LogFile {
     }
 
     /// Appends one rendered line (dropped and counted when too much is pending).
-    fn append(&self, line: &[u8]) {
+    pub(crate) fn append(&self, line: &[u8]) {
         let shared = &*self.shared;
         let mut pending = lock(&shared.state);
         if pending.bytes.len() + line.len() > MAX_PENDING {

@@ -1,5 +1,5 @@
 //! Envoy's active health checking: one checker task per (cluster, endpoint) probes the
-//! endpoint on its own schedule (HTTP or TCP), and the verdicts move its
+//! endpoint on its own schedule (HTTP, TCP or gRPC, `health_grpc`), and the verdicts move its
 //! [`HostHealth`](crate::health::HostHealth) as Envoy's `ActiveHealthCheckSession` does:
 //!
 //! - a new host of a checked cluster is unhealthy until checked; its first passing check
@@ -17,7 +17,8 @@
 //! are not traffic: they count in no traffic metric and take no circuit-breaker unit.
 //! [`HealthWatch`] keeps the checkers (and each cluster's outlier sweep) across config
 //! applies: a cluster whose health settings are unchanged keeps them, pointed at its new
-//! runtime; an endpoint gone stops its checker.
+//! runtime; an endpoint gone stops its checker. A check with an event log writes what its
+//! verdicts do (`health_events`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,10 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::LogFiles;
+use crate::health_events::{EventLogger, Host};
+use crate::health_grpc::grpc_probe;
+use crate::stats::Stats;
 use crate::upstream::{ClusterRuntime, EndpointPool, UpstreamStream};
 
 /// Envoy's `cluster.<name>.health_check.*` counters.
@@ -53,10 +58,13 @@ pub struct HealthCheckStats {
 pub enum Verdict {
     /// Passed.
     Healthy,
-    /// The host answered, wrongly: unhealthy at once unless `retriable`.
-    Active { retriable: bool },
-    /// Connect failure, reset, timeout, or the peer closing before the answer.
+    /// The host answered, wrongly: unhealthy at once unless `retriable`; `status` is the
+    /// HTTP status of an HTTP check's answer (0 for others), as Envoy's events report it.
+    Active { retriable: bool, status: u16 },
+    /// Connect failure, reset, or the peer closing before the answer.
     Network,
+    /// No answer within the check's timeout (counted as a network failure).
+    Timeout,
 }
 
 /// Whether a verdict changed the host's health (Envoy's `HealthTransition`).
@@ -103,7 +111,12 @@ impl Session {
             if !host.failed_active() {
                 let counted = matches!(
                     verdict,
-                    Verdict::Network | Verdict::Active { retriable: true }
+                    Verdict::Network
+                        | Verdict::Timeout
+                        | Verdict::Active {
+                            retriable: true,
+                            ..
+                        }
                 );
                 self.unhealthy_run += 1;
                 if !counted || self.unhealthy_run == check.unhealthy_threshold {
@@ -158,13 +171,14 @@ fn with_jitter(base: Duration, check: &HealthCheck) -> Duration {
 }
 
 /// A connection kept from one probe to the next.
-enum Kept {
+pub(crate) enum Kept {
     Http(HttpSender),
     Tcp(UpstreamStream),
+    Grpc(http2::SendRequest<http_body_util::Full<Bytes>>),
 }
 
 /// An HTTP probe's connection.
-enum HttpSender {
+pub(crate) enum HttpSender {
     H1(http1::SendRequest<Empty<Bytes>>),
     H2(http2::SendRequest<Empty<Bytes>>),
 }
@@ -234,12 +248,14 @@ async fn http_probe(
     } else {
         Verdict::Active {
             retriable: within(&probe.retriable_statuses),
+            status,
         }
     };
     (verdict, (!closes).then_some(Kept::Http(sender)))
 }
 
-fn spawn_connection<C>(conn: C, address: std::net::SocketAddr)
+/// Runs a probe connection's driver until it ends.
+pub(crate) fn spawn_connection<C>(conn: C, address: std::net::SocketAddr)
 where
     C: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
 {
@@ -336,6 +352,8 @@ fn receives(buffer: &[u8], blocks: &[Vec<u8>]) -> bool {
 /// A cluster's health tasks, kept across applies while its health settings are unchanged.
 struct Watched {
     health: EndpointHealth,
+    /// The check's event log, if it has one.
+    events: Option<EventLogger>,
     /// The cluster's runtime in force: probes use its transport, verdicts refresh its plan.
     cluster: ArcSwap<ClusterRuntime>,
     /// Stops the outlier sweep and every checker.
@@ -355,8 +373,14 @@ impl HealthWatch {
     /// Puts the health tasks of `clusters` (the config just applied) in force: a cluster with
     /// unchanged health settings keeps its tasks (its new endpoints get checkers, those gone
     /// lose theirs), others start afresh (every endpoint waiting for its first check, no
-    /// ejection), and clusters gone or without health signal stop theirs.
-    pub fn apply(&self, clusters: &HashMap<String, Arc<ClusterRuntime>>) {
+    /// ejection), and clusters gone or without health signal stop theirs. Event logs are
+    /// written through `files`.
+    pub fn apply(
+        &self,
+        clusters: &HashMap<String, Arc<ClusterRuntime>>,
+        files: &LogFiles,
+        stats: &Stats,
+    ) {
         let mut all = self.by_cluster.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|name, watched| {
             let keep = clusters
@@ -386,7 +410,12 @@ impl HealthWatch {
                     if let Some(detector) = &health.detector {
                         detector.adopt(health.pools());
                     }
+                    let events = cluster.config.health.check.as_ref().and_then(|c| {
+                        let log = c.event_log.as_ref()?;
+                        Some(EventLogger::new(name, &c.probe, log, files, stats))
+                    });
                     let watched = Arc::new(Watched {
+                        events,
                         health: cluster.config.health.clone(),
                         cluster: ArcSwap::new(cluster.clone()),
                         stop: CancellationToken::new(),
@@ -455,25 +484,38 @@ async fn run_checker(
             match &check.probe {
                 Probe::Http(http) => http_probe(&cluster, &pool, http, kept.take()).await,
                 Probe::Tcp(tcp) => tcp_probe(&cluster, &pool, tcp, kept.take()).await,
+                Probe::Grpc(grpc) => {
+                    grpc_probe(&cluster, &pool, grpc, check.timeout, kept.take()).await
+                }
             }
         };
         let (verdict, next) = tokio::select! {
             outcome = tokio::time::timeout(check.timeout, probe) => {
-                outcome.unwrap_or((Verdict::Network, None))
+                outcome.unwrap_or((Verdict::Timeout, None))
             }
             () = stop.cancelled() => return,
         };
         // Envoy keeps the connection after any answer (a wrong status too) unless told not to.
-        kept = next.filter(|_| check.reuse_connection && verdict != Verdict::Network);
+        let network = matches!(verdict, Verdict::Network | Verdict::Timeout);
+        kept = next.filter(|_| check.reuse_connection && !network);
         match verdict {
             Verdict::Healthy => stats.success.inc(),
-            Verdict::Network => {
+            Verdict::Network | Verdict::Timeout => {
                 stats.failure.inc();
                 stats.network_failure.inc()
             }
             Verdict::Active { .. } => stats.failure.inc(),
         };
+        let (first, was_failed) = (pool.health().is_pending(), pool.health().failed_active());
         let transition = session.record(verdict, pool.health(), &check);
+        if let Some(events) = &watched.events {
+            let host = Host {
+                address: pool.address(),
+                described: described(&cluster, &pool),
+            };
+            let now_failed = pool.health().failed_active();
+            events.verdict(&host, verdict, first, (was_failed, now_failed));
+        }
         let mut changed = transition == Transition::Changed;
         if changed {
             tracing::info!(cluster = %cluster.config.name, endpoint = %pool.address(),
@@ -496,6 +538,19 @@ async fn run_checker(
             () = stop.cancelled() => return,
         }
     }
+}
+
+/// What `cluster`'s config keeps of `pool`'s endpoint for health check events.
+fn described<'a>(
+    cluster: &'a ClusterRuntime,
+    pool: &Arc<EndpointPool>,
+) -> Option<&'a bearing_proxy_config::EventHost> {
+    let at = cluster
+        .health()?
+        .pools()
+        .iter()
+        .position(|p| Arc::ptr_eq(p, pool))?;
+    cluster.config.endpoints.get(at)?.event_host.as_ref()
 }
 
 /// A cluster's outlier sweep, every `interval` until its health tasks stop.
@@ -548,6 +603,7 @@ mod tests {
             unhealthy_threshold: unhealthy,
             healthy_threshold: healthy,
             reuse_connection: true,
+            event_log: None,
             probe: Probe::Tcp(TcpProbe {
                 send: Vec::new(),
                 receive: Vec::new(),
@@ -581,9 +637,15 @@ mod tests {
         );
         assert_eq!(s.record(Verdict::Healthy, &host, &c), Transition::Changed);
         // An unexpected status: unhealthy at once; a retriable one counts.
-        let r = Verdict::Active { retriable: true };
+        let r = Verdict::Active {
+            retriable: true,
+            status: 503,
+        };
         assert_eq!(s.record(r, &host, &c), Transition::ChangePending);
-        let wrong = Verdict::Active { retriable: false };
+        let wrong = Verdict::Active {
+            retriable: false,
+            status: 404,
+        };
         assert_eq!(s.record(wrong, &host, &c), Transition::Changed);
         assert!(host.failed_active());
     }
@@ -712,7 +774,8 @@ mod tests {
         ));
         let watch = HealthWatch::default();
         let clusters = HashMap::from([("checked".to_string(), runtime.clone())]);
-        watch.apply(&clusters);
+        let (files, proxy_stats) = (LogFiles::default(), Stats::new());
+        watch.apply(&clusters, &files, &proxy_stats);
         tokio::time::timeout(Duration::from_secs(5), async {
             while pools[0].health().failed_active() || pools[1].health().is_pending() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -733,7 +796,7 @@ mod tests {
             };
             assert_eq!(peer, Some(at[0]));
         }
-        watch.apply(&HashMap::new());
+        watch.apply(&HashMap::new(), &files, &proxy_stats);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let attempts = stats.health_check.attempt.get();
         tokio::time::sleep(Duration::from_millis(300)).await;

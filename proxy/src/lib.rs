@@ -29,6 +29,8 @@ pub mod gateway;
 pub mod hcm;
 pub mod health;
 pub mod health_check;
+pub(crate) mod health_events;
+pub(crate) mod health_grpc;
 pub mod idle;
 pub mod io;
 pub mod kuma_dp_flags;

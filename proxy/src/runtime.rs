@@ -198,7 +198,7 @@ impl Proxy {
         }
         self.resolutions
             .retain(|name| config.clusters.get(name).is_some_and(|c| c.dns.is_some()));
-        self.health.apply(&clusters);
+        self.health.apply(&clusters, &self.log_files, &self.stats);
         let mut listeners = HashMap::new();
         let mut inbound_ports = HashMap::new();
         let mut build_errors = BTreeMap::new();

@@ -1544,6 +1544,7 @@ pub(crate) fn plain_endpoint(address: SocketAddr) -> Endpoint {
         hostname: None,
         tls_match: None,
         priority: 0,
+        event_host: None,
     }
 }
 

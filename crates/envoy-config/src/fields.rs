@@ -422,6 +422,12 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "reuse_connection",
             "http_health_check",
             "tcp_health_check",
+            "grpc_health_check",
+            // The event log: file sinks only (`health.rs`).
+            "event_log_path",
+            "event_logger",
+            "always_log_health_check_failures",
+            "always_log_health_check_success",
             "no_traffic_interval",
             "no_traffic_healthy_interval",
             "unhealthy_interval",
@@ -447,6 +453,15 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         &["send", "receive"],
     ),
     ("envoy.config.core.v3.HealthCheck.Payload", &["text", "binary"]),
+    // `initial_metadata` (headers added to the call) is not implemented.
+    (
+        "envoy.config.core.v3.HealthCheck.GrpcHealthCheck",
+        &["service_name", "authority"],
+    ),
+    (
+        "envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
+        &["event_log_path"],
+    ),
     (
         "envoy.config.cluster.v3.OutlierDetection",
         &[
@@ -766,6 +781,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
 
 /// Extensions (`typed_config` types) whose configuration is walked; any other is NACKed.
 const EXTENSIONS: &[&str] = &[
+    "envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
     "envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
     "envoy.extensions.access_loggers.file.v3.FileAccessLog",
@@ -912,17 +928,6 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     (
         "CommonTlsContext.tls_params",
         "TLS versions and ciphers (MeshTLS)",
-    ),
-    ("HealthCheck.grpc_health_check", "gRPC health checks"),
-    ("HealthCheck.event_log_path", "health check event logs"),
-    ("HealthCheck.event_logger", "health check event logs"),
-    (
-        "HealthCheck.always_log_health_check_failures",
-        "health check event logs",
-    ),
-    (
-        "HealthCheck.always_log_health_check_success",
-        "health check event logs",
     ),
     ("CommonLbConfig.zone_aware_lb_config", "load balancing"),
     ("RetryPolicy.retry_priority", "retries"),
@@ -1284,6 +1289,15 @@ mod tests {
     fn accepted_fields_pass_and_others_are_named() {
         let ok = walk(serde_json::json!({"name": "c", "connectTimeout": "5s", "type": "EDS"}));
         assert_eq!(ok, vec![]);
+        // kuma-cp's MeshHealthCheck gRPC check with its event log.
+        let ok = walk(serde_json::json!({"name": "c", "healthChecks": [{
+            "grpcHealthCheck": {"authority": "a", "serviceName": "s"}, "interval": "1s",
+            "timeout": "1s", "unhealthyThreshold": 1, "healthyThreshold": 1,
+            "alwaysLogHealthCheckFailures": true, "eventLogger": [{
+                "name": "envoy.health_check.event_sinks.file", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
+                "eventLogPath": "/tmp/hc.log"}}]}]}));
+        assert_eq!(ok, vec![]);
         let bad = walk(serde_json::json!({"name": "c", "dnsJitter": "1s"}));
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].path, "clusters[\"c\"].dns_jitter");
@@ -1294,7 +1308,8 @@ mod tests {
     fn policies_are_named_as_policies() {
         let bad = walk(
             serde_json::json!({"name": "c", "commonLbConfig": {"zoneAwareLbConfig": {}},
-            "healthChecks": [{"grpcHealthCheck": {}}]}),
+            "healthChecks": [{"grpcHealthCheck": {"authority": "a",
+                "initialMetadata": [{"header": {"key": "a", "value": "b"}}]}}]}),
         );
         let reasons: Vec<_> = bad
             .iter()
@@ -1306,13 +1321,14 @@ mod tests {
             ),
             "{reasons:?}"
         );
-        assert!(
-            reasons
-                .iter()
-                .any(|(p, r)| p.ends_with("grpc_health_check")
-                    && r.starts_with("gRPC health checks")),
-            "{reasons:?}"
-        );
+        // A gRPC check is translated but for its initial metadata.
+        let grpc: Vec<_> = reasons
+            .iter()
+            .filter(|(p, _)| p.contains("grpc_health_check"))
+            .collect();
+        assert_eq!(grpc.len(), 1, "{reasons:?}");
+        assert!(grpc[0].0.ends_with("grpc_health_check.initial_metadata"));
+        assert!(grpc[0].1.contains("not implemented"));
     }
 
     /// kuma-cp 2.14's MeshRetry `hostSelection` (its `http.listeners.golden.yaml`): the

@@ -1,14 +1,18 @@
 //! A cluster's `health_checks` (kuma-cp's MeshHealthCheck), `outlier_detection` (its
 //! MeshCircuitBreaker) and `common_lb_config.healthy_panic_threshold`, as Envoy 1.40 reads
-//! them: unset fields take Envoy's defaults. Fields Bearing does not implement (gRPC and
-//! custom checks, event logs, TLS options of the check, ...) are NACKed by the field guard.
+//! them: unset fields take Envoy's defaults. Fields Bearing does not implement (custom
+//! checks, a gRPC check's `initial_metadata`, TLS options of the check, ...) are NACKed by
+//! the field guard.
 
 use crate::translate::duration;
 use bearing_proxy_config::{
-    EndpointHealth, HealthCheck, HttpProbe, OutlierDetection, Probe, ProbeHeader, TcpProbe,
+    EndpointHealth, EventHost, EventLog, GrpcProbe, HealthCheck, HttpProbe, OutlierDetection,
+    Probe, ProbeHeader, TcpProbe,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
+use envoy_types::pb::envoy::extensions::health_check::event_sinks::file::v3::HealthCheckEventFileSink;
 use envoy_types::pb::envoy::r#type::v3::Int64Range;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use std::time::Duration;
@@ -116,7 +120,8 @@ fn health_check(
     let probe = match &check.health_checker {
         Some(H::HttpHealthCheck(http)) => http_probe(http, cluster, at, problems).map(Probe::Http),
         Some(H::TcpHealthCheck(tcp)) => tcp_probe(tcp, at, problems).map(Probe::Tcp),
-        // gRPC and custom checkers are NACKed by the field guard.
+        Some(H::GrpcHealthCheck(grpc)) => grpc_probe(grpc, cluster, at, problems).map(Probe::Grpc),
+        // Custom checkers are NACKed by the field guard.
         Some(_) => None,
         None => {
             problems.push((at.into(), "a health checker is required".into()));
@@ -151,6 +156,7 @@ fn health_check(
         healthy_threshold,
         reuse_connection: check.reuse_connection.as_ref().is_none_or(|b| b.value),
         probe: probe?,
+        event_log: event_log(check, at, problems),
     };
     (problems.len() == before).then_some(built)
 }
@@ -240,6 +246,130 @@ fn http_probe(
         http2,
     };
     (problems.len() == before).then_some(probe)
+}
+
+/// Envoy's gRPC check: `:authority` the check's `authority`, else the cluster's name (the
+/// endpoints carry no health check hostname); the service asked about.
+fn grpc_probe(
+    grpc: &core_pb::health_check::GrpcHealthCheck,
+    cluster: &str,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<GrpcProbe> {
+    let authority = match grpc.authority.is_empty() {
+        true => cluster,
+        false => grpc.authority.as_str(),
+    };
+    if !is_authority(authority) {
+        let field = match grpc.authority.is_empty() {
+            true => format!("{at}.grpc_health_check"),
+            false => format!("{at}.grpc_health_check.authority"),
+        };
+        problems.push((field, format!("{authority:?} is no valid :authority")));
+        return None;
+    }
+    Some(GrpcProbe {
+        authority: authority.to_string(),
+        service: grpc.service_name.clone(),
+    })
+}
+
+/// Whether `value` can be an HTTP/2 `:authority`: a host (name, IPv4 or bracketed IPv6)
+/// with an optional port, no user info.
+fn is_authority(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+}
+
+/// The check's event log: the deprecated `event_log_path` and each `event_logger` file sink
+/// (another sink is NACKed); `None` when it has neither.
+#[allow(deprecated)] // `event_log_path`: deprecated, still honoured by Envoy 1.40.
+fn event_log(
+    check: &core_pb::HealthCheck,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<EventLog> {
+    const FILE_SINK: &str =
+        "type.googleapis.com/envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink";
+    let mut paths = Vec::new();
+    if !check.event_log_path.is_empty() {
+        paths.push(check.event_log_path.clone());
+    }
+    for (i, sink) in check.event_logger.iter().enumerate() {
+        let sink_at = format!("{at}.event_logger[{i}].typed_config");
+        let file = sink
+            .typed_config
+            .as_ref()
+            .filter(|any| any.type_url == FILE_SINK)
+            .and_then(|any| prost::Message::decode(any.value.as_slice()).ok());
+        match file {
+            Some(HealthCheckEventFileSink { event_log_path }) if !event_log_path.is_empty() => {
+                paths.push(event_log_path)
+            }
+            Some(_) => problems.push((
+                format!("{sink_at}.event_log_path"),
+                "required, not empty".into(),
+            )),
+            None => problems.push((
+                sink_at,
+                "only the file sink (HealthCheckEventFileSink) is implemented".into(),
+            )),
+        }
+    }
+    (!paths.is_empty()).then_some(EventLog {
+        paths,
+        always_log_failures: check.always_log_health_check_failures,
+        always_log_success: check.always_log_health_check_success,
+    })
+}
+
+/// Whether any health check of `cluster` writes an event log (its endpoints then keep what
+/// the events say of them, [`event_host`]).
+#[allow(deprecated)] // `event_log_path`, as in `event_log`.
+pub(crate) fn logs_events(cluster: &cluster_pb::Cluster) -> bool {
+    cluster
+        .health_checks
+        .iter()
+        .any(|c| !c.event_log_path.is_empty() || !c.event_logger.is_empty())
+}
+
+/// What Envoy's health check events say of endpoint `lb` in `locality`: its metadata as
+/// Envoy prints it (protobuf JSON, proto field names, every field) and its locality.
+pub(crate) fn event_host(
+    lb: &endpoint_pb::LbEndpoint,
+    locality: Option<&core_pb::Locality>,
+) -> EventHost {
+    let locality = locality.cloned().unwrap_or_default();
+    EventHost {
+        metadata: lb.metadata.as_ref().and_then(metadata_json),
+        region: locality.region,
+        zone: locality.zone,
+        sub_zone: locality.sub_zone,
+    }
+}
+
+/// `metadata` in Envoy's JSON; `None` if the descriptor set lacks the message (it does not).
+fn metadata_json(metadata: &core_pb::Metadata) -> Option<String> {
+    use prost_reflect::{DynamicMessage, SerializeOptions};
+    let descriptor = crate::decode::descriptor_pool()
+        .ok()?
+        .get_message_by_name("envoy.config.core.v3.Metadata")?;
+    let message = DynamicMessage::decode(
+        descriptor,
+        prost::Message::encode_to_vec(metadata).as_slice(),
+    )
+    .ok()?;
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false);
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::new(&mut out);
+    message
+        .serialize_with_options(&mut serializer, &options)
+        .ok()?;
+    String::from_utf8(out).ok()
 }
 
 /// Whether `name` is an HTTP header name (an RFC 9110 token).
@@ -446,6 +576,102 @@ mod tests {
         assert_eq!(http.host, "c");
         assert_eq!(http.expected_statuses, vec![(200, 201), (201, 202)]);
         assert_eq!(h.panic_threshold, 50.0);
+    }
+
+    /// kuma-cp 2.14's MeshHealthCheck `grpc` check (its `basic_grpc_health_check_cluster`
+    /// golden) with `eventLogPath` and `alwaysLogHealthCheckFailures`.
+    #[test]
+    fn a_mesh_health_check_grpc_check_and_event_log_read_as_kuma_renders_them() {
+        let c = cluster(serde_json::json!({"name": "echo-grpc", "healthChecks": [{
+            "healthyThreshold": 1, "interval": "10s", "timeout": "2s", "unhealthyThreshold": 3,
+            "grpcHealthCheck": {"authority": "grpc-client.default.svc.cluster.local",
+                "serviceName": "grpc-client"},
+            "eventLogger": [{"name": "envoy.health_check.event_sinks.file", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
+                "eventLogPath": "/tmp/hc.log"}}],
+            "alwaysLogHealthCheckFailures": true}]}));
+        let mut problems = Vec::new();
+        let h = endpoint_health(&c, ("c", false), &mut problems);
+        assert_eq!(problems, vec![]);
+        let check = h.check.unwrap_or_else(|| panic!("a check"));
+        assert_eq!(
+            check.probe,
+            Probe::Grpc(GrpcProbe {
+                authority: "grpc-client.default.svc.cluster.local".into(),
+                service: "grpc-client".into(),
+            })
+        );
+        assert_eq!(
+            check.event_log,
+            Some(EventLog {
+                paths: vec!["/tmp/hc.log".into()],
+                always_log_failures: true,
+                always_log_success: false,
+            })
+        );
+        // Without an authority, the cluster's name; another sink is named.
+        let c = cluster(serde_json::json!({"name": "echo-grpc", "healthChecks": [{
+            "healthyThreshold": 1, "interval": "10s", "timeout": "2s", "unhealthyThreshold": 3,
+            "grpcHealthCheck": {},
+            "eventLogger": [{"name": "x", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}]}]}));
+        let mut problems = Vec::new();
+        let h = endpoint_health(&c, ("c", false), &mut problems);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            problems[0].0,
+            "c.health_checks[0].event_logger[0].typed_config"
+        );
+        assert!(h.check.is_none());
+        let c = cluster(serde_json::json!({"name": "echo-grpc", "healthChecks": [{
+            "healthyThreshold": 1, "interval": "10s", "timeout": "2s", "unhealthyThreshold": 3,
+            "grpcHealthCheck": {}}]}));
+        let h = endpoint_health(&c, ("c", false), &mut problems);
+        let Some(Probe::Grpc(grpc)) = h.check.map(|c| c.probe) else {
+            panic!("gRPC")
+        };
+        assert_eq!(
+            (grpc.authority.as_str(), grpc.service.as_str()),
+            ("echo-grpc", "")
+        );
+    }
+
+    /// An endpoint's metadata as Envoy prints it in an event, its locality.
+    #[test]
+    fn event_hosts_carry_metadata_and_locality() {
+        let lb: endpoint_pb::LbEndpoint = {
+            let json = serde_json::json!({"name": "c", "loadAssignment": {"clusterName": "c",
+                "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"socketAddress": {
+                "address": "10.0.0.1", "portValue": 80}}}, "metadata": {"filterMetadata": {
+                "envoy.lb": {"kuma.io/protocol": "grpc"}}}}]}]}});
+            let c = cluster(json);
+            c.load_assignment
+                .and_then(|a| a.endpoints.into_iter().next())
+                .and_then(|l| l.lb_endpoints.into_iter().next())
+                .unwrap_or_else(|| panic!("an endpoint"))
+        };
+        let locality = core_pb::Locality {
+            zone: "zone-1".into(),
+            ..Default::default()
+        };
+        let host = event_host(&lb, Some(&locality));
+        assert_eq!(host.zone, "zone-1");
+        let metadata: serde_json::Value =
+            serde_json::from_str(host.metadata.as_deref().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            metadata,
+            serde_json::json!({"filter_metadata": {"envoy.lb": {"kuma.io/protocol": "grpc"}},
+                "typed_filter_metadata": {}})
+        );
+        assert_eq!(
+            event_host(&lb_without_metadata(), None),
+            EventHost::default()
+        );
+    }
+
+    fn lb_without_metadata() -> endpoint_pb::LbEndpoint {
+        endpoint_pb::LbEndpoint::default()
     }
 
     #[test]

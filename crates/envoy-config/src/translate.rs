@@ -1812,7 +1812,10 @@ impl Translator<'_> {
         let mut hosts = discovery.map(|_| Vec::new());
         let matches = self.tls_matches(name, &path, cluster);
         let endpoints = assignment
-            .map(|a| self.endpoints(name, &path, a, hosts.as_mut(), &matches))
+            .map(|a| {
+                let events = crate::health::logs_events(cluster);
+                self.endpoints(name, (&path, events), a, hosts.as_mut(), &matches)
+            })
             .unwrap_or_default();
         let dns = discovery.zip(hosts).and_then(|(discovery, hosts)| {
             self.dns_endpoints(name, &path, cluster, discovery, assignment, hosts)
@@ -1946,10 +1949,12 @@ impl Translator<'_> {
         out
     }
 
+    /// The endpoints of `assignment` (of cluster `name` at `path`; `events`: the cluster's
+    /// health check writes an event log, so each keeps what its events say of it).
     fn endpoints(
         &mut self,
         name: &str,
-        path: &str,
+        (path, events): (&str, bool),
         assignment: &endpoint_pb::ClusterLoadAssignment,
         mut hosts: Option<&mut Vec<HostEndpoint>>,
         matches: &[(TlsMatch, Struct)],
@@ -1986,6 +1991,9 @@ impl Translator<'_> {
                             Some(socket.address.clone())
                         }),
                         tls_match,
+                        event_host: events.then(|| {
+                            crate::health::event_host(lb, locality.locality.as_ref())
+                        }),
                     }),
                     Err(reason) => match (
                         hosts.as_deref_mut(),

@@ -811,8 +811,8 @@ fn write_time(parts: &[TimePart], start: SystemTime, out: &mut Vec<u8>) {
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+/// `civil_from_days`); also the date of the runtime's health check events.
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

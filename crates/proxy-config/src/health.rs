@@ -86,6 +86,39 @@ pub struct HealthCheck {
     pub reuse_connection: bool,
     /// What a probe sends and expects.
     pub probe: Probe,
+    /// Where the check's events are written, if anywhere (Envoy's health check event log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_log: Option<EventLog>,
+}
+
+/// A health check's event log (Envoy's `event_logger` file sinks and the deprecated
+/// `event_log_path`): one JSON `HealthCheckEvent` a line, as Envoy writes them, for each
+/// host made unhealthy (ejected) or healthy, each failed first check, and the failures and
+/// passes the `always_log_*` options ask for.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventLog {
+    /// The files every event is appended to (one or more).
+    pub paths: Vec<String>,
+    /// Every failed check is logged, not only a host's first (`always_log_health_check_failures`).
+    pub always_log_failures: bool,
+    /// Every passed check that does not make the host healthy is logged
+    /// (`always_log_health_check_success`).
+    pub always_log_success: bool,
+}
+
+/// What Envoy's health check events say of a host besides its address and cluster.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, Default)]
+pub struct EventHost {
+    /// The endpoint's `metadata` as Envoy prints it in JSON (every field, proto field
+    /// names); `None` when the endpoint has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    /// Its locality's region.
+    pub region: String,
+    /// Its locality's zone.
+    pub zone: String,
+    /// Its locality's sub-zone.
+    pub sub_zone: String,
 }
 
 /// What a health check probe does.
@@ -95,6 +128,18 @@ pub enum Probe {
     Http(HttpProbe),
     /// A TCP connection, optionally sending bytes and expecting some back.
     Tcp(TcpProbe),
+    /// A gRPC `grpc.health.v1.Health/Check` call whose answer must be `SERVING`.
+    Grpc(GrpcProbe),
+}
+
+/// A gRPC health check (Envoy's `GrpcHealthCheck`): an HTTP/2 unary call of
+/// `/grpc.health.v1.Health/Check`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GrpcProbe {
+    /// The `:authority` sent: the check's `authority`, else the cluster's name.
+    pub authority: String,
+    /// The `HealthCheckRequest.service` asked about; empty: the server as a whole.
+    pub service: String,
 }
 
 /// An HTTP health check (Envoy's `HttpHealthCheck`).

@@ -970,6 +970,7 @@ impl HostEndpoint {
             hostname: Some(self.hostname.clone()),
             tls_match: self.tls_match.clone(),
             priority: self.priority,
+            event_host: None,
         }
     }
 }
@@ -1034,6 +1035,10 @@ pub struct Endpoint {
     /// `priority` module states the rule).
     #[serde(skip_serializing_if = "is_zero")]
     pub priority: u32,
+    /// Its metadata and locality as a health check event names the host; kept only on a
+    /// cluster whose health check writes an event log (`HealthCheck::event_log`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_host: Option<EventHost>,
 }
 
 fn is_zero(n: &u32) -> bool {
