@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bearing_gateway::HeaderEdits;
-use bearing_proxy_config::{Direction, HeaderFilter, Listener, ProxyConfig, Rbac, SniTarget};
+use bearing_proxy_config::{
+    Direction, HeaderFilter, Listener, ProxyConfig, Rbac, RouteTable, SniTarget,
+};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -232,18 +234,34 @@ impl Proxy {
                 Some(Ok(g)) => Some(g),
                 None => None,
             };
-            let named = (&self.stats, l.name.as_str());
-            let table = match l
-                .routes
+            let downstream_tls = l
+                .tls
                 .as_ref()
-                .map(|t| HttpRoutes::table(t, &clusters, named))
-            {
-                Some(Err(e)) => {
+                .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
+            // Envoy keeps a route's rate limit bucket per filter chain: a PERMISSIVE
+            // listener's plaintext requests take buckets of their own.
+            let permissive = matches!(
+                downstream_tls,
+                Some(DownstreamTlsRuntime::Ready {
+                    permissive: true,
+                    ..
+                })
+            );
+            let named = (&self.stats, l.name.as_str());
+            let tables = |t: &RouteTable| -> Result<_, String> {
+                let table = Arc::new(HttpRoutes::table(t, &clusters, named)?);
+                let plaintext = match permissive && t.limits_rates() {
+                    true => Some(Arc::new(HttpRoutes::table(t, &clusters, named)?)),
+                    false => None,
+                };
+                Ok((table, plaintext))
+            };
+            let (table, plaintext_routes) = match l.routes.as_ref().map(tables).transpose() {
+                Err(e) => {
                     not_built(&l.name, format!("route table: {e}"));
                     continue;
                 }
-                Some(Ok(t)) => Some(Arc::new(t)),
-                None => None,
+                Ok(tables) => tables.unzip(),
             };
             let routes = table.or_else(|| gateway.as_ref().map(|g| g.routes().clone()));
             let filters = match HttpFilters::new(&l.http_filters, || self.stats.faults(&l.name)) {
@@ -281,10 +299,6 @@ impl Proxy {
                 not_built(&l.name, format!("names a missing cluster {:?}", l.cluster));
                 continue;
             }
-            let downstream_tls = l
-                .tls
-                .as_ref()
-                .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
             if let Some(DownstreamTlsRuntime::Unavailable(reason)) = &downstream_tls {
                 // Bound all the same: its connections are refused, each with this reason.
                 not_built(
@@ -292,28 +306,6 @@ impl Proxy {
                     format!("mesh mTLS: {reason}; connections are refused"),
                 );
             }
-            // Envoy keeps a route's rate limit bucket per filter chain: a PERMISSIVE
-            // listener's plaintext requests take buckets of their own.
-            let permissive = matches!(
-                downstream_tls,
-                Some(DownstreamTlsRuntime::Ready {
-                    permissive: true,
-                    ..
-                })
-            );
-            let plaintext_routes = match l
-                .routes
-                .as_ref()
-                .filter(|t| permissive && t.limits_rates())
-                .map(|t| HttpRoutes::table(t, &clusters, named))
-            {
-                Some(Err(e)) => {
-                    not_built(&l.name, format!("route table: {e}"));
-                    continue;
-                }
-                Some(Ok(t)) => Some(Arc::new(t)),
-                None => None,
-            };
             let (epoch, kept) = match previous.listeners.get(&l.address) {
                 Some(old)
                     if DownstreamTlsRuntime::same_terms(&old.tls, &downstream_tls)
@@ -468,7 +460,7 @@ impl Proxy {
                 sni,
                 gateway,
                 routes,
-                plaintext_routes,
+                plaintext_routes: plaintext_routes.flatten(),
                 tcp_split,
                 stats: self.stats.listener(&l.name),
                 denied: l.deny_all.as_ref().map(|policy| {

@@ -13,7 +13,9 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use crate::envoy::{envoy_bin, socket_address, KumaGolden, ENVOY_READY_TIMEOUT};
+use crate::envoy::{
+    envoy_bin, replace_in_strings, socket_address, KumaGolden, ENVOY_READY_TIMEOUT,
+};
 use crate::http::{admin_request, curl_output};
 use crate::peers::extra_log;
 use crate::{wait_until_ok, Bearing, CertFiles, Host, Process, TestCa, KUMA_DP_UID};
@@ -130,6 +132,25 @@ impl XdsFile {
         self.listener(bound_listener(listener, at))?
             .cluster(local_app_cluster(app, app_port))?;
         Ok(format!("inbound:{at}"))
+    }
+
+    /// Adds an envoyconfig-e2e golden's demo client around one outbound: its inbound
+    /// (`localhost:3000` on `host`'s [`GOLDEN_INBOUND_PORT`]), its `outbound:IP_REDACTED:80`
+    /// listener bound to 127.0.0.1:10001, `cluster`, and the golden's assignment of cluster
+    /// `name` with its endpoints at `at`.
+    pub fn golden_client_outbound(
+        &mut self,
+        golden: &KumaGolden,
+        host: &Host,
+        (cluster, name): (Value, &str),
+        at: &[SocketAddr],
+    ) -> Result<&mut Self> {
+        self.golden_inbound(golden, 3000, 3000, host.sock4(GOLDEN_INBOUND_PORT))?;
+        let mut outbound = golden.listener("outbound:IP_REDACTED:80")?;
+        replace_in_strings(&mut outbound, "IP_REDACTED", &host.ip4().to_string());
+        self.cluster(cluster)?
+            .endpoints(golden.endpoints(name)?, at)?
+            .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))
     }
 
     /// The resource of `type_url` named `name`, to edit before writing.

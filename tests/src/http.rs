@@ -1,8 +1,9 @@
 //! HTTP client helpers: `curl` run inside a host namespace, URL formatting.
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
@@ -256,6 +257,49 @@ pub fn request_id_forms(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// How `n` requests from `host` to `url` were answered: the count of each answer, a 200's
+/// body trimmed (the origins of such tests answer their port) or another status.
+pub fn spread(host: &Host, url: &str, n: usize) -> Result<BTreeMap<String, usize>> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let out = curl_output(host, ["-s", url])?;
+        let key = match out.http_code {
+            200 => out.body.trim().to_string(),
+            code => code.to_string(),
+        };
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    Ok(seen)
+}
+
+/// Whether `seen` (a [`spread`]) holds the answers of the origins on `ports` and nothing
+/// else, each at least once.
+pub fn served_by(seen: &BTreeMap<String, usize>, ports: &[u16]) -> bool {
+    seen.len() == ports.len() && ports.iter().all(|p| seen.contains_key(&p.to_string()))
+}
+
+/// Waits up to `limit` for 10 requests in a row from `host` to `url` to be [`served_by`]
+/// the origins on `ports`; `what` names the wait in the error.
+pub fn wait_until_served_by(
+    host: &Host,
+    url: &str,
+    ports: &[u16],
+    limit: Duration,
+    what: &str,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let seen = spread(host, url, 10)?;
+        if served_by(&seen, ports) {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            bail!("{what}: after {limit:?}, 10 requests went {seen:?}, not to {ports:?} alone");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[cfg(test)]

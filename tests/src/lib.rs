@@ -66,8 +66,8 @@ pub use envoy::{
 };
 pub use firewall::firewall_rules;
 pub use http::{
-    curl, curl_output, curl_raw, header_value, http_url, request_id_forms, CurlOutput, RawResponse,
-    DEFAULT_CURL_MAX_TIME_SECS,
+    curl, curl_output, curl_raw, header_value, http_url, request_id_forms, served_by, spread,
+    wait_until_served_by, CurlOutput, RawResponse, DEFAULT_CURL_MAX_TIME_SECS,
 };
 pub use kuma_gateway::{gateway_cluster, gateway_manager};
 pub use mesh::{

@@ -29,6 +29,8 @@ const MESH: &str = "envoyconfig";
 const SERVER_CLUSTER: &str = "envoyconfig_test-server__kuma-3_msvc_80";
 /// The two origins.
 const PORTS: [u16; 2] = [8080, 8081];
+/// The outbound's URL, answered with the serving origin's port.
+const APP: &str = "http://127.0.0.1:10001/app";
 /// What the check asks (kuma-cp's `basic_grpc_health_check_cluster` golden).
 const AUTHORITY: &str = "grpc-client.default.svc.cluster.local";
 const SERVICE: &str = "grpc-client";
@@ -66,58 +68,22 @@ fn not_serving(origin: &Origin, set: bool) -> Result<()> {
     Ok(())
 }
 
-/// Sends `n` requests to the outbound; the count of each answer (`<port>` or `<status>`).
-fn spread(web: &Host, n: usize) -> Result<BTreeMap<String, usize>> {
-    let mut seen = BTreeMap::new();
-    for _ in 0..n {
-        let out = curl_output(web, ["-s", "http://127.0.0.1:10001/app"])?;
-        let key = match out.http_code {
-            200 => out.body.trim().to_string(),
-            code => code.to_string(),
-        };
-        *seen.entry(key).or_insert(0) += 1;
-    }
-    Ok(seen)
-}
-
-/// Waits up to 15 s for 10 requests in a row to spread as `wanted` says.
-fn wait_for_spread(
-    web: &Host,
-    what: &str,
-    wanted: impl Fn(&BTreeMap<String, usize>) -> bool,
-) -> Result<()> {
-    let (started, limit) = (Instant::now(), Duration::from_secs(15));
-    loop {
-        let seen = spread(web, 10)?;
-        if wanted(&seen) {
-            return Ok(());
-        }
-        if started.elapsed() > limit {
-            bail!("{what}: after {limit:?}, 10 requests went {seen:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn both(seen: &BTreeMap<String, usize>) -> bool {
-    seen.len() == 2 && PORTS.iter().all(|p| seen.contains_key(&p.to_string()))
-}
-
-fn first_only(seen: &BTreeMap<String, usize>) -> bool {
-    seen.len() == 1 && seen.contains_key(&PORTS[0].to_string())
-}
-
 /// The origin going `NOT_SERVING` leaves the traffic and rejoins it once `SERVING`; each
 /// origin was asked with the check's authority and service. The event log's lines after
 /// (flushed within a second), removed for the next proxy.
 fn flow(proxy: &str, web: &Host, origins: &[Origin; 2], log: &Path) -> Result<Vec<Value>> {
-    wait_for_spread(web, &format!("{proxy}: both serving"), both)?;
+    let limit = Duration::from_secs(15);
+    let served = |ports: &[u16], what: &str| wait_until_served_by(web, APP, ports, limit, what);
+    served(&PORTS, &format!("{proxy}: both serving"))?;
     not_serving(&origins[1], true)?;
-    wait_for_spread(web, &format!("{proxy}: one not serving"), first_only)?;
-    let seen = spread(web, 20)?;
-    ensure!(first_only(&seen), "{proxy}: while not serving: {seen:?}");
+    served(&PORTS[..1], &format!("{proxy}: one not serving"))?;
+    let seen = spread(web, APP, 20)?;
+    ensure!(
+        served_by(&seen, &PORTS[..1]),
+        "{proxy}: while not serving: {seen:?}"
+    );
     not_serving(&origins[1], false)?;
-    wait_for_spread(web, &format!("{proxy}: serving again"), both)?;
+    served(&PORTS, &format!("{proxy}: serving again"))?;
     for o in origins {
         let asked = std::fs::read_to_string(o.dir.join("last-check"))?;
         ensure!(
@@ -232,13 +198,8 @@ fn grpc_health_checks_take_a_not_serving_endpoint_out_and_log_events_as_envoy() 
     }]);
 
     let mut xds = XdsFile::new();
-    xds.golden_inbound(&golden, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
-    let mut outbound = golden.listener("outbound:IP_REDACTED:80")?;
-    replace_in_strings(&mut outbound, "IP_REDACTED", &web.ip4().to_string());
     let at = PORTS.map(|p| backend.sock4(p));
-    xds.cluster(cluster)?
-        .endpoints(golden.endpoints(SERVER_CLUSTER)?, &at)?
-        .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))?
+    xds.golden_client_outbound(&golden, web, (cluster, SERVER_CLUSTER), &at)?
         .mesh_identity(MESH, &leaf, &mesh_ca)?;
     let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
     let bearing = by_host(&flow("bearing", web, &origins, &log)?)?;

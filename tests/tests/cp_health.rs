@@ -14,10 +14,9 @@
 //! Then Envoy 1.40, fed the same resources by the same CP in the client's place, does the
 //! same.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use bearing_e2e::*;
 use serde_json::{json, Value};
 
@@ -36,6 +35,8 @@ const SERVER_CLUSTER: &str = "envoyconfig_test-server__kuma-3_msvc_80";
 const CHECKED_CLUSTER: &str = "kri_extsvc_envoyconfig-zoneproxies_kuma-3__mes-zone-proxy_80";
 /// The two origins.
 const PORTS: [u16; 2] = [8080, 8081];
+/// The outbound's URL, answered with the serving origin's port.
+const APP: &str = "http://127.0.0.1:10001/app";
 
 /// nginx on `port` whose `/hc` answers 404 while `sick` exists in its root, else 200, and
 /// whose `/app` answers 503 while `fail` exists, else 200 with its port.
@@ -57,52 +58,6 @@ fn flag(origin: &Nginx, name: &str, set: bool) -> Result<()> {
         false => std::fs::remove_file(&path).context("clearing a flag file")?,
     }
     Ok(())
-}
-
-/// Sends `n` requests to the outbound; the count of each answer (`<port>` or `<status>`).
-fn spread(web: &Host, n: usize) -> Result<BTreeMap<String, usize>> {
-    let mut seen = BTreeMap::new();
-    for _ in 0..n {
-        let out = curl_output(web, ["-s", "http://127.0.0.1:10001/app"])?;
-        let key = match out.http_code {
-            200 => out.body.trim().to_string(),
-            code => code.to_string(),
-        };
-        *seen.entry(key).or_insert(0) += 1;
-    }
-    Ok(seen)
-}
-
-/// Waits up to `limit` for `n` requests in a row to spread as `wanted` says.
-fn wait_for_spread(
-    web: &Host,
-    n: usize,
-    limit: Duration,
-    what: &str,
-    wanted: impl Fn(&BTreeMap<String, usize>) -> bool,
-) -> Result<()> {
-    let started = Instant::now();
-    loop {
-        let seen = spread(web, n)?;
-        if wanted(&seen) {
-            return Ok(());
-        }
-        if started.elapsed() > limit {
-            bail!("{what}: after {limit:?}, {n} requests went {seen:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Both origins served, nothing else.
-fn both(seen: &BTreeMap<String, usize>) -> bool {
-    let ports = PORTS.map(|p| p.to_string());
-    seen.len() == 2 && ports.iter().all(|p| seen.contains_key(p))
-}
-
-/// Only the first origin served, with 200s.
-fn first_only(seen: &BTreeMap<String, usize>) -> bool {
-    seen.len() == 1 && seen.contains_key(&PORTS[0].to_string())
 }
 
 /// The circuit breaker golden's server cluster to plaintext HTTP/1.1 origins, with neither
@@ -130,13 +85,8 @@ fn with_sidecar_then_envoy(
 
     let golden = KumaGolden::load(BREAKER)?;
     let mut xds = XdsFile::new();
-    xds.golden_inbound(&golden, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
-    let mut outbound = golden.listener("outbound:IP_REDACTED:80")?;
-    replace_in_strings(&mut outbound, "IP_REDACTED", &web.ip4().to_string());
     let at = PORTS.map(|p| backend.sock4(p));
-    xds.cluster(cluster)?
-        .endpoints(golden.endpoints(SERVER_CLUSTER)?, &at)?
-        .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))?
+    xds.golden_client_outbound(&golden, web, (cluster, SERVER_CLUSTER), &at)?
         .mesh_identity(MESH, &leaf, &mesh_ca)?;
     let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
     check("bearing", web, &sidecar, &origins)?;
@@ -151,14 +101,18 @@ fn with_sidecar_then_envoy(
 /// An origin failing its health check takes no traffic until it passes again.
 fn health_check_flow(proxy: &str, web: &Host, origins: &[Nginx; 2]) -> Result<()> {
     let limit = Duration::from_secs(15);
-    wait_for_spread(web, 10, limit, &format!("{proxy}: both healthy"), both)?;
+    let served = |ports: &[u16], what: &str| wait_until_served_by(web, APP, ports, limit, what);
+    served(&PORTS, &format!("{proxy}: both healthy"))?;
     flag(&origins[1], "sick", true)?;
-    wait_for_spread(web, 10, limit, &format!("{proxy}: one failing"), first_only)?;
+    served(&PORTS[..1], &format!("{proxy}: one failing"))?;
     // It stays out while it fails.
-    let seen = spread(web, 20)?;
-    ensure!(first_only(&seen), "{proxy}: while failing: {seen:?}");
+    let seen = spread(web, APP, 20)?;
+    ensure!(
+        served_by(&seen, &PORTS[..1]),
+        "{proxy}: while failing: {seen:?}"
+    );
     flag(&origins[1], "sick", false)?;
-    wait_for_spread(web, 10, limit, &format!("{proxy}: recovered"), both)
+    served(&PORTS, &format!("{proxy}: recovered"))
 }
 
 #[test]
@@ -198,13 +152,14 @@ fn mesh_health_check_takes_a_failing_endpoint_out_until_it_recovers() -> Result<
 /// An origin answering 503 is ejected after three and rejoins when its ejection ends.
 fn outlier_flow(proxy: &str, web: &Host, origins: &[Nginx; 2]) -> Result<()> {
     let limit = Duration::from_secs(15);
-    wait_for_spread(web, 10, limit, &format!("{proxy}: both serving"), both)?;
+    let served = |ports: &[u16], what: &str| wait_until_served_by(web, APP, ports, limit, what);
+    served(&PORTS, &format!("{proxy}: both serving"))?;
     flag(&origins[1], "fail", true)?;
     // Ejected after its third 503 in a row (about six requests); then only the first.
-    wait_for_spread(web, 10, limit, &format!("{proxy}: ejected"), first_only)?;
+    served(&PORTS[..1], &format!("{proxy}: ejected"))?;
     flag(&origins[1], "fail", false)?;
     // The ejection (3 s) ends at a sweep (every 1 s).
-    wait_for_spread(web, 10, limit, &format!("{proxy}: rejoined"), both)
+    served(&PORTS, &format!("{proxy}: rejoined"))
 }
 
 #[test]
