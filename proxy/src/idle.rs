@@ -80,15 +80,18 @@ impl IdleClock {
     pub fn poll_expired(&mut self, cx: &mut Context<'_>, seen: u64) -> Poll<()> {
         loop {
             std::task::ready!(self.sleep.as_mut().poll(cx));
-            if seen != self.last {
+            let next = if seen != self.last {
                 (self.last, self.quiet) = (seen, Duration::ZERO);
+                // Counted from this look, not from the tick's deadline: a tick that fired
+                // late may see bytes that moved after its deadline.
+                tokio::time::Instant::now() + self.tick
             } else {
                 self.quiet += self.tick;
                 if self.quiet >= self.idle {
                     return Poll::Ready(());
                 }
-            }
-            let next = self.sleep.deadline() + self.tick;
+                self.sleep.deadline() + self.tick
+            };
             self.sleep.as_mut().reset(next);
         }
     }
