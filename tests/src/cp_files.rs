@@ -146,8 +146,7 @@ impl XdsFile {
         at: &[SocketAddr],
     ) -> Result<&mut Self> {
         self.golden_inbound(golden, 3000, 3000, host.sock4(GOLDEN_INBOUND_PORT))?;
-        let mut outbound = golden.listener("outbound:IP_REDACTED:80")?;
-        replace_in_strings(&mut outbound, "IP_REDACTED", &host.ip4().to_string());
+        let outbound = golden.listener("outbound:IP_REDACTED:80")?;
         self.cluster(cluster)?
             .endpoints(golden.endpoints(name)?, at)?
             .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))
@@ -187,8 +186,11 @@ fn resource_name(resource: &Value, field: &str) -> Result<String> {
 
 /// `listener` (from a golden) made to bind `addr` itself: named `<direction>:<addr>` as
 /// kuma-cp names listeners, its address `addr`, `bindToPort: false` (a golden sidecar
-/// listener is reached through the transparent proxy's redirect) and `@type` dropped.
+/// listener is reached through the transparent proxy's redirect) and `@type` dropped; a
+/// redacted address left in it (such as its connection manager's internal addresses,
+/// which must be IP addresses) becomes `addr`'s IP.
 pub fn bound_listener(mut listener: Value, addr: SocketAddr) -> Value {
+    replace_in_strings(&mut listener, "IP_REDACTED", &addr.ip().to_string());
     if let Some(obj) = listener.as_object_mut() {
         obj.remove("@type");
         let direction = obj
