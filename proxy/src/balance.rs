@@ -13,9 +13,19 @@
 //! sizes, permutations and lookups, so a hash picks the same endpoint as Envoy 1.40 given
 //! the same endpoints in the same order.
 //!
+//! Endpoint weights (`Endpoint::weight`) count as in Envoy: round robin over different
+//! weights follows Envoy's EDF scheduler ([`Schedule`]: one cycle of its picks, computed
+//! here, walked by the cluster's counter); the ring gives each endpoint points in proportion
+//! to its normalised weight and Maglev's table lets an endpoint claim a slot on a turn only
+//! as often as its weight allows (both Envoy's arithmetic); random ignores weights, as
+//! Envoy's does. Least request over different weights is refused by the translation. A
+//! level whose weights are all equal is balanced exactly as without weights.
+//!
 //! Only the start is chosen here: the order of further attempts (the rest of the level,
 //! for a connect that fails over) is `crate::upstream::Rotation`'s.
 
+use std::cmp::Ordering as Order;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bearing_proxy_config::{Endpoint, LoadBalancer, RingHashFunction};
@@ -29,6 +39,8 @@ const HASH_KEY: &str = "hash_key";
 pub(crate) enum Picker {
     /// Each endpoint in turn.
     RoundRobin,
+    /// Endpoints of different weights in Envoy's EDF order.
+    Weighted(Schedule),
     /// The least loaded of `choice_count` random endpoints.
     LeastRequest { choice_count: usize },
     /// A random endpoint.
@@ -44,7 +56,8 @@ impl Picker {
     /// order; a ring or table is built here.
     pub(crate) fn new(balancer: &LoadBalancer, serving: &[Endpoint]) -> Picker {
         match *balancer {
-            LoadBalancer::RoundRobin => Picker::RoundRobin,
+            LoadBalancer::RoundRobin if equal_weights(serving) => Picker::RoundRobin,
+            LoadBalancer::RoundRobin => Picker::Weighted(Schedule::new(&weights(serving))),
             LoadBalancer::LeastRequest { choice_count } => Picker::LeastRequest {
                 choice_count: choice_count as usize,
             },
@@ -55,12 +68,15 @@ impl Picker {
                 hash_function,
             } => Picker::Ring(Ring::new(
                 &hash_keys(serving),
+                &weights(serving),
                 (minimum_ring_size, maximum_ring_size),
                 hash_function,
             )),
-            LoadBalancer::Maglev { table_size } => {
-                Picker::Maglev(Maglev::new(&hash_keys(serving), table_size))
-            }
+            LoadBalancer::Maglev { table_size } => Picker::Maglev(Maglev::new(
+                &hash_keys(serving),
+                &weights(serving),
+                table_size,
+            )),
         }
     }
 
@@ -86,10 +102,104 @@ impl Picker {
     ) -> usize {
         match self {
             Picker::RoundRobin => turn.fetch_add(1, Ordering::Relaxed) % n,
+            Picker::Weighted(schedule) => schedule.pick(turn.fetch_add(1, Ordering::Relaxed)),
             Picker::LeastRequest { choice_count } => least_request(n, *choice_count, active),
             Picker::Random => random_below(n),
             Picker::Ring(ring) => ring.pick(hash.unwrap_or_else(rand::random)).unwrap_or(0),
             Picker::Maglev(table) => table.pick(hash.unwrap_or_else(rand::random)).unwrap_or(0),
+        }
+    }
+}
+
+/// Whether `balancer`'s picks over `endpoints` depend on which endpoints are eligible (a
+/// ring, a table, a round robin schedule over different weights), so that a health plan
+/// keeps a picker per level over its eligible hosts.
+pub(crate) fn picks_by_endpoints(balancer: &LoadBalancer, endpoints: &[Endpoint]) -> bool {
+    balancer.is_consistent_hashing()
+        || (*balancer == LoadBalancer::RoundRobin && !equal_weights(endpoints))
+}
+
+/// Whether `endpoints` all have the same weight (Envoy then balances them unweighted).
+pub(crate) fn equal_weights(endpoints: &[Endpoint]) -> bool {
+    endpoints.windows(2).all(|w| w[0].weight == w[1].weight)
+}
+
+/// Each endpoint's weight.
+fn weights(endpoints: &[Endpoint]) -> Vec<u32> {
+    endpoints.iter().map(|e| e.weight).collect()
+}
+
+/// Envoy's weighted round robin: the picks of its EDF scheduler (`EdfScheduler`) over the
+/// endpoints' weights, one cycle of them (each endpoint as often as its weight), walked by
+/// the cluster's counter. Envoy's scheduler starts fresh as `createWithPicks` makes it,
+/// with each entry's weight raised by 1e-13, deadline `1 / weight` and ties going to the
+/// entry queued first; a pick moves the clock to the picked deadline and queues the entry
+/// again at `clock + 1 / weight`. After a cycle every endpoint was picked its weight's
+/// number of times and the deadlines stand where they started, one unit of time later, so
+/// the cycle repeats. (Envoy starts each worker at a random number of picks into it.)
+pub(crate) struct Schedule {
+    /// Endpoint indices in pick order.
+    order: Box<[u32]>,
+}
+
+/// An entry of the EDF queue: its deadline, then its order of queueing, as Envoy's
+/// `EdfEntry` compares them (the earliest first).
+struct Due(f64, u64, u32);
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Order::Equal
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Order> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    /// Reversed, so that `BinaryHeap` pops the earliest deadline, then the first queued.
+    fn cmp(&self, other: &Self) -> Order {
+        other
+            .0
+            .total_cmp(&self.0)
+            .then_with(|| other.1.cmp(&self.1))
+    }
+}
+
+impl Schedule {
+    /// The cycle of Envoy's EDF picks over endpoints of `weights` (each 1 or more).
+    pub(crate) fn new(weights: &[u32]) -> Schedule {
+        let cycle: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+        let mut queue: BinaryHeap<Due> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Due(1.0 / (f64::from(*w) + 1e-13), i as u64, i as u32))
+            .collect();
+        let mut queued = weights.len() as u64;
+        let mut order = Vec::with_capacity(cycle as usize);
+        while (order.len() as u64) < cycle {
+            let Some(Due(deadline, _, index)) = queue.pop() else {
+                break;
+            };
+            order.push(index);
+            let weight = weights.get(index as usize).map_or(1, |w| *w);
+            queue.push(Due(deadline + 1.0 / f64::from(weight), queued, index));
+            queued += 1;
+        }
+        Schedule {
+            order: order.into_boxed_slice(),
+        }
+    }
+
+    /// The endpoint of the `turn`th pick.
+    fn pick(&self, turn: usize) -> usize {
+        match self.order.len() {
+            0 => 0,
+            n => self.order[turn % n] as usize,
         }
     }
 }
@@ -134,26 +244,27 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
-    /// The ring of endpoints whose hash keys are `keys` (equal weights), sized as Envoy
-    /// sizes it: `min(ceil(w * minimum) / w, maximum)` points for the smallest normalised
-    /// weight `w`, shared out by running sums of each endpoint's share, each point hashed
-    /// by `function`.
+    /// The ring of endpoints whose hash keys are `keys` and weights `weights`, sized as
+    /// Envoy sizes it: `min(ceil(w * minimum) / w, maximum)` points for the smallest
+    /// normalised weight `w` (an endpoint's weight over the sum of them), shared out by
+    /// running sums of each endpoint's normalised weight, each point hashed by `function`.
     pub(crate) fn new(
         keys: &[String],
+        weights: &[u32],
         (minimum, maximum): (u64, u64),
         function: RingHashFunction,
     ) -> Ring {
-        if keys.is_empty() {
+        let normalized = normalize(weights);
+        let Some(smallest) = normalized.iter().copied().reduce(f64::min) else {
             return Ring {
                 points: Box::new([]),
             };
-        }
-        let weight = 1.0 / keys.len() as f64;
-        let scale = ((weight * minimum as f64).ceil() / weight).min(maximum as f64);
-        let mut points = Vec::with_capacity(scale as usize);
+        };
+        let scale = ((smallest * minimum as f64).ceil() / smallest).min(maximum as f64);
+        let mut points = Vec::with_capacity(scale.ceil() as usize);
         let (mut current, mut target) = (0.0f64, 0.0f64);
         let mut key = Vec::new();
-        for (index, host) in keys.iter().enumerate() {
+        for (index, (host, weight)) in keys.iter().zip(&normalized).enumerate() {
             target += scale * weight;
             let mut i: u64 = 0;
             while current < target {
@@ -212,6 +323,12 @@ impl Ring {
     }
 }
 
+/// Each weight over their sum, as Envoy's `normalizeHostWeights` computes it.
+fn normalize(weights: &[u32]) -> Vec<f64> {
+    let sum: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    weights.iter().map(|w| f64::from(*w) / sum as f64).collect()
+}
+
 /// The seed Envoy gives MurmurHash2 (libstdc++'s `std::hash` of a string).
 const STD_HASH_SEED: u64 = 0xc70f_6907;
 
@@ -243,37 +360,52 @@ fn murmur_hash2(key: &[u8], seed: u64) -> u64 {
 
 /// Envoy's Maglev table: each endpoint's permutation of the slots starts at `xxHash64(key)
 /// mod M` and steps by `xxHash64(key, seed 1) mod (M - 1) + 1`; the endpoints take turns
-/// claiming their next free slot until the table is full; a hash goes to slot `h mod M`.
+/// claiming their next free slot until the table is full, an endpoint of normalised weight
+/// `w` taking the turn of round `r` only while `r * w` has reached its target (raised by the
+/// largest normalised weight at each claim), so it claims in proportion to its weight; a
+/// hash goes to slot `h mod M`.
 pub(crate) struct Maglev {
     table: Box<[u32]>,
 }
 
 impl Maglev {
-    /// The table of `size` slots (a prime) over endpoints of equal weight whose hash keys
-    /// are `keys`.
-    pub(crate) fn new(keys: &[String], size: u64) -> Maglev {
+    /// The table of `size` slots (a prime) over endpoints whose hash keys are `keys` and
+    /// weights `weights`.
+    pub(crate) fn new(keys: &[String], weights: &[u32], size: u64) -> Maglev {
         const EMPTY: u32 = u32::MAX;
-        if keys.is_empty() || size < 2 {
+        let normalized = normalize(weights);
+        let Some(largest) = normalized.iter().copied().reduce(f64::max) else {
+            return Maglev {
+                table: Box::new([]),
+            };
+        };
+        if size < 2 {
             return Maglev {
                 table: Box::new([]),
             };
         }
         let mut table = vec![EMPTY; size as usize];
-        // (offset, skip, next) per endpoint.
-        let mut entries: Vec<(u64, u64, u64)> = keys
+        // (offset, skip, next, normalised weight, target) per endpoint.
+        let mut entries: Vec<(u64, u64, u64, f64, f64)> = keys
             .iter()
-            .map(|k| {
+            .zip(&normalized)
+            .map(|(k, w)| {
                 let offset = xxh64(k.as_bytes(), 0) % size;
                 let skip = xxh64(k.as_bytes(), 1) % (size - 1) + 1;
-                (offset, skip, 0)
+                (offset, skip, 0, *w, 0.0)
             })
             .collect();
         let mut filled = 0;
+        let mut round: u32 = 1;
         while filled < size {
-            for (index, (offset, skip, next)) in entries.iter_mut().enumerate() {
+            for (index, (offset, skip, next, weight, target)) in entries.iter_mut().enumerate() {
                 if filled == size {
                     break;
                 }
+                if f64::from(round) * *weight < *target {
+                    continue;
+                }
+                *target += largest;
                 let mut slot = (*offset + *skip * *next) % size;
                 while table[slot as usize] != EMPTY {
                     *next += 1;
@@ -283,6 +415,7 @@ impl Maglev {
                 *next += 1;
                 filled += 1;
             }
+            round += 1;
         }
         Maglev {
             table: table.into_boxed_slice(),
@@ -319,19 +452,19 @@ mod tests {
     /// each; the default bounds give 1024 over 2 (512 each); the maximum caps it.
     #[test]
     fn rings_are_sized_as_envoys() {
-        let ring = Ring::new(&keys(3), (100, 10_000), RingHashFunction::XxHash);
+        let ring = Ring::new(&keys(3), &[1; 3], (100, 10_000), RingHashFunction::XxHash);
         assert_eq!(ring.points.len(), 102);
         for e in 0..3 {
             assert_eq!(ring.points.iter().filter(|p| p.1 == e).count(), 34);
         }
         assert_eq!(
-            Ring::new(&keys(2), (1024, 8 << 20), RingHashFunction::XxHash)
+            Ring::new(&keys(2), &[1; 2], (1024, 8 << 20), RingHashFunction::XxHash)
                 .points
                 .len(),
             1024
         );
         assert_eq!(
-            Ring::new(&keys(3), (1024, 500), RingHashFunction::XxHash)
+            Ring::new(&keys(3), &[1; 3], (1024, 500), RingHashFunction::XxHash)
                 .points
                 .len(),
             500
@@ -360,7 +493,7 @@ mod tests {
     /// A hash goes to the first point at or after it, past the last to the first.
     #[test]
     fn a_ring_hash_takes_the_next_point_round_the_ring() {
-        let ring = Ring::new(&keys(4), (64, 64), RingHashFunction::XxHash);
+        let ring = Ring::new(&keys(4), &[1; 4], (64, 64), RingHashFunction::XxHash);
         let points = &ring.points;
         for (i, (point, endpoint)) in points.iter().enumerate() {
             assert_eq!(ring.pick(*point), Some(*endpoint as usize));
@@ -373,7 +506,7 @@ mod tests {
         assert_eq!(ring.pick(u64::MAX), Some(points[0].1 as usize));
         assert_eq!(ring.pick(0), Some(points[0].1 as usize));
         assert_eq!(
-            Ring::new(&[], (64, 64), RingHashFunction::XxHash).pick(5),
+            Ring::new(&[], &[], (64, 64), RingHashFunction::XxHash).pick(5),
             None
         );
     }
@@ -383,7 +516,7 @@ mod tests {
     /// its offset.
     #[test]
     fn maglev_tables_are_filled_by_turns() {
-        let table = Maglev::new(&keys(3), 17);
+        let table = Maglev::new(&keys(3), &[1; 3], 17);
         assert_eq!(table.table.len(), 17);
         let owned: Vec<usize> = (0..3)
             .map(|e| table.table.iter().filter(|i| **i == e).count())
@@ -405,10 +538,13 @@ mod tests {
         let all = keys(4);
         let fewer: Vec<String> = all.iter().filter(|k| *k != &all[2]).cloned().collect();
         let (ring, ring3) = (
-            Ring::new(&all, (1024, 1024), XX),
-            Ring::new(&fewer, (768, 768), XX),
+            Ring::new(&all, &[1; 4], (1024, 1024), XX),
+            Ring::new(&fewer, &[1; 3], (768, 768), XX),
         );
-        let (maglev, maglev3) = (Maglev::new(&all, 65537), Maglev::new(&fewer, 65537));
+        let (maglev, maglev3) = (
+            Maglev::new(&all, &[1; 4], 65537),
+            Maglev::new(&fewer, &[1; 3], 65537),
+        );
         for counts in [spread(4, |h| ring.pick(h)), spread(4, |h| maglev.pick(h))] {
             assert!(
                 counts.iter().all(|c| (3_500..6_500).contains(c)),
@@ -493,6 +629,92 @@ mod tests {
             let same = picker.start(3, &turn, Some(42), |_| 0);
             assert!((0..10).all(|_| picker.start(3, &turn, Some(42), |_| 0) == same));
         }
+    }
+
+    /// Envoy's EDF order (its `RoundRobinLoadBalancerTest.Weighted`: weights 1 and 2 pick
+    /// 1, 0, 1, 1, 0, 1); over one cycle every endpoint is picked its weight's number of times
+    /// (Envoy's `EdfSchedulerTest.Weighted`, weights 1 to 128), and the cycle repeats.
+    #[test]
+    fn weighted_round_robin_follows_envoys_edf_schedule() {
+        let schedule = Schedule::new(&[1, 2]);
+        let picks: Vec<usize> = (0..6).map(|t| schedule.pick(t)).collect();
+        assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
+        let one_three = Schedule::new(&[1, 3]);
+        assert_eq!(*one_three.order, [1, 1, 0, 1]);
+        let weights: Vec<u32> = (1..=128).collect();
+        let schedule = Schedule::new(&weights);
+        assert_eq!(schedule.order.len(), 128 * 129 / 2);
+        let mut counts = vec![0u32; 128];
+        for t in 0..schedule.order.len() {
+            counts[schedule.pick(t)] += 1;
+        }
+        assert_eq!(counts, weights);
+        assert_eq!(schedule.pick(schedule.order.len() + 5), schedule.pick(5));
+        // The picker: equal weights stay plain round robin, different ones get the schedule.
+        let endpoint = |i: u8, weight: u32| Endpoint {
+            weight,
+            ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
+        };
+        let equal = [endpoint(1, 3), endpoint(2, 3)];
+        assert!(matches!(
+            Picker::new(&LoadBalancer::RoundRobin, &equal),
+            Picker::RoundRobin
+        ));
+        let picker = Picker::new(&LoadBalancer::RoundRobin, &[endpoint(1, 1), endpoint(2, 3)]);
+        let turn = AtomicUsize::new(0);
+        let starts: Vec<usize> = (0..8)
+            .map(|_| picker.start(2, &turn, None, |_| 0))
+            .collect();
+        assert_eq!(starts, [1, 1, 0, 1, 1, 1, 0, 1]);
+        // Random ignores weights, as Envoy's does.
+        let random = Picker::new(&LoadBalancer::Random, &[endpoint(1, 1), endpoint(2, 3)]);
+        let counts = spread(2, |_| Some(random.start(2, &turn, None, |_| 0)));
+        assert!(
+            counts.iter().all(|c| (9_000..11_000).contains(c)),
+            "{counts:?}"
+        );
+    }
+
+    /// Weighted rings as Envoy builds them: weights 1, 2, 3 on a ring of at least 6 points
+    /// give 1, 2 and 3 points (Envoy's `HostWeightedTinyRing`); at least 1024 points over
+    /// weights 1 and 3 scale the smallest share (1/4) to 256 points and the other to 768.
+    /// Equal weights build the same ring as no weights.
+    #[test]
+    fn weighted_rings_give_points_by_normalised_weight() {
+        let count = |ring: &Ring, e: u32| ring.points.iter().filter(|p| p.1 == e).count();
+        let tiny = Ring::new(&keys(3), &[1, 2, 3], (6, 6), XX);
+        assert_eq!(tiny.points.len(), 6);
+        assert_eq!(
+            (count(&tiny, 0), count(&tiny, 1), count(&tiny, 2)),
+            (1, 2, 3)
+        );
+        let ring = Ring::new(&keys(2), &[1, 3], (1024, 8 << 20), XX);
+        assert_eq!((count(&ring, 0), count(&ring, 1)), (256, 768));
+        let counts = spread(2, |h| ring.pick(h));
+        assert!((4_000..6_000).contains(&counts[0]), "{counts:?}");
+        let (equal, plain) = (
+            Ring::new(&keys(3), &[5; 3], (100, 10_000), XX),
+            Ring::new(&keys(3), &[1; 3], (100, 10_000), XX),
+        );
+        assert_eq!(equal.points, plain.points);
+    }
+
+    /// Weighted Maglev tables: an endpoint claims slots in proportion to its weight (1 to 3
+    /// here, over 65537 slots); equal weights fill the same table as no weights.
+    #[test]
+    fn weighted_maglev_tables_claim_by_weight() {
+        let table = Maglev::new(&keys(2), &[1, 3], 65537);
+        let light = table.table.iter().filter(|i| **i == 0).count();
+        assert_eq!(
+            light,
+            65537 / 4 + 1,
+            "the light endpoint claims every third turn"
+        );
+        let (equal, plain) = (
+            Maglev::new(&keys(3), &[7; 3], 17),
+            Maglev::new(&keys(3), &[1; 3], 17),
+        );
+        assert_eq!(equal.table, plain.table);
     }
 
     /// An endpoint's `envoy.lb` `hash_key` replaces its address as its key.

@@ -1513,6 +1513,7 @@ pub(crate) fn plain_endpoint(address: SocketAddr) -> Endpoint {
         hostname: None,
         tls_match: None,
         priority: 0,
+        weight: 1,
     }
 }
 
@@ -1575,6 +1576,7 @@ mod tests {
         let at = |i: usize| SocketAddr::from(([10, 0, 0, i as u8], 80));
         let endpoint = |(i, priority): (usize, &u32)| Endpoint {
             priority: *priority,
+            weight: 1,
             ..plain_endpoint(at(i))
         };
         priorities.iter().enumerate().map(endpoint).collect()

@@ -227,6 +227,7 @@ pub fn compile(
                     hostname: None,
                     tls_match: None,
                     priority: 0,
+                    weight: 1,
                 }],
             ),
         );
@@ -426,6 +427,7 @@ fn direct_access(
                 hostname: None,
                 tls_match: None,
                 priority: 0,
+                weight: 1,
             };
             clusters.insert(name.clone(), cluster(name, Protocol::Tcp, vec![endpoint]));
         }
@@ -710,6 +712,7 @@ pub(crate) fn external_endpoint(
             hostname: Some(host.to_string()),
             tls_match: None,
             priority: 0,
+            weight: 1,
         }),
         (Err(_), Ok(port)) => {
             dns = Some(DnsEndpoints {
@@ -812,6 +815,7 @@ impl<'s> EndpointIndex<'s> {
                     hostname: None,
                     tls_match: None,
                     priority: 0,
+                    weight: 1,
                 };
                 let protocol =
                     Protocol::from_tag(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));

@@ -703,6 +703,7 @@ pub(crate) fn cross_mesh_cluster(
                 hostname: None,
                 tls_match: None,
                 priority: 0,
+                weight: 1,
             });
         }
     }

@@ -337,6 +337,7 @@ fn endpoint(r: &Resource, inbound: &bearing_model::Inbound, ip: IpAddr) -> Endpo
         hostname: None,
         tls_match: None,
         priority: 0,
+        weight: 1,
     }
 }
 

@@ -128,5 +128,6 @@ fn zone_proxy_endpoint(
         hostname: None,
         tls_match: None,
         priority: 0,
+        weight: 1,
     })
 }

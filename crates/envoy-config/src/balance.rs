@@ -3,7 +3,9 @@
 //! the runtime does, and a route's `hash_policy`.
 
 use crate::routes::Problem;
-use bearing_proxy_config::{HashPolicy, HashSource, LoadBalancer, RingHashFunction};
+use bearing_proxy_config::{
+    HashPolicy, HashSource, LoadBalancer, RingHashFunction, MAX_ROUND_ROBIN_WEIGHT,
+};
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
@@ -189,6 +191,58 @@ fn is_prime(n: u64) -> bool {
         d += 1;
     }
     true
+}
+
+/// Checks the endpoints' weights (`LbEndpoint.load_balancing_weight`) against what the
+/// runtime does with them, per priority level: round robin, ring hash and Maglev share a
+/// level by weight (`proxy::balance`), random ignores weights as Envoy's does; least request
+/// over different weights (Envoy's EDF over weight / (active requests + 1)) is refused, and
+/// so is a round robin level whose weights sum past [`MAX_ROUND_ROBIN_WEIGHT`] (the
+/// schedule keeps an entry per unit of weight) or a level past `u32::MAX` (Envoy refuses it).
+pub(crate) fn check_weights(
+    balancer: &LoadBalancer,
+    assignment: &endpoint_pb::ClusterLoadAssignment,
+    path: &str,
+) -> Vec<Problem> {
+    // Per level: the weights seen (0 is refused where it is read) and their sum.
+    let mut levels: BTreeMap<u32, (u32, u32, u64)> = BTreeMap::new();
+    for locality in &assignment.endpoints {
+        for lb in &locality.lb_endpoints {
+            let weight = lb.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+            if weight == 0 {
+                continue;
+            }
+            let level = levels
+                .entry(locality.priority)
+                .or_insert((weight, weight, 0));
+            level.0 = level.0.min(weight);
+            level.1 = level.1.max(weight);
+            level.2 += u64::from(weight);
+        }
+    }
+    let mut problems = Vec::new();
+    let at = format!("{path}.load_assignment.endpoints");
+    for (priority, (least, most, sum)) in levels {
+        if least == most {
+            continue;
+        }
+        if sum > u64::from(u32::MAX) {
+            problems.push((
+                at.clone(),
+                format!(
+                    "the weights at priority {priority} sum to {sum}, past {}: Envoy refuses it",
+                    u32::MAX
+                ),
+            ));
+            continue;
+        }
+        match balancer {
+            LoadBalancer::LeastRequest { .. } => problems.push((at.clone(), format!("LEAST_REQUEST over endpoints of different weights (priority {priority}): Envoy's EDF over weight / (active requests + 1) is not implemented"))),
+            LoadBalancer::RoundRobin if sum > MAX_ROUND_ROBIN_WEIGHT => problems.push((at.clone(), format!("the weights at priority {priority} sum to {sum}: a weighted round robin schedule over more than {MAX_ROUND_ROBIN_WEIGHT} is not implemented"))),
+            _ => {}
+        }
+    }
+    problems
 }
 
 /// Checks locality weighting and the assignment's `policy` against what the runtime does,
@@ -482,6 +536,56 @@ mod tests {
             [format!(
                 "{at}.load_assignment.policy.overprovisioning_factor"
             )]
+        );
+    }
+
+    /// Endpoint weights pass where the runtime balances by them (round robin, ring hash,
+    /// Maglev, random ignoring them) and are NACKed by path under least request, or past a
+    /// round robin schedule's bound; equal weights within each level pass everywhere.
+    #[test]
+    fn endpoint_weights_pass_where_the_runtime_weighs_them() {
+        let at = "clusters[\"c\"]";
+        let endpoint = |w: u32| endpoint_pb::LbEndpoint {
+            load_balancing_weight: Some(UInt32Value { value: w }),
+            ..Default::default()
+        };
+        let level = |priority: u32, weights: &[u32]| endpoint_pb::LocalityLbEndpoints {
+            lb_endpoints: weights.iter().map(|w| endpoint(*w)).collect(),
+            priority,
+            ..Default::default()
+        };
+        let assignment = |levels| endpoint_pb::ClusterLoadAssignment {
+            endpoints: levels,
+            ..Default::default()
+        };
+        let kuma = assignment(vec![level(0, &[1]), level(0, &[3])]);
+        let least = LoadBalancer::LeastRequest { choice_count: 2 };
+        for balancer in [
+            LoadBalancer::RoundRobin,
+            LoadBalancer::Random,
+            LoadBalancer::Maglev { table_size: 65537 },
+        ] {
+            assert!(
+                check_weights(&balancer, &kuma, at).is_empty(),
+                "{balancer:?}"
+            );
+        }
+        assert_eq!(
+            fields(check_weights(&least, &kuma, at)),
+            [format!("{at}.load_assignment.endpoints")]
+        );
+        // Equal within each level: nothing to weigh, even under least request.
+        let per_level = assignment(vec![level(0, &[2, 2]), level(1, &[5])]);
+        assert!(check_weights(&least, &per_level, at).is_empty());
+        let heavy = assignment(vec![level(0, &[1, 1 << 16])]);
+        assert_eq!(
+            fields(check_weights(&LoadBalancer::RoundRobin, &heavy, at)),
+            [format!("{at}.load_assignment.endpoints")]
+        );
+        let huge = assignment(vec![level(0, &[u32::MAX, 1])]);
+        assert_eq!(
+            fields(check_weights(&LoadBalancer::Random, &huge, at)),
+            [format!("{at}.load_assignment.endpoints")]
         );
     }
 

@@ -1763,6 +1763,10 @@ impl Translator<'_> {
                 LoadBalancer::RoundRobin
             }
         };
+        let weights = assignment.map(|a| balance::check_weights(&load_balancer, a, &path));
+        for (field, reason) in weights.into_iter().flatten() {
+            self.nack(CLUSTER, name, field, reason);
+        }
         for (field, reason) in balance::check_localities(cluster, assignment, &path) {
             self.nack(CLUSTER, name, field, reason);
         }
@@ -1912,7 +1916,17 @@ impl Translator<'_> {
             let at = format!("{path}.load_assignment.endpoints[{i}]");
             for (j, lb) in locality.lb_endpoints.iter().enumerate() {
                 let at = format!("{at}.lb_endpoints[{j}]");
-                weights.insert(lb.load_balancing_weight.as_ref().map_or(1, |w| w.value));
+                let weight = lb.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+                if weight == 0 {
+                    self.nack(
+                        CLUSTER,
+                        name,
+                        format!("{at}.load_balancing_weight"),
+                        "0: Envoy takes 1 or more",
+                    );
+                    continue;
+                }
+                weights.insert(weight);
                 let Some(endpoint_pb::lb_endpoint::HostIdentifier::Endpoint(e)) =
                     &lb.host_identifier
                 else {
@@ -1929,6 +1943,7 @@ impl Translator<'_> {
                         origin,
                         tags,
                         priority: locality.priority,
+                        weight,
                         // A DNS cluster names each host by its address as written, an IP too.
                         hostname: hosts.as_ref().and_then(|_| {
                             let socket = match e.address.as_ref()?.address.as_ref()? {
@@ -1957,8 +1972,13 @@ impl Translator<'_> {
                 }
             }
         }
-        if weights.len() > 1 {
-            self.nack(CLUSTER, name, format!("{path}.load_assignment.endpoints"), "endpoints of different weights: ProxyConfig balances round robin over equal endpoints");
+        if weights.len() > 1 && hosts.is_some() {
+            self.nack(
+                CLUSTER,
+                name,
+                format!("{path}.load_assignment.endpoints"),
+                "endpoints of different weights in a DNS cluster are not implemented",
+            );
         }
         // ProxyConfig's order: by priority level, each level in the order given.
         out.sort_by_key(|e| e.priority);

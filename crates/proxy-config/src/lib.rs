@@ -939,6 +939,10 @@ pub enum DnsLookupFamily {
     All,
 }
 
+/// The largest sum of its endpoints' weights a priority level balanced by weighted round
+/// robin takes: the runtime keeps that level's EDF schedule as one entry per unit of weight.
+pub const MAX_ROUND_ROBIN_WEIGHT: u64 = 1 << 16;
+
 /// One endpoint named by hostname.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
 pub struct HostEndpoint {
@@ -970,6 +974,8 @@ impl HostEndpoint {
             hostname: Some(self.hostname.clone()),
             tls_match: self.tls_match.clone(),
             priority: self.priority,
+            // Weights differing among a DNS cluster's hosts are refused by the translation.
+            weight: 1,
         }
     }
 }
@@ -1033,10 +1039,19 @@ pub struct Endpoint {
     /// `priority` module states the rule).
     #[serde(skip_serializing_if = "is_zero")]
     pub priority: u32,
+    /// Envoy's `LbEndpoint.load_balancing_weight` (1 or more; 1 when unset): the endpoint's
+    /// share of its level's traffic under round robin, ring hash and Maglev (kuma-cp weighs an
+    /// endpoint reached through another zone's ingress by that zone's instance count).
+    #[serde(skip_serializing_if = "is_one")]
+    pub weight: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 mod millis {
