@@ -26,6 +26,7 @@
 
 use std::cmp::Ordering as Order;
 use std::collections::BinaryHeap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bearing_proxy_config::{Endpoint, LoadBalancer, RingHashFunction};
@@ -41,6 +42,8 @@ pub(crate) enum Picker {
     RoundRobin,
     /// Endpoints of different weights in Envoy's EDF order.
     Weighted(Schedule),
+    /// A weighted locality in Envoy's EDF order, then an endpoint of it by the policy.
+    Localities(Localities),
     /// The least loaded of `choice_count` random endpoints.
     LeastRequest { choice_count: usize },
     /// A random endpoint.
@@ -55,6 +58,9 @@ impl Picker {
     /// The picker of `balancer` over `serving`, the endpoints of the serving level in their
     /// order; a ring or table is built here.
     pub(crate) fn new(balancer: &LoadBalancer, serving: &[Endpoint]) -> Picker {
+        if let Some(localities) = Localities::of(balancer, serving) {
+            return Picker::Localities(localities);
+        }
         match *balancer {
             LoadBalancer::RoundRobin if equal_weights(serving) => Picker::RoundRobin,
             LoadBalancer::RoundRobin => Picker::Weighted(Schedule::new(&weights(serving))),
@@ -87,7 +93,11 @@ impl Picker {
 
     /// Whether picks count the endpoints' active requests (least request).
     pub(crate) fn counts_requests(&self) -> bool {
-        matches!(self, Picker::LeastRequest { .. })
+        match self {
+            Picker::LeastRequest { .. } => true,
+            Picker::Localities(l) => l.members.iter().any(|m| m.1.counts_requests()),
+            _ => false,
+        }
     }
 
     /// The index, among the `n` serving endpoints, of the first one to try: `turn` is the
@@ -100,9 +110,22 @@ impl Picker {
         hash: Option<u64>,
         active: impl Fn(usize) -> u32,
     ) -> usize {
+        self.start_among(n, turn, hash, &active)
+    }
+
+    /// [`Picker::start`] with `active` behind a reference, so a locality's picker is called
+    /// with the same type.
+    fn start_among(
+        &self,
+        n: usize,
+        turn: &AtomicUsize,
+        hash: Option<u64>,
+        active: &dyn Fn(usize) -> u32,
+    ) -> usize {
         match self {
             Picker::RoundRobin => turn.fetch_add(1, Ordering::Relaxed) % n,
             Picker::Weighted(schedule) => schedule.pick(turn.fetch_add(1, Ordering::Relaxed)),
+            Picker::Localities(localities) => localities.start(turn, hash, active),
             Picker::LeastRequest { choice_count } => least_request(n, *choice_count, active),
             Picker::Random => random_below(n),
             Picker::Ring(ring) => ring.pick(hash.unwrap_or_else(rand::random)).unwrap_or(0),
@@ -201,6 +224,61 @@ impl Schedule {
             0 => 0,
             n => self.order[turn % n] as usize,
         }
+    }
+}
+
+/// Envoy's locality-weighted balancing (`locality_weighted_lb_config`) over a level of
+/// several weighted localities, every host healthy (the translation refuses it with a health
+/// signal): a locality is picked by Envoy's EDF scheduler over the localities' weights (its
+/// `chooseHealthyLocality`; a locality's weight times its availability, 100% here), walked as
+/// [`Schedule`] by the cluster's counter, then an endpoint of it by the cluster's policy
+/// with the locality's own counter (Envoy keeps a round robin index per locality).
+pub(crate) struct Localities {
+    /// The localities' schedule.
+    schedule: Schedule,
+    /// Per locality: its endpoints' index range in the level, its picker, its counter.
+    members: Box<[(Range<usize>, Picker, AtomicUsize)]>,
+}
+
+impl Localities {
+    /// The localities of `serving` (each a run of endpoints of one `Endpoint::locality`),
+    /// when there are several; `None` for one or none.
+    fn of(balancer: &LoadBalancer, serving: &[Endpoint]) -> Option<Localities> {
+        let mut runs: Vec<(Range<usize>, u32)> = Vec::new();
+        for (i, endpoint) in serving.iter().enumerate() {
+            let locality = endpoint.locality?;
+            match runs.last_mut() {
+                Some((range, _)) if serving[range.start].locality == Some(locality) => {
+                    range.end = i + 1
+                }
+                _ => runs.push((i..i + 1, locality.weight)),
+            }
+        }
+        if runs.len() < 2 {
+            return None;
+        }
+        let weights: Vec<u32> = runs.iter().map(|(_, w)| *w).collect();
+        let members = runs
+            .into_iter()
+            .map(|(range, _)| {
+                let picker = Picker::new(balancer, &serving[range.clone()]);
+                (range, picker, AtomicUsize::new(0))
+            })
+            .collect();
+        Some(Localities {
+            schedule: Schedule::new(&weights),
+            members,
+        })
+    }
+
+    /// The index in the level of the endpoint a connection or request starts with.
+    fn start(&self, turn: &AtomicUsize, hash: Option<u64>, active: &dyn Fn(usize) -> u32) -> usize {
+        let locality = self.schedule.pick(turn.fetch_add(1, Ordering::Relaxed));
+        let Some((range, picker, own)) = self.members.get(locality) else {
+            return 0;
+        };
+        let at = |i: usize| active(range.start + i);
+        range.start + picker.start_among(range.len(), own, hash, &at)
     }
 }
 
@@ -673,6 +751,43 @@ mod tests {
             counts.iter().all(|c| (9_000..11_000).contains(c)),
             "{counts:?}"
         );
+    }
+
+    /// Weighted localities: the locality by Envoy's EDF order over the locality weights (1
+    /// and 3: B, B, A, B), then round robin within it on its own counter; least request and
+    /// random pick within the chosen locality too, counting its endpoints' requests.
+    #[test]
+    fn weighted_localities_pick_a_locality_then_an_endpoint() {
+        use bearing_proxy_config::LocalityWeight;
+        let endpoint = |i: u8, index: u32, weight: u32| Endpoint {
+            locality: Some(LocalityWeight { index, weight }),
+            ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
+        };
+        let level = [endpoint(1, 0, 1), endpoint(2, 1, 3), endpoint(3, 1, 3)];
+        let picker = Picker::new(&LoadBalancer::RoundRobin, &level);
+        assert!(matches!(picker, Picker::Localities(_)));
+        let turn = AtomicUsize::new(0);
+        let starts: Vec<usize> = (0..8)
+            .map(|_| picker.start(3, &turn, None, |_| 0))
+            .collect();
+        assert_eq!(starts, [1, 2, 0, 1, 2, 1, 0, 2]);
+        let least = Picker::new(&LoadBalancer::LeastRequest { choice_count: 50 }, &level);
+        assert!(least.counts_requests());
+        let loads = [0u32, 7, 0];
+        let starts: Vec<usize> = (0..4)
+            .map(|_| least.start(3, &turn, None, |i| loads[i]))
+            .collect();
+        assert_eq!(
+            starts,
+            [2, 2, 0, 2],
+            "the idle endpoint of the heavy locality"
+        );
+        // One locality: balanced as without locality weighting.
+        let one = [endpoint(1, 0, 1), endpoint(2, 0, 1)];
+        assert!(matches!(
+            Picker::new(&LoadBalancer::RoundRobin, &one),
+            Picker::RoundRobin
+        ));
     }
 
     /// Weighted rings as Envoy builds them: weights 1, 2, 3 on a ring of at least 6 points

@@ -1514,6 +1514,7 @@ pub(crate) fn plain_endpoint(address: SocketAddr) -> Endpoint {
         tls_match: None,
         priority: 0,
         weight: 1,
+        locality: None,
     }
 }
 
@@ -1577,6 +1578,7 @@ mod tests {
         let endpoint = |(i, priority): (usize, &u32)| Endpoint {
             priority: *priority,
             weight: 1,
+            locality: None,
             ..plain_endpoint(at(i))
         };
         priorities.iter().enumerate().map(endpoint).collect()

@@ -447,25 +447,42 @@ fn hashing_balancers_rebuild_over_the_healthy_hosts_as_envoy() -> Result<()> {
 }
 
 /// Kuma's multizone endpoints: `at` with their weights, each in a locality of its own zone,
-/// keeping the golden's first endpoint's metadata, as the assignment of `cluster`.
-fn zone_endpoints(rig: &Rig, cluster: &str, at: &[(std::net::SocketAddr, u32)]) -> Value {
+/// keeping the golden's first endpoint's metadata, as the assignment of `cluster`; with
+/// `localities`, the weights are the localities' (kuma-cp's locality awareness, with its
+/// overprovisioning factor 200) and the endpoints' are left unset.
+fn zone_endpoints(
+    rig: &Rig,
+    cluster: &str,
+    at: &[(std::net::SocketAddr, u32)],
+    localities: bool,
+) -> Value {
     let golden = rig.endpoints(cluster);
     let first = golden
         .pointer("/endpoints/0/lbEndpoints/0")
         .cloned()
         .unwrap_or_else(|| json!({}));
-    let localities: Vec<Value> = at
+    let at_localities: Vec<Value> = at
         .iter()
         .enumerate()
         .map(|(i, (addr, weight))| {
             let mut endpoint = first.clone();
             endpoint["endpoint"] = json!({"address": {"socketAddress": {
                 "address": addr.ip().to_string(), "portValue": addr.port()}}});
-            endpoint["loadBalancingWeight"] = json!(weight);
-            json!({"locality": {"zone": format!("zone-{}", i + 1)}, "lbEndpoints": [endpoint]})
+            let mut locality =
+                json!({"locality": {"zone": format!("zone-{}", i + 1)}, "lbEndpoints": []});
+            match localities {
+                true => locality["loadBalancingWeight"] = json!(weight),
+                false => endpoint["loadBalancingWeight"] = json!(weight),
+            }
+            locality["lbEndpoints"] = json!([endpoint]);
+            locality
         })
         .collect();
-    json!({"clusterName": cluster, "endpoints": localities})
+    let mut assignment = json!({"clusterName": cluster, "endpoints": at_localities});
+    if localities {
+        assignment["policy"] = json!({"overprovisioningFactor": 200});
+    }
+    assignment
 }
 
 /// How many of `seen`'s answers each origin gave.
@@ -478,7 +495,9 @@ fn tally(seen: &[Vec<String>]) -> BTreeMap<String, usize> {
 }
 
 /// Endpoints of weights 1 and 3 (kuma-cp's local endpoint and another zone's ingress for a
-/// zone of 3 instances): 400 requests split 100/300 under round robin (Envoy's EDF schedule;
+/// zone of 3 instances), and localities of weights 1 and 3 under locality-weighted balancing
+/// (round robin and random: the locality by Envoy's EDF schedule, one endpoint in each): 400
+/// requests split 100/300 under round robin (Envoy's EDF schedule;
 /// Envoy starts its schedule at a random pick, so its split may differ by the picks of an
 /// unfinished cycle: within 2), by ring and table share under ring hash and Maglev (each of
 /// 400 keys reaching the very origin Envoy 1.40 sends it to), and about evenly under random,
@@ -494,18 +513,43 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
     let (light, heavy) = (backend.sock4(ORIGINS[0]), backend.sock4(ORIGINS[1]));
     let at = [(light, 1), (heavy, 3)];
     let round_robin = (10006, "weighted-rr");
-    for (port, name, golden, edit) in [
-        (round_robin.0, round_robin.1, &rig.ring, Some("ROUND_ROBIN")),
-        (RANDOM.0, RANDOM.1, &rig.ring, Some("RANDOM")),
-        (RING.0, RING.1, &rig.ring, None),
-        (MAGLEV.0, MAGLEV.1, &rig.maglev, None),
+    // Locality-weighted round robin and random.
+    let (by_locality, random_locality) = ((10007, "locality-rr"), (10008, "locality-random"));
+    for (port, name, golden, edit, localities) in [
+        (
+            round_robin.0,
+            round_robin.1,
+            &rig.ring,
+            Some("ROUND_ROBIN"),
+            false,
+        ),
+        (RANDOM.0, RANDOM.1, &rig.ring, Some("RANDOM"), false),
+        (RING.0, RING.1, &rig.ring, None, false),
+        (MAGLEV.0, MAGLEV.1, &rig.maglev, None, false),
+        (
+            by_locality.0,
+            by_locality.1,
+            &rig.ring,
+            Some("ROUND_ROBIN"),
+            true,
+        ),
+        (
+            random_locality.0,
+            random_locality.1,
+            &rig.ring,
+            Some("RANDOM"),
+            true,
+        ),
     ] {
-        let cluster = match edit {
+        let mut cluster = match edit {
             Some(lb) => server_cluster(golden, name, lb_policy(lb))?,
             None => server_cluster(golden, name, |_| {})?,
         };
+        if localities {
+            cluster["commonLbConfig"] = json!({"localityWeightedLbConfig": {}});
+        }
         xds.cluster(cluster)?
-            .add(ENDPOINTS, name, zone_endpoints(&rig, name, &at))
+            .add(ENDPOINTS, name, zone_endpoints(&rig, name, &at, localities))
             .listener(outbound(golden, web, port, name)?)?;
     }
     xds.mesh_identity(MESH, &rig.leaf, &rig.mesh_ca)?;
@@ -532,6 +576,13 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
             (98..=102).contains(&rr),
             "{proxy}: round robin sent {rr} of 400 to the weight-1 endpoint"
         );
+        for port in [by_locality.0, random_locality.0] {
+            let (light, _) = split(port)?;
+            ensure!(
+                (98..=102).contains(&light),
+                "{proxy}: locality weighting on port {port} sent {light} of 400 to the weight-1 locality"
+            );
+        }
         let (random, _) = split(RANDOM.0)?;
         ensure!(
             (140..=260).contains(&random),
@@ -565,7 +616,14 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
     // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
     sidecar.process().stop(Duration::from_secs(5));
     let _envoy = access.envoy(web, MESH, "demo-client")?;
-    for port in [round_robin.0, RANDOM.0, RING.0, MAGLEV.0] {
+    for port in [
+        round_robin.0,
+        RANDOM.0,
+        RING.0,
+        MAGLEV.0,
+        by_locality.0,
+        random_locality.0,
+    ] {
         web.wait_for_tcp_listener(port, Duration::from_secs(20), None)?;
     }
     let envoy = check("envoy")?;

@@ -704,6 +704,7 @@ pub(crate) fn cross_mesh_cluster(
                 tls_match: None,
                 priority: 0,
                 weight: 1,
+                locality: None,
             });
         }
     }

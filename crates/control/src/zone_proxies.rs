@@ -338,6 +338,7 @@ fn endpoint(r: &Resource, inbound: &bearing_model::Inbound, ip: IpAddr) -> Endpo
         tls_match: None,
         priority: 0,
         weight: 1,
+        locality: None,
     }
 }
 

@@ -129,5 +129,6 @@ fn zone_proxy_endpoint(
         tls_match: None,
         priority: 0,
         weight: 1,
+        locality: None,
     })
 }

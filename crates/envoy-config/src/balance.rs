@@ -245,16 +245,31 @@ pub(crate) fn check_weights(
     problems
 }
 
+/// Whether the cluster balances across weighted localities (`locality_weighted_lb_config`).
+pub(crate) fn locality_weighted(cluster: &cluster_pb::Cluster) -> bool {
+    use cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier;
+    cluster.common_lb_config.as_ref().is_some_and(|c| {
+        matches!(
+            c.locality_config_specifier,
+            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        )
+    })
+}
+
 /// Checks locality weighting and the assignment's `policy` against what the runtime does,
 /// where every host is healthy and the highest populated priority level takes all traffic:
 /// an overprovisioning factor of 100 or more changes nothing then (a level's health, its
 /// healthy share times the factor, is capped at 100%), a smaller one would spill traffic to
 /// lower levels and is refused; with `locality_weighted_lb_config`, a level whose endpoints
 /// all belong to one weighted locality is balanced as without it, several localities in one
-/// level (traffic split by locality weight) and a locality without a weight (no traffic in
-/// Envoy) are refused. Without it, locality weights have no effect in Envoy either.
+/// level are balanced by locality weight (`proxy::balance`) under round robin, least request
+/// and random on a cluster without a health signal (where a locality's availability, which
+/// scales its weight in Envoy, is always 100%) and refused otherwise (ring hash, Maglev, a
+/// health signal, a DNS cluster: `dns`); a locality without a weight (no traffic in Envoy) is refused.
+/// Without it, locality weights have no effect in Envoy either.
 pub(crate) fn check_localities(
     cluster: &cluster_pb::Cluster,
+    (balancer, dns): (&LoadBalancer, bool),
     assignment: Option<&endpoint_pb::ClusterLoadAssignment>,
     path: &str,
 ) -> Vec<Problem> {
@@ -282,14 +297,7 @@ pub(crate) fn check_localities(
             ));
         }
     }
-    use cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier;
-    let weighted = cluster.common_lb_config.as_ref().is_some_and(|c| {
-        matches!(
-            c.locality_config_specifier,
-            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
-        )
-    });
-    if !weighted {
+    if !locality_weighted(cluster) {
         return problems;
     }
     let mut levels: BTreeMap<u32, usize> = BTreeMap::new();
@@ -309,10 +317,22 @@ pub(crate) fn check_localities(
         }
         *levels.entry(locality.priority).or_default() += 1;
     }
-    if let Some((priority, _)) = levels.iter().find(|(_, n)| **n > 1) {
+    let health = !cluster.health_checks.is_empty() || cluster.outlier_detection.is_some();
+    let refused = if balancer.is_consistent_hashing() {
+        Some("under RING_HASH or MAGLEV")
+    } else if health {
+        Some(
+            "with health checks or outlier detection (a locality's availability scales its weight)",
+        )
+    } else if dns {
+        Some("in a DNS cluster")
+    } else {
+        None
+    };
+    if let (Some((priority, _)), Some(why)) = (levels.iter().find(|(_, n)| **n > 1), refused) {
         problems.push((
             format!("{path}.common_lb_config.locality_weighted_lb_config"),
-            format!("several localities at priority {priority}: balancing across weighted localities is not implemented"),
+            format!("several localities at priority {priority}: balancing across weighted localities {why} is not implemented"),
         ));
     }
     problems
@@ -495,17 +515,34 @@ mod tests {
             }),
             ..Default::default()
         };
-        let check = |c: &cluster_pb::Cluster, a| fields(check_localities(c, Some(&a), at));
+        let check = |c: &cluster_pb::Cluster, a| {
+            fields(check_localities(
+                c,
+                (&LoadBalancer::RoundRobin, false),
+                Some(&a),
+                at,
+            ))
+        };
         // kuma-cp's locality awareness in one zone: one weighted locality, factor 200.
         let kuma = assignment(vec![locality(0, Some(1))], Some(200));
         assert!(check(&weighted, kuma).is_empty());
         let two = assignment(vec![locality(0, Some(1)), locality(1, Some(1))], None);
         assert!(check(&weighted, two).is_empty());
+        // Several weighted localities in a level: balanced by weight under round robin,
+        // least request and random without a health signal; NACKed otherwise.
         let shared = assignment(vec![locality(0, Some(1)), locality(0, Some(3))], None);
-        assert_eq!(
-            check(&weighted, shared),
-            [format!("{at}.common_lb_config.locality_weighted_lb_config")]
-        );
+        assert!(check(&weighted, shared.clone()).is_empty());
+        let refused = [format!("{at}.common_lb_config.locality_weighted_lb_config")];
+        let ring = LoadBalancer::Maglev { table_size: 17 };
+        for (balancer, dns) in [(&ring, false), (&LoadBalancer::Random, true)] {
+            let problems = check_localities(&weighted, (balancer, dns), Some(&shared), at);
+            assert_eq!(fields(problems), refused);
+        }
+        let checked = cluster_pb::Cluster {
+            health_checks: vec![Default::default()],
+            ..weighted.clone()
+        };
+        assert_eq!(check(&checked, shared), refused);
         let unweighted = assignment(vec![locality(0, None)], None);
         assert_eq!(
             check(&weighted, unweighted.clone()),

@@ -23,10 +23,10 @@ use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TI
 use bearing_proxy_config::{
     AccessLog, CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamHttpTimeouts,
     DownstreamTls, Endpoint, HeaderFilter, HostEndpoint, Http2Windows, HttpFilter, KumaEndpoints,
-    Listener, LoadBalancer, MeshTls, MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig,
-    ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget, SourcePrefix,
-    SpiffeMatcher, TlsMatch, TokenBucket, TransparentProxy, UpstreamHttpTimeouts, UpstreamTls,
-    Verification, WeightedCluster,
+    Listener, LoadBalancer, LocalityWeight, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
+    ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget,
+    SourcePrefix, SpiffeMatcher, TlsMatch, TokenBucket, TransparentProxy, UpstreamHttpTimeouts,
+    UpstreamTls, Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -1767,14 +1767,19 @@ impl Translator<'_> {
         for (field, reason) in weights.into_iter().flatten() {
             self.nack(CLUSTER, name, field, reason);
         }
-        for (field, reason) in balance::check_localities(cluster, assignment, &path) {
+        let dns = dns_cluster::discovery(kind).is_some();
+        let localities = (&load_balancer, dns);
+        for (field, reason) in balance::check_localities(cluster, localities, assignment, &path) {
             self.nack(CLUSTER, name, field, reason);
         }
         let discovery = dns_cluster::discovery(kind);
         let mut hosts = discovery.map(|_| Vec::new());
         let matches = self.tls_matches(name, &path, cluster);
         let endpoints = assignment
-            .map(|a| self.endpoints(name, &path, a, hosts.as_mut(), &matches))
+            .map(|a| {
+                let weighted = balance::locality_weighted(cluster);
+                self.endpoints(name, &path, a, hosts.as_mut(), &matches, weighted)
+            })
             .unwrap_or_default();
         let dns = discovery.zip(hosts).and_then(|(discovery, hosts)| {
             self.dns_endpoints(name, &path, cluster, discovery, assignment, hosts)
@@ -1909,6 +1914,7 @@ impl Translator<'_> {
         assignment: &endpoint_pb::ClusterLoadAssignment,
         mut hosts: Option<&mut Vec<HostEndpoint>>,
         matches: &[(TlsMatch, Struct)],
+        weighted_localities: bool,
     ) -> Vec<Endpoint> {
         let mut out = Vec::new();
         let mut weights = BTreeSet::new();
@@ -1944,6 +1950,10 @@ impl Translator<'_> {
                         tags,
                         priority: locality.priority,
                         weight,
+                        locality: weighted_localities.then(|| LocalityWeight {
+                            index: i as u32,
+                            weight: locality.load_balancing_weight.as_ref().map_or(0, |w| w.value),
+                        }),
                         // A DNS cluster names each host by its address as written, an IP too.
                         hostname: hosts.as_ref().and_then(|_| {
                             let socket = match e.address.as_ref()?.address.as_ref()? {

@@ -974,8 +974,10 @@ impl HostEndpoint {
             hostname: Some(self.hostname.clone()),
             tls_match: self.tls_match.clone(),
             priority: self.priority,
-            // Weights differing among a DNS cluster's hosts are refused by the translation.
+            // Weights differing among a DNS cluster's hosts, and several weighted localities
+            // in one, are refused by the translation.
             weight: 1,
+            locality: None,
         }
     }
 }
@@ -1043,6 +1045,20 @@ pub struct Endpoint {
     /// share of its level's traffic under round robin, ring hash and Maglev (kuma-cp weighs an
     /// endpoint reached through another zone's ingress by that zone's instance count).
     #[serde(skip_serializing_if = "is_one")]
+    pub weight: u32,
+    /// The weighted locality it belongs to, when the cluster balances across localities
+    /// (Envoy's `locality_weighted_lb_config`); `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locality: Option<LocalityWeight>,
+}
+
+/// An endpoint's locality under locality-weighted balancing: which `LocalityLbEndpoints` of
+/// the assignment it came from, and that locality's `load_balancing_weight`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+pub struct LocalityWeight {
+    /// The locality's index in the ClusterLoadAssignment's `endpoints`.
+    pub index: u32,
+    /// Its weight (1 or more).
     pub weight: u32,
 }
 
