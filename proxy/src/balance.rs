@@ -110,22 +110,10 @@ impl Picker {
         hash: Option<u64>,
         active: impl Fn(usize) -> u32,
     ) -> usize {
-        self.start_among(n, turn, hash, &active)
-    }
-
-    /// [`Picker::start`] with `active` behind a reference, so a locality's picker is called
-    /// with the same type.
-    fn start_among(
-        &self,
-        n: usize,
-        turn: &AtomicUsize,
-        hash: Option<u64>,
-        active: &dyn Fn(usize) -> u32,
-    ) -> usize {
         match self {
             Picker::RoundRobin => turn.fetch_add(1, Ordering::Relaxed) % n,
             Picker::Weighted(schedule) => schedule.pick(turn.fetch_add(1, Ordering::Relaxed)),
-            Picker::Localities(localities) => localities.start(turn, hash, active),
+            Picker::Localities(localities) => localities.start(turn, hash, &active),
             Picker::LeastRequest { choice_count } => least_request(n, *choice_count, active),
             Picker::Random => random_below(n),
             Picker::Ring(ring) => ring.pick(hash.unwrap_or_else(rand::random)).unwrap_or(0),
@@ -271,14 +259,15 @@ impl Localities {
         })
     }
 
-    /// The index in the level of the endpoint a connection or request starts with.
+    /// The index in the level of the endpoint a connection or request starts with
+    /// (`active`: an endpoint's active requests, by its index in the level).
     fn start(&self, turn: &AtomicUsize, hash: Option<u64>, active: &dyn Fn(usize) -> u32) -> usize {
         let locality = self.schedule.pick(turn.fetch_add(1, Ordering::Relaxed));
         let Some((range, picker, own)) = self.members.get(locality) else {
             return 0;
         };
-        let at = |i: usize| active(range.start + i);
-        range.start + picker.start_among(range.len(), own, hash, &at)
+        // A locality's picker is never `Localities` (its endpoints are of one locality).
+        range.start + picker.start(range.len(), own, hash, |i| active(range.start + i))
     }
 }
 
