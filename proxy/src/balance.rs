@@ -17,9 +17,11 @@
 //! weights follows Envoy's EDF scheduler ([`Schedule`]: one cycle of its picks, computed
 //! here, walked by the cluster's counter); the ring gives each endpoint points in proportion
 //! to its normalised weight and Maglev's table lets an endpoint claim a slot on a turn only
-//! as often as its weight allows (both Envoy's arithmetic); random ignores weights, as
-//! Envoy's does. Least request over different weights is refused by the translation. A
-//! level whose weights are all equal is balanced exactly as without weights.
+//! as often as its weight allows (both Envoy's arithmetic); least request over different
+//! weights is Envoy's EDF over weight / (active requests + 1) ([`LoadSchedule`]); random
+//! ignores weights, as Envoy's does. A level whose weights are all equal is balanced exactly
+//! as without weights. Several weighted localities in a level ([`Localities`]) pick a
+//! locality by Envoy's EDF over their weights, then an endpoint of it by the policy.
 //!
 //! Only the start is chosen here: the order of further attempts (the rest of the level,
 //! for a connect that fails over) is `crate::upstream::Rotation`'s.
@@ -27,7 +29,7 @@
 use std::cmp::Ordering as Order;
 use std::collections::BinaryHeap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bearing_proxy_config::{Endpoint, LoadBalancer, RingHashFunction};
 use xxhash_rust::xxh64::xxh64;
@@ -46,6 +48,8 @@ pub(crate) enum Picker {
     Localities(Localities),
     /// The least loaded of `choice_count` random endpoints.
     LeastRequest { choice_count: usize },
+    /// Endpoints of different weights by Envoy's EDF over weight / (active requests + 1).
+    WeightedLeast(LoadSchedule),
     /// A random endpoint.
     Random,
     /// The ring point at or after the request's hash.
@@ -64,6 +68,9 @@ impl Picker {
         match *balancer {
             LoadBalancer::RoundRobin if equal_weights(serving) => Picker::RoundRobin,
             LoadBalancer::RoundRobin => Picker::Weighted(Schedule::new(&weights(serving))),
+            LoadBalancer::LeastRequest { .. } if !equal_weights(serving) => {
+                Picker::WeightedLeast(LoadSchedule::new(&weights(serving)))
+            }
             LoadBalancer::LeastRequest { choice_count } => Picker::LeastRequest {
                 choice_count: choice_count as usize,
             },
@@ -94,7 +101,7 @@ impl Picker {
     /// Whether picks count the endpoints' active requests (least request).
     pub(crate) fn counts_requests(&self) -> bool {
         match self {
-            Picker::LeastRequest { .. } => true,
+            Picker::LeastRequest { .. } | Picker::WeightedLeast(_) => true,
             Picker::Localities(l) => l.members.iter().any(|m| m.1.counts_requests()),
             _ => false,
         }
@@ -115,6 +122,7 @@ impl Picker {
             Picker::Weighted(schedule) => schedule.pick(turn.fetch_add(1, Ordering::Relaxed)),
             Picker::Localities(localities) => localities.start(turn, hash, &active),
             Picker::LeastRequest { choice_count } => least_request(n, *choice_count, active),
+            Picker::WeightedLeast(schedule) => schedule.pick(active),
             Picker::Random => random_below(n),
             Picker::Ring(ring) => ring.pick(hash.unwrap_or_else(rand::random)).unwrap_or(0),
             Picker::Maglev(table) => table.pick(hash.unwrap_or_else(rand::random)).unwrap_or(0),
@@ -127,7 +135,10 @@ impl Picker {
 /// keeps a picker per level over its eligible hosts.
 pub(crate) fn picks_by_endpoints(balancer: &LoadBalancer, endpoints: &[Endpoint]) -> bool {
     balancer.is_consistent_hashing()
-        || (*balancer == LoadBalancer::RoundRobin && !equal_weights(endpoints))
+        || (matches!(
+            balancer,
+            LoadBalancer::RoundRobin | LoadBalancer::LeastRequest { .. }
+        ) && !equal_weights(endpoints))
 }
 
 /// Whether `endpoints` all have the same weight (Envoy then balances them unweighted).
@@ -211,6 +222,60 @@ impl Schedule {
         match self.order.len() {
             0 => 0,
             n => self.order[turn % n] as usize,
+        }
+    }
+}
+
+/// Envoy's least request over endpoints of different weights (`active_request_bias` 1, the
+/// only one taken): its EDF scheduler where a picked endpoint is queued again with the weight
+/// `weight / (active requests + 1)`, its active requests read as it is picked. The queue is
+/// each endpoint's deadline in an atomic (as `f64` bits), starting as Envoy's fresh
+/// `createWithPicks` sets it (`1 / (weight + 1e-13)`): a pick takes the earliest deadline
+/// (the first endpoint on a tie, where Envoy takes the first queued), moves the clock there
+/// and sets that endpoint's next deadline with a compare-and-swap, scanning again if another
+/// pick moved it first. Lock- and allocation-free; a scan of the level per pick, where Envoy
+/// pops a heap per worker.
+pub(crate) struct LoadSchedule {
+    /// Per endpoint: its weight and its deadline's bits.
+    entries: Box<[(u32, AtomicU64)]>,
+}
+
+impl LoadSchedule {
+    /// The schedule of endpoints of `weights` (each 1 or more).
+    pub(crate) fn new(weights: &[u32]) -> LoadSchedule {
+        let entries = weights
+            .iter()
+            .map(|w| {
+                let deadline = 1.0 / (f64::from(*w) + 1e-13);
+                (*w, AtomicU64::new(deadline.to_bits()))
+            })
+            .collect();
+        LoadSchedule { entries }
+    }
+
+    /// The endpoint of the next pick; `active` gives an endpoint's active requests.
+    fn pick(&self, active: impl Fn(usize) -> u32) -> usize {
+        loop {
+            let mut earliest: Option<(usize, u64, f64)> = None;
+            for (i, (_, deadline)) in self.entries.iter().enumerate() {
+                let bits = deadline.load(Ordering::Relaxed);
+                let at = f64::from_bits(bits);
+                if earliest.is_none_or(|(_, _, best)| at < best) {
+                    earliest = Some((i, bits, at));
+                }
+            }
+            let Some((i, bits, at)) = earliest else {
+                return 0;
+            };
+            let (weight, deadline) = &self.entries[i];
+            let load = f64::from(*weight) / (f64::from(active(i)) + 1.0);
+            let next = (at + 1.0 / load).to_bits();
+            if deadline
+                .compare_exchange(bits, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return i;
+            }
         }
     }
 }
@@ -740,6 +805,32 @@ mod tests {
             counts.iter().all(|c| (9_000..11_000).contains(c)),
             "{counts:?}"
         );
+    }
+
+    /// Weighted least request: with no request active it picks as weighted round robin
+    /// (Envoy's EDF over weight / 1); an endpoint's active requests divide its weight as it
+    /// is picked (weights 1 and 3, the heavy one holding 3 requests: 1 and 3/4, so the light
+    /// one takes 4 of every 7 picks).
+    #[test]
+    fn weighted_least_request_divides_weights_by_active_requests() {
+        let idle = LoadSchedule::new(&[1, 2]);
+        let picks: Vec<usize> = (0..6).map(|_| idle.pick(|_| 0)).collect();
+        assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
+        let busy = LoadSchedule::new(&[1, 3]);
+        let mut counts = [0usize; 2];
+        for _ in 0..700 {
+            counts[busy.pick(|i| if i == 1 { 3 } else { 0 })] += 1;
+        }
+        assert!((398..=402).contains(&counts[0]), "{counts:?}");
+        let endpoint = |i: u8, weight: u32| Endpoint {
+            weight,
+            ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
+        };
+        let least = LoadBalancer::LeastRequest { choice_count: 2 };
+        let picker = Picker::new(&least, &[endpoint(1, 1), endpoint(2, 3)]);
+        assert!(matches!(picker, Picker::WeightedLeast(_)) && picker.counts_requests());
+        let equal = Picker::new(&least, &[endpoint(1, 3), endpoint(2, 3)]);
+        assert!(matches!(equal, Picker::LeastRequest { choice_count: 2 }));
     }
 
     /// Weighted localities: the locality by Envoy's EDF order over the locality weights (1

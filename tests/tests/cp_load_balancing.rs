@@ -497,7 +497,8 @@ fn tally(seen: &[Vec<String>]) -> BTreeMap<String, usize> {
 /// Endpoints of weights 1 and 3 (kuma-cp's local endpoint and another zone's ingress for a
 /// zone of 3 instances), and localities of weights 1 and 3 under locality-weighted balancing
 /// (round robin and random: the locality by Envoy's EDF schedule, one endpoint in each): 400
-/// requests split 100/300 under round robin (Envoy's EDF schedule;
+/// requests split 100/300 under round robin and least request one at a time (weights
+/// divided by 1 active request: round robin's order) (Envoy's EDF schedule;
 /// Envoy starts its schedule at a random pick, so its split may differ by the picks of an
 /// unfinished cycle: within 2), by ring and table share under ring hash and Maglev (each of
 /// 400 keys reaching the very origin Envoy 1.40 sends it to), and about evenly under random,
@@ -513,6 +514,7 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
     let (light, heavy) = (backend.sock4(ORIGINS[0]), backend.sock4(ORIGINS[1]));
     let at = [(light, 1), (heavy, 3)];
     let round_robin = (10006, "weighted-rr");
+    let least = (10009, "weighted-least");
     // Locality-weighted round robin and random.
     let (by_locality, random_locality) = ((10007, "locality-rr"), (10008, "locality-random"));
     for (port, name, golden, edit, localities) in [
@@ -524,6 +526,7 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
             false,
         ),
         (RANDOM.0, RANDOM.1, &rig.ring, Some("RANDOM"), false),
+        (least.0, least.1, &rig.ring, Some("LEAST_REQUEST"), false),
         (RING.0, RING.1, &rig.ring, None, false),
         (MAGLEV.0, MAGLEV.1, &rig.maglev, None, false),
         (
@@ -576,11 +579,12 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
             (98..=102).contains(&rr),
             "{proxy}: round robin sent {rr} of 400 to the weight-1 endpoint"
         );
-        for port in [by_locality.0, random_locality.0] {
+        // Least request with one request at a time: weights divided by 1, as round robin.
+        for port in [least.0, by_locality.0, random_locality.0] {
             let (light, _) = split(port)?;
             ensure!(
                 (98..=102).contains(&light),
-                "{proxy}: locality weighting on port {port} sent {light} of 400 to the weight-1 locality"
+                "{proxy}: port {port} sent {light} of 400 to the weight-1 endpoint or locality"
             );
         }
         let (random, _) = split(RANDOM.0)?;
@@ -619,6 +623,7 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
     for port in [
         round_robin.0,
         RANDOM.0,
+        least.0,
         RING.0,
         MAGLEV.0,
         by_locality.0,

@@ -194,11 +194,11 @@ fn is_prime(n: u64) -> bool {
 }
 
 /// Checks the endpoints' weights (`LbEndpoint.load_balancing_weight`) against what the
-/// runtime does with them, per priority level: round robin, ring hash and Maglev share a
-/// level by weight (`proxy::balance`), random ignores weights as Envoy's does; least request
-/// over different weights (Envoy's EDF over weight / (active requests + 1)) is refused, and
-/// so is a round robin level whose weights sum past [`MAX_ROUND_ROBIN_WEIGHT`] (the
-/// schedule keeps an entry per unit of weight) or a level past `u32::MAX` (Envoy refuses it).
+/// runtime does with them, per priority level: round robin, least request (Envoy's EDF over
+/// weight / (active requests + 1)), ring hash and Maglev share a level by weight
+/// (`proxy::balance`), random ignores weights as Envoy's does; a round robin level whose
+/// weights sum past [`MAX_ROUND_ROBIN_WEIGHT`] (the schedule keeps an entry per unit of
+/// weight) or a level past `u32::MAX` (Envoy refuses it) is refused.
 pub(crate) fn check_weights(
     balancer: &LoadBalancer,
     assignment: &endpoint_pb::ClusterLoadAssignment,
@@ -236,10 +236,8 @@ pub(crate) fn check_weights(
             ));
             continue;
         }
-        match balancer {
-            LoadBalancer::LeastRequest { .. } => problems.push((at.clone(), format!("LEAST_REQUEST over endpoints of different weights (priority {priority}): Envoy's EDF over weight / (active requests + 1) is not implemented"))),
-            LoadBalancer::RoundRobin if sum > MAX_ROUND_ROBIN_WEIGHT => problems.push((at.clone(), format!("the weights at priority {priority} sum to {sum}: a weighted round robin schedule over more than {MAX_ROUND_ROBIN_WEIGHT} is not implemented"))),
-            _ => {}
+        if *balancer == LoadBalancer::RoundRobin && sum > MAX_ROUND_ROBIN_WEIGHT {
+            problems.push((at.clone(), format!("the weights at priority {priority} sum to {sum}: a weighted round robin schedule over more than {MAX_ROUND_ROBIN_WEIGHT} is not implemented")));
         }
     }
     problems
@@ -576,9 +574,9 @@ mod tests {
         );
     }
 
-    /// Endpoint weights pass where the runtime balances by them (round robin, ring hash,
-    /// Maglev, random ignoring them) and are NACKed by path under least request, or past a
-    /// round robin schedule's bound; equal weights within each level pass everywhere.
+    /// Endpoint weights pass where the runtime balances by them (round robin, least request,
+    /// ring hash, Maglev, random ignoring them) and are NACKed by path past a round robin
+    /// schedule's bound (per level) or `u32::MAX`.
     #[test]
     fn endpoint_weights_pass_where_the_runtime_weighs_them() {
         let at = "clusters[\"c\"]";
@@ -599,6 +597,7 @@ mod tests {
         let least = LoadBalancer::LeastRequest { choice_count: 2 };
         for balancer in [
             LoadBalancer::RoundRobin,
+            least,
             LoadBalancer::Random,
             LoadBalancer::Maglev { table_size: 65537 },
         ] {
@@ -607,18 +606,15 @@ mod tests {
                 "{balancer:?}"
             );
         }
-        assert_eq!(
-            fields(check_weights(&least, &kuma, at)),
-            [format!("{at}.load_assignment.endpoints")]
-        );
-        // Equal within each level: nothing to weigh, even under least request.
-        let per_level = assignment(vec![level(0, &[2, 2]), level(1, &[5])]);
-        assert!(check_weights(&least, &per_level, at).is_empty());
+        // The round robin schedule's bound counts per level.
+        let per_level = assignment(vec![level(0, &[1, 1 << 15]), level(1, &[1, 1 << 15])]);
+        assert!(check_weights(&LoadBalancer::RoundRobin, &per_level, at).is_empty());
         let heavy = assignment(vec![level(0, &[1, 1 << 16])]);
         assert_eq!(
             fields(check_weights(&LoadBalancer::RoundRobin, &heavy, at)),
             [format!("{at}.load_assignment.endpoints")]
         );
+        assert!(check_weights(&least, &heavy, at).is_empty());
         let huge = assignment(vec![level(0, &[u32::MAX, 1])]);
         assert_eq!(
             fields(check_weights(&LoadBalancer::Random, &huge, at)),
