@@ -131,8 +131,8 @@ impl Picker {
 }
 
 /// Whether `balancer`'s picks over `endpoints` depend on which endpoints are eligible (a
-/// ring, a table, a round robin schedule over different weights), so that a health plan
-/// keeps a picker per level over its eligible hosts.
+/// ring, a table, a round robin or least request schedule over different weights), so that
+/// a health plan keeps a picker per level over its eligible hosts.
 pub(crate) fn picks_by_endpoints(balancer: &LoadBalancer, endpoints: &[Endpoint]) -> bool {
     balancer.is_consistent_hashing()
         || (matches!(

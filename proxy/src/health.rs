@@ -127,7 +127,7 @@ impl ClusterHealth {
 
     /// Recomputes the plan from the hosts' flags: called whenever a signal changed one.
     /// `cluster` (the one these are of) gives a plan its pickers per level where they depend
-    /// on the endpoints (rings, tables, weighted round robin schedules).
+    /// on the endpoints (rings, tables, schedules over different weights).
     pub fn refresh(&self, cluster: &Cluster) {
         let healthy: Vec<bool> = self
             .pools

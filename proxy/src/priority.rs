@@ -19,9 +19,10 @@
 //! changes; a request draws its level from the plan's loads and balances among that
 //! level's eligible hosts. A consistent-hashing cluster (ring hash, Maglev) draws its level
 //! by the request's hash, as Envoy's thread-aware balancers do, and keeps a ring or table per
-//! level over the eligible hosts, rebuilt with the plan; so does a round robin cluster whose
-//! endpoints' weights differ, with an EDF schedule per level over the eligible hosts (Envoy's
-//! schedule is over the healthy hosts too, and none when their weights are equal).
+//! level over the eligible hosts, rebuilt with the plan; so does a round robin or least
+//! request cluster whose endpoints' weights differ, with an EDF schedule per level over the
+//! eligible hosts (Envoy's schedule is over the healthy hosts too, and none when their
+//! weights are equal).
 
 use std::ops::Range;
 
@@ -56,8 +57,9 @@ pub struct Plan {
     /// ones, or all of them when the level is in panic.
     hosts: Vec<Vec<usize>>,
     /// Per level, for a cluster whose picks depend on its endpoints (ring hash, Maglev,
-    /// round robin over different weights): its picker (ring, table, EDF schedule) over the
-    /// level's eligible hosts (Envoy rebuilds them whenever health changes); empty otherwise.
+    /// round robin or least request over different weights): its picker (ring, table, EDF
+    /// schedule) over the level's eligible hosts (Envoy rebuilds them whenever health
+    /// changes); empty otherwise.
     pickers: Vec<Picker>,
 }
 

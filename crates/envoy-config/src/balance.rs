@@ -263,8 +263,9 @@ pub(crate) fn locality_weighted(cluster: &cluster_pb::Cluster) -> bool {
 /// level are balanced by locality weight (`proxy::balance`) under round robin, least request
 /// and random on a cluster without a health signal (where a locality's availability, which
 /// scales its weight in Envoy, is always 100%) and refused otherwise (ring hash, Maglev, a
-/// health signal, a DNS cluster: `dns`); a locality without a weight (no traffic in Envoy) is refused.
-/// Without it, locality weights have no effect in Envoy either.
+/// health signal, a DNS cluster: `dns`, weights past [`MAX_ROUND_ROBIN_WEIGHT`] in all); a
+/// locality without a weight (no traffic in Envoy) is refused. Without it, locality weights
+/// have no effect in Envoy either.
 pub(crate) fn check_localities(
     cluster: &cluster_pb::Cluster,
     (balancer, dns): (&LoadBalancer, bool),
@@ -298,7 +299,8 @@ pub(crate) fn check_localities(
     if !locality_weighted(cluster) {
         return problems;
     }
-    let mut levels: BTreeMap<u32, usize> = BTreeMap::new();
+    // Per level: its localities with endpoints, and the sum of their weights.
+    let mut levels: BTreeMap<u32, (usize, u64)> = BTreeMap::new();
     for (i, locality) in assignment.endpoints.iter().enumerate() {
         if locality.lb_endpoints.is_empty() {
             continue;
@@ -313,21 +315,30 @@ pub(crate) fn check_localities(
                 "a locality without a weight under locality-weighted balancing (Envoy sends it no traffic) is not implemented".into(),
             ));
         }
-        *levels.entry(locality.priority).or_default() += 1;
+        let level = levels.entry(locality.priority).or_default();
+        level.0 += 1;
+        level.1 += locality
+            .load_balancing_weight
+            .as_ref()
+            .map_or(0, |w| u64::from(w.value));
     }
     let health = !cluster.health_checks.is_empty() || cluster.outlier_detection.is_some();
-    let refused = if balancer.is_consistent_hashing() {
-        Some("under RING_HASH or MAGLEV")
-    } else if health {
-        Some(
-            "with health checks or outlier detection (a locality's availability scales its weight)",
-        )
-    } else if dns {
-        Some("in a DNS cluster")
-    } else {
-        None
+    // Why several weighted localities in a level whose weights sum to `sum` are refused.
+    let refused = |sum: u64| -> Option<String> {
+        if balancer.is_consistent_hashing() {
+            Some("under RING_HASH or MAGLEV".into())
+        } else if health {
+            Some("with health checks or outlier detection (a locality's availability scales its weight)".into())
+        } else if dns {
+            Some("in a DNS cluster".into())
+        } else if sum > MAX_ROUND_ROBIN_WEIGHT {
+            Some(format!("whose weights sum to {sum}, past {MAX_ROUND_ROBIN_WEIGHT} (the locality schedule keeps an entry per unit of weight)"))
+        } else {
+            None
+        }
     };
-    if let (Some((priority, _)), Some(why)) = (levels.iter().find(|(_, n)| **n > 1), refused) {
+    let mut several = levels.iter().filter(|(_, (n, _))| *n > 1);
+    if let Some((priority, why)) = several.find_map(|(p, (_, sum))| Some((p, refused(*sum)?))) {
         problems.push((
             format!("{path}.common_lb_config.locality_weighted_lb_config"),
             format!("several localities at priority {priority}: balancing across weighted localities {why} is not implemented"),
@@ -541,6 +552,8 @@ mod tests {
             ..weighted.clone()
         };
         assert_eq!(check(&checked, shared), refused);
+        let heavy = assignment(vec![locality(0, Some(1)), locality(0, Some(1 << 16))], None);
+        assert_eq!(check(&weighted, heavy), refused);
         let unweighted = assignment(vec![locality(0, None)], None);
         assert_eq!(
             check(&weighted, unweighted.clone()),
