@@ -13,10 +13,23 @@
 //! sizes, permutations and lookups, so a hash picks the same endpoint as Envoy 1.40 given
 //! the same endpoints in the same order.
 //!
+//! Endpoint weights (`Endpoint::weight`) count as in Envoy: round robin over different
+//! weights follows Envoy's EDF scheduler ([`Schedule`]: one cycle of its picks, computed
+//! here, walked by the cluster's counter); the ring gives each endpoint points in proportion
+//! to its normalised weight and Maglev's table lets an endpoint claim a slot on a turn only
+//! as often as its weight allows (both Envoy's arithmetic); least request over different
+//! weights is Envoy's EDF over weight / (active requests + 1) ([`LoadSchedule`]); random
+//! ignores weights, as Envoy's does. A level whose weights are all equal is balanced exactly
+//! as without weights. Several weighted localities in a level ([`Localities`]) pick a
+//! locality by Envoy's EDF over their weights, then an endpoint of it by the policy.
+//!
 //! Only the start is chosen here: the order of further attempts (the rest of the level,
 //! for a connect that fails over) is `crate::upstream::Rotation`'s.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cmp::Ordering as Order;
+use std::collections::BinaryHeap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bearing_proxy_config::{Endpoint, LoadBalancer, RingHashFunction};
 use xxhash_rust::xxh64::xxh64;
@@ -29,8 +42,14 @@ const HASH_KEY: &str = "hash_key";
 pub(crate) enum Picker {
     /// Each endpoint in turn.
     RoundRobin,
+    /// Endpoints of different weights in Envoy's EDF order.
+    Weighted(Schedule),
+    /// A weighted locality in Envoy's EDF order, then an endpoint of it by the policy.
+    Localities(Localities),
     /// The least loaded of `choice_count` random endpoints.
     LeastRequest { choice_count: usize },
+    /// Endpoints of different weights by Envoy's EDF over weight / (active requests + 1).
+    WeightedLeast(LoadSchedule),
     /// A random endpoint.
     Random,
     /// The ring point at or after the request's hash.
@@ -43,8 +62,15 @@ impl Picker {
     /// The picker of `balancer` over `serving`, the endpoints of the serving level in their
     /// order; a ring or table is built here.
     pub(crate) fn new(balancer: &LoadBalancer, serving: &[Endpoint]) -> Picker {
+        if let Some(localities) = Localities::of(balancer, serving) {
+            return Picker::Localities(localities);
+        }
         match *balancer {
-            LoadBalancer::RoundRobin => Picker::RoundRobin,
+            LoadBalancer::RoundRobin if equal_weights(serving) => Picker::RoundRobin,
+            LoadBalancer::RoundRobin => Picker::Weighted(Schedule::new(&weights(serving))),
+            LoadBalancer::LeastRequest { .. } if !equal_weights(serving) => {
+                Picker::WeightedLeast(LoadSchedule::new(&weights(serving)))
+            }
             LoadBalancer::LeastRequest { choice_count } => Picker::LeastRequest {
                 choice_count: choice_count as usize,
             },
@@ -55,12 +81,15 @@ impl Picker {
                 hash_function,
             } => Picker::Ring(Ring::new(
                 &hash_keys(serving),
+                &weights(serving),
                 (minimum_ring_size, maximum_ring_size),
                 hash_function,
             )),
-            LoadBalancer::Maglev { table_size } => {
-                Picker::Maglev(Maglev::new(&hash_keys(serving), table_size))
-            }
+            LoadBalancer::Maglev { table_size } => Picker::Maglev(Maglev::new(
+                &hash_keys(serving),
+                &weights(serving),
+                table_size,
+            )),
         }
     }
 
@@ -71,7 +100,11 @@ impl Picker {
 
     /// Whether picks count the endpoints' active requests (least request).
     pub(crate) fn counts_requests(&self) -> bool {
-        matches!(self, Picker::LeastRequest { .. })
+        match self {
+            Picker::LeastRequest { .. } | Picker::WeightedLeast(_) => true,
+            Picker::Localities(l) => l.members.iter().any(|m| m.1.counts_requests()),
+            _ => false,
+        }
     }
 
     /// The index, among the `n` serving endpoints, of the first one to try: `turn` is the
@@ -88,7 +121,10 @@ impl Picker {
     ) -> usize {
         match self {
             Picker::RoundRobin => turn.fetch_add(1, Ordering::Relaxed) % n,
+            Picker::Weighted(schedule) => schedule.pick(turn.fetch_add(1, Ordering::Relaxed)),
+            Picker::Localities(localities) => localities.start(attempt, turn, hash, &active),
             Picker::LeastRequest { choice_count } => least_request(n, *choice_count, active),
+            Picker::WeightedLeast(schedule) => schedule.pick(active),
             Picker::Random => random_below(n),
             Picker::Ring(ring) => ring
                 .pick(hash.unwrap_or_else(rand::random), attempt)
@@ -97,6 +133,220 @@ impl Picker {
                 .pick(hash.unwrap_or_else(rand::random), attempt)
                 .unwrap_or(0),
         }
+    }
+}
+
+/// Whether `balancer`'s picks over `endpoints` depend on which endpoints are eligible (a
+/// ring, a table, a round robin or least request schedule over different weights), so that
+/// a health plan keeps a picker per level over its eligible hosts.
+pub(crate) fn picks_by_endpoints(balancer: &LoadBalancer, endpoints: &[Endpoint]) -> bool {
+    balancer.is_consistent_hashing()
+        || (matches!(
+            balancer,
+            LoadBalancer::RoundRobin | LoadBalancer::LeastRequest { .. }
+        ) && !equal_weights(endpoints))
+}
+
+/// Whether `endpoints` all have the same weight (Envoy then balances them unweighted).
+pub(crate) fn equal_weights(endpoints: &[Endpoint]) -> bool {
+    endpoints.windows(2).all(|w| w[0].weight == w[1].weight)
+}
+
+/// Each endpoint's weight.
+fn weights(endpoints: &[Endpoint]) -> Vec<u32> {
+    endpoints.iter().map(|e| e.weight).collect()
+}
+
+/// Envoy's weighted round robin: the picks of its EDF scheduler (`EdfScheduler`) over the
+/// endpoints' weights, one cycle of them (each endpoint as often as its weight), walked by
+/// the cluster's counter. Envoy's scheduler starts fresh as `createWithPicks` makes it,
+/// with each entry's weight raised by 1e-13, deadline `1 / weight` and ties going to the
+/// entry queued first; a pick moves the clock to the picked deadline and queues the entry
+/// again at `clock + 1 / weight`. After a cycle every endpoint was picked its weight's
+/// number of times and the deadlines stand where they started, one unit of time later, so
+/// the cycle repeats. (Envoy starts each worker at a random number of picks into it.)
+pub(crate) struct Schedule {
+    /// Endpoint indices in pick order.
+    order: Box<[u32]>,
+}
+
+/// An entry of the EDF queue: its deadline, then its order of queueing, as Envoy's
+/// `EdfEntry` compares them (the earliest first).
+struct Due(f64, u64, u32);
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Order::Equal
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Order> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    /// Reversed, so that `BinaryHeap` pops the earliest deadline, then the first queued.
+    fn cmp(&self, other: &Self) -> Order {
+        other
+            .0
+            .total_cmp(&self.0)
+            .then_with(|| other.1.cmp(&self.1))
+    }
+}
+
+impl Schedule {
+    /// The cycle of Envoy's EDF picks over endpoints of `weights` (each 1 or more).
+    pub(crate) fn new(weights: &[u32]) -> Schedule {
+        let cycle: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+        let mut queue: BinaryHeap<Due> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Due(1.0 / (f64::from(*w) + 1e-13), i as u64, i as u32))
+            .collect();
+        let mut queued = weights.len() as u64;
+        let mut order = Vec::with_capacity(cycle as usize);
+        while (order.len() as u64) < cycle {
+            let Some(Due(deadline, _, index)) = queue.pop() else {
+                break;
+            };
+            order.push(index);
+            let weight = weights.get(index as usize).map_or(1, |w| *w);
+            queue.push(Due(deadline + 1.0 / f64::from(weight), queued, index));
+            queued += 1;
+        }
+        Schedule {
+            order: order.into_boxed_slice(),
+        }
+    }
+
+    /// The endpoint of the `turn`th pick.
+    fn pick(&self, turn: usize) -> usize {
+        match self.order.len() {
+            0 => 0,
+            n => self.order[turn % n] as usize,
+        }
+    }
+}
+
+/// Envoy's least request over endpoints of different weights (`active_request_bias` 1, the
+/// only one taken): its EDF scheduler where a picked endpoint is queued again with the weight
+/// `weight / (active requests + 1)`, its active requests read as it is picked. The queue is
+/// each endpoint's deadline in an atomic (as `f64` bits), starting as Envoy's fresh
+/// `createWithPicks` sets it (`1 / (weight + 1e-13)`): a pick takes the earliest deadline
+/// (the first endpoint on a tie, where Envoy takes the first queued), moves the clock there
+/// and sets that endpoint's next deadline with a compare-and-swap, scanning again if another
+/// pick moved it first. Lock- and allocation-free; a scan of the level per pick, where Envoy
+/// pops a heap per worker.
+pub(crate) struct LoadSchedule {
+    /// Per endpoint: its weight and its deadline's bits.
+    entries: Box<[(u32, AtomicU64)]>,
+}
+
+impl LoadSchedule {
+    /// The schedule of endpoints of `weights` (each 1 or more).
+    pub(crate) fn new(weights: &[u32]) -> LoadSchedule {
+        let entries = weights
+            .iter()
+            .map(|w| {
+                let deadline = 1.0 / (f64::from(*w) + 1e-13);
+                (*w, AtomicU64::new(deadline.to_bits()))
+            })
+            .collect();
+        LoadSchedule { entries }
+    }
+
+    /// The endpoint of the next pick; `active` gives an endpoint's active requests.
+    fn pick(&self, active: impl Fn(usize) -> u32) -> usize {
+        loop {
+            let mut earliest: Option<(usize, u64, f64)> = None;
+            for (i, (_, deadline)) in self.entries.iter().enumerate() {
+                let bits = deadline.load(Ordering::Relaxed);
+                let at = f64::from_bits(bits);
+                if earliest.is_none_or(|(_, _, best)| at < best) {
+                    earliest = Some((i, bits, at));
+                }
+            }
+            let Some((i, bits, at)) = earliest else {
+                return 0;
+            };
+            let (weight, deadline) = &self.entries[i];
+            let load = f64::from(*weight) / (f64::from(active(i)) + 1.0);
+            let next = (at + 1.0 / load).to_bits();
+            if deadline
+                .compare_exchange(bits, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return i;
+            }
+        }
+    }
+}
+
+/// Envoy's locality-weighted balancing (`locality_weighted_lb_config`) over a level of
+/// several weighted localities, every host healthy (the translation refuses it with a health
+/// signal): a locality is picked by Envoy's EDF scheduler over the localities' weights (its
+/// `chooseHealthyLocality`; a locality's weight times its availability, 100% here), walked as
+/// [`Schedule`] by the cluster's counter, then an endpoint of it by the cluster's policy
+/// with the locality's own counter (Envoy keeps a round robin index per locality).
+pub(crate) struct Localities {
+    /// The localities' schedule.
+    schedule: Schedule,
+    /// Per locality: its endpoints' index range in the level, its picker, its counter.
+    members: Box<[(Range<usize>, Picker, AtomicUsize)]>,
+}
+
+impl Localities {
+    /// The localities of `serving` (each a run of endpoints of one `Endpoint::locality`),
+    /// when there are several; `None` for one or none.
+    fn of(balancer: &LoadBalancer, serving: &[Endpoint]) -> Option<Localities> {
+        let mut runs: Vec<(Range<usize>, u32)> = Vec::new();
+        for (i, endpoint) in serving.iter().enumerate() {
+            let locality = endpoint.locality?;
+            match runs.last_mut() {
+                Some((range, _)) if serving[range.start].locality == Some(locality) => {
+                    range.end = i + 1
+                }
+                _ => runs.push((i..i + 1, locality.weight)),
+            }
+        }
+        if runs.len() < 2 {
+            return None;
+        }
+        let weights: Vec<u32> = runs.iter().map(|(_, w)| *w).collect();
+        let members = runs
+            .into_iter()
+            .map(|(range, _)| {
+                let picker = Picker::new(balancer, &serving[range.clone()]);
+                (range, picker, AtomicUsize::new(0))
+            })
+            .collect();
+        Some(Localities {
+            schedule: Schedule::new(&weights),
+            members,
+        })
+    }
+
+    /// The index in the level of the endpoint a connection or request starts with
+    /// (`active`: an endpoint's active requests, by its index in the level; `attempt` as
+    /// [`Picker::start`]'s).
+    fn start(
+        &self,
+        attempt: u32,
+        turn: &AtomicUsize,
+        hash: Option<u64>,
+        active: &dyn Fn(usize) -> u32,
+    ) -> usize {
+        let locality = self.schedule.pick(turn.fetch_add(1, Ordering::Relaxed));
+        let Some((range, picker, own)) = self.members.get(locality) else {
+            return 0;
+        };
+        // A locality's picker is never `Localities` (its endpoints are of one locality).
+        let local = |i| active(range.start + i);
+        range.start + picker.start((range.len(), attempt), own, hash, local)
     }
 }
 
@@ -140,26 +390,27 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
-    /// The ring of endpoints whose hash keys are `keys` (equal weights), sized as Envoy
-    /// sizes it: `min(ceil(w * minimum) / w, maximum)` points for the smallest normalised
-    /// weight `w`, shared out by running sums of each endpoint's share, each point hashed
-    /// by `function`.
+    /// The ring of endpoints whose hash keys are `keys` and weights `weights`, sized as
+    /// Envoy sizes it: `min(ceil(w * minimum) / w, maximum)` points for the smallest
+    /// normalised weight `w` (an endpoint's weight over the sum of them), shared out by
+    /// running sums of each endpoint's normalised weight, each point hashed by `function`.
     pub(crate) fn new(
         keys: &[String],
+        weights: &[u32],
         (minimum, maximum): (u64, u64),
         function: RingHashFunction,
     ) -> Ring {
-        if keys.is_empty() {
+        let normalized = normalize(weights);
+        let Some(smallest) = normalized.iter().copied().reduce(f64::min) else {
             return Ring {
                 points: Box::new([]),
             };
-        }
-        let weight = 1.0 / keys.len() as f64;
-        let scale = ((weight * minimum as f64).ceil() / weight).min(maximum as f64);
-        let mut points = Vec::with_capacity(scale as usize);
+        };
+        let scale = ((smallest * minimum as f64).ceil() / smallest).min(maximum as f64);
+        let mut points = Vec::with_capacity(scale.ceil() as usize);
         let (mut current, mut target) = (0.0f64, 0.0f64);
         let mut key = Vec::new();
-        for (index, host) in keys.iter().enumerate() {
+        for (index, (host, weight)) in keys.iter().zip(&normalized).enumerate() {
             target += scale * weight;
             let mut i: u64 = 0;
             while current < target {
@@ -221,6 +472,12 @@ impl Ring {
     }
 }
 
+/// Each weight over their sum, as Envoy's `normalizeHostWeights` computes it.
+fn normalize(weights: &[u32]) -> Vec<f64> {
+    let sum: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    weights.iter().map(|w| f64::from(*w) / sum as f64).collect()
+}
+
 /// The seed Envoy gives MurmurHash2 (libstdc++'s `std::hash` of a string).
 const STD_HASH_SEED: u64 = 0xc70f_6907;
 
@@ -252,37 +509,52 @@ fn murmur_hash2(key: &[u8], seed: u64) -> u64 {
 
 /// Envoy's Maglev table: each endpoint's permutation of the slots starts at `xxHash64(key)
 /// mod M` and steps by `xxHash64(key, seed 1) mod (M - 1) + 1`; the endpoints take turns
-/// claiming their next free slot until the table is full; a hash goes to slot `h mod M`.
+/// claiming their next free slot until the table is full, an endpoint of normalised weight
+/// `w` taking the turn of round `r` only while `r * w` has reached its target (raised by the
+/// largest normalised weight at each claim), so it claims in proportion to its weight; a
+/// hash goes to slot `h mod M`.
 pub(crate) struct Maglev {
     table: Box<[u32]>,
 }
 
 impl Maglev {
-    /// The table of `size` slots (a prime) over endpoints of equal weight whose hash keys
-    /// are `keys`.
-    pub(crate) fn new(keys: &[String], size: u64) -> Maglev {
+    /// The table of `size` slots (a prime) over endpoints whose hash keys are `keys` and
+    /// weights `weights`.
+    pub(crate) fn new(keys: &[String], weights: &[u32], size: u64) -> Maglev {
         const EMPTY: u32 = u32::MAX;
-        if keys.is_empty() || size < 2 {
+        let normalized = normalize(weights);
+        let Some(largest) = normalized.iter().copied().reduce(f64::max) else {
+            return Maglev {
+                table: Box::new([]),
+            };
+        };
+        if size < 2 {
             return Maglev {
                 table: Box::new([]),
             };
         }
         let mut table = vec![EMPTY; size as usize];
-        // (offset, skip, next) per endpoint.
-        let mut entries: Vec<(u64, u64, u64)> = keys
+        // (offset, skip, next, normalised weight, target) per endpoint.
+        let mut entries: Vec<(u64, u64, u64, f64, f64)> = keys
             .iter()
-            .map(|k| {
+            .zip(&normalized)
+            .map(|(k, w)| {
                 let offset = xxh64(k.as_bytes(), 0) % size;
                 let skip = xxh64(k.as_bytes(), 1) % (size - 1) + 1;
-                (offset, skip, 0)
+                (offset, skip, 0, *w, 0.0)
             })
             .collect();
         let mut filled = 0;
+        let mut round: u32 = 1;
         while filled < size {
-            for (index, (offset, skip, next)) in entries.iter_mut().enumerate() {
+            for (index, (offset, skip, next, weight, target)) in entries.iter_mut().enumerate() {
                 if filled == size {
                     break;
                 }
+                if f64::from(round) * *weight < *target {
+                    continue;
+                }
+                *target += largest;
                 let mut slot = (*offset + *skip * *next) % size;
                 while table[slot as usize] != EMPTY {
                     *next += 1;
@@ -292,6 +564,7 @@ impl Maglev {
                 *next += 1;
                 filled += 1;
             }
+            round += 1;
         }
         Maglev {
             table: table.into_boxed_slice(),
@@ -333,19 +606,19 @@ mod tests {
     /// each; the default bounds give 1024 over 2 (512 each); the maximum caps it.
     #[test]
     fn rings_are_sized_as_envoys() {
-        let ring = Ring::new(&keys(3), (100, 10_000), RingHashFunction::XxHash);
+        let ring = Ring::new(&keys(3), &[1; 3], (100, 10_000), RingHashFunction::XxHash);
         assert_eq!(ring.points.len(), 102);
         for e in 0..3 {
             assert_eq!(ring.points.iter().filter(|p| p.1 == e).count(), 34);
         }
         assert_eq!(
-            Ring::new(&keys(2), (1024, 8 << 20), RingHashFunction::XxHash)
+            Ring::new(&keys(2), &[1; 2], (1024, 8 << 20), RingHashFunction::XxHash)
                 .points
                 .len(),
             1024
         );
         assert_eq!(
-            Ring::new(&keys(3), (1024, 500), RingHashFunction::XxHash)
+            Ring::new(&keys(3), &[1; 3], (1024, 500), RingHashFunction::XxHash)
                 .points
                 .len(),
             500
@@ -374,7 +647,7 @@ mod tests {
     /// A hash goes to the first point at or after it, past the last to the first.
     #[test]
     fn a_ring_hash_takes_the_next_point_round_the_ring() {
-        let ring = Ring::new(&keys(4), (64, 64), RingHashFunction::XxHash);
+        let ring = Ring::new(&keys(4), &[1; 4], (64, 64), RingHashFunction::XxHash);
         let points = &ring.points;
         for (i, (point, endpoint)) in points.iter().enumerate() {
             assert_eq!(ring.pick(*point, 0), Some(*endpoint as usize));
@@ -387,7 +660,7 @@ mod tests {
         assert_eq!(ring.pick(u64::MAX, 0), Some(points[0].1 as usize));
         assert_eq!(ring.pick(0, 0), Some(points[0].1 as usize));
         assert_eq!(
-            Ring::new(&[], (64, 64), RingHashFunction::XxHash).pick(5, 0),
+            Ring::new(&[], &[], (64, 64), RingHashFunction::XxHash).pick(5, 0),
             None
         );
     }
@@ -397,7 +670,7 @@ mod tests {
     /// its offset.
     #[test]
     fn maglev_tables_are_filled_by_turns() {
-        let table = Maglev::new(&keys(3), 17);
+        let table = Maglev::new(&keys(3), &[1; 3], 17);
         assert_eq!(table.table.len(), 17);
         let owned: Vec<usize> = (0..3)
             .map(|e| table.table.iter().filter(|i| **i == e).count())
@@ -414,7 +687,7 @@ mod tests {
     /// `2⁶⁴ − attempt`.
     #[test]
     fn a_rejected_pick_moves_on_as_envoys_consistent_hashing() {
-        let ring = Ring::new(&keys(3), (64, 64), XX);
+        let ring = Ring::new(&keys(3), &[1; 3], (64, 64), XX);
         let points = &ring.points;
         let h = points[10].0;
         for attempt in 0..3u32 {
@@ -423,7 +696,7 @@ mod tests {
         }
         let last = points.len() - 1;
         assert_eq!(ring.pick(points[last].0, 2), Some(points[1].1 as usize));
-        let table = Maglev::new(&keys(3), 17);
+        let table = Maglev::new(&keys(3), &[1; 3], 17);
         for (h, attempt) in [(5u64, 1u32), (1000, 2), (u64::MAX, 7)] {
             let moved = h ^ (u64::MAX - u64::from(attempt) + 1);
             assert_eq!(table.pick(h, attempt), table.pick(moved, 0));
@@ -441,10 +714,13 @@ mod tests {
         let all = keys(4);
         let fewer: Vec<String> = all.iter().filter(|k| *k != &all[2]).cloned().collect();
         let (ring, ring3) = (
-            Ring::new(&all, (1024, 1024), XX),
-            Ring::new(&fewer, (768, 768), XX),
+            Ring::new(&all, &[1; 4], (1024, 1024), XX),
+            Ring::new(&fewer, &[1; 3], (768, 768), XX),
         );
-        let (maglev, maglev3) = (Maglev::new(&all, 65537), Maglev::new(&fewer, 65537));
+        let (maglev, maglev3) = (
+            Maglev::new(&all, &[1; 4], 65537),
+            Maglev::new(&fewer, &[1; 3], 65537),
+        );
         for counts in [
             spread(4, |h| ring.pick(h, 0)),
             spread(4, |h| maglev.pick(h, 0)),
@@ -536,6 +812,155 @@ mod tests {
             let same = picker.start((3, 0), &turn, Some(42), |_| 0);
             assert!((0..10).all(|_| picker.start((3, 0), &turn, Some(42), |_| 0) == same));
         }
+    }
+
+    /// Envoy's EDF order (its `RoundRobinLoadBalancerTest.Weighted`: weights 1 and 2 pick
+    /// 1, 0, 1, 1, 0, 1); over one cycle every endpoint is picked its weight's number of times
+    /// (Envoy's `EdfSchedulerTest.Weighted`, weights 1 to 128), and the cycle repeats.
+    #[test]
+    fn weighted_round_robin_follows_envoys_edf_schedule() {
+        let schedule = Schedule::new(&[1, 2]);
+        let picks: Vec<usize> = (0..6).map(|t| schedule.pick(t)).collect();
+        assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
+        let one_three = Schedule::new(&[1, 3]);
+        assert_eq!(*one_three.order, [1, 1, 0, 1]);
+        let weights: Vec<u32> = (1..=128).collect();
+        let schedule = Schedule::new(&weights);
+        assert_eq!(schedule.order.len(), 128 * 129 / 2);
+        let mut counts = vec![0u32; 128];
+        for t in 0..schedule.order.len() {
+            counts[schedule.pick(t)] += 1;
+        }
+        assert_eq!(counts, weights);
+        assert_eq!(schedule.pick(schedule.order.len() + 5), schedule.pick(5));
+        // The picker: equal weights stay plain round robin, different ones get the schedule.
+        let endpoint = |i: u8, weight: u32| Endpoint {
+            weight,
+            ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
+        };
+        let equal = [endpoint(1, 3), endpoint(2, 3)];
+        assert!(matches!(
+            Picker::new(&LoadBalancer::RoundRobin, &equal),
+            Picker::RoundRobin
+        ));
+        let picker = Picker::new(&LoadBalancer::RoundRobin, &[endpoint(1, 1), endpoint(2, 3)]);
+        let turn = AtomicUsize::new(0);
+        let starts: Vec<usize> = (0..8)
+            .map(|_| picker.start((2, 0), &turn, None, |_| 0))
+            .collect();
+        assert_eq!(starts, [1, 1, 0, 1, 1, 1, 0, 1]);
+        // Random ignores weights, as Envoy's does.
+        let random = Picker::new(&LoadBalancer::Random, &[endpoint(1, 1), endpoint(2, 3)]);
+        let counts = spread(2, |_| Some(random.start((2, 0), &turn, None, |_| 0)));
+        assert!(
+            counts.iter().all(|c| (9_000..11_000).contains(c)),
+            "{counts:?}"
+        );
+    }
+
+    /// Weighted least request: with no request active it picks as weighted round robin
+    /// (Envoy's EDF over weight / 1); an endpoint's active requests divide its weight as it
+    /// is picked (weights 1 and 3, the heavy one holding 3 requests: 1 and 3/4, so the light
+    /// one takes 4 of every 7 picks).
+    #[test]
+    fn weighted_least_request_divides_weights_by_active_requests() {
+        let idle = LoadSchedule::new(&[1, 2]);
+        let picks: Vec<usize> = (0..6).map(|_| idle.pick(|_| 0)).collect();
+        assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
+        let busy = LoadSchedule::new(&[1, 3]);
+        let mut counts = [0usize; 2];
+        for _ in 0..700 {
+            counts[busy.pick(|i| if i == 1 { 3 } else { 0 })] += 1;
+        }
+        assert!((398..=402).contains(&counts[0]), "{counts:?}");
+        let endpoint = |i: u8, weight: u32| Endpoint {
+            weight,
+            ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
+        };
+        let least = LoadBalancer::LeastRequest { choice_count: 2 };
+        let picker = Picker::new(&least, &[endpoint(1, 1), endpoint(2, 3)]);
+        assert!(matches!(picker, Picker::WeightedLeast(_)) && picker.counts_requests());
+        let equal = Picker::new(&least, &[endpoint(1, 3), endpoint(2, 3)]);
+        assert!(matches!(equal, Picker::LeastRequest { choice_count: 2 }));
+    }
+
+    /// Weighted localities: the locality by Envoy's EDF order over the locality weights (1
+    /// and 3: B, B, A, B), then round robin within it on its own counter; least request and
+    /// random pick within the chosen locality too, counting its endpoints' requests.
+    #[test]
+    fn weighted_localities_pick_a_locality_then_an_endpoint() {
+        use bearing_proxy_config::LocalityWeight;
+        let endpoint = |i: u8, index: u32, weight: u32| Endpoint {
+            locality: Some(LocalityWeight { index, weight }),
+            ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
+        };
+        let level = [endpoint(1, 0, 1), endpoint(2, 1, 3), endpoint(3, 1, 3)];
+        let picker = Picker::new(&LoadBalancer::RoundRobin, &level);
+        assert!(matches!(picker, Picker::Localities(_)));
+        let turn = AtomicUsize::new(0);
+        let starts: Vec<usize> = (0..8)
+            .map(|_| picker.start((3, 0), &turn, None, |_| 0))
+            .collect();
+        assert_eq!(starts, [1, 2, 0, 1, 2, 1, 0, 2]);
+        let least = Picker::new(&LoadBalancer::LeastRequest { choice_count: 50 }, &level);
+        assert!(least.counts_requests());
+        let loads = [0u32, 7, 0];
+        let starts: Vec<usize> = (0..4)
+            .map(|_| least.start((3, 0), &turn, None, |i| loads[i]))
+            .collect();
+        assert_eq!(
+            starts,
+            [2, 2, 0, 2],
+            "the idle endpoint of the heavy locality"
+        );
+        // One locality: balanced as without locality weighting.
+        let one = [endpoint(1, 0, 1), endpoint(2, 0, 1)];
+        assert!(matches!(
+            Picker::new(&LoadBalancer::RoundRobin, &one),
+            Picker::RoundRobin
+        ));
+    }
+
+    /// Weighted rings as Envoy builds them: weights 1, 2, 3 on a ring of at least 6 points
+    /// give 1, 2 and 3 points (Envoy's `HostWeightedTinyRing`); at least 1024 points over
+    /// weights 1 and 3 scale the smallest share (1/4) to 256 points and the other to 768.
+    /// Equal weights build the same ring as no weights.
+    #[test]
+    fn weighted_rings_give_points_by_normalised_weight() {
+        let count = |ring: &Ring, e: u32| ring.points.iter().filter(|p| p.1 == e).count();
+        let tiny = Ring::new(&keys(3), &[1, 2, 3], (6, 6), XX);
+        assert_eq!(tiny.points.len(), 6);
+        assert_eq!(
+            (count(&tiny, 0), count(&tiny, 1), count(&tiny, 2)),
+            (1, 2, 3)
+        );
+        let ring = Ring::new(&keys(2), &[1, 3], (1024, 8 << 20), XX);
+        assert_eq!((count(&ring, 0), count(&ring, 1)), (256, 768));
+        let counts = spread(2, |h| ring.pick(h, 0));
+        assert!((4_000..6_000).contains(&counts[0]), "{counts:?}");
+        let (equal, plain) = (
+            Ring::new(&keys(3), &[5; 3], (100, 10_000), XX),
+            Ring::new(&keys(3), &[1; 3], (100, 10_000), XX),
+        );
+        assert_eq!(equal.points, plain.points);
+    }
+
+    /// Weighted Maglev tables: an endpoint claims slots in proportion to its weight (1 to 3
+    /// here, over 65537 slots); equal weights fill the same table as no weights.
+    #[test]
+    fn weighted_maglev_tables_claim_by_weight() {
+        let table = Maglev::new(&keys(2), &[1, 3], 65537);
+        let light = table.table.iter().filter(|i| **i == 0).count();
+        assert_eq!(
+            light,
+            65537 / 4 + 1,
+            "the light endpoint claims every third turn"
+        );
+        let (equal, plain) = (
+            Maglev::new(&keys(3), &[7; 3], 17),
+            Maglev::new(&keys(3), &[1; 3], 17),
+        );
+        assert_eq!(equal.table, plain.table);
     }
 
     /// An endpoint's `envoy.lb` `hash_key` replaces its address as its key.

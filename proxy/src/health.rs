@@ -126,7 +126,8 @@ impl ClusterHealth {
     }
 
     /// Recomputes the plan from the hosts' flags: called whenever a signal changed one.
-    /// `cluster` (the one these are of) gives a consistent-hashing plan its rings or tables.
+    /// `cluster` (the one these are of) gives a plan its pickers per level where they depend
+    /// on the endpoints (rings, tables, schedules over different weights).
     pub fn refresh(&self, cluster: &Cluster) {
         let healthy: Vec<bool> = self
             .pools
@@ -134,8 +135,8 @@ impl ClusterHealth {
             .map(|p| p.health().is_healthy(&self.config))
             .collect();
         let mut plan = Plan::new(&self.priorities, &healthy, self.config.panic_threshold);
-        if cluster.load_balancer.is_consistent_hashing() {
-            plan = plan.hashing(&cluster.load_balancer, &cluster.endpoints);
+        if crate::balance::picks_by_endpoints(&cluster.load_balancer, &cluster.endpoints) {
+            plan = plan.with_pickers(&cluster.load_balancer, &cluster.endpoints);
         }
         self.plan.store(Arc::new(plan));
     }

@@ -19,7 +19,10 @@
 //! changes; a request draws its level from the plan's loads and balances among that
 //! level's eligible hosts. A consistent-hashing cluster (ring hash, Maglev) draws its level
 //! by the request's hash, as Envoy's thread-aware balancers do, and keeps a ring or table per
-//! level over the eligible hosts, rebuilt with the plan.
+//! level over the eligible hosts, rebuilt with the plan; so does a round robin or least
+//! request cluster whose endpoints' weights differ, with an EDF schedule per level over the
+//! eligible hosts (Envoy's schedule is over the healthy hosts too, and none when their
+//! weights are equal).
 
 use std::ops::Range;
 
@@ -53,8 +56,10 @@ pub struct Plan {
     /// Per level: indices (into the cluster's endpoints) of its eligible hosts: the healthy
     /// ones, or all of them when the level is in panic.
     hosts: Vec<Vec<usize>>,
-    /// Per level, for a consistent-hashing cluster: its ring or table over the level's
-    /// eligible hosts (Envoy rebuilds them whenever health changes); empty otherwise.
+    /// Per level, for a cluster whose picks depend on its endpoints (ring hash, Maglev,
+    /// round robin or least request over different weights): its picker (ring, table, EDF
+    /// schedule) over the level's eligible hosts (Envoy rebuilds them whenever health
+    /// changes); empty otherwise.
     pickers: Vec<Picker>,
 }
 
@@ -112,9 +117,10 @@ impl Plan {
         }
     }
 
-    /// This plan with a ring or table per level over its eligible hosts, for `balancer` (a
-    /// consistent-hashing one) over the cluster's `endpoints`.
-    pub fn hashing(mut self, balancer: &LoadBalancer, endpoints: &[Endpoint]) -> Plan {
+    /// This plan with a picker per level over its eligible hosts (a ring, table or EDF
+    /// schedule: `balance::picks_by_endpoints`), for `balancer` over the cluster's
+    /// `endpoints`.
+    pub fn with_pickers(mut self, balancer: &LoadBalancer, endpoints: &[Endpoint]) -> Plan {
         self.pickers = self
             .hosts
             .iter()
@@ -129,7 +135,7 @@ impl Plan {
         self
     }
 
-    /// The ring or table of the level `draw` picks, for a consistent-hashing cluster.
+    /// The picker of the level `draw` picks, when the plan has one per level.
     pub(crate) fn picker(&self, draw: u32) -> Option<&Picker> {
         let mut sum = 0;
         for (load, picker) in self.loads.iter().zip(&self.pickers) {
@@ -284,7 +290,7 @@ mod tests {
             maximum_ring_size: 64,
             hash_function: RingHashFunction::XxHash,
         };
-        let plan = Plan::new(&[0, 0, 0, 0], &healthy, 50.0).hashing(&ring, &all);
+        let plan = Plan::new(&[0, 0, 0, 0], &healthy, 50.0).with_pickers(&ring, &all);
         assert_eq!(plan.level(0), [0, 2, 3]);
         let eligible: Vec<Endpoint> = [0, 2, 3].iter().map(|&i| all[i].clone()).collect();
         let alone = Picker::new(&ring, &eligible);
@@ -296,5 +302,45 @@ mod tests {
         }
         let plain = Plan::new(&[0, 0], &[true, true], 50.0);
         assert!(plain.picker(0).is_none());
+    }
+
+    /// A round robin plan over endpoints of different weights keeps an EDF schedule per level
+    /// over its eligible hosts: with the weight-3 host ejected the rest (weights 1 and 2)
+    /// share 1:2 in Envoy's order; a level left with equal weights is plain round robin.
+    #[test]
+    fn a_weighted_plan_schedules_each_level_over_its_eligible_hosts() {
+        let weighted: Vec<Endpoint> = [1, 3, 2]
+            .iter()
+            .zip(endpoints(&[0, 0, 0]))
+            .map(|(w, e)| Endpoint { weight: *w, ..e })
+            .collect();
+        let rr = LoadBalancer::RoundRobin;
+        assert!(crate::balance::picks_by_endpoints(&rr, &weighted));
+        assert!(!crate::balance::picks_by_endpoints(
+            &rr,
+            &endpoints(&[0, 0])
+        ));
+        let plan = Plan::new(&[0, 0, 0], &[true, false, true], 50.0).with_pickers(&rr, &weighted);
+        assert_eq!(plan.level(0), [0, 2]);
+        let (picker, turn) = (plan.picker(0).expect("a schedule"), Default::default());
+        let picks: Vec<usize> = (0..6)
+            .map(|_| picker.start((2, 0), &turn, None, |_| 0))
+            .collect();
+        assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
+        let plan = Plan::new(&[0, 0, 0], &[true, true, false], 50.0).with_pickers(&rr, &weighted);
+        let (picker, turn) = (plan.picker(0).expect("a picker"), Default::default());
+        let picks: Vec<usize> = (0..4)
+            .map(|_| picker.start((2, 0), &turn, None, |_| 0))
+            .collect();
+        assert_eq!(picks, [1, 1, 0, 1], "weights 1 and 3");
+        let equal = Plan::new(&[0, 0, 0], &[false, true, true], 50.0).with_pickers(
+            &rr,
+            &[
+                weighted[0].clone(),
+                weighted[2].clone(),
+                weighted[2].clone(),
+            ],
+        );
+        assert!(matches!(equal.picker(0), Some(Picker::RoundRobin)));
     }
 }

@@ -1545,6 +1545,8 @@ pub(crate) fn plain_endpoint(address: SocketAddr) -> Endpoint {
         tls_match: None,
         priority: 0,
         event_host: None,
+        weight: 1,
+        locality: None,
     }
 }
 
@@ -1607,6 +1609,8 @@ mod tests {
         let at = |i: usize| SocketAddr::from(([10, 0, 0, i as u8], 80));
         let endpoint = |(i, priority): (usize, &u32)| Endpoint {
             priority: *priority,
+            weight: 1,
+            locality: None,
             ..plain_endpoint(at(i))
         };
         priorities.iter().enumerate().map(endpoint).collect()

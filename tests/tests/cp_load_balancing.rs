@@ -15,6 +15,11 @@
 //! Then Envoy 1.40, fed the same resources by the same CP in the client's place, does the
 //! same, and sends each header value and cookie to the very origin Bearing chose: the ring,
 //! the table and the request hashes are Envoy's.
+//!
+//! Weighted endpoints as kuma-cp renders a service in two zones (a local endpoint of weight
+//! 1, the other zone's ingress of weight 3, each in its zone's locality) split 400 requests
+//! by weight under round robin, ring hash and Maglev, and evenly under random, as Envoy
+//! 1.40 does; the ring and the table pick the very origin Envoy's do for each key.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -130,6 +135,18 @@ type Choices = (
     BTreeMap<String, String>,
     BTreeMap<String, String>,
 );
+
+/// An edit of a golden cluster balancing by `lb` instead (LEAST_REQUEST with 5 choices).
+fn lb_policy(lb: &'static str) -> impl FnOnce(&mut Value) {
+    move |c: &mut Value| {
+        let object = c.as_object_mut().expect("a cluster object");
+        object.remove("ringHashLbConfig");
+        object.insert("lbPolicy".into(), json!(lb));
+        if lb == "LEAST_REQUEST" {
+            object.insert("leastRequestLbConfig".into(), json!({"choiceCount": 5}));
+        }
+    }
+}
 
 /// Every request of one key went to one origin; the keys reached at least two origins.
 /// Gives each key's origin.
@@ -305,16 +322,7 @@ fn load_balancing_policies_stick_by_hash_and_spread() -> Result<()> {
     let rig = Rig::new(&topo, "cp-lb")?;
     let (pki, mut xds) = (&rig.pki, rig.xds(web)?);
     let at: Vec<_> = ORIGINS.iter().map(|p| backend.sock4(*p)).collect();
-    let policy = |lb: &'static str| {
-        move |c: &mut Value| {
-            let object = c.as_object_mut().expect("a cluster object");
-            object.remove("ringHashLbConfig");
-            object.insert("lbPolicy".into(), json!(lb));
-            if lb == "LEAST_REQUEST" {
-                object.insert("leastRequestLbConfig".into(), json!({"choiceCount": 5}));
-            }
-        }
-    };
+    let policy = lb_policy;
     xds.cluster(server_cluster(&rig.ring, RING.1, |_| {})?)?
         .endpoints(rig.endpoints(RING.1), &at)?
         .listener(outbound(&rig.ring, web, RING.0, RING.1)?)?
@@ -435,5 +443,209 @@ fn hashing_balancers_rebuild_over_the_healthy_hosts_as_envoy() -> Result<()> {
         bearing == envoy,
         "bearing chose {bearing:?}\nenvoy {envoy:?}"
     );
+    Ok(())
+}
+
+/// Kuma's multizone endpoints: `at` with their weights, each in a locality of its own zone,
+/// keeping the golden's first endpoint's metadata, as the assignment of `cluster`; with
+/// `localities`, the weights are the localities' (kuma-cp's locality awareness, with its
+/// overprovisioning factor 200) and the endpoints' are left unset.
+fn zone_endpoints(
+    rig: &Rig,
+    cluster: &str,
+    at: &[(std::net::SocketAddr, u32)],
+    localities: bool,
+) -> Value {
+    let golden = rig.endpoints(cluster);
+    let first = golden
+        .pointer("/endpoints/0/lbEndpoints/0")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let at_localities: Vec<Value> = at
+        .iter()
+        .enumerate()
+        .map(|(i, (addr, weight))| {
+            let mut endpoint = first.clone();
+            endpoint["endpoint"] = json!({"address": {"socketAddress": {
+                "address": addr.ip().to_string(), "portValue": addr.port()}}});
+            let mut locality =
+                json!({"locality": {"zone": format!("zone-{}", i + 1)}, "lbEndpoints": []});
+            match localities {
+                true => locality["loadBalancingWeight"] = json!(weight),
+                false => endpoint["loadBalancingWeight"] = json!(weight),
+            }
+            locality["lbEndpoints"] = json!([endpoint]);
+            locality
+        })
+        .collect();
+    let mut assignment = json!({"clusterName": cluster, "endpoints": at_localities});
+    if localities {
+        assignment["policy"] = json!({"overprovisioningFactor": 200});
+    }
+    assignment
+}
+
+/// How many of `seen`'s answers each origin gave.
+fn tally(seen: &[Vec<String>]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for origin in seen.iter().flatten() {
+        *counts.entry(origin.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// Endpoints of weights 1 and 3 (kuma-cp's local endpoint and another zone's ingress for a
+/// zone of 3 instances), and localities of weights 1 and 3 under locality-weighted balancing
+/// (round robin and random: the locality by Envoy's EDF schedule, one endpoint in each): 400
+/// requests split 100/300 under round robin and least request one at a time (weights
+/// divided by 1 active request: round robin's order) (Envoy's EDF schedule;
+/// Envoy starts its schedule at a random pick, so its split may differ by the picks of an
+/// unfinished cycle: within 2), by ring and table share under ring hash and Maglev (each of
+/// 400 keys reaching the very origin Envoy 1.40 sends it to), and about evenly under random,
+/// which ignores weights in Envoy too.
+#[test]
+fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "backend"])?;
+    let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
+    let rig = Rig::new(&topo, "cp-lb-weights")?;
+    let (pki, mut xds) = (&rig.pki, rig.xds(web)?);
+    let (light, heavy) = (backend.sock4(ORIGINS[0]), backend.sock4(ORIGINS[1]));
+    let at = [(light, 1), (heavy, 3)];
+    let round_robin = (10006, "weighted-rr");
+    let least = (10009, "weighted-least");
+    // Locality-weighted round robin and random.
+    let (by_locality, random_locality) = ((10007, "locality-rr"), (10008, "locality-random"));
+    for (port, name, golden, edit, localities) in [
+        (
+            round_robin.0,
+            round_robin.1,
+            &rig.ring,
+            Some("ROUND_ROBIN"),
+            false,
+        ),
+        (RANDOM.0, RANDOM.1, &rig.ring, Some("RANDOM"), false),
+        (least.0, least.1, &rig.ring, Some("LEAST_REQUEST"), false),
+        (RING.0, RING.1, &rig.ring, None, false),
+        (MAGLEV.0, MAGLEV.1, &rig.maglev, None, false),
+        (
+            by_locality.0,
+            by_locality.1,
+            &rig.ring,
+            Some("ROUND_ROBIN"),
+            true,
+        ),
+        (
+            random_locality.0,
+            random_locality.1,
+            &rig.ring,
+            Some("RANDOM"),
+            true,
+        ),
+    ] {
+        let mut cluster = match edit {
+            Some(lb) => server_cluster(golden, name, lb_policy(lb))?,
+            None => server_cluster(golden, name, |_| {})?,
+        };
+        if localities {
+            cluster["commonLbConfig"] = json!({"localityWeightedLbConfig": {}});
+        }
+        xds.cluster(cluster)?
+            .add(ENDPOINTS, name, zone_endpoints(&rig, name, &at, localities))
+            .listener(outbound(golden, web, port, name)?)?;
+    }
+    xds.mesh_identity(MESH, &rig.leaf, &rig.mesh_ca)?;
+    // The origins' names in `X-Served-By`.
+    let (light, heavy) = (
+        format!("backend:{}", ORIGINS[0]),
+        format!("backend:{}", ORIGINS[1]),
+    );
+    let keys: Vec<String> = (0..400).map(|i| format!("user-{i}")).collect();
+    // Per proxy: the round robin and random splits, each key's origin on the ring and table.
+    let check = |proxy: &str| -> Result<(usize, Vec<String>, Vec<String>)> {
+        let plain = vec![("/".to_string(), Vec::new())];
+        let split = |port| -> Result<(usize, usize)> {
+            let counts = tally(&served_by(web, port, &plain, 400)?);
+            let count = |o: &String| counts.get(o).copied().unwrap_or(0);
+            ensure!(
+                count(&light) + count(&heavy) == 400,
+                "{proxy}: port {port} answered by {counts:?}"
+            );
+            Ok((count(&light), count(&heavy)))
+        };
+        let (rr, _) = split(round_robin.0)?;
+        ensure!(
+            (98..=102).contains(&rr),
+            "{proxy}: round robin sent {rr} of 400 to the weight-1 endpoint"
+        );
+        // Least request with one request at a time: weights divided by 1, as round robin.
+        for port in [least.0, by_locality.0, random_locality.0] {
+            let (light, _) = split(port)?;
+            ensure!(
+                (98..=102).contains(&light),
+                "{proxy}: port {port} sent {light} of 400 to the weight-1 endpoint or locality"
+            );
+        }
+        let (random, _) = split(RANDOM.0)?;
+        ensure!(
+            (140..=260).contains(&random),
+            "{proxy}: random sent {random} of 400 to the weight-1 endpoint"
+        );
+        let keyed = |port, line: &dyn Fn(&String) -> String| -> Result<Vec<String>> {
+            let requests: Vec<(String, Vec<String>)> = keys
+                .iter()
+                .map(|k| ("/".to_string(), vec![line(k)]))
+                .collect();
+            let seen = served_by(web, port, &requests, 1)?;
+            let light_share = seen.iter().flatten().filter(|o| **o == light).count();
+            ensure!(
+                (50..=150).contains(&light_share),
+                "{proxy}: port {port} sent {light_share} of 400 keys to the weight-1 endpoint"
+            );
+            Ok(seen.into_iter().flatten().collect())
+        };
+        let ring = keyed(RING.0, &|k| format!("x-header-for-test-server: {k}"))?;
+        let maglev = keyed(MAGLEV.0, &|k| format!("cookie: session_id={k}"))?;
+        Ok((rr, ring, maglev))
+    };
+    let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
+    let bearing = check("bearing")?;
+    ensure!(
+        bearing.0 == 100,
+        "bearing: round robin sent {} of 400",
+        bearing.0
+    );
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, MESH, "demo-client")?;
+    for port in [
+        round_robin.0,
+        RANDOM.0,
+        least.0,
+        RING.0,
+        MAGLEV.0,
+        by_locality.0,
+        random_locality.0,
+    ] {
+        web.wait_for_tcp_listener(port, Duration::from_secs(20), None)?;
+    }
+    let envoy = check("envoy")?;
+    for (what, ours, theirs) in [
+        ("ring hash", &bearing.1, &envoy.1),
+        ("maglev", &bearing.2, &envoy.2),
+    ] {
+        let differ: Vec<&String> = keys
+            .iter()
+            .zip(ours.iter().zip(theirs))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(k, _)| k)
+            .collect();
+        ensure!(
+            differ.is_empty(),
+            "{what}: bearing and envoy differ on {differ:?}"
+        );
+    }
     Ok(())
 }

@@ -228,6 +228,8 @@ pub fn compile(
                     tls_match: None,
                     priority: 0,
                     event_host: None,
+                    weight: 1,
+                    locality: None,
                 }],
             ),
         );
@@ -428,6 +430,8 @@ fn direct_access(
                 tls_match: None,
                 priority: 0,
                 event_host: None,
+                weight: 1,
+                locality: None,
             };
             clusters.insert(name.clone(), cluster(name, Protocol::Tcp, vec![endpoint]));
         }
@@ -713,6 +717,8 @@ pub(crate) fn external_endpoint(
             tls_match: None,
             priority: 0,
             event_host: None,
+            weight: 1,
+            locality: None,
         }),
         (Err(_), Ok(port)) => {
             dns = Some(DnsEndpoints {
@@ -816,6 +822,8 @@ impl<'s> EndpointIndex<'s> {
                     tls_match: None,
                     priority: 0,
                     event_host: None,
+                    weight: 1,
+                    locality: None,
                 };
                 let protocol =
                     Protocol::from_tag(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));

@@ -704,6 +704,8 @@ pub(crate) fn cross_mesh_cluster(
                 tls_match: None,
                 priority: 0,
                 event_host: None,
+                weight: 1,
+                locality: None,
             });
         }
     }

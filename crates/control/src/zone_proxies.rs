@@ -338,6 +338,8 @@ fn endpoint(r: &Resource, inbound: &bearing_model::Inbound, ip: IpAddr) -> Endpo
         tls_match: None,
         priority: 0,
         event_host: None,
+        weight: 1,
+        locality: None,
     }
 }
 

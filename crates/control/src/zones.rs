@@ -129,5 +129,7 @@ fn zone_proxy_endpoint(
         tls_match: None,
         priority: 0,
         event_host: None,
+        weight: 1,
+        locality: None,
     })
 }

@@ -3,7 +3,9 @@
 //! the runtime does, and a route's `hash_policy`.
 
 use crate::routes::Problem;
-use bearing_proxy_config::{HashPolicy, HashSource, LoadBalancer, RingHashFunction};
+use bearing_proxy_config::{
+    HashPolicy, HashSource, LoadBalancer, RingHashFunction, MAX_ROUND_ROBIN_WEIGHT,
+};
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
@@ -191,16 +193,82 @@ fn is_prime(n: u64) -> bool {
     true
 }
 
+/// Checks the endpoints' weights (`LbEndpoint.load_balancing_weight`) against what the
+/// runtime does with them, per priority level: round robin, least request (Envoy's EDF over
+/// weight / (active requests + 1)), ring hash and Maglev share a level by weight
+/// (`proxy::balance`), random ignores weights as Envoy's does; a round robin level whose
+/// weights sum past [`MAX_ROUND_ROBIN_WEIGHT`] (the schedule keeps an entry per unit of
+/// weight) or a level past `u32::MAX` (Envoy refuses it) is refused.
+pub(crate) fn check_weights(
+    balancer: &LoadBalancer,
+    assignment: &endpoint_pb::ClusterLoadAssignment,
+    path: &str,
+) -> Vec<Problem> {
+    // Per level: the weights seen (0 is refused where it is read) and their sum.
+    let mut levels: BTreeMap<u32, (u32, u32, u64)> = BTreeMap::new();
+    for locality in &assignment.endpoints {
+        for lb in &locality.lb_endpoints {
+            let weight = lb.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+            if weight == 0 {
+                continue;
+            }
+            let level = levels
+                .entry(locality.priority)
+                .or_insert((weight, weight, 0));
+            level.0 = level.0.min(weight);
+            level.1 = level.1.max(weight);
+            level.2 += u64::from(weight);
+        }
+    }
+    let mut problems = Vec::new();
+    let at = format!("{path}.load_assignment.endpoints");
+    for (priority, (least, most, sum)) in levels {
+        if least == most {
+            continue;
+        }
+        if sum > u64::from(u32::MAX) {
+            problems.push((
+                at.clone(),
+                format!(
+                    "the weights at priority {priority} sum to {sum}, past {}: Envoy refuses it",
+                    u32::MAX
+                ),
+            ));
+            continue;
+        }
+        if *balancer == LoadBalancer::RoundRobin && sum > MAX_ROUND_ROBIN_WEIGHT {
+            problems.push((at.clone(), format!("the weights at priority {priority} sum to {sum}: a weighted round robin schedule over more than {MAX_ROUND_ROBIN_WEIGHT} is not implemented")));
+        }
+    }
+    problems
+}
+
+/// Whether the cluster balances across weighted localities (`locality_weighted_lb_config`).
+pub(crate) fn locality_weighted(cluster: &cluster_pb::Cluster) -> bool {
+    use cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier;
+    cluster.common_lb_config.as_ref().is_some_and(|c| {
+        matches!(
+            c.locality_config_specifier,
+            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        )
+    })
+}
+
 /// Checks locality weighting and the assignment's `policy` against what the runtime does,
 /// where every host is healthy and the highest populated priority level takes all traffic:
 /// an overprovisioning factor of 100 or more changes nothing then (a level's health, its
 /// healthy share times the factor, is capped at 100%), a smaller one would spill traffic to
 /// lower levels and is refused; with `locality_weighted_lb_config`, a level whose endpoints
 /// all belong to one weighted locality is balanced as without it, several localities in one
-/// level (traffic split by locality weight) and a locality without a weight (no traffic in
-/// Envoy) are refused. Without it, locality weights have no effect in Envoy either.
+/// level are balanced by locality weight (`proxy::balance`) under round robin, least request
+/// and random on a cluster without a health signal (where a locality's availability, which
+/// scales its weight in Envoy, is always 100%) and refused otherwise (ring hash, Maglev, a
+/// health signal, a DNS cluster: `dns`, weights past [`MAX_ROUND_ROBIN_WEIGHT`] in all); a
+/// locality without a weight (no traffic in Envoy) is refused. Without it, locality weights
+/// have no effect in Envoy either.
 pub(crate) fn check_localities(
     cluster: &cluster_pb::Cluster,
+    (balancer, dns): (&LoadBalancer, bool),
     assignment: Option<&endpoint_pb::ClusterLoadAssignment>,
     path: &str,
 ) -> Vec<Problem> {
@@ -228,17 +296,11 @@ pub(crate) fn check_localities(
             ));
         }
     }
-    use cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier;
-    let weighted = cluster.common_lb_config.as_ref().is_some_and(|c| {
-        matches!(
-            c.locality_config_specifier,
-            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
-        )
-    });
-    if !weighted {
+    if !locality_weighted(cluster) {
         return problems;
     }
-    let mut levels: BTreeMap<u32, usize> = BTreeMap::new();
+    // Per level: its localities with endpoints, and the sum of their weights.
+    let mut levels: BTreeMap<u32, (usize, u64)> = BTreeMap::new();
     for (i, locality) in assignment.endpoints.iter().enumerate() {
         if locality.lb_endpoints.is_empty() {
             continue;
@@ -253,12 +315,33 @@ pub(crate) fn check_localities(
                 "a locality without a weight under locality-weighted balancing (Envoy sends it no traffic) is not implemented".into(),
             ));
         }
-        *levels.entry(locality.priority).or_default() += 1;
+        let level = levels.entry(locality.priority).or_default();
+        level.0 += 1;
+        level.1 += locality
+            .load_balancing_weight
+            .as_ref()
+            .map_or(0, |w| u64::from(w.value));
     }
-    if let Some((priority, _)) = levels.iter().find(|(_, n)| **n > 1) {
+    let health = !cluster.health_checks.is_empty() || cluster.outlier_detection.is_some();
+    // Why several weighted localities in a level whose weights sum to `sum` are refused.
+    let refused = |sum: u64| -> Option<String> {
+        if balancer.is_consistent_hashing() {
+            Some("under RING_HASH or MAGLEV".into())
+        } else if health {
+            Some("with health checks or outlier detection (a locality's availability scales its weight)".into())
+        } else if dns {
+            Some("in a DNS cluster".into())
+        } else if sum > MAX_ROUND_ROBIN_WEIGHT {
+            Some(format!("whose weights sum to {sum}, past {MAX_ROUND_ROBIN_WEIGHT} (the locality schedule keeps an entry per unit of weight)"))
+        } else {
+            None
+        }
+    };
+    let mut several = levels.iter().filter(|(_, (n, _))| *n > 1);
+    if let Some((priority, why)) = several.find_map(|(p, (_, sum))| Some((p, refused(*sum)?))) {
         problems.push((
             format!("{path}.common_lb_config.locality_weighted_lb_config"),
-            format!("several localities at priority {priority}: balancing across weighted localities is not implemented"),
+            format!("several localities at priority {priority}: balancing across weighted localities {why} is not implemented"),
         ));
     }
     problems
@@ -441,17 +524,36 @@ mod tests {
             }),
             ..Default::default()
         };
-        let check = |c: &cluster_pb::Cluster, a| fields(check_localities(c, Some(&a), at));
+        let check = |c: &cluster_pb::Cluster, a| {
+            fields(check_localities(
+                c,
+                (&LoadBalancer::RoundRobin, false),
+                Some(&a),
+                at,
+            ))
+        };
         // kuma-cp's locality awareness in one zone: one weighted locality, factor 200.
         let kuma = assignment(vec![locality(0, Some(1))], Some(200));
         assert!(check(&weighted, kuma).is_empty());
         let two = assignment(vec![locality(0, Some(1)), locality(1, Some(1))], None);
         assert!(check(&weighted, two).is_empty());
+        // Several weighted localities in a level: balanced by weight under round robin,
+        // least request and random without a health signal; NACKed otherwise.
         let shared = assignment(vec![locality(0, Some(1)), locality(0, Some(3))], None);
-        assert_eq!(
-            check(&weighted, shared),
-            [format!("{at}.common_lb_config.locality_weighted_lb_config")]
-        );
+        assert!(check(&weighted, shared.clone()).is_empty());
+        let refused = [format!("{at}.common_lb_config.locality_weighted_lb_config")];
+        let ring = LoadBalancer::Maglev { table_size: 17 };
+        for (balancer, dns) in [(&ring, false), (&LoadBalancer::Random, true)] {
+            let problems = check_localities(&weighted, (balancer, dns), Some(&shared), at);
+            assert_eq!(fields(problems), refused);
+        }
+        let checked = cluster_pb::Cluster {
+            health_checks: vec![Default::default()],
+            ..weighted.clone()
+        };
+        assert_eq!(check(&checked, shared), refused);
+        let heavy = assignment(vec![locality(0, Some(1)), locality(0, Some(1 << 16))], None);
+        assert_eq!(check(&weighted, heavy), refused);
         let unweighted = assignment(vec![locality(0, None)], None);
         assert_eq!(
             check(&weighted, unweighted.clone()),
@@ -482,6 +584,54 @@ mod tests {
             [format!(
                 "{at}.load_assignment.policy.overprovisioning_factor"
             )]
+        );
+    }
+
+    /// Endpoint weights pass where the runtime balances by them (round robin, least request,
+    /// ring hash, Maglev, random ignoring them) and are NACKed by path past a round robin
+    /// schedule's bound (per level) or `u32::MAX`.
+    #[test]
+    fn endpoint_weights_pass_where_the_runtime_weighs_them() {
+        let at = "clusters[\"c\"]";
+        let endpoint = |w: u32| endpoint_pb::LbEndpoint {
+            load_balancing_weight: Some(UInt32Value { value: w }),
+            ..Default::default()
+        };
+        let level = |priority: u32, weights: &[u32]| endpoint_pb::LocalityLbEndpoints {
+            lb_endpoints: weights.iter().map(|w| endpoint(*w)).collect(),
+            priority,
+            ..Default::default()
+        };
+        let assignment = |levels| endpoint_pb::ClusterLoadAssignment {
+            endpoints: levels,
+            ..Default::default()
+        };
+        let kuma = assignment(vec![level(0, &[1]), level(0, &[3])]);
+        let least = LoadBalancer::LeastRequest { choice_count: 2 };
+        for balancer in [
+            LoadBalancer::RoundRobin,
+            least,
+            LoadBalancer::Random,
+            LoadBalancer::Maglev { table_size: 65537 },
+        ] {
+            assert!(
+                check_weights(&balancer, &kuma, at).is_empty(),
+                "{balancer:?}"
+            );
+        }
+        // The round robin schedule's bound counts per level.
+        let per_level = assignment(vec![level(0, &[1, 1 << 15]), level(1, &[1, 1 << 15])]);
+        assert!(check_weights(&LoadBalancer::RoundRobin, &per_level, at).is_empty());
+        let heavy = assignment(vec![level(0, &[1, 1 << 16])]);
+        assert_eq!(
+            fields(check_weights(&LoadBalancer::RoundRobin, &heavy, at)),
+            [format!("{at}.load_assignment.endpoints")]
+        );
+        assert!(check_weights(&least, &heavy, at).is_empty());
+        let huge = assignment(vec![level(0, &[u32::MAX, 1])]);
+        assert_eq!(
+            fields(check_weights(&LoadBalancer::Random, &huge, at)),
+            [format!("{at}.load_assignment.endpoints")]
         );
     }
 

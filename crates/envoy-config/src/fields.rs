@@ -402,8 +402,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "common_lb_config",
         ],
     ),
-    // The panic threshold (`health.rs`) and locality weighting as far as it changes
-    // nothing (`balance::check_localities`).
+    // The panic threshold (`health.rs`) and locality weighting (`balance::check_localities`:
+    // by locality weight where the runtime implements it, NACKed by path elsewhere).
     (
         "envoy.config.cluster.v3.Cluster.CommonLbConfig",
         &["healthy_panic_threshold", "locality_weighted_lb_config"],
@@ -552,7 +552,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.LbEndpoint",
-        // Weights: equal weights only; see the translation.
+        // Weights: `Endpoint::weight`, NACKed where the runtime does not weigh them
+        // (`balance::check_weights`).
         &["endpoint", "metadata", "load_balancing_weight"],
     ),
     ("envoy.config.endpoint.v3.Endpoint", &["address"]),

@@ -23,10 +23,10 @@ use crate::routes::{self, ClusterTimeout, HttpRouting, Reached, DEFAULT_ROUTE_TI
 use bearing_proxy_config::{
     AccessLog, CircuitBreakers, Cluster, Direction, DnsRecord, DownstreamHttpTimeouts,
     DownstreamTls, Endpoint, HeaderFilter, HostEndpoint, Http2Windows, HttpFilter, KumaEndpoints,
-    Listener, LoadBalancer, MeshTls, MetricsTls, PrometheusEndpoint, Protocol, ProxyConfig,
-    ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget, SourcePrefix,
-    SpiffeMatcher, TlsMatch, TokenBucket, TransparentProxy, UpstreamHttpTimeouts, UpstreamTls,
-    Verification, WeightedCluster,
+    Listener, LoadBalancer, LocalityWeight, MeshTls, MetricsTls, PrometheusEndpoint, Protocol,
+    ProxyConfig, ProxyIdentity, Rbac, RetryPolicy, RouteTable, SniHttp, SniRoute, SniTarget,
+    SourcePrefix, SpiffeMatcher, TlsMatch, TokenBucket, TransparentProxy, UpstreamHttpTimeouts,
+    UpstreamTls, Verification, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
@@ -1805,7 +1805,13 @@ impl Translator<'_> {
                 LoadBalancer::RoundRobin
             }
         };
-        for (field, reason) in balance::check_localities(cluster, assignment, &path) {
+        let weights = assignment.map(|a| balance::check_weights(&load_balancer, a, &path));
+        for (field, reason) in weights.into_iter().flatten() {
+            self.nack(CLUSTER, name, field, reason);
+        }
+        let dns = dns_cluster::discovery(kind).is_some();
+        let localities = (&load_balancer, dns);
+        for (field, reason) in balance::check_localities(cluster, localities, assignment, &path) {
             self.nack(CLUSTER, name, field, reason);
         }
         let discovery = dns_cluster::discovery(kind);
@@ -1814,7 +1820,8 @@ impl Translator<'_> {
         let endpoints = assignment
             .map(|a| {
                 let events = crate::health::logs_events(cluster);
-                self.endpoints(name, (&path, events), a, hosts.as_mut(), &matches)
+                let weighted = balance::locality_weighted(cluster);
+                self.endpoints(name, (&path, events), a, hosts.as_mut(), &matches, weighted)
             })
             .unwrap_or_default();
         let dns = discovery.zip(hosts).and_then(|(discovery, hosts)| {
@@ -1958,6 +1965,7 @@ impl Translator<'_> {
         assignment: &endpoint_pb::ClusterLoadAssignment,
         mut hosts: Option<&mut Vec<HostEndpoint>>,
         matches: &[(TlsMatch, Struct)],
+        weighted_localities: bool,
     ) -> Vec<Endpoint> {
         let mut out = Vec::new();
         let mut weights = BTreeSet::new();
@@ -1965,7 +1973,17 @@ impl Translator<'_> {
             let at = format!("{path}.load_assignment.endpoints[{i}]");
             for (j, lb) in locality.lb_endpoints.iter().enumerate() {
                 let at = format!("{at}.lb_endpoints[{j}]");
-                weights.insert(lb.load_balancing_weight.as_ref().map_or(1, |w| w.value));
+                let weight = lb.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+                if weight == 0 {
+                    self.nack(
+                        CLUSTER,
+                        name,
+                        format!("{at}.load_balancing_weight"),
+                        "0: Envoy takes 1 or more",
+                    );
+                    continue;
+                }
+                weights.insert(weight);
                 let Some(endpoint_pb::lb_endpoint::HostIdentifier::Endpoint(e)) =
                     &lb.host_identifier
                 else {
@@ -1982,6 +2000,11 @@ impl Translator<'_> {
                         origin,
                         tags,
                         priority: locality.priority,
+                        weight,
+                        locality: weighted_localities.then(|| LocalityWeight {
+                            index: i as u32,
+                            weight: locality.load_balancing_weight.as_ref().map_or(0, |w| w.value),
+                        }),
                         // A DNS cluster names each host by its address as written, an IP too.
                         hostname: hosts.as_ref().and_then(|_| {
                             let socket = match e.address.as_ref()?.address.as_ref()? {
@@ -2013,8 +2036,13 @@ impl Translator<'_> {
                 }
             }
         }
-        if weights.len() > 1 {
-            self.nack(CLUSTER, name, format!("{path}.load_assignment.endpoints"), "endpoints of different weights: ProxyConfig balances round robin over equal endpoints");
+        if weights.len() > 1 && hosts.is_some() {
+            self.nack(
+                CLUSTER,
+                name,
+                format!("{path}.load_assignment.endpoints"),
+                "endpoints of different weights in a DNS cluster are not implemented",
+            );
         }
         // ProxyConfig's order: by priority level, each level in the order given.
         out.sort_by_key(|e| e.priority);

@@ -939,6 +939,10 @@ pub enum DnsLookupFamily {
     All,
 }
 
+/// The largest sum of its endpoints' weights a priority level balanced by weighted round
+/// robin takes: the runtime keeps that level's EDF schedule as one entry per unit of weight.
+pub const MAX_ROUND_ROBIN_WEIGHT: u64 = 1 << 16;
+
 /// One endpoint named by hostname.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
 pub struct HostEndpoint {
@@ -971,6 +975,10 @@ impl HostEndpoint {
             tls_match: self.tls_match.clone(),
             priority: self.priority,
             event_host: None,
+            // Weights differing among a DNS cluster's hosts, and several weighted localities
+            // in one, are refused by the translation.
+            weight: 1,
+            locality: None,
         }
     }
 }
@@ -1039,10 +1047,33 @@ pub struct Endpoint {
     /// cluster whose health check writes an event log (`HealthCheck::event_log`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_host: Option<EventHost>,
+    /// Envoy's `LbEndpoint.load_balancing_weight` (1 or more; 1 when unset): the endpoint's
+    /// share of its level's traffic under round robin, ring hash and Maglev (kuma-cp weighs an
+    /// endpoint reached through another zone's ingress by that zone's instance count).
+    #[serde(skip_serializing_if = "is_one")]
+    pub weight: u32,
+    /// The weighted locality it belongs to, when the cluster balances across localities
+    /// (Envoy's `locality_weighted_lb_config`); `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locality: Option<LocalityWeight>,
+}
+
+/// An endpoint's locality under locality-weighted balancing: which `LocalityLbEndpoints` of
+/// the assignment it came from, and that locality's `load_balancing_weight`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+pub struct LocalityWeight {
+    /// The locality's index in the ClusterLoadAssignment's `endpoints`.
+    pub index: u32,
+    /// Its weight (1 or more).
+    pub weight: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 mod millis {
