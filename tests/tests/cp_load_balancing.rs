@@ -502,7 +502,8 @@ fn tally(seen: &[Vec<String>]) -> BTreeMap<String, usize> {
 /// Envoy starts its schedule at a random pick, so its split may differ by the picks of an
 /// unfinished cycle: within 2), by ring and table share under ring hash and Maglev (each of
 /// 400 keys reaching the very origin Envoy 1.40 sends it to), and about evenly under random,
-/// which ignores weights in Envoy too.
+/// which ignores weights in Envoy too; a locality without a weight beside a weighted one
+/// gets none of 400.
 #[test]
 fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
     require_root_and_tools()?;
@@ -555,6 +556,21 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
             .add(ENDPOINTS, name, zone_endpoints(&rig, name, &at, localities))
             .listener(outbound(golden, web, port, name)?)?;
     }
+    // A locality without a weight beside a weighted one (kuma-cp's Cluster turning locality
+    // weighting on before the assignment that weighs its localities): no traffic in Envoy.
+    let idle = (10010, "locality-idle");
+    let mut assignment = zone_endpoints(&rig, idle.1, &at, true);
+    if let Some(first) = assignment
+        .pointer_mut("/endpoints/0")
+        .and_then(Value::as_object_mut)
+    {
+        first.remove("loadBalancingWeight");
+    }
+    let mut cluster = server_cluster(&rig.ring, idle.1, lb_policy("ROUND_ROBIN"))?;
+    cluster["commonLbConfig"] = json!({"localityWeightedLbConfig": {}});
+    xds.cluster(cluster)?
+        .add(ENDPOINTS, idle.1, assignment)
+        .listener(outbound(&rig.ring, web, idle.0, idle.1)?)?;
     xds.mesh_identity(MESH, &rig.leaf, &rig.mesh_ca)?;
     // The origins' names in `X-Served-By`.
     let (light, heavy) = (
@@ -587,6 +603,11 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
                 "{proxy}: port {port} sent {light} of 400 to the weight-1 endpoint or locality"
             );
         }
+        let (unweighted, _) = split(idle.0)?;
+        ensure!(
+            unweighted == 0,
+            "{proxy}: {unweighted} of 400 went to the locality without a weight"
+        );
         let (random, _) = split(RANDOM.0)?;
         ensure!(
             (140..=260).contains(&random),

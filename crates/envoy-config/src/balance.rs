@@ -9,7 +9,7 @@ use bearing_proxy_config::{
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Envoy's default minimum ring size (`RingHashLbConfig.minimum_ring_size`).
 const DEFAULT_MIN_RING: u64 = 1024;
@@ -254,6 +254,44 @@ pub(crate) fn locality_weighted(cluster: &cluster_pb::Cluster) -> bool {
     })
 }
 
+/// What locality-weighted balancing makes of one locality of an assignment, by Envoy's
+/// rules per priority level (checked against Envoy 1.40): in a level where no locality with
+/// endpoints has a weight, its hosts are balanced as without locality weighting; in one
+/// where some have a weight, a locality without one gets no traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LocalityRole {
+    /// Its level has no weighted locality: balanced as without locality weighting.
+    Unweighted,
+    /// Without a weight beside weighted localities: no traffic.
+    Idle,
+    /// Picked by its weight among its level's weighted localities.
+    Weighed(u32),
+}
+
+/// The [`LocalityRole`] of each locality of `assignment`, in order.
+pub(crate) fn locality_roles(assignment: &endpoint_pb::ClusterLoadAssignment) -> Vec<LocalityRole> {
+    let weight = |l: &endpoint_pb::LocalityLbEndpoints| {
+        l.load_balancing_weight.as_ref().map_or(0, |w| w.value)
+    };
+    let weighted_levels: BTreeSet<u32> = assignment
+        .endpoints
+        .iter()
+        .filter(|l| !l.lb_endpoints.is_empty() && weight(l) > 0)
+        .map(|l| l.priority)
+        .collect();
+    assignment
+        .endpoints
+        .iter()
+        .map(
+            |l| match (weighted_levels.contains(&l.priority), weight(l)) {
+                (false, _) => LocalityRole::Unweighted,
+                (true, 0) => LocalityRole::Idle,
+                (true, w) => LocalityRole::Weighed(w),
+            },
+        )
+        .collect()
+}
+
 /// Checks locality weighting and the assignment's `policy` against what the runtime does,
 /// where every host is healthy and the highest populated priority level takes all traffic:
 /// an overprovisioning factor of 100 or more changes nothing then (a level's health, its
@@ -299,30 +337,29 @@ pub(crate) fn check_localities(
     if !locality_weighted(cluster) {
         return problems;
     }
-    // Per level: its localities with endpoints, and the sum of their weights.
+    let health = !cluster.health_checks.is_empty() || cluster.outlier_detection.is_some();
+    // Per level: its weighted localities with endpoints, and the sum of their weights.
     let mut levels: BTreeMap<u32, (usize, u64)> = BTreeMap::new();
-    for (i, locality) in assignment.endpoints.iter().enumerate() {
+    let roles = locality_roles(assignment);
+    for (i, (locality, role)) in assignment.endpoints.iter().zip(roles).enumerate() {
         if locality.lb_endpoints.is_empty() {
             continue;
         }
-        if locality
-            .load_balancing_weight
-            .as_ref()
-            .is_none_or(|w| w.value == 0)
-        {
-            problems.push((
+        match role {
+            LocalityRole::Unweighted => {}
+            // Its hosts would still count in the level's health.
+            LocalityRole::Idle if health => problems.push((
                 format!("{path}.load_assignment.endpoints[{i}].load_balancing_weight"),
-                "a locality without a weight under locality-weighted balancing (Envoy sends it no traffic) is not implemented".into(),
-            ));
+                "a locality without a weight beside weighted ones (Envoy sends it no traffic) on a cluster with health checks or outlier detection is not implemented".into(),
+            )),
+            LocalityRole::Idle => {}
+            LocalityRole::Weighed(weight) => {
+                let level = levels.entry(locality.priority).or_default();
+                level.0 += 1;
+                level.1 += u64::from(weight);
+            }
         }
-        let level = levels.entry(locality.priority).or_default();
-        level.0 += 1;
-        level.1 += locality
-            .load_balancing_weight
-            .as_ref()
-            .map_or(0, |w| u64::from(w.value));
     }
-    let health = !cluster.health_checks.is_empty() || cluster.outlier_detection.is_some();
     // Why several weighted localities in a level whose weights sum to `sum` are refused.
     let refused = |sum: u64| -> Option<String> {
         if balancer.is_consistent_hashing() {
@@ -554,9 +591,18 @@ mod tests {
         assert_eq!(check(&checked, shared), refused);
         let heavy = assignment(vec![locality(0, Some(1)), locality(0, Some(1 << 16))], None);
         assert_eq!(check(&weighted, heavy), refused);
+        // No weight in a level: balanced as without locality weighting (Envoy 1.40); a
+        // locality without one beside a weighted one gets no traffic, which a health signal
+        // would still count.
         let unweighted = assignment(vec![locality(0, None)], None);
+        assert!(check(&weighted, unweighted.clone()).is_empty());
+        let idle = assignment(vec![locality(0, None), locality(0, Some(2))], None);
+        assert!(check(&weighted, idle.clone()).is_empty());
+        use LocalityRole::*;
+        assert_eq!(locality_roles(&idle), [Idle, Weighed(2)]);
+        assert_eq!(locality_roles(&unweighted), [Unweighted]);
         assert_eq!(
-            check(&weighted, unweighted.clone()),
+            check(&checked, idle),
             [format!(
                 "{at}.load_assignment.endpoints[0].load_balancing_weight"
             )]

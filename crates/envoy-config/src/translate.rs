@@ -1820,8 +1820,15 @@ impl Translator<'_> {
         let endpoints = assignment
             .map(|a| {
                 let events = crate::health::logs_events(cluster);
-                let weighted = balance::locality_weighted(cluster);
-                self.endpoints(name, (&path, events), a, hosts.as_mut(), &matches, weighted)
+                let roles = balance::locality_weighted(cluster).then(|| balance::locality_roles(a));
+                self.endpoints(
+                    name,
+                    (&path, events),
+                    a,
+                    hosts.as_mut(),
+                    &matches,
+                    roles.as_deref(),
+                )
             })
             .unwrap_or_default();
         let dns = discovery.zip(hosts).and_then(|(discovery, hosts)| {
@@ -1965,11 +1972,17 @@ impl Translator<'_> {
         assignment: &endpoint_pb::ClusterLoadAssignment,
         mut hosts: Option<&mut Vec<HostEndpoint>>,
         matches: &[(TlsMatch, Struct)],
-        weighted_localities: bool,
+        roles: Option<&[balance::LocalityRole]>,
     ) -> Vec<Endpoint> {
+        use balance::LocalityRole;
         let mut out = Vec::new();
         let mut weights = BTreeSet::new();
         for (i, locality) in assignment.endpoints.iter().enumerate() {
+            let role = roles.and_then(|r| r.get(i).copied());
+            // Envoy sends a locality without a weight beside weighted ones no traffic.
+            if role == Some(LocalityRole::Idle) {
+                continue;
+            }
             let at = format!("{path}.load_assignment.endpoints[{i}]");
             for (j, lb) in locality.lb_endpoints.iter().enumerate() {
                 let at = format!("{at}.lb_endpoints[{j}]");
@@ -2001,10 +2014,13 @@ impl Translator<'_> {
                         tags,
                         priority: locality.priority,
                         weight,
-                        locality: weighted_localities.then(|| LocalityWeight {
-                            index: i as u32,
-                            weight: locality.load_balancing_weight.as_ref().map_or(0, |w| w.value),
-                        }),
+                        locality: match role {
+                            Some(LocalityRole::Weighed(weight)) => Some(LocalityWeight {
+                                index: i as u32,
+                                weight,
+                            }),
+                            _ => None,
+                        },
                         // A DNS cluster names each host by its address as written, an IP too.
                         hostname: hosts.as_ref().and_then(|_| {
                             let socket = match e.address.as_ref()?.address.as_ref()? {

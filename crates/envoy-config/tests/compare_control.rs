@@ -23,6 +23,81 @@ use std::path::{Path, PathBuf};
 /// Differences explained: (case, difference prefix, why).
 const KNOWN: &[(&str, &str, &str)] = &[
     (
+        "xds-generator/inbound-proxy/5-envoy-config.golden.yaml",
+        "listener inbound:192.168.0.1:80 cluster",
+        LEGACY_SOURCE_ROUTES,
+    ),
+    (
+        "xds-generator/inbound-proxy/5-envoy-config.golden.yaml",
+        "listener inbound:",
+        CASE_MESH_MTLS,
+    ),
+    (
+        "xds-generator/inbound-proxy/5-envoy-config.golden.yaml",
+        "cluster localhost:8080 endpoints",
+        INBOUND_SERVICE_ADDRESS,
+    ),
+    (
+        "xds-generator/inbound-proxy/5-envoy-config.golden.yaml",
+        "cluster localhost:8443 endpoints",
+        INBOUND_SERVICE_ADDRESS,
+    ),
+    (
+        "xds-generator/inbound-proxy/5-envoy-config.golden.yaml",
+        "cluster localhost:8080 connect_timeout",
+        INBOUND_CONNECT_TIMEOUT,
+    ),
+    (
+        "xds-generator/inbound-proxy/5-envoy-config.golden.yaml",
+        "cluster localhost:8443 connect_timeout",
+        INBOUND_CONNECT_TIMEOUT,
+    ),
+    (
+        "xds-generator/inbound-proxy/6-envoy-config.golden.yaml",
+        "listener inbound:192.168.0.1:80 cluster",
+        LEGACY_SOURCE_ROUTES,
+    ),
+    (
+        "xds-generator/inbound-proxy/6-envoy-config.golden.yaml",
+        "listener inbound:",
+        CASE_MESH_MTLS,
+    ),
+    (
+        "xds-generator/inbound-proxy/6-envoy-config.golden.yaml",
+        "cluster localhost:12345 endpoints",
+        INBOUND_SERVICE_ADDRESS,
+    ),
+    (
+        "xds-generator/inbound-proxy/6-envoy-config.golden.yaml",
+        "cluster localhost:8080 endpoints",
+        INBOUND_SERVICE_ADDRESS,
+    ),
+    (
+        "xds-generator/inbound-proxy/6-envoy-config.golden.yaml",
+        "cluster localhost:8443 endpoints",
+        INBOUND_SERVICE_ADDRESS,
+    ),
+    (
+        "xds-generator/inbound-proxy/6-envoy-config.golden.yaml",
+        "cluster localhost:1234 connect_timeout",
+        INBOUND_CONNECT_TIMEOUT,
+    ),
+    (
+        "xds-generator/inbound-proxy/6-envoy-config.golden.yaml",
+        "cluster localhost:12345 connect_timeout",
+        INBOUND_CONNECT_TIMEOUT,
+    ),
+    (
+        "xds-generator/inbound-proxy/6-envoy-config.golden.yaml",
+        "cluster localhost:8080 connect_timeout",
+        INBOUND_CONNECT_TIMEOUT,
+    ),
+    (
+        "xds-generator/inbound-proxy/6-envoy-config.golden.yaml",
+        "cluster localhost:8443 connect_timeout",
+        INBOUND_CONNECT_TIMEOUT,
+    ),
+    (
         "xds-generator/inbound-proxy/7-envoy-config.golden.yaml",
         "listener inbound:192.168.0.1:80 cluster",
         LEGACY_SOURCE_ROUTES,
@@ -429,7 +504,11 @@ fn compiled(case: &Case) -> Result<ProxyConfig, String> {
 
 fn translated(case: &Case) -> Result<ProxyConfig, String> {
     let mut set = ResourceSet::default();
-    for r in corpus::load_edited(&case.golden, strip_policies)? {
+    let edit = |v: &mut Value| {
+        strip_policies(v);
+        corpus::internal_addresses_as_envoy_takes_them(v);
+    };
+    for r in corpus::load_edited(&case.golden, edit)? {
         set.insert(&r.name, &r.resource.type_url, &r.resource.value)
             .map_err(|n| n.to_string())?;
     }

@@ -209,16 +209,6 @@ fn every_golden_translates_or_is_nacked_by_field() {
 /// (kept per transport, as Envoy keeps them per chain).
 #[test]
 fn inbound_goldens_translate_with_envoys_internal_addresses() {
-    fn addresses(value: &mut Value) {
-        match value {
-            Value::String(s) if s == "fc00::/7" || s == "::1/128" => {
-                s.truncate(s.find('/').unwrap_or(s.len()))
-            }
-            Value::Array(items) => items.iter_mut().for_each(addresses),
-            Value::Object(map) => map.values_mut().for_each(addresses),
-            _ => {}
-        }
-    }
     let refused: Vec<_> = ENVOY_REFUSES
         .iter()
         .filter(|(_, why)| *why == CIDR_PREFIXES)
@@ -228,8 +218,8 @@ fn inbound_goldens_translate_with_envoys_internal_addresses() {
     let mut limited = (0, 0);
     for (short, _) in refused {
         let file = corpus::corpus().join(short);
-        let config =
-            translated_with(&file, addresses).unwrap_or_else(|nacks| panic!("{short}: {nacks:#?}"));
+        let config = translated_with(&file, corpus::internal_addresses_as_envoy_takes_them)
+            .unwrap_or_else(|nacks| panic!("{short}: {nacks:#?}"));
         for l in &config.listeners {
             let permissive = l.tls.as_ref().map(|t| config.mtls[&t.mesh].permissive);
             match (

@@ -340,6 +340,24 @@ pub fn load_edited(file: &Path, edit: fn(&mut Value)) -> Result<Vec<GoldenResour
         .collect()
 }
 
+/// Writes the internal addresses of kuma-cp's inbound-proxy goldens as Envoy takes them:
+/// their test input gives CIDRs (`fc00::/7`, `::1/128`), which kuma-cp copies into
+/// `address_prefix`, where Envoy 1.40 (and Bearing) refuse them.
+pub fn internal_addresses_as_envoy_takes_them(value: &mut Value) {
+    match value {
+        Value::String(s) if s == "fc00::/7" || s == "::1/128" => {
+            s.truncate(s.find('/').unwrap_or(s.len()))
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(internal_addresses_as_envoy_takes_them),
+        Value::Object(map) => map
+            .values_mut()
+            .for_each(internal_addresses_as_envoy_takes_them),
+        _ => {}
+    }
+}
+
 /// The node a golden is for, from where it sits in the corpus.
 pub fn node_for(short: &str) -> NodeInfo {
     let proxy_type = if short.starts_with("gateway/") || short.contains("builtingateway") {
