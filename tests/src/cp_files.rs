@@ -315,15 +315,30 @@ impl CpPki {
         host: &'h Host,
         xds: &XdsFile,
     ) -> Result<(Process, CpAccess, Bearing<'h>)> {
-        let file = self.dir.join("demo-client.json");
-        xds.write(&file)?;
-        let (process, access) = self.start_cp(bin, cp, 5678, &file, "demo-client")?;
         let dataplane = golden_dataplane(host, "demo-client");
-        let sidecar = access.bearing(host, "demo-client", "dataplane", &dataplane)?;
+        self.fed_sidecar(bin, (cp, 5678), host, ("demo-client", &dataplane), xds)
+    }
+
+    /// Serves `xds` (written to `<name>.json`) from a test CP (`bin`) on `cp`:`port` (its log
+    /// named `name`) and starts the sidecar `name` of the Dataplane `dataplane` in `host`, fed
+    /// only by it; returns the CP, how proxies reach it and the sidecar, once the sidecar is
+    /// ready and has NACKed nothing.
+    pub fn fed_sidecar<'h>(
+        &self,
+        bin: &str,
+        (cp, port): (&Host, u16),
+        host: &'h Host,
+        (name, dataplane): (&str, &str),
+        xds: &XdsFile,
+    ) -> Result<(Process, CpAccess, Bearing<'h>)> {
+        let file = self.dir.join(format!("{name}.json"));
+        xds.write(&file)?;
+        let (process, access) = self.start_cp(bin, cp, port, &file, name)?;
+        let sidecar = access.bearing(host, name, "dataplane", dataplane)?;
         sidecar.wait_ready()?;
         let log = process.log_contents();
         if log.contains("NACK") {
-            bail!("the sidecar NACKed its config:\n{log}");
+            bail!("{name} NACKed its config:\n{log}");
         }
         Ok((process, access, sidecar))
     }

@@ -411,18 +411,10 @@ fn a_fault_matched_by_source_identity_aborts_only_that_source() -> Result<()> {
     let skip = not("uri_san", "spiffe://envoyconfig/demo-client");
     filters.insert(filters.len() - 1, fault(abort(503, 100), Some(skip)));
     xds.mesh_identity("envoyconfig", &server_leaf, &mesh_ca)?;
-    let file = pki.dir.join("test-server.json");
-    xds.write(&file)?;
-    let (cp_process, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5679, &file, "cp")?;
+    let bin = env!("CARGO_BIN_EXE_bearing-test-cp");
     let dataplane = golden_dataplane(backend, "test-server");
-    let server = access.bearing(backend, "test-server", "dataplane", &dataplane)?;
-    server.wait_ready()?;
-    let log = cp_process.log_contents();
-    ensure!(
-        !log.contains("NACK"),
-        "the server NACKed its config:\n{log}"
-    );
+    let (_cp, access, server) =
+        pki.fed_sidecar(bin, (cp, 5679), backend, ("test-server", &dataplane), &xds)?;
 
     let check = |proxy: &str| -> Result<()> {
         let ask = |leaf: &CertFiles| TlsClient::new(at).alpn("kuma").client_cert(leaf).run(web);
@@ -704,21 +696,13 @@ fn a_permissive_inbound_keeps_a_rate_limit_bucket_per_chain_as_envoy() -> Result
     let mut xds = XdsFile::new();
     xds.listener(listener)?.cluster(app)?;
     xds.mesh_identity("default", &server_leaf, &mesh_ca)?;
-    let file = pki.dir.join("backend1.json");
-    xds.write(&file)?;
-    let (cp_process, access) =
-        pki.start_cp(env!("CARGO_BIN_EXE_bearing-test-cp"), cp, 5679, &file, "cp")?;
     let dataplane = format!(
         "type: Dataplane\nmesh: default\nname: backend1\nnetworking:\n  address: {}\n  inbound:\n  - port: {GOLDEN_INBOUND_PORT}\n    tags:\n      kuma.io/service: backend1\n",
         backend.ip4()
     );
-    let server = access.bearing(backend, "backend1", "dataplane", &dataplane)?;
-    server.wait_ready()?;
-    let log = cp_process.log_contents();
-    ensure!(
-        !log.contains("NACK"),
-        "the server NACKed its config:\n{log}"
-    );
+    let bin = env!("CARGO_BIN_EXE_bearing-test-cp");
+    let (_cp, access, server) =
+        pki.fed_sidecar(bin, (cp, 5679), backend, ("backend1", &dataplane), &xds)?;
 
     // Each caller's statuses, a refusal's with its `x-rate-limited`.
     let tags = "x-kuma-tags: &kuma.io/service=web1&";

@@ -103,17 +103,14 @@ fn mesh_traffic_permission_allows_only_the_named_client() -> Result<()> {
         replace_in_strings(listener, "IP_REDACTED", &backend.ip4().to_string());
     }
     xds.mesh_identity(MESH, &server_leaf, &mesh_ca)?;
-    let file = pki.dir.join("test-server.json");
-    xds.write(&file)?;
-    let (server_cp, access) = pki.start_cp(TEST_CP, cp, 5679, &file, "test-server")?;
     let dataplane = golden_dataplane(backend, "test-server");
-    let server_proxy = access.bearing(backend, "test-server", "dataplane", &dataplane)?;
-    server_proxy.wait_ready()?;
-    let log = server_cp.log_contents();
-    ensure!(
-        !log.contains("NACK"),
-        "the server NACKed its config:\n{log}"
-    );
+    let (_server_cp, access, server_proxy) = pki.fed_sidecar(
+        TEST_CP,
+        (cp, 5679),
+        backend,
+        ("test-server", &dataplane),
+        &xds,
+    )?;
 
     // Each client: an HTTP outbound (10001) and a TCP one (10002) to the server's inbounds.
     let client_resources = |host: &Host, service: &str, leaf: &CertFiles| -> Result<XdsFile> {

@@ -251,6 +251,24 @@ fn expect_probe(
     Ok(())
 }
 
+/// The connection manager's timeouts a sidecar's and a gateway's listeners share, probed at
+/// `at`: a stalled upload gets 408 `request timeout` after about 1 s, an idle HTTP/1.1
+/// connection is closed within `idle_close` seconds, an idle HTTP/2 one gets a GOAWAY.
+fn expect_connection_timeouts(
+    at: (&Host, SocketAddr, &str),
+    idle_close: std::ops::Range<f64>,
+) -> Result<()> {
+    let upload = "HTTP/1.1 408 Request Timeout request timeout";
+    expect_probe(at, ("upload", "stalled upload"), upload, 0.9..2.5)?;
+    expect_probe(
+        at,
+        ("idle", "idle HTTP/1.1 connection"),
+        "closed",
+        idle_close,
+    )?;
+    expect_probe(at, ("h2", "idle HTTP/2 connection"), "goaway", 0.9..2.5)
+}
+
 /// The connection manager's timeouts of MeshTimeout (`http.requestTimeout` where kuma-cp
 /// renders it on the connection manager, the request head timeout, `idleTimeout` as the
 /// downstream connection idle timeout) on the golden's outbound, set to 1 s, 0.5 s and 1 s:
@@ -300,17 +318,9 @@ fn connection_manager_timeouts_answer_408_and_end_idle_connections() -> Result<(
     let to = SocketAddr::from(([127, 0, 0, 1], 10001));
     let check = |proxy: &str, idle_close: std::ops::Range<f64>| -> Result<()> {
         let at = (web, to, proxy);
-        let upload = "HTTP/1.1 408 Request Timeout request timeout";
-        expect_probe(at, ("upload", "stalled upload"), upload, 0.9..2.5)?;
         let head = "HTTP/1.1 408 Request Timeout request header timeout";
         expect_probe(at, ("head", "stalled head"), head, 0.4..2.0)?;
-        expect_probe(
-            at,
-            ("idle", "idle HTTP/1.1 connection"),
-            "closed",
-            idle_close,
-        )?;
-        expect_probe(at, ("h2", "idle HTTP/2 connection"), "goaway", 0.9..2.5)
+        expect_connection_timeouts(at, idle_close)
     };
     check("bearing", 0.9..2.5)?;
     let series =
@@ -394,16 +404,7 @@ fn a_gateway_enforces_its_mesh_timeouts() -> Result<()> {
                 && (0.9..2.5).contains(&took),
             "{proxy}: silent origin after {took} s: {silent:?}"
         );
-        let at = (gw, to, proxy);
-        let upload = "HTTP/1.1 408 Request Timeout request timeout";
-        expect_probe(at, ("upload", "stalled upload"), upload, 0.9..2.5)?;
-        expect_probe(
-            at,
-            ("idle", "idle HTTP/1.1 connection"),
-            "closed",
-            idle_close,
-        )?;
-        expect_probe(at, ("h2", "idle HTTP/2 connection"), "goaway", 0.9..2.5)
+        expect_connection_timeouts((gw, to, proxy), idle_close)
     };
     check("bearing", 0.9..2.5)?;
 
