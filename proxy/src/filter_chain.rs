@@ -4,6 +4,7 @@
 //! proxy to a cluster or a weighted split, SNI routing, a builtin gateway, HTTP with or
 //! without a route table) and the clusters behind it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use crate::router::HttpRoutes;
 use crate::sni::SniTable;
 use crate::stats::{ListenerStats, StatusCounters};
 use crate::tcp_proxy::TcpSplit;
-use crate::transport::{Admission, DownstreamTlsRuntime};
+use crate::transport::{Admission, Chain, DownstreamTlsRuntime};
 use crate::upstream::ClusterRuntime;
 
 /// A listener of the applied config with its cluster and metrics.
@@ -67,8 +68,8 @@ pub struct ListenerRuntime {
     /// The request header edits of a listener without routes (`Listener::request_headers`);
     /// `None`: none.
     pub request_edits: Option<HeaderEdits>,
-    /// Its limit of new connections (`Listener::connection_rate_limit`), checked as each
-    /// is accepted.
+    /// Its limit of new connections (`Listener::connection_rate_limit`), a bucket per chain,
+    /// checked as each is accepted (a PERMISSIVE listener's once its chain is known).
     pub connection_limit: Option<ConnectionLimit>,
     /// Its access logs (`Listener::access_logs`); `None`: nothing logged, nothing measured.
     pub(crate) access_log: Option<Arc<ListenerLog>>,
@@ -90,6 +91,31 @@ impl ListenerRuntime {
             Some(split) => split.pick(),
             None => self.cluster.as_ref(),
         }
+    }
+
+    /// Whether the chain a connection takes is known only from its first bytes: a PERMISSIVE
+    /// listener's (the transport stage sniffs them).
+    pub(crate) fn chain_after_sniff(&self) -> bool {
+        matches!(
+            self.tls,
+            Some(DownstreamTlsRuntime::Ready {
+                permissive: true,
+                ..
+            })
+        )
+    }
+
+    /// Whether the connection rate limit lets a connection from `peer` taking `chain` go on
+    /// (Envoy's network `local_ratelimit` closes one over its chain's bucket).
+    pub(crate) fn admits_on(&self, chain: Chain, peer: SocketAddr) -> bool {
+        let Some(limit) = &self.connection_limit else {
+            return true;
+        };
+        let admitted = limit.admits(chain);
+        if !admitted {
+            tracing::debug!(listener = %self.config.name, %peer, ?chain, "closed by the connection rate limit");
+        }
+        admitted
     }
 
     /// Every cluster this listener sends to (a cluster may be listed more than once).

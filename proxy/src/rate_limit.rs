@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use bearing_proxy_config::{LocalRateLimit, TokenBucket};
+
+use crate::transport::Chain;
 use prometheus_client::metrics::counter::Counter;
 
 /// A token bucket refilled continuously (Envoy's atomic token bucket): `tokens_per_fill`
@@ -68,25 +70,29 @@ impl AtomicBucket {
 }
 
 /// A listener's limit of new connections (Envoy's network `local_ratelimit`): one over it
-/// is closed at once.
+/// is closed at once. Envoy runs the filter per filter chain, each with its own bucket (kuma-cp
+/// puts one on each of a PERMISSIVE listener's chains), so this keeps a bucket per chain a
+/// connection may take; a listener of one chain uses one.
 pub struct ConnectionLimit {
-    bucket: AtomicBucket,
+    /// The buckets, by [`Chain`].
+    buckets: [AtomicBucket; 3],
     /// Connections closed (Envoy's `local_ratelimit.rate_limited`).
     limited: Counter,
 }
 
 impl ConnectionLimit {
-    /// A full `bucket`, counting refusals into `limited`.
+    /// Full buckets of `bucket`'s size, counting refusals into `limited`.
     pub fn new(bucket: &TokenBucket, limited: Counter) -> ConnectionLimit {
         ConnectionLimit {
-            bucket: AtomicBucket::new(bucket),
+            buckets: [(); 3].map(|()| AtomicBucket::new(bucket)),
             limited,
         }
     }
 
-    /// Whether a new connection may go on (a token taken); counted when not.
-    pub(crate) fn admits(&self) -> bool {
-        let admitted = self.bucket.take();
+    /// Whether a new connection taking `chain` may go on (a token taken from that chain's
+    /// bucket); counted when not.
+    pub(crate) fn admits(&self, chain: Chain) -> bool {
+        let admitted = self.buckets[chain as usize].take();
         if !admitted {
             self.limited.inc();
         }

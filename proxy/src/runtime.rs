@@ -47,7 +47,7 @@ use crate::sni::{SniRouteRuntime, SniTable};
 use crate::stats::Stats;
 use crate::tcp_proxy::TcpProxying;
 use crate::tcp_proxy::{self, TcpSplit};
-use crate::transport::{self, Admission, DownstreamTlsRuntime, Transported};
+use crate::transport::{self, Admission, Chain, DownstreamTlsRuntime, Transported};
 use crate::upstream::{ClusterEndpoints, ClusterRuntime, UpstreamSecurity};
 use crate::upstream_tls::UpstreamTlsContexts;
 use crate::workers::Workers;
@@ -710,13 +710,10 @@ impl Proxy {
             let name = &listener.config.name;
             return crate::direct_response::answer(stream, answer, name, peer).await;
         }
-        // Envoy's network rate limit closes a connection over its bucket as it is accepted.
-        if !listener
-            .connection_limit
-            .as_ref()
-            .is_none_or(|l| l.admits())
-        {
-            tracing::debug!(listener = %listener.config.name, %peer, "closed by the connection rate limit");
+        // Envoy's network rate limit closes a connection over its bucket as it is accepted;
+        // a PERMISSIVE listener's chain (each with its bucket) is known after its first bytes.
+        // A listener of one chain keeps one bucket.
+        if !listener.chain_after_sniff() && !listener.admits_on(Chain::MeshTls, peer) {
             return;
         }
         listener.stats.active.inc();
@@ -764,7 +761,8 @@ impl Proxy {
         peer: SocketAddr,
     ) {
         let named = (listener.config.name.as_str(), listener.reads_peer());
-        match transport::terminate_mesh_tls(stream, tls, &self.stats, named, peer).await {
+        let admit = |chain| !listener.chain_after_sniff() || listener.admits_on(chain, peer);
+        match transport::terminate_mesh_tls(stream, tls, &self.stats, named, peer, admit).await {
             Some(Transported::Plain(stream)) => {
                 self.serve_stream(stream, listener, peer, Admission::Plaintext)
                     .await

@@ -1,6 +1,7 @@
 //! The transport stage: what a downstream connection's bytes are before a network filter
 //! reads them. A listener terminating mesh mTLS handshakes here (in PERMISSIVE mode, a
-//! connection whose first byte does not start a TLS record stays plaintext), and the SNI of a
+//! connection whose first byte does not start a TLS record stays plaintext, and TLS whose
+//! ClientHello does not offer ALPN `kuma` is passed through undecrypted), and the SNI of a
 //! ClientHello is peeked without consuming it, for the listeners that route by it.
 
 use std::sync::Arc;
@@ -117,16 +118,33 @@ pub(crate) enum Transported<S> {
     Tls(TlsStream<S>, Admission),
 }
 
-/// Terminates mesh mTLS on `stream` as `tls` says (or, in PERMISSIVE mode, takes plaintext).
-/// `None` when the connection is refused (logged and counted as a handshake error of
-/// `listener`). `read_peer`: the listener has RBAC, which reads the peer certificate's names
-/// and the SNI (read here, once per connection).
+/// The filter chain of a listener terminating mesh mTLS that a connection takes, as Envoy's
+/// TLS inspector matches kuma-cp's chains: a PERMISSIVE listener has all three, a STRICT one
+/// only the mesh's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Chain {
+    /// Mesh mTLS: a ClientHello offering ALPN `kuma` (every chain of a STRICT listener).
+    MeshTls,
+    /// Plaintext: the first byte does not start a TLS record (or none came in time).
+    Plaintext,
+    /// TLS that is not the mesh's (no ALPN `kuma`): passed through undecrypted, as kuma-cp's
+    /// `transport_protocol: tls` chain without a transport socket does.
+    OtherTls,
+}
+
+/// Terminates mesh mTLS on `stream` as `tls` says (or, in PERMISSIVE mode, takes plaintext and
+/// passes TLS that is not the mesh's through), once `admit` lets the connection's chain have
+/// it (its connection rate limit). `None` when the connection is refused (logged, and counted
+/// as a handshake error of `listener` unless `admit` refused it). `read_peer`: the listener
+/// has RBAC, which reads the peer certificate's names and the SNI (read here, once per
+/// connection).
 pub(crate) async fn terminate_mesh_tls<S>(
     stream: S,
     tls: &DownstreamTlsRuntime,
     stats: &Stats,
     (listener, read_peer): (&str, bool),
     peer: std::net::SocketAddr,
+    admit: impl FnOnce(Chain) -> bool,
 ) -> Option<Transported<S>>
 where
     S: AsyncRead + AsyncWrite + TcpBacked + Unpin,
@@ -144,7 +162,21 @@ where
             return None;
         }
     };
-    if permissive && !starts_with_tls_record(stream.tcp(), PERMISSIVE_SNIFF_TIMEOUT).await {
+    let chain = match permissive {
+        true => match permissive_chain(stream.tcp()).await {
+            Ok(chain) => chain,
+            Err(e) => {
+                stats.count_tls_handshake_error(listener);
+                tracing::info!(%listener, %peer, "refused: {e}");
+                return None;
+            }
+        },
+        false => Chain::MeshTls,
+    };
+    if !admit(chain) {
+        return None;
+    }
+    if chain != Chain::MeshTls {
         return Some(Transported::Plain(stream));
     }
     match acceptor.accept(stream, listener, peer).await {
@@ -159,6 +191,19 @@ where
             None
         }
     }
+}
+
+/// The chain of a PERMISSIVE listener the connection waiting in `stream` takes, read without
+/// consuming it; a TLS record that is no ClientHello is an error (Envoy's TLS inspector
+/// closes such a connection).
+async fn permissive_chain(stream: &TcpStream) -> Result<Chain, String> {
+    if !starts_with_tls_record(stream, PERMISSIVE_SNIFF_TIMEOUT).await {
+        return Ok(Chain::Plaintext);
+    }
+    Ok(match offers_kuma_alpn(stream).await? {
+        true => Chain::MeshTls,
+        false => Chain::OtherTls,
+    })
 }
 
 /// The SNI of the ClientHello waiting in `stream`, read without consuming it; one naming no

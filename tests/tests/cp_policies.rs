@@ -747,6 +747,140 @@ fn a_permissive_inbound_keeps_a_rate_limit_bucket_per_chain_as_envoy() -> Result
     Ok(())
 }
 
+/// An origin that answers one HTTP/1.1 request per connection with `plain`, or, when the
+/// connection starts with a TLS record, handshakes as a TLS server (argv 2, 3: certificate and
+/// key) and answers with `tls`: it tells whether a proxy passed a client's own TLS through.
+const SNIFFING_ORIGIN_PY: &str = r#"import socket, ssl, sys, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+def serve(conn):
+    try:
+        body = b"plain"
+        if conn.recv(1, socket.MSG_PEEK) == b"\x16":
+            conn, body = ctx.wrap_socket(conn, server_side=True), b"tls"
+        seen = b""
+        while b"\r\n\r\n" not in seen:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            seen += chunk
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+    except Exception as e:
+        print("origin:", e, flush=True)
+    finally:
+        conn.close()
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+/// A PERMISSIVE TCP inbound as kuma-cp 2.14 renders it (the meshtls `inbound-permissive`
+/// golden's three chains: plaintext, TLS that is not the mesh's, mesh mTLS with ALPN `kuma`)
+/// with MeshRateLimit's connection bucket of 2 on each chain. A client's own TLS (no ALPN
+/// `kuma`) is passed through to the application undecrypted, mesh mTLS is terminated, and
+/// each chain spends its own bucket: per kind of caller, two connections pass and the third
+/// is closed at once. Envoy 1.40 fed the same resources does the same.
+#[test]
+fn a_permissive_tcp_inbound_passes_other_tls_through_with_a_connection_bucket_per_chain_as_envoy(
+) -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3", "curl"])?;
+    let topo = Topology::new(&["cp", "web", "backend"])?;
+    let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), "cp-permissive-tcp", cp)?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    let caller = mesh_ca.issue("web1", &["URI:spiffe://envoyconfig/web1"])?;
+    let server_leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
+    let app_leaf = TestCa::new(&pki.dir, "app-ca")?.issue("app", &["DNS:app"])?;
+    let script = topo.dir().join("sniffing-origin.py");
+    std::fs::write(&script, SNIFFING_ORIGIN_PY).context("writing the origin")?;
+    let _origin = backend
+        .command("python3")
+        .arg(&script)
+        .arg(ORIGIN_PORT.to_string())
+        .arg(&app_leaf.cert)
+        .arg(&app_leaf.key)
+        .log_name("sniffing-origin")
+        .spawn()?;
+    backend.wait_for_tcp_listener(ORIGIN_PORT, Duration::from_secs(10), None)?;
+
+    let golden = "envoyconfig-e2e/sidecars/meshtls/inbound-permissive.demo-client.golden.json";
+    let golden = KumaGolden::load(golden)?;
+    let at = backend.sock4(GOLDEN_INBOUND_PORT);
+    let mut listener = bound_listener(golden.listener("inbound:IP_REDACTED:3000")?, at);
+    let chains = listener["filterChains"]
+        .as_array_mut()
+        .context("the inbound's chains")?;
+    ensure!(chains.len() == 3, "the golden's inbound has 3 chains");
+    for chain in chains {
+        let filters = chain["filters"]
+            .as_array_mut()
+            .context("a chain's filters")?;
+        // Where kuma-cp puts MeshRateLimit's `local.tcp`: first in the chain.
+        let limit = json!({"name": "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit", "typedConfig": {
+            "@type": TCP_LIMIT,
+            "statPrefix": "tcp_rate_limit",
+            "tokenBucket": {"maxTokens": 2, "tokensPerFill": 2, "fillInterval": "3600s"},
+        }});
+        filters.insert(0, limit);
+    }
+    let app = local_app_cluster(golden.cluster("localhost:3000")?, ORIGIN_PORT);
+    let mut xds = XdsFile::new();
+    xds.listener(listener)?.cluster(app)?;
+    // The golden's mesh.
+    xds.mesh_identity("envoyconfig", &server_leaf, &mesh_ca)?;
+    let dataplane = golden_dataplane(backend, "demo-client");
+    let bin = env!("CARGO_BIN_EXE_bearing-test-cp");
+    let (_cp, access, server) =
+        pki.fed_sidecar(bin, (cp, 5679), backend, ("demo-client", &dataplane), &xds)?;
+
+    // What each kind of caller got, three connections each: the origin's body, or nothing.
+    let request = "GET / HTTP/1.1\r\nHost: demo-client\r\n\r\n";
+    let answers = |proxy: &str| -> Result<Vec<String>> {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let out = curl_output(web, ["-s", "-m", "5", &format!("http://{at}/")])?;
+            seen.push(format!("plaintext {} {}", out.http_code, out.body));
+        }
+        for _ in 0..3 {
+            let hit = TlsClient::new(at).send(request).run(web)?;
+            let body = hit.response.rsplit("\r\n\r\n").next().unwrap_or_default();
+            seen.push(format!("own tls {} {body}", hit.accepted()));
+        }
+        for _ in 0..3 {
+            let hit = TlsClient::new(at)
+                .alpn("kuma")
+                .client_cert(&caller)
+                .send(request)
+                .run(web)?;
+            let body = hit.response.rsplit("\r\n\r\n").next().unwrap_or_default();
+            seen.push(format!("mesh mtls {} {body}", hit.accepted()));
+        }
+        let want = [
+            "plaintext 200 plain",
+            "plaintext 200 plain",
+            "plaintext 0 ",
+            "own tls true tls",
+            "own tls true tls",
+            "own tls false ",
+            "mesh mtls true plain",
+            "mesh mtls true plain",
+            "mesh mtls false ",
+        ];
+        ensure!(seen == want, "{proxy}: {seen:?}, expected {want:?}");
+        Ok(seen)
+    };
+    let bearing = answers("bearing")?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    server.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(backend, "envoyconfig", "demo-client")?;
+    backend.wait_for_tcp_listener(GOLDEN_INBOUND_PORT, Duration::from_secs(20), None)?;
+    ensure!(answers("envoy")? == bearing);
+    Ok(())
+}
+
 /// What a proxy's retries did: per request, the attempts each origin saw (sorted), and the
 /// totals (sorted); per reset header value, the attempts and whether the retry waited a
 /// second or more.

@@ -1007,10 +1007,13 @@ impl Translator<'_> {
             if !this.subset.is_empty() {
                 self.nack(LISTENER, name, format!("{at}.filters"), "metadata_match: endpoint subsets are implemented only by a zone proxy's SNI tags");
             }
-            // Route buckets are kept per transport at runtime, as Envoy keeps them per
-            // chain; a connection bucket is taken at accept, before the chain is known.
-            if listener.filter_chains.len() > 1 && this.connection_rate_limit.is_some() {
-                let reason = format!("rate limits: {POLICY_NOT_ENFORCED} (a connection rate limit on a listener of several chains: Envoy keeps a bucket per chain, Bearing one per listener)");
+            // Route and connection buckets are kept per chain at runtime, as Envoy keeps them;
+            // the chains must ask for the same ones.
+            if route
+                .as_ref()
+                .is_some_and(|r| r.connection_rate_limit != this.connection_rate_limit)
+            {
+                let reason = "chains with different connection rate limits: ProxyConfig holds one per listener";
                 self.nack(LISTENER, name, format!("{at}.filters"), reason);
             }
             if route
@@ -3616,6 +3619,34 @@ mod tests {
             "127.0.0.1:8080".parse().unwrap()
         );
         assert_eq!(config.version, config.content_version());
+    }
+
+    /// kuma-cp puts MeshRateLimit's connection bucket on each chain of a PERMISSIVE inbound;
+    /// the runtime keeps a bucket per chain, so it translates, and chains asking different
+    /// limits are NACKed by path.
+    #[test]
+    fn a_permissive_inbound_takes_a_connection_rate_limit_on_every_chain() {
+        let tcp = "          - name: envoy.filters.network.tcp_proxy";
+        let limit = format!(
+            "          - name: envoy.filters.network.local_ratelimit
+            typedConfig:
+              '@type': type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+              statPrefix: tcp_rate_limit
+              tokenBucket: {{maxTokens: 2, tokensPerFill: 2, fillInterval: 60s}}
+{tcp}"
+        );
+        let every = inbound(ALLOW_ALL).replace(tcp, &limit);
+        let config = translate(&set(&every), &node()).unwrap();
+        let bucket = config.listeners[0].connection_rate_limit.as_ref();
+        assert_eq!(bucket.map(|b| b.max_tokens), Some(2));
+        let one = inbound(ALLOW_ALL).replacen(tcp, &limit, 1);
+        let nacks = translate(&set(&one), &node()).unwrap_err();
+        let fields: Vec<_> = nacks.iter().map(|n| n.field.as_str()).collect();
+        let chain = |i| format!("listeners[\"inbound:10.0.0.1:80\"].filter_chains[{i}].filters");
+        assert_eq!(fields, [chain(1), chain(2)]);
+        assert!(nacks
+            .iter()
+            .all(|n| n.reason.contains("different connection rate limits")));
     }
 
     #[test]
