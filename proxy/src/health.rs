@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bearing_proxy_config::{Cluster, EndpointHealth};
+use bearing_proxy_config::{Cluster, Endpoint, EndpointHealth};
 
 use crate::outlier::Detector;
 use crate::priority::Plan;
-use crate::upstream::EndpointPool;
+use crate::upstream::{EndpointPool, EndpointSet, ResolvedPools};
 
 /// The host failed its active health check (Envoy's `FAILED_ACTIVE_HC`).
 const FAILED_ACTIVE_HC: u8 = 1;
@@ -103,57 +103,145 @@ impl HostHealth {
 /// load balancer reads, and the outlier detector, if any.
 pub struct ClusterHealth {
     config: EndpointHealth,
-    priorities: Vec<u32>,
-    pools: Vec<Arc<EndpointPool>>,
-    plan: ArcSwap<Plan>,
+    hosts: TrackedHosts,
+    planned: ArcSwap<Planned>,
     /// Outlier detection, when the cluster has it.
     pub detector: Option<Detector>,
+}
+
+/// Whose health a cluster tracks.
+enum TrackedHosts {
+    /// The pools of the config's endpoints, in the same order.
+    Fixed(Vec<Arc<EndpointPool>>),
+    /// Hostnames resolved at run time: the hosts of the set in force, which the resolver
+    /// replaces (a host kept keeps its pool, so its health).
+    Resolved(Arc<ResolvedPools>),
+}
+
+/// A plan and, for resolved hosts, the set it was made over (its indices point into it).
+pub struct Planned {
+    /// The plan.
+    pub plan: Arc<Plan>,
+    /// The resolved set the plan is over; `None` for the config's endpoints.
+    pub set: Option<Arc<EndpointSet>>,
+}
+
+/// The pools whose health a cluster tracks now, in the order its plan indexes them.
+pub enum TrackedPools<'a> {
+    /// The config's endpoints' pools.
+    Fixed(&'a [Arc<EndpointPool>]),
+    /// The pools of a resolved set.
+    Resolved(Arc<EndpointSet>),
+}
+
+impl TrackedPools<'_> {
+    /// The endpoints of these pools, in the same order (the config's of `cluster`, or the
+    /// resolved set's).
+    pub fn endpoints<'a>(&'a self, cluster: &'a Cluster) -> &'a [Endpoint] {
+        match self {
+            TrackedPools::Fixed(_) => &cluster.endpoints,
+            TrackedPools::Resolved(set) => set.endpoints(),
+        }
+    }
+}
+
+impl std::ops::Deref for TrackedPools<'_> {
+    type Target = [Arc<EndpointPool>];
+
+    fn deref(&self) -> &[Arc<EndpointPool>] {
+        match self {
+            TrackedPools::Fixed(pools) => pools,
+            TrackedPools::Resolved(set) => set.pools(),
+        }
+    }
 }
 
 impl ClusterHealth {
     /// The health of `cluster`'s endpoints, whose pools are `pools` (in the same order), with
     /// its outlier detector.
     pub fn new(cluster: &Cluster, pools: &[Arc<EndpointPool>], detector: Option<Detector>) -> Self {
+        Self::tracking(cluster, TrackedHosts::Fixed(pools.to_vec()), detector)
+    }
+
+    /// The health of the hosts `cluster`'s hostnames resolve to, as `resolved` holds them
+    /// (outlier detection only: active checks on them are refused by the translation).
+    pub fn resolved(
+        cluster: &Cluster,
+        resolved: Arc<ResolvedPools>,
+        detector: Option<Detector>,
+    ) -> Self {
+        Self::tracking(cluster, TrackedHosts::Resolved(resolved), detector)
+    }
+
+    fn tracking(cluster: &Cluster, hosts: TrackedHosts, detector: Option<Detector>) -> Self {
+        let planned = Planned {
+            plan: Arc::new(Plan::default()),
+            set: None,
+        };
         let health = ClusterHealth {
             config: cluster.health.clone(),
-            priorities: cluster.endpoints.iter().map(|e| e.priority).collect(),
-            pools: pools.to_vec(),
-            plan: ArcSwap::from_pointee(Plan::default()),
+            hosts,
+            planned: ArcSwap::from_pointee(planned),
             detector,
         };
         health.refresh(cluster);
         health
     }
 
-    /// Recomputes the plan from the hosts' flags: called whenever a signal changed one.
-    /// `cluster` (the one these are of) gives a plan its pickers per level where they depend
-    /// on the endpoints (rings, tables, schedules over different weights).
+    /// Recomputes the plan from the hosts' flags: called whenever a signal changed one (and
+    /// for resolved hosts whenever the set changed). `cluster` (the one these are of) gives a
+    /// plan its pickers per level where they depend on the endpoints (rings, tables,
+    /// schedules over different weights).
     pub fn refresh(&self, cluster: &Cluster) {
-        let healthy: Vec<bool> = self
-            .pools
+        let pools = self.pools();
+        let endpoints = pools.endpoints(cluster);
+        let priorities: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
+        let healthy: Vec<bool> = pools
             .iter()
             .map(|p| p.health().is_healthy(&self.config))
             .collect();
-        let mut plan = Plan::new(&self.priorities, &healthy, self.config.panic_threshold);
-        if crate::balance::picks_by_endpoints(&cluster.load_balancer, &cluster.endpoints) {
-            plan = plan.with_pickers(&cluster.load_balancer, &cluster.endpoints);
+        let mut plan = Plan::new(&priorities, &healthy, self.config.panic_threshold);
+        if crate::balance::picks_by_endpoints(&cluster.load_balancer, endpoints) {
+            plan = plan.with_pickers(&cluster.load_balancer, endpoints);
         }
-        self.plan.store(Arc::new(plan));
+        let set = match pools {
+            TrackedPools::Fixed(_) => None,
+            TrackedPools::Resolved(set) => Some(set),
+        };
+        let plan = Arc::new(plan);
+        self.planned.store(Arc::new(Planned { plan, set }));
     }
 
-    /// The plan in force.
+    /// The plan in force, with the resolved set it is over. For resolved hosts a set the
+    /// resolver replaced since is planned first (once per change; the hosts it keeps keep
+    /// their flags), so a plan never points into hosts DNS no longer returns.
+    pub fn planned(&self, cluster: &Cluster) -> Arc<Planned> {
+        let planned = self.planned.load_full();
+        if let (TrackedHosts::Resolved(resolved), Some(set)) = (&self.hosts, &planned.set) {
+            if !resolved.is_current(set) {
+                self.refresh(cluster);
+                return self.planned.load_full();
+            }
+        }
+        planned
+    }
+
+    /// The plan in force (of the config's endpoints; see [`Self::planned`]).
     pub fn plan(&self) -> Arc<Plan> {
-        self.plan.load_full()
+        self.planned.load().plan.clone()
     }
 
-    /// The endpoints' pools, in the cluster's order.
-    pub fn pools(&self) -> &[Arc<EndpointPool>] {
-        &self.pools
+    /// The pools whose health is tracked now, in the order the plan indexes them.
+    pub fn pools(&self) -> TrackedPools<'_> {
+        match &self.hosts {
+            TrackedHosts::Fixed(pools) => TrackedPools::Fixed(pools),
+            TrackedHosts::Resolved(resolved) => TrackedPools::Resolved(resolved.current()),
+        }
     }
 
     /// Hosts that take traffic now (Envoy's `membership_healthy`).
     pub fn healthy_count(&self) -> usize {
-        self.pools
+        self.pools()
             .iter()
             .filter(|p| p.health().is_healthy(&self.config))
             .count()

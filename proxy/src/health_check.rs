@@ -398,17 +398,17 @@ impl HealthWatch {
             match all.get(name) {
                 Some(watched) => {
                     watched.cluster.store(cluster.clone());
-                    watched.reconcile(health.pools());
+                    watched.reconcile(&health.pools());
                 }
                 None => {
-                    for pool in health.pools() {
+                    for pool in health.pools().iter() {
                         match cluster.config.health.check.is_some() {
                             true => pool.health().await_first_check(),
                             false => pool.health().clear_active(),
                         }
                     }
                     if let Some(detector) = &health.detector {
-                        detector.adopt(health.pools());
+                        detector.adopt(&health.pools());
                     }
                     let events = cluster.config.health.check.as_ref().and_then(|c| {
                         let log = c.event_log.as_ref()?;
@@ -424,7 +424,7 @@ impl HealthWatch {
                     if health.detector.is_some() {
                         tokio::spawn(sweep(watched.clone()));
                     }
-                    watched.reconcile(health.pools());
+                    watched.reconcile(&health.pools());
                     all.insert(name.clone(), watched);
                 }
             }
@@ -572,7 +572,7 @@ async fn sweep(watched: Arc<Watched>) {
         let cluster = watched.cluster.load_full();
         if let Some(health) = cluster.health() {
             if let Some(detector) = &health.detector {
-                detector.sweep(health.pools());
+                detector.sweep(&health.pools());
                 // Every sweep, changed or not: an ejection a request of the previous runtime
                 // made reaches the runtime in force at the latest here.
                 cluster.refresh_health();

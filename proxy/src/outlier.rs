@@ -389,6 +389,10 @@ impl Detector {
                 e.backoff = e.backoff.saturating_sub(1);
             }
         }
+        // Counted from the hosts, so an ejected host DNS no longer returns leaves the count
+        // (Envoy drops a removed host's ejection with it).
+        let active = pools.iter().filter(|p| p.health().is_ejected()).count();
+        self.stats.ejections_active.set(active as i64);
         changed
     }
 

@@ -686,6 +686,11 @@ impl EndpointSet {
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
     }
+
+    /// The endpoints' pools, in the same order.
+    pub fn pools(&self) -> &[Arc<EndpointPool>] {
+        &self.pools
+    }
 }
 
 /// The endpoint set of a cluster whose hostnames are resolved at run time: read lock-free by
@@ -701,6 +706,11 @@ impl ResolvedPools {
     /// The set in force.
     pub fn current(&self) -> Arc<EndpointSet> {
         self.0.load_full()
+    }
+
+    /// Whether `set` is the set in force.
+    pub fn is_current(&self, set: &Arc<EndpointSet>) -> bool {
+        Arc::ptr_eq(&self.0.load(), set)
     }
 
     /// Puts `endpoints` in force: an address kept keeps its pool (and idle connections), a
@@ -736,6 +746,8 @@ pub(crate) enum EndpointsView<'c> {
     /// The eligible hosts of one priority level of a health plan: the plan, the level's
     /// draw, and the cluster's endpoints and pools its indices point into.
     Planned(Arc<Plan>, u32, &'c [Endpoint], &'c [Arc<EndpointPool>]),
+    /// The same over a resolved set: the plan, the draw, and the set its indices point into.
+    PlannedSet(Arc<Plan>, u32, Arc<EndpointSet>),
 }
 
 impl<'c> EndpointsView<'c> {
@@ -747,6 +759,9 @@ impl<'c> EndpointsView<'c> {
             EndpointsView::Planned(plan, draw, _, pools) => {
                 plan.level(*draw).get(i).and_then(|&j| pools.get(j))
             }
+            EndpointsView::PlannedSet(plan, draw, set) => {
+                plan.level(*draw).get(i).and_then(|&j| set.pools.get(j))
+            }
         };
         pool.map_or(0, |p| p.active.load(Ordering::Relaxed))
     }
@@ -755,7 +770,9 @@ impl<'c> EndpointsView<'c> {
         match self {
             EndpointsView::Fixed(_, pools) => pools.len(),
             EndpointsView::Resolved(_, range) => range.len(),
-            EndpointsView::Planned(plan, draw, ..) => plan.level(*draw).len(),
+            EndpointsView::Planned(plan, draw, ..) | EndpointsView::PlannedSet(plan, draw, _) => {
+                plan.level(*draw).len()
+            }
         }
     }
 
@@ -766,6 +783,9 @@ impl<'c> EndpointsView<'c> {
             EndpointsView::Planned(plan, draw, endpoints, _) => {
                 endpoints.get(*plan.level(*draw).get(i)?)
             }
+            EndpointsView::PlannedSet(plan, draw, set) => {
+                set.endpoints.get(*plan.level(*draw).get(i)?)
+            }
         }
     }
 
@@ -775,6 +795,9 @@ impl<'c> EndpointsView<'c> {
             EndpointsView::Resolved(set, range) => Cow::Owned(set.pools[range.start + i].clone()),
             EndpointsView::Planned(plan, draw, _, pools) => {
                 Cow::Borrowed(&pools[plan.level(*draw)[i]])
+            }
+            EndpointsView::PlannedSet(plan, draw, set) => {
+                Cow::Owned(set.pools[plan.level(*draw)[i]].clone())
             }
         }
     }
@@ -840,18 +863,20 @@ impl ClusterRuntime {
         (tls, matched): (Transport, Vec<(String, Transport)>),
         security: UpstreamSecurity,
     ) -> Self {
-        // Health is tracked for fixed endpoints only: the translation NACKs it on clusters
-        // resolved by DNS.
+        // Hosts resolved by DNS have outlier detection only: the translation refuses active
+        // checks on them.
+        let detector = || {
+            let outlier = config.health.outlier.clone();
+            outlier.map(|o| Detector::new(o, stats.outlier.clone()))
+        };
         let health = match &endpoints {
-            ClusterEndpoints::Fixed(pools) if config.health.is_tracked() => {
-                let detector = config
-                    .health
-                    .outlier
-                    .clone()
-                    .map(|o| Detector::new(o, stats.outlier.clone()));
-                Some(ClusterHealth::new(&config, pools, detector))
-            }
-            _ => None,
+            _ if !config.health.is_tracked() => None,
+            ClusterEndpoints::Fixed(pools) => Some(ClusterHealth::new(&config, pools, detector())),
+            ClusterEndpoints::Resolved(resolved) => Some(ClusterHealth::resolved(
+                &config,
+                resolved.clone(),
+                detector(),
+            )),
         };
         let serving = serving_level(&config.endpoints);
         let level = config.endpoints.get(serving.clone()).unwrap_or_default();
@@ -894,7 +919,7 @@ impl ClusterRuntime {
             return;
         };
         if let Some(detector) = &health.detector {
-            if detector.put(pool, health.pools(), outcome) {
+            if detector.put(pool, &health.pools(), outcome) {
                 self.refresh_health();
             }
         }
@@ -917,16 +942,25 @@ impl ClusterRuntime {
     /// drawn by the plan's loads (one `ArcSwap` load, and a random draw only when more than
     /// one level takes traffic).
     fn serving(&self, hash: Option<u64>) -> EndpointsView<'_> {
-        if let (Some(health), ClusterEndpoints::Fixed(pools)) = (&self.health, &self.endpoints) {
-            let plan = health.plan();
+        if let Some(health) = &self.health {
             // A consistent-hashing cluster draws by the request's hash (Envoy's
             // `choosePriority(hash % 100)`), the others at random.
-            let draw = match (plan.is_single(), hash) {
+            let draw = |plan: &Plan| match (plan.is_single(), hash) {
                 (true, _) => 0,
                 (false, Some(h)) if self.picker.is_consistent_hashing() => (h % 100) as u32,
                 (false, _) => rand::random::<u32>() % 100,
             };
-            return EndpointsView::Planned(plan, draw, &self.config.endpoints, pools);
+            if let ClusterEndpoints::Fixed(pools) = &self.endpoints {
+                let plan = health.plan();
+                let draw = draw(&plan);
+                return EndpointsView::Planned(plan, draw, &self.config.endpoints, pools);
+            }
+            // A resolved set's plan always names its set.
+            let planned = health.planned(&self.config);
+            if let Some(set) = &planned.set {
+                let draw = draw(&planned.plan);
+                return EndpointsView::PlannedSet(planned.plan.clone(), draw, set.clone());
+            }
         }
         match &self.endpoints {
             ClusterEndpoints::Fixed(pools) => {
@@ -963,6 +997,9 @@ impl ClusterRuntime {
                 let picker = match &view {
                     EndpointsView::Planned(plan, draw, ..) => {
                         plan.picker(*draw).unwrap_or(&self.picker)
+                    }
+                    EndpointsView::PlannedSet(plan, draw, set) => {
+                        plan.picker(*draw).unwrap_or(&set.picker)
                     }
                     EndpointsView::Fixed(..) => &self.picker,
                     EndpointsView::Resolved(set, _) => &set.picker,
@@ -1727,6 +1764,52 @@ mod tests {
         // With panic (the default), total panic: every host of both levels, by host count.
         let panicking = cluster(50.0);
         assert_eq!(first_choices(&panicking, 200).len(), 3);
+    }
+
+    /// Outlier detection on hosts resolved by DNS: an ejected host takes no traffic, and when
+    /// the resolver replaces the set the next request plans the new one, where a host kept
+    /// stays ejected and a new host is in service.
+    #[test]
+    fn resolved_hosts_follow_outlier_detection_across_resolutions() {
+        let set = EndpointSet::new(
+            at_priorities(&[0, 0, 0]),
+            LoadBalancer::RoundRobin,
+            EndpointPool::new,
+        );
+        let resolved = ResolvedPools::new(set);
+        let cluster = ClusterRuntime::new(
+            Cluster {
+                health: bearing_proxy_config::EndpointHealth {
+                    outlier: Some(Default::default()),
+                    check: None,
+                    panic_threshold: 50.0,
+                },
+                ..test_cluster("dns")
+            },
+            ClusterStats::default(),
+            ClusterEndpoints::Resolved(resolved.clone()),
+            (None, Vec::new()),
+            UpstreamSecurity::new(None, &MeshTlsSet::default()),
+        );
+        let pools = resolved.current().pools().to_vec();
+        pools[0].health().set_ejected(true);
+        cluster.refresh_health();
+        assert_eq!(cluster.stats.membership_healthy.get(), 2);
+        let want: std::collections::BTreeSet<String> =
+            ["10.0.0.1:80".into(), "10.0.0.2:80".into()].into();
+        assert_eq!(first_choices(&cluster, 20), want);
+        // The name now resolves to the ejected host, one kept and a new one.
+        let mut next = at_priorities(&[0, 0, 0, 0]);
+        next.remove(2);
+        resolved.update(next);
+        let want: std::collections::BTreeSet<String> =
+            ["10.0.0.1:80".into(), "10.0.0.3:80".into()].into();
+        assert_eq!(first_choices(&cluster, 20), want);
+        let kept = resolved.current().pools()[0].clone();
+        assert!(
+            Arc::ptr_eq(&kept, &pools[0]),
+            "the ejected host keeps its pool"
+        );
     }
 
     #[tokio::test]

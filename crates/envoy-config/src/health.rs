@@ -54,14 +54,12 @@ pub(crate) fn endpoint_health(
         .outlier_detection
         .as_ref()
         .map(|o| outlier_detection(o, &format!("{path}.outlier_detection"), problems));
-    if health.is_tracked() && dns {
-        let field = match health.check.is_some() {
-            true => "health_checks",
-            false => "outlier_detection",
-        };
+    // Outlier detection follows the hosts a name resolves to (a host kept keeps its record).
+    if health.check.is_some() && dns {
         problems.push((
-            format!("{path}.{field}"),
-            "health of endpoints resolved by DNS at run time is not implemented".into(),
+            format!("{path}.health_checks"),
+            "active health checks of endpoints resolved by DNS at run time are not implemented"
+                .into(),
         ));
     }
     health
@@ -712,5 +710,12 @@ mod tests {
         endpoint_health(&c, ("c", true), &mut problems);
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].0, "c.health_checks");
+        // Outlier detection on one (kuma-cp's MeshCircuitBreaker on an ExternalService).
+        let c =
+            cluster(serde_json::json!({"name": "c", "outlierDetection": {"consecutive5xx": 5}}));
+        let mut problems = Vec::new();
+        let health = endpoint_health(&c, ("c", true), &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(health.outlier.is_some());
     }
 }
