@@ -40,6 +40,7 @@ pub mod outlier;
 pub mod priority;
 pub mod rate_limit;
 pub mod rbac;
+pub(crate) mod retry_priority;
 pub mod router;
 pub mod runtime;
 pub mod snapshot;

@@ -44,6 +44,64 @@ pub fn serving_level(endpoints: &[Endpoint]) -> Range<usize> {
     0..end
 }
 
+/// The priority levels of a cluster without a health signal, for a retry that draws its own
+/// level (`crate::retry_priority`): each level's endpoints (an index range of the cluster's,
+/// which are ordered by priority), its health (every host healthy: 100 with endpoints, 0
+/// without) and its picker (the cluster's is over the serving level only: a schedule or
+/// locality pick indexes that level's endpoints). Built on the first such retry, as only
+/// those read it; never for a consistent-hashing cluster, whose retries keep its own level.
+pub(crate) struct Levels {
+    ranges: Vec<Range<usize>>,
+    health: Vec<u32>,
+    pickers: Vec<Picker>,
+}
+
+impl Levels {
+    /// The levels of `endpoints` (ordered by priority) balanced by `balancer`.
+    pub(crate) fn new(balancer: &LoadBalancer, endpoints: &[Endpoint]) -> Levels {
+        let count = endpoints.last().map_or(1, |e| e.priority as usize + 1);
+        let mut ranges = vec![0..0; count];
+        let mut start = 0;
+        for (i, e) in endpoints.iter().enumerate() {
+            if endpoints
+                .get(i + 1)
+                .is_none_or(|next| next.priority != e.priority)
+            {
+                ranges[e.priority as usize] = start..i + 1;
+                start = i + 1;
+            }
+        }
+        let health = ranges
+            .iter()
+            .map(|r| if r.is_empty() { 0 } else { 100 })
+            .collect();
+        let pickers = ranges
+            .iter()
+            .map(|r| Picker::new(balancer, endpoints.get(r.clone()).unwrap_or_default()))
+            .collect();
+        Levels {
+            ranges,
+            health,
+            pickers,
+        }
+    }
+
+    /// Each level's health.
+    pub(crate) fn health(&self) -> &[u32] {
+        &self.health
+    }
+
+    /// The endpoints of `level` (none past the last).
+    pub(crate) fn range(&self, level: usize) -> Range<usize> {
+        self.ranges.get(level).cloned().unwrap_or(0..0)
+    }
+
+    /// The picker of `level` (none past the last).
+    pub(crate) fn picker(&self, level: usize) -> Option<&Picker> {
+        self.pickers.get(level)
+    }
+}
+
 /// Envoy's overprovisioning factor, in percent.
 const OVERPROVISIONING: usize = 140;
 
@@ -53,8 +111,12 @@ const OVERPROVISIONING: usize = 140;
 pub struct Plan {
     /// Per level (priority 0 first): the share of requests, summing to 100.
     loads: Vec<u32>,
+    /// Per level: its health, the healthy share times the overprovisioning factor, capped at
+    /// 100 (what a retry's `previous_priorities` redistributes the load by).
+    health: Vec<u32>,
     /// Per level: indices (into the cluster's endpoints) of its eligible hosts: the healthy
-    /// ones, or all of them when the level is in panic.
+    /// ones, or all of them when the level is in panic (none when the cluster fails traffic
+    /// on panic).
     hosts: Vec<Vec<usize>>,
     /// Per level, for a cluster whose picks depend on its endpoints (ring hash, Maglev,
     /// round robin or least request over different weights): its picker (ring, table, EDF
@@ -65,8 +127,13 @@ pub struct Plan {
 
 impl Plan {
     /// The plan of endpoints at `priorities` (ordered by priority) of which `healthy` are
-    /// healthy, with the panic threshold `panic_threshold` (percent; 0: never panic).
-    pub fn new(priorities: &[u32], healthy: &[bool], panic_threshold: f64) -> Plan {
+    /// healthy, with the panic threshold `panic_threshold` (percent; 0: never panic); a level
+    /// in panic has no eligible host when `fail_on_panic` (Envoy's `fail_traffic_on_panic`).
+    pub fn new(
+        priorities: &[u32],
+        healthy: &[bool],
+        (panic_threshold, fail_on_panic): (f64, bool),
+    ) -> Plan {
         let levels = priorities.last().map_or(1, |p| *p as usize + 1);
         let mut total = vec![0usize; levels];
         let mut well = vec![0usize; levels];
@@ -106,12 +173,18 @@ impl Plan {
         let mut hosts = vec![Vec::new(); levels];
         for (i, (p, ok)) in priorities.iter().zip(healthy).enumerate() {
             let l = *p as usize;
-            if *ok || panics[l] {
+            // A level in panic takes all its hosts, or none at all when it fails on panic.
+            let eligible = match panics[l] {
+                true => !fail_on_panic,
+                false => *ok,
+            };
+            if eligible {
                 hosts[l].push(i);
             }
         }
         Plan {
             loads,
+            health,
             hosts,
             pickers: Vec::new(),
         }
@@ -135,29 +208,24 @@ impl Plan {
         self
     }
 
-    /// The picker of the level `draw` picks, when the plan has one per level.
-    pub(crate) fn picker(&self, draw: u32) -> Option<&Picker> {
-        let mut sum = 0;
-        for (load, picker) in self.loads.iter().zip(&self.pickers) {
-            sum += load;
-            if draw < sum {
-                return Some(picker);
-            }
-        }
-        None
+    /// The picker of `level`, when the plan has one per level.
+    pub(crate) fn picker(&self, level: usize) -> Option<&Picker> {
+        self.pickers.get(level)
     }
 
-    /// The eligible hosts of the level taking a request that drew `draw` (0 to 99): the
-    /// first level whose cumulative load exceeds it.
-    pub fn level(&self, draw: u32) -> &[usize] {
-        let mut sum = 0;
-        for (load, hosts) in self.loads.iter().zip(&self.hosts) {
-            sum += load;
-            if draw < sum {
-                return hosts;
-            }
-        }
-        &[]
+    /// The level taking a request that drew `draw` (0 to 99) from the plan's loads.
+    pub fn level_of(&self, draw: u32) -> usize {
+        level_of(&self.loads, draw)
+    }
+
+    /// The eligible hosts of `level` (none past the last level).
+    pub fn hosts(&self, level: usize) -> &[usize] {
+        self.hosts.get(level).map_or(&[], Vec::as_slice)
+    }
+
+    /// Each level's health (see [`Plan::health`]'s field).
+    pub fn health(&self) -> &[u32] {
+        &self.health
     }
 
     /// Whether one level takes all the traffic (no draw needed).
@@ -166,10 +234,24 @@ impl Plan {
     }
 }
 
+/// The level of `loads` (percent per level, summing to 100) that a draw of `draw` (0 to 99)
+/// falls in, as Envoy's `choosePriority`: the first whose cumulative load exceeds it (past
+/// the last level when none does).
+pub fn level_of(loads: &[u32], draw: u32) -> usize {
+    let mut sum = 0;
+    for (level, load) in loads.iter().enumerate() {
+        sum += load;
+        if draw < sum {
+            return level;
+        }
+    }
+    loads.len()
+}
+
 /// Envoy's `distributeLoad`: 100% shared out in level order, each level `weight × 100 /
 /// denominator` of it while any is left, the rounding rest to the first level with weight;
 /// `None` when the denominator is 0.
-fn distribute(weights: &[u32], denominator: u32) -> Option<Vec<u32>> {
+pub(crate) fn distribute(weights: &[u32], denominator: u32) -> Option<Vec<u32>> {
     let mut left = 100u32;
     let mut loads = Vec::with_capacity(weights.len());
     for w in weights {
@@ -209,8 +291,22 @@ mod tests {
     }
 
     fn plan(priorities: &[u32], healthy: &[bool], panic: f64) -> (Vec<u32>, Vec<Vec<usize>>) {
-        let p = Plan::new(priorities, healthy, panic);
+        let p = Plan::new(priorities, healthy, (panic, false));
         (p.loads, p.hosts)
+    }
+
+    /// Levels of a cluster without a health signal: ranges by priority, absent levels
+    /// empty with no health.
+    #[test]
+    fn levels_without_health_are_whole_or_empty() {
+        let levels = Levels::new(&LoadBalancer::RoundRobin, &endpoints(&[0, 0, 2, 2, 2]));
+        assert_eq!(levels.health(), &[100, 0, 100]);
+        assert_eq!(
+            (0..4).map(|l| levels.range(l)).collect::<Vec<_>>(),
+            [0..2, 0..0, 2..5, 0..0]
+        );
+        assert!(matches!(levels.picker(2), Some(Picker::RoundRobin)));
+        assert!(levels.picker(3).is_none());
     }
 
     /// Envoy's documented examples: P0 health 1.4 × healthy share, the rest to P1.
@@ -265,16 +361,47 @@ mod tests {
 
     #[test]
     fn a_draw_picks_the_level_by_cumulative_load() {
-        let p = Plan::new(&[0, 0, 1, 1], &[true, false, true, true], 50.0);
+        let p = Plan::new(&[0, 0, 1, 1], &[true, false, true, true], (50.0, false));
         assert!(!p.is_single());
-        assert_eq!(p.level(0), &[0]);
-        assert_eq!(p.level(69), &[0]);
-        assert_eq!(p.level(70), &[2, 3]);
-        assert_eq!(p.level(99), &[2, 3]);
+        assert_eq!(p.hosts(p.level_of(0)), &[0]);
+        assert_eq!(p.hosts(p.level_of(69)), &[0]);
+        assert_eq!(p.hosts(p.level_of(70)), &[2, 3]);
+        assert_eq!(p.hosts(p.level_of(99)), &[2, 3]);
+        assert_eq!(p.health(), &[70, 100]);
         // Levels absent in between (priorities 0 and 2) carry nothing.
-        let gap = Plan::new(&[0, 2], &[false, true], 50.0);
-        assert_eq!(gap.level(0), &[1]);
+        let gap = Plan::new(&[0, 2], &[false, true], (50.0, false));
+        assert_eq!(gap.hosts(gap.level_of(0)), &[1]);
+        assert_eq!(gap.health(), &[0, 0, 100]);
         assert!(gap.is_single());
+    }
+
+    /// Envoy's `fail_traffic_on_panic`: a level in panic has no host instead of all of them;
+    /// a level not in panic keeps its healthy ones, and without panic nothing changes.
+    #[test]
+    fn failing_on_panic_leaves_a_panicking_level_without_hosts() {
+        let fail = |priorities: &[u32], healthy: &[bool]| {
+            let p = Plan::new(priorities, healthy, (50.0, true));
+            (p.loads, p.hosts)
+        };
+        // One of three healthy: in panic, no host.
+        assert_eq!(
+            fail(&[0, 0, 0], &[true, false, false]),
+            (vec![100], vec![vec![]])
+        );
+        // Nothing healthy anywhere: total panic, by host counts, and no host in either level.
+        let (loads, hosts) = fail(&[0, 1, 1, 1], &[false; 4]);
+        assert_eq!(loads, vec![25, 75]);
+        assert!(hosts.iter().all(Vec::is_empty));
+        // P0 in panic (one of five: health 28), P1 not (one of two: 70), 98 in all: P0's
+        // share fails, P1 serves its own from its healthy host.
+        let (loads, hosts) = fail(
+            &[0, 0, 0, 0, 0, 1, 1],
+            &[true, false, false, false, false, true, false],
+        );
+        assert_eq!(loads, vec![29, 71]);
+        assert_eq!(hosts, vec![vec![], vec![5]]);
+        // Two of three healthy: no panic, the healthy two.
+        assert_eq!(fail(&[0, 0, 0], &[true, true, false]).1, vec![vec![0, 1]]);
     }
 
     /// A consistent-hashing plan keeps a ring per level over that level's eligible hosts: a
@@ -290,17 +417,17 @@ mod tests {
             maximum_ring_size: 64,
             hash_function: RingHashFunction::XxHash,
         };
-        let plan = Plan::new(&[0, 0, 0, 0], &healthy, 50.0).with_pickers(&ring, &all);
-        assert_eq!(plan.level(0), [0, 2, 3]);
+        let plan = Plan::new(&[0, 0, 0, 0], &healthy, (50.0, false)).with_pickers(&ring, &all);
+        assert_eq!(plan.hosts(0), [0, 2, 3]);
         let eligible: Vec<Endpoint> = [0, 2, 3].iter().map(|&i| all[i].clone()).collect();
         let alone = Picker::new(&ring, &eligible);
         let (per_level, turn) = (plan.picker(0).expect("a ring"), Default::default());
         for h in (0..200u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
             let picked = per_level.start((3, 0), &turn, Some(h), |_| 0);
             assert_eq!(picked, alone.start((3, 0), &turn, Some(h), |_| 0));
-            assert_ne!(plan.level(0)[picked], 1, "the unhealthy host");
+            assert_ne!(plan.hosts(0)[picked], 1, "the unhealthy host");
         }
-        let plain = Plan::new(&[0, 0], &[true, true], 50.0);
+        let plain = Plan::new(&[0, 0], &[true, true], (50.0, false));
         assert!(plain.picker(0).is_none());
     }
 
@@ -320,20 +447,22 @@ mod tests {
             &rr,
             &endpoints(&[0, 0])
         ));
-        let plan = Plan::new(&[0, 0, 0], &[true, false, true], 50.0).with_pickers(&rr, &weighted);
-        assert_eq!(plan.level(0), [0, 2]);
+        let plan =
+            Plan::new(&[0, 0, 0], &[true, false, true], (50.0, false)).with_pickers(&rr, &weighted);
+        assert_eq!(plan.hosts(0), [0, 2]);
         let (picker, turn) = (plan.picker(0).expect("a schedule"), Default::default());
         let picks: Vec<usize> = (0..6)
             .map(|_| picker.start((2, 0), &turn, None, |_| 0))
             .collect();
         assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
-        let plan = Plan::new(&[0, 0, 0], &[true, true, false], 50.0).with_pickers(&rr, &weighted);
+        let plan =
+            Plan::new(&[0, 0, 0], &[true, true, false], (50.0, false)).with_pickers(&rr, &weighted);
         let (picker, turn) = (plan.picker(0).expect("a picker"), Default::default());
         let picks: Vec<usize> = (0..4)
             .map(|_| picker.start((2, 0), &turn, None, |_| 0))
             .collect();
         assert_eq!(picks, [1, 1, 0, 1], "weights 1 and 3");
-        let equal = Plan::new(&[0, 0, 0], &[false, true, true], 50.0).with_pickers(
+        let equal = Plan::new(&[0, 0, 0], &[false, true, true], (50.0, false)).with_pickers(
             &rr,
             &[
                 weighted[0].clone(),

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -58,7 +58,8 @@ use crate::idle::{IdleClock, StreamGuard};
 use crate::io::Counted;
 use crate::mesh_tls::{MeshTlsRuntime, MeshTlsSet};
 use crate::outlier::{Detector, HostRecord, Outcome};
-use crate::priority::{serving_level, Plan};
+use crate::priority::{level_of, serving_level, Levels, Plan};
+use crate::retry_priority::PreviousPriorities;
 use crate::stats::ClusterStats;
 use crate::workers;
 use tokio_util::either::Either;
@@ -636,6 +637,9 @@ pub struct ClusterRuntime {
     /// The endpoints' health and the plan that follows it, when the cluster has a health
     /// signal (active health check, outlier detection); `None`: every host is healthy.
     health: Option<ClusterHealth>,
+    /// The config's endpoints by priority level, for retries that draw their own level
+    /// without a health plan; made by the first.
+    levels: OnceLock<Levels>,
 }
 
 /// How a cluster's connections to an endpoint are secured: plaintext (`None`), TLS with a
@@ -659,6 +663,9 @@ pub struct EndpointSet {
     serving_level: Range<usize>,
     balancer: LoadBalancer,
     picker: Picker,
+    /// The endpoints by priority level, for retries that draw their own level; made by the
+    /// first.
+    levels: OnceLock<Levels>,
 }
 
 impl EndpointSet {
@@ -679,6 +686,7 @@ impl EndpointSet {
             serving_level,
             balancer,
             picker,
+            levels: OnceLock::new(),
         }
     }
 
@@ -743,11 +751,11 @@ pub(crate) type PoolRef<'c> = Cow<'c, Arc<EndpointPool>>;
 pub(crate) enum EndpointsView<'c> {
     Fixed(&'c [Endpoint], &'c [Arc<EndpointPool>]),
     Resolved(Arc<EndpointSet>, Range<usize>),
-    /// The eligible hosts of one priority level of a health plan: the plan, the level's
-    /// draw, and the cluster's endpoints and pools its indices point into.
-    Planned(Arc<Plan>, u32, &'c [Endpoint], &'c [Arc<EndpointPool>]),
-    /// The same over a resolved set: the plan, the draw, and the set its indices point into.
-    PlannedSet(Arc<Plan>, u32, Arc<EndpointSet>),
+    /// The eligible hosts of one priority level of a health plan: the plan, the level, and
+    /// the cluster's endpoints and pools its indices point into.
+    Planned(Arc<Plan>, usize, &'c [Endpoint], &'c [Arc<EndpointPool>]),
+    /// The same over a resolved set: the plan, the level, and the set its indices point into.
+    PlannedSet(Arc<Plan>, usize, Arc<EndpointSet>),
 }
 
 impl<'c> EndpointsView<'c> {
@@ -756,11 +764,11 @@ impl<'c> EndpointsView<'c> {
         let pool = match self {
             EndpointsView::Fixed(_, pools) => pools.get(i),
             EndpointsView::Resolved(set, range) => set.pools.get(range.start + i),
-            EndpointsView::Planned(plan, draw, _, pools) => {
-                plan.level(*draw).get(i).and_then(|&j| pools.get(j))
+            EndpointsView::Planned(plan, level, _, pools) => {
+                plan.hosts(*level).get(i).and_then(|&j| pools.get(j))
             }
-            EndpointsView::PlannedSet(plan, draw, set) => {
-                plan.level(*draw).get(i).and_then(|&j| set.pools.get(j))
+            EndpointsView::PlannedSet(plan, level, set) => {
+                plan.hosts(*level).get(i).and_then(|&j| set.pools.get(j))
             }
         };
         pool.map_or(0, |p| p.active.load(Ordering::Relaxed))
@@ -770,8 +778,8 @@ impl<'c> EndpointsView<'c> {
         match self {
             EndpointsView::Fixed(_, pools) => pools.len(),
             EndpointsView::Resolved(_, range) => range.len(),
-            EndpointsView::Planned(plan, draw, ..) | EndpointsView::PlannedSet(plan, draw, _) => {
-                plan.level(*draw).len()
+            EndpointsView::Planned(plan, level, ..) | EndpointsView::PlannedSet(plan, level, _) => {
+                plan.hosts(*level).len()
             }
         }
     }
@@ -780,11 +788,11 @@ impl<'c> EndpointsView<'c> {
         match self {
             EndpointsView::Fixed(endpoints, _) => endpoints.get(i),
             EndpointsView::Resolved(set, range) => set.endpoints.get(range.start + i),
-            EndpointsView::Planned(plan, draw, endpoints, _) => {
-                endpoints.get(*plan.level(*draw).get(i)?)
+            EndpointsView::Planned(plan, level, endpoints, _) => {
+                endpoints.get(*plan.hosts(*level).get(i)?)
             }
-            EndpointsView::PlannedSet(plan, draw, set) => {
-                set.endpoints.get(*plan.level(*draw).get(i)?)
+            EndpointsView::PlannedSet(plan, level, set) => {
+                set.endpoints.get(*plan.hosts(*level).get(i)?)
             }
         }
     }
@@ -793,11 +801,11 @@ impl<'c> EndpointsView<'c> {
         match self {
             EndpointsView::Fixed(_, pools) => Cow::Borrowed(&pools[i]),
             EndpointsView::Resolved(set, range) => Cow::Owned(set.pools[range.start + i].clone()),
-            EndpointsView::Planned(plan, draw, _, pools) => {
-                Cow::Borrowed(&pools[plan.level(*draw)[i]])
+            EndpointsView::Planned(plan, level, _, pools) => {
+                Cow::Borrowed(&pools[plan.hosts(*level)[i]])
             }
-            EndpointsView::PlannedSet(plan, draw, set) => {
-                Cow::Owned(set.pools[plan.level(*draw)[i]].clone())
+            EndpointsView::PlannedSet(plan, level, set) => {
+                Cow::Owned(set.pools[plan.hosts(*level)[i]].clone())
             }
         }
     }
@@ -891,6 +899,7 @@ impl ClusterRuntime {
             matched,
             security,
             health,
+            levels: OnceLock::new(),
         };
         runtime.refresh_health();
         runtime
@@ -952,14 +961,14 @@ impl ClusterRuntime {
             };
             if let ClusterEndpoints::Fixed(pools) = &self.endpoints {
                 let plan = health.plan();
-                let draw = draw(&plan);
-                return EndpointsView::Planned(plan, draw, &self.config.endpoints, pools);
+                let level = plan.level_of(draw(&plan));
+                return EndpointsView::Planned(plan, level, &self.config.endpoints, pools);
             }
             // A resolved set's plan always names its set.
             let planned = health.planned(&self.config);
             if let Some(set) = &planned.set {
-                let draw = draw(&planned.plan);
-                return EndpointsView::PlannedSet(planned.plan.clone(), draw, set.clone());
+                let level = planned.plan.level_of(draw(&planned.plan));
+                return EndpointsView::PlannedSet(planned.plan.clone(), level, set.clone());
             }
         }
         match &self.endpoints {
@@ -995,11 +1004,11 @@ impl ClusterRuntime {
                 // a consistent-hashing cluster's plan has its own per level; the other pickers
                 // only need the view's size and active requests.
                 let picker = match &view {
-                    EndpointsView::Planned(plan, draw, ..) => {
-                        plan.picker(*draw).unwrap_or(&self.picker)
+                    EndpointsView::Planned(plan, level, ..) => {
+                        plan.picker(*level).unwrap_or(&self.picker)
                     }
-                    EndpointsView::PlannedSet(plan, draw, set) => {
-                        plan.picker(*draw).unwrap_or(&set.picker)
+                    EndpointsView::PlannedSet(plan, level, set) => {
+                        plan.picker(*level).unwrap_or(&set.picker)
                     }
                     EndpointsView::Fixed(..) => &self.picker,
                     EndpointsView::Resolved(set, _) => &set.picker,
@@ -1014,21 +1023,142 @@ impl ClusterRuntime {
         }
     }
 
-    /// The endpoint of a retry under retry host predicates, as Envoy's load balancer chooses
-    /// one: up to `1 + max_attempts` picks (each a pick of its own: the round robin moves on,
-    /// a random draw is drawn again, consistent hashing moves on from the request's hash,
-    /// drawn once here when the request has none), the first that `rejects` (given its pool
-    /// and endpoint) lets through, else the last; `None`: no endpoint serves.
+    /// [`Self::rotation_at`] for a retry under `previous_priorities`: the level drawn from
+    /// the load `priorities` gives (`crate::retry_priority`) over the levels' health (the
+    /// plan's, or every level with endpoints whole without a health signal), among its
+    /// eligible hosts. The cluster's own rotation when `priorities` leaves the load as it is,
+    /// and on a consistent-hashing cluster (Envoy's ring hash and Maglev draw their level
+    /// without asking).
+    fn retry_rotation(
+        &self,
+        (hash, attempt): (Option<u64>, u32),
+        priorities: &mut PreviousPriorities,
+    ) -> Rotation<'_> {
+        if self.picker.is_consistent_hashing() {
+            return self.rotation_at(hash, attempt);
+        }
+        let draw = rand::random::<u32>() % 100;
+        let (view, picker) = match (&self.health, &self.endpoints) {
+            (Some(health), ClusterEndpoints::Fixed(pools)) => {
+                let plan = health.plan();
+                let Some(loads) = priorities.loads(plan.health()) else {
+                    return self.rotation_at(hash, attempt);
+                };
+                let level = level_of(loads, draw);
+                let endpoints = &self.config.endpoints;
+                (EndpointsView::Planned(plan, level, endpoints, pools), None)
+            }
+            (None, ClusterEndpoints::Fixed(pools)) => {
+                let endpoints = &self.config.endpoints;
+                let levels = self
+                    .levels
+                    .get_or_init(|| Levels::new(&self.config.load_balancer, endpoints));
+                let Some(loads) = priorities.loads(levels.health()) else {
+                    return self.rotation_at(hash, attempt);
+                };
+                let level = level_of(loads, draw);
+                let range = levels.range(level);
+                let view = EndpointsView::Fixed(
+                    endpoints.get(range.clone()).unwrap_or_default(),
+                    pools.get(range).unwrap_or_default(),
+                );
+                (view, levels.picker(level))
+            }
+            (Some(health), ClusterEndpoints::Resolved(_)) => {
+                let planned = health.planned(&self.config);
+                let loads = priorities.loads(planned.plan.health());
+                let (Some(set), Some(loads)) = (planned.set.clone(), loads) else {
+                    return self.rotation_at(hash, attempt);
+                };
+                let level = level_of(loads, draw);
+                (
+                    EndpointsView::PlannedSet(planned.plan.clone(), level, set),
+                    None,
+                )
+            }
+            (None, ClusterEndpoints::Resolved(resolved)) => {
+                let set = resolved.current();
+                let levels = set
+                    .levels
+                    .get_or_init(|| Levels::new(&set.balancer, &set.endpoints));
+                let Some(loads) = priorities.loads(levels.health()) else {
+                    return self.rotation_at(hash, attempt);
+                };
+                let level = level_of(loads, draw);
+                let range = levels.range(level);
+                let n = range.len();
+                let start = match (n, levels.picker(level)) {
+                    (0, _) | (_, None) => 0,
+                    (_, Some(picker)) => picker.start((n, attempt), &self.next, hash, |i| {
+                        set.pools
+                            .get(range.start + i)
+                            .map_or(0, |p| p.active.load(Ordering::Relaxed))
+                    }),
+                };
+                let view = EndpointsView::Resolved(set.clone(), range);
+                return Rotation {
+                    view,
+                    start,
+                    step: 0,
+                };
+            }
+        };
+        // A plan keeps a picker per level only where picks depend on the endpoints; the
+        // cluster's serves its levels otherwise (it needs their count alone).
+        let picker = match &view {
+            EndpointsView::Planned(plan, level, ..) => plan.picker(*level).or(Some(&self.picker)),
+            EndpointsView::PlannedSet(plan, level, set) => {
+                plan.picker(*level).or(Some(&set.picker))
+            }
+            _ => picker,
+        };
+        let n = view.len();
+        let start = match (n, picker) {
+            (0, _) | (_, None) => 0,
+            (_, Some(picker)) => picker.start((n, attempt), &self.next, hash, |i| view.active(i)),
+        };
+        Rotation {
+            view,
+            start,
+            step: 0,
+        }
+    }
+
+    /// The priority of the endpoint whose pool is at `pool` (its `Arc::as_ptr`), found among
+    /// the endpoints in force.
+    pub(crate) fn priority_of(&self, pool: usize) -> Option<u32> {
+        let find = |pools: &[Arc<EndpointPool>], endpoints: &[Endpoint]| {
+            let i = pools.iter().position(|p| Arc::as_ptr(p) as usize == pool)?;
+            endpoints.get(i).map(|e| e.priority)
+        };
+        match &self.endpoints {
+            ClusterEndpoints::Fixed(pools) => find(pools, &self.config.endpoints),
+            ClusterEndpoints::Resolved(resolved) => {
+                let set = resolved.current();
+                find(&set.pools, &set.endpoints)
+            }
+        }
+    }
+
+    /// The endpoint of a retry under retry host predicates or `previous_priorities`, as
+    /// Envoy's load balancer chooses one: up to `1 + max_attempts` picks (each a pick of its
+    /// own: the level drawn again under `priorities`, the round robin moves on, a random draw
+    /// is drawn again, consistent hashing moves on from the request's hash, drawn once here
+    /// when the request has none), the first that `rejects` (given its pool and endpoint)
+    /// lets through, else the last; `None`: no endpoint serves.
     pub(crate) fn pick_for_retry(
         &self,
-        hash: Option<u64>,
-        max_attempts: u32,
+        (hash, max_attempts): (Option<u64>, u32),
+        mut priorities: Option<&mut PreviousPriorities>,
         rejects: impl Fn(&Arc<EndpointPool>, &Endpoint) -> bool,
     ) -> Option<PoolRef<'_>> {
         let hash = hash.or_else(|| self.picker.is_consistent_hashing().then(rand::random));
         let mut last = None;
         for attempt in 0..=max_attempts {
-            let Rotation { view, start, .. } = self.rotation_at(hash, attempt);
+            let Rotation { view, start, .. } = match priorities.as_deref_mut() {
+                Some(p) => self.retry_rotation((hash, attempt), p),
+                None => self.rotation_at(hash, attempt),
+            };
             let endpoint = view.endpoint(start)?;
             let pool = view.pool(start);
             if !rejects(&pool, endpoint) {
@@ -1717,12 +1847,13 @@ mod tests {
 
     /// With a health signal, a request goes to the eligible hosts of the level its draw
     /// picks: P0 half healthy (health 70%) sends about 70% to its healthy host and 30% to
-    /// P1; nothing healthy anywhere with panic disabled leaves no endpoint.
+    /// P1; nothing healthy anywhere with panic disabled leaves no endpoint, and so does total
+    /// panic when the cluster fails traffic on panic.
     #[test]
     fn endpoint_selection_follows_the_health_plan() {
         let endpoints = at_priorities(&[0, 0, 1]);
         let pools: Vec<_> = endpoints.iter().map(EndpointPool::new).collect();
-        let cluster = |panic_threshold: f64| {
+        let cluster = |panic_threshold: f64, fail_traffic_on_panic: bool| {
             ClusterRuntime::new(
                 Cluster {
                     endpoints: endpoints.clone(),
@@ -1730,6 +1861,7 @@ mod tests {
                         outlier: Some(Default::default()),
                         check: None,
                         panic_threshold,
+                        fail_traffic_on_panic,
                     },
                     ..test_cluster("backend")
                 },
@@ -1739,7 +1871,7 @@ mod tests {
                 UpstreamSecurity::new(None, &MeshTlsSet::default()),
             )
         };
-        let health = cluster(50.0);
+        let health = cluster(50.0, false);
         pools[1].health().set_ejected(true);
         health.refresh_health();
         assert_eq!(health.stats.membership_healthy.get(), 2);
@@ -1755,15 +1887,106 @@ mod tests {
         let p1 = counts.get("10.0.0.2:80").copied().unwrap_or(0);
         assert!((450..750).contains(&p1), "about 30% to P1: {counts:?}");
         // Every host out and no panic: no endpoint.
-        let none = cluster(0.0);
+        let none = cluster(0.0, false);
         for pool in &pools {
             pool.health().set_ejected(true);
         }
         none.refresh_health();
         assert!(none.rotation(None).next().is_none());
         // With panic (the default), total panic: every host of both levels, by host count.
-        let panicking = cluster(50.0);
+        let panicking = cluster(50.0, false);
         assert_eq!(first_choices(&panicking, 200).len(), 3);
+        // Failing traffic on panic: none.
+        let failing = cluster(50.0, true);
+        assert!((0..50).all(|_| failing.rotation(None).next().is_none()));
+    }
+
+    /// A retry under `previous_priorities` after an attempt at P0 draws P1 (every host
+    /// healthy without a health signal; with one, the plan's health), a second one at P1 and
+    /// P2 both tried starts over at P0; without the attempt recorded the cluster's own level
+    /// serves.
+    #[test]
+    fn a_retry_under_previous_priorities_leaves_the_tried_levels() {
+        let endpoints = at_priorities(&[0, 0, 1, 2]);
+        let pools: Vec<_> = endpoints.iter().map(EndpointPool::new).collect();
+        let cluster = ClusterRuntime::new(
+            Cluster {
+                endpoints: endpoints.clone(),
+                ..test_cluster("backend")
+            },
+            ClusterStats::default(),
+            ClusterEndpoints::Fixed(pools.clone()),
+            (None, Vec::new()),
+            UpstreamSecurity::new(None, &MeshTlsSet::default()),
+        );
+        let pick = |p: &mut PreviousPriorities| {
+            let pool = cluster.pick_for_retry((None, 0), Some(p), |_, _| false);
+            pool.map(|p| p.address().to_string()).unwrap_or_default()
+        };
+        let ptr = |i: usize| Arc::as_ptr(&pools[i]) as usize;
+        let mut p = PreviousPriorities::new(std::num::NonZeroU32::MIN);
+        let first = pick(&mut p);
+        assert!(first == "10.0.0.0:80" || first == "10.0.0.1:80", "{first}");
+        p.attempted(cluster.priority_of(ptr(0)).unwrap_or(9));
+        assert!((0..20).all(|_| pick(&mut p) == "10.0.0.2:80"));
+        p.attempted(cluster.priority_of(ptr(2)).unwrap_or(9));
+        assert!((0..20).all(|_| pick(&mut p) == "10.0.0.3:80"));
+        p.attempted(cluster.priority_of(ptr(3)).unwrap_or(9));
+        let again = pick(&mut p);
+        assert!(again == "10.0.0.0:80" || again == "10.0.0.1:80", "{again}");
+        // Weights differ in P1 only: its own schedule, 1:3 over its two hosts.
+        let mut weighted = at_priorities(&[0, 1, 1]);
+        weighted[2].weight = 3;
+        let weighted_pools: Vec<_> = weighted.iter().map(EndpointPool::new).collect();
+        let schedule = ClusterRuntime::new(
+            Cluster {
+                endpoints: weighted,
+                ..test_cluster("backend")
+            },
+            ClusterStats::default(),
+            ClusterEndpoints::Fixed(weighted_pools),
+            (None, Vec::new()),
+            UpstreamSecurity::new(None, &MeshTlsSet::default()),
+        );
+        let mut p = PreviousPriorities::new(std::num::NonZeroU32::MIN);
+        p.attempted(0);
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..8 {
+            let pool = schedule.pick_for_retry((None, 0), Some(&mut p), |_, _| false);
+            let address = pool.map(|p| p.address().to_string()).unwrap_or_default();
+            *seen.entry(address).or_insert(0) += 1;
+        }
+        let want = [
+            ("10.0.0.1:80".to_string(), 2),
+            ("10.0.0.2:80".to_string(), 6),
+        ];
+        assert_eq!(seen, want.into_iter().collect(), "{seen:?}");
+        // A health signal: P1's host ejected, a retry after P0 goes to P2.
+        let tracked = ClusterRuntime::new(
+            Cluster {
+                endpoints,
+                health: bearing_proxy_config::EndpointHealth {
+                    outlier: Some(Default::default()),
+                    ..Default::default()
+                },
+                ..test_cluster("backend")
+            },
+            ClusterStats::default(),
+            ClusterEndpoints::Fixed(pools.clone()),
+            (None, Vec::new()),
+            UpstreamSecurity::new(None, &MeshTlsSet::default()),
+        );
+        pools[2].health().set_ejected(true);
+        tracked.refresh_health();
+        let mut p = PreviousPriorities::new(std::num::NonZeroU32::MIN);
+        p.attempted(0);
+        for _ in 0..20 {
+            let pool = tracked.pick_for_retry((None, 0), Some(&mut p), |_, _| false);
+            assert_eq!(
+                pool.map(|p| p.address().to_string()).as_deref(),
+                Some("10.0.0.3:80")
+            );
+        }
     }
 
     /// Outlier detection on hosts resolved by DNS: an ejected host takes no traffic, and when
@@ -1781,8 +2004,8 @@ mod tests {
             Cluster {
                 health: bearing_proxy_config::EndpointHealth {
                     outlier: Some(Default::default()),
-                    check: None,
                     panic_threshold: 50.0,
+                    ..Default::default()
                 },
                 ..test_cluster("dns")
             },

@@ -11,6 +11,11 @@
 //!   failures 3, ejection 3 s, at most 50% ejected): an origin answering 503 is ejected after
 //!   three of them and takes nothing until the ejection ends, then rejoins.
 //!
+//! - Failing traffic on panic: the health-checked outbound with MeshHealthCheck's
+//!   `failTrafficOnPanic` (`zone_aware_lb_config`): both origins failing their health check
+//!   (total panic) get the proxy's own 503 `no healthy upstream`; the same cluster without it
+//!   (served again by the CP) sends them to the failing origins (panic routing).
+//!
 //! Then Envoy 1.40, fed the same resources by the same CP in the client's place, does the
 //! same.
 
@@ -66,13 +71,16 @@ fn plain_cluster(golden: &KumaGolden) -> Result<Value> {
     golden.plaintext_cluster(SERVER_CLUSTER, &["outlierDetection", "commonLbConfig"])
 }
 
+/// Serves another version of the outbound's cluster (the CP polls its file).
+type ServeCluster<'a> = &'a dyn Fn(Value) -> Result<()>;
+
 /// Runs `check` against Bearing fed `cluster` in the demo client's outbound, then against
-/// Envoy fed the same.
+/// Envoy fed the same (served again first); both may have the CP serve another cluster.
 fn with_sidecar_then_envoy(
     name: &str,
     cluster: Value,
-    check: impl Fn(&str, &Host, &Bearing, &[Nginx; 2]) -> Result<()>,
-    check_envoy: impl Fn(&Host, &[Nginx; 2]) -> Result<()>,
+    check: impl Fn(&str, &Host, &Bearing, &[Nginx; 2], ServeCluster) -> Result<()>,
+    check_envoy: impl Fn(&Host, &[Nginx; 2], ServeCluster) -> Result<()>,
 ) -> Result<()> {
     require_root_and_tools()?;
     require_tools(&["openssl", "nginx"])?;
@@ -86,16 +94,24 @@ fn with_sidecar_then_envoy(
     let golden = KumaGolden::load(BREAKER)?;
     let mut xds = XdsFile::new();
     let at = PORTS.map(|p| backend.sock4(p));
-    xds.golden_client_outbound(&golden, web, (cluster, SERVER_CLUSTER), &at)?
+    xds.golden_client_outbound(&golden, web, (cluster.clone(), SERVER_CLUSTER), &at)?
         .mesh_identity(MESH, &leaf, &mesh_ca)?;
     let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
-    check("bearing", web, &sidecar, &origins)?;
+    // `golden_client` serves the file `demo-client.json` in the PKI's directory.
+    let file = pki.dir.join("demo-client.json");
+    let serve = |c: Value| {
+        let mut xds = xds.clone();
+        *xds.get_mut(CLUSTER, SERVER_CLUSTER)? = c;
+        xds.write(&file)
+    };
+    check("bearing", web, &sidecar, &origins, &serve)?;
 
     // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
     sidecar.process().stop(Duration::from_secs(5));
+    serve(cluster)?;
     let _envoy = access.envoy(web, MESH, "demo-client")?;
     web.wait_for_tcp_listener(10001, Duration::from_secs(20), None)?;
-    check_envoy(web, &origins)
+    check_envoy(web, &origins, &serve)
 }
 
 /// An origin failing its health check takes no traffic until it passes again.
@@ -115,8 +131,9 @@ fn health_check_flow(proxy: &str, web: &Host, origins: &[Nginx; 2]) -> Result<()
     served(&PORTS, &format!("{proxy}: recovered"))
 }
 
-#[test]
-fn mesh_health_check_takes_a_failing_endpoint_out_until_it_recovers() -> Result<()> {
+/// The golden's MeshHealthCheck check of `/hc` every second, in the circuit breaker golden's
+/// plaintext server cluster.
+fn checked_cluster() -> Result<Value> {
     let checks = KumaGolden::load(HEALTH)?
         .cluster(CHECKED_CLUSTER)?
         .get("healthChecks")
@@ -134,18 +151,29 @@ fn mesh_health_check_takes_a_failing_endpoint_out_until_it_recovers() -> Result<
     let golden = KumaGolden::load(BREAKER)?;
     let mut cluster = plain_cluster(&golden)?;
     cluster["healthChecks"] = json!([check]);
-    let bearing = |proxy: &str, web: &Host, sidecar: &Bearing, origins: &[Nginx; 2]| {
-        health_check_flow(proxy, web, origins)?;
-        let series =
-            format!("bearing_cluster_health_check_failure_total{{cluster=\"{SERVER_CLUSTER}\"}}");
-        let failures = sidecar.metric(&series)?;
-        ensure!(failures >= 1.0, "{series} is {failures}");
-        let series = format!("bearing_cluster_membership_healthy{{cluster=\"{SERVER_CLUSTER}\"}}");
-        let healthy = sidecar.metric(&series)?;
-        ensure!(healthy == 2.0, "{series} is {healthy}");
-        Ok(())
+    Ok(cluster)
+}
+
+#[test]
+fn mesh_health_check_takes_a_failing_endpoint_out_until_it_recovers() -> Result<()> {
+    let cluster = checked_cluster()?;
+    let bearing =
+        |proxy: &str, web: &Host, sidecar: &Bearing, origins: &[Nginx; 2], _: ServeCluster| {
+            health_check_flow(proxy, web, origins)?;
+            let series = format!(
+                "bearing_cluster_health_check_failure_total{{cluster=\"{SERVER_CLUSTER}\"}}"
+            );
+            let failures = sidecar.metric(&series)?;
+            ensure!(failures >= 1.0, "{series} is {failures}");
+            let series =
+                format!("bearing_cluster_membership_healthy{{cluster=\"{SERVER_CLUSTER}\"}}");
+            let healthy = sidecar.metric(&series)?;
+            ensure!(healthy == 2.0, "{series} is {healthy}");
+            Ok(())
+        };
+    let envoy = |web: &Host, origins: &[Nginx; 2], _: ServeCluster| {
+        health_check_flow("envoy", web, origins)
     };
-    let envoy = |web: &Host, origins: &[Nginx; 2]| health_check_flow("envoy", web, origins);
     with_sidecar_then_envoy("cp-health-check", cluster, bearing, envoy)
 }
 
@@ -184,7 +212,11 @@ fn mesh_circuit_breaker_ejects_a_failing_endpoint_until_its_ejection_ends() -> R
     let mut cluster = plain_cluster(&golden)?;
     cluster["outlierDetection"] = detection;
     cluster["commonLbConfig"] = golden.cluster(SERVER_CLUSTER)?["commonLbConfig"].clone();
-    let bearing = |proxy: &str, web: &Host, sidecar: &Bearing, origins: &[Nginx; 2]| {
+    let bearing = |proxy: &str,
+                   web: &Host,
+                   sidecar: &Bearing,
+                   origins: &[Nginx; 2],
+                   _: ServeCluster| {
         outlier_flow(proxy, web, origins)?;
         let series = format!(
             "bearing_cluster_outlier_detection_ejections_enforced_total{{cluster=\"{SERVER_CLUSTER}\"}}"
@@ -193,6 +225,83 @@ fn mesh_circuit_breaker_ejects_a_failing_endpoint_until_its_ejection_ends() -> R
         ensure!(ejections == 1.0, "{series} is {ejections}");
         Ok(())
     };
-    let envoy = |web: &Host, origins: &[Nginx; 2]| outlier_flow("envoy", web, origins);
+    let envoy =
+        |web: &Host, origins: &[Nginx; 2], _: ServeCluster| outlier_flow("envoy", web, origins);
     with_sidecar_then_envoy("cp-outlier", cluster, bearing, envoy)
+}
+
+/// Waits up to 15 s for 10 requests in a row to get the proxy's own 503 `no healthy
+/// upstream`; `what` names the wait in the error.
+fn wait_until_refused(web: &Host, what: &str) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let mut refused = 0;
+        let mut last = None;
+        for _ in 0..10 {
+            let out = curl_output(web, ["-s", APP])?;
+            match (out.http_code, out.body.trim()) {
+                (503, "no healthy upstream") => refused += 1,
+                (code, body) => last = Some(format!("{code} {body}")),
+            }
+        }
+        if refused == 10 {
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(15),
+            "{what}: still answered {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Both origins failing their health check: refused while the cluster fails traffic on panic,
+/// served by both (panic routing) once the CP serves the cluster without it, refused again
+/// with it; then both pass again.
+fn fail_on_panic_flow(
+    proxy: &str,
+    web: &Host,
+    origins: &[Nginx; 2],
+    (serve, failing, routing): (ServeCluster, &Value, &Value),
+) -> Result<()> {
+    let limit = Duration::from_secs(15);
+    let served = |ports: &[u16], what: &str| wait_until_served_by(web, APP, ports, limit, what);
+    served(&PORTS, &format!("{proxy}: both healthy"))?;
+    for origin in origins {
+        flag(origin, "sick", true)?;
+    }
+    wait_until_refused(web, &format!("{proxy}: both failing"))?;
+    serve(routing.clone())?;
+    served(&PORTS, &format!("{proxy}: both failing, panic routing"))?;
+    serve(failing.clone())?;
+    wait_until_refused(web, &format!("{proxy}: failing on panic again"))?;
+    for origin in origins {
+        flag(origin, "sick", false)?;
+    }
+    served(&PORTS, &format!("{proxy}: recovered"))
+}
+
+/// MeshHealthCheck's `failTrafficOnPanic: true` as kuma-cp 2.14 renders it
+/// (`common_lb_config.zone_aware_lb_config.fail_traffic_on_panic`).
+#[test]
+fn mesh_health_check_fails_traffic_on_panic_as_envoy() -> Result<()> {
+    let routing = checked_cluster()?;
+    let mut failing = routing.clone();
+    failing["commonLbConfig"] = json!({"zoneAwareLbConfig": {"failTrafficOnPanic": true}});
+    let flow = |proxy: &str, web: &Host, origins: &[Nginx; 2], serve: ServeCluster| {
+        fail_on_panic_flow(proxy, web, origins, (serve, &failing, &routing))
+    };
+    let bearing =
+        |proxy: &str, web: &Host, sidecar: &Bearing, origins: &[Nginx; 2], serve: ServeCluster| {
+            flow(proxy, web, origins, serve)?;
+            let series = format!(
+                "bearing_cluster_no_healthy_upstream_total{{cluster=\"{SERVER_CLUSTER}\"}}"
+            );
+            let refused = sidecar.metric(&series)?;
+            ensure!(refused >= 20.0, "{series} is {refused}");
+            Ok(())
+        };
+    let envoy =
+        |web: &Host, origins: &[Nginx; 2], serve: ServeCluster| flow("envoy", web, origins, serve);
+    with_sidecar_then_envoy("cp-fail-on-panic", failing.clone(), bearing, envoy)
 }

@@ -1009,3 +1009,126 @@ fn retries_choose_other_hosts_and_wait_as_the_response_asks_as_envoy() -> Result
     ensure!(behaviour("envoy")? == bearing);
     Ok(())
 }
+
+/// MeshRetry's `OmitPreviousPriorities` and its `RegularExpression` header matches as kuma-cp
+/// 2.14 renders them, over a cluster of a priority-0 and a priority-1 origin, both answering
+/// 503: without `previous_priorities` a request and its retry both go to P0 (2/0); with it
+/// (`update_frequency: 1`) the retry goes to P1 (1/1); with `update_frequency: 2` and three
+/// retries the first two attempts keep the cluster's load and the next two leave P0 (2/2).
+/// `retriable_request_headers` and `retriable_headers` by regular expression, matching whole
+/// values as RE2's `safe_regex`: a 200 whose `x-retry` matches `yes.*` is tried three times
+/// for a caller whose `x-tenant` matches `team-(a|b)`, once for `team-c`, once when `x-retry`
+/// is `xyes`. Envoy 1.40 fed the same resources makes the same attempts, counted at the
+/// origins.
+#[test]
+fn retries_leave_tried_priorities_and_match_regular_expressions_as_envoy() -> Result<()> {
+    const PLAIN: u16 = 10031;
+    const EVERY: u16 = 10032;
+    const EVERY_TWO: u16 = 10033;
+    const BY_REGEX: u16 = 10034;
+    const PORTS: [u16; 2] = [8081, 8082];
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "origin"])?;
+    let (cp, web, origin) = (topo.host("cp"), topo.host("web"), topo.host("origin"));
+    let pki = CpPki::new(topo.dir(), "cp-retry-priorities", cp)?;
+    let ip = origin.ip4().to_string();
+    let levels = PORTS
+        .iter()
+        .map(|port| start_http_server(origin, *port))
+        .collect::<Result<Vec<_>>>()?;
+    let single = start_http_server(origin, ORIGIN_PORT)?;
+    let locality = |priority: u32, port: u16| {
+        json!({"priority": priority, "lbEndpoints": [{"endpoint": {"address": {
+            "socketAddress": {"address": ip, "portValue": port}}}}]})
+    };
+    let two_levels = json!({"name": "levels", "type": "STATIC", "connectTimeout": "5s",
+        "loadAssignment": {"clusterName": "levels",
+            "endpoints": [locality(0, PORTS[0]), locality(1, PORTS[1])]}});
+    let back_off = json!({"baseInterval": "0.010s", "maxInterval": "0.020s"});
+    let previous = |frequency: u32| {
+        json!({"name": "envoy.retry_priorities.previous_priorities", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+            "updateFrequency": frequency}})
+    };
+    let regex = |name: &str, pattern: &str| json!({"name": name, "stringMatch": {"safeRegex": {"regex": pattern}}});
+    let listeners: serde_json::Map<String, Value> = [
+        retrying_listener(
+            PLAIN,
+            "levels",
+            json!({"retryOn": "5xx", "numRetries": 1, "retryBackOff": back_off}),
+        ),
+        retrying_listener(
+            EVERY,
+            "levels",
+            json!({"retryOn": "5xx", "numRetries": 1, "retryBackOff": back_off,
+                "retryPriority": previous(1)}),
+        ),
+        retrying_listener(
+            EVERY_TWO,
+            "levels",
+            json!({"retryOn": "5xx", "numRetries": 3, "retryBackOff": back_off,
+                "retryPriority": previous(2)}),
+        ),
+        retrying_listener(
+            BY_REGEX,
+            "origin",
+            json!({"retryOn": "5xx,retriable-headers", "numRetries": 2, "retryBackOff": back_off,
+                "retriableRequestHeaders": [regex("x-tenant", "team-(a|b)")],
+                "retriableHeaders": [regex("x-retry", "yes.*")]}),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let resources = json!({"xds": {
+        CLUSTER: {"levels": two_levels, "origin": static_cluster("origin", &ip, ORIGIN_PORT)},
+        LISTENER: listeners,
+    }});
+    let (_cp, sidecar, access) = acked_sidecar(&pki, cp, web, &resources)?;
+
+    // The attempts a server logged for `path` (its request lines).
+    let logged = |server: &HttpServer, path: &str| {
+        let line = format!("{path} HTTP");
+        let log = server.process().log_contents();
+        log.lines().filter(|l| l.contains(&line)).count()
+    };
+    let attempts = |proxy: &str| -> Result<Vec<Vec<usize>>> {
+        let mut all = Vec::new();
+        for port in [PLAIN, EVERY, EVERY_TWO] {
+            let path = format!("/status/503?{proxy}-{port}");
+            let (code, _) = curl(web, [format!("http://127.0.0.1:{port}{path}")])?;
+            ensure!(code == 503, "{proxy}: port {port}: {code}");
+            std::thread::sleep(Duration::from_millis(200));
+            all.push(levels.iter().map(|s| logged(s, &path)).collect());
+        }
+        let mut by_regex = Vec::new();
+        for (i, (tenant, retry)) in [
+            ("team-a", "yes-please"),
+            ("team-c", "yes"),
+            ("team-b", "xyes"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = format!("/?header=x-retry:{retry}&{proxy}-{i}");
+            let url = format!("http://127.0.0.1:{BY_REGEX}{path}");
+            let (code, _) = curl(web, [url, "-H".into(), format!("x-tenant: {tenant}")])?;
+            ensure!(code == 200, "{proxy}: {tenant} {retry}: {code}");
+            std::thread::sleep(Duration::from_millis(200));
+            by_regex.push(logged(&single, &path));
+        }
+        all.push(by_regex);
+        let want = vec![vec![2, 0], vec![1, 1], vec![2, 2], vec![3, 1, 1]];
+        ensure!(all == want, "{proxy}: {all:?}, expected {want:?}");
+        Ok(all)
+    };
+    let bearing = attempts("bearing")?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, "default", "web")?;
+    web.wait_for_tcp_listener(BY_REGEX, Duration::from_secs(20), None)
+        .context("Envoy's listeners")?;
+    ensure!(attempts("envoy")? == bearing);
+    Ok(())
+}

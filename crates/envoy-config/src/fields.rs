@@ -283,17 +283,18 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter",
         &["name"],
     ),
-    // MeshRetry's `http` section; `retry_priority` (`OmitPreviousPriorities`) is not
-    // implemented.
+    // MeshRetry's `http` section.
     (
         "envoy.config.route.v3.RetryPolicy",
         &[
+            // `retry.rs`: previous_priorities (`OmitPreviousPriorities`), by its config's type.
+            "retry_priority",
             "retry_on",
             "num_retries",
             "per_try_timeout",
             "retriable_status_codes",
             "retry_back_off",
-            // Checked by `retry.rs` (no regular expression, `:method` the one pseudo-header).
+            // Checked by `retry.rs` (`:method` the one pseudo-header; regular expressions compiled).
             "retriable_headers",
             "retriable_request_headers",
             // `retry.rs`: previous_hosts and omit_host_metadata, by their config's type.
@@ -310,6 +311,15 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.RetryPolicy.RetryHostPredicate",
         // The name is a label: Envoy finds the factory by the config's type.
         &["name", "typed_config"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RetryPriority",
+        // As a host predicate's.
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+        &["update_frequency"],
     ),
     (
         "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
@@ -402,11 +412,24 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "common_lb_config",
         ],
     ),
-    // The panic threshold (`health.rs`) and locality weighting (`balance::check_localities`:
-    // by locality weight where the runtime implements it, NACKed by path elsewhere).
+    // The panic threshold (`health.rs`), locality weighting (`balance::check_localities`:
+    // by locality weight where the runtime implements it, NACKed by path elsewhere) and the
+    // zone-aware config (`health.rs`: kuma-cp's MeshHealthCheck `failTrafficOnPanic`).
     (
         "envoy.config.cluster.v3.Cluster.CommonLbConfig",
-        &["healthy_panic_threshold", "locality_weighted_lb_config"],
+        &[
+            "healthy_panic_threshold",
+            "locality_weighted_lb_config",
+            "zone_aware_lb_config",
+        ],
+    ),
+    // `fail_traffic_on_panic` is translated; the other two tune zone-aware routing, which
+    // Envoy performs only towards a local cluster (`cluster_manager.local_cluster_name`):
+    // kuma-cp sets none and Bearing has none, so they have no effect, in Envoy as here
+    // (`health.rs` checks `routing_enabled` as Envoy validates it).
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig.ZoneAwareLbConfig",
+        &["routing_enabled", "min_cluster_size", "fail_traffic_on_panic"],
     ),
     ("envoy.type.v3.Percent", &["value"]),
     (
@@ -803,6 +826,7 @@ const EXTENSIONS: &[&str] = &[
     // MeshRetry's host selection (`retry.rs`).
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
     "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
+    "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
 ];
 
 /// The policy filters walked on sidecar and zone proxy listeners, whose translation reads them
@@ -930,8 +954,6 @@ pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
         "CommonTlsContext.tls_params",
         "TLS versions and ciphers (MeshTLS)",
     ),
-    ("CommonLbConfig.zone_aware_lb_config", "load balancing"),
-    ("RetryPolicy.retry_priority", "retries"),
     ("RetryPolicy.per_try_idle_timeout", "retries"),
     // A route's and a connection manager's stream and connection lifetimes (zero accepted,
     // as kuma-cp renders none there; a cluster's are translated, `is_upstream_lifetime`).
@@ -1307,8 +1329,13 @@ mod tests {
 
     #[test]
     fn policies_are_named_as_policies() {
+        // kuma-cp's MeshHealthCheck `failTrafficOnPanic` passes, zone-aware fields and all.
         let bad = walk(
-            serde_json::json!({"name": "c", "commonLbConfig": {"zoneAwareLbConfig": {}},
+            serde_json::json!({"name": "c", "commonLbConfig": {"zoneAwareLbConfig": {
+                "failTrafficOnPanic": true, "minClusterSize": "3", "routingEnabled": {"value": 50}}},
+            "transportSocket": {"name": "envoy.transport_sockets.tls", "typedConfig": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "commonTlsContext": {"tlsParams": {"tlsMinimumProtocolVersion": "TLSv1_2"}}}},
             "healthChecks": [{"grpcHealthCheck": {"authority": "a",
                 "initialMetadata": [{"header": {"key": "a", "value": "b"}}]}}]}),
         );
@@ -1317,9 +1344,13 @@ mod tests {
             .map(|u| (u.path.as_str(), u.reason.as_str()))
             .collect();
         assert!(
-            reasons.iter().any(
-                |(p, r)| p.ends_with("zone_aware_lb_config") && r.starts_with("load balancing")
-            ),
+            !reasons.iter().any(|(p, _)| p.contains("common_lb_config")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|(p, r)| p.ends_with("tls_params") && r.starts_with("TLS versions")),
             "{reasons:?}"
         );
         // A gRPC check is translated but for its initial metadata.
@@ -1333,10 +1364,10 @@ mod tests {
     }
 
     /// kuma-cp 2.14's MeshRetry `hostSelection` (its `http.listeners.golden.yaml`): the
-    /// host predicates, their attempts and the rate-limited back-off pass to `retry.rs`;
-    /// `OmitPreviousPriorities`' `retry_priority` stays NACKed as MeshRetry's.
+    /// host predicates, their attempts, `OmitPreviousPriorities`' `retry_priority` and the
+    /// rate-limited back-off pass to `retry.rs`.
     #[test]
-    fn kumas_host_selection_passes_and_its_retry_priority_is_nacked() {
+    fn kumas_host_selection_and_its_retry_priority_pass() {
         let route = serde_json::json!({"name": "r", "virtualHosts": [{"name": "v",
             "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {
                 "cluster": "backend", "retryPolicy": {
@@ -1360,12 +1391,7 @@ mod tests {
             &any.value,
             "routes",
         );
-        let paths: Vec<_> = bad.iter().map(|u| u.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            ["routes.virtual_hosts[0].routes[0].route.retry_policy.retry_priority"]
-        );
-        assert!(bad[0].reason.starts_with("retries: "), "{bad:?}");
+        assert!(bad.is_empty(), "{bad:?}");
     }
 
     #[test]

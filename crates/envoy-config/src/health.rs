@@ -39,6 +39,9 @@ pub(crate) fn endpoint_health(
         // Envoy clamps the percentage to [0, 100].
         health.panic_threshold = t.value.clamp(0.0, 100.0);
     }
+    if let Some(zone_aware) = cluster.common_lb_config.as_ref().and_then(zone_aware) {
+        health.fail_traffic_on_panic = fail_traffic_on_panic(cluster, zone_aware, path, problems);
+    }
     for (i, check) in cluster.health_checks.iter().enumerate() {
         let at = format!("{path}.health_checks[{i}]");
         if i > 0 {
@@ -63,6 +66,46 @@ pub(crate) fn endpoint_health(
         ));
     }
     health
+}
+
+/// The cluster's `zone_aware_lb_config`, if it has one.
+fn zone_aware(
+    common: &cluster_pb::cluster::CommonLbConfig,
+) -> Option<&cluster_pb::cluster::common_lb_config::ZoneAwareLbConfig> {
+    use cluster_pb::cluster::common_lb_config::LocalityConfigSpecifier;
+    match &common.locality_config_specifier {
+        Some(LocalityConfigSpecifier::ZoneAwareLbConfig(z)) => Some(z),
+        _ => None,
+    }
+}
+
+/// Whether a level in panic fails its requests, from `zone_aware` (kuma-cp's MeshHealthCheck
+/// `failTrafficOnPanic`), as Envoy 1.40 reads it: only its round robin, least request and
+/// random balancers (the zone-aware ones) act on it; ring hash and Maglev ignore the whole
+/// config. Its other fields shape zone-aware routing, which Envoy performs only towards a
+/// local cluster (`cluster_manager.local_cluster_name`, which kuma-cp never sets and Bearing
+/// has no equivalent of): without one they have no effect in Envoy either, so they are
+/// accepted, checked only as Envoy validates them.
+fn fail_traffic_on_panic(
+    cluster: &cluster_pb::Cluster,
+    zone_aware: &cluster_pb::cluster::common_lb_config::ZoneAwareLbConfig,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> bool {
+    use cluster_pb::cluster::LbPolicy;
+    if let Some(p) = &zone_aware.routing_enabled {
+        if !(0.0..=100.0).contains(&p.value) {
+            problems.push((
+                format!("{path}.common_lb_config.zone_aware_lb_config.routing_enabled.value"),
+                format!("{} is not a percentage (0 to 100)", p.value),
+            ));
+        }
+    }
+    zone_aware.fail_traffic_on_panic
+        && matches!(
+            LbPolicy::try_from(cluster.lb_policy),
+            Ok(LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::Random)
+        )
 }
 
 fn required_duration(
@@ -685,6 +728,42 @@ mod tests {
         assert_eq!(o.enforcing.consecutive_gateway_failure, 0);
         assert_eq!(o.success_rate_stdev_factor, 1900);
         assert_eq!(h.panic_threshold, 0.0);
+    }
+
+    /// kuma-cp 2.14's MeshHealthCheck `failTrafficOnPanic` (`zone_aware_lb_config`): taken
+    /// under round robin, least request and random, without effect under ring hash and Maglev
+    /// (Envoy's consistent-hashing balancers ignore the config); `false` and the zone-aware
+    /// routing fields change nothing; a `routing_enabled` Envoy refuses is NACKed.
+    #[test]
+    fn fail_traffic_on_panic_reads_as_envoys_balancers_do() {
+        let fails = |policy: &str, zone_aware: serde_json::Value| {
+            let c = cluster(serde_json::json!({"name": "c", "lbPolicy": policy,
+                "commonLbConfig": {"healthyPanicThreshold": {"value": 60},
+                    "zoneAwareLbConfig": zone_aware}}));
+            let mut problems = Vec::new();
+            let h = endpoint_health(&c, ("c", false), &mut problems);
+            assert_eq!(problems, vec![]);
+            assert_eq!(h.panic_threshold, 60.0);
+            h.fail_traffic_on_panic
+        };
+        let on = serde_json::json!({"failTrafficOnPanic": true});
+        for policy in ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"] {
+            assert!(fails(policy, on.clone()), "{policy}");
+        }
+        for policy in ["RING_HASH", "MAGLEV"] {
+            assert!(!fails(policy, on.clone()), "{policy}");
+        }
+        let off = serde_json::json!({"minClusterSize": "2", "routingEnabled": {"value": 10}});
+        assert!(!fails("ROUND_ROBIN", off));
+        let c = cluster(serde_json::json!({"name": "c", "commonLbConfig": {
+            "zoneAwareLbConfig": {"routingEnabled": {"value": 101}}}}));
+        let mut problems = Vec::new();
+        endpoint_health(&c, ("c", false), &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].0,
+            "c.common_lb_config.zone_aware_lb_config.routing_enabled.value"
+        );
     }
 
     #[test]

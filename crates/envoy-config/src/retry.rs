@@ -4,15 +4,17 @@
 //! a `retry_on` condition Bearing does not act on is a problem naming it.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use bearing_proxy_config::{
     HeaderMatch, HostSelection, RateLimitedBackOff, ResetFormat, ResetHeader, RetryOn, RetryPolicy,
-    ValueMatch, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED, GRPC_INTERNAL, GRPC_RESOURCE_EXHAUSTED,
-    GRPC_UNAVAILABLE,
+    ValueMatch, WholeRegex, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED, GRPC_INTERNAL,
+    GRPC_RESOURCE_EXHAUSTED, GRPC_UNAVAILABLE,
 };
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
 use envoy_types::pb::envoy::extensions::retry::host::omit_host_metadata::v3::OmitHostMetadataConfig;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::google::protobuf::value::Kind;
 use prost::Message;
 
@@ -123,6 +125,10 @@ pub(crate) fn retry_policy(
         .rate_limited_retry_back_off
         .as_ref()
         .and_then(|r| rate_limited(r, &format!("{at}.rate_limited_retry_back_off"), problems));
+    let previous_priorities = policy
+        .retry_priority
+        .as_ref()
+        .and_then(|r| retry_priority(r, &format!("{at}.retry_priority"), problems));
     if problems.len() > before {
         return None;
     }
@@ -140,7 +146,51 @@ pub(crate) fn retry_policy(
         request_headers,
         host_selection: host_selection.map(Box::new),
         rate_limited: rate_limited.map(Box::new),
+        previous_priorities,
     })
+}
+
+/// The type of kuma-cp's `OmitPreviousPriorities` retry priority.
+const PREVIOUS_PRIORITIES: &str =
+    "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig";
+
+/// The `update_frequency` of a `previous_priorities` retry priority at `at` (found by its
+/// config's type, as Envoy finds the factory; it must be above 0, as Envoy validates it);
+/// another retry priority is a problem.
+fn retry_priority(
+    priority: &route_pb::retry_policy::RetryPriority,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<NonZeroU32> {
+    use route_pb::retry_policy::retry_priority::ConfigType;
+    let Some(ConfigType::TypedConfig(any)) = &priority.config_type else {
+        problems.push((at.into(), "a retry priority without a typed_config".into()));
+        return None;
+    };
+    let type_name = any.type_url.rsplit('/').next().unwrap_or(&any.type_url);
+    if type_name != PREVIOUS_PRIORITIES {
+        problems.push((
+            format!("{at}.typed_config"),
+            format!("retry priority {type_name} is not implemented (Bearing implements previous_priorities)"),
+        ));
+        return None;
+    }
+    match PreviousPrioritiesConfig::decode(any.value.as_slice()) {
+        Ok(config) => match u32::try_from(config.update_frequency).map(NonZeroU32::new) {
+            Ok(Some(n)) => Some(n),
+            _ => {
+                problems.push((
+                    format!("{at}.typed_config.update_frequency"),
+                    format!("{} must be greater than 0", config.update_frequency),
+                ));
+                None
+            }
+        },
+        Err(e) => {
+            problems.push((at.into(), format!("{type_name} does not decode: {e}")));
+            None
+        }
+    }
 }
 
 /// The type of kuma-cp's `OmitPreviousHosts` predicate.
@@ -285,8 +335,8 @@ fn rate_limited(
 }
 
 /// A retry policy's header matchers at `at` (`retriable_headers`, `retriable_request_headers`):
-/// `:method` the only pseudo-header, no regular expression (the runtime evaluates them
-/// without compiling one).
+/// `:method` the only pseudo-header; a regular expression (kuma-cp's `RegularExpression`
+/// header type) is compiled here, as the runtime evaluates the policy from the model.
 fn header_matches(
     matchers: &[route_pb::HeaderMatcher],
     at: &str,
@@ -301,14 +351,19 @@ fn header_matches(
             problems.push((format!("{hat}.name"), reason.into()));
             continue;
         }
-        match crate::routes::header_value(h, &hat, problems) {
-            Some(ValueMatch::Regex(_)) => problems.push((
-                hat,
-                "a regular expression in a retry policy's header match is not implemented".into(),
-            )),
-            Some(value) => out.push(HeaderMatch { name, value }),
-            None => {}
-        }
+        let value = match crate::routes::header_value(h, &hat, problems) {
+            // `header_value` checked it compiles as the routes' regular expressions do.
+            Some(ValueMatch::Regex(pattern)) => match WholeRegex::new(&pattern) {
+                Ok(re) => ValueMatch::Compiled(re),
+                Err(e) => {
+                    problems.push((hat, format!("invalid regular expression: {e}")));
+                    continue;
+                }
+            },
+            Some(value) => value,
+            None => continue,
+        };
+        out.push(HeaderMatch { name, value });
     }
     out.into_boxed_slice()
 }
@@ -564,10 +619,62 @@ mod tests {
         );
     }
 
+    /// kuma-cp 2.14's MeshRetry `hostSelection: [{predicate: OmitPreviousPriorities,
+    /// updateFrequency: 2}]`: `previous_priorities` with its update frequency; a frequency of
+    /// 0 (Envoy's validation refuses it) and another retry priority are NACKed by path.
+    #[test]
+    fn kumas_omit_previous_priorities_translates() {
+        use route_pb::retry_policy::{retry_priority::ConfigType, RetryPriority};
+        let priority = |type_name: &str, value: Vec<u8>| RetryPriority {
+            name: "envoy.retry_priorities.previous_priorities".into(),
+            config_type: Some(ConfigType::TypedConfig(
+                envoy_types::pb::google::protobuf::Any {
+                    type_url: format!("type.googleapis.com/{type_name}"),
+                    value,
+                },
+            )),
+        };
+        let frequency = |n: i32| {
+            let config = PreviousPrioritiesConfig {
+                update_frequency: n,
+            };
+            priority(PREVIOUS_PRIORITIES, config.encode_to_vec())
+        };
+        let policy = |p: RetryPriority| route_pb::RetryPolicy {
+            retry_on: "5xx".into(),
+            retry_priority: Some(p),
+            ..Default::default()
+        };
+        let mut problems = Vec::new();
+        let p = retry_policy(&policy(frequency(2)), "r", &mut problems).expect("translated");
+        assert_eq!(p.previous_priorities.map(NonZeroU32::get), Some(2));
+        assert!(problems.is_empty(), "{problems:?}");
+        for refused in [
+            frequency(0),
+            frequency(-1),
+            priority(
+                "envoy.config.retry.other_priority.OtherPriorityConfig",
+                vec![],
+            ),
+        ] {
+            assert!(retry_policy(&policy(refused), "r", &mut problems).is_none());
+        }
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "r.retry_priority.typed_config.update_frequency",
+                "r.retry_priority.typed_config.update_frequency",
+                "r.retry_priority.typed_config",
+            ]
+        );
+    }
+
     /// kuma-cp's MeshRetry with `retryOn: [5xx, GET]`, `retriableRequestHeaders` and
     /// `retriableResponseHeaders`: the methods and request headers gate the retries, the
-    /// response headers (under `retriable-headers`) ask for them; a regular expression or
-    /// another pseudo-header there is NACKed by path.
+    /// response headers (under `retriable-headers`) ask for them; a regular expression there
+    /// (kuma-cp's `RegularExpression` type) is compiled to match whole values, as Envoy's RE2
+    /// `safe_regex`; another pseudo-header or a pattern that does not compile is NACKed by path.
     #[test]
     fn kumas_retriable_headers_translate() {
         let matcher = |name: &str, exact: &str| {
@@ -606,15 +713,16 @@ mod tests {
             [exact(":method", "GET"), exact("x-retry", "yes")]
         );
         assert_eq!(*p.on.headers, [exact("x-upstream-retry", "true")]);
-        let regex = route_pb::HeaderMatcher {
-            name: "x".into(),
+        let regex = |name: &str, pattern: &str| {
+            route_pb::HeaderMatcher {
+            name: name.into(),
             header_match_specifier: Some(
                 route_pb::header_matcher::HeaderMatchSpecifier::StringMatch(
                     envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
                         match_pattern: Some(
                             envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::SafeRegex(
                                 envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
-                                    regex: "a.*".into(),
+                                    regex: pattern.into(),
                                     ..Default::default()
                                 },
                             ),
@@ -624,9 +732,28 @@ mod tests {
                 ),
             ),
             ..Default::default()
+        }
         };
+        let by_regex = route_pb::RetryPolicy {
+            retriable_request_headers: vec![regex("x-tenant", "team-(a|b)")],
+            retriable_headers: vec![regex("x-upstream-retry", "tr?ue|1")],
+            ..policy.clone()
+        };
+        let p = retry_policy(&by_regex, "r", &mut problems).expect("translated");
+        assert!(problems.is_empty(), "{problems:?}");
+        let values = |v: &'static str| move |_: &str| std::iter::once(v);
+        // Whole values only, as RE2's full match.
+        assert!(p.allows_request(values("team-b")));
+        assert!(!p.allows_request(values("team-bc")));
+        assert!(!p.allows_request(values("my-team-a")));
+        assert!(p.retries_headers(values("1")));
+        assert!(p.retries_headers(values("tue")));
+        assert!(!p.retries_headers(values("true!")));
+        assert!(!p.retries_headers(|_: &str| std::iter::empty()));
+        assert!(p.reads_headers());
         let refused = route_pb::RetryPolicy {
-            retriable_request_headers: vec![regex, matcher(":path", "/")],
+            retriable_request_headers: vec![regex("x", "a(")],
+            retriable_headers: vec![matcher(":path", "/")],
             ..policy
         };
         let mut problems = Vec::new();
@@ -635,8 +762,8 @@ mod tests {
         assert_eq!(
             fields,
             [
-                "r.retriable_request_headers[0]",
-                "r.retriable_request_headers[1].name"
+                "r.retriable_headers[0].name",
+                "r.retriable_request_headers[0].string_match.safe_regex.regex",
             ]
         );
     }

@@ -18,6 +18,12 @@ pub struct EndpointHealth {
     /// Below this percentage of healthy hosts a priority level balances across all its hosts
     /// (Envoy's panic mode); 0 disables panic. Envoy's default is 50.
     pub panic_threshold: f64,
+    /// A level in panic fails its requests (no healthy upstream) instead of balancing across
+    /// all its hosts (Envoy's `zone_aware_lb_config.fail_traffic_on_panic`, kuma-cp's
+    /// MeshHealthCheck `failTrafficOnPanic`; round robin, least request and random only, as
+    /// Envoy's consistent-hashing balancers ignore it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fail_traffic_on_panic: bool,
 }
 
 impl Default for EndpointHealth {
@@ -26,6 +32,7 @@ impl Default for EndpointHealth {
             check: None,
             outlier: None,
             panic_threshold: 50.0,
+            fail_traffic_on_panic: false,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use crate::HeaderMatch;
@@ -38,8 +39,8 @@ pub struct RetryPolicy {
     pub back_off_max: Duration,
     /// A request is retried only when it meets one of these (Envoy's
     /// `retriable_request_headers`: kuma-cp's MeshRetry `retryOn` methods as `:method` matches,
-    /// and its `retriableRequestHeaders`); empty: any request. No regular expression (the
-    /// translation refuses one here).
+    /// and its `retriableRequestHeaders`); empty: any request. A regular expression here is
+    /// `ValueMatch::Compiled`.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub request_headers: Box<[HeaderMatch]>,
     /// Which endpoints a retry avoids (Envoy's `retry_host_predicate` with
@@ -53,6 +54,12 @@ pub struct RetryPolicy {
     /// exponential back-off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limited: Option<Box<RateLimitedBackOff>>,
+    /// Envoy's `envoy.retry_priorities.previous_priorities` (kuma-cp's MeshRetry
+    /// `OmitPreviousPriorities`) with its `update_frequency`: a retry draws its priority
+    /// level with the levels already tried taken out of the load, recomputed every that many
+    /// attempts; `None`: a retry draws from the cluster's own load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_priorities: Option<NonZeroU32>,
 }
 
 /// The endpoints a retry's host selection rejects, as Envoy's retry host predicates: the load
@@ -181,7 +188,7 @@ pub struct RetryOn {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub grpc_statuses: Vec<u32>,
     /// `retriable-headers`: a response with a header meeting one of these (kuma-cp's
-    /// `retriableResponseHeaders`). No regular expression (the translation refuses one).
+    /// `retriableResponseHeaders`). A regular expression here is `ValueMatch::Compiled`.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub headers: Box<[HeaderMatch]>,
 }
@@ -233,6 +240,7 @@ impl RetryPolicy {
             request_headers: Box::default(),
             host_selection: None,
             rate_limited: None,
+            previous_priorities: None,
         }
     }
 

@@ -188,9 +188,8 @@ pub struct HeaderMatch {
 
 impl HeaderMatch {
     /// Whether a message whose values of a header `values(name)` gives meets it: any value
-    /// does (or, for `Absent`, there is none). A regular expression never holds here: the
-    /// places that evaluate a match without compiling it (a retry policy's) refuse one at
-    /// translation.
+    /// does (or, for `Absent`, there is none). An uncompiled `Regex` never holds here (see
+    /// [`ValueMatch::holds`]).
     pub fn holds_in<'v, I: Iterator<Item = &'v str>>(&self, values: impl Fn(&str) -> I) -> bool {
         let mut values = values(&self.name).peekable();
         if values.peek().is_none() {
@@ -201,9 +200,10 @@ impl HeaderMatch {
 }
 
 impl ValueMatch {
-    /// Whether a value (`None`: the header or parameter is absent) meets it, but for a regular
-    /// expression, which holds for none here: it is compiled where it is evaluated (the
-    /// gateway crate's router), and refused at translation where it is not.
+    /// Whether a value (`None`: the header or parameter is absent) meets it, but for an
+    /// uncompiled `Regex`, which holds for none here: it is compiled where it is evaluated
+    /// (the gateway crate's router, the fault filter); a match evaluated from the model itself
+    /// (a retry policy's) carries a `Compiled` one.
     pub fn holds(&self, value: Option<&str>) -> bool {
         match (self, value) {
             (ValueMatch::Absent, v) => v.is_none(),
@@ -212,8 +212,54 @@ impl ValueMatch {
             (ValueMatch::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
             (ValueMatch::Suffix(s), Some(v)) => v.ends_with(s.as_str()),
             (ValueMatch::Contains(c), Some(v)) => v.contains(c.as_str()),
+            (ValueMatch::Compiled(re), Some(v)) => re.is_match(v),
             (ValueMatch::Regex(_), _) | (_, None) => false,
         }
+    }
+}
+
+/// A regular expression the whole value must match (RE2 syntax, as Envoy's `safe_regex`),
+/// compiled when the model is built: for a match the runtime evaluates straight from the
+/// model, which has no place to compile it per request.
+#[derive(Debug, Clone)]
+pub struct WholeRegex {
+    /// The pattern as configured.
+    pattern: String,
+    /// It anchored at both ends.
+    compiled: regex::Regex,
+}
+
+impl WholeRegex {
+    /// `pattern` compiled to match whole values; an error when it is not a valid expression.
+    pub fn new(pattern: &str) -> Result<WholeRegex, regex::Error> {
+        Ok(WholeRegex {
+            pattern: pattern.to_string(),
+            compiled: regex::Regex::new(&format!("^(?:{pattern})$"))?,
+        })
+    }
+
+    /// The pattern as configured.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Whether all of `value` matches.
+    pub fn is_match(&self, value: &str) -> bool {
+        self.compiled.is_match(value)
+    }
+}
+
+impl PartialEq for WholeRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl Eq for WholeRegex {}
+
+impl Serialize for WholeRegex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.pattern)
     }
 }
 
@@ -240,6 +286,10 @@ pub enum ValueMatch {
     Suffix(String),
     /// Holds this.
     Contains(String),
+    /// The whole value matches this regular expression, compiled with the model (a retry
+    /// policy's header match; shown as a `regex`).
+    #[serde(rename = "regex")]
+    Compiled(WholeRegex),
     /// The header is not present.
     Absent,
     /// The header is present, with any value.

@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access_log::ListenerLog;
 use crate::circuit::{Held, Occupancy, Overflow};
 use crate::outlier::Outcome;
+use crate::retry_priority::PreviousPriorities;
 use crate::router::{HttpRoutes, Reply, ResponseEdits};
 use crate::stats::StatusCounters;
 use crate::transport::Admission;
@@ -291,9 +292,11 @@ async fn retrying<'c, C: UpstreamCodec>(
 ) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
     let mut unit = None;
     let (mut retries, mut exponential) = (0, 0);
-    // The endpoints tried, by pool, kept only under `previous_hosts` and only once a retry
-    // comes (a request answered at once allocates nothing).
+    // The endpoints tried, by pool, kept only under `previous_hosts`, and the levels tried,
+    // only under `previous_priorities`, each only once a retry comes (a request answered at
+    // once allocates nothing).
     let mut tried_pools: Vec<usize> = Vec::new();
+    let mut priorities = policy.previous_priorities.map(PreviousPriorities::new);
     loop {
         let more = retries < policy.num_retries;
         let copy = if more { codec.copy(&request) } else { None };
@@ -302,11 +305,15 @@ async fn retrying<'c, C: UpstreamCodec>(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let pool = match &policy.host_selection {
-            Some(selection) if retries > 0 => {
-                retry_endpoint(cluster, hash, selection, &tried_pools)
-            }
-            _ => cluster.rotation(hash).next(),
+        let selection = policy.host_selection.as_deref();
+        let pool = match retries > 0 && (selection.is_some() || priorities.is_some()) {
+            true => retry_endpoint(
+                (cluster, hash),
+                selection,
+                &tried_pools,
+                priorities.as_mut(),
+            ),
+            false => cluster.rotation(hash).next(),
         };
         let attempted = pool.as_deref().map(|p| Arc::as_ptr(p) as usize);
         let tried = try_endpoint((cluster, pool), codec, request, this_try, &mut unit).await;
@@ -354,6 +361,11 @@ async fn retrying<'c, C: UpstreamCodec>(
                 tried_pools.push(pool);
             }
         }
+        if let (Some(priorities), Some(level)) = (&mut priorities, attempted) {
+            if let Some(level) = cluster.priority_of(level) {
+                priorities.attempted(level);
+            }
+        }
         // An answer not relayed: its connection closes with it.
         drop(outcome);
         cluster.stats.rq_retry.inc();
@@ -362,18 +374,22 @@ async fn retrying<'c, C: UpstreamCodec>(
     }
 }
 
-/// The endpoint of a retry under `selection` (Envoy's retry host predicates): the load
+/// The endpoint of a retry under `selection` (Envoy's retry host predicates) and
+/// `priorities` (its `previous_priorities`, which draws the level of each pick): the load
 /// balancer picks again while the pick is one of `tried` (`previous_hosts`) or carries the
 /// tags of an `omit_host_metadata` predicate, up to `max_attempts` more picks.
 fn retry_endpoint<'c>(
-    cluster: &'c ClusterRuntime,
-    hash: Option<u64>,
-    selection: &HostSelection,
+    (cluster, hash): (&'c ClusterRuntime, Option<u64>),
+    selection: Option<&HostSelection>,
     tried: &[usize],
+    priorities: Option<&mut PreviousPriorities>,
 ) -> Option<PoolRef<'c>> {
-    cluster.pick_for_retry(hash, selection.max_attempts, |pool, endpoint| {
-        (selection.omit_previous && tried.contains(&(Arc::as_ptr(pool) as usize)))
-            || selection.omits_tags(&endpoint.tags)
+    let max_attempts = selection.map_or(0, |s| s.max_attempts);
+    cluster.pick_for_retry((hash, max_attempts), priorities, |pool, endpoint| {
+        selection.is_some_and(|s| {
+            (s.omit_previous && tried.contains(&(Arc::as_ptr(pool) as usize)))
+                || s.omits_tags(&endpoint.tags)
+        })
     })
 }
 

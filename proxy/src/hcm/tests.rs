@@ -925,6 +925,58 @@ async fn a_retry_host_predicate_moves_retries_off_the_endpoints_it_rejects() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// MeshRetry's `OmitPreviousPriorities` through every codec: a P0 and a P1 endpoint answering
+/// 503, a policy of three retries. Without it every attempt stays on P0; with
+/// `update_frequency` 1 they alternate (P0, P1, then both tried: start over at P0, P1); with
+/// 2 the first two keep P0 and the next two leave it, as Envoy's retry priority does.
+#[tokio::test]
+async fn previous_priorities_move_retries_off_the_levels_tried() {
+    use bearing_proxy_config::RetryOn;
+    use std::num::NonZeroU32;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let a = scripted_upstream(&[503], seen[0].clone()).await;
+    let b = scripted_upstream(&[503], seen[1].clone()).await;
+    let mut config = (*config(a, a)).clone();
+    let mut lower = crate::upstream::plain_endpoint(b);
+    lower.priority = 1;
+    config
+        .clusters
+        .get_mut("live")
+        .unwrap()
+        .endpoints
+        .push(lower);
+    let policy = |frequency: Option<u32>| bearing_proxy_config::RetryPolicy {
+        on: RetryOn {
+            server_error: true,
+            ..Default::default()
+        },
+        num_retries: 3,
+        back_off_base: Duration::from_millis(1),
+        back_off_max: Duration::from_millis(2),
+        previous_priorities: frequency.and_then(NonZeroU32::new),
+        ..kuma_default_retry(Duration::from_secs(2))
+    };
+    let mut failures = Vec::new();
+    for (frequency, wanted) in [(None, [4, 0]), (Some(1), [2, 2]), (Some(2), [2, 2])] {
+        config.listeners[0].retry = Some(policy(frequency));
+        for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+            let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+            proxy.apply(Arc::new(config.clone()));
+            seen.iter().for_each(|s| s.store(0, Ordering::SeqCst));
+            let case = answered_get("retried", "/", (503, "5"));
+            let answer = ask(&proxy, codec, &case).await;
+            let tries = seen.each_ref().map(|s| s.load(Ordering::SeqCst));
+            if answer.0 != 503 || tries != wanted {
+                failures.push(format!(
+                    "{frequency:?} ({codec:?}): {answer:?}, tries {tries:?}, wanted {wanted:?}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 /// A listener whose one route has Kuma's default retry policy, through every codec: an
 /// origin answering 503,
 /// 502, then 200 gets each request three times and the client the 200 (a POST's held body
