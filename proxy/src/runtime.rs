@@ -234,10 +234,7 @@ impl Proxy {
                 Some(Ok(g)) => Some(g),
                 None => None,
             };
-            let downstream_tls = l
-                .tls
-                .as_ref()
-                .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
+            let downstream_tls = l.tls.as_ref().map(|t| DownstreamTlsRuntime::of(&tls, t));
             // Envoy keeps a route's rate limit bucket per filter chain: a PERMISSIVE
             // listener's plaintext requests take buckets of their own.
             let permissive = matches!(
@@ -342,7 +339,7 @@ impl Proxy {
                     let terminate = r
                         .terminate
                         .as_ref()
-                        .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
+                        .map(|t| DownstreamTlsRuntime::of(&tls, t));
                     if let Some(DownstreamTlsRuntime::Unavailable(reason)) = &terminate {
                         let route = &r.cluster;
                         not_built(
@@ -1158,6 +1155,7 @@ mod tests {
                 bind: false,
                 tls: ca.map(|_| DownstreamTls {
                     mesh: "default".into(),
+                    params: None,
                 }),
                 ..Listener::new(
                     format!("inbound:{address}"),
@@ -1201,6 +1199,7 @@ mod tests {
                     "spiffe://default/{name}"
                 ))],
                 server_ca_pem: None,
+                params: None,
             });
             let address = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 80));
             config.listeners.push(Listener {
@@ -1301,6 +1300,7 @@ mod tests {
                     client_key_pem: None,
                     verification: Verification::Secured,
                     allow_renegotiation: false,
+                    params: None,
                 });
             }
             Arc::new(config)
@@ -1360,6 +1360,7 @@ mod tests {
                 tags: Default::default(),
                 connection_limit: Some(1),
                 cross_mesh: None,
+                tls_params: None,
                 compression: None,
             });
             Arc::new(config)
@@ -1403,7 +1404,7 @@ mod tests {
         let Some(DownstreamTlsRuntime::Ready { mesh, .. }) = &strict.tls else {
             panic!("no mesh TLS on the inbound");
         };
-        let verified = Admission::MeshTls(mesh.clone(), None);
+        let verified = Admission::MeshTls(mesh.clone(), None, None);
         assert!(strict.admits(&verified));
 
         // PERMISSIVE with the same CA: plaintext admitted again, mTLS connections kept.

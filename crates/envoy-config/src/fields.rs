@@ -579,6 +579,19 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "combined_validation_context",
             "validation_context",
             "alpn_protocols",
+            // kuma-cp's MeshTLS and a gateway's TLS 1.2 floor: read by `tls_params.rs` on
+            // every context that terminates or originates TLS (the metrics listener NACKs it).
+            "tls_params",
+        ],
+    ),
+    // `ecdh_curves`, `signature_algorithms` and `compliance_policies` stay NACKed: kuma-cp
+    // renders none of them.
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+        &[
+            "tls_minimum_protocol_version",
+            "tls_maximum_protocol_version",
+            "cipher_suites",
         ],
     ),
     (
@@ -864,17 +877,6 @@ const GATEWAY_ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.WeightedCluster.ClusterWeight",
         &["request_headers_to_add"],
     ),
-    (
-        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
-        &["tls_params"],
-    ),
-    (
-        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
-        &[
-            "tls_minimum_protocol_version",
-            "tls_maximum_protocol_version",
-        ],
-    ),
     // Kuma's gzip response compression, translated by `compressor.rs` (which checks the
     // values): the runtime compresses as Envoy's compressor filter does.
     (
@@ -926,10 +928,6 @@ pub(crate) enum Guard {
 /// Fields that carry a Kuma policy Bearing does not enforce over xDS yet, with the policy.
 pub(crate) const POLICY_FIELDS: &[(&str, &str)] = &[
     ("HttpConnectionManager.tracing", "tracing"),
-    (
-        "CommonTlsContext.tls_params",
-        "TLS versions and ciphers (MeshTLS)",
-    ),
     ("CommonLbConfig.zone_aware_lb_config", "load balancing"),
     ("RetryPolicy.retry_priority", "retries"),
     ("RetryPolicy.per_try_idle_timeout", "retries"),
