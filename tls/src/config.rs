@@ -2,7 +2,8 @@
 //!
 //! Mesh traffic uses ALPN `kuma`; Bearing's client speaks TLS 1.3, its server TLS 1.2 and 1.3
 //! (Envoy's downstream defaults: Kuma sets no TLS parameters on mesh traffic, and Envoy's
-//! upstream default is TLS 1.2 at most, so Kuma's Envoy sidecars call with TLS 1.2). The
+//! upstream default is TLS 1.2 at most, so Kuma's Envoy sidecars call with TLS 1.2); every
+//! context takes TLS parameters (kuma-cp's MeshTLS, `params.rs`) in place of those. The
 //! server requires a client certificate that
 //! chains to the mesh CA. The client checks the server's chain to the mesh CA and then its
 //! identity: one URI SAN must match one of the expected SPIFFE ids (Envoy's any-of rule over
