@@ -3,8 +3,9 @@
 //! Envoy 1.40 reads it: `TLS_AUTO` takes the side's default (TLS 1.2 as the minimum of both
 //! sides; TLS 1.2 as a client's maximum, TLS 1.3 as a server's), an empty `cipher_suites`
 //! Envoy's default list, and the key exchange groups Envoy's default `X25519:P-256` (kuma-cp
-//! renders no `ecdh_curves` or `signature_algorithms`; the field guard NACKs them). The
-//! result is built once here as the runtime builds it, so a context BoringSSL refuses (an
+//! renders no `ecdh_curves` or `signature_algorithms`; the field guard NACKs them). Each
+//! distinct set is built once per translation as the runtime builds it (kuma-cp renders one
+//! set for every cluster of a mesh), so a context BoringSSL refuses (an
 //! unknown cipher, a list selecting none) is a NACK naming the field, as Envoy refuses it,
 //! and the last good config keeps serving. A context without `tls_params` keeps Bearing's
 //! own versions and lists (`None`).
@@ -12,6 +13,7 @@
 use super::Translator;
 use bearing_proxy_config::{TlsParams, TlsVersion};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
+use std::collections::HashMap;
 use tls_pb::tls_parameters::TlsProtocol;
 
 /// Envoy's default cipher list for TLS 1.2 and below, the same for clients and servers in
@@ -44,12 +46,24 @@ fn version(value: i32, auto: TlsVersion) -> Option<TlsVersion> {
     })
 }
 
-/// The parameters `params` make on `side`, checked to build; an error names the field of
+/// Why a set of parameters does not build: the field of `TlsParameters` at fault (empty:
+/// the set as a whole) and why.
+type Refusal = (&'static str, String);
+
+/// The parameter sets of one translation already built, with the verdict.
+pub(super) type Checked = HashMap<TlsParams, Result<(), Refusal>>;
+
+/// Whether `params` build a context, as the runtime builds it.
+fn check(params: &TlsParams) -> Result<(), Refusal> {
+    bearing_tls::check_tls_params(params).map_err(|e| match e {
+        bearing_tls::TlsError::Invalid { field, reason } => (field, reason),
+        other => ("", other.to_string()),
+    })
+}
+
+/// The parameters `params` make on `side`, not yet checked; an error names the field of
 /// `TlsParameters` at fault and why.
-pub(super) fn resolve(
-    params: &tls_pb::TlsParameters,
-    side: Side,
-) -> Result<TlsParams, (&'static str, String)> {
+fn resolve(params: &tls_pb::TlsParameters, side: Side) -> Result<TlsParams, Refusal> {
     let undefined = |field: &'static str, value: i32| {
         (
             field,
@@ -73,10 +87,6 @@ pub(super) fn resolve(
         },
         ecdh_curves: ENVOY_CURVES.to_string(),
     };
-    bearing_tls::check_tls_params(&resolved).map_err(|e| match e {
-        bearing_tls::TlsError::Invalid { field, reason } => (field, reason),
-        other => ("", other.to_string()),
-    })?;
     Ok(resolved)
 }
 
@@ -93,7 +103,14 @@ impl Translator<'_> {
         let Some(params) = &common.tls_params else {
             return Ok(None);
         };
-        resolve(params, side).map(Some).map_err(|(field, reason)| {
+        let checked = resolve(params, side).and_then(|resolved| {
+            let verdict = self
+                .checked_tls_params
+                .entry(resolved.clone())
+                .or_insert_with_key(check);
+            verdict.clone().map(|()| resolved)
+        });
+        checked.map(Some).map_err(|(field, reason)| {
             let at = match field {
                 "" => format!("{common_at}.tls_params"),
                 field => format!("{common_at}.tls_params.{field}"),
@@ -107,6 +124,12 @@ impl Translator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `params` resolved on `side` and checked, as a translation takes them.
+    fn built(params: &tls_pb::TlsParameters, side: Side) -> Result<TlsParams, Refusal> {
+        let resolved = resolve(params, side)?;
+        check(&resolved).map(|()| resolved)
+    }
 
     fn params(min: TlsProtocol, max: TlsProtocol, ciphers: &[&str]) -> tls_pb::TlsParameters {
         tls_pb::TlsParameters {
@@ -128,7 +151,7 @@ mod tests {
             &["ECDHE-ECDSA-AES256-GCM-SHA384"],
         );
         for side in [Side::Client, Side::Server] {
-            let p = resolve(&kuma, side).unwrap();
+            let p = built(&kuma, side).unwrap();
             assert_eq!(
                 (p.min_version, p.max_version),
                 (TlsVersion::V1_3, TlsVersion::V1_3)
@@ -137,13 +160,13 @@ mod tests {
             assert_eq!(p.ecdh_curves, "X25519:P-256");
         }
         let auto = params(TlsProtocol::TlsAuto, TlsProtocol::TlsAuto, &[]);
-        let client = resolve(&auto, Side::Client).unwrap();
+        let client = built(&auto, Side::Client).unwrap();
         assert_eq!(
             (client.min_version, client.max_version),
             (TlsVersion::V1_2, TlsVersion::V1_2)
         );
         assert_eq!(client.cipher_suites, ENVOY_CIPHERS);
-        let server = resolve(&auto, Side::Server).unwrap();
+        let server = built(&auto, Side::Server).unwrap();
         assert_eq!(
             (server.min_version, server.max_version),
             (TlsVersion::V1_2, TlsVersion::V1_3)
@@ -153,7 +176,7 @@ mod tests {
             TlsProtocol::TlSv11,
             &["AES128-SHA", "AES256-SHA"],
         );
-        let p = resolve(&two, Side::Server).unwrap();
+        let p = built(&two, Side::Server).unwrap();
         assert_eq!(
             (p.min_version, p.max_version),
             (TlsVersion::V1_0, TlsVersion::V1_1)
@@ -170,17 +193,17 @@ mod tests {
             TlsProtocol::TlsAuto,
             &["NOT-A-CIPHER"],
         );
-        let (field, reason) = resolve(&unknown, Side::Client).unwrap_err();
+        let (field, reason) = built(&unknown, Side::Client).unwrap_err();
         assert_eq!(field, "cipher_suites");
         assert!(reason.contains("NOT-A-CIPHER"), "{reason}");
         let nothing = params(TlsProtocol::TlsAuto, TlsProtocol::TlsAuto, &["-ALL"]);
         assert_eq!(
-            resolve(&nothing, Side::Server).unwrap_err().0,
+            built(&nothing, Side::Server).unwrap_err().0,
             "cipher_suites"
         );
         let mut undefined = params(TlsProtocol::TlsAuto, TlsProtocol::TlsAuto, &[]);
         undefined.tls_maximum_protocol_version = 9;
-        let (field, reason) = resolve(&undefined, Side::Server).unwrap_err();
+        let (field, reason) = built(&undefined, Side::Server).unwrap_err();
         assert_eq!(field, "tls_maximum_protocol_version");
         assert!(reason.contains("9 is not a TlsProtocol"), "{reason}");
     }

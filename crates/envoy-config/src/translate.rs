@@ -206,6 +206,7 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         connection_limits: BTreeMap::new(),
         connect_attempts: BTreeMap::new(),
         tcp_idle: BTreeMap::new(),
+        checked_tls_params: tls_params::Checked::default(),
     };
     t.connection_limits = t.runtime_limits();
     t.unique_addresses();
@@ -390,6 +391,9 @@ struct Translator<'a> {
     /// The `idle_timeout` of each listener's TCP proxies (every chain's the same; zero:
     /// none), likewise.
     tcp_idle: PerListener<Duration>,
+    /// TLS parameters already built once (`tls_params.rs`), with BoringSSL's verdict: kuma-cp
+    /// renders one set for every cluster of a mesh, checked once rather than per cluster.
+    checked_tls_params: tls_params::Checked,
 }
 
 /// A cluster's upstream HTTP lifetimes, from its `HttpProtocolOptions`: the pooled
