@@ -344,6 +344,47 @@ mod tests {
     use super::*;
     use bearing_tls::{parse_client_hello, ClientHello};
 
+    /// Listeners and clusters asking for the same TLS parameters share one acceptor and one
+    /// client context, built once per mesh state; without parameters they take the mesh's
+    /// own and build nothing.
+    #[tokio::test]
+    async fn tls_parameters_build_one_set_of_contexts_per_mesh_state() {
+        use bearing_proxy_config::TlsVersion;
+        let ca = MeshCa::generate("default").unwrap();
+        let set = MeshTlsSet::default().update([&test_config(&ca, false)], &mut BTreeMap::new());
+        let rt = set.get("default").unwrap();
+        let built = || rt.with_params.lock().unwrap().len();
+        let tls13 = TlsParams {
+            min_version: TlsVersion::V1_3,
+            max_version: TlsVersion::V1_3,
+            cipher_suites: "ECDHE-ECDSA-AES256-GCM-SHA384".into(),
+            ecdh_curves: "X25519:P-256".into(),
+        };
+        let cluster = |sni: &str, params: Option<&TlsParams>| UpstreamTls::Mesh {
+            mesh: "default".into(),
+            sni: sni.into(),
+            identities: vec![SpiffeMatcher::Exact("spiffe://default/backend".into())],
+            server_ca_pem: None,
+            params: params.cloned(),
+        };
+        set.upstream(&cluster("a{mesh=default}", None), &[])
+            .unwrap();
+        rt.server(None).unwrap();
+        assert_eq!(built(), 0);
+        set.upstream(&cluster("a{mesh=default}", Some(&tls13)), &[])
+            .unwrap();
+        set.upstream(&cluster("b{mesh=default}", Some(&tls13)), &[])
+            .unwrap();
+        rt.server(Some(&tls13)).unwrap();
+        assert_eq!(built(), 1);
+        let tls12 = TlsParams {
+            max_version: TlsVersion::V1_2,
+            ..tls13.clone()
+        };
+        rt.server(Some(&tls12)).unwrap();
+        assert_eq!(built(), 2);
+    }
+
     /// A mesh cluster's connector sends the SNI the cluster names byte for byte, as Kuma's
     /// Envoy does (the `sni` of its UpstreamTlsContext: tags form for `kuma.io/service`
     /// outbounds, hashed form for MeshServices), with ALPN `kuma`.

@@ -1421,12 +1421,37 @@ mod tests {
         assert!(!rotated.admits(&verified));
         assert!(rotated.admits(&Admission::Plaintext));
 
+        // A MeshTLS policy (TLS 1.3 only): the connections admitted without it must
+        // handshake again, those admitted under it stay while it is unchanged.
+        let mut tls13 = (*inbound_config(Some((&other, true)))).clone();
+        let params = bearing_proxy_config::TlsParams {
+            min_version: bearing_proxy_config::TlsVersion::V1_3,
+            max_version: bearing_proxy_config::TlsVersion::V1_3,
+            cipher_suites: "ECDHE-ECDSA-AES256-GCM-SHA384".into(),
+            ecdh_curves: "X25519:P-256".into(),
+        };
+        let downstream = tls13.listeners[0].tls.as_mut().unwrap();
+        downstream.params = Some(params.clone());
+        let tls13 = Arc::new(tls13);
+        proxy.apply(tls13.clone());
+        assert!(rotated.epoch.is_cancelled());
+        let policed = listener(&proxy);
+        let Some(DownstreamTlsRuntime::Ready { mesh, .. }) = &policed.tls else {
+            panic!("no mesh TLS on the inbound");
+        };
+        let before = Admission::MeshTls(mesh.clone(), None, None);
+        let under = Admission::MeshTls(mesh.clone(), None, Some(Arc::new(params)));
+        assert!(!policed.admits(&before));
+        assert!(policed.admits(&under));
+        proxy.apply(tls13);
+        assert!(!policed.epoch.is_cancelled(), "same parameters: same epoch");
+
         // A MeshTrafficPermission that fails closed: nothing admitted before stays, TCP
         // relays included (they wait on the epoch too).
         let mut denied = (*inbound_config(Some((&other, true)))).clone();
         denied.listeners[0].deny_all = Some("MeshTrafficPermission/deny".into());
         proxy.apply(Arc::new(denied));
-        assert!(rotated.epoch.is_cancelled());
+        assert!(policed.epoch.is_cancelled());
         let refusing = listener(&proxy);
         assert!(!refusing.admits(&Admission::Plaintext));
         assert!(!refusing.admits(&verified));
