@@ -3,7 +3,10 @@
 //! list for TLS 1.2 and below applied strictly (`SSL_CTX_set_strict_cipher_list`: an unknown
 //! name or a list selecting nothing is an error, never skipped), the key exchange groups,
 //! and the server's cipher preference. [`check_tls_params`] lets the translation refuse what
-//! would not build, so a context built at apply time never fails on its parameters.
+//! would not build, so a context built at apply time never fails on its parameters. Checked
+//! against Envoy 1.40 (`envoy --mode validate`): an unknown cipher name and a list selecting
+//! none (`-ALL`) are refused ("Failed to initialize cipher suites"), a minimum version above
+//! the maximum is accepted.
 
 use boring::ssl::{SslContextBuilder, SslOptions, SslVersion};
 
