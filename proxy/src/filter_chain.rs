@@ -153,7 +153,8 @@ impl ListenerRuntime {
     /// Whether this listener, as configured now, still admits a connection admitted as
     /// `admission`: no mesh mTLS admits everything; mTLS admits plaintext only when
     /// PERMISSIVE, and an mTLS connection only if its client certificate was verified with
-    /// the same CA certificate (after a CA change it must handshake again); a listener that
+    /// the same CA certificate and its handshake allowed the same TLS parameters (after a
+    /// CA or MeshTLS change it must handshake again); a listener that
     /// fails closed (`denied`) admits nothing; one with RBAC, or filters that read the
     /// connection (a fault's matcher), admits only a connection whose peer was read (the
     /// handshake was on a listener that reads it) and its network RBAC lets pass (evaluated,
@@ -180,9 +181,13 @@ impl ListenerRuntime {
             (Some(DownstreamTlsRuntime::Ready { permissive, .. }), Admission::Plaintext) => {
                 *permissive
             }
-            (Some(DownstreamTlsRuntime::Ready { mesh, .. }), Admission::MeshTls(verified, _)) => {
-                Arc::ptr_eq(mesh, verified)
-                    || mesh.config.ca_cert_pem == verified.config.ca_cert_pem
+            (
+                Some(DownstreamTlsRuntime::Ready { mesh, params, .. }),
+                Admission::MeshTls(verified, _, allowed),
+            ) => {
+                (Arc::ptr_eq(mesh, verified)
+                    || mesh.config.ca_cert_pem == verified.config.ca_cert_pem)
+                    && params.as_deref() == allowed.as_deref()
             }
         }
     }

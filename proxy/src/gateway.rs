@@ -31,7 +31,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bearing_gateway::Router;
-use bearing_proxy_config::{CrossMesh, GatewayCertificate, GatewayListener, GatewayProtocol};
+use bearing_proxy_config::{
+    CrossMesh, GatewayCertificate, GatewayListener, GatewayProtocol, TlsParams,
+};
 use bearing_tls::{Negotiated as _, TlsAcceptor};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
@@ -71,6 +73,7 @@ struct TlsTerms {
     protocol: GatewayProtocol,
     hosts: Vec<(String, Option<GatewayCertificate>)>,
     cross_mesh: Option<(CrossMesh, Option<MeshState>)>,
+    params: Option<TlsParams>,
 }
 
 impl TlsTerms {
@@ -86,6 +89,7 @@ impl TlsTerms {
                 let mesh = mesh_tls.get(&cross.identity_mesh);
                 (cross.clone(), mesh.map(MeshState::of))
             }),
+            params: listener.tls_params.clone(),
         }
     }
 }
@@ -108,7 +112,11 @@ impl GatewayRuntime {
         let kept = previous.filter(|p| p.tls_terms == tls_terms);
         let tls = match (kept, &listener.cross_mesh, listener.protocol) {
             (Some(kept), _, _) => kept.tls.clone(),
-            (None, Some(cross), _) => Some(Arc::new(cross_mesh_acceptor(cross, mesh_tls)?)),
+            (None, Some(cross), _) => Some(Arc::new(cross_mesh_acceptor(
+                cross,
+                listener.tls_params.as_ref(),
+                mesh_tls,
+            )?)),
             (None, None, GatewayProtocol::Https) => {
                 Some(Arc::new(acceptor(listener, router, &[b"h2", b"http/1.1"])?))
             }
@@ -184,7 +192,8 @@ fn acceptor(
         host_by_sni(&router, wildcard, sni)
             .and_then(|host| key_of_host.get(host).copied().flatten())
     };
-    bearing_tls::gateway_acceptor(&keys, select, alpn).map_err(|e| e.to_string())
+    let params = listener.tls_params.as_ref();
+    bearing_tls::gateway_acceptor(&keys, select, alpn, params).map_err(|e| e.to_string())
 }
 
 /// The index of a listener's `*` host, which serves a ClientHello without SNI.
@@ -203,8 +212,12 @@ fn host_by_sni(router: &Router, wildcard: Option<usize>, sni: Option<&str>) -> O
 }
 
 /// The mesh mTLS acceptor of a cross-mesh listener: the gateway's identity in its mesh, and
-/// clients of every mesh's CA.
-fn cross_mesh_acceptor(cross: &CrossMesh, mesh_tls: &MeshTlsSet) -> Result<TlsAcceptor, String> {
+/// clients of every mesh's CA, with the listener's TLS parameters.
+fn cross_mesh_acceptor(
+    cross: &CrossMesh,
+    params: Option<&TlsParams>,
+    mesh_tls: &MeshTlsSet,
+) -> Result<TlsAcceptor, String> {
     let rt = mesh_tls.get(&cross.identity_mesh).ok_or_else(|| {
         format!(
             "mesh {:?} has no usable mTLS certificate",
@@ -212,7 +225,7 @@ fn cross_mesh_acceptor(cross: &CrossMesh, mesh_tls: &MeshTlsSet) -> Result<TlsAc
         )
     })?;
     let pems: Vec<&str> = cross.client_ca_pems.iter().map(String::as_str).collect();
-    bearing_tls::cross_mesh_acceptor(&pems, rt.identity()).map_err(|e| e.to_string())
+    bearing_tls::cross_mesh_acceptor(&pems, rt.identity(), params).map_err(|e| e.to_string())
 }
 
 /// Serves one connection of a gateway listener: TCP and TLS (passthrough or terminated)
@@ -337,6 +350,7 @@ mod tests {
             tags: Default::default(),
             connection_limit: Some(2),
             cross_mesh: None,
+            tls_params: None,
             compression: None,
         };
         let gw = GatewayRuntime::build(
@@ -374,6 +388,7 @@ mod tests {
                 tags: Default::default(),
                 connection_limit: Some(1),
                 cross_mesh: None,
+                tls_params: None,
                 compression: None,
             }
         };

@@ -168,7 +168,7 @@ fn metrics_acceptor(
             };
             let key = bearing_tls::certified_key(&read(cert_path)?, &read(key_path)?)
                 .map_err(|e| format!("{cert_path} and {key_path}: {e}"))?;
-            let acceptor = bearing_tls::gateway_acceptor(&[key], |_| Some(0), &[])
+            let acceptor = bearing_tls::gateway_acceptor(&[key], |_| Some(0), &[], None)
                 .map_err(|e| format!("{cert_path}: {e}"))?;
             Ok((acceptor, None))
         }

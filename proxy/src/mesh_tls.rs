@@ -1,12 +1,14 @@
 //! Mesh mTLS at run time: per mesh, the CA, this proxy's renewing leaf certificate, the
 //! acceptor inbound listeners terminate with, and the one client context its connectors to
-//! every destination identity share. Kept across reloads while the mesh's settings are unchanged, so a
+//! every destination identity share; and, per set of TLS parameters listeners and clusters
+//! ask for (kuma-cp's MeshTLS), one more acceptor and client context, built when a config
+//! first asks for them. Kept across reloads while the mesh's settings are unchanged, so a
 //! reload neither re-issues certificates nor disturbs open connections.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use bearing_proxy_config::{MeshTls, SpiffeMatcher, UpstreamTls, Verification};
+use bearing_proxy_config::{MeshTls, SpiffeMatcher, TlsParams, UpstreamTls, Verification};
 use bearing_tls::{
     Identity, MeshCa, MeshClient, Renewer, ServerVerification, SpiffeTrust, TlsAcceptor,
     TlsConnector, TlsError,
@@ -18,11 +20,45 @@ pub struct MeshTlsRuntime {
     /// The settings it was built from (a change rebuilds it).
     pub config: MeshTls,
     identity: Arc<Identity>,
+    /// What peers are verified against.
+    trust: Trust,
     /// What inbound listeners of this mesh terminate mTLS with.
     pub server: TlsAcceptor,
     /// The client context every outbound of this mesh shares, whatever its destination.
     client: MeshClient,
+    /// The acceptors and client contexts of the TLS parameters asked for so far, each built
+    /// once (at apply time, never per connection) and shared by every listener or cluster
+    /// asking for the same parameters.
+    with_params: Mutex<HashMap<TlsParams, (TlsAcceptor, Arc<MeshClient>)>>,
     renewal: JoinHandle<()>,
+}
+
+/// How a mesh's peers are verified.
+enum Trust {
+    /// Chained to the mesh CA.
+    Ca(Arc<MeshCa>),
+    /// A MeshIdentity's trust: by their trust domain's bundle, clients under a prefix.
+    Spiffe(Arc<SpiffeTrust>, String),
+}
+
+impl Trust {
+    /// The acceptor and client context of `identity` under this trust, with `params`.
+    fn contexts(
+        &self,
+        identity: &Arc<Identity>,
+        params: Option<&TlsParams>,
+    ) -> Result<(TlsAcceptor, MeshClient), TlsError> {
+        Ok(match self {
+            Trust::Spiffe(trust, prefix) => (
+                bearing_tls::spiffe_acceptor(trust.clone(), identity.clone(), prefix, params)?,
+                bearing_tls::spiffe_client(trust.clone(), identity.clone(), params)?,
+            ),
+            Trust::Ca(ca) => (
+                bearing_tls::mesh_acceptor(ca, identity.clone(), params)?,
+                bearing_tls::mesh_client(ca, identity.clone(), params)?,
+            ),
+        })
+    }
 }
 
 impl Drop for MeshTlsRuntime {
@@ -64,30 +100,55 @@ impl MeshTlsRuntime {
             }
             (None, None) => return Err(TlsError::NoCaKey),
         };
-        let (server, client) = match spiffe {
+        let trust = match spiffe {
             Some(trust) => {
                 let prefix = config
                     .client_prefix
                     .clone()
                     .unwrap_or_else(|| format!("spiffe://{}/", config.mesh));
-                (
-                    bearing_tls::spiffe_acceptor(trust.clone(), identity.clone(), &prefix)?,
-                    bearing_tls::spiffe_client(trust, identity.clone())?,
-                )
+                Trust::Spiffe(trust, prefix)
             }
-            None => (
-                bearing_tls::mesh_acceptor(&ca, identity.clone())?,
-                bearing_tls::mesh_client(&ca, identity.clone())?,
-            ),
+            None => Trust::Ca(ca),
         };
+        let (server, client) = trust.contexts(&identity, None)?;
         let renewal = bearing_tls::spawn_renewal(identity.clone());
         Ok(MeshTlsRuntime {
             config: config.clone(),
             identity,
+            trust,
             server,
             client,
+            with_params: Mutex::default(),
             renewal,
         })
+    }
+
+    /// The acceptor inbound listeners asking for `params` terminate mTLS with: the mesh's own
+    /// without, else the one built for these parameters (built now if none asked before).
+    pub fn server(&self, params: Option<&TlsParams>) -> Result<TlsAcceptor, TlsError> {
+        match params {
+            None => Ok(self.server.clone()),
+            Some(params) => self.contexts_with(params).map(|(server, _)| server),
+        }
+    }
+
+    /// The acceptor and client context for `params`, built once per mesh state. The lock is
+    /// taken when a config is applied, never on a connection.
+    fn contexts_with(
+        &self,
+        params: &TlsParams,
+    ) -> Result<(TlsAcceptor, Arc<MeshClient>), TlsError> {
+        let mut made = self
+            .with_params
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(contexts) = made.get(params) {
+            return Ok(contexts.clone());
+        }
+        let (server, client) = self.trust.contexts(&self.identity, Some(params))?;
+        let contexts = (server, Arc::new(client));
+        made.insert(params.clone(), contexts.clone());
+        Ok(contexts)
     }
 
     /// This proxy's renewing identity in the mesh.
@@ -97,9 +158,16 @@ impl MeshTlsRuntime {
 
     /// The connector (no SNI yet) that presents this proxy's certificate and accepts only a
     /// server presenting a SPIFFE id one of `expected` accepts, on the mesh's one client
-    /// context.
-    pub fn client(&self, expected: &[SpiffeMatcher]) -> Result<TlsConnector, TlsError> {
-        self.client.expecting(expected)
+    /// context, or the one of `params`.
+    pub fn client(
+        &self,
+        expected: &[SpiffeMatcher],
+        params: Option<&TlsParams>,
+    ) -> Result<TlsConnector, TlsError> {
+        match params {
+            None => self.client.expecting(expected),
+            Some(params) => self.contexts_with(params)?.1.expecting(expected),
+        }
     }
 }
 
@@ -203,13 +271,19 @@ impl MeshTlsSet {
                 sni,
                 identities,
                 server_ca_pem,
+                params,
             } => {
                 let rt = self
                     .get(mesh)
                     .ok_or_else(|| format!("mesh {mesh:?} has no usable mTLS certificate"))?;
                 match server_ca_pem {
-                    None => rt.client(identities),
-                    Some(ca) => bearing_tls::cross_mesh_connector(ca, rt.identity(), identities),
+                    None => rt.client(identities, params.as_ref()),
+                    Some(ca) => bearing_tls::cross_mesh_connector(
+                        ca,
+                        rt.identity(),
+                        identities,
+                        params.as_ref(),
+                    ),
                 }
                 .and_then(|c| c.with_sni(sni))
                 .map_err(|e| e.to_string())
@@ -221,6 +295,7 @@ impl MeshTlsSet {
                 client_key_pem,
                 verification,
                 allow_renegotiation,
+                params,
             } => {
                 let client = client_cert_pem.as_deref().zip(client_key_pem.as_deref());
                 let verification = match verification {
@@ -234,6 +309,7 @@ impl MeshTlsSet {
                     client,
                     verification,
                     alpn,
+                    params.as_ref(),
                 )
                 .map(|c| match allow_renegotiation {
                     true => c.allowing_renegotiation(),
@@ -268,6 +344,47 @@ mod tests {
     use super::*;
     use bearing_tls::{parse_client_hello, ClientHello};
 
+    /// Listeners and clusters asking for the same TLS parameters share one acceptor and one
+    /// client context, built once per mesh state; without parameters they take the mesh's
+    /// own and build nothing.
+    #[tokio::test]
+    async fn tls_parameters_build_one_set_of_contexts_per_mesh_state() {
+        use bearing_proxy_config::TlsVersion;
+        let ca = MeshCa::generate("default").unwrap();
+        let set = MeshTlsSet::default().update([&test_config(&ca, false)], &mut BTreeMap::new());
+        let rt = set.get("default").unwrap();
+        let built = || rt.with_params.lock().unwrap().len();
+        let tls13 = TlsParams {
+            min_version: TlsVersion::V1_3,
+            max_version: TlsVersion::V1_3,
+            cipher_suites: "ECDHE-ECDSA-AES256-GCM-SHA384".into(),
+            ecdh_curves: "X25519:P-256".into(),
+        };
+        let cluster = |sni: &str, params: Option<&TlsParams>| UpstreamTls::Mesh {
+            mesh: "default".into(),
+            sni: sni.into(),
+            identities: vec![SpiffeMatcher::Exact("spiffe://default/backend".into())],
+            server_ca_pem: None,
+            params: params.cloned(),
+        };
+        set.upstream(&cluster("a{mesh=default}", None), &[])
+            .unwrap();
+        rt.server(None).unwrap();
+        assert_eq!(built(), 0);
+        set.upstream(&cluster("a{mesh=default}", Some(&tls13)), &[])
+            .unwrap();
+        set.upstream(&cluster("b{mesh=default}", Some(&tls13)), &[])
+            .unwrap();
+        rt.server(Some(&tls13)).unwrap();
+        assert_eq!(built(), 1);
+        let tls12 = TlsParams {
+            max_version: TlsVersion::V1_2,
+            ..tls13.clone()
+        };
+        rt.server(Some(&tls12)).unwrap();
+        assert_eq!(built(), 2);
+    }
+
     /// A mesh cluster's connector sends the SNI the cluster names byte for byte, as Kuma's
     /// Envoy does (the `sni` of its UpstreamTlsContext: tags form for `kuma.io/service`
     /// outbounds, hashed form for MeshServices), with ALPN `kuma`.
@@ -285,6 +402,7 @@ mod tests {
                 sni: sni.into(),
                 identities: vec![SpiffeMatcher::Exact("spiffe://default/backend".into())],
                 server_ca_pem: None,
+                params: None,
             };
             let connector = set.upstream(&tls, &[]).unwrap();
             let hello = connector.first_flight().unwrap();

@@ -234,10 +234,7 @@ impl Proxy {
                 Some(Ok(g)) => Some(g),
                 None => None,
             };
-            let downstream_tls = l
-                .tls
-                .as_ref()
-                .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
+            let downstream_tls = l.tls.as_ref().map(|t| DownstreamTlsRuntime::of(&tls, t));
             // Envoy keeps a route's rate limit bucket per filter chain: a PERMISSIVE
             // listener's plaintext requests take buckets of their own.
             let permissive = matches!(
@@ -342,7 +339,7 @@ impl Proxy {
                     let terminate = r
                         .terminate
                         .as_ref()
-                        .map(|t| DownstreamTlsRuntime::for_mesh(&tls, &t.mesh));
+                        .map(|t| DownstreamTlsRuntime::of(&tls, t));
                     if let Some(DownstreamTlsRuntime::Unavailable(reason)) = &terminate {
                         let route = &r.cluster;
                         not_built(
@@ -1156,6 +1153,7 @@ mod tests {
                 bind: false,
                 tls: ca.map(|_| DownstreamTls {
                     mesh: "default".into(),
+                    params: None,
                 }),
                 ..Listener::new(
                     format!("inbound:{address}"),
@@ -1199,6 +1197,7 @@ mod tests {
                     "spiffe://default/{name}"
                 ))],
                 server_ca_pem: None,
+                params: None,
             });
             let address = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 80));
             config.listeners.push(Listener {
@@ -1299,6 +1298,7 @@ mod tests {
                     client_key_pem: None,
                     verification: Verification::Secured,
                     allow_renegotiation: false,
+                    params: None,
                 });
             }
             Arc::new(config)
@@ -1358,6 +1358,7 @@ mod tests {
                 tags: Default::default(),
                 connection_limit: Some(1),
                 cross_mesh: None,
+                tls_params: None,
                 compression: None,
             });
             Arc::new(config)
@@ -1401,7 +1402,7 @@ mod tests {
         let Some(DownstreamTlsRuntime::Ready { mesh, .. }) = &strict.tls else {
             panic!("no mesh TLS on the inbound");
         };
-        let verified = Admission::MeshTls(mesh.clone(), None);
+        let verified = Admission::MeshTls(mesh.clone(), None, None);
         assert!(strict.admits(&verified));
 
         // PERMISSIVE with the same CA: plaintext admitted again, mTLS connections kept.
@@ -1418,12 +1419,37 @@ mod tests {
         assert!(!rotated.admits(&verified));
         assert!(rotated.admits(&Admission::Plaintext));
 
+        // A MeshTLS policy (TLS 1.3 only): the connections admitted without it must
+        // handshake again, those admitted under it stay while it is unchanged.
+        let mut tls13 = (*inbound_config(Some((&other, true)))).clone();
+        let params = bearing_proxy_config::TlsParams {
+            min_version: bearing_proxy_config::TlsVersion::V1_3,
+            max_version: bearing_proxy_config::TlsVersion::V1_3,
+            cipher_suites: "ECDHE-ECDSA-AES256-GCM-SHA384".into(),
+            ecdh_curves: "X25519:P-256".into(),
+        };
+        let downstream = tls13.listeners[0].tls.as_mut().unwrap();
+        downstream.params = Some(params.clone());
+        let tls13 = Arc::new(tls13);
+        proxy.apply(tls13.clone());
+        assert!(rotated.epoch.is_cancelled());
+        let policed = listener(&proxy);
+        let Some(DownstreamTlsRuntime::Ready { mesh, .. }) = &policed.tls else {
+            panic!("no mesh TLS on the inbound");
+        };
+        let before = Admission::MeshTls(mesh.clone(), None, None);
+        let under = Admission::MeshTls(mesh.clone(), None, Some(Arc::new(params)));
+        assert!(!policed.admits(&before));
+        assert!(policed.admits(&under));
+        proxy.apply(tls13);
+        assert!(!policed.epoch.is_cancelled(), "same parameters: same epoch");
+
         // A MeshTrafficPermission that fails closed: nothing admitted before stays, TCP
         // relays included (they wait on the epoch too).
         let mut denied = (*inbound_config(Some((&other, true)))).clone();
         denied.listeners[0].deny_all = Some("MeshTrafficPermission/deny".into());
         proxy.apply(Arc::new(denied));
-        assert!(rotated.epoch.is_cancelled());
+        assert!(policed.epoch.is_cancelled());
         let refusing = listener(&proxy);
         assert!(!refusing.admits(&Admission::Plaintext));
         assert!(!refusing.admits(&verified));

@@ -55,10 +55,11 @@ impl SniRouteRuntime {
     }
 
     /// Whether `newer`, the same destination's route in a later config, admits this route's
-    /// connections on the same terms: the same RBAC and HTTP filters.
+    /// connections on the same terms: the same TLS termination, RBAC and HTTP filters.
     pub(crate) fn same_terms(&self, newer: &SniRoute) -> bool {
         let (old, new) = (self.config.http.as_ref(), newer.http.as_ref());
-        self.config.network_rbac == newer.network_rbac
+        self.config.terminate == newer.terminate
+            && self.config.network_rbac == newer.network_rbac
             && old.map(|h| &h.http_rbac) == new.map(|h| &h.http_rbac)
             && old.map(|h| &h.http_filters) == new.map(|h| &h.http_filters)
     }
@@ -192,7 +193,12 @@ pub(crate) async fn serve(
                 while_admitted(relay, watch, (drain, recheck)).await;
             }
         }
-        Some(DownstreamTlsRuntime::Ready { acceptor, mesh, .. }) => {
+        Some(DownstreamTlsRuntime::Ready {
+            acceptor,
+            mesh,
+            params,
+            ..
+        }) => {
             match acceptor.accept(down, name, peer).await {
                 Ok(mut tls) => {
                     // Read once, for the RBAC and the HTTP filters that match on the
@@ -209,7 +215,7 @@ pub(crate) async fn serve(
                     }
                     match (&route.http, &route.cluster) {
                         (Some(http), _) => {
-                            let admission = Admission::MeshTls(mesh.clone(), who);
+                            let admission = Admission::MeshTls(mesh.clone(), who, params.clone());
                             return Some((tls, http.clone(), admission));
                         }
                         (None, Some(cluster)) => {

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bearing_proxy_config::{DownstreamTls, TlsParams};
 use bearing_tls::{parse_client_hello, ClientHello, TlsStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -29,8 +30,11 @@ const PERMISSIVE_SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum DownstreamTlsRuntime {
     /// With this server config; plaintext is accepted too when `permissive`.
     Ready {
-        /// The mesh's acceptor.
+        /// The mesh's acceptor (for the listener's TLS parameters).
         acceptor: bearing_tls::TlsAcceptor,
+        /// The TLS parameters it allows (kuma-cp's MeshTLS); `None`: the mesh's own. Shared
+        /// with the admissions of its connections.
+        params: Option<Arc<TlsParams>>,
         /// Kuma's PERMISSIVE mode: connections not starting with a TLS record are plaintext.
         permissive: bool,
         /// The mesh state the acceptor comes from (its CA verifies client certificates).
@@ -41,16 +45,23 @@ pub enum DownstreamTlsRuntime {
 }
 
 impl DownstreamTlsRuntime {
-    /// The termination settings of `mesh` in `tls`.
-    pub fn for_mesh(tls: &MeshTlsSet, mesh: &str) -> Self {
-        match tls.get(mesh) {
-            Some(rt) => DownstreamTlsRuntime::Ready {
-                acceptor: rt.server.clone(),
+    /// The termination settings `downstream` asks for, with the mesh states in `tls`.
+    pub fn of(tls: &MeshTlsSet, downstream: &DownstreamTls) -> Self {
+        let mesh = &downstream.mesh;
+        let Some(rt) = tls.get(mesh) else {
+            return DownstreamTlsRuntime::Unavailable(format!(
+                "mesh {mesh:?} has no usable mTLS certificate"
+            ));
+        };
+        match rt.server(downstream.params.as_ref()) {
+            Ok(acceptor) => DownstreamTlsRuntime::Ready {
+                acceptor,
+                params: downstream.params.clone().map(Arc::new),
                 permissive: rt.config.permissive,
                 mesh: rt.clone(),
             },
-            None => DownstreamTlsRuntime::Unavailable(format!(
-                "mesh {mesh:?} has no usable mTLS certificate"
+            Err(e) => DownstreamTlsRuntime::Unavailable(format!(
+                "mesh {mesh:?}: no TLS context for its TLS parameters: {e}"
             )),
         }
     }
@@ -65,14 +76,16 @@ impl DownstreamTlsRuntime {
                 Some(Ready {
                     mesh: a,
                     permissive: pa,
+                    params: qa,
                     ..
                 }),
                 Some(Ready {
                     mesh: b,
                     permissive: pb,
+                    params: qb,
                     ..
                 }),
-            ) => Arc::ptr_eq(a, b) && pa == pb,
+            ) => Arc::ptr_eq(a, b) && pa == pb && qa == qb,
             _ => false,
         }
     }
@@ -86,8 +99,13 @@ pub(crate) enum Admission {
     /// proxy).
     Plaintext,
     /// Mesh mTLS, the client certificate verified with this mesh state's CA; with what RBAC
-    /// reads of the connection when its listener had RBAC at the handshake.
-    MeshTls(Arc<MeshTlsRuntime>, Option<Arc<Peer>>),
+    /// reads of the connection when its listener had RBAC at the handshake, and the TLS
+    /// parameters the handshake allowed (`None`: the mesh's own).
+    MeshTls(
+        Arc<MeshTlsRuntime>,
+        Option<Arc<Peer>>,
+        Option<Arc<TlsParams>>,
+    ),
 }
 
 impl Admission {
@@ -96,7 +114,7 @@ impl Admission {
     pub(crate) fn peer(&self) -> Option<&Peer> {
         match self {
             Admission::Plaintext => Some(&PLAINTEXT),
-            Admission::MeshTls(_, peer) => peer.as_deref(),
+            Admission::MeshTls(_, peer, _) => peer.as_deref(),
         }
     }
 
@@ -105,7 +123,7 @@ impl Admission {
     pub(crate) fn shared_peer(&self) -> Option<Arc<Peer>> {
         match self {
             Admission::Plaintext => None,
-            Admission::MeshTls(_, peer) => peer.clone(),
+            Admission::MeshTls(_, peer, _) => peer.clone(),
         }
     }
 }
@@ -149,12 +167,13 @@ pub(crate) async fn terminate_mesh_tls<S>(
 where
     S: AsyncRead + AsyncWrite + TcpBacked + Unpin,
 {
-    let (acceptor, permissive, mesh) = match tls {
+    let (acceptor, permissive, mesh, params) = match tls {
         DownstreamTlsRuntime::Ready {
             acceptor,
             permissive,
             mesh,
-        } => (acceptor, *permissive, mesh),
+            params,
+        } => (acceptor, *permissive, mesh, params),
         DownstreamTlsRuntime::Unavailable(reason) => {
             stats.count_tls_handshake_error(listener);
             tracing::warn!(%listener, %peer, "refused: {reason}");
@@ -182,7 +201,7 @@ where
     match acceptor.accept(stream, listener, peer).await {
         Ok(tls_stream) => {
             let who = read_peer.then(|| Arc::new(Peer::of_tls(&tls_stream)));
-            let admission = Admission::MeshTls(mesh.clone(), who);
+            let admission = Admission::MeshTls(mesh.clone(), who, params.clone());
             Some(Transported::Tls(tls_stream, admission))
         }
         Err(e) => {

@@ -2313,6 +2313,7 @@ mod tests {
                 "spiffe://default/backend".into(),
             )],
             server_ca_pem: None,
+            params: None,
         };
         let stats = crate::stats::Stats::new();
         let runtime = |pool: &Arc<EndpointPool>, security: UpstreamSecurity| {

@@ -344,6 +344,7 @@ pub struct TlsClient {
     alpn: Option<String>,
     cert: Option<CertFiles>,
     verify_ca: Option<PathBuf>,
+    version: Option<&'static str>,
     send: String,
     time_limit: Duration,
 }
@@ -390,6 +391,7 @@ impl TlsClient {
             alpn: None,
             cert: None,
             verify_ca: None,
+            version: None,
             send: format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
             time_limit: Duration::from_secs(5),
         }
@@ -410,6 +412,13 @@ impl TlsClient {
     /// Client certificate and key to present (`-cert`/`-key`).
     pub fn client_cert(mut self, cert: &CertFiles) -> Self {
         self.cert = Some(cert.clone());
+        self
+    }
+
+    /// Offer only this TLS version: s_client's flag for it without its dash (`tls1_2`,
+    /// `tls1_3`).
+    pub fn version(mut self, flag: &'static str) -> Self {
+        self.version = Some(flag);
         self
     }
 
@@ -450,6 +459,9 @@ impl TlsClient {
         }
         if let Some(ca) = &self.verify_ca {
             cmd = cmd.arg("-CAfile").arg(ca).arg("-verify_return_error");
+        }
+        if let Some(version) = self.version {
+            cmd = cmd.arg(format!("-{version}"));
         }
         let out = cmd
             .stdin(self.send.clone())

@@ -17,7 +17,7 @@ fn client_hello() -> Vec<u8> {
         Duration::from_secs(3600),
     )
     .expect("identity");
-    bearing_tls::mesh_connector(&ca, web, "spiffe://default/backend")
+    bearing_tls::mesh_connector(&ca, web, "spiffe://default/backend", None)
         .and_then(|c| c.with_sni("backend{mesh=default}"))
         .and_then(|c| c.first_flight())
         .expect("first flight")

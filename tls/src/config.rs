@@ -2,7 +2,8 @@
 //!
 //! Mesh traffic uses ALPN `kuma`; Bearing's client speaks TLS 1.3, its server TLS 1.2 and 1.3
 //! (Envoy's downstream defaults: Kuma sets no TLS parameters on mesh traffic, and Envoy's
-//! upstream default is TLS 1.2 at most, so Kuma's Envoy sidecars call with TLS 1.2). The
+//! upstream default is TLS 1.2 at most, so Kuma's Envoy sidecars call with TLS 1.2); every
+//! context takes TLS parameters (kuma-cp's MeshTLS, `params.rs`) in place of those. The
 //! server requires a client certificate that
 //! chains to the mesh CA. The client checks the server's chain to the mesh CA and then its
 //! identity: one URI SAN must match one of the expected SPIFFE ids (Envoy's any-of rule over
@@ -22,8 +23,9 @@ use boring::x509::{X509StoreContext, X509VerifyError, X509};
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
-use bearing_proxy_config::SpiffeMatcher;
+use bearing_proxy_config::{SpiffeMatcher, TlsParams};
 
+use crate::params;
 use crate::spiffe::SpiffeTrust;
 use crate::stack::{check_sni, context_builder, ssl_err, CertifiedKey, ClientMesh, ServerCheck};
 use crate::{Identity, MeshCa, TlsAcceptor, TlsConnector, TlsError};
@@ -109,10 +111,15 @@ fn store_of(roots: &[X509]) -> Result<X509Store, TlsError> {
 /// sending no ALPN are accepted too), a client certificate required that chains to the mesh CA
 /// and carries a SPIFFE id of the identity's mesh (a URI SAN starting with
 /// `spiffe://<mesh>/`, Kuma's check), any SNI Kuma sends accepted, and the certificate
-/// presented always the identity's current one.
-pub fn mesh_acceptor(ca: &MeshCa, identity: Arc<Identity>) -> Result<TlsAcceptor, TlsError> {
+/// presented always the identity's current one. `params` (kuma-cp's MeshTLS) replace the
+/// versions and lists.
+pub fn mesh_acceptor(
+    ca: &MeshCa,
+    identity: Arc<Identity>,
+    params: Option<&TlsParams>,
+) -> Result<TlsAcceptor, TlsError> {
     let client_mesh = ClientMesh::new(identity.mesh())?;
-    server_acceptor(mesh_roots(ca)?, identity, Some(client_mesh))
+    server_acceptor(mesh_roots(ca)?, identity, Some(client_mesh), params)
 }
 
 /// The server side of mesh mTLS under a MeshIdentity (Envoy's SPIFFE certificate validator,
@@ -123,10 +130,11 @@ pub fn spiffe_acceptor(
     trust: Arc<SpiffeTrust>,
     identity: Arc<Identity>,
     client_prefix: &str,
+    params: Option<&TlsParams>,
 ) -> Result<TlsAcceptor, TlsError> {
     let roots = trust.roots().to_vec();
     let client_mesh = ClientMesh::with_prefix(identity.mesh(), client_prefix, Some(trust))?;
-    server_acceptor(roots, identity, Some(client_mesh))
+    server_acceptor(roots, identity, Some(client_mesh), params)
 }
 
 /// The client side of mesh mTLS under a MeshIdentity: as [`mesh_client`], but servers are
@@ -135,8 +143,9 @@ pub fn spiffe_acceptor(
 pub fn spiffe_client(
     trust: Arc<SpiffeTrust>,
     identity: Arc<Identity>,
+    params: Option<&TlsParams>,
 ) -> Result<MeshClient, TlsError> {
-    let MeshClient(contexts, _) = client_contexts(trust.roots().to_vec(), identity)?;
+    let MeshClient(contexts, _) = client_contexts(trust.roots().to_vec(), identity, params)?;
     Ok(MeshClient(contexts, Some(trust)))
 }
 
@@ -146,11 +155,13 @@ pub fn spiffe_client(
 pub fn cross_mesh_acceptor(
     client_ca_pems: &[&str],
     identity: Arc<Identity>,
+    params: Option<&TlsParams>,
 ) -> Result<TlsAcceptor, TlsError> {
     server_acceptor(
         ca_certs(client_ca_pems, "mesh CA certificate PEM")?,
         identity,
         None,
+        params,
     )
 }
 
@@ -158,12 +169,14 @@ fn server_acceptor(
     roots: Vec<X509>,
     identity: Arc<Identity>,
     client_mesh: Option<ClientMesh>,
+    params: Option<&TlsParams>,
 ) -> Result<TlsAcceptor, TlsError> {
     let verify_mesh = client_mesh.clone();
+    let params = params.cloned();
     let build = move |leaf: &CertifiedKey| -> Result<SslContext, TlsError> {
         let what = "mesh server TLS context";
         let mut b = context_builder(what)?;
-        tls12_and_13(&mut b, what)?;
+        versions(&mut b, params.as_ref(), tls12_and_13, what)?;
         let mode = SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT;
         match verify_mesh.clone() {
             Some(mesh) => b.set_verify_callback(mode, move |ok, ctx| mesh.admits(ok, ctx)),
@@ -195,6 +208,20 @@ pub(crate) fn tls12_and_13(b: &mut SslContextBuilder, what: &'static str) -> Res
         .map_err(ssl_err(what))
 }
 
+/// The versions and lists of a context: `params` when given (kuma-cp's MeshTLS, as Envoy sets
+/// them), else the context's own versions (`own`) and BoringSSL's lists.
+pub(crate) fn versions(
+    b: &mut SslContextBuilder,
+    params: Option<&TlsParams>,
+    own: fn(&mut SslContextBuilder, &'static str) -> Result<(), TlsError>,
+    what: &'static str,
+) -> Result<(), TlsError> {
+    match params {
+        Some(params) => params::apply(b, params, what),
+        None => own(b, what),
+    }
+}
+
 /// The client side of mesh mTLS (outbound) towards one destination whose SPIFFE id is
 /// `expected` (e.g. `spiffe://default/backend`): TLS 1.3, ALPN `kuma`, the identity's current
 /// certificate as client certificate, and the server accepted only if its chain leads to the
@@ -205,16 +232,21 @@ pub fn mesh_connector(
     ca: &MeshCa,
     identity: Arc<Identity>,
     expected: &str,
+    params: Option<&TlsParams>,
 ) -> Result<TlsConnector, TlsError> {
-    mesh_client(ca, identity)?.expecting(&[SpiffeMatcher::Exact(expected.into())])
+    mesh_client(ca, identity, params)?.expecting(&[SpiffeMatcher::Exact(expected.into())])
 }
 
 /// The client side of mesh mTLS for `identity` under mesh CA `ca`, before a destination is
 /// named: one TLS context (rebuilt when the leaf renews) that the connectors to every
 /// destination share, each checking its own SPIFFE id per connection. A mesh proxy with 10k
 /// destinations builds one context, not 10k.
-pub fn mesh_client(ca: &MeshCa, identity: Arc<Identity>) -> Result<MeshClient, TlsError> {
-    client_contexts(mesh_roots(ca)?, identity)
+pub fn mesh_client(
+    ca: &MeshCa,
+    identity: Arc<Identity>,
+    params: Option<&TlsParams>,
+) -> Result<MeshClient, TlsError> {
+    client_contexts(mesh_roots(ca)?, identity, params)
 }
 
 /// The client side of mesh mTLS towards a cross-mesh gateway of another mesh: this proxy's
@@ -224,9 +256,10 @@ pub fn cross_mesh_connector(
     server_ca_pem: &str,
     identity: Arc<Identity>,
     expected: &[SpiffeMatcher],
+    params: Option<&TlsParams>,
 ) -> Result<TlsConnector, TlsError> {
     let roots = ca_certs(&[server_ca_pem], "mesh CA certificate PEM")?;
-    client_contexts(roots, identity)?.expecting(expected)
+    client_contexts(roots, identity, params)?.expecting(expected)
 }
 
 /// Mesh mTLS client contexts not yet bound to a destination: [`MeshClient::expecting`] makes
@@ -263,11 +296,16 @@ impl MeshClient {
 
 /// Mesh client contexts trusting `roots` and presenting `identity`; the server's SPIFFE id is
 /// checked per connection (`ServerCheck::Spiffe`).
-fn client_contexts(roots: Vec<X509>, identity: Arc<Identity>) -> Result<MeshClient, TlsError> {
+fn client_contexts(
+    roots: Vec<X509>,
+    identity: Arc<Identity>,
+    params: Option<&TlsParams>,
+) -> Result<MeshClient, TlsError> {
+    let params = params.cloned();
     let build = move |leaf: &CertifiedKey| -> Result<SslContext, TlsError> {
         let what = "mesh client TLS context";
         let mut b = context_builder(what)?;
-        tls13_only(&mut b, what)?;
+        versions(&mut b, params.as_ref(), tls13_only, what)?;
         b.set_cert_store(store_of(&roots)?);
         b.set_verify(SslVerifyMode::PEER);
         leaf.install(&mut b).map_err(ssl_err(what))?;
@@ -347,17 +385,18 @@ pub enum ServerVerification {
 /// The client side of TLS to an external service named `server_name` (sent as SNI unless it
 /// is an IP address): trusts `ca_pem` (all certificates in it), or the system roots when none
 /// is given; presents `client_cert_and_key_pem` (chain PEM, key PEM) if given; checks the
-/// server as `verification` says; TLS 1.2 and 1.3; offers `alpn`.
+/// server as `verification` says; TLS 1.2 and 1.3 (or `params`); offers `alpn`.
 pub fn external_connector(
     server_name: &str,
     ca_pem: Option<&str>,
     client_cert_and_key_pem: Option<(&str, &str)>,
     verification: ServerVerification,
     alpn: &[&[u8]],
+    params: Option<&TlsParams>,
 ) -> Result<TlsConnector, TlsError> {
     let what = "external TLS context";
     let mut b = context_builder(what)?;
-    tls12_and_13(&mut b, what)?;
+    versions(&mut b, params, tls12_and_13, what)?;
     let check = match verification {
         ServerVerification::Secured => ServerCheck::Name(server_name.into()),
         ServerVerification::SkipSan | ServerVerification::SkipAll => ServerCheck::None,
@@ -457,10 +496,10 @@ mod tests {
     #[tokio::test]
     async fn mesh_mtls_checks_spiffe_identity_both_ways() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
+        let server = mesh_acceptor(&ca, identity(&ca, "backend"), None).unwrap();
         let web = identity(&ca, "web");
         // The SNI is a Kuma-style name that matches no DNS SAN: only the SPIFFE id counts.
-        let client = mesh_connector(&ca, web.clone(), "spiffe://default/backend")
+        let client = mesh_connector(&ca, web.clone(), "spiffe://default/backend", None)
             .unwrap()
             .with_sni("a601e0c00295a9fbe.backend.80.default.ms")
             .unwrap();
@@ -472,7 +511,7 @@ mod tests {
         assert_eq!(c.peer_spiffe_ids(), ["spiffe://default/backend"]);
         ping(&mut s, &mut c).await;
 
-        let wrong = mesh_connector(&ca, web, "spiffe://default/other").unwrap();
+        let wrong = mesh_connector(&ca, web, "spiffe://default/other", None).unwrap();
         let (_, c) = handshake(&server, &wrong).await;
         let err = c.unwrap_err().to_string();
         assert!(
@@ -491,8 +530,8 @@ mod tests {
     #[tokio::test]
     async fn connectors_of_one_mesh_client_check_each_their_own_identity() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
-        let client = mesh_client(&ca, identity(&ca, "web")).unwrap();
+        let server = mesh_acceptor(&ca, identity(&ca, "backend"), None).unwrap();
+        let client = mesh_client(&ca, identity(&ca, "web"), None).unwrap();
         let backend = client
             .expecting(&exact("spiffe://default/backend"))
             .unwrap();
@@ -526,7 +565,7 @@ mod tests {
     #[tokio::test]
     async fn a_server_presenting_any_listed_id_is_accepted_and_no_other() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let client = mesh_client(&ca, identity(&ca, "web")).unwrap();
+        let client = mesh_client(&ca, identity(&ca, "web"), None).unwrap();
         let expected = [
             SpiffeMatcher::Exact("spiffe://default.zone-1.mesh.local/workload/backend".into()),
             SpiffeMatcher::Exact("spiffe://default/backend".into()),
@@ -534,15 +573,15 @@ mod tests {
         ];
         let connector = client.expecting(&expected).unwrap();
         for service in ["backend", "backend-v2"] {
-            let server = mesh_acceptor(&ca, identity(&ca, service)).unwrap();
+            let server = mesh_acceptor(&ca, identity(&ca, service), None).unwrap();
             let (_, c) = handshake(&server, &connector).await;
             let id = format!("spiffe://default/{service}");
             assert_eq!(c.expect(&id).peer_spiffe_ids(), [id.as_str()]);
         }
         let first = client.expecting(&expected[1..2]).unwrap();
-        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
+        let server = mesh_acceptor(&ca, identity(&ca, "backend"), None).unwrap();
         assert!(handshake(&server, &first).await.1.is_ok(), "the only id");
-        let third = mesh_acceptor(&ca, identity(&ca, "db")).unwrap();
+        let third = mesh_acceptor(&ca, identity(&ca, "db"), None).unwrap();
         let (_, c) = handshake(&third, &connector).await;
         let err = c.unwrap_err().to_string();
         assert!(
@@ -559,10 +598,10 @@ mod tests {
     #[tokio::test]
     async fn mesh_server_refuses_clients_of_another_mesh_sharing_its_ca() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
+        let server = mesh_acceptor(&ca, identity(&ca, "backend"), None).unwrap();
         let client = |mesh: &str| {
             let id = Identity::new(ca.clone(), mesh, &["web".to_string()], HOUR).unwrap();
-            mesh_connector(&ca, id, "spiffe://default/backend").unwrap()
+            mesh_connector(&ca, id, "spiffe://default/backend", None).unwrap()
         };
         for mesh in ["other", "default-2", "defaul"] {
             let (s, c) = handshake(&server, &client(mesh)).await;
@@ -626,9 +665,9 @@ mod tests {
         ]);
         let trust = Arc::new(SpiffeTrust::from_pems(&bundles).unwrap());
         let server_id = spiffe_identity(&ca_a, "td-a", "backend");
-        let server = spiffe_acceptor(trust.clone(), server_id, "spiffe://td-a/").unwrap();
+        let server = spiffe_acceptor(trust.clone(), server_id, "spiffe://td-a/", None).unwrap();
         let client = |ca: &Arc<MeshCa>, domain: &str| {
-            spiffe_client(trust.clone(), spiffe_identity(ca, domain, "web"))
+            spiffe_client(trust.clone(), spiffe_identity(ca, domain, "web"), None)
                 .unwrap()
                 .expecting(&exact("spiffe://td-a/backend"))
                 .unwrap()
@@ -660,6 +699,7 @@ mod tests {
             trust.clone(),
             spiffe_identity(&ca_b, "td-a", "backend"),
             "spiffe://td-a/",
+            None,
         )
         .unwrap();
         let (_, c) = handshake(&forged, &client(&ca_a, "td-a")).await;
@@ -673,11 +713,11 @@ mod tests {
         let stranger_ca = Arc::new(MeshCa::generate("stranger").unwrap());
         let gateway = identity(&gw_ca, "cross-mesh-gateway");
         let server =
-            cross_mesh_acceptor(&[gw_ca.cert_pem(), other_ca.cert_pem()], gateway).unwrap();
+            cross_mesh_acceptor(&[gw_ca.cert_pem(), other_ca.cert_pem()], gateway, None).unwrap();
         let expected = &exact("spiffe://default/cross-mesh-gateway");
         let client = |ca: &Arc<MeshCa>| {
             let id = Identity::new(ca.clone(), "other", &["web".to_string()], HOUR).unwrap();
-            cross_mesh_connector(gw_ca.cert_pem(), id, expected).unwrap()
+            cross_mesh_connector(gw_ca.cert_pem(), id, expected, None).unwrap()
         };
         let (s, c) = handshake(&server, &client(&other_ca)).await;
         let (mut s, mut c) = (s.unwrap(), c.unwrap());
@@ -686,8 +726,13 @@ mod tests {
         let (s, _) = handshake(&server, &client(&stranger_ca)).await;
         assert!(s.is_err());
         // The client insists on the gateway mesh's CA and identity.
-        let wrong = cross_mesh_connector(other_ca.cert_pem(), identity(&other_ca, "web"), expected)
-            .unwrap();
+        let wrong = cross_mesh_connector(
+            other_ca.cert_pem(),
+            identity(&other_ca, "web"),
+            expected,
+            None,
+        )
+        .unwrap();
         let (_, c) = handshake(&server, &wrong).await;
         assert!(c.is_err());
     }
@@ -695,7 +740,7 @@ mod tests {
     #[tokio::test]
     async fn server_accepts_clients_without_alpn() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
+        let server = mesh_acceptor(&ca, identity(&ca, "backend"), None).unwrap();
         let pair = issue_leaf_pem_pair(&ca, "web");
         let client = external_connector(
             "backend",
@@ -703,6 +748,7 @@ mod tests {
             Some((&pair.0, &pair.1)),
             ServerVerification::SkipSan,
             &[],
+            None,
         )
         .unwrap();
         let (s, c) = handshake(&server, &client).await;
@@ -721,13 +767,14 @@ mod tests {
     #[tokio::test]
     async fn server_refuses_client_without_certificate() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
+        let server = mesh_acceptor(&ca, identity(&ca, "backend"), None).unwrap();
         let client = external_connector(
             "backend",
             Some(ca.cert_pem()),
             None,
             ServerVerification::SkipSan,
             &[KUMA_ALPN],
+            None,
         )
         .unwrap();
         let (s, _) = handshake(&server, &client).await;
@@ -745,9 +792,14 @@ mod tests {
     async fn server_refuses_client_certificate_from_another_ca() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
         let other_ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
-        let client =
-            mesh_connector(&ca, identity(&other_ca, "web"), "spiffe://default/backend").unwrap();
+        let server = mesh_acceptor(&ca, identity(&ca, "backend"), None).unwrap();
+        let client = mesh_connector(
+            &ca,
+            identity(&other_ca, "web"),
+            "spiffe://default/backend",
+            None,
+        )
+        .unwrap();
         let (s, _) = handshake(&server, &client).await;
         let err = s.unwrap_err().to_string();
         // The client's chain ends in its own CA, which the mesh does not trust.
@@ -763,8 +815,9 @@ mod tests {
     async fn renewal_reaches_new_handshakes_and_keeps_old_sessions() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
         let backend = identity(&ca, "backend");
-        let server = mesh_acceptor(&ca, backend.clone()).unwrap();
-        let client = mesh_connector(&ca, identity(&ca, "web"), "spiffe://default/backend").unwrap();
+        let server = mesh_acceptor(&ca, backend.clone(), None).unwrap();
+        let client =
+            mesh_connector(&ca, identity(&ca, "web"), "spiffe://default/backend", None).unwrap();
         let (s, c) = handshake(&server, &client).await;
         let (mut s1, mut c1) = (s.unwrap(), c.unwrap());
         let first = peer_serial(&c1);
@@ -796,7 +849,7 @@ mod tests {
             .push(rcgen::DnType::CommonName, "other.example");
         let cert = leaf.signed_by(&key, &issuer).unwrap();
         let key = crate::certified_key(&cert.pem(), &key.serialize_pem()).unwrap();
-        let server = crate::gateway_acceptor(&[key], |_| Some(0), &[b"h2"]).unwrap();
+        let server = crate::gateway_acceptor(&[key], |_| Some(0), &[b"h2"], None).unwrap();
         (ca_cert.pem(), server)
     }
 
@@ -804,7 +857,7 @@ mod tests {
     async fn external_secured_checks_the_name_skip_san_does_not() {
         let (ca_pem, server) = external_server();
         let connector = |name: &str, ca: Option<&str>, verification| {
-            external_connector(name, ca, None, verification, &[b"h2"]).unwrap()
+            external_connector(name, ca, None, verification, &[b"h2"], None).unwrap()
         };
         let secured = connector(
             "service.example",
@@ -847,15 +900,22 @@ mod tests {
 
     #[test]
     fn external_config_names_bad_pem_and_rejects_bad_expected_id() {
-        let err = external_connector("x", Some("nope"), None, ServerVerification::Secured, &[])
-            .err()
-            .unwrap();
+        let err = external_connector(
+            "x",
+            Some("nope"),
+            None,
+            ServerVerification::Secured,
+            &[],
+            None,
+        )
+        .err()
+        .unwrap();
         assert!(
             err.to_string().starts_with("external service CA PEM:"),
             "{err}"
         );
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let err = mesh_connector(&ca, identity(&ca, "web"), "backend")
+        let err = mesh_connector(&ca, identity(&ca, "web"), "backend", None)
             .err()
             .unwrap();
         assert!(
@@ -874,11 +934,12 @@ mod tests {
             Some(ca.cert_pem()),
             pair,
             ServerVerification::Secured,
-            &[]
+            &[],
+            None
         )
         .is_ok());
         let bad_key = Some((ca.cert_pem(), ca.cert_pem()));
-        let err = external_connector("x", None, bad_key, ServerVerification::SkipAll, &[])
+        let err = external_connector("x", None, bad_key, ServerVerification::SkipAll, &[], None)
             .err()
             .unwrap();
         assert!(
@@ -886,7 +947,7 @@ mod tests {
             "{err}"
         );
         let no_cert = Some(("", ca.key_pem().unwrap()));
-        let err = external_connector("x", None, no_cert, ServerVerification::SkipAll, &[])
+        let err = external_connector("x", None, no_cert, ServerVerification::SkipAll, &[], None)
             .err()
             .unwrap();
         assert!(
@@ -900,7 +961,7 @@ mod tests {
     #[tokio::test]
     async fn mesh_server_serves_tls12_clients_as_envoy_sidecars_call() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_acceptor(&ca, identity(&ca, "backend")).unwrap();
+        let server = mesh_acceptor(&ca, identity(&ca, "backend"), None).unwrap();
         let tls12_client = |with_cert: bool| {
             let mut b = SslContextBuilder::new(boring::ssl::SslMethod::tls()).unwrap();
             b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
@@ -922,6 +983,77 @@ mod tests {
         ping(&mut s, &mut c).await;
         let (s, _) = handshake(&server, &tls12_client(false)).await;
         assert!(s.is_err(), "TLS 1.2 without a client certificate");
+    }
+
+    /// TLS parameters (kuma-cp's MeshTLS) replace a context's own versions and lists: a mesh
+    /// server of TLS 1.3 only refuses the client of TLS 1.2 at most and serves the mesh's
+    /// own client; a mesh client of TLS 1.2 at most, whose one cipher then decides, speaks
+    /// TLS 1.2 to the mesh's own server with that cipher (an ECDSA leaf) and fails against
+    /// the TLS 1.3 server.
+    #[tokio::test]
+    async fn tls_params_replace_versions_and_ciphers_of_mesh_contexts() {
+        use bearing_proxy_config::TlsVersion;
+        let params = |min, max, ciphers: &str| TlsParams {
+            min_version: min,
+            max_version: max,
+            cipher_suites: ciphers.into(),
+            ecdh_curves: "X25519:P-256".into(),
+        };
+        let cipher = "ECDHE-ECDSA-AES256-GCM-SHA384";
+        let only13 = params(TlsVersion::V1_3, TlsVersion::V1_3, cipher);
+        let upto12 = params(TlsVersion::V1_2, TlsVersion::V1_2, cipher);
+        let ca = Arc::new(MeshCa::generate("default").unwrap());
+        let backend = identity(&ca, "backend");
+        let web = identity(&ca, "web");
+        let strict = mesh_acceptor(&ca, backend.clone(), Some(&only13)).unwrap();
+        let own_server = mesh_acceptor(&ca, backend, None).unwrap();
+        let expected = exact("spiffe://default/backend");
+        let client = |p: Option<&TlsParams>| {
+            mesh_client(&ca, web.clone(), p)
+                .unwrap()
+                .expecting(&expected)
+                .unwrap()
+                .with_sni("backend{mesh=default}")
+                .unwrap()
+        };
+
+        let (s, c) = handshake(&strict, &client(None)).await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        assert_eq!(s.protocol_version(), "TLSv1.3");
+        ping(&mut s, &mut c).await;
+        let (s, c) = handshake(&strict, &client(Some(&upto12))).await;
+        assert!(
+            s.is_err() && c.is_err(),
+            "TLS 1.2 client against TLS 1.3 only"
+        );
+
+        let (s, c) = handshake(&own_server, &client(Some(&upto12))).await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        assert_eq!(c.protocol_version(), "TLSv1.2");
+        assert_eq!(
+            c.ssl().current_cipher().map(|c| c.name()),
+            Some("ECDHE-ECDSA-AES256-GCM-SHA384")
+        );
+        ping(&mut s, &mut c).await;
+
+        // Every other context takes them too: TLS to an external service, a gateway's.
+        let (_, server) = external_server();
+        let tls13_only_gateway = {
+            let (cert, key) = issue_leaf_pem_pair(&ca, "gw");
+            let key = crate::certified_key(&cert, &key).unwrap();
+            crate::gateway_acceptor(&[key], |_| Some(0), &[], Some(&only13)).unwrap()
+        };
+        let external = |p: Option<&TlsParams>| {
+            let skip = ServerVerification::SkipAll;
+            external_connector("backend.example.com", None, None, skip, &[], p).unwrap()
+        };
+        let (s, c) = handshake(&server, &external(Some(&upto12))).await;
+        assert_eq!(c.unwrap().protocol_version(), "TLSv1.2");
+        drop(s);
+        let (s, _) = handshake(&tls13_only_gateway, &external(Some(&upto12))).await;
+        assert!(s.is_err(), "TLS 1.2 client against a TLS 1.3 only gateway");
+        let (s, _) = handshake(&tls13_only_gateway, &external(None)).await;
+        assert_eq!(s.unwrap().protocol_version(), "TLSv1.3");
     }
 
     /// Waits until `wanted` was in `times` lines of `events`, then gives `events` back.
@@ -994,6 +1126,7 @@ mod tests {
                 None,
                 ServerVerification::SkipAll,
                 &[],
+                None,
             )
             .unwrap();
             if allowed {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use boring::ssl::{NameType, SniError, SslAlert, SslContext, SslContextBuilder};
 
-use crate::config::{alpn_wire, select_alpn, tls12_and_13};
+use bearing_proxy_config::TlsParams;
+
+use crate::config::{alpn_wire, select_alpn, tls12_and_13, versions};
 use crate::stack::{check_sni, context_builder, ssl_err, CertifiedKey};
 use crate::{TlsAcceptor, TlsError};
 
@@ -22,7 +24,8 @@ pub fn certified_key(cert_chain_pem: &str, key_pem: &str) -> Result<Arc<Certifie
     .map(Arc::new)
 }
 
-/// The server side of a gateway's TLS listener: TLS 1.2 and 1.3, no client certificate,
+/// The server side of a gateway's TLS listener: TLS 1.2 and 1.3 (or `params`, for every
+/// host), no client certificate,
 /// `alpn` offered (`h2`, `http/1.1` for HTTPS; none for TLS listeners carrying TCP), and the
 /// certificate of `keys` that `select` picks for the ClientHello's SNI (`None`: no SNI). One
 /// context per certificate, built here once; a ClientHello whose SNI is not a host name or
@@ -31,12 +34,13 @@ pub fn gateway_acceptor(
     keys: &[Arc<CertifiedKey>],
     select: impl Fn(Option<&str>) -> Option<usize> + Send + Sync + 'static,
     alpn: &[&[u8]],
+    params: Option<&TlsParams>,
 ) -> Result<TlsAcceptor, TlsError> {
     let alpn = alpn_wire(alpn)?;
     let context = |key: Option<&CertifiedKey>| -> Result<SslContextBuilder, TlsError> {
         let what = "gateway TLS context";
         let mut b = context_builder(what)?;
-        tls12_and_13(&mut b, what)?;
+        versions(&mut b, params, tls12_and_13, what)?;
         if let Some(key) = key {
             key.install(&mut b)
                 .map_err(ssl_err("gateway certificate and key"))?;

@@ -9,6 +9,8 @@
 //! - [`SpiffeTrust`] / [`spiffe_acceptor`] / [`spiffe_client`]: the same under a MeshIdentity,
 //!   peers verified as Envoy's SPIFFE validator does (trust domain → CA bundle).
 //! - [`certified_key`] / [`gateway_acceptor`]: TLS a builtin gateway terminates.
+//! - [`check_tls_params`]: whether Envoy's `tls_params` (kuma-cp's MeshTLS) build a context;
+//!   every context above takes them in place of its own versions and lists.
 //! - [`TlsAcceptor`], [`TlsConnector`], [`TlsStream`], [`Negotiated`]: the handshakes and
 //!   their outcome, the only face of the TLS stack (BoringSSL) the rest of Bearing sees.
 //! - [`parse_client_hello`]: allocation-free SNI/ALPN peek for routing and PERMISSIVE mode.
@@ -24,6 +26,7 @@ mod error;
 mod gateway;
 mod identity;
 mod kuma_sni;
+mod params;
 mod sni;
 mod spiffe;
 mod stack;
@@ -45,6 +48,7 @@ pub use kuma_sni::{
     mesh_service_kri_sni, parse_kri_sni, parse_resource_sni, parse_tags_sni, resource_sni,
     tags_sni, KriSni, ResourceKind, ResourceSni, TagsSni,
 };
+pub use params::check_tls_params;
 pub use sni::{is_tls_record_start, parse_client_hello, ClientHello};
 pub use spiffe::{own_trust_domain, trust_domain, SpiffeTrust};
 pub use stack::{

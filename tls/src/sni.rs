@@ -202,10 +202,17 @@ mod tests {
 
     /// The first flight of a real BoringSSL client (TLS 1.2 + 1.3, ALPN as given) to `server`.
     pub(crate) fn stack_client_hello(server: &str, alpn: &[&[u8]]) -> Vec<u8> {
-        crate::external_connector(server, None, None, crate::ServerVerification::SkipAll, alpn)
-            .unwrap()
-            .first_flight()
-            .unwrap()
+        crate::external_connector(
+            server,
+            None,
+            None,
+            crate::ServerVerification::SkipAll,
+            alpn,
+            None,
+        )
+        .unwrap()
+        .first_flight()
+        .unwrap()
     }
 
     /// Replaces the equal-length `from` with `to` in `bytes` (to put a name no client sends

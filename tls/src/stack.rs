@@ -875,8 +875,9 @@ mod tests {
     #[tokio::test]
     async fn every_kuma_sni_form_is_sent_and_accepted_byte_for_byte() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_acceptor(&ca, mesh(&ca, "backend")).unwrap();
-        let client = mesh_connector(&ca, mesh(&ca, "web"), "spiffe://default/backend").unwrap();
+        let server = mesh_acceptor(&ca, mesh(&ca, "backend"), None).unwrap();
+        let client =
+            mesh_connector(&ca, mesh(&ca, "web"), "spiffe://default/backend", None).unwrap();
         for sni in KUMA_SNIS.into_iter().map(Some).chain([None]) {
             let client = match sni {
                 Some(name) => client.clone().with_sni(name).unwrap(),
@@ -917,6 +918,7 @@ mod tests {
                 Some(0)
             },
             &[b"h2"],
+            None,
         )
         .unwrap();
         for sni in KUMA_SNIS {
@@ -926,6 +928,7 @@ mod tests {
                 None,
                 crate::ServerVerification::SkipAll,
                 &[b"h2"],
+                None,
             )
             .unwrap();
             let (a, b) = tokio::io::duplex(64 * 1024);
@@ -947,7 +950,7 @@ mod tests {
     #[tokio::test]
     async fn bad_client_hellos_are_refused_cleanly() {
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let server = mesh_acceptor(&ca, mesh(&ca, "backend"))
+        let server = mesh_acceptor(&ca, mesh(&ca, "backend"), None)
             .unwrap()
             .with_timeout(Duration::from_millis(300));
         let good = client_hello(b"backend{mesh=default}");
@@ -1020,7 +1023,8 @@ mod tests {
         assert!(sni_problem(b"a b").unwrap().contains("printable"));
         assert!(sni_problem(b"").unwrap().contains("empty"));
         let ca = Arc::new(MeshCa::generate("default").unwrap());
-        let client = mesh_connector(&ca, mesh(&ca, "web"), "spiffe://default/backend").unwrap();
+        let client =
+            mesh_connector(&ca, mesh(&ca, "web"), "spiffe://default/backend", None).unwrap();
         let err = client.with_sni("back\nend").err().unwrap().to_string();
         assert!(err.starts_with("invalid SNI:"), "{err}");
     }

@@ -205,6 +205,7 @@ pub fn compile(
             bind: transparent.is_none(),
             tls: mtls.as_ref().map(|m| DownstreamTls {
                 mesh: m.mesh.clone(),
+                params: None,
             }),
             deny_all: denies.targeting(me, inbound),
             tcp_idle_timeout: default_tcp_idle(protocol, Direction::Inbound),
@@ -689,6 +690,7 @@ impl Outbounds<'_> {
             ),
             identities: server_identities(self.mesh, service),
             server_ca_pem: None,
+            params: None,
         }
     }
 }
@@ -772,6 +774,7 @@ pub(crate) fn external_endpoint(
                 _ => Verification::Secured,
             },
             allow_renegotiation: t.allow_renegotiation,
+            params: None,
         }
     });
     (endpoints, dns, tls)

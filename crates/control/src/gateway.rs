@@ -218,6 +218,8 @@ pub(crate) fn compile(
                     identity_mesh: mesh.to_string(),
                     client_ca_pems: mesh_ca_pems(store),
                 }),
+                // The directory store has no MeshTLS (its TLS comes from the Mesh's mtls).
+                tls_params: None,
                 // Kuma's gateway compresses every HTTP and HTTPS listener's responses.
                 compression: http.then(Compression::kuma_gateway),
             }),
@@ -721,6 +723,7 @@ pub(crate) fn cross_mesh_cluster(
                 sni: bearing_tls::tags_sni(&service, target_mesh, &BTreeMap::new()),
                 identities: server_identities(target_mesh, &service),
                 server_ca_pem: (target_mesh != outbounds.mesh).then_some(ca),
+                params: None,
             });
         }
         _ => tracing::warn!(cluster = %c.name, "cross-mesh gateway skipped: both meshes need mTLS"),

@@ -64,6 +64,7 @@ pub fn compile(
                         let (endpoints, dns, tls) = external_endpoint(r, es, store, mesh_name);
                         let terminate = Some(DownstreamTls {
                             mesh: mesh_name.to_string(),
+                            params: None,
                         });
                         let protocol = es.tags.get(PROTOCOL_TAG).map(String::as_str);
                         let route = ServiceRoute {

@@ -13,14 +13,14 @@
 
 use super::{
     downstream_timeouts, kuma_service, listener_path, socket_address, stream_idle_timeout,
-    struct_strings, type_name, typed, Translator,
+    struct_strings, type_name, typed, Side, Translator,
 };
 use crate::decode::{LISTENER, ROUTE_CONFIGURATION, RUNTIME, SECRET};
-use crate::fields::{self, Guard, POLICY_NOT_ENFORCED};
+use crate::fields::{self, Guard};
 use crate::routes;
 use bearing_proxy_config::{
     CrossMesh, Direction, DownstreamHttpTimeouts, GatewayCertificate, GatewayHost, GatewayListener,
-    GatewayProtocol, Http2Windows, HttpFilter, Listener, Protocol, WeightedCluster,
+    GatewayProtocol, Http2Windows, HttpFilter, Listener, Protocol, TlsParams, WeightedCluster,
 };
 use envoy_types::pb::envoy::config::core::v3 as core_pb;
 use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
@@ -250,12 +250,17 @@ impl Translator<'_> {
         let windows = self.gateway_http2_windows(name, listener);
         let compression =
             self.gateway_compression(name, listener, |c| c.filters.iter().find_map(rds_manager));
+        let tls_params = self.gateway_tls_params(name, listener);
+        if self.nacks.len() != before {
+            return;
+        }
         let gateway = GatewayListener {
             protocol,
             hosts,
             tags,
             connection_limit,
             cross_mesh,
+            tls_params,
             compression,
         };
         self.push_gateway(name, listener, address, gateway);
@@ -344,12 +349,18 @@ impl Translator<'_> {
         protocol: GatewayProtocol,
         hosts: Vec<GatewayHost>,
     ) {
+        let before = self.nacks.len();
+        let tls_params = self.gateway_tls_params(name, listener);
+        if self.nacks.len() != before {
+            return;
+        }
         let gateway = GatewayListener {
             protocol,
             hosts,
             tags: struct_strings(listener.metadata.as_ref(), "io.kuma.tags"),
             connection_limit,
             cross_mesh: None,
+            tls_params,
             compression: None,
         };
         self.push_gateway(name, listener, address, gateway);
@@ -769,7 +780,6 @@ impl Translator<'_> {
                 "client certificates are verified only on a cross-mesh chain (ALPN kuma)",
             );
         }
-        self.gateway_tls_versions(name, &cat, &common);
         let certificate = match (
             common.tls_certificates.as_slice(),
             common.tls_certificate_sds_secret_configs.as_slice(),
@@ -842,22 +852,49 @@ impl Translator<'_> {
         })
     }
 
-    /// The TLS versions a gateway chain allows: the runtime serves TLS 1.2 and 1.3, so any
-    /// other range (a MeshTLS policy) is NACKed.
-    fn gateway_tls_versions(&mut self, name: &str, cat: &str, common: &tls_pb::CommonTlsContext) {
-        use tls_pb::tls_parameters::TlsProtocol;
-        let Some(params) = &common.tls_params else {
-            return;
-        };
-        let min = params.tls_minimum_protocol_version;
-        let max = params.tls_maximum_protocol_version;
-        let auto = TlsProtocol::TlsAuto as i32;
-        if ![auto, TlsProtocol::TlSv12 as i32].contains(&min)
-            || ![auto, TlsProtocol::TlSv13 as i32].contains(&max)
-        {
-            let reason = format!("TLS versions and ciphers (MeshTLS): {POLICY_NOT_ENFORCED} (the gateway serves TLS 1.2 and 1.3)");
-            self.nack(LISTENER, name, format!("{cat}.tls_params"), reason);
+    /// The TLS parameters of a gateway listener's terminating chains (kuma-cp renders a TLS
+    /// 1.2 floor on each), read as Envoy reads a server's (`tls_params.rs`); the runtime
+    /// terminates every host of a listener alike, so chains asking for different ones are
+    /// NACKed. `None`: no chain has any (TLS 1.2 and 1.3, BoringSSL's lists).
+    fn gateway_tls_params(
+        &mut self,
+        name: &str,
+        listener: &listener_pb::Listener,
+    ) -> Option<TlsParams> {
+        let path = listener_path(name);
+        let mut first: Option<Option<TlsParams>> = None;
+        for (i, chain) in listener.filter_chains.iter().enumerate() {
+            let any = match chain
+                .transport_socket
+                .as_ref()
+                .and_then(|s| s.config_type.as_ref())
+            {
+                Some(core_pb::transport_socket::ConfigType::TypedConfig(any)) => any,
+                _ => continue,
+            };
+            let Some(ctx) = typed::<tls_pb::DownstreamTlsContext>(any)
+                .filter(|_| type_name(any).ends_with("DownstreamTlsContext"))
+            else {
+                continue;
+            };
+            let common = ctx.common_tls_context.unwrap_or_default();
+            let cat = format!(
+                "{path}.filter_chains[{i}].transport_socket.typed_config({}).common_tls_context",
+                type_name(any)
+            );
+            let Ok(params) = self.tls_params((LISTENER, name), &cat, &common, Side::Server) else {
+                continue;
+            };
+            match &first {
+                Some(known) if *known != params => {
+                    let reason = "TLS parameters differing from an earlier chain's: the gateway terminates every host of a listener alike";
+                    self.nack(LISTENER, name, format!("{cat}.tls_params"), reason);
+                }
+                Some(_) => {}
+                None => first = Some(params),
+            }
         }
+        first.flatten()
     }
 
     /// A cross-mesh chain's TLS (kuma-cp's `crossMesh: true` listener, matched by ALPN
@@ -878,7 +915,6 @@ impl Translator<'_> {
         self.client_certificate(name, &at, &ctx, true, reason);
         let common = ctx.common_tls_context.unwrap_or_default();
         let cat = format!("{at}.common_tls_context");
-        self.gateway_tls_versions(name, &cat, &common);
         if !super::subject_alt_names(&common).is_empty() {
             let reason = "a cross-mesh chain admits a client of any mesh its CA secret holds, with no SAN check";
             self.nack(
@@ -1164,6 +1200,7 @@ pub(super) mod tests {
     use crate::translate::{translate, Nack, NodeInfo, ResourceSet};
     use bearing_proxy_config::{
         Compression, DownstreamHttpTimeouts, GatewayProtocol, PathMatch, ProxyConfig, RouteAction,
+        TlsVersion,
     };
     use std::collections::BTreeMap;
     use std::time::Duration;
@@ -1931,7 +1968,8 @@ pub(super) mod tests {
     }
 
     /// What a TLS gateway listener cannot be is NACKed by its path: a client certificate
-    /// required or verified, ALPN offered or matched, TLS versions beyond 1.2-1.3, another
+    /// required or verified, ALPN offered or matched, a cipher list Envoy refuses, chains
+    /// asking for different TLS parameters, another
     /// idle timeout than Kuma's gateway default, a chain not matched by TLS, a server name
     /// form Envoy does not match, one name on two chains, and terminating beside passthrough
     /// chains; a certificate Secret that has not come is awaited.
@@ -1970,6 +2008,13 @@ pub(super) mod tests {
             ),
             (edit("TLSv1_2", "TLSv1_0"), ".common_tls_context.tls_params"),
             (
+                edit(
+                    "tlsParams: {tlsMinimumProtocolVersion: TLSv1_2}",
+                    "tlsParams: {tlsMinimumProtocolVersion: TLSv1_2, cipherSuites: [NOT-A-CIPHER]}",
+                ),
+                ".common_tls_context.tls_params.cipher_suites",
+            ),
+            (
                 edit("idleTimeout: 300s", "idleTimeout: 60s"),
                 ".idle_timeout",
             ),
@@ -2007,6 +2052,17 @@ pub(super) mod tests {
                 "{field} not in {nacks:#?}"
             );
         }
+        // The same parameters on every chain are the listener's, as Envoy reads a server's.
+        let tls13 = |c: &str| c.replace("TLSv1_2", "TLSv1_3");
+        let (text, _) = tls_gateway(&format!("{}{}", tls13(&chain), tls13(&other)));
+        let config = translated(&text).unwrap();
+        let listener = config.listeners.iter().find(|l| l.name == "gw:TLS:9443");
+        let params = listener.and_then(|l| l.gateway.as_ref()?.tls_params.as_ref());
+        let params = params.unwrap();
+        assert_eq!(
+            (params.min_version, params.max_version),
+            (TlsVersion::V1_3, TlsVersion::V1_3)
+        );
         let (text, _) = tls_gateway(&tls_chain(&["api.kuma.io"], Some("nowhere"), "cluster: a"));
         let missing = translated(&text).unwrap_err();
         assert!(

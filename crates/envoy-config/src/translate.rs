@@ -206,6 +206,7 @@ pub fn translate(resources: &ResourceSet, node: &NodeInfo) -> Result<ProxyConfig
         connection_limits: BTreeMap::new(),
         connect_attempts: BTreeMap::new(),
         tcp_idle: BTreeMap::new(),
+        checked_tls_params: tls_params::Checked::default(),
     };
     t.connection_limits = t.runtime_limits();
     t.unique_addresses();
@@ -390,6 +391,9 @@ struct Translator<'a> {
     /// The `idle_timeout` of each listener's TCP proxies (every chain's the same; zero:
     /// none), likewise.
     tcp_idle: PerListener<Duration>,
+    /// TLS parameters already built once (`tls_params.rs`), with BoringSSL's verdict: kuma-cp
+    /// renders one set for every cluster of a mesh, checked once rather than per cluster.
+    checked_tls_params: tls_params::Checked,
 }
 
 /// A cluster's upstream HTTP lifetimes, from its `HttpProtocolOptions`: the pooled
@@ -483,6 +487,10 @@ mod compressor;
 
 #[path = "dns_cluster.rs"]
 mod dns_cluster;
+
+#[path = "tls_params.rs"]
+mod tls_params;
+use tls_params::Side;
 
 /// Whether a chain's route limits a rate: its connections, or requests of a route.
 fn limits(route: &Route) -> bool {
@@ -974,13 +982,13 @@ impl Translator<'_> {
             match &chain.transport_socket {
                 Some(socket) => {
                     match self.downstream_tls(name, &format!("{at}.transport_socket"), socket) {
-                        Some(mesh) if tls_mesh.as_ref().is_some_and(|m| *m != mesh) => self.nack(
+                        Some(tls) if tls_mesh.as_ref().is_some_and(|m| *m != tls) => self.nack(
                             LISTENER,
                             name,
                             format!("{at}.transport_socket"),
-                            "chains of one listener in different meshes",
+                            "chains of one listener in different meshes or with different TLS parameters",
                         ),
-                        Some(mesh) => tls_mesh = Some(mesh),
+                        Some(tls) => tls_mesh = Some(tls),
                         None => tls_refused = true,
                     }
                 }
@@ -1075,12 +1083,12 @@ impl Translator<'_> {
             }
         };
         (out.network_rbac, out.http_rbac) = rbac;
-        if let Some(mesh) = tls_mesh {
+        if let Some(tls) = tls_mesh {
             if plaintext || tls_passthrough.is_some() {
-                self.permissive.insert(mesh.clone());
+                self.permissive.insert(tls.mesh.clone());
             }
-            self.meshes.insert(mesh.clone());
-            out.tls = Some(DownstreamTls { mesh });
+            self.meshes.insert(tls.mesh.clone());
+            out.tls = Some(tls);
         }
         if let Some(mut r) = route {
             let original_dst = |c: &str| {
@@ -1499,18 +1507,21 @@ impl Translator<'_> {
         }
     }
 
-    /// Downstream mesh mTLS: the mesh whose identity the chain presents.
+    /// Downstream mesh mTLS: the mesh whose identity the chain presents, and the TLS
+    /// parameters its handshakes allow (kuma-cp's MeshTLS).
     fn downstream_tls(
         &mut self,
         name: &str,
         at: &str,
         socket: &core_pb::TransportSocket,
-    ) -> Option<String> {
+    ) -> Option<DownstreamTls> {
         let (ctx, at) = self.downstream_context(name, at, socket)?;
         let reason =
             "only mesh mTLS (client certificate required) is terminated on sidecar listeners";
         self.client_certificate(name, &at, &ctx, true, reason);
         let common = ctx.common_tls_context.unwrap_or_default();
+        let common_at = format!("{at}.common_tls_context");
+        let params = self.tls_params((LISTENER, name), &common_at, &common, Side::Server);
         if let Some(i) = san_kinds(&common) {
             let field = format!("{at}.common_tls_context.validation_context.match_typed_subject_alt_names[{i}].matcher");
             let reason = "clients are verified by their mesh's SPIFFE prefix only";
@@ -1537,7 +1548,10 @@ impl Translator<'_> {
                 format!("clients must be verified against the CA of mesh {mesh:?} (mesh_ca:secret:{mesh} or system_mtls_ca_{mesh}) or a MeshTrust's SPIFFE validator"),
             ),
         }
-        Some(mesh)
+        Some(DownstreamTls {
+            mesh,
+            params: params.ok()?,
+        })
     }
 
     /// Under a SPIFFE validator: the prefix a client's SPIFFE id must start with (the chain's
@@ -1673,9 +1687,8 @@ impl Translator<'_> {
             let terminate = match &chain.transport_socket {
                 Some(socket) => self
                     .downstream_tls(name, &format!("{at}.transport_socket"), socket)
-                    .map(|mesh| {
-                        self.meshes.insert(mesh.clone());
-                        DownstreamTls { mesh }
+                    .inspect(|tls| {
+                        self.meshes.insert(tls.mesh.clone());
                     }),
                 None => None,
             };
@@ -2165,6 +2178,9 @@ impl Translator<'_> {
         let common = ctx.common_tls_context.clone().unwrap_or_default();
         let sans = subject_alt_names(&common);
         let common_at = format!("{at}.common_tls_context");
+        let params = self
+            .tls_params((CLUSTER, name), &common_at, &common, Side::Client)
+            .ok()?;
         if let Some(i) = san_kinds(&common) {
             let field = format!(
                 "{common_at}.validation_context.match_typed_subject_alt_names[{i}].matcher"
@@ -2246,6 +2262,7 @@ impl Translator<'_> {
                 sni: ctx.sni,
                 identities,
                 server_ca_pem,
+                params,
             });
         }
         // TLS to a service outside the mesh.
@@ -2321,6 +2338,7 @@ impl Translator<'_> {
             client_key_pem,
             verification,
             allow_renegotiation: ctx.allow_renegotiation,
+            params,
         })
     }
 
@@ -2521,8 +2539,17 @@ impl Translator<'_> {
         let ctx = typed::<tls_pb::DownstreamTlsContext>(any)
             .filter(|_| type_name(any).ends_with("DownstreamTlsContext"))?;
         let common = ctx.common_tls_context.clone().unwrap_or_default();
+        if common.tls_params.is_some() {
+            let field = format!(
+                "{at}.typed_config({}).common_tls_context.tls_params",
+                type_name(any)
+            );
+            let reason = "TLS parameters on the metrics listener are not implemented (kuma-cp renders none there)";
+            self.nack(LISTENER, name, field, reason);
+            return None;
+        }
         if common.tls_certificates.is_empty() {
-            let mesh = self.downstream_tls(name, at, socket)?;
+            let mesh = self.downstream_tls(name, at, socket)?.mesh;
             self.meshes.insert(mesh.clone());
             return Some(MetricsTls::Mesh(mesh));
         }
@@ -3598,7 +3625,8 @@ mod tests {
         assert_eq!(
             listener.tls,
             Some(DownstreamTls {
-                mesh: "default".into()
+                mesh: "default".into(),
+                params: None,
             })
         );
         let tls = &config.mtls["default"];
@@ -3905,7 +3933,66 @@ mod tests {
                 sni: "backend{mesh=default}".into(),
                 identities: vec![SpiffeMatcher::Exact("spiffe://default/backend".into())],
                 server_ca_pem: None,
+                params: None,
             })
+        );
+    }
+
+    /// kuma-cp's MeshTLS on a sidecar: the inbound's and the cluster's `tls_params` are read
+    /// as Envoy reads a server's and a client's (`TLS_AUTO`: TLS 1.3 at most for the
+    /// inbound, TLS 1.2 for the cluster); a cipher Envoy refuses is NACKed naming the field.
+    #[test]
+    fn sidecar_tls_params_are_read_per_side_and_refused_ciphers_nacked() {
+        use bearing_proxy_config::{TlsParams, TlsVersion};
+        // `params` as the `tlsParams` of the text's (one) `commonTlsContext`.
+        let with = |text: &str, params: &str| {
+            let line = text
+                .lines()
+                .find(|l| l.trim() == "commonTlsContext:")
+                .unwrap();
+            let indent = &line[..line.len() - line.trim_start().len()];
+            text.replacen(line, &format!("{line}\n{indent}  tlsParams: {params}"), 1)
+        };
+        let auto_min = "{tlsMaximumProtocolVersion: TLS_AUTO, cipherSuites: [AES128-SHA]}";
+        let text = with(&inbound(ALLOW_ALL), auto_min);
+        let config = translate(&set(&text), &node()).unwrap();
+        let server = config.listeners[0].tls.as_ref().unwrap().params.clone();
+        let expect = |max| TlsParams {
+            min_version: TlsVersion::V1_2,
+            max_version: max,
+            cipher_suites: "AES128-SHA".into(),
+            ecdh_curves: "X25519:P-256".into(),
+        };
+        assert_eq!(server, Some(expect(TlsVersion::V1_3)));
+        let text = with(&format!("{OUTBOUND}{}", secrets()), auto_min);
+        let config = translate(&set(&text), &node()).unwrap();
+        let Some(UpstreamTls::Mesh { params, .. }) = &config.clusters["backend"].tls else {
+            panic!("{:?}", config.clusters["backend"].tls)
+        };
+        assert_eq!(params.as_ref(), Some(&expect(TlsVersion::V1_2)));
+
+        let bad = "{cipherSuites: [ECDHE-ECDSA-AES256-GCM-SHA384, NOT-A-CIPHER]}";
+        for (text, resource) in [
+            (with(&inbound(ALLOW_ALL), bad), "inbound:10.0.0.1:80"),
+            (with(&format!("{OUTBOUND}{}", secrets()), bad), "backend"),
+        ] {
+            let nacks = translate(&set(&text), &node()).unwrap_err();
+            assert!(
+                nacks.iter().any(|n| n.resource == resource
+                    && n.field
+                        .ends_with(".common_tls_context.tls_params.cipher_suites")
+                    && n.reason.contains("NOT-A-CIPHER")),
+                "{nacks:#?}"
+            );
+        }
+        // Curves kuma-cp never renders stay NACKed by the guard.
+        let curves = with(&inbound(ALLOW_ALL), "{ecdhCurves: [P-256]}");
+        let nacks = translate(&set(&curves), &node()).unwrap_err();
+        assert!(
+            nacks
+                .iter()
+                .any(|n| n.field.ends_with(".tls_params.ecdh_curves")),
+            "{nacks:#?}"
         );
     }
 
@@ -3940,6 +4027,7 @@ mod tests {
                 client_key_pem: None,
                 verification: Verification::SkipAll,
                 allow_renegotiation: true,
+                params: None,
             })
         );
     }

@@ -291,6 +291,55 @@ fn mesh_traffic_permission_goldens_translate_with_their_matchers() {
     assert_eq!(inbound.network_rbac, None);
 }
 
+/// Every MeshTLS golden translates (sidecar and builtin gateway); where kuma-cp renders
+/// `tlsVersion` and `tlsCiphers` (`inbound`, `inbound-rules`: TLS 1.3 only, one cipher), the
+/// sidecar's mTLS inbound and every mesh cluster (the gateway's too) carry them as Envoy reads
+/// them (curves Envoy's default); the PERMISSIVE goldens carry none.
+#[test]
+fn mesh_tls_goldens_translate_with_their_tls_parameters() {
+    use bearing_proxy_config::{TlsParams, TlsVersion, UpstreamTls};
+    let files: Vec<_> = corpus::envoy_goldens()
+        .into_iter()
+        .filter(|f| corpus::short(f).contains("/meshtls/"))
+        .collect();
+    assert_eq!(files.len(), 10);
+    let tls13 = TlsParams {
+        min_version: TlsVersion::V1_3,
+        max_version: TlsVersion::V1_3,
+        cipher_suites: "ECDHE-ECDSA-AES256-GCM-SHA384".into(),
+        ecdh_curves: "X25519:P-256".into(),
+    };
+    for file in &files {
+        let short = corpus::short(file);
+        let config = translated(file).unwrap_or_else(|nacks| panic!("{short}: {nacks:#?}"));
+        let want = (!short.contains("permissive")).then_some(&tls13);
+        let mesh_clusters: Vec<_> = config
+            .clusters
+            .values()
+            .filter_map(|c| match &c.tls {
+                Some(UpstreamTls::Mesh { params, .. }) => Some(params.as_ref()),
+                _ => None,
+            })
+            .collect();
+        assert!(!mesh_clusters.is_empty(), "{short}");
+        assert!(mesh_clusters.iter().all(|p| *p == want), "{short}");
+        let inbounds: Vec<_> = config
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .collect();
+        assert_eq!(
+            inbounds.len(),
+            usize::from(!short.contains("builtingateway")),
+            "{short}"
+        );
+        assert!(
+            inbounds.iter().all(|t| t.params.as_ref() == want),
+            "{short}"
+        );
+    }
+}
+
 /// Every sidecar MeshFaultInjection and MeshRateLimit golden translates: the test server's
 /// inbound carries kuma-cp's three faults in order (the 2.5% abort as 250 of 10 000; the
 /// `rules` form skipped for sources outside `spiffe://default.default.mesh.local`), or the

@@ -50,6 +50,7 @@ fn router(n: usize) -> Router {
         tags: BTreeMap::new(),
         connection_limit: None,
         cross_mesh: None,
+        tls_params: None,
         compression: None,
     };
     Router::gateway(&listener).expect("valid routes")

@@ -57,6 +57,7 @@ fn listener(protocol: GatewayProtocol, hosts: Vec<GatewayHost>) -> GatewayListen
         tags: BTreeMap::new(),
         connection_limit: None,
         cross_mesh: None,
+        tls_params: None,
         compression: None,
     }
 }

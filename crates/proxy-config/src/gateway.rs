@@ -46,6 +46,11 @@ pub struct GatewayListener {
     /// presents the gateway's identity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cross_mesh: Option<CrossMesh>,
+    /// HTTPS, terminated TLS and cross-mesh: the versions, ciphers and curves every host's
+    /// handshake allows (Envoy's `tls_params` of the listener's chains, one for all);
+    /// `None`: TLS 1.2 and 1.3 with BoringSSL's lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_params: Option<crate::TlsParams>,
     /// HTTP and HTTPS: gzip compression of responses to clients that accept it (Envoy's
     /// compressor filter with its gzip library, which kuma-cp puts on every builtin gateway
     /// listener); `None`: responses go as the backend sent them.

@@ -213,6 +213,44 @@ pub struct MeshTls {
 pub struct DownstreamTls {
     /// Mesh whose CA the client certificate must chain to (a key of `ProxyConfig::mtls`).
     pub mesh: String,
+    /// The versions, ciphers and curves the handshake allows (kuma-cp's MeshTLS); `None`:
+    /// the mesh server's own (TLS 1.2 and 1.3, BoringSSL's lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<TlsParams>,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.0.
+    #[serde(rename = "TLSv1_0")]
+    V1_0,
+    /// TLS 1.1.
+    #[serde(rename = "TLSv1_1")]
+    V1_1,
+    /// TLS 1.2.
+    #[serde(rename = "TLSv1_2")]
+    V1_2,
+    /// TLS 1.3.
+    #[serde(rename = "TLSv1_3")]
+    V1_3,
+}
+
+/// What a TLS context allows, as Envoy builds one from `CommonTlsContext.tls_params`
+/// (kuma-cp's MeshTLS): its defaults for the context's side already resolved, so the runtime
+/// applies these as they are. A range whose minimum is above its maximum is kept: as in
+/// Envoy, such a context then completes no handshake.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
+pub struct TlsParams {
+    /// Lowest version negotiated.
+    pub min_version: TlsVersion,
+    /// Highest version negotiated.
+    pub max_version: TlsVersion,
+    /// The cipher list for TLS 1.2 and below, BoringSSL's syntax (`:`-separated, `[a|b]`
+    /// groups of equal preference), applied strictly: TLS 1.3's suites are not affected.
+    pub cipher_suites: String,
+    /// The key exchange groups, `:`-separated.
+    pub ecdh_curves: String,
 }
 
 /// How a listener that routes by SNI (zone ingress, zone egress) recognises a destination.
@@ -413,6 +451,10 @@ pub enum UpstreamTls {
         /// `None`: the CA of `mesh`.
         #[serde(skip_serializing_if = "Option::is_none")]
         server_ca_pem: Option<String>,
+        /// Versions, ciphers and curves (kuma-cp's MeshTLS); `None`: the mesh client's own
+        /// (TLS 1.3 only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        params: Option<TlsParams>,
     },
     /// TLS to a service outside the mesh (ExternalService `networking.tls`).
     External {
@@ -430,6 +472,10 @@ pub enum UpstreamTls {
         /// Whether the server may renegotiate the session (TLS 1.2 and earlier).
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         allow_renegotiation: bool,
+        /// Versions, ciphers and curves (a MeshExternalService's `tls.version`); `None`:
+        /// TLS 1.2 and 1.3 with BoringSSL's lists.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        params: Option<TlsParams>,
     },
 }
 
