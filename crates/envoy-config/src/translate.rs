@@ -678,11 +678,15 @@ impl Translator<'_> {
     /// The transparent proxy, from Kuma's capture listeners (with original destination).
     fn capture(&mut self) -> Option<TransparentProxy> {
         let set = self.set;
+        // A capture listener on port 0 takes no traffic: kuma-cp 2.14's MeshTLS renders the
+        // inbound ones so for a proxy without transparent proxying, and Envoy binds them to an
+        // ephemeral port nothing is redirected to; Bearing leaves them out.
         let port_of = |roles: &[Role; 2]| {
             roles.iter().find_map(|role| {
                 role_resource(&set.listeners, role)
                     .and_then(|(_, l)| socket_address(l.address.as_ref()).ok())
                     .map(|a| a.port())
+                    .filter(|port| *port != 0)
             })
         };
         let (outbound, inbound) = (port_of(&CAPTURE_OUTBOUND), port_of(&CAPTURE_INBOUND));
@@ -3675,6 +3679,42 @@ mod tests {
         assert!(nacks
             .iter()
             .all(|n| n.reason.contains("different connection rate limits")));
+    }
+
+    /// kuma-cp 2.14's MeshTLS on a proxy without transparent proxying adds the inbound
+    /// passthrough listeners on port 0, naming a cluster it does not send: as in Envoy (an
+    /// ephemeral port nothing is redirected to) they change nothing.
+    #[test]
+    fn meshtls_inbound_passthrough_listeners_on_port_zero_take_no_traffic() {
+        let passthrough = |family: u8, address: &str| {
+            format!(
+                "
+- name: inbound:passthrough:ipv{family}
+  resource:
+    '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+    name: inbound:passthrough:ipv{family}
+    address: {{socketAddress: {{address: '{address}', portValue: 0}}}}
+    useOriginalDst: true
+    trafficDirection: INBOUND
+    enableReusePort: false
+    filterChains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          statPrefix: inbound_passthrough_ipv{family}
+          cluster: inbound:passthrough:ipv{family}"
+            )
+        };
+        let yaml = format!(
+            "{}{}{}",
+            inbound(ALLOW_ALL),
+            passthrough(4, "0.0.0.0"),
+            passthrough(6, "::")
+        );
+        let config = translate(&set(&yaml), &node()).unwrap();
+        assert!(config.transparent_proxy.is_none());
+        assert_eq!(config.listeners.len(), 1, "{:?}", config.listeners);
     }
 
     #[test]
