@@ -48,7 +48,8 @@ pub(crate) enum Picker {
     Localities(Localities),
     /// The least loaded of `choice_count` random endpoints.
     LeastRequest { choice_count: usize },
-    /// Endpoints of different weights by Envoy's EDF over weight / (active requests + 1).
+    /// Endpoints of different weights by Envoy's EDF over weight / (active requests +
+    /// 1)^bias.
     WeightedLeast(LoadSchedule),
     /// A random endpoint.
     Random,
@@ -68,10 +69,14 @@ impl Picker {
         match *balancer {
             LoadBalancer::RoundRobin if equal_weights(serving) => Picker::RoundRobin,
             LoadBalancer::RoundRobin => Picker::Weighted(Schedule::new(&weights(serving))),
-            LoadBalancer::LeastRequest { .. } if !equal_weights(serving) => {
-                Picker::WeightedLeast(LoadSchedule::new(&weights(serving)))
-            }
-            LoadBalancer::LeastRequest { choice_count } => Picker::LeastRequest {
+            LoadBalancer::LeastRequest {
+                active_request_bias,
+                ..
+            } if !equal_weights(serving) => Picker::WeightedLeast(LoadSchedule::new(
+                &weights(serving),
+                active_request_bias.get(),
+            )),
+            LoadBalancer::LeastRequest { choice_count, .. } => Picker::LeastRequest {
                 choice_count: choice_count as usize,
             },
             LoadBalancer::Random => Picker::Random,
@@ -232,9 +237,10 @@ impl Schedule {
     }
 }
 
-/// Envoy's least request over endpoints of different weights (`active_request_bias` 1, the
-/// only one taken): its EDF scheduler where a picked endpoint is queued again with the weight
-/// `weight / (active requests + 1)`, its active requests read as it is picked. The queue is
+/// Envoy's least request over endpoints of different weights: its EDF scheduler where a
+/// picked endpoint is queued again with the weight `weight / (active requests + 1)^bias`
+/// (`active_request_bias`, computed as Envoy's `hostWeight`: 1 divides, 0 leaves the weight
+/// alone), its active requests read as it is picked. The queue is
 /// each endpoint's deadline in an atomic (as `f64` bits), starting as Envoy's fresh
 /// `createWithPicks` sets it (`1 / (weight + 1e-13)`): a pick takes the earliest deadline
 /// (the first endpoint on a tie, where Envoy takes the first queued), moves the clock there
@@ -244,11 +250,14 @@ impl Schedule {
 pub(crate) struct LoadSchedule {
     /// Per endpoint: its weight and its deadline's bits.
     entries: Box<[(u32, AtomicU64)]>,
+    /// The active request bias (0 or more).
+    bias: f64,
 }
 
 impl LoadSchedule {
-    /// The schedule of endpoints of `weights` (each 1 or more).
-    pub(crate) fn new(weights: &[u32]) -> LoadSchedule {
+    /// The schedule of endpoints of `weights` (each 1 or more) under active request bias
+    /// `bias`.
+    pub(crate) fn new(weights: &[u32], bias: f64) -> LoadSchedule {
         let entries = weights
             .iter()
             .map(|w| {
@@ -256,7 +265,19 @@ impl LoadSchedule {
                 (*w, AtomicU64::new(deadline.to_bits()))
             })
             .collect();
-        LoadSchedule { entries }
+        LoadSchedule { entries, bias }
+    }
+
+    /// Envoy's `hostWeight`: `weight` scaled down by `active` requests as the bias asks.
+    fn load(&self, weight: u32, active: u32) -> f64 {
+        let (weight, requests) = (f64::from(weight), f64::from(active) + 1.0);
+        if self.bias == 1.0 {
+            weight / requests
+        } else if self.bias != 0.0 {
+            weight / requests.powf(self.bias)
+        } else {
+            weight
+        }
     }
 
     /// The endpoint of the next pick; `active` gives an endpoint's active requests.
@@ -274,7 +295,7 @@ impl LoadSchedule {
                 return 0;
             };
             let (weight, deadline) = &self.entries[i];
-            let load = f64::from(*weight) / (f64::from(active(i)) + 1.0);
+            let load = self.load(*weight, active(i));
             let next = (at + 1.0 / load).to_bits();
             if deadline
                 .compare_exchange(bits, next, Ordering::Relaxed, Ordering::Relaxed)
@@ -589,6 +610,13 @@ mod tests {
 
     const XX: RingHashFunction = RingHashFunction::XxHash;
 
+    fn least(choice_count: u32, bias: f64) -> LoadBalancer {
+        LoadBalancer::LeastRequest {
+            choice_count,
+            active_request_bias: bearing_proxy_config::ActiveRequestBias::new(bias),
+        }
+    }
+
     fn keys(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("10.0.0.{}:80", i + 1)).collect()
     }
@@ -864,10 +892,10 @@ mod tests {
     /// one takes 4 of every 7 picks).
     #[test]
     fn weighted_least_request_divides_weights_by_active_requests() {
-        let idle = LoadSchedule::new(&[1, 2]);
+        let idle = LoadSchedule::new(&[1, 2], 1.0);
         let picks: Vec<usize> = (0..6).map(|_| idle.pick(|_| 0)).collect();
         assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
-        let busy = LoadSchedule::new(&[1, 3]);
+        let busy = LoadSchedule::new(&[1, 3], 1.0);
         let mut counts = [0usize; 2];
         for _ in 0..700 {
             counts[busy.pick(|i| if i == 1 { 3 } else { 0 })] += 1;
@@ -877,11 +905,41 @@ mod tests {
             weight,
             ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
         };
-        let least = LoadBalancer::LeastRequest { choice_count: 2 };
-        let picker = Picker::new(&least, &[endpoint(1, 1), endpoint(2, 3)]);
+        let lr = least(2, 1.0);
+        let picker = Picker::new(&lr, &[endpoint(1, 1), endpoint(2, 3)]);
         assert!(matches!(picker, Picker::WeightedLeast(_)) && picker.counts_requests());
-        let equal = Picker::new(&least, &[endpoint(1, 3), endpoint(2, 3)]);
+        let equal = Picker::new(&lr, &[endpoint(1, 3), endpoint(2, 3)]);
         assert!(matches!(equal, Picker::LeastRequest { choice_count: 2 }));
+        // Equal weights ignore the bias (power of two choices), as Envoy's.
+        let biased = Picker::new(&least(2, 3.5), &[endpoint(1, 3), endpoint(2, 3)]);
+        assert!(matches!(biased, Picker::LeastRequest { choice_count: 2 }));
+    }
+
+    /// The active request bias scales how much active requests weigh, as Envoy's
+    /// `hostWeight`: 0 picks by weight alone (weighted round robin's order whatever the
+    /// load), 2 divides by the square of active requests + 1 (weights 1 and 8, the heavy one
+    /// holding 3 requests: 1 and 8/16, so the light one takes 2 of every 3 picks), 0.5 by the
+    /// square root (1 and 8/sqrt(4) = 4: 1 of every 5).
+    #[test]
+    fn the_active_request_bias_scales_active_requests() {
+        let busy = |i: usize| if i == 1 { 3 } else { 0 };
+        let weights_alone = LoadSchedule::new(&[1, 2], 0.0);
+        let picks: Vec<usize> = (0..6).map(|_| weights_alone.pick(|_| 9)).collect();
+        assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
+        for (bias, light) in [(2.0, 600), (0.5, 180)] {
+            let schedule = LoadSchedule::new(&[1, 8], bias);
+            let mut counts = [0usize; 2];
+            for _ in 0..900 {
+                counts[schedule.pick(busy)] += 1;
+            }
+            assert!(
+                light - 3 <= counts[0] && counts[0] <= light + 3,
+                "{bias}: {counts:?}"
+            );
+        }
+        assert_eq!(LoadSchedule::new(&[8], 2.0).load(8, 1), 2.0);
+        assert_eq!(LoadSchedule::new(&[8], 0.5).load(8, 3), 4.0);
+        assert_eq!(LoadSchedule::new(&[8], 1.0).load(8, 3), 2.0);
     }
 
     /// Weighted localities: the locality by Envoy's EDF order over the locality weights (1
@@ -902,7 +960,7 @@ mod tests {
             .map(|_| picker.start((3, 0), &turn, None, |_| 0))
             .collect();
         assert_eq!(starts, [1, 2, 0, 1, 2, 1, 0, 2]);
-        let least = Picker::new(&LoadBalancer::LeastRequest { choice_count: 50 }, &level);
+        let least = Picker::new(&least(50, 1.0), &level);
         assert!(least.counts_requests());
         let loads = [0u32, 7, 0];
         let starts: Vec<usize> = (0..4)

@@ -4,7 +4,8 @@
 
 use crate::routes::Problem;
 use bearing_proxy_config::{
-    HashPolicy, HashSource, LoadBalancer, RingHashFunction, MAX_ROUND_ROBIN_WEIGHT,
+    ActiveRequestBias, GeneratedCookie, HashPolicy, HashSource, LoadBalancer, RingHashFunction,
+    MAX_ROUND_ROBIN_WEIGHT,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
@@ -39,6 +40,7 @@ pub(crate) fn load_balancer(
         }
         (Some(LbPolicy::LeastRequest), None) => LoadBalancer::LeastRequest {
             choice_count: DEFAULT_CHOICES,
+            active_request_bias: ActiveRequestBias::DEFAULT,
         },
         (Some(LbPolicy::LeastRequest), Some(LbConfig::LeastRequestLbConfig(c))) => {
             least_request(c, &format!("{path}.least_request_lb_config"), &mut problems)
@@ -95,7 +97,11 @@ fn config_field(config: &cluster_pb::cluster::LbConfig) -> &'static str {
     }
 }
 
-/// LEAST_REQUEST's config: the number of choices (Envoy refuses fewer than 2).
+/// LEAST_REQUEST's config: the number of choices (Envoy refuses fewer than 2) and the
+/// active request bias: its `default_value` (no runtime layer Bearing accepts sets its
+/// `runtime_key`, so Envoy's runtime gives the default too), a negative or NaN one taken as
+/// 1 as Envoy does (with a warning there); an infinite one, which would leave every weight 0
+/// or undefined, is refused.
 fn least_request(
     c: &cluster_pb::cluster::LeastRequestLbConfig,
     path: &str,
@@ -108,7 +114,22 @@ fn least_request(
             format!("{choice_count}: Envoy takes 2 or more"),
         ));
     }
-    LoadBalancer::LeastRequest { choice_count }
+    let active_request_bias = match c.active_request_bias.as_ref().map(|b| b.default_value) {
+        None => ActiveRequestBias::DEFAULT,
+        Some(bias) if bias.is_infinite() => {
+            problems.push((
+                format!("{path}.active_request_bias.default_value"),
+                format!("{bias}: an infinite bias is not implemented"),
+            ));
+            ActiveRequestBias::DEFAULT
+        }
+        Some(bias) if bias.is_nan() || bias < 0.0 => ActiveRequestBias::DEFAULT,
+        Some(bias) => ActiveRequestBias::new(bias),
+    };
+    LoadBalancer::LeastRequest {
+        choice_count,
+        active_request_bias,
+    }
 }
 
 /// RING_HASH's config: the ring's bounds (Envoy's defaults 1024 and 8M; at most 8M, the
@@ -384,15 +405,29 @@ pub(crate) fn check_localities(
     problems
 }
 
-/// A route's `hash_policy` (at `path`): header, cookie (without generation: its `ttl`,
-/// `path` and `attributes` are refused by the fields guard), source IP and query parameter
-/// policies; the guard refuses `filter_state` and a header's `regex_rewrite`.
+/// The most hash policies a route takes (the runtime flags the cookies a request generated
+/// in one `u64`).
+pub(crate) const MAX_HASH_POLICIES: usize = 64;
+
+/// A route's `hash_policy` (at `path`): header, cookie (generated when absent where it has
+/// a `ttl`, [`cookie`]), source IP, query parameter and filter-state policies; the guard
+/// refuses a header's `regex_rewrite`. More than [`MAX_HASH_POLICIES`] are refused.
 pub(crate) fn hash_policies(
     policies: &[route_pb::route_action::HashPolicy],
     path: &str,
     problems: &mut Vec<Problem>,
 ) -> Vec<HashPolicy> {
     use route_pb::route_action::hash_policy::PolicySpecifier as P;
+    if policies.len() > MAX_HASH_POLICIES {
+        problems.push((
+            path.to_string(),
+            format!(
+                "{} hash policies: more than {MAX_HASH_POLICIES} on a route are not implemented",
+                policies.len()
+            ),
+        ));
+        return Vec::new();
+    }
     let mut out = Vec::new();
     for (i, p) in policies.iter().enumerate() {
         let at = format!("{path}[{i}]");
@@ -400,11 +435,15 @@ pub(crate) fn hash_policies(
             Some(P::Header(h)) => ("header.header_name", &h.header_name),
             Some(P::Cookie(c)) => ("cookie.name", &c.name),
             Some(P::QueryParameter(q)) => ("query_parameter.name", &q.name),
+            Some(P::FilterState(f)) => ("filter_state.key", &f.key),
             // No source IP asked for: Envoy adds no hash method.
             Some(P::ConnectionProperties(c)) if !c.source_ip => continue,
             Some(P::ConnectionProperties(_)) => ("", &String::new()),
-            // Refused by the fields guard.
-            Some(P::FilterState(_)) | None => continue,
+            // Envoy refuses a policy without a specifier.
+            None => {
+                problems.push((at, "a hash policy without what it hashes".into()));
+                continue;
+            }
         };
         if !field.is_empty() && name.is_empty() {
             problems.push((format!("{at}.{field}"), "an empty name".into()));
@@ -412,8 +451,17 @@ pub(crate) fn hash_policies(
         }
         let source = match &p.policy_specifier {
             Some(P::Header(_)) => HashSource::Header(name.to_ascii_lowercase()),
-            Some(P::Cookie(_)) => HashSource::Cookie(name.clone()),
+            Some(P::Cookie(c)) => {
+                let before = problems.len();
+                let generated = cookie(c, &format!("{at}.cookie"), problems);
+                match generated {
+                    _ if problems.len() > before => continue,
+                    Some(generated) => HashSource::GeneratedCookie(generated),
+                    None => HashSource::Cookie(name.clone()),
+                }
+            }
             Some(P::QueryParameter(_)) => HashSource::QueryParameter(name.clone()),
+            Some(P::FilterState(_)) => HashSource::FilterState(name.clone()),
             _ => HashSource::SourceIp,
         };
         out.push(HashPolicy {
@@ -422,6 +470,57 @@ pub(crate) fn hash_policies(
         });
     }
     out
+}
+
+/// The cookie a cookie policy generates when a request lacks it: with a `ttl` (its whole
+/// seconds the `Max-Age`, as Envoy takes it), its `path` and `attributes`; `None` without a
+/// `ttl` (the cookie is only read; `path` and `attributes` then have no effect in Envoy).
+/// A negative `ttl`, and a name, path or attribute that cannot be written in a header
+/// value, are problems naming the field.
+fn cookie(
+    c: &route_pb::route_action::hash_policy::Cookie,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<GeneratedCookie> {
+    let ttl = c.ttl.as_ref()?;
+    let before = problems.len();
+    let mut texts = vec![
+        (format!("{path}.name"), &c.name),
+        (format!("{path}.path"), &c.path),
+    ];
+    for (i, a) in c.attributes.iter().enumerate() {
+        if a.name.is_empty() {
+            problems.push((
+                format!("{path}.attributes[{i}].name"),
+                "an empty name".into(),
+            ));
+        }
+        texts.push((format!("{path}.attributes[{i}].name"), &a.name));
+        texts.push((format!("{path}.attributes[{i}].value"), &a.value));
+    }
+    for (field, text) in texts {
+        // Visible ASCII, tabs and bytes past ASCII: what a header value may hold.
+        if !text.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f)) {
+            problems.push((field, format!("{text:?} cannot be written in Set-Cookie")));
+        }
+    }
+    let Ok(max_age) = u64::try_from(ttl.seconds) else {
+        problems.push((
+            format!("{path}.ttl"),
+            format!("{}s: a negative ttl is not implemented", ttl.seconds),
+        ));
+        return None;
+    };
+    (problems.len() == before).then(|| GeneratedCookie {
+        name: c.name.clone(),
+        max_age,
+        path: c.path.clone(),
+        attributes: c
+            .attributes
+            .iter()
+            .map(|a| (a.name.clone(), a.value.clone()))
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -453,7 +552,10 @@ mod tests {
         );
         assert_eq!(
             lb(&cluster(LbPolicy::LeastRequest)),
-            Ok(LoadBalancer::LeastRequest { choice_count: 2 })
+            Ok(LoadBalancer::LeastRequest {
+                choice_count: 2,
+                active_request_bias: ActiveRequestBias::DEFAULT
+            })
         );
         assert_eq!(lb(&cluster(LbPolicy::Random)), Ok(LoadBalancer::Random));
         assert_eq!(
@@ -528,6 +630,43 @@ mod tests {
             refused(cluster(LbPolicy::ClusterProvided)),
             [format!("{at}.lb_policy")]
         );
+    }
+
+    /// kuma-cp's `activeRequestBias` (a `RuntimeDouble` with its default only) is taken;
+    /// a negative or NaN one is 1 as in Envoy, an infinite one is NACKed.
+    #[test]
+    fn least_request_takes_the_active_request_bias() {
+        use cluster_pb::cluster::{LbConfig, LbPolicy, LeastRequestLbConfig};
+        use envoy_types::pb::envoy::config::core::v3::RuntimeDouble;
+        let at = "clusters[\"c\"]";
+        let biased = |bias: f64| cluster_pb::Cluster {
+            lb_config: Some(LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
+                active_request_bias: Some(RuntimeDouble {
+                    default_value: bias,
+                    runtime_key: String::new(),
+                }),
+                ..Default::default()
+            })),
+            ..cluster(LbPolicy::LeastRequest)
+        };
+        let bias = |value: f64| match load_balancer(&biased(value), at) {
+            Ok(LoadBalancer::LeastRequest {
+                choice_count: 2,
+                active_request_bias,
+            }) => Ok(active_request_bias.get()),
+            other => Err(other),
+        };
+        assert_eq!(bias(0.5), Ok(0.5));
+        assert_eq!(bias(0.0), Ok(0.0));
+        assert_eq!(bias(-1.0), Ok(1.0));
+        assert_eq!(bias(f64::NAN), Ok(1.0));
+        assert_eq!(
+            fields(load_balancer(&biased(f64::INFINITY), at).expect_err("refused")),
+            [format!(
+                "{at}.least_request_lb_config.active_request_bias.default_value"
+            )]
+        );
+        assert_eq!(ActiveRequestBias::DEFAULT.get(), 1.0);
     }
 
     /// Locality weighting passes where it changes nothing (one weighted locality per
@@ -653,7 +792,10 @@ mod tests {
             ..Default::default()
         };
         let kuma = assignment(vec![level(0, &[1]), level(0, &[3])]);
-        let least = LoadBalancer::LeastRequest { choice_count: 2 };
+        let least = LoadBalancer::LeastRequest {
+            choice_count: 2,
+            active_request_bias: ActiveRequestBias::DEFAULT,
+        };
         for balancer in [
             LoadBalancer::RoundRobin,
             least,
@@ -759,6 +901,88 @@ mod tests {
             ]
         );
         assert_eq!(fields(problems), ["r.hash_policy[5].header.header_name"]);
+    }
+
+    /// A cookie policy with a `ttl` generates its cookie (whole seconds as `Max-Age`, path
+    /// and attributes kept); without one, its path has no effect; a filter-state policy
+    /// keeps its place (and `terminal`); a negative `ttl`, an empty key or attribute name,
+    /// text no header can hold and more than 64 policies are NACKed by path.
+    #[test]
+    fn generated_cookies_and_filter_state_policies_translate() {
+        use envoy_types::pb::google::protobuf::Duration;
+        use route_pb::route_action::hash_policy::PolicySpecifier;
+        use route_pb::route_action::hash_policy::{Cookie, CookieAttribute, FilterState};
+        use route_pb::route_action::HashPolicy as Pb;
+        let cookie = |ttl: Option<i64>, path: &str, attributes: &[(&str, &str)]| Pb {
+            policy_specifier: Some(PolicySpecifier::Cookie(Cookie {
+                name: "sid".into(),
+                ttl: ttl.map(|seconds| Duration {
+                    seconds,
+                    nanos: 500,
+                }),
+                path: path.into(),
+                attributes: attributes
+                    .iter()
+                    .map(|(name, value)| CookieAttribute {
+                        name: (*name).into(),
+                        value: (*value).into(),
+                    })
+                    .collect(),
+            })),
+            terminal: false,
+        };
+        let state = |key: &str| Pb {
+            policy_specifier: Some(PolicySpecifier::FilterState(FilterState {
+                key: key.into(),
+            })),
+            terminal: true,
+        };
+        let policies = [
+            cookie(Some(3600), "/", &[("SameSite", "Lax")]),
+            cookie(None, "/ignored", &[]),
+            state("kuma.mesh_rate_limit.match.spiffe_id"),
+        ];
+        let mut problems = Vec::new();
+        let out = hash_policies(&policies, "r", &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let sources: Vec<_> = out.iter().map(|p| (p.source.clone(), p.terminal)).collect();
+        let generated = GeneratedCookie {
+            name: "sid".into(),
+            max_age: 3600,
+            path: "/".into(),
+            attributes: vec![("SameSite".into(), "Lax".into())],
+        };
+        assert_eq!(
+            sources,
+            [
+                (HashSource::GeneratedCookie(generated), false),
+                (HashSource::Cookie("sid".into()), false),
+                (
+                    HashSource::FilterState("kuma.mesh_rate_limit.match.spiffe_id".into()),
+                    true
+                ),
+            ]
+        );
+        let refused = [
+            cookie(Some(-1), "", &[]),
+            state(""),
+            cookie(Some(1), "/a\nb", &[("", "x")]),
+        ];
+        let mut problems = Vec::new();
+        assert_eq!(hash_policies(&refused, "r", &mut problems).len(), 0);
+        assert_eq!(
+            fields(problems),
+            [
+                "r[0].cookie.ttl",
+                "r[1].filter_state.key",
+                "r[2].cookie.attributes[0].name",
+                "r[2].cookie.path",
+            ]
+        );
+        let many = vec![state("k"); MAX_HASH_POLICIES + 1];
+        let mut problems = Vec::new();
+        assert!(hash_policies(&many, "r", &mut problems).is_empty());
+        assert_eq!(fields(problems), ["r"]);
     }
 
     #[test]
