@@ -27,6 +27,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use bearing_e2e::*;
 use serde_json::{json, Value};
+use xxhash_rust::xxh64::xxh64;
 
 /// The test CP binary.
 const TEST_CP: &str = env!("CARGO_BIN_EXE_bearing-test-cp");
@@ -82,9 +83,9 @@ for path, headers in json.loads({spec:?}):
         .collect())
 }
 
-/// One request to 127.0.0.1:`port` held 3 s by its origin and, while it is held, 30 quick
-/// ones: the slow one's origin first, then each quick one's.
-fn quick_beside_slow(host: &Host, port: u16) -> Result<Vec<String>> {
+/// One request to 127.0.0.1:`port` held 3 s by its origin and, while it is held, `quick`
+/// quick ones: the slow one's origin first, then each quick one's.
+fn quick_beside_slow(host: &Host, port: u16, quick: usize) -> Result<Vec<String>> {
     let script = format!(
         r#"
 import http.client, threading, time
@@ -99,7 +100,7 @@ slow = []
 t = threading.Thread(target=lambda: slow.append(get("/slow?delay=3")))
 t.start()
 time.sleep(0.5)
-quick = [get("/") for _ in range(30)]
+quick = [get("/") for _ in range({quick})]
 t.join()
 print(" ".join(slow + quick))
 "#
@@ -240,7 +241,7 @@ fn check(proxy: &str, web: &Host) -> Result<Choices> {
 
     // Least request over 3 origins with 5 choices: the origin a slow request holds is
     // picked only when every draw is it.
-    let seen = quick_beside_slow(web, LEAST.0)?;
+    let seen = quick_beside_slow(web, LEAST.0, 30)?;
     let (slow, quick) = seen.split_first().context("the slow request's origin")?;
     let busy = quick.iter().filter(|o| *o == slow).count();
     ensure!(
@@ -668,5 +669,216 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
             "{what}: bearing and envoy differ on {differ:?}"
         );
     }
+    Ok(())
+}
+
+/// The listener port of the route generating its cookie, and its cluster.
+const COOKIE: (u16, &str) = (10011, "cookie");
+/// The listener port of least request with an active request bias, and its cluster.
+const BIASED: (u16, &str) = (10012, "biased");
+
+/// `value` with every `hashPolicy` (each route's) replaced by `policies`.
+fn set_hash_policies(value: &mut Value, policies: &Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match key.as_str() {
+                    "hashPolicy" => *v = policies.clone(),
+                    _ => set_hash_policies(v, policies),
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| set_hash_policies(v, policies)),
+        _ => {}
+    }
+}
+
+/// What a proxy did on the cookie route: each generated cookie's value with the origin of
+/// its first request, the origin of each of `replayed` (brought back as cookies), and the
+/// origin of each `x-user`.
+struct CookieRun {
+    generated: Vec<(String, String)>,
+    replayed: Vec<String>,
+    users: BTreeMap<String, String>,
+}
+
+/// Requests on the cookie route from `web`: 6 without a cookie (each on a connection of its
+/// own: each gets the `Set-Cookie` Envoy writes for its connection's addresses, and is
+/// hashed by it), each generated value and each of `replay` brought back 3 times (one
+/// origin each, nothing set again), 12 `x-user` values twice (the header's hash ends the
+/// list at the terminal filter-state policy: sticky, no cookie generated).
+fn cookie_run(proxy: &str, web: &Host, replay: &[String]) -> Result<CookieRun> {
+    let users: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
+    let spec = serde_json::to_string(&json!({"replay": replay, "users": users}))?;
+    let port = COOKIE.0;
+    let script = format!(
+        r#"
+import http.client, json
+def get(headers):
+    c = http.client.HTTPConnection("127.0.0.1", {port}, timeout=10)
+    c.connect()
+    local = c.sock.getsockname()[1]
+    c.request("GET", "/", headers=headers)
+    r = c.getresponse()
+    r.read()
+    assert r.status == 200, r.status
+    seen = {{"port": local, "origin": r.getheader("x-served-by"),
+             "cookies": r.msg.get_all("set-cookie") or []}}
+    c.close()
+    return seen
+spec = json.loads({spec:?})
+fresh = [get({{}}) for _ in range(6)]
+values = [f["cookies"][0].split('"')[1] for f in fresh if f["cookies"]]
+back = lambda v: [get({{"cookie": 'a=1; session_id="%s"' % v}}) for _ in range(3)]
+print(json.dumps({{"fresh": fresh, "own": [back(v) for v in values],
+                   "replayed": [back(v) for v in spec["replay"]],
+                   "users": [[get({{"x-user": u}}) for _ in range(2)] for u in spec["users"]]}}))
+"#
+    );
+    let out = web.command("python3").args(["-c", &script]).output()?;
+    ensure!(out.success(), "{proxy}: the client failed: {out:?}");
+    let seen: Value = serde_json::from_str(out.stdout.trim())?;
+    let field = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_string();
+    let set = |v: &Value| v["cookies"].as_array().cloned().unwrap_or_default();
+    // One origin for all of a group, which set no cookie.
+    let one_origin = |what: &str, group: &Value| -> Result<String> {
+        let group = group.as_array().context("a group")?;
+        let origins: BTreeSet<String> = group.iter().map(|g| field(g, "origin")).collect();
+        ensure!(origins.len() == 1, "{proxy}: {what} reached {origins:?}");
+        ensure!(
+            group.iter().all(|g| set(g).is_empty()),
+            "{proxy}: {what} got a cookie set: {group:?}"
+        );
+        Ok(origins.into_iter().next().unwrap_or_default())
+    };
+    let mut generated = Vec::new();
+    let fresh = seen["fresh"].as_array().context("fresh")?;
+    for (f, own) in fresh.iter().zip(seen["own"].as_array().context("own")?) {
+        let client = f["port"].as_u64().context("the client's port")?;
+        let addresses = format!("127.0.0.1:{client}127.0.0.1:{port}");
+        let value = format!("{:016x}", xxh64(addresses.as_bytes(), 0));
+        let expected = format!("session_id=\"{value}\"; Max-Age=3600; Path=/; HttpOnly");
+        ensure!(
+            set(f) == [json!(expected)],
+            "{proxy}: from port {client} set {:?}, expected {expected:?}",
+            set(f)
+        );
+        let back = one_origin(&format!("cookie {value}"), own)?;
+        let first = field(f, "origin");
+        ensure!(
+            back == first,
+            "{proxy}: cookie {value} went to {back}, its first request to {first}"
+        );
+        generated.push((value, first));
+    }
+    ensure!(generated.len() == 6, "{proxy}: {fresh:?}");
+    let replayed = seen["replayed"].as_array().context("replayed")?;
+    let replayed = replay
+        .iter()
+        .zip(replayed)
+        .map(|(v, group)| one_origin(&format!("cookie {v}"), group))
+        .collect::<Result<Vec<_>>>()?;
+    let groups = seen["users"].as_array().context("users")?;
+    let users = users
+        .iter()
+        .zip(groups)
+        .map(|(u, group)| Ok((u.clone(), one_origin(u, group)?)))
+        .collect::<Result<BTreeMap<_, _>>>()?;
+    let spread: BTreeSet<&String> = users.values().collect();
+    ensure!(
+        spread.len() >= 2,
+        "{proxy}: every x-user reached {spread:?}"
+    );
+    Ok(CookieRun {
+        generated,
+        replayed,
+        users,
+    })
+}
+
+/// A route hashing by `x-user`, then a terminal filter-state policy (kuma-cp's MeshRateLimit
+/// key), then the `session_id` cookie with a ttl of 3600 s and path `/`, on Maglev (table
+/// 17): a request without the cookie gets `Set-Cookie: session_id="<hex>"; Max-Age=3600;
+/// Path=/; HttpOnly` whose value is the hex xxHash64 of its connection's addresses, as Envoy
+/// 1.40's router writes it, and goes where the cookie brought back goes (each value
+/// sticking to one origin); a request with `x-user` generates none (its hash ends the list
+/// at the terminal policy, which gives no hash of its own). LEAST_REQUEST with
+/// `activeRequestBias` 0 (kuma-cp's RuntimeDouble) over endpoints of weights 1 and 3
+/// picks by weight alone while a slow request is held (bias 1 would shift about 4 of 30
+/// picks). Envoy 1.40 fed the same resources does the same: the same Set-Cookie shape and
+/// value formula, the very origins for Bearing's cookies and for each `x-user`, the same
+/// split.
+#[test]
+fn generated_cookies_and_biased_least_request_as_envoy() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "backend"])?;
+    let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
+    let rig = Rig::new(&topo, "cp-lb-cookies")?;
+    let (pki, mut xds) = (&rig.pki, rig.xds(web)?);
+    let at: Vec<_> = ORIGINS.iter().map(|p| backend.sock4(*p)).collect();
+    let mut listener = outbound(&rig.maglev, web, COOKIE.0, COOKIE.1)?;
+    let policies = json!([
+        {"header": {"headerName": "x-user"}},
+        {"filterState": {"key": "kuma.mesh_rate_limit.match.spiffe_id"}, "terminal": true},
+        {"cookie": {"name": "session_id", "ttl": "3600s", "path": "/"}},
+    ]);
+    set_hash_policies(&mut listener, &policies);
+    let (light, heavy) = (backend.sock4(ORIGINS[0]), backend.sock4(ORIGINS[1]));
+    let biased = server_cluster(&rig.ring, BIASED.1, |c| {
+        lb_policy("LEAST_REQUEST")(c);
+        c["leastRequestLbConfig"] = json!({"activeRequestBias": {"defaultValue": 0.0}});
+    })?;
+    xds.cluster(server_cluster(&rig.maglev, COOKIE.1, |_| {})?)?
+        .endpoints(rig.endpoints(COOKIE.1), &at)?
+        .listener(listener)?
+        .cluster(biased)?
+        .add(
+            ENDPOINTS,
+            BIASED.1,
+            zone_endpoints(&rig, BIASED.1, &[(light, 1), (heavy, 3)], false),
+        )
+        .listener(outbound(&rig.ring, web, BIASED.0, BIASED.1)?)?
+        .mesh_identity(MESH, &rig.leaf, &rig.mesh_ca)?;
+    let light = format!("backend:{}", ORIGINS[0]);
+    let split = |proxy: &str| -> Result<usize> {
+        let seen = quick_beside_slow(web, BIASED.0, 30)?;
+        let (_, quick) = seen.split_first().context("the slow request's origin")?;
+        let to_light = quick.iter().filter(|o| **o == light).count();
+        ensure!(
+            quick.len() == 30 && (6..=9).contains(&to_light),
+            "{proxy}: bias 0 sent {to_light} of {} quick requests to the weight-1 endpoint: {quick:?}",
+            quick.len()
+        );
+        Ok(to_light)
+    };
+    let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
+    let bearing = cookie_run("bearing", web, &[])?;
+    split("bearing")?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP,
+    // Bearing's cookies brought back to it.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, MESH, "demo-client")?;
+    for port in [COOKIE.0, BIASED.0] {
+        web.wait_for_tcp_listener(port, Duration::from_secs(20), None)?;
+    }
+    let ours: Vec<String> = bearing.generated.iter().map(|(v, _)| v.clone()).collect();
+    let envoy = cookie_run("envoy", web, &ours)?;
+    let origins: Vec<String> = bearing.generated.iter().map(|(_, o)| o.clone()).collect();
+    ensure!(
+        envoy.replayed == origins,
+        "bearing's cookies {ours:?}: bearing sent them to {origins:?}, envoy to {:?}",
+        envoy.replayed
+    );
+    ensure!(
+        envoy.users == bearing.users,
+        "x-user: bearing chose {:?}, envoy {:?}",
+        bearing.users,
+        envoy.users
+    );
+    split("envoy")?;
     Ok(())
 }
