@@ -677,22 +677,31 @@ const COOKIE: (u16, &str) = (10011, "cookie");
 /// The listener port of least request with an active request bias, and its cluster.
 const BIASED: (u16, &str) = (10012, "biased");
 
-/// `value` with every `hashPolicy` (each route's) replaced by `policies`.
-fn set_hash_policies(value: &mut Value, policies: &Value) {
+/// `value` with every route action that hashes (has a `hashPolicy`) hashing by `policies`
+/// and retrying as `retry`.
+fn set_hash_policies(value: &mut Value, policies: &Value, retry: &Value) {
     match value {
-        Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                match key.as_str() {
-                    "hashPolicy" => *v = policies.clone(),
-                    _ => set_hash_policies(v, policies),
-                }
-            }
+        Value::Object(map) if map.contains_key("hashPolicy") => {
+            map.insert("hashPolicy".into(), policies.clone());
+            map.insert("retryPolicy".into(), retry.clone());
         }
+        Value::Object(map) => map
+            .values_mut()
+            .for_each(|v| set_hash_policies(v, policies, retry)),
         Value::Array(items) => items
             .iter_mut()
-            .for_each(|v| set_hash_policies(v, policies)),
+            .for_each(|v| set_hash_policies(v, policies, retry)),
         _ => {}
     }
+}
+
+/// The `Set-Cookie` Envoy writes for the cookie route's cookie generated on a connection
+/// from 127.0.0.1:`client` to 127.0.0.1:`port`: the value is the hex xxHash64 of both
+/// addresses.
+fn set_cookie(client: u64, port: u16) -> String {
+    let addresses = format!("127.0.0.1:{client}127.0.0.1:{port}");
+    let value = format!("{:016x}", xxh64(addresses.as_bytes(), 0));
+    format!("session_id=\"{value}\"; Max-Age=3600; Path=/; HttpOnly")
 }
 
 /// What a proxy did on the cookie route: each generated cookie's value with the origin of
@@ -707,7 +716,8 @@ struct CookieRun {
 /// Requests on the cookie route from `web`: 6 without a cookie (each on a connection of its
 /// own: each gets the `Set-Cookie` Envoy writes for its connection's addresses, and is
 /// hashed by it), each generated value and each of `replay` brought back 3 times (one
-/// origin each, nothing set again), 12 `x-user` values twice (the header's hash ends the
+/// origin each, nothing set again), one without a cookie answered 503 and retried twice
+/// (the cookie set once per try), 12 `x-user` values twice (the header's hash ends the
 /// list at the terminal filter-state policy: sticky, no cookie generated).
 fn cookie_run(proxy: &str, web: &Host, replay: &[String]) -> Result<CookieRun> {
     let users: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
@@ -716,14 +726,14 @@ fn cookie_run(proxy: &str, web: &Host, replay: &[String]) -> Result<CookieRun> {
     let script = format!(
         r#"
 import http.client, json
-def get(headers):
+def get(headers, path="/", status=200):
     c = http.client.HTTPConnection("127.0.0.1", {port}, timeout=10)
     c.connect()
     local = c.sock.getsockname()[1]
-    c.request("GET", "/", headers=headers)
+    c.request("GET", path, headers=headers)
     r = c.getresponse()
     r.read()
-    assert r.status == 200, r.status
+    assert r.status == status, r.status
     seen = {{"port": local, "origin": r.getheader("x-served-by"),
              "cookies": r.msg.get_all("set-cookie") or []}}
     c.close()
@@ -733,6 +743,7 @@ fresh = [get({{}}) for _ in range(6)]
 values = [f["cookies"][0].split('"')[1] for f in fresh if f["cookies"]]
 back = lambda v: [get({{"cookie": 'a=1; session_id="%s"' % v}}) for _ in range(3)]
 print(json.dumps({{"fresh": fresh, "own": [back(v) for v in values],
+                   "retried": get({{}}, "/status/503", 503),
                    "replayed": [back(v) for v in spec["replay"]],
                    "users": [[get({{"x-user": u}}) for _ in range(2)] for u in spec["users"]]}}))
 "#
@@ -757,9 +768,8 @@ print(json.dumps({{"fresh": fresh, "own": [back(v) for v in values],
     let fresh = seen["fresh"].as_array().context("fresh")?;
     for (f, own) in fresh.iter().zip(seen["own"].as_array().context("own")?) {
         let client = f["port"].as_u64().context("the client's port")?;
-        let addresses = format!("127.0.0.1:{client}127.0.0.1:{port}");
-        let value = format!("{:016x}", xxh64(addresses.as_bytes(), 0));
-        let expected = format!("session_id=\"{value}\"; Max-Age=3600; Path=/; HttpOnly");
+        let expected = set_cookie(client, port);
+        let value = expected.split('"').nth(1).unwrap_or_default().to_string();
         ensure!(
             set(f) == [json!(expected)],
             "{proxy}: from port {client} set {:?}, expected {expected:?}",
@@ -774,6 +784,15 @@ print(json.dumps({{"fresh": fresh, "own": [back(v) for v in values],
         generated.push((value, first));
     }
     ensure!(generated.len() == 6, "{proxy}: {fresh:?}");
+    // A 503 retried twice: the cookie set once per try, as Envoy's router does.
+    let retried = &seen["retried"];
+    let client = retried["port"].as_u64().context("the client's port")?;
+    let expected = json!(set_cookie(client, port));
+    ensure!(
+        set(retried) == [expected.clone(), expected.clone(), expected],
+        "{proxy}: a request tried 3 times set {:?}",
+        set(retried)
+    );
     let replayed = seen["replayed"].as_array().context("replayed")?;
     let replayed = replay
         .iter()
@@ -802,8 +821,8 @@ print(json.dumps({{"fresh": fresh, "own": [back(v) for v in values],
 /// key), then the `session_id` cookie with a ttl of 3600 s and path `/`, on Maglev (table
 /// 17): a request without the cookie gets `Set-Cookie: session_id="<hex>"; Max-Age=3600;
 /// Path=/; HttpOnly` whose value is the hex xxHash64 of its connection's addresses, as Envoy
-/// 1.40's router writes it, and goes where the cookie brought back goes (each value
-/// sticking to one origin); a request with `x-user` generates none (its hash ends the list
+/// 1.40's router writes it (once per try of a retried request), and goes where the cookie
+/// brought back goes (each value sticking to one origin); a request with `x-user` generates none (its hash ends the list
 /// at the terminal policy, which gives no hash of its own). LEAST_REQUEST with
 /// `activeRequestBias` 0 (kuma-cp's RuntimeDouble) over endpoints of weights 1 and 3
 /// picks by weight alone while a slow request is held (bias 1 would shift about 4 of 30
@@ -825,7 +844,8 @@ fn generated_cookies_and_biased_least_request_as_envoy() -> Result<()> {
         {"filterState": {"key": "kuma.mesh_rate_limit.match.spiffe_id"}, "terminal": true},
         {"cookie": {"name": "session_id", "ttl": "3600s", "path": "/"}},
     ]);
-    set_hash_policies(&mut listener, &policies);
+    let retry = json!({"retryOn": "5xx", "numRetries": 2});
+    set_hash_policies(&mut listener, &policies, &retry);
     let (light, heavy) = (backend.sock4(ORIGINS[0]), backend.sock4(ORIGINS[1]));
     let biased = server_cluster(&rig.ring, BIASED.1, |c| {
         lb_policy("LEAST_REQUEST")(c);

@@ -864,7 +864,7 @@ where
     };
     match forwarded {
         // Held until the response has been relayed.
-        Ok(((up, head, _request_unit), pool)) => {
+        Ok(((up, head, _request_unit), pool, _)) => {
             let Some((period, idled)) = idle else {
                 return relay(down, up, (&pool, cluster, None), head, request, response).await;
             };

@@ -421,8 +421,8 @@ pub async fn send(
 
 /// [`send`], with where the request went and how it ended, for the access log; `hash`: the
 /// request's by its route's hash policies, with the cookies they generated, which a
-/// response from upstream carries (before the route's response edits, as Envoy's router
-/// appends them).
+/// response from upstream carries once per try (before the route's response edits, as
+/// Envoy's router appends them).
 async fn send_logged<'c>(
     mut req: Request<RequestBody>,
     cluster: &'c ClusterRuntime,
@@ -456,15 +456,19 @@ async fn send_logged<'c>(
         },
     };
     let resp = match forwarded {
-        Ok((mut resp, pool)) => {
+        Ok((mut resp, pool, tries)) => {
             outcome.upstream = Some(pool.address());
             if let Some((period, idled)) = idle {
                 resp = resp.map(|body| body.idle_after(period, idled.clone()));
             }
             cluster.stats.requests.count(resp.status().as_u16());
             strip_hop_by_hop(resp.headers_mut());
-            for value in set_cookies.iter().flat_map(SetCookies::values) {
-                resp.headers_mut().append(header::SET_COOKIE, value);
+            if let Some(cookies) = set_cookies {
+                // Once per try, as Envoy's router asks its load balancer for the hash (and
+                // the policies generate their cookies) at each.
+                for value in (0..tries).flat_map(|_| cookies.values()) {
+                    resp.headers_mut().append(header::SET_COOKIE, value);
+                }
             }
             // The response goes out in the client's version, as Envoy's: hyper writes the
             // status line of the version it is given, so an HTTP/1.0 origin's answer would
