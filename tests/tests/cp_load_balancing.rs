@@ -486,6 +486,36 @@ fn zone_endpoints(
     assignment
 }
 
+/// `localities` (zone, weight, endpoints) in this order, as the assignment of `cluster`
+/// under locality weighting, each endpoint keeping the golden's first endpoint's metadata.
+fn locality_endpoints(
+    rig: &Rig,
+    cluster: &str,
+    localities: &[(&str, u32, &[std::net::SocketAddr])],
+) -> Value {
+    let golden = rig.endpoints(cluster);
+    let first = golden
+        .pointer("/endpoints/0/lbEndpoints/0")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let endpoints: Vec<Value> = localities
+        .iter()
+        .map(|(zone, weight, at)| {
+            let lb: Vec<Value> = at
+                .iter()
+                .map(|addr| {
+                    let mut endpoint = first.clone();
+                    endpoint["endpoint"] = json!({"address": {"socketAddress": {
+                        "address": addr.ip().to_string(), "portValue": addr.port()}}});
+                    endpoint
+                })
+                .collect();
+            json!({"locality": {"zone": zone}, "loadBalancingWeight": weight, "lbEndpoints": lb})
+        })
+        .collect();
+    json!({"clusterName": cluster, "endpoints": endpoints})
+}
+
 /// How many of `seen`'s answers each origin gave.
 fn tally(seen: &[Vec<String>]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -676,6 +706,9 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
 const COOKIE: (u16, &str) = (10011, "cookie");
 /// The listener port of least request with an active request bias, and its cluster.
 const BIASED: (u16, &str) = (10012, "biased");
+/// The listener ports of ring hash and Maglev over weighted localities, and their clusters.
+const ZONED_RING: (u16, &str) = (10013, "zoned-ring");
+const ZONED_MAGLEV: (u16, &str) = (10014, "zoned-maglev");
 
 /// `value` with every route action that hashes (has a `hashPolicy`) hashing by `policies`
 /// and retrying as `retry`.
@@ -860,8 +893,47 @@ fn generated_cookies_and_biased_least_request_as_envoy() -> Result<()> {
             BIASED.1,
             zone_endpoints(&rig, BIASED.1, &[(light, 1), (heavy, 3)], false),
         )
-        .listener(outbound(&rig.ring, web, BIASED.0, BIASED.1)?)?
-        .mesh_identity(MESH, &rig.leaf, &rig.mesh_ca)?;
+        .listener(outbound(&rig.ring, web, BIASED.0, BIASED.1)?)?;
+    // Ring hash and Maglev over localities zone-2 (weight 3, one endpoint) and zone-1
+    // (weight 1, two endpoints), in that order: Envoy folds the locality weights into the
+    // hosts' (1/8, 1/8, 3/4) in its order of the localities (zone-1 first).
+    let zoned = [("zone-2", 3, &at[2..3]), ("zone-1", 1, &at[0..2])];
+    for ((port, name), golden) in [(ZONED_RING, &rig.ring), (ZONED_MAGLEV, &rig.maglev)] {
+        let mut cluster = server_cluster(golden, name, |_| {})?;
+        cluster["commonLbConfig"] = json!({"localityWeightedLbConfig": {}});
+        xds.cluster(cluster)?
+            .add(ENDPOINTS, name, locality_endpoints(&rig, name, &zoned))
+            .listener(outbound(golden, web, port, name)?)?;
+    }
+    xds.mesh_identity(MESH, &rig.leaf, &rig.mesh_ca)?;
+    let keys: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    // Each key's origin on the zoned ring (by header) and table (by cookie).
+    let zoned_origins = |proxy: &str| -> Result<Vec<String>> {
+        let mut all = Vec::new();
+        for (port, line) in [
+            (ZONED_RING.0, "x-header-for-test-server: "),
+            (ZONED_MAGLEV.0, "cookie: session_id="),
+        ] {
+            let requests: Vec<(String, Vec<String>)> = keys
+                .iter()
+                .map(|k| ("/".to_string(), vec![format!("{line}{k}")]))
+                .collect();
+            let seen: Vec<String> = served_by(web, port, &requests, 1)?
+                .into_iter()
+                .flatten()
+                .collect();
+            let heavy = seen
+                .iter()
+                .filter(|o| **o == format!("backend:{}", ORIGINS[2]))
+                .count();
+            ensure!(
+                (110..=190).contains(&heavy),
+                "{proxy}: port {port} sent {heavy} of 200 keys to the zone of weight 3"
+            );
+            all.extend(seen);
+        }
+        Ok(all)
+    };
     let light = format!("backend:{}", ORIGINS[0]);
     let split = |proxy: &str| -> Result<usize> {
         let seen = quick_beside_slow(web, BIASED.0, 30)?;
@@ -877,12 +949,13 @@ fn generated_cookies_and_biased_least_request_as_envoy() -> Result<()> {
     let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
     let bearing = cookie_run("bearing", web, &[])?;
     split("bearing")?;
+    let bearing_zoned = zoned_origins("bearing")?;
 
     // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP,
     // Bearing's cookies brought back to it.
     sidecar.process().stop(Duration::from_secs(5));
     let _envoy = access.envoy(web, MESH, "demo-client")?;
-    for port in [COOKIE.0, BIASED.0] {
+    for port in [COOKIE.0, BIASED.0, ZONED_RING.0, ZONED_MAGLEV.0] {
         web.wait_for_tcp_listener(port, Duration::from_secs(20), None)?;
     }
     let ours: Vec<String> = bearing.generated.iter().map(|(v, _)| v.clone()).collect();
@@ -900,5 +973,17 @@ fn generated_cookies_and_biased_least_request_as_envoy() -> Result<()> {
         envoy.users
     );
     split("envoy")?;
+    let envoy_zoned = zoned_origins("envoy")?;
+    let differ: Vec<&String> = keys
+        .iter()
+        .chain(&keys)
+        .zip(bearing_zoned.iter().zip(&envoy_zoned))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(k, _)| k)
+        .collect();
+    ensure!(
+        differ.is_empty() && bearing_zoned.len() == 400,
+        "zoned ring and table: bearing and envoy differ on {differ:?}"
+    );
     Ok(())
 }

@@ -285,8 +285,15 @@ pub(crate) enum LocalityRole {
     Unweighted,
     /// Without a weight beside weighted localities: no traffic.
     Idle,
-    /// Picked by its weight among its level's weighted localities.
-    Weighed(u32),
+    /// Picked by its weight among its level's weighted localities; `order`: its place
+    /// among them in Envoy's order (by locality, lexicographically: region, zone,
+    /// sub-zone; kuma-dp's bootstrap gives Envoy no locality of its own to put first).
+    Weighed {
+        /// Its `load_balancing_weight`.
+        weight: u32,
+        /// Its place in Envoy's order of the level's localities.
+        order: u32,
+    },
 }
 
 /// The [`LocalityRole`] of each locality of `assignment`, in order.
@@ -300,6 +307,19 @@ pub(crate) fn locality_roles(assignment: &endpoint_pb::ClusterLoadAssignment) ->
         .filter(|l| !l.lb_endpoints.is_empty() && weight(l) > 0)
         .map(|l| l.priority)
         .collect();
+    // Per level, its localities in Envoy's order.
+    let mut orders: BTreeMap<u32, BTreeSet<LocalityName>> = BTreeMap::new();
+    for l in &assignment.endpoints {
+        orders
+            .entry(l.priority)
+            .or_default()
+            .insert(locality_name(l));
+    }
+    let order = |l: &endpoint_pb::LocalityLbEndpoints| {
+        let names = orders.get(&l.priority);
+        let at = names.and_then(|n| n.iter().position(|n| *n == locality_name(l)));
+        at.unwrap_or_default() as u32
+    };
     assignment
         .endpoints
         .iter()
@@ -307,10 +327,22 @@ pub(crate) fn locality_roles(assignment: &endpoint_pb::ClusterLoadAssignment) ->
             |l| match (weighted_levels.contains(&l.priority), weight(l)) {
                 (false, _) => LocalityRole::Unweighted,
                 (true, 0) => LocalityRole::Idle,
-                (true, w) => LocalityRole::Weighed(w),
+                (true, weight) => LocalityRole::Weighed {
+                    weight,
+                    order: order(l),
+                },
             },
         )
         .collect()
+}
+
+/// A locality as Envoy orders them (`LocalityLess`): region, zone, sub-zone.
+type LocalityName = (String, String, String);
+
+/// The locality of `l` (empty names where it has none).
+fn locality_name(l: &endpoint_pb::LocalityLbEndpoints) -> LocalityName {
+    let locality = l.locality.clone().unwrap_or_default();
+    (locality.region, locality.zone, locality.sub_zone)
 }
 
 /// Checks locality weighting and the assignment's `policy` against what the runtime does,
@@ -362,6 +394,8 @@ pub(crate) fn check_localities(
     // Per level: its weighted localities with endpoints, and the sum of their weights.
     let mut levels: BTreeMap<u32, (usize, u64)> = BTreeMap::new();
     let roles = locality_roles(assignment);
+    // The localities seen, by level and order.
+    let mut seen = BTreeSet::new();
     for (i, (locality, role)) in assignment.endpoints.iter().zip(roles).enumerate() {
         if locality.lb_endpoints.is_empty() {
             continue;
@@ -374,21 +408,33 @@ pub(crate) fn check_localities(
                 "a locality without a weight beside weighted ones (Envoy sends it no traffic) on a cluster with health checks or outlier detection is not implemented".into(),
             )),
             LocalityRole::Idle => {}
-            LocalityRole::Weighed(weight) => {
+            LocalityRole::Weighed { weight, order } => {
                 let level = levels.entry(locality.priority).or_default();
                 level.0 += 1;
                 level.1 += u64::from(weight);
+                // Envoy merges the hosts of entries naming one locality into one group.
+                if !seen.insert((locality.priority, order)) && balancer.is_consistent_hashing() {
+                    problems.push((
+                        format!("{path}.load_assignment.endpoints[{i}].locality"),
+                        "a locality named twice in one priority level under RING_HASH or MAGLEV is not implemented".into(),
+                    ));
+                }
             }
         }
     }
     // Why several weighted localities in a level whose weights sum to `sum` are refused.
     let refused = |sum: u64| -> Option<String> {
-        if balancer.is_consistent_hashing() {
-            Some("under RING_HASH or MAGLEV".into())
-        } else if health {
+        if health {
             Some("with health checks or outlier detection (a locality's availability scales its weight)".into())
         } else if dns {
             Some("in a DNS cluster".into())
+        } else if balancer.is_consistent_hashing() {
+            (sum > u64::from(u32::MAX)).then(|| {
+                format!(
+                    "whose weights sum to {sum}, past {} (Envoy refuses it)",
+                    u32::MAX
+                )
+            })
         } else if sum > MAX_ROUND_ROBIN_WEIGHT {
             Some(format!("whose weights sum to {sum}, past {MAX_ROUND_ROBIN_WEIGHT} (the locality schedule keeps an entry per unit of weight)"))
         } else {
@@ -718,11 +764,47 @@ mod tests {
         let shared = assignment(vec![locality(0, Some(1)), locality(0, Some(3))], None);
         assert!(check(&weighted, shared.clone()).is_empty());
         let refused = [format!("{at}.common_lb_config.locality_weighted_lb_config")];
-        let ring = LoadBalancer::Maglev { table_size: 17 };
-        for (balancer, dns) in [(&ring, false), (&LoadBalancer::Random, true)] {
-            let problems = check_localities(&weighted, (balancer, dns), Some(&shared), at);
-            assert_eq!(fields(problems), refused);
-        }
+        let problems =
+            check_localities(&weighted, (&LoadBalancer::Random, true), Some(&shared), at);
+        assert_eq!(fields(problems), refused);
+        // Under ring hash and Maglev the locality weights fold into the hosts' (Envoy's
+        // `normalizeWeights`); a locality named twice in a level (merged by Envoy; unnamed
+        // ones too) is NACKed.
+        let maglev = LoadBalancer::Maglev { table_size: 17 };
+        let named = |zone: &str, weight| endpoint_pb::LocalityLbEndpoints {
+            locality: Some(envoy_types::pb::envoy::config::core::v3::Locality {
+                zone: zone.into(),
+                ..Default::default()
+            }),
+            ..locality(0, Some(weight))
+        };
+        let zones = assignment(vec![named("b", 3), named("a", 1)], None);
+        let problems = check_localities(&weighted, (&maglev, false), Some(&zones), at);
+        assert!(problems.is_empty(), "{problems:?}");
+        let twice = assignment(vec![named("b", 3), named("a", 1), named("b", 1)], None);
+        use LocalityRole::*;
+        assert_eq!(
+            locality_roles(&twice),
+            [
+                Weighed {
+                    weight: 3,
+                    order: 1
+                },
+                Weighed {
+                    weight: 1,
+                    order: 0
+                },
+                Weighed {
+                    weight: 1,
+                    order: 1
+                }
+            ]
+        );
+        let problems = check_localities(&weighted, (&maglev, false), Some(&twice), at);
+        assert_eq!(
+            fields(problems),
+            [format!("{at}.load_assignment.endpoints[2].locality")]
+        );
         let checked = cluster_pb::Cluster {
             health_checks: vec![Default::default()],
             ..weighted.clone()
@@ -737,8 +819,16 @@ mod tests {
         assert!(check(&weighted, unweighted.clone()).is_empty());
         let idle = assignment(vec![locality(0, None), locality(0, Some(2))], None);
         assert!(check(&weighted, idle.clone()).is_empty());
-        use LocalityRole::*;
-        assert_eq!(locality_roles(&idle), [Idle, Weighed(2)]);
+        assert_eq!(
+            locality_roles(&idle),
+            [
+                Idle,
+                Weighed {
+                    weight: 2,
+                    order: 0
+                }
+            ]
+        );
         assert_eq!(locality_roles(&unweighted), [Unweighted]);
         assert_eq!(
             check(&checked, idle),

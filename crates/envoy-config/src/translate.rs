@@ -2015,10 +2015,13 @@ impl Translator<'_> {
                         priority: locality.priority,
                         weight,
                         locality: match role {
-                            Some(LocalityRole::Weighed(weight)) => Some(LocalityWeight {
-                                index: i as u32,
-                                weight,
-                            }),
+                            Some(LocalityRole::Weighed { weight, order }) => {
+                                Some(LocalityWeight {
+                                    index: i as u32,
+                                    weight,
+                                    order,
+                                })
+                            }
                             _ => None,
                         },
                         // A DNS cluster names each host by its address as written, an IP too.
