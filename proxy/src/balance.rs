@@ -339,6 +339,8 @@ impl Localities {
         if runs.len() < 2 {
             return None;
         }
+        // Envoy's scheduler takes the localities in its order (by name), which breaks ties.
+        runs.sort_by_key(|(range, _)| serving[range.start].locality.map(|l| l.order));
         let weights: Vec<u32> = runs.iter().map(|(_, w)| *w).collect();
         let members = runs
             .into_iter()
@@ -1079,6 +1081,27 @@ mod tests {
             [2, 2, 0, 2],
             "the idle endpoint of the heavy locality"
         );
+        // The localities are scheduled in Envoy's order (by name), whatever the assignment's
+        // (equal weights tie, and a tie goes to the first queued): the same picks, endpoint
+        // by endpoint, as the level given in that order.
+        let named = |i: u8, index: u32, weight: u32, order: u32| Endpoint {
+            locality: Some(LocalityWeight {
+                index,
+                weight,
+                order,
+            }),
+            ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
+        };
+        let sorted = [named(1, 0, 2, 0), named(2, 1, 2, 1), named(3, 1, 2, 1)];
+        let reversed = [named(2, 0, 2, 1), named(3, 0, 2, 1), named(1, 1, 2, 0)];
+        let picks = |level: &[Endpoint]| -> Vec<std::net::SocketAddr> {
+            let picker = Picker::new(&LoadBalancer::RoundRobin, level);
+            let turn = AtomicUsize::new(0);
+            (0..12)
+                .map(|_| level[picker.start((3, 0), &turn, None, |_| 0)].address)
+                .collect()
+        };
+        assert_eq!(picks(&reversed), picks(&sorted));
         // One locality: balanced as without locality weighting.
         let one = [endpoint(1, 0, 1), endpoint(2, 0, 1)];
         assert!(matches!(
