@@ -20,6 +20,10 @@
 //! 1, the other zone's ingress of weight 3, each in its zone's locality) split 400 requests
 //! by weight under round robin, ring hash and Maglev, and evenly under random, as Envoy
 //! 1.40 does; the ring and the table pick the very origin Envoy's do for each key.
+//!
+//! Generated cookies (a cookie hash policy with a ttl), filter-state hash policies, least
+//! request's active request bias and ring hash and Maglev over weighted localities, each
+//! against Envoy 1.40 (`generated_cookies_and_biased_least_request_as_envoy`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -859,9 +863,12 @@ print(json.dumps({{"fresh": fresh, "own": [back(v) for v in values],
 /// at the terminal policy, which gives no hash of its own). LEAST_REQUEST with
 /// `activeRequestBias` 0 (kuma-cp's RuntimeDouble) over endpoints of weights 1 and 3
 /// picks by weight alone while a slow request is held (bias 1 would shift about 4 of 30
-/// picks). Envoy 1.40 fed the same resources does the same: the same Set-Cookie shape and
-/// value formula, the very origins for Bearing's cookies and for each `x-user`, the same
-/// split.
+/// picks). Ring hash and Maglev under locality weighting over zone-2 (weight 3) and zone-1
+/// (weight 1, two endpoints), in that order, send 3/4 of 200 keys each to zone-2. Envoy
+/// 1.40 fed the same resources does the same: the same Set-Cookie shape and value formula,
+/// the very origins for Bearing's cookies and for each `x-user`, the same split, the very
+/// origin for each key on the zoned ring and table (the locality weights folded into the
+/// hosts' in Envoy's order of the localities).
 #[test]
 fn generated_cookies_and_biased_least_request_as_envoy() -> Result<()> {
     require_root_and_tools()?;
