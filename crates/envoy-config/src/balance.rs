@@ -394,13 +394,23 @@ pub(crate) fn check_localities(
     // Per level: its weighted localities with endpoints, and the sum of their weights.
     let mut levels: BTreeMap<u32, (usize, u64)> = BTreeMap::new();
     let roles = locality_roles(assignment);
-    // The localities seen, by level and order.
-    let mut seen = BTreeSet::new();
+    // The localities seen, by level and order; the levels without a locality weight.
+    let (mut seen, mut empty_levels) = (BTreeSet::new(), BTreeSet::new());
     for (i, (locality, role)) in assignment.endpoints.iter().zip(roles).enumerate() {
         if locality.lb_endpoints.is_empty() {
             continue;
         }
         match role {
+            // Envoy's ring or table folds locality weights into the hosts': with none, it
+            // holds no host (seen against Envoy 1.40: 503 `no healthy upstream`).
+            LocalityRole::Unweighted
+                if balancer.is_consistent_hashing() && empty_levels.insert(locality.priority) =>
+            {
+                problems.push((
+                    format!("{path}.load_assignment.endpoints[{i}].load_balancing_weight"),
+                    format!("no locality at priority {} has a weight: under RING_HASH or MAGLEV Envoy's ring or table then holds no host (no healthy upstream), which is not implemented", locality.priority),
+                ))
+            }
             LocalityRole::Unweighted => {}
             // Its hosts would still count in the level's health.
             LocalityRole::Idle if health => problems.push((
@@ -804,6 +814,15 @@ mod tests {
         assert_eq!(
             fields(problems),
             [format!("{at}.load_assignment.endpoints[2].locality")]
+        );
+        // A level without any locality weight: Envoy's ring or table is empty; NACKed.
+        let none = assignment(vec![locality(0, None), locality(0, None)], None);
+        let problems = check_localities(&weighted, (&maglev, false), Some(&none), at);
+        assert_eq!(
+            fields(problems),
+            [format!(
+                "{at}.load_assignment.endpoints[0].load_balancing_weight"
+            )]
         );
         let checked = cluster_pb::Cluster {
             health_checks: vec![Default::default()],
