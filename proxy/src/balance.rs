@@ -27,11 +27,11 @@
 //! for a connect that fails over) is `crate::upstream::Rotation`'s.
 
 use std::cmp::Ordering as Order;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use bearing_proxy_config::{Endpoint, LoadBalancer, RingHashFunction};
+use bearing_proxy_config::{Endpoint, LoadBalancer, LocalityWeight, RingHashFunction};
 use xxhash_rust::xxh64::xxh64;
 
 /// The `envoy.lb` metadata key that replaces an endpoint's address as its hash key.
@@ -48,7 +48,8 @@ pub(crate) enum Picker {
     Localities(Localities),
     /// The least loaded of `choice_count` random endpoints.
     LeastRequest { choice_count: usize },
-    /// Endpoints of different weights by Envoy's EDF over weight / (active requests + 1).
+    /// Endpoints of different weights by Envoy's EDF over weight / (active requests +
+    /// 1)^bias.
     WeightedLeast(LoadSchedule),
     /// A random endpoint.
     Random,
@@ -62,16 +63,25 @@ impl Picker {
     /// The picker of `balancer` over `serving`, the endpoints of the serving level in their
     /// order; a ring or table is built here.
     pub(crate) fn new(balancer: &LoadBalancer, serving: &[Endpoint]) -> Picker {
-        if let Some(localities) = Localities::of(balancer, serving) {
+        // A ring or table folds locality weights into its hosts' (`hash_hosts`).
+        let localities = match balancer.is_consistent_hashing() {
+            true => None,
+            false => Localities::of(balancer, serving),
+        };
+        if let Some(localities) = localities {
             return Picker::Localities(localities);
         }
         match *balancer {
             LoadBalancer::RoundRobin if equal_weights(serving) => Picker::RoundRobin,
             LoadBalancer::RoundRobin => Picker::Weighted(Schedule::new(&weights(serving))),
-            LoadBalancer::LeastRequest { .. } if !equal_weights(serving) => {
-                Picker::WeightedLeast(LoadSchedule::new(&weights(serving)))
-            }
-            LoadBalancer::LeastRequest { choice_count } => Picker::LeastRequest {
+            LoadBalancer::LeastRequest {
+                active_request_bias,
+                ..
+            } if !equal_weights(serving) => Picker::WeightedLeast(LoadSchedule::new(
+                &weights(serving),
+                active_request_bias.get(),
+            )),
+            LoadBalancer::LeastRequest { choice_count, .. } => Picker::LeastRequest {
                 choice_count: choice_count as usize,
             },
             LoadBalancer::Random => Picker::Random,
@@ -80,16 +90,13 @@ impl Picker {
                 maximum_ring_size,
                 hash_function,
             } => Picker::Ring(Ring::new(
-                &hash_keys(serving),
-                &weights(serving),
+                &hash_hosts(serving),
                 (minimum_ring_size, maximum_ring_size),
                 hash_function,
             )),
-            LoadBalancer::Maglev { table_size } => Picker::Maglev(Maglev::new(
-                &hash_keys(serving),
-                &weights(serving),
-                table_size,
-            )),
+            LoadBalancer::Maglev { table_size } => {
+                Picker::Maglev(Maglev::new(&hash_hosts(serving), table_size))
+            }
         }
     }
 
@@ -232,9 +239,10 @@ impl Schedule {
     }
 }
 
-/// Envoy's least request over endpoints of different weights (`active_request_bias` 1, the
-/// only one taken): its EDF scheduler where a picked endpoint is queued again with the weight
-/// `weight / (active requests + 1)`, its active requests read as it is picked. The queue is
+/// Envoy's least request over endpoints of different weights: its EDF scheduler where a
+/// picked endpoint is queued again with the weight `weight / (active requests + 1)^bias`
+/// (`active_request_bias`, computed as Envoy's `hostWeight`: 1 divides, 0 leaves the weight
+/// alone), its active requests read as it is picked. The queue is
 /// each endpoint's deadline in an atomic (as `f64` bits), starting as Envoy's fresh
 /// `createWithPicks` sets it (`1 / (weight + 1e-13)`): a pick takes the earliest deadline
 /// (the first endpoint on a tie, where Envoy takes the first queued), moves the clock there
@@ -244,11 +252,14 @@ impl Schedule {
 pub(crate) struct LoadSchedule {
     /// Per endpoint: its weight and its deadline's bits.
     entries: Box<[(u32, AtomicU64)]>,
+    /// The active request bias (0 or more).
+    bias: f64,
 }
 
 impl LoadSchedule {
-    /// The schedule of endpoints of `weights` (each 1 or more).
-    pub(crate) fn new(weights: &[u32]) -> LoadSchedule {
+    /// The schedule of endpoints of `weights` (each 1 or more) under active request bias
+    /// `bias`.
+    pub(crate) fn new(weights: &[u32], bias: f64) -> LoadSchedule {
         let entries = weights
             .iter()
             .map(|w| {
@@ -256,7 +267,19 @@ impl LoadSchedule {
                 (*w, AtomicU64::new(deadline.to_bits()))
             })
             .collect();
-        LoadSchedule { entries }
+        LoadSchedule { entries, bias }
+    }
+
+    /// Envoy's `hostWeight`: `weight` scaled down by `active` requests as the bias asks.
+    fn load(&self, weight: u32, active: u32) -> f64 {
+        let (weight, requests) = (f64::from(weight), f64::from(active) + 1.0);
+        if self.bias == 1.0 {
+            weight / requests
+        } else if self.bias != 0.0 {
+            weight / requests.powf(self.bias)
+        } else {
+            weight
+        }
     }
 
     /// The endpoint of the next pick; `active` gives an endpoint's active requests.
@@ -274,7 +297,7 @@ impl LoadSchedule {
                 return 0;
             };
             let (weight, deadline) = &self.entries[i];
-            let load = f64::from(*weight) / (f64::from(active(i)) + 1.0);
+            let load = self.load(*weight, active(i));
             let next = (at + 1.0 / load).to_bits();
             if deadline
                 .compare_exchange(bits, next, Ordering::Relaxed, Ordering::Relaxed)
@@ -316,6 +339,8 @@ impl Localities {
         if runs.len() < 2 {
             return None;
         }
+        // Envoy's scheduler takes the localities in its order (by name), which breaks ties.
+        runs.sort_by_key(|(range, _)| serving[range.start].locality.map(|l| l.order));
         let weights: Vec<u32> = runs.iter().map(|(_, w)| *w).collect();
         let members = runs
             .into_iter()
@@ -381,6 +406,44 @@ fn hash_keys(endpoints: &[Endpoint]) -> Vec<String> {
         .collect()
 }
 
+/// A host of a ring or table: its index in the level, its hash key, its normalised weight.
+pub(crate) type HashHost = (u32, String, f64);
+
+/// The hosts of a ring or table over `endpoints` (a level) in Envoy's order with their
+/// normalised weights (its `normalizeWeights`): each endpoint in the level's order with
+/// `weight / sum`; under locality weighting (every endpoint weighted by its locality),
+/// the localities in Envoy's order (`LocalityWeight::order`), each endpoint
+/// `weight * (locality weight / sum of them) / sum of its locality's weights`.
+fn hash_hosts(endpoints: &[Endpoint]) -> Vec<HashHost> {
+    let keys = hash_keys(endpoints);
+    let localities: Option<Vec<LocalityWeight>> = endpoints.iter().map(|e| e.locality).collect();
+    let Some(localities) = localities.filter(|l| !l.is_empty()) else {
+        let normalized = normalize(&weights(endpoints));
+        return (0u32..)
+            .zip(keys)
+            .zip(normalized)
+            .map(|((i, k), w)| (i, k, w))
+            .collect();
+    };
+    let mut order: Vec<usize> = (0..endpoints.len()).collect();
+    order.sort_by_key(|i| localities[*i].order);
+    // Per locality (by order): its weight and the sum of its endpoints' weights.
+    let mut sums: BTreeMap<u32, (u32, u64)> = BTreeMap::new();
+    for (e, l) in endpoints.iter().zip(&localities) {
+        sums.entry(l.order).or_insert((l.weight, 0)).1 += u64::from(e.weight);
+    }
+    let total: u64 = sums.values().map(|(w, _)| u64::from(*w)).sum();
+    order
+        .into_iter()
+        .map(|i| {
+            let (weight, hosts) = sums[&localities[i].order];
+            let share = f64::from(weight) / total as f64;
+            let normalized = f64::from(endpoints[i].weight) * share / hosts as f64;
+            (i as u32, keys[i].clone(), normalized)
+        })
+        .collect()
+}
+
 /// Envoy's ring hash (ketama): each endpoint's points are the hash (xxHash64, or
 /// MurmurHash2) of `<key>_<i>`, sorted; a hash goes to the first point at or after it,
 /// wrapping round.
@@ -390,18 +453,16 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
-    /// The ring of endpoints whose hash keys are `keys` and weights `weights`, sized as
-    /// Envoy sizes it: `min(ceil(w * minimum) / w, maximum)` points for the smallest
-    /// normalised weight `w` (an endpoint's weight over the sum of them), shared out by
-    /// running sums of each endpoint's normalised weight, each point hashed by `function`.
+    /// The ring of `hosts` (in Envoy's order), sized as Envoy sizes it:
+    /// `min(ceil(w * minimum) / w, maximum)` points for the smallest normalised weight `w`,
+    /// shared out by running sums of each host's normalised weight, each point hashed by
+    /// `function`.
     pub(crate) fn new(
-        keys: &[String],
-        weights: &[u32],
+        hosts: &[HashHost],
         (minimum, maximum): (u64, u64),
         function: RingHashFunction,
     ) -> Ring {
-        let normalized = normalize(weights);
-        let Some(smallest) = normalized.iter().copied().reduce(f64::min) else {
+        let Some(smallest) = hosts.iter().map(|h| h.2).reduce(f64::min) else {
             return Ring {
                 points: Box::new([]),
             };
@@ -410,7 +471,7 @@ impl Ring {
         let mut points = Vec::with_capacity(scale.ceil() as usize);
         let (mut current, mut target) = (0.0f64, 0.0f64);
         let mut key = Vec::new();
-        for (index, (host, weight)) in keys.iter().zip(&normalized).enumerate() {
+        for (index, host, weight) in hosts {
             target += scale * weight;
             let mut i: u64 = 0;
             while current < target {
@@ -422,7 +483,7 @@ impl Ring {
                     RingHashFunction::XxHash => xxh64(&key, 0),
                     RingHashFunction::MurmurHash2 => murmur_hash2(&key, STD_HASH_SEED),
                 };
-                points.push((point, index as u32));
+                points.push((point, *index));
                 i += 1;
                 current += 1.0;
             }
@@ -518,12 +579,10 @@ pub(crate) struct Maglev {
 }
 
 impl Maglev {
-    /// The table of `size` slots (a prime) over endpoints whose hash keys are `keys` and
-    /// weights `weights`.
-    pub(crate) fn new(keys: &[String], weights: &[u32], size: u64) -> Maglev {
+    /// The table of `size` slots (a prime) over `hosts` (in Envoy's order).
+    pub(crate) fn new(hosts: &[HashHost], size: u64) -> Maglev {
         const EMPTY: u32 = u32::MAX;
-        let normalized = normalize(weights);
-        let Some(largest) = normalized.iter().copied().reduce(f64::max) else {
+        let Some(largest) = hosts.iter().map(|h| h.2).reduce(f64::max) else {
             return Maglev {
                 table: Box::new([]),
             };
@@ -534,20 +593,19 @@ impl Maglev {
             };
         }
         let mut table = vec![EMPTY; size as usize];
-        // (offset, skip, next, normalised weight, target) per endpoint.
-        let mut entries: Vec<(u64, u64, u64, f64, f64)> = keys
+        // (offset, skip, next, normalised weight, target, index in the level) per host.
+        let mut entries: Vec<(u64, u64, u64, f64, f64, u32)> = hosts
             .iter()
-            .zip(&normalized)
-            .map(|(k, w)| {
+            .map(|(index, k, w)| {
                 let offset = xxh64(k.as_bytes(), 0) % size;
                 let skip = xxh64(k.as_bytes(), 1) % (size - 1) + 1;
-                (offset, skip, 0, *w, 0.0)
+                (offset, skip, 0, *w, 0.0, *index)
             })
             .collect();
         let mut filled = 0;
         let mut round: u32 = 1;
         while filled < size {
-            for (index, (offset, skip, next, weight, target)) in entries.iter_mut().enumerate() {
+            for (offset, skip, next, weight, target, index) in entries.iter_mut() {
                 if filled == size {
                     break;
                 }
@@ -560,7 +618,7 @@ impl Maglev {
                     *next += 1;
                     slot = (*offset + *skip * *next) % size;
                 }
-                table[slot as usize] = index as u32;
+                table[slot as usize] = *index;
                 *next += 1;
                 filled += 1;
             }
@@ -589,6 +647,23 @@ mod tests {
 
     const XX: RingHashFunction = RingHashFunction::XxHash;
 
+    fn least(choice_count: u32, bias: f64) -> LoadBalancer {
+        LoadBalancer::LeastRequest {
+            choice_count,
+            active_request_bias: bearing_proxy_config::ActiveRequestBias::new(bias),
+        }
+    }
+
+    /// `keys` of `weights` in their order, as a ring's or table's hosts.
+    fn flat(keys: &[String], weights: &[u32]) -> Vec<HashHost> {
+        let normalized = normalize(weights);
+        (0u32..)
+            .zip(keys.iter().cloned())
+            .zip(normalized)
+            .map(|((i, k), w)| (i, k, w))
+            .collect()
+    }
+
     fn keys(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("10.0.0.{}:80", i + 1)).collect()
     }
@@ -606,21 +681,33 @@ mod tests {
     /// each; the default bounds give 1024 over 2 (512 each); the maximum caps it.
     #[test]
     fn rings_are_sized_as_envoys() {
-        let ring = Ring::new(&keys(3), &[1; 3], (100, 10_000), RingHashFunction::XxHash);
+        let ring = Ring::new(
+            &flat(&keys(3), &[1; 3]),
+            (100, 10_000),
+            RingHashFunction::XxHash,
+        );
         assert_eq!(ring.points.len(), 102);
         for e in 0..3 {
             assert_eq!(ring.points.iter().filter(|p| p.1 == e).count(), 34);
         }
         assert_eq!(
-            Ring::new(&keys(2), &[1; 2], (1024, 8 << 20), RingHashFunction::XxHash)
-                .points
-                .len(),
+            Ring::new(
+                &flat(&keys(2), &[1; 2]),
+                (1024, 8 << 20),
+                RingHashFunction::XxHash
+            )
+            .points
+            .len(),
             1024
         );
         assert_eq!(
-            Ring::new(&keys(3), &[1; 3], (1024, 500), RingHashFunction::XxHash)
-                .points
-                .len(),
+            Ring::new(
+                &flat(&keys(3), &[1; 3]),
+                (1024, 500),
+                RingHashFunction::XxHash
+            )
+            .points
+            .len(),
             500
         );
         assert!(ring.points.windows(2).all(|w| w[0].0 <= w[1].0));
@@ -647,7 +734,7 @@ mod tests {
     /// A hash goes to the first point at or after it, past the last to the first.
     #[test]
     fn a_ring_hash_takes_the_next_point_round_the_ring() {
-        let ring = Ring::new(&keys(4), &[1; 4], (64, 64), RingHashFunction::XxHash);
+        let ring = Ring::new(&flat(&keys(4), &[1; 4]), (64, 64), RingHashFunction::XxHash);
         let points = &ring.points;
         for (i, (point, endpoint)) in points.iter().enumerate() {
             assert_eq!(ring.pick(*point, 0), Some(*endpoint as usize));
@@ -660,7 +747,7 @@ mod tests {
         assert_eq!(ring.pick(u64::MAX, 0), Some(points[0].1 as usize));
         assert_eq!(ring.pick(0, 0), Some(points[0].1 as usize));
         assert_eq!(
-            Ring::new(&[], &[], (64, 64), RingHashFunction::XxHash).pick(5, 0),
+            Ring::new(&flat(&[], &[]), (64, 64), RingHashFunction::XxHash).pick(5, 0),
             None
         );
     }
@@ -670,7 +757,7 @@ mod tests {
     /// its offset.
     #[test]
     fn maglev_tables_are_filled_by_turns() {
-        let table = Maglev::new(&keys(3), &[1; 3], 17);
+        let table = Maglev::new(&flat(&keys(3), &[1; 3]), 17);
         assert_eq!(table.table.len(), 17);
         let owned: Vec<usize> = (0..3)
             .map(|e| table.table.iter().filter(|i| **i == e).count())
@@ -687,7 +774,7 @@ mod tests {
     /// `2⁶⁴ − attempt`.
     #[test]
     fn a_rejected_pick_moves_on_as_envoys_consistent_hashing() {
-        let ring = Ring::new(&keys(3), &[1; 3], (64, 64), XX);
+        let ring = Ring::new(&flat(&keys(3), &[1; 3]), (64, 64), XX);
         let points = &ring.points;
         let h = points[10].0;
         for attempt in 0..3u32 {
@@ -696,7 +783,7 @@ mod tests {
         }
         let last = points.len() - 1;
         assert_eq!(ring.pick(points[last].0, 2), Some(points[1].1 as usize));
-        let table = Maglev::new(&keys(3), &[1; 3], 17);
+        let table = Maglev::new(&flat(&keys(3), &[1; 3]), 17);
         for (h, attempt) in [(5u64, 1u32), (1000, 2), (u64::MAX, 7)] {
             let moved = h ^ (u64::MAX - u64::from(attempt) + 1);
             assert_eq!(table.pick(h, attempt), table.pick(moved, 0));
@@ -714,12 +801,12 @@ mod tests {
         let all = keys(4);
         let fewer: Vec<String> = all.iter().filter(|k| *k != &all[2]).cloned().collect();
         let (ring, ring3) = (
-            Ring::new(&all, &[1; 4], (1024, 1024), XX),
-            Ring::new(&fewer, &[1; 3], (768, 768), XX),
+            Ring::new(&flat(&all, &[1; 4]), (1024, 1024), XX),
+            Ring::new(&flat(&fewer, &[1; 3]), (768, 768), XX),
         );
         let (maglev, maglev3) = (
-            Maglev::new(&all, &[1; 4], 65537),
-            Maglev::new(&fewer, &[1; 3], 65537),
+            Maglev::new(&flat(&all, &[1; 4]), 65537),
+            Maglev::new(&flat(&fewer, &[1; 3]), 65537),
         );
         for counts in [
             spread(4, |h| ring.pick(h, 0)),
@@ -864,10 +951,10 @@ mod tests {
     /// one takes 4 of every 7 picks).
     #[test]
     fn weighted_least_request_divides_weights_by_active_requests() {
-        let idle = LoadSchedule::new(&[1, 2]);
+        let idle = LoadSchedule::new(&[1, 2], 1.0);
         let picks: Vec<usize> = (0..6).map(|_| idle.pick(|_| 0)).collect();
         assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
-        let busy = LoadSchedule::new(&[1, 3]);
+        let busy = LoadSchedule::new(&[1, 3], 1.0);
         let mut counts = [0usize; 2];
         for _ in 0..700 {
             counts[busy.pick(|i| if i == 1 { 3 } else { 0 })] += 1;
@@ -877,11 +964,88 @@ mod tests {
             weight,
             ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
         };
-        let least = LoadBalancer::LeastRequest { choice_count: 2 };
-        let picker = Picker::new(&least, &[endpoint(1, 1), endpoint(2, 3)]);
+        let lr = least(2, 1.0);
+        let picker = Picker::new(&lr, &[endpoint(1, 1), endpoint(2, 3)]);
         assert!(matches!(picker, Picker::WeightedLeast(_)) && picker.counts_requests());
-        let equal = Picker::new(&least, &[endpoint(1, 3), endpoint(2, 3)]);
+        let equal = Picker::new(&lr, &[endpoint(1, 3), endpoint(2, 3)]);
         assert!(matches!(equal, Picker::LeastRequest { choice_count: 2 }));
+        // Equal weights ignore the bias (power of two choices), as Envoy's.
+        let biased = Picker::new(&least(2, 3.5), &[endpoint(1, 3), endpoint(2, 3)]);
+        assert!(matches!(biased, Picker::LeastRequest { choice_count: 2 }));
+    }
+
+    /// The active request bias scales how much active requests weigh, as Envoy's
+    /// `hostWeight`: 0 picks by weight alone (weighted round robin's order whatever the
+    /// load), 2 divides by the square of active requests + 1 (weights 1 and 8, the heavy one
+    /// holding 3 requests: 1 and 8/16, so the light one takes 2 of every 3 picks), 0.5 by the
+    /// square root (1 and 8/sqrt(4) = 4: 1 of every 5).
+    #[test]
+    fn the_active_request_bias_scales_active_requests() {
+        let busy = |i: usize| if i == 1 { 3 } else { 0 };
+        let weights_alone = LoadSchedule::new(&[1, 2], 0.0);
+        let picks: Vec<usize> = (0..6).map(|_| weights_alone.pick(|_| 9)).collect();
+        assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
+        for (bias, light) in [(2.0, 600), (0.5, 180)] {
+            let schedule = LoadSchedule::new(&[1, 8], bias);
+            let mut counts = [0usize; 2];
+            for _ in 0..900 {
+                counts[schedule.pick(busy)] += 1;
+            }
+            assert!(
+                light - 3 <= counts[0] && counts[0] <= light + 3,
+                "{bias}: {counts:?}"
+            );
+        }
+        assert_eq!(LoadSchedule::new(&[8], 2.0).load(8, 1), 2.0);
+        assert_eq!(LoadSchedule::new(&[8], 0.5).load(8, 3), 4.0);
+        assert_eq!(LoadSchedule::new(&[8], 1.0).load(8, 3), 2.0);
+    }
+
+    /// A ring's or table's hosts under locality weighting, as Envoy's `normalizeWeights`:
+    /// the localities in their order (zone-1 before zone-2 whatever the assignment's
+    /// order), each endpoint's weight times its locality's share over its locality's sum
+    /// (zone-1 of weight 1 with two endpoints: 1/8 each; zone-2 of weight 3: 3/4); without
+    /// localities, the level's order by weight over the sum.
+    #[test]
+    fn hash_hosts_fold_locality_weights_in_envoys_order() {
+        use bearing_proxy_config::LocalityWeight;
+        let endpoint = |i: u8, index: u32, weight: u32, order: u32| Endpoint {
+            locality: Some(LocalityWeight {
+                index,
+                weight,
+                order,
+            }),
+            ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
+        };
+        let level = [
+            endpoint(3, 0, 3, 1),
+            endpoint(1, 1, 1, 0),
+            endpoint(2, 1, 1, 0),
+        ];
+        let hosts = hash_hosts(&level);
+        let expected = [
+            (1, "10.0.0.1:80".to_string(), 0.125),
+            (2, "10.0.0.2:80".to_string(), 0.125),
+            (0, "10.0.0.3:80".to_string(), 0.75),
+        ];
+        assert_eq!(hosts, expected);
+        // The ring and table pick by the level's indices.
+        let ring = Ring::new(&hosts, (8, 8), XX);
+        let on_ring: std::collections::BTreeSet<usize> =
+            (0..2000u64).filter_map(|h| ring.pick(h << 53, 0)).collect();
+        assert_eq!(on_ring, [0, 1, 2].into());
+        let plain = |i: u8, weight| Endpoint {
+            weight,
+            ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
+        };
+        let flat = hash_hosts(&[plain(1, 1), plain(2, 3)]);
+        assert_eq!(
+            flat,
+            [
+                (0, "10.0.0.1:80".to_string(), 0.25),
+                (1, "10.0.0.2:80".to_string(), 0.75)
+            ]
+        );
     }
 
     /// Weighted localities: the locality by Envoy's EDF order over the locality weights (1
@@ -891,7 +1055,11 @@ mod tests {
     fn weighted_localities_pick_a_locality_then_an_endpoint() {
         use bearing_proxy_config::LocalityWeight;
         let endpoint = |i: u8, index: u32, weight: u32| Endpoint {
-            locality: Some(LocalityWeight { index, weight }),
+            locality: Some(LocalityWeight {
+                index,
+                weight,
+                order: index,
+            }),
             ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
         };
         let level = [endpoint(1, 0, 1), endpoint(2, 1, 3), endpoint(3, 1, 3)];
@@ -902,7 +1070,7 @@ mod tests {
             .map(|_| picker.start((3, 0), &turn, None, |_| 0))
             .collect();
         assert_eq!(starts, [1, 2, 0, 1, 2, 1, 0, 2]);
-        let least = Picker::new(&LoadBalancer::LeastRequest { choice_count: 50 }, &level);
+        let least = Picker::new(&least(50, 1.0), &level);
         assert!(least.counts_requests());
         let loads = [0u32, 7, 0];
         let starts: Vec<usize> = (0..4)
@@ -913,6 +1081,27 @@ mod tests {
             [2, 2, 0, 2],
             "the idle endpoint of the heavy locality"
         );
+        // The localities are scheduled in Envoy's order (by name), whatever the assignment's
+        // (equal weights tie, and a tie goes to the first queued): the same picks, endpoint
+        // by endpoint, as the level given in that order.
+        let named = |i: u8, index: u32, weight: u32, order: u32| Endpoint {
+            locality: Some(LocalityWeight {
+                index,
+                weight,
+                order,
+            }),
+            ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
+        };
+        let sorted = [named(1, 0, 2, 0), named(2, 1, 2, 1), named(3, 1, 2, 1)];
+        let reversed = [named(2, 0, 2, 1), named(3, 0, 2, 1), named(1, 1, 2, 0)];
+        let picks = |level: &[Endpoint]| -> Vec<std::net::SocketAddr> {
+            let picker = Picker::new(&LoadBalancer::RoundRobin, level);
+            let turn = AtomicUsize::new(0);
+            (0..12)
+                .map(|_| level[picker.start((3, 0), &turn, None, |_| 0)].address)
+                .collect()
+        };
+        assert_eq!(picks(&reversed), picks(&sorted));
         // One locality: balanced as without locality weighting.
         let one = [endpoint(1, 0, 1), endpoint(2, 0, 1)];
         assert!(matches!(
@@ -928,19 +1117,19 @@ mod tests {
     #[test]
     fn weighted_rings_give_points_by_normalised_weight() {
         let count = |ring: &Ring, e: u32| ring.points.iter().filter(|p| p.1 == e).count();
-        let tiny = Ring::new(&keys(3), &[1, 2, 3], (6, 6), XX);
+        let tiny = Ring::new(&flat(&keys(3), &[1, 2, 3]), (6, 6), XX);
         assert_eq!(tiny.points.len(), 6);
         assert_eq!(
             (count(&tiny, 0), count(&tiny, 1), count(&tiny, 2)),
             (1, 2, 3)
         );
-        let ring = Ring::new(&keys(2), &[1, 3], (1024, 8 << 20), XX);
+        let ring = Ring::new(&flat(&keys(2), &[1, 3]), (1024, 8 << 20), XX);
         assert_eq!((count(&ring, 0), count(&ring, 1)), (256, 768));
         let counts = spread(2, |h| ring.pick(h, 0));
         assert!((4_000..6_000).contains(&counts[0]), "{counts:?}");
         let (equal, plain) = (
-            Ring::new(&keys(3), &[5; 3], (100, 10_000), XX),
-            Ring::new(&keys(3), &[1; 3], (100, 10_000), XX),
+            Ring::new(&flat(&keys(3), &[5; 3]), (100, 10_000), XX),
+            Ring::new(&flat(&keys(3), &[1; 3]), (100, 10_000), XX),
         );
         assert_eq!(equal.points, plain.points);
     }
@@ -949,7 +1138,7 @@ mod tests {
     /// here, over 65537 slots); equal weights fill the same table as no weights.
     #[test]
     fn weighted_maglev_tables_claim_by_weight() {
-        let table = Maglev::new(&keys(2), &[1, 3], 65537);
+        let table = Maglev::new(&flat(&keys(2), &[1, 3]), 65537);
         let light = table.table.iter().filter(|i| **i == 0).count();
         assert_eq!(
             light,
@@ -957,8 +1146,8 @@ mod tests {
             "the light endpoint claims every third turn"
         );
         let (equal, plain) = (
-            Maglev::new(&keys(3), &[7; 3], 17),
-            Maglev::new(&keys(3), &[1; 3], 17),
+            Maglev::new(&flat(&keys(3), &[7; 3]), 17),
+            Maglev::new(&flat(&keys(3), &[1; 3]), 17),
         );
         assert_eq!(equal.table, plain.table);
     }

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bearing_gateway::{Decision, HeaderEdits, RouteAt, Router};
+use bearing_gateway::{Decision, Downstream, HeaderEdits, RouteAt, Router, SetCookies};
 use bearing_proxy_config::ResponseFlags;
 use bearing_proxy_config::{
     response_timeout, Compression, GatewayListener, HttpRoute, RetryPolicy, RouteAction, RouteTable,
@@ -254,9 +254,10 @@ impl HttpRoutes {
     pub(crate) fn decide(
         &self,
         parts: &mut http::request::Parts,
-        peer: SocketAddr,
+        downstream: Downstream,
     ) -> (Routing<'_>, RouteTerms<'_>) {
-        let decision = self.router.route(parts, peer.ip());
+        let peer = downstream.peer;
+        let decision = self.router.route(parts, downstream);
         let at = match &decision {
             Decision::Respond { route, .. } => *route,
             Decision::Forward { route, .. } => Some(*route),
@@ -304,6 +305,7 @@ impl HttpRoutes {
                 idle_timeout,
                 endpoint_host,
                 hash,
+                set_cookies,
                 ..
             } => match self.clusters.get(cluster) {
                 None => Routing::Reply(
@@ -329,6 +331,10 @@ impl HttpRoutes {
                         mirror: mirror.and_then(|m| self.clusters.get(m)),
                         endpoint_host,
                         hash,
+                        // Envoy evaluates the hash policies (and generates cookies) only
+                        // for a load balancer that hashes requests.
+                        set_cookies: set_cookies
+                            .filter(|_| target.config.load_balancer.is_consistent_hashing()),
                     }
                 }
             },
@@ -417,6 +423,9 @@ pub(crate) enum Routing<'g> {
         /// The request's hash by its route's hash policies, for a consistent-hashing
         /// cluster (`None`: none).
         hash: Option<u64>,
+        /// The cookies its hash policies generated, for the response from upstream (only
+        /// where the cluster hashes requests).
+        set_cookies: Option<SetCookies<'g>>,
     },
 }
 

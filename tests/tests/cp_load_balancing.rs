@@ -20,6 +20,10 @@
 //! 1, the other zone's ingress of weight 3, each in its zone's locality) split 400 requests
 //! by weight under round robin, ring hash and Maglev, and evenly under random, as Envoy
 //! 1.40 does; the ring and the table pick the very origin Envoy's do for each key.
+//!
+//! Generated cookies (a cookie hash policy with a ttl), filter-state hash policies, least
+//! request's active request bias and ring hash and Maglev over weighted localities, each
+//! against Envoy 1.40 (`generated_cookies_and_biased_least_request_as_envoy`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -27,6 +31,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use bearing_e2e::*;
 use serde_json::{json, Value};
+use xxhash_rust::xxh64::xxh64;
 
 /// The test CP binary.
 const TEST_CP: &str = env!("CARGO_BIN_EXE_bearing-test-cp");
@@ -82,9 +87,9 @@ for path, headers in json.loads({spec:?}):
         .collect())
 }
 
-/// One request to 127.0.0.1:`port` held 3 s by its origin and, while it is held, 30 quick
-/// ones: the slow one's origin first, then each quick one's.
-fn quick_beside_slow(host: &Host, port: u16) -> Result<Vec<String>> {
+/// One request to 127.0.0.1:`port` held 3 s by its origin and, while it is held, `quick`
+/// quick ones: the slow one's origin first, then each quick one's.
+fn quick_beside_slow(host: &Host, port: u16, quick: usize) -> Result<Vec<String>> {
     let script = format!(
         r#"
 import http.client, threading, time
@@ -99,7 +104,7 @@ slow = []
 t = threading.Thread(target=lambda: slow.append(get("/slow?delay=3")))
 t.start()
 time.sleep(0.5)
-quick = [get("/") for _ in range(30)]
+quick = [get("/") for _ in range({quick})]
 t.join()
 print(" ".join(slow + quick))
 "#
@@ -240,7 +245,7 @@ fn check(proxy: &str, web: &Host) -> Result<Choices> {
 
     // Least request over 3 origins with 5 choices: the origin a slow request holds is
     // picked only when every draw is it.
-    let seen = quick_beside_slow(web, LEAST.0)?;
+    let seen = quick_beside_slow(web, LEAST.0, 30)?;
     let (slow, quick) = seen.split_first().context("the slow request's origin")?;
     let busy = quick.iter().filter(|o| *o == slow).count();
     ensure!(
@@ -485,6 +490,36 @@ fn zone_endpoints(
     assignment
 }
 
+/// `localities` (zone, weight, endpoints) in this order, as the assignment of `cluster`
+/// under locality weighting, each endpoint keeping the golden's first endpoint's metadata.
+fn locality_endpoints(
+    rig: &Rig,
+    cluster: &str,
+    localities: &[(&str, u32, &[std::net::SocketAddr])],
+) -> Value {
+    let golden = rig.endpoints(cluster);
+    let first = golden
+        .pointer("/endpoints/0/lbEndpoints/0")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let endpoints: Vec<Value> = localities
+        .iter()
+        .map(|(zone, weight, at)| {
+            let lb: Vec<Value> = at
+                .iter()
+                .map(|addr| {
+                    let mut endpoint = first.clone();
+                    endpoint["endpoint"] = json!({"address": {"socketAddress": {
+                        "address": addr.ip().to_string(), "portValue": addr.port()}}});
+                    endpoint
+                })
+                .collect();
+            json!({"locality": {"zone": zone}, "loadBalancingWeight": weight, "lbEndpoints": lb})
+        })
+        .collect();
+    json!({"clusterName": cluster, "endpoints": endpoints})
+}
+
 /// How many of `seen`'s answers each origin gave.
 fn tally(seen: &[Vec<String>]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -668,5 +703,294 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
             "{what}: bearing and envoy differ on {differ:?}"
         );
     }
+    Ok(())
+}
+
+/// The listener port of the route generating its cookie, and its cluster.
+const COOKIE: (u16, &str) = (10011, "cookie");
+/// The listener port of least request with an active request bias, and its cluster.
+const BIASED: (u16, &str) = (10012, "biased");
+/// The listener ports of ring hash and Maglev over weighted localities, and their clusters.
+const ZONED_RING: (u16, &str) = (10013, "zoned-ring");
+const ZONED_MAGLEV: (u16, &str) = (10014, "zoned-maglev");
+
+/// `value` with every route action that hashes (has a `hashPolicy`) hashing by `policies`
+/// and retrying as `retry`.
+fn set_hash_policies(value: &mut Value, policies: &Value, retry: &Value) {
+    match value {
+        Value::Object(map) if map.contains_key("hashPolicy") => {
+            map.insert("hashPolicy".into(), policies.clone());
+            map.insert("retryPolicy".into(), retry.clone());
+        }
+        Value::Object(map) => map
+            .values_mut()
+            .for_each(|v| set_hash_policies(v, policies, retry)),
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| set_hash_policies(v, policies, retry)),
+        _ => {}
+    }
+}
+
+/// The `Set-Cookie` Envoy writes for the cookie route's cookie generated on a connection
+/// from 127.0.0.1:`client` to 127.0.0.1:`port`: the value is the hex xxHash64 of both
+/// addresses.
+fn set_cookie(client: u64, port: u16) -> String {
+    let addresses = format!("127.0.0.1:{client}127.0.0.1:{port}");
+    let value = format!("{:016x}", xxh64(addresses.as_bytes(), 0));
+    format!("session_id=\"{value}\"; Max-Age=3600; Path=/; HttpOnly")
+}
+
+/// What a proxy did on the cookie route: each generated cookie's value with the origin of
+/// its first request, the origin of each of `replayed` (brought back as cookies), and the
+/// origin of each `x-user`.
+struct CookieRun {
+    generated: Vec<(String, String)>,
+    replayed: Vec<String>,
+    users: BTreeMap<String, String>,
+}
+
+/// Requests on the cookie route from `web`: 6 without a cookie (each on a connection of its
+/// own: each gets the `Set-Cookie` Envoy writes for its connection's addresses, and is
+/// hashed by it), each generated value and each of `replay` brought back 3 times (one
+/// origin each, nothing set again), one without a cookie answered 503 and retried twice
+/// (the cookie set once per try), 12 `x-user` values twice (the header's hash ends the
+/// list at the terminal filter-state policy: sticky, no cookie generated).
+fn cookie_run(proxy: &str, web: &Host, replay: &[String]) -> Result<CookieRun> {
+    let users: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
+    let spec = serde_json::to_string(&json!({"replay": replay, "users": users}))?;
+    let port = COOKIE.0;
+    let script = format!(
+        r#"
+import http.client, json
+def get(headers, path="/", status=200):
+    c = http.client.HTTPConnection("127.0.0.1", {port}, timeout=10)
+    c.connect()
+    local = c.sock.getsockname()[1]
+    c.request("GET", path, headers=headers)
+    r = c.getresponse()
+    r.read()
+    assert r.status == status, r.status
+    seen = {{"port": local, "origin": r.getheader("x-served-by"),
+             "cookies": r.msg.get_all("set-cookie") or []}}
+    c.close()
+    return seen
+spec = json.loads({spec:?})
+fresh = [get({{}}) for _ in range(6)]
+values = [f["cookies"][0].split('"')[1] for f in fresh if f["cookies"]]
+back = lambda v: [get({{"cookie": 'a=1; session_id="%s"' % v}}) for _ in range(3)]
+print(json.dumps({{"fresh": fresh, "own": [back(v) for v in values],
+                   "retried": get({{}}, "/status/503", 503),
+                   "replayed": [back(v) for v in spec["replay"]],
+                   "users": [[get({{"x-user": u}}) for _ in range(2)] for u in spec["users"]]}}))
+"#
+    );
+    let out = web.command("python3").args(["-c", &script]).output()?;
+    ensure!(out.success(), "{proxy}: the client failed: {out:?}");
+    let seen: Value = serde_json::from_str(out.stdout.trim())?;
+    let field = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_string();
+    let set = |v: &Value| v["cookies"].as_array().cloned().unwrap_or_default();
+    // One origin for all of a group, which set no cookie.
+    let one_origin = |what: &str, group: &Value| -> Result<String> {
+        let group = group.as_array().context("a group")?;
+        let origins: BTreeSet<String> = group.iter().map(|g| field(g, "origin")).collect();
+        ensure!(origins.len() == 1, "{proxy}: {what} reached {origins:?}");
+        ensure!(
+            group.iter().all(|g| set(g).is_empty()),
+            "{proxy}: {what} got a cookie set: {group:?}"
+        );
+        Ok(origins.into_iter().next().unwrap_or_default())
+    };
+    let mut generated = Vec::new();
+    let fresh = seen["fresh"].as_array().context("fresh")?;
+    for (f, own) in fresh.iter().zip(seen["own"].as_array().context("own")?) {
+        let client = f["port"].as_u64().context("the client's port")?;
+        let expected = set_cookie(client, port);
+        let value = expected.split('"').nth(1).unwrap_or_default().to_string();
+        ensure!(
+            set(f) == [json!(expected)],
+            "{proxy}: from port {client} set {:?}, expected {expected:?}",
+            set(f)
+        );
+        let back = one_origin(&format!("cookie {value}"), own)?;
+        let first = field(f, "origin");
+        ensure!(
+            back == first,
+            "{proxy}: cookie {value} went to {back}, its first request to {first}"
+        );
+        generated.push((value, first));
+    }
+    ensure!(generated.len() == 6, "{proxy}: {fresh:?}");
+    // A 503 retried twice: the cookie set once per try, as Envoy's router does.
+    let retried = &seen["retried"];
+    let client = retried["port"].as_u64().context("the client's port")?;
+    let expected = json!(set_cookie(client, port));
+    ensure!(
+        set(retried) == [expected.clone(), expected.clone(), expected],
+        "{proxy}: a request tried 3 times set {:?}",
+        set(retried)
+    );
+    let replayed = seen["replayed"].as_array().context("replayed")?;
+    let replayed = replay
+        .iter()
+        .zip(replayed)
+        .map(|(v, group)| one_origin(&format!("cookie {v}"), group))
+        .collect::<Result<Vec<_>>>()?;
+    let groups = seen["users"].as_array().context("users")?;
+    let users = users
+        .iter()
+        .zip(groups)
+        .map(|(u, group)| Ok((u.clone(), one_origin(u, group)?)))
+        .collect::<Result<BTreeMap<_, _>>>()?;
+    let spread: BTreeSet<&String> = users.values().collect();
+    ensure!(
+        spread.len() >= 2,
+        "{proxy}: every x-user reached {spread:?}"
+    );
+    Ok(CookieRun {
+        generated,
+        replayed,
+        users,
+    })
+}
+
+/// A route hashing by `x-user`, then a terminal filter-state policy (kuma-cp's MeshRateLimit
+/// key), then the `session_id` cookie with a ttl of 3600 s and path `/`, on Maglev (table
+/// 17): a request without the cookie gets `Set-Cookie: session_id="<hex>"; Max-Age=3600;
+/// Path=/; HttpOnly` whose value is the hex xxHash64 of its connection's addresses, as Envoy
+/// 1.40's router writes it (once per try of a retried request), and goes where the cookie
+/// brought back goes (each value sticking to one origin); a request with `x-user` generates none (its hash ends the list
+/// at the terminal policy, which gives no hash of its own). LEAST_REQUEST with
+/// `activeRequestBias` 0 (kuma-cp's RuntimeDouble) over endpoints of weights 1 and 3
+/// picks by weight alone while a slow request is held (bias 1 would shift about 4 of 30
+/// picks). Ring hash and Maglev under locality weighting over zone-2 (weight 3) and zone-1
+/// (weight 1, two endpoints), in that order, send 3/4 of 200 keys each to zone-2. Envoy
+/// 1.40 fed the same resources does the same: the same Set-Cookie shape and value formula,
+/// the very origins for Bearing's cookies and for each `x-user`, the same split, the very
+/// origin for each key on the zoned ring and table (the locality weights folded into the
+/// hosts' in Envoy's order of the localities).
+#[test]
+fn generated_cookies_and_biased_least_request_as_envoy() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "backend"])?;
+    let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
+    let rig = Rig::new(&topo, "cp-lb-cookies")?;
+    let (pki, mut xds) = (&rig.pki, rig.xds(web)?);
+    let at: Vec<_> = ORIGINS.iter().map(|p| backend.sock4(*p)).collect();
+    let mut listener = outbound(&rig.maglev, web, COOKIE.0, COOKIE.1)?;
+    let policies = json!([
+        {"header": {"headerName": "x-user"}},
+        {"filterState": {"key": "kuma.mesh_rate_limit.match.spiffe_id"}, "terminal": true},
+        {"cookie": {"name": "session_id", "ttl": "3600s", "path": "/"}},
+    ]);
+    let retry = json!({"retryOn": "5xx", "numRetries": 2});
+    set_hash_policies(&mut listener, &policies, &retry);
+    let (light, heavy) = (backend.sock4(ORIGINS[0]), backend.sock4(ORIGINS[1]));
+    let biased = server_cluster(&rig.ring, BIASED.1, |c| {
+        lb_policy("LEAST_REQUEST")(c);
+        c["leastRequestLbConfig"] = json!({"activeRequestBias": {"defaultValue": 0.0}});
+    })?;
+    xds.cluster(server_cluster(&rig.maglev, COOKIE.1, |_| {})?)?
+        .endpoints(rig.endpoints(COOKIE.1), &at)?
+        .listener(listener)?
+        .cluster(biased)?
+        .add(
+            ENDPOINTS,
+            BIASED.1,
+            zone_endpoints(&rig, BIASED.1, &[(light, 1), (heavy, 3)], false),
+        )
+        .listener(outbound(&rig.ring, web, BIASED.0, BIASED.1)?)?;
+    // Ring hash and Maglev over localities zone-2 (weight 3, one endpoint) and zone-1
+    // (weight 1, two endpoints), in that order: Envoy folds the locality weights into the
+    // hosts' (1/8, 1/8, 3/4) in its order of the localities (zone-1 first).
+    let zoned = [("zone-2", 3, &at[2..3]), ("zone-1", 1, &at[0..2])];
+    for ((port, name), golden) in [(ZONED_RING, &rig.ring), (ZONED_MAGLEV, &rig.maglev)] {
+        let mut cluster = server_cluster(golden, name, |_| {})?;
+        cluster["commonLbConfig"] = json!({"localityWeightedLbConfig": {}});
+        xds.cluster(cluster)?
+            .add(ENDPOINTS, name, locality_endpoints(&rig, name, &zoned))
+            .listener(outbound(golden, web, port, name)?)?;
+    }
+    xds.mesh_identity(MESH, &rig.leaf, &rig.mesh_ca)?;
+    let keys: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    // Each key's origin on the zoned ring (by header) and table (by cookie).
+    let zoned_origins = |proxy: &str| -> Result<Vec<String>> {
+        let mut all = Vec::new();
+        for (port, line) in [
+            (ZONED_RING.0, "x-header-for-test-server: "),
+            (ZONED_MAGLEV.0, "cookie: session_id="),
+        ] {
+            let requests: Vec<(String, Vec<String>)> = keys
+                .iter()
+                .map(|k| ("/".to_string(), vec![format!("{line}{k}")]))
+                .collect();
+            let seen: Vec<String> = served_by(web, port, &requests, 1)?
+                .into_iter()
+                .flatten()
+                .collect();
+            let heavy = seen
+                .iter()
+                .filter(|o| **o == format!("backend:{}", ORIGINS[2]))
+                .count();
+            ensure!(
+                (110..=190).contains(&heavy),
+                "{proxy}: port {port} sent {heavy} of 200 keys to the zone of weight 3"
+            );
+            all.extend(seen);
+        }
+        Ok(all)
+    };
+    let light = format!("backend:{}", ORIGINS[0]);
+    let split = |proxy: &str| -> Result<usize> {
+        let seen = quick_beside_slow(web, BIASED.0, 30)?;
+        let (_, quick) = seen.split_first().context("the slow request's origin")?;
+        let to_light = quick.iter().filter(|o| **o == light).count();
+        ensure!(
+            quick.len() == 30 && (6..=9).contains(&to_light),
+            "{proxy}: bias 0 sent {to_light} of {} quick requests to the weight-1 endpoint: {quick:?}",
+            quick.len()
+        );
+        Ok(to_light)
+    };
+    let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
+    let bearing = cookie_run("bearing", web, &[])?;
+    split("bearing")?;
+    let bearing_zoned = zoned_origins("bearing")?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP,
+    // Bearing's cookies brought back to it.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, MESH, "demo-client")?;
+    for port in [COOKIE.0, BIASED.0, ZONED_RING.0, ZONED_MAGLEV.0] {
+        web.wait_for_tcp_listener(port, Duration::from_secs(20), None)?;
+    }
+    let ours: Vec<String> = bearing.generated.iter().map(|(v, _)| v.clone()).collect();
+    let envoy = cookie_run("envoy", web, &ours)?;
+    let origins: Vec<String> = bearing.generated.iter().map(|(_, o)| o.clone()).collect();
+    ensure!(
+        envoy.replayed == origins,
+        "bearing's cookies {ours:?}: bearing sent them to {origins:?}, envoy to {:?}",
+        envoy.replayed
+    );
+    ensure!(
+        envoy.users == bearing.users,
+        "x-user: bearing chose {:?}, envoy {:?}",
+        bearing.users,
+        envoy.users
+    );
+    split("envoy")?;
+    let envoy_zoned = zoned_origins("envoy")?;
+    let differ: Vec<&String> = keys
+        .iter()
+        .chain(&keys)
+        .zip(bearing_zoned.iter().zip(&envoy_zoned))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(k, _)| k)
+        .collect();
+    ensure!(
+        differ.is_empty() && bearing_zoned.len() == 400,
+        "zoned ring and table: bearing and envoy differ on {differ:?}"
+    );
     Ok(())
 }

@@ -4,7 +4,8 @@
 
 use crate::routes::Problem;
 use bearing_proxy_config::{
-    HashPolicy, HashSource, LoadBalancer, RingHashFunction, MAX_ROUND_ROBIN_WEIGHT,
+    ActiveRequestBias, GeneratedCookie, HashPolicy, HashSource, LoadBalancer, RingHashFunction,
+    MAX_ROUND_ROBIN_WEIGHT,
 };
 use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
@@ -39,6 +40,7 @@ pub(crate) fn load_balancer(
         }
         (Some(LbPolicy::LeastRequest), None) => LoadBalancer::LeastRequest {
             choice_count: DEFAULT_CHOICES,
+            active_request_bias: ActiveRequestBias::DEFAULT,
         },
         (Some(LbPolicy::LeastRequest), Some(LbConfig::LeastRequestLbConfig(c))) => {
             least_request(c, &format!("{path}.least_request_lb_config"), &mut problems)
@@ -95,7 +97,11 @@ fn config_field(config: &cluster_pb::cluster::LbConfig) -> &'static str {
     }
 }
 
-/// LEAST_REQUEST's config: the number of choices (Envoy refuses fewer than 2).
+/// LEAST_REQUEST's config: the number of choices (Envoy refuses fewer than 2) and the
+/// active request bias: its `default_value` (no runtime layer Bearing accepts sets its
+/// `runtime_key`, so Envoy's runtime gives the default too), a negative or NaN one taken as
+/// 1 as Envoy does (with a warning there); an infinite one, which would leave every weight 0
+/// or undefined, is refused.
 fn least_request(
     c: &cluster_pb::cluster::LeastRequestLbConfig,
     path: &str,
@@ -108,7 +114,22 @@ fn least_request(
             format!("{choice_count}: Envoy takes 2 or more"),
         ));
     }
-    LoadBalancer::LeastRequest { choice_count }
+    let active_request_bias = match c.active_request_bias.as_ref().map(|b| b.default_value) {
+        None => ActiveRequestBias::DEFAULT,
+        Some(bias) if bias.is_infinite() => {
+            problems.push((
+                format!("{path}.active_request_bias.default_value"),
+                format!("{bias}: an infinite bias is not implemented"),
+            ));
+            ActiveRequestBias::DEFAULT
+        }
+        Some(bias) if bias.is_nan() || bias < 0.0 => ActiveRequestBias::DEFAULT,
+        Some(bias) => ActiveRequestBias::new(bias),
+    };
+    LoadBalancer::LeastRequest {
+        choice_count,
+        active_request_bias,
+    }
 }
 
 /// RING_HASH's config: the ring's bounds (Envoy's defaults 1024 and 8M; at most 8M, the
@@ -264,8 +285,15 @@ pub(crate) enum LocalityRole {
     Unweighted,
     /// Without a weight beside weighted localities: no traffic.
     Idle,
-    /// Picked by its weight among its level's weighted localities.
-    Weighed(u32),
+    /// Picked by its weight among its level's weighted localities; `order`: its place
+    /// among them in Envoy's order (by locality, lexicographically: region, zone,
+    /// sub-zone; kuma-dp's bootstrap gives Envoy no locality of its own to put first).
+    Weighed {
+        /// Its `load_balancing_weight`.
+        weight: u32,
+        /// Its place in Envoy's order of the level's localities.
+        order: u32,
+    },
 }
 
 /// The [`LocalityRole`] of each locality of `assignment`, in order.
@@ -279,6 +307,19 @@ pub(crate) fn locality_roles(assignment: &endpoint_pb::ClusterLoadAssignment) ->
         .filter(|l| !l.lb_endpoints.is_empty() && weight(l) > 0)
         .map(|l| l.priority)
         .collect();
+    // Per level, its localities in Envoy's order.
+    let mut orders: BTreeMap<u32, BTreeSet<LocalityName>> = BTreeMap::new();
+    for l in &assignment.endpoints {
+        orders
+            .entry(l.priority)
+            .or_default()
+            .insert(locality_name(l));
+    }
+    let order = |l: &endpoint_pb::LocalityLbEndpoints| {
+        let names = orders.get(&l.priority);
+        let at = names.and_then(|n| n.iter().position(|n| *n == locality_name(l)));
+        at.unwrap_or_default() as u32
+    };
     assignment
         .endpoints
         .iter()
@@ -286,10 +327,22 @@ pub(crate) fn locality_roles(assignment: &endpoint_pb::ClusterLoadAssignment) ->
             |l| match (weighted_levels.contains(&l.priority), weight(l)) {
                 (false, _) => LocalityRole::Unweighted,
                 (true, 0) => LocalityRole::Idle,
-                (true, w) => LocalityRole::Weighed(w),
+                (true, weight) => LocalityRole::Weighed {
+                    weight,
+                    order: order(l),
+                },
             },
         )
         .collect()
+}
+
+/// A locality as Envoy orders them (`LocalityLess`): region, zone, sub-zone.
+type LocalityName = (String, String, String);
+
+/// The locality of `l` (empty names where it has none).
+fn locality_name(l: &endpoint_pb::LocalityLbEndpoints) -> LocalityName {
+    let locality = l.locality.clone().unwrap_or_default();
+    (locality.region, locality.zone, locality.sub_zone)
 }
 
 /// Checks locality weighting and the assignment's `policy` against what the runtime does,
@@ -341,11 +394,23 @@ pub(crate) fn check_localities(
     // Per level: its weighted localities with endpoints, and the sum of their weights.
     let mut levels: BTreeMap<u32, (usize, u64)> = BTreeMap::new();
     let roles = locality_roles(assignment);
+    // The localities seen, by level and order; the levels without a locality weight.
+    let (mut seen, mut empty_levels) = (BTreeSet::new(), BTreeSet::new());
     for (i, (locality, role)) in assignment.endpoints.iter().zip(roles).enumerate() {
         if locality.lb_endpoints.is_empty() {
             continue;
         }
         match role {
+            // Envoy's ring or table folds locality weights into the hosts': with none, it
+            // holds no host (seen against Envoy 1.40: 503 `no healthy upstream`).
+            LocalityRole::Unweighted
+                if balancer.is_consistent_hashing() && empty_levels.insert(locality.priority) =>
+            {
+                problems.push((
+                    format!("{path}.load_assignment.endpoints[{i}].load_balancing_weight"),
+                    format!("no locality at priority {} has a weight: under RING_HASH or MAGLEV Envoy's ring or table then holds no host (no healthy upstream), which is not implemented", locality.priority),
+                ))
+            }
             LocalityRole::Unweighted => {}
             // Its hosts would still count in the level's health.
             LocalityRole::Idle if health => problems.push((
@@ -353,21 +418,33 @@ pub(crate) fn check_localities(
                 "a locality without a weight beside weighted ones (Envoy sends it no traffic) on a cluster with health checks or outlier detection is not implemented".into(),
             )),
             LocalityRole::Idle => {}
-            LocalityRole::Weighed(weight) => {
+            LocalityRole::Weighed { weight, order } => {
                 let level = levels.entry(locality.priority).or_default();
                 level.0 += 1;
                 level.1 += u64::from(weight);
+                // Envoy merges the hosts of entries naming one locality into one group.
+                if !seen.insert((locality.priority, order)) && balancer.is_consistent_hashing() {
+                    problems.push((
+                        format!("{path}.load_assignment.endpoints[{i}].locality"),
+                        "a locality named twice in one priority level under RING_HASH or MAGLEV is not implemented".into(),
+                    ));
+                }
             }
         }
     }
     // Why several weighted localities in a level whose weights sum to `sum` are refused.
     let refused = |sum: u64| -> Option<String> {
-        if balancer.is_consistent_hashing() {
-            Some("under RING_HASH or MAGLEV".into())
-        } else if health {
+        if health {
             Some("with health checks or outlier detection (a locality's availability scales its weight)".into())
         } else if dns {
             Some("in a DNS cluster".into())
+        } else if balancer.is_consistent_hashing() {
+            (sum > u64::from(u32::MAX)).then(|| {
+                format!(
+                    "whose weights sum to {sum}, past {} (Envoy refuses it)",
+                    u32::MAX
+                )
+            })
         } else if sum > MAX_ROUND_ROBIN_WEIGHT {
             Some(format!("whose weights sum to {sum}, past {MAX_ROUND_ROBIN_WEIGHT} (the locality schedule keeps an entry per unit of weight)"))
         } else {
@@ -384,15 +461,29 @@ pub(crate) fn check_localities(
     problems
 }
 
-/// A route's `hash_policy` (at `path`): header, cookie (without generation: its `ttl`,
-/// `path` and `attributes` are refused by the fields guard), source IP and query parameter
-/// policies; the guard refuses `filter_state` and a header's `regex_rewrite`.
+/// The most hash policies a route takes (the runtime flags the cookies a request generated
+/// in one `u64`).
+pub(crate) const MAX_HASH_POLICIES: usize = 64;
+
+/// A route's `hash_policy` (at `path`): header, cookie (generated when absent where it has
+/// a `ttl`, [`cookie`]), source IP, query parameter and filter-state policies; the guard
+/// refuses a header's `regex_rewrite`. More than [`MAX_HASH_POLICIES`] are refused.
 pub(crate) fn hash_policies(
     policies: &[route_pb::route_action::HashPolicy],
     path: &str,
     problems: &mut Vec<Problem>,
 ) -> Vec<HashPolicy> {
     use route_pb::route_action::hash_policy::PolicySpecifier as P;
+    if policies.len() > MAX_HASH_POLICIES {
+        problems.push((
+            path.to_string(),
+            format!(
+                "{} hash policies: more than {MAX_HASH_POLICIES} on a route are not implemented",
+                policies.len()
+            ),
+        ));
+        return Vec::new();
+    }
     let mut out = Vec::new();
     for (i, p) in policies.iter().enumerate() {
         let at = format!("{path}[{i}]");
@@ -400,11 +491,15 @@ pub(crate) fn hash_policies(
             Some(P::Header(h)) => ("header.header_name", &h.header_name),
             Some(P::Cookie(c)) => ("cookie.name", &c.name),
             Some(P::QueryParameter(q)) => ("query_parameter.name", &q.name),
+            Some(P::FilterState(f)) => ("filter_state.key", &f.key),
             // No source IP asked for: Envoy adds no hash method.
             Some(P::ConnectionProperties(c)) if !c.source_ip => continue,
             Some(P::ConnectionProperties(_)) => ("", &String::new()),
-            // Refused by the fields guard.
-            Some(P::FilterState(_)) | None => continue,
+            // Envoy refuses a policy without a specifier.
+            None => {
+                problems.push((at, "a hash policy without what it hashes".into()));
+                continue;
+            }
         };
         if !field.is_empty() && name.is_empty() {
             problems.push((format!("{at}.{field}"), "an empty name".into()));
@@ -412,8 +507,17 @@ pub(crate) fn hash_policies(
         }
         let source = match &p.policy_specifier {
             Some(P::Header(_)) => HashSource::Header(name.to_ascii_lowercase()),
-            Some(P::Cookie(_)) => HashSource::Cookie(name.clone()),
+            Some(P::Cookie(c)) => {
+                let before = problems.len();
+                let generated = cookie(c, &format!("{at}.cookie"), problems);
+                match generated {
+                    _ if problems.len() > before => continue,
+                    Some(generated) => HashSource::GeneratedCookie(generated),
+                    None => HashSource::Cookie(name.clone()),
+                }
+            }
             Some(P::QueryParameter(_)) => HashSource::QueryParameter(name.clone()),
+            Some(P::FilterState(_)) => HashSource::FilterState(name.clone()),
             _ => HashSource::SourceIp,
         };
         out.push(HashPolicy {
@@ -422,6 +526,57 @@ pub(crate) fn hash_policies(
         });
     }
     out
+}
+
+/// The cookie a cookie policy generates when a request lacks it: with a `ttl` (its whole
+/// seconds the `Max-Age`, as Envoy takes it), its `path` and `attributes`; `None` without a
+/// `ttl` (the cookie is only read; `path` and `attributes` then have no effect in Envoy).
+/// A negative `ttl`, and a name, path or attribute that cannot be written in a header
+/// value, are problems naming the field.
+fn cookie(
+    c: &route_pb::route_action::hash_policy::Cookie,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<GeneratedCookie> {
+    let ttl = c.ttl.as_ref()?;
+    let before = problems.len();
+    let mut texts = vec![
+        (format!("{path}.name"), &c.name),
+        (format!("{path}.path"), &c.path),
+    ];
+    for (i, a) in c.attributes.iter().enumerate() {
+        if a.name.is_empty() {
+            problems.push((
+                format!("{path}.attributes[{i}].name"),
+                "an empty name".into(),
+            ));
+        }
+        texts.push((format!("{path}.attributes[{i}].name"), &a.name));
+        texts.push((format!("{path}.attributes[{i}].value"), &a.value));
+    }
+    for (field, text) in texts {
+        // Visible ASCII, tabs and bytes past ASCII: what a header value may hold.
+        if !text.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f)) {
+            problems.push((field, format!("{text:?} cannot be written in Set-Cookie")));
+        }
+    }
+    let Ok(max_age) = u64::try_from(ttl.seconds) else {
+        problems.push((
+            format!("{path}.ttl"),
+            format!("{}s: a negative ttl is not implemented", ttl.seconds),
+        ));
+        return None;
+    };
+    (problems.len() == before).then(|| GeneratedCookie {
+        name: c.name.clone(),
+        max_age,
+        path: c.path.clone(),
+        attributes: c
+            .attributes
+            .iter()
+            .map(|a| (a.name.clone(), a.value.clone()))
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -453,7 +608,10 @@ mod tests {
         );
         assert_eq!(
             lb(&cluster(LbPolicy::LeastRequest)),
-            Ok(LoadBalancer::LeastRequest { choice_count: 2 })
+            Ok(LoadBalancer::LeastRequest {
+                choice_count: 2,
+                active_request_bias: ActiveRequestBias::DEFAULT
+            })
         );
         assert_eq!(lb(&cluster(LbPolicy::Random)), Ok(LoadBalancer::Random));
         assert_eq!(
@@ -530,6 +688,43 @@ mod tests {
         );
     }
 
+    /// kuma-cp's `activeRequestBias` (a `RuntimeDouble` with its default only) is taken;
+    /// a negative or NaN one is 1 as in Envoy, an infinite one is NACKed.
+    #[test]
+    fn least_request_takes_the_active_request_bias() {
+        use cluster_pb::cluster::{LbConfig, LbPolicy, LeastRequestLbConfig};
+        use envoy_types::pb::envoy::config::core::v3::RuntimeDouble;
+        let at = "clusters[\"c\"]";
+        let biased = |bias: f64| cluster_pb::Cluster {
+            lb_config: Some(LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
+                active_request_bias: Some(RuntimeDouble {
+                    default_value: bias,
+                    runtime_key: String::new(),
+                }),
+                ..Default::default()
+            })),
+            ..cluster(LbPolicy::LeastRequest)
+        };
+        let bias = |value: f64| match load_balancer(&biased(value), at) {
+            Ok(LoadBalancer::LeastRequest {
+                choice_count: 2,
+                active_request_bias,
+            }) => Ok(active_request_bias.get()),
+            other => Err(other),
+        };
+        assert_eq!(bias(0.5), Ok(0.5));
+        assert_eq!(bias(0.0), Ok(0.0));
+        assert_eq!(bias(-1.0), Ok(1.0));
+        assert_eq!(bias(f64::NAN), Ok(1.0));
+        assert_eq!(
+            fields(load_balancer(&biased(f64::INFINITY), at).expect_err("refused")),
+            [format!(
+                "{at}.least_request_lb_config.active_request_bias.default_value"
+            )]
+        );
+        assert_eq!(ActiveRequestBias::DEFAULT.get(), 1.0);
+    }
+
     /// Locality weighting passes where it changes nothing (one weighted locality per
     /// priority) and is NACKed by path otherwise; an overprovisioning factor below 100 too.
     #[test]
@@ -579,11 +774,56 @@ mod tests {
         let shared = assignment(vec![locality(0, Some(1)), locality(0, Some(3))], None);
         assert!(check(&weighted, shared.clone()).is_empty());
         let refused = [format!("{at}.common_lb_config.locality_weighted_lb_config")];
-        let ring = LoadBalancer::Maglev { table_size: 17 };
-        for (balancer, dns) in [(&ring, false), (&LoadBalancer::Random, true)] {
-            let problems = check_localities(&weighted, (balancer, dns), Some(&shared), at);
-            assert_eq!(fields(problems), refused);
-        }
+        let problems =
+            check_localities(&weighted, (&LoadBalancer::Random, true), Some(&shared), at);
+        assert_eq!(fields(problems), refused);
+        // Under ring hash and Maglev the locality weights fold into the hosts' (Envoy's
+        // `normalizeWeights`); a locality named twice in a level (merged by Envoy; unnamed
+        // ones too) is NACKed.
+        let maglev = LoadBalancer::Maglev { table_size: 17 };
+        let named = |zone: &str, weight| endpoint_pb::LocalityLbEndpoints {
+            locality: Some(envoy_types::pb::envoy::config::core::v3::Locality {
+                zone: zone.into(),
+                ..Default::default()
+            }),
+            ..locality(0, Some(weight))
+        };
+        let zones = assignment(vec![named("b", 3), named("a", 1)], None);
+        let problems = check_localities(&weighted, (&maglev, false), Some(&zones), at);
+        assert!(problems.is_empty(), "{problems:?}");
+        let twice = assignment(vec![named("b", 3), named("a", 1), named("b", 1)], None);
+        use LocalityRole::*;
+        assert_eq!(
+            locality_roles(&twice),
+            [
+                Weighed {
+                    weight: 3,
+                    order: 1
+                },
+                Weighed {
+                    weight: 1,
+                    order: 0
+                },
+                Weighed {
+                    weight: 1,
+                    order: 1
+                }
+            ]
+        );
+        let problems = check_localities(&weighted, (&maglev, false), Some(&twice), at);
+        assert_eq!(
+            fields(problems),
+            [format!("{at}.load_assignment.endpoints[2].locality")]
+        );
+        // A level without any locality weight: Envoy's ring or table is empty; NACKed.
+        let none = assignment(vec![locality(0, None), locality(0, None)], None);
+        let problems = check_localities(&weighted, (&maglev, false), Some(&none), at);
+        assert_eq!(
+            fields(problems),
+            [format!(
+                "{at}.load_assignment.endpoints[0].load_balancing_weight"
+            )]
+        );
         let checked = cluster_pb::Cluster {
             health_checks: vec![Default::default()],
             ..weighted.clone()
@@ -598,8 +838,16 @@ mod tests {
         assert!(check(&weighted, unweighted.clone()).is_empty());
         let idle = assignment(vec![locality(0, None), locality(0, Some(2))], None);
         assert!(check(&weighted, idle.clone()).is_empty());
-        use LocalityRole::*;
-        assert_eq!(locality_roles(&idle), [Idle, Weighed(2)]);
+        assert_eq!(
+            locality_roles(&idle),
+            [
+                Idle,
+                Weighed {
+                    weight: 2,
+                    order: 0
+                }
+            ]
+        );
         assert_eq!(locality_roles(&unweighted), [Unweighted]);
         assert_eq!(
             check(&checked, idle),
@@ -653,7 +901,10 @@ mod tests {
             ..Default::default()
         };
         let kuma = assignment(vec![level(0, &[1]), level(0, &[3])]);
-        let least = LoadBalancer::LeastRequest { choice_count: 2 };
+        let least = LoadBalancer::LeastRequest {
+            choice_count: 2,
+            active_request_bias: ActiveRequestBias::DEFAULT,
+        };
         for balancer in [
             LoadBalancer::RoundRobin,
             least,
@@ -759,6 +1010,88 @@ mod tests {
             ]
         );
         assert_eq!(fields(problems), ["r.hash_policy[5].header.header_name"]);
+    }
+
+    /// A cookie policy with a `ttl` generates its cookie (whole seconds as `Max-Age`, path
+    /// and attributes kept); without one, its path has no effect; a filter-state policy
+    /// keeps its place (and `terminal`); a negative `ttl`, an empty key or attribute name,
+    /// text no header can hold and more than 64 policies are NACKed by path.
+    #[test]
+    fn generated_cookies_and_filter_state_policies_translate() {
+        use envoy_types::pb::google::protobuf::Duration;
+        use route_pb::route_action::hash_policy::PolicySpecifier;
+        use route_pb::route_action::hash_policy::{Cookie, CookieAttribute, FilterState};
+        use route_pb::route_action::HashPolicy as Pb;
+        let cookie = |ttl: Option<i64>, path: &str, attributes: &[(&str, &str)]| Pb {
+            policy_specifier: Some(PolicySpecifier::Cookie(Cookie {
+                name: "sid".into(),
+                ttl: ttl.map(|seconds| Duration {
+                    seconds,
+                    nanos: 500,
+                }),
+                path: path.into(),
+                attributes: attributes
+                    .iter()
+                    .map(|(name, value)| CookieAttribute {
+                        name: (*name).into(),
+                        value: (*value).into(),
+                    })
+                    .collect(),
+            })),
+            terminal: false,
+        };
+        let state = |key: &str| Pb {
+            policy_specifier: Some(PolicySpecifier::FilterState(FilterState {
+                key: key.into(),
+            })),
+            terminal: true,
+        };
+        let policies = [
+            cookie(Some(3600), "/", &[("SameSite", "Lax")]),
+            cookie(None, "/ignored", &[]),
+            state("kuma.mesh_rate_limit.match.spiffe_id"),
+        ];
+        let mut problems = Vec::new();
+        let out = hash_policies(&policies, "r", &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let sources: Vec<_> = out.iter().map(|p| (p.source.clone(), p.terminal)).collect();
+        let generated = GeneratedCookie {
+            name: "sid".into(),
+            max_age: 3600,
+            path: "/".into(),
+            attributes: vec![("SameSite".into(), "Lax".into())],
+        };
+        assert_eq!(
+            sources,
+            [
+                (HashSource::GeneratedCookie(generated), false),
+                (HashSource::Cookie("sid".into()), false),
+                (
+                    HashSource::FilterState("kuma.mesh_rate_limit.match.spiffe_id".into()),
+                    true
+                ),
+            ]
+        );
+        let refused = [
+            cookie(Some(-1), "", &[]),
+            state(""),
+            cookie(Some(1), "/a\nb", &[("", "x")]),
+        ];
+        let mut problems = Vec::new();
+        assert_eq!(hash_policies(&refused, "r", &mut problems).len(), 0);
+        assert_eq!(
+            fields(problems),
+            [
+                "r[0].cookie.ttl",
+                "r[1].filter_state.key",
+                "r[2].cookie.attributes[0].name",
+                "r[2].cookie.path",
+            ]
+        );
+        let many = vec![state("k"); MAX_HASH_POLICIES + 1];
+        let mut problems = Vec::new();
+        assert!(hash_policies(&many, "r", &mut problems).is_empty());
+        assert_eq!(fields(problems), ["r"]);
     }
 
     #[test]

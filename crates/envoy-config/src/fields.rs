@@ -258,8 +258,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "hash_policy",
         ],
     ),
-    // Cookies are hashed, never generated: `ttl`, `path` and `attributes` (generation) and
-    // `filter_state` are not implemented.
+    // What a request is hashed by (`balance.rs`); a header's `regex_rewrite` is not
+    // implemented.
     (
         "envoy.config.route.v3.RouteAction.HashPolicy",
         &[
@@ -267,6 +267,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "cookie",
             "connection_properties",
             "query_parameter",
+            "filter_state",
             "terminal",
         ],
     ),
@@ -274,7 +275,20 @@ const ACCEPTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.RouteAction.HashPolicy.Header",
         &["header_name"],
     ),
-    ("envoy.config.route.v3.RouteAction.HashPolicy.Cookie", &["name"]),
+    // With a `ttl`, the cookie is generated when a request lacks it (`path`, `attributes`
+    // written in its `Set-Cookie`).
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.Cookie",
+        &["name", "ttl", "path", "attributes"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute",
+        &["name", "value"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.FilterState",
+        &["key"],
+    ),
     (
         "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties",
         &["source_ip"],
@@ -511,9 +525,17 @@ const ACCEPTED: &[(&str, &[&str])] = &[
             "failure_percentage_threshold",
         ],
     ),
-    // `active_request_bias` (which makes Envoy pick by weights scaled by active requests)
-    // and slow start are not implemented.
-    ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"]),
+    // Slow start is not implemented.
+    (
+        "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
+        &["choice_count", "active_request_bias"],
+    ),
+    // runtime_key: no runtime layer Bearing accepts sets one, so the default applies as in
+    // Envoy (least request's `active_request_bias`, `balance.rs`).
+    (
+        "envoy.config.core.v3.RuntimeDouble",
+        &["default_value", "runtime_key"],
+    ),
     (
         "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
         &["minimum_ring_size", "maximum_ring_size", "hash_function"],

@@ -2035,10 +2035,13 @@ impl Translator<'_> {
                         priority: locality.priority,
                         weight,
                         locality: match role {
-                            Some(LocalityRole::Weighed(weight)) => Some(LocalityWeight {
-                                index: i as u32,
-                                weight,
-                            }),
+                            Some(LocalityRole::Weighed { weight, order }) => {
+                                Some(LocalityWeight {
+                                    index: i as u32,
+                                    weight,
+                                    order,
+                                })
+                            }
                             _ => None,
                         },
                         // A DNS cluster names each host by its address as written, an IP too.
@@ -4442,7 +4445,7 @@ mod tests {
             r#"              - match: {prefix: /a, caseSensitive: false}
                 route: {cluster: backend, timeout: 0s}
               - match: {prefix: /b}
-                route: {cluster: backend, timeout: 0s, retryPolicy: {retryOn: 5xx, retriableHeaders: [{name: x}]}, hashPolicy: [{header: {headerName: x}}, {filterState: {key: x}}, {cookie: {name: c, ttl: 1s}}]}
+                route: {cluster: backend, timeout: 0s, retryPolicy: {retryOn: 5xx, retriableHeaders: [{name: x}]}, hashPolicy: [{header: {headerName: x, regexRewrite: {pattern: {regex: a}, substitution: b}}}, {filterState: {key: x}}, {cookie: {name: c, ttl: 1s, path: /}}]}
               - match: {prefix: /}
                 route: {cluster: backend, timeout: 0s}
 "#,
@@ -4472,12 +4475,16 @@ mod tests {
             "without the retry condition",
         );
         has(
-            format!("{routes}[1].route.hash_policy[1].filter_state"),
+            format!("{routes}[1].route.hash_policy[0].header.regex_rewrite"),
             "not implemented",
         );
-        has(
-            format!("{routes}[1].route.hash_policy[2].cookie.ttl"),
-            "not implemented",
+        // Filter-state policies and generated cookies are taken (`balance.rs`).
+        let taken = |i| format!("{routes}[1].route.hash_policy[{i}]");
+        assert!(
+            !found
+                .iter()
+                .any(|(f, _)| f.starts_with(&taken(1)) || f.starts_with(&taken(2))),
+            "{found:#?}"
         );
         has(format!("{HCM}.generate_request_id"), "not implemented");
     }

@@ -4,9 +4,12 @@
 use std::collections::BTreeMap;
 
 /// The downstream peer of the requests routed here.
-const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+const PEER: Downstream = Downstream {
+    peer: std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000),
+    local: std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 80),
+};
 
-use bearing_gateway::{Decision, Router};
+use bearing_gateway::{Decision, Downstream, Router};
 use bearing_proxy_config::{
     GatewayHost, GatewayListener, GatewayProtocol, HeaderFilter, HttpMatch, HttpRoute, PathMatch,
     RouteAction, WeightedCluster,

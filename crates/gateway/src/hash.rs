@@ -5,13 +5,127 @@
 //! request): each policy's xxHash64 (seed 0) of what it reads, combined in order by rotating
 //! the hash so far left by one and XORing the next, a terminal policy that gave a hash
 //! ending the list. A request none of the policies reads from has no hash.
+//!
+//! A cookie policy with a `ttl` generates its cookie when the request lacks it, as Envoy's
+//! router does (`addDownstreamSetCookie`): the value is the hex of xxHash64 over the
+//! connection's peer and local addresses written one after the other, the same for every
+//! request of the connection; the request is hashed by that value, and [`SetCookies`]
+//! gives the `Set-Cookie` fields its response carries, so the client's next requests bring
+//! the cookie and hash alike.
 
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
-use bearing_proxy_config::{HashPolicy, HashSource};
-use http::header::{HeaderName, COOKIE};
+use bearing_proxy_config::{GeneratedCookie, HashPolicy, HashSource};
+use http::header::{HeaderName, HeaderValue, COOKIE};
 use xxhash_rust::xxh64::{xxh64, Xxh64};
+
+/// The downstream connection a request came on, as hash policies read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Downstream {
+    /// The client's address (the source IP policy hashes its IP).
+    pub peer: SocketAddr,
+    /// The address the client reached (a generated cookie's value hashes both).
+    pub local: SocketAddr,
+}
+
+impl Downstream {
+    /// The value of a cookie generated on this connection: 16 lower-case hex digits of
+    /// xxHash64 (seed 0) over `<peer><local>`, each `ip:port` (`[ip]:port` for IPv6), as
+    /// Envoy's `Hex::uint64ToHex(HashUtil::xxHash64(remote + local))`.
+    fn cookie_value(&self) -> [u8; 16] {
+        // At most 2 x 47 bytes (`[ipv6%scope]:port`), written on the stack.
+        let mut text = [0u8; 128];
+        let mut rest = &mut text[..];
+        let len = match write!(rest, "{}{}", self.peer, self.local) {
+            Ok(()) => 128 - rest.len(),
+            Err(_) => 0,
+        };
+        let hash = xxh64(&text[..len], 0);
+        let mut value = [0u8; 16];
+        for (i, digit) in value.iter_mut().enumerate() {
+            let nibble = (hash >> (60 - 4 * i)) & 0xf;
+            *digit = b"0123456789abcdef"[nibble as usize];
+        }
+        value
+    }
+}
+
+/// The `Set-Cookie` fields of the cookies a request's hash policies generated, each of the
+/// connection's value, in the order of its route's policies; made into header values only
+/// when a response from upstream takes them.
+#[derive(Debug, Clone, Copy)]
+pub struct SetCookies<'r> {
+    policies: &'r [RequestHash],
+    /// Which of `policies` generated its cookie, by index.
+    generated: u64,
+    value: [u8; 16],
+}
+
+impl<'r> SetCookies<'r> {
+    /// The `Set-Cookie` values, one per cookie generated.
+    pub fn values(&self) -> impl Iterator<Item = HeaderValue> + 'r {
+        let (generated, value) = (self.generated, self.value);
+        self.policies
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| generated & (1 << i) != 0)
+            .filter_map(move |(_, policy)| match &policy.input {
+                Input::GeneratedCookie(maker) => maker.field(&value),
+                _ => None,
+            })
+    }
+}
+
+/// A generated cookie's `Set-Cookie` value around the cookie's value, as Envoy's
+/// `makeSetCookieValue` writes it.
+#[derive(Debug)]
+struct CookieMaker {
+    name: String,
+    /// `<name>="`.
+    head: Vec<u8>,
+    /// `"` then `; Max-Age=<ttl>` (unless 0), `; Path=<path>` (unless empty), each
+    /// attribute, `; HttpOnly`.
+    tail: Vec<u8>,
+}
+
+impl CookieMaker {
+    fn new(cookie: &GeneratedCookie, origin: &str) -> Result<CookieMaker, String> {
+        let head = format!("{}=\"", cookie.name).into_bytes();
+        let mut tail = String::from("\"");
+        if cookie.max_age != 0 {
+            tail.push_str(&format!("; Max-Age={}", cookie.max_age));
+        }
+        if !cookie.path.is_empty() {
+            tail.push_str(&format!("; Path={}", cookie.path));
+        }
+        for (name, value) in &cookie.attributes {
+            match value.is_empty() {
+                true => tail.push_str(&format!("; {name}")),
+                false => tail.push_str(&format!("; {name}={value}")),
+            }
+        }
+        tail.push_str("; HttpOnly");
+        let maker = CookieMaker {
+            name: cookie.name.clone(),
+            head,
+            tail: tail.into_bytes(),
+        };
+        match maker.field(b"0000000000000000") {
+            Some(_) => Ok(maker),
+            None => Err(format!(
+                "{origin}: cookie {:?} cannot be written in Set-Cookie",
+                cookie.name
+            )),
+        }
+    }
+
+    /// The `Set-Cookie` value for `value`.
+    fn field(&self, value: &[u8; 16]) -> Option<HeaderValue> {
+        let bytes = [&self.head[..], value, &self.tail[..]].concat();
+        HeaderValue::from_bytes(&bytes).ok()
+    }
+}
 
 /// One compiled hash policy.
 #[derive(Debug)]
@@ -26,8 +140,13 @@ enum Input {
     /// A pseudo-header Envoy reads from the request line: `:authority`, `:path`, `:method`.
     Pseudo(&'static str),
     Cookie(String),
+    /// A cookie generated when the request lacks it.
+    GeneratedCookie(CookieMaker),
     SourceIp,
     QueryParameter(String),
+    /// A filter-state object: none Bearing keeps is hashable (see `HashSource`), so never
+    /// a hash.
+    FilterState,
 }
 
 impl RequestHash {
@@ -43,8 +162,12 @@ impl RequestHash {
                 })?),
             },
             HashSource::Cookie(name) => Input::Cookie(name.clone()),
+            HashSource::GeneratedCookie(cookie) => {
+                Input::GeneratedCookie(CookieMaker::new(cookie, origin)?)
+            }
             HashSource::SourceIp => Input::SourceIp,
             HashSource::QueryParameter(name) => Input::QueryParameter(name.clone()),
+            HashSource::FilterState(_) => Input::FilterState,
         };
         Ok(RequestHash {
             input,
@@ -52,8 +175,14 @@ impl RequestHash {
         })
     }
 
-    /// This policy's hash of the request from `peer`, if what it reads is there.
-    fn evaluate(&self, parts: &http::request::Parts, peer: IpAddr) -> Option<u64> {
+    /// This policy's hash of the request on `downstream`, if what it reads is there (a
+    /// generated cookie always is: `generate` is called when the request lacks it).
+    fn evaluate(
+        &self,
+        parts: &http::request::Parts,
+        downstream: &Downstream,
+        generate: impl FnOnce() -> [u8; 16],
+    ) -> Option<u64> {
         match &self.input {
             Input::Header(name) => header_hash(parts.headers.get_all(name).iter()),
             Input::Pseudo(":authority") => {
@@ -73,11 +202,15 @@ impl RequestHash {
                 let value = cookie_value(&parts.headers, name)?;
                 Some(xxh64(value, 0))
             }
+            Input::GeneratedCookie(maker) => match cookie_value(&parts.headers, &maker.name) {
+                Some(value) => Some(xxh64(value, 0)),
+                None => Some(xxh64(&generate(), 0)),
+            },
             Input::SourceIp => {
                 // The address as text, written on the stack (at most 45 bytes for IPv6).
                 let mut text = [0u8; 64];
                 let mut rest = &mut text[..];
-                write!(rest, "{peer}").ok()?;
+                write!(rest, "{}", downstream.peer.ip()).ok()?;
                 let len = 64 - rest.len();
                 Some(xxh64(&text[..len], 0))
             }
@@ -85,20 +218,26 @@ impl RequestHash {
                 let value = query_value(parts.uri.query()?, name)?;
                 Some(xxh64(&value, 0))
             }
+            Input::FilterState => None,
         }
     }
 }
 
 /// The hash of a request by `policies` (in order), as Envoy combines them; `None` when no
-/// policy gave one.
-pub(crate) fn request_hash(
-    policies: &[RequestHash],
+/// policy gave one. With it, the cookies the policies generated (`None`: none).
+pub(crate) fn request_hash<'r>(
+    policies: &'r [RequestHash],
     parts: &http::request::Parts,
-    peer: IpAddr,
-) -> Option<u64> {
+    downstream: &Downstream,
+) -> (Option<u64>, Option<SetCookies<'r>>) {
     let mut hash: Option<u64> = None;
-    for policy in policies {
-        if let Some(new) = policy.evaluate(parts, peer) {
+    let (mut generated, mut value) = (0u64, None);
+    for (i, policy) in policies.iter().enumerate() {
+        let generate = || {
+            generated |= 1 << i;
+            *value.get_or_insert_with(|| downstream.cookie_value())
+        };
+        if let Some(new) = policy.evaluate(parts, downstream, generate) {
             // Rotating keeps two equal policies from cancelling each other out.
             let old = hash.map_or(0, |h| h.rotate_left(1));
             hash = Some(old ^ new);
@@ -107,7 +246,12 @@ pub(crate) fn request_hash(
             break;
         }
     }
-    hash
+    let cookies = value.map(|value| SetCookies {
+        policies,
+        generated,
+        value,
+    });
+    (hash, cookies)
 }
 
 /// xxHash64 of a header's values, sorted so that their order does not matter and hashed
@@ -196,6 +340,7 @@ fn percent_decode(text: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     fn parts(target: &str, headers: &[(&str, &str)]) -> http::request::Parts {
         let mut req = http::Request::builder().uri(target);
@@ -209,7 +354,19 @@ mod tests {
         RequestHash::new(&HashPolicy { source, terminal }, "test").unwrap()
     }
 
-    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7));
+    const PEER: Downstream = Downstream {
+        peer: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7)), 40000),
+        local: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 80),
+    };
+
+    /// The hash of `parts` by `policies` from [`PEER`].
+    fn request_hash(
+        policies: &[RequestHash],
+        parts: &http::request::Parts,
+        on: Downstream,
+    ) -> Option<u64> {
+        super::request_hash(policies, parts, &on).0
+    }
 
     /// Each source hashes what Envoy hashes: xxHash64 with seed 0 of the header value, the
     /// cookie's unquoted value, the peer's address as text, the decoded parameter.
@@ -229,7 +386,10 @@ mod tests {
             Some(xxh64(b"s1", 0))
         );
         assert_eq!(h(HashSource::SourceIp), Some(xxh64(b"10.0.0.7", 0)));
-        let v6: IpAddr = "fd00::7".parse().unwrap();
+        let v6 = Downstream {
+            peer: "[fd00::7]:5000".parse().unwrap(),
+            ..PEER
+        };
         let ip = [policy(HashSource::SourceIp, false)];
         assert_eq!(request_hash(&ip, &p, v6), Some(xxh64(b"fd00::7", 0)));
         assert_eq!(
@@ -274,6 +434,73 @@ mod tests {
         let terminal_missing = policy(HashSource::Header("x-none".into()), true);
         assert_eq!(request_hash(&[terminal_missing, b()], &p, PEER), Some(hb));
         assert_eq!(request_hash(&[], &p, PEER), None);
+    }
+
+    /// A cookie policy with a `ttl`: a request without the cookie is hashed by the
+    /// connection's value (hex xxHash64 of peer then local address, IPv6 in brackets) and
+    /// gets Envoy's `Set-Cookie`; one that brings the cookie hashes alike and generates none;
+    /// a terminal policy's hash before it leaves it unevaluated, generating nothing.
+    #[test]
+    fn a_cookie_with_a_ttl_is_generated_when_absent() {
+        let generated = |max_age, path: &str, attributes: Vec<(String, String)>| {
+            let cookie = GeneratedCookie {
+                name: "sid".into(),
+                max_age,
+                path: path.into(),
+                attributes,
+            };
+            policy(HashSource::GeneratedCookie(cookie), false)
+        };
+        let attributes = vec![
+            ("SameSite".to_string(), "Lax".to_string()),
+            ("Secure".to_string(), String::new()),
+        ];
+        let policies = [generated(3600, "/app", attributes)];
+        let value = format!("{:016x}", xxh64(b"10.0.0.7:4000010.0.0.1:80", 0));
+        let (hash, cookies) = super::request_hash(&policies, &parts("/", &[]), &PEER);
+        assert_eq!(hash, Some(xxh64(value.as_bytes(), 0)));
+        let fields: Vec<HeaderValue> = cookies.expect("generated").values().collect();
+        let field =
+            format!("sid=\"{value}\"; Max-Age=3600; Path=/app; SameSite=Lax; Secure; HttpOnly");
+        assert_eq!(fields, [field.as_str()]);
+        let with = parts("/", &[("cookie", &format!("sid=\"{value}\""))]);
+        let (again, none) = super::request_hash(&policies, &with, &PEER);
+        assert_eq!((again, none.is_none()), (hash, true));
+        let bare = [generated(0, "", Vec::new())];
+        let (_, cookies) = super::request_hash(&bare, &parts("/", &[]), &PEER);
+        let fields: Vec<HeaderValue> = cookies.expect("generated").values().collect();
+        assert_eq!(fields, [format!("sid=\"{value}\"; HttpOnly").as_str()]);
+        let v6 = Downstream {
+            peer: "[fd00::7]:5000".parse().unwrap(),
+            local: "[fd00::1]:80".parse().unwrap(),
+        };
+        let expected = format!("{:016x}", xxh64(b"[fd00::7]:5000[fd00::1]:80", 0));
+        assert_eq!(&v6.cookie_value()[..], expected.as_bytes());
+        let terminal = policy(HashSource::Header("x-a".into()), true);
+        let first = [terminal, generated(60, "", Vec::new())];
+        let (hash, cookies) = super::request_hash(&first, &parts("/", &[("x-a", "1")]), &PEER);
+        assert_eq!((hash, cookies.is_none()), (Some(xxh64(b"1", 0)), true));
+    }
+
+    /// A filter-state policy never gives a hash; a terminal one still ends the list once an
+    /// earlier policy gave one, as in Envoy.
+    #[test]
+    fn a_filter_state_policy_gives_no_hash() {
+        let state = |terminal| {
+            let key = "kuma.mesh_rate_limit.match.spiffe_id".into();
+            policy(HashSource::FilterState(key), terminal)
+        };
+        let a = || policy(HashSource::Header("x-a".into()), false);
+        let b = || policy(HashSource::Header("x-b".into()), false);
+        let p = parts("/", &[("x-a", "1"), ("x-b", "2")]);
+        let (ha, hb) = (xxh64(b"1", 0), xxh64(b"2", 0));
+        assert_eq!(request_hash(&[state(false)], &p, PEER), None);
+        assert_eq!(
+            request_hash(&[a(), state(false), b()], &p, PEER),
+            Some(ha.rotate_left(1) ^ hb)
+        );
+        assert_eq!(request_hash(&[a(), state(true), b()], &p, PEER), Some(ha));
+        assert_eq!(request_hash(&[state(true), b()], &p, PEER), Some(hb));
     }
 
     #[test]

@@ -17,7 +17,6 @@ mod path;
 mod pick;
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use bearing_proxy_config::{
@@ -31,6 +30,8 @@ use regex::Regex;
 
 use crate::hash::RequestHash;
 use crate::pick::Share;
+
+pub use crate::hash::{Downstream, SetCookies};
 
 pub use crate::pick::Weighted;
 
@@ -82,6 +83,10 @@ pub enum Decision<'r> {
         /// The request's hash by the route's hash policies, for a consistent-hashing
         /// cluster (`None`: no policy, or none read anything).
         hash: Option<u64>,
+        /// The cookies the hash policies generated (a cookie policy with a `ttl` whose
+        /// cookie the request lacks), for the response from upstream, where the cluster
+        /// hashes requests (Envoy evaluates the policies only then).
+        set_cookies: Option<SetCookies<'r>>,
     },
 }
 
@@ -405,11 +410,14 @@ impl Route {
                 .mirror
                 .as_ref()
                 .map(|m| (m.cluster.clone(), Share::new(m.percentage))),
-            hash: r
-                .hash_policy
-                .iter()
-                .map(|p| RequestHash::new(p, origin))
-                .collect::<Result<_, String>>()?,
+            hash: match r.hash_policy.len() {
+                0..=64 => r
+                    .hash_policy
+                    .iter()
+                    .map(|p| RequestHash::new(p, origin))
+                    .collect::<Result<_, String>>()?,
+                n => return Err(format!("{origin}: {n} hash policies, more than 64")),
+            },
         })
     }
 
@@ -551,10 +559,14 @@ impl Router {
         h.tcp_backends.get(h.tcp_pick.pick()?)
     }
 
-    /// Routes one request from `peer`: a gateway's hygiene, host, first matching route; a
-    /// forwarded request is hashed by its route's hash policies, then has its route's
+    /// Routes one request on `downstream`: a gateway's hygiene, host, first matching route;
+    /// a forwarded request is hashed by its route's hash policies, then has its route's
     /// request header changes and rewrite applied in place.
-    pub fn route<'r>(&'r self, parts: &mut http::request::Parts, peer: IpAddr) -> Decision<'r> {
+    pub fn route<'r>(
+        &'r self,
+        parts: &mut http::request::Parts,
+        downstream: Downstream,
+    ) -> Decision<'r> {
         if self.gateway {
             if let Some(refused) = self.hygiene(parts) {
                 return refused;
@@ -574,9 +586,9 @@ impl Router {
             return respond(StatusCode::NOT_FOUND);
         };
         let at = (host_at, route_at);
-        let hash = match route.hash.is_empty() {
-            true => None,
-            false => hash::request_hash(&route.hash, parts, peer),
+        let (hash, set_cookies) = match route.hash.is_empty() {
+            true => (None, None),
+            false => hash::request_hash(&route.hash, parts, &downstream),
         };
         route.request_headers.apply(&mut parts.headers);
         match &route.action {
@@ -640,6 +652,7 @@ impl Router {
                     endpoint_host: *host_to_backend_hostname,
                     route: at,
                     hash,
+                    set_cookies,
                 }
             }
         }

@@ -5,7 +5,10 @@ use bearing_proxy_config::{
 use std::collections::BTreeMap;
 
 /// The downstream peer of the requests routed here.
-const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+const PEER: Downstream = Downstream {
+    peer: std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000),
+    local: std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 80),
+};
 
 fn backend(cluster: &str, weight: u32) -> WeightedCluster {
     WeightedCluster {

@@ -1105,13 +1105,17 @@ pub struct Endpoint {
 }
 
 /// An endpoint's locality under locality-weighted balancing: which `LocalityLbEndpoints` of
-/// the assignment it came from, and that locality's `load_balancing_weight`.
+/// the assignment it came from, that locality's `load_balancing_weight`, and its place in
+/// Envoy's order of its level's localities.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
 pub struct LocalityWeight {
     /// The locality's index in the ClusterLoadAssignment's `endpoints`.
     pub index: u32,
     /// Its weight (1 or more).
     pub weight: u32,
+    /// Its place among its level's localities as Envoy orders them (by name: region, zone,
+    /// sub-zone), which orders the hosts of a ring or table.
+    pub order: u32,
 }
 
 fn is_zero(n: &u32) -> bool {

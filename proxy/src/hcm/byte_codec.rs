@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bearing_gateway::HeaderEdits;
+use bearing_gateway::{Downstream, HeaderEdits};
 use bearing_http1::{parse_request, parse_response, BodyLength, BodyProgress, NotForwarded};
 use bearing_http1::{Refused, RequestHead, ResponseHead};
 use bearing_proxy_config::{RateLimitedBackOff, RetryPolicy};
@@ -369,8 +369,11 @@ where
                 &mut bufs.request_head,
                 head.body,
                 request.body,
-                peer,
-                listener.name(),
+                Downstream {
+                    peer,
+                    local: listener.address(),
+                },
+                &*listener,
             ),
             None => match listener.cluster() {
                 Some(_) if listener.retry().is_some_and(RetryPolicy::reads_headers) => (
@@ -613,8 +616,8 @@ fn route_head<'r>(
     head: &mut Vec<u8>,
     length: BodyLength,
     body: &[u8],
-    peer: SocketAddr,
-    listener: &str,
+    downstream: Downstream,
+    listener: &impl HttpListener,
 ) -> (Routed<'r>, RouteTerms<'r>) {
     let unsupported = |why| (Routed::Unsupported(why), RouteTerms::default());
     if !routes.http1_backends() {
@@ -632,7 +635,7 @@ fn route_head<'r>(
     if routes.compression().is_some_and(gzip) {
         return unsupported("the client accepts gzip: compressed by hyper");
     }
-    let (routing, terms) = routes.decide(&mut parts, peer);
+    let (routing, terms) = routes.decide(&mut parts, downstream);
     let routed = match routing {
         Routing::Reply(reply, route) => Routed::Reply(reply, Some(routes.edits(route))),
         Routing::Forward {
@@ -643,14 +646,21 @@ fn route_head<'r>(
             response_headers,
             mirror,
             hash,
+            set_cookies,
             ..
         } => {
             // A retry policy reading headers is served by hyper, which has them parsed.
             if retry.is_some_and(RetryPolicy::reads_headers) {
                 return unsupported("a retry policy reads headers");
             }
+            // Generated cookies are added to the response head by hyper (the connection's
+            // later requests bring the cookie).
+            if set_cookies.is_some() {
+                return unsupported("a hash policy generated a cookie");
+            }
             if let Some(m) = mirror {
-                super::mirror::spawn_mirror(&parts, Bytes::copy_from_slice(body), m, listener);
+                let name = listener.name();
+                super::mirror::spawn_mirror(&parts, Bytes::copy_from_slice(body), m, name);
             }
             strip_hop_by_hop(&mut parts.headers);
             write_request_head(&parts, length, head);
@@ -854,7 +864,7 @@ where
     };
     match forwarded {
         // Held until the response has been relayed.
-        Ok(((up, head, _request_unit), pool)) => {
+        Ok(((up, head, _request_unit), pool, _)) => {
             let Some((period, idled)) = idle else {
                 return relay(down, up, (&pool, cluster, None), head, request, response).await;
             };

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bearing_gateway::HeaderEdits;
+use bearing_gateway::{Downstream, HeaderEdits, SetCookies};
 use bearing_http1::{valid_host, MAX_HEAD, MAX_HEADERS};
 use bearing_proxy_config::{RateLimitedBackOff, RetryPolicy};
 use bytes::Bytes;
@@ -115,7 +115,7 @@ pub(crate) async fn serve_request<L: HttpListener>(
                                 let req =
                                     req.map(|b| RequestBody::Streamed(b).flagging(ended.as_ref()));
                                 let (resp, mut sent) =
-                                    send_logged(req, cluster, limits, (false, None)).await;
+                                    send_logged(req, cluster, limits, (false, (None, None))).await;
                                 sent.flags.insert(delayed);
                                 (resp, Outcome { forwarded, ..sent })
                             }
@@ -273,7 +273,8 @@ async fn route<'r, L: HttpListener>(
         (compression, accepted && parts.method != Method::HEAD)
     });
     let headers_held = held(filters, &parts.headers);
-    let (routing, terms) = routes.decide(&mut parts, peer);
+    let local = listener.address();
+    let (routing, terms) = routes.decide(&mut parts, Downstream { peer, local });
     outcome.route_kri = terms.route_kri;
     let (filtered, delayed) = filtered(filters, headers_held, terms.limit).await;
     outcome.flags = delayed;
@@ -301,6 +302,7 @@ async fn route<'r, L: HttpListener>(
                 mirror,
                 endpoint_host,
                 hash,
+                set_cookies,
             },
         ) => {
             let body = match mirror {
@@ -320,7 +322,8 @@ async fn route<'r, L: HttpListener>(
             let req = Request::from_parts(parts, body);
             let idle = listener.stream_idle(idle_timeout);
             let limits = (timeout, retry, idle);
-            let (mut resp, sent) = send_logged(req, target, limits, (endpoint_host, hash)).await;
+            let hashed = (hash, set_cookies);
+            let (mut resp, sent) = send_logged(req, target, limits, (endpoint_host, hashed)).await;
             let mut flags = sent.flags;
             flags.insert(delayed);
             outcome = Outcome {
@@ -411,18 +414,20 @@ pub async fn send(
     limits: Limits<'_>,
     endpoint_host: bool,
 ) -> Response<ProxyBody> {
-    send_logged(req, cluster, limits, (endpoint_host, None))
+    send_logged(req, cluster, limits, (endpoint_host, (None, None)))
         .await
         .0
 }
 
 /// [`send`], with where the request went and how it ended, for the access log; `hash`: the
-/// request's by its route's hash policies.
+/// request's by its route's hash policies, with the cookies they generated, which a
+/// response from upstream carries once per try (before the route's response edits, as
+/// Envoy's router appends them).
 async fn send_logged<'c>(
     mut req: Request<RequestBody>,
     cluster: &'c ClusterRuntime,
     (timeout, retry, idle): Limits<'_>,
-    (endpoint_host, hash): (bool, Option<u64>),
+    (endpoint_host, (hash, set_cookies)): (bool, (Option<u64>, Option<SetCookies<'_>>)),
 ) -> (Response<ProxyBody>, Outcome<'c>) {
     let mut outcome = Outcome {
         cluster: Some(cluster.config.name.as_str()),
@@ -451,13 +456,20 @@ async fn send_logged<'c>(
         },
     };
     let resp = match forwarded {
-        Ok((mut resp, pool)) => {
+        Ok((mut resp, pool, tries)) => {
             outcome.upstream = Some(pool.address());
             if let Some((period, idled)) = idle {
                 resp = resp.map(|body| body.idle_after(period, idled.clone()));
             }
             cluster.stats.requests.count(resp.status().as_u16());
             strip_hop_by_hop(resp.headers_mut());
+            if let Some(cookies) = set_cookies {
+                // Once per try, as Envoy's router asks its load balancer for the hash (and
+                // the policies generate their cookies) at each.
+                for value in (0..tries).flat_map(|_| cookies.values()) {
+                    resp.headers_mut().append(header::SET_COOKIE, value);
+                }
+            }
             // The response goes out in the client's version, as Envoy's: hyper writes the
             // status line of the version it is given, so an HTTP/1.0 origin's answer would
             // reach HTTP/1.1 clients as `HTTP/1.0` (hyper itself answers HTTP/1.0 clients in

@@ -249,12 +249,14 @@ pub(crate) trait UpstreamCodec {
 
 /// Sends `request` (of hash `hash`, for a consistent-hashing cluster) to `cluster` through
 /// `codec`, as [`try_endpoint`] does, and again as the route's `retry` policy asks
-/// ([`retrying`]). Gives the answer and the pool of the endpoint that gave it.
+/// ([`retrying`]). Gives the answer, the pool of the endpoint that gave it and how many
+/// tries picked an endpoint (Envoy's router asks its load balancer once per try, and a
+/// hash policy generating a cookie adds its `Set-Cookie` each time).
 pub(crate) async fn forward<'c, C: UpstreamCodec>(
     (cluster, retry, hash): (&'c ClusterRuntime, Option<&RetryPolicy>, Option<u64>),
     codec: &mut C,
     request: C::Request,
-) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
+) -> Result<(C::Answer, PoolRef<'c>, u32), UpstreamError> {
     // The request's own timeout, which every try and its connect fall within.
     let deadline = codec.limit().map(|t| Instant::now() + t);
     let outcome = match retry {
@@ -262,6 +264,7 @@ pub(crate) async fn forward<'c, C: UpstreamCodec>(
             let pool = cluster.rotation(hash).next();
             try_endpoint((cluster, pool), codec, request, deadline, &mut None)
                 .await
+                .map(|(answer, pool)| (answer, pool, 1))
                 .map_err(|(failure, _)| failure)
         }
         Some(policy) => retrying((cluster, hash), (policy, deadline), codec, request).await,
@@ -289,9 +292,9 @@ async fn retrying<'c, C: UpstreamCodec>(
     (policy, deadline): (&RetryPolicy, Option<Instant>),
     codec: &mut C,
     mut request: C::Request,
-) -> Result<(C::Answer, PoolRef<'c>), UpstreamError> {
+) -> Result<(C::Answer, PoolRef<'c>, u32), UpstreamError> {
     let mut unit = None;
-    let (mut retries, mut exponential) = (0, 0);
+    let (mut retries, mut exponential, mut tries) = (0, 0, 0);
     // The endpoints tried, by pool, kept only under `previous_hosts`, and the levels tried,
     // only under `previous_priorities`, each only once a retry comes (a request answered at
     // once allocates nothing).
@@ -315,17 +318,18 @@ async fn retrying<'c, C: UpstreamCodec>(
             ),
             false => cluster.rotation(hash).next(),
         };
+        tries += 1;
         let attempted = pool.as_deref().map(|p| Arc::as_ptr(p) as usize);
         let tried = try_endpoint((cluster, pool), codec, request, this_try, &mut unit).await;
         let (outcome, undelivered) = match tried {
-            Ok(answer) => (Ok(answer), None),
+            Ok((answer, pool)) => (Ok((answer, pool, tries)), None),
             Err((failure, undelivered)) => (Err(failure), undelivered),
         };
         let Some(again) = undelivered.filter(|_| more).or(copy) else {
             return outcome;
         };
         let retriable = match &outcome {
-            Ok((answer, _)) => {
+            Ok((answer, ..)) => {
                 policy.retries_response(C::status(answer), || C::grpc_status(answer))
                     || (!policy.on.headers.is_empty() && C::headers_ask_retry(answer, policy))
             }
@@ -337,7 +341,7 @@ async fn retrying<'c, C: UpstreamCodec>(
         retries += 1;
         // Envoy's rate-limited back-off: the interval a retriable response asked for, once.
         let asked = match (&outcome, &policy.rate_limited) {
-            (Ok((answer, _)), Some(back_off)) => C::reset_interval(answer, back_off)
+            (Ok((answer, ..)), Some(back_off)) => C::reset_interval(answer, back_off)
                 .and_then(|i| RateLimitedBackOff::pause(i, rand::random())),
             _ => None,
         };
