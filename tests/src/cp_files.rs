@@ -315,8 +315,21 @@ impl CpPki {
         host: &'h Host,
         xds: &XdsFile,
     ) -> Result<(Process, CpAccess, Bearing<'h>)> {
-        let dataplane = golden_dataplane(host, "demo-client");
-        self.fed_sidecar(bin, (cp, 5678), host, ("demo-client", &dataplane), xds)
+        self.golden_sidecar(bin, (cp, "demo-client"), host, xds)
+    }
+
+    /// [`Self::golden_client`] for either of the golden's sidecars, `name` (`demo-client` from
+    /// a test CP on `cp`:5678, `test-server` from one on `cp`:5679).
+    pub fn golden_sidecar<'h>(
+        &self,
+        bin: &str,
+        (cp, name): (&Host, &str),
+        host: &'h Host,
+        xds: &XdsFile,
+    ) -> Result<(Process, CpAccess, Bearing<'h>)> {
+        let port = if name == "demo-client" { 5678 } else { 5679 };
+        let dataplane = golden_dataplane(host, name);
+        self.fed_sidecar(bin, (cp, port), host, (name, &dataplane), xds)
     }
 
     /// Serves `xds` (written to `<name>.json`) from a test CP (`bin`) on `cp`:`port` (its log

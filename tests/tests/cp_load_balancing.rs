@@ -461,18 +461,12 @@ fn zone_endpoints(
     at: &[(std::net::SocketAddr, u32)],
     localities: bool,
 ) -> Value {
-    let golden = rig.endpoints(cluster);
-    let first = golden
-        .pointer("/endpoints/0/lbEndpoints/0")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
+    let endpoint_at = golden_endpoint(rig, cluster);
     let at_localities: Vec<Value> = at
         .iter()
         .enumerate()
         .map(|(i, (addr, weight))| {
-            let mut endpoint = first.clone();
-            endpoint["endpoint"] = json!({"address": {"socketAddress": {
-                "address": addr.ip().to_string(), "portValue": addr.port()}}});
+            let mut endpoint = endpoint_at(addr);
             let mut locality =
                 json!({"locality": {"zone": format!("zone-{}", i + 1)}, "lbEndpoints": []});
             match localities {
@@ -490,6 +484,21 @@ fn zone_endpoints(
     assignment
 }
 
+/// An endpoint of `cluster` at an address, keeping the golden's first endpoint's metadata.
+fn golden_endpoint(rig: &Rig, cluster: &str) -> impl Fn(&std::net::SocketAddr) -> Value {
+    let first = rig
+        .endpoints(cluster)
+        .pointer("/endpoints/0/lbEndpoints/0")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    move |addr| {
+        let mut endpoint = first.clone();
+        endpoint["endpoint"] = json!({"address": {"socketAddress": {
+            "address": addr.ip().to_string(), "portValue": addr.port()}}});
+        endpoint
+    }
+}
+
 /// `localities` (zone, weight, endpoints) in this order, as the assignment of `cluster`
 /// under locality weighting, each endpoint keeping the golden's first endpoint's metadata.
 fn locality_endpoints(
@@ -497,23 +506,11 @@ fn locality_endpoints(
     cluster: &str,
     localities: &[(&str, u32, &[std::net::SocketAddr])],
 ) -> Value {
-    let golden = rig.endpoints(cluster);
-    let first = golden
-        .pointer("/endpoints/0/lbEndpoints/0")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
+    let endpoint_at = golden_endpoint(rig, cluster);
     let endpoints: Vec<Value> = localities
         .iter()
         .map(|(zone, weight, at)| {
-            let lb: Vec<Value> = at
-                .iter()
-                .map(|addr| {
-                    let mut endpoint = first.clone();
-                    endpoint["endpoint"] = json!({"address": {"socketAddress": {
-                        "address": addr.ip().to_string(), "portValue": addr.port()}}});
-                    endpoint
-                })
-                .collect();
+            let lb: Vec<Value> = at.iter().map(&endpoint_at).collect();
             json!({"locality": {"zone": zone}, "loadBalancingWeight": weight, "lbEndpoints": lb})
         })
         .collect();

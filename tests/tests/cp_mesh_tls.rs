@@ -75,14 +75,8 @@ fn mesh_tls_versions_refuse_and_fail_as_envoy() -> Result<()> {
     let mut xds = XdsFile::new();
     let inbound = xds.golden_inbound(&server, 80, APP_PORT, backend.sock4(GOLDEN_INBOUND_PORT))?;
     xds.mesh_identity(MESH, &server_leaf, &mesh_ca)?;
-    let dataplane = golden_dataplane(backend, "test-server");
-    let (_server_cp, server_access, server_proxy) = pki.fed_sidecar(
-        TEST_CP,
-        (cp, 5679),
-        backend,
-        ("test-server", &dataplane),
-        &xds,
-    )?;
+    let (_server_cp, server_access, server_proxy) =
+        pki.golden_sidecar(TEST_CP, (cp, "test-server"), backend, &xds)?;
     let (_, dump) = server_proxy.admin("GET", "/config_dump")?;
     ensure!(
         dump.contains("TLSv1_3"),

@@ -412,9 +412,7 @@ fn a_fault_matched_by_source_identity_aborts_only_that_source() -> Result<()> {
     filters.insert(filters.len() - 1, fault(abort(503, 100), Some(skip)));
     xds.mesh_identity("envoyconfig", &server_leaf, &mesh_ca)?;
     let bin = env!("CARGO_BIN_EXE_bearing-test-cp");
-    let dataplane = golden_dataplane(backend, "test-server");
-    let (_cp, access, server) =
-        pki.fed_sidecar(bin, (cp, 5679), backend, ("test-server", &dataplane), &xds)?;
+    let (_cp, access, server) = pki.golden_sidecar(bin, (cp, "test-server"), backend, &xds)?;
 
     let check = |proxy: &str| -> Result<()> {
         let ask = |leaf: &CertFiles| TlsClient::new(at).alpn("kuma").client_cert(leaf).run(web);
@@ -434,13 +432,11 @@ fn a_fault_matched_by_source_identity_aborts_only_that_source() -> Result<()> {
         }
         Ok(())
     };
-    check("bearing")?;
-
-    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
-    server.process().stop(Duration::from_secs(5));
-    let _envoy = access.envoy(backend, "envoyconfig", "test-server")?;
-    backend.wait_for_tcp_listener(GOLDEN_INBOUND_PORT, Duration::from_secs(20), None)?;
-    check("envoy")
+    sidecar_then_envoy(
+        (&server, &access),
+        (backend, "envoyconfig", "test-server", GOLDEN_INBOUND_PORT),
+        check,
+    )
 }
 
 /// What a proxy answers each caller (status, tags the application saw) and the callee's
@@ -554,15 +550,11 @@ fn a_legacy_fault_matches_the_callers_kuma_tags_as_envoy() -> Result<()> {
         );
         Ok((all, lines))
     };
-    let bearing = answers("bearing")?;
-
-    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
-    sidecar.process().stop(Duration::from_secs(5));
-    let _envoy = access.envoy(web, "default", "web")?;
-    web.wait_for_tcp_listener(CALLEE, Duration::from_secs(20), None)
-        .context("Envoy's listeners")?;
-    ensure!(answers("envoy")? == bearing);
-    Ok(())
+    sidecar_then_envoy(
+        (&sidecar, &access),
+        (web, "default", "web", CALLEE),
+        answers,
+    )
 }
 
 /// An HTTP outbound on 127.0.0.1:`port` to `cluster` whose one route has the retry `policy`.
@@ -640,15 +632,11 @@ fn retries_follow_the_request_and_response_headers_as_envoy() -> Result<()> {
         ensure!(all == want, "{proxy}: {all:?}, expected {want:?}");
         Ok(all)
     };
-    let bearing = attempts("bearing")?;
-
-    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
-    sidecar.process().stop(Duration::from_secs(5));
-    let _envoy = access.envoy(web, "default", "web")?;
-    web.wait_for_tcp_listener(BY_RESPONSE, Duration::from_secs(20), None)
-        .context("Envoy's listeners")?;
-    ensure!(attempts("envoy")? == bearing);
-    Ok(())
+    sidecar_then_envoy(
+        (&sidecar, &access),
+        (web, "default", "web", BY_RESPONSE),
+        attempts,
+    )
 }
 
 /// A PERMISSIVE inbound's route rate limits as kuma-cp's legacy RateLimit renders them
@@ -679,19 +667,15 @@ fn a_permissive_inbound_keeps_a_rate_limit_bucket_per_chain_as_envoy() -> Result
     // Its internal addresses as Envoy takes them (the golden's CIDRs are refused by both).
     replace_in_strings(&mut listener, "fc00::/7", "fc00::");
     replace_in_strings(&mut listener, "::1/128", "::1");
-    let chains = listener["filterChains"]
-        .as_array_mut()
-        .context("the inbound's chains")?;
-    ensure!(chains.len() == 3, "the golden's inbound has 3 chains");
-    for chain in chains {
+    each_permissive_chain(&mut listener, |chain| {
         let hcm = chain["filters"]
             .as_array_mut()
             .and_then(|f| f.last_mut())
             .context("a chain's connection manager")?;
         let limit = "/typedConfig/routeConfig/virtualHosts/0/routes/1/typedPerFilterConfig/envoy.filters.http.local_ratelimit/tokenBucket";
         let bucket = json!({"maxTokens": 2, "tokensPerFill": 2, "fillInterval": "3600s"});
-        set_field(hcm, limit, bucket)?;
-    }
+        set_field(hcm, limit, bucket)
+    })?;
     let app = local_app_cluster(golden.cluster("localhost:8080")?, ORIGIN_PORT);
     let mut xds = XdsFile::new();
     xds.listener(listener)?.cluster(app)?;
@@ -737,13 +721,48 @@ fn a_permissive_inbound_keeps_a_rate_limit_bucket_per_chain_as_envoy() -> Result
         ensure!(seen == want, "{proxy}: {seen:?}, expected {want:?}");
         Ok(seen)
     };
-    let bearing = answers("bearing")?;
+    sidecar_then_envoy(
+        (&server, &access),
+        (backend, "default", "backend1", GOLDEN_INBOUND_PORT),
+        answers,
+    )
+}
 
-    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+/// The attempts `server` logged for `path` (its request lines).
+fn logged(server: &HttpServer, path: &str) -> usize {
+    let line = format!("{path} HTTP");
+    let log = server.process().log_contents();
+    log.lines().filter(|l| l.contains(&line)).count()
+}
+
+/// Applies `edit` to each of a PERMISSIVE inbound's three chains (plaintext, other TLS,
+/// mesh mTLS).
+fn each_permissive_chain(
+    listener: &mut Value,
+    edit: impl FnMut(&mut Value) -> Result<()>,
+) -> Result<()> {
+    let chains = listener["filterChains"]
+        .as_array_mut()
+        .context("the inbound's chains")?;
+    ensure!(chains.len() == 3, "the golden's inbound has 3 chains");
+    chains.iter_mut().try_for_each(edit)
+}
+
+/// `answers` (what one proxy, named by its argument, did) for the sidecar `server`, then,
+/// the sidecar stopped, for Envoy 1.40 fed the same resources by the same CP (`access`) in
+/// its place on `host` as `mesh`/`name`, once it listens on `port`: the two must be alike.
+fn sidecar_then_envoy<T: PartialEq + std::fmt::Debug>(
+    (server, access): (&Bearing<'_>, &CpAccess),
+    (host, mesh, name, port): (&Host, &str, &str, u16),
+    answers: impl Fn(&str) -> Result<T>,
+) -> Result<()> {
+    let bearing = answers("bearing")?;
     server.process().stop(Duration::from_secs(5));
-    let _envoy = access.envoy(backend, "default", "backend1")?;
-    backend.wait_for_tcp_listener(GOLDEN_INBOUND_PORT, Duration::from_secs(20), None)?;
-    ensure!(answers("envoy")? == bearing);
+    let _envoy = access.envoy(host, mesh, name)?;
+    host.wait_for_tcp_listener(port, Duration::from_secs(20), None)
+        .context("Envoy's listeners")?;
+    let envoy = answers("envoy")?;
+    ensure!(envoy == bearing, "envoy {envoy:?}\nbearing {bearing:?}");
     Ok(())
 }
 
@@ -809,11 +828,7 @@ fn a_permissive_tcp_inbound_passes_other_tls_through_with_a_connection_bucket_pe
     let golden = KumaGolden::load(golden)?;
     let at = backend.sock4(GOLDEN_INBOUND_PORT);
     let mut listener = bound_listener(golden.listener("inbound:IP_REDACTED:3000")?, at);
-    let chains = listener["filterChains"]
-        .as_array_mut()
-        .context("the inbound's chains")?;
-    ensure!(chains.len() == 3, "the golden's inbound has 3 chains");
-    for chain in chains {
+    each_permissive_chain(&mut listener, |chain| {
         let filters = chain["filters"]
             .as_array_mut()
             .context("a chain's filters")?;
@@ -824,7 +839,8 @@ fn a_permissive_tcp_inbound_passes_other_tls_through_with_a_connection_bucket_pe
             "tokenBucket": {"maxTokens": 2, "tokensPerFill": 2, "fillInterval": "3600s"},
         }});
         filters.insert(0, limit);
-    }
+        Ok(())
+    })?;
     let app = local_app_cluster(golden.cluster("localhost:3000")?, ORIGIN_PORT);
     let mut xds = XdsFile::new();
     xds.listener(listener)?.cluster(app)?;
@@ -871,14 +887,11 @@ fn a_permissive_tcp_inbound_passes_other_tls_through_with_a_connection_bucket_pe
         ensure!(seen == want, "{proxy}: {seen:?}, expected {want:?}");
         Ok(seen)
     };
-    let bearing = answers("bearing")?;
-
-    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
-    server.process().stop(Duration::from_secs(5));
-    let _envoy = access.envoy(backend, "envoyconfig", "demo-client")?;
-    backend.wait_for_tcp_listener(GOLDEN_INBOUND_PORT, Duration::from_secs(20), None)?;
-    ensure!(answers("envoy")? == bearing);
-    Ok(())
+    sidecar_then_envoy(
+        (&server, &access),
+        (backend, "envoyconfig", "demo-client", GOLDEN_INBOUND_PORT),
+        answers,
+    )
 }
 
 /// What a proxy's retries did: per request, the attempts each origin saw (sorted), and the
@@ -950,12 +963,6 @@ fn retries_choose_other_hosts_and_wait_as_the_response_asks_as_envoy() -> Result
     }});
     let (_cp, sidecar, access) = acked_sidecar(&pki, cp, web, &resources)?;
 
-    // The attempts a server logged for `path` (its request lines).
-    let logged = |server: &HttpServer, path: &str| {
-        let line = format!("{path} HTTP");
-        let log = server.process().log_contents();
-        log.lines().filter(|l| l.contains(&line)).count()
-    };
     let behaviour = |proxy: &str| -> Result<Retried> {
         let mut per_request = Vec::new();
         let mut totals = [0; 3];
@@ -999,15 +1006,11 @@ fn retries_choose_other_hosts_and_wait_as_the_response_asks_as_envoy() -> Result
         ensure!(got == want, "{proxy}: {got:?}, expected {want:?}");
         Ok(got)
     };
-    let bearing = behaviour("bearing")?;
-
-    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
-    sidecar.process().stop(Duration::from_secs(5));
-    let _envoy = access.envoy(web, "default", "web")?;
-    web.wait_for_tcp_listener(RATE_LIMITED, Duration::from_secs(20), None)
-        .context("Envoy's listeners")?;
-    ensure!(behaviour("envoy")? == bearing);
-    Ok(())
+    sidecar_then_envoy(
+        (&sidecar, &access),
+        (web, "default", "web", RATE_LIMITED),
+        behaviour,
+    )
 }
 
 /// MeshRetry's `OmitPreviousPriorities` and its `RegularExpression` header matches as kuma-cp
@@ -1086,12 +1089,6 @@ fn retries_leave_tried_priorities_and_match_regular_expressions_as_envoy() -> Re
     }});
     let (_cp, sidecar, access) = acked_sidecar(&pki, cp, web, &resources)?;
 
-    // The attempts a server logged for `path` (its request lines).
-    let logged = |server: &HttpServer, path: &str| {
-        let line = format!("{path} HTTP");
-        let log = server.process().log_contents();
-        log.lines().filter(|l| l.contains(&line)).count()
-    };
     let attempts = |proxy: &str| -> Result<Vec<Vec<usize>>> {
         let mut all = Vec::new();
         for port in [PLAIN, EVERY, EVERY_TWO] {
@@ -1122,13 +1119,9 @@ fn retries_leave_tried_priorities_and_match_regular_expressions_as_envoy() -> Re
         ensure!(all == want, "{proxy}: {all:?}, expected {want:?}");
         Ok(all)
     };
-    let bearing = attempts("bearing")?;
-
-    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
-    sidecar.process().stop(Duration::from_secs(5));
-    let _envoy = access.envoy(web, "default", "web")?;
-    web.wait_for_tcp_listener(BY_REGEX, Duration::from_secs(20), None)
-        .context("Envoy's listeners")?;
-    ensure!(attempts("envoy")? == bearing);
-    Ok(())
+    sidecar_then_envoy(
+        (&sidecar, &access),
+        (web, "default", "web", BY_REGEX),
+        attempts,
+    )
 }

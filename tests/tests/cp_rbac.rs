@@ -103,14 +103,8 @@ fn mesh_traffic_permission_allows_only_the_named_client() -> Result<()> {
         replace_in_strings(listener, "IP_REDACTED", &backend.ip4().to_string());
     }
     xds.mesh_identity(MESH, &server_leaf, &mesh_ca)?;
-    let dataplane = golden_dataplane(backend, "test-server");
-    let (_server_cp, access, server_proxy) = pki.fed_sidecar(
-        TEST_CP,
-        (cp, 5679),
-        backend,
-        ("test-server", &dataplane),
-        &xds,
-    )?;
+    let (_server_cp, access, server_proxy) =
+        pki.golden_sidecar(TEST_CP, (cp, "test-server"), backend, &xds)?;
 
     // Each client: an HTTP outbound (10001) and a TCP one (10002) to the server's inbounds.
     let client_resources = |host: &Host, service: &str, leaf: &CertFiles| -> Result<XdsFile> {

@@ -865,30 +865,14 @@ async fn a_connect_failure_moves_to_the_next_endpoint_only_under_a_retry_policy(
 /// first pick, the first endpoint).
 #[tokio::test]
 async fn a_retry_host_predicate_moves_retries_off_the_endpoints_it_rejects() {
-    use bearing_proxy_config::{HostSelection, RetryOn};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let seen = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
-    let a = scripted_upstream(&[503], seen[0].clone()).await;
-    let b = scripted_upstream(&[503], seen[1].clone()).await;
-    let mut config = (*config(a, a)).clone();
-    let mut tagged = crate::upstream::plain_endpoint(b);
-    tagged.tags.insert("version".into(), "canary".into());
-    config
-        .clusters
-        .get_mut("live")
-        .unwrap()
-        .endpoints
-        .push(tagged);
+    use bearing_proxy_config::HostSelection;
+    let (mut config, seen) = failing_pair(|tagged| {
+        tagged.tags.insert("version".into(), "canary".into());
+    })
+    .await;
     let policy = |host_selection: Option<HostSelection>| bearing_proxy_config::RetryPolicy {
-        on: RetryOn {
-            server_error: true,
-            ..Default::default()
-        },
-        num_retries: 3,
-        back_off_base: Duration::from_millis(1),
-        back_off_max: Duration::from_millis(2),
         host_selection: host_selection.map(Box::new),
-        ..kuma_default_retry(Duration::from_secs(2))
+        ..three_quick_retries_of_5xx()
     };
     let previous = HostSelection {
         omit_previous: true,
@@ -907,22 +891,71 @@ async fn a_retry_host_predicate_moves_retries_off_the_endpoints_it_rejects() {
         (Some(canary), [4, 0]),
     ] {
         config.listeners[0].retry = Some(policy(selection.clone()));
-        for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
-            // A fresh round robin: the first attempt goes to the first endpoint.
-            let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
-            proxy.apply(Arc::new(config.clone()));
-            seen.iter().for_each(|s| s.store(0, Ordering::SeqCst));
-            let case = answered_get("retried", "/", (503, "5"));
-            let answer = ask(&proxy, codec, &case).await;
-            let tries = seen.each_ref().map(|s| s.load(Ordering::SeqCst));
-            if answer.0 != 503 || tries != wanted {
+        for (codec, status, tries) in tries_per_codec(&config, &seen).await {
+            if status != 503 || tries != wanted {
                 failures.push(format!(
-                    "{selection:?} ({codec:?}): {answer:?}, tries {tries:?}, wanted {wanted:?}"
+                    "{selection:?} ({codec:?}): {status}, tries {tries:?}, wanted {wanted:?}"
                 ));
             }
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A config whose cluster `live` has two upstreams answering 503, the second's endpoint as
+/// `second` edits it, and the tries each counted.
+async fn failing_pair(
+    second: impl FnOnce(&mut bearing_proxy_config::Endpoint),
+) -> (ProxyConfig, [Arc<std::sync::atomic::AtomicUsize>; 2]) {
+    use std::sync::atomic::AtomicUsize;
+    let seen = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let a = scripted_upstream(&[503], seen[0].clone()).await;
+    let b = scripted_upstream(&[503], seen[1].clone()).await;
+    let mut config = (*config(a, a)).clone();
+    let mut endpoint = crate::upstream::plain_endpoint(b);
+    second(&mut endpoint);
+    if let Some(live) = config.clusters.get_mut("live") {
+        live.endpoints.push(endpoint);
+    }
+    (config, seen)
+}
+
+/// Three retries of a 5xx, backing off 1 to 2 ms.
+fn three_quick_retries_of_5xx() -> bearing_proxy_config::RetryPolicy {
+    bearing_proxy_config::RetryPolicy {
+        on: bearing_proxy_config::RetryOn {
+            server_error: true,
+            ..Default::default()
+        },
+        num_retries: 3,
+        back_off_base: Duration::from_millis(1),
+        back_off_max: Duration::from_millis(2),
+        ..kuma_default_retry(Duration::from_secs(2))
+    }
+}
+
+/// A request answered 503 through each codec with `config`, each on a fresh proxy (its
+/// round robin starting at the first endpoint): the codec, the status and the tries each of
+/// the two upstreams counted in `seen`.
+async fn tries_per_codec(
+    config: &ProxyConfig,
+    seen: &[Arc<std::sync::atomic::AtomicUsize>; 2],
+) -> Vec<(Codec, u16, [usize; 2])> {
+    use std::sync::atomic::Ordering;
+    let mut out = Vec::new();
+    for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
+        let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+        proxy.apply(Arc::new(config.clone()));
+        seen.iter().for_each(|s| s.store(0, Ordering::SeqCst));
+        let case = answered_get("retried", "/", (503, "5"));
+        let (status, _) = ask(&proxy, codec, &case).await;
+        out.push((
+            codec,
+            status,
+            seen.each_ref().map(|s| s.load(Ordering::SeqCst)),
+        ));
+    }
+    out
 }
 
 /// MeshRetry's `OmitPreviousPriorities` through every codec: a P0 and a P1 endpoint answering
@@ -931,45 +964,19 @@ async fn a_retry_host_predicate_moves_retries_off_the_endpoints_it_rejects() {
 /// 2 the first two keep P0 and the next two leave it, as Envoy's retry priority does.
 #[tokio::test]
 async fn previous_priorities_move_retries_off_the_levels_tried() {
-    use bearing_proxy_config::RetryOn;
     use std::num::NonZeroU32;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let seen = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
-    let a = scripted_upstream(&[503], seen[0].clone()).await;
-    let b = scripted_upstream(&[503], seen[1].clone()).await;
-    let mut config = (*config(a, a)).clone();
-    let mut lower = crate::upstream::plain_endpoint(b);
-    lower.priority = 1;
-    config
-        .clusters
-        .get_mut("live")
-        .unwrap()
-        .endpoints
-        .push(lower);
+    let (mut config, seen) = failing_pair(|lower| lower.priority = 1).await;
     let policy = |frequency: Option<u32>| bearing_proxy_config::RetryPolicy {
-        on: RetryOn {
-            server_error: true,
-            ..Default::default()
-        },
-        num_retries: 3,
-        back_off_base: Duration::from_millis(1),
-        back_off_max: Duration::from_millis(2),
         previous_priorities: frequency.and_then(NonZeroU32::new),
-        ..kuma_default_retry(Duration::from_secs(2))
+        ..three_quick_retries_of_5xx()
     };
     let mut failures = Vec::new();
     for (frequency, wanted) in [(None, [4, 0]), (Some(1), [2, 2]), (Some(2), [2, 2])] {
         config.listeners[0].retry = Some(policy(frequency));
-        for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
-            let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
-            proxy.apply(Arc::new(config.clone()));
-            seen.iter().for_each(|s| s.store(0, Ordering::SeqCst));
-            let case = answered_get("retried", "/", (503, "5"));
-            let answer = ask(&proxy, codec, &case).await;
-            let tries = seen.each_ref().map(|s| s.load(Ordering::SeqCst));
-            if answer.0 != 503 || tries != wanted {
+        for (codec, status, tries) in tries_per_codec(&config, &seen).await {
+            if status != 503 || tries != wanted {
                 failures.push(format!(
-                    "{frequency:?} ({codec:?}): {answer:?}, tries {tries:?}, wanted {wanted:?}"
+                    "{frequency:?} ({codec:?}): {status}, tries {tries:?}, wanted {wanted:?}"
                 ));
             }
         }
