@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use bearing_proxy_config::{LocalRateLimit, TokenBucket};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::transport::Chain;
-use prometheus_client::metrics::counter::Counter;
 
 /// A token bucket refilled continuously (Envoy's atomic token bucket): `tokens_per_fill`
 /// every `fill_interval`, at most `max_tokens`, full at first. What it holds is one instant:

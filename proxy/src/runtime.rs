@@ -758,7 +758,7 @@ impl Proxy {
         peer: SocketAddr,
     ) {
         let named = (listener.config.name.as_str(), listener.reads_peer());
-        let admit = |chain| !listener.chain_after_sniff() || listener.admits_on(chain, peer);
+        let admit = |chain| listener.admits_on(chain, peer);
         match transport::terminate_mesh_tls(stream, tls, &self.stats, named, peer, admit).await {
             Some(Transported::Plain(stream)) => {
                 self.serve_stream(stream, listener, peer, Admission::Plaintext)

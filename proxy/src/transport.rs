@@ -151,9 +151,10 @@ pub(crate) enum Chain {
 }
 
 /// Terminates mesh mTLS on `stream` as `tls` says (or, in PERMISSIVE mode, takes plaintext and
-/// passes TLS that is not the mesh's through), once `admit` lets the connection's chain have
-/// it (its connection rate limit). `None` when the connection is refused (logged, and counted
-/// as a handshake error of `listener` unless `admit` refused it). `read_peer`: the listener
+/// passes TLS that is not the mesh's through, once `admit` lets the chain the connection
+/// takes have it: its connection rate limit; a STRICT listener's one chain was admitted at
+/// accept). `None` when the connection is refused (logged, and counted as a handshake error
+/// of `listener` unless `admit` refused it). `read_peer`: the listener
 /// has RBAC, which reads the peer certificate's names and the SNI (read here, once per
 /// connection).
 pub(crate) async fn terminate_mesh_tls<S>(
@@ -183,7 +184,8 @@ where
     };
     let chain = match permissive {
         true => match permissive_chain(stream.tcp()).await {
-            Ok(chain) => chain,
+            Ok(chain) if admit(chain) => chain,
+            Ok(_) => return None,
             Err(e) => {
                 stats.count_tls_handshake_error(listener);
                 tracing::info!(%listener, %peer, "refused: {e}");
@@ -192,9 +194,6 @@ where
         },
         false => Chain::MeshTls,
     };
-    if !admit(chain) {
-        return None;
-    }
     if chain != Chain::MeshTls {
         return Some(Transported::Plain(stream));
     }
