@@ -20,8 +20,14 @@ redirected to a file).
 `bearing-bare` is Bearing from the same CP with none of the four (the listener without the RBAC
 filter, retry policy, route timeout or access log): the cost of the policies.
 
-Each contender runs 1 worker; runs alternate (A B C D, then D C B A, ...); the median of the runs
-is reported with requests/s, p50/p99 latency and CPU microseconds per request of the proxy.
+`direct` is wrk against the origin with no proxy: what the client and origin cost alone.
+
+Each contender runs 1 worker; runs alternate (A B C D E, then E D C B A, ...); the median of the
+runs is reported with requests/s, p50/p99 latency and CPU microseconds per request of the proxy,
+of the client and origin (wrk and nginx, measured in the same run), and of the whole machine
+(every CPU's busy time, /proc/stat). The ceiling section states what the machine leaves a proxy:
+on a host whose CPUs the client, the origin and the proxy share, a proxy's requests/s cannot pass
+CPUs x 1e6 / (its CPU per request + the client's and origin's), whatever the proxy does.
 Every access log line written is counted against the requests served (Bearing also reports the
 lines it dropped, `bearing_access_log_dropped_total`).
 
@@ -38,6 +44,7 @@ import copy
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,10 +63,11 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINTS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ORIGIN_CLUSTER = "default_backend___msvc_80"
-CONTENDERS = ["bearing", "bearing-bare", "envoy", "haproxy"]
+CONTENDERS = ["bearing", "bearing-bare", "envoy", "haproxy", "direct"]
 # Per contender: its listener port, its test CP's port, its admin port.
 PORTS = {"bearing": (18300, 25690, 29910), "bearing-bare": (18301, 25691, 29911),
-         "envoy": (18302, 25692, 29912), "haproxy": (18303, 0, 0)}
+         "envoy": (18302, 25692, 29912), "haproxy": (18303, 0, 0),
+         "direct": (harness.ORIGIN_H1, 0, 0)}
 # kuma-cp's rendering of MeshAccessLog's default HTTP format (pkg/plugins/policies/
 # meshaccesslog/plugin/xds/configurer.go), with its %KUMA_*% operators replaced as kuma-cp does.
 KUMA_HTTP_FORMAT = (
@@ -168,7 +176,7 @@ class Running:
         self.name, self.procs, self.access_log, self.admin = name, procs, access_log, admin
 
     def proxy_pids(self) -> list[int]:
-        return harness.tree_pids(self.procs[-1].popen.pid)
+        return harness.tree_pids(self.procs[-1].popen.pid) if self.procs else []
 
     def settled_lines(self) -> int:
         """The access log's line count once it stopped growing (its writer caught up)."""
@@ -205,6 +213,8 @@ def start(name: str, args: argparse.Namespace, work: Path) -> Running:
     port, cp_port, admin = PORTS[name]
     d = work / name
     d.mkdir()
+    if name == "direct":
+        return Running(name, [], None, 0)
     if name == "haproxy":
         cfg = d / "haproxy.cfg"
         cfg.write_text(haproxy_cfg(port))
@@ -235,15 +245,43 @@ def start(name: str, args: argparse.Namespace, work: Path) -> Running:
                    admin)
 
 
-def one_run(r: Running, bench: harness.Bench) -> dict:
+def busy_seconds() -> float:
+    """Every CPU's busy time so far (/proc/stat: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / harness.CLK_TCK
+
+
+def kernel_seconds(pids: list[int]) -> float:
+    """The system (kernel) CPU time of `pids` so far."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[12])
+        except OSError:
+            continue
+    return total / harness.CLK_TCK
+
+
+def one_run(r: Running, bench: harness.Bench, origin: list[int]) -> dict:
     pids = r.proxy_pids()
     lines_before = r.settled_lines()
-    cpu0 = harness.cpu_seconds(pids)
+    cpu0, origin0, busy0 = harness.cpu_seconds(pids), harness.cpu_seconds(origin), busy_seconds()
+    kernel0 = kernel_seconds(pids)
+    # wrk is the only child waited for during the run: its CPU is the children's growth.
+    wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = bench.wrk(PORTS[r.name][0], "/small", [])
+    wrk1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = harness.cpu_seconds(pids) - cpu0
+    kernel = kernel_seconds(pids) - kernel0
+    peers = (harness.cpu_seconds(origin) - origin0 + wrk1.ru_utime - wrk0.ru_utime
+             + wrk1.ru_stime - wrk0.ru_stime)
+    busy = busy_seconds() - busy0
     secs = bench.args.duration
     requests = res["rps"] * secs
     res["cpu_us_per_req"] = cpu / requests * 1e6 if requests else None
+    res["kernel_share"] = kernel / cpu if cpu else None
+    res["peers_us_per_req"] = peers / requests * 1e6 if requests else None
+    res["machine_cpus_busy"] = busy / secs
     res["log_lines"] = r.settled_lines() - lines_before
     res["requests"] = round(requests)
     return res
@@ -262,18 +300,35 @@ def markdown(res: dict) -> str:
         "format to a file. HAProxy: `http-request deny unless` a source ACL, `retry-on` 5xx with "
         "`retries 2`, `timeout server 15s`, `option httplog` to a file. `bearing-bare`: Bearing "
         "with none of the four.", "",
-        "| contender | req/s | p50 ms | p99 ms | CPU µs/req | log lines / requests | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "`direct`: wrk against nginx, no proxy.", "",
+        "| contender | req/s | p50 ms | p99 ms | proxy CPU µs/req (kernel share) | "
+        "wrk + nginx CPU µs/req | CPUs busy | log lines / requests | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in CONTENDERS:
         m = rows[name]
-        logged = "-" if name == "bearing-bare" else f"{m['log_ratio']:.3f}"
+        logged = "-" if name in ("bearing-bare", "direct") else f"{m['log_ratio']:.3f}"
+        proxy = (f"{m['cpu_us_per_req']:.1f} ({m['kernel_share']:.0%})" if name != "direct"
+                 else "-")
         out.append(f"| {name} | {m['rps']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
-                   f"{m['cpu_us_per_req']:.1f} | {logged} | {m['errors']:.0f} |")
+                   f"{proxy} | {m['peers_us_per_req']:.1f} | {m['machine_cpus_busy']:.2f} | "
+                   f"{logged} | {m['errors']:.0f} |")
     out += ["", "| ratio | value | goal |", "|---|---:|---|"]
     for r in res["ratios"]:
         out.append(f"| {r['name']} | {r['x']:.2f}x | {r['goal']} |")
-    out += ["", f"Bearing's access log lines dropped (all runs): {res['bearing_dropped']:.0f}.",
+    c = res["ceiling"]
+    out += ["", "## What the machine leaves a proxy", "",
+            f"The {c['cpus']} CPUs are shared by wrk, nginx and the proxy; in Bearing's runs wrk "
+            f"and nginx took {c['peers_us']:.1f} µs of CPU per request and Bearing "
+            f"{c['bearing_us']:.1f} µs ({c['bearing_kernel']:.0%} of it in the kernel: loopback "
+            f"TCP of both connections and the wake-ups of the tasks waiting on them), with "
+            f"{c['busy']:.2f} CPUs busy: on this host Bearing cannot pass "
+            f"{c['bearing_bound']:,.0f} req/s. Three times Envoy's {c['envoy_rps']:,.0f} req/s "
+            f"is {c['target']:,.0f} req/s: {c['budget_all']:.1f} µs of CPU per request for all "
+            f"three, {c['budget_proxy']:.1f} µs for the proxy once wrk and nginx had theirs"
+            + (f", less than Bearing's kernel time alone ({c['bearing_kernel_us']:.1f} µs)."
+               if c['budget_proxy'] < c['bearing_kernel_us'] else "."),
+            "", f"Bearing's access log lines dropped (all runs): {res['bearing_dropped']:.0f}.",
             "", f"Versions: {res['versions']}", ""]
     return "\n".join(out)
 
@@ -320,14 +375,18 @@ def main() -> None:
         for i in range(args.runs):
             order = CONTENDERS if i % 2 == 0 else CONTENDERS[::-1]
             for name in order:
-                r = one_run(running[name], bench)
+                r = one_run(running[name], bench, origin.pids())
                 runs[name].append(r)
                 log(f"run {i + 1} {name}: {r['rps']:,.0f} req/s p99 {r['p99_ms']:.2f} ms "
-                    f"cpu {r['cpu_us_per_req']:.1f} us/req log {r['log_lines']}/{r['requests']}")
+                    f"cpu {r['cpu_us_per_req']:.1f} us/req, wrk+nginx "
+                    f"{r['peers_us_per_req']:.1f} us/req, machine {r['machine_cpus_busy']:.2f} "
+                    f"CPUs busy, log {r['log_lines']}/{r['requests']}")
         median = {}
         for name, rs in runs.items():
             med = {k: statistics.median(r[k] for r in rs)
-                   for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "errors")}
+                   for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "errors",
+                             "peers_us_per_req", "machine_cpus_busy", "kernel_share")
+                   if all(r[k] is not None for r in rs)}
             med["log_ratio"] = (sum(r["log_lines"] for r in rs) /
                                 max(1, sum(r["requests"] for r in rs)))
             median[name] = med
@@ -335,7 +394,21 @@ def main() -> None:
 
         def ratio(name: str, a: str, b: str, key: str, goal: str) -> dict:
             return {"name": name, "x": median[a][key] / median[b][key], "goal": goal}
+        cpus = os.cpu_count() or 1
+        b = median["bearing"]
+        target = 3 * median["envoy"]["rps"]
+        ceiling = {
+            "cpus": cpus, "peers_us": b["peers_us_per_req"], "bearing_us": b["cpu_us_per_req"],
+            "bearing_kernel": b["kernel_share"],
+            "bearing_kernel_us": b["kernel_share"] * b["cpu_us_per_req"],
+            "busy": b["machine_cpus_busy"],
+            "bearing_bound": cpus * 1e6 / (b["cpu_us_per_req"] + b["peers_us_per_req"]),
+            "envoy_rps": median["envoy"]["rps"], "target": target,
+            "budget_all": cpus * 1e6 / target,
+            "budget_proxy": cpus * 1e6 / target - b["peers_us_per_req"],
+        }
         res = {
+            "ceiling": ceiling,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "host": f"{platform.node()}, {os.cpu_count()} CPUs",
             "runs": args.runs, "duration": args.duration, "connections": args.connections,
