@@ -21,7 +21,8 @@
 //! weights is Envoy's EDF over weight / (active requests + 1) ([`LoadSchedule`]); random
 //! ignores weights, as Envoy's does. A level whose weights are all equal is balanced exactly
 //! as without weights. Several weighted localities in a level ([`Localities`]) pick a
-//! locality by Envoy's EDF over their weights, then an endpoint of it by the policy.
+//! locality by Envoy's EDF over their weights (each scaled by its availability under a
+//! health signal), then an endpoint of it by the policy.
 //!
 //! Only the start is chosen here: the order of further attempts (the rest of the level,
 //! for a connect that fails over) is `crate::upstream::Rotation`'s.
@@ -63,10 +64,20 @@ impl Picker {
     /// The picker of `balancer` over `serving`, the endpoints of the serving level in their
     /// order; a ring or table is built here.
     pub(crate) fn new(balancer: &LoadBalancer, serving: &[Endpoint]) -> Picker {
+        Picker::with_availability(balancer, serving, &|_| 1.0)
+    }
+
+    /// [`Picker::new`] where each weighted locality (by its order) is `availability`
+    /// available (0 to 1), which scales its weight (a health plan's level, `crate::priority`).
+    pub(crate) fn with_availability(
+        balancer: &LoadBalancer,
+        serving: &[Endpoint],
+        availability: &dyn Fn(u32) -> f64,
+    ) -> Picker {
         // A ring or table folds locality weights into its hosts' (`hash_hosts`).
         let localities = match balancer.is_consistent_hashing() {
             true => None,
-            false => Localities::of(balancer, serving),
+            false => Localities::of(balancer, serving, availability),
         };
         if let Some(localities) = localities {
             return Picker::Localities(localities);
@@ -78,7 +89,10 @@ impl Picker {
                 active_request_bias,
                 ..
             } if !equal_weights(serving) => Picker::WeightedLeast(LoadSchedule::new(
-                &weights(serving),
+                &serving
+                    .iter()
+                    .map(|e| f64::from(e.weight))
+                    .collect::<Vec<_>>(),
                 active_request_bias.get(),
             )),
             LoadBalancer::LeastRequest { choice_count, .. } => Picker::LeastRequest {
@@ -152,6 +166,9 @@ pub(crate) fn picks_by_endpoints(balancer: &LoadBalancer, endpoints: &[Endpoint]
             balancer,
             LoadBalancer::RoundRobin | LoadBalancer::LeastRequest { .. }
         ) && !equal_weights(endpoints))
+        || endpoints
+            .windows(2)
+            .any(|w| w[0].priority == w[1].priority && w[0].locality != w[1].locality)
 }
 
 /// Whether `endpoints` all have the same weight (Envoy then balances them unweighted).
@@ -251,19 +268,19 @@ impl Schedule {
 /// pops a heap per worker.
 pub(crate) struct LoadSchedule {
     /// Per endpoint: its weight and its deadline's bits.
-    entries: Box<[(u32, AtomicU64)]>,
+    entries: Box<[(f64, AtomicU64)]>,
     /// The active request bias (0 or more).
     bias: f64,
 }
 
 impl LoadSchedule {
-    /// The schedule of endpoints of `weights` (each 1 or more) under active request bias
+    /// The schedule of endpoints of `weights` (each above 0) under active request bias
     /// `bias`.
-    pub(crate) fn new(weights: &[u32], bias: f64) -> LoadSchedule {
+    pub(crate) fn new(weights: &[f64], bias: f64) -> LoadSchedule {
         let entries = weights
             .iter()
             .map(|w| {
-                let deadline = 1.0 / (f64::from(*w) + 1e-13);
+                let deadline = 1.0 / (*w + 1e-13);
                 (*w, AtomicU64::new(deadline.to_bits()))
             })
             .collect();
@@ -271,8 +288,8 @@ impl LoadSchedule {
     }
 
     /// Envoy's `hostWeight`: `weight` scaled down by `active` requests as the bias asks.
-    fn load(&self, weight: u32, active: u32) -> f64 {
-        let (weight, requests) = (f64::from(weight), f64::from(active) + 1.0);
+    fn load(&self, weight: f64, active: u32) -> f64 {
+        let requests = f64::from(active) + 1.0;
         if self.bias == 1.0 {
             weight / requests
         } else if self.bias != 0.0 {
@@ -310,49 +327,71 @@ impl LoadSchedule {
 }
 
 /// Envoy's locality-weighted balancing (`locality_weighted_lb_config`) over a level of
-/// several weighted localities, every host healthy (the translation refuses it with a health
-/// signal): a locality is picked by Envoy's EDF scheduler over the localities' weights (its
-/// `chooseHealthyLocality`; a locality's weight times its availability, 100% here), walked as
-/// [`Schedule`] by the cluster's counter, then an endpoint of it by the cluster's policy
-/// with the locality's own counter (Envoy keeps a round robin index per locality).
+/// several weighted localities: a locality is picked by Envoy's EDF scheduler over the
+/// localities' effective weights (its `chooseHealthyLocality`: a locality's weight times its
+/// availability), then an endpoint of it by the cluster's policy with the locality's own
+/// counter (Envoy keeps a round robin index per locality).
 pub(crate) struct Localities {
     /// The localities' schedule.
-    schedule: Schedule,
+    schedule: LocalitySchedule,
     /// Per locality: its endpoints' index range in the level, its picker, its counter.
     members: Box<[(Range<usize>, Picker, AtomicUsize)]>,
 }
 
 impl Localities {
     /// The localities of `serving` (each a run of endpoints of one `Endpoint::locality`),
-    /// when there are several; `None` for one or none.
-    fn of(balancer: &LoadBalancer, serving: &[Endpoint]) -> Option<Localities> {
-        let mut runs: Vec<(Range<usize>, u32)> = Vec::new();
+    /// each `availability` available (by its order), when there are several; `None` for
+    /// one or none. Localities with no availability take no traffic (Envoy leaves them out
+    /// of its scheduler).
+    fn of(
+        balancer: &LoadBalancer,
+        serving: &[Endpoint],
+        availability: &dyn Fn(u32) -> f64,
+    ) -> Option<Localities> {
+        let mut runs: Vec<(Range<usize>, LocalityWeight)> = Vec::new();
         for (i, endpoint) in serving.iter().enumerate() {
             let locality = endpoint.locality?;
             match runs.last_mut() {
                 Some((range, _)) if serving[range.start].locality == Some(locality) => {
                     range.end = i + 1
                 }
-                _ => runs.push((i..i + 1, locality.weight)),
+                _ => runs.push((i..i + 1, locality)),
             }
         }
-        if runs.len() < 2 {
+        // Envoy's scheduler takes the localities in its order (by name), which breaks ties.
+        runs.sort_by_key(|(_, locality)| locality.order);
+        let available: Vec<f64> = runs.iter().map(|(_, l)| availability(l.order)).collect();
+        let mut weighted: Vec<((Range<usize>, LocalityWeight), f64)> = runs
+            .into_iter()
+            .zip(available)
+            .filter(|(_, a)| *a > 0.0)
+            .collect();
+        if weighted.len() < 2 {
             return None;
         }
-        // Envoy's scheduler takes the localities in its order (by name), which breaks ties.
-        runs.sort_by_key(|(range, _)| serving[range.start].locality.map(|l| l.order));
-        let weights: Vec<u32> = runs.iter().map(|(_, w)| *w).collect();
-        let members = runs
-            .into_iter()
-            .map(|(range, _)| {
+        let schedule = match weighted.iter().all(|(_, a)| *a >= 1.0) {
+            true => LocalitySchedule::Cycle(Schedule::new(
+                &weighted
+                    .iter()
+                    .map(|((_, l), _)| l.weight)
+                    .collect::<Vec<_>>(),
+            )),
+            false => LocalitySchedule::Scaled(LoadSchedule::new(
+                &weighted
+                    .iter()
+                    .map(|((_, l), a)| f64::from(l.weight) * a)
+                    .collect::<Vec<_>>(),
+                0.0,
+            )),
+        };
+        let members = weighted
+            .drain(..)
+            .map(|((range, _), _)| {
                 let picker = Picker::new(balancer, &serving[range.clone()]);
                 (range, picker, AtomicUsize::new(0))
             })
             .collect();
-        Some(Localities {
-            schedule: Schedule::new(&weights),
-            members,
-        })
+        Some(Localities { schedule, members })
     }
 
     /// The index in the level of the endpoint a connection or request starts with
@@ -365,7 +404,10 @@ impl Localities {
         hash: Option<u64>,
         active: &dyn Fn(usize) -> u32,
     ) -> usize {
-        let locality = self.schedule.pick(turn.fetch_add(1, Ordering::Relaxed));
+        let locality = match &self.schedule {
+            LocalitySchedule::Cycle(cycle) => cycle.pick(turn.fetch_add(1, Ordering::Relaxed)),
+            LocalitySchedule::Scaled(scaled) => scaled.pick(|_| 0),
+        };
         let Some((range, picker, own)) = self.members.get(locality) else {
             return 0;
         };
@@ -373,6 +415,15 @@ impl Localities {
         let local = |i| active(range.start + i);
         range.start + picker.start((range.len(), attempt), own, hash, local)
     }
+}
+
+/// How [`Localities`] picks a locality: every locality whole, the cycle of Envoy's EDF picks
+/// over their integer weights walked by the cluster's counter ([`Schedule`]); some partly
+/// available, Envoy's EDF over the fractional effective weights run as picks come
+/// ([`LoadSchedule`] without a bias).
+enum LocalitySchedule {
+    Cycle(Schedule),
+    Scaled(LoadSchedule),
 }
 
 /// A random index below `n` (at least 1), as Envoy's `random() % n`.
@@ -951,10 +1002,10 @@ mod tests {
     /// one takes 4 of every 7 picks).
     #[test]
     fn weighted_least_request_divides_weights_by_active_requests() {
-        let idle = LoadSchedule::new(&[1, 2], 1.0);
+        let idle = LoadSchedule::new(&[1.0, 2.0], 1.0);
         let picks: Vec<usize> = (0..6).map(|_| idle.pick(|_| 0)).collect();
         assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
-        let busy = LoadSchedule::new(&[1, 3], 1.0);
+        let busy = LoadSchedule::new(&[1.0, 3.0], 1.0);
         let mut counts = [0usize; 2];
         for _ in 0..700 {
             counts[busy.pick(|i| if i == 1 { 3 } else { 0 })] += 1;
@@ -982,11 +1033,11 @@ mod tests {
     #[test]
     fn the_active_request_bias_scales_active_requests() {
         let busy = |i: usize| if i == 1 { 3 } else { 0 };
-        let weights_alone = LoadSchedule::new(&[1, 2], 0.0);
+        let weights_alone = LoadSchedule::new(&[1.0, 2.0], 0.0);
         let picks: Vec<usize> = (0..6).map(|_| weights_alone.pick(|_| 9)).collect();
         assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
         for (bias, light) in [(2.0, 600), (0.5, 180)] {
-            let schedule = LoadSchedule::new(&[1, 8], bias);
+            let schedule = LoadSchedule::new(&[1.0, 8.0], bias);
             let mut counts = [0usize; 2];
             for _ in 0..900 {
                 counts[schedule.pick(busy)] += 1;
@@ -996,9 +1047,9 @@ mod tests {
                 "{bias}: {counts:?}"
             );
         }
-        assert_eq!(LoadSchedule::new(&[8], 2.0).load(8, 1), 2.0);
-        assert_eq!(LoadSchedule::new(&[8], 0.5).load(8, 3), 4.0);
-        assert_eq!(LoadSchedule::new(&[8], 1.0).load(8, 3), 2.0);
+        assert_eq!(LoadSchedule::new(&[8.0], 2.0).load(8.0, 1), 2.0);
+        assert_eq!(LoadSchedule::new(&[8.0], 0.5).load(8.0, 3), 4.0);
+        assert_eq!(LoadSchedule::new(&[8.0], 1.0).load(8.0, 3), 2.0);
     }
 
     /// A ring's or table's hosts under locality weighting, as Envoy's `normalizeWeights`:

@@ -200,14 +200,7 @@ impl ClusterHealth {
             .iter()
             .map(|p| p.health().is_healthy(&self.config))
             .collect();
-        let mut plan = Plan::new(
-            &priorities,
-            &healthy,
-            (
-                self.config.panic_threshold,
-                self.config.fail_traffic_on_panic,
-            ),
-        );
+        let mut plan = Plan::new(&priorities, &healthy, &self.config);
         if crate::balance::picks_by_endpoints(&cluster.load_balancer, endpoints) {
             plan = plan.with_pickers(&cluster.load_balancer, endpoints);
         }

@@ -2,9 +2,8 @@
 //!
 //! Envoy's rule (its "priority levels", "overprovisioning factor" and "panic threshold"): a
 //! level's health is the share of its hosts that are healthy times the overprovisioning
-//! factor (1.4 unless the ClusterLoadAssignment's `policy` says otherwise: Bearing takes
-//! another factor only for a cluster without a health signal, where a factor of 1.0 or more
-//! changes nothing, and NACKs it otherwise), capped at 100%; a level without hosts has health 0. The highest level (priority
+//! factor (1.4 unless the ClusterLoadAssignment's `policy` says otherwise; one below 1.0 is
+//! NACKed), capped at 100%; a level without hosts has health 0. The highest level (priority
 //! 0) takes its health's share of the traffic and the levels after it what is left, in
 //! order, normalised by the total health when that is below 100%. A level whose healthy
 //! share is below the cluster's `healthy_panic_threshold` (50% by default; 0 disables it)
@@ -22,11 +21,17 @@
 //! level over the eligible hosts, rebuilt with the plan; so does a round robin or least
 //! request cluster whose endpoints' weights differ, with an EDF schedule per level over the
 //! eligible hosts (Envoy's schedule is over the healthy hosts too, and none when their
-//! weights are equal).
+//! weights are equal). Under locality weighting (round robin, least request, random) a
+//! level's picker chooses among its localities with eligible hosts by each one's weight
+//! times its availability (its healthy share times the overprovisioning factor, capped at
+//! 100%: Envoy's `effectiveLocalityWeight`); a level in panic balances across all its hosts
+//! without locality weighting, as Envoy's `hostSourceToUse` does.
 
 use std::ops::Range;
 
-use bearing_proxy_config::{Endpoint, LoadBalancer};
+use std::collections::BTreeMap;
+
+use bearing_proxy_config::{Endpoint, EndpointHealth, LoadBalancer};
 
 use crate::balance::Picker;
 
@@ -102,9 +107,6 @@ impl Levels {
     }
 }
 
-/// Envoy's overprovisioning factor, in percent.
-const OVERPROVISIONING: usize = 140;
-
 /// Where a cluster with a health signal sends its traffic: each priority level's share of
 /// it, in percent, and the hosts eligible in each.
 #[derive(Default)]
@@ -118,6 +120,10 @@ pub struct Plan {
     /// ones, or all of them when the level is in panic (none when the cluster fails traffic
     /// on panic).
     hosts: Vec<Vec<usize>>,
+    /// Per level: whether it is in panic.
+    panics: Vec<bool>,
+    /// The overprovisioning factor, in percent.
+    factor: u32,
     /// Per level, for a cluster whose picks depend on its endpoints (ring hash, Maglev,
     /// round robin or least request over different weights): its picker (ring, table, EDF
     /// schedule) over the level's eligible hosts (Envoy rebuilds them whenever health
@@ -127,13 +133,11 @@ pub struct Plan {
 
 impl Plan {
     /// The plan of endpoints at `priorities` (ordered by priority) of which `healthy` are
-    /// healthy, with the panic threshold `panic_threshold` (percent; 0: never panic); a level
-    /// in panic has no eligible host when `fail_on_panic` (Envoy's `fail_traffic_on_panic`).
-    pub fn new(
-        priorities: &[u32],
-        healthy: &[bool],
-        (panic_threshold, fail_on_panic): (f64, bool),
-    ) -> Plan {
+    /// healthy, under `config`'s overprovisioning factor and panic threshold (percent; 0:
+    /// never panic); a level in panic has no eligible host when the config fails traffic on
+    /// panic (Envoy's `fail_traffic_on_panic`).
+    pub fn new(priorities: &[u32], healthy: &[bool], config: &EndpointHealth) -> Plan {
+        let (panic_threshold, factor) = (config.panic_threshold, config.overprovisioning_factor);
         let levels = priorities.last().map_or(1, |p| *p as usize + 1);
         let mut total = vec![0usize; levels];
         let mut well = vec![0usize; levels];
@@ -144,7 +148,7 @@ impl Plan {
         let health: Vec<u32> = (0..levels)
             .map(|l| match total[l] {
                 0 => 0,
-                n => (OVERPROVISIONING * well[l] / n).min(100) as u32,
+                n => (factor as usize * well[l] / n).min(100) as u32,
             })
             .collect();
         let normalized = health.iter().sum::<u32>().min(100);
@@ -175,7 +179,7 @@ impl Plan {
             let l = *p as usize;
             // A level in panic takes all its hosts, or none at all when it fails on panic.
             let eligible = match panics[l] {
-                true => !fail_on_panic,
+                true => !config.fail_traffic_on_panic,
                 false => *ok,
             };
             if eligible {
@@ -186,26 +190,65 @@ impl Plan {
             loads,
             health,
             hosts,
+            panics,
+            factor,
             pickers: Vec::new(),
         }
     }
 
-    /// This plan with a picker per level over its eligible hosts (a ring, table or EDF
-    /// schedule: `balance::picks_by_endpoints`), for `balancer` over the cluster's
-    /// `endpoints`.
+    /// This plan with a picker per level over its eligible hosts (a ring, table, EDF
+    /// schedule or weighted localities: `balance::picks_by_endpoints`), for `balancer` over
+    /// the cluster's `endpoints`.
     pub fn with_pickers(mut self, balancer: &LoadBalancer, endpoints: &[Endpoint]) -> Plan {
-        self.pickers = self
-            .hosts
-            .iter()
-            .map(|level| {
-                let eligible: Vec<Endpoint> = level
-                    .iter()
-                    .filter_map(|&i| endpoints.get(i).cloned())
-                    .collect();
-                Picker::new(balancer, &eligible)
-            })
+        let pickers = (0..self.hosts.len())
+            .map(|level| self.level_picker(level, balancer, endpoints))
             .collect();
+        self.pickers = pickers;
         self
+    }
+
+    /// The picker of `level` over its eligible hosts. Under locality weighting (not a ring
+    /// or table, which fold locality weights into their hosts') each locality's weight is
+    /// scaled by its availability, its eligible share of its hosts times the factor (capped
+    /// at 1), and a level in panic balances across its hosts without locality weighting.
+    fn level_picker(
+        &self,
+        level: usize,
+        balancer: &LoadBalancer,
+        endpoints: &[Endpoint],
+    ) -> Picker {
+        let hosts = self.hosts(level);
+        let mut eligible: Vec<Endpoint> = hosts
+            .iter()
+            .filter_map(|&i| endpoints.get(i).cloned())
+            .collect();
+        if balancer.is_consistent_hashing() || !eligible.iter().any(|e| e.locality.is_some()) {
+            return Picker::new(balancer, &eligible);
+        }
+        if self.panics.get(level).copied().unwrap_or(false) {
+            for endpoint in &mut eligible {
+                endpoint.locality = None;
+            }
+            return Picker::new(balancer, &eligible);
+        }
+        // Per locality (by its order): its hosts in the level, and those eligible.
+        let mut counts: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+        for e in endpoints.iter().filter(|e| e.priority as usize == level) {
+            if let Some(l) = e.locality {
+                counts.entry(l.order).or_default().0 += 1;
+            }
+        }
+        for e in &eligible {
+            if let Some(l) = e.locality {
+                counts.entry(l.order).or_default().1 += 1;
+            }
+        }
+        let factor = f64::from(self.factor) / 100.0;
+        let availability = |order: u32| match counts.get(&order) {
+            Some(&(all, well)) if all > 0 => (factor * well as f64 / all as f64).min(1.0),
+            _ => 0.0,
+        };
+        Picker::with_availability(balancer, &eligible, &availability)
     }
 
     /// The picker of `level`, when the plan has one per level.
@@ -290,8 +333,18 @@ mod tests {
         assert_eq!(serving_level(&endpoints(&[])), 0..0);
     }
 
+    /// Envoy's defaults with the panic threshold `panic` (failing traffic on panic when
+    /// `fail`).
+    fn panic_at(panic: f64, fail: bool) -> EndpointHealth {
+        EndpointHealth {
+            panic_threshold: panic,
+            fail_traffic_on_panic: fail,
+            ..EndpointHealth::default()
+        }
+    }
+
     fn plan(priorities: &[u32], healthy: &[bool], panic: f64) -> (Vec<u32>, Vec<Vec<usize>>) {
-        let p = Plan::new(priorities, healthy, (panic, false));
+        let p = Plan::new(priorities, healthy, &panic_at(panic, false));
         (p.loads, p.hosts)
     }
 
@@ -361,7 +414,11 @@ mod tests {
 
     #[test]
     fn a_draw_picks_the_level_by_cumulative_load() {
-        let p = Plan::new(&[0, 0, 1, 1], &[true, false, true, true], (50.0, false));
+        let p = Plan::new(
+            &[0, 0, 1, 1],
+            &[true, false, true, true],
+            &panic_at(50.0, false),
+        );
         assert!(!p.is_single());
         assert_eq!(p.hosts(p.level_of(0)), &[0]);
         assert_eq!(p.hosts(p.level_of(69)), &[0]);
@@ -369,7 +426,7 @@ mod tests {
         assert_eq!(p.hosts(p.level_of(99)), &[2, 3]);
         assert_eq!(p.health(), &[70, 100]);
         // Levels absent in between (priorities 0 and 2) carry nothing.
-        let gap = Plan::new(&[0, 2], &[false, true], (50.0, false));
+        let gap = Plan::new(&[0, 2], &[false, true], &panic_at(50.0, false));
         assert_eq!(gap.hosts(gap.level_of(0)), &[1]);
         assert_eq!(gap.health(), &[0, 0, 100]);
         assert!(gap.is_single());
@@ -380,7 +437,7 @@ mod tests {
     #[test]
     fn failing_on_panic_leaves_a_panicking_level_without_hosts() {
         let fail = |priorities: &[u32], healthy: &[bool]| {
-            let p = Plan::new(priorities, healthy, (50.0, true));
+            let p = Plan::new(priorities, healthy, &panic_at(50.0, true));
             (p.loads, p.hosts)
         };
         // One of three healthy: in panic, no host.
@@ -417,7 +474,8 @@ mod tests {
             maximum_ring_size: 64,
             hash_function: RingHashFunction::XxHash,
         };
-        let plan = Plan::new(&[0, 0, 0, 0], &healthy, (50.0, false)).with_pickers(&ring, &all);
+        let plan =
+            Plan::new(&[0, 0, 0, 0], &healthy, &panic_at(50.0, false)).with_pickers(&ring, &all);
         assert_eq!(plan.hosts(0), [0, 2, 3]);
         let eligible: Vec<Endpoint> = [0, 2, 3].iter().map(|&i| all[i].clone()).collect();
         let alone = Picker::new(&ring, &eligible);
@@ -427,7 +485,7 @@ mod tests {
             assert_eq!(picked, alone.start((3, 0), &turn, Some(h), |_| 0));
             assert_ne!(plan.hosts(0)[picked], 1, "the unhealthy host");
         }
-        let plain = Plan::new(&[0, 0], &[true, true], (50.0, false));
+        let plain = Plan::new(&[0, 0], &[true, true], &panic_at(50.0, false));
         assert!(plain.picker(0).is_none());
     }
 
@@ -447,29 +505,92 @@ mod tests {
             &rr,
             &endpoints(&[0, 0])
         ));
-        let plan =
-            Plan::new(&[0, 0, 0], &[true, false, true], (50.0, false)).with_pickers(&rr, &weighted);
+        let plan = Plan::new(&[0, 0, 0], &[true, false, true], &panic_at(50.0, false))
+            .with_pickers(&rr, &weighted);
         assert_eq!(plan.hosts(0), [0, 2]);
         let (picker, turn) = (plan.picker(0).expect("a schedule"), Default::default());
         let picks: Vec<usize> = (0..6)
             .map(|_| picker.start((2, 0), &turn, None, |_| 0))
             .collect();
         assert_eq!(picks, [1, 0, 1, 1, 0, 1]);
-        let plan =
-            Plan::new(&[0, 0, 0], &[true, true, false], (50.0, false)).with_pickers(&rr, &weighted);
+        let plan = Plan::new(&[0, 0, 0], &[true, true, false], &panic_at(50.0, false))
+            .with_pickers(&rr, &weighted);
         let (picker, turn) = (plan.picker(0).expect("a picker"), Default::default());
         let picks: Vec<usize> = (0..4)
             .map(|_| picker.start((2, 0), &turn, None, |_| 0))
             .collect();
         assert_eq!(picks, [1, 1, 0, 1], "weights 1 and 3");
-        let equal = Plan::new(&[0, 0, 0], &[false, true, true], (50.0, false)).with_pickers(
-            &rr,
-            &[
-                weighted[0].clone(),
-                weighted[2].clone(),
-                weighted[2].clone(),
-            ],
-        );
+        let equal = Plan::new(&[0, 0, 0], &[false, true, true], &panic_at(50.0, false))
+            .with_pickers(
+                &rr,
+                &[
+                    weighted[0].clone(),
+                    weighted[2].clone(),
+                    weighted[2].clone(),
+                ],
+            );
         assert!(matches!(equal.picker(0), Some(Picker::RoundRobin)));
+    }
+
+    /// Envoy's documented locality weighting (arch overview, "Locality weighted load
+    /// balancing"): X of weight 1, Y of weight 2 and whole, factor 1.4: X takes 33% while
+    /// 70% or more of its hosts are healthy, 26% at 50%, 15% at 25% (here 20 hosts in X);
+    /// none at 0%. Kuma's factor 2.0 keeps X whole down to 50%. A level in panic balances
+    /// across all its hosts, by host.
+    #[test]
+    fn weighted_localities_take_traffic_by_weight_times_availability_as_envoy() {
+        use bearing_proxy_config::LocalityWeight;
+        let at = |order: u32, weight: u32, i: u8| Endpoint {
+            locality: Some(LocalityWeight {
+                index: order,
+                weight,
+                order,
+            }),
+            ..crate::upstream::plain_endpoint(([10, 0, order as u8, i], 80).into())
+        };
+        let mut all: Vec<Endpoint> = (0..20).map(|i| at(0, 1, i)).collect();
+        all.extend((0..20).map(|i| at(1, 2, i)));
+        let rr = LoadBalancer::RoundRobin;
+        assert!(crate::balance::picks_by_endpoints(&rr, &all));
+        let share_of_x = |healthy_in_x: usize, factor: u32, panic: f64| {
+            let healthy: Vec<bool> = (0..40).map(|i| i >= 20 || i < healthy_in_x).collect();
+            let config = EndpointHealth {
+                overprovisioning_factor: factor,
+                ..panic_at(panic, false)
+            };
+            let plan = Plan::new(&[0; 40], &healthy, &config).with_pickers(&rr, &all);
+            let hosts = plan.hosts(0);
+            let (picker, turn) = (plan.picker(0).expect("a picker"), Default::default());
+            let picks = 2700;
+            let in_x = (0..picks)
+                .map(|_| hosts[picker.start((hosts.len(), 0), &turn, None, |_| 0)])
+                .filter(|&i| i < 20)
+                .count();
+            (in_x as f64 * 100.0 / picks as f64).round()
+        };
+        assert_eq!(share_of_x(20, 140, 50.0), 33.0);
+        assert_eq!(share_of_x(14, 140, 50.0), 33.0);
+        assert_eq!(share_of_x(10, 140, 50.0), 26.0);
+        assert_eq!(share_of_x(5, 140, 50.0), 15.0);
+        assert_eq!(share_of_x(0, 140, 50.0), 0.0);
+        assert_eq!(share_of_x(10, 200, 50.0), 33.0);
+        assert_eq!(share_of_x(6, 200, 50.0), 23.0);
+        // 10 of 40 healthy is under the 50% threshold: all 40 hosts by host, X half.
+        assert_eq!(share_of_x(0, 140, 80.0), 50.0);
+    }
+
+    /// The assignment's overprovisioning factor weighs a level's health: half of P0 healthy
+    /// keeps 70% of the traffic under Envoy's 1.4, all of it under kuma-cp's 2.0.
+    #[test]
+    fn the_overprovisioning_factor_weighs_level_health() {
+        let loads = |factor| {
+            let config = EndpointHealth {
+                overprovisioning_factor: factor,
+                ..EndpointHealth::default()
+            };
+            Plan::new(&[0, 0, 1], &[true, false, true], &config).loads
+        };
+        assert_eq!(loads(140), [70, 30]);
+        assert_eq!(loads(200), [100, 0]);
     }
 }

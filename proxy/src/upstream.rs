@@ -1862,6 +1862,7 @@ mod tests {
                         check: None,
                         panic_threshold,
                         fail_traffic_on_panic,
+                        ..Default::default()
                     },
                     ..test_cluster("backend")
                 },

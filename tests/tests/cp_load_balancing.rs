@@ -991,3 +991,93 @@ fn generated_cookies_and_biased_least_request_as_envoy() -> Result<()> {
     );
     Ok(())
 }
+
+/// The listener ports of round robin over weighted localities with an active health check,
+/// under Envoy's default overprovisioning factor (140) and kuma-cp's (200), and their
+/// clusters.
+const AVAILABLE_140: (u16, &str) = (10015, "available-140");
+const AVAILABLE_200: (u16, &str) = (10016, "available-200");
+
+/// MeshLoadBalancingStrategy's locality awareness beside MeshHealthCheck: zone-1 of weight
+/// 1 holds a live origin and a dead endpoint (no server), zone-2 of weight 2 a live origin,
+/// round robin under locality weighting with an HTTP health check. Once the check has found
+/// the dead one, zone-1's weight is scaled by its availability (half its hosts healthy
+/// times the overprovisioning factor, capped at 1): with Envoy's 1.4 it takes 0.7 / 2.7 of
+/// 270 requests (70), with kuma-cp's 2.0 a whole third (90); the dead endpoint gets none.
+/// Envoy 1.40 fed the same resources splits them the same (within 3: its schedule starts at
+/// a random pick).
+#[test]
+fn weighted_localities_shed_traffic_by_availability_as_envoy() -> Result<()> {
+    const DEAD: u16 = 8089;
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "backend"])?;
+    let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
+    let rig = Rig::new(&topo, "cp-lb-available")?;
+    let (pki, mut xds) = (&rig.pki, rig.xds(web)?);
+    let (zone1, zone2) = (
+        [backend.sock4(ORIGINS[0]), backend.sock4(DEAD)],
+        [backend.sock4(ORIGINS[1])],
+    );
+    for ((port, name), factor) in [(AVAILABLE_140, 140), (AVAILABLE_200, 200)] {
+        let mut cluster = server_cluster(&rig.ring, name, lb_policy("ROUND_ROBIN"))?;
+        cluster["commonLbConfig"] = json!({"localityWeightedLbConfig": {}});
+        cluster["healthChecks"] = json!([{"timeout": "1s", "interval": "1s",
+            "unhealthyThreshold": 1, "healthyThreshold": 1, "httpHealthCheck": {"path": "/"}}]);
+        let mut assignment =
+            locality_endpoints(&rig, name, &[("zone-1", 1, &zone1), ("zone-2", 2, &zone2)]);
+        assignment["policy"] = json!({"overprovisioningFactor": factor});
+        xds.cluster(cluster)?
+            .add(ENDPOINTS, name, assignment)
+            .listener(outbound(&rig.ring, web, port, name)?)?;
+    }
+    xds.mesh_identity(MESH, &rig.leaf, &rig.mesh_ca)?;
+    let (light, dead) = (
+        format!("backend:{}", ORIGINS[0]),
+        format!("{}:{DEAD}", backend.ip4()),
+    );
+    let plain = vec![("/".to_string(), Vec::new())];
+    // Per proxy: how many of 270 requests zone-1's live origin answered, per factor.
+    let check = |proxy: &str| -> Result<Vec<usize>> {
+        // The check has run when every request of a round is answered by a live origin.
+        for port in [AVAILABLE_140.0, AVAILABLE_200.0] {
+            wait_until(Duration::from_secs(20), || {
+                served_by(web, port, &plain, 6).is_ok_and(|seen| {
+                    seen.iter()
+                        .flatten()
+                        .all(|o| o.starts_with("backend:") && *o != dead)
+                })
+            })
+            .with_context(|| format!("{proxy}: port {port} kept reaching the dead endpoint"))?;
+        }
+        let mut shares = Vec::new();
+        for (port, expected) in [(AVAILABLE_140.0, 70), (AVAILABLE_200.0, 90)] {
+            let counts = tally(&served_by(web, port, &plain, 270)?);
+            let to_light = counts.get(&light).copied().unwrap_or(0);
+            ensure!(
+                counts.values().sum::<usize>() == 270 && to_light.abs_diff(expected) <= 3,
+                "{proxy}: port {port} sent {to_light} of 270 to zone-1 (expected {expected}): \
+                 {counts:?}"
+            );
+            shares.push(to_light);
+        }
+        Ok(shares)
+    };
+    let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
+    let bearing = check("bearing")?;
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    let _envoy = access.envoy(web, MESH, "demo-client")?;
+    for port in [AVAILABLE_140.0, AVAILABLE_200.0] {
+        web.wait_for_tcp_listener(port, Duration::from_secs(20), None)?;
+    }
+    let envoy = check("envoy")?;
+    for (ours, theirs) in bearing.iter().zip(&envoy) {
+        ensure!(
+            ours.abs_diff(*theirs) <= 3,
+            "zone-1's share: bearing {bearing:?}, envoy {envoy:?}"
+        );
+    }
+    Ok(())
+}

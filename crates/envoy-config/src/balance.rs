@@ -345,18 +345,19 @@ fn locality_name(l: &endpoint_pb::LocalityLbEndpoints) -> LocalityName {
     (locality.region, locality.zone, locality.sub_zone)
 }
 
-/// Checks locality weighting and the assignment's `policy` against what the runtime does,
-/// where every host is healthy and the highest populated priority level takes all traffic:
-/// an overprovisioning factor of 100 or more changes nothing then (a level's health, its
-/// healthy share times the factor, is capped at 100%), a smaller one would spill traffic to
-/// lower levels and is refused; with `locality_weighted_lb_config`, a level whose endpoints
-/// all belong to one weighted locality is balanced as without it, several localities in one
-/// level are balanced by locality weight (`proxy::balance`) under round robin, least request
-/// and random on a cluster without a health signal (where a locality's availability, which
-/// scales its weight in Envoy, is always 100%) and refused otherwise (ring hash, Maglev, a
-/// health signal, a DNS cluster: `dns`, weights past [`MAX_ROUND_ROBIN_WEIGHT`] in all); a
-/// locality without a weight (no traffic in Envoy) is refused. Without it, locality weights
-/// have no effect in Envoy either.
+/// Checks locality weighting and the assignment's `policy` against what the runtime does:
+/// an overprovisioning factor of 100 or more weighs a level's health and a weighted
+/// locality's availability (their healthy share times it, capped at 100%; without a health
+/// signal every level is whole), a smaller one would spill traffic to lower levels while
+/// every host is healthy and is refused; with `locality_weighted_lb_config`, a level whose
+/// endpoints all belong to one weighted locality is balanced as without it, several
+/// localities in one level are balanced by locality weight (`proxy::balance`) under round
+/// robin, least request and random (scaled by each locality's availability under a health
+/// signal, `proxy::priority`) and under ring hash and Maglev without a health signal, and
+/// refused otherwise (ring hash or Maglev with one, a DNS cluster: `dns`, weights past
+/// [`MAX_ROUND_ROBIN_WEIGHT`] in all); a locality without a weight (no traffic in Envoy)
+/// beside weighted ones is refused under a health signal. Without it, locality weights have
+/// no effect in Envoy either.
 pub(crate) fn check_localities(
     cluster: &cluster_pb::Cluster,
     (balancer, dns): (&LoadBalancer, bool),
@@ -372,18 +373,12 @@ pub(crate) fn check_localities(
         .as_ref()
         .and_then(|p| p.overprovisioning_factor.as_ref())
     {
-        // With a health signal the factor weighs each level's health (`proxy::priority`),
-        // which takes Envoy's default 1.4 only.
-        let health = !cluster.health_checks.is_empty() || cluster.outlier_detection.is_some();
+        // With a health signal the factor weighs each level's health and each weighted
+        // locality's availability (`proxy::priority`); without one every level is whole.
         if factor.value < 100 {
             problems.push((
                 format!("{path}.load_assignment.policy.overprovisioning_factor"),
                 format!("{}: a factor below 100 sends traffic to lower priority levels while all hosts are healthy, which is not implemented", factor.value),
-            ));
-        } else if health && factor.value != 140 {
-            problems.push((
-                format!("{path}.load_assignment.policy.overprovisioning_factor"),
-                format!("{}: a factor other than Envoy's default 140 on a cluster with health checks or outlier detection is not implemented", factor.value),
             ));
         }
     }
@@ -434,8 +429,8 @@ pub(crate) fn check_localities(
     }
     // Why several weighted localities in a level whose weights sum to `sum` are refused.
     let refused = |sum: u64| -> Option<String> {
-        if health {
-            Some("with health checks or outlier detection (a locality's availability scales its weight)".into())
+        if health && balancer.is_consistent_hashing() {
+            Some("under RING_HASH or MAGLEV with health checks or outlier detection (Envoy's ring or table keeps the weights of localities without a healthy host in its sums)".into())
         } else if dns {
             Some("in a DNS cluster".into())
         } else if balancer.is_consistent_hashing() {
@@ -725,10 +720,12 @@ mod tests {
         assert_eq!(ActiveRequestBias::DEFAULT.get(), 1.0);
     }
 
-    /// Locality weighting passes where it changes nothing (one weighted locality per
-    /// priority) and is NACKed by path otherwise; an overprovisioning factor below 100 too.
+    /// Locality weighting passes where the runtime balances as Envoy (one weighted locality
+    /// per priority; several under round robin, least request and random, with or without a
+    /// health signal; under a ring or table without one) and is NACKed by path otherwise; an
+    /// overprovisioning factor below 100 too.
     #[test]
-    fn locality_weighting_and_overprovisioning_pass_only_where_they_change_nothing() {
+    fn locality_weighting_and_overprovisioning_pass_where_the_runtime_follows_envoy() {
         use cluster_pb::cluster::common_lb_config::{
             LocalityConfigSpecifier, LocalityWeightedLbConfig,
         };
@@ -824,11 +821,15 @@ mod tests {
                 "{at}.load_assignment.endpoints[0].load_balancing_weight"
             )]
         );
+        // With a health signal: scaled by availability under round robin; NACKed under a
+        // ring or table.
         let checked = cluster_pb::Cluster {
             health_checks: vec![Default::default()],
             ..weighted.clone()
         };
-        assert_eq!(check(&checked, shared), refused);
+        assert!(check(&checked, shared.clone()).is_empty());
+        let problems = check_localities(&checked, (&maglev, false), Some(&zones), at);
+        assert_eq!(fields(problems), refused);
         let heavy = assignment(vec![locality(0, Some(1)), locality(0, Some(1 << 16))], None);
         assert_eq!(check(&weighted, heavy), refused);
         // No weight in a level: balanced as without locality weighting (Envoy 1.40); a
@@ -865,20 +866,15 @@ mod tests {
                 "{at}.load_assignment.policy.overprovisioning_factor"
             )]
         );
-        // With a health signal the factor weighs level health: only Envoy's 140 is taken.
+        // With a health signal the factor weighs level health: any of 100 or more is taken.
         let checked = cluster_pb::Cluster {
             outlier_detection: Some(Default::default()),
             ..Default::default()
         };
-        let default = assignment(vec![locality(0, Some(1))], Some(140));
-        assert!(check(&checked, default).is_empty());
-        let other = assignment(vec![locality(0, Some(1))], Some(200));
-        assert_eq!(
-            check(&checked, other),
-            [format!(
-                "{at}.load_assignment.policy.overprovisioning_factor"
-            )]
-        );
+        for factor in [100, 140, 200] {
+            let kuma = assignment(vec![locality(0, Some(1))], Some(factor));
+            assert!(check(&checked, kuma).is_empty());
+        }
     }
 
     /// Endpoint weights pass where the runtime balances by them (round robin, least request,

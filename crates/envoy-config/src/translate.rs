@@ -1911,8 +1911,14 @@ impl Translator<'_> {
             }
         }
         let mut problems = Vec::new();
-        let health =
+        let mut health =
             crate::health::endpoint_health(cluster, (&path, discovery.is_some()), &mut problems);
+        if let Some(factor) = assignment
+            .and_then(|a| a.policy.as_ref())
+            .and_then(|p| p.overprovisioning_factor.as_ref())
+        {
+            health.overprovisioning_factor = factor.value;
+        }
         for (field, reason) in problems {
             self.nack(CLUSTER, name, field, reason);
         }

@@ -24,6 +24,18 @@ pub struct EndpointHealth {
     /// Envoy's consistent-hashing balancers ignore it).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fail_traffic_on_panic: bool,
+    /// The ClusterLoadAssignment's overprovisioning factor, in percent (Envoy's default 140):
+    /// a priority level's health, and a weighted locality's availability, are their healthy
+    /// share times it, capped at 100%.
+    #[serde(skip_serializing_if = "is_envoys_factor")]
+    pub overprovisioning_factor: u32,
+}
+
+/// Envoy's default overprovisioning factor, in percent.
+pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
+
+fn is_envoys_factor(factor: &u32) -> bool {
+    *factor == DEFAULT_OVERPROVISIONING_FACTOR
 }
 
 impl Default for EndpointHealth {
@@ -33,6 +45,7 @@ impl Default for EndpointHealth {
             outlier: None,
             panic_threshold: 50.0,
             fail_traffic_on_panic: false,
+            overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
         }
     }
 }
