@@ -7,7 +7,7 @@
 //! signal; clusters without one keep the precomputed serving range and never look here.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use bearing_proxy_config::{Cluster, Endpoint, EndpointHealth};
@@ -105,6 +105,10 @@ pub struct ClusterHealth {
     config: EndpointHealth,
     hosts: TrackedHosts,
     planned: ArcSwap<Planned>,
+    /// Held while a plan is made from the hosts' flags and stored, so that refreshes racing
+    /// on different threads store in the order they read: the last plan stored is never
+    /// older than the last flag change (off the request path: health changes only).
+    refreshing: Mutex<()>,
     /// Outlier detection, when the cluster has it.
     pub detector: Option<Detector>,
 }
@@ -182,6 +186,7 @@ impl ClusterHealth {
             config: cluster.health.clone(),
             hosts,
             planned: ArcSwap::from_pointee(planned),
+            refreshing: Mutex::new(()),
             detector,
         };
         health.refresh(cluster);
@@ -193,6 +198,12 @@ impl ClusterHealth {
     /// plan its pickers per level where they depend on the endpoints (rings, tables,
     /// schedules over different weights).
     pub fn refresh(&self, cluster: &Cluster) {
+        // A panic elsewhere while holding it leaves nothing half-done: the plan is stored
+        // whole or not at all.
+        let _serial = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let pools = self.pools();
         let endpoints = pools.endpoints(cluster);
         let priorities: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
@@ -273,5 +284,44 @@ mod tests {
         h.set_active(false);
         assert!(!h.is_pending() && h.failed_active());
         assert!(h.is_healthy(&EndpointHealth::default()));
+    }
+
+    /// Hosts taken back on different threads at once, each refreshing the plan after its
+    /// own change: the plan left is the one of every host back, whatever order the
+    /// refreshes ran in (refreshes are serialised; unserialised, a refresh that read the
+    /// flags earlier could store its plan last).
+    #[test]
+    fn racing_refreshes_leave_the_plan_of_the_last_flags() {
+        let endpoints: Vec<Endpoint> = (0..4u8)
+            .map(|i| crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into()))
+            .collect();
+        let cluster = Cluster {
+            endpoints: endpoints.clone(),
+            health: EndpointHealth {
+                outlier: Some(OutlierDetection::default()),
+                ..EndpointHealth::default()
+            },
+            ..crate::upstream::test_cluster("backend")
+        };
+        let pools: Vec<_> = endpoints.iter().map(EndpointPool::new).collect();
+        let health = ClusterHealth::new(&cluster, &pools, None);
+        for _ in 0..1000 {
+            for pool in &pools {
+                pool.health().set_ejected(true);
+            }
+            health.refresh(&cluster);
+            let start = std::sync::Barrier::new(pools.len());
+            std::thread::scope(|s| {
+                for pool in &pools {
+                    let (start, health, cluster) = (&start, &health, &cluster);
+                    s.spawn(move || {
+                        start.wait();
+                        pool.health().set_ejected(false);
+                        health.refresh(cluster);
+                    });
+                }
+            });
+            assert_eq!(health.plan().hosts(0), [0, 1, 2, 3]);
+        }
     }
 }
