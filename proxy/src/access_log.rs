@@ -26,8 +26,9 @@ use std::time::{Duration, Instant, SystemTime};
 use bearing_proxy_config::{AccessLog, Entry, HeaderSource, LogFilter, LogFormat, ResponseFlags};
 use prometheus_client::metrics::counter::Counter;
 
+use crate::body::BodyError;
 use crate::stats::Stats;
-use crate::upstream::UpstreamError;
+use crate::upstream::{MaxStreamDurationReached, UpstreamError};
 
 /// How long a line may wait before it is written.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -335,6 +336,7 @@ pub(crate) struct HyperExchange {
 pub struct LoggedBody<B> {
     inner: B,
     sent: u64,
+    /// Read to its end, or ended by the proxy (not the client's doing).
     ended: bool,
     exchange: Box<HyperExchange>,
 }
@@ -360,21 +362,27 @@ impl<B> LoggedBody<B> {
 
 impl<B> http_body::Body for LoggedBody<B>
 where
-    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Unpin,
 {
     type Data = bytes::Bytes;
-    type Error = B::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 let n = frame.data_ref().map_or(0, |d| d.len() as u64);
                 self.sent += n;
                 self.ended = self.inner.is_end_stream();
+            }
+            // The proxy reset the stream (Envoy's `UMSDR`), not the client.
+            std::task::Poll::Ready(Some(Err(e))) if e.is::<MaxStreamDurationReached>() => {
+                let flag = ResponseFlags::UPSTREAM_MAX_STREAM_DURATION;
+                self.exchange.flags.insert(flag);
+                self.ended = true;
             }
             std::task::Poll::Ready(Some(Err(_))) => {
                 let flag = ResponseFlags::UPSTREAM_CONNECTION_TERMINATION;

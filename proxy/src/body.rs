@@ -43,6 +43,27 @@ impl<B> MessageBody<B> {
     }
 }
 
+impl<B> MessageBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    /// The flag this body sets once read to its end, made (the body flagging it) when it has
+    /// none; `None` for a body that has ended already.
+    pub fn end_flag(&mut self) -> Option<Arc<AtomicBool>> {
+        if self.is_end_stream() {
+            return None;
+        }
+        if let MessageBody::Flagged(b) = self {
+            return Some(b.1.clone());
+        }
+        let flag = Arc::new(AtomicBool::new(false));
+        let body = std::mem::replace(self, MessageBody::Held(Full::default()));
+        *self = body.flagging(Some(&flag));
+        Some(flag)
+    }
+}
+
 impl<B> Body for MessageBody<B>
 where
     B: Body<Data = Bytes> + Unpin,

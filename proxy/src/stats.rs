@@ -88,8 +88,8 @@ pub struct ClusterStats {
     /// Requests answered with the 504 of their timeout, which spans waiting for a connection,
     /// connecting and every try (Envoy's `upstream_rq_timeout`).
     pub rq_timeout: Counter,
-    /// Tries that reached the cluster's `max_stream_duration` before their response head
-    /// (Envoy's `upstream_rq_max_duration_reached`).
+    /// Tries that reached the cluster's `max_stream_duration` before their response ended,
+    /// its head or its body (Envoy's `upstream_rq_max_duration_reached`).
     pub rq_max_duration_reached: Counter,
     /// Bytes written to upstream.
     pub tx_bytes: Counter,
@@ -297,7 +297,7 @@ const CLUSTER_SERIES: &[Series<ClusterStats>] = &[
     },
     Series {
         name: "cluster_upstream_rq_max_duration_reached",
-        help: "Tries that reached the cluster's maximum stream duration before a response.",
+        help: "Tries that reached the cluster's maximum stream duration (response unfinished).",
         kind: MetricType::Counter,
         metric: |h| &h.rq_max_duration_reached,
     },

@@ -84,7 +84,8 @@ pub enum UpstreamError {
     RequestBody(hyper::Error),
     /// No response headers within the request's timeout (its route's or its cluster's).
     Timeout(SocketAddr),
-    /// No response headers within the cluster's `max_stream_duration` of the try.
+    /// No response headers within the cluster's `max_stream_duration` of the try's
+    /// connection being ready.
     MaxStreamDuration(SocketAddr),
     /// A circuit breaker of the cluster refused it.
     Overflow(Overflow),
@@ -1573,7 +1574,30 @@ pub struct UpstreamBody {
     /// The downstream stream this body answers, held open on its connection until the body
     /// is dropped (a connection idle timeout's watch).
     _stream: Option<StreamGuard>,
+    /// The try's maximum stream duration, when its cluster has one.
+    end: Option<StreamEnd>,
 }
+
+/// A response body's maximum stream duration: the try's one timer, set to its end, and
+/// where reaching it is counted (Envoy's `upstream_rq_max_duration_reached`).
+struct StreamEnd {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    reached: Counter,
+}
+
+/// Why a response body was cut: its try reached its cluster's `max_stream_duration`. hyper
+/// then resets a downstream HTTP/2 stream with `INTERNAL_ERROR`, as Envoy 1.40 does, and
+/// closes an HTTP/1.1 connection mid-body.
+#[derive(Debug)]
+pub(crate) struct MaxStreamDurationReached;
+
+impl std::fmt::Display for MaxStreamDurationReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream max stream duration reached")
+    }
+}
+
+impl std::error::Error for MaxStreamDurationReached {}
 
 /// A response body's stream idle timeout: its clock, the frames read so far (the clock's
 /// activity count), and where a timeout is counted.
@@ -1609,6 +1633,7 @@ impl UpstreamBody {
             _request: request,
             idle: None,
             _stream: None,
+            end: None,
         };
         if b.body.is_end_stream() {
             b.release_connection();
@@ -1624,6 +1649,19 @@ impl UpstreamBody {
             frames: 0,
             idled,
         }));
+        self
+    }
+
+    /// This body, cut with an error (the downstream stream reset) when `timer`, set to the
+    /// try's maximum stream duration, fires before its end; counted in `reached`.
+    pub(crate) fn ending_at(
+        mut self,
+        timer: Pin<Box<tokio::time::Sleep>>,
+        reached: Counter,
+    ) -> Self {
+        if !self.body.is_end_stream() {
+            self.end = Some(StreamEnd { timer, reached });
+        }
         self
     }
 
@@ -1647,6 +1685,14 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(end) = &mut self.end {
+            if std::future::Future::poll(end.timer.as_mut(), cx).is_ready() {
+                end.reached.inc();
+                // Once: the upstream connection closes with the body, unreleased.
+                (self.end, self.release) = (None, None);
+                return Poll::Ready(Some(Err(Box::new(MaxStreamDurationReached))));
+            }
+        }
         let res = Pin::new(&mut self.body).poll_frame(cx);
         match &res {
             Poll::Ready(None) => self.release_connection(),

@@ -458,6 +458,20 @@ class Handler(BaseHTTPRequestHandler):
             out = ("status %d\n" % status).encode()
         elif len(parts) == 3 and parts[1] == "bytes" and parts[2].isdigit():
             out = b"x" * int(parts[2])
+        elif len(parts) == 3 and parts[1] == "drip" and parts[2].isdigit():
+            chunks = int(parts[2])
+            every = float(query["every"][0]) if "every" in query else 0.3
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(10 * chunks))
+            self.end_headers()
+            try:
+                for i in range(chunks):
+                    time.sleep(every)
+                    self.wfile.write(b"chunk%04d\n" % i)
+            except OSError:
+                self.close_connection = True
+            return
         else:
             out = BODY
         self.send_response(status)
@@ -492,6 +506,8 @@ Server(("::", args.port), Handler).serve_forever()
 ///   per request header (names lower-cased), an empty line, the request body;
 /// * `/status/<code>` → that status, body `"status <code>\n"`;
 /// * `/bytes/<n>` → 200 with `n` bytes of `x`;
+/// * `/drip/<n>` → 200 with a `Content-Length` of `n` 10-byte chunks (`chunk0000\n`…),
+///   the head at once and then one chunk every `?every=<secs>` (0.3 s by default);
 /// * anything else → 200 with [`HttpServer::body`].
 ///
 /// Every response is delayed by the configured delay, or by `?delay=<secs>`

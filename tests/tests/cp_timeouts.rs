@@ -414,3 +414,215 @@ fn a_gateway_enforces_its_mesh_timeouts() -> Result<()> {
     gw.wait_for_tcp_listener(8080, Duration::from_secs(20), None)?;
     check("envoy", 0.9..8.0)
 }
+
+/// The golden whose test-server cluster carries MeshTimeout's `http.maxStreamDuration` (54 s).
+const MAX_STREAM_GOLDEN: &str =
+    "envoyconfig-e2e/sidecars/meshtimeout/outbound.demo-client.golden.json";
+
+/// A python client in `host` asking 127.0.0.1:10001 for `/drip/10` (a 100-byte body, one
+/// 10-byte chunk every 300 ms) over HTTP/1.1 (`h2` false) or HTTP/2 with prior knowledge.
+/// Prints the status (`200`), the body bytes that came, how the response ended and the
+/// seconds it took: HTTP/1.1 `closed` or `whole`; HTTP/2 `rst <code>` (the connection then
+/// answers a PING: `open`) or `whole`.
+fn drip(host: &Host, h2: bool) -> Result<String> {
+    let script = format!(
+        r#"
+import socket, time
+s = socket.create_connection(("127.0.0.1", 10001))
+s.settimeout(8)
+start = time.monotonic()
+h2 = {h2}
+def frame(kind, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+if not h2:
+    s.sendall(b"GET /drip/10 HTTP/1.1\r\nHost: test-server\r\n\r\n")
+    got = b""
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            got += data
+            if len(got.partition(b"\r\n\r\n")[2]) >= 100:
+                break
+    except (ConnectionResetError, socket.timeout):
+        pass
+    head, _, body = got.partition(b"\r\n\r\n")
+    status = head.split(b" ")[1].decode() if head.startswith(b"HTTP/1.1 ") else "none"
+    end = "whole" if len(body) >= 100 else "closed"
+    print("%s %d %s %.2f" % (status, len(body), end, time.monotonic() - start))
+    raise SystemExit
+# :method GET, :scheme http (indexed), :path and :authority (literal, indexed names).
+block = b"\x82\x86" + bytes([4, 8]) + b"/drip/10" + bytes([1, 11]) + b"test-server"
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0) + frame(1, 5, 1, block))
+buf, status, body, end, took = b"", "none", 0, None, 0.0
+while end is None or end.startswith("rst") and not end.endswith(("open", "closed")):
+    try:
+        data = s.recv(65536)
+    except (ConnectionResetError, socket.timeout):
+        data = b""
+    if not data:
+        end = (end + " closed") if end else "closed"
+        break
+    buf += data
+    while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+        n, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+        stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+        payload, buf = buf[9:9 + n], buf[9 + n:]
+        if kind in (0, 1) and flags & 0x8:
+            payload = payload[1:len(payload) - payload[0]]
+        if kind == 4 and not flags & 1:
+            s.sendall(frame(4, 1, 0))
+        elif kind == 1 and stream == 1:
+            if flags & 0x20:
+                payload = payload[5:]
+            while payload and payload[0] & 0xE0 == 0x20:
+                payload = payload[1:]
+            status = "200" if payload[:1] == b"\x88" else "other"
+        elif kind == 0 and stream == 1:
+            body += len(payload)
+            if flags & 1:
+                end, took = "whole", time.monotonic() - start
+        elif kind == 3 and stream == 1:
+            end, took = "rst %d" % int.from_bytes(payload[:4], "big"), time.monotonic() - start
+            s.sendall(frame(6, 0, 0, b"12345678"))
+        elif kind == 6 and flags & 1 and end:
+            end += " open"
+        elif kind == 7:
+            end = (end + " goaway") if end else "goaway"
+print("%s %d %s %.2f" % (status, body, end, took))
+"#,
+        h2 = if h2 { "True" } else { "False" }
+    );
+    let out = host.command("python3").args(["-c", &script]).output()?;
+    ensure!(out.success(), "the drip client failed: {out:?}");
+    Ok(out.stdout.trim().to_string())
+}
+
+/// MeshTimeout's `http.maxStreamDuration` (kuma-cp's cluster `max_stream_duration`, from the
+/// golden `meshtimeout/outbound`, made 1 s) bounds the whole stream: an origin that sends its
+/// head at once and a 10-byte chunk every 300 ms for 3 s has its response cut after about
+/// 1 s, the head and some of the body delivered. An HTTP/1.1 client sees the connection
+/// close before the body's length, an HTTP/2 client the stream reset with `INTERNAL_ERROR`
+/// on a connection that stays open; each cut counts in `upstream_rq_max_duration_reached`,
+/// and the access log says `200 UMSDR` and the body bytes the client got. A response ended in time is untouched. Envoy 1.40
+/// fed the same does the same (it closes the HTTP/1.1 connection its delayed close, 1 s,
+/// after the cut).
+#[test]
+fn mesh_timeout_max_stream_duration_cuts_a_response_body_still_coming() -> Result<()> {
+    require_root_and_tools()?;
+    require_tools(&["openssl", "python3"])?;
+    let topo = Topology::new(&["cp", "web", "backend"])?;
+    let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
+    let pki = CpPki::new(topo.dir(), "cp-max-stream", cp)?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    let leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
+    let origin = start_http_server(backend, APP_PORT)?;
+    let logs = topo.dir().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    std::os::unix::fs::chown(&logs, Some(KUMA_DP_UID), Some(KUMA_DP_UID))?;
+    let log = logs.join("outbound.log");
+
+    let golden = KumaGolden::load(MAX_STREAM_GOLDEN)?;
+    let mut xds = XdsFile::new();
+    xds.golden_inbound(&golden, 3000, 3000, web.sock4(GOLDEN_INBOUND_PORT))?;
+    let mut cluster = golden.plaintext_cluster(SERVER_CLUSTER, &[])?;
+    let common = "/typedExtensionProtocolOptions/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/commonHttpProtocolOptions";
+    let golden_duration = cluster
+        .pointer(&format!("{common}/maxStreamDuration"))
+        .cloned();
+    ensure!(
+        golden_duration == Some(json!("54s")),
+        "the golden's maxStreamDuration: {golden_duration:?}"
+    );
+    set_field(
+        &mut cluster,
+        &format!("{common}/maxStreamDuration"),
+        json!("1s"),
+    )?;
+    let mut outbound = golden.listener("outbound:IP_REDACTED:80")?;
+    let format = "%PROTOCOL% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_SENT%\n";
+    set_field(
+        &mut outbound,
+        "/filterChains/0/filters/0/typedConfig/accessLog",
+        json!([{"name": "envoy.access_loggers.file", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": log.display().to_string(),
+            "logFormat": {"textFormatSource": {"inlineString": format}},
+        }}]),
+    )?;
+    replace_in_strings(&mut outbound, "IP_REDACTED", &web.ip4().to_string());
+    xds.cluster(cluster)?
+        .endpoints(
+            golden.endpoints(SERVER_CLUSTER)?,
+            &[backend.sock4(APP_PORT)],
+        )?
+        .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))?
+        .mesh_identity(MESH, &leaf, &mesh_ca)?;
+    let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
+
+    let check = |proxy: &str| -> Result<()> {
+        let mut want_log = vec![format!("HTTP/1.1 /test 200 - {}", origin.body().len())];
+        let quick = curl_output(web, ["http://127.0.0.1:10001/test"])?;
+        ensure!(
+            quick.http_code == 200 && quick.body == origin.body(),
+            "{proxy}: quick origin: {} {}",
+            quick.http_code,
+            quick.body
+        );
+        let h1_close = match proxy {
+            "envoy" => 1.9..3.5,
+            _ => 0.9..2.5,
+        };
+        for (h2, end, window) in [(false, "closed", h1_close), (true, "rst 2 open", 0.9..2.5)] {
+            let line = drip(web, h2)?;
+            let protocol = if h2 { "HTTP/2" } else { "HTTP/1.1" };
+            let words: Vec<&str> = line.split(' ').collect();
+            let (status, got, took) = (words[0], words[1], words[words.len() - 1]);
+            let ended = words[2..words.len() - 1].join(" ");
+            let got: usize = got.parse().unwrap_or(0);
+            let took: f64 = took.parse().unwrap_or(f64::NAN);
+            ensure!(
+                status == "200"
+                    && (1..100).contains(&got)
+                    && ended == end
+                    && window.contains(&took),
+                "{proxy}: dripping origin over {protocol}: {line}"
+            );
+            want_log.push(format!("{protocol} /drip/10 200 UMSDR {got}"));
+        }
+        // Envoy flushes its access log files every 10 s.
+        let lines = wait_until_ok(Duration::from_secs(20), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            ensure!(
+                lines.len() >= 3,
+                "{proxy}: {} log lines:\n{text}",
+                lines.len()
+            );
+            Ok(lines)
+        })?;
+        ensure!(lines == want_log, "{proxy}: access log {lines:#?}");
+        Ok(())
+    };
+    check("bearing")?;
+    let series = format!(
+        "bearing_cluster_upstream_rq_max_duration_reached_total{{cluster=\"{SERVER_CLUSTER}\"}}"
+    );
+    let count = sidecar.metric(&series)?;
+    ensure!(count == 2.0, "{series} is {count}, not 2");
+
+    // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
+    sidecar.process().stop(Duration::from_secs(5));
+    std::fs::remove_file(&log)?;
+    let envoy = access.envoy(web, MESH, "demo-client")?;
+    web.wait_for_tcp_listener(10001, Duration::from_secs(20), None)?;
+    check("envoy")?;
+    let stat = format!("cluster.{SERVER_CLUSTER}.upstream_rq_max_duration_reached");
+    let (_, stats) = envoy.admin(&format!("/stats?filter=^{stat}$"))?;
+    ensure!(
+        stats.trim() == format!("{stat}: 2"),
+        "envoy's {stat}: {stats}"
+    );
+    Ok(())
+}

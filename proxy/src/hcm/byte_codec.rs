@@ -23,6 +23,7 @@ use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -826,7 +827,9 @@ type StreamIdle<'a> = Option<(Duration, &'a Counter)>;
 /// response; a failure before the response is answered with a local reply. Under a stream
 /// idle timeout, waiting that long for the response head gives 504 `stream timeout` (the
 /// request, held whole, has been written: nothing moves while the head is awaited), and a
-/// response body that stops moving for that long closes the connection.
+/// response body that stops moving for that long closes the connection. A response body
+/// still coming at the cluster's maximum stream duration closes it too (Envoy resets a
+/// stream whose response has started), counted in `upstream_rq_max_duration_reached`.
 async fn exchange<S>(
     down: &mut S,
     (cluster, timeout, retry, idle, hash): (
@@ -846,6 +849,7 @@ where
     let mut upstream = Upstream {
         cluster,
         timeout,
+        stream_end: None,
         head: request_head,
         response: &mut response,
     };
@@ -862,40 +866,80 @@ where
             }
         },
     };
-    match forwarded {
-        // Held until the response has been relayed.
-        Ok(((up, head, _request_unit), pool, _)) => {
-            let Some((period, idled)) = idle else {
-                return relay(down, up, (&pool, cluster, None), head, request, response).await;
-            };
-            let (status, activity) = (head.status, Activity::default());
-            let relayed = relay(
-                down,
-                up,
-                (&pool, cluster, Some(&activity)),
-                head,
-                request,
-                response,
-            );
-            match unless_idle(relayed, period, &activity).await {
-                Some(answer) => answer,
-                None => {
-                    idled.inc();
-                    tracing::debug!(cluster = %cluster.config.name, "response idle for {period:?}: closing");
-                    Answer {
-                        status,
-                        downstream_open: false,
-                        sent: 0,
-                        upstream: Some(pool.address()),
-                        flags: ResponseFlags::STREAM_IDLE_TIMEOUT,
-                        relayed: true,
-                    }
-                }
-            }
-        }
+    let stream_end = upstream.stream_end;
+    let ((up, head, _request_unit), pool) = match forwarded {
+        // The unit is held until the response has been relayed.
+        Ok((answer, pool, _)) => (answer, pool),
         Err(failure) => {
-            Box::pin(local_reply(down, cluster, failure, request, response.edits)).await
+            return Box::pin(local_reply(down, cluster, failure, request, response.edits)).await
         }
+    };
+    let Response {
+        buf,
+        head: out,
+        timer,
+        edits,
+    } = response;
+    let (status, activity, sent) = (head.status, Activity::default(), AtomicU64::new(0));
+    let watched = idle.map(|_| &activity);
+    let relayed = relay(
+        down,
+        up,
+        (&pool, cluster, watched, &sent),
+        head,
+        request,
+        (buf, out, edits),
+    );
+    let relayed = before(stream_end, timer, relayed);
+    let ended = match idle {
+        None => relayed.await,
+        Some((period, idled)) => match unless_idle(relayed, period, &activity).await {
+            Some(ended) => ended,
+            None => {
+                idled.inc();
+                tracing::debug!(cluster = %cluster.config.name, "response idle for {period:?}: closing");
+                let flags = ResponseFlags::STREAM_IDLE_TIMEOUT;
+                return cut((status, sent.load(Ordering::Relaxed)), &pool, flags);
+            }
+        },
+    };
+    ended.unwrap_or_else(|| {
+        cluster.stats.rq_max_duration_reached.inc();
+        tracing::debug!(cluster = %cluster.config.name, "max stream duration reached inside the response body: closing");
+        let flags = ResponseFlags::UPSTREAM_MAX_STREAM_DURATION;
+        cut((status, sent.load(Ordering::Relaxed)), &pool, flags)
+    })
+}
+
+/// `work`'s output, or `None` when `end` comes first (`timer`, the exchange's response
+/// timer, set to it); without an end, `work` alone.
+async fn before<F: std::future::Future>(
+    end: Option<Instant>,
+    mut timer: Pin<&mut Sleep>,
+    work: F,
+) -> Option<F::Output> {
+    let Some(end) = end else {
+        return Some(work.await);
+    };
+    timer.as_mut().reset(end);
+    tokio::select! {
+        biased;
+        out = work => Some(out),
+        () = timer => None,
+    }
+}
+
+/// The answer of a response of `status` from `pool`'s endpoint cut mid-body, `sent` body
+/// bytes in, for `flags`: the downstream connection closes, which tells the client its body
+/// was cut short.
+fn cut((status, sent): (u16, u64), pool: &EndpointPool, flags: ResponseFlags) -> Answer {
+    Answer {
+        status,
+        downstream_open: false,
+        sent,
+        upstream: Some(pool.address()),
+        flags,
+        relayed: true,
     }
 }
 
@@ -905,6 +949,8 @@ struct Upstream<'a, 'r> {
     cluster: &'a ClusterRuntime,
     /// The request's response timeout (the route's, else the cluster's).
     timeout: Option<Duration>,
+    /// When the last attempt's stream must have ended (its maximum stream duration).
+    stream_end: Option<Instant>,
     head: &'a [u8],
     response: &'r mut Response<'a>,
 }
@@ -963,6 +1009,10 @@ impl<'a> UpstreamCodec for Upstream<'a, '_> {
 
     fn limit(&mut self) -> &mut Option<Duration> {
         &mut self.timeout
+    }
+
+    fn stream_end(&mut self) -> &mut Option<Instant> {
+        &mut self.stream_end
     }
 
     fn status((_, head, _): &Self::Answer) -> u16 {
@@ -1038,26 +1088,27 @@ async fn read_response_head(
     }
 }
 
-/// Relays the response whose head is at the start of `response.buf` (after any interim
-/// responses), then pools `up` if it can carry another request. Each read and write that
-/// moves bytes touches `activity` (a stream idle timeout's watch), when given.
+/// Relays the response whose head is at the start of `buf` (after any interim responses;
+/// the head sent downstream is written in `out`, changed by `edits`), then pools `up` if it
+/// can carry another request. Each read and write that moves bytes touches `activity` (a
+/// stream idle timeout's watch), when given; `sent` holds the body bytes written downstream,
+/// for when the relay is cut short.
 async fn relay<S>(
     down: &mut S,
     mut up: UpstreamStream,
-    (pool, cluster, activity): (&EndpointPool, &ClusterRuntime, Option<&Activity>),
+    (pool, cluster, activity, sent): (
+        &EndpointPool,
+        &ClusterRuntime,
+        Option<&Activity>,
+        &AtomicU64,
+    ),
     mut head: ResponseHead,
     request: &Request<'_>,
-    response: Response<'_>,
+    (buf, out, edits): (&mut Vec<u8>, &mut Vec<u8>, Option<ResponseEdits<'_>>),
 ) -> Answer
 where
     S: AsyncWrite + TcpBacked + Unpin,
 {
-    let Response {
-        buf,
-        head: out,
-        edits,
-        ..
-    } = response;
     let gone = |status, sent, flags| Answer {
         status,
         downstream_open: false,
@@ -1109,7 +1160,8 @@ where
     if write_two(down, out, first_part).await.is_err() {
         return gone(head.status, 0, dc);
     }
-    let mut sent = n as u64;
+    let mut total = n as u64;
+    sent.store(total, Ordering::Relaxed);
     let mut spliced = false;
     if let (Some(left @ SPLICE_BODY..), Some(from), Some(to)) =
         (body.remaining(), up.plain(), down.plain())
@@ -1126,10 +1178,11 @@ where
                 }
                 _ => dc,
             };
-            return gone(head.status, sent, flags);
+            return gone(head.status, total, flags);
         }
         body.skip(left);
-        sent += left;
+        total += left;
+        sent.store(total, Ordering::Relaxed);
     }
     let mut size = READ_SIZE;
     while !body.is_done() {
@@ -1137,13 +1190,13 @@ where
         let read = read_more(&mut up, buf, size).await;
         match read {
             Ok(0) if head.body == BodyLength::UntilClose => {
-                return gone(head.status, sent, ResponseFlags::default())
+                return gone(head.status, total, ResponseFlags::default())
             }
             Ok(0) | Err(_) => {
                 // Closing downstream tells the client its body was cut short.
                 tracing::debug!(cluster = %cluster.config.name, "upstream closed inside a response body");
                 cluster.stats.request_errors.inc();
-                return gone(head.status, sent, uc);
+                return gone(head.status, total, uc);
             }
             Ok(n) if n == buf.capacity() => size = RELAY_READ_SIZE,
             Ok(_) => {}
@@ -1152,13 +1205,14 @@ where
         let Ok(k) = body.advance(buf) else {
             tracing::debug!(cluster = %cluster.config.name, "malformed chunked response body");
             cluster.stats.request_errors.inc();
-            return gone(head.status, sent, ResponseFlags::UPSTREAM_PROTOCOL_ERROR);
+            return gone(head.status, total, ResponseFlags::UPSTREAM_PROTOCOL_ERROR);
         };
         reusable &= k == buf.len();
         if down.write_all(&buf[..k]).await.is_err() {
-            return gone(head.status, sent, dc);
+            return gone(head.status, total, dc);
         }
-        sent += k as u64;
+        total += k as u64;
+        sent.store(total, Ordering::Relaxed);
         touch(activity);
     }
     if reusable {
@@ -1171,7 +1225,7 @@ where
     Answer {
         status: head.status,
         downstream_open: true,
-        sent,
+        sent: total,
         upstream: Some(pool.address()),
         flags: ResponseFlags::default(),
         relayed: true,

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use http_body::Body;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
+use tokio::time::{Instant, Sleep};
 
 use super::compress;
 use super::filters::{HeadersHeld, HttpFilters};
@@ -433,6 +435,14 @@ async fn send_logged<'c>(
         cluster: Some(cluster.config.name.as_str()),
         ..Outcome::default()
     };
+    let version = req.version();
+    // Whether a body still streaming has ended, asked when the cluster's maximum stream
+    // duration ends a try before its response head: Envoy answers 408, not 504, to a request
+    // it has not received whole.
+    let received = match cluster.config.http_timeouts.max_stream_duration {
+        Some(_) => req.body_mut().end_flag(),
+        None => None,
+    };
     prepare_request(&mut req, cluster.is_h2());
     // A body still streaming moves while the head is awaited: only an ended one lets the
     // wait count as idle (a gap beside Envoy, which watches each body frame).
@@ -441,6 +451,7 @@ async fn send_logged<'c>(
     let mut upstream = Upstream {
         cluster,
         timeout,
+        stream_end: None,
         endpoint_host,
         client_host: None,
     };
@@ -479,7 +490,18 @@ async fn send_logged<'c>(
         }
         Err(failure) => {
             (outcome.flags, outcome.upstream) = crate::access_log::failure_flags(&failure);
-            reply(Reply::of_failure(&failure, cluster))
+            let mut resp = reply(Reply::of_failure(&failure, cluster));
+            let unfinished = received.is_some_and(|ended| !ended.load(Ordering::Relaxed));
+            if matches!(failure, UpstreamError::MaxStreamDuration(_)) && unfinished {
+                *resp.status_mut() = StatusCode::REQUEST_TIMEOUT;
+                // Envoy's connection manager closes an HTTP/1 connection whose request it
+                // answered before reading it whole.
+                if version < Version::HTTP_2 {
+                    let close = HeaderValue::from_static("close");
+                    resp.headers_mut().insert(header::CONNECTION, close);
+                }
+            }
+            resp
         }
     };
     (resp, outcome)
@@ -490,6 +512,8 @@ struct Upstream<'c> {
     cluster: &'c ClusterRuntime,
     /// The request's response timeout.
     timeout: Option<Duration>,
+    /// When the next attempt's stream must have ended (its maximum stream duration).
+    stream_end: Option<Instant>,
     /// Host becomes the hostname of the endpoint of each attempt (Envoy's
     /// `auto_host_rewrite`).
     endpoint_host: bool,
@@ -552,11 +576,19 @@ impl UpstreamCodec for Upstream<'_> {
             Attempt::NotDelivered(req, e)
         };
         let failed = |e: hyper::Error| Attempt::Failed(UpstreamError::of_exchange(address, e));
+        // The try's maximum stream duration has one timer, which times the wait for the
+        // head too (its limit then comes at the stream's end, or the request's first).
+        let mut end = self
+            .stream_end
+            .map(|end| (end, Box::pin(tokio::time::sleep_until(end))));
+        let timer = end.as_mut().map(|(_, timer)| timer);
         let sent = match &mut checkout {
             Checkout::H1(exchange) => {
-                with_timeout(timeout, exchange.sender.try_send_request(req)).await
+                with_timeout(timeout, timer, exchange.sender.try_send_request(req)).await
             }
-            Checkout::H2(sender) => with_timeout(timeout, sender.try_send_request(req)).await,
+            Checkout::H2(sender) => {
+                with_timeout(timeout, timer, sender.try_send_request(req)).await
+            }
         };
         let h1 = matches!(checkout, Checkout::H1(_));
         match sent {
@@ -569,7 +601,17 @@ impl UpstreamCodec for Upstream<'_> {
                         Checkout::H1(exchange) if keeps_alive(&resp) => Some(exchange),
                         _ => None,
                     };
-                    Attempt::Answered(resp.map(|body| UpstreamBody::new(body, release, unit)))
+                    let reached = &cluster.stats.rq_max_duration_reached;
+                    Attempt::Answered(resp.map(|body| {
+                        let body = UpstreamBody::new(body, release, unit);
+                        match end {
+                            Some((end, mut timer)) => {
+                                timer.as_mut().reset(end);
+                                body.ending_at(timer, reached.clone())
+                            }
+                            None => body,
+                        }
+                    }))
                 }
             },
             Some(Err(mut e)) => match e.take_message() {
@@ -608,6 +650,10 @@ impl UpstreamCodec for Upstream<'_> {
 
     fn limit(&mut self) -> &mut Option<Duration> {
         &mut self.timeout
+    }
+
+    fn stream_end(&mut self) -> &mut Option<Instant> {
+        &mut self.stream_end
     }
 
     fn status(resp: &Response<UpstreamBody>) -> u16 {
@@ -662,14 +708,24 @@ fn keeps_alive<B>(resp: &Response<B>) -> bool {
         && !resp.headers().get_all(header::CONNECTION).iter().any(close)
 }
 
-/// `fut`'s output, or `None` when `limit` passes first.
+/// `fut`'s output, or `None` when `limit` passes first: timed by `timer` when given (set to
+/// the limit), else by a timer of its own.
 async fn with_timeout<F: std::future::Future>(
     limit: Option<Duration>,
+    timer: Option<&mut Pin<Box<Sleep>>>,
     fut: F,
 ) -> Option<F::Output> {
-    match limit {
-        Some(d) => tokio::time::timeout(d, fut).await.ok(),
-        None => Some(fut.await),
+    match (limit, timer) {
+        (Some(d), Some(timer)) => {
+            timer.as_mut().reset(Instant::now() + d);
+            tokio::select! {
+                biased;
+                out = fut => Some(out),
+                () = timer.as_mut() => None,
+            }
+        }
+        (Some(d), None) => tokio::time::timeout(d, fut).await.ok(),
+        (None, _) => Some(fut.await),
     }
 }
 

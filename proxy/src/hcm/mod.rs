@@ -233,6 +233,11 @@ pub(crate) trait UpstreamCodec {
     /// The limit for the next attempt's response head (`None`: no limit).
     fn limit(&mut self) -> &mut Option<Duration>;
 
+    /// When the next attempt's stream must have ended (the cluster's `max_stream_duration`
+    /// from its connection being ready; `None`: no limit): a response body still coming then
+    /// is cut, which the codec does as it relays the answer.
+    fn stream_end(&mut self) -> &mut Option<Instant>;
+
     /// The status of an answer's response head.
     fn status(answer: &Self::Answer) -> u16;
 
@@ -440,6 +445,11 @@ fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
 /// repeat after an unanswered request taking the cluster's `max_retries` unit, which `retry`
 /// then holds for the rest of the request. Gives the answer and the pool of the endpoint
 /// that gave it, or the failure and, when it never reached the endpoint, the request.
+///
+/// The cluster's maximum stream duration starts once a connection is ready, as Envoy arms
+/// it when its pool is ready: reached before the response head, the try fails (Envoy's 504
+/// `upstream max stream duration reached`, retried as a reset); after, the codec cuts the
+/// body ([`UpstreamCodec::stream_end`]).
 async fn try_endpoint<'c, C: UpstreamCodec>(
     (cluster, pool): (&'c ClusterRuntime, Option<PoolRef<'c>>),
     codec: &mut C,
@@ -451,27 +461,11 @@ async fn try_endpoint<'c, C: UpstreamCodec>(
         return Err((cluster.no_upstream(None), Some(request)));
     };
     let address = pool.address();
-    // The cluster's maximum stream duration bounds this try, when it comes before the
-    // request's own deadline; reaching it is told apart from the request's timeout.
-    let stream_end = cluster
-        .config
-        .http_timeouts
-        .max_stream_duration
-        .map(|d| Instant::now() + d)
-        .filter(|end| deadline.is_none_or(|d| *end < d));
-    let deadline = stream_end.or(deadline);
-    let timed_out = || match stream_end {
-        Some(_) => {
-            cluster.stats.rq_max_duration_reached.inc();
-            UpstreamError::MaxStreamDuration(address)
-        }
-        None => UpstreamError::Timeout(address),
-    };
+    let max_stream = cluster.config.http_timeouts.max_stream_duration;
     loop {
         let Some(checked) = checkout_by(codec, &pool, deadline).await else {
-            return Err((timed_out(), Some(request)));
+            return Err((UpstreamError::Timeout(address), Some(request)));
         };
-        *codec.limit() = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let (conn, reused) = match checked {
             Ok(c) => {
                 cluster.observe(&pool, Outcome::Connected);
@@ -495,6 +489,13 @@ async fn try_endpoint<'c, C: UpstreamCodec>(
                 return Err((cluster.no_upstream(Some((address, e))), Some(request)))
             }
         };
+        // The stream's end, when it comes before the request's own deadline: reaching it
+        // is told apart from the request's timeout.
+        let stream_end = max_stream.map(|d| Instant::now() + d);
+        let first_end = stream_end.filter(|end| deadline.is_none_or(|d| *end < d));
+        let head_by = first_end.or(deadline);
+        *codec.limit() = head_by.map(|d| d.saturating_duration_since(Instant::now()));
+        *codec.stream_end() = stream_end;
         match codec.attempt(&pool, conn, request).await {
             Attempt::Answered(answer) => {
                 cluster.observe(&pool, Outcome::Response(C::status(&answer)));
@@ -512,7 +513,14 @@ async fn try_endpoint<'c, C: UpstreamCodec>(
             Attempt::Failed(UpstreamError::Timeout(_)) => {
                 cluster.stats.request_errors.inc();
                 cluster.observe(&pool, Outcome::Timeout);
-                return Err((timed_out(), None));
+                let failure = match first_end {
+                    Some(_) => {
+                        cluster.stats.rq_max_duration_reached.inc();
+                        UpstreamError::MaxStreamDuration(address)
+                    }
+                    None => UpstreamError::Timeout(address),
+                };
+                return Err((failure, None));
             }
             Attempt::NoAnswer(_, failure) | Attempt::Failed(failure) => {
                 if failure.is_exchange_failure() {
