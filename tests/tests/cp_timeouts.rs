@@ -173,7 +173,9 @@ fn mesh_timeout_idle_timeouts_end_silent_streams_and_connections() -> Result<()>
 }
 
 /// A python client in `host` probing `to` (`mode`): `upload` sends a POST of 10
-/// bytes whose body stops after 2, `head` half a request head, `idle` one whole GET and then
+/// bytes whose body stops after 2, `head` half a request head, `handover-head` a whole GET
+/// with an absolute-form target (which Bearing's byte codec hands over to hyper), reads its
+/// answer and then sends half a request head, `idle` one whole GET and then
 /// nothing, `h2` the HTTP/2 preface and SETTINGS and then nothing. Prints what came back (a
 /// status line and body, `goaway` for an HTTP/2 GOAWAY frame, `closed`), with the seconds from
 /// its last byte sent (for `idle`, from the response).
@@ -189,8 +191,11 @@ if mode == "upload":
     s.sendall(b"POST /test?delay=3 HTTP/1.1\r\nHost: test-server\r\nContent-Length: 10\r\n\r\nab")
 elif mode == "head":
     s.sendall(b"GET /test HTTP/1.1\r\nHost: test-server\r\n")
-elif mode == "idle":
-    s.sendall(b"GET /test HTTP/1.1\r\nHost: test-server\r\n\r\n")
+elif mode in ("idle", "handover-head"):
+    if mode == "idle":
+        s.sendall(b"GET /test HTTP/1.1\r\nHost: test-server\r\n\r\n")
+    else:
+        s.sendall(b"GET http://test-server/test HTTP/1.1\r\nHost: test-server\r\n\r\n")
     got = b""
     while b"\r\n\r\n" not in got:
         got += s.recv(65536)
@@ -198,6 +203,8 @@ elif mode == "idle":
     length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
     while len(body) < length:
         body += s.recv(65536)
+    if mode == "handover-head":
+        s.sendall(b"GET /test HTTP/1.1\r\nHost: test-server\r\n")
 else:
     s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
 last = time.monotonic()
@@ -249,6 +256,16 @@ fn expect_probe(
         "{proxy}: {what}: {line}"
     );
     Ok(())
+}
+
+/// The request head timeout (0.5 s) probed at `at`: half a head, sent on a new connection
+/// (Bearing's byte codec) or after a request Bearing hands over to hyper, gets 408 `request
+/// header timeout` about 0.5 s later.
+fn expect_stalled_heads(at: (&Host, SocketAddr, &str)) -> Result<()> {
+    let head = "HTTP/1.1 408 Request Timeout request header timeout";
+    expect_probe(at, ("head", "stalled head"), head, 0.4..2.0)?;
+    let what = "stalled head after a handed-over request";
+    expect_probe(at, ("handover-head", what), head, 0.4..2.0)
 }
 
 /// The connection manager's timeouts a sidecar's and a gateway's listeners share, probed at
@@ -318,8 +335,7 @@ fn connection_manager_timeouts_answer_408_and_end_idle_connections() -> Result<(
     let to = SocketAddr::from(([127, 0, 0, 1], 10001));
     let check = |proxy: &str, idle_close: std::ops::Range<f64>| -> Result<()> {
         let at = (web, to, proxy);
-        let head = "HTTP/1.1 408 Request Timeout request header timeout";
-        expect_probe(at, ("head", "stalled head"), head, 0.4..2.0)?;
+        expect_stalled_heads(at)?;
         expect_connection_timeouts(at, idle_close)
     };
     check("bearing", 0.9..2.5)?;
@@ -339,8 +355,10 @@ fn connection_manager_timeouts_answer_408_and_end_idle_connections() -> Result<(
 /// test scale): the connection manager's request timeout (1 s) answers a stalled upload 408
 /// `request timeout`, its connection idle timeout (1 s) ends idle HTTP/1.1 and HTTP/2
 /// connections, and a route's idle timeout (1 s) gives a silent origin's request 504 `stream
-/// timeout`, where Kuma's defaults would wait 15 s and keep the connection 300 s. Envoy 1.40
-/// fed the same does the same.
+/// timeout`, where Kuma's defaults would wait 15 s and keep the connection 300 s; Kuma's
+/// request head timeout (0.5 s) answers a stalled head 408 `request header timeout`, on the
+/// byte codec and on hyper after a handed-over request. Envoy 1.40 fed the same does the
+/// same.
 #[test]
 fn a_gateway_enforces_its_mesh_timeouts() -> Result<()> {
     require_root_and_tools()?;
@@ -404,6 +422,7 @@ fn a_gateway_enforces_its_mesh_timeouts() -> Result<()> {
                 && (0.9..2.5).contains(&took),
             "{proxy}: silent origin after {took} s: {silent:?}"
         );
+        expect_stalled_heads((gw, to, proxy))?;
         expect_connection_timeouts((gw, to, proxy), idle_close)
     };
     check("bearing", 0.9..2.5)?;

@@ -1579,30 +1579,116 @@ async fn a_request_not_received_in_time_gets_envoys_408_through_every_codec() {
     if answer != Some((408, "stream timeout (close)".into())) {
         failures.push(format!("stream idle of a held body: {answer:?}"));
     }
-    // A head that stops, on the byte path.
-    let (mut client, serving) = open(&proxy, Codec::Bytes, 1).await;
-    let started = tokio::time::Instant::now();
-    client
-        .write_all(b"GET / HTTP/1.1\r\nhost: web\r\n")
-        .await
+    // A head that stops: on the byte path, on hyper's HTTP/1.1, and on hyper's after the byte
+    // codec handed the connection over (an absolute-form target; the next head is hyper's).
+    let listener = proxy
+        .snapshot()
+        .listener(&listener_address(1))
+        .cloned()
         .unwrap();
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(3), async {
-        while client.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {}
-    });
-    assert!(read.await.is_ok(), "the connection stayed open");
-    let took = started.elapsed();
-    serving.abort();
-    let text = String::from_utf8_lossy(&buf);
-    assert!(
-        text.starts_with("HTTP/1.1 408") && text.ends_with("request header timeout"),
-        "{text:?}"
-    );
-    assert!(
-        took >= Duration::from_millis(300),
-        "answered after {took:?}"
-    );
+    let handover = b"GET http://web/ok HTTP/1.1\r\nhost: web\r\n\r\n";
+    for (path, codec, first) in [
+        ("byte codec", Codec::Bytes, None),
+        ("hyper", Codec::HyperH1, None),
+        (
+            "hyper after the handover",
+            Codec::Bytes,
+            Some(&handover[..]),
+        ),
+    ] {
+        let before = listener.stats.errors.get();
+        let (mut client, serving) = open(&proxy, codec, 1).await;
+        if let Some(first) = first {
+            client.write_all(first).await.unwrap();
+            let answer = read_response(&mut client).await;
+            if answer.as_ref().is_none_or(|(_, close)| *close) {
+                failures.push(format!("{path}: first request answered {answer:?}"));
+                continue;
+            }
+        }
+        let started = tokio::time::Instant::now();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: web\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), async {
+            while client.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let closed = read.await.is_ok();
+        let took = started.elapsed();
+        serving.abort();
+        let text = String::from_utf8_lossy(&buf);
+        let envoys = text.starts_with("HTTP/1.1 408 Request Timeout\r\n")
+            && text.contains("\r\nconnection: close\r\n")
+            && text.ends_with("\r\n\r\nrequest header timeout");
+        if !closed || !envoys || took < Duration::from_millis(300) {
+            failures.push(format!(
+                "{path}: stalled head answered {text:?} after {took:?} (closed: {closed})"
+            ));
+        }
+        if listener.stats.errors.get() != before {
+            failures.push(format!("{path}: the 408 was counted as a connection error"));
+        }
+    }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` body from `client`: its status and
+/// whether it says `connection: close`; `None` if the connection ends first.
+async fn read_response(client: &mut TcpStream) -> Option<(u16, bool)> {
+    let mut buf = Vec::new();
+    let end = read_head(client, &mut buf).await?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let length: usize = field(&head, "content-length")?.parse().ok()?;
+    while buf.len() < end + length {
+        if client.read_buf(&mut buf).await.ok()? == 0 {
+            return None;
+        }
+    }
+    let status = head.get(9..12)?.parse().ok()?;
+    let close = field(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    Some((status, close))
+}
+
+/// An HTTP/1.1 keep-alive connection hyper serves (here after the byte codec handed it
+/// over) outlives hyper's 30 s head wait: idle between requests it is bounded by the
+/// connection idle timeout only (Envoy's 1 h), and a listener's request head timeout counts
+/// from a head's first byte, not from when the connection waits. Time is paused for the idle
+/// minute.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_hypers_head_wait() {
+    let (live, _received) = recording_upstream().await;
+    let mut config = (*config(live, live)).clone();
+    config.listeners[0].downstream_timeouts.request_headers = Some(Duration::from_millis(300));
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    let handover = b"GET http://web/ok HTTP/1.1\r\nhost: web\r\n\r\n";
+    let again = b"GET /ok HTTP/1.1\r\nhost: web\r\n\r\n";
+    for (path, codec, first) in [
+        ("hyper", Codec::HyperH1, &again[..]),
+        ("hyper after the handover", Codec::Bytes, &handover[..]),
+    ] {
+        let (mut client, serving) = open(&proxy, codec, 0).await;
+        client.write_all(first).await.unwrap();
+        assert_eq!(
+            read_response(&mut client).await,
+            Some((200, false)),
+            "{path}"
+        );
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        tokio::time::resume();
+        // Let the serving task see its timers.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.write_all(again).await.unwrap();
+        assert_eq!(
+            read_response(&mut client).await,
+            Some((200, false)),
+            "{path}: the idle connection was closed"
+        );
+        serving.abort();
+    }
 }
 
 /// The connection idle timeout (300 ms) through every codec: a connection that served a
