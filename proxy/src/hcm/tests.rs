@@ -1767,8 +1767,8 @@ async fn read_response(client: &mut TcpStream) -> Option<(u16, bool)> {
 /// An HTTP/1.1 keep-alive connection hyper serves (here after the byte codec handed it
 /// over) outlives hyper's 30 s head wait: idle between requests it is bounded by the
 /// connection idle timeout only (Envoy's 1 h), and a listener's request head timeout counts
-/// from a head's first byte, not from when the connection waits. Time is paused for the idle
-/// minute.
+/// from a head's first byte, not from when the connection waits, pipelined requests
+/// included. Time is paused for the idle minute.
 #[tokio::test]
 async fn an_idle_keep_alive_connection_outlives_hypers_head_wait() {
     let (live, _received) = recording_upstream().await;
@@ -1799,6 +1799,23 @@ async fn an_idle_keep_alive_connection_outlives_hypers_head_wait() {
             read_response(&mut client).await,
             Some((200, false)),
             "{path}: the idle connection was closed"
+        );
+        // Two requests pipelined in one write: both answered, and the connection, quiet for
+        // longer than the head timeout after them, still serves (no head clock left armed).
+        client
+            .write_all(&[&again[..], &again[..]].concat())
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let answer = read_response(&mut client).await;
+            assert_eq!(answer, Some((200, false)), "{path}: pipelined");
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        client.write_all(again).await.unwrap();
+        assert_eq!(
+            read_response(&mut client).await,
+            Some((200, false)),
+            "{path}: after the pipelined requests"
         );
         serving.abort();
     }
