@@ -114,6 +114,17 @@ impl Streams {
         StreamGuard(streams.clone())
     }
 
+    /// How many streams are open now.
+    pub fn in_flight(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// How many times a stream opened or ended so far: a value that moved on means a stream
+    /// opened (or ended) since it was read.
+    pub fn changes(&self) -> u64 {
+        self.changes.seen()
+    }
+
     /// Ready once no stream was open, opened or ended for `clock`'s whole period.
     pub fn poll_idle(&self, clock: &mut IdleClock, cx: &mut Context<'_>) -> Poll<()> {
         loop {

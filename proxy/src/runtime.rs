@@ -35,6 +35,7 @@ use crate::filter_chain::ListenerRuntime;
 use crate::gateway::{self, GatewayRuntime};
 use crate::hcm::byte_codec::{self, Prefixed};
 use crate::hcm::filters::HttpFilters;
+use crate::hcm::head_timeout::{HeadTimed, HeadTimedOut};
 use crate::hcm::{hyper_codec, HttpListener as _};
 use crate::health_check::HealthWatch;
 use crate::idle::{IdleClock, Streams};
@@ -98,8 +99,13 @@ impl Proxy {
         // over it (16 KiB by default; Envoy's limit is the same 60 KiB on both). hyper's
         // default of 100 HTTP/1 fields is already the limit (setting it would allocate the
         // field array per request).
+        // hyper's own head timeout (30 s by default) is off: it counts from when the
+        // connection waits for a head, so it closed idle keep-alive connections; a listener's
+        // request head timeout is kept from a head's first byte instead (`HeadTimed`), and
+        // idle connections last the connection idle timeout.
         http.http1()
             .timer(TokioTimer::new())
+            .header_read_timeout(None)
             .max_buf_size(bearing_http1::MAX_HEAD);
         http.http2()
             .timer(TokioTimer::new())
@@ -433,13 +439,9 @@ impl Proxy {
                     ))
                 }))
             });
-            // A gateway's own server: hyper gives a request head its stream idle timeout,
-            // from the moment the connection waits for one.
-            let http = (!l.http2_windows.is_default() || l.gateway.is_some()).then(|| {
+            // A listener's own server, for its HTTP/2 windows.
+            let http = (!l.http2_windows.is_default()).then(|| {
                 let mut builder = self.http.clone();
-                if l.gateway.is_some() {
-                    builder.http1().header_read_timeout(l.stream_idle_timeout);
-                }
                 let windows = l.http2_windows;
                 if let Some(stream) = windows.stream {
                     builder.http2().initial_stream_window_size(stream);
@@ -1003,10 +1005,18 @@ impl Proxy {
         let own = listener.clone();
         let proxy = self.clone();
         let admitted = admission.clone();
-        // The connection idle timeout's watch: the streams in flight (none: not configured).
-        let idle = listener.config.downstream_timeouts.connection_idle;
-        let streams = idle.map(|_| Arc::new(Streams::default()));
+        // The streams in flight, watched by the connection idle timeout and the request
+        // head timeout (neither configured: none).
+        let timeouts = byte_codec::Timeouts::of(&listener.config);
+        let idle = timeouts.idle;
+        let streams = (idle.is_some() || timeouts.head.is_some()).then(Arc::default);
         let open = streams.clone();
+        let stream = HeadTimed::new(
+            stream,
+            timeouts,
+            streams.as_ref().map(|s| (s, &listener)),
+            peer,
+        );
         let service = service_fn(move |req| {
             let stream = open.as_ref().map(Streams::open);
             let l = proxy.newest(&own);
@@ -1074,9 +1084,14 @@ impl Proxy {
                 }
             }
         };
-        if let Err(e) = result {
-            listener.stats.errors.inc();
-            tracing::debug!(listener = %listener.config.name, %peer, "connection error: {e}");
+        match result {
+            // Answered 408 and closed: not an error.
+            Err(e) if HeadTimedOut::caused(&*e) => {}
+            Err(e) => {
+                listener.stats.errors.inc();
+                tracing::debug!(listener = %listener.config.name, %peer, "connection error: {e}");
+            }
+            Ok(()) => {}
         }
     }
 

@@ -74,9 +74,9 @@ const SPLICE_BODY: u64 = 32 * 1024;
 /// Buffer sets kept per thread for connections between requests.
 const SPARE_BUFFERS: usize = 32;
 /// How long, at most, a refused client's further bytes are read and dropped before the close.
-const LINGER: Duration = Duration::from_secs(2);
+pub(super) const LINGER: Duration = Duration::from_secs(2);
 /// How many of those bytes, at most.
-const LINGER_BYTES: usize = 256 * 1024;
+pub(super) const LINGER_BYTES: usize = 256 * 1024;
 
 /// How long a client may take on the byte path: its listener's connection manager timeouts
 /// (Envoy's), each `None` when not set.
@@ -106,10 +106,19 @@ impl Timeouts {
             request: t.request,
         }
     }
+
+    /// The deadline of a request head whose first byte came at `now`: the sooner of the
+    /// request head, stream idle and request timeouts, with Envoy's answer to it.
+    pub(crate) fn head_deadline(&self, now: Instant) -> Option<ReadDeadline> {
+        let request = self.request.map(|d| (now + d, REQUEST_TIMEOUT));
+        let head = self.head.map(|d| (d, HEADER_TIMEOUT));
+        let idle = self.stream_idle.map(|d| (d, STREAM_TIMEOUT));
+        sooner(now, head, sooner(now, idle, request))
+    }
 }
 
 /// A deadline of a request being read and Envoy's answer when it passes first.
-type ReadDeadline = (Instant, &'static str);
+pub(crate) type ReadDeadline = (Instant, &'static str);
 
 /// The sooner of a request's deadlines: `limit` counted from `now` (with its answer), and
 /// the whole request's `request` deadline.
@@ -246,9 +255,7 @@ where
                     Ok(None) if reading.is_none() => {
                         let now = Instant::now();
                         request_deadline = timeouts.request.map(|d| (now + d, REQUEST_TIMEOUT));
-                        let head = timeouts.head.map(|d| (d, HEADER_TIMEOUT));
-                        let idle = timeouts.stream_idle.map(|d| (d, STREAM_TIMEOUT));
-                        let limit = sooner(now, head, sooner(now, idle, request_deadline));
+                        let limit = timeouts.head_deadline(now);
                         let (at, why) = limit.unwrap_or_else(|| (never(), STREAM_TIMEOUT));
                         reading = Some(why);
                         head_timer.as_mut().reset(at);
@@ -1256,29 +1263,9 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     close: bool,
     edits: Option<ResponseEdits<'_>>,
 ) -> Answer {
-    use std::io::Write as _;
     let status = reply.status;
     let mut head = Vec::with_capacity(256);
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        head,
-        "HTTP/1.1 {} {}\r\ncontent-type: {LOCAL_REPLY_CONTENT_TYPE}\r\ncontent-length: {}\r\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or_default(),
-        reply.message.len(),
-    );
-    if let Some(location) = &reply.location {
-        bearing_http1::push_header(&mut head, b"location", location.as_bytes());
-    }
-    if reply.overloaded {
-        bearing_http1::push_header(&mut head, b"x-envoy-overloaded", b"true");
-    }
-    if close {
-        head.extend_from_slice(b"connection: close\r\n");
-    }
-    // Envoy's connection manager dates every response it sends.
-    super::with_date(|date| bearing_http1::push_header(&mut head, b"date", date));
-    head.extend_from_slice(b"\r\n");
+    reply_head(reply, close, &mut head);
     if let Some(edits) = edits {
         edit_response_head(edits, &mut head);
     }
@@ -1295,6 +1282,33 @@ async fn write_reply<S: AsyncWrite + Unpin>(
         flags: reply.flags,
         relayed: false,
     }
+}
+
+/// Writes the head of a response the proxy makes itself (`reply`, with `connection: close`
+/// when `close`) into `head`, as Envoy's connection manager writes its local replies.
+pub(super) fn reply_head(reply: &Reply, close: bool, head: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let status = reply.status;
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        head,
+        "HTTP/1.1 {} {}\r\ncontent-type: {LOCAL_REPLY_CONTENT_TYPE}\r\ncontent-length: {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default(),
+        reply.message.len(),
+    );
+    if let Some(location) = &reply.location {
+        bearing_http1::push_header(head, b"location", location.as_bytes());
+    }
+    if reply.overloaded {
+        bearing_http1::push_header(head, b"x-envoy-overloaded", b"true");
+    }
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    // Envoy's connection manager dates every response it sends.
+    super::with_date(|date| bearing_http1::push_header(head, b"date", date));
+    head.extend_from_slice(b"\r\n");
 }
 
 /// Writes `first` then `second` with as few system calls as the socket allows (one, for

@@ -16,13 +16,16 @@
 //!   `x-request-id` and `x-forwarded-proto` ([`add_request_headers`], [`add_request_fields`]);
 //! - a gateway's gzip response compression ([`compress`]: compressed through hyper, only
 //!   `Vary` on the byte path);
-//! - the filters after RBAC ([`filters`]: faults, rate limits), run once the route is known.
+//! - the filters after RBAC ([`filters`]: faults, rate limits), run once the route is known;
+//! - the request head timeout on hyper's paths ([`head_timeout`]; the byte codec keeps its
+//!   own).
 //!
 //! `tests` runs one table of requests through both codecs (HTTP/1.1 on each, and HTTP/2).
 
 pub mod byte_codec;
 pub mod compress;
 pub mod filters;
+pub(crate) mod head_timeout;
 pub mod hyper_codec;
 mod mirror;
 

@@ -1654,30 +1654,246 @@ async fn a_request_not_received_in_time_gets_envoys_408_through_every_codec() {
     if answer != Some((408, "stream timeout (close)".into())) {
         failures.push(format!("stream idle of a held body: {answer:?}"));
     }
-    // A head that stops, on the byte path.
-    let (mut client, serving) = open(&proxy, Codec::Bytes, 1).await;
-    let started = tokio::time::Instant::now();
+    // A head that stops: on the byte path, on hyper's HTTP/1.1, and on hyper's after the byte
+    // codec handed the connection over (an absolute-form target; the next head is hyper's).
+    let listener = proxy
+        .snapshot()
+        .listener(&listener_address(1))
+        .cloned()
+        .unwrap();
+    let handover = b"GET http://web/ok HTTP/1.1\r\nhost: web\r\n\r\n";
+    for (path, codec, first) in [
+        ("byte codec", Codec::Bytes, None),
+        ("hyper", Codec::HyperH1, None),
+        (
+            "hyper after the handover",
+            Codec::Bytes,
+            Some(&handover[..]),
+        ),
+    ] {
+        let before = listener.stats.errors.get();
+        let (mut client, serving) = open(&proxy, codec, 1).await;
+        if let Some(first) = first {
+            client.write_all(first).await.unwrap();
+            let answer = read_response(&mut client).await;
+            if answer.as_ref().is_none_or(|(_, close)| *close) {
+                failures.push(format!("{path}: first request answered {answer:?}"));
+                continue;
+            }
+        }
+        let started = tokio::time::Instant::now();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: web\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), async {
+            while client.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let closed = read.await.is_ok();
+        let took = started.elapsed();
+        serving.abort();
+        let text = String::from_utf8_lossy(&buf);
+        let envoys = text.starts_with("HTTP/1.1 408 Request Timeout\r\n")
+            && text.contains("\r\nconnection: close\r\n")
+            && text.ends_with("\r\n\r\nrequest header timeout");
+        if !closed || !envoys || took < Duration::from_millis(300) {
+            failures.push(format!(
+                "{path}: stalled head answered {text:?} after {took:?} (closed: {closed})"
+            ));
+        }
+        if listener.stats.errors.get() != before {
+            failures.push(format!("{path}: the 408 was counted as a connection error"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// An HTTP/2 frame of `kind` with `flags` on `stream`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The next HTTP/2 frame read from `client` (after what `buf` holds) whose kind `want`
+/// accepts, acknowledging the server's settings on the way: its kind, flags, stream and
+/// payload; `None` once the connection ends.
+async fn h2_next(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    want: impl Fn(u8, u32) -> bool,
+) -> Option<(u8, u8, u32, Vec<u8>)> {
+    loop {
+        while buf.len() >= 9 {
+            let length = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + length {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
+            let payload = buf[9..9 + length].to_vec();
+            buf.drain(..9 + length);
+            if kind == 0x4 && flags & 0x1 == 0 {
+                client.write_all(&h2_frame(0x4, 0x1, 0, &[])).await.ok()?;
+            }
+            if want(kind, stream) {
+                return Some((kind, flags, stream, payload));
+            }
+        }
+        if client.read_buf(buf).await.ok()? == 0 {
+            return None;
+        }
+    }
+}
+
+/// HTTP/2's request head timeout (300 ms) on hyper's server: a header block split over
+/// HEADERS and CONTINUATION that ends in time is a request, an idle connection is not timed,
+/// and a header block not ended 300 ms after its HEADERS frame ends the connection with a
+/// GOAWAY naming the last stream whose block came whole (Envoy answers that stream `:status
+/// 408` and resets it; h2 cannot).
+#[tokio::test]
+async fn an_http2_header_block_not_ended_in_time_ends_the_connection() {
+    let (live, _received) = recording_upstream().await;
+    let mut config = (*config(live, live)).clone();
+    config.listeners[0].downstream_timeouts.request_headers = Some(Duration::from_millis(300));
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    let (mut client, serving) = open(&proxy, Codec::HyperH2, 0).await;
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    start.extend(h2_frame(0x4, 0, 0, &[]));
+    client.write_all(&start).await.unwrap();
+    // GET / (static table), then `:authority: web` as a literal without indexing.
+    let (first, rest) = (&[0x82, 0x86][..], &[0x84, 0x01, 0x03, b'w', b'e', b'b'][..]);
+    let mut buf = Vec::new();
+    let response = |stream| move |kind, on| kind == 0x1 && on == stream;
+    // Stream 1: HEADERS (END_STREAM), 100 ms later its CONTINUATION (END_HEADERS).
     client
-        .write_all(b"GET / HTTP/1.1\r\nhost: web\r\n")
+        .write_all(&h2_frame(0x1, 0x1, 1, first))
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(3), async {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client
+        .write_all(&h2_frame(0x9, 0x4, 1, rest))
+        .await
+        .unwrap();
+    let answered = h2_next(&mut client, &mut buf, response(1)).await;
+    assert!(answered.is_some(), "stream 1 was not answered");
+    // Idle for longer than the timeout, then stream 3 in one HEADERS frame.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let whole = [first, rest].concat();
+    client
+        .write_all(&h2_frame(0x1, 0x5, 3, &whole))
+        .await
+        .unwrap();
+    let answered = h2_next(&mut client, &mut buf, response(3)).await;
+    assert!(
+        answered.is_some(),
+        "the idle connection did not answer stream 3"
+    );
+    // Stream 5: HEADERS without END_HEADERS, and nothing more.
+    client
+        .write_all(&h2_frame(0x1, 0x1, 5, first))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let goaway = tokio::time::timeout(
+        Duration::from_secs(3),
+        h2_next(&mut client, &mut buf, |kind, _| kind == 0x7),
+    )
+    .await;
+    let took = started.elapsed();
+    let Ok(Some((_, _, 0, payload))) = goaway else {
+        panic!("no GOAWAY within 3 s: {goaway:?}");
+    };
+    assert_eq!(
+        &payload[..8],
+        &[0, 0, 0, 3, 0, 0, 0, 0],
+        "last stream 3, NO_ERROR"
+    );
+    assert_eq!(&payload[8..], b"request header timeout");
+    assert!(took >= Duration::from_millis(300), "after {took:?}");
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
         while client.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {}
     });
-    assert!(read.await.is_ok(), "the connection stayed open");
-    let took = started.elapsed();
+    assert!(closed.await.is_ok(), "the connection stayed open");
     serving.abort();
-    let text = String::from_utf8_lossy(&buf);
-    assert!(
-        text.starts_with("HTTP/1.1 408") && text.ends_with("request header timeout"),
-        "{text:?}"
-    );
-    assert!(
-        took >= Duration::from_millis(300),
-        "answered after {took:?}"
-    );
-    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` body from `client`: its status and
+/// whether it says `connection: close`; `None` if the connection ends first.
+async fn read_response(client: &mut TcpStream) -> Option<(u16, bool)> {
+    let mut buf = Vec::new();
+    let end = read_head(client, &mut buf).await?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let length: usize = field(&head, "content-length")?.parse().ok()?;
+    while buf.len() < end + length {
+        if client.read_buf(&mut buf).await.ok()? == 0 {
+            return None;
+        }
+    }
+    let status = head.get(9..12)?.parse().ok()?;
+    let close = field(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    Some((status, close))
+}
+
+/// An HTTP/1.1 keep-alive connection hyper serves (here after the byte codec handed it
+/// over) outlives hyper's 30 s head wait: idle between requests it is bounded by the
+/// connection idle timeout only (Envoy's 1 h), and a listener's request head timeout counts
+/// from a head's first byte, not from when the connection waits, pipelined requests
+/// included. Time is paused for the idle minute.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_hypers_head_wait() {
+    let (live, _received) = recording_upstream().await;
+    let mut config = (*config(live, live)).clone();
+    config.listeners[0].downstream_timeouts.request_headers = Some(Duration::from_millis(300));
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    let handover = b"GET http://web/ok HTTP/1.1\r\nhost: web\r\n\r\n";
+    let again = b"GET /ok HTTP/1.1\r\nhost: web\r\n\r\n";
+    for (path, codec, first) in [
+        ("hyper", Codec::HyperH1, &again[..]),
+        ("hyper after the handover", Codec::Bytes, &handover[..]),
+    ] {
+        let (mut client, serving) = open(&proxy, codec, 0).await;
+        client.write_all(first).await.unwrap();
+        assert_eq!(
+            read_response(&mut client).await,
+            Some((200, false)),
+            "{path}"
+        );
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        tokio::time::resume();
+        // Let the serving task see its timers.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.write_all(again).await.unwrap();
+        assert_eq!(
+            read_response(&mut client).await,
+            Some((200, false)),
+            "{path}: the idle connection was closed"
+        );
+        // Two requests pipelined in one write: both answered, and the connection, quiet for
+        // longer than the head timeout after them, still serves (no head clock left armed).
+        client
+            .write_all(&[&again[..], &again[..]].concat())
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let answer = read_response(&mut client).await;
+            assert_eq!(answer, Some((200, false)), "{path}: pipelined");
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        client.write_all(again).await.unwrap();
+        assert_eq!(
+            read_response(&mut client).await,
+            Some((200, false)),
+            "{path}: after the pipelined requests"
+        );
+        serving.abort();
+    }
 }
 
 /// The connection idle timeout (300 ms) through every codec: a connection that served a
