@@ -82,6 +82,27 @@ impl Picker {
         if let Some(localities) = localities {
             return Picker::Localities(localities);
         }
+        Picker::by_policy(balancer, serving, None)
+    }
+
+    /// The ring or table of `balancer` (ring hash or Maglev) over `eligible`, the eligible
+    /// hosts of a level whose localities' weights sum to `locality_total` (with localities
+    /// left without an eligible host: Envoy's `normalizeLocalityWeights` sums them all).
+    pub(crate) fn hashing(
+        balancer: &LoadBalancer,
+        eligible: &[Endpoint],
+        locality_total: u64,
+    ) -> Picker {
+        Picker::by_policy(balancer, eligible, Some(locality_total))
+    }
+
+    /// The picker of `balancer`'s policy over `serving`, without locality picks; a ring's or
+    /// table's localities' weights sum to `locality_total` (`None`: those of `serving`).
+    fn by_policy(
+        balancer: &LoadBalancer,
+        serving: &[Endpoint],
+        locality_total: Option<u64>,
+    ) -> Picker {
         match *balancer {
             LoadBalancer::RoundRobin if equal_weights(serving) => Picker::RoundRobin,
             LoadBalancer::RoundRobin => Picker::Weighted(Schedule::new(&weights(serving))),
@@ -104,13 +125,14 @@ impl Picker {
                 maximum_ring_size,
                 hash_function,
             } => Picker::Ring(Ring::new(
-                &hash_hosts(serving),
+                &hash_hosts(serving, locality_total),
                 (minimum_ring_size, maximum_ring_size),
                 hash_function,
             )),
-            LoadBalancer::Maglev { table_size } => {
-                Picker::Maglev(Maglev::new(&hash_hosts(serving), table_size))
-            }
+            LoadBalancer::Maglev { table_size } => Picker::Maglev(Maglev::new(
+                &hash_hosts(serving, locality_total),
+                table_size,
+            )),
         }
     }
 
@@ -464,8 +486,11 @@ pub(crate) type HashHost = (u32, String, f64);
 /// normalised weights (its `normalizeWeights`): each endpoint in the level's order with
 /// `weight / sum`; under locality weighting (every endpoint weighted by its locality),
 /// the localities in Envoy's order (`LocalityWeight::order`), each endpoint
-/// `weight * (locality weight / sum of them) / sum of its locality's weights`.
-fn hash_hosts(endpoints: &[Endpoint]) -> Vec<HashHost> {
+/// `weight * (locality weight / sum of them) / sum of its locality's weights`, the sum of
+/// the localities' weights being `locality_total` when given (a level's eligible hosts:
+/// the weights of its localities without one count too, as in Envoy, so the weights left
+/// sum to less than 1 and the ring is sized over them).
+fn hash_hosts(endpoints: &[Endpoint], locality_total: Option<u64>) -> Vec<HashHost> {
     let keys = hash_keys(endpoints);
     let localities: Option<Vec<LocalityWeight>> = endpoints.iter().map(|e| e.locality).collect();
     let Some(localities) = localities.filter(|l| !l.is_empty()) else {
@@ -483,7 +508,7 @@ fn hash_hosts(endpoints: &[Endpoint]) -> Vec<HashHost> {
     for (e, l) in endpoints.iter().zip(&localities) {
         sums.entry(l.order).or_insert((l.weight, 0)).1 += u64::from(e.weight);
     }
-    let total: u64 = sums.values().map(|(w, _)| u64::from(*w)).sum();
+    let total = locality_total.unwrap_or_else(|| sums.values().map(|(w, _)| u64::from(*w)).sum());
     order
         .into_iter()
         .map(|i| {
@@ -1073,13 +1098,25 @@ mod tests {
             endpoint(1, 1, 1, 0),
             endpoint(2, 1, 1, 0),
         ];
-        let hosts = hash_hosts(&level);
+        let hosts = hash_hosts(&level, None);
         let expected = [
             (1, "10.0.0.1:80".to_string(), 0.125),
             (2, "10.0.0.2:80".to_string(), 0.125),
             (0, "10.0.0.3:80".to_string(), 0.75),
         ];
         assert_eq!(hosts, expected);
+        // The eligible hosts of a level whose other locality (weight 4) has none: Envoy
+        // still sums its weight in, and the ring is sized over weights summing to 1/2.
+        let eligible = hash_hosts(&level, Some(8));
+        assert_eq!(
+            eligible.iter().map(|h| h.2).collect::<Vec<_>>(),
+            [0.0625, 0.0625, 0.375]
+        );
+        let (whole, halved) = (
+            Ring::new(&hosts, (64, 1024), XX),
+            Ring::new(&eligible, (64, 1024), XX),
+        );
+        assert_eq!((whole.points.len(), halved.points.len()), (64, 32));
         // The ring and table pick by the level's indices.
         let ring = Ring::new(&hosts, (8, 8), XX);
         let on_ring: std::collections::BTreeSet<usize> =
@@ -1089,7 +1126,7 @@ mod tests {
             weight,
             ..crate::upstream::plain_endpoint(([10, 0, 0, i], 80).into())
         };
-        let flat = hash_hosts(&[plain(1, 1), plain(2, 3)]);
+        let flat = hash_hosts(&[plain(1, 1), plain(2, 3)], None);
         assert_eq!(
             flat,
             [

@@ -222,7 +222,19 @@ impl Plan {
             .iter()
             .filter_map(|&i| endpoints.get(i).cloned())
             .collect();
-        if balancer.is_consistent_hashing() || !eligible.iter().any(|e| e.locality.is_some()) {
+        let level_endpoints = || endpoints.iter().filter(|e| e.priority as usize == level);
+        if balancer.is_consistent_hashing() {
+            // Envoy's ring or table normalises by the weights of all the level's localities.
+            let mut weights = BTreeMap::new();
+            for l in level_endpoints().filter_map(|e| e.locality) {
+                weights.insert(l.order, u64::from(l.weight));
+            }
+            return match weights.is_empty() {
+                true => Picker::new(balancer, &eligible),
+                false => Picker::hashing(balancer, &eligible, weights.values().sum()),
+            };
+        }
+        if !eligible.iter().any(|e| e.locality.is_some()) {
             return Picker::new(balancer, &eligible);
         }
         if self.panics.get(level).copied().unwrap_or(false) {
@@ -233,7 +245,7 @@ impl Plan {
         }
         // Per locality (by its order): its hosts in the level, and those eligible.
         let mut counts: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
-        for e in endpoints.iter().filter(|e| e.priority as usize == level) {
+        for e in level_endpoints() {
             if let Some(l) = e.locality {
                 counts.entry(l.order).or_default().0 += 1;
             }

@@ -369,11 +369,20 @@ fn load_balancing_policies_stick_by_hash_and_spread() -> Result<()> {
     Ok(())
 }
 
+/// The listener ports of ring hash and Maglev over weighted localities of which one has
+/// only a dead endpoint, with an active health check, and their clusters.
+const DEAD_ZONE_RING: (u16, &str) = (10017, "dead-zone-ring");
+const DEAD_ZONE_MAGLEV: (u16, &str) = (10018, "dead-zone-maglev");
+
 /// Ring hash and Maglev on a cluster with an active health check (MeshLoadBalancingStrategy
 /// beside MeshHealthCheck), four endpoints of which one has no server: once the checks have
 /// run, every header value or cookie sticks to one of the three live origins, never the dead
 /// one (the ring and the table are rebuilt over the healthy hosts), and Envoy 1.40 fed the
-/// same resources sends each value to the very origin Bearing chose.
+/// same resources sends each value to the very origin Bearing chose. The same over weighted
+/// localities (zone-1 and zone-2 of weight 1 with a live origin each, zone-3 of weight 2 with
+/// the dead endpoint): Envoy still counts zone-3's weight when it normalises the others', so
+/// its ring has half the points it would have without zone-3; 200 header values and 200
+/// cookies reach the very origins Envoy's do.
 #[test]
 fn hashing_balancers_rebuild_over_the_healthy_hosts_as_envoy() -> Result<()> {
     const DEAD: u16 = 8089;
@@ -396,8 +405,54 @@ fn hashing_balancers_rebuild_over_the_healthy_hosts_as_envoy() -> Result<()> {
         .endpoints(rig.endpoints(MAGLEV.1), &at)?
         .listener(outbound(&rig.maglev, web, MAGLEV.0, MAGLEV.1)?)?
         .mesh_identity(MESH, &rig.leaf, &rig.mesh_ca)?;
+    let zones = [
+        ("zone-1", 1, &[backend.sock4(ORIGINS[0])][..]),
+        ("zone-2", 1, &[backend.sock4(ORIGINS[1])][..]),
+        ("zone-3", 2, &[backend.sock4(DEAD)][..]),
+    ];
+    for ((port, name), golden) in [(DEAD_ZONE_RING, &rig.ring), (DEAD_ZONE_MAGLEV, &rig.maglev)] {
+        let mut cluster = server_cluster(golden, name, checked)?;
+        cluster["commonLbConfig"] = json!({"localityWeightedLbConfig": {}});
+        xds.cluster(cluster)?
+            .add(ENDPOINTS, name, locality_endpoints(&rig, name, &zones))
+            .listener(outbound(golden, web, port, name)?)?;
+    }
     let dead = format!("{}:{DEAD}", backend.ip4());
     let values: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
+    let many: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    // Per key, the origin a zoned ring (by header) and table (by cookie) send it to.
+    let zoned = |proxy: &str| -> Result<Vec<String>> {
+        let mut all = Vec::new();
+        for (port, line) in [
+            (DEAD_ZONE_RING.0, "x-header-for-test-server: "),
+            (DEAD_ZONE_MAGLEV.0, "cookie: session_id="),
+        ] {
+            let requests: Vec<(String, Vec<String>)> = many
+                .iter()
+                .map(|k| ("/".to_string(), vec![format!("{line}{k}")]))
+                .collect();
+            let seen: Vec<String> = served_by(web, port, &requests, 1)?
+                .into_iter()
+                .flatten()
+                .collect();
+            ensure!(
+                seen.len() == 200 && seen.iter().all(|o| o.starts_with("backend:")),
+                "{proxy}: port {port} answered {seen:?}"
+            );
+            all.extend(seen);
+        }
+        Ok(all)
+    };
+    // Once the dead endpoint failed its check every key is answered by a live origin.
+    let zoned_when_checked = |proxy: &str| -> Result<Vec<String>> {
+        let mut answered = None;
+        wait_until(Duration::from_secs(30), || {
+            answered = zoned(proxy).ok();
+            answered.is_some()
+        })
+        .with_context(|| format!("{proxy}: the zoned ring and table kept failing"))?;
+        answered.context("the zoned answers")
+    };
     let check = |proxy: &str| -> Result<(BTreeMap<String, String>, BTreeMap<String, String>)> {
         let header: Vec<(String, Vec<String>)> = values
             .iter()
@@ -436,17 +491,30 @@ fn hashing_balancers_rebuild_over_the_healthy_hosts_as_envoy() -> Result<()> {
     };
     let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
     let bearing = check("bearing")?;
+    let bearing_zoned = zoned_when_checked("bearing")?;
 
     // Differential: Envoy 1.40 in Bearing's place, the same resources from the same CP.
     sidecar.process().stop(Duration::from_secs(5));
     let _envoy = access.envoy(web, MESH, "demo-client")?;
-    for port in [RING.0, MAGLEV.0] {
+    for port in [RING.0, MAGLEV.0, DEAD_ZONE_RING.0, DEAD_ZONE_MAGLEV.0] {
         web.wait_for_tcp_listener(port, Duration::from_secs(20), None)?;
     }
     let envoy = check("envoy")?;
     ensure!(
         bearing == envoy,
         "bearing chose {bearing:?}\nenvoy {envoy:?}"
+    );
+    let envoy_zoned = zoned_when_checked("envoy")?;
+    let differ: Vec<&String> = many
+        .iter()
+        .chain(&many)
+        .zip(bearing_zoned.iter().zip(&envoy_zoned))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(k, _)| k)
+        .collect();
+    ensure!(
+        differ.is_empty(),
+        "zoned ring and table with a dead zone: bearing and envoy differ on {differ:?}"
     );
     Ok(())
 }

@@ -65,15 +65,41 @@ fn closed_after(line: &str) -> Option<f64> {
     line.strip_prefix("closed ")?.parse().ok()
 }
 
+/// The CP's PKI in `topo` named `name`, its mesh CA and the demo client's leaf of it.
+fn client_pki(topo: &Topology, name: &str) -> Result<(CpPki, TestCa, CertFiles)> {
+    let pki = CpPki::new(topo.dir(), name, topo.host("cp"))?;
+    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
+    let leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
+    Ok((pki, mesh_ca, leaf))
+}
+
+/// Adds to `xds` `cluster` with `golden`'s server endpoints at the origin on `backend`, and
+/// `outbound` on 127.0.0.1:10001 with its redacted addresses made `web`'s (Envoy parses the
+/// connection manager's internal address CIDRs), with the client's mesh identity.
+fn add_outbound(
+    xds: &mut XdsFile,
+    (golden, cluster, mut outbound): (&KumaGolden, Value, Value),
+    (web, backend): (&Host, &Host),
+    (leaf, mesh_ca): (&CertFiles, &TestCa),
+) -> Result<()> {
+    replace_in_strings(&mut outbound, "IP_REDACTED", &web.ip4().to_string());
+    xds.cluster(cluster)?
+        .endpoints(
+            golden.endpoints(SERVER_CLUSTER)?,
+            &[backend.sock4(APP_PORT)],
+        )?
+        .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))?
+        .mesh_identity(MESH, leaf, mesh_ca)?;
+    Ok(())
+}
+
 #[test]
 fn mesh_timeout_idle_timeouts_end_silent_streams_and_connections() -> Result<()> {
     require_root_and_tools()?;
     require_tools(&["openssl", "redis-server", "python3"])?;
     let topo = Topology::new(&["cp", "web", "backend"])?;
     let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
-    let pki = CpPki::new(topo.dir(), "cp-timeouts", cp)?;
-    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
-    let leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
+    let (pki, mesh_ca, leaf) = client_pki(&topo, "cp-timeouts")?;
     let origin = start_http_server(backend, APP_PORT)?;
     let _redis = start_redis(backend, REDIS_PORT)?;
 
@@ -104,8 +130,6 @@ fn mesh_timeout_idle_timeouts_end_silent_streams_and_connections() -> Result<()>
         routes == 3,
         "the golden's outbound has 3 routes, not {routes}"
     );
-    // The golden's redacted addresses (Envoy parses the HCM's internal address CIDRs).
-    replace_in_strings(&mut outbound, "IP_REDACTED", &web.ip4().to_string());
     let tcp_outbound = json!({
         "name": "outbound:127.0.0.1:10002",
         "address": {"socketAddress": {"address": "127.0.0.1", "portValue": 10002}},
@@ -117,13 +141,15 @@ fn mesh_timeout_idle_timeouts_end_silent_streams_and_connections() -> Result<()>
             "idleTimeout": "1s",
         }}]}],
     });
-    xds.cluster(cluster.clone())?
-        .endpoints(assignment.clone(), &[backend.sock4(APP_PORT)])?
-        .cluster(renamed(cluster))?
+    add_outbound(
+        &mut xds,
+        (&golden, cluster.clone(), outbound),
+        (web, backend),
+        (&leaf, &mesh_ca),
+    )?;
+    xds.cluster(renamed(cluster))?
         .endpoints(renamed(assignment), &[backend.sock4(REDIS_PORT)])?
-        .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))?
-        .listener(tcp_outbound)?
-        .mesh_identity(MESH, &leaf, &mesh_ca)?;
+        .listener(tcp_outbound)?;
     let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
 
     let check = |proxy: &str| -> Result<()> {
@@ -323,9 +349,7 @@ fn connection_manager_timeouts_answer_408_and_end_idle_connections() -> Result<(
     require_tools(&["openssl", "python3"])?;
     let topo = Topology::new(&["cp", "web", "backend"])?;
     let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
-    let pki = CpPki::new(topo.dir(), "cp-hcm-timeouts", cp)?;
-    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
-    let leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
+    let (pki, mesh_ca, leaf) = client_pki(&topo, "cp-hcm-timeouts")?;
     let _origin = start_http_server(backend, APP_PORT)?;
 
     let golden = KumaGolden::load(GOLDEN)?;
@@ -345,14 +369,12 @@ fn connection_manager_timeouts_answer_408_and_end_idle_connections() -> Result<(
         &format!("{hcm}/commonHttpProtocolOptions"),
         json!({"idleTimeout": "1s"}),
     )?;
-    replace_in_strings(&mut outbound, "IP_REDACTED", &web.ip4().to_string());
-    xds.cluster(cluster)?
-        .endpoints(
-            golden.endpoints(SERVER_CLUSTER)?,
-            &[backend.sock4(APP_PORT)],
-        )?
-        .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))?
-        .mesh_identity(MESH, &leaf, &mesh_ca)?;
+    add_outbound(
+        &mut xds,
+        (&golden, cluster, outbound),
+        (web, backend),
+        (&leaf, &mesh_ca),
+    )?;
     let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
 
     let to = SocketAddr::from(([127, 0, 0, 1], 10001));
@@ -556,9 +578,7 @@ fn mesh_timeout_max_stream_duration_cuts_a_response_body_still_coming() -> Resul
     require_tools(&["openssl", "python3"])?;
     let topo = Topology::new(&["cp", "web", "backend"])?;
     let (cp, web, backend) = (topo.host("cp"), topo.host("web"), topo.host("backend"));
-    let pki = CpPki::new(topo.dir(), "cp-max-stream", cp)?;
-    let mesh_ca = TestCa::new(&pki.dir, "mesh-ca")?;
-    let leaf = mesh_ca.issue("demo-client", &["URI:spiffe://envoyconfig/demo-client"])?;
+    let (pki, mesh_ca, leaf) = client_pki(&topo, "cp-max-stream")?;
     let origin = start_http_server(backend, APP_PORT)?;
     let logs = topo.dir().join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -593,14 +613,12 @@ fn mesh_timeout_max_stream_duration_cuts_a_response_body_still_coming() -> Resul
             "logFormat": {"textFormatSource": {"inlineString": format}},
         }}]),
     )?;
-    replace_in_strings(&mut outbound, "IP_REDACTED", &web.ip4().to_string());
-    xds.cluster(cluster)?
-        .endpoints(
-            golden.endpoints(SERVER_CLUSTER)?,
-            &[backend.sock4(APP_PORT)],
-        )?
-        .listener(bound_listener(outbound, ([127, 0, 0, 1], 10001).into()))?
-        .mesh_identity(MESH, &leaf, &mesh_ca)?;
+    add_outbound(
+        &mut xds,
+        (&golden, cluster, outbound),
+        (web, backend),
+        (&leaf, &mesh_ca),
+    )?;
     let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
 
     let check = |proxy: &str| -> Result<()> {

@@ -1116,14 +1116,7 @@ async fn relay<S>(
 where
     S: AsyncWrite + TcpBacked + Unpin,
 {
-    let gone = |status, sent, flags| Answer {
-        status,
-        downstream_open: false,
-        sent,
-        upstream: Some(pool.address()),
-        flags,
-        relayed: true,
-    };
+    let gone = |status, sent, flags| cut((status, sent), pool, flags);
     let (dc, uc) = (
         ResponseFlags::DOWNSTREAM_TERMINATION,
         ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,

@@ -1492,14 +1492,19 @@ async fn a_try_past_the_maximum_stream_duration_gets_envoys_504() {
             failures.push(format!("{codec:?} unfinished request: {answer:?}"));
         }
     }
+    assert_eq!(max_duration_reached(&proxy), 5, "{failures:#?}");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The tries of the first listener's cluster that reached its maximum stream duration.
+fn max_duration_reached(proxy: &Proxy) -> u64 {
     let listener = proxy
         .snapshot()
         .listener(&listener_address(0))
         .cloned()
         .unwrap();
     let live = super::HttpListener::cluster(&*listener).unwrap();
-    assert_eq!(live.stats.rq_max_duration_reached.get(), 5, "{failures:#?}");
-    assert!(failures.is_empty(), "{failures:#?}");
+    live.stats.rq_max_duration_reached.get()
 }
 
 /// A response whose body is still coming at the cluster's maximum stream duration is cut, as
@@ -1532,13 +1537,7 @@ async fn a_response_body_past_the_maximum_stream_duration_is_cut_in_every_codec(
             failures.push(format!("{codec:?} stalled body: {cut:?} after {took:?}"));
         }
     }
-    let listener = proxy
-        .snapshot()
-        .listener(&listener_address(0))
-        .cloned()
-        .unwrap();
-    let live = super::HttpListener::cluster(&*listener).unwrap();
-    assert_eq!(live.stats.rq_max_duration_reached.get(), 3, "{failures:#?}");
+    assert_eq!(max_duration_reached(&proxy), 3, "{failures:#?}");
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
