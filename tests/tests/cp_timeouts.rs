@@ -267,7 +267,12 @@ try:
 except (ConnectionResetError, socket.timeout):
     pass
 text = got.decode("latin-1")
-answer = text.split("\r\n")[0] + " " + text.split("\r\n\r\n", 1)[-1] if text else "closed"
+answer = "closed"
+if text:
+    head, _, body = text.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    server = [l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("server:")]
+    answer = lines[0] + "".join(" [server: %s]" % v for v in server) + " " + body
 print("%s %.2f" % (answer, time.monotonic() - last))
 "#
     );
@@ -301,15 +306,16 @@ fn expect_probe(
 
 /// The request head timeout (0.5 s) probed at `at`: half a head, sent on a new connection
 /// (Bearing's byte codec) or after a request Bearing hands over to hyper, gets 408 `request
-/// header timeout` about 0.5 s later. An HTTP/2 HEADERS frame without END_HEADERS gets, about
-/// 0.5 s later, from Envoy `:status 408`, `request header timeout` and RST_STREAM on its
+/// header timeout` about 0.5 s later, with a `server` header of `server` (a gateway's `Kuma
+/// Gateway`; Envoy's sidecars write `envoy`, Bearing's none). An HTTP/2 HEADERS frame
+/// without END_HEADERS gets, about 0.5 s later, from Envoy `:status 408`, `request header timeout` and RST_STREAM on its
 /// stream, from Bearing a GOAWAY saying so (hyper's h2 has no hook for a header block still
 /// arriving).
-fn expect_stalled_heads(at: (&Host, SocketAddr, &str)) -> Result<()> {
-    let head = "HTTP/1.1 408 Request Timeout request header timeout";
-    expect_probe(at, ("head", "stalled head"), head, 0.4..2.0)?;
+fn expect_stalled_heads(at: (&Host, SocketAddr, &str), server: Option<&str>) -> Result<()> {
+    let head = answer_408(server, "request header timeout");
+    expect_probe(at, ("head", "stalled head"), &head, 0.4..2.0)?;
     let what = "stalled head after a handed-over request";
-    expect_probe(at, ("handover-head", what), head, 0.4..2.0)?;
+    expect_probe(at, ("handover-head", what), &head, 0.4..2.0)?;
     let h2 = match at.2 {
         "envoy" => "408 request header timeout rst",
         _ => "goaway request header timeout",
@@ -317,15 +323,25 @@ fn expect_stalled_heads(at: (&Host, SocketAddr, &str)) -> Result<()> {
     expect_probe(at, ("h2-head", "stalled HTTP/2 header block"), h2, 0.4..2.0)
 }
 
+/// A probe's line for Envoy's 408 saying `why`, with a `server` header of `server`.
+fn answer_408(server: Option<&str>, why: &str) -> String {
+    let server = server.map(|s| format!(" [server: {s}]"));
+    format!(
+        "HTTP/1.1 408 Request Timeout{} {why}",
+        server.unwrap_or_default()
+    )
+}
+
 /// The connection manager's timeouts a sidecar's and a gateway's listeners share, probed at
-/// `at`: a stalled upload gets 408 `request timeout` after about 1 s, an idle HTTP/1.1
-/// connection is closed within `idle_close` seconds, an idle HTTP/2 one gets a GOAWAY.
+/// `at`: a stalled upload gets 408 `request timeout` after about 1 s (with a `server` header
+/// of `server`), an idle HTTP/1.1 connection is closed within `idle_close` seconds, an idle
+/// HTTP/2 one gets a GOAWAY.
 fn expect_connection_timeouts(
     at: (&Host, SocketAddr, &str),
-    idle_close: std::ops::Range<f64>,
+    (idle_close, server): (std::ops::Range<f64>, Option<&str>),
 ) -> Result<()> {
-    let upload = "HTTP/1.1 408 Request Timeout request timeout";
-    expect_probe(at, ("upload", "stalled upload"), upload, 0.9..2.5)?;
+    let upload = answer_408(server, "request timeout");
+    expect_probe(at, ("upload", "stalled upload"), &upload, 0.9..2.5)?;
     expect_probe(
         at,
         ("idle", "idle HTTP/1.1 connection"),
@@ -380,8 +396,10 @@ fn connection_manager_timeouts_answer_408_and_end_idle_connections() -> Result<(
     let to = SocketAddr::from(([127, 0, 0, 1], 10001));
     let check = |proxy: &str, idle_close: std::ops::Range<f64>| -> Result<()> {
         let at = (web, to, proxy);
-        expect_stalled_heads(at)?;
-        expect_connection_timeouts(at, idle_close)
+        // Envoy's sidecars write `server: envoy` (Bearing passes the application's on).
+        let server = (proxy == "envoy").then_some("envoy");
+        expect_stalled_heads(at, server)?;
+        expect_connection_timeouts(at, (idle_close, server))
     };
     check("bearing", 0.9..2.5)?;
     let series =
@@ -467,8 +485,8 @@ fn a_gateway_enforces_its_mesh_timeouts() -> Result<()> {
                 && (0.9..2.5).contains(&took),
             "{proxy}: silent origin after {took} s: {silent:?}"
         );
-        expect_stalled_heads((gw, to, proxy))?;
-        expect_connection_timeouts((gw, to, proxy), idle_close)
+        expect_stalled_heads((gw, to, proxy), Some("Kuma Gateway"))?;
+        expect_connection_timeouts((gw, to, proxy), (idle_close, Some("Kuma Gateway")))
     };
     check("bearing", 0.9..2.5)?;
 

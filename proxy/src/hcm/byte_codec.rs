@@ -265,10 +265,12 @@ where
                         return handoff(down, held, why, peer)
                     }
                     Err(NotForwarded::Reject { status, why }) => {
-                        if let Some(listener) = current() {
+                        let listener = current();
+                        if let Some(listener) = &listener {
                             listener.requests().count(status);
                         }
-                        reject(&mut down, status, why, peer, &mut bufs.request).await;
+                        let edits = gateway_edits(listener.as_deref(), tls);
+                        reject(&mut down, (status, why, edits), peer, &mut bufs.request).await;
                         return Outcome::Closed;
                     }
                 }
@@ -279,7 +281,7 @@ where
                 r = read_request(&mut down, &mut held) => r,
                 _ = &mut head_timer => {
                     if let (Some(why), Some(bufs)) = (reading, held.as_mut()) {
-                        too_late(&mut down, current().as_deref(), why, peer, &mut bufs.request).await;
+                        too_late(&mut down, (current().as_deref(), tls), why, peer, &mut bufs.request).await;
                         return Outcome::Closed;
                     }
                     if let Some(listener) = current() {
@@ -337,7 +339,7 @@ where
                 r = read_more(&mut down, &mut bufs.request, READ_SIZE) => r,
                 _ = &mut head_timer => {
                     if let Some((_, why)) = deadline {
-                        too_late(&mut down, current().as_deref(), why, peer, &mut bufs.request).await;
+                        too_late(&mut down, (current().as_deref(), tls), why, peer, &mut bufs.request).await;
                     }
                     return Outcome::Closed;
                 }
@@ -527,13 +529,27 @@ fn log_exchange(
     });
 }
 
-/// Answers a request no path forwards with `status` and `why`, and closes: the answer goes
-/// out, the write side is shut, and what the client still sends is read into `scratch` and
-/// dropped for a while (at most [`LINGER`] and [`LINGER_BYTES`]), as nginx's lingering close
-/// does, so that closing with unread bytes does not reset the connection before the client
-/// has read the answer.
-async fn reject<S>(down: &mut S, status: u16, why: &str, peer: SocketAddr, scratch: &mut Vec<u8>)
-where
+/// What a gateway's local replies get before a route is chosen (`server: Kuma Gateway`,
+/// Envoy's connection manager's `server_name`): the edits of `listener`'s routes (`tls`: the
+/// connection's transport) when it is a gateway's.
+fn gateway_edits<L: HttpListener>(listener: Option<&L>, tls: bool) -> Option<ResponseEdits<'_>> {
+    listener
+        .and_then(|l| l.routes(tls))
+        .filter(|routes| routes.is_gateway())
+        .map(|routes| routes.edits(None))
+}
+
+/// Answers a request no path forwards with `status` and `why` (with `edits`), and closes: the
+/// answer goes out, the write side is shut, and what the client still sends is read into
+/// `scratch` and dropped for a while (at most [`LINGER`] and [`LINGER_BYTES`]), as nginx's
+/// lingering close does, so that closing with unread bytes does not reset the connection
+/// before the client has read the answer.
+async fn reject<S>(
+    down: &mut S,
+    (status, why, edits): (u16, &str, Option<ResponseEdits<'_>>),
+    peer: SocketAddr,
+    scratch: &mut Vec<u8>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     tracing::debug!(%peer, "request refused with {status}: {why}");
@@ -544,7 +560,7 @@ where
         overloaded: false,
         flags: ResponseFlags::default(),
     };
-    if !write_reply(down, &reply, false, true, None)
+    if !write_reply(down, &reply, false, true, edits)
         .await
         .downstream_open
     {
@@ -563,10 +579,11 @@ where
 }
 
 /// Answers a request not read within one of its deadlines with Envoy's 408 (`why` names it)
-/// and closes the connection, counted on `listener`'s responses.
+/// and closes the connection, counted on `listener`'s responses (`tls`: the connection's
+/// transport).
 async fn too_late<S, L>(
     down: &mut S,
-    listener: Option<&L>,
+    (listener, tls): (Option<&L>, bool),
     why: &str,
     peer: SocketAddr,
     scratch: &mut Vec<u8>,
@@ -577,7 +594,13 @@ async fn too_late<S, L>(
     if let Some(listener) = listener {
         listener.requests().count(408);
     }
-    reject(down, 408, why, peer, scratch).await;
+    reject(
+        down,
+        (408, why, gateway_edits(listener, tls)),
+        peer,
+        scratch,
+    )
+    .await;
 }
 
 /// Envoy's reply to a request its RBAC filter refuses.

@@ -339,6 +339,10 @@ impl<L: HttpListener> HeadClock<L> {
                 flags: Default::default(),
             };
             reply_head(&reply, true, &mut bytes);
+            // A gateway's `server: Kuma Gateway`, as on its other replies.
+            if let Some(gateway) = self.listener.routes(true).filter(|r| r.is_gateway()) {
+                gateway.edits(None).apply(&mut bytes);
+            }
             bytes.extend_from_slice(why.as_bytes());
         }
         self.phase = Phase::Answering {
