@@ -251,28 +251,18 @@ def busy_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / harness.CLK_TCK
 
 
-def kernel_seconds(pids: list[int]) -> float:
-    """The system (kernel) CPU time of `pids` so far."""
-    total = 0
-    for pid in pids:
-        try:
-            total += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[12])
-        except OSError:
-            continue
-    return total / harness.CLK_TCK
-
-
 def one_run(r: Running, bench: harness.Bench, origin: list[int]) -> dict:
     pids = r.proxy_pids()
     lines_before = r.settled_lines()
-    cpu0, origin0, busy0 = harness.cpu_seconds(pids), harness.cpu_seconds(origin), busy_seconds()
-    kernel0 = kernel_seconds(pids)
+    (user0, kernel0), origin0 = harness.cpu_times(pids), harness.cpu_seconds(origin)
+    busy0 = busy_seconds()
     # wrk is the only child waited for during the run: its CPU is the children's growth.
     wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = bench.wrk(PORTS[r.name][0], "/small", [])
     wrk1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = harness.cpu_seconds(pids) - cpu0
-    kernel = kernel_seconds(pids) - kernel0
+    user, kernel = harness.cpu_times(pids)
+    user, kernel = user - user0, kernel - kernel0
+    cpu = user + kernel
     peers = (harness.cpu_seconds(origin) - origin0 + wrk1.ru_utime - wrk0.ru_utime
              + wrk1.ru_stime - wrk0.ru_stime)
     busy = busy_seconds() - busy0

@@ -245,6 +245,17 @@ impl HttpRoutes {
             compression: self.compression.as_ref(),
         }
     }
+
+    /// What a reply the proxy makes before a route is chosen gets: a gateway's `server`
+    /// (Envoy's connection manager writes its `server_name` on it) and nothing else (no
+    /// filter has run on the request); `None` off a gateway.
+    pub(crate) fn local_reply_edits(&self) -> Option<ResponseEdits<'_>> {
+        self.gateway.then_some(ResponseEdits {
+            route: None,
+            server: true,
+            compression: None,
+        })
+    }
 }
 
 impl HttpRoutes {

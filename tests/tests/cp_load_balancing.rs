@@ -178,6 +178,30 @@ fn sticky(
     Ok(chosen)
 }
 
+/// The origin of each of `keys`, sent once to 127.0.0.1:`port` from `web` with the header
+/// line `prefix` followed by the key (a hashed header, or `cookie: <name>=`).
+fn key_origins(web: &Host, port: u16, prefix: &str, keys: &[String]) -> Result<Vec<String>> {
+    let requests: Vec<(String, Vec<String>)> = keys
+        .iter()
+        .map(|k| ("/".to_string(), vec![format!("{prefix}{k}")]))
+        .collect();
+    Ok(served_by(web, port, &requests, 1)?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// The keys whose origins differ between `ours` and `theirs`, each the origins of `keys` in
+/// order, once per port asked.
+fn keys_differing<'k>(keys: &'k [String], ours: &[String], theirs: &[String]) -> Vec<&'k String> {
+    keys.iter()
+        .cycle()
+        .zip(ours.iter().zip(theirs))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(k, _)| k)
+        .collect()
+}
+
 /// The origins of `seen`, all of them.
 fn origins_of(seen: &[Vec<String>]) -> BTreeSet<String> {
     seen.iter().flatten().cloned().collect()
@@ -423,18 +447,11 @@ fn hashing_balancers_rebuild_over_the_healthy_hosts_as_envoy() -> Result<()> {
     // Per key, the origin a zoned ring (by header) and table (by cookie) send it to.
     let zoned = |proxy: &str| -> Result<Vec<String>> {
         let mut all = Vec::new();
-        for (port, line) in [
+        for (port, prefix) in [
             (DEAD_ZONE_RING.0, "x-header-for-test-server: "),
             (DEAD_ZONE_MAGLEV.0, "cookie: session_id="),
         ] {
-            let requests: Vec<(String, Vec<String>)> = many
-                .iter()
-                .map(|k| ("/".to_string(), vec![format!("{line}{k}")]))
-                .collect();
-            let seen: Vec<String> = served_by(web, port, &requests, 1)?
-                .into_iter()
-                .flatten()
-                .collect();
+            let seen = key_origins(web, port, prefix, &many)?;
             ensure!(
                 seen.len() == 200 && seen.iter().all(|o| o.starts_with("backend:")),
                 "{proxy}: port {port} answered {seen:?}"
@@ -505,13 +522,7 @@ fn hashing_balancers_rebuild_over_the_healthy_hosts_as_envoy() -> Result<()> {
         "bearing chose {bearing:?}\nenvoy {envoy:?}"
     );
     let envoy_zoned = zoned_when_checked("envoy")?;
-    let differ: Vec<&String> = many
-        .iter()
-        .chain(&many)
-        .zip(bearing_zoned.iter().zip(&envoy_zoned))
-        .filter(|(_, (a, b))| a != b)
-        .map(|(k, _)| k)
-        .collect();
+    let differ = keys_differing(&many, &bearing_zoned, &envoy_zoned);
     ensure!(
         differ.is_empty(),
         "zoned ring and table with a dead zone: bearing and envoy differ on {differ:?}"
@@ -713,21 +724,17 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
             (140..=260).contains(&random),
             "{proxy}: random sent {random} of 400 to the weight-1 endpoint"
         );
-        let keyed = |port, line: &dyn Fn(&String) -> String| -> Result<Vec<String>> {
-            let requests: Vec<(String, Vec<String>)> = keys
-                .iter()
-                .map(|k| ("/".to_string(), vec![line(k)]))
-                .collect();
-            let seen = served_by(web, port, &requests, 1)?;
-            let light_share = seen.iter().flatten().filter(|o| **o == light).count();
+        let keyed = |port, prefix| -> Result<Vec<String>> {
+            let seen = key_origins(web, port, prefix, &keys)?;
+            let light_share = seen.iter().filter(|o| **o == light).count();
             ensure!(
                 (50..=150).contains(&light_share),
                 "{proxy}: port {port} sent {light_share} of 400 keys to the weight-1 endpoint"
             );
-            Ok(seen.into_iter().flatten().collect())
+            Ok(seen)
         };
-        let ring = keyed(RING.0, &|k| format!("x-header-for-test-server: {k}"))?;
-        let maglev = keyed(MAGLEV.0, &|k| format!("cookie: session_id={k}"))?;
+        let ring = keyed(RING.0, "x-header-for-test-server: ")?;
+        let maglev = keyed(MAGLEV.0, "cookie: session_id=")?;
         Ok((rr, ring, maglev))
     };
     let (_cp, access, sidecar) = pki.golden_client(TEST_CP, cp, web, &xds)?;
@@ -757,12 +764,7 @@ fn weighted_endpoints_split_by_weight_as_envoy() -> Result<()> {
         ("ring hash", &bearing.1, &envoy.1),
         ("maglev", &bearing.2, &envoy.2),
     ] {
-        let differ: Vec<&String> = keys
-            .iter()
-            .zip(ours.iter().zip(theirs))
-            .filter(|(_, (a, b))| a != b)
-            .map(|(k, _)| k)
-            .collect();
+        let differ = keys_differing(&keys, ours, theirs);
         ensure!(
             differ.is_empty(),
             "{what}: bearing and envoy differ on {differ:?}"
@@ -982,18 +984,11 @@ fn generated_cookies_and_biased_least_request_as_envoy() -> Result<()> {
     // Each key's origin on the zoned ring (by header) and table (by cookie).
     let zoned_origins = |proxy: &str| -> Result<Vec<String>> {
         let mut all = Vec::new();
-        for (port, line) in [
+        for (port, prefix) in [
             (ZONED_RING.0, "x-header-for-test-server: "),
             (ZONED_MAGLEV.0, "cookie: session_id="),
         ] {
-            let requests: Vec<(String, Vec<String>)> = keys
-                .iter()
-                .map(|k| ("/".to_string(), vec![format!("{line}{k}")]))
-                .collect();
-            let seen: Vec<String> = served_by(web, port, &requests, 1)?
-                .into_iter()
-                .flatten()
-                .collect();
+            let seen = key_origins(web, port, prefix, &keys)?;
             let heavy = seen
                 .iter()
                 .filter(|o| **o == format!("backend:{}", ORIGINS[2]))
@@ -1046,13 +1041,7 @@ fn generated_cookies_and_biased_least_request_as_envoy() -> Result<()> {
     );
     split("envoy")?;
     let envoy_zoned = zoned_origins("envoy")?;
-    let differ: Vec<&String> = keys
-        .iter()
-        .chain(&keys)
-        .zip(bearing_zoned.iter().zip(&envoy_zoned))
-        .filter(|(_, (a, b))| a != b)
-        .map(|(k, _)| k)
-        .collect();
+    let differ = keys_differing(&keys, &bearing_zoned, &envoy_zoned);
     ensure!(
         differ.is_empty() && bearing_zoned.len() == 400,
         "zoned ring and table: bearing and envoy differ on {differ:?}"

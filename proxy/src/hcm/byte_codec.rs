@@ -530,13 +530,15 @@ fn log_exchange(
 }
 
 /// What a gateway's local replies get before a route is chosen (`server: Kuma Gateway`,
-/// Envoy's connection manager's `server_name`): the edits of `listener`'s routes (`tls`: the
-/// connection's transport) when it is a gateway's.
-fn gateway_edits<L: HttpListener>(listener: Option<&L>, tls: bool) -> Option<ResponseEdits<'_>> {
+/// Envoy's connection manager's `server_name`), by `listener`'s routes (`tls`: the
+/// connection's transport); `None` off a gateway.
+pub(super) fn gateway_edits<L: HttpListener>(
+    listener: Option<&L>,
+    tls: bool,
+) -> Option<ResponseEdits<'_>> {
     listener
         .and_then(|l| l.routes(tls))
-        .filter(|routes| routes.is_gateway())
-        .map(|routes| routes.edits(None))
+        .and_then(HttpRoutes::local_reply_edits)
 }
 
 /// Answers a request no path forwards with `status` and `why` (with `edits`), and closes: the

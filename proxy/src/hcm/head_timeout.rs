@@ -40,7 +40,7 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::byte_codec::{reply_head, ReadDeadline, Timeouts, LINGER, LINGER_BYTES};
+use super::byte_codec::{gateway_edits, reply_head, ReadDeadline, Timeouts, LINGER, LINGER_BYTES};
 use super::HttpListener;
 use crate::idle::Streams;
 use crate::router::Reply;
@@ -340,8 +340,8 @@ impl<L: HttpListener> HeadClock<L> {
             };
             reply_head(&reply, true, &mut bytes);
             // A gateway's `server: Kuma Gateway`, as on its other replies.
-            if let Some(gateway) = self.listener.routes(true).filter(|r| r.is_gateway()) {
-                gateway.edits(None).apply(&mut bytes);
+            if let Some(edits) = gateway_edits(Some(&*self.listener), true) {
+                edits.apply(&mut bytes);
             }
             bytes.extend_from_slice(why.as_bytes());
         }

@@ -1459,12 +1459,7 @@ async fn stalled_body(proxy: &Arc<Proxy>, codec: Codec) -> Cut {
 /// codecs stream it), closing an HTTP/1.1 connection, as Envoy answers.
 #[tokio::test]
 async fn a_try_past_the_maximum_stream_duration_gets_envoys_504() {
-    let origin = stalling_upstream().await;
-    let mut config = (*config(origin, origin)).clone();
-    let cluster = config.clusters.get_mut("live").unwrap();
-    cluster.http_timeouts.max_stream_duration = Some(Duration::from_millis(300));
-    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
-    proxy.apply(Arc::new(config));
+    let proxy = proxy_with_max_stream_duration(stalling_upstream().await);
     let mut failures = Vec::new();
     for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
         let started = tokio::time::Instant::now();
@@ -1496,6 +1491,16 @@ async fn a_try_past_the_maximum_stream_duration_gets_envoys_504() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// A proxy whose cluster `live`, at `origin`, has a maximum stream duration of 300 ms.
+fn proxy_with_max_stream_duration(origin: SocketAddr) -> Arc<Proxy> {
+    let mut config = (*config(origin, origin)).clone();
+    let cluster = config.clusters.get_mut("live").unwrap();
+    cluster.http_timeouts.max_stream_duration = Some(Duration::from_millis(300));
+    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
+    proxy.apply(Arc::new(config));
+    proxy
+}
+
 /// The tries of the first listener's cluster that reached its maximum stream duration.
 fn max_duration_reached(proxy: &Proxy) -> u64 {
     let listener = proxy
@@ -1513,12 +1518,7 @@ fn max_duration_reached(proxy: &Proxy) -> u64 {
 /// there); counted, through every codec. A response ended in time is untouched.
 #[tokio::test]
 async fn a_response_body_past_the_maximum_stream_duration_is_cut_in_every_codec() {
-    let origin = stalling_upstream().await;
-    let mut config = (*config(origin, origin)).clone();
-    let cluster = config.clusters.get_mut("live").unwrap();
-    cluster.http_timeouts.max_stream_duration = Some(Duration::from_millis(300));
-    let proxy = Arc::new(Proxy::new(Workers::start(1, false).unwrap()));
-    proxy.apply(Arc::new(config));
+    let proxy = proxy_with_max_stream_duration(stalling_upstream().await);
     let mut failures = Vec::new();
     for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
         let ok = answered_get("quick origin", "/ok", (200, "ok"));
