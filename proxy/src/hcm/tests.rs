@@ -1382,14 +1382,7 @@ async fn a_stream_idle_timeout_ends_silent_and_stalled_streams_in_every_codec() 
         {
             failures.push(format!("{codec:?} silent: {answer:?} after {took:?}"));
         }
-        let ok = answered_get("quick origin", "/ok", (200, "ok"));
-        let answer = ask(&proxy, codec, &ok).await;
-        if answer != (200, "ok".into()) {
-            failures.push(format!("{codec:?} quick: {answer:?}"));
-        }
-        let started = tokio::time::Instant::now();
-        let cut = stalled_body(&proxy, codec).await;
-        let took = started.elapsed();
+        let (cut, took) = quick_then_stalled_body(&proxy, codec, &mut failures).await;
         if cut == Cut::Not || took > Duration::from_secs(3) {
             failures.push(format!("{codec:?} stalled body: {cut:?} after {took:?}"));
         }
@@ -1491,6 +1484,23 @@ async fn a_try_past_the_maximum_stream_duration_gets_envoys_504() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// A quick request through `codec` (a wrong answer noted in `failures`), then one whose
+/// response body stalls: how that one ended, and after how long.
+async fn quick_then_stalled_body(
+    proxy: &Arc<Proxy>,
+    codec: Codec,
+    failures: &mut Vec<String>,
+) -> (Cut, Duration) {
+    let ok = answered_get("quick origin", "/ok", (200, "ok"));
+    let answer = ask(proxy, codec, &ok).await;
+    if answer != (200, "ok".into()) {
+        failures.push(format!("{codec:?} quick: {answer:?}"));
+    }
+    let started = tokio::time::Instant::now();
+    let cut = stalled_body(proxy, codec).await;
+    (cut, started.elapsed())
+}
+
 /// A proxy whose cluster `live`, at `origin`, has a maximum stream duration of 300 ms.
 fn proxy_with_max_stream_duration(origin: SocketAddr) -> Arc<Proxy> {
     let mut config = (*config(origin, origin)).clone();
@@ -1521,14 +1531,7 @@ async fn a_response_body_past_the_maximum_stream_duration_is_cut_in_every_codec(
     let proxy = proxy_with_max_stream_duration(stalling_upstream().await);
     let mut failures = Vec::new();
     for codec in [Codec::Bytes, Codec::HyperH1, Codec::HyperH2] {
-        let ok = answered_get("quick origin", "/ok", (200, "ok"));
-        let answer = ask(&proxy, codec, &ok).await;
-        if answer != (200, "ok".into()) {
-            failures.push(format!("{codec:?} quick: {answer:?}"));
-        }
-        let started = tokio::time::Instant::now();
-        let cut = stalled_body(&proxy, codec).await;
-        let took = started.elapsed();
+        let (cut, took) = quick_then_stalled_body(&proxy, codec, &mut failures).await;
         let wanted = match codec {
             Codec::HyperH2 => Cut::Reset(Some(h2::Reason::INTERNAL_ERROR)),
             _ => Cut::Closed,
